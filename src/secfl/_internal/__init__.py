@@ -1,0 +1,1 @@
+"""Implementation details; not a public API."""

@@ -1,0 +1,111 @@
+"""Certificate helpers shared by the Intel, AMD and simulated verifiers."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from secfl.errors import VerificationError
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER encoding, as lowercase hex."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def load_der(data: bytes, what: str) -> x509.Certificate:
+    """Load one DER certificate; AMD's serial-number-0 warning is expected and muted."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise VerificationError(f"{what}: not a DER certificate ({exc})") from None
+
+
+def load_pem_chain(data: bytes, what: str) -> list[x509.Certificate]:
+    """Load every certificate of a PEM bundle, in order; at least one is required."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise VerificationError(f"{what}: not a PEM certificate chain ({exc})") from None
+    if not certs:
+        raise VerificationError(f"{what}: no certificate found")
+    return certs
+
+
+def load_any(data: bytes, what: str) -> list[x509.Certificate]:
+    """Load PEM (one or more) or a single DER certificate."""
+    if b"-----BEGIN" in data:
+        return load_pem_chain(data, what)
+    return [load_der(data, what)]
+
+
+def common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(names[0].value) if names else cert.subject.rfc4514_string()
+
+
+def check_validity(cert: x509.Certificate, at: datetime, what: str) -> None:
+    """Refuse a certificate outside its validity window at time ``at``."""
+    if at < cert.not_valid_before_utc:
+        raise VerificationError(
+            f"expired: {what} '{common_name(cert)}' is not valid before "
+            f"{cert.not_valid_before_utc.isoformat()} (verification time {at.isoformat()})"
+        )
+    if at > cert.not_valid_after_utc:
+        raise VerificationError(
+            f"expired: {what} '{common_name(cert)}' expired on "
+            f"{cert.not_valid_after_utc.isoformat()} (verification time {at.isoformat()})"
+        )
+
+
+def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+    """Refuse unless ``issuer`` signed ``cert`` (names and signature; ECDSA or RSA-PSS)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except InvalidSignature:
+        raise VerificationError(
+            f"chain: signature of {what} '{common_name(cert)}' does not verify under "
+            f"'{common_name(issuer)}'"
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise VerificationError(
+            f"chain: {what} '{common_name(cert)}' is not issued by '{common_name(issuer)}' ({exc})"
+        ) from None
+
+
+def check_chain(
+    chain: Sequence[x509.Certificate],
+    *,
+    pinned_roots: Sequence[str],
+    at: datetime,
+    what: str,
+) -> x509.Certificate:
+    """Verify ``chain`` (leaf first, root last) up to a pinned, self-signed root.
+
+    Returns the root. Every certificate must be valid at ``at`` and signed by the
+    next one; the root must sign itself and its fingerprint must be pinned.
+    """
+    if not chain:
+        raise VerificationError(f"chain: {what} is empty")
+    root = chain[-1]
+    if fingerprint(root) not in pinned_roots:
+        raise VerificationError(
+            f"chain: root '{common_name(root)}' of {what} is not a pinned vendor root "
+            f"(sha256 {fingerprint(root)})"
+        )
+    check_issued_by(root, root, f"{what} root")
+    for i, cert in enumerate(chain):
+        check_validity(cert, at, f"{what} certificate {i}")
+        if i + 1 < len(chain):
+            check_issued_by(cert, chain[i + 1], f"{what} certificate {i}")
+    return root
