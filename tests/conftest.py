@@ -25,10 +25,8 @@ def vectors() -> Path:
     """The testvectors folder, or a skip that names where it was looked for."""
     path = testvectors_dir()
     if path is None:
-        pytest.skip(
-            f"real vendor evidence not found at {Path(os.environ.get('SECFL_TESTVECTORS', _DEFAULT))}"
-            " (set SECFL_TESTVECTORS)"
-        )
+        where = Path(os.environ.get("SECFL_TESTVECTORS", _DEFAULT))
+        pytest.skip(f"real vendor evidence not found at {where} (set SECFL_TESTVECTORS)")
     return path
 
 

@@ -25,7 +25,7 @@ def load_der(data: bytes, what: str) -> x509.Certificate:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise VerificationError(f"{what}: not a DER certificate ({exc})") from None
 
 
@@ -35,7 +35,7 @@ def load_pem_chain(data: bytes, what: str) -> list[x509.Certificate]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise VerificationError(f"{what}: not a PEM certificate chain ({exc})") from None
     if not certs:
         raise VerificationError(f"{what}: no certificate found")
@@ -50,21 +50,29 @@ def load_any(data: bytes, what: str) -> list[x509.Certificate]:
 
 
 def common_name(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(names[0].value) if names else cert.subject.rfc4514_string()
+    """The subject's CN for messages; never fails (cryptography parses names lazily)."""
+    try:
+        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        return str(names[0].value) if names else cert.subject.rfc4514_string()
+    except ValueError:
+        return "<malformed subject>"
 
 
 def check_validity(cert: x509.Certificate, at: datetime, what: str) -> None:
     """Refuse a certificate outside its validity window at time ``at``."""
-    if at < cert.not_valid_before_utc:
+    try:
+        not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    except ValueError as exc:
+        raise VerificationError(f"chain: {what} has a malformed validity ({exc})") from None
+    if at < not_before:
         raise VerificationError(
             f"expired: {what} '{common_name(cert)}' is not valid before "
-            f"{cert.not_valid_before_utc.isoformat()} (verification time {at.isoformat()})"
+            f"{not_before.isoformat()} (verification time {at.isoformat()})"
         )
-    if at > cert.not_valid_after_utc:
+    if at > not_after:
         raise VerificationError(
             f"expired: {what} '{common_name(cert)}' expired on "
-            f"{cert.not_valid_after_utc.isoformat()} (verification time {at.isoformat()})"
+            f"{not_after.isoformat()} (verification time {at.isoformat()})"
         )
 
 

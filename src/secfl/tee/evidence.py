@@ -73,7 +73,7 @@ def _unb64(text: object, field: str) -> bytes:
     if not isinstance(text, str):
         raise VerificationError(f"malformed evidence JSON: '{field}' is not a string")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise VerificationError(f"malformed evidence JSON: '{field}' is not base64url") from None
 

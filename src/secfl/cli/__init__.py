@@ -1,0 +1,1 @@
+"""The ``secfl`` command line: thin wrappers over library functions."""

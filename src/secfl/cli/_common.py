@@ -1,0 +1,55 @@
+"""What every command shares: reading inputs, parsing times, failing in one line."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+
+from secfl.errors import SecflError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class UsageError(SecflError):
+    """A user's mistake on the command line (bad option value, unreadable file)."""
+
+
+def read_input(path: str, what: str) -> bytes:
+    """Read a file (``-`` is standard input); a missing file is one clear error."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
+
+
+def read_optional(path: str | None, what: str) -> bytes | None:
+    return None if path is None else read_input(path, what)
+
+
+def parse_at(text: str | None) -> datetime | None:
+    """An ISO-8601 date or datetime; naive values are UTC."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--at: '{text}' is not an ISO-8601 date or time") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def write_output(data: bytes, path: str | None) -> None:
+    """Write to ``path``, or to standard output when it is ``None`` or ``-``."""
+    if path in (None, "-"):
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        raise UsageError(f"cannot write '{path}': {exc.strerror or exc}") from None

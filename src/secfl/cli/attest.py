@@ -1,0 +1,121 @@
+"""``secfl attest``: produce and verify attestation evidence."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from secfl.cli._common import UsageError, out, parse_at, read_input, read_optional, write_output
+
+app = typer.Typer(help="Produce and verify attestation evidence.", no_args_is_help=True)
+
+KINDS = ("auto", "sgx", "tdx", "snp", "simulated")
+PLATFORMS = ("auto", "simulated", "tdx", "snp", "sgx")
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise UsageError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
+    return value
+
+
+@app.command("verify")
+def verify_cmd(
+    file: Annotated[
+        str, typer.Argument(help="Evidence: raw, hex, or configfs-tsm JSON; - for stdin.")
+    ],
+    kind: Annotated[str, typer.Option(help="auto|sgx|tdx|snp|simulated")] = "auto",
+    collateral: Annotated[
+        str | None, typer.Option(help="Intel PCS/PCCS v4 collateral JSON (full TCB appraisal).")
+    ] = None,
+    vcek: Annotated[
+        str | None, typer.Option(help="AMD VCEK or VLEK certificate (DER or PEM).")
+    ] = None,
+    chain: Annotated[str | None, typer.Option(help="AMD ASK (or ASVK) then ARK, PEM.")] = None,
+    aux: Annotated[
+        str | None, typer.Option(help="configfs-tsm auxblob (SNP certificate table).")
+    ] = None,
+    sim_root: Annotated[
+        str | None, typer.Option(help="Simulation root CA (PEM): accept simulated evidence.")
+    ] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Verification time, ISO-8601 (default: now, UTC).")
+    ] = None,
+    allow_debug: Annotated[bool, typer.Option(help="Accept evidence from a debug TEE.")] = False,
+) -> None:
+    """Verify evidence offline and print its claims as one JSON object."""
+    from dataclasses import replace
+
+    from secfl.tee.evidence import Evidence
+    from secfl.tee.verify import verify
+
+    chosen = _choice(kind, KINDS, "--kind")
+    when = parse_at(at)
+    evidence = Evidence.parse(read_input(file, "evidence"), chosen)  # type: ignore[arg-type]
+    aux_blob = read_optional(aux, "auxblob")
+    if aux_blob is not None:
+        evidence = replace(evidence, aux=aux_blob)
+    claims = verify(
+        evidence,
+        at=when,
+        collateral=read_optional(collateral, "collateral"),
+        vcek=read_optional(vcek, "VCEK"),
+        chain=read_optional(chain, "certificate chain"),
+        sim_root=read_optional(sim_root, "simulation root"),
+        allow_debug=allow_debug,
+    )
+    out.print(claims.to_json(), markup=False)
+
+
+@app.command("quote")
+def quote_cmd(
+    report_data: Annotated[
+        str, typer.Option(help="Up to 64 bytes of hex bound into the evidence (zero-padded).")
+    ],
+    platform: Annotated[str, typer.Option(help="auto|simulated|tdx|snp|sgx")] = "auto",
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="File (default stdout).")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="raw|hex|json (json: configfs-tsm form)")
+    ] = "raw",
+    sim_dir: Annotated[
+        str | None, typer.Option(help="Simulated TEE folder (default $SECFL_SIM_DIR).")
+    ] = None,
+    measurement: Annotated[
+        str | None, typer.Option(help="Simulated platform only: the 48-byte measurement, hex.")
+    ] = None,
+) -> None:
+    """Produce evidence on this machine's TEE (or the simulated one)."""
+    from pathlib import Path
+
+    from secfl.tee.platforms import platform_by_name
+    from secfl.tee.simulated import SimulatedPlatform
+
+    try:
+        data = bytes.fromhex(report_data)
+    except ValueError:
+        raise UsageError("--report-data: not hex") from None
+    if len(data) > 64:
+        raise UsageError(f"--report-data: {len(data)} bytes, at most 64")
+    _choice(output_format, ("raw", "hex", "json"), "--format")
+    tee = platform_by_name(
+        _choice(platform, PLATFORMS, "--platform"),
+        sim_dir=Path(sim_dir) if sim_dir else None,
+    )
+    if isinstance(tee, SimulatedPlatform):
+        evidence = tee.get_evidence(data.ljust(64, b"\0"), measurement=measurement)
+    elif measurement is not None:
+        raise UsageError("--measurement: only the simulated platform takes a measurement")
+    else:
+        evidence = tee.get_evidence(data.ljust(64, b"\0"))
+    if output_format == "json":
+        blob = evidence.to_json().encode() + b"\n"
+    elif output_format == "hex":
+        if evidence.aux is not None:
+            raise UsageError("--format hex: this evidence carries certificates; use json")
+        blob = evidence.quote.hex().encode() + b"\n"
+    else:
+        blob = evidence.to_bytes()
+    write_output(blob, output)

@@ -1,0 +1,66 @@
+"""``secfl``: the entry point and its error contract.
+
+A refusal or a user mistake prints ``error: <what failed>`` on standard error in
+one line and exits 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from secfl import __version__
+from secfl.cli import attest, demo, measure, sim
+from secfl.cli._common import err
+from secfl.errors import SecflError
+
+app = typer.Typer(
+    name="secfl",
+    help="Confidential federated learning inside attested TEEs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(attest.app, name="attest")
+app.add_typer(sim.app, name="sim")
+app.command("measure")(measure.measure)
+app.command("demo")(demo.demo)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; map every :class:`SecflError` to one line and exit code 1."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except SecflError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return 1
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err.print("error: aborted", markup=False)
+        return 1
+    except typer.TyperException as exc:  # usage errors: typer shows usage and the problem
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err.print(f"error: {exc.format_message()}", markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("error: interrupted", markup=False)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
