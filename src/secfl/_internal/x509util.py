@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from secfl._internal import der
 from secfl.errors import VerificationError
 
 
@@ -77,7 +78,14 @@ def check_validity(cert: x509.Certificate, at: datetime, what: str) -> None:
 
 
 def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
-    """Refuse unless ``issuer`` signed ``cert`` (names and signature; ECDSA or RSA-PSS)."""
+    """Refuse unless ``issuer`` signed ``cert`` (names and signature; ECDSA or RSA-PSS).
+
+    Also refuses a signature BIT STRING with unused bits, which ``cryptography``
+    tolerates: otherwise one certificate would have several accepted encodings.
+    """
+    der.certificate_signature(
+        cert.public_bytes(serialization.Encoding.DER), f"chain: {what} '{common_name(cert)}'"
+    )
     try:
         cert.verify_directly_issued_by(issuer)
     except InvalidSignature:
@@ -85,7 +93,7 @@ def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str)
             f"chain: signature of {what} '{common_name(cert)}' does not verify under "
             f"'{common_name(issuer)}'"
         ) from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise VerificationError(
             f"chain: {what} '{common_name(cert)}' is not issued by '{common_name(issuer)}' ({exc})"
         ) from None

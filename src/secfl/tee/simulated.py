@@ -44,12 +44,11 @@ from secfl._internal.binary import Reader
 from secfl.errors import PlatformError, VerificationError
 from secfl.tee.claims import Claims
 from secfl.tee.evidence import SIMULATED_MAGIC, Evidence
-from secfl.tee.platforms import Platform
+from secfl.tee.platforms import REPORT_DATA_SIZE, Platform, check_report_data
 
 FORMAT_VERSION = 1
 FLAG_DEBUG = 0x1
 MEASUREMENT_SIZE = 48
-REPORT_DATA_SIZE = 64
 
 ROOT_CERT = "root.pem"
 ROOT_KEY = "root.key"
@@ -217,10 +216,7 @@ class SimulatedPlatform(Platform):
         return (self.sim_dir / ROOT_CERT).read_bytes()
 
     def get_evidence(self, report_data: bytes, measurement: bytes | str | None = None) -> Evidence:
-        if len(report_data) != REPORT_DATA_SIZE:
-            raise PlatformError(
-                f"report_data must be {REPORT_DATA_SIZE} bytes, got {len(report_data)}"
-            )
+        report_data = check_report_data(report_data)
         mr = self.measurement if measurement is None else _measurement_bytes(measurement)
         flags = FLAG_DEBUG if self.debug else 0
         body = b"".join(
