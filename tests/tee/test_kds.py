@@ -6,76 +6,40 @@ answers at the paths KDS uses; requests are recorded to check what the client as
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
-from secfl._internal.httpcache import CachedHttp
 from secfl.errors import FetchError
 from secfl.tee import amd
 from secfl.tee._snp_report import parse_report
 from secfl.tee.kds import KdsClient
 from tests.conftest import utc
-
-
-@dataclass
-class FakeKds:
-    """What the local server serves (path -> body) and the paths it was asked for."""
-
-    routes: dict[str, bytes] = field(default_factory=dict)
-    requests: list[str] = field(default_factory=list)
-    url: str = ""
+from tests.localhttp import LocalServer, local_http, local_server
 
 
 @pytest.fixture
-def kds(vectors: Path) -> Iterator[FakeKds]:
+def kds(vectors: Path) -> Iterator[LocalServer]:
     amd_dir = vectors / "amd"
     report = parse_report((amd_dir / "snp_milan_report.bin").read_bytes())
-    state = FakeKds()
-    vcek_path = f"/vcek/v1/Milan/{report.chip_id.hex()}"
-    state.routes = {
-        vcek_path: (amd_dir / "snp_milan_vcek.der").read_bytes(),
-        "/vcek/v1/Milan/cert_chain": (amd_dir / "ask_ark_milan.pem").read_bytes(),
-        "/vlek/v1/Milan/cert_chain": (amd_dir / "ask_ark_milan.pem").read_bytes(),
-        "/vcek/v1/Genoa/cert_chain": b"<html>not a certificate</html>",
-    }
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.requests.append(self.path)
-            body = state.routes.get(urlsplit(self.path).path)
-            self.send_response(200 if body is not None else 404)
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    chain = (amd_dir / "ask_ark_milan.pem").read_bytes()
+    with local_server() as server:
+        vcek_url = f"/vcek/v1/Milan/{report.chip_id.hex()}?blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115"
+        server.serve_file(vcek_url, (amd_dir / "snp_milan_vcek.der").read_bytes())
+        server.serve_file("/vcek/v1/Milan/cert_chain", chain)
+        server.serve_file("/vlek/v1/Milan/cert_chain", chain)
+        server.serve_file("/vcek/v1/Genoa/cert_chain", b"<html>not a certificate</html>")
+        yield server
 
 
-def _client(kds: FakeKds, cache: Path | None) -> KdsClient:
-    http = CachedHttp(cache, client=httpx.Client(trust_env=False, timeout=5))
-    return KdsClient(kds.url, http=http)
+def _client(kds: LocalServer, cache: Path | None) -> KdsClient:
+    return KdsClient(kds.url, http=local_http(cache))
 
 
 def test_fetched_certificates_verify_the_report_and_are_cached(
-    vectors: Path, kds: FakeKds, tmp_path: Path
+    vectors: Path, kds: LocalServer, tmp_path: Path
 ) -> None:
     raw = (vectors / "amd/snp_milan_report.bin").read_bytes()
     report = parse_report(raw)
@@ -102,7 +66,7 @@ def test_fetched_certificates_verify_the_report_and_are_cached(
     assert len(kds.requests) == 2
 
 
-def test_vlek_chain_path_and_errors(vectors: Path, kds: FakeKds) -> None:
+def test_vlek_chain_path_and_errors(vectors: Path, kds: LocalServer) -> None:
     with _client(kds, None) as client:
         assert client.get_chain("Milan", vlek=True).startswith(b"-----BEGIN CERTIFICATE-----")
         assert kds.requests[-1] == "/vlek/v1/Milan/cert_chain"
@@ -122,7 +86,9 @@ def test_vlek_chain_path_and_errors(vectors: Path, kds: FakeKds) -> None:
             client.get_vcek(b"\x02\x00\x00\x00", "Milan")
 
 
-def test_a_bad_cached_body_is_fetched_again(vectors: Path, kds: FakeKds, tmp_path: Path) -> None:
+def test_a_bad_cached_body_is_fetched_again(
+    vectors: Path, kds: LocalServer, tmp_path: Path
+) -> None:
     raw = (vectors / "amd/snp_milan_report.bin").read_bytes()
     with _client(kds, tmp_path) as client:
         url = client.vcek_url(raw, "Milan")

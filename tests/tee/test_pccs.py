@@ -7,26 +7,22 @@ PCCS, and a dict plays Intel's PCS.
 from __future__ import annotations
 
 import json
-import threading
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote as urlquote
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secfl._internal.httpcache import CachedHttp, Response
+from secfl._internal.httpcache import Response
 from secfl.errors import FetchError, VerificationError
 from secfl.tee.intel import IntelCollateral, verify_quote
 from secfl.tee.pccs import INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, PccsClient, raw_members
 from tests.conftest import utc
+from tests.localhttp import LocalServer, Routes, local_http, local_server
 
 # name, tee, fmspc, ca, verification time
 CASES = [
@@ -35,8 +31,6 @@ CASES = [
     ("tdx_v5_quote_outdated", "tdx", "90C06F000000", "platform", "2026-03-01"),
 ]
 IDS = [c[0] for c in CASES]
-
-Routes = dict[str, tuple[int, dict[str, str], bytes]]
 
 
 def pcs_routes(doc: dict[str, str], tee: str, fmspc: str, ca: str, *, spaced: bool) -> Routes:
@@ -72,46 +66,10 @@ def pcs_routes(doc: dict[str, str], tee: str, fmspc: str, ca: str, *, spaced: bo
     }
 
 
-@dataclass
-class Server:
-    routes: Routes = field(default_factory=dict)
-    hits: Counter[str] = field(default_factory=Counter)
-    url: str = ""
-
-
 @pytest.fixture
-def server() -> Iterator[Server]:
-    state = Server()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.hits[self.path] += 1
-            status, headers, body = state.routes.get(self.path, (404, {}, b"not found"))
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    try:
+def server() -> Iterator[LocalServer]:
+    with local_server() as state:
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-def local_http(cache_dir: Path | None) -> CachedHttp:
-    """A cached client that ignores proxy settings from the environment."""
-    return CachedHttp(cache_dir, client=httpx.Client(timeout=5, trust_env=False))
 
 
 def vector(vectors: Path, name: str) -> tuple[bytes, dict[str, str]]:
@@ -123,14 +81,21 @@ def vector(vectors: Path, name: str) -> tuple[bytes, dict[str, str]]:
 
 @pytest.mark.parametrize(("name", "tee", "fmspc", "ca", "at"), CASES, ids=IDS)
 def test_fetched_collateral_verifies_like_the_file(
-    vectors: Path, server: Server, tmp_path: Path, name: str, tee: str, fmspc: str, ca: str, at: str
+    vectors: Path,
+    server: LocalServer,
+    tmp_path: Path,
+    name: str,
+    tee: str,
+    fmspc: str,
+    ca: str,
+    at: str,
 ) -> None:
     quote, doc = vector(vectors, name)
     server.routes = pcs_routes(doc, tee, fmspc, ca, spaced=name != "tdx_v4_quote")
     with PccsClient(server.url, http=local_http(tmp_path / "cache")) as client:
         fetched = client.get_collateral(quote)
     assert fetched == IntelCollateral.model_validate(doc)
-    assert sum(server.hits.values()) == 4
+    assert len(server.requests) == 4
     if name == "tdx_v5_quote_outdated":
         with pytest.raises(VerificationError, match="No matching TCB level"):
             verify_quote(quote, at=utc(at), collateral=fetched)
@@ -140,17 +105,19 @@ def test_fetched_collateral_verifies_like_the_file(
         )
 
 
-def test_second_fetch_comes_from_the_cache(vectors: Path, server: Server, tmp_path: Path) -> None:
+def test_second_fetch_comes_from_the_cache(
+    vectors: Path, server: LocalServer, tmp_path: Path
+) -> None:
     quote, doc = vector(vectors, "sgx_v3_quote")
     server.routes = pcs_routes(doc, "sgx", "00A067110000", "processor", spaced=True)
     cache = tmp_path / "cache"
     with PccsClient(server.url, http=local_http(cache)) as client:
         first = client.get_collateral(quote)
-    hits = sum(server.hits.values())
+    hits = len(server.requests)
     server.routes = {}  # the server forgets everything: only the cache can answer
     with PccsClient(server.url + "/sgx/certification/v4/", cache, http=local_http(cache)) as c:
         assert c.get_collateral(quote) == first
-    assert sum(server.hits.values()) == hits
+    assert len(server.requests) == hits
     with (
         PccsClient(server.url, http=local_http(cache), refresh=True) as client,
         pytest.raises(FetchError, match="HTTP 404"),
@@ -158,7 +125,7 @@ def test_second_fetch_comes_from_the_cache(vectors: Path, server: Server, tmp_pa
         client.get_collateral(quote)
 
 
-def test_default_client_and_cache_dir(vectors: Path, server: Server, tmp_path: Path) -> None:
+def test_default_client_and_cache_dir(vectors: Path, server: LocalServer, tmp_path: Path) -> None:
     quote, doc = vector(vectors, "tdx_v4_quote")
     server.routes = pcs_routes(doc, "tdx", "B0C06F000000", "platform", spaced=False)
     with PccsClient(server.url, tmp_path / "c") as client:
@@ -198,7 +165,7 @@ def _break(routes: Routes, suffix: str, *, status: int | None = None, **change: 
     ],
 )
 def test_fetch_errors_name_the_url(
-    vectors: Path, server: Server, suffix: str, change: dict[str, object], message: str
+    vectors: Path, server: LocalServer, suffix: str, change: dict[str, object], message: str
 ) -> None:
     quote, doc = vector(vectors, "sgx_v3_quote")
     server.routes = pcs_routes(doc, "sgx", "00A067110000", "processor", spaced=False)
@@ -212,7 +179,7 @@ def test_fetch_errors_name_the_url(
     assert server.url in str(info.value)
 
 
-def test_other_encodings_are_accepted(vectors: Path, server: Server) -> None:
+def test_other_encodings_are_accepted(vectors: Path, server: LocalServer) -> None:
     """v3 header name, a DER root CRL, a PEM PCK CRL, upper-case hex."""
     quote, doc = vector(vectors, "sgx_v3_quote")
     routes = pcs_routes(doc, "sgx", "00A067110000", "processor", spaced=False)
@@ -235,7 +202,7 @@ def test_other_encodings_are_accepted(vectors: Path, server: Server) -> None:
     assert fetched == IntelCollateral.model_validate(doc)
 
 
-def test_refetched_json_must_not_be_reserialised(vectors: Path, server: Server) -> None:
+def test_refetched_json_must_not_be_reserialised(vectors: Path, server: LocalServer) -> None:
     """The signature covers the served bytes: the same object re-serialised is refused."""
     quote, doc = vector(vectors, "tdx_v4_quote")
     pretty = dict(doc, tcb_info=json.dumps(json.loads(doc["tcb_info"]), indent=1))
@@ -247,13 +214,13 @@ def test_refetched_json_must_not_be_reserialised(vectors: Path, server: Server) 
         verify_quote(quote, at=utc("2025-07-01"), collateral=fetched)
 
 
-def test_malformed_quote_is_a_verification_error(server: Server) -> None:
+def test_malformed_quote_is_a_verification_error(server: LocalServer) -> None:
     with (
         PccsClient(server.url, http=local_http(None)) as client,
         pytest.raises(VerificationError, match="^malformed quote"),
     ):
         client.get_collateral(b"\x03\x00\x02\x00")
-    assert not server.hits
+    assert not server.requests
 
 
 class DictHttp:

@@ -125,3 +125,17 @@ def check_chain(
         if i + 1 < len(chain):
             check_issued_by(cert, chain[i + 1], f"{what} certificate {i}")
     return root
+
+
+def force_parse(cert: x509.Certificate, what: str) -> None:
+    """Parse every lazily decoded part now, so a malformed field fails here, by name."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _ = (cert.subject, cert.issuer, cert.extensions, cert.public_key())
+            _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
+            _ = cert.signature_hash_algorithm
+    except Exception as exc:
+        raise VerificationError(
+            f"chain: {what} is malformed ({type(exc).__name__}: {exc})"
+        ) from None

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from cryptography import x509
-
 from secfl._internal.httpcache import CachedHttp
 from secfl._internal.x509util import load_der, load_pem_chain
 from secfl.errors import FetchError, VerificationError
@@ -136,7 +134,7 @@ def _ordered(parts: dict[str, int]) -> list[tuple[str, int]]:
 def _as_der(body: bytes, url: str) -> bytes:
     try:
         load_der(body, "vcek")
-    except (VerificationError, x509.InvalidVersion):
+    except VerificationError:
         raise FetchError(f"fetch: {url} did not return a DER certificate") from None
     return body
 
@@ -144,7 +142,7 @@ def _as_der(body: bytes, url: str) -> bytes:
 def _as_chain(body: bytes, url: str) -> bytes:
     try:
         certs = load_pem_chain(body, "cert_chain")
-    except (VerificationError, x509.InvalidVersion):
+    except VerificationError:
         raise FetchError(f"fetch: {url} did not return a PEM certificate chain") from None
     if len(certs) != 2:
         raise FetchError(f"fetch: {url} returned {len(certs)} certificates, expected 2")
