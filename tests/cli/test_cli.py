@@ -273,3 +273,60 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and stdout.strip() == "0.1.0"
     code, stdout, _ = call(capsys, "attest", "--help")
     assert code == 0 and "verify" in stdout
+
+
+def test_collateral_fetch_then_offline_verify(
+    capsys: pytest.CaptureFixture[str], vectors: Path, tmp_path: Path
+) -> None:
+    from tests.localhttp import local_server
+    from tests.tee.test_pccs import pcs_routes
+
+    doc = json.loads((vectors / "intel/tdx_v4_quote.collateral.json").read_text())
+    quote = str(vectors / "intel/tdx_v4_quote.bin")
+    out = tmp_path / "collateral.json"
+    with local_server() as server:
+        server.routes = pcs_routes(doc, "tdx", "B0C06F000000", "platform", spaced=True)
+        code, _, err = call(
+            capsys, "attest", "collateral", quote, "--pccs", server.url,
+            "-o", str(out), "--cache", str(tmp_path / "cache"),
+        )  # fmt: skip
+        assert code == 0, err
+        assert len(server.requests) == 4
+    code, stdout, err = call(
+        capsys, "attest", "verify", quote, "--collateral", str(out), "--at", "2025-07-01"
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["tcb_status"] == "UpToDate"
+    code, _, err = call(capsys, "attest", "collateral", quote, "--pccs", "http://127.0.0.1:9")
+    assert code == 1 and err.startswith("error: fetch:"), err
+
+
+def test_kds_fetch_then_offline_verify(
+    capsys: pytest.CaptureFixture[str], vectors: Path, tmp_path: Path
+) -> None:
+    from secfl.tee.amd import parse_report
+    from tests.localhttp import local_server
+
+    raw = (vectors / "amd/snp_milan_report.bin").read_bytes()
+    chip = parse_report(raw).chip_id.hex()
+    vcek, chain = tmp_path / "vcek.der", tmp_path / "chain.pem"
+    with local_server() as server:
+        server.serve_file(
+            f"/vcek/v1/Milan/{chip}?blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115",
+            (vectors / "amd/snp_milan_vcek.der").read_bytes(),
+        )
+        server.serve_file(
+            "/vcek/v1/Milan/cert_chain", (vectors / "amd/ask_ark_milan.pem").read_bytes()
+        )
+        code, _, err = call(
+            capsys, "attest", "certs", str(vectors / "amd/snp_milan_report.bin"),
+            "--kds", server.url, "--product", "Milan", "--cache", "none",
+            "--vcek-out", str(vcek), "--chain-out", str(chain),
+        )  # fmt: skip
+        assert code == 0, err
+    code, stdout, err = call(
+        capsys, "attest", "verify", str(vectors / "amd/snp_milan_report.bin"),
+        "--vcek", str(vcek), "--chain", str(chain), "--at", "2024-06-01",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["platform"]["product"] == "Milan"

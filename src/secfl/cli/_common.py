@@ -10,7 +10,8 @@ from rich.console import Console
 
 from secfl.errors import SecflError
 
-out = Console(highlight=False, soft_wrap=True)
+#: Wide when not on a terminal, so tables stay readable in logs and CI output.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -88,8 +90,6 @@ def quote_cmd(
     ] = None,
 ) -> None:
     """Produce evidence on this machine's TEE (or the simulated one)."""
-    from pathlib import Path
-
     from secfl.tee.platforms import platform_by_name
     from secfl.tee.simulated import SimulatedPlatform
 
@@ -119,3 +119,57 @@ def quote_cmd(
     else:
         blob = evidence.to_bytes()
     write_output(blob, output)
+
+
+def _cache_dir(cache: str | None, name: str) -> Path | None:
+    """``--cache DIR``; default ``$XDG_CACHE_HOME/secfl/NAME``; ``--cache none`` disables."""
+    if cache == "none":
+        return None
+    if cache:
+        return Path(cache)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "secfl" / name
+
+
+@app.command("collateral")
+def collateral_cmd(
+    file: Annotated[str, typer.Argument(help="An Intel quote (raw, hex or JSON); - for stdin.")],
+    pccs: Annotated[str, typer.Option(help="PCCS or Intel PCS base URL (API v4).")],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="File (default stdout).")
+    ] = None,
+    cache: Annotated[str | None, typer.Option(help="Cache folder, or 'none'.")] = None,
+) -> None:
+    """Fetch a quote's collateral (JSON for `attest verify --collateral`)."""
+    from secfl.tee.evidence import Evidence
+    from secfl.tee.pccs import PccsClient
+
+    evidence = Evidence.parse(read_input(file, "evidence"))
+    if evidence.kind not in ("sgx", "tdx"):
+        raise UsageError(f"collateral: {evidence.kind} evidence has no Intel collateral")
+    with PccsClient(pccs, _cache_dir(cache, "pccs")) as client:
+        collateral = client.get_collateral(evidence.quote)
+    write_output(collateral.to_json().encode() + b"\n", output)
+
+
+@app.command("certs")
+def certs_cmd(
+    file: Annotated[str, typer.Argument(help="An SEV-SNP report (raw, hex or JSON); - for stdin.")],
+    vcek_out: Annotated[str, typer.Option(help="Where to write the VCEK (DER).")],
+    chain_out: Annotated[str, typer.Option(help="Where to write the ASK and ARK (PEM).")],
+    kds: Annotated[str, typer.Option(help="AMD KDS base URL.")] = "https://kdsintf.amd.com",
+    product: Annotated[
+        str | None, typer.Option(help="Milan|Genoa|Turin (default: from the report).")
+    ] = None,
+    cache: Annotated[str | None, typer.Option(help="Cache folder, or 'none'.")] = None,
+) -> None:
+    """Fetch a report's VCEK and its ASK/ARK chain from AMD KDS."""
+    from secfl.tee.evidence import Evidence
+    from secfl.tee.kds import KdsClient
+
+    evidence = Evidence.parse(read_input(file, "evidence"), "snp")
+    with KdsClient(kds, _cache_dir(cache, "kds")) as client:
+        vcek, chain = client.get_certs(evidence.quote, product)
+    write_output(vcek, vcek_out)
+    write_output(chain, chain_out)
+    out.print(f"VCEK -> {vcek_out}; ASK/ARK -> {chain_out}", markup=False)
