@@ -33,3 +33,11 @@ class PolicyError(SecflError):
 
 class ShieldError(SecflError):
     """A shielded volume is tampered, truncated, out of date or the key is wrong."""
+
+
+class SpmError(SecflError):
+    """The Security Policy Manager refused a request or its state is unusable."""
+
+
+class AuditError(SecflError):
+    """The audit log does not verify: an entry was modified, removed or reordered."""

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from secfl import __version__
-from secfl.cli import attest, demo, measure, sim
+from secfl.cli import attest, audit, demo, measure, policy, sim, spm
 from secfl.cli._common import err
 from secfl.errors import SecflError
 
@@ -24,6 +24,9 @@ app = typer.Typer(
 )
 app.add_typer(attest.app, name="attest")
 app.add_typer(sim.app, name="sim")
+app.add_typer(policy.app, name="policy")
+app.add_typer(spm.app, name="spm")
+app.add_typer(audit.app, name="audit")
 app.command("measure")(measure.measure)
 app.command("demo")(demo.demo)
 

@@ -23,6 +23,7 @@ Manifest, format ``secfl-measure/1``::
 - ``H``: lowercase hex SHA-256 of the content; ``N`` its size in bytes.
 - ``T``: the link's target as stored (NFC); links are never followed.
 - Sockets, FIFOs and devices are refused, as is any name given twice.
+- ``exclude`` (present only when given): base names left out at any depth.
 - ``command``: a string is split like a POSIX shell does (:func:`shlex.split`),
   so the digest depends on the argument vector, not on spacing; a sequence is
   taken as the argument vector itself.
@@ -40,7 +41,7 @@ import os
 import shlex
 import stat
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -59,9 +60,17 @@ _OTHER_TYPES: Final = (
 
 
 def manifest(
-    paths: Sequence[Path | str], command: Sequence[str] | str | None = None
+    paths: Sequence[Path | str],
+    command: Sequence[str] | str | None = None,
+    *,
+    exclude: Collection[str] = (),
 ) -> dict[str, Any]:
-    """The canonical manifest of ``paths`` and ``command`` (see the module docstring)."""
+    """The canonical manifest of ``paths`` and ``command`` (see the module docstring).
+
+    ``exclude`` names entries (by base name, at any depth below an argument) that
+    are left out, such as ``__pycache__``; the manifest then records the list, so
+    the digest says what was excluded.
+    """
     entries: dict[str, dict[str, Any]] = {}
     origin: dict[str, Path] = {}
     for arg in paths:
@@ -73,18 +82,21 @@ def manifest(
                 "measure them from different parent folders"
             )
         origin[name] = top
-        for path, entry_name, st in _walk(top, name):
+        for path, entry_name, st in _walk(top, name, frozenset(exclude)):
             if entry_name in entries:
                 raise MeasurementError(
                     f"measure: two entries are named '{entry_name}' (the second is {path}); "
                     "names are compared after NFC normalisation"
                 )
             entries[entry_name] = _entry(path, entry_name, st)
-    return {
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "entries": [entries[k] for k in sorted(entries, key=lambda k: k.encode())],
         "command": _argv(command),
     }
+    if exclude:
+        doc["exclude"] = sorted(set(exclude))
+    return doc
 
 
 def canonical_manifest_bytes(doc: Mapping[str, Any]) -> bytes:
@@ -92,9 +104,15 @@ def canonical_manifest_bytes(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def measure(paths: Sequence[Path | str], command: Sequence[str] | str | None = None) -> str:
+def measure(
+    paths: Sequence[Path | str],
+    command: Sequence[str] | str | None = None,
+    *,
+    exclude: Collection[str] = (),
+) -> str:
     """Lowercase hex SHA-384 of the canonical manifest of ``paths`` and ``command``."""
-    return hashlib.sha384(canonical_manifest_bytes(manifest(paths, command))).hexdigest()
+    doc = manifest(paths, command, exclude=exclude)
+    return hashlib.sha384(canonical_manifest_bytes(doc)).hexdigest()
 
 
 def _nfc(name: str, path: Path | str) -> str:
@@ -113,7 +131,9 @@ def _top_name(top: Path) -> str:
     return _nfc(name, top)
 
 
-def _walk(top: Path, name: str) -> list[tuple[Path, str, os.stat_result]]:
+def _walk(
+    top: Path, name: str, exclude: frozenset[str] = frozenset()
+) -> list[tuple[Path, str, os.stat_result]]:
     """Every (path, manifest name, lstat) under ``top``, ``top`` included; no link followed."""
     try:
         st = os.lstat(top)
@@ -125,7 +145,7 @@ def _walk(top: Path, name: str) -> list[tuple[Path, str, os.stat_result]]:
         folder, folder_name = folders.pop()
         try:
             with os.scandir(folder) as listing:
-                children = [(Path(e.path), e.name) for e in listing]
+                children = [(Path(e.path), e.name) for e in listing if e.name not in exclude]
         except OSError as exc:
             raise MeasurementError(f"measure: cannot list {folder}: {_reason(exc)}") from None
         for path, child in children:

@@ -1,0 +1,185 @@
+"""``secfl policy``: board keys, policy validation, digests and detached signatures."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from secfl.cli._common import UsageError, err, out, read_input, write_output
+
+app = typer.Typer(
+    help="Policies: validate, digest, sign and verify board approvals; board keys.",
+    no_args_is_help=True,
+)
+
+KEY_KINDS = ("ed25519", "ecdsa-p256")
+
+
+@app.command("keygen")
+def keygen_cmd(
+    out_dir: Annotated[str, typer.Option("--out-dir", help="Folder for the key files.")],
+    member: Annotated[str, typer.Option(help="The board member's name (file names too).")],
+    kind: Annotated[str, typer.Option(help="ed25519|ecdsa-p256")] = "ed25519",
+    recovery: Annotated[bool, typer.Option(help="Also make an X25519 recovery key pair.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace existing key files.")] = False,
+) -> None:
+    """Make a board member's signing key: MEMBER.key (mode 0600) and MEMBER.pub.
+
+    With --recovery, also MEMBER.recovery.key and MEMBER.recovery.pub.
+    """
+    from secfl.policy import keys
+    from secfl.policy.model import NAME
+
+    if kind not in KEY_KINDS:
+        raise UsageError(f"--kind: '{kind}' is not one of {', '.join(KEY_KINDS)}")
+    if not re.fullmatch(NAME, member):
+        raise UsageError(f"--member: '{member}' is not a valid member name")
+    folder = Path(out_dir)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create '{folder}': {exc.strerror or exc}") from None
+
+    pairs = [(f"{member}", keys.generate(kind))]  # type: ignore[arg-type]
+    if recovery:
+        pairs.append((f"{member}.recovery", keys.generate_recovery()))
+    if not force:
+        for stem, _ in pairs:
+            for suffix in (".key", ".pub"):
+                if (folder / f"{stem}{suffix}").exists():
+                    raise UsageError(
+                        f"'{folder / (stem + suffix)}' exists; use --force to replace it"
+                    )
+    for stem, (private_pem, public_pem) in pairs:
+        key_path = keys.write_private(folder / f"{stem}.key", private_pem, overwrite=force)
+        write_output(public_pem, str(folder / f"{stem}.pub"))
+        public = (
+            keys.load_public(public_pem)
+            if stem == member
+            else keys.load_recovery_public(public_pem)
+        )
+        out.print(f"{key_path}  (private, 0600)", markup=False)
+        out.print(f"{folder / (stem + '.pub')}  sha256:{keys.key_id(public)}", markup=False)
+
+
+@app.command("validate")
+def validate_cmd(
+    file: Annotated[str, typer.Argument(help="The policy (YAML); - for stdin.")],
+) -> None:
+    """Check a policy and print a summary with its digest."""
+    from secfl.policy import digest, load_policy
+
+    policy = load_policy(read_input(file, "policy"))
+    board = policy.board
+    out.print(f"policy {policy.name} version {policy.version}: valid", markup=False)
+    out.print(f"digest:   {digest(policy)}", markup=False)
+    out.print(f"services: {', '.join(s.name for s in policy.services)}", markup=False)
+    rule = f"{board.threshold} of {len(board.members)} ({', '.join(m.name for m in board.members)})"
+    if board.required:
+        rule += f", always including {', '.join(board.required)}"
+    out.print(f"board:    {rule}", markup=False)
+
+
+@app.command("digest")
+def digest_cmd(
+    file: Annotated[str, typer.Argument(help="The policy (YAML); - for stdin.")],
+) -> None:
+    """Print the SHA-256 of the policy's canonical form: what the board signs."""
+    from secfl.policy import digest, load_policy
+
+    out.print(digest(load_policy(read_input(file, "policy"))), markup=False)
+
+
+@app.command("sign")
+def sign_cmd(
+    file: Annotated[str, typer.Argument(help="The policy (YAML); - for stdin.")],
+    key: Annotated[str, typer.Option(help="The member's private signing key (PEM).")],
+    member: Annotated[str, typer.Option(help="The board member signing.")],
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Signature file (default FILE.MEMBER.sig; - stdout)."),
+    ] = None,
+) -> None:
+    """Approve a policy: write a detached signature over its digest."""
+    from secfl.policy import keys, load_policy, sign_policy
+
+    if output is None:
+        if file == "-":
+            raise UsageError("give --output when the policy comes from standard input")
+        output = f"{file}.{member}.sig"
+    policy = load_policy(read_input(file, "policy"))
+    private = keys.load_private(read_input(key, "signing key"))
+    signature = sign_policy(policy, private, member)
+    # Signatures are checked against the board of the version being replaced,
+    # which may differ from this one (key rotation): a mismatch here is a
+    # warning, not a refusal.
+    listed = next((m for m in policy.board.members if m.name == member), None)
+    mine = keys.public_pem(private.public_key()).decode()
+    if listed is None:
+        err.print(f"warning: '{member}' is not a member of this policy's board", markup=False)
+    elif listed.public_key != mine:
+        err.print(
+            f"warning: this key is not the key of '{member}' on this policy's board",
+            markup=False,
+        )
+    write_output(signature.to_json().encode(), output)
+    if output != "-":
+        out.print(f"{output}: {member} signed {signature.digest}", markup=False)
+
+
+@app.command("verify")
+def verify_cmd(
+    file: Annotated[str, typer.Argument(help="The policy (YAML); - for stdin.")],
+    sig: Annotated[list[str], typer.Option("--sig", help="A signature file (repeat).")],
+    board: Annotated[
+        str | None,
+        typer.Option(
+            help="Check against the board of this policy (the version FILE replaces) "
+            "instead of FILE's own board."
+        ),
+    ] = None,
+) -> None:
+    """Check that the signatures satisfy the board rule; print the approving members."""
+    from secfl.errors import PolicyError
+    from secfl.policy import Signature, check_approval, digest, load_policy
+
+    policy = load_policy(read_input(file, "policy"))
+    rule = policy.board if board is None else load_policy(read_input(board, "board policy")).board
+    signatures = []
+    for path in sig:
+        try:
+            signatures.append(Signature.from_json(read_input(path, "signature")))
+        except PolicyError as exc:
+            raise PolicyError(f"{path}: {exc}") from None
+    approved = check_approval(rule, digest(policy), signatures)
+    out.print(
+        f"approved by {', '.join(approved)} ({len(approved)} of {len(rule.members)}, "
+        f"{rule.threshold} required)",
+        markup=False,
+    )
+
+
+@app.command("submit")
+def submit_cmd(
+    file: Annotated[str, typer.Argument(help="The policy (YAML).")],
+    sig: Annotated[list[str], typer.Option("--sig", help="A board member's signature file.")],
+    spm: Annotated[str, typer.Option(help="SPM URL, https://HOST:PORT.")],
+    spm_pin: Annotated[
+        str, typer.Option(help="SHA-256 of the SPM's TLS key (`secfl spm verify`).")
+    ],
+) -> None:
+    """Submit a policy version with its board signatures to a pinned SPM."""
+    from secfl.policy.signatures import Signature
+    from secfl.spm.client import SpmClient
+
+    document = read_input(file, "policy").decode("utf-8", errors="replace")
+    signatures = [Signature.from_json(read_input(s, "signature")) for s in sig]
+    with SpmClient(spm, pin=spm_pin) as client:
+        reply = client.submit_policy(document, signatures)
+    out.print(
+        f"accepted: policy {reply['name']} version {reply['version']}, digest {reply['digest']}",
+        markup=False,
+    )

@@ -1,0 +1,84 @@
+"""``secfl spm``: run the Security Policy Manager and verify one before trusting it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from secfl.cli._common import UsageError, out, read_optional
+
+app = typer.Typer(help="The Security Policy Manager.", no_args_is_help=True)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UsageError(f"--listen: '{listen}' is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@app.command("serve")
+def serve_cmd(
+    data: Annotated[str, typer.Option(help="Data folder (master key, SQLite database).")],
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT to serve HTTPS on (port 0: any).")
+    ] = "127.0.0.1:8443",
+    db: Annotated[str | None, typer.Option(help="Database URL (default SQLite in --data).")] = None,
+    platform: Annotated[str, typer.Option(help="auto|simulated|tdx|snp|sgx")] = "auto",
+    sim_dir: Annotated[str | None, typer.Option(help="Simulated TEE folder.")] = None,
+    name: Annotated[
+        list[str] | None, typer.Option(help="Extra DNS name or IP for the certificate.")
+    ] = None,
+    ready_file: Annotated[
+        str | None, typer.Option(help="Write {url, tls_spki_sha256, measurement} here once up.")
+    ] = None,
+) -> None:
+    """Serve the SPM over HTTPS; its TLS key is made and kept inside its TEE."""
+    from secfl.spm.server import open_spm, serve
+
+    host, port = parse_listen(listen)
+    spm = open_spm(data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])])
+    out.print(
+        f"secfl SPM on {host}:{port}, TLS key sha256 {spm.identity.spki_sha256}, "
+        f"platform {spm.platform.name}",
+        markup=False,
+    )
+    serve(spm, host, port, ready_file=ready_file)
+
+
+@app.command("verify")
+def verify_cmd(
+    url: Annotated[str, typer.Argument(help="https://HOST:PORT of the SPM.")],
+    expect_measurement: Annotated[
+        list[str], typer.Option(help="A measurement the SPM may run (repeatable).")
+    ],
+    sim_root: Annotated[
+        str | None, typer.Option(help="Simulation root, for a simulated SPM.")
+    ] = None,
+    allow_debug: Annotated[bool, typer.Option(help="Accept a debug TEE.")] = False,
+) -> None:
+    """Attest the SPM and print the digest of its TLS key, to pin it."""
+    from secfl.spm.client import SpmClient
+
+    client, claims = SpmClient.verify(
+        url,
+        expect_measurement=expect_measurement,
+        sim_root=read_optional(sim_root, "simulation root"),
+        allow_debug=allow_debug,
+    )
+    client.close()
+    out.print(client.pin, markup=False)
+    typer.echo(
+        f"verified: {claims.kind} SPM, measurement {next(iter(claims.measurements.values()))}, "
+        f"tcb {claims.tcb_status}{', SIMULATED' if claims.simulated else ''}",
+        err=True,
+    )
+
+
+@app.command("measurement")
+def measurement_cmd() -> None:
+    """Print the measurement a simulated SPM from this installation reports."""
+    from secfl.spm.identity import code_measurement
+
+    out.print(code_measurement(), markup=False)

@@ -1,0 +1,69 @@
+"""Policies: the document a board agrees on, its canonical digest, board signatures.
+
+A policy is YAML validated into :class:`Policy` (:func:`load_policy`); its
+:func:`digest` is over a canonical form (:mod:`secfl.policy.canonical`) that
+depends on content only; board members approve a version with detached
+:class:`Signature` objects (:func:`sign_policy`), and :func:`check_approval`
+applies the board's m-of-n rule. :mod:`secfl.policy.keys` makes and loads the
+members' keys.
+"""
+
+from __future__ import annotations
+
+from secfl.policy.canonical import canonical_bytes, digest
+from secfl.policy.document import load_policy, load_policy_file
+from secfl.policy.model import (
+    AesSecret,
+    Board,
+    CaSecret,
+    CertSecret,
+    Counter,
+    ImportedSecret,
+    Injection,
+    KeyPairSecret,
+    Member,
+    Platforms,
+    Policy,
+    RandomSecret,
+    Secret,
+    Service,
+    Volume,
+)
+from secfl.policy.signatures import (
+    POLICY_DOMAIN,
+    REVOCATION_DOMAIN,
+    Signature,
+    check_approval,
+    sign_policy,
+    sign_statement,
+    verify_statement,
+)
+
+__all__ = [
+    "POLICY_DOMAIN",
+    "REVOCATION_DOMAIN",
+    "AesSecret",
+    "Board",
+    "CaSecret",
+    "CertSecret",
+    "Counter",
+    "ImportedSecret",
+    "Injection",
+    "KeyPairSecret",
+    "Member",
+    "Platforms",
+    "Policy",
+    "RandomSecret",
+    "Secret",
+    "Service",
+    "Signature",
+    "Volume",
+    "canonical_bytes",
+    "check_approval",
+    "digest",
+    "load_policy",
+    "load_policy_file",
+    "sign_policy",
+    "sign_statement",
+    "verify_statement",
+]

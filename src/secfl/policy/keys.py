@@ -1,0 +1,175 @@
+"""Board keys: the signing keys of board members and their recovery keys.
+
+A board member approves policy versions with a *signing key*: Ed25519 or ECDSA
+over P-256, nothing else, so that every verifier supports every member and no
+weak or exotic algorithm can slip into a board. A member may also hold a
+*recovery key* (X25519, or P-256 for members whose hardware tokens only do
+NIST curves): the SPM seals its master key to these, so the board can recover
+the policy's secrets on a new SPM instance.
+
+Private keys are PEM (PKCS#8), public keys PEM (SubjectPublicKeyInfo). Every
+refusal is a :class:`~secfl.errors.PolicyError` whose message says which key and
+why, in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal, TypeAlias, get_args
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+
+from secfl.errors import PolicyError
+
+KeyKind: TypeAlias = Literal["ed25519", "ecdsa-p256"]
+KEY_KINDS: tuple[KeyKind, ...] = get_args(KeyKind)
+
+PrivateKey: TypeAlias = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey: TypeAlias = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+RecoveryPrivateKey: TypeAlias = x25519.X25519PrivateKey | ec.EllipticCurvePrivateKey
+RecoveryPublicKey: TypeAlias = x25519.X25519PublicKey | ec.EllipticCurvePublicKey
+
+
+def generate(kind: KeyKind = "ed25519") -> tuple[bytes, bytes]:
+    """A new board signing key: ``(private_pem, public_pem)``."""
+    key: PrivateKey
+    if kind == "ed25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+    elif kind == "ecdsa-p256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    else:
+        raise PolicyError(f"key kind '{kind}' is not one of {', '.join(KEY_KINDS)}")
+    return _private_pem(key), public_pem(key.public_key())
+
+
+def generate_recovery() -> tuple[bytes, bytes]:
+    """A new X25519 recovery key pair: ``(private_pem, public_pem)``."""
+    key = x25519.X25519PrivateKey.generate()
+    return _private_pem(key), public_pem(key.public_key())
+
+
+def load_private(pem: bytes | str, password: bytes | None = None) -> PrivateKey:
+    """A board member's signing key from PEM; any other key type is refused."""
+    key = _load_private(pem, password, "board signing key")
+    if isinstance(key, ed25519.Ed25519PrivateKey) or _is_p256(key):
+        return key  # type: ignore[return-value]
+    raise PolicyError(f"board signing key: {_describe(key)} refused (Ed25519 or ECDSA P-256 only)")
+
+
+def load_public(pem: bytes | str) -> PublicKey:
+    """A board member's public key from PEM; any other key type is refused."""
+    key = _load_public(pem, "board public key")
+    if isinstance(key, ed25519.Ed25519PublicKey) or _is_p256(key):
+        return key  # type: ignore[return-value]
+    raise PolicyError(f"board public key: {_describe(key)} refused (Ed25519 or ECDSA P-256 only)")
+
+
+def load_recovery_private(pem: bytes | str, password: bytes | None = None) -> RecoveryPrivateKey:
+    """A recovery private key (X25519 or P-256) from PEM."""
+    key = _load_private(pem, password, "recovery key")
+    if isinstance(key, x25519.X25519PrivateKey) or _is_p256(key):
+        return key  # type: ignore[return-value]
+    raise PolicyError(f"recovery key: {_describe(key)} refused (X25519 or P-256 only)")
+
+
+def load_recovery_public(pem: bytes | str) -> RecoveryPublicKey:
+    """A recovery public key (X25519 or P-256) from PEM."""
+    key = _load_public(pem, "recovery public key")
+    if isinstance(key, x25519.X25519PublicKey) or _is_p256(key):
+        return key  # type: ignore[return-value]
+    raise PolicyError(f"recovery public key: {_describe(key)} refused (X25519 or P-256 only)")
+
+
+def key_kind(key: PrivateKey | PublicKey) -> KeyKind:
+    """``ed25519`` or ``ecdsa-p256``: the signature algorithm a board key makes."""
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return "ed25519"
+    if _is_p256(key):
+        return "ecdsa-p256"
+    raise PolicyError(f"{_describe(key)} refused (Ed25519 or ECDSA P-256 only)")
+
+
+def public_pem(key: PublicKey | RecoveryPublicKey) -> bytes:
+    """The canonical PEM (SubjectPublicKeyInfo) of a public key."""
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def key_id(key: PublicKey | RecoveryPublicKey) -> str:
+    """SHA-256 (hex) of the DER SubjectPublicKeyInfo: a short, stable name for a key."""
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def write_private(path: str | os.PathLike[str], pem: bytes, *, overwrite: bool = False) -> Path:
+    """Write a private key readable by its owner only (mode 0600).
+
+    The file is created with mode 0600 from the start (no window where it is
+    world-readable). An existing file is refused unless ``overwrite``: losing a
+    board key by accident means the board must rotate it.
+    """
+    target = Path(path)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(target, flags, 0o600)
+    except FileExistsError:
+        raise PolicyError(f"refusing to overwrite the existing key '{target}'") from None
+    except OSError as exc:
+        raise PolicyError(f"cannot write '{target}': {exc.strerror or exc}") from None
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(pem)
+    return target
+
+
+def _private_pem(key: PrivateKey | x25519.X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _as_bytes(pem: bytes | str) -> bytes:
+    return pem.encode() if isinstance(pem, str) else bytes(pem)
+
+
+def _load_private(pem: bytes | str, password: bytes | None, what: str) -> object:
+    try:
+        return serialization.load_pem_private_key(_as_bytes(pem), password=password)
+    except TypeError:
+        if password is None:
+            raise PolicyError(f"{what}: the key is encrypted; a password is needed") from None
+        raise PolicyError(f"{what}: the key is not encrypted; no password is needed") from None
+    except (ValueError, UnsupportedAlgorithm, UnicodeError):
+        raise PolicyError(f"{what}: not a PEM private key (or a wrong password)") from None
+
+
+def _load_public(pem: bytes | str, what: str) -> object:
+    try:
+        return serialization.load_pem_public_key(_as_bytes(pem))
+    except (ValueError, UnsupportedAlgorithm, UnicodeError):
+        raise PolicyError(f"{what}: not a PEM public key") from None
+
+
+def _is_p256(key: object) -> bool:
+    return isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) and isinstance(
+        key.curve, ec.SECP256R1
+    )
+
+
+def _describe(key: object) -> str:
+    """``RSA key``, ``EC key on secp384r1``...: what a refused key is, for messages."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        return f"EC key on {key.curve.name}"
+    name = type(key).__name__.lstrip("_")
+    for suffix in ("PrivateKey", "PublicKey"):
+        name = name.removesuffix(suffix)
+    return f"{name} key"

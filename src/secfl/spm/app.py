@@ -1,0 +1,303 @@
+"""The SPM's HTTP API (FastAPI): a thin layer over :class:`secfl.spm.service.Spm`.
+
+Every refusal answers with its HTTP status and ``{"error": "<check>: <why>"}``;
+nothing is released on a refusal. Bodies above ``MAX_BODY`` bytes are refused
+before they are read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from secfl import __version__
+from secfl.errors import SecflError
+from secfl.spm.service import Refused, Spm
+
+MAX_BODY = 1 << 20
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+HEX = r"^([0-9a-fA-F]{2})*$"
+AUDIT_HEAD_DOMAIN = "secfl/audit-head/v1"
+
+
+class Problem(BaseModel):
+    error: str
+
+
+class AttestationOut(BaseModel):
+    evidence: str = Field(description="Evidence JSON (configfs-tsm form, base64url fields)")
+    tls_spki_sha256: str
+    kind: str
+
+
+class SignatureIn(BaseModel):
+    member: str = Field(max_length=128)
+    algorithm: str = Field(max_length=32)
+    domain: str = Field(max_length=64)
+    digest: str = Field(max_length=64)
+    signature: str = Field(max_length=512)
+
+
+class PolicySubmission(BaseModel):
+    document: str = Field(max_length=MAX_BODY, description="The policy, YAML or JSON")
+    signatures: list[SignatureIn] = Field(max_length=64)
+
+
+class PolicyOut(BaseModel):
+    name: str
+    version: int
+    digest: str
+    predecessor: str
+    document: str | None = None
+
+
+class NonceOut(BaseModel):
+    nonce: str
+    expires_at: datetime
+
+
+class AttestIn(BaseModel):
+    nonce: str = Field(pattern=HEX, max_length=128)
+    evidence: str = Field(max_length=65536, description="Evidence: hex or configfs-tsm JSON")
+    hpke_public_key: str = Field(pattern=HEX, max_length=256)
+    csr: str = Field(max_length=16384, description="PEM certificate signing request")
+
+
+class AttestOut(BaseModel):
+    certificate: str
+    ca_certificate: str
+    sealed_secrets: str = Field(description="HPKE-sealed secret values, base64")
+    secrets: list[str]
+    session_token: str
+    session_expires: datetime
+    policy_digest: str
+    policy_version: int
+
+
+class CounterOut(BaseModel):
+    counter: str
+    value: int
+
+
+class AuditOut(BaseModel):
+    entries: list[dict[str, Any]]
+    head_seq: int
+    head_hash: str
+    head_signature: str = Field(description="ECDSA P-256 by the SPM's TLS key, base64")
+
+
+class RevocationStatement(BaseModel):
+    serial: str = Field(pattern=r"^[0-9a-fA-F]{1,64}$")
+    service: str = Field(pattern=NAME)
+    reason: str = Field(max_length=1024)
+
+
+class RevocationIn(BaseModel):
+    statement: RevocationStatement
+    signatures: list[SignatureIn] = Field(max_length=64)
+
+
+class RevocationsOut(BaseModel):
+    revocations: list[dict[str, Any]]
+
+
+PolicyName = Annotated[str, Path(pattern=NAME)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem} for code in (400, 401, 403, 404, 409, 413)
+}
+
+
+def _hex(value: str, field: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise Refused(f"{field}: not hex", 400) from None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body above ``limit`` bytes with 413, whether
+    announced by Content-Length or streamed in chunks, before the app parses it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"error": f"body: larger than {self.limit} bytes"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def head_message(seq: int, head_hash: str) -> bytes:
+    return f"{AUDIT_HEAD_DOMAIN}\n{seq}\n{head_hash}".encode()
+
+
+def create_app(spm: Spm) -> FastAPI:
+    """The ASGI application serving ``spm``."""
+    app = FastAPI(title="secfl Security Policy Manager", version=__version__)
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(SecflError)
+    async def secfl_error(_: Request, exc: SecflError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.get("/v1/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/v1/attestation", responses=ERRORS)
+    def attestation(
+        nonce: Annotated[str, Query(pattern=HEX, min_length=16, max_length=128)],
+    ) -> AttestationOut:
+        return AttestationOut(**spm.attestation(_hex(nonce, "nonce")))
+
+    @app.post("/v1/policies", responses=ERRORS)
+    def submit_policy(body: PolicySubmission) -> PolicyOut:
+        record = spm.submit_policy(body.document, [s.model_dump() for s in body.signatures])
+        return PolicyOut(
+            name=record.name,
+            version=record.version,
+            digest=record.digest,
+            predecessor=record.predecessor,
+        )
+
+    @app.get("/v1/policies/{name}", responses=ERRORS)
+    def get_policy(name: PolicyName) -> PolicyOut:
+        record, _ = spm.policy(name)
+        return PolicyOut(
+            name=record.name,
+            version=record.version,
+            digest=record.digest,
+            predecessor=record.predecessor,
+            document=record.document,
+        )
+
+    @app.post("/v1/nonce")
+    def nonce() -> NonceOut:
+        value, expires = spm.new_nonce()
+        return NonceOut(nonce=value.hex(), expires_at=expires)
+
+    @app.post("/v1/policies/{name}/services/{service}/attest", responses=ERRORS)
+    def attest(
+        name: PolicyName, service: Annotated[str, Path(pattern=NAME)], body: AttestIn
+    ) -> AttestOut:
+        result = spm.attest(
+            name,
+            service,
+            nonce=_hex(body.nonce, "nonce"),
+            evidence=body.evidence.encode(),
+            hpke_public_key=_hex(body.hpke_public_key, "hpke_public_key"),
+            csr_pem=body.csr.encode(),
+        )
+        return AttestOut(
+            certificate=result.certificate,
+            ca_certificate=result.ca_certificate,
+            sealed_secrets=base64.b64encode(result.sealed_secrets).decode(),
+            secrets=result.secret_names,
+            session_token=result.session_token,
+            session_expires=result.session_expires,
+            policy_digest=result.policy_digest,
+            policy_version=result.policy_version,
+        )
+
+    @app.post("/v1/policies/{name}/counters/{counter}/increment", responses=ERRORS)
+    def increment(
+        name: PolicyName,
+        counter: Annotated[str, Path(pattern=NAME)],
+        authorization: Annotated[str | None, Header(max_length=256)] = None,
+    ) -> CounterOut:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not token:
+            raise Refused(
+                "session: a 'Authorization: Bearer <session token>' header is required", 401
+            )
+        return CounterOut(counter=counter, value=spm.increment(token, name, counter))
+
+    @app.get("/v1/policies/{name}/counters/{counter}", responses=ERRORS)
+    def get_counter(name: PolicyName, counter: Annotated[str, Path(pattern=NAME)]) -> CounterOut:
+        return CounterOut(counter=counter, value=spm.counter(name, counter))
+
+    @app.get("/v1/audit", responses=ERRORS)
+    def audit(
+        since: Annotated[int, Query(ge=0, le=2**62)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> AuditOut:
+        entries = spm.store.audit_since(since, limit)
+        seq, head_hash = spm.store.audit_head()
+        signature = spm.identity.key.sign(head_message(seq, head_hash), ec.ECDSA(hashes.SHA256()))
+        return AuditOut(
+            entries=[e.to_dict() for e in entries],
+            head_seq=seq,
+            head_hash=head_hash,
+            head_signature=base64.b64encode(signature).decode(),
+        )
+
+    @app.post("/v1/policies/{name}/revocations", responses=ERRORS)
+    def revoke(name: PolicyName, body: RevocationIn) -> dict[str, Any]:
+        return spm.revoke(
+            name, body.statement.model_dump(), [s.model_dump() for s in body.signatures]
+        )
+
+    @app.get("/v1/policies/{name}/revocations", responses=ERRORS)
+    def revocations(name: PolicyName) -> RevocationsOut:
+        return RevocationsOut(revocations=spm.revocations(name))
+
+    return app

@@ -1,0 +1,50 @@
+"""Check an SPM's audit log end to end: from its database, or through its API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from secfl.errors import AuditError
+from secfl.spm.audit import AuditEntry, verify_chain
+from secfl.spm.masterkey import load_or_create_master_key
+from secfl.spm.store import Store
+
+PAGE = 1000
+
+
+def verify_database(data_dir: Path | str, db_url: str | None = None) -> tuple[int, int]:
+    """Verify the chain and its authenticated head straight from the SPM's store.
+
+    Needs the SPM's master key (its data folder), which authenticates the head, so
+    that removing the newest entries is detected too. Returns (entries, head seq).
+    """
+    data = Path(data_dir)
+    if not (data / "master.key").exists():
+        raise AuditError(f"audit: no SPM master key in {data}")
+    master = load_or_create_master_key(data)
+    store = Store(db_url or f"sqlite:///{data / 'spm.db'}", audit_key=master.derive("audit-head"))
+    try:
+        count = store.verify_audit(master.derive("audit-head"))
+        seq, _ = store.audit_head()
+    finally:
+        store.close()
+    return count, seq
+
+
+def verify_remote(url: str, pin: str) -> tuple[int, int]:
+    """Fetch the whole log from the pinned SPM and verify it against its signed head."""
+    from secfl.spm.client import SpmClient
+
+    entries: list[AuditEntry] = []
+    with SpmClient(url, pin=pin) as client:
+        since, head = 0, (0, "")
+        while True:
+            doc = client.audit(since=since, limit=PAGE)
+            head = (int(doc["head_seq"]), str(doc["head_hash"]))
+            page = [AuditEntry.from_dict(e) for e in doc["entries"]]
+            entries.extend(page)
+            if not page or page[-1].seq >= head[0]:
+                break
+            since = page[-1].seq
+    count = verify_chain(entries, head=head)
+    return count, head[0]

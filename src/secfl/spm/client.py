@@ -1,0 +1,245 @@
+"""The SPM client: talks only to an SPM it has verified by attestation or pin.
+
+First contact (:meth:`SpmClient.verify`): fetch the SPM's self-signed TLS
+certificate, connect trusting exactly that certificate, ask for evidence over a
+fresh nonce, and check that the evidence is genuine, has an expected measurement
+and binds the SHA-256 of the certificate's key. That digest is the pin. Later
+clients are built with the pin (:class:`SpmClient`) and refuse any SPM whose key
+does not match it. Certificate verification is never switched off: the fetched
+certificate is only a candidate until the pin or the evidence vouches for it,
+and every request then runs over TLS that verifies against it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from secfl.errors import SpmError, VerificationError
+from secfl.spm.binding import spki_sha256, spm_report_data
+from secfl.tee.claims import Claims
+from secfl.tee.evidence import Evidence
+from secfl.tee.verify import verify
+
+
+class SpmRefused(SpmError):
+    """The SPM answered with a refusal; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise SpmError(f"spm: '{url}' is not an https:// URL")
+    return parts.hostname, parts.port or 443
+
+
+def _fetch_certificate(url: str, timeout: float) -> tuple[str, x509.Certificate]:
+    """The certificate the SPM presents: a candidate, trusted only once checked."""
+    host, port = _address(url)
+    try:
+        pem = ssl.get_server_certificate((host, port), timeout=timeout)
+    except OSError as exc:
+        raise SpmError(f"spm: cannot reach {url}: {exc.strerror or exc}") from None
+    return pem, x509.load_pem_x509_certificate(pem.encode())
+
+
+class SpmClient:
+    """A client bound to one SPM by the SHA-256 of its TLS key (``pin``)."""
+
+    def __init__(self, url: str, *, pin: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.pin = pin.lower()
+        self.timeout = timeout
+        self._http: httpx.Client | None = None
+        self._key: ec.EllipticCurvePublicKey | None = None
+
+    # --- connection -----------------------------------------------------------------------
+
+    def _connect(self) -> httpx.Client:
+        if self._http is None:
+            pem, cert = _fetch_certificate(self.url, self.timeout)
+            presented = spki_sha256(cert.public_key())
+            if presented != self.pin:
+                raise SpmError(
+                    f"spm: the SPM at {self.url} presents key {presented}, not the pinned "
+                    f"{self.pin}; refusing to talk to it"
+                )
+            key = cert.public_key()
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise SpmError("spm: the SPM's TLS key is not an EC key")
+            self._key = key
+            context = ssl.create_default_context(cadata=pem)
+            self._http = httpx.Client(
+                base_url=self.url, verify=context, timeout=self.timeout, trust_env=False
+            )
+        return self._http
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> SpmClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        for attempt in (1, 2):
+            http = self._connect()
+            try:
+                reply = http.request(method, path, **kwargs)
+                break
+            except (httpx.ConnectError, httpx.RemoteProtocolError, ssl.SSLError) as exc:
+                self.close()  # the SPM restarted with a new certificate: fetch and re-pin it
+                if attempt == 2:
+                    raise SpmError(f"spm: {method} {path} failed: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise SpmError(f"spm: {method} {path} failed: {exc}") from None
+        try:
+            doc = reply.json()
+        except ValueError:
+            doc = {}
+        if reply.status_code >= 400:
+            message = doc.get("error") if isinstance(doc, dict) else None
+            raise SpmRefused(
+                message or f"spm: HTTP {reply.status_code} for {path}", reply.status_code
+            )
+        return doc
+
+    # --- first contact --------------------------------------------------------------------
+
+    @classmethod
+    def verify(
+        cls,
+        url: str,
+        *,
+        expect_measurement: str | Sequence[str],
+        sim_root: bytes | None = None,
+        allow_debug: bool = False,
+        timeout: float = 30.0,
+        at: datetime | None = None,
+    ) -> tuple[SpmClient, Claims]:
+        """Attest the SPM at ``url`` and return a client pinned to its key, with its claims."""
+        expected = (
+            {expect_measurement} if isinstance(expect_measurement, str) else set(expect_measurement)
+        )
+        expected = {m.lower() for m in expected}
+        _, cert = _fetch_certificate(url, timeout)
+        pin = spki_sha256(cert.public_key())
+        client = cls(url, pin=pin, timeout=timeout)
+        nonce = os.urandom(32)
+        doc = client._request("GET", "/v1/attestation", params={"nonce": nonce.hex()})
+        try:
+            evidence = Evidence.parse(str(doc["evidence"]).encode())
+        except (KeyError, TypeError):
+            raise VerificationError("spm: the attestation answer has no evidence") from None
+        claims = verify(evidence, at=at, sim_root=sim_root, allow_debug=allow_debug)
+        measurement = str(next(iter(claims.measurements.values()), "")).lower()
+        if measurement not in expected:
+            client.close()
+            raise VerificationError(
+                f"measurement: the SPM runs {claims.kind} measurement {measurement}, "
+                "which is not the expected one"
+            )
+        if claims.report_data_bytes != spm_report_data(nonce, pin):
+            client.close()
+            raise VerificationError(
+                "key binding: the SPM's evidence does not bind this nonce and its TLS key"
+            )
+        return client, claims
+
+    # --- the API --------------------------------------------------------------------------
+
+    def submit_policy(self, document: str, signatures: Sequence[Any]) -> dict[str, Any]:
+        sigs = [s if isinstance(s, dict) else s.model_dump(mode="json") for s in signatures]
+        return self._request(
+            "POST", "/v1/policies", json={"document": document, "signatures": sigs}
+        )
+
+    def policy(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/policies/{name}")
+
+    def nonce(self) -> bytes:
+        return bytes.fromhex(self._request("POST", "/v1/nonce")["nonce"])
+
+    def attest(
+        self,
+        policy: str,
+        service: str,
+        *,
+        nonce: bytes,
+        evidence: Evidence | bytes,
+        hpke_public_key: bytes,
+        csr_pem: bytes,
+    ) -> dict[str, Any]:
+        text = evidence.to_json() if isinstance(evidence, Evidence) else evidence.hex()
+        doc = self._request(
+            "POST",
+            f"/v1/policies/{policy}/services/{service}/attest",
+            json={
+                "nonce": nonce.hex(),
+                "evidence": text,
+                "hpke_public_key": hpke_public_key.hex(),
+                "csr": csr_pem.decode(),
+            },
+        )
+        doc["sealed_secrets"] = base64.b64decode(doc["sealed_secrets"])
+        return doc
+
+    def increment(self, policy: str, counter: str, token: str) -> int:
+        doc = self._request(
+            "POST",
+            f"/v1/policies/{policy}/counters/{counter}/increment",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return int(doc["value"])
+
+    def counter(self, policy: str, counter: str) -> int:
+        return int(self._request("GET", f"/v1/policies/{policy}/counters/{counter}")["value"])
+
+    def audit(self, since: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """Audit entries after ``since``, with the head checked against the pinned key."""
+        from secfl.spm.app import head_message
+
+        doc = self._request("GET", "/v1/audit", params={"since": since, "limit": limit})
+        assert self._key is not None
+        try:
+            self._key.verify(
+                base64.b64decode(doc["head_signature"]),
+                head_message(int(doc["head_seq"]), str(doc["head_hash"])),
+                ec.ECDSA(hashes.SHA256()),
+            )
+        except Exception:
+            raise VerificationError(
+                "audit: the log head is not signed by the pinned SPM key"
+            ) from None
+        return doc
+
+    def revoke(
+        self, policy: str, statement: dict[str, str], signatures: Sequence[Any]
+    ) -> dict[str, Any]:
+        sigs = [s if isinstance(s, dict) else s.model_dump(mode="json") for s in signatures]
+        return self._request(
+            "POST",
+            f"/v1/policies/{policy}/revocations",
+            json={"statement": statement, "signatures": sigs},
+        )
+
+    def revocations(self, policy: str) -> list[dict[str, Any]]:
+        return list(self._request("GET", f"/v1/policies/{policy}/revocations")["revocations"])

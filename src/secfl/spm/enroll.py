@@ -1,0 +1,109 @@
+"""The workload side of attestation: prove what runs here and receive its identity.
+
+:func:`enroll` makes a fresh HPKE key pair and a TLS key with its CSR inside this
+process, gets a nonce from the (already verified) SPM, produces evidence binding
+the three, and opens what the SPM releases: a certificate for the service, the
+policy's CA certificate, the service's secrets and a session token. Keys never
+leave the process; secrets are only ever held in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.x509.oid import NameOID
+
+from secfl.spm import secrets as sv
+from secfl.spm.binding import spki_sha256, workload_report_data
+from secfl.spm.client import SpmClient
+from secfl.tee.platforms import Platform
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What an attested workload holds after :func:`enroll` (in memory only)."""
+
+    policy: str
+    service: str
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    certificate: str
+    ca_certificate: str
+    secrets: dict[str, sv.Value] = field(repr=False)
+    session_token: str = field(repr=False)
+    session_expires: datetime
+    policy_digest: str
+    policy_version: int
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def render(self, name: str, selector: str | None = None) -> str:
+        """The text of ``$$SECFL::name[:selector]$$`` for this workload."""
+        return sv.render(name, self.secrets[name], selector)
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey, service: str) -> bytes:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def enroll(
+    client: SpmClient,
+    platform: Platform,
+    policy: str,
+    service: str,
+    *,
+    measurement: str | None = None,
+) -> Enrollment:
+    """Attest this workload as ``service`` of ``policy`` and receive its identity.
+
+    ``measurement`` is for the simulated platform only (hardware measures itself).
+    """
+    hpke_key = x25519.X25519PrivateKey.generate()
+    hpke_public = hpke_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    csr_pem = make_csr(tls_key, service)
+    nonce = client.nonce()
+    report_data = workload_report_data(nonce, hpke_public, spki_sha256(tls_key.public_key()))
+    if measurement is not None:
+        evidence = platform.get_evidence(report_data, measurement=measurement)  # type: ignore[call-arg]
+    else:
+        evidence = platform.get_evidence(report_data)
+    reply = client.attest(
+        policy,
+        service,
+        nonce=nonce,
+        evidence=evidence,
+        hpke_public_key=hpke_public,
+        csr_pem=csr_pem,
+    )
+    values = sv.open_release(
+        reply["sealed_secrets"], hpke_key, sv.release_info(policy, service, nonce)
+    )
+    return Enrollment(
+        policy=policy,
+        service=service,
+        key=tls_key,
+        certificate=reply["certificate"],
+        ca_certificate=reply["ca_certificate"],
+        secrets=values,
+        session_token=reply["session_token"],
+        session_expires=datetime.fromisoformat(reply["session_expires"]),
+        policy_digest=reply["policy_digest"],
+        policy_version=int(reply["policy_version"]),
+    )

@@ -1,0 +1,89 @@
+"""The SPM's own TLS identity, and the measurement of its code.
+
+The TLS key is generated inside the SPM's TEE on first start and kept sealed
+under the master key, so the key (and the pin clients keep, the SHA-256 of its
+SubjectPublicKeyInfo) survives restarts. The certificate is self-signed and made
+anew at each start for the names the SPM listens on: clients do not trust it
+through a CA but through attestation, which binds the key's digest.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from secfl.spm.binding import spki_sha256
+
+IDENTITY_META = "identity_key"
+IDENTITY_AAD = b"secfl/spm-identity/v1"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The SPM's TLS key and its current self-signed certificate."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    @property
+    def spki_sha256(self) -> str:
+        return spki_sha256(self.key.public_key())
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def self_signed(key: ec.EllipticCurvePrivateKey, names: list[str]) -> x509.Certificate:
+    """A certificate for ``names`` (DNS names or IP addresses), plus localhost."""
+    sans: list[x509.GeneralName] = []
+    for name in dict.fromkeys([*names, "localhost", "127.0.0.1"]):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    now = datetime.now(UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "secfl SPM")])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+def code_measurement(command: str = "secfl spm serve") -> str:
+    """The simulated TEE's measurement of this SPM: ``secfl measure`` of the
+    installed ``secfl`` package and the command. Hardware measures itself."""
+    from secfl.tee.measure import measure
+
+    package = Path(__file__).resolve().parents[1]
+    return measure([package], command, exclude=("__pycache__",))

@@ -1,0 +1,323 @@
+"""Secret values: generated from their policy definition, rendered for injection,
+sealed to an attested workload.
+
+A secret value is a small JSON-able dict; what it holds depends on its kind:
+
+- ``aes-256``, ``random``, ``imported``: ``raw`` (base64);
+- ``ed25519``, ``ecdsa-p256``: ``key`` (PKCS#8 PEM), ``pub`` (PEM);
+- ``x509-ca``: ``key``, ``crt`` (self-signed);
+- ``x509``: ``key``, ``crt``, ``chain`` (the issuing CA's certificate).
+
+:func:`render` turns a value and a placeholder selector into the text that is
+substituted for ``$$SECFL::name[:selector]$$``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, hpke, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from secfl.errors import SpmError
+from secfl.policy.model import CaSecret, CertSecret, Secret
+
+Value = dict[str, str]
+
+RELEASE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+IMPORT_SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+def definition_digest(secret: Secret) -> str:
+    """Digest of a secret's definition: a changed definition means a new value."""
+    doc = json.dumps(secret.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def _pem_key(key: Any) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def _pem_pub(key: Any) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _pem_cert(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _raw(data: bytes, kind: str) -> Value:
+    return {"kind": kind, "raw": base64.b64encode(data).decode()}
+
+
+def generate(secret: Secret, values: dict[str, Value], now: datetime) -> Value:
+    """A fresh value for ``secret``; x509 certificates need their CA in ``values``."""
+    if secret.kind == "aes-256":
+        return _raw(os.urandom(32), secret.kind)
+    if secret.kind == "random":
+        return _raw(os.urandom(secret.size), secret.kind)
+    if secret.kind in ("ed25519", "ecdsa-p256"):
+        key = (
+            ed25519.Ed25519PrivateKey.generate()
+            if secret.kind == "ed25519"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+        return {"kind": secret.kind, "key": _pem_key(key), "pub": _pem_pub(key.public_key())}
+    if secret.kind == "x509-ca":
+        return _make_ca(secret, now)
+    if secret.kind == "x509":
+        return _make_cert(secret, values[secret.issuer], now)
+    raise SpmError(f"secrets: '{secret.name}' of kind {secret.kind} cannot be generated")
+
+
+def _make_ca(secret: CaSecret, now: datetime) -> Value:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, secret.common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=secret.validity_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return {"kind": "x509-ca", "key": _pem_key(key), "crt": _pem_cert(cert)}
+
+
+def _general_names(names: list[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
+
+
+def _ca_parts(ca: Value) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = serialization.load_pem_private_key(ca["key"].encode(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SpmError("secrets: CA key is not an EC key")
+    return key, x509.load_pem_x509_certificate(ca["crt"].encode())
+
+
+def _leaf(
+    ca: Value,
+    public_key: Any,
+    subject: x509.Name,
+    sans: list[x509.GeneralName],
+    usage: list[str],
+    not_after: datetime,
+    now: datetime,
+) -> x509.Certificate:
+    ca_key, ca_cert = _ca_parts(ca)
+    ekus = [
+        *([ExtendedKeyUsageOID.SERVER_AUTH] if "server" in usage else []),
+        *([ExtendedKeyUsageOID.CLIENT_AUTH] if "client" in usage else []),
+    ]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(min(not_after, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, True, False, True, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _make_cert(secret: CertSecret, ca: Value, now: datetime) -> Value:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _leaf(
+        ca,
+        key.public_key(),
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, secret.common_name)]),
+        _general_names(secret.sans),
+        list(secret.usage),
+        now + timedelta(days=secret.validity_days),
+        now,
+    )
+    return {"kind": "x509", "key": _pem_key(key), "crt": _pem_cert(cert), "chain": ca["crt"]}
+
+
+def needs_renewal(secret: Secret, value: Value, now: datetime) -> bool:
+    """An x509 secret within ``renew_before_days`` of expiry is renewed at release."""
+    if not isinstance(secret, CertSecret):
+        return False
+    cert = x509.load_pem_x509_certificate(value["crt"].encode())
+    return cert.not_valid_after_utc - timedelta(days=secret.renew_before_days) <= now
+
+
+def service_uri(policy: str, service: str) -> str:
+    """The URI SAN that names an attested service in its certificate."""
+    return f"secfl://{policy}/{service}"
+
+
+def issue_service_certificate(
+    ca: Value,
+    csr: x509.CertificateSigningRequest,
+    *,
+    policy: str,
+    service: str,
+    ttl_seconds: int,
+    now: datetime,
+) -> x509.Certificate:
+    """Sign an attested workload's CSR key for ``service``, whatever the CSR asked for.
+
+    Subject CN and DNS SAN are the service name; a URI SAN ``secfl://policy/service``
+    identifies it to peers; usable for TLS server and client authentication.
+    """
+    return _leaf(
+        ca,
+        csr.public_key(),
+        x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, policy),
+                x509.NameAttribute(NameOID.COMMON_NAME, service),
+            ]
+        ),
+        [x509.DNSName(service), x509.UniformResourceIdentifier(service_uri(policy, service))],
+        ["server", "client"],
+        now + timedelta(seconds=ttl_seconds),
+        now,
+    )
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def render(name: str, value: Value, selector: str | None) -> str:
+    """The text for ``$$SECFL::name[:selector]$$``; an inapplicable selector is an error."""
+    kind = value["kind"]
+    if "raw" in value:
+        raw = base64.b64decode(value["raw"])
+        if selector == "hex" or (selector is None and kind != "imported"):
+            return raw.hex()
+        if selector == "base64":
+            return value["raw"]
+        if selector is None:
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SpmError(
+                    f"secrets: '{name}' is not UTF-8 text; use :hex or :base64"
+                ) from None
+    else:
+        part = {None: "crt" if "crt" in value else "key"}.get(selector, selector)
+        if part == "pub" and "pub" not in value and "crt" in value:
+            cert = x509.load_pem_x509_certificate(value["crt"].encode())
+            return _pem_pub(cert.public_key())
+        if part == "chain" and kind == "x509-ca":
+            part = "crt"
+        if part in value and part != "kind":
+            return value[part]
+    raise SpmError(f"secrets: selector ':{selector}' does not apply to '{name}' ({kind})")
+
+
+def restrict(value: Value, selectors: set[str | None]) -> Value:
+    """Only the parts of ``value`` that ``selectors`` render (``"*"``: all of it)."""
+    if "*" in selectors:
+        return value
+    keep = {"kind"}
+    for selector in selectors:
+        if "raw" in value:
+            keep.add("raw")
+        elif selector is None:
+            keep.add("crt" if "crt" in value else "key")
+        elif (selector == "pub" and "pub" not in value) or (
+            selector == "chain" and value["kind"] == "x509-ca"
+        ):
+            keep.add("crt")
+        else:
+            keep.add(selector)
+    return {k: v for k, v in value.items() if k in keep}
+
+
+# --- sealing ------------------------------------------------------------------------------
+
+
+def release_info(policy: str, service: str, nonce: bytes) -> bytes:
+    """HPKE info binding a release to its policy, service and attestation nonce."""
+    return f"secfl/secret-release/v1\n{policy}/{service}/{nonce.hex()}".encode()
+
+
+def seal_release(values: dict[str, Value], hpke_public_key: bytes, info: bytes) -> bytes:
+    """Seal released values to the workload's X25519 key (raw 32 bytes)."""
+    try:
+        key = x25519.X25519PublicKey.from_public_bytes(hpke_public_key)
+    except ValueError:
+        raise SpmError("attestation: hpke_public_key is not a raw X25519 public key") from None
+    payload = json.dumps(values, sort_keys=True).encode()
+    return RELEASE_SUITE.encrypt(payload, key, info=info)
+
+
+def open_release(
+    sealed: bytes, private_key: x25519.X25519PrivateKey, info: bytes
+) -> dict[str, Value]:
+    """The workload side of :func:`seal_release`."""
+    try:
+        return json.loads(RELEASE_SUITE.decrypt(sealed, private_key, info=info))
+    except Exception as exc:  # InvalidTag and friends
+        raise SpmError(f"secrets: cannot open the sealed secrets ({type(exc).__name__})") from None
+
+
+def import_info(policy: str, secret: str) -> bytes:
+    return f"secfl/imported-secret/v1\n{policy}/{secret}".encode()
+
+
+def seal_imported(
+    value: bytes, spm_public_key: ec.EllipticCurvePublicKey, policy: str, secret: str
+) -> str:
+    """What a board member writes as ``sealed:`` for an imported secret (base64)."""
+    sealed = IMPORT_SUITE.encrypt(value, spm_public_key, info=import_info(policy, secret))
+    return base64.b64encode(sealed).decode()
+
+
+def open_imported(
+    sealed_b64: str, spm_key: ec.EllipticCurvePrivateKey, policy: str, secret: str
+) -> Value:
+    try:
+        raw = IMPORT_SUITE.decrypt(
+            base64.b64decode(sealed_b64, validate=True), spm_key, info=import_info(policy, secret)
+        )
+    except Exception:
+        raise SpmError(
+            f"secrets: imported secret '{secret}' is not sealed to this SPM for policy '{policy}'"
+        ) from None
+    return _raw(raw, "imported")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

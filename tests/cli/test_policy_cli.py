@@ -1,0 +1,202 @@
+"""``secfl policy``: keygen, validate, digest, sign and verify, through ``main()``."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import typer
+
+import secfl.cli.main as cli_main
+from secfl.cli import policy as policy_cli
+from secfl.policy import digest, load_policy_file
+from tests.policy import policy_dict, to_yaml
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    """Call ``secfl.cli.main.main`` with the ``policy`` group registered.
+
+    Until cli/main.py registers the group itself, a root app with it stands in
+    for ``main.app``: the error contract under test is main()'s own.
+    """
+    if not any(g.name == "policy" for g in cli_main.app.registered_groups):
+        root = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
+        root.add_typer(policy_cli.app, name="policy")
+
+        @root.callback()
+        def _root() -> None:
+            pass
+
+        monkeypatch.setattr(cli_main, "app", root)
+
+    def call(*args: str) -> tuple[int, str, str]:
+        code = cli_main.main(["policy", *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
+
+
+def _keygen(run: Run, folder: Path) -> None:
+    for member, kind in [("alice", "ed25519"), ("bob", "ecdsa-p256"), ("carol", "ed25519")]:
+        args = ["keygen", "--out-dir", str(folder), "--member", member, "--kind", kind]
+        code, out, err = run(*args, *(["--recovery"] if member == "alice" else []))
+        assert code == 0, err
+        assert f"{member}.pub  sha256:" in out
+
+
+def _write_policy(folder: Path, keys: Path, **changes: object) -> Path:
+    data = policy_dict()
+    for member in data["board"]["members"]:
+        member["public_key"] = (keys / f"{member['name']}.pub").read_text()
+    data["board"]["members"][0]["recovery_key"] = (keys / "alice.recovery.pub").read_text()
+    data.update(changes)
+    path = folder / "policy.yaml"
+    path.write_text(to_yaml(data))
+    return path
+
+
+def test_keygen_sign_by_two_members_verify(run: Run, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    for name in ("alice.key", "alice.recovery.key", "bob.key", "carol.key"):
+        assert stat.S_IMODE((keys / name).stat().st_mode) == 0o600
+    assert (keys / "alice.recovery.pub").exists() and not (keys / "bob.recovery.pub").exists()
+    path = _write_policy(tmp_path, keys)
+
+    code, out, err = run("validate", str(path))
+    assert code == 0, err
+    assert "policy test-policy version 1: valid" in out
+    assert "board:    2 of 3 (alice, bob, carol)" in out
+
+    code, out, err = run("digest", str(path))
+    assert (code, err) == (0, "")
+    assert out == digest(load_policy_file(path)) + "\n"
+
+    for member in ("alice", "bob"):
+        code, out, err = run(
+            "sign", str(path), "--key", str(keys / f"{member}.key"), "--member", member
+        )
+        assert (code, err) == (0, ""), err
+        sig = json.loads((tmp_path / f"policy.yaml.{member}.sig").read_text())
+        assert sig["member"] == member and sig["digest"] == digest(load_policy_file(path))
+
+    sigs = [str(tmp_path / f"policy.yaml.{m}.sig") for m in ("alice", "bob")]
+    code, out, err = run("verify", str(path), "--sig", sigs[0], "--sig", sigs[1])
+    assert code == 0, err
+    assert out == "approved by alice, bob (2 of 3, 2 required)\n"
+
+    code, out, err = run("verify", str(path), "--sig", sigs[0])
+    assert (code, out) == (1, "")
+    assert err == "error: approval: 1 valid signature(s) of the 2 required\n"
+
+
+def test_sign_to_a_chosen_file_and_warn_about_a_foreign_key(run: Run, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    path = _write_policy(tmp_path, keys)
+    out_file = tmp_path / "carol.sig"
+    code, _, err = run(
+        "sign",
+        str(path),
+        "--key",
+        str(keys / "alice.key"),
+        "--member",
+        "carol",
+        "-o",
+        str(out_file),
+    )
+    assert code == 0
+    assert err == "warning: this key is not the key of 'carol' on this policy's board\n"
+    code, _, err = run("verify", str(path), "--sig", str(out_file))
+    assert (code, err) == (1, "error: approval: invalid signature by 'carol'\n")
+
+    code, _, err = run("sign", "-", "--key", str(keys / "alice.key"), "--member", "alice")
+    assert (code, err) == (1, "error: give --output when the policy comes from standard input\n")
+
+
+def test_verify_a_new_version_against_the_previous_board(run: Run, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    v1 = _write_policy(tmp_path, keys)
+    v1_copy = tmp_path / "v1.yaml"
+    v1_copy.write_bytes(v1.read_bytes())
+    v2 = _write_policy(tmp_path, keys, version=2, predecessor=digest(load_policy_file(v1_copy)))
+    for member in ("bob", "carol"):
+        assert (
+            run("sign", str(v2), "--key", str(keys / f"{member}.key"), "--member", member)[0] == 0
+        )
+    sigs = [str(tmp_path / f"policy.yaml.{m}.sig") for m in ("bob", "carol")]
+    code, out, err = run(
+        "verify", str(v2), "--sig", sigs[0], "--sig", sigs[1], "--board", str(v1_copy)
+    )
+    assert code == 0, err
+    assert out.startswith("approved by bob, carol")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "error: cannot read policy '{path}': No such file or directory\n"),
+        ("name: [1\n", "error: policy: YAML line 2, column 1: expected ',' or ']', but got"),
+        ("name: a\nname: b\n", "error: policy: YAML line 2, column 1: duplicate key 'name'\n"),
+        ("federation: {}\n", "error: policy: name: missing required field (and 5 more errors)\n"),
+    ],
+    ids=["missing", "syntax", "duplicate key", "incomplete"],
+)
+@pytest.mark.parametrize("command", ["validate", "digest"])
+def test_a_bad_policy_is_one_error_line(
+    run: Run, tmp_path: Path, command: str, content: str | None, expected: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = run(command, str(path))
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert err.startswith(expected.format(path=path).rstrip("\n")), err
+
+
+def test_an_invalid_field_names_its_path(run: Run, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    path = _write_policy(tmp_path, keys)
+    path.write_text(path.read_text().replace("$$SECFL::model-key$$", "$$SECFL::x$$"))
+    code, _, err = run("validate", str(path))
+    assert code == 1
+    assert (
+        err == "error: policy: services[1].inject.env.KEY: placeholder names unknown secret 'x'\n"
+    )
+
+
+def test_bad_signature_files_name_the_file(run: Run, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    path = _write_policy(tmp_path, keys)
+    bad = tmp_path / "bad.sig"
+    bad.write_text("{}")
+    code, _, err = run("verify", str(path), "--sig", str(bad))
+    assert code == 1
+    assert err.startswith(f"error: {bad}: signature: member: missing required field")
+
+
+def test_keygen_refuses_to_overwrite_and_bad_options(run: Run, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert run("keygen", "--out-dir", str(keys), "--member", "alice")[0] == 0
+    before = (keys / "alice.key").read_bytes()
+    code, _, err = run("keygen", "--out-dir", str(keys), "--member", "alice")
+    assert (code, err) == (1, f"error: '{keys / 'alice.key'}' exists; use --force to replace it\n")
+    assert (keys / "alice.key").read_bytes() == before
+    assert run("keygen", "--out-dir", str(keys), "--member", "alice", "--force")[0] == 0
+    assert (keys / "alice.key").read_bytes() != before
+
+    code, _, err = run("keygen", "--out-dir", str(keys), "--member", "dave", "--kind", "rsa")
+    assert (code, err) == (1, "error: --kind: 'rsa' is not one of ed25519, ecdsa-p256\n")
+    code, _, err = run("keygen", "--out-dir", str(keys), "--member", "a b")
+    assert (code, err) == (1, "error: --member: 'a b' is not a valid member name\n")

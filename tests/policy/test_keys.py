@@ -1,0 +1,109 @@
+"""Board keys: only Ed25519 and ECDSA P-256 sign; recovery keys are X25519 or P-256."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
+
+from secfl.errors import PolicyError
+from secfl.policy import keys
+
+
+def _pems(key: object) -> tuple[bytes, bytes]:
+    private = key.private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return private, keys.public_pem(key.public_key())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa-p256"])
+def test_generated_board_keys_load_and_match(kind: keys.KeyKind) -> None:
+    private_pem, public_pem = keys.generate(kind)
+    assert private_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert public_pem.startswith(b"-----BEGIN PUBLIC KEY-----")
+    private = keys.load_private(private_pem)
+    public = keys.load_public(public_pem.decode())
+    assert keys.key_kind(private) == keys.key_kind(public) == kind
+    assert keys.public_pem(private.public_key()) == public_pem
+    assert keys.key_id(public) == keys.key_id(private.public_key())
+    assert len(keys.key_id(public)) == 64
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(PolicyError, match="key kind 'rsa' is not one of ed25519, ecdsa-p256"):
+        keys.generate("rsa")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "what"),
+    [
+        (rsa.generate_private_key(65537, 2048), "RSA key"),
+        (ec.generate_private_key(ec.SECP384R1()), "EC key on secp384r1"),
+        (ed448.Ed448PrivateKey.generate(), "Ed448 key"),
+        (x25519.X25519PrivateKey.generate(), "X25519 key"),
+    ],
+    ids=["rsa", "p384", "ed448", "x25519"],
+)
+def test_other_key_types_are_refused_as_board_keys(key: object, what: str) -> None:
+    private_pem, public_pem = _pems(key)
+    with pytest.raises(PolicyError) as info:
+        keys.load_private(private_pem)
+    assert str(info.value) == (f"board signing key: {what} refused (Ed25519 or ECDSA P-256 only)")
+    with pytest.raises(PolicyError) as info:
+        keys.load_public(public_pem)
+    assert str(info.value) == f"board public key: {what} refused (Ed25519 or ECDSA P-256 only)"
+
+
+def test_garbage_and_encrypted_keys_are_refused() -> None:
+    with pytest.raises(PolicyError, match="^board public key: not a PEM public key$"):
+        keys.load_public(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(PolicyError, match="^board signing key: not a PEM private key"):
+        keys.load_private("not a key")
+    public_pem = keys.generate()[1]
+    with pytest.raises(PolicyError, match="not a PEM private key"):
+        keys.load_private(public_pem)
+    encrypted = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    with pytest.raises(PolicyError, match="the key is encrypted; a password is needed"):
+        keys.load_private(encrypted)
+    assert keys.key_kind(keys.load_private(encrypted, password=b"secret")) == "ed25519"
+
+
+def test_recovery_keys_are_x25519_or_p256() -> None:
+    private_pem, public_pem = keys.generate_recovery()
+    assert isinstance(keys.load_recovery_public(public_pem), x25519.X25519PublicKey)
+    assert isinstance(keys.load_recovery_private(private_pem), x25519.X25519PrivateKey)
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    assert isinstance(keys.load_recovery_public(_pems(p256)[1]), ec.EllipticCurvePublicKey)
+    with pytest.raises(PolicyError, match=r"^recovery public key: Ed25519 key refused"):
+        keys.load_recovery_public(keys.generate("ed25519")[1])
+    with pytest.raises(PolicyError, match=r"^recovery key: RSA key refused"):
+        keys.load_recovery_private(_pems(rsa.generate_private_key(65537, 2048))[0])
+
+
+def test_private_keys_are_written_0600_and_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "alice.key"
+    private_pem, _ = keys.generate()
+    assert keys.write_private(path, private_pem) == path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes() == private_pem
+    with pytest.raises(PolicyError, match="refusing to overwrite the existing key"):
+        keys.write_private(path, b"other")
+    assert path.read_bytes() == private_pem
+
+    path.chmod(0o644)
+    keys.write_private(path, b"replaced", overwrite=True)
+    assert path.read_bytes() == b"replaced"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    with pytest.raises(PolicyError, match="cannot write"):
+        keys.write_private(tmp_path / "missing" / "k.key", private_pem)

@@ -1,0 +1,177 @@
+"""A real SPM process on loopback HTTPS, a board with keys, and policies to submit.
+
+Shared by the SPM's end-to-end, restart and benchmark code: everything here runs
+the SPM as `secfl spm serve` in its own process, exactly as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from secfl.policy import keys
+from secfl.policy.document import load_policy
+from secfl.policy.signatures import Signature, sign_policy
+from secfl.tee import simulated
+
+AGGREGATOR_MR = "a1" * 48
+COLLABORATOR_MR = "c0" * 48
+
+
+@dataclass
+class Board:
+    """Three members: alice (ed25519), bob (ecdsa-p256), carol (ed25519); 2 of 3."""
+
+    keys: dict[str, bytes] = field(default_factory=dict)
+    public: dict[str, bytes] = field(default_factory=dict)
+    recovery: dict[str, bytes] = field(default_factory=dict)
+    recovery_public: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls) -> Board:
+        board = cls()
+        for name, kind in (("alice", "ed25519"), ("bob", "ecdsa-p256"), ("carol", "ed25519")):
+            board.keys[name], board.public[name] = keys.generate(kind)  # type: ignore[arg-type]
+            board.recovery[name], board.recovery_public[name] = keys.generate_recovery()
+        return board
+
+    def members(self) -> list[dict[str, str]]:
+        return [
+            {
+                "name": n,
+                "public_key": self.public[n].decode(),
+                "recovery_key": self.recovery_public[n].decode(),
+            }
+            for n in self.keys
+        ]
+
+    def sign(self, document: str, *who: str) -> list[Signature]:
+        policy = load_policy(document)
+        return [sign_policy(policy, self.keys[w], w) for w in who]
+
+
+def policy_document(
+    name: str,
+    board: Board,
+    sim_root: bytes,
+    *,
+    version: int = 1,
+    predecessor: str = "",
+    accept: tuple[str, ...] = ("simulated",),
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """A policy: an aggregator and a collaborator, an identity CA, a model key, counters."""
+    doc: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "predecessor": predecessor,
+        "board": {"members": board.members(), "threshold": 2},
+        "platforms": {
+            "accept": list(accept),
+            "allow_unknown_tcb": True,
+            **({"simulation_root": sim_root.decode()} if "simulated" in accept else {}),
+        },
+        "identity_ca": "fl-ca",
+        "services": [
+            {
+                "name": "aggregator",
+                "role": "aggregator",
+                "measurements": {k: [AGGREGATOR_MR] for k in accept if k in ("simulated", "snp")},
+                "inject": {
+                    "env": {"MODEL_KEY": "$$SECFL::model-key:hex$$"},
+                    "files": {"/secrets/seed": "$$SECFL::seed:base64$$"},
+                },
+                "counters": ["round"],
+                "certificate_ttl": 3600,
+            },
+            {
+                "name": "collaborator",
+                "role": "collaborator",
+                "measurements": {k: [COLLABORATOR_MR] for k in accept if k in ("simulated", "snp")},
+                "inject": {"args": ["--key", "$$SECFL::model-key:hex$$"]},
+            },
+        ],
+        "secrets": [
+            {"name": "fl-ca", "kind": "x509-ca", "common_name": f"{name} CA"},
+            {"name": "model-key", "kind": "aes-256"},
+            {"name": "seed", "kind": "random", "size": 16},
+            {"name": "signing", "kind": "ed25519"},
+        ],
+        "counters": [{"name": "round"}],
+        "federation": {"rounds": 10},
+    }
+    if extra:
+        doc.update(extra)
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@dataclass
+class SpmProcess:
+    """`secfl spm serve` in a child process, with what its ready file says."""
+
+    data: Path
+    sim_dir: Path
+    db: str | None
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    pin: str = ""
+    measurement: str = ""
+    log: Path | None = None
+
+    def start(self, timeout: float = 60.0) -> SpmProcess:
+        ready = self.data.with_suffix(".ready.json")
+        ready.unlink(missing_ok=True)
+        self.log = self.data.with_suffix(".log")
+        args = [
+            sys.executable, "-m", "secfl.cli.main", "spm", "serve",
+            "--data", str(self.data), "--listen", "127.0.0.1:0",
+            "--platform", "simulated", "--sim-dir", str(self.sim_dir),
+            "--ready-file", str(ready),
+        ]  # fmt: skip
+        if self.db:
+            args += ["--db", self.db]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"SPM exited {self.proc.returncode}: {self.log.read_text()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"SPM did not start: {self.log.read_text()}")
+            time.sleep(0.05)
+        doc = json.loads(ready.read_text())
+        self.url, self.pin, self.measurement = (
+            doc["url"],
+            doc["tls_spki_sha256"],
+            doc["measurement"],
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def make_sim(path: Path) -> bytes:
+    simulated.init(path, force=True)
+    return (path / simulated.ROOT_CERT).read_bytes()

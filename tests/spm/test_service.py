@@ -1,0 +1,130 @@
+"""The SPM's decisions in process, on a real SQLite store: nonce expiry, what is
+released (and what is not), imported secrets, and recovery by the board."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from secfl.errors import AuditError
+from secfl.spm import secrets as sv
+from secfl.spm.audit_verify import verify_database
+from secfl.spm.client import SpmClient
+from secfl.spm.enroll import enroll
+from secfl.spm.masterkey import open_secret, open_share, recover_policy_key
+from secfl.spm.server import open_spm
+from secfl.spm.service import Refused, Spm
+from secfl.tee import simulated
+from tests.spm.harness import AGGREGATOR_MR, Board, make_sim, policy_document
+
+
+class LocalClient(SpmClient):
+    """The client API straight onto an in-process :class:`Spm` (no HTTP)."""
+
+    def __init__(self, spm: Spm) -> None:
+        self.spm = spm
+
+    def nonce(self) -> bytes:
+        return self.spm.new_nonce()[0]
+
+    def attest(self, policy, service, *, nonce, evidence, hpke_public_key, csr_pem):  # type: ignore[no-untyped-def, override]
+        r = self.spm.attest(policy, service, nonce=nonce, evidence=evidence.to_json().encode(),
+                            hpke_public_key=hpke_public_key, csr_pem=csr_pem)  # fmt: skip
+        return {
+            "certificate": r.certificate, "ca_certificate": r.ca_certificate,
+            "sealed_secrets": r.sealed_secrets, "session_token": r.session_token,
+            "session_expires": r.session_expires.isoformat(), "policy_digest": r.policy_digest,
+            "policy_version": r.policy_version,
+        }  # fmt: skip
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Spm, Board, bytes, Path]:
+    root = make_sim(tmp_path / "sim")
+    spm = open_spm(tmp_path / "data", platform="simulated", sim_dir=tmp_path / "sim")
+    return spm, Board.create(), root, tmp_path
+
+
+def submit(spm: Spm, board: Board, document: str) -> None:
+    spm.submit_policy(document, [s.model_dump() for s in board.sign(document, "alice", "bob")])
+
+
+def test_expired_nonce_is_refused(setup: tuple[Spm, Board, bytes, Path]) -> None:
+    spm, board, root, tmp = setup
+    submit(spm, board, policy_document("p", board, root))
+    spm.nonce_ttl = -1
+    with pytest.raises(Refused, match="^nonce: the nonce is expired"):
+        enroll(LocalClient(spm), simulated.SimulatedPlatform(tmp / "sim"), "p", "aggregator",
+               measurement=AGGREGATOR_MR)  # fmt: skip
+
+
+def test_only_the_selected_parts_are_released(setup: tuple[Spm, Board, bytes, Path]) -> None:
+    spm, board, root, tmp = setup
+    doc = yaml.safe_load(policy_document("p", board, root))
+    doc["services"][0]["inject"]["files"]["/secrets/ca.crt"] = "$$SECFL::fl-ca:crt$$"
+    doc["services"][0]["inject"]["env"]["SIGN_PUB"] = "$$SECFL::signing:pub$$"
+    submit(spm, board, yaml.safe_dump(doc))
+    got = enroll(LocalClient(spm), simulated.SimulatedPlatform(tmp / "sim"), "p", "aggregator",
+                 measurement=AGGREGATOR_MR)  # fmt: skip
+    assert set(got.secrets["fl-ca"]) == {"kind", "crt"}  # never the CA's private key
+    assert set(got.secrets["signing"]) == {"kind", "pub"}
+    assert got.render("fl-ca", "crt") == got.ca_certificate
+    with pytest.raises(Exception, match="does not apply"):
+        got.render("fl-ca", "key")
+
+
+def test_imported_secret_reaches_only_its_service(setup: tuple[Spm, Board, bytes, Path]) -> None:
+    spm, board, root, tmp = setup
+    doc = yaml.safe_load(policy_document("p", board, root))
+    sealed = sv.seal_imported(b"s3cret-db-password", spm.identity.key.public_key(), "p", "db")
+    doc["secrets"].append({"name": "db", "kind": "imported", "sealed": sealed})
+    doc["services"][0]["inject"]["env"]["DB_PASSWORD"] = "$$SECFL::db$$"
+    submit(spm, board, yaml.safe_dump(doc))
+    got = enroll(LocalClient(spm), simulated.SimulatedPlatform(tmp / "sim"), "p", "aggregator",
+                 measurement=AGGREGATOR_MR)  # fmt: skip
+    assert got.render("db") == "s3cret-db-password"
+
+    other = sv.seal_imported(b"x", spm.identity.key.public_key(), "other-policy", "db")
+    doc2 = yaml.safe_load(policy_document("q", board, root))
+    doc2["secrets"].append({"name": "db", "kind": "imported", "sealed": other})
+    with pytest.raises(Refused, match="not sealed to this SPM for policy 'q'"):
+        submit(spm, board, yaml.safe_dump(doc2))
+
+
+def test_board_recovers_the_policy_secrets(setup: tuple[Spm, Board, bytes, Path]) -> None:
+    spm, board, root, tmp = setup
+    submit(spm, board, policy_document("p", board, root))
+    got = enroll(LocalClient(spm), simulated.SimulatedPlatform(tmp / "sim"), "p", "aggregator",
+                 measurement=AGGREGATOR_MR)  # fmt: skip
+    with spm.store.transaction() as tx:
+        shares_json = tx.get_key_shares("p")
+        record = tx.get_secret("p", "model-key")
+    assert shares_json and record is not None
+    # Without the SPM's master key: two members open their shares and recombine.
+    shares = [open_share(shares_json, m, board.recovery[m]) for m in ("bob", "carol")]
+    key = recover_policy_key(shares, shares_json)
+    value = json.loads(open_secret(key, "p", "model-key", record.ciphertext))
+    assert sv.render("model-key", value, "hex") == got.render("model-key", "hex")
+    with pytest.raises(Exception, match="threshold"):
+        recover_policy_key(shares[:1], shares_json)
+
+
+def test_database_tampering_is_detected(setup: tuple[Spm, Board, bytes, Path]) -> None:
+    spm, board, root, tmp = setup
+    submit(spm, board, policy_document("p", board, root))
+    spm.store.close()
+    count, head = verify_database(tmp / "data")
+    assert count == head >= 2
+    with sqlite3.connect(tmp / "data" / "spm.db") as db:
+        table = next(
+            n
+            for (n,) in db.execute("select name from sqlite_master where type='table'")
+            if "audit" in n and "head" not in n
+        )
+        db.execute(f"update {table} set event = 'policy.forged' where seq = 2")  # noqa: S608
+    with pytest.raises(AuditError, match="entry 2"):
+        verify_database(tmp / "data")
