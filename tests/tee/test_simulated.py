@@ -137,7 +137,7 @@ def test_root_key_posing_as_platform_is_refused(sim: Path, root: bytes) -> None:
         + len(cert).to_bytes(2, "little")
         + cert
     )
-    sig = key.sign(body, ec.ECDSA(hashes.SHA384()))
+    sig = key.sign(body, ec.ECDSA(hashes.SHA256()))
     forged = body + len(sig).to_bytes(2, "little") + sig
     with pytest.raises(VerificationError, match="^chain:"):
         verify(forged, sim_root=root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
 from collections.abc import Sequence
 from datetime import datetime
@@ -83,9 +84,14 @@ def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str)
     Also refuses a signature BIT STRING with unused bits, which ``cryptography``
     tolerates: otherwise one certificate would have several accepted encodings.
     """
-    der.certificate_signature(
-        cert.public_bytes(serialization.Encoding.DER), f"chain: {what} '{common_name(cert)}'"
-    )
+    cert_der = cert.public_bytes(serialization.Encoding.DER)
+    try:
+        der.certificate_signature(cert_der, "certificate")
+    except VerificationError as exc:
+        raise VerificationError(f"chain: {what} '{common_name(cert)}': {exc}") from None
+    key = hashlib.sha256(cert_der + issuer.public_bytes(serialization.Encoding.DER)).digest()
+    if key in _ISSUED:
+        return
     try:
         cert.verify_directly_issued_by(issuer)
     except InvalidSignature:
@@ -97,6 +103,23 @@ def check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str)
         raise VerificationError(
             f"chain: {what} '{common_name(cert)}' is not issued by '{common_name(issuer)}' ({exc})"
         ) from None
+    _remember(key)
+
+
+#: Pairs (certificate, issuer) whose signature verified, by SHA-256 of both DER
+#: encodings. A signature's validity depends only on those bytes, so verifiers
+#: that see the same chain again (a PCK chain, an ASK, a simulated platform
+#: certificate) skip the public-key operation; dates are still checked every time.
+_ISSUED: dict[bytes, None] = {}
+_ISSUED_MAX = 4096
+_ISSUED_LOCK = threading.Lock()
+
+
+def _remember(key: bytes) -> None:
+    with _ISSUED_LOCK:
+        if len(_ISSUED) >= _ISSUED_MAX:
+            _ISSUED.pop(next(iter(_ISSUED)))
+        _ISSUED[key] = None
 
 
 def check_chain(

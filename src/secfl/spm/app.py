@@ -8,7 +8,6 @@ before they are read.
 from __future__ import annotations
 
 import base64
-import json
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from secfl import __version__
 from secfl.errors import SecflError
@@ -122,74 +122,20 @@ def _hex(value: str, field: str) -> bytes:
         raise Refused(f"{field}: not hex", 400) from None
 
 
-class _TooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """ASGI middleware: refuse a request body above ``limit`` bytes with 413, whether
-    announced by Content-Length or streamed in chunks, before the app parses it."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await self._refuse(send)
-            return
-        seen = 0
-        started = False
-
-        async def counted() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
-
-        async def tracked(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
-
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"error": f"body: larger than {self.limit} bytes"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
 def head_message(seq: int, head_hash: str) -> bytes:
     return f"{AUDIT_HEAD_DOMAIN}\n{seq}\n{head_hash}".encode()
 
 
 def create_app(spm: Spm) -> FastAPI:
     """The ASGI application serving ``spm``."""
-    app = FastAPI(title="secfl Security Policy Manager", version=__version__)
+    app = FastAPI(
+        title="secfl Security Policy Manager", version=__version__, max_body_size=MAX_BODY
+    )
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = "body: larger than the limit" if exc.status_code == 413 else str(exc.detail)
+        return JSONResponse({"error": reason}, status_code=exc.status_code)
 
     @app.exception_handler(Refused)
     async def refused(_: Request, exc: Refused) -> JSONResponse:
@@ -259,7 +205,7 @@ def create_app(spm: Spm) -> FastAPI:
         )
 
     @app.post("/v1/policies/{name}/counters/{counter}/increment", responses=ERRORS)
-    def increment(
+    async def increment(
         name: PolicyName,
         counter: Annotated[str, Path(pattern=NAME)],
         authorization: Annotated[str | None, Header(max_length=256)] = None,
@@ -269,7 +215,8 @@ def create_app(spm: Spm) -> FastAPI:
             raise Refused(
                 "session: a 'Authorization: Bearer <session token>' header is required", 401
             )
-        return CounterOut(counter=counter, value=spm.increment(token, name, counter))
+        value = await spm.increment_async(token, name, counter)
+        return CounterOut(counter=counter, value=value)
 
     @app.get("/v1/policies/{name}/counters/{counter}", responses=ERRORS)
     def get_counter(name: PolicyName, counter: Annotated[str, Path(pattern=NAME)]) -> CounterOut:

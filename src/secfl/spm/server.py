@@ -109,6 +109,8 @@ def serve(
             log_level=log_level,
             access_log=False,
             timeout_keep_alive=30,
+            proxy_headers=False,
+            server_header=False,
         )
         config.load()  # reads the key into the SSL context; the files can go now
     finally:

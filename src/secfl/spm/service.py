@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets as pysecrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from secfl.policy.model import Policy
 from secfl.policy.signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature, check_approval
 from secfl.spm import secrets as sv
 from secfl.spm.binding import csr_public_key_sha256, spm_report_data, workload_report_data
+from secfl.spm.groupcommit import GroupCommit
 from secfl.spm.identity import Identity
 from secfl.spm.masterkey import (
     MasterKey,
@@ -37,11 +39,17 @@ from secfl.spm.masterkey import (
     unwrap_policy_key,
     wrap_policy_key,
 )
-from secfl.spm.store import PolicyRecord, SecretRecord, Store
+from secfl.spm.nonces import NonceIssuer
+from secfl.spm.store import PolicyRecord, SecretRecord, SessionRecord, Store
 from secfl.tee.claims import TCB_ORDER, Claims
 from secfl.tee.evidence import Evidence
 from secfl.tee.platforms import Platform
 from secfl.tee.verify import verify
+
+#: Seconds a replica may serve a policy's current version before re-reading it.
+CURRENT_TTL = 1.0
+#: Spent nonces are pruned (once expired past the store's grace) every this many attestations.
+PRUNE_EVERY = 1000
 
 
 class Refused(SpmError):
@@ -88,9 +96,28 @@ class Spm:
         self.platform = platform
         self.identity = identity
         self.measurement = measurement
-        self.nonce_ttl = nonce_ttl
         self.session_ttl = session_ttl
+        self.nonces = NonceIssuer(master.derive("attestation-nonce"), nonce_ttl)
+        self.group = GroupCommit(store)
         self._policies: dict[tuple[str, int], Policy] = {}
+        self._records: dict[tuple[str, int], PolicyRecord] = {}
+        self._sessions: dict[bytes, SessionRecord] = {}
+        self._current: dict[str, tuple[float, PolicyRecord]] = {}
+        self._values: dict[tuple[str, str], tuple[float, sv.Value]] = {}
+        self._keys: dict[str, bytes] = {}
+        self._spent = 0
+
+    @property
+    def nonce_ttl(self) -> float:
+        return self.nonces.ttl
+
+    @nonce_ttl.setter
+    def nonce_ttl(self, seconds: float) -> None:
+        self.nonces.ttl = seconds
+
+    def close(self) -> None:
+        self.group.close()
+        self.store.close()
 
     # --- the SPM's own attestation --------------------------------------------------------
 
@@ -112,11 +139,25 @@ class Spm:
     # --- policies -------------------------------------------------------------------------
 
     def policy(self, name: str, version: int | None = None) -> tuple[PolicyRecord, Policy]:
-        """A policy version (default: the current one), parsed once and cached."""
-        with self.store.transaction() as tx:
-            record = (
-                tx.current_policy(name) if version is None else tx.policy_version(name, version)
-            )
+        """A policy version (default: the current one), parsed once and cached.
+
+        The current version is re-read at most every ``CURRENT_TTL`` seconds (and at
+        once after this SPM accepts a new one): a replica sharing the database sees
+        another replica's new version within that time."""
+        if version is None:
+            cached = self._current.get(name)
+            if cached is not None and time.monotonic() - cached[0] < CURRENT_TTL:
+                return cached[1], self._parsed(cached[1])
+        record = self._records.get((name, version)) if version is not None else None
+        if record is None:
+            with self.store.read() as tx:
+                record = (
+                    tx.current_policy(name) if version is None else tx.policy_version(name, version)
+                )
+            if record is not None:
+                self._records[(record.name, record.version)] = record
+                if version is None:
+                    self._current[name] = (time.monotonic(), record)
         if record is None:
             raise Refused(f"policy: no policy named '{name}'", 404)
         return record, self._parsed(record)
@@ -185,18 +226,21 @@ class Spm:
                     created_at=now,
                 )
                 tx.add_policy(record)
+                self._current.pop(policy.name, None)
                 tx.append_audit(
                     "policy.accepted",
                     policy.name,
                     {"version": policy.version, "digest": policy_digest, "approvers": approvers},
                 )
         except Refused as exc:
+            self._current.pop(policy.name, None)
             self._audit_refusal(
                 "policy.refused",
                 policy.name,
                 {"version": policy.version, "digest": policy_digest, "reason": str(exc)},
             )
             raise
+        self._current.pop(policy.name, None)
         return record
 
     def _provision(self, tx: Any, policy: Policy, now: datetime) -> None:
@@ -237,6 +281,25 @@ class Spm:
             raise SpmError(f"secrets: a secret of policy '{policy}' is missing from the store")
         return json.loads(open_secret(key, policy, record.name, record.ciphertext))
 
+    def _policy_key(self, tx: Any, policy: str) -> bytes:
+        """A policy's data key (it never changes once made), unwrapped once."""
+        key = self._keys.get(policy)
+        if key is None:
+            wrapped = tx.get_policy_key(policy)
+            if wrapped is None:
+                raise SpmError(f"secrets: policy '{policy}' has no data key")
+            key = self._keys[policy] = unwrap_policy_key(self.master, policy, wrapped)
+        return key
+
+    def _value(self, tx: Any, key: bytes, policy: str, name: str) -> sv.Value:
+        """A secret's value, decrypted at most once per ``CURRENT_TTL`` per process."""
+        cached = self._values.get((policy, name))
+        if cached is not None and time.monotonic() - cached[0] < CURRENT_TTL:
+            return cached[1]
+        value = self._open_value(key, policy, tx.get_secret(policy, name))
+        self._values[(policy, name)] = (time.monotonic(), value)
+        return value
+
     def _store_value(
         self,
         tx: Any,
@@ -247,6 +310,7 @@ class Spm:
         definition: str,
         value: sv.Value,
     ) -> None:
+        self._values.pop((policy, name), None)
         blob = seal_secret(key, policy, name, json.dumps(value).encode())
         tx.put_secret(
             SecretRecord(
@@ -262,11 +326,8 @@ class Spm:
     # --- workload attestation -------------------------------------------------------------
 
     def new_nonce(self) -> tuple[bytes, datetime]:
-        nonce = os.urandom(32)
-        expires = datetime.now(UTC) + timedelta(seconds=self.nonce_ttl)
-        with self.store.transaction() as tx:
-            tx.add_nonce(nonce, expires)
-        return nonce, expires
+        """A fresh nonce for one attestation (self-authenticating: nothing is written)."""
+        return self.nonces.issue()
 
     def attest(
         self,
@@ -279,19 +340,20 @@ class Spm:
         csr_pem: bytes,
     ) -> AttestResult:
         """Verify a workload and release its certificate and secrets, or refuse and
-        audit why. The nonce is spent whatever the outcome."""
+        audit why. A genuine nonce is spent whatever the outcome, in the same
+        commit as the release or the refusal."""
         detail: dict[str, Any] = {"service": service_name}
+        refusal: Refused | None = None
+        now = datetime.now(UTC)
+        nonce_state, nonce_expires = self.nonces.check(nonce, now)
+        checked: tuple[PolicyRecord, Policy, Claims, x509.CertificateSigningRequest] | None = None
         try:
             record, policy = self.policy(policy_name)
             detail["policy_version"] = record.version
-            service = policy.service(service_name)
-            if service is None:
+            if policy.service(service_name) is None:
                 raise Refused(f"policy: '{policy_name}' has no service '{service_name}'", 404)
-            now = datetime.now(UTC)
-            with self.store.transaction() as tx:
-                state = tx.consume_nonce(nonce, now)
-            if state != "ok":
-                raise Refused(f"nonce: the nonce is {state}")
+            if nonce_state != "ok":
+                raise Refused(f"nonce: the nonce is {nonce_state}")
             claims = self._verify(policy, evidence, now)
             detail["kind"] = claims.kind
             detail["measurement"] = next(iter(claims.measurements.values()), None)
@@ -302,13 +364,33 @@ class Spm:
                 raise Refused(
                     "report_data: the evidence does not bind this nonce, HPKE key and CSR key"
                 )
-            return self._release(
-                record, policy, service_name, claims, nonce, hpke_public_key, csr, now
-            )
+            checked = (record, policy, claims, csr)
         except Refused as exc:
-            detail["reason"] = str(exc)
-            self._audit_refusal("attestation.refused", policy_name, detail)
-            raise
+            refusal = exc
+
+        def decide(tx: Any) -> AttestResult | Refused:
+            nonlocal refusal
+            if nonce_expires is not None:
+                if not tx.spend_nonce(nonce, nonce_expires):
+                    refusal = Refused("nonce: the nonce is used")
+                self._spent += 1
+                if self._spent % PRUNE_EVERY == 0:
+                    tx.prune_nonces(now)
+            if refusal is not None or checked is None:
+                assert refusal is not None
+                tx.append_audit(
+                    "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
+                )
+                return refusal
+            record, policy, claims, csr = checked
+            return self._release(
+                tx, record, policy, service_name, claims, nonce, hpke_public_key, csr, now
+            )
+
+        outcome = self.group.run(decide)
+        if isinstance(outcome, Refused):
+            raise outcome
+        return outcome
 
     def _verify(self, policy: Policy, evidence: bytes, now: datetime) -> Claims:
         platforms = policy.platforms
@@ -355,6 +437,7 @@ class Spm:
 
     def _release(
         self,
+        tx: Any,
         record: PolicyRecord,
         policy: Policy,
         service_name: str,
@@ -368,73 +451,67 @@ class Spm:
         assert service is not None
         token = pysecrets.token_urlsafe(32)
         expires = now + timedelta(seconds=self.session_ttl)
-        with self.store.transaction() as tx:
-            key = unwrap_policy_key(self.master, policy.name, tx.get_policy_key(policy.name))
-            values: dict[str, sv.Value] = {}
-            ca_record = tx.get_secret(policy.name, policy.identity_ca)
-            ca = self._open_value(key, policy.name, ca_record)
-            for name, selectors in sorted(service.released_parts().items()):
-                secret = policy.secret(name)
-                assert secret is not None
-                value = self._open_value(key, policy.name, tx.get_secret(policy.name, name))
-                if sv.needs_renewal(secret, value, now):
-                    issuer = policy.secret(secret.issuer)  # type: ignore[union-attr]
-                    assert issuer is not None
-                    ca_value = self._open_value(
-                        key, policy.name, tx.get_secret(policy.name, issuer.name)
-                    )
-                    value = sv.generate(secret, {issuer.name: ca_value}, now)
-                    self._store_value(
-                        tx, key, policy.name, name, secret.kind, sv.definition_digest(secret), value
-                    )
-                    tx.append_audit("secret.renewed", policy.name, {"secret": name})
-                values[name] = sv.restrict(value, selectors)
-            cert = sv.issue_service_certificate(
-                ca, csr, policy=policy.name, service=service_name,
-                ttl_seconds=service.certificate_ttl, now=now,
-            )  # fmt: skip
-            sealed = sv.seal_release(
-                values, hpke_public_key, sv.release_info(policy.name, service_name, nonce)
-            )
-            serial = format(cert.serial_number, "x")
-            fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-            tx.add_certificate(
-                policy.name, service_name, serial, fingerprint, cert.not_valid_after_utc
-            )
-            tx.add_session(
-                hashlib.sha256(token.encode()).digest(),
-                policy.name,
-                service_name,
-                record.version,
-                expires,
-            )
-            measurement = next(iter(claims.measurements.values()), None)
-            tx.append_audit(
-                "attestation.accepted",
-                policy.name,
-                {
-                    "service": service_name,
-                    "policy_version": record.version,
-                    "kind": claims.kind,
-                    "measurement": measurement,
-                    "tcb_status": claims.tcb_status,
-                    "simulated": claims.simulated,
-                },
-            )
-            tx.append_audit(
-                "certificate.issued",
-                policy.name,
-                {
-                    "service": service_name,
-                    "serial": serial,
-                    "not_after": cert.not_valid_after_utc.isoformat(),
-                },
-            )
-            tx.append_audit(
-                "secrets.released",
-                policy.name,
-                {"service": service_name, "secrets": sorted(values)},
-            )
+        key = self._policy_key(tx, policy.name)
+        values: dict[str, sv.Value] = {}
+        ca = self._value(tx, key, policy.name, policy.identity_ca)
+        for name, selectors in sorted(service.released_parts().items()):
+            secret = policy.secret(name)
+            assert secret is not None
+            value = self._value(tx, key, policy.name, name)
+            if sv.needs_renewal(secret, value, now):
+                issuer = policy.secret(secret.issuer)  # type: ignore[union-attr]
+                assert issuer is not None
+                ca_value = self._value(tx, key, policy.name, issuer.name)
+                value = sv.generate(secret, {issuer.name: ca_value}, now)
+                self._store_value(
+                    tx, key, policy.name, name, secret.kind, sv.definition_digest(secret), value
+                )
+                tx.append_audit("secret.renewed", policy.name, {"secret": name})
+            values[name] = sv.restrict(value, selectors)
+        cert = sv.issue_service_certificate(
+            ca, csr, policy=policy.name, service=service_name,
+            ttl_seconds=service.certificate_ttl, now=now,
+        )  # fmt: skip
+        sealed = sv.seal_release(
+            values, hpke_public_key, sv.release_info(policy.name, service_name, nonce)
+        )
+        serial = format(cert.serial_number, "x")
+        fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        tx.add_certificate(policy.name, service_name, serial, fingerprint, cert.not_valid_after_utc)
+        tx.add_session(
+            hashlib.sha256(token.encode()).digest(),
+            policy.name,
+            service_name,
+            record.version,
+            expires,
+        )
+        measurement = next(iter(claims.measurements.values()), None)
+        tx.append_audit(
+            "attestation.accepted",
+            policy.name,
+            {
+                "service": service_name,
+                "policy_version": record.version,
+                "kind": claims.kind,
+                "measurement": measurement,
+                "tcb_status": claims.tcb_status,
+                "simulated": claims.simulated,
+            },
+        )
+        tx.append_audit(
+            "certificate.issued",
+            policy.name,
+            {
+                "service": service_name,
+                "serial": serial,
+                "not_after": cert.not_valid_after_utc.isoformat(),
+            },
+        )
+        tx.append_audit(
+            "secrets.released",
+            policy.name,
+            {"service": service_name, "secrets": sorted(values)},
+        )
         return AttestResult(
             certificate=cert.public_bytes(serialization.Encoding.PEM).decode(),
             ca_certificate=ca["crt"],
@@ -450,27 +527,51 @@ class Spm:
 
     def increment(self, token: str, policy_name: str, counter: str) -> int:
         """Add one to a counter, if the session token's service may; durable on return."""
+        return self.group.run(self._increment_op(token, policy_name, counter))
+
+    async def increment_async(self, token: str, policy_name: str, counter: str) -> int:
+        """:meth:`increment` for the event loop (the hot path of the HTTP API)."""
+        return await self.group.run_async(self._increment_op(token, policy_name, counter))
+
+    def _increment_op(self, token: str, policy_name: str, counter: str) -> Callable[[Any], int]:
+        """Check the session's right to ``counter``; return the write that bumps it."""
         now = datetime.now(UTC)
-        with self.store.transaction() as tx:
-            session = tx.get_session(hashlib.sha256(token.encode()).digest())
-            if session is None or session.policy != policy_name:
-                raise Refused("session: unknown session token for this policy", 401)
-            if session.expires_at <= now:
-                raise Refused("session: the session token has expired; attest again", 401)
-            record = tx.policy_version(policy_name, session.policy_version)
-            service = None if record is None else self._parsed(record).service(session.service)
-            if service is None or counter not in service.counters:
-                raise Refused(f"counter: service '{session.service}' may not increment '{counter}'")
-            value = tx.increment(policy_name, counter)
+        token_hash = hashlib.sha256(token.encode()).digest()
+        session = self._session(token_hash)
+        if session is None or session.policy != policy_name:
+            raise Refused("session: unknown session token for this policy", 401)
+        if session.expires_at <= now:
+            raise Refused("session: the session token has expired; attest again", 401)
+        _, policy = self.policy(policy_name, session.policy_version)
+        service = policy.service(session.service)
+        if service is None or counter not in service.counters:
+            raise Refused(f"counter: service '{session.service}' may not increment '{counter}'")
+
+        def bump(tx: Any) -> int:
+            value = int(tx.increment(policy_name, counter))
             tx.append_audit(
                 "counter.incremented",
                 policy_name,
                 {"counter": counter, "value": value, "service": session.service},
             )
-        return value
+            return value
+
+        return bump
+
+    def _session(self, token_hash: bytes) -> SessionRecord | None:
+        """A session by token digest; sessions never change once made, so they are cached."""
+        session = self._sessions.get(token_hash)
+        if session is None:
+            with self.store.read() as tx:
+                session = tx.get_session(token_hash)
+            if session is not None:
+                if len(self._sessions) > 100_000:
+                    self._sessions.clear()
+                self._sessions[token_hash] = session
+        return session
 
     def counter(self, policy_name: str, counter: str) -> int:
-        with self.store.transaction() as tx:
+        with self.store.read() as tx:
             value = tx.get_counter(policy_name, counter)
         if value is None:
             raise Refused(f"counter: '{policy_name}' has no counter '{counter}'", 404)
@@ -510,7 +611,7 @@ class Spm:
 
     def revocations(self, policy_name: str) -> list[dict[str, Any]]:
         self.policy(policy_name)
-        with self.store.transaction() as tx:
+        with self.store.read() as tx:
             rows = tx.revocations(policy_name)
         return [
             {"serial": r.serial, "service": r.service, "reason": r.reason, "at": _iso(r.at)}
@@ -520,8 +621,7 @@ class Spm:
     # --- audit ----------------------------------------------------------------------------
 
     def _audit_refusal(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
-        with self.store.transaction() as tx:
-            tx.append_audit(event, policy, detail)
+        self.group.run(lambda tx: tx.append_audit(event, policy, detail))
 
 
 def revocation_digest(doc: dict[str, str]) -> str:

@@ -70,6 +70,8 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
@@ -369,6 +371,9 @@ class Tx:
         self._writable = writable
         self._open = True
         self._head: tuple[int, str] | None = None
+        #: Audit entries appended since the head row and its MAC were last written;
+        #: both are written once, when the transaction ends (see Store.transaction).
+        self._head_dirty = False
 
     # -- plumbing
     def _c(self) -> Connection:
@@ -390,6 +395,34 @@ class Tx:
     @property
     def writable(self) -> bool:
         return self._writable
+
+    @contextmanager
+    def savepoint(self) -> Iterator[Tx]:
+        """A nested transaction: if the block raises, only its changes roll back
+        (the audit head included) and the outer transaction goes on."""
+        self._flush_head()
+        nested = self._w().begin_nested()
+        try:
+            yield self
+        except BaseException:
+            nested.rollback()
+            self._head = self._store._read_head(self._c(), lock=False)
+            self._head_dirty = False
+            raise
+        self._flush_head()
+        nested.commit()
+
+    def _flush_head(self) -> None:
+        """Write the audit head row and its MAC for the entries appended so far."""
+        if not self._head_dirty or self._head is None:
+            return
+        seq, head_hash = self._head
+        conn = self._w()
+        conn.execute(_Q_HEAD_UPDATE, {"b_new_seq": seq, "b_new_hash": head_hash})
+        key = self._store._audit_key
+        if key is not None:
+            self.set_meta(AUDIT_HEAD_MAC, _audit.head_mac(key, seq, head_hash).encode())
+        self._head_dirty = False
 
     # -- meta
     def get_meta(self, key: str) -> bytes | None:
@@ -569,6 +602,24 @@ class Tx:
         horizon = now_us - int(NONCE_GRACE.total_seconds() * 1_000_000)
         conn.execute(_Q_NONCE_PRUNE, {"b_horizon": horizon})
         return result
+
+    def spend_nonce(self, nonce: bytes, expires_at: datetime) -> bool:
+        """Record a self-authenticating nonce as used: True the first time, False if
+        it was spent before (one INSERT; the primary key makes it single-use)."""
+        t = nonces_table
+        dialect_insert = pg_insert if self._store.dialect == "postgresql" else sqlite_insert
+        done = self._w().execute(
+            dialect_insert(t)
+            .values(nonce=bytes(nonce), expires_at=_us(expires_at, "expires_at"), used=True)
+            .on_conflict_do_nothing(index_elements=[t.c.nonce])
+            .returning(t.c.nonce)
+        )
+        return done.first() is not None
+
+    def prune_nonces(self, now: datetime) -> None:
+        """Forget spent nonces expired for longer than :data:`NONCE_GRACE`."""
+        horizon = _us(now, "now") - int(NONCE_GRACE.total_seconds() * 1_000_000)
+        self._w().execute(_Q_NONCE_PRUNE, {"b_horizon": horizon})
 
     # -- sessions
     def add_session(
@@ -763,10 +814,8 @@ class Tx:
                 "hash": entry.hash,
             },
         )
-        conn.execute(_Q_HEAD_UPDATE, {"b_new_seq": entry.seq, "b_new_hash": entry.hash})
-        if key is not None:
-            self.set_meta(AUDIT_HEAD_MAC, _audit.head_mac(key, entry.seq, entry.hash).encode())
         self._head = (entry.seq, entry.hash)
+        self._head_dirty = True
         return entry
 
     def audit_since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
@@ -893,6 +942,7 @@ class Store:
                         tx._head = self._read_head(conn, lock=True)
                         try:
                             yield tx
+                            tx._flush_head()
                         finally:
                             tx._open = False
                 except DBAPIError as exc:

@@ -21,13 +21,16 @@ Quote format, version 1 (all integers little-endian)::
     128     2     L = length of the platform certificate
     130     L     platform certificate (DER, issued by the simulation root)
     130+L   2     S = length of the signature
-    132+L   S     ECDSA P-384 / SHA-384 signature (DER) over bytes [0, 130+L)
+    132+L   S     ECDSA P-256 / SHA-256 signature (DER) over bytes [0, 130+L)
+
+P-256 like the attestation key of Intel DCAP quotes.
 
 Trailing zero padding is tolerated, like for hardware quotes.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -89,7 +92,7 @@ def init(directory: Path | str, *, force: bool = False, days: int = 3650) -> Pat
     now = datetime.now(UTC) - timedelta(minutes=5)
     tag = os.urandom(4).hex()
 
-    root_key = ec.generate_private_key(ec.SECP384R1())
+    root_key = ec.generate_private_key(ec.SECP256R1())
     root_name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "secfl simulated TEE (NOT SECURE)"),
@@ -110,10 +113,10 @@ def init(directory: Path | str, *, force: bool = False, days: int = 3650) -> Pat
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), False)
-        .sign(root_key, hashes.SHA384())
+        .sign(root_key, hashes.SHA256())
     )
 
-    platform_key = ec.generate_private_key(ec.SECP384R1())
+    platform_key = ec.generate_private_key(ec.SECP256R1())
     platform = (
         x509.CertificateBuilder()
         .subject_name(
@@ -137,7 +140,7 @@ def init(directory: Path | str, *, force: bool = False, days: int = 3650) -> Pat
             critical=True,
         )
         .add_extension(x509.UnrecognizedExtension(SIM_PLATFORM_OID, b"\x05\x00"), False)
-        .sign(root_key, hashes.SHA384())
+        .sign(root_key, hashes.SHA256())
     )
 
     _write_private(path / ROOT_KEY, root_key)
@@ -231,7 +234,7 @@ class SimulatedPlatform(Platform):
                 self._cert_der,
             ]
         )
-        signature = self._key.sign(body, ec.ECDSA(hashes.SHA384()))
+        signature = self._key.sign(body, ec.ECDSA(hashes.SHA256()))
         quote = body + len(signature).to_bytes(2, "little") + signature
         return Evidence(kind="simulated", quote=quote)
 
@@ -261,11 +264,8 @@ def parse_quote(raw: bytes) -> SimulatedQuote:
 def verify_quote(quote: bytes, *, at: datetime, root_pem: bytes) -> Claims:
     """Verify a simulated quote against the simulation root ``root_pem``."""
     q = parse_quote(quote)
-    roots = x509util.load_pem_chain(root_pem, "simulation root")
-    if len(roots) != 1:
-        raise VerificationError("simulation: the simulation root must be one certificate")
-    root = roots[0]
-    platform = x509util.load_der(q.platform_cert, "simulated platform certificate")
+    root = _load_root(bytes(root_pem))
+    platform = _load_platform(q.platform_cert)
     x509util.check_chain(
         [platform, root],
         pinned_roots=[x509util.fingerprint(root)],
@@ -285,7 +285,7 @@ def verify_quote(quote: bytes, *, at: datetime, root_pem: bytes) -> Claims:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise VerificationError("chain: the simulated platform key is not an EC key")
     try:
-        key.verify(q.signature, q.signed, ec.ECDSA(hashes.SHA384()))
+        key.verify(q.signature, q.signed, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError):
         raise VerificationError(
             "signature: the simulated quote is not signed by its platform key"
@@ -304,3 +304,17 @@ def verify_quote(quote: bytes, *, at: datetime, root_pem: bytes) -> Claims:
         },
         simulated=True,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _load_root(root_pem: bytes) -> x509.Certificate:
+    """The simulation root (parsed once per distinct PEM: verifiers see the same one)."""
+    roots = x509util.load_pem_chain(root_pem, "simulation root")
+    if len(roots) != 1:
+        raise VerificationError("simulation: the simulation root must be one certificate")
+    return roots[0]
+
+
+@functools.lru_cache(maxsize=256)
+def _load_platform(der: bytes) -> x509.Certificate:
+    return x509util.load_der(der, "simulated platform certificate")
