@@ -165,9 +165,7 @@ def main() -> None:
             print(f"counter increments:               {inc:8.1f} /s", end="  ")
             print(f"(SPM CPU {inc_cpu:.2f} ms each; target >= 1000)")
             final = client.counter("bench", "round")
-            print(
-                f"counter went from {start_value} to {final}; each increment durable before its reply"
-            )
+            print(f"counter went from {start_value} to {final}; each durable before its reply")
             client.close()
         finally:
             spm.stop()

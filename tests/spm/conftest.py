@@ -2,8 +2,9 @@
 
 ``pg_url`` starts a throwaway server with ``scripts/postgres.sh`` (which installs
 Debian's ``postgresql`` package if needed) once per session. Set
-``SECFL_SKIP_POSTGRES=1`` to skip the PostgreSQL half of the tests; otherwise a
-server that fails to start is a test error, never a silent skip.
+``SECFL_SKIP_POSTGRES=1`` to skip the PostgreSQL half of the tests. In CI, or as
+root (who can install it), a server that fails to start is a test error, never a
+silent skip; elsewhere (a user's clone without root) those tests skip and say why.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def pg_url() -> Iterator[str]:
             check=False,
         )
         if done.returncode != 0 or not done.stdout.strip():
-            raise RuntimeError(
-                f"scripts/postgres.sh start failed (exit {done.returncode}):\n{done.stderr}"
-            )
+            message = f"scripts/postgres.sh start failed (exit {done.returncode}): {done.stderr}"
+            if os.environ.get("CI") or os.geteuid() == 0:
+                raise RuntimeError(message)  # CI, or a machine that can install it: must run
+            pytest.skip(f"PostgreSQL unavailable without root here; {message.strip()}")
         yield done.stdout.strip().splitlines()[-1]
     finally:
         subprocess.run(

@@ -1,0 +1,93 @@
+"""The operator's path through the CLI, every step a real process: start an SPM,
+verify and pin it, make board keys, sign and submit a policy, verify the audit log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from secfl.tee import simulated
+from tests.spm.harness import Board, SpmProcess, make_sim, policy_document
+
+
+def secfl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_operator_flow(tmp_path: Path) -> None:
+    make_sim(tmp_path / "sim")
+    root = str(tmp_path / "sim" / simulated.ROOT_CERT)
+    spm = SpmProcess(tmp_path / "data", tmp_path / "sim", None).start()
+    try:
+        expected = secfl("spm", "measurement")
+        assert expected.returncode == 0 and expected.stdout.strip() == spm.measurement
+
+        verified = secfl("spm", "verify", spm.url, "--expect-measurement", spm.measurement,
+                         "--sim-root", root)  # fmt: skip
+        assert verified.returncode == 0, verified.stderr
+        assert verified.stdout.strip() == spm.pin
+        assert "SIMULATED" in verified.stderr
+
+        wrong = secfl(
+            "spm", "verify", spm.url, "--expect-measurement", "00" * 48, "--sim-root", root
+        )
+        assert wrong.returncode == 1
+        assert wrong.stderr.strip().startswith("error: measurement:")
+
+        keys = tmp_path / "keys"
+        for member, kind in (("alice", "ed25519"), ("bob", "ecdsa-p256"), ("carol", "ed25519")):
+            made = secfl("policy", "keygen", "--out-dir", str(keys), "--member", member,
+                         "--kind", kind, "--recovery")  # fmt: skip
+            assert made.returncode == 0, made.stderr
+        board = Board()
+        for member in ("alice", "bob", "carol"):
+            board.public[member] = (keys / f"{member}.pub").read_bytes()
+            board.recovery_public[member] = (keys / f"{member}.recovery.pub").read_bytes()
+            board.keys[member] = b""
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(policy_document("cli", board, Path(root).read_bytes()))
+        assert yaml.safe_load(policy.read_text())["board"]["threshold"] == 2
+
+        sigs = []
+        for member in ("alice", "bob"):
+            sig = tmp_path / f"{member}.sig"
+            signed = secfl("policy", "sign", str(policy), "--key", str(keys / f"{member}.key"),
+                           "--member", member, "-o", str(sig))  # fmt: skip
+            assert signed.returncode == 0, signed.stderr
+            sigs += ["--sig", str(sig)]
+
+        too_few = secfl("policy", "submit", str(policy), *sigs[:2], "--spm", spm.url,
+                        "--spm-pin", spm.pin)  # fmt: skip
+        assert too_few.returncode == 1
+        assert too_few.stderr.strip() == "error: approval: 1 valid signature(s) of the 2 required"
+
+        bad_pin = secfl("policy", "submit", str(policy), *sigs, "--spm", spm.url,
+                        "--spm-pin", "ab" * 32)  # fmt: skip
+        assert bad_pin.returncode == 1 and "not the pinned" in bad_pin.stderr
+
+        submitted = secfl("policy", "submit", str(policy), *sigs, "--spm", spm.url,
+                          "--spm-pin", spm.pin)  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+        digest = secfl("policy", "digest", str(policy)).stdout.strip()
+        assert f"digest {digest}" in submitted.stdout
+
+        audited = secfl("audit", "verify", "--spm", spm.url, "--spm-pin", spm.pin)
+        assert audited.returncode == 0, audited.stderr
+        assert audited.stdout.startswith("audit verify: OK")
+    finally:
+        spm.stop()
+    offline = secfl("audit", "verify", "--data", str(tmp_path / "data"))
+    assert offline.returncode == 0, offline.stderr
+    assert offline.stdout == audited.stdout
+
+
+def test_serve_refuses_a_bad_listen_address(tmp_path: Path) -> None:
+    done = secfl("spm", "serve", "--data", str(tmp_path), "--listen", "nowhere")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: --listen: 'nowhere' is not HOST:PORT"
