@@ -78,9 +78,9 @@ def test_policy_unique_violations_are_spm_errors(store: Store) -> None:
 def test_raw_integrity_error_becomes_spm_error(store: Store) -> None:
     # Bypass the pre-checks: the database constraint itself must surface as SpmError.
     with store.transaction() as tx:
-        tx.add_nonce(b"n" * 16, T0)
-    with pytest.raises(SpmError, match="already issued"), store.transaction() as tx:
-        tx.add_nonce(b"n" * 16, T0)
+        tx.add_certificate("fl", "agg", "ab", "f" * 64, T0)
+    with pytest.raises(SpmError, match="already exists"), store.transaction() as tx:
+        tx.add_certificate("fl", "agg", "ab", "f" * 64, T0)
 
 
 def test_rollback_on_exception(store: Store) -> None:
@@ -121,38 +121,30 @@ def test_meta_secrets_and_policy_keys(store: Store) -> None:
         assert tx.get_policy_key("other") is None and tx.get_key_shares("other") is None
 
 
-def test_nonces_are_single_use_and_expire(store: Store) -> None:
+def test_nonces_are_spent_once_and_pruned(store: Store) -> None:
+    later = T0 + timedelta(seconds=60)
     with store.transaction() as tx:
-        tx.add_nonce(b"a" * 32, T0 + timedelta(seconds=60))
-        tx.add_nonce(b"b" * 32, T0 + timedelta(seconds=60))
-        tx.add_nonce(b"c" * 32, T0 + timedelta(seconds=60))
+        assert tx.spend_nonce(b"a" * 32, later) is True
+        assert tx.spend_nonce(b"a" * 32, later) is False  # same transaction
     with store.transaction() as tx:
-        assert tx.consume_nonce(b"a" * 32, T0 + timedelta(seconds=10)) == "ok"
-    with store.transaction() as tx:
-        assert tx.consume_nonce(b"a" * 32, T0 + timedelta(seconds=11)) == "used"
-        assert tx.consume_nonce(b"b" * 32, T0 + timedelta(seconds=60)) == "expired"
-        # An expired nonce is spent too: never "ok" later, even with an earlier clock.
-        assert tx.consume_nonce(b"b" * 32, T0) == "used"
-        assert tx.consume_nonce(b"z" * 32, T0) == "unknown"
-    # Consumption is part of the transaction: a transaction that rolls back gives
-    # the nonce back. Store.consume_nonce commits it on its own, before any decision.
+        assert tx.spend_nonce(b"a" * 32, later) is False  # and after the commit
+        assert tx.spend_nonce(b"b" * 32, later) is True
+    # Spending is part of the transaction: one that rolls back leaves the nonce unspent.
     with pytest.raises(RuntimeError), store.transaction() as tx:
-        assert tx.consume_nonce(b"c" * 32, T0) == "ok"
+        assert tx.spend_nonce(b"c" * 32, later) is True
         raise RuntimeError("refused")
-    assert store.consume_nonce(b"c" * 32, T0) == "ok"
-    assert store.consume_nonce(b"c" * 32, T0) == "used"
-    # Long-expired nonces are pruned on the way and then read as unknown.
-    later = T0 + timedelta(seconds=60) + NONCE_GRACE + timedelta(seconds=1)
     with store.transaction() as tx:
-        assert tx.consume_nonce(b"q" * 32, later) == "unknown"
-        assert tx.consume_nonce(b"a" * 32, later) == "unknown"
+        assert tx.spend_nonce(b"c" * 32, later) is True
+        # Long-expired nonces are forgotten (their MAC expiry refuses them anyway).
+        tx.prune(later + NONCE_GRACE + timedelta(seconds=1))
+        assert tx.spend_nonce(b"a" * 32, later) is True
 
 
 def test_sessions_and_prune(store: Store) -> None:
     token = bytes(32)
     with store.transaction() as tx:
         tx.add_session(token, "fl", "aggregator", 2, T0 + timedelta(minutes=5))
-        tx.add_nonce(b"n" * 16, T0)
+        tx.spend_nonce(b"n" * 16, T0)
     with store.read() as tx:
         session = tx.get_session(token)
         assert session is not None
@@ -252,7 +244,7 @@ def test_certificates_and_revocations(store: Store) -> None:
 
 def test_naive_datetimes_and_read_only(store: Store) -> None:
     with pytest.raises(SpmError, match="timezone-aware"), store.transaction() as tx:
-        tx.add_nonce(b"x", datetime(2025, 1, 1))
+        tx.spend_nonce(b"x", datetime(2025, 1, 1))
     with store.read() as tx, pytest.raises(SpmError, match="read-only"):
         tx.set_meta("k", b"v")
     with store.transaction() as tx:

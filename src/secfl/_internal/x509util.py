@@ -6,11 +6,13 @@ import hashlib
 import threading
 import warnings
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from secfl._internal import der
 from secfl.errors import VerificationError
@@ -162,3 +164,34 @@ def force_parse(cert: x509.Certificate, what: str) -> None:
         raise VerificationError(
             f"chain: {what} is malformed ({type(exc).__name__}: {exc})"
         ) from None
+
+
+def private_pem(key: Any) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM (it stays inside the TEE or a 0600 file)."""
+    return key.private_bytes(  # type: ignore[no-any-return]
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def self_signed_ca(
+    key: ec.EllipticCurvePrivateKey, subject: x509.Name, not_before: datetime, days: int
+) -> x509.Certificate:
+    """A self-signed CA certificate that may issue end-entity certificates only."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import NameOID
 
+from secfl._internal.x509util import private_pem
 from secfl.spm import secrets as sv
 from secfl.spm.binding import spki_sha256, workload_report_data
 from secfl.spm.client import SpmClient
@@ -40,11 +41,7 @@ class Enrollment:
 
     @property
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return private_pem(self.key)
 
     def render(self, name: str, selector: str | None = None) -> str:
         """The text of ``$$SECFL::name[:selector]$$`` for this workload."""

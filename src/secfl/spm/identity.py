@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from secfl._internal.x509util import private_pem
 from secfl.spm.binding import spki_sha256
 
 IDENTITY_META = "identity_key"
@@ -42,11 +43,7 @@ class Identity:
 
     @property
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return private_pem(self.key)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:

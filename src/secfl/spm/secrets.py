@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from secfl._internal.x509util import private_pem, self_signed_ca
 from secfl.errors import SpmError
 from secfl.policy.model import CaSecret, CertSecret, Secret
 
@@ -43,9 +44,7 @@ def definition_digest(secret: Secret) -> str:
 
 
 def _pem_key(key: Any) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    return private_pem(key).decode()
 
 
 def _pem_pub(key: Any) -> str:
@@ -85,22 +84,7 @@ def generate(secret: Secret, values: dict[str, Value], now: datetime) -> Value:
 def _make_ca(secret: CaSecret, now: datetime) -> Value:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, secret.common_name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=secret.validity_days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed_ca(key, name, now - timedelta(minutes=5), secret.validity_days)
     return {"kind": "x509-ca", "key": _pem_key(key), "crt": _pem_cert(cert)}
 
 

@@ -10,6 +10,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from secfl._internal.x509util import private_pem
 from secfl.errors import SpmError
 from secfl.spm.identity import (
     IDENTITY_AAD,
@@ -65,11 +66,7 @@ def _identity(store: Store, master: MasterKey, names: list[str]) -> Identity:
         sealed = tx.get_meta(IDENTITY_META)
         if sealed is None:
             key = new_key()
-            pem = key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
+            pem = private_pem(key)
             tx.set_meta(IDENTITY_META, master.seal(pem, IDENTITY_AAD))
         else:
             loaded = serialization.load_pem_private_key(master.open(sealed, IDENTITY_AAD), None)

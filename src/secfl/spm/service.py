@@ -48,7 +48,7 @@ from secfl.tee.verify import verify
 
 #: Seconds a replica may serve a policy's current version before re-reading it.
 CURRENT_TTL = 1.0
-#: Spent nonces are pruned (once expired past the store's grace) every this many attestations.
+#: Expired sessions and spent nonces are pruned every this many attestations.
 PRUNE_EVERY = 1000
 
 
@@ -375,7 +375,7 @@ class Spm:
                     refusal = Refused("nonce: the nonce is used")
                 self._spent += 1
                 if self._spent % PRUNE_EVERY == 0:
-                    tx.prune_nonces(now)
+                    tx.prune(now)
             if refusal is not None or checked is None:
                 assert refusal is not None
                 tx.append_audit(

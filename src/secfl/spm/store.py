@@ -86,7 +86,6 @@ SCHEMA_VERSION = b"1"
 NONCE_GRACE = timedelta(minutes=10)
 BUSY_TIMEOUT_MS = 30_000
 
-NonceResult = Literal["ok", "unknown", "used", "expired"]
 
 # --- schema ---------------------------------------------------------------------------------
 
@@ -224,11 +223,6 @@ _Q_INCREMENT = (
 _Q_COUNTER = select(counters_table.c.value).where(
     counters_table.c.policy == _p("b_policy"), counters_table.c.name == _p("b_name")
 )
-_Q_NONCE = select(nonces_table.c.used, nonces_table.c.expires_at).where(
-    nonces_table.c.nonce == _p("b_nonce")
-)
-_Q_NONCE_USE = update(nonces_table).where(nonces_table.c.nonce == _p("b_nonce")).values(used=True)
-_Q_NONCE_PRUNE = delete(nonces_table).where(nonces_table.c.expires_at < _p("b_horizon"))
 _Q_SESSION = select(sessions_table).where(sessions_table.c.token_sha256 == _p("b_token"))
 _Q_SECRET = select(secrets_table).where(
     secrets_table.c.policy == _p("b_policy"), secrets_table.c.name == _p("b_name")
@@ -569,40 +563,6 @@ class Tx:
             )
 
     # -- nonces
-    def add_nonce(self, nonce: bytes, expires_at: datetime) -> None:
-        self._insert(
-            nonces_table,
-            {"nonce": bytes(nonce), "expires_at": _us(expires_at, "expires_at"), "used": False},
-            "store: this nonce was already issued",
-        )
-
-    def consume_nonce(self, nonce: bytes, now: datetime) -> NonceResult:
-        """Use ``nonce`` once: "ok" the first time (if not expired at ``now``), "used"
-        after, "expired" when past its expiry, "unknown" when never issued (or pruned).
-
-        Every call marks the nonce used, so a nonce can never be "ok" twice in
-        committed history. The mark is part of this transaction: if it rolls back (a
-        refusal raised inside it), the nonce is unspent again. Consume it with
-        :meth:`Store.consume_nonce` (its own committed transaction) or commit the
-        refusal rather than raising inside the block. Nonces expired for longer
-        than :data:`NONCE_GRACE` (by this same clock ``now``) are pruned on the way.
-        """
-        conn = self._w()
-        now_us = _us(now, "now")
-        nonce = bytes(nonce)
-        row = conn.execute(_Q_NONCE, {"b_nonce": nonce}).first()
-        result: NonceResult
-        if row is None:
-            result = "unknown"
-        elif row.used:
-            result = "used"
-        else:
-            conn.execute(_Q_NONCE_USE, {"b_nonce": nonce})
-            result = "expired" if row.expires_at <= now_us else "ok"
-        horizon = now_us - int(NONCE_GRACE.total_seconds() * 1_000_000)
-        conn.execute(_Q_NONCE_PRUNE, {"b_horizon": horizon})
-        return result
-
     def spend_nonce(self, nonce: bytes, expires_at: datetime) -> bool:
         """Record a self-authenticating nonce as used: True the first time, False if
         it was spent before (one INSERT; the primary key makes it single-use)."""
@@ -615,11 +575,6 @@ class Tx:
             .returning(t.c.nonce)
         )
         return done.first() is not None
-
-    def prune_nonces(self, now: datetime) -> None:
-        """Forget spent nonces expired for longer than :data:`NONCE_GRACE`."""
-        horizon = _us(now, "now") - int(NONCE_GRACE.total_seconds() * 1_000_000)
-        self._w().execute(_Q_NONCE_PRUNE, {"b_horizon": horizon})
 
     # -- sessions
     def add_session(
@@ -1017,12 +972,6 @@ class Store:
         if row is None:
             raise SpmError("store: the audit head row is missing (call create_all)")
         return int(row.seq), row.hash
-
-    def consume_nonce(self, nonce: bytes, now: datetime) -> NonceResult:
-        """:meth:`Tx.consume_nonce` in a transaction of its own, committed before this
-        returns: the nonce stays spent whatever the caller decides and does next."""
-        with self.transaction() as tx:
-            return tx.consume_nonce(nonce, now)
 
     def audit_since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
         """Entries after ``seq`` (0: from the start), in order, at most ``limit``."""

@@ -99,22 +99,7 @@ def init(directory: Path | str, *, force: bool = False, days: int = 3650) -> Pat
             x509.NameAttribute(NameOID.COMMON_NAME, f"secfl simulation root {tag}"),
         ]
     )
-    root = (
-        x509.CertificateBuilder()
-        .subject_name(root_name)
-        .issuer_name(root_name)
-        .public_key(root_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), False)
-        .sign(root_key, hashes.SHA256())
-    )
+    root = x509util.self_signed_ca(root_key, root_name, now, days)
 
     platform_key = ec.generate_private_key(ec.SECP256R1())
     platform = (
@@ -151,11 +136,7 @@ def init(directory: Path | str, *, force: bool = False, days: int = 3650) -> Pat
 
 
 def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    pem = x509util.private_pem(key)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
