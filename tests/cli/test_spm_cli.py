@@ -85,6 +85,9 @@ def test_operator_flow(tmp_path: Path) -> None:
     offline = secfl("audit", "verify", "--data", str(tmp_path / "data"))
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout == audited.stdout
+    db_only = secfl("audit", "verify", "--db", f"sqlite:///{tmp_path / 'data' / 'spm.db'}")
+    assert db_only.returncode == 0, db_only.stderr
+    assert db_only.stdout == audited.stdout and "not authenticated" in db_only.stderr
 
 
 def test_serve_refuses_a_bad_listen_address(tmp_path: Path) -> None:

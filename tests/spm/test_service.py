@@ -128,3 +128,5 @@ def test_database_tampering_is_detected(setup: tuple[Spm, Board, bytes, Path]) -
         db.execute(f"update {table} set event = 'policy.forged' where seq = 2")  # noqa: S608
     with pytest.raises(AuditError, match="entry 2"):
         verify_database(tmp / "data")
+    with pytest.raises(AuditError, match="entry 2"):
+        verify_database(None, f"sqlite:///{tmp / 'data' / 'spm.db'}")

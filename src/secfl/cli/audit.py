@@ -15,7 +15,7 @@ app = typer.Typer(help="The SPM's audit log.", no_args_is_help=True)
 def verify_cmd(
     spm: Annotated[str | None, typer.Option(help="SPM URL (with --spm-pin).")] = None,
     spm_pin: Annotated[str | None, typer.Option(help="SHA-256 of the SPM's TLS key.")] = None,
-    db: Annotated[str | None, typer.Option(help="Database URL of the SPM (with --data).")] = None,
+    db: Annotated[str | None, typer.Option(help="Database URL of the SPM.")] = None,
     data: Annotated[str | None, typer.Option(help="The SPM's data folder (master key).")] = None,
 ) -> None:
     """Detect any modified, removed or reordered audit entry."""
@@ -25,8 +25,14 @@ def verify_cmd(
         if not spm_pin:
             raise UsageError("--spm needs --spm-pin (from `secfl spm verify`)")
         count, head = verify_remote(spm, spm_pin)
-    elif data:
+    elif data or db:
         count, head = verify_database(data, db)
     else:
-        raise UsageError("give --spm URL --spm-pin PIN, or --data DIR [--db URL]")
+        raise UsageError("give --spm URL --spm-pin PIN, or --data DIR and/or --db URL")
     out.print(f"audit verify: OK, {count} entries, head {head}", markup=False)
+    if spm is None and data is None:
+        typer.echo(
+            "note: without the SPM's data folder the head is not authenticated; "
+            "removal of the newest entries together with the head row would go unseen",
+            err=True,
+        )

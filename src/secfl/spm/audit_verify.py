@@ -12,12 +12,18 @@ from secfl.spm.store import Store
 PAGE = 1000
 
 
-def verify_database(data_dir: Path | str, db_url: str | None = None) -> tuple[int, int]:
-    """Verify the chain and its authenticated head straight from the SPM's store.
+def verify_database(data_dir: Path | str | None, db_url: str | None = None) -> tuple[int, int]:
+    """Verify the chain and its head straight from the SPM's store.
 
-    Needs the SPM's master key (its data folder), which authenticates the head, so
-    that removing the newest entries is detected too. Returns (entries, head seq).
+    With the SPM's data folder (its master key authenticates the head), removing
+    the newest entries is detected too. With only ``db_url``, the chain is checked
+    against the stored head: any modified, reordered or removed entry is found,
+    except a tail removed together with a rewritten head. Returns (entries, head seq).
     """
+    if data_dir is None:
+        if db_url is None:
+            raise AuditError("audit: give the SPM's data folder or its database URL")
+        return _verify_unauthenticated(db_url)
     data = Path(data_dir)
     if not (data / "master.key").exists():
         raise AuditError(f"audit: no SPM master key in {data}")
@@ -48,3 +54,18 @@ def verify_remote(url: str, pin: str) -> tuple[int, int]:
             since = page[-1].seq
     count = verify_chain(entries, head=head)
     return count, head[0]
+
+
+def _verify_unauthenticated(db_url: str) -> tuple[int, int]:
+    store = Store(db_url)
+    try:
+        head = store.audit_head()
+        entries: list[AuditEntry] = []
+        while True:
+            page = store.audit_since(entries[-1].seq if entries else 0, PAGE)
+            entries.extend(page)
+            if len(page) < PAGE:
+                break
+    finally:
+        store.close()
+    return verify_chain(entries, head=head), head[0]
