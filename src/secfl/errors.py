@@ -41,3 +41,7 @@ class SpmError(SecflError):
 
 class AuditError(SecflError):
     """The audit log does not verify: an entry was modified, removed or reordered."""
+
+
+class LaunchError(SecflError):
+    """``secfl run`` refused to start a workload (SPM, attestation, volume or injection)."""

@@ -146,7 +146,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     (
         "volume key of the wrong kind",
         _set("volumes.0.key", "ca"),
-        "volumes[0].key: secret 'ca' is x509-ca, not aes-256",
+        "volumes[0].key: secret 'ca' is x509-ca, not aes-256 or imported",
     ),
     ("issuer", _set("secrets.2.issuer", "nope"), "secrets[2].issuer: unknown secret 'nope'"),
     ("identity_ca", _set("identity_ca", "nope"), "identity_ca: unknown secret 'nope'"),

@@ -17,9 +17,30 @@ def measure(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the canonical manifest and the digest.")
     ] = False,
+    for_run: Annotated[
+        bool,
+        typer.Option(
+            "--for-run", help="PATHS are `-- PROGRAM ARGS` of `secfl run`: print its measurement."
+        ),
+    ] = False,
+    code_volume: Annotated[
+        list[str] | None, typer.Option(help="With --for-run: NAME=PATH of a code volume.")
+    ] = None,
+    module: Annotated[str | None, typer.Option(help="With --for-run: the --module run.")] = None,
 ) -> None:
     """Print the SHA-384 over the canonical manifest of PATHS and the command."""
     from secfl.tee import measure as m
+
+    if for_run:
+        from secfl.cli.run import parse_volumes
+        from secfl.launcher.measurement import resolve_program, run_measurement
+        from secfl.shield import peek_tag
+
+        tags = {n: peek_tag(p) for n, p in parse_volumes(code_volume).items()}
+        program = None if module else resolve_program(paths[0])
+        argv = ["-m", module, *paths] if module else paths
+        out.print(run_measurement(program, argv, tags), markup=False)
+        return
 
     targets = [Path(p) for p in paths]
     if as_json:

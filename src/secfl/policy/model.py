@@ -258,6 +258,10 @@ class Volume(_Strict):
 
     name: Name
     key: Name
+    #: ``code`` volumes count in a workload's measurement (their tags are part of
+    #: what ``secfl run`` measures); ``data`` volumes do not, so new data needs no
+    #: new measurement.
+    kind: Literal["code", "data"] = "data"
     tag: Annotated[str, Field(pattern=r"^[0-9a-fA-F]+$")] | None = None
     counter: Name | None = None
 
@@ -318,6 +322,9 @@ class Policy(_Strict):
     def secret(self, name: str) -> Secret | None:
         return next((s for s in self.secrets if s.name == name), None)
 
+    def volume(self, name: str) -> Volume | None:
+        return next((v for v in self.volumes if v.name == name), None)
+
     def counter_names(self) -> set[str]:
         return {c.name for c in self.counters}
 
@@ -352,11 +359,14 @@ def _distinct(values: list[str], where: str, what: str) -> None:
 
 
 def _check_kind(secrets: dict[str, Any], name: str, kind: str, where: str) -> None:
+    """``kind`` may list alternatives separated by ``|``."""
     secret = secrets.get(name)
     if secret is None:
         raise ValueError(f"{where}: unknown secret '{name}'")
-    if secret.kind != kind:
-        raise ValueError(f"{where}: secret '{name}' is {secret.kind}, not {kind}")
+    if secret.kind not in kind.split("|"):
+        raise ValueError(
+            f"{where}: secret '{name}' is {secret.kind}, not {kind.replace('|', ' or ')}"
+        )
 
 
 def _check_text(value: Any, where: str) -> None:
@@ -430,7 +440,8 @@ def _check_references(p: Policy) -> None:
                     f"({secret.validity_days})"
                 )
     for i, volume in enumerate(p.volumes):
-        _check_kind(secrets, volume.key, "aes-256", f"volumes[{i}].key")
+        # the SPM's own aes-256 key, or the data owner's key, imported (32 bytes)
+        _check_kind(secrets, volume.key, "aes-256|imported", f"volumes[{i}].key")
         if volume.counter is not None and volume.counter not in counters:
             raise ValueError(f"volumes[{i}].counter: unknown counter '{volume.counter}'")
 

@@ -87,6 +87,18 @@ class CounterOut(BaseModel):
     value: int
 
 
+class VolumeIn(BaseModel):
+    version: int = Field(ge=1, le=2**62)
+    tag: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+
+
+class VolumeOut(BaseModel):
+    volume: str
+    version: int
+    tag: str
+    counter: int | None
+
+
 class AuditOut(BaseModel):
     entries: list[dict[str, Any]]
     head_seq: int
@@ -221,6 +233,24 @@ def create_app(spm: Spm) -> FastAPI:
     @app.get("/v1/policies/{name}/counters/{counter}", responses=ERRORS)
     def get_counter(name: PolicyName, counter: Annotated[str, Path(pattern=NAME)]) -> CounterOut:
         return CounterOut(counter=counter, value=spm.counter(name, counter))
+
+    @app.get("/v1/policies/{name}/volumes/{volume}", responses=ERRORS)
+    def volume_state(name: PolicyName, volume: Annotated[str, Path(pattern=NAME)]) -> VolumeOut:
+        return VolumeOut(**spm.volume_state(name, volume))
+
+    @app.post("/v1/policies/{name}/volumes/{volume}", responses=ERRORS)
+    def record_volume(
+        name: PolicyName,
+        volume: Annotated[str, Path(pattern=NAME)],
+        body: VolumeIn,
+        authorization: Annotated[str | None, Header(max_length=256)] = None,
+    ) -> VolumeOut:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not token:
+            raise Refused(
+                "session: a 'Authorization: Bearer <session token>' header is required", 401
+            )
+        return VolumeOut(**spm.record_volume(token, name, volume, body.version, body.tag))
 
     @app.get("/v1/audit", responses=ERRORS)
     def audit(

@@ -213,6 +213,19 @@ class SpmClient:
     def counter(self, policy: str, counter: str) -> int:
         return int(self._request("GET", f"/v1/policies/{policy}/counters/{counter}")["value"])
 
+    def volume_state(self, policy: str, volume: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/policies/{policy}/volumes/{volume}")
+
+    def record_volume(
+        self, policy: str, volume: str, *, version: int, tag: str, token: str
+    ) -> dict[str, Any]:
+        return self._request(
+            "POST",
+            f"/v1/policies/{policy}/volumes/{volume}",
+            json={"version": version, "tag": tag},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
     def audit(self, since: int = 0, limit: int = 1000) -> dict[str, Any]:
         """Audit entries after ``since``, with the head checked against the pinned key."""
         from secfl.spm.app import head_message

@@ -454,7 +454,12 @@ class Spm:
         key = self._policy_key(tx, policy.name)
         values: dict[str, sv.Value] = {}
         ca = self._value(tx, key, policy.name, policy.identity_ca)
-        for name, selectors in sorted(service.released_parts().items()):
+        parts = service.released_parts()
+        for volume_name in service.volumes:  # a service opens its volumes: it gets their keys
+            volume = policy.volume(volume_name)
+            assert volume is not None
+            parts[volume.key] = {"*"}
+        for name, selectors in sorted(parts.items()):
             secret = policy.secret(name)
             assert secret is not None
             value = self._value(tx, key, policy.name, name)
@@ -576,6 +581,73 @@ class Spm:
         if value is None:
             raise Refused(f"counter: '{policy_name}' has no counter '{counter}'", 404)
         return value
+
+    # --- rollback-protected volumes --------------------------------------------------------
+
+    def volume_state(self, policy_name: str, volume: str) -> dict[str, Any]:
+        """The newest recorded release of a counter-protected volume (version 0: none yet)."""
+        _, policy = self.policy(policy_name)
+        spec = policy.volume(volume)
+        if spec is None or spec.counter is None:
+            raise Refused(f"volume: '{volume}' of '{policy_name}' is not rollback-protected", 404)
+        with self.store.read() as tx:
+            recorded = tx.get_volume_tag(policy_name, volume)
+            counter = tx.get_counter(policy_name, spec.counter)
+        version, tag = recorded or (0, "")
+        return {"volume": volume, "version": version, "tag": tag, "counter": counter}
+
+    def record_volume(
+        self, token: str, policy_name: str, volume: str, version: int, tag: str
+    ) -> dict[str, Any]:
+        """Accept a volume release as current if it is newer than the recorded one
+        (the counter moves on); the same release again is fine; an older one, or the
+        same version with another tag, is a rollback and refused."""
+        session = self._session(hashlib.sha256(token.encode()).digest())
+        now = datetime.now(UTC)
+        if session is None or session.policy != policy_name or session.expires_at <= now:
+            raise Refused("session: unknown or expired session token for this policy", 401)
+        _, policy = self.policy(policy_name, session.policy_version)
+        spec = policy.volume(volume)
+        service = policy.service(session.service)
+        if spec is None or spec.counter is None:
+            raise Refused(f"volume: '{volume}' of '{policy_name}' is not rollback-protected", 404)
+        if service is None or volume not in service.volumes:
+            raise Refused(f"volume: service '{session.service}' may not open '{volume}'")
+        tag = tag.lower()
+        counter = spec.counter
+
+        def record(tx: Any) -> dict[str, Any] | Refused:
+            recorded = tx.get_volume_tag(policy_name, volume)
+            if recorded is not None:
+                old_version, old_tag = recorded
+                if version == old_version and tag == old_tag:
+                    return {"volume": volume, "version": version, "tag": tag,
+                            "counter": tx.get_counter(policy_name, counter)}  # fmt: skip
+                if version <= old_version:
+                    refusal = Refused(
+                        f"rollback: volume '{volume}' version {version} (tag {tag[:16]}…) is "
+                        f"not newer than the recorded version {old_version} "
+                        f"(tag {old_tag[:16]}…)",
+                        409,
+                    )
+                    what = {"volume": volume, "version": version, "tag": tag}
+                    detail = {**what, "reason": str(refusal), "service": session.service}
+                    tx.append_audit("volume.refused", policy_name, detail)
+                    return refusal
+            tx.set_volume_tag(policy_name, volume, version, tag, now)
+            value = int(tx.increment(policy_name, counter))
+            tx.append_audit(
+                "volume.recorded",
+                policy_name,
+                {"volume": volume, "version": version, "tag": tag, "counter": value,
+                 "service": session.service},
+            )  # fmt: skip
+            return {"volume": volume, "version": version, "tag": tag, "counter": value}
+
+        outcome = self.group.run(record)
+        if isinstance(outcome, Refused):
+            raise outcome
+        return outcome
 
     # --- revocations ----------------------------------------------------------------------
 

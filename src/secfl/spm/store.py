@@ -201,6 +201,17 @@ revocations_table = Table(
     PrimaryKeyConstraint("policy", "serial"),
 )
 
+volume_tags_table = Table(
+    "volume_tags",
+    metadata,
+    Column("policy", String(), nullable=False),
+    Column("volume", String(), nullable=False),
+    Column("version", BigInteger(), nullable=False),
+    Column("tag", String(), nullable=False),
+    Column("at", BigInteger(), nullable=False),
+    PrimaryKeyConstraint("policy", "volume"),
+)
+
 # Hot statements, built once (building SQLAlchemy expressions costs more than running them).
 _p = bindparam
 _Q_META_GET = select(meta_table.c.value).where(meta_table.c.key == _p("b_key"))
@@ -711,6 +722,34 @@ class Tx:
             },
             f"store: certificate serial {serial} of policy '{policy}' is already revoked",
         )
+
+    # -- rollback-protected volumes
+    def get_volume_tag(self, policy: str, volume: str) -> tuple[int, str] | None:
+        """The newest (version, tag) recorded for a rollback-protected volume."""
+        t = volume_tags_table
+        row = (
+            self._c()
+            .execute(select(t.c.version, t.c.tag).where(t.c.policy == policy, t.c.volume == volume))
+            .first()
+        )
+        return None if row is None else (int(row.version), str(row.tag))
+
+    def set_volume_tag(
+        self, policy: str, volume: str, version: int, tag: str, at: datetime
+    ) -> None:
+        """Record (version, tag) as the newest release of a volume (the caller checks
+        that it is newer)."""
+        t = volume_tags_table
+        values = {"version": int(version), "tag": tag, "at": _us(at, "at")}
+        done = self._w().execute(
+            update(t).where(t.c.policy == policy, t.c.volume == volume).values(**values)
+        )
+        if done.rowcount == 0:
+            self._insert(
+                t,
+                {"policy": policy, "volume": volume, **values},
+                f"store: volume '{volume}' of policy '{policy}' was recorded concurrently",
+            )
 
     def is_revoked(self, policy: str, serial: str | int) -> bool:
         t = revocations_table

@@ -1,0 +1,135 @@
+"""``secfl shield``: encrypted volumes for code and data."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from secfl.cli._common import UsageError, out
+
+app = typer.Typer(
+    help="Shielded volumes: encrypt a folder, print or check its tag, decrypt it.",
+    no_args_is_help=True,
+)
+
+KeyFile = Annotated[
+    str | None, typer.Option("--key-file", help="File holding the key (64 hex characters).")
+]
+KeyHex = Annotated[
+    str | None,
+    typer.Option(
+        "--key-hex", help="The key as 64 hex characters (visible in `ps`; prefer a file)."
+    ),
+]
+
+
+def _key(key_file: str | None, key_hex: str | None) -> bytes:
+    from secfl.shield import key_from_file, load_key
+
+    if (key_file is None) == (key_hex is None):
+        raise UsageError("give the key with exactly one of --key-file KEY or --key-hex HEX")
+    return key_from_file(key_file) if key_file is not None else load_key(key_hex or "")
+
+
+@app.command("encrypt")
+def encrypt_cmd(
+    src_dir: Annotated[str, typer.Argument(help="The folder to encrypt.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="The volume file to write.")],
+    key_file: KeyFile = None,
+    key_hex: KeyHex = None,
+    version: Annotated[
+        int, typer.Option(help="Release number of this data; raise it for every new release.")
+    ] = 1,
+    chunk_kib: Annotated[int, typer.Option(help="Chunk size in KiB.")] = 1024,
+) -> None:
+    """Encrypt every file below SRC_DIR into one volume; print its tag."""
+    from secfl.shield import encrypt_directory
+
+    key = _key(key_file, key_hex)
+    if not 1 <= chunk_kib <= 1 << 16:
+        raise UsageError(f"--chunk-kib: {chunk_kib} is not from 1 to 65536")
+    tag = encrypt_directory(src_dir, output, key, version=version, chunk_size=chunk_kib * 1024)
+    out.print(tag, markup=False)
+
+
+@app.command("tag")
+def tag_cmd(
+    volume: Annotated[str, typer.Argument(help="The volume file.")],
+    key_file: KeyFile = None,
+    key_hex: KeyHex = None,
+) -> None:
+    """Print the volume's tag (the SHA-256 of its manifest, what a policy pins)."""
+    from secfl.shield import volume_tag
+
+    out.print(volume_tag(volume, _key(key_file, key_hex)), markup=False)
+
+
+@app.command("verify")
+def verify_cmd(
+    volume: Annotated[str, typer.Argument(help="The volume file.")],
+    key_file: KeyFile = None,
+    key_hex: KeyHex = None,
+    expect_tag: Annotated[
+        str | None, typer.Option("--expect-tag", help="Refuse unless the tag is this one.")
+    ] = None,
+) -> None:
+    """Authenticate every chunk of every file and check every file's SHA-256."""
+    from secfl.shield import Volume
+
+    with Volume.open(volume, _key(key_file, key_hex), expected_tag=expect_tag) as vol:
+        vol.verify()
+        out.print(
+            f"verify: OK, {len(vol.files)} files, {vol.total_size} bytes, "
+            f"version {vol.version}, tag {vol.tag}",
+            markup=False,
+        )
+
+
+@app.command("decrypt")
+def decrypt_cmd(
+    volume: Annotated[str, typer.Argument(help="The volume file.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Folder to decrypt into.")],
+    key_file: KeyFile = None,
+    key_hex: KeyHex = None,
+    expect_tag: Annotated[
+        str | None, typer.Option("--expect-tag", help="Refuse unless the tag is this one.")
+    ] = None,
+) -> None:
+    """Decrypt the volume's files below a folder (never overwriting a file)."""
+    from secfl.shield import Volume
+
+    with Volume.open(volume, _key(key_file, key_hex), expected_tag=expect_tag) as vol:
+        vol.extract(output)
+        out.print(
+            f"decrypted {len(vol.files)} files, {vol.total_size} bytes, to {output}",
+            markup=False,
+        )
+
+
+@app.command("ls")
+def ls_cmd(
+    volume: Annotated[str, typer.Argument(help="The volume file.")],
+    key_file: KeyFile = None,
+    key_hex: KeyHex = None,
+) -> None:
+    """List the files of a volume: mode, size, SHA-256, path."""
+    from secfl.shield import Volume
+
+    with Volume.open(volume, _key(key_file, key_hex)) as vol:
+        out.print(f"version {vol.version}, tag {vol.tag}", markup=False)
+        for entry in vol.files:
+            out.print(
+                f"{entry.mode:04o} {entry.size:>12} {entry.sha256} {entry.path}", markup=False
+            )
+
+
+@app.command("keygen")
+def keygen_cmd(
+    output: Annotated[str, typer.Option("-o", "--output", help="The key file to create.")],
+) -> None:
+    """Create a new random 256-bit volume key, as hex, in a new file of mode 0600."""
+    from secfl.shield import write_key_file
+
+    write_key_file(output)
+    out.print(f"key written to {output} (mode 0600)", markup=False)

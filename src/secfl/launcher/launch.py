@@ -1,0 +1,315 @@
+"""Prepare and run a workload: the steps of ``secfl run``, each refusing in one line.
+
+1. Verify the SPM (pinned key, or attestation against expected measurements).
+2. Attest on this machine's TEE with fresh HPKE and TLS keys; receive the
+   service's certificate, secrets and session (in memory).
+3. Open the volumes the policy gives the service and check each against the
+   policy's tag, or for a rollback-protected volume against the SPM's record
+   (recording a newer release, refusing an older one).
+4. Substitute placeholders in the arguments, the environment and injected files.
+5. Run the program (or a Python module from a code volume, in this interpreter),
+   forwarding signals; remove injected files when it exits.
+
+An external program reads its volumes as verified plaintext copies in the
+private RAM folder (``$SECFL_VOLUMES/NAME``): every chunk is authenticated before
+it starts. A Python workload run with ``--module`` imports its code from memory
+and streams its data from :data:`volumes` instead, in bounded memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from secfl.errors import LaunchError, SecflError
+from secfl.launcher.inject import private_dir, substitute, write_private
+from secfl.launcher.measurement import resolve_program, run_measurement
+from secfl.policy.model import Policy, Service
+from secfl.spm.client import SpmClient
+from secfl.spm.enroll import Enrollment, enroll
+from secfl.tee.platforms import platform_by_name
+
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
+@dataclass
+class RunRequest:
+    """Everything ``secfl run`` is told."""
+
+    spm_url: str
+    policy: str
+    service: str
+    argv: list[str]
+    spm_pin: str | None = None
+    spm_measurements: list[str] = field(default_factory=list)
+    sim_root: bytes | None = None
+    volumes: dict[str, Path] = field(default_factory=dict)
+    module: str | None = None
+    platform: str = "auto"
+    sim_dir: Path | None = None
+
+
+@dataclass
+class Launch:
+    """A prepared workload: the command, its environment, its open volumes."""
+
+    argv: list[str]
+    env: dict[str, str]
+    files: Path
+    volumes: dict[str, object]
+    enrollment: Enrollment
+    module: str | None = None
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.files, ignore_errors=True)
+        for volume in self.volumes.values():
+            with contextlib.suppress(Exception):
+                volume.close()  # type: ignore[attr-defined]
+
+
+def connect(req: RunRequest) -> SpmClient:
+    """A client for an SPM that is pinned or that proves an expected measurement."""
+    if req.spm_pin:
+        return SpmClient(req.spm_url, pin=req.spm_pin)
+    if req.spm_measurements:
+        client, _ = SpmClient.verify(
+            req.spm_url, expect_measurement=req.spm_measurements, sim_root=req.sim_root
+        )
+        return client
+    raise LaunchError(
+        "spm: give --spm-pin or --spm-measurement: secfl run trusts no unverified SPM"
+    )
+
+
+def prepare(req: RunRequest) -> Launch:
+    """Steps 1 to 4; nothing is started, and on any refusal nothing is left behind."""
+    if not req.argv and not req.module:
+        raise LaunchError("run: no program given (secfl run ... -- PROGRAM ARGS)")
+    from secfl.shield import Volume, load_key, peek_tag
+
+    client = connect(req)
+    with client:
+        policy = Policy.model_validate_json(client.policy(req.policy)["document"])
+        service = policy.service(req.service)
+        if service is None:
+            raise LaunchError(f"policy: '{req.policy}' has no service '{req.service}'")
+        missing = [v for v in service.volumes if v not in req.volumes]
+        if missing:
+            raise LaunchError(
+                f"volume: the policy gives '{req.service}' volume '{missing[0]}': "
+                f"pass --volume {missing[0]}=PATH"
+            )
+        extra = sorted(set(req.volumes) - set(service.volumes))
+        if extra:
+            raise LaunchError(f"volume: '{extra[0]}' is not a volume of service '{req.service}'")
+        code_tags = {
+            name: peek_tag(req.volumes[name])
+            for name in service.volumes
+            if policy.volume(name).kind == "code"  # type: ignore[union-attr]
+        }
+
+        tee = platform_by_name(req.platform, sim_dir=req.sim_dir)
+        measurement = None
+        if tee.name == "simulated":
+            program = None if req.module else resolve_program(req.argv[0])
+            shown = ["-m", req.module, *req.argv] if req.module else req.argv
+            measurement = run_measurement(program, shown, code_tags)
+        enrollment = enroll(client, tee, req.policy, req.service, measurement=measurement)
+
+        volumes: dict[str, object] = {}
+        files = private_dir()
+        try:
+            for name in service.volumes:
+                volumes[name] = _open_volume(
+                    client, policy, name, req.volumes[name], enrollment, code_tags, Volume, load_key
+                )
+            if not req.module:  # an external program reads verified copies, in RAM
+                for name, volume in volumes.items():
+                    volume.extract(files / "volumes" / name)  # type: ignore[attr-defined]
+            env = _environment(service, enrollment, files, req)
+            args = [substitute(a, enrollment, f"argument {i + 1}") for i, a in enumerate(req.argv)]
+            args += [
+                substitute(a, enrollment, f"policy argument {i + 1}")
+                for i, a in enumerate(service.inject.args)
+            ]
+            for path, content in service.inject.files.items():
+                write_private(files, path, substitute(content, enrollment, f"file {path}").encode())
+        except BaseException:
+            shutil.rmtree(files, ignore_errors=True)
+            for volume in volumes.values():
+                with contextlib.suppress(Exception):
+                    volume.close()  # type: ignore[attr-defined]
+            raise
+    return Launch(args, env, files, volumes, enrollment, req.module)
+
+
+def _open_volume(
+    client: SpmClient,
+    policy: Policy,
+    name: str,
+    path: Path,
+    enrollment: Enrollment,
+    code_tags: Mapping[str, str],
+    volume_type: type,
+    load_key: object,
+) -> object:
+    spec = policy.volume(name)
+    assert spec is not None
+    value = enrollment.secrets.get(spec.key)
+    if value is None or "raw" not in value:
+        raise LaunchError(f"volume: the SPM did not release the key of volume '{name}'")
+    key = load_key(base64.b64decode(value["raw"]))  # type: ignore[operator]
+    volume = volume_type.open(path, key)  # type: ignore[attr-defined]
+    try:
+        if name in code_tags and volume.tag != code_tags[name]:
+            raise LaunchError(f"volume: '{name}' changed while it was being measured")
+        if spec.tag is not None:
+            if volume.tag != spec.tag:
+                raise LaunchError(
+                    f"volume: '{name}' has tag {volume.tag}, the policy expects {spec.tag}"
+                )
+        else:
+            _check_fresh(client, policy.name, name, volume, enrollment)
+    except BaseException:
+        volume.close()
+        raise
+    return volume
+
+
+def _check_fresh(
+    client: SpmClient, policy: str, name: str, volume: object, enrollment: Enrollment
+) -> None:
+    """A rollback-protected volume must be the newest release the SPM has seen."""
+    version, tag = volume.version, volume.tag  # type: ignore[attr-defined]
+    state = client.volume_state(policy, name)
+    if version == state["version"] and tag == state["tag"]:
+        return
+    if version > state["version"]:
+        client.record_volume(policy, name, version=version, tag=tag, token=enrollment.session_token)
+        return
+    raise LaunchError(
+        f"rollback: volume '{name}' is version {version}, but version {state['version']} "
+        "was already recorded: refusing an older (or altered) release"
+    )
+
+
+def _environment(
+    service: Service, enrollment: Enrollment, files: Path, req: RunRequest
+) -> dict[str, str]:
+    """The program's environment: ours, the policy's injected variables, and where its
+    identity (certificate, key, CA, session) and injected files are."""
+    identity = files / ".secfl"
+    write_private(files, ".secfl/cert.pem", enrollment.certificate.encode())
+    write_private(files, ".secfl/key.pem", enrollment.key_pem)
+    write_private(files, ".secfl/ca.pem", enrollment.ca_certificate.encode())
+    write_private(files, ".secfl/session.token", enrollment.session_token.encode())
+    env = dict(os.environ)
+    env.update(
+        {
+            "SECFL_FILES": str(files),
+            "SECFL_VOLUMES": str(files / "volumes"),
+            "SECFL_IDENTITY": str(identity),
+            "SECFL_POLICY": req.policy,
+            "SECFL_SERVICE": req.service,
+            "SECFL_SPM_URL": req.spm_url,
+        }
+    )
+    for key, text in service.inject.env.items():
+        env[key] = substitute(text, enrollment, f"environment {key}")
+    return env
+
+
+def execute(launch: Launch) -> int:
+    """Run the prepared workload; return its exit code (negative: killed by that signal)."""
+    try:
+        if launch.module:
+            return _run_module(launch)
+        return _run_program(launch)
+    finally:
+        launch.cleanup()
+
+
+def _run_program(launch: Launch) -> int:
+    try:
+        proc = subprocess.Popen(launch.argv, env=launch.env)
+    except OSError as exc:
+        raise LaunchError(f"run: cannot start '{launch.argv[0]}': {exc.strerror or exc}") from None
+    previous = {}
+    for sig in FORWARDED:
+        previous[sig] = signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+#: The open volumes of the workload running in this interpreter (``--module``), by
+#: name: it streams its data from them (bounded memory, every chunk authenticated).
+volumes: dict[str, object] = {}
+
+
+def _run_module(launch: Launch) -> int:
+    """Run a Python module served from the code volumes, in this interpreter."""
+    from secfl.shield import VolumeImporter
+
+    importers = [VolumeImporter(v) for v in launch.volumes.values()]  # type: ignore[arg-type]
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    sys.argv = [launch.module or "", *launch.argv]
+    os.environ.clear()
+    os.environ.update(launch.env)
+    volumes.update(launch.volumes)
+    try:
+        with _installed(importers):
+            runpy.run_module(launch.module or "", run_name="__main__", alter_sys=True)
+        return 0
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        volumes.clear()
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+@contextlib.contextmanager
+def _installed(importers: Sequence[object]) -> Iterator[None]:
+    for imp in importers:
+        imp.install()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for imp in importers:
+            imp.uninstall()  # type: ignore[attr-defined]
+
+
+def exit_like(code: int) -> int:
+    """Leave the way the workload did: its exit code, or the signal that killed it."""
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+__all__ = ["Launch", "LaunchError", "RunRequest", "SecflError", "execute", "exit_like", "prepare"]

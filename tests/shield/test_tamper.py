@@ -1,0 +1,379 @@
+"""Every change to a volume is refused: wrong key, flipped bytes, truncation, swaps, rollback."""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from secfl.errors import ShieldError
+from secfl.shield import Volume, encrypt_directory
+from secfl.shield import format as fmt
+from tests.shield import KEY, OTHER_KEY, reseal_manifest, write_tree
+
+CHUNK = 64
+STRIDE = CHUNK + fmt.TAG_SIZE
+ERROR = r"^shield: [^\n]+$"  # one line, starting with "shield:"
+F_CHUNK_0 = "file 'f' chunk 0 failed authentication"
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small volume: files of several chunks, an empty file, a one-chunk file."""
+    root = tmp_path_factory.mktemp("tamper")
+    rng = random.Random(1)
+    src = write_tree(
+        root / "src",
+        {
+            "a/one.bin": rng.randbytes(3 * CHUNK + 20),
+            "a/two.bin": rng.randbytes(3 * CHUNK),
+            "empty": b"",
+            "z.txt": b"last file\n",
+        },
+    )
+    encrypt_directory(src, root / "v.vol", KEY, version=3, chunk_size=CHUNK)
+    return root / "v.vol"
+
+
+def entries(volume: Path) -> dict[str, tuple[int, int, int]]:
+    """path -> (offset, chunks, end of its region), from the authentic volume."""
+    with Volume.open(volume, KEY) as v:
+        return {
+            e.path: (e.offset, e.chunks, e.offset + fmt.sealed_length(e.size, CHUNK))
+            for e in v.files
+        }
+
+
+def refused_on_open(data: bytes, tmp: Path, key: bytes = KEY) -> str:
+    path = tmp / "t.vol"
+    path.write_bytes(data)
+    with pytest.raises(ShieldError, match=ERROR) as info:
+        Volume.open(path, key).close()
+    return str(info.value)
+
+
+def test_wrong_key(sample: Path) -> None:
+    with pytest.raises(ShieldError, match=r"^shield: volume '.*v\.vol': wrong key \(the key check"):
+        Volume.open(sample, OTHER_KEY)
+
+
+def test_every_single_byte_change_is_refused(sample: Path, tmp_path: Path) -> None:
+    """Each byte of the file, changed: refused on open (header, manifest), else on
+    reading exactly the affected file (naming it and its chunk), and by verify()."""
+    original = sample.read_bytes()
+    layout = entries(sample)
+    with Volume.open(sample, KEY) as v:
+        manifest_offset = fmt.HEADER_SIZE + sum(fmt.sealed_length(e.size, CHUNK) for e in v.files)
+    path = tmp_path / "t.vol"
+    rng = random.Random(2)
+    for offset in range(len(original)):
+        data = bytearray(original)
+        data[offset] ^= rng.randrange(1, 256)
+        path.write_bytes(data)
+        if offset < fmt.HEADER_SIZE or offset >= manifest_offset:
+            with pytest.raises(ShieldError, match=ERROR):
+                Volume.open(path, KEY)
+            continue
+        owner = next(p for p, (start, _, end) in layout.items() if start <= offset < end)
+        chunk = (offset - layout[owner][0]) // STRIDE
+        with Volume.open(path, KEY) as volume:
+            for name in layout:
+                if name == owner:
+                    with pytest.raises(
+                        ShieldError, match=rf"file '{name}' chunk {chunk} failed authentication"
+                    ):
+                        volume.read_bytes(name)
+                else:
+                    volume.read_bytes(name)
+            with pytest.raises(ShieldError, match=rf"file '{owner}' chunk {chunk}"):
+                volume.verify()
+
+
+def test_header_fields_are_each_refused(sample: Path, tmp_path: Path) -> None:
+    original = sample.read_bytes()
+    messages = {}
+    for name, offset in [
+        ("magic", 0),
+        ("format", 9),
+        ("flags", 11),
+        ("chunk_size", 15),
+        ("salt", 20),
+        ("key_check", 50),
+        ("manifest_offset", 87),
+        ("manifest_length", 95),
+    ]:
+        data = bytearray(original)
+        data[offset] ^= 0x01
+        messages[name] = refused_on_open(bytes(data), tmp_path)
+    assert "bad magic" in messages["magic"]
+    assert "unsupported volume format" in messages["format"]
+    assert "unknown flags" in messages["flags"]
+    assert "manifest failed authentication" in messages["chunk_size"]
+    assert "wrong key" in messages["salt"] and "wrong key" in messages["key_check"]
+    assert (
+        "truncated" in messages["manifest_offset"]
+        or "unexpected bytes" in messages["manifest_offset"]
+    )
+
+
+def test_truncated_at_every_length(sample: Path, tmp_path: Path) -> None:
+    original = sample.read_bytes()
+    for length in range(len(original)):
+        message = refused_on_open(original[:length], tmp_path)
+        assert "truncated" in message, (length, message)
+
+
+def test_appended_bytes_are_refused(sample: Path, tmp_path: Path) -> None:
+    message = refused_on_open(sample.read_bytes() + b"\x00", tmp_path)
+    assert "1 unexpected bytes after its manifest" in message
+
+
+def swap(data: bytearray, a: int, b: int, n: int) -> None:
+    data[a : a + n], data[b : b + n] = data[b : b + n], data[a : a + n]
+
+
+def test_two_chunks_swapped_within_a_file(sample: Path, tmp_path: Path) -> None:
+    offset, _, _ = entries(sample)["a/one.bin"]
+    data = bytearray(sample.read_bytes())
+    swap(data, offset, offset + STRIDE, STRIDE)
+    path = tmp_path / "t.vol"
+    path.write_bytes(data)
+    with Volume.open(path, KEY) as volume:
+        with pytest.raises(ShieldError, match=r"file 'a/one\.bin' chunk 0 failed authentication"):
+            volume.read_bytes("a/one.bin")
+        with volume.open_file("a/one.bin") as f:
+            f.seek(STRIDE * 2)
+            f.read(1)  # an untouched chunk still reads by random access
+            f.seek(CHUNK)
+            with pytest.raises(ShieldError, match="chunk 1 failed"):
+                f.read(1)
+
+
+def test_chunks_swapped_between_files(sample: Path, tmp_path: Path) -> None:
+    layout = entries(sample)
+    data = bytearray(sample.read_bytes())
+    swap(data, layout["a/one.bin"][0], layout["a/two.bin"][0], STRIDE)
+    path = tmp_path / "t.vol"
+    path.write_bytes(data)
+    with Volume.open(path, KEY) as volume:
+        for name in ("a/one.bin", "a/two.bin"):
+            with pytest.raises(ShieldError, match=rf"file '{name}' chunk 0 failed"):
+                volume.read_bytes(name)
+        volume.read_bytes("z.txt")
+
+
+def test_whole_files_swapped(sample: Path, tmp_path: Path) -> None:
+    """Two files' regions exchanged (same length when the sizes match)."""
+    src = write_tree(tmp_path / "src", {"x": b"A" * 100, "y": b"B" * 100})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, chunk_size=CHUNK)
+    layout = entries(tmp_path / "v.vol")
+    data = bytearray((tmp_path / "v.vol").read_bytes())
+    swap(data, layout["x"][0], layout["y"][0], layout["x"][2] - layout["x"][0])
+    (tmp_path / "v.vol").write_bytes(data)
+    with (
+        Volume.open(tmp_path / "v.vol", KEY) as volume,
+        pytest.raises(ShieldError, match="'x' chunk 0"),
+    ):
+        volume.verify()
+
+
+def test_chunk_from_another_volume_with_the_same_key(sample: Path, tmp_path: Path) -> None:
+    """Same content, same key, same position: another volume's salt still differs."""
+    src = write_tree(tmp_path / "src", {"f": bytes(200)})
+    encrypt_directory(src, tmp_path / "a.vol", KEY, chunk_size=CHUNK)
+    encrypt_directory(src, tmp_path / "b.vol", KEY, chunk_size=CHUNK)
+    a, b = bytearray((tmp_path / "a.vol").read_bytes()), (tmp_path / "b.vol").read_bytes()
+    a[fmt.HEADER_SIZE : fmt.HEADER_SIZE + STRIDE] = b[fmt.HEADER_SIZE : fmt.HEADER_SIZE + STRIDE]
+    (tmp_path / "a.vol").write_bytes(a)
+    with (
+        Volume.open(tmp_path / "a.vol", KEY) as volume,
+        pytest.raises(ShieldError, match=F_CHUNK_0),
+    ):
+        volume.verify()
+
+
+def test_dropped_chunk(sample: Path, tmp_path: Path) -> None:
+    offset, chunks, _ = entries(sample)["a/one.bin"]
+    original = sample.read_bytes()
+    # Cut out chunk 1: the layout no longer matches the authenticated header.
+    cut = original[: offset + STRIDE] + original[offset + 2 * STRIDE :]
+    assert "truncated" in refused_on_open(cut, tmp_path)
+    # Shift the later chunks over it, keeping the length (the last one repeats).
+    data = bytearray(original)
+    end = offset + (chunks - 1) * STRIDE
+    data[offset + STRIDE : end] = original[offset + 2 * STRIDE : end + STRIDE][
+        : end - offset - STRIDE
+    ]
+    path = tmp_path / "t.vol"
+    path.write_bytes(data)
+    with (
+        Volume.open(path, KEY) as volume,
+        pytest.raises(ShieldError, match=r"'a/one\.bin' chunk 1"),
+    ):
+        volume.read_bytes("a/one.bin")
+
+
+def test_last_chunk_cannot_end_a_file_early(tmp_path: Path) -> None:
+    """A file's last chunk is marked as such: an earlier chunk cannot pose as the end."""
+    src = write_tree(tmp_path / "src", {"f": bytes(2 * CHUNK)})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, chunk_size=CHUNK)
+
+    def shorten(plaintext: bytes) -> bytes:  # a forged manifest with one chunk fewer
+        doc = json.loads(plaintext)
+        doc["files"][0].update(size=CHUNK, chunks=1)
+        return fmt.canonical(doc)
+
+    reseal_manifest(tmp_path / "v.vol", KEY, shorten, body=lambda chunks: chunks[:STRIDE])
+    with (
+        Volume.open(tmp_path / "v.vol", KEY) as volume,
+        pytest.raises(ShieldError, match=F_CHUNK_0),
+    ):
+        volume.read_bytes("f")
+
+
+def test_a_wrong_digest_in_the_manifest_is_caught(tmp_path: Path) -> None:
+    """Only a key holder could forge it; reading and verify() still catch it."""
+    src = write_tree(tmp_path / "src", {"f": b"content " * 40})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, chunk_size=CHUNK)
+
+    def wrong_digest(plaintext: bytes) -> bytes:
+        doc = json.loads(plaintext)
+        doc["files"][0]["sha256"] = "0" * 64
+        return fmt.canonical(doc)
+
+    reseal_manifest(tmp_path / "v.vol", KEY, wrong_digest)
+    with Volume.open(tmp_path / "v.vol", KEY) as volume:
+        with pytest.raises(ShieldError, match="file 'f' does not match its SHA-256"):
+            volume.read_bytes("f")
+        with pytest.raises(ShieldError, match="does not match its SHA-256"):
+            volume.verify()
+        with volume.open_file("f", check_digest=False) as f:
+            assert f.read() == b"content " * 40
+        with pytest.raises(ShieldError, match="does not match its SHA-256"):
+            volume.extract(tmp_path / "out")
+    assert not (tmp_path / "out" / "f").exists()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: {**d, "extra": 1}, "unexpected fields"),
+        (lambda d: {**d, "format": "secfl-shield/9"}, "unsupported manifest format"),
+        (lambda d: {**d, "version": -1}, "invalid version"),
+        (lambda d: {**d, "chunk_size": 65}, "disagree on the chunk size"),
+        (
+            lambda d: {
+                **d,
+                "files": [{**d["files"][0], "path": "b"}, {**d["files"][1], "path": "a"}],
+            },
+            "not sorted",
+        ),
+        (
+            lambda d: {**d, "files": [d["files"][0], {**d["files"][1], "path": "a/c"}]},
+            "below a file",
+        ),
+        (lambda d: {**d, "files": [{**d["files"][0], "chunks": 2}, d["files"][1]]}, "chunk count"),
+        (lambda d: {**d, "files": [d["files"][0]]}, "disagree on the layout"),
+        (lambda d: {**d, "files": [{**d["files"][0], "path": "../x"}]}, "invalid path"),
+        (lambda d: {**d, "files": [{**d["files"][0], "mode": 0o10000}]}, "invalid mode"),
+        (lambda d: {**d, "files": [{**d["files"][0], "sha256": "X"}]}, "invalid digest"),
+    ],
+)
+def test_forged_manifests_are_refused(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    src = write_tree(tmp_path / "src", {"a": b"1", "b": b"2"})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, chunk_size=CHUNK)
+    reseal_manifest(tmp_path / "v.vol", KEY, lambda p: fmt.canonical(mutate(json.loads(p))))
+    with pytest.raises(ShieldError, match=message):
+        Volume.open(tmp_path / "v.vol", KEY)
+
+
+def test_non_canonical_manifest_is_refused(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"a": b"1"})
+    encrypt_directory(src, tmp_path / "v.vol", KEY)
+    reseal_manifest(tmp_path / "v.vol", KEY, lambda p: json.dumps(json.loads(p)).encode())
+    with pytest.raises(ShieldError, match="not in canonical form"):
+        Volume.open(tmp_path / "v.vol", KEY)
+
+
+def test_old_version_refused_by_the_new_tag(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"data.csv": b"x,y\n1,2\n"})
+    old_tag = encrypt_directory(src, tmp_path / "v1.vol", KEY, version=1)
+    new_tag = encrypt_directory(src, tmp_path / "v2.vol", KEY, version=2)
+    assert old_tag != new_tag
+    with pytest.raises(
+        ShieldError,
+        match=rf"^shield: volume '.*v1\.vol': volume tag {old_tag} is not the expected {new_tag}$",
+    ):
+        Volume.open(tmp_path / "v1.vol", KEY, expected_tag=new_tag)
+    with Volume.open(tmp_path / "v2.vol", KEY, expected_tag=new_tag.upper()) as v:
+        assert v.version == 2
+    with pytest.raises(ShieldError, match="volume version 1 is older than the minimum 2"):
+        Volume.open(tmp_path / "v1.vol", KEY, min_version=2)
+
+
+# -- fuzzing: whatever the bytes, only ShieldError --------------------------------
+
+_FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _open_and_verify(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.vol"
+        path.write_bytes(data)
+        try:
+            with Volume.open(path, KEY) as volume:
+                volume.verify()
+        except ShieldError as exc:
+            assert str(exc).startswith("shield: ") and "\n" not in str(exc)
+            raise
+
+
+@_FUZZ
+@given(st.binary(max_size=400))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    with pytest.raises(ShieldError):
+        _open_and_verify(data)
+
+
+@_FUZZ
+@given(
+    chunk=st.integers(1, 1 << 26),
+    m_off=st.integers(0, (1 << 64) - 1),
+    m_len=st.integers(0, (1 << 64) - 1),
+    tail=st.binary(max_size=300),
+)
+def test_fuzz_plausible_headers(chunk: int, m_off: int, m_len: int, tail: bytes) -> None:
+    header = fmt.Header(chunk, bytes(32), bytes(32), m_off, m_len).pack()
+    with pytest.raises(ShieldError):
+        _open_and_verify(header + tail)
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzz_mutated_volumes(sample: Path, data: st.DataObject) -> None:
+    original = sample.read_bytes()
+    mutated = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "insert", "delete", "overwrite"]))
+        at = data.draw(st.integers(0, len(mutated)))
+        if kind == "flip" and at < len(mutated):
+            mutated[at] ^= data.draw(st.integers(1, 255))
+        elif kind == "insert":
+            mutated[at:at] = data.draw(st.binary(min_size=1, max_size=40))
+        elif kind == "delete":
+            del mutated[at : at + data.draw(st.integers(1, 40))]
+        else:
+            piece = data.draw(st.binary(min_size=1, max_size=40))
+            mutated[at : at + len(piece)] = piece
+    if bytes(mutated) == original:
+        _open_and_verify(bytes(mutated))
+        return
+    with pytest.raises(ShieldError):
+        _open_and_verify(bytes(mutated))
