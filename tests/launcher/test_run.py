@@ -166,9 +166,16 @@ class World:
         data: Path | None = None,
         module: str | None = None,
         wait: bool = True,
+        attest_spm: bool = False,
     ) -> subprocess.Popen[str] | subprocess.CompletedProcess[str]:
-        args = [sys.executable, "-m", "secfl.cli.main", "run", "--spm", self.spm.url,
-                "--spm-pin", self.spm.pin, "--policy", "run", "--service", service,
+        trust = (
+            ["--spm-measurement", self.spm.measurement,
+             "--sim-root", str(self.sim_dir / simulated.ROOT_CERT)]
+            if attest_spm
+            else ["--spm-pin", self.spm.pin]
+        )  # fmt: skip
+        args = [sys.executable, "-m", "secfl.cli.main", "run", "--spm", self.spm.url, *trust,
+                "--policy", "run", "--service", service,
                 "--platform", "simulated", "--sim-dir", str(self.sim_dir)]  # fmt: skip
         if service in ("worker", "mod"):
             args += ["--volume", f"code={self.base / 'code.vol'}",
@@ -228,7 +235,7 @@ def test_changed_program_is_refused_and_not_started(world: World, tmp_path: Path
 def test_an_unmodified_third_party_program_gets_a_secret(world: World) -> None:
     if not Path(world.tool_argv[0]).exists():
         pytest.skip("openssl is not installed")
-    done = world.run("tool", world.tool_argv)
+    done = world.run("tool", world.tool_argv, attest_spm=True)  # SPM checked by attestation
     assert done.returncode == 0, done.stderr
     expected = hmac.new(_token(world).hex().encode(), b"hello from the TEE\n", hashlib.sha256)
     assert expected.hexdigest() in done.stdout
@@ -308,3 +315,16 @@ def test_measure_for_run_matches(world: World) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == world.measurement(world.argv())
+
+
+def test_an_unverified_spm_is_refused(world: World) -> None:
+    args = [sys.executable, "-m", "secfl.cli.main", "run", "--spm", world.spm.url,
+            "--policy", "run", "--service", "tool", "--", *world.tool_argv]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("error: spm: give --spm-pin or --spm-measurement")
+    wrong = [*args[:6], "--spm-measurement", "00" * 48, "--sim-root",
+             str(world.sim_dir / simulated.ROOT_CERT), *args[6:]]  # fmt: skip
+    done = subprocess.run(wrong, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().startswith("error: measurement:"), done.stderr
