@@ -11,70 +11,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets as pysecrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from secfl.errors import PolicyError, SecflError, SpmError
+from secfl.errors import PolicyError, SpmError
 from secfl.policy.canonical import canonical_bytes, digest
 from secfl.policy.document import load_policy
 from secfl.policy.model import Policy
 from secfl.policy.signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature, check_approval
-from secfl.spm import secrets as sv
-from secfl.spm.binding import csr_public_key_sha256, spm_report_data, workload_report_data
+from secfl.spm.attestation import AttestationMixin, AttestResult, Refused
+from secfl.spm.binding import spm_report_data
 from secfl.spm.groupcommit import GroupCommit
 from secfl.spm.identity import Identity
 from secfl.spm.masterkey import (
     MasterKey,
-    new_policy_key,
-    open_secret,
-    seal_secret,
-    seal_shares,
-    unwrap_policy_key,
-    wrap_policy_key,
 )
 from secfl.spm.nonces import NonceIssuer
-from secfl.spm.store import PolicyRecord, SecretRecord, SessionRecord, Store
-from secfl.tee.claims import TCB_ORDER, Claims
-from secfl.tee.evidence import Evidence
+from secfl.spm.store import PolicyRecord, SessionRecord, Store
+from secfl.spm.vault import SecretVault
 from secfl.tee.platforms import Platform
-from secfl.tee.verify import verify
 
 #: Seconds a replica may serve a policy's current version before re-reading it.
 CURRENT_TTL = 1.0
-#: Expired sessions and spent nonces are pruned every this many attestations.
-PRUNE_EVERY = 1000
 
 
-class Refused(SpmError):
-    """A request the SPM refuses on purpose; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 403) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True)
-class AttestResult:
-    """What an attested workload receives."""
-
-    certificate: str
-    ca_certificate: str
-    sealed_secrets: bytes
-    session_token: str
-    session_expires: datetime
-    policy_digest: str
-    policy_version: int
-    secret_names: list[str]
-
-
-class Spm:
+class Spm(AttestationMixin):
     """The SPM over a :class:`Store`, sealing with a :class:`MasterKey`.
 
     ``platform`` produces the SPM's own evidence; ``identity`` is its TLS key.
@@ -103,8 +66,7 @@ class Spm:
         self._records: dict[tuple[str, int], PolicyRecord] = {}
         self._sessions: dict[bytes, SessionRecord] = {}
         self._current: dict[str, tuple[float, PolicyRecord]] = {}
-        self._values: dict[tuple[str, str], tuple[float, sv.Value]] = {}
-        self._keys: dict[str, bytes] = {}
+        self.vault = SecretVault(master, identity.key)
         self._spent = 0
 
     @property
@@ -211,7 +173,7 @@ class Spm:
                 except PolicyError as exc:
                     raise Refused(str(exc), 403) from None
                 try:
-                    self._provision(tx, policy, now)
+                    self.vault.provision(tx, policy, now)
                 except Refused:
                     raise
                 except SpmError as exc:
@@ -242,291 +204,6 @@ class Spm:
             raise
         self._current.pop(policy.name, None)
         return record
-
-    def _provision(self, tx: Any, policy: Policy, now: datetime) -> None:
-        """Create the policy's data key, counters and secret values (new or redefined)."""
-        wrapped = tx.get_policy_key(policy.name)
-        if wrapped is None:
-            key = new_policy_key()
-            recovery = {
-                m.name: m.recovery_key.encode() for m in policy.board.members if m.recovery_key
-            }
-            shares = (
-                seal_shares(key, policy.name, recovery, min(policy.board.threshold, len(recovery)))
-                if recovery
-                else "{}"
-            )
-            tx.put_policy_key(policy.name, wrap_policy_key(self.master, policy.name, key), shares)
-        else:
-            key = unwrap_policy_key(self.master, policy.name, wrapped)
-        for counter in policy.counters:
-            tx.create_counter(policy.name, counter.name)
-        values: dict[str, sv.Value] = {}
-        ordered = sorted(policy.secrets, key=lambda s: s.kind != "x509-ca")  # CAs first
-        for secret in ordered:
-            definition = sv.definition_digest(secret)
-            stored = tx.get_secret(policy.name, secret.name)
-            if stored is not None and stored.definition_digest == definition:
-                values[secret.name] = self._open_value(key, policy.name, stored)
-                continue
-            if secret.kind == "imported":
-                value = sv.open_imported(secret.sealed, self.identity.key, policy.name, secret.name)
-            else:
-                value = sv.generate(secret, values, now)
-            values[secret.name] = value
-            self._store_value(tx, key, policy.name, secret.name, secret.kind, definition, value)
-
-    def _open_value(self, key: bytes, policy: str, record: SecretRecord | None) -> sv.Value:
-        if record is None:
-            raise SpmError(f"secrets: a secret of policy '{policy}' is missing from the store")
-        return json.loads(open_secret(key, policy, record.name, record.ciphertext))
-
-    def _policy_key(self, tx: Any, policy: str) -> bytes:
-        """A policy's data key (it never changes once made), unwrapped once."""
-        key = self._keys.get(policy)
-        if key is None:
-            wrapped = tx.get_policy_key(policy)
-            if wrapped is None:
-                raise SpmError(f"secrets: policy '{policy}' has no data key")
-            key = self._keys[policy] = unwrap_policy_key(self.master, policy, wrapped)
-        return key
-
-    def _value(self, tx: Any, key: bytes, policy: str, name: str) -> sv.Value:
-        """A secret's value, decrypted at most once per ``CURRENT_TTL`` per process."""
-        cached = self._values.get((policy, name))
-        if cached is not None and time.monotonic() - cached[0] < CURRENT_TTL:
-            return cached[1]
-        value = self._open_value(key, policy, tx.get_secret(policy, name))
-        self._values[(policy, name)] = (time.monotonic(), value)
-        return value
-
-    def _store_value(
-        self,
-        tx: Any,
-        key: bytes,
-        policy: str,
-        name: str,
-        kind: str,
-        definition: str,
-        value: sv.Value,
-    ) -> None:
-        self._values.pop((policy, name), None)
-        blob = seal_secret(key, policy, name, json.dumps(value).encode())
-        tx.put_secret(
-            SecretRecord(
-                policy=policy,
-                name=name,
-                kind=kind,
-                definition_digest=definition,
-                ciphertext=blob,
-                created_at=datetime.now(UTC),
-            )
-        )
-
-    # --- workload attestation -------------------------------------------------------------
-
-    def new_nonce(self) -> tuple[bytes, datetime]:
-        """A fresh nonce for one attestation (self-authenticating: nothing is written)."""
-        return self.nonces.issue()
-
-    def attest(
-        self,
-        policy_name: str,
-        service_name: str,
-        *,
-        nonce: bytes,
-        evidence: bytes,
-        hpke_public_key: bytes,
-        csr_pem: bytes,
-    ) -> AttestResult:
-        """Verify a workload and release its certificate and secrets, or refuse and
-        audit why. A genuine nonce is spent whatever the outcome, in the same
-        commit as the release or the refusal."""
-        detail: dict[str, Any] = {"service": service_name}
-        refusal: Refused | None = None
-        now = datetime.now(UTC)
-        nonce_state, nonce_expires = self.nonces.check(nonce, now)
-        checked: tuple[PolicyRecord, Policy, Claims, x509.CertificateSigningRequest] | None = None
-        try:
-            record, policy = self.policy(policy_name)
-            detail["policy_version"] = record.version
-            if policy.service(service_name) is None:
-                raise Refused(f"policy: '{policy_name}' has no service '{service_name}'", 404)
-            if nonce_state != "ok":
-                raise Refused(f"nonce: the nonce is {nonce_state}")
-            claims = self._verify(policy, evidence, now)
-            detail["kind"] = claims.kind
-            detail["measurement"] = next(iter(claims.measurements.values()), None)
-            self._match(policy, service_name, claims)
-            csr = _load_csr(csr_pem)
-            expected = workload_report_data(nonce, hpke_public_key, csr_public_key_sha256(csr))
-            if claims.report_data_bytes != expected:
-                raise Refused(
-                    "report_data: the evidence does not bind this nonce, HPKE key and CSR key"
-                )
-            checked = (record, policy, claims, csr)
-        except Refused as exc:
-            refusal = exc
-
-        def decide(tx: Any) -> AttestResult | Refused:
-            nonlocal refusal
-            if nonce_expires is not None:
-                if not tx.spend_nonce(nonce, nonce_expires):
-                    refusal = Refused("nonce: the nonce is used")
-                self._spent += 1
-                if self._spent % PRUNE_EVERY == 0:
-                    tx.prune(now)
-            if refusal is not None or checked is None:
-                assert refusal is not None
-                tx.append_audit(
-                    "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
-                )
-                return refusal
-            record, policy, claims, csr = checked
-            return self._release(
-                tx, record, policy, service_name, claims, nonce, hpke_public_key, csr, now
-            )
-
-        outcome = self.group.run(decide)
-        if isinstance(outcome, Refused):
-            raise outcome
-        return outcome
-
-    def _verify(self, policy: Policy, evidence: bytes, now: datetime) -> Claims:
-        platforms = policy.platforms
-        try:
-            ev = Evidence.parse(evidence)
-            if ev.kind not in platforms.accept:
-                raise Refused(f"platform: {ev.kind} evidence is not accepted by this policy")
-            root = platforms.simulation_root.encode() if platforms.simulation_root else None
-            claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug)
-        except SecflError as exc:
-            if isinstance(exc, Refused):
-                raise
-            raise Refused(f"evidence: {exc}") from None
-        if claims.kind != "simulated":
-            if claims.tcb_status == "unknown":
-                if not platforms.allow_unknown_tcb:
-                    raise Refused(
-                        "tcb: the TCB status is unknown (no collateral) and the policy requires one"
-                    )
-            elif TCB_ORDER.index(claims.tcb_status) > TCB_ORDER.index(platforms.min_tcb_status):
-                raise Refused(
-                    f"tcb: status {claims.tcb_status} is below the policy's minimum "
-                    f"{platforms.min_tcb_status}"
-                )
-        return claims
-
-    @staticmethod
-    def _match(policy: Policy, service_name: str, claims: Claims) -> None:
-        service = policy.service(service_name)
-        assert service is not None
-        for identity in service.identities(claims.kind):
-            if all(
-                str(claims.measurements.get(k, "")).lower() == str(v).lower()
-                if isinstance(v, str)
-                else claims.measurements.get(k) == v
-                for k, v in identity.items()
-            ):
-                return
-        mr = next(iter(claims.measurements.values()), "")
-        raise Refused(
-            f"measurement: {claims.kind} measurement {mr} is not accepted for service "
-            f"'{service_name}'"
-        )
-
-    def _release(
-        self,
-        tx: Any,
-        record: PolicyRecord,
-        policy: Policy,
-        service_name: str,
-        claims: Claims,
-        nonce: bytes,
-        hpke_public_key: bytes,
-        csr: x509.CertificateSigningRequest,
-        now: datetime,
-    ) -> AttestResult:
-        service = policy.service(service_name)
-        assert service is not None
-        token = pysecrets.token_urlsafe(32)
-        expires = now + timedelta(seconds=self.session_ttl)
-        key = self._policy_key(tx, policy.name)
-        values: dict[str, sv.Value] = {}
-        ca = self._value(tx, key, policy.name, policy.identity_ca)
-        parts = service.released_parts()
-        for volume_name in service.volumes:  # a service opens its volumes: it gets their keys
-            volume = policy.volume(volume_name)
-            assert volume is not None
-            parts[volume.key] = {"*"}
-        for name, selectors in sorted(parts.items()):
-            secret = policy.secret(name)
-            assert secret is not None
-            value = self._value(tx, key, policy.name, name)
-            if sv.needs_renewal(secret, value, now):
-                issuer = policy.secret(secret.issuer)  # type: ignore[union-attr]
-                assert issuer is not None
-                ca_value = self._value(tx, key, policy.name, issuer.name)
-                value = sv.generate(secret, {issuer.name: ca_value}, now)
-                self._store_value(
-                    tx, key, policy.name, name, secret.kind, sv.definition_digest(secret), value
-                )
-                tx.append_audit("secret.renewed", policy.name, {"secret": name})
-            values[name] = sv.restrict(value, selectors)
-        cert = sv.issue_service_certificate(
-            ca, csr, policy=policy.name, service=service_name,
-            ttl_seconds=service.certificate_ttl, now=now,
-        )  # fmt: skip
-        sealed = sv.seal_release(
-            values, hpke_public_key, sv.release_info(policy.name, service_name, nonce)
-        )
-        serial = format(cert.serial_number, "x")
-        fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-        tx.add_certificate(policy.name, service_name, serial, fingerprint, cert.not_valid_after_utc)
-        tx.add_session(
-            hashlib.sha256(token.encode()).digest(),
-            policy.name,
-            service_name,
-            record.version,
-            expires,
-        )
-        measurement = next(iter(claims.measurements.values()), None)
-        tx.append_audit(
-            "attestation.accepted",
-            policy.name,
-            {
-                "service": service_name,
-                "policy_version": record.version,
-                "kind": claims.kind,
-                "measurement": measurement,
-                "tcb_status": claims.tcb_status,
-                "simulated": claims.simulated,
-            },
-        )
-        tx.append_audit(
-            "certificate.issued",
-            policy.name,
-            {
-                "service": service_name,
-                "serial": serial,
-                "not_after": cert.not_valid_after_utc.isoformat(),
-            },
-        )
-        tx.append_audit(
-            "secrets.released",
-            policy.name,
-            {"service": service_name, "secrets": sorted(values)},
-        )
-        return AttestResult(
-            certificate=cert.public_bytes(serialization.Encoding.PEM).decode(),
-            ca_certificate=ca["crt"],
-            sealed_secrets=sealed,
-            session_token=token,
-            session_expires=expires,
-            policy_digest=record.digest,
-            policy_version=record.version,
-            secret_names=sorted(values),
-        )
 
     # --- counters -------------------------------------------------------------------------
 
@@ -703,16 +380,8 @@ def revocation_digest(doc: dict[str, str]) -> str:
     ).hexdigest()
 
 
-def _load_csr(pem: bytes) -> x509.CertificateSigningRequest:
-    try:
-        csr = x509.load_pem_x509_csr(pem)
-        valid = csr.is_signature_valid
-    except Exception:
-        raise Refused("csr: not a PEM certificate signing request", 400) from None
-    if not valid:
-        raise Refused("csr: the CSR's signature does not verify", 400)
-    return csr
-
-
 def _iso(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+__all__ = ["AttestResult", "Refused", "Spm", "revocation_digest"]

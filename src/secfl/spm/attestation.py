@@ -1,0 +1,273 @@
+"""Workload attestation: the nonce, the evidence checks, and the release.
+
+A workload proves what it runs (evidence over a fresh nonce, its HPKE key and its
+CSR key); if the claims match its service in the current policy, it receives a
+certificate from the policy's identity CA, its secrets sealed to its HPKE key, and
+a session token. The nonce is spent, and the decision audited, in one commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets as pysecrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from secfl.errors import SecflError, SpmError
+from secfl.policy.model import Policy
+from secfl.spm import secrets as sv
+from secfl.spm.binding import csr_public_key_sha256, workload_report_data
+from secfl.spm.store import PolicyRecord
+from secfl.tee.claims import TCB_ORDER, Claims
+from secfl.tee.evidence import Evidence
+from secfl.tee.verify import verify
+
+if TYPE_CHECKING:
+    from secfl.spm.service import Spm
+
+#: Expired sessions and spent nonces are pruned every this many attestations.
+PRUNE_EVERY = 1000
+
+
+class Refused(SpmError):
+    """A request the SPM refuses on purpose; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class AttestResult:
+    """What an attested workload receives."""
+
+    certificate: str
+    ca_certificate: str
+    sealed_secrets: bytes
+    session_token: str
+    session_expires: datetime
+    policy_digest: str
+    policy_version: int
+    secret_names: list[str]
+
+
+class AttestationMixin:
+    """The workload-attestation half of :class:`~secfl.spm.service.Spm`."""
+
+    def new_nonce(self: Spm) -> tuple[bytes, datetime]:
+        """A fresh nonce for one attestation (self-authenticating: nothing is written)."""
+        return self.nonces.issue()
+
+    def attest(
+        self: Spm,
+        policy_name: str,
+        service_name: str,
+        *,
+        nonce: bytes,
+        evidence: bytes,
+        hpke_public_key: bytes,
+        csr_pem: bytes,
+    ) -> AttestResult:
+        """Verify a workload and release its certificate and secrets, or refuse and
+        audit why. A genuine nonce is spent whatever the outcome, in the same
+        commit as the release or the refusal."""
+        detail: dict[str, Any] = {"service": service_name}
+        refusal: Refused | None = None
+        now = datetime.now(UTC)
+        nonce_state, nonce_expires = self.nonces.check(nonce, now)
+        checked: tuple[PolicyRecord, Policy, Claims, x509.CertificateSigningRequest] | None = None
+        try:
+            record, policy = self.policy(policy_name)
+            detail["policy_version"] = record.version
+            if policy.service(service_name) is None:
+                raise Refused(f"policy: '{policy_name}' has no service '{service_name}'", 404)
+            if nonce_state != "ok":
+                raise Refused(f"nonce: the nonce is {nonce_state}")
+            claims = self._verify(policy, evidence, now)
+            detail["kind"] = claims.kind
+            detail["measurement"] = next(iter(claims.measurements.values()), None)
+            self._match(policy, service_name, claims)
+            csr = _load_csr(csr_pem)
+            expected = workload_report_data(nonce, hpke_public_key, csr_public_key_sha256(csr))
+            if claims.report_data_bytes != expected:
+                raise Refused(
+                    "report_data: the evidence does not bind this nonce, HPKE key and CSR key"
+                )
+            checked = (record, policy, claims, csr)
+        except Refused as exc:
+            refusal = exc
+
+        def decide(tx: Any) -> AttestResult | Refused:
+            nonlocal refusal
+            if nonce_expires is not None:
+                if not tx.spend_nonce(nonce, nonce_expires):
+                    refusal = Refused("nonce: the nonce is used")
+                self._spent += 1
+                if self._spent % PRUNE_EVERY == 0:
+                    tx.prune(now)
+            if refusal is not None or checked is None:
+                assert refusal is not None
+                tx.append_audit(
+                    "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
+                )
+                return refusal
+            record, policy, claims, csr = checked
+            return self._release(
+                tx, record, policy, service_name, claims, nonce, hpke_public_key, csr, now
+            )
+
+        outcome = self.group.run(decide)
+        if isinstance(outcome, Refused):
+            raise outcome
+        return outcome
+
+    def _verify(self: Spm, policy: Policy, evidence: bytes, now: datetime) -> Claims:
+        platforms = policy.platforms
+        try:
+            ev = Evidence.parse(evidence)
+            if ev.kind not in platforms.accept:
+                raise Refused(f"platform: {ev.kind} evidence is not accepted by this policy")
+            root = platforms.simulation_root.encode() if platforms.simulation_root else None
+            claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug)
+        except SecflError as exc:
+            if isinstance(exc, Refused):
+                raise
+            raise Refused(f"evidence: {exc}") from None
+        if claims.kind != "simulated":
+            if claims.tcb_status == "unknown":
+                if not platforms.allow_unknown_tcb:
+                    raise Refused(
+                        "tcb: the TCB status is unknown (no collateral) and the policy requires one"
+                    )
+            elif TCB_ORDER.index(claims.tcb_status) > TCB_ORDER.index(platforms.min_tcb_status):
+                raise Refused(
+                    f"tcb: status {claims.tcb_status} is below the policy's minimum "
+                    f"{platforms.min_tcb_status}"
+                )
+        return claims
+
+    @staticmethod
+    def _match(policy: Policy, service_name: str, claims: Claims) -> None:
+        service = policy.service(service_name)
+        assert service is not None
+        for identity in service.identities(claims.kind):
+            if all(
+                str(claims.measurements.get(k, "")).lower() == str(v).lower()
+                if isinstance(v, str)
+                else claims.measurements.get(k) == v
+                for k, v in identity.items()
+            ):
+                return
+        mr = next(iter(claims.measurements.values()), "")
+        raise Refused(
+            f"measurement: {claims.kind} measurement {mr} is not accepted for service "
+            f"'{service_name}'"
+        )
+
+    def _release(
+        self: Spm,
+        tx: Any,
+        record: PolicyRecord,
+        policy: Policy,
+        service_name: str,
+        claims: Claims,
+        nonce: bytes,
+        hpke_public_key: bytes,
+        csr: x509.CertificateSigningRequest,
+        now: datetime,
+    ) -> AttestResult:
+        service = policy.service(service_name)
+        assert service is not None
+        token = pysecrets.token_urlsafe(32)
+        expires = now + timedelta(seconds=self.session_ttl)
+        key = self.vault.policy_key(tx, policy.name)
+        values: dict[str, sv.Value] = {}
+        ca = self.vault.value(tx, key, policy.name, policy.identity_ca)
+        parts = service.released_parts()
+        for volume_name in service.volumes:  # a service opens its volumes: it gets their keys
+            volume = policy.volume(volume_name)
+            assert volume is not None
+            parts[volume.key] = {"*"}
+        for name, selectors in sorted(parts.items()):
+            secret = policy.secret(name)
+            assert secret is not None
+            value = self.vault.value(tx, key, policy.name, name)
+            if sv.needs_renewal(secret, value, now):
+                issuer = policy.secret(secret.issuer)  # type: ignore[union-attr]
+                assert issuer is not None
+                ca_value = self.vault.value(tx, key, policy.name, issuer.name)
+                value = sv.generate(secret, {issuer.name: ca_value}, now)
+                self.vault.store_value(
+                    tx, key, policy.name, name, secret.kind, sv.definition_digest(secret), value
+                )
+                tx.append_audit("secret.renewed", policy.name, {"secret": name})
+            values[name] = sv.restrict(value, selectors)
+        cert = sv.issue_service_certificate(
+            ca, csr, policy=policy.name, service=service_name,
+            ttl_seconds=service.certificate_ttl, now=now,
+        )  # fmt: skip
+        sealed = sv.seal_release(
+            values, hpke_public_key, sv.release_info(policy.name, service_name, nonce)
+        )
+        serial = format(cert.serial_number, "x")
+        fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        tx.add_certificate(policy.name, service_name, serial, fingerprint, cert.not_valid_after_utc)
+        tx.add_session(
+            hashlib.sha256(token.encode()).digest(),
+            policy.name,
+            service_name,
+            record.version,
+            expires,
+        )
+        measurement = next(iter(claims.measurements.values()), None)
+        tx.append_audit(
+            "attestation.accepted",
+            policy.name,
+            {
+                "service": service_name,
+                "policy_version": record.version,
+                "kind": claims.kind,
+                "measurement": measurement,
+                "tcb_status": claims.tcb_status,
+                "simulated": claims.simulated,
+            },
+        )
+        tx.append_audit(
+            "certificate.issued",
+            policy.name,
+            {
+                "service": service_name,
+                "serial": serial,
+                "not_after": cert.not_valid_after_utc.isoformat(),
+            },
+        )
+        tx.append_audit(
+            "secrets.released",
+            policy.name,
+            {"service": service_name, "secrets": sorted(values)},
+        )
+        return AttestResult(
+            certificate=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            ca_certificate=ca["crt"],
+            sealed_secrets=sealed,
+            session_token=token,
+            session_expires=expires,
+            policy_digest=record.digest,
+            policy_version=record.version,
+            secret_names=sorted(values),
+        )
+
+
+def _load_csr(pem: bytes) -> x509.CertificateSigningRequest:
+    try:
+        csr = x509.load_pem_x509_csr(pem)
+        valid = csr.is_signature_valid
+    except Exception:
+        raise Refused("csr: not a PEM certificate signing request", 400) from None
+    if not valid:
+        raise Refused("csr: the CSR's signature does not verify", 400)
+    return csr

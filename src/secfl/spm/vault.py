@@ -1,0 +1,123 @@
+"""Secret values at rest: per-policy data keys, sealed values, and their caches.
+
+Each policy's secrets are encrypted under its own data key (AES-256-GCM, bound to
+policy and secret name). The data key is wrapped by the SPM's master key and split
+(Shamir, the board's threshold) to the board members' recovery keys, so the board
+can recover a policy's secrets on a new SPM without ever seeing the master key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from secfl.errors import SpmError
+from secfl.policy.model import Policy
+from secfl.spm import secrets as sv
+from secfl.spm.masterkey import (
+    MasterKey,
+    new_policy_key,
+    open_secret,
+    seal_secret,
+    seal_shares,
+    unwrap_policy_key,
+    wrap_policy_key,
+)
+from secfl.spm.store import SecretRecord
+
+#: Seconds a process may serve a decrypted secret value before re-reading it.
+VALUE_TTL = 1.0
+
+
+class SecretVault:
+    """The SPM's secrets: generated, imported, sealed at rest, opened for release."""
+
+    def __init__(self, master: MasterKey, identity_key: ec.EllipticCurvePrivateKey) -> None:
+        self.master = master
+        self.identity_key = identity_key
+        self._values: dict[tuple[str, str], tuple[float, sv.Value]] = {}
+        self._keys: dict[str, bytes] = {}
+
+    def provision(self, tx: Any, policy: Policy, now: datetime) -> None:
+        """Create the policy's data key, counters and secret values (new or redefined)."""
+        wrapped = tx.get_policy_key(policy.name)
+        if wrapped is None:
+            key = new_policy_key()
+            recovery = {
+                m.name: m.recovery_key.encode() for m in policy.board.members if m.recovery_key
+            }
+            shares = (
+                seal_shares(key, policy.name, recovery, min(policy.board.threshold, len(recovery)))
+                if recovery
+                else "{}"
+            )
+            tx.put_policy_key(policy.name, wrap_policy_key(self.master, policy.name, key), shares)
+        else:
+            key = unwrap_policy_key(self.master, policy.name, wrapped)
+        for counter in policy.counters:
+            tx.create_counter(policy.name, counter.name)
+        values: dict[str, sv.Value] = {}
+        ordered = sorted(policy.secrets, key=lambda s: s.kind != "x509-ca")  # CAs first
+        for secret in ordered:
+            definition = sv.definition_digest(secret)
+            stored = tx.get_secret(policy.name, secret.name)
+            if stored is not None and stored.definition_digest == definition:
+                values[secret.name] = self.open_value(key, policy.name, stored)
+                continue
+            if secret.kind == "imported":
+                value = sv.open_imported(secret.sealed, self.identity_key, policy.name, secret.name)
+            else:
+                value = sv.generate(secret, values, now)
+            values[secret.name] = value
+            self.store_value(tx, key, policy.name, secret.name, secret.kind, definition, value)
+
+    def open_value(self, key: bytes, policy: str, record: SecretRecord | None) -> sv.Value:
+        if record is None:
+            raise SpmError(f"secrets: a secret of policy '{policy}' is missing from the store")
+        return json.loads(open_secret(key, policy, record.name, record.ciphertext))
+
+    def policy_key(self, tx: Any, policy: str) -> bytes:
+        """A policy's data key (it never changes once made), unwrapped once."""
+        key = self._keys.get(policy)
+        if key is None:
+            wrapped = tx.get_policy_key(policy)
+            if wrapped is None:
+                raise SpmError(f"secrets: policy '{policy}' has no data key")
+            key = self._keys[policy] = unwrap_policy_key(self.master, policy, wrapped)
+        return key
+
+    def value(self, tx: Any, key: bytes, policy: str, name: str) -> sv.Value:
+        """A secret's value, decrypted at most once per ``VALUE_TTL`` per process."""
+        cached = self._values.get((policy, name))
+        if cached is not None and time.monotonic() - cached[0] < VALUE_TTL:
+            return cached[1]
+        value = self.open_value(key, policy, tx.get_secret(policy, name))
+        self._values[(policy, name)] = (time.monotonic(), value)
+        return value
+
+    def store_value(
+        self,
+        tx: Any,
+        key: bytes,
+        policy: str,
+        name: str,
+        kind: str,
+        definition: str,
+        value: sv.Value,
+    ) -> None:
+        self._values.pop((policy, name), None)
+        blob = seal_secret(key, policy, name, json.dumps(value).encode())
+        tx.put_secret(
+            SecretRecord(
+                policy=policy,
+                name=name,
+                kind=kind,
+                definition_digest=definition,
+                ciphertext=blob,
+                created_at=datetime.now(UTC),
+            )
+        )
