@@ -31,7 +31,8 @@ from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
 from secfl.errors import PolicyError
-from secfl.policy.model import Policy, key_path
+from secfl.policy.model import Policy
+from secfl.policy.references import key_path
 
 #: The largest policy document accepted (bytes of YAML).
 MAX_BYTES = 1 << 20

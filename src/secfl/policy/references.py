@@ -1,0 +1,211 @@
+"""Cross-references of a policy: every name it uses is defined, once, of the right kind.
+
+Run by :class:`secfl.policy.model.Policy` after pydantic has checked each field;
+each problem is a ``ValueError`` whose message starts with the field path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import TYPE_CHECKING, Any
+
+from pydantic import JsonValue
+
+from secfl.policy import placeholders
+from secfl.policy.model import _ENV_NAME, MEASUREMENT_FIELDS, SELECTOR_KINDS
+from secfl.tee.claims import TCB_ORDER, Kind
+
+if TYPE_CHECKING:
+    from secfl.policy.model import Policy
+
+
+def key_path(key: str) -> str:
+    """A mapping key as a path segment: ``.KEY``, or ``["/etc/app.conf"]`` when needed."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+", key):
+        return f".{key}"
+    quoted = json.dumps(key, ensure_ascii=False)
+    try:
+        quoted.encode()
+    except UnicodeError:  # a lone surrogate: escape everything outside ASCII
+        quoted = json.dumps(key)
+    return f"[{quoted}]"
+
+
+def _unique(items: list[Any], where: str) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.name in seen:
+            raise ValueError(f"{where}[{i}].name: duplicate name '{item.name}'")
+        seen[item.name] = i
+    return seen
+
+
+def _distinct(values: list[str], where: str, what: str) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            raise ValueError(f"{where}[{i}]: duplicate {what} '{value}'")
+        seen.add(value)
+
+
+def _check_kind(secrets: dict[str, Any], name: str, kind: str, where: str) -> None:
+    """``kind`` may list alternatives separated by ``|``."""
+    secret = secrets.get(name)
+    if secret is None:
+        raise ValueError(f"{where}: unknown secret '{name}'")
+    if secret.kind not in kind.split("|"):
+        raise ValueError(
+            f"{where}: secret '{name}' is {secret.kind}, not {kind.replace('|', ' or ')}"
+        )
+
+
+def _check_text(value: Any, where: str) -> None:
+    texts = [(where, value)] if isinstance(value, str) else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            texts.append((where + key_path(str(k)), k))
+            _check_text(v, where + key_path(str(k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_text(v, f"{where}[{i}]")
+    for path, text in texts:
+        if isinstance(text, str):
+            try:
+                text.encode()
+            except UnicodeError:
+                raise ValueError(
+                    f"{path.removeprefix('.')}: text that is not valid Unicode"
+                ) from None
+
+
+def _check_finite(value: JsonValue, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, where + key_path(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+
+
+def _check_references(p: Policy) -> None:
+    if p.version == 1 and p.predecessor:
+        raise ValueError("predecessor: must be empty for version 1")
+    if p.version > 1 and not p.predecessor:
+        raise ValueError(
+            f"predecessor: required for version {p.version} (the digest of version {p.version - 1})"
+        )
+    members = _unique(p.board.members, "board.members")
+    secrets = {s.name: s for s in p.secrets}
+    _unique(p.secrets, "secrets")
+    volumes = _unique(p.volumes, "volumes")
+    counters = _unique(p.counters, "counters")
+    _unique(p.services, "services")
+
+    if p.board.threshold > len(p.board.members):
+        raise ValueError(
+            f"board.threshold: {p.board.threshold} exceeds the {len(p.board.members)} members"
+        )
+    for i, name in enumerate(p.board.required):
+        if name not in members:
+            raise ValueError(f"board.required[{i}]: '{name}' is not a board member")
+    _distinct(p.board.required, "board.required", "member")
+    _distinct(list(p.platforms.accept), "platforms.accept", "platform")
+    if len(set(p.board.required)) > p.board.threshold:
+        raise ValueError("board.required: more required members than the threshold")
+
+    if "simulated" in p.platforms.accept and not p.platforms.simulation_root:
+        raise ValueError("platforms.simulation_root: required when 'simulated' is accepted")
+    if TCB_ORDER.index(p.platforms.min_tcb_status) >= TCB_ORDER.index("unknown"):
+        raise ValueError("platforms.min_tcb_status: use allow_unknown_tcb for 'unknown'")
+
+    _check_kind(secrets, p.identity_ca, "x509-ca", "identity_ca")
+    for i, secret in enumerate(p.secrets):
+        if secret.kind == "x509":
+            _check_kind(secrets, secret.issuer, "x509-ca", f"secrets[{i}].issuer")
+            if secret.renew_before_days >= secret.validity_days:
+                raise ValueError(
+                    f"secrets[{i}].renew_before_days: must be less than validity_days "
+                    f"({secret.validity_days})"
+                )
+    for i, volume in enumerate(p.volumes):
+        # the SPM's own aes-256 key, or the data owner's key, imported (32 bytes)
+        _check_kind(secrets, volume.key, "aes-256|imported", f"volumes[{i}].key")
+        if volume.counter is not None and volume.counter not in counters:
+            raise ValueError(f"volumes[{i}].counter: unknown counter '{volume.counter}'")
+
+    for i, service in enumerate(p.services):
+        where = f"services[{i}]"
+        for kind in service.measurements:
+            if kind not in p.platforms.accept:
+                raise ValueError(
+                    f"{where}.measurements.{kind}: platform '{kind}' is not in platforms.accept"
+                )
+            for j, entry in enumerate(service.measurements[kind]):
+                _check_identity(kind, entry, f"{where}.measurements.{kind}[{j}]")
+        for j, name in enumerate(service.volumes):
+            if name not in volumes:
+                raise ValueError(f"{where}.volumes[{j}]: unknown volume '{name}'")
+        _distinct(service.volumes, f"{where}.volumes", "volume")
+        for j, name in enumerate(service.counters):
+            if name not in counters:
+                raise ValueError(f"{where}.counters[{j}]: unknown counter '{name}'")
+        _distinct(service.counters, f"{where}.counters", "counter")
+        for j, name in enumerate(service.secrets):
+            if name not in secrets:
+                raise ValueError(f"{where}.secrets[{j}]: unknown secret '{name}'")
+        _distinct(service.secrets, f"{where}.secrets", "secret")
+        for name in service.inject.env:
+            if not _ENV_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{where}.inject.env{key_path(name)}: not a valid environment variable name"
+                )
+        for path in service.inject.files:
+            if (
+                not path.startswith("/")
+                or "/../" in f"{path}/"
+                or "/./" in f"{path}/"
+                or "//" in path
+                or "\0" in path
+            ):
+                raise ValueError(
+                    f"{where}.inject.files{key_path(path)}: must be an absolute clean path"
+                )
+        fields = [
+            *((f"{where}.inject.args[{j}]", t) for j, t in enumerate(service.inject.args)),
+            *((f"{where}.inject.env{key_path(k)}", t) for k, t in service.inject.env.items()),
+            *((f"{where}.inject.files{key_path(k)}", t) for k, t in service.inject.files.items()),
+        ]
+        for path, text in fields:
+            try:
+                found = list(placeholders.find(text))
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+            for ph in found:
+                secret = secrets.get(ph.name)
+                if secret is None:
+                    raise ValueError(f"{path}: placeholder names unknown secret '{ph.name}'")
+                allowed = SELECTOR_KINDS.get(ph.selector or "")
+                if allowed is not None and secret.kind not in allowed:
+                    raise ValueError(
+                        f"{path}: selector ':{ph.selector}' does not apply to secret "
+                        f"'{ph.name}' ({secret.kind})"
+                    )
+
+
+def _check_identity(kind: Kind, entry: str | dict[str, str | int], where: str) -> None:
+    if isinstance(entry, str):
+        if not re.fullmatch(r"[0-9a-fA-F]{64,96}", entry):
+            raise ValueError(f"{where}: '{entry}' is not a hex measurement")
+        return
+    if not entry:
+        raise ValueError(f"{where}: an identity needs at least one claim field")
+    for field in entry:
+        if field not in MEASUREMENT_FIELDS[kind]:
+            raise ValueError(
+                f"{where}{key_path(field)}: '{field}' is not a {kind} claim field "
+                f"(one of {', '.join(sorted(MEASUREMENT_FIELDS[kind]))})"
+            )
