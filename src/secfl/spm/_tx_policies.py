@@ -1,0 +1,152 @@
+"""Transaction operations on policies, their secrets and their wrapped data keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+
+from secfl.errors import SpmError
+from secfl.spm._tx_base import TxBase
+from secfl.spm.records import PolicyRecord, SecretRecord, from_us, to_us
+from secfl.spm.schema import (
+    Q_CURRENT_POLICY,
+    Q_SECRET,
+    policies_table,
+    policy_keys_table,
+    secrets_table,
+)
+
+
+class PolicyOps(TxBase):
+    """Policy versions, secrets and policy data keys (part of :class:`secfl.spm.store.Tx`)."""
+
+    # -- policies
+    @staticmethod
+    def _policy(row: Any) -> PolicyRecord:
+        return PolicyRecord(
+            name=row.name,
+            version=row.version,
+            digest=row.digest,
+            predecessor=row.predecessor,
+            document=row.document,
+            signatures=row.signatures,
+            created_at=from_us(row.created_at),
+        )
+
+    def current_policy(self, name: str) -> PolicyRecord | None:
+        """The latest version of policy ``name``."""
+        row = self._c().execute(Q_CURRENT_POLICY, {"b_name": name}).first()
+        return None if row is None else self._policy(row)
+
+    def policy_version(self, name: str, version: int) -> PolicyRecord | None:
+        t = policies_table
+        row = self._c().execute(select(t).where(t.c.name == name, t.c.version == version)).first()
+        return None if row is None else self._policy(row)
+
+    def policy_by_digest(self, name: str, digest: str) -> PolicyRecord | None:
+        t = policies_table
+        row = self._c().execute(select(t).where(t.c.name == name, t.c.digest == digest)).first()
+        return None if row is None else self._policy(row)
+
+    def policy_history(self, name: str) -> list[PolicyRecord]:
+        """Every version of policy ``name``, oldest first."""
+        t = policies_table
+        rows = self._c().execute(select(t).where(t.c.name == name).order_by(t.c.version))
+        return [self._policy(r) for r in rows]
+
+    def policy_names(self) -> list[str]:
+        t = policies_table
+        rows = self._c().execute(select(t.c.name).distinct().order_by(t.c.name))
+        return [r.name for r in rows]
+
+    def add_policy(self, record: PolicyRecord) -> None:
+        """Store a new version; a (name, version) or (name, digest) already present is
+        an :class:`SpmError` (checks the caller's predecessor logic cannot replace)."""
+        self._w()
+        if self.policy_version(record.name, record.version) is not None:
+            raise SpmError(f"store: policy '{record.name}' version {record.version} already exists")
+        if self.policy_by_digest(record.name, record.digest) is not None:
+            raise SpmError(
+                f"store: policy '{record.name}' already has a version with digest {record.digest}"
+            )
+        self._insert(
+            policies_table,
+            {
+                "name": record.name,
+                "version": record.version,
+                "digest": record.digest,
+                "predecessor": record.predecessor,
+                "document": record.document,
+                "signatures": record.signatures,
+                "created_at": to_us(record.created_at, "created_at"),
+            },
+            f"store: policy '{record.name}' version {record.version} conflicts with a stored one",
+        )
+
+    # -- secrets
+    @staticmethod
+    def _secret(row: Any) -> SecretRecord:
+        return SecretRecord(
+            policy=row.policy,
+            name=row.name,
+            kind=row.kind,
+            definition_digest=row.definition_digest,
+            ciphertext=bytes(row.ciphertext),
+            created_at=from_us(row.created_at),
+        )
+
+    def get_secret(self, policy: str, name: str) -> SecretRecord | None:
+        row = self._c().execute(Q_SECRET, {"b_policy": policy, "b_name": name}).first()
+        return None if row is None else self._secret(row)
+
+    def list_secrets(self, policy: str) -> list[SecretRecord]:
+        t = secrets_table
+        rows = self._c().execute(select(t).where(t.c.policy == policy).order_by(t.c.name))
+        return [self._secret(r) for r in rows]
+
+    def put_secret(self, record: SecretRecord) -> None:
+        """Insert or replace the secret (policy, name)."""
+        t = secrets_table
+        values = {
+            "kind": record.kind,
+            "definition_digest": record.definition_digest,
+            "ciphertext": bytes(record.ciphertext),
+            "created_at": to_us(record.created_at, "created_at"),
+        }
+        conn = self._w()
+        done = conn.execute(
+            update(t).where(t.c.policy == record.policy, t.c.name == record.name).values(**values)
+        )
+        if done.rowcount == 0:
+            conn.execute(insert(t).values(policy=record.policy, name=record.name, **values))
+
+    def delete_secret(self, policy: str, name: str) -> bool:
+        t = secrets_table
+        done = self._w().execute(delete(t).where(t.c.policy == policy, t.c.name == name))
+        return done.rowcount > 0
+
+    # -- policy data keys
+    def get_policy_key(self, policy: str) -> bytes | None:
+        """The policy's data key, wrapped under the master key."""
+        t = policy_keys_table
+        row = self._c().execute(select(t.c.wrapped).where(t.c.policy == policy)).first()
+        return None if row is None else bytes(row.wrapped)
+
+    def get_key_shares(self, policy: str) -> str | None:
+        """The recovery shares (JSON) of the policy's data key."""
+        t = policy_keys_table
+        row = self._c().execute(select(t.c.shares).where(t.c.policy == policy)).first()
+        return None if row is None else row.shares
+
+    def put_policy_key(self, policy: str, wrapped: bytes, shares_json: str) -> None:
+        """Insert or replace the wrapped data key of ``policy`` and its recovery shares."""
+        t = policy_keys_table
+        conn = self._w()
+        done = conn.execute(
+            update(t).where(t.c.policy == policy).values(wrapped=bytes(wrapped), shares=shares_json)
+        )
+        if done.rowcount == 0:
+            conn.execute(
+                insert(t).values(policy=policy, wrapped=bytes(wrapped), shares=shares_json)
+            )

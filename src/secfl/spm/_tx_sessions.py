@@ -1,0 +1,78 @@
+"""Transaction operations on attestation sessions and single-use nonces."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from secfl.spm._tx_base import TxBase
+from secfl.spm.records import SessionRecord, from_us, to_us
+from secfl.spm.schema import Q_SESSION, nonces_table, sessions_table
+
+#: Expired nonces are kept this long (reported as "expired", not "unknown"), then pruned.
+NONCE_GRACE = timedelta(minutes=10)
+
+
+class SessionOps(TxBase):
+    """Nonces, sessions and their pruning (part of :class:`secfl.spm.store.Tx`)."""
+
+    # -- nonces
+    def spend_nonce(self, nonce: bytes, expires_at: datetime) -> bool:
+        """Record a self-authenticating nonce as used: True the first time, False if
+        it was spent before (one INSERT; the primary key makes it single-use)."""
+        t = nonces_table
+        dialect_insert = pg_insert if self._store.dialect == "postgresql" else sqlite_insert
+        done = self._w().execute(
+            dialect_insert(t)
+            .values(nonce=bytes(nonce), expires_at=to_us(expires_at, "expires_at"), used=True)
+            .on_conflict_do_nothing(index_elements=[t.c.nonce])
+            .returning(t.c.nonce)
+        )
+        return done.first() is not None
+
+    # -- sessions
+    def add_session(
+        self,
+        token_sha256: bytes,
+        policy: str,
+        service: str,
+        policy_version: int,
+        expires_at: datetime,
+    ) -> None:
+        self._insert(
+            sessions_table,
+            {
+                "token_sha256": bytes(token_sha256),
+                "policy": policy,
+                "service": service,
+                "policy_version": policy_version,
+                "expires_at": to_us(expires_at, "expires_at"),
+            },
+            "store: a session with this token already exists",
+        )
+
+    def get_session(self, token_sha256: bytes) -> SessionRecord | None:
+        """The session, expired or not (the caller compares ``expires_at`` with its clock)."""
+        row = self._c().execute(Q_SESSION, {"b_token": bytes(token_sha256)}).first()
+        if row is None:
+            return None
+        return SessionRecord(
+            token_sha256=bytes(row.token_sha256),
+            policy=row.policy,
+            service=row.service,
+            policy_version=row.policy_version,
+            expires_at=from_us(row.expires_at),
+        )
+
+    def prune(self, now: datetime) -> int:
+        """Delete sessions expired at ``now`` and nonces expired before ``now - NONCE_GRACE``;
+        return how many rows went."""
+        conn = self._w()
+        now_us = to_us(now, "now")
+        horizon = now_us - int(NONCE_GRACE.total_seconds() * 1_000_000)
+        gone = conn.execute(delete(sessions_table).where(sessions_table.c.expires_at <= now_us))
+        gone2 = conn.execute(delete(nonces_table).where(nonces_table.c.expires_at < horizon))
+        return gone.rowcount + gone2.rowcount
