@@ -25,13 +25,11 @@ from secfl.spm.masterkey import (
     load_or_create_master_key,
     new_policy_key,
     open_secret,
-    open_share,
-    recover_policy_key,
     seal_secret,
-    seal_shares,
     unwrap_policy_key,
     wrap_policy_key,
 )
+from secfl.spm.recovery import open_share, recover_policy_key, seal_shares
 
 # --- sealing and derivation -----------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from secfl.spm import secrets as sv
 from secfl.spm.audit_verify import verify_database
 from secfl.spm.client import SpmClient
 from secfl.spm.enroll import enroll
-from secfl.spm.masterkey import open_secret, open_share, recover_policy_key
+from secfl.spm.masterkey import open_secret
+from secfl.spm.recovery import open_share, recover_policy_key
 from secfl.spm.server import open_spm
 from secfl.spm.service import Refused, Spm
 from secfl.tee import simulated

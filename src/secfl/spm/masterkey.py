@@ -9,7 +9,7 @@ Key hierarchy::
 
 Each policy's data key is also split with Shamir's scheme (threshold = the board's)
 and every share sealed with HPKE to one board member's recovery public key
-(:func:`seal_shares`). If the SPM's platform (and with it the master key) is lost,
+(:func:`secfl.spm.recovery.seal_shares`). If the SPM's platform (and with it the master key) is lost,
 ``threshold`` members open their shares (:func:`open_share`) and a new SPM instance
 recombines the data key (:func:`recover_policy_key`), so no secret is lost, while
 fewer members than the threshold learn nothing.
@@ -24,25 +24,16 @@ function is the single hook where it belongs.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hpke, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from secfl._internal import shamir
 from secfl.errors import SpmError
 
 KEY_SIZE = 32
@@ -54,10 +45,7 @@ KEY_FILE = "master.key"
 _POLICY_KEY_AAD = b"secfl/policy-key/v1\n"
 _SECRET_AAD = b"secfl/secret/v1\n"
 _DERIVE_INFO = b"secfl/derive/v1\n"
-_CHECK_LABEL = b"secfl/policy-key-check/v1"
 #: HPKE ``info`` prefix of a recovery share; the policy name follows.
-RECOVERY_INFO = b"secfl/recovery-share/v1\n"
-RECOVERY_FORMAT = "secfl-recovery-shares/v1"
 
 
 class AeadKey:
@@ -225,187 +213,3 @@ def seal_secret(policy_key: bytes, policy: str, name: str, value: bytes) -> byte
 
 def open_secret(policy_key: bytes, policy: str, name: str, ciphertext: bytes) -> bytes:
     return AeadKey(policy_key).open(ciphertext, _secret_aad(policy, name))
-
-
-# --- recovery by the board ------------------------------------------------------------------
-
-RecoveryPublicKey = x25519.X25519PublicKey | ec.EllipticCurvePublicKey
-RecoveryPrivateKey = x25519.X25519PrivateKey | ec.EllipticCurvePrivateKey
-
-
-def key_check(key: bytes) -> str:
-    """A 128-bit check value of a data key (HMAC, reveals nothing useful about the key),
-    so recovery can tell a correct recombination from a wrong one."""
-    return hmac.new(key, _CHECK_LABEL, hashlib.sha256).hexdigest()[:32]
-
-
-def _suite(kem: str) -> hpke.Suite:
-    return hpke.Suite(
-        hpke.KEM.X25519 if kem == "X25519" else hpke.KEM.P256,
-        hpke.KDF.HKDF_SHA256,
-        hpke.AEAD.AES_256_GCM,
-    )
-
-
-def _kem_of(key: Any) -> str | None:
-    if isinstance(key, x25519.X25519PublicKey | x25519.X25519PrivateKey):
-        return "X25519"
-    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) and isinstance(
-        key.curve, ec.SECP256R1
-    ):
-        return "P256"
-    return None
-
-
-def _spki_sha256(key: RecoveryPublicKey) -> str:
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()
-
-
-def _as_bytes(pem: bytes | str) -> bytes:
-    return pem.encode("ascii") if isinstance(pem, str) else bytes(pem)
-
-
-def load_recovery_public_key(pem: bytes | str, member: str) -> RecoveryPublicKey:
-    """A board member's recovery key: X25519 or ECDSA/ECDH P-256, PEM SubjectPublicKeyInfo."""
-    try:
-        key = serialization.load_pem_public_key(_as_bytes(pem))
-    except (ValueError, TypeError, UnicodeError):
-        raise SpmError(
-            f"recovery: the recovery key of '{member}' is not a PEM public key"
-        ) from None
-    if _kem_of(key) is None:
-        raise SpmError(
-            f"recovery: the recovery key of '{member}' is {type(key).__name__}; use X25519 or P-256"
-        )
-    assert isinstance(key, x25519.X25519PublicKey | ec.EllipticCurvePublicKey)
-    return key
-
-
-def seal_shares(
-    key: bytes, policy_name: str, recovery_keys: Mapping[str, bytes | str], threshold: int
-) -> str:
-    """Split ``key`` for the board and seal each member's share to their recovery key.
-
-    Returns JSON: ``{"format", "policy", "scheme", "threshold", "check", "shares":
-    {member: {"x", "kem", "recipient_sha256", "sealed" (base64 HPKE)}}}``. HPKE suite:
-    the member key's KEM (X25519 or P-256), HKDF-SHA256, AES-256-GCM; ``info`` =
-    :data:`RECOVERY_INFO` + policy name; the plaintext is ``x (1 byte) || share``.
-    """
-    if not recovery_keys:
-        raise SpmError(f"recovery: policy '{policy_name}' names no recovery keys")
-    if not isinstance(threshold, int) or not 1 <= threshold <= len(recovery_keys):
-        raise SpmError(
-            f"recovery: threshold {threshold} must be between 1 and the "
-            f"{len(recovery_keys)} recovery keys"
-        )
-    if len(recovery_keys) > 255:
-        raise SpmError("recovery: at most 255 recovery keys")
-    members = sorted(recovery_keys)
-    public = {m: load_recovery_public_key(recovery_keys[m], m) for m in members}
-    info = RECOVERY_INFO + policy_name.encode("utf-8")
-    shares: dict[str, dict[str, Any]] = {}
-    for member, (x, share) in zip(members, shamir.split(key, threshold, len(members)), strict=True):
-        pub = public[member]
-        kem = _kem_of(pub)
-        assert kem is not None
-        sealed = _suite(kem).encrypt(bytes([x]) + share, pub, info=info)
-        shares[member] = {
-            "x": x,
-            "kem": kem,
-            "recipient_sha256": _spki_sha256(pub),
-            "sealed": base64.b64encode(sealed).decode("ascii"),
-        }
-    document = {
-        "format": RECOVERY_FORMAT,
-        "policy": policy_name,
-        "scheme": "shamir-gf256",
-        "threshold": threshold,
-        "check": key_check(key),
-        "shares": shares,
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"))
-
-
-def _parse_shares(shares_json: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(shares_json)
-    except (TypeError, ValueError):
-        raise SpmError("recovery: the recovery shares are not JSON") from None
-    if not isinstance(doc, dict) or doc.get("format") != RECOVERY_FORMAT:
-        raise SpmError(f"recovery: the recovery shares are not in the {RECOVERY_FORMAT} format")
-    if not isinstance(doc.get("shares"), dict) or not isinstance(doc.get("policy"), str):
-        raise SpmError("recovery: the recovery shares are malformed")
-    threshold = doc.get("threshold")
-    if not isinstance(threshold, int) or threshold < 1:
-        raise SpmError("recovery: the recovery shares have no valid threshold")
-    return doc
-
-
-def open_share(shares_json: str, member: str, private_pem: bytes | str) -> tuple[int, bytes]:
-    """Board member ``member`` opens their share with their recovery private key (PEM,
-    unencrypted). :class:`SpmError` if the key is not the one the share was sealed to,
-    or the share was modified."""
-    doc = _parse_shares(shares_json)
-    entry = doc["shares"].get(member)
-    if not isinstance(entry, dict):
-        raise SpmError(f"recovery: there is no share for member '{member}'")
-    try:
-        private = serialization.load_pem_private_key(_as_bytes(private_pem), password=None)
-    except (ValueError, TypeError, UnicodeError):
-        raise SpmError(
-            f"recovery: the key given for '{member}' is not an unencrypted PEM private key"
-        ) from None
-    kem = _kem_of(private)
-    if kem is None:
-        raise SpmError(f"recovery: the key given for '{member}' is not X25519 or P-256")
-    assert isinstance(private, x25519.X25519PrivateKey | ec.EllipticCurvePrivateKey)
-    want = entry.get("recipient_sha256")
-    got = _spki_sha256(private.public_key())
-    if want != got:
-        raise SpmError(
-            f"recovery: the share of '{member}' is sealed to key sha256:{str(want)[:16]}..., "
-            f"not to the key given (sha256:{got[:16]}...)"
-        )
-    if entry.get("kem") != kem:
-        raise SpmError(f"recovery: the share of '{member}' names KEM {entry.get('kem')!r}")
-    try:
-        sealed = base64.b64decode(str(entry.get("sealed")), validate=True)
-        plain = _suite(kem).decrypt(
-            sealed, private, info=RECOVERY_INFO + doc["policy"].encode("utf-8")
-        )
-    except (InvalidTag, ValueError, binascii.Error):
-        raise SpmError(
-            f"recovery: the share of '{member}' does not open (modified, or for another policy)"
-        ) from None
-    if len(plain) < 2 or plain[0] != entry.get("x"):
-        raise SpmError(f"recovery: the share of '{member}' is malformed")
-    return plain[0], plain[1:]
-
-
-def recover_policy_key(shares: list[tuple[int, bytes]], shares_json: str | None = None) -> bytes:
-    """Recombine opened shares into the policy's data key.
-
-    With ``shares_json`` (the document :func:`seal_shares` made), fewer shares than its
-    threshold, or shares that do not recombine to the key it was made for, are an
-    :class:`SpmError`; without it, too few shares silently give a wrong key.
-    """
-    doc = _parse_shares(shares_json) if shares_json is not None else None
-    if doc is not None and len(shares) < doc["threshold"]:
-        raise SpmError(
-            f"recovery: {len(shares)} share(s) given, the board's threshold is {doc['threshold']}"
-        )
-    try:
-        key = shamir.combine(list(shares))
-    except ValueError as exc:
-        raise SpmError(f"recovery: {exc}") from None
-    if len(key) != KEY_SIZE:
-        raise SpmError(f"recovery: the shares hold {len(key)} bytes, not a {KEY_SIZE}-byte key")
-    if doc is not None and not hmac.compare_digest(key_check(key), str(doc.get("check"))):
-        raise SpmError(
-            "recovery: the shares do not recombine to the policy key (a share is wrong "
-            "or belongs to another key)"
-        )
-    return key

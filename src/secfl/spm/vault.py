@@ -23,10 +23,10 @@ from secfl.spm.masterkey import (
     new_policy_key,
     open_secret,
     seal_secret,
-    seal_shares,
     unwrap_policy_key,
     wrap_policy_key,
 )
+from secfl.spm.recovery import seal_shares
 from secfl.spm.store import SecretRecord
 
 #: Seconds a process may serve a decrypted secret value before re-reading it.
