@@ -9,10 +9,9 @@ Key hierarchy::
 
 Each policy's data key is also split with Shamir's scheme (threshold = the board's)
 and every share sealed with HPKE to one board member's recovery public key
-(:func:`secfl.spm.recovery.seal_shares`). If the SPM's platform (and with it the master key) is lost,
-``threshold`` members open their shares (:func:`open_share`) and a new SPM instance
-recombines the data key (:func:`recover_policy_key`), so no secret is lost, while
-fewer members than the threshold learn nothing.
+(:mod:`secfl.spm.recovery`). If the SPM's platform (and with it the master key) is
+lost, ``threshold`` members open their shares and a new SPM instance recombines the
+data key, so no secret is lost, while fewer members than the threshold learn nothing.
 
 **Sealing is simulated here.** :func:`load_or_create_master_key` keeps the master key
 in a file ``master.key`` readable only by the SPM's user, which protects it from other
