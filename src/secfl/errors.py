@@ -45,3 +45,7 @@ class AuditError(SecflError):
 
 class LaunchError(SecflError):
     """``secfl run`` refused to start a workload (SPM, attestation, volume or injection)."""
+
+
+class FlError(SecflError):
+    """The federated runtime refused a model, an update, a checkpoint or a setting."""

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from secfl import __version__
-from secfl.cli import attest, audit, demo, measure, policy, run, shield, sim, spm
+from secfl.cli import attest, audit, data, demo, measure, policy, run, shield, sim, spm
 from secfl.cli._common import err
 from secfl.errors import SecflError
 
@@ -28,6 +28,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(spm.app, name="spm")
 app.add_typer(audit.app, name="audit")
 app.add_typer(shield.app, name="shield")
+app.add_typer(data.app, name="data")
 app.command("measure")(measure.measure)
 app.command("run")(run.run)
 app.command("demo")(demo.demo)

@@ -1,0 +1,77 @@
+"""``secfl data split`` and ``secfl data info``: a table, the files, one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from secfl.cli import data as data_cli
+from secfl.cli.main import app, main
+
+ERROR_LINE = re.compile(r"^error: [^\n]+\n$")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registered() -> None:
+    """The group as ``secfl data`` (registered here until cli/main.py does it)."""
+    if not any(group.name == "data" for group in app.registered_groups):
+        app.add_typer(data_cli.app, name="data")
+
+
+def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["data", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def failed(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    code, out, err = call(capsys, *args)
+    assert code == 1 and out == "" and ERROR_LINE.match(err), (code, out, err)
+    return err
+
+
+def test_split_prints_a_table_and_writes_shards(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    args = ["split", "--task", "digits", "--clients", "3", "--dirichlet", "0.1", "--seed", "4"]
+    code, out, err = call(capsys, *args, "-o", str(tmp_path / "a"))
+    assert code == 0 and err == "", err
+    for name in ("client-000.safetensors", "client-002.safetensors", "validation", "test"):
+        assert name in out
+    assert "dirichlet(alpha=0.1), seed 4" in out and "%" in out
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "client-000.safetensors",
+        "client-001.safetensors",
+        "client-002.safetensors",
+        "split.json",
+        "test.safetensors",
+        "validation.safetensors",
+    ]
+    assert call(capsys, *args, "-o", str(tmp_path / "b"))[0] == 0
+    for name in ("client-001.safetensors", "test.safetensors", "split.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+    code, out, _ = call(capsys, "info", str(tmp_path / "a" / "client-001.safetensors"))
+    assert code == 0
+    assert "task:     digits" in out and "client 1 of 3" in out and "dirichlet(alpha=0.1)" in out
+
+
+def test_iid_is_the_default(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = call(
+        capsys, "split", "--task", "breast-cancer", "--clients", "2", "--iid", "-o", str(tmp_path)
+    )
+    assert code == 0 and "iid, seed 0" in out
+
+
+def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    base = ["split", "--clients", "2", "-o", str(tmp_path / "x")]
+    assert "not both" in failed(capsys, *base, "--task", "digits", "--iid", "--dirichlet", "1")
+    assert "unknown task 'nope'" in failed(capsys, *base, "--task", "nope")
+    assert "alpha" in failed(capsys, *base, "--task", "digits", "--dirichlet", "-1")
+    assert call(capsys, *base, "--task", "digits")[0] == 0
+    assert "already holds a split" in failed(capsys, *base, "--task", "digits")
+    assert "cannot read shard" in failed(capsys, "info", str(tmp_path / "missing"))
+    shard = str(tmp_path / "x" / "client-000.safetensors")
+    assert "not 'breast-cancer'" in failed(capsys, "info", shard, "--task", "breast-cancer")
