@@ -1,0 +1,40 @@
+"""Aggregation strategies: the interface (:mod:`.base`), the registry and the built-ins.
+
+``get_strategy("fedavg")``, ``get_strategy("fedprox", mu=0.1)``,
+``get_strategy("fedadam", server_lr=0.01, beta1=0.9, beta2=0.99, tau=1e-3)``.
+A new rule subclasses :class:`Strategy`, implements ``aggregate`` (it sees every
+update of the round with its sender) and registers itself with
+:func:`register_strategy`; importing its module here makes it available by name.
+"""
+
+from __future__ import annotations
+
+from secfl.fl.strategies.base import (
+    Accumulator,
+    BufferingAccumulator,
+    Params,
+    Strategy,
+    Update,
+    check_round,
+    check_update,
+)
+from secfl.fl.strategies.fedadam import FedAdam
+from secfl.fl.strategies.fedavg import FedAvg, FedAvgAccumulator, FedProx
+from secfl.fl.strategies.registry import available_strategies, get_strategy, register_strategy
+
+__all__ = [
+    "Accumulator",
+    "BufferingAccumulator",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgAccumulator",
+    "FedProx",
+    "Params",
+    "Strategy",
+    "Update",
+    "available_strategies",
+    "check_round",
+    "check_update",
+    "get_strategy",
+    "register_strategy",
+]

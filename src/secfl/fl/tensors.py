@@ -1,0 +1,432 @@
+"""Models and updates as safetensors bytes, never pickle; checks; chunked streaming.
+
+Everything that crosses a trust boundary (a collaborator's update, a global model,
+a checkpoint) is a `safetensors <https://github.com/huggingface/safetensors>`_
+buffer: an 8-byte little-endian header length, a JSON header (tensor names,
+dtypes, shapes, byte offsets and an optional ``__metadata__`` map of strings), then
+the raw little-endian tensor data. The format holds no code, so loading an
+attacker's buffer can at worst fail; :func:`from_bytes` makes sure it fails with a
+:class:`~secfl.errors.FlError`, never another exception, and refuses oversized input
+before reading it.
+
+:func:`from_bytes` first validates the header itself (strictly: a JSON object
+without duplicate keys, known dtypes, offsets that tile the data exactly), then
+either lets ``safetensors.numpy.load`` copy the tensors out (``copy=True``, the
+default: writable arrays, independent of the input) or returns read-only numpy
+views into the input (``copy=False``: no second copy of a large update in memory,
+which is what the aggregator wants for a 1 GB model).
+
+:func:`check_like` compares an update with the model it claims to update (names,
+shapes, dtypes) and refuses NaN/Inf; the aggregator runs it on every update it
+receives, so a bad update is dropped without harming the round.
+
+:func:`chunks` and :class:`Reassembler` cut a buffer into pieces for a streaming
+transport and put it back together with a hard size limit, so no message-size
+ceiling applies and no peer can make the receiver allocate without bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from secfl.errors import FlError
+
+if TYPE_CHECKING:
+    import torch
+
+#: Default ceiling of a serialized model or update (16 GiB); callers pass a tighter one.
+DEFAULT_MAX_BYTES = 16 << 30
+#: Ceiling of a safetensors JSON header: ~100 bytes per tensor, so ~160k tensors.
+MAX_HEADER_BYTES = 16 << 20
+#: Default size of one streamed chunk (1 MiB: well under gRPC's 4 MiB default limit).
+DEFAULT_CHUNK_SIZE = 1 << 20
+#: Most dimensions a tensor may have, and the largest byte extent of its non-zero dims.
+_MAX_DIMS = 32
+_MAX_EXTENT = 1 << 62
+#: Elements per block when scanning a tensor for NaN/Inf (bounded scratch memory).
+_SCAN_BLOCK = 1 << 18
+
+#: safetensors dtype code -> little-endian numpy dtype. BF16 and the FP8 types have
+#: no numpy equivalent and are refused.
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"),
+    "U16": np.dtype("<u2"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_SUPPORTED = {dtype.newbyteorder("="): code for code, dtype in _DTYPES.items()}
+
+
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
+    """SHA-256 of ``data`` as lowercase hex (the digest envelopes and logs name)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- numpy <-> torch -----------------------------------------------------------------------
+
+
+def _torch_module() -> Any:
+    """torch if it is already imported (no value can be a torch tensor otherwise)."""
+    return sys.modules.get("torch")
+
+
+def as_array(value: Any, name: str) -> np.ndarray:
+    """``value`` (numpy array or torch tensor) as a C-contiguous numpy array of a
+    dtype safetensors and numpy share; :class:`FlError` naming ``name`` otherwise."""
+    torch = _torch_module()
+    if torch is not None and isinstance(value, torch.Tensor):
+        tensor = value.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        try:
+            value = tensor.numpy()
+        except TypeError:
+            raise FlError(
+                f"tensors: tensor '{name}' has dtype {tensor.dtype}, which numpy cannot hold "
+                "(convert it, e.g. bfloat16 to float32)"
+            ) from None
+    if not isinstance(value, np.ndarray):
+        raise FlError(f"tensors: '{name}' is a {type(value).__name__}, not an array or tensor")
+    if value.dtype.newbyteorder("=") not in _SUPPORTED or value.dtype.byteorder == ">":
+        raise FlError(f"tensors: tensor '{name}' has unsupported dtype {value.dtype}")
+    return value if value.flags.c_contiguous else value.copy(order="C")  # keeps 0-d shapes
+
+
+def _np_dtype(value: Any) -> np.dtype[Any]:
+    """The numpy dtype of an array or a torch tensor (without converting its data)."""
+    torch = _torch_module()
+    if torch is not None and isinstance(value, torch.Tensor):
+        try:
+            return np.dtype(torch.empty((), dtype=value.dtype).numpy().dtype)
+        except TypeError:
+            raise FlError(f"tensors: dtype {value.dtype} has no numpy equivalent") from None
+    return np.dtype(value.dtype)
+
+
+def state_dict_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The model's ``state_dict`` (parameters and buffers) as independent numpy copies,
+    so that later training does not change the snapshot."""
+    out: dict[str, np.ndarray] = {}
+    for name, tensor in model.state_dict().items():
+        out[name] = np.array(as_array(tensor, name), copy=True)
+    return out
+
+
+def load_arrays(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Copy ``arrays`` into the model's parameters and buffers, in place.
+
+    ``arrays`` must name exactly the model's ``state_dict`` entries with the same
+    shapes and dtypes, all finite (:func:`check_like`); nothing is changed otherwise.
+    """
+    import torch
+
+    current = model.state_dict()
+    check_like(arrays, current, what="model")
+    with torch.no_grad():
+        for name, target in current.items():
+            source = arrays[name]
+            if not source.flags.writeable:  # torch warns about read-only numpy memory
+                source = np.array(source, copy=True)
+            target.copy_(torch.from_numpy(source))
+
+
+# --- serialization -------------------------------------------------------------------------
+
+
+def to_bytes(
+    params: Mapping[str, np.ndarray | torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """``params`` as a safetensors buffer, with ``metadata`` (strings only) in its header."""
+    import safetensors.numpy
+
+    if not isinstance(params, Mapping):
+        raise FlError(f"tensors: params must be a mapping, not {type(params).__name__}")
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in params.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise FlError(f"tensors: invalid tensor name {name!r}")
+        arrays[name] = as_array(value, name)
+    meta: dict[str, str] | None = None
+    if metadata is not None:
+        meta = {}
+        for key, text in metadata.items():
+            if not isinstance(key, str) or not isinstance(text, str):
+                raise FlError(f"tensors: metadata must map strings to strings ({key!r})")
+            meta[key] = text
+    try:
+        return safetensors.numpy.save(arrays, metadata=meta)
+    except Exception as exc:  # the library's own refusal, e.g. an impossible layout
+        raise FlError(f"tensors: cannot serialize: {exc}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise FlError(f"tensors: malformed header: key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _parse_header(
+    data: bytes | bytearray | memoryview, max_bytes: int
+) -> tuple[int, dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]], dict[str, str]]:
+    """Validate a safetensors buffer without touching its tensor data.
+
+    Returns (data start, {name: (dtype, shape, begin, end)}, metadata). The offsets
+    must tile the data section exactly (no gap, overlap or trailing byte), so there
+    is one and only one way to read the buffer.
+    """
+    size = len(data)
+    if size > max_bytes:
+        raise FlError(f"tensors: {size} bytes exceed the limit of {max_bytes}")
+    if size < 8:
+        raise FlError(f"tensors: malformed: {size} bytes is too short for a safetensors header")
+    (header_len,) = struct.unpack_from("<Q", data, 0)
+    if header_len > min(size - 8, MAX_HEADER_BYTES):
+        raise FlError(f"tensors: malformed: header length {header_len} does not fit")
+    try:
+        text = bytes(data[8 : 8 + header_len]).decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FlError("tensors: malformed: the header is not UTF-8 JSON") from None
+    if not isinstance(header, dict):
+        raise FlError("tensors: malformed: the header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FlError("tensors: malformed: __metadata__ must map strings to strings")
+    start = 8 + header_len
+    data_len = size - start
+    entries: dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]] = {}
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise FlError(f"tensors: malformed: entry of tensor '{name}'")
+        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(code, str) or code not in _DTYPES:
+            raise FlError(f"tensors: tensor '{name}' has unsupported dtype {code!r}")
+        dtype = _DTYPES[code]
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_DIMS
+            or not all(type(d) is int and d >= 0 for d in shape)
+            # numpy refuses shapes whose non-zero extents overflow, even with a zero extent
+            or math.prod(d for d in shape if d) * dtype.itemsize > _MAX_EXTENT
+        ):
+            raise FlError(f"tensors: malformed: shape of tensor '{name}'")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len
+        ):
+            raise FlError(f"tensors: malformed: data offsets of tensor '{name}'")
+        if math.prod(shape) * dtype.itemsize != offsets[1] - offsets[0]:
+            raise FlError(
+                f"tensors: malformed: tensor '{name}' of shape {tuple(shape)} and dtype {code} "
+                f"does not fill its {offsets[1] - offsets[0]} bytes"
+            )
+        entries[name] = (dtype, tuple(shape), offsets[0], offsets[1])
+    position = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
+        if begin != position:
+            raise FlError(f"tensors: malformed: tensor '{name}' does not start at byte {position}")
+        position = end
+    if position != data_len:
+        raise FlError(f"tensors: malformed: {data_len - position} bytes after the last tensor")
+    return start, entries, metadata
+
+
+def from_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    copy: bool = True,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and metadata of a safetensors buffer.
+
+    Refuses (:class:`FlError`, and never another exception) a buffer larger than
+    ``max_bytes``, a malformed one and one with a dtype numpy cannot hold. With
+    ``copy=False`` the arrays are read-only views into ``data`` (which must then stay
+    alive and unchanged); with ``copy=True`` they are writable copies.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise FlError(f"tensors: expected bytes, got {type(data).__name__}")
+    if isinstance(data, memoryview):
+        data = data.cast("B") if data.ndim == 1 and data.contiguous else bytes(data)
+    start, entries, metadata = _parse_header(data, max_bytes)
+    if not copy:
+        base = np.frombuffer(data, dtype=np.uint8)
+        base.flags.writeable = False
+        arrays = {
+            name: base[start + begin : start + end].view(dtype).reshape(shape)
+            for name, (dtype, shape, begin, end) in entries.items()
+        }
+        return arrays, dict(metadata)
+    import safetensors.numpy
+
+    try:
+        loaded = safetensors.numpy.load(data if isinstance(data, bytes) else bytes(data))
+    except BaseException as exc:  # includes pyo3's PanicException, a BaseException
+        if isinstance(exc, KeyboardInterrupt | SystemExit | MemoryError):
+            raise
+        raise FlError(f"tensors: malformed: {type(exc).__name__}") from None
+    if set(loaded) != set(entries):  # cannot happen after _parse_header; fail closed
+        raise FlError("tensors: malformed: the library read other tensors than the header names")
+    return loaded, dict(metadata)
+
+
+# --- checks -------------------------------------------------------------------------------
+
+
+def all_finite(array: np.ndarray) -> bool:
+    """Whether ``array`` holds no NaN or ±Inf, scanning in blocks (bounded scratch)."""
+    if array.dtype.kind not in "fc":
+        return True
+    flat = array.reshape(-1)
+    if flat.size <= _SCAN_BLOCK:
+        return bool(np.isfinite(flat).all())
+    scratch = np.empty(_SCAN_BLOCK, dtype=bool)
+    for begin in range(0, flat.size, _SCAN_BLOCK):
+        block = flat[begin : begin + _SCAN_BLOCK]
+        out = scratch[: block.size]
+        np.isfinite(block, out=out)
+        if not out.all():
+            return False
+    return True
+
+
+def check_like(
+    update: Mapping[str, Any], reference: Mapping[str, Any], *, what: str, finite: bool = True
+) -> None:
+    """Refuse ``update`` unless it has exactly ``reference``'s tensor names, shapes and
+    dtypes and (with ``finite``, the default) holds no NaN/Inf. ``reference`` values
+    may be numpy arrays or torch tensors (only their shape and dtype are read). The
+    error names ``what`` and the first offending tensor."""
+    if not isinstance(update, Mapping):
+        raise FlError(f"{what}: expected a mapping of tensors, got {type(update).__name__}")
+    missing = [name for name in reference if name not in update]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise FlError(f"{what}: tensor '{missing[0]}' is missing{more}")
+    extra = [name for name in update if name not in reference]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise FlError(f"{what}: unexpected tensor '{extra[0]}'{more}")
+    for name, ref in reference.items():
+        value = update[name]
+        if not isinstance(value, np.ndarray):
+            raise FlError(f"{what}: tensor '{name}' is a {type(value).__name__}, not an array")
+        want_shape = tuple(ref.shape)
+        if value.shape != want_shape:
+            raise FlError(
+                f"{what}: tensor '{name}' has shape {value.shape}, the model has {want_shape}"
+            )
+        want_dtype = _np_dtype(ref)
+        if value.dtype != want_dtype:
+            raise FlError(
+                f"{what}: tensor '{name}' has dtype {value.dtype}, the model has {want_dtype}"
+            )
+        if finite and not all_finite(value):
+            raise FlError(f"{what}: tensor '{name}' holds NaN or Inf")
+
+
+def nbytes(params: Mapping[str, np.ndarray]) -> int:
+    """Total size of the tensors' data in bytes (the "model size" of memory targets)."""
+    return sum(int(a.nbytes) for a in params.values())
+
+
+# --- streaming ----------------------------------------------------------------------------
+
+
+def chunks(data: bytes | bytearray | memoryview, size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+    """``data`` in consecutive pieces of ``size`` bytes (the last may be shorter; an
+    empty buffer gives one empty piece, so a stream always has a first message)."""
+    if type(size) is not int or size <= 0:
+        raise FlError(f"tensors: chunk size must be a positive integer, not {size!r}")
+    view = memoryview(data).cast("B")
+    if len(view) == 0:
+        yield b""
+        return
+    for begin in range(0, len(view), size):
+        yield bytes(view[begin : begin + size])
+
+
+class Reassembler:
+    """Collects streamed chunks into one buffer, refusing more than ``max_bytes``.
+
+    With ``expected_size`` (announced by the sender in its first message) the buffer
+    is allocated once and a stream that ends short or runs long is refused; without
+    it the buffer grows. :meth:`finish` returns the buffer (a ``bytearray``; no
+    extra copy) and may be called once.
+    """
+
+    def __init__(self, max_bytes: int, expected_size: int | None = None) -> None:
+        if type(max_bytes) is not int or max_bytes < 0:
+            raise FlError(f"tensors: max_bytes must be a non-negative integer, not {max_bytes!r}")
+        if expected_size is not None:
+            if type(expected_size) is not int or expected_size < 0:
+                raise FlError(f"tensors: invalid announced size {expected_size!r}")
+            if expected_size > max_bytes:
+                raise FlError(
+                    f"tensors: the announced {expected_size} bytes exceed the limit of {max_bytes}"
+                )
+        self.max_bytes = max_bytes
+        self.expected_size = expected_size
+        self._buffer = bytearray(expected_size or 0)
+        self._size = 0
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        """Bytes received so far."""
+        return self._size
+
+    def add(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append one chunk; :class:`FlError` once the limit would be passed."""
+        if self._done:
+            raise FlError("tensors: a chunk arrived after the end of the stream")
+        piece = memoryview(chunk).cast("B")
+        new_size = self._size + len(piece)
+        limit = self.max_bytes if self.expected_size is None else self.expected_size
+        if new_size > limit:
+            which = "announced size" if self.expected_size is not None else "limit"
+            raise FlError(f"tensors: the stream passes its {which} of {limit} bytes")
+        if self.expected_size is None:
+            self._buffer += piece
+        else:
+            self._buffer[self._size : new_size] = piece
+        self._size = new_size
+
+    def extend(self, pieces: Iterable[bytes | bytearray | memoryview]) -> None:
+        for piece in pieces:
+            self.add(piece)
+
+    def finish(self) -> bytearray:
+        """The whole buffer; :class:`FlError` if fewer bytes came than announced."""
+        if self._done:
+            raise FlError("tensors: the stream was already finished")
+        if self.expected_size is not None and self._size != self.expected_size:
+            raise FlError(
+                f"tensors: the stream ended after {self._size} of {self.expected_size} bytes"
+            )
+        self._done = True
+        buffer, self._buffer = self._buffer, bytearray()
+        return buffer

@@ -1,0 +1,250 @@
+"""gRPC over mutual TLS between the aggregator and its collaborators.
+
+Both sides present the certificate the SPM issued after attestation and accept a
+peer only when its certificate chains to the policy's identity CA (checked by
+TLS, at the handshake: another CA, a self-signed or an expired certificate never
+gets a channel), when it is not revoked (the SPM's revocation list, refreshed by
+the caller) and when it names a service of the expected role in the policy (the
+URI SAN ``secfl://POLICY/SERVICE``, checked on every call). A refusal is logged
+and answered with PERMISSION_DENIED naming the check.
+
+Messages are bytes, no protobuf code generation: every method is registered with
+a generic handler. Large payloads (models, updates) stream as chunks of at most
+``CHUNK_SIZE`` bytes, so there is no message-size ceiling; the receiver bounds the
+total it accepts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from cryptography import x509
+
+from secfl.errors import SecflError
+
+log = logging.getLogger("secfl.fl.transport")
+
+SERVICE = "secfl.fl.Federation"
+CHUNK_SIZE = 1 << 20
+#: gRPC's per-message limit, kept just above one chunk: large data must stream.
+MESSAGE_LIMIT = CHUNK_SIZE + (64 << 10)
+
+
+class TransportError(SecflError):
+    """A peer or a message was refused by the transport."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An authenticated peer: its policy, service and certificate serial (hex)."""
+
+    policy: str
+    service: str
+    serial: str
+
+
+@dataclass
+class PeerPolicy:
+    """Who may call: services (by name) of one policy, minus revoked serials.
+
+    ``revoked`` is a set the caller keeps current (from the SPM's revocation list).
+    """
+
+    policy: str
+    services: set[str]
+    revoked: set[str] = field(default_factory=set)
+
+    def check(self, cert_pem: bytes | None) -> Peer:
+        """The peer named by ``cert_pem``, or TransportError naming the failed check."""
+        if not cert_pem:
+            raise TransportError("peer: no client certificate")
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            uris = cert.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            ).value.get_values_for_type(x509.UniformResourceIdentifier)
+        except (ValueError, x509.ExtensionNotFound):
+            raise TransportError("peer: the certificate names no secfl service") from None
+        serial = format(cert.serial_number, "x")
+        names = [u.removeprefix("secfl://").split("/", 1) for u in uris if u.startswith("secfl://")]
+        if len(names) != 1 or len(names[0]) != 2:
+            raise TransportError("peer: the certificate names no secfl service")
+        policy, service = names[0]
+        if policy != self.policy:
+            raise TransportError(f"peer: certificate is for policy '{policy}', not '{self.policy}'")
+        if service not in self.services:
+            raise TransportError(f"peer: service '{service}' may not call here")
+        if serial in self.revoked:
+            raise TransportError(f"peer: certificate {serial} of '{service}' is revoked")
+        return Peer(policy, service, serial)
+
+
+def chunks(data: bytes, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """``data`` in pieces of at most ``size`` bytes (one empty piece for empty data)."""
+    view = memoryview(data)
+    if not view:
+        yield b""
+    for start in range(0, len(view), size):
+        yield bytes(view[start : start + size])
+
+
+def join(pieces: Iterable[bytes], limit: int) -> bytes:
+    """Reassemble streamed pieces, refusing more than ``limit`` bytes in total."""
+    out = bytearray()
+    for piece in pieces:
+        if len(out) + len(piece) > limit:
+            raise TransportError(f"message: larger than the limit of {limit} bytes")
+        out += piece
+    return bytes(out)
+
+
+Unary = Callable[[bytes, Peer], bytes]
+Upload = Callable[[Iterator[bytes], Peer], bytes]
+Download = Callable[[bytes, Peer], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """This side's TLS identity from the SPM, and the policy's CA."""
+
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+
+class Server:
+    """A gRPC server that accepts only authorised peers (see :class:`PeerPolicy`)."""
+
+    def __init__(self, creds: Credentials, peers: PeerPolicy, *, workers: int = 16) -> None:
+        self.peers = peers
+        self._unary: dict[str, Unary] = {}
+        self._upload: dict[str, Upload] = {}
+        self._download: dict[str, Download] = {}
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers),
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+                ("grpc.max_send_message_length", MESSAGE_LIMIT),
+            ],
+        )
+        self._creds = grpc.ssl_server_credentials(
+            [(creds.key_pem, creds.cert_pem)],
+            root_certificates=creds.ca_pem,
+            require_client_auth=True,
+        )
+        self.port = 0
+
+    def unary(self, name: str, fn: Unary) -> None:
+        self._unary[name] = fn
+
+    def upload(self, name: str, fn: Upload) -> None:
+        self._upload[name] = fn
+
+    def download(self, name: str, fn: Download) -> None:
+        self._download[name] = fn
+
+    def _peer(self, context: grpc.ServicerContext) -> Peer:
+        certs = context.auth_context().get("x509_pem_cert") or [None]
+        try:
+            return self.peers.check(certs[0])
+        except TransportError as exc:
+            log.warning("refused a call: %s", exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            raise  # abort raises; this keeps type checkers informed
+
+    def _guard(self, context: grpc.ServicerContext, fn: Callable[[], object]) -> object:
+        try:
+            return fn()
+        except SecflError as exc:
+            log.warning("refused a request: %s", exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+
+    def _streamed(
+        self, down: Download, request: bytes, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        peer = self._peer(context)
+        try:
+            yield from down(request, peer)
+        except SecflError as exc:
+            log.warning("refused a request: %s", exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def start(self, address: str = "127.0.0.1:0") -> int:
+        """Listen on ``address`` (port 0: any); return the port."""
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for name, fn in self._unary.items():
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                lambda req, ctx, fn=fn: self._guard(ctx, lambda: fn(req, self._peer(ctx)))
+            )
+        for name, up in self._upload.items():
+            handlers[name] = grpc.stream_unary_rpc_method_handler(
+                lambda it, ctx, up=up: self._guard(ctx, lambda: up(it, self._peer(ctx)))
+            )
+        for name, down in self._download.items():
+            handlers[name] = grpc.unary_stream_rpc_method_handler(
+                lambda req, ctx, down=down: self._streamed(down, req, ctx)
+            )
+        generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
+        self._server.add_generic_rpc_handlers((generic,))
+        self.port = self._server.add_secure_port(address, self._creds)
+        self._server.start()
+        return self.port
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self._server.stop(grace).wait()
+
+
+class Client:
+    """A channel to the aggregator, authenticated both ways, checked for its service."""
+
+    def __init__(
+        self, target: str, creds: Credentials, *, server_name: str, timeout: float = 60.0
+    ) -> None:
+        self.timeout = timeout
+        self._channel = grpc.secure_channel(
+            target,
+            grpc.ssl_channel_credentials(
+                root_certificates=creds.ca_pem,
+                private_key=creds.key_pem,
+                certificate_chain=creds.cert_pem,
+            ),
+            options=[
+                ("grpc.ssl_target_name_override", server_name),
+                ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+                ("grpc.max_send_message_length", MESSAGE_LIMIT),
+            ],
+        )
+
+    def _call(self, fn: Callable[[], object]) -> object:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
+            detail = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+            raise TransportError(f"rpc: {code.name if code else 'error'}: {detail}") from None
+
+    def unary(self, name: str, request: bytes) -> bytes:
+        method = self._channel.unary_unary(f"/{SERVICE}/{name}")
+        return self._call(lambda: method(request, timeout=self.timeout))  # type: ignore[return-value]
+
+    def upload(self, name: str, data: bytes) -> bytes:
+        method = self._channel.stream_unary(f"/{SERVICE}/{name}")
+        return self._call(lambda: method(chunks(data), timeout=self.timeout))  # type: ignore[return-value]
+
+    def download(self, name: str, request: bytes, limit: int) -> bytes:
+        method = self._channel.unary_stream(f"/{SERVICE}/{name}")
+        return self._call(lambda: join(method(request, timeout=self.timeout), limit))  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

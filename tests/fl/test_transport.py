@@ -1,0 +1,187 @@
+"""gRPC over mutual TLS on loopback: only peers with a certificate from the policy's
+CA, not revoked, naming an allowed service, get through; data of any size streams."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from secfl.fl.transport import (
+    CHUNK_SIZE,
+    MESSAGE_LIMIT,
+    Client,
+    Credentials,
+    Peer,
+    PeerPolicy,
+    Server,
+    TransportError,
+    join,
+)
+from secfl.policy.model import CaSecret
+from secfl.spm import secrets as sv
+from secfl.spm.enroll import make_csr
+
+NOW = datetime.now(UTC)
+PAYLOAD = os.urandom(5 * CHUNK_SIZE + 123)  # well above gRPC's message limit here
+
+
+def ca(name: str) -> sv.Value:
+    return sv.generate(CaSecret(name=name, kind="x509-ca", common_name=f"{name} CA"), {}, NOW)
+
+
+def identity(authority: sv.Value, service: str, *, policy: str = "p", now: datetime = NOW,
+             ttl: int = 3600) -> Credentials:  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.load_pem_x509_csr(make_csr(key, service))
+    cert = sv.issue_service_certificate(authority, csr, policy=policy, service=service,
+                                        ttl_seconds=ttl, now=now)  # fmt: skip
+    return Credentials(
+        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()),
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        ca_pem=authority["crt"].encode(),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def policy_ca() -> sv.Value:
+    return ca("policy")
+
+
+@pytest.fixture(scope="module")
+def server(policy_ca: sv.Value) -> Iterator[tuple[Server, PeerPolicy]]:
+    peers = PeerPolicy(policy="p", services={"collab-1", "collab-2"})
+    srv = Server(identity(policy_ca, "aggregator"), peers)
+    srv.unary("Echo", lambda req, peer: f"{peer.service}:{peer.serial}:".encode() + req)
+    srv.upload("Put", lambda it, peer: hashlib.sha256(join(it, 64 << 20)).digest())
+    srv.upload("PutSmall", lambda it, peer: hashlib.sha256(join(it, 1000)).digest())
+    srv.download(
+        "Get",
+        lambda req, peer: iter(
+            [PAYLOAD[i : i + CHUNK_SIZE] for i in range(0, len(PAYLOAD), CHUNK_SIZE)]
+        ),
+    )
+    srv.start()
+    yield srv, peers
+    srv.stop()
+
+
+def connect(srv: Server, creds: Credentials, name: str = "aggregator") -> Client:
+    return Client(f"127.0.0.1:{srv.port}", creds, server_name=name, timeout=20)
+
+
+def test_an_attested_collaborator_is_identified(
+    server: tuple[Server, PeerPolicy], policy_ca: sv.Value
+) -> None:
+    creds = identity(policy_ca, "collab-1")
+    serial = format(x509.load_pem_x509_certificate(creds.cert_pem).serial_number, "x")
+    with connect(server[0], creds) as client:
+        assert client.unary("Echo", b"hi") == f"collab-1:{serial}:hi".encode()
+
+
+def test_payloads_larger_than_a_message_stream_both_ways(
+    server: tuple[Server, PeerPolicy], policy_ca: sv.Value
+) -> None:
+    assert len(PAYLOAD) > MESSAGE_LIMIT
+    with connect(server[0], identity(policy_ca, "collab-2")) as client:
+        assert client.upload("Put", PAYLOAD) == hashlib.sha256(PAYLOAD).digest()
+        assert client.download("Get", b"", limit=64 << 20) == PAYLOAD
+        with pytest.raises(TransportError, match="larger than the limit of 10 bytes"):
+            client.download("Get", b"", limit=10)
+        with pytest.raises(TransportError, match="INVALID_ARGUMENT.*larger than the limit"):
+            client.upload("PutSmall", b"x" * 5000)
+
+
+@pytest.mark.parametrize("case", ["another CA", "self-signed", "expired"])
+def test_bad_client_certificates_fail_the_handshake(
+    server: tuple[Server, PeerPolicy], policy_ca: sv.Value, case: str
+) -> None:
+    if case == "another CA":
+        creds = identity(ca("rogue"), "collab-1")
+        creds = Credentials(creds.key_pem, creds.cert_pem, policy_ca["crt"].encode())
+    elif case == "self-signed":
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "collab-1")])
+        san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier("secfl://p/collab-1")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(1)
+                .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=1))
+                .add_extension(san, False)
+                .sign(key, hashes.SHA256()))  # fmt: skip
+        creds = Credentials(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()),
+            cert.public_bytes(serialization.Encoding.PEM), policy_ca["crt"].encode())  # fmt: skip
+    else:
+        creds = identity(policy_ca, "collab-1", now=NOW - timedelta(days=2), ttl=3600)
+    with connect(server[0], creds) as client, pytest.raises(TransportError, match="UNAVAILABLE"):
+        client.unary("Echo", b"hi")
+
+
+def test_revoked_and_unlisted_peers_are_refused(
+    server: tuple[Server, PeerPolicy], policy_ca: sv.Value
+) -> None:
+    srv, peers = server
+    creds = identity(policy_ca, "collab-1")
+    serial = format(x509.load_pem_x509_certificate(creds.cert_pem).serial_number, "x")
+    peers.revoked.add(serial)
+    try:
+        with (
+            connect(srv, creds) as client,
+            pytest.raises(TransportError, match="PERMISSION_DENIED.*revoked"),
+        ):
+            client.unary("Echo", b"hi")
+    finally:
+        peers.revoked.discard(serial)
+    with (
+        connect(srv, identity(policy_ca, "intruder")) as client,
+        pytest.raises(
+            TransportError, match="PERMISSION_DENIED.*service 'intruder' may not call here"
+        ),
+    ):
+        client.unary("Echo", b"hi")
+    with (
+        connect(srv, identity(policy_ca, "collab-1", policy="other")) as client,
+        pytest.raises(TransportError, match="PERMISSION_DENIED.*policy 'other'"),
+    ):
+        client.unary("Echo", b"hi")
+
+
+def test_the_client_checks_the_server(
+    server: tuple[Server, PeerPolicy], policy_ca: sv.Value
+) -> None:
+    rogue_ca = ca("rogue")
+    rogue = Server(identity(rogue_ca, "aggregator"), PeerPolicy("p", {"collab-1"}))
+    rogue.unary("Echo", lambda req, peer: b"stolen")
+    rogue.start()
+    try:
+        with (
+            connect(rogue, identity(policy_ca, "collab-1")) as client,
+            pytest.raises(TransportError, match="UNAVAILABLE"),
+        ):
+            client.unary("Echo", b"secret update")
+    finally:
+        rogue.stop()
+    with (
+        connect(server[0], identity(policy_ca, "collab-1"), name="someone-else") as client,
+        pytest.raises(TransportError, match="UNAVAILABLE"),
+    ):
+        client.unary("Echo", b"hi")
+
+
+def test_peer_policy_parses_only_secfl_service_certificates(policy_ca: sv.Value) -> None:
+    peers = PeerPolicy("p", {"collab-1"})
+    assert peers.check(identity(policy_ca, "collab-1").cert_pem).service == "collab-1"
+    assert isinstance(peers.check(identity(policy_ca, "collab-1").cert_pem), Peer)
+    with pytest.raises(TransportError, match="no client certificate"):
+        peers.check(None)
+    with pytest.raises(TransportError, match="names no secfl service"):
+        peers.check(b"not a certificate")
