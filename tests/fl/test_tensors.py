@@ -89,6 +89,13 @@ def test_non_contiguous_arrays_are_serialized() -> None:
     np.testing.assert_array_equal(loaded["t"], array)
 
 
+def test_big_endian_arrays_are_stored_little_endian() -> None:
+    array = np.arange(5, dtype=">f8")
+    loaded, _ = from_bytes(to_bytes({"t": array}))
+    assert loaded["t"].dtype == np.dtype("<f8")
+    np.testing.assert_array_equal(loaded["t"], array)
+
+
 def test_to_bytes_refusals() -> None:
     with pytest.raises(FlError, match="bfloat16"):
         to_bytes({"t": torch.zeros(2, dtype=torch.bfloat16)})

@@ -103,8 +103,10 @@ def as_array(value: Any, name: str) -> np.ndarray:
             ) from None
     if not isinstance(value, np.ndarray):
         raise FlError(f"tensors: '{name}' is a {type(value).__name__}, not an array or tensor")
-    if value.dtype.newbyteorder("=") not in _SUPPORTED or value.dtype.byteorder == ">":
+    if value.dtype.newbyteorder("=") not in _SUPPORTED:
         raise FlError(f"tensors: tensor '{name}' has unsupported dtype {value.dtype}")
+    if value.dtype.byteorder == ">":  # safetensors is little-endian
+        value = value.astype(value.dtype.newbyteorder("<"))
     return value if value.flags.c_contiguous else value.copy(order="C")  # keeps 0-d shapes
 
 

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 import grpc
 from cryptography import x509
 
-from secfl.errors import SecflError
+from secfl.errors import FlError, SecflError
+from secfl.fl.tensors import Reassembler, chunks
 
 log = logging.getLogger("secfl.fl.transport")
 
 SERVICE = "secfl.fl.Federation"
-CHUNK_SIZE = 1 << 20
+CHUNK_SIZE = 1 << 20  # the size tensors.chunks streams in
 #: gRPC's per-message limit, kept just above one chunk: large data must stream.
 MESSAGE_LIMIT = CHUNK_SIZE + (64 << 10)
 
@@ -83,23 +84,14 @@ class PeerPolicy:
         return Peer(policy, service, serial)
 
 
-def chunks(data: bytes, size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """``data`` in pieces of at most ``size`` bytes (one empty piece for empty data)."""
-    view = memoryview(data)
-    if not view:
-        yield b""
-    for start in range(0, len(view), size):
-        yield bytes(view[start : start + size])
-
-
 def join(pieces: Iterable[bytes], limit: int) -> bytes:
     """Reassemble streamed pieces, refusing more than ``limit`` bytes in total."""
-    out = bytearray()
-    for piece in pieces:
-        if len(out) + len(piece) > limit:
-            raise TransportError(f"message: larger than the limit of {limit} bytes")
-        out += piece
-    return bytes(out)
+    whole = Reassembler(limit)
+    try:
+        whole.extend(pieces)
+        return bytes(whole.finish())
+    except FlError as exc:
+        raise TransportError(f"message: {exc}") from None
 
 
 Unary = Callable[[bytes, Peer], bytes]

@@ -39,14 +39,15 @@ from secfl.fl.tensors import check_like
 Params = dict[str, np.ndarray]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Update:
     """One collaborator's result for a round.
 
     ``params`` is the collaborator's locally trained model (not a difference), with
     the global model's tensor names, shapes and dtypes; ``num_samples`` the number of
     training examples it used (FedAvg's weight); ``metrics`` what it reported
-    (loss, accuracy...), JSON values.
+    (loss, accuracy...), JSON values. Equality is identity (arrays have no single
+    truth value), so updates can be kept in sets and dicts.
     """
 
     sender: str

@@ -84,6 +84,9 @@ class FedAdam(FedAvg):
         unknown = sorted(set(self._m) - set(stepped))
         if unknown:
             raise FlError(f"fedadam: the saved moments name '{unknown[0]}', not in the model")
+        missing = sorted(set(stepped) - set(self._m)) if self._m else []
+        if missing:
+            raise FlError(f"fedadam: the saved moments lack tensor '{missing[0]}' of the model")
         for name, moment in self._m.items():
             ref = stepped[name]
             want = _moment_dtype(ref.dtype)
@@ -100,7 +103,12 @@ class FedAdam(FedAvg):
         return mean
 
     def _adam(self, global_params: Params, mean: Params) -> None:
-        """One Adam step, written into ``mean``'s arrays; moments updated in place."""
+        """One Adam step, written into ``mean``'s arrays; moments updated in place.
+
+        The inputs are finite (checked), so a non-finite result needs values near
+        float64's range; it is refused, but the moments are then already changed:
+        resume from the last checkpoint.
+        """
         for name, x in global_params.items():
             if x.dtype.kind != "f":
                 continue

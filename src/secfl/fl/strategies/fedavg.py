@@ -7,16 +7,16 @@ rounded to the nearest value). Both entry points give bit-identical results, as
 they add the same float64 terms in the same order:
 
 - :meth:`FedAvg.aggregate` takes the whole round and walks the model in chunks:
-  each update's chunk is cast to float64 into one cache-resident row of a small
-  scratch matrix (a long sequential read per update, which the hardware prefetches
-  well), then ``einsum("k,kn->n")`` sums the rows weighted by sample count, in
-  update order, without BLAS (whose own threads would fight ours) and without FMA,
-  which is exactly the fold order of the accumulator below. The updates are read
-  once and nothing round-sized is stacked: extra memory is the result (one model)
-  plus at most :data:`SCRATCH_BYTES` per thread. NaN/Inf is looked for in the
-  result chunks (where any non-finite input would show), so the check costs no
-  second pass over the updates; only when one is found are the updates scanned to
-  name the culprit.
+  each update's chunk is copied into one row of a small scratch matrix (a long
+  sequential read per update, which the hardware prefetches well), then
+  ``einsum("k,kn->n", dtype=float64)`` casts the rows to float64 in L1-sized
+  pieces and sums them weighted by sample count, in update order, without BLAS
+  (whose own threads would fight ours) and without FMA: exactly the fold order of
+  the accumulator below. The updates are read once and nothing round-sized is
+  stacked: extra memory is the result (one model) plus at most
+  :data:`SCRATCH_BYTES` per thread. NaN/Inf is looked for in the result chunks
+  (where any non-finite input would show), so the check costs no second pass over
+  the updates; only when one is found are the updates scanned to name the culprit.
 - :meth:`FedAvg.accumulator` folds updates one at a time as they arrive (checking
   each fully, NaN/Inf included, before it touches the sum, so a refused update
   leaves the round intact): memory is one float64 model (two float32 models) plus
@@ -57,15 +57,16 @@ from secfl.fl.strategies.base import (
 from secfl.fl.strategies.registry import register_strategy
 from secfl.fl.tensors import all_finite
 
-#: Scratch per thread of the whole-round kernel (its float64 rows, one per update).
+#: Scratch per thread of the whole-round kernel (its rows, one per update).
 SCRATCH_BYTES = 16 << 20
 
 
-def _chunk(updates: int) -> int:
+def _chunk(updates: int, itemsize: int) -> int:
     """Elements per chunk of the whole-round kernel: as many as fit ``SCRATCH_BYTES``
     for ``updates`` rows, a multiple of 4096 within [4096, 131072]. It depends on the
-    number of updates only, so chunk boundaries never depend on the thread count."""
-    return max(4096, min(1 << 17, SCRATCH_BYTES // (8 * updates) // 4096 * 4096))
+    round and the dtype only, so chunk boundaries never depend on the thread count."""
+    fit = SCRATCH_BYTES // (itemsize * updates) // 4096 * 4096
+    return max(4096, min(1 << 17, fit))
 
 
 def _store(total: np.ndarray, out: np.ndarray) -> None:
@@ -107,16 +108,31 @@ class FedAvgAccumulator(Accumulator):
         self._global = global_params
         self._sums: dict[str, np.ndarray] = {}
         self._total = 0
+        self._broken = False
 
     def _add(self, update: Update) -> None:
+        if self._broken:
+            raise FlError("aggregate: the round's sum is unusable after an earlier failure")
         check_update(update, self._global)
-        weight = np.float64(int(update.num_samples))
         first = not self._sums
-        for name, ref in self._global.items():
+        sums = (
+            {name: np.empty(ref.size, dtype=np.float64) for name, ref in self._global.items()}
+            if first
+            else self._sums
+        )
+        try:
+            self._fold(update, sums, first)
+        except BaseException:
+            self._broken = not first  # a half-folded update poisons the sum
+            raise
+        self._sums = sums
+        self._total += int(update.num_samples)
+
+    def _fold(self, update: Update, sums: dict[str, np.ndarray], first: bool) -> None:
+        weight = np.float64(int(update.num_samples))
+        for name in self._global:
             source = update.params[name].reshape(-1)
-            if first:
-                self._sums[name] = np.empty(ref.size, dtype=np.float64)
-            total = self._sums[name]
+            total = sums[name]
 
             def work(
                 lo: int, hi: int, total: np.ndarray = total, source: np.ndarray = source
@@ -132,9 +148,10 @@ class FedAvgAccumulator(Accumulator):
                             _fold_block(total[begin:end], source[begin:end], weight, part)
 
             _blocks.run(total.size, self._strategy.threads, work)
-        self._total += int(update.num_samples)
 
     def _finish(self) -> Params:
+        if self._broken:
+            raise FlError("aggregate: the round's sum is unusable after an earlier failure")
         divisor = np.float64(self._total)
         out: Params = {}
         for name, ref in self._global.items():
@@ -219,13 +236,13 @@ class FedAvg(Strategy):
         """The weighted mean, chunk by chunk across all updates (module docstring)."""
         weights = np.array([float(int(u.num_samples)) for u in updates], dtype=np.float64)
         divisor = np.float64(sum(int(u.num_samples) for u in updates))
-        chunk = _chunk(len(updates))
         out: Params = {}
         for name, ref in global_params.items():
             result = np.empty(ref.shape, dtype=ref.dtype)
             flat = result.reshape(-1)
             sources = [u.params[name].reshape(-1) for u in updates]
             check = ref.dtype.kind in "fc"
+            chunk = _chunk(len(updates), ref.dtype.itemsize)
 
             def work(
                 lo: int,
@@ -234,9 +251,10 @@ class FedAvg(Strategy):
                 flat: np.ndarray = flat,
                 sources: list[np.ndarray] = sources,
                 check: bool = check,
+                chunk: int = chunk,
             ) -> None:
                 width = min(chunk, hi - lo)
-                rows = np.empty((len(sources), width), dtype=np.float64)
+                rows = np.empty((len(sources), width), dtype=flat.dtype)
                 total = np.empty(width, dtype=np.float64)
                 finite = np.empty(width, dtype=bool)
                 with np.errstate(over="ignore", invalid="ignore"):  # checked below
@@ -245,8 +263,12 @@ class FedAvg(Strategy):
                         n = end - begin
                         block_rows, acc = rows[:, :n], total[:n]
                         for row, source in zip(block_rows, sources, strict=True):
-                            np.copyto(row, source[begin:end], casting="unsafe")
-                        np.einsum("k,kn->n", weights, block_rows, out=acc)
+                            np.copyto(row, source[begin:end])
+                        # the rows are cast to float64 inside einsum, in L1-sized pieces
+                        np.einsum(
+                            "k,kn->n", weights, block_rows, out=acc, dtype=np.float64,
+                            casting="safe",
+                        )  # fmt: skip
                         np.divide(acc, divisor, out=acc)
                         block = flat[begin:end]
                         _store(acc, block)
