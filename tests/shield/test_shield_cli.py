@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from secfl.cli import shield as shield_cli
-from secfl.cli.main import app, main
+from secfl.cli.main import main
 from secfl.shield import format as fmt
 from tests.shield import read_tree, write_tree
 
 ERROR_LINE = re.compile(r"^error: [^\n]+\n$")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _registered() -> None:
-    """The group as ``secfl shield`` (registered here until cli/main.py does it)."""
-    if not any(group.name == "shield" for group in app.registered_groups):
-        app.add_typer(shield_cli.app, name="shield")
 
 
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

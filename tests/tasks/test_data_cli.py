@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from secfl.cli import data as data_cli
-from secfl.cli.main import app, main
+from secfl.cli.main import main
 
 ERROR_LINE = re.compile(r"^error: [^\n]+\n$")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _registered() -> None:
-    """The group as ``secfl data`` (registered here until cli/main.py does it)."""
-    if not any(group.name == "data" for group in app.registered_groups):
-        app.add_typer(data_cli.app, name="data")
 
 
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
