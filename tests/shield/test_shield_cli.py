@@ -7,23 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from secfl.cli.main import main
 from secfl.shield import format as fmt
+from tests import clirun
 from tests.shield import read_tree, write_tree
-
-ERROR_LINE = re.compile(r"^error: [^\n]+\n$")
 
 
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["shield", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return clirun.call(capsys, "shield", *args)
 
 
 def failed(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    code, out, err = call(capsys, *args)
-    assert code == 1 and out == "" and ERROR_LINE.match(err), (code, out, err)
-    return err
+    return clirun.failed(capsys, "shield", *args)
 
 
 def test_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

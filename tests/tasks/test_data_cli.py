@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
-from secfl.cli.main import main
-
-ERROR_LINE = re.compile(r"^error: [^\n]+\n$")
+from tests import clirun
 
 
 def call(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["data", *args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return clirun.call(capsys, "data", *args)
 
 
 def failed(capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    code, out, err = call(capsys, *args)
-    assert code == 1 and out == "" and ERROR_LINE.match(err), (code, out, err)
-    return err
+    return clirun.failed(capsys, "data", *args)
 
 
 def test_split_prints_a_table_and_writes_shards(

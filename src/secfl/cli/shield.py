@@ -16,6 +16,9 @@ app = typer.Typer(
 KeyFile = Annotated[
     str | None, typer.Option("--key-file", help="File holding the key (64 hex characters).")
 ]
+ExpectTag = Annotated[
+    str | None, typer.Option("--expect-tag", help="Refuse unless the tag is this one.")
+]
 KeyHex = Annotated[
     str | None,
     typer.Option(
@@ -70,9 +73,7 @@ def verify_cmd(
     volume: Annotated[str, typer.Argument(help="The volume file.")],
     key_file: KeyFile = None,
     key_hex: KeyHex = None,
-    expect_tag: Annotated[
-        str | None, typer.Option("--expect-tag", help="Refuse unless the tag is this one.")
-    ] = None,
+    expect_tag: ExpectTag = None,
 ) -> None:
     """Authenticate every chunk of every file and check every file's SHA-256."""
     from secfl.shield import Volume
@@ -92,9 +93,7 @@ def decrypt_cmd(
     output: Annotated[str, typer.Option("-o", "--output", help="Folder to decrypt into.")],
     key_file: KeyFile = None,
     key_hex: KeyHex = None,
-    expect_tag: Annotated[
-        str | None, typer.Option("--expect-tag", help="Refuse unless the tag is this one.")
-    ] = None,
+    expect_tag: ExpectTag = None,
 ) -> None:
     """Decrypt the volume's files below a folder (never overwriting a file)."""
     from secfl.shield import Volume
