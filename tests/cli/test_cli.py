@@ -245,7 +245,7 @@ def test_measure_prints_a_stable_digest(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_demo_runs_with_every_decision_correct(vectors: Path) -> None:
-    result = run("demo", "--vectors", str(vectors))
+    result = run("attest", "demo", "--vectors", str(vectors))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "decisions correct" in result.stdout
     assert "Intel SGX quote v3" in result.stdout
@@ -256,7 +256,7 @@ def test_demo_without_vectors_still_runs(tmp_path: Path) -> None:
 
     env = {**os.environ, "SECFL_TESTVECTORS": str(tmp_path / "absent")}
     result = subprocess.run(
-        [sys.executable, "-m", "secfl.cli.main", "demo"],
+        [sys.executable, "-m", "secfl.cli.main", "attest", "demo"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,55 +1,161 @@
-"""``secfl demo``: show the trust core at work on this machine."""
+"""``secfl demo``: a whole confidential federation on this machine, with its defences."""
 
 from __future__ import annotations
 
-import os
+import json
+import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from secfl.cli._common import out
-
-
-def _default_vectors() -> Path | None:
-    env = os.environ.get("SECFL_TESTVECTORS")
-    candidates = [Path(env)] if env else [Path.cwd() / ".." / "shared" / "testvectors"]
-    return next((p.resolve() for p in candidates if p.is_dir()), None)
+from secfl.cli._common import UsageError, out
 
 
 def demo(
-    vectors: Annotated[
-        str | None,
-        typer.Option(help="Real vendor evidence folder (default $SECFL_TESTVECTORS)."),
+    task: Annotated[str, typer.Option(help="digits | breast-cancer | fashion-mnist")] = "digits",
+    clients: Annotated[int, typer.Option(help="Collaborators (one site each).")] = 4,
+    rounds: Annotated[int, typer.Option(help="Training rounds.")] = 10,
+    samples: Annotated[
+        int | None, typer.Option(help="Use a random subset of this many samples.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 2,
+    report: Annotated[str, typer.Option(help="Folder for the report.")] = "secfl-demo-report",
+    keep: Annotated[
+        str | None, typer.Option(help="Keep the work folder here (default: a temporary one).")
     ] = None,
 ) -> None:
-    """Attest a workload in the simulated TEE and verify real Intel and AMD evidence."""
-    from secfl import demo as lib
+    """Train a model with an SPM, a 2-of-3 board, shielded code and data, an attested
+    aggregator and collaborators as separate processes; refuse a tampered site."""
+    from secfl.demo.federation import DemoSettings, Federation
 
-    folder = Path(vectors) if vectors else _default_vectors()
-    with tempfile.TemporaryDirectory(prefix="secfl-demo-") as tmp:
-        steps = lib.run(Path(tmp), folder)
+    if clients < 1 or rounds < 1 or epochs < 1:
+        raise UsageError("--clients, --rounds and --epochs must be at least 1")
+    if task == "fashion-mnist" and samples is None:
+        samples = 12000  # the full 70k on 2 cores takes long; --samples 70000 for all of it
+    settings = DemoSettings(task=task, clients=clients, rounds=rounds, samples=samples,
+                            epochs=epochs)  # fmt: skip
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="secfl-demo-"))
+    fed = Federation(work, settings)
+    began = time.monotonic()
+    try:
+        _setup(fed)
+        tampered = _train(fed, rounds)
+        _conclude(fed, tampered, Path(report), time.monotonic() - began)
+    finally:
+        fed.stop()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
 
-    table = Table(title="secfl trust core: attestation decisions", show_lines=False)
-    table.add_column("evidence")
-    table.add_column("verifier must")
-    table.add_column("verifier did")
-    table.add_column("detail", overflow="fold")
-    for step in steps:
-        mark = "[green]" if step.as_expected else "[bold red]"
-        table.add_row(
-            step.title,
-            "accept" if step.expect_accept else "refuse",
-            f"{mark}{'accepted' if step.accepted else 'refused'}[/]",
-            step.detail,
-        )
+
+def _step(text: str) -> None:
+    out.print(f"[bold cyan]>[/] {text}")
+
+
+def _setup(fed: Any) -> None:
+    s = fed.settings
+    _step("simulated TEE root; the SPM starts in it and seals its TLS key")
+    fed.start_spm()
+    _step(f"{s.task}: split into {s.clients} sites + validation + test; the task code and "
+          "each party's data shielded with the party's own key")  # fmt: skip
+    fed.prepare_data()
+    _step("board alice/bob/carol: a 2-of-3 policy, signed by alice and bob, submitted")
+    fed.submit_policy()
+    _step("aggregator: `secfl run` attests it, opens its volumes, injects its keys")
+    fed.start_aggregator()
+    _step(f"{s.clients} collaborators attested and joining; a site with modified task code too")
+    fed.start_collaborators()
+
+
+def _train(fed: Any, rounds: int) -> Any:
+    from secfl.demo.federation import DemoError
+
+    tampered = fed.start_tampered()
+    columns = (
+        TextColumn("[bold]round {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=out, transient=False) as progress:
+        bar = progress.add_task("waiting for collaborators", total=rounds)
+        while not fed.finished():
+            failed = fed.failed()
+            if failed is not None:
+                raise DemoError(f"demo: {failed.name} failed: {failed.tail()}")
+            history = fed.rounds()
+            if history:
+                last = history[-1]
+                progress.update(
+                    bar,
+                    completed=last["round"],
+                    description=f"{last['updates']} updates · train loss "
+                    f"{last.get('train_loss', float('nan')):.3f} · val acc "
+                    f"{last.get('val_accuracy', float('nan')):.3f}",
+                )
+            time.sleep(0.25)
+        progress.update(bar, completed=rounds)
+    tampered.proc.wait(timeout=60)
+    return tampered
+
+
+def _conclude(fed: Any, tampered: Any, report: Path, seconds: float) -> None:
+    from secfl.fl.report import write_report
+
+    history = fed.rounds()
+    table = Table(title="rounds")
+    for column in ("round", "updates", "train loss", "val accuracy", "test accuracy", "s"):
+        table.add_column(column, justify="right")
+    for e in history:
+        table.add_row(str(e["round"]), str(e["updates"]), _f(e.get("train_loss")),
+                      _f(e.get("val_accuracy")), _f(e.get("test_accuracy")),
+                      f"{e['duration_s']:.1f}")  # fmt: skip
     out.print(table)
-    if folder is None:
-        out.print("real Intel/AMD evidence not found (set SECFL_TESTVECTORS): vendor steps skipped")
-    wrong = [s for s in steps if not s.as_expected]
-    if wrong:
-        out.print(f"[bold red]{len(wrong)} decision(s) were wrong[/]")
+
+    entries = fed.audit()
+    decisions = [e for e in entries if e["event"].startswith("attestation.")]
+    dt = Table(title="attestation decisions (from the SPM's audit log)")
+    for column in ("service", "decision", "measurement", "detail"):
+        dt.add_column(column, overflow="fold")
+    for e in decisions:
+        d = e["detail"]
+        ok = e["event"] == "attestation.accepted"
+        dt.add_row(str(d.get("service", "")), "[green]accepted[/]" if ok else "[red]refused[/]",
+                   str(d.get("measurement", ""))[:16] + "…",
+                   "" if ok else str(d.get("reason", "")))  # fmt: skip
+    out.print(dt)
+    count, head = fed.verify_audit()
+    out.print(f"[green]audit verify: OK[/], {count} entries, head {head}")
+
+    refused = tampered.proc.returncode != 0 and any(
+        e["event"] == "attestation.refused" for e in decisions
+    )
+    report.mkdir(parents=True, exist_ok=True)
+    final = history[-1] if history else {}
+    paths = write_report(report, history, title=f"secfl demo: {fed.settings.task}", extra={
+        "settings": vars(fed.settings), "seconds": round(seconds, 1),
+        "tampered_site_refused": refused, "audit_entries": count,
+    })  # fmt: skip
+    with open(report / "audit.jsonl", "w", encoding="utf-8") as fh:
+        for e in entries:
+            fh.write(json.dumps(e, sort_keys=True) + "\n")
+    (report / "model.safetensors").write_bytes(fed.final_model())
+    shutil.copy(fed.work / "policy.yaml", report / "policy.yaml")
+    shutil.copytree(fed.logs, report / "logs", dirs_exist_ok=True)
+    out.print(f"report: {paths['csv'].parent} (metrics.csv, metrics.json, accuracy.png, "
+              "audit.jsonl, policy.yaml, model.safetensors, logs/)")  # fmt: skip
+    if not refused:
+        out.print("[bold red]the tampered site was NOT refused[/]")
         raise typer.Exit(1)
-    out.print(f"[green]all {len(steps)} decisions correct[/]")
+    out.print(f"[green]the site with modified task code was refused by attestation[/]: "
+              f"{tampered.tail()}")  # fmt: skip
+    out.print(f"[bold green]done in {seconds:.0f} s[/]: test accuracy "
+              f"{_f(final.get('test_accuracy'))} after {final.get('round', 0)} rounds")  # fmt: skip
+
+
+def _f(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -11,7 +11,20 @@ import sys
 import typer
 
 from secfl import __version__
-from secfl.cli import attest, audit, data, demo, measure, policy, run, shield, sim, spm
+from secfl.cli import (
+    attest,
+    attest_demo,
+    audit,
+    data,
+    demo,
+    fl,
+    measure,
+    policy,
+    run,
+    shield,
+    sim,
+    spm,
+)
 from secfl.cli._common import err
 from secfl.errors import SecflError
 
@@ -22,6 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+attest.app.command("demo")(attest_demo.attestation_demo)
 app.add_typer(attest.app, name="attest")
 app.add_typer(sim.app, name="sim")
 app.add_typer(policy.app, name="policy")
@@ -32,6 +46,9 @@ app.add_typer(data.app, name="data")
 app.command("measure")(measure.measure)
 app.command("run")(run.run)
 app.command("demo")(demo.demo)
+app.command("aggregator")(fl.aggregator)
+app.command("collaborator")(fl.collaborator)
+policy.app.command("sign-reset")(fl.sign_reset)
 
 
 @app.callback(invoke_without_command=True)

@@ -183,3 +183,24 @@ def submit_cmd(
         f"accepted: policy {reply['name']} version {reply['version']}, digest {reply['digest']}",
         markup=False,
     )
+
+
+@app.command("seal-secret")
+def seal_secret_cmd(
+    key_file: Annotated[str, typer.Option(help="The secret: a key file (`secfl shield keygen`).")],
+    policy: Annotated[str, typer.Option(help="The policy name the secret belongs to.")],
+    secret: Annotated[str, typer.Option(help="The secret's name in the policy.")],
+    spm: Annotated[str, typer.Option(help="SPM URL, https://HOST:PORT.")],
+    spm_pin: Annotated[
+        str, typer.Option(help="SHA-256 of the SPM's TLS key (`secfl spm verify`).")
+    ],
+) -> None:
+    """Seal your key to the pinned SPM; print what goes in the policy's ``sealed:`` field."""
+    from secfl.shield import key_from_file
+    from secfl.spm.client import SpmClient
+    from secfl.spm.secrets import seal_imported
+
+    value = key_from_file(key_file)
+    with SpmClient(spm, pin=spm_pin) as client:
+        sealed = seal_imported(value, client.public_key(), policy, secret)
+    out.print(sealed, markup=False)

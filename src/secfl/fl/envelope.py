@@ -171,6 +171,15 @@ def seal_model(
     return SignedModel(header=header, signature=signature, payload=bytes(params_bytes))
 
 
+def read_unverified(blob: bytes | bytearray | memoryview) -> tuple[bytes, ModelEnvelope]:
+    """The payload and envelope without a signature check: --insecure mode only."""
+    signed = SignedModel.from_bytes(blob)
+    envelope = _parse_header(signed.header)
+    if hashlib.sha256(signed.payload).hexdigest() != envelope.params_sha256:
+        raise FlError("digest: the payload's SHA-256 is not the one in the header")
+    return signed.payload, envelope
+
+
 def _public_key(key: PublicKey | x509.Certificate) -> PublicKey:
     public = key.public_key() if isinstance(key, x509.Certificate) else key
     if isinstance(public, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
@@ -223,6 +232,7 @@ def open_model(
     last_round: int | None,
     last_counter: int | None,
     allow_same_round: bool = False,
+    resend_of: ModelEnvelope | None = None,
 ) -> tuple[bytes, ModelEnvelope]:
     """The payload and envelope of a sealed model, after every check passes.
 
@@ -231,7 +241,10 @@ def open_model(
     the policy; freshness: the counter must be greater than ``last_counter`` and the
     round greater than ``last_round`` (``None``: nothing accepted yet; with
     ``allow_same_round`` a resend of the same round under a newer counter, e.g. a
-    round retried after a missed quorum, is accepted); the payload's size and SHA-256.
+    round retried after a missed quorum, is accepted), except that the very model
+    accepted last (``resend_of``: same policy, round, counter and payload digest) may
+    come again, as when a round is retried or a restarted aggregator resends it;
+    the payload's size and SHA-256.
     """
     signed = blob if isinstance(blob, SignedModel) else SignedModel.from_bytes(blob)
     public = _public_key(public_key)
@@ -255,6 +268,12 @@ def open_model(
             f"policy: the model is for policy {envelope.policy_digest[:16]}..., "
             f"not {policy_digest[:16]}..."
         )
+    same = resend_of is not None and (
+        (resend_of.policy_digest, resend_of.round, resend_of.counter, resend_of.params_sha256)
+        == (envelope.policy_digest, envelope.round, envelope.counter, envelope.params_sha256)
+    )
+    if same:
+        last_counter = last_round = None
     if last_counter is not None and envelope.counter <= last_counter:
         raise FlError(
             f"freshness: the model's counter {envelope.counter} is not newer than the last "

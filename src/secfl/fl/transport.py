@@ -8,6 +8,14 @@ the caller) and when it names a service of the expected role in the policy (the
 URI SAN ``secfl://POLICY/SERVICE``, checked on every call). A refusal is logged
 and answered with PERMISSION_DENIED naming the check.
 
+A certificate is also checked for expiry on every call: an HTTP/2 connection
+outlives the handshake, and a collaborator whose short-lived certificate expired
+must renew it (attest again) before it is heard. The server's own certificate can
+be replaced while it runs (:meth:`Server.rotate`).
+
+``--insecure`` mode (no TLS, the peer's name taken from what it claims) exists only
+to measure the overhead of the secure one; it logs a warning whenever it is used.
+
 Messages are bytes, no protobuf code generation: every method is registered with
 a generic handler. Large payloads (models, updates) stream as chunks of at most
 ``CHUNK_SIZE`` bytes, so there is no message-size ceiling; the receiver bounds the
@@ -17,9 +25,11 @@ total it accepts.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import grpc
 from cryptography import x509
@@ -33,6 +43,12 @@ SERVICE = "secfl.fl.Federation"
 CHUNK_SIZE = 1 << 20  # the size tensors.chunks streams in
 #: gRPC's per-message limit, kept just above one chunk: large data must stream.
 MESSAGE_LIMIT = CHUNK_SIZE + (64 << 10)
+#: Metadata key naming the caller in --insecure mode (unauthenticated).
+INSECURE_NAME = "secfl-insecure-peer"
+INSECURE_WARNING = (
+    "INSECURE MODE: plaintext gRPC, no TEE, no SPM, no attestation - for measuring "
+    "overhead only, never for real data"
+)
 
 
 class TransportError(SecflError):
@@ -71,6 +87,11 @@ class PeerPolicy:
         except (ValueError, x509.ExtensionNotFound):
             raise TransportError("peer: the certificate names no secfl service") from None
         serial = format(cert.serial_number, "x")
+        expires = cert.not_valid_after_utc
+        if expires <= datetime.now(UTC):
+            raise TransportError(
+                f"peer: certificate {serial} expired at {expires.isoformat()}: attest again"
+            )
         names = [u.removeprefix("secfl://").split("/", 1) for u in uris if u.startswith("secfl://")]
         if len(names) != 1 or len(names[0]) != 2:
             raise TransportError("peer: the certificate names no secfl service")
@@ -109,10 +130,14 @@ class Credentials:
 
 
 class Server:
-    """A gRPC server that accepts only authorised peers (see :class:`PeerPolicy`)."""
+    """A gRPC server that accepts only authorised peers (see :class:`PeerPolicy`).
 
-    def __init__(self, creds: Credentials, peers: PeerPolicy, *, workers: int = 16) -> None:
+    ``creds=None`` is --insecure mode: plaintext, every caller believed.
+    """
+
+    def __init__(self, creds: Credentials | None, peers: PeerPolicy, *, workers: int = 16) -> None:
         self.peers = peers
+        self.insecure = creds is None
         self._unary: dict[str, Unary] = {}
         self._upload: dict[str, Upload] = {}
         self._download: dict[str, Download] = {}
@@ -123,12 +148,34 @@ class Server:
                 ("grpc.max_send_message_length", MESSAGE_LIMIT),
             ],
         )
-        self._creds = grpc.ssl_server_credentials(
-            [(creds.key_pem, creds.cert_pem)],
-            root_certificates=creds.ca_pem,
-            require_client_auth=True,
-        )
+        self._lock = threading.Lock()
+        self._next_config: grpc.ServerCertificateConfiguration | None = None
+        self._creds: grpc.ServerCredentials | None = None
+        if creds is not None:
+            self._creds = grpc.dynamic_ssl_server_credentials(
+                self._config(creds), self._fetch_config, require_client_authentication=True
+            )
+        else:
+            log.warning(INSECURE_WARNING)
         self.port = 0
+
+    @staticmethod
+    def _config(creds: Credentials) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(creds.key_pem, creds.cert_pem)], root_certificates=creds.ca_pem
+        )
+
+    def _fetch_config(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            config, self._next_config = self._next_config, None
+        return config
+
+    def rotate(self, creds: Credentials) -> None:
+        """Present ``creds`` from the next handshake on (a renewed certificate)."""
+        if self.insecure:
+            return
+        with self._lock:
+            self._next_config = self._config(creds)
 
     def unary(self, name: str, fn: Unary) -> None:
         self._unary[name] = fn
@@ -140,6 +187,11 @@ class Server:
         self._download[name] = fn
 
     def _peer(self, context: grpc.ServicerContext) -> Peer:
+        if self.insecure:
+            name = dict(context.invocation_metadata()).get(INSECURE_NAME, "")
+            if not name:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer: no name (insecure mode)")
+            return Peer(self.peers.policy, str(name), "")
         certs = context.auth_context().get("x509_pem_cert") or [None]
         try:
             return self.peers.check(certs[0])
@@ -183,7 +235,10 @@ class Server:
             )
         generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
         self._server.add_generic_rpc_handlers((generic,))
-        self.port = self._server.add_secure_port(address, self._creds)
+        if self._creds is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, self._creds)
         self._server.start()
         return self.port
 
@@ -192,12 +247,31 @@ class Server:
 
 
 class Client:
-    """A channel to the aggregator, authenticated both ways, checked for its service."""
+    """A channel to the aggregator, authenticated both ways, checked for its service.
+
+    ``creds=None`` is --insecure mode: plaintext, calling itself ``name``.
+    """
 
     def __init__(
-        self, target: str, creds: Credentials, *, server_name: str, timeout: float = 60.0
+        self,
+        target: str,
+        creds: Credentials | None,
+        *,
+        server_name: str,
+        timeout: float = 60.0,
+        name: str = "",
     ) -> None:
         self.timeout = timeout
+        options = [
+            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", MESSAGE_LIMIT),
+        ]
+        self._metadata: tuple[tuple[str, str], ...] | None = None
+        if creds is None:
+            log.warning(INSECURE_WARNING)
+            self._metadata = ((INSECURE_NAME, name),)
+            self._channel = grpc.insecure_channel(target, options=options)
+            return
         self._channel = grpc.secure_channel(
             target,
             grpc.ssl_channel_credentials(
@@ -205,11 +279,7 @@ class Client:
                 private_key=creds.key_pem,
                 certificate_chain=creds.cert_pem,
             ),
-            options=[
-                ("grpc.ssl_target_name_override", server_name),
-                ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-                ("grpc.max_send_message_length", MESSAGE_LIMIT),
-            ],
+            options=[("grpc.ssl_target_name_override", server_name), *options],
         )
 
     def _call(self, fn: Callable[[], object]) -> object:
@@ -220,17 +290,28 @@ class Client:
             detail = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
             raise TransportError(f"rpc: {code.name if code else 'error'}: {detail}") from None
 
-    def unary(self, name: str, request: bytes) -> bytes:
+    def unary(self, name: str, request: bytes, *, timeout: float | None = None) -> bytes:
         method = self._channel.unary_unary(f"/{SERVICE}/{name}")
-        return self._call(lambda: method(request, timeout=self.timeout))  # type: ignore[return-value]
+        wait = timeout or self.timeout
+        return self._call(lambda: method(request, timeout=wait, metadata=self._metadata))  # type: ignore[return-value]
 
-    def upload(self, name: str, data: bytes) -> bytes:
+    def upload(
+        self, name: str, data: bytes | Iterable[bytes], *, timeout: float | None = None
+    ) -> bytes:
+        """Stream ``data`` (bytes, or an iterable of pieces) to ``name``."""
         method = self._channel.stream_unary(f"/{SERVICE}/{name}")
-        return self._call(lambda: method(chunks(data), timeout=self.timeout))  # type: ignore[return-value]
+        pieces = chunks(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        wait = timeout or self.timeout
+        return self._call(lambda: method(pieces, timeout=wait, metadata=self._metadata))  # type: ignore[return-value]
 
-    def download(self, name: str, request: bytes, limit: int) -> bytes:
+    def download(
+        self, name: str, request: bytes, limit: int, *, timeout: float | None = None
+    ) -> bytes:
         method = self._channel.unary_stream(f"/{SERVICE}/{name}")
-        return self._call(lambda: join(method(request, timeout=self.timeout), limit))  # type: ignore[return-value]
+        wait = timeout or self.timeout
+        return self._call(
+            lambda: join(method(request, timeout=wait, metadata=self._metadata), limit)
+        )  # type: ignore[return-value]
 
     def close(self) -> None:
         self._channel.close()

@@ -143,6 +143,7 @@ def prepare(req: RunRequest) -> Launch:
                 for name, volume in volumes.items():
                     volume.extract(files / "volumes" / name)  # type: ignore[attr-defined]
             env = _environment(service, enrollment, files, req)
+            env.update(_attestation_env(client, tee.name, measurement, req))
             args = [substitute(a, enrollment, f"argument {i + 1}") for i, a in enumerate(req.argv)]
             args += [
                 substitute(a, enrollment, f"policy argument {i + 1}")
@@ -228,10 +229,25 @@ def _environment(
             "SECFL_POLICY": req.policy,
             "SECFL_SERVICE": req.service,
             "SECFL_SPM_URL": req.spm_url,
+            "SECFL_POLICY_DIGEST": enrollment.policy_digest,
         }
     )
     for key, text in service.inject.env.items():
         env[key] = substitute(text, enrollment, f"environment {key}")
+    return env
+
+
+def _attestation_env(
+    client: SpmClient, platform: str, measurement: str | None, req: RunRequest
+) -> dict[str, str]:
+    """What the workload needs to attest again by itself (renewing a short-lived
+    certificate): the pinned SPM and this TEE; in simulation, the measurement that
+    ``secfl run`` computed, since simulated hardware cannot measure anything."""
+    env = {"SECFL_SPM_PIN": client.pin, "SECFL_PLATFORM": platform}
+    if measurement is not None:
+        env["SECFL_MEASUREMENT"] = measurement
+    if req.sim_dir is not None:
+        env["SECFL_SIM_DIR"] = str(req.sim_dir)
     return env
 
 

@@ -88,6 +88,12 @@ class SpmClient:
             )
         return self._http
 
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        """The SPM's pinned TLS key: what imported secrets are sealed to."""
+        self._connect()
+        assert self._key is not None
+        return self._key
+
     def close(self) -> None:
         if self._http is not None:
             self._http.close()

@@ -37,6 +37,10 @@ RELEASE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_
 IMPORT_SUITE = hpke.Suite(hpke.KEM.P256, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
+#: Certificates are valid from this long before they are issued (clocks differ).
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def definition_digest(secret: Secret) -> str:
     """Digest of a secret's definition: a changed definition means a new value."""
     doc = json.dumps(secret.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -84,7 +88,7 @@ def generate(secret: Secret, values: dict[str, Value], now: datetime) -> Value:
 def _make_ca(secret: CaSecret, now: datetime) -> Value:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, secret.common_name)])
-    cert = self_signed_ca(key, name, now - timedelta(minutes=5), secret.validity_days)
+    cert = self_signed_ca(key, name, now - CLOCK_SKEW, secret.validity_days)
     return {"kind": "x509-ca", "key": _pem_key(key), "crt": _pem_cert(cert)}
 
 
@@ -125,7 +129,7 @@ def _leaf(
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(min(not_after, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(

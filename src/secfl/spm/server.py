@@ -106,6 +106,7 @@ def serve(
             log_level=log_level,
             access_log=False,
             timeout_keep_alive=30,
+            timeout_graceful_shutdown=5,
             proxy_headers=False,
             server_header=False,
         )

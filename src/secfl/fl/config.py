@@ -1,0 +1,100 @@
+"""The federation's settings: the policy's ``federation`` section, typed and checked.
+
+The board approves these settings with the policy, so the aggregator takes them
+from the SPM's copy, never from its command line (``--insecure`` mode, which has
+no SPM, reads them from a file). Unknown keys are refused: a typo must not
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+
+from secfl.errors import FlError
+
+if TYPE_CHECKING:
+    from secfl.fl.strategies.base import Strategy
+
+
+class FederationConfig(BaseModel):
+    """How rounds run. Times are seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rounds: int = Field(default=10, ge=1, le=100_000)
+    #: The policy counter the aggregator increments once per round (freshness).
+    counter: str = "rounds"
+    #: Strategy name (secfl.fl.strategies registry) and its settings.
+    strategy: str = "fedavg"
+    strategy_settings: dict[str, JsonValue] = Field(default_factory=dict)
+    #: Sampling: a fraction of the available collaborators, at least ``min_clients``.
+    fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    min_clients: int = Field(default=2, ge=1)
+    #: Updates needed to accept a round (default: ``min_clients``).
+    quorum: int | None = Field(default=None, ge=1)
+    #: A round attempt's deadline; attempts per round before the aggregator gives up.
+    round_timeout: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    #: How long to wait for ``min_clients`` collaborators before an attempt.
+    join_timeout: float = Field(default=600.0, gt=0)
+    #: Collaborators beat this often while training; silent for ``dead_after``: dropped.
+    heartbeat: float = Field(default=2.0, gt=0)
+    dead_after: float = Field(default=10.0, gt=0)
+    #: Training settings sent to collaborators (secfl.tasks.training.TrainConfig keys).
+    train: dict[str, JsonValue] = Field(default_factory=dict)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    #: ``canonical``: fold updates in sender order (reproducible, holds a round's
+    #: updates); ``arrival``: fold each on arrival (memory bounded by one update).
+    aggregation_order: Literal["canonical", "arrival"] = "canonical"
+    checkpoint_keep: int = Field(default=2, ge=2)
+    #: Largest update accepted, as a multiple of the model's size (plus 1 MiB).
+    max_update_factor: float = Field(default=1.5, ge=1.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FederationConfig:
+        if self.quorum is not None and self.quorum > self.min_clients:
+            raise ValueError(f"quorum {self.quorum} exceeds min_clients {self.min_clients}")
+        if self.dead_after <= self.heartbeat:
+            raise ValueError("dead_after must be longer than heartbeat")
+        for key in ("seed", "global_params", "threads"):
+            if key in self.train:
+                raise ValueError(f"train.{key} is set by the aggregator, not the policy")
+        return self
+
+    @property
+    def needed(self) -> int:
+        return self.quorum or self.min_clients
+
+    @classmethod
+    def parse(cls, settings: Mapping[str, Any]) -> FederationConfig:
+        """Settings from a policy; a bad one is one line naming the field."""
+        try:
+            return cls.model_validate(dict(settings))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "federation"
+            raise FlError(f"federation: {where}: {first['msg']}") from None
+
+    def sample(self, available: Sequence[str], round: int, attempt: int) -> list[str]:
+        """Who trains in ``round`` (attempt ``attempt``): a seeded draw, sorted."""
+        names = sorted(set(available))
+        k = min(len(names), max(self.min_clients, math.ceil(self.fraction * len(names))))
+        rng = np.random.default_rng([self.seed, round, attempt])
+        return sorted(str(n) for n in rng.choice(names, size=k, replace=False))
+
+    def strategy_object(self) -> Strategy:
+        """The configured strategy, sending ``train`` to collaborators every round."""
+        from secfl.fl.strategies import get_strategy
+
+        return get_strategy(self.strategy, client_config=self.train, **self.strategy_settings)
+
+    def seed_for(self, round: int, participant: str) -> int:
+        """The training seed of one collaborator in one round (reproducible runs)."""
+        material = f"{self.seed}/{round}/{participant}".encode()
+        return int.from_bytes(hashlib.sha256(material).digest()[:7], "big")

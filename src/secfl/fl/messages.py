@@ -1,0 +1,98 @@
+"""The federation's messages: a small JSON header, optionally followed by a payload.
+
+Every call between a collaborator and the aggregator carries one framed message::
+
+    hlen     4 bytes  big-endian length of the header (at most 64 KiB)
+    header   hlen     JSON object (UTF-8)
+    payload  rest     a signed model (aggregator -> collaborator) or an update as
+                      safetensors bytes (collaborator -> aggregator); may be empty
+
+The header says what the message is (``kind``) and carries small values (round,
+config, sample count, metrics). Payloads are never JSON and never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from secfl.errors import FlError
+from secfl.fl.tensors import chunks
+
+MAX_HEADER = 64 << 10
+
+# Method names on the transport (secfl.fl.Federation/<name>).
+JOIN = "Join"
+NEXT = "Next"
+SUBMIT = "Submit"
+
+# What the aggregator answers a collaborator asking for work.
+TRAIN = "train"
+WAIT = "wait"
+DONE = "done"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FlError("message: a number in the header is NaN or infinite")
+    if isinstance(value, dict):
+        for v in value.values():
+            _finite(v)
+    if isinstance(value, list):
+        for v in value:
+            _finite(v)
+    return value
+
+
+def header_bytes(header: dict[str, Any]) -> bytes:
+    """The length-prefixed JSON header (refuses NaN/Inf, which JSON cannot carry)."""
+    raw = json.dumps(_finite(header), sort_keys=True, separators=(",", ":")).encode()
+    if len(raw) > MAX_HEADER:
+        raise FlError(f"message: header of {len(raw)} bytes is larger than {MAX_HEADER}")
+    return struct.pack(">I", len(raw)) + raw
+
+
+def encode(header: dict[str, Any], payload: bytes | bytearray | memoryview = b"") -> bytes:
+    """One message as bytes (small payloads; stream large ones with :func:`stream`)."""
+    return header_bytes(header) + bytes(payload)
+
+
+def stream(header: dict[str, Any], *payload: bytes | bytearray | memoryview) -> Iterator[bytes]:
+    """The message as transport-sized pieces, never concatenating the payload parts."""
+    yield header_bytes(header)
+    for part in payload:
+        yield from chunks(part)
+
+
+def decode(
+    message: bytes | bytearray | memoryview, kind: str | None = None
+) -> tuple[dict[str, Any], memoryview]:
+    """The header and payload of ``message``; with ``kind``, the header must say so."""
+    view = memoryview(message)
+    if len(view) < 4:
+        raise FlError("message: shorter than its length prefix")
+    (hlen,) = struct.unpack(">I", view[:4])
+    if hlen > MAX_HEADER or 4 + hlen > len(view):
+        raise FlError(f"message: header length {hlen} is out of range")
+    try:
+        header = json.loads(bytes(view[4 : 4 + hlen]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FlError("message: the header is not UTF-8 JSON") from None
+    if not isinstance(header, dict):
+        raise FlError("message: the header is not a JSON object")
+    if kind is not None and header.get("kind") != kind:
+        raise FlError(f"message: expected a '{kind}' message, got {header.get('kind')!r}")
+    return header, view[4 + hlen :]
+
+
+def field(header: dict[str, Any], name: str, typ: type | tuple[type, ...]) -> Any:
+    """``header[name]`` if it has type ``typ`` (bool is never an int here)."""
+    value = header.get(name)
+    if isinstance(value, bool) and bool not in (typ if isinstance(typ, tuple) else (typ,)):
+        value = None
+    if not isinstance(value, typ):
+        raise FlError(f"message: field '{name}' is missing or has the wrong type")
+    return value

@@ -1,0 +1,87 @@
+"""A board-approved reset of the aggregator's freshness check.
+
+When the newest checkpoint is lost (a disk failure, a restore from backup), the
+aggregator refuses to resume: it cannot tell that loss from a rollback attack.
+The board can decide otherwise, explicitly: its members sign a statement naming
+the policy (by digest), the counter and the SPM's current value of it; with the
+policy's m-of-n approval the aggregator resumes from the newest checkpoint it has
+(or starts over), and moves the counter on. The statement names the counter's
+value, so it cannot be replayed once training went on past it.
+
+File (JSON)::
+
+    {"statement": {"policy": NAME, "policy_digest": HEX, "counter": NAME,
+                   "value": INT, "reason": TEXT},
+     "signatures": [Signature, ...]}      # domain "secfl/fl-reset/v1"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from secfl.errors import FlError, PolicyError
+from secfl.policy import keys
+from secfl.policy.model import Policy
+from secfl.policy.signatures import Signature, check_approval, sign_statement
+
+RESET_DOMAIN = "secfl/fl-reset/v1"
+
+
+def reset_statement(
+    policy: str, policy_digest: str, counter: str, value: int, reason: str
+) -> dict[str, Any]:
+    return {
+        "policy": policy,
+        "policy_digest": policy_digest,
+        "counter": counter,
+        "value": int(value),
+        "reason": reason,
+    }
+
+
+def statement_digest(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(
+        json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def sign_reset(path: Path, doc: dict[str, Any], key: bytes, member: str) -> int:
+    """Add ``member``'s signature of ``doc`` to the reset file ``path`` (created if
+    absent; an existing file must hold the same statement). Returns the count."""
+    current: dict[str, Any] = {"statement": doc, "signatures": []}
+    if path.exists():
+        current = json.loads(path.read_text())
+        if current.get("statement") != doc:
+            raise FlError(f"reset: {path} holds another statement")
+    sig = sign_statement(RESET_DOMAIN, statement_digest(doc), keys.load_private(key), member)
+    current["signatures"] = [s for s in current["signatures"] if s.get("member") != member] + [
+        sig.model_dump(mode="json")
+    ]
+    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    return len(current["signatures"])
+
+
+def check_reset(path: Path, policy: Policy, policy_digest: str, counter: str) -> int:
+    """The counter value the board approved a reset at; FlError naming what failed."""
+    try:
+        doc = json.loads(path.read_text())
+        statement = doc["statement"]
+        sigs = [Signature.model_validate(s) for s in doc["signatures"]]
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise FlError(f"reset: {path} is not a reset file ({type(exc).__name__})") from None
+    want = {"policy": policy.name, "policy_digest": policy_digest, "counter": counter}
+    for key, value in want.items():
+        if statement.get(key) != value:
+            raise FlError(f"reset: the statement's {key} is not {value!r}")
+    if type(statement.get("value")) is not int:
+        raise FlError("reset: the statement names no counter value")
+    try:
+        check_approval(policy.board, statement_digest(statement), sigs, domain=RESET_DOMAIN)
+    except PolicyError as exc:
+        raise FlError(f"reset: {exc}") from None
+    return int(statement["value"])

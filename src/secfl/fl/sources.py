@@ -1,0 +1,87 @@
+"""Where a workload's task code and data come from: a volume, a built-in, a file.
+
+A spec is ``volume:NAME`` (a volume ``secfl run`` opened and verified, found under
+``$SECFL_VOLUMES/NAME``), the name of a built-in task, or a path. A task volume
+holds one Python module (``task.py``, or its only ``.py`` file) defining the task
+contract: ``name``, ``build_model``, ``load_data``, ``train``, ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from secfl.errors import FlError
+from secfl.tasks.base import Task
+from secfl.tasks.registry import as_task, builtin_task
+
+
+def volumes_dir() -> Path | None:
+    env = os.environ.get("SECFL_VOLUMES")
+    return Path(env) if env else None
+
+
+def _volume(name: str) -> Path:
+    base = volumes_dir()
+    if base is None:
+        raise FlError(f"source: 'volume:{name}' needs a workload started by `secfl run`")
+    folder = base / name
+    if not folder.is_dir():
+        raise FlError(f"source: this workload was given no volume '{name}'")
+    return folder
+
+
+def _only(folder: Path, suffix: str, preferred: str | None = None) -> Path:
+    if preferred and (folder / preferred).is_file():
+        return folder / preferred
+    found = sorted(p for p in folder.rglob(f"*{suffix}") if p.is_file())
+    if len(found) != 1:
+        raise FlError(f"source: {folder.name} holds {len(found)} {suffix} files, expected one")
+    return found[0]
+
+
+def load_task(spec: str) -> Task:
+    """The task named by ``spec`` (``volume:NAME``, a built-in name, or a .py path)."""
+    if spec.startswith("volume:"):
+        path = _only(_volume(spec.removeprefix("volume:")), ".py", "task.py")
+    elif (builtin := builtin_task(spec)) is not None:
+        return builtin
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise FlError(f"source: '{spec}' is neither a built-in task nor a file")
+    tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    module_spec = importlib.util.spec_from_file_location(f"secfl_task_{tag}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise FlError(f"source: cannot import {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise FlError(f"source: the task module {path.name} failed: {exc}") from None
+    return as_task(module)
+
+
+def data_path(spec: str | None, *, exclude: set[str] = frozenset()) -> Path:  # type: ignore[assignment]
+    """The shard file named by ``spec``; ``None``: the workload's only data volume
+    (every volume but those in ``exclude``, e.g. the task volume)."""
+    if spec is None:
+        base = volumes_dir()
+        names = sorted(p.name for p in base.iterdir() if p.is_dir()) if base else []
+        names = [n for n in names if n not in exclude]
+        if len(names) != 1:
+            raise FlError(
+                f"source: give --data (this workload has {len(names)} data volumes: "
+                f"{', '.join(names) or 'none'})"
+            )
+        spec = f"volume:{names[0]}"
+    if spec.startswith("volume:"):
+        return _only(_volume(spec.removeprefix("volume:")), ".safetensors")
+    path = Path(spec)
+    if not path.is_file():
+        raise FlError(f"source: no data file {spec}")
+    return path
