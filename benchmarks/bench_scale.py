@@ -2,51 +2,61 @@
 memory for a 100M-parameter model (target: <= 3x the model size with FedAvg), in one run.
 
 Run: ``.venv/bin/python benchmarks/bench_scale.py [--clients 10,50,200] [--params 1000000]
-[--rounds 3] [--memory-params 100000000] [--memory-clients 4] [--memory-rounds 2]
-[--quick]``.
+[--rounds 3] [--workers 16] [--memory-params 100000000] [--memory-clients 4]
+[--memory-rounds 3] [--canonical-rounds 2] [--orders arrival,canonical] [--no-scale]
+[--no-memory] [--quick]``.
 
-Method. The aggregator runs in a child process of its own, exactly as ``secfl
-aggregator`` builds it, minus the SPM: ``secfl.fl.aggregator.Aggregator`` with a
+Method. The aggregator runs in a child process of its own, built as ``secfl
+aggregator`` builds it minus the SPM: ``secfl.fl.aggregator.Aggregator`` with a
 mutual-TLS ``transport.Server`` (certificates from a fresh policy CA, as the SPM
 issues them), a ``Signer`` with an Ed25519 key, ``Commit(MemoryLedger(),
-directory=None)`` (no checkpoints, no SPM counter) and ``FederationConfig(min_clients=N,
-fraction=1)`` with generous heartbeat and timeouts. Its task is synthetic: a model of
-``--params`` float32 parameters in tensors of at most 16M elements, filled from a
-seeded generator; no validation or test data, so nothing is evaluated.
+directory=None)`` (no checkpoints, no SPM counter) and ``FederationConfig`` with
+``min_clients=N``, ``fraction=1`` and generous heartbeat and timeouts. Its task is
+synthetic: a model of ``--params`` float32 parameters in tensors of at most 16M
+elements, filled from a seeded generator; no validation or test data, so nothing is
+evaluated.
 
 The collaborators are N threads of this (parent) process, each with its own
-certificate and mTLS channel, speaking the real protocol: ``Join``, then ``Next``
-(long poll; the signed global model is downloaded whole) and ``Submit`` of an update
-streamed with ``messages.stream``. They do not train: every update is the same
-precomputed one (the global model plus small noise, float32, serialized once and
-shared), so the figures are the aggregator's and the transport's, not training's.
+certificate and ``transport.Client`` (its own mTLS channel), speaking the real
+protocol: ``Join``, then ``Next`` (long poll; the signed global model is downloaded
+whole) and ``Submit`` of an update streamed with ``messages.stream``. They do not
+train: every update is the same precomputed one (the global model plus small noise,
+float32, serialized once and shared), so the figures are the aggregator's and the
+transport's, not training's. Clients and aggregator are separate processes, so the
+aggregator's memory figures are its own; they do share the machine's cores.
 
-Figures, per run, from the aggregator process:
+Figures, all from the aggregator process:
 
 * round time: ``duration_s`` of ``Aggregator.history`` (from the first global model
-  sent to the new one committed: N model downloads, N uploads, the per-update checks
-  and folding, the new model serialized), median over the rounds; and the
-  aggregator's CPU seconds per round (``time.process_time`` between rounds). On a
-  small machine the clients' threads share the cores with the aggregator: the round
-  time is then that of the whole system on loopback.
-* memory: ``VmHWM`` (peak RSS) read from ``/proc/self/status``, reset through
-  ``/proc/self/clear_refs`` once the aggregator is started (global model built,
-  initial model committed, server listening: its *resting* state), so that the
-  start-up's transients are not counted; printed is the peak above that resting
-  RSS relative to the model size (the target), and per round the RSS when the round
-  starts (global model, its serialized and signed form) and the round's peak.
+  sent to the new one committed: N model downloads, N uploads, each update checked
+  and folded, the new model serialized), the median over the rounds, and the
+  aggregator's CPU seconds per round (``time.process_time`` from one round's start
+  to the next). The clients' CPU (this process) is printed per run for context: on
+  a small machine it competes with the aggregator, and the round time is that of
+  the whole system on loopback.
+* memory: ``VmHWM`` (peak RSS) from ``/proc/self/status``, restarted through
+  ``/proc/self/clear_refs`` once the aggregator has started (global model built,
+  initial model committed, server listening: its *resting* state) so that start-up
+  transients are not counted, and again at the start of every round (a ``Signer``
+  subclass marks the moment a round's model is sealed). Printed: the peak RSS above
+  the resting RSS relative to the model size (the target's figure), and per round
+  the RSS at its start and its peak, both above resting.
 
-Scenarios: (a) N = ``--clients`` with a ``--params`` model, aggregation order
-"arrival", with the transport's default thread pool (``Server(workers=16)``) and
-with ``workers = 2 N + 8`` (what ``secfl aggregator`` passes); the long-polled
-``Next`` holds a worker up to ``rounds.POLL_SECONDS`` (5 s), so a pool smaller than
-N serialises the round. (b) a ``--memory-params`` model (100M: 400 MB) with
-``--memory-clients`` collaborators, aggregation order "arrival" (each update folded
-into the float64 sum as it arrives) and "canonical" (a round's updates kept, then
-folded in sender order), each in a fresh aggregator process.
+Scenarios. (a) N = ``--clients`` with a ``--params`` model (1M: 4 MB), aggregation
+order "arrival", ``--rounds`` rounds, with the transport's default pool of server
+threads (``Server(workers=16)``) and, where N exceeds it, also with ``workers = 2 N +
+8`` (what ``secfl aggregator`` passes): a long-polled ``Next`` holds a worker for up
+to ``rounds.POLL_SECONDS`` (5 s), so a pool smaller than N queues calls behind
+polls. (b) a ``--memory-params`` model (100M: 400 MB) with ``--memory-clients``
+collaborators, in a fresh aggregator process per order:
+"arrival" (each update folded into FedAvg's float64 sum as it arrives; the target
+case) for ``--memory-rounds`` rounds (3: from round 3 on, what the aggregator holds
+between rounds no longer grows), and "canonical" (a round's updates held, then
+folded in sender order) for ``--canonical-rounds`` rounds.
 
-``--quick``: 10 and 50 collaborators, 2 rounds, a 25M-parameter model for (b). It
-prints figures and asserts nothing about timing or memory.
+With the defaults it runs for a little over 3 minutes on 2 cores; ``--quick`` (well under
+a minute): 10 and 50 collaborators, 2 rounds, a 25M-parameter model for (b). It prints
+figures and asserts nothing about timing or memory.
 """
 
 from __future__ import annotations
@@ -396,8 +406,9 @@ def run_federation(
     return result
 
 
-def _next_line(lines: queue.Queue[str], child: subprocess.Popen[str], sites: list[Site],
-               prefix: str) -> str:  # fmt: skip
+def _next_line(
+    lines: queue.Queue[str], child: subprocess.Popen[str], sites: list[Site], prefix: str
+) -> str:
     """The child's next output line starting with ``prefix``; fails fast if the child
     or a site failed."""
     deadline = time.monotonic() + TIMEOUT
@@ -430,10 +441,14 @@ def round_line(result: dict[str, Any]) -> str:
     )
 
 
+def peak_rss(result: dict[str, Any]) -> int:
+    return max([result["before_round_1"], *(r["peak"] for r in result["rounds"])])
+
+
 def memory_lines(result: dict[str, Any]) -> list[str]:
     model = result["model_bytes"]
     resting = result["resting"]
-    peak = max([result["before_round_1"], *(r["peak"] for r in result["rounds"])])
+    peak = peak_rss(result)
     rows = [
         f"    peak RSS above the resting aggregator: {(peak - resting) / model:.2f}x the model "
         f"({(peak - resting) / MIB:.0f} MiB; resting {resting / MIB:.0f} MiB, whole process "
@@ -456,7 +471,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16, help="the transport's default pool")
     parser.add_argument("--memory-params", type=int, default=100_000_000, help="model of (b)")
     parser.add_argument("--memory-clients", type=int, default=4)
-    parser.add_argument("--memory-rounds", type=int, default=2)
+    parser.add_argument("--memory-rounds", type=int, default=3, help="rounds of (b), arrival")
+    parser.add_argument("--canonical-rounds", type=int, default=2, help="rounds of (b), canonical")
     parser.add_argument("--orders", default="arrival,canonical", help="aggregation orders of (b)")
     parser.add_argument("--no-scale", action="store_true", help="skip (a)")
     parser.add_argument("--no-memory", action="store_true", help="skip (b)")
@@ -468,7 +484,7 @@ def main() -> None:
         return
     if args.quick:
         args.clients, args.rounds = "10,50", 2
-        args.memory_params, args.memory_rounds = 25_000_000, 2
+        args.memory_params, args.memory_rounds, args.canonical_rounds = 25_000_000, 2, 2
     counts = [int(c) for c in args.clients.split(",")]
 
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
@@ -487,6 +503,7 @@ def main() -> None:
                 f"({args.params * 4 / MIB:.1f} MiB), {args.rounds} rounds, order 'arrival', "
                 "mTLS on loopback, aggregator in its own process"
             )
+            medians: dict[tuple[int, int], float] = {}
             for n in counts:
                 # N clients hold at most N calls at once: a pool of N or more is enough
                 pools = [args.workers] if args.workers >= n else [args.workers, 2 * n + 8]
@@ -505,6 +522,15 @@ def main() -> None:
                         f"{result['polls']} Next calls, run {result['total']:.1f} s, "
                         f"clients' CPU {result['clients_cpu']:.1f} s"
                     )
+                    medians[(n, workers)] = statistics.median(
+                        r["duration_s"] for r in result["rounds"]
+                    )
+            enough = [f"N={n} {t:.2f} s" for (n, w), t in medians.items() if w >= n]
+            small = [f"N={n} {t:.2f} s" for (n, w), t in medians.items() if w < n]
+            print(
+                f"=> round time median, pool >= N: {', '.join(enough)}"
+                + (f"; pool of {args.workers} < N: {', '.join(small)}" if small else "")
+            )
             del update
         if not args.no_memory:
             update = make_update(args.memory_params, 0)
@@ -512,26 +538,33 @@ def main() -> None:
             print(
                 f"\n(b) peak memory: {args.memory_params / 1e6:g}M-parameter model "
                 f"({model / MIB:.0f} MiB), {args.memory_clients} collaborators, "
-                f"{args.memory_rounds} rounds, one fresh aggregator process per order"
+                "one fresh aggregator process per order"
             )
+            peaks: dict[str, float] = {}
             for order in args.orders.split(","):
                 n = args.memory_clients
                 result = run_federation(
                     clients=n,
                     params=args.memory_params,
-                    rounds=args.memory_rounds,
+                    rounds=args.memory_rounds if order == "arrival" else args.canonical_rounds,
                     order=order,
                     workers=2 * n + 8,
                     update=update,
                     **common,
                 )
                 print(
-                    f"  order '{order}': {round_line(result)}, run {result['total']:.1f} s, "
+                    f"  order '{order}', {len(result['rounds'])} rounds: {round_line(result)}, "
+                    f"run {result['total']:.1f} s, "
                     f"clients' CPU {result['clients_cpu']:.1f} s"
                 )
                 for line in memory_lines(result):
                     print(line)
-            print("  (target: peak above resting <= 3x the model size, FedAvg)")
+                peaks[order] = (peak_rss(result) - result["resting"]) / result["model_bytes"]
+            print(
+                "=> aggregator peak RSS above resting, FedAvg: "
+                + ", ".join(f"{order} {x:.2f}x" for order, x in peaks.items())
+                + " the model size (target <= 3x)"
+            )
     finally:
         for path in work.glob("*"):
             path.unlink()

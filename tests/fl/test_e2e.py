@@ -21,7 +21,7 @@ from secfl.fl.checkpoint import list_checkpoints
 from secfl.fl.tensors import from_bytes
 from secfl.fl.transport import Client, Credentials, TransportError
 from secfl.spm.client import SpmClient
-from tests.fl.test_transport import ca, identity
+from tests.fl.fedkit import ca, identity
 
 ROUNDS = 10
 
@@ -38,6 +38,15 @@ def wait_for(condition, fed: Federation, timeout: float = 180.0, what: str = "")
         time.sleep(0.1)
 
 
+def start(fed: Federation) -> None:
+    """SPM, data and policy, the aggregator, the collaborators: as `secfl demo` does."""
+    fed.start_spm()
+    fed.prepare_data()
+    fed.submit_policy()
+    fed.start_aggregator()
+    fed.start_collaborators()
+
+
 def exit_of(w: Workload, timeout: float = 120.0) -> int:
     return w.proc.wait(timeout=timeout)
 
@@ -47,11 +56,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federati
     """A secure federation of three sites trained to the end, plus a tampered site."""
     fed = Federation(tmp_path_factory.mktemp("e2e"), DemoSettings(clients=3, rounds=ROUNDS))
     try:
-        fed.start_spm()
-        fed.prepare_data()
-        fed.submit_policy()
-        fed.start_aggregator()
-        fed.start_collaborators()
+        start(fed)
         tampered = fed.start_tampered()
         wait_for(fed.finished, fed, what="training")
         exit_of(tampered)
@@ -128,11 +133,7 @@ def test_kills_resume_rollback_and_board_reset(tmp_path: Path) -> None:
         ),
     )  # fmt: skip
     try:
-        fed.start_spm()
-        fed.prepare_data()
-        fed.submit_policy()
-        fed.start_aggregator()
-        fed.start_collaborators()
+        start(fed)
         wait_for(lambda: len(fed.rounds()) >= 2, fed, what="round 2")
 
         _refused_with_another_ca(fed)
@@ -232,3 +233,27 @@ def test_a_workload_attests_again_for_a_fresh_certificate(
     assert ident.session_token != first.session_token
     assert sum(e["event"] == "attestation.accepted" for e in fed.audit()) == accepted + 1
     assert ident.policy_document().name == "demo"
+
+
+def test_only_the_aggregator_writes_findings_to_the_audit_log(
+    trained: tuple[Federation, Workload],
+) -> None:
+    from secfl.spm.client import SpmRefused
+    from secfl.spm.enroll import enroll
+    from secfl.tee.simulated import SimulatedPlatform
+
+    fed, _ = trained
+    tee = SimulatedPlatform(fed.sim_dir)
+    with SpmClient(fed.spm_url, pin=fed.spm_pin) as client:
+        agg = enroll(client, tee, "demo", "aggregator", measurement=fed.measurement("aggregator"))
+        site = enroll(client, tee, "demo", "site-3", measurement=fed.measurement("collaborator"))
+        finding = {"round": 4, "excluded": ["site-2"], "serials": {"site-2": "ab12"}}
+        seq = client.report("demo", "audit.excluded", finding, agg.session_token)
+        with pytest.raises(SpmRefused, match="not an aggregator"):
+            client.report("demo", "audit.excluded", finding, site.session_token)
+        with pytest.raises(SpmRefused, match="session"):
+            client.report("demo", "audit.excluded", finding, "not-a-token")
+    entry = next(e for e in fed.audit() if e["seq"] == seq)
+    assert entry["event"] == "fl.audit.excluded"
+    assert entry["detail"] == {**finding, "service": "aggregator"}
+    fed.verify_audit()

@@ -30,7 +30,16 @@ from secfl.fl.tensors import state_dict_arrays, to_bytes
 from secfl.fl.transport import Peer, TransportError, join
 from secfl.tasks.registry import get_task
 from secfl.tasks.split import split
-from tests.fl.fedkit import DIGEST, Background, Federation, RawClient, identity, site, wait_for
+from tests.fl.fedkit import (
+    DIGEST,
+    LIMIT,
+    Background,
+    Federation,
+    RawClient,
+    identity,
+    site,
+    wait_for,
+)
 
 HONEST = [0, 1, 2]
 ALL_SITES = [site(i) for i in range(4)]
@@ -408,3 +417,46 @@ def test_a_certificate_that_expires_on_an_open_connection_is_refused(fed: Federa
     finally:
         client.close()
         agg.server.stop(None)
+
+
+# --- 9. the clone audit inside the real aggregator ----------------------------------------
+
+
+class _Poisoner:
+    """The genuine task, but the trained model is replaced by a wrecked one."""
+
+    def __init__(self, task: Any) -> None:
+        self._task = task
+        self.name = task.name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._task, attr)
+
+    def train(self, model: Any, data: Any, config: Any) -> dict[str, float]:
+        metrics = self._task.train(model, data, config)
+        for p in model.parameters():
+            p.data.mul_(-5.0)
+        return metrics
+
+
+def test_the_clone_audit_leaves_out_a_poisoner_and_reports_it(fed: Federation) -> None:
+    agg = fed.aggregator(
+        {"rounds": 3, "min_clients": 4, "strategy": "clone-audit", "train": {"epochs": 3}},
+        start=False,
+    )
+    found: list[dict[str, Any]] = []
+    agg.on_exclusion = found.append
+    agg.start()
+    bad = fed.collaborator(agg.port, 3)
+    bad.task = _Poisoner(fed.task)
+    thread = Background(bad.run, site(3))
+    thread.start()
+    try:
+        fed.run(agg, range(3), joined=4)
+    finally:
+        thread.join(LIMIT)
+    excluded = [e["excluded"] for e in agg.history]
+    assert all(e["audit"]["clones"] == 30 for e in agg.history)
+    assert [site(3)] in excluded and all(x in ([], [site(3)]) for x in excluded)
+    assert found and found[0]["excluded"] == [site(3)] and site(3) in found[0]["serials"]
+    assert agg.history[-1]["val_accuracy"] >= 0.8

@@ -25,30 +25,20 @@ from secfl.fl.transport import (
     TransportError,
     join,
 )
-from secfl.policy.model import CaSecret
 from secfl.spm import secrets as sv
-from secfl.spm.enroll import make_csr
+from tests.fl import fedkit
 
 NOW = datetime.now(UTC)
 PAYLOAD = os.urandom(5 * CHUNK_SIZE + 123)  # well above gRPC's message limit here
 
 
 def ca(name: str) -> sv.Value:
-    return sv.generate(CaSecret(name=name, kind="x509-ca", common_name=f"{name} CA"), {}, NOW)
+    return fedkit.ca(name, NOW)
 
 
 def identity(authority: sv.Value, service: str, *, policy: str = "p", now: datetime = NOW,
              ttl: int = 3600) -> Credentials:  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.load_pem_x509_csr(make_csr(key, service))
-    cert = sv.issue_service_certificate(authority, csr, policy=policy, service=service,
-                                        ttl_seconds=ttl, now=now)  # fmt: skip
-    return Credentials(
-        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        ca_pem=authority["crt"].encode(),
-    )  # fmt: skip
+    return fedkit.identity(authority, service, policy=policy, now=now, ttl=ttl)
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +177,23 @@ def test_peer_policy_parses_only_secfl_service_certificates(policy_ca: sv.Value)
         peers.check(None)
     with pytest.raises(TransportError, match="names no secfl service"):
         peers.check(b"not a certificate")
+
+
+def test_a_rotated_server_certificate_is_presented_from_the_next_handshake(
+    policy_ca: sv.Value,
+) -> None:
+    srv = Server(identity(policy_ca, "aggregator"), PeerPolicy(policy="p", services={"c"}))
+    srv.unary("Echo", lambda req, peer: req)
+    srv.start()
+    try:
+        creds = identity(policy_ca, "c")
+        with connect(srv, creds) as client:
+            assert client.unary("Echo", b"before") == b"before"
+        srv.rotate(identity(ca("elsewhere"), "aggregator"))  # no longer under our CA
+        with connect(srv, creds) as client, pytest.raises(TransportError, match="UNAVAILABLE"):
+            client.unary("Echo", b"x")
+        srv.rotate(identity(policy_ca, "aggregator"))  # renewed under our CA again
+        with connect(srv, creds) as client:
+            assert client.unary("Echo", b"after") == b"after"
+    finally:
+        srv.stop()

@@ -17,6 +17,7 @@ from secfl.cli import (
     audit,
     data,
     demo,
+    evaluate,
     fl,
     measure,
     policy,
@@ -43,6 +44,7 @@ app.add_typer(spm.app, name="spm")
 app.add_typer(audit.app, name="audit")
 app.add_typer(shield.app, name="shield")
 app.add_typer(data.app, name="data")
+app.add_typer(evaluate.app, name="eval")
 app.command("measure")(measure.measure)
 app.command("run")(run.run)
 app.command("demo")(demo.demo)

@@ -132,6 +132,7 @@ class Federation:
         self.sites = [f"site-{i}" for i in range(1, self.settings.clients + 1)]
         self.keys: dict[str, bytes] = {}
         self.tags: dict[str, str] = {}
+        self._all: list[Workload] = []
 
     # --- setting up ------------------------------------------------------------------------
 
@@ -371,11 +372,11 @@ class Federation:
         w.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        for w in reversed(list(self.workloads.values())):
+        for w in reversed(self._all):
             if w.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(w.proc.pid, signal.SIGTERM)
-        for w in self.workloads.values():
+        for w in self._all:
             try:
                 w.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -418,6 +419,7 @@ class Federation:
             proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                     cwd=self.work, start_new_session=True)  # fmt: skip
         self.workloads[name] = w = Workload(name, proc, log)
+        self._all.append(w)  # a restarted name still gets stopped
         self.killed.discard(name)
         return w
 

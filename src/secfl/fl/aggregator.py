@@ -25,13 +25,16 @@ from secfl.errors import FlError
 from secfl.fl.commit import Commit
 from secfl.fl.config import FederationConfig
 from secfl.fl.envelope import PrivateKey, SignedModel, seal_model
-from secfl.fl.rounds import Attempt, Rounds
+from secfl.fl.hooks import wire_strategy
+from secfl.fl.rounds import Attempt, Rounds, _slim
 from secfl.fl.strategies.base import Params, Update
 from secfl.fl.tensors import from_bytes, load_arrays, nbytes, state_dict_arrays, to_bytes
 from secfl.fl.transport import Server
 from secfl.tasks.base import Dataset, Task
 
 log = logging.getLogger("secfl.fl.aggregator")
+#: How often revocations are re-read and the identity's renewal checked (seconds).
+REFRESH_SECONDS = 10.0
 
 
 @dataclass
@@ -63,13 +66,19 @@ class Aggregator:
     #: Called before every round attempt: refresh revocations, renew the identity.
     refresh: Callable[[], None] = lambda: None
     on_round: Callable[[dict[str, Any]], None] = lambda entry: None
+    #: Called with the audit's findings when it leaves participants out of a round.
+    on_exclusion: Callable[[dict[str, Any]], None] = lambda finding: None
     reset_from: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
+    _next_refresh: float = 0.0
 
     def start(self, listen: str = "127.0.0.1:0") -> int:
         """Resume (or start fresh) and listen on ``listen``; returns the port."""
         self._strategy = self.config.strategy_object()
+        wire_strategy(
+            self._strategy, self.task, self.validation, dict(self.config.train), self.config.seed
+        )
         self._params, self._start = self._resume(self._strategy)
         limit = int(nbytes(self._params) * self.config.max_update_factor) + (1 << 20)
         self.rounds = Rounds(self.config, max_update_bytes=limit)
@@ -82,21 +91,29 @@ class Aggregator:
         if not self.port:
             self.start()
         strategy, params, start = self._strategy, self._params, self._start
+        self._params = {}  # the loop's local is the only reference: old models can go
         model_bytes = to_bytes(params)
         log.info("training rounds %d to %d with %s", start, self.config.rounds, strategy)
         for round in range(start, self.config.rounds + 1):
             signed = self.signer.seal(model_bytes, round - 1, self.commit.counter)
             attempt = self._collect(round, strategy, params, signed)
+            del signed, model_bytes  # the attempt is closed: nobody is sent this model now
+            self.rounds.attempt = None
             updates = [attempt.updates[n] for n in sorted(attempt.updates)]
+            summary = _Summary.of(attempt)
             if attempt.accumulator is not None:
-                params = attempt.accumulator.finish()
+                acc = attempt.accumulator
             else:
                 acc = strategy.accumulator(round, params)
                 for update in updates:
                     acc.add(update)
-                params = acc.finish()
+            del attempt
+            updates = [_slim(u) for u in updates]  # senders and metrics are all we keep
+            params = acc.finish()
+            del acc
             model_bytes = to_bytes(params)
-            entry = self._evaluate(round, params, updates, attempt)
+            entry = self._evaluate(round, params, updates, summary)
+            self._audit(round, strategy, entry)
             entry["counter"] = self.commit.commit(round, model_bytes, strategy.state())
             entry["duration_s"] = round_seconds(self._began)
             self._record(entry)
@@ -104,6 +121,12 @@ class Aggregator:
         return params
 
     # --- steps -------------------------------------------------------------------------
+
+    def _maybe_refresh(self) -> None:
+        """Revocations and renewal every REFRESH_SECONDS, not on every round's path."""
+        if time.monotonic() >= self._next_refresh:
+            self.refresh()
+            self._next_refresh = time.monotonic() + REFRESH_SECONDS
 
     def _resume(self, strategy: Any) -> tuple[Params, int]:
         checkpoint = self.commit.resume(reset_from=self.reset_from)
@@ -128,7 +151,7 @@ class Aggregator:
     def _collect(self, round: int, strategy: Any, params: Params, signed: SignedModel) -> Attempt:
         cfg = self.config
         for number in range(1, cfg.max_attempts + 1):
-            self.refresh()
+            self._maybe_refresh()
             alive = self.rounds.wait_available(cfg.min_clients, cfg.join_timeout)
             sampled = cfg.sample(alive, round, number)
             base = strategy.configure(round)
@@ -165,15 +188,15 @@ class Aggregator:
         )
 
     def _evaluate(
-        self, round: int, params: Params, updates: list[Update], attempt: Attempt
+        self, round: int, params: Params, updates: list[Update], attempt: _Summary
     ) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "round": round,
             "attempt": attempt.number,
             "participants": sorted(u.sender for u in updates),
             "updates": len(updates),
-            "dropped": sorted(attempt.dropped),
-            "refused": sorted(attempt.refused),
+            "dropped": attempt.dropped,
+            "refused": attempt.refused,
         }
         total = sum(u.num_samples for u in updates)
         losses = [(u.metrics.get("loss"), u.num_samples) for u in updates]
@@ -189,6 +212,22 @@ class Aggregator:
                     entry[f"{name}_accuracy"] = float(scores["accuracy"])
         return entry
 
+    def _audit(self, round: int, strategy: Any, entry: dict[str, Any]) -> None:
+        """Put the clone audit's findings (if the rule has one) in the round's entry."""
+        history = getattr(strategy, "history", None)
+        if not history or history[-1].round != round:
+            return
+        finding = history[-1].to_json()
+        entry["audit"] = finding
+        entry["excluded"] = finding["excluded"]
+        if finding["excluded"]:
+            serials = {
+                name: p.serial
+                for name, p in self.rounds.participants.items()
+                if name in finding["excluded"]
+            }
+            self.on_exclusion({**finding, "serials": serials})
+
     def _record(self, entry: dict[str, Any]) -> None:
         self.history.append(entry)
         if self.metrics_path is not None:
@@ -201,6 +240,19 @@ class Aggregator:
             ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), entry["counter"],
         )  # fmt: skip
         self.on_round(entry)
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """What the round's entry needs of a closed attempt (not its updates or model)."""
+
+    number: int
+    dropped: list[str]
+    refused: list[str]
+
+    @classmethod
+    def of(cls, attempt: Attempt) -> _Summary:
+        return cls(attempt.number, sorted(attempt.dropped), sorted(attempt.refused))
 
 
 def round_seconds(began: float) -> float:

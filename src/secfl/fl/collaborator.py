@@ -166,8 +166,13 @@ class Collaborator:
                 return fn(self._client)
             except TransportError as exc:
                 text = str(exc)
-                if not any(t in text for t in TRANSIENT) or time.monotonic() > give_up:
+                if not any(t in text for t in TRANSIENT):
                     raise
+                if time.monotonic() > give_up:
+                    raise FlError(
+                        f"collaborator: the aggregator was unreachable for {self.patience:.0f} s "
+                        f"({text})"
+                    ) from None
                 log.info("aggregator unavailable (%s); retrying", text.split(": ", 2)[-1][:80])
             time.sleep(delay)
             delay = min(delay * 2, 2.0)

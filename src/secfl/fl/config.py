@@ -53,6 +53,9 @@ class FederationConfig(BaseModel):
     #: updates); ``arrival``: fold each on arrival (memory bounded by one update).
     aggregation_order: Literal["canonical", "arrival"] = "canonical"
     checkpoint_keep: int = Field(default=2, ge=2)
+    #: With the clone audit: ask the board to revoke excluded participants' certificates
+    #: (an audit-log entry naming them; revocation itself needs the board's signatures).
+    request_revocation: bool = False
     #: Largest update accepted, as a multiple of the model's size (plus 1 MiB).
     max_update_factor: float = Field(default=1.5, ge=1.0)
 

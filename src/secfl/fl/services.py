@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from secfl.errors import FlError
+from secfl.errors import FlError, SecflError
 from secfl.fl.aggregator import Aggregator, Signer
 from secfl.fl.collaborator import Collaborator, ModelGate
 from secfl.fl.commit import Commit, MemoryLedger, SpmLedger
@@ -162,8 +162,17 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, Identity | No
             server.rotate(ident.creds)
         peers.revoked = ident.revoked()
 
+    def report(finding: dict[str, Any]) -> None:
+        """The audit's exclusions go to the SPM's audit log, where the board sees them."""
+        event = "audit.revocation-requested" if config.request_revocation else "audit.excluded"
+        try:
+            ident.spm().report(ident.policy, event, finding, ident.token())
+        except SecflError as exc:  # the round goes on; the metrics file has it too
+            log.warning("could not report the audit's finding to the SPM: %s", exc)
+
     agg = Aggregator(task, config, server, Signer(ident.policy_digest, key), commit,
-                     validation, test, opts.metrics, refresh=refresh)  # fmt: skip
+                     validation, test, opts.metrics, refresh=refresh,
+                     on_exclusion=report)  # fmt: skip
     agg.reset_from = reset_from
     return agg, ident
 

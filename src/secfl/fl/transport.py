@@ -105,12 +105,13 @@ class PeerPolicy:
         return Peer(policy, service, serial)
 
 
-def join(pieces: Iterable[bytes], limit: int) -> bytes:
-    """Reassemble streamed pieces, refusing more than ``limit`` bytes in total."""
+def join(pieces: Iterable[bytes], limit: int) -> bytearray:
+    """Reassemble streamed pieces, refusing more than ``limit`` bytes in total (one
+    buffer, no second copy: a large update costs its size once)."""
     whole = Reassembler(limit)
     try:
         whole.extend(pieces)
-        return bytes(whole.finish())
+        return whole.finish()
     except FlError as exc:
         raise TransportError(f"message: {exc}") from None
 
@@ -306,7 +307,7 @@ class Client:
 
     def download(
         self, name: str, request: bytes, limit: int, *, timeout: float | None = None
-    ) -> bytes:
+    ) -> bytearray:
         method = self._channel.unary_stream(f"/{SERVICE}/{name}")
         wait = timeout or self.timeout
         return self._call(

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from secfl import __version__
@@ -85,6 +85,15 @@ class AttestOut(BaseModel):
 class CounterOut(BaseModel):
     counter: str
     value: int
+
+
+class EventIn(BaseModel):
+    event: str = Field(pattern=r"^[a-z][a-z0-9.-]{0,63}$")
+    detail: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class EventOut(BaseModel):
+    seq: int
 
 
 class VolumeIn(BaseModel):
@@ -229,6 +238,19 @@ def create_app(spm: Spm) -> FastAPI:
             )
         value = await spm.increment_async(token, name, counter)
         return CounterOut(counter=counter, value=value)
+
+    @app.post("/v1/policies/{name}/events", responses=ERRORS)
+    def report(
+        name: PolicyName,
+        body: EventIn,
+        authorization: Annotated[str | None, Header(max_length=256)] = None,
+    ) -> EventOut:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if not token:
+            raise Refused(
+                "session: a 'Authorization: Bearer <session token>' header is required", 401
+            )
+        return EventOut(seq=spm.report(token, name, body.event, dict(body.detail)))
 
     @app.get("/v1/policies/{name}/counters/{counter}", responses=ERRORS)
     def get_counter(name: PolicyName, counter: Annotated[str, Path(pattern=NAME)]) -> CounterOut:

@@ -216,6 +216,16 @@ class SpmClient:
         )
         return int(doc["value"])
 
+    def report(self, policy: str, event: str, detail: dict[str, Any], token: str) -> int:
+        """Write an aggregator's finding to the SPM's audit log (``fl.<event>``)."""
+        doc = self._request(
+            "POST",
+            f"/v1/policies/{policy}/events",
+            json={"event": event, "detail": detail},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        return int(doc["seq"])
+
     def counter(self, policy: str, counter: str) -> int:
         return int(self._request("GET", f"/v1/policies/{policy}/counters/{counter}")["value"])
 

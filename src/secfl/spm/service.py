@@ -217,16 +217,8 @@ class Spm(AttestationMixin):
 
     def _increment_op(self, token: str, policy_name: str, counter: str) -> Callable[[Any], int]:
         """Check the session's right to ``counter``; return the write that bumps it."""
-        now = datetime.now(UTC)
-        token_hash = hashlib.sha256(token.encode()).digest()
-        session = self._session(token_hash)
-        if session is None or session.policy != policy_name:
-            raise Refused("session: unknown session token for this policy", 401)
-        if session.expires_at <= now:
-            raise Refused("session: the session token has expired; attest again", 401)
-        _, policy = self.policy(policy_name, session.policy_version)
-        service = policy.service(session.service)
-        if service is None or counter not in service.counters:
+        session, service = self._session_service(token, policy_name)
+        if counter not in service.counters:
             raise Refused(f"counter: service '{session.service}' may not increment '{counter}'")
 
         def bump(tx: Any) -> int:
@@ -239,6 +231,30 @@ class Spm(AttestationMixin):
             return value
 
         return bump
+
+    def _session_service(self, token: str, policy_name: str) -> tuple[SessionRecord, Any]:
+        """The live session of ``token`` for ``policy_name`` and its service, or Refused."""
+        session = self._session(hashlib.sha256(token.encode()).digest())
+        if session is None or session.policy != policy_name:
+            raise Refused("session: unknown session token for this policy", 401)
+        if session.expires_at <= datetime.now(UTC):
+            raise Refused("session: the session token has expired; attest again", 401)
+        _, policy = self.policy(policy_name, session.policy_version)
+        service = policy.service(session.service)
+        if service is None:
+            raise Refused(f"session: service '{session.service}' is no longer in the policy")
+        return session, service
+
+    def report(self, token: str, policy_name: str, event: str, detail: dict[str, Any]) -> int:
+        """Write an aggregator's finding (e.g. the audit's exclusions) to the audit log,
+        as ``fl.<event>`` naming the reporting service; returns the entry's number."""
+        session, service = self._session_service(token, policy_name)
+        if service.role not in ("aggregator", "any"):
+            raise Refused(f"report: service '{session.service}' is not an aggregator")
+        entry = {**detail, "service": session.service}
+        return int(
+            self.group.run(lambda tx: tx.append_audit(f"fl.{event}", policy_name, entry).seq)
+        )
 
     def _session(self, token_hash: bytes) -> SessionRecord | None:
         """A session by token digest; sessions never change once made, so they are cached."""

@@ -2,6 +2,9 @@
 
 ``get_strategy("fedavg")``, ``get_strategy("fedprox", mu=0.1)``,
 ``get_strategy("fedadam", server_lr=0.01, beta1=0.9, beta2=0.99, tau=1e-3)``.
+The robust rules: ``median``, ``trimmed-mean`` (``beta``), ``krum`` (``f``),
+``multi-krum`` (``f``, ``m``), ``bulyan`` (``f``), ``centered-clipping`` (``tau``,
+``iterations``) and ``fltrust`` (a ``root_update`` hook set by the aggregator).
 A new rule subclasses :class:`Strategy`, implements ``aggregate`` (it sees every
 update of the round with its sender) and registers itself with
 :func:`register_strategy`; importing its module here makes it available by name.
@@ -18,19 +21,32 @@ from secfl.fl.strategies.base import (
     check_round,
     check_update,
 )
+from secfl.fl.strategies.bulyan import Bulyan
+from secfl.fl.strategies.clipping import CenteredClipping
 from secfl.fl.strategies.fedadam import FedAdam
 from secfl.fl.strategies.fedavg import FedAvg, FedAvgAccumulator, FedProx
+from secfl.fl.strategies.fltrust import FLTrust
+from secfl.fl.strategies.krum import Krum, MultiKrum
+from secfl.fl.strategies.median import Median
 from secfl.fl.strategies.registry import available_strategies, get_strategy, register_strategy
+from secfl.fl.strategies.trimmed import TrimmedMean
 
 __all__ = [
     "Accumulator",
     "BufferingAccumulator",
+    "Bulyan",
+    "CenteredClipping",
+    "FLTrust",
     "FedAdam",
     "FedAvg",
     "FedAvgAccumulator",
     "FedProx",
+    "Krum",
+    "Median",
+    "MultiKrum",
     "Params",
     "Strategy",
+    "TrimmedMean",
     "Update",
     "available_strategies",
     "check_round",
@@ -38,3 +54,6 @@ __all__ = [
     "get_strategy",
     "register_strategy",
 ]
+
+# The clone-and-sample audit wraps any rule above; importing it registers "clone-audit".
+import secfl.fl.audit  # noqa: F401

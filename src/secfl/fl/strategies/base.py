@@ -201,6 +201,11 @@ class Strategy(ABC):
         check_global(global_params)
         return BufferingAccumulator(self, round, global_params)
 
+    def selected(self) -> list[str] | None:
+        """The senders the last :meth:`aggregate` kept, for rules that select updates
+        (Krum, Multi-Krum, Bulyan); ``None`` for rules that use every update."""
+        return None
+
     def state(self) -> dict[str, Any]:
         """Server-side state for a checkpoint: numpy arrays and JSON values, flat."""
         return {}

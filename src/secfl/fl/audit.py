@@ -1,0 +1,234 @@
+"""The clone-and-sample audit (the SecFL paper; ../shared/DESIGN.md).
+
+Attestation proves that every participant runs the agreed code on its own
+(attested) data volume; it cannot prove that the data is honest, nor stop a
+hostile operator from feeding chosen inputs to genuine code. The audit looks at
+what updates *do*: each round the aggregator builds ``clones`` copies of the
+global computation, each aggregating a random sample (``fraction``) of the
+round's updates with the underlying rule, and scores each clone's model on its
+validation data. A participant whose presence lowers the clones' utility gets a
+positive round score::
+
+    d_i = mean(utility of clones without i) - mean(utility of clones with i)
+
+scaled by the spread of the clones' utilities (at least ``tolerance`` of the
+utility's scale) and centred on the round's median participant (so the score is
+unit-free and an honest round scores about 0).
+Scores accumulate over rounds with ``decay``; a participant whose suspicion
+exceeds ``threshold`` is left out of the real aggregate for that round, reported,
+and written to the audit log. Everything runs inside the aggregator's TEE, on
+updates it already holds: no participant learns the others' updates.
+
+:class:`CloneAudit` is a strategy wrapping any other (``base``): the policy
+selects it like any rule (``strategy: clone-audit``, ``strategy_settings: {base:
+trimmed-mean, base_settings: {beta: 0.1}, clones: 20, fraction: 0.5, ...}``). The
+aggregator supplies the scorer (:attr:`CloneAudit.score`, the validation utility
+of a model); without one the audit refuses to run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from secfl.errors import FlError
+from secfl.fl.strategies.base import Params, Strategy, Update, check_round, positive
+from secfl.fl.strategies.registry import get_strategy, register_strategy
+
+log = logging.getLogger("secfl.fl.audit")
+
+
+@dataclass
+class AuditRound:
+    """What one round's audit found."""
+
+    round: int
+    scores: dict[str, float]
+    suspicion: dict[str, float]
+    excluded: list[str]
+    clone_utilities: list[float]
+    seconds: float
+    base_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "excluded": self.excluded,
+            "suspicion": {k: round(v, 4) for k, v in sorted(self.suspicion.items())},
+            "scores": {k: round(v, 4) for k, v in sorted(self.scores.items())},
+            "clones": len(self.clone_utilities),
+            "audit_seconds": round(self.seconds, 4),
+            "aggregate_seconds": round(self.base_seconds, 4),
+        }
+
+
+@register_strategy
+class CloneAudit(Strategy):
+    """Clone-and-sample audit over a base rule (see the module docstring)."""
+
+    name = "clone-audit"
+
+    def __init__(
+        self,
+        *,
+        base: str = "fedavg",
+        base_settings: Mapping[str, Any] | None = None,
+        clones: int = 30,
+        fraction: float = 0.5,
+        threshold: float = 2.5,
+        decay: float = 0.7,
+        tolerance: float = 0.02,
+        seed: int = 0,
+        client_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(client_config=client_config)
+        if base == self.name:
+            raise FlError("clone-audit: the base rule cannot be the audit itself")
+        self.base_name = base
+        self.base_settings = dict(base_settings or {})
+        self.base = get_strategy(base, client_config=client_config, **self.base_settings)
+        if type(clones) is not int or clones < 2:
+            raise FlError(f"clone-audit: clones must be an integer >= 2, not {clones!r}")
+        self.clones = clones
+        self.fraction = positive(fraction, "clone-audit: fraction")
+        if self.fraction >= 1:
+            raise FlError("clone-audit: fraction must be below 1 (clones must differ)")
+        self.threshold = positive(threshold, "clone-audit: threshold")
+        self.decay = positive(decay, "clone-audit: decay", allow_zero=True)
+        if self.decay >= 1:
+            raise FlError("clone-audit: decay must be below 1")
+        self.tolerance = positive(tolerance, "clone-audit: tolerance", allow_zero=True)
+        self.seed = int(seed)
+        self.suspicion: dict[str, float] = {}
+        self.history: list[AuditRound] = []
+        #: The validation utility of a model (higher is better); set by the aggregator.
+        self.score: Callable[[Params], float] | None = None
+        self._excluded: list[str] = []
+
+    # --- the rule ------------------------------------------------------------------------
+
+    def configure(self, round: int) -> dict[str, Any]:
+        return self.base.configure(round)
+
+    def aggregate(self, round: int, global_params: Params, updates: Sequence[Update]) -> Params:
+        check_round(updates)
+        began = time.perf_counter()
+        result = self.audit(round, global_params, updates)
+        kept = [u for u in updates if u.sender not in result.excluded]
+        if not kept:  # everyone suspicious: keep the model rather than trust anyone
+            log.warning("round %d: the audit excluded every participant", round)
+            result.seconds = time.perf_counter() - began
+            return {k: v.copy() for k, v in global_params.items()}
+        base_began = time.perf_counter()
+        new = self.base.aggregate(round, global_params, kept)
+        result.base_seconds = time.perf_counter() - base_began
+        result.seconds = time.perf_counter() - began - result.base_seconds
+        return new
+
+    def audit(self, round: int, global_params: Params, updates: Sequence[Update]) -> AuditRound:
+        """Score every participant of the round; decide who is left out."""
+        if self.score is None:
+            raise FlError(
+                "clone-audit: no validation data to score clones on (the policy must give "
+                "the aggregator a validation volume)"
+            )
+        began = time.perf_counter()
+        names = [u.sender for u in updates]
+        n = len(names)
+        size = min(n - 1, max(1, round_half(self.fraction * n)))
+        rng = np.random.default_rng([self.seed, round])
+        members = np.zeros((self.clones, n), dtype=bool)
+        utilities = np.zeros(self.clones)
+        for k in range(self.clones):
+            pick = rng.choice(n, size=size, replace=False)
+            members[k, pick] = True
+            sample = [updates[i] for i in sorted(pick)]
+            model = self.base.aggregate(round, global_params, sample)
+            utilities[k] = float(self.score(model))
+        scores = _scores(members, utilities, names, self.tolerance)
+        for name in names:
+            self.suspicion[name] = self.decay * self.suspicion.get(name, 0.0) + scores[name]
+        excluded = sorted(n for n in names if self.suspicion[n] > self.threshold)
+        result = AuditRound(
+            round=round,
+            scores=scores,
+            suspicion={n: self.suspicion[n] for n in names},
+            excluded=excluded,
+            clone_utilities=[float(u) for u in utilities],
+            seconds=time.perf_counter() - began,
+        )
+        self._excluded = excluded
+        self.history.append(result)
+        if excluded:
+            log.warning("round %d: the audit excludes %s", round, ", ".join(excluded))
+        return result
+
+    def selected(self) -> list[str] | None:
+        return None
+
+    @property
+    def excluded(self) -> list[str]:
+        """Who the last round left out."""
+        return list(self._excluded)
+
+    # --- state (checkpoints) ----------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        base = {f"base.{k}": v for k, v in self.base.state().items()}
+        return {"suspicion": dict(self.suspicion), **base}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        suspicion = state.get("suspicion", {})
+        if not isinstance(suspicion, dict) or not all(
+            isinstance(v, int | float) and math.isfinite(v) for v in suspicion.values()
+        ):
+            raise FlError("clone-audit: the checkpoint's suspicion scores are malformed")
+        self.suspicion = {str(k): float(v) for k, v in suspicion.items()}
+        self.base.load_state(
+            {k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "base": self.base_name,
+            "base_settings": self.base_settings,
+            "clones": self.clones,
+            "fraction": self.fraction,
+            "threshold": self.threshold,
+            "decay": self.decay,
+            "tolerance": self.tolerance,
+        }
+
+
+def round_half(x: float) -> int:
+    return math.floor(x + 0.5)
+
+
+def _scores(
+    members: np.ndarray, utilities: np.ndarray, names: list[str], tolerance: float
+) -> dict[str, float]:
+    """Per participant: how much its presence lowers clone utility, unit-free, centred.
+
+    The unit is the clones' spread, but never less than ``tolerance`` times the
+    utility's own scale: when no one attacks, clones barely differ, and dividing by
+    that near-zero spread would turn honest participants' small, real differences
+    (their data is not the same) into large scores."""
+    floor = tolerance * float(np.median(np.abs(utilities)))
+    spread = max(float(np.std(utilities)), floor)
+    if not math.isfinite(spread) or spread < 1e-12:
+        return dict.fromkeys(names, 0.0)
+    raw = np.zeros(len(names))
+    for i in range(len(names)):
+        with_i, without_i = utilities[members[:, i]], utilities[~members[:, i]]
+        if len(with_i) == 0 or len(without_i) == 0:
+            continue  # no evidence either way this round
+        raw[i] = (without_i.mean() - with_i.mean()) / spread
+    centred = raw - float(np.median(raw))
+    return {name: float(v) for name, v in zip(names, centred, strict=True)}

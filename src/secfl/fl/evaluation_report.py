@@ -1,0 +1,118 @@
+"""The robustness report: Markdown tables and PNG plots from the evaluation's rows."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], r["partition"], r["malicious"])].append(r)
+    return groups
+
+
+def markdown(rows: list[dict[str, Any]], command: str, seconds: float) -> str:
+    """Per (task, partition, malicious fraction): attack x defence tables of final test
+    accuracy (mean ± std over seeds), then the backdoor and audit figures."""
+    lines = ["# Robustness evaluation", "", f"Command: `{command}`  ", f"Time: {seconds:.0f} s", ""]
+    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    for (task, part, frac), group in sorted(_groups(rows).items(), key=lambda kv: str(kv[0])):
+        attacks = list(dict.fromkeys(r["attack"] for r in group))
+        lines += [f"## {task}, {part}, {frac:.0%} malicious", "",
+                  "Final test accuracy (mean ± std over seeds):", "",
+                  "| attack | " + " | ".join(defences) + " |",
+                  "|---|" + "---|" * len(defences)]  # fmt: skip
+        for attack in attacks:
+            cells = []
+            for d in defences:
+                runs = [r for r in group if r["attack"] == attack and r["defence"] == d]
+                accs = [r["accuracy"] for r in runs if "accuracy" in r]
+                cells.append(_cell(accs) if accs else ("n/a" if runs else ""))
+            lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+        worst = _worst_case(group, defences)
+        if worst:
+            lines += ["", "Worst case over attacks: " + ", ".join(
+                f"{d} {v:.3f}" for d, v in worst.items())]  # fmt: skip
+        audit = [r for r in group if r["defence"].startswith("clone-audit") and r.get("tpr") != ""]
+        if audit:
+            lines += ["", "| clone audit | attack | TPR (final round) | FPR (mean over rounds) | "
+                      "audit time / aggregation time |", "|---|---|---|---|---|"]  # fmt: skip
+            for r in audit:
+                lines.append(f"| {r['defence']} (seed {r['seed']}) | {r['attack']} | "
+                             f"{_num(r.get('tpr'))} | {_num(r.get('fpr_mean'))} | "
+                             f"{_num(r.get('audit_ratio'), 1)}x |")  # fmt: skip
+        bd = [r for r in group if r["attack"] == "backdoor" and r.get("backdoor_success") != ""]
+        if bd:
+            lines += ["", "Backdoor success rate: " + ", ".join(
+                f"{r['defence']} {_num(r.get('backdoor_success'))}" for r in bd)]  # fmt: skip
+        errors = sorted({f"{r['defence']}: {r['error']}" for r in group if r.get("error")})
+        if errors:
+            lines += ["", "Not applicable here: " + "; ".join(errors)]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
+def _worst_case(group: list[dict[str, Any]], defences: list[str]) -> dict[str, float]:
+    worst: dict[str, float] = {}
+    for d in defences:
+        by_attack: dict[str, list[float]] = defaultdict(list)
+        for r in group:
+            if r["defence"] == d and "accuracy" in r and r["attack"] != "none":
+                by_attack[r["attack"]].append(r["accuracy"])
+        if by_attack:
+            worst[d] = min(statistics.fmean(v) for v in by_attack.values())
+    return worst
+
+
+def plots(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
+    """One PNG per (task, partition): worst-case accuracy per defence against the
+    malicious fraction."""
+    from matplotlib.figure import Figure
+
+    paths: dict[str, Path] = {}
+    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    by_setting: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_setting[(r["task"], r["partition"])].append(r)
+    for (task, part), group in sorted(by_setting.items()):
+        fig = Figure(figsize=(8, 4.5))
+        ax = fig.add_subplot()
+        fracs = sorted({r["malicious"] for r in group})
+        for d in defences:
+            xs, ys = [], []
+            for frac in fracs:
+                cell = [r for r in group if r["malicious"] == frac]
+                worst = _worst_case(cell, [d]).get(d)
+                if frac == 0:
+                    accs = [r["accuracy"] for r in cell if r["defence"] == d and "accuracy" in r]
+                    worst = statistics.fmean(accs) if accs else None
+                if worst is not None:
+                    xs.append(frac * 100)
+                    ys.append(worst)
+            if xs:
+                ax.plot(xs, ys, marker="o", label=d)
+        ax.set_xlabel("malicious participants (%)")
+        ax.set_ylabel("final test accuracy, worst attack")
+        ax.set_title(f"{task}, {part}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        path = out / f"worst-case-{task}-{part}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        paths[f"png:{task}:{part}"] = path
+    return paths

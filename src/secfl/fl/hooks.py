@@ -1,0 +1,48 @@
+"""What some rules need from the aggregator's own data: the clone audit scores
+clones on the validation data, FLTrust trains a root update on it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from secfl.fl.strategies.base import Params, Strategy
+from secfl.fl.tensors import load_arrays, state_dict_arrays
+
+
+def wire_strategy(
+    strategy: Strategy, task: Any, validation: Any, train: dict[str, Any], seed: int
+) -> None:
+    """Give ``strategy`` (and a rule it wraps) the hooks it has slots for; without
+    validation data they stay unset and the rule refuses to run, saying why."""
+    if validation is None:
+        return
+    for rule in (strategy, getattr(strategy, "base", None)):
+        if rule is None:
+            continue
+        if hasattr(rule, "score"):
+            rule.score = _scorer(task, validation)
+        if hasattr(rule, "root_update"):
+            rule.root_update = _root_update(task, validation, train, seed)
+
+
+def _scorer(task: Any, validation: Any) -> Any:
+    model = task.build_model()
+
+    def score(params: Params) -> float:
+        """The validation utility of ``params``: minus the mean cross-entropy."""
+        load_arrays(model, params)
+        return -float(task.evaluate(model, validation)["loss"])
+
+    return score
+
+
+def _root_update(task: Any, validation: Any, train: dict[str, Any], seed: int) -> Any:
+    model = task.build_model()
+
+    def root_update(round: int, params: Params) -> Params:
+        """The global model trained one local step on the aggregator's root data."""
+        load_arrays(model, params)
+        task.train(model, validation, {**train, "seed": seed * 7919 + round})
+        return state_dict_arrays(model)
+
+    return root_update

@@ -1,0 +1,59 @@
+"""Model-poisoning attacks, to evaluate defences (issue 6): never enabled by a policy.
+
+An in-process simulation gives some participants an :class:`Attack`:
+``get_attack("min-max", direction="std")``. Each round such a participant trains on
+``attack.poison_data(shard, task, rng)`` and sends
+``attack.poison_delta(delta, benign=colluders_deltas, rng=rng)`` in place of its
+honest delta (local model minus global model); ``benign`` matters only to the
+``colluding`` attacks.
+
+- on the data: ``label-flip``, ``backdoor`` (with :func:`add_trigger` and
+  :func:`attack_success_rate`);
+- on the delta: ``sign-flip``, ``scaling`` (model replacement), ``gaussian``;
+- colluding: ``alie``, ``ipm``, ``min-max``, ``min-sum``.
+"""
+
+from __future__ import annotations
+
+from secfl.tasks.attacks.base import (
+    Attack,
+    Params,
+    available_attacks,
+    get_attack,
+    register_attack,
+)
+from secfl.tasks.attacks.data import Backdoor, LabelFlip, add_trigger, attack_success_rate
+from secfl.tasks.attacks.model import (
+    DIRECTIONS,
+    Alie,
+    Gaussian,
+    Ipm,
+    MinMax,
+    MinSum,
+    Scaling,
+    SignFlip,
+    alie_z,
+    search_gamma,
+)
+
+__all__ = [
+    "DIRECTIONS",
+    "Alie",
+    "Attack",
+    "Backdoor",
+    "Gaussian",
+    "Ipm",
+    "LabelFlip",
+    "MinMax",
+    "MinSum",
+    "Params",
+    "Scaling",
+    "SignFlip",
+    "add_trigger",
+    "alie_z",
+    "attack_success_rate",
+    "available_attacks",
+    "get_attack",
+    "register_attack",
+    "search_gamma",
+]

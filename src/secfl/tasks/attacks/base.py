@@ -1,0 +1,201 @@
+"""The attack interface, the registry, and the flattening of deltas attacks work on.
+
+An :class:`Attack` changes what one malicious participant does in a round: the data
+it trains on (:meth:`Attack.poison_data`) and the delta it sends
+(:meth:`Attack.poison_delta`). Attacks exist to evaluate defences in an in-process
+simulation; nothing in a policy can turn one on.
+
+Names are matched case-insensitively, ignoring ``-`` and ``_`` (``min-max``,
+``MinMax``, ``min_max``), as strategy names are.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+
+from secfl.tasks.base import ClassificationTask, Dataset, TaskError
+
+#: A model or a delta: tensor name → numpy array (as :mod:`secfl.fl.strategies`).
+Params = dict[str, np.ndarray]
+
+_REGISTRY: dict[str, type[Attack]] = {}
+
+A = TypeVar("A", bound=type["Attack"])
+
+
+class Attack:
+    """What a malicious participant does differently; by default, nothing.
+
+    Subclasses set :attr:`name`, take their settings as keyword arguments of
+    ``__init__`` (checked there, a :class:`TaskError` for a bad value) and override
+    one or both hooks. ``delta`` is the attacker's honestly trained local model minus
+    the global model; ``benign`` the honest deltas the colluding malicious
+    participants computed this round, the attacker's own included. Every returned
+    delta has ``delta``'s names, shapes and dtypes and is finite.
+    """
+
+    #: The registry name.
+    name: ClassVar[str] = ""
+    #: Needs the benign deltas of the colluding malicious participants (ALIE, IPM,
+    #: Min-Max, Min-Sum); other attacks ignore ``benign``.
+    colluding: ClassVar[bool] = False
+
+    def poison_data(
+        self, data: Dataset, task: ClassificationTask, rng: np.random.Generator
+    ) -> Dataset:
+        """The shard the attacker trains on (default: ``data`` unchanged)."""
+        del task, rng
+        return data
+
+    def poison_delta(
+        self, delta: Params, *, benign: Sequence[Params], rng: np.random.Generator
+    ) -> Params:
+        """The delta the attacker sends (default: a copy of ``delta``)."""
+        del benign, rng
+        return {key: np.array(value, copy=True) for key, value in delta.items()}
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this attack was built with (for logs and reports)."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def register_attack(cls: A) -> A:
+    """Make ``cls`` available as ``cls.name``; usable as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, Attack)) or not cls.name:
+        raise TaskError(f"attack: {cls!r} is not an Attack with a name")
+    key = _key(cls.name)
+    if key in _REGISTRY and _REGISTRY[key] is not cls:
+        raise TaskError(f"attack: the name '{cls.name}' is already taken")
+    _REGISTRY[key] = cls
+    return cls
+
+
+def available_attacks() -> list[str]:
+    """The registered attack names, sorted."""
+    return sorted(cls.name for cls in _REGISTRY.values())
+
+
+def get_attack(name: str, **settings: Any) -> Attack:
+    """A new attack ``name`` built with ``settings``; :class:`TaskError` for an unknown
+    name, an unknown setting or an invalid value."""
+    cls = _REGISTRY.get(_key(name)) if isinstance(name, str) else None
+    if cls is None:
+        raise TaskError(f"unknown attack {name!r} (known: {', '.join(available_attacks())})")
+    try:
+        inspect.signature(cls).bind(**settings)
+    except TypeError as exc:
+        raise TaskError(f"attack '{cls.name}': {exc}") from None
+    return cls(**settings)
+
+
+# -- settings ------------------------------------------------------------------------
+
+
+def number(value: Any, what: str, *, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (>= 0 with ``allow_zero``), else :class:`TaskError`."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TaskError(f"{what} must be a number, not {value!r}")
+    result = float(value)
+    if not math.isfinite(result) or result < 0 or (result == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise TaskError(f"{what} must be a finite number {bound}, not {value!r}")
+    return result
+
+
+def integer(value: Any, what: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, else :class:`TaskError`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise TaskError(f"{what} must be an integer >= {minimum}, not {value!r}")
+    return int(value)
+
+
+# -- deltas as vectors ------------------------------------------------------------------
+
+
+def _floating(array: np.ndarray) -> bool:
+    return bool(np.issubdtype(array.dtype, np.floating))
+
+
+def _check_params(params: Any, template: Mapping[str, np.ndarray], what: str) -> None:
+    if not isinstance(params, Mapping):
+        raise TaskError(f"{what} is not a mapping of tensors but {type(params).__name__}")
+    if set(params) != set(template):
+        odd = sorted(set(params) ^ set(template))
+        raise TaskError(f"{what} does not have the attacker's tensors (differs in {odd[:3]})")
+    for key, ref in template.items():
+        value = params[key]
+        if not isinstance(value, np.ndarray):
+            raise TaskError(f"{what}: tensor '{key}' is not a numpy array")
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            raise TaskError(
+                f"{what}: tensor '{key}' is {value.dtype}{list(value.shape)}, "
+                f"not {ref.dtype}{list(ref.shape)}"
+            )
+        if _floating(value) and not np.isfinite(value).all():
+            raise TaskError(f"{what}: tensor '{key}' is not finite")
+
+
+def flatten(
+    params: Mapping[str, np.ndarray], template: Mapping[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """The floating-point tensors of ``params`` as one float64 vector, in the key
+    order of ``template`` (default: ``params``'s own).
+
+    Integer and boolean tensors (e.g. batch-norm counters) are not learned, so no
+    attack touches them: :func:`unflatten` copies them from the honest delta.
+    """
+    keys = list(params if template is None else template)
+    parts = [np.asarray(params[k], dtype=np.float64).ravel() for k in keys if _floating(params[k])]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def unflatten(vector: np.ndarray, template: Mapping[str, np.ndarray], what: str) -> Params:
+    """``vector`` back into ``template``'s names, shapes and dtypes; must stay finite."""
+    result: Params = {}
+    offset = 0
+    for key, ref in template.items():
+        if not _floating(ref):
+            result[key] = np.array(ref, copy=True)
+            continue
+        with np.errstate(over="ignore"):
+            value = vector[offset : offset + ref.size].reshape(ref.shape).astype(ref.dtype)
+        if not np.isfinite(value).all():
+            raise TaskError(f"{what}: the poisoned tensor '{key}' is not finite in {ref.dtype}")
+        result[key] = value
+        offset += ref.size
+    return result
+
+
+def rewrite(
+    attack: Attack,
+    delta: Params,
+    benign: Sequence[Params],
+    transform: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> Params:
+    """Check the deltas, apply ``transform(delta, benign rows)`` to them as float64
+    vectors (``benign`` one row each, checked and stacked only for a colluding
+    attack) and return the result shaped and typed like ``delta``."""
+    what = f"attack '{attack.name}'"
+    _check_params(delta, delta, f"{what}: the delta")
+    vector = flatten(delta)
+    rows = np.zeros((0, vector.size))
+    if attack.colluding:
+        if isinstance(benign, Mapping) or not isinstance(benign, Sequence) or not benign:
+            raise TaskError(f"{what}: needs the colluders' benign deltas (at least one)")
+        for i, other in enumerate(benign):
+            _check_params(other, delta, f"{what}: benign delta {i}")
+        rows = np.stack([flatten(other, delta) for other in benign])
+    return unflatten(transform(vector, rows), delta, what)

@@ -1,0 +1,80 @@
+"""The clone-and-sample audit: on real training (digits, the simulation engine that
+runs the production rules) and on hand-made updates whose effect is known."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from secfl.errors import FlError
+from secfl.fl.audit import CloneAudit
+from secfl.fl.simulation import Scenario, _Data, simulate
+from secfl.fl.strategies import Update, get_strategy
+
+
+@pytest.fixture(scope="module")
+def data() -> Iterator[_Data]:
+    yield _Data()
+
+
+def test_a_single_sign_flipper_among_ten_is_caught_within_three_rounds(data: _Data) -> None:
+    s = Scenario(task="digits", clients=10, rounds=3, malicious=0.1, attack="sign-flip",
+                 defence="clone-audit", epochs=3)  # fmt: skip
+    out = simulate(s, data)
+    assert len(out.malicious) == 1
+    caught = [r["round"] for r in out.rounds if out.malicious[0] in r["excluded"]]
+    assert caught and caught[0] <= 3
+    assert all(r["false_positive_rate"] == 0 for r in out.rounds)
+    # leaving it out helps: better than plain FedAvg under the same attack
+    plain = simulate(Scenario(task="digits", clients=10, rounds=3, malicious=0.1,
+                              attack="sign-flip", epochs=3), data)  # fmt: skip
+    assert out.final["test_accuracy"] > plain.final["test_accuracy"]
+
+
+def test_without_attackers_false_positives_stay_under_five_percent(data: _Data) -> None:
+    """20 sites (the evaluation's federation size), 20 rounds. With 10 sites and a
+    well-converged model the rate is higher (see the closing notes of issue 6)."""
+    s = Scenario(task="digits", clients=20, rounds=20, defence="clone-audit", epochs=3)
+    out = simulate(s, data)
+    rates = [r["false_positive_rate"] for r in out.rounds]
+    assert len(rates) == 20
+    assert sum(rates) / len(rates) < 0.05
+    assert all(r["audit_seconds"] > 0 for r in out.rounds)
+
+
+def _updates(values: dict[str, float]) -> list[Update]:
+    return [Update(n, {"w": np.full(3, v, dtype=np.float32)}, 10) for n, v in values.items()]
+
+
+def test_the_participant_that_pulls_the_model_away_is_excluded_and_state_survives() -> None:
+    audit = CloneAudit(clones=30, fraction=0.5, threshold=2.0, seed=1)
+    audit.score = lambda params: -float(np.abs(params["w"] - 1.0).sum())  # the truth is 1
+    honest = {f"h{i}": 1.0 + 0.01 * i for i in range(6)}
+    glob = {"w": np.zeros(3, dtype=np.float32)}
+    new = audit.aggregate(1, glob, _updates({**honest, "bad": -50.0}))
+    assert audit.excluded == ["bad"]
+    assert new["w"].dtype == np.float32
+    assert np.allclose(new["w"], np.mean(list(honest.values())), atol=1e-6)
+    assert audit.history[0].scores["bad"] > 2.0
+    assert max(audit.history[0].scores[n] for n in honest) < 1.0
+
+    again = get_strategy("clone-audit", clones=30, fraction=0.5, threshold=2.0, seed=1)
+    again.load_state(audit.state())
+    assert again.suspicion == audit.suspicion
+
+
+def test_the_audit_refuses_to_run_blind_and_checks_its_settings() -> None:
+    audit = CloneAudit()
+    with pytest.raises(FlError, match="no validation data"):
+        audit.aggregate(1, {"w": np.zeros(2)}, _updates({"a": 1.0, "b": 2.0}))
+    for bad, match in (
+        ({"clones": 1}, "clones"),
+        ({"fraction": 1.0}, "fraction"),
+        ({"decay": 1.0}, "decay"),
+        ({"base": "clone-audit"}, "base rule"),
+        ({"base": "nonesuch"}, "unknown strategy"),
+    ):
+        with pytest.raises(FlError, match=match):
+            CloneAudit(**bad)  # type: ignore[arg-type]
