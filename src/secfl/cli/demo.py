@@ -25,6 +25,12 @@ def demo(
     ] = None,
     epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 2,
     report: Annotated[str, typer.Option(help="Folder for the report.")] = "secfl-demo-report",
+    defence: Annotated[
+        str, typer.Option(help="Aggregation rule: fedavg, median, trimmed-mean, clone-audit...")
+    ] = "fedavg",
+    poisoned: Annotated[
+        int, typer.Option(help="Sites with poisoned data (genuine code: attestation admits them).")
+    ] = 0,
     keep: Annotated[
         str | None, typer.Option(help="Keep the work folder here (default: a temporary one).")
     ] = None,
@@ -35,10 +41,15 @@ def demo(
 
     if clients < 1 or rounds < 1 or epochs < 1:
         raise UsageError("--clients, --rounds and --epochs must be at least 1")
+    if not 0 <= poisoned < clients:
+        raise UsageError("--poisoned must be from 0 to --clients - 1")
+    from secfl.fl.strategies import get_strategy
+
+    get_strategy(defence)  # an unknown rule fails here, not in the aggregator
     if task == "fashion-mnist" and samples is None:
         samples = 12000  # the full 70k on 2 cores takes long; --samples 70000 for all of it
     settings = DemoSettings(task=task, clients=clients, rounds=rounds, samples=samples,
-                            epochs=epochs)  # fmt: skip
+                            epochs=epochs, defence=defence, poisoned=poisoned)  # fmt: skip
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="secfl-demo-"))
     fed = Federation(work, settings)
     began = time.monotonic()
@@ -110,11 +121,15 @@ def _conclude(fed: Any, tampered: Any, report: Path, seconds: float) -> None:
     table = Table(title="rounds")
     for column in ("round", "updates", "train loss", "val accuracy", "test accuracy", "s"):
         table.add_column(column, justify="right")
+    table.add_column("left out by the audit")
     for e in history:
         table.add_row(str(e["round"]), str(e["updates"]), _f(e.get("train_loss")),
                       _f(e.get("val_accuracy")), _f(e.get("test_accuracy")),
-                      f"{e['duration_s']:.1f}")  # fmt: skip
+                      f"{e['duration_s']:.1f}", ", ".join(e.get("excluded", [])))  # fmt: skip
     out.print(table)
+    if fed.poisoned:
+        out.print(f"sites with poisoned data (attested: their code is genuine): "
+                  f"{', '.join(fed.poisoned)}")  # fmt: skip
 
     entries = fed.audit()
     decisions = [e for e in entries if e["event"].startswith("attestation.")]

@@ -82,6 +82,12 @@ class DemoSettings:
     round_timeout: float = 300.0
     #: More federation settings for the policy (e.g. quorum, dead_after).
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: The aggregation rule (a strategy name, e.g. clone-audit) and its settings.
+    defence: str = "fedavg"
+    defence_settings: dict[str, Any] = field(default_factory=dict)
+    #: Sites whose *data* is poisoned (labels flipped): genuine code, so attestation
+    #: admits them; only a defence can notice them.
+    poisoned: int = 0
 
 
 @dataclass
@@ -160,10 +166,13 @@ class Federation:
         parts["test"] = report.path("test.safetensors")
         volumes = self.work / "volumes"
         volumes.mkdir(exist_ok=True)
+        self.poisoned = self.sites[len(self.sites) - s.poisoned :] if s.poisoned else []
         for name, shard in parts.items():
             folder = self.work / "plain" / name
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copy(shard, folder / shard.name)
+            if name in self.poisoned:
+                _flip_labels(folder / shard.name)
             self._shield(name, folder, volumes / f"{name}.secfl")
         code = self.work / "plain" / "task"
         code.mkdir(parents=True, exist_ok=True)
@@ -285,7 +294,8 @@ class Federation:
             "federation": {
                 "rounds": s.rounds,
                 "min_clients": len(self.sites),
-                "strategy": "fedavg",
+                "strategy": s.defence,
+                "strategy_settings": s.defence_settings,
                 "train": train,
                 "seed": s.seed,
                 "round_timeout": s.round_timeout,
@@ -433,6 +443,16 @@ class Federation:
                 raise DemoError(f"demo: {name} did not start in {timeout:.0f} s: {w.tail()}")
             time.sleep(0.05)
         return dict(json.loads(ready.read_text()))
+
+
+def _flip_labels(path: Path) -> None:
+    """A dishonest site's shard: every label y becomes classes - 1 - y."""
+    from secfl.tasks.shards import read_shard, write_shard
+
+    x, y, meta = read_shard(path)
+    classes = int(meta["num_classes"])
+    meta = {**meta, "label_counts": list(reversed(meta["label_counts"]))}
+    write_shard(path, x, classes - 1 - y, meta)
 
 
 def _shard(folder: Path) -> Path:
