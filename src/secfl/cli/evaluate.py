@@ -41,6 +41,7 @@ def robustness_cmd(
     defences: Annotated[str | None, typer.Option(help="Comma-separated defences.")] = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds per cell.")] = None,
     rounds: Annotated[int | None, typer.Option(help="Rounds per run.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Local epochs per round.")] = None,
     samples: Annotated[int | None, typer.Option(help="Subsample the data set.")] = None,
 ) -> None:
     """Run every attack against every defence; write CSV, JSON, Markdown and PNGs."""
@@ -61,6 +62,7 @@ def robustness_cmd(
         "defences": _names(defences),
         "seeds": None if seeds is None else list(range(seeds)),
         "rounds": rounds,
+        "epochs": epochs,
         "samples": samples,
     }  # fmt: skip
     grid = replace(grid, **{k: v for k, v in changes.items() if v is not None})
