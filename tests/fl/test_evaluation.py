@@ -19,7 +19,8 @@ def test_a_tiny_grid_writes_an_honest_report(tmp_path: Path) -> None:
     ev.run(lambda i, n, label: seen.append(label))
     assert len(seen) == len(ev.runs) == 3 * (1 + 2)
     paths = write_results(ev, tmp_path, "secfl eval robustness --test")
-    rows = list(csv.DictReader(open(paths["csv"])))
+    with open(paths["csv"]) as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == 9
     clean = next(r for r in rows if r["defence"] == "fedavg" and r["attack"] == "none")
     assert float(clean["gap_to_clean_fedavg"]) == 0.0
