@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def robustness_cmd(
     """Run every attack against every defence; write CSV, JSON, Markdown and PNGs."""
     from dataclasses import replace
 
-    from secfl.fl.evaluation import FULL, QUICK, Evaluation, write_results
+    from secfl.fl.evaluation import FULL, QUICK, Evaluation, Run, write_results
 
     grid = QUICK if quick else FULL
     parts = _names(partitions)
@@ -69,7 +70,15 @@ def robustness_cmd(
     ev = Evaluation(grid)
     total = sum(1 for _ in grid.scenarios())
     out.print(f"{total} runs")
-    ev.run(lambda i, n, label: out.print(f"[{i + 1}/{n}] {label}", markup=False))
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "runs.jsonl"  # one line per finished run, as they finish
+
+    def keep(run: Run) -> None:
+        with open(partial, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(run.row(), default=str) + "\n")
+
+    ev.run(lambda i, n, label: out.print(f"[{i + 1}/{n}] {label}", markup=False), keep)
     command = "secfl eval robustness " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else [])
     paths = write_results(ev, Path(out_dir), command.strip())
     out.print(f"report: {paths['report']} ({total} runs, {ev.seconds:.0f} s)")

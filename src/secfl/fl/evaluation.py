@@ -157,7 +157,13 @@ class Evaluation:
     runs: list[Run] = field(default_factory=list)
     seconds: float = 0.0
 
-    def run(self, progress: Callable[[int, int, str], None] = lambda i, n, label: None) -> None:
+    def run(
+        self,
+        progress: Callable[[int, int, str], None] = lambda i, n, label: None,
+        sink: Callable[[Run], None] = lambda run: None,
+    ) -> None:
+        """Every scenario in turn; ``sink`` gets each finished run (a partial grid
+        that is stopped early is not lost)."""
         data = _Data()
         scenarios = list(self.grid.scenarios())
         began = time.perf_counter()
@@ -168,6 +174,7 @@ class Evaluation:
             except FlError as exc:  # a precondition the setting cannot meet
                 outcome, error = None, str(exc)
             self.runs.append(Run(s, s.label(), label, outcome, error))
+            sink(self.runs[-1])
         self.seconds = time.perf_counter() - began
 
     def rows(self) -> list[dict[str, Any]]:
