@@ -25,7 +25,6 @@ one-line message.
 from __future__ import annotations
 
 import json
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from secfl._internal.registry import positive as _positive
 from secfl.errors import FlError
 from secfl.fl.tensors import check_like
 
@@ -226,10 +226,4 @@ class Strategy(ABC):
 
 def positive(value: Any, what: str, *, allow_zero: bool = False) -> float:
     """``value`` as a finite float > 0 (>= 0 with ``allow_zero``), else :class:`FlError`."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        raise FlError(f"{what} must be a number, not {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise FlError(f"{what} must be a finite number {bound}, not {value!r}")
-    return number
+    return _positive(value, what, FlError, allow_zero=allow_zero)

@@ -11,19 +11,17 @@ Names are matched case-insensitively, ignoring ``-`` and ``_`` (``min-max``,
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from secfl._internal.registry import Registry, positive
 from secfl.tasks.base import ClassificationTask, Dataset, TaskError
 
 #: A model or a delta: tensor name → numpy array (as :mod:`secfl.fl.strategies`).
 Params = dict[str, np.ndarray]
 
-_REGISTRY: dict[str, type[Attack]] = {}
 
 A = TypeVar("A", bound=type["Attack"])
 
@@ -68,37 +66,23 @@ class Attack:
         return f"{type(self).__name__}({args})"
 
 
-def _key(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
+_REGISTRY: Registry[Attack] = Registry("attack", Attack, TaskError)
 
 
 def register_attack(cls: A) -> A:
     """Make ``cls`` available as ``cls.name``; usable as a class decorator."""
-    if not (isinstance(cls, type) and issubclass(cls, Attack)) or not cls.name:
-        raise TaskError(f"attack: {cls!r} is not an Attack with a name")
-    key = _key(cls.name)
-    if key in _REGISTRY and _REGISTRY[key] is not cls:
-        raise TaskError(f"attack: the name '{cls.name}' is already taken")
-    _REGISTRY[key] = cls
-    return cls
+    return _REGISTRY.register(cls)  # type: ignore[no-any-return]
 
 
 def available_attacks() -> list[str]:
     """The registered attack names, sorted."""
-    return sorted(cls.name for cls in _REGISTRY.values())
+    return _REGISTRY.names()
 
 
 def get_attack(name: str, **settings: Any) -> Attack:
     """A new attack ``name`` built with ``settings``; :class:`TaskError` for an unknown
     name, an unknown setting or an invalid value."""
-    cls = _REGISTRY.get(_key(name)) if isinstance(name, str) else None
-    if cls is None:
-        raise TaskError(f"unknown attack {name!r} (known: {', '.join(available_attacks())})")
-    try:
-        inspect.signature(cls).bind(**settings)
-    except TypeError as exc:
-        raise TaskError(f"attack '{cls.name}': {exc}") from None
-    return cls(**settings)
+    return _REGISTRY.create(name, **settings)
 
 
 # -- settings ------------------------------------------------------------------------
@@ -106,13 +90,7 @@ def get_attack(name: str, **settings: Any) -> Attack:
 
 def number(value: Any, what: str, *, allow_zero: bool = False) -> float:
     """``value`` as a finite float > 0 (>= 0 with ``allow_zero``), else :class:`TaskError`."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TaskError(f"{what} must be a number, not {value!r}")
-    result = float(value)
-    if not math.isfinite(result) or result < 0 or (result == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise TaskError(f"{what} must be a finite number {bound}, not {value!r}")
-    return result
+    return positive(value, what, TaskError, allow_zero=allow_zero)
 
 
 def integer(value: Any, what: str, minimum: int) -> int:
