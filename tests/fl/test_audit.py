@@ -10,16 +10,16 @@ import pytest
 
 from secfl.errors import FlError
 from secfl.fl.audit import CloneAudit
-from secfl.fl.simulation import Scenario, _Data, simulate
+from secfl.fl.simulation import DataCache, Scenario, simulate
 from secfl.fl.strategies import Update, get_strategy
 
 
 @pytest.fixture(scope="module")
-def data() -> Iterator[_Data]:
-    yield _Data()
+def data() -> Iterator[DataCache]:
+    yield DataCache()
 
 
-def test_a_single_sign_flipper_among_ten_is_caught_within_three_rounds(data: _Data) -> None:
+def test_a_single_sign_flipper_among_ten_is_caught_within_three_rounds(data: DataCache) -> None:
     s = Scenario(task="digits", clients=10, rounds=3, malicious=0.1, attack="sign-flip",
                  defence="clone-audit", epochs=3)  # fmt: skip
     out = simulate(s, data)
@@ -33,7 +33,7 @@ def test_a_single_sign_flipper_among_ten_is_caught_within_three_rounds(data: _Da
     assert out.final["test_accuracy"] > plain.final["test_accuracy"]
 
 
-def test_without_attackers_false_positives_stay_under_five_percent(data: _Data) -> None:
+def test_without_attackers_false_positives_stay_under_five_percent(data: DataCache) -> None:
     """20 sites (the evaluation's federation size), 20 rounds. With 10 sites and a
     well-converged model the rate is higher (see the closing notes of issue 6)."""
     s = Scenario(task="digits", clients=20, rounds=20, defence="clone-audit", epochs=3)

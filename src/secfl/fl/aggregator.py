@@ -26,7 +26,7 @@ from secfl.fl.commit import Commit
 from secfl.fl.config import FederationConfig
 from secfl.fl.envelope import PrivateKey, SignedModel, seal_model
 from secfl.fl.hooks import wire_strategy
-from secfl.fl.rounds import Attempt, Rounds, _slim
+from secfl.fl.rounds import Attempt, Rounds, without_tensors
 from secfl.fl.strategies.base import Params, Update
 from secfl.fl.tensors import from_bytes, load_arrays, nbytes, state_dict_arrays, to_bytes
 from secfl.fl.transport import Server
@@ -108,7 +108,7 @@ class Aggregator:
                 for update in updates:
                     acc.add(update)
             del attempt
-            updates = [_slim(u) for u in updates]  # senders and metrics are all we keep
+            updates = [without_tensors(u) for u in updates]  # senders and metrics are all we keep
             params = acc.finish()
             del acc
             model_bytes = to_bytes(params)

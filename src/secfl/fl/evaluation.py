@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlError
-from secfl.fl.simulation import Outcome, Scenario, _Data, simulate
+from secfl.fl.simulation import DataCache, Outcome, Scenario, simulate
 
 log = logging.getLogger("secfl.fl.evaluation")
 
@@ -164,7 +164,7 @@ class Evaluation:
     ) -> None:
         """Every scenario in turn; ``sink`` gets each finished run (a partial grid
         that is stopped early is not lost)."""
-        data = _Data()
+        data = DataCache()
         scenarios = list(self.grid.scenarios())
         began = time.perf_counter()
         for i, (label, s) in enumerate(scenarios):

@@ -215,7 +215,7 @@ class Rounds:
             log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
             raise
         with self.cond:
-            a.updates[peer.service] = update if a.accumulator is None else _slim(update)
+            a.updates[peer.service] = update if a.accumulator is None else without_tensors(update)
             self.cond.notify_all()
         return msg.encode({"kind": "accepted", "round": a.round})
 
@@ -301,6 +301,6 @@ def _model_stream(head: dict[str, Any], model: SignedModel) -> Iterator[bytes]:
     yield from chunks(model.payload)
 
 
-def _slim(update: Update) -> Update:
+def without_tensors(update: Update) -> Update:
     """The update without its tensors (already folded): keeps memory to one model."""
     return Update(update.sender, {"_": np.zeros(0)}, update.num_samples, update.metrics)

@@ -75,7 +75,7 @@ class Outcome:
                 "rounds": self.rounds, "seconds": round(self.seconds, 3)}  # fmt: skip
 
 
-class _Data:
+class DataCache:
     """Splits cached per (task, clients, partition, seed, samples) for a grid."""
 
     def __init__(self, cache: Path | None = None) -> None:
@@ -106,14 +106,14 @@ def _delta(params: Params, base: Params) -> Params:
     return {k: params[k].astype(np.float64) - base[k] for k in base}
 
 
-def simulate(s: Scenario, data: _Data | None = None) -> Outcome:
+def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
     """Run one scenario to the end."""
     from secfl.tasks.attacks import attack_success_rate, get_attack
     from secfl.tasks.registry import get_task
 
     began = time.perf_counter()
     task = get_task(s.task)
-    data = data or _Data()
+    data = data or DataCache()
     shards, validation, test = data.get(s, task)
     names = [f"site-{i + 1:02d}" for i in range(s.clients)]
     rng = np.random.default_rng([s.seed, 7])
