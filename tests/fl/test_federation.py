@@ -105,7 +105,8 @@ def test_a_collaborator_that_dies_mid_round_is_dropped(fed: Federation) -> None:
     assert first["dropped"] == [site(3)]
     assert first["participants"] == ALL_SITES[:3]
     assert first["refused"] == []
-    assert 1.0 <= first["duration_s"] < 10  # dropped after dead_after, not at the deadline
+    # dropped after dead_after (1 s), long before the 30 s deadline
+    assert first["duration_s"] >= 1.0 and first["duration_s"] < 10
     assert second["attempt"] == 1 and second["participants"] == ALL_SITES[:3]
     assert second["dropped"] == []
     assert_finite(params)
