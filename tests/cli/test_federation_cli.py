@@ -18,10 +18,12 @@ def _env() -> dict[str, str]:
 
 
 def test_demo_trains_refuses_the_tampered_site_and_writes_a_report(tmp_path: Path) -> None:
+    """With a site whose data is poisoned (genuine code, so attestation admits it):
+    the clone audit leaves it out of every round, and the SPM's audit log says so."""
     report = tmp_path / "report"
     result = subprocess.run(
-        [sys.executable, "-m", "secfl.cli.main", "demo", "--clients", "2", "--rounds", "3",
-         "--report", str(report)],
+        [sys.executable, "-m", "secfl.cli.main", "demo", "--clients", "3", "--rounds", "3",
+         "--defence", "clone-audit", "--poisoned", "1", "--report", str(report)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=_env(), check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -32,7 +34,10 @@ def test_demo_trains_refuses_the_tampered_site_and_writes_a_report(tmp_path: Pat
     assert doc["tampered_site_refused"] is True
     assert (report / "accuracy.png").read_bytes().startswith(b"\x89PNG")
     events = [json.loads(line)["event"] for line in (report / "audit.jsonl").open()]
-    assert events.count("attestation.accepted") == 3 and events.count("attestation.refused") == 1
+    assert events.count("attestation.accepted") == 4 and events.count("attestation.refused") == 1
+    assert "sites with poisoned data (attested: their code is genuine): site-3" in result.stdout
+    assert [r["excluded"] for r in doc["rounds"]] == [["site-3"]] * 3
+    assert events.count("fl.audit.excluded") == 3
     assert (report / "model.safetensors").stat().st_size > 0
     assert not list(tmp_path.glob("secfl-demo-*"))  # the work folder is gone
 

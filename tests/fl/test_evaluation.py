@@ -7,7 +7,10 @@ import csv
 import json
 from pathlib import Path
 
-from secfl.fl.evaluation import Evaluation, Grid, write_results
+import pytest
+
+from secfl.cli.main import main
+from secfl.fl.evaluation import Evaluation, Grid, load_records, write_results
 
 
 def test_a_tiny_grid_writes_an_honest_report(tmp_path: Path) -> None:
@@ -17,7 +20,8 @@ def test_a_tiny_grid_writes_an_honest_report(tmp_path: Path) -> None:
     ev = Evaluation(grid)
     seen: list[str] = []
     ev.run(lambda i, n, label: seen.append(label))
-    assert len(seen) == len(ev.runs) == 3 * (1 + 2)
+    assert len(seen) == len(ev.records) == 3 * (1 + 2)
+    assert ev.pending() == []
     paths = write_results(ev, tmp_path, "secfl eval robustness --test")
     with open(paths["csv"]) as fh:
         rows = list(csv.DictReader(fh))
@@ -37,3 +41,46 @@ def test_a_tiny_grid_writes_an_honest_report(tmp_path: Path) -> None:
     assert doc["command"] == "secfl eval robustness --test" and len(doc["runs"]) == 9
     assert all(len(r["rounds"]) == 3 for r in doc["runs"] if not r["error"])
     assert Path(paths["png:digits:iid"]).read_bytes().startswith(b"\x89PNG")
+
+
+TINY = ["eval", "robustness", "--tasks", "digits", "--clients", "10", "--partitions", "iid",
+        "--malicious", "0,0.2", "--attacks", "sign-flip,gaussian", "--defences",
+        "fedavg,median", "--seeds", "1", "--rounds", "2", "--epochs", "1"]  # fmt: skip
+
+
+def test_a_grid_split_across_workers_and_resumed_runs_every_cell_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "grid"
+    cells = 2 * (1 + 2)  # defences x (clean + attacks)
+    assert main([*TINY, "-o", str(out), "--shard", "0/2"]) == 0  # one worker's half
+    half = load_records(out)
+    assert len(half) == cells // 2 and not (out / "report.md").exists()
+    # a run cut short by a kill leaves a partial line: skipped, and run again
+    with open(out / "runs-0of2.jsonl", "a") as fh:
+        fh.write('{"task": "digits", "partit')
+    # without --resume the folder's runs are not silently mixed with new ones
+    assert main([*TINY, "-o", str(out)]) == 1
+    assert "already holds runs" in capsys.readouterr().err
+    # nor with runs of other settings
+    assert main([*TINY[:-2], "--epochs", "3", "-o", str(out), "--resume"]) == 1
+    assert "other settings" in capsys.readouterr().err
+    assert main([*TINY, "-o", str(out), "--resume", "--workers", "2"]) == 0
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == cells
+    names = {(r["attack"], r["defence"]) for r in rows}
+    assert len(names) == cells and all(r["accuracy"] for r in rows)
+    kept = {json.dumps(r, sort_keys=True) for r in load_records(out)}
+    assert {json.dumps(r, sort_keys=True) for r in half} <= kept  # kept, not run again
+    assert len(load_records(out)) == cells
+    report = (out / "report.md").read_text()
+    assert "--workers" not in report and "--tasks digits" in report
+
+
+def test_bad_worker_settings_are_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for extra, match in ((["--shard", "2/2"], "--shard"), (["--workers", "0"], "--workers")):
+        assert main([*TINY, "-o", str(tmp_path / "x"), *extra]) == 1
+        assert match in capsys.readouterr().err

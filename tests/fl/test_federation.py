@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from secfl.errors import FlError
 from secfl.fl import messages as msg
 from secfl.fl.aggregator import Signer
+from secfl.fl.collaborator import ModelGate
 from secfl.fl.commit import MemoryLedger
 from secfl.fl.envelope import SignedModel, read_unverified
 from secfl.fl.rounds import BEAT
@@ -285,6 +286,22 @@ def test_the_model_gate_refuses_replays_other_keys_and_other_policies(fed: Feder
         gate.accept(Signer("e" * 64, fed.key).seal(blob, 3, 4).to_bytes())
     assert (gate.last.round, gate.last.counter) == (2, 3)  # nothing refused was kept
     assert gate.accept(signer.seal(blob, 3, 4).to_bytes())[1].round == 3
+
+
+def test_a_restarted_collaborator_refuses_models_older_than_the_spm_counter(
+    fed: Federation,
+) -> None:
+    """It has forgotten the last model it accepted; the SPM's counter, read at start,
+    is the floor (``services.build_collaborator`` reads it)."""
+    blob = to_bytes(initial_params(fed))
+    signer = Signer(DIGEST, fed.key)
+    gate = ModelGate(fed.key.public_key(), DIGEST, floor=5)
+    with pytest.raises(FlError, match=r"^freshness:.*counter 4"):
+        gate.accept(signer.seal(blob, 9, 4).to_bytes())
+    assert gate.last is None
+    assert gate.accept(signer.seal(blob, 4, 5).to_bytes())[1].counter == 5  # the newest
+    with pytest.raises(FlError, match=r"^freshness:"):
+        gate.accept(signer.seal(blob, 3, 4).to_bytes())
 
 
 def test_a_replaying_aggregator_stops_the_collaborator(fed: Federation) -> None:

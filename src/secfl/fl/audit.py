@@ -6,22 +6,35 @@ hostile operator from feeding chosen inputs to genuine code. The audit looks at
 what updates *do*: each round the aggregator builds ``clones`` copies of the
 global computation, each aggregating a random sample (``fraction``) of the
 round's updates with the underlying rule, and scores each clone's model on its
-validation data. A participant whose presence lowers the clones' utility gets a
-positive round score::
+validation data. A participant's round effect is how much its presence lowers
+the clones' utility::
 
     d_i = mean(utility of clones without i) - mean(utility of clones with i)
 
-scaled by the spread of the clones' utilities (at least ``tolerance`` of the
-utility's scale) and centred on the round's median participant (so the score is
-unit-free and an honest round scores about 0).
-Scores accumulate over rounds with ``decay``; a participant whose suspicion
-exceeds ``threshold`` is left out of the real aggregate for that round, reported,
-and written to the audit log. Everything runs inside the aggregator's TEE, on
-updates it already holds: no participant learns the others' updates.
+and its round score is that effect as a robust z-score among the round's
+participants, ``(d_i - median(d)) / (1.4826 * MAD(d))``, the scale never below
+``tolerance`` in the utility's units. An attacker is suspect when its effect
+stands out from the spread of honest effects (which non-IID data widens), however
+many clones run; the floor keeps honest sites' small, persistent differences from
+growing into large scores when clones barely differ. The aggregator's utility is
+minus the log of the validation loss (:mod:`secfl.fl.hooks`), so ``tolerance``
+is a relative change in loss and a wrecked clone weighs a few units, not thousands.
+Round scores add up over rounds, each fading by ``decay`` per round: evidence
+against a consistent attacker grows, honest noise stays bounded, and one round of
+model replacement (a score far above ``threshold``) is enough to be left out.
+A participant whose suspicion exceeds ``threshold`` is left out of the real
+aggregate for that round, reported, and written to the audit log. Everything runs
+inside the aggregator's TEE, on updates it already holds: no participant learns
+the others' updates.
+
+Small clone samples (``fraction``, default 0.25) are what make the effect
+visible when several attackers collude: with 20% attackers among 20 sites a
+clone of half of them almost always holds one (96%), so presence and absence of
+any one barely differ; a clone of a quarter is attacker-free 28% of the time.
 
 :class:`CloneAudit` is a strategy wrapping any other (``base``): the policy
 selects it like any rule (``strategy: clone-audit``, ``strategy_settings: {base:
-trimmed-mean, base_settings: {beta: 0.1}, clones: 20, fraction: 0.5, ...}``). The
+trimmed-mean, base_settings: {beta: 0.1}, clones: 20, fraction: 0.25, ...}``). The
 aggregator supplies the scorer (:attr:`CloneAudit.score`, the validation utility
 of a model); without one the audit refuses to run.
 """
@@ -81,8 +94,8 @@ class CloneAudit(Strategy):
         base: str = "fedavg",
         base_settings: Mapping[str, Any] | None = None,
         clones: int = 30,
-        fraction: float = 0.5,
-        threshold: float = 2.5,
+        fraction: float = 0.25,
+        threshold: float = 3.5,
         decay: float = 0.7,
         tolerance: float = 0.02,
         seed: int = 0,
@@ -153,13 +166,13 @@ class CloneAudit(Strategy):
             model = self.base.aggregate(round, global_params, sample)
             utilities[k] = float(self.score(model))
         scores = _scores(members, utilities, names, self.tolerance)
-        for name in names:
-            self.suspicion[name] = self.decay * self.suspicion.get(name, 0.0) + scores[name]
-        excluded = sorted(n for n in names if self.suspicion[n] > self.threshold)
+        for name, score in scores.items():
+            self._accumulate(name, score)
+        excluded = sorted(n for n in names if self.suspicion.get(n, 0.0) > self.threshold)
         result = AuditRound(
             round=round,
             scores=scores,
-            suspicion={n: self.suspicion[n] for n in names},
+            suspicion={n: self.suspicion.get(n, 0.0) for n in names},
             excluded=excluded,
             clone_utilities=[float(u) for u in utilities],
             seconds=time.perf_counter() - began,
@@ -169,6 +182,10 @@ class CloneAudit(Strategy):
         if excluded:
             log.warning("round %d: the audit excludes %s", round, ", ".join(excluded))
         return result
+
+    def _accumulate(self, name: str, score: float) -> None:
+        """Evidence adds up over rounds and fades by ``decay`` per round."""
+        self.suspicion[name] = self.decay * self.suspicion.get(name, 0.0) + score
 
     def selected(self) -> list[str] | None:
         return None
@@ -185,12 +202,7 @@ class CloneAudit(Strategy):
         return {"suspicion": dict(self.suspicion), **base}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        suspicion = state.get("suspicion", {})
-        if not isinstance(suspicion, dict) or not all(
-            isinstance(v, int | float) and math.isfinite(v) for v in suspicion.values()
-        ):
-            raise FlError("clone-audit: the checkpoint's suspicion scores are malformed")
-        self.suspicion = {str(k): float(v) for k, v in suspicion.items()}
+        self.suspicion = _finite_map(state.get("suspicion", {}), "suspicion scores")
         self.base.load_state(
             {k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
         )
@@ -211,24 +223,44 @@ def round_half(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+def _finite_map(value: Any, what: str) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, int | float) and math.isfinite(v) for v in value.values()
+    ):
+        raise FlError(f"clone-audit: the checkpoint's {what} are malformed")
+    return {str(k): float(v) for k, v in value.items()}
+
+
 def _scores(
     members: np.ndarray, utilities: np.ndarray, names: list[str], tolerance: float
 ) -> dict[str, float]:
-    """Per participant: how much its presence lowers clone utility, unit-free, centred.
+    """Per participant with evidence: how much its presence lowers clone utility, as a robust
+    z-score among the round's participants.
 
-    The unit is the clones' spread, but never less than ``tolerance`` times the
-    utility's own scale: when no one attacks, clones barely differ, and dividing by
-    that near-zero spread would turn honest participants' small, real differences
-    (their data is not the same) into large scores."""
-    floor = tolerance * float(np.median(np.abs(utilities)))
-    spread = max(float(np.std(utilities)), floor)
-    if not math.isfinite(spread) or spread < 1e-12:
-        return dict.fromkeys(names, 0.0)
-    raw = np.zeros(len(names))
+    The unit is the participants' own spread of effects (1.4826 MAD, the standard
+    deviation for normal data), never less than ``tolerance`` in the utility's units:
+    when no one attacks and the data is alike, effects barely differ, and dividing
+    by a near-zero spread would turn honest sites' small, persistent differences
+    into large scores that add up round after round."""
+    finite = np.isfinite(utilities)
+    if not finite.any():
+        return {}
+    low, high = float(utilities[finite].min()), float(utilities[finite].max())
+    u = np.where(finite, utilities, low - max(high - low, 1.0))  # a NaN model is the worst
+    effects = np.full(len(names), np.nan)
     for i in range(len(names)):
-        with_i, without_i = utilities[members[:, i]], utilities[~members[:, i]]
-        if len(with_i) == 0 or len(without_i) == 0:
-            continue  # no evidence either way this round
-        raw[i] = (without_i.mean() - with_i.mean()) / spread
-    centred = raw - float(np.median(raw))
-    return {name: float(v) for name, v in zip(names, centred, strict=True)}
+        with_i, without_i = u[members[:, i]], u[~members[:, i]]
+        if len(with_i) and len(without_i):
+            effects[i] = without_i.mean() - with_i.mean()
+    known = effects[np.isfinite(effects)]
+    if len(known) < 3:
+        return {}  # too few to tell an outlier from the rest
+    centre = float(np.median(known))
+    scale = max(1.4826 * float(np.median(np.abs(known - centre))), tolerance)
+    if not math.isfinite(scale) or scale < 1e-12:
+        return {}
+    return {
+        name: float((e - centre) / scale)
+        for name, e in zip(names, effects, strict=True)
+        if math.isfinite(e)  # in every clone or in none: no evidence this round
+    }

@@ -39,11 +39,17 @@ TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "has not joined", "CANCELLED")
 @dataclass
 class ModelGate:
     """Accepts only global models signed by the aggregator's key, for this policy,
-    each newer than the last (``verify_key=None``: --insecure, no checks but digest)."""
+    each newer than the last (``verify_key=None``: --insecure, no checks but digest).
+
+    ``floor`` is the lowest counter the first model may carry: the SPM's counter when
+    the collaborator started. A collaborator that restarts has forgotten the last model
+    it accepted; without the floor a hostile host could then feed it an older, validly
+    signed model of the same policy."""
 
     verify_key: PublicKey | None
     policy_digest: str
     last: ModelEnvelope | None = None
+    floor: int | None = None
 
     def accept(self, blob: bytes | memoryview) -> tuple[bytes, ModelEnvelope]:
         if self.verify_key is None:
@@ -54,11 +60,16 @@ class ModelGate:
                 public_key=self.verify_key,
                 policy_digest=self.policy_digest,
                 last_round=None if self.last is None else self.last.round,
-                last_counter=None if self.last is None else self.last.counter,
+                last_counter=self._last_counter(),
                 resend_of=self.last,
             )
         self.last = envelope
         return payload, envelope
+
+    def _last_counter(self) -> int | None:
+        if self.last is not None:
+            return self.last.counter
+        return None if self.floor is None else self.floor - 1
 
 
 @dataclass

@@ -14,9 +14,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,11 @@ class Grid:
     clones: int = 30
 
     def scenarios(self) -> Iterable[tuple[str, Scenario]]:
-        """(defence label, scenario) for every cell of the grid."""
-        for task in self.tasks:
-            for part in self.partitions:
-                for seed in self.seeds:
+        """(defence label, scenario) for every cell of the grid, seed by seed: a grid
+        stopped part-way has whole cells of the first seeds, not one corner."""
+        for seed in self.seeds:
+            for task in self.tasks:
+                for part in self.partitions:
                     for frac in self.malicious:
                         attacks = [None] if frac == 0 else self.attacks
                         for attack in attacks:
@@ -114,6 +116,12 @@ def attack_settings(attack: str | None, n: int, m: int) -> dict[str, Any]:
     return {}
 
 
+def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What names a run within a grid (its cell, defence and seed)."""
+    return (row["task"], row["partition"], float(row["malicious"]), row["attack"],
+            row["defence"], int(row["seed"]))  # fmt: skip
+
+
 @dataclass
 class Run:
     scenario: Scenario
@@ -142,8 +150,13 @@ class Run:
             row["fpr_mean"] = _mean([r.get("false_positive_rate") for r in rounds])
             row["aggregate_s"] = _mean([r["aggregate_seconds"] for r in rounds])
             row["audit_ratio"] = _mean([r.get("audit_ratio") for r in rounds])
+            row["audit_round_ratio"] = _mean([r.get("audit_round_ratio") for r in rounds])
             row["seconds"] = round(self.outcome.seconds, 2)
         return row
+
+    def record(self) -> dict[str, Any]:
+        """The row and every round: one line of ``runs*.jsonl``."""
+        return {**self.row(), "rounds": self.outcome.rounds if self.outcome else []}
 
 
 def _mean(values: list[Any]) -> Any:
@@ -153,19 +166,33 @@ def _mean(values: list[Any]) -> Any:
 
 @dataclass
 class Evaluation:
+    """A grid's runs, as records (:meth:`Run.record`): those of this process and
+    any loaded from earlier or parallel runs of the same grid."""
+
     grid: Grid
-    runs: list[Run] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+
+    def pending(self, shard: tuple[int, int] = (0, 1)) -> list[tuple[str, Scenario]]:
+        """The grid's runs in shard ``k`` of ``n`` that have no record yet."""
+        k, n = shard
+        done = {key(r) for r in self.records}
+        todo = []
+        for i, (label, s) in enumerate(self.grid.scenarios()):
+            if i % n == k and key(Run(s, s.label(), label, None).row()) not in done:
+                todo.append((label, s))
+        return todo
 
     def run(
         self,
         progress: Callable[[int, int, str], None] = lambda i, n, label: None,
-        sink: Callable[[Run], None] = lambda run: None,
+        sink: Callable[[dict[str, Any]], None] = lambda record: None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
-        """Every scenario in turn; ``sink`` gets each finished run (a partial grid
-        that is stopped early is not lost)."""
+        """Every pending scenario of ``shard`` in turn; ``sink`` gets each finished
+        run's record (a grid that is stopped early loses nothing but the run under way)."""
         data = DataCache()
-        scenarios = list(self.grid.scenarios())
+        scenarios = self.pending(shard)
         began = time.perf_counter()
         for i, (label, s) in enumerate(scenarios):
             progress(i, len(scenarios), f"{s.label()} ({label})")
@@ -173,12 +200,16 @@ class Evaluation:
                 outcome, error = simulate(s, data), None
             except FlError as exc:  # a precondition the setting cannot meet
                 outcome, error = None, str(exc)
-            self.runs.append(Run(s, s.label(), label, outcome, error))
-            sink(self.runs[-1])
-        self.seconds = time.perf_counter() - began
+            self.records.append(Run(s, s.label(), label, outcome, error).record())
+            sink(self.records[-1])
+        self.seconds += time.perf_counter() - began
 
     def rows(self) -> list[dict[str, Any]]:
-        rows = [r.row() for r in self.runs]
+        """One row per run of the grid (the newest record of each), with the gap to
+        clean FedAvg of the same task, partition and seed."""
+        wanted = {key(Run(s, s.label(), d, None).row()) for d, s in self.grid.scenarios()}
+        newest = {key(r): r for r in self.records if key(r) in wanted}
+        rows = [{k: v for k, v in r.items() if k != "rounds"} for r in newest.values()]
         clean = {
             (r["task"], r["partition"], r["seed"]): r["accuracy"]
             for r in rows
@@ -189,6 +220,35 @@ class Evaluation:
             if "accuracy" in r and base is not None:
                 r["gap_to_clean_fedavg"] = r["accuracy"] - base
         return rows
+
+
+def load_records(folder: Path) -> list[dict[str, Any]]:
+    """Every record in ``folder/runs*.jsonl``; a line cut short by a killed run is skipped."""
+    records = []
+    for path in sorted(folder.glob("runs*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+                key(record)
+            except (ValueError, KeyError, TypeError):
+                log.warning("%s: skipping a malformed line (a run cut short?)", path.name)
+                continue
+            records.append(record)
+    return records
+
+
+def append_record(path: Path, record: Mapping[str, Any]) -> None:
+    """One line, one ``write``: shards that share a file never interleave lines; a line
+    left unfinished by a killed run is ended first, so it costs only itself."""
+    data = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
@@ -204,11 +264,12 @@ def write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+    rounds = {key(r): r.get("rounds", []) for r in ev.records}
     doc = {"command": command, "seconds": round(ev.seconds, 1), "grid": vars(ev.grid),
-           "runs": [{**r.row(), "rounds": r.outcome.rounds if r.outcome else []}
-                    for r in ev.runs]}  # fmt: skip
+           "runs": [{**r, "rounds": rounds.get(key(r), [])} for r in rows]}  # fmt: skip
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
-    (out / "report.md").write_text(markdown(rows, command, ev.seconds))
+    compute = sum(r["seconds"] for r in rows if isinstance(r.get("seconds"), int | float))
+    (out / "report.md").write_text(markdown(rows, command, compute))
     pngs = plots(rows, out)
     return {"csv": out / "results.csv", "json": out / "results.json",
             "report": out / "report.md", **pngs}  # fmt: skip

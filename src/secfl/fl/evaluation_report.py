@@ -7,6 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from secfl.fl.evaluation import ATTACKS, DEFENCES
+
 
 def _cell(values: list[float]) -> str:
     if not values:
@@ -26,10 +28,11 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[dict[str, 
 def markdown(rows: list[dict[str, Any]], command: str, seconds: float) -> str:
     """Per (task, partition, malicious fraction): attack x defence tables of final test
     accuracy (mean ± std over seeds), then the backdoor and audit figures."""
-    lines = ["# Robustness evaluation", "", f"Command: `{command}`  ", f"Time: {seconds:.0f} s", ""]
-    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    lines = ["# Robustness evaluation", "", f"Command: `{command}`  ",
+             f"Compute: {seconds:.0f} s (summed over runs)", ""]  # fmt: skip
+    defences = _ordered({r["defence"] for r in rows}, DEFENCES)
     for (task, part, frac), group in sorted(_groups(rows).items(), key=lambda kv: str(kv[0])):
-        attacks = list(dict.fromkeys(r["attack"] for r in group))
+        attacks = _ordered({r["attack"] for r in group}, ["none", *ATTACKS])
         lines += [f"## {task}, {part}, {frac:.0%} malicious", "",
                   "Final test accuracy (mean ± std over seeds):", "",
                   "| attack | " + " | ".join(defences) + " |",
@@ -47,21 +50,42 @@ def markdown(rows: list[dict[str, Any]], command: str, seconds: float) -> str:
                 f"{d} {v:.3f}" for d, v in worst.items())]  # fmt: skip
         audit = [r for r in group if r["defence"].startswith("clone-audit") and r.get("tpr") != ""]
         if audit:
-            lines += ["", "| clone audit | attack | TPR (final round) | FPR (mean over rounds) | "
-                      "audit time / aggregation time |", "|---|---|---|---|---|"]  # fmt: skip
+            lines += ["", "| clone audit | attack | seeds | TPR (final round) | "
+                      "FPR (mean over rounds) | audit time / aggregation | "
+                      "audit time / plain round |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+            cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
             for r in audit:
-                lines.append(f"| {r['defence']} (seed {r['seed']}) | {r['attack']} | "
-                             f"{_num(r.get('tpr'))} | {_num(r.get('fpr_mean'))} | "
-                             f"{_num(r.get('audit_ratio'), 1)}x |")  # fmt: skip
-        bd = [r for r in group if r["attack"] == "backdoor" and r.get("backdoor_success") != ""]
+                cells[(r["defence"], r["attack"])].append(r)
+            order = {a: i for i, a in enumerate(_ordered(set(attacks), ["none", *ATTACKS]))}
+            for d, attack in sorted(cells, key=lambda c: (defences.index(c[0]), order[c[1]])):
+                runs = cells[(d, attack)]
+                lines.append(
+                    f"| {d} | {attack} | {len(runs)} | {_avg(runs, 'tpr')} | "
+                    f"{_avg(runs, 'fpr_mean')} | {_avg(runs, 'audit_ratio', 1, 'x')} | "
+                    f"{_avg(runs, 'audit_round_ratio', 2, 'x')} |"
+                )
+        bd = defaultdict(list)
+        for r in group:
+            if r["attack"] == "backdoor" and isinstance(r.get("backdoor_success"), int | float):
+                bd[r["defence"]].append(r)
         if bd:
-            lines += ["", "Backdoor success rate: " + ", ".join(
-                f"{r['defence']} {_num(r.get('backdoor_success'))}" for r in bd)]  # fmt: skip
+            lines += ["", "Backdoor success rate (mean over seeds): " + ", ".join(
+                f"{d} {_avg(bd[d], 'backdoor_success')}" for d in defences if d in bd)]  # fmt: skip
         errors = sorted({f"{r['defence']}: {r['error']}" for r in group if r.get("error")})
         if errors:
             lines += ["", "Not applicable here: " + "; ".join(errors)]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _ordered(names: set[str], known: list[str]) -> list[str]:
+    """``names`` in the evaluation's own order (runs finish in any order), others last."""
+    return sorted(names, key=lambda n: (known.index(n) if n in known else len(known), n))
+
+
+def _avg(runs: list[dict[str, Any]], name: str, digits: int = 3, unit: str = "") -> str:
+    values = [r[name] for r in runs if isinstance(r.get(name), int | float)]
+    return _num(statistics.fmean(values), digits) + unit if values else "-"
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -86,7 +110,7 @@ def plots(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     from matplotlib.figure import Figure
 
     paths: dict[str, Path] = {}
-    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    defences = _ordered({r["defence"] for r in rows}, DEFENCES)
     by_setting: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_setting[(r["task"], r["partition"])].append(r)

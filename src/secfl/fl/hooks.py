@@ -3,6 +3,7 @@ clones on the validation data, FLTrust trains a root update on it."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from secfl.fl.strategies.base import Params, Strategy
@@ -29,9 +30,14 @@ def _scorer(task: Any, validation: Any) -> Any:
     model = task.build_model()
 
     def score(params: Params) -> float:
-        """The validation utility of ``params``: minus the mean cross-entropy."""
+        """The validation utility of ``params``: minus the log of the mean cross-entropy.
+
+        A difference in it is a relative change in loss, the same on every task and
+        at every stage of training (the audit's ``tolerance`` is in these units); a
+        wrecked model's loss in the thousands stays a few units, not a few thousand."""
         load_arrays(model, params)
-        return -float(task.evaluate(model, validation)["loss"])
+        loss = float(task.evaluate(model, validation)["loss"])
+        return -math.log(min(max(loss, 1e-9), 1e9)) if math.isfinite(loss) else -math.log(1e9)
 
     return score
 

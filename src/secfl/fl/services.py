@@ -251,10 +251,14 @@ def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
                           f"{len(names)} aggregators)")  # fmt: skip
         service = names[0]
     key = load_public_key(ident.secret_file(VERIFY_KEY, opts.verify_key))  # type: ignore[arg-type]
+    # the federation's newest committed model, from the SPM: no older one is accepted
+    counter = FederationConfig.parse(policy.federation).counter
+    floor = ident.spm().counter(ident.policy, counter)
     return Collaborator(
         task, data,
         lambda: Client(opts.aggregator, ident.creds, server_name=service),
-        ModelGate(key, ident.policy_digest), renew=ident.renew, patience=opts.patience,
+        ModelGate(key, ident.policy_digest, floor=floor), renew=ident.renew,
+        patience=opts.patience,
     )  # fmt: skip
 
 
