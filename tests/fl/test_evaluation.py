@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from secfl.cli.main import main
-from secfl.fl.evaluation import Evaluation, Grid, load_records, write_results
+from secfl.fl.evaluation import Evaluation, Grid, write_results
+from secfl.fl.evaluation_folder import load_records
 
 
 def test_a_tiny_grid_writes_an_honest_report(tmp_path: Path) -> None:
@@ -56,6 +57,13 @@ def test_a_grid_split_across_workers_and_resumed_runs_every_cell_once(
     assert main([*TINY, "-o", str(out), "--shard", "0/2"]) == 0  # one worker's half
     half = load_records(out)
     assert len(half) == cells // 2 and not (out / "report.md").exists()
+    # a grid under way is reported as it stands, and nothing more is run
+    assert main([*TINY, "-o", str(out), "--report-only"]) == 0
+    assert f"{cells - cells // 2} runs of the grid are still to go" in capsys.readouterr().out
+    assert (
+        f"**Partial: {cells // 2} of the grid's {cells} runs**" in (out / "report.md").read_text()
+    )
+    assert len(load_records(out)) == cells // 2
     # a run cut short by a kill leaves a partial line: skipped, and run again
     with open(out / "runs-0of2.jsonl", "a") as fh:
         fh.write('{"task": "digits", "partit')
@@ -75,12 +83,17 @@ def test_a_grid_split_across_workers_and_resumed_runs_every_cell_once(
     assert {json.dumps(r, sort_keys=True) for r in half} <= kept  # kept, not run again
     assert len(load_records(out)) == cells
     report = (out / "report.md").read_text()
+    assert f"Runs: {cells}" in report and "Partial" not in report
     assert "--workers" not in report and "--tasks digits" in report
 
 
 def test_bad_worker_settings_are_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for extra, match in ((["--shard", "2/2"], "--shard"), (["--workers", "0"], "--workers")):
+    for extra, match in (
+        (["--shard", "2/2"], "--shard"),
+        (["--workers", "0"], "--workers"),
+        (["--report-only"], "no grid.json"),
+    ):
         assert main([*TINY, "-o", str(tmp_path / "x"), *extra]) == 1
         assert match in capsys.readouterr().err

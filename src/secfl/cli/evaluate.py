@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -55,15 +52,21 @@ def robustness_cmd(
     shard: Annotated[
         str | None, typer.Option(help="K/N: run only every N-th run from the K-th (a worker).")
     ] = None,
+    report_only: Annotated[
+        bool,
+        typer.Option("--report-only", help="Run nothing: report the runs the folder holds."),
+    ] = False,
 ) -> None:
     """Run every attack against every defence; write CSV, JSON, Markdown and PNGs.
 
     Each finished run is appended to ``runs*.jsonl`` in the report folder at once, so
     a long grid can be stopped and continued with ``--resume``; ``--workers N`` runs
-    N processes (each with one torch thread) and writes the report when all are done."""
+    N processes (each with one torch thread) and writes the report when all are done;
+    ``--report-only`` reports a grid still under way (or stopped) from its folder."""
     from dataclasses import replace
 
-    from secfl.fl.evaluation import FULL, QUICK, Evaluation, append_record, load_records
+    from secfl.fl.evaluation import FULL, QUICK, write_results
+    from secfl.fl.evaluation_folder import GridFolder, fan_out, parse_shard
 
     grid = QUICK if quick else FULL
     parts = _names(partitions)
@@ -90,70 +93,30 @@ def robustness_cmd(
     opts = (["--quick"] if quick else []) + [
         a for k, v in given.items() if v is not None for a in (k, str(v))
     ] + ["-o", out_dir]  # fmt: skip
+    part = parse_shard(shard)
+    folder = GridFolder(Path(out_dir), grid)
     if workers < 1:
         raise UsageError(f"--workers: {workers} is not a positive number of processes")
-    part = _shard(shard)
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    fingerprint = {
-        k: getattr(grid, k) for k in ("clients", "rounds", "epochs", "samples", "clones")
-    }
-    settings = folder / "grid.json"
-    if resume or part != (0, 1):
-        if settings.exists() and json.loads(settings.read_text()) != fingerprint:
-            raise UsageError(
-                f"{folder}: its runs were made with other settings "
-                f"({settings.read_text().strip()}, not {json.dumps(fingerprint)}); "
-                "use another folder"
-            )
-    elif any(folder.glob("runs*.jsonl")):
-        raise UsageError(f"{folder} already holds runs: add --resume to keep them, or empty it")
-    # atomically: parallel workers read it while others write it
-    fresh = settings.with_name(f".grid.json.{os.getpid()}")
-    fresh.write_text(json.dumps(fingerprint) + "\n")
-    os.replace(fresh, settings)
-    ev = Evaluation(grid, load_records(folder))
-    if workers > 1:
-        began = time.perf_counter()
-        _fan_out(workers, opts)
-        ev = Evaluation(grid, load_records(folder), seconds=time.perf_counter() - began)
-    else:
+    folder.claim(resume=resume or part != (0, 1), report_only=report_only)
+    began = time.perf_counter()
+    if workers > 1 and not report_only:
+        fan_out(workers, ["eval", "robustness", *opts])
+    elif not report_only:
+        ev = folder.evaluation()
         todo = ev.pending(part)
         out.print(f"{len(todo)} runs to go" + (f" (shard {shard})" if shard else ""))
-        sink = folder / f"runs-{part[0]}of{part[1]}.jsonl"
         ev.run(
             lambda i, n, label: out.print(f"[{i + 1}/{n}] {label}", markup=False),
-            lambda record: append_record(sink, record),
+            folder.sink(part),
             part,
         )
         if part != (0, 1):
             return  # the parent writes the report
+    ev = folder.evaluation(seconds=time.perf_counter() - began)
     missing = len(ev.pending())
-    command = "secfl eval robustness " + shlex.join(opts)
-    from secfl.fl.evaluation import write_results
-
-    paths = write_results(ev, folder, command.strip())
+    paths = write_results(ev, folder.path, "secfl eval robustness " + shlex.join(opts))
     out.print(f"report: {paths['report']} ({len(ev.rows())} runs, {ev.seconds:.0f} s)")
-    if missing:
+    if missing and report_only:
+        out.print(f"{missing} runs of the grid are still to go (--resume runs them)")
+    elif missing:
         raise UsageError(f"{missing} runs of the grid did not finish: run again with --resume")
-
-
-def _shard(text: str | None) -> tuple[int, int]:
-    if text is None:
-        return (0, 1)
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit()) or not 0 <= int(k) < int(n):
-        raise UsageError(f"--shard: '{text}' is not K/N with 0 <= K < N")
-    return (int(k), int(n))
-
-
-def _fan_out(workers: int, opts: list[str]) -> None:
-    """Run ``workers`` copies of this command, each on its own shard, and wait."""
-    import subprocess
-
-    entry = "import sys; from secfl.cli.main import main; sys.exit(main(sys.argv[1:]))"
-    base = [sys.executable, "-c", entry, "eval", "robustness", *opts, "--resume"]
-    procs = [subprocess.Popen([*base, "--shard", f"{k}/{workers}"]) for k in range(workers)]
-    failed = [k for k, p in enumerate(procs) if p.wait() != 0]
-    if failed:
-        raise UsageError(f"workers {failed} failed (see above); run again with --resume")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -222,35 +221,6 @@ class Evaluation:
         return rows
 
 
-def load_records(folder: Path) -> list[dict[str, Any]]:
-    """Every record in ``folder/runs*.jsonl``; a line cut short by a killed run is skipped."""
-    records = []
-    for path in sorted(folder.glob("runs*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                key(record)
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s: skipping a malformed line (a run cut short?)", path.name)
-                continue
-            records.append(record)
-    return records
-
-
-def append_record(path: Path, record: Mapping[str, Any]) -> None:
-    """One line, one ``write``: shards that share a file never interleave lines; a line
-    left unfinished by a killed run is ended first, so it costs only itself."""
-    data = (json.dumps(record, default=str) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
 def write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
     """results.csv, results.json, report.md and plots in ``out``."""
     from secfl.fl.evaluation_report import markdown, plots
@@ -269,7 +239,8 @@ def write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
            "runs": [{**r, "rounds": rounds.get(key(r), [])} for r in rows]}  # fmt: skip
     (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
     compute = sum(r["seconds"] for r in rows if isinstance(r.get("seconds"), int | float))
-    (out / "report.md").write_text(markdown(rows, command, compute))
+    total = sum(1 for _ in ev.grid.scenarios())
+    (out / "report.md").write_text(markdown(rows, command, compute, total))
     pngs = plots(rows, out)
     return {"csv": out / "results.csv", "json": out / "results.json",
             "report": out / "report.md", **pngs}  # fmt: skip

@@ -25,11 +25,22 @@ def _groups(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[dict[str, 
     return groups
 
 
-def markdown(rows: list[dict[str, Any]], command: str, seconds: float) -> str:
+def markdown(
+    rows: list[dict[str, Any]], command: str, seconds: float, total: int | None = None
+) -> str:
     """Per (task, partition, malicious fraction): attack x defence tables of final test
-    accuracy (mean ± std over seeds), then the backdoor and audit figures."""
+    accuracy (mean ± std over seeds), then the backdoor and audit figures. ``total``
+    is the grid's number of runs: a report of a grid still under way says so."""
     lines = ["# Robustness evaluation", "", f"Command: `{command}`  ",
-             f"Compute: {seconds:.0f} s (summed over runs)", ""]  # fmt: skip
+             f"Compute: {seconds:.0f} s (summed over runs)  "]  # fmt: skip
+    if total is not None and len(rows) < total:
+        lines.append(
+            f"**Partial: {len(rows)} of the grid's {total} runs** (the rest: the same "
+            "command with `--resume`); a cell's ± is over the seeds it has so far."
+        )
+    else:
+        lines.append(f"Runs: {len(rows)}")
+    lines += [""]
     defences = _ordered({r["defence"] for r in rows}, DEFENCES)
     for (task, part, frac), group in sorted(_groups(rows).items(), key=lambda kv: str(kv[0])):
         attacks = _ordered({r["attack"] for r in group}, ["none", *ATTACKS])

@@ -9,9 +9,9 @@ dataset-fashion-mnist``. The IDX files are parsed here with numpy (no torchvisio
 The 60,000 training and 10,000 test images are pooled and re-split by
 :func:`secfl.tasks.split` like every task's data, so the split's seed and fractions
 decide the test set. Pixels are stored as uint8 ``(1, 28, 28)`` and scaled to
-[0, 1] on load. The CNN (two 3×3 conv + max-pool blocks, 16 and 32 channels, then
-1568 → 64 → 10) has about 105k parameters and trains at a few thousand images per
-second on one CPU thread.
+[0, 1] on load. The CNN (two strided 5×5 convolutions, 8 and 16 channels, then
+784 → 32 → 10) has about 29k parameters and trains at about five thousand images
+per second on one CPU thread.
 
 The module itself is a task, as one delivered in a code volume would be.
 """
@@ -76,20 +76,25 @@ class FashionMnistTask(ClassificationTask):
     num_classes = 10
     feature_shape = (1, 28, 28)
     storage_dtype = np.dtype(np.uint8)
-    default_config: ClassVar[Mapping[str, Any]] = {"batch_size": 32, "lr": 0.05, "momentum": 0.9}
+    default_config: ClassVar[Mapping[str, Any]] = {"batch_size": 32, "lr": 0.1, "momentum": 0.9}
 
     def _network(self) -> nn.Module:
+        """Two strided 5x5 convolutions and a small head (29k parameters).
+
+        Sized for federations of CPU-only sites and for an evaluation grid of
+        thousands of runs on two cores: a step costs a quarter of the usual
+        conv-pool-conv-pool CNN's here (max pooling is slow on CPUs), and federated
+        accuracy is the same at equal data (0.69 with 6000 samples over 20 sites,
+        10 rounds; lr 0.1 makes up for its slower start)."""
         return nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.Conv2d(1, 8, kernel_size=5, stride=2, padding=2),
             nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.Conv2d(8, 16, kernel_size=5, stride=2, padding=2),
             nn.ReLU(),
-            nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(32 * 7 * 7, 64),
+            nn.Linear(16 * 7 * 7, 32),
             nn.ReLU(),
-            nn.Linear(64, 10),
+            nn.Linear(32, 10),
         )
 
     def load_pool(self) -> tuple[np.ndarray, np.ndarray]:
