@@ -27,6 +27,14 @@ aggregate for that round, reported, and written to the audit log. Everything run
 inside the aggregator's TEE, on updates it already holds: no participant learns
 the others' updates.
 
+The commit guard (``guard``, default 0.1) covers the rounds before suspicion has
+built up: when the real aggregate scores below the round's best clone by more than
+``guard`` (a relative increase in validation loss), something in it still harms
+the model, typically a model-replacement update not yet excluded, and the best
+clone's model is committed instead (``AuditRound.fell_back``). An honest
+aggregate of every update scores at least as well as a clone of a quarter of
+them, so honest rounds rarely fall back. ``guard: null`` turns it off.
+
 Small clone samples (``fraction``, default 0.25) are what make the effect
 visible when several attackers collude: with 20% attackers among 20 sites a
 clone of half of them almost always holds one (96%), so presence and absence of
@@ -68,6 +76,9 @@ class AuditRound:
     clone_utilities: list[float]
     seconds: float
     base_seconds: float = 0.0
+    #: The real aggregate scored below the best clone by more than ``guard``: the
+    #: round committed the best clone's model instead.
+    fell_back: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +88,7 @@ class AuditRound:
             "suspicion": {k: round(v, 4) for k, v in sorted(self.suspicion.items())},
             "scores": {k: round(v, 4) for k, v in sorted(self.scores.items())},
             "clones": len(self.clone_utilities),
+            "fell_back": self.fell_back,
             "audit_seconds": round(self.seconds, 4),
             "aggregate_seconds": round(self.base_seconds, 4),
         }
@@ -98,6 +110,7 @@ class CloneAudit(Strategy):
         threshold: float = 3.5,
         decay: float = 0.7,
         tolerance: float = 0.02,
+        guard: float | None = 0.1,
         seed: int = 0,
         client_config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -118,12 +131,14 @@ class CloneAudit(Strategy):
         if self.decay >= 1:
             raise FlError("clone-audit: decay must be below 1")
         self.tolerance = positive(tolerance, "clone-audit: tolerance", allow_zero=True)
+        self.guard = None if guard is None else positive(guard, "clone-audit: guard")
         self.seed = int(seed)
         self.suspicion: dict[str, float] = {}
         self.history: list[AuditRound] = []
         #: The validation utility of a model (higher is better); set by the aggregator.
         self.score: Callable[[Params], float] | None = None
         self._excluded: list[str] = []
+        self._best: Params | None = None  # this round's best clone model (for the guard)
 
     # --- the rule ------------------------------------------------------------------------
 
@@ -137,12 +152,34 @@ class CloneAudit(Strategy):
         kept = [u for u in updates if u.sender not in result.excluded]
         if not kept:  # everyone suspicious: keep the model rather than trust anyone
             log.warning("round %d: the audit excluded every participant", round)
+            self._best = None
             result.seconds = time.perf_counter() - began
             return {k: v.copy() for k, v in global_params.items()}
         base_began = time.perf_counter()
         new = self.base.aggregate(round, global_params, kept)
         result.base_seconds = time.perf_counter() - base_began
+        new = self._guarded(round, new, result)
         result.seconds = time.perf_counter() - began - result.base_seconds
+        return new
+
+    def _guarded(self, round: int, new: Params, result: AuditRound) -> Params:
+        """The commit guard: an aggregate that scores worse than the round's best clone
+        by more than ``guard`` (a relative loss increase) still holds something that
+        harms it, an attacker not yet excluded (one scaled update is enough to wreck
+        a FedAvg round before suspicion builds up). The best clone, made of a quarter
+        of the updates, is committed instead. In an honest round the whole aggregate
+        is at least as good as a quarter of it, so the guard rarely fires."""
+        best, self._best = self._best, None
+        if self.guard is None or best is None or self.score is None:
+            return new
+        finite = [u for u in result.clone_utilities if math.isfinite(u)]
+        utility = float(self.score(new))
+        if finite and not (math.isfinite(utility) and utility >= max(finite) - self.guard):
+            log.warning(
+                "round %d: the aggregate scores below the best clone; committing that clone", round
+            )
+            result.fell_back = True
+            return best
         return new
 
     def audit(self, round: int, global_params: Params, updates: Sequence[Update]) -> AuditRound:
@@ -159,12 +196,15 @@ class CloneAudit(Strategy):
         rng = np.random.default_rng([self.seed, round])
         members = np.zeros((self.clones, n), dtype=bool)
         utilities = np.zeros(self.clones)
+        self._best = None
         for k in range(self.clones):
             pick = rng.choice(n, size=size, replace=False)
             members[k, pick] = True
             sample = [updates[i] for i in sorted(pick)]
             model = self.base.aggregate(round, global_params, sample)
             utilities[k] = float(self.score(model))
+            if math.isfinite(utilities[k]) and utilities[k] >= np.nanmax(utilities[: k + 1]):
+                self._best = model
         scores = _scores(members, utilities, names, self.tolerance)
         for name, score in scores.items():
             self._accumulate(name, score)
@@ -216,6 +256,7 @@ class CloneAudit(Strategy):
             "threshold": self.threshold,
             "decay": self.decay,
             "tolerance": self.tolerance,
+            "guard": self.guard,
         }
 
 

@@ -188,6 +188,7 @@ def _audit_entry(strategy: Any, entry: dict[str, Any], bad: list[str], names: li
     excluded = set(last.excluded)
     honest = [n for n in names if n not in bad]
     entry["excluded"] = sorted(excluded)
+    entry["fell_back"] = last.fell_back
     entry["true_positive_rate"] = (len(excluded & set(bad)) / len(bad)) if bad else None
     entry["false_positive_rate"] = len(excluded - set(bad)) / len(honest) if honest else None
     entry["audit_seconds"] = round(last.seconds, 5)
