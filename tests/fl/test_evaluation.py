@@ -38,6 +38,12 @@ def test_a_tiny_grid_writes_an_honest_report(tmp_path: Path) -> None:
     assert 0.0 <= float(backdoor["backdoor_success"]) <= 1.0
     report = paths["report"].read_text()
     assert "## digits, iid, 20% malicious" in report and "Not applicable here: bulyan" in report
+    # the overview: the worst case over attacks per defence, Bulyan not applicable
+    worst = min(float(r["accuracy"]) for r in rows
+                if r["defence"] == "fedavg" and r["attack"] != "none")  # fmt: skip
+    line = next(x for x in report.splitlines() if x.startswith("| digits | iid | 20% |"))
+    assert f"{worst:.3f}" in line.split("|")[4] and line.split("|")[5].strip() == "n/a"
+    assert int(audit["fallbacks"]) >= 0 and "clone-audit TPR / FPR / guard" in report
     doc = json.loads(paths["json"].read_text())
     assert doc["command"] == "secfl eval robustness --test" and len(doc["runs"]) == 9
     assert all(len(r["rounds"]) == 3 for r in doc["runs"] if not r["error"])

@@ -205,10 +205,17 @@ class Evaluation:
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per run of the grid (the newest record of each), with the gap to
-        clean FedAvg of the same task, partition and seed."""
+        clean FedAvg of the same task, partition and seed, and for the audit the
+        number of rounds its guard committed the best clone (``fallbacks``)."""
         wanted = {key(Run(s, s.label(), d, None).row()) for d, s in self.grid.scenarios()}
         newest = {key(r): r for r in self.records if key(r) in wanted}
-        rows = [{k: v for k, v in r.items() if k != "rounds"} for r in newest.values()]
+        rows = []
+        for record in newest.values():
+            row = {k: v for k, v in record.items() if k != "rounds"}
+            rounds = record.get("rounds", [])
+            if any("fell_back" in x for x in rounds):
+                row["fallbacks"] = sum(1 for x in rounds if x.get("fell_back"))
+            rows.append(row)
         clean = {
             (r["task"], r["partition"], r["seed"]): r["accuracy"]
             for r in rows

@@ -42,7 +42,8 @@ def markdown(
         lines.append(f"Runs: {len(rows)}")
     lines += [""]
     defences = _ordered({r["defence"] for r in rows}, DEFENCES)
-    for (task, part, frac), group in sorted(_groups(rows).items(), key=lambda kv: str(kv[0])):
+    lines += overview(rows, defences)
+    for (task, part, frac), group in sorted(_groups(rows).items(), key=_setting_order):
         attacks = _ordered({r["attack"] for r in group}, ["none", *ATTACKS])
         lines += [f"## {task}, {part}, {frac:.0%} malicious", "",
                   "Final test accuracy (mean ± std over seeds):", "",
@@ -87,6 +88,47 @@ def markdown(
             lines += ["", "Not applicable here: " + "; ".join(errors)]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _setting_order(item: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
+    """Task, then IID before ever stronger label skew, then the malicious fraction."""
+    task, part, frac = item[0]
+    alpha = 0.0 if part == "iid" else -float(str(part).removeprefix("dirichlet-"))
+    return (task, part != "iid", alpha, frac)
+
+
+def overview(rows: list[dict[str, Any]], defences: list[str]) -> list[str]:
+    """The whole grid in one table: per setting, each defence's worst-case accuracy over
+    attacks (clean accuracy at 0%), the best in bold; then the audit's detection."""
+    lines = ["## Overview", "",
+             "Worst-case final test accuracy over attacks (mean over seeds; at 0%: clean):", "",
+             "| task | partition | malicious | " + " | ".join(defences) + " |",
+             "|---|---|---|" + "---|" * len(defences)]  # fmt: skip
+    audits = [d for d in defences if d.startswith("clone-audit")]
+    detection = ["", "The audit's detection, mean over attacks and seeds (TPR in the final "
+                 "round; FPR over rounds; rounds its guard committed the best clone, of 10):",
+                 "", "| task | partition | malicious | " + " | ".join(
+                     f"{d} TPR / FPR / guard" for d in audits) + " |",
+                 "|---|---|---|" + "---|" * len(audits)]  # fmt: skip
+    for (task, part, frac), group in sorted(_groups(rows).items(), key=_setting_order):
+        if frac == 0:
+            values = {d: statistics.fmean(v) for d in defences
+                      if (v := [r["accuracy"] for r in group
+                                if r["defence"] == d and "accuracy" in r])}  # fmt: skip
+        else:
+            values = _worst_case(group, defences)
+        best = max(values.values(), default=None)
+        cells = [("**{:.3f}**" if v == best else "{:.3f}").format(v) if (v := values.get(d))
+                 is not None else "n/a" for d in defences]  # fmt: skip
+        lines.append(f"| {task} | {part} | {frac:.0%} | " + " | ".join(cells) + " |")
+        if audits:
+            found = []
+            for d in audits:
+                runs = [r for r in group if r["defence"] == d]
+                found.append(f"{_avg(runs, 'tpr', 2)} / {_avg(runs, 'fpr_mean', 3)} / "
+                             f"{_avg(runs, 'fallbacks', 1)}")  # fmt: skip
+            detection.append(f"| {task} | {part} | {frac:.0%} | " + " | ".join(found) + " |")
+    return [*lines, *(detection if audits else []), ""]
 
 
 def _ordered(names: set[str], known: list[str]) -> list[str]:
