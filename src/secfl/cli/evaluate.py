@@ -115,7 +115,8 @@ def robustness_cmd(
     ev = folder.evaluation(seconds=time.perf_counter() - began)
     missing = len(ev.pending())
     paths = write_results(ev, folder.path, "secfl eval robustness " + shlex.join(opts))
-    out.print(f"report: {paths['report']} ({len(ev.rows())} runs, {ev.seconds:.0f} s)")
+    took = "" if report_only else f", {ev.seconds:.0f} s"
+    out.print(f"report: {paths['report']} ({len(ev.rows())} runs{took})")
     if missing and report_only:
         out.print(f"{missing} runs of the grid are still to go (--resume runs them)")
     elif missing:
