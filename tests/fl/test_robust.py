@@ -50,7 +50,8 @@ def shifted(global_params: Params, deltas: dict[str, dict[str, Any]], n: int = 1
 def root_hook(delta: dict[str, Any], calls: list[int] | None = None) -> Callable[..., Params]:
     """An FLTrust root update that moves the global model by ``delta``."""
 
-    def root_update(round: int, params: Params) -> Params:
+    def root_update(round: int, params: Params, samples: int) -> Params:
+        assert samples >= 1
         if calls is not None:
             calls.append(round)
         return {k: np.array(v + np.asarray(delta[k]), dtype=v.dtype) for k, v in params.items()}
@@ -386,7 +387,7 @@ def test_fltrust_needs_its_root_dataset() -> None:
         r"validation volume\)$",
     ):
         get_strategy("fltrust").aggregate(1, g, updates)
-    bad = FLTrust(root_update=lambda r, p: {**p, "w": np.zeros(3)})
+    bad = FLTrust(root_update=lambda r, p, n: {**p, "w": np.zeros(3)})
     with pytest.raises(FlError, match=r"fltrust: the root update: tensor 'w' has shape \(3,\)"):
         bad.aggregate(1, g, updates)
     with pytest.raises(FlError, match="fltrust: root_update must be callable"):
@@ -513,7 +514,7 @@ def test_an_overflowing_result_is_refused() -> None:
     # which the update along [1, 0] takes: -60000 + 169706 is beyond float16's 65504.
     g = {"w": np.float16([-60000.0, -60000.0])}
     updates = [upd("a", w=np.float16([-59968.0, -60000.0]))]
-    fltrust = FLTrust(root_update=lambda r, p: {"w": np.float16([60000.0, 60000.0])})
+    fltrust = FLTrust(root_update=lambda r, p, n: {"w": np.float16([60000.0, 60000.0])})
     with pytest.raises(FlError, match="^fltrust: the result of tensor 'w' overflows float16$"):
         fltrust.aggregate(1, g, updates)
     # centered clipping: a saved center of 60000 on a model at 60000
@@ -524,3 +525,36 @@ def test_an_overflowing_result_is_refused() -> None:
         clipping.aggregate(1, {"w": np.float16([60000.0])}, [upd("a", w=np.float16([65504.0]))])
     assert clipping.state()["center/w"] is not center  # loaded as a copy, kept on failure
     np.testing.assert_array_equal(clipping.state()["center/w"], center)
+
+
+def test_fltrust_trains_its_root_update_on_as_many_examples_as_a_typical_participant() -> None:
+    """The root update's norm is the step every update is rescaled to: trained on a
+    root set three times a participant's, it would take three times their steps. The
+    aggregator's hook trains on a fresh sample of the median participant's size."""
+    import torch
+
+    from secfl.fl.hooks import wire_strategy
+    from secfl.tasks.base import Dataset
+
+    seen: list[tuple[int, int]] = []
+
+    class CountingTask:
+        def build_model(self) -> torch.nn.Module:
+            return torch.nn.Linear(2, 1)
+
+        def train(self, model: torch.nn.Module, data: Dataset, config: dict[str, Any]) -> None:
+            seen.append((len(data), len(set(data.y.tolist()))))
+
+    root = Dataset(torch.zeros(300, 2), torch.arange(300))
+    fltrust = FLTrust()
+    wire_strategy(fltrust, CountingTask(), root, {"epochs": 1}, seed=0)
+    g = {"weight": np.zeros((1, 2), np.float32), "bias": np.zeros(1, np.float32)}
+    sizes = [90, 105, 120, 4000]
+    updates = [Update(f"s{i}", {k: v + 0.1 for k, v in g.items()}, n) for i, n in enumerate(sizes)]
+    fltrust.aggregate(1, g, updates)
+    fltrust.aggregate(2, g, updates)
+    assert [n for n, _ in seen] == [112, 112]  # the median of 90, 105, 120 and 4000
+    assert seen[0][1] == 112  # distinct examples, not repeats
+    big = [Update(u.sender, u.params, 1000) for u in updates]
+    fltrust.aggregate(3, g, big)
+    assert seen[-1][0] == 300  # never more than the root set holds

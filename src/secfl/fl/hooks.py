@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from secfl.fl.strategies.base import Params, Strategy
 from secfl.fl.tensors import load_arrays, state_dict_arrays
 
@@ -45,10 +47,18 @@ def _scorer(task: Any, validation: Any) -> Any:
 def _root_update(task: Any, validation: Any, train: dict[str, Any], seed: int) -> Any:
     model = task.build_model()
 
-    def root_update(round: int, params: Params) -> Params:
-        """The global model trained one local step on the aggregator's root data."""
+    def root_update(round: int, params: Params, samples: int) -> Params:
+        """The global model trained as the participants train, on a random ``samples``
+        of the aggregator's root data (all of it when it holds fewer), drawn anew
+        each round."""
+        data = validation
+        if samples < len(validation):
+            pick = np.random.default_rng([seed, round, 17]).choice(
+                len(validation), size=samples, replace=False
+            )
+            data = validation.subset(np.sort(pick))
         load_arrays(model, params)
-        task.train(model, validation, {**train, "seed": seed * 7919 + round})
+        task.train(model, data, {**train, "seed": seed * 7919 + round})
         return state_dict_arrays(model)
 
     return root_update

@@ -2,8 +2,9 @@
 via Trust Bootstrapping", NDSS 2021).
 
 The server holds a small clean root data set. Each round it trains the global
-model on it (the hook :attr:`FLTrust.root_update`, set by the aggregator) and takes
-that model's delta ``g0`` as the reference direction. Each update's delta ``g_i``
+model on it (the hook :attr:`FLTrust.root_update`, set by the aggregator), on a
+sample the size of the median participant's, so with as many local steps as the
+participants take, and takes that model's delta ``g0`` as the reference direction. Each update's delta ``g_i``
 gets the trust score ``TS_i = ReLU(cos(g_i, g0))``, is rescaled to ``g0``'s norm,
 and the new model is::
 
@@ -33,8 +34,9 @@ from secfl.fl.tensors import check_like
 
 log = logging.getLogger("secfl.fl.strategies.fltrust")
 
-#: ``root_update(round, global_params)``: the global model trained on the root data set.
-RootUpdate = Callable[[int, Params], Params]
+#: ``root_update(round, global_params, samples)``: the global model trained on (at most
+#: ``samples`` examples of) the root data set.
+RootUpdate = Callable[[int, Params, int], Params]
 
 
 @register_strategy
@@ -64,7 +66,11 @@ class FLTrust(Strategy):
                 f"{self.name}: no root dataset (the policy must give the aggregator a "
                 "validation volume)"
             )
-        server = self.root_update(round, global_params)
+        # as many examples as a typical participant, so the root update takes as many
+        # local steps as theirs (the paper's "same local iterations"): its norm is the
+        # step every update is rescaled to, and a larger root set would inflate it
+        samples = int(np.median([u.num_samples for u in updates]))
+        server = self.root_update(round, global_params, max(samples, 1))
         check_like(server, global_params, what=f"{self.name}: the root update")
         names = _robust.float_names(global_params)
         n = len(updates)
