@@ -4,9 +4,9 @@ via Trust Bootstrapping", NDSS 2021).
 The server holds a small clean root data set. Each round it trains the global
 model on it (the hook :attr:`FLTrust.root_update`, set by the aggregator), on a
 sample the size of the median participant's, so with as many local steps as the
-participants take, and takes that model's delta ``g0`` as the reference direction. Each update's delta ``g_i``
-gets the trust score ``TS_i = ReLU(cos(g_i, g0))``, is rescaled to ``g0``'s norm,
-and the new model is::
+participants take, and takes that model's delta ``g0`` as the reference
+direction. Each update's delta ``g_i`` gets the trust score
+``TS_i = ReLU(cos(g_i, g0))``, is rescaled to ``g0``'s norm, and the new model is::
 
     global + sum_i TS_i * (||g0|| / ||g_i||) * g_i / sum_i TS_i
 
