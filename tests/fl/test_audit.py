@@ -145,3 +145,20 @@ def test_the_guard_leaves_honest_rounds_alone() -> None:
     assert not any(h.fell_back for h in audit.history)
     with pytest.raises(FlError, match="guard"):
         CloneAudit(guard=-1.0)
+
+
+def test_the_guard_never_lets_an_excluded_participant_back_in() -> None:
+    """``bad`` is excluded on its past record (its suspicion is carried in a checkpoint)
+    though this round its update is the best of all, so the best clone holds it; a
+    scaler not excluded wrecks the aggregate. The guard commits the best clone
+    without excluded participants: only honest updates (w between 1.0 and 1.1)."""
+    honest = {f"h{i}": 1.0 + 0.01 * i for i in range(11)}
+    audit = CloneAudit(clones=30, threshold=1e6, seed=7)
+    audit.load_state({"suspicion": {"bad": 1e7}})
+    audit.score = lambda p: -float(np.log(2.0 + np.abs(p["w"] - 0.5).sum()))  # truth: 0.5
+    glob = {"w": np.zeros(3, dtype=np.float32)}
+    new = audit.aggregate(1, glob, _updates({**honest, "bad": 0.5, "scaler": 400.0}))
+    assert audit.excluded == ["bad"] and audit.history[0].fell_back
+    # a clone holding bad averages at most (0.5 + 1.1 + 1.1) / 3 = 0.9 and scores best
+    assert max(audit.history[0].clone_utilities) > -np.log(2.0 + 3 * 0.4) - 1e-9
+    assert np.all(new["w"] >= 1.0 - 1e-6) and np.all(new["w"] <= 1.1 + 1e-6)

@@ -138,7 +138,7 @@ class CloneAudit(Strategy):
         #: The validation utility of a model (higher is better); set by the aggregator.
         self.score: Callable[[Params], float] | None = None
         self._excluded: list[str] = []
-        self._best: Params | None = None  # this round's best clone model (for the guard)
+        self._clones: list[tuple[float, list[int]]] = []  # the round's (utility, members)
 
     # --- the rule ------------------------------------------------------------------------
 
@@ -152,35 +152,51 @@ class CloneAudit(Strategy):
         kept = [u for u in updates if u.sender not in result.excluded]
         if not kept:  # everyone suspicious: keep the model rather than trust anyone
             log.warning("round %d: the audit excluded every participant", round)
-            self._best = None
             result.seconds = time.perf_counter() - began
             return {k: v.copy() for k, v in global_params.items()}
         base_began = time.perf_counter()
         new = self.base.aggregate(round, global_params, kept)
         result.base_seconds = time.perf_counter() - base_began
-        new = self._guarded(round, new, result)
+        new = self._guarded(round, global_params, updates, new, result)
         result.seconds = time.perf_counter() - began - result.base_seconds
         return new
 
-    def _guarded(self, round: int, new: Params, result: AuditRound) -> Params:
+    def _guarded(
+        self,
+        round: int,
+        global_params: Params,
+        updates: Sequence[Update],
+        new: Params,
+        result: AuditRound,
+    ) -> Params:
         """The commit guard: an aggregate that scores worse than the round's best clone
         by more than ``guard`` (a relative loss increase) still holds something that
         harms it, an attacker not yet excluded (one scaled update is enough to wreck
         a FedAvg round before suspicion builds up). The best clone, made of a quarter
-        of the updates, is committed instead. In an honest round the whole aggregate
-        is at least as good as a quarter of it, so the guard rarely fires."""
-        best, self._best = self._best, None
-        if self.guard is None or best is None or self.score is None:
+        of the updates, is committed instead; only clones without an excluded
+        participant count, so the fallback never lets one back in. In an honest round
+        the whole aggregate is at least as good as a quarter of it, so the guard
+        rarely fires."""
+        clones, self._clones = self._clones, []
+        if self.guard is None or self.score is None:
             return new
-        finite = [u for u in result.clone_utilities if math.isfinite(u)]
+        out = set(result.excluded)
+        eligible = [
+            (u, pick)
+            for u, pick in clones
+            if math.isfinite(u) and not any(updates[i].sender in out for i in pick)
+        ]
+        if not eligible:
+            return new
+        best, pick = max(eligible, key=lambda c: c[0])
         utility = float(self.score(new))
-        if finite and not (math.isfinite(utility) and utility >= max(finite) - self.guard):
-            log.warning(
-                "round %d: the aggregate scores below the best clone; committing that clone", round
-            )
-            result.fell_back = True
-            return best
-        return new
+        if math.isfinite(utility) and utility >= best - self.guard:
+            return new
+        log.warning(
+            "round %d: the aggregate scores below the best clone; committing that clone", round
+        )
+        result.fell_back = True
+        return self.base.aggregate(round, global_params, [updates[i] for i in pick])
 
     def audit(self, round: int, global_params: Params, updates: Sequence[Update]) -> AuditRound:
         """Score every participant of the round; decide who is left out."""
@@ -196,15 +212,13 @@ class CloneAudit(Strategy):
         rng = np.random.default_rng([self.seed, round])
         members = np.zeros((self.clones, n), dtype=bool)
         utilities = np.zeros(self.clones)
-        self._best = None
+        self._clones = []
         for k in range(self.clones):
-            pick = rng.choice(n, size=size, replace=False)
+            pick = sorted(int(i) for i in rng.choice(n, size=size, replace=False))
             members[k, pick] = True
-            sample = [updates[i] for i in sorted(pick)]
-            model = self.base.aggregate(round, global_params, sample)
+            model = self.base.aggregate(round, global_params, [updates[i] for i in pick])
             utilities[k] = float(self.score(model))
-            if math.isfinite(utilities[k]) and utilities[k] >= np.nanmax(utilities[: k + 1]):
-                self._best = model
+            self._clones.append((float(utilities[k]), pick))
         scores = _scores(members, utilities, names, self.tolerance)
         for name, score in scores.items():
             self._accumulate(name, score)
