@@ -103,3 +103,18 @@ def test_bad_worker_settings_are_refused_in_one_line(
     ):
         assert main([*TINY, "-o", str(tmp_path / "x"), *extra]) == 1
         assert match in capsys.readouterr().err
+
+
+def test_a_run_whose_model_breaks_is_a_result_not_a_crash() -> None:
+    """A defence can let the global model break (a learning rate or an attack that no site
+    can train on any more): the run ends there, marked, with the accuracy it was left
+    with, and the grid goes on (it used to stop the worker)."""
+    from secfl.fl.evaluation import Run
+    from secfl.fl.simulation import Scenario, simulate
+
+    s = Scenario(task="digits", clients=4, rounds=3, lr=1e20, epochs=1)
+    out = simulate(s)
+    assert len(out.rounds) == 1 and out.rounds[0]["diverged"] is True
+    assert 0.0 <= out.final["test_accuracy"] <= 0.3  # the untrained model
+    row = Run(s, s.label(), "fedavg", out).row()
+    assert row["diverged_round"] == 1 and not row["error"]

@@ -147,9 +147,10 @@ class Run:
             row["backdoor_success"] = final.get("backdoor_success", "")
             row["tpr"] = final.get("true_positive_rate", "")
             row["fpr_mean"] = _mean([r.get("false_positive_rate") for r in rounds])
-            row["aggregate_s"] = _mean([r["aggregate_seconds"] for r in rounds])
+            row["aggregate_s"] = _mean([r.get("aggregate_seconds") for r in rounds])
             row["audit_ratio"] = _mean([r.get("audit_ratio") for r in rounds])
             row["audit_round_ratio"] = _mean([r.get("audit_round_ratio") for r in rounds])
+            row["diverged_round"] = next((r["round"] for r in rounds if r.get("diverged")), "")
             row["seconds"] = round(self.outcome.seconds, 2)
         return row
 

@@ -25,6 +25,7 @@ from secfl.fl.hooks import wire_strategy
 from secfl.fl.strategies import Update, get_strategy
 from secfl.fl.strategies.base import Params
 from secfl.fl.tensors import load_arrays, state_dict_arrays
+from secfl.tasks.base import DivergedError
 
 log = logging.getLogger("secfl.fl.simulation")
 
@@ -144,14 +145,22 @@ def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
             if cfg.get("proximal_mu"):
                 cfg["global_params"] = global_params
             t0 = time.perf_counter()
-            task.train(model, local[n], cfg)
-            slowest = max(slowest, time.perf_counter() - t0)
+            try:
+                task.train(model, local[n], cfg)
+            except DivergedError:  # like a real site, it sends nothing this round
+                continue
+            finally:
+                slowest = max(slowest, time.perf_counter() - t0)
             deltas[n] = _delta(state_dict_arrays(model), global_params)
+        if not deltas:  # the global model is broken: no site can train on it any more
+            rounds.append(_diverged(r, task, model, global_params, test))
+            break
         if attack is not None:
-            benign = [deltas[n] for n in bad]
+            benign = [deltas[n] for n in bad if n in deltas]
             arng = np.random.default_rng([s.seed, r, 13])
             for n in bad:
-                deltas[n] = attack.poison_delta(deltas[n], benign=benign, rng=arng)
+                if n in deltas:
+                    deltas[n] = attack.poison_delta(deltas[n], benign=benign, rng=arng)
         updates = [
             Update(
                 n,
@@ -159,6 +168,7 @@ def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
                 len(local[n]),
             )
             for n in names
+            if n in deltas
         ]
         t0 = time.perf_counter()
         global_params = strategy.aggregate(r, global_params, updates)
@@ -178,6 +188,16 @@ def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
         _audit_entry(strategy, entry, bad, names)
         rounds.append(entry)
     return Outcome(s, bad, rounds, time.perf_counter() - began)
+
+
+def _diverged(r: int, task: Any, model: Any, global_params: Params, test: Any) -> dict[str, Any]:
+    """The last round of a run whose global model no site can train on: the defence let
+    it break. Its test accuracy is what the federation is left with."""
+    load_arrays(model, global_params)
+    scores = task.evaluate(model, test)
+    loss = float(scores["loss"])
+    return {"round": r, "test_accuracy": float(scores["accuracy"]),
+            "test_loss": loss if np.isfinite(loss) else None, "diverged": True}  # fmt: skip
 
 
 def _audit_entry(strategy: Any, entry: dict[str, Any], bad: list[str], names: list[str]) -> None:

@@ -37,6 +37,11 @@ class TaskError(SecflError):
     """A task, its data or its training configuration was refused (one line, says why)."""
 
 
+class DivergedError(TaskError):
+    """Training reached a non-finite loss: the model it started from, or the learning
+    rate, is broken."""
+
+
 @dataclass(frozen=True)
 class Scaling:
     """Affine feature scaling ``(x - offset) / scale``, applied when a shard is loaded.

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from secfl.tasks.base import Dataset, TaskError, _check_seed
+from secfl.tasks.base import Dataset, DivergedError, TaskError, _check_seed
 
 #: Every key a training configuration may hold.
 TRAIN_CONFIG_KEYS = frozenset(
@@ -152,7 +152,7 @@ def train_classifier(
                     total = loss + (cfg.proximal_mu / 2.0) * term
                     proximal = float(term.detach())
                 if not torch.isfinite(total.detach()):
-                    raise TaskError(
+                    raise DivergedError(
                         f"training diverged at step {steps} (loss is not finite); lower lr"
                     )
                 total.backward()
