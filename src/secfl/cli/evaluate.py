@@ -62,13 +62,17 @@ def robustness_cmd(
     Each finished run is appended to ``runs*.jsonl`` in the report folder at once, so
     a long grid can be stopped and continued with ``--resume``; ``--workers N`` runs
     N processes (each with one torch thread) and writes the report when all are done;
-    ``--report-only`` reports a grid still under way (or stopped) from its folder."""
+    ``--report-only -o DIR`` reports a grid still under way (or stopped) from its
+    folder, with the grid and command recorded there."""
     from dataclasses import replace
 
     from secfl.fl.evaluation import FULL, QUICK, write_results
     from secfl.fl.evaluation_folder import GridFolder, fan_out, parse_shard
 
     grid = QUICK if quick else FULL
+    stored = GridFolder.stored(Path(out_dir)) if report_only and not quick else None
+    if stored:  # report on the grid the folder was made with, unless told otherwise
+        grid = stored[0]
     parts = _names(partitions)
     changes = {
         "tasks": _names(tasks),
@@ -93,8 +97,11 @@ def robustness_cmd(
     opts = (["--quick"] if quick else []) + [
         a for k, v in given.items() if v is not None for a in (k, str(v))
     ] + ["-o", out_dir]  # fmt: skip
+    command = "secfl eval robustness " + shlex.join(opts)
+    if stored and not any(v is not None for v in given.values()):
+        command = stored[1]
     part = parse_shard(shard)
-    folder = GridFolder(Path(out_dir), grid)
+    folder = GridFolder(Path(out_dir), grid, command)
     if workers < 1:
         raise UsageError(f"--workers: {workers} is not a positive number of processes")
     folder.claim(resume=resume or part != (0, 1), report_only=report_only)
@@ -114,7 +121,7 @@ def robustness_cmd(
             return  # the parent writes the report
     ev = folder.evaluation(seconds=time.perf_counter() - began)
     missing = len(ev.pending())
-    paths = write_results(ev, folder.path, "secfl eval robustness " + shlex.join(opts))
+    paths = write_results(ev, folder.path, command)
     took = "" if report_only else f", {ev.seconds:.0f} s"
     out.print(f"report: {paths['report']} ({len(ev.rows())} runs{took})")
     if missing and report_only:

@@ -6,11 +6,13 @@ one line of ``runs-KofN.jsonl`` (K/N the worker's shard), written with one
 ``write`` the moment it ends; ``grid.json`` records what makes runs comparable
 (clients, rounds, epochs, samples, clones, and a digest of each task's model and
 training settings), and a folder holding runs made otherwise is refused rather
-than silently mixed.
+than silently mixed. It also keeps the whole grid and the command that made it, so
+a folder can be reported on from its path alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -53,10 +55,21 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 class GridFolder:
     """The folder of one grid's runs (see the module docstring)."""
 
-    def __init__(self, path: Path, grid: Grid) -> None:
+    def __init__(self, path: Path, grid: Grid, command: str = "") -> None:
         self.path = path
         self.grid = grid
+        self.command = command
         self.settings = path / "grid.json"
+
+    @staticmethod
+    def stored(path: Path) -> tuple[Grid, str] | None:
+        """The grid and command recorded in ``path/grid.json``, if it records them
+        (folders written before it did hold only the fingerprint)."""
+        try:
+            found = json.loads((path / "grid.json").read_text())
+            return Grid(**found["grid"]), str(found["command"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -73,11 +86,13 @@ class GridFolder:
             raise FlError(f"{self.path}: no grid.json, so no runs of a grid to report")
         if resume or report_only:
             if self.settings.exists():
-                found = json.loads(self.settings.read_text())
-                if found != self.fingerprint():  # a task's model changed, or a setting
+                mine = self.fingerprint()
+                stored = json.loads(self.settings.read_text())
+                found = {k: stored.get(k) for k in mine}
+                if found != mine:  # a task's model changed, or a setting
                     raise FlError(
                         f"{self.path}: its runs were made with other settings "
-                        f"({json.dumps(found)}, not {json.dumps(self.fingerprint())}); "
+                        f"({json.dumps(found)}, not {json.dumps(mine)}); "
                         "use another folder"
                     )
         elif any(self.path.glob("runs*.jsonl")):
@@ -86,7 +101,9 @@ class GridFolder:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         fresh = self.settings.with_name(f".grid.json.{os.getpid()}")
-        fresh.write_text(json.dumps(self.fingerprint()) + "\n")
+        record = {**self.fingerprint(), "grid": dataclasses.asdict(self.grid),
+                  "command": self.command}  # fmt: skip
+        fresh.write_text(json.dumps(record) + "\n")
         os.replace(fresh, self.settings)  # atomically: other workers read it meanwhile
 
     def evaluation(self, seconds: float = 0.0) -> Evaluation:
