@@ -104,6 +104,10 @@ def test_bad_worker_settings_are_refused_in_one_line(
     ):
         assert main([*TINY, "-o", str(tmp_path / "x"), *extra]) == 1
         assert match in capsys.readouterr().err
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "grid.json").write_text("[1, 2")
+    assert main([*TINY, "-o", str(tmp_path / "x"), "--resume"]) == 1
+    assert "not a grid's settings" in capsys.readouterr().err
 
 
 def test_a_run_whose_model_breaks_is_a_result_not_a_crash() -> None:

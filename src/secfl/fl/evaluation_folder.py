@@ -87,8 +87,13 @@ class GridFolder:
         if resume or report_only:
             if self.settings.exists():
                 mine = self.fingerprint()
-                stored = json.loads(self.settings.read_text())
-                found = {k: stored.get(k) for k in mine}
+                try:
+                    stored = json.loads(self.settings.read_text())
+                    found = {k: stored.get(k) for k in mine}
+                except (ValueError, AttributeError):
+                    raise FlError(
+                        f"{self.settings}: not a grid's settings (a JSON object is expected)"
+                    ) from None
                 if found != mine:  # a task's model changed, or a setting
                     raise FlError(
                         f"{self.path}: its runs were made with other settings "
