@@ -22,6 +22,12 @@ cp -r spm/sim agg/sim; cp -r spm/sim site1/sim; cp -r spm/sim site2/sim
 PIN=$(secfl spm verify $SPM --expect-measurement $M --sim-root spm/sim/root.pem | tail -1)
 echo "SPM pin: $PIN"
 
+# --- the board: each member makes a key pair and publishes the public half ---------------
+# Data owners seal their keys for exactly this board: a policy of the same name registered
+# first by anyone else (another board) can never open them.
+(cd board && for m in alice bob carol; do secfl policy keygen --out-dir . --member $m > /dev/null; done)
+BOARD="--board-key ../board/alice.pub --board-key ../board/bob.pub --board-key ../board/carol.pub --threshold 2"
+
 # --- machine A: the model owner shields the task code and its validation data -------------
 cd agg
 mkdir task && cat > task/task.py <<'PY'
@@ -39,8 +45,8 @@ secfl data split --task digits --clients 2 -o shards > /dev/null
 mkdir validation && cp shards/validation.safetensors validation/
 secfl shield keygen -o validation.key
 VAL_TAG=$(secfl shield encrypt validation -o validation.secfl --key-file validation.key)
-TASK_SEALED=$(secfl policy seal-secret --key-file task.key --policy fed --secret task-key --spm $SPM --spm-pin $PIN)
-VAL_SEALED=$(secfl policy seal-secret --key-file validation.key --policy fed --secret validation-key --spm $SPM --spm-pin $PIN)
+TASK_SEALED=$(secfl policy seal-secret --key-file task.key --policy fed --secret task-key --spm $SPM --spm-pin $PIN $BOARD)
+VAL_SEALED=$(secfl policy seal-secret --key-file validation.key --policy fed --secret validation-key --spm $SPM --spm-pin $PIN $BOARD)
 AGG_MR=$(secfl measure --for-run --code-volume task=task.secfl -- secfl aggregator --task volume:task --validation volume:validation --listen $AGG)
 COL_MR=$(secfl measure --for-run --code-volume task=task.secfl -- secfl collaborator --aggregator $AGG --task volume:task)
 cd ..
@@ -51,13 +57,12 @@ for i in 1 2; do
   mkdir data && cp ../agg/shards/client-00$((i-1)).safetensors data/
   secfl shield keygen -o site-$i.key
   eval "S${i}_TAG=\$(secfl shield encrypt data -o site-$i.secfl --key-file site-$i.key)"
-  eval "S${i}_SEALED=\$(secfl policy seal-secret --key-file site-$i.key --policy fed --secret site-$i-key --spm $SPM --spm-pin $PIN)"
+  eval "S${i}_SEALED=\$(secfl policy seal-secret --key-file site-$i.key --policy fed --secret site-$i-key --spm $SPM --spm-pin $PIN $BOARD)"
   [ "$(secfl measure --for-run --code-volume task=task.secfl -- secfl collaborator --aggregator $AGG --task volume:task)" = "$COL_MR" ]
   cd ..
 done
-# --- the board: keys, the policy, two of three signatures, submitted -----------------------
+# --- the board: the policy, two of three signatures, submitted ------------------------------
 cd board
-for m in alice bob carol; do secfl policy keygen --out-dir . --member $m > /dev/null; done
 cat > policy.yaml <<YAML
 name: fed
 version: 1

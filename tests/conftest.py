@@ -1,7 +1,10 @@
 """Shared fixtures: the real vendor evidence in ``../shared/testvectors``.
 
-Tests that need it skip, saying why, where the folder is absent (a user's clone);
-CI always has it. Set ``SECFL_TESTVECTORS`` to point elsewhere.
+Tests that need it skip, saying why, where the folder is absent (a user's clone).
+Under CI (the ``CI`` environment variable set to any non-empty value) they fail
+instead: a CI run that silently skipped every check against real Intel and AMD
+evidence would pass while proving nothing. Set ``SECFL_TESTVECTORS`` to point
+elsewhere.
 """
 
 from __future__ import annotations
@@ -15,19 +18,35 @@ import pytest
 _DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "testvectors"
 
 
+def in_ci() -> bool:
+    """Whether this run is CI: ``CI`` is set to anything non-empty (``true``, ``1``...)."""
+    return bool(os.environ.get("CI", "").strip())
+
+
 def testvectors_dir() -> Path | None:
     path = Path(os.environ.get("SECFL_TESTVECTORS", _DEFAULT)).resolve()
     return path if path.is_dir() else None
 
 
-@pytest.fixture(scope="session")
-def vectors() -> Path:
-    """The testvectors folder, or a skip that names where it was looked for."""
+def require_vectors() -> Path:
+    """The testvectors folder; where absent, a skip that says why, or under CI a failure."""
     path = testvectors_dir()
     if path is None:
         where = Path(os.environ.get("SECFL_TESTVECTORS", _DEFAULT))
+        if in_ci():
+            pytest.fail(
+                f"vectors: real vendor evidence not found at {where}, and CI must test against "
+                "it (set SECFL_TESTVECTORS to the folder; unset CI only for a local run)",
+                pytrace=False,
+            )
         pytest.skip(f"real vendor evidence not found at {where} (set SECFL_TESTVECTORS)")
     return path
+
+
+@pytest.fixture(scope="session")
+def vectors() -> Path:
+    """The testvectors folder (see :func:`require_vectors` for when it is missing)."""
+    return require_vectors()
 
 
 def utc(text: str) -> datetime:

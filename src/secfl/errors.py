@@ -39,6 +39,10 @@ class SpmError(SecflError):
     """The Security Policy Manager refused a request or its state is unusable."""
 
 
+class IntegrityError(SpmError):
+    """The SPM's database was modified or rolled back outside the SPM."""
+
+
 class AuditError(SecflError):
     """The audit log does not verify: an entry was modified, removed or reordered."""
 

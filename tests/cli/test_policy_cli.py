@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import typer
+import yaml
 
 import secfl.cli.main as cli_main
 from secfl.cli import policy as policy_cli
@@ -43,10 +44,14 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
     return call
 
 
+#: The members who make a recovery key pair: as many as the board's threshold (2).
+RECOVERY = ("alice", "bob")
+
+
 def _keygen(run: Run, folder: Path) -> None:
     for member, kind in [("alice", "ed25519"), ("bob", "ecdsa-p256"), ("carol", "ed25519")]:
         args = ["keygen", "--out-dir", str(folder), "--member", member, "--kind", kind]
-        code, out, err = run(*args, *(["--recovery"] if member == "alice" else []))
+        code, out, err = run(*args, *(["--recovery"] if member in RECOVERY else []))
         assert code == 0, err
         assert f"{member}.pub  sha256:" in out
 
@@ -55,7 +60,9 @@ def _write_policy(folder: Path, keys: Path, **changes: object) -> Path:
     data = policy_dict()
     for member in data["board"]["members"]:
         member["public_key"] = (keys / f"{member['name']}.pub").read_text()
-    data["board"]["members"][0]["recovery_key"] = (keys / "alice.recovery.pub").read_text()
+    for member in data["board"]["members"]:
+        if member["name"] in RECOVERY:
+            member["recovery_key"] = (keys / f"{member['name']}.recovery.pub").read_text()
     data.update(changes)
     path = folder / "policy.yaml"
     path.write_text(to_yaml(data))
@@ -65,9 +72,9 @@ def _write_policy(folder: Path, keys: Path, **changes: object) -> Path:
 def test_keygen_sign_by_two_members_verify(run: Run, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     _keygen(run, keys)
-    for name in ("alice.key", "alice.recovery.key", "bob.key", "carol.key"):
+    for name in ("alice.key", "alice.recovery.key", "bob.key", "bob.recovery.key", "carol.key"):
         assert stat.S_IMODE((keys / name).stat().st_mode) == 0o600
-    assert (keys / "alice.recovery.pub").exists() and not (keys / "bob.recovery.pub").exists()
+    assert (keys / "bob.recovery.pub").exists() and not (keys / "carol.recovery.pub").exists()
     path = _write_policy(tmp_path, keys)
 
     code, out, err = run("validate", str(path))
@@ -200,3 +207,20 @@ def test_keygen_refuses_to_overwrite_and_bad_options(run: Run, tmp_path: Path) -
     assert (code, err) == (1, "error: --kind: 'rsa' is not one of ed25519, ecdsa-p256\n")
     code, _, err = run("keygen", "--out-dir", str(keys), "--member", "a b")
     assert (code, err) == (1, "error: --member: 'a b' is not a valid member name\n")
+
+
+def test_fewer_recovery_keys_than_the_threshold_is_one_error_line(run: Run, tmp_path: Path) -> None:
+    """Issue 13, item 9: one member's recovery key must not recover a 2-of-3 board's secrets."""
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    path = _write_policy(tmp_path, keys)
+    data = yaml.safe_load(path.read_text())
+    data["board"]["members"][1].pop("recovery_key")
+    path.write_text(to_yaml(data))
+    for command in ("validate", "digest"):
+        code, out, err = run(command, str(path))
+        assert (code, out) == (1, "")
+        assert err == (
+            "error: policy: board.members: 1 member(s) have a recovery_key, fewer than the "
+            "threshold (2): give at least 2 members a recovery_key, or none\n"
+        )

@@ -82,7 +82,7 @@ def _base() -> dict[str, Any]:
                 "role": "collaborator",
                 "measurements": {"simulated": [MR_COL]},
                 "inject": {
-                    "args": ["--key", "$$SECFL::model-key:base64$$"],
+                    "args": ["--tls-cert", "$$SECFL::tls:crt$$"],
                     "env": {"KEY": "$$SECFL::model-key$$"},
                     "files": {"/run/tls.crt": "$$SECFL::tls:crt$$"},
                 },

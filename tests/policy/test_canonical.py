@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secfl.policy import Policy, canonical_bytes, digest, load_policy, load_policy_file
-from secfl.policy.keys import generate
+from secfl.policy.keys import generate, generate_recovery
 from tests.policy import EXAMPLE, MR_AGG, member_keys, policy_dict, to_yaml
 
 
@@ -82,7 +82,7 @@ services:
     inject:
       files: {/run/tls.crt: "$$SECFL::tls:crt$$"}
       env: {KEY: "$$SECFL::model-key$$"}
-      args: [--key, "$$SECFL::model-key:base64$$"]
+      args: [--tls-cert, "$$SECFL::tls:crt$$"]
 identity_ca: ca
 platforms:
   simulation_root: |-
@@ -158,7 +158,7 @@ _json_text = st.text(
 _json_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | _json_text,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_json_text, inner, max_size=3),
@@ -191,6 +191,7 @@ Edit = Callable[[dict[str, Any]], object]
 def _edits() -> dict[str, Edit]:
     new_key = generate("ed25519")[1].decode()
     bob_pub = member_keys()["bob"][1].decode()
+    recovery_pub = generate_recovery()[1].decode()
     return {
         "name": lambda d: d.update(name="test-policy-2"),
         "version": lambda d: d.update(version=2, predecessor="00" * 32),
@@ -198,7 +199,10 @@ def _edits() -> dict[str, Edit]:
         "required member": lambda d: d["board"].update(required=["bob"]),
         "member key": lambda d: d["board"]["members"][2].update(public_key=new_key),
         "member order": lambda d: d["board"]["members"].reverse(),
-        "recovery key": lambda d: d["board"]["members"][0].update(recovery_key=bob_pub),
+        "recovery keys": lambda d: (
+            d["board"]["members"][0].update(recovery_key=bob_pub),
+            d["board"]["members"][1].update(recovery_key=recovery_pub),
+        ),
         "debug allowed": lambda d: d["platforms"].update(allow_debug=True),
         "unknown tcb allowed": lambda d: d["platforms"].update(allow_unknown_tcb=True),
         "min tcb": lambda d: d["platforms"].update(min_tcb_status="OutOfDate"),

@@ -157,7 +157,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     ),
     (
         "service secrets",
-        _set("services.0.secrets", ["ca", "nope"]),
+        _set("services.0.secrets", ["model-key", "nope"]),
         "services[0].secrets[1]: unknown secret 'nope'",
     ),
     (

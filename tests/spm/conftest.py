@@ -2,9 +2,11 @@
 
 ``pg_url`` starts a throwaway server with ``scripts/postgres.sh`` (which installs
 Debian's ``postgresql`` package if needed) once per session. Set
-``SECFL_SKIP_POSTGRES=1`` to skip the PostgreSQL half of the tests. In CI, or as
-root (who can install it), a server that fails to start is a test error, never a
-silent skip; elsewhere (a user's clone without root) those tests skip and say why.
+``SECFL_SKIP_POSTGRES=1`` to skip the PostgreSQL half of the tests, except under CI
+(``CI`` set to anything), where that variable is refused with a failure: CI must
+test the backend that production uses. In CI, or as root (who can install it), a
+server that fails to start is a test error, never a silent skip; elsewhere (a
+user's clone without root) those tests skip and say why.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import psycopg
 import pytest
 
 from secfl.spm.store import Store
+from tests.conftest import in_ci
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "postgres.sh"
 AUDIT_KEY = bytes(range(32))
@@ -30,6 +33,12 @@ AUDIT_KEY = bytes(range(32))
 def pg_url() -> Iterator[str]:
     """URL of the session's PostgreSQL server (database ``secfl``)."""
     if os.environ.get("SECFL_SKIP_POSTGRES") == "1":
+        if in_ci():
+            pytest.fail(
+                "postgres: SECFL_SKIP_POSTGRES=1 is refused under CI, which must test the "
+                "PostgreSQL store (unset SECFL_SKIP_POSTGRES)",
+                pytrace=False,
+            )
         pytest.skip("PostgreSQL tests skipped: SECFL_SKIP_POSTGRES=1")
     # Not under pytest's tmp_path: its parents are private to root, and the server
     # runs as the postgres user.
@@ -44,7 +53,7 @@ def pg_url() -> Iterator[str]:
         )
         if done.returncode != 0 or not done.stdout.strip():
             message = f"scripts/postgres.sh start failed (exit {done.returncode}): {done.stderr}"
-            if os.environ.get("CI") or os.geteuid() == 0:
+            if in_ci() or os.geteuid() == 0:
                 raise RuntimeError(message)  # CI, or a machine that can install it: must run
             pytest.skip(f"PostgreSQL unavailable without root here; {message.strip()}")
         yield done.stdout.strip().splitlines()[-1]

@@ -97,7 +97,7 @@ def policy_document(
                 "name": "collaborator",
                 "role": "collaborator",
                 "measurements": {k: [COLLABORATOR_MR] for k in accept if k in ("simulated", "snp")},
-                "inject": {"args": ["--key", "$$SECFL::model-key:hex$$"]},
+                "inject": {"files": {"/secrets/model.key": "$$SECFL::model-key:hex$$"}},
             },
         ],
         "secrets": [

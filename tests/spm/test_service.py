@@ -81,7 +81,11 @@ def test_only_the_selected_parts_are_released(setup: tuple[Spm, Board, bytes, Pa
 def test_imported_secret_reaches_only_its_service(setup: tuple[Spm, Board, bytes, Path]) -> None:
     spm, board, root, tmp = setup
     doc = yaml.safe_load(policy_document("p", board, root))
-    sealed = sv.seal_imported(b"s3cret-db-password", spm.identity.key.public_key(), "p", "db")
+    binding = sv.board_binding([m["public_key"] for m in doc["board"]["members"]],
+                               doc["board"]["threshold"])  # fmt: skip
+    sealed = sv.seal_imported(
+        b"s3cret-db-password", spm.identity.key.public_key(), "p", "db", binding
+    )
     doc["secrets"].append({"name": "db", "kind": "imported", "sealed": sealed})
     doc["services"][0]["inject"]["env"]["DB_PASSWORD"] = "$$SECFL::db$$"
     submit(spm, board, yaml.safe_dump(doc))
@@ -89,7 +93,7 @@ def test_imported_secret_reaches_only_its_service(setup: tuple[Spm, Board, bytes
                  measurement=AGGREGATOR_MR)  # fmt: skip
     assert got.render("db") == "s3cret-db-password"
 
-    other = sv.seal_imported(b"x", spm.identity.key.public_key(), "other-policy", "db")
+    other = sv.seal_imported(b"x", spm.identity.key.public_key(), "other-policy", "db", binding)
     doc2 = yaml.safe_load(policy_document("q", board, root))
     doc2["secrets"].append({"name": "db", "kind": "imported", "sealed": other})
     with pytest.raises(Refused, match="not sealed to this SPM for policy 'q'"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,95 @@ def test_malformed_inputs_name_the_problem(data: bytes, message: str) -> None:
 def test_parse_fuzz(data: bytes) -> None:
     with contextlib.suppress(VerificationError):
         Evidence.parse(data)
+
+
+# --- configfs-tsm JSON as real tools save it --------------------------------------------
+
+#: Provider names as the kernel's configfs-tsm ``provider`` attribute reads (with its
+#: newline) and as tools that save it verbatim, or pad it, leave them.
+PROVIDER_SPELLINGS = ["{}\n", "{}", " {}\r\n", "\t{} ", "{}\n\n"]
+REAL_PROVIDERS = [
+    ("amd/snp_milan_report.bin", "sev_guest"),
+    ("intel/tdx_v4_quote.bin", "tdx_guest"),
+]
+
+
+def _tsm_json(raw: bytes, provider: str) -> bytes:
+    return json.dumps({"outblob": _b64(raw), "provider": provider}).encode()
+
+
+@pytest.mark.parametrize("spelling", PROVIDER_SPELLINGS, ids=repr)
+@pytest.mark.parametrize(("name", "provider"), REAL_PROVIDERS)
+def test_provider_with_a_trailing_newline_is_accepted(
+    vectors: Path, name: str, provider: str, spelling: str
+) -> None:
+    raw = (vectors / name).read_bytes()
+    ev = Evidence.parse(_tsm_json(raw, spelling.format(provider)))
+    assert (ev.kind, ev.quote, ev.provider) == (KNOWN[name], raw, provider)
+    assert json.loads(ev.to_json())["provider"] == provider
+
+
+@pytest.mark.parametrize(
+    ("provider", "message"),
+    [
+        ("nope\n", "^malformed evidence JSON: unknown provider 'nope'"),
+        ("sev_guest\nx", "^malformed evidence JSON: unknown provider 'sev_guest\\\\nx'"),
+        ("sev guest", "^malformed evidence JSON: unknown provider 'sev guest'"),
+        ("\n", "^malformed evidence JSON: 'provider' is empty"),
+        ("tdx_guest\n", "^kind: provider 'tdx_guest' produced snp evidence"),
+        ("sev_guest\u00a0", "unknown provider"),  # only ASCII whitespace is a tool's leftover
+    ],
+)
+def test_unknown_or_mismatched_providers_are_refused_in_one_line(
+    vectors: Path, provider: str, message: str
+) -> None:
+    raw = (vectors / "amd/snp_milan_report.bin").read_bytes()
+    with pytest.raises(VerificationError, match=message) as info:
+        Evidence.parse(_tsm_json(raw, provider))
+    assert "\n" not in str(info.value) and "\r" not in str(info.value)
+
+
+def test_deeply_nested_json_is_refused_not_a_recursion_error() -> None:
+    deep = b'{"outblob": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(VerificationError, match="^malformed evidence JSON: "):
+        Evidence.parse(deep)
+
+
+def _secfl(*args: str) -> subprocess.CompletedProcess[str]:
+    """``secfl ARGS`` as a real process, the way a script or an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_attest_verify_reads_kernel_provider_names_as_a_process(
+    vectors: Path, tmp_path: Path
+) -> None:
+    """The real vectors, rewrapped as the kernel's provider attribute leaves them."""
+    snp = tmp_path / "snp.json"
+    snp.write_bytes(_tsm_json((vectors / "amd/snp_milan_report.bin").read_bytes(), "sev_guest\n"))
+    done = _secfl(
+        "attest", "verify", str(snp),
+        "--vcek", str(vectors / "amd/snp_milan_vcek.der"),
+        "--chain", str(vectors / "amd/ask_ark_milan.pem"),
+        "--at", "2024-06-01",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    claims = json.loads(done.stdout)
+    assert claims["kind"] == "snp" and claims["measurements"]["measurement"].startswith("7a1e5c26")
+
+    tdx = tmp_path / "tdx.json"
+    tdx.write_bytes(_tsm_json((vectors / "intel/tdx_v4_quote.bin").read_bytes(), "tdx_guest\n"))
+    done = _secfl("attest", "verify", str(tdx), "--at", "2025-07-01")
+    assert done.returncode == 0, done.stderr
+    claims = json.loads(done.stdout)
+    assert claims["kind"] == "tdx" and claims["measurements"]["mrtd"].startswith("91eb2b44")
+
+    tdx.write_bytes(_tsm_json((vectors / "intel/tdx_v4_quote.bin").read_bytes(), "sev_guest\n"))
+    done = _secfl("attest", "verify", str(tdx), "--at", "2025-07-01")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "error: kind: provider 'sev_guest' produced tdx evidence\n"

@@ -407,12 +407,9 @@ _REAL: dict[str, bytes] = {}
 
 def _real(name: str) -> bytes:
     if name not in _REAL:
-        from tests.conftest import testvectors_dir
+        from tests.conftest import require_vectors
 
-        root = testvectors_dir()
-        if root is None:
-            pytest.skip("real vendor evidence not found")
-        _REAL[name] = (root / "intel" / f"{name}.bin").read_bytes()
+        _REAL[name] = (require_vectors() / "intel" / f"{name}.bin").read_bytes()
     return _REAL[name]
 
 
@@ -450,13 +447,10 @@ _COLLATERAL: dict[str, str] = {}
 
 def _real_collateral() -> dict[str, str]:
     if not _COLLATERAL:
-        from tests.conftest import testvectors_dir
+        from tests.conftest import require_vectors
 
-        root = testvectors_dir()
-        if root is None:
-            pytest.skip("real vendor evidence not found")
         _COLLATERAL.update(
-            json.loads((root / "intel" / "sgx_v3_quote.collateral.json").read_text())
+            json.loads((require_vectors() / "intel" / "sgx_v3_quote.collateral.json").read_text())
         )
     return _COLLATERAL
 

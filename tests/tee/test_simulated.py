@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -179,3 +180,80 @@ def test_verify_fuzz_truncations_and_mutations(
             data[f % len(data)] ^= 0xFF
     with contextlib.suppress(VerificationError):
         verify(bytes(data), sim_root=root)
+
+
+# --- issue 13: a damaged simulation folder, and how its private keys are written ----------
+
+
+def _copy_sim(sim: Path, to: Path) -> Path:
+    to.mkdir()
+    for child in sim.iterdir():
+        (to / child.name).write_bytes(child.read_bytes())
+    return to
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        (simulated.PLATFORM_KEY, b"garbage"),
+        (simulated.PLATFORM_KEY, b""),
+        (simulated.PLATFORM_KEY, b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+        (simulated.PLATFORM_KEY, None),  # an Ed25519 key: not what the platform signs with
+        (simulated.PLATFORM_CERT, b"garbage"),
+        (simulated.PLATFORM_CERT, b"\xff" * 40),
+    ],
+    ids=["key garbage", "key empty", "key bad PEM", "key Ed25519", "cert garbage", "cert bytes"],
+)
+def test_a_corrupt_platform_file_is_one_line(
+    sim: Path, tmp_path: Path, name: str, content: bytes | None
+) -> None:
+    damaged = _copy_sim(sim, tmp_path / "sim")
+    if content is None:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        from secfl._internal.x509util import private_pem
+
+        content = private_pem(ed25519.Ed25519PrivateKey.generate())
+    (damaged / name).write_bytes(content)
+    with pytest.raises(PlatformError) as info:
+        simulated.SimulatedPlatform(damaged)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("simulation: "), message
+    assert str(damaged / name) in message and "secfl sim init" in message, message
+
+
+def test_a_corrupt_platform_key_is_one_line_from_the_cli(sim: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    damaged = _copy_sim(sim, tmp_path / "sim")
+    (damaged / simulated.PLATFORM_KEY).write_bytes(b"not a key")
+    done = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "attest", "quote", "--report-data", "01" * 32,
+         "--platform", "simulated", "--sim-dir", str(damaged), "-o", str(tmp_path / "q")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: simulation: ") and done.stderr.count("\n") == 1, (
+        done.stderr
+    )
+
+
+def test_init_never_writes_a_key_through_a_planted_link(tmp_path: Path) -> None:
+    """A symbolic or hard link planted at a key's name must not receive the key."""
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    victim, shared = tmp_path / "victim", tmp_path / "shared"
+    victim.write_bytes(b"victim\n")
+    shared.write_bytes(b"shared\n")
+    shared.chmod(0o644)
+    (sim / simulated.PLATFORM_KEY).symlink_to(victim)
+    os.link(shared, sim / simulated.ROOT_KEY)
+    simulated.init(sim, force=True)
+    assert victim.read_bytes() == b"victim\n"
+    assert shared.read_bytes() == b"shared\n" and stat.S_IMODE(shared.stat().st_mode) == 0o644
+    for name in (simulated.PLATFORM_KEY, simulated.ROOT_KEY):
+        st = (sim / name).lstat()
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_nlink == 1
+    simulated.SimulatedPlatform(sim).get_evidence(REPORT_DATA)  # the new keys work
+    assert [p.name for p in sim.iterdir() if p.name.startswith(".")] == []  # no temp left

@@ -50,7 +50,8 @@ def demo(
         samples = 12000  # the full 70k on 2 cores takes long; --samples 70000 for all of it
     settings = DemoSettings(task=task, clients=clients, rounds=rounds, samples=samples,
                             epochs=epochs, defence=defence, poisoned=poisoned)  # fmt: skip
-    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="secfl-demo-"))
+    # Absolute at once: the demo's processes run inside this folder.
+    work = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="secfl-demo-"))
     fed = Federation(work, settings)
     began = time.monotonic()
     try:

@@ -18,6 +18,12 @@ Insecure = Annotated[
 ]
 
 
+#: Secure mode takes only what attestation covers (secfl.fl.sources.require_measured).
+TASK_HELP = "volume:NAME or a built-in task (a .py file: --insecure only)."
+DATA_HELP = "volume:NAME; a file: --insecure only"
+KEY_HELP = "(an injected file, relative to $SECFL_FILES; default: the well-known one)"
+
+
 def _logging() -> None:
     logging.basicConfig(
         level=logging.INFO,
@@ -37,11 +43,9 @@ def _warn_insecure(insecure: bool) -> None:
 
 
 def aggregator(
-    task: Annotated[str, typer.Option(help="volume:NAME, a built-in task, or a .py file.")],
-    validation: Annotated[
-        str | None, typer.Option(help="Validation shard (volume:NAME or path).")
-    ] = None,
-    test: Annotated[str | None, typer.Option(help="Test shard (volume:NAME or path).")] = None,
+    task: Annotated[str, typer.Option(help=TASK_HELP)],
+    validation: Annotated[str | None, typer.Option(help=f"Validation shard ({DATA_HELP}).")] = None,
+    test: Annotated[str | None, typer.Option(help=f"Test shard ({DATA_HELP}).")] = None,
     listen: Annotated[
         str, typer.Option(help="HOST:PORT to serve collaborators on.")
     ] = "0.0.0.0:7443",
@@ -53,13 +57,9 @@ def aggregator(
     ] = None,
     output: Annotated[str | None, typer.Option(help="Folder for the final model.")] = None,
     federation: Annotated[str | None, typer.Option(help="--insecure only: settings file.")] = None,
-    signing_key: Annotated[
-        str | None, typer.Option(help="Model-signing key (default: injected).")
-    ] = None,
-    checkpoint_key: Annotated[
-        str | None, typer.Option(help="Checkpoint key (default: injected).")
-    ] = None,
-    output_key: Annotated[str | None, typer.Option(help="Output key (default: injected).")] = None,
+    signing_key: Annotated[str | None, typer.Option(help=f"Model-signing key {KEY_HELP}.")] = None,
+    checkpoint_key: Annotated[str | None, typer.Option(help=f"Checkpoint key {KEY_HELP}.")] = None,
+    output_key: Annotated[str | None, typer.Option(help=f"Output key {KEY_HELP}.")] = None,
     ready_file: Annotated[
         str | None, typer.Option(help="Write {port, pid} here when listening.")
     ] = None,
@@ -93,16 +93,16 @@ def aggregator(
 
 def collaborator(
     aggregator: Annotated[str, typer.Option(help="HOST:PORT of the aggregator.")],
-    task: Annotated[str, typer.Option(help="volume:NAME, a built-in task, or a .py file.")],
+    task: Annotated[str, typer.Option(help=TASK_HELP)],
     data: Annotated[
-        str | None, typer.Option(help="Training shard (default: the data volume).")
+        str | None, typer.Option(help=f"Training shard ({DATA_HELP}; default: the data volume).")
     ] = None,
     aggregator_service: Annotated[
         str | None, typer.Option(help="The aggregator's service name.")
     ] = None,
     name: Annotated[str | None, typer.Option(help="--insecure only: this site's name.")] = None,
     verify_key: Annotated[
-        str | None, typer.Option(help="Model-signing public key (default: injected).")
+        str | None, typer.Option(help=f"Model-signing public key {KEY_HELP}.")
     ] = None,
     patience: Annotated[
         float, typer.Option(help="Seconds to wait out an unreachable aggregator.")

@@ -194,13 +194,34 @@ def seal_secret_cmd(
     spm_pin: Annotated[
         str, typer.Option(help="SHA-256 of the SPM's TLS key (`secfl spm verify`).")
     ],
+    board_key: Annotated[
+        list[str],
+        typer.Option(
+            "--board-key",
+            help="A board member's public key (PEM file); give every member's.",
+        ),
+    ],
+    threshold: Annotated[
+        int, typer.Option(min=1, max=64, help="How many members must approve (the board's m).")
+    ],
 ) -> None:
-    """Seal your key to the pinned SPM; print what goes in the policy's ``sealed:`` field."""
+    """Seal your key to the pinned SPM for one board; print the policy's ``sealed:`` value.
+
+    The SPM opens it only under a policy of this name whose board is exactly these
+    members' keys with this threshold: whoever registers the name first with another
+    board gets nothing."""
     from secfl.shield import key_from_file
     from secfl.spm.client import SpmClient
-    from secfl.spm.secrets import seal_imported
+    from secfl.errors import SpmError
+    from secfl.spm.secrets import board_binding, seal_imported
 
     value = key_from_file(key_file)
+    keys = [read_input(path, "board member key").decode("utf-8", "replace") for path in board_key]
+    if threshold > len(keys):
+        raise SpmError(
+            f"seal: the threshold {threshold} is more than the {len(keys)} board keys given"
+        )
+    board = board_binding(keys, threshold)
     with SpmClient(spm, pin=spm_pin) as client:
-        sealed = seal_imported(value, client.public_key(), policy, secret)
+        sealed = seal_imported(value, client.public_key(), policy, secret, board)
     out.print(sealed, markup=False)

@@ -41,8 +41,9 @@ def run(
     platform: Annotated[str, typer.Option(help="auto|simulated|tdx|snp|sgx")] = "auto",
     sim_dir: Annotated[str | None, typer.Option(help="Simulated TEE folder.")] = None,
 ) -> int:
-    """Attest, receive secrets, open volumes, inject, and run PROGRAM (exit code passes through)."""
-    from secfl.launcher.launch import RunRequest, execute, exit_like, prepare
+    """Attest, receive secrets, open volumes, inject, and run PROGRAM (its exit code, or 128+N
+    when signal N killed it)."""
+    from secfl.launcher.launch import RunRequest, execute, prepare
 
     for flag, value in (("--spm", spm), ("--policy", policy), ("--service", service)):
         if not value:
@@ -60,4 +61,4 @@ def run(
         platform=platform,
         sim_dir=Path(sim_dir) if sim_dir else None,
     )
-    return exit_like(execute(prepare(request)))
+    return execute(prepare(request))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,6 +37,28 @@ def _key(key_file: str | None, key_hex: str | None) -> bytes:
     return key_from_file(key_file) if key_file is not None else load_key(key_hex or "")
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same path once resolved, or the
+    same inode (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _check_output(output: str, key_file: str | None, force: bool) -> None:
+    """The volume never replaces its own key file, and another file only with --force."""
+    if key_file is not None and _same_file(Path(output), Path(key_file)):
+        raise UsageError(
+            f"--output: '{output}' is the key file '{key_file}'; writing the volume there "
+            "would destroy the key: choose another output"
+        )
+    if os.path.lexists(output) and not force:
+        raise UsageError(f"--output: '{output}' exists; use --force to replace it")
+
+
 @app.command("encrypt")
 def encrypt_cmd(
     src_dir: Annotated[str, typer.Argument(help="The folder to encrypt.")],
@@ -45,6 +69,9 @@ def encrypt_cmd(
         int, typer.Option(help="Release number of this data; raise it for every new release.")
     ] = 1,
     chunk_kib: Annotated[int, typer.Option(help="Chunk size in KiB.")] = 1024,
+    force: Annotated[
+        bool, typer.Option(help="Replace an existing output file (never the key file).")
+    ] = False,
 ) -> None:
     """Encrypt every file below SRC_DIR into one volume; print its tag."""
     from secfl.shield import encrypt_directory
@@ -52,7 +79,10 @@ def encrypt_cmd(
     key = _key(key_file, key_hex)
     if not 1 <= chunk_kib <= 1 << 16:
         raise UsageError(f"--chunk-kib: {chunk_kib} is not from 1 to 65536")
-    tag = encrypt_directory(src_dir, output, key, version=version, chunk_size=chunk_kib * 1024)
+    _check_output(output, key_file, force)
+    tag = encrypt_directory(
+        src_dir, output, key, version=version, chunk_size=chunk_kib * 1024, overwrite=force
+    )
     out.print(tag, markup=False)
 
 

@@ -33,18 +33,32 @@ def serve_cmd(
     ready_file: Annotated[
         str | None, typer.Option(help="Write {url, tls_spki_sha256, measurement} here once up.")
     ] = None,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections at most (also kept below the file limit).")
+    ] = 1000,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds for a connection's TLS handshake and request headers.")
+    ] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds for a request's body.")] = 30.0,
 ) -> None:
-    """Serve the SPM over HTTPS; its TLS key is made and kept inside its TEE."""
+    """Serve the SPM over HTTPS; its TLS key is made and kept inside its TEE.
+
+    Connections that stall (half-sent headers or bodies, silent sockets) are closed
+    after the timeouts, and at most --max-connections are open at once."""
+    from secfl.spm.httpguard import Limits
     from secfl.spm.server import open_spm, serve
 
     host, port = parse_listen(listen)
+    limits = Limits(
+        max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout
+    )
     spm = open_spm(data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])])
     out.print(
         f"secfl SPM on {host}:{port}, TLS key sha256 {spm.identity.spki_sha256}, "
         f"platform {spm.platform.name}",
         markup=False,
     )
-    serve(spm, host, port, ready_file=ready_file)
+    serve(spm, host, port, ready_file=ready_file, limits=limits)
 
 
 @app.command("verify")

@@ -128,6 +128,9 @@ class Federation:
     killed: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        # Absolute: every process starts inside the work folder, where a relative
+        # path would name a folder below itself.
+        self.work = Path(self.work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.logs = self.work / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -226,17 +229,19 @@ class Federation:
         return str(reply.get("digest", ""))
 
     def _policy(self, members: list[dict[str, str]], spm_key: Any) -> dict[str, Any]:
-        from secfl.spm.secrets import seal_imported
+        from secfl.spm.secrets import board_binding, seal_imported
 
         s = self.settings
         imported = [*self.sites, "validation", "test", "task", "model-output"]
+        # Each owner seals its key for this board only (see `secfl policy seal-secret`).
+        board = board_binding([m["public_key"] for m in members], 2)
         secrets: list[dict[str, Any]] = [
             {"name": "fl-ca", "kind": "x509-ca", "common_name": "demo federation CA"},
             {"name": "model-signing", "kind": "ed25519"},
             {"name": "checkpoint-key", "kind": "aes-256"},
         ] + [
             {"name": f"{n}-key", "kind": "imported",
-             "sealed": seal_imported(self.keys[n], spm_key, POLICY, f"{n}-key")}
+             "sealed": seal_imported(self.keys[n], spm_key, POLICY, f"{n}-key", board)}
             for n in imported
         ]  # fmt: skip
         volumes = [{"name": "task", "key": "task-key", "kind": "code", "tag": self.tags["task"]}]

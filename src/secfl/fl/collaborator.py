@@ -161,7 +161,12 @@ class Collaborator:
             join=False,
         )
         header, _ = msg.decode(welcome, "welcome")
-        self._heartbeat = float(header.get("heartbeat", 2.0))
+        beat = header.get("heartbeat", 2.0)
+        if isinstance(beat, bool) or not isinstance(beat, int | float) or not 0 < beat <= 3600:
+            raise FlError(
+                "protocol: the aggregator's heartbeat is not a number of seconds in (0, 3600]"
+            )
+        self._heartbeat = float(beat)
         log.info("joined as '%s'", header.get("participant"))
 
     def _call(self, fn: Callable[[Client], bytes], *, join: bool = True) -> bytes:

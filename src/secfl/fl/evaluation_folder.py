@@ -25,11 +25,14 @@ from typing import Any
 
 from secfl.errors import FlError
 from secfl.fl.evaluation import Evaluation, Grid, key
+from secfl.fl.untrusted import check_tree, read_json_file
 
 log = logging.getLogger("secfl.fl.evaluation")
 
 #: The grid settings that must agree for runs to be compared in one report.
 FINGERPRINT = ("clients", "rounds", "epochs", "samples", "clones")
+#: A grid.json records settings and a command: small.
+MAX_SETTINGS_BYTES = 1 << 20
 
 
 def model_digest(task_name: str) -> str:
@@ -64,12 +67,15 @@ class GridFolder:
     @staticmethod
     def stored(path: Path) -> tuple[Grid, str] | None:
         """The grid and command recorded in ``path/grid.json``, if it records them
-        (folders written before it did hold only the fingerprint)."""
-        try:
-            found = json.loads((path / "grid.json").read_text())
-            return Grid(**found["grid"]), str(found["command"])
-        except (OSError, ValueError, KeyError, TypeError):
+        (folders written before it did hold only the fingerprint); a grid.json that
+        is not a grid's settings is refused."""
+        settings = path / "grid.json"
+        if not settings.is_file():
             return None
+        found = read_settings(settings)
+        if "grid" not in found or "command" not in found:
+            return None
+        return grid_from(found["grid"], settings), str(found["command"])
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -87,13 +93,8 @@ class GridFolder:
         if resume or report_only:
             if self.settings.exists():
                 mine = self.fingerprint()
-                try:
-                    stored = json.loads(self.settings.read_text())
-                    found = {k: stored.get(k) for k in mine}
-                except (ValueError, AttributeError):
-                    raise FlError(
-                        f"{self.settings}: not a grid's settings (a JSON object is expected)"
-                    ) from None
+                stored = read_settings(self.settings)
+                found = {k: stored.get(k) for k in mine}
                 if found != mine:  # a task's model changed, or a setting
                     raise FlError(
                         f"{self.path}: its runs were made with other settings "
@@ -121,6 +122,61 @@ class GridFolder:
         return lambda record: append_record(path, record)
 
 
+def read_settings(path: Path) -> dict[str, Any]:
+    """A folder's ``grid.json`` as a JSON object, bounded (see :mod:`secfl.fl.untrusted`)."""
+    try:
+        doc = read_json_file(path, "grid", MAX_SETTINGS_BYTES)
+        if not isinstance(doc, dict):
+            raise FlError(f"grid: {path} holds a {type(doc).__name__}")
+        check_tree(doc, f"grid: {path}", max_int=2**31)
+    except FlError as exc:
+        raise FlError(
+            f"{exc}: not a grid's settings (a JSON object is expected); use another folder"
+        ) from None
+    return doc
+
+
+def grid_from(doc: Any, path: Path) -> Grid:
+    """The :class:`Grid` a ``grid.json`` records, each field of its type."""
+    if not isinstance(doc, dict) or set(doc) - set(GRID_FIELDS):
+        raise FlError(f"{path}: its grid is not a grid's settings")
+    for name, check in GRID_FIELDS.items():
+        if name in doc and not check(doc[name]):
+            raise FlError(f"{path}: the grid's '{name}' has the wrong type")
+    try:
+        return Grid(**doc)
+    except TypeError:  # a field the grid needs is missing
+        raise FlError(f"{path}: its grid lacks a setting") from None
+
+
+def _ints(v: Any) -> bool:
+    return isinstance(v, list) and all(type(x) is int for x in v)
+
+
+def _strs(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _numbers(v: Any, none: bool = False) -> bool:
+    return isinstance(v, list) and all(
+        (x is None and none) or (isinstance(x, int | float) and not isinstance(x, bool))
+        for x in v
+    )
+
+
+def _count(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+#: A grid.json's grid fields and the check of each.
+GRID_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "tasks": _strs, "clients": _count, "partitions": lambda v: _numbers(v, none=True),
+    "malicious": _numbers, "attacks": _strs, "defences": _strs, "seeds": _ints,
+    "rounds": _count, "epochs": _count, "samples": lambda v: v is None or _count(v),
+    "clones": _count,
+}  # fmt: skip
+
+
 def fan_out(workers: int, argv: Sequence[str]) -> None:
     """Run ``secfl <argv> --resume --shard K/workers`` for every K side by side, and
     wait for all; a failed worker loses only its run under way (``--resume`` again)."""
@@ -140,7 +196,7 @@ def load_records(folder: Path) -> list[dict[str, Any]]:
             try:
                 record = json.loads(line)
                 key(record)
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
                 log.warning("%s: skipping a malformed line (a run cut short?)", path.name)
                 continue
             records.append(record)

@@ -21,8 +21,12 @@ from typing import Any
 
 from secfl.errors import FlError
 from secfl.fl.tensors import chunks
+from secfl.fl.untrusted import parse_json
 
 MAX_HEADER = 64 << 10
+#: Most metrics one update may report, and the longest name of one.
+MAX_METRICS = 64
+MAX_METRIC_NAME = 64
 
 # Method names on the transport (secfl.fl.Federation/<name>).
 JOIN = "Join"
@@ -77,10 +81,7 @@ def decode(
     (hlen,) = struct.unpack(">I", view[:4])
     if hlen > MAX_HEADER or 4 + hlen > len(view):
         raise FlError(f"message: header length {hlen} is out of range")
-    try:
-        header = json.loads(bytes(view[4 : 4 + hlen]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise FlError("message: the header is not UTF-8 JSON") from None
+    header = parse_json(bytes(view[4 : 4 + hlen]), "message: the header")
     if not isinstance(header, dict):
         raise FlError("message: the header is not a JSON object")
     if kind is not None and header.get("kind") != kind:
@@ -96,3 +97,51 @@ def field(header: dict[str, Any], name: str, typ: type | tuple[type, ...]) -> An
     if not isinstance(value, typ):
         raise FlError(f"message: field '{name}' is missing or has the wrong type")
     return value
+
+
+def _describe(value: Any) -> str:
+    """A peer's value in a refusal, short whatever its size."""
+    if type(value) is int:
+        digits = len(str(abs(value)))  # < 4300 digits: the parser refused longer ones
+        return str(value) if digits <= 20 else f"an integer of {digits} digits"
+    if value is None:
+        return "None"
+    return f"a {type(value).__name__}"
+
+
+def sample_count(header: dict[str, Any], limit: int, *, name: str = "samples") -> int:
+    """``header[name]``: a real integer (not a bool, not a float) from 1 to ``limit``
+    (the policy's ``max_samples``): it weighs a peer's update against everyone else's."""
+    value = header.get(name)
+    if type(value) is not int or not 1 <= value <= limit:
+        raise FlError(
+            f"samples: {_describe(value)} is not an integer from 1 to {limit} "
+            "(the policy's max_samples)"
+        )
+    return value
+
+
+def metric_values(header: dict[str, Any]) -> dict[str, float]:
+    """``header["metrics"]`` (absent: none) as finite floats under short names, at most
+    MAX_METRICS of them."""
+    metrics = header.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise FlError(f"metrics: {_describe(metrics)} is not a mapping of names to numbers")
+    if len(metrics) > MAX_METRICS:
+        raise FlError(f"metrics: {len(metrics)} metrics, at most {MAX_METRICS}")
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if len(key) > MAX_METRIC_NAME:
+            raise FlError(
+                f"metrics: a metric name of {len(key)} characters, at most {MAX_METRIC_NAME}"
+            )
+        number = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = None
+        if number is None or not math.isfinite(number):
+            raise FlError(f"metrics: {key!r} is not a finite number ({_describe(value)})")
+        out[key] = number
+    return out

@@ -25,11 +25,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from secfl.errors import FlError, PolicyError
+from secfl.fl.untrusted import read_json_file
 from secfl.policy import keys
 from secfl.policy.model import Policy
 from secfl.policy.signatures import Signature, check_approval, sign_statement
 
 RESET_DOMAIN = "secfl/fl-reset/v1"
+#: A reset file holds one statement and a board's signatures: small.
+MAX_RESET_BYTES = 256 << 10
 
 
 def reset_statement(
@@ -55,8 +58,8 @@ def sign_reset(path: Path, doc: dict[str, Any], key: bytes, member: str) -> int:
     absent; an existing file must hold the same statement). Returns the count."""
     current: dict[str, Any] = {"statement": doc, "signatures": []}
     if path.exists():
-        current = json.loads(path.read_text())
-        if current.get("statement") != doc:
+        current = _read(path)
+        if current["statement"] != doc:
             raise FlError(f"reset: {path} holds another statement")
     sig = sign_statement(RESET_DOMAIN, statement_digest(doc), keys.load_private(key), member)
     current["signatures"] = [s for s in current["signatures"] if s.get("member") != member] + [
@@ -68,20 +71,39 @@ def sign_reset(path: Path, doc: dict[str, Any], key: bytes, member: str) -> int:
 
 def check_reset(path: Path, policy: Policy, policy_digest: str, counter: str) -> int:
     """The counter value the board approved a reset at; FlError naming what failed."""
+    doc = _read(path)
+    statement = doc["statement"]
     try:
-        doc = json.loads(path.read_text())
-        statement = doc["statement"]
         sigs = [Signature.model_validate(s) for s in doc["signatures"]]
-    except (OSError, ValueError, KeyError, TypeError, ValidationError) as exc:
-        raise FlError(f"reset: {path} is not a reset file ({type(exc).__name__})") from None
+    except ValidationError as exc:
+        where = ".".join(str(p) for p in exc.errors()[0]["loc"])[:80]
+        raise FlError(f"reset: {path} holds a malformed signature ({where})") from None
     want = {"policy": policy.name, "policy_digest": policy_digest, "counter": counter}
     for key, value in want.items():
         if statement.get(key) != value:
             raise FlError(f"reset: the statement's {key} is not {value!r}")
-    if type(statement.get("value")) is not int:
-        raise FlError("reset: the statement names no counter value")
+    approved = statement.get("value")
+    if type(approved) is not int or not 0 <= approved < 2**63:
+        raise FlError("reset: the statement names no counter value (an integer from 0 to 2**63-1)")
     try:
         check_approval(policy.board, statement_digest(statement), sigs, domain=RESET_DOMAIN)
     except PolicyError as exc:
         raise FlError(f"reset: {exc}") from None
-    return int(statement["value"])
+    return approved
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """A reset file's ``{"statement": {...}, "signatures": [{...}, ...]}``, bounded (it
+    lies in the host's checkpoint folder: anyone there may have written it)."""
+    doc = read_json_file(path, "reset", MAX_RESET_BYTES)
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("statement"), dict)
+        or not isinstance(doc.get("signatures"), list)
+        or not all(isinstance(s, dict) for s in doc["signatures"])
+    ):
+        raise FlError(
+            f"reset: {path} is not a reset file (a statement and a list of signatures): "
+            "sign a new one with `secfl policy sign-reset`"
+        )
+    return doc

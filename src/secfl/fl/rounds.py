@@ -10,8 +10,10 @@ before the round's deadline. Every handler runs on a transport thread; the round
 loop (:mod:`secfl.fl.aggregator`) waits on :class:`Rounds`' condition.
 
 A refused update (malformed, wrong shapes or dtypes, NaN/Inf, oversized, for
-another round, from a collaborator not sampled) is answered with the reason and
-leaves the round unharmed; the sender counts as done without an update.
+another round, from a collaborator not sampled, a sample count that is not an
+integer from 1 to the policy's ``max_samples``, metrics that are not finite
+numbers) is answered with the reason and leaves the round unharmed; the sender
+counts as done without an update.
 """
 
 from __future__ import annotations
@@ -112,8 +114,8 @@ class Rounds:
     def join(self, request: bytes, peer: Peer) -> bytes:
         header, _ = msg.decode(request, "join")
         samples = header.get("samples")
-        if samples is not None and (type(samples) is not int or samples < 0):
-            raise FlError("protocol: 'samples' must be a non-negative integer")
+        if samples is not None:
+            samples = msg.sample_count(header, self.config.max_samples)
         with self.cond:
             rejoin = peer.service in self.participants
             self.participants[peer.service] = Participant(
@@ -220,12 +222,8 @@ class Rounds:
         return msg.encode({"kind": "accepted", "round": a.round})
 
     def _update(self, header: dict[str, Any], payload: memoryview, name: str, a: Attempt) -> Update:
-        samples = msg.field(header, "samples", int)
-        metrics = header.get("metrics", {})
-        if not isinstance(metrics, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()
-        ):
-            raise FlError("protocol: 'metrics' must map names to numbers")
+        samples = msg.sample_count(header, self.config.max_samples)
+        metrics = msg.metric_values(header)
         params, _ = from_bytes(payload, max_bytes=self.max_update_bytes, copy=False)
         return Update(sender=name, params=params, num_samples=samples, metrics=metrics)
 

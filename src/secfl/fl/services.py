@@ -3,9 +3,11 @@
 
 In secure mode (the default) each must run under ``secfl run``: it takes its
 identity, the policy (checked against the attested digest) and its secrets from
-there, serves or dials mutual TLS with SPM-issued certificates, refreshes
-revocations and renews its certificate by attesting again. ``insecure=True``
-drops all of that (plaintext, no SPM, unsigned models) to measure the overhead.
+there, its task and data only from sources attestation covers (volumes, built-in
+tasks: :func:`~secfl.fl.sources.require_measured`), serves or dials mutual TLS
+with SPM-issued certificates, refreshes revocations and renews its certificate by
+attesting again. ``insecure=True`` drops all of that (plaintext, no SPM, unsigned
+models) to measure the overhead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from secfl.errors import FlError, SecflError
@@ -26,10 +27,11 @@ from secfl.fl.aggregator import Aggregator, Signer
 from secfl.fl.collaborator import Collaborator, ModelGate
 from secfl.fl.commit import Commit, MemoryLedger, SpmLedger
 from secfl.fl.config import FederationConfig
-from secfl.fl.sources import data_path, load_task
+from secfl.fl.sources import data_path, load_task, require_measured
 from secfl.fl.strategies.base import Params
 from secfl.fl.tensors import to_bytes
 from secfl.fl.transport import INSECURE_WARNING, Client, PeerPolicy, Server
+from secfl.fl.untrusted import read_yaml_file
 from secfl.fl.workload import (
     CHECKPOINT_KEY,
     OUTPUT_KEY,
@@ -83,10 +85,7 @@ class CollaboratorOptions:
 
 def read_settings(path: Path) -> dict[str, Any]:
     """Federation settings from a YAML/JSON file: the file itself, or a policy's section."""
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise FlError(f"federation: cannot read {path}: {exc}") from None
+    doc = read_yaml_file(path, "federation")
     if isinstance(doc, dict) and "services" in doc and "federation" in doc:
         doc = doc["federation"]
     if not isinstance(doc, dict):
@@ -116,13 +115,10 @@ def _role_services(policy: Policy, *roles: str) -> set[str]:
 def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, Identity | None]:
     """An aggregator ready to :meth:`~Aggregator.start` (secure unless ``insecure``),
     with the workload's identity (``None`` with --insecure)."""
-    task = load_task(opts.task)
-    validation = _load_data(task, opts.validation) if opts.validation else None
-    test = _load_data(task, opts.test) if opts.test else None
-    reset_from = None
     if opts.insecure:
         log.warning(INSECURE_WARNING)
         config = FederationConfig.parse(read_settings(opts.federation) if opts.federation else {})
+        task, validation, test = _aggregator_sources(opts)
         server = Server(None, PeerPolicy(policy=INSECURE, services=set()), workers=128)
         signer = Signer(INSECURE, ed25519.Ed25519PrivateKey.generate())
         commit = Commit(MemoryLedger(), directory=None, key=None, policy_digest=INSECURE)
@@ -130,7 +126,12 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, Identity | No
         return agg, None
     if opts.federation:
         raise FlError("federation: in secure mode the settings come from the policy")
+    require_measured("--task", opts.task, code=True)
+    require_measured("--validation", opts.validation, code=False)
+    require_measured("--test", opts.test, code=False)
     ident = Identity.from_env()
+    task, validation, test = _aggregator_sources(opts)
+    reset_from = None
     policy = ident.policy_document()
     config = FederationConfig.parse(policy.federation)
     me = policy.service(ident.service)
@@ -175,6 +176,14 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, Identity | No
                      on_exclusion=report)  # fmt: skip
     agg.reset_from = reset_from
     return agg, ident
+
+
+def _aggregator_sources(opts: AggregatorOptions) -> tuple[Any, Any, Any]:
+    """The task, validation and test data an aggregator's options name."""
+    task = load_task(opts.task)
+    validation = _load_data(task, opts.validation) if opts.validation else None
+    test = _load_data(task, opts.test) if opts.test else None
+    return task, validation, test
 
 
 def run_aggregator(opts: AggregatorOptions) -> Params:
@@ -227,21 +236,30 @@ def _ram() -> str | None:
 # --- collaborator --------------------------------------------------------------------------
 
 
-def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
+def _collaborator_sources(opts: CollaboratorOptions) -> tuple[Any, Any]:
+    """The task and the training data a collaborator's options name."""
     task = load_task(opts.task)
     task_volume = {opts.task.removeprefix("volume:")} if opts.task.startswith("volume:") else set()
-    data = _load_data(task, opts.data, task_volume)
+    return task, _load_data(task, opts.data, task_volume)
+
+
+def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
+    """A collaborator ready to :meth:`~Collaborator.run` (secure unless ``insecure``)."""
     if opts.insecure:
         log.warning(INSECURE_WARNING)
         if not opts.name:
             raise FlError("collaborator: --insecure needs --name")
+        task, data = _collaborator_sources(opts)
         name = opts.name
         return Collaborator(
             task, data,
             lambda: Client(opts.aggregator, None, server_name="", name=name),
             ModelGate(None, INSECURE), patience=opts.patience,
         )  # fmt: skip
+    require_measured("--task", opts.task, code=True)
+    require_measured("--data", opts.data, code=False)
     ident = Identity.from_env()
+    task, data = _collaborator_sources(opts)
     policy = ident.policy_document()
     service = opts.aggregator_service
     if service is None:

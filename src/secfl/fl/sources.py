@@ -4,6 +4,14 @@ A spec is ``volume:NAME`` (a volume ``secfl run`` opened and verified, found und
 ``$SECFL_VOLUMES/NAME``), the name of a built-in task, or a path. A task volume
 holds one Python module (``task.py``, or its only ``.py`` file) defining the task
 contract: ``name``, ``build_model``, ``load_data``, ``train``, ``evaluate``.
+
+Only ``--insecure`` takes a path. A workload's measurement covers its command
+line, not the files a path on it names (in simulation: the program, the code
+volumes' tags and the argv), so the host could swap such a file for its own code
+or data under an approved measurement. In secure mode a task is a volume (its tag
+is measured or pinned by the policy) or a built-in (code inside the measured
+install), and data is a volume (verified by the launcher against the policy):
+:func:`require_measured` refuses anything else.
 """
 
 from __future__ import annotations
@@ -11,12 +19,32 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
 from secfl.errors import FlError
 from secfl.tasks.base import Task
 from secfl.tasks.registry import as_task, builtin_task
+
+#: A volume's name, as policies write it (no path separators, no dot-dot).
+VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def require_measured(option: str, spec: str | None, *, code: bool) -> None:
+    """Secure mode: refuse ``spec`` unless its content is covered by attestation —
+    ``volume:NAME``, a built-in task (``code``), or nothing (data: the only volume)."""
+    if spec is None or spec.startswith("volume:"):
+        return
+    if code and builtin_task(spec) is not None:
+        return
+    shown = repr(spec if len(spec) <= 120 else spec[:120] + "...")
+    what = "neither a volume nor a built-in task" if code else "not a volume"
+    raise FlError(
+        f"source: {option} {shown} is {what}: attestation does not cover a file's "
+        "content, only its path; shield it into a volume (`secfl shield encrypt`, then "
+        f"{option} volume:NAME) or use --insecure"
+    )
 
 
 def volumes_dir() -> Path | None:
@@ -25,6 +53,8 @@ def volumes_dir() -> Path | None:
 
 
 def _volume(name: str) -> Path:
+    if not VOLUME_NAME.fullmatch(name):
+        raise FlError(f"source: {name[:80]!r} is not a volume name (letters, digits, . _ -)")
     base = volumes_dir()
     if base is None:
         raise FlError(f"source: 'volume:{name}' needs a workload started by `secfl run`")

@@ -168,13 +168,23 @@ class Identity:
     def secret_file(
         self, relative: str, given: str | None, *, required: bool = True
     ) -> Path | None:
-        """``given`` or ``$SECFL_FILES/relative``; refuses a missing required one."""
-        path = Path(given) if given else (self.files / relative if self.files else None)
+        """``$SECFL_FILES/given`` (an injected file the policy names otherwise) or
+        ``$SECFL_FILES/relative``; refuses a missing required one. Never a file
+        outside ``$SECFL_FILES``: attestation covers the command line, not what a
+        path on it names, and the host could put its own key there."""
+        name = given or relative
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or not parts:
+            raise LaunchError(
+                f"secret: {name[:120]!r} is not an injected file: name one relative to "
+                "$SECFL_FILES (a file the policy injects), or use --insecure"
+            )
+        path = self.files / name if self.files else None
         if path is None or not path.is_file():
             if required:
                 raise LaunchError(
-                    f"secret: {path or relative} does not exist: the policy must inject "
-                    f"'{relative}' into service '{self.service}'"
+                    f"secret: {path or name} does not exist: the policy must inject "
+                    f"'{name}' into service '{self.service}'"
                 )
             return None
         return path

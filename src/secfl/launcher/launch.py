@@ -10,6 +10,10 @@
 5. Run the program (or a Python module from a code volume, in this interpreter),
    forwarding signals; remove injected files when it exits.
 
+No core dump is ever written and the program dies with the launcher
+(:mod:`secfl.launcher.process`); the plaintext folder leaves nothing behind even
+when the launcher is killed (:mod:`secfl.launcher.private`).
+
 An external program reads its volumes as verified plaintext copies in the
 private RAM folder (``$SECFL_VOLUMES/NAME``): every chunk is authenticated before
 it starts. A Python workload run with ``--module`` imports its code from memory
@@ -22,30 +26,27 @@ import base64
 import contextlib
 import os
 import runpy
-import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from secfl.errors import LaunchError, SecflError
-from secfl.launcher.inject import private_dir, substitute, write_private
+from secfl.launcher.inject import (
+    check_env_name,
+    check_policy_args,
+    file_plan,
+    no_nul,
+    substitute,
+    write_private,
+)
 from secfl.launcher.measurement import resolve_program, run_measurement
+from secfl.launcher.private import PrivateDir
+from secfl.launcher.process import exit_status, harden, run_program
 from secfl.policy.model import Policy, Service
 from secfl.spm.client import SpmClient
 from secfl.spm.enroll import Enrollment, enroll
 from secfl.tee.platforms import platform_by_name
-
-FORWARDED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
 
 
 @dataclass
@@ -71,16 +72,25 @@ class Launch:
 
     argv: list[str]
     env: dict[str, str]
-    files: Path
+    private: PrivateDir
     volumes: dict[str, object]
     enrollment: Enrollment
     module: str | None = None
 
+    @property
+    def files(self) -> Path:
+        """The private folder (``SECFL_FILES``)."""
+        return self.private.path
+
     def cleanup(self) -> None:
-        shutil.rmtree(self.files, ignore_errors=True)
-        for volume in self.volumes.values():
-            with contextlib.suppress(Exception):
-                volume.close()  # type: ignore[attr-defined]
+        _close(self.volumes)
+        self.private.remove()
+
+
+def _close(volumes: Mapping[str, object]) -> None:
+    for volume in volumes.values():
+        with contextlib.suppress(Exception):
+            volume.close()  # type: ignore[attr-defined]
 
 
 def connect(req: RunRequest) -> SpmClient:
@@ -98,13 +108,28 @@ def connect(req: RunRequest) -> SpmClient:
 
 
 def prepare(req: RunRequest) -> Launch:
-    """Steps 1 to 4; nothing is started, and on any refusal nothing is left behind."""
+    """Steps 1 to 4; nothing is started, and on any refusal nothing is left behind.
+
+    Core dumps are off and the private folder (with its guards against a killed
+    launcher) exists before any secret arrives."""
     if not req.argv and not req.module:
         raise LaunchError("run: no program given (secfl run ... -- PROGRAM ARGS)")
+    harden()
+    private = PrivateDir.create()
+    volumes: dict[str, object] = {}
+    try:
+        return _prepare(req, private, volumes)
+    except BaseException:
+        _close(volumes)
+        private.remove()
+        raise
+
+
+def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, object]) -> Launch:
     from secfl.shield import Volume, load_key, peek_tag
 
-    client = connect(req)
-    with client:
+    files = private.path
+    with connect(req) as client:
         policy = Policy.model_validate_json(client.policy(req.policy)["document"])
         service = policy.service(req.service)
         if service is None:
@@ -118,6 +143,10 @@ def prepare(req: RunRequest) -> Launch:
         extra = sorted(set(req.volumes) - set(service.volumes))
         if extra:
             raise LaunchError(f"volume: '{extra[0]}' is not a volume of service '{req.service}'")
+        for name in service.inject.env:
+            check_env_name(name)
+        check_policy_args(service.inject.args)
+        plan = file_plan(service.inject.files)  # refused before any secret is released
         code_tags = {
             name: peek_tag(req.volumes[name])
             for name in service.volumes
@@ -132,32 +161,26 @@ def prepare(req: RunRequest) -> Launch:
             measurement = run_measurement(program, shown, code_tags)
         enrollment = enroll(client, tee, req.policy, req.service, measurement=measurement)
 
-        volumes: dict[str, object] = {}
-        files = private_dir()
-        try:
-            for name in service.volumes:
-                volumes[name] = _open_volume(
-                    client, policy, name, req.volumes[name], enrollment, code_tags, Volume, load_key
-                )
-            if not req.module:  # an external program reads verified copies, in RAM
-                for name, volume in volumes.items():
-                    volume.extract(files / "volumes" / name)  # type: ignore[attr-defined]
-            env = _environment(service, enrollment, files, req)
-            env.update(_attestation_env(client, tee.name, measurement, req))
-            args = [substitute(a, enrollment, f"argument {i + 1}") for i, a in enumerate(req.argv)]
-            args += [
-                substitute(a, enrollment, f"policy argument {i + 1}")
-                for i, a in enumerate(service.inject.args)
-            ]
-            for path, content in service.inject.files.items():
-                write_private(files, path, substitute(content, enrollment, f"file {path}").encode())
-        except BaseException:
-            shutil.rmtree(files, ignore_errors=True)
-            for volume in volumes.values():
-                with contextlib.suppress(Exception):
-                    volume.close()  # type: ignore[attr-defined]
-            raise
-    return Launch(args, env, files, volumes, enrollment, req.module)
+        for name in service.volumes:
+            volumes[name] = _open_volume(
+                client, policy, name, req.volumes[name], enrollment, code_tags, Volume, load_key
+            )
+        if not req.module:  # an external program reads verified copies, in RAM
+            for name, volume in volumes.items():
+                volume.extract(files / "volumes" / name)  # type: ignore[attr-defined]
+        env = _environment(service, enrollment, files, req)
+        env.update(_attestation_env(client, tee.name, measurement, req))
+        args = [
+            no_nul(substitute(a, enrollment, f"argument {i + 1}"), f"argument {i + 1}")
+            for i, a in enumerate(req.argv)
+        ]
+        for i, a in enumerate(service.inject.args):
+            where = f"policy argument {i + 1}"
+            args.append(no_nul(substitute(a, enrollment, where, public=True), where))
+        for path, content in service.inject.files.items():
+            text = substitute(content, enrollment, f"file {path}")
+            write_private(files, plan[path], text.encode())
+    return Launch(args, env, private, volumes, enrollment, req.module)
 
 
 def _open_volume(
@@ -186,7 +209,8 @@ def _open_volume(
                     f"volume: '{name}' has tag {volume.tag}, the policy expects {spec.tag}"
                 )
         else:
-            _check_fresh(client, policy.name, name, volume, enrollment)
+            raw_key = base64.b64decode(value["raw"])
+            _check_fresh(client, policy.name, name, volume, enrollment, raw_key)
     except BaseException:
         volume.close()
         raise
@@ -194,7 +218,12 @@ def _open_volume(
 
 
 def _check_fresh(
-    client: SpmClient, policy: str, name: str, volume: object, enrollment: Enrollment
+    client: SpmClient,
+    policy: str,
+    name: str,
+    volume: object,
+    enrollment: Enrollment,
+    volume_key: bytes,
 ) -> None:
     """A rollback-protected volume must be the newest release the SPM has seen."""
     version, tag = volume.version, volume.tag  # type: ignore[attr-defined]
@@ -202,7 +231,14 @@ def _check_fresh(
     if version == state["version"] and tag == state["tag"]:
         return
     if version > state["version"]:
-        client.record_volume(policy, name, version=version, tag=tag, token=enrollment.session_token)
+        client.record_volume(
+            policy,
+            name,
+            version=version,
+            tag=tag,
+            token=enrollment.session_token,
+            volume_key=volume_key,
+        )
         return
     raise LaunchError(
         f"rollback: volume '{name}' is version {version}, but version {state['version']} "
@@ -233,7 +269,8 @@ def _environment(
         }
     )
     for key, text in service.inject.env.items():
-        env[key] = substitute(text, enrollment, f"environment {key}")
+        where = f"environment variable {key}"
+        env[key] = no_nul(substitute(text, enrollment, where), where)
     return env
 
 
@@ -252,32 +289,14 @@ def _attestation_env(
 
 
 def execute(launch: Launch) -> int:
-    """Run the prepared workload; return its exit code (negative: killed by that signal)."""
+    """Run the prepared workload; return the launcher's exit code: the program's, or
+    128+N when signal N killed it (never raised again on the launcher itself)."""
     try:
         if launch.module:
             return _run_module(launch)
-        return _run_program(launch)
+        return exit_status(run_program(launch.argv, launch.env))
     finally:
         launch.cleanup()
-
-
-def _run_program(launch: Launch) -> int:
-    try:
-        proc = subprocess.Popen(launch.argv, env=launch.env)
-    except OSError as exc:
-        raise LaunchError(f"run: cannot start '{launch.argv[0]}': {exc.strerror or exc}") from None
-    previous = {}
-    for sig in FORWARDED:
-        previous[sig] = signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
-    try:
-        while True:
-            try:
-                return proc.wait()
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 #: The open volumes of the workload running in this interpreter (``--module``), by
@@ -320,12 +339,4 @@ def _installed(importers: Sequence[object]) -> Iterator[None]:
             imp.uninstall()  # type: ignore[attr-defined]
 
 
-def exit_like(code: int) -> int:
-    """Leave the way the workload did: its exit code, or the signal that killed it."""
-    if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
-    return code
-
-
-__all__ = ["Launch", "LaunchError", "RunRequest", "SecflError", "execute", "exit_like", "prepare"]
+__all__ = ["Launch", "LaunchError", "RunRequest", "SecflError", "execute", "exit_status", "prepare"]

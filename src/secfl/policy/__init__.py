@@ -4,8 +4,8 @@ A policy is YAML validated into :class:`Policy` (:func:`load_policy`); its
 :func:`digest` is over a canonical form (:mod:`secfl.policy.canonical`) that
 depends on content only; board members approve a version with detached
 :class:`Signature` objects (:func:`sign_policy`), and :func:`check_approval`
-applies the board's m-of-n rule. :mod:`secfl.policy.keys` makes and loads the
-members' keys.
+applies the board's m-of-n rule (over distinct keys). :mod:`secfl.policy.keys`
+makes and loads the members' keys.
 """
 
 from __future__ import annotations

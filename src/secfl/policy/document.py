@@ -7,7 +7,10 @@ so reading one is strict and bounded:
   usual YAML behaviour — the last one silently wins — would let two readers of
   the same document disagree on what the board approved), aliases and merge
   keys (a few lines of aliases expand to gigabytes: "billion laughs"), nesting
-  deeper than :data:`MAX_DEPTH` and documents larger than :data:`MAX_BYTES`.
+  deeper than :data:`MAX_DEPTH`, documents larger than :data:`MAX_BYTES` and
+  numbers written with more than :data:`MAX_NUMBER_CHARS` characters (Python
+  refuses to convert more than 4300 digits, and a policy has no use for them;
+  the schema then bounds every number and text, see :mod:`secfl.policy.model`).
 - Every failure is a :class:`~secfl.errors.PolicyError` with one line that names
   the field path, e.g. ``policy: services[1].inject.env.KEY: placeholder names
   unknown secret 'x'`` or ``policy: board.members[0].publc_key: unknown field``;
@@ -38,6 +41,8 @@ from secfl.policy.references import key_path
 MAX_BYTES = 1 << 20
 #: The deepest nesting of YAML collections accepted.
 MAX_DEPTH = 64
+#: The longest number accepted, as written (sign, digits, prefix, underscores).
+MAX_NUMBER_CHARS = 100
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -64,6 +69,14 @@ class _StrictLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_yaml_int(self, node: Any) -> Any:
+        # Checked before PyYAML calls int(): 5000 digits raise ValueError there.
+        if len(self.construct_scalar(node)) > MAX_NUMBER_CHARS:
+            raise ConstructorError(
+                None, None, f"a number longer than {MAX_NUMBER_CHARS} characters", node.start_mark
+            )
+        return super().construct_yaml_int(node)
+
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
             seen: set[Any] = set()
@@ -85,6 +98,9 @@ class _StrictLoader(yaml.SafeLoader):
                     )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
 
 
 def load_policy(text: str | bytes) -> Policy:
@@ -115,6 +131,8 @@ def load_policy(text: str | bytes) -> Policy:
         raise PolicyError("policy: the document is nested too deeply") from None
     except UnicodeError:  # pydantic cannot even report text it cannot encode
         raise PolicyError("policy: the document holds text that is not valid Unicode") from None
+    except (ValueError, OverflowError) as exc:  # a limit a check above missed: still one line
+        raise PolicyError(f"policy: {_one_line(str(exc))[:200]}") from None
 
 
 def _parse(text: str | bytes) -> Any:
@@ -122,7 +140,12 @@ def _parse(text: str | bytes) -> Any:
     start = text.lstrip()[:1]
     if start in ("{", b"{"):
         try:
-            data = json.loads(text, object_pairs_hook=_json_object, parse_constant=_json_constant)
+            data = json.loads(
+                text,
+                object_pairs_hook=_json_object,
+                parse_constant=_json_constant,
+                parse_int=_json_int,
+            )
         except _JsonRefusal as exc:
             raise PolicyError(f"policy: JSON: {exc}") from None
         except (ValueError, RecursionError):
@@ -138,6 +161,8 @@ def _parse(text: str | bytes) -> Any:
         raise PolicyError(f"policy: YAML: {_one_line(str(exc))}") from None
     except RecursionError:
         raise PolicyError("policy: the document is nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # a YAML value no check above foresaw
+        raise PolicyError(f"policy: YAML: {_one_line(str(exc))[:200]}") from None
 
 
 class _JsonRefusal(Exception):
@@ -151,6 +176,12 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise _JsonRefusal(f"duplicate key {_show(key)}")
         out[key] = value
     return out
+
+
+def _json_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _JsonRefusal(f"a number longer than {MAX_NUMBER_CHARS} characters")
+    return int(text)
 
 
 def _json_constant(name: str) -> Any:
@@ -191,8 +222,10 @@ def validation_message(exc: ValidationError, root: type[BaseModel], prefix: str)
     along the location.
     """
     # An unknown field first: a misspelt field is also reported as a missing
-    # one, and the misspelling is what the author needs to see.
-    errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+    # one, and the misspelling is what the author needs to see. A value of a
+    # union (``str | dict``) fails once per member: the member it was meant as
+    # (the error that is not a type mismatch, else the deepest) says most.
+    errors = sorted(exc.errors(include_url=False), key=_importance)
     if not errors:  # pragma: no cover - pydantic always reports at least one
         return f"{prefix}: invalid"
     lines = [_describe(error, root) for error in errors]
@@ -206,6 +239,12 @@ def validation_message(exc: ValidationError, root: type[BaseModel], prefix: str)
     more = f" (and {extra} more error{'s' if extra > 1 else ''})" if extra else ""
     where = f"{path}: " if path else ""
     return f"{prefix}: {where}{message}{more}"
+
+
+def _importance(error: Any) -> tuple[bool, bool, int]:
+    kind = str(error.get("type", ""))
+    mismatch = kind.endswith("_type") and len(error.get("loc", ())) > 0
+    return kind != "extra_forbidden", mismatch, -len(error.get("loc", ())) if mismatch else 0
 
 
 def _describe(error: Any, root: type[BaseModel]) -> tuple[str, str]:
@@ -314,10 +353,12 @@ def _union_member(members: list[Any], tag: Any, discriminator: str | None) -> An
                 field = member.model_fields.get(discriminator)
                 if field is not None and tag in typing.get_args(field.annotation):
                     return member
-        else:
-            origin = typing.get_origin(member) or member
-            name = getattr(origin, "__name__", None)
-            if name and isinstance(tag, str) and (tag == name or tag.startswith(f"{name}[")):
+        elif isinstance(tag, str):
+            # Constrained members are tagged ``constrained-str`` and the like.
+            bare = _unwrap(member)[0]
+            name = getattr(typing.get_origin(bare) or bare, "__name__", None)
+            plain = tag.removeprefix("constrained-")
+            if name and (plain == name or plain.startswith(f"{name}[")):
                 return member
     return Any
 

@@ -8,6 +8,10 @@ board members. Errors name the field path (``services[1].inject.env.KEY``).
 Validation also normalises what carries no meaning, so that the canonical form
 (:mod:`secfl.policy.canonical`) depends on content only: PEM keys and the
 simulation root are re-encoded, hex measurements and volume tags lowercased.
+
+Policies come from anyone who can reach the SPM, so every number, text and list
+is bounded (a 10**400 or a megabyte of text is refused here, not deep inside a
+consumer); the limits are far above what any real policy needs.
 """
 
 from __future__ import annotations
@@ -22,8 +26,29 @@ from secfl.policy import keys, placeholders
 from secfl.tee.claims import Kind, TcbStatus
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-Name = Annotated[str, Field(pattern=NAME)]
-Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]*$")]
+Name = Annotated[str, Field(pattern=NAME, max_length=128)]
+Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]*$", max_length=256)]
+
+#: Bounds of the schema: lists of names, board members, PEM text, injected text.
+MAX_ITEMS = 256
+MAX_MEMBERS = 64
+MAX_PEM = 16384
+MAX_TEXT = 65536
+#: Injected files may hold whole configuration files.
+MAX_FILE_TEXT = 262144
+#: A claim field's integer value (SVNs, SNP policy bits): an unsigned 64-bit number.
+MAX_CLAIM_INT = 2**64 - 1
+
+Names = Annotated[list[Name], Field(max_length=MAX_ITEMS)]
+Pem = Annotated[str, Field(max_length=MAX_PEM)]
+ClaimValue = (
+    Annotated[str, Field(max_length=256)]
+    | Annotated[int, Field(strict=True, ge=0, le=MAX_CLAIM_INT)]
+)
+Identity = (
+    Annotated[str, Field(max_length=256)]
+    | Annotated[dict[Annotated[str, Field(max_length=64)], ClaimValue], Field(max_length=32)]
+)
 
 #: The claim field a bare measurement string stands for, per kind.
 PRIMARY_MEASUREMENT: dict[Kind, str] = {
@@ -46,16 +71,40 @@ MEASUREMENT_FIELDS: dict[Kind, frozenset[str]] = {
     "simulated": frozenset({"measurement"}),
 }
 
-#: Which secret kinds each placeholder selector applies to (``hex`` and
-#: ``base64`` apply to every kind: they encode the secret's raw bytes).
+#: Secret kinds whose value is raw bytes (rendered as hex, base64 or text).
+RAW_KINDS = frozenset({"aes-256", "random", "imported"})
+_X509 = frozenset({"x509", "x509-ca"})
+_KEYED = _X509 | {"ed25519", "ecdsa-p256"}
+
+#: Which secret kinds each placeholder selector applies to: exactly those for
+#: which :func:`secfl.spm.secrets.render` gives text (``hex`` and ``base64``
+#: encode raw bytes, which only the raw kinds have). A bare placeholder applies
+#: to every kind.
 SELECTOR_KINDS: dict[str, frozenset[str]] = {
-    "crt": frozenset({"x509", "x509-ca"}),
-    "chain": frozenset({"x509", "x509-ca"}),
-    "key": frozenset({"x509", "x509-ca", "ed25519", "ecdsa-p256"}),
-    "pub": frozenset({"x509", "x509-ca", "ed25519", "ecdsa-p256"}),
+    "crt": _X509,
+    "chain": _X509,
+    "key": _KEYED,
+    "pub": _KEYED,
+    "hex": RAW_KINDS,
+    "base64": RAW_KINDS,
+}
+
+#: Per kind, the selectors (``None``: a bare placeholder) that render public text:
+#: certificates and public keys. Anything else renders secret material, which
+#: may never go on a command line (``inject.args``: every local user sees it in
+#: ``ps``); there, a public part must also be named explicitly (``:crt``,
+#: ``:chain``, ``:pub``), as the launcher checks without knowing the kinds.
+PUBLIC_SELECTORS: dict[str, frozenset[str | None]] = {
+    "x509": frozenset({None, "crt", "chain", "pub"}),
+    "x509-ca": frozenset({None, "crt", "chain", "pub"}),
+    "ed25519": frozenset({"pub"}),
+    "ecdsa-p256": frozenset({"pub"}),
 }
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+#: The largest policy version number (a signed 32-bit integer plus one: plenty).
+MAX_VERSION = 2**31
 
 
 class _Strict(BaseModel):
@@ -66,10 +115,10 @@ class Member(_Strict):
     """A board member: a name and a signing key (Ed25519 or ECDSA P-256, PEM)."""
 
     name: Name
-    public_key: str
+    public_key: Pem
     #: X25519 or P-256 public key (PEM) that a share of the policy's data key is
     #: sealed to, so the board can recover the policy's secrets on a new SPM.
-    recovery_key: str | None = None
+    recovery_key: Pem | None = None
 
     @field_validator("public_key")
     @classmethod
@@ -97,21 +146,21 @@ class Board(_Strict):
     """Who approves a policy's next version: ``threshold`` of ``members``,
     always including every ``required`` member."""
 
-    members: list[Member] = Field(min_length=1)
-    threshold: int = Field(ge=1)
-    required: list[Name] = Field(default_factory=list)
+    members: list[Member] = Field(min_length=1, max_length=MAX_MEMBERS)
+    threshold: int = Field(ge=1, le=MAX_MEMBERS)
+    required: list[Name] = Field(default_factory=list, max_length=MAX_MEMBERS)
 
 
 class Platforms(_Strict):
     """Which evidence the SPM accepts for this policy's services."""
 
-    accept: list[Kind] = Field(min_length=1)
+    accept: list[Kind] = Field(min_length=1, max_length=len(PRIMARY_MEASUREMENT))
     min_tcb_status: TcbStatus = "UpToDate"
     #: Accept ``tcb_status: unknown`` (evidence verified without collateral).
     allow_unknown_tcb: bool = False
     allow_debug: bool = False
     #: PEM of the simulation root; required when ``simulated`` is accepted.
-    simulation_root: str | None = None
+    simulation_root: Pem | None = None
 
     @field_validator("simulation_root")
     @classmethod
@@ -134,9 +183,15 @@ class Platforms(_Strict):
 class Injection(_Strict):
     """How a service receives secrets: arguments, environment, files (path -> content)."""
 
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    files: dict[str, str] = Field(default_factory=dict)
+    args: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(
+        default_factory=list, max_length=MAX_ITEMS
+    )
+    env: dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=MAX_TEXT)]] = (
+        Field(default_factory=dict, max_length=MAX_ITEMS)
+    )
+    files: dict[
+        Annotated[str, Field(max_length=4096)], Annotated[str, Field(max_length=MAX_FILE_TEXT)]
+    ] = Field(default_factory=dict, max_length=MAX_ITEMS)
 
 
 class Service(_Strict):
@@ -146,13 +201,15 @@ class Service(_Strict):
     role: Literal["aggregator", "collaborator", "any"]
     #: Per kind, accepted identities: a bare hex string (the kind's primary
     #: measurement) or a mapping of claim fields that must all match.
-    measurements: dict[Kind, list[str | dict[str, str | int]]] = Field(default_factory=dict)
-    volumes: list[Name] = Field(default_factory=list)
+    measurements: dict[Kind, Annotated[list[Identity], Field(max_length=MAX_ITEMS)]] = Field(
+        default_factory=dict
+    )
+    volumes: Names = Field(default_factory=list)
     inject: Injection = Field(default_factory=Injection)
     #: Secrets released besides those named by placeholders in ``inject``.
-    secrets: list[Name] = Field(default_factory=list)
+    secrets: Names = Field(default_factory=list)
     #: Counters this service's session may increment.
-    counters: list[Name] = Field(default_factory=list)
+    counters: Names = Field(default_factory=list)
     #: Lifetime of the certificate issued on attestation (seconds).
     certificate_ttl: int = Field(default=86400, ge=60, le=366 * 86400)
 
@@ -230,19 +287,21 @@ class CertSecret(_SecretBase):
     kind: Literal["x509"]
     issuer: Name
     common_name: str = Field(min_length=1, max_length=64)
-    sans: list[str] = Field(default_factory=list)
+    sans: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=list, max_length=MAX_ITEMS
+    )
     usage: list[Literal["server", "client"]] = Field(
         default_factory=lambda: ["server", "client"], min_length=1
     )
     validity_days: int = Field(default=365, ge=1, le=3650)
-    renew_before_days: int = Field(default=30, ge=0)
+    renew_before_days: int = Field(default=30, ge=0, le=3650)
 
 
 class ImportedSecret(_SecretBase):
     """A value given by a board member, sealed to the SPM (``secfl policy seal-secret``)."""
 
     kind: Literal["imported"]
-    sealed: str = Field(min_length=1)
+    sealed: str = Field(min_length=1, max_length=1 << 17)
 
 
 Secret = Annotated[
@@ -260,7 +319,7 @@ class Volume(_Strict):
     #: what ``secfl run`` measures); ``data`` volumes do not, so new data needs no
     #: new measurement.
     kind: Literal["code", "data"] = "data"
-    tag: Annotated[str, Field(pattern=r"^[0-9a-fA-F]+$")] | None = None
+    tag: Annotated[str, Field(pattern=r"^[0-9a-fA-F]+$", max_length=128)] | None = None
     counter: Name | None = None
 
     @field_validator("tag")
@@ -283,19 +342,20 @@ class Policy(_Strict):
     """One version of a policy document."""
 
     name: Name
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     #: SHA-256 digest (hex) of the previous version's canonical form; empty for version 1.
-    predecessor: str = ""
+    predecessor: str = Field(default="", max_length=64)
     board: Board
     platforms: Platforms
     #: The x509-ca secret that signs the certificates of attested services.
     identity_ca: Name
-    services: list[Service] = Field(min_length=1)
-    secrets: list[Secret] = Field(default_factory=list)
-    volumes: list[Volume] = Field(default_factory=list)
-    counters: list[Counter] = Field(default_factory=list)
+    services: list[Service] = Field(min_length=1, max_length=MAX_ITEMS)
+    secrets: list[Secret] = Field(default_factory=list, max_length=1024)
+    volumes: list[Volume] = Field(default_factory=list, max_length=MAX_ITEMS)
+    counters: list[Counter] = Field(default_factory=list, max_length=MAX_ITEMS)
     #: Free-form settings for the FL runtime: JSON values only (no dates, no
-    #: NaN), so that the canonical form is plain JSON.
+    #: NaN), so that the canonical form is plain JSON; integers fit in 64 bits,
+    #: texts and keys are bounded (see ``references._check_json``).
     federation: dict[str, JsonValue] = Field(default_factory=dict)
 
     @field_validator("predecessor")
@@ -307,10 +367,10 @@ class Policy(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
-        from secfl.policy.references import _check_finite, _check_references, _check_text
+        from secfl.policy.references import _check_json, _check_references, _check_text
 
+        _check_json(self.federation, "federation")
         _check_references(self)
-        _check_finite(self.federation, "federation")
         # The canonical form is UTF-8: refuse text that has none (lone surrogates
         # from a YAML "\ud800" escape) here rather than when it is signed.
         _check_text(self.model_dump(), "")

@@ -3,7 +3,10 @@
 A service's args, environment and injected files name secrets with placeholders;
 the launcher substitutes them after attestation. The selectors pick a part or an
 encoding of a secret: ``crt``, ``key``, ``chain`` (X.509 secrets), ``hex``,
-``base64`` (any secret's raw bytes), ``pub`` (key pairs).
+``base64`` (the raw bytes of ``aes-256``, ``random`` and ``imported`` secrets),
+``pub`` (key pairs and certificates). Which selector applies to which kind, and
+which parts are public (the only ones allowed in args), is in
+:mod:`secfl.policy.model` (``SELECTOR_KINDS``, ``PUBLIC_SELECTORS``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from secfl.policy import placeholders
-from secfl.policy.model import _ENV_NAME, MEASUREMENT_FIELDS, SELECTOR_KINDS
+from secfl.policy.model import _ENV_NAME, MEASUREMENT_FIELDS, PUBLIC_SELECTORS, SELECTOR_KINDS
 from secfl.tee.claims import TCB_ORDER, Kind
 
 if TYPE_CHECKING:
@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 
 def key_path(key: str) -> str:
-    """A mapping key as a path segment: ``.KEY``, or ``["/etc/app.conf"]`` when needed."""
+    """A mapping key as a path segment: ``.KEY``, or ``["/etc/app.conf"]`` when needed.
+
+    A key longer than 80 characters is shortened: an error names it, never echoes it.
+    """
+    if len(key) > 80:
+        key = key[:64] + "…"
     if re.fullmatch(r"[A-Za-z0-9_-]+", key):
         return f".{key}"
     quoted = json.dumps(key, ensure_ascii=False)
@@ -80,15 +85,33 @@ def _check_text(value: Any, where: str) -> None:
                 ) from None
 
 
-def _check_finite(value: JsonValue, where: str) -> None:
+#: Bounds of free-form JSON values (``federation``): 64-bit integers, texts, keys, items.
+JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**63 - 1
+JSON_MAX_TEXT = 65536
+JSON_MAX_KEY = 256
+JSON_MAX_ITEMS = 4096
+
+
+def _check_json(value: JsonValue, where: str) -> None:
+    """Free-form settings hold finite floats, 64-bit integers and bounded texts only,
+    so that every consumer (and every other language) reads them as written."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where}: {value} is not a finite number")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not JSON_INT_MIN <= value <= JSON_INT_MAX:
+            raise ValueError(f"{where}: an integer out of range (-2^63 to 2^63-1)")
+    elif isinstance(value, str) and len(value) > JSON_MAX_TEXT:
+        raise ValueError(f"{where}: text longer than {JSON_MAX_TEXT} characters")
+    elif isinstance(value, dict | list) and len(value) > JSON_MAX_ITEMS:
+        raise ValueError(f"{where}: more than {JSON_MAX_ITEMS} items")
     if isinstance(value, dict):
         for k, v in value.items():
-            _check_finite(v, where + key_path(k))
+            if len(k) > JSON_MAX_KEY:
+                raise ValueError(f"{where}: a key longer than {JSON_MAX_KEY} characters")
+            _check_json(v, where + key_path(k))
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_finite(v, f"{where}[{i}]")
+            _check_json(v, f"{where}[{i}]")
 
 
 def _check_references(p: Policy) -> None:
@@ -116,6 +139,7 @@ def _check_references(p: Policy) -> None:
     _distinct(list(p.platforms.accept), "platforms.accept", "platform")
     if len(set(p.board.required)) > p.board.threshold:
         raise ValueError("board.required: more required members than the threshold")
+    _check_board_keys(p)
 
     if "simulated" in p.platforms.accept and not p.platforms.simulation_root:
         raise ValueError("platforms.simulation_root: required when 'simulated' is accepted")
@@ -157,6 +181,12 @@ def _check_references(p: Policy) -> None:
         for j, name in enumerate(service.secrets):
             if name not in secrets:
                 raise ValueError(f"{where}.secrets[{j}]: unknown secret '{name}'")
+            if name == p.identity_ca:
+                raise ValueError(
+                    f"{where}.secrets[{j}]: '{name}' is the identity CA: listing it releases its "
+                    f"private key, which would let the workload issue any service's "
+                    f"certificate; inject $$SECFL::{name}:crt$$ instead"
+                )
         _distinct(service.secrets, f"{where}.secrets", "secret")
         for name in service.inject.env:
             if not _ENV_NAME.fullmatch(name):
@@ -174,26 +204,82 @@ def _check_references(p: Policy) -> None:
                 raise ValueError(
                     f"{where}.inject.files{key_path(path)}: must be an absolute clean path"
                 )
+        inject = service.inject
         fields = [
-            *((f"{where}.inject.args[{j}]", t) for j, t in enumerate(service.inject.args)),
-            *((f"{where}.inject.env{key_path(k)}", t) for k, t in service.inject.env.items()),
-            *((f"{where}.inject.files{key_path(k)}", t) for k, t in service.inject.files.items()),
+            *((f"{where}.inject.args[{j}]", t, True) for j, t in enumerate(inject.args)),
+            *((f"{where}.inject.env{key_path(k)}", t, False) for k, t in inject.env.items()),
+            *((f"{where}.inject.files{key_path(k)}", t, False) for k, t in inject.files.items()),
         ]
-        for path, text in fields:
+        for path, text, on_command_line in fields:
             try:
                 found = list(placeholders.find(text))
             except ValueError as exc:
                 raise ValueError(f"{path}: {exc}") from None
             for ph in found:
-                secret = secrets.get(ph.name)
-                if secret is None:
-                    raise ValueError(f"{path}: placeholder names unknown secret '{ph.name}'")
-                allowed = SELECTOR_KINDS.get(ph.selector or "")
-                if allowed is not None and secret.kind not in allowed:
-                    raise ValueError(
-                        f"{path}: selector ':{ph.selector}' does not apply to secret "
-                        f"'{ph.name}' ({secret.kind})"
-                    )
+                _check_placeholder(p, secrets, ph, path, on_command_line)
+
+
+def _check_placeholder(
+    p: Policy,
+    secrets: dict[str, Any],
+    ph: placeholders.Placeholder,
+    path: str,
+    on_command_line: bool,
+) -> None:
+    """A placeholder names a secret it can render, never the identity CA's key, and
+    nothing secret on a command line."""
+    secret = secrets.get(ph.name)
+    if secret is None:
+        raise ValueError(f"{path}: placeholder names unknown secret '{ph.name}'")
+    allowed = SELECTOR_KINDS.get(ph.selector or "")
+    if allowed is not None and secret.kind not in allowed:
+        raise ValueError(
+            f"{path}: selector ':{ph.selector}' does not apply to secret "
+            f"'{ph.name}' ({secret.kind})"
+        )
+    public = ph.selector in PUBLIC_SELECTORS.get(secret.kind, frozenset())
+    if ph.name == p.identity_ca and not public:
+        raise ValueError(
+            f"{path}: '{ph.text}' releases the private key of the identity CA '{ph.name}', "
+            f"which would let the workload issue any service's certificate; use "
+            f"$$SECFL::{ph.name}:crt$$"
+        )
+    # On a command line, only a part named explicitly public (as the launcher checks).
+    if on_command_line and (ph.selector is None or not public):
+        raise ValueError(
+            f"{path}: '{ph.text}' is not a public part (:crt, :chain or :pub) and a command "
+            "line is readable by every local user (ps); inject secrets through inject.env "
+            "or inject.files"
+        )
+
+
+def _check_board_keys(p: Policy) -> None:
+    """One key, one member; recovery keys (if any) for at least ``threshold`` members.
+
+    A key listed twice would count twice toward the m-of-n rule, and shares of the
+    policy's data key sealed to one recovery key twice would let its holder recover
+    with fewer members than the board's threshold. With fewer recovery keys than the
+    threshold the SPM could only lower the threshold to split the key at all.
+    """
+    for field in ("public_key", "recovery_key"):
+        seen: dict[str, int] = {}
+        for i, member in enumerate(p.board.members):
+            key = getattr(member, field)
+            if key is None:
+                continue
+            if key in seen:
+                raise ValueError(
+                    f"board.members[{i}].{field}: the same key as board.members[{seen[key]}]; "
+                    "each member needs a key of their own"
+                )
+            seen[key] = i
+    holders = sum(1 for m in p.board.members if m.recovery_key is not None)
+    if 0 < holders < p.board.threshold:
+        raise ValueError(
+            f"board.members: {holders} member(s) have a recovery_key, fewer than the threshold "
+            f"({p.board.threshold}): give at least {p.board.threshold} members a recovery_key, "
+            "or none"
+        )
 
 
 def _check_identity(kind: Kind, entry: str | dict[str, str | int], where: str) -> None:

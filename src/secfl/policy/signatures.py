@@ -174,8 +174,8 @@ def check_approval(
     Returns the approving members' names, in board order. Raises
     :class:`PolicyError` (prefixed ``approval:``) when a signature is by an
     unknown member, invalid, for another digest or domain; when fewer than
-    ``board.threshold`` distinct members signed; or when a ``required`` member
-    did not. The same member signing twice counts once.
+    ``board.threshold`` distinct members (with distinct keys) signed; or when a
+    ``required`` member did not. The same member signing twice counts once.
     """
     statement(domain, digest_hex)  # refuses a malformed domain or digest up front
     members = {m.name: m for m in board.members}
@@ -192,6 +192,14 @@ def check_approval(
     if len(approved) < board.threshold:
         raise PolicyError(
             f"approval: {len(approved)} valid signature(s) of the {board.threshold} required"
+        )
+    # Keys, not names, are what sign: two members sharing a key are one approver.
+    # (Validation refuses such a board; this keeps the rule whatever the board.)
+    distinct = {members[name].public_key for name in approved}
+    if len(distinct) < board.threshold:
+        raise PolicyError(
+            f"approval: {len(distinct)} distinct key(s) of the {board.threshold} required "
+            "(members who share a key count once)"
         )
     for name in board.required:
         if name not in approved:

@@ -25,6 +25,7 @@ def encrypt_directory(
     *,
     version: int = 1,
     chunk_size: int = fmt.DEFAULT_CHUNK_SIZE,
+    overwrite: bool = True,
 ) -> str:
     """Encrypt every regular file below ``src`` into the volume ``out``; return its tag.
 
@@ -35,7 +36,9 @@ def encrypt_directory(
     the manifest, hence in the tag, and an SPM counter can pin it). ``out`` is
     written to a temporary file next to it and renamed into place when complete,
     so it either holds a whole volume or is left as it was; it is created with
-    mode 0600 and replaces an existing file of that name.
+    mode 0600 and replaces an existing file of that name, unless ``overwrite`` is
+    false: then an existing ``out`` (even one created while encrypting) is left
+    alone and the call fails.
 
     Nonces are never reused under one key: chunks are sealed with AES-256-GCM
     under a per-volume subkey HKDF-SHA256(key, salt) where the salt is 32 fresh
@@ -104,7 +107,11 @@ def encrypt_directory(
             sink.write(header)
             sink.flush()
             os.fsync(sink.fileno())
-        os.replace(tmp, target)
+        _publish(tmp, target, overwrite)
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise ShieldError(f"shield: '{out}' exists; not replacing it") from None
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -114,6 +121,16 @@ def encrypt_directory(
             os.unlink(tmp)
         raise
     return fmt.tag_of(plaintext)
+
+
+def _publish(tmp: str, target: Path, overwrite: bool) -> None:
+    """Move the finished volume into place: atomically, and without replacing
+    anything unless ``overwrite`` (a hard link fails if the name exists)."""
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    os.link(tmp, target)
+    os.unlink(tmp)
 
 
 def _walk(top: Path) -> list[tuple[str, Path]]:

@@ -12,6 +12,7 @@ from secfl.errors import SpmError
 from secfl.spm.schema import INSERT
 
 if TYPE_CHECKING:
+    from secfl.spm.integrity import Floors
     from secfl.spm.store import Store
 
 
@@ -27,6 +28,8 @@ class TxBase:
         #: Audit entries appended since the head row and its MAC were last written;
         #: both are written once, when the transaction ends (see Store.transaction).
         self._head_dirty = False
+        #: Floor changes (secfl.spm.integrity.Floors.apply) to make once this commits.
+        self._changes: list[tuple[Any, ...]] = []
 
     # -- plumbing
     def _c(self) -> Connection:
@@ -48,3 +51,29 @@ class TxBase:
     @property
     def writable(self) -> bool:
         return self._writable
+
+    # -- integrity (secfl.spm.integrity): rows are MAC'd, floors never go back
+    def _signed(self, table: Table, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with the MAC of the whole row (None without a row key)."""
+        integrity = self._store.integrity
+        mac = None if integrity is None else integrity.rows.mac(table.name, values)
+        return {**values, "mac": mac}
+
+    def _verify(self, table: Table, row: Any, what: str) -> None:
+        """Refuse a row that does not carry a valid MAC (when the store has a row key)."""
+        integrity = self._store.integrity
+        if integrity is None:
+            return
+        mapping = row._mapping
+        values = {c.name: mapping[c.name] for c in table.columns if c.name != "mac"}
+        integrity.rows.check(table.name, values, mapping.get("mac"), what)
+
+    def _note(self, change: tuple[Any, ...]) -> None:
+        """A floor change, applied when this transaction commits."""
+        if self._store.integrity is not None:
+            self._changes.append(change)
+
+    @property
+    def floors(self) -> Floors | None:
+        integrity = self._store.integrity
+        return None if integrity is None else integrity.floors

@@ -5,11 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from secfl.errors import SpmError
 from secfl.spm._tx_base import TxBase
-from secfl.spm.records import CertificateRecord, RevocationRecord, from_us, normalise_serial, to_us
+from secfl.spm.records import (
+    REVOCATION_KINDS,
+    CertificateRecord,
+    RevocationRecord,
+    from_us,
+    normalise_serial,
+    to_us,
+)
 from secfl.spm.schema import certificates_table, revocations_table
 
 
@@ -23,18 +30,21 @@ class CertificateOps(TxBase):
         serial = normalise_serial(serial)
         self._insert(
             certificates_table,
-            {
-                "policy": policy,
-                "serial": serial,
-                "service": service,
-                "fingerprint": fingerprint,
-                "not_after": to_us(not_after, "not_after"),
-            },
+            self._signed(
+                certificates_table,
+                {
+                    "policy": policy,
+                    "serial": serial,
+                    "service": service,
+                    "fingerprint": fingerprint,
+                    "not_after": to_us(not_after, "not_after"),
+                },
+            ),
             f"store: certificate serial {serial} of policy '{policy}' already exists",
         )
 
-    @staticmethod
-    def _certificate(row: Any) -> CertificateRecord:
+    def _certificate(self, row: Any) -> CertificateRecord:
+        self._verify(certificates_table, row, f"certificate {row.serial} of '{row.policy}'")
         return CertificateRecord(
             policy=row.policy,
             serial=row.serial,
@@ -62,49 +72,85 @@ class CertificateOps(TxBase):
 
     # -- revocations
     def add_revocation(
-        self, policy: str, serial: str | int, service: str, reason: str, at: datetime
+        self,
+        policy: str,
+        serial: str | int | None,
+        service: str,
+        reason: str,
+        at: datetime,
+        *,
+        kind: str = "certificate",
+        subject: str | None = None,
     ) -> None:
-        """Record a revocation; revoking the same serial twice is an :class:`SpmError`."""
-        serial = normalise_serial(serial)
-        if self.is_revoked(policy, serial):
-            raise SpmError(
-                f"store: certificate serial {serial} of policy '{policy}' is already revoked"
-            )
+        """Record a revocation of ``kind`` (default: the certificate ``serial``);
+        revoking the same thing twice is an :class:`SpmError`."""
+        if kind not in REVOCATION_KINDS:
+            raise SpmError(f"revocation: unknown kind '{kind}'")
+        if kind == "certificate":
+            subject = normalise_serial(serial if serial is not None else subject or "")
+        if not subject:
+            raise SpmError(f"revocation: a {kind} revocation names its subject")
+        if self.is_revoked(policy, subject, kind=kind):
+            raise SpmError(f"revocation: {kind} {subject} of policy '{policy}' is already revoked")
         self._insert(
             revocations_table,
-            {
-                "policy": policy,
-                "serial": serial,
-                "service": service,
-                "reason": reason,
-                "at": to_us(at, "at"),
-            },
-            f"store: certificate serial {serial} of policy '{policy}' is already revoked",
+            self._signed(
+                revocations_table,
+                {
+                    "policy": policy,
+                    "kind": kind,
+                    "subject": subject,
+                    "service": service,
+                    "reason": reason,
+                    "at": to_us(at, "at"),
+                },
+            ),
+            f"revocation: {kind} {subject} of policy '{policy}' is already revoked",
         )
+        self._note(("revoke", policy, kind, subject))
 
-    def is_revoked(self, policy: str, serial: str | int) -> bool:
+    def lift_revocation(self, policy: str, kind: str, subject: str) -> bool:
+        """Readmit what a revocation named; False if it was not revoked."""
+        if kind == "certificate":
+            subject = normalise_serial(subject)
         t = revocations_table
-        row = (
-            self._c()
-            .execute(
-                select(t.c.serial).where(
-                    t.c.policy == policy, t.c.serial == normalise_serial(serial)
-                )
-            )
-            .first()
+        done = self._w().execute(
+            delete(t).where(t.c.policy == policy, t.c.kind == kind, t.c.subject == subject)
         )
-        return row is not None
+        self._note(("readmit", policy, kind, subject))
+        return done.rowcount > 0 or (kind, subject) in self._floor_revoked(policy)
+
+    def _floor_revoked(self, policy: str) -> set[tuple[str, str]]:
+        floors = self.floors
+        return set() if floors is None else floors.revoked_in(policy)
+
+    def is_revoked(self, policy: str, subject: str | int, *, kind: str = "certificate") -> bool:
+        if kind == "certificate":
+            subject = normalise_serial(subject)
+        return (kind, str(subject)) in self.revoked_set(policy)
+
+    def revoked_set(self, policy: str) -> set[tuple[str, str]]:
+        """Every (kind, subject) revoked in ``policy``: the rows, and what this SPM
+        knows was revoked even if a row went missing (fail closed)."""
+        found = {(r.kind, r.subject) for r in self.revocations(policy)}
+        return found | self._floor_revoked(policy)
 
     def revocations(self, policy: str) -> list[RevocationRecord]:
         t = revocations_table
-        rows = self._c().execute(select(t).where(t.c.policy == policy).order_by(t.c.at, t.c.serial))
-        return [
-            RevocationRecord(
-                policy=r.policy,
-                serial=r.serial,
-                service=r.service,
-                reason=r.reason,
-                at=from_us(r.at),
+        rows = self._c().execute(
+            select(t).where(t.c.policy == policy).order_by(t.c.at, t.c.kind, t.c.subject)
+        )
+        out = []
+        for r in rows:
+            self._verify(t, r, f"a revocation of policy '{policy}'")
+            out.append(
+                RevocationRecord(
+                    policy=r.policy,
+                    kind=r.kind,
+                    subject=r.subject,
+                    service=r.service,
+                    reason=r.reason,
+                    at=from_us(r.at),
+                )
             )
-            for r in rows
-        ]
+        return out

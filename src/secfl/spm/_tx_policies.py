@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert, select, update
 
 from secfl.errors import SpmError
 from secfl.spm._tx_base import TxBase
@@ -22,8 +22,8 @@ class PolicyOps(TxBase):
     """Policy versions, secrets and policy data keys (part of :class:`secfl.spm.store.Tx`)."""
 
     # -- policies
-    @staticmethod
-    def _policy(row: Any) -> PolicyRecord:
+    def _policy(self, row: Any) -> PolicyRecord:
+        self._verify(policies_table, row, f"policy '{row.name}' version {row.version}")
         return PolicyRecord(
             name=row.name,
             version=row.version,
@@ -35,9 +35,18 @@ class PolicyOps(TxBase):
         )
 
     def current_policy(self, name: str) -> PolicyRecord | None:
-        """The latest version of policy ``name``."""
+        """The latest version of policy ``name`` (a version older than one this SPM
+        has seen is a rollback: :class:`IntegrityError`)."""
         row = self._c().execute(Q_CURRENT_POLICY, {"b_name": name}).first()
-        return None if row is None else self._policy(row)
+        floors = self.floors
+        if row is None:
+            if floors is not None:
+                floors.check_policy(name, 0)
+            return None
+        record = self._policy(row)
+        if floors is not None:
+            floors.check_policy(name, record.version)
+        return record
 
     def policy_version(self, name: str, version: int) -> PolicyRecord | None:
         t = policies_table
@@ -72,21 +81,25 @@ class PolicyOps(TxBase):
             )
         self._insert(
             policies_table,
-            {
-                "name": record.name,
-                "version": record.version,
-                "digest": record.digest,
-                "predecessor": record.predecessor,
-                "document": record.document,
-                "signatures": record.signatures,
-                "created_at": to_us(record.created_at, "created_at"),
-            },
+            self._signed(
+                policies_table,
+                {
+                    "name": record.name,
+                    "version": record.version,
+                    "digest": record.digest,
+                    "predecessor": record.predecessor,
+                    "document": record.document,
+                    "signatures": record.signatures,
+                    "created_at": to_us(record.created_at, "created_at"),
+                },
+            ),
             f"store: policy '{record.name}' version {record.version} conflicts with a stored one",
         )
+        self._note(("policy", record.name, record.version))
 
     # -- secrets
-    @staticmethod
-    def _secret(row: Any) -> SecretRecord:
+    def _secret(self, row: Any) -> SecretRecord:
+        self._verify(secrets_table, row, f"secret '{row.name}' of policy '{row.policy}'")
         return SecretRecord(
             policy=row.policy,
             name=row.name,
@@ -108,45 +121,49 @@ class PolicyOps(TxBase):
     def put_secret(self, record: SecretRecord) -> None:
         """Insert or replace the secret (policy, name)."""
         t = secrets_table
-        values = {
-            "kind": record.kind,
-            "definition_digest": record.definition_digest,
-            "ciphertext": bytes(record.ciphertext),
-            "created_at": to_us(record.created_at, "created_at"),
-        }
+        values = self._signed(
+            t,
+            {
+                "policy": record.policy,
+                "name": record.name,
+                "kind": record.kind,
+                "definition_digest": record.definition_digest,
+                "ciphertext": bytes(record.ciphertext),
+                "created_at": to_us(record.created_at, "created_at"),
+            },
+        )
         conn = self._w()
         done = conn.execute(
             update(t).where(t.c.policy == record.policy, t.c.name == record.name).values(**values)
         )
         if done.rowcount == 0:
-            conn.execute(insert(t).values(policy=record.policy, name=record.name, **values))
-
-    def delete_secret(self, policy: str, name: str) -> bool:
-        t = secrets_table
-        done = self._w().execute(delete(t).where(t.c.policy == policy, t.c.name == name))
-        return done.rowcount > 0
+            conn.execute(insert(t).values(**values))
 
     # -- policy data keys
+    def _policy_key_row(self, policy: str) -> Any:
+        t = policy_keys_table
+        row = self._c().execute(select(t).where(t.c.policy == policy)).first()
+        if row is not None:
+            self._verify(t, row, f"the data key of policy '{policy}'")
+        return row
+
     def get_policy_key(self, policy: str) -> bytes | None:
         """The policy's data key, wrapped under the master key."""
-        t = policy_keys_table
-        row = self._c().execute(select(t.c.wrapped).where(t.c.policy == policy)).first()
+        row = self._policy_key_row(policy)
         return None if row is None else bytes(row.wrapped)
 
     def get_key_shares(self, policy: str) -> str | None:
         """The recovery shares (JSON) of the policy's data key."""
-        t = policy_keys_table
-        row = self._c().execute(select(t.c.shares).where(t.c.policy == policy)).first()
-        return None if row is None else row.shares
+        row = self._policy_key_row(policy)
+        return None if row is None else str(row.shares)
 
     def put_policy_key(self, policy: str, wrapped: bytes, shares_json: str) -> None:
         """Insert or replace the wrapped data key of ``policy`` and its recovery shares."""
         t = policy_keys_table
-        conn = self._w()
-        done = conn.execute(
-            update(t).where(t.c.policy == policy).values(wrapped=bytes(wrapped), shares=shares_json)
+        values = self._signed(
+            t, {"policy": policy, "wrapped": bytes(wrapped), "shares": shares_json}
         )
+        conn = self._w()
+        done = conn.execute(update(t).where(t.c.policy == policy).values(**values))
         if done.rowcount == 0:
-            conn.execute(
-                insert(t).values(policy=policy, wrapped=bytes(wrapped), shares=shares_json)
-            )
+            conn.execute(insert(t).values(**values))

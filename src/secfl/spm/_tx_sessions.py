@@ -41,16 +41,24 @@ class SessionOps(TxBase):
         service: str,
         policy_version: int,
         expires_at: datetime,
+        *,
+        serial: str = "",
+        identity: str = "{}",
     ) -> None:
         self._insert(
             sessions_table,
-            {
-                "token_sha256": bytes(token_sha256),
-                "policy": policy,
-                "service": service,
-                "policy_version": policy_version,
-                "expires_at": to_us(expires_at, "expires_at"),
-            },
+            self._signed(
+                sessions_table,
+                {
+                    "token_sha256": bytes(token_sha256),
+                    "policy": policy,
+                    "service": service,
+                    "policy_version": policy_version,
+                    "expires_at": to_us(expires_at, "expires_at"),
+                    "serial": serial,
+                    "identity": identity,
+                },
+            ),
             "store: a session with this token already exists",
         )
 
@@ -59,12 +67,15 @@ class SessionOps(TxBase):
         row = self._c().execute(Q_SESSION, {"b_token": bytes(token_sha256)}).first()
         if row is None:
             return None
+        self._verify(sessions_table, row, "a session")
         return SessionRecord(
             token_sha256=bytes(row.token_sha256),
             policy=row.policy,
             service=row.service,
             policy_version=row.policy_version,
             expires_at=from_us(row.expires_at),
+            serial=row.serial,
+            identity=row.identity,
         )
 
     def prune(self, now: datetime) -> int:

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from secfl import __version__
 from secfl.errors import SecflError
+from secfl.spm.apierrors import SpmApi, http_refusal, validation_message
 from secfl.spm.service import Refused, Spm
 
 MAX_BODY = 1 << 20
@@ -99,6 +101,10 @@ class EventOut(BaseModel):
 class VolumeIn(BaseModel):
     version: int = Field(ge=1, le=2**62)
     tag: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    proof: str = Field(
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="HMAC under the volume's key (secfl.spm.volumes.record_proof)",
+    )
 
 
 class VolumeOut(BaseModel):
@@ -116,9 +122,14 @@ class AuditOut(BaseModel):
 
 
 class RevocationStatement(BaseModel):
-    serial: str = Field(pattern=r"^[0-9a-fA-F]{1,64}$")
-    service: str = Field(pattern=NAME)
-    reason: str = Field(max_length=1024)
+    """What the board revokes (or readmits): ``kind`` + ``subject``, or a ``serial``."""
+
+    kind: Literal["certificate", "service", "measurement", "platform"] | None = None
+    subject: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,256}$")
+    action: Literal["revoke", "readmit"] | None = None
+    serial: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{1,64}$")
+    service: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$")
+    reason: str = Field(default="", max_length=1024)
 
 
 class RevocationIn(BaseModel):
@@ -149,14 +160,18 @@ def head_message(seq: int, head_hash: str) -> bytes:
 
 def create_app(spm: Spm) -> FastAPI:
     """The ASGI application serving ``spm``."""
-    app = FastAPI(
+    app = SpmApi(  # every refusal is {"error": ...}: secfl.spm.apierrors
         title="secfl Security Policy Manager", version=__version__, max_body_size=MAX_BODY
     )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        reason = "body: larger than the limit" if exc.status_code == 413 else str(exc.detail)
+        reason = http_refusal(exc.status_code, exc.detail, MAX_BODY)
         return JSONResponse({"error": reason}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": validation_message(exc.errors())}, status_code=422)
 
     @app.exception_handler(Refused)
     async def refused(_: Request, exc: Refused) -> JSONResponse:
@@ -272,7 +287,9 @@ def create_app(spm: Spm) -> FastAPI:
             raise Refused(
                 "session: a 'Authorization: Bearer <session token>' header is required", 401
             )
-        return VolumeOut(**spm.record_volume(token, name, volume, body.version, body.tag))
+        return VolumeOut(
+            **spm.record_volume(token, name, volume, body.version, body.tag, body.proof)
+        )
 
     @app.get("/v1/audit", responses=ERRORS)
     def audit(
@@ -292,7 +309,9 @@ def create_app(spm: Spm) -> FastAPI:
     @app.post("/v1/policies/{name}/revocations", responses=ERRORS)
     def revoke(name: PolicyName, body: RevocationIn) -> dict[str, Any]:
         return spm.revoke(
-            name, body.statement.model_dump(), [s.model_dump() for s in body.signatures]
+            name,
+            body.statement.model_dump(exclude_none=True),
+            [s.model_dump() for s in body.signatures],
         )
 
     @app.get("/v1/policies/{name}/revocations", responses=ERRORS)

@@ -9,6 +9,7 @@ a session token. The nonce is spent, and the decision audited, in one commit.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets as pysecrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,8 @@ from secfl.errors import SecflError, SpmError
 from secfl.policy.model import Policy
 from secfl.spm import secrets as sv
 from secfl.spm.binding import csr_public_key_sha256, workload_report_data
+from secfl.spm.revocation import platform_id, revoked_reason
+from secfl.spm.secrets import release_key
 from secfl.spm.store import PolicyRecord
 from secfl.tee.claims import TCB_ORDER, Claims
 from secfl.tee.evidence import Evidence
@@ -90,7 +93,16 @@ class AttestationMixin:
             claims = self._verify(policy, evidence, now)
             detail["kind"] = claims.kind
             detail["measurement"] = next(iter(claims.measurements.values()), None)
-            self._match(policy, service_name, claims)
+            self._match(policy, service_name, claims.kind, claims.measurements)
+            refusal_reason = revoked_reason(
+                self.revoked(policy_name), service_name, "", claims_identity(claims)
+            )
+            if refusal_reason is not None:
+                raise Refused(f"revoked: {refusal_reason}")
+            try:
+                release_key(hpke_public_key)
+            except SpmError as exc:
+                raise Refused(str(exc), 400) from None
             csr = _load_csr(csr_pem)
             expected = workload_report_data(nonce, hpke_public_key, csr_public_key_sha256(csr))
             if claims.report_data_bytes != expected:
@@ -116,9 +128,19 @@ class AttestationMixin:
                 )
                 return refusal
             record, policy, claims, csr = checked
-            return self._release(
-                tx, record, policy, service_name, claims, nonce, hpke_public_key, csr, now
-            )
+            try:
+                with tx.savepoint():
+                    return self._release(
+                        tx, record, policy, service_name, claims, nonce, hpke_public_key, csr, now
+                    )
+            except Exception as exc:  # whatever failed, the nonce stays spent and it is audited
+                failed = exc if isinstance(exc, Refused) else None
+                reason = str(exc) if isinstance(exc, SecflError) else type(exc).__name__
+                refusal = failed or Refused(f"release: {reason}", 500)
+                tx.append_audit(
+                    "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
+                )
+                return refusal
 
         outcome = self.group.run(decide)
         if isinstance(outcome, Refused):
@@ -151,21 +173,23 @@ class AttestationMixin:
         return claims
 
     @staticmethod
-    def _match(policy: Policy, service_name: str, claims: Claims) -> None:
+    def _match(
+        policy: Policy, service_name: str, kind: Any, measurements: dict[str, Any]
+    ) -> None:
+        """Refuse unless one of the service's identities for ``kind`` matches."""
         service = policy.service(service_name)
         assert service is not None
-        for identity in service.identities(claims.kind):
+        for identity in service.identities(kind):
             if all(
-                str(claims.measurements.get(k, "")).lower() == str(v).lower()
+                str(measurements.get(k, "")).lower() == str(v).lower()
                 if isinstance(v, str)
-                else claims.measurements.get(k) == v
+                else measurements.get(k) == v
                 for k, v in identity.items()
             ):
                 return
-        mr = next(iter(claims.measurements.values()), "")
+        mr = next(iter(measurements.values()), "")
         raise Refused(
-            f"measurement: {claims.kind} measurement {mr} is not accepted for service "
-            f"'{service_name}'"
+            f"measurement: {kind} measurement {mr} is not accepted for service '{service_name}'"
         )
 
     def _release(
@@ -222,6 +246,8 @@ class AttestationMixin:
             service_name,
             record.version,
             expires,
+            serial=serial,
+            identity=json.dumps(claims_identity(claims), sort_keys=True, separators=(",", ":")),
         )
         measurement = next(iter(claims.measurements.values()), None)
         tx.append_audit(
@@ -260,6 +286,16 @@ class AttestationMixin:
             policy_version=record.version,
             secret_names=sorted(values),
         )
+
+
+def claims_identity(claims: Claims) -> dict[str, Any]:
+    """What a session remembers of its attestation, to check it against later policy
+    versions and revocations: kind, measurements, platform ID."""
+    return {
+        "kind": claims.kind,
+        "measurements": dict(claims.measurements),
+        "platform": platform_id(claims.platform),
+    }
 
 
 def _load_csr(pem: bytes) -> x509.CertificateSigningRequest:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from secfl.errors import AuditError
+from secfl.errors import AuditError, SpmError
 from secfl.spm.audit import AuditEntry, verify_chain
 from secfl.spm.masterkey import load_or_create_master_key
 from secfl.spm.store import Store
@@ -28,7 +28,14 @@ def verify_database(data_dir: Path | str | None, db_url: str | None = None) -> t
     if not (data / "master.key").exists():
         raise AuditError(f"audit: no SPM master key in {data}")
     master = load_or_create_master_key(data)
-    store = Store(db_url or f"sqlite:///{data / 'spm.db'}", audit_key=master.derive("audit-head"))
+    from secfl.spm.server import open_store
+
+    try:
+        store = open_store(data, master, db_url)
+    except AuditError:
+        raise
+    except SpmError as exc:  # a row that fails its MAC, a rollback
+        raise AuditError(str(exc)) from None
     try:
         count = store.verify_audit(master.derive("audit-head"))
         seq, _ = store.audit_head()

@@ -13,6 +13,7 @@ and every request then runs over TLS that verifies against it.
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import ssl
 from collections.abc import Sequence
@@ -233,12 +234,18 @@ class SpmClient:
         return self._request("GET", f"/v1/policies/{policy}/volumes/{volume}")
 
     def record_volume(
-        self, policy: str, volume: str, *, version: int, tag: str, token: str
+        self, policy: str, volume: str, *, version: int, tag: str, token: str, volume_key: bytes
     ) -> dict[str, Any]:
+        """Record a release of a rollback-protected volume this launcher opened with
+        ``volume_key`` (the proof that it did is computed here; the key is not sent)."""
+        from secfl.spm.volumes import record_proof
+
+        token_sha256 = hashlib.sha256(token.encode()).hexdigest()
+        proof = record_proof(volume_key, policy, volume, version, tag, token_sha256)
         return self._request(
             "POST",
             f"/v1/policies/{policy}/volumes/{volume}",
-            json={"version": version, "tag": tag},
+            json={"version": version, "tag": tag, "proof": proof},
             headers={"Authorization": f"Bearer {token}"},
         )
 

@@ -125,13 +125,22 @@ def load_or_create_master_key(data_dir: Path) -> MasterKey:
 
 def _read_key_file(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO planted as master.key must not hang the SPM at start.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         raise SpmError(f"secrets: cannot open the master key {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise SpmError(f"secrets: cannot read the master key {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise SpmError(
+            f"secrets: the master key {path} is {kind}; it must be the SPM's 32-byte key file"
+        )
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SpmError(f"secrets: the master key {path} is not a regular file")
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             raise SpmError(
@@ -143,7 +152,10 @@ def _read_key_file(path: Path) -> bytes:
                 f"secrets: the master key {path} is owned by uid {info.st_uid}, "
                 f"not by this process's uid {os.geteuid()}"
             )
-        data = fh.read(KEY_SIZE + 1)
+        try:
+            data = fh.read(KEY_SIZE + 1)
+        except OSError as exc:
+            raise SpmError(f"secrets: cannot read the master key {path}: {exc.strerror}") from None
     if len(data) != KEY_SIZE:
         raise SpmError(
             f"secrets: the master key {path} holds {len(data)} bytes, expected {KEY_SIZE}"

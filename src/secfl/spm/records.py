@@ -50,6 +50,11 @@ class SessionRecord:
     service: str
     policy_version: int
     expires_at: datetime
+    #: The serial of the certificate issued with the session ("" for none).
+    serial: str = ""
+    #: What the workload was attested as: canonical JSON of
+    #: ``{"kind", "measurements", "platform"}`` (see secfl.spm.attestation).
+    identity: str = "{}"
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,26 @@ class CertificateRecord:
     not_after: datetime
 
 
+#: What a revocation can name. ``certificate``: one certificate (its serial) and the
+#: sessions attested with it; ``service``: a service of the policy, until the board
+#: readmits it; ``measurement``: code (a measurement) for every service;
+#: ``platform``: a machine (the attested chip or platform ID).
+REVOCATION_KINDS = ("certificate", "service", "measurement", "platform")
+
+
 @dataclass(frozen=True)
 class RevocationRecord:
     policy: str
-    serial: str
+    kind: str
+    subject: str
     service: str
     reason: str
     at: datetime
+
+    @property
+    def serial(self) -> str:
+        """The revoked certificate's serial ("" unless ``kind`` is certificate)."""
+        return self.subject if self.kind == "certificate" else ""
 
 
 def to_us(value: datetime, what: str) -> int:

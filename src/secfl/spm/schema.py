@@ -23,7 +23,9 @@ from sqlalchemy import (
     update,
 )
 
-SCHEMA_VERSION = b"1"
+#: 2: every row the SPM relies on carries a MAC (secfl.spm.integrity); sessions name
+#: their certificate and attested identity; revocations name what they revoke.
+SCHEMA_VERSION = b"2"
 
 metadata = MetaData()
 
@@ -64,6 +66,7 @@ policies_table = Table(
     Column("document", Text(), nullable=False),
     Column("signatures", Text(), nullable=False),
     Column("created_at", BigInteger(), nullable=False),
+    Column("mac", String(), nullable=True),
     PrimaryKeyConstraint("name", "version"),
     UniqueConstraint("name", "digest", name="uq_policies_name_digest"),
 )
@@ -77,6 +80,7 @@ secrets_table = Table(
     Column("definition_digest", String(), nullable=False),
     Column("ciphertext", LargeBinary(), nullable=False),
     Column("created_at", BigInteger(), nullable=False),
+    Column("mac", String(), nullable=True),
     PrimaryKeyConstraint("policy", "name"),
 )
 
@@ -86,6 +90,7 @@ policy_keys_table = Table(
     Column("policy", String(), primary_key=True),
     Column("wrapped", LargeBinary(), nullable=False),
     Column("shares", Text(), nullable=False),
+    Column("mac", String(), nullable=True),
 )
 
 nonces_table = Table(
@@ -104,6 +109,12 @@ sessions_table = Table(
     Column("service", String(), nullable=False),
     Column("policy_version", Integer(), nullable=False),
     Column("expires_at", BigInteger(), nullable=False, index=True),
+    #: The certificate issued with the session: revoking it ends the session.
+    Column("serial", String(), nullable=False),
+    #: What the workload was attested as (canonical JSON of kind, measurements,
+    #: platform): checked against every later version of the policy.
+    Column("identity", Text(), nullable=False),
+    Column("mac", String(), nullable=True),
 )
 
 counters_table = Table(
@@ -112,6 +123,7 @@ counters_table = Table(
     Column("policy", String(), nullable=False),
     Column("name", String(), nullable=False),
     Column("value", BigInteger(), nullable=False),
+    Column("mac", String(), nullable=True),
     PrimaryKeyConstraint("policy", "name"),
 )
 
@@ -123,6 +135,7 @@ certificates_table = Table(
     Column("service", String(), nullable=False),
     Column("fingerprint", String(), nullable=False),
     Column("not_after", BigInteger(), nullable=False),
+    Column("mac", String(), nullable=True),
     PrimaryKeyConstraint("policy", "serial"),
 )
 
@@ -130,11 +143,15 @@ revocations_table = Table(
     "revocations",
     metadata,
     Column("policy", String(), nullable=False),
-    Column("serial", String(), nullable=False),
+    #: certificate (subject: serial), service (subject: service name), measurement
+    #: (subject: measurement), platform (subject: chip or platform ID).
+    Column("kind", String(), nullable=False),
+    Column("subject", String(), nullable=False),
     Column("service", String(), nullable=False),
     Column("reason", Text(), nullable=False),
     Column("at", BigInteger(), nullable=False),
-    PrimaryKeyConstraint("policy", "serial"),
+    Column("mac", String(), nullable=True),
+    PrimaryKeyConstraint("policy", "kind", "subject"),
 )
 
 volume_tags_table = Table(
@@ -145,6 +162,7 @@ volume_tags_table = Table(
     Column("version", BigInteger(), nullable=False),
     Column("tag", String(), nullable=False),
     Column("at", BigInteger(), nullable=False),
+    Column("mac", String(), nullable=True),
     PrimaryKeyConstraint("policy", "volume"),
 )
 
@@ -161,13 +179,16 @@ Q_HEAD_UPDATE = (
     .where(audit_head_table.c.id == 1)
     .values(seq=_p("b_new_seq"), hash=_p("b_new_hash"))
 )
-Q_INCREMENT = (
+Q_COUNTER_SET = (
     update(counters_table)
-    .where(counters_table.c.policy == _p("b_policy"), counters_table.c.name == _p("b_name"))
-    .values(value=counters_table.c.value + 1)
-    .returning(counters_table.c.value)
+    .where(
+        counters_table.c.policy == _p("b_policy"),
+        counters_table.c.name == _p("b_name"),
+        counters_table.c.value == _p("b_old"),
+    )
+    .values(value=_p("b_value"), mac=_p("b_mac"))
 )
-Q_COUNTER = select(counters_table.c.value).where(
+Q_COUNTER = select(counters_table.c.value, counters_table.c.mac).where(
     counters_table.c.policy == _p("b_policy"), counters_table.c.name == _p("b_name")
 )
 Q_SESSION = select(sessions_table).where(sessions_table.c.token_sha256 == _p("b_token"))

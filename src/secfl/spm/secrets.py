@@ -19,7 +19,7 @@ import hashlib
 import ipaddress
 import json
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secfl._internal.x509util import private_pem, self_signed_ca
 from secfl.errors import SpmError
-from secfl.policy.model import CaSecret, CertSecret, Secret
+from secfl.policy.model import Board, CaSecret, CertSecret, Secret
 
 Value = dict[str, str]
 
@@ -263,12 +263,23 @@ def release_info(policy: str, service: str, nonce: bytes) -> bytes:
 
 def seal_release(values: dict[str, Value], hpke_public_key: bytes, info: bytes) -> bytes:
     """Seal released values to the workload's X25519 key (raw 32 bytes)."""
+    key = release_key(hpke_public_key)
+    payload = json.dumps(values, sort_keys=True).encode()
+    try:
+        return RELEASE_SUITE.encrypt(payload, key, info=info)
+    except Exception:  # an all-zero or low-order point: no shared secret
+        raise SpmError("hpke_public_key: not a usable X25519 public key") from None
+
+
+def release_key(hpke_public_key: bytes) -> x25519.X25519PublicKey:
+    """The workload's X25519 key, refused if it cannot receive a sealed release (wrong
+    size, or a low-order point such as all zeros, for which X25519 has no shared secret)."""
     try:
         key = x25519.X25519PublicKey.from_public_bytes(hpke_public_key)
-    except ValueError:
-        raise SpmError("attestation: hpke_public_key is not a raw X25519 public key") from None
-    payload = json.dumps(values, sort_keys=True).encode()
-    return RELEASE_SUITE.encrypt(payload, key, info=info)
+        RELEASE_SUITE.encrypt(b"", key, info=b"secfl/probe")
+    except Exception:
+        raise SpmError("hpke_public_key: not a usable raw X25519 public key") from None
+    return key
 
 
 def open_release(
@@ -281,31 +292,66 @@ def open_release(
         raise SpmError(f"secrets: cannot open the sealed secrets ({type(exc).__name__})") from None
 
 
-def import_info(policy: str, secret: str) -> bytes:
-    return f"secfl/imported-secret/v1\n{policy}/{secret}".encode()
+def board_binding(public_keys: list[str], threshold: int) -> str:
+    """The board an imported secret is sealed for: SHA-256 (hex) over its threshold and
+    the SHA-256 of each member's signing key (SPKI DER), sorted. Names do not count."""
+    digests = []
+    for pem in public_keys:
+        try:
+            key = serialization.load_pem_public_key(pem.encode())
+        except (ValueError, TypeError, UnicodeError):
+            raise SpmError("seal: a board member's key is not a PEM public key") from None
+        der = key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        digests.append(hashlib.sha256(der).hexdigest())
+    doc = {"threshold": int(threshold), "members": sorted(set(digests))}
+    encoded = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def board_binding_of(board: Board) -> str:
+    """:func:`board_binding` of a policy's board."""
+    return board_binding([m.public_key for m in board.members], board.threshold)
+
+
+def import_info(policy: str, secret: str, board: str) -> bytes:
+    """HPKE info of an imported secret: the policy, the secret, and the board the owner
+    approved (:func:`board_binding`). The SPM opens it only under a policy version whose
+    board is that board, so registering the policy name first gains an attacker nothing."""
+    return f"secfl/imported-secret/v2\n{policy}/{secret}\n{board}".encode()
 
 
 def seal_imported(
-    value: bytes, spm_public_key: ec.EllipticCurvePublicKey, policy: str, secret: str
+    value: bytes,
+    spm_public_key: ec.EllipticCurvePublicKey,
+    policy: str,
+    secret: str,
+    board: str,
 ) -> str:
-    """What a board member writes as ``sealed:`` for an imported secret (base64)."""
-    sealed = IMPORT_SUITE.encrypt(value, spm_public_key, info=import_info(policy, secret))
+    """What a data owner writes as ``sealed:`` for an imported secret (base64)."""
+    sealed = IMPORT_SUITE.encrypt(value, spm_public_key, info=import_info(policy, secret, board))
     return base64.b64encode(sealed).decode()
 
 
 def open_imported(
-    sealed_b64: str, spm_key: ec.EllipticCurvePrivateKey, policy: str, secret: str
+    sealed_b64: str,
+    spm_key: ec.EllipticCurvePrivateKey,
+    policy: str,
+    secret: str,
+    board: str,
 ) -> Value:
     try:
         raw = IMPORT_SUITE.decrypt(
-            base64.b64decode(sealed_b64, validate=True), spm_key, info=import_info(policy, secret)
+            base64.b64decode(sealed_b64, validate=True),
+            spm_key,
+            info=import_info(policy, secret, board),
         )
     except Exception:
         raise SpmError(
-            f"secrets: imported secret '{secret}' is not sealed to this SPM for policy '{policy}'"
+            f"secrets: imported secret '{secret}' is not sealed to this SPM for policy "
+            f"'{policy}' under this board (its owner sealed it for another board, another "
+            "policy or another SPM; ask the owner to seal it again with `secfl policy "
+            "seal-secret --board ...`)"
         ) from None
     return _raw(raw, "imported")
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

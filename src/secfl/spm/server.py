@@ -1,9 +1,25 @@
-"""``secfl spm serve``: assemble the SPM from its data folder and serve it over HTTPS."""
+"""``secfl spm serve``: assemble the SPM from its data folder and serve it over HTTPS.
+
+The HTTPS server is uvicorn, but every connection is owned by
+:mod:`secfl.spm.httpguard`: it does the TLS handshake itself and gives each
+connection a deadline for its handshake and request headers (``header_timeout``,
+10 s), for its body (``body_timeout``, 30 s) and for its answer (60 s), and caps
+the open connections below the process's file limit (raised to the hard limit at
+start), evicting the oldest stalled connection when a new one arrives at the cap.
+uvicorn itself cannot do this: it has no header or body timeout, and
+``limit_concurrency`` counts a connection only once its headers are complete.
+So half-sent requests and silent sockets cannot make the SPM unreachable.
+
+An SPM whose database already holds its state never makes itself a new master key:
+that key could not open anything, and a restored ``master.key`` would then find a
+database re-keyed under the wrong one (:func:`open_spm`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import tempfile
 from collections.abc import Sequence
 from contextlib import suppress
@@ -12,6 +28,7 @@ from typing import Any
 
 from secfl._internal.x509util import private_pem
 from secfl.errors import SpmError
+from secfl.spm.httpguard import Guard, Limits, file_budget
 from secfl.spm.identity import (
     IDENTITY_AAD,
     IDENTITY_META,
@@ -20,7 +37,7 @@ from secfl.spm.identity import (
     new_key,
     self_signed,
 )
-from secfl.spm.masterkey import MasterKey, load_or_create_master_key
+from secfl.spm.masterkey import KEY_FILE, MasterKey, load_or_create_master_key
 from secfl.spm.service import Spm
 from secfl.spm.store import Store
 from secfl.tee.platforms import platform_by_name
@@ -38,9 +55,10 @@ def open_spm(
     its sealed TLS identity (created on first start) and its platform."""
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not os.path.lexists(data / KEY_FILE):  # never a new key for an existing SPM
+        _refuse_without_master_key(data, db_url)
     master = load_or_create_master_key(data)
-    store = Store(db_url or f"sqlite:///{data / 'spm.db'}", audit_key=master.derive("audit-head"))
-    store.create_all()
+    store = open_store(data, master, db_url)
     identity = _identity(store, master, list(names))
     tee = platform_by_name(platform, sim_dir=sim_dir)
     measurement = code_measurement() if tee.name == "simulated" else None
@@ -56,6 +74,57 @@ def open_spm(
             },
         )
     return spm
+
+
+def open_store(data: Path, master: MasterKey, db_url: str | None = None) -> Store:
+    """The SPM's store, treated as untrusted (:mod:`secfl.spm.integrity`): rows MAC'd
+    under a key derived from the master key, the audit head anchored in ``data``, and
+    the whole database verified (log, anchor, every row) before it is used."""
+    from secfl.spm.integrity import ANCHOR_FILE, Anchor, Integrity
+    from secfl.spm.state import verify_state
+
+    integrity = Integrity(
+        master.derive("store-rows"),
+        anchor=Anchor(data / ANCHOR_FILE, master.derive("store-anchor")),
+    )
+    audit_key = master.derive("audit-head")
+    store = Store(
+        db_url or f"sqlite:///{data / 'spm.db'}", audit_key=audit_key, integrity=integrity
+    )
+    try:
+        store.create_all()
+        verify_state(store, audit_key)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _refuse_without_master_key(data: Path, db_url: str | None) -> None:
+    """:class:`SpmError` if the database (or the data folder's audit anchor) already
+    holds an SPM's state: a new master key could open none of it, so none is made."""
+    from secfl.spm.integrity import ANCHOR_FILE
+
+    sqlite_file = None if db_url else data / "spm.db"
+    held = (data / ANCHOR_FILE).exists()
+    shown = str(sqlite_file)
+    if not held and (sqlite_file is None or sqlite_file.exists()):
+        store = Store(db_url or f"sqlite:///{sqlite_file}")
+        shown = shown if sqlite_file is not None else store.url  # no password
+        try:
+            store.create_all()
+            with store.read() as tx:
+                held = tx.get_meta(IDENTITY_META) is not None or tx.audit_head()[0] > 0
+        finally:
+            store.close()
+    if held:
+        raise SpmError(
+            f"secrets: the master key {data / KEY_FILE} is missing but this SPM's state is "
+            f"in {shown}, which no new key can open; restore master.key from its backup, or "
+            "start a new SPM on a new data folder and database and let the board recover "
+            "each policy's data key from its recovery shares (README: Policies and the "
+            "Security Policy Manager)"
+        )
 
 
 def _identity(store: Store, master: MasterKey, names: list[str]) -> Identity:
@@ -83,40 +152,32 @@ def serve(
     *,
     ready_file: Path | str | None = None,
     log_level: str = "warning",
+    limits: Limits | None = None,
 ) -> None:
     """Serve ``spm`` over HTTPS until interrupted. With ``ready_file``, write
-    ``{"url", "tls_spki_sha256", "measurement"}`` there once listening."""
+    ``{"url", "tls_spki_sha256", "measurement"}`` there once listening. ``limits``:
+    the connection timeouts and cap (:mod:`secfl.spm.httpguard`), fitted to the
+    process's file limit."""
     import uvicorn
 
     from secfl.spm.app import create_app
 
-    secret_dir = Path(tempfile.mkdtemp(prefix="secfl-spm-tls-", dir=_private_tmp()))
-    cert_file, key_file = secret_dir / "cert.pem", secret_dir / "key.pem"
-    try:
-        cert_file.write_bytes(spm.identity.cert_pem)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(spm.identity.key_pem)
-        config = uvicorn.Config(
-            create_app(spm),
-            host=host,
-            port=port,
-            ssl_certfile=str(cert_file),
-            ssl_keyfile=str(key_file),
-            log_level=log_level,
-            access_log=False,
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=5,
-            proxy_headers=False,
-            server_header=False,
-        )
-        config.load()  # reads the key into the SSL context; the files can go now
-    finally:
-        for f in (key_file, cert_file):
-            with suppress(FileNotFoundError):
-                f.unlink()
-        with suppress(OSError):
-            secret_dir.rmdir()
+    limits = file_budget(limits or Limits())
+    guard = Guard(limits, _tls_context(spm))
+    config = uvicorn.Config(
+        create_app(spm),
+        host=host,
+        port=port,
+        http=guard.protocol_class(),  # TLS, timeouts and the cap: secfl.spm.httpguard
+        loop="asyncio",  # see secfl.spm.httpguard: uvloop reads before start_tls can run
+        backlog=limits.backlog,
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=max(1, round(limits.keep_alive)),
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,
+        server_header=False,
+    )
 
     class _Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
@@ -135,6 +196,28 @@ def serve(
             tmp.replace(ready_file)
 
     _Server(config).run()
+
+
+def _tls_context(spm: Spm) -> ssl.SSLContext:
+    """The server's TLS context (TLS 1.2+, HTTP/1.1) with the SPM's sealed identity."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    secret_dir = Path(tempfile.mkdtemp(prefix="secfl-spm-tls-", dir=_private_tmp()))
+    cert_file, key_file = secret_dir / "cert.pem", secret_dir / "key.pem"
+    try:  # the ssl module loads keys only from files: a private one, gone at once
+        cert_file.write_bytes(spm.identity.cert_pem)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(spm.identity.key_pem)
+        context.load_cert_chain(cert_file, key_file)
+    finally:
+        for f in (key_file, cert_file):
+            with suppress(FileNotFoundError):
+                f.unlink()
+        with suppress(OSError):
+            secret_dir.rmdir()
+    return context
 
 
 def _private_tmp() -> str | None:

@@ -9,6 +9,7 @@ The FastAPI app (``secfl.spm.app``) is a thin layer over this class.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
@@ -29,8 +30,15 @@ from secfl.spm.masterkey import (
     MasterKey,
 )
 from secfl.spm.nonces import NonceIssuer
+from secfl.spm.revocation import (
+    revocation_digest,
+    revocation_doc,
+    revoked_reason,
+    session_identity,
+)
 from secfl.spm.store import PolicyRecord, SessionRecord, Store
 from secfl.spm.vault import SecretVault
+from secfl.spm.volumes import check_record_proof
 from secfl.tee.platforms import Platform
 
 #: Seconds a replica may serve a policy's current version before re-reading it.
@@ -66,6 +74,9 @@ class Spm(AttestationMixin):
         self._records: dict[tuple[str, int], PolicyRecord] = {}
         self._sessions: dict[bytes, SessionRecord] = {}
         self._current: dict[str, tuple[float, PolicyRecord]] = {}
+        self._revoked: dict[str, tuple[float, set[tuple[str, str]]]] = {}
+        #: (token digest, policy version) pairs already checked against that version.
+        self._admitted: set[tuple[bytes, int]] = set()
         self.vault = SecretVault(master, identity.key)
         self._spent = 0
 
@@ -148,6 +159,7 @@ class Spm(AttestationMixin):
         try:
             with self.store.transaction() as tx:
                 current = tx.current_policy(policy.name)
+                previous: Policy | None = None
                 if current is None:
                     if policy.version != 1 or policy.predecessor:
                         raise Refused(
@@ -167,13 +179,14 @@ class Spm(AttestationMixin):
                             f"version {policy.version} after {policy.predecessor or '(none)'}",
                             409,
                         )
-                    board = Policy.model_validate_json(current.document).board
+                    previous = Policy.model_validate_json(current.document)
+                    board = previous.board
                 try:
                     approvers = check_approval(board, policy_digest, sigs, domain=POLICY_DOMAIN)
                 except PolicyError as exc:
                     raise Refused(str(exc), 403) from None
                 try:
-                    self.vault.provision(tx, policy, now)
+                    self.vault.provision(tx, policy, now, previous)
                 except Refused:
                     raise
                 except SpmError as exc:
@@ -233,17 +246,60 @@ class Spm(AttestationMixin):
         return bump
 
     def _session_service(self, token: str, policy_name: str) -> tuple[SessionRecord, Any]:
-        """The live session of ``token`` for ``policy_name`` and its service, or Refused."""
-        session = self._session(hashlib.sha256(token.encode()).digest())
+        """The live session of ``token`` and its service in the *current* policy version,
+        or Refused: the session's service must still be in the policy, what it was
+        attested as must still be accepted, and nothing of it may be revoked."""
+        token_hash = hashlib.sha256(token.encode()).digest()
+        session = self._session(token_hash)
         if session is None or session.policy != policy_name:
             raise Refused("session: unknown session token for this policy", 401)
         if session.expires_at <= datetime.now(UTC):
             raise Refused("session: the session token has expired; attest again", 401)
-        _, policy = self.policy(policy_name, session.policy_version)
+        record, policy = self.policy(policy_name)
         service = policy.service(session.service)
         if service is None:
-            raise Refused(f"session: service '{session.service}' is no longer in the policy")
+            raise Refused(
+                f"session: service '{session.service}' is not in version {record.version} of "
+                "the policy any more",
+                401,
+            )
+        identity = session_identity(session)
+        admitted = (token_hash, record.version)
+        if admitted not in self._admitted:
+            if session.policy_version != record.version:
+                try:
+                    if identity["kind"] not in policy.platforms.accept:
+                        raise Refused(
+                            f"session: {identity['kind']} evidence is no longer accepted by "
+                            f"version {record.version} of the policy; attest again",
+                            401,
+                        )
+                    self._match(policy, session.service, identity["kind"], identity["measurements"])
+                except Refused as exc:
+                    raise Refused(
+                        f"session: what '{session.service}' was attested as is no longer "
+                        f"accepted by version {record.version} of the policy ({exc})",
+                        401,
+                    ) from None
+            if len(self._admitted) > 100_000:
+                self._admitted.clear()
+            self._admitted.add(admitted)
+        refusal = revoked_reason(
+            self.revoked(policy_name), session.service, session.serial, identity
+        )
+        if refusal is not None:
+            raise Refused(f"revoked: {refusal}; this session is over", 401)
         return session, service
+
+    def revoked(self, policy_name: str) -> set[tuple[str, str]]:
+        """What the board revoked in ``policy_name`` (re-read at most every CURRENT_TTL)."""
+        cached = self._revoked.get(policy_name)
+        if cached is not None and time.monotonic() - cached[0] < CURRENT_TTL:
+            return cached[1]
+        with self.store.read() as tx:
+            found = tx.revoked_set(policy_name)
+        self._revoked[policy_name] = (time.monotonic(), found)
+        return found
 
     def report(self, token: str, policy_name: str, event: str, detail: dict[str, Any]) -> int:
         """Write an aggregator's finding (e.g. the audit's exclusions) to the audit log,
@@ -290,26 +346,40 @@ class Spm(AttestationMixin):
         return {"volume": volume, "version": version, "tag": tag, "counter": counter}
 
     def record_volume(
-        self, token: str, policy_name: str, volume: str, version: int, tag: str
+        self, token: str, policy_name: str, volume: str, version: int, tag: str, proof: str
     ) -> dict[str, Any]:
         """Accept a volume release as current if it is newer than the recorded one
         (the counter moves on); the same release again is fine; an older one, or the
-        same version with another tag, is a rollback and refused."""
-        session = self._session(hashlib.sha256(token.encode()).digest())
+        same version with another tag, is a rollback and refused.
+
+        ``proof`` is :func:`~secfl.spm.volumes.record_proof` under the volume's key: only
+        a launcher that received that key (and opened the volume with it) can record a
+        release, not whoever holds a session token."""
+        session, service = self._session_service(token, policy_name)
         now = datetime.now(UTC)
-        if session is None or session.policy != policy_name or session.expires_at <= now:
-            raise Refused("session: unknown or expired session token for this policy", 401)
-        _, policy = self.policy(policy_name, session.policy_version)
+        _, policy = self.policy(policy_name)
         spec = policy.volume(volume)
-        service = policy.service(session.service)
         if spec is None or spec.counter is None:
             raise Refused(f"volume: '{volume}' of '{policy_name}' is not rollback-protected", 404)
-        if service is None or volume not in service.volumes:
+        if volume not in service.volumes:
             raise Refused(f"volume: service '{session.service}' may not open '{volume}'")
         tag = tag.lower()
         counter = spec.counter
+        token_hash = hashlib.sha256(token.encode()).hexdigest()
 
         def record(tx: Any) -> dict[str, Any] | Refused:
+            key = self.vault.policy_key(tx, policy_name)
+            value = self.vault.value(tx, key, policy_name, spec.key)
+            raw = base64.b64decode(value.get("raw", ""))
+            if not check_record_proof(raw, policy_name, volume, version, tag, token_hash, proof):
+                refusal = Refused(
+                    f"volume: the record of '{volume}' version {version} is not vouched for by "
+                    "the volume's key (only the launcher that opened the volume can record it)"
+                )
+                detail = {"volume": volume, "version": version, "tag": tag,
+                          "reason": str(refusal), "service": session.service}  # fmt: skip
+                tx.append_audit("volume.refused", policy_name, detail)
+                return refusal
             recorded = tx.get_volume_tag(policy_name, volume)
             if recorded is not None:
                 old_version, old_tag = recorded
@@ -328,14 +398,14 @@ class Spm(AttestationMixin):
                     tx.append_audit("volume.refused", policy_name, detail)
                     return refusal
             tx.set_volume_tag(policy_name, volume, version, tag, now)
-            value = int(tx.increment(policy_name, counter))
+            value_now = int(tx.increment(policy_name, counter))
             tx.append_audit(
                 "volume.recorded",
                 policy_name,
-                {"volume": volume, "version": version, "tag": tag, "counter": value,
-                 "service": session.service},
+                {"volume": volume, "version": version, "tag": tag, "counter": value_now,
+                 "counter_name": counter, "service": session.service},
             )  # fmt: skip
-            return {"volume": volume, "version": version, "tag": tag, "counter": value}
+            return {"volume": volume, "version": version, "tag": tag, "counter": value_now}
 
         outcome = self.group.run(record)
         if isinstance(outcome, Refused):
@@ -347,14 +417,13 @@ class Spm(AttestationMixin):
     def revoke(
         self, policy_name: str, statement: dict[str, str], signatures: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        """Record a board-approved revocation of a certificate serial."""
+        """Record a board-approved revocation, or readmission (``action: readmit``), of a
+        certificate, a service, a measurement or a platform (see :func:`revocation_doc`)."""
         _, policy = self.policy(policy_name)
-        doc = {
-            "policy": policy_name,
-            "serial": str(statement.get("serial", "")).lower(),
-            "service": str(statement.get("service", "")),
-            "reason": str(statement.get("reason", "")),
-        }
+        try:
+            doc = revocation_doc(policy_name, statement)
+        except SpmError as exc:
+            raise Refused(str(exc), 400) from None
         statement_digest = revocation_digest(doc)
         try:
             sigs = [Signature.model_validate(s) for s in signatures]
@@ -369,9 +438,29 @@ class Spm(AttestationMixin):
         except Exception as exc:
             raise Refused(f"revocation: malformed signature ({type(exc).__name__})", 400) from None
         now = datetime.now(UTC)
-        with self.store.transaction() as tx:
-            tx.add_revocation(policy_name, doc["serial"], doc["service"], doc["reason"], now)
-            tx.append_audit("certificate.revoked", policy_name, {**doc, "approvers": approvers})
+        kind, subject = doc["kind"], doc["subject"]
+        readmit = doc.get("action") == "readmit"
+        try:
+            with self.store.transaction() as tx:
+                if readmit:
+                    if not tx.lift_revocation(policy_name, kind, subject):
+                        raise Refused(f"revocation: {kind} {subject} is not revoked", 409)
+                    tx.append_audit(
+                        "revocation.lifted", policy_name, {**doc, "approvers": approvers}
+                    )
+                else:
+                    tx.add_revocation(
+                        policy_name, None, doc.get("service", ""), doc.get("reason", ""), now,
+                        kind=kind, subject=subject,
+                    )  # fmt: skip
+                    tx.append_audit(
+                        "revocation.added", policy_name, {**doc, "approvers": approvers}
+                    )
+        except Refused:
+            raise
+        except SpmError as exc:
+            raise Refused(str(exc), 409) from None
+        self._revoked.pop(policy_name, None)
         return {**doc, "at": now.isoformat()}
 
     def revocations(self, policy_name: str) -> list[dict[str, Any]]:
@@ -379,9 +468,10 @@ class Spm(AttestationMixin):
         with self.store.read() as tx:
             rows = tx.revocations(policy_name)
         return [
-            {"serial": r.serial, "service": r.service, "reason": r.reason, "at": _iso(r.at)}
+            {"kind": r.kind, "subject": r.subject, "serial": r.serial, "service": r.service,
+             "reason": r.reason, "at": _iso(r.at)}
             for r in rows
-        ]
+        ]  # fmt: skip
 
     # --- audit ----------------------------------------------------------------------------
 
@@ -389,15 +479,8 @@ class Spm(AttestationMixin):
         self.group.run(lambda tx: tx.append_audit(event, policy, detail))
 
 
-def revocation_digest(doc: dict[str, str]) -> str:
-    """SHA-256 (hex) of a revocation statement's canonical JSON; board members sign it."""
-    return hashlib.sha256(
-        json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
-
-
 def _iso(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
-__all__ = ["AttestResult", "Refused", "Spm", "revocation_digest"]
+__all__ = ["AttestResult", "Refused", "Spm", "revocation_digest", "revocation_doc"]

@@ -54,9 +54,10 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, create_engine, event, insert, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
-from secfl.errors import SpmError
+from secfl.errors import AuditError, IntegrityError, SpmError
 from secfl.spm import audit as _audit
 from secfl.spm._tx_audit import AUDIT_HEAD_MAC, AuditOps
 from secfl.spm._tx_certs import CertificateOps
@@ -64,6 +65,7 @@ from secfl.spm._tx_counters import CounterOps
 from secfl.spm._tx_policies import PolicyOps
 from secfl.spm._tx_sessions import NONCE_GRACE, SessionOps
 from secfl.spm.audit import GENESIS, AuditEntry
+from secfl.spm.integrity import Integrity
 from secfl.spm.records import (
     CertificateRecord,
     PolicyRecord,
@@ -143,10 +145,12 @@ class Tx(AuditOps, PolicyOps, SessionOps, CounterOps, CertificateOps):
         (the audit head included) and the outer transaction goes on."""
         self._flush_head()
         nested = self._w().begin_nested()
+        changes = len(self._changes)
         try:
             yield self
         except BaseException:
             nested.rollback()
+            del self._changes[changes:]
             self._head = self._store._read_head(self._c(), lock=False)
             self._head_dirty = False
             raise
@@ -161,13 +165,18 @@ class Store:
     """The SPM's database. ``audit_key`` (derived from the master key) authenticates the
     head of the audit log; without it appends are not authenticated (tests, tools)."""
 
-    def __init__(self, url: str, *, audit_key: bytes | None = None) -> None:
+    def __init__(
+        self, url: str, *, audit_key: bytes | None = None, integrity: Integrity | None = None
+    ) -> None:
         parsed = normalise_url(url)
         self.url = parsed.render_as_string(hide_password=True)
         self.dialect: Literal["sqlite", "postgresql"] = (
             "sqlite" if parsed.drivername.startswith("sqlite") else "postgresql"
         )
         self._audit_key = audit_key
+        #: With it, every row is MAC'd and checked, and nothing may go back
+        #: (secfl.spm.integrity); without it (tests, tools) rows are taken as they are.
+        self.integrity = integrity
         self._local = threading.local()
         if self.dialect == "sqlite":
             assert parsed.database is not None
@@ -212,6 +221,7 @@ class Store:
 
     def create_all(self) -> None:
         """Create the tables and the audit head row (idempotent; safe for replicas)."""
+        row = None
         try:
             with self._engine.connect() as conn:
                 with conn.begin():
@@ -219,19 +229,24 @@ class Store:
                 with conn.begin():
                     if conn.execute(select(audit_head_table.c.id)).first() is None:
                         conn.execute(insert(audit_head_table).values(id=1, seq=0, hash=GENESIS))
-                    if (
-                        conn.execute(
-                            select(meta_table.c.key).where(meta_table.c.key == "schema_version")
-                        ).first()
-                        is None
-                    ):
+                    row = conn.execute(
+                        select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                    ).first()
+                    if row is None:
                         conn.execute(
                             insert(meta_table).values(key="schema_version", value=SCHEMA_VERSION)
                         )
-        except IntegrityError:
+        except DbIntegrityError:
             pass  # another replica initialised it at the same moment
         except DBAPIError as exc:
             raise _db_error(exc) from None
+        if row is not None and bytes(row.value) != SCHEMA_VERSION:
+            found = bytes(row.value)[:16].decode("ascii", "replace")
+            raise SpmError(
+                f"store: the database has schema version {found}, this SPM needs "
+                f"{SCHEMA_VERSION.decode()} (rows authenticated by the SPM); start the SPM on a "
+                "new database and recover the policies with the board (README: recovery)"
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
@@ -249,6 +264,7 @@ class Store:
                     with conn.begin():
                         tx = Tx(self, conn, writable=True)
                         tx._head = self._read_head(conn, lock=True)
+                        self._check_head(tx, tx._head)
                         try:
                             yield tx
                             tx._flush_head()
@@ -257,8 +273,34 @@ class Store:
                 except DBAPIError as exc:
                     self._drop_writer()
                     raise _db_error(exc) from None
+            self._committed(tx)
         finally:
             self._local.writing = False
+
+    def _check_head(self, tx: Tx, head: tuple[int, str]) -> None:
+        """Refuse a database whose audit head is not authentic or went back."""
+        if self.integrity is None:
+            return
+        if self._audit_key is not None:
+            mac = tx.get_meta(AUDIT_HEAD_MAC)
+            try:
+                _audit.check_head_mac(
+                    self._audit_key, head[0], head[1], None if mac is None else mac.decode()
+                )
+            except (AuditError, UnicodeDecodeError) as exc:
+                raise IntegrityError(f"integrity: {exc}") from None
+        self.integrity.floors.check_head(*head)
+
+    def _committed(self, tx: Tx) -> None:
+        """After a commit: raise the floors by what it changed, move the anchor."""
+        if self.integrity is None:
+            return
+        for change in tx._changes:
+            self.integrity.floors.apply(change)
+        if tx._head is not None:
+            self.integrity.floors.raise_head(*tx._head)
+            if self.integrity.anchor is not None:
+                self.integrity.anchor.write(*tx._head)
 
     @contextmanager
     def _write_connection(self) -> Iterator[Connection]:
@@ -325,7 +367,18 @@ class Store:
             raise
         if row is None:
             raise SpmError("store: the audit head row is missing (call create_all)")
-        return int(row.seq), row.hash
+        seq, head_hash = row.seq, row.hash
+        if (
+            not isinstance(seq, int)
+            or isinstance(seq, bool)
+            or not 0 <= seq < 2**62
+            or not isinstance(head_hash, str)
+            or not (head_hash == _audit.GENESIS or len(head_hash) == 64)
+        ):
+            raise IntegrityError(
+                "integrity: the audit head row is corrupt (not a sequence number and hash)"
+            )
+        return seq, head_hash
 
     def audit_since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
         """Entries after ``seq`` (0: from the start), in order, at most ``limit``."""

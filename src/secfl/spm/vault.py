@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,24 +41,32 @@ class SecretVault:
         self.master = master
         self.identity_key = identity_key
         self._values: dict[tuple[str, str], tuple[float, sv.Value]] = {}
-        self._keys: dict[str, bytes] = {}
+        self._keys: dict[str, tuple[bytes, bytes]] = {}
 
-    def provision(self, tx: Any, policy: Policy, now: datetime) -> None:
-        """Create the policy's data key, counters and secret values (new or redefined)."""
+    def provision(
+        self, tx: Any, policy: Policy, now: datetime, previous: Policy | None = None
+    ) -> None:
+        """Create the policy's data key, counters and secret values (new or redefined).
+
+        When ``policy`` changes the board (members, keys, recovery keys or threshold)
+        from ``previous``, the data key is replaced and every secret re-encrypted under
+        the new one, split to the new board only: shares that old members kept open
+        nothing stored from then on."""
         wrapped = tx.get_policy_key(policy.name)
         if wrapped is None:
             key = new_policy_key()
-            recovery = {
-                m.name: m.recovery_key.encode() for m in policy.board.members if m.recovery_key
-            }
-            shares = (
-                seal_shares(key, policy.name, recovery, min(policy.board.threshold, len(recovery)))
-                if recovery
-                else "{}"
-            )
-            tx.put_policy_key(policy.name, wrap_policy_key(self.master, policy.name, key), shares)
+            self._put_key(tx, policy, key)
         else:
             key = unwrap_policy_key(self.master, policy.name, wrapped)
+            if previous is not None and _board_state(previous) != _board_state(policy):
+                old, key = key, new_policy_key()
+                for record in tx.list_secrets(policy.name):
+                    plain = open_secret(old, policy.name, record.name, record.ciphertext)
+                    blob = seal_secret(key, policy.name, record.name, plain)
+                    tx.put_secret(replace(record, ciphertext=blob))
+                self._put_key(tx, policy, key)
+                self._values = {k: v for k, v in self._values.items() if k[0] != policy.name}
+        board = sv.board_binding_of(policy.board)
         for counter in policy.counters:
             tx.create_counter(policy.name, counter.name)
         values: dict[str, sv.Value] = {}
@@ -69,7 +78,9 @@ class SecretVault:
                 values[secret.name] = self.open_value(key, policy.name, stored)
                 continue
             if secret.kind == "imported":
-                value = sv.open_imported(secret.sealed, self.identity_key, policy.name, secret.name)
+                value = sv.open_imported(
+                    secret.sealed, self.identity_key, policy.name, secret.name, board
+                )
             else:
                 value = sv.generate(secret, values, now)
             values[secret.name] = value
@@ -80,14 +91,29 @@ class SecretVault:
             raise SpmError(f"secrets: a secret of policy '{policy}' is missing from the store")
         return json.loads(open_secret(key, policy, record.name, record.ciphertext))
 
+    def _put_key(self, tx: Any, policy: Policy, key: bytes) -> None:
+        """Store ``key`` wrapped by the master key and split to the board's recovery keys."""
+        recovery = {m.name: m.recovery_key.encode() for m in policy.board.members if m.recovery_key}
+        if recovery and len(recovery) < policy.board.threshold:
+            raise SpmError(
+                f"recovery: only {len(recovery)} board member(s) gave a recovery key but the "
+                f"threshold is {policy.board.threshold}: recovery would need fewer members "
+                "than the board; give every member a recovery key, or none"
+            )
+        threshold = policy.board.threshold
+        shares = seal_shares(key, policy.name, recovery, threshold) if recovery else "{}"
+        tx.put_policy_key(policy.name, wrap_policy_key(self.master, policy.name, key), shares)
+
     def policy_key(self, tx: Any, policy: str) -> bytes:
-        """A policy's data key (it never changes once made), unwrapped once."""
-        key = self._keys.get(policy)
-        if key is None:
-            wrapped = tx.get_policy_key(policy)
-            if wrapped is None:
-                raise SpmError(f"secrets: policy '{policy}' has no data key")
-            key = self._keys[policy] = unwrap_policy_key(self.master, policy, wrapped)
+        """A policy's data key, unwrapped once per wrapped value (it changes with the board)."""
+        wrapped = tx.get_policy_key(policy)
+        if wrapped is None:
+            raise SpmError(f"secrets: policy '{policy}' has no data key")
+        cached = self._keys.get(policy)
+        if cached is not None and cached[0] == wrapped:
+            return cached[1]
+        key = unwrap_policy_key(self.master, policy, wrapped)
+        self._keys[policy] = (wrapped, key)
         return key
 
     def value(self, tx: Any, key: bytes, policy: str, name: str) -> sv.Value:
@@ -121,3 +147,9 @@ class SecretVault:
                 created_at=datetime.now(UTC),
             )
         )
+
+
+def _board_state(policy: Policy) -> tuple[object, ...]:
+    """What the data key's protection depends on: members' keys, recovery keys, threshold."""
+    members = sorted((m.name, m.public_key, m.recovery_key or "") for m in policy.board.members)
+    return (policy.board.threshold, tuple(members))

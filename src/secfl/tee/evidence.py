@@ -7,6 +7,11 @@ Accepted encodings (``Evidence.parse`` with ``kind="auto"`` recognises each):
 - the same as hex text;
 - the configfs-tsm JSON form ``{"outblob", "auxblob", "provider"}`` with
   base64url fields (``auxblob`` optional), as ``secfl attest quote`` writes it.
+
+The kernel's ``provider`` attribute reads ``"sev_guest\n"``, and tools save it
+verbatim: ASCII whitespace around the provider name is dropped before it is
+checked; anything else that is not a known provider (or the evidence's kind) is
+refused.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ SNP_REPORT_SIZE = 1184
 INTEL_TEE_TYPES = {0x00000000: "sgx", 0x00000081: "tdx"}
 PROVIDERS: dict[str, Kind] = {"tdx_guest": "tdx", "sev_guest": "snp"}
 _HEX = set(string.hexdigits.encode() + string.whitespace.encode())
+_SHOWN = 40  # characters of an unknown provider name quoted back in a refusal
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ def _parse_json(data: bytes) -> Evidence:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise VerificationError(f"malformed evidence JSON: {exc}") from None
+    except RecursionError:
+        raise VerificationError("malformed evidence JSON: nested too deeply") from None
     if not isinstance(doc, dict) or "outblob" not in doc:
         raise VerificationError("malformed evidence JSON: expected an object with 'outblob'")
     unknown = set(doc) - {"outblob", "auxblob", "provider"}
@@ -105,16 +113,34 @@ def _parse_json(data: bytes) -> Evidence:
         raise VerificationError(f"malformed evidence JSON: unknown field '{sorted(unknown)[0]}'")
     quote = _unb64(doc["outblob"], "outblob")
     aux = _unb64(doc["auxblob"], "auxblob") if doc.get("auxblob") else None
-    provider = doc.get("provider")
-    if provider is not None and not isinstance(provider, str):
-        raise VerificationError("malformed evidence JSON: 'provider' is not a string")
     kind = detect_kind(quote)
-    expected = PROVIDERS.get(provider or "")
-    if provider and expected is None and provider != kind:
-        raise VerificationError(f"malformed evidence JSON: unknown provider '{provider}'")
-    if expected is not None and expected != kind:
-        raise VerificationError(f"kind: provider '{provider}' produced {kind} evidence")
+    provider = _provider(doc.get("provider"), kind)
     return Evidence(kind=kind, quote=quote, aux=aux, provider=provider)
+
+
+def _provider(value: object, kind: Kind) -> str | None:
+    """The provider name without the whitespace tools leave around it, checked against
+    ``kind``: a configfs-tsm provider must have produced this kind of evidence, and any
+    other name must be the kind itself (as :meth:`Evidence.to_json` writes for SGX)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise VerificationError("malformed evidence JSON: 'provider' is not a string")
+    name = value.strip(string.whitespace)
+    if not name:
+        raise VerificationError(
+            "malformed evidence JSON: 'provider' is empty (omit it, or give the configfs-tsm "
+            f"provider: {', '.join(PROVIDERS)})"
+        )
+    expected = PROVIDERS.get(name)
+    if expected is None and name != kind:
+        shown = name.encode("unicode_escape").decode("ascii")[:_SHOWN]
+        raise VerificationError(
+            f"malformed evidence JSON: unknown provider '{shown}' (one of {', '.join(PROVIDERS)})"
+        )
+    if expected is not None and expected != kind:
+        raise VerificationError(f"kind: provider '{name}' produced {kind} evidence")
+    return name
 
 
 def detect_kind(raw: bytes) -> Kind:

@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -128,19 +128,36 @@ def init(directory: Path | str, *, force: bool = False, days: int = 3650) -> Pat
         .sign(root_key, hashes.SHA256())
     )
 
-    _write_private(path / ROOT_KEY, root_key)
-    _write_private(path / PLATFORM_KEY, platform_key)
-    (path / PLATFORM_CERT).write_bytes(platform.public_bytes(serialization.Encoding.PEM))
-    (path / ROOT_CERT).write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    _write_file(path / ROOT_KEY, x509util.private_pem(root_key), 0o600)
+    _write_file(path / PLATFORM_KEY, x509util.private_pem(platform_key), 0o600)
+    _write_file(path / PLATFORM_CERT, platform.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_file(path / ROOT_CERT, root.public_bytes(serialization.Encoding.PEM), 0o644)
     return path / ROOT_CERT
 
 
-def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = x509util.private_pem(key)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    os.chmod(path, 0o600)
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` with ``mode`` from its first byte, then rename it in.
+
+    A new file under a fresh name (``O_CREAT | O_EXCL | O_NOFOLLOW``): nothing
+    planted at ``path`` — a symbolic link, a hard link to another file, a file
+    readable by others — ever receives a key, and a reader sees the old file or
+    the whole new one.
+    """
+    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, mode)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise PlatformError(f"simulation: cannot write '{path}': {exc.strerror or exc}") from None
 
 
 def _measurement_bytes(measurement: bytes | str | None) -> bytes:
@@ -184,20 +201,38 @@ class SimulatedPlatform(Platform):
                 f"simulation: cannot read the platform key in {self.sim_dir} ({exc.strerror}); "
                 "create one with `secfl sim init DIR`"
             ) from None
-        key = serialization.load_pem_private_key(key_pem, password=None)
+        redo = "re-create the simulation with `secfl sim init --force DIR`"
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            key = None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise PlatformError("simulation: the platform key is not an EC key")
+            raise PlatformError(
+                f"simulation: '{self.sim_dir / PLATFORM_KEY}' is not an EC private key "
+                f"(damaged?); {redo}"
+            )
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError:
+            raise PlatformError(
+                f"simulation: '{self.sim_dir / PLATFORM_CERT}' is not a PEM certificate "
+                f"(damaged?); {redo}"
+            ) from None
         self._key = key
-        self._cert_der = x509.load_pem_x509_certificate(cert_pem).public_bytes(
-            serialization.Encoding.DER
-        )
+        self._cert_der = cert.public_bytes(serialization.Encoding.DER)
         self.measurement = _measurement_bytes(measurement)
         self.debug = debug
 
     @property
     def root_pem(self) -> bytes:
         """The simulation root a verifier must be given to accept these quotes."""
-        return (self.sim_dir / ROOT_CERT).read_bytes()
+        try:
+            return (self.sim_dir / ROOT_CERT).read_bytes()
+        except OSError as exc:
+            raise PlatformError(
+                f"simulation: cannot read '{self.sim_dir / ROOT_CERT}' ({exc.strerror}); "
+                "re-create the simulation with `secfl sim init --force DIR`"
+            ) from None
 
     def get_evidence(self, report_data: bytes, measurement: bytes | str | None = None) -> Evidence:
         report_data = check_report_data(report_data)

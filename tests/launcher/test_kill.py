@@ -1,0 +1,182 @@
+"""A killed launcher leaves nothing running and nothing readable; a crashing program
+leaves no core and no traceback (issue 13, items 4 and 12). Real `secfl run`
+processes against a real SPM, killed with real signals."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from secfl.launcher import private
+from tests.launcher.world import KILLED, SEGFAULT, World, python, wait_ready
+
+#: Runs `secfl run` as root without CAP_SYS_ADMIN: no private mount namespace, so
+#: the plaintext sits in /dev/shm and only the watchdog and the stale wipe protect it.
+NO_NAMESPACE = ("setpriv", "--bounding-set", "-sys_admin", "--")
+MODES = {"namespace": (), "no-namespace": NO_NAMESPACE}
+
+
+def _can_mount() -> bool:
+    done = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def _mode(name: str) -> tuple[str, ...]:
+    if name == "namespace" and not _can_mount():
+        pytest.skip("this user may not create a mount namespace (the fallback is tested)")
+    if name == "no-namespace" and os.geteuid() == 0 and not _setpriv():
+        pytest.skip("setpriv is not installed: cannot run the launcher without CAP_SYS_ADMIN")
+    return MODES[name] if os.geteuid() == 0 else ()
+
+
+def _setpriv() -> bool:
+    return subprocess.run(["sh", "-c", "command -v setpriv"], capture_output=True).returncode == 0
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie that runs nothing any more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2] == "Z"
+
+
+def _wait_until(check: object, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return bool(check())  # type: ignore[operator]
+
+
+def _holding(secret: str) -> list[Path]:
+    """Every file where a launcher keeps plaintext that contains ``secret``."""
+    found = []
+    for base in private.bases():
+        for folder in base.glob(f"{private.PREFIX}*"):
+            for path in folder.rglob("*"):
+                try:
+                    if path.is_file() and secret.encode() in path.read_bytes():
+                        found.append(path)
+                except OSError:
+                    continue
+    return found
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_kill_9_of_the_launcher_leaves_nothing(world: World, mode: str) -> None:
+    prefix = _mode(mode)
+    proc = world.start("worker", world.argv("--die"), prefix=prefix)
+    try:
+        lines = wait_ready(proc)
+        program, folder = int(lines["PID"]), Path(lines["FILES_DIR"])
+        token = lines["FILE"]
+        assert not _dead(program)
+        if prefix:  # plain folder: the secrets and the volume are really there
+            assert (folder / "secrets" / "token").read_text() == token
+            assert (folder / "volumes" / "data" / "rows.csv").is_file()
+        else:  # private tmpfs: from outside the launcher, the folder is empty
+            assert folder.is_dir() and list(folder.iterdir()) == []
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        assert any(line.startswith("Max core file size") and line.split()[4:6] == ["0", "0"]
+                   for line in limits.splitlines()), limits  # fmt: skip
+
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert _wait_until(lambda: _dead(program)), "the program runs on without its launcher"
+        assert _wait_until(lambda: not folder.exists()), f"left behind: {folder}"
+        assert _holding(token) == []
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_a_dead_launchers_folder_is_wiped_by_the_next_one(world: World) -> None:
+    prefix = _mode("no-namespace")  # the folder holds plaintext in /dev/shm
+    dead = world.start("worker", world.argv("--die"), prefix=prefix, new_group=True)
+    lines = wait_ready(dead)
+    stale, token = Path(lines["FILES_DIR"]), lines["FILE"]
+    os.killpg(dead.pid, signal.SIGKILL)  # launcher, watchdog and program at once
+    dead.wait(timeout=10)
+    assert _wait_until(lambda: _dead(int(lines["PID"])))
+    assert (stale / "secrets" / "token").read_text() == token, "nothing stale to wipe"
+
+    live = world.start("worker", world.argv("--die"), prefix=prefix)
+    try:
+        live_lines = wait_ready(live)
+        assert not stale.exists(), "the next launcher did not wipe the stale folder"
+        again = world.run("worker", world.argv())  # a third launcher starts and ends
+        assert again.returncode == 7, again.stderr
+        live_folder = Path(live_lines["FILES_DIR"])
+        assert (live_folder / "secrets" / "token").is_file(), "a live launcher's folder was wiped"
+        assert not _dead(int(live_lines["PID"]))
+        live.send_signal(signal.SIGTERM)  # forwarded; the program dies of it
+        assert live.wait(timeout=30) == 128 + signal.SIGTERM
+        assert not live_folder.exists()
+    finally:
+        live.kill()
+        live.wait(timeout=10)
+    assert _holding(token) == []
+
+
+def test_a_folder_whose_pid_was_reused_is_stale(tmp_path: Path) -> None:
+    """The name records the launcher's start time: another process with its PID is not it."""
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    base = private.bases()[0]
+    reused = base / f"{private.PREFIX}{ns}-{os.getppid()}-{start + 12345}-abc"
+    mine = base / f"{private.PREFIX}{ns}-{os.getpid()}-{start}-abc"
+    foreign = base / f"{private.PREFIX}notmine"
+    for folder in (reused, mine, foreign):
+        folder.mkdir()
+        (folder / "secret").write_text("x")
+    try:
+        wiped = private.wipe_stale()
+        assert reused in wiped and not reused.exists()
+        assert mine.exists() and foreign.exists()
+    finally:
+        for folder in (reused, mine, foreign):
+            subprocess.run(["rm", "-rf", str(folder)], check=False)
+
+
+def test_program_killed_by_sigkill_exits_137_without_traceback(world: World) -> None:
+    done = world.run("crash", python(KILLED))
+    assert done.returncode == 128 + signal.SIGKILL
+    assert "Traceback" not in done.stderr and done.stderr == "", done.stderr
+
+
+def _allow_cores() -> None:
+    """Let the launcher dump a core if it tried (the machine's default may be 0)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+
+
+def test_a_segfault_passes_through_as_139_and_dumps_no_core(world: World, tmp_path: Path) -> None:
+    if resource.getrlimit(resource.RLIMIT_CORE)[1] == 0:
+        pytest.skip("core dumps are disabled for this user already: nothing to prove")
+    proc = world.start("crash", python(SEGFAULT), preexec_fn=_allow_cores, cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGSEGV, err
+    assert "Traceback" not in err
+    assert "CORE (0, 0)" in out, out  # the program could not dump (nor raise the limit)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("core")] == []
+
+
+def test_the_launcher_is_not_dumpable() -> None:
+    code = (
+        "from secfl.launcher import linux, process; process.harden(); "
+        "import resource; print(linux.prctl(linux.PR_GET_DUMPABLE), "
+        "resource.getrlimit(resource.RLIMIT_CORE))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert done.stdout.strip() == "0 (0, 0)"

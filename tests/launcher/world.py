@@ -1,0 +1,326 @@
+"""The world the launcher's tests run in: a real SPM process over loopback HTTPS, the
+simulated TEE, a board, shielded volumes, and one policy whose services cover what
+the tests start through `secfl run` as real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from secfl.launcher.measurement import resolve_program, run_measurement
+from secfl.shield import encrypt_directory
+from secfl.spm.client import SpmClient
+from secfl.tee import simulated
+from tests.spm.harness import Board, SpmProcess, make_sim
+
+WORKLOAD = textwrap.dedent(
+    """\
+    #!{python}
+    import os, signal, sys, time
+    files = os.environ["SECFL_FILES"]
+    print("PID", os.getpid(), flush=True)
+    print("ARG", sys.argv[1:], flush=True)
+    print("ENV", os.environ.get("API_TOKEN"), flush=True)
+    print("FILE", open(os.path.join(files, "secrets", "token")).read(), flush=True)
+    rows = open(os.path.join(os.environ["SECFL_VOLUMES"], "data", "rows.csv")).read()
+    print("DATA", rows.strip().replace(chr(10), "|"), flush=True)
+    print("FILES_DIR", files, flush=True)
+    if "--wait" in sys.argv:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))
+        print("READY", flush=True)
+        time.sleep(60)
+    if "--die" in sys.argv:
+        print("READY", flush=True)
+        time.sleep(60)
+    sys.exit(7)
+    """
+)
+
+#: Programs run with this interpreter: ``python -c CODE``.
+KILLED = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+SEGFAULT = (
+    "import os, resource, signal; print('CORE', resource.getrlimit(resource.RLIMIT_CORE), "
+    "flush=True); os.kill(os.getpid(), signal.SIGSEGV)"
+)
+SHOW_META = (
+    "import os; print('ENV', os.environ['META']); "
+    "print('FILE', open(os.path.join(os.environ['SECFL_FILES'], 'meta.txt')).read())"
+)
+STARTED = "print('started')"
+#: An imported secret whose value is a placeholder itself: it must stay literal.
+META_VALUE = b"$$SECFL::api-token:hex$$"
+META_TEXT = "$$SECFL::meta$$ $$SECFL::api-token:hex$$"
+
+#: Services of the policy "hostile" whose injected files the launcher must refuse in
+#: one line, before attesting. Each path is clean, as policy validation requires.
+BAD_FILES = {
+    "own-file": {"/.secfl/key.pem": "mine"},
+    "own-volume": {"/volumes/data/rows.csv": "mine"},
+    "same-file": {"/a/b": "one", "/a/b/": "two"},
+    "file-folder": {"/a": "one", "/a/b": "two"},
+}
+
+
+def python(code: str, *extra: str) -> list[str]:
+    return [sys.executable, "-c", code, *extra]
+
+
+class World:
+    """SPM, board, volumes and the policy the tests run against."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.sim_dir = base / "sim"
+        self.root = make_sim(self.sim_dir)
+        self.spm = SpmProcess(base / "spm-data", self.sim_dir, None).start()
+        self.board = Board.create()
+        self.keys = {n: os.urandom(32) for n in ("code", "data")}
+        (base / "code").mkdir()
+        (base / "code" / "mytask").mkdir()
+        (base / "code" / "mytask" / "__init__.py").write_text("NAME = 'mytask'\n")
+        (base / "code" / "mytask" / "__main__.py").write_text(
+            "import sys\nfrom mytask import NAME\nprint('MODULE', NAME, sys.argv[1:])\n"
+            "from secfl.launcher import launch\n"
+            "print('STREAM', launch.volumes['data'].read_bytes('rows.csv').decode().strip())\n"
+        )
+        self.code_tag = encrypt_directory(base / "code", base / "code.vol", self.keys["code"])
+        self.data_v1 = self.data_volume(1, "a,b\n1,2\n")
+        self.latest = self.data_v1  # the newest release recorded so far
+        self.program = base / "workload.py"
+        self.program.write_text(WORKLOAD.format(python=sys.executable))
+        self.program.chmod(0o755)
+
+    def data_volume(self, version: int, rows: str) -> Path:
+        src = self.base / f"data-src-{version}"
+        src.mkdir()
+        (src / "rows.csv").write_text(rows)
+        out = self.base / f"data-v{version}.vol"
+        encrypt_directory(src, out, self.keys["data"], version=version)
+        return out
+
+    def argv(self, *extra: str) -> list[str]:
+        return [str(self.program), "--key", "$$SECFL::api-token:hex$$", *extra]
+
+    def measurement(self, argv: list[str], module: str | None = None) -> str:
+        program = None if module else resolve_program(argv[0])
+        shown = ["-m", module, *argv] if module else argv
+        return run_measurement(program, shown, {"code": self.code_tag})
+
+    @staticmethod
+    def plain(argv: list[str]) -> str:
+        """The measurement of a program run without volumes."""
+        return run_measurement(resolve_program(argv[0]), argv, {})
+
+    def submit(self) -> None:
+        run_argv = [self.argv(), self.argv("--wait"), self.argv("--die")]
+        openssl = shutil.which("openssl") or "/usr/bin/openssl"
+        tool_argv = [openssl, "dgst", "-sha256", "-hmac", "$$SECFL::api-token:hex$$",
+                     str(self.base / "message.txt")]  # fmt: skip
+        self.tool_argv = tool_argv
+        (self.base / "message.txt").write_text("hello from the TEE\n")
+        started = self.plain(python(STARTED))
+        services: list[dict[str, Any]] = [
+            {
+                "name": "worker",
+                "role": "any",
+                "measurements": {"simulated": [self.measurement(a) for a in run_argv]},
+                "volumes": ["code", "data"],
+                "inject": {
+                    "env": {"API_TOKEN": "$$SECFL::api-token:base64$$"},
+                    "files": {"/secrets/token": "$$SECFL::api-token:hex$$"},
+                },
+            },
+            {
+                "name": "tool",
+                "role": "any",
+                "measurements": {"simulated": [self.plain(tool_argv)]},
+                "secrets": ["api-token"],
+            },
+            {
+                "name": "mod",
+                "role": "any",
+                "measurements": {"simulated": [self.measurement(["x"], module="mytask")]},
+                "volumes": ["code", "data"],
+            },
+            {
+                "name": "crash",
+                "role": "any",
+                "measurements": {
+                    "simulated": [self.plain(python(KILLED)), self.plain(python(SEGFAULT))]
+                },
+                "secrets": ["api-token"],
+            },
+            {
+                "name": "meta",
+                "role": "any",
+                "measurements": {"simulated": [self.plain(python(SHOW_META))]},
+                "inject": {"env": {"META": META_TEXT}, "files": {"/meta.txt": META_TEXT}},
+            },
+            {
+                "name": "nul-env",
+                "role": "any",
+                "measurements": {"simulated": [started]},
+                "inject": {"env": {"NUL": "$$SECFL::nul$$"}},
+            },
+            {
+                "name": "nul-arg",
+                "role": "any",
+                "measurements": {"simulated": [self.plain(python(STARTED, "$$SECFL::nul$$"))]},
+                "secrets": ["nul"],
+            },
+        ]
+        doc = {
+            "name": "run",
+            "version": 1,
+            "board": {"members": self.board.members(), "threshold": 2},
+            "platforms": {"accept": ["simulated"], "simulation_root": self.root.decode()},
+            "identity_ca": "ca",
+            "services": services,
+            "secrets": [
+                {"name": "ca", "kind": "x509-ca", "common_name": "run CA"},
+                {"name": "api-token", "kind": "random", "size": 16},
+                {"name": "code-key", "kind": "imported", "sealed": self.seal("code-key")},
+                {"name": "data-key", "kind": "imported", "sealed": self.seal("data-key")},
+                {"name": "meta", "kind": "imported", "sealed": self.seal("meta", META_VALUE)},
+                {"name": "nul", "kind": "imported", "sealed": self.seal("nul", b"a\0b")},
+            ],
+            "volumes": [
+                {"name": "code", "key": "code-key", "kind": "code", "tag": self.code_tag},
+                {"name": "data", "key": "data-key", "counter": "data-version"},
+            ],
+            "counters": [{"name": "data-version"}],
+        }
+        self._submit(doc)
+
+    def submit_hostile(self) -> None:
+        """The policy "hostile": services whose injected files collide."""
+        started = self.plain(python(STARTED))
+        self._submit(
+            {
+                "name": "hostile",
+                "version": 1,
+                "board": {"members": self.board.members(), "threshold": 2},
+                "platforms": {"accept": ["simulated"], "simulation_root": self.root.decode()},
+                "identity_ca": "ca",
+                "services": [
+                    {
+                        "name": name,
+                        "role": "any",
+                        "measurements": {"simulated": [started]},
+                        "inject": {"files": files},
+                    }
+                    for name, files in BAD_FILES.items()
+                ],
+                "secrets": [{"name": "ca", "kind": "x509-ca", "common_name": "hostile CA"}],
+            }
+        )
+
+    def _submit(self, doc: dict[str, Any]) -> None:
+        document = yaml.safe_dump(doc, sort_keys=False)
+        with SpmClient(self.spm.url, pin=self.spm.pin) as client:
+            client.submit_policy(document, self.board.sign(document, "alice", "bob"))
+
+    def seal(self, secret: str, value: bytes | None = None) -> str:
+        """An imported secret sealed to the SPM for this policy and board."""
+        from cryptography import x509
+
+        from secfl.spm.secrets import board_binding, seal_imported
+
+        if value is None:
+            value = self.keys[secret.removesuffix("-key")]
+        pem = subprocess.run(
+            [sys.executable, "-c", "import ssl,sys; h,p=sys.argv[1].rsplit(':',1); "
+             "print(ssl.get_server_certificate((h,int(p))))",
+             self.spm.url.removeprefix("https://")],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        key = x509.load_pem_x509_certificate(pem.encode()).public_key()
+        board = board_binding([m["public_key"] for m in self.board.members()], 2)
+        return seal_imported(value, key, "run", secret, board)  # type: ignore[arg-type]
+
+    def token(self) -> bytes:
+        """The released api-token, as another attested 'tool' workload receives it."""
+        from secfl.spm.enroll import enroll
+
+        with SpmClient(self.spm.url, pin=self.spm.pin) as client:
+            platform = simulated.SimulatedPlatform(self.sim_dir)
+            got = enroll(client, platform, "run", "tool", measurement=self.plain(self.tool_argv))
+        return bytes.fromhex(got.render("api-token", "hex"))
+
+    def command(
+        self,
+        service: str,
+        argv: list[str],
+        *,
+        data: Path | None = None,
+        module: str | None = None,
+        attest_spm: bool = False,
+        policy: str = "run",
+    ) -> list[str]:
+        """The `secfl run` command line for ``service`` running ``argv``."""
+        trust = (
+            ["--spm-measurement", self.spm.measurement,
+             "--sim-root", str(self.sim_dir / simulated.ROOT_CERT)]
+            if attest_spm
+            else ["--spm-pin", self.spm.pin]
+        )  # fmt: skip
+        args = [sys.executable, "-m", "secfl.cli.main", "run", "--spm", self.spm.url, *trust,
+                "--policy", policy, "--service", service,
+                "--platform", "simulated", "--sim-dir", str(self.sim_dir)]  # fmt: skip
+        if service in ("worker", "mod"):
+            args += ["--volume", f"code={self.base / 'code.vol'}",
+                     "--volume", f"data={data or self.latest}"]  # fmt: skip
+        if module:
+            args += ["--module", module]
+        return [*args, "--", *argv]
+
+    def run(
+        self, service: str, argv: list[str], **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `secfl run` to its end."""
+        return subprocess.run(
+            self.command(service, argv, **kwargs),
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    def start(
+        self,
+        service: str,
+        argv: list[str],
+        *,
+        prefix: tuple[str, ...] = (),
+        preexec_fn: Callable[[], None] | None = None,
+        cwd: Path | None = None,
+        new_group: bool = False,
+        **kwargs: Any,
+    ) -> subprocess.Popen[str]:
+        """Start `secfl run` (after ``prefix``, e.g. a capability-dropping wrapper)."""
+        return subprocess.Popen(
+            [*prefix, *self.command(service, argv, **kwargs)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=preexec_fn, cwd=cwd, start_new_session=new_group,
+        )  # fmt: skip
+
+
+def wait_ready(proc: subprocess.Popen[str]) -> dict[str, str]:
+    """Read the workload's lines up to READY; return them by their first word."""
+    assert proc.stdout is not None
+    lines: dict[str, str] = {}
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        word, _, rest = line.rstrip("\n").partition(" ")
+        if word == "READY":
+            return lines
+        lines[word] = rest
+        assert time.monotonic() < deadline
+    err = proc.stderr.read() if proc.stderr else ""
+    raise AssertionError(f"the workload did not start: {err}")

@@ -1,0 +1,438 @@
+"""Hostile policies (issue 13): each is refused in one line at validation, by the
+library, by every ``secfl policy`` command as a real process, and by a real SPM
+(HTTP 400 and an audit entry, never a 500)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from secfl.errors import PolicyError
+from secfl.policy import Board, Policy, check_approval, keys, load_policy, sign_policy
+from secfl.policy.document import validation_message
+from secfl.policy.signatures import sign_statement
+from tests.policy import member_keys, policy_dict, to_yaml
+
+HUGE = "9" * 5000  # more digits than int() converts (4300): ValueError in PyYAML and json
+
+
+def refusal(text: str | bytes) -> str:
+    with pytest.raises(PolicyError) as info:
+        load_policy(text)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("policy: "), message
+    assert len(message) < 600, message  # never the hostile input echoed back
+    return message
+
+
+def _yaml_with(path: list[Any], literal: str) -> str:
+    """The test policy as YAML with the value at ``path`` replaced by ``literal`` as written."""
+    data = policy_dict()
+    target: Any = data
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = "HOSTILE-VALUE"
+    return to_yaml(data).replace("HOSTILE-VALUE", literal)
+
+
+# --- item 11: numbers and strings of any size ------------------------------------------
+
+
+WHERE = {
+    "version": ["version"],
+    "threshold": ["board", "threshold"],
+    "certificate_ttl": ["services", 0, "certificate_ttl"],
+    "federation": ["federation", "rounds"],
+    "federation list": ["federation", "strategy", "name"],
+}
+
+
+@pytest.mark.parametrize("where", list(WHERE))
+@pytest.mark.parametrize(
+    "literal",
+    [HUGE, "-" + HUGE, "0x" + "f" * 5000, "0b" + "1" * 20000, "0" + "7" * 6000, "1:" * 3000 + "1"],
+    ids=["decimal", "negative", "hex", "binary", "octal", "sexagesimal"],
+)
+def test_huge_yaml_integers_are_one_line_refusals(where: str, literal: str) -> None:
+    message = refusal(_yaml_with(WHERE[where], literal))
+    assert "number" in message or "integer" in message or "less than" in message, message
+
+
+def test_a_huge_integer_as_a_mapping_key_is_refused() -> None:
+    assert "number" in refusal(to_yaml(policy_dict()) + f"  ? {HUGE}\n  : x\n")
+
+
+def test_huge_json_integers_are_one_line_refusals() -> None:
+    for path in WHERE.values():
+        data = policy_dict()
+        target: Any = data
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = 1234567
+        text = json.dumps(data).replace("1234567", HUGE)
+        assert refusal(text) == "policy: JSON: a number longer than 100 characters"
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (["version"], 2**31 + 1, "policy: version: input should be less than or equal to"),
+        (["version"], 10**400, "policy: version: input should be less than or equal to"),
+        (["board", "threshold"], 10**400, "policy: board.threshold: input should be less than"),
+        (["secrets", 1], {"name": "r", "kind": "random", "size": 10**400}, "policy: secrets[1]"),
+        (["federation", "rounds"], 10**400, "policy: federation.rounds: an integer out of range"),
+        (["federation", "rounds"], -(10**30), "policy: federation.rounds: an integer out of range"),
+        (["federation", "name"], "x" * 100_000, "policy: federation.name: text longer than"),
+        (["federation", "x" * 1000], 1, "policy: federation: a key longer than"),
+        (["services", 1, "inject", "args"], ["a"] * 10_000, "policy: services[1].inject.args"),
+        (["services", 1, "inject", "env", "BIG"], "x" * 100_000, "policy: services[1].inject.env"),
+        (["secrets", 2, "sans"], ["a.example"] * 10_000, "policy: secrets[2].sans"),
+        (
+            ["services", 0, "measurements", "tdx"],
+            [{"mrtd": "ab" * 48, "mrseam": "0" * 99999}],
+            "policy: services[0].measurements.tdx[0]",
+        ),
+    ],
+    ids=[
+        "version",
+        "version 10^400",
+        "threshold",
+        "random size",
+        "federation 10^400",
+        "federation -10^30",
+        "federation text",
+        "federation key",
+        "args count",
+        "env value",
+        "sans count",
+        "measurement field",
+    ],
+)
+def test_out_of_range_values_are_refused(path: list[Any], value: Any, expected: str) -> None:
+    data = policy_dict()
+    target: Any = data
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    # As the SPM reads a stored version, and as a library caller builds one:
+    for validate in (
+        lambda: Policy.model_validate_json(json.dumps(data)),
+        lambda: Policy.model_validate(data),
+    ):
+        with pytest.raises(ValidationError) as info:
+            validate()
+        assert validation_message(info.value, Policy, "policy").startswith(expected)
+    # As a document: refused in one line (huge numbers already by the parser).
+    refusal(json.dumps(data))
+    refusal(to_yaml(data))
+
+
+# --- item 13: no secret on a command line ----------------------------------------------
+
+
+def _with_args(*args: str, extra_secrets: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    data = policy_dict()
+    data["secrets"] += extra_secrets or []
+    data["services"][1]["inject"]["args"] = ["--opt", *args]
+    return data
+
+
+KEYPAIR = {"name": "sig", "kind": "ed25519"}
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "$$SECFL::model-key$$",
+        "$$SECFL::model-key:hex$$",
+        "$$SECFL::model-key:base64$$",
+        "--key=$$SECFL::model-key:hex$$",
+        "$$SECFL::tls:key$$",
+        "$$SECFL::sig$$",
+        "$$SECFL::sig:key$$",
+        "$$SECFL::tls$$",  # public, but only an explicit :crt says so (the launcher's rule)
+    ],
+)
+def test_secrets_in_args_are_refused(placeholder: str) -> None:
+    message = refusal(json.dumps(_with_args(placeholder, extra_secrets=[KEYPAIR])))
+    assert message.startswith("policy: services[1].inject.args[1]: "), message
+    assert "inject.env or inject.files" in message
+
+
+@pytest.mark.parametrize(
+    "placeholder",
+    [
+        "$$SECFL::tls:crt$$",
+        "$$SECFL::tls:chain$$",
+        "$$SECFL::tls:pub$$",
+        "$$SECFL::ca:crt$$",
+        "$$SECFL::sig:pub$$",
+    ],
+)
+def test_public_parts_may_stay_in_args(placeholder: str) -> None:
+    load_policy(json.dumps(_with_args(placeholder, extra_secrets=[KEYPAIR])))
+
+
+# --- item 9: recovery keys no fewer than the threshold ---------------------------------
+
+
+def _recovery(count: int, threshold: int = 2) -> dict[str, Any]:
+    data = policy_dict()
+    data["board"]["threshold"] = threshold
+    for member in data["board"]["members"][:count]:
+        member["recovery_key"] = keys.generate_recovery()[1].decode()
+    return data
+
+
+def test_fewer_recovery_keys_than_the_threshold_are_refused() -> None:
+    assert refusal(json.dumps(_recovery(1))) == (
+        "policy: board.members: 1 member(s) have a recovery_key, fewer than the threshold "
+        "(2): give at least 2 members a recovery_key, or none"
+    )
+    refusal(json.dumps(_recovery(2, threshold=3)))
+    for count, threshold in ((0, 2), (2, 2), (3, 2), (3, 3)):
+        load_policy(json.dumps(_recovery(count, threshold)))
+
+
+def test_one_recovery_key_given_twice_is_refused() -> None:
+    data = _recovery(2)
+    members = data["board"]["members"]
+    members[1]["recovery_key"] = members[0]["recovery_key"]
+    assert refusal(json.dumps(data)) == (
+        "policy: board.members[1].recovery_key: the same key as board.members[0]; "
+        "each member needs a key of their own"
+    )
+
+
+# --- low items: duplicate board keys, the identity CA's key, selectors -----------------
+
+
+def test_a_board_key_listed_twice_is_refused() -> None:
+    data = policy_dict()
+    members = data["board"]["members"]
+    # The same key, re-wrapped: only its meaning counts.
+    members[2]["public_key"] = members[0]["public_key"].replace("\n", "\r\n")
+    assert refusal(json.dumps(data)) == (
+        "policy: board.members[2].public_key: the same key as board.members[0]; "
+        "each member needs a key of their own"
+    )
+
+
+def test_one_key_counts_once_toward_the_threshold() -> None:
+    alice_key, alice_pub = member_keys()["alice"]
+    bob_pub = member_keys()["bob"][1]
+    board = Board.model_validate(
+        {
+            "members": [
+                {"name": "alice", "public_key": alice_pub.decode()},
+                {"name": "mallory", "public_key": alice_pub.decode()},
+                {"name": "bob", "public_key": bob_pub.decode()},
+            ],
+            "threshold": 2,
+        }
+    )
+    digest_hex = "ab" * 32
+    sigs = [
+        sign_statement("secfl/policy/v1", digest_hex, alice_key, "alice"),
+        sign_statement("secfl/policy/v1", digest_hex, alice_key, "mallory"),
+    ]
+    with pytest.raises(PolicyError, match=r"^approval: 1 distinct key\(s\) of the 2 required"):
+        check_approval(board, digest_hex, sigs)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda d: d["services"][0]["inject"]["env"].update(CA="$$SECFL::ca:key$$"),
+            "policy: services[0].inject.env.CA: '$$SECFL::ca:key$$' releases the private key of "
+            "the identity CA 'ca'",
+        ),
+        (
+            lambda d: d["services"][0]["inject"].update(files={"/ca.pem": "$$SECFL::ca:key$$"}),
+            'policy: services[0].inject.files["/ca.pem"]: ',
+        ),
+        (
+            lambda d: d["services"][0].update(secrets=["ca"]),
+            "policy: services[0].secrets[0]: 'ca' is the identity CA: listing it releases its "
+            "private key",
+        ),
+    ],
+)
+def test_the_identity_ca_key_is_never_released(edit: Any, expected: str) -> None:
+    data = policy_dict()
+    edit(data)
+    assert refusal(json.dumps(data)).startswith(expected)
+
+
+def test_the_identity_ca_certificate_may_be_released() -> None:
+    data = policy_dict()
+    data["services"][0]["inject"]["env"].update(CA="$$SECFL::ca$$", CA2="$$SECFL::ca:chain$$")
+    load_policy(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("secret", "selector"),
+    [
+        ("ca", "hex"),
+        ("ca", "base64"),
+        ("tls", "hex"),
+        ("sig", "base64"),
+        ("sig", "crt"),
+        ("model-key", "key"),
+        ("model-key", "pub"),
+        ("sig", "chain"),
+    ],
+)
+def test_selectors_that_cannot_render_are_refused(secret: str, selector: str) -> None:
+    data = policy_dict()
+    data["secrets"].append(KEYPAIR)
+    data["services"][0]["inject"]["env"]["X"] = f"$$SECFL::{secret}:{selector}$$"
+    assert refusal(json.dumps(data)).startswith(
+        f"policy: services[0].inject.env.X: selector ':{selector}' does not apply to secret "
+        f"'{secret}'"
+    )
+
+
+def test_every_selector_validation_accepts_renders() -> None:
+    """Validation and the SPM's rendering agree: what validates renders."""
+    from datetime import UTC, datetime
+
+    from secfl.policy.placeholders import SELECTORS
+    from secfl.spm import secrets as sv
+
+    data = policy_dict()
+    data["secrets"] += [KEYPAIR, {"name": "r", "kind": "random", "size": 8}]
+    now = datetime.now(UTC)
+    policy = load_policy(json.dumps(data))
+    values: dict[str, Any] = {}
+    for secret in sorted(policy.secrets, key=lambda s: s.kind != "x509-ca"):
+        values[secret.name] = sv.generate(secret, values, now)
+    for secret in policy.secrets:
+        for selector in [None, *sorted(SELECTORS)]:
+            data["services"][0]["inject"]["env"]["X"] = (
+                f"$$SECFL::{secret.name}{':' + selector if selector else ''}$$"
+            )
+            try:
+                load_policy(json.dumps(data))
+            except PolicyError as exc:
+                if "identity CA" in str(exc):
+                    continue
+                with pytest.raises(Exception, match="does not apply"):
+                    sv.render(secret.name, values[secret.name], selector)
+            else:
+                assert sv.render(secret.name, values[secret.name], selector)
+
+
+# --- the same refusals through real processes ------------------------------------------
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_every_policy_command_refuses_a_huge_integer_in_one_line(tmp_path: Path) -> None:
+    private, _ = member_keys()["alice"]
+    key = tmp_path / "alice.key"
+    key.write_bytes(private)
+    good = tmp_path / "good.yaml"
+    good.write_text(to_yaml(policy_dict()))
+    sig = tmp_path / "good.sig"
+    sig.write_text(sign_policy(load_policy(good.read_text()), private, "alice").to_json())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(_yaml_with(["version"], HUGE))
+    commands = [
+        ["policy", "validate", str(bad)],
+        ["policy", "digest", str(bad)],
+        ["policy", "sign", str(bad), "--key", str(key), "--member", "alice"],
+        ["policy", "verify", str(bad), "--sig", str(sig)],
+        ["policy", "verify", str(good), "--sig", str(sig), "--board", str(bad)],
+        [
+            "policy",
+            "sign-reset",
+            "--policy",
+            str(bad),
+            "--value",
+            "3",
+            "--key",
+            str(key),
+            "--member",
+            "alice",
+            "-o",
+            str(tmp_path / "reset.json"),
+        ],
+    ]
+    for argv in commands:
+        done = _cli(*argv, cwd=tmp_path)
+        assert done.returncode == 1, (argv, done.stderr)
+        assert done.stdout == "", argv
+        assert done.stderr.startswith("error: policy: ") and done.stderr.count("\n") == 1, (
+            argv,
+            done.stderr[-2000:],
+        )
+    assert not (tmp_path / "reset.json").exists()
+
+
+@pytest.fixture(scope="module")
+def spm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, bytes]]:
+    from secfl.spm.client import SpmClient
+    from tests.spm.harness import Board as SpmBoard
+    from tests.spm.harness import SpmProcess, make_sim
+
+    sim = tmp_path_factory.mktemp("sim")
+    root = make_sim(sim)
+    proc = SpmProcess(tmp_path_factory.mktemp("spm") / "data", sim, None).start()
+    try:
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            yield client, SpmBoard.create(), root
+    finally:
+        proc.stop()
+
+
+def _hostile_documents(board: Any, root: bytes) -> dict[str, str]:
+    import yaml
+
+    from tests.spm.harness import policy_document
+
+    text = policy_document("hostile", board, root)
+    doc = yaml.safe_load(text)
+    as_json = json.dumps(doc).replace('"rounds": 10', f'"rounds": {HUGE}')
+    doc["services"][1]["inject"] = {"args": ["$$SECFL::model-key:hex$$"]}
+    return {
+        "yaml integer": text.replace("version: 1", f"version: {HUGE}"),
+        "json integer": as_json,
+        "secret in args": yaml.safe_dump(doc),
+    }
+
+
+@pytest.mark.parametrize("case", ["yaml integer", "json integer", "secret in args"])
+def test_the_spm_refuses_hostile_policies_with_400_and_an_audit_entry(
+    spm: tuple[Any, Any, bytes], case: str
+) -> None:
+    from secfl.spm.client import SpmRefused
+
+    client, board, root = spm
+    document = _hostile_documents(board, root)[case]
+    before = client.audit(0, 10000)["entries"]
+    with pytest.raises(SpmRefused) as info:
+        client.submit_policy(document, [])
+    assert info.value.status == 400, str(info.value)
+    assert str(info.value).startswith("policy: ")
+    after = client.audit(0, 10000)["entries"]
+    assert len(after) == len(before) + 1
+    assert after[-1]["event"] == "policy.refused"
+    assert after[-1]["detail"]["reason"] == str(info.value)

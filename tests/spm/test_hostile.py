@@ -1,0 +1,420 @@
+"""Attacks on the SPM from issue 13, each reproduced against a real `secfl spm serve`
+process on SQLite and PostgreSQL: by a network attacker, by a workload's operator,
+and by someone who can write the SPM's database (which lies outside its TEE)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import create_engine, text
+
+from secfl.policy.signatures import sign_statement
+from secfl.spm import secrets as sv
+from secfl.spm.client import SpmClient, SpmRefused
+from secfl.spm.enroll import Enrollment, enroll
+from secfl.spm.recovery import open_share, recover_policy_key
+from secfl.spm.service import REVOCATION_DOMAIN, revocation_digest, revocation_doc
+from secfl.spm.store import normalise_url
+from secfl.tee import simulated
+from tests.spm.conftest import drop_pg_database, fresh_pg_database
+from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, make_sim, policy_document
+
+pytestmark = pytest.mark.timeout(240)
+
+OTHER_MR = "b2" * 48
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    path = tmp_path_factory.mktemp("sim")
+    return path, make_sim(path)
+
+
+@pytest.fixture(scope="module")
+def board() -> Board:
+    return Board.create()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def spm(
+    request: pytest.FixtureRequest, tmp_path: Path, sim: tuple[Path, bytes]
+) -> Iterator[SpmProcess]:
+    db, pg = None, None
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("pg_url")
+        db, name = fresh_pg_database(pg)
+    proc = SpmProcess(tmp_path / "data", sim[0], db).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        if pg is not None:
+            drop_pg_database(pg, name)
+
+
+@pytest.fixture
+def client(spm: SpmProcess) -> Iterator[SpmClient]:
+    with SpmClient(spm.url, pin=spm.pin) as c:
+        yield c
+
+
+def platform(sim: tuple[Path, bytes]) -> simulated.SimulatedPlatform:
+    return simulated.SimulatedPlatform(sim[0])
+
+
+def submit(client: SpmClient, board: Board, document: str, *who: str) -> dict[str, Any]:
+    return client.submit_policy(document, board.sign(document, *(who or ("alice", "bob"))))
+
+
+def attest(client: SpmClient, sim: tuple[Path, bytes], policy: str, mr: str = AGGREGATOR_MR):
+    return enroll(client, platform(sim), policy, "aggregator", measurement=mr)
+
+
+def db(spm: SpmProcess, sql: str, **params: Any) -> list[Any]:
+    """Run SQL straight against the SPM's database, as an attacker with write access."""
+    url = normalise_url(spm.db or f"sqlite:///{spm.data / 'spm.db'}")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(sql), params)
+            return list(result.fetchall()) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def restart_fails(spm: SpmProcess) -> str:
+    """Stop the SPM and start it again: it must refuse, in one line; return that line."""
+    spm.stop()
+    args = [sys.executable, "-m", "secfl.cli.main", "spm", "serve", "--data", str(spm.data),
+            "--listen", "127.0.0.1:0", "--platform", "simulated", "--sim-dir", str(spm.sim_dir)]
+    if spm.db:
+        args += ["--db", spm.db]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def audit_verify_fails(spm: SpmProcess) -> str:
+    spm.stop()
+    args = [sys.executable, "-m", "secfl.cli.main", "audit", "verify", "--data", str(spm.data)]
+    if spm.db:
+        args += ["--db", spm.db]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stderr.strip()
+
+
+def revoke(client: SpmClient, board: Board, policy: str, **statement: str) -> dict[str, Any]:
+    digest = revocation_digest(revocation_doc(policy, statement))
+    sigs = [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m) for m in ("alice", "bob")]
+    return client.revoke(policy, statement, sigs)
+
+
+# --- 1: a sealed key is bound to its owner's board -------------------------------------------
+
+
+def test_registering_the_name_first_gains_nothing(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    real = yaml.safe_load(policy_document("fed", board, sim[1]))
+    binding = sv.board_binding(
+        [m["public_key"] for m in real["board"]["members"]], real["board"]["threshold"]
+    )
+    sealed = sv.seal_imported(b"hospital-data-key", client.public_key(), "fed", "data", binding)
+    # The attacker copies the sealed value into its own policy of that name, its own board.
+    thief = Board.create()
+    stolen = yaml.safe_load(policy_document("fed", thief, sim[1]))
+    stolen["secrets"].append({"name": "data", "kind": "imported", "sealed": sealed})
+    stolen["services"][0]["inject"]["env"]["DATA_KEY"] = "$$SECFL::data:hex$$"
+    text_ = yaml.safe_dump(stolen)
+    refused = "not sealed to this SPM for policy 'fed' under this board"
+    with pytest.raises(SpmRefused, match=refused):
+        client.submit_policy(text_, thief.sign(text_, "alice", "bob"))
+    with pytest.raises(SpmRefused, match="no policy named 'fed'"):
+        client.policy("fed")
+    # The owner's board registers it and its attested service gets the key.
+    real["secrets"].append({"name": "data", "kind": "imported", "sealed": sealed})
+    real["services"][0]["inject"]["env"]["DATA_KEY"] = "$$SECFL::data:hex$$"
+    submit(client, board, yaml.safe_dump(real))
+    assert attest(client, sim, "fed").render("data", "hex") == b"hospital-data-key".hex()
+
+
+# --- 2: the database is untrusted storage ----------------------------------------------------
+
+
+def test_an_unsigned_policy_written_to_the_database_is_refused(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    (row,) = db(spm, "SELECT * FROM policies WHERE name = 'p'")
+    forged = row._mapping["document"].replace(AGGREGATOR_MR, OTHER_MR)
+    db(spm, "INSERT INTO policies (name, version, digest, predecessor, document, signatures, "
+            "created_at, mac) VALUES ('p', 2, :d, :pred, :doc, '[]', :at, NULL)",
+       d="ab" * 32, pred=row._mapping["digest"], doc=forged,
+       at=row._mapping["created_at"])  # fmt: skip
+    time.sleep(1.2)  # the SPM re-reads the current version at most every second
+    with pytest.raises(SpmRefused, match="^integrity: policy 'p' version 2 fails its MAC"):
+        attest(client, sim, "p", OTHER_MR)
+    assert "fails its MAC" in audit_verify_fails(spm)
+
+
+def test_a_counter_rolled_back_in_the_database_is_refused(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    agg = attest(client, sim, "p")
+    assert client.increment("p", "round", agg.session_token) == 1
+    (old,) = db(spm, "SELECT value, mac FROM counters WHERE policy = 'p' AND name = 'round'")
+    for want in (2, 3):
+        assert client.increment("p", "round", agg.session_token) == want
+    # Edited value: fails its MAC.
+    db(spm, "UPDATE counters SET value = 0 WHERE policy = 'p' AND name = 'round'")
+    with pytest.raises(SpmRefused, match="^integrity: counter 'round' of policy 'p' fails its MAC"):
+        client.increment("p", "round", agg.session_token)
+    # An older value with its own, valid MAC: a rollback.
+    db(spm, "UPDATE counters SET value = :v, mac = :m WHERE policy = 'p' AND name = 'round'",
+       v=old.value, m=old.mac)  # fmt: skip
+    with pytest.raises(SpmRefused, match="^rollback: counter 'round' of 'p' is 1 in the database"):
+        client.increment("p", "round", agg.session_token)
+    with pytest.raises(SpmRefused, match="^rollback:"):
+        client.counter("p", "round")
+    # After a restart too: the floors come back from the audit log.
+    assert restart_fails(spm).startswith("error: rollback: counter 'round' of 'p' is 1")
+
+
+def test_a_forged_session_is_refused(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    agg = attest(client, sim, "p")
+    (row,) = db(spm, "SELECT * FROM sessions")
+    token = "forged-token-of-the-attacker"
+    db(spm, "INSERT INTO sessions (token_sha256, policy, service, policy_version, expires_at, "
+            "serial, identity, mac) VALUES (:t, 'p', 'aggregator', 1, :e, '', :i, :m)",
+       t=hashlib.sha256(token.encode()).digest(), e=row.expires_at, i=row.identity,
+       m=row.mac)  # fmt: skip
+    with pytest.raises(SpmRefused, match="^integrity: a session fails its MAC"):
+        client.increment("p", "round", token)
+    assert client.increment("p", "round", agg.session_token) == 1
+
+
+def test_deleting_a_revocation_in_the_database_does_not_readmit(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning")
+    db(spm, "DELETE FROM revocations")
+    with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
+        attest(client, sim, "p")
+    assert "revocation of service aggregator" in restart_fails(spm)
+
+
+def test_deleting_the_audit_tail_and_restoring_an_old_head_is_detected(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    (head,) = db(spm, "SELECT seq, hash FROM audit_head")
+    (mac,) = db(spm, "SELECT value FROM meta WHERE key = 'audit_head_mac'")
+    agg = attest(client, sim, "p")
+    client.increment("p", "round", agg.session_token)
+    db(spm, "DELETE FROM audit WHERE seq > :s", s=head.seq)
+    db(spm, "UPDATE audit_head SET seq = :s, hash = :h", s=head.seq, h=head.hash)
+    db(spm, "UPDATE meta SET value = :v WHERE key = 'audit_head_mac'", v=mac.value)
+    with pytest.raises(SpmRefused, match="^rollback: the database's audit log ends at entry"):
+        client.increment("p", "round", agg.session_token)
+    assert "rollback: the database's audit log ends at entry" in restart_fails(spm)
+
+
+# --- 5 and 6: sessions follow the current policy and revocations -----------------------------
+
+
+def test_a_session_loses_what_a_new_version_withdrew(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    v1 = policy_document("p", board, sim[1])
+    first = submit(client, board, v1)
+    agg = attest(client, sim, "p")
+    assert client.increment("p", "round", agg.session_token) == 1
+    # Version 2 no longer accepts the code the aggregator was attested as.
+    v2 = policy_document("p", board, sim[1], version=2, predecessor=first["digest"])
+    v2 = v2.replace(AGGREGATOR_MR, OTHER_MR)
+    submit(client, board, v2)
+    time.sleep(1.2)
+    with pytest.raises(SpmRefused, match="no longer accepted by version 2") as exc:
+        client.increment("p", "round", agg.session_token)
+    assert exc.value.status == 401
+    with pytest.raises(SpmRefused, match="no longer accepted by version 2"):
+        client.report("p", "audit.excluded", {"who": "x"}, agg.session_token)
+    # The new code attests and may count.
+    new = attest(client, sim, "p", OTHER_MR)
+    assert client.increment("p", "round", new.session_token) == 2
+
+
+def test_a_session_loses_a_counter_a_new_version_removed(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    first = submit(client, board, policy_document("p", board, sim[1]))
+    agg = attest(client, sim, "p")
+    doc = yaml.safe_load(policy_document("p", board, sim[1], version=2,
+                                         predecessor=first["digest"]))  # fmt: skip
+    doc["services"][0]["counters"] = []
+    submit(client, board, yaml.safe_dump(doc))
+    time.sleep(1.2)
+    with pytest.raises(SpmRefused, match="^counter: service 'aggregator' may not increment"):
+        client.increment("p", "round", agg.session_token)
+
+
+def _serial(enrolled: Enrollment) -> str:
+    cert = x509.load_pem_x509_certificate(enrolled.certificate.encode())
+    return format(cert.serial_number, "x")
+
+
+def test_revocation_ends_sessions_and_keeps_the_service_out(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    agg = attest(client, sim, "p")
+    client.increment("p", "round", agg.session_token)
+    revoke(client, board, "p", serial=_serial(agg), service="aggregator", reason="key leak")
+    time.sleep(1.2)
+    with pytest.raises(SpmRefused, match=f"^revoked: certificate {_serial(agg)} is revoked"):
+        client.increment("p", "round", agg.session_token)
+    # A certificate revocation ends that certificate; the service may attest again...
+    again = attest(client, sim, "p")
+    # ...unless the board revokes the service itself (the clone audit's request).
+    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning")
+    with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
+        attest(client, sim, "p")
+    time.sleep(1.2)
+    with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+        client.increment("p", "round", again.session_token)
+    listed = {(r["kind"], r["subject"]) for r in client.revocations("p")}
+    assert ("service", "aggregator") in listed
+    # Readmitted by the board: it attests again.
+    revoke(client, board, "p", kind="service", subject="aggregator", action="readmit")
+    back = attest(client, sim, "p")
+    assert client.increment("p", "round", back.session_token) == 2
+
+
+def test_a_revoked_measurement_or_platform_cannot_attest(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    revoke(client, board, "p", kind="measurement", subject=AGGREGATOR_MR, reason="bug")
+    with pytest.raises(SpmRefused, match=f"^revoked: measurement {AGGREGATOR_MR}"):
+        attest(client, sim, "p")
+    revoke(client, board, "p", kind="measurement", subject=AGGREGATOR_MR, action="readmit")
+    attest(client, sim, "p")
+    cert = x509.load_pem_x509_certificate((sim[0] / simulated.PLATFORM_CERT).read_bytes())
+    chip = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    revoke(client, board, "p", kind="platform", subject=chip, reason="stolen machine")
+    with pytest.raises(SpmRefused, match="^revoked: platform"):
+        attest(client, sim, "p")
+
+
+# --- 7: only the launcher that opened a volume records it ------------------------------------
+
+
+def test_a_session_token_alone_cannot_record_a_volume_version(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc["secrets"].append({"name": "data-key", "kind": "aes-256"})
+    doc["volumes"] = [{"name": "data", "key": "data-key", "kind": "data", "counter": "round"}]
+    doc["services"][0]["volumes"] = ["data"]
+    submit(client, board, yaml.safe_dump(doc))
+    agg = attest(client, sim, "p")
+    tag = "ab" * 32
+    with pytest.raises(SpmRefused, match="^volume: the record of 'data' version 46116"):
+        client.record_volume("p", "data", version=2**62, tag=tag, token=agg.session_token,
+                             volume_key=b"\0" * 32)  # fmt: skip
+    assert client.volume_state("p", "data")["version"] == 0
+    key = base64.b64decode(agg.secrets["data-key"]["raw"])
+    done = client.record_volume("p", "data", version=3, tag=tag, token=agg.session_token,
+                                volume_key=key)  # fmt: skip
+    assert done["version"] == 3
+
+
+# --- 9 and 10: recovery keeps the board's threshold; a bad HPKE key is refused and audited ---
+
+
+def test_a_new_board_gets_new_shares_and_old_shares_open_nothing(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], spm: SpmProcess
+) -> None:
+    first = submit(client, board, policy_document("p", board, sim[1]))
+    (old,) = db(spm, "SELECT shares FROM policy_keys WHERE policy = 'p'")
+    new_board = Board.create()
+    doc = yaml.safe_load(policy_document("p", new_board, sim[1], version=2,
+                                         predecessor=first["digest"]))  # fmt: skip
+    text_ = yaml.safe_dump(doc)
+    client.submit_policy(text_, board.sign(text_, "alice", "bob"))  # the old board approves
+    (new,) = db(spm, "SELECT shares FROM policy_keys WHERE policy = 'p'")
+    (secret,) = db(spm, "SELECT ciphertext FROM secrets WHERE policy = 'p' AND name = 'model-key'")
+    old_key = recover_policy_key(
+        [open_share(old.shares, m, board.recovery[m]) for m in ("alice", "bob")], old.shares
+    )
+    new_key = recover_policy_key(
+        [open_share(new.shares, m, new_board.recovery[m]) for m in ("alice", "carol")], new.shares
+    )
+    assert old_key != new_key
+    from secfl.spm.masterkey import open_secret
+
+    assert open_secret(new_key, "p", "model-key", bytes(secret.ciphertext))
+    with pytest.raises(Exception, match="secrets:"):
+        open_secret(old_key, "p", "model-key", bytes(secret.ciphertext))
+    with pytest.raises(Exception, match="recovery:"):
+        open_share(new.shares, "alice", board.recovery["alice"])
+
+
+def test_recovery_never_needs_fewer_members_than_the_board(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    for member in doc["board"]["members"][1:]:
+        member.pop("recovery_key")
+    text_ = yaml.safe_dump(doc)
+    with pytest.raises(SpmRefused, match="recovery_key, fewer than the threshold") as exc:
+        client.submit_policy(text_, [])
+    assert exc.value.status == 400
+
+
+def test_an_all_zero_hpke_key_is_refused_and_the_nonce_spent(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from secfl.spm.binding import spki_sha256, workload_report_data
+    from secfl.spm.enroll import make_csr
+
+    submit(client, board, policy_document("p", board, sim[1]))
+    hpke = b"\0" * 32
+    key = ec.generate_private_key(ec.SECP256R1())
+    nonce = client.nonce()
+    evidence = platform(sim).get_evidence(
+        workload_report_data(nonce, hpke, spki_sha256(key.public_key())),
+        measurement=AGGREGATOR_MR,
+    )
+    args = {"nonce": nonce, "evidence": evidence, "hpke_public_key": hpke,
+            "csr_pem": make_csr(key, "aggregator")}  # fmt: skip
+    with pytest.raises(SpmRefused, match="^hpke_public_key:") as exc:
+        client.attest("p", "aggregator", **args)
+    assert exc.value.status == 400
+    with pytest.raises(SpmRefused, match="^nonce: the nonce is used"):
+        client.attest("p", "aggregator", **args)
+    refusals = [e for e in client.audit(0, 10000)["entries"] if e["event"] == "attestation.refused"]
+    assert any("hpke_public_key" in e["detail"]["reason"] for e in refusals)

@@ -1,0 +1,147 @@
+"""The test suite's own rules, proven on real pytest runs.
+
+- Under CI (``CI`` set to anything non-empty), missing vendor evidence fails the
+  tests that need it instead of skipping them, and ``SECFL_SKIP_POSTGRES=1`` fails
+  the PostgreSQL tests instead of skipping them: a CI run that silently skipped
+  them would pass while proving nothing. Elsewhere both skip and say why.
+- A hung test fails alone (pytest-timeout, signal method): the run goes on.
+
+Each case runs pytest as a subprocess on a tiny test file, with the project's
+configuration (``pyproject.toml``) and the fixtures of ``tests/conftest.py`` or
+``tests/spm/conftest.py`` loaded as plugins.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+Run = subprocess.CompletedProcess[str]
+
+
+def run_pytest(tmp_path: Path, source: str, env: dict[str, str | None], *args: str) -> Run:
+    """pytest on ``source`` (one test file) in a fresh process; ``env`` changes the
+    environment (``None`` removes a variable)."""
+    test_file = tmp_path / "test_tiny.py"
+    test_file.write_text(source)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    for key, value in env.items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"),
+         "--rootdir", str(tmp_path), "-p", "no:cacheprovider", *args, str(test_file)],
+        cwd=REPO, env=environ, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+USES_VECTORS = "def test_needs_vectors(vectors):\n    assert vectors.is_dir()\n"
+
+
+def without_vectors(tmp_path: Path, ci: str | None) -> tuple[Path, Run]:
+    """A test that needs the vectors, run with SECFL_TESTVECTORS naming a missing folder."""
+    missing = tmp_path / "no-such-folder"
+    env = {"CI": ci, "SECFL_TESTVECTORS": str(missing)}
+    return missing, run_pytest(tmp_path, USES_VECTORS, env, "-p", "tests.conftest")
+
+
+@pytest.mark.parametrize("ci", ["true", "1", "yes"])
+def test_missing_vectors_fail_under_ci(tmp_path: Path, ci: str) -> None:
+    missing, done = without_vectors(tmp_path, ci)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert f"vectors: real vendor evidence not found at {missing}" in out
+    assert "1 error" in out and "skipped" not in out
+
+
+@pytest.mark.parametrize("ci", [None, ""])
+def test_missing_vectors_skip_with_the_reason_elsewhere(tmp_path: Path, ci: str | None) -> None:
+    missing, done = without_vectors(tmp_path, ci)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "1 skipped" in out
+    assert f"real vendor evidence not found at {missing} (set SECFL_TESTVECTORS)" in out
+
+
+USES_POSTGRES = "def test_needs_postgres(pg_url):\n    assert pg_url\n"
+
+
+def test_skip_postgres_is_refused_under_ci(tmp_path: Path) -> None:
+    done = run_pytest(
+        tmp_path,
+        USES_POSTGRES,
+        {"CI": "true", "SECFL_SKIP_POSTGRES": "1"},
+        "-p",
+        "tests.spm.conftest",
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "postgres: SECFL_SKIP_POSTGRES=1 is refused under CI" in out
+    assert "1 error" in out and "skipped" not in out
+
+
+def test_skip_postgres_skips_outside_ci(tmp_path: Path) -> None:
+    done = run_pytest(
+        tmp_path,
+        USES_POSTGRES,
+        {"CI": None, "SECFL_SKIP_POSTGRES": "1"},
+        "-p",
+        "tests.spm.conftest",
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "1 skipped" in out and "SECFL_SKIP_POSTGRES=1" in out
+
+
+# --- a hang fails one test, not the run ------------------------------------------------
+
+HANGS = """\
+import time
+
+import pytest
+
+
+{marker}
+def test_hangs():
+    time.sleep(120)
+
+
+def test_runs_after_the_hang():
+    assert True
+"""
+
+
+def test_project_sets_a_global_timeout() -> None:
+    options = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]
+    assert (options["ini_options"]["timeout"], options["ini_options"]["timeout_method"]) == (
+        300,
+        "signal",
+    )
+    test_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("pytest-timeout") for d in test_extra["optional-dependencies"]["test"])
+
+
+@pytest.mark.parametrize(
+    ("marker", "args"),
+    [("@pytest.mark.timeout(1)", ()), ("", ("-o", "timeout=1"))],
+    ids=["marker", "ini"],
+)
+def test_a_hang_fails_one_test_and_the_run_goes_on(
+    tmp_path: Path, marker: str, args: tuple[str, ...]
+) -> None:
+    start = time.monotonic()
+    done = run_pytest(tmp_path, HANGS.format(marker=marker), {}, *args)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "1 failed, 1 passed" in out
+    assert "Timeout" in out and "test_hangs" in out
+    assert time.monotonic() - start < 60
