@@ -4,5 +4,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/flwr-venv.sh   # Flower, the reference of the robust rules' tests (its own venv)
+# PostgreSQL for the SPM's tests (Debian's package, as root): installed here rather than
+# inside the first test that needs it, so that no test is charged the install time.
+if [ "$(id -u)" -eq 0 ] && ! command -v initdb >/dev/null 2>&1 &&
+   ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql; } >/dev/null ||
+    echo "warning: could not install postgresql (apt-get); the SPM's PostgreSQL tests will fail" >&2
+fi
 .venv/bin/ruff check src tests benchmarks
 exec .venv/bin/python -m pytest "$@"

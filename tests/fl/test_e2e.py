@@ -106,10 +106,9 @@ def test_modified_task_code_is_refused_by_attestation(trained: tuple[Federation,
 def test_a_workload_not_started_by_secfl_run_is_refused(
     trained: tuple[Federation, Workload],
 ) -> None:
-    fed, _ = trained
     result = subprocess.run(
         [sys.executable, "-m", "secfl.cli.main", "collaborator", "--aggregator", "127.0.0.1:1",
-         "--task", "digits", "--data", str(next((fed.work / "plain" / "site-1").glob("*")))],
+         "--task", "digits", "--data", "volume:site-1"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 1

@@ -181,6 +181,7 @@ FEDERATION_FILES: dict[str, str | bytes] = {
     "inf.yaml": "heartbeat: .inf\ndead_after: .inf\n",
     "nan.json": '{"round_timeout": NaN}',
     "laughs.yaml": LAUGHS,
+    "hex.yaml": "strategy_settings: {beta: 0x" + "f" * 5000 + "}\n",  # base 16: no digit limit
     "bad.yaml": "rounds: [1, 2\nseed: {\n",
     "date.yaml": "strategy_settings: {when: 2024-01-01}\n",
     "bool.json": '{"rounds": true}',

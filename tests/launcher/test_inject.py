@@ -1,6 +1,7 @@
-"""Injection that cannot be done is refused in one line, and a secret's value is never
-expanded again (issue 13, item 14 and the single-pass item). Real `secfl run`
-processes against a real SPM; the checks themselves also in-process."""
+"""Injection that cannot be done is refused in one line, no secret goes on a command
+line, and a secret's value is never expanded again (issue 13, items 13, 14 and the
+single-pass item). Real `secfl run` processes against a real SPM; the checks
+themselves also in-process."""
 
 from __future__ import annotations
 
@@ -10,51 +11,78 @@ from pathlib import PurePosixPath
 import pytest
 
 from secfl.errors import LaunchError
-from secfl.launcher.inject import check_policy_args, file_plan, no_nul
-from tests.launcher.world import BAD_FILES, META_VALUE, SHOW_META, STARTED, World, python
+from secfl.launcher.inject import check_public_args, file_plan, no_nul
+from secfl.spm.client import SpmClient, SpmRefused
+from tests.launcher.world import (
+    BAD_FILES,
+    LEAKY,
+    META_VALUE,
+    SHOW_META,
+    STARTED,
+    World,
+    python,
+)
 
 ONE_LINE = re.compile(r"^error: [^\n]+\n$")
 
+FILES = 'policy: services[0].inject.files["{}"]: '
+#: A policy with such files is refused when it is submitted, never at launch.
 FILE_REFUSALS = {
-    "own-file": "inject: file '/.secfl/key.pem' collides with the launcher's own '.secfl'",
-    "own-volume": "inject: file '/volumes/data/rows.csv' collides with the launcher's own "
-    "'volumes'",
-    "same-file": "inject: files '/a/b' and '/a/b/' are the same file",
-    "file-folder": "inject: file '/a/b' needs '/a' to be a folder, but it is an injected file",
+    "own-file": FILES.format("/.secfl/key.pem") + "'.secfl' is the launcher's own folder",
+    "own-volume": FILES.format("/volumes/data/rows.csv") + "'volumes' is the launcher's own",
+    "same-file": FILES.format("/a/b/") + "a file path cannot end with '/'",
+    "file-folder": FILES.format("/a/b") + 'needs "/a" to be a folder, but that is an injected',
 }
 
 
-@pytest.fixture(scope="module")
-def hostile(world: World) -> World:
-    world.submit_hostile()
-    return world
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_colliding_injected_files_are_refused_at_submit(world: World, case: str) -> None:
+    with pytest.raises(SpmRefused) as info:
+        world.submit_hostile(BAD_FILES[case])
+    assert info.value.status == 400, str(info.value)
+    assert str(info.value).startswith(FILE_REFUSALS[case]), str(info.value)
+    assert "\n" not in str(info.value)
+    done = world.run("victim", python(STARTED), policy="hostile")  # nothing was stored
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert ONE_LINE.match(done.stderr), done.stderr
 
 
-@pytest.mark.parametrize("service", list(BAD_FILES))
-def test_colliding_injected_files_are_refused_in_one_line(hostile: World, service: str) -> None:
-    done = hostile.run(service, python(STARTED), policy="hostile")
+def test_a_nul_byte_bound_for_the_environment_is_refused_in_one_line(world: World) -> None:
+    """(A secret cannot reach an argument at all: see the test below.)"""
+    done = world.run("nul-env", python(STARTED))
     assert done.returncode == 1
     assert done.stdout == "", "the program must not start"
     assert ONE_LINE.match(done.stderr), done.stderr
-    assert done.stderr.startswith(f"error: {FILE_REFUSALS[service]}"), done.stderr
-
-
-@pytest.mark.parametrize(
-    ("service", "argv", "where"),
-    [
-        ("nul-env", python(STARTED), "environment variable NUL"),
-        ("nul-arg", python(STARTED, "$$SECFL::nul$$"), "argument 4"),
-    ],
-)
-def test_a_nul_byte_bound_for_env_or_args_is_refused_in_one_line(
-    world: World, service: str, argv: list[str], where: str
-) -> None:
-    done = world.run(service, argv)
-    assert done.returncode == 1
-    assert done.stdout == "", "the program must not start"
-    assert ONE_LINE.match(done.stderr), done.stderr
-    assert done.stderr.startswith(f"error: inject: {where} would contain a NUL byte"), done.stderr
+    assert done.stderr.startswith(
+        "error: inject: environment variable NUL would contain a NUL byte"
+    ), done.stderr
     assert ":hex or :base64, or as a file" in done.stderr
+
+
+def _audit(world: World) -> list[dict[str, object]]:
+    with SpmClient(world.spm.url, pin=world.spm.pin) as client:
+        return list(client.audit(0, 10000)["entries"])
+
+
+@pytest.mark.parametrize(("case", "secret"), [("hex", "api-token"), ("bare", "nul")])
+def test_a_secret_in_the_programs_own_arguments_is_refused_before_attesting(
+    world: World, case: str, secret: str
+) -> None:
+    """`secfl run ... -- PROG --key $$SECFL::api-token:hex$$` would show the secret to
+    every local user (ps): refused in one line, before the SPM releases anything."""
+    argv = python(STARTED, *LEAKY[case])
+    before = _audit(world)
+    done = world.run("leaky", argv)
+    assert done.returncode == 1
+    assert done.stdout == "", "the program must not start"
+    assert ONE_LINE.match(done.stderr), done.stderr
+    assert done.stderr.startswith(
+        f"error: inject: argument {len(argv)} puts secret '{secret}' in the program's "
+        "arguments, which every local user can read (ps)"
+    ), done.stderr
+    assert "use inject.env or inject.files in the policy" in done.stderr
+    assert _audit(world) == before, "the launcher must not attest: nothing may be released"
 
 
 def test_a_placeholder_inside_a_secret_is_not_expanded_again(world: World) -> None:
@@ -94,11 +122,17 @@ def test_file_plan_refusals(files: dict[str, str], message: str) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_policy_args_may_carry_public_parts_only() -> None:
-    check_policy_args(["--ca", "$$SECFL::ca:crt$$", "$$SECFL::sig:pub$$", "$$SECFL::ca:chain$$"])
+@pytest.mark.parametrize("what", ["argument", "policy argument"])
+def test_arguments_may_carry_public_parts_only(what: str) -> None:
+    public = ["--ca", "$$SECFL::ca:crt$$", "$$SECFL::sig:pub$$", "$$SECFL::ca:chain$$"]
+    check_public_args(public, what)
     for secret in ("$$SECFL::token:hex$$", "--k=$$SECFL::key$$", "$$SECFL::sig:key$$"):
-        with pytest.raises(LaunchError, match=r"^inject: policy argument 1 puts secret"):
-            check_policy_args([secret])
+        with pytest.raises(LaunchError) as err:
+            check_public_args([*public, secret], what)
+        assert str(err.value).startswith(f"inject: {what} 5 puts secret "), str(err.value)
+        assert str(err.value).endswith("use inject.env or inject.files in the policy")
+    with pytest.raises(LaunchError, match=rf"^inject: {what} 1: malformed placeholder"):
+        check_public_args(["$$SECFL::$$"], what)
 
 
 def test_no_nul_names_the_place() -> None:

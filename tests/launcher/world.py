@@ -56,12 +56,17 @@ SHOW_META = (
     "print('FILE', open(os.path.join(os.environ['SECFL_FILES'], 'meta.txt')).read())"
 )
 STARTED = "print('started')"
+#: Programs whose own arguments name a secret: refused before anything is released.
+LEAKY = {
+    "hex": ("--key", "$$SECFL::api-token:hex$$"),
+    "bare": ("$$SECFL::nul$$",),
+}
 #: An imported secret whose value is a placeholder itself: it must stay literal.
 META_VALUE = b"$$SECFL::api-token:hex$$"
 META_TEXT = "$$SECFL::meta$$ $$SECFL::api-token:hex$$"
 
-#: Services of the policy "hostile" whose injected files the launcher must refuse in
-#: one line, before attesting. Each path is clean, as policy validation requires.
+#: Injected files that the launcher could not write: a policy that has them is
+#: refused when it is submitted (the launcher checks them again, see file_plan).
 BAD_FILES = {
     "own-file": {"/.secfl/key.pem": "mine"},
     "own-volume": {"/volumes/data/rows.csv": "mine"},
@@ -108,7 +113,8 @@ class World:
         return out
 
     def argv(self, *extra: str) -> list[str]:
-        return [str(self.program), "--key", "$$SECFL::api-token:hex$$", *extra]
+        """The worker's command line: a public part may go there, never a secret."""
+        return [str(self.program), "--pub", "$$SECFL::signer:pub$$", *extra]
 
     def measurement(self, argv: list[str], module: str | None = None) -> str:
         program = None if module else resolve_program(argv[0])
@@ -123,8 +129,9 @@ class World:
     def submit(self) -> None:
         run_argv = [self.argv(), self.argv("--wait"), self.argv("--die")]
         openssl = shutil.which("openssl") or "/usr/bin/openssl"
-        tool_argv = [openssl, "dgst", "-sha256", "-hmac", "$$SECFL::api-token:hex$$",
-                     str(self.base / "message.txt")]  # fmt: skip
+        # An unmodified program that reads its secret from the environment.
+        tool_argv = [openssl, "enc", "-aes-256-cbc", "-pbkdf2", "-a", "-pass", "env:TOOL_TOKEN",
+                     "-in", str(self.base / "message.txt")]  # fmt: skip
         self.tool_argv = tool_argv
         (self.base / "message.txt").write_text("hello from the TEE\n")
         started = self.plain(python(STARTED))
@@ -136,14 +143,18 @@ class World:
                 "volumes": ["code", "data"],
                 "inject": {
                     "env": {"API_TOKEN": "$$SECFL::api-token:base64$$"},
-                    "files": {"/secrets/token": "$$SECFL::api-token:hex$$"},
+                    "files": {
+                        "/secrets/token": "$$SECFL::api-token:hex$$",
+                        "/signer.pub": "$$SECFL::signer:pub$$",  # released: its public part
+                    },
                 },
             },
             {
                 "name": "tool",
                 "role": "any",
                 "measurements": {"simulated": [self.plain(tool_argv)]},
-                "secrets": ["api-token"],
+                "inject": {"env": {"TOOL_TOKEN": "$$SECFL::api-token:hex$$"}},
+                "secrets": ["api-token", "signer"],
             },
             {
                 "name": "mod",
@@ -172,10 +183,12 @@ class World:
                 "inject": {"env": {"NUL": "$$SECFL::nul$$"}},
             },
             {
-                "name": "nul-arg",
+                "name": "leaky",
                 "role": "any",
-                "measurements": {"simulated": [self.plain(python(STARTED, "$$SECFL::nul$$"))]},
-                "secrets": ["nul"],
+                "measurements": {
+                    "simulated": [self.plain(python(STARTED, *a)) for a in LEAKY.values()]
+                },
+                "secrets": ["api-token", "nul"],
             },
         ]
         doc = {
@@ -188,6 +201,7 @@ class World:
             "secrets": [
                 {"name": "ca", "kind": "x509-ca", "common_name": "run CA"},
                 {"name": "api-token", "kind": "random", "size": 16},
+                {"name": "signer", "kind": "ed25519"},
                 {"name": "code-key", "kind": "imported", "sealed": self.seal("code-key")},
                 {"name": "data-key", "kind": "imported", "sealed": self.seal("data-key")},
                 {"name": "meta", "kind": "imported", "sealed": self.seal("meta", META_VALUE)},
@@ -201,10 +215,10 @@ class World:
         }
         self._submit(doc)
 
-    def submit_hostile(self) -> None:
-        """The policy "hostile": services whose injected files collide."""
-        started = self.plain(python(STARTED))
-        self._submit(
+    def submit_hostile(self, files: dict[str, str]) -> None:
+        """Submit the policy "hostile": one service, injected with ``files``. Unsigned:
+        the board's own tools refuse to sign it, and the SPM checks the document first."""
+        document = yaml.safe_dump(
             {
                 "name": "hostile",
                 "version": 1,
@@ -213,16 +227,18 @@ class World:
                 "identity_ca": "ca",
                 "services": [
                     {
-                        "name": name,
+                        "name": "victim",
                         "role": "any",
-                        "measurements": {"simulated": [started]},
+                        "measurements": {"simulated": [self.plain(python(STARTED))]},
                         "inject": {"files": files},
                     }
-                    for name, files in BAD_FILES.items()
                 ],
                 "secrets": [{"name": "ca", "kind": "x509-ca", "common_name": "hostile CA"}],
-            }
+            },
+            sort_keys=False,
         )
+        with SpmClient(self.spm.url, pin=self.spm.pin) as client:
+            client.submit_policy(document, [])
 
     def _submit(self, doc: dict[str, Any]) -> None:
         document = yaml.safe_dump(doc, sort_keys=False)
@@ -249,12 +265,16 @@ class World:
 
     def token(self) -> bytes:
         """The released api-token, as another attested 'tool' workload receives it."""
+        return bytes.fromhex(self.released("api-token", "hex"))
+
+    def released(self, name: str, selector: str | None = None) -> str:
+        """``$$SECFL::name[:selector]$$`` as another attested 'tool' workload renders it."""
         from secfl.spm.enroll import enroll
 
         with SpmClient(self.spm.url, pin=self.spm.pin) as client:
             platform = simulated.SimulatedPlatform(self.sim_dir)
             got = enroll(client, platform, "run", "tool", measurement=self.plain(self.tool_argv))
-        return bytes.fromhex(got.render("api-token", "hex"))
+        return got.render(name, selector)
 
     def command(
         self,

@@ -418,3 +418,18 @@ def test_an_all_zero_hpke_key_is_refused_and_the_nonce_spent(
         client.attest("p", "aggregator", **args)
     refusals = [e for e in client.audit(0, 10000)["entries"] if e["event"] == "attestation.refused"]
     assert any("hpke_public_key" in e["detail"]["reason"] for e in refusals)
+
+
+def test_old_board_signatures_cannot_be_replayed(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """A readmission signed once cannot lift a later revocation of the same service."""
+    submit(client, board, policy_document("p", board, sim[1]))
+    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning")
+    readmit = {"kind": "service", "subject": "aggregator", "action": "readmit"}
+    revoke(client, board, "p", **readmit)
+    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning again")
+    with pytest.raises(SpmRefused, match="^revocation: this statement .* was already applied"):
+        revoke(client, board, "p", **readmit)
+    with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+        attest(client, sim, "p")

@@ -311,6 +311,41 @@ def test_unknown_routes_and_methods_are_json(http: httpx.Client) -> None:
     assert one_error(http.delete("/v1/health")) == "http: Method Not Allowed"
 
 
+def _raw_exchange(spm: Served, request: bytes) -> bytes:
+    """Send ``request`` over a fresh TLS connection; everything answered until close."""
+    raw = socket.create_connection((spm.host, spm.port), timeout=10)
+    with raw, _attacker_tls().wrap_socket(raw) as sock:
+        sock.sendall(request)
+        answer = b""
+        with suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "error"),
+    [
+        (b"\x00\x01 not http\r\n\r\n", 400, "http: not a valid HTTP/1.1 request"),
+        (
+            b"GET /v1/health HTTP/1.1\r\nHost: spm\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n",
+            431,
+            "headers: larger than the limit of 65536 bytes",
+        ),
+    ],
+    ids=["garbage", "headers-too-large"],
+)
+def test_protocol_level_refusals_are_json(
+    spm: Served, request_bytes: bytes, status: int, error: str
+) -> None:
+    """Refusals made before any route (by the HTTP parser) are JSON too; headers are
+    bounded (httptools alone takes megabytes of them)."""
+    answer = _raw_exchange(spm, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    assert json.loads(body) == {"error": error}
+
+
 def test_the_schema_describes_the_refusals(http: httpx.Client) -> None:
     schema = http.get("/openapi.json").json()
     invalid = schema["paths"]["/v1/policies"]["post"]["responses"]["422"]
@@ -352,13 +387,14 @@ def db(request: pytest.FixtureRequest) -> Iterator[str | None]:
         drop_pg_database(server, name)
 
 
-def _execute(data: Path, db: str | None, sql: str) -> None:
+def _execute(data: Path, db: str | None, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """Run ``sql`` (``?`` placeholders) on the SPM's database, as someone with access to it."""
     if db is None:
         with sqlite3.connect(data / "spm.db") as conn:
-            conn.execute(sql)
-        return
+            return list(conn.execute(sql, params))
     with psycopg.connect(db.replace("+psycopg", ""), autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        cursor = conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+        return list(cursor.fetchall()) if cursor.description else []
 
 
 def _started_once(data: Path, sim: Path, db: str | None) -> None:
@@ -366,24 +402,49 @@ def _started_once(data: Path, sim: Path, db: str | None) -> None:
         pass
 
 
-GARBLED = {
-    "sqlite-in-data": ["'garbage'", "x'00ff'", "1e30", "-5", "9223372036854775807"],
-    "postgresql": ["-5", "9223372036854775807"],
-}
+DEEP = "[" * 100_000 + "]" * 100_000
 
 
-def test_a_garbled_audit_head_is_one_line(tmp_path: Path, sim: Path, db: str | None) -> None:
+def test_a_garbled_audit_log_is_one_line(tmp_path: Path, sim: Path, db: str | None) -> None:
+    """Someone with the database writes values no SPM wrote into the audit head (text,
+    huge or negative numbers) or an entry (text for its number, nesting that overflows
+    a JSON parser): `spm serve` and `audit verify --data` refuse in one line."""
     data = tmp_path / "data"
     _started_once(data, sim, db)
     extra = ["--db", db] if db else []
-    for value in GARBLED["postgresql" if db else "sqlite-in-data"]:
-        _execute(data, db, f"UPDATE audit_head SET seq = {value}")  # noqa: S608
+    [(seq,)] = _execute(data, db, "SELECT seq FROM audit_head")
+    [(detail,)] = _execute(data, db, "SELECT detail FROM audit WHERE seq = 1")
+    head = ("integrity: the audit head row is corrupt",)
+    unreadable = "integrity: the database holds a value the SPM cannot read"
+    values = ["-5", "9223372036854775807"]
+    if db is None:  # SQLite keeps whatever type it is given
+        values += ["'garbage'", "x'00ff'"]
+    restore_head = ("UPDATE audit_head SET seq = ?", (seq,))
+    restore_detail = ("UPDATE audit SET detail = ? WHERE seq = 1", (detail,))
+    changes = [
+        (f"UPDATE audit_head SET seq = {value}", (), restore_head, head)  # noqa: S608
+        for value in values
+    ]
+    changes.append(
+        ("UPDATE audit SET detail = ? WHERE seq = 1", (DEEP,), restore_detail,
+         ("audit: entry 1 ", f"{unreadable} (RecursionError"))
+    )  # fmt: skip
+    if db is None:
+        changes.append(
+            ("UPDATE audit SET seq = 'x' WHERE seq = 1", (),
+             ("UPDATE audit SET seq = 1 WHERE seq = 'x'", ()),
+             ("audit: entry ", f"{unreadable} (ValueError"))
+        )  # fmt: skip
+    for change, params, (undo, undo_params), expected in changes:
+        _execute(data, db, change, *params)
         for args in (
             _serve_args(data, sim, *extra),
             [*SECFL, "audit", "verify", "--data", str(data), *extra],
         ):
             error = _refused(args)
-            assert "Traceback" not in error and error.split(":")[0] in ("integrity", "audit")
+            assert error.startswith(expected), (change[:60], error)
+        _execute(data, db, undo, *undo_params)
+    _started_once(data, sim, db)  # every change undone: the SPM starts again
 
 
 def test_a_missing_master_key_is_not_replaced(tmp_path: Path, sim: Path, db: str | None) -> None:
@@ -397,7 +458,10 @@ def test_a_missing_master_key_is_not_replaced(tmp_path: Path, sim: Path, db: str
     assert error.startswith("secrets: the master key ") and "missing" in error
     assert "recover" in error and "backup" in error
     assert not (data / "master.key").exists()
-    if db is not None:  # the database alone (a new data folder) is refused as well
+    (data / "audit.anchor").unlink()  # the database alone gives the SPM away as well
+    assert _refused(_serve_args(data, sim, *extra)).startswith("secrets: the master key ")
+    assert not (data / "master.key").exists()
+    if db is not None:  # and so it does for a new data folder
         other = tmp_path / "other"
         assert _refused(_serve_args(other, sim, *extra)).startswith("secrets: the master key ")
         assert not (other / "master.key").exists()

@@ -77,6 +77,15 @@ def intel_dir(vectors: Path) -> Path:
     return vectors / "intel"
 
 
+def pck_sha256(raw: bytes) -> str:
+    """SHA-256 of the quote's PCK leaf certificate (DER): the machine's ID."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = x509.load_pem_x509_certificates(parse_quote(raw).pck_chain_pem.rstrip(b"\0"))[0]
+    return hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
 def load(intel_dir: Path, v: Vector) -> bytes:
     return (intel_dir / f"{v.name}.bin").read_bytes()
 
@@ -112,14 +121,15 @@ def test_parse_quote(intel_dir: Path, v: Vector) -> None:
 
 @pytest.mark.parametrize("v", VECTORS, ids=IDS)
 def test_signature_chain_only(intel_dir: Path, v: Vector) -> None:
-    claims = verify_quote(load(intel_dir, v), at=utc(v.at), collateral=None)
+    raw = load(intel_dir, v)
+    claims = verify_quote(raw, at=utc(v.at), collateral=None)
     assert claims.kind == v.kind
     assert claims.quote_version == v.version
     assert claims.tcb_status == "unknown"
     assert claims.advisory_ids == []
     assert claims.debug is v.debug
     assert claims.simulated is False
-    assert claims.platform == {"fmspc": v.fmspc, "ca": v.ca}
+    assert claims.platform == {"fmspc": v.fmspc, "ca": v.ca, "pck_sha256": pck_sha256(raw)}
     key, prefix = v.measurement
     assert str(claims.measurements[key]).startswith(prefix)
     assert str(claims.measurements[key]).endswith(SUFFIX.get(v.name, ""))

@@ -259,6 +259,13 @@ def _absent(q: Quote) -> set[str]:
 # --- the real vectors ---------------------------------------------------------------
 
 
+def pck_sha256(raw: bytes) -> str:
+    """SHA-256 of the quote's PCK leaf certificate (DER), read with cryptography alone."""
+    text = raw[raw.index(b"-----BEGIN CERTIFICATE-----") :].rstrip(b"\0")
+    leaf = x509.load_pem_x509_certificates(text)[0]
+    return hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
 def test_every_intel_vector_is_cross_checked(intel_dir: Path) -> None:
     """A quote added to the folder must be added here, with its verification time."""
     assert {p.stem for p in intel_dir.glob("*.bin")} == set(REAL)
@@ -280,7 +287,7 @@ def test_real_quote_claims_match_dcap_qvl(
     assert claims.quote_version == view.header["version"]
     assert claims.measurements == expected["measurements"]
     assert (claims.report_data, claims.debug) == (expected["report_data"], expected["debug"])
-    assert claims.platform == {"fmspc": view.fmspc, "ca": view.ca}
+    assert claims.platform == {"fmspc": view.fmspc, "ca": view.ca, "pck_sha256": pck_sha256(raw)}
 
 
 @pytest.mark.parametrize("name", sorted(WITH_COLLATERAL.values()))

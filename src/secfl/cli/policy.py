@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from secfl.cli._common import UsageError, err, out, read_input, write_output
+
+if TYPE_CHECKING:
+    from secfl.spm.client import SpmClient
 
 app = typer.Typer(
     help="Policies: validate, digest, sign and verify board approvals; board keys.",
@@ -210,9 +213,9 @@ def seal_secret_cmd(
     The SPM opens it only under a policy of this name whose board is exactly these
     members' keys with this threshold: whoever registers the name first with another
     board gets nothing."""
+    from secfl.errors import SpmError
     from secfl.shield import key_from_file
     from secfl.spm.client import SpmClient
-    from secfl.errors import SpmError
     from secfl.spm.secrets import board_binding, seal_imported
 
     value = key_from_file(key_file)
@@ -225,3 +228,192 @@ def seal_secret_cmd(
     with SpmClient(spm, pin=spm_pin) as client:
         sealed = seal_imported(value, client.public_key(), policy, secret, board)
     out.print(sealed, markup=False)
+
+
+# --- revocation by the board ----------------------------------------------------------------
+
+PolicyName = Annotated[str, typer.Option("--policy", help="The policy's name at the SPM.")]
+Kind = Annotated[str, typer.Option(help="service|certificate|measurement|platform")]
+Subject = Annotated[
+    str, typer.Option(help="A service name, or a serial, measurement or platform ID in hex.")
+]
+SpmUrl = Annotated[str, typer.Option("--spm", help="SPM URL, https://HOST:PORT.")]
+SpmPin = Annotated[str, typer.Option(help="SHA-256 of the SPM's TLS key (`secfl spm verify`).")]
+ServiceOpt = Annotated[str, typer.Option("--service", help="The service it concerns, if any.")]
+Reason = Annotated[str, typer.Option(help="Why (one line, signed with the statement).")]
+Readmit = Annotated[bool, typer.Option("--readmit", help="Lift the revocation instead.")]
+
+
+def revocation_statement(
+    kind: str, subject: str, service: str, reason: str, readmit: bool
+) -> dict[str, str]:
+    """The statement every signer rebuilds from the same flags, in one canonical form
+    (a serial as lowercase hex without leading zeros, hex lowercased), so that the
+    signatures agree and the subject matches what the SPM compares it with."""
+    from secfl.policy.model import NAME
+    from secfl.spm.records import REVOCATION_KINDS, normalise_serial
+
+    if kind not in REVOCATION_KINDS:
+        raise UsageError(f"--kind: '{kind[:40]}' is not one of {', '.join(REVOCATION_KINDS)}")
+    text = subject.strip()
+    if kind == "service":
+        if not re.fullmatch(NAME, text):
+            raise UsageError(f"--subject: '{text[:40]}' is not a service name")
+    elif kind == "certificate":
+        digits = text.lower().removeprefix("0x").replace(":", "")
+        if not re.fullmatch(r"[0-9a-f]{1,64}", digits):
+            raise UsageError(
+                "--subject: a certificate serial is at most 64 hex digits (0x and colons allowed)"
+            )
+        text = normalise_serial(digits)
+    else:
+        text = text.lower()
+        if not re.fullmatch(r"[0-9a-f]{1,256}", text):
+            raise UsageError(f"--subject: a {kind} is given in hex (at most 256 digits)")
+    if service and not re.fullmatch(NAME, service):
+        raise UsageError(f"--service: '{service[:40]}' is not a service name")
+    if not re.fullmatch(r"[^\x00-\x1f\x7f]{0,1024}", reason):
+        raise UsageError("--reason: one line of at most 1024 characters")
+    statement = {"kind": kind, "subject": text, "service": service, "reason": reason}
+    if readmit:
+        statement["action"] = "readmit"
+    return statement
+
+
+def _policy_name(policy: str) -> str:
+    from secfl.policy.model import NAME
+
+    if not re.fullmatch(NAME, policy):
+        raise UsageError(f"--policy: '{policy[:40]}' is not a policy name")
+    return policy
+
+
+def _revocation_digest(policy: str, statement: dict[str, str]) -> str:
+    from secfl.spm.revocation import revocation_digest, revocation_doc
+
+    return revocation_digest(revocation_doc(_policy_name(policy), statement))
+
+
+def _warn_unknown_service(client: SpmClient, policy: str, service: str) -> None:
+    """A revoked service name that the current policy lacks keeps no one out: say so."""
+    from secfl.errors import SecflError
+    from secfl.policy.document import load_policy
+
+    try:
+        current = load_policy(str(client.policy(policy).get("document") or ""))
+    except SecflError:
+        return
+    if all(s.name != service for s in current.services):
+        err.print(
+            f"warning: version {current.version} of policy {policy} has no service "
+            f"'{service}'; this revocation matches no service of it today",
+            markup=False,
+        )
+
+
+def _what(statement: dict[str, str], policy: str) -> str:
+    return f"{statement['kind']} {statement['subject']} of policy {policy}"
+
+
+@app.command("sign-revocation")
+def sign_revocation_cmd(
+    policy: PolicyName,
+    kind: Kind,
+    subject: Subject,
+    key: Annotated[str, typer.Option(help="Your board signing key (PEM).")],
+    member: Annotated[str, typer.Option(help="Your board member name.")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Your signature file (- for stdout).")
+    ],
+    service: ServiceOpt = "",
+    reason: Reason = "",
+    readmit: Readmit = False,
+) -> None:
+    """Approve, as a board member, revoking (or with --readmit, readmitting) a service,
+    certificate, measurement or platform: write your signature over the statement.
+
+    Every member signs with the same flags; the digest printed lets you compare."""
+    from secfl.policy.signatures import REVOCATION_DOMAIN, sign_statement
+
+    statement = revocation_statement(kind, subject, service, reason, readmit)
+    statement_digest = _revocation_digest(policy, statement)
+    if output != "-" and Path(output).resolve() == Path(key).resolve():
+        raise UsageError(f"--output: '{output}' is your key file; name another file")
+    signature = sign_statement(
+        REVOCATION_DOMAIN, statement_digest, read_input(key, "signing key"), member
+    )
+    write_output(signature.to_json().encode(), output)
+    if output != "-":
+        verb = "readmission" if readmit else "revocation"
+        out.print(
+            f"{output}: {member} signed the {verb} of {_what(statement, policy)}, "
+            f"digest {statement_digest}",
+            markup=False,
+        )
+
+
+@app.command("revoke")
+def revoke_cmd(
+    policy: PolicyName,
+    kind: Kind,
+    subject: Subject,
+    sig: Annotated[list[str], typer.Option("--sig", help="A board member's signature file.")],
+    spm: SpmUrl,
+    spm_pin: SpmPin,
+    service: ServiceOpt = "",
+    reason: Reason = "",
+    readmit: Readmit = False,
+) -> None:
+    """Submit a board-signed revocation (or readmission) to a pinned SPM.
+
+    Give the same flags the members signed with (`secfl policy sign-revocation`)."""
+    from secfl.errors import PolicyError
+    from secfl.policy.signatures import REVOCATION_DOMAIN, Signature
+    from secfl.spm.client import SpmClient
+
+    statement = revocation_statement(kind, subject, service, reason, readmit)
+    statement_digest = _revocation_digest(policy, statement)
+    signatures = []
+    for path in sig:
+        try:
+            signature = Signature.from_json(read_input(path, "signature"))
+        except PolicyError as exc:
+            problem = str(exc).removeprefix("signature: ")
+            raise PolicyError(f"signature: '{path}': {problem}") from None
+        if signature.domain != REVOCATION_DOMAIN or signature.digest != statement_digest:
+            raise PolicyError(
+                f"signature: '{path}' is not over this statement (digest "
+                f"{signature.digest[:16]}…, these flags give {statement_digest[:16]}…); "
+                "every member signs with the same flags"
+            )
+        signatures.append(signature)
+    with SpmClient(spm, pin=spm_pin) as client:
+        if kind == "service" and not readmit:
+            _warn_unknown_service(client, policy, statement["subject"])
+        client.revoke(policy, statement, signatures)
+    verb = "readmitted" if readmit else "revoked"
+    out.print(f"{verb}: {_what(statement, policy)}", markup=False)
+
+
+@app.command("revocations")
+def revocations_cmd(policy: PolicyName, spm: SpmUrl, spm_pin: SpmPin) -> None:
+    """List what the board revoked in a policy: kind, subject, service, reason, when."""
+    from secfl.spm.client import SpmClient
+
+    with SpmClient(spm, pin=spm_pin) as client:
+        rows = client.revocations(_policy_name(policy))
+    if not rows:
+        out.print(f"no revocations in policy {policy}", markup=False)
+        return
+    columns = ("kind", "subject", "service", "at", "reason")
+    table = [[_printable(row.get(c, "")) or "-" for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    for line in [[c.upper() for c in columns], *table]:
+        out.print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip(),
+                  markup=False)  # fmt: skip
+
+
+def _printable(value: object) -> str:
+    """A field from the SPM, safe for a terminal: control characters escaped, bounded."""
+    text = str(value)[:1024]
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

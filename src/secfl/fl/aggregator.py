@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -201,7 +202,10 @@ class Aggregator:
         total = sum(u.num_samples for u in updates)
         losses = [(u.metrics.get("loss"), u.num_samples) for u in updates]
         if total and all(isinstance(v, int | float) for v, _ in losses):
-            entry["train_loss"] = sum(float(v) * n for v, n in losses) / total  # type: ignore[arg-type]
+            # weights first (each <= 1): finite peer metrics cannot overflow the sum
+            mean = sum(float(v) * (n / total) for v, n in losses)  # type: ignore[arg-type]
+            if math.isfinite(mean):
+                entry["train_loss"] = mean
         if self.validation is not None or self.test is not None:
             model = self.task.build_model(self.config.seed)
             load_arrays(model, params)

@@ -139,14 +139,14 @@ def read_settings(path: Path) -> dict[str, Any]:
 def grid_from(doc: Any, path: Path) -> Grid:
     """The :class:`Grid` a ``grid.json`` records, each field of its type."""
     if not isinstance(doc, dict) or set(doc) - set(GRID_FIELDS):
-        raise FlError(f"{path}: its grid is not a grid's settings")
+        raise FlError(f"grid: {path}: its grid has unknown settings or is not an object")
     for name, check in GRID_FIELDS.items():
         if name in doc and not check(doc[name]):
-            raise FlError(f"{path}: the grid's '{name}' has the wrong type")
+            raise FlError(f"grid: {path}: the grid's '{name}' has the wrong type")
     try:
         return Grid(**doc)
     except TypeError:  # a field the grid needs is missing
-        raise FlError(f"{path}: its grid lacks a setting") from None
+        raise FlError(f"grid: {path}: its grid lacks a setting") from None
 
 
 def _ints(v: Any) -> bool:

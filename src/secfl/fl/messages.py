@@ -85,7 +85,7 @@ def decode(
     if not isinstance(header, dict):
         raise FlError("message: the header is not a JSON object")
     if kind is not None and header.get("kind") != kind:
-        raise FlError(f"message: expected a '{kind}' message, got {header.get('kind')!r}")
+        raise FlError(f"message: expected a '{kind}' message, got {header.get('kind')!r:.60}")
     return header, view[4 + hlen :]
 
 
@@ -102,7 +102,9 @@ def field(header: dict[str, Any], name: str, typ: type | tuple[type, ...]) -> An
 def _describe(value: Any) -> str:
     """A peer's value in a refusal, short whatever its size."""
     if type(value) is int:
-        digits = len(str(abs(value)))  # < 4300 digits: the parser refused longer ones
+        if value.bit_length() > 14_000:  # str() refuses over 4300 digits
+            return f"an integer of {value.bit_length()} bits"
+        digits = len(str(abs(value)))
         return str(value) if digits <= 20 else f"an integer of {digits} digits"
     if value is None:
         return "None"

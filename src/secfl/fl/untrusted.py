@@ -71,7 +71,8 @@ def parse_yaml(text: str | bytes, what: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise FlError(f"{what} is not YAML ({exc.problem or 'malformed'}{where})") from None
+        problem = " ".join(str(exc.problem or "malformed").split())[:120]
+        raise FlError(f"{what} is not YAML ({problem}{where})") from None
     except yaml.YAMLError:  # a reader error: bad encoding or a control character
         raise FlError(f"{what} is not YAML (unreadable characters)") from None
     except RecursionError:

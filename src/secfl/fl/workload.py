@@ -177,7 +177,7 @@ class Identity:
         if Path(name).is_absolute() or ".." in parts or not parts:
             raise LaunchError(
                 f"secret: {name[:120]!r} is not an injected file: name one relative to "
-                "$SECFL_FILES (a file the policy injects), or use --insecure"
+                "$SECFL_FILES (a file the policy injects into this service)"
             )
         path = self.files / name if self.files else None
         if path is None or not path.is_file():

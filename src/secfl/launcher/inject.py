@@ -5,7 +5,10 @@ pass over the text as written: a secret's value is inserted as it is and never
 scanned again, so a value that itself contains ``$$SECFL::other$$`` stays literal
 (it cannot pull in another secret). A placeholder naming a secret the service was
 not given is an error, so a workload never starts with a literal placeholder where
-a secret should be.
+a secret should be. Arguments, the program's own as well as the policy's, may name
+public parts only (``:pub``, ``:crt``, ``:chain``): every local user can read a
+command line (``ps``), so secrets go into the environment or files; this is checked
+before attesting, so a refusal releases nothing.
 
 Files go into the launcher's private folder (see :mod:`secfl.launcher.private`),
 files 0600 and folders 0700, named by ``SECFL_FILES``. Their paths are checked
@@ -20,17 +23,20 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from secfl.errors import LaunchError, SecflError
 from secfl.policy import placeholders
+from secfl.policy.model import RESERVED_FOLDERS
 from secfl.spm.enroll import Enrollment
 
-#: Top-level names in ``SECFL_FILES`` that the launcher writes itself.
-RESERVED = (".secfl", "volumes")
-#: The selectors that render public parts only: the policy's ``inject.args`` may use
-#: them (arguments are visible to every local user in ``ps``), nothing else.
+#: Top-level names in ``SECFL_FILES`` that the launcher writes itself (policy
+#: validation refuses injected files there too; checked again here).
+RESERVED = tuple(sorted(RESERVED_FOLDERS))
+#: The selectors that render public parts only: a program's arguments (its own and
+#: the policy's ``inject.args``, visible to every local user in ``ps``) may use
+#: them, nothing else.
 PUBLIC_SELECTORS = frozenset({"pub", "crt", "chain"})
 
 
@@ -64,10 +70,14 @@ def substitute(text: str, enrollment: Enrollment, where: str, *, public: bool = 
     return placeholders.PATTERN.sub(value, text)
 
 
-def check_policy_args(args: list[str]) -> None:
-    """The policy's ``inject.args`` name public parts only (checked before attesting)."""
+def check_public_args(args: Sequence[str], what: str) -> None:
+    """Arguments name public parts only: every local user reads a command line (``ps``).
+
+    Checked before attesting, so a refusal releases nothing. ``what`` names the
+    arguments in a refusal: ``argument`` (the program's own command line, as given
+    to ``secfl run``) or ``policy argument`` (the policy's ``inject.args``)."""
     for i, text in enumerate(args):
-        where = f"policy argument {i + 1}"
+        where = f"{what} {i + 1}"
         try:
             found = list(placeholders.find(text))
         except ValueError as exc:

@@ -6,7 +6,9 @@
 3. Open the volumes the policy gives the service and check each against the
    policy's tag, or for a rollback-protected volume against the SPM's record
    (recording a newer release, refusing an older one).
-4. Substitute placeholders in the arguments, the environment and injected files.
+4. Substitute placeholders in the arguments (public parts only, checked before
+   step 1: every local user reads a command line), the environment and injected
+   files.
 5. Run the program (or a Python module from a code volume, in this interpreter),
    forwarding signals; remove injected files when it exits.
 
@@ -34,7 +36,7 @@ from pathlib import Path
 from secfl.errors import LaunchError, SecflError
 from secfl.launcher.inject import (
     check_env_name,
-    check_policy_args,
+    check_public_args,
     file_plan,
     no_nul,
     substitute,
@@ -114,6 +116,7 @@ def prepare(req: RunRequest) -> Launch:
     launcher) exists before any secret arrives."""
     if not req.argv and not req.module:
         raise LaunchError("run: no program given (secfl run ... -- PROGRAM ARGS)")
+    check_public_args(req.argv, "argument")  # before the SPM is even asked
     harden()
     private = PrivateDir.create()
     volumes: dict[str, object] = {}
@@ -145,7 +148,7 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, object]) -
             raise LaunchError(f"volume: '{extra[0]}' is not a volume of service '{req.service}'")
         for name in service.inject.env:
             check_env_name(name)
-        check_policy_args(service.inject.args)
+        check_public_args(service.inject.args, "policy argument")
         plan = file_plan(service.inject.files)  # refused before any secret is released
         code_tags = {
             name: peek_tag(req.volumes[name])
@@ -170,13 +173,11 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, object]) -
                 volume.extract(files / "volumes" / name)  # type: ignore[attr-defined]
         env = _environment(service, enrollment, files, req)
         env.update(_attestation_env(client, tee.name, measurement, req))
-        args = [
-            no_nul(substitute(a, enrollment, f"argument {i + 1}"), f"argument {i + 1}")
-            for i, a in enumerate(req.argv)
-        ]
-        for i, a in enumerate(service.inject.args):
-            where = f"policy argument {i + 1}"
-            args.append(no_nul(substitute(a, enrollment, where, public=True), where))
+        args: list[str] = []
+        for what, given in (("argument", req.argv), ("policy argument", service.inject.args)):
+            for i, text in enumerate(given):
+                where = f"{what} {i + 1}"
+                args.append(no_nul(substitute(text, enrollment, where, public=True), where))
         for path, content in service.inject.files.items():
             text = substitute(content, enrollment, f"file {path}")
             write_private(files, plan[path], text.encode())

@@ -17,11 +17,11 @@ or to the command line changes it.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from secfl._internal.canonical import canonical_json
 from secfl.errors import MeasurementError
 from secfl.tee.measure import manifest
 
@@ -52,5 +52,4 @@ def run_measurement(
         "argv": list(argv),
         "code_volumes": {name: tag.lower() for name, tag in sorted(code_volumes.items())},
     }
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha384(canonical.encode()).hexdigest()
+    return hashlib.sha384(canonical_json(doc)).hexdigest()

@@ -31,20 +31,14 @@ Stores keep the digest they accepted next to the document.
 from __future__ import annotations
 
 import hashlib
-import json
 
+from secfl._internal.canonical import canonical_json
 from secfl.policy.model import Policy
 
 
 def canonical_bytes(policy: Policy) -> bytes:
     """The canonical JSON encoding of ``policy`` (sorted keys, no spaces, UTF-8)."""
-    return json.dumps(
-        policy.model_dump(mode="json"),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    ).encode()
+    return canonical_json(policy.model_dump(mode="json"))
 
 
 def digest(policy: Policy) -> str:

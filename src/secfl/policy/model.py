@@ -103,6 +103,10 @@ PUBLIC_SELECTORS: dict[str, frozenset[str | None]] = {
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+#: The folders of ``SECFL_FILES`` that the launcher writes itself (the service's
+#: identity, its volumes' plaintext): no injected file may go inside them.
+RESERVED_FOLDERS = frozenset({".secfl", "volumes"})
+
 #: The largest policy version number (a signed 32-bit integer plus one: plenty).
 MAX_VERSION = 2**31
 

@@ -9,16 +9,23 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
 from secfl.policy import placeholders
-from secfl.policy.model import _ENV_NAME, MEASUREMENT_FIELDS, PUBLIC_SELECTORS, SELECTOR_KINDS
+from secfl.policy.model import (
+    _ENV_NAME,
+    MEASUREMENT_FIELDS,
+    PUBLIC_SELECTORS,
+    RESERVED_FOLDERS,
+    SELECTOR_KINDS,
+)
 from secfl.tee.claims import TCB_ORDER, Kind
 
 if TYPE_CHECKING:
-    from secfl.policy.model import Policy
+    from secfl.policy.model import Injection, Policy
 
 
 def key_path(key: str) -> str:
@@ -160,6 +167,7 @@ def _check_references(p: Policy) -> None:
         _check_kind(secrets, volume.key, "aes-256|imported", f"volumes[{i}].key")
         if volume.counter is not None and volume.counter not in counters:
             raise ValueError(f"volumes[{i}].counter: unknown counter '{volume.counter}'")
+    _check_volume_keys(p)
 
     for i, service in enumerate(p.services):
         where = f"services[{i}]"
@@ -188,35 +196,87 @@ def _check_references(p: Policy) -> None:
                     f"certificate; inject $$SECFL::{name}:crt$$ instead"
                 )
         _distinct(service.secrets, f"{where}.secrets", "secret")
-        for name in service.inject.env:
-            if not _ENV_NAME.fullmatch(name):
+        _check_injection(p, secrets, service.inject, f"{where}.inject")
+
+
+def _check_injection(p: Policy, secrets: dict[str, Any], inject: Injection, where: str) -> None:
+    """What a service is injected with: file paths the launcher can write, texts that
+    an argument, a variable or a file can carry, placeholders that may go there."""
+    for name in inject.env:
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"{where}.env{key_path(name)}: not a valid environment variable name")
+    _check_file_paths(list(inject.files), f"{where}.files")
+    fields = [
+        *((f"{where}.args[{j}]", t, True) for j, t in enumerate(inject.args)),
+        *((f"{where}.env{key_path(k)}", t, False) for k, t in inject.env.items()),
+        *((f"{where}.files{key_path(k)}", t, False) for k, t in inject.files.items()),
+    ]
+    for path, text, on_command_line in fields:
+        if "\0" in text:
+            raise ValueError(
+                f"{path}: a NUL character, which an injected argument, variable or file "
+                "may not hold: remove it (inject binary data as a secret, with :hex or :base64)"
+            )
+        try:
+            found = list(placeholders.find(text))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        for ph in found:
+            _check_placeholder(p, secrets, ph, path, on_command_line)
+
+
+def _check_file_paths(paths: list[str], where: str) -> None:
+    """Injected files go into ``SECFL_FILES`` (see :mod:`secfl.launcher.inject`): each
+    path names a file (absolute, clean, no trailing ``/``) outside the launcher's own
+    folders, and no injected file is a folder of another."""
+    seen: dict[PurePosixPath, str] = {}
+    for path in paths:
+        at = f"{where}{key_path(path)}"
+        if (
+            not path.startswith("/")
+            or "/../" in f"{path}/"
+            or "/./" in f"{path}/"
+            or "//" in path
+            or "\0" in path
+        ):
+            raise ValueError(f"{at}: must be an absolute clean path")
+        if path.endswith("/"):
+            raise ValueError(f"{at}: a file path cannot end with '/': name the file")
+        rel = PurePosixPath(path.lstrip("/"))
+        if rel.parts[0] in RESERVED_FOLDERS:
+            raise ValueError(
+                f"{at}: '{rel.parts[0]}' is the launcher's own folder in SECFL_FILES: "
+                "choose another path"
+            )
+        for other, other_path in seen.items():
+            if other in rel.parents or rel in other.parents:
+                inner, outer = (path, other_path) if other in rel.parents else (other_path, path)
                 raise ValueError(
-                    f"{where}.inject.env{key_path(name)}: not a valid environment variable name"
+                    f"{where}{key_path(inner)}: needs {_quoted(outer)} to be a folder, but that "
+                    "is an injected file too: give each injected file its own path"
                 )
-        for path in service.inject.files:
-            if (
-                not path.startswith("/")
-                or "/../" in f"{path}/"
-                or "/./" in f"{path}/"
-                or "//" in path
-                or "\0" in path
-            ):
-                raise ValueError(
-                    f"{where}.inject.files{key_path(path)}: must be an absolute clean path"
-                )
-        inject = service.inject
-        fields = [
-            *((f"{where}.inject.args[{j}]", t, True) for j, t in enumerate(inject.args)),
-            *((f"{where}.inject.env{key_path(k)}", t, False) for k, t in inject.env.items()),
-            *((f"{where}.inject.files{key_path(k)}", t, False) for k, t in inject.files.items()),
-        ]
-        for path, text, on_command_line in fields:
-            try:
-                found = list(placeholders.find(text))
-            except ValueError as exc:
-                raise ValueError(f"{path}: {exc}") from None
-            for ph in found:
-                _check_placeholder(p, secrets, ph, path, on_command_line)
+        seen[rel] = path
+
+
+def _quoted(path: str) -> str:
+    """A path quoted (and bounded) as :func:`key_path` does: ``"/a/b"``."""
+    return key_path(path)[1:-1]  # a path holds '/': always the ``["..."]`` form
+
+
+def _check_volume_keys(p: Policy) -> None:
+    """A counter-protected volume has a key of its own: a volume's records (its
+    version at the SPM) are looked up by name, so a file of another volume under the
+    same key would open as this one and have its version recorded for it."""
+    for i, volume in enumerate(p.volumes):
+        if volume.counter is None:
+            continue
+        other = next((v for v in p.volumes if v.key == volume.key and v is not volume), None)
+        if other is not None:
+            raise ValueError(
+                f"volumes[{i}].key: volume '{volume.name}' is rollback-protected by a counter "
+                f"but shares key '{volume.key}' with volume '{other.name}', whose file would "
+                "open as this one: give it a key of its own"
+            )
 
 
 def _check_placeholder(

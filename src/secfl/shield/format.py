@@ -63,6 +63,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from secfl._internal.canonical import canonical_json
 from secfl.errors import ShieldError
 
 FORMAT: Final = "secfl-shield/1"
@@ -180,9 +181,7 @@ def sealed_length(size: int, chunk_size: int) -> int:
 
 
 def canonical(manifest: dict[str, Any]) -> bytes:
-    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
+    return canonical_json(manifest)
 
 
 def tag_of(manifest_plaintext: bytes) -> str:

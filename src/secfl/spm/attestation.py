@@ -9,7 +9,6 @@ a session token. The nonce is spent, and the decision audited, in one commit.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets as pysecrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from secfl._internal.canonical import canonical_json
 from secfl.errors import SecflError, SpmError
 from secfl.policy.model import Policy
 from secfl.spm import secrets as sv
@@ -247,7 +247,7 @@ class AttestationMixin:
             record.version,
             expires,
             serial=serial,
-            identity=json.dumps(claims_identity(claims), sort_keys=True, separators=(",", ":")),
+            identity=canonical_json(claims_identity(claims)).decode("utf-8"),
         )
         measurement = next(iter(claims.measurements.values()), None)
         tx.append_audit(

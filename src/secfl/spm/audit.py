@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from secfl._internal.canonical import canonical_json as _canonical_json
 from secfl.errors import AuditError, SpmError
 
 #: ``prev_hash`` of the first entry.
@@ -42,9 +43,7 @@ _MAC_LABEL = b"secfl/audit-head/v1\n"
 
 def canonical_json(value: Any) -> bytes:
     """The canonical JSON encoding the chain hashes (sorted keys, compact, UTF-8)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _canonical_json(value)
 
 
 def format_time(at: datetime) -> str:

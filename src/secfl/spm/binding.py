@@ -11,10 +11,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from secfl._internal.canonical import canonical_json
 
 
 def spki_sha256(public_key: object) -> str:
@@ -37,8 +38,7 @@ def workload_report_data(nonce: bytes, hpke_public_key: bytes, csr_public_key_sh
         "hpke_public_key": hpke_public_key.hex(),
         "nonce": nonce.hex(),
     }
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha512(canonical).digest()
+    return hashlib.sha512(canonical_json(doc)).digest()
 
 
 def csr_public_key_sha256(csr: x509.CertificateSigningRequest) -> str:

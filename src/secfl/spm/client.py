@@ -278,4 +278,9 @@ class SpmClient:
         )
 
     def revocations(self, policy: str) -> list[dict[str, Any]]:
-        return list(self._request("GET", f"/v1/policies/{policy}/revocations")["revocations"])
+        """What the board revoked in ``policy`` (kind, subject, service, reason, at)."""
+        doc = self._request("GET", f"/v1/policies/{policy}/revocations")
+        rows = doc.get("revocations") if isinstance(doc, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise SpmError("spm: the SPM's list of revocations is malformed")
+        return rows

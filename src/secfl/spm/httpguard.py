@@ -40,12 +40,14 @@ from many addresses; that needs a network-level limit in front of the SPM.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import resource
 import ssl
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, ClassVar, cast
 
 from uvicorn.config import Config
@@ -58,6 +60,8 @@ log = logging.getLogger("uvicorn.error")
 
 #: Descriptors kept free for the database pool, logs and the event loop itself.
 RESERVED_FDS = 64
+#: Bytes a request line and its headers may take (httptools has no limit of its own).
+MAX_HEAD = 64 * 1024
 MIN_CONNECTIONS = 16
 _WAITING, _BODY, _HANDLING, _IDLE = "waiting", "body", "handling", "idle"
 #: Eviction order: lower first; phases absent here are never evicted.
@@ -175,12 +179,35 @@ class Guard:
             self._dropped, self._logged = 0, now
 
 
+def _json_response(status: int, error: str) -> bytes:
+    body = json.dumps({"error": error}).encode()
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 class _Http(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, reporting each request's progress to its connection."""
+    """uvicorn's HTTP/1.1 protocol, reporting each request's progress to its connection,
+    its own refusals in JSON like every other (secfl.spm.apierrors)."""
 
     def __init__(self, conn: Connection, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.conn = conn
+
+    def send_400_response(self, msg: str) -> None:
+        self.refuse(400, "http: not a valid HTTP/1.1 request")
+
+    def refuse(self, status: int, error: str) -> None:
+        """Answer ``{"error": ...}`` outside any request, and close."""
+        if not self.transport.is_closing():
+            self.transport.write(_json_response(status, error))
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.conn.in_head = True
 
     def on_headers_complete(self) -> None:
         self.conn.enter(_BODY)
@@ -228,6 +255,9 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._early: list[bytes] = []
         self._eof = False
+        self.in_head = False  # between a request's first byte and the end of its headers
+        self._head = 0  # bytes received meanwhile
+        self._refused = False
         self.closed = False
 
     # --- lifetime ---------------------------------------------------------------------
@@ -269,7 +299,7 @@ class Connection(asyncio.Protocol):
         self.http.connection_made(tls)
         early, self._early = self._early, []
         for data in early:
-            self.http.data_received(data)
+            self.data_received(data)
         if self._eof:
             self.http.eof_received()
 
@@ -304,6 +334,7 @@ class Connection(asyncio.Protocol):
         limits, now = self.guard.limits, self.loop.time()
         self.phase, self.since = phase, now
         if phase == _BODY:
+            self.in_head, self._head = False, 0
             self._request_deadline = now + limits.request_timeout
             self._arm(limits.body_timeout)
         elif phase == _HANDLING:
@@ -315,7 +346,14 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.http is not None:
+            if self._refused:
+                return
             self.http.data_received(data)
+            if self.in_head:  # a request has begun and its headers are not complete yet
+                self._head += len(data)
+                if self._head > MAX_HEAD:
+                    self._refused = True
+                    self.http.refuse(431, f"headers: larger than the limit of {MAX_HEAD} bytes")
         elif not self.closed:
             self._early.append(data)  # decrypted before start_tls() returned
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from secfl._internal.canonical import canonical_json
 from secfl.errors import IntegrityError, SpmError
 
 _ROW_LABEL = b"secfl/spm-row/v1\n"
@@ -62,9 +63,7 @@ class RowMac:
 
     def mac(self, table: str, values: dict[str, Any]) -> str:
         doc = {"table": table, "row": {k: _jsonable(v) for k, v in sorted(values.items())}}
-        message = _ROW_LABEL + json.dumps(
-            doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode("utf-8")
+        message = _ROW_LABEL + canonical_json(doc)
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def check(self, table: str, values: dict[str, Any], mac: Any, what: str) -> None:
@@ -90,6 +89,9 @@ class Floors:
     volumes: dict[tuple[str, str], int] = field(default_factory=dict)
     #: policy -> {(kind, subject)} currently revoked.
     revoked: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    #: Digests of the board's revocation and readmission statements already applied:
+    #: each is applied once (old signatures cannot lift, or renew, a later decision).
+    statements: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- checks (raise on a rollback, raise the floor otherwise)
@@ -156,12 +158,18 @@ class Floors:
             elif what == "readmit":
                 _, policy, kind, subject = change
                 self.revoked.get(policy, set()).discard((kind, subject))
+            elif what == "statement":
+                self.statements.add(change[1])
 
     def replay(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
         """Raise the floors by one verified audit entry (at start)."""
         change = change_of(event, policy, detail)
         if change is not None:
             self.apply(change)
+        if event in ("revocation.added", "revocation.lifted") and isinstance(
+            detail.get("digest"), str
+        ):
+            self.apply(("statement", detail["digest"]))
         if event == "volume.recorded" and policy is not None:
             name, value = detail.get("counter_name"), detail.get("counter")
             if isinstance(name, str) and _is_int(value):

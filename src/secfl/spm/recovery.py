@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from secfl._internal import shamir
+from secfl._internal.canonical import canonical_json
 from secfl.errors import SpmError
 from secfl.spm.masterkey import KEY_SIZE
 
@@ -126,7 +127,7 @@ def seal_shares(
         "check": key_check(key),
         "shares": shares,
     }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return canonical_json(document).decode("utf-8")
 
 
 def _parse_shares(shares_json: str) -> dict[str, Any]:

@@ -9,10 +9,10 @@ is what the clone audit's "revocation requested" needs to keep a participant out
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
+from secfl._internal.canonical import canonical_sha256
 from secfl.errors import SpmError
 from secfl.spm.records import REVOCATION_KINDS, SessionRecord
 
@@ -61,9 +61,7 @@ def revocation_digest(doc: dict[str, str]) -> str:
     (The legacy form is signed without the ``kind``/``subject`` it implies.)"""
     if "serial" in doc:
         doc = {k: v for k, v in doc.items() if k not in ("kind", "subject")}
-    return hashlib.sha256(
-        json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    return canonical_sha256(doc)
 
 
 def session_identity(session: SessionRecord) -> dict[str, Any]:

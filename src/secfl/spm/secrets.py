@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from secfl._internal.canonical import canonical_sha256
 from secfl._internal.x509util import private_pem, self_signed_ca
 from secfl.errors import SpmError
 from secfl.policy.model import Board, CaSecret, CertSecret, Secret
@@ -43,8 +44,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 def definition_digest(secret: Secret) -> str:
     """Digest of a secret's definition: a changed definition means a new value."""
-    doc = json.dumps(secret.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(doc.encode()).hexdigest()
+    return canonical_sha256(secret.model_dump(mode="json"))
 
 
 def _pem_key(key: Any) -> str:
@@ -306,8 +306,7 @@ def board_binding(public_keys: list[str], threshold: int) -> str:
         )
         digests.append(hashlib.sha256(der).hexdigest())
     doc = {"threshold": int(threshold), "members": sorted(set(digests))}
-    encoded = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(encoded).hexdigest()
+    return canonical_sha256(doc)
 
 
 def board_binding_of(board: Board) -> str:

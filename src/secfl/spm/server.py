@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from secfl._internal.x509util import private_pem
-from secfl.errors import SpmError
+from secfl.errors import IntegrityError, SpmError
 from secfl.spm.httpguard import Guard, Limits, file_budget
 from secfl.spm.identity import (
     IDENTITY_AAD,
@@ -94,10 +94,23 @@ def open_store(data: Path, master: MasterKey, db_url: str | None = None) -> Stor
     try:
         store.create_all()
         verify_state(store, audit_key)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        store.close()  # a value no SPM wrote (text for a number, say): one line, no traceback
+        raise unreadable(exc) from None
     except BaseException:
         store.close()
         raise
     return store
+
+
+def unreadable(exc: BaseException) -> IntegrityError:
+    """The one-line refusal of a database holding a value the SPM cannot even read."""
+    why = " ".join(str(exc).split())[:100]
+    return IntegrityError(
+        f"integrity: the database holds a value the SPM cannot read ({type(exc).__name__}: "
+        f"{why}); it was changed outside the SPM: restore it from a backup, or start a new "
+        "SPM and let the board recover the policies"
+    )
 
 
 def _refuse_without_master_key(data: Path, db_url: str | None) -> None:

@@ -77,6 +77,8 @@ class Spm(AttestationMixin):
         self._revoked: dict[str, tuple[float, set[tuple[str, str]]]] = {}
         #: (token digest, policy version) pairs already checked against that version.
         self._admitted: set[tuple[bytes, int]] = set()
+        #: Applied revocation statements, when the store keeps no floors (tests, tools).
+        self._statements: set[str] = set()
         self.vault = SecretVault(master, identity.key)
         self._spent = 0
 
@@ -440,13 +442,24 @@ class Spm(AttestationMixin):
         now = datetime.now(UTC)
         kind, subject = doc["kind"], doc["subject"]
         readmit = doc.get("action") == "readmit"
+        floors = self.store.integrity.floors if self.store.integrity is not None else None
+        applied = floors.statements if floors is not None else self._statements
+        if statement_digest in applied:
+            raise Refused(
+                f"revocation: this statement (digest {statement_digest[:16]}…) was already "
+                "applied; to decide again, the board signs a new one (a new reason)",
+                409,
+            )
         try:
             with self.store.transaction() as tx:
+                tx._note(("statement", statement_digest))
                 if readmit:
                     if not tx.lift_revocation(policy_name, kind, subject):
                         raise Refused(f"revocation: {kind} {subject} is not revoked", 409)
                     tx.append_audit(
-                        "revocation.lifted", policy_name, {**doc, "approvers": approvers}
+                        "revocation.lifted",
+                        policy_name,
+                        {**doc, "approvers": approvers, "digest": statement_digest},
                     )
                 else:
                     tx.add_revocation(
@@ -454,13 +467,16 @@ class Spm(AttestationMixin):
                         kind=kind, subject=subject,
                     )  # fmt: skip
                     tx.append_audit(
-                        "revocation.added", policy_name, {**doc, "approvers": approvers}
+                        "revocation.added",
+                        policy_name,
+                        {**doc, "approvers": approvers, "digest": statement_digest},
                     )
         except Refused:
             raise
         except SpmError as exc:
             raise Refused(str(exc), 409) from None
         self._revoked.pop(policy_name, None)
+        self._statements.add(statement_digest)
         return {**doc, "at": now.isoformat()}
 
     def revocations(self, policy_name: str) -> list[dict[str, Any]]:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from secfl._internal.canonical import canonical_json
 
 _INFO = b"secfl/volume-record/v1"
 
@@ -29,12 +30,10 @@ def record_proof(
     volume_key: bytes, policy: str, volume: str, version: int, tag: str, token_sha256: str
 ) -> str:
     """HMAC-SHA256 (hex) vouching for (policy, volume, version, tag) in one session."""
-    message = json.dumps(
+    message = canonical_json(
         {"policy": policy, "volume": volume, "version": version, "tag": tag.lower(),
-         "session": token_sha256},
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()  # fmt: skip
+         "session": token_sha256}
+    )  # fmt: skip
     return hmac.new(_record_key(volume_key), message, hashlib.sha256).hexdigest()
 
 

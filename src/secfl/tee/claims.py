@@ -65,6 +65,6 @@ class Claims(BaseModel):
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): the CLI prints exactly this."""
-        import json
+        from secfl._internal.canonical import canonical_json
 
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self.model_dump(mode="json")).decode("utf-8")

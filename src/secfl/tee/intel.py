@@ -89,7 +89,13 @@ def verify_quote(raw: bytes, *, at: datetime, collateral: object | None = None) 
         debug=quote.debug,
         tcb_status=status,
         advisory_ids=advisories,
-        platform={"fmspc": pck_fmspc(chain[0]), "ca": ca},
+        # pck_sha256 names this machine (its PCK certificate): what a board's
+        # ``platform`` revocation names for Intel evidence.
+        platform={
+            "fmspc": pck_fmspc(chain[0]),
+            "ca": ca,
+            "pck_sha256": x509util.fingerprint(chain[0]),
+        },
         simulated=False,
     )
 

@@ -36,7 +36,6 @@ encoded as UTF-8 (:func:`canonical_manifest_bytes`).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import stat
@@ -45,6 +44,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from secfl._internal.canonical import canonical_json
 from secfl.errors import MeasurementError
 
 FORMAT: Final = "secfl-measure/1"
@@ -101,7 +101,7 @@ def manifest(
 
 def canonical_manifest_bytes(doc: Mapping[str, Any]) -> bytes:
     """The exact bytes that are hashed: sorted keys, no spaces, UTF-8."""
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_json(doc)
 
 
 def measure(

@@ -1,0 +1,199 @@
+"""The board's revocation commands, every step a real process (issue 13, item 6).
+
+Board members sign a revocation with `secfl policy sign-revocation` from the same
+flags; `secfl policy revoke` submits it to a real `secfl spm serve`; the revoked
+service then cannot attest until the board readmits it the same way, and
+`secfl policy revocations` lists what is revoked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from secfl.spm.client import SpmClient, SpmRefused
+from secfl.spm.enroll import enroll
+from secfl.tee import simulated
+from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, make_sim, policy_document
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def secfl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def one_error(done: subprocess.CompletedProcess[str]) -> str:
+    """A refusal: exit 1, nothing on stdout, one ``error:`` line and no traceback."""
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout == "", done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    path = tmp_path_factory.mktemp("sim")
+    return path, make_sim(path)
+
+
+@pytest.fixture(scope="module")
+def board() -> Board:
+    return Board.create()
+
+
+@pytest.fixture
+def keys(tmp_path: Path, board: Board) -> Path:
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    for member, pem in board.keys.items():
+        (folder / f"{member}.key").write_bytes(pem)
+        (folder / f"{member}.key").chmod(0o600)
+    return folder
+
+
+@pytest.fixture
+def spm(tmp_path: Path, sim: tuple[Path, bytes], board: Board) -> Iterator[SpmProcess]:
+    proc = SpmProcess(tmp_path / "data", sim[0], None).start()
+    try:
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            document = policy_document("fed", board, sim[1])
+            client.submit_policy(document, board.sign(document, "alice", "bob"))
+        yield proc
+    finally:
+        proc.stop()
+
+
+def attest(spm: SpmProcess, sim: tuple[Path, bytes]) -> str:
+    with SpmClient(spm.url, pin=spm.pin) as client:
+        platform = simulated.SimulatedPlatform(sim[0])
+        return enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR).certificate
+
+
+def sign(keys: Path, tmp_path: Path, member: str, *flags: str) -> str:
+    out = tmp_path / f"{member}.{len(list(tmp_path.glob('*.sig')))}.sig"
+    key = str(keys / f"{member}.key")
+    done = secfl("policy", "sign-revocation", "--policy", "fed", *flags,
+                 "--key", key, "--member", member, "-o", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout and member in done.stdout
+    return str(out)
+
+
+def submit(spm: SpmProcess, flags: tuple[str, ...], *sigs: str) -> subprocess.CompletedProcess[str]:
+    given = [arg for sig in sigs for arg in ("--sig", sig)]
+    return secfl("policy", "revoke", "--policy", "fed", *flags, *given,
+                 "--spm", spm.url, "--spm-pin", spm.pin)  # fmt: skip
+
+
+def listing(spm: SpmProcess) -> str:
+    done = secfl("policy", "revocations", "--policy", "fed", "--spm", spm.url, "--spm-pin", spm.pin)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+REVOKE = ("--kind", "service", "--subject", "aggregator", "--reason", "poisoning")
+READMIT = ("--kind", "service", "--subject", "aggregator", "--readmit", "--reason", "cleared")
+
+
+def test_the_board_revokes_a_service_and_readmits_it(
+    spm: SpmProcess, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
+) -> None:
+    attest(spm, sim)
+    alice, bob = sign(keys, tmp_path, "alice", *REVOKE), sign(keys, tmp_path, "bob", *REVOKE)
+
+    # One member alone is not the board.
+    assert one_error(submit(spm, REVOKE, alice)).startswith("error: approval: 1 valid signature")
+    attest(spm, sim)
+
+    done = submit(spm, REVOKE, alice, bob)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "revoked: service aggregator of policy fed"
+    with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
+        attest(spm, sim)
+    listed = listing(spm)
+    (row,) = [line for line in listed.splitlines() if line.startswith("service")]
+    assert row.split()[:2] == ["service", "aggregator"] and "poisoning" in row
+
+    # Readmission needs the board too.
+    carol = sign(keys, tmp_path, "carol", *READMIT)
+    assert one_error(submit(spm, READMIT, carol)).startswith("error: approval:")
+    with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+        attest(spm, sim)
+    alice = sign(keys, tmp_path, "alice", *READMIT)
+    done = submit(spm, READMIT, alice, carol)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "readmitted: service aggregator of policy fed"
+    attest(spm, sim)
+    assert "aggregator" not in listing(spm)
+
+
+def test_a_certificate_serial_is_signed_in_one_form(
+    spm: SpmProcess, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
+) -> None:
+    """`0x0A:1B` and `a1b` name the same certificate: signers agree whatever they type."""
+    first = ("--kind", "certificate", "--subject", "0x0A:1B", "--service", "aggregator")
+    second = ("--kind", "certificate", "--subject", "a1b", "--service", "aggregator")
+    alice, bob = sign(keys, tmp_path, "alice", *first), sign(keys, tmp_path, "bob", *second)
+    done = submit(spm, second, alice, bob)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "revoked: certificate a1b of policy fed"
+    assert "a1b" in listing(spm)
+
+
+def test_revoking_a_service_the_policy_lacks_warns(
+    spm: SpmProcess, keys: Path, tmp_path: Path
+) -> None:
+    """A typo in a service name keeps no one out: the submitter is told so."""
+    flags = ("--kind", "service", "--subject", "agregator")
+    done = submit(spm, flags, *(sign(keys, tmp_path, m, *flags) for m in ("alice", "bob")))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("warning: version 1 of policy fed has no service 'agregator'")
+    assert done.stdout.strip() == "revoked: service agregator of policy fed"
+
+
+def test_signatures_over_other_flags_are_refused_before_sending(
+    spm: SpmProcess, keys: Path, tmp_path: Path
+) -> None:
+    alice = sign(keys, tmp_path, "alice", *REVOKE)
+    bob = sign(keys, tmp_path, "bob", "--kind", "service", "--subject", "aggregator")
+    line = one_error(submit(spm, REVOKE, alice, bob))
+    assert line.startswith("error: signature: ") and bob in line and "same flags" in line
+    assert "aggregator" not in listing(spm)
+
+
+@pytest.mark.parametrize(
+    ("flags", "check"),
+    [
+        (("--kind", "chip", "--subject", "x"), "--kind"),
+        (("--kind", "service", "--subject", "../x"), "--subject"),
+        (("--kind", "measurement", "--subject", "not-hex"), "--subject"),
+        (("--kind", "certificate", "--subject", "f" * 65), "--subject"),
+        (("--kind", "service", "--subject", "a", "--reason", "two\nlines"), "--reason"),
+        (("--kind", "service", "--subject", "a", "--service", "x/y"), "--service"),
+    ],
+)
+def test_bad_flags_are_one_line(
+    keys: Path, tmp_path: Path, flags: tuple[str, ...], check: str
+) -> None:
+    out = tmp_path / "x.sig"
+    done = secfl("policy", "sign-revocation", "--policy", "fed", *flags,
+                 "--key", str(keys / "alice.key"), "--member", "alice", "-o", str(out))  # fmt: skip
+    assert one_error(done).startswith(f"error: {check}: ")
+    assert not out.exists()
+
+
+def test_the_key_file_is_never_the_output(keys: Path) -> None:
+    key = keys / "alice.key"
+    before = key.read_bytes()
+    done = secfl("policy", "sign-revocation", "--policy", "fed", *REVOKE,
+                 "--key", str(key), "--member", "alice", "-o", str(key))  # fmt: skip
+    assert one_error(done).startswith("error: --output: ")
+    assert key.read_bytes() == before
