@@ -133,6 +133,15 @@ def test_revoked_and_unlisted_peers_are_refused(
             client.unary("Echo", b"hi")
     finally:
         peers.revoked.discard(serial)
+    peers.revoked.add("service:collab-1")  # the board revoked the service itself
+    try:
+        with (
+            connect(srv, identity(policy_ca, "collab-1")) as client,
+            pytest.raises(TransportError, match="PERMISSION_DENIED.*'collab-1' is revoked"),
+        ):
+            client.unary("Echo", b"hi")
+    finally:
+        peers.revoked.discard("service:collab-1")
     with (
         connect(srv, identity(policy_ca, "intruder")) as client,
         pytest.raises(

@@ -305,6 +305,8 @@ def test_revocation_ends_sessions_and_keeps_the_service_out(
         client.increment("p", "round", again.session_token)
     listed = {(r["kind"], r["subject"]) for r in client.revocations("p")}
     assert ("service", "aggregator") in listed
+    # The live certificate of the revoked service is listed too: peers refuse it now.
+    assert ("certificate", _serial(again)) in listed
     # Readmitted by the board: it attests again.
     revoke(client, board, "p", kind="service", subject="aggregator", action="readmit")
     back = attest(client, sim, "p")

@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from secfl._internal.canonical import canonical_json
 from secfl.errors import FlError, SpmError
 from secfl.fl.tensors import from_bytes, to_bytes
 from secfl.spm.masterkey import KEY_SIZE, NONCE_SIZE, AeadKey
@@ -108,7 +109,7 @@ def _aead(key: bytes) -> AeadKey:
 
 
 def _canonical(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_json(document)
 
 
 def _aad(header: bytes, index: int, last: bool) -> bytes:

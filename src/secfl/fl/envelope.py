@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from secfl._internal.canonical import canonical_json
 from secfl.errors import FlError
 
 MAGIC = b"SECFLMDL"
@@ -126,7 +127,7 @@ def _alg_of(key: Any) -> str:
 
 
 def _canonical(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_json(document)
 
 
 def _counter(value: Any, what: str) -> int:

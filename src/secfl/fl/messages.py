@@ -13,12 +13,12 @@ config, sample count, metrics). Payloads are never JSON and never pickle.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Iterator
 from typing import Any
 
+from secfl._internal.canonical import canonical_json
 from secfl.errors import FlError
 from secfl.fl.tensors import chunks
 from secfl.fl.untrusted import parse_json
@@ -53,7 +53,7 @@ def _finite(value: Any) -> Any:
 
 def header_bytes(header: dict[str, Any]) -> bytes:
     """The length-prefixed JSON header (refuses NaN/Inf, which JSON cannot carry)."""
-    raw = json.dumps(_finite(header), sort_keys=True, separators=(",", ":")).encode()
+    raw = canonical_json(_finite(header))
     if len(raw) > MAX_HEADER:
         raise FlError(f"message: header of {len(raw)} bytes is larger than {MAX_HEADER}")
     return struct.pack(">I", len(raw)) + raw

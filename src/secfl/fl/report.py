@@ -82,7 +82,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ";".join(_cell(item) for item in value)
     if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return json.dumps(value, sort_keys=True)  # a CSV cell for people, not hashed
     return str(value)
 
 

@@ -17,13 +17,13 @@ File (JSON)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from secfl._internal.canonical import canonical_sha256
 from secfl.errors import FlError, PolicyError
 from secfl.fl.untrusted import read_json_file
 from secfl.policy import keys
@@ -48,9 +48,8 @@ def reset_statement(
 
 
 def statement_digest(doc: dict[str, Any]) -> str:
-    return hashlib.sha256(
-        json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    """SHA-256 (hex) of the reset statement's canonical JSON: what board members sign."""
+    return canonical_sha256(doc)
 
 
 def sign_reset(path: Path, doc: dict[str, Any], key: bytes, member: str) -> int:

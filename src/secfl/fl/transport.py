@@ -66,9 +66,10 @@ class Peer:
 
 @dataclass
 class PeerPolicy:
-    """Who may call: services (by name) of one policy, minus revoked serials.
+    """Who may call: services (by name) of one policy, minus revoked serials and services.
 
-    ``revoked`` is a set the caller keeps current (from the SPM's revocation list).
+    ``revoked`` is a set the caller keeps current (from the SPM's revocation list):
+    certificate serials (hex) and ``service:NAME`` entries.
     """
 
     policy: str
@@ -102,6 +103,8 @@ class PeerPolicy:
             raise TransportError(f"peer: service '{service}' may not call here")
         if serial in self.revoked:
             raise TransportError(f"peer: certificate {serial} of '{service}' is revoked")
+        if f"service:{service}" in self.revoked:
+            raise TransportError(f"peer: service '{service}' is revoked by the board")
         return Peer(policy, service, serial)
 
 

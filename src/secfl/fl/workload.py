@@ -121,8 +121,15 @@ class Identity:
         return policy
 
     def revoked(self) -> set[str]:
-        """Serials the board revoked (refreshed from the SPM by the caller, per round)."""
-        return {str(r["serial"]).lower() for r in self.spm().revocations(self.policy)}
+        """Serials the board revoked, and ``service:NAME`` for a revoked service
+        (refreshed from the SPM by the caller, per round)."""
+        found: set[str] = set()
+        for r in self.spm().revocations(self.policy):
+            if r.get("serial"):
+                found.add(str(r["serial"]).lower())
+            if r.get("kind") == "service" and r.get("subject"):
+                found.add(f"service:{r['subject']}")
+        return found
 
     def token(self) -> str:
         return self.session_token

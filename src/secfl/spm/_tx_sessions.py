@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -77,6 +77,13 @@ class SessionOps(TxBase):
             serial=row.serial,
             identity=row.identity,
         )
+
+    def sessions(self, policy: str) -> list[SessionRecord]:
+        """Every session of ``policy`` still stored (expired ones until pruned)."""
+        t = sessions_table
+        rows = self._c().execute(select(t.c.token_sha256).where(t.c.policy == policy))
+        found = [self.get_session(bytes(r.token_sha256)) for r in rows]
+        return [s for s in found if s is not None]
 
     def prune(self, now: datetime) -> int:
         """Delete sessions expired at ``now`` and nonces expired before ``now - NONCE_GRACE``;

@@ -23,12 +23,16 @@ close-notify wait: the descriptor is freed at once). At most ``max_connections``
 open; a new one beyond that evicts the oldest ``waiting`` or ``idle`` connection (then
 the oldest ``body`` one), never one being answered. A flood of stalled connections
 thus only ever displaces other stalled connections, and an honest client that
-completes its request in milliseconds is served. TLS is done here (``loop.start_tls``)
-rather than by the server, so that a connection is counted and timed from accept,
-not from the end of its handshake. This needs asyncio's own event loop: uvloop
-starts reading a new connection right after ``connection_made`` even if the
-protocol paused it, so the client's first TLS bytes would arrive before
-``start_tls`` could take them.
+completes its request in milliseconds is served. A request's line and headers may
+take ``MAX_HEAD`` bytes (answered 431 beyond): httptools takes megabytes of headers,
+and uvicorn's ``h11_max_incomplete_event_size`` applies to h11 only. uvicorn's own
+parser refusals (400) are JSON like every other refusal.
+
+TLS is done here (``loop.start_tls``) rather than by the server, so that a
+connection is counted and timed from accept, not from the end of its handshake.
+This needs asyncio's own event loop: uvloop starts reading a new connection right
+after ``connection_made`` even if the protocol paused it, so the client's first TLS
+bytes would arrive before ``start_tls`` could take them.
 
 :func:`file_budget` raises the soft ``RLIMIT_NOFILE`` to the hard one and keeps
 ``max_connections`` (and the listen backlog, whose connections are accepted in
@@ -77,7 +81,7 @@ class Limits:
     request_timeout: float = 60.0
     keep_alive: float = 5.0
     max_connections: int = 1000
-    backlog: int = 128
+    backlog: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("header_timeout", "body_timeout", "request_timeout", "keep_alive"):
@@ -145,7 +149,7 @@ class Guard:
 
     def protocol_class(self) -> type[Connection]:
         """The protocol class to hand to uvicorn (``Config(http=...)``)."""
-        return type("GuardedConnection", (Connection,), {"guard": self})
+        return cast(type[Connection], type("GuardedConnection", (Connection,), {"guard": self}))
 
     def admit(self, conn: Connection) -> bool:
         """Count ``conn`` in; at the cap, evict the oldest stalled connection first.

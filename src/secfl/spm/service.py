@@ -480,14 +480,33 @@ class Spm(AttestationMixin):
         return {**doc, "at": now.isoformat()}
 
     def revocations(self, policy_name: str) -> list[dict[str, Any]]:
+        """The board's revocations, then every live certificate they imply: a revoked
+        service, measurement or platform names the certificates issued to it, so that
+        peers (the aggregator) refuse them at once, not when they expire."""
         self.policy(policy_name)
+        now = datetime.now(UTC)
         with self.store.read() as tx:
             rows = tx.revocations(policy_name)
-        return [
+            revoked = tx.revoked_set(policy_name)
+            sessions = tx.sessions(policy_name)
+        out = [
             {"kind": r.kind, "subject": r.subject, "serial": r.serial, "service": r.service,
              "reason": r.reason, "at": _iso(r.at)}
             for r in rows
         ]  # fmt: skip
+        listed = {r.serial for r in rows if r.serial}
+        for session in sessions:
+            if not session.serial or session.serial in listed or session.expires_at <= now:
+                continue
+            why = revoked_reason(revoked, session.service, "", session_identity(session))
+            if why is not None:
+                listed.add(session.serial)
+                out.append(
+                    {"kind": "certificate", "subject": session.serial, "serial": session.serial,
+                     "service": session.service, "reason": f"implied: {why}",
+                     "at": _iso(now)}
+                )  # fmt: skip
+        return out
 
     # --- audit ----------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from secfl._internal.canonical import canonical_json as _canonical_json
 from secfl.tasks.base import ClassificationTask, Dataset, Scaling, ShardSource, TaskError
 
 FORMAT = "secfl-shard/1"
@@ -72,8 +73,9 @@ _META_KEYS = frozenset(
 
 
 def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, no NaN: one spelling per value."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """Sorted keys, no whitespace, no NaN: one spelling per value (the project's one
+    canonical encoding, :mod:`secfl._internal.canonical`)."""
+    return _canonical_json(value).decode("utf-8")
 
 
 def array_digest(array: np.ndarray) -> str:
