@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -435,3 +436,114 @@ def test_old_board_signatures_cannot_be_replayed(
         revoke(client, board, "p", **readmit)
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
         attest(client, sim, "p")
+
+
+# --- the hostile review's follow-ups ----------------------------------------------------------
+
+
+def test_the_spm_never_signs_a_rewritten_audit_log(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """The chain is unkeyed: a database writer can rehash a cut log. The SPM must not
+    sign such a head for `audit verify --spm`."""
+    from secfl.spm.audit import AuditEntry
+    from secfl.spm.audit_verify import verify_remote
+
+    submit(client, board, policy_document("p", board, sim[1]))
+    attest(client, sim, "p")
+    rows = db(spm, "SELECT * FROM audit ORDER BY seq")
+    kept = [r for r in rows if not r.event.startswith(("attestation.", "certificate.", "secrets."))]
+    db(spm, "DELETE FROM audit")
+    prev = "0" * 64
+    for seq, r in enumerate(kept, 1):
+        entry = AuditEntry(seq, r.at, r.event, r.policy, json.loads(r.detail),
+                           prev, "")  # fmt: skip
+        digest = entry.computed_hash()
+        db(spm, "INSERT INTO audit (seq, at, event, policy, detail, prev_hash, hash) "
+                "VALUES (:s, :a, :e, :p, :d, :ph, :h)",
+           s=seq, a=r.at, e=r.event, p=r.policy, d=r.detail, ph=prev, h=digest)  # fmt: skip
+        prev = digest
+    db(spm, "UPDATE audit_head SET seq = :s, hash = :h", s=len(kept), h=prev)
+    with pytest.raises(SpmRefused, match="^integrity:"):
+        verify_remote(spm.url, spm.pin)
+
+
+def test_a_secret_restored_from_before_its_rotation_is_not_released(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    first = submit(client, board, policy_document("p", board, sim[1]))
+    (old,) = db(spm, "SELECT * FROM secrets WHERE policy = 'p' AND name = 'seed'")
+    doc = yaml.safe_load(policy_document("p", board, sim[1], version=2,
+                                         predecessor=first["digest"]))  # fmt: skip
+    next(s for s in doc["secrets"] if s["name"] == "seed")["size"] = 32
+    submit(client, board, yaml.safe_dump(doc))
+    db(spm, "UPDATE secrets SET definition_digest = :d, ciphertext = :c, created_at = :t, "
+            "mac = :m WHERE policy = 'p' AND name = 'seed'",
+       d=old.definition_digest, c=old.ciphertext, t=old.created_at, m=old.mac)  # fmt: skip
+    time.sleep(1.2)
+    with pytest.raises(SpmRefused, match="^(rollback|release): .*secret 'seed'"):
+        attest(client, sim, "p")
+
+
+def test_a_data_key_restored_from_before_a_board_change_is_refused(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    first = submit(client, board, policy_document("p", board, sim[1]))
+    (old,) = db(spm, "SELECT * FROM policy_keys WHERE policy = 'p'")
+    new_board = Board.create()
+    doc = policy_document("p", new_board, sim[1], version=2, predecessor=first["digest"])
+    client.submit_policy(doc, board.sign(doc, "alice", "bob"))
+    db(spm, "UPDATE policy_keys SET wrapped = :w, shares = :s, mac = :m WHERE policy = 'p'",
+       w=old.wrapped, s=old.shares, m=old.mac)  # fmt: skip
+    with pytest.raises(SpmRefused, match="^(rollback|release): .*data key of policy 'p'"):
+        attest(client, sim, "p")
+    assert "data key of policy 'p'" in restart_fails(spm)
+
+
+def test_garbage_in_the_database_is_one_line_not_a_500(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    agg = attest(client, sim, "p")
+    # SQLite stores anything (an infinite float); PostgreSQL a bigint at least.
+    huge = "9223372036854775807" if spm.db else "9e999"
+    db(spm, f"UPDATE counters SET value = {huge} WHERE name = 'round'")
+    with pytest.raises(SpmRefused, match="^integrity: counter 'round'") as exc:
+        client.counter("p", "round")
+    assert exc.value.status < 500
+    with pytest.raises(SpmRefused, match="^integrity:"):
+        client.increment("p", "round", agg.session_token)
+
+
+def test_two_spms_on_one_database_share_revocations(
+    tmp_path: Path, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Replicas: what one SPM revoked, the other enforces even when the row is deleted."""
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    a = SpmProcess(tmp_path / "a", sim[0], shared).start()
+    (tmp_path / "b").mkdir(mode=0o700)
+    (tmp_path / "b" / "master.key").write_bytes((tmp_path / "a" / "master.key").read_bytes())
+    (tmp_path / "b" / "master.key").chmod(0o600)
+    b = SpmProcess(tmp_path / "b", sim[0], shared).start()
+    try:
+        with SpmClient(a.url, pin=a.pin) as ca, SpmClient(b.url, pin=b.pin) as cb:
+            submit(ca, board, policy_document("p", board, sim[1]))
+            attest(ca, sim, "p")  # a has read the policy and no revocation
+            revoke(cb, board, "p", kind="service", subject="aggregator", reason="poisoning")
+            db(b, "DELETE FROM revocations")
+            time.sleep(1.2)
+            with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+                attest(ca, sim, "p")
+            listed = {(r["kind"], r["subject"]) for r in ca.revocations("p")}
+            assert ("service", "aggregator") in listed
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_deleted_tls_identity_is_not_silently_replaced(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    db(spm, "DELETE FROM meta WHERE key = 'identity_key'")
+    assert "sealed TLS identity is missing" in restart_fails(spm)

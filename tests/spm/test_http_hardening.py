@@ -433,7 +433,7 @@ def test_a_garbled_audit_log_is_one_line(tmp_path: Path, sim: Path, db: str | No
         changes.append(
             ("UPDATE audit SET seq = 'x' WHERE seq = 1", (),
              ("UPDATE audit SET seq = 1 WHERE seq = 'x'", ()),
-             ("audit: entry ", f"{unreadable} (ValueError"))
+             ("audit: entry ", "audit: an entry was modified", f"{unreadable} (ValueError"))
         )  # fmt: skip
     for change, params, (undo, undo_params), expected in changes:
         _execute(data, db, change, *params)

@@ -81,12 +81,20 @@ class AuditOps(MetaOps):
 
 
 def _entry(row: Any) -> AuditEntry:
+    seq = row.seq
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**62:
+        raise AuditError("audit: an entry was modified (its seq is not a sequence number)")
     try:
         detail = json.loads(row.detail)
-    except ValueError:
-        raise AuditError(f"audit: entry {row.seq} was modified (its detail is not JSON)") from None
+    except (ValueError, TypeError, RecursionError):
+        raise AuditError(f"audit: entry {seq} was modified (its detail is not JSON)") from None
     if not isinstance(detail, dict):
-        raise AuditError(f"audit: entry {row.seq} was modified (its detail is not an object)")
+        raise AuditError(f"audit: entry {seq} was modified (its detail is not an object)")
+    texts = (row.at, row.event, row.prev_hash, row.hash)
+    if not all(isinstance(t, str) for t in texts) or not (
+        row.policy is None or isinstance(row.policy, str)
+    ):
+        raise AuditError(f"audit: entry {seq} was modified (a field has the wrong type)")
     return AuditEntry(
         seq=int(row.seq),
         at=row.at,

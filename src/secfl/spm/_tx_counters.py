@@ -57,7 +57,7 @@ class CounterOps(TxBase):
         if row is None:
             floors = self.floors
             if floors is not None and floors.counters.get((policy, name), 0) > 0:
-                floors.check_counter(policy, name, 0)
+                floors.check_counter(policy, name, 0, learn=False)
             return None
         return self._counter_value(policy, name, row.value, row.mac)
 
@@ -70,7 +70,9 @@ class CounterOps(TxBase):
                 mac,
                 f"counter '{name}' of policy '{policy}'",
             )
-            integrity.floors.check_counter(policy, name, int(value))
+            integrity.floors.check_counter(
+                policy, name, int(value), learn=not self._writable
+            )
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNTER:
             raise SpmError(f"counter: '{name}' of policy '{policy}' holds a corrupt value")
         return value
@@ -90,11 +92,11 @@ class CounterOps(TxBase):
         floors = self.floors
         if row is None:
             if floors is not None:
-                floors.check_volume(policy, volume, 0)
+                floors.check_volume(policy, volume, 0, learn=False)
             return None
         self._verify(t, row, f"the record of volume '{volume}' of policy '{policy}'")
         if floors is not None:
-            floors.check_volume(policy, volume, int(row.version))
+            floors.check_volume(policy, volume, int(row.version), learn=not self._writable)
         return int(row.version), str(row.tag)
 
     def set_volume_tag(

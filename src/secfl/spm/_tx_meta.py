@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import delete
 
+from secfl.errors import IntegrityError
 from secfl.spm._tx_base import TxBase
 from secfl.spm.schema import INSERT, Q_META_GET, Q_META_UPDATE, meta_table
 
@@ -14,7 +15,11 @@ class MetaOps(TxBase):
 
     def get_meta(self, key: str) -> bytes | None:
         row = self._c().execute(Q_META_GET, {"b_key": key}).first()
-        return None if row is None else bytes(row.value)
+        if row is None:
+            return None
+        if not isinstance(row.value, bytes | bytearray | memoryview):
+            raise IntegrityError(f"integrity: the meta value '{key}' is corrupt (not bytes)")
+        return bytes(row.value)
 
     def set_meta(self, key: str, value: bytes) -> None:
         conn = self._w()

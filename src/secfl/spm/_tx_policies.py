@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -41,11 +42,11 @@ class PolicyOps(TxBase):
         floors = self.floors
         if row is None:
             if floors is not None:
-                floors.check_policy(name, 0)
+                floors.check_policy(name, 0, learn=False)
             return None
         record = self._policy(row)
         if floors is not None:
-            floors.check_policy(name, record.version)
+            floors.check_policy(name, record.version, learn=not self._writable)
         return record
 
     def policy_version(self, name: str, version: int) -> PolicyRecord | None:
@@ -145,6 +146,9 @@ class PolicyOps(TxBase):
         row = self._c().execute(select(t).where(t.c.policy == policy)).first()
         if row is not None:
             self._verify(t, row, f"the data key of policy '{policy}'")
+            floors = self.floors
+            if floors is not None:
+                floors.check_data_key(policy, hashlib.sha256(bytes(row.wrapped)).hexdigest())
         return row
 
     def get_policy_key(self, policy: str) -> bytes | None:

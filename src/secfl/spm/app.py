@@ -296,8 +296,7 @@ def create_app(spm: Spm) -> FastAPI:
         since: Annotated[int, Query(ge=0, le=2**62)] = 0,
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     ) -> AuditOut:
-        entries = spm.store.audit_since(since, limit)
-        seq, head_hash = spm.store.audit_head()
+        entries, (seq, head_hash) = spm.audit_page(since, limit)
         signature = spm.identity.key.sign(head_message(seq, head_hash), ec.ECDSA(hashes.SHA256()))
         return AuditOut(
             entries=[e.to_dict() for e in entries],

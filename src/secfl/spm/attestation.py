@@ -116,7 +116,9 @@ class AttestationMixin:
         def decide(tx: Any) -> AttestResult | Refused:
             nonlocal refusal
             if nonce_expires is not None:
-                if not tx.spend_nonce(nonce, nonce_expires):
+                # Spent in the database and in memory: a nonce row deleted from the
+                # database must not let the same evidence attest twice.
+                if not tx.spend_nonce(nonce, nonce_expires) or self.nonces.seen(nonce, now):
                     refusal = Refused("nonce: the nonce is used")
                 self._spent += 1
                 if self._spent % PRUNE_EVERY == 0:
@@ -210,7 +212,11 @@ class AttestationMixin:
         expires = now + timedelta(seconds=self.session_ttl)
         key = self.vault.policy_key(tx, policy.name)
         values: dict[str, sv.Value] = {}
-        ca = self.vault.value(tx, key, policy.name, policy.identity_ca)
+        ca_secret = policy.secret(policy.identity_ca)
+        assert ca_secret is not None
+        ca = self.vault.value(
+            tx, key, policy.name, policy.identity_ca, sv.definition_digest(ca_secret)
+        )
         parts = service.released_parts()
         for volume_name in service.volumes:  # a service opens its volumes: it gets their keys
             volume = policy.volume(volume_name)
@@ -219,7 +225,7 @@ class AttestationMixin:
         for name, selectors in sorted(parts.items()):
             secret = policy.secret(name)
             assert secret is not None
-            value = self.vault.value(tx, key, policy.name, name)
+            value = self.vault.value(tx, key, policy.name, name, sv.definition_digest(secret))
             if sv.needs_renewal(secret, value, now):
                 issuer = policy.secret(secret.issuer)  # type: ignore[union-attr]
                 assert issuer is not None

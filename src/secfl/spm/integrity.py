@@ -67,8 +67,13 @@ class RowMac:
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def check(self, table: str, values: dict[str, Any], mac: Any, what: str) -> None:
-        """Refuse a row whose MAC is missing or does not verify."""
-        if not isinstance(mac, str) or not hmac.compare_digest(self.mac(table, values), mac):
+        """Refuse a row whose MAC is missing or does not verify (or cannot be computed:
+        a value no SPM writes, such as a float or a huge nesting)."""
+        try:
+            expected = self.mac(table, values)
+        except (TypeError, ValueError, RecursionError):
+            expected = ""
+        if not expected or not isinstance(mac, str) or not hmac.compare_digest(expected, mac):
             raise IntegrityError(
                 f"integrity: {what} fails its MAC: the database was modified outside the SPM "
                 "(restore it from a backup, or recover the policies with the board)"
@@ -92,6 +97,8 @@ class Floors:
     #: Digests of the board's revocation and readmission statements already applied:
     #: each is applied once (old signatures cannot lift, or renew, a later decision).
     statements: set[str] = field(default_factory=set)
+    #: policy -> SHA-256 of its current wrapped data key (replaced when the board changes).
+    data_keys: dict[str, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- checks (raise on a rollback, raise the floor otherwise)
@@ -114,16 +121,32 @@ class Floors:
             if seq >= self.head[0]:
                 self.head = (seq, head_hash)
 
-    def check_policy(self, name: str, version: int) -> None:
-        self._check(self.policies, name, version, f"policy '{name}' version")
+    def check_policy(self, name: str, version: int, *, learn: bool = True) -> None:
+        self._check(self.policies, name, version, f"policy '{name}' version", learn)
 
-    def check_counter(self, policy: str, name: str, value: int) -> None:
-        self._check(self.counters, (policy, name), value, f"counter '{name}' of '{policy}'")
+    def check_counter(self, policy: str, name: str, value: int, *, learn: bool = True) -> None:
+        what = f"counter '{name}' of '{policy}'"
+        self._check(self.counters, (policy, name), value, what, learn)
 
-    def check_volume(self, policy: str, volume: str, version: int) -> None:
-        self._check(self.volumes, (policy, volume), version, f"volume '{volume}' of '{policy}'")
+    def check_volume(self, policy: str, volume: str, version: int, *, learn: bool = True) -> None:
+        what = f"volume '{volume}' of '{policy}'"
+        self._check(self.volumes, (policy, volume), version, what, learn)
 
-    def _check(self, table: dict[Any, int], key: Any, value: int, what: str) -> None:
+    def check_data_key(self, policy: str, wrapped_sha256: str) -> None:
+        """The data key must be the one the log last recorded for ``policy``."""
+        with self.lock:
+            want = self.data_keys.get(policy)
+        if want is not None and want != wrapped_sha256:
+            raise IntegrityError(
+                f"rollback: the data key of policy '{policy}' is not the one this SPM last "
+                "recorded: the database was rolled back"
+            )
+
+    def _check(
+        self, table: dict[Any, int], key: Any, value: int, what: str, learn: bool
+    ) -> None:
+        """Refuse a value behind its floor; a committed value read (``learn``) raises it.
+        Inside a write transaction nothing is learnt: what it reads may never commit."""
         with self.lock:
             floor = table.get(key, 0)
             if value < floor:
@@ -131,7 +154,8 @@ class Floors:
                     f"rollback: {what} is {value} in the database, but this SPM recorded "
                     f"{floor}: the database was rolled back"
                 )
-            table[key] = value
+            if learn:
+                table[key] = value
 
     def revoked_in(self, policy: str) -> set[tuple[str, str]]:
         with self.lock:
@@ -160,6 +184,8 @@ class Floors:
                 self.revoked.get(policy, set()).discard((kind, subject))
             elif what == "statement":
                 self.statements.add(change[1])
+            elif what == "datakey":
+                self.data_keys[change[1]] = change[2]
 
     def replay(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
         """Raise the floors by one verified audit entry (at start)."""
@@ -186,6 +212,8 @@ def change_of(event: str, policy: str | None, detail: dict[str, Any]) -> tuple[A
         return None
     if event == "policy.accepted" and _is_int(detail.get("version")):
         return ("policy", policy, detail["version"])
+    if event == "policy.data-key" and isinstance(detail.get("sha256"), str):
+        return ("datakey", policy, detail["sha256"])
     if event == "counter.incremented" and _is_int(detail.get("value")):
         name = detail.get("counter")
         return ("counter", policy, name, detail["value"]) if isinstance(name, str) else None

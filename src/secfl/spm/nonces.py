@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -26,6 +27,21 @@ class NonceIssuer:
     def __init__(self, key: bytes, ttl: float) -> None:
         self._key = key
         self.ttl = ttl
+        #: nonce -> its expiry: the nonces this process saw spent (until they expire).
+        self._spent: dict[bytes, datetime] = {}
+        self._lock = threading.Lock()
+
+    def seen(self, nonce: bytes, now: datetime) -> bool:
+        """Whether this process saw ``nonce`` spent before; records it otherwise. Kept
+        in memory (in the TEE) beside the database's record, which it does not trust."""
+        with self._lock:
+            if len(self._spent) > 10_000:
+                self._spent = {n: t for n, t in self._spent.items() if t > now}
+            if nonce in self._spent:
+                return True
+            expires = datetime.fromtimestamp(int.from_bytes(nonce[12:20], "big") / 1e6, UTC)
+            self._spent[bytes(nonce)] = expires
+            return False
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, _DOMAIN + body, hashlib.sha256).digest()[:12]

@@ -146,6 +146,12 @@ def _identity(store: Store, master: MasterKey, names: list[str]) -> Identity:
 
     with store.transaction() as tx:
         sealed = tx.get_meta(IDENTITY_META)
+        if sealed is None and tx.audit_head()[0] > 0:
+            raise IntegrityError(
+                "integrity: the SPM's sealed TLS identity is missing from a database that "
+                "already has an audit log (deleted outside the SPM); restore the database "
+                "from a backup: a new identity would break every party's pin"
+            )
         if sealed is None:
             key = new_key()
             pem = private_pem(key)

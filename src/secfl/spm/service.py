@@ -125,6 +125,8 @@ class Spm(AttestationMixin):
                 return cached[1], self._parsed(cached[1])
         record = self._records.get((name, version)) if version is not None else None
         if record is None:
+            if version is None:
+                self.store.sync()  # versions other SPMs sharing the database accepted
             with self.store.read() as tx:
                 record = (
                     tx.current_policy(name) if version is None else tx.policy_version(name, version)
@@ -298,6 +300,7 @@ class Spm(AttestationMixin):
         cached = self._revoked.get(policy_name)
         if cached is not None and time.monotonic() - cached[0] < CURRENT_TTL:
             return cached[1]
+        self.store.sync()  # what other SPMs sharing the database revoked
         with self.store.read() as tx:
             found = tx.revoked_set(policy_name)
         self._revoked[policy_name] = (time.monotonic(), found)
@@ -444,14 +447,15 @@ class Spm(AttestationMixin):
         readmit = doc.get("action") == "readmit"
         floors = self.store.integrity.floors if self.store.integrity is not None else None
         applied = floors.statements if floors is not None else self._statements
-        if statement_digest in applied:
-            raise Refused(
-                f"revocation: this statement (digest {statement_digest[:16]}…) was already "
-                "applied; to decide again, the board signs a new one (a new reason)",
-                409,
-            )
         try:
-            with self.store.transaction() as tx:
+            with self.store.transaction() as tx:  # caught up with other SPMs' statements
+                if statement_digest in applied:
+                    raise Refused(
+                        f"revocation: this statement (digest {statement_digest[:16]}…) was "
+                        "already applied; to decide again, the board signs a new one "
+                        "(a new reason)",
+                        409,
+                    )
                 tx._note(("statement", statement_digest))
                 if readmit:
                     if not tx.lift_revocation(policy_name, kind, subject):
@@ -494,7 +498,14 @@ class Spm(AttestationMixin):
              "reason": r.reason, "at": _iso(r.at)}
             for r in rows
         ]  # fmt: skip
-        listed = {r.serial for r in rows if r.serial}
+        for kind, subject in sorted(revoked - {(r.kind, r.subject) for r in rows}):
+            out.append(  # known to this SPM, its row deleted from the database
+                {"kind": kind, "subject": subject,
+                 "serial": subject if kind == "certificate" else "", "service": "",
+                 "reason": "its row is missing from the database (deleted outside the SPM)",
+                 "at": _iso(now)}
+            )  # fmt: skip
+        listed = {r["serial"] for r in out if r["serial"]}
         for session in sessions:
             if not session.serial or session.serial in listed or session.expires_at <= now:
                 continue
@@ -509,6 +520,15 @@ class Spm(AttestationMixin):
         return out
 
     # --- audit ----------------------------------------------------------------------------
+
+    def audit_page(self, since: int, limit: int) -> tuple[list[Any], tuple[int, str]]:
+        """Entries after ``since`` and the head, read from one snapshot whose head was
+        checked (its MAC, and that it did not go back) before the SPM signs it."""
+        self.store.sync()
+        with self.store.read() as tx:
+            head = tx.audit_head()
+            self.store._check_head(tx, head)
+            return tx.audit_since(since, limit), head
 
     def _audit_refusal(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
         self.group.run(lambda tx: tx.append_audit(event, policy, detail))

@@ -265,6 +265,7 @@ class Store:
                         tx = Tx(self, conn, writable=True)
                         tx._head = self._read_head(conn, lock=True)
                         self._check_head(tx, tx._head)
+                        self._catch_up(tx, tx._head)
                         try:
                             yield tx
                             tx._flush_head()
@@ -290,6 +291,39 @@ class Store:
             except (AuditError, UnicodeDecodeError) as exc:
                 raise IntegrityError(f"integrity: {exc}") from None
         self.integrity.floors.check_head(*head)
+
+    def _catch_up(self, tx: Tx, head: tuple[int, str]) -> None:
+        """Raise the floors by what other SPMs sharing this database committed since
+        this one last looked (verified as a continuation of the chain it knows)."""
+        if self.integrity is None:
+            return
+        floors = self.integrity.floors
+        seq, known = floors.head
+        if head[0] <= seq or not known:
+            return
+        verifier = _audit.ChainVerifier(start_hash=known, start_seq=seq + 1)
+        try:
+            while True:
+                entries = tx.audit_since(seq, 1000)
+                for entry in entries:
+                    verifier.feed(entry)
+                    floors.replay(entry.event, entry.policy, entry.detail)
+                if len(entries) < 1000:
+                    break
+                seq = entries[-1].seq
+            verifier.finish(head)
+        except AuditError as exc:
+            raise IntegrityError(f"integrity: {exc} (after entry {floors.head[0]})") from None
+        floors.raise_head(*head)
+
+    def sync(self) -> None:
+        """Check the database's head and learn what other SPMs committed (read only)."""
+        if self.integrity is None:
+            return
+        with self.read() as tx:
+            head = tx.audit_head()
+            self._check_head(tx, head)
+            self._catch_up(tx, head)
 
     def _committed(self, tx: Tx) -> None:
         """After a commit: raise the floors by what it changed, move the anchor."""

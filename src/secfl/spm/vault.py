@@ -8,6 +8,7 @@ can recover a policy's secrets on a new SPM without ever seeing the master key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import replace
@@ -16,7 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secfl.errors import SpmError
+from secfl.errors import IntegrityError, SpmError
 from secfl.policy.model import Policy
 from secfl.spm import secrets as sv
 from secfl.spm.masterkey import (
@@ -40,7 +41,7 @@ class SecretVault:
     def __init__(self, master: MasterKey, identity_key: ec.EllipticCurvePrivateKey) -> None:
         self.master = master
         self.identity_key = identity_key
-        self._values: dict[tuple[str, str], tuple[float, sv.Value]] = {}
+        self._values: dict[tuple[str, str], tuple[float, sv.Value, str]] = {}
         self._keys: dict[str, tuple[bytes, bytes]] = {}
 
     def provision(
@@ -102,7 +103,12 @@ class SecretVault:
             )
         threshold = policy.board.threshold
         shares = seal_shares(key, policy.name, recovery, threshold) if recovery else "{}"
-        tx.put_policy_key(policy.name, wrap_policy_key(self.master, policy.name, key), shares)
+        wrapped = wrap_policy_key(self.master, policy.name, key)
+        tx.put_policy_key(policy.name, wrapped, shares)
+        # Chained into the log: a data key restored to an older one is a rollback.
+        digest = hashlib.sha256(wrapped).hexdigest()
+        tx._note(("datakey", policy.name, digest))
+        tx.append_audit("policy.data-key", policy.name, {"sha256": digest})
 
     def policy_key(self, tx: Any, policy: str) -> bytes:
         """A policy's data key, unwrapped once per wrapped value (it changes with the board)."""
@@ -116,13 +122,29 @@ class SecretVault:
         self._keys[policy] = (wrapped, key)
         return key
 
-    def value(self, tx: Any, key: bytes, policy: str, name: str) -> sv.Value:
-        """A secret's value, decrypted at most once per ``VALUE_TTL`` per process."""
+    def value(
+        self, tx: Any, key: bytes, policy: str, name: str, definition: str | None = None
+    ) -> sv.Value:
+        """A secret's value, decrypted at most once per ``VALUE_TTL`` per process.
+
+        ``definition`` (:func:`secfl.spm.secrets.definition_digest` of the current
+        policy's secret) refuses a stored value made from another definition: a row
+        restored from before the board redefined (rotated) the secret."""
         cached = self._values.get((policy, name))
-        if cached is not None and time.monotonic() - cached[0] < VALUE_TTL:
+        fresh = cached is not None and time.monotonic() - cached[0] < VALUE_TTL
+        if cached is not None and fresh and definition in (None, cached[2]):
             return cached[1]
-        value = self.open_value(key, policy, tx.get_secret(policy, name))
-        self._values[(policy, name)] = (time.monotonic(), value)
+        record = tx.get_secret(policy, name)
+        if definition is not None and record is not None and (
+            record.definition_digest != definition
+        ):
+            raise IntegrityError(
+                f"rollback: the stored value of secret '{name}' of policy '{policy}' was made "
+                "for another definition than the current policy's: the database was rolled back"
+            )
+        value = self.open_value(key, policy, record)
+        if record is not None:
+            self._values[(policy, name)] = (time.monotonic(), value, record.definition_digest)
         return value
 
     def store_value(
