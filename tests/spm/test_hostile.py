@@ -507,7 +507,7 @@ def test_garbage_in_the_database_is_one_line_not_a_500(
     agg = attest(client, sim, "p")
     # SQLite stores anything (an infinite float); PostgreSQL a bigint at least.
     huge = "9223372036854775807" if spm.db else "9e999"
-    db(spm, f"UPDATE counters SET value = {huge} WHERE name = 'round'")
+    db(spm, f"UPDATE counters SET value = {huge} WHERE name = 'round'")  # noqa: S608
     with pytest.raises(SpmRefused, match="^integrity: counter 'round'") as exc:
         client.counter("p", "round")
     assert exc.value.status < 500

@@ -1,0 +1,65 @@
+"""Writing files that must never be seen half-written, or by anyone else.
+
+- :func:`atomic_write`: a reader sees the old file or the whole new one, never a
+  torn write (a fresh temporary name in the same folder, then ``rename``).
+- :func:`write_private`: the same, with the file created 0600 from its first byte
+  under a fresh name (``O_CREAT | O_EXCL | O_NOFOLLOW``), so that nothing planted at
+  the path (a symbolic link, a hard link to another file, a file others can read)
+  ever receives a key.
+- :func:`ram_tempdir`: a private (0700) folder in RAM when the system has one, for
+  the moments a secret must be a file (a TLS key for a library that reads only paths).
+
+Errors are ``OSError`` for the caller to word in its own terms.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SHM = Path("/dev/shm")  # noqa: S108 - only ever used through mkdtemp (a 0700 folder)
+
+
+def atomic_write(
+    path: Path | str, data: bytes, *, mode: int = 0o644, fsync: bool = True
+) -> Path:
+    """Replace ``path`` by ``data`` atomically (created with ``mode``)."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.urandom(8).hex()}.tmp")
+    fd = os.open(tmp, _FLAGS, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_private(path: Path | str, data: bytes, *, fsync: bool = True) -> Path:
+    """:func:`atomic_write` with mode 0600: a key file, readable by its owner only."""
+    return atomic_write(path, data, mode=0o600, fsync=fsync)
+
+
+def ram_base() -> str | None:
+    """``/dev/shm`` when it exists and is writable, else None (the system's temp folder)."""
+    return str(_SHM) if _SHM.is_dir() and os.access(_SHM, os.W_OK) else None
+
+
+@contextmanager
+def ram_tempdir(prefix: str) -> Iterator[Path]:
+    """A private folder in RAM (mode 0700), removed with its contents on exit."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=ram_base()))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
