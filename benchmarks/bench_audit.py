@@ -4,7 +4,7 @@ trade detection for cost (the figures issue 6 asks of the audit).
 Run: ``.venv/bin/python benchmarks/bench_audit.py [--tasks digits,fashion-mnist]
 [--samples 3000] [--rounds 6] [--seeds 2] [--quick] [--no-sweep]``.
 
-Method. Everything runs through ``secfl.fl.simulation.simulate``: the production
+Method. Everything runs through ``secfl.eval.simulation.simulate``: the production
 tasks, training, aggregation rules and audit, 20 sites, one process, one torch
 thread. The plain round is what a real round costs the federation without the
 audit: the slowest site's local training (sites train side by side) plus the base
@@ -31,8 +31,8 @@ from dataclasses import replace
 
 import torch
 
-from secfl.fl.evaluation import Grid
-from secfl.fl.simulation import DataCache, Scenario, simulate
+from secfl.eval.grid import Grid
+from secfl.eval.simulation import DataCache, Scenario, simulate
 
 
 def _grid(task: str, rounds: int, samples: int | None) -> Grid:

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from secfl.demo.federation import POLICY, DemoSettings, Federation, Workload
-from secfl.fl.report import read_metrics
+from secfl.demo.report import read_metrics
 from secfl.spm.client import SpmClient
 
 TIMEOUT = 900.0

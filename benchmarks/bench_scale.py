@@ -85,7 +85,7 @@ from secfl.fl import messages as msg
 from secfl.fl.tensors import to_bytes
 from secfl.fl.transport import Client, Credentials
 from secfl.policy.model import CaSecret
-from secfl.spm import secrets as sv
+from secfl.spm import sealing as sv
 from secfl.spm.enroll import make_csr
 
 MIB = 1 << 20

@@ -48,7 +48,7 @@ from secfl.fl.transport import (
     join,
 )
 from secfl.policy.model import CaSecret
-from secfl.spm import secrets as sv
+from secfl.spm import sealing as sv
 from secfl.spm.enroll import make_csr
 
 MB = 1e6

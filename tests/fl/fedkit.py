@@ -30,7 +30,7 @@ from secfl.fl.strategies.base import Params
 from secfl.fl.tensors import from_bytes
 from secfl.fl.transport import Client, Credentials, PeerPolicy, Server
 from secfl.policy.model import CaSecret
-from secfl.spm import secrets as sv
+from secfl.spm import sealing as sv
 from secfl.spm.enroll import make_csr
 from secfl.tasks.base import Dataset, Task
 from secfl.tasks.split import SplitReport

@@ -198,9 +198,9 @@ def test_a_workload_attests_again_for_a_fresh_certificate(
 
     from cryptography import x509
 
-    from secfl.fl.workload import Identity
+    from secfl.fl.workload_identity import WorkloadIdentity
     from secfl.spm.enroll import enroll
-    from secfl.spm.secrets import CLOCK_SKEW
+    from secfl.spm.sealing import CLOCK_SKEW
     from secfl.tee.simulated import SimulatedPlatform
 
     fed, _ = trained
@@ -208,7 +208,7 @@ def test_a_workload_attests_again_for_a_fresh_certificate(
     with SpmClient(fed.spm_url, pin=fed.spm_pin) as client:
         first = enroll(client, SimulatedPlatform(fed.sim_dir), "demo", "site-2",
                        measurement=measurement)  # fmt: skip
-    ident = Identity(
+    ident = WorkloadIdentity(
         policy="demo", service="site-2", spm_url=fed.spm_url, spm_pin=fed.spm_pin,
         policy_digest=first.policy_digest, platform="simulated", sim_dir=fed.sim_dir,
         measurement=measurement,

@@ -23,7 +23,7 @@ from secfl.cli.main import main
 from secfl.errors import FlError, LaunchError
 from secfl.fl.reset import check_reset, reset_statement, sign_reset
 from secfl.fl.transport import Credentials
-from secfl.fl.workload import Identity
+from secfl.fl.workload_identity import WorkloadIdentity
 from secfl.policy import load_policy
 from secfl.policy.canonical import digest
 from tests.policy import member_keys, policy_dict, to_yaml
@@ -124,7 +124,7 @@ def test_secure_workloads_take_volumes_and_built_in_tasks(tmp_path: Path) -> Non
 def test_a_volume_name_cannot_leave_the_volumes_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from secfl.fl.sources import data_path, load_task
+    from secfl.fl.inputs import data_path, load_task
 
     (tmp_path / "volumes" / "task").mkdir(parents=True)
     (tmp_path / "outside").mkdir()
@@ -145,7 +145,7 @@ def test_key_options_name_only_injected_files(tmp_path: Path) -> None:
     (files / "fl").mkdir(parents=True)
     (files / "fl" / "other.key").write_text("00" * 32)
     (tmp_path / "host.key").write_text("11" * 32)
-    ident = Identity(
+    ident = WorkloadIdentity(
         policy="p", service="aggregator", spm_url="https://spm", spm_pin="0" * 64,
         policy_digest="d" * 64, platform="simulated", sim_dir=None, measurement=None,
         creds=Credentials(b"", b"", b""), session_token="t", files=files,
@@ -323,7 +323,7 @@ def test_hostile_grid_files_are_one_error_line(
 def test_the_grid_fields_checked_are_the_grid_s() -> None:
     import dataclasses
 
-    from secfl.fl.evaluation import Grid
-    from secfl.fl.evaluation_folder import GRID_FIELDS
+    from secfl.eval.folder import GRID_FIELDS
+    from secfl.eval.grid import Grid
 
     assert set(GRID_FIELDS) == {f.name for f in dataclasses.fields(Grid)}

@@ -25,7 +25,7 @@ from secfl.fl.transport import (
     TransportError,
     join,
 )
-from secfl.spm import secrets as sv
+from secfl.spm import sealing as sv
 from tests.fl import fedkit
 
 NOW = datetime.now(UTC)

@@ -249,7 +249,7 @@ class World:
         """An imported secret sealed to the SPM for this policy and board."""
         from cryptography import x509
 
-        from secfl.spm.secrets import board_binding, seal_imported
+        from secfl.spm.sealing import board_binding, seal_imported
 
         if value is None:
             value = self.keys[secret.removesuffix("-key")]

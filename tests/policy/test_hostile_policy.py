@@ -306,7 +306,7 @@ def test_every_selector_validation_accepts_renders() -> None:
     from datetime import UTC, datetime
 
     from secfl.policy.placeholders import SELECTORS
-    from secfl.spm import secrets as sv
+    from secfl.spm import sealing as sv
 
     data = policy_dict()
     data["secrets"] += [KEYPAIR, {"name": "r", "kind": "random", "size": 8}]

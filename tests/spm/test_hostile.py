@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine, text
 
 from secfl.policy.signatures import sign_statement
-from secfl.spm import secrets as sv
+from secfl.spm import sealing as sv
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import Enrollment, enroll
 from secfl.spm.recovery import open_share, recover_policy_key
@@ -401,8 +401,8 @@ def test_an_all_zero_hpke_key_is_refused_and_the_nonce_spent(
 ) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from secfl.spm.binding import spki_sha256, workload_report_data
     from secfl.spm.enroll import make_csr
+    from secfl.spm.report_data import spki_sha256, workload_report_data
 
     submit(client, board, policy_document("p", board, sim[1]))
     hpke = b"\0" * 32

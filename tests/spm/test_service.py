@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from secfl.errors import AuditError
-from secfl.spm import secrets as sv
+from secfl.spm import sealing as sv
 from secfl.spm.audit_verify import verify_database
 from secfl.spm.client import SpmClient
 from secfl.spm.enroll import enroll

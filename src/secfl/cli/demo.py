@@ -116,7 +116,7 @@ def _train(fed: Any, rounds: int) -> Any:
 
 
 def _conclude(fed: Any, tampered: Any, report: Path, seconds: float) -> None:
-    from secfl.fl.report import write_report
+    from secfl.demo.report import write_report
 
     history = fed.rounds()
     table = Table(title="rounds")

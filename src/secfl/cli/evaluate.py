@@ -66,8 +66,8 @@ def robustness_cmd(
     folder, with the grid and command recorded there."""
     from dataclasses import replace
 
-    from secfl.fl.evaluation import FULL, QUICK, write_results
-    from secfl.fl.evaluation_folder import GridFolder, fan_out, parse_shard
+    from secfl.eval.folder import GridFolder, fan_out, parse_shard
+    from secfl.eval.grid import FULL, QUICK, write_results
 
     grid = QUICK if quick else FULL
     stored = GridFolder.stored(Path(out_dir)) if report_only and not quick else None

@@ -18,7 +18,7 @@ Insecure = Annotated[
 ]
 
 
-#: Secure mode takes only what attestation covers (secfl.fl.sources.require_measured).
+#: Secure mode takes only what attestation covers (secfl.fl.inputs.require_measured).
 TASK_HELP = "volume:NAME or a built-in task (a .py file: --insecure only)."
 DATA_HELP = "volume:NAME; a file: --insecure only"
 KEY_HELP = "(an injected file, relative to $SECFL_FILES; default: the well-known one)"
@@ -67,7 +67,7 @@ def aggregator(
     insecure: Insecure = False,
 ) -> None:
     """Run global training: rounds, aggregation, sealed checkpoints, fresh signed models."""
-    from secfl.fl.services import AggregatorOptions, run_aggregator
+    from secfl.fl.startup import AggregatorOptions, run_aggregator
 
     _logging()
     _warn_insecure(insecure)
@@ -110,7 +110,7 @@ def collaborator(
     insecure: Insecure = False,
 ) -> None:
     """Run local training: join, train on this site's data when sampled, send updates."""
-    from secfl.fl.services import CollaboratorOptions, run_collaborator
+    from secfl.fl.startup import CollaboratorOptions, run_collaborator
 
     _logging()
     _warn_insecure(insecure)

@@ -216,7 +216,7 @@ def seal_secret_cmd(
     from secfl.errors import SpmError
     from secfl.shield import key_from_file
     from secfl.spm.client import SpmClient
-    from secfl.spm.secrets import board_binding, seal_imported
+    from secfl.spm.sealing import board_binding, seal_imported
 
     value = key_from_file(key_file)
     keys = [read_input(path, "board member key").decode("utf-8", "replace") for path in board_key]

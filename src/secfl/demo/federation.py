@@ -229,7 +229,7 @@ class Federation:
         return str(reply.get("digest", ""))
 
     def _policy(self, members: list[dict[str, str]], spm_key: Any) -> dict[str, Any]:
-        from secfl.spm.secrets import board_binding, seal_imported
+        from secfl.spm.sealing import board_binding, seal_imported
 
         s = self.settings
         imported = [*self.sites, "validation", "test", "task", "model-output"]
@@ -342,7 +342,7 @@ class Federation:
         return self._spawn("tampered-site", self._run_argv(self.sites[0], volumes, "collaborator"))
 
     def rounds(self) -> list[dict[str, Any]]:
-        from secfl.fl.report import read_metrics
+        from secfl.demo.report import read_metrics
 
         return read_metrics(self.metrics) if self.metrics.exists() else []
 

@@ -26,9 +26,9 @@ from secfl.errors import FlError
 from secfl.fl.commit import Commit
 from secfl.fl.config import FederationConfig
 from secfl.fl.envelope import PrivateKey, SignedModel, seal_model
-from secfl.fl.hooks import wire_strategy
 from secfl.fl.rounds import Attempt, Rounds, without_tensors
 from secfl.fl.strategies.base import Params, Update
+from secfl.fl.strategy_wiring import wire_strategy
 from secfl.fl.tensors import from_bytes, load_arrays, nbytes, state_dict_arrays, to_bytes
 from secfl.fl.transport import Server
 from secfl.tasks.base import Dataset, Task

@@ -27,7 +27,7 @@ from secfl.policy.model import (
     RandomSecret,
     Secret,
     Service,
-    Volume,
+    VolumeSpec,
 )
 from secfl.policy.signatures import (
     POLICY_DOMAIN,
@@ -57,7 +57,7 @@ __all__ = [
     "Secret",
     "Service",
     "Signature",
-    "Volume",
+    "VolumeSpec",
     "canonical_bytes",
     "check_approval",
     "digest",

@@ -45,7 +45,7 @@ ClaimValue = (
     Annotated[str, Field(max_length=256)]
     | Annotated[int, Field(strict=True, ge=0, le=MAX_CLAIM_INT)]
 )
-Identity = (
+MeasurementPin = (
     Annotated[str, Field(max_length=256)]
     | Annotated[dict[Annotated[str, Field(max_length=64)], ClaimValue], Field(max_length=32)]
 )
@@ -77,7 +77,7 @@ _X509 = frozenset({"x509", "x509-ca"})
 _KEYED = _X509 | {"ed25519", "ecdsa-p256"}
 
 #: Which secret kinds each placeholder selector applies to: exactly those for
-#: which :func:`secfl.spm.secrets.render` gives text (``hex`` and ``base64``
+#: which :func:`secfl.spm.sealing.render` gives text (``hex`` and ``base64``
 #: encode raw bytes, which only the raw kinds have). A bare placeholder applies
 #: to every kind.
 SELECTOR_KINDS: dict[str, frozenset[str]] = {
@@ -205,7 +205,7 @@ class Service(_Strict):
     role: Literal["aggregator", "collaborator", "any"]
     #: Per kind, accepted identities: a bare hex string (the kind's primary
     #: measurement) or a mapping of claim fields that must all match.
-    measurements: dict[Kind, Annotated[list[Identity], Field(max_length=MAX_ITEMS)]] = Field(
+    measurements: dict[Kind, Annotated[list[MeasurementPin], Field(max_length=MAX_ITEMS)]] = Field(
         default_factory=dict
     )
     volumes: Names = Field(default_factory=list)
@@ -314,7 +314,7 @@ Secret = Annotated[
 ]
 
 
-class Volume(_Strict):
+class VolumeSpec(_Strict):
     """A shielded volume: its key secret and its expected tag or rollback counter."""
 
     name: Name
@@ -332,7 +332,7 @@ class Volume(_Strict):
         return None if value is None else value.lower()
 
     @model_validator(mode="after")
-    def _one_anchor(self) -> Volume:
+    def _one_anchor(self) -> VolumeSpec:
         if (self.tag is None) == (self.counter is None):
             raise ValueError("give exactly one of 'tag' or 'counter'")
         return self
@@ -355,7 +355,7 @@ class Policy(_Strict):
     identity_ca: Name
     services: list[Service] = Field(min_length=1, max_length=MAX_ITEMS)
     secrets: list[Secret] = Field(default_factory=list, max_length=1024)
-    volumes: list[Volume] = Field(default_factory=list, max_length=MAX_ITEMS)
+    volumes: list[VolumeSpec] = Field(default_factory=list, max_length=MAX_ITEMS)
     counters: list[Counter] = Field(default_factory=list, max_length=MAX_ITEMS)
     #: Free-form settings for the FL runtime: JSON values only (no dates, no
     #: NaN), so that the canonical form is plain JSON; integers fit in 64 bits,
@@ -386,7 +386,7 @@ class Policy(_Strict):
     def secret(self, name: str) -> Secret | None:
         return next((s for s in self.secrets if s.name == name), None)
 
-    def volume(self, name: str) -> Volume | None:
+    def volume(self, name: str) -> VolumeSpec | None:
         return next((v for v in self.volumes if v.name == name), None)
 
     def counter_names(self) -> set[str]:

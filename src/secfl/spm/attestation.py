@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from secfl._internal.canonical import canonical_json
 from secfl.errors import SecflError, SpmError
 from secfl.policy.model import Policy
-from secfl.spm import secrets as sv
-from secfl.spm.binding import csr_public_key_sha256, workload_report_data
+from secfl.spm import sealing as sv
+from secfl.spm.report_data import csr_public_key_sha256, workload_report_data
 from secfl.spm.revocation import platform_id, revoked_reason
-from secfl.spm.secrets import release_key
+from secfl.spm.sealing import release_key
 from secfl.spm.store import PolicyRecord
 from secfl.tee.claims import TCB_ORDER, Claims
 from secfl.tee.evidence import Evidence

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secfl.errors import SpmError, VerificationError
-from secfl.spm.binding import spki_sha256, spm_report_data
+from secfl.spm.report_data import spki_sha256, spm_report_data
 from secfl.tee.claims import Claims
 from secfl.tee.evidence import Evidence
 from secfl.tee.verify import verify

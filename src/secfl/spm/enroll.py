@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import NameOID
 
 from secfl._internal.x509util import private_pem
-from secfl.spm import secrets as sv
-from secfl.spm.binding import spki_sha256, workload_report_data
+from secfl.spm import sealing as sv
 from secfl.spm.client import SpmClient
+from secfl.spm.report_data import spki_sha256, workload_report_data
 from secfl.tee.platforms import Platform
 
 

@@ -20,14 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from secfl._internal.x509util import private_pem
-from secfl.spm.binding import spki_sha256
+from secfl.spm.report_data import spki_sha256
 
 IDENTITY_META = "identity_key"
 IDENTITY_AAD = b"secfl/spm-identity/v1"
 
 
 @dataclass(frozen=True)
-class Identity:
+class SpmIdentity:
     """The SPM's TLS key and its current self-signed certificate."""
 
     key: ec.EllipticCurvePrivateKey

@@ -32,7 +32,7 @@ from secfl.spm.httpguard import Guard, Limits, file_budget
 from secfl.spm.identity import (
     IDENTITY_AAD,
     IDENTITY_META,
-    Identity,
+    SpmIdentity,
     code_measurement,
     new_key,
     self_signed,
@@ -140,7 +140,7 @@ def _refuse_without_master_key(data: Path, db_url: str | None) -> None:
         )
 
 
-def _identity(store: Store, master: MasterKey, names: list[str]) -> Identity:
+def _identity(store: Store, master: MasterKey, names: list[str]) -> SpmIdentity:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -161,7 +161,7 @@ def _identity(store: Store, master: MasterKey, names: list[str]) -> Identity:
             if not isinstance(loaded, ec.EllipticCurvePrivateKey):
                 raise SpmError("spm: the sealed identity key is not an EC key")
             key = loaded
-    return Identity(key=key, cert=self_signed(key, names))
+    return SpmIdentity(key=key, cert=self_signed(key, names))
 
 
 def serve(

@@ -23,13 +23,13 @@ from secfl.policy.document import load_policy
 from secfl.policy.model import Policy
 from secfl.policy.signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature, check_approval
 from secfl.spm.attestation import AttestationMixin, AttestResult, Refused
-from secfl.spm.binding import spm_report_data
 from secfl.spm.groupcommit import GroupCommit
-from secfl.spm.identity import Identity
+from secfl.spm.identity import SpmIdentity
 from secfl.spm.masterkey import (
     MasterKey,
 )
 from secfl.spm.nonces import NonceIssuer
+from secfl.spm.report_data import spm_report_data
 from secfl.spm.revocation import (
     revocation_digest,
     revocation_doc,
@@ -56,7 +56,7 @@ class Spm(AttestationMixin):
         store: Store,
         master: MasterKey,
         platform: Platform,
-        identity: Identity,
+        identity: SpmIdentity,
         *,
         measurement: str | None = None,
         nonce_ttl: float = 60.0,

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from secfl.errors import IntegrityError, SpmError
 from secfl.policy.model import Policy
-from secfl.spm import secrets as sv
+from secfl.spm import sealing as sv
 from secfl.spm.masterkey import (
     MasterKey,
     new_policy_key,
@@ -127,7 +127,7 @@ class SecretVault:
     ) -> sv.Value:
         """A secret's value, decrypted at most once per ``VALUE_TTL`` per process.
 
-        ``definition`` (:func:`secfl.spm.secrets.definition_digest` of the current
+        ``definition`` (:func:`secfl.spm.sealing.definition_digest` of the current
         policy's secret) refuses a stored value made from another definition: a row
         restored from before the board redefined (rotated) the secret."""
         cached = self._values.get((policy, name))

@@ -56,4 +56,4 @@ __all__ = [
 ]
 
 # The clone-and-sample audit wraps any rule above; importing it registers "clone-audit".
-import secfl.fl.audit  # noqa: F401
+import secfl.fl.clone_audit  # noqa: F401

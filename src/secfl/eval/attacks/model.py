@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from secfl.tasks.attacks.base import Attack, Params, integer, number, register_attack, rewrite
+from secfl.eval.attacks.base import Attack, Params, integer, number, register_attack, rewrite
 from secfl.tasks.base import TaskError
 
 
@@ -37,7 +37,7 @@ class SignFlip(Attack):
 
 
 @register_attack
-class Scaling(Attack):
+class ScalingAttack(Attack):
     """Model replacement (Bagdasaryan et al. 2020): send ``factor * delta``.
 
     With ``factor`` equal to the number of participants, plain averaging moves the

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from secfl.tasks import Dataset, TaskError, get_task, split
-from secfl.tasks.attacks import (
+from secfl.eval.attacks import (
     Attack,
     add_trigger,
     alie_z,
@@ -20,6 +19,7 @@ from secfl.tasks.attacks import (
     available_attacks,
     get_attack,
 )
+from secfl.tasks import Dataset, TaskError, get_task, split
 
 DIGITS = get_task("digits")
 FASHION = get_task("fashion-mnist")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from secfl.demo.report import read_metrics, write_report
 from secfl.errors import FlError
-from secfl.fl.report import read_metrics, write_report
 
 ROUNDS: list[dict[str, Any]] = [
     {"round": 1, "participants": ["a", "b"], "updates": 2, "duration_s": 1.5, "counter": 1,

@@ -17,7 +17,7 @@ participants, ``(d_i - median(d)) / (1.4826 * MAD(d))``, the scale never below
 stands out from the spread of honest effects (which non-IID data widens), however
 many clones run; the floor keeps honest sites' small, persistent differences from
 growing into large scores when clones barely differ. The aggregator's utility is
-minus the log of the validation loss (:mod:`secfl.fl.hooks`), so ``tolerance``
+minus the log of the validation loss (:mod:`secfl.fl.strategy_wiring`), so ``tolerance``
 is a relative change in loss and a wrecked clone weighs a few units, not thousands.
 Round scores add up over rounds, each fading by ``decay`` per round: evidence
 against a consistent attacker grows, honest noise stays bounded, and one round of
@@ -62,7 +62,7 @@ from secfl.errors import FlError
 from secfl.fl.strategies.base import Params, Strategy, Update, check_round, positive
 from secfl.fl.strategies.registry import get_strategy, register_strategy
 
-log = logging.getLogger("secfl.fl.audit")
+log = logging.getLogger("secfl.fl.clone_audit")
 
 
 @dataclass

@@ -4,7 +4,7 @@
 In secure mode (the default) each must run under ``secfl run``: it takes its
 identity, the policy (checked against the attested digest) and its secrets from
 there, its task and data only from sources attestation covers (volumes, built-in
-tasks: :func:`~secfl.fl.sources.require_measured`), serves or dials mutual TLS
+tasks: :func:`~secfl.fl.inputs.require_measured`), serves or dials mutual TLS
 with SPM-issued certificates, refreshes revocations and renews its certificate by
 attesting again. ``insecure=True`` drops all of that (plaintext, no SPM, unsigned
 models) to measure the overhead.
@@ -27,17 +27,17 @@ from secfl.fl.aggregator import Aggregator, Signer
 from secfl.fl.collaborator import Collaborator, ModelGate
 from secfl.fl.commit import Commit, MemoryLedger, SpmLedger
 from secfl.fl.config import FederationConfig
-from secfl.fl.sources import data_path, load_task, require_measured
+from secfl.fl.inputs import data_path, load_task, require_measured
 from secfl.fl.strategies.base import Params
 from secfl.fl.tensors import to_bytes
 from secfl.fl.transport import INSECURE_WARNING, Client, PeerPolicy, Server
 from secfl.fl.untrusted import read_yaml_file
-from secfl.fl.workload import (
+from secfl.fl.workload_identity import (
     CHECKPOINT_KEY,
     OUTPUT_KEY,
     SIGNING_KEY,
     VERIFY_KEY,
-    Identity,
+    WorkloadIdentity,
     load_hex_key,
     load_private_key,
     load_public_key,
@@ -112,7 +112,7 @@ def _role_services(policy: Policy, *roles: str) -> set[str]:
     return {s.name for s in policy.services if s.role in roles}
 
 
-def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, Identity | None]:
+def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdentity | None]:
     """An aggregator ready to :meth:`~Aggregator.start` (secure unless ``insecure``),
     with the workload's identity (``None`` with --insecure)."""
     if opts.insecure:
@@ -129,7 +129,7 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, Identity | No
     require_measured("--task", opts.task, code=True)
     require_measured("--validation", opts.validation, code=False)
     require_measured("--test", opts.test, code=False)
-    ident = Identity.from_env()
+    ident = WorkloadIdentity.from_env()
     task, validation, test = _aggregator_sources(opts)
     reset_from = None
     policy = ident.policy_document()
@@ -202,7 +202,7 @@ def run_aggregator(opts: AggregatorOptions) -> Params:
 
 
 def write_output(
-    agg: Aggregator, opts: AggregatorOptions, params: Params, ident: Identity | None
+    agg: Aggregator, opts: AggregatorOptions, params: Params, ident: WorkloadIdentity | None
 ) -> Path:
     """The final model: plain safetensors with --insecure; otherwise a shield volume
     sealed with the policy's output key (only holders of that key can read it)."""
@@ -258,7 +258,7 @@ def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
         )  # fmt: skip
     require_measured("--task", opts.task, code=True)
     require_measured("--data", opts.data, code=False)
-    ident = Identity.from_env()
+    ident = WorkloadIdentity.from_env()
     task, data = _collaborator_sources(opts)
     policy = ident.policy_document()
     service = opts.aggregator_service

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlError
-from secfl.fl.evaluation import Evaluation, Grid, key
+from secfl.eval.grid import Evaluation, Grid, key
 from secfl.fl.untrusted import check_tree, read_json_file
 
-log = logging.getLogger("secfl.fl.evaluation")
+log = logging.getLogger("secfl.eval.grid")
 
 #: The grid settings that must agree for runs to be compared in one report.
 FINGERPRINT = ("clients", "rounds", "epochs", "samples", "clones")

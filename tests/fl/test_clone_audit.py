@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from secfl.errors import FlError
-from secfl.fl.audit import CloneAudit
-from secfl.fl.simulation import DataCache, Scenario, simulate
+from secfl.eval.simulation import DataCache, Scenario, simulate
+from secfl.fl.clone_audit import CloneAudit
 from secfl.fl.strategies import Update, get_strategy
 
 

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from secfl.errors import FlError
-from secfl.fl.hooks import wire_strategy
 from secfl.fl.strategies import Update, get_strategy
 from secfl.fl.strategies.base import Params
+from secfl.fl.strategy_wiring import wire_strategy
 from secfl.fl.tensors import load_arrays, state_dict_arrays
 from secfl.tasks.base import DivergedError
 
-log = logging.getLogger("secfl.fl.simulation")
+log = logging.getLogger("secfl.eval.simulation")
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _delta(params: Params, base: Params) -> Params:
 
 def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
     """Run one scenario to the end."""
-    from secfl.tasks.attacks import attack_success_rate, get_attack
+    from secfl.eval.attacks import attack_success_rate, get_attack
     from secfl.tasks.registry import get_task
 
     began = time.perf_counter()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from secfl.cli.main import main
-from secfl.fl.evaluation import Evaluation, Grid, write_results
-from secfl.fl.evaluation_folder import load_records
+from secfl.eval.folder import load_records
+from secfl.eval.grid import Evaluation, Grid, write_results
 
 
 def test_a_tiny_grid_writes_an_honest_report(tmp_path: Path) -> None:
@@ -114,8 +114,8 @@ def test_a_run_whose_model_breaks_is_a_result_not_a_crash() -> None:
     """A defence can let the global model break (a learning rate or an attack that no site
     can train on any more): the run ends there, marked, with the accuracy it was left
     with, and the grid goes on (it used to stop the worker)."""
-    from secfl.fl.evaluation import Run
-    from secfl.fl.simulation import Scenario, simulate
+    from secfl.eval.grid import Run
+    from secfl.eval.simulation import Scenario, simulate
 
     s = Scenario(task="digits", clients=4, rounds=3, lr=1e20, epochs=1)
     out = simulate(s)

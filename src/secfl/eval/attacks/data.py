@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from secfl.tasks.attacks.base import Attack, Params, integer, number, register_attack, rewrite
+from secfl.eval.attacks.base import Attack, Params, integer, number, register_attack, rewrite
 from secfl.tasks.base import ClassificationTask, Dataset, TaskError
 from secfl.tasks.training import EVAL_BATCH, deterministic
 

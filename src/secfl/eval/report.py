@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from secfl.fl.evaluation import ATTACKS, DEFENCES
+from secfl.eval.grid import ATTACKS, DEFENCES
 
 
 def _cell(values: list[float]) -> str:

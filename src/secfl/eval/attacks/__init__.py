@@ -15,22 +15,22 @@ honest delta (local model minus global model); ``benign`` matters only to the
 
 from __future__ import annotations
 
-from secfl.tasks.attacks.base import (
+from secfl.eval.attacks.base import (
     Attack,
     Params,
     available_attacks,
     get_attack,
     register_attack,
 )
-from secfl.tasks.attacks.data import Backdoor, LabelFlip, add_trigger, attack_success_rate
-from secfl.tasks.attacks.model import (
+from secfl.eval.attacks.data import Backdoor, LabelFlip, add_trigger, attack_success_rate
+from secfl.eval.attacks.model import (
     DIRECTIONS,
     Alie,
     Gaussian,
     Ipm,
     MinMax,
     MinSum,
-    Scaling,
+    ScalingAttack,
     SignFlip,
     alie_z,
     search_gamma,
@@ -47,7 +47,7 @@ __all__ = [
     "MinMax",
     "MinSum",
     "Params",
-    "Scaling",
+    "ScalingAttack",
     "SignFlip",
     "add_trigger",
     "alie_z",

@@ -3,7 +3,7 @@
 ``secfl run`` attests the workload and leaves it an identity (certificate, key,
 the policy's CA, an SPM session) in ``$SECFL_IDENTITY``, secrets in injected files
 under ``$SECFL_FILES``, and what it needs to attest again: the pinned SPM, the
-TEE, and in simulation the measurement. :class:`Identity` reads them; it renews
+TEE, and in simulation the measurement. :class:`WorkloadIdentity` reads them; it renews
 the certificate (and the session) by attesting again once two thirds of its
 lifetime have passed, so certificates can be short-lived; it fetches the policy
 from the SPM and checks that it is the one attested against.
@@ -33,7 +33,7 @@ from secfl.policy.canonical import digest
 from secfl.policy.model import Policy
 from secfl.spm.client import SpmClient
 
-log = logging.getLogger("secfl.fl.workload")
+log = logging.getLogger("secfl.fl.workload_identity")
 
 #: Injected files (relative to ``$SECFL_FILES``) a policy gives FL services.
 SIGNING_KEY = "fl/signing-key.pem"  # aggregator: the model-signing private key
@@ -58,7 +58,7 @@ def _expiry(cert_pem: bytes) -> tuple[datetime, datetime]:
 
 
 @dataclass
-class Identity:
+class WorkloadIdentity:
     """An attested workload's identity; :meth:`renew` attests again when it is due."""
 
     policy: str
@@ -76,7 +76,7 @@ class Identity:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Identity:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkloadIdentity:
         env = os.environ if env is None else env
         folder = Path(_env(env, "SECFL_IDENTITY"))
         try:
@@ -139,7 +139,7 @@ class Identity:
     def due(self, now: datetime | None = None) -> bool:
         """Whether two thirds of the certificate's lifetime have passed (counted from
         its issue, not from its validity start, which is back-dated for clock skew)."""
-        from secfl.spm.secrets import CLOCK_SKEW
+        from secfl.spm.sealing import CLOCK_SKEW
 
         start, end = _expiry(self.creds.cert_pem)
         issued = min(start + CLOCK_SKEW, end)

@@ -1,6 +1,6 @@
 """``secfl eval robustness``: every attack against every defence, honestly reported.
 
-A grid of :class:`~secfl.fl.simulation.Scenario` s (task x partition x malicious
+A grid of :class:`~secfl.eval.simulation.Scenario` s (task x partition x malicious
 fraction x attack x defence x seed) runs through the simulation engine; the report
 gives, per setting, the mean and spread of final test accuracy over seeds, the gap
 to clean FedAvg, the backdoor success rate, the audit's true- and false-positive
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlError
-from secfl.fl.simulation import DataCache, Outcome, Scenario, simulate
+from secfl.eval.simulation import DataCache, Outcome, Scenario, simulate
 
-log = logging.getLogger("secfl.fl.evaluation")
+log = logging.getLogger("secfl.eval.grid")
 
 ATTACKS = ["label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "min-max",
            "min-sum", "backdoor"]  # fmt: skip
@@ -231,7 +231,7 @@ class Evaluation:
 
 def write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
     """results.csv, results.json, report.md and plots in ``out``."""
-    from secfl.fl.evaluation_report import markdown, plots
+    from secfl.eval.report import markdown, plots
 
     out.mkdir(parents=True, exist_ok=True)
     rows = ev.rows()
