@@ -2,7 +2,7 @@
 
 After each round the aggregator writes the global model and its strategy's state
 (:func:`write_checkpoint`), encrypted and authenticated with a policy secret
-(AES-256-GCM through :class:`secfl.spm.masterkey.AeadKey`, under a sub-key derived
+(AES-256-GCM through :class:`secfl._internal.aead.AeadKey`, under a sub-key derived
 for checkpoints), with the policy digest, the round and the counter value as
 associated data. The host can read neither the model nor the state, and any change,
 truncation or reordering, another key, or a file moved to another policy, round or
@@ -68,10 +68,10 @@ from typing import Any
 
 import numpy as np
 
+from secfl._internal.aead import KEY_SIZE, NONCE_SIZE, AeadKey
 from secfl._internal.canonical import canonical_json
 from secfl.errors import FlError, SpmError
 from secfl.fl.tensors import from_bytes, to_bytes
-from secfl.spm.masterkey import KEY_SIZE, NONCE_SIZE, AeadKey
 
 MAGIC = b"SECFLCKP"
 FORMAT = "secfl-checkpoint/v1"

@@ -28,69 +28,14 @@ import stat
 import tempfile
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from secfl._internal.aead import KEY_SIZE, AeadKey
 from secfl.errors import SpmError
 
-KEY_SIZE = 32
-NONCE_SIZE = 12
-#: First byte of every sealed blob; bumped if the format ever changes.
-FORMAT_V1 = 0x01
 KEY_FILE = "master.key"
 
 _POLICY_KEY_AAD = b"secfl/policy-key/v1\n"
 _SECRET_AAD = b"secfl/secret/v1\n"
-_DERIVE_INFO = b"secfl/derive/v1\n"
 #: HPKE ``info`` prefix of a recovery share; the policy name follows.
-
-
-class AeadKey:
-    """A 256-bit key that seals (AES-256-GCM) and derives sub-keys (HKDF-SHA256).
-
-    Sealed blob: ``version (1 byte) || nonce (12 bytes) || ciphertext || tag (16 bytes)``;
-    the version byte is authenticated with the caller's ``aad``.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
-            raise SpmError(f"secrets: a key must be {KEY_SIZE} bytes")
-        self._key = bytes(key)
-        self._aead = AESGCM(self._key)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(<{KEY_SIZE} bytes hidden>)"
-
-    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        nonce = os.urandom(NONCE_SIZE)
-        header = bytes([FORMAT_V1])
-        return header + nonce + self._aead.encrypt(nonce, bytes(plaintext), header + bytes(aad))
-
-    def open(self, blob: bytes, aad: bytes) -> bytes:
-        if len(blob) < 1 + NONCE_SIZE + 16:
-            raise SpmError(f"secrets: a sealed value of {len(blob)} bytes is truncated")
-        if blob[0] != FORMAT_V1:
-            raise SpmError(f"secrets: a sealed value has unknown format version {blob[0]}")
-        nonce, body = blob[1 : 1 + NONCE_SIZE], blob[1 + NONCE_SIZE :]
-        try:
-            return self._aead.decrypt(nonce, body, blob[:1] + bytes(aad))
-        except InvalidTag:
-            raise SpmError(
-                "secrets: cannot open a sealed value (wrong key, modified data or wrong context)"
-            ) from None
-
-    def derive(self, label: str) -> bytes:
-        """A 32-byte sub-key for ``label`` (e.g. "audit"), independent of every other label."""
-        if not label:
-            raise SpmError("secrets: a derived key needs a label")
-        return HKDF(
-            algorithm=hashes.SHA256(),
-            length=KEY_SIZE,
-            salt=None,
-            info=_DERIVE_INFO + label.encode("utf-8"),
-        ).derive(self._key)
 
 
 class MasterKey(AeadKey):
