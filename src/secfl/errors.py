@@ -6,6 +6,28 @@ it as ``error: <message>`` without a traceback.
 
 from __future__ import annotations
 
+__all__ = [
+    "AuditError",
+    "DemoError",
+    "DivergedError",
+    "FetchError",
+    "FlError",
+    "IntegrityError",
+    "LaunchError",
+    "MeasurementError",
+    "PlatformError",
+    "PolicyError",
+    "Refused",
+    "SecflError",
+    "ShieldError",
+    "SpmError",
+    "SpmRefused",
+    "TaskError",
+    "TransportError",
+    "UsageError",
+    "VerificationError",
+]
+
 
 class SecflError(Exception):
     """Base class: a refusal or a user mistake, never a bug."""
@@ -53,3 +75,40 @@ class LaunchError(SecflError):
 
 class FlError(SecflError):
     """The federated runtime refused a model, an update, a checkpoint or a setting."""
+
+
+class TaskError(SecflError):
+    """A task, its data or its training configuration was refused (one line, says why)."""
+
+
+class DivergedError(TaskError):
+    """Training reached a non-finite loss: the model it started from, or the learning
+    rate, is broken."""
+
+
+class UsageError(SecflError):
+    """A user's mistake on the command line (bad option value, unreadable file)."""
+
+
+class DemoError(SecflError):
+    """The demonstration could not run (a process failed to start or died)."""
+
+
+class Refused(SpmError):
+    """A request the SPM refuses on purpose; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SpmRefused(SpmError):
+    """The SPM answered a client with a refusal; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TransportError(SecflError):
+    """The federation's transport refused a peer or a message, or a call failed."""

@@ -1,4 +1,4 @@
-"""Issue 13: ``secfl demo --keep work`` with a relative path failed.
+"""``secfl demo --keep work`` with a relative path once failed.
 
 The demo starts every process inside its work folder, so a relative work path
 named a folder below itself: the SPM wrote its ready file where nobody waited.

@@ -8,11 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
 
 import secfl.cli.main as cli_main
-from secfl.cli import policy as policy_cli
 from secfl.policy import digest, load_policy_file
 from tests.policy import policy_dict, to_yaml
 
@@ -20,21 +18,8 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    """Call ``secfl.cli.main.main`` with the ``policy`` group registered.
-
-    Until cli/main.py registers the group itself, a root app with it stands in
-    for ``main.app``: the error contract under test is main()'s own.
-    """
-    if not any(g.name == "policy" for g in cli_main.app.registered_groups):
-        root = typer.Typer(pretty_exceptions_enable=False, add_completion=False)
-        root.add_typer(policy_cli.app, name="policy")
-
-        @root.callback()
-        def _root() -> None:
-            pass
-
-        monkeypatch.setattr(cli_main, "app", root)
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Call ``secfl.cli.main.main`` with ``policy`` and the given arguments."""
 
     def call(*args: str) -> tuple[int, str, str]:
         code = cli_main.main(["policy", *args])
@@ -210,7 +195,7 @@ def test_keygen_refuses_to_overwrite_and_bad_options(run: Run, tmp_path: Path) -
 
 
 def test_fewer_recovery_keys_than_the_threshold_is_one_error_line(run: Run, tmp_path: Path) -> None:
-    """Issue 13, item 9: one member's recovery key must not recover a 2-of-3 board's secrets."""
+    """One member's recovery key must not recover a 2-of-3 board's secrets."""
     keys = tmp_path / "keys"
     _keygen(run, keys)
     path = _write_policy(tmp_path, keys)

@@ -1,4 +1,4 @@
-"""The board's revocation commands, every step a real process (issue 13, item 6).
+"""The board's revocation commands, every step a real process.
 
 Board members sign a revocation with `secfl policy sign-revocation` from the same
 flags; `secfl policy revoke` submits it to a real `secfl spm serve`; the revoked

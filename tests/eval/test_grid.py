@@ -4,14 +4,18 @@ computed from the runs, defences whose preconditions fail reported as such."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
 from secfl.cli.main import main
+from secfl.errors import FlError
 from secfl.eval.folder import load_records
-from secfl.eval.grid import Evaluation, Grid, write_results
+from secfl.eval.grid import FULL, QUICK, Evaluation, Grid, GridOptions, assemble_grid
+from secfl.eval.report import write_results
 
 
 def test_a_tiny_grid_writes_an_honest_report(tmp_path: Path) -> None:
@@ -123,3 +127,46 @@ def test_a_run_whose_model_breaks_is_a_result_not_a_crash() -> None:
     assert 0.0 <= out.final["test_accuracy"] <= 0.3  # the untrained model
     row = Run(s, s.label(), "fedavg", out).row()
     assert row["diverged_round"] == 1 and not row["error"]
+
+
+def test_a_command_line_s_grid_is_the_preset_with_its_changes() -> None:
+    options = GridOptions(tasks="digits, fashion-mnist", partitions="iid, 0.5",
+                          malicious="0,0.2", seeds=2, rounds=4)  # fmt: skip
+    grid, argv, command = assemble_grid(options, quick=True, out="r")
+    assert grid == dataclasses.replace(
+        QUICK, tasks=["digits", "fashion-mnist"], partitions=[None, 0.5],
+        malicious=[0.0, 0.2], seeds=[0, 1], rounds=4,
+    )  # fmt: skip
+    assert argv == ["--quick", "--tasks", "digits, fashion-mnist", "--partitions", "iid, 0.5",
+                    "--malicious", "0,0.2", "--seeds", "2", "--rounds", "4", "-o", "r"]  # fmt: skip
+    assert command == "secfl eval robustness " + shlex.join(argv)
+    assert assemble_grid(GridOptions(), out="r")[0] == FULL
+    # a report on a folder is on the folder's grid, under its command, unless told otherwise
+    stored = (grid, "secfl eval robustness --quick -o r")
+    assert assemble_grid(GridOptions(), out="r", stored=stored) == (grid, ["-o", "r"], stored[1])
+    changed, _, command = assemble_grid(GridOptions(epochs=2), out="r", stored=stored)
+    assert changed == dataclasses.replace(grid, epochs=2)
+    assert command == "secfl eval robustness --epochs 2 -o r"
+
+
+def test_grid_options_that_are_not_numbers_are_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for option, value in (("partitions", "iid,0.5x"), ("malicious", "0,a")):
+        with pytest.raises(FlError, match=f"^--{option}: '{value}' is not a comma-separated"):
+            GridOptions(**{option: value}).apply(QUICK)
+        argv = ["eval", "robustness", "--quick", f"--{option}", value, "-o", str(tmp_path)]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --{option}: ") and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_a_report_folder_that_cannot_be_made_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "taken").write_text("a file, not a folder")
+    assert main([*TINY, "-o", str(tmp_path / "taken")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'taken'}: cannot write grid.json: ")
+    assert len(err.splitlines()) == 1

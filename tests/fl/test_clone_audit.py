@@ -10,8 +10,7 @@ import pytest
 
 from secfl.errors import FlError
 from secfl.eval.simulation import DataCache, Scenario, simulate
-from secfl.fl.clone_audit import CloneAudit
-from secfl.fl.strategies import Update, get_strategy
+from secfl.fl.strategies import CloneAudit, Update, get_strategy
 
 
 @pytest.fixture(scope="module")

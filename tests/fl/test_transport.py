@@ -92,6 +92,16 @@ def test_payloads_larger_than_a_message_stream_both_ways(
             client.upload("PutSmall", b"x" * 5000)
 
 
+def test_an_upload_takes_any_iterable_of_pieces(
+    server: tuple[Server, PeerPolicy], policy_ca: sv.Value
+) -> None:
+    # gRPC calls next() on what it streams: a list, not only a generator, must work
+    pieces = [PAYLOAD[i : i + CHUNK_SIZE] for i in range(0, len(PAYLOAD), CHUNK_SIZE)]
+    with connect(server[0], identity(policy_ca, "collab-1")) as client:
+        assert client.upload("Put", pieces) == hashlib.sha256(PAYLOAD).digest()
+        assert client.upload("Put", tuple(pieces)) == hashlib.sha256(PAYLOAD).digest()
+
+
 @pytest.mark.parametrize("case", ["another CA", "self-signed", "expired"])
 def test_bad_client_certificates_fail_the_handshake(
     server: tuple[Server, PeerPolicy], policy_ca: sv.Value, case: str

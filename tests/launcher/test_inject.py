@@ -1,7 +1,7 @@
 """Injection that cannot be done is refused in one line, no secret goes on a command
-line, and a secret's value is never expanded again (issue 13, items 13, 14 and the
-single-pass item). Real `secfl run` processes against a real SPM; the checks
-themselves also in-process."""
+line, and a secret's value is never expanded again (placeholders are replaced in
+one pass). Real `secfl run` processes against a real SPM; the checks themselves
+also in-process."""
 
 from __future__ import annotations
 

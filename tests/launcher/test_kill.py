@@ -1,6 +1,6 @@
 """A killed launcher leaves nothing running and nothing readable; a crashing program
-leaves no core and no traceback (issue 13, items 4 and 12). Real `secfl run`
-processes against a real SPM, killed with real signals."""
+leaves no core and no traceback. Real `secfl run` processes against a real SPM,
+killed with real signals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile policies (issue 13): each is refused in one line at validation, by the
+"""Hostile policies: each is refused in one line at validation, by the
 library, by every ``secfl policy`` command as a real process, and by a real SPM
 (HTTP 400 and an audit entry, never a 500)."""
 
@@ -42,7 +42,7 @@ def _yaml_with(path: list[Any], literal: str) -> str:
     return to_yaml(data).replace("HOSTILE-VALUE", literal)
 
 
-# --- item 11: numbers and strings of any size ------------------------------------------
+# --- numbers and strings of any size --------------------------------------------------
 
 
 WHERE = {
@@ -134,7 +134,7 @@ def test_out_of_range_values_are_refused(path: list[Any], value: Any, expected: 
     refusal(to_yaml(data))
 
 
-# --- item 13: no secret on a command line ----------------------------------------------
+# --- no secret on a command line ------------------------------------------------------
 
 
 def _with_args(*args: str, extra_secrets: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -180,7 +180,7 @@ def test_public_parts_may_stay_in_args(placeholder: str) -> None:
     load_policy(json.dumps(_with_args(placeholder, extra_secrets=[KEYPAIR])))
 
 
-# --- item 9: recovery keys no fewer than the threshold ---------------------------------
+# --- recovery keys no fewer than the threshold -----------------------------------------
 
 
 def _recovery(count: int, threshold: int = 2) -> dict[str, Any]:

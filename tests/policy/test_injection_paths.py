@@ -1,8 +1,8 @@
 """What a policy injects is checked when it is validated, so that a bad policy is
-refused at submit and never at launch (issue 13, items 14 and the volume-swap item):
-injected file paths that the launcher could not write, NUL characters that no
-argument or environment variable can carry, and counter-protected volumes that
-share a key (a volume file of one, presented as the other, would open)."""
+refused at submit and never at launch: injected file paths that the launcher could
+not write, NUL characters that no argument or environment variable can carry, and
+counter-protected volumes that share a key (a volume file of one, presented as the
+other, would open)."""
 
 from __future__ import annotations
 

@@ -107,3 +107,35 @@ def test_private_keys_are_written_0600_and_never_overwritten(tmp_path: Path) -> 
 
     with pytest.raises(PolicyError, match="cannot write"):
         keys.write_private(tmp_path / "missing" / "k.key", private_pem)
+
+
+def test_overwriting_a_key_replaces_a_planted_link_and_never_writes_through_it(
+    tmp_path: Path,
+) -> None:
+    """``keygen --force`` over a symbolic link someone planted at the key's path:
+    the key must not be written into the file the link points to (it may be
+    readable by others, or be another file of the user's)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"someone else's file")
+    victim.chmod(0o644)
+    path = tmp_path / "alice.key"
+    path.symlink_to(victim)
+    private_pem, _ = keys.generate()
+
+    with pytest.raises(PolicyError, match="refusing to overwrite the existing key"):
+        keys.write_private(path, private_pem)
+    keys.write_private(path, private_pem, overwrite=True)
+
+    assert victim.read_bytes() == b"someone else's file"
+    assert not path.is_symlink() and path.read_bytes() == private_pem
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.key", "victim.txt"]
+
+
+def test_a_dangling_link_at_a_new_key_path_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "alice.key"
+    path.symlink_to(tmp_path / "not-yet")
+    with pytest.raises(PolicyError, match="refusing to overwrite the existing key"):
+        keys.write_private(path, keys.generate()[0])
+    assert path.is_symlink() and not (tmp_path / "not-yet").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.key"]

@@ -1,4 +1,4 @@
-"""Issue 13: ``shield encrypt -o KEYFILE --key-file KEYFILE`` destroyed the key.
+"""``shield encrypt -o KEYFILE --key-file KEYFILE`` once destroyed the key.
 
 An existing output is replaced only with ``--force``, and the key file never, by
 whatever name it is reached (the same path, a symbolic link, a hard link).

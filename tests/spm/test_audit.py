@@ -153,7 +153,7 @@ def raw(store_url: str) -> Iterator[Engine]:
 def fill(store: Store, n: int = 20) -> None:
     for i in range(1, n + 1):
         with store.transaction() as tx:
-            tx.append_audit(f"event.{i % 3}", "fl" if i % 2 else None, {"i": i, "text": f"n{i}"})
+            tx.audit.append(f"event.{i % 3}", "fl" if i % 2 else None, {"i": i, "text": f"n{i}"})
 
 
 def test_chain_verifies_and_pages(store: Store) -> None:
@@ -177,8 +177,8 @@ def test_chain_verifies_and_pages(store: Store) -> None:
 
 def test_append_returns_the_stored_entry(store: Store) -> None:
     with store.transaction() as tx:
-        entry = tx.append_audit("x", None, {"k": (1,)}, at=AT)
-        assert tx.audit_head() == (1, entry.hash)
+        entry = tx.audit.append("x", None, {"k": (1,)}, at=AT)
+        assert tx.audit.head() == (1, entry.hash)
     assert store.audit_since(0) == [entry]
     assert entry.detail == {"k": [1]}
     assert entry.at == "2025-03-01T12:00:00.000000Z"
@@ -314,17 +314,17 @@ def test_keyless_store(store_url: str) -> None:
     with Store(store_url) as plain:
         plain.create_all()
         with plain.transaction() as tx:
-            tx.append_audit("x", None, {})
+            tx.audit.append("x", None, {})
         with pytest.raises(AuditError, match="carries no MAC"):
             plain.verify_audit(AUDIT_KEY)
     with Store(store_url, audit_key=AUDIT_KEY) as keyed:
         with keyed.transaction() as tx:
-            tx.append_audit("y", None, {})
+            tx.audit.append("y", None, {})
         assert keyed.verify_audit(AUDIT_KEY) == 2
     with Store(store_url) as plain:
         expected = "open the store with its audit key"
         with pytest.raises(SpmError, match=expected), plain.transaction() as tx:
-            tx.append_audit("z", None, {})
+            tx.audit.append("z", None, {})
         assert plain.audit_head()[0] == 2
 
 
@@ -332,11 +332,11 @@ def test_rolled_back_entries_leave_no_trace(store: Store) -> None:
     fill(store, 2)
     head = store.audit_head()
     with pytest.raises(RuntimeError), store.transaction() as tx:
-        tx.append_audit("lost", None, {})
+        tx.audit.append("lost", None, {})
         raise RuntimeError
     assert store.audit_head() == head
     with store.transaction() as tx:
-        entry = tx.append_audit("kept", None, {})
+        entry = tx.audit.append("kept", None, {})
     assert entry.seq == 3 and entry.prev_hash == head[1]
     assert store.verify_audit(AUDIT_KEY) == 3
 

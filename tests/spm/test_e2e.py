@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from secfl.errors import SpmError, VerificationError
 from secfl.policy.document import load_policy
-from secfl.policy.signatures import sign_statement
+from secfl.policy.signatures import REVOCATION_DOMAIN, sign_statement
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll, make_csr
 from secfl.spm.report_data import spki_sha256, workload_report_data
-from secfl.spm.service import REVOCATION_DOMAIN, revocation_digest
+from secfl.spm.service import revocation_digest
 from secfl.tee import simulated
 from tests.spm.conftest import drop_pg_database, fresh_pg_database
 from tests.spm.harness import (

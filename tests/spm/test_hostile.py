@@ -1,6 +1,6 @@
-"""Attacks on the SPM from issue 13, each reproduced against a real `secfl spm serve`
-process on SQLite and PostgreSQL: by a network attacker, by a workload's operator,
-and by someone who can write the SPM's database (which lies outside its TEE)."""
+"""Attacks on the SPM from a hostile review, each reproduced against a real `secfl spm
+serve` process on SQLite and PostgreSQL: by a network attacker, by a workload's
+operator, and by someone who can write the SPM's database (which lies outside its TEE)."""
 
 from __future__ import annotations
 

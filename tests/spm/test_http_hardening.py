@@ -1,5 +1,5 @@
 """The SPM's HTTP surface and its start under hostile conditions, with real
-`secfl spm serve` processes on loopback (issue 13: items 8, 14 and the JSON refusals).
+`secfl spm serve` processes on loopback.
 
 - Slow clients: hundreds of connections that stall in their TLS handshake, their
   headers or their body must neither exhaust a small file limit nor stay open.

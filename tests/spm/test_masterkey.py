@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secfl._internal import shamir
+from secfl._internal.aead import AeadKey
 from secfl.errors import SpmError
 from secfl.spm.masterkey import (
     KEY_FILE,
-    AeadKey,
     MasterKey,
     load_or_create_master_key,
     new_policy_key,

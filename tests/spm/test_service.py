@@ -106,8 +106,8 @@ def test_board_recovers_the_policy_secrets(setup: tuple[Spm, Board, bytes, Path]
     got = enroll(LocalClient(spm), simulated.SimulatedPlatform(tmp / "sim"), "p", "aggregator",
                  measurement=AGGREGATOR_MR)  # fmt: skip
     with spm.store.transaction() as tx:
-        shares_json = tx.get_key_shares("p")
-        record = tx.get_secret("p", "model-key")
+        shares_json = tx.data_keys.shares("p")
+        record = tx.secrets.get("p", "model-key")
     assert shares_json and record is not None
     # Without the SPM's master key: two members open their shares and recombine.
     shares = [open_share(shares_json, m, board.recovery[m]) for m in ("bob", "carol")]

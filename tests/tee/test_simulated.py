@@ -182,7 +182,7 @@ def test_verify_fuzz_truncations_and_mutations(
         verify(bytes(data), sim_root=root)
 
 
-# --- issue 13: a damaged simulation folder, and how its private keys are written ----------
+# --- a damaged simulation folder, and how its private keys are written -------------------
 
 
 def _copy_sim(sim: Path, to: Path) -> Path:

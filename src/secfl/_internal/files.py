@@ -1,7 +1,9 @@
 """Writing files that must never be seen half-written, or by anyone else.
 
 - :func:`atomic_write`: a reader sees the old file or the whole new one, never a
-  torn write (a fresh temporary name in the same folder, then ``rename``).
+  torn write (a fresh temporary name in the same folder, then ``rename``); with
+  ``replace=False`` an existing file is never replaced (``FileExistsError``).
+  :func:`atomic_open` is the same for data written piece by piece.
 - :func:`write_private`: the same, with the file created 0600 from its first byte
   under a fresh name (``O_CREAT | O_EXCL | O_NOFOLLOW``), so that nothing planted at
   the path (a symbolic link, a hard link to another file, a file others can read)
@@ -20,34 +22,58 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SHM = Path("/dev/shm")  # noqa: S108 - only ever used through mkdtemp (a 0700 folder)
 
 
 def atomic_write(
-    path: Path | str, data: bytes, *, mode: int = 0o644, fsync: bool = True
+    path: Path | str, data: bytes, *, mode: int = 0o644, fsync: bool = True, replace: bool = True
 ) -> Path:
-    """Replace ``path`` by ``data`` atomically (created with ``mode``)."""
+    """Replace ``path`` by ``data`` atomically (created with ``mode``): see :func:`atomic_open`."""
+    with atomic_open(path, mode=mode, fsync=fsync, replace=replace) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+@contextmanager
+def atomic_open(
+    path: Path | str, *, mode: int = 0o644, fsync: bool = True, replace: bool = True
+) -> Iterator[BinaryIO]:
+    """A new file to write that appears at ``path`` whole when the block ends, or never.
+
+    For data too large to hold in memory (a shielded volume). The file has a fresh
+    name in the same folder, created with ``mode`` (``O_CREAT | O_EXCL | O_NOFOLLOW``).
+    On a clean exit it is flushed (and fsynced) and renamed over ``path``; with
+    ``replace=False`` it is hard-linked to ``path`` instead, which raises
+    ``FileExistsError`` if anything is there (even a dangling symbolic link) and
+    leaves that as it was. On any error the temporary file is removed.
+    """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.urandom(8).hex()}.tmp")
     fd = os.open(tmp, _FLAGS, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
+            fh.flush()
             if fsync:
-                fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if replace:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)
+            tmp.unlink()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return target
 
 
-def write_private(path: Path | str, data: bytes, *, fsync: bool = True) -> Path:
+def write_private(
+    path: Path | str, data: bytes, *, fsync: bool = True, replace: bool = True
+) -> Path:
     """:func:`atomic_write` with mode 0600: a key file, readable by its owner only."""
-    return atomic_write(path, data, mode=0o600, fsync=fsync)
+    return atomic_write(path, data, mode=0o600, fsync=fsync, replace=replace)
 
 
 def ram_base() -> str | None:

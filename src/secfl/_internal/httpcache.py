@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from secfl._internal import files
 from secfl.errors import FetchError
 
 
@@ -71,18 +70,15 @@ class CachedHttp:
             body=reply.content, headers={k.lower(): v for k, v in reply.headers.items()}
         )
         if paths:
-            _atomic_write(paths[1], json.dumps(response.headers).encode())
-            _atomic_write(paths[0], response.body)
+            _store(paths[1], json.dumps(response.headers).encode())
+            _store(paths[0], response.body)
         return response
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+def _store(path: Path, data: bytes) -> None:
+    """Cache ``data`` at ``path`` (0600, written whole: see :mod:`secfl._internal.files`)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.atomic_write(path, data, mode=0o600, fsync=False)
+    except OSError as exc:
+        raise FetchError(f"fetch: cannot cache '{path}': {exc.strerror or exc}") from None

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from secfl.errors import SecflError
 
-T = TypeVar("T")
+
+class Named(Protocol):
+    """What a registry holds: classes with a ``name``."""
+
+    name: ClassVar[str]
+
+
+T = TypeVar("T", bound=Named)
+C = TypeVar("C")
 
 
 def _key(name: str) -> str:
@@ -29,8 +37,12 @@ class Registry(Generic[T]):
         self.kind, self.base, self.error = kind, base, error
         self._classes: dict[str, type[T]] = {}
 
-    def register(self, cls: Any) -> Any:
+    def register(self, cls: C) -> C:
         """Make ``cls`` available as ``cls.name``; usable as a class decorator."""
+        self._add(cls)
+        return cls
+
+    def _add(self, cls: object) -> None:
         name = getattr(cls, "name", "")
         if not (isinstance(cls, type) and issubclass(cls, self.base)) or not name:
             raise self.error(f"{self.kind}: {cls!r} is not a {self.base.__name__} with a name")
@@ -38,11 +50,10 @@ class Registry(Generic[T]):
         if key in self._classes and self._classes[key] is not cls:
             raise self.error(f"{self.kind}: the name '{name}' is already taken")
         self._classes[key] = cls
-        return cls
 
     def names(self) -> list[str]:
         """The registered names, sorted."""
-        return sorted(cls.name for cls in self._classes.values())  # type: ignore[attr-defined]
+        return sorted(cls.name for cls in self._classes.values())
 
     def create(self, name: str, **settings: Any) -> T:
         """A new ``name`` built with ``settings``; an unknown name, an unknown setting or
@@ -54,7 +65,7 @@ class Registry(Generic[T]):
         try:
             inspect.signature(cls).bind(**settings)
         except TypeError as exc:
-            raise self.error(f"{self.kind} '{cls.name}': {exc}") from None  # type: ignore[attr-defined]
+            raise self.error(f"{self.kind} '{cls.name}': {exc}") from None
         return cls(**settings)
 
 

@@ -7,12 +7,12 @@ import threading
 import warnings
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from secfl._internal import der
 from secfl.errors import VerificationError
@@ -166,9 +166,9 @@ def force_parse(cert: x509.Certificate, what: str) -> None:
         ) from None
 
 
-def private_pem(key: Any) -> bytes:
+def private_pem(key: PrivateKeyTypes) -> bytes:
     """A private key as unencrypted PKCS#8 PEM (it stays inside the TEE or a 0600 file)."""
-    return key.private_bytes(  # type: ignore[no-any-return]
+    return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),

@@ -8,15 +8,21 @@ from pathlib import Path
 
 from rich.console import Console
 
-from secfl.errors import SecflError
+from secfl.errors import UsageError
+
+__all__ = [
+    "UsageError",
+    "err",
+    "out",
+    "parse_at",
+    "read_input",
+    "read_optional",
+    "write_output",
+]
 
 #: Wide when not on a terminal, so tables stay readable in logs and CI output.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class UsageError(SecflError):
-    """A user's mistake on the command line (bad option value, unreadable file)."""
 
 
 def read_input(path: str, what: str) -> bytes:

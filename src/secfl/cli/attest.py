@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from secfl.cli._common import UsageError, out, parse_at, read_input, read_optional, write_output
+from secfl.cli._common import out, parse_at, read_input, read_optional, write_output
+from secfl.errors import UsageError
+
+if TYPE_CHECKING:
+    from secfl.tee.evidence import KindOrAuto
 
 app = typer.Typer(help="Produce and verify attestation evidence.", no_args_is_help=True)
 
-KINDS = ("auto", "sgx", "tdx", "snp", "simulated")
+KINDS: tuple[KindOrAuto, ...] = ("auto", "sgx", "tdx", "snp", "simulated")
 PLATFORMS = ("auto", "simulated", "tdx", "snp", "sgx")
 
+S = TypeVar("S", bound=str)
 
-def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
-    if value not in allowed:
-        raise UsageError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
-    return value
+
+def _choice(value: str, allowed: tuple[S, ...], option: str) -> S:
+    """``value`` as the one of ``allowed`` it equals, else a usage error."""
+    for choice in allowed:
+        if value == choice:
+            return choice
+    raise UsageError(f"{option}: '{value}' is not one of {', '.join(allowed)}")
 
 
 @app.command("verify")
@@ -54,7 +62,7 @@ def verify_cmd(
 
     chosen = _choice(kind, KINDS, "--kind")
     when = parse_at(at)
-    evidence = Evidence.parse(read_input(file, "evidence"), chosen)  # type: ignore[arg-type]
+    evidence = Evidence.parse(read_input(file, "evidence"), chosen)
     aux_blob = read_optional(aux, "auxblob")
     if aux_blob is not None:
         evidence = replace(evidence, aux=aux_blob)

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from secfl.cli._common import UsageError, out
+from secfl.cli._common import out
+from secfl.errors import UsageError
 
 app = typer.Typer(help="The SPM's audit log.", no_args_is_help=True)
 

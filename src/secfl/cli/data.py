@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from secfl.cli._common import UsageError, out
+from secfl.cli._common import out
+from secfl.errors import UsageError
 
 if TYPE_CHECKING:
     from secfl.tasks import ShardSummary, SplitReport

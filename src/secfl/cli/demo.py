@@ -13,7 +13,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from secfl.cli._common import UsageError, out
+from secfl.cli._common import out
+from secfl.errors import DemoError, UsageError
 
 
 def demo(
@@ -84,8 +85,6 @@ def _setup(fed: Any) -> None:
 
 
 def _train(fed: Any, rounds: int) -> Any:
-    from secfl.demo.federation import DemoError
-
     tampered = fed.start_tampered()
     columns = (
         TextColumn("[bold]round {task.completed}/{task.total}"),

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import shlex
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from secfl.cli._common import UsageError, out
 
+if TYPE_CHECKING:
+    from secfl.eval.folder import GridFolder
+
+__all__ = ["app", "robustness_cmd"]
+
 app = typer.Typer(help="Evaluations (simulated federations with attackers).", no_args_is_help=True)
-
-
-def _floats(text: str | None, what: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x]
-    except ValueError:
-        raise UsageError(f"{what}: '{text}' is not a comma-separated list of numbers") from None
-
-
-def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
 
 @app.command("robustness")
@@ -64,62 +55,50 @@ def robustness_cmd(
     N processes (each with one torch thread) and writes the report when all are done;
     ``--report-only -o DIR`` reports a grid still under way (or stopped) from its
     folder, with the grid and command recorded there."""
-    from dataclasses import replace
-
     from secfl.eval.folder import GridFolder, fan_out, parse_shard
-    from secfl.eval.grid import FULL, QUICK, write_results
+    from secfl.eval.grid import GridOptions, assemble_grid
 
-    grid = QUICK if quick else FULL
+    options = GridOptions(
+        tasks=tasks, clients=clients, partitions=partitions, malicious=malicious,
+        attacks=attacks, defences=defences, seeds=seeds, rounds=rounds, epochs=epochs,
+        samples=samples,
+    )  # fmt: skip
+    # a report on a folder is on the grid it was made with, unless told otherwise
     stored = GridFolder.stored(Path(out_dir)) if report_only and not quick else None
-    if stored:  # report on the grid the folder was made with, unless told otherwise
-        grid = stored[0]
-    parts = _names(partitions)
-    changes = {
-        "tasks": _names(tasks),
-        "clients": clients,
-        "partitions": None if parts is None else [
-            None if p == "iid" else float(p) for p in parts
-        ],
-        "malicious": _floats(malicious, "--malicious"),
-        "attacks": _names(attacks),
-        "defences": _names(defences),
-        "seeds": None if seeds is None else list(range(seeds)),
-        "rounds": rounds,
-        "epochs": epochs,
-        "samples": samples,
-    }  # fmt: skip
-    grid = replace(grid, **{k: v for k, v in changes.items() if v is not None})
-    given = {
-        "--tasks": tasks, "--clients": clients, "--partitions": partitions,
-        "--malicious": malicious, "--attacks": attacks, "--defences": defences,
-        "--seeds": seeds, "--rounds": rounds, "--epochs": epochs, "--samples": samples,
-    }  # fmt: skip
-    opts = (["--quick"] if quick else []) + [
-        a for k, v in given.items() if v is not None for a in (k, str(v))
-    ] + ["-o", out_dir]  # fmt: skip
-    command = "secfl eval robustness " + shlex.join(opts)
-    if stored and not any(v is not None for v in given.values()):
-        command = stored[1]
+    grid, argv, command = assemble_grid(options, quick=quick, out=out_dir, stored=stored)
     part = parse_shard(shard)
-    folder = GridFolder(Path(out_dir), grid, command)
     if workers < 1:
         raise UsageError(f"--workers: {workers} is not a positive number of processes")
+    folder = GridFolder(Path(out_dir), grid, command)
     folder.claim(resume=resume or part != (0, 1), report_only=report_only)
     began = time.perf_counter()
     if workers > 1 and not report_only:
-        fan_out(workers, ["eval", "robustness", *opts])
+        fan_out(workers, ["eval", "robustness", *argv])
     elif not report_only:
-        ev = folder.evaluation()
-        todo = ev.pending(part)
-        out.print(f"{len(todo)} runs to go" + (f" (shard {shard})" if shard else ""))
-        ev.run(
-            lambda i, n, label: out.print(f"[{i + 1}/{n}] {label}", markup=False),
-            folder.sink(part),
-            part,
-        )
+        _run_shard(folder, part, shard)
         if part != (0, 1):
             return  # the parent writes the report
-    ev = folder.evaluation(seconds=time.perf_counter() - began)
+    _report(folder, command, time.perf_counter() - began, report_only=report_only)
+
+
+def _run_shard(folder: GridFolder, part: tuple[int, int], shard: str | None) -> None:
+    """Run the runs of shard ``part`` the folder does not hold yet, saying which."""
+    ev = folder.evaluation()
+    todo = ev.pending(part)
+    out.print(f"{len(todo)} runs to go" + (f" (shard {shard})" if shard else ""))
+    ev.run(
+        lambda i, n, label: out.print(f"[{i + 1}/{n}] {label}", markup=False),
+        folder.sink(part),
+        part,
+    )
+
+
+def _report(folder: GridFolder, command: str, seconds: float, *, report_only: bool) -> None:
+    """Write the report of the runs the folder holds; a grid run here that did not
+    finish is an error, a grid reported on while under way is not."""
+    from secfl.eval.report import write_results
+
+    ev = folder.evaluation(seconds=seconds)
     missing = len(ev.pending())
     paths = write_results(ev, folder.path, command)
     took = "" if report_only else f", {ev.seconds:.0f} s"

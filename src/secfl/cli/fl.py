@@ -12,6 +12,8 @@ import typer
 
 from secfl.cli._common import UsageError, err, read_input
 
+__all__ = ["aggregator", "collaborator", "sign_reset"]
+
 Insecure = Annotated[
     bool,
     typer.Option("--insecure", help="Plaintext, no TEE, no SPM: for measuring overhead only."),

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from secfl.cli._common import UsageError, err, out, read_input, write_output
+from secfl.cli._common import err, out, read_input, write_output
+from secfl.errors import UsageError
 
 if TYPE_CHECKING:
+    from secfl.policy.keys import KeyKind
     from secfl.spm.client import SpmClient
 
 app = typer.Typer(
@@ -18,7 +20,15 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-KEY_KINDS = ("ed25519", "ecdsa-p256")
+KEY_KINDS: tuple[KeyKind, ...] = ("ed25519", "ecdsa-p256")
+
+
+def _key_kind(value: str) -> KeyKind:
+    """``value`` as a board key kind, else a usage error naming ``--kind``."""
+    for kind in KEY_KINDS:
+        if value == kind:
+            return kind
+    raise UsageError(f"--kind: '{value}' is not one of {', '.join(KEY_KINDS)}")
 
 
 @app.command("keygen")
@@ -36,8 +46,7 @@ def keygen_cmd(
     from secfl.policy import keys
     from secfl.policy.model import NAME
 
-    if kind not in KEY_KINDS:
-        raise UsageError(f"--kind: '{kind}' is not one of {', '.join(KEY_KINDS)}")
+    key_kind = _key_kind(kind)
     if not re.fullmatch(NAME, member):
         raise UsageError(f"--member: '{member}' is not a valid member name")
     folder = Path(out_dir)
@@ -46,7 +55,7 @@ def keygen_cmd(
     except OSError as exc:
         raise UsageError(f"cannot create '{folder}': {exc.strerror or exc}") from None
 
-    pairs = [(f"{member}", keys.generate(kind))]  # type: ignore[arg-type]
+    pairs = [(f"{member}", keys.generate(key_kind))]
     if recovery:
         pairs.append((f"{member}.recovery", keys.generate_recovery()))
     if not force:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from secfl.cli._common import UsageError, read_optional
+from secfl.cli._common import read_optional
+from secfl.errors import UsageError
 
 
 def parse_volumes(values: list[str] | None) -> dict[str, Path]:

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from secfl.cli._common import UsageError, out
+from secfl.cli._common import out
+from secfl.errors import UsageError
 
 app = typer.Typer(
     help="Shielded volumes: encrypt a folder, print or check its tag, decrypt it.",

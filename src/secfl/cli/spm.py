@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from secfl.cli._common import UsageError, out, read_optional
+from secfl.cli._common import out, read_optional
+from secfl.errors import UsageError
 
 app = typer.Typer(help="The Security Policy Manager.", no_args_is_help=True)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from secfl.errors import SecflError
+from secfl.errors import DemoError
 from secfl.launcher.measurement import resolve_program, run_measurement
 from secfl.policy import keys
 from secfl.policy.document import load_policy
@@ -35,7 +35,11 @@ from secfl.spm.client import SpmClient
 from secfl.tee import simulated
 
 POLICY = "demo"
-BOARD = (("alice", "ed25519"), ("bob", "ecdsa-p256"), ("carol", "ed25519"))
+BOARD: tuple[tuple[str, keys.KeyKind], ...] = (
+    ("alice", "ed25519"),
+    ("bob", "ecdsa-p256"),
+    ("carol", "ed25519"),
+)
 
 TASK_MODULE = '''"""The federation's task, as the board approved it: {task}."""
 
@@ -61,10 +65,6 @@ def train(model, data, config, _train=_task.train):
 
 
 VERIFY_KEY = "$$SECFL::model-signing:pub$$"
-
-
-class DemoError(SecflError):
-    """The demonstration could not run (a process failed to start or died)."""
 
 
 @dataclass
@@ -211,7 +211,7 @@ class Federation:
     def submit_policy(self) -> str:
         """Write the policy, have two of the three board members sign it, submit it."""
         self.port = free_port()
-        self.board = {n: keys.generate(kind) for n, kind in BOARD}  # type: ignore[arg-type]
+        self.board = {n: keys.generate(kind) for n, kind in BOARD}
         recovery = {n: keys.generate_recovery() for n, _ in BOARD}
         client = SpmClient(self.spm_url, pin=self.spm_pin)
         spm_key = client.public_key()

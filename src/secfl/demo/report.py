@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,7 @@ def _series(rounds: list[Mapping[str, Any]], key: str) -> tuple[list[int], list[
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def _plot(path: Path, rounds: list[Mapping[str, Any]], title: str) -> None:
+def _plot(path: Path, rounds: Sequence[Mapping[str, Any]], title: str) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -125,7 +125,7 @@ def _plot(path: Path, rounds: list[Mapping[str, Any]], title: str) -> None:
             if xs:
                 lines += loss_ax.plot(xs, ys, linestyle="--", marker=".", label=key)
     if lines:
-        ax.legend(lines, [line.get_label() for line in lines], loc="best")
+        ax.legend(handles=lines, loc="best")  # each line's label
     ax.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, format="png")

@@ -23,9 +23,24 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from secfl._internal.files import atomic_write
 from secfl.errors import FlError
 from secfl.eval.grid import Evaluation, Grid, key
 from secfl.fl.untrusted import check_tree, read_json_file
+
+__all__ = [
+    "FINGERPRINT",
+    "GRID_FIELDS",
+    "MAX_SETTINGS_BYTES",
+    "GridFolder",
+    "append_record",
+    "fan_out",
+    "grid_from",
+    "load_records",
+    "model_digest",
+    "parse_shard",
+    "read_settings",
+]
 
 log = logging.getLogger("secfl.eval.grid")
 
@@ -105,12 +120,13 @@ class GridFolder:
             raise FlError(f"{self.path} already holds runs: add --resume to keep them, or empty it")
         if report_only:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fresh = self.settings.with_name(f".grid.json.{os.getpid()}")
         record = {**self.fingerprint(), "grid": dataclasses.asdict(self.grid),
                   "command": self.command}  # fmt: skip
-        fresh.write_text(json.dumps(record) + "\n")
-        os.replace(fresh, self.settings)  # atomically: other workers read it meanwhile
+        try:  # atomically: other workers read it meanwhile
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.settings, (json.dumps(record) + "\n").encode(), fsync=False)
+        except OSError as exc:
+            raise FlError(f"{self.path}: cannot write grid.json: {exc.strerror or exc}") from None
 
     def evaluation(self, seconds: float = 0.0) -> Evaluation:
         """The grid with every run this folder holds."""

@@ -1,28 +1,44 @@
-"""``secfl eval robustness``: every attack against every defence, honestly reported.
+"""The robustness grid behind ``secfl eval robustness``: every attack against every defence.
 
-A grid of :class:`~secfl.eval.simulation.Scenario` s (task x partition x malicious
-fraction x attack x defence x seed) runs through the simulation engine; the report
-gives, per setting, the mean and spread of final test accuracy over seeds, the gap
-to clean FedAvg, the backdoor success rate, the audit's true- and false-positive
-rates, and the aggregator's time per round, as CSV, JSON, a Markdown report and PNG
-plots. Defences that need more than the setting offers (Bulyan needs n >= 4f + 3)
-are reported as not applicable, not silently skipped.
+A :class:`Grid` of :class:`~secfl.eval.simulation.Scenario` s (task x partition x
+malicious fraction x attack x defence x seed) runs through the simulation engine
+(:class:`Evaluation`), starting from a preset changed by a command line's options
+(:class:`GridOptions`, :func:`assemble_grid`). Each run's row holds the final test
+accuracy, the gap to clean FedAvg, the backdoor success rate, the audit's true- and
+false-positive rates and the aggregator's time per round; :mod:`secfl.eval.report`
+writes them as CSV, JSON, a Markdown report and PNG plots. Defences that need more
+than the setting offers (Bulyan needs n >= 4f + 3) are reported as not applicable,
+not silently skipped.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import dataclasses
 import logging
+import shlex
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlError
 from secfl.eval.simulation import DataCache, Outcome, Scenario, simulate
+
+__all__ = [
+    "ATTACKS",
+    "DEFENCES",
+    "FULL",
+    "QUICK",
+    "Evaluation",
+    "Grid",
+    "GridOptions",
+    "Run",
+    "assemble_grid",
+    "attack_settings",
+    "defence_settings",
+    "key",
+]
 
 log = logging.getLogger("secfl.eval.grid")
 
@@ -80,6 +96,100 @@ QUICK = Grid(tasks=["digits"], clients=20, partitions=[None, 0.5], malicious=[0.
 FULL = Grid(tasks=["fashion-mnist", "digits"], clients=20, partitions=[None, 0.5, 0.1],
             malicious=[0.0, 0.1, 0.2, 0.3, 0.4], attacks=ATTACKS, defences=DEFENCES,
             seeds=[0, 1, 2], rounds=10, epochs=1, samples=None)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """Changes to a grid as ``secfl eval robustness`` takes them: comma-separated text
+    for the lists, a count of seeds; None keeps the grid's own setting."""
+
+    tasks: str | None = None
+    clients: int | None = None
+    #: ``iid`` and/or Dirichlet alphas.
+    partitions: str | None = None
+    malicious: str | None = None
+    attacks: str | None = None
+    defences: str | None = None
+    seeds: int | None = None
+    rounds: int | None = None
+    epochs: int | None = None
+    samples: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The options given, by their command-line names (``--tasks``...), in order."""
+        return {
+            f"--{f.name}": getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
+
+    def apply(self, grid: Grid) -> Grid:
+        """``grid`` with these changes; :class:`FlError` names an option that is not
+        a list of what it should hold."""
+        changes: dict[str, Any] = {
+            "tasks": _names(self.tasks),
+            "clients": self.clients,
+            "partitions": _partitions(self.partitions),
+            "malicious": _floats(self.malicious, "--malicious"),
+            "attacks": _names(self.attacks),
+            "defences": _names(self.defences),
+            "seeds": None if self.seeds is None else list(range(self.seeds)),
+            "rounds": self.rounds,
+            "epochs": self.epochs,
+            "samples": self.samples,
+        }
+        return dataclasses.replace(grid, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x]
+    except ValueError:
+        raise FlError(f"{option}: '{text}' is not a comma-separated list of numbers") from None
+
+
+def _partitions(text: str | None) -> list[float | None] | None:
+    """``iid`` (None) and Dirichlet alphas."""
+    if text is None:
+        return None
+    try:
+        return [None if p.strip() == "iid" else float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise FlError(
+            f"--partitions: '{text}' is not a comma-separated list of iid and numbers"
+        ) from None
+
+
+def assemble_grid(
+    options: GridOptions,
+    *,
+    quick: bool = False,
+    out: str,
+    stored: tuple[Grid, str] | None = None,
+) -> tuple[Grid, list[str], str]:
+    """The grid a command line asks for, its options and the command that records it.
+
+    The grid is the preset (:data:`QUICK` or :data:`FULL`), or ``stored`` (the grid
+    and command a folder was made with, for a report on it), with ``options``
+    applied. The options (``--quick``, those given, ``-o out``) are what workers
+    are started with; the command is ``secfl eval robustness`` with them, or the
+    stored command when nothing changes the stored grid."""
+    grid = stored[0] if stored else QUICK if quick else FULL
+    grid = options.apply(grid)
+    given = options.given()
+    argv = (["--quick"] if quick else []) + [
+        a for name, value in given.items() for a in (name, str(value))
+    ] + ["-o", out]  # fmt: skip
+    command = "secfl eval robustness " + shlex.join(argv)
+    if stored and not given:
+        command = stored[1]
+    return grid, argv, command
 
 
 def defence_settings(defence: str, n: int, m: int, clones: int) -> tuple[str, dict[str, Any]]:
@@ -227,28 +337,3 @@ class Evaluation:
             if "accuracy" in r and base is not None:
                 r["gap_to_clean_fedavg"] = r["accuracy"] - base
         return rows
-
-
-def write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
-    """results.csv, results.json, report.md and plots in ``out``."""
-    from secfl.eval.report import markdown, plots
-
-    out.mkdir(parents=True, exist_ok=True)
-    rows = ev.rows()
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    rounds = {key(r): r.get("rounds", []) for r in ev.records}
-    doc = {"command": command, "seconds": round(ev.seconds, 1), "grid": vars(ev.grid),
-           "runs": [{**r, "rounds": rounds.get(key(r), [])} for r in rows]}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
-    compute = sum(r["seconds"] for r in rows if isinstance(r.get("seconds"), int | float))
-    total = sum(1 for _ in ev.grid.scenarios())
-    (out / "report.md").write_text(markdown(rows, command, compute, total))
-    pngs = plots(rows, out)
-    return {"csv": out / "results.csv", "json": out / "results.json",
-            "report": out / "report.md", **pngs}  # fmt: skip

@@ -1,13 +1,41 @@
-"""The robustness report: Markdown tables and PNG plots from the evaluation's rows."""
+"""The robustness report: CSV, JSON, Markdown tables and PNG plots from a grid's runs
+(:func:`write_results`)."""
 
 from __future__ import annotations
 
+import csv
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from secfl.eval.grid import ATTACKS, DEFENCES
+from secfl.eval.grid import ATTACKS, DEFENCES, Evaluation, key
+
+__all__ = ["markdown", "overview", "plots", "write_results"]
+
+
+def write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
+    """results.csv, results.json, report.md and plots in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ev.rows()
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    rounds = {key(r): r.get("rounds", []) for r in ev.records}
+    doc = {"command": command, "seconds": round(ev.seconds, 1), "grid": vars(ev.grid),
+           "runs": [{**r, "rounds": rounds.get(key(r), [])} for r in rows]}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+    compute = sum(r["seconds"] for r in rows if isinstance(r.get("seconds"), int | float))
+    total = sum(1 for _ in ev.grid.scenarios())
+    (out / "report.md").write_text(markdown(rows, command, compute, total))
+    pngs = plots(rows, out)
+    return {"csv": out / "results.csv", "json": out / "results.json",
+            "report": out / "report.md", **pngs}  # fmt: skip
 
 
 def _cell(values: list[float]) -> str:
@@ -65,12 +93,12 @@ def markdown(
             lines += ["", "| clone audit | attack | seeds | TPR (final round) | "
                       "FPR (mean over rounds) | audit time / aggregation | "
                       "audit time / plain round |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-            cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+            by_cell: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
             for r in audit:
-                cells[(r["defence"], r["attack"])].append(r)
+                by_cell[(r["defence"], r["attack"])].append(r)
             order = {a: i for i, a in enumerate(_ordered(set(attacks), ["none", *ATTACKS]))}
-            for d, attack in sorted(cells, key=lambda c: (defences.index(c[0]), order[c[1]])):
-                runs = cells[(d, attack)]
+            for d, attack in sorted(by_cell, key=lambda c: (defences.index(c[0]), order[c[1]])):
+                runs = by_cell[(d, attack)]
                 lines.append(
                     f"| {d} | {attack} | {len(runs)} | {_avg(runs, 'tpr')} | "
                     f"{_avg(runs, 'fpr_mean')} | {_avg(runs, 'audit_ratio', 1, 'x')} | "
@@ -118,7 +146,7 @@ def overview(rows: list[dict[str, Any]], defences: list[str]) -> list[str]:
         else:
             values = _worst_case(group, defences)
         best = max(values.values(), default=None)
-        cells = [("**{:.3f}**" if v == best else "{:.3f}").format(v) if (v := values.get(d))
+        cells = [("**{:.3f}**" if a == best else "{:.3f}").format(a) if (a := values.get(d))
                  is not None else "n/a" for d in defences]  # fmt: skip
         lines.append(f"| {task} | {part} | {frac:.0%} | " + " | ".join(cells) + " |")
         if audits:

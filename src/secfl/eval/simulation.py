@@ -27,6 +27,8 @@ from secfl.fl.strategy_wiring import wire_strategy
 from secfl.fl.tensors import load_arrays, state_dict_arrays
 from secfl.tasks.base import DivergedError
 
+__all__ = ["DataCache", "Outcome", "Scenario", "simulate"]
+
 log = logging.getLogger("secfl.eval.simulation")
 
 
@@ -80,8 +82,11 @@ class DataCache:
     """Splits cached per (task, clients, partition, seed, samples) for a grid."""
 
     def __init__(self, cache: Path | None = None) -> None:
-        self._tmp = None if cache else tempfile.TemporaryDirectory(prefix="secfl-sim-")
-        self.root = cache or Path(self._tmp.name)  # type: ignore[union-attr]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if cache is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="secfl-sim-")
+            cache = Path(self._tmp.name)
+        self.root = cache
         self._loaded: dict[tuple[Any, ...], tuple[list[Any], Any, Any]] = {}
 
     def get(self, s: Scenario, task: Any) -> tuple[list[Any], Any, Any]:

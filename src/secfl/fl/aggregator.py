@@ -1,4 +1,4 @@
-"""Global training: the round loop of the aggregator (the paper's global training).
+"""Global training: the round loop of the aggregator.
 
 For each round: wait for enough collaborators, sample them, send each the signed
 global model and its training settings, collect updates until every sampled
@@ -32,6 +32,8 @@ from secfl.fl.strategy_wiring import wire_strategy
 from secfl.fl.tensors import from_bytes, load_arrays, nbytes, state_dict_arrays, to_bytes
 from secfl.fl.transport import Server
 from secfl.tasks.base import Dataset, Task
+
+__all__ = ["REFRESH_SECONDS", "Aggregator", "Signer", "round_seconds"]
 
 log = logging.getLogger("secfl.fl.aggregator")
 #: How often revocations are re-read and the identity's renewal checked (seconds).
@@ -200,10 +202,14 @@ class Aggregator:
             "refused": attempt.refused,
         }
         total = sum(u.num_samples for u in updates)
-        losses = [(u.metrics.get("loss"), u.num_samples) for u in updates]
-        if total and all(isinstance(v, int | float) for v, _ in losses):
+        losses = [
+            (float(v), u.num_samples)
+            for u in updates
+            if isinstance(v := u.metrics.get("loss"), int | float)
+        ]
+        if total and len(losses) == len(updates):  # every update reported its loss
             # weights first (each <= 1): finite peer metrics cannot overflow the sum
-            mean = sum(float(v) * (n / total) for v, n in losses)  # type: ignore[arg-type]
+            mean = sum((v * (n / total) for v, n in losses), 0.0)
             if math.isfinite(mean):
                 entry["train_loss"] = mean
         if self.validation is not None or self.test is not None:

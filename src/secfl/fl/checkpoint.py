@@ -59,7 +59,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,8 +69,25 @@ import numpy as np
 
 from secfl._internal.aead import KEY_SIZE, NONCE_SIZE, AeadKey
 from secfl._internal.canonical import canonical_json
-from secfl.errors import FlError, SpmError
+from secfl._internal.files import atomic_open
+from secfl.errors import FlError
 from secfl.fl.tensors import from_bytes, to_bytes
+
+__all__ = [
+    "CONTEXT",
+    "DEFAULT_CHUNK_SIZE",
+    "FORMAT",
+    "KEY_LABEL",
+    "MAGIC",
+    "MAX_HEADER",
+    "Checkpoint",
+    "checkpoint_name",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "write_checkpoint",
+]
 
 MAGIC = b"SECFLCKP"
 FORMAT = "secfl-checkpoint/v1"
@@ -105,11 +121,7 @@ def checkpoint_name(round: int, counter: int) -> str:
 def _aead(key: bytes) -> AeadKey:
     if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
         raise FlError(f"checkpoint: the key must be {KEY_SIZE} bytes")
-    return AeadKey(AeadKey(bytes(key)).derive(KEY_LABEL))
-
-
-def _canonical(document: dict[str, Any]) -> bytes:
-    return canonical_json(document)
+    return AeadKey(AeadKey(bytes(key), error=FlError).derive(KEY_LABEL), error=FlError)
 
 
 def _aad(header: bytes, index: int, last: bool) -> bytes:
@@ -186,7 +198,7 @@ def write_checkpoint(
         raise FlError(f"checkpoint: invalid chunk size {chunk_size!r}")
     arrays, values = _split_state(state)
     state_bytes = to_bytes(arrays) if arrays else b""
-    inner = _canonical(
+    inner = canonical_json(
         {
             "params_size": len(params_bytes),
             "state_arrays_size": len(state_bytes),
@@ -197,7 +209,7 @@ def write_checkpoint(
     size = sum(len(p) for p in parts)
     count = -(-size // chunk_size)
     when = (created_at or datetime.now(UTC)).astimezone(UTC)
-    header = _canonical(
+    header = canonical_json(
         {
             "format": FORMAT,
             "policy_digest": policy_digest,
@@ -215,24 +227,16 @@ def write_checkpoint(
     except OSError as exc:
         raise FlError(f"checkpoint: cannot create {directory}: {exc.strerror}") from None
     path = directory / checkpoint_name(round, counter)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    try:  # private from the first byte, fsynced, renamed into place, the folder fsynced
+        with atomic_open(path, mode=0o600, fsync=True) as fh:
             fh.write(MAGIC + struct.pack(">I", len(header)) + header)
             for index, piece in enumerate(_pieces(parts, chunk_size)):
                 sealed = aead.seal(piece, _aad(header, index, index == count - 1))
                 fh.write(struct.pack(">I", len(sealed)))
                 fh.write(sealed)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         _fsync_directory(directory)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise FlError(f"checkpoint: cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -316,7 +320,7 @@ def load_checkpoint(
             sealed = _read_exact(fh, length, path, f"record {index}")
             try:
                 piece = aead.open(sealed, _aad(header, index, index == count - 1))
-            except SpmError:
+            except FlError:
                 raise FlError(
                     f"integrity: checkpoint {path.name} does not open (wrong key, or the file "
                     "was modified)"

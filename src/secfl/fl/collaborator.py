@@ -1,4 +1,4 @@
-"""Local training: the collaborator's loop (the paper's local training).
+"""Local training: the collaborator's loop.
 
 A collaborator calls the aggregator, never the other way round: it joins, asks
 for work, and when sampled receives the signed global model, checks it
@@ -20,17 +20,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from secfl.errors import FlError
+from secfl.errors import FlError, TransportError
 from secfl.fl import messages as msg
 from secfl.fl.envelope import ModelEnvelope, PublicKey, open_model, read_unverified
 from secfl.fl.rounds import BEAT
 from secfl.fl.tensors import DEFAULT_MAX_BYTES, from_bytes, load_arrays, state_dict_arrays, to_bytes
-from secfl.fl.transport import Client, TransportError
+from secfl.fl.transport import Client
 from secfl.tasks.base import Dataset, Task
 
+__all__ = ["TRANSIENT", "Collaborator", "ModelGate"]
+
 log = logging.getLogger("secfl.fl.collaborator")
+
+R = TypeVar("R")
 
 #: Transport failures worth waiting out (the aggregator restarting, a network blip).
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "has not joined", "CANCELLED")
@@ -93,11 +97,7 @@ class Collaborator:
         done: list[Any] = []
         try:
             while True:
-                ask = msg.encode({"kind": "next", "done": done})
-                limit = self.max_model_bytes + msg.MAX_HEADER
-                reply = self._call(
-                    lambda c, ask=ask, limit=limit: c.download(msg.NEXT, ask, limit, timeout=60)
-                )
+                reply = self._next(msg.encode({"kind": "next", "done": done}))
                 header, payload = msg.decode(reply)
                 kind = header.get("kind")
                 if kind == msg.DONE:
@@ -155,6 +155,11 @@ class Collaborator:
 
     # --- calls ---------------------------------------------------------------------------
 
+    def _next(self, ask: bytes) -> bytearray:
+        """The aggregator's next instruction (a round to train, or done)."""
+        limit = self.max_model_bytes + msg.MAX_HEADER
+        return self._call(lambda c: c.download(msg.NEXT, ask, limit, timeout=60))
+
     def _join(self) -> None:
         welcome = self._call(
             lambda c: c.unary(msg.JOIN, msg.encode({"kind": "join", "samples": len(self.data)})),
@@ -169,7 +174,7 @@ class Collaborator:
         self._heartbeat = float(beat)
         log.info("joined as '%s'", header.get("participant"))
 
-    def _call(self, fn: Callable[[Client], bytes], *, join: bool = True) -> bytes:
+    def _call(self, fn: Callable[[Client], R], *, join: bool = True) -> R:
         """``fn`` with the current client, waiting out transient failures up to
         ``patience`` seconds (rejoining a restarted aggregator)."""
         give_up = time.monotonic() + self.patience

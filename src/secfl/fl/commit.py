@@ -19,6 +19,8 @@ from typing import Any, Protocol
 from secfl.errors import FlError
 from secfl.fl.checkpoint import Checkpoint, latest_checkpoint, prune_checkpoints, write_checkpoint
 
+__all__ = ["Commit", "Ledger", "MemoryLedger", "SpmLedger"]
+
 log = logging.getLogger("secfl.fl.aggregator")
 
 

@@ -34,6 +34,8 @@ from secfl.fl.untrusted import check_tree
 if TYPE_CHECKING:
     from secfl.fl.strategies.base import Strategy
 
+__all__ = ["MAX_CLIENTS", "MAX_HEARTBEAT", "WEEK", "FederationConfig"]
+
 
 #: Bounds on settings (a board could approve a typo; nothing may overflow).
 MAX_CLIENTS = 100_000

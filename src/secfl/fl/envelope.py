@@ -48,6 +48,23 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from secfl._internal.canonical import canonical_json
 from secfl.errors import FlError
 
+__all__ = [
+    "ALG_ECDSA_P256",
+    "ALG_ED25519",
+    "FORMAT",
+    "MAGIC",
+    "MAX_HEADER",
+    "MAX_SIGNATURE",
+    "SIGNING_CONTEXT",
+    "ModelEnvelope",
+    "PrivateKey",
+    "PublicKey",
+    "SignedModel",
+    "open_model",
+    "read_unverified",
+    "seal_model",
+]
+
 MAGIC = b"SECFLMDL"
 FORMAT = "secfl-model/v1"
 SIGNING_CONTEXT = b"secfl/model-envelope/v1\n"

@@ -21,11 +21,14 @@ import importlib.util
 import os
 import re
 import sys
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from secfl.errors import FlError
 from secfl.tasks.base import Task
 from secfl.tasks.registry import as_task, builtin_task
+
+__all__ = ["VOLUME_NAME", "data_path", "load_task", "require_measured", "volumes_dir"]
 
 #: A volume's name, as policies write it (no path separators, no dot-dot).
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -96,7 +99,7 @@ def load_task(spec: str) -> Task:
     return as_task(module)
 
 
-def data_path(spec: str | None, *, exclude: set[str] = frozenset()) -> Path:  # type: ignore[assignment]
+def data_path(spec: str | None, *, exclude: AbstractSet[str] = frozenset()) -> Path:
     """The shard file named by ``spec``; ``None``: the workload's only data volume
     (every volume but those in ``exclude``, e.g. the task volume)."""
     if spec is None:

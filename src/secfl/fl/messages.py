@@ -23,6 +23,25 @@ from secfl.errors import FlError
 from secfl.fl.tensors import chunks
 from secfl.fl.untrusted import parse_json
 
+__all__ = [
+    "DONE",
+    "JOIN",
+    "MAX_HEADER",
+    "MAX_METRICS",
+    "MAX_METRIC_NAME",
+    "NEXT",
+    "SUBMIT",
+    "TRAIN",
+    "WAIT",
+    "decode",
+    "encode",
+    "field",
+    "header_bytes",
+    "metric_values",
+    "sample_count",
+    "stream",
+]
+
 MAX_HEADER = 64 << 10
 #: Most metrics one update may report, and the longest name of one.
 MAX_METRICS = 64

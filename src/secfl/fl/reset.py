@@ -30,6 +30,15 @@ from secfl.policy import keys
 from secfl.policy.model import Policy
 from secfl.policy.signatures import Signature, check_approval, sign_statement
 
+__all__ = [
+    "MAX_RESET_BYTES",
+    "RESET_DOMAIN",
+    "check_reset",
+    "reset_statement",
+    "sign_reset",
+    "statement_digest",
+]
+
 RESET_DOMAIN = "secfl/fl-reset/v1"
 #: A reset file holds one statement and a board's signatures: small.
 MAX_RESET_BYTES = 256 << 10

@@ -29,13 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from secfl.errors import FlError
+from secfl.errors import FlError, TransportError
 from secfl.fl import messages as msg
 from secfl.fl.config import FederationConfig
 from secfl.fl.envelope import SignedModel
 from secfl.fl.strategies.base import Accumulator, Params, Update, check_update
 from secfl.fl.tensors import chunks, from_bytes
-from secfl.fl.transport import Peer, Server, TransportError, join
+from secfl.fl.transport import Peer, Server, join
+
+__all__ = ["BEAT", "POLL_SECONDS", "Attempt", "Participant", "Rounds", "without_tensors"]
 
 log = logging.getLogger("secfl.fl.aggregator")
 

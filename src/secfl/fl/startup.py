@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from secfl._internal.files import atomic_write, ram_tempdir
 from secfl.errors import FlError, SecflError
 from secfl.fl.aggregator import Aggregator, Signer
 from secfl.fl.collaborator import Collaborator, ModelGate
@@ -43,6 +44,20 @@ from secfl.fl.workload_identity import (
     load_public_key,
 )
 from secfl.policy.model import Policy
+from secfl.tasks.base import Dataset, Task
+
+__all__ = [
+    "INSECURE",
+    "RESET_FILE",
+    "AggregatorOptions",
+    "CollaboratorOptions",
+    "build_aggregator",
+    "build_collaborator",
+    "read_settings",
+    "run_aggregator",
+    "run_collaborator",
+    "write_output",
+]
 
 log = logging.getLogger("secfl.fl")
 INSECURE = "insecure"
@@ -93,16 +108,19 @@ def read_settings(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _load_data(task: Any, spec: str | None, exclude: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+def _load_data(task: Task, spec: str | None, exclude: AbstractSet[str] = frozenset()) -> Dataset:
     return task.load_data(data_path(spec, exclude=exclude))
 
 
 def _write_ready(path: Path | None, doc: dict[str, Any]) -> None:
+    """Tell whoever waits for the aggregator its port: whole or not at all (no fsync:
+    the file means nothing after a reboot)."""
     if path is None:
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, json.dumps(doc).encode(), fsync=False)
+    except OSError as exc:
+        raise FlError(f"ready file: cannot write {path}: {exc.strerror or exc}") from None
 
 
 # --- aggregator ----------------------------------------------------------------------------
@@ -144,8 +162,8 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     )
     # a waiting collaborator holds a worker for one long poll: room for all of them
     server = Server(ident.creds, peers, workers=2 * len(peers.services) + 8)
-    key = load_private_key(ident.secret_file(SIGNING_KEY, opts.signing_key))  # type: ignore[arg-type]
-    ckpt_key = load_hex_key(ident.secret_file(CHECKPOINT_KEY, opts.checkpoint_key))  # type: ignore[arg-type]
+    key = load_private_key(ident.secret_file(SIGNING_KEY, opts.signing_key))
+    ckpt_key = load_hex_key(ident.secret_file(CHECKPOINT_KEY, opts.checkpoint_key))
     ledger = SpmLedger(ident.spm, ident.policy, config.counter, ident.token)
     commit = Commit(
         ledger, directory=opts.checkpoints, key=ckpt_key, policy_digest=ident.policy_digest,
@@ -178,7 +196,7 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     return agg, ident
 
 
-def _aggregator_sources(opts: AggregatorOptions) -> tuple[Any, Any, Any]:
+def _aggregator_sources(opts: AggregatorOptions) -> tuple[Task, Dataset | None, Dataset | None]:
     """The task, validation and test data an aggregator's options name."""
     task = load_task(opts.task)
     validation = _load_data(task, opts.validation) if opts.validation else None
@@ -219,24 +237,19 @@ def write_output(
         return opts.checkpoints or opts.output
     from secfl.shield import encrypt_directory
 
-    with tempfile.TemporaryDirectory(prefix="secfl-model-", dir=_ram()) as tmp:
-        (Path(tmp) / "model.safetensors").write_bytes(data)
-        (Path(tmp) / "metrics.json").write_text(json.dumps(agg.history, sort_keys=True))
+    with ram_tempdir("secfl-model-") as tmp:
+        (tmp / "model.safetensors").write_bytes(data)
+        (tmp / "metrics.json").write_text(json.dumps(agg.history, sort_keys=True))
         path = opts.output / "model.secfl"
         tag = encrypt_directory(tmp, path, load_hex_key(key_file))
     log.info("final model sealed in %s (tag %s)", path, tag)
     return path
 
 
-def _ram() -> str | None:
-    shm = Path("/dev/shm")  # noqa: S108 - a private temporary folder inside it
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-
-
 # --- collaborator --------------------------------------------------------------------------
 
 
-def _collaborator_sources(opts: CollaboratorOptions) -> tuple[Any, Any]:
+def _collaborator_sources(opts: CollaboratorOptions) -> tuple[Task, Dataset]:
     """The task and the training data a collaborator's options name."""
     task = load_task(opts.task)
     task_volume = {opts.task.removeprefix("volume:")} if opts.task.startswith("volume:") else set()
@@ -268,7 +281,7 @@ def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
             raise FlError("collaborator: give --aggregator-service (the policy names "
                           f"{len(names)} aggregators)")  # fmt: skip
         service = names[0]
-    key = load_public_key(ident.secret_file(VERIFY_KEY, opts.verify_key))  # type: ignore[arg-type]
+    key = load_public_key(ident.secret_file(VERIFY_KEY, opts.verify_key))
     # the federation's newest committed model, from the SPM: no older one is accepted
     counter = FederationConfig.parse(policy.federation).counter
     floor = ident.spm().counter(ident.policy, counter)

@@ -11,6 +11,8 @@ import numpy as np
 from secfl.fl.strategies.base import Params, Strategy
 from secfl.fl.tensors import load_arrays, state_dict_arrays
 
+__all__ = ["wire_strategy"]
+
 
 def wire_strategy(
     strategy: Strategy, task: Any, validation: Any, train: dict[str, Any], seed: int

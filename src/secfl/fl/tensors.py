@@ -27,7 +27,6 @@ ceiling applies and no peer can make the receiver allocate without bound.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import struct
@@ -41,6 +40,22 @@ from secfl.errors import FlError
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_BYTES",
+    "MAX_HEADER_BYTES",
+    "Reassembler",
+    "all_finite",
+    "as_array",
+    "check_like",
+    "chunks",
+    "from_bytes",
+    "load_arrays",
+    "nbytes",
+    "state_dict_arrays",
+    "to_bytes",
+]
 
 #: Default ceiling of a serialized model or update (16 GiB); callers pass a tighter one.
 DEFAULT_MAX_BYTES = 16 << 30
@@ -71,11 +86,6 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("?"),
 }
 _SUPPORTED = {dtype.newbyteorder("="): code for code, dtype in _DTYPES.items()}
-
-
-def sha256_hex(data: bytes | bytearray | memoryview) -> str:
-    """SHA-256 of ``data`` as lowercase hex (the digest envelopes and logs name)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 # --- numpy <-> torch -----------------------------------------------------------------------

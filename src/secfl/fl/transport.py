@@ -30,14 +30,35 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import grpc
 from cryptography import x509
 
-from secfl.errors import FlError, SecflError
+from secfl.errors import FlError, SecflError, TransportError
 from secfl.fl.tensors import Reassembler, chunks
 
+__all__ = [
+    "CHUNK_SIZE",
+    "INSECURE_NAME",
+    "INSECURE_WARNING",
+    "MESSAGE_LIMIT",
+    "SERVICE",
+    "Client",
+    "Credentials",
+    "Download",
+    "Peer",
+    "PeerPolicy",
+    "Server",
+    "TransportError",
+    "Unary",
+    "Upload",
+    "join",
+]
+
 log = logging.getLogger("secfl.fl.transport")
+
+R = TypeVar("R")
 
 SERVICE = "secfl.fl.Federation"
 CHUNK_SIZE = 1 << 20  # the size tensors.chunks streams in
@@ -49,10 +70,6 @@ INSECURE_WARNING = (
     "INSECURE MODE: plaintext gRPC, no TEE, no SPM, no attestation - for measuring "
     "overhead only, never for real data"
 )
-
-
-class TransportError(SecflError):
-    """A peer or a message was refused by the transport."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +174,9 @@ class Server:
         self._creds: grpc.ServerCredentials | None = None
         if creds is not None:
             self._creds = grpc.dynamic_ssl_server_credentials(
-                self._config(creds), self._fetch_config, require_client_authentication=True
+                self._config(creds),
+                self._fetch_config,  # type: ignore[arg-type]  # None: no change (stubs omit it)
+                require_client_authentication=True,
             )
         else:
             log.warning(INSECURE_WARNING)
@@ -196,9 +215,10 @@ class Server:
             if not name:
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, "peer: no name (insecure mode)")
             return Peer(self.peers.policy, str(name), "")
-        certs = context.auth_context().get("x509_pem_cert") or [None]
+        # gRPC maps each auth property to a list of values (types-grpcio: to bytes)
+        certs: list[bytes] = context.auth_context().get("x509_pem_cert") or []  # type: ignore[assignment]
         try:
-            return self.peers.check(certs[0])
+            return self.peers.check(certs[0] if certs else None)
         except TransportError as exc:
             log.warning("refused a call: %s", exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
@@ -286,36 +306,40 @@ class Client:
             options=[("grpc.ssl_target_name_override", server_name), *options],
         )
 
-    def _call(self, fn: Callable[[], object]) -> object:
+    def _call(self, fn: Callable[[], R]) -> R:
         try:
             return fn()
         except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None  # type: ignore[attr-defined]
-            detail = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+            code = exc.code() if hasattr(exc, "code") else None
+            detail = exc.details() if hasattr(exc, "details") else str(exc)
             raise TransportError(f"rpc: {code.name if code else 'error'}: {detail}") from None
 
     def unary(self, name: str, request: bytes, *, timeout: float | None = None) -> bytes:
+        method: grpc.UnaryUnaryMultiCallable[bytes, bytes]
         method = self._channel.unary_unary(f"/{SERVICE}/{name}")
         wait = timeout or self.timeout
-        return self._call(lambda: method(request, timeout=wait, metadata=self._metadata))  # type: ignore[return-value]
+        return self._call(lambda: method(request, timeout=wait, metadata=self._metadata))
 
     def upload(
         self, name: str, data: bytes | Iterable[bytes], *, timeout: float | None = None
     ) -> bytes:
         """Stream ``data`` (bytes, or an iterable of pieces) to ``name``."""
+        method: grpc.StreamUnaryMultiCallable[bytes, bytes]
         method = self._channel.stream_unary(f"/{SERVICE}/{name}")
-        pieces = chunks(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        # gRPC calls next() on the stream: a list of pieces needs iter() too
+        pieces = chunks(data) if isinstance(data, bytes | bytearray | memoryview) else iter(data)
         wait = timeout or self.timeout
-        return self._call(lambda: method(pieces, timeout=wait, metadata=self._metadata))  # type: ignore[return-value]
+        return self._call(lambda: method(pieces, timeout=wait, metadata=self._metadata))
 
     def download(
         self, name: str, request: bytes, limit: int, *, timeout: float | None = None
     ) -> bytearray:
+        method: grpc.UnaryStreamMultiCallable[bytes, bytes]
         method = self._channel.unary_stream(f"/{SERVICE}/{name}")
         wait = timeout or self.timeout
         return self._call(
             lambda: join(method(request, timeout=wait, metadata=self._metadata), limit)
-        )  # type: ignore[return-value]
+        )
 
     def close(self) -> None:
         self._channel.close()

@@ -21,6 +21,19 @@ import yaml
 
 from secfl.errors import FlError
 
+__all__ = [
+    "INT_DIGITS",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_VALUES",
+    "check_tree",
+    "parse_json",
+    "parse_yaml",
+    "read_file",
+    "read_json_file",
+    "read_yaml_file",
+]
+
 #: Deepest nesting accepted (settings and headers need a handful of levels).
 MAX_DEPTH = 32
 #: Most values (containers, keys and scalars) one document may hold.

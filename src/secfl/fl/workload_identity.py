@@ -22,9 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal, overload
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from secfl.errors import FlError, LaunchError
 from secfl.fl.envelope import PrivateKey, PublicKey
@@ -32,6 +34,17 @@ from secfl.fl.transport import Credentials
 from secfl.policy.canonical import digest
 from secfl.policy.model import Policy
 from secfl.spm.client import SpmClient
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "OUTPUT_KEY",
+    "SIGNING_KEY",
+    "VERIFY_KEY",
+    "WorkloadIdentity",
+    "load_hex_key",
+    "load_private_key",
+    "load_public_key",
+]
 
 log = logging.getLogger("secfl.fl.workload_identity")
 
@@ -172,6 +185,14 @@ class WorkloadIdentity:
 
     # --- injected secrets ----------------------------------------------------------------
 
+    @overload
+    def secret_file(
+        self, relative: str, given: str | None, *, required: Literal[True] = True
+    ) -> Path: ...
+
+    @overload
+    def secret_file(self, relative: str, given: str | None, *, required: bool) -> Path | None: ...
+
     def secret_file(
         self, relative: str, given: str | None, *, required: bool = True
     ) -> Path | None:
@@ -202,7 +223,9 @@ def load_private_key(path: Path) -> PrivateKey:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise FlError(f"secret: {path} is not a PEM private key ({type(exc).__name__})") from None
-    return key  # type: ignore[return-value]
+    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise FlError(f"secret: {path} is a {_kind(key)}: use an Ed25519 or P-256 key")
+    return key
 
 
 def load_public_key(path: Path) -> PublicKey:
@@ -210,7 +233,17 @@ def load_public_key(path: Path) -> PublicKey:
         key = serialization.load_pem_public_key(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise FlError(f"secret: {path} is not a PEM public key ({type(exc).__name__})") from None
-    return key  # type: ignore[return-value]
+    if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        raise FlError(f"secret: {path} is a {_kind(key)}: use an Ed25519 or P-256 key")
+    return key
+
+
+def _kind(key: object) -> str:
+    """``RSA key``, ``X25519 key``...: what a refused key is, for messages."""
+    name = type(key).__name__.lstrip("_")
+    for suffix in ("PrivateKey", "PublicKey"):
+        name = name.removesuffix(suffix)
+    return f"{name} key"
 
 
 def load_hex_key(path: Path) -> bytes:

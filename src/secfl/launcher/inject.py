@@ -21,15 +21,27 @@ is refused (inject such a secret with ``:hex`` or ``:base64``, or as a file).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from secfl._internal import files
 from secfl.errors import LaunchError, SecflError
 from secfl.policy import placeholders
 from secfl.policy.model import RESERVED_FOLDERS
 from secfl.spm.enroll import Enrollment
+
+__all__ = [
+    "PUBLIC_SELECTORS",
+    "RESERVED",
+    "check_env_name",
+    "check_public_args",
+    "clean_path",
+    "file_plan",
+    "no_nul",
+    "substitute",
+    "write_private",
+]
 
 #: Top-level names in ``SECFL_FILES`` that the launcher writes itself (policy
 #: validation refuses injected files there too; checked again here).
@@ -155,7 +167,12 @@ def file_plan(files: Mapping[str, str]) -> dict[str, PurePosixPath]:
 
 
 def write_private(root: Path, rel: PurePosixPath | str, data: bytes) -> Path:
-    """Write ``data`` at ``root/rel`` with mode 0600 (folders 0700), never outside."""
+    """Write ``data`` at ``root/rel`` with mode 0600 (folders 0700), never outside.
+
+    The file is written with :func:`secfl._internal.files.write_private` and never
+    replaces anything: ``root`` is the launcher's fresh private folder, so a file
+    already at ``rel`` (or a symbolic link) is refused, not overwritten. No fsync:
+    nothing in the folder outlives the launcher."""
     rel = clean_path(str(rel))
     target = root.joinpath(*rel.parts)
     try:
@@ -163,9 +180,7 @@ def write_private(root: Path, rel: PurePosixPath | str, data: bytes) -> Path:
             folder = root.joinpath(*rel.parts[:depth])
             if not folder.is_dir() or folder.is_symlink():
                 folder.mkdir(mode=0o700)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        files.write_private(target, data, fsync=False, replace=False)
     except OSError as exc:
         raise LaunchError(f"inject: cannot write file '{rel}': {exc.strerror or exc}") from None
     return target

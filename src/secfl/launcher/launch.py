@@ -45,7 +45,8 @@ from secfl.launcher.inject import (
 from secfl.launcher.measurement import resolve_program, run_measurement
 from secfl.launcher.private import PrivateDir
 from secfl.launcher.process import exit_status, harden, run_program
-from secfl.policy.model import Policy, Service
+from secfl.policy.model import Policy, Service, VolumeSpec
+from secfl.shield import Volume, VolumeImporter, load_key, peek_tag
 from secfl.spm.client import SpmClient
 from secfl.spm.enroll import Enrollment, enroll
 from secfl.tee.platforms import platform_by_name
@@ -75,7 +76,7 @@ class Launch:
     argv: list[str]
     env: dict[str, str]
     private: PrivateDir
-    volumes: dict[str, object]
+    volumes: dict[str, Volume]
     enrollment: Enrollment
     module: str | None = None
 
@@ -89,10 +90,10 @@ class Launch:
         self.private.remove()
 
 
-def _close(volumes: Mapping[str, object]) -> None:
+def _close(volumes: Mapping[str, Volume]) -> None:
     for volume in volumes.values():
         with contextlib.suppress(Exception):
-            volume.close()  # type: ignore[attr-defined]
+            volume.close()
 
 
 def connect(req: RunRequest) -> SpmClient:
@@ -119,7 +120,7 @@ def prepare(req: RunRequest) -> Launch:
     check_public_args(req.argv, "argument")  # before the SPM is even asked
     harden()
     private = PrivateDir.create()
-    volumes: dict[str, object] = {}
+    volumes: dict[str, Volume] = {}
     try:
         return _prepare(req, private, volumes)
     except BaseException:
@@ -128,9 +129,7 @@ def prepare(req: RunRequest) -> Launch:
         raise
 
 
-def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, object]) -> Launch:
-    from secfl.shield import Volume, load_key, peek_tag
-
+def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -> Launch:
     files = private.path
     with connect(req) as client:
         policy = Policy.model_validate_json(client.policy(req.policy)["document"])
@@ -153,7 +152,7 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, object]) -
         code_tags = {
             name: peek_tag(req.volumes[name])
             for name in service.volumes
-            if policy.volume(name).kind == "code"  # type: ignore[union-attr]
+            if _volume_spec(policy, name).kind == "code"
         }
 
         tee = platform_by_name(req.platform, sim_dir=req.sim_dir)
@@ -166,11 +165,11 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, object]) -
 
         for name in service.volumes:
             volumes[name] = _open_volume(
-                client, policy, name, req.volumes[name], enrollment, code_tags, Volume, load_key
+                client, policy, name, req.volumes[name], enrollment, code_tags
             )
         if not req.module:  # an external program reads verified copies, in RAM
             for name, volume in volumes.items():
-                volume.extract(files / "volumes" / name)  # type: ignore[attr-defined]
+                volume.extract(files / "volumes" / name)
         env = _environment(service, enrollment, files, req)
         env.update(_attestation_env(client, tee.name, measurement, req))
         args: list[str] = []
@@ -184,6 +183,15 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, object]) -
     return Launch(args, env, private, volumes, enrollment, req.module)
 
 
+def _volume_spec(policy: Policy, name: str) -> VolumeSpec:
+    """The policy's declaration of volume *name* (its references are checked when the
+    policy is loaded, so a missing one is a broken policy)."""
+    spec = policy.volume(name)
+    if spec is None:
+        raise LaunchError(f"policy: '{policy.name}' gives volume '{name}' but does not declare it")
+    return spec
+
+
 def _open_volume(
     client: SpmClient,
     policy: Policy,
@@ -191,16 +199,13 @@ def _open_volume(
     path: Path,
     enrollment: Enrollment,
     code_tags: Mapping[str, str],
-    volume_type: type,
-    load_key: object,
-) -> object:
-    spec = policy.volume(name)
-    assert spec is not None
+) -> Volume:
+    spec = _volume_spec(policy, name)
     value = enrollment.secrets.get(spec.key)
     if value is None or "raw" not in value:
         raise LaunchError(f"volume: the SPM did not release the key of volume '{name}'")
-    key = load_key(base64.b64decode(value["raw"]))  # type: ignore[operator]
-    volume = volume_type.open(path, key)  # type: ignore[attr-defined]
+    key = load_key(base64.b64decode(value["raw"]))
+    volume = Volume.open(path, key)
     try:
         if name in code_tags and volume.tag != code_tags[name]:
             raise LaunchError(f"volume: '{name}' changed while it was being measured")
@@ -222,12 +227,12 @@ def _check_fresh(
     client: SpmClient,
     policy: str,
     name: str,
-    volume: object,
+    volume: Volume,
     enrollment: Enrollment,
     volume_key: bytes,
 ) -> None:
     """A rollback-protected volume must be the newest release the SPM has seen."""
-    version, tag = volume.version, volume.tag  # type: ignore[attr-defined]
+    version, tag = volume.version, volume.tag
     state = client.volume_state(policy, name)
     if version == state["version"] and tag == state["tag"]:
         return
@@ -302,14 +307,12 @@ def execute(launch: Launch) -> int:
 
 #: The open volumes of the workload running in this interpreter (``--module``), by
 #: name: it streams its data from them (bounded memory, every chunk authenticated).
-volumes: dict[str, object] = {}
+volumes: dict[str, Volume] = {}
 
 
 def _run_module(launch: Launch) -> int:
     """Run a Python module served from the code volumes, in this interpreter."""
-    from secfl.shield import VolumeImporter
-
-    importers = [VolumeImporter(v) for v in launch.volumes.values()]  # type: ignore[arg-type]
+    importers = [VolumeImporter(v) for v in launch.volumes.values()]
     saved_argv, saved_env = sys.argv, dict(os.environ)
     sys.argv = [launch.module or "", *launch.argv]
     os.environ.clear()
@@ -330,14 +333,23 @@ def _run_module(launch: Launch) -> int:
 
 
 @contextlib.contextmanager
-def _installed(importers: Sequence[object]) -> Iterator[None]:
+def _installed(importers: Sequence[VolumeImporter]) -> Iterator[None]:
     for imp in importers:
-        imp.install()  # type: ignore[attr-defined]
+        imp.install()
     try:
         yield
     finally:
         for imp in importers:
-            imp.uninstall()  # type: ignore[attr-defined]
+            imp.uninstall()
 
 
-__all__ = ["Launch", "LaunchError", "RunRequest", "SecflError", "execute", "exit_status", "prepare"]
+__all__ = [
+    "Launch",
+    "LaunchError",
+    "RunRequest",
+    "SecflError",
+    "execute",
+    "exit_status",
+    "prepare",
+    "volumes",
+]

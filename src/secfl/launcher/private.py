@@ -47,21 +47,25 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from secfl._internal import files
 from secfl.errors import LaunchError
 from secfl.launcher import linux
 
+__all__ = [
+    "PREFIX",
+    "PrivateDir",
+    "bases",
+    "wipe_stale",
+]
+
 PREFIX = "secfl-run-"
 _NAME = re.compile(r"secfl-run-(\d{1,20})-(\d{1,10})-(\d{1,20})-[a-z0-9_]{1,64}")
-_SHM = Path("/dev/shm")  # noqa: S108 - the folder inside is made 0700 by mkdtemp
 
 
 def bases() -> list[Path]:
     """The folders that may hold a launcher's folder: RAM first, then the temp folder."""
-    found = []
-    if _SHM.is_dir() and os.access(_SHM, os.W_OK):
-        found.append(_SHM)
-    found.append(Path(tempfile.gettempdir()))
-    return found
+    ram = files.ram_base()
+    return [*([Path(ram)] if ram else []), Path(tempfile.gettempdir())]
 
 
 def _pid_namespace() -> int | None:

@@ -23,7 +23,27 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 
+from secfl._internal import files
 from secfl.errors import PolicyError
+
+__all__ = [
+    "KEY_KINDS",
+    "KeyKind",
+    "PrivateKey",
+    "PublicKey",
+    "RecoveryPrivateKey",
+    "RecoveryPublicKey",
+    "generate",
+    "generate_recovery",
+    "key_id",
+    "key_kind",
+    "load_private",
+    "load_public",
+    "load_recovery_private",
+    "load_recovery_public",
+    "public_pem",
+    "write_private",
+]
 
 KeyKind: TypeAlias = Literal["ed25519", "ecdsa-p256"]
 KEY_KINDS: tuple[KeyKind, ...] = get_args(KeyKind)
@@ -55,32 +75,40 @@ def generate_recovery() -> tuple[bytes, bytes]:
 def load_private(pem: bytes | str, password: bytes | None = None) -> PrivateKey:
     """A board member's signing key from PEM; any other key type is refused."""
     key = _load_private(pem, password, "board signing key")
-    if isinstance(key, ed25519.Ed25519PrivateKey) or _is_p256(key):
-        return key  # type: ignore[return-value]
+    if isinstance(key, ed25519.Ed25519PrivateKey) or (
+        isinstance(key, ec.EllipticCurvePrivateKey) and _is_p256(key)
+    ):
+        return key
     raise PolicyError(f"board signing key: {_describe(key)} refused (Ed25519 or ECDSA P-256 only)")
 
 
 def load_public(pem: bytes | str) -> PublicKey:
     """A board member's public key from PEM; any other key type is refused."""
     key = _load_public(pem, "board public key")
-    if isinstance(key, ed25519.Ed25519PublicKey) or _is_p256(key):
-        return key  # type: ignore[return-value]
+    if isinstance(key, ed25519.Ed25519PublicKey) or (
+        isinstance(key, ec.EllipticCurvePublicKey) and _is_p256(key)
+    ):
+        return key
     raise PolicyError(f"board public key: {_describe(key)} refused (Ed25519 or ECDSA P-256 only)")
 
 
 def load_recovery_private(pem: bytes | str, password: bytes | None = None) -> RecoveryPrivateKey:
     """A recovery private key (X25519 or P-256) from PEM."""
     key = _load_private(pem, password, "recovery key")
-    if isinstance(key, x25519.X25519PrivateKey) or _is_p256(key):
-        return key  # type: ignore[return-value]
+    if isinstance(key, x25519.X25519PrivateKey) or (
+        isinstance(key, ec.EllipticCurvePrivateKey) and _is_p256(key)
+    ):
+        return key
     raise PolicyError(f"recovery key: {_describe(key)} refused (X25519 or P-256 only)")
 
 
 def load_recovery_public(pem: bytes | str) -> RecoveryPublicKey:
     """A recovery public key (X25519 or P-256) from PEM."""
     key = _load_public(pem, "recovery public key")
-    if isinstance(key, x25519.X25519PublicKey) or _is_p256(key):
-        return key  # type: ignore[return-value]
+    if isinstance(key, x25519.X25519PublicKey) or (
+        isinstance(key, ec.EllipticCurvePublicKey) and _is_p256(key)
+    ):
+        return key
     raise PolicyError(f"recovery public key: {_describe(key)} refused (X25519 or P-256 only)")
 
 
@@ -112,20 +140,18 @@ def write_private(path: str | os.PathLike[str], pem: bytes, *, overwrite: bool =
     """Write a private key readable by its owner only (mode 0600).
 
     The file is created with mode 0600 from the start (no window where it is
-    world-readable). An existing file is refused unless ``overwrite``: losing a
-    board key by accident means the board must rotate it.
+    world-readable) under a fresh name, and appears whole at ``path`` (see
+    :func:`secfl._internal.files.write_private`): a symbolic link planted there is
+    replaced, never followed. An existing file is refused unless ``overwrite``:
+    losing a board key by accident means the board must rotate it.
     """
     target = Path(path)
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
-        fd = os.open(target, flags, 0o600)
+        files.write_private(target, pem, replace=overwrite)
     except FileExistsError:
         raise PolicyError(f"refusing to overwrite the existing key '{target}'") from None
     except OSError as exc:
         raise PolicyError(f"cannot write '{target}': {exc.strerror or exc}") from None
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(pem)
     return target
 
 

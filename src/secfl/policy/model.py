@@ -287,6 +287,10 @@ class CaSecret(_SecretBase):
     validity_days: int = Field(default=3650, ge=1, le=36500)
 
 
+_CertUsage = Literal["server", "client"]
+_CERT_USAGES: tuple[_CertUsage, ...] = ("server", "client")
+
+
 class CertSecret(_SecretBase):
     kind: Literal["x509"]
     issuer: Name
@@ -294,9 +298,7 @@ class CertSecret(_SecretBase):
     sans: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
         default_factory=list, max_length=MAX_ITEMS
     )
-    usage: list[Literal["server", "client"]] = Field(
-        default_factory=lambda: ["server", "client"], min_length=1
-    )
+    usage: list[_CertUsage] = Field(default_factory=lambda: list(_CERT_USAGES), min_length=1)
     validity_days: int = Field(default=365, ge=1, le=3650)
     renew_before_days: int = Field(default=30, ge=0, le=3650)
 

@@ -25,7 +25,16 @@ from secfl.policy.model import (
 from secfl.tee.claims import TCB_ORDER, Kind
 
 if TYPE_CHECKING:
-    from secfl.policy.model import Injection, Policy
+    from secfl.policy.model import Injection, Policy, Service
+
+__all__ = [
+    "JSON_INT_MAX",
+    "JSON_INT_MIN",
+    "JSON_MAX_ITEMS",
+    "JSON_MAX_KEY",
+    "JSON_MAX_TEXT",
+    "key_path",
+]
 
 
 def key_path(key: str) -> str:
@@ -122,19 +131,34 @@ def _check_json(value: JsonValue, where: str) -> None:
 
 
 def _check_references(p: Policy) -> None:
-    if p.version == 1 and p.predecessor:
-        raise ValueError("predecessor: must be empty for version 1")
-    if p.version > 1 and not p.predecessor:
-        raise ValueError(
-            f"predecessor: required for version {p.version} (the digest of version {p.version - 1})"
-        )
+    """Every cross-reference of ``p``, section by section in document order."""
+    _check_version(p)
     members = _unique(p.board.members, "board.members")
     secrets = {s.name: s for s in p.secrets}
     _unique(p.secrets, "secrets")
     volumes = _unique(p.volumes, "volumes")
     counters = _unique(p.counters, "counters")
     _unique(p.services, "services")
+    _check_board(p, members)
+    _check_platforms(p)
+    _check_secrets(p, secrets)
+    _check_volumes(p, secrets, counters)
+    for i, service in enumerate(p.services):
+        _check_service(p, service, f"services[{i}]", secrets, volumes, counters)
 
+
+def _check_version(p: Policy) -> None:
+    """Version 1 has no predecessor; every later version names one."""
+    if p.version == 1 and p.predecessor:
+        raise ValueError("predecessor: must be empty for version 1")
+    if p.version > 1 and not p.predecessor:
+        raise ValueError(
+            f"predecessor: required for version {p.version} (the digest of version {p.version - 1})"
+        )
+
+
+def _check_board(p: Policy, members: dict[str, int]) -> None:
+    """The m-of-n rule can be met, required members exist, and keys are distinct."""
     if p.board.threshold > len(p.board.members):
         raise ValueError(
             f"board.threshold: {p.board.threshold} exceeds the {len(p.board.members)} members"
@@ -143,16 +167,22 @@ def _check_references(p: Policy) -> None:
         if name not in members:
             raise ValueError(f"board.required[{i}]: '{name}' is not a board member")
     _distinct(p.board.required, "board.required", "member")
-    _distinct(list(p.platforms.accept), "platforms.accept", "platform")
     if len(set(p.board.required)) > p.board.threshold:
         raise ValueError("board.required: more required members than the threshold")
     _check_board_keys(p)
 
+
+def _check_platforms(p: Policy) -> None:
+    """Each platform accepted once; a simulation has its root; TCB floor is a status."""
+    _distinct(list(p.platforms.accept), "platforms.accept", "platform")
     if "simulated" in p.platforms.accept and not p.platforms.simulation_root:
         raise ValueError("platforms.simulation_root: required when 'simulated' is accepted")
     if TCB_ORDER.index(p.platforms.min_tcb_status) >= TCB_ORDER.index("unknown"):
         raise ValueError("platforms.min_tcb_status: use allow_unknown_tcb for 'unknown'")
 
+
+def _check_secrets(p: Policy, secrets: dict[str, Any]) -> None:
+    """The identity CA is a CA; each certificate names a CA and renews before it expires."""
     _check_kind(secrets, p.identity_ca, "x509-ca", "identity_ca")
     for i, secret in enumerate(p.secrets):
         if secret.kind == "x509":
@@ -162,41 +192,51 @@ def _check_references(p: Policy) -> None:
                     f"secrets[{i}].renew_before_days: must be less than validity_days "
                     f"({secret.validity_days})"
                 )
+
+
+def _check_volumes(p: Policy, secrets: dict[str, Any], counters: dict[str, int]) -> None:
+    """Each volume's key is a 32-byte key (the SPM's own aes-256, or the data owner's,
+    imported) and its counter exists."""
     for i, volume in enumerate(p.volumes):
-        # the SPM's own aes-256 key, or the data owner's key, imported (32 bytes)
         _check_kind(secrets, volume.key, "aes-256|imported", f"volumes[{i}].key")
         if volume.counter is not None and volume.counter not in counters:
             raise ValueError(f"volumes[{i}].counter: unknown counter '{volume.counter}'")
     _check_volume_keys(p)
 
-    for i, service in enumerate(p.services):
-        where = f"services[{i}]"
-        for kind in service.measurements:
-            if kind not in p.platforms.accept:
-                raise ValueError(
-                    f"{where}.measurements.{kind}: platform '{kind}' is not in platforms.accept"
-                )
-            for j, entry in enumerate(service.measurements[kind]):
-                _check_identity(kind, entry, f"{where}.measurements.{kind}[{j}]")
-        for j, name in enumerate(service.volumes):
-            if name not in volumes:
-                raise ValueError(f"{where}.volumes[{j}]: unknown volume '{name}'")
-        _distinct(service.volumes, f"{where}.volumes", "volume")
-        for j, name in enumerate(service.counters):
-            if name not in counters:
-                raise ValueError(f"{where}.counters[{j}]: unknown counter '{name}'")
-        _distinct(service.counters, f"{where}.counters", "counter")
-        for j, name in enumerate(service.secrets):
-            if name not in secrets:
-                raise ValueError(f"{where}.secrets[{j}]: unknown secret '{name}'")
-            if name == p.identity_ca:
+
+def _check_service(
+    p: Policy,
+    service: Service,
+    where: str,
+    secrets: dict[str, Any],
+    volumes: dict[str, int],
+    counters: dict[str, int],
+) -> None:
+    """A service's measurements are for accepted platforms, it names existing volumes,
+    counters and secrets once each (never the identity CA), and its injection is sound."""
+    for kind in service.measurements:
+        if kind not in p.platforms.accept:
+            raise ValueError(
+                f"{where}.measurements.{kind}: platform '{kind}' is not in platforms.accept"
+            )
+        for j, entry in enumerate(service.measurements[kind]):
+            _check_identity(kind, entry, f"{where}.measurements.{kind}[{j}]")
+    for field, names, known, what in (
+        ("volumes", service.volumes, volumes, "volume"),
+        ("counters", service.counters, counters, "counter"),
+        ("secrets", service.secrets, secrets, "secret"),
+    ):
+        for j, name in enumerate(names):
+            if name not in known:
+                raise ValueError(f"{where}.{field}[{j}]: unknown {what} '{name}'")
+            if field == "secrets" and name == p.identity_ca:
                 raise ValueError(
                     f"{where}.secrets[{j}]: '{name}' is the identity CA: listing it releases its "
                     f"private key, which would let the workload issue any service's "
                     f"certificate; inject $$SECFL::{name}:crt$$ instead"
                 )
-        _distinct(service.secrets, f"{where}.secrets", "secret")
-        _check_injection(p, secrets, service.inject, f"{where}.inject")
+        _distinct(names, f"{where}.{field}", what)
+    _check_injection(p, secrets, service.inject, f"{where}.inject")
 
 
 def _check_injection(p: Policy, secrets: dict[str, Any], inject: Injection, where: str) -> None:

@@ -1,4 +1,4 @@
-"""Shielded volumes: encrypted, authenticated code and data (DESIGN.md, component 4).
+"""Shielded volumes: encrypted, authenticated code and data, opened only inside a TEE.
 
 A volume is one file holding a directory tree: every file cut into chunks sealed
 with AES-256-GCM, and a sealed manifest (paths, modes, sizes, SHA-256 of each

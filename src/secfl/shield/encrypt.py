@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
-import tempfile
-import unicodedata
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secfl._internal import files
+from secfl._internal.names import nfc_name
 from secfl.errors import ShieldError
 from secfl.shield import format as fmt
 from secfl.shield.keys import load_key
+
+__all__ = ["encrypt_directory"]
 
 
 def encrypt_directory(
@@ -65,72 +66,57 @@ def encrypt_directory(
     top, target = src.resolve(), out.resolve()
     if target == top or top in target.parents:
         raise ShieldError(f"shield: the volume '{out}' must not be inside '{src}'")
-    files = _walk(src)
-    if len(files) > fmt.MAX_FILES:
+    paths = _walk(src)
+    if len(paths) > fmt.MAX_FILES:
         raise ShieldError(f"shield: '{src}' has more than 2^32 files")
 
-    salt = os.urandom(fmt.SALT_SIZE)
-    keys = fmt.derive_keys(key, salt)
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ShieldError(f"shield: cannot write '{out}': {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            sink.write(bytes(fmt.HEADER_SIZE))
-            entries: list[dict[str, Any]] = []
-            offset = fmt.HEADER_SIZE
-            aead = AESGCM(keys.chunk)
-            for index, (rel, path) in enumerate(files):
-                entry = _seal_file(aead, salt, index, rel, path, chunk_size, sink)
-                entry["offset"] = offset
-                offset += fmt.sealed_length(entry["size"], chunk_size)
-                entries.append(entry)
-            manifest = {"format": fmt.FORMAT, "version": version, "chunk_size": chunk_size}
-            plaintext = fmt.canonical({**manifest, "files": entries})
-            if len(plaintext) + fmt.TAG_SIZE > fmt.MAX_MANIFEST_SIZE:
-                raise ShieldError(f"shield: '{src}' has too many files for one volume")
-            header = fmt.Header(
-                chunk_size,
-                salt,
-                keys.check,
-                offset,
-                len(plaintext) + fmt.TAG_SIZE,
-                bytes.fromhex(fmt.tag_of(plaintext)),
-                version,
-            ).pack()
-            sealed = AESGCM(keys.manifest).encrypt(
-                fmt.MANIFEST_NONCE, plaintext, fmt.manifest_aad(header)
-            )
-            sink.write(sealed)
-            sink.seek(0)
-            sink.write(header)
-            sink.flush()
-            os.fsync(sink.fileno())
-        _publish(tmp, target, overwrite)
+        with files.atomic_open(target, mode=0o600, replace=overwrite) as sink:
+            return _seal_volume(sink, key, src, paths, version, chunk_size)
     except FileExistsError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise ShieldError(f"shield: '{out}' exists; not replacing it") from None
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise ShieldError(f"shield: cannot write '{out}': {exc.strerror or exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+
+def _seal_volume(
+    sink: BinaryIO,
+    key: bytes,
+    src: Path,
+    paths: list[tuple[str, Path]],
+    version: int,
+    chunk_size: int,
+) -> str:
+    """Write the volume of ``paths`` into ``sink`` (header, chunks, manifest); its tag."""
+    salt = os.urandom(fmt.SALT_SIZE)
+    keys = fmt.derive_keys(key, salt)
+    sink.write(bytes(fmt.HEADER_SIZE))
+    entries: list[dict[str, Any]] = []
+    offset = fmt.HEADER_SIZE
+    aead = AESGCM(keys.chunk)
+    for index, (rel, path) in enumerate(paths):
+        entry = _seal_file(aead, salt, index, rel, path, chunk_size, sink)
+        entry["offset"] = offset
+        offset += fmt.sealed_length(entry["size"], chunk_size)
+        entries.append(entry)
+    manifest = {"format": fmt.FORMAT, "version": version, "chunk_size": chunk_size}
+    plaintext = fmt.canonical({**manifest, "files": entries})
+    if len(plaintext) + fmt.TAG_SIZE > fmt.MAX_MANIFEST_SIZE:
+        raise ShieldError(f"shield: '{src}' has too many files for one volume")
+    header = fmt.Header(
+        chunk_size,
+        salt,
+        keys.check,
+        offset,
+        len(plaintext) + fmt.TAG_SIZE,
+        bytes.fromhex(fmt.tag_of(plaintext)),
+        version,
+    ).pack()
+    aad = fmt.manifest_aad(header)
+    sink.write(AESGCM(keys.manifest).encrypt(fmt.MANIFEST_NONCE, plaintext, aad))
+    sink.seek(0)
+    sink.write(header)
     return fmt.tag_of(plaintext)
-
-
-def _publish(tmp: str, target: Path, overwrite: bool) -> None:
-    """Move the finished volume into place: atomically, and without replacing
-    anything unless ``overwrite`` (a hard link fails if the name exists)."""
-    if overwrite:
-        os.replace(tmp, target)
-        return
-    os.link(tmp, target)
-    os.unlink(tmp)
 
 
 def _walk(top: Path) -> list[tuple[str, Path]]:
@@ -167,11 +153,10 @@ def _walk(top: Path) -> list[tuple[str, Path]]:
 
 
 def _name(name: str, directory: Path) -> str:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ShieldError(f"shield: a name in '{directory}' is not valid UTF-8: {name!r}") from None
-    return unicodedata.normalize("NFC", name)
+    recorded = nfc_name(name)
+    if recorded is None:
+        raise ShieldError(f"shield: a name in '{directory}' is not valid UTF-8: {name!r}")
+    return recorded
 
 
 def _kind(mode: int) -> str:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
+from secfl._internal import files
 from secfl.errors import ShieldError
 from secfl.shield.format import KEY_SIZE
+
+__all__ = [
+    "generate_key",
+    "key_from_file",
+    "load_key",
+    "write_key_file",
+]
 
 #: A key file is tiny; anything bigger is not a key file.
 _MAX_KEY_FILE = 4096
@@ -60,16 +67,17 @@ def generate_key() -> bytes:
 
 
 def write_key_file(path: Path | str, key: bytes | None = None) -> bytes:
-    """Write ``key`` (a new one by default) as hex to a new file of mode 0600; never overwrite."""
+    """Write ``key`` (a new one by default) as hex to a new file of mode 0600; never overwrite.
+
+    The file is 0600 from its first byte and appears whole (see
+    :func:`secfl._internal.files.write_private`); anything already at ``path``,
+    a symbolic link too, is refused and left as it was."""
     key = generate_key() if key is None else load_key(key)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        files.write_private(path, (key.hex() + "\n").encode("ascii"), replace=False)
     except FileExistsError:
         raise ShieldError(f"shield: key file '{path}' already exists; not overwriting it") from None
     except OSError as exc:
         reason = exc.strerror or exc
         raise ShieldError(f"shield: cannot create key file '{path}': {reason}") from None
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(key.hex() + "\n")
     return key

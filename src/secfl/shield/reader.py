@@ -7,12 +7,16 @@ import hmac
 import io
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secfl.errors import ShieldError
 from secfl.shield import format as fmt
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 #: cryptography >= 45 decrypts straight into a buffer; older versions return bytes.
 _DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")
@@ -187,7 +191,7 @@ class VolumeFile(io.RawIOBase):
         self._source.open_chunk(self._index, self._entry, chunk, self._scratch, out)
         self._account(chunk, out)
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         self._check_open()
         out = memoryview(buffer).cast("B")
         size = self._entry.size

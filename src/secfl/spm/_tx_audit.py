@@ -1,34 +1,62 @@
-"""Transaction operations on the audit log: appending entries, reading them back, and
-writing the authenticated head (row and MAC) when the transaction ends."""
+"""``tx.audit``: the hash-chained audit log of a transaction, and its authenticated head.
+
+Entries appended in a transaction commit or roll back with the change they record.
+The head (last seq, its hash) and its MAC are written once, when the transaction
+(or a savepoint) ends, not at every append.
+"""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
-from secfl.errors import AuditError, SpmError
+from secfl.errors import AuditError, IntegrityError, SpmError
 from secfl.spm import audit as _audit
-from secfl.spm._tx_meta import MetaOps
+from secfl.spm._tx_base import TxView
 from secfl.spm.audit import AuditEntry
-from secfl.spm.schema import INSERT, Q_HEAD_UPDATE, audit_table
+from secfl.spm.schema import INSERT, Q_HEAD, Q_HEAD_LOCK, Q_HEAD_UPDATE, audit_table
+
+if TYPE_CHECKING:
+    from secfl.spm.tx import Tx
+
+__all__ = ["AUDIT_HEAD_MAC", "AuditLog", "read_head"]
 
 #: Meta key of the head MAC (see :func:`secfl.spm.audit.head_mac`).
 AUDIT_HEAD_MAC = "audit_head_mac"
 
 
-class AuditOps(MetaOps):
-    """The hash-chained audit log and its head (part of :class:`secfl.spm.store.Tx`)."""
+class AuditLog(TxView):
+    """The audit log as one transaction sees it; it carries the head until commit."""
 
-    def audit_head(self) -> tuple[int, str]:
+    def __init__(self, tx: Tx, audit_key: bytes | None) -> None:
+        super().__init__(tx)
+        self._key = audit_key
+        self._head: tuple[int, str] | None = None
+        #: Entries were appended since the head row and its MAC were last written.
+        self._dirty = False
+
+    def head(self) -> tuple[int, str]:
         """(last seq, its hash); (0, GENESIS) for an empty log."""
         if self._head is None:
-            self._head = self._store._read_head(self._c(), lock=False)
+            self._head = read_head(self._c(), self._tx.dialect, lock=False)
         return self._head
 
-    def append_audit(
+    def lock_head(self) -> tuple[int, str]:
+        """Read the head under the writers' lock (PostgreSQL: ``FOR UPDATE`` of its
+        row); the first statement of every write transaction."""
+        self._head = read_head(self._c(), self._tx.dialect, lock=True)
+        return self._head
+
+    @property
+    def known_head(self) -> tuple[int, str] | None:
+        """The head as this transaction left it (None if it never read it)."""
+        return self._head
+
+    def append(
         self,
         event: str,
         policy: str | None,
@@ -39,10 +67,9 @@ class AuditOps(MetaOps):
         """Append an entry in this transaction (so it commits or rolls back with the
         change it records) and move the authenticated head."""
         conn = self._w()
-        key = self._store._audit_key
-        if key is None and self.get_meta(AUDIT_HEAD_MAC) is not None:
+        if self._key is None and self._tx.meta.get(AUDIT_HEAD_MAC) is not None:
             raise SpmError("audit: this log is authenticated; open the store with its audit key")
-        entry = _audit.make_entry(self.audit_head(), event, policy, detail, at)
+        entry = _audit.make_entry(self.head(), event, policy, detail, at)
         conn.execute(
             INSERT[audit_table],
             {
@@ -56,10 +83,10 @@ class AuditOps(MetaOps):
             },
         )
         self._head = (entry.seq, entry.hash)
-        self._head_dirty = True
+        self._dirty = True
         return entry
 
-    def audit_since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
+    def since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
         """Entries with a seq greater than ``seq``, in order, at most ``limit``."""
         t = audit_table
         rows = self._c().execute(
@@ -67,17 +94,53 @@ class AuditOps(MetaOps):
         )
         return [_entry(r) for r in rows]
 
-    def _flush_head(self) -> None:
-        """Write the audit head row and its MAC for the entries appended so far."""
-        if not self._head_dirty or self._head is None:
+    def flush_head(self) -> None:
+        """Write the audit head row and its MAC for the entries appended so far
+        (called by the transaction: at commit and around savepoints)."""
+        if not self._dirty or self._head is None:
             return
         seq, head_hash = self._head
         conn = self._w()
         conn.execute(Q_HEAD_UPDATE, {"b_new_seq": seq, "b_new_hash": head_hash})
-        key = self._store._audit_key
-        if key is not None:
-            self.set_meta(AUDIT_HEAD_MAC, _audit.head_mac(key, seq, head_hash).encode())
-        self._head_dirty = False
+        if self._key is not None:
+            self._tx.meta.put(AUDIT_HEAD_MAC, _audit.head_mac(self._key, seq, head_hash).encode())
+        self._dirty = False
+
+    def reload_head(self) -> None:
+        """Forget the entries of a savepoint that rolled back: read the head again."""
+        self._head = read_head(self._c(), self._tx.dialect, lock=False)
+        self._dirty = False
+
+
+def read_head(
+    conn: Connection, dialect: Literal["sqlite", "postgresql"], *, lock: bool
+) -> tuple[int, str]:
+    """The head row (seq, hash), checked to be one; ``lock`` takes the writers' lock."""
+    query = Q_HEAD_LOCK if lock and dialect == "postgresql" else Q_HEAD
+    try:
+        row = conn.execute(query).first()
+    except OperationalError as exc:
+        if "no such table" in str(exc.orig) or "does not exist" in str(exc.orig):
+            raise SpmError("store: the database has no SPM tables (call create_all)") from None
+        raise
+    except DBAPIError as exc:
+        if "does not exist" in str(exc.orig):
+            raise SpmError("store: the database has no SPM tables (call create_all)") from None
+        raise
+    if row is None:
+        raise SpmError("store: the audit head row is missing (call create_all)")
+    seq, head_hash = row.seq, row.hash
+    if (
+        not isinstance(seq, int)
+        or isinstance(seq, bool)
+        or not 0 <= seq < 2**62
+        or not isinstance(head_hash, str)
+        or not (head_hash == _audit.GENESIS or len(head_hash) == 64)
+    ):
+        raise IntegrityError(
+            "integrity: the audit head row is corrupt (not a sequence number and hash)"
+        )
+    return seq, head_hash
 
 
 def _entry(row: Any) -> AuditEntry:

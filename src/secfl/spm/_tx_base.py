@@ -1,5 +1,13 @@
-"""The plumbing every part of :class:`secfl.spm.store.Tx` shares: its connection, whether
-it may write, and the audit head it carries until commit."""
+"""What every view of a transaction shares: its connection, and the integrity of rows.
+
+A :class:`~secfl.spm.tx.Tx` exposes its operations through views, one per concern
+(``tx.counters``, ``tx.policies``...). A view holds no connection of its own: it
+writes through its transaction's, so that everything done in one ``with`` block
+commits or rolls back together. The row checks live here, once: every row a view
+writes carries the MAC of the whole row (:meth:`TxView._signed`) and every row it
+reads is refused unless its MAC verifies (:meth:`TxView._verify`); floor changes
+(:meth:`TxView._note`) are applied only when the transaction commits.
+"""
 
 from __future__ import annotations
 
@@ -13,55 +21,41 @@ from secfl.spm.schema import INSERT
 
 if TYPE_CHECKING:
     from secfl.spm.integrity import Floors
-    from secfl.spm.store import Store
+    from secfl.spm.tx import Tx
+
+__all__ = ["TxView"]
 
 
-class TxBase:
-    """The state and plumbing shared by every part of :class:`secfl.spm.store.Tx`."""
+class TxView:
+    """One concern's operations over a transaction (see :class:`~secfl.spm.tx.Tx`)."""
 
-    def __init__(self, store: Store, conn: Connection, *, writable: bool) -> None:
-        self._store = store
-        self._conn = conn
-        self._writable = writable
-        self._open = True
-        self._head: tuple[int, str] | None = None
-        #: Audit entries appended since the head row and its MAC were last written;
-        #: both are written once, when the transaction ends (see Store.transaction).
-        self._head_dirty = False
-        #: Floor changes (secfl.spm.integrity.Floors.apply) to make once this commits.
-        self._changes: list[tuple[Any, ...]] = []
+    def __init__(self, tx: Tx) -> None:
+        self._tx = tx
 
     # -- plumbing
     def _c(self) -> Connection:
-        if not self._open:
-            raise SpmError("store: this transaction is finished")
-        return self._conn
+        return self._tx.connection()
 
     def _w(self) -> Connection:
-        if not self._writable:
-            raise SpmError("store: a read-only transaction cannot write")
-        return self._c()
+        return self._tx.write_connection()
 
     def _insert(self, table: Table, values: dict[str, Any], conflict: str) -> None:
+        """Insert a row; a duplicate key is :class:`SpmError` ``conflict``."""
         try:
             self._w().execute(INSERT[table], values)
         except IntegrityError:
             raise SpmError(conflict) from None
 
-    @property
-    def writable(self) -> bool:
-        return self._writable
-
     # -- integrity (secfl.spm.integrity): rows are MAC'd, floors never go back
     def _signed(self, table: Table, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` with the MAC of the whole row (None without a row key)."""
-        integrity = self._store.integrity
+        integrity = self._tx.integrity
         mac = None if integrity is None else integrity.rows.mac(table.name, values)
         return {**values, "mac": mac}
 
     def _verify(self, table: Table, row: Any, what: str) -> None:
         """Refuse a row that does not carry a valid MAC (when the store has a row key)."""
-        integrity = self._store.integrity
+        integrity = self._tx.integrity
         if integrity is None:
             return
         mapping = row._mapping
@@ -69,11 +63,9 @@ class TxBase:
         integrity.rows.check(table.name, values, mapping.get("mac"), what)
 
     def _note(self, change: tuple[Any, ...]) -> None:
-        """A floor change, applied when this transaction commits."""
-        if self._store.integrity is not None:
-            self._changes.append(change)
+        """A floor change, applied when the transaction commits."""
+        self._tx.note(change)
 
     @property
-    def floors(self) -> Floors | None:
-        integrity = self._store.integrity
-        return None if integrity is None else integrity.floors
+    def _floors(self) -> Floors | None:
+        return self._tx.floors

@@ -1,4 +1,5 @@
-"""Transaction operations on issued certificates and their revocations."""
+"""``tx.certificates`` and ``tx.revocations``: the certificates the SPM issued, and
+what the board revoked (certificates, services, measurements, platforms)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from secfl.errors import SpmError
-from secfl.spm._tx_base import TxBase
+from secfl.spm._tx_base import TxView
 from secfl.spm.records import (
     REVOCATION_KINDS,
     CertificateRecord,
@@ -19,14 +20,16 @@ from secfl.spm.records import (
 )
 from secfl.spm.schema import certificates_table, revocations_table
 
+__all__ = ["Certificates", "Revocations"]
 
-class CertificateOps(TxBase):
-    """Certificates and revocations (part of :class:`secfl.spm.store.Tx`)."""
 
-    # -- certificates
-    def add_certificate(
+class Certificates(TxView):
+    """Certificates issued to attested services, by policy and serial."""
+
+    def add(
         self, policy: str, service: str, serial: str | int, fingerprint: str, not_after: datetime
     ) -> None:
+        """Record a certificate issued to ``service``; a serial issued twice is refused."""
         serial = normalise_serial(serial)
         self._insert(
             certificates_table,
@@ -43,7 +46,7 @@ class CertificateOps(TxBase):
             f"store: certificate serial {serial} of policy '{policy}' already exists",
         )
 
-    def _certificate(self, row: Any) -> CertificateRecord:
+    def _record(self, row: Any) -> CertificateRecord:
         self._verify(certificates_table, row, f"certificate {row.serial} of '{row.policy}'")
         return CertificateRecord(
             policy=row.policy,
@@ -53,25 +56,30 @@ class CertificateOps(TxBase):
             not_after=from_us(row.not_after),
         )
 
-    def get_certificate(self, policy: str, serial: str | int) -> CertificateRecord | None:
+    def get(self, policy: str, serial: str | int) -> CertificateRecord | None:
+        """The certificate ``serial`` of ``policy`` (any hex form), None if unknown."""
         t = certificates_table
         row = (
             self._c()
             .execute(select(t).where(t.c.policy == policy, t.c.serial == normalise_serial(serial)))
             .first()
         )
-        return None if row is None else self._certificate(row)
+        return None if row is None else self._record(row)
 
-    def certificates(self, policy: str, service: str | None = None) -> list[CertificateRecord]:
+    def of_policy(self, policy: str, service: str | None = None) -> list[CertificateRecord]:
+        """The certificates of ``policy`` (of one ``service``), soonest to expire first."""
         t = certificates_table
         query = select(t).where(t.c.policy == policy)
         if service is not None:
             query = query.where(t.c.service == service)
         rows = self._c().execute(query.order_by(t.c.not_after, t.c.serial))
-        return [self._certificate(r) for r in rows]
+        return [self._record(r) for r in rows]
 
-    # -- revocations
-    def add_revocation(
+
+class Revocations(TxView):
+    """The board's revocations, and what this SPM knows was revoked (its floors)."""
+
+    def add(
         self,
         policy: str,
         serial: str | int | None,
@@ -109,7 +117,7 @@ class CertificateOps(TxBase):
         )
         self._note(("revoke", policy, kind, subject))
 
-    def lift_revocation(self, policy: str, kind: str, subject: str) -> bool:
+    def lift(self, policy: str, kind: str, subject: str) -> bool:
         """Readmit what a revocation named; False if it was not revoked."""
         if kind == "certificate":
             subject = normalise_serial(subject)
@@ -121,21 +129,23 @@ class CertificateOps(TxBase):
         return done.rowcount > 0 or (kind, subject) in self._floor_revoked(policy)
 
     def _floor_revoked(self, policy: str) -> set[tuple[str, str]]:
-        floors = self.floors
+        floors = self._floors
         return set() if floors is None else floors.revoked_in(policy)
 
     def is_revoked(self, policy: str, subject: str | int, *, kind: str = "certificate") -> bool:
+        """Whether ``subject`` (a certificate serial by default) is revoked in ``policy``."""
         if kind == "certificate":
             subject = normalise_serial(subject)
-        return (kind, str(subject)) in self.revoked_set(policy)
+        return (kind, str(subject)) in self.in_force(policy)
 
-    def revoked_set(self, policy: str) -> set[tuple[str, str]]:
+    def in_force(self, policy: str) -> set[tuple[str, str]]:
         """Every (kind, subject) revoked in ``policy``: the rows, and what this SPM
         knows was revoked even if a row went missing (fail closed)."""
-        found = {(r.kind, r.subject) for r in self.revocations(policy)}
+        found = {(r.kind, r.subject) for r in self.of_policy(policy)}
         return found | self._floor_revoked(policy)
 
-    def revocations(self, policy: str) -> list[RevocationRecord]:
+    def of_policy(self, policy: str) -> list[RevocationRecord]:
+        """The revocation rows of ``policy``, oldest first, each MAC checked."""
         t = revocations_table
         rows = self._c().execute(
             select(t).where(t.c.policy == policy).order_by(t.c.at, t.c.kind, t.c.subject)

@@ -1,19 +1,20 @@
-"""Transaction operations on the meta table: small named values (the schema version,
-the audit head MAC, the sealed SPM identity...)."""
+"""``tx.meta``: small named values (the schema version, the audit head MAC, the sealed
+SPM identity...)."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete
-
 from secfl.errors import IntegrityError
-from secfl.spm._tx_base import TxBase
+from secfl.spm._tx_base import TxView
 from secfl.spm.schema import INSERT, Q_META_GET, Q_META_UPDATE, meta_table
 
+__all__ = ["Meta"]
 
-class MetaOps(TxBase):
-    """The meta key/value table (part of :class:`secfl.spm.store.Tx`)."""
 
-    def get_meta(self, key: str) -> bytes | None:
+class Meta(TxView):
+    """The meta key/value table."""
+
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, None if there is none."""
         row = self._c().execute(Q_META_GET, {"b_key": key}).first()
         if row is None:
             return None
@@ -21,11 +22,9 @@ class MetaOps(TxBase):
             raise IntegrityError(f"integrity: the meta value '{key}' is corrupt (not bytes)")
         return bytes(row.value)
 
-    def set_meta(self, key: str, value: bytes) -> None:
+    def put(self, key: str, value: bytes) -> None:
+        """Insert or replace the value of ``key``."""
         conn = self._w()
         done = conn.execute(Q_META_UPDATE, {"b_key": key, "b_value": bytes(value)})
         if done.rowcount == 0:
             conn.execute(INSERT[meta_table], {"key": key, "value": bytes(value)})
-
-    def delete_meta(self, key: str) -> None:
-        self._w().execute(delete(meta_table).where(meta_table.c.key == key))

@@ -1,4 +1,5 @@
-"""Transaction operations on policies, their secrets and their wrapped data keys."""
+"""``tx.policies``, ``tx.secrets`` and ``tx.data_keys``: policy versions, their sealed
+secret values, and each policy's wrapped data key with its recovery shares."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from secfl.errors import SpmError
-from secfl.spm._tx_base import TxBase
+from secfl.spm._tx_base import TxView
 from secfl.spm.records import PolicyRecord, SecretRecord, from_us, to_us
 from secfl.spm.schema import (
     Q_CURRENT_POLICY,
@@ -18,12 +19,13 @@ from secfl.spm.schema import (
     secrets_table,
 )
 
+__all__ = ["DataKeys", "Policies", "Secrets"]
 
-class PolicyOps(TxBase):
-    """Policy versions, secrets and policy data keys (part of :class:`secfl.spm.store.Tx`)."""
 
-    # -- policies
-    def _policy(self, row: Any) -> PolicyRecord:
+class Policies(TxView):
+    """Board-approved policy versions: added once, never changed, never gone back."""
+
+    def _record(self, row: Any) -> PolicyRecord:
         self._verify(policies_table, row, f"policy '{row.name}' version {row.version}")
         return PolicyRecord(
             name=row.name,
@@ -35,48 +37,51 @@ class PolicyOps(TxBase):
             created_at=from_us(row.created_at),
         )
 
-    def current_policy(self, name: str) -> PolicyRecord | None:
+    def current(self, name: str) -> PolicyRecord | None:
         """The latest version of policy ``name`` (a version older than one this SPM
         has seen is a rollback: :class:`IntegrityError`)."""
         row = self._c().execute(Q_CURRENT_POLICY, {"b_name": name}).first()
-        floors = self.floors
+        floors = self._floors
         if row is None:
             if floors is not None:
                 floors.check_policy(name, 0, learn=False)
             return None
-        record = self._policy(row)
+        record = self._record(row)
         if floors is not None:
-            floors.check_policy(name, record.version, learn=not self._writable)
+            floors.check_policy(name, record.version, learn=not self._tx.writable)
         return record
 
-    def policy_version(self, name: str, version: int) -> PolicyRecord | None:
+    def version(self, name: str, version: int) -> PolicyRecord | None:
+        """Version ``version`` of policy ``name``, None if there is none."""
         t = policies_table
         row = self._c().execute(select(t).where(t.c.name == name, t.c.version == version)).first()
-        return None if row is None else self._policy(row)
+        return None if row is None else self._record(row)
 
-    def policy_by_digest(self, name: str, digest: str) -> PolicyRecord | None:
+    def by_digest(self, name: str, digest: str) -> PolicyRecord | None:
+        """The version of policy ``name`` whose document has ``digest``, None if none."""
         t = policies_table
         row = self._c().execute(select(t).where(t.c.name == name, t.c.digest == digest)).first()
-        return None if row is None else self._policy(row)
+        return None if row is None else self._record(row)
 
-    def policy_history(self, name: str) -> list[PolicyRecord]:
+    def history(self, name: str) -> list[PolicyRecord]:
         """Every version of policy ``name``, oldest first."""
         t = policies_table
         rows = self._c().execute(select(t).where(t.c.name == name).order_by(t.c.version))
-        return [self._policy(r) for r in rows]
+        return [self._record(r) for r in rows]
 
-    def policy_names(self) -> list[str]:
+    def names(self) -> list[str]:
+        """The name of every stored policy, sorted."""
         t = policies_table
         rows = self._c().execute(select(t.c.name).distinct().order_by(t.c.name))
         return [r.name for r in rows]
 
-    def add_policy(self, record: PolicyRecord) -> None:
+    def add(self, record: PolicyRecord) -> None:
         """Store a new version; a (name, version) or (name, digest) already present is
         an :class:`SpmError` (checks the caller's predecessor logic cannot replace)."""
         self._w()
-        if self.policy_version(record.name, record.version) is not None:
+        if self.version(record.name, record.version) is not None:
             raise SpmError(f"store: policy '{record.name}' version {record.version} already exists")
-        if self.policy_by_digest(record.name, record.digest) is not None:
+        if self.by_digest(record.name, record.digest) is not None:
             raise SpmError(
                 f"store: policy '{record.name}' already has a version with digest {record.digest}"
             )
@@ -98,8 +103,12 @@ class PolicyOps(TxBase):
         )
         self._note(("policy", record.name, record.version))
 
-    # -- secrets
-    def _secret(self, row: Any) -> SecretRecord:
+
+class Secrets(TxView):
+    """Secret values, each sealed under its policy's data key."""
+
+    def record(self, row: Any) -> SecretRecord:
+        """The record of a stored row, refused unless its MAC verifies."""
         self._verify(secrets_table, row, f"secret '{row.name}' of policy '{row.policy}'")
         return SecretRecord(
             policy=row.policy,
@@ -110,16 +119,18 @@ class PolicyOps(TxBase):
             created_at=from_us(row.created_at),
         )
 
-    def get_secret(self, policy: str, name: str) -> SecretRecord | None:
+    def get(self, policy: str, name: str) -> SecretRecord | None:
+        """Secret ``name`` of ``policy``, None if there is none."""
         row = self._c().execute(Q_SECRET, {"b_policy": policy, "b_name": name}).first()
-        return None if row is None else self._secret(row)
+        return None if row is None else self.record(row)
 
-    def list_secrets(self, policy: str) -> list[SecretRecord]:
+    def of_policy(self, policy: str) -> list[SecretRecord]:
+        """Every secret of ``policy``, by name."""
         t = secrets_table
         rows = self._c().execute(select(t).where(t.c.policy == policy).order_by(t.c.name))
-        return [self._secret(r) for r in rows]
+        return [self.record(r) for r in rows]
 
-    def put_secret(self, record: SecretRecord) -> None:
+    def put(self, record: SecretRecord) -> None:
         """Insert or replace the secret (policy, name)."""
         t = secrets_table
         values = self._signed(
@@ -140,28 +151,31 @@ class PolicyOps(TxBase):
         if done.rowcount == 0:
             conn.execute(insert(t).values(**values))
 
-    # -- policy data keys
-    def _policy_key_row(self, policy: str) -> Any:
+
+class DataKeys(TxView):
+    """Each policy's data key, wrapped under the master key, and its recovery shares."""
+
+    def _row(self, policy: str) -> Any:
         t = policy_keys_table
         row = self._c().execute(select(t).where(t.c.policy == policy)).first()
         if row is not None:
             self._verify(t, row, f"the data key of policy '{policy}'")
-            floors = self.floors
+            floors = self._floors
             if floors is not None:
                 floors.check_data_key(policy, hashlib.sha256(bytes(row.wrapped)).hexdigest())
         return row
 
-    def get_policy_key(self, policy: str) -> bytes | None:
+    def get(self, policy: str) -> bytes | None:
         """The policy's data key, wrapped under the master key."""
-        row = self._policy_key_row(policy)
+        row = self._row(policy)
         return None if row is None else bytes(row.wrapped)
 
-    def get_key_shares(self, policy: str) -> str | None:
+    def shares(self, policy: str) -> str | None:
         """The recovery shares (JSON) of the policy's data key."""
-        row = self._policy_key_row(policy)
+        row = self._row(policy)
         return None if row is None else str(row.shares)
 
-    def put_policy_key(self, policy: str, wrapped: bytes, shares_json: str) -> None:
+    def put(self, policy: str, wrapped: bytes, shares_json: str) -> None:
         """Insert or replace the wrapped data key of ``policy`` and its recovery shares."""
         t = policy_keys_table
         values = self._signed(

@@ -1,4 +1,5 @@
-"""Transaction operations on attestation sessions and single-use nonces."""
+"""``tx.nonces`` and ``tx.sessions``: single-use attestation nonces, and the sessions
+attestation opens."""
 
 from __future__ import annotations
 
@@ -8,23 +9,24 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from secfl.spm._tx_base import TxBase
+from secfl.spm._tx_base import TxView
 from secfl.spm.records import SessionRecord, from_us, to_us
 from secfl.spm.schema import Q_SESSION, nonces_table, sessions_table
+
+__all__ = ["NONCE_GRACE", "Nonces", "Sessions"]
 
 #: Expired nonces are kept this long (reported as "expired", not "unknown"), then pruned.
 NONCE_GRACE = timedelta(minutes=10)
 
 
-class SessionOps(TxBase):
-    """Nonces, sessions and their pruning (part of :class:`secfl.spm.store.Tx`)."""
+class Nonces(TxView):
+    """Spent nonces: each one is accepted once."""
 
-    # -- nonces
-    def spend_nonce(self, nonce: bytes, expires_at: datetime) -> bool:
+    def spend(self, nonce: bytes, expires_at: datetime) -> bool:
         """Record a self-authenticating nonce as used: True the first time, False if
         it was spent before (one INSERT; the primary key makes it single-use)."""
         t = nonces_table
-        dialect_insert = pg_insert if self._store.dialect == "postgresql" else sqlite_insert
+        dialect_insert = pg_insert if self._tx.dialect == "postgresql" else sqlite_insert
         done = self._w().execute(
             dialect_insert(t)
             .values(nonce=bytes(nonce), expires_at=to_us(expires_at, "expires_at"), used=True)
@@ -33,8 +35,18 @@ class SessionOps(TxBase):
         )
         return done.first() is not None
 
-    # -- sessions
-    def add_session(
+    def prune(self, now: datetime) -> int:
+        """Delete the nonces expired before ``now - NONCE_GRACE``; return how many went."""
+        conn = self._w()
+        horizon = to_us(now, "now") - int(NONCE_GRACE.total_seconds() * 1_000_000)
+        t = nonces_table
+        return conn.execute(delete(t).where(t.c.expires_at < horizon)).rowcount
+
+
+class Sessions(TxView):
+    """Attestation sessions, by the SHA-256 of their token."""
+
+    def add(
         self,
         token_sha256: bytes,
         policy: str,
@@ -45,6 +57,9 @@ class SessionOps(TxBase):
         serial: str = "",
         identity: str = "{}",
     ) -> None:
+        """Open a session for ``service`` until ``expires_at``; ``serial`` is its
+        certificate and ``identity`` what it was attested as (JSON), so that later
+        policy versions and revocations can be checked against it."""
         self._insert(
             sessions_table,
             self._signed(
@@ -62,7 +77,7 @@ class SessionOps(TxBase):
             "store: a session with this token already exists",
         )
 
-    def get_session(self, token_sha256: bytes) -> SessionRecord | None:
+    def get(self, token_sha256: bytes) -> SessionRecord | None:
         """The session, expired or not (the caller compares ``expires_at`` with its clock)."""
         row = self._c().execute(Q_SESSION, {"b_token": bytes(token_sha256)}).first()
         if row is None:
@@ -78,19 +93,14 @@ class SessionOps(TxBase):
             identity=row.identity,
         )
 
-    def sessions(self, policy: str) -> list[SessionRecord]:
+    def of_policy(self, policy: str) -> list[SessionRecord]:
         """Every session of ``policy`` still stored (expired ones until pruned)."""
         t = sessions_table
         rows = self._c().execute(select(t.c.token_sha256).where(t.c.policy == policy))
-        found = [self.get_session(bytes(r.token_sha256)) for r in rows]
+        found = [self.get(bytes(r.token_sha256)) for r in rows]
         return [s for s in found if s is not None]
 
     def prune(self, now: datetime) -> int:
-        """Delete sessions expired at ``now`` and nonces expired before ``now - NONCE_GRACE``;
-        return how many rows went."""
-        conn = self._w()
-        now_us = to_us(now, "now")
-        horizon = now_us - int(NONCE_GRACE.total_seconds() * 1_000_000)
-        gone = conn.execute(delete(sessions_table).where(sessions_table.c.expires_at <= now_us))
-        gone2 = conn.execute(delete(nonces_table).where(nonces_table.c.expires_at < horizon))
-        return gone.rowcount + gone2.rowcount
+        """Delete the sessions expired at ``now``; return how many went."""
+        conn, t = self._w(), sessions_table
+        return conn.execute(delete(t).where(t.c.expires_at <= to_us(now, "now"))).rowcount

@@ -24,6 +24,15 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+__all__ = [
+    "PROBLEM_SCHEMA",
+    "JsonRefusals",
+    "SpmApi",
+    "http_refusal",
+    "refusal_message",
+    "validation_message",
+]
+
 #: Location parts shown as they are; anything else (a dict key, say) is ``*``.
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$")
 _SHOWN = 3

@@ -4,6 +4,9 @@ A workload proves what it runs (evidence over a fresh nonce, its HPKE key and it
 CSR key); if the claims match its service in the current policy, it receives a
 certificate from the policy's identity CA, its secrets sealed to its HPKE key, and
 a session token. The nonce is spent, and the decision audited, in one commit.
+
+:class:`Attestor` does this for :class:`~secfl.spm.service.Spm`, with what it is
+given: the policies, the nonce issuer, the secret vault and the group commit.
 """
 
 from __future__ import annotations
@@ -12,36 +15,40 @@ import hashlib
 import secrets as pysecrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from secfl._internal.canonical import canonical_json
-from secfl.errors import SecflError, SpmError
+from secfl.errors import Refused, SecflError, SpmError
 from secfl.policy.model import Policy
 from secfl.spm import sealing as sv
+from secfl.spm.groupcommit import GroupCommit
+from secfl.spm.nonces import NonceIssuer
+from secfl.spm.policy_cache import PolicyCache
 from secfl.spm.report_data import csr_public_key_sha256, workload_report_data
 from secfl.spm.revocation import platform_id, revoked_reason
 from secfl.spm.sealing import release_key
 from secfl.spm.store import PolicyRecord
+from secfl.spm.tx import Tx
+from secfl.spm.vault import SecretVault
 from secfl.tee.claims import TCB_ORDER, Claims
 from secfl.tee.evidence import Evidence
 from secfl.tee.verify import verify
 
-if TYPE_CHECKING:
-    from secfl.spm.service import Spm
+__all__ = [
+    "PRUNE_EVERY",
+    "AttestResult",
+    "Attestor",
+    "Refused",
+    "check_evidence",
+    "check_measurements",
+    "claims_identity",
+]
 
 #: Expired sessions and spent nonces are pruned every this many attestations.
 PRUNE_EVERY = 1000
-
-
-class Refused(SpmError):
-    """A request the SPM refuses on purpose; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 403) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -58,15 +65,28 @@ class AttestResult:
     secret_names: list[str]
 
 
-class AttestationMixin:
-    """The workload-attestation half of :class:`~secfl.spm.service.Spm`."""
+class Attestor:
+    """Attests workloads against the current version of their policy and releases
+    what their service may receive; sessions last ``session_ttl`` seconds."""
 
-    def new_nonce(self: Spm) -> tuple[bytes, datetime]:
-        """A fresh nonce for one attestation (self-authenticating: nothing is written)."""
-        return self.nonces.issue()
+    def __init__(
+        self,
+        *,
+        policies: PolicyCache,
+        nonces: NonceIssuer,
+        vault: SecretVault,
+        group: GroupCommit,
+        session_ttl: float,
+    ) -> None:
+        self.policies = policies
+        self.nonces = nonces
+        self.vault = vault
+        self.group = group
+        self.session_ttl = session_ttl
+        self._spent = 0
 
     def attest(
-        self: Spm,
+        self,
         policy_name: str,
         service_name: str,
         *,
@@ -84,18 +104,18 @@ class AttestationMixin:
         nonce_state, nonce_expires = self.nonces.check(nonce, now)
         checked: tuple[PolicyRecord, Policy, Claims, x509.CertificateSigningRequest] | None = None
         try:
-            record, policy = self.policy(policy_name)
+            record, policy = self.policies.get(policy_name)
             detail["policy_version"] = record.version
             if policy.service(service_name) is None:
                 raise Refused(f"policy: '{policy_name}' has no service '{service_name}'", 404)
             if nonce_state != "ok":
                 raise Refused(f"nonce: the nonce is {nonce_state}")
-            claims = self._verify(policy, evidence, now)
+            claims = check_evidence(policy, evidence, now)
             detail["kind"] = claims.kind
             detail["measurement"] = next(iter(claims.measurements.values()), None)
-            self._match(policy, service_name, claims.kind, claims.measurements)
+            check_measurements(policy, service_name, claims.kind, claims.measurements)
             refusal_reason = revoked_reason(
-                self.revoked(policy_name), service_name, "", claims_identity(claims)
+                self.policies.revoked(policy_name), service_name, "", claims_identity(claims)
             )
             if refusal_reason is not None:
                 raise Refused(f"revoked: {refusal_reason}")
@@ -113,19 +133,20 @@ class AttestationMixin:
         except Refused as exc:
             refusal = exc
 
-        def decide(tx: Any) -> AttestResult | Refused:
+        def decide(tx: Tx) -> AttestResult | Refused:
             nonlocal refusal
             if nonce_expires is not None:
                 # Spent in the database and in memory: a nonce row deleted from the
                 # database must not let the same evidence attest twice.
-                if not tx.spend_nonce(nonce, nonce_expires) or self.nonces.seen(nonce, now):
+                if not tx.nonces.spend(nonce, nonce_expires) or self.nonces.seen(nonce, now):
                     refusal = Refused("nonce: the nonce is used")
                 self._spent += 1
                 if self._spent % PRUNE_EVERY == 0:
-                    tx.prune(now)
+                    tx.sessions.prune(now)
+                    tx.nonces.prune(now)
             if refusal is not None or checked is None:
                 assert refusal is not None
-                tx.append_audit(
+                tx.audit.append(
                     "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
                 )
                 return refusal
@@ -139,7 +160,7 @@ class AttestationMixin:
                 failed = exc if isinstance(exc, Refused) else None
                 reason = str(exc) if isinstance(exc, SecflError) else type(exc).__name__
                 refusal = failed or Refused(f"release: {reason}", 500)
-                tx.append_audit(
+                tx.audit.append(
                     "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
                 )
                 return refusal
@@ -149,54 +170,9 @@ class AttestationMixin:
             raise outcome
         return outcome
 
-    def _verify(self: Spm, policy: Policy, evidence: bytes, now: datetime) -> Claims:
-        platforms = policy.platforms
-        try:
-            ev = Evidence.parse(evidence)
-            if ev.kind not in platforms.accept:
-                raise Refused(f"platform: {ev.kind} evidence is not accepted by this policy")
-            root = platforms.simulation_root.encode() if platforms.simulation_root else None
-            claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug)
-        except SecflError as exc:
-            if isinstance(exc, Refused):
-                raise
-            raise Refused(f"evidence: {exc}") from None
-        if claims.kind != "simulated":
-            if claims.tcb_status == "unknown":
-                if not platforms.allow_unknown_tcb:
-                    raise Refused(
-                        "tcb: the TCB status is unknown (no collateral) and the policy requires one"
-                    )
-            elif TCB_ORDER.index(claims.tcb_status) > TCB_ORDER.index(platforms.min_tcb_status):
-                raise Refused(
-                    f"tcb: status {claims.tcb_status} is below the policy's minimum "
-                    f"{platforms.min_tcb_status}"
-                )
-        return claims
-
-    @staticmethod
-    def _match(
-        policy: Policy, service_name: str, kind: Any, measurements: dict[str, Any]
-    ) -> None:
-        """Refuse unless one of the service's identities for ``kind`` matches."""
-        service = policy.service(service_name)
-        assert service is not None
-        for identity in service.identities(kind):
-            if all(
-                str(measurements.get(k, "")).lower() == str(v).lower()
-                if isinstance(v, str)
-                else measurements.get(k) == v
-                for k, v in identity.items()
-            ):
-                return
-        mr = next(iter(measurements.values()), "")
-        raise Refused(
-            f"measurement: {kind} measurement {mr} is not accepted for service '{service_name}'"
-        )
-
     def _release(
-        self: Spm,
-        tx: Any,
+        self,
+        tx: Tx,
         record: PolicyRecord,
         policy: Policy,
         service_name: str,
@@ -234,7 +210,7 @@ class AttestationMixin:
                 self.vault.store_value(
                     tx, key, policy.name, name, secret.kind, sv.definition_digest(secret), value
                 )
-                tx.append_audit("secret.renewed", policy.name, {"secret": name})
+                tx.audit.append("secret.renewed", policy.name, {"secret": name})
             values[name] = sv.restrict(value, selectors)
         cert = sv.issue_service_certificate(
             ca, csr, policy=policy.name, service=service_name,
@@ -245,8 +221,9 @@ class AttestationMixin:
         )
         serial = format(cert.serial_number, "x")
         fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-        tx.add_certificate(policy.name, service_name, serial, fingerprint, cert.not_valid_after_utc)
-        tx.add_session(
+        not_after = cert.not_valid_after_utc
+        tx.certificates.add(policy.name, service_name, serial, fingerprint, not_after)
+        tx.sessions.add(
             hashlib.sha256(token.encode()).digest(),
             policy.name,
             service_name,
@@ -256,7 +233,7 @@ class AttestationMixin:
             identity=canonical_json(claims_identity(claims)).decode("utf-8"),
         )
         measurement = next(iter(claims.measurements.values()), None)
-        tx.append_audit(
+        tx.audit.append(
             "attestation.accepted",
             policy.name,
             {
@@ -268,7 +245,7 @@ class AttestationMixin:
                 "simulated": claims.simulated,
             },
         )
-        tx.append_audit(
+        tx.audit.append(
             "certificate.issued",
             policy.name,
             {
@@ -277,7 +254,7 @@ class AttestationMixin:
                 "not_after": cert.not_valid_after_utc.isoformat(),
             },
         )
-        tx.append_audit(
+        tx.audit.append(
             "secrets.released",
             policy.name,
             {"service": service_name, "secrets": sorted(values)},
@@ -292,6 +269,54 @@ class AttestationMixin:
             policy_version=record.version,
             secret_names=sorted(values),
         )
+
+
+def check_evidence(policy: Policy, evidence: bytes, now: datetime) -> Claims:
+    """The claims of genuine ``evidence`` of a platform, TCB level and debug mode the
+    policy accepts, or :class:`Refused` naming the check that failed."""
+    platforms = policy.platforms
+    try:
+        ev = Evidence.parse(evidence)
+        if ev.kind not in platforms.accept:
+            raise Refused(f"platform: {ev.kind} evidence is not accepted by this policy")
+        root = platforms.simulation_root.encode() if platforms.simulation_root else None
+        claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug)
+    except SecflError as exc:
+        if isinstance(exc, Refused):
+            raise
+        raise Refused(f"evidence: {exc}") from None
+    if claims.kind != "simulated":
+        if claims.tcb_status == "unknown":
+            if not platforms.allow_unknown_tcb:
+                raise Refused(
+                    "tcb: the TCB status is unknown (no collateral) and the policy requires one"
+                )
+        elif TCB_ORDER.index(claims.tcb_status) > TCB_ORDER.index(platforms.min_tcb_status):
+            raise Refused(
+                f"tcb: status {claims.tcb_status} is below the policy's minimum "
+                f"{platforms.min_tcb_status}"
+            )
+    return claims
+
+
+def check_measurements(
+    policy: Policy, service_name: str, kind: Any, measurements: dict[str, Any]
+) -> None:
+    """Refuse unless one of the service's identities for ``kind`` matches."""
+    service = policy.service(service_name)
+    assert service is not None
+    for identity in service.identities(kind):
+        if all(
+            str(measurements.get(k, "")).lower() == str(v).lower()
+            if isinstance(v, str)
+            else measurements.get(k) == v
+            for k, v in identity.items()
+        ):
+            return
+    mr = next(iter(measurements.values()), "")
+    raise Refused(
+        f"measurement: {kind} measurement {mr} is not accepted for service '{service_name}'"
+    )
 
 
 def claims_identity(claims: Claims) -> dict[str, Any]:

@@ -15,9 +15,14 @@ in the same transaction as every append (see :class:`secfl.spm.store.Store`).
 Someone who can rewrite the database but does not hold the master key can then
 neither drop entries from the end nor rehash the log without being detected.
 
-What this cannot detect: a rollback of the *whole* database (entries and head MAC
-together) to an older copy. That needs a monotonic counter outside the database
-(a TEE's or the board's); it is out of scope here.
+What the chain and its MAC cannot detect: a rollback of the *whole* database
+(entries and head MAC together) to an older copy. The SPM's anchor, a MAC'd copy of
+the head kept outside the database, does (:mod:`secfl.spm.integrity`).
+
+Remote readers, who hold no audit key, check the head by the SPM's signature
+instead: ``GET /v1/audit`` signs :func:`head_message` with the SPM's TLS key, and
+:meth:`SpmClient.audit <secfl.spm.client.SpmClient.audit>` verifies it against the
+pinned key.
 """
 
 from __future__ import annotations
@@ -31,19 +36,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from secfl._internal.canonical import canonical_json as _canonical_json
+from secfl._internal.canonical import canonical_json
 from secfl.errors import AuditError, SpmError
+
+__all__ = [
+    "AUDIT_HEAD_DOMAIN",
+    "GENESIS",
+    "AuditEntry",
+    "ChainVerifier",
+    "canonical_json",
+    "check_head_mac",
+    "entry_hash",
+    "format_time",
+    "head_mac",
+    "head_message",
+    "make_entry",
+    "verify_chain",
+]
 
 #: ``prev_hash`` of the first entry.
 GENESIS = "0" * 64
+#: Domain of the head: what its MAC and the SPM's signature of it are over.
+AUDIT_HEAD_DOMAIN = "secfl/audit-head/v1"
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_MAC_LABEL = b"secfl/audit-head/v1\n"
-
-
-def canonical_json(value: Any) -> bytes:
-    """The canonical JSON encoding the chain hashes (sorted keys, compact, UTF-8)."""
-    return _canonical_json(value)
+_MAC_LABEL = f"{AUDIT_HEAD_DOMAIN}\n".encode()
 
 
 def format_time(at: datetime) -> str:
@@ -65,6 +82,11 @@ def head_mac(key: bytes, seq: int, hash: str) -> str:
     """HMAC-SHA256 (hex) that authenticates the head of the log: its last seq and hash."""
     message = _MAC_LABEL + f"{seq}\n{hash}".encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def head_message(seq: int, head_hash: str) -> bytes:
+    """What the SPM signs with its TLS key to vouch for the head (seq, hash) it serves."""
+    return f"{AUDIT_HEAD_DOMAIN}\n{seq}\n{head_hash}".encode()
 
 
 def check_head_mac(key: bytes, seq: int, hash: str, mac: str | None) -> None:

@@ -9,6 +9,8 @@ from secfl.spm.audit import AuditEntry, verify_chain
 from secfl.spm.masterkey import load_or_create_master_key
 from secfl.spm.store import Store
 
+__all__ = ["PAGE", "verify_database", "verify_remote"]
+
 PAGE = 1000
 
 

@@ -26,19 +26,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secfl.errors import SpmError, VerificationError
+from secfl.errors import SpmError, SpmRefused, VerificationError
+from secfl.spm.audit import head_message
 from secfl.spm.report_data import spki_sha256, spm_report_data
+from secfl.spm.volumes import record_proof
 from secfl.tee.claims import Claims
 from secfl.tee.evidence import Evidence
 from secfl.tee.verify import verify
 
-
-class SpmRefused(SpmError):
-    """The SPM answered with a refusal; ``status`` is its HTTP status."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
+__all__ = ["SpmClient", "SpmRefused"]
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -238,8 +234,6 @@ class SpmClient:
     ) -> dict[str, Any]:
         """Record a release of a rollback-protected volume this launcher opened with
         ``volume_key`` (the proof that it did is computed here; the key is not sent)."""
-        from secfl.spm.volumes import record_proof
-
         token_sha256 = hashlib.sha256(token.encode()).hexdigest()
         proof = record_proof(volume_key, policy, volume, version, tag, token_sha256)
         return self._request(
@@ -251,8 +245,6 @@ class SpmClient:
 
     def audit(self, since: int = 0, limit: int = 1000) -> dict[str, Any]:
         """Audit entries after ``since``, with the head checked against the pinned key."""
-        from secfl.spm.app import head_message
-
         doc = self._request("GET", "/v1/audit", params={"since": since, "limit": limit})
         assert self._key is not None
         try:

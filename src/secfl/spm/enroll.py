@@ -23,6 +23,8 @@ from secfl.spm.client import SpmClient
 from secfl.spm.report_data import spki_sha256, workload_report_data
 from secfl.tee.platforms import Platform
 
+__all__ = ["Enrollment", "enroll", "make_csr"]
+
 
 @dataclass(frozen=True)
 class Enrollment:
@@ -49,6 +51,7 @@ class Enrollment:
 
 
 def make_csr(key: ec.EllipticCurvePrivateKey, service: str) -> bytes:
+    """A PEM certificate signing request for ``key``, named after ``service``."""
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))

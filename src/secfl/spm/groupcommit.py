@@ -16,7 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from secfl.spm.store import Store, Tx
+from secfl.spm.store import Store
+from secfl.spm.tx import Tx
+
+__all__ = ["GroupCommit"]
 
 T = TypeVar("T")
 

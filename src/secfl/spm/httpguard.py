@@ -60,6 +60,16 @@ from uvicorn.server import ServerState
 
 from secfl.errors import SpmError
 
+__all__ = [
+    "MAX_HEAD",
+    "MIN_CONNECTIONS",
+    "RESERVED_FDS",
+    "Connection",
+    "Guard",
+    "Limits",
+    "file_budget",
+]
+
 log = logging.getLogger("uvicorn.error")
 
 #: Descriptors kept free for the database pool, logs and the event loop itself.
@@ -363,7 +373,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         if self.http is not None:
-            return self.http.eof_received()
+            self.http.eof_received()  # uvicorn's returns None: close the transport
+            return None
         self._eof = True
         return None
 

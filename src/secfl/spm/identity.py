@@ -22,6 +22,15 @@ from cryptography.x509.oid import NameOID
 from secfl._internal.x509util import private_pem
 from secfl.spm.report_data import spki_sha256
 
+__all__ = [
+    "IDENTITY_AAD",
+    "IDENTITY_META",
+    "SpmIdentity",
+    "code_measurement",
+    "new_key",
+    "self_signed",
+]
+
 IDENTITY_META = "identity_key"
 IDENTITY_AAD = b"secfl/spm-identity/v1"
 
@@ -47,6 +56,7 @@ class SpmIdentity:
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh P-256 key for the SPM's TLS identity."""
     return ec.generate_private_key(ec.SECP256R1())
 
 

@@ -33,13 +33,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from secfl._internal.canonical import canonical_json
+from secfl._internal.files import write_private
 from secfl.errors import IntegrityError, SpmError
 
 _ROW_LABEL = b"secfl/spm-row/v1\n"
@@ -268,17 +268,14 @@ class Anchor:
         return seq, head_hash
 
     def write(self, seq: int, head_hash: str) -> None:
-        """Record the head (atomically; no fsync: an anchor that lags after a power
-        loss only weakens detection, it never refuses a good database)."""
+        """Record the head (atomically, 0600; no fsync: it runs after every commit, and
+        an anchor that lags after a power loss only weakens detection, it never
+        refuses a good database)."""
         with self._lock:
             if seq <= self._written:
                 return
             doc = {"seq": seq, "hash": head_hash, "mac": self._mac(seq, head_hash)}
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(doc))
-            os.replace(tmp, self.path)
+            write_private(self.path, json.dumps(doc).encode(), fsync=False)
             self._written = seq
 
 

@@ -31,6 +31,17 @@ from pathlib import Path
 from secfl._internal.aead import KEY_SIZE, AeadKey
 from secfl.errors import SpmError
 
+__all__ = [
+    "KEY_FILE",
+    "MasterKey",
+    "load_or_create_master_key",
+    "new_policy_key",
+    "open_secret",
+    "seal_secret",
+    "unwrap_policy_key",
+    "wrap_policy_key",
+]
+
 KEY_FILE = "master.key"
 
 _POLICY_KEY_AAD = b"secfl/policy-key/v1\n"
@@ -168,4 +179,5 @@ def seal_secret(policy_key: bytes, policy: str, name: str, value: bytes) -> byte
 
 
 def open_secret(policy_key: bytes, policy: str, name: str, ciphertext: bytes) -> bytes:
+    """The value :func:`seal_secret` sealed for (policy, name); :class:`SpmError` otherwise."""
     return AeadKey(policy_key).open(ciphertext, _secret_aad(policy, name))

@@ -15,6 +15,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+__all__ = ["SIZE", "NonceIssuer", "State"]
+
 SIZE = 32
 _DOMAIN = b"secfl/nonce/v1\n"
 
@@ -47,6 +49,7 @@ class NonceIssuer:
         return hmac.new(self._key, _DOMAIN + body, hashlib.sha256).digest()[:12]
 
     def issue(self, now: datetime | None = None) -> tuple[bytes, datetime]:
+        """A fresh nonce and its expiry: random bytes, the expiry, and their MAC."""
         expires = (now or datetime.now(UTC)) + timedelta(seconds=self.ttl)
         micros = int(expires.timestamp() * 1_000_000)
         body = os.urandom(12) + max(micros, 0).to_bytes(8, "big")

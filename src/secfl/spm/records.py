@@ -11,6 +11,18 @@ from datetime import UTC, datetime, timedelta
 
 from secfl.errors import SpmError
 
+__all__ = [
+    "REVOCATION_KINDS",
+    "CertificateRecord",
+    "PolicyRecord",
+    "RevocationRecord",
+    "SecretRecord",
+    "SessionRecord",
+    "from_us",
+    "normalise_serial",
+    "to_us",
+]
+
 
 def _now() -> datetime:
     return datetime.now(UTC)

@@ -21,9 +21,21 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from secfl._internal import shamir
+from secfl._internal.aead import KEY_SIZE
 from secfl._internal.canonical import canonical_json
 from secfl.errors import SpmError
-from secfl.spm.masterkey import KEY_SIZE
+
+__all__ = [
+    "RECOVERY_FORMAT",
+    "RECOVERY_INFO",
+    "RecoveryPrivateKey",
+    "RecoveryPublicKey",
+    "key_check",
+    "load_recovery_public_key",
+    "open_share",
+    "recover_policy_key",
+    "seal_shares",
+]
 
 RECOVERY_INFO = b"secfl/recovery-share/v1\n"
 RECOVERY_FORMAT = "secfl-recovery-shares/v1"

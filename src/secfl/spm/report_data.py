@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 
 from secfl._internal.canonical import canonical_json
 
+__all__ = ["csr_public_key_sha256", "spki_sha256", "spm_report_data", "workload_report_data"]
+
 
 def spki_sha256(public_key: object) -> str:
     """SHA-256 (hex) of a public key's DER SubjectPublicKeyInfo."""
@@ -42,4 +44,5 @@ def workload_report_data(nonce: bytes, hpke_public_key: bytes, csr_public_key_sh
 
 
 def csr_public_key_sha256(csr: x509.CertificateSigningRequest) -> str:
+    """The SHA-256 of the CSR key's SubjectPublicKeyInfo (what the evidence binds)."""
     return spki_sha256(csr.public_key())

@@ -16,6 +16,14 @@ from secfl._internal.canonical import canonical_sha256
 from secfl.errors import SpmError
 from secfl.spm.records import REVOCATION_KINDS, SessionRecord
 
+__all__ = [
+    "platform_id",
+    "revocation_digest",
+    "revocation_doc",
+    "revoked_reason",
+    "session_identity",
+]
+
 
 def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
     """The statement board members sign to revoke (or readmit) something.

@@ -23,6 +23,34 @@ from sqlalchemy import (
     update,
 )
 
+__all__ = [
+    "INSERT",
+    "Q_COUNTER",
+    "Q_COUNTER_SET",
+    "Q_CURRENT_POLICY",
+    "Q_HEAD",
+    "Q_HEAD_LOCK",
+    "Q_HEAD_UPDATE",
+    "Q_META_GET",
+    "Q_META_UPDATE",
+    "Q_SECRET",
+    "Q_SESSION",
+    "SCHEMA_VERSION",
+    "audit_head_table",
+    "audit_table",
+    "certificates_table",
+    "counters_table",
+    "meta_table",
+    "metadata",
+    "nonces_table",
+    "policies_table",
+    "policy_keys_table",
+    "revocations_table",
+    "secrets_table",
+    "sessions_table",
+    "volume_tags_table",
+]
+
 #: 2: every row the SPM relies on carries a MAC (secfl.spm.integrity); sessions name
 #: their certificate and attested identity; revocations name what they revoke.
 SCHEMA_VERSION = b"2"

@@ -32,6 +32,29 @@ from secfl._internal.x509util import private_pem, self_signed_ca
 from secfl.errors import SpmError
 from secfl.policy.model import Board, CaSecret, CertSecret, Secret
 
+__all__ = [
+    "CLOCK_SKEW",
+    "IMPORT_SUITE",
+    "RELEASE_SUITE",
+    "Value",
+    "board_binding",
+    "board_binding_of",
+    "definition_digest",
+    "generate",
+    "import_info",
+    "issue_service_certificate",
+    "needs_renewal",
+    "open_imported",
+    "open_release",
+    "release_info",
+    "release_key",
+    "render",
+    "restrict",
+    "seal_imported",
+    "seal_release",
+    "service_uri",
+]
+
 Value = dict[str, str]
 
 RELEASE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -223,7 +246,7 @@ def render(name: str, value: Value, selector: str | None) -> str:
                     f"secrets: '{name}' is not UTF-8 text; use :hex or :base64"
                 ) from None
     else:
-        part = {None: "crt" if "crt" in value else "key"}.get(selector, selector)
+        part = selector if selector is not None else ("crt" if "crt" in value else "key")
         if part == "pub" and "pub" not in value and "crt" in value:
             cert = x509.load_pem_x509_certificate(value["crt"].encode())
             return _pem_pub(cert.public_key())
@@ -340,6 +363,8 @@ def open_imported(
     secret: str,
     board: str,
 ) -> Value:
+    """The value :func:`seal_imported` sealed to this SPM's key for (policy, secret,
+    board), or :class:`SpmError` saying what it was not sealed for."""
     try:
         raw = IMPORT_SUITE.decrypt(
             base64.b64decode(sealed_b64, validate=True),

@@ -20,12 +20,11 @@ from __future__ import annotations
 import json
 import os
 import ssl
-import tempfile
 from collections.abc import Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from secfl._internal.files import atomic_write, ram_tempdir, write_private
 from secfl._internal.x509util import private_pem
 from secfl.errors import IntegrityError, SpmError
 from secfl.spm.httpguard import Guard, Limits, file_budget
@@ -41,6 +40,8 @@ from secfl.spm.masterkey import KEY_FILE, MasterKey, load_or_create_master_key
 from secfl.spm.service import Spm
 from secfl.spm.store import Store
 from secfl.tee.platforms import platform_by_name
+
+__all__ = ["open_spm", "open_store", "serve", "unreadable"]
 
 
 def open_spm(
@@ -64,7 +65,7 @@ def open_spm(
     measurement = code_measurement() if tee.name == "simulated" else None
     spm = Spm(store, master, tee, identity, measurement=measurement)
     with store.transaction() as tx:
-        tx.append_audit(
+        tx.audit.append(
             "spm.started",
             None,
             {
@@ -127,7 +128,7 @@ def _refuse_without_master_key(data: Path, db_url: str | None) -> None:
         try:
             store.create_all()
             with store.read() as tx:
-                held = tx.get_meta(IDENTITY_META) is not None or tx.audit_head()[0] > 0
+                held = tx.meta.get(IDENTITY_META) is not None or tx.audit.head()[0] > 0
         finally:
             store.close()
     if held:
@@ -145,8 +146,8 @@ def _identity(store: Store, master: MasterKey, names: list[str]) -> SpmIdentity:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     with store.transaction() as tx:
-        sealed = tx.get_meta(IDENTITY_META)
-        if sealed is None and tx.audit_head()[0] > 0:
+        sealed = tx.meta.get(IDENTITY_META)
+        if sealed is None and tx.audit.head()[0] > 0:
             raise IntegrityError(
                 "integrity: the SPM's sealed TLS identity is missing from a database that "
                 "already has an audit log (deleted outside the SPM); restore the database "
@@ -155,7 +156,7 @@ def _identity(store: Store, master: MasterKey, names: list[str]) -> SpmIdentity:
         if sealed is None:
             key = new_key()
             pem = private_pem(key)
-            tx.set_meta(IDENTITY_META, master.seal(pem, IDENTITY_AAD))
+            tx.meta.put(IDENTITY_META, master.seal(pem, IDENTITY_AAD))
         else:
             loaded = serialization.load_pem_private_key(master.open(sealed, IDENTITY_AAD), None)
             if not isinstance(loaded, ec.EllipticCurvePrivateKey):
@@ -210,36 +211,21 @@ def serve(
                 "tls_spki_sha256": spm.identity.spki_sha256,
                 "measurement": spm.measurement,
             }
-            tmp = Path(f"{ready_file}.tmp")
-            tmp.write_text(json.dumps(doc))
-            tmp.replace(ready_file)
+            atomic_write(ready_file, json.dumps(doc).encode(), fsync=False)
 
     _Server(config).run()
 
 
 def _tls_context(spm: Spm) -> ssl.SSLContext:
-    """The server's TLS context (TLS 1.2+, HTTP/1.1) with the SPM's sealed identity."""
+    """The server's TLS context (TLS 1.2+, HTTP/1.1) with the SPM's sealed identity.
+
+    The ssl module loads a key only from a file: it is written 0600 in a private
+    (0700) folder in RAM, and removed as soon as it is loaded."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
-    secret_dir = Path(tempfile.mkdtemp(prefix="secfl-spm-tls-", dir=_private_tmp()))
-    cert_file, key_file = secret_dir / "cert.pem", secret_dir / "key.pem"
-    try:  # the ssl module loads keys only from files: a private one, gone at once
-        cert_file.write_bytes(spm.identity.cert_pem)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(spm.identity.key_pem)
+    with ram_tempdir("secfl-spm-tls-") as secret_dir:
+        cert_file = atomic_write(secret_dir / "cert.pem", spm.identity.cert_pem, fsync=False)
+        key_file = write_private(secret_dir / "key.pem", spm.identity.key_pem, fsync=False)
         context.load_cert_chain(cert_file, key_file)
-    finally:
-        for f in (key_file, cert_file):
-            with suppress(FileNotFoundError):
-                f.unlink()
-        with suppress(OSError):
-            secret_dir.rmdir()
     return context
-
-
-def _private_tmp() -> str | None:
-    """A RAM-backed folder for the moment the TLS key must be a file (uvicorn's API)."""
-    shm = Path("/dev/shm")  # noqa: S108 - mkdtemp makes a 0700 folder inside it
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None

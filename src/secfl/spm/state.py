@@ -20,6 +20,9 @@ from secfl.spm.schema import (
     volume_tags_table,
 )
 from secfl.spm.store import AUDIT_HEAD_MAC, Store
+from secfl.spm.tx import Tx
+
+__all__ = ["verify_state"]
 
 PAGE = 1000
 
@@ -31,8 +34,8 @@ def verify_state(store: Store, audit_key: bytes) -> int:
         raise SpmError("integrity: the store was opened without its row key")
     floors = integrity.floors
     with store.read() as tx:
-        head = tx.audit_head()
-        mac = tx.get_meta(AUDIT_HEAD_MAC)
+        head = tx.audit.head()
+        mac = tx.meta.get(AUDIT_HEAD_MAC)
         _audit.check_head_mac(audit_key, head[0], head[1], None if mac is None else mac.decode())
         anchored = integrity.anchor.read() if integrity.anchor is not None else None
         if anchored is not None and head[0] < anchored[0]:
@@ -43,7 +46,7 @@ def verify_state(store: Store, audit_key: bytes) -> int:
         verifier = _audit.ChainVerifier()
         last = 0
         while True:
-            entries = tx.audit_since(last, PAGE)
+            entries = tx.audit.since(last, PAGE)
             for entry in entries:
                 verifier.feed(entry)
                 if anchored is not None and entry.seq == anchored[0] and entry.hash != anchored[1]:
@@ -64,20 +67,17 @@ def verify_state(store: Store, audit_key: bytes) -> int:
     return count
 
 
-def _check_rows(tx: object) -> None:
+def _check_rows(tx: Tx) -> None:
     """Read every row the SPM relies on: its MAC, and its floor, are checked on read."""
-    from secfl.spm.store import Tx
-
-    assert isinstance(tx, Tx)
-    conn = tx._c()
-    names = set(tx.policy_names()) | set(tx.floors.policies if tx.floors else ())
+    conn = tx.connection()
+    names = set(tx.policies.names()) | set(tx.floors.policies if tx.floors else ())
     for name in sorted(names):
-        tx.policy_history(name)
-        tx.current_policy(name)
-        tx.list_counters(name)
-        tx.certificates(name)
-        rows = {(r.kind, r.subject) for r in tx.revocations(name)}
-        missing = tx.revoked_set(name) - rows
+        tx.policies.history(name)
+        tx.policies.current(name)
+        tx.counters.of_policy(name)
+        tx.certificates.of_policy(name)
+        rows = {(r.kind, r.subject) for r in tx.revocations.of_policy(name)}
+        missing = tx.revocations.in_force(name) - rows
         if missing:
             kind, subject = sorted(missing)[0]
             raise IntegrityError(
@@ -85,15 +85,15 @@ def _check_rows(tx: object) -> None:
                 "from the database: it was deleted outside the SPM"
             )
     for policy, name in list(tx.floors.counters if tx.floors else ()):
-        if tx.get_counter(policy, name) is None:
+        if tx.counters.get(policy, name) is None:
             raise IntegrityError(f"rollback: counter '{name}' of policy '{policy}' was deleted")
     for policy, volume in list(tx.floors.volumes if tx.floors else ()):
-        tx.get_volume_tag(policy, volume)
+        tx.volume_tags.get(policy, volume)
     for row in conn.execute(select(volume_tags_table)):
-        tx.get_volume_tag(row.policy, row.volume)
+        tx.volume_tags.get(row.policy, row.volume)
     for row in conn.execute(select(secrets_table)):
-        tx._secret(row)
+        tx.secrets.record(row)
     for row in conn.execute(select(policy_keys_table.c.policy)):
-        tx.get_policy_key(row.policy)
+        tx.data_keys.get(row.policy)
     for row in conn.execute(select(sessions_table.c.token_sha256)):
-        tx.get_session(bytes(row.token_sha256))
+        tx.sessions.get(bytes(row.token_sha256))

@@ -5,8 +5,8 @@ Everything goes through transactions::
     store = Store("sqlite:///var/lib/secfl/spm.db", audit_key=master.derive("audit"))
     store.create_all()
     with store.transaction() as tx:          # one atomic, durable write transaction
-        value = tx.increment("fl", "round")
-        tx.append_audit("counter.increment", "fl", {"counter": "round", "value": value})
+        value = tx.counters.increment("fl", "round")
+        tx.audit.append("counter.increment", "fl", {"counter": "round", "value": value})
 
 **Writers are serialised**, so that the audit chain and the counters can never fork
 and every write transaction sees the result of the one before it:
@@ -36,16 +36,15 @@ Errors: a refused write (a duplicate policy version, an unknown counter...) and 
 unreachable or failing database are :class:`SpmError` with a one-line message,
 never a raw SQLAlchemy exception.
 
-Layout: this module holds :class:`Store` and :class:`Tx` (connections, transactions,
-savepoints); the tables and prebuilt statements are in :mod:`secfl.spm.schema`, the
-records in :mod:`secfl.spm.records`, and :class:`Tx` gathers its operations from the
-``secfl.spm._tx_*`` modules, one per concern. The public names are all importable
-from here.
+Layout: this module holds :class:`Store` (the engine, write and read transactions,
+the checks of the audit head); a transaction and its operations, one view per
+concern (``tx.counters``, ``tx.policies``...), are :class:`secfl.spm.tx.Tx`; the
+tables and prebuilt statements are in :mod:`secfl.spm.schema`, the records in
+:mod:`secfl.spm.records`. The public names are all importable from here.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,16 +53,14 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, create_engine, event, insert, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
+from secfl._internal.files import write_private
 from secfl.errors import AuditError, IntegrityError, SpmError
 from secfl.spm import audit as _audit
-from secfl.spm._tx_audit import AUDIT_HEAD_MAC, AuditOps
-from secfl.spm._tx_certs import CertificateOps
-from secfl.spm._tx_counters import CounterOps
-from secfl.spm._tx_policies import PolicyOps
-from secfl.spm._tx_sessions import NONCE_GRACE, SessionOps
+from secfl.spm._tx_audit import AUDIT_HEAD_MAC
+from secfl.spm._tx_sessions import NONCE_GRACE
 from secfl.spm.audit import GENESIS, AuditEntry
 from secfl.spm.integrity import Integrity
 from secfl.spm.records import (
@@ -74,14 +71,8 @@ from secfl.spm.records import (
     SessionRecord,
     normalise_serial,
 )
-from secfl.spm.schema import (
-    Q_HEAD,
-    Q_HEAD_LOCK,
-    SCHEMA_VERSION,
-    audit_head_table,
-    meta_table,
-    metadata,
-)
+from secfl.spm.schema import SCHEMA_VERSION, audit_head_table, meta_table, metadata
+from secfl.spm.tx import Tx
 
 __all__ = [
     "AUDIT_HEAD_MAC",
@@ -126,36 +117,6 @@ def normalise_url(url: str) -> URL:
 def _db_error(exc: DBAPIError) -> SpmError:
     first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
     return SpmError(f"store: database error: {first}")
-
-
-# --- the transaction ------------------------------------------------------------------------
-
-
-class Tx(AuditOps, PolicyOps, SessionOps, CounterOps, CertificateOps):
-    """One transaction of a :class:`Store`; valid only inside its ``with`` block.
-
-    Its operations come from the ``secfl.spm._tx_*`` modules, one per concern (audit
-    log, meta, policies and secrets, sessions and nonces, counters and volumes,
-    certificates); what is here is the transaction itself: savepoints.
-    """
-
-    @contextmanager
-    def savepoint(self) -> Iterator[Tx]:
-        """A nested transaction: if the block raises, only its changes roll back
-        (the audit head included) and the outer transaction goes on."""
-        self._flush_head()
-        nested = self._w().begin_nested()
-        changes = len(self._changes)
-        try:
-            yield self
-        except BaseException:
-            nested.rollback()
-            del self._changes[changes:]
-            self._head = self._store._read_head(self._c(), lock=False)
-            self._head_dirty = False
-            raise
-        self._flush_head()
-        nested.commit()
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -262,15 +223,15 @@ class Store:
             with self._write_connection() as conn:
                 try:
                     with conn.begin():
-                        tx = Tx(self, conn, writable=True)
-                        tx._head = self._read_head(conn, lock=True)
-                        self._check_head(tx, tx._head)
-                        self._catch_up(tx, tx._head)
+                        tx = self._tx(conn, writable=True)
+                        head = tx.audit.lock_head()
+                        self.check_head(tx, head)
+                        self._catch_up(tx, head)
                         try:
                             yield tx
-                            tx._flush_head()
+                            tx.audit.flush_head()
                         finally:
-                            tx._open = False
+                            tx.close()
                 except DBAPIError as exc:
                     self._drop_writer()
                     raise _db_error(exc) from None
@@ -278,12 +239,22 @@ class Store:
         finally:
             self._local.writing = False
 
-    def _check_head(self, tx: Tx, head: tuple[int, str]) -> None:
-        """Refuse a database whose audit head is not authentic or went back."""
+    def _tx(self, conn: Connection, *, writable: bool) -> Tx:
+        return Tx(
+            conn,
+            writable=writable,
+            dialect=self.dialect,
+            integrity=self.integrity,
+            audit_key=self._audit_key,
+        )
+
+    def check_head(self, tx: Tx, head: tuple[int, str]) -> None:
+        """Refuse a database whose audit head (read in ``tx``) is not authentic or
+        went back."""
         if self.integrity is None:
             return
         if self._audit_key is not None:
-            mac = tx.get_meta(AUDIT_HEAD_MAC)
+            mac = tx.meta.get(AUDIT_HEAD_MAC)
             try:
                 _audit.check_head_mac(
                     self._audit_key, head[0], head[1], None if mac is None else mac.decode()
@@ -304,7 +275,7 @@ class Store:
         verifier = _audit.ChainVerifier(start_hash=known, start_seq=seq + 1)
         try:
             while True:
-                entries = tx.audit_since(seq, 1000)
+                entries = tx.audit.since(seq, 1000)
                 for entry in entries:
                     verifier.feed(entry)
                     floors.replay(entry.event, entry.policy, entry.detail)
@@ -321,20 +292,21 @@ class Store:
         if self.integrity is None:
             return
         with self.read() as tx:
-            head = tx.audit_head()
-            self._check_head(tx, head)
+            head = tx.audit.head()
+            self.check_head(tx, head)
             self._catch_up(tx, head)
 
     def _committed(self, tx: Tx) -> None:
         """After a commit: raise the floors by what it changed, move the anchor."""
         if self.integrity is None:
             return
-        for change in tx._changes:
+        for change in tx.changes:
             self.integrity.floors.apply(change)
-        if tx._head is not None:
-            self.integrity.floors.raise_head(*tx._head)
+        head = tx.audit.known_head
+        if head is not None:
+            self.integrity.floors.raise_head(*head)
             if self.integrity.anchor is not None:
-                self.integrity.anchor.write(*tx._head)
+                self.integrity.anchor.write(*head)
 
     @contextmanager
     def _write_connection(self) -> Iterator[Connection]:
@@ -379,64 +351,38 @@ class Store:
                 else:
                     conn.execution_options(secfl_begin="BEGIN")
                 with conn.begin():
-                    tx = Tx(self, conn, writable=False)
+                    tx = self._tx(conn, writable=False)
                     try:
                         yield tx
                     finally:
-                        tx._open = False
+                        tx.close()
         except DBAPIError as exc:
             raise _db_error(exc) from None
-
-    def _read_head(self, conn: Connection, *, lock: bool) -> tuple[int, str]:
-        query = Q_HEAD_LOCK if lock and self.dialect == "postgresql" else Q_HEAD
-        try:
-            row = conn.execute(query).first()
-        except OperationalError as exc:
-            if "no such table" in str(exc.orig) or "does not exist" in str(exc.orig):
-                raise SpmError("store: the database has no SPM tables (call create_all)") from None
-            raise
-        except DBAPIError as exc:
-            if "does not exist" in str(exc.orig):
-                raise SpmError("store: the database has no SPM tables (call create_all)") from None
-            raise
-        if row is None:
-            raise SpmError("store: the audit head row is missing (call create_all)")
-        seq, head_hash = row.seq, row.hash
-        if (
-            not isinstance(seq, int)
-            or isinstance(seq, bool)
-            or not 0 <= seq < 2**62
-            or not isinstance(head_hash, str)
-            or not (head_hash == _audit.GENESIS or len(head_hash) == 64)
-        ):
-            raise IntegrityError(
-                "integrity: the audit head row is corrupt (not a sequence number and hash)"
-            )
-        return seq, head_hash
 
     def audit_since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
         """Entries after ``seq`` (0: from the start), in order, at most ``limit``."""
         with self.read() as tx:
-            return tx.audit_since(seq, limit)
+            return tx.audit.since(seq, limit)
 
     def audit_head(self) -> tuple[int, str]:
+        """The log's head (last seq, its hash), as committed."""
         with self.read() as tx:
-            return tx.audit_head()
+            return tx.audit.head()
 
     def verify_audit(self, audit_key: bytes, *, page: int = 1000) -> int:
         """Verify the whole log in the database and its authenticated head; return the
         number of entries. :class:`AuditError` names the first problem found: a modified,
         missing or reordered entry, a removed tail, or a rewritten (rehashed) chain."""
         with self.read() as tx:
-            head = tx.audit_head()
-            mac = tx.get_meta(AUDIT_HEAD_MAC)
+            head = tx.audit.head()
+            mac = tx.meta.get(AUDIT_HEAD_MAC)
             _audit.check_head_mac(
                 audit_key, head[0], head[1], None if mac is None else mac.decode()
             )
             verifier = _audit.ChainVerifier()
             last = 0
             while True:
-                entries = tx.audit_since(last, page)
+                entries = tx.audit.since(last, page)
                 for entry in entries:
                     verifier.feed(entry)
                 if len(entries) < page:
@@ -463,13 +409,14 @@ def _sqlite_begin(conn: Connection) -> None:
 
 
 def _create_private_file(path: Path) -> None:
-    """Create the SQLite file readable by its owner only (its -wal and -shm follow)."""
+    """Create the SQLite file empty and readable by its owner only (its -wal and -shm
+    follow). An existing database, or anything else already at the path, is left
+    alone (``replace=False``) and SQLite opens it."""
     if path.exists():
         return
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_private(path, b"", fsync=False, replace=False)
     except FileExistsError:
         return
     except OSError as exc:
         raise SpmError(f"store: cannot create the database {path}: {exc.strerror}") from None
-    os.close(fd)

@@ -13,7 +13,6 @@ import json
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -30,6 +29,9 @@ from secfl.spm.masterkey import (
 )
 from secfl.spm.recovery import seal_shares
 from secfl.spm.store import SecretRecord
+from secfl.spm.tx import Tx
+
+__all__ = ["VALUE_TTL", "SecretVault"]
 
 #: Seconds a process may serve a decrypted secret value before re-reading it.
 VALUE_TTL = 1.0
@@ -45,7 +47,7 @@ class SecretVault:
         self._keys: dict[str, tuple[bytes, bytes]] = {}
 
     def provision(
-        self, tx: Any, policy: Policy, now: datetime, previous: Policy | None = None
+        self, tx: Tx, policy: Policy, now: datetime, previous: Policy | None = None
     ) -> None:
         """Create the policy's data key, counters and secret values (new or redefined).
 
@@ -53,7 +55,7 @@ class SecretVault:
         from ``previous``, the data key is replaced and every secret re-encrypted under
         the new one, split to the new board only: shares that old members kept open
         nothing stored from then on."""
-        wrapped = tx.get_policy_key(policy.name)
+        wrapped = tx.data_keys.get(policy.name)
         if wrapped is None:
             key = new_policy_key()
             self._put_key(tx, policy, key)
@@ -61,20 +63,20 @@ class SecretVault:
             key = unwrap_policy_key(self.master, policy.name, wrapped)
             if previous is not None and _board_state(previous) != _board_state(policy):
                 old, key = key, new_policy_key()
-                for record in tx.list_secrets(policy.name):
+                for record in tx.secrets.of_policy(policy.name):
                     plain = open_secret(old, policy.name, record.name, record.ciphertext)
                     blob = seal_secret(key, policy.name, record.name, plain)
-                    tx.put_secret(replace(record, ciphertext=blob))
+                    tx.secrets.put(replace(record, ciphertext=blob))
                 self._put_key(tx, policy, key)
                 self._values = {k: v for k, v in self._values.items() if k[0] != policy.name}
         board = sv.board_binding_of(policy.board)
         for counter in policy.counters:
-            tx.create_counter(policy.name, counter.name)
+            tx.counters.create(policy.name, counter.name)
         values: dict[str, sv.Value] = {}
         ordered = sorted(policy.secrets, key=lambda s: s.kind != "x509-ca")  # CAs first
         for secret in ordered:
             definition = sv.definition_digest(secret)
-            stored = tx.get_secret(policy.name, secret.name)
+            stored = tx.secrets.get(policy.name, secret.name)
             if stored is not None and stored.definition_digest == definition:
                 values[secret.name] = self.open_value(key, policy.name, stored)
                 continue
@@ -88,11 +90,12 @@ class SecretVault:
             self.store_value(tx, key, policy.name, secret.name, secret.kind, definition, value)
 
     def open_value(self, key: bytes, policy: str, record: SecretRecord | None) -> sv.Value:
+        """The value sealed in ``record`` (a missing record is an :class:`SpmError`)."""
         if record is None:
             raise SpmError(f"secrets: a secret of policy '{policy}' is missing from the store")
         return json.loads(open_secret(key, policy, record.name, record.ciphertext))
 
-    def _put_key(self, tx: Any, policy: Policy, key: bytes) -> None:
+    def _put_key(self, tx: Tx, policy: Policy, key: bytes) -> None:
         """Store ``key`` wrapped by the master key and split to the board's recovery keys."""
         recovery = {m.name: m.recovery_key.encode() for m in policy.board.members if m.recovery_key}
         if recovery and len(recovery) < policy.board.threshold:
@@ -104,15 +107,15 @@ class SecretVault:
         threshold = policy.board.threshold
         shares = seal_shares(key, policy.name, recovery, threshold) if recovery else "{}"
         wrapped = wrap_policy_key(self.master, policy.name, key)
-        tx.put_policy_key(policy.name, wrapped, shares)
+        tx.data_keys.put(policy.name, wrapped, shares)
         # Chained into the log: a data key restored to an older one is a rollback.
         digest = hashlib.sha256(wrapped).hexdigest()
-        tx._note(("datakey", policy.name, digest))
-        tx.append_audit("policy.data-key", policy.name, {"sha256": digest})
+        tx.note(("datakey", policy.name, digest))
+        tx.audit.append("policy.data-key", policy.name, {"sha256": digest})
 
-    def policy_key(self, tx: Any, policy: str) -> bytes:
+    def policy_key(self, tx: Tx, policy: str) -> bytes:
         """A policy's data key, unwrapped once per wrapped value (it changes with the board)."""
-        wrapped = tx.get_policy_key(policy)
+        wrapped = tx.data_keys.get(policy)
         if wrapped is None:
             raise SpmError(f"secrets: policy '{policy}' has no data key")
         cached = self._keys.get(policy)
@@ -123,7 +126,7 @@ class SecretVault:
         return key
 
     def value(
-        self, tx: Any, key: bytes, policy: str, name: str, definition: str | None = None
+        self, tx: Tx, key: bytes, policy: str, name: str, definition: str | None = None
     ) -> sv.Value:
         """A secret's value, decrypted at most once per ``VALUE_TTL`` per process.
 
@@ -134,7 +137,7 @@ class SecretVault:
         fresh = cached is not None and time.monotonic() - cached[0] < VALUE_TTL
         if cached is not None and fresh and definition in (None, cached[2]):
             return cached[1]
-        record = tx.get_secret(policy, name)
+        record = tx.secrets.get(policy, name)
         if definition is not None and record is not None and (
             record.definition_digest != definition
         ):
@@ -149,7 +152,7 @@ class SecretVault:
 
     def store_value(
         self,
-        tx: Any,
+        tx: Tx,
         key: bytes,
         policy: str,
         name: str,
@@ -157,9 +160,10 @@ class SecretVault:
         definition: str,
         value: sv.Value,
     ) -> None:
+        """Seal ``value`` under the policy's data key and store it as secret ``name``."""
         self._values.pop((policy, name), None)
         blob = seal_secret(key, policy, name, json.dumps(value).encode())
-        tx.put_secret(
+        tx.secrets.put(
             SecretRecord(
                 policy=policy,
                 name=name,

@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secfl._internal.canonical import canonical_json
 
+__all__ = ["check_record_proof", "record_proof"]
+
 _INFO = b"secfl/volume-record/v1"
 
 
@@ -46,6 +48,8 @@ def check_record_proof(
     token_sha256: str,
     proof: str,
 ) -> bool:
+    """Whether ``proof`` is :func:`record_proof` of this release under ``volume_key``
+    (compared in constant time; an empty key proves nothing)."""
     if not volume_key or not isinstance(proof, str):
         return False
     expected = record_proof(volume_key, policy, volume, version, tag, token_sha256)

@@ -1,4 +1,4 @@
-"""What is trained: built-in tasks and data partitioning (DESIGN.md, component 7).
+"""What is trained: the task contract, built-in tasks and data partitioning.
 
 A task has a ``name`` and four functions: ``build_model(seed)``, ``load_data(shard)``,
 ``train(model, data, config) -> metrics`` and ``evaluate(model, data) -> metrics``
@@ -17,7 +17,8 @@ bit-for-bit deterministic given the seed; see :mod:`secfl.tasks.training`.
 
 from __future__ import annotations
 
-from secfl.tasks.base import ClassificationTask, Dataset, Scaling, ShardSource, Task, TaskError
+from secfl.errors import DivergedError, TaskError
+from secfl.tasks.base import ClassificationTask, Dataset, Scaling, ShardSource, Task
 from secfl.tasks.registry import as_task, builtin_task, get_task, task_names
 from secfl.tasks.shards import FORMAT, encode_shard, load_shard, read_shard, shard_meta
 from secfl.tasks.split import ShardSummary, SplitReport, shard_name, split
@@ -34,6 +35,7 @@ __all__ = [
     "TRAIN_CONFIG_KEYS",
     "ClassificationTask",
     "Dataset",
+    "DivergedError",
     "Scaling",
     "ShardSource",
     "ShardSummary",

@@ -1,4 +1,4 @@
-"""What a task is: a model, a shard loader, train and evaluate (DESIGN.md, component 7).
+"""What a task is: a model, a shard loader, train and evaluate.
 
 A *task* is anything with a ``name`` and the four functions of :class:`Task`; a plain
 Python module delivered in a shielded code volume qualifies as well as an object
@@ -21,7 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from secfl.errors import SecflError
+from secfl.errors import DivergedError, TaskError
+
+__all__ = [
+    "DEFAULT_MODEL_SEED",
+    "ClassificationTask",
+    "Dataset",
+    "DivergedError",
+    "Scaling",
+    "ShardSource",
+    "Task",
+    "TaskError",
+]
 
 #: What :meth:`Task.load_data` reads: a shard file's path, its bytes, or an open
 #: binary file (e.g. a :class:`secfl.shield.VolumeFile`) or a ``Traversable``
@@ -31,15 +42,6 @@ ShardSource = str | Path | bytes | bytearray | memoryview | IO[bytes] | Any
 #: The default seed of :meth:`ClassificationTask.build_model`: models are always
 #: initialised deterministically, so two parties that build one agree bit for bit.
 DEFAULT_MODEL_SEED = 0
-
-
-class TaskError(SecflError):
-    """A task, its data or its training configuration was refused (one line, says why)."""
-
-
-class DivergedError(TaskError):
-    """Training reached a non-finite loss: the model it started from, or the learning
-    rate, is broken."""
 
 
 @dataclass(frozen=True)

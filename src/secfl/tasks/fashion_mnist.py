@@ -28,7 +28,25 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
-from secfl.tasks.base import ClassificationTask, Scaling, TaskError
+from secfl.errors import TaskError
+from secfl.tasks.base import ClassificationTask, Scaling
+
+__all__ = [
+    "DEFAULT_DIR",
+    "ENV_DIR",
+    "FILES",
+    "INSTALL_HINT",
+    "TASK",
+    "FashionMnistTask",
+    "available",
+    "build_model",
+    "dataset_dir",
+    "evaluate",
+    "load_data",
+    "name",
+    "read_idx",
+    "train",
+]
 
 #: Where Debian's ``dataset-fashion-mnist`` puts the files.
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -20,7 +20,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from secfl.tasks.base import TaskError
+from secfl.errors import TaskError
+
+__all__ = [
+    "MAX_DRAWS",
+    "dirichlet_partition",
+    "holdout",
+    "iid_partition",
+    "subsample",
+]
 
 #: How many times a Dirichlet partition is redrawn before short clients are topped up.
 MAX_DRAWS = 100
@@ -55,11 +63,15 @@ def holdout(
         test.append(members[:n_test])
         validation.append(members[n_test : n_test + n_val])
         train.append(members[n_test + n_val :])
-    parts = tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in (train, validation, test))
+    parts = (_sorted_indices(train), _sorted_indices(validation), _sorted_indices(test))
     for what, part in zip(("training", "validation", "test"), parts, strict=True):
         if part.size == 0:
             raise TaskError(f"split: too few samples ({pool.size}) for a {what} set")
     return parts
+
+
+def _sorted_indices(pieces: list[np.ndarray]) -> np.ndarray:
+    return np.sort(np.concatenate(pieces)).astype(np.int64)
 
 
 def iid_partition(indices: np.ndarray, clients: int, rng: np.random.Generator) -> list[np.ndarray]:

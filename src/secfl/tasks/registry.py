@@ -5,7 +5,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from secfl.tasks.base import ClassificationTask, Task, TaskError
+from secfl.errors import TaskError
+from secfl.tasks.base import ClassificationTask, Task
+
+__all__ = [
+    "BUILTIN",
+    "as_task",
+    "builtin_task",
+    "get_task",
+    "task_names",
+]
 
 #: Built-in task name → the module defining ``TASK`` (imported on first use).
 BUILTIN = {
@@ -52,4 +61,4 @@ def as_task(candidate: Any) -> Task:
     missing = [attr for attr in _REQUIRED if not callable(getattr(candidate, attr, None))]
     if missing:
         raise TaskError(f"{label} is not a task: it lacks {', '.join(missing)}")
-    return candidate  # type: ignore[no-any-return]
+    return candidate

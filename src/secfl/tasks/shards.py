@@ -33,7 +33,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from secfl._internal import files
 from secfl._internal.canonical import canonical_json as _canonical_json
-from secfl.tasks.base import ClassificationTask, Dataset, Scaling, ShardSource, TaskError
+from secfl.errors import TaskError
+from secfl.tasks.base import ClassificationTask, Dataset, Scaling, ShardSource
+
+__all__ = [
+    "FORMAT",
+    "MAX_HEADER",
+    "META_KEY",
+    "ROLES",
+    "array_digest",
+    "canonical_json",
+    "encode_shard",
+    "load_shard",
+    "read_bytes",
+    "read_shard",
+    "shard_meta",
+    "write_shard",
+]
 
 FORMAT = "secfl-shard/1"
 META_KEY = "secfl.shard"
@@ -83,7 +99,7 @@ def array_digest(array: np.ndarray) -> str:
     contiguous = np.ascontiguousarray(array)
     if contiguous.dtype.byteorder == ">":
         contiguous = contiguous.astype(contiguous.dtype.newbyteorder("<"))
-    return hashlib.sha256(memoryview(contiguous).cast("B")).hexdigest()
+    return hashlib.sha256(contiguous.data.cast("B")).hexdigest()  # its buffer, no copy
 
 
 def encode_shard(x: np.ndarray, y: np.ndarray, meta: Mapping[str, Any]) -> bytes:
@@ -100,18 +116,13 @@ def encode_shard(x: np.ndarray, y: np.ndarray, meta: Mapping[str, Any]) -> bytes
 
 
 def write_shard(path: str | Path, x: np.ndarray, y: np.ndarray, meta: Mapping[str, Any]) -> str:
-    """Write a shard atomically (temporary file, then rename); return its SHA-256."""
+    """Write a shard atomically (a fresh temporary name, then a rename; mode 0644 less
+    the umask); return its SHA-256."""
     blob = encode_shard(x, y, meta)
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        files.atomic_write(path, blob, fsync=False)
+    except OSError as exc:
+        raise TaskError(f"shard: cannot write '{path}': {exc.strerror or exc}") from None
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -124,12 +135,12 @@ def read_bytes(source: ShardSource) -> bytes:
             return Path(source).read_bytes()
         except OSError as exc:
             raise TaskError(f"cannot read shard '{source}': {exc.strerror or exc}") from None
-    if callable(getattr(source, "read", None)):
-        data = source.read()
-    elif callable(getattr(source, "read_bytes", None)):
-        data = source.read_bytes()
-    else:
+    read = getattr(source, "read", None)  # a binary file, else a Traversable
+    if not callable(read):
+        read = getattr(source, "read_bytes", None)
+    if not callable(read):
         raise TaskError(f"cannot read a shard from a {type(source).__name__}")
+    data = read()
     if not isinstance(data, bytes | bytearray):
         raise TaskError("shard: the file object did not return bytes (open it in binary mode)")
     return bytes(data)

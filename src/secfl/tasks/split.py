@@ -26,10 +26,22 @@ from typing import Any
 
 import numpy as np
 
+from secfl._internal import files
+from secfl.errors import TaskError
 from secfl.tasks import partition as part
-from secfl.tasks.base import TaskError, _check_seed
+from secfl.tasks.base import ClassificationTask, _check_seed
 from secfl.tasks.registry import get_task
 from secfl.tasks.shards import FORMAT, canonical_json, write_shard
+
+__all__ = [
+    "MANIFEST",
+    "MANIFEST_FORMAT",
+    "MAX_CLIENTS",
+    "ShardSummary",
+    "SplitReport",
+    "shard_name",
+    "split",
+]
 
 MANIFEST = "split.json"
 MANIFEST_FORMAT = "secfl-split/1"
@@ -52,11 +64,6 @@ class ShardSummary:
     samples: int
     label_counts: tuple[int, ...]
     sha256: str
-
-    def top_labels(self, k: int = 3) -> list[tuple[int, float]]:
-        """The ``k`` most frequent labels with their share of the shard."""
-        order = sorted(range(len(self.label_counts)), key=lambda c: (-self.label_counts[c], c))
-        return [(c, self.label_counts[c] / self.samples) for c in order[:k] if self.label_counts[c]]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -139,26 +146,14 @@ def split(
     spec = get_task(task)
     x, y = spec.load_pool()
     rng = np.random.default_rng(seed)
-    pool = np.arange(y.shape[0], dtype=np.int64)
-    if samples is not None:
-        pool = part.subsample(y.shape[0], samples, rng)
-    train, validation, test = part.holdout(
-        y, pool, validation_fraction=validation_fraction, test_fraction=test_fraction, rng=rng
-    )
+    train, validation, test = _draw(y, samples, validation_fraction, test_fraction, rng)
     if train.size < clients * min_samples:
         raise TaskError(
             f"split: {train.size} training samples cannot give {clients} clients "
             f"at least {min_samples} each"
         )
     scaling = spec.fit_scaling(x[train]).to_json()
-    if dirichlet_alpha is None:
-        partition: dict[str, Any] = {"kind": "iid"}
-        parts = part.iid_partition(train, clients, rng)
-    else:
-        partition = {"kind": "dirichlet", "alpha": float(dirichlet_alpha)}
-        parts = part.dirichlet_partition(
-            train, y, clients, float(dirichlet_alpha), rng, min_samples=min_samples
-        )
+    partition, parts = _partition(train, y, clients, dirichlet_alpha, min_samples, rng)
     params = {
         "format": FORMAT,
         "task": spec.name,
@@ -173,34 +168,26 @@ def split(
     }
     split_id = hashlib.sha256(canonical_json(params).encode()).hexdigest()
     folder = _prepare(Path(out), overwrite)
-
+    common = {
+        "task": spec.name,
+        "clients": clients,
+        "num_classes": spec.num_classes,
+        "feature_shape": list(spec.feature_shape),
+        "storage_dtype": str(np.dtype(spec.storage_dtype)),
+        "scaling": scaling,
+        "partition": partition,
+        "seed": seed,
+        "split": split_id,
+    }
     jobs: list[tuple[str, str, int | None, np.ndarray]] = [
-        (shard_name(i), "client", i, idx) for i, idx in enumerate(parts)
+        *((shard_name(i), "client", i, indices) for i, indices in enumerate(parts)),
+        ("validation.safetensors", "validation", None, validation),
+        ("test.safetensors", "test", None, test),
     ]
-    jobs += [("validation.safetensors", "validation", None, validation)]
-    jobs += [("test.safetensors", "test", None, test)]
-    summaries = []
-    for file, role, index, indices in jobs:
-        counts = np.bincount(y[indices], minlength=spec.num_classes).tolist()
-        meta = {
-            "task": spec.name,
-            "role": role,
-            "index": index,
-            "clients": clients,
-            "samples": int(indices.size),
-            "num_classes": spec.num_classes,
-            "label_counts": counts,
-            "feature_shape": list(spec.feature_shape),
-            "storage_dtype": str(np.dtype(spec.storage_dtype)),
-            "scaling": scaling,
-            "partition": partition,
-            "seed": seed,
-            "split": split_id,
-        }
-        features = np.ascontiguousarray(x[indices], dtype=spec.storage_dtype)
-        digest = write_shard(folder / file, features, y[indices].astype(np.int64), meta)
-        summaries.append(ShardSummary(file, role, index, int(indices.size), tuple(counts), digest))
-
+    summaries = tuple(
+        _write_one(folder / file, spec, x, y, indices, {**common, "role": role, "index": index})
+        for file, role, index, indices in jobs
+    )
     report = SplitReport(
         task=spec.name,
         out=folder,
@@ -213,11 +200,71 @@ def split(
         min_samples=min_samples,
         scaling=scaling,
         split_id=split_id,
-        shards=tuple(summaries),
+        shards=summaries,
     )
-    text = json.dumps(report.to_json(), sort_keys=True, indent=2, allow_nan=False) + "\n"
-    (folder / MANIFEST).write_text(text, encoding="utf-8")
+    _write_manifest(report)
     return report
+
+
+def _draw(
+    y: np.ndarray,
+    samples: int | None,
+    validation_fraction: float,
+    test_fraction: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The training, validation and test samples: an optional uniform subsample of
+    ``samples``, then a stratified hold-out (the first draws from ``rng``)."""
+    pool = np.arange(y.shape[0], dtype=np.int64)
+    if samples is not None:
+        pool = part.subsample(y.shape[0], samples, rng)
+    return part.holdout(
+        y, pool, validation_fraction=validation_fraction, test_fraction=test_fraction, rng=rng
+    )
+
+
+def _partition(
+    train: np.ndarray,
+    y: np.ndarray,
+    clients: int,
+    alpha: float | None,
+    min_samples: int,
+    rng: np.random.Generator,
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """How the training samples are shared out (as recorded in every shard), and the
+    sample indices of each client."""
+    if alpha is None:
+        return {"kind": "iid"}, part.iid_partition(train, clients, rng)
+    parts = part.dirichlet_partition(train, y, clients, float(alpha), rng, min_samples=min_samples)
+    return {"kind": "dirichlet", "alpha": float(alpha)}, parts
+
+
+def _write_one(
+    path: Path,
+    spec: ClassificationTask,
+    x: np.ndarray,
+    y: np.ndarray,
+    indices: np.ndarray,
+    meta: dict[str, Any],
+) -> ShardSummary:
+    """Write the shard of samples ``indices`` (``meta``: everything but the counts)."""
+    counts = np.bincount(y[indices], minlength=spec.num_classes).tolist()
+    meta = {**meta, "samples": int(indices.size), "label_counts": counts}
+    features = np.ascontiguousarray(x[indices], dtype=spec.storage_dtype)
+    digest = write_shard(path, features, y[indices].astype(np.int64), meta)
+    return ShardSummary(
+        path.name, meta["role"], meta["index"], int(indices.size), tuple(counts), digest
+    )
+
+
+def _write_manifest(report: SplitReport) -> None:
+    """``split.json``: the report, keys sorted, no timestamps (same inputs, same bytes)."""
+    path = report.out / MANIFEST
+    text = json.dumps(report.to_json(), sort_keys=True, indent=2, allow_nan=False) + "\n"
+    try:
+        files.atomic_write(path, text.encode("utf-8"), fsync=False)
+    except OSError as exc:
+        raise TaskError(f"split: cannot write '{path}': {exc.strerror or exc}") from None
 
 
 def _check_args(

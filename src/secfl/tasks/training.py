@@ -36,7 +36,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from secfl.tasks.base import Dataset, DivergedError, TaskError, _check_seed
+from secfl.errors import DivergedError, TaskError
+from secfl.tasks.base import Dataset, _check_seed
+
+__all__ = [
+    "EVAL_BATCH",
+    "TRAIN_CONFIG_KEYS",
+    "TrainConfig",
+    "deterministic",
+    "evaluate_classifier",
+    "train_classifier",
+]
 
 #: Every key a training configuration may hold.
 TRAIN_CONFIG_KEYS = frozenset(

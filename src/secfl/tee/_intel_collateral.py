@@ -21,6 +21,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x448, x25519
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from secfl._internal import x509util
@@ -204,7 +205,10 @@ def _load_crl(hex_der: str, issuer: x509.Certificate, what: str, at: datetime) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _ = (crl.issuer, crl.extensions, list(crl))
-        valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+        issuer_key = issuer.public_key()
+        if isinstance(issuer_key, x25519.X25519PublicKey | x448.X448PublicKey):
+            raise TypeError("the issuer's key cannot sign")
+        valid = crl.is_signature_valid(issuer_key)
         last, nxt = crl.last_update_utc, crl.next_update_utc
     except Exception as exc:
         raise VerificationError(f"collateral: the {what} is not a valid DER CRL ({exc})") from None

@@ -30,7 +30,7 @@ KindOrAuto = Kind | Literal["auto"]
 
 SIMULATED_MAGIC = b"SECFLSIM"
 SNP_REPORT_SIZE = 1184
-INTEL_TEE_TYPES = {0x00000000: "sgx", 0x00000081: "tdx"}
+INTEL_TEE_TYPES: dict[int, Kind] = {0x00000000: "sgx", 0x00000081: "tdx"}
 PROVIDERS: dict[str, Kind] = {"tdx_guest": "tdx", "sev_guest": "snp"}
 _HEX = set(string.hexdigits.encode() + string.whitespace.encode())
 _SHOWN = 40  # characters of an unknown provider name quoted back in a refusal
@@ -154,7 +154,7 @@ def detect_kind(raw: bytes) -> Kind:
     if key_type in (2, 3) and version in (3, 4, 5):
         tee = int.from_bytes(raw[4:8], "little")
         if tee in INTEL_TEE_TYPES:
-            return INTEL_TEE_TYPES[tee]  # type: ignore[return-value]
+            return INTEL_TEE_TYPES[tee]
         raise VerificationError(f"malformed evidence at offset 4: unknown Intel TEE type {tee:#x}")
     snp_version = int.from_bytes(raw[0:4], "little")
     if snp_version in (2, 3, 4, 5) and len(raw) >= SNP_REPORT_SIZE:

@@ -39,12 +39,12 @@ import hashlib
 import os
 import shlex
 import stat
-import unicodedata
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from secfl._internal.canonical import canonical_json
+from secfl._internal.names import nfc_name
 from secfl.errors import MeasurementError
 
 FORMAT: Final = "secfl-measure/1"
@@ -116,11 +116,10 @@ def measure(
 
 
 def _nfc(name: str, path: Path | str) -> str:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise MeasurementError(f"measure: the name of {path!r} is not valid UTF-8") from None
-    return unicodedata.normalize("NFC", name)
+    recorded = nfc_name(name)
+    if recorded is None:
+        raise MeasurementError(f"measure: the name of {path!r} is not valid UTF-8")
+    return recorded
 
 
 def _top_name(top: Path) -> str:

@@ -37,7 +37,8 @@ PLATFORM_NAMES: Final = ("auto", "simulated", "tdx", "snp", "sgx")
 #: Highest privilege level configfs-tsm accepts (SEV-SNP VMPL 0..3).
 PRIVLEVEL_MAX: Final = 3
 
-_PROVIDER_OF_KIND: Final = {kind: provider for provider, kind in PROVIDERS.items()}
+#: The provider of each platform name (looked up by the name a user gave).
+_PROVIDER_OF_KIND: Final[dict[str, str]] = {kind: provider for provider, kind in PROVIDERS.items()}
 
 
 def check_report_data(report_data: bytes) -> bytes:

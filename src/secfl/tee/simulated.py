@@ -42,12 +42,28 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from secfl._internal import x509util
+from secfl._internal import files, x509util
 from secfl._internal.binary import Reader
 from secfl.errors import PlatformError, VerificationError
 from secfl.tee.claims import Claims
 from secfl.tee.evidence import SIMULATED_MAGIC, Evidence
 from secfl.tee.platforms import REPORT_DATA_SIZE, Platform, check_report_data
+
+__all__ = [
+    "FLAG_DEBUG",
+    "FORMAT_VERSION",
+    "MEASUREMENT_SIZE",
+    "PLATFORM_CERT",
+    "PLATFORM_KEY",
+    "ROOT_CERT",
+    "ROOT_KEY",
+    "SIM_PLATFORM_OID",
+    "SimulatedPlatform",
+    "SimulatedQuote",
+    "init",
+    "parse_quote",
+    "verify_quote",
+]
 
 FORMAT_VERSION = 1
 FLAG_DEBUG = 0x1
@@ -136,26 +152,11 @@ def init(directory: Path | str, *, force: bool = False, days: int = 3650) -> Pat
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` with ``mode`` from its first byte, then rename it in.
-
-    A new file under a fresh name (``O_CREAT | O_EXCL | O_NOFOLLOW``): nothing
-    planted at ``path`` — a symbolic link, a hard link to another file, a file
-    readable by others — ever receives a key, and a reader sees the old file or
-    the whole new one.
-    """
-    tmp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    """Write ``data`` to ``path`` atomically, ``mode`` from its first byte (a fresh
+    ``O_EXCL | O_NOFOLLOW`` name, then a rename: nothing planted at ``path`` ever
+    receives a key); a failure is one line."""
     try:
-        fd = os.open(tmp, flags, mode)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        files.atomic_write(path, data, mode=mode)
     except OSError as exc:
         raise PlatformError(f"simulation: cannot write '{path}': {exc.strerror or exc}") from None
 

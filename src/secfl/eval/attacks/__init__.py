@@ -1,4 +1,4 @@
-"""Model-poisoning attacks, to evaluate defences (issue 6): never enabled by a policy.
+"""Model-poisoning attacks, to evaluate defences: no policy can enable one.
 
 An in-process simulation gives some participants an :class:`Attack`:
 ``get_attack("min-max", direction="std")``. Each round such a participant trains on

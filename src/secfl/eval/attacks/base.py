@@ -19,6 +19,19 @@ import numpy as np
 from secfl._internal.registry import Registry, positive
 from secfl.tasks.base import ClassificationTask, Dataset, TaskError
 
+__all__ = [
+    "Attack",
+    "Params",
+    "available_attacks",
+    "flatten",
+    "get_attack",
+    "integer",
+    "number",
+    "register_attack",
+    "rewrite",
+    "unflatten",
+]
+
 #: A model or a delta: tensor name → numpy array (as :mod:`secfl.fl.strategies`).
 Params = dict[str, np.ndarray]
 
@@ -71,7 +84,7 @@ _REGISTRY: Registry[Attack] = Registry("attack", Attack, TaskError)
 
 def register_attack(cls: A) -> A:
     """Make ``cls`` available as ``cls.name``; usable as a class decorator."""
-    return _REGISTRY.register(cls)  # type: ignore[no-any-return]
+    return _REGISTRY.register(cls)
 
 
 def available_attacks() -> list[str]:

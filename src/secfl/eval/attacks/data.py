@@ -20,6 +20,8 @@ from secfl.eval.attacks.base import Attack, Params, integer, number, register_at
 from secfl.tasks.base import ClassificationTask, Dataset, TaskError
 from secfl.tasks.training import EVAL_BATCH, deterministic
 
+__all__ = ["FLAT_TRIGGER", "PATCH", "Backdoor", "LabelFlip", "add_trigger", "attack_success_rate"]
+
 #: The side of the square patch on image tasks, and the feature count on flat ones.
 PATCH = 3
 FLAT_TRIGGER = 4

@@ -17,6 +17,19 @@ import numpy as np
 from secfl.eval.attacks.base import Attack, Params, integer, number, register_attack, rewrite
 from secfl.tasks.base import TaskError
 
+__all__ = [
+    "DIRECTIONS",
+    "Alie",
+    "Gaussian",
+    "Ipm",
+    "MinMax",
+    "MinSum",
+    "ScalingAttack",
+    "SignFlip",
+    "alie_z",
+    "search_gamma",
+]
+
 
 @register_attack
 class SignFlip(Attack):

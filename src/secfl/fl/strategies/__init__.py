@@ -5,6 +5,8 @@
 The robust rules: ``median``, ``trimmed-mean`` (``beta``), ``krum`` (``f``),
 ``multi-krum`` (``f``, ``m``), ``bulyan`` (``f``), ``centered-clipping`` (``tau``,
 ``iterations``) and ``fltrust`` (a ``root_update`` hook set by the aggregator).
+``clone-audit`` (:mod:`.clone_audit`) wraps any of them (``base``) and leaves out
+the participants whose updates harm the model on the aggregator's validation data.
 A new rule subclasses :class:`Strategy`, implements ``aggregate`` (it sees every
 update of the round with its sender) and registers itself with
 :func:`register_strategy`; importing its module here makes it available by name.
@@ -23,6 +25,7 @@ from secfl.fl.strategies.base import (
 )
 from secfl.fl.strategies.bulyan import Bulyan
 from secfl.fl.strategies.clipping import CenteredClipping
+from secfl.fl.strategies.clone_audit import AuditRound, CloneAudit
 from secfl.fl.strategies.fedadam import FedAdam
 from secfl.fl.strategies.fedavg import FedAvg, FedAvgAccumulator, FedProx
 from secfl.fl.strategies.fltrust import FLTrust
@@ -33,9 +36,11 @@ from secfl.fl.strategies.trimmed import TrimmedMean
 
 __all__ = [
     "Accumulator",
+    "AuditRound",
     "BufferingAccumulator",
     "Bulyan",
     "CenteredClipping",
+    "CloneAudit",
     "FLTrust",
     "FedAdam",
     "FedAvg",
@@ -54,6 +59,3 @@ __all__ = [
     "get_strategy",
     "register_strategy",
 ]
-
-# The clone-and-sample audit wraps any rule above; importing it registers "clone-audit".
-import secfl.fl.clone_audit  # noqa: F401

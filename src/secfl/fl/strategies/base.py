@@ -36,6 +36,18 @@ from secfl._internal.registry import positive as _positive
 from secfl.errors import FlError
 from secfl.fl.tensors import check_like
 
+__all__ = [
+    "Accumulator",
+    "BufferingAccumulator",
+    "Params",
+    "Strategy",
+    "Update",
+    "check_global",
+    "check_round",
+    "check_update",
+    "positive",
+]
+
 Params = dict[str, np.ndarray]
 
 

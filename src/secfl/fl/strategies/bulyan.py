@@ -30,6 +30,8 @@ from secfl.fl.strategies import _robust
 from secfl.fl.strategies.base import Params, Strategy, Update
 from secfl.fl.strategies.registry import register_strategy
 
+__all__ = ["Bulyan", "closest_to_median_mean", "krum_selection"]
+
 
 def closest_to_median_mean(rows: np.ndarray, beta: int) -> np.ndarray:
     """At each column of ``rows``, the mean of the ``beta`` values closest to the median."""

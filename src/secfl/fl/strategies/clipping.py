@@ -30,6 +30,8 @@ from secfl.fl.strategies.base import Params, Strategy, Update, positive
 from secfl.fl.strategies.registry import register_strategy
 from secfl.fl.tensors import all_finite
 
+__all__ = ["CenteredClipping"]
+
 
 def _center_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
     return np.result_type(dtype, np.float32)

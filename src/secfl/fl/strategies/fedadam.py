@@ -23,6 +23,7 @@ only a few cache-sized scratch buffers. The moments are the strategy's
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,8 @@ from secfl.fl.strategies.base import Params, positive
 from secfl.fl.strategies.fedavg import FedAvg
 from secfl.fl.strategies.registry import register_strategy
 from secfl.fl.tensors import all_finite
+
+__all__ = ["FedAdam"]
 
 
 def _moment_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
@@ -122,7 +125,7 @@ class FedAdam(FedAvg):
                 self._m[name].reshape(-1),
                 self._v[name].reshape(-1),
             )
-            _blocks.run(x.size, self.threads, lambda lo, hi, f=flats: self._adam_range(*f, lo, hi))
+            _blocks.run(x.size, self.threads, functools.partial(self._adam_range, *flats))
             if not all_finite(mean[name]):
                 raise FlError(f"fedadam: the step made tensor '{name}' non-finite")
 

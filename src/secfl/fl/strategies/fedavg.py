@@ -57,6 +57,8 @@ from secfl.fl.strategies.base import (
 from secfl.fl.strategies.registry import register_strategy
 from secfl.fl.tensors import all_finite
 
+__all__ = ["SCRATCH_BYTES", "FedAvg", "FedAvgAccumulator", "FedProx"]
+
 #: Scratch per thread of the whole-round kernel (its rows, one per update).
 SCRATCH_BYTES = 16 << 20
 

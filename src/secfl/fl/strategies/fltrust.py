@@ -32,6 +32,8 @@ from secfl.fl.strategies.base import Params, Strategy, Update
 from secfl.fl.strategies.registry import register_strategy
 from secfl.fl.tensors import check_like
 
+__all__ = ["FLTrust", "RootUpdate"]
+
 log = logging.getLogger("secfl.fl.strategies.fltrust")
 
 #: ``root_update(round, global_params, samples)``: the global model trained on (at most

@@ -29,6 +29,8 @@ from secfl.fl.strategies import _robust
 from secfl.fl.strategies.base import Params, Strategy, Update
 from secfl.fl.strategies.registry import register_strategy
 
+__all__ = ["Krum", "MultiKrum"]
+
 
 @register_strategy
 class Krum(Strategy):

@@ -13,14 +13,20 @@ from secfl._internal.registry import Registry
 from secfl.errors import FlError
 from secfl.fl.strategies.base import Strategy
 
-_REGISTRY: Registry[Strategy] = Registry("strategy", Strategy, FlError)
+__all__ = ["available_strategies", "get_strategy", "register_strategy"]
+
+_REGISTRY: Registry[Strategy] = Registry(
+    "strategy",
+    Strategy,  # type: ignore[type-abstract]  # mypy takes only concrete classes as type[T]
+    FlError,
+)
 
 S = TypeVar("S", bound=type[Strategy])
 
 
 def register_strategy(cls: S) -> S:
     """Make ``cls`` available as ``cls.name``; usable as a class decorator."""
-    return _REGISTRY.register(cls)  # type: ignore[no-any-return]
+    return _REGISTRY.register(cls)
 
 
 def available_strategies() -> list[str]:

@@ -24,6 +24,8 @@ from secfl.fl.strategies import _robust
 from secfl.fl.strategies.base import Params, Strategy, Update, positive
 from secfl.fl.strategies.registry import register_strategy
 
+__all__ = ["TrimmedMean", "trimmed_mean"]
+
 
 def trimmed_mean(rows: np.ndarray, k: int) -> np.ndarray:
     """The mean of each column of ``rows`` without its ``k`` largest and ``k`` smallest."""

@@ -1,4 +1,5 @@
-"""The clone-and-sample audit (the SecFL paper; ../shared/DESIGN.md).
+"""The clone-and-sample audit: a rule that leaves out the participants whose updates harm
+the model, judged on the aggregator's validation data.
 
 Attestation proves that every participant runs the agreed code on its own
 (attested) data volume; it cannot prove that the data is honest, nor stop a
@@ -62,7 +63,9 @@ from secfl.errors import FlError
 from secfl.fl.strategies.base import Params, Strategy, Update, check_round, positive
 from secfl.fl.strategies.registry import get_strategy, register_strategy
 
-log = logging.getLogger("secfl.fl.clone_audit")
+__all__ = ["AuditRound", "CloneAudit", "round_half"]
+
+log = logging.getLogger("secfl.fl.strategies.clone_audit")
 
 
 @dataclass
