@@ -13,4 +13,5 @@ if [ "$(id -u)" -eq 0 ] && ! command -v initdb >/dev/null 2>&1 &&
     echo "warning: could not install postgresql (apt-get); the SPM's PostgreSQL tests will fail" >&2
 fi
 .venv/bin/ruff check src tests benchmarks
+.venv/bin/python -m mypy src   # the type check ([tool.mypy] in pyproject.toml)
 exec .venv/bin/python -m pytest "$@"

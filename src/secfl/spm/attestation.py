@@ -12,7 +12,7 @@ given: the policies, the nonce issuer, the secret vault and the group commit.
 from __future__ import annotations
 
 import hashlib
-import secrets as pysecrets
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from secfl._internal.canonical import canonical_json
 from secfl.errors import Refused, SecflError, SpmError
-from secfl.policy.model import Policy
+from secfl.policy.model import CertSecret, Policy
 from secfl.spm import sealing as sv
 from secfl.spm.groupcommit import GroupCommit
 from secfl.spm.nonces import NonceIssuer
@@ -184,7 +184,7 @@ class Attestor:
     ) -> AttestResult:
         service = policy.service(service_name)
         assert service is not None
-        token = pysecrets.token_urlsafe(32)
+        token = secrets.token_urlsafe(32)
         expires = now + timedelta(seconds=self.session_ttl)
         key = self.vault.policy_key(tx, policy.name)
         values: dict[str, sv.Value] = {}
@@ -202,8 +202,8 @@ class Attestor:
             secret = policy.secret(name)
             assert secret is not None
             value = self.vault.value(tx, key, policy.name, name, sv.definition_digest(secret))
-            if sv.needs_renewal(secret, value, now):
-                issuer = policy.secret(secret.issuer)  # type: ignore[union-attr]
+            if isinstance(secret, CertSecret) and sv.needs_renewal(secret, value, now):
+                issuer = policy.secret(secret.issuer)
                 assert issuer is not None
                 ca_value = self.vault.value(tx, key, policy.name, issuer.name)
                 value = sv.generate(secret, {issuer.name: ca_value}, now)

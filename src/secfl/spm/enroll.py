@@ -18,10 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import NameOID
 
 from secfl._internal.x509util import private_pem
+from secfl.errors import SpmError
 from secfl.spm import sealing as sv
 from secfl.spm.client import SpmClient
 from secfl.spm.report_data import spki_sha256, workload_report_data
 from secfl.tee.platforms import Platform
+from secfl.tee.simulated import SimulatedPlatform
 
 __all__ = ["Enrollment", "enroll", "make_csr"]
 
@@ -81,7 +83,9 @@ def enroll(
     nonce = client.nonce()
     report_data = workload_report_data(nonce, hpke_public, spki_sha256(tls_key.public_key()))
     if measurement is not None:
-        evidence = platform.get_evidence(report_data, measurement=measurement)  # type: ignore[call-arg]
+        if not isinstance(platform, SimulatedPlatform):
+            raise SpmError("enroll: a measurement is given only to the simulated platform")
+        evidence = platform.get_evidence(report_data, measurement=measurement)
     else:
         evidence = platform.get_evidence(report_data)
     reply = client.attest(

@@ -67,7 +67,7 @@ class GroupCommit:
         op.done.wait()
         if op.error is not None:
             raise op.error
-        return op.result  # type: ignore[no-any-return]
+        return op.result
 
     async def run_async(self, fn: Callable[[Tx], T]) -> T:
         """:meth:`run` for an event loop: awaits the commit without holding a thread."""

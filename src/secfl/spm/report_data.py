@@ -14,15 +14,16 @@ import hashlib
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from secfl._internal.canonical import canonical_json
 
 __all__ = ["csr_public_key_sha256", "spki_sha256", "spm_report_data", "workload_report_data"]
 
 
-def spki_sha256(public_key: object) -> str:
+def spki_sha256(public_key: PublicKeyTypes) -> str:
     """SHA-256 (hex) of a public key's DER SubjectPublicKeyInfo."""
-    der = public_key.public_bytes(  # type: ignore[attr-defined]
+    der = public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(der).hexdigest()

@@ -45,6 +45,7 @@ from secfl.spm.tx import Tx
 from secfl.spm.vault import SecretVault
 from secfl.spm.volumes import check_record_proof
 from secfl.tee.platforms import Platform
+from secfl.tee.simulated import SimulatedPlatform
 
 # Besides Spm: names kept importable from here for the callers that take them from here.
 __all__ = [
@@ -115,8 +116,8 @@ class Spm:
         if not 8 <= len(nonce) <= 64:
             raise Refused("attestation: the nonce must be 8 to 64 bytes", 400)
         report_data = spm_report_data(nonce, self.identity.spki_sha256)
-        if self.measurement is not None and self.platform.name == "simulated":
-            evidence = self.platform.get_evidence(report_data, measurement=self.measurement)  # type: ignore[call-arg]
+        if self.measurement is not None and isinstance(self.platform, SimulatedPlatform):
+            evidence = self.platform.get_evidence(report_data, measurement=self.measurement)
         else:
             evidence = self.platform.get_evidence(report_data)
         return {

@@ -21,7 +21,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import x448, x25519
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from secfl._internal import x509util
@@ -206,8 +206,8 @@ def _load_crl(hex_der: str, issuer: x509.Certificate, what: str, at: datetime) -
             warnings.simplefilter("ignore")
             _ = (crl.issuer, crl.extensions, list(crl))
         issuer_key = issuer.public_key()
-        if isinstance(issuer_key, x25519.X25519PublicKey | x448.X448PublicKey):
-            raise TypeError("the issuer's key cannot sign")
+        if not isinstance(issuer_key, ec.EllipticCurvePublicKey):  # Intel's PKI: ECDSA only
+            raise TypeError(f"its issuer has a {type(issuer_key).__name__}, not an EC key")
         valid = crl.is_signature_valid(issuer_key)
         last, nxt = crl.last_update_utc, crl.next_update_utc
     except Exception as exc:
