@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 
@@ -29,3 +30,23 @@ def canonical_json(value: Any) -> bytes:
 def canonical_sha256(value: Any) -> str:
     """SHA-256 (lowercase hex) of :func:`canonical_json`."""
     return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+PairsHook = Callable[[list[tuple[str, Any]]], dict[str, Any]]
+
+
+def unique_keys(refuse: Callable[[str], Exception]) -> PairsHook:
+    """A ``json.loads`` ``object_pairs_hook`` that refuses a key given twice (JSON allows
+    it and keeps the last, so two readers could see two different documents): raises
+    ``refuse(key)``."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise refuse(key)
+            out[key] = value
+        return out
+
+    return hook
+

@@ -89,3 +89,19 @@ def ram_tempdir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class TooLarge(ValueError):
+    """A file is larger than its reader allows (see :func:`read_bounded`)."""
+
+
+def read_bounded(path: Path | str, max_bytes: int) -> bytes:
+    """The bytes of ``path``, reading at most ``max_bytes + 1`` of them: a file the
+    caller did not write (a key file, a settings file) cannot make it read gigabytes.
+    Raises ``OSError``, or :class:`TooLarge` past ``max_bytes``."""
+    with open(path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge(f"{path} is larger than {max_bytes} bytes")
+    return data
+

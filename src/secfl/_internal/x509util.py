@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import threading
 import warnings
 from collections.abc import Sequence
@@ -175,10 +176,21 @@ def private_pem(key: PrivateKeyTypes) -> bytes:
     )
 
 
-def self_signed_ca(
-    key: ec.EllipticCurvePrivateKey, subject: x509.Name, not_before: datetime, days: int
-) -> x509.Certificate:
-    """A self-signed CA certificate that may issue end-entity certificates only."""
+def general_names(names: list[str]) -> list[x509.GeneralName]:
+    """Subject alternative names: an IP address where the text is one, else a DNS name."""
+    out: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
+
+
+def self_signed_builder(
+    key: ec.EllipticCurvePrivateKey, subject: x509.Name, not_before: datetime, days: float
+) -> x509.CertificateBuilder:
+    """The start of every self-signed certificate: subject = issuer, a random serial."""
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -187,6 +199,15 @@ def self_signed_ca(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_before + timedelta(days=days))
+    )
+
+
+def self_signed_ca(
+    key: ec.EllipticCurvePrivateKey, subject: x509.Name, not_before: datetime, days: int
+) -> x509.Certificate:
+    """A self-signed CA certificate that may issue end-entity certificates only."""
+    return (
+        self_signed_builder(key, subject, not_before, days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(True, False, False, False, False, True, True, False, False),

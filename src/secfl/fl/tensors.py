@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from secfl._internal.canonical import unique_keys
 from secfl.errors import FlError
 
 if TYPE_CHECKING:
@@ -187,13 +188,9 @@ def to_bytes(
         raise FlError(f"tensors: cannot serialize: {exc}") from None
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise FlError(f"tensors: malformed header: key {key!r} appears twice")
-        out[key] = value
-    return out
+_no_duplicates = unique_keys(
+    lambda key: FlError(f"tensors: malformed header: key {key!r} appears twice")
+)
 
 
 def _parse_header(

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from secfl._internal.files import TooLarge, read_bounded
 from secfl.errors import FlError
 
 __all__ = [
@@ -139,13 +140,11 @@ def check_tree(
 def read_file(path: Path, what: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of ``path``, at most ``max_bytes``; FlError (starting ``what``) otherwise."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+        return read_bounded(path, max_bytes)
+    except TooLarge:
+        raise FlError(f"{what}: {path} is larger than {max_bytes} bytes") from None
     except OSError as exc:
         raise FlError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
-        raise FlError(f"{what}: {path} is larger than {max_bytes} bytes")
-    return data
 
 
 def read_json_file(path: Path, what: str, max_bytes: int = MAX_FILE_BYTES) -> Any:

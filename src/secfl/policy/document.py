@@ -33,6 +33,7 @@ from pydantic.fields import FieldInfo
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
+from secfl._internal.canonical import unique_keys
 from secfl.errors import PolicyError
 from secfl.policy.model import Policy
 from secfl.policy.references import key_path
@@ -169,13 +170,7 @@ class _JsonRefusal(Exception):
     """Valid JSON that a policy may not contain."""
 
 
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _JsonRefusal(f"duplicate key {_show(key)}")
-        out[key] = value
-    return out
+_json_object = unique_keys(lambda key: _JsonRefusal(f"duplicate key {_show(key)}"))
 
 
 def _json_int(text: str) -> int:

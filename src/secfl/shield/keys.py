@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 
 from secfl._internal import files
+from secfl._internal.files import TooLarge, read_bounded
 from secfl.errors import ShieldError
 from secfl.shield.format import KEY_SIZE
 
@@ -48,12 +49,11 @@ def load_key(value: bytes | bytearray | memoryview | str) -> bytes:
 def key_from_file(path: Path | str) -> bytes:
     """Read a key file (64 hex characters, or 32 raw bytes)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_KEY_FILE + 1)
+        raw = read_bounded(path, _MAX_KEY_FILE)
+    except TooLarge:
+        raise ShieldError(f"shield: key file '{path}' is too large to be a key") from None
     except OSError as exc:
         raise ShieldError(f"shield: cannot read key file '{path}': {exc.strerror or exc}") from None
-    if len(raw) > _MAX_KEY_FILE:
-        raise ShieldError(f"shield: key file '{path}' is too large to be a key")
     try:
         return load_key(raw)
     except ShieldError as exc:

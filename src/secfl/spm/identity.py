@@ -9,7 +9,6 @@ through a CA but through attestation, which binds the key's digest.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from secfl._internal.x509util import private_pem
+from secfl._internal.x509util import general_names, private_pem, self_signed_builder
 from secfl.spm.report_data import spki_sha256
 
 __all__ = [
@@ -62,22 +61,11 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 def self_signed(key: ec.EllipticCurvePrivateKey, names: list[str]) -> x509.Certificate:
     """A certificate for ``names`` (DNS names or IP addresses), plus localhost."""
-    sans: list[x509.GeneralName] = []
-    for name in dict.fromkeys([*names, "localhost", "127.0.0.1"]):
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            sans.append(x509.DNSName(name))
-    now = datetime.now(UTC)
+    sans = general_names(list(dict.fromkeys([*names, "localhost", "127.0.0.1"])))
+    start = datetime.now(UTC) - timedelta(minutes=5)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "secfl SPM")])
     return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=365))
+        self_signed_builder(key, subject, start, 365)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(

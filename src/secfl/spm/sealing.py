@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import json
 import os
 from datetime import datetime, timedelta
@@ -28,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secfl._internal.canonical import canonical_sha256
-from secfl._internal.x509util import private_pem, self_signed_ca
+from secfl._internal.x509util import general_names, private_pem, self_signed_ca
 from secfl.errors import SpmError
 from secfl.policy.model import Board, CaSecret, CertSecret, Secret
 
@@ -115,15 +114,6 @@ def _make_ca(secret: CaSecret, now: datetime) -> Value:
     return {"kind": "x509-ca", "key": _pem_key(key), "crt": _pem_cert(cert)}
 
 
-def _general_names(names: list[str]) -> list[x509.GeneralName]:
-    out: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            out.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            out.append(x509.DNSName(name))
-    return out
-
 
 def _ca_parts(ca: Value) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = serialization.load_pem_private_key(ca["key"].encode(), None)
@@ -175,7 +165,7 @@ def _make_cert(secret: CertSecret, ca: Value, now: datetime) -> Value:
         ca,
         key.public_key(),
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, secret.common_name)]),
-        _general_names(secret.sans),
+        general_names(secret.sans),
         list(secret.usage),
         now + timedelta(days=secret.validity_days),
         now,
