@@ -1,5 +1,5 @@
 """The clone-and-sample audit's cost against the plain round, and how its settings
-trade detection for cost (the figures issue 6 asks of the audit).
+trade detection for cost.
 
 Run: ``.venv/bin/python benchmarks/bench_audit.py [--tasks digits,fashion-mnist]
 [--samples 3000] [--rounds 6] [--seeds 2] [--quick] [--no-sweep]``.

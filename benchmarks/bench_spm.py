@@ -9,7 +9,7 @@ same machine (they share its cores with the SPM). Every connection verifies the
 SPM's TLS certificate pinned by its key digest. Attesting clients do the
 whole workload side (HPKE and TLS key generation, CSR, simulated quote, opening the
 sealed secrets); incrementing clients send bare keep-alive HTTPS requests.
-Targets (issue 3): >= 200 attestations/s and >= 1000 increments/s with SQLite on 2 cores.
+Targets: >= 200 attestations/s and >= 1000 increments/s with SQLite on 2 cores.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def test_a_single_sign_flipper_among_ten_is_caught_within_three_rounds(data: Dat
 
 def test_without_attackers_false_positives_stay_under_five_percent(data: DataCache) -> None:
     """20 sites (the evaluation's federation size), 20 rounds. With 10 sites and a
-    well-converged model the rate is higher (see the closing notes of issue 6)."""
+    well-converged model the rate is higher (see docs/results/README.md)."""
     s = Scenario(task="digits", clients=20, rounds=20, defence="clone-audit", epochs=3)
     out = simulate(s, data)
     rates = [r["false_positive_rate"] for r in out.rounds]

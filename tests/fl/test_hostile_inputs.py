@@ -2,7 +2,7 @@
 
 - In secure mode a task or data *path* on ``secfl aggregator`` / ``secfl collaborator``
   is refused before anything is read: attestation covers the command line, not the
-  file a path names, so the host could swap in its own code (issue 13, item 15).
+  file a path names, so the host could swap in its own code.
 - Garbage, deeply nested, huge-integer ``--federation`` settings, ``reset.json`` and
   ``grid.json`` files are one ``error:`` line, never a traceback (item 14).
 """

@@ -412,7 +412,7 @@ def test_registry() -> None:
 
 
 class _Median(Strategy):
-    """A coordinate-wise median: a rule that needs the whole round, as issue 6's will."""
+    """A coordinate-wise median: a rule that needs the whole round, as the robust ones do."""
 
     name = "test-median"
     seen: list[list[str]] = []  # noqa: RUF012 - test record

@@ -11,6 +11,17 @@ import typer
 from secfl.cli._common import out, parse_at, read_input, read_optional, write_output
 from secfl.errors import UsageError
 
+__all__ = [
+    "KINDS",
+    "PLATFORMS",
+    "S",
+    "app",
+    "certs_cmd",
+    "collateral_cmd",
+    "quote_cmd",
+    "verify_cmd",
+]
+
 if TYPE_CHECKING:
     from secfl.tee.evidence import KindOrAuto
 

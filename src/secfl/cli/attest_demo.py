@@ -12,6 +12,10 @@ from rich.table import Table
 
 from secfl.cli._common import out
 
+__all__ = [
+    "attestation_demo",
+]
+
 
 def _default_vectors() -> Path | None:
     env = os.environ.get("SECFL_TESTVECTORS")

@@ -9,6 +9,11 @@ import typer
 from secfl.cli._common import out
 from secfl.errors import UsageError
 
+__all__ = [
+    "app",
+    "verify_cmd",
+]
+
 app = typer.Typer(help="The SPM's audit log.", no_args_is_help=True)
 
 

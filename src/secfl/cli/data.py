@@ -11,6 +11,12 @@ import typer
 from secfl.cli._common import out
 from secfl.errors import UsageError
 
+__all__ = [
+    "app",
+    "info_cmd",
+    "split_cmd",
+]
+
 if TYPE_CHECKING:
     from secfl.tasks import ShardSummary, SplitReport
 

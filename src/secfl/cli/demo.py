@@ -16,6 +16,10 @@ from rich.table import Table
 from secfl.cli._common import out
 from secfl.errors import DemoError, UsageError
 
+__all__ = [
+    "demo",
+]
+
 
 def demo(
     task: Annotated[str, typer.Option(help="digits | breast-cancer | fashion-mnist")] = "digits",

@@ -29,6 +29,11 @@ from secfl.cli import (
 from secfl.cli._common import err
 from secfl.errors import SecflError
 
+__all__ = [
+    "app",
+    "main",
+]
+
 app = typer.Typer(
     name="secfl",
     help="Confidential federated learning inside attested TEEs.",

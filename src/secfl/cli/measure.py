@@ -10,6 +10,10 @@ import typer
 
 from secfl.cli._common import out
 
+__all__ = [
+    "measure",
+]
+
 
 def measure(
     paths: Annotated[list[str], typer.Argument(help="Files and folders of the workload.")],

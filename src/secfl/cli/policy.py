@@ -11,6 +11,30 @@ import typer
 from secfl.cli._common import err, out, read_input, write_output
 from secfl.errors import UsageError
 
+__all__ = [
+    "KEY_KINDS",
+    "Kind",
+    "PolicyName",
+    "Readmit",
+    "Reason",
+    "ServiceOpt",
+    "SpmPin",
+    "SpmUrl",
+    "Subject",
+    "app",
+    "digest_cmd",
+    "keygen_cmd",
+    "revocation_statement",
+    "revocations_cmd",
+    "revoke_cmd",
+    "seal_secret_cmd",
+    "sign_cmd",
+    "sign_revocation_cmd",
+    "submit_cmd",
+    "validate_cmd",
+    "verify_cmd",
+]
+
 if TYPE_CHECKING:
     from secfl.policy.keys import KeyKind
     from secfl.spm.client import SpmClient

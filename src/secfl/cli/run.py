@@ -10,6 +10,11 @@ import typer
 from secfl.cli._common import read_optional
 from secfl.errors import UsageError
 
+__all__ = [
+    "parse_volumes",
+    "run",
+]
+
 
 def parse_volumes(values: list[str] | None) -> dict[str, Path]:
     volumes: dict[str, Path] = {}

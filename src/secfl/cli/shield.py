@@ -11,6 +11,19 @@ import typer
 from secfl.cli._common import out
 from secfl.errors import UsageError
 
+__all__ = [
+    "ExpectTag",
+    "KeyFile",
+    "KeyHex",
+    "app",
+    "decrypt_cmd",
+    "encrypt_cmd",
+    "keygen_cmd",
+    "ls_cmd",
+    "tag_cmd",
+    "verify_cmd",
+]
+
 app = typer.Typer(
     help="Shielded volumes: encrypt a folder, print or check its tag, decrypt it.",
     no_args_is_help=True,

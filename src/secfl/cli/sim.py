@@ -8,6 +8,11 @@ import typer
 
 from secfl.cli._common import out
 
+__all__ = [
+    "app",
+    "init_cmd",
+]
+
 app = typer.Typer(
     help="The simulated TEE (development only; protects nothing).", no_args_is_help=True
 )

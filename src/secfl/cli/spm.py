@@ -9,6 +9,14 @@ import typer
 from secfl.cli._common import out, read_optional
 from secfl.errors import UsageError
 
+__all__ = [
+    "app",
+    "measurement_cmd",
+    "parse_listen",
+    "serve_cmd",
+    "verify_cmd",
+]
+
 app = typer.Typer(help="The Security Policy Manager.", no_args_is_help=True)
 
 

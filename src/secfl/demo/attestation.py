@@ -21,6 +21,13 @@ from secfl.tee.claims import Claims
 from secfl.tee.measure import measure
 from secfl.tee.verify import verify
 
+__all__ = [
+    "Step",
+    "run",
+    "simulated_steps",
+    "vendor_steps",
+]
+
 
 @dataclass(frozen=True)
 class Step:

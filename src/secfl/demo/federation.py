@@ -34,6 +34,19 @@ from secfl.shield import encrypt_directory
 from secfl.spm.client import SpmClient
 from secfl.tee import simulated
 
+__all__ = [
+    "BOARD",
+    "POLICY",
+    "TAMPERING",
+    "TASK_MODULE",
+    "VERIFY_KEY",
+    "DemoSettings",
+    "Federation",
+    "Workload",
+    "free_port",
+    "secfl_program",
+]
+
 POLICY = "demo"
 BOARD: tuple[tuple[str, keys.KeyKind], ...] = (
     ("alice", "ed25519"),

@@ -22,6 +22,14 @@ from typing import Any
 
 from secfl.errors import FlError
 
+__all__ = [
+    "ACCURACY_KEYS",
+    "KNOWN_KEYS",
+    "LOSS_KEYS",
+    "read_metrics",
+    "write_report",
+]
+
 #: The columns every round has, then the optional metrics, in report order.
 KNOWN_KEYS = (
     "participants",

@@ -14,6 +14,23 @@ import ctypes.util
 import os
 import sys
 
+__all__ = [
+    "CLONE_NEWNS",
+    "MNT_DETACH",
+    "MS_NODEV",
+    "MS_NOSUID",
+    "MS_REC",
+    "MS_SLAVE",
+    "PR_GET_DUMPABLE",
+    "PR_SET_DUMPABLE",
+    "PR_SET_PDEATHSIG",
+    "available",
+    "mount",
+    "prctl",
+    "umount",
+    "unshare",
+]
+
 PR_SET_PDEATHSIG = 1
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4

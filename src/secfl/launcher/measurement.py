@@ -25,6 +25,12 @@ from secfl._internal.canonical import canonical_json
 from secfl.errors import MeasurementError
 from secfl.tee.measure import manifest
 
+__all__ = [
+    "FORMAT",
+    "resolve_program",
+    "run_measurement",
+]
+
 FORMAT = "secfl-run/1"
 
 

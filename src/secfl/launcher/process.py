@@ -29,6 +29,13 @@ from collections.abc import Callable, Mapping, Sequence
 from secfl.errors import LaunchError
 from secfl.launcher import linux
 
+__all__ = [
+    "FORWARDED",
+    "exit_status",
+    "harden",
+    "run_program",
+]
+
 FORWARDED = (
     signal.SIGINT,
     signal.SIGTERM,

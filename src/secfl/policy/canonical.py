@@ -35,6 +35,11 @@ import hashlib
 from secfl._internal.canonical import canonical_json
 from secfl.policy.model import Policy
 
+__all__ = [
+    "canonical_bytes",
+    "digest",
+]
+
 
 def canonical_bytes(policy: Policy) -> bytes:
     """The canonical JSON encoding of ``policy`` (sorted keys, no spaces, UTF-8)."""

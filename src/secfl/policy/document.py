@@ -38,6 +38,15 @@ from secfl.errors import PolicyError
 from secfl.policy.model import Policy
 from secfl.policy.references import key_path
 
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_NUMBER_CHARS",
+    "load_policy",
+    "load_policy_file",
+    "validation_message",
+]
+
 #: The largest policy document accepted (bytes of YAML).
 MAX_BYTES = 1 << 20
 #: The deepest nesting of YAML collections accepted.

@@ -25,6 +25,44 @@ from secfl.errors import PolicyError
 from secfl.policy import keys, placeholders
 from secfl.tee.claims import Kind, TcbStatus
 
+__all__ = [
+    "MAX_CLAIM_INT",
+    "MAX_FILE_TEXT",
+    "MAX_ITEMS",
+    "MAX_MEMBERS",
+    "MAX_PEM",
+    "MAX_TEXT",
+    "MAX_VERSION",
+    "MEASUREMENT_FIELDS",
+    "NAME",
+    "PRIMARY_MEASUREMENT",
+    "PUBLIC_SELECTORS",
+    "RAW_KINDS",
+    "RESERVED_FOLDERS",
+    "SELECTOR_KINDS",
+    "AesSecret",
+    "Board",
+    "CaSecret",
+    "CertSecret",
+    "ClaimValue",
+    "Counter",
+    "Hex",
+    "ImportedSecret",
+    "Injection",
+    "KeyPairSecret",
+    "MeasurementPin",
+    "Member",
+    "Name",
+    "Names",
+    "Pem",
+    "Platforms",
+    "Policy",
+    "RandomSecret",
+    "Secret",
+    "Service",
+    "VolumeSpec",
+]
+
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Name = Annotated[str, Field(pattern=NAME, max_length=128)]
 Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]*$", max_length=256)]

@@ -15,6 +15,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+__all__ = [
+    "PATTERN",
+    "SELECTORS",
+    "Placeholder",
+    "find",
+]
+
 SELECTORS = frozenset({"crt", "key", "chain", "hex", "base64", "pub"})
 PATTERN = re.compile(r"\$\$SECFL::([A-Za-z0-9][A-Za-z0-9._-]*)(?::([a-z0-9]+))?\$\$")
 #: Anything that starts like a placeholder, to catch malformed ones.

@@ -36,6 +36,17 @@ from secfl.policy import keys
 from secfl.policy.canonical import digest
 from secfl.policy.model import NAME, Board, Policy
 
+__all__ = [
+    "POLICY_DOMAIN",
+    "REVOCATION_DOMAIN",
+    "Signature",
+    "check_approval",
+    "sign_policy",
+    "sign_statement",
+    "statement",
+    "verify_statement",
+]
+
 #: The domain of board approvals of a policy version.
 POLICY_DOMAIN = "secfl/policy/v1"
 #: The domain of board-signed certificate revocations (used by the SPM).

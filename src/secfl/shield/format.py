@@ -66,6 +66,36 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from secfl._internal.canonical import canonical_json
 from secfl.errors import ShieldError
 
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "FORMAT",
+    "FORMAT_NUMBER",
+    "HEADER_SIZE",
+    "KEY_SIZE",
+    "MAGIC",
+    "MANIFEST_NONCE",
+    "MAX_CHUNK_SIZE",
+    "MAX_FILES",
+    "MAX_MANIFEST_SIZE",
+    "MAX_VERSION",
+    "SALT_SIZE",
+    "TAG_SIZE",
+    "Header",
+    "Keys",
+    "canonical",
+    "check_manifest",
+    "check_path",
+    "check_tag",
+    "chunk_aad",
+    "chunk_count",
+    "chunk_nonce",
+    "derive_keys",
+    "manifest_aad",
+    "sealed_length",
+    "tag_of",
+    "unpack_header",
+]
+
 FORMAT: Final = "secfl-shield/1"
 MAGIC: Final = b"SECFLVOL"
 FORMAT_NUMBER: Final = 1

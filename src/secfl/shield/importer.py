@@ -35,6 +35,11 @@ from secfl.errors import ShieldError
 from secfl.shield import format as fmt
 from secfl.shield.volume import Volume
 
+__all__ = [
+    "VolumeImporter",
+    "VolumePath",
+]
+
 
 class VolumeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Serve the modules found below ``prefix`` (a folder of the volume, "" = its root)."""

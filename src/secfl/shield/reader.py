@@ -15,6 +15,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from secfl.errors import ShieldError
 from secfl.shield import format as fmt
 
+__all__ = [
+    "ChunkSource",
+    "FileEntry",
+    "VolumeFile",
+]
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 

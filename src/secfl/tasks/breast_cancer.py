@@ -21,6 +21,16 @@ from torch import nn
 
 from secfl.tasks.base import ClassificationTask, Scaling
 
+__all__ = [
+    "TASK",
+    "BreastCancerTask",
+    "build_model",
+    "evaluate",
+    "load_data",
+    "name",
+    "train",
+]
+
 
 class BreastCancerTask(ClassificationTask):
     """Thirty tumour measurements, classified by logistic regression."""

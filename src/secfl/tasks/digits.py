@@ -18,6 +18,16 @@ from torch import nn
 
 from secfl.tasks.base import ClassificationTask, Scaling
 
+__all__ = [
+    "TASK",
+    "DigitsTask",
+    "build_model",
+    "evaluate",
+    "load_data",
+    "name",
+    "train",
+]
+
 
 class DigitsTask(ClassificationTask):
     """8×8 digit images as 64 features, classified by a one-hidden-layer MLP."""

@@ -6,6 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+__all__ = [
+    "KINDS",
+    "TCB_ORDER",
+    "Claims",
+    "Kind",
+    "TcbStatus",
+]
+
 Kind = Literal["sgx", "tdx", "snp", "simulated"]
 KINDS: tuple[Kind, ...] = ("sgx", "tdx", "snp", "simulated")
 

@@ -26,6 +26,16 @@ from typing import Literal
 from secfl.errors import VerificationError
 from secfl.tee.claims import KINDS, Kind
 
+__all__ = [
+    "INTEL_TEE_TYPES",
+    "PROVIDERS",
+    "SIMULATED_MAGIC",
+    "SNP_REPORT_SIZE",
+    "Evidence",
+    "KindOrAuto",
+    "detect_kind",
+]
+
 KindOrAuto = Kind | Literal["auto"]
 
 SIMULATED_MAGIC = b"SECFLSIM"

@@ -24,6 +24,11 @@ from secfl._internal.x509util import load_der, load_pem_chain
 from secfl.errors import FetchError, VerificationError
 from secfl.tee._snp_report import PRODUCTS, Product, SnpReport, parse_report, tcb_parts
 
+__all__ = [
+    "KDS_URL",
+    "KdsClient",
+]
+
 KDS_URL: Final = "https://kdsintf.amd.com"
 _TURIN_HWID_SIZE: Final = 8
 

@@ -47,6 +47,14 @@ from secfl._internal.canonical import canonical_json
 from secfl._internal.names import nfc_name
 from secfl.errors import MeasurementError
 
+__all__ = [
+    "CHUNK_SIZE",
+    "FORMAT",
+    "canonical_manifest_bytes",
+    "manifest",
+    "measure",
+]
+
 FORMAT: Final = "secfl-measure/1"
 #: Files are hashed in chunks of this size, so memory stays bounded for any file size.
 CHUNK_SIZE: Final = 1 << 20

@@ -34,6 +34,13 @@ from secfl._internal.httpcache import CachedHttp, Response
 from secfl.errors import FetchError
 from secfl.tee.intel import IntelCollateral, load_pck_chain, parse_quote, pck_ca, pck_fmspc
 
+__all__ = [
+    "INTEL_PCS_URL",
+    "INTEL_ROOT_CA_CRL_URL",
+    "PccsClient",
+    "raw_members",
+]
+
 INTEL_PCS_URL = "https://api.trustedservices.intel.com"
 #: The CRL distribution point of the Intel SGX Root CA certificate.
 INTEL_ROOT_CA_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"

@@ -28,6 +28,21 @@ from typing import Final
 from secfl.errors import PlatformError
 from secfl.tee.evidence import PROVIDERS, Evidence
 
+__all__ = [
+    "DEFAULT_CONFIGFS_ROOT",
+    "DEFAULT_GRAMINE_ROOT",
+    "PLATFORM_NAMES",
+    "PRIVLEVEL_MAX",
+    "REPORT_DATA_SIZE",
+    "SIM_DIR_ENV",
+    "ConfigfsTsmPlatform",
+    "GramineSgxPlatform",
+    "Platform",
+    "check_report_data",
+    "detect_platform",
+    "platform_by_name",
+]
+
 REPORT_DATA_SIZE: Final = 64
 DEFAULT_CONFIGFS_ROOT: Final = Path("/sys/kernel/config/tsm/report")
 DEFAULT_GRAMINE_ROOT: Final = Path("/dev/attestation")

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from typing import Final
 
+__all__ = [
+    "AMD_ARK_SHA256",
+    "INTEL_SGX_ROOT_CA_SHA256",
+]
+
 #: Intel SGX Root CA: the anchor for SGX and TDX PCK chains, TCB info and QE identity.
 INTEL_SGX_ROOT_CA_SHA256: Final = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 

@@ -12,6 +12,10 @@ from secfl.errors import VerificationError
 from secfl.tee.claims import Claims
 from secfl.tee.evidence import Evidence, KindOrAuto
 
+__all__ = [
+    "verify",
+]
+
 
 def verify(
     evidence: Evidence | bytes,
