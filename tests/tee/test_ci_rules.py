@@ -116,7 +116,7 @@ def test_hangs():
 
 
 def test_runs_after_the_hang():
-    assert True
+    assert time.monotonic() > 0  # it runs at all: the hang above did not stop the run
 """
 
 

@@ -28,9 +28,9 @@ Manifest, format ``secfl-measure/1``::
   so the digest depends on the argument vector, not on spacing; a sequence is
   taken as the argument vector itself.
 
-The digest is the lowercase hex SHA-384 of
-``json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
-encoded as UTF-8 (:func:`canonical_manifest_bytes`).
+The digest is the lowercase hex SHA-384 of the manifest's canonical JSON (sorted
+keys, no spaces, UTF-8: :func:`secfl._internal.canonical.canonical_json`, through
+:func:`canonical_manifest_bytes`).
 """
 
 from __future__ import annotations
