@@ -173,6 +173,8 @@ class Store:
                 if writer is not None:
                     writer.close()
         self._engine.dispose()
+        if self.integrity is not None and self.integrity.anchor is not None:
+            self.integrity.anchor.close()
 
     def __enter__(self) -> Store:
         return self
