@@ -209,3 +209,18 @@ def test_fewer_recovery_keys_than_the_threshold_is_one_error_line(run: Run, tmp_
             "error: policy: board.members: 1 member(s) have a recovery_key, fewer than the "
             "threshold (2): give at least 2 members a recovery_key, or none\n"
         )
+
+
+def test_an_endless_input_is_refused_in_one_line() -> None:
+    """`/dev/zero` as a policy must not be read until memory runs out."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "policy", "validate", "/dev/zero"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: policy '/dev/zero' is larger than 67108864 bytes"
+    ]

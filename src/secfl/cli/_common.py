@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from secfl._internal.files import TooLarge, read_bounded
 from secfl.errors import UsageError
 
 __all__ = [
@@ -25,12 +26,23 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: The largest file a command reads whole (policies, evidence, collateral, signatures):
+#: far above any of them, low enough that `/dev/zero` is refused rather than read forever.
+MAX_INPUT_BYTES = 64 << 20
+
+
 def read_input(path: str, what: str) -> bytes:
-    """Read a file (``-`` is standard input); a missing file is one clear error."""
-    if path == "-":
-        return sys.stdin.buffer.read()
+    """Read a file (``-`` is standard input), at most :data:`MAX_INPUT_BYTES`; a missing
+    or oversized file is one clear error."""
     try:
-        return Path(path).read_bytes()
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+            if len(data) > MAX_INPUT_BYTES:
+                raise TooLarge
+            return data
+        return read_bounded(Path(path), MAX_INPUT_BYTES)
+    except TooLarge:
+        raise UsageError(f"{what} '{path}' is larger than {MAX_INPUT_BYTES} bytes") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
 
