@@ -12,8 +12,12 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.spm.harness import Board
 
 _DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "testvectors"
 
@@ -53,3 +57,24 @@ def utc(text: str) -> datetime:
     """An ISO date or datetime, as an aware UTC datetime."""
     value = datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- a simulated TEE and a board, shared by the tests that run a real SPM ------------------
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    """A simulation root (folder, root certificate PEM); a test file may define its own."""
+    from tests.spm.harness import make_sim
+
+    path = tmp_path_factory.mktemp("sim")
+    return path, make_sim(path)
+
+
+@pytest.fixture(scope="module")
+def board() -> Board:
+    """Three members, 2 of 3 (:class:`tests.spm.harness.Board`)."""
+    from tests.spm.harness import Board
+
+    return Board.create()
+

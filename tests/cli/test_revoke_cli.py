@@ -17,7 +17,7 @@ import pytest
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll
 from secfl.tee import simulated
-from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, make_sim, policy_document
+from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,17 +36,6 @@ def one_error(done: subprocess.CompletedProcess[str]) -> str:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
-    path = tmp_path_factory.mktemp("sim")
-    return path, make_sim(path)
-
-
-@pytest.fixture(scope="module")
-def board() -> Board:
-    return Board.create()
 
 
 @pytest.fixture

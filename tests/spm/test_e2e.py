@@ -33,20 +33,8 @@ from tests.spm.harness import (
     COLLABORATOR_MR,
     Board,
     SpmProcess,
-    make_sim,
     policy_document,
 )
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
-    path = tmp_path_factory.mktemp("sim")
-    return path, make_sim(path)
-
-
-@pytest.fixture(scope="module")
-def board() -> Board:
-    return Board.create()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -29,22 +29,11 @@ from secfl.spm.service import REVOCATION_DOMAIN, revocation_digest, revocation_d
 from secfl.spm.store import normalise_url
 from secfl.tee import simulated
 from tests.spm.conftest import drop_pg_database, fresh_pg_database
-from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, make_sim, policy_document
+from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
 
 pytestmark = pytest.mark.timeout(240)
 
 OTHER_MR = "b2" * 48
-
-
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
-    path = tmp_path_factory.mktemp("sim")
-    return path, make_sim(path)
-
-
-@pytest.fixture(scope="module")
-def board() -> Board:
-    return Board.create()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
