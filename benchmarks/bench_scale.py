@@ -7,7 +7,7 @@ Run: ``.venv/bin/python benchmarks/bench_scale.py [--clients 10,50,200] [--param
 [--no-memory] [--quick]``.
 
 Method. The aggregator runs in a child process of its own, built as ``secfl
-aggregator`` builds it minus the SPM: ``secfl.fl.aggregator.Aggregator`` with a
+aggregator`` builds it minus the SPM: ``secfl.fl._aggregator.Aggregator`` with a
 mutual-TLS ``transport.Server`` (certificates from a fresh policy CA, as the SPM
 issues them), a ``Signer`` with an Ed25519 key, ``Commit(MemoryLedger(),
 directory=None)`` (no checkpoints, no SPM counter) and ``FederationConfig`` with
@@ -81,11 +81,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secfl.fl import messages as msg
-from secfl.fl.tensors import to_bytes
-from secfl.fl.transport import Client, Credentials
-from secfl.policy.model import CaSecret
-from secfl.spm import sealing as sv
+from secfl.fl import _messages as msg
+from secfl.fl._tensors import to_bytes
+from secfl.fl._transport import Client, Credentials
+from secfl.policy._model import CaSecret
+from secfl.spm import _sealing as sv
 from secfl.spm.enroll import make_csr
 
 MIB = 1 << 20
@@ -196,11 +196,11 @@ def aggregator_child(spec_path: str) -> None:
     one JSON line; stop the server once the parent closes stdin (every client done)."""
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    from secfl.fl.aggregator import Aggregator, Signer
-    from secfl.fl.commit import Commit, MemoryLedger
-    from secfl.fl.config import FederationConfig
-    from secfl.fl.envelope import SignedModel
-    from secfl.fl.transport import PeerPolicy, Server
+    from secfl.fl._aggregator import Aggregator, Signer
+    from secfl.fl._commit import Commit, MemoryLedger
+    from secfl.fl._config import FederationConfig
+    from secfl.fl._envelope import SignedModel
+    from secfl.fl._transport import PeerPolicy, Server
 
     spec = json.loads(Path(spec_path).read_text())
     creds = Credentials(**{k: v.encode() for k, v in spec["creds"].items()})

@@ -31,7 +31,7 @@ from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, make_sim, policy
 
 from secfl.spm.client import SpmClient
 from secfl.spm.enroll import enroll
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 
 
 def _cpu(pid: int) -> float:
@@ -66,7 +66,7 @@ def _incrementer(
         pem = ssl.get_server_certificate((host, int(port)))
         from cryptography import x509
 
-        from secfl.spm.report_data import spki_sha256
+        from secfl.spm._report_data import spki_sha256
 
         assert spki_sha256(x509.load_pem_x509_certificate(pem.encode()).public_key()) == pin
     context = ssl.create_default_context(cadata=pem)

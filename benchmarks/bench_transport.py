@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/bench_transport.py [--sizes 16,64,256] [--repeat 3]``.
 
 A fresh policy CA issues an aggregator and a collaborator certificate (as the SPM
-does after attestation). A ``secfl.fl.transport.Server`` listens on 127.0.0.1 with
+does after attestation). A ``secfl.fl._transport.Server`` listens on 127.0.0.1 with
 an upload method (``join`` the stream, answer its length) and a download method
 (the payload streamed in ``CHUNK_SIZE`` pieces); a ``Client`` uploads and downloads
 payloads of ``--sizes`` MiB, ``--repeat`` times each. For comparison, a plaintext
@@ -36,8 +36,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secfl.fl.tensors import chunks
-from secfl.fl.transport import (
+from secfl.fl._tensors import chunks
+from secfl.fl._transport import (
     CHUNK_SIZE,
     MESSAGE_LIMIT,
     SERVICE,
@@ -47,8 +47,8 @@ from secfl.fl.transport import (
     Server,
     join,
 )
-from secfl.policy.model import CaSecret
-from secfl.spm import sealing as sv
+from secfl.policy._model import CaSecret
+from secfl.spm import _sealing as sv
 from secfl.spm.enroll import make_csr
 
 MB = 1e6

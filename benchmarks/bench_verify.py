@@ -16,8 +16,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from secfl.tee import simulated
-from secfl.tee.verify import verify
+from secfl.tee import _simulated as simulated
+from secfl.tee._verify import verify
 
 
 def rate(fn: Callable[[], object], seconds: float) -> tuple[float, int]:
@@ -38,7 +38,7 @@ def cases(vectors: Path | None, sim_dir: Path) -> list[tuple[str, str, Callable[
     ]
     if vectors is None:
         return out
-    from secfl.tee.intel import IntelCollateral
+    from secfl.tee._intel import IntelCollateral
 
     jul25, jun24 = datetime(2025, 7, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC)
     for kind, name in (("sgx", "sgx_v3_quote"), ("tdx", "tdx_v4_quote")):

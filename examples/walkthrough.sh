@@ -32,7 +32,7 @@ BOARD="--board-key ../board/alice.pub --board-key ../board/bob.pub --board-key .
 cd agg
 mkdir task && cat > task/task.py <<'PY'
 """The federation's task: scikit-learn's digits, a small MLP."""
-from secfl.tasks.registry import get_task
+from secfl.tasks._registry import get_task
 
 _task = get_task("digits")
 name = _task.name

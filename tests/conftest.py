@@ -77,4 +77,3 @@ def board() -> Board:
     from tests.spm.harness import Board
 
     return Board.create()
-

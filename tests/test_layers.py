@@ -67,3 +67,29 @@ def test_the_check_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from secfl.eval import grid\nfrom ..eval import report\n")
     assert {"secfl.eval.grid", "secfl.eval.report"} <= imports_of(probe, "secfl.fl")
+
+
+#: The modules of the component packages that are public by name (the rest of the
+#: public API is what each package's ``__init__`` lists in ``__all__``).
+PUBLIC_MODULES = {"spm/client.py", "spm/enroll.py"}
+
+
+@pytest.mark.parametrize("package", ["tee", "policy", "shield", "spm", "launcher", "tasks", "fl"])
+def test_internal_modules_are_underscored(package: str) -> None:
+    """A reader can tell the public surface at a glance: every other module is ``_name``."""
+    loose = [
+        str(p.relative_to(SRC))
+        for p in modules(package)
+        if not p.name.startswith("_") and str(p.relative_to(SRC)) not in PUBLIC_MODULES
+    ]
+    assert loose == [], f"public-looking modules outside __all__ packages: {loose}"
+
+
+@pytest.mark.parametrize("package", ["tee", "policy", "shield", "launcher", "tasks", "fl.strategies"])
+def test_public_names_resolve(package: str) -> None:
+    """Every name a package exports in ``__all__`` imports."""
+    import importlib
+
+    module = importlib.import_module(f"secfl.{package}")
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert missing == []

@@ -193,7 +193,7 @@ def test_snp_with_vcek_and_chain_and_aux(
     from cryptography.hazmat.primitives import serialization
 
     from secfl._internal.x509util import load_pem_chain
-    from secfl.tee.amd import build_cert_table
+    from secfl.tee._amd import build_cert_table
 
     report = str(vectors / "amd/snp_milan_report.bin")
     code, stdout, err = call(
@@ -304,7 +304,7 @@ def test_collateral_fetch_then_offline_verify(
 def test_kds_fetch_then_offline_verify(
     capsys: pytest.CaptureFixture[str], vectors: Path, tmp_path: Path
 ) -> None:
-    from secfl.tee.amd import parse_report
+    from secfl.tee._amd import parse_report
     from tests.localhttp import local_server
 
     raw = (vectors / "amd/snp_milan_report.bin").read_bytes()

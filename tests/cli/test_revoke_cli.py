@@ -16,7 +16,7 @@ import pytest
 
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 from tests.spm.harness import Board, SpmProcess, make_sim, policy_document
 
 

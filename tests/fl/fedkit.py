@@ -20,20 +20,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from secfl.fl import messages as msg
-from secfl.fl.aggregator import Aggregator, Signer
-from secfl.fl.collaborator import Collaborator, ModelGate
-from secfl.fl.commit import Commit, Ledger, MemoryLedger
-from secfl.fl.config import FederationConfig
-from secfl.fl.envelope import ModelEnvelope, read_unverified
-from secfl.fl.strategies.base import Params
-from secfl.fl.tensors import from_bytes
-from secfl.fl.transport import Client, Credentials, PeerPolicy, Server
-from secfl.policy.model import CaSecret
-from secfl.spm import sealing as sv
+from secfl.fl import _messages as msg
+from secfl.fl._aggregator import Aggregator, Signer
+from secfl.fl._collaborator import Collaborator, ModelGate
+from secfl.fl._commit import Commit, Ledger, MemoryLedger
+from secfl.fl._config import FederationConfig
+from secfl.fl._envelope import ModelEnvelope, read_unverified
+from secfl.fl._tensors import from_bytes
+from secfl.fl._transport import Client, Credentials, PeerPolicy, Server
+from secfl.fl.strategies._base import Params
+from secfl.policy._model import CaSecret
+from secfl.spm import _sealing as sv
 from secfl.spm.enroll import make_csr
-from secfl.tasks.base import Dataset, Task
-from secfl.tasks.split import SplitReport
+from secfl.tasks._base import Dataset, Task
+from secfl.tasks._split import SplitReport
 
 POLICY = "p"
 DIGEST = "d" * 64

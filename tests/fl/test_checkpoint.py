@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from secfl.errors import FlError
-from secfl.fl.checkpoint import (
+from secfl.fl._checkpoint import (
     MAGIC,
     checkpoint_name,
     latest_checkpoint,
@@ -21,8 +21,8 @@ from secfl.fl.checkpoint import (
     prune_checkpoints,
     write_checkpoint,
 )
+from secfl.fl._tensors import from_bytes, to_bytes
 from secfl.fl.strategies import FedAdam, Update
-from secfl.fl.tensors import from_bytes, to_bytes
 
 KEY = bytes(range(32))
 POLICY = "sha256:" + "12" * 32

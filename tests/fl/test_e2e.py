@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from secfl.demo.federation import DemoSettings, Federation, Workload
-from secfl.fl.checkpoint import list_checkpoints
-from secfl.fl.tensors import from_bytes
-from secfl.fl.transport import Client, Credentials, TransportError
+from secfl.fl._checkpoint import list_checkpoints
+from secfl.fl._tensors import from_bytes
+from secfl.fl._transport import Client, Credentials, TransportError
 from secfl.spm.client import SpmClient
 from tests.fl.fedkit import ca, identity
 
@@ -198,10 +198,10 @@ def test_a_workload_attests_again_for_a_fresh_certificate(
 
     from cryptography import x509
 
-    from secfl.fl.workload_identity import WorkloadIdentity
+    from secfl.fl._workload_identity import WorkloadIdentity
+    from secfl.spm._sealing import CLOCK_SKEW
     from secfl.spm.enroll import enroll
-    from secfl.spm.sealing import CLOCK_SKEW
-    from secfl.tee.simulated import SimulatedPlatform
+    from secfl.tee._simulated import SimulatedPlatform
 
     fed, _ = trained
     measurement = fed.measurement("collaborator")
@@ -239,7 +239,7 @@ def test_only_the_aggregator_writes_findings_to_the_audit_log(
 ) -> None:
     from secfl.spm.client import SpmRefused
     from secfl.spm.enroll import enroll
-    from secfl.tee.simulated import SimulatedPlatform
+    from secfl.tee._simulated import SimulatedPlatform
 
     fed, _ = trained
     tee = SimulatedPlatform(fed.sim_dir)

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secfl.errors import FlError
-from secfl.fl.envelope import MAGIC, SignedModel, open_model, seal_model
-from secfl.fl.tensors import from_bytes, to_bytes
+from secfl.fl._envelope import MAGIC, SignedModel, open_model, seal_model
+from secfl.fl._tensors import from_bytes, to_bytes
 
 POLICY = "sha256:" + "ab" * 32
 PARAMS = to_bytes({"w": np.arange(10, dtype=np.float32)})

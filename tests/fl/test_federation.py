@@ -20,17 +20,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from secfl.errors import FlError
-from secfl.fl import messages as msg
-from secfl.fl.aggregator import Signer
-from secfl.fl.collaborator import ModelGate
-from secfl.fl.commit import MemoryLedger
-from secfl.fl.envelope import SignedModel, read_unverified
-from secfl.fl.rounds import BEAT
-from secfl.fl.strategies.base import Params
-from secfl.fl.tensors import state_dict_arrays, to_bytes
-from secfl.fl.transport import Peer, TransportError, join
-from secfl.tasks.registry import get_task
-from secfl.tasks.split import split
+from secfl.fl import _messages as msg
+from secfl.fl._aggregator import Signer
+from secfl.fl._collaborator import ModelGate
+from secfl.fl._commit import MemoryLedger
+from secfl.fl._envelope import SignedModel, read_unverified
+from secfl.fl._rounds import BEAT
+from secfl.fl._tensors import state_dict_arrays, to_bytes
+from secfl.fl._transport import Peer, TransportError, join
+from secfl.fl.strategies._base import Params
+from secfl.tasks._registry import get_task
+from secfl.tasks._split import split
 from tests.fl.fedkit import (
     DIGEST,
     LIMIT,

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from secfl.errors import FlError
-from secfl.fl import messages as msg
-from secfl.fl.config import FederationConfig
-from secfl.fl.strategies.base import Params
-from secfl.fl.tensors import chunks, to_bytes
-from secfl.fl.transport import TransportError
-from secfl.tasks.registry import get_task
-from secfl.tasks.split import split
+from secfl.fl import _messages as msg
+from secfl.fl._config import FederationConfig
+from secfl.fl._tensors import chunks, to_bytes
+from secfl.fl._transport import TransportError
+from secfl.fl.strategies._base import Params
+from secfl.tasks._registry import get_task
+from secfl.tasks._split import split
 from tests.fl.fedkit import Background, Federation, RawClient, site
 
 HONEST = [0, 1, 2]

@@ -21,11 +21,11 @@ import pytest
 
 from secfl.cli.main import main
 from secfl.errors import FlError, LaunchError
-from secfl.fl.reset import check_reset, reset_statement, sign_reset
-from secfl.fl.transport import Credentials
-from secfl.fl.workload_identity import WorkloadIdentity
+from secfl.fl._reset import check_reset, reset_statement, sign_reset
+from secfl.fl._transport import Credentials
+from secfl.fl._workload_identity import WorkloadIdentity
 from secfl.policy import load_policy
-from secfl.policy.canonical import digest
+from secfl.policy._canonical import digest
 from tests.policy import member_keys, policy_dict, to_yaml
 
 HUGE = "9" * 5000  # more digits than int() converts (4300)
@@ -75,7 +75,7 @@ def in_process(capsys: pytest.CaptureFixture[str], argv: list[str], start: str) 
 EVIL_TASK = """\
 from pathlib import Path
 Path(__file__).with_name("imported").write_text("the host's code ran")
-from secfl.tasks.registry import get_task
+from secfl.tasks._registry import get_task
 _t = get_task("digits")
 name, build_model, load_data, train, evaluate = (
     _t.name, _t.build_model, _t.load_data, _t.train, _t.evaluate)
@@ -124,7 +124,7 @@ def test_secure_workloads_take_volumes_and_built_in_tasks(tmp_path: Path) -> Non
 def test_a_volume_name_cannot_leave_the_volumes_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from secfl.fl.inputs import data_path, load_task
+    from secfl.fl._inputs import data_path, load_task
 
     (tmp_path / "volumes" / "task").mkdir(parents=True)
     (tmp_path / "outside").mkdir()

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from secfl.fl.strategies import FedAdam, FedAvg, Params, Update, fedavg
+from secfl.fl.strategies import FedAdam, FedAvg, Params, Update
+from secfl.fl.strategies import _fedavg as fedavg
 
 PARAMETERS = 10_000_000
 UPDATES = 20

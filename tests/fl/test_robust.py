@@ -533,8 +533,8 @@ def test_fltrust_trains_its_root_update_on_as_many_examples_as_a_typical_partici
     aggregator's hook trains on a fresh sample of the median participant's size."""
     import torch
 
-    from secfl.fl.strategy_wiring import wire_strategy
-    from secfl.tasks.base import Dataset
+    from secfl.fl._strategy_wiring import wire_strategy
+    from secfl.tasks._base import Dataset
 
     seen: list[tuple[int, int]] = []
 

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secfl.errors import FlError
-from secfl.fl.checkpoint import load_checkpoint, write_checkpoint
+from secfl.fl._checkpoint import load_checkpoint, write_checkpoint
+from secfl.fl._tensors import to_bytes
 from secfl.fl.strategies import (
     BufferingAccumulator,
     FedAdam,
@@ -26,7 +27,6 @@ from secfl.fl.strategies import (
     get_strategy,
     register_strategy,
 )
-from secfl.fl.tensors import to_bytes
 
 
 def upd(sender: str, n: int, **params: Any) -> Update:

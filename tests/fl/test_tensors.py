@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secfl.errors import FlError
-from secfl.fl import tensors
-from secfl.fl.tensors import (
+from secfl.fl import _tensors as tensors
+from secfl.fl._tensors import (
     Reassembler,
     check_like,
     chunks,

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from secfl.fl.transport import (
+from secfl.fl._transport import (
     CHUNK_SIZE,
     MESSAGE_LIMIT,
     Client,
@@ -25,7 +25,7 @@ from secfl.fl.transport import (
     TransportError,
     join,
 )
-from secfl.spm import sealing as sv
+from secfl.spm import _sealing as sv
 from tests.fl import fedkit
 
 NOW = datetime.now(UTC)

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from secfl.errors import LaunchError
-from secfl.launcher.inject import check_public_args, file_plan, no_nul
+from secfl.launcher._inject import check_public_args, file_plan, no_nul
 from secfl.spm.client import SpmClient, SpmRefused
 from tests.launcher.world import (
     BAD_FILES,

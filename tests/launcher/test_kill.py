@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from secfl.launcher import private
+from secfl.launcher import _private as private
 from tests.launcher.world import KILLED, SEGFAULT, World, python, wait_ready
 
 #: Runs `secfl run` as root without CAP_SYS_ADMIN: no private mount namespace, so
@@ -173,7 +173,7 @@ def test_a_segfault_passes_through_as_139_and_dumps_no_core(world: World, tmp_pa
 
 def test_the_launcher_is_not_dumpable() -> None:
     code = (
-        "from secfl.launcher import linux, process; process.harden(); "
+        "from secfl.launcher import _linux as linux, _process as process; process.harden(); "
         "import resource; print(linux.prctl(linux.PR_GET_DUMPABLE), "
         "resource.getrlimit(resource.RLIMIT_CORE))"
     )

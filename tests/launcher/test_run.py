@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from secfl.spm.client import SpmClient
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 from tests.launcher.world import World, wait_ready
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from secfl.launcher.measurement import resolve_program, run_measurement
+from secfl.launcher._measurement import resolve_program, run_measurement
 from secfl.shield import encrypt_directory
 from secfl.spm.client import SpmClient
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 from tests.spm.harness import Board, SpmProcess, make_sim
 
 WORKLOAD = textwrap.dedent(
@@ -94,8 +94,8 @@ class World:
         (base / "code" / "mytask" / "__init__.py").write_text("NAME = 'mytask'\n")
         (base / "code" / "mytask" / "__main__.py").write_text(
             "import sys\nfrom mytask import NAME\nprint('MODULE', NAME, sys.argv[1:])\n"
-            "from secfl.launcher import launch\n"
-            "print('STREAM', launch.volumes['data'].read_bytes('rows.csv').decode().strip())\n"
+            "from secfl.launcher import volumes\n"
+            "print('STREAM', volumes['data'].read_bytes('rows.csv').decode().strip())\n"
         )
         self.code_tag = encrypt_directory(base / "code", base / "code.vol", self.keys["code"])
         self.data_v1 = self.data_volume(1, "a,b\n1,2\n")
@@ -249,7 +249,7 @@ class World:
         """An imported secret sealed to the SPM for this policy and board."""
         from cryptography import x509
 
-        from secfl.spm.sealing import board_binding, seal_imported
+        from secfl.spm._sealing import board_binding, seal_imported
 
         if value is None:
             value = self.keys[secret.removesuffix("-key")]
@@ -303,9 +303,7 @@ class World:
             args += ["--module", module]
         return [*args, "--", *argv]
 
-    def run(
-        self, service: str, argv: list[str], **kwargs: Any
-    ) -> subprocess.CompletedProcess[str]:
+    def run(self, service: str, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run `secfl run` to its end."""
         return subprocess.run(
             self.command(service, argv, **kwargs),

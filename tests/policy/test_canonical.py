@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secfl.policy import Policy, canonical_bytes, digest, load_policy, load_policy_file
-from secfl.policy.keys import generate, generate_recovery
+from secfl.policy._keys import generate, generate_recovery
 from tests.policy import EXAMPLE, MR_AGG, member_keys, policy_dict, to_yaml
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from secfl.errors import PolicyError
 from secfl.policy import Policy, load_policy, load_policy_file
-from secfl.policy.document import MAX_BYTES, MAX_DEPTH
+from secfl.policy._document import MAX_BYTES, MAX_DEPTH
 from tests.policy import EXAMPLE, policy_dict, to_yaml
 
 

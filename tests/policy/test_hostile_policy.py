@@ -15,9 +15,10 @@ import pytest
 from pydantic import ValidationError
 
 from secfl.errors import PolicyError
-from secfl.policy import Board, Policy, check_approval, keys, load_policy, sign_policy
-from secfl.policy.document import validation_message
-from secfl.policy.signatures import sign_statement
+from secfl.policy import Board, Policy, check_approval, load_policy, sign_policy
+from secfl.policy import _keys as keys
+from secfl.policy._document import validation_message
+from secfl.policy._signatures import sign_statement
 from tests.policy import member_keys, policy_dict, to_yaml
 
 HUGE = "9" * 5000  # more digits than int() converts (4300): ValueError in PyYAML and json
@@ -305,8 +306,8 @@ def test_every_selector_validation_accepts_renders() -> None:
     """Validation and the SPM's rendering agree: what validates renders."""
     from datetime import UTC, datetime
 
-    from secfl.policy.placeholders import SELECTORS
-    from secfl.spm import sealing as sv
+    from secfl.policy._placeholders import SELECTORS
+    from secfl.spm import _sealing as sv
 
     data = policy_dict()
     data["secrets"] += [KEYPAIR, {"name": "r", "kind": "random", "size": 8}]

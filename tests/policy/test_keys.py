@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 
 from secfl.errors import PolicyError
-from secfl.policy import keys
+from secfl.policy import _keys as keys
 
 
 def _pems(key: object) -> tuple[bytes, bytes]:

@@ -24,8 +24,8 @@ from secfl.policy import (
     sign_statement,
     verify_statement,
 )
-from secfl.policy.keys import generate
-from secfl.policy.signatures import statement
+from secfl.policy._keys import generate
+from secfl.policy._signatures import statement
 from tests.policy import member_keys, policy_dict, to_yaml
 
 

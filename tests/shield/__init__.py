@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from secfl.shield import format as fmt
+from secfl.shield import _format as fmt
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

@@ -17,7 +17,7 @@ import pytest
 
 from secfl.errors import ShieldError
 from secfl.shield import Volume, VolumeImporter, encrypt_directory
-from secfl.shield import format as fmt
+from secfl.shield import _format as fmt
 from tests.shield import KEY, write_tree
 
 PACKAGE = {

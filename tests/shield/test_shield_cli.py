@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from secfl.shield import format as fmt
+from secfl.shield import _format as fmt
 from tests import clirun
 from tests.shield import read_tree, write_tree
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from secfl.errors import ShieldError
 from secfl.shield import Volume, encrypt_directory
-from secfl.shield import format as fmt
+from secfl.shield import _format as fmt
 from tests.shield import KEY, OTHER_KEY, reseal_manifest, write_tree
 
 CHUNK = 64

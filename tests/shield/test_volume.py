@@ -24,7 +24,7 @@ from secfl.shield import (
     volume_tag,
     write_key_file,
 )
-from secfl.shield import format as fmt
+from secfl.shield import _format as fmt
 from tests.shield import KEY, read_tree, reseal_manifest, write_tree
 
 CHUNK = 64

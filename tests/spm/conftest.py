@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from secfl.spm.store import Store
+from secfl.spm._store import Store
 from tests.conftest import in_ci
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "postgres.sh"

@@ -18,10 +18,10 @@ from typing import Any
 
 import yaml
 
-from secfl.policy import keys
-from secfl.policy.document import load_policy
-from secfl.policy.signatures import Signature, sign_policy
-from secfl.tee import simulated
+from secfl.policy import _keys as keys
+from secfl.policy._document import load_policy
+from secfl.policy._signatures import Signature, sign_policy
+from secfl.tee import _simulated as simulated
 
 AGGREGATOR_MR = "a1" * 48
 COLLABORATOR_MR = "c0" * 48

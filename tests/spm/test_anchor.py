@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from secfl.errors import IntegrityError
-from secfl.spm.integrity import Anchor
+from secfl.spm._integrity import Anchor
 
 
 def test_a_torn_slot_falls_back_to_the_other(tmp_path: Path) -> None:

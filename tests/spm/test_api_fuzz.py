@@ -9,8 +9,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from secfl.spm.app import create_app
-from secfl.spm.server import open_spm
+from secfl.spm._app import create_app
+from secfl.spm._server import open_spm
 from tests.spm.harness import Board, make_sim, policy_document
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from secfl.errors import AuditError, SpmError
-from secfl.spm.audit import (
+from secfl.spm._audit import (
     GENESIS,
     AuditEntry,
     canonical_json,
@@ -21,7 +21,7 @@ from secfl.spm.audit import (
     make_entry,
     verify_chain,
 )
-from secfl.spm.store import AUDIT_HEAD_MAC, Store, normalise_url
+from secfl.spm._store import AUDIT_HEAD_MAC, Store, normalise_url
 from tests.spm.conftest import AUDIT_KEY
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -20,13 +20,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from secfl.errors import SpmError, VerificationError
-from secfl.policy.document import load_policy
-from secfl.policy.signatures import REVOCATION_DOMAIN, sign_statement
+from secfl.policy._document import load_policy
+from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
+from secfl.spm._report_data import spki_sha256, workload_report_data
+from secfl.spm._service import revocation_digest
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll, make_csr
-from secfl.spm.report_data import spki_sha256, workload_report_data
-from secfl.spm.service import revocation_digest
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 from tests.spm.conftest import drop_pg_database, fresh_pg_database
 from tests.spm.harness import (
     AGGREGATOR_MR,
@@ -285,7 +285,7 @@ def test_board_signed_revocation(
 
 
 def test_audit_log_verifies_over_the_api(client: SpmClient, spm: SpmProcess, policy: str) -> None:
-    from secfl.spm.audit_verify import verify_remote
+    from secfl.spm._audit_verify import verify_remote
 
     count, head = verify_remote(spm.url, spm.pin)
     assert count == head and count >= 5
@@ -307,7 +307,7 @@ def test_oversized_and_malformed_bodies(spm: SpmProcess, client: SpmClient, poli
 def test_policy_digest_matches_the_library(
     client: SpmClient, board: Board, sim: tuple[Path, bytes], policy: str
 ) -> None:
-    from secfl.policy.canonical import digest
+    from secfl.policy._canonical import digest
 
     document = policy_document(policy, board, sim[1])
     assert client.policy(policy)["digest"] == digest(load_policy(document))

@@ -20,14 +20,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine, text
 
-from secfl.policy.signatures import sign_statement
-from secfl.spm import sealing as sv
+from secfl.policy._signatures import sign_statement
+from secfl.spm import _sealing as sv
+from secfl.spm._recovery import open_share, recover_policy_key
+from secfl.spm._service import REVOCATION_DOMAIN, revocation_digest, revocation_doc
+from secfl.spm._store import normalise_url
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import Enrollment, enroll
-from secfl.spm.recovery import open_share, recover_policy_key
-from secfl.spm.service import REVOCATION_DOMAIN, revocation_digest, revocation_doc
-from secfl.spm.store import normalise_url
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 from tests.spm.conftest import drop_pg_database, fresh_pg_database
 from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
 
@@ -86,8 +86,21 @@ def db(spm: SpmProcess, sql: str, **params: Any) -> list[Any]:
 def restart_fails(spm: SpmProcess) -> str:
     """Stop the SPM and start it again: it must refuse, in one line; return that line."""
     spm.stop()
-    args = [sys.executable, "-m", "secfl.cli.main", "spm", "serve", "--data", str(spm.data),
-            "--listen", "127.0.0.1:0", "--platform", "simulated", "--sim-dir", str(spm.sim_dir)]
+    args = [
+        sys.executable,
+        "-m",
+        "secfl.cli.main",
+        "spm",
+        "serve",
+        "--data",
+        str(spm.data),
+        "--listen",
+        "127.0.0.1:0",
+        "--platform",
+        "simulated",
+        "--sim-dir",
+        str(spm.sim_dir),
+    ]
     if spm.db:
         args += ["--db", spm.db]
     done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
@@ -364,7 +377,7 @@ def test_a_new_board_gets_new_shares_and_old_shares_open_nothing(
         [open_share(new.shares, m, new_board.recovery[m]) for m in ("alice", "carol")], new.shares
     )
     assert old_key != new_key
-    from secfl.spm.masterkey import open_secret
+    from secfl.spm._masterkey import open_secret
 
     assert open_secret(new_key, "p", "model-key", bytes(secret.ciphertext))
     with pytest.raises(Exception, match="secrets:"):
@@ -390,8 +403,8 @@ def test_an_all_zero_hpke_key_is_refused_and_the_nonce_spent(
 ) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from secfl.spm._report_data import spki_sha256, workload_report_data
     from secfl.spm.enroll import make_csr
-    from secfl.spm.report_data import spki_sha256, workload_report_data
 
     submit(client, board, policy_document("p", board, sim[1]))
     hpke = b"\0" * 32
@@ -435,8 +448,8 @@ def test_the_spm_never_signs_a_rewritten_audit_log(
 ) -> None:
     """The chain is unkeyed: a database writer can rehash a cut log. The SPM must not
     sign such a head for `audit verify --spm`."""
-    from secfl.spm.audit import AuditEntry
-    from secfl.spm.audit_verify import verify_remote
+    from secfl.spm._audit import AuditEntry
+    from secfl.spm._audit_verify import verify_remote
 
     submit(client, board, policy_document("p", board, sim[1]))
     attest(client, sim, "p")

@@ -211,7 +211,7 @@ def test_a_slow_body_is_cut_off(tmp_path: Path, sim: Path) -> None:
     with serving(tmp_path / "data", sim, "--body-timeout", "2") as spm:
         head = (
             b"POST /v1/policies HTTP/1.1\r\nHost: spm\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 1000\r\n\r\n{\"document\": "
+            b'Content-Length: 1000\r\n\r\n{"document": '
         )
         socks = stall(spm, 5, tls=True, partial=head)
         try:

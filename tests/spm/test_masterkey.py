@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from secfl._internal import shamir
 from secfl._internal.aead import AeadKey
 from secfl.errors import SpmError
-from secfl.spm.masterkey import (
+from secfl.spm._masterkey import (
     KEY_FILE,
     MasterKey,
     load_or_create_master_key,
@@ -29,7 +29,7 @@ from secfl.spm.masterkey import (
     unwrap_policy_key,
     wrap_policy_key,
 )
-from secfl.spm.recovery import open_share, recover_policy_key, seal_shares
+from secfl.spm._recovery import open_share, recover_policy_key, seal_shares
 
 # --- sealing and derivation -----------------------------------------------------------------
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from secfl.errors import SpmError
-from secfl.spm.audit_verify import verify_database, verify_remote
+from secfl.spm._audit_verify import verify_database, verify_remote
 from secfl.spm.client import SpmClient
 from secfl.spm.enroll import enroll
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 from tests.spm.conftest import drop_pg_database, fresh_pg_database
 from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, make_sim, policy_document
 

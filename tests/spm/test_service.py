@@ -11,15 +11,15 @@ import pytest
 import yaml
 
 from secfl.errors import AuditError
-from secfl.spm import sealing as sv
-from secfl.spm.audit_verify import verify_database
+from secfl.spm import _sealing as sv
+from secfl.spm._audit_verify import verify_database
+from secfl.spm._masterkey import open_secret
+from secfl.spm._recovery import open_share, recover_policy_key
+from secfl.spm._server import open_spm
+from secfl.spm._service import Refused, Spm
 from secfl.spm.client import SpmClient
 from secfl.spm.enroll import enroll
-from secfl.spm.masterkey import open_secret
-from secfl.spm.recovery import open_share, recover_policy_key
-from secfl.spm.server import open_spm
-from secfl.spm.service import Refused, Spm
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 from tests.spm.harness import AGGREGATOR_MR, Board, make_sim, policy_document
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from secfl.errors import SpmError
-from secfl.spm.store import (
+from secfl.spm._store import (
     NONCE_GRACE,
     PolicyRecord,
     SecretRecord,
@@ -346,7 +346,7 @@ def test_postgresql_writers_lock_the_audit_head(pg_url: str) -> None:
 _CHILD = textwrap.dedent(
     """
     import sys
-    from secfl.spm.store import Store
+    from secfl.spm._store import Store
     store = Store(sys.argv[1])
     store.create_all()
     with store.transaction() as tx:

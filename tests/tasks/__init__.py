@@ -10,7 +10,7 @@ import pytest
 
 def require_fashion_mnist() -> None:
     """Skip, saying why, when Debian's dataset is absent; under CI its absence fails."""
-    from secfl.tasks import fashion_mnist
+    from secfl.tasks import _fashion_mnist as fashion_mnist
 
     if fashion_mnist.available():
         return

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from secfl.tasks import TaskError, get_task, split
-from secfl.tasks import fashion_mnist as fm
+from secfl.tasks import _fashion_mnist as fm
 from tests.tasks import require_fashion_mnist
 
 TASK = get_task("fashion-mnist")

@@ -13,7 +13,7 @@ import safetensors.numpy
 import torch
 
 from secfl.tasks import TaskError, encode_shard, get_task, load_shard, read_shard, split
-from secfl.tasks.shards import META_KEY
+from secfl.tasks._shards import META_KEY
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from secfl.tasks import TaskError, get_task, load_shard, partition, read_shard, split
-from secfl.tasks.partition import MAX_DRAWS
+from secfl.tasks import TaskError, get_task, load_shard, read_shard, split
+from secfl.tasks import _partition as partition
+from secfl.tasks._partition import MAX_DRAWS
 from tests.tasks import dominant_classes
 
 

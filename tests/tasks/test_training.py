@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-import secfl.tasks.digits
+import secfl.tasks._digits
 from secfl.tasks import (
     Dataset,
     SplitReport,
@@ -60,7 +60,7 @@ def test_registry_and_module_tasks() -> None:
     assert task_names() == ["breast-cancer", "digits", "fashion-mnist"]
     with pytest.raises(TaskError, match="unknown task 'cifar'.*breast-cancer, digits"):
         get_task("cifar")
-    module = as_task(secfl.tasks.digits)
+    module = as_task(secfl.tasks._digits)
     assert module.name == "digits" and module.build_model == DIGITS.build_model
     with pytest.raises(TaskError, match="has no string 'name'"):
         as_task(object())

@@ -28,10 +28,11 @@ from hypothesis import strategies as st
 
 from secfl._internal.x509util import load_der
 from secfl.errors import VerificationError
-from secfl.tee import amd, roots
+from secfl.tee import _amd as amd
+from secfl.tee import _roots as roots
+from secfl.tee._evidence import Evidence
 from secfl.tee._snp_report import parse_report, product_from_cpuid, tcb_parts
-from secfl.tee.evidence import Evidence
-from secfl.tee.verify import verify
+from secfl.tee._verify import verify
 from tests.conftest import utc
 
 MILAN_AT = utc("2024-06-01")

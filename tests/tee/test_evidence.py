@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secfl.errors import VerificationError
-from secfl.tee.evidence import Evidence, detect_kind
+from secfl.tee._evidence import Evidence, detect_kind
 
 KNOWN = {
     "intel/sgx_v3_quote.bin": "sgx",

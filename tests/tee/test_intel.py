@@ -28,9 +28,10 @@ from hypothesis import strategies as st
 
 from secfl._internal import x509util
 from secfl.errors import VerificationError
-from secfl.tee import intel, roots
-from secfl.tee.intel import IntelCollateral, parse_quote, verify_quote
-from secfl.tee.verify import verify
+from secfl.tee import _intel as intel
+from secfl.tee import _roots as roots
+from secfl.tee._intel import IntelCollateral, parse_quote, verify_quote
+from secfl.tee._verify import verify
 from tests.conftest import utc
 
 

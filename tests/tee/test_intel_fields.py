@@ -30,9 +30,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from secfl.tee import roots
+from secfl.tee import _roots as roots
+from secfl.tee._intel import Quote, parse_quote, verify_quote
 from secfl.tee._intel_quote import SGX_FIELDS, TDX_FIELDS
-from secfl.tee.intel import Quote, parse_quote, verify_quote
 from tests.conftest import utc
 from tests.tee.test_intel import forge
 
@@ -295,9 +295,7 @@ def test_real_quote_appraisal_matches_dcap_qvl(intel_dir: Path, name: str) -> No
     raw = (intel_dir / f"{name}.bin").read_bytes()
     text = (intel_dir / f"{name}.collateral.json").read_text()
     at = utc(REAL[name])
-    theirs = dcap_qvl.verify(
-        raw, dcap_qvl.QuoteCollateralV3.from_json(text), int(at.timestamp())
-    )
+    theirs = dcap_qvl.verify(raw, dcap_qvl.QuoteCollateralV3.from_json(text), int(at.timestamp()))
     claims = verify_quote(raw, at=at, collateral=text)
     assert (claims.tcb_status, claims.advisory_ids) == (theirs.status, theirs.advisory_ids)
     report = json.loads(theirs.to_json())["report"]

@@ -13,9 +13,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from secfl.errors import FetchError
-from secfl.tee import amd
+from secfl.tee import _amd as amd
+from secfl.tee._kds import KdsClient
 from secfl.tee._snp_report import parse_report
-from secfl.tee.kds import KdsClient
 from tests.conftest import utc
 from tests.localhttp import LocalServer, local_http, local_server
 

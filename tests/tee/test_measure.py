@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secfl.errors import MeasurementError
-from secfl.tee import measure as measure_mod
-from secfl.tee.measure import FORMAT, canonical_manifest_bytes, manifest, measure
+from secfl.tee import _measure as measure_mod
+from secfl.tee._measure import FORMAT, canonical_manifest_bytes, manifest, measure
 
 MAIN_PY = b"print('hello')\n"
 README = "café ☕\n".encode()

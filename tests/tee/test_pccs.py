@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from secfl._internal.httpcache import Response
 from secfl.errors import FetchError, VerificationError
-from secfl.tee.intel import IntelCollateral, verify_quote
-from secfl.tee.pccs import INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, PccsClient, raw_members
+from secfl.tee._intel import IntelCollateral, verify_quote
+from secfl.tee._pccs import INTEL_PCS_URL, INTEL_ROOT_CA_CRL_URL, PccsClient, raw_members
 from tests.conftest import utc
 from tests.localhttp import LocalServer, Routes, local_http, local_server
 

@@ -32,9 +32,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from secfl.errors import PlatformError
-from secfl.tee import platforms
-from secfl.tee.evidence import Evidence
-from secfl.tee.platforms import (
+from secfl.tee import _platforms as platforms
+from secfl.tee._evidence import Evidence
+from secfl.tee._platforms import (
     REPORT_DATA_SIZE,
     ConfigfsTsmPlatform,
     GramineSgxPlatform,
@@ -267,9 +267,9 @@ def test_snp_evidence_verifies_with_its_own_certificates(
     install: Install, tsm_root: Path, snp_report: bytes, snp_auxblob: bytes
 ) -> None:
     """End to end: what the platform returns, through JSON, verifies with the auxblob alone."""
-    from secfl.tee.verify import verify
+    from secfl.tee._verify import verify
 
-    amd = pytest.importorskip("secfl.tee.amd")
+    amd = pytest.importorskip("secfl.tee._amd")
     if hasattr(amd, "build_cert_table"):  # the hand-built table is the format amd.py writes
         assert snp_auxblob == amd.build_cert_table(amd.parse_cert_table(snp_auxblob))
     install(FakeTsmKernel(tsm_root, "sev_guest", snp_report, snp_auxblob))
@@ -289,8 +289,8 @@ def test_tdx_quote_has_no_auxblob(install: Install, tsm_root: Path, tdx_quote: b
     assert evidence.to_bytes() == tdx_quote
     assert list(tsm_root.iterdir()) == []
     assert Evidence.parse(evidence.to_json().encode()) == evidence
-    pytest.importorskip("secfl.tee.intel")
-    from secfl.tee.verify import verify
+    pytest.importorskip("secfl.tee._intel")
+    from secfl.tee._verify import verify
 
     assert verify(evidence, at=utc("2025-07-01")).kind == "tdx"  # signature chain only
 
@@ -439,8 +439,8 @@ def test_gramine_quote(tmp_path: Path, vectors: Path) -> None:
     assert (root / "user_report_data").read_bytes() == REPORT_DATA
     assert evidence == Evidence(kind="sgx", quote=quote)
     assert Evidence.parse(evidence.to_bytes()).quote == quote
-    pytest.importorskip("secfl.tee.intel")
-    from secfl.tee.verify import verify
+    pytest.importorskip("secfl.tee._intel")
+    from secfl.tee._verify import verify
 
     assert verify(evidence, at=utc("2025-07-01")).kind == "sgx"  # padding tolerated
 
@@ -486,7 +486,7 @@ def no_sim_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def sim_dir(tmp_path: Path) -> Path:
-    from secfl.tee import simulated
+    from secfl.tee import _simulated as simulated
 
     simulated.init(tmp_path / "sim")
     return tmp_path / "sim"

@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secfl.errors import PlatformError, VerificationError
-from secfl.tee import simulated
-from secfl.tee.evidence import Evidence
-from secfl.tee.verify import verify
+from secfl.tee import _simulated as simulated
+from secfl.tee._evidence import Evidence
+from secfl.tee._verify import verify
 
 MEASUREMENT = bytes(range(48))
 REPORT_DATA = bytes(range(64, 128))

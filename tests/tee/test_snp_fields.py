@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from secfl._internal.x509util import fingerprint
 from secfl.errors import VerificationError
-from secfl.tee import amd, roots
+from secfl.tee import _amd as amd
+from secfl.tee import _roots as roots
 from secfl.tee._snp_report import SUPPORTED_VERSIONS, SnpReport, parse_report, tcb_parts
 from tests.conftest import utc
 from tests.tee.test_amd import FakeAmd

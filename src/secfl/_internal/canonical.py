@@ -49,4 +49,3 @@ def unique_keys(refuse: Callable[[str], Exception]) -> PairsHook:
         return out
 
     return hook
-

@@ -104,4 +104,3 @@ def read_bounded(path: Path | str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise TooLarge(f"{path} is larger than {max_bytes} bytes")
     return data
-

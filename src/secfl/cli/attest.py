@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from secfl.tee.evidence import KindOrAuto
+    from secfl.tee._evidence import KindOrAuto
 
 app = typer.Typer(help="Produce and verify attestation evidence.", no_args_is_help=True)
 
@@ -68,8 +68,8 @@ def verify_cmd(
     """Verify evidence offline and print its claims as one JSON object."""
     from dataclasses import replace
 
-    from secfl.tee.evidence import Evidence
-    from secfl.tee.verify import verify
+    from secfl.tee._evidence import Evidence
+    from secfl.tee._verify import verify
 
     chosen = _choice(kind, KINDS, "--kind")
     when = parse_at(at)
@@ -109,8 +109,8 @@ def quote_cmd(
     ] = None,
 ) -> None:
     """Produce evidence on this machine's TEE (or the simulated one)."""
-    from secfl.tee.platforms import platform_by_name
-    from secfl.tee.simulated import SimulatedPlatform
+    from secfl.tee._platforms import platform_by_name
+    from secfl.tee._simulated import SimulatedPlatform
 
     try:
         data = bytes.fromhex(report_data)
@@ -160,8 +160,8 @@ def collateral_cmd(
     cache: Annotated[str | None, typer.Option(help="Cache folder, or 'none'.")] = None,
 ) -> None:
     """Fetch a quote's collateral (JSON for `attest verify --collateral`)."""
-    from secfl.tee.evidence import Evidence
-    from secfl.tee.pccs import PccsClient
+    from secfl.tee._evidence import Evidence
+    from secfl.tee._pccs import PccsClient
 
     evidence = Evidence.parse(read_input(file, "evidence"))
     if evidence.kind not in ("sgx", "tdx"):
@@ -183,8 +183,8 @@ def certs_cmd(
     cache: Annotated[str | None, typer.Option(help="Cache folder, or 'none'.")] = None,
 ) -> None:
     """Fetch a report's VCEK and its ASK/ARK chain from AMD KDS."""
-    from secfl.tee.evidence import Evidence
-    from secfl.tee.kds import KdsClient
+    from secfl.tee._evidence import Evidence
+    from secfl.tee._kds import KdsClient
 
     evidence = Evidence.parse(read_input(file, "evidence"), "snp")
     with KdsClient(kds, _cache_dir(cache, "kds")) as client:

@@ -25,7 +25,7 @@ def verify_cmd(
     data: Annotated[str | None, typer.Option(help="The SPM's data folder (master key).")] = None,
 ) -> None:
     """Detect any modified, removed or reordered audit entry."""
-    from secfl.spm.audit_verify import verify_database, verify_remote
+    from secfl.spm._audit_verify import verify_database, verify_remote
 
     if spm:
         if not spm_pin:

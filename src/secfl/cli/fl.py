@@ -20,7 +20,7 @@ Insecure = Annotated[
 ]
 
 
-#: Secure mode takes only what attestation covers (secfl.fl.inputs.require_measured).
+#: Secure mode takes only what attestation covers (secfl.fl._inputs.require_measured).
 TASK_HELP = "volume:NAME or a built-in task (a .py file: --insecure only)."
 DATA_HELP = "volume:NAME; a file: --insecure only"
 KEY_HELP = "(an injected file, relative to $SECFL_FILES; default: the well-known one)"
@@ -69,7 +69,7 @@ def aggregator(
     insecure: Insecure = False,
 ) -> None:
     """Run global training: rounds, aggregation, sealed checkpoints, fresh signed models."""
-    from secfl.fl.startup import AggregatorOptions, run_aggregator
+    from secfl.fl._startup import AggregatorOptions, run_aggregator
 
     _logging()
     _warn_insecure(insecure)
@@ -112,7 +112,7 @@ def collaborator(
     insecure: Insecure = False,
 ) -> None:
     """Run local training: join, train on this site's data when sampled, send updates."""
-    from secfl.fl.startup import CollaboratorOptions, run_collaborator
+    from secfl.fl._startup import CollaboratorOptions, run_collaborator
 
     _logging()
     _warn_insecure(insecure)
@@ -140,9 +140,9 @@ def sign_reset(
     reason: Annotated[str, typer.Option(help="Why the board resets.")] = "checkpoint lost",
 ) -> None:
     """Approve, as a board member, that the aggregator resumes past a lost checkpoint."""
-    from secfl.fl.reset import reset_statement, sign_reset
-    from secfl.policy.canonical import digest
-    from secfl.policy.document import load_policy
+    from secfl.fl._reset import reset_statement, sign_reset
+    from secfl.policy._canonical import digest
+    from secfl.policy._document import load_policy
 
     doc = load_policy(read_input(policy, "policy"))
     if value < 0:

@@ -33,11 +33,11 @@ def measure(
     module: Annotated[str | None, typer.Option(help="With --for-run: the --module run.")] = None,
 ) -> None:
     """Print the SHA-384 over the canonical manifest of PATHS and the command."""
-    from secfl.tee import measure as m
+    from secfl.tee import _measure as m
 
     if for_run:
         from secfl.cli.run import parse_volumes
-        from secfl.launcher.measurement import resolve_program, run_measurement
+        from secfl.launcher._measurement import resolve_program, run_measurement
         from secfl.shield import peek_tag
 
         tags = {n: peek_tag(p) for n, p in parse_volumes(code_volume).items()}

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from secfl.policy.keys import KeyKind
+    from secfl.policy._keys import KeyKind
     from secfl.spm.client import SpmClient
 
 app = typer.Typer(
@@ -67,8 +67,8 @@ def keygen_cmd(
 
     With --recovery, also MEMBER.recovery.key and MEMBER.recovery.pub.
     """
-    from secfl.policy import keys
-    from secfl.policy.model import NAME
+    from secfl.policy import _keys as keys
+    from secfl.policy._model import NAME
 
     key_kind = _key_kind(kind)
     if not re.fullmatch(NAME, member):
@@ -140,7 +140,8 @@ def sign_cmd(
     ] = None,
 ) -> None:
     """Approve a policy: write a detached signature over its digest."""
-    from secfl.policy import keys, load_policy, sign_policy
+    from secfl.policy import _keys as keys
+    from secfl.policy import load_policy, sign_policy
 
     if output is None:
         if file == "-":
@@ -208,7 +209,7 @@ def submit_cmd(
     ],
 ) -> None:
     """Submit a policy version with its board signatures to a pinned SPM."""
-    from secfl.policy.signatures import Signature
+    from secfl.policy._signatures import Signature
     from secfl.spm.client import SpmClient
 
     document = read_input(file, "policy").decode("utf-8", errors="replace")
@@ -248,8 +249,8 @@ def seal_secret_cmd(
     board gets nothing."""
     from secfl.errors import SpmError
     from secfl.shield import key_from_file
+    from secfl.spm._sealing import board_binding, seal_imported
     from secfl.spm.client import SpmClient
-    from secfl.spm.sealing import board_binding, seal_imported
 
     value = key_from_file(key_file)
     keys = [read_input(path, "board member key").decode("utf-8", "replace") for path in board_key]
@@ -283,8 +284,8 @@ def revocation_statement(
     """The statement every signer rebuilds from the same flags, in one canonical form
     (a serial as lowercase hex without leading zeros, hex lowercased), so that the
     signatures agree and the subject matches what the SPM compares it with."""
-    from secfl.policy.model import NAME
-    from secfl.spm.records import REVOCATION_KINDS, normalise_serial
+    from secfl.policy._model import NAME
+    from secfl.spm._records import REVOCATION_KINDS, normalise_serial
 
     if kind not in REVOCATION_KINDS:
         raise UsageError(f"--kind: '{kind[:40]}' is not one of {', '.join(REVOCATION_KINDS)}")
@@ -314,7 +315,7 @@ def revocation_statement(
 
 
 def _policy_name(policy: str) -> str:
-    from secfl.policy.model import NAME
+    from secfl.policy._model import NAME
 
     if not re.fullmatch(NAME, policy):
         raise UsageError(f"--policy: '{policy[:40]}' is not a policy name")
@@ -322,7 +323,7 @@ def _policy_name(policy: str) -> str:
 
 
 def _revocation_digest(policy: str, statement: dict[str, str]) -> str:
-    from secfl.spm.revocation import revocation_digest, revocation_doc
+    from secfl.spm._revocation import revocation_digest, revocation_doc
 
     return revocation_digest(revocation_doc(_policy_name(policy), statement))
 
@@ -330,7 +331,7 @@ def _revocation_digest(policy: str, statement: dict[str, str]) -> str:
 def _warn_unknown_service(client: SpmClient, policy: str, service: str) -> None:
     """A revoked service name that the current policy lacks keeps no one out: say so."""
     from secfl.errors import SecflError
-    from secfl.policy.document import load_policy
+    from secfl.policy._document import load_policy
 
     try:
         current = load_policy(str(client.policy(policy).get("document") or ""))
@@ -366,7 +367,7 @@ def sign_revocation_cmd(
     certificate, measurement or platform: write your signature over the statement.
 
     Every member signs with the same flags; the digest printed lets you compare."""
-    from secfl.policy.signatures import REVOCATION_DOMAIN, sign_statement
+    from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
 
     statement = revocation_statement(kind, subject, service, reason, readmit)
     statement_digest = _revocation_digest(policy, statement)
@@ -401,7 +402,7 @@ def revoke_cmd(
 
     Give the same flags the members signed with (`secfl policy sign-revocation`)."""
     from secfl.errors import PolicyError
-    from secfl.policy.signatures import REVOCATION_DOMAIN, Signature
+    from secfl.policy._signatures import REVOCATION_DOMAIN, Signature
     from secfl.spm.client import SpmClient
 
     statement = revocation_statement(kind, subject, service, reason, readmit)

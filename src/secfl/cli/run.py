@@ -49,7 +49,7 @@ def run(
 ) -> int:
     """Attest, receive secrets, open volumes, inject, and run PROGRAM (its exit code, or 128+N
     when signal N killed it)."""
-    from secfl.launcher.launch import RunRequest, execute, prepare
+    from secfl.launcher._launch import RunRequest, execute, prepare
 
     for flag, value in (("--spm", spm), ("--policy", policy), ("--service", service)):
         if not value:

@@ -25,7 +25,7 @@ def init_cmd(
 ) -> None:
     """Create a simulation root CA and a platform key certified by it."""
     from secfl._internal.x509util import fingerprint, load_pem_chain
-    from secfl.tee import simulated
+    from secfl.tee import _simulated as simulated
 
     root = simulated.init(directory, force=force)
     digest = fingerprint(load_pem_chain(root.read_bytes(), "simulation root")[0])

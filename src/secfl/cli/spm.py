@@ -54,8 +54,8 @@ def serve_cmd(
 
     Connections that stall (half-sent headers or bodies, silent sockets) are closed
     after the timeouts, and at most --max-connections are open at once."""
-    from secfl.spm.httpguard import Limits
-    from secfl.spm.server import open_spm, serve
+    from secfl.spm._httpguard import Limits
+    from secfl.spm._server import open_spm, serve
 
     host, port = parse_listen(listen)
     limits = Limits(
@@ -102,6 +102,6 @@ def verify_cmd(
 @app.command("measurement")
 def measurement_cmd() -> None:
     """Print the measurement a simulated SPM from this installation reports."""
-    from secfl.spm.identity import code_measurement
+    from secfl.spm._identity import code_measurement
 
     out.print(code_measurement(), markup=False)

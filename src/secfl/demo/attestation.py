@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secfl.errors import SecflError
-from secfl.tee import simulated
-from secfl.tee.claims import Claims
-from secfl.tee.measure import measure
-from secfl.tee.verify import verify
+from secfl.tee import _simulated as simulated
+from secfl.tee._claims import Claims
+from secfl.tee._measure import measure
+from secfl.tee._verify import verify
 
 __all__ = [
     "Step",
@@ -113,7 +113,7 @@ def simulated_steps(workdir: Path) -> Iterator[Step]:
 
 def vendor_steps(vectors: Path) -> Iterator[Step]:
     """Verify real Intel and AMD evidence offline, and refuse its modifications."""
-    from secfl.tee.intel import IntelCollateral
+    from secfl.tee._intel import IntelCollateral
 
     intel, amd = vectors / "intel", vectors / "amd"
 

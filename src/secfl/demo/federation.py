@@ -26,13 +26,13 @@ from typing import Any
 import yaml
 
 from secfl.errors import DemoError
-from secfl.launcher.measurement import resolve_program, run_measurement
-from secfl.policy import keys
-from secfl.policy.document import load_policy
-from secfl.policy.signatures import sign_policy
+from secfl.launcher._measurement import resolve_program, run_measurement
+from secfl.policy import _keys as keys
+from secfl.policy._document import load_policy
+from secfl.policy._signatures import sign_policy
 from secfl.shield import encrypt_directory
 from secfl.spm.client import SpmClient
-from secfl.tee import simulated
+from secfl.tee import _simulated as simulated
 
 __all__ = [
     "BOARD",
@@ -56,7 +56,7 @@ BOARD: tuple[tuple[str, keys.KeyKind], ...] = (
 
 TASK_MODULE = '''"""The federation's task, as the board approved it: {task}."""
 
-from secfl.tasks.registry import get_task
+from secfl.tasks._registry import get_task
 
 _task = get_task("{task}")
 name = _task.name
@@ -170,7 +170,7 @@ class Federation:
 
     def prepare_data(self) -> None:
         """Split the task's data, shield the code and each party's shard with its key."""
-        from secfl.tasks.split import split
+        from secfl.tasks._split import split
 
         s = self.settings
         report = split(s.task, s.clients, seed=s.seed, out=self.work / "plain" / "shards",
@@ -242,7 +242,7 @@ class Federation:
         return str(reply.get("digest", ""))
 
     def _policy(self, members: list[dict[str, str]], spm_key: Any) -> dict[str, Any]:
-        from secfl.spm.sealing import board_binding, seal_imported
+        from secfl.spm._sealing import board_binding, seal_imported
 
         s = self.settings
         imported = [*self.sites, "validation", "test", "task", "model-output"]
@@ -380,7 +380,7 @@ class Federation:
                 entries.extend(page)
 
     def verify_audit(self) -> tuple[int, int]:
-        from secfl.spm.audit_verify import verify_remote
+        from secfl.spm._audit_verify import verify_remote
 
         return verify_remote(self.spm_url, self.spm_pin)
 
@@ -465,7 +465,7 @@ class Federation:
 
 def _flip_labels(path: Path) -> None:
     """A dishonest site's shard: every label y becomes classes - 1 - y."""
-    from secfl.tasks.shards import read_shard, write_shard
+    from secfl.tasks._shards import read_shard, write_shard
 
     x, y, meta = read_shard(path)
     classes = int(meta["num_classes"])

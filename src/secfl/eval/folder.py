@@ -26,7 +26,7 @@ from typing import Any
 from secfl._internal.files import atomic_write
 from secfl.errors import FlError
 from secfl.eval.grid import Evaluation, Grid, key
-from secfl.fl.untrusted import check_tree, read_json_file
+from secfl.fl._untrusted import check_tree, read_json_file
 
 __all__ = [
     "FINGERPRINT",
@@ -53,7 +53,7 @@ MAX_SETTINGS_BYTES = 1 << 20
 def model_digest(task_name: str) -> str:
     """What a task trains (its network and default training settings), in 16 hex
     digits: runs of a changed model are not comparable with the old ones."""
-    from secfl.tasks.registry import get_task
+    from secfl.tasks._registry import get_task
 
     task = get_task(task_name)
     text = repr(task.build_model(0)) + json.dumps(dict(task.default_config), sort_keys=True)
@@ -139,7 +139,7 @@ class GridFolder:
 
 
 def read_settings(path: Path) -> dict[str, Any]:
-    """A folder's ``grid.json`` as a JSON object, bounded (see :mod:`secfl.fl.untrusted`)."""
+    """A folder's ``grid.json`` as a JSON object, bounded (see :mod:`secfl.fl._untrusted`)."""
     try:
         doc = read_json_file(path, "grid", MAX_SETTINGS_BYTES)
         if not isinstance(doc, dict):
@@ -175,8 +175,7 @@ def _strs(v: Any) -> bool:
 
 def _numbers(v: Any, none: bool = False) -> bool:
     return isinstance(v, list) and all(
-        (x is None and none) or (isinstance(x, int | float) and not isinstance(x, bool))
-        for x in v
+        (x is None and none) or (isinstance(x, int | float) and not isinstance(x, bool)) for x in v
     )
 
 

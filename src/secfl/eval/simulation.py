@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from secfl.errors import FlError
+from secfl.fl._strategy_wiring import wire_strategy
+from secfl.fl._tensors import load_arrays, state_dict_arrays
 from secfl.fl.strategies import Update, get_strategy
-from secfl.fl.strategies.base import Params
-from secfl.fl.strategy_wiring import wire_strategy
-from secfl.fl.tensors import load_arrays, state_dict_arrays
-from secfl.tasks.base import DivergedError
+from secfl.fl.strategies._base import Params
+from secfl.tasks._base import DivergedError
 
 __all__ = ["DataCache", "Outcome", "Scenario", "simulate"]
 
@@ -92,7 +92,7 @@ class DataCache:
     def get(self, s: Scenario, task: Any) -> tuple[list[Any], Any, Any]:
         key = (s.task, s.clients, s.dirichlet, s.seed, s.samples)
         if key not in self._loaded:
-            from secfl.tasks.split import split
+            from secfl.tasks._split import split
 
             name = f"{s.task}-{s.clients}-{s.dirichlet}-{s.seed}-{s.samples}"
             report = split(
@@ -115,7 +115,7 @@ def _delta(params: Params, base: Params) -> Params:
 def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
     """Run one scenario to the end."""
     from secfl.eval.attacks import attack_success_rate, get_attack
-    from secfl.tasks.registry import get_task
+    from secfl.tasks._registry import get_task
 
     began = time.perf_counter()
     task = get_task(s.task)

@@ -1,18 +1,18 @@
 """Policies: the document a board agrees on, its canonical digest, board signatures.
 
 A policy is YAML validated into :class:`Policy` (:func:`load_policy`); its
-:func:`digest` is over a canonical form (:mod:`secfl.policy.canonical`) that
+:func:`digest` is over a canonical form (:mod:`secfl.policy._canonical`) that
 depends on content only; board members approve a version with detached
 :class:`Signature` objects (:func:`sign_policy`), and :func:`check_approval`
-applies the board's m-of-n rule (over distinct keys). :mod:`secfl.policy.keys`
+applies the board's m-of-n rule (over distinct keys). :mod:`secfl.policy._keys`
 makes and loads the members' keys.
 """
 
 from __future__ import annotations
 
-from secfl.policy.canonical import canonical_bytes, digest
-from secfl.policy.document import load_policy, load_policy_file
-from secfl.policy.model import (
+from secfl.policy._canonical import canonical_bytes, digest
+from secfl.policy._document import load_policy, load_policy_file
+from secfl.policy._model import (
     AesSecret,
     Board,
     CaSecret,
@@ -29,7 +29,7 @@ from secfl.policy.model import (
     Service,
     VolumeSpec,
 )
-from secfl.policy.signatures import (
+from secfl.policy._signatures import (
     POLICY_DOMAIN,
     REVOCATION_DOMAIN,
     Signature,

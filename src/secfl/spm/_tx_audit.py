@@ -15,17 +15,17 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from secfl.errors import AuditError, IntegrityError, SpmError
-from secfl.spm import audit as _audit
+from secfl.spm import _audit
+from secfl.spm._audit import AuditEntry
+from secfl.spm._schema import INSERT, Q_HEAD, Q_HEAD_LOCK, Q_HEAD_UPDATE, audit_table
 from secfl.spm._tx_base import TxView
-from secfl.spm.audit import AuditEntry
-from secfl.spm.schema import INSERT, Q_HEAD, Q_HEAD_LOCK, Q_HEAD_UPDATE, audit_table
 
 if TYPE_CHECKING:
-    from secfl.spm.tx import Tx
+    from secfl.spm._tx import Tx
 
 __all__ = ["AUDIT_HEAD_MAC", "AuditLog", "read_head"]
 
-#: Meta key of the head MAC (see :func:`secfl.spm.audit.head_mac`).
+#: Meta key of the head MAC (see :func:`secfl.spm._audit.head_mac`).
 AUDIT_HEAD_MAC = "audit_head_mac"
 
 

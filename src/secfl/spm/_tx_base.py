@@ -1,6 +1,6 @@
 """What every view of a transaction shares: its connection, and the integrity of rows.
 
-A :class:`~secfl.spm.tx.Tx` exposes its operations through views, one per concern
+A :class:`~secfl.spm._tx.Tx` exposes its operations through views, one per concern
 (``tx.counters``, ``tx.policies``...). A view holds no connection of its own: it
 writes through its transaction's, so that everything done in one ``with`` block
 commits or rolls back together. The row checks live here, once: every row a view
@@ -17,17 +17,17 @@ from sqlalchemy import Connection, Table
 from sqlalchemy.exc import IntegrityError
 
 from secfl.errors import SpmError
-from secfl.spm.schema import INSERT
+from secfl.spm._schema import INSERT
 
 if TYPE_CHECKING:
-    from secfl.spm.integrity import Floors
-    from secfl.spm.tx import Tx
+    from secfl.spm._integrity import Floors
+    from secfl.spm._tx import Tx
 
 __all__ = ["TxView"]
 
 
 class TxView:
-    """One concern's operations over a transaction (see :class:`~secfl.spm.tx.Tx`)."""
+    """One concern's operations over a transaction (see :class:`~secfl.spm._tx.Tx`)."""
 
     def __init__(self, tx: Tx) -> None:
         self._tx = tx
@@ -46,7 +46,7 @@ class TxView:
         except IntegrityError:
             raise SpmError(conflict) from None
 
-    # -- integrity (secfl.spm.integrity): rows are MAC'd, floors never go back
+    # -- integrity (secfl.spm._integrity): rows are MAC'd, floors never go back
     def _signed(self, table: Table, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` with the MAC of the whole row (None without a row key)."""
         integrity = self._tx.integrity

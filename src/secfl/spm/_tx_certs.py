@@ -9,8 +9,7 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from secfl.errors import SpmError
-from secfl.spm._tx_base import TxView
-from secfl.spm.records import (
+from secfl.spm._records import (
     REVOCATION_KINDS,
     CertificateRecord,
     RevocationRecord,
@@ -18,7 +17,8 @@ from secfl.spm.records import (
     normalise_serial,
     to_us,
 )
-from secfl.spm.schema import certificates_table, revocations_table
+from secfl.spm._schema import certificates_table, revocations_table
+from secfl.spm._tx_base import TxView
 
 __all__ = ["Certificates", "Revocations"]
 

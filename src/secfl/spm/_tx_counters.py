@@ -2,7 +2,7 @@
 release of each rollback-protected volume.
 
 Both are MAC'd rows (an edited value is refused) checked against the SPM's floors
-(an older value with its older MAC is refused too): see :mod:`secfl.spm.integrity`.
+(an older value with its older MAC is refused too): see :mod:`secfl.spm._integrity`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import select, update
 
 from secfl.errors import SpmError
+from secfl.spm._records import to_us
+from secfl.spm._schema import Q_COUNTER, Q_COUNTER_SET, counters_table, volume_tags_table
 from secfl.spm._tx_base import TxView
-from secfl.spm.records import to_us
-from secfl.spm.schema import Q_COUNTER, Q_COUNTER_SET, counters_table, volume_tags_table
 
 __all__ = ["MAX_COUNTER", "Counters", "VolumeTags"]
 

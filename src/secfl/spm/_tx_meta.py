@@ -4,8 +4,8 @@ SPM identity...)."""
 from __future__ import annotations
 
 from secfl.errors import IntegrityError
+from secfl.spm._schema import INSERT, Q_META_GET, Q_META_UPDATE, meta_table
 from secfl.spm._tx_base import TxView
-from secfl.spm.schema import INSERT, Q_META_GET, Q_META_UPDATE, meta_table
 
 __all__ = ["Meta"]
 

@@ -9,15 +9,15 @@ from typing import Any
 from sqlalchemy import insert, select, update
 
 from secfl.errors import SpmError
-from secfl.spm._tx_base import TxView
-from secfl.spm.records import PolicyRecord, SecretRecord, from_us, to_us
-from secfl.spm.schema import (
+from secfl.spm._records import PolicyRecord, SecretRecord, from_us, to_us
+from secfl.spm._schema import (
     Q_CURRENT_POLICY,
     Q_SECRET,
     policies_table,
     policy_keys_table,
     secrets_table,
 )
+from secfl.spm._tx_base import TxView
 
 __all__ = ["DataKeys", "Policies", "Secrets"]
 

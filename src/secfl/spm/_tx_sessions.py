@@ -9,9 +9,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from secfl.spm._records import SessionRecord, from_us, to_us
+from secfl.spm._schema import Q_SESSION, nonces_table, sessions_table
 from secfl.spm._tx_base import TxView
-from secfl.spm.records import SessionRecord, from_us, to_us
-from secfl.spm.schema import Q_SESSION, nonces_table, sessions_table
 
 __all__ = ["NONCE_GRACE", "Nonces", "Sessions"]
 

@@ -27,12 +27,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secfl.errors import SpmError, SpmRefused, VerificationError
-from secfl.spm.audit import head_message
-from secfl.spm.report_data import spki_sha256, spm_report_data
-from secfl.spm.volumes import record_proof
-from secfl.tee.claims import Claims
-from secfl.tee.evidence import Evidence
-from secfl.tee.verify import verify
+from secfl.spm._audit import head_message
+from secfl.spm._report_data import spki_sha256, spm_report_data
+from secfl.spm._volumes import record_proof
+from secfl.tee._claims import Claims
+from secfl.tee._evidence import Evidence
+from secfl.tee._verify import verify
 
 __all__ = ["SpmClient", "SpmRefused"]
 

@@ -19,11 +19,11 @@ from cryptography.x509.oid import NameOID
 
 from secfl._internal.x509util import private_pem
 from secfl.errors import SpmError
-from secfl.spm import sealing as sv
+from secfl.spm import _sealing as sv
+from secfl.spm._report_data import spki_sha256, workload_report_data
 from secfl.spm.client import SpmClient
-from secfl.spm.report_data import spki_sha256, workload_report_data
-from secfl.tee.platforms import Platform
-from secfl.tee.simulated import SimulatedPlatform
+from secfl.tee._platforms import Platform
+from secfl.tee._simulated import SimulatedPlatform
 
 __all__ = ["Enrollment", "enroll", "make_csr"]
 

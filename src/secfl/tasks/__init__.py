@@ -12,17 +12,17 @@ downloaded):
 :func:`split` writes one safetensors shard per collaborator plus validation and
 test shards; :func:`load_shard` (and every task's ``load_data``) validates one from a
 path, bytes or a file object such as a file inside a shielded volume. Training is
-bit-for-bit deterministic given the seed; see :mod:`secfl.tasks.training`.
+bit-for-bit deterministic given the seed; see :mod:`secfl.tasks._training`.
 """
 
 from __future__ import annotations
 
 from secfl.errors import DivergedError, TaskError
-from secfl.tasks.base import ClassificationTask, Dataset, Scaling, ShardSource, Task
-from secfl.tasks.registry import as_task, builtin_task, get_task, task_names
-from secfl.tasks.shards import FORMAT, encode_shard, load_shard, read_shard, shard_meta
-from secfl.tasks.split import ShardSummary, SplitReport, shard_name, split
-from secfl.tasks.training import (
+from secfl.tasks._base import ClassificationTask, Dataset, Scaling, ShardSource, Task
+from secfl.tasks._registry import as_task, builtin_task, get_task, task_names
+from secfl.tasks._shards import FORMAT, encode_shard, load_shard, read_shard, shard_meta
+from secfl.tasks._split import ShardSummary, SplitReport, shard_name, split
+from secfl.tasks._training import (
     TRAIN_CONFIG_KEYS,
     TrainConfig,
     deterministic,

@@ -10,7 +10,7 @@ Public API::
 - :class:`Evidence` — the raw quote/report plus what came with it.
 - :class:`Platform`, :func:`detect_platform`, :func:`platform_by_name`,
   :class:`SimulatedPlatform` — producers.
-- :func:`secfl.tee.measure.measure` — the workload digest a policy pins.
+- :func:`measure` — the workload digest a policy pins.
 - :class:`IntelCollateral`, :class:`PccsClient`, :class:`KdsClient` — vendor collateral.
 """
 
@@ -20,16 +20,17 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Claims": "secfl.tee.claims",
-    "Evidence": "secfl.tee.evidence",
-    "verify": "secfl.tee.verify",
-    "Platform": "secfl.tee.platforms",
-    "detect_platform": "secfl.tee.platforms",
-    "platform_by_name": "secfl.tee.platforms",
-    "SimulatedPlatform": "secfl.tee.simulated",
-    "IntelCollateral": "secfl.tee.intel",
-    "PccsClient": "secfl.tee.pccs",
-    "KdsClient": "secfl.tee.kds",
+    "Claims": "secfl.tee._claims",
+    "Evidence": "secfl.tee._evidence",
+    "verify": "secfl.tee._verify",
+    "Platform": "secfl.tee._platforms",
+    "detect_platform": "secfl.tee._platforms",
+    "platform_by_name": "secfl.tee._platforms",
+    "SimulatedPlatform": "secfl.tee._simulated",
+    "IntelCollateral": "secfl.tee._intel",
+    "PccsClient": "secfl.tee._pccs",
+    "KdsClient": "secfl.tee._kds",
+    "measure": "secfl.tee._measure",
 }
 
 __all__ = sorted(_EXPORTS)

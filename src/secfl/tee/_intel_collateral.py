@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from secfl._internal import x509util
 from secfl.errors import VerificationError
-from secfl.tee import roots
+from secfl.tee import _roots as roots
+from secfl.tee._claims import TcbStatus
 from secfl.tee._intel_quote import Quote
-from secfl.tee.claims import TcbStatus
 
 #: dcap-qvl's status spellings (current and legacy) -> :data:`TcbStatus`.
 #: "TD relaunch advised" means the running TD is behind the platform: out of date.

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from secfl._internal.registry import Registry, positive
-from secfl.tasks.base import ClassificationTask, Dataset, TaskError
+from secfl.tasks._base import ClassificationTask, Dataset, TaskError
 
 __all__ = [
     "Attack",

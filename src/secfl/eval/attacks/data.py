@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from secfl.eval.attacks.base import Attack, Params, integer, number, register_attack, rewrite
-from secfl.tasks.base import ClassificationTask, Dataset, TaskError
-from secfl.tasks.training import EVAL_BATCH, deterministic
+from secfl.tasks._base import ClassificationTask, Dataset, TaskError
+from secfl.tasks._training import EVAL_BATCH, deterministic
 
 __all__ = ["FLAT_TRIGGER", "PATCH", "Backdoor", "LabelFlip", "add_trigger", "attack_success_rate"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from secfl.eval.attacks.base import Attack, Params, integer, number, register_attack, rewrite
-from secfl.tasks.base import TaskError
+from secfl.tasks._base import TaskError
 
 __all__ = [
     "DIRECTIONS",

@@ -14,7 +14,7 @@ update of the round with its sender) and registers itself with
 
 from __future__ import annotations
 
-from secfl.fl.strategies.base import (
+from secfl.fl.strategies._base import (
     Accumulator,
     BufferingAccumulator,
     Params,
@@ -23,16 +23,16 @@ from secfl.fl.strategies.base import (
     check_round,
     check_update,
 )
-from secfl.fl.strategies.bulyan import Bulyan
-from secfl.fl.strategies.clipping import CenteredClipping
-from secfl.fl.strategies.clone_audit import AuditRound, CloneAudit
-from secfl.fl.strategies.fedadam import FedAdam
-from secfl.fl.strategies.fedavg import FedAvg, FedAvgAccumulator, FedProx
-from secfl.fl.strategies.fltrust import FLTrust
-from secfl.fl.strategies.krum import Krum, MultiKrum
-from secfl.fl.strategies.median import Median
-from secfl.fl.strategies.registry import available_strategies, get_strategy, register_strategy
-from secfl.fl.strategies.trimmed import TrimmedMean
+from secfl.fl.strategies._bulyan import Bulyan
+from secfl.fl.strategies._clipping import CenteredClipping
+from secfl.fl.strategies._clone_audit import AuditRound, CloneAudit
+from secfl.fl.strategies._fedadam import FedAdam
+from secfl.fl.strategies._fedavg import FedAvg, FedAvgAccumulator, FedProx
+from secfl.fl.strategies._fltrust import FLTrust
+from secfl.fl.strategies._krum import Krum, MultiKrum
+from secfl.fl.strategies._median import Median
+from secfl.fl.strategies._registry import available_strategies, get_strategy, register_strategy
+from secfl.fl.strategies._trimmed import TrimmedMean
 
 __all__ = [
     "Accumulator",

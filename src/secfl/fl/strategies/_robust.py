@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from secfl.errors import FlError
-from secfl.fl.strategies.base import Params, Update, check_global, check_round, check_update
+from secfl.fl.strategies._base import Params, Update, check_global, check_round, check_update
 
 #: A coordinate-wise combination: an ``(n, size)`` float64 stack to a ``(size,)`` result.
 Combine = Callable[[np.ndarray], np.ndarray]

@@ -1,0 +1,454 @@
+"""Sealed checkpoints of the aggregator, bound to the SPM's monotonic counter.
+
+After each round the aggregator writes the global model and its strategy's state
+(:func:`write_checkpoint`), encrypted and authenticated with a policy secret
+(AES-256-GCM through :class:`secfl._internal.aead.AeadKey`, under a sub-key derived
+for checkpoints), with the policy digest, the round and the counter value as
+associated data. The host can read neither the model nor the state, and any change,
+truncation or reordering, another key, or a file moved to another policy, round or
+counter, is refused. On restart (:func:`latest_checkpoint`) the aggregator resumes
+only from a checkpoint whose counter is exactly the SPM's: an older one is a
+rollback, refused with ``rollback: checkpoint of round R has counter C, the SPM's
+counter is E``.
+
+File ``checkpoint-r<round:08d>-c<counter:010d>.secfl`` (version 1)::
+
+    magic    8 bytes  b"SECFLCKP"
+    hlen     4 bytes  big-endian length of the header (at most 64 KiB)
+    header   hlen     canonical JSON: {"format": "secfl-checkpoint/v1", "policy_digest",
+                      "round", "counter", "created_at", "size" (plaintext bytes),
+                      "chunk_size", "chunks"}
+    records  chunks × (4-byte big-endian length || AeadKey blob)
+
+Record ``i`` is AES-256-GCM of the plaintext's ``i``-th ``chunk_size`` bytes with
+associated data ``CONTEXT || header || i (8 bytes) || last (1 byte)``, so the
+header (policy, round, counter) is authenticated by every record, and records
+cannot be dropped, reordered or moved between files. Chunks keep each AES-GCM call
+far below its size limits, whatever the model's size. The plaintext is::
+
+    4-byte big-endian length || inner JSON {"params_size", "state_arrays_size",
+    "state" (the state's JSON values)} || params (safetensors) || state arrays
+    (safetensors of the state's numpy arrays)
+
+Commit protocol with the SPM counter (the aggregator's side; written down here
+because the two must agree). The aggregator is the only service that increments
+its counter; with the SPM's value ``c`` after round ``r - 1``:
+
+1. aggregate round ``r``;
+2. :func:`write_checkpoint` with ``counter = c + 1`` (durable: temp file, fsync, rename,
+   directory fsync) and keep the previous checkpoint (:func:`prune_checkpoints`
+   with ``keep >= 2``);
+3. increment the SPM counter (it must return ``c + 1``);
+4. seal the new global model with round ``r`` and counter ``c + 1``
+   (:func:`secfl.fl._envelope.seal_model`) and send it.
+
+A crash between 2 and 3 leaves a checkpoint with counter ``c + 1`` while the SPM says
+``c``: it was never committed (its model was never sent), so
+:func:`latest_checkpoint` skips checkpoints whose counter is *greater* than the
+SPM's and resumes from the one that equals it. A crash after 3 resumes from the new
+one. No checkpoint equal to the SPM's counter means a rollback (someone replaced or
+removed the newest file) and is refused; the only way past it is a board-approved
+reset, which is out of scope here: the hook is to call :func:`latest_checkpoint`
+with ``expected_counter=None`` (or to start from the initial model) once the SPM
+has recorded the board's approval of the reset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from secfl._internal.aead import KEY_SIZE, NONCE_SIZE, AeadKey
+from secfl._internal.canonical import canonical_json
+from secfl._internal.files import atomic_open
+from secfl.errors import FlError
+from secfl.fl._tensors import from_bytes, to_bytes
+
+__all__ = [
+    "CONTEXT",
+    "DEFAULT_CHUNK_SIZE",
+    "FORMAT",
+    "KEY_LABEL",
+    "MAGIC",
+    "MAX_HEADER",
+    "Checkpoint",
+    "checkpoint_name",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "write_checkpoint",
+]
+
+MAGIC = b"SECFLCKP"
+FORMAT = "secfl-checkpoint/v1"
+CONTEXT = b"secfl/fl-checkpoint/v1\n"
+#: The sub-key label: checkpoints never share a key with other uses of the secret.
+KEY_LABEL = "fl-checkpoint/v1"
+DEFAULT_CHUNK_SIZE = 16 << 20
+MAX_HEADER = 64 << 10
+_AEAD_OVERHEAD = 1 + NONCE_SIZE + 16
+_NAME = re.compile(r"^checkpoint-r(\d{8,})-c(\d{10,})\.secfl$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An opened checkpoint: the model (safetensors bytes) and the strategy state."""
+
+    path: Path
+    policy_digest: str
+    round: int
+    counter: int
+    created_at: str
+    params_bytes: bytes
+    state: dict[str, Any]
+
+
+def checkpoint_name(round: int, counter: int) -> str:
+    """The file name of the checkpoint of ``round`` at SPM counter value ``counter``."""
+    return f"checkpoint-r{round:08d}-c{counter:010d}.secfl"
+
+
+def _aead(key: bytes) -> AeadKey:
+    if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
+        raise FlError(f"checkpoint: the key must be {KEY_SIZE} bytes")
+    return AeadKey(AeadKey(bytes(key), error=FlError).derive(KEY_LABEL), error=FlError)
+
+
+def _aad(header: bytes, index: int, last: bool) -> bytes:
+    return CONTEXT + header + struct.pack(">QB", index, 1 if last else 0)
+
+
+def _non_negative(value: Any, what: str) -> int:
+    if type(value) is not int or value < 0:
+        raise FlError(f"checkpoint: {what} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def _split_state(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if not isinstance(state, Mapping):
+        raise FlError(f"checkpoint: the state must be a mapping, not {type(state).__name__}")
+    arrays: dict[str, np.ndarray] = {}
+    values: dict[str, Any] = {}
+    for name, value in state.items():
+        if not isinstance(name, str) or not name:
+            raise FlError(f"checkpoint: invalid state key {name!r}")
+        if isinstance(value, np.ndarray):
+            arrays[name] = value
+        else:
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                raise FlError(
+                    f"checkpoint: state value {name!r} is neither a numpy array nor JSON"
+                ) from None
+            values[name] = value
+    return arrays, values
+
+
+def _pieces(parts: list[bytes], size: int) -> Iterator[bytes]:
+    """The concatenation of ``parts`` in pieces of ``size`` bytes, without building it."""
+    buffer = bytearray()
+    for part in parts:
+        view = memoryview(part).cast("B")
+        at = 0
+        while at < len(view):
+            take = min(size - len(buffer), len(view) - at)
+            buffer += view[at : at + take]
+            at += take
+            if len(buffer) == size:
+                yield bytes(buffer)
+                buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+def write_checkpoint(
+    directory: Path | str,
+    *,
+    key: bytes,
+    policy_digest: str,
+    round: int,
+    counter: int,
+    params_bytes: bytes,
+    state: Mapping[str, Any],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    created_at: datetime | None = None,
+) -> Path:
+    """Seal and write a checkpoint atomically; returns its path (see the module docstring).
+
+    ``state`` is a strategy's :meth:`~secfl.fl.strategies.Strategy.state`: a flat map of
+    numpy arrays and JSON values.
+    """
+    aead = _aead(key)
+    if not isinstance(policy_digest, str) or not policy_digest:
+        raise FlError("checkpoint: the policy digest must be a non-empty string")
+    _non_negative(round, "the round")
+    _non_negative(counter, "the counter")
+    if type(chunk_size) is not int or chunk_size <= 0:
+        raise FlError(f"checkpoint: invalid chunk size {chunk_size!r}")
+    arrays, values = _split_state(state)
+    state_bytes = to_bytes(arrays) if arrays else b""
+    inner = canonical_json(
+        {
+            "params_size": len(params_bytes),
+            "state_arrays_size": len(state_bytes),
+            "state": values,
+        }
+    )
+    parts = [struct.pack(">I", len(inner)), inner, params_bytes, state_bytes]
+    size = sum(len(p) for p in parts)
+    count = -(-size // chunk_size)
+    when = (created_at or datetime.now(UTC)).astimezone(UTC)
+    header = canonical_json(
+        {
+            "format": FORMAT,
+            "policy_digest": policy_digest,
+            "round": round,
+            "counter": counter,
+            "created_at": when.isoformat().replace("+00:00", "Z"),
+            "size": size,
+            "chunk_size": chunk_size,
+            "chunks": count,
+        }
+    )
+    directory = Path(directory)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlError(f"checkpoint: cannot create {directory}: {exc.strerror}") from None
+    path = directory / checkpoint_name(round, counter)
+    try:  # private from the first byte, fsynced, renamed into place, the folder fsynced
+        with atomic_open(path, mode=0o600, fsync=True) as fh:
+            fh.write(MAGIC + struct.pack(">I", len(header)) + header)
+            for index, piece in enumerate(_pieces(parts, chunk_size)):
+                sealed = aead.seal(piece, _aad(header, index, index == count - 1))
+                fh.write(struct.pack(">I", len(sealed)))
+                fh.write(sealed)
+        _fsync_directory(directory)
+    except OSError as exc:
+        raise FlError(f"checkpoint: cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_exact(fh: Any, n: int, path: Path, what: str) -> bytes:
+    data = fh.read(n)
+    if len(data) != n:
+        raise FlError(f"integrity: checkpoint {path.name} is truncated ({what})")
+    return data
+
+
+def _read_header(fh: Any, path: Path) -> tuple[bytes, dict[str, Any]]:
+    if _read_exact(fh, len(MAGIC), path, "magic") != MAGIC:
+        raise FlError(f"format: {path.name} is not a secfl checkpoint")
+    (hlen,) = struct.unpack(">I", _read_exact(fh, 4, path, "header length"))
+    if hlen > MAX_HEADER:
+        raise FlError(f"format: checkpoint {path.name} declares a {hlen}-byte header")
+    header = _read_exact(fh, hlen, path, "header")
+    try:
+        doc = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FlError(f"format: the header of checkpoint {path.name} is not JSON") from None
+    keys = {"format", "policy_digest", "round", "counter", "created_at", "size"}
+    keys |= {"chunk_size", "chunks"}
+    if not isinstance(doc, dict) or set(doc) != keys or doc["format"] != FORMAT:
+        raise FlError(f"format: checkpoint {path.name} is not in the {FORMAT} format")
+    for name in ("round", "counter", "size", "chunks"):
+        _non_negative(doc[name], name)
+    if type(doc["chunk_size"]) is not int or doc["chunk_size"] <= 0:
+        raise FlError(f"format: checkpoint {path.name} has an invalid chunk size")
+    if not isinstance(doc["policy_digest"], str) or not isinstance(doc["created_at"], str):
+        raise FlError(f"format: checkpoint {path.name} has an invalid header")
+    return header, doc
+
+
+def load_checkpoint(
+    path: Path | str,
+    *,
+    key: bytes,
+    policy_digest: str,
+    expected_counter: int | None,
+) -> Checkpoint:
+    """Open and check one checkpoint.
+
+    Refuses (:class:`FlError`, one line naming the check): a file that is not a
+    checkpoint (``format:``), one for another policy (``policy:``), a tampered or
+    truncated one or the wrong key (``integrity:``), and, when ``expected_counter``
+    (the SPM's counter value) is given, any other counter (``rollback:``).
+    """
+    aead = _aead(key)
+    path = Path(path)
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+    except OSError as exc:
+        raise FlError(f"checkpoint: cannot open {path}: {exc.strerror}") from None
+    try:
+        file_size = os.fstat(fh.fileno()).st_size
+        header, doc = _read_header(fh, path)
+        if doc["policy_digest"] != policy_digest:
+            raise FlError(
+                f"policy: checkpoint {path.name} is for policy {doc['policy_digest'][:16]}..., "
+                f"not {policy_digest[:16]}..."
+            )
+        size, chunk_size, count = doc["size"], doc["chunk_size"], doc["chunks"]
+        if size > file_size or count != -(-size // chunk_size):
+            raise FlError(f"integrity: checkpoint {path.name} has an inconsistent header")
+        plain = bytearray(size)
+        at = 0
+        for index in range(count):
+            (length,) = struct.unpack(">I", _read_exact(fh, 4, path, f"record {index}"))
+            want = min(chunk_size, size - at) + _AEAD_OVERHEAD
+            if length != want:
+                raise FlError(f"integrity: checkpoint {path.name} record {index} has a bad length")
+            sealed = _read_exact(fh, length, path, f"record {index}")
+            try:
+                piece = aead.open(sealed, _aad(header, index, index == count - 1))
+            except FlError:
+                raise FlError(
+                    f"integrity: checkpoint {path.name} does not open (wrong key, or the file "
+                    "was modified)"
+                ) from None
+            plain[at : at + len(piece)] = piece
+            at += len(piece)
+        if fh.read(1):
+            raise FlError(f"integrity: checkpoint {path.name} has data after its last record")
+    finally:
+        fh.close()
+    match = _NAME.match(path.name)
+    if match and (int(match.group(1)), int(match.group(2))) != (doc["round"], doc["counter"]):
+        raise FlError(
+            f"integrity: checkpoint {path.name} holds round {doc['round']} and counter "
+            f"{doc['counter']}, not what its name says"
+        )
+    if expected_counter is not None and doc["counter"] != expected_counter:
+        raise FlError(
+            f"rollback: checkpoint of round {doc['round']} has counter {doc['counter']}, "
+            f"the SPM's counter is {expected_counter}"
+        )
+    params_bytes, state = _parse_plaintext(plain, path)
+    return Checkpoint(
+        path=path,
+        policy_digest=doc["policy_digest"],
+        round=doc["round"],
+        counter=doc["counter"],
+        created_at=doc["created_at"],
+        params_bytes=params_bytes,
+        state=state,
+    )
+
+
+def _parse_plaintext(plain: bytearray, path: Path) -> tuple[bytes, dict[str, Any]]:
+    """Split the authenticated plaintext (a mismatch here is a writer's bug, not tampering)."""
+    bad = FlError(f"format: checkpoint {path.name} has a malformed body")
+    if len(plain) < 4:
+        raise bad
+    (inner_len,) = struct.unpack_from(">I", plain, 0)
+    try:
+        inner = json.loads(bytes(plain[4 : 4 + inner_len]).decode("utf-8"))
+        params_size = int(inner["params_size"])
+        state_size = int(inner["state_arrays_size"])
+        values = dict(inner["state"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise bad from None
+    start = 4 + inner_len
+    if start + params_size + state_size != len(plain):
+        raise bad
+    params_bytes = bytes(plain[start : start + params_size])
+    state: dict[str, Any] = dict(values)
+    if state_size:
+        arrays, _ = from_bytes(bytes(plain[start + params_size :]))
+        state.update(arrays)
+    return params_bytes, state
+
+
+def list_checkpoints(directory: Path | str) -> list[tuple[int, int, Path]]:
+    """``(round, counter, path)`` of the checkpoint files in ``directory``, newest first:
+    by counter (the freshness anchor), then round, as their names say (which
+    :func:`load_checkpoint` checks against the authenticated header)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        match = _NAME.match(entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(1)), int(match.group(2)), entry))
+    found.sort(key=lambda item: (item[1], item[0]), reverse=True)
+    return found
+
+
+def _policy_of(path: Path) -> str | None:
+    """The (not yet authenticated) policy digest in a checkpoint's header, or None."""
+    try:
+        with open(path, "rb") as fh:
+            _, doc = _read_header(fh, path)
+    except (OSError, FlError):
+        return None
+    return str(doc["policy_digest"])
+
+
+def latest_checkpoint(
+    directory: Path | str,
+    *,
+    key: bytes,
+    policy_digest: str,
+    expected_counter: int | None = None,
+) -> Checkpoint | None:
+    """The newest checkpoint of ``policy_digest`` in ``directory``, opened and checked.
+
+    Files of other policies are ignored. Without ``expected_counter``: the newest by
+    (counter, round), or None if there is none. With it (the SPM's counter value,
+    see the commit protocol in the module docstring): checkpoints with a greater
+    counter are uncommitted and skipped; the newest of the rest must have exactly
+    that counter (``rollback:`` otherwise); no checkpoint at all is a fresh start
+    (None) only while the counter is 0, and a rollback after that. A newest
+    checkpoint that does not open is an error, never a reason to use an older one.
+    """
+    candidates = [
+        (rnd, ctr, path)
+        for rnd, ctr, path in list_checkpoints(directory)
+        if _policy_of(path) == policy_digest
+    ]
+    if expected_counter is not None:
+        _non_negative(expected_counter, "the expected counter")
+        candidates = [c for c in candidates if c[1] <= expected_counter]
+    if not candidates:
+        if expected_counter:
+            raise FlError(
+                f"rollback: no checkpoint of this policy in {directory}, "
+                f"the SPM's counter is {expected_counter}"
+            )
+        return None
+    _, _, path = candidates[0]
+    return load_checkpoint(
+        path, key=key, policy_digest=policy_digest, expected_counter=expected_counter
+    )
+
+
+def prune_checkpoints(directory: Path | str, *, keep: int = 2) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoint files; returns what was deleted.
+    Keep at least 2 with the commit protocol (the newest may be uncommitted)."""
+    if type(keep) is not int or keep < 1:
+        raise FlError(f"checkpoint: keep must be a positive integer, not {keep!r}")
+    removed = []
+    for _, _, path in list_checkpoints(directory)[keep:]:
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

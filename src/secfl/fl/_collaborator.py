@@ -1,0 +1,215 @@
+"""Local training: the collaborator's loop.
+
+A collaborator calls the aggregator, never the other way round: it joins, asks
+for work, and when sampled receives the signed global model, checks it
+(:class:`ModelGate`: the aggregator's signature, this policy, and freshness — a
+model older than the last one it accepted is a replay and stops the collaborator),
+trains on its own data and streams its update back. While it trains it sends
+heartbeats, so a collaborator that dies mid-round is noticed at once.
+
+It rides out an aggregator restart (retrying for ``patience`` seconds and joining
+again), renews its short-lived certificate by attesting again (the ``renew``
+hook), and never keeps anything but the current model in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from secfl.errors import FlError, TransportError
+from secfl.fl import _messages as msg
+from secfl.fl._envelope import ModelEnvelope, PublicKey, open_model, read_unverified
+from secfl.fl._rounds import BEAT
+from secfl.fl._tensors import (
+    DEFAULT_MAX_BYTES,
+    from_bytes,
+    load_arrays,
+    state_dict_arrays,
+    to_bytes,
+)
+from secfl.fl._transport import Client
+from secfl.tasks._base import Dataset, Task
+
+__all__ = ["TRANSIENT", "Collaborator", "ModelGate"]
+
+log = logging.getLogger("secfl.fl._collaborator")
+
+R = TypeVar("R")
+
+#: Transport failures worth waiting out (the aggregator restarting, a network blip).
+TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "has not joined", "CANCELLED")
+
+
+@dataclass
+class ModelGate:
+    """Accepts only global models signed by the aggregator's key, for this policy,
+    each newer than the last (``verify_key=None``: --insecure, no checks but digest).
+
+    ``floor`` is the lowest counter the first model may carry: the SPM's counter when
+    the collaborator started. A collaborator that restarts has forgotten the last model
+    it accepted; without the floor a hostile host could then feed it an older, validly
+    signed model of the same policy."""
+
+    verify_key: PublicKey | None
+    policy_digest: str
+    last: ModelEnvelope | None = None
+    floor: int | None = None
+
+    def accept(self, blob: bytes | memoryview) -> tuple[bytes, ModelEnvelope]:
+        if self.verify_key is None:
+            payload, envelope = read_unverified(blob)
+        else:
+            payload, envelope = open_model(
+                blob,
+                public_key=self.verify_key,
+                policy_digest=self.policy_digest,
+                last_round=None if self.last is None else self.last.round,
+                last_counter=self._last_counter(),
+                resend_of=self.last,
+            )
+        self.last = envelope
+        return payload, envelope
+
+    def _last_counter(self) -> int | None:
+        if self.last is not None:
+            return self.last.counter
+        return None if self.floor is None else self.floor - 1
+
+
+@dataclass
+class Collaborator:
+    """One site's local training; :meth:`run` returns when the federation is done."""
+
+    task: Task
+    data: Dataset
+    connect: Callable[[], Client]
+    gate: ModelGate
+    #: Called before every call; True when the identity changed (reconnect).
+    renew: Callable[[], bool] = lambda: False
+    patience: float = 120.0
+    max_model_bytes: int = DEFAULT_MAX_BYTES
+    trained: list[dict[str, Any]] = field(default_factory=list)
+
+    def run(self) -> list[dict[str, Any]]:
+        self._client = self.connect()
+        self._heartbeat = 2.0
+        self._join()
+        done: list[Any] = []
+        try:
+            while True:
+                reply = self._next(msg.encode({"kind": "next", "done": done}))
+                header, payload = msg.decode(reply)
+                kind = header.get("kind")
+                if kind == msg.DONE:
+                    log.info("the federation is done after %d rounds here", len(self.trained))
+                    return self.trained
+                if kind != msg.TRAIN:
+                    continue
+                done = [
+                    msg.field(header, "epoch", str),
+                    msg.field(header, "round", int),
+                    msg.field(header, "attempt", int),
+                ]
+                self._train_round(header, payload)
+        finally:
+            self._client.close()
+
+    def _train_round(self, header: dict[str, Any], payload: memoryview) -> None:
+        params_bytes, envelope = self.gate.accept(payload)
+        round = msg.field(header, "round", int)
+        if envelope.round != round - 1:
+            raise FlError(
+                f"protocol: asked to train round {round} on the model of round {envelope.round}"
+            )
+        params, _ = from_bytes(params_bytes)
+        model = self.task.build_model()
+        load_arrays(model, params)
+        config = dict(msg.field(header, "config", dict))
+        if config.get("proximal_mu"):
+            config["global_params"] = params
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(stop,), daemon=True)
+        beat.start()
+        try:
+            metrics = self.task.train(model, self.data, config)
+        finally:
+            stop.set()
+            beat.join()
+        update = to_bytes(state_dict_arrays(model))
+        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        head = {
+            "kind": "update",
+            "round": round,
+            "attempt": msg.field(header, "attempt", int),
+            "epoch": msg.field(header, "epoch", str),
+            "samples": len(self.data),
+            "metrics": numbers,
+        }
+        try:
+            self._call(lambda c: c.upload(msg.SUBMIT, msg.stream(head, update), timeout=600))
+        except TransportError as exc:
+            log.warning("round %d: the aggregator did not take the update: %s", round, exc)
+            return
+        self.trained.append({"round": round, **numbers})
+        log.info("round %d: update sent (loss %.4f)", round, numbers.get("loss", float("nan")))
+
+    # --- calls ---------------------------------------------------------------------------
+
+    def _next(self, ask: bytes) -> bytearray:
+        """The aggregator's next instruction (a round to train, or done)."""
+        limit = self.max_model_bytes + msg.MAX_HEADER
+        return self._call(lambda c: c.download(msg.NEXT, ask, limit, timeout=60))
+
+    def _join(self) -> None:
+        welcome = self._call(
+            lambda c: c.unary(msg.JOIN, msg.encode({"kind": "join", "samples": len(self.data)})),
+            join=False,
+        )
+        header, _ = msg.decode(welcome, "welcome")
+        beat = header.get("heartbeat", 2.0)
+        if isinstance(beat, bool) or not isinstance(beat, int | float) or not 0 < beat <= 3600:
+            raise FlError(
+                "protocol: the aggregator's heartbeat is not a number of seconds in (0, 3600]"
+            )
+        self._heartbeat = float(beat)
+        log.info("joined as '%s'", header.get("participant"))
+
+    def _call(self, fn: Callable[[Client], R], *, join: bool = True) -> R:
+        """``fn`` with the current client, waiting out transient failures up to
+        ``patience`` seconds (rejoining a restarted aggregator)."""
+        give_up = time.monotonic() + self.patience
+        delay = 0.2
+        while True:
+            if self.renew():
+                self._client.close()
+                self._client = self.connect()
+            try:
+                return fn(self._client)
+            except TransportError as exc:
+                text = str(exc)
+                if not any(t in text for t in TRANSIENT):
+                    raise
+                if time.monotonic() > give_up:
+                    raise FlError(
+                        f"collaborator: the aggregator was unreachable for {self.patience:.0f} s "
+                        f"({text})"
+                    ) from None
+                log.info("aggregator unavailable (%s); retrying", text.split(": ", 2)[-1][:80])
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            if join:
+                with contextlib.suppress(TransportError):
+                    self._join()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self._heartbeat):
+            try:
+                self._client.unary(BEAT, msg.encode({"kind": "beat"}), timeout=5)
+            except TransportError as exc:
+                log.debug("heartbeat failed: %s", exc)

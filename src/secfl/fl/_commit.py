@@ -1,0 +1,130 @@
+"""Each round made durable and fresh: a sealed checkpoint, then the SPM counter.
+
+The order (see :mod:`secfl.fl._checkpoint`): write the checkpoint of round ``r``
+with counter ``c + 1``, increment the SPM counter (it must answer ``c + 1``, or
+another aggregator is running for this policy), and only then sign and send the
+model with ``(r, c + 1)``. A restart resumes from the checkpoint whose counter
+equals the SPM's; an older one is a rollback and refused, unless the board signed
+a reset for exactly that state (:mod:`secfl.fl._reset`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from secfl.errors import FlError
+from secfl.fl._checkpoint import Checkpoint, latest_checkpoint, prune_checkpoints, write_checkpoint
+
+__all__ = ["Commit", "Ledger", "MemoryLedger", "SpmLedger"]
+
+log = logging.getLogger("secfl.fl._aggregator")
+
+
+class Ledger(Protocol):
+    """A monotonic counter: the SPM's in production, a local one with --insecure."""
+
+    def current(self) -> int: ...
+
+    def increment(self) -> int: ...
+
+
+class MemoryLedger:
+    """A counter in this process (tests and --insecure mode: no rollback protection)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+        self._lock = threading.Lock()
+
+    def current(self) -> int:
+        return self.value
+
+    def increment(self) -> int:
+        with self._lock:
+            self.value += 1
+            return self.value
+
+
+class SpmLedger:
+    """A counter of the policy in the SPM, incremented with the workload's session."""
+
+    def __init__(
+        self, client: Callable[[], Any], policy: str, counter: str, token: Callable[[], str]
+    ) -> None:
+        self._client, self.policy, self.counter, self._token = client, policy, counter, token
+
+    def current(self) -> int:
+        return int(self._client().counter(self.policy, self.counter))
+
+    def increment(self) -> int:
+        return int(self._client().increment(self.policy, self.counter, self._token()))
+
+
+class Commit:
+    """Checkpoints in ``directory`` (``None``: none) tied to ``ledger``."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        directory: Path | None,
+        key: bytes | None,
+        policy_digest: str,
+        keep: int = 2,
+    ) -> None:
+        if directory is not None and key is None:
+            raise FlError("checkpoint: a checkpoint directory needs a checkpoint key")
+        self.ledger = ledger
+        self.directory = directory
+        self.key = key
+        self.policy_digest = policy_digest
+        self.keep = keep
+        self.counter = 0
+
+    def resume(self, *, reset_from: int | None = None) -> Checkpoint | None:
+        """The checkpoint to continue from (None: start from the initial model).
+
+        ``reset_from`` is the SPM counter value a board-approved reset names: the
+        newest checkpoint at or below it is accepted (or a fresh start when there is
+        none), and the next commit moves the counter on from the SPM's value.
+        """
+        spm = self.ledger.current()
+        self.counter = spm
+        if self.directory is None:
+            if spm and reset_from is None:
+                log.warning("no checkpoints (counter at %d): starting from round 0", spm)
+            return None
+        assert self.key is not None
+        if reset_from is not None:
+            if reset_from != spm:
+                raise FlError(
+                    f"reset: the board approved a reset at counter {reset_from}, "
+                    f"the SPM's counter is {spm}"
+                )
+            return latest_checkpoint(self.directory, key=self.key, policy_digest=self.policy_digest)
+        return latest_checkpoint(
+            self.directory, key=self.key, policy_digest=self.policy_digest, expected_counter=spm
+        )
+
+    def commit(self, round: int, params_bytes: bytes, state: dict[str, Any]) -> int:
+        """Make ``round`` durable and fresh; returns the new counter value."""
+        target = self.counter + 1
+        if self.directory is not None:
+            assert self.key is not None
+            write_checkpoint(
+                self.directory, key=self.key, policy_digest=self.policy_digest,
+                round=round, counter=target, params_bytes=params_bytes, state=state,
+            )  # fmt: skip
+        value = self.ledger.increment()
+        if value != target:
+            raise FlError(
+                f"counter: the SPM answered {value}, expected {target}: another aggregator "
+                "is incrementing this policy's counter; stopping"
+            )
+        self.counter = value
+        if self.directory is not None:
+            prune_checkpoints(self.directory, keep=self.keep)
+        return value

@@ -1,0 +1,306 @@
+"""The aggregator's side of the wire: who has joined, who is alive, and one round
+attempt at a time — which collaborators were sampled, the model they get, the
+updates that came back.
+
+Collaborators call in (they may sit behind firewalls; the aggregator never dials
+out): ``Join`` once, then ``Next`` to ask for work (a long poll answered with
+``train``, ``wait`` or ``done``), ``Submit`` to stream an update, and ``Beat``
+while they train so that a collaborator that vanished mid-round is noticed long
+before the round's deadline. Every handler runs on a transport thread; the round
+loop (:mod:`secfl.fl._aggregator`) waits on :class:`Rounds`' condition.
+
+A refused update (malformed, wrong shapes or dtypes, NaN/Inf, oversized, for
+another round, from a collaborator not sampled, a sample count that is not an
+integer from 1 to the policy's ``max_samples``, metrics that are not finite
+numbers) is answered with the reason and leaves the round unharmed; the sender
+counts as done without an update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from secfl.errors import FlError, TransportError
+from secfl.fl import _messages as msg
+from secfl.fl._config import FederationConfig
+from secfl.fl._envelope import SignedModel
+from secfl.fl._tensors import chunks, from_bytes
+from secfl.fl._transport import Peer, Server, join
+from secfl.fl.strategies._base import Accumulator, Params, Update, check_update
+
+__all__ = ["BEAT", "POLL_SECONDS", "Attempt", "Participant", "Rounds", "without_tensors"]
+
+log = logging.getLogger("secfl.fl._aggregator")
+
+BEAT = "Beat"
+#: How long one ``Next`` call waits for work before answering ``wait``.
+POLL_SECONDS = 5.0
+
+
+@dataclass
+class Participant:
+    name: str
+    serial: str
+    samples: int | None
+    last_seen: float
+
+
+@dataclass
+class Attempt:
+    """One try at one round: the sample, the model sent, what came back."""
+
+    round: int
+    number: int
+    sampled: list[str]
+    model: SignedModel
+    configs: dict[str, dict[str, Any]]
+    deadline: float
+    accumulator: Accumulator | None  # arrival order: folded as updates come
+    global_params: Params
+    updates: dict[str, Update] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    fetched: set[str] = field(default_factory=set)
+    dropped: set[str] = field(default_factory=set)
+    open: bool = True
+
+    def settled(self, name: str) -> bool:
+        return name in self.updates or name in self.refused or name in self.dropped
+
+
+class Rounds:
+    """Thread-safe state shared by the transport handlers and the round loop."""
+
+    def __init__(self, config: FederationConfig, *, max_update_bytes: int) -> None:
+        self.config = config
+        self.max_update_bytes = max_update_bytes
+        self.cond = threading.Condition()
+        self.participants: dict[str, Participant] = {}
+        self.attempt: Attempt | None = None
+        self.finished = False
+        self._fold = threading.Lock()
+        #: Names this aggregator process: an attempt is (epoch, round, number), so a
+        #: restarted aggregator's round 5 attempt 1 is not mistaken for the last one's.
+        self.epoch = os.urandom(8).hex()
+        self._slots: Any = (
+            threading.BoundedSemaphore(1)
+            if config.aggregation_order == "arrival"
+            else contextlib.nullcontext()
+        )
+        self.told_done: set[str] = set()
+
+    def register(self, server: Server) -> None:
+        server.unary(msg.JOIN, self.join)
+        server.unary(BEAT, self.beat)
+        server.download(msg.NEXT, self.next)
+        server.upload(msg.SUBMIT, self.submit)
+
+    # --- handlers (transport threads) -------------------------------------------------------
+
+    def _seen(self, peer: Peer) -> Participant:
+        now = time.monotonic()
+        who = self.participants.get(peer.service)
+        if who is None:
+            raise FlError(f"protocol: '{peer.service}' has not joined")
+        who.last_seen, who.serial = now, peer.serial
+        return who
+
+    def join(self, request: bytes, peer: Peer) -> bytes:
+        header, _ = msg.decode(request, "join")
+        samples = header.get("samples")
+        if samples is not None:
+            samples = msg.sample_count(header, self.config.max_samples)
+        with self.cond:
+            rejoin = peer.service in self.participants
+            self.participants[peer.service] = Participant(
+                peer.service, peer.serial, samples, time.monotonic()
+            )
+            self.cond.notify_all()
+        log.info("%s '%s' (certificate %s)", "rejoined:" if rejoin else "joined:",
+                 peer.service, peer.serial or "-")  # fmt: skip
+        return msg.encode(
+            {
+                "kind": "welcome",
+                "participant": peer.service,
+                "rounds": self.config.rounds,
+                "heartbeat": self.config.heartbeat,
+            }
+        )
+
+    def beat(self, request: bytes, peer: Peer) -> bytes:
+        with self.cond:
+            self._seen(peer)
+        return msg.encode({"kind": "ok"})
+
+    def next(self, request: bytes, peer: Peer) -> Iterable[bytes]:
+        header, _ = msg.decode(request, "next")
+        done = header.get("done", [])
+        deadline = time.monotonic() + POLL_SECONDS
+        with self.cond:
+            while True:
+                self._seen(peer)
+                if self.finished:
+                    self.told_done.add(peer.service)
+                    self.cond.notify_all()
+                    return [msg.encode({"kind": msg.DONE})]
+                a = self.attempt
+                if (
+                    a is not None
+                    and a.open
+                    and peer.service in a.sampled
+                    and not a.settled(peer.service)
+                    and done != [self.epoch, a.round, a.number]
+                ):
+                    a.fetched.add(peer.service)
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return [msg.encode({"kind": msg.WAIT})]
+                self.cond.wait(min(left, self.config.heartbeat))
+        head = {
+            "kind": msg.TRAIN,
+            "round": a.round,
+            "attempt": a.number,
+            "epoch": self.epoch,
+            "config": a.configs[peer.service],
+            "deadline_s": max(0.0, a.deadline - time.monotonic()),
+        }
+        return _model_stream(head, a.model)
+
+    def submit(self, pieces: Iterator[bytes], peer: Peer) -> bytes:
+        # In arrival order one update at a time is received and folded: the others wait
+        # (gRPC flow control holds their senders), so memory stays at one update.
+        with self._slots:
+            return self._submit(pieces, peer)
+
+    def _submit(self, pieces: Iterator[bytes], peer: Peer) -> bytes:
+        try:
+            whole = join(pieces, self.max_update_bytes + msg.MAX_HEADER + 4)
+            header, payload = msg.decode(whole, "update")
+        except (FlError, TransportError) as exc:  # oversized or unreadable: refused too
+            with self.cond:
+                a = self.attempt
+                if a and a.open and peer.service in a.sampled and not a.settled(peer.service):
+                    a.refused[peer.service] = str(exc)
+                    self.cond.notify_all()
+            raise
+        with self.cond:
+            self._seen(peer)
+            a = self.attempt
+            key = [header.get("round"), header.get("attempt")]
+            if (
+                a is None
+                or not a.open
+                or [header.get("epoch"), *key] != [self.epoch, a.round, a.number]
+            ):
+                raise FlError(f"protocol: no open round {key[0]} attempt {key[1]}")
+            if peer.service not in a.sampled:
+                raise FlError(f"protocol: '{peer.service}' was not sampled for round {a.round}")
+            if a.settled(peer.service):
+                raise FlError(f"protocol: '{peer.service}' has no pending update in this round")
+        try:
+            update = self._update(header, payload, peer.service, a)
+            check_update(update, a.global_params)
+            if a.accumulator is not None:
+                with self._fold:
+                    a.accumulator.add(update)
+        except FlError as exc:
+            with self.cond:
+                a.refused[peer.service] = str(exc)
+                self.cond.notify_all()
+            log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
+            raise
+        with self.cond:
+            a.updates[peer.service] = update if a.accumulator is None else without_tensors(update)
+            self.cond.notify_all()
+        return msg.encode({"kind": "accepted", "round": a.round})
+
+    def _update(self, header: dict[str, Any], payload: memoryview, name: str, a: Attempt) -> Update:
+        samples = msg.sample_count(header, self.config.max_samples)
+        metrics = msg.metric_values(header)
+        params, _ = from_bytes(payload, max_bytes=self.max_update_bytes, copy=False)
+        return Update(sender=name, params=params, num_samples=samples, metrics=metrics)
+
+    # --- the round loop's side --------------------------------------------------------------
+
+    def alive(self) -> list[str]:
+        """Names of participants heard from within ``dead_after`` (caller holds no lock)."""
+        with self.cond:
+            return self._alive()
+
+    def _alive(self) -> list[str]:
+        limit = time.monotonic() - self.config.dead_after
+        return sorted(p.name for p in self.participants.values() if p.last_seen >= limit)
+
+    def wait_available(self, count: int, timeout: float) -> list[str]:
+        """Wait until ``count`` participants are alive; FlError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(alive := self._alive()) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise FlError(
+                        f"round: only {len(alive)} of the {count} collaborators needed "
+                        f"are connected after {timeout:.0f} s"
+                    )
+                self.cond.wait(min(left, 1.0))
+            return alive
+
+    def open(self, attempt: Attempt) -> None:
+        with self.cond:
+            self.attempt = attempt
+            self.cond.notify_all()
+
+    def wait_closed(self, stop: Callable[[], bool] = lambda: False) -> Attempt:
+        """Wait until every sampled participant has settled (an update, a refusal, or
+        silence past ``dead_after``) or the deadline passes; then close the attempt."""
+        with self.cond:
+            a = self.attempt
+            assert a is not None
+            while True:
+                now = time.monotonic()
+                limit = now - self.config.dead_after
+                for name in a.sampled:
+                    who = self.participants.get(name)
+                    if not a.settled(name) and (who is None or who.last_seen < limit):
+                        a.dropped.add(name)
+                        log.warning("round %d: '%s' went silent: dropped", a.round, name)
+                if all(a.settled(n) for n in a.sampled) or now >= a.deadline or stop():
+                    break
+                self.cond.wait(min(a.deadline - now, 0.5))
+            a.open = False
+            self.cond.notify_all()
+        with self._fold:  # an update being folded right now finishes first
+            return a
+
+    def finish(self, timeout: float = 10.0) -> None:
+        """Tell every collaborator training is over; wait (up to ``timeout``) until each
+        one still alive has heard it, so none is left calling a stopped server."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+            while not set(self._alive()) <= self.told_done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(min(left, 0.5))
+
+
+def _model_stream(head: dict[str, Any], model: SignedModel) -> Iterator[bytes]:
+    yield msg.header_bytes(head)
+    yield model.prefix()
+    yield from chunks(model.payload)
+
+
+def without_tensors(update: Update) -> Update:
+    """The update without its tensors (already folded): keeps memory to one model."""
+    return Update(update.sender, {"_": np.zeros(0)}, update.num_samples, update.metrics)

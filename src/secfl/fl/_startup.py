@@ -1,0 +1,297 @@
+"""The two FL workloads as library calls: :func:`run_aggregator` and
+:func:`run_collaborator` (``secfl aggregator`` / ``secfl collaborator`` call them).
+
+In secure mode (the default) each must run under ``secfl run``: it takes its
+identity, the policy (checked against the attested digest) and its secrets from
+there, its task and data only from sources attestation covers (volumes, built-in
+tasks: :func:`~secfl.fl._inputs.require_measured`), serves or dials mutual TLS
+with SPM-issued certificates, refreshes revocations and renews its certificate by
+attesting again. ``insecure=True`` drops all of that (plaintext, no SPM, unsigned
+models) to measure the overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from secfl._internal.files import atomic_write, ram_tempdir
+from secfl.errors import FlError, SecflError
+from secfl.fl._aggregator import Aggregator, Signer
+from secfl.fl._collaborator import Collaborator, ModelGate
+from secfl.fl._commit import Commit, MemoryLedger, SpmLedger
+from secfl.fl._config import FederationConfig
+from secfl.fl._inputs import data_path, load_task, require_measured
+from secfl.fl._tensors import to_bytes
+from secfl.fl._transport import INSECURE_WARNING, Client, PeerPolicy, Server
+from secfl.fl._untrusted import read_yaml_file
+from secfl.fl._workload_identity import (
+    CHECKPOINT_KEY,
+    OUTPUT_KEY,
+    SIGNING_KEY,
+    VERIFY_KEY,
+    WorkloadIdentity,
+    load_hex_key,
+    load_private_key,
+    load_public_key,
+)
+from secfl.fl.strategies._base import Params
+from secfl.policy._model import Policy
+from secfl.tasks._base import Dataset, Task
+
+__all__ = [
+    "INSECURE",
+    "RESET_FILE",
+    "AggregatorOptions",
+    "CollaboratorOptions",
+    "build_aggregator",
+    "build_collaborator",
+    "read_settings",
+    "run_aggregator",
+    "run_collaborator",
+    "write_output",
+]
+
+log = logging.getLogger("secfl.fl")
+INSECURE = "insecure"
+#: A board-approved reset placed in the checkpoint folder by the operator is used
+#: without changing the aggregator's command line (which its measurement covers).
+RESET_FILE = "reset.json"
+
+
+@dataclass
+class AggregatorOptions:
+    task: str
+    validation: str | None = None
+    test: str | None = None
+    listen: str = "0.0.0.0:7443"
+    checkpoints: Path | None = Path("checkpoints")
+    metrics: Path | None = None
+    output: Path | None = None
+    insecure: bool = False
+    #: --insecure only: a file with the federation settings (or a policy holding them).
+    federation: Path | None = None
+    signing_key: str | None = None
+    checkpoint_key: str | None = None
+    output_key: str | None = None
+    ready_file: Path | None = None
+    #: A board-approved reset (``secfl fl reset``'s statement and signatures).
+    reset: Path | None = None
+
+
+@dataclass
+class CollaboratorOptions:
+    aggregator: str
+    task: str
+    data: str | None = None
+    aggregator_service: str | None = None
+    insecure: bool = False
+    name: str | None = None
+    verify_key: str | None = None
+    patience: float = 120.0
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """Federation settings from a YAML/JSON file: the file itself, or a policy's section."""
+    doc = read_yaml_file(path, "federation")
+    if isinstance(doc, dict) and "services" in doc and "federation" in doc:
+        doc = doc["federation"]
+    if not isinstance(doc, dict):
+        raise FlError(f"federation: {path} is not a mapping of settings")
+    return doc
+
+
+def _load_data(task: Task, spec: str | None, exclude: AbstractSet[str] = frozenset()) -> Dataset:
+    return task.load_data(data_path(spec, exclude=exclude))
+
+
+def _write_ready(path: Path | None, doc: dict[str, Any]) -> None:
+    """Tell whoever waits for the aggregator its port: whole or not at all (no fsync:
+    the file means nothing after a reboot)."""
+    if path is None:
+        return
+    try:
+        atomic_write(path, json.dumps(doc).encode(), fsync=False)
+    except OSError as exc:
+        raise FlError(f"ready file: cannot write {path}: {exc.strerror or exc}") from None
+
+
+# --- aggregator ----------------------------------------------------------------------------
+
+
+def _role_services(policy: Policy, *roles: str) -> set[str]:
+    return {s.name for s in policy.services if s.role in roles}
+
+
+def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdentity | None]:
+    """An aggregator ready to :meth:`~Aggregator.start` (secure unless ``insecure``),
+    with the workload's identity (``None`` with --insecure)."""
+    if opts.insecure:
+        log.warning(INSECURE_WARNING)
+        config = FederationConfig.parse(read_settings(opts.federation) if opts.federation else {})
+        task, validation, test = _aggregator_sources(opts)
+        server = Server(None, PeerPolicy(policy=INSECURE, services=set()), workers=128)
+        signer = Signer(INSECURE, ed25519.Ed25519PrivateKey.generate())
+        commit = Commit(MemoryLedger(), directory=None, key=None, policy_digest=INSECURE)
+        agg = Aggregator(task, config, server, signer, commit, validation, test, opts.metrics)
+        return agg, None
+    if opts.federation:
+        raise FlError("federation: in secure mode the settings come from the policy")
+    require_measured("--task", opts.task, code=True)
+    require_measured("--validation", opts.validation, code=False)
+    require_measured("--test", opts.test, code=False)
+    ident = WorkloadIdentity.from_env()
+    task, validation, test = _aggregator_sources(opts)
+    reset_from = None
+    policy = ident.policy_document()
+    config = FederationConfig.parse(policy.federation)
+    me = policy.service(ident.service)
+    if me is None or me.role not in ("aggregator", "any"):
+        raise FlError(f"policy: service '{ident.service}' is not an aggregator")
+    peers = PeerPolicy(
+        policy=ident.policy,
+        services=_role_services(policy, "collaborator", "any") - {ident.service},
+        revoked=ident.revoked(),
+    )
+    # a waiting collaborator holds a worker for one long poll: room for all of them
+    server = Server(ident.creds, peers, workers=2 * len(peers.services) + 8)
+    key = load_private_key(ident.secret_file(SIGNING_KEY, opts.signing_key))
+    ckpt_key = load_hex_key(ident.secret_file(CHECKPOINT_KEY, opts.checkpoint_key))
+    ledger = SpmLedger(ident.spm, ident.policy, config.counter, ident.token)
+    commit = Commit(
+        ledger, directory=opts.checkpoints, key=ckpt_key, policy_digest=ident.policy_digest,
+        keep=config.checkpoint_keep,
+    )  # fmt: skip
+    reset_file = opts.reset or (opts.checkpoints / RESET_FILE if opts.checkpoints else None)
+    if reset_file is not None and reset_file.exists():
+        from secfl.fl._reset import check_reset
+
+        reset_from = check_reset(reset_file, policy, ident.policy_digest, config.counter)
+        log.warning("the board approved a reset at counter %d (%s)", reset_from, reset_file)
+
+    def refresh() -> None:
+        if ident.renew():
+            server.rotate(ident.creds)
+        peers.revoked = ident.revoked()
+
+    def report(finding: dict[str, Any]) -> None:
+        """The audit's exclusions go to the SPM's audit log, where the board sees them."""
+        event = "audit.revocation-requested" if config.request_revocation else "audit.excluded"
+        try:
+            ident.spm().report(ident.policy, event, finding, ident.token())
+        except SecflError as exc:  # the round goes on; the metrics file has it too
+            log.warning("could not report the audit's finding to the SPM: %s", exc)
+
+    agg = Aggregator(task, config, server, Signer(ident.policy_digest, key), commit,
+                     validation, test, opts.metrics, refresh=refresh,
+                     on_exclusion=report)  # fmt: skip
+    agg.reset_from = reset_from
+    return agg, ident
+
+
+def _aggregator_sources(opts: AggregatorOptions) -> tuple[Task, Dataset | None, Dataset | None]:
+    """The task, validation and test data an aggregator's options name."""
+    task = load_task(opts.task)
+    validation = _load_data(task, opts.validation) if opts.validation else None
+    test = _load_data(task, opts.test) if opts.test else None
+    return task, validation, test
+
+
+def run_aggregator(opts: AggregatorOptions) -> Params:
+    """Build, listen, train every round, write the output; returns the final model."""
+    agg, ident = build_aggregator(opts)
+    port = agg.start(opts.listen)
+    log.info("listening on port %d", port)
+    _write_ready(opts.ready_file, {"port": port, "pid": os.getpid()})
+    try:
+        params = agg.run()
+        if opts.output is not None:
+            write_output(agg, opts, params, ident)
+    finally:
+        agg.server.stop(grace=2.0)
+    return params
+
+
+def write_output(
+    agg: Aggregator, opts: AggregatorOptions, params: Params, ident: WorkloadIdentity | None
+) -> Path:
+    """The final model: plain safetensors with --insecure; otherwise a shield volume
+    sealed with the policy's output key (only holders of that key can read it)."""
+    assert opts.output is not None
+    opts.output.mkdir(parents=True, exist_ok=True)
+    data = to_bytes(params, metadata={"rounds": str(agg.config.rounds)})
+    if ident is None:
+        path = opts.output / "model.safetensors"
+        path.write_bytes(data)
+        return path
+    key_file = ident.secret_file(OUTPUT_KEY, opts.output_key, required=False)
+    if key_file is None:
+        log.warning("no output key injected: the final model stays in the sealed checkpoints")
+        return opts.checkpoints or opts.output
+    from secfl.shield import encrypt_directory
+
+    with ram_tempdir("secfl-model-") as tmp:
+        (tmp / "model.safetensors").write_bytes(data)
+        (tmp / "metrics.json").write_text(json.dumps(agg.history, sort_keys=True))
+        path = opts.output / "model.secfl"
+        tag = encrypt_directory(tmp, path, load_hex_key(key_file))
+    log.info("final model sealed in %s (tag %s)", path, tag)
+    return path
+
+
+# --- collaborator --------------------------------------------------------------------------
+
+
+def _collaborator_sources(opts: CollaboratorOptions) -> tuple[Task, Dataset]:
+    """The task and the training data a collaborator's options name."""
+    task = load_task(opts.task)
+    task_volume = {opts.task.removeprefix("volume:")} if opts.task.startswith("volume:") else set()
+    return task, _load_data(task, opts.data, task_volume)
+
+
+def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
+    """A collaborator ready to :meth:`~Collaborator.run` (secure unless ``insecure``)."""
+    if opts.insecure:
+        log.warning(INSECURE_WARNING)
+        if not opts.name:
+            raise FlError("collaborator: --insecure needs --name")
+        task, data = _collaborator_sources(opts)
+        name = opts.name
+        return Collaborator(
+            task, data,
+            lambda: Client(opts.aggregator, None, server_name="", name=name),
+            ModelGate(None, INSECURE), patience=opts.patience,
+        )  # fmt: skip
+    require_measured("--task", opts.task, code=True)
+    require_measured("--data", opts.data, code=False)
+    ident = WorkloadIdentity.from_env()
+    task, data = _collaborator_sources(opts)
+    policy = ident.policy_document()
+    service = opts.aggregator_service
+    if service is None:
+        names = sorted(_role_services(policy, "aggregator"))
+        if len(names) != 1:
+            raise FlError("collaborator: give --aggregator-service (the policy names "
+                          f"{len(names)} aggregators)")  # fmt: skip
+        service = names[0]
+    key = load_public_key(ident.secret_file(VERIFY_KEY, opts.verify_key))
+    # the federation's newest committed model, from the SPM: no older one is accepted
+    counter = FederationConfig.parse(policy.federation).counter
+    floor = ident.spm().counter(ident.policy, counter)
+    return Collaborator(
+        task, data,
+        lambda: Client(opts.aggregator, ident.creds, server_name=service),
+        ModelGate(key, ident.policy_digest, floor=floor), renew=ident.renew,
+        patience=opts.patience,
+    )  # fmt: skip
+
+
+def run_collaborator(opts: CollaboratorOptions) -> list[dict[str, Any]]:
+    return build_collaborator(opts).run()

@@ -1,0 +1,256 @@
+"""What an FL workload started by ``secfl run`` holds, and how it keeps it fresh.
+
+``secfl run`` attests the workload and leaves it an identity (certificate, key,
+the policy's CA, an SPM session) in ``$SECFL_IDENTITY``, secrets in injected files
+under ``$SECFL_FILES``, and what it needs to attest again: the pinned SPM, the
+TEE, and in simulation the measurement. :class:`WorkloadIdentity` reads them; it renews
+the certificate (and the session) by attesting again once two thirds of its
+lifetime have passed, so certificates can be short-lived; it fetches the policy
+from the SPM and checks that it is the one attested against.
+
+The policy's ``federation`` section configures the run; the well-known injected
+files (see :data:`SIGNING_KEY` and friends) carry the model-signing key, the
+checkpoint key and the output key that the policy releases to each service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, overload
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from secfl.errors import FlError, LaunchError
+from secfl.fl._envelope import PrivateKey, PublicKey
+from secfl.fl._transport import Credentials
+from secfl.policy._canonical import digest
+from secfl.policy._model import Policy
+from secfl.spm.client import SpmClient
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "OUTPUT_KEY",
+    "SIGNING_KEY",
+    "VERIFY_KEY",
+    "WorkloadIdentity",
+    "load_hex_key",
+    "load_private_key",
+    "load_public_key",
+]
+
+log = logging.getLogger("secfl.fl._workload_identity")
+
+#: Injected files (relative to ``$SECFL_FILES``) a policy gives FL services.
+SIGNING_KEY = "fl/signing-key.pem"  # aggregator: the model-signing private key
+VERIFY_KEY = "fl/signing-key.pub"  # collaborators: its public key
+CHECKPOINT_KEY = "fl/checkpoint.key"  # aggregator: hex AES-256 key for checkpoints
+OUTPUT_KEY = "fl/output.key"  # aggregator (optional): hex key sealing the final model
+
+
+def _env(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    if not value:
+        raise LaunchError(
+            f"identity: ${name} is not set: start this workload with `secfl run` "
+            "(or pass --insecure to measure without security)"
+        )
+    return value
+
+
+def _expiry(cert_pem: bytes) -> tuple[datetime, datetime]:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+@dataclass
+class WorkloadIdentity:
+    """An attested workload's identity; :meth:`renew` attests again when it is due."""
+
+    policy: str
+    service: str
+    spm_url: str
+    spm_pin: str
+    policy_digest: str
+    platform: str
+    sim_dir: Path | None
+    measurement: str | None
+    creds: Credentials
+    session_token: str = field(repr=False)
+    files: Path | None = None
+    _spm: SpmClient | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkloadIdentity:
+        env = os.environ if env is None else env
+        folder = Path(_env(env, "SECFL_IDENTITY"))
+        try:
+            creds = Credentials(
+                key_pem=(folder / "key.pem").read_bytes(),
+                cert_pem=(folder / "cert.pem").read_bytes(),
+                ca_pem=(folder / "ca.pem").read_bytes(),
+            )
+            token = (folder / "session.token").read_text().strip()
+        except OSError as exc:
+            raise LaunchError(f"identity: cannot read {folder}: {exc.strerror}") from None
+        sim = env.get("SECFL_SIM_DIR")
+        return cls(
+            policy=_env(env, "SECFL_POLICY"),
+            service=_env(env, "SECFL_SERVICE"),
+            spm_url=_env(env, "SECFL_SPM_URL"),
+            spm_pin=_env(env, "SECFL_SPM_PIN"),
+            policy_digest=_env(env, "SECFL_POLICY_DIGEST"),
+            platform=env.get("SECFL_PLATFORM", "auto"),
+            sim_dir=Path(sim) if sim else None,
+            measurement=env.get("SECFL_MEASUREMENT") or None,
+            creds=creds,
+            session_token=token,
+            files=Path(env["SECFL_FILES"]) if env.get("SECFL_FILES") else None,
+        )
+
+    # --- the SPM -------------------------------------------------------------------------
+
+    def spm(self) -> SpmClient:
+        if self._spm is None:
+            self._spm = SpmClient(self.spm_url, pin=self.spm_pin)
+        return self._spm
+
+    def policy_document(self) -> Policy:
+        """The policy from the SPM; it must be the version this workload attested to."""
+        policy = Policy.model_validate_json(self.spm().policy(self.policy)["document"])
+        if digest(policy) != self.policy_digest:
+            raise FlError(
+                f"policy: '{self.policy}' changed since this workload attested "
+                "(a new version was approved): restart it under the new version"
+            )
+        return policy
+
+    def revoked(self) -> set[str]:
+        """Serials the board revoked, and ``service:NAME`` for a revoked service
+        (refreshed from the SPM by the caller, per round)."""
+        found: set[str] = set()
+        for r in self.spm().revocations(self.policy):
+            if r.get("serial"):
+                found.add(str(r["serial"]).lower())
+            if r.get("kind") == "service" and r.get("subject"):
+                found.add(f"service:{r['subject']}")
+        return found
+
+    def token(self) -> str:
+        return self.session_token
+
+    # --- renewal -------------------------------------------------------------------------
+
+    def due(self, now: datetime | None = None) -> bool:
+        """Whether two thirds of the certificate's lifetime have passed (counted from
+        its issue, not from its validity start, which is back-dated for clock skew)."""
+        from secfl.spm._sealing import CLOCK_SKEW
+
+        start, end = _expiry(self.creds.cert_pem)
+        issued = min(start + CLOCK_SKEW, end)
+        now = now or datetime.now(UTC)
+        return now >= issued + (end - issued) * 2 / 3
+
+    def renew(self, *, force: bool = False) -> bool:
+        """Attest again for a new certificate and session when due; True if renewed."""
+        from secfl.spm.enroll import enroll
+        from secfl.tee._platforms import platform_by_name
+
+        with self._lock:
+            if not force and not self.due():
+                return False
+            tee = platform_by_name(self.platform, sim_dir=self.sim_dir)
+            enrollment = enroll(
+                self.spm(), tee, self.policy, self.service, measurement=self.measurement
+            )
+            if enrollment.policy_digest != self.policy_digest:
+                raise FlError("policy: the policy changed since this workload started: restart")
+            self.creds = Credentials(
+                key_pem=enrollment.key_pem,
+                cert_pem=enrollment.certificate.encode(),
+                ca_pem=enrollment.ca_certificate.encode(),
+            )
+            self.session_token = enrollment.session_token
+        _, end = _expiry(self.creds.cert_pem)
+        log.info("attested again: new certificate valid until %s", end.isoformat())
+        return True
+
+    # --- injected secrets ----------------------------------------------------------------
+
+    @overload
+    def secret_file(
+        self, relative: str, given: str | None, *, required: Literal[True] = True
+    ) -> Path: ...
+
+    @overload
+    def secret_file(self, relative: str, given: str | None, *, required: bool) -> Path | None: ...
+
+    def secret_file(
+        self, relative: str, given: str | None, *, required: bool = True
+    ) -> Path | None:
+        """``$SECFL_FILES/given`` (an injected file the policy names otherwise) or
+        ``$SECFL_FILES/relative``; refuses a missing required one. Never a file
+        outside ``$SECFL_FILES``: attestation covers the command line, not what a
+        path on it names, and the host could put its own key there."""
+        name = given or relative
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or not parts:
+            raise LaunchError(
+                f"secret: {name[:120]!r} is not an injected file: name one relative to "
+                "$SECFL_FILES (a file the policy injects into this service)"
+            )
+        path = self.files / name if self.files else None
+        if path is None or not path.is_file():
+            if required:
+                raise LaunchError(
+                    f"secret: {path or name} does not exist: the policy must inject "
+                    f"'{name}' into service '{self.service}'"
+                )
+            return None
+        return path
+
+
+def load_private_key(path: Path) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise FlError(f"secret: {path} is not a PEM private key ({type(exc).__name__})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey):
+        raise FlError(f"secret: {path} is a {_kind(key)}: use an Ed25519 or P-256 key")
+    return key
+
+
+def load_public_key(path: Path) -> PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise FlError(f"secret: {path} is not a PEM public key ({type(exc).__name__})") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        raise FlError(f"secret: {path} is a {_kind(key)}: use an Ed25519 or P-256 key")
+    return key
+
+
+def _kind(key: object) -> str:
+    """``RSA key``, ``X25519 key``...: what a refused key is, for messages."""
+    name = type(key).__name__.lstrip("_")
+    for suffix in ("PrivateKey", "PublicKey"):
+        name = name.removesuffix(suffix)
+    return f"{name} key"
+
+
+def load_hex_key(path: Path) -> bytes:
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        raise FlError(f"secret: {path} does not hold a hex key") from None
+    if len(key) != 32:
+        raise FlError(f"secret: {path} holds {len(key)} bytes, a 32-byte key is needed")
+    return key

@@ -1,0 +1,355 @@
+"""Prepare and run a workload: the steps of ``secfl run``, each refusing in one line.
+
+1. Verify the SPM (pinned key, or attestation against expected measurements).
+2. Attest on this machine's TEE with fresh HPKE and TLS keys; receive the
+   service's certificate, secrets and session (in memory).
+3. Open the volumes the policy gives the service and check each against the
+   policy's tag, or for a rollback-protected volume against the SPM's record
+   (recording a newer release, refusing an older one).
+4. Substitute placeholders in the arguments (public parts only, checked before
+   step 1: every local user reads a command line), the environment and injected
+   files.
+5. Run the program (or a Python module from a code volume, in this interpreter),
+   forwarding signals; remove injected files when it exits.
+
+No core dump is ever written and the program dies with the launcher
+(:mod:`secfl.launcher._process`); the plaintext folder leaves nothing behind even
+when the launcher is killed (:mod:`secfl.launcher._private`).
+
+An external program reads its volumes as verified plaintext copies in the
+private RAM folder (``$SECFL_VOLUMES/NAME``): every chunk is authenticated before
+it starts. A Python workload run with ``--module`` imports its code from memory
+and streams its data from :data:`volumes` instead, in bounded memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import runpy
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from secfl.errors import LaunchError, SecflError
+from secfl.launcher._inject import (
+    check_env_name,
+    check_public_args,
+    file_plan,
+    no_nul,
+    substitute,
+    write_private,
+)
+from secfl.launcher._measurement import resolve_program, run_measurement
+from secfl.launcher._private import PrivateDir
+from secfl.launcher._process import exit_status, harden, run_program
+from secfl.policy._model import Policy, Service, VolumeSpec
+from secfl.shield import Volume, VolumeImporter, load_key, peek_tag
+from secfl.spm.client import SpmClient
+from secfl.spm.enroll import Enrollment, enroll
+from secfl.tee._platforms import platform_by_name
+
+
+@dataclass
+class RunRequest:
+    """Everything ``secfl run`` is told."""
+
+    spm_url: str
+    policy: str
+    service: str
+    argv: list[str]
+    spm_pin: str | None = None
+    spm_measurements: list[str] = field(default_factory=list)
+    sim_root: bytes | None = None
+    volumes: dict[str, Path] = field(default_factory=dict)
+    module: str | None = None
+    platform: str = "auto"
+    sim_dir: Path | None = None
+
+
+@dataclass
+class Launch:
+    """A prepared workload: the command, its environment, its open volumes."""
+
+    argv: list[str]
+    env: dict[str, str]
+    private: PrivateDir
+    volumes: dict[str, Volume]
+    enrollment: Enrollment
+    module: str | None = None
+
+    @property
+    def files(self) -> Path:
+        """The private folder (``SECFL_FILES``)."""
+        return self.private.path
+
+    def cleanup(self) -> None:
+        _close(self.volumes)
+        self.private.remove()
+
+
+def _close(volumes: Mapping[str, Volume]) -> None:
+    for volume in volumes.values():
+        with contextlib.suppress(Exception):
+            volume.close()
+
+
+def connect(req: RunRequest) -> SpmClient:
+    """A client for an SPM that is pinned or that proves an expected measurement."""
+    if req.spm_pin:
+        return SpmClient(req.spm_url, pin=req.spm_pin)
+    if req.spm_measurements:
+        client, _ = SpmClient.verify(
+            req.spm_url, expect_measurement=req.spm_measurements, sim_root=req.sim_root
+        )
+        return client
+    raise LaunchError(
+        "spm: give --spm-pin or --spm-measurement: secfl run trusts no unverified SPM"
+    )
+
+
+def prepare(req: RunRequest) -> Launch:
+    """Steps 1 to 4; nothing is started, and on any refusal nothing is left behind.
+
+    Core dumps are off and the private folder (with its guards against a killed
+    launcher) exists before any secret arrives."""
+    if not req.argv and not req.module:
+        raise LaunchError("run: no program given (secfl run ... -- PROGRAM ARGS)")
+    check_public_args(req.argv, "argument")  # before the SPM is even asked
+    harden()
+    private = PrivateDir.create()
+    volumes: dict[str, Volume] = {}
+    try:
+        return _prepare(req, private, volumes)
+    except BaseException:
+        _close(volumes)
+        private.remove()
+        raise
+
+
+def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -> Launch:
+    files = private.path
+    with connect(req) as client:
+        policy = Policy.model_validate_json(client.policy(req.policy)["document"])
+        service = policy.service(req.service)
+        if service is None:
+            raise LaunchError(f"policy: '{req.policy}' has no service '{req.service}'")
+        missing = [v for v in service.volumes if v not in req.volumes]
+        if missing:
+            raise LaunchError(
+                f"volume: the policy gives '{req.service}' volume '{missing[0]}': "
+                f"pass --volume {missing[0]}=PATH"
+            )
+        extra = sorted(set(req.volumes) - set(service.volumes))
+        if extra:
+            raise LaunchError(f"volume: '{extra[0]}' is not a volume of service '{req.service}'")
+        for name in service.inject.env:
+            check_env_name(name)
+        check_public_args(service.inject.args, "policy argument")
+        plan = file_plan(service.inject.files)  # refused before any secret is released
+        code_tags = {
+            name: peek_tag(req.volumes[name])
+            for name in service.volumes
+            if _volume_spec(policy, name).kind == "code"
+        }
+
+        tee = platform_by_name(req.platform, sim_dir=req.sim_dir)
+        measurement = None
+        if tee.name == "simulated":
+            program = None if req.module else resolve_program(req.argv[0])
+            shown = ["-m", req.module, *req.argv] if req.module else req.argv
+            measurement = run_measurement(program, shown, code_tags)
+        enrollment = enroll(client, tee, req.policy, req.service, measurement=measurement)
+
+        for name in service.volumes:
+            volumes[name] = _open_volume(
+                client, policy, name, req.volumes[name], enrollment, code_tags
+            )
+        if not req.module:  # an external program reads verified copies, in RAM
+            for name, volume in volumes.items():
+                volume.extract(files / "volumes" / name)
+        env = _environment(service, enrollment, files, req)
+        env.update(_attestation_env(client, tee.name, measurement, req))
+        args: list[str] = []
+        for what, given in (("argument", req.argv), ("policy argument", service.inject.args)):
+            for i, text in enumerate(given):
+                where = f"{what} {i + 1}"
+                args.append(no_nul(substitute(text, enrollment, where, public=True), where))
+        for path, content in service.inject.files.items():
+            text = substitute(content, enrollment, f"file {path}")
+            write_private(files, plan[path], text.encode())
+    return Launch(args, env, private, volumes, enrollment, req.module)
+
+
+def _volume_spec(policy: Policy, name: str) -> VolumeSpec:
+    """The policy's declaration of volume *name* (its references are checked when the
+    policy is loaded, so a missing one is a broken policy)."""
+    spec = policy.volume(name)
+    if spec is None:
+        raise LaunchError(f"policy: '{policy.name}' gives volume '{name}' but does not declare it")
+    return spec
+
+
+def _open_volume(
+    client: SpmClient,
+    policy: Policy,
+    name: str,
+    path: Path,
+    enrollment: Enrollment,
+    code_tags: Mapping[str, str],
+) -> Volume:
+    spec = _volume_spec(policy, name)
+    value = enrollment.secrets.get(spec.key)
+    if value is None or "raw" not in value:
+        raise LaunchError(f"volume: the SPM did not release the key of volume '{name}'")
+    key = load_key(base64.b64decode(value["raw"]))
+    volume = Volume.open(path, key)
+    try:
+        if name in code_tags and volume.tag != code_tags[name]:
+            raise LaunchError(f"volume: '{name}' changed while it was being measured")
+        if spec.tag is not None:
+            if volume.tag != spec.tag:
+                raise LaunchError(
+                    f"volume: '{name}' has tag {volume.tag}, the policy expects {spec.tag}"
+                )
+        else:
+            raw_key = base64.b64decode(value["raw"])
+            _check_fresh(client, policy.name, name, volume, enrollment, raw_key)
+    except BaseException:
+        volume.close()
+        raise
+    return volume
+
+
+def _check_fresh(
+    client: SpmClient,
+    policy: str,
+    name: str,
+    volume: Volume,
+    enrollment: Enrollment,
+    volume_key: bytes,
+) -> None:
+    """A rollback-protected volume must be the newest release the SPM has seen."""
+    version, tag = volume.version, volume.tag
+    state = client.volume_state(policy, name)
+    if version == state["version"] and tag == state["tag"]:
+        return
+    if version > state["version"]:
+        client.record_volume(
+            policy,
+            name,
+            version=version,
+            tag=tag,
+            token=enrollment.session_token,
+            volume_key=volume_key,
+        )
+        return
+    raise LaunchError(
+        f"rollback: volume '{name}' is version {version}, but version {state['version']} "
+        "was already recorded: refusing an older (or altered) release"
+    )
+
+
+def _environment(
+    service: Service, enrollment: Enrollment, files: Path, req: RunRequest
+) -> dict[str, str]:
+    """The program's environment: ours, the policy's injected variables, and where its
+    identity (certificate, key, CA, session) and injected files are."""
+    identity = files / ".secfl"
+    write_private(files, ".secfl/cert.pem", enrollment.certificate.encode())
+    write_private(files, ".secfl/key.pem", enrollment.key_pem)
+    write_private(files, ".secfl/ca.pem", enrollment.ca_certificate.encode())
+    write_private(files, ".secfl/session.token", enrollment.session_token.encode())
+    env = dict(os.environ)
+    env.update(
+        {
+            "SECFL_FILES": str(files),
+            "SECFL_VOLUMES": str(files / "volumes"),
+            "SECFL_IDENTITY": str(identity),
+            "SECFL_POLICY": req.policy,
+            "SECFL_SERVICE": req.service,
+            "SECFL_SPM_URL": req.spm_url,
+            "SECFL_POLICY_DIGEST": enrollment.policy_digest,
+        }
+    )
+    for key, text in service.inject.env.items():
+        where = f"environment variable {key}"
+        env[key] = no_nul(substitute(text, enrollment, where), where)
+    return env
+
+
+def _attestation_env(
+    client: SpmClient, platform: str, measurement: str | None, req: RunRequest
+) -> dict[str, str]:
+    """What the workload needs to attest again by itself (renewing a short-lived
+    certificate): the pinned SPM and this TEE; in simulation, the measurement that
+    ``secfl run`` computed, since simulated hardware cannot measure anything."""
+    env = {"SECFL_SPM_PIN": client.pin, "SECFL_PLATFORM": platform}
+    if measurement is not None:
+        env["SECFL_MEASUREMENT"] = measurement
+    if req.sim_dir is not None:
+        env["SECFL_SIM_DIR"] = str(req.sim_dir)
+    return env
+
+
+def execute(launch: Launch) -> int:
+    """Run the prepared workload; return the launcher's exit code: the program's, or
+    128+N when signal N killed it (never raised again on the launcher itself)."""
+    try:
+        if launch.module:
+            return _run_module(launch)
+        return exit_status(run_program(launch.argv, launch.env))
+    finally:
+        launch.cleanup()
+
+
+#: The open volumes of the workload running in this interpreter (``--module``), by
+#: name: it streams its data from them (bounded memory, every chunk authenticated).
+volumes: dict[str, Volume] = {}
+
+
+def _run_module(launch: Launch) -> int:
+    """Run a Python module served from the code volumes, in this interpreter."""
+    importers = [VolumeImporter(v) for v in launch.volumes.values()]
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    sys.argv = [launch.module or "", *launch.argv]
+    os.environ.clear()
+    os.environ.update(launch.env)
+    volumes.update(launch.volumes)
+    try:
+        with _installed(importers):
+            runpy.run_module(launch.module or "", run_name="__main__", alter_sys=True)
+        return 0
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        volumes.clear()
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+
+@contextlib.contextmanager
+def _installed(importers: Sequence[VolumeImporter]) -> Iterator[None]:
+    for imp in importers:
+        imp.install()
+    try:
+        yield
+    finally:
+        for imp in importers:
+            imp.uninstall()
+
+
+__all__ = [
+    "Launch",
+    "LaunchError",
+    "RunRequest",
+    "SecflError",
+    "execute",
+    "exit_status",
+    "prepare",
+    "volumes",
+]

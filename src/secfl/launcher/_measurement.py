@@ -1,0 +1,61 @@
+"""What the simulated TEE measures for ``secfl run``: program, code volumes, command.
+
+Hardware TEEs measure themselves (the enclave, the TD, the VM image). The
+simulated TEE has nothing to measure, so ``secfl run`` reports this digest
+instead, which a policy author computes ahead with ``secfl measure --for-run``:
+
+    SHA-384 of the canonical JSON (sorted keys, no spaces) of
+    {"format": "secfl-run/1",
+     "program": <the secfl-measure/1 manifest of the program file, or null for --module>,
+     "argv": [the command line as given, placeholders unexpanded],
+     "code_volumes": {name: tag, ...}}
+
+Any change to the program's bytes or mode, to a code volume's content (its tag)
+or to the command line changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from secfl._internal.canonical import canonical_json
+from secfl.errors import MeasurementError
+from secfl.tee._measure import manifest
+
+__all__ = [
+    "FORMAT",
+    "resolve_program",
+    "run_measurement",
+]
+
+FORMAT = "secfl-run/1"
+
+
+def resolve_program(program: str) -> Path:
+    """The file ``program`` names: a path, or a command found on PATH."""
+    if "/" in program:
+        path = Path(program)
+    else:
+        found = shutil.which(program)
+        if found is None:
+            raise MeasurementError(f"measure: program '{program}' is not on PATH")
+        path = Path(found)
+    if not path.is_file():
+        raise MeasurementError(f"measure: program '{program}' is not a file")
+    return path.resolve()
+
+
+def run_measurement(
+    program: Path | None, argv: Sequence[str], code_volumes: Mapping[str, str]
+) -> str:
+    """The measurement (hex SHA-384) of running ``argv`` with ``program`` and code volumes."""
+    doc = {
+        "format": FORMAT,
+        "program": None if program is None else manifest([program]),
+        "argv": list(argv),
+        "code_volumes": {name: tag.lower() for name, tag in sorted(code_volumes.items())},
+    }
+    return hashlib.sha384(canonical_json(doc)).hexdigest()

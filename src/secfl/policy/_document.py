@@ -1,0 +1,387 @@
+"""Reading a policy document: YAML text in, a validated :class:`Policy` out.
+
+Policies are written by people and submitted by anyone who can reach the SPM,
+so reading one is strict and bounded:
+
+- YAML is read with a safe loader that also refuses duplicate mapping keys (the
+  usual YAML behaviour — the last one silently wins — would let two readers of
+  the same document disagree on what the board approved), aliases and merge
+  keys (a few lines of aliases expand to gigabytes: "billion laughs"), nesting
+  deeper than :data:`MAX_DEPTH`, documents larger than :data:`MAX_BYTES` and
+  numbers written with more than :data:`MAX_NUMBER_CHARS` characters (Python
+  refuses to convert more than 4300 digits, and a policy has no use for them;
+  the schema then bounds every number and text, see :mod:`secfl.policy._model`).
+- Every failure is a :class:`~secfl.errors.PolicyError` with one line that names
+  the field path, e.g. ``policy: services[1].inject.env.KEY: placeholder names
+  unknown secret 'x'`` or ``policy: board.members[0].publc_key: unknown field``;
+  YAML syntax errors give the line and column.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, JsonValue, ValidationError
+from pydantic.fields import FieldInfo
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
+
+from secfl._internal.canonical import unique_keys
+from secfl.errors import PolicyError
+from secfl.policy._model import Policy
+from secfl.policy._references import key_path
+
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_NUMBER_CHARS",
+    "load_policy",
+    "load_policy_file",
+    "validation_message",
+]
+
+#: The largest policy document accepted (bytes of YAML).
+MAX_BYTES = 1 << 20
+#: The deepest nesting of YAML collections accepted.
+MAX_DEPTH = 64
+#: The longest number accepted, as written (sign, digits, prefix, underscores).
+MAX_NUMBER_CHARS = 100
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without duplicate keys, aliases, merge keys or deep nesting."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ComposerError(None, None, "YAML aliases are not allowed", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()
+                raise ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        # Checked before PyYAML calls int(): 5000 digits raise ValueError there.
+        if len(self.construct_scalar(node)) > MAX_NUMBER_CHARS:
+            raise ConstructorError(
+                None, None, f"a number longer than {MAX_NUMBER_CHARS} characters", node.start_mark
+            )
+        return super().construct_yaml_int(node)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    raise ConstructorError(
+                        None, None, "YAML merge keys ('<<') are not allowed", key_node.start_mark
+                    )
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    raise ConstructorError(
+                        None, None, "a mapping key must be a plain value", key_node.start_mark
+                    ) from None
+                if duplicate:
+                    raise ConstructorError(
+                        None, None, f"duplicate key {_show(key)}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def load_policy(text: str | bytes) -> Policy:
+    """Parse and validate a policy document: YAML, or JSON (such as the canonical form).
+
+    A document that parses as JSON is read as JSON, strictly (no duplicate
+    keys, no NaN); anything else as YAML. JSON first because PyYAML (YAML 1.1)
+    does not read every JSON string as JSON does (a raw U+0085 is a line break
+    to it, U+0080 a refused character), and the canonical form must load back
+    to the same policy.
+
+    Raises :class:`PolicyError` with one line naming what is wrong and where.
+    """
+    if len(text) > MAX_BYTES:
+        raise PolicyError(f"policy: the document is larger than {MAX_BYTES} bytes")
+    data = _parse(text)
+    if data is None:
+        raise PolicyError("policy: the document is empty")
+    if not isinstance(data, dict):
+        raise PolicyError(
+            f"policy: the document must be a mapping of fields, not {_type_name(data)}"
+        )
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(validation_message(exc, Policy, "policy")) from None
+    except RecursionError:
+        raise PolicyError("policy: the document is nested too deeply") from None
+    except UnicodeError:  # pydantic cannot even report text it cannot encode
+        raise PolicyError("policy: the document holds text that is not valid Unicode") from None
+    except (ValueError, OverflowError) as exc:  # a limit a check above missed: still one line
+        raise PolicyError(f"policy: {_one_line(str(exc))[:200]}") from None
+
+
+def _parse(text: str | bytes) -> Any:
+    """The document's data: JSON if it is JSON, else YAML."""
+    start = text.lstrip()[:1]
+    if start in ("{", b"{"):
+        try:
+            data = json.loads(
+                text,
+                object_pairs_hook=_json_object,
+                parse_constant=_json_constant,
+                parse_int=_json_int,
+            )
+        except _JsonRefusal as exc:
+            raise PolicyError(f"policy: JSON: {exc}") from None
+        except (ValueError, RecursionError):
+            pass  # not JSON (perhaps YAML in flow style): read it as YAML
+        else:
+            _check_depth(data)
+            return data
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        raise PolicyError(f"policy: {_yaml_message(exc)}") from None
+    except yaml.YAMLError as exc:  # ReaderError: bad encoding or a control character
+        raise PolicyError(f"policy: YAML: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise PolicyError("policy: the document is nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # a YAML value no check above foresaw
+        raise PolicyError(f"policy: YAML: {_one_line(str(exc))[:200]}") from None
+
+
+class _JsonRefusal(Exception):
+    """Valid JSON that a policy may not contain."""
+
+
+_json_object = unique_keys(lambda key: _JsonRefusal(f"duplicate key {_show(key)}"))
+
+
+def _json_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _JsonRefusal(f"a number longer than {MAX_NUMBER_CHARS} characters")
+    return int(text)
+
+
+def _json_constant(name: str) -> Any:
+    raise _JsonRefusal(f"{name} is not a number a policy may hold")
+
+
+def _check_depth(data: Any) -> None:
+    level = [data]
+    for _ in range(MAX_DEPTH + 1):
+        level = [
+            child
+            for value in level
+            if isinstance(value, dict | list)
+            for child in (value.values() if isinstance(value, dict) else value)
+        ]
+        if not level:
+            return
+    raise PolicyError(f"policy: JSON: nested deeper than {MAX_DEPTH} levels")
+
+
+def load_policy_file(path: str | os.PathLike[str]) -> Policy:
+    """:func:`load_policy` on a file; an unreadable file is a :class:`PolicyError` too."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"policy: cannot read '{path}': {exc.strerror or exc}") from None
+    return load_policy(data)
+
+
+def validation_message(exc: ValidationError, root: type[BaseModel], prefix: str) -> str:
+    """One line for a pydantic error: ``prefix: field.path: what is wrong``.
+
+    The first error is reported (others are counted): after fixing it the
+    author runs the check again. pydantic's ``loc`` tuples are rewritten into
+    the path syntax people read — ``services[1].inject.env.KEY`` — dropping the
+    union tags pydantic inserts (``aes-256`` in ``secrets[0].aes-256.size``,
+    ``str`` or ``dict[...]`` for plain unions) by walking ``root``'s types
+    along the location.
+    """
+    # An unknown field first: a misspelt field is also reported as a missing
+    # one, and the misspelling is what the author needs to see. A value of a
+    # union (``str | dict``) fails once per member: the member it was meant as
+    # (the error that is not a type mismatch, else the deepest) says most.
+    errors = sorted(exc.errors(include_url=False), key=_importance)
+    if not errors:  # pragma: no cover - pydantic always reports at least one
+        return f"{prefix}: invalid"
+    lines = [_describe(error, root) for error in errors]
+    path, message = lines[0]
+    seen = {path}
+    if errors[0]["type"] == "extra_forbidden" and "(did you mean '" in message:
+        # The misspelt field's "missing" twin is explained by the suggestion.
+        suggested = message.split("(did you mean '")[1].split("'")[0]
+        seen.add(path[: len(path) - len(key_path(str(errors[0]["loc"][-1])))] + key_path(suggested))
+    extra = len({p for p, _ in lines} - {p.removeprefix(".") for p in seen})
+    more = f" (and {extra} more error{'s' if extra > 1 else ''})" if extra else ""
+    where = f"{path}: " if path else ""
+    return f"{prefix}: {where}{message}{more}"
+
+
+def _importance(error: Any) -> tuple[bool, bool, int]:
+    kind = str(error.get("type", ""))
+    mismatch = kind.endswith("_type") and len(error.get("loc", ())) > 0
+    return kind != "extra_forbidden", mismatch, -len(error.get("loc", ())) if mismatch else 0
+
+
+def _describe(error: Any, root: type[BaseModel]) -> tuple[str, str]:
+    loc = tuple(error.get("loc", ()))
+    kind = error.get("type", "")
+    ctx = error.get("ctx") or {}
+    is_key = bool(loc) and loc[-1] == "[key]"
+    path, parent = _path(loc[:-1] if is_key else loc, root)
+    message = str(error.get("msg", "invalid"))
+    if kind == "extra_forbidden":
+        message = "unknown field"
+        if isinstance(parent, type) and issubclass(parent, BaseModel) and loc:
+            close = difflib.get_close_matches(str(loc[-1]), list(parent.model_fields), n=1)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+    elif kind == "missing":
+        message = "missing required field"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        field = str(ctx.get("discriminator", "kind")).strip("'\"")
+        path = f"{path}.{field}" if path else field
+        if kind == "union_tag_invalid":
+            message = f"'{ctx.get('tag')}' is not one of {ctx.get('expected_tags')}"
+        else:
+            message = "missing required field"
+    elif kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    elif kind == "invalid-json-value":
+        message = "not a JSON value (text, number, boolean, null, list or mapping; quote dates)"
+    elif kind == "model_type" or kind == "model_attributes_type":
+        message = "must be a mapping of fields"
+    elif message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    if is_key or kind == "invalid_key":
+        message = f"invalid key: {message}"
+    return path, _one_line(message)
+
+
+def _path(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[str, Any]:
+    """``('services', 1, 'inject', 'env', 'KEY')`` -> ``services[1].inject.env.KEY``.
+
+    Also returns the type that holds the last element (a model for a field).
+    """
+    out: list[str] = []
+    tp: Any = root
+    parent: Any = None
+    i = 0
+    while i < len(loc):
+        item = loc[i]
+        tp, discriminator = _unwrap(tp)
+        if tp is JsonValue:
+            # pydantic tags each JSON container it descends into: 'dict' or 'list'.
+            if isinstance(item, str) and item in ("dict", "list", "str", "int", "float", "bool"):
+                tp = {"dict": dict[str, JsonValue], "list": list[JsonValue]}.get(item, Any)
+                i += 1
+                continue
+            tp = Any
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(members) == 1:  # Optional[X]: pydantic adds no tag
+                tp = members[0]
+                continue
+            tp = _union_member(members, item, discriminator)
+            i += 1
+            continue
+        parent = tp
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            out.append(key_path(str(item)))
+            field = tp.model_fields.get(item) if isinstance(item, str) else None
+            tp = _field_type(field) if field is not None else Any
+        elif origin is list and isinstance(item, int):
+            out.append(f"[{item}]")
+            tp = typing.get_args(tp)[0]
+        elif origin is dict:
+            out.append(key_path(str(item)))
+            tp = typing.get_args(tp)[1]
+        else:
+            out.append(f"[{item}]" if isinstance(item, int) else key_path(str(item)))
+            tp = Any
+        i += 1
+    return "".join(out).removeprefix("."), parent
+
+
+def _unwrap(tp: Any) -> tuple[Any, str | None]:
+    """Strip ``Annotated``; return the type and its discriminator, if any."""
+    discriminator = None
+    while typing.get_origin(tp) is typing.Annotated:
+        for meta in tp.__metadata__:
+            if isinstance(meta, FieldInfo) and isinstance(meta.discriminator, str):
+                discriminator = meta.discriminator
+        tp = tp.__origin__
+    return tp, discriminator
+
+
+def _field_type(field: FieldInfo) -> Any:
+    if isinstance(field.discriminator, str):
+        return typing.Annotated[field.annotation, FieldInfo(discriminator=field.discriminator)]
+    return field.annotation
+
+
+def _union_member(members: list[Any], tag: Any, discriminator: str | None) -> Any:
+    """The member of a union that pydantic's ``tag`` (in a ``loc``) stands for."""
+    for member in members:
+        if discriminator is not None:
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                field = member.model_fields.get(discriminator)
+                if field is not None and tag in typing.get_args(field.annotation):
+                    return member
+        elif isinstance(tag, str):
+            # Constrained members are tagged ``constrained-str`` and the like.
+            bare = _unwrap(member)[0]
+            name = getattr(typing.get_origin(bare) or bare, "__name__", None)
+            plain = tag.removeprefix("constrained-")
+            if name and (plain == name or plain.startswith(f"{name}[")):
+                return member
+    return Any
+
+
+def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "invalid YAML"
+    where = f"YAML line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+    return f"{where}: {_one_line(problem)}"
+
+
+def _show(value: Any) -> str:
+    return f"'{value}'" if isinstance(value, str) else repr(value)
+
+
+def _type_name(value: Any) -> str:
+    names = {list: "a list", str: "text", int: "a number", float: "a number", bool: "a boolean"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

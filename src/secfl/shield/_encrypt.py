@@ -1,0 +1,239 @@
+"""Turn a directory into one volume file (see :mod:`secfl.shield._format`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from secfl._internal import files
+from secfl._internal.names import nfc_name
+from secfl.errors import ShieldError
+from secfl.shield import _format as fmt
+from secfl.shield._keys import load_key
+
+__all__ = ["encrypt_directory"]
+
+
+def encrypt_directory(
+    src: Path | str,
+    out: Path | str,
+    key: bytes,
+    *,
+    version: int = 1,
+    chunk_size: int = fmt.DEFAULT_CHUNK_SIZE,
+    overwrite: bool = True,
+) -> str:
+    """Encrypt every regular file below ``src`` into the volume ``out``; return its tag.
+
+    Files are streamed chunk by chunk, so memory stays at a few chunks whatever the
+    file sizes. Symbolic links, devices, FIFOs and sockets are refused (a volume
+    holds regular files only; empty folders are not recorded). ``version`` is the
+    owner's release number of this data (raise it for every new release: it is in
+    the manifest, hence in the tag, and an SPM counter can pin it). ``out`` is
+    written to a temporary file next to it and renamed into place when complete,
+    so it either holds a whole volume or is left as it was; it is created with
+    mode 0600 and replaces an existing file of that name, unless ``overwrite`` is
+    false: then an existing ``out`` (even one created while encrypting) is left
+    alone and the call fails.
+
+    Nonces are never reused under one key: chunks are sealed with AES-256-GCM
+    under a per-volume subkey HKDF-SHA256(key, salt) where the salt is 32 fresh
+    random bytes per call, and the nonce of chunk ``j`` of file ``i`` is
+    ``i || j`` (4 + 8 bytes), unique within the volume. Re-encrypting the same
+    tree with the same key gets a new salt, hence new subkeys. Deterministic nonces
+    need no per-chunk storage and have no birthday bound on the number of chunks.
+    The associated data binds salt, file index and path, chunk index and a "last
+    chunk" flag (see :mod:`secfl.shield._format`).
+    """
+    key = load_key(key)
+    if type(version) is not int or not 0 <= version <= fmt.MAX_VERSION:
+        raise ShieldError(f"shield: version must be an integer from 0 to 2^63-1, not {version!r}")
+    if type(chunk_size) is not int or not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
+        raise ShieldError(
+            f"shield: chunk size must be from 1 to {fmt.MAX_CHUNK_SIZE} bytes, not {chunk_size!r}"
+        )
+    src, out = Path(src), Path(out)
+    try:
+        if not stat.S_ISDIR(os.stat(src).st_mode):
+            raise ShieldError(f"shield: '{src}' is not a directory")
+    except OSError as exc:
+        raise ShieldError(f"shield: cannot read '{src}': {exc.strerror or exc}") from None
+    top, target = src.resolve(), out.resolve()
+    if target == top or top in target.parents:
+        raise ShieldError(f"shield: the volume '{out}' must not be inside '{src}'")
+    paths = _walk(src)
+    if len(paths) > fmt.MAX_FILES:
+        raise ShieldError(f"shield: '{src}' has more than 2^32 files")
+
+    try:
+        with files.atomic_open(target, mode=0o600, replace=overwrite) as sink:
+            return _seal_volume(sink, key, src, paths, version, chunk_size)
+    except FileExistsError:
+        raise ShieldError(f"shield: '{out}' exists; not replacing it") from None
+    except OSError as exc:
+        raise ShieldError(f"shield: cannot write '{out}': {exc.strerror or exc}") from None
+
+
+def _seal_volume(
+    sink: BinaryIO,
+    key: bytes,
+    src: Path,
+    paths: list[tuple[str, Path]],
+    version: int,
+    chunk_size: int,
+) -> str:
+    """Write the volume of ``paths`` into ``sink`` (header, chunks, manifest); its tag."""
+    salt = os.urandom(fmt.SALT_SIZE)
+    keys = fmt.derive_keys(key, salt)
+    sink.write(bytes(fmt.HEADER_SIZE))
+    entries: list[dict[str, Any]] = []
+    offset = fmt.HEADER_SIZE
+    aead = AESGCM(keys.chunk)
+    for index, (rel, path) in enumerate(paths):
+        entry = _seal_file(aead, salt, index, rel, path, chunk_size, sink)
+        entry["offset"] = offset
+        offset += fmt.sealed_length(entry["size"], chunk_size)
+        entries.append(entry)
+    manifest = {"format": fmt.FORMAT, "version": version, "chunk_size": chunk_size}
+    plaintext = fmt.canonical({**manifest, "files": entries})
+    if len(plaintext) + fmt.TAG_SIZE > fmt.MAX_MANIFEST_SIZE:
+        raise ShieldError(f"shield: '{src}' has too many files for one volume")
+    header = fmt.Header(
+        chunk_size,
+        salt,
+        keys.check,
+        offset,
+        len(plaintext) + fmt.TAG_SIZE,
+        bytes.fromhex(fmt.tag_of(plaintext)),
+        version,
+    ).pack()
+    aad = fmt.manifest_aad(header)
+    sink.write(AESGCM(keys.manifest).encrypt(fmt.MANIFEST_NONCE, plaintext, aad))
+    sink.seek(0)
+    sink.write(header)
+    return fmt.tag_of(plaintext)
+
+
+def _walk(top: Path) -> list[tuple[str, Path]]:
+    """Regular files below ``top`` as (manifest path, filesystem path), sorted by path."""
+    found: dict[str, Path] = {}
+
+    def visit(directory: Path, prefix: str) -> None:
+        try:
+            with os.scandir(directory) as it:
+                children = list(it)
+        except OSError as exc:
+            raise ShieldError(f"shield: cannot list '{directory}': {exc.strerror or exc}") from None
+        for child in children:
+            name = _name(child.name, directory)
+            rel = f"{prefix}{name}"
+            path = directory / child.name
+            try:
+                mode = child.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                raise ShieldError(f"shield: cannot read '{path}': {exc.strerror or exc}") from None
+            if stat.S_ISDIR(mode):
+                visit(path, rel + "/")
+            elif stat.S_ISREG(mode):
+                if rel in found:
+                    raise ShieldError(f"shield: two files are named '{rel}' after normalisation")
+                found[rel] = path
+            else:
+                raise ShieldError(
+                    f"shield: '{path}' is a {_kind(mode)}; a volume holds regular files only"
+                )
+
+    visit(top, "")
+    return sorted(found.items())
+
+
+def _name(name: str, directory: Path) -> str:
+    recorded = nfc_name(name)
+    if recorded is None:
+        raise ShieldError(f"shield: a name in '{directory}' is not valid UTF-8: {name!r}")
+    return recorded
+
+
+def _kind(mode: int) -> str:
+    for test, what in (
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return what
+    return "special file"
+
+
+def _read_full(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    have = len(data)
+    while have < n and (more := f.read(n - have)):
+        parts.append(more)
+        have += len(more)
+    return b"".join(parts)
+
+
+def _seal_file(
+    aead: AESGCM,
+    salt: bytes,
+    index: int,
+    rel: str,
+    path: Path,
+    chunk_size: int,
+    sink: BinaryIO,
+) -> dict[str, Any]:
+    """Encrypt one file into ``sink``; return its manifest entry (without the offset)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ShieldError(f"shield: cannot read '{path}': {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ShieldError(
+                f"shield: '{path}' is a {_kind(st.st_mode)}; a volume holds regular files only"
+            )
+
+        def read() -> bytes:
+            try:
+                return _read_full(f, chunk_size)
+            except OSError as exc:
+                raise ShieldError(f"shield: cannot read '{path}': {exc.strerror or exc}") from None
+
+        digest = hashlib.sha256()
+        size, chunk = 0, 0
+        current = read()
+        while True:
+            following = read() if len(current) == chunk_size else b""
+            last = not following
+            digest.update(current)
+            sink.write(
+                aead.encrypt(
+                    fmt.chunk_nonce(index, chunk),
+                    current,
+                    fmt.chunk_aad(salt, index, rel, chunk, last),
+                )
+            )
+            size += len(current)
+            chunk += 1
+            if last:
+                break
+            current = following
+    return {
+        "path": rel,
+        "mode": stat.S_IMODE(st.st_mode),
+        "size": size,
+        "sha256": digest.hexdigest(),
+        "chunks": chunk,
+    }

@@ -1,0 +1,265 @@
+"""Reading one file of a volume lazily, chunk by chunk, with bounded memory."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from secfl.errors import ShieldError
+from secfl.shield import _format as fmt
+
+__all__ = [
+    "ChunkSource",
+    "FileEntry",
+    "VolumeFile",
+]
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+#: cryptography >= 45 decrypts straight into a buffer; older versions return bytes.
+_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a volume, as its authenticated manifest describes it."""
+
+    path: str
+    mode: int
+    size: int
+    sha256: str
+    chunks: int
+    offset: int
+
+
+class ChunkSource:
+    """Reads and authenticates chunks of an open volume file.
+
+    Thread-safe: it only uses positional reads (``os.preadv``, POSIX), into the
+    caller's private buffer, so the bytes that are authenticated are the bytes that
+    are decrypted, whatever another process does to the file meanwhile.
+    """
+
+    def __init__(self, fd: int, chunk_key: bytes, salt: bytes, chunk_size: int, where: str):
+        self.fd = fd
+        self.salt = salt
+        self.chunk_size = chunk_size
+        self.where = where
+        self.closed = False
+        self._aead = AESGCM(chunk_key)
+
+    def _read_into(self, view: memoryview, offset: int) -> int:
+        """Fill ``view`` from ``offset`` with positional reads; fewer bytes only at EOF."""
+        if self.closed:
+            raise ShieldError(f"shield: {self.where} is closed")
+        try:
+            got = os.preadv(self.fd, [view], offset)
+            while 0 < got < len(view):
+                n = os.preadv(self.fd, [view[got:]], offset + got)
+                if n == 0:
+                    break
+                got += n
+        except OSError as exc:
+            raise ShieldError(f"shield: cannot read {self.where}: {exc.strerror or exc}") from None
+        return got
+
+    def open_chunk(
+        self,
+        index: int,
+        entry: FileEntry,
+        chunk: int,
+        scratch: bytearray,
+        out: memoryview,
+    ) -> None:
+        """Authenticate chunk ``chunk`` of file ``index`` and decrypt it into ``out``.
+
+        ``out`` must be exactly the chunk's plaintext length. On failure ``out`` is
+        zeroed (no unauthenticated plaintext is left behind) and ShieldError names
+        the file and chunk.
+        """
+        n = len(out) + fmt.TAG_SIZE
+        view = memoryview(scratch)[:n]
+        offset = entry.offset + chunk * (self.chunk_size + fmt.TAG_SIZE)
+        if self._read_into(view, offset) != n:
+            raise ShieldError(
+                f"shield: {self.where} is truncated: file '{entry.path}' chunk {chunk} is cut short"
+            )
+        last = chunk == entry.chunks - 1
+        nonce = fmt.chunk_nonce(index, chunk)
+        aad = fmt.chunk_aad(self.salt, index, entry.path, chunk, last)
+        try:
+            if _DECRYPT_INTO:
+                self._aead.decrypt_into(nonce, view, aad, out)
+            else:  # pragma: no cover - cryptography < 45
+                out[:] = self._aead.decrypt(nonce, bytes(view), aad)
+        except InvalidTag:
+            out[:] = bytes(len(out))
+            raise ShieldError(
+                f"shield: {self.where}: file '{entry.path}' chunk {chunk} failed authentication "
+                "(tampered, moved, or from another volume)"
+            ) from None
+
+
+class VolumeFile(io.RawIOBase):
+    """A read-only, seekable view of one file of a volume.
+
+    Every chunk is authenticated before any of its bytes are returned. When the
+    file's chunks are decrypted in order (sequential reading, also with seeks
+    back), the whole-file SHA-256 is compared with the manifest as the last chunk
+    is decrypted, before its bytes are returned; random access beyond the next
+    unread chunk skips that second check, which is redundant with the per-chunk
+    authentication anyway. ``check_digest=False`` turns it off: reading is then
+    several times faster where SHA-256 is slower than AES-GCM (most CPUs with
+    AES-NI), and every byte is still authenticated by its chunk's GCM tag.
+    """
+
+    def __init__(
+        self, source: ChunkSource, index: int, entry: FileEntry, *, check_digest: bool = True
+    ):
+        super().__init__()
+        self._source = source
+        self._index = index
+        self._entry = entry
+        self.name = entry.path
+        self._pos = 0
+        self._chunk_size = source.chunk_size
+        self._cached = -1
+        first = min(self._chunk_size, entry.size)
+        self._cache = bytearray()  # one decrypted chunk, allocated on the first partial read
+        self._cache_size = first
+        self._scratch = bytearray(first + fmt.TAG_SIZE)
+        self._hash = hashlib.sha256() if check_digest else None
+        self._hashed = 0  # chunks [0, _hashed) went through the digest, in order
+        self._verified_empty = False
+
+    @property
+    def entry(self) -> FileEntry:
+        return self._entry
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._entry.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
+    def _plain_length(self, chunk: int) -> int:
+        if chunk == self._entry.chunks - 1:
+            return self._entry.size - chunk * self._chunk_size
+        return self._chunk_size
+
+    def _account(self, chunk: int, data: memoryview) -> None:
+        """Feed the whole-file digest with chunks decrypted in order; check it at the last."""
+        if self._hash is None or chunk != self._hashed:
+            return
+        self._hash.update(data)
+        self._hashed += 1
+        if self._hashed == self._entry.chunks and not hmac.compare_digest(
+            self._hash.hexdigest(), self._entry.sha256
+        ):
+            data[:] = bytes(len(data))
+            raise ShieldError(
+                f"shield: {self._source.where}: file '{self._entry.path}' does not match "
+                "its SHA-256 in the manifest"
+            )
+
+    def _decrypt(self, chunk: int, out: memoryview) -> None:
+        self._source.open_chunk(self._index, self._entry, chunk, self._scratch, out)
+        self._account(chunk, out)
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        self._check_open()
+        out = memoryview(buffer).cast("B")
+        size = self._entry.size
+        if self._pos >= size:
+            if size == 0 and not self._verified_empty:
+                # An empty file still has one (empty) chunk: authenticate it.
+                self._decrypt(0, memoryview(self._scratch)[:0])
+                self._verified_empty = True
+            return 0
+        if not out:
+            return 0
+        chunk, within = divmod(self._pos, self._chunk_size)
+        length = self._plain_length(chunk)
+        if within == 0 and len(out) >= length and chunk != self._cached:
+            # Whole chunks go straight into the caller's buffer, as many as fit.
+            done = 0
+            while True:
+                self._decrypt(chunk, out[done : done + length])
+                done += length
+                self._pos += length
+                chunk += 1
+                if chunk == self._entry.chunks:
+                    return done
+                length = self._plain_length(chunk)
+                if len(out) - done < length:
+                    return done
+        if chunk != self._cached:
+            self._cached = -1
+            if not self._cache:
+                self._cache = bytearray(self._cache_size)
+            self._decrypt(chunk, memoryview(self._cache)[:length])
+            self._cached = chunk
+        n = min(len(out), length - within)
+        out[:n] = memoryview(self._cache)[within : within + n]
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        self._check_open()
+        remaining = max(0, self._entry.size - self._pos)
+        data = bytearray(remaining)
+        view = memoryview(data)
+        got = 0
+        while got < remaining:
+            n = self.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        self.readinto(bytearray(1))  # at EOF: authenticates an empty file's chunk
+        return bytes(data) if got == remaining else bytes(data[:got])
+
+    @property
+    def digest_checked(self) -> bool:
+        """True once the whole-file SHA-256 was compared (and matched)."""
+        return self._hash is not None and self._hashed == self._entry.chunks
+
+    def close(self) -> None:
+        if not self.closed:
+            self._cache = bytearray()
+            self._scratch = bytearray()
+            self._cached = -1
+        super().close()
+
+    def __repr__(self) -> str:
+        return f"<VolumeFile {self._entry.path!r} size={self._entry.size}>"

@@ -1,0 +1,155 @@
+"""The request and response bodies of the SPM's HTTP API (pydantic models).
+
+Every field a client sends is bounded here (lengths, patterns, ranges), so that
+FastAPI refuses an oversized or malformed body before the SPM sees it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, JsonValue
+
+__all__ = [
+    "HEX",
+    "MAX_BODY",
+    "NAME",
+    "AttestIn",
+    "AttestOut",
+    "AttestationOut",
+    "AuditOut",
+    "CounterOut",
+    "EventIn",
+    "EventOut",
+    "NonceOut",
+    "PolicyOut",
+    "PolicySubmission",
+    "Problem",
+    "RevocationIn",
+    "RevocationStatement",
+    "RevocationsOut",
+    "SignatureIn",
+    "VolumeIn",
+    "VolumeOut",
+]
+
+#: The largest request body the SPM reads (bigger ones are refused unread).
+MAX_BODY = 1 << 20
+#: A policy, service, counter or volume name in a path.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: Hex digits, whole bytes.
+HEX = r"^([0-9a-fA-F]{2})*$"
+
+
+class Problem(BaseModel):
+    """Every refusal: ``{"error": "<check>: <why>"}``."""
+
+    error: str
+
+
+class AttestationOut(BaseModel):
+    evidence: str = Field(description="Evidence JSON (configfs-tsm form, base64url fields)")
+    tls_spki_sha256: str
+    kind: str
+
+
+class SignatureIn(BaseModel):
+    member: str = Field(max_length=128)
+    algorithm: str = Field(max_length=32)
+    domain: str = Field(max_length=64)
+    digest: str = Field(max_length=64)
+    signature: str = Field(max_length=512)
+
+
+class PolicySubmission(BaseModel):
+    document: str = Field(max_length=MAX_BODY, description="The policy, YAML or JSON")
+    signatures: list[SignatureIn] = Field(max_length=64)
+
+
+class PolicyOut(BaseModel):
+    name: str
+    version: int
+    digest: str
+    predecessor: str
+    document: str | None = None
+
+
+class NonceOut(BaseModel):
+    nonce: str
+    expires_at: datetime
+
+
+class AttestIn(BaseModel):
+    nonce: str = Field(pattern=HEX, max_length=128)
+    evidence: str = Field(max_length=65536, description="Evidence: hex or configfs-tsm JSON")
+    hpke_public_key: str = Field(pattern=HEX, max_length=256)
+    csr: str = Field(max_length=16384, description="PEM certificate signing request")
+
+
+class AttestOut(BaseModel):
+    certificate: str
+    ca_certificate: str
+    sealed_secrets: str = Field(description="HPKE-sealed secret values, base64")
+    secrets: list[str]
+    session_token: str
+    session_expires: datetime
+    policy_digest: str
+    policy_version: int
+
+
+class CounterOut(BaseModel):
+    counter: str
+    value: int
+
+
+class EventIn(BaseModel):
+    event: str = Field(pattern=r"^[a-z][a-z0-9.-]{0,63}$")
+    detail: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class EventOut(BaseModel):
+    seq: int
+
+
+class VolumeIn(BaseModel):
+    version: int = Field(ge=1, le=2**62)
+    tag: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    proof: str = Field(
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="HMAC under the volume's key (secfl.spm._volumes.record_proof)",
+    )
+
+
+class VolumeOut(BaseModel):
+    volume: str
+    version: int
+    tag: str
+    counter: int | None
+
+
+class AuditOut(BaseModel):
+    entries: list[dict[str, Any]]
+    head_seq: int
+    head_hash: str
+    head_signature: str = Field(description="ECDSA P-256 by the SPM's TLS key, base64")
+
+
+class RevocationStatement(BaseModel):
+    """What the board revokes (or readmits): ``kind`` + ``subject``, or a ``serial``."""
+
+    kind: Literal["certificate", "service", "measurement", "platform"] | None = None
+    subject: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,256}$")
+    action: Literal["revoke", "readmit"] | None = None
+    serial: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{1,64}$")
+    service: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$")
+    reason: str = Field(default="", max_length=1024)
+
+
+class RevocationIn(BaseModel):
+    statement: RevocationStatement
+    signatures: list[SignatureIn] = Field(max_length=64)
+
+
+class RevocationsOut(BaseModel):
+    revocations: list[dict[str, Any]]

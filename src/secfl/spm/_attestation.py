@@ -1,0 +1,340 @@
+"""Workload attestation: the nonce, the evidence checks, and the release.
+
+A workload proves what it runs (evidence over a fresh nonce, its HPKE key and its
+CSR key); if the claims match its service in the current policy, it receives a
+certificate from the policy's identity CA, its secrets sealed to its HPKE key, and
+a session token. The nonce is spent, and the decision audited, in one commit.
+
+:class:`Attestor` does this for :class:`~secfl.spm._service.Spm`, with what it is
+given: the policies, the nonce issuer, the secret vault and the group commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from secfl._internal.canonical import canonical_json
+from secfl.errors import Refused, SecflError, SpmError
+from secfl.policy._model import CertSecret, Policy
+from secfl.spm import _sealing as sv
+from secfl.spm._groupcommit import GroupCommit
+from secfl.spm._nonces import NonceIssuer
+from secfl.spm._policy_cache import PolicyCache
+from secfl.spm._report_data import csr_public_key_sha256, workload_report_data
+from secfl.spm._revocation import platform_id, revoked_reason
+from secfl.spm._sealing import release_key
+from secfl.spm._store import PolicyRecord
+from secfl.spm._tx import Tx
+from secfl.spm._vault import SecretVault
+from secfl.tee._claims import TCB_ORDER, Claims
+from secfl.tee._evidence import Evidence
+from secfl.tee._verify import verify
+
+__all__ = [
+    "PRUNE_EVERY",
+    "AttestResult",
+    "Attestor",
+    "Refused",
+    "check_evidence",
+    "check_measurements",
+    "claims_identity",
+]
+
+#: Expired sessions and spent nonces are pruned every this many attestations.
+PRUNE_EVERY = 1000
+
+
+@dataclass(frozen=True)
+class AttestResult:
+    """What an attested workload receives."""
+
+    certificate: str
+    ca_certificate: str
+    sealed_secrets: bytes
+    session_token: str
+    session_expires: datetime
+    policy_digest: str
+    policy_version: int
+    secret_names: list[str]
+
+
+class Attestor:
+    """Attests workloads against the current version of their policy and releases
+    what their service may receive; sessions last ``session_ttl`` seconds."""
+
+    def __init__(
+        self,
+        *,
+        policies: PolicyCache,
+        nonces: NonceIssuer,
+        vault: SecretVault,
+        group: GroupCommit,
+        session_ttl: float,
+    ) -> None:
+        self.policies = policies
+        self.nonces = nonces
+        self.vault = vault
+        self.group = group
+        self.session_ttl = session_ttl
+        self._spent = 0
+
+    def attest(
+        self,
+        policy_name: str,
+        service_name: str,
+        *,
+        nonce: bytes,
+        evidence: bytes,
+        hpke_public_key: bytes,
+        csr_pem: bytes,
+    ) -> AttestResult:
+        """Verify a workload and release its certificate and secrets, or refuse and
+        audit why. A genuine nonce is spent whatever the outcome, in the same
+        commit as the release or the refusal."""
+        detail: dict[str, Any] = {"service": service_name}
+        refusal: Refused | None = None
+        now = datetime.now(UTC)
+        nonce_state, nonce_expires = self.nonces.check(nonce, now)
+        checked: tuple[PolicyRecord, Policy, Claims, x509.CertificateSigningRequest] | None = None
+        try:
+            record, policy = self.policies.get(policy_name)
+            detail["policy_version"] = record.version
+            if policy.service(service_name) is None:
+                raise Refused(f"policy: '{policy_name}' has no service '{service_name}'", 404)
+            if nonce_state != "ok":
+                raise Refused(f"nonce: the nonce is {nonce_state}")
+            claims = check_evidence(policy, evidence, now)
+            detail["kind"] = claims.kind
+            detail["measurement"] = next(iter(claims.measurements.values()), None)
+            check_measurements(policy, service_name, claims.kind, claims.measurements)
+            refusal_reason = revoked_reason(
+                self.policies.revoked(policy_name), service_name, "", claims_identity(claims)
+            )
+            if refusal_reason is not None:
+                raise Refused(f"revoked: {refusal_reason}")
+            try:
+                release_key(hpke_public_key)
+            except SpmError as exc:
+                raise Refused(str(exc), 400) from None
+            csr = _load_csr(csr_pem)
+            expected = workload_report_data(nonce, hpke_public_key, csr_public_key_sha256(csr))
+            if claims.report_data_bytes != expected:
+                raise Refused(
+                    "report_data: the evidence does not bind this nonce, HPKE key and CSR key"
+                )
+            checked = (record, policy, claims, csr)
+        except Refused as exc:
+            refusal = exc
+
+        def decide(tx: Tx) -> AttestResult | Refused:
+            nonlocal refusal
+            if nonce_expires is not None:
+                # Spent in the database and in memory: a nonce row deleted from the
+                # database must not let the same evidence attest twice.
+                if not tx.nonces.spend(nonce, nonce_expires) or self.nonces.seen(nonce, now):
+                    refusal = Refused("nonce: the nonce is used")
+                self._spent += 1
+                if self._spent % PRUNE_EVERY == 0:
+                    tx.sessions.prune(now)
+                    tx.nonces.prune(now)
+            if refusal is not None or checked is None:
+                assert refusal is not None
+                tx.audit.append(
+                    "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
+                )
+                return refusal
+            record, policy, claims, csr = checked
+            try:
+                with tx.savepoint():
+                    return self._release(
+                        tx, record, policy, service_name, claims, nonce, hpke_public_key, csr, now
+                    )
+            except Exception as exc:  # whatever failed, the nonce stays spent and it is audited
+                failed = exc if isinstance(exc, Refused) else None
+                reason = str(exc) if isinstance(exc, SecflError) else type(exc).__name__
+                refusal = failed or Refused(f"release: {reason}", 500)
+                tx.audit.append(
+                    "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
+                )
+                return refusal
+
+        outcome = self.group.run(decide)
+        if isinstance(outcome, Refused):
+            raise outcome
+        return outcome
+
+    def _release(
+        self,
+        tx: Tx,
+        record: PolicyRecord,
+        policy: Policy,
+        service_name: str,
+        claims: Claims,
+        nonce: bytes,
+        hpke_public_key: bytes,
+        csr: x509.CertificateSigningRequest,
+        now: datetime,
+    ) -> AttestResult:
+        service = policy.service(service_name)
+        assert service is not None
+        token = secrets.token_urlsafe(32)
+        expires = now + timedelta(seconds=self.session_ttl)
+        key = self.vault.policy_key(tx, policy.name)
+        values: dict[str, sv.Value] = {}
+        ca_secret = policy.secret(policy.identity_ca)
+        assert ca_secret is not None
+        ca = self.vault.value(
+            tx, key, policy.name, policy.identity_ca, sv.definition_digest(ca_secret)
+        )
+        parts = service.released_parts()
+        for volume_name in service.volumes:  # a service opens its volumes: it gets their keys
+            volume = policy.volume(volume_name)
+            assert volume is not None
+            parts[volume.key] = {"*"}
+        for name, selectors in sorted(parts.items()):
+            secret = policy.secret(name)
+            assert secret is not None
+            value = self.vault.value(tx, key, policy.name, name, sv.definition_digest(secret))
+            if isinstance(secret, CertSecret) and sv.needs_renewal(secret, value, now):
+                issuer = policy.secret(secret.issuer)
+                assert issuer is not None
+                ca_value = self.vault.value(tx, key, policy.name, issuer.name)
+                value = sv.generate(secret, {issuer.name: ca_value}, now)
+                self.vault.store_value(
+                    tx, key, policy.name, name, secret.kind, sv.definition_digest(secret), value
+                )
+                tx.audit.append("secret.renewed", policy.name, {"secret": name})
+            values[name] = sv.restrict(value, selectors)
+        cert = sv.issue_service_certificate(
+            ca, csr, policy=policy.name, service=service_name,
+            ttl_seconds=service.certificate_ttl, now=now,
+        )  # fmt: skip
+        sealed = sv.seal_release(
+            values, hpke_public_key, sv.release_info(policy.name, service_name, nonce)
+        )
+        serial = format(cert.serial_number, "x")
+        fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+        not_after = cert.not_valid_after_utc
+        tx.certificates.add(policy.name, service_name, serial, fingerprint, not_after)
+        tx.sessions.add(
+            hashlib.sha256(token.encode()).digest(),
+            policy.name,
+            service_name,
+            record.version,
+            expires,
+            serial=serial,
+            identity=canonical_json(claims_identity(claims)).decode("utf-8"),
+        )
+        measurement = next(iter(claims.measurements.values()), None)
+        tx.audit.append(
+            "attestation.accepted",
+            policy.name,
+            {
+                "service": service_name,
+                "policy_version": record.version,
+                "kind": claims.kind,
+                "measurement": measurement,
+                "tcb_status": claims.tcb_status,
+                "simulated": claims.simulated,
+            },
+        )
+        tx.audit.append(
+            "certificate.issued",
+            policy.name,
+            {
+                "service": service_name,
+                "serial": serial,
+                "not_after": cert.not_valid_after_utc.isoformat(),
+            },
+        )
+        tx.audit.append(
+            "secrets.released",
+            policy.name,
+            {"service": service_name, "secrets": sorted(values)},
+        )
+        return AttestResult(
+            certificate=cert.public_bytes(serialization.Encoding.PEM).decode(),
+            ca_certificate=ca["crt"],
+            sealed_secrets=sealed,
+            session_token=token,
+            session_expires=expires,
+            policy_digest=record.digest,
+            policy_version=record.version,
+            secret_names=sorted(values),
+        )
+
+
+def check_evidence(policy: Policy, evidence: bytes, now: datetime) -> Claims:
+    """The claims of genuine ``evidence`` of a platform, TCB level and debug mode the
+    policy accepts, or :class:`Refused` naming the check that failed."""
+    platforms = policy.platforms
+    try:
+        ev = Evidence.parse(evidence)
+        if ev.kind not in platforms.accept:
+            raise Refused(f"platform: {ev.kind} evidence is not accepted by this policy")
+        root = platforms.simulation_root.encode() if platforms.simulation_root else None
+        claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug)
+    except SecflError as exc:
+        if isinstance(exc, Refused):
+            raise
+        raise Refused(f"evidence: {exc}") from None
+    if claims.kind != "simulated":
+        if claims.tcb_status == "unknown":
+            if not platforms.allow_unknown_tcb:
+                raise Refused(
+                    "tcb: the TCB status is unknown (no collateral) and the policy requires one"
+                )
+        elif TCB_ORDER.index(claims.tcb_status) > TCB_ORDER.index(platforms.min_tcb_status):
+            raise Refused(
+                f"tcb: status {claims.tcb_status} is below the policy's minimum "
+                f"{platforms.min_tcb_status}"
+            )
+    return claims
+
+
+def check_measurements(
+    policy: Policy, service_name: str, kind: Any, measurements: dict[str, Any]
+) -> None:
+    """Refuse unless one of the service's identities for ``kind`` matches."""
+    service = policy.service(service_name)
+    assert service is not None
+    for identity in service.identities(kind):
+        if all(
+            str(measurements.get(k, "")).lower() == str(v).lower()
+            if isinstance(v, str)
+            else measurements.get(k) == v
+            for k, v in identity.items()
+        ):
+            return
+    mr = next(iter(measurements.values()), "")
+    raise Refused(
+        f"measurement: {kind} measurement {mr} is not accepted for service '{service_name}'"
+    )
+
+
+def claims_identity(claims: Claims) -> dict[str, Any]:
+    """What a session remembers of its attestation, to check it against later policy
+    versions and revocations: kind, measurements, platform ID."""
+    return {
+        "kind": claims.kind,
+        "measurements": dict(claims.measurements),
+        "platform": platform_id(claims.platform),
+    }
+
+
+def _load_csr(pem: bytes) -> x509.CertificateSigningRequest:
+    try:
+        csr = x509.load_pem_x509_csr(pem)
+        valid = csr.is_signature_valid
+    except Exception:
+        raise Refused("csr: not a PEM certificate signing request", 400) from None
+    if not valid:
+        raise Refused("csr: the CSR's signature does not verify", 400)
+    return csr

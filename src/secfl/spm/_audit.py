@@ -1,0 +1,279 @@
+"""The SPM's append-only, hash-chained audit log.
+
+Every entry names the hash of the one before it::
+
+    hash = SHA-256(bytes.fromhex(prev_hash) + canonical_json({seq, at, event, policy, detail}))
+
+with canonical JSON = sorted keys, no spaces, UTF-8 (``ensure_ascii=False``), and
+``prev_hash`` of the first entry (seq 1) = 64 zeros (:data:`GENESIS`). Changing,
+removing or reordering an entry breaks the chain from that entry on.
+
+A chain alone does not reveal a removed *tail*, nor a chain that was rewritten and
+rehashed from scratch. So the head (last seq, its hash) is also kept authenticated
+by :func:`head_mac`, an HMAC under a key derived from the SPM's master key, updated
+in the same transaction as every append (see :class:`secfl.spm._store.Store`).
+Someone who can rewrite the database but does not hold the master key can then
+neither drop entries from the end nor rehash the log without being detected.
+
+What the chain and its MAC cannot detect: a rollback of the *whole* database
+(entries and head MAC together) to an older copy. The SPM's anchor, a MAC'd copy of
+the head kept outside the database, does (:mod:`secfl.spm._integrity`).
+
+Remote readers, who hold no audit key, check the head by the SPM's signature
+instead: ``GET /v1/audit`` signs :func:`head_message` with the SPM's TLS key, and
+:meth:`SpmClient.audit <secfl.spm.client.SpmClient.audit>` verifies it against the
+pinned key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from secfl._internal.canonical import canonical_json
+from secfl.errors import AuditError, SpmError
+
+__all__ = [
+    "AUDIT_HEAD_DOMAIN",
+    "GENESIS",
+    "AuditEntry",
+    "ChainVerifier",
+    "canonical_json",
+    "check_head_mac",
+    "entry_hash",
+    "format_time",
+    "head_mac",
+    "head_message",
+    "make_entry",
+    "verify_chain",
+]
+
+#: ``prev_hash`` of the first entry.
+GENESIS = "0" * 64
+#: Domain of the head: what its MAC and the SPM's signature of it are over.
+AUDIT_HEAD_DOMAIN = "secfl/audit-head/v1"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_MAC_LABEL = f"{AUDIT_HEAD_DOMAIN}\n".encode()
+
+
+def format_time(at: datetime) -> str:
+    """An aware datetime as the log writes it: ISO-8601 UTC with microseconds and ``Z``."""
+    if at.tzinfo is None:
+        raise SpmError("audit: timestamps must be timezone-aware")
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_hash(
+    prev_hash: str, seq: int, at: str, event: str, policy: str | None, detail: dict[str, Any]
+) -> str:
+    """The hash of an entry with these fields (see the module docstring)."""
+    body = {"seq": seq, "at": at, "event": event, "policy": policy, "detail": detail}
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical_json(body)).hexdigest()
+
+
+def head_mac(key: bytes, seq: int, hash: str) -> str:
+    """HMAC-SHA256 (hex) that authenticates the head of the log: its last seq and hash."""
+    message = _MAC_LABEL + f"{seq}\n{hash}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def head_message(seq: int, head_hash: str) -> bytes:
+    """What the SPM signs with its TLS key to vouch for the head (seq, hash) it serves."""
+    return f"{AUDIT_HEAD_DOMAIN}\n{seq}\n{head_hash}".encode()
+
+
+def check_head_mac(key: bytes, seq: int, hash: str, mac: str | None) -> None:
+    """Refuse with :class:`AuditError` unless ``mac`` authenticates the head (seq, hash)."""
+    if mac is None:
+        if seq == 0:
+            return
+        raise AuditError(
+            f"audit: the head (entry {seq}) carries no MAC; the log was not written with "
+            "the audit key or its MAC was removed"
+        )
+    if not hmac.compare_digest(head_mac(key, seq, hash), mac):
+        raise AuditError(
+            f"audit: the MAC of the head (entry {seq}) does not verify: the log was "
+            "truncated or rewritten, or the audit key is wrong"
+        )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One entry of the log. ``detail`` is a JSON object; ``at`` is ISO-8601 UTC."""
+
+    seq: int
+    at: str
+    event: str
+    policy: str | None
+    detail: dict[str, Any] = field(hash=False)
+    prev_hash: str
+    hash: str
+
+    def computed_hash(self) -> str:
+        """The hash this entry's content and ``prev_hash`` call for."""
+        return entry_hash(self.prev_hash, self.seq, self.at, self.event, self.policy, self.detail)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "event": self.event,
+            "policy": self.policy,
+            "detail": self.detail,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AuditEntry:
+        """Parse :meth:`to_dict` output (e.g. from ``GET /v1/audit``); AuditError if malformed."""
+        if not isinstance(data, dict):
+            raise AuditError("audit: an entry is not a JSON object")
+        seq = data.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+            raise AuditError(f"audit: an entry has an invalid seq {seq!r}")
+        want = {"seq", "at", "event", "policy", "detail", "prev_hash", "hash"}
+        if set(data) != want:
+            raise AuditError(
+                f"audit: entry {seq} is malformed (fields {sorted(data)}, expected {sorted(want)})"
+            )
+        at, event, policy, detail = data["at"], data["event"], data["policy"], data["detail"]
+        prev_hash, hash_ = data["prev_hash"], data["hash"]
+        if not isinstance(at, str) or not isinstance(event, str):
+            raise AuditError(f"audit: entry {seq} is malformed (at and event must be strings)")
+        if policy is not None and not isinstance(policy, str):
+            raise AuditError(f"audit: entry {seq} is malformed (policy must be a string or null)")
+        if not isinstance(detail, dict):
+            raise AuditError(f"audit: entry {seq} is malformed (detail must be an object)")
+        for name, value in (("prev_hash", prev_hash), ("hash", hash_)):
+            if not isinstance(value, str) or not _HEX64.fullmatch(value):
+                raise AuditError(f"audit: entry {seq} is malformed ({name} is not 64 hex digits)")
+        return cls(seq, at, event, policy, detail, prev_hash, hash_)
+
+
+def make_entry(
+    prev: tuple[int, str],
+    event: str,
+    policy: str | None,
+    detail: dict[str, Any],
+    at: datetime | None = None,
+) -> AuditEntry:
+    """The entry that follows the head ``prev`` = (seq, hash); ``detail`` is normalised
+    through canonical JSON so the entry equals what a reader parses back."""
+    if not isinstance(detail, dict):
+        raise SpmError("audit: detail must be a dict")
+    try:
+        normal = json.loads(canonical_json(detail))
+    except (TypeError, ValueError) as exc:
+        raise SpmError(f"audit: detail is not JSON-serialisable ({exc})") from None
+    seq = prev[0] + 1
+    stamp = format_time(at or datetime.now(UTC))
+    digest = entry_hash(prev[1], seq, stamp, event, policy, normal)
+    return AuditEntry(seq, stamp, event, policy, normal, prev[1], digest)
+
+
+class ChainVerifier:
+    """Verifies entries one at a time, in order (so a huge log streams through).
+
+    ``start_hash``/``start_seq`` let a verifier pick up from a trusted earlier head;
+    the default starts at the genesis. :meth:`finish` compares the end with the head.
+    """
+
+    def __init__(self, *, start_hash: str = GENESIS, start_seq: int | None = None) -> None:
+        if not _HEX64.fullmatch(start_hash):
+            raise AuditError("audit: the start hash is not 64 lowercase hex digits")
+        self.prev_hash = start_hash
+        #: The seq the next entry must carry (None: whatever the first one says).
+        self.expected: int | None = (
+            start_seq if start_seq is not None else (1 if start_hash == GENESIS else None)
+        )
+        self.last_seq: int | None = None if self.expected is None else self.expected - 1
+        self.count = 0
+
+    def feed(self, entry: AuditEntry) -> None:
+        seq = entry.seq
+        if self.expected is not None and seq != self.expected:
+            if seq > self.expected:
+                raise AuditError(f"audit: entry {self.expected} is missing (found {seq})")
+            raise AuditError(f"audit: entries out of order at {self.expected} (found {seq})")
+        if not (_HEX64.fullmatch(entry.hash) and _HEX64.fullmatch(entry.prev_hash)):
+            raise AuditError(f"audit: entry {seq} was modified (its hashes are not 64 hex digits)")
+        try:
+            computed = entry.computed_hash()
+        except (TypeError, ValueError):
+            raise AuditError(f"audit: entry {seq} was modified (detail is not JSON)") from None
+        if computed != entry.hash:
+            raise AuditError(f"audit: entry {seq} was modified (its hash does not match)")
+        if entry.prev_hash != self.prev_hash:
+            if self.count == 0:
+                raise AuditError(f"audit: entry {seq} does not chain to the start hash")
+            raise AuditError(
+                f"audit: entry {seq} does not chain to entry {seq - 1} (one of them was modified)"
+            )
+        self.prev_hash = entry.hash
+        self.last_seq = seq
+        self.expected = seq + 1
+        self.count += 1
+
+    def finish(self, head: tuple[int, str] | None = None) -> int:
+        """Check the end of the log against ``head`` (when given); return the count."""
+        if head is not None:
+            head_seq, head_hash = head
+            if self.last_seq is None:  # nothing fed, and the start seq was not given
+                if self.prev_hash != head_hash:
+                    raise AuditError(
+                        f"audit: no entries after the start, but the head is {head_seq} "
+                        "(entries removed)"
+                    )
+                return 0
+            last = self.last_seq
+            if last < head_seq:
+                raise AuditError(
+                    f"audit: the log ends at {last} but its head is {head_seq} (entries removed)"
+                )
+            if last > head_seq:
+                raise AuditError(
+                    f"audit: the log goes on to {last} past its head {head_seq} "
+                    "(entries added without updating the head)"
+                )
+            if self.prev_hash != head_hash:
+                raise AuditError(
+                    f"audit: entry {last} does not match the head (the log was rewritten)"
+                )
+        return self.count
+
+
+def verify_chain(
+    entries: Iterable[AuditEntry],
+    *,
+    start_hash: str = GENESIS,
+    head: tuple[int, str] | None = None,
+    start_seq: int | None = None,
+) -> int:
+    """Verify ``entries`` (in the order given) and return how many were verified.
+
+    Raises :class:`AuditError` naming the first bad seq and why: a modified entry, a
+    missing one, entries out of order, or a log that ends before ``head`` (removed
+    tail) or does not match it (rewritten). ``start_hash`` (and ``start_seq``) let a
+    verifier continue from a head it already trusts instead of the genesis.
+    """
+    items = list(entries)
+    verifier = ChainVerifier(start_hash=start_hash, start_seq=start_seq)
+    for i, entry in enumerate(items):
+        expected = verifier.expected
+        if (
+            expected is not None
+            and entry.seq > expected
+            and any(e.seq == expected for e in items[i + 1 :])
+        ):
+            raise AuditError(f"audit: entries out of order at {expected} (found {entry.seq})")
+        verifier.feed(entry)
+    return verifier.finish(head)

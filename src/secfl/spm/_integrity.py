@@ -1,0 +1,326 @@
+"""The SPM's database is untrusted storage: every row it relies on is authenticated,
+and nothing it has seen may go back.
+
+With PostgreSQL the database lies outside the SPM's TEE, and even SQLite is a file
+the host's root can rewrite. So the SPM treats it as untrusted storage:
+
+- **Row MACs.** Every row the SPM acts on (policy versions, secrets, policy keys,
+  sessions, counters, certificates, revocations, volume records) carries an
+  HMAC-SHA256 under a key derived from the master key, over the table name and the
+  row's every column. A row that was written, changed or moved by anyone else does
+  not verify and is refused (``integrity: ...``): an unsigned policy, a forged
+  session, a counter set to another value.
+- **Floors.** A MAC cannot tell an old row from a current one: a counter restored to
+  an older value with its older MAC verifies. Every change the SPM makes is also
+  chained into the audit log (policy versions, counter values, volume releases,
+  revocations and readmissions), and the SPM keeps, inside its TEE, the highest
+  value it has seen of each: a row behind its floor is a rollback and is refused.
+  At start the floors are rebuilt by replaying the whole verified audit log.
+- **The anchor.** The audit log itself could be rolled back as a whole (entries
+  deleted, an older head and its MAC restored). The SPM keeps the last head it
+  wrote in a file of its own data folder (``audit.anchor``, MAC'd), outside the
+  database: a database whose head is behind the anchor, or has forked from it, is
+  refused at start and while running.
+
+What this does not cover: someone who rolls back the database *and* the SPM's data
+folder together (root on the SPM's host, or a restored whole-machine backup). That
+needs a monotonic counter outside the host (a TEE's, or a second SPM); see the
+README's threat model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secfl._internal.canonical import canonical_json
+from secfl.errors import IntegrityError, SpmError
+
+_ROW_LABEL = b"secfl/spm-row/v1\n"
+_ANCHOR_LABEL = b"secfl/spm-anchor/v1\n"
+ANCHOR_FILE = "audit.anchor"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"b": bytes(value).hex()}
+    return value
+
+
+class RowMac:
+    """HMAC-SHA256 of a table's row under the SPM's row key."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise SpmError("integrity: the row key must be 32 bytes")
+        self._key = bytes(key)
+
+    def mac(self, table: str, values: dict[str, Any]) -> str:
+        doc = {"table": table, "row": {k: _jsonable(v) for k, v in sorted(values.items())}}
+        message = _ROW_LABEL + canonical_json(doc)
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def check(self, table: str, values: dict[str, Any], mac: Any, what: str) -> None:
+        """Refuse a row whose MAC is missing or does not verify (or cannot be computed:
+        a value no SPM writes, such as a float or a huge nesting)."""
+        try:
+            expected = self.mac(table, values)
+        except (TypeError, ValueError, RecursionError):
+            expected = ""
+        if not expected or not isinstance(mac, str) or not hmac.compare_digest(expected, mac):
+            raise IntegrityError(
+                f"integrity: {what} fails its MAC: the database was modified outside the SPM "
+                "(restore it from a backup, or recover the policies with the board)"
+            )
+
+
+@dataclass
+class Floors:
+    """The highest state this SPM has seen of everything that must never go back.
+
+    Kept in the SPM's memory (inside its TEE); rebuilt at start from the verified
+    audit log, raised by every commit and every row read.
+    """
+
+    head: tuple[int, str] = (0, "")
+    policies: dict[str, int] = field(default_factory=dict)
+    counters: dict[tuple[str, str], int] = field(default_factory=dict)
+    volumes: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: policy -> {(kind, subject)} currently revoked.
+    revoked: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    #: Digests of the board's revocation and readmission statements already applied:
+    #: each is applied once (old signatures cannot lift, or renew, a later decision).
+    statements: set[str] = field(default_factory=set)
+    #: policy -> SHA-256 of its current wrapped data key (replaced when the board changes).
+    data_keys: dict[str, str] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # -- checks (raise on a rollback, raise the floor otherwise)
+    def check_head(self, seq: int, head_hash: str) -> None:
+        with self.lock:
+            floor_seq, floor_hash = self.head
+            if seq < floor_seq:
+                raise IntegrityError(
+                    f"rollback: the database's audit log ends at entry {seq}, but this SPM "
+                    f"wrote up to entry {floor_seq}: the database was rolled back"
+                )
+            if seq == floor_seq and floor_hash and head_hash != floor_hash:
+                raise IntegrityError(
+                    f"rollback: the database's audit entry {seq} is not the one this SPM wrote: "
+                    "the log was forked or rewritten"
+                )
+
+    def raise_head(self, seq: int, head_hash: str) -> None:
+        with self.lock:
+            if seq >= self.head[0]:
+                self.head = (seq, head_hash)
+
+    def check_policy(self, name: str, version: int, *, learn: bool = True) -> None:
+        self._check(self.policies, name, version, f"policy '{name}' version", learn)
+
+    def check_counter(self, policy: str, name: str, value: int, *, learn: bool = True) -> None:
+        what = f"counter '{name}' of '{policy}'"
+        self._check(self.counters, (policy, name), value, what, learn)
+
+    def check_volume(self, policy: str, volume: str, version: int, *, learn: bool = True) -> None:
+        what = f"volume '{volume}' of '{policy}'"
+        self._check(self.volumes, (policy, volume), version, what, learn)
+
+    def check_data_key(self, policy: str, wrapped_sha256: str) -> None:
+        """The data key must be the one the log last recorded for ``policy``."""
+        with self.lock:
+            want = self.data_keys.get(policy)
+        if want is not None and want != wrapped_sha256:
+            raise IntegrityError(
+                f"rollback: the data key of policy '{policy}' is not the one this SPM last "
+                "recorded: the database was rolled back"
+            )
+
+    def _check(self, table: dict[Any, int], key: Any, value: int, what: str, learn: bool) -> None:
+        """Refuse a value behind its floor; a committed value read (``learn``) raises it.
+        Inside a write transaction nothing is learnt: what it reads may never commit."""
+        with self.lock:
+            floor = table.get(key, 0)
+            if value < floor:
+                raise IntegrityError(
+                    f"rollback: {what} is {value} in the database, but this SPM recorded "
+                    f"{floor}: the database was rolled back"
+                )
+            if learn:
+                table[key] = value
+
+    def revoked_in(self, policy: str) -> set[tuple[str, str]]:
+        with self.lock:
+            return set(self.revoked.get(policy, ()))
+
+    # -- changes (applied once their transaction committed)
+    def apply(self, change: tuple[Any, ...]) -> None:
+        what = change[0]
+        with self.lock:
+            if what == "policy":
+                _, name, version = change
+                self.policies[name] = max(self.policies.get(name, 0), version)
+            elif what == "counter":
+                _, policy, name, value = change
+                key = (policy, name)
+                self.counters[key] = max(self.counters.get(key, 0), value)
+            elif what == "volume":
+                _, policy, volume, version = change
+                key = (policy, volume)
+                self.volumes[key] = max(self.volumes.get(key, 0), version)
+            elif what == "revoke":
+                _, policy, kind, subject = change
+                self.revoked.setdefault(policy, set()).add((kind, subject))
+            elif what == "readmit":
+                _, policy, kind, subject = change
+                self.revoked.get(policy, set()).discard((kind, subject))
+            elif what == "statement":
+                self.statements.add(change[1])
+            elif what == "datakey":
+                self.data_keys[change[1]] = change[2]
+
+    def replay(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
+        """Raise the floors by one verified audit entry (at start)."""
+        change = change_of(event, policy, detail)
+        if change is not None:
+            self.apply(change)
+        if event in ("revocation.added", "revocation.lifted") and isinstance(
+            detail.get("digest"), str
+        ):
+            self.apply(("statement", detail["digest"]))
+        if event == "volume.recorded" and policy is not None:
+            name, value = detail.get("counter_name"), detail.get("counter")
+            if isinstance(name, str) and _is_int(value):
+                self.apply(("counter", policy, name, value))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def change_of(event: str, policy: str | None, detail: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The floor change an audit entry records, if any."""
+    if policy is None:
+        return None
+    if event == "policy.accepted" and _is_int(detail.get("version")):
+        return ("policy", policy, detail["version"])
+    if event == "policy.data-key" and isinstance(detail.get("sha256"), str):
+        return ("datakey", policy, detail["sha256"])
+    if event == "counter.incremented" and _is_int(detail.get("value")):
+        name = detail.get("counter")
+        return ("counter", policy, name, detail["value"]) if isinstance(name, str) else None
+    if event == "volume.recorded" and _is_int(detail.get("version")):
+        name = detail.get("volume")
+        return ("volume", policy, name, detail["version"]) if isinstance(name, str) else None
+    if event in ("revocation.added", "revocation.lifted"):
+        kind, subject = detail.get("kind"), detail.get("subject")
+        if isinstance(kind, str) and isinstance(subject, str):
+            verb = "revoke" if event == "revocation.added" else "readmit"
+            return (verb, policy, kind, subject)
+    if event == "certificate.revoked":  # entries written before revocations had kinds
+        serial = detail.get("serial")
+        return ("revoke", policy, "certificate", serial) if isinstance(serial, str) else None
+    return None
+
+
+class Anchor:
+    """The last audit head this SPM wrote, kept outside the database (MAC'd file).
+
+    The file holds two fixed-size slots, written in turn (slot ``seq % 2``) in place
+    through one open descriptor: a write is one ``pwrite`` on the hot path of every
+    commit (a rename per commit cost ~0.3 ms), and a write torn by a crash spoils
+    only one slot, while the other still holds the head before it. The reader takes
+    the valid slot with the higher seq.
+    """
+
+    SLOT = 256
+
+    def __init__(self, path: Path, key: bytes) -> None:
+        self.path = Path(path)
+        self._key = bytes(key)
+        self._lock = threading.Lock()
+        self._written = -1
+        self._fd: int | None = None
+
+    def _mac(self, seq: int, head_hash: str) -> str:
+        message = _ANCHOR_LABEL + f"{seq}\n{head_hash}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def _slot(self, raw: bytes) -> tuple[int, str] | None:
+        """A slot's (seq, hash) if it parses and its MAC verifies, else None."""
+        try:
+            doc = json.loads(raw.strip(b" \0\n") or b"null")
+            seq, head_hash, mac = doc["seq"], doc["hash"], doc["mac"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return None
+        if not (_is_int(seq) and 0 <= seq < 2**62 and isinstance(head_hash, str)):
+            return None
+        if not isinstance(mac, str) or not hmac.compare_digest(self._mac(seq, head_hash), mac):
+            return None
+        return seq, head_hash
+
+    def read(self) -> tuple[int, str] | None:
+        """The anchored (seq, hash), None if there is no anchor yet."""
+        try:
+            raw = self.path.read_bytes()[: 4 * self.SLOT]
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise IntegrityError(f"integrity: cannot read {self.path}: {exc.strerror}") from None
+        slots = [raw[i : i + self.SLOT] for i in range(0, max(len(raw), 1), self.SLOT)]
+        valid = [v for v in (self._slot(s) for s in slots[:2]) if v is not None]
+        if not valid:
+            raise IntegrityError(
+                f"integrity: {self.path} is not an anchor of this SPM (corrupt, written by "
+                "another SPM, or modified)"
+            )
+        return max(valid)
+
+    def write(self, seq: int, head_hash: str) -> None:
+        """Record the head (0600; no fsync: it runs after every commit, and an anchor
+        that lags after a power loss only weakens detection, it never refuses a good
+        database)."""
+        with self._lock:
+            if seq <= self._written:
+                return
+            doc = json.dumps({"seq": seq, "hash": head_hash, "mac": self._mac(seq, head_hash)})
+            record = doc.encode().ljust(self.SLOT - 1) + b"\n"
+            if len(record) != self.SLOT:
+                raise IntegrityError("integrity: an anchor record does not fit its slot")
+            if self._fd is None:
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                self._fd = os.open(self.path, flags, 0o600)
+            os.pwrite(self._fd, record, (seq % 2) * self.SLOT)
+            self._written = seq
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+class Integrity:
+    """What a :class:`~secfl.spm._store.Store` needs to treat its database as untrusted."""
+
+    def __init__(self, row_key: bytes, *, anchor: Anchor | None = None) -> None:
+        self.rows = RowMac(row_key)
+        self.floors = Floors()
+        self.anchor = anchor
+
+
+__all__ = [
+    "ANCHOR_FILE",
+    "Anchor",
+    "Floors",
+    "Integrity",
+    "IntegrityError",
+    "RowMac",
+    "change_of",
+]

@@ -1,0 +1,140 @@
+"""The board's revocations: applying its signed statements, and listing what they imply.
+
+A statement revokes (or readmits) a certificate, a service, a measurement or a
+platform of one policy (:func:`~secfl.spm._revocation.revocation_doc`); it takes
+effect only with the signatures the policy's board rule asks for, and only once:
+the same signed statement cannot be replayed to undo a later decision.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from secfl.errors import PolicyError, Refused, SpmError
+from secfl.policy._signatures import REVOCATION_DOMAIN, Signature, check_approval
+from secfl.spm._groupcommit import GroupCommit
+from secfl.spm._policy_cache import PolicyCache
+from secfl.spm._revocation import (
+    revocation_digest,
+    revocation_doc,
+    revoked_reason,
+    session_identity,
+)
+from secfl.spm._store import Store
+
+__all__ = ["Revoker"]
+
+
+class Revoker:
+    """Applies the board's revocation statements to ``store`` and lists them."""
+
+    def __init__(self, store: Store, policies: PolicyCache, group: GroupCommit) -> None:
+        self.store = store
+        self.policies = policies
+        self.group = group
+        #: Applied revocation statements, when the store keeps no floors (tests, tools).
+        self._statements: set[str] = set()
+
+    def revoke(
+        self, policy_name: str, statement: dict[str, str], signatures: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Record a board-approved revocation, or readmission (``action: readmit``), of a
+        certificate, a service, a measurement or a platform (see :func:`revocation_doc`)."""
+        _, policy = self.policies.get(policy_name)
+        try:
+            doc = revocation_doc(policy_name, statement)
+        except SpmError as exc:
+            raise Refused(str(exc), 400) from None
+        statement_digest = revocation_digest(doc)
+        try:
+            sigs = [Signature.model_validate(s) for s in signatures]
+            approvers = check_approval(
+                policy.board, statement_digest, sigs, domain=REVOCATION_DOMAIN
+            )
+        except PolicyError as exc:
+            detail = {**doc, "reason_refused": str(exc)}
+            self.group.run(lambda tx: tx.audit.append("revocation.refused", policy_name, detail))
+            raise Refused(str(exc)) from None
+        except Exception as exc:
+            raise Refused(f"revocation: malformed signature ({type(exc).__name__})", 400) from None
+        now = datetime.now(UTC)
+        kind, subject = doc["kind"], doc["subject"]
+        readmit = doc.get("action") == "readmit"
+        floors = self.store.integrity.floors if self.store.integrity is not None else None
+        applied = floors.statements if floors is not None else self._statements
+        try:
+            with self.store.transaction() as tx:  # caught up with other SPMs' statements
+                if statement_digest in applied:
+                    raise Refused(
+                        f"revocation: this statement (digest {statement_digest[:16]}…) was "
+                        "already applied; to decide again, the board signs a new one "
+                        "(a new reason)",
+                        409,
+                    )
+                tx.note(("statement", statement_digest))
+                if readmit:
+                    if not tx.revocations.lift(policy_name, kind, subject):
+                        raise Refused(f"revocation: {kind} {subject} is not revoked", 409)
+                    tx.audit.append(
+                        "revocation.lifted",
+                        policy_name,
+                        {**doc, "approvers": approvers, "digest": statement_digest},
+                    )
+                else:
+                    tx.revocations.add(
+                        policy_name, None, doc.get("service", ""), doc.get("reason", ""), now,
+                        kind=kind, subject=subject,
+                    )  # fmt: skip
+                    tx.audit.append(
+                        "revocation.added",
+                        policy_name,
+                        {**doc, "approvers": approvers, "digest": statement_digest},
+                    )
+        except Refused:
+            raise
+        except SpmError as exc:
+            raise Refused(str(exc), 409) from None
+        self.policies.forget_revocations(policy_name)
+        self._statements.add(statement_digest)
+        return {**doc, "at": now.isoformat()}
+
+    def revocations(self, policy_name: str) -> list[dict[str, Any]]:
+        """The board's revocations, then every live certificate they imply: a revoked
+        service, measurement or platform names the certificates issued to it, so that
+        peers (the aggregator) refuse them at once, not when they expire."""
+        self.policies.get(policy_name)  # 404 for an unknown policy
+        now = datetime.now(UTC)
+        with self.store.read() as tx:
+            rows = tx.revocations.of_policy(policy_name)
+            revoked = tx.revocations.in_force(policy_name)
+            sessions = tx.sessions.of_policy(policy_name)
+        out = [
+            {"kind": r.kind, "subject": r.subject, "serial": r.serial, "service": r.service,
+             "reason": r.reason, "at": _iso(r.at)}
+            for r in rows
+        ]  # fmt: skip
+        for kind, subject in sorted(revoked - {(r.kind, r.subject) for r in rows}):
+            out.append(  # known to this SPM, its row deleted from the database
+                {"kind": kind, "subject": subject,
+                 "serial": subject if kind == "certificate" else "", "service": "",
+                 "reason": "its row is missing from the database (deleted outside the SPM)",
+                 "at": _iso(now)}
+            )  # fmt: skip
+        listed = {r["serial"] for r in out if r["serial"]}
+        for session in sessions:
+            if not session.serial or session.serial in listed or session.expires_at <= now:
+                continue
+            why = revoked_reason(revoked, session.service, "", session_identity(session))
+            if why is not None:
+                listed.add(session.serial)
+                out.append(
+                    {"kind": "certificate", "subject": session.serial, "serial": session.serial,
+                     "service": session.service, "reason": f"implied: {why}",
+                     "at": _iso(now)}
+                )  # fmt: skip
+        return out
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)

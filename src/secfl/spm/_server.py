@@ -1,0 +1,231 @@
+"""``secfl spm serve``: assemble the SPM from its data folder and serve it over HTTPS.
+
+The HTTPS server is uvicorn, but every connection is owned by
+:mod:`secfl.spm._httpguard`: it does the TLS handshake itself and gives each
+connection a deadline for its handshake and request headers (``header_timeout``,
+10 s), for its body (``body_timeout``, 30 s) and for its answer (60 s), and caps
+the open connections below the process's file limit (raised to the hard limit at
+start), evicting the oldest stalled connection when a new one arrives at the cap.
+uvicorn itself cannot do this: it has no header or body timeout, and
+``limit_concurrency`` counts a connection only once its headers are complete.
+So half-sent requests and silent sockets cannot make the SPM unreachable.
+
+An SPM whose database already holds its state never makes itself a new master key:
+that key could not open anything, and a restored ``master.key`` would then find a
+database re-keyed under the wrong one (:func:`open_spm`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from secfl._internal.files import atomic_write, ram_tempdir, write_private
+from secfl._internal.x509util import private_pem
+from secfl.errors import IntegrityError, SpmError
+from secfl.spm._httpguard import Guard, Limits, file_budget
+from secfl.spm._identity import (
+    IDENTITY_AAD,
+    IDENTITY_META,
+    SpmIdentity,
+    code_measurement,
+    new_key,
+    self_signed,
+)
+from secfl.spm._masterkey import KEY_FILE, MasterKey, load_or_create_master_key
+from secfl.spm._service import Spm
+from secfl.spm._store import Store
+from secfl.tee._platforms import platform_by_name
+
+__all__ = ["open_spm", "open_store", "serve", "unreadable"]
+
+
+def open_spm(
+    data_dir: Path | str,
+    *,
+    db_url: str | None = None,
+    platform: str = "auto",
+    sim_dir: Path | str | None = None,
+    names: Sequence[str] = (),
+) -> Spm:
+    """The SPM of ``data_dir``: master key, store (SQLite there unless ``db_url``),
+    its sealed TLS identity (created on first start) and its platform."""
+    data = Path(data_dir)
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not os.path.lexists(data / KEY_FILE):  # never a new key for an existing SPM
+        _refuse_without_master_key(data, db_url)
+    master = load_or_create_master_key(data)
+    store = open_store(data, master, db_url)
+    identity = _identity(store, master, list(names))
+    tee = platform_by_name(platform, sim_dir=sim_dir)
+    measurement = code_measurement() if tee.name == "simulated" else None
+    spm = Spm(store, master, tee, identity, measurement=measurement)
+    with store.transaction() as tx:
+        tx.audit.append(
+            "spm.started",
+            None,
+            {
+                "tls_spki_sha256": identity.spki_sha256,
+                "platform": tee.name,
+                "measurement": measurement,
+            },
+        )
+    return spm
+
+
+def open_store(data: Path, master: MasterKey, db_url: str | None = None) -> Store:
+    """The SPM's store, treated as untrusted (:mod:`secfl.spm._integrity`): rows MAC'd
+    under a key derived from the master key, the audit head anchored in ``data``, and
+    the whole database verified (log, anchor, every row) before it is used."""
+    from secfl.spm._integrity import ANCHOR_FILE, Anchor, Integrity
+    from secfl.spm._state import verify_state
+
+    integrity = Integrity(
+        master.derive("store-rows"),
+        anchor=Anchor(data / ANCHOR_FILE, master.derive("store-anchor")),
+    )
+    audit_key = master.derive("audit-head")
+    store = Store(
+        db_url or f"sqlite:///{data / 'spm.db'}", audit_key=audit_key, integrity=integrity
+    )
+    try:
+        store.create_all()
+        verify_state(store, audit_key)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        store.close()  # a value no SPM wrote (text for a number, say): one line, no traceback
+        raise unreadable(exc) from None
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def unreadable(exc: BaseException) -> IntegrityError:
+    """The one-line refusal of a database holding a value the SPM cannot even read."""
+    why = " ".join(str(exc).split())[:100]
+    return IntegrityError(
+        f"integrity: the database holds a value the SPM cannot read ({type(exc).__name__}: "
+        f"{why}); it was changed outside the SPM: restore it from a backup, or start a new "
+        "SPM and let the board recover the policies"
+    )
+
+
+def _refuse_without_master_key(data: Path, db_url: str | None) -> None:
+    """:class:`SpmError` if the database (or the data folder's audit anchor) already
+    holds an SPM's state: a new master key could open none of it, so none is made."""
+    from secfl.spm._integrity import ANCHOR_FILE
+
+    sqlite_file = None if db_url else data / "spm.db"
+    held = (data / ANCHOR_FILE).exists()
+    shown = str(sqlite_file)
+    if not held and (sqlite_file is None or sqlite_file.exists()):
+        store = Store(db_url or f"sqlite:///{sqlite_file}")
+        shown = shown if sqlite_file is not None else store.url  # no password
+        try:
+            store.create_all()
+            with store.read() as tx:
+                held = tx.meta.get(IDENTITY_META) is not None or tx.audit.head()[0] > 0
+        finally:
+            store.close()
+    if held:
+        raise SpmError(
+            f"secrets: the master key {data / KEY_FILE} is missing but this SPM's state is "
+            f"in {shown}, which no new key can open; restore master.key from its backup, or "
+            "start a new SPM on a new data folder and database and let the board recover "
+            "each policy's data key from its recovery shares (README: Policies and the "
+            "Security Policy Manager)"
+        )
+
+
+def _identity(store: Store, master: MasterKey, names: list[str]) -> SpmIdentity:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    with store.transaction() as tx:
+        sealed = tx.meta.get(IDENTITY_META)
+        if sealed is None and tx.audit.head()[0] > 0:
+            raise IntegrityError(
+                "integrity: the SPM's sealed TLS identity is missing from a database that "
+                "already has an audit log (deleted outside the SPM); restore the database "
+                "from a backup: a new identity would break every party's pin"
+            )
+        if sealed is None:
+            key = new_key()
+            pem = private_pem(key)
+            tx.meta.put(IDENTITY_META, master.seal(pem, IDENTITY_AAD))
+        else:
+            loaded = serialization.load_pem_private_key(master.open(sealed, IDENTITY_AAD), None)
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise SpmError("spm: the sealed identity key is not an EC key")
+            key = loaded
+    return SpmIdentity(key=key, cert=self_signed(key, names))
+
+
+def serve(
+    spm: Spm,
+    host: str,
+    port: int,
+    *,
+    ready_file: Path | str | None = None,
+    log_level: str = "warning",
+    limits: Limits | None = None,
+) -> None:
+    """Serve ``spm`` over HTTPS until interrupted. With ``ready_file``, write
+    ``{"url", "tls_spki_sha256", "measurement"}`` there once listening. ``limits``:
+    the connection timeouts and cap (:mod:`secfl.spm._httpguard`), fitted to the
+    process's file limit."""
+    import uvicorn
+
+    from secfl.spm._app import create_app
+
+    limits = file_budget(limits or Limits())
+    guard = Guard(limits, _tls_context(spm))
+    config = uvicorn.Config(
+        create_app(spm),
+        host=host,
+        port=port,
+        http=guard.protocol_class(),  # TLS, timeouts and the cap: secfl.spm._httpguard
+        loop="asyncio",  # see secfl.spm._httpguard: uvloop reads before start_tls can run
+        backlog=limits.backlog,
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=max(1, round(limits.keep_alive)),
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if ready_file is None or not self.servers:
+                return
+            bound = self.servers[0].sockets[0].getsockname()
+            url_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            doc = {
+                "url": f"https://{url_host}:{bound[1]}",
+                "tls_spki_sha256": spm.identity.spki_sha256,
+                "measurement": spm.measurement,
+            }
+            atomic_write(ready_file, json.dumps(doc).encode(), fsync=False)
+
+    _Server(config).run()
+
+
+def _tls_context(spm: Spm) -> ssl.SSLContext:
+    """The server's TLS context (TLS 1.2+, HTTP/1.1) with the SPM's sealed identity.
+
+    The ssl module loads a key only from a file: it is written 0600 in a private
+    (0700) folder in RAM, and removed as soon as it is loaded."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    with ram_tempdir("secfl-spm-tls-") as secret_dir:
+        cert_file = atomic_write(secret_dir / "cert.pem", spm.identity.cert_pem, fsync=False)
+        key_file = write_private(secret_dir / "key.pem", spm.identity.key_pem, fsync=False)
+        context.load_cert_chain(cert_file, key_file)
+    return context

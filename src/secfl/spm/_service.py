@@ -1,0 +1,392 @@
+"""The Security Policy Manager's decisions, apart from HTTP.
+
+:class:`Spm` accepts board-approved policy versions, attests workloads against
+them and releases certificates and secrets only to matching evidence, keeps
+monotonic counters, records revocations, and writes every decision to the
+hash-chained audit log in the same transaction as the change it records.
+The FastAPI app (``secfl.spm._app``) is a thin layer over this class.
+
+It is assembled from parts with one job each, and passes them what they need:
+:class:`~secfl.spm._policy_cache.PolicyCache` (policy versions and revocations),
+:class:`~secfl.spm._attestation.Attestor` (workload attestation and release),
+:class:`~secfl.spm._sessions.SessionGate` (session tokens, checked at each use),
+:class:`~secfl.spm._revoker.Revoker` (the board's revocation statements),
+:class:`~secfl.spm._vault.SecretVault` (secret values at rest) and
+:class:`~secfl.spm._groupcommit.GroupCommit` (many writes, one durable commit).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from secfl.errors import PolicyError, Refused, SpmError
+from secfl.policy._canonical import canonical_bytes, digest
+from secfl.policy._document import load_policy
+from secfl.policy._model import Policy
+from secfl.policy._signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature, check_approval
+from secfl.spm._attestation import Attestor, AttestResult
+from secfl.spm._audit import AuditEntry
+from secfl.spm._groupcommit import GroupCommit
+from secfl.spm._identity import SpmIdentity
+from secfl.spm._masterkey import MasterKey
+from secfl.spm._nonces import NonceIssuer
+from secfl.spm._policy_cache import CURRENT_TTL, PolicyCache
+from secfl.spm._report_data import spm_report_data
+from secfl.spm._revocation import revocation_digest, revocation_doc
+from secfl.spm._revoker import Revoker
+from secfl.spm._sessions import SessionGate
+from secfl.spm._store import PolicyRecord, Store
+from secfl.spm._tx import Tx
+from secfl.spm._vault import SecretVault
+from secfl.spm._volumes import check_record_proof
+from secfl.tee._platforms import Platform
+from secfl.tee._simulated import SimulatedPlatform
+
+# Besides Spm: names kept importable from here for the callers that take them from here.
+__all__ = [
+    "CURRENT_TTL",
+    "REVOCATION_DOMAIN",
+    "AttestResult",
+    "Refused",
+    "Spm",
+    "revocation_digest",
+    "revocation_doc",
+]
+
+
+class Spm:
+    """The SPM over a :class:`Store`, sealing with a :class:`MasterKey`.
+
+    ``platform`` produces the SPM's own evidence; ``identity`` is its TLS key.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        master: MasterKey,
+        platform: Platform,
+        identity: SpmIdentity,
+        *,
+        measurement: str | None = None,
+        nonce_ttl: float = 60.0,
+        session_ttl: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.master = master
+        self.platform = platform
+        self.identity = identity
+        self.measurement = measurement
+        self.nonces = NonceIssuer(master.derive("attestation-nonce"), nonce_ttl)
+        self.group = GroupCommit(store)
+        self.policies = PolicyCache(store)
+        self.vault = SecretVault(master, identity.key)
+        self.sessions = SessionGate(store, self.policies)
+        self.attestor = Attestor(
+            policies=self.policies,
+            nonces=self.nonces,
+            vault=self.vault,
+            group=self.group,
+            session_ttl=session_ttl,
+        )
+        self.revoker = Revoker(store, self.policies, self.group)
+
+    @property
+    def nonce_ttl(self) -> float:
+        """Seconds an attestation nonce stays valid."""
+        return self.nonces.ttl
+
+    @nonce_ttl.setter
+    def nonce_ttl(self, seconds: float) -> None:
+        self.nonces.ttl = seconds
+
+    def close(self) -> None:
+        """Finish the pending commits, then close the store."""
+        self.group.close()
+        self.store.close()
+
+    # --- the SPM's own attestation --------------------------------------------------------
+
+    def attestation(self, nonce: bytes) -> dict[str, str]:
+        """Evidence binding ``nonce`` and the SPM's TLS key (for ``GET /v1/attestation``)."""
+        if not 8 <= len(nonce) <= 64:
+            raise Refused("attestation: the nonce must be 8 to 64 bytes", 400)
+        report_data = spm_report_data(nonce, self.identity.spki_sha256)
+        if self.measurement is not None and isinstance(self.platform, SimulatedPlatform):
+            evidence = self.platform.get_evidence(report_data, measurement=self.measurement)
+        else:
+            evidence = self.platform.get_evidence(report_data)
+        return {
+            "evidence": evidence.to_json(),
+            "tls_spki_sha256": self.identity.spki_sha256,
+            "kind": evidence.kind,
+        }
+
+    # --- workload attestation (secfl.spm._attestation) ------------------------------------
+
+    def new_nonce(self) -> tuple[bytes, datetime]:
+        """A fresh nonce for one attestation (self-authenticating: nothing is written)."""
+        return self.nonces.issue()
+
+    def attest(
+        self,
+        policy_name: str,
+        service_name: str,
+        *,
+        nonce: bytes,
+        evidence: bytes,
+        hpke_public_key: bytes,
+        csr_pem: bytes,
+    ) -> AttestResult:
+        """Verify a workload and release its certificate and secrets, or refuse and
+        audit why (:meth:`Attestor.attest <secfl.spm._attestation.Attestor.attest>`)."""
+        return self.attestor.attest(
+            policy_name,
+            service_name,
+            nonce=nonce,
+            evidence=evidence,
+            hpke_public_key=hpke_public_key,
+            csr_pem=csr_pem,
+        )
+
+    # --- policies -------------------------------------------------------------------------
+
+    def policy(self, name: str, version: int | None = None) -> tuple[PolicyRecord, Policy]:
+        """A policy version (default: the current one, re-read at most every
+        ``CURRENT_TTL`` seconds: a replica sharing the database sees another
+        replica's new version within that time)."""
+        return self.policies.get(name, version)
+
+    def submit_policy(self, document: str, signatures: list[dict[str, Any]]) -> PolicyRecord:
+        """Accept a new policy or version if its board rule is met and it follows the
+        current version; otherwise refuse it, change nothing, and audit the refusal."""
+        try:
+            policy = load_policy(document)
+        except PolicyError as exc:
+            self._audit_refusal("policy.refused", None, {"reason": str(exc)})
+            raise Refused(str(exc), 400) from None
+        policy_digest = digest(policy)
+        try:
+            sigs = [Signature.model_validate(s) for s in signatures]
+        except Exception as exc:
+            raise Refused(f"policy: malformed signature ({type(exc).__name__})", 400) from None
+        now = datetime.now(UTC)
+        try:
+            with self.store.transaction() as tx:
+                current = tx.policies.current(policy.name)
+                previous: Policy | None = None
+                if current is None:
+                    if policy.version != 1 or policy.predecessor:
+                        raise Refused(
+                            f"predecessor: there is no policy '{policy.name}' yet, so this must "
+                            "be version 1 with an empty predecessor",
+                            409,
+                        )
+                    board = policy.board
+                else:
+                    if (
+                        policy.predecessor != current.digest
+                        or policy.version != current.version + 1
+                    ):
+                        raise Refused(
+                            f"predecessor: the current version of '{policy.name}' is "
+                            f"{current.version} with digest {current.digest}; this document is "
+                            f"version {policy.version} after {policy.predecessor or '(none)'}",
+                            409,
+                        )
+                    previous = Policy.model_validate_json(current.document)
+                    board = previous.board
+                try:
+                    approvers = check_approval(board, policy_digest, sigs, domain=POLICY_DOMAIN)
+                except PolicyError as exc:
+                    raise Refused(str(exc), 403) from None
+                try:
+                    self.vault.provision(tx, policy, now, previous)
+                except Refused:
+                    raise
+                except SpmError as exc:
+                    raise Refused(str(exc), 400) from None
+                record = PolicyRecord(
+                    name=policy.name,
+                    version=policy.version,
+                    digest=policy_digest,
+                    predecessor=policy.predecessor,
+                    document=canonical_bytes(policy).decode(),
+                    signatures=json.dumps([s.model_dump(mode="json") for s in sigs]),
+                    created_at=now,
+                )
+                tx.policies.add(record)
+                self.policies.forget(policy.name)
+                tx.audit.append(
+                    "policy.accepted",
+                    policy.name,
+                    {"version": policy.version, "digest": policy_digest, "approvers": approvers},
+                )
+        except Refused as exc:
+            self.policies.forget(policy.name)
+            self._audit_refusal(
+                "policy.refused",
+                policy.name,
+                {"version": policy.version, "digest": policy_digest, "reason": str(exc)},
+            )
+            raise
+        self.policies.forget(policy.name)
+        return record
+
+    # --- counters -------------------------------------------------------------------------
+
+    def increment(self, token: str, policy_name: str, counter: str) -> int:
+        """Add one to a counter, if the session token's service may; durable on return."""
+        return self.group.run(self._increment_op(token, policy_name, counter))
+
+    async def increment_async(self, token: str, policy_name: str, counter: str) -> int:
+        """:meth:`increment` for the event loop (the hot path of the HTTP API)."""
+        return await self.group.run_async(self._increment_op(token, policy_name, counter))
+
+    def _increment_op(self, token: str, policy_name: str, counter: str) -> Callable[[Tx], int]:
+        """Check the session's right to ``counter``; return the write that bumps it."""
+        session, service = self.sessions.admit(token, policy_name)
+        if counter not in service.counters:
+            raise Refused(f"counter: service '{session.service}' may not increment '{counter}'")
+
+        def bump(tx: Tx) -> int:
+            value = int(tx.counters.increment(policy_name, counter))
+            tx.audit.append(
+                "counter.incremented",
+                policy_name,
+                {"counter": counter, "value": value, "service": session.service},
+            )
+            return value
+
+        return bump
+
+    def report(self, token: str, policy_name: str, event: str, detail: dict[str, Any]) -> int:
+        """Write an aggregator's finding (e.g. the audit's exclusions) to the audit log,
+        as ``fl.<event>`` naming the reporting service; returns the entry's number."""
+        session, service = self.sessions.admit(token, policy_name)
+        if service.role not in ("aggregator", "any"):
+            raise Refused(f"report: service '{session.service}' is not an aggregator")
+        entry = {**detail, "service": session.service}
+        return int(
+            self.group.run(lambda tx: tx.audit.append(f"fl.{event}", policy_name, entry).seq)
+        )
+
+    def counter(self, policy_name: str, counter: str) -> int:
+        """The value of a counter (anyone may read it), or :class:`Refused` (404)."""
+        with self.store.read() as tx:
+            value = tx.counters.get(policy_name, counter)
+        if value is None:
+            raise Refused(f"counter: '{policy_name}' has no counter '{counter}'", 404)
+        return value
+
+    # --- rollback-protected volumes --------------------------------------------------------
+
+    def volume_state(self, policy_name: str, volume: str) -> dict[str, Any]:
+        """The newest recorded release of a counter-protected volume (version 0: none yet)."""
+        _, policy = self.policy(policy_name)
+        spec = policy.volume(volume)
+        if spec is None or spec.counter is None:
+            raise Refused(f"volume: '{volume}' of '{policy_name}' is not rollback-protected", 404)
+        with self.store.read() as tx:
+            recorded = tx.volume_tags.get(policy_name, volume)
+            counter = tx.counters.get(policy_name, spec.counter)
+        version, tag = recorded or (0, "")
+        return {"volume": volume, "version": version, "tag": tag, "counter": counter}
+
+    def record_volume(
+        self, token: str, policy_name: str, volume: str, version: int, tag: str, proof: str
+    ) -> dict[str, Any]:
+        """Accept a volume release as current if it is newer than the recorded one
+        (the counter moves on); the same release again is fine; an older one, or the
+        same version with another tag, is a rollback and refused.
+
+        ``proof`` is :func:`~secfl.spm._volumes.record_proof` under the volume's key: only
+        a launcher that received that key (and opened the volume with it) can record a
+        release, not whoever holds a session token."""
+        session, service = self.sessions.admit(token, policy_name)
+        now = datetime.now(UTC)
+        _, policy = self.policy(policy_name)
+        spec = policy.volume(volume)
+        if spec is None or spec.counter is None:
+            raise Refused(f"volume: '{volume}' of '{policy_name}' is not rollback-protected", 404)
+        if volume not in service.volumes:
+            raise Refused(f"volume: service '{session.service}' may not open '{volume}'")
+        tag = tag.lower()
+        counter = spec.counter
+        token_hash = hashlib.sha256(token.encode()).hexdigest()
+
+        def record(tx: Tx) -> dict[str, Any] | Refused:
+            key = self.vault.policy_key(tx, policy_name)
+            value = self.vault.value(tx, key, policy_name, spec.key)
+            raw = base64.b64decode(value.get("raw", ""))
+            if not check_record_proof(raw, policy_name, volume, version, tag, token_hash, proof):
+                refusal = Refused(
+                    f"volume: the record of '{volume}' version {version} is not vouched for by "
+                    "the volume's key (only the launcher that opened the volume can record it)"
+                )
+                detail = {"volume": volume, "version": version, "tag": tag,
+                          "reason": str(refusal), "service": session.service}  # fmt: skip
+                tx.audit.append("volume.refused", policy_name, detail)
+                return refusal
+            recorded = tx.volume_tags.get(policy_name, volume)
+            if recorded is not None:
+                old_version, old_tag = recorded
+                if version == old_version and tag == old_tag:
+                    return {"volume": volume, "version": version, "tag": tag,
+                            "counter": tx.counters.get(policy_name, counter)}  # fmt: skip
+                if version <= old_version:
+                    refusal = Refused(
+                        f"rollback: volume '{volume}' version {version} (tag {tag[:16]}…) is "
+                        f"not newer than the recorded version {old_version} "
+                        f"(tag {old_tag[:16]}…)",
+                        409,
+                    )
+                    what = {"volume": volume, "version": version, "tag": tag}
+                    detail = {**what, "reason": str(refusal), "service": session.service}
+                    tx.audit.append("volume.refused", policy_name, detail)
+                    return refusal
+            tx.volume_tags.put(policy_name, volume, version, tag, now)
+            value_now = int(tx.counters.increment(policy_name, counter))
+            tx.audit.append(
+                "volume.recorded",
+                policy_name,
+                {"volume": volume, "version": version, "tag": tag, "counter": value_now,
+                 "counter_name": counter, "service": session.service},
+            )  # fmt: skip
+            return {"volume": volume, "version": version, "tag": tag, "counter": value_now}
+
+        outcome = self.group.run(record)
+        if isinstance(outcome, Refused):
+            raise outcome
+        return outcome
+
+    # --- revocations (secfl.spm._revoker) -------------------------------------------------
+
+    def revoke(
+        self, policy_name: str, statement: dict[str, str], signatures: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Record a board-approved revocation, or readmission (``action: readmit``), of a
+        certificate, a service, a measurement or a platform (see :func:`revocation_doc`)."""
+        return self.revoker.revoke(policy_name, statement, signatures)
+
+    def revocations(self, policy_name: str) -> list[dict[str, Any]]:
+        """The board's revocations, then every live certificate they imply."""
+        return self.revoker.revocations(policy_name)
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def audit_page(self, since: int, limit: int) -> tuple[list[AuditEntry], tuple[int, str]]:
+        """Entries after ``since`` and the head, read from one snapshot whose head was
+        checked (its MAC, and that it did not go back) before the SPM signs it."""
+        self.store.sync()
+        with self.store.read() as tx:
+            head = tx.audit.head()
+            self.store.check_head(tx, head)
+            return tx.audit.since(since, limit), head
+
+    def _audit_refusal(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
+        self.group.run(lambda tx: tx.audit.append(event, policy, detail))

@@ -1,0 +1,94 @@
+"""Who holds a session token, and may they still act?
+
+Attestation opens a session for a service; the token then authorises that
+service's counters, reports and volume records. A session is checked at every use
+against the *current* policy, not only the one it was opened under: its service
+must still be in the policy, what it was attested as must still be accepted, and
+nothing of it (certificate, service, measurement, platform) may be revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from secfl.errors import Refused
+from secfl.policy._model import Service
+from secfl.spm._attestation import check_measurements
+from secfl.spm._policy_cache import PolicyCache
+from secfl.spm._revocation import revoked_reason, session_identity
+from secfl.spm._store import SessionRecord, Store
+
+__all__ = ["SessionGate"]
+
+#: Caches are cleared past this many entries (they are only a shortcut).
+_CACHE_LIMIT = 100_000
+
+
+class SessionGate:
+    """Admits a session token for a policy, or refuses it (401) saying why."""
+
+    def __init__(self, store: Store, policies: PolicyCache) -> None:
+        self.store = store
+        self.policies = policies
+        self._sessions: dict[bytes, SessionRecord] = {}
+        #: (token digest, policy version) pairs already checked against that version.
+        self._admitted: set[tuple[bytes, int]] = set()
+
+    def admit(self, token: str, policy_name: str) -> tuple[SessionRecord, Service]:
+        """The live session of ``token`` and its service in the current policy version."""
+        token_hash = hashlib.sha256(token.encode()).digest()
+        session = self._session(token_hash)
+        if session is None or session.policy != policy_name:
+            raise Refused("session: unknown session token for this policy", 401)
+        if session.expires_at <= datetime.now(UTC):
+            raise Refused("session: the session token has expired; attest again", 401)
+        record, policy = self.policies.get(policy_name)
+        service = policy.service(session.service)
+        if service is None:
+            raise Refused(
+                f"session: service '{session.service}' is not in version {record.version} of "
+                "the policy any more",
+                401,
+            )
+        identity = session_identity(session)
+        admitted = (token_hash, record.version)
+        if admitted not in self._admitted:
+            if session.policy_version != record.version:
+                try:
+                    if identity["kind"] not in policy.platforms.accept:
+                        raise Refused(
+                            f"session: {identity['kind']} evidence is no longer accepted by "
+                            f"version {record.version} of the policy; attest again",
+                            401,
+                        )
+                    check_measurements(
+                        policy, session.service, identity["kind"], identity["measurements"]
+                    )
+                except Refused as exc:
+                    raise Refused(
+                        f"session: what '{session.service}' was attested as is no longer "
+                        f"accepted by version {record.version} of the policy ({exc})",
+                        401,
+                    ) from None
+            if len(self._admitted) > _CACHE_LIMIT:
+                self._admitted.clear()
+            self._admitted.add(admitted)
+        refusal = revoked_reason(
+            self.policies.revoked(policy_name), session.service, session.serial, identity
+        )
+        if refusal is not None:
+            raise Refused(f"revoked: {refusal}; this session is over", 401)
+        return session, service
+
+    def _session(self, token_hash: bytes) -> SessionRecord | None:
+        """A session by token digest; sessions never change once made, so they are cached."""
+        session = self._sessions.get(token_hash)
+        if session is None:
+            with self.store.read() as tx:
+                session = tx.sessions.get(token_hash)
+            if session is not None:
+                if len(self._sessions) > _CACHE_LIMIT:
+                    self._sessions.clear()
+                self._sessions[token_hash] = session
+        return session

@@ -1,0 +1,99 @@
+"""Check a whole SPM database before trusting it: the audit log, its anchor, every row.
+
+:func:`verify_state` runs when the SPM starts (and for ``secfl audit verify --data``):
+it verifies the hash chain and the authenticated head, compares the head with the
+anchor kept outside the database, rebuilds the floors (:mod:`secfl.spm._integrity`)
+by replaying the log, and then reads every row the SPM relies on, which checks its
+MAC and that it is not behind its floor. Anything off is refused in one line.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from secfl.errors import IntegrityError, SpmError
+from secfl.spm import _audit
+from secfl.spm._schema import (
+    policy_keys_table,
+    secrets_table,
+    sessions_table,
+    volume_tags_table,
+)
+from secfl.spm._store import AUDIT_HEAD_MAC, Store
+from secfl.spm._tx import Tx
+
+__all__ = ["verify_state"]
+
+PAGE = 1000
+
+
+def verify_state(store: Store, audit_key: bytes) -> int:
+    """Verify ``store`` end to end and rebuild its floors; return the number of entries."""
+    integrity = store.integrity
+    if integrity is None:
+        raise SpmError("integrity: the store was opened without its row key")
+    floors = integrity.floors
+    with store.read() as tx:
+        head = tx.audit.head()
+        mac = tx.meta.get(AUDIT_HEAD_MAC)
+        _audit.check_head_mac(audit_key, head[0], head[1], None if mac is None else mac.decode())
+        anchored = integrity.anchor.read() if integrity.anchor is not None else None
+        if anchored is not None and head[0] < anchored[0]:
+            raise IntegrityError(
+                f"rollback: the database's audit log ends at entry {head[0]}, but this SPM's "
+                f"anchor records entry {anchored[0]}: the database was rolled back"
+            )
+        verifier = _audit.ChainVerifier()
+        last = 0
+        while True:
+            entries = tx.audit.since(last, PAGE)
+            for entry in entries:
+                verifier.feed(entry)
+                if anchored is not None and entry.seq == anchored[0] and entry.hash != anchored[1]:
+                    raise IntegrityError(
+                        f"rollback: audit entry {entry.seq} is not the one this SPM anchored: "
+                        "the log was forked or rewritten"
+                    )
+                floors.replay(entry.event, entry.policy, entry.detail)
+            if len(entries) < PAGE:
+                break
+            last = entries[-1].seq
+        count = verifier.finish(head)
+        floors.check_head(*head)
+        floors.raise_head(*head)
+        _check_rows(tx)
+    if integrity.anchor is not None:
+        integrity.anchor.write(*head)
+    return count
+
+
+def _check_rows(tx: Tx) -> None:
+    """Read every row the SPM relies on: its MAC, and its floor, are checked on read."""
+    conn = tx.connection()
+    names = set(tx.policies.names()) | set(tx.floors.policies if tx.floors else ())
+    for name in sorted(names):
+        tx.policies.history(name)
+        tx.policies.current(name)
+        tx.counters.of_policy(name)
+        tx.certificates.of_policy(name)
+        rows = {(r.kind, r.subject) for r in tx.revocations.of_policy(name)}
+        missing = tx.revocations.in_force(name) - rows
+        if missing:
+            kind, subject = sorted(missing)[0]
+            raise IntegrityError(
+                f"rollback: the revocation of {kind} {subject} of policy '{name}' is missing "
+                "from the database: it was deleted outside the SPM"
+            )
+    for policy, name in list(tx.floors.counters if tx.floors else ()):
+        if tx.counters.get(policy, name) is None:
+            raise IntegrityError(f"rollback: counter '{name}' of policy '{policy}' was deleted")
+    for policy, volume in list(tx.floors.volumes if tx.floors else ()):
+        tx.volume_tags.get(policy, volume)
+    for row in conn.execute(select(volume_tags_table)):
+        tx.volume_tags.get(row.policy, row.volume)
+    for row in conn.execute(select(secrets_table)):
+        tx.secrets.record(row)
+    for row in conn.execute(select(policy_keys_table.c.policy)):
+        tx.data_keys.get(row.policy)
+    for row in conn.execute(select(sessions_table.c.token_sha256)):
+        tx.sessions.get(bytes(row.token_sha256))

@@ -1,0 +1,424 @@
+"""The SPM's durable state: SQLite (default) or PostgreSQL through SQLAlchemy Core.
+
+Everything goes through transactions::
+
+    store = Store("sqlite:///var/lib/secfl/spm.db", audit_key=master.derive("audit"))
+    store.create_all()
+    with store.transaction() as tx:          # one atomic, durable write transaction
+        value = tx.counters.increment("fl", "round")
+        tx.audit.append("counter.increment", "fl", {"counter": "round", "value": value})
+
+**Writers are serialised**, so that the audit chain and the counters can never fork
+and every write transaction sees the result of the one before it:
+
+- SQLite: a process-wide lock per :class:`Store` (threads queue on it instead of
+  polling SQLite's busy handler), then ``BEGIN IMMEDIATE``, which takes SQLite's
+  write lock at once; other *processes* on the same file wait on it up to the busy
+  timeout (30 s). WAL mode lets readers go on meanwhile; ``synchronous=FULL`` makes
+  each commit durable (fsynced) before :meth:`Store.transaction` returns.
+- PostgreSQL: every write transaction starts with ``SELECT ... FROM audit_head
+  WHERE id = 1 FOR UPDATE``. The single row is a mutex shared by every SPM replica
+  on the database; PostgreSQL queues waiters fairly, and under READ COMMITTED each
+  later statement of the lock holder sees everything committed before it got the
+  lock. Writers all take this one lock first, so they cannot deadlock, and no
+  SERIALIZABLE retry loop is needed. Commits are durable with PostgreSQL's default
+  ``synchronous_commit = on``.
+
+Read-only work (:meth:`Store.read`, :meth:`Store.audit_since`, :meth:`Store.verify_audit`)
+takes no lock and sees one consistent snapshot (SQLite: a deferred transaction in
+WAL mode; PostgreSQL: REPEATABLE READ).
+
+Timestamps: every ``datetime`` in or out of this API is timezone-aware UTC (naive
+ones are refused); the database keeps integer microseconds since the epoch. Audit
+entries carry their time as an ISO-8601 UTC string (see :mod:`secfl.spm._audit`).
+
+Errors: a refused write (a duplicate policy version, an unknown counter...) and an
+unreachable or failing database are :class:`SpmError` with a one-line message,
+never a raw SQLAlchemy exception.
+
+Layout: this module holds :class:`Store` (the engine, write and read transactions,
+the checks of the audit head); a transaction and its operations, one view per
+concern (``tx.counters``, ``tx.policies``...), are :class:`secfl.spm._tx.Tx`; the
+tables and prebuilt statements are in :mod:`secfl.spm._schema`, the records in
+:mod:`secfl.spm._records`. The public names are all importable from here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Connection, create_engine, event, insert, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+
+from secfl._internal.files import write_private
+from secfl.errors import AuditError, IntegrityError, SpmError
+from secfl.spm import _audit
+from secfl.spm._audit import GENESIS, AuditEntry
+from secfl.spm._integrity import Integrity
+from secfl.spm._records import (
+    CertificateRecord,
+    PolicyRecord,
+    RevocationRecord,
+    SecretRecord,
+    SessionRecord,
+    normalise_serial,
+)
+from secfl.spm._schema import SCHEMA_VERSION, audit_head_table, meta_table, metadata
+from secfl.spm._tx import Tx
+from secfl.spm._tx_audit import AUDIT_HEAD_MAC
+from secfl.spm._tx_sessions import NONCE_GRACE
+
+__all__ = [
+    "AUDIT_HEAD_MAC",
+    "NONCE_GRACE",
+    "CertificateRecord",
+    "PolicyRecord",
+    "RevocationRecord",
+    "SecretRecord",
+    "SessionRecord",
+    "Store",
+    "Tx",
+    "normalise_serial",
+    "normalise_url",
+]
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def normalise_url(url: str) -> URL:
+    """Parse a store URL: ``sqlite:///PATH`` or PostgreSQL (any of ``postgres://``,
+    ``postgresql://``, ``postgresql+psycopg://``; always through psycopg 3)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SpmError(f"store: '{url}' is not a database URL") from None
+    driver = parsed.drivername
+    if driver in ("sqlite", "sqlite+pysqlite"):
+        if not parsed.database or parsed.database == ":memory:" or "mode=memory" in url:
+            raise SpmError("store: an in-memory SQLite database is not durable; give a file path")
+        return parsed.set(drivername="sqlite+pysqlite")
+    if driver in ("postgres", "postgresql", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    raise SpmError(
+        f"store: unsupported database URL scheme '{driver}' "
+        "(use sqlite:///PATH or postgresql://USER@HOST:PORT/DB)"
+    )
+
+
+def _db_error(exc: DBAPIError) -> SpmError:
+    first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+    return SpmError(f"store: database error: {first}")
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+class Store:
+    """The SPM's database. ``audit_key`` (derived from the master key) authenticates the
+    head of the audit log; without it appends are not authenticated (tests, tools)."""
+
+    def __init__(
+        self, url: str, *, audit_key: bytes | None = None, integrity: Integrity | None = None
+    ) -> None:
+        parsed = normalise_url(url)
+        self.url = parsed.render_as_string(hide_password=True)
+        self.dialect: Literal["sqlite", "postgresql"] = (
+            "sqlite" if parsed.drivername.startswith("sqlite") else "postgresql"
+        )
+        self._audit_key = audit_key
+        #: With it, every row is MAC'd and checked, and nothing may go back
+        #: (secfl.spm._integrity); without it (tests, tools) rows are taken as they are.
+        self.integrity = integrity
+        self._local = threading.local()
+        if self.dialect == "sqlite":
+            assert parsed.database is not None
+            _create_private_file(Path(parsed.database))
+            self._engine = create_engine(
+                parsed,
+                connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+                pool_size=8,
+                max_overflow=32,
+            )
+            event.listen(self._engine, "connect", _sqlite_connect)
+            event.listen(self._engine, "begin", _sqlite_begin)
+            self._write_lock: threading.Lock | None = threading.Lock()
+            self._writer: Connection | None = None
+        else:
+            self._engine = create_engine(
+                parsed,
+                connect_args={"connect_timeout": 10},
+                pool_size=8,
+                max_overflow=32,
+                pool_pre_ping=True,
+            )
+            self._write_lock = None
+            self._writer = None
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def close(self) -> None:
+        if self._write_lock is not None:
+            with self._write_lock:
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    writer.close()
+        self._engine.dispose()
+        if self.integrity is not None and self.integrity.anchor is not None:
+            self.integrity.anchor.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create_all(self) -> None:
+        """Create the tables and the audit head row (idempotent; safe for replicas)."""
+        row = None
+        try:
+            with self._engine.connect() as conn:
+                with conn.begin():
+                    metadata.create_all(conn)
+                with conn.begin():
+                    if conn.execute(select(audit_head_table.c.id)).first() is None:
+                        conn.execute(insert(audit_head_table).values(id=1, seq=0, hash=GENESIS))
+                    row = conn.execute(
+                        select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                    ).first()
+                    if row is None:
+                        conn.execute(
+                            insert(meta_table).values(key="schema_version", value=SCHEMA_VERSION)
+                        )
+        except DbIntegrityError:
+            pass  # another replica initialised it at the same moment
+        except DBAPIError as exc:
+            raise _db_error(exc) from None
+        if row is not None and bytes(row.value) != SCHEMA_VERSION:
+            found = bytes(row.value)[:16].decode("ascii", "replace")
+            raise SpmError(
+                f"store: the database has schema version {found}, this SPM needs "
+                f"{SCHEMA_VERSION.decode()} (rows authenticated by the SPM); start the SPM on a "
+                "new database and recover the policies with the board (README: recovery)"
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One atomic, durable write transaction, serialised with every other writer.
+
+        Commits when the block ends, rolls back if it raises. Not reentrant: opening a
+        write transaction inside another one in the same thread is an :class:`SpmError`.
+        """
+        if getattr(self._local, "writing", False):
+            raise SpmError("store: nested write transactions are not supported")
+        self._local.writing = True
+        try:
+            with self._write_connection() as conn:
+                try:
+                    with conn.begin():
+                        tx = self._tx(conn, writable=True)
+                        head = tx.audit.lock_head()
+                        self.check_head(tx, head)
+                        self._catch_up(tx, head)
+                        try:
+                            yield tx
+                            tx.audit.flush_head()
+                        finally:
+                            tx.close()
+                except DBAPIError as exc:
+                    self._drop_writer()
+                    raise _db_error(exc) from None
+            self._committed(tx)
+        finally:
+            self._local.writing = False
+
+    def _tx(self, conn: Connection, *, writable: bool) -> Tx:
+        return Tx(
+            conn,
+            writable=writable,
+            dialect=self.dialect,
+            integrity=self.integrity,
+            audit_key=self._audit_key,
+        )
+
+    def check_head(self, tx: Tx, head: tuple[int, str]) -> None:
+        """Refuse a database whose audit head (read in ``tx``) is not authentic or
+        went back."""
+        if self.integrity is None:
+            return
+        if self._audit_key is not None:
+            mac = tx.meta.get(AUDIT_HEAD_MAC)
+            try:
+                _audit.check_head_mac(
+                    self._audit_key, head[0], head[1], None if mac is None else mac.decode()
+                )
+            except (AuditError, UnicodeDecodeError) as exc:
+                raise IntegrityError(f"integrity: {exc}") from None
+        self.integrity.floors.check_head(*head)
+
+    def _catch_up(self, tx: Tx, head: tuple[int, str]) -> None:
+        """Raise the floors by what other SPMs sharing this database committed since
+        this one last looked (verified as a continuation of the chain it knows)."""
+        if self.integrity is None:
+            return
+        floors = self.integrity.floors
+        seq, known = floors.head
+        if head[0] <= seq or not known:
+            return
+        verifier = _audit.ChainVerifier(start_hash=known, start_seq=seq + 1)
+        try:
+            while True:
+                entries = tx.audit.since(seq, 1000)
+                for entry in entries:
+                    verifier.feed(entry)
+                    floors.replay(entry.event, entry.policy, entry.detail)
+                if len(entries) < 1000:
+                    break
+                seq = entries[-1].seq
+            verifier.finish(head)
+        except AuditError as exc:
+            raise IntegrityError(f"integrity: {exc} (after entry {floors.head[0]})") from None
+        floors.raise_head(*head)
+
+    def sync(self) -> None:
+        """Check the database's head and learn what other SPMs committed (read only)."""
+        if self.integrity is None:
+            return
+        with self.read() as tx:
+            head = tx.audit.head()
+            self.check_head(tx, head)
+            self._catch_up(tx, head)
+
+    def _committed(self, tx: Tx) -> None:
+        """After a commit: raise the floors by what it changed, move the anchor."""
+        if self.integrity is None:
+            return
+        for change in tx.changes:
+            self.integrity.floors.apply(change)
+        head = tx.audit.known_head
+        if head is not None:
+            self.integrity.floors.raise_head(*head)
+            if self.integrity.anchor is not None:
+                self.integrity.anchor.write(*head)
+
+    @contextmanager
+    def _write_connection(self) -> Iterator[Connection]:
+        """SQLite: the one writer connection, kept open, under the process-wide lock
+        (pool checkouts would cost more than the increments themselves). PostgreSQL:
+        a pooled connection; the audit_head row lock serialises."""
+        if self._write_lock is None:
+            try:
+                with self._engine.connect() as conn:
+                    yield conn
+            except DBAPIError as exc:
+                raise _db_error(exc) from None
+            return
+        with self._write_lock:
+            if self._writer is None:
+                try:
+                    conn = self._engine.connect()
+                except DBAPIError as exc:
+                    raise _db_error(exc) from None
+                conn.execution_options(secfl_begin="BEGIN IMMEDIATE")
+                self._writer = conn
+            yield self._writer
+
+    def _drop_writer(self) -> None:
+        """Forget the SQLite writer connection after a database error; the next
+        transaction opens a fresh one."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.invalidate()
+                writer.close()
+            except DBAPIError:
+                pass
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        """A read-only transaction over one consistent snapshot; takes no write lock."""
+        try:
+            with self._engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    conn.execution_options(isolation_level="REPEATABLE READ")
+                else:
+                    conn.execution_options(secfl_begin="BEGIN")
+                with conn.begin():
+                    tx = self._tx(conn, writable=False)
+                    try:
+                        yield tx
+                    finally:
+                        tx.close()
+        except DBAPIError as exc:
+            raise _db_error(exc) from None
+
+    def audit_since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
+        """Entries after ``seq`` (0: from the start), in order, at most ``limit``."""
+        with self.read() as tx:
+            return tx.audit.since(seq, limit)
+
+    def audit_head(self) -> tuple[int, str]:
+        """The log's head (last seq, its hash), as committed."""
+        with self.read() as tx:
+            return tx.audit.head()
+
+    def verify_audit(self, audit_key: bytes, *, page: int = 1000) -> int:
+        """Verify the whole log in the database and its authenticated head; return the
+        number of entries. :class:`AuditError` names the first problem found: a modified,
+        missing or reordered entry, a removed tail, or a rewritten (rehashed) chain."""
+        with self.read() as tx:
+            head = tx.audit.head()
+            mac = tx.meta.get(AUDIT_HEAD_MAC)
+            _audit.check_head_mac(
+                audit_key, head[0], head[1], None if mac is None else mac.decode()
+            )
+            verifier = _audit.ChainVerifier()
+            last = 0
+            while True:
+                entries = tx.audit.since(last, page)
+                for entry in entries:
+                    verifier.feed(entry)
+                if len(entries) < page:
+                    break
+                last = entries[-1].seq
+            return verifier.finish(head)
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take BEGIN away from the sqlite3 module; _sqlite_begin emits our own.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql(conn.get_execution_options().get("secfl_begin", "BEGIN"))
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file empty and readable by its owner only (its -wal and -shm
+    follow). An existing database, or anything else already at the path, is left
+    alone (``replace=False``) and SQLite opens it."""
+    if path.exists():
+        return
+    try:
+        write_private(path, b"", fsync=False, replace=False)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise SpmError(f"store: cannot create the database {path}: {exc.strerror}") from None

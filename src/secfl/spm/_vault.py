@@ -1,0 +1,183 @@
+"""Secret values at rest: per-policy data keys, sealed values, and their caches.
+
+Each policy's secrets are encrypted under its own data key (AES-256-GCM, bound to
+policy and secret name). The data key is wrapped by the SPM's master key and split
+(Shamir, the board's threshold) to the board members' recovery keys, so the board
+can recover a policy's secrets on a new SPM without ever seeing the master key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from secfl.errors import IntegrityError, SpmError
+from secfl.policy._model import Policy
+from secfl.spm import _sealing as sv
+from secfl.spm._masterkey import (
+    MasterKey,
+    new_policy_key,
+    open_secret,
+    seal_secret,
+    unwrap_policy_key,
+    wrap_policy_key,
+)
+from secfl.spm._recovery import seal_shares
+from secfl.spm._store import SecretRecord
+from secfl.spm._tx import Tx
+
+__all__ = ["VALUE_TTL", "SecretVault"]
+
+#: Seconds a process may serve a decrypted secret value before re-reading it.
+VALUE_TTL = 1.0
+
+
+class SecretVault:
+    """The SPM's secrets: generated, imported, sealed at rest, opened for release."""
+
+    def __init__(self, master: MasterKey, identity_key: ec.EllipticCurvePrivateKey) -> None:
+        self.master = master
+        self.identity_key = identity_key
+        self._values: dict[tuple[str, str], tuple[float, sv.Value, str]] = {}
+        self._keys: dict[str, tuple[bytes, bytes]] = {}
+
+    def provision(
+        self, tx: Tx, policy: Policy, now: datetime, previous: Policy | None = None
+    ) -> None:
+        """Create the policy's data key, counters and secret values (new or redefined).
+
+        When ``policy`` changes the board (members, keys, recovery keys or threshold)
+        from ``previous``, the data key is replaced and every secret re-encrypted under
+        the new one, split to the new board only: shares that old members kept open
+        nothing stored from then on."""
+        wrapped = tx.data_keys.get(policy.name)
+        if wrapped is None:
+            key = new_policy_key()
+            self._put_key(tx, policy, key)
+        else:
+            key = unwrap_policy_key(self.master, policy.name, wrapped)
+            if previous is not None and _board_state(previous) != _board_state(policy):
+                old, key = key, new_policy_key()
+                for record in tx.secrets.of_policy(policy.name):
+                    plain = open_secret(old, policy.name, record.name, record.ciphertext)
+                    blob = seal_secret(key, policy.name, record.name, plain)
+                    tx.secrets.put(replace(record, ciphertext=blob))
+                self._put_key(tx, policy, key)
+                self._values = {k: v for k, v in self._values.items() if k[0] != policy.name}
+        board = sv.board_binding_of(policy.board)
+        for counter in policy.counters:
+            tx.counters.create(policy.name, counter.name)
+        values: dict[str, sv.Value] = {}
+        ordered = sorted(policy.secrets, key=lambda s: s.kind != "x509-ca")  # CAs first
+        for secret in ordered:
+            definition = sv.definition_digest(secret)
+            stored = tx.secrets.get(policy.name, secret.name)
+            if stored is not None and stored.definition_digest == definition:
+                values[secret.name] = self.open_value(key, policy.name, stored)
+                continue
+            if secret.kind == "imported":
+                value = sv.open_imported(
+                    secret.sealed, self.identity_key, policy.name, secret.name, board
+                )
+            else:
+                value = sv.generate(secret, values, now)
+            values[secret.name] = value
+            self.store_value(tx, key, policy.name, secret.name, secret.kind, definition, value)
+
+    def open_value(self, key: bytes, policy: str, record: SecretRecord | None) -> sv.Value:
+        """The value sealed in ``record`` (a missing record is an :class:`SpmError`)."""
+        if record is None:
+            raise SpmError(f"secrets: a secret of policy '{policy}' is missing from the store")
+        return json.loads(open_secret(key, policy, record.name, record.ciphertext))
+
+    def _put_key(self, tx: Tx, policy: Policy, key: bytes) -> None:
+        """Store ``key`` wrapped by the master key and split to the board's recovery keys."""
+        recovery = {m.name: m.recovery_key.encode() for m in policy.board.members if m.recovery_key}
+        if recovery and len(recovery) < policy.board.threshold:
+            raise SpmError(
+                f"recovery: only {len(recovery)} board member(s) gave a recovery key but the "
+                f"threshold is {policy.board.threshold}: recovery would need fewer members "
+                "than the board; give every member a recovery key, or none"
+            )
+        threshold = policy.board.threshold
+        shares = seal_shares(key, policy.name, recovery, threshold) if recovery else "{}"
+        wrapped = wrap_policy_key(self.master, policy.name, key)
+        tx.data_keys.put(policy.name, wrapped, shares)
+        # Chained into the log: a data key restored to an older one is a rollback.
+        digest = hashlib.sha256(wrapped).hexdigest()
+        tx.note(("datakey", policy.name, digest))
+        tx.audit.append("policy.data-key", policy.name, {"sha256": digest})
+
+    def policy_key(self, tx: Tx, policy: str) -> bytes:
+        """A policy's data key, unwrapped once per wrapped value (it changes with the board)."""
+        wrapped = tx.data_keys.get(policy)
+        if wrapped is None:
+            raise SpmError(f"secrets: policy '{policy}' has no data key")
+        cached = self._keys.get(policy)
+        if cached is not None and cached[0] == wrapped:
+            return cached[1]
+        key = unwrap_policy_key(self.master, policy, wrapped)
+        self._keys[policy] = (wrapped, key)
+        return key
+
+    def value(
+        self, tx: Tx, key: bytes, policy: str, name: str, definition: str | None = None
+    ) -> sv.Value:
+        """A secret's value, decrypted at most once per ``VALUE_TTL`` per process.
+
+        ``definition`` (:func:`secfl.spm._sealing.definition_digest` of the current
+        policy's secret) refuses a stored value made from another definition: a row
+        restored from before the board redefined (rotated) the secret."""
+        cached = self._values.get((policy, name))
+        fresh = cached is not None and time.monotonic() - cached[0] < VALUE_TTL
+        if cached is not None and fresh and definition in (None, cached[2]):
+            return cached[1]
+        record = tx.secrets.get(policy, name)
+        if (
+            definition is not None
+            and record is not None
+            and (record.definition_digest != definition)
+        ):
+            raise IntegrityError(
+                f"rollback: the stored value of secret '{name}' of policy '{policy}' was made "
+                "for another definition than the current policy's: the database was rolled back"
+            )
+        value = self.open_value(key, policy, record)
+        if record is not None:
+            self._values[(policy, name)] = (time.monotonic(), value, record.definition_digest)
+        return value
+
+    def store_value(
+        self,
+        tx: Tx,
+        key: bytes,
+        policy: str,
+        name: str,
+        kind: str,
+        definition: str,
+        value: sv.Value,
+    ) -> None:
+        """Seal ``value`` under the policy's data key and store it as secret ``name``."""
+        self._values.pop((policy, name), None)
+        blob = seal_secret(key, policy, name, json.dumps(value).encode())
+        tx.secrets.put(
+            SecretRecord(
+                policy=policy,
+                name=name,
+                kind=kind,
+                definition_digest=definition,
+                ciphertext=blob,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+def _board_state(policy: Policy) -> tuple[object, ...]:
+    """What the data key's protection depends on: members' keys, recovery keys, threshold."""
+    members = sorted((m.name, m.public_key, m.recovery_key or "") for m in policy.board.members)
+    return (policy.board.threshold, tuple(members))

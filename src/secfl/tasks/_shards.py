@@ -1,0 +1,328 @@
+"""The shard file: one safetensors file per collaborator, validation set or test set.
+
+A shard holds two tensors, ``x`` (raw features in the task's storage dtype) and
+``y`` (int64 labels), and one metadata entry, ``secfl.shard``, whose value is the
+canonical JSON (sorted keys, no spaces) of::
+
+    format         "secfl-shard/1"
+    task           the task's registry name
+    role           "client" | "validation" | "test"
+    index          the collaborator's number (client shards), else null
+    clients        how many client shards the split made
+    samples        len(x) == len(y)
+    num_classes    labels are 0 .. num_classes - 1
+    label_counts   samples per label
+    feature_shape  x.shape[1:]
+    storage_dtype  x's dtype, e.g. "uint8", "float32"
+    scaling        {"offset": [...], "scale": [...]}: x is scaled as (x - offset) / scale
+    partition      {"kind": "iid"} or {"kind": "dirichlet", "alpha": A}
+    seed           the split's seed
+    split          SHA-256 naming the split (task, seed, partition, fractions, scaling)
+    x_sha256       SHA-256 of x's bytes, y_sha256 of y's: a flipped bit is refused
+
+Why one metadata key: safetensors writes its metadata map in hash order, so several
+keys would make equal splits differ byte for byte; one key keeps files identical.
+Never pickle: the reader parses the header itself and lets safetensors decode the
+tensors. Authenticity is the shielded volume's job; these checks catch mistakes,
+corruption and a shard of the wrong task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from secfl._internal import files
+from secfl._internal.canonical import canonical_json as _canonical_json
+from secfl.errors import TaskError
+from secfl.tasks._base import ClassificationTask, Dataset, Scaling, ShardSource
+
+__all__ = [
+    "FORMAT",
+    "MAX_HEADER",
+    "META_KEY",
+    "ROLES",
+    "array_digest",
+    "canonical_json",
+    "encode_shard",
+    "load_shard",
+    "read_bytes",
+    "read_shard",
+    "shard_meta",
+    "write_shard",
+]
+
+FORMAT = "secfl-shard/1"
+META_KEY = "secfl.shard"
+ROLES = ("client", "validation", "test")
+#: A shard header larger than this is refused before it is parsed.
+MAX_HEADER = 1 << 20
+_STORAGE_DTYPES = {"uint8": np.uint8, "float32": np.float32, "float64": np.float64}
+_META_KEYS = frozenset(
+    {
+        "format",
+        "task",
+        "role",
+        "index",
+        "clients",
+        "samples",
+        "num_classes",
+        "label_counts",
+        "feature_shape",
+        "storage_dtype",
+        "scaling",
+        "partition",
+        "seed",
+        "split",
+        "x_sha256",
+        "y_sha256",
+    }
+)
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, no NaN: one spelling per value (the project's one
+    canonical encoding, :mod:`secfl._internal.canonical`)."""
+    return _canonical_json(value).decode("utf-8")
+
+
+def array_digest(array: np.ndarray) -> str:
+    """SHA-256 of an array's little-endian C-order bytes."""
+    contiguous = np.ascontiguousarray(array)
+    if contiguous.dtype.byteorder == ">":
+        contiguous = contiguous.astype(contiguous.dtype.newbyteorder("<"))
+    return hashlib.sha256(contiguous.data.cast("B")).hexdigest()  # its buffer, no copy
+
+
+def encode_shard(x: np.ndarray, y: np.ndarray, meta: Mapping[str, Any]) -> bytes:
+    """The safetensors bytes of a shard; the digests are filled in here."""
+    from safetensors.numpy import save
+
+    full = dict(meta)
+    full["x_sha256"] = array_digest(x)
+    full["y_sha256"] = array_digest(y)
+    full.setdefault("format", FORMAT)
+    _check_meta(full)
+    tensors = {"x": np.ascontiguousarray(x), "y": np.ascontiguousarray(y, dtype=np.int64)}
+    return save(tensors, metadata={META_KEY: canonical_json(full)})
+
+
+def write_shard(path: str | Path, x: np.ndarray, y: np.ndarray, meta: Mapping[str, Any]) -> str:
+    """Write a shard atomically (a fresh temporary name, then a rename; mode 0644 less
+    the umask); return its SHA-256."""
+    blob = encode_shard(x, y, meta)
+    try:
+        files.atomic_write(path, blob, fsync=False)
+    except OSError as exc:
+        raise TaskError(f"shard: cannot write '{path}': {exc.strerror or exc}") from None
+    return hashlib.sha256(blob).hexdigest()
+
+
+def read_bytes(source: ShardSource) -> bytes:
+    """A shard's bytes from a path, bytes, a binary file object or a ``Traversable``."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    if isinstance(source, str | os.PathLike):
+        try:
+            return Path(source).read_bytes()
+        except OSError as exc:
+            raise TaskError(f"cannot read shard '{source}': {exc.strerror or exc}") from None
+    read = getattr(source, "read", None)  # a binary file, else a Traversable
+    if not callable(read):
+        read = getattr(source, "read_bytes", None)
+    if not callable(read):
+        raise TaskError(f"cannot read a shard from a {type(source).__name__}")
+    data = read()
+    if not isinstance(data, bytes | bytearray):
+        raise TaskError("shard: the file object did not return bytes (open it in binary mode)")
+    return bytes(data)
+
+
+def read_shard(source: ShardSource) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Parse and check a shard's structure, metadata and digests (no task knowledge)."""
+    data = read_bytes(source)
+    if len(data) < 8:
+        raise TaskError(f"shard: {len(data)} bytes, not a safetensors file")
+    size = int.from_bytes(data[:8], "little")
+    if size > MAX_HEADER or size > len(data) - 8:
+        raise TaskError("shard: header length out of range (truncated or not safetensors)")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, ValueError):
+        raise TaskError("shard: header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise TaskError("shard: header is not a JSON object")
+    extra = header.pop("__metadata__", None)
+    if sorted(header) != ["x", "y"]:
+        raise TaskError(f"shard: tensors {sorted(header)}, expected exactly ['x', 'y']")
+    if not isinstance(extra, dict) or set(extra) != {META_KEY}:
+        raise TaskError(f"shard: no '{META_KEY}' metadata (not written by secfl data split)")
+    try:
+        meta = json.loads(extra[META_KEY], parse_constant=_refuse_constant)
+    except (TypeError, ValueError) as exc:
+        raise TaskError(f"shard: metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise TaskError("shard: metadata is not a JSON object")
+    _check_meta(meta)
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(data)
+    except Exception as exc:  # safetensors raises its own error type for every flaw
+        raise TaskError(f"shard: malformed tensor data ({str(exc).splitlines()[0]})") from None
+    x, y = tensors["x"], tensors["y"]
+    if x.dtype != np.dtype(meta["storage_dtype"]):
+        raise TaskError(f"shard: x is {x.dtype}, metadata says {meta['storage_dtype']}")
+    if y.dtype != np.int64 or y.ndim != 1:
+        raise TaskError(f"shard: y must be a 1-D int64 tensor, got {y.dtype} {list(y.shape)}")
+    if x.shape[0] != y.shape[0] or y.shape[0] != meta["samples"]:
+        raise TaskError(
+            f"shard: {x.shape[0]} features, {y.shape[0]} labels, metadata says {meta['samples']}"
+        )
+    if list(x.shape[1:]) != meta["feature_shape"]:
+        raise TaskError(f"shard: x has shape {list(x.shape)}, metadata {meta['feature_shape']}")
+    if array_digest(x) != meta["x_sha256"] or array_digest(y) != meta["y_sha256"]:
+        raise TaskError("shard: tensor digest mismatch (the file was modified or corrupted)")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= meta["num_classes"]):
+        raise TaskError(f"shard: labels outside 0..{meta['num_classes'] - 1}")
+    counts = np.bincount(y, minlength=meta["num_classes"]).tolist()
+    if counts != meta["label_counts"]:
+        raise TaskError("shard: label counts do not match the metadata")
+    if x.dtype.kind == "f" and not bool(np.isfinite(x).all()):
+        raise TaskError("shard: features contain NaN or infinity")
+    return x, y, meta
+
+
+def load_shard(source: ShardSource, *, task: str | None = None) -> Dataset:
+    """A validated shard as a :class:`Dataset` with scaled float32 features.
+
+    ``task`` is the task the caller expects; a shard of another task is refused.
+    Built-in tasks also check the feature shape, storage dtype, class count and
+    scaling against the task's definition.
+    """
+    x, y, meta = read_shard(source)
+    if task is not None and meta["task"] != task:
+        raise TaskError(f"shard is for task '{meta['task']}', not '{task}'")
+    from secfl.tasks._registry import builtin_task
+
+    spec = builtin_task(meta["task"])
+    if spec is not None:
+        _check_against(spec, meta)
+    scaling = Scaling(tuple(meta["scaling"]["offset"]), tuple(meta["scaling"]["scale"]))
+    if len(scaling.offset) not in (1, x.shape[-1]):
+        raise TaskError("shard: scaling does not match the number of features")
+    features = torch.from_numpy(scaling.apply(x))
+    return Dataset(features, torch.from_numpy(y.copy()), meta)
+
+
+def shard_meta(source: ShardSource) -> dict[str, Any]:
+    """A shard's metadata, after the full structural check."""
+    return read_shard(source)[2]
+
+
+def _check_against(spec: ClassificationTask, meta: Mapping[str, Any]) -> None:
+    name = spec.name
+    if tuple(meta["feature_shape"]) != spec.feature_shape:
+        raise TaskError(
+            f"shard: {name} features have shape {list(spec.feature_shape)}, "
+            f"not {meta['feature_shape']}"
+        )
+    if np.dtype(meta["storage_dtype"]) != np.dtype(spec.storage_dtype):
+        raise TaskError(f"shard: {name} stores {np.dtype(spec.storage_dtype)} features")
+    if meta["num_classes"] != spec.num_classes:
+        raise TaskError(f"shard: {name} has {spec.num_classes} classes, not {meta['num_classes']}")
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_meta(meta: Mapping[str, Any]) -> None:
+    """Every metadata field present, of the right type and range."""
+    missing = sorted(_META_KEYS - set(meta))
+    unknown = sorted(set(meta) - _META_KEYS)
+    if missing or unknown:
+        raise TaskError(f"shard metadata: missing {missing}, unknown {unknown}")
+    if meta["format"] != FORMAT:
+        raise TaskError(f"shard metadata: format {meta['format']!r}, expected {FORMAT!r}")
+    if not isinstance(meta["task"], str) or not meta["task"]:
+        raise TaskError("shard metadata: no task name")
+    if meta["role"] not in ROLES:
+        raise TaskError(f"shard metadata: role {meta['role']!r} is not one of {', '.join(ROLES)}")
+    for key in ("clients", "samples", "num_classes", "seed"):
+        if not _is_int(meta[key]) or meta[key] < 0:
+            raise TaskError(f"shard metadata: {key} is not a non-negative integer")
+    if meta["samples"] < 1 or meta["num_classes"] < 2 or meta["clients"] < 1:
+        raise TaskError("shard metadata: no samples, fewer than 2 classes or no clients")
+    index = meta["index"]
+    if meta["role"] == "client":
+        if not _is_int(index) or not 0 <= index < meta["clients"]:
+            raise TaskError("shard metadata: a client shard needs an index below 'clients'")
+    elif index is not None:
+        raise TaskError("shard metadata: only client shards have an index")
+    counts = meta["label_counts"]
+    if (
+        not isinstance(counts, list)
+        or len(counts) != meta["num_classes"]
+        or not all(_is_int(c) and c >= 0 for c in counts)
+        or sum(counts) != meta["samples"]
+    ):
+        raise TaskError("shard metadata: label_counts do not add up to the samples")
+    shape = meta["feature_shape"]
+    if not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape):
+        raise TaskError("shard metadata: feature_shape is not a list of positive integers")
+    if meta["storage_dtype"] not in _STORAGE_DTYPES:
+        raise TaskError(f"shard metadata: storage_dtype {meta['storage_dtype']!r} not supported")
+    _check_scaling(meta["scaling"])
+    _check_partition(meta["partition"])
+    for key in ("split", "x_sha256", "y_sha256"):
+        value = meta[key]
+        if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+            raise TaskError(f"shard metadata: {key} is not a SHA-256 in hex")
+
+
+def _check_scaling(scaling: Any) -> None:
+    if not isinstance(scaling, dict) or set(scaling) != {"offset", "scale"}:
+        raise TaskError("shard metadata: scaling needs exactly 'offset' and 'scale'")
+    offset, scale = scaling["offset"], scaling["scale"]
+    for values in (offset, scale):
+        if not isinstance(values, list) or not values:
+            raise TaskError("shard metadata: scaling values must be non-empty lists")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise TaskError("shard metadata: scaling values must be finite numbers")
+    if len(offset) != len(scale):
+        raise TaskError("shard metadata: scaling offset and scale differ in length")
+    if any(v <= 0 for v in scale):
+        raise TaskError("shard metadata: scaling divides by a non-positive number")
+
+
+def _check_partition(partition: Any) -> None:
+    if not isinstance(partition, dict):
+        raise TaskError("shard metadata: partition is not an object")
+    kind = partition.get("kind")
+    if kind == "iid" and set(partition) == {"kind"}:
+        return
+    alpha = partition.get("alpha")
+    if (
+        kind == "dirichlet"
+        and set(partition) == {"kind", "alpha"}
+        and isinstance(alpha, int | float)
+        and not isinstance(alpha, bool)
+        and math.isfinite(alpha)
+        and alpha > 0
+    ):
+        return
+    raise TaskError(f"shard metadata: partition {partition!r} is not iid or dirichlet(alpha > 0)")
