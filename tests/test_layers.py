@@ -85,7 +85,9 @@ def test_internal_modules_are_underscored(package: str) -> None:
     assert loose == [], f"public-looking modules outside __all__ packages: {loose}"
 
 
-@pytest.mark.parametrize("package", ["tee", "policy", "shield", "launcher", "tasks", "fl.strategies"])
+@pytest.mark.parametrize(
+    "package", ["tee", "policy", "shield", "launcher", "tasks", "fl.strategies"]
+)
 def test_public_names_resolve(package: str) -> None:
     """Every name a package exports in ``__all__`` imports."""
     import importlib
