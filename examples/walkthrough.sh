@@ -45,10 +45,11 @@ secfl data split --task digits --clients 2 -o shards > /dev/null
 mkdir validation && cp shards/validation.safetensors validation/
 secfl shield keygen -o validation.key
 VAL_TAG=$(secfl shield encrypt validation -o validation.secfl --key-file validation.key)
+# The output key: the final model is sealed to it, and only the model owner opens it.
+secfl shield keygen -o model.key
 TASK_SEALED=$(secfl policy seal-secret --key-file task.key --policy fed --secret task-key --spm $SPM --spm-pin $PIN $BOARD)
 VAL_SEALED=$(secfl policy seal-secret --key-file validation.key --policy fed --secret validation-key --spm $SPM --spm-pin $PIN $BOARD)
-AGG_MR=$(secfl measure --for-run --code-volume task=task.secfl -- secfl aggregator --task volume:task --validation volume:validation --listen $AGG)
-COL_MR=$(secfl measure --for-run --code-volume task=task.secfl -- secfl collaborator --aggregator $AGG --task volume:task)
+OUT_SEALED=$(secfl policy seal-secret --key-file model.key --policy fed --secret output-key --spm $SPM --spm-pin $PIN $BOARD)
 cd ..
 
 # --- machines B and C: each site shields its own data with its own key --------------------
@@ -58,84 +59,47 @@ for i in 1 2; do
   secfl shield keygen -o site-$i.key
   eval "S${i}_TAG=\$(secfl shield encrypt data -o site-$i.secfl --key-file site-$i.key)"
   eval "S${i}_SEALED=\$(secfl policy seal-secret --key-file site-$i.key --policy fed --secret site-$i-key --spm $SPM --spm-pin $PIN $BOARD)"
-  [ "$(secfl measure --for-run --code-volume task=task.secfl -- secfl collaborator --aggregator $AGG --task volume:task)" = "$COL_MR" ]
   cd ..
 done
-# --- the board: the policy, two of three signatures, submitted ------------------------------
+
+# --- the board: the policy from a few facts, checked, two of three signatures, submitted ---
+# `policy init` computes each service's measurement from the exact command `secfl run`
+# starts (addresses and folders stay out of it: they are the hosts' SECFL_* settings).
 cd board
-cat > policy.yaml <<YAML
-name: fed
-version: 1
-board:
-  threshold: 2
-  members:
-$(for m in alice bob carol; do printf '    - name: %s\n      public_key: |\n' $m; sed 's/^/        /' $m.pub; done)
-platforms:
-  accept: [simulated]
-  allow_unknown_tcb: true
-  simulation_root: |
-$(sed 's/^/    /' ../spm/sim/root.pem)
-identity_ca: fl-ca
-services:
-  - name: aggregator
-    role: aggregator
-    measurements: {simulated: [$AGG_MR]}
-    volumes: [task, validation]
-    counters: [rounds]
-    inject:
-      files:
-        /fl/signing-key.pem: \$\$SECFL::model-signing:key\$\$
-        /fl/checkpoint.key: \$\$SECFL::checkpoint-key:hex\$\$
-  - name: site-1
-    role: collaborator
-    measurements: {simulated: [$COL_MR]}
-    volumes: [task, site-1]
-    certificate_ttl: 3600
-    inject: {files: {/fl/signing-key.pub: \$\$SECFL::model-signing:pub\$\$}}
-  - name: site-2
-    role: collaborator
-    measurements: {simulated: [$COL_MR]}
-    volumes: [task, site-2]
-    certificate_ttl: 3600
-    inject: {files: {/fl/signing-key.pub: \$\$SECFL::model-signing:pub\$\$}}
-secrets:
-  - {name: fl-ca, kind: x509-ca, common_name: fed CA}
-  - {name: model-signing, kind: ed25519}
-  - {name: checkpoint-key, kind: aes-256}
-  - {name: task-key, kind: imported, sealed: "$TASK_SEALED"}
-  - {name: validation-key, kind: imported, sealed: "$VAL_SEALED"}
-  - {name: site-1-key, kind: imported, sealed: "$S1_SEALED"}
-  - {name: site-2-key, kind: imported, sealed: "$S2_SEALED"}
-volumes:
-  - {name: task, key: task-key, kind: code, tag: $TASK_TAG}
-  - {name: validation, key: validation-key, tag: $VAL_TAG}
-  - {name: site-1, key: site-1-key, tag: $S1_TAG}
-  - {name: site-2, key: site-2-key, tag: $S2_TAG}
-counters: [{name: rounds}]
-federation:
-  rounds: 5
-  min_clients: 2
-  train: {epochs: 2}
-YAML
+secfl policy init --name fed --threshold 2 \
+  --member alice=alice.pub --member bob=bob.pub --member carol=carol.pub \
+  --site site-1 --site site-2 --sim-root ../spm/sim/root.pem \
+  --task $TASK_TAG --validation $VAL_TAG --data site-1=$S1_TAG --data site-2=$S2_TAG \
+  --sealed task-key=$TASK_SEALED --sealed validation-key=$VAL_SEALED --sealed output-key=$OUT_SEALED \
+  --sealed site-1-key=$S1_SEALED --sealed site-2-key=$S2_SEALED \
+  --rounds 5 --train epochs=2 > init.txt
 secfl policy validate policy.yaml
+# Every site checks that the policy pins exactly what it will run (the same for all sites).
+for i in 1 2; do
+  MINE=$(cd ../site$i && secfl measure --for-run --code-volume task=task.secfl -- secfl collaborator --task volume:task)
+  grep -q "$MINE" policy.yaml
+done
 secfl policy sign policy.yaml --key alice.key --member alice
 secfl policy sign policy.yaml --key bob.key --member bob
 secfl policy submit policy.yaml --sig policy.yaml.alice.sig --sig policy.yaml.bob.sig --spm $SPM --spm-pin $PIN
+
 # --- run: the aggregator on machine A, one collaborator on each site -----------------------
+# Where to listen, whom to dial and where to write are each host's own settings.
 cd ../agg
-secfl run --spm $SPM --spm-pin $PIN --policy fed --service aggregator --platform simulated --sim-dir sim \
+SECFL_LISTEN=$AGG SECFL_OUTPUT=output \
+  secfl run --spm $SPM --spm-pin $PIN --policy fed --service aggregator --platform simulated --sim-dir sim \
   --volume task=task.secfl --volume validation=validation.secfl \
-  -- secfl aggregator --task volume:task --validation volume:validation --listen $AGG > agg.log 2>&1 &
+  -- secfl aggregator --task volume:task --validation volume:validation > agg.log 2>&1 &
 AGG_PID=$!
 cd ..
-
-# --- machines B and C: each site shields its own data with its own key --------------------
 for i in 1 2; do
-  (cd site$i && exec secfl run --spm $SPM --spm-pin $PIN --policy fed --service site-$i --platform simulated --sim-dir sim \
-    --volume task=task.secfl --volume site-$i=site-$i.secfl \
-    -- secfl collaborator --aggregator $AGG --task volume:task > site.log 2>&1) &
+  (cd site$i && SECFL_AGGREGATOR=$AGG exec secfl run --spm $SPM --spm-pin $PIN --policy fed --service site-$i \
+    --platform simulated --sim-dir sim --volume task=task.secfl --volume site-$i=site-$i.secfl \
+    -- secfl collaborator --task volume:task > site.log 2>&1) &
   PIDS+=($!)
 done
 wait $AGG_PID
 grep "round .* done" agg/agg.log | tail -1
 secfl audit verify --spm $SPM --spm-pin $PIN
+# --- machine A: the model owner opens the final model with the key it never gave away ------
+(cd agg && secfl shield decrypt output/model.secfl -o model --key-file model.key > /dev/null && ls model)

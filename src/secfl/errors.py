@@ -12,6 +12,7 @@ __all__ = [
     "DivergedError",
     "FetchError",
     "FlError",
+    "FlowerError",
     "IntegrityError",
     "LaunchError",
     "MeasurementError",
@@ -75,6 +76,11 @@ class LaunchError(SecflError):
 
 class FlError(SecflError):
     """The federated runtime refused a model, an update, a checkpoint or a setting."""
+
+
+class FlowerError(SecflError):
+    """A Flower SuperLink or SuperNode under secfl refused to start or to run an app
+    (a flag that weakens it, an unapproved app, a key not from the policy)."""
 
 
 class TaskError(SecflError):

@@ -18,8 +18,9 @@ def _env() -> dict[str, str]:
 
 
 def test_demo_trains_refuses_the_tampered_site_and_writes_a_report(tmp_path: Path) -> None:
-    """With a site whose data is poisoned (genuine code, so attestation admits it):
-    the clone audit leaves it out of every round, and the SPM's audit log says so."""
+    """With a site whose data is poisoned added to the 3 honest ones (genuine code, so
+    attestation admits it): the clone audit leaves it out of every round, and the SPM's
+    audit log says so."""
     report = tmp_path / "report"
     result = subprocess.run(
         [sys.executable, "-m", "secfl.cli.main", "demo", "--clients", "3", "--rounds", "3",
@@ -34,9 +35,10 @@ def test_demo_trains_refuses_the_tampered_site_and_writes_a_report(tmp_path: Pat
     assert doc["tampered_site_refused"] is True
     assert (report / "accuracy.png").read_bytes().startswith(b"\x89PNG")
     events = [json.loads(line)["event"] for line in (report / "audit.jsonl").open()]
-    assert events.count("attestation.accepted") == 4 and events.count("attestation.refused") == 1
-    assert "sites with poisoned data (attested: their code is genuine): site-3" in result.stdout
-    assert [r["excluded"] for r in doc["rounds"]] == [["site-3"]] * 3
+    # the aggregator, 3 honest sites and the added poisoned one; the tampered copy refused
+    assert events.count("attestation.accepted") == 5 and events.count("attestation.refused") == 1
+    assert "sites with poisoned data (attested: their code is genuine): site-4" in result.stdout
+    assert [r["excluded"] for r in doc["rounds"]] == [["site-4"]] * 3
     assert events.count("fl.audit.excluded") == 3
     assert (report / "model.safetensors").stat().st_size > 0
     assert not list(tmp_path.glob("secfl-demo-*"))  # the work folder is gone
@@ -52,3 +54,5 @@ def test_three_machine_walkthrough(tmp_path: Path) -> None:
     assert "accepted: policy fed version 1" in out
     assert "round 5 done: 2 updates" in out
     assert "audit verify: OK" in out
+    # the policy `secfl policy init` wrote seals the final model to its owner's key
+    assert (tmp_path / "w" / "agg" / "model" / "model.safetensors").stat().st_size > 0

@@ -48,6 +48,8 @@ def _write_policy(folder: Path, keys: Path, **changes: object) -> Path:
     for member in data["board"]["members"]:
         if member["name"] in RECOVERY:
             member["recovery_key"] = (keys / f"{member['name']}.recovery.pub").read_text()
+    # a federation the aggregator can run (one collaborator, the policy's counter)
+    data["federation"] = {"rounds": 3, "counter": "round", "min_clients": 1}
     data.update(changes)
     path = folder / "policy.yaml"
     path.write_text(to_yaml(data))
@@ -89,25 +91,36 @@ def test_keygen_sign_by_two_members_verify(run: Run, tmp_path: Path) -> None:
     assert err == "error: approval: 1 valid signature(s) of the 2 required\n"
 
 
-def test_sign_to_a_chosen_file_and_warn_about_a_foreign_key(run: Run, tmp_path: Path) -> None:
+def test_signing_as_another_member_or_an_outsider_is_refused(run: Run, tmp_path: Path) -> None:
+    """`policy sign --member carol` with alice's key would write a signature that never
+    counts: it fails at once, naming whose key it is, and writes nothing."""
     keys = tmp_path / "keys"
     _keygen(run, keys)
     path = _write_policy(tmp_path, keys)
     out_file = tmp_path / "carol.sig"
-    code, _, err = run(
-        "sign",
-        str(path),
-        "--key",
-        str(keys / "alice.key"),
-        "--member",
-        "carol",
-        "-o",
-        str(out_file),
+    sign = ["sign", str(path), "-o", str(out_file)]
+    code, out, err = run(*sign, "--key", str(keys / "alice.key"), "--member", "carol")
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "error: sign: this key is not carol's key on this policy's board: it is alice's: "
+        "sign as --member alice, or with carol's own key; if this version gives carol a new "
+        "key, sign with the key of the board it replaces and name that version with --board"
+    ), err
+    assert err.count("\n") == 1 and not out_file.exists()
+
+    run("keygen", "--out-dir", str(tmp_path / "other"), "--member", "dave")
+    code, _, err = run(*sign, "--key", str(tmp_path / "other" / "dave.key"), "--member", "carol")
+    assert err == (
+        "error: sign: this key is not carol's key on this policy's board: it is no member's "
+        "key: sign with carol's own key; if this version gives carol a new key, sign with the "
+        "key of the board it replaces and name that version with --board FILE\n"
     )
-    assert code == 0
-    assert err == "warning: this key is not the key of 'carol' on this policy's board\n"
-    code, _, err = run("verify", str(path), "--sig", str(out_file))
-    assert (code, err) == (1, "error: approval: invalid signature by 'carol'\n")
+    code, _, err = run(*sign, "--key", str(keys / "alice.key"), "--member", "dave")
+    assert err == (
+        "error: sign: 'dave' is not a member of this policy's board (members: alice, bob, "
+        "carol); this key is alice's: sign as --member alice\n"
+    )
+    assert not out_file.exists()
 
     code, _, err = run("sign", "-", "--key", str(keys / "alice.key"), "--member", "alice")
     assert (code, err) == (1, "error: give --output when the policy comes from standard input\n")

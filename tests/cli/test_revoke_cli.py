@@ -186,3 +186,57 @@ def test_the_key_file_is_never_the_output(keys: Path) -> None:
                  "--key", str(key), "--member", "alice", "-o", str(key))  # fmt: skip
     assert one_error(done).startswith("error: --output: ")
     assert key.read_bytes() == before
+
+
+def test_the_short_forms_name_the_same_statements(
+    spm: SpmProcess, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
+) -> None:
+    """`--service NAME` is `--kind service --subject NAME`, `--serial HEX [--service NAME]`
+    is `--kind certificate --subject HEX [--service NAME]`: members may sign either,
+    and `secfl revoke` / `secfl revocations` are the top-level forms of the commands."""
+    long_form = ("--kind", "service", "--subject", "aggregator", "--reason", "audit")
+    alice = sign(keys, tmp_path, "alice", *long_form)
+    bob = sign(keys, tmp_path, "bob", "--service", "aggregator", "--reason", "audit")
+    done = secfl("revoke", "--policy", "fed", "--service", "aggregator", "--reason", "audit",
+                 "--sig", alice, "--sig", bob, "--spm", spm.url, "--spm-pin", spm.pin)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "revoked: service aggregator of policy fed"
+    with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+        attest(spm, sim)
+
+    serial = ("--serial", "0x0A:1B", "--service", "aggregator")
+    alice = sign(keys, tmp_path, "alice", *serial)
+    bob = sign(keys, tmp_path, "bob", "--kind", "certificate", "--subject", "a1b",
+               "--service", "aggregator")  # fmt: skip
+    done = secfl("revoke", "--policy", "fed", *serial, "--sig", alice, "--sig", bob,
+                 "--spm", spm.url, "--spm-pin", spm.pin)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "revoked: certificate a1b of policy fed"
+
+    done = secfl("revocations", "--policy", "fed", "--spm", spm.url, "--spm-pin", spm.pin)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert ["service", "aggregator"] in [r[:2] for r in rows]
+    assert ["certificate", "a1b", "aggregator"] in [r[:3] for r in rows]
+    assert "no revocation requests from the clone audit" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "check"),
+    [
+        (("--serial", "a1b", "--kind", "certificate"), "--serial"),
+        ((), "name what to revoke"),
+        (("--kind", "service"), "--kind and --subject go together"),
+        (("--subject", "aggregator"), "--kind and --subject go together"),
+        (("--service", "x/y"), "--service"),
+        (("--serial", "xyz"), "--serial: a certificate serial"),
+    ],
+)
+def test_what_is_revoked_is_named_one_way(
+    keys: Path, tmp_path: Path, flags: tuple[str, ...], check: str
+) -> None:
+    out = tmp_path / "x.sig"
+    done = secfl("policy", "sign-revocation", "--policy", "fed", *flags,
+                 "--key", str(keys / "alice.key"), "--member", "alice", "-o", str(out))  # fmt: skip
+    assert one_error(done).startswith(f"error: {check}")
+    assert not out.exists()

@@ -173,7 +173,9 @@ def test_rollback_is_refused(tmp_path: Path) -> None:
     old = write(tmp_path, 4, 4)
     write(tmp_path, 5, 5)
     with pytest.raises(
-        FlError, match=r"^rollback: checkpoint of round 4 has counter 4, the SPM's counter is 5$"
+        FlError,
+        match=r"^rollback: checkpoint of round 4 has counter 4, the SPM's counter is 5: "
+        r"restore the newest checkpoint, or .* sign-reset .* --value 5 .*reset\.json, then ",
     ):
         load_checkpoint(old, key=KEY, policy_digest=POLICY, expected_counter=5)
 
@@ -228,7 +230,9 @@ def test_latest_refuses_a_rollback(tmp_path: Path) -> None:
         write(tmp_path, n, n)
     (tmp_path / checkpoint_name(3, 3)).unlink()  # the host removes the newest
     with pytest.raises(
-        FlError, match=r"^rollback: checkpoint of round 2 has counter 2, the SPM's counter is 3$"
+        FlError,
+        match=r"^rollback: checkpoint of round 2 has counter 2, the SPM's counter is 3: "
+        r"restore the newest checkpoint, or .* sign-reset .* --value 3 .*reset\.json, then ",
     ):
         latest_checkpoint(tmp_path, key=KEY, policy_digest=POLICY, expected_counter=3)
 

@@ -161,7 +161,8 @@ def test_kills_resume_rollback_and_board_reset(tmp_path: Path) -> None:
         newest.unlink()  # the host hides the newest checkpoint: the older one is a rollback
         agg = fed.start_aggregator(wait=False)
         assert exit_of(agg) == 1
-        assert "error: rollback: checkpoint of round" in agg.tail()
+        assert "error: rollback: the newest checkpoint in" in agg.tail()
+        assert f"secfl policy sign-reset --policy POLICY.yaml --value {counter} " in agg.tail()
 
         for member in ("alice", "bob"):
             key = fed.work / f"{member}.key"

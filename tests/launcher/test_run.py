@@ -39,7 +39,10 @@ def test_changed_program_is_refused_and_not_started(world: World, tmp_path: Path
     done = world.run("worker", [str(changed), *world.argv()[1:]])
     assert done.returncode == 1
     assert done.stdout == ""
-    assert done.stderr.strip().startswith("error: measurement:"), done.stderr
+    *shown, last = done.stderr.strip().splitlines()
+    assert last.startswith("error: measurement:"), done.stderr
+    # what it measured, so the changed program shows at once
+    assert f"secfl run:   program:      {changed} (sha256 " in "\n".join(shown), done.stderr
 
 
 def test_an_unmodified_third_party_program_gets_a_secret(world: World) -> None:

@@ -36,12 +36,30 @@ def test_the_example_policy_loads() -> None:
     assert policy.platforms.simulation_root
     assert policy.identity_ca == "identity-ca"
     assert {s.kind for s in policy.secrets} >= {"x509-ca", "aes-256"}
-    assert [v.name for v in policy.volumes] == ["validation-data"]
-    assert policy.counter_names() == {"round", "data-version"}
+    assert [v.name for v in policy.volumes] == ["task", "validation", "hospital-a", "hospital-b"]
+    assert policy.counter_names() == {"rounds", "hospital-a-data", "hospital-b-data"}
     assert len(policy.board.members) == 3 and policy.board.threshold == 2
-    assert policy.service("aggregator").released_secrets() == ["model-key"]  # type: ignore[union-attr]
+    assert policy.service("aggregator").released_secrets() == [  # type: ignore[union-attr]
+        "checkpoint-key",
+        "model-signing",
+        "output-key",
+    ]
     sgx = policy.service("hospital-a").identities("sgx")  # type: ignore[union-attr]
     assert sgx[0]["isv_prod_id"] == 1
+
+
+def test_the_example_policy_is_a_federation_the_aggregator_accepts() -> None:
+    """Its `federation` section is read by the aggregator's own parser, with the strategy
+    the registry builds, and nothing a federation needs is missing (not even the output
+    key: no warning)."""
+    from secfl.fl._config import FederationConfig
+    from secfl.fl._policy_check import check_ready
+
+    policy = load_policy_file(EXAMPLE)
+    config = FederationConfig.parse(policy.federation)
+    assert (config.rounds, config.strategy, config.counter) == (10, "clone-audit", "rounds")
+    assert type(config.strategy_object()).__name__ == "CloneAudit"
+    assert check_ready(policy) == []
 
 
 def test_the_test_policy_loads_from_yaml_and_json() -> None:

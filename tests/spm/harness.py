@@ -107,7 +107,7 @@ def policy_document(
             {"name": "signing", "kind": "ed25519"},
         ],
         "counters": [{"name": "round"}],
-        "federation": {"rounds": 10},
+        "federation": {"rounds": 10, "counter": "round", "min_clients": 1},
     }
     if extra:
         doc.update(extra)

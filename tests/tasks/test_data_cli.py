@@ -53,7 +53,9 @@ def test_iid_is_the_default(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
 def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     base = ["split", "--clients", "2", "-o", str(tmp_path / "x")]
     assert "not both" in failed(capsys, *base, "--task", "digits", "--iid", "--dirichlet", "1")
-    assert "unknown task 'nope'" in failed(capsys, *base, "--task", "nope")
+    assert "--task: 'nope' is neither a built-in task (breast-cancer, diabetes" in failed(
+        capsys, *base, "--task", "nope"
+    )
     assert "alpha" in failed(capsys, *base, "--task", "digits", "--dirichlet", "-1")
     assert call(capsys, *base, "--task", "digits")[0] == 0
     assert "already holds a split" in failed(capsys, *base, "--task", "digits")

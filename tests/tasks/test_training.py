@@ -57,8 +57,8 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def test_registry_and_module_tasks() -> None:
-    assert task_names() == ["breast-cancer", "digits", "fashion-mnist"]
-    with pytest.raises(TaskError, match="unknown task 'cifar'.*breast-cancer, digits"):
+    assert task_names() == ["breast-cancer", "diabetes", "digits", "fashion-mnist"]
+    with pytest.raises(TaskError, match="unknown task 'cifar'.*breast-cancer, diabetes, digits"):
         get_task("cifar")
     module = as_task(secfl.tasks._digits)
     assert module.name == "digits" and module.build_model == DIGITS.build_model

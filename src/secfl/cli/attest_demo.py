@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from secfl.cli._common import out
@@ -17,22 +17,19 @@ __all__ = [
 ]
 
 
-def _default_vectors() -> Path | None:
-    env = os.environ.get("SECFL_TESTVECTORS")
-    candidates = [Path(env)] if env else [Path.cwd() / ".." / "shared" / "testvectors"]
-    return next((p.resolve() for p in candidates if p.is_dir()), None)
-
-
 def attestation_demo(
     vectors: Annotated[
         str | None,
-        typer.Option(help="Real vendor evidence folder (default $SECFL_TESTVECTORS)."),
+        typer.Option(
+            help="Real vendor evidence folder (default: $SECFL_TESTVECTORS, else "
+            "shared/testvectors beside the source checkout)."
+        ),
     ] = None,
 ) -> None:
     """Attest a workload in the simulated TEE and verify real Intel and AMD evidence."""
     from secfl.demo import attestation as lib
 
-    folder = Path(vectors) if vectors else _default_vectors()
+    folder = lib.find_vectors(vectors)
     with tempfile.TemporaryDirectory(prefix="secfl-demo-") as tmp:
         steps = lib.run(Path(tmp), folder)
 
@@ -44,14 +41,18 @@ def attestation_demo(
     for step in steps:
         mark = "[green]" if step.as_expected else "[bold red]"
         table.add_row(
-            step.title,
+            escape(step.title),
             "accept" if step.expect_accept else "refuse",
             f"{mark}{'accepted' if step.accepted else 'refused'}[/]",
-            step.detail,
+            escape(step.detail),
         )
     out.print(table)
     if folder is None:
-        out.print("real Intel/AMD evidence not found (set SECFL_TESTVECTORS): vendor steps skipped")
+        out.print(
+            f"real Intel/AMD evidence not found at {lib.vectors_location()}: vendor steps "
+            "skipped (give --vectors DIR or set SECFL_TESTVECTORS)",
+            markup=False,
+        )
     wrong = [s for s in steps if not s.as_expected]
     if wrong:
         out.print(f"[bold red]{len(wrong)} decision(s) were wrong[/]")

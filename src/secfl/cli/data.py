@@ -36,34 +36,59 @@ def _labels(counts: Sequence[int], k: int = 3) -> str:
 def _table(report: SplitReport) -> None:
     from rich.table import Table
 
+    labels = report.target_scaling is None  # a regression's shards have no labels to count
     table = Table(title=f"{report.task}: {len(report.client_shards)} clients", title_justify="left")
     table.add_column("shard")
     table.add_column("role")
     table.add_column("samples", justify="right")
-    table.add_column("classes", justify="right")
-    table.add_column("top labels")
+    if labels:
+        table.add_column("classes", justify="right")
+        table.add_column("top labels")
     shard: ShardSummary
     for shard in report.shards:
         present = sum(1 for c in shard.label_counts if c)
-        table.add_row(
-            shard.file,
-            shard.role,
-            str(shard.samples),
-            f"{present}/{len(shard.label_counts)}",
-            _labels(shard.label_counts),
-        )
+        counts = [f"{present}/{len(shard.label_counts)}", _labels(shard.label_counts)]
+        table.add_row(shard.file, shard.role, str(shard.samples), *(counts if labels else []))
     out.print(table)
+
+
+def _task(spec: str) -> object:
+    """A built-in task's name as it is; a path: the user's task (a .py file, or a folder
+    holding task.py), imported to call its load_pool()."""
+    from secfl.tasks import builtin_task
+
+    if builtin_task(spec) is not None:
+        return spec
+    if not Path(spec).exists():
+        from secfl.tasks import task_names
+
+        raise UsageError(
+            f"--task: '{spec}' is neither a built-in task ({', '.join(task_names())}) nor "
+            "a task's .py file or folder"
+        )
+    from secfl.fl._inputs import load_task
+
+    return load_task(spec)
 
 
 @app.command("split")
 def split_cmd(
-    task: Annotated[str, typer.Option(help="digits | breast-cancer | fashion-mnist")],
+    task: Annotated[
+        str,
+        typer.Option(
+            help="A built-in task (digits, breast-cancer, fashion-mnist, diabetes), or the "
+            "path of your task (task.py or its folder) if it has load_pool()."
+        ),
+    ],
     clients: Annotated[int, typer.Option(help="Number of collaborator shards.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Folder to write the shards to.")],
     iid: Annotated[bool, typer.Option("--iid", help="IID partition (the default).")] = False,
     dirichlet: Annotated[
         float | None,
-        typer.Option("--dirichlet", help="Label skew: Dirichlet(ALPHA) class proportions."),
+        typer.Option(
+            "--dirichlet",
+            help="Label skew: Dirichlet(ALPHA) class proportions (classification only).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same bytes.")] = 0,
     validation_fraction: Annotated[
@@ -86,7 +111,7 @@ def split_cmd(
     if iid and dirichlet is not None:
         raise UsageError("give either --iid or --dirichlet ALPHA, not both")
     report = split(
-        task,
+        _task(task),
         clients,
         iid=True,
         dirichlet_alpha=dirichlet,
@@ -128,7 +153,14 @@ def info_cmd(
     out.print(f"role:     {role}", markup=False)
     out.print(f"samples:  {meta['samples']}", markup=False)
     out.print(f"features: {meta['feature_shape']} {meta['storage_dtype']}", markup=False)
-    out.print(
-        f"labels:   {_labels(meta['label_counts'], k=len(meta['label_counts']))}", markup=False
-    )
+    if "label_counts" in meta:
+        counts = meta["label_counts"]
+        out.print(f"labels:   {_labels(counts, k=len(counts))}", markup=False)
+    else:
+        scaling = meta["target_scaling"]
+        out.print(
+            f"targets:  values (regression), scaled by mean {scaling['offset'][0]:g} "
+            f"and deviation {scaling['scale'][0]:g}",
+            markup=False,
+        )
     out.print(f"split:    {how}, seed {meta['seed']}, {meta['split']}", markup=False)

@@ -22,8 +22,10 @@ __all__ = [
 
 
 def demo(
-    task: Annotated[str, typer.Option(help="digits | breast-cancer | fashion-mnist")] = "digits",
-    clients: Annotated[int, typer.Option(help="Collaborators (one site each).")] = 4,
+    task: Annotated[
+        str, typer.Option(help="digits | breast-cancer | fashion-mnist | diabetes (regression)")
+    ] = "digits",
+    clients: Annotated[int, typer.Option(help="Honest collaborators (one site each).")] = 4,
     rounds: Annotated[int, typer.Option(help="Training rounds.")] = 10,
     samples: Annotated[
         int | None, typer.Option(help="Use a random subset of this many samples.")
@@ -34,7 +36,11 @@ def demo(
         str, typer.Option(help="Aggregation rule: fedavg, median, trimmed-mean, clone-audit...")
     ] = "fedavg",
     poisoned: Annotated[
-        int, typer.Option(help="Sites with poisoned data (genuine code: attestation admits them).")
+        int,
+        typer.Option(
+            help="Add this many sites whose data is poisoned (labels flipped; genuine code, "
+            "so attestation admits them); fewer than --clients."
+        ),
     ] = 0,
     keep: Annotated[
         str | None, typer.Option(help="Keep the work folder here (default: a temporary one).")
@@ -47,10 +53,15 @@ def demo(
     if clients < 1 or rounds < 1 or epochs < 1:
         raise UsageError("--clients, --rounds and --epochs must be at least 1")
     if not 0 <= poisoned < clients:
-        raise UsageError("--poisoned must be from 0 to --clients - 1")
+        raise UsageError(
+            f"--poisoned: {poisoned} is not from 0 to {clients - 1}: the poisoned sites are "
+            "added to the --clients honest ones and must be fewer; lower it or raise --clients"
+        )
     from secfl.fl.strategies import get_strategy
+    from secfl.tasks import get_task
 
-    get_strategy(defence)  # an unknown rule fails here, not in the aggregator
+    get_strategy(defence)  # an unknown rule or task fails here, before any process starts
+    get_task(task)
     if task == "fashion-mnist" and samples is None:
         samples = 12000  # the full 70k on 2 cores takes long; --samples 70000 for all of it
     settings = DemoSettings(task=task, clients=clients, rounds=rounds, samples=samples,
@@ -77,14 +88,16 @@ def _setup(fed: Any) -> None:
     s = fed.settings
     _step("simulated TEE root; the SPM starts in it and seals its TLS key")
     fed.start_spm()
-    _step(f"{s.task}: split into {s.clients} sites + validation + test; the task code and "
-          "each party's data shielded with the party's own key")  # fmt: skip
+    _step(f"{s.task}: split into {len(fed.sites)} sites + validation + test; the task code "
+          "and each party's data shielded with the party's own key")  # fmt: skip
     fed.prepare_data()
     _step("board alice/bob/carol: a 2-of-3 policy, signed by alice and bob, submitted")
     fed.submit_policy()
     _step("aggregator: `secfl run` attests it, opens its volumes, injects its keys")
     fed.start_aggregator()
-    _step(f"{s.clients} collaborators attested and joining; a site with modified task code too")
+    poisoned = f" (+{s.poisoned} with poisoned data)" if s.poisoned else ""
+    _step(f"{s.clients} collaborators{poisoned} attested and joining; a site with modified "
+          "task code too")  # fmt: skip
     fed.start_collaborators()
 
 
@@ -105,12 +118,13 @@ def _train(fed: Any, rounds: int) -> Any:
             history = fed.rounds()
             if history:
                 last = history[-1]
+                score = _score(history)
                 progress.update(
                     bar,
                     completed=last["round"],
                     description=f"{last['updates']} updates · train loss "
-                    f"{last.get('train_loss', float('nan')):.3f} · val acc "
-                    f"{last.get('val_accuracy', float('nan')):.3f}",
+                    f"{last.get('train_loss', float('nan')):.3f} · val {score} "
+                    f"{last.get(f'val_{score}', float('nan')):.3f}",
                 )
             time.sleep(0.25)
         progress.update(bar, completed=rounds)
@@ -122,13 +136,14 @@ def _conclude(fed: Any, tampered: Any, report: Path, seconds: float) -> None:
     from secfl.demo.report import write_report
 
     history = fed.rounds()
+    score = _score(history)
     table = Table(title="rounds")
-    for column in ("round", "updates", "train loss", "val accuracy", "test accuracy", "s"):
+    for column in ("round", "updates", "train loss", f"val {score}", f"test {score}", "s"):
         table.add_column(column, justify="right")
     table.add_column("left out by the audit")
     for e in history:
         table.add_row(str(e["round"]), str(e["updates"]), _f(e.get("train_loss")),
-                      _f(e.get("val_accuracy")), _f(e.get("test_accuracy")),
+                      _f(e.get(f"val_{score}")), _f(e.get(f"test_{score}")),
                       f"{e['duration_s']:.1f}", ", ".join(e.get("excluded", [])))  # fmt: skip
     out.print(table)
     if fed.poisoned:
@@ -172,8 +187,17 @@ def _conclude(fed: Any, tampered: Any, report: Path, seconds: float) -> None:
         raise typer.Exit(1)
     out.print(f"[green]the site with modified task code was refused by attestation[/]: "
               f"{tampered.tail()}")  # fmt: skip
-    out.print(f"[bold green]done in {seconds:.0f} s[/]: test accuracy "
-              f"{_f(final.get('test_accuracy'))} after {final.get('round', 0)} rounds")  # fmt: skip
+    out.print(f"[bold green]done in {seconds:.0f} s[/]: test {score} "
+              f"{_f(final.get(f'test_{score}'))} after {final.get('round', 0)} rounds")  # fmt: skip
+
+
+def _score(history: list[dict[str, Any]]) -> str:
+    """The metric the demo shows: a classifier's accuracy; a regression's root mean
+    squared error (in the target's units), else its loss."""
+    for metric in ("accuracy", "rmse"):
+        if any(f"val_{metric}" in e or f"test_{metric}" in e for e in history):
+            return metric
+    return "loss"
 
 
 def _f(value: Any) -> str:

@@ -3,14 +3,17 @@ starts inside a TEE; ``secfl policy sign-reset`` for board members."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from secfl.cli._common import UsageError, err, read_input
+from secfl.fl._host_settings import HostSettings, check_address
 
 __all__ = ["aggregator", "collaborator", "sign_reset"]
 
@@ -21,12 +24,14 @@ Insecure = Annotated[
 
 
 #: Secure mode takes only what attestation covers (secfl.fl._inputs.require_measured).
-TASK_HELP = "volume:NAME or a built-in task (a .py file: --insecure only)."
-DATA_HELP = "volume:NAME; a file: --insecure only"
+TASK_HELP = "volume:NAME or a built-in task (task.py or its folder: --insecure only)."
+DATA_HELP = "volume:NAME; a file or folder: --insecure only"
 KEY_HELP = "(an injected file, relative to $SECFL_FILES; default: the well-known one)"
 
 
-def _logging() -> None:
+def _logging() -> HostSettings:
+    """Logging at the host's ``SECFL_LOG_LEVEL`` (secfl's own loggers only: a library's
+    debug lines could show what the host should not see); the host's settings."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
@@ -34,6 +39,23 @@ def _logging() -> None:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per SPM request
+    # a wait (for the aggregator, for a collaborator to rejoin) repeats its line: once
+    # per 30 s, with a count, instead of every second
+    from secfl._internal.logfilter import install
+
+    install(logging.getLogger().handlers)
+    host = HostSettings.from_env()
+    logging.getLogger("secfl").setLevel(host.log_level)
+    return host
+
+
+@contextlib.contextmanager
+def _ctrl_c() -> Iterator[None]:
+    """Ctrl-C: the workload said what it stopped at; exit 130 without an error line."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def _warn_insecure(insecure: bool) -> None:
@@ -46,24 +68,33 @@ def _warn_insecure(insecure: bool) -> None:
 
 def aggregator(
     task: Annotated[str, typer.Option(help=TASK_HELP)],
-    validation: Annotated[str | None, typer.Option(help=f"Validation shard ({DATA_HELP}).")] = None,
-    test: Annotated[str | None, typer.Option(help=f"Test shard ({DATA_HELP}).")] = None,
+    validation: Annotated[str | None, typer.Option(help=f"Validation data ({DATA_HELP}).")] = None,
+    test: Annotated[str | None, typer.Option(help=f"Test data ({DATA_HELP}).")] = None,
     listen: Annotated[
-        str, typer.Option(help="HOST:PORT to serve collaborators on.")
-    ] = "0.0.0.0:7443",
-    checkpoints: Annotated[
-        str | None, typer.Option(help="Folder of sealed checkpoints.")
-    ] = "checkpoints",
-    metrics: Annotated[
-        str | None, typer.Option(help="Append one JSON line per round here.")
+        str | None,
+        typer.Option(
+            help="HOST:PORT to serve collaborators on (else $SECFL_LISTEN, else 0.0.0.0:7443)."
+        ),
     ] = None,
-    output: Annotated[str | None, typer.Option(help="Folder for the final model.")] = None,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of sealed checkpoints (else $SECFL_CHECKPOINTS, else checkpoints)."
+        ),
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option(help="Append one JSON line per round here (else $SECFL_METRICS).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Folder for the final model (else $SECFL_OUTPUT).")
+    ] = None,
     federation: Annotated[str | None, typer.Option(help="--insecure only: settings file.")] = None,
     signing_key: Annotated[str | None, typer.Option(help=f"Model-signing key {KEY_HELP}.")] = None,
     checkpoint_key: Annotated[str | None, typer.Option(help=f"Checkpoint key {KEY_HELP}.")] = None,
     output_key: Annotated[str | None, typer.Option(help=f"Output key {KEY_HELP}.")] = None,
     ready_file: Annotated[
-        str | None, typer.Option(help="Write {port, pid} here when listening.")
+        str | None,
+        typer.Option(help="Write {port, pid} here when listening (else $SECFL_READY_FILE)."),
     ] = None,
     reset: Annotated[str | None, typer.Option(help="A board-approved reset file.")] = None,
     insecure: Insecure = False,
@@ -71,33 +102,40 @@ def aggregator(
     """Run global training: rounds, aggregation, sealed checkpoints, fresh signed models."""
     from secfl.fl._startup import AggregatorOptions, run_aggregator
 
-    _logging()
+    host = _logging()
     _warn_insecure(insecure)
-    run_aggregator(
-        AggregatorOptions(
-            task=task,
-            validation=validation,
-            test=test,
-            listen=listen,
-            checkpoints=Path(checkpoints) if checkpoints and not insecure else None,
-            metrics=Path(metrics) if metrics else None,
-            output=Path(output) if output else None,
-            insecure=insecure,
-            federation=Path(federation) if federation else None,
-            signing_key=signing_key,
-            checkpoint_key=checkpoint_key,
-            output_key=output_key,
-            ready_file=Path(ready_file) if ready_file else None,
-            reset=Path(reset) if reset else None,
+    # An option on the (measured) command line wins; else the host's environment.
+    folder = Path(checkpoints) if checkpoints else host.checkpoints or Path("checkpoints")
+    with _ctrl_c():
+        run_aggregator(
+            AggregatorOptions(
+                task=task,
+                validation=validation,
+                test=test,
+                listen=check_address(listen, "--listen", listen=True)
+                if listen
+                else host.listen or "0.0.0.0:7443",
+                checkpoints=None if insecure else folder,
+                metrics=Path(metrics) if metrics else host.metrics,
+                output=Path(output) if output else host.output,
+                insecure=insecure,
+                federation=Path(federation) if federation else None,
+                signing_key=signing_key,
+                checkpoint_key=checkpoint_key,
+                output_key=output_key,
+                ready_file=Path(ready_file) if ready_file else host.ready_file,
+                reset=Path(reset) if reset else None,
+            )
         )
-    )
 
 
 def collaborator(
-    aggregator: Annotated[str, typer.Option(help="HOST:PORT of the aggregator.")],
     task: Annotated[str, typer.Option(help=TASK_HELP)],
+    aggregator: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the aggregator (else $SECFL_AGGREGATOR).")
+    ] = None,
     data: Annotated[
-        str | None, typer.Option(help=f"Training shard ({DATA_HELP}; default: the data volume).")
+        str | None, typer.Option(help=f"Training data ({DATA_HELP}; default: the data volume).")
     ] = None,
     aggregator_service: Annotated[
         str | None, typer.Option(help="The aggregator's service name.")
@@ -107,31 +145,47 @@ def collaborator(
         str | None, typer.Option(help=f"Model-signing public key {KEY_HELP}.")
     ] = None,
     patience: Annotated[
-        float, typer.Option(help="Seconds to wait out an unreachable aggregator.")
-    ] = 120.0,
+        float | None,
+        typer.Option(
+            help="Seconds to wait for an unreachable aggregator (default: the policy's "
+            "federation.join_patience, 3600)."
+        ),
+    ] = None,
     insecure: Insecure = False,
 ) -> None:
     """Run local training: join, train on this site's data when sampled, send updates."""
     from secfl.fl._startup import CollaboratorOptions, run_collaborator
 
-    _logging()
-    _warn_insecure(insecure)
-    run_collaborator(
-        CollaboratorOptions(
-            aggregator=aggregator,
-            task=task,
-            data=data,
-            aggregator_service=aggregator_service,
-            insecure=insecure,
-            name=name,
-            verify_key=verify_key,
-            patience=patience,
+    host = _logging()
+    if aggregator:
+        address = check_address(aggregator, "--aggregator")
+    elif host.aggregator:
+        address = host.aggregator
+    else:
+        raise UsageError(
+            "collaborator: where is the aggregator? set SECFL_AGGREGATOR=HOST:PORT (not "
+            "measured: the host may change it) or give --aggregator HOST:PORT"
         )
-    )
+    _warn_insecure(insecure)
+    with _ctrl_c():
+        run_collaborator(
+            CollaboratorOptions(
+                aggregator=address,
+                task=task,
+                data=data,
+                aggregator_service=aggregator_service,
+                insecure=insecure,
+                name=name,
+                verify_key=verify_key,
+                patience=patience,
+            )
+        )
 
 
 def sign_reset(
-    policy: Annotated[str, typer.Option(help="The policy file (YAML) the reset is for.")],
+    policy: Annotated[
+        str, typer.Option(metavar="PATH", help="The policy file (YAML) the reset is for.")
+    ],
     value: Annotated[int, typer.Option(help="The SPM counter's current value.")],
     key: Annotated[str, typer.Option(help="Your board signing key (PEM).")],
     member: Annotated[str, typer.Option(help="Your board member name.")],

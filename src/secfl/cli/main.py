@@ -7,6 +7,8 @@ one line and exits 1; never a traceback.
 from __future__ import annotations
 
 import sys
+from functools import cache
+from typing import Any
 
 import typer
 
@@ -20,17 +22,23 @@ from secfl.cli import (
     evaluate,
     fl,
     measure,
+    new,
     policy,
+    revocation,
     run,
     shield,
     sim,
+    simulate,
     spm,
+    status,
 )
 from secfl.cli._common import err
+from secfl.cli._help import OrderedGroup, plain_help
 from secfl.errors import SecflError
 
 __all__ = [
     "app",
+    "command",
     "main",
 ]
 
@@ -38,6 +46,11 @@ app = typer.Typer(
     name="secfl",
     help="Confidential federated learning inside attested TEEs.",
     no_args_is_help=True,
+    # Classic help: plain metavars and text, never a truncated option; the main commands
+    # first (see secfl.cli._help). Lines up to 100 columns where the terminal allows.
+    cls=OrderedGroup,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100},
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -53,9 +66,14 @@ app.add_typer(evaluate.app, name="eval")
 app.command("measure")(measure.measure)
 app.command("run")(run.run)
 app.command("demo")(demo.demo)
+app.add_typer(new.app, name="new")
+app.command("simulate")(simulate.simulate)
 app.command("aggregator")(fl.aggregator)
 app.command("collaborator")(fl.collaborator)
 policy.app.command("sign-reset")(fl.sign_reset)
+app.command("status")(status.status)
+app.command("revoke")(revocation.revoke_cmd)
+app.command("revocations")(revocation.revocations_cmd)
 
 
 @app.callback(invoke_without_command=True)
@@ -67,10 +85,16 @@ def _root(
         raise typer.Exit(0)
 
 
+@cache
+def command() -> Any:
+    """The click command behind :data:`app`, with the help in its plain form."""
+    return plain_help(typer.main.get_command(app))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; map every :class:`SecflError` to one line and exit code 1."""
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = command().main(args=argv, prog_name="secfl", standalone_mode=False)
     except SecflError as exc:
         err.print(f"error: {exc}", markup=False)
         return 1

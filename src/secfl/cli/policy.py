@@ -8,28 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from secfl.cli import revocation
 from secfl.cli._common import err, out, read_input, write_output
+from secfl.cli.policy_init import init_cmd
 from secfl.errors import UsageError
 
 __all__ = [
     "KEY_KINDS",
-    "Kind",
-    "PolicyName",
-    "Readmit",
-    "Reason",
-    "ServiceOpt",
-    "SpmPin",
-    "SpmUrl",
-    "Subject",
     "app",
     "digest_cmd",
     "keygen_cmd",
-    "revocation_statement",
-    "revocations_cmd",
-    "revoke_cmd",
     "seal_secret_cmd",
     "sign_cmd",
-    "sign_revocation_cmd",
     "submit_cmd",
     "validate_cmd",
     "verify_cmd",
@@ -37,12 +27,12 @@ __all__ = [
 
 if TYPE_CHECKING:
     from secfl.policy._keys import KeyKind
-    from secfl.spm.client import SpmClient
 
 app = typer.Typer(
-    help="Policies: validate, digest, sign and verify board approvals; board keys.",
+    help="Policies: write, validate, digest, sign and verify board approvals; board keys.",
     no_args_is_help=True,
 )
+app.command("init")(init_cmd)
 
 KEY_KINDS: tuple[KeyKind, ...] = ("ed25519", "ecdsa-p256")
 
@@ -105,10 +95,16 @@ def keygen_cmd(
 def validate_cmd(
     file: Annotated[str, typer.Argument(help="The policy (YAML); - for stdin.")],
 ) -> None:
-    """Check a policy and print a summary with its digest."""
+    """Check a policy and print a summary with its digest.
+
+    Besides the document, its federation is checked as the aggregator reads it, and
+    placeholders left by `secfl policy init` are refused; warnings go to stderr."""
+    from secfl.fl._policy_check import check_ready
     from secfl.policy import digest, load_policy
 
     policy = load_policy(read_input(file, "policy"))
+    for warning in check_ready(policy):
+        err.print(f"warning: {warning}", markup=False)
     board = policy.board
     out.print(f"policy {policy.name} version {policy.version}: valid", markup=False)
     out.print(f"digest:   {digest(policy)}", markup=False)
@@ -138,30 +134,33 @@ def sign_cmd(
         str | None,
         typer.Option("--output", "-o", help="Signature file (default FILE.MEMBER.sig; - stdout)."),
     ] = None,
+    board: Annotated[
+        str | None,
+        typer.Option(
+            help="The version FILE replaces: the key is checked against its board (the one "
+            "that approves FILE) instead of FILE's own, for a version that rotates keys."
+        ),
+    ] = None,
 ) -> None:
-    """Approve a policy: write a detached signature over its digest."""
+    """Approve a policy: write a detached signature over its digest.
+
+    Refused: a key that is not MEMBER's on the board, and a policy that is not ready
+    (what `secfl policy validate` refuses)."""
+    from secfl.fl._policy_check import check_ready
     from secfl.policy import _keys as keys
     from secfl.policy import load_policy, sign_policy
+    from secfl.policy._signatures import check_signer
 
     if output is None:
         if file == "-":
             raise UsageError("give --output when the policy comes from standard input")
         output = f"{file}.{member}.sig"
     policy = load_policy(read_input(file, "policy"))
+    rule = policy.board if board is None else load_policy(read_input(board, "board policy")).board
     private = keys.load_private(read_input(key, "signing key"))
+    check_signer(rule, member, private, previous=board is not None)
+    check_ready(policy)
     signature = sign_policy(policy, private, member)
-    # Signatures are checked against the board of the version being replaced,
-    # which may differ from this one (key rotation): a mismatch here is a
-    # warning, not a refusal.
-    listed = next((m for m in policy.board.members if m.name == member), None)
-    mine = keys.public_pem(private.public_key()).decode()
-    if listed is None:
-        err.print(f"warning: '{member}' is not a member of this policy's board", markup=False)
-    elif listed.public_key != mine:
-        err.print(
-            f"warning: this key is not the key of '{member}' on this policy's board",
-            markup=False,
-        )
     write_output(signature.to_json().encode(), output)
     if output != "-":
         out.print(f"{output}: {member} signed {signature.digest}", markup=False)
@@ -209,10 +208,13 @@ def submit_cmd(
     ],
 ) -> None:
     """Submit a policy version with its board signatures to a pinned SPM."""
+    from secfl.fl._policy_check import check_ready
+    from secfl.policy import load_policy
     from secfl.policy._signatures import Signature
     from secfl.spm.client import SpmClient
 
     document = read_input(file, "policy").decode("utf-8", errors="replace")
+    check_ready(load_policy(document))
     signatures = [Signature.from_json(read_input(s, "signature")) for s in sig]
     with SpmClient(spm, pin=spm_pin) as client:
         reply = client.submit_policy(document, signatures)
@@ -264,190 +266,8 @@ def seal_secret_cmd(
     out.print(sealed, markup=False)
 
 
-# --- revocation by the board ----------------------------------------------------------------
+# --- revocation by the board: secfl.cli.revocation (also `secfl revoke`, `secfl revocations`)
 
-PolicyName = Annotated[str, typer.Option("--policy", help="The policy's name at the SPM.")]
-Kind = Annotated[str, typer.Option(help="service|certificate|measurement|platform")]
-Subject = Annotated[
-    str, typer.Option(help="A service name, or a serial, measurement or platform ID in hex.")
-]
-SpmUrl = Annotated[str, typer.Option("--spm", help="SPM URL, https://HOST:PORT.")]
-SpmPin = Annotated[str, typer.Option(help="SHA-256 of the SPM's TLS key (`secfl spm verify`).")]
-ServiceOpt = Annotated[str, typer.Option("--service", help="The service it concerns, if any.")]
-Reason = Annotated[str, typer.Option(help="Why (one line, signed with the statement).")]
-Readmit = Annotated[bool, typer.Option("--readmit", help="Lift the revocation instead.")]
-
-
-def revocation_statement(
-    kind: str, subject: str, service: str, reason: str, readmit: bool
-) -> dict[str, str]:
-    """The statement every signer rebuilds from the same flags, in one canonical form
-    (a serial as lowercase hex without leading zeros, hex lowercased), so that the
-    signatures agree and the subject matches what the SPM compares it with."""
-    from secfl.policy._model import NAME
-    from secfl.spm._records import REVOCATION_KINDS, normalise_serial
-
-    if kind not in REVOCATION_KINDS:
-        raise UsageError(f"--kind: '{kind[:40]}' is not one of {', '.join(REVOCATION_KINDS)}")
-    text = subject.strip()
-    if kind == "service":
-        if not re.fullmatch(NAME, text):
-            raise UsageError(f"--subject: '{text[:40]}' is not a service name")
-    elif kind == "certificate":
-        digits = text.lower().removeprefix("0x").replace(":", "")
-        if not re.fullmatch(r"[0-9a-f]{1,64}", digits):
-            raise UsageError(
-                "--subject: a certificate serial is at most 64 hex digits (0x and colons allowed)"
-            )
-        text = normalise_serial(digits)
-    else:
-        text = text.lower()
-        if not re.fullmatch(r"[0-9a-f]{1,256}", text):
-            raise UsageError(f"--subject: a {kind} is given in hex (at most 256 digits)")
-    if service and not re.fullmatch(NAME, service):
-        raise UsageError(f"--service: '{service[:40]}' is not a service name")
-    if not re.fullmatch(r"[^\x00-\x1f\x7f]{0,1024}", reason):
-        raise UsageError("--reason: one line of at most 1024 characters")
-    statement = {"kind": kind, "subject": text, "service": service, "reason": reason}
-    if readmit:
-        statement["action"] = "readmit"
-    return statement
-
-
-def _policy_name(policy: str) -> str:
-    from secfl.policy._model import NAME
-
-    if not re.fullmatch(NAME, policy):
-        raise UsageError(f"--policy: '{policy[:40]}' is not a policy name")
-    return policy
-
-
-def _revocation_digest(policy: str, statement: dict[str, str]) -> str:
-    from secfl.spm._revocation import revocation_digest, revocation_doc
-
-    return revocation_digest(revocation_doc(_policy_name(policy), statement))
-
-
-def _warn_unknown_service(client: SpmClient, policy: str, service: str) -> None:
-    """A revoked service name that the current policy lacks keeps no one out: say so."""
-    from secfl.errors import SecflError
-    from secfl.policy._document import load_policy
-
-    try:
-        current = load_policy(str(client.policy(policy).get("document") or ""))
-    except SecflError:
-        return
-    if all(s.name != service for s in current.services):
-        err.print(
-            f"warning: version {current.version} of policy {policy} has no service "
-            f"'{service}'; this revocation matches no service of it today",
-            markup=False,
-        )
-
-
-def _what(statement: dict[str, str], policy: str) -> str:
-    return f"{statement['kind']} {statement['subject']} of policy {policy}"
-
-
-@app.command("sign-revocation")
-def sign_revocation_cmd(
-    policy: PolicyName,
-    kind: Kind,
-    subject: Subject,
-    key: Annotated[str, typer.Option(help="Your board signing key (PEM).")],
-    member: Annotated[str, typer.Option(help="Your board member name.")],
-    output: Annotated[
-        str, typer.Option("--output", "-o", help="Your signature file (- for stdout).")
-    ],
-    service: ServiceOpt = "",
-    reason: Reason = "",
-    readmit: Readmit = False,
-) -> None:
-    """Approve, as a board member, revoking (or with --readmit, readmitting) a service,
-    certificate, measurement or platform: write your signature over the statement.
-
-    Every member signs with the same flags; the digest printed lets you compare."""
-    from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
-
-    statement = revocation_statement(kind, subject, service, reason, readmit)
-    statement_digest = _revocation_digest(policy, statement)
-    if output != "-" and Path(output).resolve() == Path(key).resolve():
-        raise UsageError(f"--output: '{output}' is your key file; name another file")
-    signature = sign_statement(
-        REVOCATION_DOMAIN, statement_digest, read_input(key, "signing key"), member
-    )
-    write_output(signature.to_json().encode(), output)
-    if output != "-":
-        verb = "readmission" if readmit else "revocation"
-        out.print(
-            f"{output}: {member} signed the {verb} of {_what(statement, policy)}, "
-            f"digest {statement_digest}",
-            markup=False,
-        )
-
-
-@app.command("revoke")
-def revoke_cmd(
-    policy: PolicyName,
-    kind: Kind,
-    subject: Subject,
-    sig: Annotated[list[str], typer.Option("--sig", help="A board member's signature file.")],
-    spm: SpmUrl,
-    spm_pin: SpmPin,
-    service: ServiceOpt = "",
-    reason: Reason = "",
-    readmit: Readmit = False,
-) -> None:
-    """Submit a board-signed revocation (or readmission) to a pinned SPM.
-
-    Give the same flags the members signed with (`secfl policy sign-revocation`)."""
-    from secfl.errors import PolicyError
-    from secfl.policy._signatures import REVOCATION_DOMAIN, Signature
-    from secfl.spm.client import SpmClient
-
-    statement = revocation_statement(kind, subject, service, reason, readmit)
-    statement_digest = _revocation_digest(policy, statement)
-    signatures = []
-    for path in sig:
-        try:
-            signature = Signature.from_json(read_input(path, "signature"))
-        except PolicyError as exc:
-            problem = str(exc).removeprefix("signature: ")
-            raise PolicyError(f"signature: '{path}': {problem}") from None
-        if signature.domain != REVOCATION_DOMAIN or signature.digest != statement_digest:
-            raise PolicyError(
-                f"signature: '{path}' is not over this statement (digest "
-                f"{signature.digest[:16]}…, these flags give {statement_digest[:16]}…); "
-                "every member signs with the same flags"
-            )
-        signatures.append(signature)
-    with SpmClient(spm, pin=spm_pin) as client:
-        if kind == "service" and not readmit:
-            _warn_unknown_service(client, policy, statement["subject"])
-        client.revoke(policy, statement, signatures)
-    verb = "readmitted" if readmit else "revoked"
-    out.print(f"{verb}: {_what(statement, policy)}", markup=False)
-
-
-@app.command("revocations")
-def revocations_cmd(policy: PolicyName, spm: SpmUrl, spm_pin: SpmPin) -> None:
-    """List what the board revoked in a policy: kind, subject, service, reason, when."""
-    from secfl.spm.client import SpmClient
-
-    with SpmClient(spm, pin=spm_pin) as client:
-        rows = client.revocations(_policy_name(policy))
-    if not rows:
-        out.print(f"no revocations in policy {policy}", markup=False)
-        return
-    columns = ("kind", "subject", "service", "at", "reason")
-    table = [[_printable(row.get(c, "")) or "-" for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    for line in [[c.upper() for c in columns], *table]:
-        out.print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip(),
-                  markup=False)  # fmt: skip
-
-
-def _printable(value: object) -> str:
-    """A field from the SPM, safe for a terminal: control characters escaped, bounded."""
-    text = str(value)[:1024]
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+app.command("sign-revocation")(revocation.sign_revocation_cmd)
+app.command("revoke")(revocation.revoke_cmd)
+app.command("revocations")(revocation.revocations_cmd)

@@ -29,7 +29,9 @@ def parse_volumes(values: list[str] | None) -> dict[str, Path]:
 
 
 def run(
-    argv: Annotated[list[str] | None, typer.Argument(help="-- PROGRAM ARGS...")] = None,
+    argv: Annotated[
+        list[str] | None, typer.Argument(help="The program to run and its arguments.")
+    ] = None,
     spm: Annotated[str, typer.Option(help="SPM URL, https://HOST:PORT.")] = "",
     spm_pin: Annotated[str | None, typer.Option(help="SHA-256 of the SPM's TLS key.")] = None,
     spm_measurement: Annotated[

@@ -5,6 +5,10 @@ workload with a fresh nonce, a verifier accepts it only against the simulation
 root, and every tampering is refused. With the real vendor evidence
 (``SECFL_TESTVECTORS``) it also verifies Intel SGX/TDX quotes and AMD SEV-SNP
 reports offline, with full TCB appraisal.
+
+The evidence is found the same way from any working directory (:func:`find_vectors`):
+the folder given, else ``$SECFL_TESTVECTORS``, else ``shared/testvectors`` beside this
+source checkout; without it, the vendor steps are skipped and the demo says so.
 """
 
 from __future__ import annotations
@@ -15,18 +19,74 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from secfl.errors import SecflError
+from secfl.errors import DemoError, SecflError
 from secfl.tee import _simulated as simulated
 from secfl.tee._claims import Claims
 from secfl.tee._measure import measure
 from secfl.tee._verify import verify
 
 __all__ = [
+    "CHECKOUT_VECTORS",
+    "VECTOR_FILES",
     "Step",
+    "find_vectors",
     "run",
     "simulated_steps",
+    "vectors_location",
     "vendor_steps",
 ]
+
+
+#: Where a source checkout keeps the real vendor evidence: ``shared/testvectors`` beside
+#: the repository (this file is ``<repository>/src/secfl/demo/attestation.py``).
+CHECKOUT_VECTORS = Path(__file__).resolve().parents[3].parent / "shared" / "testvectors"
+
+#: The files :func:`vendor_steps` reads, relative to the evidence folder.
+VECTOR_FILES = (
+    "intel/sgx_v3_quote.bin",
+    "intel/sgx_v3_quote.collateral.json",
+    "intel/tdx_v4_quote.bin",
+    "intel/tdx_v4_quote.collateral.json",
+    "intel/tdx_v5_quote_outdated.bin",
+    "intel/tdx_v5_quote_outdated.collateral.json",
+    "intel/sgx_v3_occlum_quote.bin",
+    "amd/snp_milan_report.bin",
+    "amd/snp_milan_vcek.der",
+    "amd/snp_milan_vcek_b.der",
+    "amd/ask_ark_milan.pem",
+)
+
+
+def vectors_location() -> Path:
+    """Where the evidence is looked for when no folder is given: ``$SECFL_TESTVECTORS``
+    (relative to the working directory, like any path a user sets), else
+    :data:`CHECKOUT_VECTORS`; never a path relative to the working directory itself."""
+    env = os.environ.get("SECFL_TESTVECTORS")
+    return Path(env).expanduser().resolve() if env else CHECKOUT_VECTORS
+
+
+def _missing(folder: Path) -> list[str]:
+    return [name for name in VECTOR_FILES if not (folder / name).is_file()]
+
+
+def find_vectors(folder: str | Path | None = None) -> Path | None:
+    """The folder of real vendor evidence, the same from any working directory.
+
+    ``folder`` when given (a folder without the evidence is a :class:`DemoError`: it was
+    asked for); otherwise :func:`vectors_location` if it holds the evidence, else None
+    and the vendor steps are skipped."""
+    if folder is None:
+        where = vectors_location()
+        return None if _missing(where) else where
+    path = Path(folder).expanduser().resolve()
+    missing = _missing(path)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DemoError(
+            f"vectors: {path} has no {missing[0]}{more}; give --vectors the folder that "
+            "holds intel/ and amd/ vendor evidence, or leave it out to skip the vendor steps"
+        )
+    return path
 
 
 @dataclass(frozen=True)

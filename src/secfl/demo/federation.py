@@ -83,6 +83,7 @@ VERIFY_KEY = "$$SECFL::model-signing:pub$$"
 @dataclass
 class DemoSettings:
     task: str = "digits"
+    #: Honest sites (one collaborator each); the poisoned ones come on top.
     clients: int = 4
     rounds: int = 10
     samples: int | None = None
@@ -98,9 +99,13 @@ class DemoSettings:
     #: The aggregation rule (a strategy name, e.g. clone-audit) and its settings.
     defence: str = "fedavg"
     defence_settings: dict[str, Any] = field(default_factory=dict)
-    #: Sites whose *data* is poisoned (labels flipped): genuine code, so attestation
-    #: admits them; only a defence can notice them.
+    #: Sites *added* to the honest ones, whose data is poisoned (labels flipped): genuine
+    #: code, so attestation admits them; only a defence can notice them.
     poisoned: int = 0
+    #: A folder of task code (``task.py`` and whatever it imports) shielded as the task
+    #: volume instead of the built-in task's module; its data still comes from
+    #: splitting ``task`` (so its ``load_data`` reads a folder holding one shard).
+    code: Path | None = None
 
 
 @dataclass
@@ -151,7 +156,10 @@ class Federation:
         self.metrics = self.work / "metrics.jsonl"
         self.output = self.work / "output"
         self.program = secfl_program()
-        self.sites = [f"site-{i}" for i in range(1, self.settings.clients + 1)]
+        total = self.settings.clients + self.settings.poisoned
+        self.sites = [f"site-{i}" for i in range(1, total + 1)]
+        #: The added sites with poisoned data: the last ones, after every honest site.
+        self.poisoned = self.sites[self.settings.clients :]
         self.keys: dict[str, bytes] = {}
         self.tags: dict[str, str] = {}
         self._all: list[Workload] = []
@@ -173,7 +181,7 @@ class Federation:
         from secfl.tasks._split import split
 
         s = self.settings
-        report = split(s.task, s.clients, seed=s.seed, out=self.work / "plain" / "shards",
+        report = split(s.task, len(self.sites), seed=s.seed, out=self.work / "plain" / "shards",
                        samples=s.samples, overwrite=True)  # fmt: skip
         parts = {
             site: report.path(sh) for site, sh in zip(self.sites, report.client_shards, strict=True)
@@ -182,7 +190,6 @@ class Federation:
         parts["test"] = report.path("test.safetensors")
         volumes = self.work / "volumes"
         volumes.mkdir(exist_ok=True)
-        self.poisoned = self.sites[len(self.sites) - s.poisoned :] if s.poisoned else []
         for name, shard in parts.items():
             folder = self.work / "plain" / name
             folder.mkdir(parents=True, exist_ok=True)
@@ -191,12 +198,18 @@ class Federation:
                 _flip_labels(folder / shard.name)
             self._shield(name, folder, volumes / f"{name}.secfl")
         code = self.work / "plain" / "task"
-        code.mkdir(parents=True, exist_ok=True)
-        (code / "task.py").write_text(TASK_MODULE.format(task=s.task))
-        self._shield("task", code, volumes / "task.secfl")
         bad = self.work / "plain" / "task-modified"
-        bad.mkdir(parents=True, exist_ok=True)
-        (bad / "task.py").write_text(TASK_MODULE.format(task=s.task) + TAMPERING)
+        if s.code is None:
+            code.mkdir(parents=True, exist_ok=True)
+            (code / "task.py").write_text(TASK_MODULE.format(task=s.task))
+            bad.mkdir(parents=True, exist_ok=True)
+            (bad / "task.py").write_text(TASK_MODULE.format(task=s.task) + TAMPERING)
+        else:  # the site's modified copy: one line more in task.py changes the volume's tag
+            shutil.copytree(s.code, code, dirs_exist_ok=True)
+            shutil.copytree(s.code, bad, dirs_exist_ok=True)
+            with open(bad / "task.py", "a", encoding="utf-8") as fh:
+                fh.write("\nMODIFIED_BY_THE_SITE = True\n")
+        self._shield("task", code, volumes / "task.secfl")
         encrypt_directory(bad, volumes / "task-modified.secfl", os.urandom(32))
         self.keys["model-output"] = os.urandom(32)
 
@@ -318,6 +331,7 @@ class Federation:
                 "seed": s.seed,
                 "round_timeout": s.round_timeout,
                 "counter": "rounds",
+                "objective": _objective(s.task),
                 **s.overrides,
             },
         }
@@ -463,11 +477,26 @@ class Federation:
         return dict(json.loads(ready.read_text()))
 
 
+def _objective(task: str) -> dict[str, str]:
+    """The demo policy's objective: a classifier's validation accuracy (higher is
+    better), a regression's loss (its standardised mean squared error: lower is better)."""
+    from secfl.tasks._registry import get_task
+
+    if get_task(task).target == "class":
+        return {"metric": "accuracy", "mode": "max"}
+    return {"metric": "loss", "mode": "min"}
+
+
 def _flip_labels(path: Path) -> None:
-    """A dishonest site's shard: every label y becomes classes - 1 - y."""
-    from secfl.tasks._shards import read_shard, write_shard
+    """A dishonest site's shard: every label y becomes classes - 1 - y; a regression's
+    targets are mirrored about their mean instead (y becomes 2m - y)."""
+    from secfl.tasks._shards import read_shard, target_kind, write_shard
 
     x, y, meta = read_shard(path)
+    if target_kind(meta) == "value":
+        mean = float(meta["target_scaling"]["offset"][0])
+        write_shard(path, x, (2 * mean - y).astype(y.dtype), meta)
+        return
     classes = int(meta["num_classes"])
     meta = {**meta, "label_counts": list(reversed(meta["label_counts"]))}
     write_shard(path, x, classes - 1 - y, meta)

@@ -7,7 +7,11 @@ when the task reports them, ``train_loss``, ``val_loss``, ``val_accuracy``,
 so :func:`read_metrics` keeps the last entry of each round.
 
 :func:`write_report` writes what a person (``accuracy.png``) or a spreadsheet
-(``metrics.csv``) reads, and a JSON document (``metrics.json``) for other tools.
+(``metrics.csv``) reads, and a JSON document (``metrics.json``) for other tools. The
+figure has one panel per metric the rounds carry (``val_accuracy`` and ``test_accuracy``
+share the accuracy panel; a regression task's ``val_mse`` gets an mse panel), one colour
+per data split in every panel, and the rounds where the audit excluded a participant
+(the entry's ``excluded`` list) marked in red.
 Everything is plain text or PNG: nothing is ever pickled.
 """
 
@@ -18,14 +22,22 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secfl.errors import FlError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = [
     "ACCURACY_KEYS",
+    "EXCLUSION_COLOUR",
+    "EXCLUSION_LABEL",
     "KNOWN_KEYS",
     "LOSS_KEYS",
+    "MAX_PANELS",
+    "SPLITS",
+    "build_figure",
     "read_metrics",
     "write_report",
 ]
@@ -107,36 +119,90 @@ def _series(rounds: list[Mapping[str, Any]], key: str) -> tuple[list[int], list[
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def _plot(path: Path, rounds: Sequence[Mapping[str, Any]], title: str) -> None:
+#: Each data split's colour, the same in every panel, and its legend label.
+SPLITS = {"train": ("tab:green", "train"), "val": ("tab:blue", "validation"),
+          "test": ("tab:orange", "test")}  # fmt: skip
+#: Where the audit excluded a participant: a vertical line in every panel.
+EXCLUSION_COLOUR = "tab:red"
+EXCLUSION_LABEL = "audit excluded a participant"
+#: Panels at most (one per metric); further metrics are in the CSV and JSON only.
+MAX_PANELS = 4
+
+
+def _metric_panels(rounds: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The metrics to plot, one panel each: every ``SPLIT_METRIC`` key with a number,
+    accuracy first, loss last, the others (a regression's ``mse``, ``r2``...) between.
+    The sample count ``n`` is no curve; when there are more metrics than panels, the
+    policy's objective (the entries' ``objective_metric``), accuracy and loss are kept."""
+    metrics = {
+        key.split("_", 1)[1]
+        for entry in rounds
+        for key, value in entry.items()
+        if key.split("_", 1)[0] in SPLITS and "_" in key and _number(value) is not None
+    } - {"n"}
+    objective = {
+        str(entry["objective_metric"]).split("_", 1)[-1]
+        for entry in rounds
+        if isinstance(entry.get("objective_metric"), str)
+    }
+    keep = sorted(metrics, key=lambda m: (m not in objective, m not in ("accuracy", "loss"), m))
+    rank = {"accuracy": 0, "loss": 2}
+    return sorted(keep[:MAX_PANELS], key=lambda m: (rank.get(m, 1), m))
+
+
+def _excluded_rounds(rounds: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The rounds where the audit excluded at least one participant."""
+    return [
+        entry["round"]
+        for entry in rounds
+        if isinstance(entry.get("excluded"), list) and entry["excluded"]
+    ]
+
+
+def build_figure(rounds: Sequence[Mapping[str, Any]], title: str) -> Figure:
+    """The report's figure: one panel per metric over the rounds, one colour per split
+    (train, validation, test) in every panel, a red vertical line at each round where
+    the audit excluded a participant, and the legend below the panels."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     ordered = sorted(rounds, key=lambda entry: entry["round"])
-    figure = Figure(figsize=(8, 4.5), dpi=100)
-    ax = figure.add_subplot()
-    ax.set_title(title)
-    ax.set_xlabel("round")
-    ax.set_ylabel("accuracy")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    lines = []
-    for key in ACCURACY_KEYS:
-        xs, ys = _series(ordered, key)
-        if xs:
-            lines += ax.plot(xs, ys, marker="o", label=key)
-    if not lines:
-        ax.text(0.5, 0.5, "no accuracy reported", transform=ax.transAxes, ha="center")
-    losses = [(key, *_series(ordered, key)) for key in LOSS_KEYS]
-    if any(xs for _, xs, _ in losses):
-        loss_ax = ax.twinx()
-        loss_ax.set_ylabel("loss")
-        for key, xs, ys in losses:
+    metrics = _metric_panels(ordered)
+    figure = Figure(figsize=(8, 2.2 + 2.3 * max(len(metrics), 1)), dpi=100, layout="constrained")
+    figure.suptitle(title)
+    axes = figure.subplots(max(len(metrics), 1), 1, sharex=True, squeeze=False)[:, 0]
+    handles: dict[str, Any] = {}
+    for ax, metric in zip(axes, metrics, strict=False):
+        ax.set_ylabel(metric.replace("_", " "))
+        for split, (colour, label) in SPLITS.items():
+            xs, ys = _series(ordered, f"{split}_{metric}")
             if xs:
-                lines += loss_ax.plot(xs, ys, linestyle="--", marker=".", label=key)
-    if lines:
-        ax.legend(handles=lines, loc="best")  # each line's label
-    ax.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
+                (line,) = ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=label)
+                handles.setdefault(label, line)
+    if not metrics:
+        axes[0].text(0.5, 0.5, "no metrics reported", transform=axes[0].transAxes, ha="center")
+    for ax in axes:
+        for number in _excluded_rounds(ordered):
+            marker = ax.axvline(
+                number, color=EXCLUSION_COLOUR, linestyle=":", linewidth=1.5,
+                label=EXCLUSION_LABEL,
+            )  # fmt: skip
+            handles.setdefault(EXCLUSION_LABEL, marker)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("round")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    order = [label for _, label in SPLITS.values()] + [EXCLUSION_LABEL]
+    handles = {label: handles[label] for label in order if label in handles}
+    if handles:
+        figure.legend(
+            list(handles.values()), list(handles), loc="outside lower center",
+            ncols=len(handles), frameon=False,
+        )  # fmt: skip
+    return figure
+
+
+def _plot(path: Path, rounds: Sequence[Mapping[str, Any]], title: str) -> None:
+    build_figure(rounds, title).savefig(path, format="png")
 
 
 def write_report(

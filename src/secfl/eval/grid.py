@@ -36,6 +36,8 @@ __all__ = [
     "Run",
     "assemble_grid",
     "attack_settings",
+    "check_names",
+    "defence_names",
     "defence_settings",
     "key",
 ]
@@ -182,6 +184,7 @@ def assemble_grid(
     stored command when nothing changes the stored grid."""
     grid = stored[0] if stored else QUICK if quick else FULL
     grid = options.apply(grid)
+    check_names(grid)
     given = options.given()
     argv = (["--quick"] if quick else []) + [
         a for name, value in given.items() for a in (name, str(value))
@@ -192,12 +195,46 @@ def assemble_grid(
     return grid, argv, command
 
 
+def check_names(grid: Grid) -> None:
+    """Every task, attack and defence the grid names exists: a typo fails at once,
+    listing the names, rather than after hours of runs."""
+    from secfl.eval.attacks import available_attacks
+    from secfl.tasks import task_names
+
+    for option, names, known in (
+        ("--tasks", grid.tasks, task_names()),
+        ("--attacks", grid.attacks, available_attacks()),
+        ("--defences", grid.defences, defence_names()),
+    ):
+        needed = option != "--attacks" or any(frac > 0 for frac in grid.malicious)
+        if not names and needed:
+            raise FlError(f"{option}: no name given (known: {', '.join(known)})")
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise FlError(
+                f"{option}: unknown '{unknown[0][:40]}' (known: {', '.join(known)}); "
+                "give a comma-separated list of these"
+            )
+
+
+def defence_names() -> list[str]:
+    """The defences a grid may name (:func:`defence_settings` knows each)."""
+    return list(_defence_table(2, 1, 1))
+
+
 def defence_settings(defence: str, n: int, m: int, clones: int) -> tuple[str, dict[str, Any]]:
     """The rule and its settings for ``n`` participants of which ``m`` are malicious
     (the defender is told an upper bound ``f = max(m, 1)``, as the papers assume)."""
+    table = _defence_table(n, m, clones)
+    if defence not in table:
+        raise FlError(f"eval: unknown defence '{defence}' (known: {', '.join(table)})")
+    return table[defence]
+
+
+def _defence_table(n: int, m: int, clones: int) -> dict[str, tuple[str, dict[str, Any]]]:
     f = max(m, 1)
     beta = min(0.45, max(f / n, 0.1))
-    table: dict[str, tuple[str, dict[str, Any]]] = {
+    return {
         "fedavg": ("fedavg", {}),
         "median": ("median", {}),
         "trimmed-mean": ("trimmed-mean", {"beta": beta}),
@@ -212,9 +249,6 @@ def defence_settings(defence: str, n: int, m: int, clones: int) -> tuple[str, di
             {"clones": clones, "base": "trimmed-mean", "base_settings": {"beta": beta}},
         ),
     }
-    if defence not in table:
-        raise FlError(f"eval: unknown defence '{defence}' (known: {', '.join(table)})")
-    return table[defence]
 
 
 def attack_settings(attack: str | None, n: int, m: int) -> dict[str, Any]:
@@ -253,7 +287,8 @@ class Run:
         if self.outcome is not None:
             rounds = self.outcome.rounds
             final = rounds[-1]
-            row["accuracy"] = final["test_accuracy"]
+            if "test_accuracy" in final:  # a regression has none
+                row["accuracy"] = final["test_accuracy"]
             row["backdoor_success"] = final.get("backdoor_success", "")
             row["tpr"] = final.get("true_positive_rate", "")
             row["fpr_mean"] = _mean([r.get("false_positive_rate") for r in rounds])

@@ -25,7 +25,7 @@ from secfl.fl._strategy_wiring import wire_strategy
 from secfl.fl._tensors import load_arrays, state_dict_arrays
 from secfl.fl.strategies import Update, get_strategy
 from secfl.fl.strategies._base import Params
-from secfl.tasks._base import DivergedError
+from secfl.tasks._base import ClassificationTask, DivergedError
 
 __all__ = ["DataCache", "Outcome", "Scenario", "simulate"]
 
@@ -119,6 +119,9 @@ def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
 
     began = time.perf_counter()
     task = get_task(s.task)
+    classifier = task if isinstance(task, ClassificationTask) else None
+    if s.attack and classifier is None:
+        raise FlError(f"simulation: the attacks need a classification task, not {s.task}")
     data = data or DataCache()
     shards, validation, test = data.get(s, task)
     names = [f"site-{i + 1:02d}" for i in range(s.clients)]
@@ -129,9 +132,9 @@ def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
         raise FlError("simulation: malicious participants need an attack")
     attack = get_attack(s.attack, **dict(s.attack_settings)) if s.attack and count else None
     local = {n: shards[i] for i, n in enumerate(names)}
-    if attack is not None:
+    if attack is not None and classifier is not None:
         for n in bad:
-            local[n] = attack.poison_data(local[n], task, np.random.default_rng([s.seed, 11]))
+            local[n] = attack.poison_data(local[n], classifier, np.random.default_rng([s.seed, 11]))
     train: dict[str, Any] = {"epochs": s.epochs}
     if s.lr is not None:
         train["lr"] = s.lr
@@ -182,14 +185,13 @@ def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
         scores = task.evaluate(model, test)
         entry: dict[str, Any] = {
             "round": r,
-            "test_accuracy": float(scores["accuracy"]),
-            "test_loss": float(scores["loss"]),
+            **{f"test_{k}": float(v) for k, v in scores.items() if k != "n"},
             "aggregate_seconds": round(agg_seconds, 5),
             "train_seconds_max": round(slowest, 5),
         }
-        if s.attack == "backdoor":
+        if s.attack == "backdoor" and classifier is not None:
             target = int(dict(s.attack_settings).get("target", 0))
-            entry["backdoor_success"] = float(attack_success_rate(model, test, task, target))
+            entry["backdoor_success"] = float(attack_success_rate(model, test, classifier, target))
         _audit_entry(strategy, entry, bad, names)
         rounds.append(entry)
     return Outcome(s, bad, rounds, time.perf_counter() - began)
@@ -200,9 +202,8 @@ def _diverged(r: int, task: Any, model: Any, global_params: Params, test: Any) -
     it break. Its test accuracy is what the federation is left with."""
     load_arrays(model, global_params)
     scores = task.evaluate(model, test)
-    loss = float(scores["loss"])
-    return {"round": r, "test_accuracy": float(scores["accuracy"]),
-            "test_loss": loss if np.isfinite(loss) else None, "diverged": True}  # fmt: skip
+    finite = {f"test_{k}": float(v) for k, v in scores.items() if k != "n" and np.isfinite(v)}
+    return {"round": r, "test_loss": None, **finite, "diverged": True}
 
 
 def _audit_entry(strategy: Any, entry: dict[str, Any], bad: list[str], names: list[str]) -> None:

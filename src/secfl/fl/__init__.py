@@ -8,11 +8,22 @@ Starting a workload:
   policy, secrets) and how it keeps it fresh (renewal, revocations);
 - :mod:`secfl.fl._inputs` — where task code and data come from (measured volumes,
   built-in tasks);
-- :mod:`secfl.fl._config` — the policy's ``federation`` settings, typed and checked.
+- :mod:`secfl.fl._config` — the policy's ``federation`` settings, typed and checked;
+- :mod:`secfl.fl._host_settings` — the host's operational settings (``SECFL_LISTEN``,
+  ``SECFL_OUTPUT``...): unmeasured, so bounded and checked like any input.
+
+Writing and checking a federation's policy:
+
+- :mod:`secfl.fl._policy_template` — a whole federation's policy from a few facts
+  (``secfl policy init``), with the measurements of the commands it prints;
+- :mod:`secfl.fl._policy_check` — what a federation needs of a policy, checked with the
+  aggregator's own parser before the board signs it (``secfl policy validate``).
 
 Training:
 
 - :mod:`secfl.fl._aggregator` — the aggregator's round loop;
+- :mod:`secfl.fl._scoring` — a round's metrics, the policy's objective and the best
+  round;
 - :mod:`secfl.fl._rounds` — the aggregator's side of the wire: joins, liveness, one
   round attempt at a time;
 - :mod:`secfl.fl._collaborator` — the collaborator's loop (local training);
@@ -29,7 +40,10 @@ Models on the wire and on disk:
   counter (freshness);
 - :mod:`secfl.fl._checkpoint` — sealed checkpoints bound to the SPM counter (rollback);
 - :mod:`secfl.fl._commit` — each round made durable (checkpoint) and fresh (counter);
-- :mod:`secfl.fl._reset` — a board-approved reset of the freshness check.
+- :mod:`secfl.fl._runs` — runs: each policy version trains its own, without a reset;
+  which checkpoint a run resumes from;
+- :mod:`secfl.fl._reset` — a board-approved reset of the freshness check (used up
+  once applied).
 
 Between the workloads:
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,15 +22,26 @@ from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlError
+from secfl.fl._checkpoint import Checkpoint
 from secfl.fl._commit import Commit
 from secfl.fl._config import FederationConfig
 from secfl.fl._envelope import PrivateKey, SignedModel, seal_model
+from secfl.fl._reset import ApprovedReset
 from secfl.fl._rounds import Attempt, Rounds, without_tensors
+from secfl.fl._scoring import Scoreboard, train_means
 from secfl.fl._strategy_wiring import wire_strategy
-from secfl.fl._tensors import from_bytes, load_arrays, nbytes, state_dict_arrays, to_bytes
+from secfl.fl._tensors import (
+    check_like,
+    from_bytes,
+    load_arrays,
+    nbytes,
+    state_dict_arrays,
+    to_bytes,
+)
 from secfl.fl._transport import Server
 from secfl.fl.strategies._base import Params, Update
 from secfl.tasks._base import Dataset, Task
+from secfl.tasks._contract import call_task
 
 __all__ = ["REFRESH_SECONDS", "Aggregator", "Signer", "round_seconds"]
 
@@ -71,14 +81,20 @@ class Aggregator:
     on_round: Callable[[dict[str, Any]], None] = lambda entry: None
     #: Called with the audit's findings when it leaves participants out of a round.
     on_exclusion: Callable[[dict[str, Any]], None] = lambda finding: None
-    reset_from: int | None = None
+    #: A board-approved reset that applies at this start (used up by the first commit).
+    reset: ApprovedReset | None = None
+    #: How logs name this run (:func:`secfl.fl._runs.run_label`).
+    run_label: str = "run 1"
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The newest sealed (committed) round and its counter value: where a restart resumes.
+    sealed: tuple[int, int] | None = None
     port: int = 0
     _next_refresh: float = 0.0
 
     def start(self, listen: str = "127.0.0.1:0") -> int:
         """Resume (or start fresh) and listen on ``listen``; returns the port."""
         self._strategy = self.config.strategy_object()
+        self.scores = Scoreboard(self.config.objective)
         wire_strategy(
             self._strategy, self.task, self.validation, dict(self.config.train), self.config.seed
         )
@@ -117,7 +133,9 @@ class Aggregator:
             model_bytes = to_bytes(params)
             entry = self._evaluate(round, params, updates, summary)
             self._audit(round, strategy, entry)
-            entry["counter"] = self.commit.commit(round, model_bytes, strategy.state())
+            state = {**strategy.state(), **self.scores.state()}
+            entry["counter"] = self.commit.commit(round, model_bytes, state)
+            self.sealed = (round, entry["counter"])
             entry["duration_s"] = round_seconds(self._began)
             self._record(entry)
         self.rounds.finish()
@@ -132,24 +150,75 @@ class Aggregator:
             self._next_refresh = time.monotonic() + REFRESH_SECONDS
 
     def _resume(self, strategy: Any) -> tuple[Params, int]:
-        checkpoint = self.commit.resume(reset_from=self.reset_from)
-        initial = state_dict_arrays(self.task.build_model(self.config.seed))
+        """The model and the first round to train: this run's newest committed
+        checkpoint, or for a new run its first model, committed as round 0."""
+        point = self.commit.resume(reset_from=None if self.reset is None else self.reset.value)
+        model = call_task("build_model", self.task.build_model, self.config.seed)
+        initial = state_dict_arrays(model)
+        checkpoint = point.checkpoint
         if checkpoint is None:
-            self.commit.commit(0, to_bytes(initial), strategy.state())
-            log.info("fresh start: initial model committed at counter %d", self.commit.counter)
-            return initial, 1
+            params, whence = initial, "the initial model"
+            if point.previous is not None and self.config.start_from == "previous":
+                params = self._from_previous(point.previous, initial)
+                whence = f"the previous run's model ({point.previous.path.name})"
+            self.commit.commit(0, to_bytes(params), strategy.state())
+            self._used_reset()
+            self.sealed = (0, self.commit.counter)
+            log.info("%s starts from %s, committed at counter %d",
+                     self.run_label, whence, self.commit.counter)  # fmt: skip
+            return params, 1
         params, _ = from_bytes(checkpoint.params_bytes)
-        from secfl.fl._tensors import check_like
-
         check_like(params, initial, what="checkpoint: the model")
-        strategy.load_state(checkpoint.state)
-        if self.reset_from is not None:
+        strategy.load_state(self.scores.restore(checkpoint.state))
+        if self.reset is not None:
             self.commit.commit(checkpoint.round, checkpoint.params_bytes, checkpoint.state)
+            self._used_reset()
+        self.sealed = (checkpoint.round, self.commit.counter)
         log.info(
-            "resumed from %s (round %d, counter %d)",
-            checkpoint.path.name, checkpoint.round, self.commit.counter,
+            "%s resumed from %s (round %d, counter %d)",
+            self.run_label, checkpoint.path.name, checkpoint.round, self.commit.counter,
         )  # fmt: skip
         return params, checkpoint.round + 1
+
+    @staticmethod
+    def _from_previous(previous: Checkpoint, initial: Params) -> Params:
+        params, _ = from_bytes(previous.params_bytes)
+        try:
+            check_like(params, initial, what="the previous run's model")
+        except FlError as exc:
+            raise FlError(
+                f"start_from: {exc}: the task's model changed, so set federation.start_from "
+                "to 'initial' in the next policy version"
+            ) from None
+        return params
+
+    def _used_reset(self) -> None:
+        """The counter moved past the board's reset: it never applies again."""
+        if self.reset is not None:
+            self.reset.use_up()
+            self.reset = None
+
+    def resume_hint(self) -> str:
+        """One line for an operator who stopped the aggregator: what is sealed, and
+        how to go on."""
+        if self.sealed is None:
+            return "nothing was sealed yet: start the aggregator again with the same command"
+        round, counter = self.sealed
+        if self.commit.directory is None:
+            return (
+                f"round {round} was the last one finished; without checkpoints a restart "
+                "begins the run again"
+            )
+        after = (
+            "the run is complete: started again, it writes the output and ends"
+            if round >= self.config.rounds
+            else f"start the aggregator again with the same command: it resumes with round "
+            f"{round + 1}"
+        )
+        return (
+            f"round {round} of {self.config.rounds} of {self.run_label} is sealed in "
+            f"{self.commit.directory} (counter {counter}); {after}"
+        )
 
     def _collect(self, round: int, strategy: Any, params: Params, signed: SignedModel) -> Attempt:
         cfg = self.config
@@ -201,25 +270,14 @@ class Aggregator:
             "dropped": attempt.dropped,
             "refused": attempt.refused,
         }
-        total = sum(u.num_samples for u in updates)
-        losses = [
-            (float(v), u.num_samples)
-            for u in updates
-            if isinstance(v := u.metrics.get("loss"), int | float)
-        ]
-        if total and len(losses) == len(updates):  # every update reported its loss
-            # weights first (each <= 1): finite peer metrics cannot overflow the sum
-            mean = sum((v * (n / total) for v, n in losses), 0.0)
-            if math.isfinite(mean):
-                entry["train_loss"] = mean
-        if self.validation is not None or self.test is not None:
-            model = self.task.build_model(self.config.seed)
+        entry.update(train_means(updates, ["loss", self.config.objective.metric]))
+        named = (("val", self.validation), ("test", self.test))
+        splits = [(name, data) for name, data in named if data is not None]
+        if splits:
+            model = call_task("build_model", self.task.build_model, self.config.seed)
             load_arrays(model, params)
-            for name, data in (("val", self.validation), ("test", self.test)):
-                if data is not None:
-                    scores = self.task.evaluate(model, data)
-                    entry[f"{name}_loss"] = float(scores["loss"])
-                    entry[f"{name}_accuracy"] = float(scores["accuracy"])
+            entry.update(self.scores.evaluate(self.task, model, splits))
+        self.scores.observe(round, entry)
         return entry
 
     def _audit(self, round: int, strategy: Any, entry: dict[str, Any]) -> None:
@@ -244,10 +302,14 @@ class Aggregator:
             with open(self.metrics_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry, sort_keys=True) + "\n")
                 fh.flush()
-        shown = {k: v for k, v in entry.items() if k.endswith(("accuracy", "loss"))}
+        keys = [k for k in entry if k.endswith(("_loss", "_accuracy"))]
+        keys.append(str(entry.get("objective_metric", "")))
+        shown = [f"{k} {entry[k]:.4f}" for k in dict.fromkeys(keys) if k in entry]
+        if entry.get("best_round") is not None:
+            shown.append(f"best round {entry['best_round']}")
         log.info(
             "round %d done: %d updates, %s, counter %d", entry["round"], entry["updates"],
-            ", ".join(f"{k} {v:.4f}" for k, v in shown.items()), entry["counter"],
+            ", ".join(shown), entry["counter"],
         )  # fmt: skip
         self.on_round(entry)
 

@@ -47,10 +47,10 @@ A crash between 2 and 3 leaves a checkpoint with counter ``c + 1`` while the SPM
 :func:`latest_checkpoint` skips checkpoints whose counter is *greater* than the
 SPM's and resumes from the one that equals it. A crash after 3 resumes from the new
 one. No checkpoint equal to the SPM's counter means a rollback (someone replaced or
-removed the newest file) and is refused; the only way past it is a board-approved
-reset, which is out of scope here: the hook is to call :func:`latest_checkpoint`
-with ``expected_counter=None`` (or to start from the initial model) once the SPM
-has recorded the board's approval of the reset.
+removed the newest file) and is refused; the only way past it is to restore the
+file or a board-approved reset (:mod:`secfl.fl._reset`; every refusal says how:
+:func:`reset_hint`). Which checkpoint a run resumes from, across the runs of
+several policy versions, is :func:`secfl.fl._runs.find_resume_point`.
 """
 
 from __future__ import annotations
@@ -85,7 +85,9 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "policy_of",
     "prune_checkpoints",
+    "reset_hint",
     "write_checkpoint",
 ]
 
@@ -111,6 +113,16 @@ class Checkpoint:
     created_at: str
     params_bytes: bytes
     state: dict[str, Any]
+
+
+def reset_hint(directory: Path | str | None, counter: int) -> str:
+    """The next step after a refused resume, for the end of its one-line message."""
+    target = Path(directory) / "reset.json" if directory is not None else "reset.json"
+    return (
+        "restore the newest checkpoint, or have board members (the policy's threshold) "
+        f"approve a reset: secfl policy sign-reset --policy POLICY.yaml --value {counter} "
+        f"--key KEY --member NAME -o {target}, then start the aggregator again"
+    )
 
 
 def checkpoint_name(round: int, counter: int) -> str:
@@ -340,7 +352,7 @@ def load_checkpoint(
     if expected_counter is not None and doc["counter"] != expected_counter:
         raise FlError(
             f"rollback: checkpoint of round {doc['round']} has counter {doc['counter']}, "
-            f"the SPM's counter is {expected_counter}"
+            f"the SPM's counter is {expected_counter}: " + reset_hint(path.parent, expected_counter)
         )
     params_bytes, state = _parse_plaintext(plain, path)
     return Checkpoint(
@@ -394,7 +406,7 @@ def list_checkpoints(directory: Path | str) -> list[tuple[int, int, Path]]:
     return found
 
 
-def _policy_of(path: Path) -> str | None:
+def policy_of(path: Path) -> str | None:
     """The (not yet authenticated) policy digest in a checkpoint's header, or None."""
     try:
         with open(path, "rb") as fh:
@@ -410,11 +422,13 @@ def latest_checkpoint(
     key: bytes,
     policy_digest: str,
     expected_counter: int | None = None,
+    below: int | None = None,
 ) -> Checkpoint | None:
     """The newest checkpoint of ``policy_digest`` in ``directory``, opened and checked.
 
     Files of other policies are ignored. Without ``expected_counter``: the newest by
-    (counter, round), or None if there is none. With it (the SPM's counter value,
+    (counter, round) whose counter is at most ``below`` (when given), or None if
+    there is none. With it (the SPM's counter value,
     see the commit protocol in the module docstring): checkpoints with a greater
     counter are uncommitted and skipped; the newest of the rest must have exactly
     that counter (``rollback:`` otherwise); no checkpoint at all is a fresh start
@@ -424,16 +438,19 @@ def latest_checkpoint(
     candidates = [
         (rnd, ctr, path)
         for rnd, ctr, path in list_checkpoints(directory)
-        if _policy_of(path) == policy_digest
+        if policy_of(path) == policy_digest
     ]
     if expected_counter is not None:
         _non_negative(expected_counter, "the expected counter")
         candidates = [c for c in candidates if c[1] <= expected_counter]
+    if below is not None:
+        candidates = [c for c in candidates if c[1] <= below]
     if not candidates:
         if expected_counter:
             raise FlError(
                 f"rollback: no checkpoint of this policy in {directory}, "
-                f"the SPM's counter is {expected_counter}"
+                f"the SPM's counter is {expected_counter}: "
+                + reset_hint(directory, expected_counter)
             )
         return None
     _, _, path = candidates[0]

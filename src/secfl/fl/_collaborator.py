@@ -7,8 +7,11 @@ model older than the last one it accepted is a replay and stops the collaborator
 trains on its own data and streams its update back. While it trains it sends
 heartbeats, so a collaborator that dies mid-round is noticed at once.
 
-It rides out an aggregator restart (retrying for ``patience`` seconds and joining
-again), renews its short-lived certificate by attesting again (the ``renew``
+It waits for an aggregator that is not up yet and rides out an aggregator restart
+(retrying about once a second or two for up to ``patience`` seconds, the policy's
+``join_patience``, and joining again), renews its short-lived certificate by
+attesting again (the ``renew`` hook), stops with one line saying to start it again
+when the board approved a new policy version (a new run: the ``policy_changed``
 hook), and never keeps anything but the current model in memory.
 """
 
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from secfl.errors import FlError, TransportError
+from secfl.errors import FlError, SecflError, TransportError
 from secfl.fl import _messages as msg
 from secfl.fl._envelope import ModelEnvelope, PublicKey, open_model, read_unverified
 from secfl.fl._rounds import BEAT
@@ -35,8 +38,9 @@ from secfl.fl._tensors import (
 )
 from secfl.fl._transport import Client
 from secfl.tasks._base import Dataset, Task
+from secfl.tasks._contract import call_task, check_metrics
 
-__all__ = ["TRANSIENT", "Collaborator", "ModelGate"]
+__all__ = ["RETRY_SECONDS", "TRANSIENT", "Collaborator", "ModelGate"]
 
 log = logging.getLogger("secfl.fl._collaborator")
 
@@ -44,6 +48,9 @@ R = TypeVar("R")
 
 #: Transport failures worth waiting out (the aggregator restarting, a network blip).
 TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "has not joined", "CANCELLED")
+#: The longest pause between two attempts to reach the aggregator: a collaborator
+#: joins within about this long of it coming up, without hammering it.
+RETRY_SECONDS = 1.5
 
 
 @dataclass
@@ -92,7 +99,10 @@ class Collaborator:
     gate: ModelGate
     #: Called before every call; True when the identity changed (reconnect).
     renew: Callable[[], bool] = lambda: False
-    patience: float = 120.0
+    #: Seconds to wait for an unreachable aggregator before giving up.
+    patience: float = 3600.0
+    #: True when the SPM's policy is no longer the one this collaborator attested to.
+    policy_changed: Callable[[], bool] = lambda: False
     max_model_bytes: int = DEFAULT_MAX_BYTES
     trained: list[dict[str, Any]] = field(default_factory=list)
 
@@ -121,14 +131,14 @@ class Collaborator:
             self._client.close()
 
     def _train_round(self, header: dict[str, Any], payload: memoryview) -> None:
-        params_bytes, envelope = self.gate.accept(payload)
+        params_bytes, envelope = self._accept(payload)
         round = msg.field(header, "round", int)
         if envelope.round != round - 1:
             raise FlError(
                 f"protocol: asked to train round {round} on the model of round {envelope.round}"
             )
         params, _ = from_bytes(params_bytes)
-        model = self.task.build_model()
+        model = call_task("build_model", self.task.build_model)
         load_arrays(model, params)
         config = dict(msg.field(header, "config", dict))
         if config.get("proximal_mu"):
@@ -137,12 +147,12 @@ class Collaborator:
         beat = threading.Thread(target=self._beat, args=(stop,), daemon=True)
         beat.start()
         try:
-            metrics = self.task.train(model, self.data, config)
+            result = call_task("train", self.task.train, model, self.data, config)
         finally:
             stop.set()
             beat.join()
         update = to_bytes(state_dict_arrays(model))
-        numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        numbers = check_metrics(result, "train", required="loss")
         head = {
             "kind": "update",
             "round": round,
@@ -158,6 +168,25 @@ class Collaborator:
             return
         self.trained.append({"round": round, **numbers})
         log.info("round %d: update sent (loss %.4f)", round, numbers.get("loss", float("nan")))
+
+    def _accept(self, payload: memoryview) -> tuple[bytes, ModelEnvelope]:
+        """The gate's verdict; a model of another policy version means the board
+        approved a new one (a new run), which this collaborator cannot join."""
+        try:
+            return self.gate.accept(payload)
+        except FlError as exc:
+            if not str(exc).startswith("policy:"):
+                raise
+            try:
+                changed = self.policy_changed()
+            except SecflError:
+                changed = False
+            if changed:
+                raise FlError(
+                    "policy: the board approved a new version of the policy, a new run: "
+                    "start this collaborator again with `secfl run` to join it"
+                ) from None
+            raise
 
     # --- calls ---------------------------------------------------------------------------
 
@@ -198,11 +227,12 @@ class Collaborator:
                 if time.monotonic() > give_up:
                     raise FlError(
                         f"collaborator: the aggregator was unreachable for {self.patience:.0f} s "
-                        f"({text})"
+                        f"({text[:120]}); start it again once the aggregator is up (the "
+                        "policy's federation.join_patience sets how long it waits)"
                     ) from None
-                log.info("aggregator unavailable (%s); retrying", text.split(": ", 2)[-1][:80])
+                log.info("waiting for the aggregator (%s)", _reason(text))
             time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, RETRY_SECONDS)
             if join:
                 with contextlib.suppress(TransportError):
                     self._join()
@@ -213,3 +243,12 @@ class Collaborator:
                 self._client.unary(BEAT, msg.encode({"kind": "beat"}), timeout=5)
             except TransportError as exc:
                 log.debug("heartbeat failed: %s", exc)
+
+
+def _reason(text: str) -> str:
+    """``UNAVAILABLE: Connection refused`` from a transport error's long text (the
+    status, then gRPC's last detail: the same line for every failed attempt)."""
+    parts = [p.strip() for p in text.split(": ") if p.strip()]
+    if len(parts) >= 3 and parts[0] == "rpc":
+        return f"{parts[1]}: {parts[-1]}"[:120]
+    return text[:120]

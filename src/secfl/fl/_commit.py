@@ -4,8 +4,9 @@ The order (see :mod:`secfl.fl._checkpoint`): write the checkpoint of round ``r``
 with counter ``c + 1``, increment the SPM counter (it must answer ``c + 1``, or
 another aggregator is running for this policy), and only then sign and send the
 model with ``(r, c + 1)``. A restart resumes from the checkpoint whose counter
-equals the SPM's; an older one is a rollback and refused, unless the board signed
-a reset for exactly that state (:mod:`secfl.fl._reset`).
+equals the SPM's (of this run; a new policy version starts a new run:
+:mod:`secfl.fl._runs`); an older one is a rollback and refused, unless the board
+signed a reset for exactly that state (:mod:`secfl.fl._reset`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from secfl.errors import FlError
-from secfl.fl._checkpoint import Checkpoint, latest_checkpoint, prune_checkpoints, write_checkpoint
+from secfl.fl._checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
+from secfl.fl._runs import ResumePoint, find_resume_point
 
 __all__ = ["Commit", "Ledger", "MemoryLedger", "SpmLedger"]
 
@@ -84,33 +86,43 @@ class Commit:
         self.keep = keep
         self.counter = 0
 
-    def resume(self, *, reset_from: int | None = None) -> Checkpoint | None:
-        """The checkpoint to continue from (None: start from the initial model).
+    def resume(self, *, reset_from: int | None = None) -> ResumePoint:
+        """Where this run goes on from (see :mod:`secfl.fl._runs`; the policy digest
+        names the run).
 
         ``reset_from`` is the SPM counter value a board-approved reset names: the
-        newest checkpoint at or below it is accepted (or a fresh start when there is
-        none), and the next commit moves the counter on from the SPM's value.
+        newest checkpoint of this run at or below it is accepted (or a fresh start
+        when there is none), and the next commit moves the counter on from the SPM's
+        value.
         """
         spm = self.ledger.current()
         self.counter = spm
         if self.directory is None:
             if spm and reset_from is None:
                 log.warning("no checkpoints (counter at %d): starting from round 0", spm)
-            return None
+            return ResumePoint(spm)
         assert self.key is not None
         if reset_from is not None:
             if reset_from != spm:
                 raise FlError(
-                    f"reset: the board approved a reset at counter {reset_from}, "
-                    f"the SPM's counter is {spm}"
+                    f"reset: the board approved a reset at counter {reset_from}, the SPM's "
+                    f"counter is {spm}: have the board sign a new reset with --value {spm}"
                 )
-            return latest_checkpoint(self.directory, key=self.key, policy_digest=self.policy_digest)
-        return latest_checkpoint(
-            self.directory, key=self.key, policy_digest=self.policy_digest, expected_counter=spm
-        )
+            newest = latest_checkpoint(
+                self.directory, key=self.key, policy_digest=self.policy_digest,
+                below=spm,
+            )  # fmt: skip
+            return ResumePoint(spm, checkpoint=newest)
+        return find_resume_point(self.directory, key=self.key, run=self.policy_digest, counter=spm)
 
     def commit(self, round: int, params_bytes: bytes, state: dict[str, Any]) -> int:
-        """Make ``round`` durable and fresh; returns the new counter value."""
+        """Make ``round`` durable and fresh; returns the new counter value.
+
+        The counter is read before it is incremented: if another aggregator of the
+        policy moved it (an old one still running when the board approved a new
+        version, or a second copy), this one stops *without* incrementing, so that
+        the value it would have taken is not burnt and the other's checkpoint stays
+        the newest committed state (nobody needs a reset)."""
         target = self.counter + 1
         if self.directory is not None:
             assert self.key is not None
@@ -118,11 +130,20 @@ class Commit:
                 self.directory, key=self.key, policy_digest=self.policy_digest,
                 round=round, counter=target, params_bytes=params_bytes, state=state,
             )  # fmt: skip
+        seen = self.ledger.current()
+        if seen != self.counter:
+            raise FlError(
+                f"counter: the SPM's counter is {seen}, this aggregator committed "
+                f"{self.counter} last: another aggregator of this policy is running; round "
+                f"{round} is not committed; stop the other one, then start this one again"
+            )
         value = self.ledger.increment()
         if value != target:
             raise FlError(
                 f"counter: the SPM answered {value}, expected {target}: another aggregator "
-                "is incrementing this policy's counter; stopping"
+                "incremented this policy's counter at the same moment; stop every other "
+                "aggregator of this policy, then start this one again (if it refuses a "
+                f"rollback, the board signs a reset with --value {value})"
             )
         self.counter = value
         if self.directory is not None:

@@ -11,6 +11,7 @@ reach the strategies and every collaborator.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -30,17 +31,47 @@ from pydantic import (
 
 from secfl.errors import FlError
 from secfl.fl._untrusted import check_tree
+from secfl.tasks._contract import MAX_METRIC_NAME
 
 if TYPE_CHECKING:
     from secfl.fl.strategies._base import Strategy
 
-__all__ = ["MAX_CLIENTS", "MAX_HEARTBEAT", "WEEK", "FederationConfig"]
+__all__ = [
+    "MAX_CLIENTS",
+    "MAX_HEARTBEAT",
+    "MAX_METRIC_NAME",
+    "WEEK",
+    "FederationConfig",
+    "Objective",
+]
 
 
 #: Bounds on settings (a board could approve a typo; nothing may overflow).
 MAX_CLIENTS = 100_000
 WEEK = 7 * 24 * 3600.0
 MAX_HEARTBEAT = 3600.0
+
+
+class Objective(BaseModel):
+    """Which metric of ``evaluate`` reports and selects the model, and its direction.
+
+    ``mode: min`` means lower is better (a loss, an error); ``max`` higher (accuracy,
+    R²). The default, ``{metric: loss, mode: min}``, fits every task whose
+    ``evaluate`` returns ``loss``; ``evaluate`` must return the objective's metric.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(
+        default="loss", min_length=1, max_length=MAX_METRIC_NAME, pattern=r"^[A-Za-z0-9_.-]+$"
+    )
+    mode: Literal["min", "max"] = "min"
+
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats ``best`` (no best yet: it does; ties keep the earlier)."""
+        if best is None:
+            return True
+        return value < best if self.mode == "min" else value > best
 
 
 class FederationConfig(BaseModel):
@@ -51,6 +82,14 @@ class FederationConfig(BaseModel):
     rounds: StrictInt = Field(default=10, ge=1, le=100_000)
     #: The policy counter the aggregator increments once per round (freshness).
     counter: str = "rounds"
+    #: The run's number. Every policy version is a run of its own (its checkpoints
+    #: carry the version's digest); raising ``run`` is how a board starts a new run
+    #: without changing anything else. ``start_from``: a new run's first model, the
+    #: task's ``initial`` one or the ``previous`` run's newest committed model.
+    run: StrictInt = Field(default=1, ge=1, le=2**31)
+    start_from: Literal["initial", "previous"] = "initial"
+    #: How long a collaborator waits for an aggregator that is not up (yet, or again).
+    join_patience: float = Field(default=3600.0, gt=0, le=WEEK)
     #: Strategy name (secfl.fl.strategies registry) and its settings.
     strategy: str = "fedavg"
     strategy_settings: dict[str, JsonValue] = Field(default_factory=dict)
@@ -82,6 +121,8 @@ class FederationConfig(BaseModel):
     #: Largest sample count a collaborator may report: FedAvg weighs updates by it, so
     #: an unbounded count would let one site outweigh every other (or overflow).
     max_samples: StrictInt = Field(default=10**9, ge=1, le=2**53)
+    #: The metric of ``evaluate`` that reports and selects the model (see Objective).
+    objective: Objective = Field(default_factory=Objective)
 
     @field_validator("strategy_settings", "train", mode="before")
     @classmethod
@@ -114,9 +155,24 @@ class FederationConfig(BaseModel):
             return cls.model_validate(dict(settings))
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])[:80] or "federation"
+            loc = tuple(first["loc"])
+            where = ".".join(str(p) for p in loc)[:80]
             text = first["msg"].removeprefix("Value error, ")
-            raise FlError(f"federation: {where}: {text}") from None
+            if first["type"] == "extra_forbidden":
+                # a misspelt setting: name the ones that exist (a typo must not pass)
+                model: Any = cls
+                for part in loc[:-1]:
+                    field = model.model_fields.get(part) if isinstance(part, str) else None
+                    model = field.annotation if field is not None else None
+                    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                        break
+                plain = isinstance(model, type) and issubclass(model, BaseModel)
+                known = list(model.model_fields) if plain else []
+                close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+                text = f"unknown setting (did you mean '{close[0]}'?)" if close else (
+                    f"unknown setting (known: {', '.join(known)})" if known else "unknown setting"
+                )  # fmt: skip
+            raise FlError(f"federation: {where + ': ' if where else ''}{text}") from None
 
     def sample(self, available: Sequence[str], round: int, attempt: int) -> list[str]:
         """Who trains in ``round`` (attempt ``attempt``): a seeded draw, sorted."""

@@ -1,9 +1,12 @@
-"""Where a workload's task code and data come from: a volume, a built-in, a file.
+"""Where a workload's task code and data come from: a volume, a built-in, a path.
 
 A spec is ``volume:NAME`` (a volume ``secfl run`` opened and verified, found under
 ``$SECFL_VOLUMES/NAME``), the name of a built-in task, or a path. A task volume
-holds one Python module (``task.py``, or its only ``.py`` file) defining the task
-contract: ``name``, ``build_model``, ``load_data``, ``train``, ``evaluate``.
+holds the task module, ``task.py`` (or its only ``.py`` file), defining the task
+contract (:class:`secfl.tasks.Task`), and whatever else it imports: modules and
+packages next to it (``mymodels/__init__.py``...) are importable from it, and take
+precedence over any installed module of the same name. A data volume holds any
+files; the task's ``load_data`` gets the volume's folder.
 
 Only ``--insecure`` takes a path. A workload's measurement covers its command
 line, not the files a path on it names (in simulation: the program, the code
@@ -16,22 +19,38 @@ install), and data is a volume (verified by the launcher against the policy):
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import re
 import sys
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
+from types import ModuleType
 
 from secfl.errors import FlError
-from secfl.tasks._base import Task
-from secfl.tasks._registry import as_task, builtin_task
+from secfl.tasks._contract import Task
+from secfl.tasks._registry import as_task, builtin_task, task_names
 
-__all__ = ["VOLUME_NAME", "data_path", "load_task", "require_measured", "volumes_dir"]
+__all__ = [
+    "MAX_SOURCES",
+    "TASK_FILE",
+    "VOLUME_NAME",
+    "FolderImporter",
+    "data_path",
+    "load_task",
+    "require_measured",
+    "volumes_dir",
+]
 
 #: A volume's name, as policies write it (no path separators, no dot-dot).
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: The task module of a task folder or volume.
+TASK_FILE = "task.py"
 
 
 def require_measured(option: str, spec: str | None, *, code: bool) -> None:
@@ -67,25 +86,124 @@ def _volume(name: str) -> Path:
     return folder
 
 
-def _only(folder: Path, suffix: str, preferred: str | None = None) -> Path:
-    if preferred and (folder / preferred).is_file():
-        return folder / preferred
-    found = sorted(p for p in folder.rglob(f"*{suffix}") if p.is_file())
+def _task_file(folder: Path, label: str) -> Path:
+    """``task.py`` in ``folder``, else its only top-level ``.py`` file."""
+    if (folder / TASK_FILE).is_file():
+        return folder / TASK_FILE
+    found = sorted(p for p in folder.glob("*.py") if p.is_file())
     if len(found) != 1:
-        raise FlError(f"source: {folder.name} holds {len(found)} {suffix} files, expected one")
+        raise FlError(
+            f"source: {label} holds {len(found)} .py files at its top and no {TASK_FILE}; "
+            f"name the task module {TASK_FILE}"
+        )
     return found[0]
 
 
+class FolderImporter(importlib.abc.MetaPathFinder):
+    """Imports the top-level modules and packages of one task folder, before anything
+    else on ``sys.path``: ``import mymodels`` in the task gets the folder's ``mymodels``,
+    never an installed one of that name (and ``mymodels.x`` only from that folder)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.names = _top_level_names(folder)
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if "." in fullname or fullname not in self.names:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [str(self.folder)])
+
+
+def _top_level_names(folder: Path) -> set[str]:
+    """What ``import NAME`` finds in ``folder``: ``NAME.py`` and packages ``NAME/``
+    (folders with an ``__init__.py``)."""
+    names = {p.stem for p in folder.glob("*.py") if p.stem.isidentifier()}
+    names |= {p.parent.name for p in folder.glob("*/__init__.py") if p.parent.name.isidentifier()}
+    return names
+
+
+#: The most source files whose imports are read (a task is a handful; a folder of
+#: thousands is not a task, and reading it all would only delay the start).
+MAX_SOURCES = 2000
+
+
+def _sources(folder: Path, task_file: Path, names: set[str]) -> list[Path]:
+    """The task's own code: ``task_file`` and the folder's modules and packages it could
+    import (not the rest of the folder: a loose task.py may sit in a big one)."""
+    found = [task_file]
+    for name in sorted(names):
+        module = folder / f"{name}.py"
+        found += [module] if module.is_file() else sorted((folder / name).rglob("*.py"))
+    return found
+
+
+def _imported_names(sources: list[Path]) -> set[str]:
+    """The top-level names the import statements of ``sources`` name (an unparsable
+    file adds none: executing it reports the syntax error)."""
+    names: set[str] = set()
+    if len(sources) > MAX_SOURCES:
+        raise FlError(
+            f"source: the task's folder holds more than {MAX_SOURCES} .py files it could "
+            "import; give the task a folder of its own"
+        )
+    for source in sources:
+        try:
+            tree = ast.parse(source.read_bytes(), str(source))
+        except (SyntaxError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def _install(folder: Path, task_file: Path) -> None:
+    """Make the modules beside ``task_file`` importable first. One the task's code
+    imports that an earlier import already bound to a module from elsewhere is
+    refused: the task would silently get that one instead of its own."""
+    importer = FolderImporter(folder)
+    importer.names.discard(task_file.stem)
+    imported = _imported_names(_sources(folder, task_file, importer.names))
+    for name in sorted(importer.names & imported):
+        module = sys.modules.get(name)
+        if module is None:
+            continue
+        origin = getattr(module, "__file__", None) or ""
+        if not origin or not Path(origin).resolve().is_relative_to(folder):
+            raise FlError(
+                f"source: the task's module '{name}' has the name of a module already "
+                f"imported from elsewhere ({origin or 'built in'}); rename it in the task"
+            )
+    if not any(isinstance(f, FolderImporter) and f.folder == folder for f in sys.meta_path):
+        sys.meta_path.insert(0, importer)
+
+
 def load_task(spec: str) -> Task:
-    """The task named by ``spec`` (``volume:NAME``, a built-in name, or a .py path)."""
+    """The task named by ``spec``: ``volume:NAME``, a built-in name, a ``.py`` file, or
+    a folder holding ``task.py`` (the last two with ``--insecure``)."""
     if spec.startswith("volume:"):
-        path = _only(_volume(spec.removeprefix("volume:")), ".py", "task.py")
+        folder = _volume(spec.removeprefix("volume:"))
+        path = _task_file(folder, f"volume '{folder.name}'")
     elif (builtin := builtin_task(spec)) is not None:
         return builtin
+    elif Path(spec).is_dir():
+        folder = Path(spec)
+        path = _task_file(folder, f"folder '{spec}'")
     else:
         path = Path(spec)
         if not path.is_file():
-            raise FlError(f"source: '{spec}' is neither a built-in task nor a file")
+            raise FlError(
+                f"source: '{spec[:80]}' is neither a built-in task ({', '.join(task_names())}) "
+                "nor a task's .py file or folder, nor volume:NAME"
+            )
+        folder = path.parent
+    folder = folder.resolve()
+    path = path.resolve()
+    _install(folder, path)
     tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     module_spec = importlib.util.spec_from_file_location(f"secfl_task_{tag}", path)
     if module_spec is None or module_spec.loader is None:
@@ -100,8 +218,9 @@ def load_task(spec: str) -> Task:
 
 
 def data_path(spec: str | None, *, exclude: AbstractSet[str] = frozenset()) -> Path:
-    """The shard file named by ``spec``; ``None``: the workload's only data volume
-    (every volume but those in ``exclude``, e.g. the task volume)."""
+    """What the task's ``load_data`` gets: a data volume's folder (``volume:NAME``;
+    ``None``: the workload's only data volume, every volume but those in ``exclude``,
+    e.g. the task volume), or with ``--insecure`` the file or folder given."""
     if spec is None:
         base = volumes_dir()
         names = sorted(p.name for p in base.iterdir() if p.is_dir()) if base else []
@@ -113,8 +232,8 @@ def data_path(spec: str | None, *, exclude: AbstractSet[str] = frozenset()) -> P
             )
         spec = f"volume:{names[0]}"
     if spec.startswith("volume:"):
-        return _only(_volume(spec.removeprefix("volume:")), ".safetensors")
+        return _volume(spec.removeprefix("volume:"))
     path = Path(spec)
-    if not path.is_file():
-        raise FlError(f"source: no data file {spec}")
+    if not path.exists():
+        raise FlError(f"source: no data file {spec} (nor a folder of that name)")
     return path

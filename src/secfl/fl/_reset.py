@@ -8,6 +8,12 @@ policy's m-of-n approval the aggregator resumes from the newest checkpoint it ha
 (or starts over), and moves the counter on. The statement names the counter's
 value, so it cannot be replayed once training went on past it.
 
+A reset is used up once applied (:func:`pending_reset`): the first commit after it
+moves the counter past its value, and the aggregator renames the file to
+``reset-used-c<value>.json``. A reset file whose value the counter has passed, or
+that names another policy version, can never apply again: it is set aside the same
+way with one line in the log, never a reason to refuse a start.
+
 File (JSON)::
 
     {"statement": {"policy": NAME, "policy_digest": HEX, "counter": NAME,
@@ -18,6 +24,8 @@ File (JSON)::
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +41,15 @@ from secfl.policy._signatures import Signature, check_approval, sign_statement
 __all__ = [
     "MAX_RESET_BYTES",
     "RESET_DOMAIN",
+    "ApprovedReset",
     "check_reset",
+    "pending_reset",
     "reset_statement",
     "sign_reset",
     "statement_digest",
 ]
+
+log = logging.getLogger("secfl.fl")
 
 RESET_DOMAIN = "secfl/fl-reset/v1"
 #: A reset file holds one statement and a board's signatures: small.
@@ -68,7 +80,10 @@ def sign_reset(path: Path, doc: dict[str, Any], key: bytes, member: str) -> int:
     if path.exists():
         current = _read(path)
         if current["statement"] != doc:
-            raise FlError(f"reset: {path} holds another statement")
+            raise FlError(
+                f"reset: {path} holds another statement (other value, policy or reason): "
+                "sign the same one as the other members, or write to another file"
+            )
     sig = sign_statement(RESET_DOMAIN, statement_digest(doc), keys.load_private(key), member)
     current["signatures"] = [s for s in current["signatures"] if s.get("member") != member] + [
         sig.model_dump(mode="json")
@@ -86,18 +101,85 @@ def check_reset(path: Path, policy: Policy, policy_digest: str, counter: str) ->
     except ValidationError as exc:
         where = ".".join(str(p) for p in exc.errors()[0]["loc"])[:80]
         raise FlError(f"reset: {path} holds a malformed signature ({where})") from None
+    again = f"; remove {path} or have the board sign a new reset (secfl policy sign-reset)"
     want = {"policy": policy.name, "policy_digest": policy_digest, "counter": counter}
     for key, value in want.items():
         if statement.get(key) != value:
-            raise FlError(f"reset: the statement's {key} is not {value!r}")
-    approved = statement.get("value")
-    if type(approved) is not int or not 0 <= approved < 2**63:
-        raise FlError("reset: the statement names no counter value (an integer from 0 to 2**63-1)")
+            raise FlError(f"reset: the statement's {key} is not {value!r}{again}")
+    approved = _value(statement)
+    if approved is None:
+        raise FlError(
+            "reset: the statement names no counter value (an integer from 0 to 2**63-1)" + again
+        )
     try:
         check_approval(policy.board, statement_digest(statement), sigs, domain=RESET_DOMAIN)
     except PolicyError as exc:
-        raise FlError(f"reset: {exc}") from None
+        raise FlError(
+            f"reset: {exc}; collect the signatures the policy's board rule needs in {path}"
+        ) from None
     return approved
+
+
+def _value(statement: dict[str, Any]) -> int | None:
+    value = statement.get("value")
+    return value if type(value) is int and 0 <= value < 2**63 else None
+
+
+@dataclass(frozen=True)
+class ApprovedReset:
+    """A board-approved reset that applies now: at counter ``value``, from ``path``."""
+
+    path: Path
+    value: int
+
+    def use_up(self) -> None:
+        """Set the file aside once the counter moved past ``value``: it never applies
+        again, and it must not stand in the way of the next start."""
+        _set_aside(self.path, self.value)
+
+
+def pending_reset(
+    path: Path, policy: Policy, policy_digest: str, counter: str, current: int
+) -> ApprovedReset | None:
+    """The reset in ``path`` if it applies at the SPM's counter value ``current``.
+
+    None when there is no file, or when it is used up: its value is below
+    ``current`` (the counter went on after it) or it names another policy version.
+    Such a file is renamed ``reset-used-c<value>.json`` with one line in the log.
+    A file that could still apply is checked whole (:func:`check_reset`); one whose
+    value is ahead of the counter is refused, with the value to sign instead.
+    """
+    if not path.exists():
+        return None
+    statement = _read(path)["statement"]
+    value = _value(statement)
+    same = (statement.get("policy"), statement.get("counter")) == (policy.name, counter)
+    if same and value is not None:
+        if value < current:
+            log.info("%s approved a reset at counter %d, the counter is at %d: used up",
+                     path, value, current)  # fmt: skip
+            _set_aside(path, value)
+            return None
+        if statement.get("policy_digest") != policy_digest:
+            log.warning("%s is a reset for another policy version: set aside", path)
+            _set_aside(path, value)
+            return None
+    approved = check_reset(path, policy, policy_digest, counter)
+    if approved != current:
+        raise FlError(
+            f"reset: {path} approves a reset at counter {approved}, the SPM's counter is "
+            f"{current}: have the board sign a new reset with --value {current}"
+        )
+    return ApprovedReset(path, approved)
+
+
+def _set_aside(path: Path, value: int) -> None:
+    """Rename a used reset file (a failure is only logged: its value keeps it used up)."""
+    target = path.with_name(f"reset-used-c{value}.json")
+    try:
+        path.replace(target)
+    except OSError as exc:
+        log.warning("could not rename %s to %s: %s", path, target.name, exc.strerror or exc)
 
 
 def _read(path: Path) -> dict[str, Any]:

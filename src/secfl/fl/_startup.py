@@ -12,9 +12,13 @@ models) to measure the overhead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,9 @@ from secfl.fl._collaborator import Collaborator, ModelGate
 from secfl.fl._commit import Commit, MemoryLedger, SpmLedger
 from secfl.fl._config import FederationConfig
 from secfl.fl._inputs import data_path, load_task, require_measured
+from secfl.fl._progress import round_reporter
+from secfl.fl._reset import ApprovedReset, pending_reset
+from secfl.fl._runs import run_label
 from secfl.fl._tensors import to_bytes
 from secfl.fl._transport import INSECURE_WARNING, Client, PeerPolicy, Server
 from secfl.fl._untrusted import read_yaml_file
@@ -45,6 +52,7 @@ from secfl.fl._workload_identity import (
 from secfl.fl.strategies._base import Params
 from secfl.policy._model import Policy
 from secfl.tasks._base import Dataset, Task
+from secfl.tasks._contract import call_task, sample_count
 
 __all__ = [
     "INSECURE",
@@ -95,21 +103,27 @@ class CollaboratorOptions:
     insecure: bool = False
     name: str | None = None
     verify_key: str | None = None
-    patience: float = 120.0
+    #: Seconds to wait for an aggregator that is not up (None: the policy's
+    #: ``join_patience``; with --insecure, its default).
+    patience: float | None = None
 
 
 def read_settings(path: Path) -> dict[str, Any]:
-    """Federation settings from a YAML/JSON file: the file itself, or a policy's section."""
+    """Federation settings from a YAML/JSON file: the file itself, or its ``federation``
+    section (a policy's, or a settings file written as one: no setting has that name)."""
     doc = read_yaml_file(path, "federation")
-    if isinstance(doc, dict) and "services" in doc and "federation" in doc:
+    if isinstance(doc, dict) and "federation" in doc:
         doc = doc["federation"]
     if not isinstance(doc, dict):
         raise FlError(f"federation: {path} is not a mapping of settings")
     return doc
 
 
-def _load_data(task: Task, spec: str | None, exclude: AbstractSet[str] = frozenset()) -> Dataset:
-    return task.load_data(data_path(spec, exclude=exclude))
+def _load_data(task: Task, spec: str | None, exclude: AbstractSet[str] = frozenset()) -> Any:
+    """The task's ``load_data`` of the data ``spec`` names; it must have samples (len)."""
+    data = call_task("load_data", task.load_data, data_path(spec, exclude=exclude))
+    sample_count(data, "load_data")
+    return data
 
 
 def _write_ready(path: Path | None, doc: dict[str, Any]) -> None:
@@ -149,12 +163,12 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     require_measured("--test", opts.test, code=False)
     ident = WorkloadIdentity.from_env()
     task, validation, test = _aggregator_sources(opts)
-    reset_from = None
     policy = ident.policy_document()
     config = FederationConfig.parse(policy.federation)
     me = policy.service(ident.service)
     if me is None or me.role not in ("aggregator", "any"):
         raise FlError(f"policy: service '{ident.service}' is not an aggregator")
+    _warn_output(ident, opts)
     peers = PeerPolicy(
         policy=ident.policy,
         services=_role_services(policy, "collaborator", "any") - {ident.service},
@@ -169,14 +183,10 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
         ledger, directory=opts.checkpoints, key=ckpt_key, policy_digest=ident.policy_digest,
         keep=config.checkpoint_keep,
     )  # fmt: skip
-    reset_file = opts.reset or (opts.checkpoints / RESET_FILE if opts.checkpoints else None)
-    if reset_file is not None and reset_file.exists():
-        from secfl.fl._reset import check_reset
-
-        reset_from = check_reset(reset_file, policy, ident.policy_digest, config.counter)
-        log.warning("the board approved a reset at counter %d (%s)", reset_from, reset_file)
+    reset = _pending_reset(opts, policy, ident.policy_digest, config.counter, ledger)
 
     def refresh() -> None:
+        _check_current(ident)
         if ident.renew():
             server.rotate(ident.creds)
         peers.revoked = ident.revoked()
@@ -189,11 +199,60 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
         except SecflError as exc:  # the round goes on; the metrics file has it too
             log.warning("could not report the audit's finding to the SPM: %s", exc)
 
+    # each committed round goes to the SPM's audit log too (`secfl status` shows it)
+    progress = round_reporter(
+        lambda event, detail: ident.spm().report(ident.policy, event, detail, ident.token()),
+        log.warning, metric=config.objective.metric, mode=config.objective.mode,
+        run=config.run, policy_version=policy.version,
+    )  # fmt: skip
     agg = Aggregator(task, config, server, Signer(ident.policy_digest, key), commit,
                      validation, test, opts.metrics, refresh=refresh,
-                     on_exclusion=report)  # fmt: skip
-    agg.reset_from = reset_from
+                     on_round=progress, on_exclusion=report, reset=reset,
+                     run_label=run_label(config.run, policy.version, ident.policy_digest),
+                     )  # fmt: skip
     return agg, ident
+
+
+def _pending_reset(
+    opts: AggregatorOptions, policy: Policy, policy_digest: str, counter: str, ledger: SpmLedger
+) -> ApprovedReset | None:
+    """The board's reset in ``--reset`` or the checkpoint folder, if it applies now (a
+    used one is set aside: :func:`secfl.fl._reset.pending_reset`)."""
+    path = opts.reset or (opts.checkpoints / RESET_FILE if opts.checkpoints else None)
+    if path is None or not path.exists():
+        return None
+    reset = pending_reset(path, policy, policy_digest, counter, ledger.current())
+    if reset is not None:
+        log.warning("the board approved a reset at counter %d (%s)", reset.value, path)
+    return reset
+
+
+def _check_current(ident: WorkloadIdentity) -> None:
+    """Stop between rounds once the board approved a new policy version: it is a new
+    run, which the aggregator started again under it begins (no reset needed)."""
+    current = ident.spm().policy(ident.policy).get("digest")
+    if current != ident.policy_digest:
+        raise FlError(
+            f"policy: the board approved a new version of '{ident.policy}': this run "
+            "stops here; start the aggregator again with `secfl run` to begin the new run"
+        )
+
+
+def _warn_output(ident: WorkloadIdentity, opts: AggregatorOptions) -> None:
+    """Say at start, not after the last round, when nobody will be able to open the
+    final model, or when it will not be written out."""
+    from secfl.fl._policy_check import OUTPUT_KEY_WARNING
+
+    if ident.secret_file(OUTPUT_KEY, opts.output_key, required=False) is None:
+        log.warning(OUTPUT_KEY_WARNING.format(service=ident.service, file=OUTPUT_KEY))
+    elif opts.output is None:
+        log.warning(
+            "output: no output folder (SECFL_OUTPUT or --output): the final model will not "
+            "be written out, only kept in the sealed checkpoints in %s",
+            opts.checkpoints,
+        )
+    else:
+        log.info("output: the final model will be sealed to the output key in %s", opts.output)
 
 
 def _aggregator_sources(opts: AggregatorOptions) -> tuple[Task, Dataset | None, Dataset | None]:
@@ -205,18 +264,55 @@ def _aggregator_sources(opts: AggregatorOptions) -> tuple[Task, Dataset | None, 
 
 
 def run_aggregator(opts: AggregatorOptions) -> Params:
-    """Build, listen, train every round, write the output; returns the final model."""
-    agg, ident = build_aggregator(opts)
-    port = agg.start(opts.listen)
-    log.info("listening on port %d", port)
-    _write_ready(opts.ready_file, {"port": port, "pid": os.getpid()})
+    """Build, listen, train every round, write the output; returns the final model.
+
+    Ctrl-C (SIGINT) stops it between two instructions: the rounds already sealed
+    stay sealed, and one line says which round a restart resumes with."""
+    with interrupt_once():
+        try:
+            agg, ident = build_aggregator(opts)
+        except KeyboardInterrupt:
+            log.warning("stopped before training began: start the aggregator again")
+            raise
+        try:
+            port = agg.start(opts.listen)
+            log.info("listening on port %d", port)
+            _write_ready(opts.ready_file, {"port": port, "pid": os.getpid()})
+            params = agg.run()
+            if opts.output is not None:
+                write_output(agg, opts, params, ident)
+        except KeyboardInterrupt:
+            log.warning("stopped: %s", agg.resume_hint())
+            raise
+        finally:
+            agg.server.stop(grace=2.0)
+        return params
+
+
+@contextlib.contextmanager
+def interrupt_once() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt once, then is ignored while the workload shuts
+    down: a Ctrl-C reaches it twice (from the terminal, and forwarded by `secfl run`),
+    and the second must not cut the clean stop short. Only in the main thread, and
+    not when SIGINT was ignored when the workload started (its parent's choice)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+
+    def first(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
     try:
-        params = agg.run()
-        if opts.output is not None:
-            write_output(agg, opts, params, ident)
-    finally:
-        agg.server.stop(grace=2.0)
-    return params
+        yield
+    except KeyboardInterrupt:
+        raise  # SIGINT stays ignored until the process exits
+    except BaseException:
+        signal.signal(signal.SIGINT, previous)
+        raise
+    signal.signal(signal.SIGINT, previous)
 
 
 def write_output(
@@ -226,7 +322,15 @@ def write_output(
     sealed with the policy's output key (only holders of that key can read it)."""
     assert opts.output is not None
     opts.output.mkdir(parents=True, exist_ok=True)
-    data = to_bytes(params, metadata={"rounds": str(agg.config.rounds)})
+    # the final model is the last round's; the metadata names the best round by the
+    # policy's objective (and its value), for the model owner to choose
+    summary = agg.scores.summary()
+    data = to_bytes(params, metadata={"rounds": str(agg.config.rounds), **summary})
+    if "best_round" in summary:
+        log.info(
+            "final model: round %d; best round by %s: %s (%s)", agg.config.rounds,
+            summary["objective"], summary["best_round"], summary["best_objective"],
+        )  # fmt: skip
     if ident is None:
         path = opts.output / "model.safetensors"
         path.write_bytes(data)
@@ -267,7 +371,8 @@ def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
         return Collaborator(
             task, data,
             lambda: Client(opts.aggregator, None, server_name="", name=name),
-            ModelGate(None, INSECURE), patience=opts.patience,
+            ModelGate(None, INSECURE),
+            patience=opts.patience or FederationConfig().join_patience,
         )  # fmt: skip
     require_measured("--task", opts.task, code=True)
     require_measured("--data", opts.data, code=False)
@@ -283,15 +388,26 @@ def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
         service = names[0]
     key = load_public_key(ident.secret_file(VERIFY_KEY, opts.verify_key))
     # the federation's newest committed model, from the SPM: no older one is accepted
-    counter = FederationConfig.parse(policy.federation).counter
-    floor = ident.spm().counter(ident.policy, counter)
+    config = FederationConfig.parse(policy.federation)
+    floor = ident.spm().counter(ident.policy, config.counter)
+
+    def policy_changed() -> bool:
+        return ident.spm().policy(ident.policy).get("digest") != ident.policy_digest
+
     return Collaborator(
         task, data,
         lambda: Client(opts.aggregator, ident.creds, server_name=service),
         ModelGate(key, ident.policy_digest, floor=floor), renew=ident.renew,
-        patience=opts.patience,
+        patience=opts.patience or config.join_patience, policy_changed=policy_changed,
     )  # fmt: skip
 
 
 def run_collaborator(opts: CollaboratorOptions) -> list[dict[str, Any]]:
-    return build_collaborator(opts).run()
+    """Join, train when sampled, until the federation is done (Ctrl-C: one line)."""
+    with interrupt_once():
+        collaborator = build_collaborator(opts)
+        try:
+            return collaborator.run()
+        except KeyboardInterrupt:
+            log.warning("stopped: start the collaborator again with the same command to rejoin")
+            raise

@@ -4,12 +4,16 @@ clones on the validation data, FLTrust trains a root update on it."""
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from secfl.errors import TaskError
 from secfl.fl._tensors import load_arrays, state_dict_arrays
 from secfl.fl.strategies._base import Params, Strategy
+from secfl.tasks._contract import call_task
 
 __all__ = ["wire_strategy"]
 
@@ -40,7 +44,11 @@ def _scorer(task: Any, validation: Any) -> Any:
         at every stage of training (the audit's ``tolerance`` is in these units); a
         wrecked model's loss in the thousands stays a few units, not a few thousand."""
         load_arrays(model, params)
-        loss = float(task.evaluate(model, validation)["loss"])
+        scores = call_task("evaluate", task.evaluate, model, validation)
+        value = scores.get("loss") if isinstance(scores, Mapping) else None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TaskError("evaluate: returned no numeric 'loss', which the audit scores by")
+        loss = float(value)  # a wrecked model's loss may be infinite: it scores lowest
         return -math.log(min(max(loss, 1e-9), 1e9)) if math.isfinite(loss) else -math.log(1e9)
 
     return score
@@ -58,6 +66,11 @@ def _root_update(task: Any, validation: Any, train: dict[str, Any], seed: int) -
             pick = np.random.default_rng([seed, round, 17]).choice(
                 len(validation), size=samples, replace=False
             )
+            if not callable(getattr(validation, "subset", None)):
+                raise TaskError(
+                    "fltrust: the validation data has no subset(indices) to draw the root "
+                    "data from; give load_data's result one (built-in tasks' data has it)"
+                )
             data = validation.subset(np.sort(pick))
         load_arrays(model, params)
         task.train(model, data, {**train, "seed": seed * 7919 + round})

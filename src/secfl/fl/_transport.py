@@ -43,6 +43,7 @@ __all__ = [
     "INSECURE_NAME",
     "INSECURE_WARNING",
     "MESSAGE_LIMIT",
+    "RECONNECT_OPTIONS",
     "SERVICE",
     "Client",
     "Credentials",
@@ -64,6 +65,15 @@ SERVICE = "secfl.fl.Federation"
 CHUNK_SIZE = 1 << 20  # the size tensors.chunks streams in
 #: gRPC's per-message limit, kept just above one chunk: large data must stream.
 MESSAGE_LIMIT = CHUNK_SIZE + (64 << 10)
+#: How soon a channel tries to connect again after a failure. gRPC's own backoff
+#: grows to two minutes, so a collaborator waiting for an aggregator that is not up
+#: yet would join long after it came up; capped at 2 s, it joins within about that
+#: (one attempt a second or two: no hammering).
+RECONNECT_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
 #: Metadata key naming the caller in --insecure mode (unauthenticated).
 INSECURE_NAME = "secfl-insecure-peer"
 INSECURE_WARNING = (
@@ -289,6 +299,7 @@ class Client:
         options = [
             ("grpc.max_receive_message_length", MESSAGE_LIMIT),
             ("grpc.max_send_message_length", MESSAGE_LIMIT),
+            *RECONNECT_OPTIONS,
         ]
         self._metadata: tuple[tuple[str, str], ...] | None = None
         if creds is None:

@@ -28,6 +28,7 @@ import base64
 import contextlib
 import os
 import runpy
+import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,12 +43,12 @@ from secfl.launcher._inject import (
     substitute,
     write_private,
 )
-from secfl.launcher._measurement import resolve_program, run_measurement
+from secfl.launcher._measurement import describe_measured, resolve_program, run_measurement
 from secfl.launcher._private import PrivateDir
-from secfl.launcher._process import exit_status, harden, run_program
+from secfl.launcher._process import accept_interrupts, exit_status, harden, run_program
 from secfl.policy._model import Policy, Service, VolumeSpec
 from secfl.shield import Volume, VolumeImporter, load_key, peek_tag
-from secfl.spm.client import SpmClient
+from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import Enrollment, enroll
 from secfl.tee._platforms import platform_by_name
 
@@ -119,6 +120,7 @@ def prepare(req: RunRequest) -> Launch:
         raise LaunchError("run: no program given (secfl run ... -- PROGRAM ARGS)")
     check_public_args(req.argv, "argument")  # before the SPM is even asked
     harden()
+    accept_interrupts()
     private = PrivateDir.create()
     volumes: dict[str, Volume] = {}
     try:
@@ -135,7 +137,10 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         policy = Policy.model_validate_json(client.policy(req.policy)["document"])
         service = policy.service(req.service)
         if service is None:
-            raise LaunchError(f"policy: '{req.policy}' has no service '{req.service}'")
+            raise LaunchError(
+                f"policy: '{req.policy}' has no service '{req.service}' "
+                f"(its services: {policy.service_list()})"
+            )
         missing = [v for v in service.volumes if v not in req.volumes]
         if missing:
             raise LaunchError(
@@ -144,7 +149,10 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             )
         extra = sorted(set(req.volumes) - set(service.volumes))
         if extra:
-            raise LaunchError(f"volume: '{extra[0]}' is not a volume of service '{req.service}'")
+            raise LaunchError(
+                f"volume: '{extra[0]}' is not a volume of service '{req.service}' "
+                f"(its volumes: {', '.join(service.volumes) or 'none'})"
+            )
         for name in service.inject.env:
             check_env_name(name)
         check_public_args(service.inject.args, "policy argument")
@@ -156,12 +164,27 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         }
 
         tee = platform_by_name(req.platform, sim_dir=req.sim_dir)
-        measurement = None
+        measurement = program = None
+        shown = ["-m", req.module, *req.argv] if req.module else req.argv
         if tee.name == "simulated":
             program = None if req.module else resolve_program(req.argv[0])
-            shown = ["-m", req.module, *req.argv] if req.module else req.argv
             measurement = run_measurement(program, shown, code_tags)
-        enrollment = enroll(client, tee, req.policy, req.service, measurement=measurement)
+        try:
+            enrollment = enroll(client, tee, req.policy, req.service, measurement=measurement)
+        except SpmRefused as exc:
+            if not str(exc).startswith("measurement:"):
+                raise
+            _show_measured(service, tee.name, program, shown, code_tags, measurement)
+            other = _other_release(policy, code_tags, req.volumes)
+            raise LaunchError(
+                f"{exc}; "
+                + (
+                    other
+                    or "what secfl run measured is shown above: compare it with what the "
+                    "policy's measurement was computed from (the comments `secfl policy init` "
+                    "writes next to it, or `secfl measure --for-run`)"
+                )
+            ) from None
 
         for name in service.volumes:
             volumes[name] = _open_volume(
@@ -181,6 +204,47 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             text = substitute(content, enrollment, f"file {path}")
             write_private(files, plan[path], text.encode())
     return Launch(args, env, private, volumes, enrollment, req.module)
+
+
+def _other_release(
+    policy: Policy, tags: Mapping[str, str], files: Mapping[str, Path]
+) -> str | None:
+    """Why the SPM refused, in plain words, when a code volume is not the release the
+    policy pins. Said only after the SPM refused: the refusal itself is the SPM's (and
+    in its audit log), never a check the host's own launcher could skip."""
+    for name, tag in tags.items():
+        pinned = _volume_spec(policy, name).tag
+        if pinned is not None and tag != pinned:
+            return (
+                f"code volume '{name}' ({files[name]}) has tag {tag[:16]}..., the policy pins "
+                f"{pinned[:16]}...: this is another release of the code than the board approved"
+            )
+    return None
+
+
+def _show_measured(
+    service: Service,
+    kind: str,
+    program: Path | None,
+    argv: Sequence[str],
+    code_tags: Mapping[str, str],
+    measurement: str | None,
+) -> None:
+    """When the SPM refuses the measurement: what this launcher measured, in the form
+    ``secfl policy init`` writes next to the measurements it pins, and what the policy
+    accepts, so that a changed address, path or install shows at once."""
+    lines = [f"the SPM refused the measurement of service '{service.name}'; secfl run measured:"]
+    if measurement is None:
+        lines.append(f"  the {kind} TEE measured this machine's image, started with")
+        lines.append(f"  command:      {shlex.join(argv)}")
+    else:
+        lines += [f"  {line}" for line in describe_measured(program, argv, code_tags)]
+        lines.append(f"  measurement:  {measurement}")
+    accepted = [e for k, entries in service.measurements.items() if k == kind for e in entries]
+    shown = ", ".join(str(a) for a in accepted[:8]) + (" ..." if len(accepted) > 8 else "")
+    lines.append(f"  the policy accepts ({kind}): {shown or 'nothing'}")
+    sys.stderr.write("".join(f"secfl run: {line}\n" for line in lines))
+    sys.stderr.flush()
 
 
 def _volume_spec(policy: Policy, name: str) -> VolumeSpec:
@@ -248,7 +312,8 @@ def _check_fresh(
         return
     raise LaunchError(
         f"rollback: volume '{name}' is version {version}, but version {state['version']} "
-        "was already recorded: refusing an older (or altered) release"
+        "was already recorded: refusing an older (or altered) release; give its newest "
+        f"release (version {state['version']} or later)"
     )
 
 

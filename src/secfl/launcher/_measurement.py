@@ -17,6 +17,7 @@ or to the command line changes it.
 from __future__ import annotations
 
 import hashlib
+import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from secfl.tee._measure import manifest
 
 __all__ = [
     "FORMAT",
+    "describe_measured",
     "resolve_program",
     "run_measurement",
 ]
@@ -59,3 +61,24 @@ def run_measurement(
         "code_volumes": {name: tag.lower() for name, tag in sorted(code_volumes.items())},
     }
     return hashlib.sha384(canonical_json(doc)).hexdigest()
+
+
+def describe_measured(
+    program: Path | None, argv: Sequence[str], code_volumes: Mapping[str, str]
+) -> list[str]:
+    """What :func:`run_measurement` covers, as lines a person compares: the program
+    file (its path, digest and mode), the command line (shell-quoted), the code volumes'
+    tags. ``secfl run`` prints them when the SPM refuses its measurement, and ``secfl
+    policy init`` writes them next to the measurements it pins, in the same form."""
+    lines = []
+    if program is None:
+        lines.append("program:      none (a --module run from the code volumes)")
+    else:
+        entry = manifest([program])["entries"][0]
+        lines.append(
+            f"program:      {program} (sha256 {entry.get('sha256', '?')}, mode {entry['mode']})"
+        )
+    lines.append(f"command:      {shlex.join(argv)}")
+    volumes = ", ".join(f"{n}={t.lower()}" for n, t in sorted(code_volumes.items()))
+    lines.append(f"code volumes: {volumes or 'none'}")
+    return lines

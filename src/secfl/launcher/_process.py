@@ -8,7 +8,12 @@
   if the launcher dies (even of ``kill -9``) the kernel kills the program, which
   therefore never runs unsupervised. The signal follows the death of the *thread*
   that forked, so the program is started from the calling (main) thread. The
-  launcher forwards the usual termination and user signals to it.
+  launcher forwards the usual termination and user signals to it. It handles them
+  from *before* the fork: the kernel resets handled signals to their default
+  action at ``exec``, whereas an ignored one stays ignored. A shell starts a
+  background job (``secfl run ... &``) with SIGINT and SIGQUIT ignored, and a
+  program that inherited that would shrug off the forwarded ``kill -INT``. SIGHUP
+  ignored by ``nohup`` stays ignored, as ``nohup`` intends.
 * :func:`exit_status` passes the program's end through as a shell does: its exit
   code, or ``128 + N`` when signal N killed it. The launcher never re-raises the
   signal on itself (which dumped a core of the launcher before, and cannot be
@@ -24,6 +29,7 @@ import os
 import resource
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 from secfl.errors import LaunchError
@@ -31,6 +37,7 @@ from secfl.launcher import _linux as linux
 
 __all__ = [
     "FORWARDED",
+    "accept_interrupts",
     "exit_status",
     "harden",
     "run_program",
@@ -59,6 +66,17 @@ def harden() -> None:
             raise LaunchError(f"harden: cannot make the launcher non-dumpable: {exc}") from None
 
 
+def accept_interrupts() -> None:
+    """Let SIGINT stop the launcher (KeyboardInterrupt, exit 130) even when it was
+    started ignoring it, as a shell starts a background job: whoever sends SIGINT
+    to ``secfl run`` means it. Only the main thread may set handlers."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _die_with(parent: int) -> Callable[[], None]:
     """What the child runs between fork and exec: die when ``parent`` dies."""
 
@@ -73,25 +91,44 @@ def _die_with(parent: int) -> Callable[[], None]:
 def run_program(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Run ``argv`` to its end, forwarding signals; its ``returncode`` (negative: signal)."""
     preexec = _die_with(os.getpid()) if linux.available() else None
-    try:
-        proc = subprocess.Popen(list(argv), env=dict(env), preexec_fn=preexec)
-    except OSError as exc:
-        raise LaunchError(f"run: cannot start '{argv[0]}': {exc.strerror or exc}") from None
-    except subprocess.SubprocessError as exc:
-        raise LaunchError(f"run: cannot start '{argv[0]}': {exc}") from None
+    forward = _Forwarder()
     previous = {}
     for sig in FORWARDED:
-        previous[sig] = signal.signal(sig, lambda signum, _frame: _forward(proc, signum))
+        if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # nohup: a hangup is not meant to stop anything
+        previous[sig] = signal.signal(sig, forward)
     try:
+        try:
+            proc = subprocess.Popen(list(argv), env=dict(env), preexec_fn=preexec)
+        except OSError as exc:
+            raise LaunchError(f"run: cannot start '{argv[0]}': {exc.strerror or exc}") from None
+        except subprocess.SubprocessError as exc:
+            raise LaunchError(f"run: cannot start '{argv[0]}': {exc}") from None
+        forward.attach(proc)
         return proc.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _forward(proc: subprocess.Popen[bytes], signum: int) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signum)
+class _Forwarder:
+    """The launcher's handler of the forwarded signals: each goes to the program; one
+    that arrives while the program is being started is sent once it exists."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pending: list[int] = []
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.proc is None:
+            self.pending.append(signum)
+        elif self.proc.returncode is None:
+            self.proc.send_signal(signum)
+
+    def attach(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        while self.pending:
+            self(self.pending.pop(0), None)
 
 
 def exit_status(code: int) -> int:

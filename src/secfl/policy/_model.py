@@ -424,6 +424,13 @@ class Policy(_Strict):
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)
 
+    def service_list(self, limit: int = 20) -> str:
+        """The service names for a message ("has no service 'x' (its services: ...)"),
+        at most ``limit`` of them."""
+        names = [s.name for s in self.services]
+        more = f" and {len(names) - limit} more" if len(names) > limit else ""
+        return ", ".join(names[:limit]) + more
+
     def secret(self, name: str) -> Secret | None:
         return next((s for s in self.secrets if s.name == name), None)
 

@@ -41,6 +41,7 @@ __all__ = [
     "REVOCATION_DOMAIN",
     "Signature",
     "check_approval",
+    "check_signer",
     "sign_policy",
     "sign_statement",
     "statement",
@@ -172,6 +173,31 @@ def verify_statement(
 def sign_policy(policy: Policy, key_pem: keys.PrivateKey | bytes | str, member: str) -> Signature:
     """Approve ``policy`` as board member ``member``: a signature over its digest."""
     return sign_statement(POLICY_DOMAIN, digest(policy), key_pem, member)
+
+
+def check_signer(board: Board, member: str, key: keys.PrivateKey, *, previous: bool) -> None:
+    """Refuse, before signing, to sign as ``member`` with a key that is not that member's
+    on ``board``: such a signature never counts, and the member would find out only when
+    the SPM refuses the version. ``previous`` says whether ``board`` is the version being
+    replaced (``--board``) rather than the policy's own, for the message."""
+    mine = keys.public_pem(key.public_key()).decode()
+    owner = next((m.name for m in board.members if m.public_key == mine), None)
+    listed = next((m for m in board.members if m.name == member), None)
+    which = "the board of the version it replaces" if previous else "this policy's board"
+    if listed is None:
+        names = ", ".join(m.name for m in board.members[:16])
+        hint = f"; this key is {owner}'s: sign as --member {owner}" if owner else ""
+        raise PolicyError(f"sign: '{member}' is not a member of {which} (members: {names}){hint}")
+    if listed.public_key == mine:
+        return
+    whose = f"it is {owner}'s: sign as --member {owner}, or with {member}'s own key" if owner else (
+        f"it is no member's key: sign with {member}'s own key"
+    )  # fmt: skip
+    rotate = "" if previous else (
+        f"; if this version gives {member} a new key, sign with the key of the board it "
+        "replaces and name that version with --board FILE"
+    )  # fmt: skip
+    raise PolicyError(f"sign: this key is not {member}'s key on {which}: {whose}{rotate}")
 
 
 def check_approval(

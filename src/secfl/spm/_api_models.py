@@ -30,6 +30,11 @@ __all__ = [
     "RevocationStatement",
     "RevocationsOut",
     "SignatureIn",
+    "StatusFinding",
+    "StatusOut",
+    "StatusPolicy",
+    "StatusRound",
+    "StatusService",
     "VolumeIn",
     "VolumeOut",
 ]
@@ -153,3 +158,66 @@ class RevocationIn(BaseModel):
 
 class RevocationsOut(BaseModel):
     revocations: list[dict[str, Any]]
+
+
+class StatusPolicy(BaseModel):
+    name: str
+    version: int
+    digest: str
+    accepted_at: str | None = None
+    approvers: list[str] = Field(description="Board members whose signatures approved it")
+    run: int | None = Field(default=None, description="federation.run, if the policy sets it")
+
+
+class StatusRound(BaseModel):
+    """The aggregator's last ``fl.round`` event: the newest committed round."""
+
+    seq: int
+    at: str
+    service: str | None = None
+    round: int | None = None
+    counter: int | None = None
+    attempt: int | None = None
+    participants: int | None = None
+    dropped: int | None = None
+    excluded: int | None = None
+    run: int | None = None
+    policy_version: int | None = None
+    objective: dict[str, Any] | None = None
+
+
+class StatusService(BaseModel):
+    name: str
+    role: str
+    live_sessions: int
+    attested_at: str | None = None
+    attested_version: int | None = None
+    kind: str | None = None
+    measurement: str | None = None
+    refused_at: str | None = None
+    refusal: str | None = None
+
+
+class StatusFinding(BaseModel):
+    """A clone-audit finding: who it left out, and whether it asked for a revocation."""
+
+    seq: int
+    at: str
+    round: int | None = None
+    excluded: list[str]
+    serials: dict[str, str]
+    requested: bool
+    service: str | None = None
+    state: Literal["pending", "revoked", "readmitted"] | None = None
+
+
+class StatusOut(BaseModel):
+    policy: StatusPolicy
+    head_seq: int = Field(description="The audit head this status reflects")
+    scanned: int = Field(description="Audit entries looked at, newest first")
+    complete: bool = Field(description="Whether the scan reached the policy's first version")
+    counters: dict[str, int]
+    round: StatusRound | None = None
+    services: list[StatusService]
+    findings: list[StatusFinding]
+    revocations: int = Field(description="Revocations in force")

@@ -37,12 +37,15 @@ from secfl.spm._api_models import (
     Problem,
     RevocationIn,
     RevocationsOut,
+    StatusOut,
     VolumeIn,
     VolumeOut,
 )
 from secfl.spm._apierrors import SpmApi, http_refusal, validation_message
 from secfl.spm._audit import head_message
+from secfl.spm._events import check_event
 from secfl.spm._service import Spm
+from secfl.spm._status import SCAN_DEFAULT, SCAN_MAX, policy_status
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -154,6 +157,15 @@ def _policy_routes(app: FastAPI, spm: Spm) -> None:
     def revocations(name: PolicyName) -> RevocationsOut:
         return RevocationsOut(revocations=spm.revocations(name))
 
+    @app.get("/v1/policies/{name}/status", responses=ERRORS)
+    def status(
+        name: PolicyName,
+        scan: Annotated[int, Query(ge=1, le=SCAN_MAX)] = SCAN_DEFAULT,
+    ) -> StatusOut:
+        """The policy's state for its board and operators (``secfl status``): open to
+        anyone who can reach the SPM, like the policy and the audit log it comes from."""
+        return StatusOut.model_validate(policy_status(spm, name, scan))
+
 
 def _attestation_routes(app: FastAPI, spm: Spm) -> None:
     """Workload attestation: a nonce, then evidence over it for the release."""
@@ -197,7 +209,9 @@ def _session_routes(app: FastAPI, spm: Spm) -> None:
 
     @app.post("/v1/policies/{name}/events", responses=ERRORS)
     def report(name: PolicyName, body: EventIn, authorization: Authorization = None) -> EventOut:
-        return EventOut(seq=spm.report(_bearer(authorization), name, body.event, dict(body.detail)))
+        token = _bearer(authorization)
+        detail = check_event(body.event, dict(body.detail))
+        return EventOut(seq=spm.report(token, name, body.event, detail))
 
     @app.get("/v1/policies/{name}/counters/{counter}", responses=ERRORS)
     def get_counter(name: PolicyName, counter: PathName) -> CounterOut:

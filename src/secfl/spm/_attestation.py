@@ -107,7 +107,11 @@ class Attestor:
             record, policy = self.policies.get(policy_name)
             detail["policy_version"] = record.version
             if policy.service(service_name) is None:
-                raise Refused(f"policy: '{policy_name}' has no service '{service_name}'", 404)
+                raise Refused(
+                    f"policy: '{policy_name}' has no service '{service_name}' "
+                    f"(its services: {policy.service_list()})",
+                    404,
+                )
             if nonce_state != "ok":
                 raise Refused(f"nonce: the nonce is {nonce_state}")
             claims = check_evidence(policy, evidence, now)
@@ -314,8 +318,12 @@ def check_measurements(
         ):
             return
     mr = next(iter(measurements.values()), "")
+    count = len(service.identities(kind))
+    pins = f"{count} {kind} identit{'y' if count == 1 else 'ies'}"
     raise Refused(
-        f"measurement: {kind} measurement {mr} is not accepted for service '{service_name}'"
+        f"measurement: {kind} measurement {mr} is not accepted for service '{service_name}' "
+        f"of policy '{policy.name}' version {policy.version} (it pins {pins}): the "
+        "program, its command line or its code differ from what the policy pins"
     )
 
 

@@ -1,12 +1,13 @@
-"""What a task is: a model, a shard loader, train and evaluate.
+"""The built-in tasks' building blocks: datasets, feature scaling, and their base class.
 
-A *task* is anything with a ``name`` and the four functions of :class:`Task`; a plain
-Python module delivered in a shielded code volume qualifies as well as an object
-(:func:`secfl.tasks._registry.as_task` checks one). The built-in tasks are supervised
-classifiers and share :class:`ClassificationTask`, which owns the generic parts:
-deterministic model initialisation, shard loading and the training loop. A concrete
-task only says where its raw data comes from, how features are scaled, and which
-network it trains.
+A *task* is anything with a ``name`` and the four functions of
+:class:`~secfl.tasks._contract.Task` (a plain Python module delivered in a shielded
+code volume qualifies as well as an object). The built-in tasks are supervised
+models over arrays and share :class:`ArrayTask`, which owns the generic parts:
+deterministic model initialisation, shard loading and the data checks;
+:class:`ClassificationTask` and :class:`~secfl.tasks._regression.RegressionTask`
+add the loss and metrics. A concrete task only says where its raw data comes from,
+how features are scaled, and which network it trains.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, ClassVar, Protocol, runtime_checkable
+from typing import IO, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from secfl.errors import DivergedError, TaskError
+from secfl.tasks._contract import Task
 
 __all__ = [
     "DEFAULT_MODEL_SEED",
+    "ArrayTask",
     "ClassificationTask",
     "Dataset",
     "DivergedError",
@@ -34,12 +37,13 @@ __all__ = [
     "TaskError",
 ]
 
-#: What :meth:`Task.load_data` reads: a shard file's path, its bytes, or an open
+#: What :meth:`ArrayTask.load_data` reads: a shard file's path (or the path of a
+#: folder holding exactly one shard), its bytes, or an open
 #: binary file (e.g. a :class:`secfl.shield.VolumeFile`) or a ``Traversable``
 #: with ``read_bytes()`` (e.g. a :class:`secfl.shield.VolumePath`).
 ShardSource = str | Path | bytes | bytearray | memoryview | IO[bytes] | Any
 
-#: The default seed of :meth:`ClassificationTask.build_model`: models are always
+#: The default seed of :meth:`ArrayTask.build_model`: models are always
 #: initialised deterministically, so two parties that build one agree bit for bit.
 DEFAULT_MODEL_SEED = 0
 
@@ -57,6 +61,15 @@ class Scaling:
     offset: tuple[float, ...]
     scale: tuple[float, ...]
 
+    @classmethod
+    def standardise(cls, values: np.ndarray) -> Scaling:
+        """Per-feature (per-column) mean and population standard deviation of
+        ``values``; a constant feature is left unscaled (scale 1)."""
+        mean = np.atleast_1d(values.mean(axis=0, dtype=np.float64))
+        std = np.atleast_1d(values.std(axis=0, dtype=np.float64))
+        std = np.where(std > 0, std, 1.0)
+        return cls(offset=tuple(float(v) for v in mean), scale=tuple(float(v) for v in std))
+
     def to_json(self) -> dict[str, list[float]]:
         return {"offset": list(self.offset), "scale": list(self.scale)}
 
@@ -69,7 +82,9 @@ class Scaling:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """One loaded shard: scaled float32 features ``x``, int64 labels ``y``, its metadata.
+    """One loaded shard: scaled float32 features ``x``, targets ``y`` (int64 class labels,
+    or float32 values of a regression, scaled as the metadata's ``target_scaling``
+    says), and its metadata.
 
     Not a ``torch.utils.data.Dataset``: the tensors are held whole (shards are small)
     and batched by the task's deterministic training loop.
@@ -126,41 +141,22 @@ class Dataset:
         return Dataset(self.x, self.y, meta)
 
 
-@runtime_checkable
-class Task(Protocol):
-    """The contract every task meets; a module with these names is a task too."""
+class ArrayTask(ABC):
+    """A supervised model over fixed-shape features, read from secfl shards: the
+    built-in tasks' base (:class:`ClassificationTask`, and
+    :class:`~secfl.tasks._regression.RegressionTask`).
 
-    name: str
-
-    def build_model(self, seed: int | None = None) -> nn.Module:
-        """A fresh model, initialised deterministically from ``seed``."""
-        ...
-
-    def load_data(self, source: ShardSource) -> Dataset:
-        """A validated shard written by :func:`secfl.tasks._split` for this task."""
-        ...
-
-    def train(self, model: nn.Module, data: Dataset, config: Mapping[str, Any]) -> dict[str, float]:
-        """Train ``model`` in place on ``data``; metrics include ``n``, the sample count."""
-        ...
-
-    def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
-        """``loss``, ``accuracy`` and ``n`` of ``model`` on ``data``."""
-        ...
-
-
-class ClassificationTask(ABC):
-    """A supervised classifier over fixed-shape features: the built-in tasks' base.
-
-    Subclasses set the class attributes and implement :meth:`_network`,
-    :meth:`load_pool` and, when features need data-dependent scaling,
-    :meth:`fit_scaling`.
+    It owns the generic parts: deterministic model initialisation, shard loading
+    (a shard file, or a folder holding exactly one) and the checks of the data a
+    call gets. Subclasses set the class attributes and implement :meth:`_network`,
+    :meth:`load_pool`, :meth:`_fit` and :meth:`_score` and, when features need
+    data-dependent scaling, :meth:`fit_scaling`.
     """
 
-    #: The registry name (``digits``, ``breast-cancer``, ``fashion-mnist``).
+    #: The registry name (``digits``, ``diabetes``...).
     name: str
-    #: Labels are ``0 .. num_classes - 1``.
-    num_classes: int
+    #: What a shard's ``y`` holds: ``class`` labels (int64) or ``value`` targets (float).
+    target: ClassVar[str]
     #: The shape of one sample's features, as stored and as the model takes it.
     feature_shape: tuple[int, ...]
     #: How raw features are stored in a shard (``uint8`` for pixels keeps shards small).
@@ -176,7 +172,7 @@ class ClassificationTask(ABC):
 
     @abstractmethod
     def load_pool(self) -> tuple[np.ndarray, np.ndarray]:
-        """All raw samples ``(x in storage_dtype, y int64)`` that a split partitions.
+        """All raw samples ``(x in storage_dtype, y)`` that a split partitions.
 
         Read from local files only (sklearn's bundled data, a Debian package): nothing
         is ever downloaded. A missing dataset is a :class:`TaskError` saying how to
@@ -187,6 +183,14 @@ class ClassificationTask(ABC):
         """The scaling for every shard, from the training samples only (default: none)."""
         del x_train
         return Scaling(offset=(0.0,), scale=(1.0,))
+
+    @abstractmethod
+    def _fit(self, model: nn.Module, data: Dataset, config: Mapping[str, Any]) -> dict[str, float]:
+        """Train in place (``config``: the task's defaults under the round's)."""
+
+    @abstractmethod
+    def _score(self, model: nn.Module, data: Dataset) -> dict[str, float]:
+        """The evaluation metrics."""
 
     # -- the Task contract ----------------------------------------------------------
 
@@ -202,24 +206,21 @@ class ClassificationTask(ABC):
         return model.float()
 
     def load_data(self, source: ShardSource) -> Dataset:
-        """Read and validate a shard of this task (path, bytes or file object)."""
+        """Read and validate a shard of this task: a shard file, a folder holding exactly
+        one (a data volume), its bytes or a binary file object."""
         from secfl.tasks._shards import load_shard
 
         return load_shard(source, task=self.name)
 
     def train(self, model: nn.Module, data: Dataset, config: Mapping[str, Any]) -> dict[str, float]:
-        """Deterministic minibatch SGD; see :func:`secfl.tasks._training.train_classifier`."""
-        from secfl.tasks._training import train_classifier
-
+        """Deterministic minibatch SGD (:mod:`secfl.tasks._training`); ``loss``, ``n``..."""
         self._check_data(data)
-        return train_classifier(model, data, {**self.default_config, **dict(config)})
+        return self._fit(model, data, {**self.default_config, **dict(config)})
 
     def evaluate(self, model: nn.Module, data: Dataset) -> dict[str, float]:
-        """Mean cross-entropy ``loss``, ``accuracy`` and ``n`` on ``data``."""
-        from secfl.tasks._training import evaluate_classifier
-
+        """The task's metrics of ``model`` on ``data`` (``loss`` and ``n`` among them)."""
         self._check_data(data)
-        return evaluate_classifier(model, data)
+        return self._score(model, data)
 
     def _check_data(self, data: Dataset) -> None:
         if not isinstance(data, Dataset):
@@ -231,9 +232,33 @@ class ClassificationTask(ABC):
                 f"{self.name}: features of shape {tuple(data.x.shape[1:])}, "
                 f"expected {self.feature_shape}"
             )
+        if data.y.is_floating_point() != (self.target == "value"):
+            kind = "float targets" if data.y.is_floating_point() else "class labels"
+            raise TaskError(f"{self.name}: the data holds {kind}, not this task's")
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
+
+
+class ClassificationTask(ArrayTask):
+    """A supervised classifier over fixed-shape features (cross-entropy; ``loss``,
+    ``accuracy`` and ``n``); subclasses also set ``num_classes``."""
+
+    target = "class"
+    #: Labels are ``0 .. num_classes - 1``.
+    num_classes: int
+
+    def _fit(self, model: nn.Module, data: Dataset, config: Mapping[str, Any]) -> dict[str, float]:
+        """See :func:`secfl.tasks._training.train_classifier`."""
+        from secfl.tasks._training import train_classifier
+
+        return train_classifier(model, data, config)
+
+    def _score(self, model: nn.Module, data: Dataset) -> dict[str, float]:
+        """Mean cross-entropy ``loss``, ``accuracy`` and ``n``."""
+        from secfl.tasks._training import evaluate_classifier
+
+        return evaluate_classifier(model, data)
 
 
 def _check_seed(seed: Any, what: str) -> int:

@@ -52,10 +52,7 @@ class BreastCancerTask(ClassificationTask):
 
     def fit_scaling(self, x_train: np.ndarray) -> Scaling:
         """Per-feature mean and (population) standard deviation of the training samples."""
-        mean = x_train.mean(axis=0, dtype=np.float64)
-        std = x_train.std(axis=0, dtype=np.float64)
-        std = np.where(std > 0, std, 1.0)  # a constant feature is left unscaled
-        return Scaling(offset=tuple(float(v) for v in mean), scale=tuple(float(v) for v in std))
+        return Scaling.standardise(x_train)
 
 
 TASK = BreastCancerTask()

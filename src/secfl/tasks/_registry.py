@@ -1,4 +1,4 @@
-"""Task names → tasks: the three built-in ones, and a check for a task delivered as code."""
+"""Task names → tasks: the built-in ones, and a check for a task delivered as code."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import importlib
 from typing import Any
 
 from secfl.errors import TaskError
-from secfl.tasks._base import ClassificationTask, Task
+from secfl.tasks._base import ArrayTask
+from secfl.tasks._contract import Task
 
 __all__ = [
     "BUILTIN",
@@ -21,6 +22,7 @@ BUILTIN = {
     "digits": "secfl.tasks._digits",
     "breast-cancer": "secfl.tasks._breast_cancer",
     "fashion-mnist": "secfl.tasks._fashion_mnist",
+    "diabetes": "secfl.tasks._diabetes",
 }
 _REQUIRED = ("build_model", "load_data", "train", "evaluate")
 
@@ -30,17 +32,17 @@ def task_names() -> list[str]:
     return sorted(BUILTIN)
 
 
-def builtin_task(name: str) -> ClassificationTask | None:
+def builtin_task(name: str) -> ArrayTask | None:
     """The built-in task of that name, or ``None``."""
     module = BUILTIN.get(name)
     if module is None:
         return None
     task = importlib.import_module(module).TASK
-    assert isinstance(task, ClassificationTask)
+    assert isinstance(task, ArrayTask)
     return task
 
 
-def get_task(name: str) -> ClassificationTask:
+def get_task(name: str) -> ArrayTask:
     """The built-in task ``name``; an unknown name is a :class:`TaskError` listing them."""
     task = builtin_task(name)
     if task is None:

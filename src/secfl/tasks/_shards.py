@@ -1,7 +1,7 @@
 """The shard file: one safetensors file per collaborator, validation set or test set.
 
 A shard holds two tensors, ``x`` (raw features in the task's storage dtype) and
-``y`` (int64 labels), and one metadata entry, ``secfl.shard``, whose value is the
+``y`` (the targets), and one metadata entry, ``secfl.shard``, whose value is the
 canonical JSON (sorted keys, no spaces) of::
 
     format         "secfl-shard/1"
@@ -10,8 +10,6 @@ canonical JSON (sorted keys, no spaces) of::
     index          the collaborator's number (client shards), else null
     clients        how many client shards the split made
     samples        len(x) == len(y)
-    num_classes    labels are 0 .. num_classes - 1
-    label_counts   samples per label
     feature_shape  x.shape[1:]
     storage_dtype  x's dtype, e.g. "uint8", "float32"
     scaling        {"offset": [...], "scale": [...]}: x is scaled as (x - offset) / scale
@@ -20,11 +18,22 @@ canonical JSON (sorted keys, no spaces) of::
     split          SHA-256 naming the split (task, seed, partition, fractions, scaling)
     x_sha256       SHA-256 of x's bytes, y_sha256 of y's: a flipped bit is refused
 
+and, for a classification (``y``: int64 labels), ::
+
+    num_classes    labels are 0 .. num_classes - 1
+    label_counts   samples per label
+
+or, for a regression (``y``: float32 values), ::
+
+    target          "value"
+    target_scaling  {"offset": [m], "scale": [s]}: y is scaled as (y - m) / s
+
 Why one metadata key: safetensors writes its metadata map in hash order, so several
 keys would make equal splits differ byte for byte; one key keeps files identical.
 Never pickle: the reader parses the header itself and lets safetensors decode the
 tensors. Authenticity is the shielded volume's job; these checks catch mistakes,
-corruption and a shard of the wrong task.
+corruption and a shard of the wrong task. Wherever a shard is read from a path, the
+path may also be a folder holding exactly one ``.safetensors`` file (a data volume).
 """
 
 from __future__ import annotations
@@ -43,7 +52,7 @@ import torch
 from secfl._internal import files
 from secfl._internal.canonical import canonical_json as _canonical_json
 from secfl.errors import TaskError
-from secfl.tasks._base import ClassificationTask, Dataset, Scaling, ShardSource
+from secfl.tasks._base import ArrayTask, Dataset, Scaling, ShardSource
 
 __all__ = [
     "FORMAT",
@@ -56,7 +65,9 @@ __all__ = [
     "load_shard",
     "read_bytes",
     "read_shard",
+    "shard_file",
     "shard_meta",
+    "target_kind",
     "write_shard",
 ]
 
@@ -66,7 +77,7 @@ ROLES = ("client", "validation", "test")
 #: A shard header larger than this is refused before it is parsed.
 MAX_HEADER = 1 << 20
 _STORAGE_DTYPES = {"uint8": np.uint8, "float32": np.float32, "float64": np.float64}
-_META_KEYS = frozenset(
+_COMMON_KEYS = frozenset(
     {
         "format",
         "task",
@@ -74,8 +85,6 @@ _META_KEYS = frozenset(
         "index",
         "clients",
         "samples",
-        "num_classes",
-        "label_counts",
         "feature_shape",
         "storage_dtype",
         "scaling",
@@ -86,6 +95,27 @@ _META_KEYS = frozenset(
         "y_sha256",
     }
 )
+#: The metadata keys of a classification shard and of a regression shard.
+_META_KEYS = {
+    "class": _COMMON_KEYS | {"num_classes", "label_counts"},
+    "value": _COMMON_KEYS | {"target", "target_scaling"},
+}
+
+
+def target_kind(meta: Mapping[str, Any]) -> str:
+    """``class`` (labels) or ``value`` (a regression's targets): what a shard's y holds."""
+    return "value" if "target" in meta else "class"
+
+
+def shard_file(folder: Path) -> Path:
+    """The one ``.safetensors`` file in ``folder`` (searched recursively, as a data
+    volume may keep it in a subfolder); none or several is a TaskError."""
+    found = sorted(p for p in folder.rglob("*.safetensors") if p.is_file())
+    if len(found) != 1:
+        raise TaskError(
+            f"source: {folder.name} holds {len(found)} .safetensors files, expected one"
+        )
+    return found[0]
 
 
 def canonical_json(value: Any) -> str:
@@ -107,11 +137,12 @@ def encode_shard(x: np.ndarray, y: np.ndarray, meta: Mapping[str, Any]) -> bytes
     from safetensors.numpy import save
 
     full = dict(meta)
+    y = np.ascontiguousarray(y, dtype=np.int64 if target_kind(full) == "class" else np.float32)
     full["x_sha256"] = array_digest(x)
     full["y_sha256"] = array_digest(y)
     full.setdefault("format", FORMAT)
     _check_meta(full)
-    tensors = {"x": np.ascontiguousarray(x), "y": np.ascontiguousarray(y, dtype=np.int64)}
+    tensors = {"x": np.ascontiguousarray(x), "y": y}
     return save(tensors, metadata={META_KEY: canonical_json(full)})
 
 
@@ -131,8 +162,11 @@ def read_bytes(source: ShardSource) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
     if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if path.is_dir():
+            path = shard_file(path)
         try:
-            return Path(source).read_bytes()
+            return path.read_bytes()
         except OSError as exc:
             raise TaskError(f"cannot read shard '{source}': {exc.strerror or exc}") from None
     read = getattr(source, "read", None)  # a binary file, else a Traversable
@@ -181,8 +215,12 @@ def read_shard(source: ShardSource) -> tuple[np.ndarray, np.ndarray, dict[str, A
     x, y = tensors["x"], tensors["y"]
     if x.dtype != np.dtype(meta["storage_dtype"]):
         raise TaskError(f"shard: x is {x.dtype}, metadata says {meta['storage_dtype']}")
-    if y.dtype != np.int64 or y.ndim != 1:
-        raise TaskError(f"shard: y must be a 1-D int64 tensor, got {y.dtype} {list(y.shape)}")
+    kind = target_kind(meta)
+    want = np.int64 if kind == "class" else np.float32
+    if y.dtype != want or y.ndim != 1:
+        raise TaskError(
+            f"shard: y must be a 1-D {np.dtype(want)} tensor, got {y.dtype} {list(y.shape)}"
+        )
     if x.shape[0] != y.shape[0] or y.shape[0] != meta["samples"]:
         raise TaskError(
             f"shard: {x.shape[0]} features, {y.shape[0]} labels, metadata says {meta['samples']}"
@@ -191,11 +229,14 @@ def read_shard(source: ShardSource) -> tuple[np.ndarray, np.ndarray, dict[str, A
         raise TaskError(f"shard: x has shape {list(x.shape)}, metadata {meta['feature_shape']}")
     if array_digest(x) != meta["x_sha256"] or array_digest(y) != meta["y_sha256"]:
         raise TaskError("shard: tensor digest mismatch (the file was modified or corrupted)")
-    if y.size and (int(y.min()) < 0 or int(y.max()) >= meta["num_classes"]):
-        raise TaskError(f"shard: labels outside 0..{meta['num_classes'] - 1}")
-    counts = np.bincount(y, minlength=meta["num_classes"]).tolist()
-    if counts != meta["label_counts"]:
-        raise TaskError("shard: label counts do not match the metadata")
+    if kind == "class":
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= meta["num_classes"]):
+            raise TaskError(f"shard: labels outside 0..{meta['num_classes'] - 1}")
+        counts = np.bincount(y, minlength=meta["num_classes"]).tolist()
+        if counts != meta["label_counts"]:
+            raise TaskError("shard: label counts do not match the metadata")
+    elif not bool(np.isfinite(y).all()):
+        raise TaskError("shard: targets contain NaN or infinity")
     if x.dtype.kind == "f" and not bool(np.isfinite(x).all()):
         raise TaskError("shard: features contain NaN or infinity")
     return x, y, meta
@@ -220,6 +261,9 @@ def load_shard(source: ShardSource, *, task: str | None = None) -> Dataset:
     if len(scaling.offset) not in (1, x.shape[-1]):
         raise TaskError("shard: scaling does not match the number of features")
     features = torch.from_numpy(scaling.apply(x))
+    if target_kind(meta) == "value":
+        offset, scale = meta["target_scaling"]["offset"], meta["target_scaling"]["scale"]
+        y = Scaling(tuple(offset), tuple(scale)).apply(y)
     return Dataset(features, torch.from_numpy(y.copy()), meta)
 
 
@@ -228,8 +272,11 @@ def shard_meta(source: ShardSource) -> dict[str, Any]:
     return read_shard(source)[2]
 
 
-def _check_against(spec: ClassificationTask, meta: Mapping[str, Any]) -> None:
+def _check_against(spec: ArrayTask, meta: Mapping[str, Any]) -> None:
     name = spec.name
+    if target_kind(meta) != spec.target:
+        held = "class labels" if target_kind(meta) == "class" else "regression targets"
+        raise TaskError(f"shard: {name} is not trained on {held}")
     if tuple(meta["feature_shape"]) != spec.feature_shape:
         raise TaskError(
             f"shard: {name} features have shape {list(spec.feature_shape)}, "
@@ -237,8 +284,11 @@ def _check_against(spec: ClassificationTask, meta: Mapping[str, Any]) -> None:
         )
     if np.dtype(meta["storage_dtype"]) != np.dtype(spec.storage_dtype):
         raise TaskError(f"shard: {name} stores {np.dtype(spec.storage_dtype)} features")
-    if meta["num_classes"] != spec.num_classes:
-        raise TaskError(f"shard: {name} has {spec.num_classes} classes, not {meta['num_classes']}")
+    if spec.target == "class" and meta["num_classes"] != getattr(spec, "num_classes", None):
+        raise TaskError(
+            f"shard: {name} has {getattr(spec, 'num_classes', 0)} classes, "
+            f"not {meta['num_classes']}"
+        )
 
 
 def _refuse_constant(name: str) -> float:
@@ -251,8 +301,11 @@ def _is_int(value: Any) -> bool:
 
 def _check_meta(meta: Mapping[str, Any]) -> None:
     """Every metadata field present, of the right type and range."""
-    missing = sorted(_META_KEYS - set(meta))
-    unknown = sorted(set(meta) - _META_KEYS)
+    if "target" in meta and meta["target"] != "value":
+        raise TaskError(f"shard metadata: target {str(meta['target'])[:20]!r} is not 'value'")
+    kind = target_kind(meta)
+    missing = sorted(_META_KEYS[kind] - set(meta))
+    unknown = sorted(set(meta) - _META_KEYS[kind])
     if missing or unknown:
         raise TaskError(f"shard metadata: missing {missing}, unknown {unknown}")
     if meta["format"] != FORMAT:
@@ -261,25 +314,23 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
         raise TaskError("shard metadata: no task name")
     if meta["role"] not in ROLES:
         raise TaskError(f"shard metadata: role {meta['role']!r} is not one of {', '.join(ROLES)}")
-    for key in ("clients", "samples", "num_classes", "seed"):
+    for key in ("clients", "samples", "seed"):
         if not _is_int(meta[key]) or meta[key] < 0:
             raise TaskError(f"shard metadata: {key} is not a non-negative integer")
-    if meta["samples"] < 1 or meta["num_classes"] < 2 or meta["clients"] < 1:
-        raise TaskError("shard metadata: no samples, fewer than 2 classes or no clients")
+    if meta["samples"] < 1 or meta["clients"] < 1:
+        raise TaskError("shard metadata: no samples or no clients")
     index = meta["index"]
     if meta["role"] == "client":
         if not _is_int(index) or not 0 <= index < meta["clients"]:
             raise TaskError("shard metadata: a client shard needs an index below 'clients'")
     elif index is not None:
         raise TaskError("shard metadata: only client shards have an index")
-    counts = meta["label_counts"]
-    if (
-        not isinstance(counts, list)
-        or len(counts) != meta["num_classes"]
-        or not all(_is_int(c) and c >= 0 for c in counts)
-        or sum(counts) != meta["samples"]
-    ):
-        raise TaskError("shard metadata: label_counts do not add up to the samples")
+    if kind == "class":
+        _check_labels(meta)
+    else:
+        _check_scaling(meta["target_scaling"], "target_scaling")
+        if len(meta["target_scaling"]["offset"]) != 1:
+            raise TaskError("shard metadata: target_scaling holds one offset and one scale")
     shape = meta["feature_shape"]
     if not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape):
         raise TaskError("shard metadata: feature_shape is not a list of positive integers")
@@ -293,9 +344,22 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
             raise TaskError(f"shard metadata: {key} is not a SHA-256 in hex")
 
 
-def _check_scaling(scaling: Any) -> None:
+def _check_labels(meta: Mapping[str, Any]) -> None:
+    if not _is_int(meta["num_classes"]) or meta["num_classes"] < 2:
+        raise TaskError("shard metadata: num_classes is not an integer of at least 2")
+    counts = meta["label_counts"]
+    if (
+        not isinstance(counts, list)
+        or len(counts) != meta["num_classes"]
+        or not all(_is_int(c) and c >= 0 for c in counts)
+        or sum(counts) != meta["samples"]
+    ):
+        raise TaskError("shard metadata: label_counts do not add up to the samples")
+
+
+def _check_scaling(scaling: Any, what: str = "scaling") -> None:
     if not isinstance(scaling, dict) or set(scaling) != {"offset", "scale"}:
-        raise TaskError("shard metadata: scaling needs exactly 'offset' and 'scale'")
+        raise TaskError(f"shard metadata: {what} needs exactly 'offset' and 'scale'")
     offset, scale = scaling["offset"], scaling["scale"]
     for values in (offset, scale):
         if not isinstance(values, list) or not values:

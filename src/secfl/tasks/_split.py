@@ -29,7 +29,8 @@ import numpy as np
 from secfl._internal import files
 from secfl.errors import TaskError
 from secfl.tasks import _partition as part
-from secfl.tasks._base import ClassificationTask, _check_seed
+from secfl.tasks._base import _check_seed
+from secfl.tasks._pool import Pool, pool_of
 from secfl.tasks._registry import get_task
 from secfl.tasks._shards import FORMAT, canonical_json, write_shard
 
@@ -92,6 +93,8 @@ class SplitReport:
     scaling: Mapping[str, list[float]]
     split_id: str
     shards: tuple[ShardSummary, ...] = field(default_factory=tuple)
+    #: A regression's target scaling (``None``: a classification, whose shards count labels).
+    target_scaling: Mapping[str, list[float]] | None = None
 
     @property
     def client_shards(self) -> list[ShardSummary]:
@@ -102,7 +105,9 @@ class SplitReport:
         return self.out / (shard.file if isinstance(shard, ShardSummary) else shard)
 
     def to_json(self) -> dict[str, Any]:
+        extra = {} if self.target_scaling is None else {"target_scaling": self.target_scaling}
         return {
+            **extra,
             "format": MANIFEST_FORMAT,
             "task": self.task,
             "seed": self.seed,
@@ -119,7 +124,7 @@ class SplitReport:
 
 
 def split(
-    task: str,
+    task: str | Any,
     clients: int,
     *,
     iid: bool = True,
@@ -134,7 +139,9 @@ def split(
 ) -> SplitReport:
     """Partition ``task``'s dataset into ``clients`` shards plus validation and test.
 
-    The partition is Dirichlet label skew when ``dirichlet_alpha`` is given, else IID
+    ``task`` is a built-in task's name, or a task object with ``load_pool()`` (see
+    :mod:`secfl.tasks._pool`). The partition is Dirichlet label skew when
+    ``dirichlet_alpha`` is given (classifications only), else IID
     (``iid=False`` without an alpha is refused). ``samples`` first keeps a uniform
     random subset of the dataset (smaller experiments); every client gets at least
     ``min_samples`` training samples. Existing shard files in ``out`` are refused
@@ -143,10 +150,16 @@ def split(
     """
     _check_args(clients, dirichlet_alpha, iid, validation_fraction, test_fraction, min_samples)
     seed = _check_seed(seed, "seed")
-    spec = get_task(task)
-    x, y = spec.load_pool()
+    spec = pool_of(get_task(task) if isinstance(task, str) else task)
+    if spec.kind == "value" and dirichlet_alpha is not None:
+        raise TaskError(
+            f"dirichlet: label skew needs class labels, and {spec.name} is a regression; "
+            "split it IID (leave out --dirichlet)"
+        )
+    x, y = spec.x, spec.y
     rng = np.random.default_rng(seed)
-    train, validation, test = _draw(y, samples, validation_fraction, test_fraction, rng)
+    strata = y if spec.kind == "class" else np.zeros(y.shape[0], dtype=np.int64)
+    train, validation, test = _draw(strata, samples, validation_fraction, test_fraction, rng)
     if train.size < clients * min_samples:
         raise TaskError(
             f"split: {train.size} training samples cannot give {clients} clients "
@@ -154,6 +167,9 @@ def split(
         )
     scaling = spec.fit_scaling(x[train]).to_json()
     partition, parts = _partition(train, y, clients, dirichlet_alpha, min_samples, rng)
+    target: dict[str, Any] = {"num_classes": spec.num_classes}
+    if spec.kind == "value":
+        target = {"target": "value", "target_scaling": spec.fit_target_scaling(y[train]).to_json()}
     params = {
         "format": FORMAT,
         "task": spec.name,
@@ -166,14 +182,16 @@ def split(
         "min_samples": min_samples,
         "scaling": scaling,
     }
+    if spec.kind == "value":
+        params["target_scaling"] = target["target_scaling"]
     split_id = hashlib.sha256(canonical_json(params).encode()).hexdigest()
     folder = _prepare(Path(out), overwrite)
     common = {
         "task": spec.name,
         "clients": clients,
-        "num_classes": spec.num_classes,
+        **target,
         "feature_shape": list(spec.feature_shape),
-        "storage_dtype": str(np.dtype(spec.storage_dtype)),
+        "storage_dtype": str(x.dtype),
         "scaling": scaling,
         "partition": partition,
         "seed": seed,
@@ -201,6 +219,7 @@ def split(
         scaling=scaling,
         split_id=split_id,
         shards=summaries,
+        target_scaling=target.get("target_scaling"),
     )
     _write_manifest(report)
     return report
@@ -241,17 +260,20 @@ def _partition(
 
 def _write_one(
     path: Path,
-    spec: ClassificationTask,
+    spec: Pool,
     x: np.ndarray,
     y: np.ndarray,
     indices: np.ndarray,
     meta: dict[str, Any],
 ) -> ShardSummary:
     """Write the shard of samples ``indices`` (``meta``: everything but the counts)."""
-    counts = np.bincount(y[indices], minlength=spec.num_classes).tolist()
-    meta = {**meta, "samples": int(indices.size), "label_counts": counts}
-    features = np.ascontiguousarray(x[indices], dtype=spec.storage_dtype)
-    digest = write_shard(path, features, y[indices].astype(np.int64), meta)
+    counts: list[int] = []
+    meta = {**meta, "samples": int(indices.size)}
+    if spec.num_classes is not None:
+        counts = np.bincount(y[indices], minlength=spec.num_classes).tolist()
+        meta["label_counts"] = counts
+    features = np.ascontiguousarray(x[indices])
+    digest = write_shard(path, features, y[indices], meta)
     return ShardSummary(
         path.name, meta["role"], meta["index"], int(indices.size), tuple(counts), digest
     )

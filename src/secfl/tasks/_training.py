@@ -1,4 +1,4 @@
-"""The deterministic training and evaluation loop of the built-in classifiers.
+"""The deterministic training and evaluation loop of the built-in tasks.
 
 Reproducibility is a security property here: the paper's claim that a model trained
 inside TEEs equals one trained without them is checked tensor for tensor, and the
@@ -26,7 +26,7 @@ not computed at all, so training is exactly plain training.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -42,10 +42,13 @@ from secfl.tasks._base import Dataset, _check_seed
 __all__ = [
     "EVAL_BATCH",
     "TRAIN_CONFIG_KEYS",
+    "LossFn",
     "TrainConfig",
     "deterministic",
     "evaluate_classifier",
+    "predict",
     "train_classifier",
+    "train_supervised",
 ]
 
 #: Every key a training configuration may hold.
@@ -119,14 +122,24 @@ def deterministic(threads: int = 1) -> Iterator[None]:
         torch.set_num_threads(saved_threads)
 
 
-def train_classifier(
-    model: nn.Module, data: Dataset, config: Mapping[str, Any]
-) -> dict[str, float]:
-    """Minibatch SGD on cross-entropy, in place; deterministic given ``config["seed"]``.
+#: A training loss: ``loss(model_output, targets)``, the batch's mean.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-    Returns ``loss`` and ``accuracy`` (running, over the last epoch), ``n`` (samples,
-    what FedAvg weights by), ``epochs`` and ``steps``; with FedProx also ``proximal``,
-    the last proximal term ``||w - w_global||²``.
+
+def train_supervised(
+    model: nn.Module,
+    data: Dataset,
+    config: Mapping[str, Any],
+    loss_fn: LossFn,
+    *,
+    hits: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
+) -> dict[str, float]:
+    """Minibatch SGD on ``loss_fn``, in place; deterministic given ``config["seed"]``.
+
+    Returns ``loss`` (running mean over the last epoch), with ``hits`` (the correct
+    predictions of a batch) also ``accuracy``, then ``n`` (samples, what FedAvg
+    weights by), ``epochs`` and ``steps``; with FedProx also ``proximal``, the last
+    proximal term ``||w - w_global||²``.
     """
     cfg = TrainConfig.parse(config)
     n = len(data)
@@ -152,8 +165,8 @@ def train_classifier(
                 index = order[start : start + cfg.batch_size]
                 xb, yb = data.x[index], data.y[index]
                 optimizer.zero_grad(set_to_none=True)
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
+                output = model(xb)
+                loss = loss_fn(output, yb)
                 total = loss
                 if anchor is not None:
                     term = torch.stack(
@@ -169,18 +182,39 @@ def train_classifier(
                 optimizer.step()
                 steps += 1
                 loss_sum += float(loss.detach()) * len(index)
-                correct += int((logits.detach().argmax(dim=1) == yb).sum())
-        metrics = {
-            "loss": loss_sum / n,
-            "accuracy": correct / n,
-            "n": float(n),
-            "epochs": float(cfg.epochs),
-            "steps": float(steps),
-        }
+                if hits is not None:
+                    correct += hits(output.detach(), yb)
+        metrics = {"loss": loss_sum / n}
+        if hits is not None:
+            metrics["accuracy"] = correct / n
+        metrics.update({"n": float(n), "epochs": float(cfg.epochs), "steps": float(steps)})
         if anchor is not None:
             metrics["proximal"] = proximal
     model.train(was_training)
     return metrics
+
+
+def train_classifier(
+    model: nn.Module, data: Dataset, config: Mapping[str, Any]
+) -> dict[str, float]:
+    """:func:`train_supervised` on cross-entropy, with the running ``accuracy``."""
+    return train_supervised(model, data, config, F.cross_entropy, hits=_hits)
+
+
+def _hits(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    return int((logits.argmax(dim=1) == labels).sum())
+
+
+def predict(model: nn.Module, data: Dataset, threads: int = 1) -> torch.Tensor:
+    """``model``'s outputs for every sample of ``data``, in batches, without gradients."""
+    was_training = model.training
+    outputs = []
+    with deterministic(threads), torch.no_grad():
+        model.eval()
+        for start in range(0, len(data), EVAL_BATCH):
+            outputs.append(model(data.x[start : start + EVAL_BATCH]))
+    model.train(was_training)
+    return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 def evaluate_classifier(model: nn.Module, data: Dataset, threads: int = 1) -> dict[str, float]:

@@ -1,0 +1,350 @@
+"""``secfl policy init``: a complete federation policy from a few flags.
+
+The command reads what the flags name (public keys, volume tags, the simulation
+root, sealed values), builds a :class:`~secfl.fl._policy_template.FederationPlan`
+and writes what :func:`~secfl.fl._policy_template.init_policy` makes of it; then it
+says what is still to fill in and the command each host runs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from secfl.cli._common import err, out, read_input
+from secfl.errors import UsageError
+
+if TYPE_CHECKING:
+    from secfl.fl._policy_template import BoardMember, FederationPlan
+
+__all__ = ["init_cmd"]
+
+_TAG = re.compile(r"[0-9a-fA-F]{64}")
+#: The longest value accepted for --set and --train (a policy bounds them again).
+_MAX_SETTING = 4096
+
+
+def _pair(value: str, flag: str, what: str) -> tuple[str, str]:
+    name, sep, rest = value.partition("=")
+    if not sep or not name or not rest:
+        raise UsageError(f"{flag}: '{value[:80]}' is not {what}")
+    return name, rest
+
+
+def _members(values: list[str]) -> list[BoardMember]:
+    from secfl.fl._policy_template import BoardMember
+
+    members = []
+    for value in values:
+        name, files = _pair(value, "--member", "NAME=KEY.pub[,RECOVERY.pub]")
+        signing, _, recovery = files.partition(",")
+        members.append(
+            BoardMember(
+                name=name,
+                public_key=read_input(signing, f"{name}'s public key").decode("utf-8", "replace"),
+                recovery_key=read_input(recovery, f"{name}'s recovery key").decode(
+                    "utf-8", "replace"
+                )
+                if recovery
+                else None,
+            )
+        )
+    return members
+
+
+def _volume(value: str, flag: str, default_file: str) -> tuple[str, str]:
+    """(tag, file) of a shielded volume file, or of a tag given as 64 hex digits."""
+    from secfl.shield import peek_tag
+
+    if Path(value).is_file():
+        return peek_tag(value), value
+    if _TAG.fullmatch(value):
+        return value.lower(), default_file
+    raise UsageError(f"{flag}: '{value[:80]}' is neither a shielded volume file nor a tag")
+
+
+def _program(given: str | None) -> tuple[str, Path]:
+    """argv[0] of the measured commands, and the file it names here: `secfl` on PATH
+    (what a user types after `secfl run --`), else the one beside this Python."""
+    from secfl.launcher._measurement import resolve_program
+
+    if given:
+        return given, resolve_program(given)
+    if shutil.which("secfl"):
+        return "secfl", resolve_program("secfl")
+    beside = Path(sys.executable).parent / "secfl"
+    return str(beside), resolve_program(str(beside))
+
+
+def _setting(value: str, flag: str) -> tuple[str, Any]:
+    import yaml
+
+    key, text = _pair(value, flag, "KEY=VALUE")
+    if len(text) > _MAX_SETTING:
+        raise UsageError(f"{flag}: the value of '{key[:40]}' is longer than {_MAX_SETTING}")
+    try:
+        return key, yaml.safe_load(text)
+    except yaml.YAMLError:
+        return key, text
+
+
+def _sealed(values: list[str]) -> dict[str, str]:
+    found = {}
+    for value in values:
+        secret, sealed = _pair(value, "--sealed", "SECRET=VALUE (or SECRET=@FILE)")
+        if sealed.startswith("@"):
+            sealed = read_input(sealed[1:], f"sealed value of {secret}").decode().strip()
+        found[secret] = sealed
+    return found
+
+
+def _seal(plan: FederationPlan, values: list[str], spm: str | None, pin: str | None) -> None:
+    """Seal the given key files to the SPM for this policy and board (what `secfl policy
+    seal-secret` does), for owners who run `init` themselves."""
+    if not values:
+        return
+    if not spm or not pin:
+        raise UsageError("--seal: give --spm and --spm-pin: keys are sealed to that SPM")
+    from secfl.shield import key_from_file
+    from secfl.spm._sealing import board_binding, seal_imported
+    from secfl.spm.client import SpmClient
+
+    board = board_binding([m.public_key for m in plan.members], plan.threshold)
+    with SpmClient(spm, pin=pin) as client:
+        spm_key = client.public_key()
+        for value in values:
+            secret, key_file = _pair(value, "--seal", "SECRET=KEY_FILE")
+            plan.sealed[secret] = seal_imported(
+                key_from_file(key_file), spm_key, plan.name, secret, board
+            )
+
+
+def _hardware(platforms: list[str], values: list[str]) -> dict[str, dict[str, str]]:
+    from secfl.fl._policy_template import HARDWARE
+
+    found: dict[str, dict[str, str]] = {}
+    for kind in platforms:
+        if kind not in HARDWARE:
+            raise UsageError(f"--platform: '{kind[:20]}' is not one of {', '.join(HARDWARE)}")
+        found[kind] = {}
+    for value in values:
+        where, hex_value = _pair(value, "--measurement", "KIND:ROLE=HEX")
+        kind, _, role = where.partition(":")
+        if kind not in found or role not in ("aggregator", "collaborator"):
+            raise UsageError(
+                f"--measurement: '{where[:40]}' is not KIND:ROLE with KIND a --platform and "
+                "ROLE aggregator or collaborator"
+            )
+        found[kind][role] = hex_value
+    for kind, roles in found.items():
+        for role in ("aggregator", "collaborator"):
+            if role not in roles:
+                raise UsageError(
+                    f"--platform {kind}: give --measurement {kind}:{role}=HEX (the measurement "
+                    "of its TEE image, as `secfl attest verify` of its evidence prints it)"
+                )
+    return found
+
+
+def init_cmd(
+    name: Annotated[str, typer.Option(metavar="NAME", help="The policy's name at the SPM.")],
+    member: Annotated[
+        list[str],
+        typer.Option(
+            metavar="NAME=KEY.pub[,RECOVERY.pub]",
+            help="A board member, their signing and recovery public keys (repeat).",
+        ),
+    ],
+    site: Annotated[
+        list[str], typer.Option(metavar="NAME", help="A site: one collaborator service (repeat).")
+    ],
+    task: Annotated[
+        str,
+        typer.Option(
+            metavar="VOLUME|TAG",
+            help="The task's code volume (`secfl shield encrypt`), or its tag.",
+        ),
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="The policy file to write.")] = (
+        "policy.yaml"
+    ),
+    threshold: Annotated[
+        int | None, typer.Option(help="Members needed to approve a version (default: a majority).")
+    ] = None,
+    aggregator: Annotated[
+        str, typer.Option(metavar="NAME", help="The aggregator's service name.")
+    ] = "aggregator",
+    validation: Annotated[
+        str | None,
+        typer.Option(
+            metavar="VOLUME|TAG", help="The validation volume (or its tag), for the aggregator."
+        ),
+    ] = None,
+    test: Annotated[
+        str | None, typer.Option(metavar="VOLUME|TAG", help="The test volume (or its tag).")
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="SITE=VOLUME|TAG",
+            help="Pin a site's data; without it the site's data "
+            "volume is protected by a counter and may be released later.",
+        ),
+    ] = None,
+    sealed: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="SECRET=VALUE",
+            help="A key sealed (VALUE, or @FILE holding it) by `secfl policy seal-secret`.",
+        ),
+    ] = None,
+    seal: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="SECRET=KEY_FILE",
+            help="Seal your own key here (needs --spm and --spm-pin).",
+        ),
+    ] = None,
+    spm: Annotated[str | None, typer.Option(help="SPM URL, for --seal.")] = None,
+    spm_pin: Annotated[str | None, typer.Option(help="The SPM's pin, for --seal.")] = None,
+    sim_root: Annotated[
+        str | None,
+        typer.Option(metavar="PATH", help="Accept the simulated TEE of this root (root.pem)."),
+    ] = None,
+    platform: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KIND", help="Accept this hardware TEE: tdx, snp or sgx (repeat)."),
+    ] = None,
+    measurement: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="KIND:ROLE=HEX",
+            help="A hardware image's measurement (ROLE: aggregator or collaborator).",
+        ),
+    ] = None,
+    allow_unknown_tcb: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unknown-tcb", help="Hardware: accept evidence verified without collateral."
+        ),
+    ] = False,
+    program: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="The `secfl` the workloads run (simulated measurement; default: on PATH).",
+        ),
+    ] = None,
+    rounds: Annotated[int | None, typer.Option(help="federation.rounds (default 10).")] = None,
+    min_clients: Annotated[
+        int | None, typer.Option(help="federation.min_clients (default: every site).")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(metavar="NAME", help="federation.strategy (default fedavg).")
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(
+            metavar="METRIC[:min|max]",
+            help="federation.objective (default loss:min).",
+        ),
+    ] = None,
+    train: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KEY=VALUE", help="A federation.train setting (repeat)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Any other federation setting (repeat)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing policy file.")
+    ] = False,
+) -> None:
+    """Write a complete federation policy: board, services with their measurements,
+    keys (the output key included), volumes and federation settings.
+
+    What only others can give (a site's sealed key) is left as a placeholder that
+    `secfl policy validate` refuses, saying what to run."""
+    from secfl.fl._policy_template import FederationPlan, init_policy
+
+    target = Path(output)
+    if target.exists() and not force:
+        raise UsageError(f"'{output}' exists; use --force to replace it")
+    members = _members(member)
+    settings: dict[str, Any] = dict(_setting(v, "--set") for v in set_ or [])
+    if train:
+        settings["train"] = dict(_setting(v, "--train") for v in train)
+    for key, value in (("rounds", rounds), ("min_clients", min_clients), ("strategy", strategy)):
+        if value is not None:
+            settings[key] = value
+    if objective:
+        metric, _, mode = objective.partition(":")
+        settings["objective"] = {"metric": metric, "mode": mode or "min"}
+    volumes = {"validation": validation, "test": test}
+    plan = FederationPlan(
+        name=name,
+        members=members,
+        threshold=threshold if threshold is not None else len(members) // 2 + 1,
+        sites=list(site),
+        task_tag="",
+        aggregator=aggregator,
+        sealed=_sealed(sealed or []),
+        simulation_root=read_input(sim_root, "simulation root").decode("utf-8", "replace")
+        if sim_root
+        else None,
+        hardware=_hardware(platform or [], measurement or []),
+        allow_unknown_tcb=allow_unknown_tcb,
+        federation=settings,
+    )
+    plan.task_tag, plan.task_file = _volume(task, "--task", "task.secfl")
+    for volume_name, given in volumes.items():
+        if given:
+            plan.data[volume_name] = _volume(given, f"--{volume_name}", f"{volume_name}.secfl")
+    for value in data or []:
+        site_name, given = _pair(value, "--data", "SITE=VOLUME")
+        plan.data[site_name] = _volume(given, "--data", f"{site_name}.secfl")
+    if plan.simulation_root is not None:
+        plan.program, plan.program_path = _program(program)
+    _seal(plan, seal or [], spm, spm_pin)
+    made = init_policy(plan)
+    try:
+        target.write_text(made.text)
+    except OSError as exc:
+        raise UsageError(f"cannot write '{output}': {exc.strerror or exc}") from None
+    _report(output, made)
+
+
+def _report(output: str, made: Any) -> None:
+    from secfl.policy import digest
+
+    policy = made.policy
+    out.print(
+        f"wrote {output}: policy {policy.name} version {policy.version} (digest {digest(policy)})",
+        markup=False,
+    )
+    for warning in made.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    if made.todos:
+        out.print(
+            f"to fill in before it is signed ({len(made.todos)}; "
+            "`secfl policy validate` refuses it until then):",
+            markup=False,
+        )
+        for path, what in made.todos:
+            out.print(f"  {path.removeprefix('.')}: {what}", markup=False)
+    out.print("each host then starts its service (the SECFL_* settings are not measured):",
+              markup=False)  # fmt: skip
+    for service, line in made.run_lines.items():
+        out.print(f"  {service}: {line}", markup=False)
+    out.print(
+        f"next: secfl policy validate {output}; {policy.board.threshold} member(s) run "
+        f"secfl policy sign {output} --key KEY --member NAME; then secfl policy submit "
+        f"{output} --sig ... --spm URL --spm-pin PIN",
+        markup=False,
+    )

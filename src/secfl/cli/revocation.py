@@ -1,0 +1,323 @@
+"""Revocation by the board: sign, submit and list (``secfl policy sign-revocation``,
+``secfl revoke``, ``secfl revocations``; ``secfl policy revoke`` and ``secfl policy
+revocations`` are the same commands).
+
+What is revoked is named by ``--service NAME`` (a whole service: none of its
+sessions count and it cannot attest again until readmitted), ``--serial HEX`` (one
+certificate; ``--service`` then says whose), or ``--kind KIND --subject ID`` (any
+kind, including a measurement or a platform). Every member signs with the same
+flags and compares the printed digest; the submitter gives those flags again with
+the signatures. ``secfl revocations`` also lists the clone audit's revocation
+requests from the audit log, with the commands the board runs to act on one.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from secfl.cli._common import err, out, read_input, write_output
+from secfl.cli.audit import printable
+from secfl.cli.status import policy_name, when
+from secfl.errors import UsageError
+
+if TYPE_CHECKING:
+    from secfl.spm.client import SpmClient
+
+__all__ = [
+    "next_commands",
+    "revocation_statement",
+    "revocations_cmd",
+    "revoke_cmd",
+    "sign_revocation_cmd",
+    "statement_from_flags",
+]
+
+PolicyName = Annotated[
+    str, typer.Option("--policy", metavar="NAME", help="The policy's name at the SPM.")
+]
+Kind = Annotated[
+    str | None,
+    typer.Option(metavar="KIND", help="service|certificate|measurement|platform (with --subject)."),
+]
+Subject = Annotated[
+    str | None,
+    typer.Option(
+        metavar="ID", help="With --kind: a service name, or a serial, measurement or platform ID."
+    ),
+]
+Serial = Annotated[
+    str | None,
+    typer.Option(metavar="HEX", help="Revoke this certificate (its serial: hex, 0x, colons)."),
+]
+ServiceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--service",
+        metavar="NAME",
+        help="Revoke this service; with --serial or --kind, the service it concerns.",
+    ),
+]
+SpmUrl = Annotated[str, typer.Option("--spm", help="SPM URL, https://HOST:PORT.")]
+SpmPin = Annotated[str, typer.Option(help="SHA-256 of the SPM's TLS key (`secfl spm verify`).")]
+Reason = Annotated[str, typer.Option(help="Why (one line, signed with the statement).")]
+Readmit = Annotated[bool, typer.Option("--readmit", help="Lift the revocation instead.")]
+
+
+def statement_from_flags(
+    kind: str | None,
+    subject: str | None,
+    serial: str | None,
+    service: str | None,
+    reason: str,
+    readmit: bool,
+) -> dict[str, str]:
+    """The statement the flags name (see the module docstring): ``--service`` alone is
+    the service, ``--serial`` a certificate, ``--kind``/``--subject`` anything."""
+    if serial is not None:
+        if kind is not None or subject is not None:
+            raise UsageError("--serial: give either --serial HEX or --kind and --subject")
+        try:
+            return revocation_statement("certificate", serial, service or "", reason, readmit)
+        except UsageError as exc:  # name the flag the user gave
+            raise UsageError(str(exc).replace("--subject: ", "--serial: ", 1)) from None
+    if kind is None and subject is None:
+        if not service:
+            raise UsageError(
+                "name what to revoke: --service NAME, --serial HEX, or --kind KIND --subject ID"
+            )
+        from secfl.policy._model import NAME
+
+        if not re.fullmatch(NAME, service.strip()):
+            raise UsageError(f"--service: '{printable(service, 40)}' is not a service name")
+        return revocation_statement("service", service, "", reason, readmit)
+    if kind is None or subject is None:
+        raise UsageError("--kind and --subject go together (or use --service NAME, --serial HEX)")
+    return revocation_statement(kind, subject, service or "", reason, readmit)
+
+
+def revocation_statement(
+    kind: str, subject: str, service: str, reason: str, readmit: bool
+) -> dict[str, str]:
+    """The statement every signer rebuilds from the same flags, in one canonical form
+    (a serial as lowercase hex without leading zeros, hex lowercased), so that the
+    signatures agree and the subject matches what the SPM compares it with."""
+    from secfl.policy._model import NAME
+    from secfl.spm._records import REVOCATION_KINDS, normalise_serial
+
+    if kind not in REVOCATION_KINDS:
+        raise UsageError(f"--kind: '{kind[:40]}' is not one of {', '.join(REVOCATION_KINDS)}")
+    text = subject.strip()
+    if kind == "service":
+        if not re.fullmatch(NAME, text):
+            raise UsageError(f"--subject: '{printable(text, 40)}' is not a service name")
+    elif kind == "certificate":
+        digits = text.lower().removeprefix("0x").replace(":", "")
+        if not re.fullmatch(r"[0-9a-f]{1,64}", digits):
+            raise UsageError(
+                "--subject: a certificate serial is at most 64 hex digits (0x and colons allowed)"
+            )
+        text = normalise_serial(digits)
+    else:
+        text = text.lower()
+        if not re.fullmatch(r"[0-9a-f]{1,256}", text):
+            raise UsageError(f"--subject: a {kind} is given in hex (at most 256 digits)")
+    if service and not re.fullmatch(NAME, service):
+        raise UsageError(f"--service: '{printable(service, 40)}' is not a service name")
+    if not re.fullmatch(r"[^\x00-\x1f\x7f]{0,1024}", reason):
+        raise UsageError("--reason: one line of at most 1024 characters")
+    statement = {"kind": kind, "subject": text, "service": service, "reason": reason}
+    if readmit:
+        statement["action"] = "readmit"
+    return statement
+
+
+def _revocation_digest(policy: str, statement: dict[str, str]) -> str:
+    from secfl.spm._revocation import revocation_digest, revocation_doc
+
+    return revocation_digest(revocation_doc(policy_name(policy), statement))
+
+
+def _warn_unknown_service(client: SpmClient, policy: str, service: str) -> None:
+    """A revoked service name that the current policy lacks keeps no one out: say so."""
+    from secfl.errors import SecflError
+    from secfl.policy._document import load_policy
+
+    try:
+        current = load_policy(str(client.policy(policy).get("document") or ""))
+    except SecflError:
+        return
+    if all(s.name != service for s in current.services):
+        err.print(
+            f"warning: version {current.version} of policy {policy} has no service "
+            f"'{service}'; this revocation matches no service of it today",
+            markup=False,
+        )
+
+
+def _what(statement: dict[str, str], policy: str) -> str:
+    return f"{statement['kind']} {statement['subject']} of policy {policy}"
+
+
+def sign_revocation_cmd(
+    policy: PolicyName,
+    key: Annotated[str, typer.Option(help="Your board signing key (PEM).")],
+    member: Annotated[str, typer.Option(help="Your board member name.")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Your signature file (- for stdout).")
+    ],
+    service: ServiceOpt = None,
+    serial: Serial = None,
+    kind: Kind = None,
+    subject: Subject = None,
+    reason: Reason = "",
+    readmit: Readmit = False,
+) -> None:
+    """Approve, as a board member, revoking (or with --readmit, readmitting) a service,
+    certificate, measurement or platform: write your signature over the statement.
+
+    Every member signs with the same flags; the digest printed lets you compare."""
+    from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
+
+    statement = statement_from_flags(kind, subject, serial, service, reason, readmit)
+    statement_digest = _revocation_digest(policy, statement)
+    if output != "-" and Path(output).resolve() == Path(key).resolve():
+        raise UsageError(f"--output: '{output}' is your key file; name another file")
+    signature = sign_statement(
+        REVOCATION_DOMAIN, statement_digest, read_input(key, "signing key"), member
+    )
+    write_output(signature.to_json().encode(), output)
+    if output != "-":
+        verb = "readmission" if readmit else "revocation"
+        out.print(
+            f"{output}: {member} signed the {verb} of {_what(statement, policy)}, "
+            f"digest {statement_digest}",
+            markup=False,
+        )
+
+
+def revoke_cmd(
+    policy: PolicyName,
+    sig: Annotated[list[str], typer.Option("--sig", help="A board member's signature file.")],
+    spm: SpmUrl,
+    spm_pin: SpmPin,
+    service: ServiceOpt = None,
+    serial: Serial = None,
+    kind: Kind = None,
+    subject: Subject = None,
+    reason: Reason = "",
+    readmit: Readmit = False,
+) -> None:
+    """Submit a board-signed revocation (or readmission) to a pinned SPM.
+
+    Give the same flags the members signed with (`secfl policy sign-revocation`)."""
+    from secfl.errors import PolicyError
+    from secfl.policy._signatures import REVOCATION_DOMAIN, Signature
+    from secfl.spm.client import SpmClient
+
+    statement = statement_from_flags(kind, subject, serial, service, reason, readmit)
+    statement_digest = _revocation_digest(policy, statement)
+    signatures = []
+    for path in sig:
+        try:
+            signature = Signature.from_json(read_input(path, "signature"))
+        except PolicyError as exc:
+            problem = str(exc).removeprefix("signature: ")
+            raise PolicyError(f"signature: '{path}': {problem}") from None
+        if signature.domain != REVOCATION_DOMAIN or signature.digest != statement_digest:
+            raise PolicyError(
+                f"signature: '{path}' is not over this statement (digest "
+                f"{signature.digest[:16]}…, these flags give {statement_digest[:16]}…); "
+                "every member signs with the same flags"
+            )
+        signatures.append(signature)
+    with SpmClient(spm, pin=spm_pin) as client:
+        if statement["kind"] == "service" and not readmit:
+            _warn_unknown_service(client, policy, statement["subject"])
+        client.revoke(policy, statement, signatures)
+    verb = "readmitted" if readmit else "revoked"
+    out.print(f"{verb}: {_what(statement, policy)}", markup=False)
+
+
+def revocations_cmd(policy: PolicyName, spm: SpmUrl, spm_pin: SpmPin) -> None:
+    """List what the board revoked in a policy (kind, subject, service, reason, when),
+    then the clone audit's revocation requests and the commands that act on them."""
+    from secfl.spm.client import SpmClient
+
+    name = policy_name(policy)
+    with SpmClient(spm, pin=spm_pin) as client:
+        rows = client.revocations(name)
+        status = client.status(name)
+    if not rows:
+        out.print(f"no revocations in policy {name}", markup=False)
+    else:
+        columns = ("kind", "subject", "service", "at", "reason")
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in columns:
+            table.add_column(column.upper(), overflow="fold")
+        for row in rows:
+            table.add_row(*(Text(printable(row.get(c, "")) or "-") for c in columns))
+        out.print(table)
+    _requests(name, spm, spm_pin, status)
+
+
+def _requests(policy: str, spm: str, pin: str, status: dict[str, Any]) -> None:
+    """The clone audit's revocation requests, newest first, and what to run next."""
+    requests = [f for f in status["findings"] if f["requested"]]
+    scope = "" if status["complete"] else f" (in the newest {status['scanned']} audit entries)"
+    if not requests:
+        out.print(f"no revocation requests from the clone audit{scope}", markup=False)
+        return
+    out.print(f"revocation requests from the clone audit, newest first{scope}:", markup=False)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ROUND", "SERVICES", "SERIALS", "REQUESTED (UTC)", "BY", "STATE"):
+        table.add_column(column, overflow="fold")
+    for f in requests:
+        serials = ", ".join(f"{k} {v}" for k, v in sorted(f["serials"].items())) or "-"
+        table.add_row(
+            "-" if f["round"] is None else str(f["round"]),
+            Text(printable(", ".join(f["excluded"]) or "-")),
+            Text(printable(serials)), when(f["at"]), Text(printable(f["service"] or "-")),
+            f["state"] or "-",
+        )  # fmt: skip
+    out.print(table)
+    pending = [f for f in requests if f["state"] == "pending"]
+    if not pending:
+        return
+    members = [printable(m, 128) for m in status["policy"]["approvers"]] or ["MEMBER"]
+    out.print(
+        "to act on a pending request, enough board members (as for the policy: "
+        f"{', '.join(members)}) each sign as MEMBER, then one submits:",
+        markup=False,
+    )
+    seen: set[str] = set()
+    for finding in pending:
+        for service in finding["excluded"]:
+            if service in seen:  # the newest request for a service is the one to act on
+                continue
+            seen.add(service)
+            for line in next_commands(policy, service, finding, spm, pin, members):
+                out.print(f"  {printable(line, 4096)}", markup=False, soft_wrap=True)
+
+
+def next_commands(
+    policy: str, service: str, finding: dict[str, Any], spm: str, pin: str, members: list[str]
+) -> list[str]:
+    """The two commands that revoke ``service`` as a request asked: each member signs
+    (as ``MEMBER``), then one submits the ``members``' signatures. The reason names the
+    request, so each decision is a statement of its own (the SPM applies one once)."""
+    round_text = f"round {finding['round']}, " if finding["round"] is not None else ""
+    reason = f"clone audit: {round_text}audit entry {finding['seq']}"
+    what = ["--policy", policy, "--service", service, "--reason", reason]
+    sigs = [arg for m in members for arg in ("--sig", f"{m}.{service}.rev.sig")]
+    return [
+        shlex.join(["secfl", "policy", "sign-revocation", *what, "--key", "MEMBER.key",
+                    "--member", "MEMBER", "-o", f"MEMBER.{service}.rev.sig"]),
+        shlex.join(["secfl", "revoke", *what, *sigs, "--spm", spm, "--spm-pin", pin]),
+    ]  # fmt: skip

@@ -1,0 +1,112 @@
+"""Runs: each policy version trains a run of its own, without a reset in between.
+
+A run is identified by the digest of the policy version the aggregator attested
+to (the SPM hands that digest to ``secfl run``; the version's ``federation``
+section, ``run`` number included, is part of what it covers). Every checkpoint
+carries the digest of its run in its authenticated header. All runs of a policy
+share one SPM counter, which only goes up: each commit of any run moves it by
+one, so the counter value of a checkpoint orders it among every checkpoint ever
+committed, whatever its run.
+
+On start, with the SPM's counter at ``c`` (:func:`find_resume_point`):
+
+* ``c == 0``: nothing was ever committed; the first run starts.
+* A checkpoint of *this* run has counter ``c``: it is the newest committed state;
+  the run goes on after it (the usual restart, after a crash or a Ctrl-C).
+* A checkpoint of *another* run has counter ``c`` and this run has none: that run
+  committed last, so this run has not started; it starts now, from the task's
+  initial model or, when the policy says ``start_from: previous``, from that
+  checkpoint's model. The checkpoint must open with the policy's checkpoint key
+  (it is authentic) before either happens.
+* Anything else is a rollback: no checkpoint has counter ``c`` (the newest was
+  lost or withheld), or the checkpoint at ``c`` is another run's while this run
+  has older ones (no other run can commit after this one began: a newer policy
+  version would be a newer run). Each refusal is one line that ends with the next
+  step (:func:`~secfl.fl._checkpoint.reset_hint`).
+
+So a host cannot pass an old run off as the current one (the run comes from the
+attested policy digest, not from anything on its disk), nor an old checkpoint of
+the current run (the counter binds it), nor make the aggregator skip ahead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from secfl.errors import FlError
+from secfl.fl._checkpoint import (
+    Checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    policy_of,
+    reset_hint,
+)
+
+__all__ = ["ResumePoint", "find_resume_point", "run_label"]
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where the current run goes on from, at the SPM's counter value ``counter``."""
+
+    counter: int
+    #: This run's newest committed checkpoint: the run continues after its round.
+    checkpoint: Checkpoint | None = None
+    #: A new run: the newest committed checkpoint of the run before it (if any).
+    previous: Checkpoint | None = None
+
+    @property
+    def new_run(self) -> bool:
+        return self.checkpoint is None
+
+
+def run_label(number: int, version: int | None, digest: str) -> str:
+    """``run 2 (policy version 5, 1a2b3c4d5e6f)``: how logs and messages name a run."""
+    where = f"policy version {version}, " if version is not None else ""
+    return f"run {number} ({where}{digest[:12]})"
+
+
+def find_resume_point(directory: Path, *, key: bytes, run: str, counter: int) -> ResumePoint:
+    """The checkpoint the run ``run`` (a policy digest) resumes from, given the SPM's
+    ``counter``; ``FlError`` (``rollback:`` or ``integrity:``, with the next step)
+    when the folder does not hold the state the counter says was committed."""
+    if type(counter) is not int or counter < 0:
+        raise FlError(f"counter: the SPM's counter is not a non-negative integer: {counter!r}")
+    if counter == 0:
+        return ResumePoint(0)
+    committed = [c for c in list_checkpoints(directory) if c[1] <= counter]
+    runs = {path: policy_of(path) for _, _, path in committed}
+    at_counter = [path for _, ctr, path in committed if ctr == counter]
+    mine = [path for path in at_counter if runs[path] == run]
+    if mine:
+        return ResumePoint(counter, checkpoint=_open(mine[0], key, run, counter))
+    others = [path for path in at_counter if runs[path] is not None]
+    if not others:
+        found = (
+            f"the newest checkpoint in {directory} has counter {committed[0][1]}"
+            if committed
+            else f"no checkpoint in {directory}"
+        )
+        raise FlError(
+            f"rollback: {found}, the SPM's counter is {counter}: the newest was lost or "
+            "withheld; " + reset_hint(directory, counter)
+        )
+    if any(digest == run for digest in runs.values()):
+        raise FlError(
+            f"rollback: the checkpoint with the SPM's counter {counter} ({others[0].name}) is "
+            f"of another run, yet this run has older ones in {directory}; "
+            + reset_hint(directory, counter)
+        )
+    digest = runs[others[0]]
+    assert digest is not None
+    return ResumePoint(counter, previous=_open(others[0], key, digest, counter))
+
+
+def _open(path: Path, key: bytes, digest: str, counter: int) -> Checkpoint:
+    try:
+        return load_checkpoint(path, key=key, policy_digest=digest, expected_counter=counter)
+    except FlError as exc:
+        if "sign-reset" in str(exc):  # it says what to do already
+            raise
+        raise FlError(f"{exc}; {reset_hint(path.parent, counter)}") from None

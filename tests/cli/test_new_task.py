@@ -1,0 +1,297 @@
+"""``secfl new task`` and ``secfl simulate``: the scientist's quick loop, as real processes.
+
+The template is written into a fresh folder, its own test passes under pytest, and
+``secfl simulate`` federates it over its three sites' CSV data: the loss falls, the
+metrics are finite, and the final model loads with safetensors. A folder in use is
+never written over without --force, and a task's mistakes are one line each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+import safetensors
+import safetensors.numpy
+
+from secfl.cli._template import SITES, new_task, package_for, synthetic_data
+from tests.clirun import ERROR_LINE, call, failed
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = ROOT / "src" / "secfl" / "cli" / "templates"
+SITE_ARGS = [a for s in SITES for a in ("--data", f"data/{s}")]
+
+
+def secfl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", *args],
+        capture_output=True, text=True, timeout=120, cwd=cwd, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A task written by the real command into a new folder."""
+    base = tmp_path_factory.mktemp("new")
+    done = secfl("new", "task", "clinic-risk", cwd=base)
+    assert done.returncode == 0, done.stderr
+    assert "wrote task 'clinic-risk'" in done.stdout
+    return base / "clinic-risk"
+
+
+def test_it_writes_a_multi_file_task_with_data_settings_and_a_readme(made: Path) -> None:
+    files = sorted(str(p.relative_to(made)) for p in made.rglob("*") if p.is_file())
+    assert files == [
+        ".gitignore",
+        "README.md",
+        "code/clinic_risk/__init__.py",
+        "code/clinic_risk/data.py",
+        "code/clinic_risk/model.py",
+        "code/clinic_risk/training.py",
+        "code/task.py",
+        "data/site-1/part-1.csv",
+        "data/site-1/part-2.csv",
+        "data/site-2/part-1.csv",
+        "data/site-3/part-1.csv",
+        "data/test/part-1.csv",
+        "data/validation/part-1.csv",
+        "federation.yaml",
+        "test_task.py",
+    ]
+    task = (made / "code" / "task.py").read_text()
+    assert 'name = "clinic-risk"' in task and "from clinic_risk.model import" in task
+    texts = [p.read_text() for p in made.rglob("*") if p.is_file() and p.suffix != ".csv"]
+    assert not [t for t in texts if "{{" in t]
+    readme = (made / "README.md").read_text()
+    for command in ("secfl simulate --task code", "secfl shield encrypt code", "secfl policy init"):
+        assert command in readme
+
+
+def test_its_own_test_passes(made: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "test_task.py", "-q", "-p", "no:cacheprovider",
+         "-W", "error::UserWarning"],
+        capture_output=True, text=True, timeout=120, cwd=made, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"\b5 passed\b", done.stdout), done.stdout
+
+
+def test_its_code_is_lint_clean(made: Path) -> None:
+    ruff = Path(sys.executable).parent / "ruff"
+    if not ruff.exists():
+        pytest.skip("ruff is not installed next to this Python")
+    done = subprocess.run(
+        [str(ruff), "check", "--isolated", "--line-length", "100", "--select",
+         "E,F,W,I,B,UP,SIM", "--config", 'src = ["code"]', "."],
+        capture_output=True, text=True, timeout=60, cwd=made, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_simulate_federates_it(made: Path) -> None:
+    done = secfl(
+        "simulate", "--task", "code", *SITE_ARGS, "--validation", "data/validation",
+        "--test", "data/test", "--settings", "federation.yaml", "--rounds", "6",
+        "--output", "model.safetensors", "--metrics", "metrics.jsonl", cwd=made,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "3 sites (site-1 400, site-2 250, site-3 150 samples), 6 rounds of fedavg" in done.stdout
+    assert "val loss*" in done.stdout  # the objective's column
+    assert re.search(r"best round by val_loss \(min\): \d \([0-9.e-]+\); the final", done.stdout)
+    rounds = [json.loads(line) for line in (made / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == list(range(1, 7))
+    assert rounds[-1]["train_loss"] < rounds[0]["train_loss"] / 2
+    assert rounds[-1]["val_loss"] < rounds[0]["val_loss"] / 2
+    assert rounds[-1]["test_r2"] > 0.5
+    for entry in rounds:
+        assert entry["participants"] == list(SITES)
+        for key, value in entry.items():
+            if key.startswith(("train_", "val_", "test_")):
+                assert math.isfinite(value), (key, value)
+    model = safetensors.numpy.load_file(str(made / "model.safetensors"))
+    assert sorted(model) == [f"layers.{i}.{p}" for i in (0, 2, 4) for p in ("bias", "weight")]
+    assert all(v.dtype.name == "float32" for v in model.values())
+    with safetensors.safe_open(str(made / "model.safetensors"), "np") as fh:
+        meta = fh.metadata()
+    assert meta["objective"] == "loss (min)" and meta["objective_metric"] == "val_loss"
+    assert int(meta["best_round"]) == min(rounds, key=lambda r: r["val_loss"])["round"]
+
+
+def test_a_task_that_raises_is_one_line_and_debug_shows_where(made: Path, tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    task = (made / "code" / "task.py").read_text()
+    (code / "task.py").write_text(
+        task.replace(
+            "    return fit(model, data, config)", "    raise ValueError('no such column')"
+        )
+    )
+    (code / "clinic_risk").symlink_to(made / "code" / "clinic_risk")
+    args = ["simulate", "--task", str(code), *SITE_ARGS]
+    plain = secfl(*args, cwd=made)
+    assert plain.returncode == 1
+    assert plain.stderr.splitlines() == [
+        "error: train: the task raised ValueError: no such column (site-1, round 1); "
+        "--debug shows the traceback"
+    ]
+    debug = secfl(*args, "--debug", cwd=made)
+    assert debug.returncode == 1
+    assert 'code/task.py", line' in debug.stderr and "in train" in debug.stderr
+    assert "secfl/fl/_local.py" not in debug.stderr  # the task's frames, not secfl's
+    assert debug.stderr.splitlines()[-1].startswith("error: train: the task raised ValueError")
+
+
+def test_a_task_missing_a_function_is_refused(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lacking = tmp_path / "lacking.py"
+    lacking.write_text("name = 'x'\ndef build_model(seed=None): ...\ndef load_data(path): ...\n")
+    sites = [a for s in SITES for a in ("--data", str(made / "data" / s))]
+    line = failed(capsys, "simulate", "--task", str(lacking), *sites)
+    assert "is not a task" in line and "train" in line and "evaluate" in line
+
+
+def test_a_bad_setting_fails_as_the_aggregator_would(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "federation.yaml"
+    bad.write_text("federation:\n  round: 8\n")
+    line = failed(
+        capsys, "simulate", "--task", str(made / "code"), "--data", str(made / "data/site-1"),
+        "--settings", str(bad),
+    )  # fmt: skip
+    assert line.startswith("error: federation: round: ")
+
+
+def test_too_few_sites_for_the_settings_is_refused(
+    made: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = failed(
+        capsys, "simulate", "--task", str(made / "code"), "--data", str(made / "data/site-1"),
+        "--settings", str(made / "federation.yaml"),
+    )  # fmt: skip
+    assert "min_clients is 3 but 1 site is given" in line
+
+
+def test_missing_data_is_named(made: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sites = [a for s in SITES for a in ("--data", str(made / "data" / s))]
+    task = ["simulate", "--task", str(made / "code")]
+    line = failed(capsys, *task, *sites, "--validation", str(made / "nowhere"))
+    assert (
+        line
+        == f"error: --validation: {made}/nowhere does not exist; give a folder or file of data\n"
+    )
+    line = failed(capsys, *task, *sites[:2], "--data", str(made / "data" / "site-9"))
+    assert line.startswith(f"error: --data: {made}/data/site-9 does not exist")
+
+
+# --- the folder -----------------------------------------------------------------------
+
+
+def test_a_non_empty_folder_is_refused_and_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    line = failed(capsys, "new", "task", str(folder))
+    assert "is not empty" in line and "--force" in line
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    code, out, _ = call(capsys, "new", "task", str(folder), "--force")
+    assert code == 0, out
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert (folder / "code" / "task.py").is_file()
+
+
+def test_an_empty_folder_is_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = call(capsys, "new", "task", str(tmp_path), "--name", "t1")
+    assert code == 0, err
+    assert (tmp_path / "code" / "t1" / "model.py").is_file()
+
+
+@pytest.mark.parametrize("name", ["1abc", "a b", "x" * 65, "über"])
+def test_a_bad_name_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    line = failed(capsys, "new", "task", str(tmp_path / "t"), "--name", name)
+    assert ERROR_LINE.match(line) and "is not a task name" in line and "--name" in line
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "f").write_text("")
+    assert "is a file" in failed(capsys, "new", "task", str(tmp_path / "f"))
+
+
+def test_the_package_never_shadows_a_module_it_needs() -> None:
+    assert package_for("clinic-risk") == "clinic_risk"
+    for taken in ("json", "task", "test_task", "torch", "class", "secfl"):
+        assert package_for(taken) == f"{taken}_task"
+
+
+def test_the_data_is_the_same_every_time() -> None:
+    first, again, other = synthetic_data(0), synthetic_data(0), synthetic_data(1)
+    assert first == again and first != other
+    assert sorted(first) == [
+        "site-1/part-1.csv", "site-1/part-2.csv", "site-2/part-1.csv", "site-3/part-1.csv",
+        "test/part-1.csv", "validation/part-1.csv",
+    ]  # fmt: skip
+
+
+def test_new_task_is_a_library_call_too(tmp_path: Path) -> None:
+    made = new_task(tmp_path / "lib")
+    assert made.name == "lib" and made.package == "lib"
+    assert all(p.is_file() for p in made.files) and len(made.files) == 15
+
+
+def test_a_wheel_ships_every_template_file() -> None:
+    """``[tool.setuptools.package-data]`` covers every file under the templates folder
+    (a non-editable install would otherwise write a task with files missing)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["secfl"]
+    files = [p for p in TEMPLATES.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert files
+    for path in files:
+        relative = str(path.relative_to(ROOT / "src" / "secfl"))
+        assert any(fnmatch(relative, pattern) for pattern in patterns), relative
+
+
+def shell_commands(markdown: str) -> list[list[str]]:
+    """The ``secfl`` commands in ``markdown``'s code blocks, as argv (lines joined at a
+    trailing backslash, comments dropped)."""
+    blocks = re.findall(r"^\s*```sh\n(.*?)^\s*```", markdown, flags=re.M | re.S)
+    text = "\n".join(blocks).replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        argv = shlex.split(line, comments=True)
+        if argv and argv[0] == "secfl":
+            commands.append(argv[1:])
+    return commands
+
+
+@pytest.mark.parametrize("document", ["template", "docs"])
+def test_every_command_in_the_readmes_parses(made: Path, document: str) -> None:
+    """Each ``secfl`` line the task's README and docs/quickstart-task.md show is one the
+    CLI accepts as written: its commands exist and its options parse."""
+    import click
+
+    from secfl.cli.main import command
+
+    path = made / "README.md" if document == "template" else ROOT / "docs" / "quickstart-task.md"
+    commands = shell_commands(path.read_text())
+    assert len(commands) >= 2, commands
+    for argv in commands:
+        cmd, rest = command(), list(argv)
+        while isinstance(cmd, click.Group) and rest and rest[0] in cmd.commands:
+            cmd = cmd.commands[rest.pop(0)]
+        assert not isinstance(cmd, click.Group), argv
+        cmd.make_context("secfl", rest)  # a usage error raises

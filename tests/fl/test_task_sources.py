@@ -1,0 +1,141 @@
+"""Where task code and data come from: multi-file task volumes, any data files."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from secfl.errors import FlError
+from secfl.fl._inputs import FolderImporter, data_path, load_task
+from secfl.shield import Volume
+from tests.clirun import call
+from tests.fl.example_task import write_task
+
+
+@pytest.fixture(autouse=True)
+def clean_imports() -> Iterator[None]:
+    """Each test imports its task afresh: forget task modules and their folders."""
+    saved_path = list(sys.path)
+    yield
+    sys.path[:] = saved_path
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, FolderImporter)]
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("mymodels", "numpy_extras") or name.startswith("secfl_task_"):
+            del sys.modules[name]
+
+
+def shielded_volume(
+    capsys: pytest.CaptureFixture[str], plain: Path, volumes: Path, name: str
+) -> None:
+    """``plain`` encrypted with `secfl shield encrypt`, then opened below ``volumes/name``
+    as `secfl run` gives it to a workload."""
+    key = volumes.parent / f"{name}.key"
+    volumes.mkdir(parents=True, exist_ok=True)
+    code, _, err = call(capsys, "shield", "keygen", "-o", str(key))
+    assert code == 0, err
+    sealed = volumes.parent / f"{name}.secfl"
+    code, _, err = call(capsys, "shield", "encrypt", str(plain), "-o", str(sealed),
+                        "--key-file", str(key))  # fmt: skip
+    assert code == 0, err
+    with Volume.open(sealed, key.read_text().strip()) as volume:
+        volume.extract(volumes / name)
+
+
+def decoy(root: Path) -> Path:
+    """An installed-looking ``mymodels`` that is not the task's, first on sys.path."""
+    (root / "mymodels").mkdir(parents=True)
+    (root / "mymodels" / "__init__.py").write_text("DECOY = True\n")
+    (root / "mymodels" / "extra.py").write_text("FROM_ELSEWHERE = True\n")
+    sys.path.insert(0, str(root))
+    return root
+
+
+def test_a_task_volume_imports_its_own_package(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_task(tmp_path / "plain")
+    volumes = tmp_path / "run" / "volumes"
+    shielded_volume(capsys, tmp_path / "plain", volumes, "task")
+    monkeypatch.setenv("SECFL_VOLUMES", str(volumes))
+    decoy(tmp_path / "site-packages")
+    task = load_task("volume:task")
+    model = task.build_model(0)
+    assert type(model).__module__ == "mymodels.net"
+    package = sys.modules["mymodels"]
+    assert not hasattr(package, "DECOY")
+    assert Path(package.__file__ or "").is_relative_to(volumes / "task")
+    assert task.name == "csv-regression"
+
+
+def test_a_module_the_volume_lacks_is_not_taken_from_elsewhere(tmp_path: Path) -> None:
+    folder = write_task(tmp_path / "mytask")
+    with open(folder / "task.py", "a") as fh:
+        fh.write("\nimport mymodels.extra\n")
+    decoy(tmp_path / "site-packages")
+    with pytest.raises(FlError) as info:
+        load_task(str(folder))
+    assert (
+        str(info.value)
+        == "source: the task module task.py failed: No module named 'mymodels.extra'"
+    )
+
+
+def test_a_name_bound_to_another_module_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "mytask"
+    (folder / "numpy").mkdir(parents=True)
+    (folder / "numpy" / "__init__.py").write_text("MINE = True\n")
+    (folder / "task.py").write_text("import numpy\nassert numpy.MINE\n")
+    assert "numpy" in sys.modules
+    with pytest.raises(FlError) as info:
+        load_task(str(folder / "task.py"))
+    text = str(info.value)
+    assert text.startswith("source: the task's module 'numpy' has the name of a module already ")
+    assert text.endswith("; rename it in the task")
+
+
+def test_a_clash_inside_the_task_package_is_refused_too(tmp_path: Path) -> None:
+    folder = tmp_path / "mytask"
+    (folder / "mymodels").mkdir(parents=True)
+    (folder / "mymodels" / "__init__.py").write_text("import json\n")
+    (folder / "json.py").write_text("MINE = True\n")
+    (folder / "task.py").write_text("import mymodels\n")
+    assert "json" in sys.modules
+    with pytest.raises(FlError, match=r"^source: the task's module 'json' has the name of a"):
+        load_task(str(folder))
+
+
+def test_which_module_of_a_folder_is_the_task(tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "model_task.py").write_text("name = 'one'\n")
+    with pytest.raises(Exception, match="it lacks build_model, load_data, train, evaluate"):
+        load_task(str(single))  # its only .py file is the task (and this one is incomplete)
+    (single / "helpers.py").write_text("")
+    with pytest.raises(FlError) as info:
+        load_task(str(single))
+    assert str(info.value) == (
+        "source: folder '" + str(single) + "' holds 2 .py files at its top and no task.py; "
+        "name the task module task.py"
+    )
+
+
+def test_data_is_the_volume_folder_or_the_path_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volumes = tmp_path / "volumes"
+    for name, files in (("task", ["task.py"]), ("site-1", ["a.csv", "b.parquet", "img/1.png"])):
+        for file in files:
+            (volumes / name / file).parent.mkdir(parents=True, exist_ok=True)
+            (volumes / name / file).write_bytes(b"x")
+    monkeypatch.setenv("SECFL_VOLUMES", str(volumes))
+    assert data_path("volume:site-1") == volumes / "site-1"
+    assert data_path(None, exclude={"task"}) == volumes / "site-1"  # the only data volume
+    assert data_path(str(volumes / "site-1" / "a.csv")) == volumes / "site-1" / "a.csv"
+    assert data_path(str(volumes / "site-1")) == volumes / "site-1"
+    with pytest.raises(FlError, match=r"^source: no data file .*missing \(nor a folder"):
+        data_path(str(tmp_path / "missing"))
+    with pytest.raises(FlError, match=r"^source: give --data \(this workload has 2 data volumes"):
+        data_path(None)

@@ -1,0 +1,226 @@
+"""`secfl audit show` against a real `secfl spm serve`: the log as a table and as JSON
+lines, filtered, followed as it grows (then Ctrl-C), and read from the database,
+where an entry changed behind the SPM's back is refused in one line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from secfl.spm._audit import AuditEntry
+from secfl.spm.client import SpmClient
+from secfl.spm.enroll import enroll
+from secfl.tee import _simulated as simulated
+from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
+
+pytestmark = pytest.mark.timeout(120)
+
+ROUND = {"round": 1, "counter": 2, "participants": 3}
+
+
+def secfl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def one_error(done: subprocess.CompletedProcess[str]) -> str:
+    """A refusal: exit 1, nothing on stdout, one ``error:`` line and no traceback."""
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout == "", done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def spm(
+    tmp_path_factory: pytest.TempPathFactory, sim: tuple[Path, bytes], board: Board
+) -> Iterator[tuple[SpmProcess, str]]:
+    """A running SPM with policy `fed`, and the session token of its attested aggregator."""
+    proc = SpmProcess(tmp_path_factory.mktemp("spm") / "data", sim[0], None).start()
+    try:
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            document = policy_document("fed", board, sim[1])
+            client.submit_policy(document, board.sign(document, "alice", "bob"))
+            platform = simulated.SimulatedPlatform(sim[0])
+            token = enroll(
+                client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR
+            ).session_token
+        yield proc, token
+    finally:
+        proc.stop()
+
+
+def remote(spm: SpmProcess) -> tuple[str, ...]:
+    return ("--spm", spm.url, "--spm-pin", spm.pin)
+
+
+def json_lines(text: str) -> list[AuditEntry]:
+    return [AuditEntry.from_dict(json.loads(line)) for line in text.splitlines()]
+
+
+def test_the_log_as_json_lines_is_the_verified_chain(spm: tuple[SpmProcess, str]) -> None:
+    proc, _ = spm
+    done = secfl("audit", "show", *remote(proc), "--json", "--limit", "0")
+    assert done.returncode == 0, done.stderr
+    entries = json_lines(done.stdout)
+    assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+    for before, after in itertools.pairwise(entries):
+        assert after.prev_hash == before.hash and after.computed_hash() == after.hash
+    with SpmClient(proc.url, pin=proc.pin) as client:
+        head = client.audit(since=2**62)
+    assert (entries[-1].seq, entries[-1].hash) == (head["head_seq"], head["head_hash"])
+    events = [e.event for e in entries]
+    assert events[0] == "spm.started" and "policy.accepted" in events
+    assert "attestation.accepted" in events
+
+
+def test_the_table_shows_the_newest_entries(spm: tuple[SpmProcess, str]) -> None:
+    proc, _ = spm
+    done = secfl("audit", "show", *remote(proc), "--limit", "2")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].split() == ["SEQ", "TIME", "(UTC)", "EVENT", "POLICY", "DETAIL"]
+    with SpmClient(proc.url, pin=proc.pin) as client:
+        head = client.audit(since=2**62)["head_seq"]
+    rows = [line for line in lines[1:] if line.split()[0].isdigit()]  # long details wrap
+    assert [int(row.split()[0]) for row in rows] == [head - 1, head]
+    assert rows[-1].split()[3:5] == ["secrets.released", "fed"]
+    assert "service=aggregator" in done.stdout
+
+
+def test_event_and_policy_filters(spm: tuple[SpmProcess, str]) -> None:
+    proc, token = spm
+    with SpmClient(proc.url, pin=proc.pin) as client:
+        seq = client.report("fed", "round", ROUND, token)
+    done = secfl("audit", "show", *remote(proc), "--json", "--event", "fl")
+    assert done.returncode == 0, done.stderr
+    (entry,) = [e for e in json_lines(done.stdout) if e.seq == seq]
+    assert entry.event == "fl.round" and entry.detail["service"] == "aggregator"
+    assert all(e.event.startswith("fl.") for e in json_lines(done.stdout))
+
+    done = secfl("audit", "show", *remote(proc), "--json", "--limit", "0",
+                 "--event", "attestation.accepted", "--event", "policy.accepted")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted({e.event for e in json_lines(done.stdout)}) == [
+        "attestation.accepted", "policy.accepted",
+    ]  # fmt: skip
+    done = secfl("audit", "show", *remote(proc), "--policy", "other")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("no matching entries")
+    assert one_error(secfl("audit", "show", *remote(proc), "--event", "a;b")).startswith(
+        "error: --event: "
+    )
+
+
+def test_follow_shows_a_new_entry_and_ends_cleanly_on_ctrl_c(
+    spm: tuple[SpmProcess, str],
+) -> None:
+    proc, token = spm
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "secfl.cli.main", "audit", "show", *remote(proc), "--json",
+         "--event", "fl.round", "--limit", "1", "--follow", "--interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert follower.stdout is not None
+        before = follower.stdout.readline()  # the newest fl.round so far (or the first poll)
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            seq = client.report("fed", "round", {**ROUND, "round": 7}, token)
+        deadline = time.monotonic() + 30
+        shown = [json.loads(before)] if before else []
+        while not any(e["seq"] == seq for e in shown) and time.monotonic() < deadline:
+            line = follower.stdout.readline()
+            if not line:
+                break
+            shown.append(json.loads(line))
+        (entry,) = [e for e in shown if e["seq"] == seq]
+        assert entry["event"] == "fl.round" and entry["detail"]["round"] == 7
+    finally:
+        follower.send_signal(signal.SIGINT)
+        _, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    assert err == ""
+
+
+def test_the_database_is_read_verified_and_a_changed_entry_refused(
+    spm: tuple[SpmProcess, str], tmp_path: Path
+) -> None:
+    proc, token = spm
+    data = str(proc.data)
+    with SpmClient(proc.url, pin=proc.pin) as client:
+        client.report("fed", "round", {**ROUND, "round": 9}, token)
+    done = secfl("audit", "show", "--data", data, "--json", "--event", "fl.round", "--limit", "1")
+    assert done.returncode == 0, done.stderr
+    (entry,) = json_lines(done.stdout)
+    assert entry.detail["round"] == 9
+
+    # Without the data folder nothing authenticates the entries: refused, not shown.
+    line = one_error(secfl("audit", "show", "--db", f"sqlite:///{proc.data / 'spm.db'}"))
+    assert line.startswith("error: --db needs --data DIR")
+
+    # Someone with the database rewrites what the aggregator reported...
+    changed = _copy_spm(proc.data, tmp_path / "changed")
+    detail = {**entry.detail, "round": 1000}
+    _sql(changed, "UPDATE audit SET detail = ? WHERE seq = ?", _json(detail), entry.seq)
+    line = one_error(secfl("audit", "show", "--data", str(changed)))
+    assert line.startswith(f"error: audit: entry {entry.seq} was modified")
+    assert "secfl audit verify" in line
+
+    # ... and gives the entry a matching hash: it no longer chains to the head.
+    rehashed = _copy_spm(proc.data, tmp_path / "rehashed")
+    forged = AuditEntry(entry.seq, entry.at, entry.event, entry.policy, detail,
+                        entry.prev_hash, "0" * 64)  # fmt: skip
+    _sql(rehashed, "UPDATE audit SET detail = ?, hash = ? WHERE seq = ?",
+         _json(detail), forged.computed_hash(), entry.seq)  # fmt: skip
+    line = one_error(secfl("audit", "show", "--data", str(rehashed), "--event", "fl.round"))
+    assert line.startswith(f"error: audit: entry {entry.seq} does not chain to ")
+
+    # A whole database put back to an older copy: the SPM's anchor is ahead of it.
+    with SpmClient(proc.url, pin=proc.pin) as client:
+        client.report("fed", "round", {**ROUND, "round": 10}, token)
+    rolled = _copy_spm(proc.data, tmp_path / "rolled")
+    (rolled / "spm.db").write_bytes((changed / "spm.db").read_bytes())
+    _sql(rolled, "UPDATE audit SET detail = ? WHERE seq = ?", _json(entry.detail), entry.seq)
+    line = one_error(secfl("audit", "show", "--data", str(rolled)))
+    assert line.startswith("error: rollback: the database's audit log ends at entry")
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sql(data: Path, statement: str, *args: object) -> None:
+    db = sqlite3.connect(data / "spm.db")
+    with db:
+        db.execute(statement, args)
+    db.close()
+
+
+def _copy_spm(data: Path, to: Path) -> Path:
+    """The SPM's data folder as it is now (SQLite's WAL folded in), to tamper with."""
+    to.mkdir(mode=0o700)
+    for name in os.listdir(data):
+        if name.startswith("spm.db"):
+            continue
+        (to / name).write_bytes((data / name).read_bytes())
+        (to / name).chmod(0o600)
+    source = sqlite3.connect(data / "spm.db")
+    target = sqlite3.connect(to / "spm.db")
+    with target:
+        source.backup(target)
+    source.close()
+    target.close()
+    return to

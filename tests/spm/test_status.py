@@ -1,0 +1,195 @@
+"""The aggregator's events and `secfl status` / `secfl revocations` against a real
+`secfl spm serve`: what an aggregator may post is bounded and typed, only an
+aggregator's session may post it, and a clone-audit revocation request is listed
+with the commands that act on it, which the board then runs as printed."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from secfl.spm._events import MAX_DEPTH, MAX_DETAIL_BYTES
+from secfl.spm.client import SpmClient, SpmRefused
+from secfl.spm.enroll import enroll
+from secfl.tee import _simulated as simulated
+from tests.spm.harness import AGGREGATOR_MR, COLLABORATOR_MR, Board, SpmProcess, policy_document
+
+pytestmark = pytest.mark.timeout(120)
+
+ROUND = {
+    "round": 3, "counter": 4, "attempt": 1, "participants": 2, "dropped": 0, "excluded": 1,
+    "run": 1, "policy_version": 1, "duration_s": 1.5,
+    "objective": {"metric": "loss", "mode": "min", "value": 0.25},
+}  # fmt: skip
+
+
+def secfl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, sim: tuple[Path, bytes], board: Board
+) -> Iterator[dict[str, Any]]:
+    """An SPM with policy `fed`, an attested aggregator and an attested collaborator."""
+    proc = SpmProcess(tmp_path_factory.mktemp("spm") / "data", sim[0], None).start()
+    try:
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            document = policy_document("fed", board, sim[1])
+            client.submit_policy(document, board.sign(document, "alice", "bob"))
+            platform = simulated.SimulatedPlatform(sim[0])
+            agg = enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
+            col = enroll(client, platform, "fed", "collaborator", measurement=COLLABORATOR_MR)
+        yield {"spm": proc, "aggregator": agg, "collaborator": col}
+    finally:
+        proc.stop()
+
+
+def post(world: dict[str, Any], event: str, detail: Any, who: str = "aggregator") -> int:
+    spm: SpmProcess = world["spm"]
+    with SpmClient(spm.url, pin=spm.pin) as client:
+        return client.report("fed", event, detail, world[who].session_token)
+
+
+@pytest.mark.parametrize(
+    ("detail", "message"),
+    [
+        ({**ROUND, "round": "3"}, "event: round: round: "),
+        ({**ROUND, "counter": -1}, "event: round: counter: "),
+        ({**ROUND, "participants": True}, "event: round: participants: "),
+        ({**ROUND, "weights": [1, 2]}, "event: round: weights: "),
+        (
+            {**ROUND, "objective": {"metric": "loss", "mode": "up", "value": 1}},
+            "event: round: objective.mode: ",
+        ),
+        ({k: v for k, v in ROUND.items() if k != "counter"}, "event: round: counter: "),
+        ({**ROUND, "service": "site-1"}, "event: 'service' is set by the SPM"),
+    ],
+)
+def test_a_round_event_has_one_shape(
+    world: dict[str, Any], detail: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(SpmRefused, match=f"^{message}") as refused:
+        post(world, "round", detail)
+    assert refused.value.status == 400
+
+
+def test_any_event_is_bounded(world: dict[str, Any]) -> None:
+    nested: Any = 1
+    for _ in range(MAX_DEPTH + 1):
+        nested = [nested]
+    with pytest.raises(SpmRefused, match="^event: the detail nests"):
+        post(world, "audit.excluded", {"x": nested})
+    with pytest.raises(SpmRefused, match="^event: the detail is .* bytes, at most"):
+        post(world, "audit.excluded", {"x": "a" * MAX_DETAIL_BYTES})
+    spm: SpmProcess = world["spm"]
+    with SpmClient(spm.url, pin=spm.pin) as client:
+        # NaN is not JSON: a client that sends it anyway is refused, nothing logged.
+        head = client.audit(since=2**62)["head_seq"]
+        raw = client._connect().post(
+            "/v1/policies/fed/events",
+            content=b'{"event": "audit.excluded", "detail": {"score": NaN}}',
+            headers={"Authorization": f"Bearer {world['aggregator'].session_token}",
+                     "Content-Type": "application/json"},
+        )  # fmt: skip
+        assert raw.status_code == 400, raw.text
+        assert raw.json()["error"].startswith("event: the detail is not JSON"), raw.text
+        assert client.audit(since=2**62)["head_seq"] == head
+
+
+def test_only_an_aggregators_session_may_post(world: dict[str, Any]) -> None:
+    with pytest.raises(SpmRefused, match="^report: service 'collaborator' is not an aggregator"):
+        post(world, "round", ROUND, who="collaborator")
+    spm: SpmProcess = world["spm"]
+    with SpmClient(spm.url, pin=spm.pin) as client:
+        reply = client._connect().post(
+            "/v1/policies/fed/events", json={"event": "round", "detail": ROUND}
+        )
+    assert reply.status_code == 401 and reply.json()["error"].startswith("session: ")
+
+
+def test_status_and_a_revocation_request_the_board_acts_on(
+    world: dict[str, Any], board: Board, tmp_path: Path
+) -> None:
+    spm: SpmProcess = world["spm"]
+    remote = ("--spm", spm.url, "--spm-pin", spm.pin)
+    post(world, "round", {**ROUND, "round": 2, "counter": 3})
+    post(world, "round", ROUND)
+    cert = x509.load_pem_x509_certificate(world["collaborator"].certificate.encode())
+    serial = format(cert.serial_number, "x")
+    request = {"round": 3, "excluded": ["collaborator"], "serials": {"collaborator": serial},
+               "suspicion": {"collaborator": 5.0}}  # fmt: skip
+    seq = post(world, "audit.revocation-requested", request)
+
+    done = secfl("status", *remote, "--policy", "fed")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "policy fed: version 1 (digest " in text and "by alice, bob" in text
+    assert "round: 3 committed at counter 4, 2 participant(s), 1 excluded by the audit, " \
+           "loss 0.25 (min)" in text  # fmt: skip
+    services = {line.split()[0]: line.split() for line in text.splitlines() if line}
+    assert services["aggregator"][1] == "aggregator" and services["aggregator"][4] == "1"
+    assert services["collaborator"][1] == "collaborator"
+    assert "3      collaborator" in text and "pending" in text
+
+    done = secfl("revocations", *remote, "--policy", "fed")
+    assert done.returncode == 0, done.stderr
+    assert "no revocations in policy fed" in done.stdout
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("3 ")]
+    assert row.split() == ["3", "collaborator", "collaborator", serial, *row.split()[4:6],
+                           "aggregator", "pending"]  # fmt: skip
+    sign, submit = [shlex.split(line) for line in done.stdout.splitlines()
+                    if line.startswith("  secfl ")]  # fmt: skip
+    assert sign[:3] == ["secfl", "policy", "sign-revocation"] and submit[:2] == ["secfl", "revoke"]
+    assert f"clone audit: round 3, audit entry {seq}" in sign
+
+    # The board runs exactly what was printed: two members sign, one submits.
+    for member in ("alice", "bob"):
+        key = tmp_path / f"{member}.key"
+        key.write_bytes(board.keys[member])
+        key.chmod(0o600)
+        argv = [a.replace("MEMBER", member) for a in sign[1:]]
+        argv = [str(tmp_path / a) if a.endswith((".key", ".sig")) else a for a in argv]
+        assert secfl(*argv).returncode == 0
+    argv = [str(tmp_path / a) if a.endswith(".sig") else a for a in submit[1:]]
+    done = secfl(*argv)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "revoked: service collaborator of policy fed"
+
+    done = secfl("revocations", *remote, "--policy", "fed")
+    assert done.returncode == 0, done.stderr
+    assert "clone audit: round 3" in done.stdout  # the board's row, with its reason
+    assert "to act on a pending request" not in done.stdout
+    doc = json.loads(secfl("status", *remote, "--policy", "fed", "--json").stdout)
+    (finding,) = doc["findings"]
+    assert finding["state"] == "revoked" and finding["seq"] == seq
+    assert doc["revocations"] == 1 and doc["complete"] is True
+
+
+def test_the_status_scan_is_bounded(world: dict[str, Any]) -> None:
+    """A status request reads at most `--scan` entries of the log and says so."""
+    spm: SpmProcess = world["spm"]
+    remote = ("--spm", spm.url, "--spm-pin", spm.pin)
+    post(world, "round", {**ROUND, "round": 5, "counter": 6})
+    doc = json.loads(secfl("status", *remote, "--policy", "fed", "--json", "--scan", "1").stdout)
+    assert doc["scanned"] == 1 and doc["complete"] is False
+    assert doc["round"]["round"] == 5  # the newest entry is the round just reported
+    assert doc["policy"]["approvers"] == ["alice", "bob"]  # from the signatures, not the log
+    done = secfl("status", *remote, "--policy", "fed", "--scan", "1")
+    assert done.returncode == 0, done.stderr
+    assert "1 newest entries read, a part of its history" in done.stdout
+    done = secfl("status", *remote, "--policy", "fed", "--scan", "0")
+    assert done.returncode == 1 and done.stderr.startswith("error: --scan: ")
+    done = secfl("status", *remote, "--policy", "nope")
+    assert done.returncode == 1 and done.stderr.startswith("error: policy: no policy named")
