@@ -67,7 +67,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secfl.demo.federation import POLICY, DemoSettings, Federation, Workload
+from secfl.demo._policy import POLICY
+from secfl.demo._processes import Workload
+from secfl.demo.federation import DemoSettings, Federation
 from secfl.demo.report import read_metrics
 from secfl.spm.client import SpmClient
 

@@ -84,7 +84,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from secfl.fl import _messages as msg
 from secfl.fl._tensors import to_bytes
 from secfl.fl._transport import Client, Credentials
-from secfl.policy._model import CaSecret
+from secfl.policy._secrets import CaSecret
 from secfl.spm import _sealing as sv
 from secfl.spm.enroll import make_csr
 

@@ -36,7 +36,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secfl.fl._tensors import chunks
+from secfl.fl._chunks import chunks
 from secfl.fl._transport import (
     CHUNK_SIZE,
     MESSAGE_LIMIT,
@@ -47,7 +47,7 @@ from secfl.fl._transport import (
     Server,
     join,
 )
-from secfl.policy._model import CaSecret
+from secfl.policy._secrets import CaSecret
 from secfl.spm import _sealing as sv
 from secfl.spm.enroll import make_csr
 

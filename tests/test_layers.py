@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "secfl"
-RUNTIME = ("_internal", "tee", "policy", "shield", "spm", "launcher", "tasks", "fl")
+RUNTIME = ("_internal", "tee", "policy", "shield", "spm", "launcher", "tasks", "fl", "flower")
 
 
 def imports_of(path: Path, package: str | None = None) -> set[str]:

@@ -13,7 +13,8 @@ import pytest
 
 from secfl.cli.main import main
 from secfl.demo import federation
-from secfl.demo.federation import DemoError, DemoSettings, Federation
+from secfl.demo.federation import DemoSettings, Federation
+from secfl.errors import DemoError
 
 
 def test_a_relative_work_folder_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

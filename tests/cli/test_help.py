@@ -45,6 +45,7 @@ def test_every_help_is_plain_and_complete(
     assert not PYTHON_TYPE.search(text), text
     assert not RST.search(text), text
     assert "…" not in text
+    assert "{" not in text.splitlines()[0]  # `FILE`, not typer's `{FILE}`
     assert max(map(len, text.splitlines())) <= 80, text
     # Every option is shown whole, and a flag without a metavar after it.
     cmd = dict(walk(command()))[path]

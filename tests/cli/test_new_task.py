@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
 import subprocess
 import sys
 import tomllib
@@ -23,7 +22,7 @@ import safetensors
 import safetensors.numpy
 
 from secfl.cli._template import SITES, new_task, package_for, synthetic_data
-from tests.clirun import ERROR_LINE, call, failed
+from tests.clirun import ERROR_LINE, call, check_parses, failed, shell_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "src" / "secfl" / "cli" / "templates"
@@ -194,6 +193,24 @@ def test_missing_data_is_named(made: Path, capsys: pytest.CaptureFixture[str]) -
     assert line.startswith(f"error: --data: {made}/data/site-9 does not exist")
 
 
+def test_one_site_given_twice_or_two_sites_of_one_name_are_refused(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each --data is a site, named after its folder: never one site's data trained
+    twice under two names."""
+    task = ["simulate", "--task", str(made / "code")]
+    one = str(made / "data" / "site-1")
+    line = failed(capsys, *task, "--data", one, "--data", f"{made}/data/../data/site-1")
+    assert line == (
+        f"error: --data: {made}/data/../data/site-1 is given twice (as {one} too); give each "
+        "site's data once\n"
+    )
+    other = tmp_path / "elsewhere" / "site-1"
+    other.mkdir(parents=True)
+    line = failed(capsys, *task, "--data", one, "--data", str(other))
+    assert line.startswith(f"error: --data: two sites would be named 'site-1' ({one} and {other})")
+
+
 # --- the folder -----------------------------------------------------------------------
 
 
@@ -265,33 +282,12 @@ def test_a_wheel_ships_every_template_file() -> None:
         assert any(fnmatch(relative, pattern) for pattern in patterns), relative
 
 
-def shell_commands(markdown: str) -> list[list[str]]:
-    """The ``secfl`` commands in ``markdown``'s code blocks, as argv (lines joined at a
-    trailing backslash, comments dropped)."""
-    blocks = re.findall(r"^\s*```sh\n(.*?)^\s*```", markdown, flags=re.M | re.S)
-    text = "\n".join(blocks).replace("\\\n", " ")
-    commands = []
-    for line in text.splitlines():
-        argv = shlex.split(line, comments=True)
-        if argv and argv[0] == "secfl":
-            commands.append(argv[1:])
-    return commands
-
-
 @pytest.mark.parametrize("document", ["template", "docs"])
 def test_every_command_in_the_readmes_parses(made: Path, document: str) -> None:
     """Each ``secfl`` line the task's README and docs/quickstart-task.md show is one the
     CLI accepts as written: its commands exist and its options parse."""
-    import click
-
-    from secfl.cli.main import command
-
     path = made / "README.md" if document == "template" else ROOT / "docs" / "quickstart-task.md"
     commands = shell_commands(path.read_text())
     assert len(commands) >= 2, commands
     for argv in commands:
-        cmd, rest = command(), list(argv)
-        while isinstance(cmd, click.Group) and rest and rest[0] in cmd.commands:
-            cmd = cmd.commands[rest.pop(0)]
-        assert not isinstance(cmd, click.Group), argv
-        cmd.make_context("secfl", rest)  # a usage error raises
+        check_parses(argv)

@@ -9,6 +9,7 @@ what to run. (The whole path to a trained model opened by its owner, with a real
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from pathlib import Path
@@ -19,11 +20,12 @@ import yaml
 from secfl.policy import load_policy_file
 from secfl.shield import encrypt_directory
 from secfl.tee import _simulated as simulated
-from tests.clirun import ERROR_LINE, call
+from tests.clirun import ERROR_LINE, call, failed
 
 Capsys = pytest.CaptureFixture[str]
-SEALED = (
+SEALED = (  # what `secfl policy seal-secret` writes (examples/policy.yaml's)
     "BBAOC9GPiZsMneH6l+InGsFDwsGY7ypo/gG/181IG2i0enkbv8iVe5mg722DZjemzj9Hs3IWU7cZR86KQXJam2NzpTox"
+    "1pzenTuIdUAwomx3TepEP7YNsg/k8M6kmhAzJGyfMnPppT6cCMtLRl3lWIU="
 )
 
 
@@ -162,6 +164,16 @@ def test_hardware_measurements_are_pinned_as_given(world: Path, capsys: Capsys) 
         (["--site", "site-1"], "init: the service name 'site-1' is given twice"),
         (["--sealed", "nope-key=x"], "init: --sealed: 'nope-key' is not a key this policy imports"),
         (["--sealed", "oops"], "--sealed: 'oops' is not SECRET=VALUE (or SECRET=@FILE)"),
+        (
+            ["--sealed", "site-2-key=garbage"],
+            "secrets: 'site-2-key': its sealed value is not what `secfl policy seal-secret` "
+            "writes (it is not base64)",
+        ),
+        (
+            ["--sealed", f"site-2-key={base64.b64encode(base64.b64decode(SEALED)[:69]).decode()}"],
+            "secrets: 'site-2-key': its sealed value is not what `secfl policy seal-secret` "
+            "writes (69 bytes, fewer than the 82 of the shortest sealed value)",
+        ),
         (["--set", "round=8"], "federation: round: unknown setting (did you mean 'rounds'?)"),
         (["--strategy", "fedavgg"], "federation: strategy: unknown strategy 'fedavgg'"),
         (["--min-clients", "3"], "federation: min_clients is 3 but the policy has 2"),
@@ -187,3 +199,16 @@ def test_a_policy_must_accept_some_tee(world: Path, capsys: Capsys) -> None:
                         "alice=board/alice.pub", "--site", "s", "--task", "task.secfl",
                         "--platform", "snp")  # fmt: skip
     assert code == 1 and err.startswith("error: --platform snp: give --measurement snp:aggregator")
+
+
+def test_validate_refuses_a_sealed_value_that_is_not_one(tmp_path: Path, capsys: Capsys) -> None:
+    """Not only at submit, when the board has signed it already."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
+    text = example.read_text()
+    code, _, err = call(capsys, "policy", "validate", str(example))
+    assert code == 0, err
+    sealed = next(line for line in text.splitlines() if "sealed: " in line).split()[-1]
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(text.replace(sealed, "garbage", 1))
+    line = failed(capsys, "policy", "validate", str(bad))
+    assert line.startswith("error: secrets: 'task-key': its sealed value is not what "), line

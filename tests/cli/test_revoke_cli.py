@@ -8,7 +8,6 @@ service then cannot attest until the board readmits it the same way, and
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,25 +16,10 @@ import pytest
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll
 from secfl.tee import _simulated as simulated
+from tests.clirun import one_error, secfl
 from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def secfl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "secfl.cli.main", *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-
-
-def one_error(done: subprocess.CompletedProcess[str]) -> str:
-    """A refusal: exit 1, nothing on stdout, one ``error:`` line and no traceback."""
-    assert done.returncode == 1, (done.stdout, done.stderr)
-    assert done.stdout == "", done.stdout
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    return lines[0]
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from secfl.fl._envelope import ModelEnvelope, read_unverified
 from secfl.fl._tensors import from_bytes
 from secfl.fl._transport import Client, Credentials, PeerPolicy, Server
 from secfl.fl.strategies._base import Params
-from secfl.policy._model import CaSecret
+from secfl.policy._secrets import CaSecret
 from secfl.spm import _sealing as sv
 from secfl.spm.enroll import make_csr
 from secfl.tasks._base import Dataset, Task

@@ -1,4 +1,5 @@
-"""Sealed checkpoints: round trip, tampering, wrong key, other policy, rollback."""
+"""Sealed checkpoints: round trip, tampering, wrong key, other policy, rollback; the
+checkpoint folder: resuming from the newest committed one, pruning."""
 
 from __future__ import annotations
 
@@ -12,15 +13,8 @@ import numpy as np
 import pytest
 
 from secfl.errors import FlError
-from secfl.fl._checkpoint import (
-    MAGIC,
-    checkpoint_name,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    write_checkpoint,
-)
+from secfl.fl._checkpoint import MAGIC, checkpoint_name, load_checkpoint, write_checkpoint
+from secfl.fl._checkpoint_dir import latest_checkpoint, list_checkpoints, prune_checkpoints
 from secfl.fl._tensors import from_bytes, to_bytes
 from secfl.fl.strategies import FedAdam, Update
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from secfl.demo.federation import DemoSettings, Federation, Workload
-from secfl.fl._checkpoint import list_checkpoints
+from secfl.demo._processes import Workload
+from secfl.demo.federation import DemoSettings, Federation
+from secfl.fl._checkpoint_dir import list_checkpoints
 from secfl.fl._tensors import from_bytes
 from secfl.fl._transport import Client, Credentials, TransportError
 from secfl.spm.client import SpmClient

@@ -6,13 +6,11 @@ folders, and no accuracy anywhere."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-
-import pytest
 
 from secfl.demo.federation import DemoSettings, Federation
 from secfl.fl._tensors import from_bytes
+from tests.clirun import run_to_the_end
 
 TASK = '''"""diabetes with a network of its own, defined in the volume's package."""
 
@@ -62,13 +60,7 @@ def test_a_regression_with_a_packaged_task_trains_to_the_end(tmp_path: Path) -> 
         fed.submit_policy()
         fed.start_aggregator()
         fed.start_collaborators()
-        deadline = time.monotonic() + 240
-        while not fed.finished():
-            failed = fed.failed()
-            if failed is not None:
-                pytest.fail(f"{failed.name} failed: {failed.tail(20)}")
-            assert time.monotonic() < deadline, {n: w.tail(5) for n, w in fed.workloads.items()}
-            time.sleep(0.2)
+        run_to_the_end(fed)
         params, meta = from_bytes(fed.final_model())
     finally:
         fed.stop()

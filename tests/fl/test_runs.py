@@ -21,7 +21,8 @@ import pytest
 from secfl._internal.logfilter import RepeatFilter
 from secfl.errors import FlError
 from secfl.fl._aggregator import Aggregator, Signer
-from secfl.fl._checkpoint import list_checkpoints, write_checkpoint
+from secfl.fl._checkpoint import write_checkpoint
+from secfl.fl._checkpoint_dir import list_checkpoints
 from secfl.fl._collaborator import ModelGate
 from secfl.fl._commit import Commit, MemoryLedger
 from secfl.fl._config import FederationConfig

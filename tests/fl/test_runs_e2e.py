@@ -23,8 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from secfl.demo.federation import DemoSettings, Federation, Workload
-from secfl.fl._checkpoint import list_checkpoints
+from secfl.demo._processes import Workload
+from secfl.demo.federation import DemoSettings, Federation
+from secfl.fl._checkpoint_dir import list_checkpoints
 from secfl.policy import load_policy
 from secfl.policy._canonical import digest
 from secfl.policy._signatures import sign_policy

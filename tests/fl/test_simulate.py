@@ -173,6 +173,16 @@ class NanLoss(Toy):
         return {"loss": float("nan")}
 
 
+class HugeLoss(Toy):
+    def train(self, model: nn.Module, data: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"loss": 10**5000}  # str() of it raises ValueError
+
+
+class HugeEvaluation(Toy):
+    def evaluate(self, model: nn.Module, data: Any) -> dict[str, Any]:
+        return {"loss": 10**400}  # its first digits would look like a finite number
+
+
 class NanWeights(Toy):
     def train(self, model: nn.Module, data: Any, config: Mapping[str, Any]) -> dict[str, Any]:
         with torch.no_grad():
@@ -195,14 +205,18 @@ class NoLoss(Toy):
     [
         (NanLoss(), r"^train: metric 'loss' is not a finite number \(nan\) \(s1, round 1\)$"),
         (NoLoss(), r"^train: returned no 'loss' \(it returned: mse\) \(s1, round 1\)$"),
+        (HugeLoss(), r"^train: metric 'loss' is not a finite number \(an integer of 16610 bits\)"),
+        (HugeEvaluation(), r"^evaluate: metric 'loss' is not a finite number \(an integer of 401 "),
         (NanWeights(), r"^train: left a model the aggregator refuses: .* \(s1, round 1\)$"),
         (ShapeBySeed(), r"^build_model: build_model\(\) and build_model\(seed\) build different"),
     ],
-    ids=["nan-loss", "no-loss", "nan-weights", "seed-changes-shape"],
-)
+    ids=["nan-loss", "no-loss", "huge-loss", "huge-evaluation", "nan-weights",
+         "seed-changes-shape"],
+)  # fmt: skip
 def test_what_a_federation_would_refuse_is_refused(task: Toy, message: str) -> None:
+    sites = toy_sites()
     with pytest.raises(TaskError, match=message) as caught:
-        run_local(task, toy_sites(), settings())
+        run_local(task, sites, settings(), validation=sites[0].data)
     assert "\n" not in str(caught.value)
 
 

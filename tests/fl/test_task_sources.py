@@ -11,6 +11,7 @@ import pytest
 from secfl.errors import FlError
 from secfl.fl._inputs import FolderImporter, data_path, load_task
 from secfl.shield import Volume
+from secfl.tasks._contract import task_errors_shown
 from tests.clirun import call
 from tests.fl.example_task import write_task
 
@@ -70,16 +71,51 @@ def test_a_task_volume_imports_its_own_package(
     assert task.name == "csv-regression"
 
 
+def test_a_package_folder_without_init_is_the_volumes_own(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mymodels/` without `__init__.py` (a namespace package) is still the volume's:
+    an installed regular package of that name on sys.path does not shadow it."""
+    write_task(tmp_path / "plain")
+    (tmp_path / "plain" / "mymodels" / "__init__.py").unlink()
+    volumes = tmp_path / "run" / "volumes"
+    shielded_volume(capsys, tmp_path / "plain", volumes, "task")
+    monkeypatch.setenv("SECFL_VOLUMES", str(volumes))
+    decoy(tmp_path / "site-packages")
+    (tmp_path / "site-packages" / "mymodels" / "net.py").write_text("raise SystemExit('decoy')\n")
+    task = load_task("volume:task")
+    assert type(task.build_model(0)).__module__ == "mymodels.net"
+    package = sys.modules["mymodels"]
+    assert not hasattr(package, "DECOY")
+    assert list(package.__path__) == [str(volumes.resolve() / "task" / "mymodels")]
+    assert Path(sys.modules["mymodels.net"].__file__ or "").is_relative_to(volumes.resolve())
+
+
+def test_a_namespace_folder_bound_to_another_module_is_refused(tmp_path: Path) -> None:
+    folder = write_task(tmp_path / "mytask")
+    (folder / "mymodels" / "__init__.py").unlink()
+    decoy(tmp_path / "site-packages")
+    import mymodels  # noqa: F401  (imported from elsewhere before the task)
+
+    with pytest.raises(FlError, match=r"^source: the task's module 'mymodels' has the name of a"):
+        load_task(str(folder))
+
+
 def test_a_module_the_volume_lacks_is_not_taken_from_elsewhere(tmp_path: Path) -> None:
     folder = write_task(tmp_path / "mytask")
     with open(folder / "task.py", "a") as fh:
         fh.write("\nimport mymodels.extra\n")
     decoy(tmp_path / "site-packages")
-    with pytest.raises(FlError) as info:
+    with task_errors_shown(), pytest.raises(FlError) as info:  # as --insecure shows it
         load_task(str(folder))
-    assert (
-        str(info.value)
-        == "source: the task module task.py failed: No module named 'mymodels.extra'"
+    assert str(info.value) == (
+        "source: the task module task.py failed: ModuleNotFoundError: No module named "
+        "'mymodels.extra'"
+    )
+    with pytest.raises(FlError) as hidden:  # as a secure workload shows it: type and place
+        load_task(str(folder))
+    assert str(hidden.value).startswith(
+        "source: the task module task.py failed: ModuleNotFoundError at task.py:"
     )
 
 

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,3 +177,29 @@ class SpmProcess:
 def make_sim(path: Path) -> bytes:
     simulated.init(path, force=True)
     return (path / simulated.ROOT_CERT).read_bytes()
+
+
+@contextmanager
+def spm_with_policy(
+    data: Path, sim: tuple[Path, bytes], board: Board, *services: str, policy: str = "fed"
+) -> Iterator[tuple[SpmProcess, dict[str, Any]]]:
+    """A running `secfl spm serve` with ``policy`` (version 1, signed by alice and bob)
+    and an enrollment (session token, certificate) for each of ``services``
+    (``aggregator``, ``collaborator``), attested in the simulated TEE."""
+    from secfl.spm.client import SpmClient
+    from secfl.spm.enroll import enroll
+
+    measurements = {"aggregator": AGGREGATOR_MR, "collaborator": COLLABORATOR_MR}
+    proc = SpmProcess(data, sim[0], None).start()
+    try:
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            document = policy_document(policy, board, sim[1])
+            client.submit_policy(document, board.sign(document, "alice", "bob"))
+            platform = simulated.SimulatedPlatform(sim[0])
+            enrolled = {
+                s: enroll(client, platform, policy, s, measurement=measurements[s])
+                for s in services
+            }
+        yield proc, enrolled
+    finally:
+        proc.stop()

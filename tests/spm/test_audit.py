@@ -21,7 +21,8 @@ from secfl.spm._audit import (
     make_entry,
     verify_chain,
 )
-from secfl.spm._store import AUDIT_HEAD_MAC, Store, normalise_url
+from secfl.spm._engine import normalise_url
+from secfl.spm._store import AUDIT_HEAD_MAC, Store
 from tests.spm.conftest import AUDIT_KEY
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -19,29 +19,12 @@ import pytest
 
 from secfl.spm._audit import AuditEntry
 from secfl.spm.client import SpmClient
-from secfl.spm.enroll import enroll
-from secfl.tee import _simulated as simulated
-from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
+from tests.clirun import one_error, secfl
+from tests.spm.harness import Board, SpmProcess, spm_with_policy
 
 pytestmark = pytest.mark.timeout(120)
 
 ROUND = {"round": 1, "counter": 2, "participants": 3}
-
-
-def secfl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "secfl.cli.main", *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-
-
-def one_error(done: subprocess.CompletedProcess[str]) -> str:
-    """A refusal: exit 1, nothing on stdout, one ``error:`` line and no traceback."""
-    assert done.returncode == 1, (done.stdout, done.stderr)
-    assert done.stdout == "", done.stdout
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +32,9 @@ def spm(
     tmp_path_factory: pytest.TempPathFactory, sim: tuple[Path, bytes], board: Board
 ) -> Iterator[tuple[SpmProcess, str]]:
     """A running SPM with policy `fed`, and the session token of its attested aggregator."""
-    proc = SpmProcess(tmp_path_factory.mktemp("spm") / "data", sim[0], None).start()
-    try:
-        with SpmClient(proc.url, pin=proc.pin) as client:
-            document = policy_document("fed", board, sim[1])
-            client.submit_policy(document, board.sign(document, "alice", "bob"))
-            platform = simulated.SimulatedPlatform(sim[0])
-            token = enroll(
-                client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR
-            ).session_token
-        yield proc, token
-    finally:
-        proc.stop()
+    data = tmp_path_factory.mktemp("spm") / "data"
+    with spm_with_policy(data, sim, board, "aggregator") as (proc, enrolled):
+        yield proc, enrolled["aggregator"].session_token
 
 
 def remote(spm: SpmProcess) -> tuple[str, ...]:

@@ -138,6 +138,9 @@ def test_policy_update_rules(
     with pytest.raises(SpmRefused, match="^predecessor:") as exc:
         client.submit_policy(stale, board.sign(stale, "alice", "bob"))
     assert exc.value.status == 409
+    # the refusal says what to write instead, and the tool that writes it
+    assert f"make it version {current['version'] + 1} with that predecessor" in str(exc.value)
+    assert "secfl policy next" in str(exc.value)
     assert client.policy(policy)["version"] == current["version"]  # nothing changed
 
 

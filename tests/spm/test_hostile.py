@@ -22,9 +22,9 @@ from sqlalchemy import create_engine, text
 
 from secfl.policy._signatures import sign_statement
 from secfl.spm import _sealing as sv
+from secfl.spm._engine import normalise_url
 from secfl.spm._recovery import open_share, recover_policy_key
 from secfl.spm._service import REVOCATION_DOMAIN, revocation_digest, revocation_doc
-from secfl.spm._store import normalise_url
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import Enrollment, enroll
 from secfl.tee import _simulated as simulated

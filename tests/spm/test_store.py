@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 from secfl.errors import SpmError
+from secfl.spm._engine import normalise_url
 from secfl.spm._store import (
     NONCE_GRACE,
     PolicyRecord,
     SecretRecord,
     Store,
     normalise_serial,
-    normalise_url,
 )
 from tests.spm.conftest import AUDIT_KEY, drop_pg_database, fresh_pg_database
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from secfl.tasks import (
     sample_count,
     task_names,
 )
-from secfl.tasks._contract import MAX_METRICS
+from secfl.tasks._contract import MAX_METRICS, show_task_errors, task_errors_shown
 
 
 def test_numbers_of_every_kind_pass_as_floats() -> None:
@@ -36,7 +38,13 @@ def test_numbers_of_every_kind_pass_as_floats() -> None:
     [
         (float("nan"), "'loss' is not a finite number (nan)"),
         (float("inf"), "'loss' is not a finite number (inf)"),
-        (10**400, "'loss' is not a finite number"),
+        (10**400, "'loss' is not a finite number (an integer of 401 digits)"),
+        pytest.param(
+            10**5000, "'loss' is not a finite number (an integer of 16610 bits)", id="10**5000"
+        ),
+        (-(10**400), "'loss' is not a finite number (an integer of 401 digits)"),
+        (np.float64("nan"), "'loss' is not a finite number (nan)"),
+        (float("-inf"), "'loss' is not a finite number (-inf)"),
         (True, "'loss' is a bool, not a number"),
         ("0.5", "'loss' is a str, not a number"),
         (torch.tensor(0.5), "'loss' is a Tensor, not a number"),
@@ -78,15 +86,26 @@ def test_sample_count_needs_len_and_samples() -> None:
         def __len__(self) -> int:
             raise RuntimeError("no rows yet")
 
-    with pytest.raises(TaskError, match=r"^load_data: len\(\) of the data failed: no rows yet$"):
+    with (
+        task_errors_shown(),
+        pytest.raises(
+            TaskError, match=r"^load_data: len\(\) of the data failed: RuntimeError: no rows yet$"
+        ),
+    ):
         sample_count(Broken(), "load_data")
+    with pytest.raises(TaskError) as hidden:  # a secure workload's: no message
+        sample_count(Broken(), "load_data")
+    assert str(hidden.value).startswith(
+        "load_data: len() of the data failed: RuntimeError at test_contract.py:"
+    )
+    assert "no rows" not in str(hidden.value)
 
 
 def test_a_task_raising_anything_is_one_line_naming_the_call() -> None:
     def train(model: object, data: object, config: object) -> None:
         raise ValueError("could not convert\nstring to float: 'abc'")
 
-    with pytest.raises(TaskError) as info:
+    with task_errors_shown(), pytest.raises(TaskError) as info:
         call_task("train", train, None, None, {})
     assert str(info.value) == (
         "train: the task raised ValueError: could not convert string to float: 'abc'"
@@ -108,3 +127,31 @@ def test_built_in_tasks_and_modules_meet_the_protocol() -> None:
         setattr(module, attr, lambda *a: None)
     assert isinstance(as_task(module), Task)
     assert not isinstance(module, SplittableTask)  # load_pool is optional
+
+
+def test_by_default_a_task_failure_shows_neither_its_message_nor_its_code(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A secure workload's: the host reads its log, at whatever level it sets."""
+    caplog.set_level(logging.DEBUG)
+
+    def train(model: object, data: object, config: object) -> None:
+        raise RuntimeError("row: PATIENT-4711")  # a confidential line
+
+    with pytest.raises(TaskError) as info:
+        call_task("train", train, None, None, {})
+    text = str(info.value)
+    assert text.startswith("train: the task raised RuntimeError at test_contract.py:")
+    assert "PATIENT" not in text and info.value.__cause__ is None
+    assert info.value.__suppress_context__
+    assert "PATIENT" not in caplog.text and "confidential" not in caplog.text
+    original = warnings.formatwarning
+    show_task_errors(False)  # what a secure workload does at start: warnings lose their text
+    try:
+        shown = warnings.formatwarning("row PATIENT-4711", UserWarning, __file__, 7, "code")
+        assert shown == "test_contract.py:7: UserWarning (its text is not shown)\n"
+        with task_errors_shown():
+            assert "PATIENT" in warnings.formatwarning("row PATIENT-4711", UserWarning, __file__, 7)
+        assert "PATIENT" not in warnings.formatwarning("row PATIENT-4711", UserWarning, "x", 7)
+    finally:
+        warnings.formatwarning = original

@@ -155,6 +155,14 @@ class _PlainArgument(TyperArgument):
     def display_type_rich(self, ctx: Any) -> str | None:
         return None
 
+    def get_usage_pieces(self, ctx: Any) -> list[str]:
+        """The classic usage form, ``FILE``, ``[FILE]``, ``PATHS...`` (typer writes a
+        required argument as ``{FILE}``)."""
+        name = self.metavar or (self.name or "value").upper()
+        if not self.required:
+            name = f"[{name}]"
+        return [f"{name}..." if self.nargs != 1 else name]
+
 
 def plain_text(text: str) -> str:
     """Docstring markup as plain text: ``:class:`x``` is x, ````x```` and ```x``` are 'x'."""

@@ -11,6 +11,7 @@ import typer
 from secfl.cli import revocation
 from secfl.cli._common import err, out, read_input, write_output
 from secfl.cli.policy_init import init_cmd
+from secfl.cli.policy_next import next_cmd
 from secfl.errors import UsageError
 
 __all__ = [
@@ -33,6 +34,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 app.command("init")(init_cmd)
+app.command("next")(next_cmd)
 
 KEY_KINDS: tuple[KeyKind, ...] = ("ed25519", "ecdsa-p256")
 
@@ -58,7 +60,7 @@ def keygen_cmd(
     With --recovery, also MEMBER.recovery.key and MEMBER.recovery.pub.
     """
     from secfl.policy import _keys as keys
-    from secfl.policy._model import NAME
+    from secfl.policy._fields import NAME
 
     key_kind = _key_kind(kind)
     if not re.fullmatch(NAME, member):

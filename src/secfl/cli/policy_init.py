@@ -22,7 +22,7 @@ from secfl.errors import UsageError
 if TYPE_CHECKING:
     from secfl.fl._policy_template import BoardMember, FederationPlan
 
-__all__ = ["init_cmd"]
+__all__ = ["federation_settings", "init_cmd"]
 
 _TAG = re.compile(r"[0-9a-fA-F]{64}")
 #: The longest value accepted for --set and --train (a policy bounds them again).
@@ -91,6 +91,44 @@ def _setting(value: str, flag: str) -> tuple[str, Any]:
         return key, yaml.safe_load(text)
     except yaml.YAMLError:
         return key, text
+
+
+def federation_settings(
+    base: dict[str, Any],
+    set_: list[str] | None,
+    train: list[str] | None,
+    *,
+    rounds: int | None = None,
+    min_clients: int | None = None,
+    strategy: str | None = None,
+    objective: str | None = None,
+) -> dict[str, Any]:
+    """``base`` with the federation flags applied: ``--set`` replaces a setting,
+    ``--train`` adds to (or replaces one key of) ``federation.train``."""
+    settings = dict(base)
+    settings.update(_setting(v, "--set") for v in set_ or [])
+    if train:
+        given = settings.get("train")
+        settings["train"] = (dict(given) if isinstance(given, dict) else {}) | dict(
+            _setting(v, "--train") for v in train
+        )
+    for key, value in (("rounds", rounds), ("min_clients", min_clients), ("strategy", strategy)):
+        if value is not None:
+            settings[key] = value
+    if objective:
+        metric, _, mode = objective.partition(":")
+        settings["objective"] = {"metric": metric, "mode": mode or "min"}
+    return settings
+
+
+def _settings_file(path: str | None) -> dict[str, Any]:
+    """The settings of a federation.yaml (or a policy), read as `secfl simulate` reads
+    them, so the board signs what the scientist tried; {} without one."""
+    if path is None:
+        return {}
+    from secfl.fl._startup import read_settings
+
+    return dict(read_settings(Path(path)))
 
 
 def _sealed(values: list[str]) -> dict[str, str]:
@@ -240,6 +278,15 @@ def init_cmd(
             help="The `secfl` the workloads run (simulated measurement; default: on PATH).",
         ),
     ] = None,
+    settings_file: Annotated[
+        str | None,
+        typer.Option(
+            "--settings",
+            metavar="PATH",
+            help="The federation settings as `secfl simulate --settings` reads them (a "
+            "task's federation.yaml); the flags below override them.",
+        ),
+    ] = None,
     rounds: Annotated[int | None, typer.Option(help="federation.rounds (default 10).")] = None,
     min_clients: Annotated[
         int | None, typer.Option(help="federation.min_clients (default: every site).")
@@ -277,15 +324,10 @@ def init_cmd(
     if target.exists() and not force:
         raise UsageError(f"'{output}' exists; use --force to replace it")
     members = _members(member)
-    settings: dict[str, Any] = dict(_setting(v, "--set") for v in set_ or [])
-    if train:
-        settings["train"] = dict(_setting(v, "--train") for v in train)
-    for key, value in (("rounds", rounds), ("min_clients", min_clients), ("strategy", strategy)):
-        if value is not None:
-            settings[key] = value
-    if objective:
-        metric, _, mode = objective.partition(":")
-        settings["objective"] = {"metric": metric, "mode": mode or "min"}
+    settings = federation_settings(
+        _settings_file(settings_file), set_, train,
+        rounds=rounds, min_clients=min_clients, strategy=strategy, objective=objective,
+    )  # fmt: skip
     volumes = {"validation": validation, "test": test}
     plan = FederationPlan(
         name=name,

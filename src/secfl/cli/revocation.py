@@ -92,7 +92,7 @@ def statement_from_flags(
             raise UsageError(
                 "name what to revoke: --service NAME, --serial HEX, or --kind KIND --subject ID"
             )
-        from secfl.policy._model import NAME
+        from secfl.policy._fields import NAME
 
         if not re.fullmatch(NAME, service.strip()):
             raise UsageError(f"--service: '{printable(service, 40)}' is not a service name")
@@ -108,7 +108,7 @@ def revocation_statement(
     """The statement every signer rebuilds from the same flags, in one canonical form
     (a serial as lowercase hex without leading zeros, hex lowercased), so that the
     signatures agree and the subject matches what the SPM compares it with."""
-    from secfl.policy._model import NAME
+    from secfl.policy._fields import NAME
     from secfl.spm._records import REVOCATION_KINDS, normalise_serial
 
     if kind not in REVOCATION_KINDS:
@@ -270,11 +270,10 @@ def revocations_cmd(policy: PolicyName, spm: SpmUrl, spm_pin: SpmPin) -> None:
 def _requests(policy: str, spm: str, pin: str, status: dict[str, Any]) -> None:
     """The clone audit's revocation requests, newest first, and what to run next."""
     requests = [f for f in status["findings"] if f["requested"]]
-    scope = "" if status["complete"] else f" (in the newest {status['scanned']} audit entries)"
     if not requests:
-        out.print(f"no revocation requests from the clone audit{scope}", markup=False)
+        out.print("no revocation requests from the clone audit", markup=False)
         return
-    out.print(f"revocation requests from the clone audit, newest first{scope}:", markup=False)
+    out.print("revocation requests from the clone audit, newest first:", markup=False)
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("ROUND", "SERVICES", "SERIALS", "REQUESTED (UTC)", "BY", "STATE"):
         table.add_column(column, overflow="fold")

@@ -110,9 +110,12 @@ def simulate(
     signed. Prints a table of the rounds: the train loss, then the validation and test
     metrics (the objective's marked with *).
     """
+    from secfl.tasks._contract import task_errors_shown
+
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        _simulate(task, data, validation, test, settings, rounds, output, metrics)
+        with task_errors_shown():  # the owner's own machine: the task's messages are shown
+            _simulate(task, data, validation, test, settings, rounds, output, metrics)
     except TaskError as exc:  # the task's own exception is its cause (see task_call)
         cause = exc.__cause__
         if cause is None:
@@ -219,12 +222,28 @@ def _data(site: Any) -> Any:
 
 
 def _site_names(paths: list[Path]) -> list[str]:
-    """Each site's name: its folder's (or file's stem) when they are all distinct,
-    else ``site-1``, ``site-2``..."""
-    names = [p.resolve().name if p.is_dir() else p.stem for p in paths]
-    if len(set(names)) == len(names) and all(names):
-        return names
-    return [f"site-{i}" for i in range(1, len(paths) + 1)]
+    """Each site's name: its folder's (a file's name without its extension), as the
+    federation will call the site. The same data twice, or two sites of one name, is
+    refused: it would train one site's data as two sites'."""
+    seen: dict[Path, Path] = {}
+    named: dict[str, Path] = {}
+    for path in paths:
+        where = path.resolve()
+        if where in seen:
+            raise UsageError(
+                f"--data: {path} is given twice (as {seen[where]} too); give each site's data once"
+            )
+        seen[where] = path
+        name = where.name if path.is_dir() else where.stem
+        if not name:
+            raise UsageError(f"--data: {path} has no name to call its site by; give a folder")
+        if name in named:
+            raise UsageError(
+                f"--data: two sites would be named '{name}' ({named[name]} and {path}): a site "
+                "is named after its folder (a file: its name without the extension); rename one"
+            )
+        named[name] = path
+    return list(named)
 
 
 def _open_metrics(path: Path | None) -> Any:

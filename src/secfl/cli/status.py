@@ -28,19 +28,13 @@ def status(
     spm_pin: Annotated[str, typer.Option(help="SHA-256 of the SPM's TLS key.")],
     policy: Annotated[str, typer.Option("--policy", metavar="NAME", help="The policy's name.")],
     as_json: Annotated[bool, typer.Option("--json", help="The SPM's answer as JSON.")] = False,
-    scan: Annotated[
-        int, typer.Option(metavar="N", help="Audit entries the SPM looks at, newest first.")
-    ] = 20_000,
 ) -> None:
     """Show a federation's state: policy version and approvers, run, last round,
     attested services, counters, and the clone audit's exclusions."""
-    from secfl.spm._status import SCAN_MAX
     from secfl.spm.client import SpmClient
 
-    if not 1 <= scan <= SCAN_MAX:
-        raise UsageError(f"--scan: between 1 and {SCAN_MAX} entries")
     with SpmClient(spm, pin=spm_pin) as client:
-        doc = client.status(policy_name(policy), scan=scan)
+        doc = client.status(policy_name(policy))
     if as_json:
         out.print(json.dumps(doc, sort_keys=True, indent=1), markup=False, soft_wrap=True)
         return
@@ -51,7 +45,7 @@ def policy_name(policy: str) -> str:
     """``policy`` if it is a policy name, else a usage error naming ``--policy``."""
     import re
 
-    from secfl.policy._model import NAME
+    from secfl.policy._fields import NAME
 
     if not re.fullmatch(NAME, policy):
         raise UsageError(f"--policy: '{printable(policy, 40)}' is not a policy name")
@@ -89,9 +83,7 @@ def show(doc: dict[str, Any]) -> None:
     _findings(doc["findings"])
     say(f"revocations in force: {doc['revocations']}"
         + (" (`secfl revocations` lists them)" if doc["revocations"] else ""))  # fmt: skip
-    scope = "the policy's whole history" if doc["complete"] else "a part of its history"
-    say(f"from the audit log up to entry {doc['head_seq']}: {doc['scanned']} newest entries "
-        f"read, {scope}")  # fmt: skip
+    say(f"as of audit entry {doc['head_seq']} (the SPM's log, verified up to there)")
 
 
 def _services(services: list[dict[str, Any]], version: int) -> None:

@@ -35,10 +35,13 @@ Training:
 Models on the wire and on disk:
 
 - :mod:`secfl.fl._tensors` — models and updates as safetensors bytes (never pickle),
-  checks against the model, NaN/Inf refusal, chunked streaming with size limits;
+  checks against the model, NaN/Inf refusal;
+- :mod:`secfl.fl._chunks` — a buffer streamed in chunks, reassembled under a size limit;
 - :mod:`secfl.fl._envelope` — signed global models bound to policy, round and SPM
   counter (freshness);
 - :mod:`secfl.fl._checkpoint` — sealed checkpoints bound to the SPM counter (rollback);
+- :mod:`secfl.fl._checkpoint_dir` — the checkpoint folder: which checkpoint to resume
+  from (the commit protocol), pruning;
 - :mod:`secfl.fl._commit` — each round made durable (checkpoint) and fresh (counter);
 - :mod:`secfl.fl._runs` — runs: each policy version trains its own, without a reset;
   which checkpoint a run resumes from;

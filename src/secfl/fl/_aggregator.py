@@ -85,6 +85,9 @@ class Aggregator:
     reset: ApprovedReset | None = None
     #: How logs name this run (:func:`secfl.fl._runs.run_label`).
     run_label: str = "run 1"
+    #: The policy version it runs under (None: --insecure), in every metrics entry
+    #: with the run's number, so that the rounds of two runs in one file stay apart.
+    policy_version: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     #: The newest sealed (committed) round and its counter value: where a restart resumes.
     sealed: tuple[int, int] | None = None
@@ -264,6 +267,8 @@ class Aggregator:
     ) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "round": round,
+            "run": self.config.run,
+            **({} if self.policy_version is None else {"policy_version": self.policy_version}),
             "attempt": attempt.number,
             "participants": sorted(u.sender for u in updates),
             "updates": len(updates),
@@ -299,9 +304,15 @@ class Aggregator:
     def _record(self, entry: dict[str, Any]) -> None:
         self.history.append(entry)
         if self.metrics_path is not None:
-            with open(self.metrics_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, sort_keys=True) + "\n")
-                fh.flush()
+            try:  # opened at start (check_host_paths); the round is committed by now
+                with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(entry, sort_keys=True) + "\n")
+                    fh.flush()
+            except OSError as exc:
+                log.warning(
+                    "metrics: cannot append round %d to %s: %s (the round is committed; "
+                    "training goes on)", entry["round"], self.metrics_path, exc.strerror or exc,
+                )  # fmt: skip
         keys = [k for k in entry if k.endswith(("_loss", "_accuracy"))]
         keys.append(str(entry.get("objective_metric", "")))
         shown = [f"{k} {entry[k]:.4f}" for k in dict.fromkeys(keys) if k in entry]

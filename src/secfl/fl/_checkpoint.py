@@ -6,10 +6,11 @@ After each round the aggregator writes the global model and its strategy's state
 for checkpoints), with the policy digest, the round and the counter value as
 associated data. The host can read neither the model nor the state, and any change,
 truncation or reordering, another key, or a file moved to another policy, round or
-counter, is refused. On restart (:func:`latest_checkpoint`) the aggregator resumes
-only from a checkpoint whose counter is exactly the SPM's: an older one is a
-rollback, refused with ``rollback: checkpoint of round R has counter C, the SPM's
-counter is E``.
+counter, is refused. Given the SPM's counter (:func:`load_checkpoint` with
+``expected_counter``), a checkpoint with another counter is a rollback, refused with
+``rollback: checkpoint of round R has counter C, the SPM's counter is E``. Which
+checkpoint of a folder the aggregator resumes from, and the commit protocol that
+decides it, are :mod:`secfl.fl._checkpoint_dir`.
 
 File ``checkpoint-r<round:08d>-c<counter:010d>.secfl`` (version 1)::
 
@@ -29,28 +30,6 @@ far below its size limits, whatever the model's size. The plaintext is::
     4-byte big-endian length || inner JSON {"params_size", "state_arrays_size",
     "state" (the state's JSON values)} || params (safetensors) || state arrays
     (safetensors of the state's numpy arrays)
-
-Commit protocol with the SPM counter (the aggregator's side; written down here
-because the two must agree). The aggregator is the only service that increments
-its counter; with the SPM's value ``c`` after round ``r - 1``:
-
-1. aggregate round ``r``;
-2. :func:`write_checkpoint` with ``counter = c + 1`` (durable: temp file, fsync, rename,
-   directory fsync) and keep the previous checkpoint (:func:`prune_checkpoints`
-   with ``keep >= 2``);
-3. increment the SPM counter (it must return ``c + 1``);
-4. seal the new global model with round ``r`` and counter ``c + 1``
-   (:func:`secfl.fl._envelope.seal_model`) and send it.
-
-A crash between 2 and 3 leaves a checkpoint with counter ``c + 1`` while the SPM says
-``c``: it was never committed (its model was never sent), so
-:func:`latest_checkpoint` skips checkpoints whose counter is *greater* than the
-SPM's and resumes from the one that equals it. A crash after 3 resumes from the new
-one. No checkpoint equal to the SPM's counter means a rollback (someone replaced or
-removed the newest file) and is refused; the only way past it is to restore the
-file or a board-approved reset (:mod:`secfl.fl._reset`; every refusal says how:
-:func:`reset_hint`). Which checkpoint a run resumes from, across the runs of
-several policy versions, is :func:`secfl.fl._runs.find_resume_point`.
 """
 
 from __future__ import annotations
@@ -82,11 +61,9 @@ __all__ = [
     "MAX_HEADER",
     "Checkpoint",
     "checkpoint_name",
-    "latest_checkpoint",
-    "list_checkpoints",
     "load_checkpoint",
+    "parse_checkpoint_name",
     "policy_of",
-    "prune_checkpoints",
     "reset_hint",
     "write_checkpoint",
 ]
@@ -128,6 +105,12 @@ def reset_hint(directory: Path | str | None, counter: int) -> str:
 def checkpoint_name(round: int, counter: int) -> str:
     """The file name of the checkpoint of ``round`` at SPM counter value ``counter``."""
     return f"checkpoint-r{round:08d}-c{counter:010d}.secfl"
+
+
+def parse_checkpoint_name(name: str) -> tuple[int, int] | None:
+    """``(round, counter)`` as a checkpoint's file name says, or None for another name."""
+    match = _NAME.match(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _aead(key: bytes) -> AeadKey:
@@ -343,8 +326,8 @@ def load_checkpoint(
             raise FlError(f"integrity: checkpoint {path.name} has data after its last record")
     finally:
         fh.close()
-    match = _NAME.match(path.name)
-    if match and (int(match.group(1)), int(match.group(2))) != (doc["round"], doc["counter"]):
+    named = parse_checkpoint_name(path.name)
+    if named is not None and named != (doc["round"], doc["counter"]):
         raise FlError(
             f"integrity: checkpoint {path.name} holds round {doc['round']} and counter "
             f"{doc['counter']}, not what its name says"
@@ -390,22 +373,6 @@ def _parse_plaintext(plain: bytearray, path: Path) -> tuple[bytes, dict[str, Any
     return params_bytes, state
 
 
-def list_checkpoints(directory: Path | str) -> list[tuple[int, int, Path]]:
-    """``(round, counter, path)`` of the checkpoint files in ``directory``, newest first:
-    by counter (the freshness anchor), then round, as their names say (which
-    :func:`load_checkpoint` checks against the authenticated header)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for entry in directory.iterdir():
-        match = _NAME.match(entry.name)
-        if match and entry.is_file():
-            found.append((int(match.group(1)), int(match.group(2)), entry))
-    found.sort(key=lambda item: (item[1], item[0]), reverse=True)
-    return found
-
-
 def policy_of(path: Path) -> str | None:
     """The (not yet authenticated) policy digest in a checkpoint's header, or None."""
     try:
@@ -414,58 +381,3 @@ def policy_of(path: Path) -> str | None:
     except (OSError, FlError):
         return None
     return str(doc["policy_digest"])
-
-
-def latest_checkpoint(
-    directory: Path | str,
-    *,
-    key: bytes,
-    policy_digest: str,
-    expected_counter: int | None = None,
-    below: int | None = None,
-) -> Checkpoint | None:
-    """The newest checkpoint of ``policy_digest`` in ``directory``, opened and checked.
-
-    Files of other policies are ignored. Without ``expected_counter``: the newest by
-    (counter, round) whose counter is at most ``below`` (when given), or None if
-    there is none. With it (the SPM's counter value,
-    see the commit protocol in the module docstring): checkpoints with a greater
-    counter are uncommitted and skipped; the newest of the rest must have exactly
-    that counter (``rollback:`` otherwise); no checkpoint at all is a fresh start
-    (None) only while the counter is 0, and a rollback after that. A newest
-    checkpoint that does not open is an error, never a reason to use an older one.
-    """
-    candidates = [
-        (rnd, ctr, path)
-        for rnd, ctr, path in list_checkpoints(directory)
-        if policy_of(path) == policy_digest
-    ]
-    if expected_counter is not None:
-        _non_negative(expected_counter, "the expected counter")
-        candidates = [c for c in candidates if c[1] <= expected_counter]
-    if below is not None:
-        candidates = [c for c in candidates if c[1] <= below]
-    if not candidates:
-        if expected_counter:
-            raise FlError(
-                f"rollback: no checkpoint of this policy in {directory}, "
-                f"the SPM's counter is {expected_counter}: "
-                + reset_hint(directory, expected_counter)
-            )
-        return None
-    _, _, path = candidates[0]
-    return load_checkpoint(
-        path, key=key, policy_digest=policy_digest, expected_counter=expected_counter
-    )
-
-
-def prune_checkpoints(directory: Path | str, *, keep: int = 2) -> list[Path]:
-    """Delete all but the ``keep`` newest checkpoint files; returns what was deleted.
-    Keep at least 2 with the commit protocol (the newest may be uncommitted)."""
-    if type(keep) is not int or keep < 1:
-        raise FlError(f"checkpoint: keep must be a positive integer, not {keep!r}")
-    removed = []
-    for _, _, path in list_checkpoints(directory)[keep:]:
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed

@@ -109,6 +109,7 @@ class Collaborator:
     def run(self) -> list[dict[str, Any]]:
         self._client = self.connect()
         self._heartbeat = 2.0
+        self._joined = False
         self._join()
         done: list[Any] = []
         try:
@@ -207,7 +208,11 @@ class Collaborator:
                 "protocol: the aggregator's heartbeat is not a number of seconds in (0, 3600]"
             )
         self._heartbeat = float(beat)
-        log.info("joined as '%s'", header.get("participant"))
+        # a rejoin (the aggregator restarted) says so: the same line again would be held
+        # back by the log's repeat filter, and the operator would not see it rejoin
+        again = " again" if self._joined else ""
+        self._joined = True
+        log.info("joined%s as '%s'", again, header.get("participant"))
 
     def _call(self, fn: Callable[[Client], R], *, join: bool = True) -> R:
         """``fn`` with the current client, waiting out transient failures up to

@@ -1,6 +1,6 @@
 """Each round made durable and fresh: a sealed checkpoint, then the SPM counter.
 
-The order (see :mod:`secfl.fl._checkpoint`): write the checkpoint of round ``r``
+The order (see :mod:`secfl.fl._checkpoint_dir`): write the checkpoint of round ``r``
 with counter ``c + 1``, increment the SPM counter (it must answer ``c + 1``, or
 another aggregator is running for this policy), and only then sign and send the
 model with ``(r, c + 1)``. A restart resumes from the checkpoint whose counter
@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from secfl.errors import FlError
-from secfl.fl._checkpoint import latest_checkpoint, prune_checkpoints, write_checkpoint
+from secfl.fl._checkpoint import write_checkpoint
+from secfl.fl._checkpoint_dir import latest_checkpoint, prune_checkpoints
 from secfl.fl._runs import ResumePoint, find_resume_point
 
-__all__ = ["Commit", "Ledger", "MemoryLedger", "SpmLedger"]
+__all__ = ["Commit", "Ledger", "MemoryLedger", "SpmLedger", "new_version"]
 
 log = logging.getLogger("secfl.fl._aggregator")
 
@@ -62,7 +63,24 @@ class SpmLedger:
         return int(self._client().counter(self.policy, self.counter))
 
     def increment(self) -> int:
-        return int(self._client().increment(self.policy, self.counter, self._token()))
+        """The counter moved on by one. The SPM refuses a session attested under a
+        policy version the board has since replaced: this run must not commit again."""
+        from secfl.errors import SpmRefused
+
+        try:
+            return int(self._client().increment(self.policy, self.counter, self._token()))
+        except SpmRefused as exc:
+            if exc.status == 409 and str(exc).startswith("policy: version "):
+                raise new_version(self.policy) from None
+            raise
+
+
+def new_version(policy: str) -> FlError:
+    """The aggregator's stop once the board approved a new version of ``policy``."""
+    return FlError(
+        f"policy: the board approved a new version of '{policy}': this run stops here; "
+        "start the aggregator again with `secfl run` to begin the new run"
+    )
 
 
 class Commit:

@@ -30,8 +30,10 @@ from pydantic import (
 )
 
 from secfl.errors import FlError
+
+# (not from secfl.tasks, which imports torch: the policy commands read settings too)
+from secfl.fl._messages import MAX_METRIC_NAME
 from secfl.fl._untrusted import check_tree
-from secfl.tasks._contract import MAX_METRIC_NAME
 
 if TYPE_CHECKING:
     from secfl.fl.strategies._base import Strategy

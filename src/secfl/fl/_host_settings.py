@@ -51,6 +51,7 @@ __all__ = [
     "READY_FILE",
     "HostSettings",
     "check_address",
+    "check_host_paths",
 ]
 
 LISTEN = "SECFL_LISTEN"
@@ -143,3 +144,36 @@ def _host_path(name: str, value: str, private: str | None) -> Path:
                 "($SECFL_FILES, where its keys are): choose a path on the host's disk"
             )
     return path
+
+
+def check_host_paths(output: Path | None, checkpoints: Path | None, metrics: Path | None) -> None:
+    """Make the aggregator's folders and open its metrics file, before any round: one
+    that cannot be used is one line now, not a traceback after training (or, for the
+    metrics file, after a round was committed, which every restart would repeat).
+    Folders are made private, as the checkpoints are written."""
+    folders = [
+        (output, "output", "the final model's folder", f"{OUTPUT} or --output"),
+        (checkpoints, "checkpoint", "the checkpoint folder", f"{CHECKPOINTS} or --checkpoints"),
+    ]
+    for folder, check, what, where in folders:
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            raise FlError(
+                f"{check}: {folder} ({where}) cannot be {what}: {exc.strerror or exc}; give "
+                "a folder this workload may write"
+            ) from None
+    if metrics is not None:
+        try:
+            with open(metrics, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise FlError(
+                f"metrics: cannot append to {metrics} ({METRICS} or --metrics): "
+                f"{exc.strerror or exc}; give a file in a folder that exists and this workload "
+                "may write"
+            ) from None

@@ -5,8 +5,10 @@ A spec is ``volume:NAME`` (a volume ``secfl run`` opened and verified, found und
 holds the task module, ``task.py`` (or its only ``.py`` file), defining the task
 contract (:class:`secfl.tasks.Task`), and whatever else it imports: modules and
 packages next to it (``mymodels/__init__.py``...) are importable from it, and take
-precedence over any installed module of the same name. A data volume holds any
-files; the task's ``load_data`` gets the volume's folder.
+precedence over any installed module of the same name. So does a folder of code
+without ``__init__.py`` (a namespace package): ``import mymodels`` gets the
+volume's ``mymodels/``, and only it, never an installed package of that name. A
+data volume holds any files; the task's ``load_data`` gets the volume's folder.
 
 Only ``--insecure`` takes a path. A workload's measurement covers its command
 line, not the files a path on it names (in simulation: the program, the code
@@ -33,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 
 from secfl.errors import FlError
-from secfl.tasks._contract import Task
+from secfl.tasks._contract import Task, failure_text, register_task_folder
 from secfl.tasks._registry import as_task, builtin_task, task_names
 
 __all__ = [
@@ -111,9 +113,18 @@ class FolderImporter(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if "." in fullname or fullname not in self.names:
+        if "." in fullname:
             return None
-        return importlib.machinery.PathFinder.find_spec(fullname, [str(self.folder)])
+        if fullname in self.names:
+            return importlib.machinery.PathFinder.find_spec(fullname, [str(self.folder)])
+        code = _namespace(self.folder, fullname)
+        if code is None:
+            return None
+        # a namespace package of this folder alone: Python's own would also take in
+        # (or, for an installed regular package of the name, give way to) sys.path
+        spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
+        spec.submodule_search_locations = [str(code)]
+        return spec
 
 
 def _top_level_names(folder: Path) -> set[str]:
@@ -122,6 +133,14 @@ def _top_level_names(folder: Path) -> set[str]:
     names = {p.stem for p in folder.glob("*.py") if p.stem.isidentifier()}
     names |= {p.parent.name for p in folder.glob("*/__init__.py") if p.parent.name.isidentifier()}
     return names
+
+
+def _namespace(folder: Path, name: str) -> Path | None:
+    """``folder/name`` if it is a folder of Python code without ``__init__.py``."""
+    code = folder / name
+    if not name.isidentifier() or not code.is_dir() or (code / "__init__.py").exists():
+        return None
+    return code if next(code.rglob("*.py"), None) is not None else None
 
 
 #: The most source files whose imports are read (a task is a handful; a folder of
@@ -168,7 +187,10 @@ def _install(folder: Path, task_file: Path) -> None:
     importer = FolderImporter(folder)
     importer.names.discard(task_file.stem)
     imported = _imported_names(_sources(folder, task_file, importer.names))
-    for name in sorted(importer.names & imported):
+    spaces = {name for name in imported if _namespace(folder, name) is not None}
+    if spaces:  # the code of namespace folders it imports: what that imports counts too
+        imported = _imported_names(_sources(folder, task_file, importer.names | spaces))
+    for name in sorted((importer.names | spaces) & imported):
         module = sys.modules.get(name)
         if module is None:
             continue
@@ -204,6 +226,7 @@ def load_task(spec: str) -> Task:
     folder = folder.resolve()
     path = path.resolve()
     _install(folder, path)
+    register_task_folder(folder)
     tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
     module_spec = importlib.util.spec_from_file_location(f"secfl_task_{tag}", path)
     if module_spec is None or module_spec.loader is None:
@@ -213,7 +236,7 @@ def load_task(spec: str) -> Task:
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
-        raise FlError(f"source: the task module {path.name} failed: {exc}") from None
+        raise FlError(f"source: the task module {path.name} failed: {failure_text(exc)}") from None
     return as_task(module)
 
 

@@ -15,7 +15,9 @@ deadlines; the sites train in turn, here, on data read in plain text.
 What the task's own code does wrong is one :class:`TaskError` line naming the
 function (as the collaborator and aggregator word it) and where it happened
 (``train: the task raised ValueError: ... (site-2, round 3)``); the task's
-exception is the error's ``__cause__``, for a caller that shows tracebacks.
+exception is the error's ``__cause__``, for a caller that shows tracebacks. This
+runs on the task owner's machine, so the task's messages are shown, unlike under
+``secfl run`` (:func:`secfl.tasks._contract.task_errors_shown`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ from secfl.fl._scoring import Scoreboard, train_means
 from secfl.fl._strategy_wiring import wire_strategy
 from secfl.fl._tensors import load_arrays, state_dict_arrays
 from secfl.fl.strategies._base import Params, Update, check_update
-from secfl.tasks._contract import Task, call_task, check_metrics, sample_count
+from secfl.tasks._contract import (
+    Task,
+    call_task,
+    check_metrics,
+    sample_count,
+    task_errors_shown,
+)
 
 __all__ = ["LocalRun", "Site", "check_sites", "load_site", "run_local"]
 
@@ -63,7 +71,7 @@ class Site:
 
 def load_site(task: Task, name: str, path: Path, *, max_samples: int = 10**9) -> Site:
     """Load one site's (or the validation or test) data as a collaborator would."""
-    with where(f"{name}: {path}"):
+    with task_errors_shown(), where(f"{name}: {path}"):
         data = call_task("load_data", task.load_data, path)
         samples = sample_count(data, "load_data")
     if samples > max_samples:
@@ -103,6 +111,7 @@ def check_sites(names: Sequence[str], config: FederationConfig) -> None:
         )
 
 
+@task_errors_shown()
 def run_local(
     task: Task,
     sites: Sequence[Site],

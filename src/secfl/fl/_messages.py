@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from secfl._internal.canonical import canonical_json
+from secfl._internal.values import describe
 from secfl.errors import FlError
-from secfl.fl._tensors import chunks
+from secfl.fl._chunks import chunks
 from secfl.fl._untrusted import parse_json
 
 __all__ = [
@@ -118,25 +119,13 @@ def field(header: dict[str, Any], name: str, typ: type | tuple[type, ...]) -> An
     return value
 
 
-def _describe(value: Any) -> str:
-    """A peer's value in a refusal, short whatever its size."""
-    if type(value) is int:
-        if value.bit_length() > 14_000:  # str() refuses over 4300 digits
-            return f"an integer of {value.bit_length()} bits"
-        digits = len(str(abs(value)))
-        return str(value) if digits <= 20 else f"an integer of {digits} digits"
-    if value is None:
-        return "None"
-    return f"a {type(value).__name__}"
-
-
 def sample_count(header: dict[str, Any], limit: int, *, name: str = "samples") -> int:
     """``header[name]``: a real integer (not a bool, not a float) from 1 to ``limit``
     (the policy's ``max_samples``): it weighs a peer's update against everyone else's."""
     value = header.get(name)
     if type(value) is not int or not 1 <= value <= limit:
         raise FlError(
-            f"samples: {_describe(value)} is not an integer from 1 to {limit} "
+            f"samples: {describe(value)} is not an integer from 1 to {limit} "
             "(the policy's max_samples)"
         )
     return value
@@ -147,7 +136,7 @@ def metric_values(header: dict[str, Any]) -> dict[str, float]:
     MAX_METRICS of them."""
     metrics = header.get("metrics", {})
     if not isinstance(metrics, dict):
-        raise FlError(f"metrics: {_describe(metrics)} is not a mapping of names to numbers")
+        raise FlError(f"metrics: {describe(metrics)} is not a mapping of names to numbers")
     if len(metrics) > MAX_METRICS:
         raise FlError(f"metrics: {len(metrics)} metrics, at most {MAX_METRICS}")
     out: dict[str, float] = {}
@@ -163,6 +152,6 @@ def metric_values(header: dict[str, Any]) -> dict[str, float]:
             except OverflowError:
                 number = None
         if number is None or not math.isfinite(number):
-            raise FlError(f"metrics: {key!r} is not a finite number ({_describe(value)})")
+            raise FlError(f"metrics: {key!r} is not a finite number ({describe(value)})")
         out[key] = number
     return out

@@ -23,6 +23,7 @@ from secfl.errors import FlError
 from secfl.fl._config import FederationConfig
 from secfl.fl._workload_identity import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.policy._model import Policy, Service
+from secfl.policy._sealed import check_sealed
 from secfl.policy._todo import check_no_todos
 
 __all__ = [
@@ -114,9 +115,12 @@ def check_federation(policy: Policy) -> list[str]:
 
 def check_ready(policy: Policy) -> list[str]:
     """Whether ``policy`` is ready to be signed and submitted: no placeholder left by
-    ``secfl policy init`` (:mod:`secfl.policy._todo`) and a federation that can start
-    (:func:`check_federation`). Refusals raise; the warnings are returned."""
+    ``secfl policy init`` (:mod:`secfl.policy._todo`), sealed values of the shape
+    ``secfl policy seal-secret`` writes (:mod:`secfl.policy._sealed`), and a federation
+    that can start (:func:`check_federation`). Refusals raise; the warnings are
+    returned."""
     check_no_todos(policy)
+    check_sealed(policy)
     return check_federation(policy)
 
 

@@ -43,7 +43,9 @@ from secfl.fl._policy_check import check_federation
 from secfl.fl._workload_identity import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.launcher._measurement import describe_measured, run_measurement
 from secfl.policy._document import load_policy
-from secfl.policy._model import NAME, Policy
+from secfl.policy._fields import NAME
+from secfl.policy._model import Policy
+from secfl.policy._sealed import check_sealed
 from secfl.policy._todo import todo, todos
 
 __all__ = [
@@ -149,6 +151,7 @@ def init_policy(plan: FederationPlan) -> Template:
     doc = _document(plan)
     text = _render(plan, doc)
     policy = load_policy(text)
+    check_sealed(policy)
     warnings = check_federation(policy)
     return Template(text, policy, todos(policy), warnings, _run_lines(plan))
 

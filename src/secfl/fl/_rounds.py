@@ -31,9 +31,10 @@ import numpy as np
 
 from secfl.errors import FlError, TransportError
 from secfl.fl import _messages as msg
+from secfl.fl._chunks import chunks
 from secfl.fl._config import FederationConfig
 from secfl.fl._envelope import SignedModel
-from secfl.fl._tensors import chunks, from_bytes
+from secfl.fl._tensors import from_bytes
 from secfl.fl._transport import Peer, Server, join
 from secfl.fl.strategies._base import Accumulator, Params, Update, check_update
 

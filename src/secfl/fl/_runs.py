@@ -35,13 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secfl.errors import FlError
-from secfl.fl._checkpoint import (
-    Checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    policy_of,
-    reset_hint,
-)
+from secfl.fl._checkpoint import Checkpoint, load_checkpoint, policy_of, reset_hint
+from secfl.fl._checkpoint_dir import list_checkpoints
 
 __all__ = ["ResumePoint", "find_resume_point", "run_label"]
 

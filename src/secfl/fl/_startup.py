@@ -30,8 +30,9 @@ from secfl._internal.files import atomic_write, ram_tempdir
 from secfl.errors import FlError, SecflError
 from secfl.fl._aggregator import Aggregator, Signer
 from secfl.fl._collaborator import Collaborator, ModelGate
-from secfl.fl._commit import Commit, MemoryLedger, SpmLedger
+from secfl.fl._commit import Commit, MemoryLedger, SpmLedger, new_version
 from secfl.fl._config import FederationConfig
+from secfl.fl._host_settings import check_host_paths
 from secfl.fl._inputs import data_path, load_task, require_measured
 from secfl.fl._progress import round_reporter
 from secfl.fl._reset import ApprovedReset, pending_reset
@@ -52,7 +53,7 @@ from secfl.fl._workload_identity import (
 from secfl.fl.strategies._base import Params
 from secfl.policy._model import Policy
 from secfl.tasks._base import Dataset, Task
-from secfl.tasks._contract import call_task, sample_count
+from secfl.tasks._contract import call_task, sample_count, show_task_errors
 
 __all__ = [
     "INSECURE",
@@ -147,6 +148,8 @@ def _role_services(policy: Policy, *roles: str) -> set[str]:
 def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdentity | None]:
     """An aggregator ready to :meth:`~Aggregator.start` (secure unless ``insecure``),
     with the workload's identity (``None`` with --insecure)."""
+    show_task_errors(opts.insecure)  # secure: the host reads the log (secfl.tasks._contract)
+    check_host_paths(opts.output, None if opts.insecure else opts.checkpoints, opts.metrics)
     if opts.insecure:
         log.warning(INSECURE_WARNING)
         config = FederationConfig.parse(read_settings(opts.federation) if opts.federation else {})
@@ -209,6 +212,7 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
                      validation, test, opts.metrics, refresh=refresh,
                      on_round=progress, on_exclusion=report, reset=reset,
                      run_label=run_label(config.run, policy.version, ident.policy_digest),
+                     policy_version=policy.version,
                      )  # fmt: skip
     return agg, ident
 
@@ -232,10 +236,7 @@ def _check_current(ident: WorkloadIdentity) -> None:
     run, which the aggregator started again under it begins (no reset needed)."""
     current = ident.spm().policy(ident.policy).get("digest")
     if current != ident.policy_digest:
-        raise FlError(
-            f"policy: the board approved a new version of '{ident.policy}': this run "
-            "stops here; start the aggregator again with `secfl run` to begin the new run"
-        )
+        raise new_version(ident.policy)
 
 
 def _warn_output(ident: WorkloadIdentity, opts: AggregatorOptions) -> None:
@@ -280,7 +281,14 @@ def run_aggregator(opts: AggregatorOptions) -> Params:
             _write_ready(opts.ready_file, {"port": port, "pid": os.getpid()})
             params = agg.run()
             if opts.output is not None:
-                write_output(agg, opts, params, ident)
+                try:
+                    write_output(agg, opts, params, ident)
+                except OSError as exc:  # checked at start, but the host may change it since
+                    raise FlError(
+                        f"output: cannot write the final model to {opts.output} (SECFL_OUTPUT "
+                        f"or --output): {exc.strerror or exc}; give a folder this workload "
+                        "may write"
+                    ) from None
         except KeyboardInterrupt:
             log.warning("stopped: %s", agg.resume_hint())
             raise
@@ -362,6 +370,7 @@ def _collaborator_sources(opts: CollaboratorOptions) -> tuple[Task, Dataset]:
 
 def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
     """A collaborator ready to :meth:`~Collaborator.run` (secure unless ``insecure``)."""
+    show_task_errors(opts.insecure)  # secure: the host reads the log (secfl.tasks._contract)
     if opts.insecure:
         log.warning(INSECURE_WARNING)
         if not opts.name:

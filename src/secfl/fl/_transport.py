@@ -36,7 +36,7 @@ import grpc
 from cryptography import x509
 
 from secfl.errors import FlError, SecflError, TransportError
-from secfl.fl._tensors import Reassembler, chunks
+from secfl.fl._chunks import Reassembler, chunks
 
 __all__ = [
     "CHUNK_SIZE",

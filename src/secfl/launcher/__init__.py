@@ -1,6 +1,7 @@
 """``secfl run``: start any workload inside a TEE with secrets only an attested workload receives.
 
-Public API (from :mod:`secfl.launcher._launch`, imported on first use):
+Public API (from :mod:`secfl.launcher._launch` and, for :data:`volumes`,
+:mod:`secfl.launcher._in_process`; imported on first use):
 
 - :func:`prepare` verifies the SPM, attests, receives the identity and secrets,
   opens and checks the volumes and builds the command (a :class:`Launch`) from a
@@ -20,7 +21,9 @@ __all__ = ["Launch", "RunRequest", "execute", "prepare", "volumes"]
 
 
 def __getattr__(name: str) -> Any:
-    """Import :mod:`secfl.launcher._launch` on first use (it pulls in the SPM client)."""
+    """Import the module that defines ``name`` on first use (:mod:`secfl.launcher._launch`
+    pulls in the SPM client)."""
     if name not in __all__:
         raise AttributeError(f"module 'secfl.launcher' has no attribute '{name}'")
-    return getattr(importlib.import_module("secfl.launcher._launch"), name)
+    home = "_in_process" if name == "volumes" else "_launch"
+    return getattr(importlib.import_module(f"secfl.launcher.{home}"), name)

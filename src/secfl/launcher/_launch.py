@@ -16,25 +16,25 @@ No core dump is ever written and the program dies with the launcher
 (:mod:`secfl.launcher._process`); the plaintext folder leaves nothing behind even
 when the launcher is killed (:mod:`secfl.launcher._private`).
 
-An external program reads its volumes as verified plaintext copies in the
-private RAM folder (``$SECFL_VOLUMES/NAME``): every chunk is authenticated before
-it starts. A Python workload run with ``--module`` imports its code from memory
-and streams its data from :data:`volumes` instead, in bounded memory.
+An external program reads its volumes (opened and checked by
+:mod:`secfl.launcher._volumes`) as verified plaintext copies in the private RAM
+folder (``$SECFL_VOLUMES/NAME``): every chunk is authenticated before it starts. A
+Python workload run with ``--module`` imports its code from memory and streams its
+data from :data:`secfl.launcher.volumes` instead, in bounded memory
+(:mod:`secfl.launcher._in_process`).
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import os
-import runpy
 import shlex
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from secfl.errors import LaunchError, SecflError
+from secfl.launcher._in_process import run_module
 from secfl.launcher._inject import (
     check_env_name,
     check_public_args,
@@ -46,8 +46,9 @@ from secfl.launcher._inject import (
 from secfl.launcher._measurement import describe_measured, resolve_program, run_measurement
 from secfl.launcher._private import PrivateDir
 from secfl.launcher._process import accept_interrupts, exit_status, harden, run_program
-from secfl.policy._model import Policy, Service, VolumeSpec
-from secfl.shield import Volume, VolumeImporter, load_key, peek_tag
+from secfl.launcher._volumes import close_volumes, open_volume, other_release, volume_spec
+from secfl.policy._model import Policy, Service
+from secfl.shield import Volume, peek_tag
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import Enrollment, enroll
 from secfl.tee._platforms import platform_by_name
@@ -87,14 +88,8 @@ class Launch:
         return self.private.path
 
     def cleanup(self) -> None:
-        _close(self.volumes)
+        close_volumes(self.volumes)
         self.private.remove()
-
-
-def _close(volumes: Mapping[str, Volume]) -> None:
-    for volume in volumes.values():
-        with contextlib.suppress(Exception):
-            volume.close()
 
 
 def connect(req: RunRequest) -> SpmClient:
@@ -126,7 +121,7 @@ def prepare(req: RunRequest) -> Launch:
     try:
         return _prepare(req, private, volumes)
     except BaseException:
-        _close(volumes)
+        close_volumes(volumes)
         private.remove()
         raise
 
@@ -160,7 +155,7 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         code_tags = {
             name: peek_tag(req.volumes[name])
             for name in service.volumes
-            if _volume_spec(policy, name).kind == "code"
+            if volume_spec(policy, name).kind == "code"
         }
 
         tee = platform_by_name(req.platform, sim_dir=req.sim_dir)
@@ -175,7 +170,7 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             if not str(exc).startswith("measurement:"):
                 raise
             _show_measured(service, tee.name, program, shown, code_tags, measurement)
-            other = _other_release(policy, code_tags, req.volumes)
+            other = other_release(policy, code_tags, req.volumes)
             raise LaunchError(
                 f"{exc}; "
                 + (
@@ -187,7 +182,7 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             ) from None
 
         for name in service.volumes:
-            volumes[name] = _open_volume(
+            volumes[name] = open_volume(
                 client, policy, name, req.volumes[name], enrollment, code_tags
             )
         if not req.module:  # an external program reads verified copies, in RAM
@@ -204,22 +199,6 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             text = substitute(content, enrollment, f"file {path}")
             write_private(files, plan[path], text.encode())
     return Launch(args, env, private, volumes, enrollment, req.module)
-
-
-def _other_release(
-    policy: Policy, tags: Mapping[str, str], files: Mapping[str, Path]
-) -> str | None:
-    """Why the SPM refused, in plain words, when a code volume is not the release the
-    policy pins. Said only after the SPM refused: the refusal itself is the SPM's (and
-    in its audit log), never a check the host's own launcher could skip."""
-    for name, tag in tags.items():
-        pinned = _volume_spec(policy, name).tag
-        if pinned is not None and tag != pinned:
-            return (
-                f"code volume '{name}' ({files[name]}) has tag {tag[:16]}..., the policy pins "
-                f"{pinned[:16]}...: this is another release of the code than the board approved"
-            )
-    return None
 
 
 def _show_measured(
@@ -245,76 +224,6 @@ def _show_measured(
     lines.append(f"  the policy accepts ({kind}): {shown or 'nothing'}")
     sys.stderr.write("".join(f"secfl run: {line}\n" for line in lines))
     sys.stderr.flush()
-
-
-def _volume_spec(policy: Policy, name: str) -> VolumeSpec:
-    """The policy's declaration of volume *name* (its references are checked when the
-    policy is loaded, so a missing one is a broken policy)."""
-    spec = policy.volume(name)
-    if spec is None:
-        raise LaunchError(f"policy: '{policy.name}' gives volume '{name}' but does not declare it")
-    return spec
-
-
-def _open_volume(
-    client: SpmClient,
-    policy: Policy,
-    name: str,
-    path: Path,
-    enrollment: Enrollment,
-    code_tags: Mapping[str, str],
-) -> Volume:
-    spec = _volume_spec(policy, name)
-    value = enrollment.secrets.get(spec.key)
-    if value is None or "raw" not in value:
-        raise LaunchError(f"volume: the SPM did not release the key of volume '{name}'")
-    key = load_key(base64.b64decode(value["raw"]))
-    volume = Volume.open(path, key)
-    try:
-        if name in code_tags and volume.tag != code_tags[name]:
-            raise LaunchError(f"volume: '{name}' changed while it was being measured")
-        if spec.tag is not None:
-            if volume.tag != spec.tag:
-                raise LaunchError(
-                    f"volume: '{name}' has tag {volume.tag}, the policy expects {spec.tag}"
-                )
-        else:
-            raw_key = base64.b64decode(value["raw"])
-            _check_fresh(client, policy.name, name, volume, enrollment, raw_key)
-    except BaseException:
-        volume.close()
-        raise
-    return volume
-
-
-def _check_fresh(
-    client: SpmClient,
-    policy: str,
-    name: str,
-    volume: Volume,
-    enrollment: Enrollment,
-    volume_key: bytes,
-) -> None:
-    """A rollback-protected volume must be the newest release the SPM has seen."""
-    version, tag = volume.version, volume.tag
-    state = client.volume_state(policy, name)
-    if version == state["version"] and tag == state["tag"]:
-        return
-    if version > state["version"]:
-        client.record_volume(
-            policy,
-            name,
-            version=version,
-            tag=tag,
-            token=enrollment.session_token,
-            volume_key=volume_key,
-        )
-        return
-    raise LaunchError(
-        f"rollback: volume '{name}' is version {version}, but version {state['version']} "
-        "was already recorded: refusing an older (or altered) release; give its newest "
-        f"release (version {state['version']} or later)"
-    )
 
 
 def _environment(
@@ -364,48 +273,10 @@ def execute(launch: Launch) -> int:
     128+N when signal N killed it (never raised again on the launcher itself)."""
     try:
         if launch.module:
-            return _run_module(launch)
+            return run_module(launch.module, launch.argv, launch.env, launch.volumes)
         return exit_status(run_program(launch.argv, launch.env))
     finally:
         launch.cleanup()
-
-
-#: The open volumes of the workload running in this interpreter (``--module``), by
-#: name: it streams its data from them (bounded memory, every chunk authenticated).
-volumes: dict[str, Volume] = {}
-
-
-def _run_module(launch: Launch) -> int:
-    """Run a Python module served from the code volumes, in this interpreter."""
-    importers = [VolumeImporter(v) for v in launch.volumes.values()]
-    saved_argv, saved_env = sys.argv, dict(os.environ)
-    sys.argv = [launch.module or "", *launch.argv]
-    os.environ.clear()
-    os.environ.update(launch.env)
-    volumes.update(launch.volumes)
-    try:
-        with _installed(importers):
-            runpy.run_module(launch.module or "", run_name="__main__", alter_sys=True)
-        return 0
-    except SystemExit as exc:
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    finally:
-        volumes.clear()
-        sys.argv = saved_argv
-        os.environ.clear()
-        os.environ.update(saved_env)
-
-
-@contextlib.contextmanager
-def _installed(importers: Sequence[VolumeImporter]) -> Iterator[None]:
-    for imp in importers:
-        imp.install()
-    try:
-        yield
-    finally:
-        for imp in importers:
-            imp.uninstall()
 
 
 __all__ = [
@@ -416,5 +287,4 @@ __all__ = [
     "execute",
     "exit_status",
     "prepare",
-    "volumes",
 ]

@@ -13,21 +13,23 @@ from __future__ import annotations
 from secfl.policy._canonical import canonical_bytes, digest
 from secfl.policy._document import load_policy, load_policy_file
 from secfl.policy._model import (
-    AesSecret,
     Board,
-    CaSecret,
-    CertSecret,
     Counter,
-    ImportedSecret,
     Injection,
-    KeyPairSecret,
     Member,
     Platforms,
     Policy,
-    RandomSecret,
-    Secret,
     Service,
     VolumeSpec,
+)
+from secfl.policy._secrets import (
+    AesSecret,
+    CaSecret,
+    CertSecret,
+    ImportedSecret,
+    KeyPairSecret,
+    RandomSecret,
+    Secret,
 )
 from secfl.policy._signatures import (
     POLICY_DOMAIN,

@@ -12,6 +12,10 @@ simulation root are re-encoded, hex measurements and volume tags lowercased.
 Policies come from anyone who can reach the SPM, so every number, text and list
 is bounded (a 10**400 or a megabyte of text is refused here, not deep inside a
 consumer); the limits are far above what any real policy needs.
+
+The bounded building blocks are in :mod:`secfl.policy._fields`, the secret kinds in
+:mod:`secfl.policy._secrets`, the cross-reference checks in
+:mod:`secfl.policy._references`.
 """
 
 from __future__ import annotations
@@ -19,67 +23,42 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import Field, JsonValue, field_validator, model_validator
 
 from secfl.errors import PolicyError
 from secfl.policy import _keys as keys
 from secfl.policy import _placeholders as placeholders
+from secfl.policy._fields import (
+    MAX_CLAIM_INT,
+    MAX_FILE_TEXT,
+    MAX_ITEMS,
+    MAX_MEMBERS,
+    MAX_TEXT,
+    Name,
+    Names,
+    Pem,
+    StrictModel,
+)
+from secfl.policy._secrets import Secret
 from secfl.tee._claims import Kind, TcbStatus
 
 __all__ = [
-    "MAX_CLAIM_INT",
-    "MAX_FILE_TEXT",
-    "MAX_ITEMS",
-    "MAX_MEMBERS",
-    "MAX_PEM",
-    "MAX_TEXT",
     "MAX_VERSION",
     "MEASUREMENT_FIELDS",
-    "NAME",
     "PRIMARY_MEASUREMENT",
-    "PUBLIC_SELECTORS",
-    "RAW_KINDS",
     "RESERVED_FOLDERS",
-    "SELECTOR_KINDS",
-    "AesSecret",
     "Board",
-    "CaSecret",
-    "CertSecret",
     "ClaimValue",
     "Counter",
-    "Hex",
-    "ImportedSecret",
     "Injection",
-    "KeyPairSecret",
     "MeasurementPin",
     "Member",
-    "Name",
-    "Names",
-    "Pem",
     "Platforms",
     "Policy",
-    "RandomSecret",
-    "Secret",
     "Service",
     "VolumeSpec",
 ]
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-Name = Annotated[str, Field(pattern=NAME, max_length=128)]
-Hex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]*$", max_length=256)]
-
-#: Bounds of the schema: lists of names, board members, PEM text, injected text.
-MAX_ITEMS = 256
-MAX_MEMBERS = 64
-MAX_PEM = 16384
-MAX_TEXT = 65536
-#: Injected files may hold whole configuration files.
-MAX_FILE_TEXT = 262144
-#: A claim field's integer value (SVNs, SNP policy bits): an unsigned 64-bit number.
-MAX_CLAIM_INT = 2**64 - 1
-
-Names = Annotated[list[Name], Field(max_length=MAX_ITEMS)]
-Pem = Annotated[str, Field(max_length=MAX_PEM)]
 ClaimValue = (
     Annotated[str, Field(max_length=256)]
     | Annotated[int, Field(strict=True, ge=0, le=MAX_CLAIM_INT)]
@@ -110,38 +89,6 @@ MEASUREMENT_FIELDS: dict[Kind, frozenset[str]] = {
     "simulated": frozenset({"measurement"}),
 }
 
-#: Secret kinds whose value is raw bytes (rendered as hex, base64 or text).
-RAW_KINDS = frozenset({"aes-256", "random", "imported"})
-_X509 = frozenset({"x509", "x509-ca"})
-_KEYED = _X509 | {"ed25519", "ecdsa-p256"}
-
-#: Which secret kinds each placeholder selector applies to: exactly those for
-#: which :func:`secfl.spm._sealing.render` gives text (``hex`` and ``base64``
-#: encode raw bytes, which only the raw kinds have). A bare placeholder applies
-#: to every kind.
-SELECTOR_KINDS: dict[str, frozenset[str]] = {
-    "crt": _X509,
-    "chain": _X509,
-    "key": _KEYED,
-    "pub": _KEYED,
-    "hex": RAW_KINDS,
-    "base64": RAW_KINDS,
-}
-
-#: Per kind, the selectors (``None``: a bare placeholder) that render public text:
-#: certificates and public keys. Anything else renders secret material, which
-#: may never go on a command line (``inject.args``: every local user sees it in
-#: ``ps``); there, a public part must also be named explicitly (``:crt``,
-#: ``:chain``, ``:pub``), as the launcher checks without knowing the kinds.
-PUBLIC_SELECTORS: dict[str, frozenset[str | None]] = {
-    "x509": frozenset({None, "crt", "chain", "pub"}),
-    "x509-ca": frozenset({None, "crt", "chain", "pub"}),
-    "ed25519": frozenset({"pub"}),
-    "ecdsa-p256": frozenset({"pub"}),
-}
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
 #: The folders of ``SECFL_FILES`` that the launcher writes itself (the service's
 #: identity, its volumes' plaintext): no injected file may go inside them.
 RESERVED_FOLDERS = frozenset({".secfl", "volumes"})
@@ -150,11 +97,7 @@ RESERVED_FOLDERS = frozenset({".secfl", "volumes"})
 MAX_VERSION = 2**31
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Member(_Strict):
+class Member(StrictModel):
     """A board member: a name and a signing key (Ed25519 or ECDSA P-256, PEM)."""
 
     name: Name
@@ -185,7 +128,7 @@ class Member(_Strict):
             raise ValueError(str(exc).removeprefix("recovery public key: ")) from None
 
 
-class Board(_Strict):
+class Board(StrictModel):
     """Who approves a policy's next version: ``threshold`` of ``members``,
     always including every ``required`` member."""
 
@@ -194,7 +137,7 @@ class Board(_Strict):
     required: list[Name] = Field(default_factory=list, max_length=MAX_MEMBERS)
 
 
-class Platforms(_Strict):
+class Platforms(StrictModel):
     """Which evidence the SPM accepts for this policy's services."""
 
     accept: list[Kind] = Field(min_length=1, max_length=len(PRIMARY_MEASUREMENT))
@@ -223,7 +166,7 @@ class Platforms(_Strict):
         return certs[0].public_bytes(serialization.Encoding.PEM).decode()
 
 
-class Injection(_Strict):
+class Injection(StrictModel):
     """How a service receives secrets: arguments, environment, files (path -> content)."""
 
     args: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(
@@ -237,7 +180,7 @@ class Injection(_Strict):
     ] = Field(default_factory=dict, max_length=MAX_ITEMS)
 
 
-class Service(_Strict):
+class Service(StrictModel):
     """A workload the SPM may attest: its role, accepted measurements and what it gets."""
 
     name: Name
@@ -303,59 +246,7 @@ class Service(_Strict):
         return parts
 
 
-class _SecretBase(_Strict):
-    name: Name
-
-
-class AesSecret(_SecretBase):
-    kind: Literal["aes-256"]
-
-
-class RandomSecret(_SecretBase):
-    kind: Literal["random"]
-    size: int = Field(ge=1, le=65536)
-
-
-class KeyPairSecret(_SecretBase):
-    kind: Literal["ed25519", "ecdsa-p256"]
-
-
-class CaSecret(_SecretBase):
-    kind: Literal["x509-ca"]
-    common_name: str = Field(min_length=1, max_length=64)
-    validity_days: int = Field(default=3650, ge=1, le=36500)
-
-
-_CertUsage = Literal["server", "client"]
-_CERT_USAGES: tuple[_CertUsage, ...] = ("server", "client")
-
-
-class CertSecret(_SecretBase):
-    kind: Literal["x509"]
-    issuer: Name
-    common_name: str = Field(min_length=1, max_length=64)
-    sans: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
-        default_factory=list, max_length=MAX_ITEMS
-    )
-    usage: list[_CertUsage] = Field(default_factory=lambda: list(_CERT_USAGES), min_length=1)
-    validity_days: int = Field(default=365, ge=1, le=3650)
-    renew_before_days: int = Field(default=30, ge=0, le=3650)
-
-
-class ImportedSecret(_SecretBase):
-    """A value given by a board member, sealed to the SPM (``secfl policy seal-secret``)."""
-
-    kind: Literal["imported"]
-    sealed: str = Field(min_length=1, max_length=1 << 17)
-
-
-Secret = Annotated[
-    AesSecret | RandomSecret | KeyPairSecret | CaSecret | CertSecret | ImportedSecret,
-    Field(discriminator="kind"),
-]
-
-
-class VolumeSpec(_Strict):
+class VolumeSpec(StrictModel):
     """A shielded volume: its key secret and its expected tag or rollback counter."""
 
     name: Name
@@ -379,11 +270,11 @@ class VolumeSpec(_Strict):
         return self
 
 
-class Counter(_Strict):
+class Counter(StrictModel):
     name: Name
 
 
-class Policy(_Strict):
+class Policy(StrictModel):
     """One version of a policy document."""
 
     name: Name

@@ -6,7 +6,7 @@ encoding of a secret: ``crt``, ``key``, ``chain`` (X.509 secrets), ``hex``,
 ``base64`` (the raw bytes of ``aes-256``, ``random`` and ``imported`` secrets),
 ``pub`` (key pairs and certificates). Which selector applies to which kind, and
 which parts are public (the only ones allowed in args), is in
-:mod:`secfl.policy._model` (``SELECTOR_KINDS``, ``PUBLIC_SELECTORS``).
+:mod:`secfl.policy._secrets` (``SELECTOR_KINDS``, ``PUBLIC_SELECTORS``).
 """
 
 from __future__ import annotations

@@ -15,13 +15,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from secfl.policy import _placeholders as placeholders
-from secfl.policy._model import (
-    _ENV_NAME,
-    MEASUREMENT_FIELDS,
-    PUBLIC_SELECTORS,
-    RESERVED_FOLDERS,
-    SELECTOR_KINDS,
-)
+from secfl.policy._model import MEASUREMENT_FIELDS, RESERVED_FOLDERS
+from secfl.policy._secrets import PUBLIC_SELECTORS, SELECTOR_KINDS
 from secfl.tee._claims import TCB_ORDER, Kind
 
 if TYPE_CHECKING:
@@ -103,6 +98,7 @@ def _check_text(value: Any, where: str) -> None:
 
 #: Bounds of free-form JSON values (``federation``): 64-bit integers, texts, keys, items.
 JSON_INT_MIN, JSON_INT_MAX = -(2**63), 2**63 - 1
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 JSON_MAX_TEXT = 65536
 JSON_MAX_KEY = 256
 JSON_MAX_ITEMS = 4096

@@ -34,7 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from secfl.errors import PolicyError
 from secfl.policy import _keys as keys
 from secfl.policy._canonical import digest
-from secfl.policy._model import NAME, Board, Policy
+from secfl.policy._fields import NAME
+from secfl.policy._model import Board, Policy
 
 __all__ = [
     "POLICY_DOMAIN",

@@ -13,8 +13,9 @@ Where things are:
   (bodies) and :mod:`~secfl.spm._apierrors` (refusals); :mod:`~secfl.spm._server`
   assembles the SPM from its data folder and serves it behind
   :mod:`~secfl.spm._httpguard`.
-- Durable state: :mod:`~secfl.spm._store` (SQLite or PostgreSQL), one transaction
-  and its operations in :mod:`~secfl.spm._tx`, the audit chain in
+- Durable state: :mod:`~secfl.spm._store` (SQLite or PostgreSQL, through the engine of
+  :mod:`~secfl.spm._engine`), one transaction and its operations in
+  :mod:`~secfl.spm._tx`, the audit chain in
   :mod:`~secfl.spm._audit`, and the database treated as untrusted storage by
   :mod:`~secfl.spm._integrity` and :mod:`~secfl.spm._state`.
 - The other side: :mod:`~secfl.spm.client` (a pinned client) and

@@ -214,8 +214,6 @@ class StatusFinding(BaseModel):
 class StatusOut(BaseModel):
     policy: StatusPolicy
     head_seq: int = Field(description="The audit head this status reflects")
-    scanned: int = Field(description="Audit entries looked at, newest first")
-    complete: bool = Field(description="Whether the scan reached the policy's first version")
     counters: dict[str, int]
     round: StatusRound | None = None
     services: list[StatusService]

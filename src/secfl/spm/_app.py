@@ -45,7 +45,6 @@ from secfl.spm._apierrors import SpmApi, http_refusal, validation_message
 from secfl.spm._audit import head_message
 from secfl.spm._events import check_event
 from secfl.spm._service import Spm
-from secfl.spm._status import SCAN_DEFAULT, SCAN_MAX, policy_status
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -53,7 +52,7 @@ PolicyName = Annotated[str, Path(pattern=NAME)]
 PathName = Annotated[str, Path(pattern=NAME)]
 Authorization = Annotated[str | None, Header(max_length=256)]
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem} for code in (400, 401, 403, 404, 409, 413)
+    code: {"model": Problem} for code in (400, 401, 403, 404, 409, 413, 503)
 }
 
 
@@ -100,7 +99,8 @@ def _refusals(app: FastAPI) -> None:
 
     @app.exception_handler(Refused)
     async def refused(_: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        busy = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=busy)
 
     @app.exception_handler(SecflError)
     async def secfl_error(_: Request, exc: SecflError) -> JSONResponse:
@@ -158,13 +158,12 @@ def _policy_routes(app: FastAPI, spm: Spm) -> None:
         return RevocationsOut(revocations=spm.revocations(name))
 
     @app.get("/v1/policies/{name}/status", responses=ERRORS)
-    def status(
-        name: PolicyName,
-        scan: Annotated[int, Query(ge=1, le=SCAN_MAX)] = SCAN_DEFAULT,
-    ) -> StatusOut:
+    async def status(name: PolicyName) -> StatusOut:
         """The policy's state for its board and operators (``secfl status``): open to
-        anyone who can reach the SPM, like the policy and the audit log it comes from."""
-        return StatusOut.model_validate(policy_status(spm, name, scan))
+        anyone who can reach the SPM, like the policy and the audit log it comes from;
+        computed one at a time, from what the SPM keeps of its verified log
+        (:mod:`secfl.spm._status`)."""
+        return StatusOut.model_validate(await spm.status_desk.status_async(name))
 
 
 def _attestation_routes(app: FastAPI, spm: Spm) -> None:

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 
 from secfl._internal.canonical import canonical_json
 from secfl.errors import Refused, SecflError, SpmError
-from secfl.policy._model import CertSecret, Policy
+from secfl.policy._model import Policy
+from secfl.policy._secrets import CertSecret
 from secfl.spm import _sealing as sv
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._nonces import NonceIssuer

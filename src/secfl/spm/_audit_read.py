@@ -197,7 +197,8 @@ class RemoteSource:
 class DatabaseSource:
     """The SPM's database, read only, with its data folder: the master key there
     authenticates the head (its MAC), and the anchor there, the newest head the SPM
-    wrote, reveals a database rolled back to an older copy. Nothing is written."""
+    wrote, reveals a database rolled back to an older copy. Nothing is written (SQLite
+    may still fold its write-ahead log into the file on close: the same content)."""
 
     def __init__(self, data: Path | str, db_url: str | None = None) -> None:
         from secfl.spm._integrity import ANCHOR_FILE, Anchor

@@ -99,12 +99,22 @@ class Floors:
     statements: set[str] = field(default_factory=set)
     #: policy -> SHA-256 of its current wrapped data key (replaced when the board changes).
     data_keys: dict[str, str] = field(default_factory=dict)
+    #: Moves on whenever a floor is raised. A read transaction notes it when it
+    #: begins (:attr:`Tx.since <secfl.spm._tx.Tx.since>`): a floor raised after that
+    #: may be a commit its snapshot predates, so a value behind such a floor is stale,
+    #: not rolled back (the next read checks it against the floor again).
+    epoch: int = 0
+    #: (kind, key) -> the epoch its floor was last raised at ("head", "policy",
+    #: "counter", "volume").
+    raised_at: dict[tuple[str, Any], int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- checks (raise on a rollback, raise the floor otherwise)
-    def check_head(self, seq: int, head_hash: str) -> None:
+    def check_head(self, seq: int, head_hash: str, *, since: int | None = None) -> None:
         with self.lock:
             floor_seq, floor_hash = self.head
+            if seq < floor_seq and self._stale("head", None, since):
+                return
             if seq < floor_seq:
                 raise IntegrityError(
                     f"rollback: the database's audit log ends at entry {seq}, but this SPM "
@@ -119,18 +129,28 @@ class Floors:
     def raise_head(self, seq: int, head_hash: str) -> None:
         with self.lock:
             if seq >= self.head[0]:
+                if seq > self.head[0]:
+                    self._raised("head", None)
                 self.head = (seq, head_hash)
 
-    def check_policy(self, name: str, version: int, *, learn: bool = True) -> None:
-        self._check(self.policies, name, version, f"policy '{name}' version", learn)
+    def check_policy(
+        self, name: str, version: int, *, learn: bool = True, since: int | None = None
+    ) -> None:
+        what = f"policy '{name}' version"
+        self._check("policy", self.policies, name, version, what, learn, since)
 
-    def check_counter(self, policy: str, name: str, value: int, *, learn: bool = True) -> None:
+    def check_counter(
+        self, policy: str, name: str, value: int, *, learn: bool = True, since: int | None = None
+    ) -> None:
         what = f"counter '{name}' of '{policy}'"
-        self._check(self.counters, (policy, name), value, what, learn)
+        self._check("counter", self.counters, (policy, name), value, what, learn, since)
 
-    def check_volume(self, policy: str, volume: str, version: int, *, learn: bool = True) -> None:
+    def check_volume(
+        self, policy: str, volume: str, version: int, *, learn: bool = True,
+        since: int | None = None,
+    ) -> None:  # fmt: skip
         what = f"volume '{volume}' of '{policy}'"
-        self._check(self.volumes, (policy, volume), version, what, learn)
+        self._check("volume", self.volumes, (policy, volume), version, what, learn, since)
 
     def check_data_key(self, policy: str, wrapped_sha256: str) -> None:
         """The data key must be the one the log last recorded for ``policy``."""
@@ -142,18 +162,36 @@ class Floors:
                 "recorded: the database was rolled back"
             )
 
-    def _check(self, table: dict[Any, int], key: Any, value: int, what: str, learn: bool) -> None:
-        """Refuse a value behind its floor; a committed value read (``learn``) raises it.
-        Inside a write transaction nothing is learnt: what it reads may never commit."""
+    def _check(
+        self, kind: str, table: dict[Any, int], key: Any, value: int, what: str, learn: bool,
+        since: int | None,
+    ) -> None:  # fmt: skip
+        """Refuse a value behind its floor (unless the floor was raised after ``since``,
+        the epoch the reading transaction began at); a committed value read (``learn``)
+        raises it. Inside a write transaction nothing is learnt: what it reads may
+        never commit."""
         with self.lock:
             floor = table.get(key, 0)
             if value < floor:
+                if self._stale(kind, key, since):
+                    return
                 raise IntegrityError(
                     f"rollback: {what} is {value} in the database, but this SPM recorded "
                     f"{floor}: the database was rolled back"
                 )
-            if learn:
+            if learn and value > floor:
                 table[key] = value
+                self._raised(kind, key)
+
+    def _raised(self, kind: str, key: Any) -> None:
+        """Note that a floor moved (the caller holds the lock)."""
+        self.epoch += 1
+        self.raised_at[(kind, key)] = self.epoch
+
+    def _stale(self, kind: str, key: Any, since: int | None) -> bool:
+        """Whether a value behind the floor of (kind, key) is explained by a read that
+        began (at epoch ``since``) before the floor was raised."""
+        return since is not None and self.raised_at.get((kind, key), 0) > since
 
     def revoked_in(self, policy: str) -> set[tuple[str, str]]:
         with self.lock:
@@ -166,14 +204,17 @@ class Floors:
             if what == "policy":
                 _, name, version = change
                 self.policies[name] = max(self.policies.get(name, 0), version)
+                self._raised("policy", name)
             elif what == "counter":
                 _, policy, name, value = change
                 key = (policy, name)
                 self.counters[key] = max(self.counters.get(key, 0), value)
+                self._raised("counter", key)
             elif what == "volume":
                 _, policy, volume, version = change
                 key = (policy, volume)
                 self.volumes[key] = max(self.volumes.get(key, 0), version)
+                self._raised("volume", key)
             elif what == "revoke":
                 _, policy, kind, subject = change
                 self.revoked.setdefault(policy, set()).add((kind, subject))

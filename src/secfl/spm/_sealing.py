@@ -29,7 +29,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from secfl._internal.canonical import canonical_sha256
 from secfl._internal.x509util import general_names, private_pem, self_signed_ca
 from secfl.errors import SpmError
-from secfl.policy._model import Board, CaSecret, CertSecret, Secret
+from secfl.policy._model import Board
+from secfl.policy._secrets import CaSecret, CertSecret, Secret
 
 __all__ = [
     "CLOCK_SKEW",

@@ -38,6 +38,7 @@ from secfl.spm._identity import (
 )
 from secfl.spm._masterkey import KEY_FILE, MasterKey, load_or_create_master_key
 from secfl.spm._service import Spm
+from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import Store
 from secfl.tee._platforms import platform_by_name
 
@@ -59,11 +60,12 @@ def open_spm(
     if not os.path.lexists(data / KEY_FILE):  # never a new key for an existing SPM
         _refuse_without_master_key(data, db_url)
     master = load_or_create_master_key(data)
-    store = open_store(data, master, db_url)
+    status = StatusIndex()
+    store = open_store(data, master, db_url, status)
     identity = _identity(store, master, list(names))
     tee = platform_by_name(platform, sim_dir=sim_dir)
     measurement = code_measurement() if tee.name == "simulated" else None
-    spm = Spm(store, master, tee, identity, measurement=measurement)
+    spm = Spm(store, master, tee, identity, measurement=measurement, status_index=status)
     with store.transaction() as tx:
         tx.audit.append(
             "spm.started",
@@ -77,10 +79,13 @@ def open_spm(
     return spm
 
 
-def open_store(data: Path, master: MasterKey, db_url: str | None = None) -> Store:
+def open_store(
+    data: Path, master: MasterKey, db_url: str | None = None, status: StatusIndex | None = None
+) -> Store:
     """The SPM's store, treated as untrusted (:mod:`secfl.spm._integrity`): rows MAC'd
     under a key derived from the master key, the audit head anchored in ``data``, and
-    the whole database verified (log, anchor, every row) before it is used."""
+    the whole database verified (log, anchor, every row) before it is used; on the way,
+    ``status`` (if given) takes in the verified log."""
     from secfl.spm._integrity import ANCHOR_FILE, Anchor, Integrity
     from secfl.spm._state import verify_state
 
@@ -94,7 +99,7 @@ def open_store(data: Path, master: MasterKey, db_url: str | None = None) -> Stor
     )
     try:
         store.create_all()
-        verify_state(store, audit_key)
+        verify_state(store, audit_key, status)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         store.close()  # a value no SPM wrote (text for a number, say): one line, no traceback
         raise unreadable(exc) from None

@@ -39,7 +39,9 @@ from secfl.spm._policy_cache import CURRENT_TTL, PolicyCache
 from secfl.spm._report_data import spm_report_data
 from secfl.spm._revocation import revocation_digest, revocation_doc
 from secfl.spm._revoker import Revoker
-from secfl.spm._sessions import SessionGate
+from secfl.spm._sessions import SessionGate, current_version, refuse_superseded
+from secfl.spm._status import StatusDesk
+from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import PolicyRecord, Store
 from secfl.spm._tx import Tx
 from secfl.spm._vault import SecretVault
@@ -75,6 +77,7 @@ class Spm:
         measurement: str | None = None,
         nonce_ttl: float = 60.0,
         session_ttl: float = 3600.0,
+        status_index: StatusIndex | None = None,
     ) -> None:
         self.store = store
         self.master = master
@@ -94,6 +97,9 @@ class Spm:
             session_ttl=session_ttl,
         )
         self.revoker = Revoker(store, self.policies, self.group)
+        #: ``secfl status`` answers, from the verified log's facts (filled at start by
+        #: :func:`~secfl.spm._state.verify_state` when given; else at the first request).
+        self.status_desk = StatusDesk(self, status_index or StatusIndex())
 
     @property
     def nonce_ttl(self) -> float:
@@ -195,7 +201,9 @@ class Spm:
                         raise Refused(
                             f"predecessor: the current version of '{policy.name}' is "
                             f"{current.version} with digest {current.digest}; this document is "
-                            f"version {policy.version} after {policy.predecessor or '(none)'}",
+                            f"version {policy.version} after {policy.predecessor or '(none)'}; "
+                            f"make it version {current.version + 1} with that predecessor "
+                            "(`secfl policy next` on the current version's file does)",
                             409,
                         )
                     previous = Policy.model_validate_json(current.document)
@@ -248,12 +256,20 @@ class Spm:
         return await self.group.run_async(self._increment_op(token, policy_name, counter))
 
     def _increment_op(self, token: str, policy_name: str, counter: str) -> Callable[[Tx], int]:
-        """Check the session's right to ``counter``; return the write that bumps it."""
+        """Check the session's right to ``counter``; return the write that bumps it.
+
+        Only a session attested under the policy's current version may move a counter:
+        once the board approved a new version, the old version's run must not commit
+        another round (it is checked again inside the write, so a version accepted
+        while the increment waited for its commit counts too)."""
         session, service = self.sessions.admit(token, policy_name)
         if counter not in service.counters:
             raise Refused(f"counter: service '{session.service}' may not increment '{counter}'")
+        current = self.policies.get(policy_name)[0].version
+        refuse_superseded(current, session.policy_version, policy_name)
 
         def bump(tx: Tx) -> int:
+            refuse_superseded(current_version(tx, policy_name), session.policy_version, policy_name)
             value = int(tx.counters.increment(policy_name, counter))
             tx.audit.append(
                 "counter.incremented",

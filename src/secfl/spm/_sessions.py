@@ -18,8 +18,9 @@ from secfl.spm._attestation import check_measurements
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._revocation import revoked_reason, session_identity
 from secfl.spm._store import SessionRecord, Store
+from secfl.spm._tx import Tx
 
-__all__ = ["SessionGate"]
+__all__ = ["SessionGate", "current_version", "refuse_superseded"]
 
 #: Caches are cleared past this many entries (they are only a shortcut).
 _CACHE_LIMIT = 100_000
@@ -92,3 +93,24 @@ class SessionGate:
                     self._sessions.clear()
                 self._sessions[token_hash] = session
         return session
+
+
+def current_version(tx: Tx, policy_name: str) -> int | None:
+    """The policy's current version as this write transaction sees it: the floor, which
+    every commit and every replica's commit (caught up at the start of the write)
+    raised; without floors (a store opened without integrity), the stored row."""
+    floors = tx.floors
+    if floors is not None:
+        return floors.policies.get(policy_name)
+    record = tx.policies.current(policy_name)
+    return None if record is None else record.version
+
+
+def refuse_superseded(current: int | None, attested: int, policy_name: str) -> None:
+    """Refuse a session attested under an older version than ``current``."""
+    if current is not None and current > attested:
+        raise Refused(
+            f"policy: version {current} of '{policy_name}' replaced this session's version "
+            f"{attested}: attest again (start the workload again with `secfl run`)",
+            409,
+        )

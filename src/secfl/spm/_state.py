@@ -19,6 +19,7 @@ from secfl.spm._schema import (
     sessions_table,
     volume_tags_table,
 )
+from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import AUDIT_HEAD_MAC, Store
 from secfl.spm._tx import Tx
 
@@ -27,8 +28,9 @@ __all__ = ["verify_state"]
 PAGE = 1000
 
 
-def verify_state(store: Store, audit_key: bytes) -> int:
-    """Verify ``store`` end to end and rebuild its floors; return the number of entries."""
+def verify_state(store: Store, audit_key: bytes, status: StatusIndex | None = None) -> int:
+    """Verify ``store`` end to end and rebuild its floors; return the number of entries.
+    ``status``: an index for ``secfl status`` to fill with the verified log on the way."""
     integrity = store.integrity
     if integrity is None:
         raise SpmError("integrity: the store was opened without its row key")
@@ -55,13 +57,18 @@ def verify_state(store: Store, audit_key: bytes) -> int:
                         "the log was forked or rewritten"
                     )
                 floors.replay(entry.event, entry.policy, entry.detail)
+                if status is not None:
+                    status.feed(tx, entry)
             if len(entries) < PAGE:
                 break
             last = entries[-1].seq
         count = verifier.finish(head)
         floors.check_head(*head)
         floors.raise_head(*head)
+        tx.since = None  # the floors were just rebuilt from this very snapshot: hold it to them
         _check_rows(tx)
+        if status is not None:
+            status.head = head
     if integrity.anchor is not None:
         integrity.anchor.write(*head)
     return count

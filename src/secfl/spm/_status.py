@@ -2,113 +2,162 @@
 
 Read from what the SPM can vouch for: the current policy version (an authenticated
 row) and the board members whose signatures approved it (verified again here), the
-counters and live sessions (authenticated rows), the revocations in force, and the
-newest entries of the audit log, verified backwards from the head the SPM checked
-(:mod:`secfl.spm._audit_read`): the aggregator's last ``fl.round``, each service's
-last attestation and refusal, and the clone audit's findings, with, for each
-revocation request, whether the board has acted on it since.
+counters and live sessions (authenticated rows), the revocations in force, and what
+the verified audit log says (:mod:`secfl.spm._status_index`): the aggregator's last
+``fl.round``, each service's last attestation and refusal, and the clone audit's
+findings, with, for each revocation request, whether the board has acted on it since.
 
-The scan of the log stops at the policy's first version, or after ``scan`` entries
-(the answer says which), so one request costs a bounded amount of work.
+Anyone who can reach the SPM may ask, so an answer costs little and is bounded:
+the index is read, not the log; the entries the log grew by since the last answer
+are taken in once; one answer is computed at a time (:class:`StatusDesk`), and the
+same answer is served again while the log has not moved (for up to a second, as
+sessions expire).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import dataclass, field
+import threading
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from secfl.errors import PolicyError
+from secfl.errors import PolicyError, Refused
 from secfl.policy._signatures import POLICY_DOMAIN, Signature, check_approval
-from secfl.spm._audit import AuditEntry
-from secfl.spm._audit_read import SnapshotSource, walk_back
+from secfl.spm._status_index import MAX_FINDINGS, Finding, StatusIndex
 
 if TYPE_CHECKING:
     from secfl.policy._model import Policy
     from secfl.spm._service import Spm
     from secfl.spm._store import PolicyRecord
 
-__all__ = ["MAX_FINDINGS", "SCAN_DEFAULT", "SCAN_MAX", "policy_status", "request_state"]
+__all__ = ["MAX_FINDINGS", "MAX_WAITING", "StatusDesk", "request_state"]
 
-#: Audit entries a status request looks at by default, and at most.
-SCAN_DEFAULT = 20_000
-SCAN_MAX = 100_000
-#: Findings of the clone audit listed (the newest).
-MAX_FINDINGS = 20
-#: Names listed per finding (a finding names the participants it left out).
-MAX_NAMES = 100
+#: Status requests that may wait for the one being computed; more are refused (503).
+MAX_WAITING = 32
+#: Seconds one answer is served again while the audit log has not moved.
+REUSE_SECONDS = 1.0
 
 
-def policy_status(spm: Spm, name: str, scan: int = SCAN_DEFAULT) -> dict[str, Any]:
-    """The status of policy ``name`` (see the module docstring); 404 if there is none."""
-    record, policy = spm.policies.get(name)
-    approvers = _approvers(spm, record, policy)
-    spm.store.sync()
-    now = datetime.now(UTC)
-    with spm.store.read() as tx:
-        head = tx.audit.head()
-        spm.store.check_head(tx, head)
-        counters = tx.counters.of_policy(name)
-        sessions = tx.sessions.of_policy(name)
-        revoked = tx.revocations.in_force(name)
-        reader = _Reader(name)
-        scanned = 0
-        for window in walk_back(SnapshotSource(tx, head), head, most=scan):
-            for entry in reversed(window):
-                reader.feed(entry)
-            scanned += len(window)
-            if reader.started:
-                break
-    live: dict[str, int] = {}
-    for session in sessions:
-        if session.expires_at > now:
-            live[session.service] = live.get(session.service, 0) + 1
-    services = [
-        {
-            "name": s.name,
-            "role": s.role,
-            "live_sessions": live.get(s.name, 0),
-            **reader.attested.get(s.name, {}),
-            **reader.refused.get(s.name, {}),
+class StatusDesk:
+    """Computes status answers one at a time, from ``index``, and reuses them."""
+
+    def __init__(self, spm: Spm, index: StatusIndex) -> None:
+        self.spm = spm
+        self.index = index
+        self._lock = threading.Lock()
+        self._alock: asyncio.Lock | None = None
+        self._waiting = 0
+        self._answers: dict[str, tuple[tuple[int, str], float, dict[str, Any]]] = {}
+        self._approvers: dict[tuple[str, int, str], list[str]] = {}
+
+    async def status_async(self, name: str) -> dict[str, Any]:
+        """:meth:`status` for the event loop: requests wait for the one being computed
+        without holding a worker thread; past :data:`MAX_WAITING` of them, 503."""
+        if self._waiting >= MAX_WAITING:
+            raise Refused("status: too many status requests at once; try again in a second", 503)
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        self._waiting += 1
+        try:
+            async with self._alock:
+                return await asyncio.to_thread(self.status, name)
+        finally:
+            self._waiting -= 1
+
+    def status(self, name: str) -> dict[str, Any]:
+        """The status of policy ``name`` (see the module docstring); 404 if there is none."""
+        record, policy = self.spm.policies.get(name)
+        with self._lock:
+            store = self.spm.store
+            store.sync()
+            with store.read() as tx:
+                head = tx.audit.head()
+                store.check_head(tx, head)
+                reused = self._answers.get(name)
+                if (
+                    reused is not None
+                    and reused[0] == head
+                    and time.monotonic() - reused[1] < REUSE_SECONDS
+                    and reused[2]["policy"]["version"] == record.version
+                ):
+                    return reused[2]
+                self.index.follow(tx, head)
+                counters = tx.counters.of_policy(name)
+                sessions = tx.sessions.of_policy(name)
+                revoked = tx.revocations.in_force(name)
+            answer = self._answer(record, policy, head, counters, sessions, revoked)
+            if len(self._answers) > 1000:
+                self._answers.clear()
+            self._answers[name] = (head, time.monotonic(), answer)
+            return answer
+
+    def _answer(
+        self,
+        record: PolicyRecord,
+        policy: Policy,
+        head: tuple[int, str],
+        counters: dict[str, int],
+        sessions: list[Any],
+        revoked: set[tuple[str, str]],
+    ) -> dict[str, Any]:
+        facts = self.index.facts(record.name)
+        now = datetime.now(UTC)
+        live: dict[str, int] = {}
+        for session in sessions:
+            if session.expires_at > now:
+                live[session.service] = live.get(session.service, 0) + 1
+        services = [
+            {
+                "name": s.name,
+                "role": s.role,
+                "live_sessions": live.get(s.name, 0),
+                **facts.attested.get(s.name, {}),
+                **facts.refused.get(s.name, {}),
+            }
+            for s in policy.services
+        ]
+        federation = policy.federation if isinstance(policy.federation, dict) else {}
+        run = federation.get("run")
+        approvers = self._approved_by(record, policy)
+        return {
+            "policy": {
+                "name": record.name,
+                "version": record.version,
+                "digest": record.digest,
+                "accepted_at": facts.accepted_at.get(record.version) or _iso(record.created_at),
+                "approvers": approvers or facts.approvers.get(record.version, []),
+                "run": run if isinstance(run, int) and not isinstance(run, bool) else None,
+            },
+            "head_seq": head[0],
+            "counters": counters,
+            "round": dict(facts.round) if facts.round is not None else None,
+            "services": services,
+            "findings": [
+                {**f.shown, "state": request_state(f, revoked) if f.shown["requested"] else None}
+                for f in reversed(facts.findings)
+            ],
+            "revocations": len(revoked),
         }
-        for s in policy.services
-    ]
-    federation = policy.federation if isinstance(policy.federation, dict) else {}
-    run = federation.get("run")
-    return {
-        "policy": {
-            "name": name,
-            "version": record.version,
-            "digest": record.digest,
-            "accepted_at": reader.accepted_at.get(record.version) or _iso(record.created_at),
-            "approvers": approvers or reader.approvers.get(record.version, []),
-            "run": run if isinstance(run, int) and not isinstance(run, bool) else None,
-        },
-        "head_seq": head[0],
-        "scanned": scanned,
-        "complete": reader.started or scanned >= head[0],
-        "counters": counters,
-        "round": reader.round,
-        "services": services,
-        "findings": [
-            {**f, "state": request_state(f, revoked, reader) if f["requested"] else None}
-            for f in reader.findings
-        ],
-        "revocations": len(revoked),
-    }
+
+    def _approved_by(self, record: PolicyRecord, policy: Policy) -> list[str]:
+        key = (record.name, record.version, record.digest)
+        if key not in self._approvers:
+            if len(self._approvers) > 1000:
+                self._approvers.clear()
+            self._approvers[key] = _approvers(self.spm, record, policy)
+        return self._approvers[key]
 
 
-def request_state(
-    finding: dict[str, Any], revoked: set[tuple[str, str]], reader: _Reader | None = None
-) -> str:
+def request_state(finding: Finding, revoked: set[tuple[str, str]]) -> str:
     """What became of a revocation request: ``revoked`` (every service it names is
     revoked, or each one's certificate), ``readmitted`` (the board revoked and then
     readmitted one since), or ``pending`` (the board has not acted)."""
-    decided = reader.decided_after.get(finding["seq"], {}) if reader is not None else {}
+    shown, decided = finding.shown, finding.decided
     states = []
-    for service in finding["excluded"]:
-        serial = finding["serials"].get(service, "")
+    for service in shown["excluded"]:
+        serial = shown["serials"].get(service, "")
         if ("service", service) in revoked or (serial and ("certificate", serial) in revoked):
             states.append("revoked")
         elif decided.get(("service", service)) == "readmit" or (
@@ -135,114 +184,6 @@ def _approvers(spm: Spm, record: PolicyRecord, policy: Policy) -> list[str]:
         return check_approval(board, record.digest, signatures, domain=POLICY_DOMAIN)
     except (PolicyError, ValueError, TypeError):
         return []  # e.g. a version recovered on a new SPM: the audit entry names them
-
-
-@dataclass
-class _Reader:
-    """Collects a policy's status from verified entries fed newest first."""
-
-    policy: str
-    started: bool = False
-    round: dict[str, Any] | None = None
-    attested: dict[str, dict[str, Any]] = field(default_factory=dict)
-    refused: dict[str, dict[str, Any]] = field(default_factory=dict)
-    findings: list[dict[str, Any]] = field(default_factory=list)
-    accepted_at: dict[int, str] = field(default_factory=dict)
-    approvers: dict[int, list[str]] = field(default_factory=dict)
-    #: The board's newest decision on each (kind, subject), as of the entries fed so far.
-    decisions: dict[tuple[str, str], str] = field(default_factory=dict)
-    #: For each revocation request (by seq): the decisions the board took after it.
-    decided_after: dict[int, dict[tuple[str, str], str]] = field(default_factory=dict)
-
-    def feed(self, entry: AuditEntry) -> None:
-        if entry.policy != self.policy:
-            return
-        d = entry.detail
-        if entry.event == "policy.accepted":
-            version = _int(d.get("version"))
-            if version is not None:
-                self.accepted_at.setdefault(version, entry.at)
-                self.approvers.setdefault(version, _names(d.get("approvers")))
-                self.started = self.started or version == 1
-        elif entry.event == "fl.round" and self.round is None:
-            self.round = _round(entry)
-        elif entry.event == "attestation.accepted":
-            service = d.get("service")
-            if isinstance(service, str) and service not in self.attested:
-                self.attested[service] = {
-                    "attested_at": entry.at,
-                    "attested_version": _int(d.get("policy_version")),
-                    "kind": _text(d.get("kind")),
-                    "measurement": _text(d.get("measurement")),
-                }
-        elif entry.event == "attestation.refused":
-            service = d.get("service")
-            if isinstance(service, str) and service not in self.refused:
-                self.refused[service] = {"refused_at": entry.at, "refusal": _text(d.get("reason"))}
-        elif entry.event in ("revocation.added", "revocation.lifted"):
-            kind, subject = d.get("kind"), d.get("subject")
-            if isinstance(kind, str) and isinstance(subject, str):
-                verb = "readmit" if entry.event == "revocation.lifted" else "revoke"
-                self.decisions.setdefault((kind, subject), verb)
-        elif (
-            entry.event in ("fl.audit.excluded", "fl.audit.revocation-requested")
-            and len(self.findings) < MAX_FINDINGS
-        ):
-            finding = _finding(entry)
-            self.findings.append(finding)
-            if finding["requested"]:
-                self.decided_after[entry.seq] = dict(self.decisions)
-
-
-def _round(entry: AuditEntry) -> dict[str, Any]:
-    d = entry.detail
-    keys = ("round", "counter", "attempt", "participants", "dropped", "excluded", "run",
-            "policy_version")  # fmt: skip
-    out: dict[str, Any] = {"seq": entry.seq, "at": entry.at, "service": _text(d.get("service"))}
-    out.update({k: _int(d.get(k)) for k in keys})
-    objective = d.get("objective")
-    if isinstance(objective, dict) and isinstance(objective.get("value"), int | float):
-        out["objective"] = {
-            "metric": _text(objective.get("metric")),
-            "mode": _text(objective.get("mode")),
-            "value": float(objective["value"]),
-        }
-    else:
-        out["objective"] = None
-    return out
-
-
-def _finding(entry: AuditEntry) -> dict[str, Any]:
-    d = entry.detail
-    serials = d.get("serials")
-    excluded = _names(d.get("excluded"))
-    return {
-        "seq": entry.seq,
-        "at": entry.at,
-        "round": _int(d.get("round")),
-        "excluded": excluded,
-        "serials": {
-            k: v.lower()
-            for k, v in (serials.items() if isinstance(serials, dict) else ())
-            if k in excluded and isinstance(v, str) and len(v) <= 64
-        },
-        "requested": entry.event == "fl.audit.revocation-requested",
-        "service": _text(d.get("service")),
-    }
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _text(value: Any, limit: int = 1024) -> str | None:
-    return value[:limit] if isinstance(value, str) else None
-
-
-def _names(value: Any) -> list[str]:
-    if not isinstance(value, list):
-        return []
-    return [v[:128] for v in value if isinstance(v, str)][:MAX_NAMES]
 
 
 def _iso(value: Any) -> str | None:

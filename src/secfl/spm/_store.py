@@ -36,11 +36,12 @@ Errors: a refused write (a duplicate policy version, an unknown counter...) and 
 unreachable or failing database are :class:`SpmError` with a one-line message,
 never a raw SQLAlchemy exception.
 
-Layout: this module holds :class:`Store` (the engine, write and read transactions,
-the checks of the audit head); a transaction and its operations, one view per
-concern (``tx.counters``, ``tx.policies``...), are :class:`secfl.spm._tx.Tx`; the
-tables and prebuilt statements are in :mod:`secfl.spm._schema`, the records in
-:mod:`secfl.spm._records`. The public names are all importable from here.
+Layout: this module holds :class:`Store` (write and read transactions, the checks
+of the audit head); the engine, its SQLite settings and the URLs it accepts are
+:mod:`secfl.spm._engine`; a transaction and its operations, one view per concern
+(``tx.counters``, ``tx.policies``...), are :class:`secfl.spm._tx.Tx`; the tables and
+prebuilt statements are in :mod:`secfl.spm._schema`, the records in
+:mod:`secfl.spm._records` (importable from here too).
 """
 
 from __future__ import annotations
@@ -48,18 +49,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from sqlalchemy import Connection, create_engine, event, insert, select
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
-from secfl._internal.files import write_private
 from secfl.errors import AuditError, IntegrityError, SpmError
 from secfl.spm import _audit
 from secfl.spm._audit import GENESIS, AuditEntry
+from secfl.spm._engine import db_error, normalise_url, open_engine
 from secfl.spm._integrity import Integrity
 from secfl.spm._records import (
     CertificateRecord,
@@ -85,41 +84,7 @@ __all__ = [
     "Store",
     "Tx",
     "normalise_serial",
-    "normalise_url",
 ]
-
-BUSY_TIMEOUT_MS = 30_000
-
-
-# --- helpers --------------------------------------------------------------------------------
-
-
-def normalise_url(url: str) -> URL:
-    """Parse a store URL: ``sqlite:///PATH`` or PostgreSQL (any of ``postgres://``,
-    ``postgresql://``, ``postgresql+psycopg://``; always through psycopg 3)."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise SpmError(f"store: '{url}' is not a database URL") from None
-    driver = parsed.drivername
-    if driver in ("sqlite", "sqlite+pysqlite"):
-        if not parsed.database or parsed.database == ":memory:" or "mode=memory" in url:
-            raise SpmError("store: an in-memory SQLite database is not durable; give a file path")
-        return parsed.set(drivername="sqlite+pysqlite")
-    if driver in ("postgres", "postgresql", "postgresql+psycopg"):
-        return parsed.set(drivername="postgresql+psycopg")
-    raise SpmError(
-        f"store: unsupported database URL scheme '{driver}' "
-        "(use sqlite:///PATH or postgresql://USER@HOST:PORT/DB)"
-    )
-
-
-def _db_error(exc: DBAPIError) -> SpmError:
-    first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-    return SpmError(f"store: database error: {first}")
-
-
-# --- the store ------------------------------------------------------------------------------
 
 
 class Store:
@@ -139,29 +104,12 @@ class Store:
         #: (secfl.spm._integrity); without it (tests, tools) rows are taken as they are.
         self.integrity = integrity
         self._local = threading.local()
-        if self.dialect == "sqlite":
-            assert parsed.database is not None
-            _create_private_file(Path(parsed.database))
-            self._engine = create_engine(
-                parsed,
-                connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
-                pool_size=8,
-                max_overflow=32,
-            )
-            event.listen(self._engine, "connect", _sqlite_connect)
-            event.listen(self._engine, "begin", _sqlite_begin)
-            self._write_lock: threading.Lock | None = threading.Lock()
-            self._writer: Connection | None = None
-        else:
-            self._engine = create_engine(
-                parsed,
-                connect_args={"connect_timeout": 10},
-                pool_size=8,
-                max_overflow=32,
-                pool_pre_ping=True,
-            )
-            self._write_lock = None
-            self._writer = None
+        self._engine = open_engine(parsed)
+        #: SQLite: the process-wide writer lock and its one writer connection.
+        self._write_lock: threading.Lock | None = (
+            threading.Lock() if self.dialect == "sqlite" else None
+        )
+        self._writer: Connection | None = None
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -202,7 +150,7 @@ class Store:
         except DbIntegrityError:
             pass  # another replica initialised it at the same moment
         except DBAPIError as exc:
-            raise _db_error(exc) from None
+            raise db_error(exc) from None
         if row is not None and bytes(row.value) != SCHEMA_VERSION:
             found = bytes(row.value)[:16].decode("ascii", "replace")
             raise SpmError(
@@ -236,7 +184,7 @@ class Store:
                             tx.close()
                 except DBAPIError as exc:
                     self._drop_writer()
-                    raise _db_error(exc) from None
+                    raise db_error(exc) from None
             self._committed(tx)
         finally:
             self._local.writing = False
@@ -263,7 +211,7 @@ class Store:
                 )
             except (AuditError, UnicodeDecodeError) as exc:
                 raise IntegrityError(f"integrity: {exc}") from None
-        self.integrity.floors.check_head(*head)
+        self.integrity.floors.check_head(*head, since=tx.since)
 
     def _catch_up(self, tx: Tx, head: tuple[int, str]) -> None:
         """Raise the floors by what other SPMs sharing this database committed since
@@ -320,14 +268,14 @@ class Store:
                 with self._engine.connect() as conn:
                     yield conn
             except DBAPIError as exc:
-                raise _db_error(exc) from None
+                raise db_error(exc) from None
             return
         with self._write_lock:
             if self._writer is None:
                 try:
                     conn = self._engine.connect()
                 except DBAPIError as exc:
-                    raise _db_error(exc) from None
+                    raise db_error(exc) from None
                 conn.execution_options(secfl_begin="BEGIN IMMEDIATE")
                 self._writer = conn
             yield self._writer
@@ -359,7 +307,7 @@ class Store:
                     finally:
                         tx.close()
         except DBAPIError as exc:
-            raise _db_error(exc) from None
+            raise db_error(exc) from None
 
     def audit_since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
         """Entries after ``seq`` (0: from the start), in order, at most ``limit``."""
@@ -391,34 +339,3 @@ class Store:
                     break
                 last = entries[-1].seq
             return verifier.finish(head)
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Take BEGIN away from the sqlite3 module; _sqlite_begin emits our own.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql(conn.get_execution_options().get("secfl_begin", "BEGIN"))
-
-
-def _create_private_file(path: Path) -> None:
-    """Create the SQLite file empty and readable by its owner only (its -wal and -shm
-    follow). An existing database, or anything else already at the path, is left
-    alone (``replace=False``) and SQLite opens it."""
-    if path.exists():
-        return
-    try:
-        write_private(path, b"", fsync=False, replace=False)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise SpmError(f"store: cannot create the database {path}: {exc.strerror}") from None

@@ -76,6 +76,9 @@ class Tx:
         self._audit_key = audit_key
         #: Floor changes (secfl.spm._integrity.Floors.apply) to make once this commits.
         self._changes: list[tuple[Any, ...]] = []
+        #: A read's floor epoch as it began, before its snapshot: a floor raised after
+        #: it may be a commit the snapshot predates (:class:`~secfl.spm._integrity.Floors`).
+        self.since: int | None = None if writable or integrity is None else integrity.floors.epoch
 
     # --- the views ----------------------------------------------------------------------
 

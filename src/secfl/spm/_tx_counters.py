@@ -60,7 +60,7 @@ class Counters(TxView):
         if row is None:
             floors = self._floors
             if floors is not None and floors.counters.get((policy, name), 0) > 0:
-                floors.check_counter(policy, name, 0, learn=False)
+                floors.check_counter(policy, name, 0, learn=False, since=self._tx.since)
             return None
         return self._counter_value(policy, name, row.value, row.mac)
 
@@ -73,7 +73,9 @@ class Counters(TxView):
                 mac,
                 f"counter '{name}' of policy '{policy}'",
             )
-            integrity.floors.check_counter(policy, name, int(value), learn=not self._tx.writable)
+            integrity.floors.check_counter(
+                policy, name, int(value), learn=not self._tx.writable, since=self._tx.since
+            )
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_COUNTER:
             raise SpmError(f"counter: '{name}' of policy '{policy}' holds a corrupt value")
         return value
@@ -95,11 +97,13 @@ class VolumeTags(TxView):
         floors = self._floors
         if row is None:
             if floors is not None:
-                floors.check_volume(policy, volume, 0, learn=False)
+                floors.check_volume(policy, volume, 0, learn=False, since=self._tx.since)
             return None
         self._verify(t, row, f"the record of volume '{volume}' of policy '{policy}'")
         if floors is not None:
-            floors.check_volume(policy, volume, int(row.version), learn=not self._tx.writable)
+            floors.check_volume(
+                policy, volume, int(row.version), learn=not self._tx.writable, since=self._tx.since
+            )
         return int(row.version), str(row.tag)
 
     def put(self, policy: str, volume: str, version: int, tag: str, at: datetime) -> None:

@@ -44,11 +44,13 @@ class Policies(TxView):
         floors = self._floors
         if row is None:
             if floors is not None:
-                floors.check_policy(name, 0, learn=False)
+                floors.check_policy(name, 0, learn=False, since=self._tx.since)
             return None
         record = self._record(row)
         if floors is not None:
-            floors.check_policy(name, record.version, learn=not self._tx.writable)
+            floors.check_policy(
+                name, record.version, learn=not self._tx.writable, since=self._tx.since
+            )
         return record
 
     def version(self, name: str, version: int) -> PolicyRecord | None:

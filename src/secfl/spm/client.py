@@ -277,16 +277,14 @@ class SpmClient:
             raise SpmError("spm: the SPM's list of revocations is malformed")
         return rows
 
-    def status(self, policy: str, *, scan: int | None = None) -> dict[str, Any]:
+    def status(self, policy: str) -> dict[str, Any]:
         """The policy's state (version and approvers, the last round, attestations, the
-        clone audit's findings), checked against the API's schema; ``scan`` bounds the
-        audit entries the SPM looks at."""
+        clone audit's findings), checked against the API's schema."""
         from pydantic import ValidationError
 
         from secfl.spm._api_models import StatusOut
 
-        params = {} if scan is None else {"scan": scan}
-        doc = self._request("GET", f"/v1/policies/{policy}/status", params=params)
+        doc = self._request("GET", f"/v1/policies/{policy}/status")
         try:
             return StatusOut.model_validate(doc).model_dump()
         except ValidationError:

@@ -12,6 +12,16 @@ exactly that, refusing in one line that names the function and says what to retu
 
 Metrics that are not finite numbers are refused, never dropped: a NaN loss is a
 diverged model, and a report that silently lacks a column hides it.
+
+What the task's code raises is one line too (:func:`call_task`), worded for where it
+runs. Under ``secfl run`` the log and the error line go to the host, who must not
+read the task's code or data, and an exception's message often holds data ("row 17:
+age 52") and a traceback the code's lines. So by default a failure names only the
+function, the exception's type and the task's file and line, at every log level
+(Python's warnings lose their text and source line likewise:
+:func:`show_task_errors`). The message and the traceback are shown only where the
+task's owner runs it: ``secfl simulate`` (in process: :func:`task_errors_shown`)
+and ``--insecure``.
 """
 
 from __future__ import annotations
@@ -20,13 +30,17 @@ import logging
 import math
 import numbers
 import re
-from collections.abc import Mapping, Sized
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping, Sized
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from torch import nn
 
+from secfl._internal.values import describe
 from secfl.errors import SecflError, TaskError
 
 __all__ = [
@@ -37,7 +51,11 @@ __all__ = [
     "Task",
     "call_task",
     "check_metrics",
+    "failure_text",
+    "register_task_folder",
     "sample_count",
+    "show_task_errors",
+    "task_errors_shown",
 ]
 
 log = logging.getLogger("secfl.tasks")
@@ -136,7 +154,7 @@ def sample_count(data: Any, what: str) -> int:
     try:
         count = len(data)
     except Exception as exc:  # a user's __len__ may raise anything
-        raise TaskError(f"{what}: len() of the data failed: {exc}"[:300]) from None
+        raise TaskError(f"{what}: len() of the data failed: {failure_text(exc)}") from None
     if count < 1:
         raise TaskError(f"{what}: the data has no samples (len() is {count})")
     return int(count)
@@ -174,7 +192,7 @@ def check_metrics(result: Any, what: str, *, required: str | None = None) -> dic
         except OverflowError:
             number = math.inf
         if not math.isfinite(number):
-            raise TaskError(f"{what}: metric '{name}' is not a finite number ({str(value)[:24]})")
+            raise TaskError(f"{what}: metric '{name}' is not a finite number ({describe(value)})")
         metrics[name] = number
     if required is not None and required not in metrics:
         raise TaskError(
@@ -184,16 +202,103 @@ def check_metrics(result: Any, what: str, *, required: str | None = None) -> dic
 
 
 def call_task(what: str, function: Any, *args: Any) -> Any:
-    """``function(*args)`` of a task, its failures one line: a SecflError as it is,
-    anything else as a TaskError naming the call and the exception (the traceback
-    goes to the debug log: a user's mistake is not a crash of the runtime). The
-    task's exception stays the error's ``__cause__``, for a caller that shows it
-    (``secfl simulate --debug``)."""
+    """``function(*args)`` of a task, its failures one line: a SecflError as it is
+    (the task's own refusal: its message is meant for the log), anything else as a
+    TaskError naming the call and the exception (:func:`failure_text`): a user's
+    mistake is not a crash of the runtime. Where errors are shown
+    (:func:`task_errors_shown`), the traceback goes to the debug log and the task's
+    exception stays the error's ``__cause__``, for a caller that shows it (``secfl
+    simulate --debug``); elsewhere neither."""
     try:
         return function(*args)
     except (SecflError, MemoryError):
         raise
     except Exception as exc:
-        log.debug("%s failed", what, exc_info=True)
-        text = " ".join(str(exc).split())[:240]
-        raise TaskError(f"{what}: the task raised {type(exc).__name__}: {text}") from exc
+        if _shown:
+            log.debug("%s failed", what, exc_info=True)
+            raise TaskError(f"{what}: the task raised {failure_text(exc)}") from exc
+        raise TaskError(f"{what}: the task raised {failure_text(exc)}") from None
+
+
+# --- how much of a task's failure is shown --------------------------------------------------
+
+#: Whether failures show their message and traceback (see the module docstring).
+_shown = False
+#: The folders task code was loaded from: a failure names its file relative to one.
+_task_folders: set[Path] = set()
+_formatwarning = warnings.formatwarning
+
+
+def show_task_errors(shown: bool) -> None:
+    """Show the messages and tracebacks of the task's failures (``secfl simulate``,
+    ``--insecure``), or only their type and place (a secure workload: the default).
+    Python's warnings follow: hidden, they show their category and place only."""
+    global _shown
+    _shown = shown
+    warnings.formatwarning = _formatwarning if shown else _bare_warning
+
+
+@contextmanager
+def task_errors_shown() -> Iterator[None]:
+    """Within the block, failures show their message and traceback (in process,
+    on the task owner's machine: ``secfl simulate``)."""
+    global _shown
+    before, formatwarning = _shown, warnings.formatwarning
+    show_task_errors(True)
+    try:
+        yield
+    finally:
+        _shown, warnings.formatwarning = before, formatwarning
+
+
+def register_task_folder(folder: Path) -> None:
+    """Task code is loaded from ``folder``: its failures are placed relative to it."""
+    _task_folders.add(folder.resolve())
+
+
+def failure_text(exc: BaseException) -> str:
+    """A task's exception in one line: its type and message where failures are shown;
+    otherwise its type and the task's file and line only, never its message, which
+    may hold the data."""
+    name = type(exc).__name__[:80]
+    if _shown:
+        return f"{name}: {' '.join(str(exc).split())[:240]}"
+    return (
+        f"{name} at {_place(exc)} (its message is not shown under `secfl run`, where the "
+        "host reads the log: it may hold the data; `secfl simulate` on test data shows it)"
+    )
+
+
+def _place(exc: BaseException) -> str:
+    """``file:line`` where the task's code raised: the innermost frame in a task
+    folder (relative to it), else the innermost frame (its file name only)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{_shown_path(exc.filename)}:{exc.lineno or 0}"
+    frames = [(f.f_code.co_filename, line) for f, line in traceback.walk_tb(exc.__traceback__)]
+    for filename, line in reversed(frames):
+        if _in_task_folder(filename) is not None:
+            return f"{_shown_path(filename)}:{line}"
+    if frames:
+        return f"{_shown_path(frames[-1][0])}:{frames[-1][1]}"
+    return "an unknown place"
+
+
+def _in_task_folder(filename: str) -> Path | None:
+    path = Path(filename)
+    for folder in _task_folders:
+        if path.is_relative_to(folder):
+            return path.relative_to(folder)
+    return None
+
+
+def _shown_path(filename: str) -> str:
+    inside = _in_task_folder(filename)
+    return str(inside) if inside is not None else Path(filename).name
+
+
+def _bare_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    line: str | None = None,
+) -> str:  # fmt: skip
+    """A warning as a hidden mode shows it: no text, no source line."""
+    return f"{_shown_path(filename)}:{lineno}: {category.__name__} (its text is not shown)\n"

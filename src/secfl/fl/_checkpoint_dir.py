@@ -1,0 +1,119 @@
+"""The aggregator's checkpoint folder: which checkpoint it resumes from, and pruning.
+
+:func:`list_checkpoints` lists a folder's checkpoint files (newest first),
+:func:`latest_checkpoint` opens the one to resume from, :func:`prune_checkpoints`
+keeps the newest few. Each file is sealed and checked by :mod:`secfl.fl._checkpoint`.
+
+Commit protocol with the SPM counter (the aggregator's side; written down here
+because the two must agree). The aggregator is the only service that increments
+its counter; with the SPM's value ``c`` after round ``r - 1``:
+
+1. aggregate round ``r``;
+2. :func:`~secfl.fl._checkpoint.write_checkpoint` with ``counter = c + 1`` (durable:
+   temp file, fsync, rename, directory fsync) and keep the previous checkpoint
+   (:func:`prune_checkpoints` with ``keep >= 2``);
+3. increment the SPM counter (it must return ``c + 1``);
+4. seal the new global model with round ``r`` and counter ``c + 1``
+   (:func:`secfl.fl._envelope.seal_model`) and send it.
+
+A crash between 2 and 3 leaves a checkpoint with counter ``c + 1`` while the SPM says
+``c``: it was never committed (its model was never sent), so
+:func:`latest_checkpoint` skips checkpoints whose counter is *greater* than the
+SPM's and resumes from the one that equals it. A crash after 3 resumes from the new
+one. No checkpoint equal to the SPM's counter means a rollback (someone replaced or
+removed the newest file) and is refused; the only way past it is to restore the
+file or a board-approved reset (:mod:`secfl.fl._reset`; every refusal says how:
+:func:`~secfl.fl._checkpoint.reset_hint`). Which checkpoint a run resumes from, across
+the runs of several policy versions, is :func:`secfl.fl._runs.find_resume_point`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from secfl.errors import FlError
+from secfl.fl._checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    parse_checkpoint_name,
+    policy_of,
+    reset_hint,
+)
+
+__all__ = ["latest_checkpoint", "list_checkpoints", "prune_checkpoints"]
+
+
+def list_checkpoints(directory: Path | str) -> list[tuple[int, int, Path]]:
+    """``(round, counter, path)`` of the checkpoint files in ``directory``, newest first:
+    by counter (the freshness anchor), then round, as their names say (which
+    :func:`~secfl.fl._checkpoint.load_checkpoint` checks against the authenticated
+    header)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        named = parse_checkpoint_name(entry.name)
+        if named is not None and entry.is_file():
+            found.append((*named, entry))
+    found.sort(key=lambda item: (item[1], item[0]), reverse=True)
+    return found
+
+
+def latest_checkpoint(
+    directory: Path | str,
+    *,
+    key: bytes,
+    policy_digest: str,
+    expected_counter: int | None = None,
+    below: int | None = None,
+) -> Checkpoint | None:
+    """The newest checkpoint of ``policy_digest`` in ``directory``, opened and checked.
+
+    Files of other policies are ignored. Without ``expected_counter``: the newest by
+    (counter, round) whose counter is at most ``below`` (when given), or None if
+    there is none. With it (the SPM's counter value, see the commit protocol in the
+    module docstring): checkpoints with a greater counter are uncommitted and skipped;
+    the newest of the rest must have exactly that counter (``rollback:`` otherwise); no
+    checkpoint at all is a fresh start (None) only while the counter is 0, and a
+    rollback after that. A newest checkpoint that does not open is an error, never a
+    reason to use an older one.
+    """
+    candidates = [
+        (rnd, ctr, path)
+        for rnd, ctr, path in list_checkpoints(directory)
+        if policy_of(path) == policy_digest
+    ]
+    if expected_counter is not None:
+        if type(expected_counter) is not int or expected_counter < 0:
+            raise FlError(
+                "checkpoint: the expected counter must be a non-negative integer, "
+                f"not {expected_counter!r}"
+            )
+        candidates = [c for c in candidates if c[1] <= expected_counter]
+    if below is not None:
+        candidates = [c for c in candidates if c[1] <= below]
+    if not candidates:
+        if expected_counter:
+            raise FlError(
+                f"rollback: no checkpoint of this policy in {directory}, "
+                f"the SPM's counter is {expected_counter}: "
+                + reset_hint(directory, expected_counter)
+            )
+        return None
+    _, _, path = candidates[0]
+    return load_checkpoint(
+        path, key=key, policy_digest=policy_digest, expected_counter=expected_counter
+    )
+
+
+def prune_checkpoints(directory: Path | str, *, keep: int = 2) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoint files; returns what was deleted.
+    Keep at least 2 with the commit protocol (the newest may be uncommitted)."""
+    if type(keep) is not int or keep < 1:
+        raise FlError(f"checkpoint: keep must be a positive integer, not {keep!r}")
+    removed = []
+    for _, _, path in list_checkpoints(directory)[keep:]:
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed

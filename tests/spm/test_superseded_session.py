@@ -1,0 +1,50 @@
+"""Once the board approved a new policy version, the old version's run must not
+commit another round: against a real `secfl spm serve`, a session attested under
+the replaced version may no longer move a counter (at once, not after a cache
+expires), while a workload attested again under the new version may; and the
+aggregator's ledger turns that refusal into its one-line stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from secfl.errors import FlError
+from secfl.fl._commit import SpmLedger
+from secfl.spm.client import SpmClient, SpmRefused
+from secfl.spm.enroll import enroll
+from secfl.tee import _simulated as simulated
+from tests.spm.harness import AGGREGATOR_MR, Board, policy_document, spm_with_policy
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_session_of_a_replaced_version_may_not_move_a_counter(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    with spm_with_policy(tmp_path / "data", sim, board, "aggregator") as (proc, enrolled):
+        old = enrolled["aggregator"].session_token
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            assert client.increment("fed", "round", old) == 1
+            first = client.policy("fed")["digest"]
+            v2 = policy_document("fed", board, sim[1], version=2, predecessor=first)
+            client.submit_policy(v2, board.sign(v2, "alice", "bob"))
+
+            with pytest.raises(SpmRefused) as refused:
+                client.increment("fed", "round", old)
+            assert str(refused.value) == (
+                "policy: version 2 of 'fed' replaced this session's version 1: attest again "
+                "(start the workload again with `secfl run`)"
+            )
+            assert refused.value.status == 409
+            assert client.counter("fed", "round") == 1  # nothing moved
+
+            ledger = SpmLedger(lambda: client, "fed", "round", lambda: old)
+            stop = r"^policy: the board approved a new version of 'fed': this run stops here; "
+            with pytest.raises(FlError, match=stop + "start the aggregator again"):
+                ledger.increment()
+
+            platform = simulated.SimulatedPlatform(sim[0])
+            new = enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
+            assert client.increment("fed", "round", new.session_token) == 2
