@@ -10,6 +10,7 @@ elsewhere.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,3 +78,18 @@ def board() -> Board:
     from tests.spm.harness import Board
 
     return Board.create()
+
+
+@pytest.fixture(autouse=True)
+def _task_errors_hidden() -> Iterator[None]:
+    """Each test starts as a secure workload does: task failures show no message.
+
+    In-process tests of ``--insecure`` workloads switch the process-wide setting on
+    (a real workload is one process and never switches back); without this reset a
+    later test would see another test's choice.
+    """
+    from secfl.tasks._contract import show_task_errors
+
+    show_task_errors(False)
+    yield
+    show_task_errors(False)

@@ -21,6 +21,7 @@ from secfl.cli import (
     demo,
     evaluate,
     fl,
+    flower,
     measure,
     new,
     policy,
@@ -63,6 +64,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(shield.app, name="shield")
 app.add_typer(data.app, name="data")
 app.add_typer(evaluate.app, name="eval")
+app.add_typer(flower.app, name="flower")
 app.command("measure")(measure.measure)
 app.command("run")(run.run)
 app.command("demo")(demo.demo)

@@ -1,0 +1,1 @@
+"""flowerapp: a Flower app in the pattern of Flower's PyTorch quickstart."""

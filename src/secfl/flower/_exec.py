@@ -1,0 +1,241 @@
+"""The SuperExec of a SuperLink or SuperNode under secfl: it runs only the approved app.
+
+Flower started with ``--isolation process`` runs no app itself: a SuperExec takes
+each task (a ServerApp or ClientApp to run for a message) from the Runtime API and
+starts ``flwr-serverapp`` / ``flwr-clientapp`` for it. This is that SuperExec, with
+one check added: a task whose FAB hash (the SHA-256 of the app bundle, which Flower
+checks against the content when it stores the FAB) is not one the wrapper was given
+on its measured command line is not run. A ClientApp task gets an error reply
+(``INVALID_FAB``, as Flower's own ``--trusted-entities`` check answers) and fails;
+a ServerApp task fails. Each refusal is one log line naming the check.
+
+It takes tasks with the SuperExec secret the wrapper created (Flower's HMAC
+authentication of ``AcquireTask``), so no other process that reaches the loopback
+Runtime API can take a task in its place. It imports Flower: it runs only in the
+Flower venv.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import Error, Message
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import (
+    AcquireTaskRequest,
+    PullTaskInputRequest,
+    PushTaskOutputRequest,
+)
+from flwr.supercore.constant import TaskType
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+)
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+
+from secfl._internal import files
+
+__all__ = ["Executor", "Refusal"]
+
+log = logging.getLogger("secfl.flower")
+
+_ACQUIRE = "/flwr.proto.Runtime/AcquireTask"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A task the executor did not run."""
+
+    task_id: int
+    run_id: int
+    fab_hash: str
+    message: str
+
+
+@dataclass
+class Executor:
+    """Takes tasks of ``task_type`` from the Runtime API at ``address`` and runs those of
+    an approved FAB (``allowed``: SHA-256 hex digests)."""
+
+    address: str
+    secret: bytes
+    allowed: frozenset[str]
+    task_type: TaskType
+    bindir: Path
+    env: Mapping[str, str]
+    cwd: Path
+    #: A private folder (0700) for the tasks' token files.
+    token_dir: Path
+    poll: float = 0.25
+    #: The Runtime API's CA (the SuperLink serves it over TLS); None: plain HTTP on
+    #: loopback (the SuperNode's Runtime API).
+    ca_file: str | None = None
+    on_refusal: Callable[[Refusal], None] | None = None
+    refusals: list[Refusal] = field(default_factory=list)
+    launched: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self._tokens = 0
+        # No retry invoker: its back-off (up to tens of seconds) would stall the loop,
+        # which retries by itself every ``poll`` seconds.
+        self._client = self._runtime_client(
+            [
+                RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+                SuperExecAuthHttpInterceptor(
+                    master_secret=self.secret, protected_methods=frozenset({_ACQUIRE})
+                ),
+            ],
+            retry=False,
+        )
+
+    def _runtime_client(self, interceptors: list[object], retry: bool) -> RuntimeHttpClient:
+        """A client of the loopback Runtime API (TLS with the policy's CA where Flower
+        serves it over TLS)."""
+        root = Path(self.ca_file).read_bytes() if self.ca_file else None
+        return RuntimeHttpClient.from_server_address(
+            server_address=self.address,
+            insecure=root is None,
+            root_certificates=root,
+            interceptors=interceptors,
+            retry_invoker=make_simple_http_retry_invoker() if retry else None,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Take and run tasks until :meth:`stop` (or an unrecoverable error)."""
+        request = AcquireTaskRequest(supported_task_types=[self.task_type.value])
+        try:
+            while not self._stop.is_set():
+                self._reap()
+                try:
+                    reply = self._client.AcquireTask(request)
+                except Exception as exc:  # the Runtime API is not up yet, or going down
+                    log.debug("acquire: %s", exc)
+                    self._stop.wait(self.poll)
+                    continue
+                if reply.HasField("task") and reply.token:
+                    try:
+                        self._dispatch(reply.token, reply.task)
+                    except Exception as exc:  # one task lost (Flower expires it), not the loop
+                        log.error("secfl: task %s not started: %s", reply.task.task_id, exc)
+                    continue  # another task may be waiting
+                self._stop.wait(self.poll)
+        finally:
+            self._client.close()
+            for proc, token_file in self._procs:
+                if proc.poll() is None:
+                    proc.terminate()
+                token_file.unlink(missing_ok=True)
+
+    def running(self) -> int:
+        """How many task processes it started are still running."""
+        return sum(1 for proc, _ in list(self._procs) if proc.poll() is None)
+
+    def _reap(self) -> None:
+        alive = []
+        for proc, token_file in self._procs:
+            if proc.poll() is None:
+                alive.append((proc, token_file))
+            else:
+                token_file.unlink(missing_ok=True)
+        self._procs = alive
+
+    def _dispatch(self, token: str, task: object) -> None:
+        fab_hash = str(getattr(task, "fab_hash", "")).lower()
+        if fab_hash in self.allowed:
+            self._launch(token)
+            return
+        approved = ", ".join(sorted(h[:16] for h in self.allowed))
+        refusal = Refusal(
+            task_id=int(getattr(task, "task_id", 0)),
+            run_id=int(getattr(task, "run_id", 0)),
+            fab_hash=fab_hash,
+            message=(
+                f"fab: run {getattr(task, 'run_id', '?')} brings app sha256 {fab_hash[:16]}..., "
+                f"not the board-approved {approved}...: not run (the board approves a new "
+                "app with a new policy version)"
+            ),
+        )
+        self.refusals.append(refusal)
+        log.error("secfl: %s", refusal.message)
+        try:
+            self._refuse(token, refusal)
+        except Exception as exc:  # the task expires on Flower's side anyway
+            log.error("secfl: fab: could not report the refusal to Flower: %s", exc)
+        if self.on_refusal is not None:
+            self.on_refusal(refusal)
+
+    def _launch(self, token: str) -> None:
+        """Start the task's process. Its token goes in a 0600 file (not on the command
+        line, which every local user reads); it dies with this process by Flower's own
+        ``--parent-pid`` watch (no ``preexec_fn`` from this thread: the gate's thread
+        runs beside it, and a fork holding its locks could hang)."""
+        command = self.bindir / self.task_type.value
+        self._tokens += 1
+        token_file = self.token_dir / f"task-{self._tokens}.token"
+        files.write_private(token_file, token.encode(), fsync=False)
+        argv = [str(command), "--runtime-api-address", self.address,
+                "--token-file", str(token_file), "--parent-pid", str(os.getpid())]  # fmt: skip
+        argv += ["--root-certificates", self.ca_file] if self.ca_file else ["--insecure"]
+        proc = subprocess.Popen(argv, env=dict(self.env), cwd=self.cwd)
+        self._procs.append((proc, token_file))
+        self.launched += 1
+
+    def _refuse(self, token: str, refusal: Refusal) -> None:
+        """Answer a refused task as failed (a ClientApp's message with an error reply)."""
+        client = self._runtime_client(
+            [
+                RuntimeVersionHttpInterceptor(component_name=self.task_type.value),
+                RuntimeTokenHttpInterceptor(token),
+            ],
+            retry=True,
+        )
+        try:
+            if self.task_type == TaskType.CLIENT_APP:
+                from flwr.supernode.runtime.run_clientapp import (
+                    pull_task_input,
+                    push_message,
+                    push_task_output,
+                )
+
+                message, context, _, _ = pull_task_input(client)
+                reply = Message(
+                    Error(code=ErrorCode.INVALID_FAB, reason=refusal.message), reply_to=message
+                )
+                push_message(client, reply, context)
+                push_task_output(client, context, SubStatus.FAILED, refusal.message)
+            else:
+                client.PullTaskInput(PullTaskInputRequest())
+                client.PushTaskOutput(
+                    PushTaskOutputRequest(sub_status=SubStatus.FAILED, details=refusal.message)
+                )
+        finally:
+            client.close()
+
+
+def start_thread(executor: Executor) -> threading.Thread:
+    thread = threading.Thread(target=executor.run, name="secfl-superexec", daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()

@@ -1,0 +1,170 @@
+"""The SuperLink's gate: the only part of a Flower SuperLink the network reaches.
+
+Flower 1.41 serves its Fleet API (SuperNodes), Control API (``flwr run``, node
+registration, logs, artifacts) and Runtime API (the ServerApp's own connection) on
+one HTTP port, and its open-source Control API authenticates nobody: whoever reaches
+that port can register a SuperNode key of their own, submit any app, read the logs
+or take the ServerApp's task. Under secfl the SuperLink listens on loopback inside
+its TEE, and this gate, in the same TEE and with the same certificate, forwards to
+it exactly the Fleet API's calls (``POST /v1/fleet/<call>`` for the calls a SuperNode
+makes); everything else is answered 404 in one line and never reaches Flower.
+
+Requests are bounded (:data:`MAX_BODY`), no redirect is followed, and hop-by-hop
+headers are dropped; the SuperNodes' authentication headers (a signed timestamp) pass
+through untouched, and Flower checks them. The hop to Flower is TLS on loopback,
+verified against the policy's Flower CA.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+import uvicorn
+
+__all__ = ["FLEET_CALLS", "MAX_BODY", "FleetGate", "serve"]
+
+#: The Fleet API calls of flwr 1.41 (``flwr.superlink.routers.fleet.router``).
+FLEET_CALLS = frozenset({
+    "register-node", "activate-node", "deactivate-node", "unregister-node",
+    "send-node-heartbeat", "pull-messages", "push-messages", "get-run", "get-fab",
+    "push-object", "pull-object", "confirm-message-received",
+})  # fmt: skip
+#: The largest request the gate forwards: Flower sends models in object chunks of
+#: 5 MB (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``); the rest of the Fleet API is small.
+MAX_BODY = 16 << 20
+_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"host", b"content-length",
+})  # fmt: skip
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class FleetGate:
+    """An ASGI app forwarding the Fleet API to ``upstream`` (``https://127.0.0.1:PORT``)."""
+
+    def __init__(self, upstream: str, ca_file: str) -> None:
+        context = ssl.create_default_context(cafile=ca_file)
+        # The loopback hop inside the TEE: the peer must hold a certificate of the
+        # policy's Flower CA (only the SuperLink's service does); its name is not checked.
+        context.check_hostname = False
+        self.upstream = upstream.rstrip("/")
+        self.context = context
+        self.client: httpx.AsyncClient | None = None
+        self.forwarded = 0
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = str(scope.get("path", ""))
+        call = path.removeprefix("/v1/fleet/")
+        if (
+            scope.get("method") != "POST"
+            or not path.startswith("/v1/fleet/")
+            or call not in FLEET_CALLS
+            or scope.get("query_string")
+        ):
+            self.refused += 1
+            await _answer(
+                send,
+                404,
+                "gate: only the Fleet API is served here; the Control and Runtime APIs stay "
+                "inside the SuperLink's TEE",
+            )
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                await _answer(send, 413, f"gate: request larger than {MAX_BODY} bytes")
+                return
+            if not message.get("more_body"):
+                break
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in _HOP]
+        client = self._client()
+        try:
+            reply = await client.post(self.upstream + path, content=bytes(body), headers=headers)
+        except httpx.HTTPError as exc:
+            await _answer(send, 502, f"gate: the SuperLink did not answer: {type(exc).__name__}")
+            return
+        self.forwarded += 1
+        out = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in reply.headers.multi_items()
+            if k.lower().encode("latin-1") not in _HOP
+        ]
+        content = reply.content
+        out.append((b"content-length", str(len(content)).encode()))
+        await send({"type": "http.response.start", "status": reply.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": content})
+
+    def _client(self) -> httpx.AsyncClient:
+        if self.client is None:
+            self.client = httpx.AsyncClient(
+                verify=self.context,
+                timeout=httpx.Timeout(300.0, connect=10.0),
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            )
+        return self.client
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.client is not None:
+                    await self.client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _answer(send: Send, status: int, error: str) -> None:
+    body = json.dumps({"error": error}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve(
+    gate: FleetGate, host: str, port: int, certfile: str, keyfile: str
+) -> tuple[uvicorn.Server, threading.Thread]:
+    """Serve ``gate`` over TLS on ``host:port`` in a thread; returns once it listens."""
+    config = uvicorn.Config(
+        gate,
+        host=host,
+        port=port,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=30,
+        limit_concurrency=256,  # with MAX_BODY: at most 4 GiB of requests in memory
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="secfl-fleet-gate", daemon=True)
+    thread.start()
+    return server, thread

@@ -1,0 +1,344 @@
+"""A Flower SuperLink inside the TEE, as the policy's ``superlink`` service.
+
+``secfl run ... --service superlink --volume app=app.secfl -- PYTHON -m secfl.flower
+superlink --fab '$SECFL_VOLUMES/app/app.fab' --fab-sha256 H --nodes '$SECFL_FILES/flower/nodes.pem'
+--listen 0.0.0.0:9092 [--run-config 'num-server-rounds=3'] -- flower-superlink
+--ssl-certfile ... --enable-supernode-auth --isolation process --host 127.0.0.1 --port P
+--disable-runtime-dependency-installation``
+
+1. Checks the Flower flags (:mod:`secfl.flower._flags`) and the app: the FAB must have
+   the SHA-256 on the (measured) command line.
+2. Starts ``flower-superlink`` on loopback with the SuperExec secret.
+3. Registers the SuperNode keys the policy released to it (the public halves of the
+   attested sites' node keys): with ``--enable-supernode-auth`` no other key joins.
+4. Serves the Fleet API, and only it, on ``--listen`` (:mod:`secfl.flower._gate`).
+5. Runs its own SuperExec (:mod:`secfl.flower._exec`): only the approved ServerApp runs.
+6. Submits the approved FAB as the one run, with the board's run config; nobody
+   else can submit (the Control API never leaves the TEE).
+7. Waits for the run to end, and reports each step to the SPM's audit log
+   (``fl.flower.*``, with the session ``secfl run`` opened). With ``--output`` the
+   ServerApp's working folder (its saved model) is sealed as a shield volume under
+   the key in ``--output-key``, and nothing of it stays on the host in plaintext.
+
+Exit 0 when the run completed, 1 when it failed or was stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from secfl._internal.files import TooLarge, read_bounded
+from secfl.errors import FlowerError
+from secfl.flower._audit import SpmAudit
+from secfl.flower._flags import expand, parse_flower
+from secfl.flower._wrap import (
+    Child,
+    PrivatePaths,
+    check_loopback,
+    clean_env,
+    host_port,
+    venv_program,
+)
+
+__all__ = ["SuperLinkOptions", "main"]
+
+log = logging.getLogger("secfl.flower")
+
+#: Flower's own limit on a FAB (``flwr.common.constant.FAB_MAX_SIZE``).
+FAB_MAX = 10 * 1024 * 1024
+
+
+@dataclass
+class SuperLinkOptions:
+    fab: str
+    fab_sha256: str
+    nodes: str
+    listen: str
+    run_config: list[str] = field(default_factory=list)
+    output: str | None = None
+    output_key: str | None = None
+    poll: float = 0.25
+    start_timeout: float = 120.0
+
+
+def _private_file(value: str, what: str, env: dict[str, str]) -> Path:
+    path = Path(expand(value, env))
+    root = env.get("SECFL_FILES", "")
+    if not root or Path(root).resolve() not in path.resolve().parents:
+        raise FlowerError(
+            f"flower: {what} {value[:80]} is not a file secfl run injected: use $SECFL_FILES/..."
+        )
+    return path
+
+
+def load_fab(value: str, sha256: str, env: dict[str, str]) -> bytes:
+    """The FAB to submit; its SHA-256 must be the measured ``--fab-sha256``."""
+    path = Path(expand(value, env))
+    try:
+        data = read_bounded(path, FAB_MAX)
+    except TooLarge:
+        raise FlowerError(
+            f"flower: {path} is larger than Flower's {FAB_MAX}-byte FAB limit"
+        ) from None
+    except OSError as exc:
+        raise FlowerError(f"flower: cannot read the FAB {path}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sha256.lower():
+        raise FlowerError(
+            f"fab: {path.name} has sha256 {digest[:16]}..., the measured --fab-sha256 is "
+            f"{sha256[:16]}...: not the board-approved app"
+        )
+    return data
+
+
+def load_node_keys(path: Path) -> list[bytes]:
+    """The SuperNode public keys (PEM, concatenated), as Flower compares them: SPKI PEM."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        text = read_bounded(path, 1 << 20).decode("ascii")
+    except (OSError, UnicodeDecodeError, TooLarge) as exc:
+        raise FlowerError(f"flower: cannot read the node keys {path.name}: {exc}") from None
+    marker = "-----END PUBLIC KEY-----"
+    blocks = [b + marker for b in text.split(marker) if "-----BEGIN PUBLIC KEY-----" in b]
+    if not blocks:
+        raise FlowerError(
+            f"flower: {path.name} holds no public key: the policy injects each site's "
+            "$$SECFL::NAME:pub$$ there"
+        )
+    keys: list[bytes] = []
+    for block in blocks:
+        try:
+            key = serialization.load_pem_public_key(block.strip().encode())
+        except ValueError:
+            raise FlowerError(f"flower: {path.name} holds a key that is not PEM") from None
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise FlowerError(f"flower: {path.name} holds a key that is not an EC key")
+        keys.append(
+            key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    if len(set(keys)) != len(keys):
+        raise FlowerError(f"flower: {path.name} names a node key twice")
+    return keys
+
+
+def _context(ca_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=ca_file)
+    context.check_hostname = False  # loopback inside the TEE; the CA is the policy's
+    return context
+
+
+def _wait_healthy(link: Child, base: str, context: ssl.SSLContext, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(verify=context, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if not link.alive():
+                raise FlowerError(
+                    f"flower: flower-superlink exited {link.proc.returncode} while starting"
+                )
+            try:
+                if client.get(base + "/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise FlowerError(f"flower: flower-superlink did not answer in {timeout:.0f} s")
+
+
+def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
+    env = dict(os.environ)
+    cmd = parse_flower("superlink", flower_argv, env)
+    host = cmd.value("--host", "127.0.0.1") or "127.0.0.1"
+    check_loopback("flower-superlink (Fleet, Control and Runtime APIs)", host)
+    port = cmd.port(8000)
+    database = cmd.value("--database")
+    if database is not None and database != ":flwr-in-memory:":
+        _private_file(database, "--database", env)
+    if cmd.value("--log-file") is not None:
+        _private_file(cmd.value("--log-file") or "", "--log-file", env)
+    fab = load_fab(opts.fab, opts.fab_sha256, env)
+    nodes = load_node_keys(_private_file(opts.nodes, "--nodes", env))
+    listen_host, _, listen_port = opts.listen.rpartition(":")
+    if not listen_host or not listen_port.isdigit():
+        raise FlowerError(f"flower: --listen {opts.listen} is not HOST:PORT")
+    if any(c.endswith(".toml") for c in opts.run_config):
+        raise FlowerError("flower: --run-config takes KEY=VALUE pairs (a file is not measured)")
+    output_key: bytes | None = None
+    if opts.output:
+        if not opts.output_key:
+            raise FlowerError("flower: --output needs --output-key (the model owner's key file)")
+        raw = read_bounded(_private_file(opts.output_key, "--output-key", env), 4096)
+        try:
+            output_key = bytes.fromhex(raw.decode().strip())
+        except (UnicodeDecodeError, ValueError):
+            raise FlowerError(
+                "flower: --output-key must hold a hex key ($$SECFL::NAME:hex$$)"
+            ) from None
+
+    paths = PrivatePaths.create(env)
+    secret_path, secret = paths.secret()
+    child_env = clean_env(env, paths)
+    argv = [str(venv_program("flower-superlink")), *cmd.argv[1:],
+            "--superexec-auth-secret-file", str(secret_path)]  # fmt: skip
+    ca_file = cmd.value("--ssl-ca-certfile") or ""
+    context = _context(ca_file)
+    base = f"https://{host_port(host, port)}"
+    audit = SpmAudit(env)
+    link = Child.start("flower-superlink", argv, child_env, paths.work)
+    gate_server = None
+    executor = None
+    try:
+        _wait_healthy(link, base, context, opts.start_timeout)
+        control = _control(base, context)
+        node_ids = _register(control, nodes)
+        audit.report(
+            "nodes-registered",
+            {"nodes": [
+                {"node_id": str(n), "key_sha256": hashlib.sha256(k).hexdigest()}
+                for n, k in zip(node_ids, nodes, strict=True)
+            ]},
+        )  # fmt: skip
+        print(f"secfl: registered {len(node_ids)} attested SuperNode keys", flush=True)
+
+        from flwr.supercore.constant import TaskType
+
+        from secfl.flower._exec import Executor, start_thread
+        from secfl.flower._gate import FleetGate, serve
+
+        executor = Executor(
+            address=host_port(host, port),
+            secret=secret,
+            allowed=frozenset({opts.fab_sha256.lower()}),
+            task_type=TaskType.SERVER_APP,
+            bindir=Path(sys.executable).parent,
+            env=child_env,
+            cwd=paths.work,
+            token_dir=paths.wrapper,
+            poll=opts.poll,
+            ca_file=ca_file,
+            on_refusal=lambda r: audit.report(
+                "fab-refused", {"run_id": str(r.run_id), "fab_sha256": r.fab_hash}
+            ),
+        )
+        start_thread(executor)
+        gate = FleetGate(base, ca_file)
+        gate_server, gate_thread = serve(
+            gate, listen_host, int(listen_port),
+            cmd.value("--ssl-certfile") or "", cmd.value("--ssl-keyfile") or "",
+        )  # fmt: skip
+        _wait_listening(gate_server, gate_thread, link, opts.start_timeout)
+        print(f"secfl: the Fleet API is served on {opts.listen} (nothing else)", flush=True)
+
+        run_id = _start_run(control, fab, opts.run_config)
+        digest = hashlib.sha256(fab).hexdigest()
+        audit.report(
+            "run-started",
+            {"run_id": str(run_id), "fab_sha256": digest, "run_config": list(opts.run_config)},
+        )
+        print(f"secfl: started run {run_id} of app sha256 {digest[:16]}...", flush=True)
+        status = _wait_run(control, run_id, link, executor)
+        ok = status.startswith("finished:completed")
+        detail: dict[str, Any] = {"run_id": str(run_id), "status": status}
+        if ok and opts.output and output_key is not None:
+            detail["output_tag"] = _seal_output(paths.work, Path(opts.output), output_key)
+        audit.report("run-finished", detail)
+        print(f"secfl: run {run_id} {status}", flush=True)
+        control.close()
+        return 0 if ok else 1
+    finally:
+        if executor is not None:
+            executor.stop()
+        if gate_server is not None:
+            gate_server.should_exit = True
+        link.stop()
+        audit.close()
+
+
+def _wait_listening(server: Any, thread: threading.Thread, link: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or not link.alive() or time.monotonic() > deadline:
+            raise FlowerError("flower: the Fleet gate did not start (is --listen free?)")
+        time.sleep(0.05)
+
+
+def _control(base: str, context: ssl.SSLContext) -> Any:
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+    return ControlHttpClient(
+        base,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+        verify=context,
+    )
+
+
+def _register(control: Any, keys: list[bytes]) -> list[int]:
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    ids = []
+    for i, key in enumerate(keys, 1):
+        reply = control.RegisterNode(RegisterNodeRequest(public_key=key, name=f"site-{i}"))
+        if not reply.node_id:
+            raise FlowerError(f"flower: the SuperLink did not register node key {i}")
+        ids.append(int(reply.node_id))
+    return ids
+
+
+def _start_run(control: Any, fab: bytes, run_config: list[str]) -> int:
+    from flwr.common.config import parse_config_args
+    from flwr.common.serde import fab_to_proto, user_config_to_proto
+    from flwr.proto.control_pb2 import StartRunRequest
+    from flwr.supercore.fab import Fab
+
+    overrides = parse_config_args(run_config) if run_config else {}
+    request = StartRunRequest(
+        fab=fab_to_proto(Fab(hashlib.sha256(fab).hexdigest(), fab, {})),
+        override_config=user_config_to_proto(overrides),
+    )
+    reply = control.StartRun(request)
+    if not reply.run_id:
+        raise FlowerError("flower: the SuperLink refused to start the run (see its log above)")
+    return int(reply.run_id)
+
+
+def _wait_run(control: Any, run_id: int, link: Child, executor: Any) -> str:
+    """The run's final status. Asked of Flower when the ServerApp's process has ended
+    (the executor started it), and every 10 s besides (a run whose ServerApp never
+    started ends too): the Control API is not polled every second for hours."""
+    from flwr.proto.control_pb2 import ListRunsRequest
+
+    asked = 0.0
+    while True:
+        if not link.alive():
+            raise FlowerError(f"flower: flower-superlink exited {link.proc.returncode} mid-run")
+        ended = executor.launched > 0 and executor.running() == 0
+        if ended or time.monotonic() - asked > 10.0:
+            asked = time.monotonic()
+            run = control.ListRuns(ListRunsRequest(run_id=run_id)).run_dict.get(run_id)
+            if run is not None and run.status.status == "finished":
+                return f"finished:{run.status.sub_status}"
+        time.sleep(0.5)
+
+
+def _seal_output(folder: Path, out: Path, key: bytes) -> str:
+    """The ServerApp's working folder as a shield volume under the model owner's key."""
+    from secfl.shield import encrypt_directory
+
+    tag = encrypt_directory(folder, out, key)
+    print(f"secfl: the ServerApp's outputs are sealed in {out} (tag {tag[:16]}...)", flush=True)
+    return str(tag)

@@ -1,0 +1,131 @@
+"""A Flower SuperNode inside the TEE, as one site's service of the policy.
+
+``secfl run ... --service site-1 --volume site-1-data=site-1.secfl -- PYTHON -m secfl.flower
+supernode --fab-sha256 H -- flower-supernode --superlink HOST:PORT
+--root-certificates '$SECFL_FILES/flower/ca.pem'
+--auth-supernode-private-key '$SECFL_FILES/flower/node.key'
+--node-config 'data-path="$SECFL_VOLUMES/site-1-data"' --isolation process
+--host 127.0.0.1 --port P``
+
+1. Checks the Flower flags (:mod:`secfl.flower._flags`): TLS on, the CA and the node
+   key injected by ``secfl run``, process isolation, no run-time installs.
+2. Writes the node key (released by the SPM as PEM) in the OpenSSH form Flower reads,
+   in place, in the private RAM folder.
+3. Starts ``flower-supernode`` with the SuperExec secret, and its own SuperExec
+   (:mod:`secfl.flower._exec`): a ClientApp runs only for a run whose FAB has one of
+   the ``--fab-sha256`` digests (on the measured command line, so approved by the
+   board); any other run gets an error reply and nothing of it runs, and the refusal
+   goes to the SPM's audit log (``fl.flower.fab-refused``, with this site's session).
+
+The ClientApp reads its data where ``node_config`` says (the site's data volume,
+opened and checked by ``secfl run``, as a folder in RAM); it knows nothing of secfl.
+Exit: flower-supernode's own exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from secfl._internal import files
+from secfl.errors import FlowerError
+from secfl.flower._audit import SpmAudit
+from secfl.flower._flags import parse_flower
+from secfl.flower._wrap import (
+    Child,
+    PrivatePaths,
+    check_loopback,
+    clean_env,
+    host_port,
+    venv_program,
+)
+
+__all__ = ["SuperNodeOptions", "main", "openssh_key"]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class SuperNodeOptions:
+    fab_sha256: list[str]
+    poll: float = 0.25
+
+
+def openssh_key(path: Path) -> None:
+    """Rewrite the EC private key at ``path`` (PEM from the SPM) as OpenSSH, 0600, in place."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    data = files.read_bounded(path, 65536)
+    if data.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+        return
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise FlowerError(
+            f"flower: {path.name} is not a PEM private key: the policy injects "
+            "$$SECFL::NAME:key$$ of an ecdsa-p256 secret there"
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise FlowerError(f"flower: {path.name} is not an EC key (Flower needs a NIST EC key)")
+    ssh = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    files.write_private(path, ssh, fsync=False)
+
+
+def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
+    env = dict(os.environ)
+    pins = {h.lower() for h in opts.fab_sha256}
+    if not pins or not all(_SHA256.match(h) for h in pins):
+        raise FlowerError(
+            "flower: supernode needs --fab-sha256 of the approved app (64 hex digits)"
+        )
+    cmd = parse_flower("supernode", flower_argv, env)
+    host = cmd.value("--host", "127.0.0.1") or "127.0.0.1"
+    check_loopback("flower-supernode (Runtime API)", host)
+    port = cmd.port(9094)
+    openssh_key(Path(cmd.value("--auth-supernode-private-key") or ""))
+
+    paths = PrivatePaths.create(env)
+    secret_path, secret = paths.secret()
+    child_env = clean_env(env, paths)
+    argv = [str(venv_program("flower-supernode")), *cmd.argv[1:],
+            "--superexec-auth-secret-file", str(secret_path)]  # fmt: skip
+    node = Child.start("flower-supernode", argv, child_env, paths.work)
+
+    from flwr.supercore.constant import TaskType
+
+    from secfl.flower._exec import Executor, start_thread
+
+    audit = SpmAudit(env)
+    executor = Executor(
+        address=host_port(host, port), secret=secret, allowed=frozenset(pins),
+        task_type=TaskType.CLIENT_APP, bindir=Path(sys.executable).parent,
+        env=child_env, cwd=paths.work, token_dir=paths.wrapper, poll=opts.poll,
+        on_refusal=lambda r: audit.report(
+            "fab-refused", {"run_id": str(r.run_id), "fab_sha256": r.fab_hash}
+        ),
+    )  # fmt: skip
+    start_thread(executor)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if node.alive():
+            node.proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    try:
+        code = node.proc.wait()
+    finally:
+        executor.stop()
+        node.stop()
+        audit.close()
+    return 128 - code if code < 0 else code

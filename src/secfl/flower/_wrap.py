@@ -1,0 +1,188 @@
+"""What both Flower roles share under ``secfl run``: loopback APIs, private paths,
+clean environments and supervised children.
+
+Flower's own processes get an environment with no inherited ``FLWR_*``
+(``FLWR_INTERNAL_GRPC_CONTROL_API=1`` alone would open the Control API on the
+network) nor ``PYTHONPATH``-like variables, ``FLWR_HOME`` in the private folder (FABs,
+state and logs stay in RAM), and no telemetry, update check or run-time package
+installation; they die with the wrapper. The command lines themselves are checked by
+:mod:`secfl.flower._flags`.
+
+This module imports no Flower: the checks are testable in any venv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from secfl._internal import files
+from secfl.errors import FlowerError
+
+__all__ = [
+    "Child",
+    "PrivatePaths",
+    "check_loopback",
+    "clean_env",
+    "host_port",
+    "venv_program",
+]
+
+#: Environment variables no Flower process inherits from the host (besides ``FLWR_*``).
+_DROPPED_PREFIXES = ("FLWR_", "PYTHON", "LD_")
+_KEPT = frozenset({"PYTHONUNBUFFERED", "PYTHONIOENCODING"})
+
+
+def venv_program(name: str) -> Path:
+    """A command of this Python's venv (never one found on the host's ``PATH``)."""
+    path = Path(sys.executable).parent / name
+    if not path.is_file():
+        raise FlowerError(
+            f"flower: '{name}' is not installed next to {sys.executable}: run the wrapper "
+            "with the Flower venv's Python (bash scripts/flwr-venv.sh)"
+        )
+    return path
+
+
+def check_loopback(what: str, host: str) -> None:
+    """``host`` must be a loopback address: the API behind it never leaves the TEE."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise FlowerError(
+        f"flower: {what} listens on {host}, not on loopback: it must stay inside the TEE "
+        "(give 127.0.0.1; the wrapper's gate is what the network reaches)"
+    )
+
+
+def host_port(host: str, port: int) -> str:
+    """``HOST:PORT`` for a URL or a Flower address (an IPv6 host in brackets;
+    ``localhost`` as 127.0.0.1, the name the policy certificate carries)."""
+    name = host.strip("[]")
+    if name == "localhost":
+        name = "127.0.0.1"
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+
+
+@dataclass
+class PrivatePaths:
+    """The wrapper's folders inside ``$SECFL_FILES`` (RAM, 0700)."""
+
+    root: Path
+
+    @classmethod
+    def create(cls, env: Mapping[str, str]) -> PrivatePaths:
+        private = env.get("SECFL_FILES")
+        if not private or not Path(private).is_dir():
+            raise FlowerError(
+                "flower: $SECFL_FILES is not set: start this under `secfl run`, which attests "
+                "it and injects its keys"
+            )
+        paths = cls(Path(private))
+        for folder in (paths.home, paths.work, paths.wrapper):
+            try:
+                folder.mkdir(mode=0o700)
+            except FileExistsError:
+                raise FlowerError(
+                    f"flower: {folder.name} already exists in $SECFL_FILES: the policy must "
+                    "not inject files there"
+                ) from None
+        return paths
+
+    @property
+    def home(self) -> Path:
+        """``FLWR_HOME``: installed FABs, state, logs."""
+        return self.root / "flower-home"
+
+    @property
+    def work(self) -> Path:
+        """The working folder of Flower and of the apps (a ServerApp's outputs)."""
+        return self.root / "flower-work"
+
+    @property
+    def wrapper(self) -> Path:
+        """The wrapper's own files (the SuperExec secret)."""
+        return self.root / "flower-wrapper"
+
+    def secret(self) -> tuple[Path, bytes]:
+        """A fresh SuperExec secret, as a 0600 file: only the wrapper's executor, which
+        holds it too, may take tasks from Flower's Runtime API."""
+        value = os.urandom(32).hex().encode()
+        path = files.write_private(self.wrapper / "superexec.secret", value, fsync=False)
+        return path, value
+
+
+def clean_env(base: Mapping[str, str], paths: PrivatePaths) -> dict[str, str]:
+    """Flower's environment: ``base`` without what could reconfigure it, plus ours."""
+    env = {k: v for k, v in base.items() if k in _KEPT or not k.startswith(_DROPPED_PREFIXES)}
+    bindir = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "FLWR_HOME": str(paths.home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "PATH": bindir + os.pathsep + base.get("PATH", os.defpath),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """What a child runs between fork and exec: die when the wrapper dies (the signal
+    follows the forking *thread*: children are started from the main thread)."""
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        from secfl.launcher import _linux as linux
+
+        if linux.available():
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(127)
+
+    return setup
+
+
+@dataclass
+class Child:
+    """A Flower process the wrapper started: it dies with the wrapper (``PDEATHSIG``)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> Child:
+        try:
+            proc = subprocess.Popen(
+                list(argv), env=dict(env), cwd=cwd, preexec_fn=_die_with(os.getpid())
+            )
+        except OSError as exc:
+            raise FlowerError(f"flower: cannot start {name}: {exc.strerror or exc}") from None
+        return cls(name, proc)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)

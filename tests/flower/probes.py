@@ -1,0 +1,81 @@
+"""What an attacker does with Flower's own client code; run with the Flower venv's Python.
+
+``python probes.py insider-run ADDRESS FAB``: StartRun of FAB on the SuperLink's
+loopback Control API, as ``flwr run`` does (an insider on the SuperLink's host; TLS
+not verified: the insider has no CA and needs none). Prints the run ID, or ``refused``.
+
+``python probes.py control ADDRESS``: StartRun through the SuperLink's public gate.
+Prints the HTTP status.
+
+``python probes.py join ADDRESS``: a SuperNode with a key of its own (never attested,
+never registered) activates itself at the gate with Flower's signed headers. Prints
+``joined NODE_ID`` or ``refused STATUS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import httpx
+from flwr.common.serde import fab_to_proto
+from flwr.proto.control_pb2 import StartRunRequest
+from flwr.proto.fleet_pb2 import ActivateNodeRequest
+from flwr.supercore.control import ControlHttpClient
+from flwr.supercore.fab import Fab
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes
+from flwr.supernode.fleet_http_client import FleetHttpClient
+from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+
+
+def _start_run(address: str, fab: bytes) -> str:
+    client = ControlHttpClient(
+        f"https://{address}",
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+        verify=False,
+    )
+    try:
+        reply = client.StartRun(
+            StartRunRequest(fab=fab_to_proto(Fab(hashlib.sha256(fab).hexdigest(), fab, {})))
+        )
+    except httpx.HTTPStatusError as exc:
+        return f"refused {exc.response.status_code}"
+    finally:
+        client.close()
+    return str(reply.run_id)
+
+
+def main(argv: list[str]) -> int:
+    what, address = argv[0], argv[1]
+    if what == "insider-run":
+        print(_start_run(address, Path(argv[2]).read_bytes()))
+    elif what == "control":
+        print(_start_run(address, b"not a fab"))
+    elif what == "join":
+        private, public = generate_key_pairs()
+        client = FleetHttpClient(
+            f"https://{address}",
+            interceptors=[
+                RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+                NodeAuthHttpInterceptor(private, public),
+            ],
+            verify=False,
+        )
+        try:
+            reply = client.ActivateNode(
+                ActivateNodeRequest(public_key=public_key_to_bytes(public), heartbeat_interval=30)
+            )
+            print(f"joined {reply.node_id}")
+        except httpx.HTTPStatusError as exc:
+            print(f"refused {exc.response.status_code}")
+        finally:
+            client.close()
+    else:
+        raise SystemExit(f"unknown probe {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

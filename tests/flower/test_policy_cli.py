@@ -1,0 +1,135 @@
+"""``secfl flower policy``: the policy of a Flower federation, its measurements equal to
+``secfl measure --for-run`` of the exact commands it writes, keys where they belong."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from secfl.cli.main import main
+from secfl.flower._federation import LocalFlowerFederation
+from secfl.policy import _keys as keys
+from secfl.policy._document import load_policy
+from secfl.shield import Volume, encrypt_directory, key_from_file, write_key_file
+from tests.clirun import call, failed
+
+APP = Path(__file__).resolve().parents[2] / "examples" / "flower"
+
+
+@pytest.fixture(scope="module")
+def spm(flower_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    fed = LocalFlowerFederation(tmp_path_factory.mktemp("spm"), sites=2)
+    fed.start_spm()
+    try:
+        yield fed
+    finally:
+        fed.stop()
+
+
+@pytest.fixture(scope="module")
+def written(spm: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("policy")
+    board = []
+    for member in ("alice", "bob", "carol"):
+        _, public = keys.generate("ed25519")
+        (root / f"{member}.pub").write_bytes(public)
+        board += ["--board", str(root / f"{member}.pub")]
+    args = []
+    for site in ("site-1", "site-2"):
+        (root / site).mkdir()
+        (root / site / "train.npz").write_bytes(b"stand-in data")
+        write_key_file(root / f"{site}.key")
+        encrypt_directory(root / site, root / f"{site}.secfl", key_from_file(root / f"{site}.key"))
+        args += ["--data", f"{site}={root / site}.secfl", "--data-key", f"{site}={root / site}.key"]
+    write_key_file(root / "model.key")
+    out = root / "out"
+    code = main([
+        "flower", "policy", "--app", str(APP), *board, "--threshold", "2",
+        "--superlink", "link.example:9092", "--spm", spm.spm_url, "--spm-pin", spm.spm_pin,
+        "--sim-root", str(spm.sim_dir / "root.pem"), "--out", str(out),
+        "--output-key", str(root / "model.key"), "--run-config", "num-server-rounds=5", *args,
+    ])  # fmt: skip
+    return {"code": code, "root": root, "out": out, "board": board, "args": args, "spm": spm}
+
+
+def _commands(out: Path) -> dict[str, list[str]]:
+    found = {}
+    for line in (out / "commands.sh").read_text().splitlines():
+        if line.startswith("secfl run "):
+            words = shlex.split(line)
+            found[words[words.index("--service") + 1]] = words
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_the_policy_pins_the_exact_commands(
+    capsys: pytest.CaptureFixture[str], written: dict[str, Any]
+) -> None:
+    assert written["code"] == 0
+    out = written["out"]
+    text = (out / "policy.yaml").read_text()
+    policy = load_policy(text)
+    assert [s.name for s in policy.services] == ["superlink", "site-1", "site-2"]
+    commands = _commands(out)
+    assert sorted(commands) == ["site-1", "site-2", "superlink"]
+    for service in policy.services:
+        words = commands[service.name]
+        argv = words[words.index("--") + 1 :]
+        code_volume = ["--code-volume", f"app={out / 'app.secfl'}"]
+        volumes = code_volume if service.name == "superlink" else []
+        code, measured, err = call(capsys, "measure", "--for-run", *volumes, "--", *argv)
+        assert code == 0, err
+        assert service.measurements["simulated"] == [measured.strip()]
+    # The app volume holds the FAB the SuperLink submits and every SuperNode pins.
+    with Volume.open(out / "app.secfl", key_from_file(out / "app.key")) as volume:
+        fab = bytes(volume.read_bytes("app.fab"))
+    digest = hashlib.sha256(fab).hexdigest()
+    assert digest in commands["superlink"] and digest in commands["site-1"]
+    assert "num-server-rounds=5" in commands["superlink"]
+    assert (os.stat(out / "app.key").st_mode & 0o777) == 0o600
+
+
+def test_each_key_goes_only_where_it_belongs(written: dict[str, Any]) -> None:
+    doc = yaml.safe_load((written["out"] / "policy.yaml").read_text())
+    services = {s["name"]: s for s in doc["services"]}
+    link = services["superlink"]["inject"]["files"]
+    assert link["/flower/superlink.key"] == "$$SECFL::superlink-tls:key$$"
+    assert link["/flower/nodes.pem"] == "$$SECFL::site-1-node:pub$$\n$$SECFL::site-2-node:pub$$\n"
+    assert link["/flower/output.key"] == "$$SECFL::model-output-key:hex$$"
+    for site in ("site-1", "site-2"):
+        files = services[site]["inject"]["files"]
+        assert files == {
+            "/flower/ca.pem": "$$SECFL::flower-ca:crt$$",
+            "/flower/node.key": f"$$SECFL::{site}-node:key$$",
+        }
+        assert services[site]["volumes"] == [f"{site}-data"]
+    secrets = {s["name"]: s for s in doc["secrets"]}
+    assert secrets["superlink-tls"]["issuer"] == "flower-ca"
+    assert "link.example" in secrets["superlink-tls"]["sans"]
+    assert secrets["site-1-node"]["kind"] == "ecdsa-p256"
+    assert doc["identity_ca"] == "secfl-ca"
+
+
+def test_mistakes_are_one_line(capsys: pytest.CaptureFixture[str], written: dict[str, Any]) -> None:
+    spm = written["spm"]
+    err = failed(
+        capsys, "flower", "policy", "--app", str(APP), *written["board"], "--threshold", "2",
+        "--superlink", "link.example:9092", "--spm", spm.spm_url, "--spm-pin", spm.spm_pin,
+        "--sim-root", str(spm.sim_dir / "root.pem"), "--out", str(written["root"] / "o2"),
+        "--data", "site-9=x.secfl",
+    )  # fmt: skip
+    assert "--data: 'site-9' is not one of site-1..site-2" in err
+    err = failed(
+        capsys, "flower", "policy", "--app", str(written["root"]), *written["board"],
+        "--threshold", "2", "--superlink", "link.example:9092", "--spm", spm.spm_url,
+        "--spm-pin", spm.spm_pin, "--sim-root", str(spm.sim_dir / "root.pem"),
+        "--out", str(written["root"] / "o3"), *written["args"],
+    )  # fmt: skip
+    assert "is not a Flower app (no pyproject.toml)" in err

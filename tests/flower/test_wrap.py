@@ -1,0 +1,247 @@
+"""The wrappers' checks, before any Flower process starts: each refusal is one line
+naming the check. No Flower needed (``secfl.flower._wrap`` imports none)."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from secfl._internal.x509util import private_pem
+from secfl.errors import FlowerError
+from secfl.flower._flags import expand, parse_flower
+from secfl.flower._superlink import load_fab, load_node_keys
+from secfl.flower._supernode import openssh_key
+from secfl.flower._wrap import PrivatePaths, check_loopback, clean_env
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    files = tmp_path / "files"
+    (files / "flower").mkdir(parents=True)
+    for name in ("ca.pem", "node.key", "superlink.crt", "superlink.key"):
+        (files / "flower" / name).write_text("x")
+    return {"SECFL_FILES": str(files), "SECFL_VOLUMES": str(files / "volumes")}
+
+
+NODE = ["flower-supernode", "--superlink", "link:9092",
+        "--root-certificates", "$SECFL_FILES/flower/ca.pem",
+        "--auth-supernode-private-key", "${SECFL_FILES}/flower/node.key",
+        "--node-config", 'data-path="$SECFL_VOLUMES/site-1-data"',
+        "--isolation", "process"]  # fmt: skip
+LINK = ["flower-superlink", "--ssl-certfile", "$SECFL_FILES/flower/superlink.crt",
+        "--ssl-keyfile", "$SECFL_FILES/flower/superlink.key",
+        "--ssl-ca-certfile", "$SECFL_FILES/flower/ca.pem", "--enable-supernode-auth",
+        "--isolation", "process", "--disable-runtime-dependency-installation",
+        "--host", "127.0.0.1", "--port", "9093"]  # fmt: skip
+
+
+def refused(role: str, argv: list[str], env: dict[str, str]) -> str:
+    with pytest.raises(FlowerError) as info:
+        parse_flower(role, argv, env)
+    message = str(info.value)
+    assert message.startswith("flower: ") and "\n" not in message
+    return message
+
+
+def test_the_genuine_commands_pass_with_their_paths_expanded(env: dict[str, str]) -> None:
+    node = parse_flower("supernode", NODE, env)
+    assert node.value("--root-certificates") == env["SECFL_FILES"] + "/flower/ca.pem"
+    assert node.value("--auth-supernode-private-key") == env["SECFL_FILES"] + "/flower/node.key"
+    assert node.value("--node-config") == f'data-path="{env["SECFL_VOLUMES"]}/site-1-data"'
+    link = parse_flower("superlink", LINK, env)
+    assert "--enable-supernode-auth" in link.switches
+    assert link.argv[0] == "flower-superlink" and len(link.argv) == len(LINK)
+
+
+@pytest.mark.parametrize(
+    ("role", "change", "check"),
+    [
+        ("supernode", ["--insecure"], "--insecure is refused: it turns TLS off"),
+        ("supernode", ["--ins"], "flag '--ins' is not one secfl checks"),
+        ("supernode", ["--allow-runtime-dependency-installation"], "installs packages"),
+        ("supernode", ["--superexec-auth-secret-file", "s"], "creates the SuperExec secret"),
+        ("supernode", ["--superlink", "other:1"], "--superlink given twice"),
+        ("supernode", ["stray"], "takes no argument 'stray'"),
+        ("superlink", ["--insecure"], "--insecure is refused"),
+        ("superlink", ["--simulation"], "accepts no SuperNodes"),
+        ("superlink", ["--control-api-address", "0.0.0.0:9093"], "must stay inside the TEE"),
+        ("superlink", ["--auth-list-public-keys", "k.csv"], "registers the attested keys"),
+    ],
+)
+def test_flags_that_weaken_a_service_are_refused(
+    env: dict[str, str], role: str, change: list[str], check: str
+) -> None:
+    base = NODE if role == "supernode" else LINK
+    assert check in refused(role, [*base, *change], env)
+
+
+@pytest.mark.parametrize(
+    ("role", "drop", "check"),
+    [
+        ("supernode", "--root-certificates", "needs --root-certificates"),
+        ("supernode", "--auth-supernode-private-key", "needs --auth-supernode-private-key"),
+        ("superlink", "--enable-supernode-auth", "needs --enable-supernode-auth"),
+        ("superlink", "--disable-runtime-dependency-installation", "needs --disable-runtime"),
+        ("superlink", "--ssl-keyfile", "needs --ssl-keyfile"),
+    ],
+)
+def test_required_flags(env: dict[str, str], role: str, drop: str, check: str) -> None:
+    argv = list(NODE if role == "supernode" else LINK)
+    i = argv.index(drop)
+    del argv[i : i + (1 if drop.startswith("--enable") or drop.startswith("--disable") else 2)]
+    assert check in refused(role, argv, env)
+
+
+def test_ports_are_checked(env: dict[str, str]) -> None:
+    assert parse_flower("supernode", [*NODE, "--port", "9095"], env).port(9094) == 9095
+    assert parse_flower("supernode", NODE, env).port(9094) == 9094
+    with pytest.raises(FlowerError, match="--port 99999 is not a port"):
+        parse_flower("supernode", [*NODE, "--port", "99999"], env).port(9094)
+
+
+def test_apps_run_only_through_secfls_superexec(env: dict[str, str]) -> None:
+    argv = [a if a != "process" else "subprocess" for a in NODE]
+    assert "needs --isolation process" in refused("supernode", argv, env)
+
+
+def test_keys_must_be_the_ones_secfl_run_injected(env: dict[str, str], tmp_path: Path) -> None:
+    own = tmp_path / "own.key"
+    own.write_text("x")
+    argv = [str(own) if a.endswith("node.key") else a for a in NODE]
+    assert "not a file secfl run injected" in refused("supernode", argv, env)
+    argv = [a.replace("ca.pem", "missing.pem") for a in NODE]
+    assert "does not exist: the policy must inject it" in refused("supernode", argv, env)
+    unset = {k: v for k, v in env.items() if k != "SECFL_FILES"}
+    assert "$SECFL_FILES is not set: start this under `secfl run`" in refused(
+        "supernode", NODE, unset
+    )
+    assert "runs 'flower-supernode', not 'flower-superlink'" in refused("supernode", LINK, env)
+
+
+def test_only_secfl_folders_expand(env: dict[str, str]) -> None:
+    assert expand("$HOME/$SECFL_FILES/x", env) == f"$HOME/{env['SECFL_FILES']}/x"
+
+
+def test_flowers_own_apis_stay_on_loopback() -> None:
+    for host in ("127.0.0.1", "::1", "[::1]", "localhost"):
+        check_loopback("x", host)
+    for host in ("0.0.0.0", "10.0.0.1", "link.example"):  # noqa: S104 - refused here
+        with pytest.raises(FlowerError, match="not on loopback"):
+            check_loopback("x", host)
+
+
+def test_flower_gets_no_inherited_flwr_or_python_settings(env: dict[str, str]) -> None:
+    paths = PrivatePaths.create(env)
+    base = {"FLWR_INTERNAL_GRPC_CONTROL_API": "1", "FLWR_HOME": "/home/x", "PATH": "/bin",
+            "PYTHONPATH": "/evil", "LD_PRELOAD": "/evil.so", "HOME": "/root",
+            "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    out = clean_env(base, paths)
+    assert "FLWR_INTERNAL_GRPC_CONTROL_API" not in out
+    assert "PYTHONPATH" not in out and "LD_PRELOAD" not in out
+    assert out["FLWR_HOME"] == str(paths.home) and out["HOME"] == "/root"
+    assert out["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
+    assert out["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert (paths.home.stat().st_mode & 0o777) == 0o700
+    with pytest.raises(FlowerError, match="already exists in \\$SECFL_FILES"):
+        PrivatePaths.create(env)
+
+
+def test_the_superlink_submits_only_the_measured_fab(env: dict[str, str], tmp_path: Path) -> None:
+    fab = tmp_path / "app.fab"
+    fab.write_bytes(b"a fab")
+    good = hashlib.sha256(b"a fab").hexdigest()
+    assert load_fab(str(fab), good, env) == b"a fab"
+    with pytest.raises(FlowerError, match="^fab: app.fab has sha256 .* not the board-approved"):
+        load_fab(str(fab), "0" * 64, env)
+
+
+def test_node_keys_are_read_as_flower_compares_them(tmp_path: Path) -> None:
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
+    pems = [
+        k.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        for k in keys
+    ]
+    path = tmp_path / "nodes.pem"
+    path.write_bytes(b"\n".join(pems) + b"\n")
+    assert load_node_keys(path) == pems
+    path.write_bytes(pems[0] + pems[0])
+    with pytest.raises(FlowerError, match="names a node key twice"):
+        load_node_keys(path)
+    path.write_bytes(b"")
+    with pytest.raises(FlowerError, match="holds no public key"):
+        load_node_keys(path)
+
+
+def test_the_node_key_is_rewritten_for_flower_in_place(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "node.key"
+    path.write_bytes(private_pem(key))
+    openssh_key(path)
+    data = path.read_bytes()
+    assert data.startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert (path.stat().st_mode & 0o777) == 0o600
+    loaded = serialization.load_ssh_private_key(data, None)
+    assert loaded.public_key() == key.public_key()  # type: ignore[comparison-overlap]
+    path.write_text("not a key")
+    with pytest.raises(FlowerError, match="is not a PEM private key"):
+        openssh_key(path)
+
+
+def test_the_package_imports_no_flower(flower_python: Path) -> None:
+    """``import secfl.flower`` (the policy side) pulls in no Flower, even where Flower is
+    installed; its strategies need Flower and say so where it is not."""
+    probe = (
+        "import sys, secfl.flower, secfl.flower._policy, secfl.flower._wrap\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'flwr'], 'flwr imported'\n"
+        "from secfl.flower import SecflStrategy\n"
+        "assert 'flwr' in sys.modules\n"
+    )
+    done = subprocess.run([str(flower_python), "-c", probe], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    import secfl.flower
+
+    with pytest.raises(ImportError, match="is a Flower strategy: import it where Flower is"):
+        _ = secfl.flower.SecflStrategy
+
+
+def test_the_gate_serves_the_fleet_api_and_nothing_else(tmp_path: Path) -> None:
+    """What never reaches Flower (answered by the gate itself, 404 or 413, one line)."""
+    import asyncio
+
+    import httpx
+
+    from secfl.flower._gate import MAX_BODY, FleetGate
+    from secfl.flower._local import tls_files
+
+    ca = tls_files(tmp_path, ["127.0.0.1"])["ca"]
+    gate = FleetGate("https://127.0.0.1:9", str(ca))  # nothing listens upstream
+
+    async def calls() -> list[tuple[int, str]]:
+        transport = httpx.ASGITransport(app=gate)
+        async with httpx.AsyncClient(transport=transport, base_url="https://gate") as client:
+            replies = [
+                await client.post("/v1/control/start-run", content=b"x"),
+                await client.post("/v1/runtime/acquire-task", content=b"x"),
+                await client.get("/v1/fleet/pull-messages"),
+                await client.post("/v1/fleet/not-a-call", content=b"x"),
+                await client.post("/v1/fleet/pull-messages?x=1", content=b"x"),
+                await client.get("/docs"),
+                await client.post("/v1/fleet/push-object", content=b"\0" * (MAX_BODY + 1)),
+                await client.post("/v1/fleet/pull-messages", content=b"x"),
+            ]
+        return [(r.status_code, r.json()["error"]) for r in replies]
+
+    out = asyncio.run(calls())
+    assert [code for code, _ in out] == [404, 404, 404, 404, 404, 404, 413, 502]
+    assert out[0][1].startswith("gate: only the Fleet API is served here")
+    assert out[6][1] == f"gate: request larger than {MAX_BODY} bytes"
+    assert out[7][1].startswith("gate: the SuperLink did not answer")  # forwarded: no upstream
+    assert gate.refused == 6 and gate.forwarded == 0
