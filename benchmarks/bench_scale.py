@@ -49,10 +49,15 @@ threads (``Server(workers=16)``) and, where N exceeds it, also with ``workers = 
 to ``rounds.POLL_SECONDS`` (5 s), so a pool smaller than N queues calls behind
 polls. (b) a ``--memory-params`` model (100M: 400 MB) with ``--memory-clients``
 collaborators, in a fresh aggregator process per order:
-"arrival" (each update folded into FedAvg's float64 sum as it arrives; the target
-case) for ``--memory-rounds`` rounds (3: from round 3 on, what the aggregator holds
-between rounds no longer grows), and "canonical" (a round's updates held, then
-folded in sender order) for ``--canonical-rounds`` rounds.
+"arrival" for ``--memory-rounds`` rounds (3: from round 3 on, what the aggregator
+holds between rounds no longer grows) and "canonical" for ``--canonical-rounds``
+rounds. FedAvg's sum is exact and order-free (``secfl.fl.strategies._exact``), so
+both orders fold each update while it streams in (``secfl.fl._incoming``): expected,
+the int64 sum (2 models) plus the reused receive buffer (1 model) above resting.
+Then the wire's limit is measured in the same run (``wire_limit``: N downloads and N
+uploads of the model over one mutual-TLS stream, at the best rate of
+``bench_transport``'s client and server) and the median round time of each order is
+printed against it (target <= 1.2x).
 
 With the defaults it runs for a little over 3 minutes on 2 cores; ``--quick`` (well under
 a minute): 10 and 50 collaborators, 2 rounds, a 25M-parameter model for (b). It prints
@@ -233,11 +238,23 @@ def aggregator_child(spec_path: str) -> None:
     port = agg.start("127.0.0.1:0")
     model_bytes = 4 * sum(model_shapes(spec["params"]).values())
     resting = _status_kib("VmRSS") * 1024
+    resting_anon = _status_kib("RssAnon") * 1024
+    anon = {"peak": resting_anon}
+    sampling = threading.Event()
+
+    def sample_anon() -> None:
+        """RssAnon (the process's data, without code pages mapped from files), its
+        peak sampled every 2 ms: the kernel keeps no high-water mark of it."""
+        while not sampling.wait(0.002):
+            anon["peak"] = max(anon["peak"], _status_kib("RssAnon") * 1024)
+
+    threading.Thread(target=sample_anon, daemon=True).start()
     _reset_peak()
     print(f"READY {port}", flush=True)
     began = time.perf_counter()
     agg.run()
     wall = time.perf_counter() - began
+    sampling.set()
     mark()
     # marks[k] is taken when round k+1 starts; marks[k + 1]["peak"] covers round k+1
     rounds = [
@@ -254,6 +271,8 @@ def aggregator_child(spec_path: str) -> None:
         "model_bytes": model_bytes,
         "resting": resting,
         "before_round_1": marks[0]["peak"],
+        "resting_anon": resting_anon,
+        "peak_anon": anon["peak"],
         "rounds": rounds,
         "wall": wall,
     }
@@ -454,6 +473,10 @@ def memory_lines(result: dict[str, Any]) -> list[str]:
         f"({(peak - resting) / MIB:.0f} MiB; resting {resting / MIB:.0f} MiB, whole process "
         f"peak {peak / MIB:.0f} MiB = {peak / model:.2f}x)"
     ]
+    rows.append(
+        f"    anonymous memory (data, no code pages) peak above resting, sampled every 2 ms: "
+        f"{(result['peak_anon'] - result['resting_anon']) / model:.2f}x the model"
+    )
     for i, r in enumerate(result["rounds"], start=1):
         rows.append(
             f"    round {i}: starts at {(r['rss_start'] - resting) / model:+.2f}x, peaks at "
@@ -461,6 +484,44 @@ def memory_lines(result: dict[str, Any]) -> list[str]:
             f"({r['duration_s']:.1f} s, aggregator CPU {r['cpu']:.1f} s)"
         )
     return rows
+
+
+def wire_limit(model: int, clients: int, repeat: int = 2) -> dict[str, float]:
+    """The wire's limit for one round of a ``model``-byte model and ``clients``
+    collaborators: ``clients`` downloads and ``clients`` uploads of the model, one after
+    the other, at the best rate one mutual-TLS stream reaches on this loopback
+    (``bench_transport``'s server and client: the transport's own, certificates from a
+    fresh CA), measured here, in the same run as the federation it is compared with."""
+    from bench_transport import Handlers, make_payload, transfers
+    from bench_transport import identity as bench_identity
+    from secfl.fl._transport import PeerPolicy, Server
+
+    authority = sv.generate(
+        CaSecret(name="bench", kind="x509-ca", common_name="bench CA"), {}, datetime.now(UTC)
+    )
+    payload = make_payload(model)
+    handlers = Handlers(payload)
+    server = Server(bench_identity(authority, "aggregator"), PeerPolicy("bench", {"collab"}))
+    server.upload("Put", handlers.put)
+    server.download("Get", handlers.get)
+    port = server.start()
+    client = Client(
+        f"127.0.0.1:{port}", bench_identity(authority, "collab"), server_name="aggregator",
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    rates: dict[str, float] = {}
+    try:
+        moves = transfers(client, payload, handlers)
+        for move in moves.values():
+            move(MIB)  # the handshake is not timed
+        for direction, move in moves.items():
+            best = min(move(model)["total"] for _ in range(repeat))
+            rates[direction] = model / best
+    finally:
+        client.close()
+        server.stop()
+    seconds = clients * model / rates["download"] + clients * model / rates["upload"]
+    return {"seconds": seconds, **{f"{d}_MBps": r / 1e6 for d, r in rates.items()}}
 
 
 def main() -> None:
@@ -541,6 +602,7 @@ def main() -> None:
                 "one fresh aggregator process per order"
             )
             peaks: dict[str, float] = {}
+            times: dict[str, float] = {}
             for order in args.orders.split(","):
                 n = args.memory_clients
                 result = run_federation(
@@ -560,6 +622,19 @@ def main() -> None:
                 for line in memory_lines(result):
                     print(line)
                 peaks[order] = (peak_rss(result) - result["resting"]) / result["model_bytes"]
+                times[order] = statistics.median(r["duration_s"] for r in result["rounds"])
+            wire = wire_limit(model, args.memory_clients)
+            print(
+                f"  wire limit, measured now: {args.memory_clients} downloads and "
+                f"{args.memory_clients} uploads of {model / MIB:.0f} MiB over one mTLS stream "
+                f"at {wire['download_MBps']:.0f} / {wire['upload_MBps']:.0f} MB/s "
+                f"= {wire['seconds']:.2f} s"
+            )
+            print(
+                "=> round time / wire limit: "
+                + ", ".join(f"{o} {t:.2f} s = {t / wire['seconds']:.2f}x" for o, t in times.items())
+                + " (target <= 1.2x)"
+            )
             print(
                 "=> aggregator peak RSS above resting, FedAvg: "
                 + ", ".join(f"{order} {x:.2f}x" for order, x in peaks.items())

@@ -1,23 +1,39 @@
-"""Update transfer throughput over mutual TLS on loopback, against plaintext gRPC, in one run.
+"""Update transfer throughput over mutual TLS on loopback, against plaintext gRPC, in one run,
+with a breakdown of where the time goes.
 
-Run: ``.venv/bin/python benchmarks/bench_transport.py [--sizes 16,64,256] [--repeat 3]``.
+Run: ``.venv/bin/python benchmarks/bench_transport.py [--sizes 1,4,16,64,256] [--repeat 5]``.
 
 A fresh policy CA issues an aggregator and a collaborator certificate (as the SPM
 does after attestation). A ``secfl.fl._transport.Server`` listens on 127.0.0.1 with
 an upload method (``join`` the stream, answer its length) and a download method
-(the payload streamed in ``CHUNK_SIZE`` pieces); a ``Client`` uploads and downloads
-payloads of ``--sizes`` MiB, ``--repeat`` times each. For comparison, a plaintext
-gRPC server and channel built the same way (generic handlers, the same message
-limits, ``chunks`` and ``join`` on both ends, no TLS and no peer check) move the same
-payloads in the same run, interleaved with the TLS transfers so that both see the
-same machine load.
+(the payload streamed by ``chunks``, ``CHUNK_SIZE`` pieces); a ``Client`` uploads
+and downloads payloads of ``--sizes`` MiB, ``--repeat`` times each. For comparison,
+a plaintext gRPC server and channel built the same way (generic handlers, the same
+message limits, ``chunks`` and ``join`` on both ends, no TLS and no peer check) move
+the same payloads in the same run. TLS and plaintext transfers alternate one by one,
+and which of the two goes first alternates from one repeat to the next, so that both
+see the same machine load.
 
 Server and client share one process (as in tests/fl/test_transport.py), so their
 Python work shares the GIL; TLS records are encrypted and decrypted in gRPC's C
 threads. One call of each kind before timing opens the channels (the TLS handshake
-is not timed). MB/s counts payload bytes, 1 MB = 1e6 bytes. Printed per size and
-direction: best and median MB/s for each transport and the TLS/plaintext ratio of
-the best figures. It prints figures and asserts nothing about timing.
+is not timed). MB/s counts payload bytes, 1 MB = 1e6 bytes. Printed:
+
+- per size and direction, best and median MB/s for each transport, the TLS/plaintext
+  ratio of the best figures and the median of the ratios of adjacent pairs;
+- the phases of a transfer (medians, ms), from timestamps the handlers take:
+  upload: *first* = call until the server holds the first chunk (call set-up, peer
+  check, one chunk), *stream* = first to last chunk at the server, *tail* = last
+  chunk until the client has the answer; download: *first* = call until the server's
+  handler starts, *stream* = until the server has handed gRPC its last chunk,
+  *tail* = until the client holds the whole payload;
+- the CPU time of the process per MiB moved (``time.process_time``), and on Linux
+  its split between Python threads and gRPC's C threads (``/proc/self/task/*/schedstat``,
+  read outside the timed window);
+- the cost of one peer check (``PeerPolicy.check``), with the certificate parsed
+  afresh and from the cache.
+
+It prints figures and asserts nothing about timing.
 """
 
 from __future__ import annotations
@@ -27,9 +43,11 @@ import os
 import platform
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 from cryptography import x509
@@ -58,6 +76,7 @@ OPTIONS = [
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
 ]
 TIMEOUT = 600.0
+PHASES = ("first", "stream", "tail")
 
 
 def identity(authority: sv.Value, service: str) -> Credentials:
@@ -87,25 +106,32 @@ def make_payload(size: int) -> bytes:
 
 
 class Handlers:
-    """The methods both servers run: Put (upload) and Get (download)."""
+    """The methods both servers run: Put (upload) and Get (download), taking timestamps."""
 
     def __init__(self, payload: bytes) -> None:
         self.payload = memoryview(payload)
+        self.marks: dict[str, float] = {}
 
     def put(self, pieces: Iterator[bytes], _peer: object = None) -> bytes:
-        return str(len(join(pieces, len(self.payload)))).encode()
+        def timed() -> Iterator[bytes]:
+            for i, piece in enumerate(pieces):
+                if i == 0:
+                    self.marks["first"] = time.perf_counter()
+                yield piece
+            self.marks["last"] = time.perf_counter()
+
+        return str(len(join(timed(), len(self.payload)))).encode()
 
     def get(self, request: bytes, _peer: object = None) -> Iterable[bytes]:
-        size = int(request)
-        return (
-            bytes(self.payload[i : min(i + CHUNK_SIZE, size)]) for i in range(0, size, CHUNK_SIZE)
-        )
+        self.marks["first"] = time.perf_counter()
+        yield from chunks(self.payload[: int(request)], CHUNK_SIZE)
+        self.marks["last"] = time.perf_counter()
 
 
 def plain_server(handlers: Handlers) -> tuple[grpc.Server, int]:
     """A plaintext gRPC server with the transport's generic handlers and message limits."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
-    methods = {
+    methods: dict[str, grpc.RpcMethodHandler] = {
         "Put": grpc.stream_unary_rpc_method_handler(lambda it, ctx: handlers.put(it)),
         "Get": grpc.unary_stream_rpc_method_handler(lambda req, ctx: handlers.get(req)),
     }
@@ -122,10 +148,12 @@ class PlainClient:
         self._channel = grpc.insecure_channel(target, options=OPTIONS)
 
     def upload(self, name: str, data: bytes | memoryview) -> bytes:
+        method: grpc.StreamUnaryMultiCallable[bytes, bytes]
         method = self._channel.stream_unary(f"/{SERVICE}/{name}")
         return method(chunks(data), timeout=TIMEOUT)
 
-    def download(self, name: str, request: bytes, limit: int) -> bytes:
+    def download(self, name: str, request: bytes, limit: int) -> bytearray:
+        method: grpc.UnaryStreamMultiCallable[bytes, bytes]
         method = self._channel.unary_stream(f"/{SERVICE}/{name}")
         return join(method(request, timeout=TIMEOUT), limit)
 
@@ -133,32 +161,84 @@ class PlainClient:
         self._channel.close()
 
 
-def transfers(client: Client | PlainClient, payload: bytes) -> dict[str, Callable[[int], None]]:
-    """An upload and a download of ``size`` bytes, each checking the size that arrived."""
-    view = memoryview(payload)
+Move = Callable[[int], dict[str, float]]
 
-    def upload(size: int) -> None:
+
+def transfers(client: Client | PlainClient, payload: bytes, handlers: Handlers) -> dict[str, Move]:
+    """An upload and a download of ``size`` bytes, each checking the size that arrived and
+    answering its phases (seconds, see the module docstring)."""
+    view = memoryview(payload)
+    marks = handlers.marks
+
+    def upload(size: int) -> dict[str, float]:
+        began = time.perf_counter()
         got = int(client.upload("Put", view[:size]))
+        ended = time.perf_counter()
         if got != size:
             raise RuntimeError(f"upload: the server received {got} bytes, not {size}")
+        return phases(began, marks["first"], marks["last"], ended)
 
-    def download(size: int) -> None:
+    def download(size: int) -> dict[str, float]:
+        began = time.perf_counter()
         got = len(client.download("Get", str(size).encode(), limit=size))
+        ended = time.perf_counter()
         if got != size:
             raise RuntimeError(f"download: received {got} bytes, not {size}")
+        return phases(began, marks["first"], marks["last"], ended)
 
     return {"upload": upload, "download": download}
 
 
+def phases(began: float, first: float, last: float, ended: float) -> dict[str, float]:
+    return {"first": first - began, "stream": last - first, "tail": ended - last,
+            "total": ended - began}  # fmt: skip
+
+
+def thread_cpu() -> Counter[str]:
+    """CPU nanoseconds so far of this process's Python threads and gRPC's C threads
+    (Linux; empty elsewhere). gRPC names its threads; Python threads keep the
+    process's name."""
+    found: Counter[str] = Counter()
+    proc = Path("/proc/self")
+    try:
+        own = (proc / "comm").read_text().strip()
+        tasks = list((proc / "task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            ns = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        found["python" if name == own else "gRPC C"] += ns
+    return found
+
+
+def peer_check_cost(creds: Credentials, calls: int = 2000) -> tuple[float, float]:
+    """Microseconds per ``PeerPolicy.check``: parsing the certificate every time, and cached."""
+    pem = creds.cert_pem
+    fresh = PeerPolicy("bench", {"collab"})
+    began = time.perf_counter()
+    for _ in range(calls):
+        fresh.parsed = type(fresh.parsed)()  # an empty cache: the certificate is parsed
+        fresh.check(pem)
+    parsed = (time.perf_counter() - began) / calls * 1e6
+    began = time.perf_counter()
+    for _ in range(calls):
+        fresh.check(pem)
+    return parsed, (time.perf_counter() - began) / calls * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="16,64,256", help="payload sizes in MiB, commas")
-    parser.add_argument("--repeat", type=int, default=3, help="transfers per size and direction")
+    parser.add_argument("--sizes", default="1,4,16,64,256", help="payload sizes in MiB, commas")
+    parser.add_argument("--repeat", type=int, default=5, help="transfers per size and direction")
     args = parser.parse_args()
     sizes = [int(s) * MIB for s in args.sizes.split(",")]
     print(
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"grpcio {grpc.__version__}"
+        f"grpcio {grpc.__version__}, load average {os.getloadavg()[0]:.1f}"
     )
     print(
         f"payloads {args.sizes} MiB, {args.repeat} transfers each way, "
@@ -175,28 +255,36 @@ def main() -> None:
     tls_server.download("Get", handlers.get)
     tls_port = tls_server.start()
     server, port = plain_server(handlers)
-    tls_client = Client(
-        f"127.0.0.1:{tls_port}",
-        identity(authority, "collab"),
-        server_name="aggregator",
-        timeout=TIMEOUT,
-    )
+    collab = identity(authority, "collab")
+    tls_client = Client(f"127.0.0.1:{tls_port}", collab, server_name="aggregator", timeout=TIMEOUT)
     plain_client = PlainClient(f"127.0.0.1:{port}")
-    runs = {"mTLS": transfers(tls_client, payload), "plain": transfers(plain_client, payload)}
-    rates: dict[tuple[str, str, int], list[float]] = {}
+    runs = {
+        "mTLS": transfers(tls_client, payload, handlers),
+        "plain": transfers(plain_client, payload, handlers),
+    }
+    seen: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+    cpu: dict[tuple[str, str, int], list[float]] = {}
+    threads: dict[tuple[str, str], Counter[str]] = {}
+    moved: Counter[tuple[str, str]] = Counter()
     start = time.perf_counter()
     try:
         for transport in runs.values():  # open the channels: handshakes are not timed
             for move in transport.values():
                 move(MIB)
         for size in sizes:
-            for _ in range(args.repeat):
-                for name, transport in runs.items():
-                    for direction, move in transport.items():
-                        began = time.perf_counter()
-                        move(size)
-                        seconds = time.perf_counter() - began
-                        rates.setdefault((name, direction, size), []).append(size / seconds / MB)
+            for repeat in range(args.repeat):
+                for direction in ("upload", "download"):
+                    order = list(runs) if repeat % 2 == 0 else list(reversed(runs))
+                    for name in order:
+                        before, began = thread_cpu(), time.process_time()
+                        figures = runs[name][direction](size)
+                        used, after = time.process_time() - began, thread_cpu()
+                        seen.setdefault((name, direction, size), []).append(figures)
+                        cpu.setdefault((name, direction, size), []).append(used / (size / MIB))
+                        if size >= 16 * MIB:
+                            after.subtract(before)
+                            threads.setdefault((name, direction), Counter()).update(after)
+                            moved[(name, direction)] += size // MIB
     finally:
         tls_client.close()
         plain_client.close()
@@ -204,27 +292,53 @@ def main() -> None:
         server.stop(1.0).wait()
     total = time.perf_counter() - start
 
+    def rates(name: str, direction: str, size: int) -> list[float]:
+        return [size / f["total"] / MB for f in seen[(name, direction, size)]]
+
     print(
         f"{'size':>8}  {'direction':<9} {'mTLS best':>10} {'median':>8}  "
-        f"{'plain best':>10} {'median':>8}  {'ratio':>5}   (MB/s)"
+        f"{'plain best':>10} {'median':>8}  {'ratio':>5} {'paired':>6}   (MB/s)"
     )
     for size in sizes:
         for direction in ("upload", "download"):
-            tls = rates[("mTLS", direction, size)]
-            plain = rates[("plain", direction, size)]
+            tls, plain = rates("mTLS", direction, size), rates("plain", direction, size)
+            paired = statistics.median(t / p for t, p in zip(tls, plain, strict=True))
             print(
                 f"{size // MIB:>4} MiB  {direction:<9} {max(tls):10.0f} "
                 f"{statistics.median(tls):8.0f}  {max(plain):10.0f} "
-                f"{statistics.median(plain):8.0f}  {max(tls) / max(plain):5.2f}"
+                f"{statistics.median(plain):8.0f}  {max(tls) / max(plain):5.2f} {paired:6.2f}"
             )
     print(f"all transfers: {total:.1f} s")
+
+    print("\nphases (median ms; see the module docstring) and process CPU per MiB moved")
+    print(f"{'size':>8}  {'direction':<9} {'transport':<9} " + " ".join(f"{p:>7}" for p in PHASES)
+          + f" {'total':>7} {'CPU ms/MiB':>11}")  # fmt: skip
+    for size in sizes:
+        for direction in ("upload", "download"):
+            for name in runs:
+                each = seen[(name, direction, size)]
+                cells = " ".join(
+                    f"{statistics.median(f[p] for f in each) * 1e3:7.1f}"
+                    for p in (*PHASES, "total")
+                )
+                per_mib = statistics.median(cpu[(name, direction, size)]) * 1e3
+                print(f"{size // MIB:>4} MiB  {direction:<9} {name:<9} {cells} {per_mib:11.2f}")
+    if threads:
+        print("\nCPU ms per MiB by thread, transfers of 16 MiB and more")
+        for (name, direction), ns in sorted(threads.items()):
+            per = {k: v / 1e6 / moved[(name, direction)] for k, v in ns.items()}
+            split = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
+            print(f"  {name:<6} {direction:<9} {split}")
+
+    parsed, cached = peer_check_cost(collab)
+    print(f"\npeer check: {parsed:.1f} us parsing the certificate, {cached:.1f} us cached")
     largest = max(sizes)
     for direction in ("download", "upload"):
-        tls = max(rates[("mTLS", direction, largest)])
-        plain = max(rates[("plain", direction, largest)])
+        best = max(rates("mTLS", direction, largest))
+        plain_best = max(rates("plain", direction, largest))
         print(
-            f"mTLS {direction} {largest // MIB} MiB: {tls:.0f} MB/s "
-            f"(plaintext {plain:.0f} MB/s, ratio {tls / plain:.2f})"
+            f"mTLS {direction} {largest // MIB} MiB: {best:.0f} MB/s "
+            f"(plaintext {plain_best:.0f} MB/s, ratio {best / plain_best:.2f})"
         )
 
 

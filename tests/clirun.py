@@ -10,6 +10,8 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,15 @@ def secfl(
         [sys.executable, "-m", "secfl.cli.main", *args],
         capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd, env=env,
     )  # fmt: skip
+
+
+def secfl_all(*argvs: Sequence[str], timeout: float = 60) -> list[subprocess.CompletedProcess[str]]:
+    """``secfl ARGV`` for each argv, two processes at a time, results in order.
+
+    For independent steps only (none reads what another writes): each process spends
+    about a second importing on one core, and CI machines have two."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda argv: secfl(*argv, timeout=timeout), argvs))
 
 
 def one_error(done: subprocess.CompletedProcess[str]) -> str:

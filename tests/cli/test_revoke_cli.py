@@ -16,7 +16,7 @@ import pytest
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll
 from secfl.tee import _simulated as simulated
-from tests.clirun import one_error, secfl
+from tests.clirun import one_error, secfl, secfl_all
 from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,13 +51,24 @@ def attest(spm: SpmProcess, sim: tuple[Path, bytes]) -> str:
 
 
 def sign(keys: Path, tmp_path: Path, member: str, *flags: str) -> str:
-    out = tmp_path / f"{member}.{len(list(tmp_path.glob('*.sig')))}.sig"
-    key = str(keys / f"{member}.key")
-    done = secfl("policy", "sign-revocation", "--policy", "fed", *flags,
-                 "--key", key, "--member", member, "-o", str(out))  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert str(out) in done.stdout and member in done.stdout
-    return str(out)
+    (out,) = sign_all(keys, tmp_path, (member, flags))
+    return out
+
+
+def sign_all(keys: Path, tmp_path: Path, *signers: tuple[str, tuple[str, ...]]) -> list[str]:
+    """``secfl policy sign-revocation`` by each (member, flags), two processes at a time;
+    the signature files, in order."""
+    first = len(list(tmp_path.glob("*.sig")))
+    outs = [tmp_path / f"{member}.{first + i}.sig" for i, (member, _) in enumerate(signers)]
+    runs = secfl_all(*(
+        ("policy", "sign-revocation", "--policy", "fed", *flags,
+         "--key", str(keys / f"{member}.key"), "--member", member, "-o", str(out))
+        for (member, flags), out in zip(signers, outs, strict=True)
+    ))  # fmt: skip
+    for (member, _), out, done in zip(signers, outs, runs, strict=True):
+        assert done.returncode == 0, done.stderr
+        assert str(out) in done.stdout and member in done.stdout
+    return [str(out) for out in outs]
 
 
 def submit(spm: SpmProcess, flags: tuple[str, ...], *sigs: str) -> subprocess.CompletedProcess[str]:
@@ -80,7 +91,7 @@ def test_the_board_revokes_a_service_and_readmits_it(
     spm: SpmProcess, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
 ) -> None:
     attest(spm, sim)
-    alice, bob = sign(keys, tmp_path, "alice", *REVOKE), sign(keys, tmp_path, "bob", *REVOKE)
+    alice, bob = sign_all(keys, tmp_path, ("alice", REVOKE), ("bob", REVOKE))
 
     # One member alone is not the board.
     assert one_error(submit(spm, REVOKE, alice)).startswith("error: approval: 1 valid signature")
@@ -96,11 +107,10 @@ def test_the_board_revokes_a_service_and_readmits_it(
     assert row.split()[:2] == ["service", "aggregator"] and "poisoning" in row
 
     # Readmission needs the board too.
-    carol = sign(keys, tmp_path, "carol", *READMIT)
+    carol, alice = sign_all(keys, tmp_path, ("carol", READMIT), ("alice", READMIT))
     assert one_error(submit(spm, READMIT, carol)).startswith("error: approval:")
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
         attest(spm, sim)
-    alice = sign(keys, tmp_path, "alice", *READMIT)
     done = submit(spm, READMIT, alice, carol)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "readmitted: service aggregator of policy fed"
@@ -114,7 +124,7 @@ def test_a_certificate_serial_is_signed_in_one_form(
     """`0x0A:1B` and `a1b` name the same certificate: signers agree whatever they type."""
     first = ("--kind", "certificate", "--subject", "0x0A:1B", "--service", "aggregator")
     second = ("--kind", "certificate", "--subject", "a1b", "--service", "aggregator")
-    alice, bob = sign(keys, tmp_path, "alice", *first), sign(keys, tmp_path, "bob", *second)
+    alice, bob = sign_all(keys, tmp_path, ("alice", first), ("bob", second))
     done = submit(spm, second, alice, bob)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "revoked: certificate a1b of policy fed"
@@ -126,7 +136,7 @@ def test_revoking_a_service_the_policy_lacks_warns(
 ) -> None:
     """A typo in a service name keeps no one out: the submitter is told so."""
     flags = ("--kind", "service", "--subject", "agregator")
-    done = submit(spm, flags, *(sign(keys, tmp_path, m, *flags) for m in ("alice", "bob")))
+    done = submit(spm, flags, *sign_all(keys, tmp_path, ("alice", flags), ("bob", flags)))
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith("warning: version 1 of policy fed has no service 'agregator'")
     assert done.stdout.strip() == "revoked: service agregator of policy fed"
@@ -135,32 +145,40 @@ def test_revoking_a_service_the_policy_lacks_warns(
 def test_signatures_over_other_flags_are_refused_before_sending(
     spm: SpmProcess, keys: Path, tmp_path: Path
 ) -> None:
-    alice = sign(keys, tmp_path, "alice", *REVOKE)
-    bob = sign(keys, tmp_path, "bob", "--kind", "service", "--subject", "aggregator")
+    alice, bob = sign_all(
+        keys, tmp_path, ("alice", REVOKE), ("bob", ("--kind", "service", "--subject", "aggregator"))
+    )
     line = one_error(submit(spm, REVOKE, alice, bob))
     assert line.startswith("error: signature: ") and bob in line and "same flags" in line
     assert "aggregator" not in listing(spm)
 
 
-@pytest.mark.parametrize(
-    ("flags", "check"),
-    [
-        (("--kind", "chip", "--subject", "x"), "--kind"),
-        (("--kind", "service", "--subject", "../x"), "--subject"),
-        (("--kind", "measurement", "--subject", "not-hex"), "--subject"),
-        (("--kind", "certificate", "--subject", "f" * 65), "--subject"),
-        (("--kind", "service", "--subject", "a", "--reason", "two\nlines"), "--reason"),
-        (("--kind", "service", "--subject", "a", "--service", "x/y"), "--service"),
-    ],
-)
-def test_bad_flags_are_one_line(
-    keys: Path, tmp_path: Path, flags: tuple[str, ...], check: str
-) -> None:
-    out = tmp_path / "x.sig"
-    done = secfl("policy", "sign-revocation", "--policy", "fed", *flags,
-                 "--key", str(keys / "alice.key"), "--member", "alice", "-o", str(out))  # fmt: skip
-    assert one_error(done).startswith(f"error: {check}: ")
-    assert not out.exists()
+BAD_FLAGS = [
+    (("--kind", "chip", "--subject", "x"), "--kind: "),
+    (("--kind", "service", "--subject", "../x"), "--subject: "),
+    (("--kind", "measurement", "--subject", "not-hex"), "--subject: "),
+    (("--kind", "certificate", "--subject", "f" * 65), "--subject: "),
+    (("--kind", "service", "--subject", "a", "--reason", "two\nlines"), "--reason: "),
+    (("--kind", "service", "--subject", "a", "--service", "x/y"), "--service: "),
+]
+
+
+def refused_signings(keys: Path, tmp_path: Path, cases: list[tuple[tuple[str, ...], str]]) -> None:
+    """Each case's flags make `sign-revocation` one ``error: CHECK`` line and no file
+    (the cases run two processes at a time)."""
+    outs = [tmp_path / f"x{i}.sig" for i in range(len(cases))]
+    runs = secfl_all(*(
+        ("policy", "sign-revocation", "--policy", "fed", *flags,
+         "--key", str(keys / "alice.key"), "--member", "alice", "-o", str(out))
+        for (flags, _), out in zip(cases, outs, strict=True)
+    ))  # fmt: skip
+    for (flags, check), out, done in zip(cases, outs, runs, strict=True):
+        assert one_error(done).startswith(f"error: {check}"), flags
+        assert not out.exists(), flags
+
+
+def test_bad_flags_are_one_line(keys: Path, tmp_path: Path) -> None:
+    refused_signings(keys, tmp_path, BAD_FLAGS)
 
 
 def test_the_key_file_is_never_the_output(keys: Path) -> None:
@@ -179,8 +197,8 @@ def test_the_short_forms_name_the_same_statements(
     is `--kind certificate --subject HEX [--service NAME]`: members may sign either,
     and `secfl revoke` / `secfl revocations` are the top-level forms of the commands."""
     long_form = ("--kind", "service", "--subject", "aggregator", "--reason", "audit")
-    alice = sign(keys, tmp_path, "alice", *long_form)
-    bob = sign(keys, tmp_path, "bob", "--service", "aggregator", "--reason", "audit")
+    short_form = ("--service", "aggregator", "--reason", "audit")
+    alice, bob = sign_all(keys, tmp_path, ("alice", long_form), ("bob", short_form))
     done = secfl("revoke", "--policy", "fed", "--service", "aggregator", "--reason", "audit",
                  "--sig", alice, "--sig", bob, "--spm", spm.url, "--spm-pin", spm.pin)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -189,9 +207,8 @@ def test_the_short_forms_name_the_same_statements(
         attest(spm, sim)
 
     serial = ("--serial", "0x0A:1B", "--service", "aggregator")
-    alice = sign(keys, tmp_path, "alice", *serial)
-    bob = sign(keys, tmp_path, "bob", "--kind", "certificate", "--subject", "a1b",
-               "--service", "aggregator")  # fmt: skip
+    long_serial = ("--kind", "certificate", "--subject", "a1b", "--service", "aggregator")
+    alice, bob = sign_all(keys, tmp_path, ("alice", serial), ("bob", long_serial))
     done = secfl("revoke", "--policy", "fed", *serial, "--sig", alice, "--sig", bob,
                  "--spm", spm.url, "--spm-pin", spm.pin)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -205,22 +222,15 @@ def test_the_short_forms_name_the_same_statements(
     assert "no revocation requests from the clone audit" in done.stdout
 
 
-@pytest.mark.parametrize(
-    ("flags", "check"),
-    [
-        (("--serial", "a1b", "--kind", "certificate"), "--serial"),
-        ((), "name what to revoke"),
-        (("--kind", "service"), "--kind and --subject go together"),
-        (("--subject", "aggregator"), "--kind and --subject go together"),
-        (("--service", "x/y"), "--service"),
-        (("--serial", "xyz"), "--serial: a certificate serial"),
-    ],
-)
-def test_what_is_revoked_is_named_one_way(
-    keys: Path, tmp_path: Path, flags: tuple[str, ...], check: str
-) -> None:
-    out = tmp_path / "x.sig"
-    done = secfl("policy", "sign-revocation", "--policy", "fed", *flags,
-                 "--key", str(keys / "alice.key"), "--member", "alice", "-o", str(out))  # fmt: skip
-    assert one_error(done).startswith(f"error: {check}")
-    assert not out.exists()
+NOT_ONE_WAY = [
+    (("--serial", "a1b", "--kind", "certificate"), "--serial"),
+    ((), "name what to revoke"),
+    (("--kind", "service"), "--kind and --subject go together"),
+    (("--subject", "aggregator"), "--kind and --subject go together"),
+    (("--service", "x/y"), "--service"),
+    (("--serial", "xyz"), "--serial: a certificate serial"),
+]
+
+
+def test_what_is_revoked_is_named_one_way(keys: Path, tmp_path: Path) -> None:
+    refused_signings(keys, tmp_path, NOT_ONE_WAY)

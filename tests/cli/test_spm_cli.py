@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from secfl.tee import _simulated as simulated
+from tests.clirun import secfl_all
 from tests.spm.harness import Board, SpmProcess, make_sim, policy_document
 
 
@@ -21,32 +22,35 @@ def secfl(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_operator_flow(tmp_path: Path) -> None:
+    # Steps that do not depend on each other run two at a time (secfl_all).
     make_sim(tmp_path / "sim")
     root = str(tmp_path / "sim" / simulated.ROOT_CERT)
     spm = SpmProcess(tmp_path / "data", tmp_path / "sim", None).start()
+    keys = tmp_path / "keys"
+    members = (("alice", "ed25519"), ("bob", "ecdsa-p256"), ("carol", "ed25519"))
     try:
-        expected = secfl("spm", "measurement")
+        expected, verified, wrong, *made = secfl_all(
+            ("spm", "measurement"),
+            ("spm", "verify", spm.url, "--expect-measurement", spm.measurement,
+             "--sim-root", root),
+            ("spm", "verify", spm.url, "--expect-measurement", "00" * 48, "--sim-root", root),
+            *(("policy", "keygen", "--out-dir", str(keys), "--member", member, "--kind", kind,
+               "--recovery") for member, kind in members),
+            timeout=120,
+        )  # fmt: skip
         assert expected.returncode == 0 and expected.stdout.strip() == spm.measurement
 
-        verified = secfl("spm", "verify", spm.url, "--expect-measurement", spm.measurement,
-                         "--sim-root", root)  # fmt: skip
         assert verified.returncode == 0, verified.stderr
         assert verified.stdout.strip() == spm.pin
         assert "SIMULATED" in verified.stderr
 
-        wrong = secfl(
-            "spm", "verify", spm.url, "--expect-measurement", "00" * 48, "--sim-root", root
-        )
         assert wrong.returncode == 1
         assert wrong.stderr.strip().startswith("error: measurement:")
 
-        keys = tmp_path / "keys"
-        for member, kind in (("alice", "ed25519"), ("bob", "ecdsa-p256"), ("carol", "ed25519")):
-            made = secfl("policy", "keygen", "--out-dir", str(keys), "--member", member,
-                         "--kind", kind, "--recovery")  # fmt: skip
-            assert made.returncode == 0, made.stderr
+        for done in made:
+            assert done.returncode == 0, done.stderr
         board = Board()
-        for member in ("alice", "bob", "carol"):
+        for member, _ in members:
             board.public[member] = (keys / f"{member}.pub").read_bytes()
             board.recovery_public[member] = (keys / f"{member}.recovery.pub").read_bytes()
             board.keys[member] = b""
@@ -55,26 +59,30 @@ def test_operator_flow(tmp_path: Path) -> None:
         assert yaml.safe_load(policy.read_text())["board"]["threshold"] == 2
 
         sigs = []
-        for member in ("alice", "bob"):
-            sig = tmp_path / f"{member}.sig"
-            signed = secfl("policy", "sign", str(policy), "--key", str(keys / f"{member}.key"),
-                           "--member", member, "-o", str(sig))  # fmt: skip
+        signers = ("alice", "bob")
+        for member, signed in zip(signers, secfl_all(
+            *(("policy", "sign", str(policy), "--key", str(keys / f"{member}.key"),
+               "--member", member, "-o", str(tmp_path / f"{member}.sig")) for member in signers),
+            timeout=120,
+        ), strict=True):  # fmt: skip
             assert signed.returncode == 0, signed.stderr
-            sigs += ["--sig", str(sig)]
+            sigs += ["--sig", str(tmp_path / f"{member}.sig")]
 
-        too_few = secfl("policy", "submit", str(policy), *sigs[:2], "--spm", spm.url,
-                        "--spm-pin", spm.pin)  # fmt: skip
+        too_few, bad_pin, digest_of = secfl_all(
+            ("policy", "submit", str(policy), *sigs[:2], "--spm", spm.url, "--spm-pin", spm.pin),
+            ("policy", "submit", str(policy), *sigs, "--spm", spm.url, "--spm-pin", "ab" * 32),
+            ("policy", "digest", str(policy)),
+            timeout=120,
+        )
         assert too_few.returncode == 1
         assert too_few.stderr.strip() == "error: approval: 1 valid signature(s) of the 2 required"
 
-        bad_pin = secfl("policy", "submit", str(policy), *sigs, "--spm", spm.url,
-                        "--spm-pin", "ab" * 32)  # fmt: skip
         assert bad_pin.returncode == 1 and "not the pinned" in bad_pin.stderr
 
         submitted = secfl("policy", "submit", str(policy), *sigs, "--spm", spm.url,
                           "--spm-pin", spm.pin)  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr
-        digest = secfl("policy", "digest", str(policy)).stdout.strip()
+        digest = digest_of.stdout.strip()
         assert f"digest {digest}" in submitted.stdout
 
         audited = secfl("audit", "verify", "--spm", spm.url, "--spm-pin", spm.pin)
@@ -82,10 +90,13 @@ def test_operator_flow(tmp_path: Path) -> None:
         assert audited.stdout.startswith("audit verify: OK")
     finally:
         spm.stop()
-    offline = secfl("audit", "verify", "--data", str(tmp_path / "data"))
+    offline, db_only = secfl_all(
+        ("audit", "verify", "--data", str(tmp_path / "data")),
+        ("audit", "verify", "--db", f"sqlite:///{tmp_path / 'data' / 'spm.db'}"),
+        timeout=120,
+    )
     assert offline.returncode == 0, offline.stderr
     assert offline.stdout == audited.stdout
-    db_only = secfl("audit", "verify", "--db", f"sqlite:///{tmp_path / 'data' / 'spm.db'}")
     assert db_only.returncode == 0, db_only.stderr
     assert db_only.stdout == audited.stdout and "not authenticated" in db_only.stderr
 

@@ -104,16 +104,9 @@ def test_modified_task_code_is_refused_by_attestation(trained: tuple[Federation,
     assert fed.workloads["aggregator"].log.read_text().count("joined: 'site-1'") == 1
 
 
-def test_a_workload_not_started_by_secfl_run_is_refused(
-    trained: tuple[Federation, Workload],
-) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "secfl.cli.main", "collaborator", "--aggregator", "127.0.0.1:1",
-         "--task", "digits", "--data", "volume:site-1"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: identity: $SECFL_IDENTITY")
+# A workload not started by `secfl run` is refused ("error: identity: $SECFL_IDENTITY is not
+# set"): tests/fl/test_hostile_inputs.py::test_secure_workloads_take_volumes_and_built_in_tasks
+# runs that very collaborator command line (and the aggregator's).
 
 
 # --- faults -------------------------------------------------------------------------------

@@ -200,8 +200,9 @@ def bad_payload(kind: str, params: Params, limit: int) -> bytes:
         changed["extra.weight"] = np.zeros(3, np.float32)
     elif kind == "malformed":
         return b"\xff" * 64 + to_bytes(params)[8:]
-    elif kind == "oversized":
-        return bytes(limit + 1)
+    elif kind == "oversized":  # a well-formed update with more bytes after it
+        blob = to_bytes(changed)
+        return blob + bytes(limit + 1 - len(blob))
     return to_bytes(changed)
 
 

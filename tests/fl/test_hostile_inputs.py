@@ -116,6 +116,8 @@ def test_secure_workloads_take_volumes_and_built_in_tasks(tmp_path: Path) -> Non
     ]  # fmt: skip
     secure_col, secure_agg, insecure = run_all(cases, tmp_path)
     one_error_line(secure_col, "identity: $SECFL_IDENTITY is not set")
+    # (the last line: what an operator sees who started it without `secfl run`)
+    assert secure_col.stderr.strip().splitlines()[-1].startswith("error: identity: ")
     one_error_line(secure_agg, "identity: $SECFL_IDENTITY is not set")
     one_error_line(insecure, "source: no data file missing.safetensors")
     assert (tmp_path / "imported").exists()

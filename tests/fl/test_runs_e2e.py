@@ -51,9 +51,8 @@ def ctrl_c(w: Workload) -> None:
     os.killpg(w.proc.pid, signal.SIGINT)
 
 
-def sign_reset(fed: Federation, value: int) -> Path:
-    """Two board members approve a reset at ``value`` into the checkpoint folder."""
-    out = fed.work / "checkpoints" / "reset.json"
+def sign_reset(fed: Federation, value: int, out: Path) -> Path:
+    """Two board members approve a reset at ``value``, written to ``out``."""
     for member in ("alice", "bob"):
         key = fed.work / f"{member}.key"
         key.write_bytes(fed.board[member][0])
@@ -104,7 +103,11 @@ def test_runs_restarts_and_policy_versions_need_no_manual_reset(tmp_path: Path) 
         for name in fed.sites:
             w = fed.workloads[name]
             wait_for(logged(w, "waiting for the aggregator"), fed, 120, f"{name} to wait")
-        time.sleep(5.0)
+        # they wait 5 s (their reconnect backoff grows to its cap); meanwhile the board
+        # signs a reset at counter 1, put in the checkpoint folder after the Ctrl-C below
+        waited = time.monotonic() + 5.0
+        staged = sign_reset(fed, 1, fed.work / "reset-staged.json")
+        time.sleep(max(0.0, waited - time.monotonic()))
         agg = fed.start_aggregator()
         up = time.monotonic()
         for name in fed.sites:
@@ -127,7 +130,7 @@ def test_runs_restarts_and_policy_versions_need_no_manual_reset(tmp_path: Path) 
         assert all(fed.workloads[n].proc.poll() is None for n in fed.sites)  # still waiting
 
         # ... and the restart resumes there; a reset used long ago does not block it
-        old = sign_reset(fed, 1)
+        old = staged.rename(fed.work / "checkpoints" / "reset.json")
         agg = fed.start_aggregator()
         wait_for(logged(agg, f"resumed from checkpoint-r{newest:08d}"), fed, 60, "the resume")
         assert not old.exists() and (old.parent / "reset-used-c1.json").exists()

@@ -19,7 +19,7 @@ import pytest
 
 from secfl.spm._audit import AuditEntry
 from secfl.spm.client import SpmClient
-from tests.clirun import one_error, secfl
+from tests.clirun import one_error, secfl, secfl_all
 from tests.spm.harness import Board, SpmProcess, spm_with_policy
 
 pytestmark = pytest.mark.timeout(120)
@@ -132,43 +132,56 @@ def test_follow_shows_a_new_entry_and_ends_cleanly_on_ctrl_c(
 def test_the_database_is_read_verified_and_a_changed_entry_refused(
     spm: tuple[SpmProcess, str], tmp_path: Path
 ) -> None:
+    # The reads run two at a time (secfl_all): each reads a copy made before it, in order.
     proc, token = spm
     data = str(proc.data)
     with SpmClient(proc.url, pin=proc.pin) as client:
         client.report("fed", "round", {**ROUND, "round": 9}, token)
-    done = secfl("audit", "show", "--data", data, "--json", "--event", "fl.round", "--limit", "1")
+    done, no_data = secfl_all(
+        ("audit", "show", "--data", data, "--json", "--event", "fl.round", "--limit", "1"),
+        ("audit", "show", "--db", f"sqlite:///{proc.data / 'spm.db'}"),
+    )
     assert done.returncode == 0, done.stderr
     (entry,) = json_lines(done.stdout)
     assert entry.detail["round"] == 9
 
     # Without the data folder nothing authenticates the entries: refused, not shown.
-    line = one_error(secfl("audit", "show", "--db", f"sqlite:///{proc.data / 'spm.db'}"))
+    line = one_error(no_data)
     assert line.startswith("error: --db needs --data DIR")
 
     # Someone with the database rewrites what the aggregator reported...
     changed = _copy_spm(proc.data, tmp_path / "changed")
     detail = {**entry.detail, "round": 1000}
     _sql(changed, "UPDATE audit SET detail = ? WHERE seq = ?", _json(detail), entry.seq)
-    line = one_error(secfl("audit", "show", "--data", str(changed)))
-    assert line.startswith(f"error: audit: entry {entry.seq} was modified")
-    assert "secfl audit verify" in line
 
-    # ... and gives the entry a matching hash: it no longer chains to the head.
+    # ... or also gives the entry a matching hash ...
     rehashed = _copy_spm(proc.data, tmp_path / "rehashed")
     forged = AuditEntry(entry.seq, entry.at, entry.event, entry.policy, detail,
                         entry.prev_hash, "0" * 64)  # fmt: skip
     _sql(rehashed, "UPDATE audit SET detail = ?, hash = ? WHERE seq = ?",
          _json(detail), forged.computed_hash(), entry.seq)  # fmt: skip
-    line = one_error(secfl("audit", "show", "--data", str(rehashed), "--event", "fl.round"))
-    assert line.startswith(f"error: audit: entry {entry.seq} does not chain to ")
 
-    # A whole database put back to an older copy: the SPM's anchor is ahead of it.
+    # ... or puts a whole database back to an older copy (the SPM's anchor is ahead of it).
     with SpmClient(proc.url, pin=proc.pin) as client:
         client.report("fed", "round", {**ROUND, "round": 10}, token)
     rolled = _copy_spm(proc.data, tmp_path / "rolled")
     (rolled / "spm.db").write_bytes((changed / "spm.db").read_bytes())
     _sql(rolled, "UPDATE audit SET detail = ? WHERE seq = ?", _json(entry.detail), entry.seq)
-    line = one_error(secfl("audit", "show", "--data", str(rolled)))
+
+    shown_changed, shown_rehashed, shown_rolled = secfl_all(
+        ("audit", "show", "--data", str(changed)),
+        ("audit", "show", "--data", str(rehashed), "--event", "fl.round"),
+        ("audit", "show", "--data", str(rolled)),
+    )
+    # the changed entry is refused...
+    line = one_error(shown_changed)
+    assert line.startswith(f"error: audit: entry {entry.seq} was modified")
+    assert "secfl audit verify" in line
+    # ... with a matching hash it no longer chains to the head ...
+    line = one_error(shown_rehashed)
+    assert line.startswith(f"error: audit: entry {entry.seq} does not chain to ")
+    # ... and the older database is a rollback.
+    line = one_error(shown_rolled)
     assert line.startswith("error: rollback: the database's audit log ends at entry")
 
 

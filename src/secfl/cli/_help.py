@@ -47,6 +47,7 @@ COMMAND_ORDER = (
     "measure",
     "sim",
     "eval",
+    "bench",
 )
 
 #: What an option's value is, by the option's long name (the CLI's one vocabulary).

@@ -154,7 +154,7 @@ def collaborator(
     insecure: Insecure = False,
 ) -> None:
     """Run local training: join, train on this site's data when sampled, send updates."""
-    from secfl.fl._startup import CollaboratorOptions, run_collaborator
+    from secfl.fl._collaborator_startup import CollaboratorOptions, run_collaborator
 
     host = _logging()
     if aggregator:

@@ -17,6 +17,7 @@ from secfl.cli import (
     attest,
     attest_demo,
     audit,
+    bench,
     data,
     demo,
     evaluate,
@@ -65,6 +66,7 @@ app.add_typer(shield.app, name="shield")
 app.add_typer(data.app, name="data")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(flower.app, name="flower")
+app.add_typer(bench.app, name="bench")
 app.command("measure")(measure.measure)
 app.command("run")(run.run)
 app.command("demo")(demo.demo)

@@ -5,7 +5,10 @@ global model and its training settings, collect updates until every sampled
 collaborator has answered, gone silent or the deadline passed; below the quorum
 the round is retried with a new sample, never silently accepted. Then aggregate,
 evaluate on the aggregator's validation (and test) data, make the round durable
-and fresh (:mod:`secfl.fl._commit`), and write one line of metrics.
+and fresh (:mod:`secfl.fl._commit`; with the SPM or checkpoints on disk, overlapped
+with the next round's start, the round recorded once its counter is committed), and
+write one line of metrics, with the round's phases in milliseconds (``phases_ms``:
+see :func:`_attempt_phases` and :meth:`Commit.commit`).
 
 Everything that talks to the SPM or the TEE is passed in (a ledger, a refresh
 hook), so the same loop runs in production, in tests and in --insecure mode.
@@ -13,6 +16,7 @@ hook), so the same loop runs in production, in tests and in --insecure mode.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -21,11 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from secfl._internal.buffers import Frozen
 from secfl.errors import FlError
 from secfl.fl._checkpoint import Checkpoint
 from secfl.fl._commit import Commit
 from secfl.fl._config import FederationConfig
 from secfl.fl._envelope import PrivateKey, SignedModel, seal_model
+from secfl.fl._global_model import model_views, next_model
+from secfl.fl._model_slot import ModelSlot
+from secfl.fl._phases import Summary, attempt_phases, ms, round_seconds
 from secfl.fl._reset import ApprovedReset
 from secfl.fl._rounds import Attempt, Rounds, without_tensors
 from secfl.fl._scoring import Scoreboard, train_means
@@ -33,7 +41,6 @@ from secfl.fl._strategy_wiring import wire_strategy
 from secfl.fl._tensors import (
     check_like,
     from_bytes,
-    load_arrays,
     nbytes,
     state_dict_arrays,
     to_bytes,
@@ -57,7 +64,7 @@ class Signer:
     policy_digest: str
     key: PrivateKey
 
-    def seal(self, params_bytes: bytes, round: int, counter: int) -> SignedModel:
+    def seal(self, params_bytes: Frozen, round: int, counter: int) -> SignedModel:
         return seal_model(
             params_bytes, policy_digest=self.policy_digest, round=round, counter=counter,
             key=self.key,
@@ -102,6 +109,8 @@ class Aggregator:
             self._strategy, self.task, self.validation, dict(self.config.train), self.config.seed
         )
         self._params, self._start = self._resume(self._strategy)
+        self._scorer = ModelSlot(self.task, self.config.seed)
+        self._waiting: tuple[int, dict[str, Any], dict[str, float]] | None = None
         limit = int(nbytes(self._params) * self.config.max_update_factor) + (1 << 20)
         self.rounds = Rounds(self.config, max_update_bytes=limit)
         self.rounds.register(self.server)
@@ -112,17 +121,43 @@ class Aggregator:
         """Train the remaining rounds (after :meth:`start`); returns the final model."""
         if not self.port:
             self.start()
-        strategy, params, start = self._strategy, self._params, self._start
-        self._params = {}  # the loop's local is the only reference: old models can go
-        model_bytes = to_bytes(params)
+        strategy, start = self._strategy, self._start
         log.info("training rounds %d to %d with %s", start, self.config.rounds, strategy)
+        try:
+            params = self._rounds(strategy, start)
+        except BaseException:  # stopped (Ctrl-C, an error): a round already durable is
+            self._settle_on_the_way_out()  # recorded, so a restart does not lose it
+            raise
+        self._settle()
+        self.rounds.finish()
+        return params
+
+    def _settle_on_the_way_out(self) -> None:
+        if self._waiting is None:
+            return
+        round = self._waiting[0]
+        try:
+            self._settle()
+        except BaseException as exc:  # the original error is raised next
+            log.warning("round %d was not committed: %s", round, exc)
+
+    def _rounds(self, strategy: Any, start: int) -> Params:
+        """The loop of :meth:`run`: rounds ``start`` to the last; the last commit may
+        still be pending when it returns. The loop's locals are the only references
+        to the global model (kept once: its tensors are views of its bytes), so each
+        old model goes as soon as the next one is made."""
+        model_bytes: Frozen = to_bytes(self._params)
+        self._params = {}
+        params = model_views(model_bytes)
         for round in range(start, self.config.rounds + 1):
-            signed = self.signer.seal(model_bytes, round - 1, self.commit.counter)
+            top = time.monotonic()
+            signed = self.signer.seal(model_bytes, round - 1, self.commit.promised)
             attempt = self._collect(round, strategy, params, signed)
-            del signed, model_bytes  # the attempt is closed: nobody is sent this model now
+            phases = attempt_phases(attempt, top)
+            del signed  # the attempt is closed: nobody is sent this model now
             self.rounds.attempt = None
             updates = [attempt.updates[n] for n in sorted(attempt.updates)]
-            summary = _Summary.of(attempt)
+            summary = Summary.of(attempt)
             if attempt.accumulator is not None:
                 acc = attempt.accumulator
             else:
@@ -131,20 +166,72 @@ class Aggregator:
                     acc.add(update)
             del attempt
             updates = [without_tensors(u) for u in updates]  # senders and metrics are all we keep
-            params = acc.finish()
+            model_bytes = next_model(acc, model_bytes)
             del acc
-            model_bytes = to_bytes(params)
+            params = model_views(model_bytes)
             entry = self._evaluate(round, params, updates, summary)
             self._audit(round, strategy, entry)
             state = {**strategy.state(), **self.scores.state()}
-            entry["counter"] = self.commit.commit(round, model_bytes, state)
-            self.sealed = (round, entry["counter"])
-            entry["duration_s"] = round_seconds(self._began)
-            self._record(entry)
-        self.rounds.finish()
+            self._commit_round(round, model_bytes, state, entry, phases)
         return params
 
     # --- steps -------------------------------------------------------------------------
+
+    def _commit_round(
+        self,
+        round: int,
+        model_bytes: Frozen,
+        state: dict[str, Any],
+        entry: dict[str, Any],
+        phases: dict[str, float],
+    ) -> None:
+        """Commit ``round``: here, or overlapped with the next round's start when the
+        commit is slow (see :mod:`secfl.fl._commit` for why that is safe). The round is
+        recorded (metrics, round event, ``sealed``) only once its counter is committed."""
+        now = time.monotonic()
+        phases["aggregate"] = ms(self._evaluating - phases.pop("_closed"))
+        phases["evaluate"] = ms(now - self._evaluating)
+        if self.commit.overlap:  # the round's own time: up to the commit handed over
+            entry["duration_s"] = round_seconds(self._began)
+        self._waiting = (round, entry, phases)
+        self.commit.begin(round, model_bytes, state)
+        if not self.commit.overlap:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the pending commit, then record its round."""
+        waiting = self._waiting
+        if waiting is None:
+            return
+        round, entry, phases = waiting
+        began = time.monotonic()
+        try:
+            value = self.commit.settle()
+        except KeyboardInterrupt:  # the commit goes on: the round still waits to be recorded
+            raise
+        except BaseException:
+            self._waiting = None  # the commit failed: there is nothing to record
+            raise
+        self._waiting = None
+        assert value is not None
+        entry["counter"] = value
+        self.sealed = (round, value)
+        phases.update(self.commit.phases)
+        phases["commit_wait"] = ms(time.monotonic() - began)
+        entry.setdefault("duration_s", round_seconds(self._began))
+        entry["phases_ms"] = phases
+        self._record(entry)
+
+    def _settle_opened(self, attempt: Attempt) -> None:
+        """The last round's commit, awaited once the next round is open (its models are
+        on their way); if it failed, no collaborator gets this round's model any more."""
+        try:
+            self._settle()
+        except BaseException:
+            with self.rounds.cond:
+                attempt.open = False
+                self.rounds.cond.notify_all()
+            raise
 
     def _maybe_refresh(self) -> None:
         """Revocations and renewal every REFRESH_SECONDS, not on every round's path."""
@@ -204,6 +291,8 @@ class Aggregator:
     def resume_hint(self) -> str:
         """One line for an operator who stopped the aggregator: what is sealed, and
         how to go on."""
+        with contextlib.suppress(Exception):
+            self._settle()  # a commit still pending: finished and recorded first
         if self.sealed is None:
             return "nothing was sealed yet: start the aggregator again with the same command"
         round, counter = self.sealed
@@ -223,7 +312,27 @@ class Aggregator:
             f"{self.commit.directory} (counter {counter}); {after}"
         )
 
+    def _weight_bound(self, sampled: list[str]) -> int:
+        """The most samples ``sampled`` may report in all: what each said when it
+        joined, else the policy's ``max_samples`` (it sizes an exact sum's grid)."""
+        with self.rounds.cond:
+            counts = [
+                (p.samples if (p := self.rounds.participants.get(n)) and p.samples else None)
+                or self.config.max_samples
+                for n in sampled
+            ]
+        return min(sum(counts), 1 << 53)
+
     def _collect(self, round: int, strategy: Any, params: Params, signed: SignedModel) -> Attempt:
+        try:
+            return self._attempts(round, strategy, params, signed)
+        except BaseException:
+            # the last round's commit, if still pending, is recorded before stopping
+            with contextlib.suppress(Exception):
+                self._settle()
+            raise
+
+    def _attempts(self, round: int, strategy: Any, params: Params, signed: SignedModel) -> Attempt:
         cfg = self.config
         for number in range(1, cfg.max_attempts + 1):
             self._maybe_refresh()
@@ -237,8 +346,11 @@ class Aggregator:
                 model=signed,
                 configs={n: {**base, "seed": cfg.seed_for(round, n)} for n in sampled},
                 deadline=time.monotonic() + cfg.round_timeout,
+                # rules whose sum does not depend on order fold on arrival in either order
                 accumulator=(
-                    strategy.accumulator(round, params)
+                    strategy.accumulator(round, params, weight_bound=self._weight_bound(sampled))
+                    if strategy.streaming
+                    else strategy.accumulator(round, params)
                     if cfg.aggregation_order == "arrival"
                     else None
                 ),
@@ -248,6 +360,7 @@ class Aggregator:
             if number == 1:
                 self._began = time.monotonic()  # round time: from the first model sent
             self.rounds.open(attempt)
+            self._settle_opened(attempt)
             self.rounds.wait_closed()
             got = len(attempt.updates)
             if got >= cfg.needed:
@@ -263,8 +376,9 @@ class Aggregator:
         )
 
     def _evaluate(
-        self, round: int, params: Params, updates: list[Update], attempt: _Summary
+        self, round: int, params: Params, updates: list[Update], attempt: Summary
     ) -> dict[str, Any]:
+        self._evaluating = time.monotonic()  # the aggregate is made by now
         entry: dict[str, Any] = {
             "round": round,
             "run": self.config.run,
@@ -279,8 +393,7 @@ class Aggregator:
         named = (("val", self.validation), ("test", self.test))
         splits = [(name, data) for name, data in named if data is not None]
         if splits:
-            model = call_task("build_model", self.task.build_model, self.config.seed)
-            load_arrays(model, params)
+            model = self._scorer.load(params)  # one model, reloaded every round
             entry.update(self.scores.evaluate(self.task, model, splits))
         self.scores.observe(round, entry)
         return entry
@@ -323,20 +436,3 @@ class Aggregator:
             ", ".join(shown), entry["counter"],
         )  # fmt: skip
         self.on_round(entry)
-
-
-@dataclass(frozen=True)
-class _Summary:
-    """What the round's entry needs of a closed attempt (not its updates or model)."""
-
-    number: int
-    dropped: list[str]
-    refused: list[str]
-
-    @classmethod
-    def of(cls, attempt: Attempt) -> _Summary:
-        return cls(attempt.number, sorted(attempt.dropped), sorted(attempt.refused))
-
-
-def round_seconds(began: float) -> float:
-    return round(time.monotonic() - began, 3)

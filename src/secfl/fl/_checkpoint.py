@@ -150,7 +150,7 @@ def _split_state(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[
     return arrays, values
 
 
-def _pieces(parts: list[bytes], size: int) -> Iterator[bytes]:
+def _pieces(parts: list[bytes | memoryview], size: int) -> Iterator[bytes]:
     """The concatenation of ``parts`` in pieces of ``size`` bytes, without building it."""
     buffer = bytearray()
     for part in parts:
@@ -174,7 +174,7 @@ def write_checkpoint(
     policy_digest: str,
     round: int,
     counter: int,
-    params_bytes: bytes,
+    params_bytes: bytes | memoryview,
     state: Mapping[str, Any],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     created_at: datetime | None = None,

@@ -20,9 +20,15 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 
 def chunks(data: bytes | bytearray | memoryview, size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
     """``data`` in consecutive pieces of ``size`` bytes (the last may be shorter; an
-    empty buffer gives one empty piece, so a stream always has a first message)."""
+    empty buffer gives one empty piece, so a stream always has a first message).
+
+    Each piece is a new ``bytes`` (gRPC sends only ``bytes``), except that ``bytes``
+    which fit in one piece are yielded as they are, without a copy."""
     if type(size) is not int or size <= 0:
         raise FlError(f"tensors: chunk size must be a positive integer, not {size!r}")
+    if type(data) is bytes and len(data) <= size:
+        yield data
+        return
     view = memoryview(data).cast("B")
     if len(view) == 0:
         yield b""

@@ -13,6 +13,11 @@ It waits for an aggregator that is not up yet and rides out an aggregator restar
 attesting again (the ``renew`` hook), stops with one line saying to start it again
 when the board approved a new policy version (a new run: the ``policy_changed``
 hook), and never keeps anything but the current model in memory.
+
+Short rounds are not spent on the round's own path: the collaborator keeps one
+model and loads each global model into it (:mod:`secfl.fl._model_slot`), sends a
+small update as one message, and asks for the next round while its update uploads,
+so that the aggregator's answer goes out the moment the next round opens.
 """
 
 from __future__ import annotations
@@ -21,21 +26,17 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from secfl.errors import FlError, SecflError, TransportError
 from secfl.fl import _messages as msg
+from secfl.fl._chunks import DEFAULT_CHUNK_SIZE
 from secfl.fl._envelope import ModelEnvelope, PublicKey, open_model, read_unverified
+from secfl.fl._model_slot import ModelSlot
 from secfl.fl._rounds import BEAT
-from secfl.fl._tensors import (
-    DEFAULT_MAX_BYTES,
-    from_bytes,
-    load_arrays,
-    state_dict_arrays,
-    to_bytes,
-)
+from secfl.fl._tensors import DEFAULT_MAX_BYTES, from_bytes, state_dict_arrays, to_bytes
 from secfl.fl._transport import Client
 from secfl.tasks._base import Dataset, Task
 from secfl.tasks._contract import call_task, check_metrics
@@ -108,13 +109,17 @@ class Collaborator:
 
     def run(self) -> list[dict[str, Any]]:
         self._client = self.connect()
+        self._slot = ModelSlot(self.task)
+        self._ahead: _Ahead | None = None
         self._heartbeat = 2.0
         self._joined = False
         self._join()
         done: list[Any] = []
         try:
             while True:
-                reply = self._next(msg.encode({"kind": "next", "done": done}))
+                ask = msg.encode({"kind": "next", "done": done})
+                ahead, self._ahead = self._ahead, None
+                reply = (ahead and ahead.result()) or self._next(ask)
                 header, payload = msg.decode(reply)
                 kind = header.get("kind")
                 if kind == msg.DONE:
@@ -139,8 +144,7 @@ class Collaborator:
                 f"protocol: asked to train round {round} on the model of round {envelope.round}"
             )
         params, _ = from_bytes(params_bytes)
-        model = call_task("build_model", self.task.build_model)
-        load_arrays(model, params)
+        model = self._slot.load(params)  # the model kept from the last round, reloaded
         config = dict(msg.field(header, "config", dict))
         if config.get("proximal_mu"):
             config["global_params"] = params
@@ -162,8 +166,12 @@ class Collaborator:
             "samples": len(self.data),
             "metrics": numbers,
         }
+        # ask for the next round while the update goes: the aggregator answers as soon
+        # as it opens, instead of after this upload's reply and a new request
+        ask = msg.encode({"kind": "next", "done": [head["epoch"], round, head["attempt"]]})
+        self._ahead = _Ahead(self._client, ask, self.max_model_bytes + msg.MAX_HEADER)
         try:
-            self._call(lambda c: c.upload(msg.SUBMIT, msg.stream(head, update), timeout=600))
+            self._call(lambda c: c.upload(msg.SUBMIT, _pieces(head, update), timeout=600))
         except TransportError as exc:
             log.warning("round %d: the aggregator did not take the update: %s", round, exc)
             return
@@ -248,6 +256,37 @@ class Collaborator:
                 self._client.unary(BEAT, msg.encode({"kind": "beat"}), timeout=5)
             except TransportError as exc:
                 log.debug("heartbeat failed: %s", exc)
+
+
+class _Ahead:
+    """A ``Next`` call made in a thread while the update uploads: it waits at the
+    aggregator until the next round opens. Only a shortcut: on any failure
+    :meth:`result` is None and the loop asks again the usual way (with retries)."""
+
+    def __init__(self, client: Client, ask: bytes, limit: int) -> None:
+        self._reply: bytearray | None = None
+        self._thread = threading.Thread(
+            target=self._ask, args=(client, ask, limit), name="secfl-next", daemon=True
+        )
+        self._thread.start()
+
+    def _ask(self, client: Client, ask: bytes, limit: int) -> None:
+        try:
+            self._reply = client.download(msg.NEXT, ask, limit, timeout=60)
+        except TransportError as exc:
+            log.debug("asking ahead for the next round failed: %s", exc)
+
+    def result(self) -> bytearray | None:
+        self._thread.join()
+        return self._reply
+
+
+def _pieces(head: dict[str, Any], update: bytes) -> Iterable[bytes]:
+    """The update message: one piece when it fits a chunk (each piece of a stream is a
+    hop between gRPC's threads), transport-sized pieces otherwise."""
+    if len(update) <= DEFAULT_CHUNK_SIZE:
+        return [msg.header_bytes(head) + update]
+    return msg.stream(head, update)
 
 
 def _reason(text: str) -> str:

@@ -7,19 +7,57 @@ model with ``(r, c + 1)``. A restart resumes from the checkpoint whose counter
 equals the SPM's (of this run; a new policy version starts a new run:
 :mod:`secfl.fl._runs`); an older one is a rollback and refused, unless the board
 signed a reset for exactly that state (:mod:`secfl.fl._reset`).
+
+Overlapped with the next round (:meth:`Commit.begin`, then :meth:`Commit.settle`).
+With a slow ledger (the SPM, over HTTPS) or checkpoints on disk, the aggregator
+hands the commit of round ``r`` to a background thread, which does exactly the
+steps above in the same order (checkpoint, fsync, read the counter, increment),
+and meanwhile signs the model with ``(r, c + 1)`` and sends it. It waits for the
+commit right after the next round opens and records round ``r`` (metrics line,
+the SPM's round event, ``sealed``) only once the SPM answered ``c + 1``; the final
+model is written and collaborators told "done" only after the last commit. If the
+commit fails, the aggregator closes the round and stops, as it would have before
+sending. Why this keeps the freshness guarantees:
+
+- the aggregator's own state is untouched: the checkpoint is still durable before
+  the counter moves, and a restart still resumes only from the checkpoint whose
+  counter equals the SPM's;
+- a collaborator may now receive, and train on, a model ``(r, c + 1)`` whose
+  counter never moved (the aggregator crashed, or another aggregator of the policy
+  moved the counter first). Nothing of that training reaches a committed model:
+  the update is addressed to this aggregator process's attempt (a random epoch, a
+  round, an attempt number), and this process either commits ``c + 1`` first or
+  never commits again, while a restarted or other aggregator refuses the update
+  (``protocol: no open round``). The collaborator's replay floor does not move
+  past anything committed either: the next committed model carries a counter above
+  ``c``, and a model ``(r, c + 1)`` made again after a restart is accepted when it
+  is the same one and refused otherwise (the collaborator stops and is started
+  again with the SPM's counter as its floor: availability, never a rollback);
+- nobody outside a TEE sees a model or a metric before its counter is committed:
+  the model goes only to attested collaborators, the metrics line, the round
+  event and the final model wait for the SPM's answer.
+
+So the models and metrics anyone can see, and the state a restart resumes from,
+are exactly those of the sequential order; only a collaborator's work on a round
+that never commits is lost, as an update in flight is lost when an aggregator
+crashes today.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from secfl._internal.buffers import Frozen, frozen
 from secfl.errors import FlError
 from secfl.fl._checkpoint import write_checkpoint
 from secfl.fl._checkpoint_dir import latest_checkpoint, prune_checkpoints
+from secfl.fl._phases import ms
 from secfl.fl._runs import ResumePoint, find_resume_point
 
 __all__ = ["Commit", "Ledger", "MemoryLedger", "SpmLedger", "new_version"]
@@ -94,6 +132,7 @@ class Commit:
         key: bytes | None,
         policy_digest: str,
         keep: int = 2,
+        overlap: bool | None = None,
     ) -> None:
         if directory is not None and key is None:
             raise FlError("checkpoint: a checkpoint directory needs a checkpoint key")
@@ -103,6 +142,18 @@ class Commit:
         self.policy_digest = policy_digest
         self.keep = keep
         self.counter = 0
+        #: Commit in the background while the next round starts (default: when the
+        #: ledger is not in memory or checkpoints go to disk: when it is slow).
+        self.overlap = (
+            overlap
+            if overlap is not None
+            else directory is not None or not isinstance(ledger, MemoryLedger)
+        )
+        #: Milliseconds of the last commit's steps (``checkpoint``, ``counter``, ``commit``).
+        self.phases: dict[str, float] = {}
+        self._pending: threading.Event | None = None
+        self._promised = 0
+        self._outcome: int | BaseException | None = None
 
     def resume(self, *, reset_from: int | None = None) -> ResumePoint:
         """Where this run goes on from (see :mod:`secfl.fl._runs`; the policy digest
@@ -133,7 +184,7 @@ class Commit:
             return ResumePoint(spm, checkpoint=newest)
         return find_resume_point(self.directory, key=self.key, run=self.policy_digest, counter=spm)
 
-    def commit(self, round: int, params_bytes: bytes, state: dict[str, Any]) -> int:
+    def commit(self, round: int, params_bytes: Frozen, state: dict[str, Any]) -> int:
         """Make ``round`` durable and fresh; returns the new counter value.
 
         The counter is read before it is incremented: if another aggregator of the
@@ -141,6 +192,7 @@ class Commit:
         version, or a second copy), this one stops *without* incrementing, so that
         the value it would have taken is not burnt and the other's checkpoint stays
         the newest committed state (nobody needs a reset)."""
+        began = time.monotonic()
         target = self.counter + 1
         if self.directory is not None:
             assert self.key is not None
@@ -148,6 +200,7 @@ class Commit:
                 self.directory, key=self.key, policy_digest=self.policy_digest,
                 round=round, counter=target, params_bytes=params_bytes, state=state,
             )  # fmt: skip
+        sealed = time.monotonic()
         seen = self.ledger.current()
         if seen != self.counter:
             raise FlError(
@@ -164,6 +217,62 @@ class Commit:
                 f"rollback, the board signs a reset with --value {value})"
             )
         self.counter = value
+        counted = time.monotonic()
         if self.directory is not None:
             prune_checkpoints(self.directory, keep=self.keep)
+        self.phases = {
+            "checkpoint": ms(sealed - began),
+            "counter": ms(counted - sealed),
+            "commit": ms(time.monotonic() - began),
+        }
         return value
+
+    # --- overlapped with the next round (see the module's docstring) ---------------------
+
+    @property
+    def promised(self) -> int:
+        """The counter value the next model is signed with: the pending commit's."""
+        return self._promised if self._pending is not None else self.counter
+
+    def begin(self, round: int, params_bytes: Frozen, state: dict[str, Any]) -> None:
+        """:meth:`commit` in a background thread (or here, without ``overlap``); the
+        caller sends nothing derived from this round's counter to anyone outside a TEE
+        before :meth:`settle` returns."""
+        if self._pending is not None:
+            raise FlError("checkpoint: a commit is still pending")  # a caller's bug
+        if not self.overlap:
+            self._outcome = self.commit(round, params_bytes, state)
+            return
+        # the round loop goes on meanwhile: the thread gets what nothing can change
+        params_bytes = frozen(params_bytes)  # (no second copy of a model nothing writes)
+        state = copy.deepcopy(state)
+
+        finished = threading.Event()
+
+        def work() -> None:
+            try:
+                self._outcome = self.commit(round, params_bytes, state)
+            except BaseException as exc:  # handed to settle(), raised in the round loop
+                self._outcome = exc
+            finally:
+                finished.set()
+
+        self._outcome = None
+        self._promised = self.counter + 1  # read before the thread can move self.counter
+        thread = threading.Thread(target=work, name=f"secfl-commit-{round}", daemon=True)
+        thread.start()
+        self._pending = finished
+
+    def settle(self) -> int | None:
+        """Wait for the commit :meth:`begin` started; returns the counter value (None:
+        nothing was pending) or raises the commit's error."""
+        finished = self._pending
+        if finished is not None:
+            # an Event, not Thread.join: a join cut short by Ctrl-C may later return
+            # while the thread still runs (CPython marks it stopped); a wait does not
+            finished.wait()  # (interrupted here: still pending, a later settle waits again)
+        self._pending = None
+        outcome, self._outcome = self._outcome, None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome

@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from secfl._internal.buffers import Frozen, frozen
 from secfl._internal.canonical import canonical_json
 from secfl.errors import FlError
 
@@ -96,7 +97,7 @@ class SignedModel:
 
     header: bytes
     signature: bytes
-    payload: bytes
+    payload: Frozen  # bytes, or a read-only view of a model nothing writes (no copy)
 
     def prefix(self) -> bytes:
         """Everything before the payload (magic, header, signature, with lengths)."""
@@ -154,7 +155,7 @@ def _counter(value: Any, what: str) -> int:
 
 
 def seal_model(
-    params_bytes: bytes,
+    params_bytes: bytes | bytearray | memoryview,
     *,
     policy_digest: str,
     round: int,
@@ -186,7 +187,7 @@ def seal_model(
     else:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         signature = key.sign(message, ec.ECDSA(hashes.SHA256()))
-    return SignedModel(header=header, signature=signature, payload=bytes(params_bytes))
+    return SignedModel(header=header, signature=signature, payload=frozen(params_bytes))
 
 
 def read_unverified(blob: bytes | bytearray | memoryview) -> tuple[bytes, ModelEnvelope]:
@@ -195,7 +196,7 @@ def read_unverified(blob: bytes | bytearray | memoryview) -> tuple[bytes, ModelE
     envelope = _parse_header(signed.header)
     if hashlib.sha256(signed.payload).hexdigest() != envelope.params_sha256:
         raise FlError("digest: the payload's SHA-256 is not the one in the header")
-    return signed.payload, envelope
+    return bytes(signed.payload), envelope  # (received: bytes already, no copy)
 
 
 def _public_key(key: PublicKey | x509.Certificate) -> PublicKey:
@@ -312,4 +313,4 @@ def open_model(
     digest = hashlib.sha256(signed.payload).hexdigest()
     if not hmac.compare_digest(digest, envelope.params_sha256):
         raise FlError("digest: the payload's SHA-256 is not the one the aggregator signed")
-    return signed.payload, envelope
+    return bytes(signed.payload), envelope  # (received: bytes already, no copy)

@@ -32,6 +32,8 @@ from typing import Any
 
 from secfl.errors import FlError, TaskError
 from secfl.fl._config import FederationConfig
+from secfl.fl._model_slot import ModelSlot
+from secfl.fl._phases import round_seconds
 from secfl.fl._scoring import Scoreboard, train_means
 from secfl.fl._strategy_wiring import wire_strategy
 from secfl.fl._tensors import load_arrays, state_dict_arrays
@@ -133,23 +135,25 @@ def run_local(
     wire_strategy(strategy, task, validation, dict(config.train), config.seed)
     run = LocalRun(config, _initial(task, config.seed), Scoreboard(config.objective))
     splits = [(n, d) for n, d in (("val", validation), ("test", test)) if d is not None]
+    # one model to train in and one to evaluate, reloaded every time (as a collaborator
+    # and the aggregator keep theirs: :mod:`secfl.fl._model_slot`)
+    trainer, scorer = ModelSlot(task), ModelSlot(task, config.seed)
     for round in range(1, config.rounds + 1):
         began = time.monotonic()
         sampled = config.sample(names, round, 1)
         base = strategy.configure(round)
-        acc = strategy.accumulator(round, run.params)
+        bound = sum(by_name[n].samples for n in sampled)  # as the aggregator's join counts
+        acc = strategy.accumulator(round, run.params, weight_bound=bound)
         updates = []
         for name in sampled:  # sorted: the aggregator's canonical order
-            update = _train(task, by_name[name], run.params, base, config, round)
+            update = _train(task, trainer, by_name[name], run.params, base, config, round)
             acc.add(update)
             updates.append(Update(name, {}, update.num_samples, update.metrics))
         run.params = acc.finish()
         entry: dict[str, Any] = {"round": round, "participants": sampled, "updates": len(sampled)}
         entry.update(train_means(updates, ["loss", config.objective.metric]))
         if splits:
-            model = call_task("build_model", task.build_model, config.seed)
-            load_arrays(model, run.params)
-            entry.update(run.scores.evaluate(task, model, splits))
+            entry.update(run.scores.evaluate(task, scorer.load(run.params), splits))
         run.scores.observe(round, entry)
         entry["duration_s"] = round_seconds(began)
         run.history.append(entry)
@@ -180,14 +184,19 @@ def _arrays(model: Any, what: str) -> Params:
 
 
 def _train(
-    task: Task, site: Site, params: Params, base: dict[str, Any], cfg: FederationConfig, round: int
+    task: Task,
+    slot: ModelSlot,
+    site: Site,
+    params: Params,
+    base: dict[str, Any],
+    cfg: FederationConfig,
+    round: int,
 ) -> Update:
-    """One site's round, as a collaborator runs it: a fresh model loaded with the
-    global weights, the round's settings and its own seed, then ``train``; the update
+    """One site's round, as a collaborator runs it: the model loaded with the global
+    weights, the round's settings and its own seed, then ``train``; the update
     checked as the aggregator checks it."""
     with where(f"{site.name}, round {round}"):
-        model = call_task("build_model", task.build_model)
-        load_arrays(model, params)
+        model = slot.load(params)
         config = {**base, "seed": cfg.seed_for(round, site.name)}
         if config.get("proximal_mu"):
             config["global_params"] = params
@@ -199,7 +208,3 @@ def _train(
         except FlError as exc:
             raise TaskError(f"train: left a model the aggregator refuses: {exc}") from None
     return update
-
-
-def round_seconds(began: float) -> float:
-    return round(time.monotonic() - began, 3)

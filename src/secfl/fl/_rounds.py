@@ -6,8 +6,11 @@ Collaborators call in (they may sit behind firewalls; the aggregator never dials
 out): ``Join`` once, then ``Next`` to ask for work (a long poll answered with
 ``train``, ``wait`` or ``done``), ``Submit`` to stream an update, and ``Beat``
 while they train so that a collaborator that vanished mid-round is noticed long
-before the round's deadline. Every handler runs on a transport thread; the round
-loop (:mod:`secfl.fl._aggregator`) waits on :class:`Rounds`' condition.
+before the round's deadline. A collaborator asks for its next round while its update
+uploads: that ``Next`` waits here and is answered the moment the next attempt opens
+(a push on a call already made), not after a reply and a new request. Every
+handler runs on a transport thread; the round loop (:mod:`secfl.fl._aggregator`)
+waits on :class:`Rounds`' condition.
 
 A refused update (malformed, wrong shapes or dtypes, NaN/Inf, oversized, for
 another round, from a collaborator not sampled, a sample count that is not an
@@ -31,12 +34,14 @@ import numpy as np
 
 from secfl.errors import FlError, TransportError
 from secfl.fl import _messages as msg
-from secfl.fl._chunks import chunks
+from secfl.fl._chunks import DEFAULT_CHUNK_SIZE, chunks
 from secfl.fl._config import FederationConfig
 from secfl.fl._envelope import SignedModel
+from secfl.fl._incoming import Receiver
 from secfl.fl._tensors import from_bytes
 from secfl.fl._transport import Peer, Server, join
 from secfl.fl.strategies._base import Accumulator, Params, Update, check_update
+from secfl.fl.strategies._fedavg import FedAvgAccumulator
 
 __all__ = ["BEAT", "POLL_SECONDS", "Attempt", "Participant", "Rounds", "without_tensors"]
 
@@ -72,6 +77,11 @@ class Attempt:
     fetched: set[str] = field(default_factory=set)
     dropped: set[str] = field(default_factory=set)
     open: bool = True
+    #: When (monotonic) the attempt opened, each model was sent whole, and each update
+    #: arrived: (first piece, last piece, accepted). The round's phases come from these.
+    opened: float = 0.0
+    sent: dict[str, float] = field(default_factory=dict)
+    arrivals: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     def settled(self, name: str) -> bool:
         return name in self.updates or name in self.refused or name in self.dropped
@@ -97,6 +107,8 @@ class Rounds:
             else contextlib.nullcontext()
         )
         self.told_done: set[str] = set()
+        #: Where streamed updates land (one buffer, reused; one stream at a time).
+        self.receiver = Receiver(max_update_bytes + msg.MAX_HEADER + 4)
 
     def register(self, server: Server) -> None:
         server.unary(msg.JOIN, self.join)
@@ -174,39 +186,103 @@ class Rounds:
             "config": a.configs[peer.service],
             "deadline_s": max(0.0, a.deadline - time.monotonic()),
         }
-        return _model_stream(head, a.model)
+        return _model_stream(head, a.model, lambda: a.sent.setdefault(peer.service, _now()))
 
     def submit(self, pieces: Iterator[bytes], peer: Peer) -> bytes:
         # In arrival order one update at a time is received and folded: the others wait
         # (gRPC flow control holds their senders), so memory stays at one update.
-        with self._slots:
-            return self._submit(pieces, peer)
+        marks: list[float] = []
+        with self.cond:
+            a = self.attempt
+        if a is None:  # between attempts: no update is owed (and none is read)
+            raise FlError("protocol: no open round")
+        if isinstance(a.accumulator, FedAvgAccumulator):
+            # folded while it streams in; the receiver takes one update at a time
+            reply = self._submit_streamed(_marked(pieces, marks), peer, a, a.accumulator)
+        else:
+            with self._slots:
+                reply = self._submit(_marked(pieces, marks), peer, a)
+        with self.cond:
+            a = self.attempt
+            if a is not None and len(marks) == 2:
+                a.arrivals[peer.service] = (marks[0], marks[1], time.monotonic())
+        return reply
 
-    def _submit(self, pieces: Iterator[bytes], peer: Peer) -> bytes:
+    def _vet(self, header: dict[str, Any], peer: Peer, a: Attempt | None) -> None:
+        """The update is for the open attempt ``a`` and its sender owes one (caller
+        holds ``cond``)."""
+        key = [header.get("round"), header.get("attempt")]
+        if (
+            a is None
+            or a is not self.attempt
+            or not a.open
+            or [header.get("epoch"), *key] != [self.epoch, a.round, a.number]
+        ):
+            raise FlError(f"protocol: no open round {key[0]} attempt {key[1]}")
+        if peer.service not in a.sampled:
+            raise FlError(f"protocol: '{peer.service}' was not sampled for round {a.round}")
+        if a.settled(peer.service):
+            raise FlError(f"protocol: '{peer.service}' has no pending update in this round")
+
+    def _refused(self, a: Attempt | None, peer: Peer, reason: str) -> None:
+        with self.cond:
+            if a and a.open and peer.service in a.sampled and not a.settled(peer.service):
+                a.refused[peer.service] = reason
+                self.cond.notify_all()
+
+    def _submit_streamed(
+        self, pieces: Iterator[bytes], peer: Peer, a: Attempt, acc: FedAvgAccumulator
+    ) -> bytes:
+        """An update folded while it streams in (:mod:`secfl.fl._incoming`)."""
+        got: dict[str, Any] = {}
+
+        def check(header: dict[str, Any]) -> int:
+            with self.cond:
+                self._seen(peer)
+                try:
+                    self._vet(header, peer, a)
+                except FlError:
+                    got["misdirected"] = True  # for another attempt: this one unharmed
+                    raise
+            got["samples"] = msg.sample_count(header, self.config.max_samples)
+            got["metrics"] = msg.metric_values(header)
+            return int(got["samples"])
+
+        def done(header: dict[str, Any]) -> None:
+            update = Update(peer.service, {"_": np.zeros(0)}, got["samples"], got["metrics"])
+            with self.cond:
+                a.updates[peer.service] = update
+                self.cond.notify_all()
+
+        def alive() -> None:  # queued or uploading: busy, not silent
+            with self.cond:
+                self._seen(peer)
+
+        wait = a.deadline - time.monotonic()
+        try:
+            self.receiver.receive(
+                pieces, acc, a.global_params, peer.service, check, wait, done,
+                alive=alive, stall=self.config.dead_after,
+            )  # fmt: skip
+        except (FlError, TransportError) as exc:
+            if not got.get("misdirected"):
+                self._refused(a, peer, str(exc))
+            log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
+            raise
+        return msg.encode({"kind": "accepted", "round": a.round})
+
+    def _submit(self, pieces: Iterator[bytes], peer: Peer, a: Attempt) -> bytes:
+        """A whole update, for ``a`` (the attempt open when it began: an update that
+        began in another attempt is refused, never added to this one's sum)."""
         try:
             whole = join(pieces, self.max_update_bytes + msg.MAX_HEADER + 4)
             header, payload = msg.decode(whole, "update")
         except (FlError, TransportError) as exc:  # oversized or unreadable: refused too
-            with self.cond:
-                a = self.attempt
-                if a and a.open and peer.service in a.sampled and not a.settled(peer.service):
-                    a.refused[peer.service] = str(exc)
-                    self.cond.notify_all()
+            self._refused(a, peer, str(exc))
             raise
         with self.cond:
             self._seen(peer)
-            a = self.attempt
-            key = [header.get("round"), header.get("attempt")]
-            if (
-                a is None
-                or not a.open
-                or [header.get("epoch"), *key] != [self.epoch, a.round, a.number]
-            ):
-                raise FlError(f"protocol: no open round {key[0]} attempt {key[1]}")
-            if peer.service not in a.sampled:
-                raise FlError(f"protocol: '{peer.service}' was not sampled for round {a.round}")
-            if a.settled(peer.service):
-                raise FlError(f"protocol: '{peer.service}' has no pending update in this round")
+            self._vet(header, peer, a)
         try:
             update = self._update(header, payload, peer.service, a)
             check_update(update, a.global_params)
@@ -257,6 +333,7 @@ class Rounds:
 
     def open(self, attempt: Attempt) -> None:
         with self.cond:
+            attempt.opened = time.monotonic()
             self.attempt = attempt
             self.cond.notify_all()
 
@@ -279,6 +356,7 @@ class Rounds:
                 self.cond.wait(min(a.deadline - now, 0.5))
             a.open = False
             self.cond.notify_all()
+        self.receiver.cancel()  # a streamed update still coming in is taken out again
         with self._fold:  # an update being folded right now finishes first
             return a
 
@@ -296,10 +374,31 @@ class Rounds:
                 self.cond.wait(min(left, 0.5))
 
 
-def _model_stream(head: dict[str, Any], model: SignedModel) -> Iterator[bytes]:
-    yield msg.header_bytes(head)
-    yield model.prefix()
-    yield from chunks(model.payload)
+def _model_stream(
+    head: dict[str, Any], model: SignedModel, sent: Callable[[], object]
+) -> Iterator[bytes]:
+    """The ``train`` reply; a model that fits one chunk goes as one message (each
+    message of a stream is a hop between gRPC's threads on both sides)."""
+    first = msg.header_bytes(head) + model.prefix()
+    if len(first) + len(model.payload) <= DEFAULT_CHUNK_SIZE:
+        yield first + bytes(model.payload)
+    else:
+        yield first
+        yield from chunks(model.payload)
+    sent()
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _marked(pieces: Iterator[bytes], marks: list[float]) -> Iterator[bytes]:
+    """``pieces``, noting when the first one and the end of the stream came."""
+    for piece in pieces:
+        if not marks:
+            marks.append(time.monotonic())
+        yield piece
+    marks.append(time.monotonic())
 
 
 def without_tensors(update: Update) -> Update:

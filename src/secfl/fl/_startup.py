@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from secfl._internal.files import atomic_write, ram_tempdir
 from secfl.errors import FlError, SecflError
 from secfl.fl._aggregator import Aggregator, Signer
-from secfl.fl._collaborator import Collaborator, ModelGate
 from secfl.fl._commit import Commit, MemoryLedger, SpmLedger, new_version
 from secfl.fl._config import FederationConfig
 from secfl.fl._host_settings import check_host_paths
@@ -38,17 +37,15 @@ from secfl.fl._progress import round_reporter
 from secfl.fl._reset import ApprovedReset, pending_reset
 from secfl.fl._runs import run_label
 from secfl.fl._tensors import to_bytes
-from secfl.fl._transport import INSECURE_WARNING, Client, PeerPolicy, Server
+from secfl.fl._transport import INSECURE_WARNING, PeerPolicy, Server
 from secfl.fl._untrusted import read_yaml_file
 from secfl.fl._workload_identity import (
     CHECKPOINT_KEY,
     OUTPUT_KEY,
     SIGNING_KEY,
-    VERIFY_KEY,
     WorkloadIdentity,
     load_hex_key,
     load_private_key,
-    load_public_key,
 )
 from secfl.fl.strategies._base import Params
 from secfl.policy._model import Policy
@@ -59,12 +56,12 @@ __all__ = [
     "INSECURE",
     "RESET_FILE",
     "AggregatorOptions",
-    "CollaboratorOptions",
     "build_aggregator",
-    "build_collaborator",
+    "interrupt_once",
+    "load_data_spec",
     "read_settings",
+    "role_services",
     "run_aggregator",
-    "run_collaborator",
     "write_output",
 ]
 
@@ -95,20 +92,6 @@ class AggregatorOptions:
     reset: Path | None = None
 
 
-@dataclass
-class CollaboratorOptions:
-    aggregator: str
-    task: str
-    data: str | None = None
-    aggregator_service: str | None = None
-    insecure: bool = False
-    name: str | None = None
-    verify_key: str | None = None
-    #: Seconds to wait for an aggregator that is not up (None: the policy's
-    #: ``join_patience``; with --insecure, its default).
-    patience: float | None = None
-
-
 def read_settings(path: Path) -> dict[str, Any]:
     """Federation settings from a YAML/JSON file: the file itself, or its ``federation``
     section (a policy's, or a settings file written as one: no setting has that name)."""
@@ -120,7 +103,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _load_data(task: Task, spec: str | None, exclude: AbstractSet[str] = frozenset()) -> Any:
+def load_data_spec(task: Task, spec: str | None, exclude: AbstractSet[str] = frozenset()) -> Any:
     """The task's ``load_data`` of the data ``spec`` names; it must have samples (len)."""
     data = call_task("load_data", task.load_data, data_path(spec, exclude=exclude))
     sample_count(data, "load_data")
@@ -141,7 +124,7 @@ def _write_ready(path: Path | None, doc: dict[str, Any]) -> None:
 # --- aggregator ----------------------------------------------------------------------------
 
 
-def _role_services(policy: Policy, *roles: str) -> set[str]:
+def role_services(policy: Policy, *roles: str) -> set[str]:
     return {s.name for s in policy.services if s.role in roles}
 
 
@@ -174,7 +157,7 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     _warn_output(ident, opts)
     peers = PeerPolicy(
         policy=ident.policy,
-        services=_role_services(policy, "collaborator", "any") - {ident.service},
+        services=role_services(policy, "collaborator", "any") - {ident.service},
         revoked=ident.revoked(),
     )
     # a waiting collaborator holds a worker for one long poll: room for all of them
@@ -259,8 +242,8 @@ def _warn_output(ident: WorkloadIdentity, opts: AggregatorOptions) -> None:
 def _aggregator_sources(opts: AggregatorOptions) -> tuple[Task, Dataset | None, Dataset | None]:
     """The task, validation and test data an aggregator's options name."""
     task = load_task(opts.task)
-    validation = _load_data(task, opts.validation) if opts.validation else None
-    test = _load_data(task, opts.test) if opts.test else None
+    validation = load_data_spec(task, opts.validation) if opts.validation else None
+    test = load_data_spec(task, opts.test) if opts.test else None
     return task, validation, test
 
 
@@ -356,67 +339,3 @@ def write_output(
         tag = encrypt_directory(tmp, path, load_hex_key(key_file))
     log.info("final model sealed in %s (tag %s)", path, tag)
     return path
-
-
-# --- collaborator --------------------------------------------------------------------------
-
-
-def _collaborator_sources(opts: CollaboratorOptions) -> tuple[Task, Dataset]:
-    """The task and the training data a collaborator's options name."""
-    task = load_task(opts.task)
-    task_volume = {opts.task.removeprefix("volume:")} if opts.task.startswith("volume:") else set()
-    return task, _load_data(task, opts.data, task_volume)
-
-
-def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
-    """A collaborator ready to :meth:`~Collaborator.run` (secure unless ``insecure``)."""
-    show_task_errors(opts.insecure)  # secure: the host reads the log (secfl.tasks._contract)
-    if opts.insecure:
-        log.warning(INSECURE_WARNING)
-        if not opts.name:
-            raise FlError("collaborator: --insecure needs --name")
-        task, data = _collaborator_sources(opts)
-        name = opts.name
-        return Collaborator(
-            task, data,
-            lambda: Client(opts.aggregator, None, server_name="", name=name),
-            ModelGate(None, INSECURE),
-            patience=opts.patience or FederationConfig().join_patience,
-        )  # fmt: skip
-    require_measured("--task", opts.task, code=True)
-    require_measured("--data", opts.data, code=False)
-    ident = WorkloadIdentity.from_env()
-    task, data = _collaborator_sources(opts)
-    policy = ident.policy_document()
-    service = opts.aggregator_service
-    if service is None:
-        names = sorted(_role_services(policy, "aggregator"))
-        if len(names) != 1:
-            raise FlError("collaborator: give --aggregator-service (the policy names "
-                          f"{len(names)} aggregators)")  # fmt: skip
-        service = names[0]
-    key = load_public_key(ident.secret_file(VERIFY_KEY, opts.verify_key))
-    # the federation's newest committed model, from the SPM: no older one is accepted
-    config = FederationConfig.parse(policy.federation)
-    floor = ident.spm().counter(ident.policy, config.counter)
-
-    def policy_changed() -> bool:
-        return ident.spm().policy(ident.policy).get("digest") != ident.policy_digest
-
-    return Collaborator(
-        task, data,
-        lambda: Client(opts.aggregator, ident.creds, server_name=service),
-        ModelGate(key, ident.policy_digest, floor=floor), renew=ident.renew,
-        patience=opts.patience or config.join_patience, policy_changed=policy_changed,
-    )  # fmt: skip
-
-
-def run_collaborator(opts: CollaboratorOptions) -> list[dict[str, Any]]:
-    """Join, train when sampled, until the federation is done (Ctrl-C: one line)."""
-    with interrupt_once():
-        collaborator = build_collaborator(opts)
-        try:
-            return collaborator.run()
-        except KeyboardInterrupt:
-            log.warning("stopped: start the collaborator again with the same command to rejoin")
-            raise

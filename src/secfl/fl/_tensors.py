@@ -43,12 +43,15 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "MAX_HEADER_BYTES",
+    "Layout",
     "all_finite",
     "as_array",
     "check_like",
     "from_bytes",
+    "header_layout",
     "load_arrays",
     "nbytes",
+    "parse_header_json",
     "state_dict_arrays",
     "to_bytes",
 ]
@@ -188,7 +191,7 @@ _no_duplicates = unique_keys(
 
 def _parse_header(
     data: bytes | bytearray | memoryview, max_bytes: int
-) -> tuple[int, dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]], dict[str, str]]:
+) -> tuple[int, Layout, dict[str, str]]:
     """Validate a safetensors buffer without touching its tensor data.
 
     Returns (data start, {name: (dtype, shape, begin, end)}, metadata). The offsets
@@ -203,8 +206,31 @@ def _parse_header(
     (header_len,) = struct.unpack_from("<Q", data, 0)
     if header_len > min(size - 8, MAX_HEADER_BYTES):
         raise FlError(f"tensors: malformed: header length {header_len} does not fit")
+    start = 8 + header_len
+    entries, metadata = parse_header_json(data[8:start], size - start)
+    return start, entries, metadata
+
+
+Layout = dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]]
+
+
+def header_layout(data: bytes | bytearray | memoryview) -> tuple[int, Layout]:
+    """Where a (trusted, already checked) safetensors buffer's values start, and its
+    tensors' ``{name: (dtype, shape, begin, end)}`` relative to that start."""
+    start, entries, _ = _parse_header(data, len(data))
+    return start, entries
+
+
+def parse_header_json(
+    raw: bytes | bytearray | memoryview, data_len: int | None
+) -> tuple[Layout, dict[str, str]]:
+    """The tensors a safetensors header describes, ``{name: (dtype, shape, begin,
+    end)}`` with offsets into a data section of ``data_len`` bytes that they must tile
+    exactly, and its metadata. ``data_len=None`` (a streamed update, read from its
+    header before its data has arrived: :mod:`secfl.fl._incoming`): the offsets must
+    tile a section from 0 to their largest end."""
     try:
-        text = bytes(data[8 : 8 + header_len]).decode("utf-8")
+        text = bytes(raw).decode("utf-8")
         header = json.loads(text, object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise FlError("tensors: malformed: the header is not UTF-8 JSON") from None
@@ -215,8 +241,6 @@ def _parse_header(
         metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise FlError("tensors: malformed: __metadata__ must map strings to strings")
-    start = 8 + header_len
-    data_len = size - start
     entries: dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]] = {}
     for name, info in header.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
@@ -237,7 +261,7 @@ def _parse_header(
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(type(o) is int for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1] <= data_len
+            or not 0 <= offsets[0] <= offsets[1] <= (_MAX_EXTENT if data_len is None else data_len)
         ):
             raise FlError(f"tensors: malformed: data offsets of tensor '{name}'")
         if math.prod(shape) * dtype.itemsize != offsets[1] - offsets[0]:
@@ -251,9 +275,9 @@ def _parse_header(
         if begin != position:
             raise FlError(f"tensors: malformed: tensor '{name}' does not start at byte {position}")
         position = end
-    if position != data_len:
+    if data_len is not None and position != data_len:
         raise FlError(f"tensors: malformed: {data_len - position} bytes after the last tensor")
-    return start, entries, metadata
+    return entries, metadata
 
 
 def from_bytes(

@@ -10,8 +10,10 @@ and answered with PERMISSION_DENIED naming the check.
 
 A certificate is also checked for expiry on every call: an HTTP/2 connection
 outlives the handshake, and a collaborator whose short-lived certificate expired
-must renew it (attest again) before it is heard. The server's own certificate can
-be replaced while it runs (:meth:`Server.rotate`).
+must renew it (attest again) before it is heard. What a certificate says (serial,
+expiry, service) is parsed once per certificate and cached (:class:`PeerPolicy`);
+the checks themselves run on every call. The server's own certificate can be
+replaced while it runs (:meth:`Server.rotate`).
 
 ``--insecure`` mode (no TLS, the peer's name taken from what it claims) exists only
 to measure the overhead of the secure one; it logs a warning whenever it is used.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -36,13 +39,14 @@ import grpc
 from cryptography import x509
 
 from secfl.errors import FlError, SecflError, TransportError
-from secfl.fl._chunks import Reassembler, chunks
+from secfl.fl._chunks import DEFAULT_CHUNK_SIZE, Reassembler, chunks
 
 __all__ = [
     "CHUNK_SIZE",
     "INSECURE_NAME",
     "INSECURE_WARNING",
     "MESSAGE_LIMIT",
+    "PEER_CACHE_SIZE",
     "RECONNECT_OPTIONS",
     "SERVICE",
     "Client",
@@ -62,9 +66,16 @@ log = logging.getLogger("secfl.fl._transport")
 R = TypeVar("R")
 
 SERVICE = "secfl.fl.Federation"
-CHUNK_SIZE = 1 << 20  # the size tensors.chunks streams in
+#: The size large payloads stream in (``_chunks.DEFAULT_CHUNK_SIZE``, 1 MiB). Measured
+#: on loopback (benchmarks/bench_transport.py), 2 MiB moves no faster and 4 MiB or
+#: more slows a 16 MiB transfer: a bigger message waits longer before the next stage
+#: of the pipeline (encrypt, send, decrypt, copy out) can start on it.
+CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 #: gRPC's per-message limit, kept just above one chunk: large data must stream.
 MESSAGE_LIMIT = CHUNK_SIZE + (64 << 10)
+#: Peers' parsed certificates :class:`PeerPolicy` keeps: one per collaborator's
+#: current certificate, with room for renewals; past it the least recent goes.
+PEER_CACHE_SIZE = 256
 #: How soon a channel tries to connect again after a failure. gRPC's own backoff
 #: grows to two minutes, so a collaborator waiting for an aggregator that is not up
 #: yet would join long after it came up; capped at 2 s, it joins within about that
@@ -91,48 +102,104 @@ class Peer:
     serial: str
 
 
+@dataclass(frozen=True)
+class _Certificate:
+    """What a peer certificate says: a pure function of its bytes."""
+
+    serial: str
+    expires: datetime
+    policy: str
+    service: str
+
+
+def _read(cert_pem: bytes) -> _Certificate:
+    """Parse a peer certificate; TransportError unless it names one secfl service."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        uris = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.UniformResourceIdentifier)
+    except (ValueError, x509.ExtensionNotFound):
+        raise TransportError("peer: the certificate names no secfl service") from None
+    names = [u.removeprefix("secfl://").split("/", 1) for u in uris if u.startswith("secfl://")]
+    if len(names) != 1 or len(names[0]) != 2:
+        raise TransportError("peer: the certificate names no secfl service")
+    policy, service = names[0]
+    return _Certificate(format(cert.serial_number, "x"), cert.not_valid_after_utc, policy, service)
+
+
+class _Parsed:
+    """A bounded LRU from a certificate's exact bytes to what it says (:func:`_read`).
+
+    Why this is safe: the entry is a pure function of the key, so it cannot go stale
+    and two different certificates never share one (the key is the whole encoding,
+    not a serial or a hash). It holds no verdict: the chain to the policy's CA is
+    verified by TLS at each connection's handshake (gRPC hands over only a
+    certificate that passed it), and :meth:`PeerPolicy.check` evaluates expiry,
+    policy, service and revocation, which change over time, on every call. A
+    certificate that does not parse is not cached, and the bound keeps a peer that
+    cycles through certificates from growing the cache.
+    """
+
+    def __init__(self, size: int = PEER_CACHE_SIZE) -> None:
+        self._size = size
+        self._items: OrderedDict[bytes, _Certificate] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, cert_pem: bytes) -> _Certificate:
+        key = bytes(cert_pem)
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        parsed = _read(key)  # outside the lock: parsing is the slow part
+        with self._lock:
+            self._items[key] = parsed
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return parsed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 @dataclass
 class PeerPolicy:
     """Who may call: services (by name) of one policy, minus revoked serials and services.
 
     ``revoked`` is a set the caller keeps current (from the SPM's revocation list):
-    certificate serials (hex) and ``service:NAME`` entries.
+    certificate serials (hex) and ``service:NAME`` entries. ``policy``,
+    ``services`` and ``revoked`` may change at any time: :meth:`check` reads them on
+    every call; only the parsing of certificates is cached (see :class:`_Parsed`).
     """
 
     policy: str
     services: set[str]
     revoked: set[str] = field(default_factory=set)
+    parsed: _Parsed = field(default_factory=_Parsed, init=False, repr=False, compare=False)
 
-    def check(self, cert_pem: bytes | None) -> Peer:
+    def check(self, cert_pem: bytes | None, *, now: datetime | None = None) -> Peer:
         """The peer named by ``cert_pem``, or TransportError naming the failed check."""
         if not cert_pem:
             raise TransportError("peer: no client certificate")
-        try:
-            cert = x509.load_pem_x509_certificate(cert_pem)
-            uris = cert.extensions.get_extension_for_class(
-                x509.SubjectAlternativeName
-            ).value.get_values_for_type(x509.UniformResourceIdentifier)
-        except (ValueError, x509.ExtensionNotFound):
-            raise TransportError("peer: the certificate names no secfl service") from None
-        serial = format(cert.serial_number, "x")
-        expires = cert.not_valid_after_utc
-        if expires <= datetime.now(UTC):
+        cert = self.parsed(cert_pem)
+        serial, service = cert.serial, cert.service
+        if cert.expires <= (now or datetime.now(UTC)):
             raise TransportError(
-                f"peer: certificate {serial} expired at {expires.isoformat()}: attest again"
+                f"peer: certificate {serial} expired at {cert.expires.isoformat()}: attest again"
             )
-        names = [u.removeprefix("secfl://").split("/", 1) for u in uris if u.startswith("secfl://")]
-        if len(names) != 1 or len(names[0]) != 2:
-            raise TransportError("peer: the certificate names no secfl service")
-        policy, service = names[0]
-        if policy != self.policy:
-            raise TransportError(f"peer: certificate is for policy '{policy}', not '{self.policy}'")
+        if cert.policy != self.policy:
+            raise TransportError(
+                f"peer: certificate is for policy '{cert.policy}', not '{self.policy}'"
+            )
         if service not in self.services:
             raise TransportError(f"peer: service '{service}' may not call here")
         if serial in self.revoked:
             raise TransportError(f"peer: certificate {serial} of '{service}' is revoked")
         if f"service:{service}" in self.revoked:
             raise TransportError(f"peer: service '{service}' is revoked by the board")
-        return Peer(policy, service, serial)
+        return Peer(cert.policy, service, serial)
 
 
 def join(pieces: Iterable[bytes], limit: int) -> bytearray:
@@ -332,7 +399,11 @@ class Client:
         return self._call(lambda: method(request, timeout=wait, metadata=self._metadata))
 
     def upload(
-        self, name: str, data: bytes | Iterable[bytes], *, timeout: float | None = None
+        self,
+        name: str,
+        data: bytes | bytearray | memoryview | Iterable[bytes],
+        *,
+        timeout: float | None = None,
     ) -> bytes:
         """Stream ``data`` (bytes, or an iterable of pieces) to ``name``."""
         method: grpc.StreamUnaryMultiCallable[bytes, bytes]

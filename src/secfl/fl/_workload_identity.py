@@ -15,6 +15,7 @@ checkpoint key and the output key that the policy releases to each service.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -65,7 +66,9 @@ def _env(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=8)
 def _expiry(cert_pem: bytes) -> tuple[datetime, datetime]:
+    """A certificate's validity (cached: a pure function of its bytes, asked each round)."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.not_valid_before_utc, cert.not_valid_after_utc
 

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import io
 import os
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secfl.errors import ShieldError
 from secfl.shield import _format as fmt
+from secfl.shield import _parallel
 
 __all__ = [
     "ChunkSource",
@@ -45,7 +47,10 @@ class ChunkSource:
 
     Thread-safe: it only uses positional reads (``os.preadv``, POSIX), into the
     caller's private buffer, so the bytes that are authenticated are the bytes that
-    are decrypted, whatever another process does to the file meanwhile.
+    are decrypted, whatever another process does to the file meanwhile. The pool
+    of :mod:`secfl.shield._parallel` calls :meth:`open_chunk` from its threads;
+    :meth:`close` waits for the reads under way, so the file descriptor is never
+    read after the volume closes it (nor, once reused, another file).
     """
 
     def __init__(self, fd: int, chunk_key: bytes, salt: bytes, chunk_size: int, where: str):
@@ -55,11 +60,21 @@ class ChunkSource:
         self.where = where
         self.closed = False
         self._aead = AESGCM(chunk_key)
+        self._lock = threading.Condition()
+        self._reading = 0
+
+    def close(self) -> None:
+        """Refuse reads from now on, and return once none is under way."""
+        with self._lock:
+            self.closed = True
+            self._lock.wait_for(lambda: self._reading == 0)
 
     def _read_into(self, view: memoryview, offset: int) -> int:
         """Fill ``view`` from ``offset`` with positional reads; fewer bytes only at EOF."""
-        if self.closed:
-            raise ShieldError(f"shield: {self.where} is closed")
+        with self._lock:
+            if self.closed:
+                raise ShieldError(f"shield: {self.where} is closed")
+            self._reading += 1
         try:
             got = os.preadv(self.fd, [view], offset)
             while 0 < got < len(view):
@@ -69,6 +84,11 @@ class ChunkSource:
                 got += n
         except OSError as exc:
             raise ShieldError(f"shield: cannot read {self.where}: {exc.strerror or exc}") from None
+        finally:
+            with self._lock:
+                self._reading -= 1
+                if self._reading == 0:
+                    self._lock.notify_all()
         return got
 
     def open_chunk(
@@ -119,6 +139,14 @@ class VolumeFile(io.RawIOBase):
     authentication anyway. ``check_digest=False`` turns it off: reading is then
     several times faster where SHA-256 is slower than AES-GCM (most CPUs with
     AES-NI), and every byte is still authenticated by its chunk's GCM tag.
+
+    Chunks are decrypted on all CPUs (:mod:`secfl.shield._parallel`): a read of
+    several whole chunks decrypts them in parallel straight into the caller's
+    buffer, and once the file is read chunk after chunk, the next chunks are
+    decrypted ahead (bounded). A chunk that fails authentication raises its
+    ShieldError when the reader reaches it, as it would sequentially, and leaves
+    no plaintext in this file's buffers or in the part of the caller's buffer that
+    the failed read was filling.
     """
 
     def __init__(
@@ -139,6 +167,9 @@ class VolumeFile(io.RawIOBase):
         self._hash = hashlib.sha256() if check_digest else None
         self._hashed = 0  # chunks [0, _hashed) went through the digest, in order
         self._verified_empty = False
+        self._last = -1  # the chunk decrypted last (a read of the next one is sequential)
+        self._pipeline: _parallel.Pipeline | None = None
+        self._depth = _parallel.depth_for(first)
 
     @property
     def entry(self) -> FileEntry:
@@ -193,44 +224,137 @@ class VolumeFile(io.RawIOBase):
                 "its SHA-256 in the manifest"
             )
 
-    def _decrypt(self, chunk: int, out: memoryview) -> None:
+    def _decrypt_here(self, chunk: int, out: memoryview) -> None:
         self._source.open_chunk(self._index, self._entry, chunk, self._scratch, out)
-        self._account(chunk, out)
+
+    def _whole_chunks(self, chunk: int, room: int) -> int:
+        """How many whole chunks from ``chunk`` on fit in ``room`` bytes."""
+        left = self._entry.chunks - chunk
+        count = min(room // self._chunk_size, left)
+        if count == left - 1 and room - count * self._chunk_size >= self._plain_length(
+            self._entry.chunks - 1
+        ):
+            count += 1  # the file's last chunk is shorter and fits too
+        return count
+
+    def _pipeline_for(self, chunk: int, count: int) -> _parallel.Pipeline | None:
+        """The pipeline to read ``count`` chunks from ``chunk`` with, or None to decrypt
+        them here: what was read ahead, several chunks at once, or reading on from the
+        chunk before with more to read ahead. A single chunk read at random is
+        decrypted here, and sets nothing going in the background."""
+        if not self._depth:
+            return None
+        pipe = self._pipeline
+        if pipe is not None and pipe.head is not None:
+            if pipe.head == chunk:
+                return pipe
+            pipe.abort(wipe=False)  # a seek: what was read ahead is not needed
+        reading_on = 0 <= self._last == chunk - 1 and chunk + 1 < self._entry.chunks
+        if count < 2 and not reading_on:
+            return None
+        if pipe is None:
+            pipe = self._pipeline = _parallel.Pipeline(
+                self._source, self._index, self._entry, self._depth, self._cache_size, self._scratch
+            )
+        return pipe
+
+    def _read_chunks(self, chunk: int, count: int, out: memoryview) -> int:
+        """Decrypt the whole chunks ``[chunk, chunk + count)`` into ``out``, in order."""
+        pipe = self._pipeline_for(chunk, count)
+        end = chunk + count
+        total = (count - 1) * self._chunk_size + self._plain_length(end - 1)
+        sequential = chunk == self._last + 1
+        try:
+            for c in range(chunk, end):
+                start = (c - chunk) * self._chunk_size
+                target = out[start : start + self._plain_length(c)]
+                if pipe is None:
+                    self._decrypt_here(c, target)
+                else:
+                    # Chunks not read ahead yet go straight into the caller's buffer.
+                    nxt = c if pipe.tail is None else pipe.tail
+                    while pipe.has_room() and nxt < end:
+                        at = (nxt - chunk) * self._chunk_size
+                        pipe.submit(nxt, out[at : at + self._plain_length(nxt)])
+                        nxt += 1
+                    job = pipe.take(c, target)
+                    if job.buffer is not None:
+                        target[:] = job.out
+                    pipe.release(job)
+                self._account(c, target)
+                self._last = c
+        except BaseException:
+            if pipe is not None:
+                pipe.abort(wipe=True)  # no job writes into ``out`` any more
+            out[:total] = bytes(total)
+            self._wipe_cache()
+            raise
+        if pipe is not None and sequential:
+            pipe.fill(end)
+        return total
+
+    def _load_cache(self, chunk: int) -> None:
+        """Decrypt ``chunk`` into the one-chunk cache (or take it from the read-ahead)."""
+        self._cached = -1
+        length = self._plain_length(chunk)
+        pipe = self._pipeline_for(chunk, 1)
+        try:
+            if pipe is None:
+                if not self._cache:
+                    self._cache = bytearray(self._cache_size)
+                view = memoryview(self._cache)[:length]
+                self._decrypt_here(chunk, view)
+            else:
+                if pipe.head is None:
+                    pipe.submit(chunk)
+                job = pipe.take(chunk)
+                # Swap buffers: the read-ahead's becomes the cache, without a copy.
+                assert job.buffer is not None
+                self._cache, job.buffer = job.buffer, self._cache or None
+                pipe.release(job)
+                view = memoryview(self._cache)[:length]
+            self._account(chunk, view)
+        except BaseException:
+            if pipe is not None:
+                pipe.abort(wipe=True)
+            self._wipe_cache()
+            raise
+        self._cached = chunk
+        self._last = chunk
+        if pipe is not None:
+            pipe.fill(chunk + 1)
+
+    def _wipe_cache(self) -> None:
+        self._cached = -1
+        self._cache[:] = bytes(len(self._cache))
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         self._check_open()
+        if self._source.closed:  # nothing decrypted ahead comes out after the volume closed
+            raise ShieldError(f"shield: {self._source.where} is closed")
         out = memoryview(buffer).cast("B")
         size = self._entry.size
         if self._pos >= size:
             if size == 0 and not self._verified_empty:
                 # An empty file still has one (empty) chunk: authenticate it.
-                self._decrypt(0, memoryview(self._scratch)[:0])
+                empty = memoryview(self._scratch)[:0]
+                self._decrypt_here(0, empty)
+                self._account(0, empty)
                 self._verified_empty = True
             return 0
         if not out:
             return 0
         chunk, within = divmod(self._pos, self._chunk_size)
-        length = self._plain_length(chunk)
-        if within == 0 and len(out) >= length and chunk != self._cached:
-            # Whole chunks go straight into the caller's buffer, as many as fit.
-            done = 0
-            while True:
-                self._decrypt(chunk, out[done : done + length])
-                done += length
-                self._pos += length
-                chunk += 1
-                if chunk == self._entry.chunks:
-                    return done
-                length = self._plain_length(chunk)
-                if len(out) - done < length:
-                    return done
+        if within == 0 and chunk != self._cached:
+            count = self._whole_chunks(chunk, len(out))
+            if count:
+                # Whole chunks go straight into the caller's buffer, as many as fit.
+                done = self._read_chunks(chunk, count, out)
+                self._pos += done
+                return done
         if chunk != self._cached:
-            self._cached = -1
-            if not self._cache:
-                self._cache = bytearray(self._cache_size)
-            self._decrypt(chunk, memoryview(self._cache)[:length])
-            self._cached = chunk
-        n = min(len(out), length - within)
+            self._load_cache(chunk)
+        n = min(len(out), self._plain_length(chunk) - within)
         out[:n] = memoryview(self._cache)[within : within + n]
         self._pos += n
         return n
@@ -256,6 +380,9 @@ class VolumeFile(io.RawIOBase):
 
     def close(self) -> None:
         if not self.closed:
+            if self._pipeline is not None:
+                self._pipeline.abort(wipe=False)
+                self._pipeline = None
             self._cache = bytearray()
             self._scratch = bytearray()
             self._cached = -1

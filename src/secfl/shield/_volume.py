@@ -230,8 +230,9 @@ class Volume:
     def open_file(self, path: str, *, check_digest: bool = False) -> io.BufferedReader:
         """A lazy, seekable reader of ``path`` (see :class:`VolumeFile`).
 
-        Memory is about two chunks whatever the file size. A tampered chunk raises
-        ShieldError naming the file and chunk when it is reached.
+        Memory is about two chunks, plus what is decrypted ahead on the other CPUs
+        (bounded: ``secfl.shield._parallel.memory_limit``), whatever the file size.
+        A tampered chunk raises ShieldError naming the file and chunk when it is reached.
 
         Every chunk is authenticated (AES-GCM binding the volume, the file, the chunk
         index and whether it is the last) under the authenticated manifest, which is
@@ -326,7 +327,7 @@ class Volume:
 
     def close(self) -> None:
         """Close the volume file; readers still open fail from now on."""
-        self._source.closed = True
+        self._source.close()  # waits for reads under way on the reader threads
         self._finalizer()
 
     def __enter__(self) -> Self:

@@ -119,6 +119,9 @@ def check_global(global_params: Mapping[str, np.ndarray]) -> None:
 class Accumulator(ABC):
     """Receives one round's updates one at a time; :meth:`finish` gives the new model."""
 
+    #: Whether the model is bit-identical whatever order updates are added in.
+    order_free: ClassVar[bool] = False
+
     def __init__(self) -> None:
         self.senders: list[str] = []
         self._finished = False
@@ -192,7 +195,8 @@ class Strategy(ABC):
 
     name: ClassVar[str] = ""
     #: Whether :meth:`accumulator` folds updates as they come (memory ≈ one model)
-    #: rather than keeping them all.
+    #: rather than keeping them all, with a result that does not depend on their
+    #: order (so even ``canonical`` aggregation needs no buffered round).
     streaming: ClassVar[bool] = False
 
     def __init__(self, *, client_config: Mapping[str, Any] | None = None) -> None:
@@ -208,8 +212,14 @@ class Strategy(ABC):
     def aggregate(self, round: int, global_params: Params, updates: Sequence[Update]) -> Params:
         """The new global model from all of ``round``'s updates (with their senders)."""
 
-    def accumulator(self, round: int, global_params: Params) -> Accumulator:
-        """An accumulator for ``round``: by default it buffers and calls :meth:`aggregate`."""
+    def accumulator(
+        self, round: int, global_params: Params, *, weight_bound: int | None = None
+    ) -> Accumulator:
+        """An accumulator for ``round``: by default it buffers and calls :meth:`aggregate`.
+
+        ``weight_bound``: the most samples the round's updates may report in all (the
+        aggregator passes what the sampled collaborators reported when they joined);
+        rules that fold exactly use it to size their fixed-point grid."""
         check_global(global_params)
         return BufferingAccumulator(self, round, global_params)
 

@@ -1,33 +1,27 @@
 """FedAvg (McMahan et al., 2017) and FedProx (Li et al., 2020).
 
 FedAvg's new global model is the sample-weighted mean of the collaborators' models,
-``sum_i n_i x_i / sum_i n_i``, accumulated in float64 and cast back to each tensor's
-dtype (integer and bool tensors, such as BatchNorm's ``num_batches_tracked``, are
-rounded to the nearest value). Both entry points give bit-identical results, as
-they add the same float64 terms in the same order:
+``sum_i n_i x_i / sum_i n_i``. The sum is :class:`~._exact.ExactSum`'s: each term
+rounded on its own to a fixed-point grid and added as 64-bit integers, so the model
+is **bit-identical whatever order the updates come in**, whether they are folded one
+by one as they arrive (:meth:`FedAvg.accumulator`) or all at once
+(:meth:`FedAvg.aggregate`), and whatever the thread count — for the same grid
+(the accumulator's ``weight_bound``; ``aggregate`` uses the round's own total, and
+widens a tensor's range to the round's largest value where an update goes beyond
+what an accumulator accepts: it sees an attacker's huge update, the accumulator
+refuses it).
+Reproducible aggregation therefore needs no buffered round: the aggregator folds
+every update on arrival in either ``aggregation_order``.
 
-- :meth:`FedAvg.aggregate` takes the whole round and walks the model in chunks:
-  each update's chunk is copied into one row of a small scratch matrix (a long
-  sequential read per update, which the hardware prefetches well), then
-  ``einsum("k,kn->n", dtype=float64)`` casts the rows to float64 in L1-sized
-  pieces and sums them weighted by sample count, in update order, without BLAS
-  (whose own threads would fight ours) and without FMA: exactly the fold order of
-  the accumulator below. The updates are read once and nothing round-sized is
-  stacked: extra memory is the result (one model) plus at most
-  :data:`SCRATCH_BYTES` per thread. NaN/Inf is looked for in the result chunks
-  (where any non-finite input would show), so the check costs no second pass over
-  the updates; only when one is found are the updates scanned to name the culprit.
-- :meth:`FedAvg.accumulator` folds updates one at a time as they arrive (checking
-  each fully, NaN/Inf included, before it touches the sum, so a refused update
-  leaves the round intact): memory is one float64 model (two float32 models) plus
-  the update being folded, whatever the number of collaborators; the result is
-  made inside the sum's memory, so finishing the round needs no more.
+The accumulator checks an update fully (shapes, dtypes, NaN/Inf, the exact sum's
+range, the round's sample bound) before it touches the sum, so a refused update
+leaves the round intact; a receiver that folds a streamed update piece by piece
+(:meth:`FedAvgAccumulator.incoming`) takes the folded pieces out again, exactly, if
+the stream fails half-way. Memory is one int64 sum per parameter (two float32
+models) plus what is being folded; the mean is made inside the sum's memory.
 
-Large tensors are split across ``threads`` threads (:mod:`._blocks`); every element
-is summed by one thread, from +0.0, in update order, so the result does not depend
-on the thread count or on the entry point. Per element and update the kernels cast
-to float64, multiply by the sample count (exact for float32 models: a float32
-times an integer below 2**29 fits float64's 53-bit mantissa) and add.
+Integer and bool tensors (BatchNorm's ``num_batches_tracked``) are averaged the
+same way and rounded to the nearest value.
 
 FedProx is FedAvg on the server; its proximal term ``mu/2 ||w - w_global||^2`` is
 added to the collaborators' local loss, so :meth:`FedProx.configure` sends
@@ -36,13 +30,16 @@ added to the collaborators' local loss, so :meth:`FedProx.configure` sends
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+import mmap
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from secfl.errors import FlError
-from secfl.fl._tensors import all_finite
+from secfl.fl._tensors import all_finite, header_layout
 from secfl.fl.strategies import _blocks
 from secfl.fl.strategies._base import (
     Accumulator,
@@ -54,149 +51,196 @@ from secfl.fl.strategies._base import (
     check_update,
     positive,
 )
-from secfl.fl.strategies._blocks import BLOCK
+from secfl.fl.strategies._exact import DEFAULT_WEIGHT_BOUND, ExactSum, magnitude
 from secfl.fl.strategies._registry import register_strategy
 
-__all__ = ["SCRATCH_BYTES", "FedAvg", "FedAvgAccumulator", "FedProx"]
-
-#: Scratch per thread of the whole-round kernel (its rows, one per update).
-SCRATCH_BYTES = 16 << 20
+__all__ = ["FedAvg", "FedAvgAccumulator", "FedProx", "Incoming"]
 
 
-def _chunk(updates: int, itemsize: int) -> int:
-    """Elements per chunk of the whole-round kernel: as many as fit ``SCRATCH_BYTES``
-    for ``updates`` rows, a multiple of 4096 within [4096, 131072]. It depends on the
-    round and the dtype only, so chunk boundaries never depend on the thread count."""
-    fit = SCRATCH_BYTES // (itemsize * updates) // 4096 * 4096
-    return max(4096, min(1 << 17, fit))
+class Incoming:
+    """One update being folded piece by piece as it streams in (see
+    :meth:`FedAvgAccumulator.incoming`). Every folded piece is remembered by place, so
+    :meth:`abort` can take them out again from the same bytes."""
 
+    def __init__(self, acc: FedAvgAccumulator, sender: str, samples: int) -> None:
+        self._acc = acc
+        self.sender = sender
+        self.samples = samples
+        self._pieces: list[tuple[str, int, int]] = []
+        self._open = True
 
-def _store(total: np.ndarray, out: np.ndarray) -> None:
-    """Write a float64 block into ``out``'s dtype (rounded for integers and bools)."""
-    if out.dtype.kind not in "fc":
-        np.rint(total, out=total)
-    np.copyto(out, total, casting="unsafe")
+    def fold(self, name: str, begin: int, values: np.ndarray) -> None:
+        """Check and add elements ``begin...`` of tensor ``name``; a refused piece adds
+        nothing (the caller then calls :meth:`abort`)."""
+        if not self._open:
+            raise FlError("aggregate: the update was already finished")
+        self._acc.exact.check(name, values, self.sender)
+        self._pieces.append((name, begin, values.size))
+        try:
+            self._acc.exact.fold(name, begin, values, self.samples)
+        except BaseException:
+            self._acc.broken = True  # half a piece: nothing can say which elements
+            raise
 
+    def abort(self, values: Callable[[str, int, int], np.ndarray]) -> None:
+        """Take every folded piece out again; ``values(name, begin, size)`` gives the
+        same values that were folded there."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            for name, begin, size in reversed(self._pieces):
+                self._acc.exact.fold(name, begin, values(name, begin, size), self.samples, -1)
+        except BaseException:
+            self._acc.broken = True
+            raise
+        finally:
+            self._acc.exact.release(self.samples)
+            self._acc.busy = False
 
-def _fold_block(
-    total: np.ndarray, source: np.ndarray, weight: np.float64, scratch: np.ndarray
-) -> None:
-    """``total += weight * source`` in float64 (``source`` of any dtype)."""
-    np.copyto(scratch, source, casting="unsafe")
-    np.multiply(scratch, weight, out=scratch)
-    np.add(total, scratch, out=total)
-
-
-def _first_block(total: np.ndarray, source: np.ndarray, weight: np.float64) -> None:
-    """``total = 0.0 + weight * source`` in float64 (the sum starts from +0.0, as
-    ``einsum`` does, so an all -0.0 element gives +0.0 on both paths)."""
-    np.copyto(total, source, casting="unsafe")
-    np.multiply(total, weight, out=total)
-    np.add(total, 0.0, out=total)
+    def done(self, folded_elements: int) -> None:
+        """The whole update is in: it counts as the sender's (``folded_elements`` must
+        be the model's size)."""
+        if folded_elements != self._acc.elements:
+            raise FlError(
+                f"aggregate: the update from '{self.sender}' folded {folded_elements} of "
+                f"{self._acc.elements} values"
+            )
+        self._open = False
+        self._acc.busy = False
+        self._acc._count(self.sender)
 
 
 class FedAvgAccumulator(Accumulator):
-    """FedAvg folded one update at a time (see the module docstring).
+    """FedAvg folded one update at a time, exactly (see the module docstring).
 
-    The sum is one float64 buffer per tensor; :meth:`finish` divides and converts it
-    tensor by tensor inside its own memory, then passes the mean to the strategy's
-    server step (identity for FedAvg and FedProx).
+    ``weight_bound``: the most samples the round may bring in all (the sampled
+    collaborators' reported counts); it fixes the fixed-point grid, so two
+    accumulators with the same bound give bit-identical models for the same updates.
     """
 
-    def __init__(self, strategy: FedAvg, round: int, global_params: Params) -> None:
+    order_free = True
+
+    def __init__(
+        self,
+        strategy: FedAvg,
+        round: int,
+        global_params: Params,
+        weight_bound: int = DEFAULT_WEIGHT_BOUND,
+        extents: Mapping[str, float] | None = None,
+    ) -> None:
         super().__init__()
         self._strategy = strategy
         self._round = round
         self._global = global_params
-        self._sums: dict[str, np.ndarray] = {}
-        self._total = 0
-        self._broken = False
-
-    def _add(self, update: Update) -> None:
-        if self._broken:
-            raise FlError("aggregate: the round's sum is unusable after an earlier failure")
-        check_update(update, self._global)
-        first = not self._sums
-        sums = (
-            {name: np.empty(ref.size, dtype=np.float64) for name, ref in self._global.items()}
-            if first
-            else self._sums
+        self.exact = ExactSum(
+            global_params, weight_bound=weight_bound, threads=strategy.threads, extents=extents
         )
+        self.elements = sum(int(ref.size) for ref in global_params.values())
+        self.broken = False
+        self.busy = False
+        #: Guards ``busy``: one update is folded at a time, whichever way it comes.
+        self._claim = threading.Lock()
+
+    def _take_turn(self) -> None:
+        """Become the one update being folded (``FlError`` if another one is)."""
+        with self._claim:
+            self._usable()
+            self.busy = True
+
+    def _usable(self) -> None:
+        if self.broken:
+            raise FlError("aggregate: the round's sum is unusable after an earlier failure")
+        if self.busy:
+            raise FlError("aggregate: another update is being folded")
+
+    def incoming(self, sender: str, samples: int) -> Incoming:
+        """Start folding ``sender``'s update of ``samples`` samples piece by piece."""
+        if self._finished:
+            raise FlError("aggregate: the round is already aggregated")
+        if sender in self.senders:
+            raise FlError(f"aggregate: two updates from '{sender}' in one round")
+        if type(samples) is not int or samples <= 0:
+            raise FlError(f"aggregate: the update from '{sender}' reports {samples!r} samples")
+        self._take_turn()
         try:
-            self._fold(update, sums, first)
+            self.exact.reserve(samples, sender)
         except BaseException:
-            self._broken = not first  # a half-folded update poisons the sum
+            self.busy = False
             raise
-        self._sums = sums
-        self._total += int(update.num_samples)
+        return Incoming(self, sender, samples)
 
-    def _fold(self, update: Update, sums: dict[str, np.ndarray], first: bool) -> None:
-        weight = np.float64(int(update.num_samples))
-        for name in self._global:
-            source = update.params[name].reshape(-1)
-            total = sums[name]
+    def _count(self, sender: str) -> None:
+        self.senders.append(sender)
 
-            def work(
-                lo: int, hi: int, total: np.ndarray = total, source: np.ndarray = source
-            ) -> None:
-                scratch = None if first else np.empty(min(BLOCK, hi - lo), dtype=np.float64)
-                with np.errstate(over="ignore", invalid="ignore"):  # finish() checks
-                    for begin in range(lo, hi, BLOCK):
-                        end = min(begin + BLOCK, hi)
-                        if scratch is None:
-                            _first_block(total[begin:end], source[begin:end], weight)
-                        else:
-                            part = scratch[: end - begin]
-                            _fold_block(total[begin:end], source[begin:end], weight, part)
+    def add(self, update: Update) -> None:
+        """Check ``update`` fully, then fold it (a refused update changes nothing)."""
+        if self._finished:
+            raise FlError("aggregate: the round is already aggregated")
+        if update.sender in self.senders:
+            raise FlError(f"aggregate: two updates from '{update.sender}' in one round")
+        check_update(update, self._global, finite=False)  # NaN/Inf: the range check below
+        self._take_turn()
+        try:
+            for name in self._global:
+                self.exact.check(name, update.params[name].reshape(-1), update.sender)
+            samples = int(update.num_samples)
+            self.exact.reserve(samples, update.sender)
+            try:
+                for name in self._global:
+                    self.exact.fold(name, 0, update.params[name].reshape(-1), samples)
+            except BaseException:
+                self.broken = True  # a half-folded update poisons the sum
+                raise
+            self._count(update.sender)
+        finally:
+            self.busy = False
 
-            _blocks.run(total.size, self._strategy.threads, work)
+    def _add(self, update: Update) -> None:  # add() is overridden whole
+        raise NotImplementedError
+
+    def finish_into(self, template: bytes | bytearray | memoryview) -> memoryview | None:
+        """The new model already serialized, or ``None`` for a rule whose server step
+        changes the mean (FedAdam: call :meth:`finish`).
+
+        ``template`` is the global model's safetensors bytes: the new model has the
+        same names, dtypes and shapes, so its header is the same bytes, and each mean
+        is written straight to its place after it. The result is byte-identical to
+        ``to_bytes(finish())`` without holding the model twice (tensors and bytes)."""
+        if type(self._strategy)._server_step is not FedAvg._server_step:
+            return None
+        self._usable()
+        if self._finished:
+            raise FlError("aggregate: the round is already aggregated")
+        if not self.senders:
+            raise FlError("aggregate: no updates to aggregate")
+        self._finished = True
+        start, layout = header_layout(template)
+        # anonymous memory, mapped as it is written: each tensor's sum is freed as its
+        # mean lands, so the sum and the new model never coexist in full
+        out = _anonymous(len(template))
+        out[:start] = template[:start]
+        for name, (dtype, _, begin, end) in layout.items():
+            ref = self._global[name]
+            if (dtype, ref.size * dtype.itemsize) != (ref.dtype, end - begin):
+                raise FlError(f"aggregate: the template does not hold tensor '{name}' as the model")
+            target = np.frombuffer(out, dtype=dtype, count=ref.size, offset=start + begin)
+            self.exact.mean_into(name, target)
+            if not all_finite(target):
+                raise FlError(f"aggregate: the mean of tensor '{name}' overflows its dtype")
+        if set(layout) != set(self._global):
+            raise FlError("aggregate: the template holds other tensors than the model")
+        return out.toreadonly()
 
     def _finish(self) -> Params:
-        if self._broken:
-            raise FlError("aggregate: the round's sum is unusable after an earlier failure")
-        divisor = np.float64(self._total)
+        self._usable()
         out: Params = {}
         for name, ref in self._global.items():
-            total = self._sums.pop(name)
-            with np.errstate(over="ignore", invalid="ignore"):  # the result is checked
-                result = _narrow_in_place(total, divisor, ref.dtype, ref.shape)
-            del total
+            result = self.exact.mean(name, ref.dtype).reshape(ref.shape)
             if not all_finite(result):
                 raise FlError(f"aggregate: the mean of tensor '{name}' overflows its dtype")
             out[name] = result
         return self._strategy._server_step(self._round, self._global, out)
-
-
-def _narrow_in_place(
-    total: np.ndarray, divisor: np.float64, dtype: np.dtype[Any], shape: tuple[int, ...]
-) -> np.ndarray:
-    """``total / divisor`` (``total`` a private float64 buffer) as ``dtype``, made in
-    ``total``'s own memory.
-
-    Each block is divided, converted into a scratch block and written to the front
-    of the buffer (element ``i`` of the result lands at or before the byte where
-    element ``i`` of the sum starts, so nothing unread is overwritten; hence one
-    thread); the buffer is then shrunk with ``realloc``. The result is a view of
-    that buffer: finishing a round never holds the sum and the result together.
-    """
-    size = total.size
-    if size == 0:
-        return np.empty(shape, dtype=dtype)
-    scratch = np.empty(min(BLOCK, size), dtype=dtype)
-    narrow = total.view(dtype)
-    for begin in range(0, size, BLOCK):
-        end = min(begin + BLOCK, size)
-        block = total[begin:end]
-        np.divide(block, divisor, out=block)
-        part = scratch[: end - begin]
-        _store(block, part)
-        narrow[begin:end] = part
-    del narrow, block
-    nbytes = size * dtype.itemsize
-    # no view of ``total`` is alive (it was only ever in this accumulator), so the
-    # refcount check numpy cannot do reliably from inside a call is safe to skip
-    total.resize((nbytes + 7) // 8, refcheck=False)
-    return total.view(np.uint8)[:nbytes].view(dtype).reshape(shape)
 
 
 class FedAvg(Strategy):
@@ -223,80 +267,36 @@ class FedAvg(Strategy):
         check_global(global_params)
         check_round(updates)
         for update in updates:
-            check_update(update, global_params, finite=False)  # NaN/Inf: seen in the result
-        return self._server_step(round, global_params, self._mean(global_params, updates))
+            check_update(update, global_params, finite=False)  # NaN/Inf: the range check
+        bound = sum(int(u.num_samples) for u in updates)
+        bound = max(1, min(bound, 1 << 53))
+        extents: dict[str, float] = {}
+        for name in global_params:
+            for update in updates:
+                top = magnitude(update.params[name])
+                if not math.isfinite(top):
+                    raise FlError(
+                        f"aggregate: the update from '{update.sender}': tensor '{name}' "
+                        "holds NaN or Inf"
+                    )
+                extents[name] = max(extents.get(name, 0.0), top)
+        acc = FedAvgAccumulator(self, round, global_params, weight_bound=bound, extents=extents)
+        for update in updates:
+            acc.add(update)
+        return acc.finish()
 
-    def accumulator(self, round: int, global_params: Params) -> Accumulator:
+    def accumulator(
+        self, round: int, global_params: Params, *, weight_bound: int | None = None
+    ) -> FedAvgAccumulator:
         check_global(global_params)
-        return FedAvgAccumulator(self, round, global_params)
+        return FedAvgAccumulator(self, round, global_params, weight_bound or DEFAULT_WEIGHT_BOUND)
 
     def _server_step(self, round: int, global_params: Params, mean: Params) -> Params:
         """What the server does with the mean: FedAvg takes it as the new model."""
         return mean
 
-    def _mean(self, global_params: Params, updates: Sequence[Update]) -> Params:
-        """The weighted mean, chunk by chunk across all updates (module docstring)."""
-        weights = np.array([float(int(u.num_samples)) for u in updates], dtype=np.float64)
-        divisor = np.float64(sum(int(u.num_samples) for u in updates))
-        out: Params = {}
-        for name, ref in global_params.items():
-            result = np.empty(ref.shape, dtype=ref.dtype)
-            flat = result.reshape(-1)
-            sources = [u.params[name].reshape(-1) for u in updates]
-            check = ref.dtype.kind in "fc"
-            chunk = _chunk(len(updates), ref.dtype.itemsize)
-
-            def work(
-                lo: int,
-                hi: int,
-                name: str = name,
-                flat: np.ndarray = flat,
-                sources: list[np.ndarray] = sources,
-                check: bool = check,
-                chunk: int = chunk,
-            ) -> None:
-                width = min(chunk, hi - lo)
-                rows = np.empty((len(sources), width), dtype=flat.dtype)
-                total = np.empty(width, dtype=np.float64)
-                finite = np.empty(width, dtype=bool)
-                with np.errstate(over="ignore", invalid="ignore"):  # checked below
-                    for begin in range(lo, hi, chunk):
-                        end = min(begin + chunk, hi)
-                        n = end - begin
-                        block_rows, acc = rows[:, :n], total[:n]
-                        for row, source in zip(block_rows, sources, strict=True):
-                            np.copyto(row, source[begin:end])
-                        # the rows are cast to float64 inside einsum, in L1-sized pieces
-                        np.einsum(
-                            "k,kn->n", weights, block_rows, out=acc, dtype=np.float64,
-                            casting="safe",
-                        )  # fmt: skip
-                        np.divide(acc, divisor, out=acc)
-                        block = flat[begin:end]
-                        _store(acc, block)
-                        if check:
-                            ok = finite[:n]
-                            np.isfinite(block, out=ok)
-                            if not ok.all():
-                                _name_culprit(name, updates, begin, end)
-
-            _blocks.run(flat.size, self.threads, work, align=chunk)
-            out[name] = result
-        return out
-
     def settings(self) -> dict[str, Any]:
         return {"threads": self.threads, **super().settings()}
-
-
-def _name_culprit(name: str, updates: Sequence[Update], begin: int, end: int) -> None:
-    """Raise naming the first update whose block of ``name`` is not finite (or, if
-    every input is finite, the overflow of the mean)."""
-    for update in updates:
-        if not all_finite(update.params[name].reshape(-1)[begin:end]):
-            raise FlError(
-                f"aggregate: the update from '{update.sender}': tensor '{name}' holds NaN or Inf"
-            )
-    raise FlError(f"aggregate: the mean of tensor '{name}' overflows its dtype")
 
 
 register_strategy(FedAvg)
@@ -331,3 +331,9 @@ class FedProx(FedAvg):
 
 
 register_strategy(FedProx)
+
+
+def _anonymous(size: int) -> memoryview:
+    """``size`` bytes of private anonymous memory, mapped as they are first written."""
+    memory = mmap.mmap(-1, max(1, size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return memoryview(memory)[:size]

@@ -1,0 +1,125 @@
+"""``secfl bench rounds``: round time on your own hardware, and the overhead coefficients
+of Casella et al. 2025 against a baseline file (see :mod:`secfl.eval.bench`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from secfl.cli._common import UsageError, err, out
+
+__all__ = ["app", "rounds_cmd"]
+
+app = typer.Typer(help="Benchmarks on your own hardware.", no_args_is_help=True)
+
+ROUNDS_HELP = """Run a real federation on loopback and print its round time.
+
+An aggregator and K collaborators (separate processes; secure: each under `secfl
+run`, attested, mutual TLS, signed models, a sealed checkpoint and an SPM counter
+increment per round; insecure: plaintext, no TEE, no SPM) train the digits data
+with an MLP of about N float32 parameters, a little per round. Prints the time
+per round over rounds 2..R (from round 1's commit to round R's), each round's own
+time and the aggregator's per-phase timings, and writes a JSON result (--out) that
+can be another run's --baseline.
+
+With --baseline PATH it prints overhead coefficients in the form of Casella et al.
+2025 (arXiv:2501.11558), O = C * T_baseline, so C = T / T_baseline - 1 with T the
+median round time: C_TLS = T_secure / T_insecure - 1 (this run's two modes, else
+this run's secure against the baseline's insecure run) and C_TEE = T_secure(this
+run, in a TEE) / T_secure(baseline, a machine without one) - 1. Run it inside the
+TEE (e.g. a TDX guest) with the baseline from an alike machine without one. The
+paper's figures (100 rounds): C_TDX 0.126 (ResNet-18) and 0.245 (MobileNetV3-Small);
+C_TLS 0.079 (ResNet-18) and 0.065 (MobileNetV3-Small).
+"""
+
+
+@app.command("rounds", help=ROUNDS_HELP)
+def rounds_cmd(
+    model_params: Annotated[
+        int,
+        typer.Option(
+            "--model-params",
+            min=100,
+            max=2_000_000_000,
+            metavar="N",
+            help="Model size in float32 parameters (about).",
+        ),
+    ],
+    clients: Annotated[
+        int, typer.Option("--clients", min=1, max=64, metavar="K", help="Collaborators.")
+    ],
+    secure: Annotated[
+        bool | None,
+        typer.Option("--secure/--insecure", help="Only one mode (default: both, secure first)."),
+    ] = None,
+    rounds: Annotated[
+        int, typer.Option(min=2, max=10_000, metavar="R", help="Rounds (round 1 left out).")
+    ] = 5,
+    epochs: Annotated[int, typer.Option(min=1, max=1000, help="Local epochs per round.")] = 1,
+    samples: Annotated[
+        int | None,
+        typer.Option(
+            min=20, max=1797, help="Digits rows to split (default: 60 per client, >= 200)."
+        ),
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(metavar="PATH", help="A result file to compare with.")
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", metavar="PATH", help="Write the result here (JSON).")
+    ] = None,
+) -> None:
+    from secfl.eval.bench import PAPER, Workload, check_same_workload, coefficients, load_result
+    from secfl.eval.bench_run import BenchSettings, run_bench, task_source
+
+    base = load_result(baseline) if baseline is not None else None  # refused before any run
+    modes = ("secure", "insecure") if secure is None else ("secure",) if secure else ("insecure",)
+    settings = BenchSettings(model_params=model_params, clients=clients, rounds=rounds,
+                             epochs=epochs, samples=samples, modes=modes)  # fmt: skip
+    if base is not None:  # refused before any run too
+        exact, total = task_source(model_params)[1], settings.total_samples
+        planned = Workload(model_params=exact, clients=clients, rounds=rounds, epochs=epochs,
+                           samples=total)  # fmt: skip
+        check_same_workload(planned, base.workload)
+    if out_file is not None and (out_file.is_dir() or not out_file.parent.is_dir()):
+        raise UsageError(f"--out {out_file}: is a folder, or its folder does not exist")
+    result = run_bench(settings, say=lambda line: err.print(line, markup=False))
+    w, h = result.workload, result.host
+    out.print(
+        f"{w.model_params} parameters ({w.model_params * 4 / 2**20:.1f} MiB), {w.clients} "
+        f"collaborators, {w.rounds} rounds, {w.epochs} local epoch(s), {w.samples} samples; "
+        f"{h.cpus} CPUs, TEE: {h.tee}",
+        markup=False,
+    )
+    for mode, run in result.runs.items():
+        rounds_text = " ".join(f"{d:.3f}" for d in run.rounds_s)
+        out.print(
+            f"{mode:<8} {run.cycle_s:.3f} s per round (rounds 2..R, commit to commit); "
+            f"duration_s median {run.median_s:.3f} s (all: {rounds_text}); "
+            f"whole run {run.wall_s:.1f} s",
+            markup=False,
+        )
+        if run.phases_ms:
+            phases = ", ".join(f"{k} {v:.1f} ms" for k, v in run.phases_ms.items())
+            out.print(f"{'':<8} phases (median): {phases}", markup=False)
+        else:
+            out.print(f"{'':<8} phases: none recorded by this aggregator", markup=False)
+    found = coefficients(result, base)
+    for c in found:
+        out.print(f"{c.name} = {c.value:+.3f}  ({c.numerator} / {c.denominator} - 1)", markup=False)
+    if base is not None:
+        if not any(c.name == "C_TEE" for c in found):
+            out.print("C_TEE: needs a secure run here and in the baseline", markup=False)
+        elif h.tee == "none" or base.host.tee != "none":
+            out.print(f"note: C_TEE compares a run in TEE '{h.tee}' with a baseline in TEE "
+                      f"'{base.host.tee}'", markup=False)  # fmt: skip
+        paper = "; ".join(f"{m}: C_TDX {t:.3f}, C_TLS {s:.3f}" for m, (t, s) in PAPER.items())
+        out.print(f"Casella et al. 2025 (100 rounds): {paper}", markup=False)
+    if out_file is not None:
+        try:
+            out_file.write_text(result.to_json())
+        except OSError as exc:
+            raise UsageError(f"--out {out_file}: {exc.strerror or exc}") from None
+        out.print(f"result written to {out_file}", markup=False)
