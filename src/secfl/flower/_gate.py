@@ -51,11 +51,10 @@ Send = Callable[[Message], Awaitable[None]]
 class FleetGate:
     """An ASGI app forwarding the Fleet API to ``upstream`` (``https://127.0.0.1:PORT``)."""
 
-    def __init__(self, upstream: str, ca_file: str) -> None:
-        context = ssl.create_default_context(cafile=ca_file)
-        # The loopback hop inside the TEE: the peer must hold a certificate of the
-        # policy's Flower CA (only the SuperLink's service does); its name is not checked.
-        context.check_hostname = False
+    def __init__(self, upstream: str, context: ssl.SSLContext) -> None:
+        # the loopback hop inside the TEE: ``context`` checks the SuperLink's
+        # certificate against the policy's Flower CA and its service name
+        # (secfl.flower._tls.loopback_context)
         self.upstream = upstream.rstrip("/")
         self.context = context
         self.client: httpx.AsyncClient | None = None

@@ -42,6 +42,7 @@ from secfl._internal.files import TooLarge, read_bounded
 from secfl.errors import FlowerError
 from secfl.flower._audit import SpmAudit
 from secfl.flower._flags import expand, parse_flower
+from secfl.flower._tls import loopback_context
 from secfl.flower._wrap import (
     Child,
     PrivatePaths,
@@ -136,12 +137,6 @@ def load_node_keys(path: Path) -> list[bytes]:
     return keys
 
 
-def _context(ca_file: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca_file)
-    context.check_hostname = False  # loopback inside the TEE; the CA is the policy's
-    return context
-
-
 def _wait_healthy(link: Child, base: str, context: ssl.SSLContext, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     with httpx.Client(verify=context, timeout=2.0) as client:
@@ -195,7 +190,8 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
     argv = [str(venv_program("flower-superlink")), *cmd.argv[1:],
             "--superexec-auth-secret-file", str(secret_path)]  # fmt: skip
     ca_file = cmd.value("--ssl-ca-certfile") or ""
-    context = _context(ca_file)
+    cert_file = cmd.value("--ssl-certfile") or ""
+    context = loopback_context(ca_file, cert_file)  # the name checked is the service's
     base = f"https://{host_port(host, port)}"
     audit = SpmAudit(env)
     link = Child.start("flower-superlink", argv, child_env, paths.work)
@@ -235,10 +231,9 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             ),
         )
         start_thread(executor)
-        gate = FleetGate(base, ca_file)
+        gate = FleetGate(base, context)
         gate_server, gate_thread = serve(
-            gate, listen_host, int(listen_port),
-            cmd.value("--ssl-certfile") or "", cmd.value("--ssl-keyfile") or "",
+            gate, listen_host, int(listen_port), cert_file, cmd.value("--ssl-keyfile") or "",
         )  # fmt: skip
         _wait_listening(gate_server, gate_thread, link, opts.start_timeout)
         print(f"secfl: the Fleet API is served on {opts.listen} (nothing else)", flush=True)
