@@ -1,11 +1,11 @@
 """TLS for the loopback hops inside the TEE (the wrapper to its own SuperLink).
 
-The SuperLink serves the certificate the SPM issued to the policy's ``superlink``
-service; the wrapper holds that very file. A hop to ``127.0.0.1`` cannot check the
-name ``127.0.0.1`` against it, so :func:`loopback_context` checks the certificate's own
-service name instead: every handshake is made with that name as the server name (SNI
-and hostname check), the chain is verified against the policy's Flower CA, and
-nothing is switched off.
+The SuperLink serves its TLS certificate (issued by the policy's Flower CA, its key
+released only to the attested ``superlink`` service); the wrapper holds that very
+file. A hop to ``127.0.0.1`` cannot check the name ``127.0.0.1`` against it, so
+:func:`loopback_context` checks the certificate's first DNS name instead: every
+handshake is made with that name as the server name (SNI and hostname check), the
+chain is verified against the policy's Flower CA, and nothing is switched off.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class _NamedPeer(ssl.SSLContext):
 
 
 def service_name(cert_file: str) -> str:
-    """The DNS name the SPM wrote into a service certificate (the service's name)."""
+    """The first DNS name of a certificate (the name its holder is checked by)."""
     try:
         cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
         names = cert.extensions.get_extension_for_class(
