@@ -10,6 +10,7 @@ elsewhere.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,3 +94,29 @@ def _task_errors_hidden() -> Iterator[None]:
     show_task_errors(False)
     yield
     show_task_errors(False)
+
+
+FLOWER_VENV = Path(__file__).resolve().parents[1] / ".venv-flwr"
+FLOWER_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "flwr-venv.sh"
+
+
+@pytest.fixture(scope="session")
+def flower_python() -> Path:
+    """``.venv-flwr/bin/python`` with flwr 1.41, torch, scikit-learn and secfl, made (or
+    checked) by scripts/flwr-venv.sh: the Flower apps' tests and the reference of the
+    robust rules. Absent and ``CI`` not set, the tests skip and say why; under CI the
+    script creates it (and a failure to do so fails them)."""
+    if not os.environ.get("CI") and not FLOWER_VENV.exists():
+        pytest.skip(
+            "these tests need the Flower venv: run `bash scripts/flwr-venv.sh` "
+            "(or set CI=1) to enable these tests"
+        )
+    try:
+        proc = subprocess.run(
+            ["bash", str(FLOWER_SCRIPT)], capture_output=True, text=True, timeout=900, check=False
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("scripts/flwr-venv.sh took more than 900 s")
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/flwr-venv.sh failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return FLOWER_VENV / "bin" / "python"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 
 from secfl._internal.files import TooLarge, read_bounded
@@ -72,3 +74,30 @@ def write_output(data: bytes, path: str | None) -> None:
         Path(path).write_bytes(data)
     except OSError as exc:
         raise UsageError(f"cannot write '{path}': {exc.strerror or exc}") from None
+
+
+# --- federation settings given as flags (policy init, policy next) -------------------------
+
+FedRounds = Annotated[int | None, typer.Option(help="federation.rounds (a new policy: 10).")]
+FedMinClients = Annotated[
+    int | None, typer.Option(help="federation.min_clients (a new policy: every site).")
+]
+FedStrategy = Annotated[
+    str | None, typer.Option(metavar="NAME", help="federation.strategy (a new policy: fedavg).")
+]
+FedObjective = Annotated[
+    str | None,
+    typer.Option(metavar="METRIC[:min|max]", help="federation.objective (a new policy: loss:min)."),
+]
+FedTrain = Annotated[
+    list[str] | None,
+    typer.Option(metavar="KEY=VALUE", help="A federation.train setting (repeat)."),
+]
+FedSet = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Any other federation setting (repeat): run=2, start_from=previous, ...",
+    ),
+]

@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from secfl.cli._common import err, out, read_input
+from secfl.cli._common import (
+    FedMinClients,
+    FedObjective,
+    FedRounds,
+    FedSet,
+    FedStrategy,
+    FedTrain,
+    err,
+    out,
+    read_input,
+)
 from secfl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -287,28 +297,12 @@ def init_cmd(
             "task's federation.yaml); the flags below override them.",
         ),
     ] = None,
-    rounds: Annotated[int | None, typer.Option(help="federation.rounds (default 10).")] = None,
-    min_clients: Annotated[
-        int | None, typer.Option(help="federation.min_clients (default: every site).")
-    ] = None,
-    strategy: Annotated[
-        str | None, typer.Option(metavar="NAME", help="federation.strategy (default fedavg).")
-    ] = None,
-    objective: Annotated[
-        str | None,
-        typer.Option(
-            metavar="METRIC[:min|max]",
-            help="federation.objective (default loss:min).",
-        ),
-    ] = None,
-    train: Annotated[
-        list[str] | None,
-        typer.Option(metavar="KEY=VALUE", help="A federation.train setting (repeat)."),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="KEY=VALUE", help="Any other federation setting (repeat)."),
-    ] = None,
+    rounds: FedRounds = None,
+    min_clients: FedMinClients = None,
+    strategy: FedStrategy = None,
+    objective: FedObjective = None,
+    train: FedTrain = None,
+    set_: FedSet = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing policy file.")
     ] = False,

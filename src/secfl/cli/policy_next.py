@@ -15,7 +15,17 @@ from typing import Annotated
 
 import typer
 
-from secfl.cli._common import err, out, read_input
+from secfl.cli._common import (
+    FedMinClients,
+    FedObjective,
+    FedRounds,
+    FedSet,
+    FedStrategy,
+    FedTrain,
+    err,
+    out,
+    read_input,
+)
 from secfl.errors import UsageError
 
 __all__ = ["next_cmd", "next_path"]
@@ -42,26 +52,12 @@ def next_cmd(
             help="The file to write (default: FILE with -vN, e.g. policy-v2.yaml).",
         ),
     ] = None,
-    rounds: Annotated[int | None, typer.Option(help="federation.rounds.")] = None,
-    min_clients: Annotated[int | None, typer.Option(help="federation.min_clients.")] = None,
-    strategy: Annotated[str | None, typer.Option(metavar="NAME", help="federation.strategy.")] = (
-        None
-    ),
-    objective: Annotated[
-        str | None, typer.Option(metavar="METRIC[:min|max]", help="federation.objective.")
-    ] = None,
-    train: Annotated[
-        list[str] | None,
-        typer.Option(metavar="KEY=VALUE", help="A federation.train setting (repeat)."),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Any other federation setting (repeat): run=2, start_from=previous, ...",
-        ),
-    ] = None,
+    rounds: FedRounds = None,
+    min_clients: FedMinClients = None,
+    strategy: FedStrategy = None,
+    objective: FedObjective = None,
+    train: FedTrain = None,
+    set_: FedSet = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
     """Write the next version of a policy: version + 1, the current version's digest as
