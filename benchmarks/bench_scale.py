@@ -53,7 +53,10 @@ collaborators, in a fresh aggregator process per order:
 holds between rounds no longer grows) and "canonical" for ``--canonical-rounds``
 rounds. FedAvg's sum is exact and order-free (``secfl.fl.strategies._exact``), so
 both orders fold each update while it streams in (``secfl.fl._incoming``): expected,
-the int64 sum (2 models) plus the reused receive buffer (1 model) above resting.
+the int64 sum (2 models) plus the reused receive buffer (1 model) above resting, while
+the last update comes in; the new model is then written into the receive buffer's
+pages (``Receiver.hand_over``), so finishing the round adds nothing to that. What is
+above 3x is gRPC's and the allocator's (streams waiting for the buffer, chunks).
 Then the wire's limit is measured in the same run (``wire_limit``: N downloads and N
 uploads of the model over one mutual-TLS stream, at the best rate of
 ``bench_transport``'s client and server) and the median round time of each order is

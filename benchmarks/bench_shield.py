@@ -15,13 +15,15 @@ It writes a file of random bytes to a temporary folder, then measures:
 - the same, with each chunk first copied out of the page cache by ``os.preadv``
   (what the reader does, so that the bytes it authenticates are the bytes it
   decrypts): the floor of any reader's cost, for the breakdown;
-- streaming reads through ``Volume.open_file`` (volume file warm in the page cache
-  too) with ``--block-kb`` reads, on one thread (the sequential path: the pool
-  turned off) and on all (the default: chunks decrypted ahead by the pool of
-  ``secfl.shield._parallel``), then one ``readinto`` of the whole file (whole
-  chunks decrypted in parallel straight into the buffer); all without the
-  whole-file SHA-256 (the streaming default: every chunk still authenticated by
-  AES-GCM), and once with it (``check_digest=True``).
+- reads through ``Volume.open_file`` (volume file warm in the page cache too), all
+  without the whole-file SHA-256 (the streaming default: every chunk still
+  authenticated by AES-GCM): one ``readinto`` of the whole file (what loading a
+  model does) and streaming with ``--big-block-kb`` reads, each on all threads
+  (the default: the chunks of a read split among threads, each decrypting straight
+  into its part of the buffer, :mod:`secfl.shield._parallel`) and on one (the pool
+  turned off); streaming with ``--block-kb`` reads (a chunk at a time) on one
+  thread and with read-ahead on all (``SECFL_SHIELD_THREADS``); and once with the
+  digest (``check_digest=True``).
 
 Every figure is the best of ``--repeat`` runs, run in turns (each variant once per
 round), as other load on the machine only ever slows a run down. It prints the
@@ -134,6 +136,17 @@ class Chunks:
             if decrypt:
                 self.decrypt(chunk, data, out[:plain])
 
+    def preadv_into(self, k: int, threads: int, out: memoryview) -> None:
+        # One contiguous range of chunks per thread, straight into a buffer of the
+        # file's size (what a reader of the whole file does, without its bookkeeping).
+        scratch, count = memoryview(bytearray(self.size + fmt.TAG_SIZE)), self.entry.chunks
+        for chunk in range(count * k // threads, count * (k + 1) // threads):
+            start, plain = self.span(chunk)
+            data = scratch[: plain + fmt.TAG_SIZE]
+            os.preadv(self.fd, [data], self.entry.offset + start)
+            at = chunk * self.size
+            self.decrypt(chunk, data, out[at : at + plain])
+
 
 def read_plain(path: Path, block: int) -> int:
     buffer = bytearray(block)
@@ -152,16 +165,20 @@ def read_volume(volume: Volume, name: str, buffer: bytearray, check_digest: bool
     return total
 
 
-def with_workers(count: int, fn: Callable[[], object]) -> Callable[[], object]:
+def with_workers(
+    count: int, fn: Callable[[], object], read_ahead: bool = False
+) -> Callable[[], object]:
     """``fn`` with a pool of ``count`` threads (1: off, the reader decrypts every chunk
-    itself, the default; ``SECFL_SHIELD_THREADS`` chooses it for a workload)."""
+    itself; the default is every CPU, without read-ahead; ``SECFL_SHIELD_THREADS=N``
+    is N threads with read-ahead)."""
 
     def run() -> object:
-        workers, _parallel.WORKERS = _parallel.WORKERS, count
+        saved = _parallel.WORKERS, _parallel.READ_AHEAD
+        _parallel.WORKERS, _parallel.READ_AHEAD = count, read_ahead
         try:
             return fn()
         finally:
-            _parallel.WORKERS = workers
+            _parallel.WORKERS, _parallel.READ_AHEAD = saved
 
     return run
 
@@ -188,17 +205,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=256)
     parser.add_argument("--chunk-kb", type=int, default=1024)
-    parser.add_argument("--block-kb", type=int, default=1024, help="read size")
+    parser.add_argument("--block-kb", type=int, default=1024, help="read size, a chunk at a time")
+    parser.add_argument("--big-block-kb", type=int, default=16384, help="read size, streaming")
     parser.add_argument("--repeat", type=int, default=5, help="reads: best of N rounds")
     parser.add_argument("--dir", default=None, help="where to put the test files")
     args = parser.parse_args()
     size, chunk, block = args.size_mb * MIB, args.chunk_kb * 1024, args.block_kb * 1024
+    big = args.big_block_kb * 1024
     mb = size / MIB
     cpus = min(len(os.sched_getaffinity(0)), _parallel.MAX_WORKERS)
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
     print(
-        f"file {args.size_mb} MiB, chunk {args.chunk_kb} KiB, read size {args.block_kb} KiB, "
-        f"reads best of {args.repeat} rounds; {cpus} threads for the all-CPU figures"
+        f"file {args.size_mb} MiB, chunk {args.chunk_kb} KiB, read sizes {args.block_kb} and "
+        f"{args.big_block_kb} KiB, reads best of {args.repeat} rounds; {cpus} threads for the "
+        "all-CPU figures"
     )
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
@@ -213,7 +233,7 @@ def main() -> None:
         (root / "copy.bin").unlink()
         enc_s = timed(lambda: encrypt_directory(data, vol, key, chunk_size=chunk))
         cold_s = timed(lambda: read_plain(plain, block))
-        buffer, whole = bytearray(block), bytearray(size)
+        buffer, whole, big_buffer = bytearray(block), bytearray(size), bytearray(big)
         with Volume.open(vol, key) as volume:
             chunks = Chunks(volume, vol, key, "blob.bin")
             read_volume(volume, "blob.bin", buffer, False)  # warm the volume file's pages
@@ -223,14 +243,26 @@ def main() -> None:
                     "aes": lambda: on_threads(cpus, chunks.from_memory),
                     "aes_hot": lambda: on_threads(cpus, chunks.in_cache),
                     "pread_aes": lambda: on_threads(cpus, chunks.preadv),
+                    "pread_whole": lambda: on_threads(
+                        cpus, lambda k, t: chunks.preadv_into(k, t, memoryview(whole))
+                    ),
                     "aes_1": lambda: chunks.from_memory(0, 1),
                     "pread_1": lambda: chunks.preadv(0, 1, decrypt=False),
-                    "seq": with_workers(1, lambda: read_volume(volume, "blob.bin", buffer, False)),
-                    "par": with_workers(
-                        cpus, lambda: read_volume(volume, "blob.bin", buffer, False)
-                    ),
                     "whole": with_workers(
                         cpus, lambda: read_volume(volume, "blob.bin", whole, False)
+                    ),
+                    "whole_1": with_workers(
+                        1, lambda: read_volume(volume, "blob.bin", whole, False)
+                    ),
+                    "big": with_workers(
+                        cpus, lambda: read_volume(volume, "blob.bin", big_buffer, False)
+                    ),
+                    "big_1": with_workers(
+                        1, lambda: read_volume(volume, "blob.bin", big_buffer, False)
+                    ),
+                    "seq": with_workers(1, lambda: read_volume(volume, "blob.bin", buffer, False)),
+                    "ahead": with_workers(
+                        cpus, lambda: read_volume(volume, "blob.bin", buffer, False), True
                     ),
                     "digest": with_workers(
                         1, lambda: read_volume(volume, "blob.bin", buffer, True)
@@ -258,27 +290,38 @@ def main() -> None:
     line("over the volume's chunks in memory (baseline)", aes)
     line("over one chunk per thread, hot in cache (cipher alone)", s["aes_hot"])
     line("preadv from the page cache, then decrypt (any reader)", s["pread_aes"], aes, "baseline")
+    line("the same into one buffer of the file's size", s["pread_whole"], aes, "baseline")
     print("Volume.open_file")
-    line("1 thread (the default: the reader decrypts)", s["seq"], aes, "baseline")
+    line(f"one readinto of the whole file, {cpus} threads (default)", s["whole"], aes, "baseline")
+    line("one readinto of the whole file, 1 thread", s["whole_1"], aes, "baseline")
+    line(f"{big // 1024} KiB reads, {cpus} threads (default)", s["big"], aes, "baseline")
+    line(f"{big // 1024} KiB reads, 1 thread", s["big_1"], aes, "baseline")
+    line(f"{block // 1024} KiB reads, 1 thread (default)", s["seq"], aes, "baseline")
     line(
-        f"{cpus} threads (SECFL_SHIELD_THREADS={cpus}: decrypted ahead)", s["par"], aes, "baseline"
+        f"{block // 1024} KiB reads, {cpus} threads decrypting ahead (SECFL_SHIELD_THREADS)",
+        s["ahead"],
+        aes,
+        "baseline",
     )
-    line(f"{cpus} threads, one readinto of the whole file", s["whole"], aes, "baseline")
-    line("1 thread, check_digest=True", s["digest"], aes, "baseline")
+    line(f"{block // 1024} KiB reads, 1 thread, check_digest=True", s["digest"], aes, "baseline")
     aes_1, pread_1 = s["aes_1"] / size * 1e12, s["pread_1"] / size * 1e12
     print(
         f"one thread, per GB: preadv {pread_1:.0f} ms + decrypt {aes_1:.0f} ms; "
         f"warm plain read {mb / s['warm']:.0f} MB/s"
     )
-    best = min(s["seq"], s["par"])
     print(
-        f"shield read (the faster of 1 and {cpus} threads) / AES-GCM on all CPUs: "
-        f"{aes / best:.2f} (target >= 0.8; cipher alone, hot: {s['aes_hot'] / best:.2f})"
+        f"shield read / AES-GCM on all CPUs (target >= 0.8): whole file {aes / s['whole']:.2f}, "
+        f"{big // 1024} KiB reads {aes / s['big']:.2f}, {block // 1024} KiB reads "
+        f"{aes / min(s['seq'], s['ahead']):.2f}; preadv + AES-GCM (the floor of any reader) "
+        f"{aes / s['pread_aes']:.2f}, into one buffer {aes / s['pread_whole']:.2f}"
     )
     print(
         "GB per CPU-second (less sensitive to other load than MB/s): "
         f"AES-GCM {cost('aes')}, cipher alone {cost('aes_hot')}, preadv + AES-GCM "
-        f"{cost('pread_aes')}, shield 1 thread {cost('seq')}, {cpus} threads {cost('par')}"
+        f"{cost('pread_aes')}, into one buffer {cost('pread_whole')}; shield whole file "
+        f"{cpus} threads {cost('whole')}, 1 thread "
+        f"{cost('whole_1')}; {big // 1024} KiB reads {cost('big')}; {block // 1024} KiB reads "
+        f"1 thread {cost('seq')}, decrypting ahead {cost('ahead')}"
     )
     print(f"encrypt / plain copy: {copy_s / enc_s:.1%}")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install secfl with its FL and test dependencies, and Debian's
+# Create .venv and install secfl with its FL, test and Ray dependencies, and Debian's
 # Fashion-MNIST data set when we are root and it is missing. Idempotent: it
 # reinstalls only when pyproject.toml changed since the last run.
 set -euo pipefail
@@ -24,7 +24,7 @@ stamp=.venv/.secfl-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[fl,test]' 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[fl,test,ray]' 2>&1 | grep -v '^WARNING: Location' || true
   .venv/bin/python -c 'import secfl, dcap_qvl, cryptography' || { echo "error: install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

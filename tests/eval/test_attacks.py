@@ -62,18 +62,30 @@ def poison(name: str, delta: dict[str, np.ndarray] = OWN, **settings: object) ->
 
 def test_registry() -> None:
     assert available_attacks() == [
+        "adaptive",
         "alie",
         "backdoor",
+        "fang-krum",
+        "fang-trimmed-mean",
         "gaussian",
         "ipm",
         "label-flip",
+        "mimic",
         "min-max",
         "min-sum",
         "scaling",
         "sign-flip",
     ]
     colluding = {name for name in available_attacks() if get_attack(name).colluding}
-    assert colluding == {"alie", "ipm", "min-max", "min-sum"}
+    assert colluding == {
+        "adaptive",
+        "alie",
+        "ipm",
+        "min-max",
+        "min-sum",
+        "fang-krum",
+        "fang-trimmed-mean",
+    }
     assert get_attack("MinMax").name == get_attack("min_max").name == "min-max"
     assert "direction='std'" in repr(get_attack("min-sum", direction="std"))
 
@@ -81,7 +93,7 @@ def test_registry() -> None:
 @pytest.mark.parametrize(
     ("name", "settings", "message"),
     [
-        ("nope", {}, "unknown attack 'nope' (known: alie, backdoor"),
+        ("nope", {}, "unknown attack 'nope' (known: adaptive, alie, backdoor"),
         ("sign-flip", {"factor": 2}, "attack 'sign-flip': got an unexpected keyword"),
         ("sign-flip", {"scale": -1}, "sign-flip: scale must be a finite number > 0"),
         ("sign-flip", {"scale": "2"}, "sign-flip: scale must be a number"),
@@ -99,6 +111,9 @@ def test_registry() -> None:
         ("backdoor", {"poison_fraction": 1.5}, "backdoor: poison_fraction must be <= 1"),
         ("backdoor", {"target": -1}, "backdoor: target must be an integer >= 0"),
         ("backdoor", {"boost": 0}, "backdoor: boost must be a finite number > 0"),
+        ("adaptive", {"gamma_max": 0}, "adaptive: gamma_max must be a finite number > 0"),
+        ("adaptive", {"decay": 1.0}, "adaptive: decay must be below 1"),
+        ("adaptive", {"signals": ["spectral"]}, "adaptive: signals must be a list of norm"),
     ],
 )
 def test_bad_settings(name: str, settings: dict[str, object], message: str) -> None:
@@ -141,7 +156,7 @@ def test_names_shapes_dtypes_kept_and_counters_untouched() -> None:
     }
     others = [{k: np.asarray(v * (i + 1)) for k, v in reversed(delta.items())} for i in range(3)]
     for name in available_attacks():
-        out = get_attack(name).poison_delta(delta, benign=others, rng=RNG(1))
+        out = get_attack(name).poison_delta(delta, benign=others, rng=RNG(1), honest=others)
         assert list(out) == list(delta)
         for key, value in out.items():
             assert (value.shape, value.dtype) == (delta[key].shape, delta[key].dtype)

@@ -7,6 +7,7 @@ import gc
 import threading
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -293,3 +294,103 @@ def test_the_new_model_is_serialized_in_place_byte_for_byte() -> None:
     assert bytes(serialized) == to_bytes(accumulate(FedAvg()).finish())
     # a rule whose server step changes the mean says so instead
     assert accumulate(FedAdam()).finish_into(template) is None
+
+
+def test_the_new_model_is_written_into_the_handed_over_receive_buffer() -> None:
+    global_params, updates = spread_round(13, 3)
+    template = to_bytes(global_params)
+    receiver = Receiver(1 << 20)
+    assert receiver.hand_over(len(template)) is None  # no update has used it yet
+    acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
+    for update in updates:
+        receive(receiver, acc, global_params, update, iter(pieces_of(message(update))))
+    given: list[memoryview] = []
+
+    def room(size: int) -> memoryview | None:
+        view = receiver.hand_over(size)
+        assert view is not None
+        given.append(view)
+        return view
+
+    serialized = acc.finish_into(template, room)
+    assert serialized is not None and serialized.readonly
+    reference = to_bytes(fold(FedAvg(), global_params, updates))
+    assert bytes(serialized) == reference
+    assert np.shares_memory(np.frombuffer(serialized, np.uint8), np.frombuffer(given[0], np.uint8))
+    # the next round's updates land in a fresh buffer: the model is not touched
+    nxt = FedAvg().accumulator(2, global_params, weight_bound=1 << 20)
+    receive(receiver, nxt, global_params, updates[0], iter(pieces_of(message(updates[0]))))
+    assert bytes(serialized) == reference
+
+
+def test_handing_the_buffer_over_takes_a_stream_in_progress_out_exactly() -> None:
+    global_params, updates = spread_round(14, 2)
+    receiver = Receiver(1 << 20)
+    acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
+    receive(receiver, acc, global_params, updates[0], iter(pieces_of(message(updates[0]))))
+    parts = pieces_of(message(updates[1]))
+    stalled, resume = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow() -> Iterator[bytes]:
+        yield from parts[: len(parts) // 2]
+        stalled.set()
+        resume.wait(10)
+        yield from parts[len(parts) // 2 :]
+
+    def sender() -> None:
+        try:
+            receive(receiver, acc, global_params, updates[1], slow())
+        except FlError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    assert stalled.wait(10)
+    view = receiver.hand_over(1000)
+    assert view is not None
+    view[:] = b"\xff" * 1000  # the new owner writes; the stalled stream never does again
+    resume.set()
+    thread.join(10)
+    assert [str(e) for e in errors] == [
+        "protocol: the round closed while the update of 'site-1' came in"
+    ]
+    assert bytes(view) == b"\xff" * 1000
+    assert same(acc.finish(), fold(FedAvg(), global_params, updates[:1]))
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS")
+@pytest.mark.timeout(120)
+def test_finishing_into_the_receive_buffer_needs_no_memory_beside_the_sum() -> None:
+    """Peak RSS (VmHWM, restarted just before) while the new model is made: written
+    into the buffer's resident pages it adds almost nothing; into fresh memory it
+    would add a tensor's worth (here the whole 64 MB model: one tensor) before that
+    tensor's sum is freed."""
+    size = 16_000_000
+    model_bytes = size * 4
+    global_params = {"w": np.zeros(size, np.float32)}
+    template = to_bytes(global_params)
+    rng = np.random.default_rng(15)
+    update = Update("a", {"w": rng.standard_normal(size, dtype=np.float32)}, 3)
+    parts = message(update)
+    receiver = Receiver(len(template) + (1 << 20))
+    acc = FedAvg().accumulator(1, global_params, weight_bound=10)
+    receive(receiver, acc, global_params, update, iter(parts))
+    del parts
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
+    before = _status_kib("VmRSS") * 1024
+    serialized = acc.finish_into(template, receiver.hand_over)
+    extra = _status_kib("VmHWM") * 1024 - before
+    assert serialized is not None
+    again = FedAvg().accumulator(1, global_params, weight_bound=10)
+    again.add(update)
+    assert bytes(serialized) == to_bytes(again.finish())
+    assert extra <= 0.25 * model_bytes, f"finishing took {extra / model_bytes:.2f}x the model"

@@ -25,8 +25,11 @@ SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 10 * CHUNK - 1, 10 * CHUN
 
 @pytest.fixture
 def pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A fresh pool of WORKERS threads, whatever this machine has."""
+    """A fresh pool of WORKERS threads, whatever this machine has, decrypting ahead,
+    and splitting reads of two chunks or more among them (the tests' chunks are tiny)."""
     monkeypatch.setattr(_parallel, "WORKERS", WORKERS)
+    monkeypatch.setattr(_parallel, "READ_AHEAD", True)
+    monkeypatch.setattr(_parallel, "RANGE_MIN_BYTES", 0)
     monkeypatch.setattr(_parallel, "_pool", None)
     yield
     if _parallel._pool is not None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from secfl.cli._common import UsageError, out
+from secfl.cli._common import UsageError, err, out
 
 if TYPE_CHECKING:
     from secfl.eval.folder import GridFolder
@@ -47,6 +48,15 @@ def robustness_cmd(
         bool,
         typer.Option("--report-only", help="Run nothing: report the runs the folder holds."),
     ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run the grid on a Ray cluster: auto, HOST:PORT, ray://HOST:10001, "
+            "or local (a new instance with this machine's CPUs).",
+        ),
+    ] = None,
 ) -> None:
     """Run every attack against every defence; write CSV, JSON, Markdown and PNGs.
 
@@ -54,7 +64,9 @@ def robustness_cmd(
     a long grid can be stopped and continued with ``--resume``; ``--workers N`` runs
     N processes (each with one torch thread) and writes the report when all are done;
     ``--report-only -o DIR`` reports a grid still under way (or stopped) from its
-    folder, with the grid and command recorded there."""
+    folder, with the grid and command recorded there; ``--ray ADDRESS`` runs each
+    run as a task on a Ray cluster (:mod:`secfl.eval.ray_engine`), into the same
+    folder, so ``--resume`` continues a grid with either engine."""
     from secfl.eval.folder import GridFolder, fan_out, parse_shard
     from secfl.eval.grid import GridOptions, assemble_grid
 
@@ -69,10 +81,13 @@ def robustness_cmd(
     part = parse_shard(shard)
     if workers < 1:
         raise UsageError(f"--workers: {workers} is not a positive number of processes")
+    _check_ray(ray_address, workers=workers, shard=shard, report_only=report_only)
     folder = GridFolder(Path(out_dir), grid, command)
     folder.claim(resume=resume or part != (0, 1), report_only=report_only)
     began = time.perf_counter()
-    if workers > 1 and not report_only:
+    if ray_address is not None:
+        _run_on_ray(folder, ray_address, command)
+    elif workers > 1 and not report_only:
         fan_out(workers, ["eval", "robustness", *argv])
     elif not report_only:
         _run_shard(folder, part, shard)
@@ -91,6 +106,39 @@ def _run_shard(folder: GridFolder, part: tuple[int, int], shard: str | None) -> 
         folder.sink(part),
         part,
     )
+
+
+def _check_ray(address: str | None, *, workers: int, shard: str | None,
+               report_only: bool) -> None:  # fmt: skip
+    """``--ray`` is an engine of its own: it takes no process workers nor a shard."""
+    if address is None:
+        return
+    for given, option in ((workers > 1, "--workers"), (shard is not None, "--shard"),
+                          (report_only, "--report-only")):  # fmt: skip
+        if given:
+            raise UsageError(f"--ray runs the whole grid on the cluster: leave out {option}")
+    from secfl.eval.ray_engine import check_address
+
+    check_address(address)
+
+
+def _run_on_ray(folder: GridFolder, address: str, command: str) -> None:
+    """Run the folder's pending runs on Ray; an interrupt keeps what finished and
+    says, in one line, what continues it."""
+    from secfl.eval.ray_engine import run_on_ray
+
+    todo = len(folder.evaluation().pending())
+    out.print(f"{todo} runs to go on Ray ({address})")
+    try:
+        run_on_ray(folder, address,
+                   lambda i, n, label: out.print(f"[{i}/{n}] {label}", markup=False))  # fmt: skip
+    except KeyboardInterrupt:
+        err.print(
+            f"stopped: the finished runs are kept in {folder.path}; continue with: "
+            f"{command} --resume --ray {shlex.quote(address)}",
+            markup=False,
+        )
+        raise typer.Exit(130) from None
 
 
 def _report(folder: GridFolder, command: str, seconds: float, *, report_only: bool) -> None:

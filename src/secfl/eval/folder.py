@@ -2,8 +2,9 @@
 
 A grid of thousands of runs takes hours to days on a small machine, so it must
 survive being stopped, split across processes and continued. Each finished run is
-one line of ``runs-KofN.jsonl`` (K/N the worker's shard), written with one
-``write`` the moment it ends; ``grid.json`` records what makes runs comparable
+one line of ``runs-KofN.jsonl`` (K/N the worker's shard; ``runs-ray.jsonl`` for a
+grid run on Ray, :mod:`secfl.eval.ray_engine`), written with one ``write`` the
+moment it ends; ``grid.json`` records what makes runs comparable
 (clients, rounds, epochs, samples, clones, and a digest of each task's model and
 training settings), and a folder holding runs made otherwise is refused rather
 than silently mixed. It also keeps the whole grid and the command that made it, so

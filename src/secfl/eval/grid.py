@@ -40,14 +40,17 @@ __all__ = [
     "defence_names",
     "defence_settings",
     "key",
+    "run_record",
 ]
 
 log = logging.getLogger("secfl.eval.grid")
 
 ATTACKS = ["label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "min-max",
-           "min-sum", "backdoor"]  # fmt: skip
+           "min-sum", "backdoor", "adaptive", "fang-krum", "fang-trimmed-mean",
+           "mimic"]  # fmt: skip
 DEFENCES = ["fedavg", "median", "trimmed-mean", "multi-krum", "bulyan", "centered-clipping",
-            "fltrust", "clone-audit", "clone-audit+trimmed-mean"]  # fmt: skip
+            "fltrust", "dnc", "signguard", "flame", "clone-audit",
+            "clone-audit+trimmed-mean"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -243,7 +246,12 @@ def _defence_table(n: int, m: int, clones: int) -> dict[str, tuple[str, dict[str
         "bulyan": ("bulyan", {"f": f}),
         "centered-clipping": ("centered-clipping", {"tau": 1.0}),
         "fltrust": ("fltrust", {}),
+        "dnc": ("dnc", {"f": f}),
+        "signguard": ("signguard", {}),
+        "flame": ("flame", {}),
         "clone-audit": ("clone-audit", {"clones": clones}),
+        # the audit as it was before its update-space signals: what they add
+        "clone-audit-utility": ("clone-audit", {"clones": clones, "signals": []}),
         "clone-audit+trimmed-mean": (
             "clone-audit",
             {"clones": clones, "base": "trimmed-mean", "base_settings": {"beta": beta}},
@@ -256,6 +264,8 @@ def attack_settings(attack: str | None, n: int, m: int) -> dict[str, Any]:
         return {"n": n, "m": max(m, 1)}
     if attack == "scaling":
         return {"factor": float(n)}
+    if attack == "fang-krum":  # Krum's f: the attackers assume the server's is m
+        return {"f": max(m, 1)}
     return {}
 
 
@@ -304,6 +314,17 @@ class Run:
         return {**self.row(), "rounds": self.outcome.rounds if self.outcome else []}
 
 
+def run_record(label: str, s: Scenario, data: DataCache) -> dict[str, Any]:
+    """One run of a grid, as its record: every engine (this process, ``--workers``,
+    ``--ray``) runs a scenario through this, so their records agree. A precondition
+    the setting cannot meet (:class:`FlError`) is the run's result, not a failure."""
+    try:
+        outcome, error = simulate(s, data), None
+    except FlError as exc:
+        outcome, error = None, str(exc)
+    return Run(s, s.label(), label, outcome, error).record()
+
+
 def _mean(values: list[Any]) -> Any:
     numbers = [v for v in values if isinstance(v, int | float)]
     return statistics.fmean(numbers) if numbers else ""
@@ -341,11 +362,7 @@ class Evaluation:
         began = time.perf_counter()
         for i, (label, s) in enumerate(scenarios):
             progress(i, len(scenarios), f"{s.label()} ({label})")
-            try:
-                outcome, error = simulate(s, data), None
-            except FlError as exc:  # a precondition the setting cannot meet
-                outcome, error = None, str(exc)
-            self.records.append(Run(s, s.label(), label, outcome, error).record())
+            self.records.append(run_record(label, s, data))
             sink(self.records[-1])
         self.seconds += time.perf_counter() - began
 

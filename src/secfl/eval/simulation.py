@@ -4,8 +4,9 @@ The aggregation rules, the clone-and-sample audit, the tasks and their training 
 the production ones; only the transport is left out (every collaborator trains in
 turn, here), so a grid of hundreds of runs fits on one machine. Attackers train
 honestly on their (possibly poisoned) shard and then poison their delta; colluding
-attacks see the honest deltas of every attacker that round. Attacks exist only
-here: no policy can turn one on in a real federation.
+attacks see the honest deltas of every attacker that round, omniscient ones (mimic)
+those of every honest participant too. Attacks exist only here: no policy can turn
+one on in a real federation.
 """
 
 from __future__ import annotations
@@ -166,9 +167,12 @@ def simulate(s: Scenario, data: DataCache | None = None) -> Outcome:
         if attack is not None:
             benign = [deltas[n] for n in bad if n in deltas]
             arng = np.random.default_rng([s.seed, r, 13])
+            seen: dict[str, Any] = {}  # an omniscient attack also sees the honest deltas
+            if attack.omniscient:
+                seen["honest"] = [deltas[n] for n in sorted(deltas) if n not in bad]
             for n in bad:
                 if n in deltas:
-                    deltas[n] = attack.poison_delta(deltas[n], benign=benign, rng=arng)
+                    deltas[n] = attack.poison_delta(deltas[n], benign=benign, rng=arng, **seen)
         updates = [
             Update(
                 n,

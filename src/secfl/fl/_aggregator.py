@@ -166,7 +166,8 @@ class Aggregator:
                     acc.add(update)
             del attempt
             updates = [without_tensors(u) for u in updates]  # senders and metrics are all we keep
-            model_bytes = next_model(acc, model_bytes)
+            # written into the receive buffer's pages, resident and free now
+            model_bytes = next_model(acc, model_bytes, self.rounds.receiver.hand_over)
             del acc
             params = model_views(model_bytes)
             entry = self._evaluate(round, params, updates, summary)

@@ -6,8 +6,8 @@ accumulator that can take an update piece by piece and give it back exactly
 (:class:`~secfl.fl.strategies.FedAvgAccumulator`), :meth:`Receiver.receive` instead:
 
 1. copies the stream into :class:`Receiver`'s buffer, one per aggregator sized
-   from the policy's model (allocated once, reused by every update of every round;
-   pages a smaller update never touches are never resident);
+   from the policy's model (mapped once per round, reused by every update of the
+   round; pages a smaller update never touches are never resident);
 2. reads the message header as soon as it is in, and lets the caller check it (the
    round, the attempt, the sender's place in it, the sample count) before any value
    is folded;
@@ -22,7 +22,11 @@ accumulator that can take an update piece by piece and give it back exactly
    the round's sum is as if the update never came.
 
 The buffer stays the aggregator's; nothing of it outlives the call but the
-accepted update's sender, sample count and metrics.
+accepted update's sender, sample count and metrics. At the round's end the buffer is
+handed over (:meth:`Receiver.hand_over`): the round's new model is written into its
+pages, already resident and holding only the last update, now folded, rather than
+into as many pages mapped beside it; the next round maps a fresh buffer. So the
+aggregator's peak is the sum and one update, whether it is receiving or finishing.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ ALIGN = 64
 
 
 class Receiver:
-    """One receive buffer of ``capacity`` bytes, reused by every update, and the
-    right to use it: one stream at a time.
+    """One receive buffer of ``capacity`` bytes, reused by every update until it is
+    handed over (:meth:`hand_over`), and the right to use it: one stream at a time.
 
     Each piece is written and folded under the receiver's lock; waiting for the next
     piece is not. So :meth:`cancel` (the round closing) can take the stream's folded
@@ -167,10 +171,29 @@ class Receiver:
     def cancel(self) -> None:
         """Take the stream in progress (if any) out of its sum and free the buffer."""
         with self._lock:
-            if self._owner is not None:
-                stream, self._owner = self._owner, None
-                stream.abort()
-                self._lock.notify_all()
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if self._owner is not None:
+            stream, self._owner = self._owner, None
+            stream.abort()
+            self._lock.notify_all()
+
+    def hand_over(self, size: int) -> memoryview | None:
+        """The buffer's first ``size`` bytes, given away for good (for the round's new
+        model), or ``None`` if no update has used it yet or it is smaller.
+
+        A stream still holding the buffer is cancelled first (as by :meth:`cancel`: its
+        folded part is taken out, and it never writes again); a stream that comes later
+        is given a new buffer, so nothing it writes reaches what was handed over. The
+        bytes hold the last update until the caller overwrites them all."""
+        with self._lock:
+            self._cancel()
+            memory = self._memory
+            if memory is None or size > len(memory):
+                return None
+            self._memory = None
+        return memoryview(memory)[:size]
 
 
 Check = Callable[[dict[str, Any]], int]

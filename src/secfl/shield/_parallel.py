@@ -1,27 +1,44 @@
-"""Decrypting a file's chunks on several threads, in order, with bounded memory.
+"""Decrypting a file's chunks on several threads, with bounded memory.
 
-Why: reading a chunk is a positional read out of the page cache (a copy) and an
+Why: reading a chunk is a positional read out of the page cache (a copy into
+private memory, so that the bytes authenticated are the bytes decrypted) and an
 AES-256-GCM decryption, each a few GB/s on one core, and both release the GIL
-(``os.preadv`` and OpenSSL). One thread leaves the other cores idle; a
-:class:`Pipeline` hands chunks to a process-wide pool so that a reader gets the
-throughput of all of them. The price is CPU time: a chunk decrypted on another
-core reaches the reader through a copy across cores, which costs about as much as
-its decryption (``benchmarks/bench_shield.py`` prints GB per CPU-second). So the
-reader decrypts a chunk itself whenever no thread of the pool has started it yet.
+(``os.preadv`` and OpenSSL). One thread leaves the other cores idle.
+
+Two ways, both through a :class:`Pipeline` and one process-wide pool:
+
+- One read of many whole chunks (``readinto`` of a large buffer: a whole model
+  file, or streaming with blocks of several chunks), :meth:`Pipeline.decrypt_chunks`.
+  The chunks are split into one contiguous range per thread (the reader is one of
+  them); each thread reads a chunk's ciphertext into its own scratch buffer and
+  decrypts it straight into its slice of the caller's buffer, so no byte is
+  copied twice, and a thread that is done takes chunks from the back of the
+  largest range left (a busy machine delays no read for a thread that has not
+  started). On by default from :data:`RANGE_MIN_BYTES` with two CPUs or more:
+  it costs no more CPU per GB than one thread, and is faster when a core is free.
+- Reading on chunk after chunk (reads of a chunk or less), the next chunks are
+  decrypted ahead into buffers of the pipeline and copied into the reader's.
+  That copy across cores costs about as much as the decryption, so it was slower
+  than the reader alone on two cores: off unless ``SECFL_SHIELD_THREADS`` asks for
+  it (:data:`READ_AHEAD`), and the reader decrypts a chunk itself whenever no
+  thread of the pool has started it yet.
 
 Bounds. One pool for the process, of :data:`WORKERS` threads (the CPUs this
 process may use, at most :data:`MAX_WORKERS`). A pipeline has at most ``depth``
 jobs in flight or decrypted ahead of its reader (:func:`depth_for`), so it holds
-at most ``depth`` chunks of plaintext (within :data:`READ_AHEAD_BYTES`) and one
-chunk of ciphertext scratch per job running (at most ``WORKERS``, and the
-reader's), whatever the file's size: :func:`memory_limit`.
+at most ``depth`` chunks of plaintext (within :data:`READ_AHEAD_BYTES`), and one
+chunk of ciphertext scratch per thread working for it, whatever the file's size:
+:func:`memory_limit`.
 
-Order and failure. Jobs are taken in chunk order, so the reader sees the bytes,
-the digest and the first error that the sequential path would. A job that fails
-authentication has zeroed its own output (:meth:`ChunkSource.open_chunk`); the
-reader then calls :meth:`Pipeline.abort` with ``wipe=True``, which waits for
-every job still running (none writes after it returns) and zeroes every
-plaintext buffer of the pipeline, before the one-line ShieldError goes up.
+Order and failure. The reader sees the bytes, the digest and the first error
+that the sequential path would: read-ahead jobs are taken in chunk order, and a
+range read raises the error of the lowest chunk that failed (after one fails, no
+chunk above it is started). A chunk that fails authentication has zeroed its own
+output (:meth:`ChunkSource.open_chunk`); :meth:`Pipeline.decrypt_chunks` returns
+or raises only once no thread writes into the caller's buffer any more, and
+:meth:`Pipeline.abort` with ``wipe=True`` waits for every read-ahead job still
+running and zeroes every plaintext buffer of the pipeline; the reader then
+zeroes what the failed read was filling, before the one-line ShieldError goes up.
 """
 
 from __future__ import annotations
@@ -39,6 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_WORKERS",
+    "RANGE_MIN_BYTES",
+    "READ_AHEAD",
     "READ_AHEAD_BYTES",
     "WORKERS",
     "Job",
@@ -60,22 +79,33 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-#: Threads of the pool; 1 turns the pipeline off (chunks are then decrypted by the
-#: reader). Off by default: on a quiet 2-core machine the pipeline read 3.2 GB/s
-#: against 5.0 GB/s for the reader alone (bench_shield.py, 2026-12-05), the hand-off
-#: across cores costing more than the second core gives. ``SECFL_SHIELD_THREADS``
-#: turns it on (up to :data:`MAX_WORKERS`) where more cores make it pay.
-def _configured_threads() -> int:
-    text = os.environ.get("SECFL_SHIELD_THREADS", "1").strip() or "1"
+def _configured_threads() -> tuple[int, bool]:
+    """Threads of the pool, and whether to decrypt ahead, from ``SECFL_SHIELD_THREADS``.
+
+    Unset: every usable CPU (up to :data:`MAX_WORKERS`) for range reads, no read-ahead.
+    ``N``: N threads (1 turns all of it off: the reader decrypts every chunk), with
+    read-ahead from 2 on, for workloads that read a chunk at a time on more cores.
+    """
+    text = os.environ.get("SECFL_SHIELD_THREADS", "").strip()
+    if not text:
+        return min(_usable_cpus(), MAX_WORKERS), False
     if not text.isdigit() or int(text) < 1:
         logging.getLogger("secfl.shield").warning(
             "SECFL_SHIELD_THREADS=%.20r is not a positive integer: reading on one thread", text
         )
-        return 1
-    return min(int(text), _usable_cpus(), MAX_WORKERS)
+        return 1, False
+    threads = min(int(text), _usable_cpus(), MAX_WORKERS)
+    return threads, threads > 1
 
 
-WORKERS = _configured_threads()
+#: Threads that decrypt one read's chunks (the reader among them); 1: the reader alone.
+#: READ_AHEAD: whether the pool also decrypts ahead of a reader reading chunk by chunk.
+WORKERS, READ_AHEAD = _configured_threads()
+#: The smallest read that is split among threads: waking a thread costs ~50 us, 5%
+#: of the ~1 ms one core takes for 4 MiB. Measured on 2 cores under heavy load
+#: (bench_shield.py and paired trials, 2026-12-05): best runs 1.2-1.4x one thread
+#: at 8-256 MiB, same CPU per GB; medians from 0.83x (8 MiB) to 1.14x (64 MiB).
+RANGE_MIN_BYTES: Final = 4 << 20
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -102,16 +132,18 @@ if hasattr(os, "register_at_fork"):
 def depth_for(buffer_size: int) -> int:
     """Jobs one pipeline may have in flight: enough to keep every worker busy while
     the reader takes the next chunk, within :data:`READ_AHEAD_BYTES`; 0 means none
-    (one CPU, or chunks too large to decrypt ahead)."""
-    if WORKERS < 2:
+    (read-ahead off, one CPU, or chunks too large to decrypt ahead)."""
+    if WORKERS < 2 or not READ_AHEAD:
         return 0
     return min(2 * WORKERS, READ_AHEAD_BYTES // max(1, buffer_size))
 
 
 def memory_limit(buffer_size: int) -> int:
-    """The most bytes of buffers a pipeline of chunks of ``buffer_size`` allocates."""
-    depth = depth_for(buffer_size)
-    return depth * buffer_size + min(depth, WORKERS + 1) * (buffer_size + _TAG_SIZE)
+    """The most bytes of buffers a pipeline of chunks of ``buffer_size`` allocates:
+    the read-ahead's plaintext, and a ciphertext scratch per thread working for it
+    (besides the one the reader lends)."""
+    scratch = WORKERS + 1 if WORKERS >= 2 else 0
+    return depth_for(buffer_size) * buffer_size + scratch * (buffer_size + _TAG_SIZE)
 
 
 _NOTHING: Final = memoryview(b"")
@@ -125,6 +157,49 @@ class Job:
     future: Future[None]
     buffer: bytearray | None  # set when the job reads ahead into a buffer of the pipeline
     out: memoryview
+
+
+class _Ranges:
+    """The chunks of one range read, handed out to its threads.
+
+    Chunks ``[first, end)`` are split into one contiguous range per thread. A
+    thread takes its own range from the front, then chunks from the back of the
+    largest range left. After a chunk fails, no chunk above it is handed out (those
+    below still are: the lowest failure is the one the sequential path raises).
+    """
+
+    def __init__(self, first: int, end: int, parts: int, out: memoryview):
+        count = end - first
+        bounds = [first + count * k // parts for k in range(parts + 1)]
+        self.front, self.back = bounds[:-1], bounds[1:]
+        self.first = first
+        self.out = out  # the caller's buffer; dropped once the read is over
+        self.failed = end
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def next(self, part: int) -> int | None:
+        with self._lock:
+            front, back = self.front, self.back
+            if front[part] >= back[part]:
+                part = max(range(len(front)), key=lambda p: back[p] - front[p])
+                if front[part] >= back[part]:
+                    return None
+                back[part] -= 1
+                return back[part]
+            front[part] += 1
+            return front[part] - 1
+
+    def fail(self, chunk: int, error: BaseException) -> None:
+        with self._lock:
+            if chunk < self.failed:
+                self.failed, self.error = chunk, error
+                self.back = [min(b, chunk) for b in self.back]
+
+    def stop(self) -> None:
+        """Hand out no more chunks (the reader gives up: an interrupt)."""
+        with self._lock:
+            self.back = list(self.front)
 
 
 class Pipeline:
@@ -239,6 +314,47 @@ class Pipeline:
         self._jobs.popleft()
         return job
 
+    def decrypt_chunks(self, first: int, count: int, out: memoryview) -> None:
+        """Decrypt the whole chunks ``[first, first + count)`` into ``out``, on every thread.
+
+        Chunk ``c`` goes to ``out[(c - first) * chunk_size:]``, decrypted by whichever
+        thread takes it; the reader is one of them, and does all of them if the pool
+        is busy. Returns, or raises the error of the lowest chunk that failed, only
+        once no thread writes into ``out`` any more. Nothing may be in flight.
+        """
+        if self._jobs:
+            raise ValueError("chunks are being decrypted ahead")
+        parts = max(1, min(WORKERS, count))
+        work = _Ranges(first, first + count, parts, out)
+        helpers: list[Future[None]] = []
+        try:
+            try:
+                pool = _executor()
+                for part in range(1, parts):
+                    helpers.append(pool.submit(self._work, work, part))
+            except RuntimeError:  # the interpreter is shutting down: the reader does all
+                pass
+            self._work(work, 0)
+        finally:
+            work.stop()  # a no-op unless the reader was interrupted
+            for helper in helpers:
+                helper.cancel()
+            _wait_through_interrupts(helpers)
+            work.out = _NOTHING  # a queued, cancelled helper keeps no view of ``out``
+        if work.error is not None:
+            raise work.error
+
+    def _work(self, work: _Ranges, part: int) -> None:
+        size = self._source.chunk_size
+        while (chunk := work.next(part)) is not None:
+            at = (chunk - work.first) * size
+            try:
+                self._decrypt(chunk, work.out[at : at + self._plain_length(chunk)])
+            except BaseException as exc:
+                work.fail(chunk, exc)  # the read fails, whichever thread this is
+                if not isinstance(exc, Exception):
+                    raise  # an interrupt of the reader goes up at once
+
     def release(self, job: Job) -> None:
         """Give back a taken job's buffers for later jobs."""
         self._recycle(job)
@@ -252,7 +368,7 @@ class Pipeline:
         jobs, self._jobs = list(self._jobs), deque()
         for job in jobs:
             job.future.cancel()
-        wait([job.future for job in jobs])
+        _wait_through_interrupts([job.future for job in jobs])
         for job in jobs:
             self._recycle(job)
         if wipe:
@@ -288,3 +404,19 @@ class Pipeline:
         if chunk == self._entry.chunks - 1:
             return self._entry.size - chunk * self._source.chunk_size
         return self._source.chunk_size
+
+
+def _wait_through_interrupts(futures: list[Future[None]]) -> None:
+    """Wait for ``futures`` to end even if a Ctrl-C comes meanwhile, then raise it: a
+    caller that wipes its buffer when the read raises must find no thread still
+    writing into it (a wait cut short by the interrupt let a helper write a chunk
+    of plaintext after the wipe)."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit from a handler
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted

@@ -141,12 +141,13 @@ class VolumeFile(io.RawIOBase):
     AES-NI), and every byte is still authenticated by its chunk's GCM tag.
 
     Chunks are decrypted on all CPUs (:mod:`secfl.shield._parallel`): a read of
-    several whole chunks decrypts them in parallel straight into the caller's
-    buffer, and once the file is read chunk after chunk, the next chunks are
-    decrypted ahead (bounded). A chunk that fails authentication raises its
-    ShieldError when the reader reaches it, as it would sequentially, and leaves
-    no plaintext in this file's buffers or in the part of the caller's buffer that
-    the failed read was filling.
+    several whole chunks (from :data:`~secfl.shield._parallel.RANGE_MIN_BYTES`) is
+    split among threads, each decrypting straight into its part of the caller's
+    buffer; with ``SECFL_SHIELD_THREADS`` set, once the file is read chunk after
+    chunk, the next chunks are also decrypted ahead (bounded). A chunk that fails
+    authentication raises the ShieldError the sequential path would, and leaves no
+    plaintext in this file's buffers or in the part of the caller's buffer that the
+    failed read was filling.
     """
 
     def __init__(
@@ -258,29 +259,39 @@ class VolumeFile(io.RawIOBase):
             )
         return pipe
 
+    def _range_pipeline(self, chunk: int, count: int, total: int) -> _parallel.Pipeline | None:
+        """The pipeline to split a read of ``count`` whole chunks from ``chunk`` (``total``
+        bytes) among threads, or None: one CPU, a small read, or chunks decrypted ahead
+        from ``chunk`` on (taken first, by :meth:`_pipeline_for`'s pipeline)."""
+        if count < 2 or total < _parallel.RANGE_MIN_BYTES or _parallel.WORKERS < 2:
+            return None
+        pipe = self._pipeline
+        if pipe is not None and pipe.head is not None:
+            if pipe.head == chunk:
+                return None
+            pipe.abort(wipe=False)  # a seek: what was read ahead is not needed
+        if pipe is None:
+            pipe = self._pipeline = _parallel.Pipeline(
+                self._source, self._index, self._entry, self._depth, self._cache_size, self._scratch
+            )
+        return pipe
+
     def _read_chunks(self, chunk: int, count: int, out: memoryview) -> int:
         """Decrypt the whole chunks ``[chunk, chunk + count)`` into ``out``, in order."""
-        pipe = self._pipeline_for(chunk, count)
         end = chunk + count
         total = (count - 1) * self._chunk_size + self._plain_length(end - 1)
+        ranged = self._range_pipeline(chunk, count, total)
+        pipe = ranged if ranged is not None else self._pipeline_for(chunk, count)
         sequential = chunk == self._last + 1
         try:
+            if ranged is not None:
+                # Split among threads, each straight into its part of the caller's buffer.
+                ranged.decrypt_chunks(chunk, count, out)
             for c in range(chunk, end):
                 start = (c - chunk) * self._chunk_size
                 target = out[start : start + self._plain_length(c)]
-                if pipe is None:
-                    self._decrypt_here(c, target)
-                else:
-                    # Chunks not read ahead yet go straight into the caller's buffer.
-                    nxt = c if pipe.tail is None else pipe.tail
-                    while pipe.has_room() and nxt < end:
-                        at = (nxt - chunk) * self._chunk_size
-                        pipe.submit(nxt, out[at : at + self._plain_length(nxt)])
-                        nxt += 1
-                    job = pipe.take(c, target)
-                    if job.buffer is not None:
-                        target[:] = job.out
-                    pipe.release(job)
+                if ranged is None:
+                    self._fetch(pipe, c, chunk, end, out)
                 self._account(c, target)
                 self._last = c
         except BaseException:
@@ -292,6 +303,27 @@ class VolumeFile(io.RawIOBase):
         if pipe is not None and sequential:
             pipe.fill(end)
         return total
+
+    def _fetch(
+        self, pipe: _parallel.Pipeline | None, c: int, chunk: int, end: int, out: memoryview
+    ) -> None:
+        """Chunk ``c`` of a read of ``[chunk, end)`` into its place in ``out``, here or
+        from the read-ahead (which also starts on the chunks after it)."""
+        start = (c - chunk) * self._chunk_size
+        target = out[start : start + self._plain_length(c)]
+        if pipe is None:
+            self._decrypt_here(c, target)
+            return
+        # Chunks not read ahead yet go straight into the caller's buffer.
+        nxt = c if pipe.tail is None else pipe.tail
+        while pipe.has_room() and nxt < end:
+            at = (nxt - chunk) * self._chunk_size
+            pipe.submit(nxt, out[at : at + self._plain_length(nxt)])
+            nxt += 1
+        job = pipe.take(c, target)
+        if job.buffer is not None:
+            target[:] = job.out
+        pipe.release(job)
 
     def _load_cache(self, chunk: int) -> None:
         """Decrypt ``chunk`` into the one-chunk cache (or take it from the read-ahead)."""

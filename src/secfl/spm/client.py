@@ -16,6 +16,7 @@ import base64
 import hashlib
 import os
 import ssl
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -63,10 +64,17 @@ class SpmClient:
         self.timeout = timeout
         self._http: httpx.Client | None = None
         self._key: ec.EllipticCurvePublicKey | None = None
+        # the aggregator's overlapped commit calls from its own thread while the main
+        # thread may call too: one connection, made (and pinned) once
+        self._lock = threading.Lock()
 
     # --- connection -----------------------------------------------------------------------
 
     def _connect(self) -> httpx.Client:
+        with self._lock:
+            return self._connect_locked()
+
+    def _connect_locked(self) -> httpx.Client:
         if self._http is None:
             pem, cert = _fetch_certificate(self.url, self.timeout)
             presented = spki_sha256(cert.public_key())
@@ -92,9 +100,10 @@ class SpmClient:
         return self._key
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        with self._lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
 
     def __enter__(self) -> SpmClient:
         return self

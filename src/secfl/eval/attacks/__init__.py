@@ -5,16 +5,21 @@ An in-process simulation gives some participants an :class:`Attack`:
 ``attack.poison_data(shard, task, rng)`` and sends
 ``attack.poison_delta(delta, benign=colluders_deltas, rng=rng)`` in place of its
 honest delta (local model minus global model); ``benign`` matters only to the
-``colluding`` attacks.
+``colluding`` attacks, and an ``omniscient`` attack is also given
+``honest=honest_deltas``, every honest participant's delta of the round.
 
 - on the data: ``label-flip``, ``backdoor`` (with :func:`add_trigger` and
   :func:`attack_success_rate`);
 - on the delta: ``sign-flip``, ``scaling`` (model replacement), ``gaussian``;
-- colluding: ``alie``, ``ipm``, ``min-max``, ``min-sum``.
+- colluding: ``alie``, ``ipm``, ``min-max``, ``min-sum``, and Fang et al.'s attacks
+  tailored to a rule, with partial knowledge: ``fang-krum``, ``fang-trimmed-mean``;
+- omniscient: ``mimic`` (every attacker copies one honest participant's delta) and
+  ``adaptive`` (knows the clone audit's detection signals and stays under them).
 """
 
 from __future__ import annotations
 
+from secfl.eval.attacks.adaptive import Adaptive
 from secfl.eval.attacks.base import (
     Attack,
     Params,
@@ -23,6 +28,8 @@ from secfl.eval.attacks.base import (
     register_attack,
 )
 from secfl.eval.attacks.data import Backdoor, LabelFlip, add_trigger, attack_success_rate
+from secfl.eval.attacks.fang import FangKrum, FangTrimmedMean
+from secfl.eval.attacks.mimic import Mimic
 from secfl.eval.attacks.model import (
     DIRECTIONS,
     Alie,
@@ -38,12 +45,16 @@ from secfl.eval.attacks.model import (
 
 __all__ = [
     "DIRECTIONS",
+    "Adaptive",
     "Alie",
     "Attack",
     "Backdoor",
+    "FangKrum",
+    "FangTrimmedMean",
     "Gaussian",
     "Ipm",
     "LabelFlip",
+    "Mimic",
     "MinMax",
     "MinSum",
     "Params",

@@ -46,7 +46,9 @@ class Attack:
     ``__init__`` (checked there, a :class:`TaskError` for a bad value) and override
     one or both hooks. ``delta`` is the attacker's honestly trained local model minus
     the global model; ``benign`` the honest deltas the colluding malicious
-    participants computed this round, the attacker's own included. Every returned
+    participants computed this round, the attacker's own included; ``honest`` (only
+    for an :attr:`omniscient` attack) the deltas of every honest participant that
+    round. Every returned
     delta has ``delta``'s names, shapes and dtypes and is finite.
     """
 
@@ -55,6 +57,9 @@ class Attack:
     #: Needs the benign deltas of the colluding malicious participants (ALIE, IPM,
     #: Min-Max, Min-Sum); other attacks ignore ``benign``.
     colluding: ClassVar[bool] = False
+    #: Needs the honest participants' deltas of the round (Mimic): the simulation
+    #: passes them as ``honest``, in sorted sender order; other attacks ignore it.
+    omniscient: ClassVar[bool] = False
 
     def poison_data(
         self, data: Dataset, task: ClassificationTask, rng: np.random.Generator
@@ -64,10 +69,15 @@ class Attack:
         return data
 
     def poison_delta(
-        self, delta: Params, *, benign: Sequence[Params], rng: np.random.Generator
+        self,
+        delta: Params,
+        *,
+        benign: Sequence[Params],
+        rng: np.random.Generator,
+        honest: Sequence[Params] = (),
     ) -> Params:
         """The delta the attacker sends (default: a copy of ``delta``)."""
-        del benign, rng
+        del benign, rng, honest
         return {key: np.array(value, copy=True) for key, value in delta.items()}
 
     def settings(self) -> dict[str, Any]:
@@ -170,23 +180,34 @@ def unflatten(vector: np.ndarray, template: Mapping[str, np.ndarray], what: str)
     return result
 
 
+def _rows(what: str, deltas: Sequence[Params], template: Params, kind: str) -> np.ndarray:
+    """``deltas`` checked against ``template`` and stacked, one float64 row each."""
+    if isinstance(deltas, Mapping) or not isinstance(deltas, Sequence) or not deltas:
+        raise TaskError(f"{what}: needs the {kind} deltas (at least one)")
+    for i, other in enumerate(deltas):
+        _check_params(other, template, f"{what}: {kind} delta {i}")
+    return np.stack([flatten(other, template) for other in deltas])
+
+
 def rewrite(
     attack: Attack,
     delta: Params,
     benign: Sequence[Params],
     transform: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    honest: Sequence[Params] = (),
 ) -> Params:
-    """Check the deltas, apply ``transform(delta, benign rows)`` to them as float64
-    vectors (``benign`` one row each, checked and stacked only for a colluding
-    attack) and return the result shaped and typed like ``delta``."""
+    """Check the deltas, apply ``transform(delta, rows)`` to them as float64 vectors
+    and return the result shaped and typed like ``delta``.
+
+    ``rows`` has one row per delta the attack may see, checked and stacked: the
+    colluders' ``benign`` ones for a colluding attack, then the ``honest`` ones for an
+    omniscient attack (none for the others)."""
     what = f"attack '{attack.name}'"
     _check_params(delta, delta, f"{what}: the delta")
     vector = flatten(delta)
-    rows = np.zeros((0, vector.size))
+    parts = [np.zeros((0, vector.size))]
     if attack.colluding:
-        if isinstance(benign, Mapping) or not isinstance(benign, Sequence) or not benign:
-            raise TaskError(f"{what}: needs the colluders' benign deltas (at least one)")
-        for i, other in enumerate(benign):
-            _check_params(other, delta, f"{what}: benign delta {i}")
-        rows = np.stack([flatten(other, delta) for other in benign])
-    return unflatten(transform(vector, rows), delta, what)
+        parts.append(_rows(what, benign, delta, "colluders' benign"))
+    if attack.omniscient:
+        parts.append(_rows(what, honest, delta, "honest participants'"))
+    return unflatten(transform(vector, np.concatenate(parts)), delta, what)

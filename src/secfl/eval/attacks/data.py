@@ -120,7 +120,12 @@ class Backdoor(Attack):
         return _poisoned(data, x, y, self.name)
 
     def poison_delta(
-        self, delta: Params, *, benign: Sequence[Params], rng: np.random.Generator
+        self,
+        delta: Params,
+        *,
+        benign: Sequence[Params],
+        rng: np.random.Generator,
+        honest: Sequence[Params] = (),
     ) -> Params:
         return rewrite(self, delta, benign, lambda v, _: self.boost * v)
 

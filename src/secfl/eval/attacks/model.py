@@ -41,7 +41,12 @@ class SignFlip(Attack):
         self.scale = number(scale, "sign-flip: scale")
 
     def poison_delta(
-        self, delta: Params, *, benign: Sequence[Params], rng: np.random.Generator
+        self,
+        delta: Params,
+        *,
+        benign: Sequence[Params],
+        rng: np.random.Generator,
+        honest: Sequence[Params] = (),
     ) -> Params:
         return rewrite(self, delta, benign, lambda v, _: -self.scale * v)
 
@@ -70,7 +75,12 @@ class ScalingAttack(Attack):
             self.factor = float(integer(chosen, "scaling: participants", 1))
 
     def poison_delta(
-        self, delta: Params, *, benign: Sequence[Params], rng: np.random.Generator
+        self,
+        delta: Params,
+        *,
+        benign: Sequence[Params],
+        rng: np.random.Generator,
+        honest: Sequence[Params] = (),
     ) -> Params:
         return rewrite(self, delta, benign, lambda v, _: self.factor * v)
 
@@ -88,7 +98,12 @@ class Gaussian(Attack):
         self.sigma = number(sigma, "gaussian: sigma")
 
     def poison_delta(
-        self, delta: Params, *, benign: Sequence[Params], rng: np.random.Generator
+        self,
+        delta: Params,
+        *,
+        benign: Sequence[Params],
+        rng: np.random.Generator,
+        honest: Sequence[Params] = (),
     ) -> Params:
         return rewrite(self, delta, benign, lambda v, _: rng.normal(0.0, self.sigma, v.size))
 
@@ -139,7 +154,12 @@ class Alie(Attack):
             self.z = alie_z(10 if n is None else n, 2 if m is None else m)
 
     def poison_delta(
-        self, delta: Params, *, benign: Sequence[Params], rng: np.random.Generator
+        self,
+        delta: Params,
+        *,
+        benign: Sequence[Params],
+        rng: np.random.Generator,
+        honest: Sequence[Params] = (),
     ) -> Params:
         return rewrite(self, delta, benign, lambda _, rows: rows.mean(0) - self.z * _std(rows))
 
@@ -158,7 +178,12 @@ class Ipm(Attack):
         self.epsilon = number(epsilon, "ipm: epsilon")
 
     def poison_delta(
-        self, delta: Params, *, benign: Sequence[Params], rng: np.random.Generator
+        self,
+        delta: Params,
+        *,
+        benign: Sequence[Params],
+        rng: np.random.Generator,
+        honest: Sequence[Params] = (),
     ) -> Params:
         return rewrite(self, delta, benign, lambda _, rows: -self.epsilon * rows.mean(0))
 
@@ -251,7 +276,12 @@ class _AgrAgnostic(Attack):
         return mean + gamma * p
 
     def poison_delta(
-        self, delta: Params, *, benign: Sequence[Params], rng: np.random.Generator
+        self,
+        delta: Params,
+        *,
+        benign: Sequence[Params],
+        rng: np.random.Generator,
+        honest: Sequence[Params] = (),
     ) -> Params:
         return rewrite(self, delta, benign, lambda _, rows: self._poison(rows))
 

@@ -5,6 +5,11 @@
 The robust rules: ``median``, ``trimmed-mean`` (``beta``), ``krum`` (``f``),
 ``multi-krum`` (``f``, ``m``), ``bulyan`` (``f``), ``centered-clipping`` (``tau``,
 ``iterations``) and ``fltrust`` (a ``root_update`` hook set by the aggregator).
+The filtering rules: ``dnc`` (``f``, ``iterations``, ``dims``, ``c``, ``seed``;
+spectral filtering on random coordinate subsets), ``signguard`` (``lower``,
+``upper``, ``coordinates``, ``seed``; norm and sign-statistics filters, then
+clipping) and ``flame`` (``lam``, ``seed``; cosine HDBSCAN admission, clipping and
+noise), on the update-space primitives of :mod:`._signals`.
 ``clone-audit`` (:mod:`.clone_audit`) wraps any of them (``base``) and leaves out
 the participants whose updates harm the model on the aggregator's validation data.
 A new rule subclasses :class:`Strategy`, implements ``aggregate`` (it sees every
@@ -26,12 +31,15 @@ from secfl.fl.strategies._base import (
 from secfl.fl.strategies._bulyan import Bulyan
 from secfl.fl.strategies._clipping import CenteredClipping
 from secfl.fl.strategies._clone_audit import AuditRound, CloneAudit
+from secfl.fl.strategies._dnc import DnC
 from secfl.fl.strategies._fedadam import FedAdam
 from secfl.fl.strategies._fedavg import FedAvg, FedAvgAccumulator, FedProx
+from secfl.fl.strategies._flame import Flame
 from secfl.fl.strategies._fltrust import FLTrust
 from secfl.fl.strategies._krum import Krum, MultiKrum
 from secfl.fl.strategies._median import Median
 from secfl.fl.strategies._registry import available_strategies, get_strategy, register_strategy
+from secfl.fl.strategies._signguard import SignGuard
 from secfl.fl.strategies._trimmed import TrimmedMean
 
 __all__ = [
@@ -41,15 +49,18 @@ __all__ = [
     "Bulyan",
     "CenteredClipping",
     "CloneAudit",
+    "DnC",
     "FLTrust",
     "FedAdam",
     "FedAvg",
     "FedAvgAccumulator",
     "FedProx",
+    "Flame",
     "Krum",
     "Median",
     "MultiKrum",
     "Params",
+    "SignGuard",
     "Strategy",
     "TrimmedMean",
     "Update",

@@ -199,14 +199,24 @@ class FedAvgAccumulator(Accumulator):
     def _add(self, update: Update) -> None:  # add() is overridden whole
         raise NotImplementedError
 
-    def finish_into(self, template: bytes | bytearray | memoryview) -> memoryview | None:
+    def finish_into(
+        self,
+        template: bytes | bytearray | memoryview,
+        room: Callable[[int], memoryview | None] | None = None,
+    ) -> memoryview | None:
         """The new model already serialized, or ``None`` for a rule whose server step
         changes the mean (FedAdam: call :meth:`finish`).
 
         ``template`` is the global model's safetensors bytes: the new model has the
         same names, dtypes and shapes, so its header is the same bytes, and each mean
         is written straight to its place after it. The result is byte-identical to
-        ``to_bytes(finish())`` without holding the model twice (tensors and bytes)."""
+        ``to_bytes(finish())`` without holding the model twice (tensors and bytes).
+
+        ``room(size)``, called once the model is sure to be written here, may give the
+        ``size`` writable bytes to write it into (the aggregator's receive buffer,
+        :meth:`secfl.fl._incoming.Receiver.hand_over`: every byte is overwritten, the
+        header and tensors tiling the template exactly), nothing else writing to them;
+        else (or if it gives ``None``) the model goes to fresh anonymous memory."""
         if type(self._strategy)._server_step is not FedAvg._server_step:
             return None
         self._usable()
@@ -216,9 +226,13 @@ class FedAvgAccumulator(Accumulator):
             raise FlError("aggregate: no updates to aggregate")
         self._finished = True
         start, layout = header_layout(template)
-        # anonymous memory, mapped as it is written: each tensor's sum is freed as its
-        # mean lands, so the sum and the new model never coexist in full
-        out = _anonymous(len(template))
+        # each tensor's sum is freed as its mean lands, so the sum and the new model
+        # never coexist in full: in anonymous memory, mapped as it is written, or in
+        # pages the caller has (already resident: no second update-sized set of pages)
+        given = room(len(template)) if room is not None else None
+        if given is not None and (len(given) != len(template) or given.readonly):
+            raise FlError("aggregate: the room given for the new model does not fit it")
+        out = given if given is not None else _anonymous(len(template))
         out[:start] = template[:start]
         for name, (dtype, _, begin, end) in layout.items():
             ref = self._global[name]
