@@ -154,16 +154,17 @@ def test_program_killed_by_sigkill_exits_137_without_traceback(world: World) -> 
     assert "Traceback" not in done.stderr and done.stderr == "", done.stderr
 
 
-def _allow_cores() -> None:
-    """Let the launcher dump a core if it tried (the machine's default may be 0)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
-    resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+#: Let the launcher dump a core if it tried (the machine's default may be 0). A shell
+#: raises the limit and execs it, not a ``preexec_fn``: that would fork this test process,
+#: whose gRPC (loaded by earlier tests) aborted the fork's child once in CI (its poller
+#: hit a closed descriptor) before anything ran.
+ALLOW_CORES = ("sh", "-c", 'ulimit -c "$(ulimit -H -c)" && exec "$@"', "sh")
 
 
 def test_a_segfault_passes_through_as_139_and_dumps_no_core(world: World, tmp_path: Path) -> None:
     if resource.getrlimit(resource.RLIMIT_CORE)[1] == 0:
         pytest.skip("core dumps are disabled for this user already: nothing to prove")
-    proc = world.start("crash", python(SEGFAULT), preexec_fn=_allow_cores, cwd=tmp_path)
+    proc = world.start("crash", python(SEGFAULT), prefix=ALLOW_CORES, cwd=tmp_path)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGSEGV, err
     assert "Traceback" not in err

@@ -87,9 +87,9 @@ def run_on_ray(
     to Ray (a notebook, a test) runs on that connection and keeps it; there the tasks
     in flight finish and their results are dropped."""
     target = check_address(address)
-    ray = _import_ray()
     if target is not None:
         _reach(address, target)
+    ray = _import_ray()
     ours = not ray.is_initialized()
     if ours:
         _connect(ray, address)
