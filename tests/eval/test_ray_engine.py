@@ -212,7 +212,7 @@ def test_ctrl_c_stops_a_ray_grid_keeping_what_finished(
     assert len(lines) == 1 and lines[0].startswith(f"stopped: the finished runs are kept in {out}")
     assert lines[0].endswith(f"-o {out} --resume --ray {ray_address}")
     kept = _runs(out)
-    assert 1 <= len(kept) < runs and not (out / "report.md").exists()
+    assert 0 < len(kept) < runs and not (out / "report.md").exists()
     size = records.stat().st_size
     deadline = time.monotonic() + 30  # the stopped grid's tasks end: the CPUs are free
     while (free := _free_cpus(ray_address)) != 2:
