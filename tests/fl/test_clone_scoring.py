@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,10 +143,9 @@ def test_the_subsample_is_deterministic_per_seed(digits: tuple) -> None:
     assert all(np.array_equal(m1[k], m2[k]) for k in m1)
 
 
-def test_settle_adds_rows_only_while_the_decision_is_in_doubt(digits: tuple) -> None:
-    """A trained and an untrained model are told apart on the first rows; whether their
-    utilities differ by more than the whole set's difference less a hair is in doubt
-    on any subsample, and needs every row (where it holds)."""
+def _trained_and_untrained(digits: tuple) -> tuple[Any, Any, Any, Any, float]:
+    """The audit's scorer, a model trained on one shard, an untrained one, and the gap
+    in utility between them on the whole validation set."""
     task, validation, shards = digits
     audit = CloneAudit()
     wire_strategy(audit, task, validation, {"epochs": 1}, 0)
@@ -155,7 +155,14 @@ def test_settle_adds_rows_only_while_the_decision_is_in_doubt(digits: tuple) -> 
     model = task.build_model(0)
     task.train(model, shards[0], {"epochs": 5, "seed": 1})
     trained = state_dict_arrays(model)
-    gap = score(trained) - score(untrained)
+    return score, validation, trained, untrained, score(trained) - score(untrained)
+
+
+def test_settle_adds_rows_only_while_the_decision_is_in_doubt(digits: tuple) -> None:
+    """A trained and an untrained model are told apart on the first rows; whether their
+    utilities differ by more than the whole set's difference less a hair is in doubt
+    on any subsample, and needs every row (where it holds)."""
+    score, validation, trained, untrained, gap = _trained_and_untrained(digits)
     assert gap > 0.5
 
     def better(u: np.ndarray) -> bool:
@@ -173,16 +180,7 @@ def test_settle_adds_rows_only_while_the_decision_is_in_doubt(digits: tuple) -> 
 
 def test_a_capped_book_never_scores_more_rows_than_its_cap(digits: tuple) -> None:
     """The doubt that needs every row (as above) stops at the cap instead."""
-    task, validation, shards = digits
-    audit = CloneAudit()
-    wire_strategy(audit, task, validation, {"epochs": 1}, 0)
-    score = audit.score
-    assert score is not None
-    untrained = state_dict_arrays(task.build_model(0))
-    model = task.build_model(0)
-    task.train(model, shards[0], {"epochs": 5, "seed": 1})
-    trained = state_dict_arrays(model)
-    gap = score(trained) - score(untrained)
+    score, validation, trained, untrained, gap = _trained_and_untrained(digits)
     book = ScoreBook(score, np.random.default_rng(0), 16, cap=48)
     pair = [book.add(trained), book.add(untrained)]
     settle(book, pair, lambda u: bool(u[0] - u[1] > gap - 1e-6))
