@@ -45,6 +45,9 @@ sites_ok() {
   done
 }
 rounds_done() { [ -f owner/metrics.jsonl ] && [ "$(wc -l < owner/metrics.jsonl)" -ge "$1" ]; }
+# together PID...: wait for steps started at once with `&` (independent: none reads what
+# another writes); fail if one failed. Each `secfl` spends about a second starting up.
+together() { local p; for p in "$@"; do wait "$p"; done; }
 
 # --- the model owner's laptop: a task of its own, tried in seconds, no TEE ----------------
 say "1. secfl new task: a multi-file regression on CSV files"
@@ -70,7 +73,9 @@ PIN=$(secfl spm verify $SPM --expect-measurement $M --sim-root spm/sim/root.pem 
 echo "SPM pin: $PIN"
 
 # --- the board publishes its public keys; owners seal their keys for exactly this board ----
-(cd board && for m in alice bob carol; do secfl policy keygen --out-dir . --member $m > /dev/null; done)
+K=()
+for m in alice bob carol; do (cd board && secfl policy keygen --out-dir . --member $m > /dev/null) & K+=($!); done
+together "${K[@]}"
 BOARD="--board-key ../board/alice.pub --board-key ../board/bob.pub --board-key ../board/carol.pub --threshold 2"
 # seal KEY_FILE SECRET: the key sealed to the SPM for this policy and board, sent to the board
 seal() {
@@ -81,27 +86,34 @@ seal() {
 
 say "4. the model owner shields the code and the validation data; the output key is its own"
 cd owner
-secfl shield keygen -o task.key
-TASK_TAG=$(secfl shield encrypt clinic-risk/code -o task.secfl --key-file task.key)
-secfl shield keygen -o validation.key
-VAL_TAG=$(secfl shield encrypt clinic-risk/data/validation -o validation.secfl --key-file validation.key)
-secfl shield keygen -o model.key
-seal task.key task-key; seal validation.key validation-key; seal model.key output-key
+# the three keys are independent: each is made, used and sealed at the same time
+( secfl shield keygen -o task.key
+  secfl shield encrypt clinic-risk/code -o task.secfl --key-file task.key > task.tag
+  seal task.key task-key ) & K=($!)
+( secfl shield keygen -o validation.key
+  secfl shield encrypt clinic-risk/data/validation -o validation.secfl --key-file validation.key \
+    > validation.tag
+  seal validation.key validation-key ) & K+=($!)
+( secfl shield keygen -o model.key
+  seal model.key output-key ) & K+=($!)
+together "${K[@]}"
+TASK_TAG=$(< task.tag); VAL_TAG=$(< validation.tag)
 echo "task.secfl $TASK_TAG, validation.secfl $VAL_TAG"
 cd ..
 
 say "5. each site shields its own data with its own key"
 declare -A TAG
-for s in site-1 site-2 site-3; do
-  cd $s
-  cp ../owner/task.secfl .                        # the code volume: the same for everyone
-  cp -r ../owner/clinic-risk/data/$s data         # stands for the site's own CSV files
-  secfl shield keygen -o $s.key
-  TAG[$s]=$(secfl shield encrypt data -o $s.secfl --key-file $s.key)
-  seal $s.key $s-key
-  echo "$s.secfl ${TAG[$s]}"
-  cd ..
+K=()
+for s in site-1 site-2 site-3; do                 # the sites are independent: at the same time
+  ( cd $s
+    cp ../owner/task.secfl .                      # the code volume: the same for everyone
+    cp -r ../owner/clinic-risk/data/$s data       # stands for the site's own CSV files
+    secfl shield keygen -o $s.key
+    secfl shield encrypt data -o $s.secfl --key-file $s.key > $s.tag
+    seal $s.key $s-key ) & K+=($!)
 done
+together "${K[@]}"
+for s in site-1 site-2 site-3; do TAG[$s]=$(< $s/$s.tag); echo "$s.secfl ${TAG[$s]}"; done
 
 # --- the board: the policy from a few facts, checked, 2 of 3 signatures, submitted ---------
 # The settings are the task's federation.yaml, the ones `simulate` ran; 30 rounds (of this
@@ -118,8 +130,9 @@ secfl policy init --name clinic-risk --threshold 2 \
   --sealed site-2-key=@site-2-key.sealed --sealed site-3-key=@site-3-key.sealed \
   --settings ../owner/clinic-risk/federation.yaml --rounds 30
 secfl policy validate policy.yaml
-secfl policy sign policy.yaml --key alice.key --member alice
-secfl policy sign policy.yaml --key bob.key --member bob
+secfl policy sign policy.yaml --key alice.key --member alice & K=($!)  # each on their own machine
+secfl policy sign policy.yaml --key bob.key --member bob & K+=($!)
+together "${K[@]}"
 secfl policy submit policy.yaml --sig policy.yaml.alice.sig --sig policy.yaml.bob.sig --spm $SPM --spm-pin $PIN
 cd ..
 
@@ -171,8 +184,9 @@ cd board
 secfl policy next policy.yaml --rounds 5 --set start_from=previous
 diff policy.yaml policy-v2.yaml || true           # what the members review before signing
 secfl policy validate policy-v2.yaml
-secfl policy sign policy-v2.yaml --key alice.key --member alice
-secfl policy sign policy-v2.yaml --key carol.key --member carol
+secfl policy sign policy-v2.yaml --key alice.key --member alice & K=($!)
+secfl policy sign policy-v2.yaml --key carol.key --member carol & K+=($!)
+together "${K[@]}"
 secfl policy submit policy-v2.yaml --sig policy-v2.yaml.alice.sig --sig policy-v2.yaml.carol.sig \
   --spm $SPM --spm-pin $PIN
 cd ..

@@ -10,6 +10,9 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 SPM_PORT=$(port); AGG=127.0.0.1:$(port); SPM=https://127.0.0.1:$SPM_PORT
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
+# together PID...: wait for steps started at once with `&` (independent: none reads what
+# another writes); fail if one failed. Each `secfl` spends about a second starting up.
+together() { local p; for p in "$@"; do wait "$p"; done; }
 
 # --- machine S: the SPM, in its TEE -------------------------------------------------------
 (cd spm && secfl sim init sim > /dev/null)
@@ -25,7 +28,9 @@ echo "SPM pin: $PIN"
 # --- the board: each member makes a key pair and publishes the public half ---------------
 # Data owners seal their keys for exactly this board: a policy of the same name registered
 # first by anyone else (another board) can never open them.
-(cd board && for m in alice bob carol; do secfl policy keygen --out-dir . --member $m > /dev/null; done)
+K=()
+for m in alice bob carol; do (cd board && secfl policy keygen --out-dir . --member $m > /dev/null) & K+=($!); done
+together "${K[@]}"
 BOARD="--board-key ../board/alice.pub --board-key ../board/bob.pub --board-key ../board/carol.pub --threshold 2"
 
 # --- machine A: the model owner shields the task code and its validation data -------------
@@ -39,28 +44,39 @@ name = _task.name
 build_model, load_data = _task.build_model, _task.load_data
 train, evaluate = _task.train, _task.evaluate
 PY
-secfl shield keygen -o task.key
-TASK_TAG=$(secfl shield encrypt task -o task.secfl --key-file task.key)
-secfl data split --task digits --clients 2 -o shards > /dev/null
-mkdir validation && cp shards/validation.safetensors validation/
-secfl shield keygen -o validation.key
-VAL_TAG=$(secfl shield encrypt validation -o validation.secfl --key-file validation.key)
+# (the code, the validation data and the output key are independent: made at the same time)
+( secfl shield keygen -o task.key
+  secfl shield encrypt task -o task.secfl --key-file task.key > task.tag
+  secfl policy seal-secret --key-file task.key --policy fed --secret task-key --spm $SPM --spm-pin $PIN $BOARD > task.sealed
+) & K=($!)
+( secfl data split --task digits --clients 2 -o shards > /dev/null
+  mkdir validation && cp shards/validation.safetensors validation/
+  secfl shield keygen -o validation.key
+  secfl shield encrypt validation -o validation.secfl --key-file validation.key > validation.tag
+  secfl policy seal-secret --key-file validation.key --policy fed --secret validation-key --spm $SPM --spm-pin $PIN $BOARD > validation.sealed
+) & K+=($!)
 # The output key: the final model is sealed to it, and only the model owner opens it.
-secfl shield keygen -o model.key
-TASK_SEALED=$(secfl policy seal-secret --key-file task.key --policy fed --secret task-key --spm $SPM --spm-pin $PIN $BOARD)
-VAL_SEALED=$(secfl policy seal-secret --key-file validation.key --policy fed --secret validation-key --spm $SPM --spm-pin $PIN $BOARD)
-OUT_SEALED=$(secfl policy seal-secret --key-file model.key --policy fed --secret output-key --spm $SPM --spm-pin $PIN $BOARD)
+( secfl shield keygen -o model.key
+  secfl policy seal-secret --key-file model.key --policy fed --secret output-key --spm $SPM --spm-pin $PIN $BOARD > model.sealed
+) & K+=($!)
+together "${K[@]}"
+TASK_TAG=$(< task.tag); VAL_TAG=$(< validation.tag)
+TASK_SEALED=$(< task.sealed); VAL_SEALED=$(< validation.sealed); OUT_SEALED=$(< model.sealed)
 cd ..
 
 # --- machines B and C: each site shields its own data with its own key --------------------
-for i in 1 2; do
-  cd site$i; cp ../agg/task.secfl .
-  mkdir data && cp ../agg/shards/client-00$((i-1)).safetensors data/
-  secfl shield keygen -o site-$i.key
-  eval "S${i}_TAG=\$(secfl shield encrypt data -o site-$i.secfl --key-file site-$i.key)"
-  eval "S${i}_SEALED=\$(secfl policy seal-secret --key-file site-$i.key --policy fed --secret site-$i-key --spm $SPM --spm-pin $PIN $BOARD)"
-  cd ..
+K=()
+for i in 1 2; do                                  # (the two sites at the same time)
+  ( cd site$i; cp ../agg/task.secfl .
+    mkdir data && cp ../agg/shards/client-00$((i-1)).safetensors data/
+    secfl shield keygen -o site-$i.key
+    secfl shield encrypt data -o site-$i.secfl --key-file site-$i.key > site-$i.tag
+    secfl policy seal-secret --key-file site-$i.key --policy fed --secret site-$i-key --spm $SPM --spm-pin $PIN $BOARD > site-$i.sealed
+  ) & K+=($!)
 done
+together "${K[@]}"
+S1_TAG=$(< site1/site-1.tag); S1_SEALED=$(< site1/site-1.sealed)
+S2_TAG=$(< site2/site-2.tag); S2_SEALED=$(< site2/site-2.sealed)
 
 # --- the board: the policy from a few facts, checked, two of three signatures, submitted ---
 # `policy init` computes each service's measurement from the exact command `secfl run`
@@ -75,12 +91,15 @@ secfl policy init --name fed --threshold 2 \
   --rounds 5 --train epochs=2 > init.txt
 secfl policy validate policy.yaml
 # Every site checks that the policy pins exactly what it will run (the same for all sites).
+K=()
 for i in 1 2; do
-  MINE=$(cd ../site$i && secfl measure --for-run --code-volume task=task.secfl -- secfl collaborator --task volume:task)
-  grep -q "$MINE" policy.yaml
+  ( MINE=$(cd ../site$i && secfl measure --for-run --code-volume task=task.secfl -- secfl collaborator --task volume:task)
+    grep -q "$MINE" policy.yaml ) & K+=($!)
 done
-secfl policy sign policy.yaml --key alice.key --member alice
-secfl policy sign policy.yaml --key bob.key --member bob
+together "${K[@]}"
+secfl policy sign policy.yaml --key alice.key --member alice & K=($!)  # each on their own machine
+secfl policy sign policy.yaml --key bob.key --member bob & K+=($!)
+together "${K[@]}"
 secfl policy submit policy.yaml --sig policy.yaml.alice.sig --sig policy.yaml.bob.sig --spm $SPM --spm-pin $PIN
 
 # --- run: the aggregator on machine A, one collaborator on each site -----------------------

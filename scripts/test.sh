@@ -14,4 +14,9 @@ if [ "$(id -u)" -eq 0 ] && ! command -v initdb >/dev/null 2>&1 &&
 fi
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/python -m mypy src   # the type check ([tool.mypy] in pyproject.toml)
+# Byte-compile secfl and the tests once: the suite starts hundreds of Python
+# processes, and where PYTHONDONTWRITEBYTECODE is set each would compile every module it
+# imports again (Python still reads .pyc files then; stale ones are recompiled). A file
+# that does not compile is pytest's to report, with where.
+.venv/bin/python -m compileall -q -j 0 src tests > /dev/null || true
 exec .venv/bin/python -m pytest "$@"

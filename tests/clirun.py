@@ -5,8 +5,11 @@ commands a Markdown page shows (:func:`shell_commands`, :func:`check_parses`).""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -35,13 +38,39 @@ def secfl(
     )  # fmt: skip
 
 
-def secfl_all(*argvs: Sequence[str], timeout: float = 60) -> list[subprocess.CompletedProcess[str]]:
+def secfl_all(
+    *argvs: Sequence[str], timeout: float = 60, cwd: Path | None = None
+) -> list[subprocess.CompletedProcess[str]]:
     """``secfl ARGV`` for each argv, two processes at a time, results in order.
 
     For independent steps only (none reads what another writes): each process spends
     about a second importing on one core, and CI machines have two."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda argv: secfl(*argv, timeout=timeout), argvs))
+        return list(pool.map(lambda argv: secfl(*argv, timeout=timeout, cwd=cwd), argvs))
+
+
+def run_script(
+    argv: Sequence[str], *, timeout: float, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A script of examples/ run to its end as a user would, its output captured, in a
+    session of its own that is killed whole when it ends: past ``timeout`` (the test
+    fails, with the output's end) the servers it started in the background go too,
+    rather than run on and slow every later test."""
+    with subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=cwd, start_new_session=True,
+    ) as proc:  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"{' '.join(argv)}: still running after {timeout:.0f} s:\n"
+                        f"{(out + err)[-6000:]}")  # fmt: skip
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever it left running
+    return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
 
 def one_error(done: subprocess.CompletedProcess[str]) -> str:

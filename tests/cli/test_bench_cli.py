@@ -14,7 +14,7 @@ import pytest
 from secfl.errors import UsageError
 from secfl.eval.bench import coefficients, load_result, phase_medians
 from secfl.eval.bench_run import task_source
-from tests.clirun import check_parses, one_error, secfl, shell_commands
+from tests.clirun import check_parses, one_error, secfl, secfl_all, shell_commands
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,17 +125,18 @@ def test_a_malformed_baseline_is_refused_naming_the_field(
 
 
 def test_the_cli_refuses_a_malformed_baseline_in_one_line(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.json"
-    for content, field in ((b"{not json", "not JSON"), (b"\0" * (2 << 20), "larger than")):
-        bad.write_bytes(content)
-        done = secfl("bench", "rounds", "--model-params", "1000", "--clients", "2",
-                     "--baseline", str(bad))  # fmt: skip
-        assert field in one_error(done)
     doc = result(secure=0.4)
     doc["runs"]["secure"]["rounds_s"] = "fast"
-    done = secfl("bench", "rounds", "--model-params", "1000", "--clients", "2",
-                 "--baseline", str(write(bad, doc)))  # fmt: skip
-    assert "field 'runs.secure.rounds_s'" in one_error(done)
+    cases = [(b"{not json", "not JSON"), (b"\0" * (2 << 20), "larger than"),
+             (json.dumps(doc).encode(), "field 'runs.secure.rounds_s'")]  # fmt: skip
+    for i, (content, _) in enumerate(cases):
+        (tmp_path / f"bad-{i}.json").write_bytes(content)
+    runs = secfl_all(*(  # independent: two at a time
+        ["bench", "rounds", "--model-params", "1000", "--clients", "2",
+         "--baseline", str(tmp_path / f"bad-{i}.json")] for i in range(len(cases))
+    ))  # fmt: skip
+    for (_, field), done in zip(cases, runs, strict=True):
+        assert field in one_error(done)
 
 
 def test_phases_are_read_defensively() -> None:

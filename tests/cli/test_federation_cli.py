@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.clirun import run_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,10 +23,10 @@ def test_demo_trains_refuses_the_tampered_site_and_writes_a_report(tmp_path: Pat
     attestation admits it): the clone audit leaves it out of every round, and the SPM's
     audit log says so."""
     report = tmp_path / "report"
-    result = subprocess.run(
+    result = run_script(
         [sys.executable, "-m", "secfl.cli.main", "demo", "--clients", "3", "--rounds", "3",
          "--defence", "clone-audit", "--poisoned", "1", "--report", str(report)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=_env(), check=False,
+        timeout=300, cwd=tmp_path, env=_env(),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "audit verify: OK" in result.stdout
@@ -45,10 +46,11 @@ def test_demo_trains_refuses_the_tampered_site_and_writes_a_report(tmp_path: Pat
 
 
 def test_three_machine_walkthrough(tmp_path: Path) -> None:
-    result = subprocess.run(
+    result = run_script(
         ["bash", str(REPO / "examples" / "walkthrough.sh"), str(tmp_path / "w")],
-        capture_output=True, text=True, timeout=300, env=_env(), check=False,
-    )  # fmt: skip
+        timeout=300,
+        env=_env(),
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert "accepted: policy fed version 1" in out

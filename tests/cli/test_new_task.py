@@ -22,7 +22,7 @@ import safetensors
 import safetensors.numpy
 
 from secfl.cli._template import SITES, new_task, package_for, synthetic_data
-from tests.clirun import ERROR_LINE, call, check_parses, failed, shell_commands
+from tests.clirun import ERROR_LINE, call, check_parses, failed, secfl_all, shell_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "src" / "secfl" / "cli" / "templates"
@@ -136,13 +136,12 @@ def test_a_task_that_raises_is_one_line_and_debug_shows_where(made: Path, tmp_pa
     )
     (code / "clinic_risk").symlink_to(made / "code" / "clinic_risk")
     args = ["simulate", "--task", str(code), *SITE_ARGS]
-    plain = secfl(*args, cwd=made)
+    plain, debug = secfl_all(args, [*args, "--debug"], timeout=120, cwd=made)  # at once
     assert plain.returncode == 1
     assert plain.stderr.splitlines() == [
         "error: train: the task raised ValueError: no such column (site-1, round 1); "
         "--debug shows the traceback"
     ]
-    debug = secfl(*args, "--debug", cwd=made)
     assert debug.returncode == 1
     assert 'code/task.py", line' in debug.stderr and "in train" in debug.stderr
     assert "secfl/fl/_local.py" not in debug.stderr  # the task's frames, not secfl's

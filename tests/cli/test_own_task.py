@@ -14,13 +14,14 @@ import itertools
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from safetensors import safe_open
+
+from tests.clirun import run_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,10 +58,9 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     work = tmp_path_factory.mktemp("own") / "w"
-    result = subprocess.run(
-        ["bash", str(REPO / "examples" / "own-task.sh"), str(work)],
-        capture_output=True, text=True, timeout=900, env=_env(), check=False,
-    )  # fmt: skip
+    result = run_script(
+        ["bash", str(REPO / "examples" / "own-task.sh"), str(work)], timeout=900, env=_env()
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
     return work, result.stdout

@@ -27,6 +27,12 @@ from secfl.tee import _simulated as simulated
 
 AGGREGATOR_MR = "a1" * 48
 COLLABORATOR_MR = "c0" * 48
+#: Seconds these SPMs serve a policy's current version and revocations before re-reading
+#: them (``SECFL_SPM_POLICY_REFRESH``; 1 s by default): a test that changes them behind the
+#: SPM's back waits :data:`REFRESH_WAIT` instead of a second.
+POLICY_REFRESH = 0.1
+#: Long enough that the next request re-reads (the SPM's clock is this process's).
+REFRESH_WAIT = 2 * POLICY_REFRESH
 
 
 @dataclass
@@ -141,8 +147,9 @@ class SpmProcess:
         ]  # fmt: skip
         if self.db:
             args += ["--db", self.db]
+        env = {**os.environ, "SECFL_SPM_POLICY_REFRESH": str(POLICY_REFRESH)}
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.proc.poll() is not None:

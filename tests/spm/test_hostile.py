@@ -29,7 +29,13 @@ from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import Enrollment, enroll
 from secfl.tee import _simulated as simulated
 from tests.spm.conftest import drop_pg_database, fresh_pg_database
-from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
+from tests.spm.harness import (
+    AGGREGATOR_MR,
+    REFRESH_WAIT,
+    Board,
+    SpmProcess,
+    policy_document,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -170,7 +176,7 @@ def test_an_unsigned_policy_written_to_the_database_is_refused(
             "created_at, mac) VALUES ('p', 2, :d, :pred, :doc, '[]', :at, NULL)",
        d="ab" * 32, pred=row._mapping["digest"], doc=forged,
        at=row._mapping["created_at"])  # fmt: skip
-    time.sleep(1.2)  # the SPM re-reads the current version at most every second
+    time.sleep(REFRESH_WAIT)  # the SPM re-reads the current version after POLICY_REFRESH
     with pytest.raises(SpmRefused, match="^integrity: policy 'p' version 2 fails its MAC"):
         attest(client, sim, "p", OTHER_MR)
     assert "fails its MAC" in audit_verify_fails(spm)
@@ -257,7 +263,7 @@ def test_a_session_loses_what_a_new_version_withdrew(
     v2 = policy_document("p", board, sim[1], version=2, predecessor=first["digest"])
     v2 = v2.replace(AGGREGATOR_MR, OTHER_MR)
     submit(client, board, v2)
-    time.sleep(1.2)
+    time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match="no longer accepted by version 2") as exc:
         client.increment("p", "round", agg.session_token)
     assert exc.value.status == 401
@@ -277,7 +283,7 @@ def test_a_session_loses_a_counter_a_new_version_removed(
                                          predecessor=first["digest"]))  # fmt: skip
     doc["services"][0]["counters"] = []
     submit(client, board, yaml.safe_dump(doc))
-    time.sleep(1.2)
+    time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match="^counter: service 'aggregator' may not increment"):
         client.increment("p", "round", agg.session_token)
 
@@ -294,7 +300,7 @@ def test_revocation_ends_sessions_and_keeps_the_service_out(
     agg = attest(client, sim, "p")
     client.increment("p", "round", agg.session_token)
     revoke(client, board, "p", serial=_serial(agg), service="aggregator", reason="key leak")
-    time.sleep(1.2)
+    time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match=f"^revoked: certificate {_serial(agg)} is revoked"):
         client.increment("p", "round", agg.session_token)
     # A certificate revocation ends that certificate; the service may attest again...
@@ -303,7 +309,7 @@ def test_revocation_ends_sessions_and_keeps_the_service_out(
     revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning")
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
         attest(client, sim, "p")
-    time.sleep(1.2)
+    time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
         client.increment("p", "round", again.session_token)
     listed = {(r["kind"], r["subject"]) for r in client.revocations("p")}
@@ -482,7 +488,7 @@ def test_a_secret_restored_from_before_its_rotation_is_not_released(
     db(spm, "UPDATE secrets SET definition_digest = :d, ciphertext = :c, created_at = :t, "
             "mac = :m WHERE policy = 'p' AND name = 'seed'",
        d=old.definition_digest, c=old.ciphertext, t=old.created_at, m=old.mac)  # fmt: skip
-    time.sleep(1.2)
+    time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match="^(rollback|release): .*secret 'seed'"):
         attest(client, sim, "p")
 
@@ -533,7 +539,7 @@ def test_two_spms_on_one_database_share_revocations(
             attest(ca, sim, "p")  # a has read the policy and no revocation
             revoke(cb, board, "p", kind="service", subject="aggregator", reason="poisoning")
             db(b, "DELETE FROM revocations")
-            time.sleep(1.2)
+            time.sleep(REFRESH_WAIT)
             with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
                 attest(ca, sim, "p")
             listed = {(r["kind"], r["subject"]) for r in ca.revocations("p")}

@@ -3,23 +3,53 @@
 Stored policy versions never change, so each is parsed once. The *current* version
 of a policy, and its revocations, can change under another SPM replica sharing the
 database: they are re-read at most every :data:`CURRENT_TTL` seconds, and at once
-after this SPM changes them (:meth:`PolicyCache.forget`). Before each re-read the
+after this SPM changes them (:meth:`PolicyCache.forget`). ``SECFL_SPM_POLICY_REFRESH``
+(seconds, read at start) may only shorten that interval: a shorter one makes the SPM
+see a change sooner, never later (the tests use it to wait less). Before each re-read the
 store learns what the other replicas committed (:meth:`Store.sync
 <secfl.spm._store.Store.sync>`), so their changes are checked like this SPM's own.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 
-from secfl.errors import Refused
+from secfl.errors import Refused, SpmError
 from secfl.policy._model import Policy
 from secfl.spm._store import PolicyRecord, Store
 
-__all__ = ["CURRENT_TTL", "PolicyCache"]
+__all__ = ["CURRENT_TTL", "REFRESH_ENV", "PolicyCache", "refresh_seconds"]
 
 #: Seconds a replica may serve a policy's current version before re-reading it.
 CURRENT_TTL = 1.0
+#: The environment variable that shortens :data:`CURRENT_TTL` (never lengthens it).
+REFRESH_ENV = "SECFL_SPM_POLICY_REFRESH"
+#: The shortest interval it may set: more often would only re-read the database per request.
+MIN_REFRESH = 0.01
+
+
+def refresh_seconds() -> float:
+    """The re-read interval: :data:`REFRESH_ENV` if set, else :data:`CURRENT_TTL`.
+
+    A value that is not a number from :data:`MIN_REFRESH` to :data:`CURRENT_TTL` is
+    refused (the SPM does not start) rather than ignored: a longer interval would let
+    a revoked service or superseded version act for longer than the SPM promises.
+    """
+    text = os.environ.get(REFRESH_ENV, "").strip()
+    if not text:
+        return CURRENT_TTL
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not MIN_REFRESH <= value <= CURRENT_TTL:  # NaN fails too
+        raise SpmError(
+            f"{REFRESH_ENV}: '{text}' is not a number of seconds from {MIN_REFRESH} "
+            f"to {CURRENT_TTL}"
+        )
+    return value
 
 
 class PolicyCache:
@@ -27,6 +57,8 @@ class PolicyCache:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        #: Seconds a current version or revocation list is served before a re-read.
+        self.ttl = refresh_seconds()
         self._policies: dict[tuple[str, int], Policy] = {}
         self._records: dict[tuple[str, int], PolicyRecord] = {}
         self._current: dict[str, tuple[float, PolicyRecord]] = {}
@@ -36,7 +68,7 @@ class PolicyCache:
         """A policy version (default: the current one), or :class:`Refused` (404)."""
         if version is None:
             cached = self._current.get(name)
-            if cached is not None and time.monotonic() - cached[0] < CURRENT_TTL:
+            if cached is not None and time.monotonic() - cached[0] < self.ttl:
                 return cached[1], self.parsed(cached[1])
         record = self._records.get((name, version)) if version is not None else None
         if record is None:
@@ -70,7 +102,7 @@ class PolicyCache:
     def revoked(self, name: str) -> set[tuple[str, str]]:
         """What the board revoked in policy ``name``: every (kind, subject)."""
         cached = self._revoked.get(name)
-        if cached is not None and time.monotonic() - cached[0] < CURRENT_TTL:
+        if cached is not None and time.monotonic() - cached[0] < self.ttl:
             return cached[1]
         self.store.sync()  # what other SPMs sharing the database revoked
         with self.store.read() as tx:
