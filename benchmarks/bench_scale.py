@@ -52,11 +52,15 @@ collaborators, in a fresh aggregator process per order:
 "arrival" for ``--memory-rounds`` rounds (3: from round 3 on, what the aggregator
 holds between rounds no longer grows) and "canonical" for ``--canonical-rounds``
 rounds. FedAvg's sum is exact and order-free (``secfl.fl.strategies._exact``), so
-both orders fold each update while it streams in (``secfl.fl._incoming``): expected,
-the int64 sum (2 models) plus the reused receive buffer (1 model) above resting, while
-the last update comes in; the new model is then written into the receive buffer's
-pages (``Receiver.hand_over``), so finishing the round adds nothing to that. What is
-above 3x is gRPC's and the allocator's (streams waiting for the buffer, chunks).
+both orders fold each update while it streams in (``secfl.fl._incoming``) through a
+small window (3 stretches of 4 MiB), each stretch's take-back copy spilled, sealed, to
+an unlinked file (``secfl.fl._spill``; here in the system's temporary folder: the
+aggregator has no checkpoint folder; page cache, not the process's memory). Expected
+above resting: the int64 sum (2 models) plus the window while updates come in; while
+the new model is made, the sum and a few blocks (each tensor's sum is given back page
+by page as its mean is written to fresh memory). What is above 2x is gRPC's and the
+allocator's (chunks of the streams coming in and waiting for the window, heap the
+transport's threads keep after they are freed).
 Then the wire's limit is measured in the same run (``wire_limit``: N downloads and N
 uploads of the model over one mutual-TLS stream, at the best rate of
 ``bench_transport``'s client and server) and the median round time of each order is
@@ -641,7 +645,8 @@ def main() -> None:
             print(
                 "=> aggregator peak RSS above resting, FedAvg: "
                 + ", ".join(f"{order} {x:.2f}x" for order, x in peaks.items())
-                + " the model size (target <= 3x)"
+                + " the model size (target <= 3x; expected: the int64 sum, 2x, plus the"
+                " transport's and the allocator's share)"
             )
     finally:
         for path in work.glob("*"):

@@ -55,7 +55,19 @@ with the next round). secfl's ``duration_s`` (from the first global model sent t
 round's commit handed over) is printed beside it, and its ratio too. Round 1 is left
 out everywhere (start-up effects); per-round medians pooled over the repeats. It
 prints figures and asserts nothing. On a shared 2-core machine single runs swing by
-tens of percent: read the medians of the interleaved repeats. ``--quick`` (one
+tens of percent: read the medians of the interleaved repeats.
+
+Where the time goes. For each secfl configuration it prints the aggregator's
+per-phase medians (``phases_ms`` of the metrics: ``start`` signing and sampling,
+``dispatch`` until the last model was sent, the slowest collaborator's ``train``
+(model received, checked, loaded, trained, serialized), ``upload``, ``fold``,
+``collect`` (round open to closed), ``aggregate``, ``evaluate``, and the overlapped
+commit's ``checkpoint``, ``counter``, ``fsync``, ``commit`` and ``commit_wait``),
+per repeat and pooled over the repeats; and for every configuration the CPU time
+per round of all its processes (aggregator or server, collaborators or clients, and
+the SPM: ``/proc`` of this process's descendants, sampled every 25 ms, between the
+end of round 1 and the end of round R, so within about 10 ms a process per window).
+``--quick`` (one
 repeat, 4 rounds, 1M parameters for (b)) takes about 4 minutes on 2 cores, most of it
 starting processes; the defaults roughly 15 to 20.
 """
@@ -70,6 +82,8 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +213,60 @@ def export_shards(fed: Federation, code: Path, out: Path) -> dict[str, Path]:
     return paths
 
 
+# --- CPU time of this process's descendants ------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class CpuSampler:
+    """(perf_counter, CPU seconds of every live descendant) every 25 ms, in a thread; the
+    descendants are found again every 0.25 s (a scan of /proc)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _stat(pid: str) -> tuple[int, float] | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK  # ppid, utime+stime
+
+    def _descendants(self) -> list[str]:
+        parent = {p: st[0] for p in os.listdir("/proc") if p.isdigit() and (st := self._stat(p))}
+        mine, grew = {os.getpid()}, True
+        while grew:
+            new = {int(p) for p, pp in parent.items() if pp in mine} - mine
+            mine |= new
+            grew = bool(new)
+        return [str(p) for p in mine - {os.getpid()}]
+
+    def _run(self) -> None:
+        pids: list[str] = []
+        rescan = 0.0
+        while not self._stop.wait(0.025):
+            if time.perf_counter() >= rescan:
+                pids, rescan = self._descendants(), time.perf_counter() + 0.25
+            total = sum(st[1] for p in pids if (st := self._stat(p)))
+            self.samples.append((time.perf_counter(), total))
+
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds spent from ``start`` to ``end`` (perf_counter), interpolated."""
+        at, cpu = [t for t, _ in self.samples], [c for _, c in self.samples]
+        return float(np.interp(end, at, cpu) - np.interp(start, at, cpu))
+
+
 # --- secfl ----------------------------------------------------------------------------------
 
 
@@ -212,9 +280,10 @@ def watch(fed: Federation, agg: Any, metrics: Path, what: str) -> list[float]:
 
 def secfl_run(
     fed: Federation, mode: str, rounds: int
-) -> tuple[list[float], list[float], dict[str, float], float]:
-    """(duration_s of rounds 2..R, commit-to-commit periods of rounds 2..R, the medians
-    of the per-phase timings the aggregator recorded, if any, the final validation loss)."""
+) -> tuple[list[float], list[float], list[dict[str, Any]], float, tuple[float, float]]:
+    """(duration_s of rounds 2..R, commit-to-commit periods of rounds 2..R, the metrics
+    entries (their per-phase timings), the final validation loss, and when (perf_counter)
+    round 1's and round R's metrics lines appeared)."""
     if mode == "secure":
         fed.start_aggregator()
         fed.start_collaborators()
@@ -231,7 +300,8 @@ def secfl_run(
         raise SystemExit(f"secfl {mode}: {len(entries)} rounds in the metrics, not {rounds}")
     durations = [float(e["duration_s"]) for e in entries]
     cycle = [b - a for a, b in itertools.pairwise(seen)]
-    return durations[1:], cycle, phase_medians(entries), float(entries[-1]["val_loss"])
+    window = (seen[0], seen[-1])
+    return durations[1:], cycle, entries, float(entries[-1]["val_loss"]), window
 
 
 # --- Flower ---------------------------------------------------------------------------------
@@ -240,9 +310,9 @@ def secfl_run(
 def flower_run(
     work: Path, driver: Path, code: Path, shards: dict[str, Path], settings: DemoSettings,
     tls: dict[str, Path] | None,
-) -> tuple[list[float], float]:  # fmt: skip
-    """One Flower federation: round times of rounds 2..R (evaluate_fn to evaluate_fn)
-    and the final validation loss."""
+) -> tuple[list[float], float, tuple[float, float]]:  # fmt: skip
+    """One Flower federation: round times of rounds 2..R (evaluate_fn to evaluate_fn),
+    the final validation loss, and when (perf_counter) rounds 1 and R were evaluated."""
     import json
 
     python = flower_python()
@@ -290,7 +360,7 @@ def flower_run(
     if len(stamps) != settings.rounds + 1:
         raise SystemExit(f"Flower: {len(stamps)} evaluations, not {settings.rounds + 1}")
     times = [b - a for a, b in itertools.pairwise(stamps)]
-    return times[1:], float(doc["losses"][-1])
+    return times[1:], float(doc["losses"][-1]), (stamps[1], stamps[-1])
 
 
 # --- one workload ---------------------------------------------------------------------------
@@ -308,6 +378,8 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
     periods: dict[str, list[float]] = {c: [] for c in CONFIGS if c.startswith("secfl")}
     shards: dict[str, Path] = {}
     losses: dict[str, float] = {}
+    pooled: dict[str, list[dict[str, Any]]] = {c: [{}] for c in periods}  # rounds 2..R
+    cpu: dict[str, list[float]] = {c: [] for c in CONFIGS}  # CPU seconds per round
     for i in range(repeat):
         fed = Federation(root / f"{name}-{i}", settings)
         try:
@@ -318,24 +390,32 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
                 shards = export_shards(fed, code, root / f"shards-{name}")
             order = CONFIGS[i % 4 :] + CONFIGS[: i % 4]
             for config in order:
-                if config.startswith("secfl"):
-                    mode = config.split()[1]
-                    times, cycle, phases, losses[config] = secfl_run(fed, mode, settings.rounds)
-                    periods[config] += cycle
-                    if phases:
-                        shown = ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
-                        print(f"  repeat {i + 1} {config:<15} phases (ms, median): {shown}")
-                else:
-                    use = tls if config == "Flower TLS" else None
-                    work = root / f"{name}-{i}-{config.replace(' ', '-')}"
-                    times, losses[config] = flower_run(work, driver, code, shards, settings, use)
+                with CpuSampler() as sampler:
+                    if config.startswith("secfl"):
+                        mode = config.split()[1]
+                        times, cycle, entries, losses[config], window = secfl_run(
+                            fed, mode, settings.rounds
+                        )
+                        periods[config] += cycle
+                        pooled[config] += entries[1:]
+                        if phases := phase_medians(entries):
+                            shown = ", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+                            print(f"  repeat {i + 1} {config:<15} phases (ms, median): {shown}")
+                    else:
+                        use = tls if config == "Flower TLS" else None
+                        work = root / f"{name}-{i}-{config.replace(' ', '-')}"
+                        times, losses[config], window = flower_run(
+                            work, driver, code, shards, settings, use
+                        )
+                cpu[config].append(sampler.between(*window) / (settings.rounds - 1))
                 got[config] += times
                 cycle_text = ""
                 if config in periods:
                     last = statistics.median(periods[config][-len(times) :])
                     cycle_text = f", commit to commit {last:.4f} s"
                 print(f"  repeat {i + 1} {config:<15} rounds 2..R median "
-                      f"{statistics.median(times):.4f} s{cycle_text}", flush=True)  # fmt: skip
+                      f"{statistics.median(times):.4f} s{cycle_text}, CPU "
+                      f"{cpu[config][-1] * 1e3:.0f} ms a round", flush=True)  # fmt: skip
         finally:
             fed.stop()
     own = {c: statistics.median(v) for c, v in got.items()}
@@ -345,7 +425,15 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
     print(f"\n  per-round medians over {repeat} repeat(s), rounds 2..{settings.rounds}:")
     for config in CONFIGS:
         extra = f" (duration_s {own[config]:.4f} s)" if config in periods else ""
-        print(f"    {config:<15} {med[config]:.4f} s{extra}")
+        each = periods.get(config) or got[config]
+        spread = f"{min(each):.4f}-{max(each):.4f}"
+        print(f"    {config:<15} {med[config]:.4f} s{extra}, rounds {spread} s, CPU "
+              f"{statistics.median(cpu[config]) * 1e3:.0f} ms a round (repeats: "
+              + ", ".join(f"{c * 1e3:.0f}" for c in cpu[config]) + ")")  # fmt: skip
+    print(f"\n  per-phase medians (ms) over {repeat} repeat(s), rounds 2..{settings.rounds}:")
+    for config, entries in pooled.items():
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in phase_medians(entries).items())
+        print(f"    {config:<15} {shown}")
 
     def line(label: str, num: str, den: str, target: str) -> None:
         cross = f"; with duration_s {own[num] / med[den]:.3f}" if num in periods else ""

@@ -1,11 +1,10 @@
 """FedAvg's exact sum: bit-identical models whatever the arrival order, exact take-back
-of a half-received update, bounded memory while updates stream in."""
+of a half-received update (read back from its sealed spill file), the new model
+serialized in place."""
 
 from __future__ import annotations
 
-import gc
 import threading
-import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,9 @@ from hypothesis import strategies as st
 
 from secfl.errors import FlError, TransportError
 from secfl.fl import _messages as msg
-from secfl.fl._incoming import Receiver
+from secfl.fl._incoming import FOLD_BYTES, Receiver
 from secfl.fl._tensors import to_bytes
-from secfl.fl.strategies import FedAdam, FedAvg, FedAvgAccumulator, Params, Update
+from secfl.fl.strategies import FedAdam, FedAvg, FedAvgAccumulator, Params, Update, _exact
 from secfl.fl.strategies._exact import fraction_bits
 
 CHUNK = 1 << 12
@@ -179,6 +178,11 @@ def broken_after(parts: list[bytes], count: int) -> Iterator[bytes]:
     raise TransportError("rpc: the connection broke")
 
 
+def sums_of(acc: FedAvgAccumulator) -> dict[str, bytes]:
+    return {name: total.tobytes() for name, total in acc.exact.sums.items()}
+
+
+@pytest.mark.parametrize("stretch", [FOLD_BYTES, 98], ids=["one-stretch", "many-stretches"])
 @pytest.mark.parametrize(
     "cut, error",
     [
@@ -188,23 +192,34 @@ def broken_after(parts: list[bytes], count: int) -> Iterator[bytes]:
     ],
     ids=["broken", "short", "long"],
 )
-def test_a_stream_that_fails_half_way_is_taken_out_exactly(cut: object, error: str) -> None:
+def test_a_stream_that_fails_half_way_is_taken_out_exactly(
+    cut: object, error: str, stretch: int, tmp_path: Path
+) -> None:
+    """98-byte stretches: the window's slots are reused many times, and stretches end
+    inside elements (an int64 at an odd offset, float32s), carried to the next."""
     global_params, updates = spread_round(8, 3)
-    receiver = Receiver(1 << 20)
+    receiver = Receiver(1 << 20, spill_dir=tmp_path, stretch=stretch)
     acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
     receive(receiver, acc, global_params, updates[0], iter(pieces_of(message(updates[0]))))
+    never = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
+    never.add(updates[0])
     with pytest.raises((FlError, TransportError), match=error):
         parts = pieces_of(message(updates[1]))
         receive(receiver, acc, global_params, updates[1], cut(parts))  # type: ignore[operator]
-    # the sum is as if updates[1] never came; its sender may still send it whole
+    # the int64 sum is bit for bit as if updates[1] never came
+    assert sums_of(acc) == sums_of(never)
+    assert acc.exact.total == never.exact.total
+    # its sender may still send it whole
     for update in updates[1:]:
         receive(receiver, acc, global_params, update, iter(pieces_of(message(update))))
     assert same(acc.finish(), fold(FedAvg(), global_params, updates))
+    assert list(tmp_path.iterdir()) == []  # the spill files never had a name
 
 
-def test_a_bad_value_late_in_the_stream_is_refused_and_taken_out() -> None:
+@pytest.mark.parametrize("stretch", [FOLD_BYTES, 256])
+def test_a_bad_value_late_in_the_stream_is_refused_and_taken_out(stretch: int) -> None:
     global_params, updates = spread_round(9, 2)
-    receiver = Receiver(1 << 20)
+    receiver = Receiver(1 << 20, stretch=stretch)
     acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
     w = updates[1].params["w"].copy()
     w[-1] = np.inf  # after values already folded
@@ -216,9 +231,9 @@ def test_a_bad_value_late_in_the_stream_is_refused_and_taken_out() -> None:
     assert same(acc.finish(), fold(FedAvg(), global_params, updates))
 
 
-def test_closing_the_round_takes_out_a_stalled_stream_and_frees_the_buffer() -> None:
+def test_closing_the_round_takes_out_a_stalled_stream_and_frees_the_window() -> None:
     global_params, updates = spread_round(10, 2)
-    receiver = Receiver(1 << 20)
+    receiver = Receiver(1 << 20, stretch=1000)
     acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
     parts = pieces_of(message(updates[0]))
     stalled, resume = threading.Event(), threading.Event()
@@ -240,7 +255,7 @@ def test_closing_the_round_takes_out_a_stalled_stream_and_frees_the_buffer() -> 
     thread.start()
     assert stalled.wait(10)
     receiver.cancel()  # the round closes while the sender is quiet
-    # the buffer is free at once: another update comes in while the first still waits
+    # the window is free at once: another update comes in while the first still waits
     receive(receiver, acc, global_params, updates[1], iter(pieces_of(message(updates[1]))))
     resume.set()
     thread.join(10)
@@ -248,30 +263,6 @@ def test_closing_the_round_takes_out_a_stalled_stream_and_frees_the_buffer() -> 
         "protocol: the round closed while the update of 'site-0' came in"
     ]
     assert same(acc.finish(), fold(FedAvg(), global_params, updates[1:]))
-
-
-def test_streaming_an_update_needs_the_sum_and_one_buffer() -> None:
-    size = 4_000_000
-    model_bytes = size * 4
-    global_params = {"w": np.zeros(size, np.float32)}
-    update = Update("a", {"w": np.full(size, 0.5, np.float32)}, 3)
-    parts = message(update)  # built before measuring: the sender's memory, not ours
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        receiver = Receiver(model_bytes + (1 << 20))
-        acc = FedAvg().accumulator(1, global_params, weight_bound=10)
-        receive(receiver, acc, global_params, update, iter(parts))
-        result = acc.finish()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert result["w"][0] == np.float32(0.5)
-    # the int64 sum (2 models) + the receive buffer (1 model + 1 MiB) + small scratch
-    extra = (peak - before) / model_bytes
-    assert extra <= 3.35, f"extra peak {extra:.2f}x the model"
 
 
 def test_the_new_model_is_serialized_in_place_byte_for_byte() -> None:
@@ -296,101 +287,40 @@ def test_the_new_model_is_serialized_in_place_byte_for_byte() -> None:
     assert accumulate(FedAdam()).finish_into(template) is None
 
 
-def test_the_new_model_is_written_into_the_handed_over_receive_buffer() -> None:
+def test_streamed_updates_finish_into_the_same_bytes_as_whole_ones() -> None:
     global_params, updates = spread_round(13, 3)
+    global_params["half"] = np.ones((3, 5), dtype=np.float16)  # 2-byte elements too
+    for update in updates:
+        update.params["half"] = np.full((3, 5), 0.25, dtype=np.float16)
     template = to_bytes(global_params)
-    receiver = Receiver(1 << 20)
-    assert receiver.hand_over(len(template)) is None  # no update has used it yet
+    receiver = Receiver(1 << 20, stretch=70)
     acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
     for update in updates:
         receive(receiver, acc, global_params, update, iter(pieces_of(message(update))))
-    given: list[memoryview] = []
-
-    def room(size: int) -> memoryview | None:
-        view = receiver.hand_over(size)
-        assert view is not None
-        given.append(view)
-        return view
-
-    serialized = acc.finish_into(template, room)
+    serialized = acc.finish_into(template)
     assert serialized is not None and serialized.readonly
-    reference = to_bytes(fold(FedAvg(), global_params, updates))
-    assert bytes(serialized) == reference
-    assert np.shares_memory(np.frombuffer(serialized, np.uint8), np.frombuffer(given[0], np.uint8))
-    # the next round's updates land in a fresh buffer: the model is not touched
-    nxt = FedAvg().accumulator(2, global_params, weight_bound=1 << 20)
-    receive(receiver, nxt, global_params, updates[0], iter(pieces_of(message(updates[0]))))
-    assert bytes(serialized) == reference
+    assert bytes(serialized) == to_bytes(fold(FedAvg(), global_params, updates))
 
 
-def test_handing_the_buffer_over_takes_a_stream_in_progress_out_exactly() -> None:
-    global_params, updates = spread_round(14, 2)
-    receiver = Receiver(1 << 20)
-    acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
-    receive(receiver, acc, global_params, updates[0], iter(pieces_of(message(updates[0]))))
-    parts = pieces_of(message(updates[1]))
-    stalled, resume = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
-
-    def slow() -> Iterator[bytes]:
-        yield from parts[: len(parts) // 2]
-        stalled.set()
-        resume.wait(10)
-        yield from parts[len(parts) // 2 :]
-
-    def sender() -> None:
-        try:
-            receive(receiver, acc, global_params, updates[1], slow())
-        except FlError as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=sender)
-    thread.start()
-    assert stalled.wait(10)
-    view = receiver.hand_over(1000)
-    assert view is not None
-    view[:] = b"\xff" * 1000  # the new owner writes; the stalled stream never does again
-    resume.set()
-    thread.join(10)
-    assert [str(e) for e in errors] == [
-        "protocol: the round closed while the update of 'site-1' came in"
-    ]
-    assert bytes(view) == b"\xff" * 1000
-    assert same(acc.finish(), fold(FedAvg(), global_params, updates[:1]))
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"{field} not in /proc/self/status")
-
-
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS")
-@pytest.mark.timeout(120)
-def test_finishing_into_the_receive_buffer_needs_no_memory_beside_the_sum() -> None:
-    """Peak RSS (VmHWM, restarted just before) while the new model is made: written
-    into the buffer's resident pages it adds almost nothing; into fresh memory it
-    would add a tensor's worth (here the whole 64 MB model: one tensor) before that
-    tensor's sum is freed."""
-    size = 16_000_000
-    model_bytes = size * 4
-    global_params = {"w": np.zeros(size, np.float32)}
+def test_a_sum_in_its_own_map_gives_the_same_bits_and_its_pages_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sums of 1 MiB or more live in anonymous maps whose pages are given back as the
+    mean is read (``_exact._release``); the model is bit for bit the heap sum's."""
+    global_params, updates = spread_round(16, 3, size=300_000)  # a 2.4 MB sum
     template = to_bytes(global_params)
-    rng = np.random.default_rng(15)
-    update = Update("a", {"w": rng.standard_normal(size, dtype=np.float32)}, 3)
-    parts = message(update)
-    receiver = Receiver(len(template) + (1 << 20))
-    acc = FedAvg().accumulator(1, global_params, weight_bound=10)
-    receive(receiver, acc, global_params, update, iter(parts))
-    del parts
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
-    before = _status_kib("VmRSS") * 1024
-    serialized = acc.finish_into(template, receiver.hand_over)
-    extra = _status_kib("VmHWM") * 1024 - before
-    assert serialized is not None
-    again = FedAvg().accumulator(1, global_params, weight_bound=10)
-    again.add(update)
-    assert bytes(serialized) == to_bytes(again.finish())
-    assert extra <= 0.25 * model_bytes, f"finishing took {extra / model_bytes:.2f}x the model"
+
+    def finished(mapped: bool) -> tuple[bytes, bytes]:
+        monkeypatch.setattr(_exact, "_MAPPED_BYTES", 1 << 20 if mapped else 1 << 60)
+        monkeypatch.setattr(_exact, "_RELEASE_BYTES", 1 << 16)  # after every block
+        accs = [FedAvg().accumulator(1, global_params, weight_bound=1 << 20) for _ in "ab"]
+        for acc in accs:
+            for update in updates:
+                acc.add(update)
+        assert ("w" in accs[0].exact._maps) is mapped
+        into = accs[0].finish_into(template)
+        assert into is not None
+        return bytes(into), to_bytes(accs[1].finish())
+
+    mapped, heap = finished(True), finished(False)
+    assert mapped == heap and mapped[0] == mapped[1]

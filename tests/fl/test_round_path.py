@@ -116,7 +116,7 @@ def test_a_model_train_changed_is_built_again() -> None:
 # --- 2. a federation: models built once, phases recorded -----------------------------------
 
 PHASES = {"start", "dispatch", "train", "upload", "fold", "collect", "aggregate", "evaluate",
-          "checkpoint", "counter", "commit", "commit_wait"}  # fmt: skip
+          "checkpoint", "counter", "fsync", "commit", "commit_wait"}  # fmt: skip
 
 
 class SlowLedger:
@@ -340,3 +340,51 @@ def test_a_ctrl_c_while_waiting_for_the_commit_leaves_it_to_be_waited_for_again(
     threading.Timer(0.3, ledger.hold[1].set).start()
     assert commit.settle() == 1  # waits for the commit, then answers its counter
     assert commit.counter == 1
+
+
+def test_the_round_hook_runs_beside_the_rounds_and_all_its_calls_end_before_run_returns(
+    fed: Federation, tmp_path: Path
+) -> None:
+    """The committed round's hook (the SPM's round event in production) is not on the
+    round loop's path: while the hook still holds round 1, rounds 2 and 3 are trained
+    and recorded; every round's call is made, in order, before ``run`` returns. (Called
+    in the round loop, a hook that blocks holds every later round: round 2 is never
+    recorded while round 1's hook waits.)"""
+    agg = fed.aggregator(
+        {"rounds": 3, "min_clients": 2, "train": {"epochs": 1}, **QUICK},
+        ledger=SlowLedger(), directory=tmp_path,
+    )  # fmt: skip
+    release = threading.Event()
+    calls: list[int] = []
+    saw_all_recorded: list[bool] = []
+
+    def hook(entry: dict[str, Any]) -> None:
+        if entry["round"] == 1:
+            release.wait(LIMIT)
+        calls.append(entry["round"])
+
+    def watch() -> None:
+        try:
+            wait_for(lambda: len(agg.history) == 3, "rounds 2 and 3 recorded")
+            saw_all_recorded.append(True)
+        except AssertionError:
+            saw_all_recorded.append(False)
+        release.set()
+
+    agg.on_round = hook
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    threads = [Background(fed.collaborator(agg.port, i).run, f"c{i}") for i in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        agg.run()
+        for thread in threads:
+            thread.outcome()
+    finally:
+        release.set()
+        agg.rounds.finish()
+        agg.server.stop(None)
+    watcher.join(LIMIT)
+    assert saw_all_recorded == [True]  # rounds 2 and 3 recorded while round 1's hook held
+    assert calls == [1, 2, 3]  # each round's hook, in order, all made before run returned

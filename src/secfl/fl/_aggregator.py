@@ -34,6 +34,7 @@ from secfl.fl._envelope import PrivateKey, SignedModel, seal_model
 from secfl.fl._global_model import model_views, next_model
 from secfl.fl._model_slot import ModelSlot
 from secfl.fl._phases import Summary, attempt_phases, ms, round_seconds
+from secfl.fl._reporter import InOrder
 from secfl.fl._reset import ApprovedReset
 from secfl.fl._rounds import Attempt, Rounds, without_tensors
 from secfl.fl._scoring import Scoreboard, train_means
@@ -111,8 +112,9 @@ class Aggregator:
         self._params, self._start = self._resume(self._strategy)
         self._scorer = ModelSlot(self.task, self.config.seed)
         self._waiting: tuple[int, dict[str, Any], dict[str, float]] | None = None
+        self._events = InOrder(lambda entry: self.on_round(entry))  # off the round's path
         limit = int(nbytes(self._params) * self.config.max_update_factor) + (1 << 20)
-        self.rounds = Rounds(self.config, max_update_bytes=limit)
+        self.rounds = Rounds(self.config, max_update_bytes=limit, spill_dir=self.commit.directory)
         self.rounds.register(self.server)
         self.port = self.server.start(listen)
         return self.port
@@ -127,8 +129,10 @@ class Aggregator:
             params = self._rounds(strategy, start)
         except BaseException:  # stopped (Ctrl-C, an error): a round already durable is
             self._settle_on_the_way_out()  # recorded, so a restart does not lose it
+            self._events.drain(timeout=10.0)
             raise
         self._settle()
+        self._events.drain()  # every round's event is out before anyone hears "done"
         self.rounds.finish()
         return params
 
@@ -166,8 +170,7 @@ class Aggregator:
                     acc.add(update)
             del attempt
             updates = [without_tensors(u) for u in updates]  # senders and metrics are all we keep
-            # written into the receive buffer's pages, resident and free now
-            model_bytes = next_model(acc, model_bytes, self.rounds.receiver.hand_over)
+            model_bytes = next_model(acc, model_bytes)
             del acc
             params = model_views(model_bytes)
             entry = self._evaluate(round, params, updates, summary)
@@ -294,6 +297,7 @@ class Aggregator:
         how to go on."""
         with contextlib.suppress(Exception):
             self._settle()  # a commit still pending: finished and recorded first
+            self._events.drain(timeout=10.0)
         if self.sealed is None:
             return "nothing was sealed yet: start the aggregator again with the same command"
         round, counter = self.sealed
@@ -436,4 +440,4 @@ class Aggregator:
             "round %d done: %d updates, %s, counter %d", entry["round"], entry["updates"],
             ", ".join(shown), entry["counter"],
         )  # fmt: skip
-        self.on_round(entry)
+        self._events.post(entry)

@@ -65,6 +65,7 @@ __all__ = [
     "parse_checkpoint_name",
     "policy_of",
     "reset_hint",
+    "sync_checkpoint",
     "write_checkpoint",
 ]
 
@@ -178,11 +179,14 @@ def write_checkpoint(
     state: Mapping[str, Any],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     created_at: datetime | None = None,
+    durable: bool = True,
 ) -> Path:
     """Seal and write a checkpoint atomically; returns its path (see the module docstring).
 
     ``state`` is a strategy's :meth:`~secfl.fl.strategies.Strategy.state`: a flat map of
-    numpy arrays and JSON values.
+    numpy arrays and JSON values. ``durable=False`` leaves out the fsyncs (the file is
+    whole under its name for every process from the rename on, durable across a power
+    loss only after :func:`sync_checkpoint`): the commit runs them beside the SPM call.
     """
     aead = _aead(key)
     if not isinstance(policy_digest, str) or not policy_digest:
@@ -223,16 +227,31 @@ def write_checkpoint(
         raise FlError(f"checkpoint: cannot create {directory}: {exc.strerror}") from None
     path = directory / checkpoint_name(round, counter)
     try:  # private from the first byte, fsynced, renamed into place, the folder fsynced
-        with atomic_open(path, mode=0o600, fsync=True) as fh:
+        with atomic_open(path, mode=0o600, fsync=durable) as fh:
             fh.write(MAGIC + struct.pack(">I", len(header)) + header)
             for index, piece in enumerate(_pieces(parts, chunk_size)):
                 sealed = aead.seal(piece, _aad(header, index, index == count - 1))
                 fh.write(struct.pack(">I", len(sealed)))
                 fh.write(sealed)
-        _fsync_directory(directory)
+        if durable:
+            _fsync_directory(directory)
     except OSError as exc:
         raise FlError(f"checkpoint: cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def sync_checkpoint(path: Path) -> None:
+    """Make a checkpoint written with ``durable=False`` durable: its file, then its
+    folder (the rename), fsynced."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        raise FlError(f"checkpoint: cannot sync {path}: {exc.strerror or exc}") from None
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -9,10 +9,12 @@ because the two must agree). The aggregator is the only service that increments
 its counter; with the SPM's value ``c`` after round ``r - 1``:
 
 1. aggregate round ``r``;
-2. :func:`~secfl.fl._checkpoint.write_checkpoint` with ``counter = c + 1`` (durable:
-   temp file, fsync, rename, directory fsync) and keep the previous checkpoint
+2. :func:`~secfl.fl._checkpoint.write_checkpoint` with ``counter = c + 1`` (temp
+   file, rename: whole under its name) and keep the previous checkpoint
    (:func:`prune_checkpoints` with ``keep >= 2``);
-3. increment the SPM counter (it must return ``c + 1``);
+3. increment the SPM counter (it must return ``c + 1``) while the checkpoint is
+   fsynced (file, then folder); the round counts as committed once both are done
+   (why the fsync may run beside the counter: :mod:`secfl.fl._commit`);
 4. seal the new global model with round ``r`` and counter ``c + 1``
    (:func:`secfl.fl._envelope.seal_model`) and send it.
 

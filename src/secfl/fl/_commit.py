@@ -41,6 +41,29 @@ So the models and metrics anyone can see, and the state a restart resumes from,
 are exactly those of the sequential order; only a collaborator's work on a round
 that never commits is lost, as an update in flight is lost when an aggregator
 crashes today.
+
+The checkpoint's fsyncs beside the counter. :meth:`Commit.commit` writes the sealed
+checkpoint whole and renames it into place *before* it reads and increments the
+counter, as above, but fsyncs it (file, then folder) in a thread while the SPM calls
+are under way, and returns (so the round is recorded) only once both are done. What
+proves freshness is the SPM's counter, not the disk: a checkpoint is resumed from
+only when its authenticated counter equals the SPM's, so nothing on the disk, synced
+or not, can make a restart accept an older state. And nothing committed is lost:
+
+- a crash of the aggregator (kill -9, an error, Ctrl-C) at any moment after the
+  increment finds the new checkpoint in place: the rename happened before the
+  increment, and a file's written pages belong to the kernel, not to the process
+  (``tests/fl/test_commit_crash.py`` kills it right after the increment and resumes);
+- only a power loss or a kernel crash in the few milliseconds between the increment
+  and the fsync's end can leave the SPM at ``c + 1`` with no durable checkpoint
+  ``c + 1``. The restart then refuses to resume (a checkpoint older than the SPM's
+  counter is a rollback, and a torn file ``c + 1`` does not open: both fail closed)
+  until the operator sets such a torn file aside and the board signs a reset, which
+  resumes from round ``r - 1`` with the counter moving on from ``c + 1``. Round
+  ``r`` was not committed in anyone's eyes: it is recorded (metrics, the SPM's round
+  event, ``sealed``, the final model, "done") only after the fsync, and its model
+  went only to attested collaborators, as above. The cost is availability after a
+  power loss in that window, never a rollback and never a round anyone saw.
 """
 
 from __future__ import annotations
@@ -55,7 +78,7 @@ from typing import Any, Protocol
 
 from secfl._internal.buffers import Frozen, frozen
 from secfl.errors import FlError
-from secfl.fl._checkpoint import write_checkpoint
+from secfl.fl._checkpoint import sync_checkpoint, write_checkpoint
 from secfl.fl._checkpoint_dir import latest_checkpoint, prune_checkpoints
 from secfl.fl._phases import ms
 from secfl.fl._runs import ResumePoint, find_resume_point
@@ -149,9 +172,11 @@ class Commit:
             if overlap is not None
             else directory is not None or not isinstance(ledger, MemoryLedger)
         )
-        #: Milliseconds of the last commit's steps (``checkpoint``, ``counter``, ``commit``).
+        #: Milliseconds of the last commit's steps (``checkpoint``: sealed and in place;
+        #: then, side by side, ``counter`` (read and incremented) and ``fsync``; ``commit``).
         self.phases: dict[str, float] = {}
         self._pending: threading.Event | None = None
+        self._files = threading.RLock()
         self._promised = 0
         self._outcome: int | BaseException | None = None
 
@@ -184,23 +209,59 @@ class Commit:
             return ResumePoint(spm, checkpoint=newest)
         return find_resume_point(self.directory, key=self.key, run=self.policy_digest, counter=spm)
 
-    def commit(self, round: int, params_bytes: Frozen, state: dict[str, Any]) -> int:
+    def commit(
+        self, round: int, params_bytes: Frozen, state: dict[str, Any], *, prune: bool = True
+    ) -> int:
         """Make ``round`` durable and fresh; returns the new counter value.
 
         The counter is read before it is incremented: if another aggregator of the
         policy moved it (an old one still running when the board approved a new
         version, or a second copy), this one stops *without* incrementing, so that
         the value it would have taken is not burnt and the other's checkpoint stays
-        the newest committed state (nobody needs a reset)."""
+        the newest committed state (nobody needs a reset). ``prune=False`` leaves the
+        old checkpoints to :meth:`prune` (the overlapped commit prunes after it settled)."""
+        with self._files:  # an overlapped commit's pruning is over first
+            return self._commit(round, params_bytes, state, prune=prune)
+
+    def _commit(
+        self, round: int, params_bytes: Frozen, state: dict[str, Any], *, prune: bool
+    ) -> int:
         began = time.monotonic()
         target = self.counter + 1
+        syncing: _Sync | None = None
         if self.directory is not None:
             assert self.key is not None
-            write_checkpoint(
+            path = write_checkpoint(
                 self.directory, key=self.key, policy_digest=self.policy_digest,
                 round=round, counter=target, params_bytes=params_bytes, state=state,
+                durable=False,
             )  # fmt: skip
+            # in place under its name now: fsynced while the counter moves (module doc)
+            syncing = _Sync(path)
         sealed = time.monotonic()
+        value = self._increment(round, target)  # (failed: the fsync thread just ends)
+        counted = time.monotonic()
+        synced = syncing.wait() if syncing is not None else sealed
+        self.counter = value
+        if prune:
+            self.prune()
+        self.phases = {
+            "checkpoint": ms(sealed - began),
+            "counter": ms(counted - sealed),
+            "fsync": ms(synced - sealed),
+            "commit": ms(time.monotonic() - began),
+        }
+        return value
+
+    def prune(self) -> None:
+        """All but the ``keep`` newest checkpoints deleted (the newest is the committed
+        one or a newer, uncommitted one: never the one a restart needs)."""
+        if self.directory is not None:
+            with self._files:  # never beside a commit: its new file is not committed yet
+                prune_checkpoints(self.directory, keep=self.keep)
+
+    def _increment(self, round: int, target: int) -> int:
+        """The counter moved from the value this aggregator committed last to ``target``."""
         seen = self.ledger.current()
         if seen != self.counter:
             raise FlError(
@@ -216,15 +277,6 @@ class Commit:
                 "aggregator of this policy, then start this one again (if it refuses a "
                 f"rollback, the board signs a reset with --value {value})"
             )
-        self.counter = value
-        counted = time.monotonic()
-        if self.directory is not None:
-            prune_checkpoints(self.directory, keep=self.keep)
-        self.phases = {
-            "checkpoint": ms(sealed - began),
-            "counter": ms(counted - sealed),
-            "commit": ms(time.monotonic() - began),
-        }
         return value
 
     # --- overlapped with the next round (see the module's docstring) ---------------------
@@ -250,12 +302,18 @@ class Commit:
         finished = threading.Event()
 
         def work() -> None:
+            outcome: int | BaseException
             try:
-                self._outcome = self.commit(round, params_bytes, state)
+                outcome = self.commit(round, params_bytes, state, prune=False)
             except BaseException as exc:  # handed to settle(), raised in the round loop
-                self._outcome = exc
-            finally:
-                finished.set()
+                outcome = exc
+            self._outcome = outcome
+            finished.set()  # the round can be recorded: pruning is off its path
+            if not isinstance(outcome, BaseException):
+                try:
+                    self.prune()
+                except (OSError, FlError) as exc:
+                    log.warning("checkpoint: old checkpoints not pruned: %s", exc)
 
         self._outcome = None
         self._promised = self.counter + 1  # read before the thread can move self.counter
@@ -276,3 +334,27 @@ class Commit:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+
+class _Sync:
+    """A checkpoint's fsyncs in a thread; :meth:`wait` returns when they ended
+    (monotonic) or raises their error."""
+
+    def __init__(self, path: Path) -> None:
+        self._error: BaseException | None = None
+        self._ended = 0.0
+        self._thread = threading.Thread(target=self._run, args=(path,), name="secfl-fsync")
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            sync_checkpoint(path)
+        except BaseException as exc:  # any failure fails the commit (fail closed)
+            self._error = exc
+        self._ended = time.monotonic()
+
+    def wait(self) -> float:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._ended

@@ -4,8 +4,6 @@ bytes where the aggregation rule allows."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from secfl._internal.buffers import Frozen
 from secfl.fl._tensors import from_bytes, to_bytes
 from secfl.fl.strategies._base import Accumulator, Params
@@ -14,15 +12,12 @@ from secfl.fl.strategies._fedavg import FedAvgAccumulator
 __all__ = ["model_views", "next_model"]
 
 
-def next_model(
-    acc: Accumulator, previous: Frozen, room: Callable[[int], memoryview | None] | None = None
-) -> Frozen:
+def next_model(acc: Accumulator, previous: Frozen) -> Frozen:
     """The round's new model, serialized: written straight into its bytes where the
-    rule allows (FedAvg, FedProx: see ``FedAvgAccumulator.finish_into``), into
-    ``room(size)`` if that gives memory (the receive buffer, handed over), else
+    rule allows (FedAvg, FedProx: see ``FedAvgAccumulator.finish_into``), else
     aggregated, then serialized."""
     if isinstance(acc, FedAvgAccumulator):
-        serialized = acc.finish_into(previous, room)
+        serialized = acc.finish_into(previous)
         if serialized is not None:
             return serialized  # read-only: nothing writes through it
     return to_bytes(acc.finish())

@@ -90,7 +90,13 @@ class Attempt:
 class Rounds:
     """Thread-safe state shared by the transport handlers and the round loop."""
 
-    def __init__(self, config: FederationConfig, *, max_update_bytes: int) -> None:
+    def __init__(
+        self,
+        config: FederationConfig,
+        *,
+        max_update_bytes: int,
+        spill_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.config = config
         self.max_update_bytes = max_update_bytes
         self.cond = threading.Condition()
@@ -107,8 +113,9 @@ class Rounds:
             else contextlib.nullcontext()
         )
         self.told_done: set[str] = set()
-        #: Where streamed updates land (one buffer, reused; one stream at a time).
-        self.receiver = Receiver(max_update_bytes + msg.MAX_HEADER + 4)
+        #: Where streamed updates come in (one stream at a time; each one's take-back
+        #: copy is spilled, sealed, to an unlinked file in ``spill_dir``).
+        self.receiver = Receiver(max_update_bytes + msg.MAX_HEADER + 4, spill_dir=spill_dir)
 
     def register(self, server: Server) -> None:
         server.unary(msg.JOIN, self.join)

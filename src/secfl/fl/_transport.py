@@ -77,7 +77,7 @@ CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 MESSAGE_LIMIT = CHUNK_SIZE + (64 << 10)
 #: The HTTP/2 flow-control window the server gives each stream it receives (uploads:
 #: ``Submit``), fixed. With gRPC's BDP probing the window grows with the measured
-#: bandwidth, and every upload waiting for the aggregator's receive buffer has that
+#: bandwidth, and every upload waiting for the aggregator's receive window has that
 #: much buffered in gRPC. Measured on loopback (a loaded 2-core machine, noisy): three
 #: uploads held waiting cost the server 30-45 MiB with mTLS and 100-400 MiB in
 #: plaintext; with the window fixed at 4 MiB, 24 MiB. One mTLS upload moves as fast

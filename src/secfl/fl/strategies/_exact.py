@@ -35,11 +35,15 @@ should be near the real shard sizes. Integer and bool tensors (BatchNorm's
 ``num_batches_tracked``) are summed as integers (``F_t = 0``), exactly.
 
 Memory: one int64 per parameter (two float32 models), as the float64 sum it replaces.
+A large tensor's sum lives in its own anonymous map, whose pages are given back to
+the system as :meth:`ExactSum.mean_into` reads them: making the new model needs the
+sum and a few blocks beside it, not a tensor (a sum of 16M elements is 128 MB).
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,6 +69,10 @@ MAX_EXTENT = 2.0**900
 #: The weight bound when none is given (2**24 samples in a round; callers that know
 #: the round's sample counts pass them, for a finer grid).
 DEFAULT_WEIGHT_BOUND = 1 << 24
+#: A sum of at least this many bytes gets its own map, given back page by page.
+_MAPPED_BYTES = 1 << 20
+#: Give back the read pages of a mapped sum every this many bytes.
+_RELEASE_BYTES = 4 << 20
 
 
 def magnitude(tensor: np.ndarray) -> float:
@@ -124,6 +132,7 @@ class ExactSum:
         }
         self.sizes = {name: int(ref.size) for name, ref in global_params.items()}
         self.sums: dict[str, np.ndarray] = {}
+        self._maps: dict[str, mmap.mmap] = {}  # the sums that have a map of their own
         self.total = 0
 
     def reserve(self, samples: int, sender: str) -> None:
@@ -143,7 +152,15 @@ class ExactSum:
     def _sum(self, name: str) -> np.ndarray:
         total = self.sums.get(name)
         if total is None:
-            total = self.sums[name] = np.zeros(self.sizes[name], dtype=np.int64)
+            size = self.sizes[name]
+            if size * 8 >= _MAPPED_BYTES and hasattr(mmap, "MADV_DONTNEED"):
+                # anonymous memory reads as zeros and is mapped as it is first written
+                flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+                memory = self._maps[name] = mmap.mmap(-1, size * 8, flags=flags)
+                total = np.frombuffer(memory, dtype=np.int64, count=size)
+            else:
+                total = np.zeros(size, dtype=np.int64)
+            self.sums[name] = total
         return total
 
     def check(self, name: str, values: np.ndarray, sender: str) -> None:
@@ -209,6 +226,7 @@ class ExactSum:
         divisor = np.float64(math.ldexp(float(self.total), f))
         size = self.sizes[name]
         total = self.sums.pop(name, None)
+        memory = self._maps.pop(name, None)
         if total is None or size == 0:  # nothing folded into it (an empty tensor)
             return np.zeros(size, dtype=dtype)
         itemsize = np.dtype(dtype).itemsize
@@ -226,6 +244,9 @@ class ExactSum:
                     np.rint(part, out=part)
                 np.copyto(narrow[at:end], part, casting="unsafe")
         del narrow
+        if memory is not None:  # give back the pages past the result
+            _release(memory, size * itemsize, size * 8)
+            return np.frombuffer(memory, dtype=dtype, count=size)
         # no other view of ``total`` is alive (it never left this object), so the
         # reference check numpy cannot do reliably from inside a call is safe to skip
         total.resize((size * itemsize + 7) // 8, refcheck=False)
@@ -239,10 +260,12 @@ class ExactSum:
         f, _ = self.grid[name]
         divisor = np.float64(math.ldexp(float(self.total), f))
         total = self.sums.pop(name, None)
+        memory = self._maps.pop(name, None)
         if total is None or out.size == 0:
             out[...] = 0
             return
         scratch = np.empty(min(BLOCK, out.size), dtype=np.float64)
+        released = 0
         with np.errstate(over="ignore", invalid="ignore"):  # the caller checks the result
             for at in range(0, out.size, BLOCK):
                 end = min(at + BLOCK, out.size)
@@ -251,8 +274,20 @@ class ExactSum:
                 if out.dtype.kind not in "fc":
                     np.rint(part, out=part)
                 np.copyto(out[at:end], part, casting="unsafe")
+                if memory is not None and (end * 8 - released >= _RELEASE_BYTES or end == out.size):
+                    released = _release(memory, released, end * 8)
 
     @staticmethod
     def _mean_copy(total: np.ndarray, divisor: np.float64, dtype: np.dtype[Any]) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
             return (total.astype(np.float64) / divisor).astype(dtype)
+
+
+def _release(memory: mmap.mmap, begin: int, end: int) -> int:
+    """Give the whole pages of ``memory[begin:end]`` back to the system (they read as
+    zeros after); returns where the next release starts (a page boundary)."""
+    first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = end // mmap.PAGESIZE * mmap.PAGESIZE if end < len(memory) else len(memory)
+    if last > first:
+        memory.madvise(mmap.MADV_DONTNEED, first, last - first)
+    return max(first, last)

@@ -17,8 +17,11 @@ The accumulator checks an update fully (shapes, dtypes, NaN/Inf, the exact sum's
 range, the round's sample bound) before it touches the sum, so a refused update
 leaves the round intact; a receiver that folds a streamed update piece by piece
 (:meth:`FedAvgAccumulator.incoming`) takes the folded pieces out again, exactly, if
-the stream fails half-way. Memory is one int64 sum per parameter (two float32
-models) plus what is being folded; the mean is made inside the sum's memory.
+the stream fails half-way. Memory: one int64 sum per parameter (two float32
+models) plus what is being folded (a stretch, for a streamed update: its take-back
+copy waits on disk, sealed, not in memory: :mod:`secfl.fl._spill`); the mean is made
+inside the sum's memory, or (:meth:`FedAvgAccumulator.finish_into`) written into the
+new model's bytes while the sum is given back as it is read, a few blocks beside it.
 
 Integer and bool tensors (BatchNorm's ``num_batches_tracked``) are averaged the
 same way and rounded to the nearest value.
@@ -199,24 +202,17 @@ class FedAvgAccumulator(Accumulator):
     def _add(self, update: Update) -> None:  # add() is overridden whole
         raise NotImplementedError
 
-    def finish_into(
-        self,
-        template: bytes | bytearray | memoryview,
-        room: Callable[[int], memoryview | None] | None = None,
-    ) -> memoryview | None:
+    def finish_into(self, template: bytes | bytearray | memoryview) -> memoryview | None:
         """The new model already serialized, or ``None`` for a rule whose server step
         changes the mean (FedAdam: call :meth:`finish`).
 
         ``template`` is the global model's safetensors bytes: the new model has the
         same names, dtypes and shapes, so its header is the same bytes, and each mean
         is written straight to its place after it. The result is byte-identical to
-        ``to_bytes(finish())`` without holding the model twice (tensors and bytes).
-
-        ``room(size)``, called once the model is sure to be written here, may give the
-        ``size`` writable bytes to write it into (the aggregator's receive buffer,
-        :meth:`secfl.fl._incoming.Receiver.hand_over`: every byte is overwritten, the
-        header and tensors tiling the template exactly), nothing else writing to them;
-        else (or if it gives ``None``) the model goes to fresh anonymous memory."""
+        ``to_bytes(finish())`` without holding the model twice (tensors and bytes): it
+        goes to fresh anonymous memory, mapped as it is written, while the sum is
+        given back as it is read (:meth:`~._exact.ExactSum.mean_into`), so finishing
+        needs the sum and a few blocks beside it."""
         if type(self._strategy)._server_step is not FedAvg._server_step:
             return None
         self._usable()
@@ -226,13 +222,9 @@ class FedAvgAccumulator(Accumulator):
             raise FlError("aggregate: no updates to aggregate")
         self._finished = True
         start, layout = header_layout(template)
-        # each tensor's sum is freed as its mean lands, so the sum and the new model
-        # never coexist in full: in anonymous memory, mapped as it is written, or in
-        # pages the caller has (already resident: no second update-sized set of pages)
-        given = room(len(template)) if room is not None else None
-        if given is not None and (len(given) != len(template) or given.readonly):
-            raise FlError("aggregate: the room given for the new model does not fit it")
-        out = given if given is not None else _anonymous(len(template))
+        # the sum is given back as the mean lands, so the sum and the new model never
+        # coexist in full
+        out = _anonymous(len(template))
         out[:start] = template[:start]
         for name, (dtype, _, begin, end) in layout.items():
             ref = self._global[name]
