@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuditError",
+    "CounterMoved",
     "DemoError",
     "DivergedError",
     "FetchError",
@@ -114,6 +115,16 @@ class SpmRefused(SpmError):
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class CounterMoved(FlError):
+    """A compare-and-increment found the counter at another value than expected (another
+    workload moved it); ``seen`` is that value where known. The counter is unchanged."""
+
+    def __init__(self, seen: int | None) -> None:
+        where = f"is at {seen}" if seen is not None else "moved"
+        super().__init__(f"counter: the counter {where}")
+        self.seen = seen
 
 
 class TransportError(SecflError):

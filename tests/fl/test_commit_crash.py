@@ -48,7 +48,8 @@ CHILD = textwrap.dedent(
         def current(self):
             return json.loads(counter_file.read_text())["value"]
 
-        def increment(self):
+        def increment(self, expect=None):
+            assert expect is None or expect == self.current()
             value = self.current() + 1
             if value == killed_at and when == "before":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -80,7 +81,7 @@ class FileLedger:
     def current(self) -> int:
         return int(json.loads(self.path.read_text())["value"])
 
-    def increment(self) -> int:  # pragma: no cover - the resume below never commits
+    def increment(self, expect: int | None = None) -> int:  # pragma: no cover - never called
         raise AssertionError("not used")
 
 

@@ -132,7 +132,8 @@ class SlowLedger:
     def current(self) -> int:
         return self.value
 
-    def increment(self) -> int:
+    def increment(self, expect: int | None = None) -> int:
+        assert expect is None or expect == self.value
         target = self.value + 1
         if target in self.hold:
             self.held.set()
@@ -248,17 +249,20 @@ def test_a_counter_that_answers_wrong_closes_the_round_its_model_went_out_for(
 
 CRASH = textwrap.dedent(
     """
-    import os, sys
+    import os, sys, threading
     from pathlib import Path
     import numpy as np
     from secfl.fl._commit import Commit, MemoryLedger
     from secfl.fl._tensors import to_bytes
 
+    printed = threading.Event()  # the commit thread may reach the increment first
+
     class Crashing(MemoryLedger):
-        def increment(self):
+        def increment(self, expect=None):
             if self.value == 1:
+                printed.wait(30)
                 os._exit(3)  # killed between round 1's checkpoint and its increment
-            return super().increment()
+            return super().increment(expect)
 
     commit = Commit(Crashing(), directory=Path(sys.argv[1]), key=b"k" * 32,
                     policy_digest="d" * 64, overlap=True)
@@ -267,6 +271,7 @@ CRASH = textwrap.dedent(
     commit.commit(0, model(0), {})
     commit.begin(1, model(1), {})
     print("promised", commit.promised, flush=True)
+    printed.set()
     commit.settle()
     """
 )

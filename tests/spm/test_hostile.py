@@ -20,6 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine, text
 
+from secfl.errors import CounterMoved
+from secfl.fl._commit import SpmLedger
 from secfl.policy._signatures import sign_statement
 from secfl.spm import _sealing as sv
 from secfl.spm._engine import normalise_url
@@ -204,6 +206,30 @@ def test_a_counter_rolled_back_in_the_database_is_refused(
         client.counter("p", "round")
     # After a restart too: the floors come back from the audit log.
     assert restart_fails(spm).startswith("error: rollback: counter 'round' of 'p' is 1")
+
+
+def test_a_compare_and_increment_at_a_stale_value_burns_nothing(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Two aggregators of one policy: the one that lost the counter learns it from the
+    increment itself, and the counter is not moved (no value burnt, nothing audited)."""
+    submit(client, board, policy_document("p", board, sim[1]))
+    first, second = attest(client, sim, "p"), attest(client, sim, "p")
+    assert client.increment("p", "round", first.session_token, expect=0) == 1
+    assert client.increment("p", "round", second.session_token, expect=1) == 2
+    entries = db(spm, "SELECT COUNT(*) AS n FROM audit")[0].n
+    stale = "^counter: 'round' of policy 'p' is at 2, not 1: "
+    with pytest.raises(SpmRefused, match=stale) as info:
+        client.increment("p", "round", first.session_token, expect=1)
+    assert info.value.status == 409
+    assert client.counter("p", "round") == 2
+    assert db(spm, "SELECT COUNT(*) AS n FROM audit")[0].n == entries
+    # the ledger the aggregator uses turns it into CounterMoved with the value it saw
+    ledger = SpmLedger(lambda: client, "p", "round", lambda: first.session_token)
+    with pytest.raises(CounterMoved) as moved:
+        ledger.increment(expect=1)
+    assert moved.value.seen == 2 and client.counter("p", "round") == 2
+    assert ledger.increment(expect=2) == 3
 
 
 def test_a_forged_session_is_refused(

@@ -269,6 +269,20 @@ def test_an_invalid_header_is_refused_without_echoing_it(http: httpx.Client) -> 
     assert "SeCrEtToKeN" not in reply.text
 
 
+BAD_CONDITIONS = [
+    {"expect": 10**400}, {"expect": -1}, {"expect": 2**62 + 1}, {"expect": "3"},
+    {"expect": True}, {"expect": 1, "more": 2}, [1],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("body", BAD_CONDITIONS)
+def test_an_increment_condition_out_of_bounds_is_one_line(http: httpx.Client, body: object) -> None:
+    reply = http.post("/v1/policies/p/counters/round/increment", json=body,
+                      headers={"Authorization": "Bearer x"})  # fmt: skip
+    assert reply.status_code == 422, reply.text
+    assert one_error(reply).startswith("body")
+
+
 def test_an_invalid_body_field_is_refused_without_echoing_it(http: httpx.Client) -> None:
     fields = {"nonce": "not-hex-PRIVATE-VALUE", "evidence": "{}", "hpke_public_key": "00"}
     reply = http.post("/v1/policies/p/services/aggregator/attest", json=fields)

@@ -77,7 +77,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from secfl._internal.buffers import Frozen, frozen
-from secfl.errors import FlError
+from secfl.errors import CounterMoved, FlError, SecflError
 from secfl.fl._checkpoint import sync_checkpoint, write_checkpoint
 from secfl.fl._checkpoint_dir import latest_checkpoint, prune_checkpoints
 from secfl.fl._phases import ms
@@ -93,7 +93,10 @@ class Ledger(Protocol):
 
     def current(self) -> int: ...
 
-    def increment(self) -> int: ...
+    def increment(self, expect: int | None = None) -> int:
+        """The counter moved on by one; with ``expect``, only if it is at that value,
+        else :class:`~secfl.errors.CounterMoved` and the counter unchanged."""
+        ...
 
 
 class MemoryLedger:
@@ -106,8 +109,10 @@ class MemoryLedger:
     def current(self) -> int:
         return self.value
 
-    def increment(self) -> int:
+    def increment(self, expect: int | None = None) -> int:
         with self._lock:
+            if expect is not None and self.value != expect:
+                raise CounterMoved(self.value)
             self.value += 1
             return self.value
 
@@ -123,17 +128,27 @@ class SpmLedger:
     def current(self) -> int:
         return int(self._client().counter(self.policy, self.counter))
 
-    def increment(self) -> int:
-        """The counter moved on by one. The SPM refuses a session attested under a
-        policy version the board has since replaced: this run must not commit again."""
+    def increment(self, expect: int | None = None) -> int:
+        """The counter moved on by one (given ``expect``, a compare-and-increment in
+        one request). The SPM refuses a session attested under a policy version the
+        board has since replaced: this run must not commit again."""
         from secfl.errors import SpmRefused
 
         try:
-            return int(self._client().increment(self.policy, self.counter, self._token()))
+            return int(self._client().increment(self.policy, self.counter, self._token(), expect))
         except SpmRefused as exc:
             if exc.status == 409 and str(exc).startswith("policy: version "):
                 raise new_version(self.policy) from None
+            if exc.status == 409 and str(exc).startswith("counter: "):
+                raise CounterMoved(self._seen()) from None
             raise
+
+    def _seen(self) -> int | None:
+        """The counter's value, read for an error message (``None`` if it cannot be)."""
+        try:
+            return self.current()
+        except (SecflError, ValueError):
+            return None
 
 
 def new_version(policy: str) -> FlError:
@@ -214,7 +229,8 @@ class Commit:
     ) -> int:
         """Make ``round`` durable and fresh; returns the new counter value.
 
-        The counter is read before it is incremented: if another aggregator of the
+        The counter is incremented only from the value this aggregator committed last
+        (a compare-and-increment in one SPM request): if another aggregator of the
         policy moved it (an old one still running when the board approved a new
         version, or a second copy), this one stops *without* incrementing, so that
         the value it would have taken is not burnt and the other's checkpoint stays
@@ -236,9 +252,10 @@ class Commit:
                 round=round, counter=target, params_bytes=params_bytes, state=state,
                 durable=False,
             )  # fmt: skip
+        sealed = time.monotonic()  # (before the fsync thread starts: it may end first)
+        if self.directory is not None:
             # in place under its name now: fsynced while the counter moves (module doc)
             syncing = _Sync(path)
-        sealed = time.monotonic()
         value = self._increment(round, target)  # (failed: the fsync thread just ends)
         counted = time.monotonic()
         synced = syncing.wait() if syncing is not None else sealed
@@ -261,15 +278,17 @@ class Commit:
                 prune_checkpoints(self.directory, keep=self.keep)
 
     def _increment(self, round: int, target: int) -> int:
-        """The counter moved from the value this aggregator committed last to ``target``."""
-        seen = self.ledger.current()
-        if seen != self.counter:
+        """The counter moved from the value this aggregator committed last to ``target``,
+        in one compare-and-increment: a counter another aggregator moved is left as it is."""
+        try:
+            value = self.ledger.increment(expect=self.counter)
+        except CounterMoved as exc:
+            seen = f"is {exc.seen}" if exc.seen is not None else "moved"
             raise FlError(
-                f"counter: the SPM's counter is {seen}, this aggregator committed "
+                f"counter: the SPM's counter {seen}, this aggregator committed "
                 f"{self.counter} last: another aggregator of this policy is running; round "
                 f"{round} is not committed; stop the other one, then start this one again"
-            )
-        value = self.ledger.increment()
+            ) from None
         if value != target:
             raise FlError(
                 f"counter: the SPM answered {value}, expected {target}: another aggregator "

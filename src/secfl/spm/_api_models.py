@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from secfl.spm._tx_counters import MAX_COUNTER
 
 __all__ = [
     "HEX",
@@ -22,6 +24,7 @@ __all__ = [
     "CounterOut",
     "EventIn",
     "EventOut",
+    "IncrementIn",
     "NonceOut",
     "PolicyOut",
     "PolicySubmission",
@@ -101,6 +104,13 @@ class AttestOut(BaseModel):
     session_expires: datetime
     policy_digest: str
     policy_version: int
+
+
+class IncrementIn(BaseModel):
+    """An increment's optional condition: the value the counter must be at."""
+
+    model_config = ConfigDict(extra="forbid")
+    expect: int | None = Field(default=None, ge=0, le=MAX_COUNTER, strict=True)
 
 
 class CounterOut(BaseModel):

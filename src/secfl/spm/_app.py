@@ -31,6 +31,7 @@ from secfl.spm._api_models import (
     CounterOut,
     EventIn,
     EventOut,
+    IncrementIn,
     NonceOut,
     PolicyOut,
     PolicySubmission,
@@ -201,9 +202,13 @@ def _session_routes(app: FastAPI, spm: Spm) -> None:
 
     @app.post("/v1/policies/{name}/counters/{counter}/increment", responses=ERRORS)
     async def increment(
-        name: PolicyName, counter: PathName, authorization: Authorization = None
+        name: PolicyName,
+        counter: PathName,
+        body: IncrementIn | None = None,
+        authorization: Authorization = None,
     ) -> CounterOut:
-        value = await spm.increment_async(_bearer(authorization), name, counter)
+        expect = body.expect if body is not None else None
+        value = await spm.increment_async(_bearer(authorization), name, counter, expect)
         return CounterOut(counter=counter, value=value)
 
     @app.post("/v1/policies/{name}/events", responses=ERRORS)

@@ -247,16 +247,29 @@ class Spm:
 
     # --- counters -------------------------------------------------------------------------
 
-    def increment(self, token: str, policy_name: str, counter: str) -> int:
-        """Add one to a counter, if the session token's service may; durable on return."""
-        return self.group.run(self._increment_op(token, policy_name, counter))
+    def increment(
+        self, token: str, policy_name: str, counter: str, expect: int | None = None
+    ) -> int:
+        """Add one to a counter, if the session token's service may (and, given
+        ``expect``, only if the counter is at that value); durable on return."""
+        return self.group.run(self._increment_op(token, policy_name, counter, expect))
 
-    async def increment_async(self, token: str, policy_name: str, counter: str) -> int:
+    async def increment_async(
+        self, token: str, policy_name: str, counter: str, expect: int | None = None
+    ) -> int:
         """:meth:`increment` for the event loop (the hot path of the HTTP API)."""
-        return await self.group.run_async(self._increment_op(token, policy_name, counter))
+        return await self.group.run_async(self._increment_op(token, policy_name, counter, expect))
 
-    def _increment_op(self, token: str, policy_name: str, counter: str) -> Callable[[Tx], int]:
+    def _increment_op(
+        self, token: str, policy_name: str, counter: str, expect: int | None = None
+    ) -> Callable[[Tx], int]:
         """Check the session's right to ``counter``; return the write that bumps it.
+
+        With ``expect``, the write is a compare-and-increment inside the transaction:
+        a counter at any other value is refused (409) and left as it is, so an
+        aggregator that lost the counter to another one learns it in the same request
+        that would have moved it, without burning a value (a read before the increment
+        could not promise that: another aggregator may move it in between).
 
         Only a session attested under the policy's current version may move a counter:
         once the board approved a new version, the old version's run must not commit
@@ -270,6 +283,14 @@ class Spm:
 
         def bump(tx: Tx) -> int:
             refuse_superseded(current_version(tx, policy_name), session.policy_version, policy_name)
+            if expect is not None:
+                seen = tx.counters.get(policy_name, counter)
+                if seen != expect:
+                    raise Refused(
+                        f"counter: '{counter}' of policy '{policy_name}' is at {seen}, not "
+                        f"{expect}: another workload moved it",
+                        409,
+                    )
             value = int(tx.counters.increment(policy_name, counter))
             tx.audit.append(
                 "counter.incremented",

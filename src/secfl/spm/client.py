@@ -214,10 +214,13 @@ class SpmClient:
         doc["sealed_secrets"] = base64.b64decode(doc["sealed_secrets"])
         return doc
 
-    def increment(self, policy: str, counter: str, token: str) -> int:
+    def increment(self, policy: str, counter: str, token: str, expect: int | None = None) -> int:
+        """The counter moved on by one; with ``expect``, only if it is at that value
+        (else :class:`~secfl.errors.SpmRefused` 409 and the counter unchanged)."""
         doc = self._request(
             "POST",
             f"/v1/policies/{policy}/counters/{counter}/increment",
+            json={"expect": expect} if expect is not None else None,
             headers={"Authorization": f"Bearer {token}"},
         )
         return int(doc["value"])
