@@ -68,6 +68,7 @@ CHILD = textwrap.dedent(
         commit.begin(round, to_bytes(params), {"round_seen": round})
         commit.settle()
         print("recorded", round, flush=True)
+    commit.drain()
     """
 )
 

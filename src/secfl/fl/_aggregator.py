@@ -132,6 +132,7 @@ class Aggregator:
             self._events.drain(timeout=10.0)
             raise
         self._settle()
+        self.commit.drain()  # the old checkpoints pruned before the process may exit
         self._events.drain()  # every round's event is out before anyone hears "done"
         self.rounds.finish()
         return params

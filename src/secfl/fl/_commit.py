@@ -192,6 +192,7 @@ class Commit:
         self.phases: dict[str, float] = {}
         self._pending: threading.Event | None = None
         self._files = threading.RLock()
+        self._worker: threading.Thread | None = None
         self._promised = 0
         self._outcome: int | BaseException | None = None
 
@@ -338,7 +339,14 @@ class Commit:
         self._promised = self.counter + 1  # read before the thread can move self.counter
         thread = threading.Thread(target=work, name=f"secfl-commit-{round}", daemon=True)
         thread.start()
+        self._worker = thread
         self._pending = finished
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout`` seconds) for the last overlapped commit's thread,
+        pruning included: a process about to exit leaves the folder pruned."""
+        if self._worker is not None:
+            self._worker.join(timeout)
 
     def settle(self) -> int | None:
         """Wait for the commit :meth:`begin` started; returns the counter value (None:
