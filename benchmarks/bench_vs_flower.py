@@ -79,6 +79,7 @@ import itertools
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -474,6 +475,8 @@ def main() -> None:
           f"configurations interleaved")  # fmt: skip
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-vs-flower-"))
     root.mkdir(parents=True, exist_ok=True)
+    # SIGTERM unwinds like Ctrl-C, so the federations' processes (the SPM too) are stopped
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         if args.only in (None, "digits"):
             print("\n(a) digits: MLP 64-64-10 (4,810 parameters), 2 local epochs, all rows")
@@ -493,6 +496,10 @@ def main() -> None:
             print(f"\nwork folder kept: {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
