@@ -21,6 +21,7 @@ from secfl.tasks._base import ClassificationTask, Dataset, TaskError
 
 __all__ = [
     "Attack",
+    "CraftedFromRows",
     "Params",
     "available_attacks",
     "flatten",
@@ -187,6 +188,24 @@ def _rows(what: str, deltas: Sequence[Params], template: Params, kind: str) -> n
     for i, other in enumerate(deltas):
         _check_params(other, template, f"{what}: {kind} delta {i}")
     return np.stack([flatten(other, template) for other in deltas])
+
+
+class CraftedFromRows(Attack):
+    """An attack that sends one delta crafted from the rows it may see (the colluders'
+    benign deltas, and the honest ones if omniscient): subclasses define ``_poison``."""
+
+    def _poison(self, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def poison_delta(
+        self,
+        delta: Params,
+        *,
+        benign: Sequence[Params],
+        rng: np.random.Generator,
+        honest: Sequence[Params] = (),
+    ) -> Params:
+        return rewrite(self, delta, benign, lambda _, rows: self._poison(rows), honest)
 
 
 def rewrite(

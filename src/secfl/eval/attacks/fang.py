@@ -28,7 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from secfl.eval.attacks.base import Attack, Params, integer, number, register_attack, rewrite
+from secfl.eval.attacks.base import (
+    Attack,
+    CraftedFromRows,
+    Params,
+    integer,
+    number,
+    register_attack,
+    rewrite,
+)
 from secfl.eval.attacks.model import _std
 from secfl.fl.strategies._robust import krum_scores
 
@@ -79,7 +87,7 @@ def krum_lambda_bound(rows: np.ndarray, f: int) -> float:
 
 
 @register_attack
-class FangKrum(Attack):
+class FangKrum(CraftedFromRows):
     """Fang et al.'s attack on Krum, partial knowledge (module docstring).
 
     Krum is simulated, as the paper does, on one crafted delta ``-lambda * s`` and
@@ -146,16 +154,6 @@ class FangKrum(Attack):
     def _poison(self, rows: np.ndarray) -> np.ndarray:
         crafted, self.last_lambda, self.last_selected = self.search(rows)
         return crafted
-
-    def poison_delta(
-        self,
-        delta: Params,
-        *,
-        benign: Sequence[Params],
-        rng: np.random.Generator,
-        honest: Sequence[Params] = (),
-    ) -> Params:
-        return rewrite(self, delta, benign, lambda _, rows: self._poison(rows))
 
     def settings(self) -> dict[str, Any]:
         return {"f": self.f, "threshold": self.threshold}

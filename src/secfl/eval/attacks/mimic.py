@@ -16,12 +16,15 @@ rounds (default 1) and the victim is then fixed for the rest of the run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from secfl.eval.attacks.base import Attack, Params, integer, register_attack, rewrite
+from secfl.eval.attacks.base import (
+    CraftedFromRows,
+    integer,
+    register_attack,
+)
 
 __all__ = ["Mimic", "choose_victim", "principal_direction"]
 
@@ -46,7 +49,7 @@ def choose_victim(rows: np.ndarray, z: np.ndarray) -> int:
 
 
 @register_attack
-class Mimic(Attack):
+class Mimic(CraftedFromRows):
     """Send a copy of the victim's honest delta (module docstring).
 
     The attack object lives for the whole run and keeps its state: every attacker
@@ -102,16 +105,6 @@ class Mimic(Attack):
         self._observe(rows)
         assert self.victim is not None
         return np.array(rows[self.victim], copy=True)
-
-    def poison_delta(
-        self,
-        delta: Params,
-        *,
-        benign: Sequence[Params],
-        rng: np.random.Generator,
-        honest: Sequence[Params] = (),
-    ) -> Params:
-        return rewrite(self, delta, benign, lambda _, rows: self._poison(rows), honest)
 
     def settings(self) -> dict[str, Any]:
         return {"warmup": self.warmup}

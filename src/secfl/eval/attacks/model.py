@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from secfl.eval.attacks.base import Attack, Params, integer, number, register_attack, rewrite
+from secfl.eval.attacks.base import (
+    Attack,
+    CraftedFromRows,
+    Params,
+    integer,
+    number,
+    register_attack,
+    rewrite,
+)
 from secfl.tasks._base import TaskError
 
 __all__ = [
@@ -231,7 +239,7 @@ def search_gamma(
     return low
 
 
-class _AgrAgnostic(Attack):
+class _AgrAgnostic(CraftedFromRows):
     """Min-Max and Min-Sum (Shejwalkar & Houmansadr, NDSS 2021, AGR-agnostic):
     ``mean + gamma * p`` for the largest ``gamma`` that keeps the malicious delta as
     close to the benign ones as they are to each other.
@@ -274,16 +282,6 @@ class _AgrAgnostic(Attack):
             self.tolerance,
         )
         return mean + gamma * p
-
-    def poison_delta(
-        self,
-        delta: Params,
-        *,
-        benign: Sequence[Params],
-        rng: np.random.Generator,
-        honest: Sequence[Params] = (),
-    ) -> Params:
-        return rewrite(self, delta, benign, lambda _, rows: self._poison(rows))
 
     def settings(self) -> dict[str, Any]:
         return {
