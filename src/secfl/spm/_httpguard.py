@@ -232,6 +232,17 @@ class _Http(HttpToolsProtocol):
         if self.cycle is None or not self.cycle.response_complete:
             self.conn.enter(_HANDLING)  # else already answered (e.g. 413): stays idle
 
+    def shutdown(self) -> None:
+        """The server is stopping: an idle connection is dropped at once. uvicorn's own
+        closes it gracefully, and the TLS layer then waits ``ssl_shutdown_timeout`` for
+        the peer's close_notify, which an idle keep-alive client never sends: every
+        restart of the SPM would take 5 s while an aggregator held a connection. A
+        request under way is answered first (uvicorn's shutdown)."""
+        if self.cycle is None or self.cycle.response_complete:
+            self.conn.close_now(None)
+        else:
+            super().shutdown()
+
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)
         super().on_response_complete()
