@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from secfl._internal.buffers import Frozen
+from secfl._internal.interrupts import held
 from secfl.errors import FlError
 from secfl.fl._checkpoint import Checkpoint
 from secfl.fl._commit import Commit
@@ -204,15 +205,20 @@ class Aggregator:
             self._settle()
 
     def _settle(self) -> None:
-        """Wait for the pending commit, then record its round."""
+        """Wait for the pending commit, then record its round. A Ctrl-C is held until
+        both are done: a round whose counter is committed is always recorded (metrics,
+        round event, ``sealed``), or a restart resumes after a round the record lacks."""
         waiting = self._waiting
         if waiting is None:
             return
-        round, entry, phases = waiting
+        with held():
+            self._settle_held(*waiting)
+
+    def _settle_held(self, round: int, entry: dict[str, Any], phases: dict[str, float]) -> None:
         began = time.monotonic()
         try:
             value = self.commit.settle()
-        except KeyboardInterrupt:  # the commit goes on: the round still waits to be recorded
+        except KeyboardInterrupt:  # not held (no interrupt_once): settled on the way out
             raise
         except BaseException:
             self._waiting = None  # the commit failed: there is nothing to record

@@ -9,11 +9,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from secfl._internal.interrupts import interrupt_once
 from secfl.errors import FlError
 from secfl.fl._collaborator import Collaborator, ModelGate
 from secfl.fl._config import FederationConfig
 from secfl.fl._inputs import load_task, require_measured
-from secfl.fl._startup import INSECURE, interrupt_once, load_data_spec, role_services
+from secfl.fl._startup import INSECURE, load_data_spec, role_services
 from secfl.fl._transport import INSECURE_WARNING, Client
 from secfl.fl._workload_identity import VERIFY_KEY, WorkloadIdentity, load_public_key
 from secfl.tasks._base import Dataset, Task

@@ -12,13 +12,9 @@ models) to measure the overhead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
-import threading
-from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from secfl._internal.files import atomic_write, ram_tempdir
+from secfl._internal.interrupts import interrupt_once
 from secfl.errors import FlError, SecflError
 from secfl.fl._aggregator import Aggregator, Signer
 from secfl.fl._commit import Commit, MemoryLedger, SpmLedger, new_version
@@ -57,7 +54,6 @@ __all__ = [
     "RESET_FILE",
     "AggregatorOptions",
     "build_aggregator",
-    "interrupt_once",
     "load_data_spec",
     "read_settings",
     "role_services",
@@ -278,32 +274,6 @@ def run_aggregator(opts: AggregatorOptions) -> Params:
         finally:
             agg.server.stop(grace=2.0)
         return params
-
-
-@contextlib.contextmanager
-def interrupt_once() -> Iterator[None]:
-    """SIGINT raises KeyboardInterrupt once, then is ignored while the workload shuts
-    down: a Ctrl-C reaches it twice (from the terminal, and forwarded by `secfl run`),
-    and the second must not cut the clean stop short. Only in the main thread, and
-    not when SIGINT was ignored when the workload started (its parent's choice)."""
-    main = threading.current_thread() is threading.main_thread()
-    if not main or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        yield
-        return
-
-    def first(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, first)
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise  # SIGINT stays ignored until the process exits
-    except BaseException:
-        signal.signal(signal.SIGINT, previous)
-        raise
-    signal.signal(signal.SIGINT, previous)
 
 
 def write_output(
