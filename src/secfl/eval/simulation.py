@@ -80,33 +80,43 @@ class Outcome:
 
 
 class DataCache:
-    """Splits cached per (task, clients, partition, seed, samples) for a grid."""
+    """Splits cached per (task, clients, partition, seed, samples) for a grid, in memory.
+
+    With ``cache=None`` each split is written to a temporary folder that is removed as
+    soon as its shards are loaded: a process that ends without running its finalizers (a
+    Ray worker stopped at shutdown, a SIGKILL) leaves no folder behind. With a ``cache``
+    folder the split files stay there."""
 
     def __init__(self, cache: Path | None = None) -> None:
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        if cache is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="secfl-sim-")
-            cache = Path(self._tmp.name)
         self.root = cache
         self._loaded: dict[tuple[Any, ...], tuple[list[Any], Any, Any]] = {}
 
     def get(self, s: Scenario, task: Any) -> tuple[list[Any], Any, Any]:
         key = (s.task, s.clients, s.dirichlet, s.seed, s.samples)
         if key not in self._loaded:
-            from secfl.tasks._split import split
-
             name = f"{s.task}-{s.clients}-{s.dirichlet}-{s.seed}-{s.samples}"
-            report = split(
-                s.task, s.clients, iid=s.dirichlet is None, dirichlet_alpha=s.dirichlet,
-                seed=s.seed, out=self.root / name, samples=s.samples, overwrite=True,
-            )  # fmt: skip
-            clients = [task.load_data(report.path(sh)) for sh in report.client_shards]
-            self._loaded[key] = (
-                clients,
-                task.load_data(report.path("validation.safetensors")),
-                task.load_data(report.path("test.safetensors")),
-            )
+            if self.root is not None:
+                self._loaded[key] = _split_and_load(s, task, self.root / name)
+            else:
+                with tempfile.TemporaryDirectory(prefix="secfl-sim-") as folder:
+                    self._loaded[key] = _split_and_load(s, task, Path(folder) / name)
         return self._loaded[key]
+
+
+def _split_and_load(s: Scenario, task: Any, out: Path) -> tuple[list[Any], Any, Any]:
+    """Split ``s``'s data into ``out`` and load the shards (copied into memory)."""
+    from secfl.tasks._split import split
+
+    report = split(
+        s.task, s.clients, iid=s.dirichlet is None, dirichlet_alpha=s.dirichlet,
+        seed=s.seed, out=out, samples=s.samples, overwrite=True,
+    )  # fmt: skip
+    clients = [task.load_data(report.path(sh)) for sh in report.client_shards]
+    return (
+        clients,
+        task.load_data(report.path("validation.safetensors")),
+        task.load_data(report.path("test.safetensors")),
+    )
 
 
 def _delta(params: Params, base: Params) -> Params:
