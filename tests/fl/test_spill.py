@@ -16,12 +16,21 @@ from pathlib import Path
 import pytest
 
 from secfl.errors import FlError, TransportError
-from secfl.fl import _spill
+from secfl.fl import _spill, _stream
 from secfl.fl._incoming import Receiver
 from secfl.fl._spill import Spill
 from secfl.fl.strategies import FedAvg
 
-from .test_exact_sum import fold, message, pieces_of, receive, same, spread_round, sums_of
+from .test_exact_sum import (
+    broken_after,
+    fold,
+    message,
+    pieces_of,
+    receive,
+    same,
+    spread_round,
+    sums_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,6 +110,40 @@ def test_a_full_disk_fails_the_stream_and_takes_it_out_exactly(
     for update in updates[1:]:
         receive(receiver, acc, global_params, update, iter(pieces_of(message(update))))
     assert same(acc.finish(), fold(FedAvg(), global_params, updates))
+
+
+@pytest.mark.parametrize(
+    "stretch, spilled",
+    [(2018, False), (2016, True), (4096, False)],
+    ids=["exactly-two-slots", "just-past-them", "one-slot"],
+)
+@pytest.mark.parametrize("cut", [0.5, 0.97, 1.0], ids=["half", "near-the-end", "all-but-end"])
+def test_an_update_within_the_window_is_kept_there_and_taken_out_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stretch: int, spilled: bool, cut: float
+) -> None:
+    """Values that fit in SLOTS - 1 slots never wrap around the window: no spill file,
+    and the take-back reads them from the window; a byte more and they are spilled."""
+    global_params, updates = spread_round(24, 3, size=1000)  # 4036 bytes of values
+    made: list[Spill] = []
+
+    def counted(*args: object) -> Spill:
+        made.append(Spill(*args))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(_stream, "Spill", counted)
+    receiver = Receiver(1 << 20, spill_dir=tmp_path, stretch=stretch)
+    acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
+    receive(receiver, acc, global_params, updates[0], iter(pieces_of(message(updates[0]))))
+    before = sums_of(acc)
+    parts = [bytes([b]) for b in b"".join(message(updates[1]))]  # a byte a piece
+    with pytest.raises(TransportError, match="the connection broke"):
+        receive(
+            receiver, acc, global_params, updates[1], broken_after(parts, int(len(parts) * cut))
+        )
+    assert sums_of(acc) == before and not acc.broken
+    assert bool(made) is spilled
+    receive(receiver, acc, global_params, updates[2], iter(pieces_of(message(updates[2]))))
+    assert same(acc.finish(), fold(FedAvg(), global_params, [updates[0], updates[2]]))
 
 
 # --- real processes ------------------------------------------------------------------------

@@ -1,6 +1,12 @@
 """One update coming in through :class:`~secfl.fl._incoming.Receiver`'s window: its
 headers, its stretches (spilled, sealed, then folded by the fold worker), and their
-exact take-back from the spill file (see :mod:`secfl.fl._incoming`)."""
+exact take-back from the spill file (see :mod:`secfl.fl._incoming`).
+
+An update whose values fit in the window but one slot (:func:`fits`) is not spilled:
+no slot is written twice while it comes in, so its take-back reads the stretches
+where they still are, in the window. For a small model that is most of the cost of
+receiving an update (a file opened, a key made, a write: 0.25 of 0.34 ms of CPU for
+the digits model), and its values never reach the disk."""
 
 from __future__ import annotations
 
@@ -32,6 +38,14 @@ SLOTS = 3
 Check = Callable[[dict[str, Any]], int]
 
 
+def fits(values: int, stretch: int) -> bool:
+    """Whether ``values`` bytes come in without a slot of the window written twice.
+    With ``SLOTS - 1`` stretches' worth, the first ``SLOTS - 1`` slots are filled and
+    folded (less than one element each carried over) and the rest never fills the
+    last one, so the stream never wraps around to the first slot."""
+    return values <= (SLOTS - 1) * stretch
+
+
 class Stream:
     """One update coming in: its headers, its place in the window, its spill file."""
 
@@ -61,6 +75,9 @@ class Stream:
         self.header: dict[str, Any] = {}
         self.incoming: Incoming | None = None
         self.spill: Spill | None = None
+        #: Where each stretch lies in the window when it is not spilled: (start, slot
+        #: offset, length), by its first byte of values.
+        self.kept: list[tuple[int, int, int]] = []
         self.data_start = -1  # where the tensor values begin in the message
         self.expected = -1  # the whole message's size, once the headers are read
         self.order: list[tuple[str, np.dtype[Any], int, int]] = []  # (name, dtype, begin, end)
@@ -175,11 +192,14 @@ class Stream:
         if start + data_len > self.capacity:
             raise FlError(f"tensors: {start + data_len} bytes exceed the limit of {self.capacity}")
         self.header, self.data_start, self.expected = header, start, start + data_len
-        spill = Spill(self.spill_dir, data_len, self.sender)
+        spill = (
+            None if fits(data_len, self.stretch) else Spill(self.spill_dir, data_len, self.sender)
+        )
         try:
             self.incoming = self.acc.incoming(self.sender, samples)
         except BaseException:
-            spill.close()
+            if spill is not None:
+                spill.close()
             raise
         self.spill = spill
 
@@ -204,19 +224,27 @@ class Stream:
 
     def _values(self, name: str, begin: int, count: int) -> np.ndarray:
         """``count`` values of tensor ``name`` from element ``begin``, read back from
-        the spill file (authenticated: an altered file raises)."""
-        assert self.spill is not None
+        the spill file (authenticated: an altered file raises), or from the window."""
         dtype, start = self.places[name]
         offset = start + begin * dtype.itemsize
-        first, plain = self.spill.read(offset)
+        first, plain = self._stretch(offset)
         if offset - first + count * dtype.itemsize > len(plain):  # cannot happen: fail closed
             raise FlError(f"aggregate: the spilled values of tensor '{name}' are cut short")
         return np.frombuffer(plain, dtype=dtype, count=count, offset=offset - first)
 
+    def _stretch(self, offset: int) -> tuple[int, bytes | memoryview]:
+        """The folded stretch holding value byte ``offset``: its first byte, its bytes."""
+        if self.spill is not None:
+            return self.spill.read(offset)
+        for start, at, length in self.kept:
+            if start <= offset < start + length:
+                return start, self.window[at : at + length]
+        raise FlError(f"aggregate: no folded stretch holds byte {offset}")  # cannot happen
+
     def _submit(self) -> None:
         """Hand the slot's complete values (from ``folded`` on) to the worker, then move
         to the next slot, carrying a split element's bytes over."""
-        assert self.incoming is not None and self.spill is not None
+        assert self.incoming is not None
         self._settled(wait=False)
         base = self.slot * self.stretch
         slot = self.window[base : base + self.fill]
@@ -240,6 +268,8 @@ class Stream:
             self.next_tensor += 1
         used = self.folded - start
         if used:
+            if self.spill is None:
+                self.kept.append((start, base, used))
             self.busy[self.slot] = self.worker.submit(
                 _spill_and_fold, self.stop, self.spill, self.incoming, start, slot[:used], work
             )
@@ -255,7 +285,7 @@ class Stream:
 
 def _spill_and_fold(
     stop: threading.Event,
-    spill: Spill,
+    spill: Spill | None,
     incoming: Incoming,
     start: int,
     data: memoryview,
@@ -266,7 +296,8 @@ def _spill_and_fold(
     if stop.is_set():
         return
     try:
-        spill.write(start, data)
+        if spill is not None:
+            spill.write(start, data)
         for name, first, values in work:
             incoming.fold(name, first, values)
     except BaseException:
