@@ -335,6 +335,7 @@ def test_a_replaying_aggregator_stops_the_collaborator(fed: Federation) -> None:
     server.unary(BEAT, lambda request, peer: msg.encode({"kind": "ok"}))
     server.download(msg.NEXT, next_)
     server.upload(msg.SUBMIT, submit)
+    server.exchange(msg.SUBMIT_NEXT, lambda pieces, peer: [submit(pieces, peer), *next_(b"", peer)])
     port = server.start()
     collaborator = fed.collaborator(port, 0)
     try:

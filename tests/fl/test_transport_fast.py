@@ -13,7 +13,7 @@ import grpc
 import pytest
 from cryptography import x509
 
-from secfl.fl import _transport
+from secfl.fl import _peers
 from secfl.fl._chunks import DEFAULT_CHUNK_SIZE, chunks
 from secfl.fl._transport import (
     CHUNK_SIZE,
@@ -132,13 +132,13 @@ def test_a_cached_certificate_gives_the_same_peer_and_is_parsed_once(
     policy_ca: sv.Value, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[bytes] = []
-    real = _transport._read
+    real = _peers._read
 
-    def counted(pem: bytes) -> _transport._Certificate:
+    def counted(pem: bytes) -> _peers._Certificate:
         reads.append(pem)
         return real(pem)
 
-    monkeypatch.setattr(_transport, "_read", counted)
+    monkeypatch.setattr(_peers, "_read", counted)
     peers = PeerPolicy("p", {"collab-1", "collab-2"})
     one = fedkit.identity(policy_ca, "collab-1", policy="p", now=NOW)
     first = peers.check(one.cert_pem)
@@ -182,7 +182,7 @@ def test_every_check_still_runs_after_a_certificate_is_cached(policy_ca: sv.Valu
 
 
 def test_the_cache_is_bounded() -> None:
-    cache = _transport._Parsed(size=2)
+    cache = _peers._Parsed(size=2)
     authority = fedkit.ca("small", NOW)
     certs = [fedkit.identity(authority, f"c{i}", policy="p", now=NOW).cert_pem for i in range(3)]
     for pem in certs:

@@ -16,8 +16,8 @@ hook), and never keeps anything but the current model in memory.
 
 Short rounds are not spent on the round's own path: the collaborator keeps one
 model and loads each global model into it (:mod:`secfl.fl._model_slot`), sends a
-small update as one message, and asks for the next round while its update uploads,
-so that the aggregator's answer goes out the moment the next round opens.
+small update as one message, and sends it with ``SubmitNext``: the same call brings
+back the next instruction, the moment the next round opens (one call a round).
 """
 
 from __future__ import annotations
@@ -110,16 +110,17 @@ class Collaborator:
     def run(self) -> list[dict[str, Any]]:
         self._client = self.connect()
         self._slot = ModelSlot(self.task)
-        self._ahead: _Ahead | None = None
+        self._ahead: bytearray | None = None
         self._heartbeat = 2.0
+        self._beating = _Heartbeat(self._beat, lambda: self._heartbeat)
         self._joined = False
-        self._join()
         done: list[Any] = []
         try:
+            self._join()
             while True:
                 ask = msg.encode({"kind": "next", "done": done})
                 ahead, self._ahead = self._ahead, None
-                reply = (ahead and ahead.result()) or self._next(ask)
+                reply = ahead or self._next(ask)
                 header, payload = msg.decode(reply)
                 kind = header.get("kind")
                 if kind == msg.DONE:
@@ -134,6 +135,7 @@ class Collaborator:
                 ]
                 self._train_round(header, payload)
         finally:
+            self._beating.close()
             self._client.close()
 
     def _train_round(self, header: dict[str, Any], payload: memoryview) -> None:
@@ -148,14 +150,8 @@ class Collaborator:
         config = dict(msg.field(header, "config", dict))
         if config.get("proximal_mu"):
             config["global_params"] = params
-        stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(stop,), daemon=True)
-        beat.start()
-        try:
+        with self._beating:
             result = call_task("train", self.task.train, model, self.data, config)
-        finally:
-            stop.set()
-            beat.join()
         update = to_bytes(state_dict_arrays(model))
         numbers = check_metrics(result, "train", required="loss")
         head = {
@@ -166,12 +162,13 @@ class Collaborator:
             "samples": len(self.data),
             "metrics": numbers,
         }
-        # ask for the next round while the update goes: the aggregator answers as soon
-        # as it opens, instead of after this upload's reply and a new request
-        ask = msg.encode({"kind": "next", "done": [head["epoch"], round, head["attempt"]]})
-        self._ahead = _Ahead(self._client, ask, self.max_model_bytes + msg.MAX_HEADER)
+        # the next instruction comes back on the same call, as soon as the next round
+        # opens (if it does not, within the aggregator's poll, the loop asks again)
+        limit = self.max_model_bytes + msg.MAX_HEADER
         try:
-            self._call(lambda c: c.upload(msg.SUBMIT, _pieces(head, update), timeout=600))
+            _, self._ahead = self._call(
+                lambda c: c.exchange(msg.SUBMIT_NEXT, _pieces(head, update), limit, timeout=600)
+            )
         except TransportError as exc:
             log.warning("round %d: the aggregator did not take the update: %s", round, exc)
             return
@@ -250,35 +247,64 @@ class Collaborator:
                 with contextlib.suppress(TransportError):
                     self._join()
 
-    def _beat(self, stop: threading.Event) -> None:
-        while not stop.wait(self._heartbeat):
-            try:
-                self._client.unary(BEAT, msg.encode({"kind": "beat"}), timeout=5)
-            except TransportError as exc:
-                log.debug("heartbeat failed: %s", exc)
-
-
-class _Ahead:
-    """A ``Next`` call made in a thread while the update uploads: it waits at the
-    aggregator until the next round opens. Only a shortcut: on any failure
-    :meth:`result` is None and the loop asks again the usual way (with retries)."""
-
-    def __init__(self, client: Client, ask: bytes, limit: int) -> None:
-        self._reply: bytearray | None = None
-        self._thread = threading.Thread(
-            target=self._ask, args=(client, ask, limit), name="secfl-next", daemon=True
-        )
-        self._thread.start()
-
-    def _ask(self, client: Client, ask: bytes, limit: int) -> None:
+    def _beat(self) -> None:
         try:
-            self._reply = client.download(msg.NEXT, ask, limit, timeout=60)
+            self._client.unary(BEAT, msg.encode({"kind": "beat"}), timeout=5)
         except TransportError as exc:
-            log.debug("asking ahead for the next round failed: %s", exc)
+            log.debug("heartbeat failed: %s", exc)
 
-    def result(self) -> bytearray | None:
-        self._thread.join()
-        return self._reply
+
+class _Heartbeat:
+    """``beat()`` every ``every()`` seconds while a round trains (``with``), from one
+    thread for the collaborator's whole run: a thread started and joined every round
+    cost a small round more than its beats."""
+
+    def __init__(self, beat: Callable[[], None], every: Callable[[], float]) -> None:
+        self._beat = beat
+        self._every = every
+        self._cond = threading.Condition()
+        self._since: float | None = None  # training since (monotonic), else None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> None:
+        with self._cond:
+            self._since = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="secfl-beat", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._since = None
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._since is None:
+                    self._cond.wait()
+                    continue
+                left = self._since + self._every() - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._since = time.monotonic()
+                self._cond.release()
+                try:
+                    self._beat()
+                except Exception as exc:  # a beat lost, not the next ones (nor the round)
+                    log.debug("heartbeat failed: %s", exc)
+                finally:
+                    self._cond.acquire()
 
 
 def _pieces(head: dict[str, Any], update: bytes) -> Iterable[bytes]:

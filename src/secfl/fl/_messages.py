@@ -32,6 +32,7 @@ __all__ = [
     "MAX_METRIC_NAME",
     "NEXT",
     "SUBMIT",
+    "SUBMIT_NEXT",
     "TRAIN",
     "WAIT",
     "decode",
@@ -52,6 +53,10 @@ MAX_METRIC_NAME = 64
 JOIN = "Join"
 NEXT = "Next"
 SUBMIT = "Submit"
+#: ``Submit`` then ``Next`` on one call: the update up, its answer and the next
+#: instruction down (a round's two calls in one; each call costs both sides a few
+#: threads' hops).
+SUBMIT_NEXT = "SubmitNext"
 
 # What the aggregator answers a collaborator asking for work.
 TRAIN = "train"

@@ -6,9 +6,10 @@ Collaborators call in (they may sit behind firewalls; the aggregator never dials
 out): ``Join`` once, then ``Next`` to ask for work (a long poll answered with
 ``train``, ``wait`` or ``done``), ``Submit`` to stream an update, and ``Beat``
 while they train so that a collaborator that vanished mid-round is noticed long
-before the round's deadline. A collaborator asks for its next round while its update
-uploads: that ``Next`` waits here and is answered the moment the next attempt opens
-(a push on a call already made), not after a reply and a new request. Every
+before the round's deadline. A collaborator sends its update with ``SubmitNext``:
+``Submit`` and ``Next`` on one call, answered with the update's verdict and then,
+on the same call, its next instruction the moment the next attempt opens (a push on
+a call already made, and one call a round instead of two). Every
 handler runs on a transport thread; the round loop (:mod:`secfl.fl._aggregator`)
 waits on :class:`Rounds`' condition.
 
@@ -122,6 +123,7 @@ class Rounds:
         server.unary(BEAT, self.beat)
         server.download(msg.NEXT, self.next)
         server.upload(msg.SUBMIT, self.submit)
+        server.exchange(msg.SUBMIT_NEXT, self.submit_next)
 
     # --- handlers (transport threads) -------------------------------------------------------
 
@@ -162,7 +164,19 @@ class Rounds:
 
     def next(self, request: bytes, peer: Peer) -> Iterable[bytes]:
         header, _ = msg.decode(request, "next")
-        done = header.get("done", [])
+        return self._next(header.get("done", []), peer)
+
+    def submit_next(self, pieces: Iterator[bytes], peer: Peer) -> Iterator[bytes]:
+        """``Submit``, then ``Next`` having done this attempt: the verdict on the
+        update, then the next instruction (a refused update ends the call with the
+        refusal, as ``Submit`` does)."""
+        reply = self.submit(pieces, peer)
+        yield reply
+        verdict, _ = msg.decode(reply, "verdict")
+        done = [self.epoch, verdict.get("round"), verdict.get("attempt")]
+        yield from self._next(done, peer)
+
+    def _next(self, done: object, peer: Peer) -> Iterable[bytes]:
         deadline = time.monotonic() + POLL_SECONDS
         with self.cond:
             while True:
@@ -276,7 +290,7 @@ class Rounds:
                 self._refused(a, peer, str(exc))
             log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
             raise
-        return msg.encode({"kind": "accepted", "round": a.round})
+        return msg.encode({"kind": "accepted", "round": a.round, "attempt": a.number})
 
     def _submit(self, pieces: Iterator[bytes], peer: Peer, a: Attempt) -> bytes:
         """A whole update, for ``a`` (the attempt open when it began: an update that
@@ -305,7 +319,7 @@ class Rounds:
         with self.cond:
             a.updates[peer.service] = update if a.accumulator is None else without_tensors(update)
             self.cond.notify_all()
-        return msg.encode({"kind": "accepted", "round": a.round})
+        return msg.encode({"kind": "accepted", "round": a.round, "attempt": a.number})
 
     def _update(self, header: dict[str, Any], payload: memoryview, name: str, a: Attempt) -> Update:
         samples = msg.sample_count(header, self.config.max_samples)

@@ -21,25 +21,26 @@ to measure the overhead of the secure one; it logs a warning whenever it is used
 Messages are bytes, no protobuf code generation: every method is registered with
 a generic handler. Large payloads (models, updates) stream as chunks of at most
 ``CHUNK_SIZE`` bytes, so there is no message-size ceiling; the receiver bounds the
-total it accepts.
+total it accepts. An *exchange* streams both ways on one call: pieces up, then an
+answer and a streamed payload down (``Client.exchange``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
-from cryptography import x509
+import grpc.experimental
 
 from secfl.errors import FlError, SecflError, TransportError
 from secfl.fl._chunks import DEFAULT_CHUNK_SIZE, Reassembler, chunks
+from secfl.fl._peers import PEER_CACHE_SIZE, Peer, PeerPolicy
 
 __all__ = [
     "CHUNK_SIZE",
@@ -54,6 +55,7 @@ __all__ = [
     "Client",
     "Credentials",
     "Download",
+    "Exchange",
     "Peer",
     "PeerPolicy",
     "Server",
@@ -92,9 +94,6 @@ SERVER_OPTIONS = (
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", UPLOAD_WINDOW),
 )
-#: Peers' parsed certificates :class:`PeerPolicy` keeps: one per collaborator's
-#: current certificate, with room for renewals; past it the least recent goes.
-PEER_CACHE_SIZE = 256
 #: How soon a channel tries to connect again after a failure. gRPC's own backoff
 #: grows to two minutes, so a collaborator waiting for an aggregator that is not up
 #: yet would join long after it came up; capped at 2 s, it joins within about that
@@ -104,121 +103,17 @@ RECONNECT_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
+#: Streamed answers are read in the calling thread: without it gRPC's Python layer
+#: starts a thread to drive a streaming call whenever none is running.
+CLIENT_OPTIONS = ((grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),)
+#: The name suffix of an exchange whose request is one message (see :meth:`Client.exchange`).
+WHOLE = "Whole"
 #: Metadata key naming the caller in --insecure mode (unauthenticated).
 INSECURE_NAME = "secfl-insecure-peer"
 INSECURE_WARNING = (
     "INSECURE MODE: plaintext gRPC, no TEE, no SPM, no attestation - for measuring "
     "overhead only, never for real data"
 )
-
-
-@dataclass(frozen=True)
-class Peer:
-    """An authenticated peer: its policy, service and certificate serial (hex)."""
-
-    policy: str
-    service: str
-    serial: str
-
-
-@dataclass(frozen=True)
-class _Certificate:
-    """What a peer certificate says: a pure function of its bytes."""
-
-    serial: str
-    expires: datetime
-    policy: str
-    service: str
-
-
-def _read(cert_pem: bytes) -> _Certificate:
-    """Parse a peer certificate; TransportError unless it names one secfl service."""
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        uris = cert.extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        ).value.get_values_for_type(x509.UniformResourceIdentifier)
-    except (ValueError, x509.ExtensionNotFound):
-        raise TransportError("peer: the certificate names no secfl service") from None
-    names = [u.removeprefix("secfl://").split("/", 1) for u in uris if u.startswith("secfl://")]
-    if len(names) != 1 or len(names[0]) != 2:
-        raise TransportError("peer: the certificate names no secfl service")
-    policy, service = names[0]
-    return _Certificate(format(cert.serial_number, "x"), cert.not_valid_after_utc, policy, service)
-
-
-class _Parsed:
-    """A bounded LRU from a certificate's exact bytes to what it says (:func:`_read`).
-
-    Why this is safe: the entry is a pure function of the key, so it cannot go stale
-    and two different certificates never share one (the key is the whole encoding,
-    not a serial or a hash). It holds no verdict: the chain to the policy's CA is
-    verified by TLS at each connection's handshake (gRPC hands over only a
-    certificate that passed it), and :meth:`PeerPolicy.check` evaluates expiry,
-    policy, service and revocation, which change over time, on every call. A
-    certificate that does not parse is not cached, and the bound keeps a peer that
-    cycles through certificates from growing the cache.
-    """
-
-    def __init__(self, size: int = PEER_CACHE_SIZE) -> None:
-        self._size = size
-        self._items: OrderedDict[bytes, _Certificate] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __call__(self, cert_pem: bytes) -> _Certificate:
-        key = bytes(cert_pem)
-        with self._lock:
-            found = self._items.get(key)
-            if found is not None:
-                self._items.move_to_end(key)
-                return found
-        parsed = _read(key)  # outside the lock: parsing is the slow part
-        with self._lock:
-            self._items[key] = parsed
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return parsed
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-@dataclass
-class PeerPolicy:
-    """Who may call: services (by name) of one policy, minus revoked serials and services.
-
-    ``revoked`` is a set the caller keeps current (from the SPM's revocation list):
-    certificate serials (hex) and ``service:NAME`` entries. ``policy``,
-    ``services`` and ``revoked`` may change at any time: :meth:`check` reads them on
-    every call; only the parsing of certificates is cached (see :class:`_Parsed`).
-    """
-
-    policy: str
-    services: set[str]
-    revoked: set[str] = field(default_factory=set)
-    parsed: _Parsed = field(default_factory=_Parsed, init=False, repr=False, compare=False)
-
-    def check(self, cert_pem: bytes | None, *, now: datetime | None = None) -> Peer:
-        """The peer named by ``cert_pem``, or TransportError naming the failed check."""
-        if not cert_pem:
-            raise TransportError("peer: no client certificate")
-        cert = self.parsed(cert_pem)
-        serial, service = cert.serial, cert.service
-        if cert.expires <= (now or datetime.now(UTC)):
-            raise TransportError(
-                f"peer: certificate {serial} expired at {cert.expires.isoformat()}: attest again"
-            )
-        if cert.policy != self.policy:
-            raise TransportError(
-                f"peer: certificate is for policy '{cert.policy}', not '{self.policy}'"
-            )
-        if service not in self.services:
-            raise TransportError(f"peer: service '{service}' may not call here")
-        if serial in self.revoked:
-            raise TransportError(f"peer: certificate {serial} of '{service}' is revoked")
-        if f"service:{service}" in self.revoked:
-            raise TransportError(f"peer: service '{service}' is revoked by the board")
-        return Peer(cert.policy, service, serial)
 
 
 def join(pieces: Iterable[bytes], limit: int) -> bytearray:
@@ -235,6 +130,8 @@ def join(pieces: Iterable[bytes], limit: int) -> bytearray:
 Unary = Callable[[bytes, Peer], bytes]
 Upload = Callable[[Iterator[bytes], Peer], bytes]
 Download = Callable[[bytes, Peer], Iterable[bytes]]
+#: Pieces in, messages out: the first message is the answer, the rest one payload.
+Exchange = Callable[[Iterator[bytes], Peer], Iterable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -258,6 +155,7 @@ class Server:
         self._unary: dict[str, Unary] = {}
         self._upload: dict[str, Upload] = {}
         self._download: dict[str, Download] = {}
+        self._exchange: dict[str, Exchange] = {}
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers), options=list(SERVER_OPTIONS)
         )
@@ -301,6 +199,9 @@ class Server:
     def download(self, name: str, fn: Download) -> None:
         self._download[name] = fn
 
+    def exchange(self, name: str, fn: Exchange) -> None:
+        self._exchange[name] = fn
+
     def _peer(self, context: grpc.ServicerContext) -> Peer:
         if self.insecure:
             name = dict(context.invocation_metadata()).get(INSECURE_NAME, "")
@@ -325,7 +226,10 @@ class Server:
             raise
 
     def _streamed(
-        self, down: Download, request: bytes, context: grpc.ServicerContext
+        self,
+        down: Callable[[R, Peer], Iterable[bytes]],
+        request: R,
+        context: grpc.ServicerContext,
     ) -> Iterator[bytes]:
         peer = self._peer(context)
         try:
@@ -348,6 +252,13 @@ class Server:
         for name, down in self._download.items():
             handlers[name] = grpc.unary_stream_rpc_method_handler(
                 lambda req, ctx, down=down: self._streamed(down, req, ctx)
+            )
+        for name, ex in self._exchange.items():
+            handlers[name] = grpc.stream_stream_rpc_method_handler(
+                lambda it, ctx, ex=ex: self._streamed(ex, it, ctx)
+            )
+            handlers[name + WHOLE] = grpc.unary_stream_rpc_method_handler(
+                lambda req, ctx, ex=ex: self._streamed(ex, iter((req,)), ctx)
             )
         generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
         self._server.add_generic_rpc_handlers((generic,))
@@ -382,6 +293,7 @@ class Client:
             ("grpc.max_receive_message_length", MESSAGE_LIMIT),
             ("grpc.max_send_message_length", MESSAGE_LIMIT),
             *RECONNECT_OPTIONS,
+            *CLIENT_OPTIONS,
         ]
         self._metadata: tuple[tuple[str, str], ...] | None = None
         if creds is None:
@@ -438,6 +350,52 @@ class Client:
             lambda: join(method(request, timeout=wait, metadata=self._metadata), limit)
         )
 
+    def exchange(
+        self,
+        name: str,
+        data: bytes | bytearray | memoryview | Iterable[bytes],
+        limit: int,
+        *,
+        timeout: float | None = None,
+    ) -> tuple[bytes, bytearray | None]:
+        """Stream ``data`` to ``name``; its answer (one message), then the payload it
+        streams after it (at most ``limit`` bytes). The answer settles the call: a
+        failure before it raises TransportError, a failure of the payload after it only
+        makes the payload None (the caller asks for it again some other way).
+
+        ``data`` that is one piece of at most ``CHUNK_SIZE`` goes as one message (the
+        ``WHOLE`` variant of the method): a streamed request costs gRPC a thread of its
+        own to send it, on every call."""
+        wait = timeout or self.timeout
+        whole = _one_piece(data)
+        start: Callable[[], Iterator[bytes]]
+        if whole is not None:
+            unary: grpc.UnaryStreamMultiCallable[bytes, bytes]
+            unary = self._channel.unary_stream(f"/{SERVICE}/{name}{WHOLE}")
+            start = functools.partial(unary, whole, timeout=wait, metadata=self._metadata)
+        else:
+            method: grpc.StreamStreamMultiCallable[bytes, bytes]
+            method = self._channel.stream_stream(f"/{SERVICE}/{name}")
+            pieces = (
+                chunks(data) if isinstance(data, bytes | bytearray | memoryview) else iter(data)
+            )
+            start = functools.partial(method, pieces, timeout=wait, metadata=self._metadata)
+
+        def call() -> tuple[bytes, bytearray | None]:
+            answers = start()
+            first = next(answers, None)
+            if first is None:
+                raise TransportError(f"rpc: {name}: the call ended without an answer")
+            try:
+                rest = join(answers, limit)
+            except (grpc.RpcError, TransportError) as exc:
+                answers.cancel()  # a grpc.Call too
+                log.debug("%s: the payload after the answer failed: %s", name, exc)
+                return first, None
+            return first, rest or None
+
+        return self._call(call)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -446,3 +404,12 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _one_piece(data: bytes | bytearray | memoryview | Iterable[bytes]) -> bytes | None:
+    """``data`` as one message, if it is one piece that fits a chunk."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data) if len(data) <= CHUNK_SIZE else None
+    if isinstance(data, list | tuple) and len(data) == 1 and len(data[0]) <= CHUNK_SIZE:
+        return bytes(data[0])
+    return None

@@ -1,0 +1,134 @@
+"""Who may call: a peer's certificate, parsed once, checked on every call.
+
+A peer is authorised when its certificate chains to the policy's identity CA (TLS
+checks that at the handshake), has not expired, names one service of this policy
+(the URI SAN ``secfl://POLICY/SERVICE``) that may call here, and neither its serial
+nor its service is revoked. What a certificate says is parsed once and cached
+(:class:`_Parsed`); the checks run on every call (:meth:`PeerPolicy.check`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cryptography import x509
+
+from secfl.errors import TransportError
+
+__all__ = ["PEER_CACHE_SIZE", "Peer", "PeerPolicy"]
+
+#: Peers' parsed certificates :class:`PeerPolicy` keeps: one per collaborator's
+#: current certificate, with room for renewals; past it the least recent goes.
+PEER_CACHE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An authenticated peer: its policy, service and certificate serial (hex)."""
+
+    policy: str
+    service: str
+    serial: str
+
+
+@dataclass(frozen=True)
+class _Certificate:
+    """What a peer certificate says: a pure function of its bytes."""
+
+    serial: str
+    expires: datetime
+    policy: str
+    service: str
+
+
+def _read(cert_pem: bytes) -> _Certificate:
+    """Parse a peer certificate; TransportError unless it names one secfl service."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        uris = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.UniformResourceIdentifier)
+    except (ValueError, x509.ExtensionNotFound):
+        raise TransportError("peer: the certificate names no secfl service") from None
+    names = [u.removeprefix("secfl://").split("/", 1) for u in uris if u.startswith("secfl://")]
+    if len(names) != 1 or len(names[0]) != 2:
+        raise TransportError("peer: the certificate names no secfl service")
+    policy, service = names[0]
+    return _Certificate(format(cert.serial_number, "x"), cert.not_valid_after_utc, policy, service)
+
+
+class _Parsed:
+    """A bounded LRU from a certificate's exact bytes to what it says (:func:`_read`).
+
+    Why this is safe: the entry is a pure function of the key, so it cannot go stale
+    and two different certificates never share one (the key is the whole encoding,
+    not a serial or a hash). It holds no verdict: the chain to the policy's CA is
+    verified by TLS at each connection's handshake (gRPC hands over only a
+    certificate that passed it), and :meth:`PeerPolicy.check` evaluates expiry,
+    policy, service and revocation, which change over time, on every call. A
+    certificate that does not parse is not cached, and the bound keeps a peer that
+    cycles through certificates from growing the cache.
+    """
+
+    def __init__(self, size: int = PEER_CACHE_SIZE) -> None:
+        self._size = size
+        self._items: OrderedDict[bytes, _Certificate] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, cert_pem: bytes) -> _Certificate:
+        key = bytes(cert_pem)
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        parsed = _read(key)  # outside the lock: parsing is the slow part
+        with self._lock:
+            self._items[key] = parsed
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return parsed
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class PeerPolicy:
+    """Who may call: services (by name) of one policy, minus revoked serials and services.
+
+    ``revoked`` is a set the caller keeps current (from the SPM's revocation list):
+    certificate serials (hex) and ``service:NAME`` entries. ``policy``,
+    ``services`` and ``revoked`` may change at any time: :meth:`check` reads them on
+    every call; only the parsing of certificates is cached (see :class:`_Parsed`).
+    """
+
+    policy: str
+    services: set[str]
+    revoked: set[str] = field(default_factory=set)
+    parsed: _Parsed = field(default_factory=_Parsed, init=False, repr=False, compare=False)
+
+    def check(self, cert_pem: bytes | None, *, now: datetime | None = None) -> Peer:
+        """The peer named by ``cert_pem``, or TransportError naming the failed check."""
+        if not cert_pem:
+            raise TransportError("peer: no client certificate")
+        cert = self.parsed(cert_pem)
+        serial, service = cert.serial, cert.service
+        if cert.expires <= (now or datetime.now(UTC)):
+            raise TransportError(
+                f"peer: certificate {serial} expired at {cert.expires.isoformat()}: attest again"
+            )
+        if cert.policy != self.policy:
+            raise TransportError(
+                f"peer: certificate is for policy '{cert.policy}', not '{self.policy}'"
+            )
+        if service not in self.services:
+            raise TransportError(f"peer: service '{service}' may not call here")
+        if serial in self.revoked:
+            raise TransportError(f"peer: certificate {serial} of '{service}' is revoked")
+        if f"service:{service}" in self.revoked:
+            raise TransportError(f"peer: service '{service}' is revoked by the board")
+        return Peer(cert.policy, service, serial)

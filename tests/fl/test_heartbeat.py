@@ -1,0 +1,50 @@
+"""A collaborator beats while it trains, from one thread for its whole run: beats
+come every interval inside a round, none between rounds, and closing stops them."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from secfl.fl._collaborator import _Heartbeat
+
+
+def test_beats_come_while_training_and_stop_between_rounds() -> None:
+    beats: list[float] = []
+    heart = _Heartbeat(lambda: beats.append(time.monotonic()), lambda: 0.05)
+    before = threading.active_count()
+    for _ in range(3):  # three rounds of about six intervals
+        with heart:
+            time.sleep(0.32)
+        count = len(beats)
+        time.sleep(0.25)  # between rounds: no beat
+        assert len(beats) == count
+    assert 9 <= len(beats) <= 21  # about six a round (a loaded machine beats late)
+    assert threading.active_count() == before + 1  # one thread, kept
+    heart.close()
+    assert threading.active_count() == before
+
+
+def test_a_round_shorter_than_the_interval_sends_no_beat() -> None:
+    beats: list[int] = []
+    heart = _Heartbeat(lambda: beats.append(1), lambda: 5.0)
+    for _ in range(20):
+        with heart:
+            pass
+    heart.close()
+    assert beats == []
+
+
+def test_a_failing_beat_does_not_stop_the_next() -> None:
+    calls: list[int] = []
+
+    def beat() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("the transport failed")
+
+    heart = _Heartbeat(beat, lambda: 0.02)
+    with heart:
+        time.sleep(0.2)
+    heart.close()
+    assert len(calls) >= 2
