@@ -64,7 +64,8 @@ per-phase medians (``phases_ms`` of the metrics: ``start`` signing and sampling,
 ``collect`` (round open to closed), ``aggregate``, ``evaluate``, and the overlapped
 commit's ``checkpoint``, ``counter``, ``fsync``, ``commit`` and ``commit_wait``),
 per repeat and pooled over the repeats; and for every configuration the CPU time
-per round of all its processes (aggregator or server, collaborators or clients, and
+per round of all its processes, and the same split by process (aggregator or
+Flower's server, the sites, the SPM, the `secfl run` launchers) (aggregator or server, collaborators or clients, and
 the SPM: ``/proc`` of this process's descendants, sampled every 25 ms, between the
 end of round 1 and the end of round R, so within about 10 ms a process per window).
 ``--quick`` (one
@@ -225,6 +226,9 @@ class CpuSampler:
 
     def __init__(self) -> None:
         self.samples: list[tuple[float, float]] = []
+        #: Cumulative CPU seconds per role (:func:`role`) at each sample.
+        self.roles: list[dict[str, float]] = []
+        self._role: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -259,13 +263,53 @@ class CpuSampler:
         while not self._stop.wait(0.025):
             if time.perf_counter() >= rescan:
                 pids, rescan = self._descendants(), time.perf_counter() + 0.25
-            total = sum(st[1] for p in pids if (st := self._stat(p)))
-            self.samples.append((time.perf_counter(), total))
+            now, by = time.perf_counter(), dict.fromkeys(ROLES, 0.0)
+            for p in pids:
+                if st := self._stat(p):
+                    if p not in self._role:
+                        self._role[p] = role(p)
+                    by[self._role[p]] += st[1]
+            self.samples.append((now, sum(by.values())))
+            self.roles.append(by)
 
     def between(self, start: float, end: float) -> float:
         """CPU seconds spent from ``start`` to ``end`` (perf_counter), interpolated."""
         at, cpu = [t for t, _ in self.samples], [c for _, c in self.samples]
         return float(np.interp(end, at, cpu) - np.interp(start, at, cpu))
+
+    def by_role(self, start: float, end: float) -> dict[str, float]:
+        """:meth:`between` per role (a process's CPU counts while it lives: one that
+        ended inside the window loses its part, a few ms at most)."""
+        at = [t for t, _ in self.samples]
+        out = {}
+        for name in ROLES:
+            cpu = [r[name] for r in self.roles]
+            out[name] = float(np.interp(end, at, cpu) - np.interp(start, at, cpu))
+        return out
+
+
+#: Whose CPU the breakdown names: the aggregator (or Flower's server), the sites, the
+#: SPM, the `secfl run` launchers that start and watch the workloads, anything else.
+ROLES = ("aggregator", "sites", "SPM", "launchers", "other")
+
+
+def role(pid: str) -> str:
+    """The role of process ``pid`` from its command line."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "other"
+    words = [a.decode(errors="replace") for a in argv]
+    joined = " ".join(words)
+    if "spm" in words and "serve" in words:
+        return "SPM"
+    if "run" in words and "secfl" in joined:
+        return "launchers"
+    if "aggregator" in words or ("flower_driver.py" in joined and "server" in words):
+        return "aggregator"
+    if "collaborator" in words or ("flower_driver.py" in joined and "client" in words):
+        return "sites"
+    return "other"
 
 
 # --- secfl ----------------------------------------------------------------------------------
@@ -381,6 +425,7 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
     losses: dict[str, float] = {}
     pooled: dict[str, list[dict[str, Any]]] = {c: [{}] for c in periods}  # rounds 2..R
     cpu: dict[str, list[float]] = {c: [] for c in CONFIGS}  # CPU seconds per round
+    roles: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}  # the same, by role
     for i in range(repeat):
         fed = Federation(root / f"{name}-{i}", settings)
         try:
@@ -409,6 +454,9 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
                             work, driver, code, shards, settings, use
                         )
                 cpu[config].append(sampler.between(*window) / (settings.rounds - 1))
+                roles[config].append(
+                    {k: v / (settings.rounds - 1) for k, v in sampler.by_role(*window).items()}
+                )
                 got[config] += times
                 cycle_text = ""
                 if config in periods:
@@ -431,6 +479,14 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
         print(f"    {config:<15} {med[config]:.4f} s{extra}, rounds {spread} s, CPU "
               f"{statistics.median(cpu[config]) * 1e3:.0f} ms a round (repeats: "
               + ", ".join(f"{c * 1e3:.0f}" for c in cpu[config]) + ")")  # fmt: skip
+    print(f"\n  CPU a round by process (ms, median over {repeat} repeat(s)):")
+    for config in CONFIGS:
+        shown = ", ".join(
+            f"{k} {statistics.median(r[k] for r in roles[config]) * 1e3:.1f}"
+            for k in ROLES
+            if any(r[k] for r in roles[config])
+        )
+        print(f"    {config:<15} {shown}")
     print(f"\n  per-phase medians (ms) over {repeat} repeat(s), rounds 2..{settings.rounds}:")
     for config, entries in pooled.items():
         shown = ", ".join(f"{k} {v:.1f}" for k, v in phase_medians(entries).items())

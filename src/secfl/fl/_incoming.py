@@ -18,7 +18,9 @@ accumulator that can take an update piece by piece and give it back exactly
    (:class:`~secfl.fl._spill.Spill`: AES-256-GCM under a key of this stream's own,
    kept in memory only), then folds it (each piece checked — NaN, Inf, the exact
    sum's range — before it is added). The arithmetic and the encryption overlap
-   the wire; a slot is reused only once its stretch is spilled and folded;
+   the wire; a slot is reused only once its stretch is spilled and folded. An update
+   of one stretch is folded where it comes in (nothing to overlap), and one that fits
+   in the window is not spilled (:mod:`secfl.fl._stream`);
 4. on any failure (a bad value, a stream that ends short or runs long, a broken
    connection, the round closing, a stall, a spill that cannot be written) takes
    every folded stretch out again, exactly, from the spilled bytes (read back and

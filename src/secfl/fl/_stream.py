@@ -270,9 +270,20 @@ class Stream:
         if used:
             if self.spill is None:
                 self.kept.append((start, base, used))
-            self.busy[self.slot] = self.worker.submit(
-                _spill_and_fold, self.stop, self.spill, self.incoming, start, slot[:used], work
-            )
+            args = (self.stop, self.spill, self.incoming, start, slot[:used], work)
+            if self.expected - self.data_start <= self.stretch:
+                # the whole update is this one stretch: nothing to overlap, so no hand-over
+                # to the worker (two thread switches, more than the fold of a small model)
+                done: futures.Future[None] = futures.Future()
+                try:
+                    _spill_and_fold(*args)
+                except BaseException as exc:
+                    done.set_exception(exc)
+                else:
+                    done.set_result(None)
+                self.busy[self.slot] = done
+            else:
+                self.busy[self.slot] = self.worker.submit(_spill_and_fold, *args)
         # the next slot, once its last stretch is spilled and folded
         nxt = (self.slot + 1) % SLOTS
         job, self.busy[nxt] = self.busy[nxt], None
