@@ -64,13 +64,12 @@ per-phase medians (``phases_ms`` of the metrics: ``start`` signing and sampling,
 ``collect`` (round open to closed), ``aggregate``, ``evaluate``, and the overlapped
 commit's ``checkpoint``, ``counter``, ``fsync``, ``commit`` and ``commit_wait``),
 per repeat and pooled over the repeats; and for every configuration the CPU time
-per round of all its processes, and the same split by process (aggregator or
-Flower's server, the sites, the SPM, the `secfl run` launchers) (aggregator or server, collaborators or clients, and
-the SPM: ``/proc`` of this process's descendants, sampled every 25 ms, between the
+per round of all its processes, and the same split by process: the aggregator (or
+Flower's server), the sites (collaborators or clients), the SPM and the `secfl run`
+launchers (``/proc`` of this process's descendants, sampled every 25 ms, between the
 end of round 1 and the end of round R, so within about 10 ms a process per window).
-``--quick`` (one
-repeat, 4 rounds, 1M parameters for (b)) takes about 4 minutes on 2 cores, most of it
-starting processes; the defaults roughly 15 to 20.
+``--quick`` (one repeat, 4 rounds, 1M parameters for (b)) takes about 4 minutes on 2
+cores, most of it starting processes; the defaults roughly 15 to 20.
 """
 
 from __future__ import annotations
