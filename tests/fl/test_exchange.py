@@ -9,12 +9,16 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from secfl.errors import FlError
+from secfl.fl import _messages as msg
 from secfl.fl._chunks import chunks
+from secfl.fl._envelope import read_unverified
+from secfl.fl._tensors import from_bytes, to_bytes
 from secfl.fl._transport import (
     CHUNK_SIZE,
     Client,
@@ -25,7 +29,10 @@ from secfl.fl._transport import (
     join,
 )
 from secfl.spm import _sealing as sv
+from secfl.tasks._registry import get_task
+from secfl.tasks._split import split
 from tests.fl import fedkit
+from tests.fl.fedkit import Background, Federation, RawClient, site
 
 from .test_transport import NOW, identity
 
@@ -152,3 +159,48 @@ def test_the_peer_checks_apply_to_both_variants(
     finally:
         peers.revoked.discard(serial)
     assert len(calls.seen) == before  # the handler never ran
+
+
+# --- the aggregator's own exchange: SubmitNext ------------------------------------------
+
+
+def test_an_accepted_update_brings_the_next_instruction_back_on_the_same_call(
+    tmp_path: Path,
+) -> None:
+    """A real aggregator over mutual TLS: ``SubmitNext`` answers the verdict, then, on
+    the same call, the next round (or ``done`` after the last) — not an error that
+    leaves the collaborator to ask again with ``Next`` (the aggregator once refused
+    its own verdict there, on every update of every round)."""
+    fed = Federation(get_task("digits"), split("digits", 2, seed=1, out=tmp_path / "shards"))
+    agg = fed.aggregator({"rounds": 2, "min_clients": 1, "train": {"epochs": 1}})
+    runner = Background(agg.run, "aggregator")
+    runner.start()
+    raw = RawClient(fed, agg.port, site(0))
+    try:
+        raw.join()
+        header, params, _ = raw.train()
+        kinds = []
+        while header["kind"] == msg.TRAIN:
+            head = {
+                "kind": "update", "round": header["round"], "attempt": header["attempt"],
+                "epoch": raw.epoch, "samples": 10, "metrics": {"loss": 1.0},
+            }  # fmt: skip
+            answer, payload = raw.client.exchange(
+                msg.SUBMIT_NEXT, list(msg.stream(head, to_bytes(params))), 64 << 20
+            )
+            verdict = msg.decode(answer)[0]
+            assert verdict == {"kind": "accepted", "round": head["round"], "attempt": 1}
+            assert payload is not None, "the call ended without the next instruction"
+            header, model = msg.decode(payload)
+            if header["kind"] == msg.WAIT:  # (a slow machine: the poll ran out first)
+                raw.done = [raw.epoch, head["round"], head["attempt"]]
+                header, model = raw.next()
+            kinds.append(header["kind"])
+            if header["kind"] == msg.TRAIN:
+                params = from_bytes(read_unverified(model)[0])[0]
+        assert kinds == [msg.TRAIN, msg.DONE]
+        runner.outcome()
+    finally:
+        agg.rounds.finish(timeout=0)
+        raw.close()
+        agg.server.stop(None)

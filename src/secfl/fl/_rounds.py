@@ -172,7 +172,7 @@ class Rounds:
         refusal, as ``Submit`` does)."""
         reply = self.submit(pieces, peer)
         yield reply
-        verdict, _ = msg.decode(reply, "verdict")
+        verdict, _ = msg.decode(reply, "accepted")  # a refusal raised: it ends the call
         done = [self.epoch, verdict.get("round"), verdict.get("attempt")]
         yield from self._next(done, peer)
 
