@@ -237,8 +237,10 @@ class _Http(HttpToolsProtocol):
         closes it gracefully, and the TLS layer then waits ``ssl_shutdown_timeout`` for
         the peer's close_notify, which an idle keep-alive client never sends: every
         restart of the SPM would take 5 s while an aggregator held a connection. A
-        request under way is answered first (uvicorn's shutdown)."""
-        if self.cycle is None or self.cycle.response_complete:
+        request under way is answered first, and so is an answer not yet all written
+        out (uvicorn's shutdown: dropping the connection would lose its tail)."""
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and not self.conn.unsent():
             self.conn.close_now(None)
         else:
             super().shutdown()
@@ -327,6 +329,14 @@ class Connection(asyncio.Protocol):
             self.data_received(data)
         if self._eof:
             self.http.eof_received()
+
+    def unsent(self) -> int:
+        """Bytes written but not yet handed to the kernel (TLS layer and socket)."""
+        queued = 0
+        for transport in (self.http.transport if self.http else None, self.raw):
+            if transport is not None and not transport.is_closing():
+                queued += transport.get_write_buffer_size()
+        return queued
 
     def close_now(self, why: str | None) -> None:
         """Free the slot and the descriptor at once (abort: no close-notify wait)."""
