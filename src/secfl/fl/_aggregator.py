@@ -88,6 +88,9 @@ class Aggregator:
     #: Called before every round attempt: refresh revocations, renew the identity.
     refresh: Callable[[], None] = lambda: None
     on_round: Callable[[dict[str, Any]], None] = lambda entry: None
+    #: The SPM's ``fl.round`` detail of a round's entry: when set, the commit logs it
+    #: with the round's counter increment (one request a round, not two).
+    round_event: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     #: Called with the audit's findings when it leaves participants out of a round.
     on_exclusion: Callable[[dict[str, Any]], None] = lambda finding: None
     #: A board-approved reset that applies at this start (used up by the first commit).
@@ -200,9 +203,18 @@ class Aggregator:
         if self.commit.overlap:  # the round's own time: up to the commit handed over
             entry["duration_s"] = round_seconds(self._began)
         self._waiting = (round, entry, phases)
-        self.commit.begin(round, model_bytes, state)
+        self.commit.begin(round, model_bytes, state, event=self._event_of(entry))
         if not self.commit.overlap:
             self._settle()
+
+    def _event_of(self, entry: dict[str, Any]) -> Callable[[int], dict[str, Any]] | None:
+        """The round's event at a counter value, from what the entry says now (the
+        commit's thread builds it: the entry itself changes once the commit settled)."""
+        build = self.round_event
+        if build is None:
+            return None
+        now = {**entry, "duration_s": entry.get("duration_s", round_seconds(self._began))}
+        return lambda counter: build({**now, "counter": counter})
 
     def _settle(self) -> None:
         """Wait for the pending commit, then record its round. A Ctrl-C is held until

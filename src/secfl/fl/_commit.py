@@ -88,6 +88,10 @@ __all__ = ["Commit", "Ledger", "MemoryLedger", "SpmLedger", "new_version"]
 log = logging.getLogger("secfl.fl._aggregator")
 
 
+#: The round's ``fl.round`` detail at a counter value (see :meth:`Commit.begin`).
+RoundEvent = Callable[[int], dict[str, Any]]
+
+
 class Ledger(Protocol):
     """A monotonic counter: the SPM's in production, a local one with --insecure."""
 
@@ -132,10 +136,15 @@ class SpmLedger:
         """The counter moved on by one (given ``expect``, a compare-and-increment in
         one request). The SPM refuses a session attested under a policy version the
         board has since replaced: this run must not commit again."""
+        return self.increment_round(expect, None)
+
+    def increment_round(self, expect: int | None, round: dict[str, Any] | None) -> int:
+        """:meth:`increment`, the SPM logging ``round`` (an ``fl.round`` detail) with it."""
         from secfl.errors import SpmRefused
 
         try:
-            return int(self._client().increment(self.policy, self.counter, self._token(), expect))
+            client = self._client()
+            return int(client.increment(self.policy, self.counter, self._token(), expect, round))
         except SpmRefused as exc:
             if exc.status == 409 and str(exc).startswith("policy: version "):
                 raise new_version(self.policy) from None
@@ -226,7 +235,13 @@ class Commit:
         return find_resume_point(self.directory, key=self.key, run=self.policy_digest, counter=spm)
 
     def commit(
-        self, round: int, params_bytes: Frozen, state: dict[str, Any], *, prune: bool = True
+        self,
+        round: int,
+        params_bytes: Frozen,
+        state: dict[str, Any],
+        *,
+        prune: bool = True,
+        event: RoundEvent | None = None,
     ) -> int:
         """Make ``round`` durable and fresh; returns the new counter value.
 
@@ -238,10 +253,16 @@ class Commit:
         the newest committed state (nobody needs a reset). ``prune=False`` leaves the
         old checkpoints to :meth:`prune` (the overlapped commit prunes after it settled)."""
         with self._files:  # an overlapped commit's pruning is over first
-            return self._commit(round, params_bytes, state, prune=prune)
+            return self._commit(round, params_bytes, state, prune=prune, event=event)
 
     def _commit(
-        self, round: int, params_bytes: Frozen, state: dict[str, Any], *, prune: bool
+        self,
+        round: int,
+        params_bytes: Frozen,
+        state: dict[str, Any],
+        *,
+        prune: bool,
+        event: RoundEvent | None,
     ) -> int:
         began = time.monotonic()
         target = self.counter + 1
@@ -257,7 +278,7 @@ class Commit:
         if self.directory is not None:
             # in place under its name now: fsynced while the counter moves (module doc)
             syncing = _Sync(path)
-        value = self._increment(round, target)  # (failed: the fsync thread just ends)
+        value = self._increment(round, target, event)  # (failed: the fsync thread ends)
         counted = time.monotonic()
         synced = syncing.wait() if syncing is not None else sealed
         self.counter = value
@@ -278,11 +299,15 @@ class Commit:
             with self._files:  # never beside a commit: its new file is not committed yet
                 prune_checkpoints(self.directory, keep=self.keep)
 
-    def _increment(self, round: int, target: int) -> int:
+    def _increment(self, round: int, target: int, event: RoundEvent | None) -> int:
         """The counter moved from the value this aggregator committed last to ``target``,
         in one compare-and-increment: a counter another aggregator moved is left as it is."""
+        records = getattr(self.ledger, "increment_round", None)
         try:
-            value = self.ledger.increment(expect=self.counter)
+            if event is not None and records is not None:
+                value = int(records(self.counter, event(target)))
+            else:
+                value = self.ledger.increment(expect=self.counter)
         except CounterMoved as exc:
             seen = f"is {exc.seen}" if exc.seen is not None else "moved"
             raise FlError(
@@ -306,14 +331,22 @@ class Commit:
         """The counter value the next model is signed with: the pending commit's."""
         return self._promised if self._pending is not None else self.counter
 
-    def begin(self, round: int, params_bytes: Frozen, state: dict[str, Any]) -> None:
+    def begin(
+        self,
+        round: int,
+        params_bytes: Frozen,
+        state: dict[str, Any],
+        *,
+        event: RoundEvent | None = None,
+    ) -> None:
         """:meth:`commit` in a background thread (or here, without ``overlap``); the
         caller sends nothing derived from this round's counter to anyone outside a TEE
-        before :meth:`settle` returns."""
+        before :meth:`settle` returns. ``event(counter)`` is the round's ``fl.round``
+        detail, which a ledger that can (the SPM's) logs with the increment."""
         if self._pending is not None:
             raise FlError("checkpoint: a commit is still pending")  # a caller's bug
         if not self.overlap:
-            self._outcome = self.commit(round, params_bytes, state)
+            self._outcome = self.commit(round, params_bytes, state, event=event)
             return
         # the round loop goes on meanwhile: the thread gets what nothing can change
         params_bytes = frozen(params_bytes)  # (no second copy of a model nothing writes)
@@ -324,7 +357,7 @@ class Commit:
         def work() -> None:
             outcome: int | BaseException
             try:
-                outcome = self.commit(round, params_bytes, state, prune=False)
+                outcome = self.commit(round, params_bytes, state, prune=False, event=event)
             except BaseException as exc:  # handed to settle(), raised in the round loop
                 outcome = exc
             self._outcome = outcome

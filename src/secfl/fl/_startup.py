@@ -12,6 +12,7 @@ models) to measure the overhead.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from secfl.fl._commit import Commit, MemoryLedger, SpmLedger, new_version
 from secfl.fl._config import FederationConfig
 from secfl.fl._host_settings import check_host_paths
 from secfl.fl._inputs import data_path, load_task, require_measured
-from secfl.fl._progress import round_reporter
+from secfl.fl._progress import round_event
 from secfl.fl._reset import ApprovedReset, pending_reset
 from secfl.fl._runs import run_label
 from secfl.fl._tensors import to_bytes
@@ -181,15 +182,15 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
         except SecflError as exc:  # the round goes on; the metrics file has it too
             log.warning("could not report the audit's finding to the SPM: %s", exc)
 
-    # each committed round goes to the SPM's audit log too (`secfl status` shows it)
-    progress = round_reporter(
-        lambda event, detail: ident.spm().report(ident.policy, event, detail, ident.token()),
-        log.warning, metric=config.objective.metric, mode=config.objective.mode,
+    # each committed round goes to the SPM's audit log too (`secfl status` shows it),
+    # in the request that moves its counter
+    event = functools.partial(
+        round_event, metric=config.objective.metric, mode=config.objective.mode,
         run=config.run, policy_version=policy.version,
     )  # fmt: skip
     agg = Aggregator(task, config, server, Signer(ident.policy_digest, key), commit,
                      validation, test, opts.metrics, refresh=refresh,
-                     on_round=progress, on_exclusion=report, reset=reset,
+                     round_event=event, on_exclusion=report, reset=reset,
                      run_label=run_label(config.run, policy.version, ident.policy_digest),
                      policy_version=policy.version,
                      )  # fmt: skip

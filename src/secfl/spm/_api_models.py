@@ -107,10 +107,13 @@ class AttestOut(BaseModel):
 
 
 class IncrementIn(BaseModel):
-    """An increment's optional condition: the value the counter must be at."""
+    """An increment's optional condition (the value the counter must be at) and the
+    round it commits: the ``fl.round`` event's detail, logged in the same transaction
+    (its ``counter`` is the value the increment gives)."""
 
     model_config = ConfigDict(extra="forbid")
     expect: int | None = Field(default=None, ge=0, le=MAX_COUNTER, strict=True)
+    round: dict[str, JsonValue] | None = None
 
 
 class CounterOut(BaseModel):

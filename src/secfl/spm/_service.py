@@ -31,6 +31,7 @@ from secfl.policy._model import Policy
 from secfl.policy._signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature, check_approval
 from secfl.spm._attestation import Attestor, AttestResult
 from secfl.spm._audit import AuditEntry
+from secfl.spm._events import check_event
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._identity import SpmIdentity
 from secfl.spm._masterkey import MasterKey
@@ -248,20 +249,36 @@ class Spm:
     # --- counters -------------------------------------------------------------------------
 
     def increment(
-        self, token: str, policy_name: str, counter: str, expect: int | None = None
+        self,
+        token: str,
+        policy_name: str,
+        counter: str,
+        expect: int | None = None,
+        round: dict[str, Any] | None = None,
     ) -> int:
         """Add one to a counter, if the session token's service may (and, given
         ``expect``, only if the counter is at that value); durable on return."""
-        return self.group.run(self._increment_op(token, policy_name, counter, expect))
+        return self.group.run(self._increment_op(token, policy_name, counter, expect, round))
 
     async def increment_async(
-        self, token: str, policy_name: str, counter: str, expect: int | None = None
+        self,
+        token: str,
+        policy_name: str,
+        counter: str,
+        expect: int | None = None,
+        round: dict[str, Any] | None = None,
     ) -> int:
         """:meth:`increment` for the event loop (the hot path of the HTTP API)."""
-        return await self.group.run_async(self._increment_op(token, policy_name, counter, expect))
+        op = self._increment_op(token, policy_name, counter, expect, round)
+        return await self.group.run_async(op)
 
     def _increment_op(
-        self, token: str, policy_name: str, counter: str, expect: int | None = None
+        self,
+        token: str,
+        policy_name: str,
+        counter: str,
+        expect: int | None = None,
+        round: dict[str, Any] | None = None,
     ) -> Callable[[Tx], int]:
         """Check the session's right to ``counter``; return the write that bumps it.
 
@@ -274,10 +291,19 @@ class Spm:
         Only a session attested under the policy's current version may move a counter:
         once the board approved a new version, the old version's run must not commit
         another round (it is checked again inside the write, so a version accepted
-        while the increment waited for its commit counts too)."""
+        while the increment waited for its commit counts too).
+
+        With ``round`` (an aggregator's ``fl.round`` detail, checked as :meth:`report`
+        checks it), the round the increment commits is logged in the same transaction,
+        at the counter value it gets: the log never has the round without its counter,
+        nor the counter without its round, and the aggregator saves a request a round."""
         session, service = self.sessions.admit(token, policy_name)
         if counter not in service.counters:
             raise Refused(f"counter: service '{session.service}' may not increment '{counter}'")
+        if round is not None:
+            if service.role not in ("aggregator", "any"):
+                raise Refused(f"report: service '{session.service}' is not an aggregator")
+            round = check_event("round", {**round, "counter": 0})
         current = self.policies.get(policy_name)[0].version
         refuse_superseded(current, session.policy_version, policy_name)
 
@@ -297,6 +323,9 @@ class Spm:
                 policy_name,
                 {"counter": counter, "value": value, "service": session.service},
             )
+            if round is not None:
+                entry = {**round, "counter": value, "service": session.service}
+                tx.audit.append("fl.round", policy_name, entry)
             return value
 
         return bump

@@ -214,13 +214,26 @@ class SpmClient:
         doc["sealed_secrets"] = base64.b64decode(doc["sealed_secrets"])
         return doc
 
-    def increment(self, policy: str, counter: str, token: str, expect: int | None = None) -> int:
+    def increment(
+        self,
+        policy: str,
+        counter: str,
+        token: str,
+        expect: int | None = None,
+        round: dict[str, Any] | None = None,
+    ) -> int:
         """The counter moved on by one; with ``expect``, only if it is at that value
-        (else :class:`~secfl.errors.SpmRefused` 409 and the counter unchanged)."""
+        (else :class:`~secfl.errors.SpmRefused` 409 and the counter unchanged); with
+        ``round``, the round it commits is logged with it (``fl.round``, at the new value)."""
+        body: dict[str, Any] = {}
+        if expect is not None:
+            body["expect"] = expect
+        if round is not None:
+            body["round"] = round
         doc = self._request(
             "POST",
             f"/v1/policies/{policy}/counters/{counter}/increment",
-            json={"expect": expect} if expect is not None else None,
+            json=body or None,
             headers={"Authorization": f"Bearer {token}"},
         )
         return int(doc["value"])
