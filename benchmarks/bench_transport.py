@@ -8,8 +8,9 @@ does after attestation). A ``secfl.fl._transport.Server`` listens on 127.0.0.1 w
 an upload method (``join`` the stream, answer its length) and a download method
 (the payload streamed by ``chunks``, ``CHUNK_SIZE`` pieces); a ``Client`` uploads
 and downloads payloads of ``--sizes`` MiB, ``--repeat`` times each. For comparison,
-a plaintext gRPC server and channel built the same way (generic handlers, the same
-message limits, ``chunks`` and ``join`` on both ends, no TLS and no peer check) move
+a plaintext gRPC server and channel built the same way (generic handlers, the
+transport's server and channel options, ``chunks`` and ``join`` on both ends, no TLS
+and no peer check) move
 the same payloads in the same run. TLS and plaintext transfers alternate one by one,
 and which of the two goes first alternates from one repeat to the next, so that both
 see the same machine load.
@@ -57,7 +58,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from secfl.fl._chunks import chunks
 from secfl.fl._transport import (
     CHUNK_SIZE,
+    CLIENT_OPTIONS,
     MESSAGE_LIMIT,
+    RECONNECT_OPTIONS,
+    SERVER_OPTIONS,
     SERVICE,
     Client,
     Credentials,
@@ -71,9 +75,12 @@ from secfl.spm.enroll import make_csr
 
 MB = 1e6
 MIB = 1 << 20
-OPTIONS = [
+#: The plaintext channel's options: the transport client's, less TLS.
+CLIENT_CHANNEL = [
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    *RECONNECT_OPTIONS,
+    *CLIENT_OPTIONS,
 ]
 TIMEOUT = 600.0
 PHASES = ("first", "stream", "tail")
@@ -130,7 +137,7 @@ class Handlers:
 
 def plain_server(handlers: Handlers) -> tuple[grpc.Server, int]:
     """A plaintext gRPC server with the transport's generic handlers and message limits."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=SERVER_OPTIONS)
     methods: dict[str, grpc.RpcMethodHandler] = {
         "Put": grpc.stream_unary_rpc_method_handler(lambda it, ctx: handlers.put(it)),
         "Get": grpc.unary_stream_rpc_method_handler(lambda req, ctx: handlers.get(req)),
@@ -145,7 +152,7 @@ class PlainClient:
     """The plaintext counterpart of ``transport.Client.upload`` and ``download``."""
 
     def __init__(self, target: str) -> None:
-        self._channel = grpc.insecure_channel(target, options=OPTIONS)
+        self._channel = grpc.insecure_channel(target, options=CLIENT_CHANNEL)
 
     def upload(self, name: str, data: bytes | memoryview) -> bytes:
         method: grpc.StreamUnaryMultiCallable[bytes, bytes]
