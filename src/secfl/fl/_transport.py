@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
     "CHUNK_SIZE",
     "INSECURE_NAME",
     "INSECURE_WARNING",
+    "MAX_CALLS_PER_PEER",
     "MESSAGE_LIMIT",
     "PEER_CACHE_SIZE",
     "RECONNECT_OPTIONS",
@@ -70,6 +72,11 @@ log = logging.getLogger("secfl.fl._transport")
 R = TypeVar("R")
 
 SERVICE = "secfl.fl.Federation"
+#: Calls one peer (a service of the policy) may have under way at once. An honest
+#: collaborator has one or two (``SubmitNext`` or ``Next``, and a ``Beat``); a peer
+#: holding calls open without sending (a valid certificate is enough to try) would
+#: otherwise take every thread of the aggregator's pool, and the others' calls with them.
+MAX_CALLS_PER_PEER = 4
 #: The size large payloads stream in (``_chunks.DEFAULT_CHUNK_SIZE``, 1 MiB). Measured
 #: on loopback (benchmarks/bench_transport.py), 2 MiB moves no faster and 4 MiB or
 #: more slows a 16 MiB transfer: a bigger message waits longer before the next stage
@@ -160,6 +167,7 @@ class Server:
             futures.ThreadPoolExecutor(max_workers=workers), options=list(SERVER_OPTIONS)
         )
         self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()  # calls under way, per peer service
         self._next_config: grpc.ServerCertificateConfiguration | None = None
         self._creds: grpc.ServerCredentials | None = None
         if creds is not None:
@@ -203,6 +211,29 @@ class Server:
         self._exchange[name] = fn
 
     def _peer(self, context: grpc.ServicerContext) -> Peer:
+        """The caller, authorised (:class:`PeerPolicy`) and within its share of calls."""
+        peer = self._identify(context)
+        with self._lock:
+            under_way = self._calls[peer.service]
+            if under_way < MAX_CALLS_PER_PEER:
+                self._calls[peer.service] = under_way + 1
+        if under_way >= MAX_CALLS_PER_PEER:
+            log.warning("refused a call of '%s': %d calls under way", peer.service, under_way)
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"peer: '{peer.service}' has {under_way} calls under way already",
+            )
+        if not context.add_callback(lambda: self._ended(peer.service)):
+            self._ended(peer.service)  # the call ended already
+        return peer
+
+    def _ended(self, service: str) -> None:
+        with self._lock:
+            self._calls[service] -= 1
+            if self._calls[service] <= 0:
+                del self._calls[service]
+
+    def _identify(self, context: grpc.ServicerContext) -> Peer:
         if self.insecure:
             name = dict(context.invocation_metadata()).get(INSECURE_NAME, "")
             if not name:

@@ -1,0 +1,85 @@
+"""A peer with a valid certificate cannot take every thread of the aggregator by
+holding calls open without sending: past ``MAX_CALLS_PER_PEER`` calls under way its
+next one is refused at once, another peer is still served, and a call that ends gives
+its place back. Real gRPC over mutual TLS on loopback."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from secfl.fl._transport import (
+    MAX_CALLS_PER_PEER,
+    Client,
+    PeerPolicy,
+    Server,
+    TransportError,
+    join,
+)
+from secfl.spm import _sealing as sv
+from tests.fl import fedkit
+
+from .test_transport import NOW, identity
+
+#: More threads than one peer may hold, fewer than a peer could take without the cap.
+WORKERS = MAX_CALLS_PER_PEER + 2
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Server, sv.Value]]:
+    authority = fedkit.ca("policy", NOW)
+    srv = Server(
+        identity(authority, "aggregator"),
+        PeerPolicy(policy="p", services={"collab-1", "collab-2"}),
+        workers=WORKERS,
+    )
+    srv.unary("Echo", lambda req, peer: peer.service.encode())
+    srv.upload("Put", lambda it, peer: str(len(join(it, 1 << 20))).encode())
+    srv.start()
+    yield srv, authority
+    srv.stop(None)
+
+
+def connect(srv: Server, authority: sv.Value, service: str) -> Client:
+    creds = identity(authority, service)
+    return Client(f"127.0.0.1:{srv.port}", creds, server_name="aggregator", timeout=10)
+
+
+def test_a_peer_holding_calls_open_cannot_starve_the_others(
+    served: tuple[Server, sv.Value],
+) -> None:
+    srv, authority = served
+    release = threading.Event()
+
+    def silent() -> Iterator[bytes]:  # opens the upload, then sends nothing
+        release.wait(30)
+        yield b"x"
+
+    hog = connect(srv, authority, "collab-1")
+    refused: list[str] = []
+
+    def hold() -> None:
+        try:
+            hog.upload("Put", silent(), timeout=30)
+        except TransportError as exc:
+            refused.append(str(exc))
+
+    held = [threading.Thread(target=hold, daemon=True) for _ in range(WORKERS)]
+    try:
+        for thread in held:
+            thread.start()
+        # the calls past the cap are refused at once; the others hold their threads
+        fedkit.wait_for(lambda: len(refused) == WORKERS - MAX_CALLS_PER_PEER, "refusals", 20)
+        assert all("RESOURCE_EXHAUSTED: peer: 'collab-1' has 4" in r for r in refused)
+        with connect(srv, authority, "collab-2") as other:
+            assert other.unary("Echo", b"", timeout=5) == b"collab-2"  # still served
+        with pytest.raises(TransportError, match=r"RESOURCE_EXHAUSTED: peer: 'collab-1' has 4"):
+            hog.unary("Echo", b"", timeout=5)
+    finally:
+        release.set()
+        for thread in held:
+            thread.join(30)
+    assert hog.unary("Echo", b"", timeout=5) == b"collab-1"  # the places were given back
+    hog.close()
