@@ -86,3 +86,19 @@ def test_a_round_out_of_bounds_is_one_line_and_moves_nothing(
         client.increment("p", "round", agg.session_token, expect=0, round=bad)
     assert info.value.status == 400 and "\n" not in str(info.value)
     assert client.counter("p", "round") == 0 and audit(spm) == before
+
+
+@pytest.mark.parametrize("depth", [40, 800], ids=["deep", "very-deep"])
+def test_a_deeply_nested_round_is_one_line_and_moves_nothing(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], depth: int
+) -> None:
+    submit(client, board, policy_document("p", board, sim[1]))
+    agg = attest(client, sim, "p")
+    nested: Any = 1
+    for _ in range(depth):
+        nested = [nested]
+    before = audit(spm)
+    with pytest.raises(SpmRefused) as info:
+        client.increment("p", "round", agg.session_token, expect=0, round={**ROUND, "x": nested})
+    assert 400 <= info.value.status < 500 and "\n" not in str(info.value)
+    assert client.counter("p", "round") == 0 and audit(spm) == before
