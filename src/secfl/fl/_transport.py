@@ -27,24 +27,32 @@ answer and a streamed payload down (``Client.exchange``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
-import grpc.experimental
 
-from secfl.errors import FlError, SecflError, TransportError
-from secfl.fl._chunks import DEFAULT_CHUNK_SIZE, Reassembler, chunks
+from secfl.errors import SecflError, TransportError
+from secfl.fl._channel import CLIENT_OPTIONS, RECONNECT_OPTIONS, Client
 from secfl.fl._peers import PEER_CACHE_SIZE, Peer, PeerPolicy
+from secfl.fl._wire import (
+    CHUNK_SIZE,
+    INSECURE_NAME,
+    INSECURE_WARNING,
+    MESSAGE_LIMIT,
+    SERVICE,
+    WHOLE,
+    Credentials,
+    join,
+)
 
 __all__ = [
     "CHUNK_SIZE",
+    "CLIENT_OPTIONS",
     "INSECURE_NAME",
     "INSECURE_WARNING",
     "MAX_CALLS_PER_PEER",
@@ -54,6 +62,7 @@ __all__ = [
     "SERVER_OPTIONS",
     "SERVICE",
     "UPLOAD_WINDOW",
+    "WHOLE",
     "Client",
     "Credentials",
     "Download",
@@ -71,19 +80,11 @@ log = logging.getLogger("secfl.fl._transport")
 
 R = TypeVar("R")
 
-SERVICE = "secfl.fl.Federation"
 #: Calls one peer (a service of the policy) may have under way at once. An honest
 #: collaborator has one or two (``SubmitNext`` or ``Next``, and a ``Beat``); a peer
 #: holding calls open without sending (a valid certificate is enough to try) would
 #: otherwise take every thread of the aggregator's pool, and the others' calls with them.
 MAX_CALLS_PER_PEER = 4
-#: The size large payloads stream in (``_chunks.DEFAULT_CHUNK_SIZE``, 1 MiB). Measured
-#: on loopback (benchmarks/bench_transport.py), 2 MiB moves no faster and 4 MiB or
-#: more slows a 16 MiB transfer: a bigger message waits longer before the next stage
-#: of the pipeline (encrypt, send, decrypt, copy out) can start on it.
-CHUNK_SIZE = DEFAULT_CHUNK_SIZE
-#: gRPC's per-message limit, kept just above one chunk: large data must stream.
-MESSAGE_LIMIT = CHUNK_SIZE + (64 << 10)
 #: The HTTP/2 flow-control window the server gives each stream it receives (uploads:
 #: ``Submit``), fixed. With gRPC's BDP probing the window grows with the measured
 #: bandwidth, and every upload waiting for the aggregator's receive window has that
@@ -101,37 +102,6 @@ SERVER_OPTIONS = (
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", UPLOAD_WINDOW),
 )
-#: How soon a channel tries to connect again after a failure. gRPC's own backoff
-#: grows to two minutes, so a collaborator waiting for an aggregator that is not up
-#: yet would join long after it came up; capped at 2 s, it joins within about that
-#: (one attempt a second or two: no hammering).
-RECONNECT_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
-#: Streamed answers are read in the calling thread: without it gRPC's Python layer
-#: starts a thread to drive a streaming call whenever none is running.
-CLIENT_OPTIONS = ((grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),)
-#: The name suffix of an exchange whose request is one message (see :meth:`Client.exchange`).
-WHOLE = "Whole"
-#: Metadata key naming the caller in --insecure mode (unauthenticated).
-INSECURE_NAME = "secfl-insecure-peer"
-INSECURE_WARNING = (
-    "INSECURE MODE: plaintext gRPC, no TEE, no SPM, no attestation - for measuring "
-    "overhead only, never for real data"
-)
-
-
-def join(pieces: Iterable[bytes], limit: int) -> bytearray:
-    """Reassemble streamed pieces, refusing more than ``limit`` bytes in total (one
-    buffer, no second copy: a large update costs its size once)."""
-    whole = Reassembler(limit)
-    try:
-        whole.extend(pieces)
-        return whole.finish()
-    except FlError as exc:
-        raise TransportError(f"message: {exc}") from None
 
 
 Unary = Callable[[bytes, Peer], bytes]
@@ -139,15 +109,6 @@ Upload = Callable[[Iterator[bytes], Peer], bytes]
 Download = Callable[[bytes, Peer], Iterable[bytes]]
 #: Pieces in, messages out: the first message is the answer, the rest one payload.
 Exchange = Callable[[Iterator[bytes], Peer], Iterable[bytes]]
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """This side's TLS identity from the SPM, and the policy's CA."""
-
-    key_pem: bytes
-    cert_pem: bytes
-    ca_pem: bytes
 
 
 class Server:
@@ -302,145 +263,3 @@ class Server:
 
     def stop(self, grace: float | None = 1.0) -> None:
         self._server.stop(grace).wait()
-
-
-class Client:
-    """A channel to the aggregator, authenticated both ways, checked for its service.
-
-    ``creds=None`` is --insecure mode: plaintext, calling itself ``name``.
-    """
-
-    def __init__(
-        self,
-        target: str,
-        creds: Credentials | None,
-        *,
-        server_name: str,
-        timeout: float = 60.0,
-        name: str = "",
-    ) -> None:
-        self.timeout = timeout
-        options = [
-            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-            ("grpc.max_send_message_length", MESSAGE_LIMIT),
-            *RECONNECT_OPTIONS,
-            *CLIENT_OPTIONS,
-        ]
-        self._metadata: tuple[tuple[str, str], ...] | None = None
-        if creds is None:
-            log.warning(INSECURE_WARNING)
-            self._metadata = ((INSECURE_NAME, name),)
-            self._channel = grpc.insecure_channel(target, options=options)
-            return
-        self._channel = grpc.secure_channel(
-            target,
-            grpc.ssl_channel_credentials(
-                root_certificates=creds.ca_pem,
-                private_key=creds.key_pem,
-                certificate_chain=creds.cert_pem,
-            ),
-            options=[("grpc.ssl_target_name_override", server_name), *options],
-        )
-
-    def _call(self, fn: Callable[[], R]) -> R:
-        try:
-            return fn()
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            detail = exc.details() if hasattr(exc, "details") else str(exc)
-            raise TransportError(f"rpc: {code.name if code else 'error'}: {detail}") from None
-
-    def unary(self, name: str, request: bytes, *, timeout: float | None = None) -> bytes:
-        method: grpc.UnaryUnaryMultiCallable[bytes, bytes]
-        method = self._channel.unary_unary(f"/{SERVICE}/{name}")
-        wait = timeout or self.timeout
-        return self._call(lambda: method(request, timeout=wait, metadata=self._metadata))
-
-    def upload(
-        self,
-        name: str,
-        data: bytes | bytearray | memoryview | Iterable[bytes],
-        *,
-        timeout: float | None = None,
-    ) -> bytes:
-        """Stream ``data`` (bytes, or an iterable of pieces) to ``name``."""
-        method: grpc.StreamUnaryMultiCallable[bytes, bytes]
-        method = self._channel.stream_unary(f"/{SERVICE}/{name}")
-        # gRPC calls next() on the stream: a list of pieces needs iter() too
-        pieces = chunks(data) if isinstance(data, bytes | bytearray | memoryview) else iter(data)
-        wait = timeout or self.timeout
-        return self._call(lambda: method(pieces, timeout=wait, metadata=self._metadata))
-
-    def download(
-        self, name: str, request: bytes, limit: int, *, timeout: float | None = None
-    ) -> bytearray:
-        method: grpc.UnaryStreamMultiCallable[bytes, bytes]
-        method = self._channel.unary_stream(f"/{SERVICE}/{name}")
-        wait = timeout or self.timeout
-        return self._call(
-            lambda: join(method(request, timeout=wait, metadata=self._metadata), limit)
-        )
-
-    def exchange(
-        self,
-        name: str,
-        data: bytes | bytearray | memoryview | Iterable[bytes],
-        limit: int,
-        *,
-        timeout: float | None = None,
-    ) -> tuple[bytes, bytearray | None]:
-        """Stream ``data`` to ``name``; its answer (one message), then the payload it
-        streams after it (at most ``limit`` bytes). The answer settles the call: a
-        failure before it raises TransportError, a failure of the payload after it only
-        makes the payload None (the caller asks for it again some other way).
-
-        ``data`` that is one piece of at most ``CHUNK_SIZE`` goes as one message (the
-        ``WHOLE`` variant of the method): a streamed request costs gRPC a thread of its
-        own to send it, on every call."""
-        wait = timeout or self.timeout
-        whole = _one_piece(data)
-        start: Callable[[], Iterator[bytes]]
-        if whole is not None:
-            unary: grpc.UnaryStreamMultiCallable[bytes, bytes]
-            unary = self._channel.unary_stream(f"/{SERVICE}/{name}{WHOLE}")
-            start = functools.partial(unary, whole, timeout=wait, metadata=self._metadata)
-        else:
-            method: grpc.StreamStreamMultiCallable[bytes, bytes]
-            method = self._channel.stream_stream(f"/{SERVICE}/{name}")
-            pieces = (
-                chunks(data) if isinstance(data, bytes | bytearray | memoryview) else iter(data)
-            )
-            start = functools.partial(method, pieces, timeout=wait, metadata=self._metadata)
-
-        def call() -> tuple[bytes, bytearray | None]:
-            answers = start()
-            first = next(answers, None)
-            if first is None:
-                raise TransportError(f"rpc: {name}: the call ended without an answer")
-            try:
-                rest = join(answers, limit)
-            except (grpc.RpcError, TransportError) as exc:
-                answers.cancel()  # a grpc.Call too
-                log.debug("%s: the payload after the answer failed: %s", name, exc)
-                return first, None
-            return first, rest or None
-
-        return self._call(call)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _one_piece(data: bytes | bytearray | memoryview | Iterable[bytes]) -> bytes | None:
-    """``data`` as one message, if it is one piece that fits a chunk."""
-    if isinstance(data, bytes | bytearray | memoryview):
-        return bytes(data) if len(data) <= CHUNK_SIZE else None
-    if isinstance(data, list | tuple) and len(data) == 1 and len(data[0]) <= CHUNK_SIZE:
-        return bytes(data[0])
-    return None
