@@ -1,0 +1,89 @@
+"""The monotonic counter a commit moves: the SPM's in production (each increment a
+compare-and-increment in one request, logging the round it commits), one in memory in
+--insecure mode and tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from secfl.errors import CounterMoved, FlError, SecflError
+
+__all__ = ["Ledger", "MemoryLedger", "SpmLedger", "new_version"]
+
+
+class Ledger(Protocol):
+    """A monotonic counter: the SPM's in production, a local one with --insecure."""
+
+    def current(self) -> int: ...
+
+    def increment(self, expect: int | None = None) -> int:
+        """The counter moved on by one; with ``expect``, only if it is at that value,
+        else :class:`~secfl.errors.CounterMoved` and the counter unchanged."""
+        ...
+
+
+class MemoryLedger:
+    """A counter in this process (tests and --insecure mode: no rollback protection)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+        self._lock = threading.Lock()
+
+    def current(self) -> int:
+        return self.value
+
+    def increment(self, expect: int | None = None) -> int:
+        with self._lock:
+            if expect is not None and self.value != expect:
+                raise CounterMoved(self.value)
+            self.value += 1
+            return self.value
+
+
+class SpmLedger:
+    """A counter of the policy in the SPM, incremented with the workload's session."""
+
+    def __init__(
+        self, client: Callable[[], Any], policy: str, counter: str, token: Callable[[], str]
+    ) -> None:
+        self._client, self.policy, self.counter, self._token = client, policy, counter, token
+
+    def current(self) -> int:
+        return int(self._client().counter(self.policy, self.counter))
+
+    def increment(self, expect: int | None = None) -> int:
+        """The counter moved on by one (given ``expect``, a compare-and-increment in
+        one request). The SPM refuses a session attested under a policy version the
+        board has since replaced: this run must not commit again."""
+        return self.increment_round(expect, None)
+
+    def increment_round(self, expect: int | None, round: dict[str, Any] | None) -> int:
+        """:meth:`increment`, the SPM logging ``round`` (an ``fl.round`` detail) with it."""
+        from secfl.errors import SpmRefused
+
+        try:
+            client = self._client()
+            return int(client.increment(self.policy, self.counter, self._token(), expect, round))
+        except SpmRefused as exc:
+            if exc.status == 409 and str(exc).startswith("policy: version "):
+                raise new_version(self.policy) from None
+            if exc.status == 409 and str(exc).startswith("counter: "):
+                raise CounterMoved(self._seen()) from None
+            raise
+
+    def _seen(self) -> int | None:
+        """The counter's value, read for an error message (``None`` if it cannot be)."""
+        try:
+            return self.current()
+        except (SecflError, ValueError):
+            return None
+
+
+def new_version(policy: str) -> FlError:
+    """The aggregator's stop once the board approved a new version of ``policy``."""
+    return FlError(
+        f"policy: the board approved a new version of '{policy}': this run stops here; "
+        "start the aggregator again with `secfl run` to begin the new run"
+    )
