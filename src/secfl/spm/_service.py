@@ -248,18 +248,6 @@ class Spm:
 
     # --- counters -------------------------------------------------------------------------
 
-    def increment(
-        self,
-        token: str,
-        policy_name: str,
-        counter: str,
-        expect: int | None = None,
-        round: dict[str, Any] | None = None,
-    ) -> int:
-        """Add one to a counter, if the session token's service may (and, given
-        ``expect``, only if the counter is at that value); durable on return."""
-        return self.group.run(self._increment_op(token, policy_name, counter, expect, round))
-
     async def increment_async(
         self,
         token: str,
@@ -268,7 +256,9 @@ class Spm:
         expect: int | None = None,
         round: dict[str, Any] | None = None,
     ) -> int:
-        """:meth:`increment` for the event loop (the hot path of the HTTP API)."""
+        """Add one to a counter, if the session token's service may (and, given
+        ``expect``, only if the counter is at that value); durable on return. Runs on
+        the event loop (the hot path of the HTTP API); the write goes to the group commit."""
         op = self._increment_op(token, policy_name, counter, expect, round)
         return await self.group.run_async(op)
 
