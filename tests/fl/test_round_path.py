@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from secfl.errors import FlError, TransportError
+from secfl.fl import _aggregator
 from secfl.fl._commit import Commit, MemoryLedger
 from secfl.fl._model_slot import ModelSlot
 from secfl.fl._tensors import load_arrays, state_dict_arrays, to_bytes
@@ -219,6 +220,72 @@ def test_the_next_model_goes_out_before_the_counter_answers_and_the_round_waits_
         agg.rounds.finish()
         agg.server.stop(None)
     assert [(e["round"], e["counter"]) for e in agg.history] == [(1, 2), (2, 3)]
+
+
+def test_a_rounds_evaluation_waits_for_the_next_rounds_models(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 1's evaluation (and so its commit) starts once round 2's models are out,
+    and its scores are in the round's record: held, it does not hold the models back."""
+    monkeypatch.setattr(_aggregator, "DISPATCH_GRACE", LIMIT)  # only the models release it
+    agg = fed.aggregator({"rounds": 2, "min_clients": 2, **QUICK}, ledger=SlowLedger())
+    release, scored = threading.Event(), []
+    score = agg._score
+
+    def held_score(round: int, params: Any, entry: dict[str, Any]) -> None:
+        attempt = agg.rounds.attempt
+        scored.append((round, None if attempt is None else sorted(attempt.sent)))
+        if round == 1:
+            assert release.wait(LIMIT)
+        score(round, params, entry)
+
+    monkeypatch.setattr(agg, "_score", held_score)
+    runner, raws = run_in_background(fed, agg, [site(0), site(1)])
+    try:
+        train_round(raws)
+        # round 2's models reach both collaborators while round 1's evaluation is held
+        models = [raw.train() for raw in raws.values()]
+        assert [header["round"] for header, _, _ in models] == [2, 2]
+        wait_for(lambda: scored, "round 1's evaluation")
+        assert agg.history == []  # not recorded before its scores
+        release.set()
+        wait_for(lambda: len(agg.history) == 1, "round 1 recorded")
+        assert "val_loss" in agg.history[0] and agg.history[0]["counter"] == 2
+        for raw, (header, params, _) in zip(raws.values(), models, strict=True):
+            raw.submit(header["round"], header["attempt"], to_bytes(params))
+        assert [raw.next()[0]["kind"] for raw in raws.values()] == ["done", "done"]
+        runner.outcome()
+    finally:
+        release.set()
+        agg.rounds.finish()
+        agg.server.stop(None)
+    assert scored == [(1, [site(0), site(1)]), (2, None)]
+    assert all("val_loss" in e and "evaluate" in e["phases_ms"] for e in agg.history)
+
+
+def test_an_evaluation_that_fails_stops_the_run_and_records_nothing_of_its_round(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluated in the commit's thread, a failing evaluation still stops the run with
+    its own error, before the round's checkpoint or counter."""
+    ledger = SlowLedger()
+    agg = fed.aggregator({"rounds": 3, "min_clients": 2, **QUICK}, ledger=ledger)
+
+    def broken(round: int, params: Any, entry: dict[str, Any]) -> None:
+        raise FlError("evaluate: the task's evaluate failed")
+
+    monkeypatch.setattr(agg, "_score", broken)
+    runner, raws = run_in_background(fed, agg, [site(0), site(1)])
+    try:
+        train_round(raws)
+        with pytest.raises(FlError, match=r"evaluate: the task's evaluate failed"):
+            runner.outcome()
+        assert agg.history == [] and agg.sealed == (0, 1) and ledger.value == 1
+    finally:
+        agg.rounds.finish(timeout=0)
+        agg.server.stop(None)
+        for raw in raws.values():
+            raw.close()
 
 
 def test_a_counter_that_answers_wrong_closes_the_round_its_model_went_out_for(

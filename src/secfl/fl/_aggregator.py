@@ -6,7 +6,8 @@ collaborator has answered, gone silent or the deadline passed; below the quorum
 the round is retried with a new sample, never silently accepted. Then aggregate,
 evaluate on the aggregator's validation (and test) data, make the round durable
 and fresh (:mod:`secfl.fl._commit`; with the SPM or checkpoints on disk, overlapped
-with the next round's start, the round recorded once its counter is committed), and
+with the next round, evaluation included, once that round's models are out; the
+round recorded once its counter is committed), and
 write one line of metrics, with the round's phases in milliseconds (``phases_ms``:
 see :func:`_attempt_phases` and :meth:`Commit.commit`).
 
@@ -19,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,10 @@ __all__ = ["REFRESH_SECONDS", "Aggregator", "Signer", "round_seconds"]
 log = logging.getLogger("secfl.fl._aggregator")
 #: How often revocations are re-read and the identity's renewal checked (seconds).
 REFRESH_SECONDS = 10.0
+#: How long a round's evaluation and commit wait for the next round's models to go
+#: out (seconds): on a small model they would slow its dispatch, a large model's
+#: dispatch takes longer than this and shares the CPU with them, as before.
+DISPATCH_GRACE = 0.25
 
 
 @dataclass
@@ -116,6 +122,8 @@ class Aggregator:
         self._params, self._start = self._resume(self._strategy)
         self._scorer = ModelSlot(self.task, self.config.seed)
         self._waiting: tuple[int, dict[str, Any], dict[str, float]] | None = None
+        #: Set when the pending commit may start: the next round's models are out.
+        self._go: threading.Event | None = None
         self._events = InOrder(lambda entry: self.on_round(entry))  # off the round's path
         limit = int(nbytes(self._params) * self.config.max_update_factor) + (1 << 20)
         self.rounds = Rounds(self.config, max_update_bytes=limit, spill_dir=self.commit.directory)
@@ -178,10 +186,9 @@ class Aggregator:
             model_bytes = next_model(acc, model_bytes)
             del acc
             params = model_views(model_bytes)
-            entry = self._evaluate(round, params, updates, summary)
+            entry = self._entry(round, updates, summary)
             self._audit(round, strategy, entry)
-            state = {**strategy.state(), **self.scores.state()}
-            self._commit_round(round, model_bytes, state, entry, phases)
+            self._commit_round(round, model_bytes, params, strategy.state(), entry, phases)
         return params
 
     # --- steps -------------------------------------------------------------------------
@@ -190,20 +197,32 @@ class Aggregator:
         self,
         round: int,
         model_bytes: Frozen,
+        params: Params,
         state: dict[str, Any],
         entry: dict[str, Any],
         phases: dict[str, float],
     ) -> None:
-        """Commit ``round``: here, or overlapped with the next round's start when the
-        commit is slow (see :mod:`secfl.fl._commit` for why that is safe). The round is
-        recorded (metrics, round event, ``sealed``) only once its counter is committed."""
-        now = time.monotonic()
-        phases["aggregate"] = ms(self._evaluating - phases.pop("_closed"))
-        phases["evaluate"] = ms(now - self._evaluating)
+        """Evaluate and commit ``round``: here, or overlapped with the next round when
+        the commit is slow (see :mod:`secfl.fl._commit` for why that is safe), once
+        the next round's models are out or :data:`DISPATCH_GRACE` passed (the
+        evaluation and the commit then take nothing from the round's path). The round
+        is recorded (metrics, round event, ``sealed``) only once its counter is
+        committed."""
+        phases["aggregate"] = ms(time.monotonic() - phases.pop("_closed"))
         if self.commit.overlap:  # the round's own time: up to the commit handed over
             entry["duration_s"] = round_seconds(self._began)
+        go = self._go = threading.Event() if self.commit.overlap else None
+
+        def evaluate() -> Mapping[str, Any]:
+            if go is not None:
+                go.wait(DISPATCH_GRACE)
+            began = time.monotonic()
+            self._score(round, params, entry)
+            phases["evaluate"] = ms(time.monotonic() - began)
+            return self.scores.state()
+
         self._waiting = (round, entry, phases)
-        self.commit.begin(round, model_bytes, state, event=self._event_of(entry))
+        self.commit.begin(round, model_bytes, state, event=self._event_of(entry), prepare=evaluate)
         if not self.commit.overlap:
             self._settle()
 
@@ -213,13 +232,16 @@ class Aggregator:
         build = self.round_event
         if build is None:
             return None
-        now = {**entry, "duration_s": entry.get("duration_s", round_seconds(self._began))}
-        return lambda counter: build({**now, "counter": counter})
+        # read in the commit's thread, once the evaluation filled the entry in
+        duration = entry.get("duration_s", round_seconds(self._began))
+        return lambda counter: build({**entry, "duration_s": duration, "counter": counter})
 
     def _settle(self) -> None:
         """Wait for the pending commit, then record its round. A Ctrl-C is held until
         both are done: a round whose counter is committed is always recorded (metrics,
         round event, ``sealed``), or a restart resumes after a round the record lacks."""
+        if self._go is not None:
+            self._go.set()  # the commit waits for nothing more
         waiting = self._waiting
         if waiting is None:
             return
@@ -384,6 +406,8 @@ class Aggregator:
             if number == 1:
                 self._began = time.monotonic()  # round time: from the first model sent
             self.rounds.open(attempt)
+            if self._go is not None:  # the last round's evaluation and commit wait for
+                attempt.dispatched.wait(DISPATCH_GRACE)  # this round's models to go out
             self._settle_opened(attempt)
             self.rounds.wait_closed()
             got = len(attempt.updates)
@@ -399,10 +423,8 @@ class Aggregator:
             f"{cfg.max_attempts} attempts"
         )
 
-    def _evaluate(
-        self, round: int, params: Params, updates: list[Update], attempt: Summary
-    ) -> dict[str, Any]:
-        self._evaluating = time.monotonic()  # the aggregate is made by now
+    def _entry(self, round: int, updates: list[Update], attempt: Summary) -> dict[str, Any]:
+        """The round's metrics entry, without the scores of its model (:meth:`_score`)."""
         entry: dict[str, Any] = {
             "round": round,
             "run": self.config.run,
@@ -414,13 +436,16 @@ class Aggregator:
             "refused": attempt.refused,
         }
         entry.update(train_means(updates, ["loss", self.config.objective.metric]))
+        return entry
+
+    def _score(self, round: int, params: Params, entry: dict[str, Any]) -> None:
+        """The new global model's scores on the validation and test data, into ``entry``."""
         named = (("val", self.validation), ("test", self.test))
         splits = [(name, data) for name, data in named if data is not None]
         if splits:
             model = self._scorer.load(params)  # one model, reloaded every round
             entry.update(self.scores.evaluate(self.task, model, splits))
         self.scores.observe(round, entry)
-        return entry
 
     def _audit(self, round: int, strategy: Any, entry: dict[str, Any]) -> None:
         """Put the clone audit's findings (if the rule has one) in the round's entry."""

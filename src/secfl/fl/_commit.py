@@ -72,7 +72,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -263,15 +263,20 @@ class Commit:
         state: dict[str, Any],
         *,
         event: RoundEvent | None = None,
+        prepare: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         """:meth:`commit` in a background thread (or here, without ``overlap``); the
         caller sends nothing derived from this round's counter to anyone outside a TEE
         before :meth:`settle` returns. ``event(counter)`` is the round's ``fl.round``
-        detail, which a ledger that can (the SPM's) logs with the increment."""
+        detail, which a ledger that can (the SPM's) logs with the increment.
+        ``prepare()`` runs first, in the same thread, and what it returns joins
+        ``state``: the round's evaluation, which then takes nothing from the next
+        round's path (an error it raises fails the commit, before any step of it)."""
         if self._pending is not None:
             raise FlError("checkpoint: a commit is still pending")  # a caller's bug
         if not self.overlap:
-            self._outcome = self.commit(round, params_bytes, state, event=event)
+            extra = prepare() if prepare is not None else {}
+            self._outcome = self.commit(round, params_bytes, {**state, **extra}, event=event)
             return
         # the round loop goes on meanwhile: the thread gets what nothing can change
         params_bytes = frozen(params_bytes)  # (no second copy of a model nothing writes)
@@ -282,7 +287,8 @@ class Commit:
         def work() -> None:
             outcome: int | BaseException
             try:
-                outcome = self.commit(round, params_bytes, state, prune=False, event=event)
+                full = {**state, **prepare()} if prepare is not None else state
+                outcome = self.commit(round, params_bytes, full, prune=False, event=event)
             except BaseException as exc:  # handed to settle(), raised in the round loop
                 outcome = exc
             self._outcome = outcome

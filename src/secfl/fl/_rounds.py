@@ -83,6 +83,14 @@ class Attempt:
     opened: float = 0.0
     sent: dict[str, float] = field(default_factory=dict)
     arrivals: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    #: Set once every sampled participant's model went out whole.
+    dispatched: threading.Event = field(default_factory=threading.Event)
+
+    def mark_sent(self, name: str) -> None:
+        """``name``'s model went out whole (the stream's handler thread calls this)."""
+        self.sent.setdefault(name, time.monotonic())
+        if len(self.sent) >= len(self.sampled):
+            self.dispatched.set()
 
     def settled(self, name: str) -> bool:
         return name in self.updates or name in self.refused or name in self.dropped
@@ -207,7 +215,7 @@ class Rounds:
             "config": a.configs[peer.service],
             "deadline_s": max(0.0, a.deadline - time.monotonic()),
         }
-        return _model_stream(head, a.model, lambda: a.sent.setdefault(peer.service, _now()))
+        return _model_stream(head, a.model, lambda: a.mark_sent(peer.service))
 
     def submit(self, pieces: Iterator[bytes], peer: Peer) -> bytes:
         # In arrival order one update at a time is received and folded: the others wait
@@ -407,10 +415,6 @@ def _model_stream(
         yield first
         yield from chunks(model.payload)
     sent()
-
-
-def _now() -> float:
-    return time.monotonic()
 
 
 def _marked(pieces: Iterator[bytes], marks: list[float]) -> Iterator[bytes]:

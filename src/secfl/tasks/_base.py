@@ -201,7 +201,7 @@ class ArrayTask(ABC):
         """
         chosen = DEFAULT_MODEL_SEED if seed is None else _check_seed(seed, "model seed")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(chosen)
+            torch.default_generator.manual_seed(chosen)  # the CPU's, as fork_rng restores
             model = self._network()
         return model.float()
 

@@ -150,7 +150,9 @@ def train_supervised(
     metrics: dict[str, float] = {}
     was_training = model.training
     with deterministic(cfg.threads), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        # the CPU generator only (what fork_rng restores): torch.manual_seed also queues
+        # a CUDA seed with a formatted stack trace, milliseconds on a deep stack
+        torch.default_generator.manual_seed(cfg.seed)
         shuffle = torch.Generator().manual_seed(cfg.seed)
         optimizer = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
