@@ -30,7 +30,6 @@ from typing import Any
 from secfl._internal.buffers import Frozen
 from secfl._internal.interrupts import held
 from secfl.errors import FlError
-from secfl.fl._checkpoint import Checkpoint
 from secfl.fl._commit import Commit
 from secfl.fl._config import FederationConfig
 from secfl.fl._envelope import PrivateKey, SignedModel, seal_model
@@ -39,20 +38,17 @@ from secfl.fl._model_slot import ModelSlot
 from secfl.fl._phases import Summary, attempt_phases, ms, round_seconds
 from secfl.fl._reporter import InOrder
 from secfl.fl._reset import ApprovedReset
+from secfl.fl._resuming import resume_or_begin, stopped_hint
 from secfl.fl._rounds import Attempt, Rounds, without_tensors
 from secfl.fl._scoring import Scoreboard, train_means
 from secfl.fl._strategy_wiring import wire_strategy
 from secfl.fl._tensors import (
-    check_like,
-    from_bytes,
     nbytes,
-    state_dict_arrays,
     to_bytes,
 )
 from secfl.fl._transport import Server
 from secfl.fl.strategies._base import Params, Update
 from secfl.tasks._base import Dataset, Task
-from secfl.tasks._contract import call_task
 
 __all__ = ["REFRESH_SECONDS", "Aggregator", "Signer", "round_seconds"]
 
@@ -119,7 +115,13 @@ class Aggregator:
         wire_strategy(
             self._strategy, self.task, self.validation, dict(self.config.train), self.config.seed
         )
-        self._params, self._start = self._resume(self._strategy)
+        begun = resume_or_begin(
+            self.commit, self.task, self.config, self._strategy, self.scores, self.reset,
+            self.run_label,
+        )  # fmt: skip
+        if begun.used_reset:
+            self.reset = None
+        self._params, self._start, self.sealed = begun.params, begun.round, begun.sealed
         self._scorer = ModelSlot(self.task, self.config.seed)
         self._waiting: tuple[int, dict[str, Any], dict[str, float]] | None = None
         #: Set when the pending commit may start: the next round's models are out.
@@ -284,79 +286,13 @@ class Aggregator:
             self.refresh()
             self._next_refresh = time.monotonic() + REFRESH_SECONDS
 
-    def _resume(self, strategy: Any) -> tuple[Params, int]:
-        """The model and the first round to train: this run's newest committed
-        checkpoint, or for a new run its first model, committed as round 0."""
-        point = self.commit.resume(reset_from=None if self.reset is None else self.reset.value)
-        model = call_task("build_model", self.task.build_model, self.config.seed)
-        initial = state_dict_arrays(model)
-        checkpoint = point.checkpoint
-        if checkpoint is None:
-            params, whence = initial, "the initial model"
-            if point.previous is not None and self.config.start_from == "previous":
-                params = self._from_previous(point.previous, initial)
-                whence = f"the previous run's model ({point.previous.path.name})"
-            self.commit.commit(0, to_bytes(params), strategy.state())
-            self._used_reset()
-            self.sealed = (0, self.commit.counter)
-            log.info("%s starts from %s, committed at counter %d",
-                     self.run_label, whence, self.commit.counter)  # fmt: skip
-            return params, 1
-        params, _ = from_bytes(checkpoint.params_bytes)
-        check_like(params, initial, what="checkpoint: the model")
-        strategy.load_state(self.scores.restore(checkpoint.state))
-        if self.reset is not None:
-            self.commit.commit(checkpoint.round, checkpoint.params_bytes, checkpoint.state)
-            self._used_reset()
-        self.sealed = (checkpoint.round, self.commit.counter)
-        log.info(
-            "%s resumed from %s (round %d, counter %d)",
-            self.run_label, checkpoint.path.name, checkpoint.round, self.commit.counter,
-        )  # fmt: skip
-        return params, checkpoint.round + 1
-
-    @staticmethod
-    def _from_previous(previous: Checkpoint, initial: Params) -> Params:
-        params, _ = from_bytes(previous.params_bytes)
-        try:
-            check_like(params, initial, what="the previous run's model")
-        except FlError as exc:
-            raise FlError(
-                f"start_from: {exc}: the task's model changed, so set federation.start_from "
-                "to 'initial' in the next policy version"
-            ) from None
-        return params
-
-    def _used_reset(self) -> None:
-        """The counter moved past the board's reset: it never applies again."""
-        if self.reset is not None:
-            self.reset.use_up()
-            self.reset = None
-
     def resume_hint(self) -> str:
         """One line for an operator who stopped the aggregator: what is sealed, and
         how to go on."""
         with contextlib.suppress(Exception):
             self._settle()  # a commit still pending: finished and recorded first
             self._events.drain(timeout=10.0)
-        if self.sealed is None:
-            return "nothing was sealed yet: start the aggregator again with the same command"
-        round, counter = self.sealed
-        if self.commit.directory is None:
-            return (
-                f"round {round} was the last one finished; without checkpoints a restart "
-                "begins the run again"
-            )
-        after = (
-            "the run is complete: started again, it writes the output and ends"
-            if round >= self.config.rounds
-            else f"start the aggregator again with the same command: it resumes with round "
-            f"{round + 1}"
-        )
-        return (
-            f"round {round} of {self.config.rounds} of {self.run_label} is sealed in "
-            f"{self.commit.directory} (counter {counter}); {after}"
-        )
+        return stopped_hint(self.sealed, self.commit.directory, self.config.rounds, self.run_label)
 
     def _weight_bound(self, sampled: list[str]) -> int:
         """The most samples ``sampled`` may report in all: what each said when it
