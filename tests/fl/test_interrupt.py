@@ -95,6 +95,77 @@ def test_a_ctrl_c_just_after_a_commit_still_records_the_round(tmp_path: Path) ->
     assert seen["rounds"] == list(range(1, round + 1))  # the sealed round is recorded
 
 
+HUNG = textwrap.dedent(
+    """
+    import json, os, signal, sys, threading
+    from pathlib import Path
+    from secfl._internal.interrupts import interrupt_once
+    from secfl.fl._commit import Commit
+    from secfl.tasks import get_task
+    from secfl.tasks._split import split
+    from tests.fl.fedkit import DIGEST, Background, Federation
+
+    folder = Path(sys.argv[1])
+
+    class Ledger:  # a counter outside the process: commits overlap the next round
+        value = 0
+        def current(self):
+            return self.value
+        def increment(self, expect=None):
+            self.value += 1
+            return self.value
+
+    fed = Federation(get_task("digits"), split("digits", 2, seed=1, out=folder / "shards"))
+    settings = {"rounds": 4, "min_clients": 2, "train": {"epochs": 1}, "heartbeat": 0.5,
+                "dead_after": 5.0, "round_timeout": 30, "join_timeout": 30}
+    agg = fed.aggregator(settings, start=False)
+    agg.commit = Commit(Ledger(), directory=folder / "ckpt", key=b"k" * 32,
+                        policy_digest=DIGEST)
+    agg.metrics_path = folder / "metrics.jsonl"
+    agg.metrics_path.touch()
+
+    def hung(round, params, entry):  # the task's evaluate of round 1 never returns
+        os.kill(os.getpid(), signal.SIGINT)
+        threading.Event().wait()
+
+    agg._score = hung
+    agg.start()
+    for i in range(2):
+        Background(fed.collaborator(agg.port, i).run, f"site-{i}").start()
+    outcome = "finished"
+    with interrupt_once():
+        try:
+            agg.run()
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+    rounds = [json.loads(line)["round"] for line in agg.metrics_path.read_text().splitlines()]
+    names = sorted(p.name for p in (folder / "ckpt").glob("checkpoint-*"))
+    print(json.dumps({"outcome": outcome, "sealed": agg.sealed, "rounds": rounds,
+                      "hint": agg.resume_hint(), "checkpoints": names}), flush=True)
+    os._exit(0)  # the collaborators' threads and the hung evaluation are left
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_during_a_hung_evaluation_stops_at_once_and_commits_nothing(
+    tmp_path: Path,
+) -> None:
+    """The round's evaluation (task code) runs before its commit, in the commit's
+    thread: a Ctrl-C there is not held (it would wait for the task for ever); the
+    round is given up, before its checkpoint or counter."""
+    done = subprocess.run(
+        [sys.executable, "-c", HUNG, str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["outcome"] == "interrupted"
+    assert seen["sealed"] == [0, 1] and seen["rounds"] == []
+    assert seen["checkpoints"] == ["checkpoint-r00000000-c0000000001.secfl"]
+    assert "nothing" not in seen["hint"] and "round 0 of 4" in seen["hint"]
+
+
 HELD = textwrap.dedent(
     """
     import os, signal

@@ -13,6 +13,7 @@ and the commit overlapped with the next round's start (with the order it keeps).
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -281,6 +282,34 @@ def test_an_evaluation_that_fails_stops_the_run_and_records_nothing_of_its_round
         with pytest.raises(FlError, match=r"evaluate: the task's evaluate failed"):
             runner.outcome()
         assert agg.history == [] and agg.sealed == (0, 1) and ledger.value == 1
+    finally:
+        agg.rounds.finish(timeout=0)
+        agg.server.stop(None)
+        for raw in raws.values():
+            raw.close()
+
+
+def test_without_overlap_a_failed_evaluation_leaves_nothing_to_record(
+    fed: Federation, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without overlap the evaluation runs in the commit's own call: when it fails,
+    no round is left waiting to be recorded on the way out (it was recorded under
+    ``python -O``, with no counter)."""
+    agg = fed.aggregator({"rounds": 2, "min_clients": 2, **QUICK})
+    assert not agg.commit.overlap
+
+    def broken(round: int, params: Any, entry: dict[str, Any]) -> None:
+        raise FlError("evaluate: the task's evaluate failed")
+
+    monkeypatch.setattr(agg, "_score", broken)
+    runner, raws = run_in_background(fed, agg, [site(0), site(1)])
+    try:
+        with caplog.at_level(logging.WARNING, logger="secfl.fl._aggregator"):
+            train_round(raws)
+            with pytest.raises(FlError, match=r"evaluate: the task's evaluate failed"):
+                runner.outcome()
+        assert agg.history == [] and agg.sealed == (0, 1)
+        assert not [r for r in caplog.records if "not committed" in r.getMessage()]
     finally:
         agg.rounds.finish(timeout=0)
         agg.server.stop(None)

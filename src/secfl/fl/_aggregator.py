@@ -156,7 +156,7 @@ class Aggregator:
             return
         round = self._waiting[0]
         try:
-            self._settle()
+            self._settle(stopping=True)
         except BaseException as exc:  # the original error is raised next
             log.warning("round %d was not committed: %s", round, exc)
 
@@ -224,7 +224,14 @@ class Aggregator:
             return self.scores.state()
 
         self._waiting = (round, entry, phases)
-        self.commit.begin(round, model_bytes, state, event=self._event_of(entry), prepare=evaluate)
+        try:
+            self.commit.begin(
+                round, model_bytes, state, event=self._event_of(entry), prepare=evaluate
+            )
+        except BaseException:
+            if not self.commit.pending:  # evaluated or committed here, and it failed
+                self._waiting = None
+            raise
         if not self.commit.overlap:
             self._settle()
 
@@ -238,15 +245,29 @@ class Aggregator:
         duration = entry.get("duration_s", round_seconds(self._began))
         return lambda counter: build({**entry, "duration_s": duration, "counter": counter})
 
-    def _settle(self) -> None:
+    def _settle(self, *, stopping: bool = False) -> None:
         """Wait for the pending commit, then record its round. A Ctrl-C is held until
         both are done: a round whose counter is committed is always recorded (metrics,
-        round event, ``sealed``), or a restart resumes after a round the record lacks."""
+        round event, ``sealed``), or a restart resumes after a round the record lacks.
+        The round's evaluation before it is not held (task code: it may take any time);
+        ``stopping`` (on the way out) gives up a commit still in its evaluation."""
+        if stopping and self._waiting is not None and self.commit.cancel():
+            self._waiting = None  # not committed, so nothing to record
         if self._go is not None:
             self._go.set()  # the commit waits for nothing more
+            self._go = None
         waiting = self._waiting
         if waiting is None:
             return
+        try:
+            self.commit.wait_begun()  # the evaluation: a Ctrl-C stops it at once...
+        except KeyboardInterrupt:
+            if self.commit.cancel():  # ...and the round, none of whose commit began
+                self._waiting = None
+                raise
+            with held():  # it began meanwhile: it is recorded, then the Ctrl-C goes on
+                self._settle_held(*waiting)
+            raise
         with held():
             self._settle_held(*waiting)
 
@@ -260,7 +281,8 @@ class Aggregator:
             self._waiting = None  # the commit failed: there is nothing to record
             raise
         self._waiting = None
-        assert value is not None
+        if value is None:  # a caller's bug: recording it would claim a commit
+            raise FlError(f"checkpoint: round {round} has no commit to wait for")
         entry["counter"] = value
         self.sealed = (round, value)
         phases.update(self.commit.phases)
@@ -290,7 +312,7 @@ class Aggregator:
         """One line for an operator who stopped the aggregator: what is sealed, and
         how to go on."""
         with contextlib.suppress(Exception):
-            self._settle()  # a commit still pending: finished and recorded first
+            self._settle(stopping=True)  # a commit under way: finished and recorded first
             self._events.drain(timeout=10.0)
         return stopped_hint(self.sealed, self.commit.directory, self.config.rounds, self.run_label)
 
@@ -311,7 +333,7 @@ class Aggregator:
         except BaseException:
             # the last round's commit, if still pending, is recorded before stopping
             with contextlib.suppress(Exception):
-                self._settle()
+                self._settle(stopping=True)
             raise
 
     def _attempts(self, round: int, strategy: Any, params: Params, signed: SignedModel) -> Attempt:

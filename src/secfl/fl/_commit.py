@@ -13,7 +13,7 @@ With a slow ledger (the SPM, over HTTPS) or checkpoints on disk, the aggregator
 hands the commit of round ``r`` to a background thread, which does exactly the
 steps above in the same order (checkpoint, fsync, read the counter, increment),
 and meanwhile signs the model with ``(r, c + 1)`` and sends it. It waits for the
-commit right after the next round opens and records round ``r`` (metrics line,
+commit once the next round's models are out and records round ``r`` (metrics line,
 the SPM's round event, ``sealed``) only once the SPM answered ``c + 1``; the final
 model is written and collaborators told "done" only after the last commit. If the
 commit fails, the aggregator closes the round and stops, as it would have before
@@ -129,6 +129,9 @@ class Commit:
         self._worker: threading.Thread | None = None
         self._promised = 0
         self._outcome: int | BaseException | None = None
+        self._gate = threading.Lock()  # a cancel against the commit's first step
+        self._cancelled = False
+        self._begun: threading.Event | None = None
 
     def resume(self, *, reset_from: int | None = None) -> ResumePoint:
         """Where this run goes on from (see :mod:`secfl.fl._runs`; the policy digest
@@ -282,15 +285,21 @@ class Commit:
         params_bytes = frozen(params_bytes)  # (no second copy of a model nothing writes)
         state = copy.deepcopy(state)
 
-        finished = threading.Event()
+        finished, begun = threading.Event(), threading.Event()
 
         def work() -> None:
             outcome: int | BaseException
             try:
                 full = {**state, **prepare()} if prepare is not None else state
+                with self._gate:
+                    if self._cancelled:  # the caller stopped before its first step
+                        return
+                    begun.set()
                 outcome = self.commit(round, params_bytes, full, prune=False, event=event)
             except BaseException as exc:  # handed to settle(), raised in the round loop
                 outcome = exc
+            finally:
+                begun.set()
             self._outcome = outcome
             finished.set()  # the round can be recorded: pruning is off its path
             if not isinstance(outcome, BaseException):
@@ -300,11 +309,37 @@ class Commit:
                     log.warning("checkpoint: old checkpoints not pruned: %s", exc)
 
         self._outcome = None
+        self._cancelled = False
         self._promised = self.counter + 1  # read before the thread can move self.counter
         thread = threading.Thread(target=work, name=f"secfl-commit-{round}", daemon=True)
         thread.start()
         self._worker = thread
-        self._pending = finished
+        self._pending, self._begun = finished, begun
+
+    @property
+    def pending(self) -> bool:
+        """Whether a commit :meth:`begin` started awaits :meth:`settle`."""
+        return self._pending is not None
+
+    def wait_begun(self) -> None:
+        """Wait until the pending commit's preparation is over: its first step is under
+        way (it will end within the SPM's answer), or it already ended. Interruptible:
+        the preparation (the round's evaluation, task code) may take any time."""
+        if self._pending is not None and self._begun is not None:
+            self._begun.wait()
+
+    def cancel(self) -> bool:
+        """Give up the pending commit if none of its steps began (its preparation may
+        still be running: its outcome is dropped); True when it never commits, False
+        when it is under way and must be settled."""
+        with self._gate:
+            if self._pending is None:  # nothing under way, or done here (an outcome waits)
+                return self._outcome is None
+            if self._begun is not None and self._begun.is_set() and not self._cancelled:
+                return False
+            self._cancelled = True
+            self._pending = None
+            return True
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait (at most ``timeout`` seconds) for the last overlapped commit's thread,
