@@ -18,7 +18,7 @@ import pytest
 from secfl.errors import FlError, TransportError
 from secfl.fl import _spill, _stream
 from secfl.fl._incoming import Receiver
-from secfl.fl._spill import Spill
+from secfl.fl._spill import Spill, SpillFile
 from secfl.fl.strategies import FedAvg
 
 from .test_exact_sum import (
@@ -58,6 +58,60 @@ def test_a_stretch_reads_back_as_written_and_never_in_clear(tmp_path: Path) -> N
         spill.close()
     spill.close()  # idempotent
     assert repr(spill) == "Spill(<key hidden>, 2 stretches)"
+
+
+def test_streams_take_a_receivers_spill_file_in_turn_each_under_its_own_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One file for every stream of a receiver (its pages stay in the page cache),
+    each stream's stretches sealed under a key of its own: what a stream wrote is
+    not readable as the next one's, and closing the receiver closes the file."""
+    file = SpillFile(tmp_path)
+    fd = file.descriptor()
+    first, second = Spill(None, 1 << 16, "site-0", file=file), None
+    try:
+        data = bytes(range(256)) * 16
+        first.write(0, memoryview(data))
+        sealed = os.pread(fd, len(data), 0)
+        first.close()
+        assert os.fstat(fd).st_nlink == 0 and file.descriptor() == fd  # still open
+        second = Spill(None, 1 << 16, "site-1", file=file)
+        second.write(0, memoryview(data[:512]))
+        assert os.pread(fd, 512, 0) != sealed[:512]  # another key
+        assert second.read(0) == (0, data[:512])
+        with pytest.raises(FlError, match=r"no spilled stretch holds byte 600"):
+            second.read(600)  # the first stream's bytes there are not the second's
+        # the first stream's sealed stretch, put back, does not open as the second's
+        second._records[0] = (len(data), 0, second._records[0][2])
+        os.pwrite(fd, sealed, 0)
+        second._cache = None
+        with pytest.raises(FlError, match=r"fails authentication"):
+            second.read(0)
+    finally:
+        if second is not None:
+            second.close()
+        file.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    # and through a receiver: one descriptor for two streams, the sum exact
+    global_params, updates = spread_round(31, 2)
+    made: list[int] = []
+
+    def counted(*args: object, **kwargs: object) -> Spill:
+        spill = Spill(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(spill._fd)
+        return spill
+
+    monkeypatch.setattr(_stream, "Spill", counted)
+    receiver = Receiver(1 << 20, spill_dir=tmp_path, stretch=256)
+    acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
+    for update in updates:
+        receive(receiver, acc, global_params, update, iter(pieces_of(message(update))))
+    assert len(made) == 2 and made[0] == made[1]
+    assert same(acc.finish(), fold(FedAvg(), global_params, updates))
+    receiver.close()
+    with pytest.raises(OSError):
+        os.fstat(made[0])
 
 
 def test_a_spill_file_altered_on_disk_is_refused_and_the_sum_is_unusable(
@@ -126,8 +180,8 @@ def test_an_update_within_the_window_is_kept_there_and_taken_out_exactly(
     global_params, updates = spread_round(24, 3, size=1000)  # 4036 bytes of values
     made: list[Spill] = []
 
-    def counted(*args: object) -> Spill:
-        made.append(Spill(*args))  # type: ignore[arg-type]
+    def counted(*args: object, **kwargs: object) -> Spill:
+        made.append(Spill(*args, **kwargs))  # type: ignore[arg-type]
         return made[-1]
 
     monkeypatch.setattr(_stream, "Spill", counted)

@@ -29,7 +29,9 @@ accumulator that can take an update piece by piece and give it back exactly
    altered on disk fails authentication, and the sum is then unusable (fail closed).
 
 Nothing of a stream outlives the call but the accepted update's sender, sample count
-and metrics; its spill file is closed (and so gone) when it ends, either way. One
+and metrics; its spill file (the receiver's, kept open for the next stream: see
+:class:`~secfl.fl._spill.SpillFile`) holds its ciphertext under a key that is gone
+when it ends, either way, and the receiver's :meth:`~Receiver.close` closes it. One
 stream's bytes, stretches and take-back are :class:`~secfl.fl._stream.Stream`'s.
 
 Memory: the window (:data:`SLOTS` x :data:`FOLD_BYTES`, 12 MiB), one stretch's
@@ -55,6 +57,7 @@ from typing import Any
 
 from secfl.errors import FlError, TransportError
 from secfl.fl import _messages as msg
+from secfl.fl._spill import SpillFile
 from secfl.fl._stream import FOLD_BYTES, SLOTS, Check, Stream
 from secfl.fl.strategies._base import Params
 from secfl.fl.strategies._fedavg import FedAvgAccumulator
@@ -92,6 +95,7 @@ class Receiver:
             raise FlError(f"tensors: invalid stretch size {stretch!r}")
         self.capacity = capacity
         self.spill_dir = spill_dir
+        self._spill_file = SpillFile(spill_dir)  # every stream's, in turn
         self.stretch = stretch
         self._window: mmap.mmap | None = None
         self._lock = threading.Condition()
@@ -152,7 +156,7 @@ class Receiver:
                 self._lock.wait(min(left, 0.5))
                 alive()
             stream = self._owner = Stream(
-                self._take(), self.stretch, self.capacity, self.spill_dir, self._worker,
+                self._take(), self.stretch, self.capacity, self._spill_file, self._worker,
                 acc, global_params, sender, check,
             )  # fmt: skip
         beat = time.monotonic()
@@ -192,6 +196,12 @@ class Receiver:
         """Take the stream in progress (if any) out of its sum and free the window."""
         with self._lock:
             self._cancel()
+
+    def close(self) -> None:
+        """Take out the stream in progress (if any) and close the spill file."""
+        with self._lock:
+            self._cancel()
+            self._spill_file.close()
 
     def _cancel(self) -> None:
         if self._owner is not None:

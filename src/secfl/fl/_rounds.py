@@ -401,6 +401,7 @@ class Rounds:
                 if left <= 0:
                     break
                 self.cond.wait(min(left, 0.5))
+        self.receiver.close()  # no update comes any more: its spill file goes
 
 
 def _model_stream(

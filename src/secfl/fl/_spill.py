@@ -47,21 +47,66 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secfl.errors import FlError
 
-__all__ = ["Spill"]
+__all__ = ["Spill", "SpillFile"]
 
 TAG = 16
 _AAD = b"secfl/spill/v1\n"
 
 
+class SpillFile:
+    """The unlinked file the streams of one receiver spill to, one stream at a time,
+    each from offset 0 under a key of its own (a stream's ciphertext is unreadable
+    once it ended, and the next overwrites it).
+
+    Kept open between streams, so its pages stay in the page cache: a fresh file per
+    stream made the kernel allocate, and then drop, a page for every 4 KiB spilled (a
+    fifth of the aggregator's CPU on a 100M model). On disk: at most the largest
+    update's size, ciphertext only."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+        self.directory = Path(directory or tempfile.gettempdir())
+        self._fd = -1
+        self._lock = threading.Lock()
+
+    def descriptor(self) -> int:
+        """The open file (made on first use, again after :meth:`close`)."""
+        with self._lock:
+            if self._fd < 0:
+                self._fd = _open_unlinked(self.directory)
+            return self._fd
+
+    def close(self) -> None:
+        """Close it (it vanishes: it never had a name); idempotent. No stream may be
+        using it."""
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class Spill:
     """One stream's spilled stretches: ``write`` them in order (one writer: the fold
-    worker), ``read`` any back (after the writer is done), ``close`` once."""
+    worker), ``read`` any back (after the writer is done), ``close`` once. In a file of
+    its own, or in ``file`` (a receiver's, which only one stream uses at a time)."""
 
-    def __init__(self, directory: str | os.PathLike[str] | None, limit: int, sender: str) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None,
+        limit: int,
+        sender: str,
+        *,
+        file: SpillFile | None = None,
+    ) -> None:
         self.sender = sender
         self.limit = limit
         self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
-        self._fd = _open_unlinked(Path(directory or tempfile.gettempdir()))  # last: no leak
+        self._owned = file is None
+        self._fd = (  # last: no leak
+            _open_unlinked(Path(directory or tempfile.gettempdir()))
+            if file is None
+            else file.descriptor()
+        )
         self._count = 0
         self._starts: list[int] = []
         self._records: list[tuple[int, int, bytes]] = []  # (length, nonce number, tag)
@@ -128,12 +173,13 @@ class Spill:
             return self._cache
 
     def close(self) -> None:
-        """Close the file (it vanishes: it never had a name); idempotent."""
+        """Close the file (it vanishes: it never had a name), or leave a receiver's
+        file to the next stream; idempotent."""
         with self._lock:
             fd, self._fd = self._fd, -1
             self._cache = None
             self._out = bytearray()
-        if fd >= 0:
+        if fd >= 0 and self._owned:
             # the file is unlinked: a failed close (EIO on a network disk) loses nothing
             # of ours, and must not turn an accepted update into an error
             with contextlib.suppress(OSError):

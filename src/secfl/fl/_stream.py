@@ -10,7 +10,6 @@ the digits model), and its values never reach the disk."""
 
 from __future__ import annotations
 
-import os
 import struct
 import threading
 import time
@@ -22,7 +21,7 @@ import numpy as np
 
 from secfl.errors import FlError, TransportError
 from secfl.fl import _messages as msg
-from secfl.fl._spill import Spill
+from secfl.fl._spill import Spill, SpillFile
 from secfl.fl._tensors import MAX_HEADER_BYTES, Layout, check_like, parse_header_json
 from secfl.fl.strategies._base import Params
 from secfl.fl.strategies._fedavg import FedAvgAccumulator, Incoming
@@ -54,7 +53,7 @@ class Stream:
         window: memoryview,
         stretch: int,
         capacity: int,
-        spill_dir: str | os.PathLike[str] | None,
+        spill_file: SpillFile,
         worker: futures.ThreadPoolExecutor,
         acc: FedAvgAccumulator,
         global_params: Params,
@@ -64,7 +63,7 @@ class Stream:
         self.window = window  # SLOTS slots of ``stretch`` bytes
         self.stretch = stretch
         self.capacity = capacity
-        self.spill_dir = spill_dir
+        self.spill_file = spill_file
         self.worker = worker
         self.acc = acc
         self.global_params = global_params
@@ -193,7 +192,9 @@ class Stream:
             raise FlError(f"tensors: {start + data_len} bytes exceed the limit of {self.capacity}")
         self.header, self.data_start, self.expected = header, start, start + data_len
         spill = (
-            None if fits(data_len, self.stretch) else Spill(self.spill_dir, data_len, self.sender)
+            None
+            if fits(data_len, self.stretch)
+            else Spill(None, data_len, self.sender, file=self.spill_file)
         )
         try:
             self.incoming = self.acc.incoming(self.sender, samples)
