@@ -4,12 +4,15 @@ the process killed, no plaintext is left anywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,6 +115,46 @@ def test_streams_take_a_receivers_spill_file_in_turn_each_under_its_own_key(
     receiver.close()
     with pytest.raises(OSError):
         os.fstat(made[0])
+
+
+def test_a_closed_round_empties_the_spill_file_and_closing_always_closes_it(
+    tmp_path: Path,
+) -> None:
+    """Between rounds the receiver's file holds nothing (no page cache, nothing to
+    write back), unless a stream holds the window; and ``close`` closes the file even
+    when taking the stream in progress out fails (the host altered the file)."""
+    global_params, updates = spread_round(32, 3)
+    receiver = Receiver(1 << 20, spill_dir=tmp_path, stretch=256)
+    acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
+    receive(receiver, acc, global_params, updates[0], iter(pieces_of(message(updates[0]))))
+    fd = receiver._spill_file.descriptor()
+    assert os.fstat(fd).st_size > 0
+    receiver.idle()
+    assert os.fstat(fd).st_size == 0
+    parts = pieces_of(message(updates[1]))
+    held = threading.Event()
+
+    def half_then_wait() -> Iterator[bytes]:
+        yield from parts[: len(parts) // 2]
+        receiver._worker.submit(lambda: None).result()  # every stretch so far spilled
+        held.set()
+        time.sleep(30)  # the sender goes quiet; the stream keeps the window
+
+    def sender() -> None:
+        with contextlib.suppress(Exception):  # taken out when the receiver closes
+            receive(receiver, acc, global_params, updates[1], half_then_wait())
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    assert held.wait(30)
+    size = os.fstat(fd).st_size
+    receiver.idle()  # a stream holds the window: its spilled stretches stay
+    assert size > 0 and os.fstat(fd).st_size == size
+    os.pwrite(fd, bytes(64), 0)  # the host alters them: the take-back fails...
+    with pytest.raises(FlError, match=r"fails authentication"):
+        receiver.close()
+    with pytest.raises(OSError):  # ...and the file is closed all the same
+        os.fstat(fd)
 
 
 def test_a_spill_file_altered_on_disk_is_refused_and_the_sum_is_unusable(

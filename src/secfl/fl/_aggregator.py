@@ -144,6 +144,8 @@ class Aggregator:
         except BaseException:  # stopped (Ctrl-C, an error): a round already durable is
             self._settle_on_the_way_out()  # recorded, so a restart does not lose it
             self._events.drain(timeout=10.0)
+            with contextlib.suppress(Exception):  # the original error goes on
+                self.rounds.receiver.close()  # its spill file goes now, not at exit
             raise
         self._settle()
         self.commit.drain()  # the old checkpoints pruned before the process may exit

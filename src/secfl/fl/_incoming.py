@@ -197,11 +197,20 @@ class Receiver:
         with self._lock:
             self._cancel()
 
+    def idle(self) -> None:
+        """No stream is expected for a while (the round closed): the spill file's pages
+        go back, unless a stream holds the window."""
+        with self._lock:
+            if self._owner is None:
+                self._spill_file.empty()
+
     def close(self) -> None:
         """Take out the stream in progress (if any) and close the spill file."""
         with self._lock:
-            self._cancel()
-            self._spill_file.close()
+            try:
+                self._cancel()
+            finally:
+                self._spill_file.close()
 
     def _cancel(self) -> None:
         if self._owner is not None:

@@ -386,6 +386,7 @@ class Rounds:
             a.open = False
             self.cond.notify_all()
         self.receiver.cancel()  # a streamed update still coming in is taken out again
+        self.receiver.idle()  # until the next round, its spill file holds no pages
         with self._fold:  # an update being folded right now finishes first
             return a
 

@@ -60,8 +60,8 @@ class SpillFile:
 
     Kept open between streams, so its pages stay in the page cache: a fresh file per
     stream made the kernel allocate, and then drop, a page for every 4 KiB spilled (a
-    fifth of the aggregator's CPU on a 100M model). On disk: at most the largest
-    update's size, ciphertext only."""
+    fifth of the aggregator's CPU on a 100M model). :meth:`empty` gives them back when
+    the round closes. On disk: at most the largest update's size, ciphertext only."""
 
     def __init__(self, directory: str | os.PathLike[str] | None) -> None:
         self.directory = Path(directory or tempfile.gettempdir())
@@ -75,6 +75,14 @@ class SpillFile:
                 self._fd = _open_unlinked(self.directory)
             return self._fd
 
+    def empty(self) -> None:
+        """Give its pages back (truncated to nothing) while no stream uses it: between
+        rounds it holds no page cache, and nothing of it reaches the disk."""
+        with self._lock:
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, 0)
+
     def close(self) -> None:
         """Close it (it vanishes: it never had a name); idempotent. No stream may be
         using it."""
@@ -83,6 +91,9 @@ class SpillFile:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def __del__(self) -> None:  # a receiver dropped without close(): no fd outlives it
+        self.close()
 
 
 class Spill:

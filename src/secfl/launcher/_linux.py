@@ -10,9 +10,9 @@ failure, and the launcher falls back as :mod:`secfl.launcher._private` describes
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import sys
+
+from secfl._internal.libc import libc
 
 __all__ = [
     "CLONE_NEWNS",
@@ -42,16 +42,7 @@ MS_SLAVE = 1 << 19
 MNT_DETACH = 0x2
 
 
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:  # pragma: no cover - every Linux has a C library
-        return None
-
-
-_LIBC = _libc()
+_LIBC = libc()
 
 
 def available() -> bool:

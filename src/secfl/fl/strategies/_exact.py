@@ -42,15 +42,15 @@ sum and a few blocks beside it, not a tensor (a sum of 16M elements is 128 MB).
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import math
 import mmap
-import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from secfl._internal.libc import libc
 from secfl.errors import FlError
 from secfl.fl.strategies import _blocks
 from secfl.fl.strategies._blocks import BLOCK
@@ -288,6 +288,19 @@ class ExactSum:
 
 #: madvise(MADV_POPULATE_WRITE), Linux 5.14 and later (not in Python 3.11's mmap).
 _POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+#: Populated per call: ``mmap.madvise`` holds the GIL, so the sum is populated through
+#: libc (which lets it go), a slice at a time.
+_POPULATE_SLICE = 64 << 20
+
+
+def _madvise() -> Callable[[int, int, int], int] | None:
+    c = libc()
+    if c is None:
+        return None
+    call = c.madvise
+    call.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    call.restype = ctypes.c_int
+    return call
 
 
 def _populate(memory: mmap.mmap) -> None:
@@ -295,11 +308,20 @@ def _populate(memory: mmap.mmap) -> None:
     page is first read (the shared zero page) and then written: a copy-on-write
     fault whose TLB flush interrupts every CPU the process runs on (a sixth of the
     aggregator's CPU on a 100M model, with the transport's threads on both cores).
-    The first update writes every page anyway, so the peak does not change; on an
-    older kernel the pages are mapped as before."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, ValueError):
-            memory.madvise(_POPULATE_WRITE)
+    The first update writes every page anyway, so the peak does not change; where
+    the kernel cannot (before 5.14), the pages are mapped as before. Other threads
+    run meanwhile (the transport's, heartbeats)."""
+    call = _madvise()
+    if call is None or not len(memory):
+        return
+    view = np.frombuffer(memory, dtype=np.uint8)
+    try:
+        base = view.ctypes.data
+        for at in range(0, len(memory), _POPULATE_SLICE):
+            if call(base + at, min(_POPULATE_SLICE, len(memory) - at), _POPULATE_WRITE):
+                return  # EINVAL (an older kernel), ENOMEM: faulted in as it is written
+    finally:
+        del view  # no export left: the map can be closed
 
 
 def _release(memory: mmap.mmap, begin: int, end: int) -> int:
