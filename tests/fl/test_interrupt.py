@@ -97,7 +97,7 @@ def test_a_ctrl_c_just_after_a_commit_still_records_the_round(tmp_path: Path) ->
 
 HUNG = textwrap.dedent(
     """
-    import json, os, signal, sys, threading
+    import json, os, signal, sys, threading, time
     from pathlib import Path
     from secfl._internal.interrupts import interrupt_once
     from secfl.fl._commit import Commit
@@ -105,7 +105,9 @@ HUNG = textwrap.dedent(
     from secfl.tasks._split import split
     from tests.fl.fedkit import DIGEST, Background, Federation
 
-    folder = Path(sys.argv[1])
+    folder, mode = Path(sys.argv[1]), sys.argv[2]
+    from secfl.fl import _aggregator
+    _aggregator.STOP_GRACE = 2.0
 
     class Ledger:  # a counter outside the process: commits overlap the next round
         value = 0
@@ -124,11 +126,16 @@ HUNG = textwrap.dedent(
     agg.metrics_path = folder / "metrics.jsonl"
     agg.metrics_path.touch()
 
-    def hung(round, params, entry):  # the task's evaluate of round 1 never returns
-        os.kill(os.getpid(), signal.SIGINT)
-        threading.Event().wait()
+    score = agg._score
 
-    agg._score = hung
+    def evaluate(round, params, entry):  # Ctrl-C during round 1's evaluation, which...
+        os.kill(os.getpid(), signal.SIGINT)
+        if mode == "hung":
+            threading.Event().wait()  # ...never returns
+        time.sleep(0.5)  # ...takes a while
+        score(round, params, entry)
+
+    agg._score = evaluate
     agg.start()
     for i in range(2):
         Background(fed.collaborator(agg.port, i).run, f"site-{i}").start()
@@ -148,22 +155,31 @@ HUNG = textwrap.dedent(
 
 
 @pytest.mark.timeout(120)
-def test_a_ctrl_c_during_a_hung_evaluation_stops_at_once_and_commits_nothing(
-    tmp_path: Path,
+@pytest.mark.parametrize("mode", ["slow", "hung"])
+def test_a_ctrl_c_during_an_evaluation_commits_its_round_or_gives_it_up_after_a_grace(
+    tmp_path: Path, mode: str
 ) -> None:
     """The round's evaluation (task code) runs before its commit, in the commit's
-    thread: a Ctrl-C there is not held (it would wait for the task for ever); the
-    round is given up, before its checkpoint or counter."""
+    thread, once the next round's models are out. A Ctrl-C there waits for it at most
+    ``STOP_GRACE``: a slow one ends and its round is committed (the collaborators
+    took its counter as their floor, and a restart sends them the same model); a hung
+    one is given up, before its checkpoint or counter, and the aggregator stops."""
     done = subprocess.run(
-        [sys.executable, "-c", HUNG, str(tmp_path)],
+        [sys.executable, "-c", HUNG, str(tmp_path), mode],
         cwd=ROOT, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["outcome"] == "interrupted"
-    assert seen["sealed"] == [0, 1] and seen["rounds"] == []
-    assert seen["checkpoints"] == ["checkpoint-r00000000-c0000000001.secfl"]
-    assert "nothing" not in seen["hint"] and "round 0 of 4" in seen["hint"]
+    if mode == "slow":
+        assert seen["sealed"] == [1, 2] and seen["rounds"] == [1]
+        assert seen["checkpoints"][-1] == "checkpoint-r00000001-c0000000002.secfl"
+        assert "round 1 of 4" in seen["hint"]
+    else:
+        assert seen["sealed"] == [0, 1] and seen["rounds"] == []
+        assert seen["checkpoints"] == ["checkpoint-r00000000-c0000000001.secfl"]
+        assert "round 0 of 4" in seen["hint"]
+        assert "its evaluation did not end within 2 s of the stop" in done.stderr
 
 
 HELD = textwrap.dedent(

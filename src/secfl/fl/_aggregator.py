@@ -59,6 +59,9 @@ REFRESH_SECONDS = 10.0
 #: out (seconds): on a small model they would slow its dispatch, a large model's
 #: dispatch takes longer than this and shares the CPU with them, as before.
 DISPATCH_GRACE = 0.25
+#: How long a stopping aggregator waits for a round's evaluation before it gives the
+#: round up (seconds): see :meth:`Aggregator._finish_or_give_up`.
+STOP_GRACE = 10.0
 
 
 @dataclass
@@ -251,27 +254,41 @@ class Aggregator:
         """Wait for the pending commit, then record its round. A Ctrl-C is held until
         both are done: a round whose counter is committed is always recorded (metrics,
         round event, ``sealed``), or a restart resumes after a round the record lacks.
-        The round's evaluation before it is not held (task code: it may take any time);
-        ``stopping`` (on the way out) gives up a commit still in its evaluation."""
-        if stopping and self._waiting is not None and self.commit.cancel():
-            self._waiting = None  # not committed, so nothing to record
+        The round's evaluation before it is not held (task code: it may take any time):
+        on a Ctrl-C, or ``stopping`` (on the way out), it gets a bounded wait."""
         if self._go is not None:
             self._go.set()  # the commit waits for nothing more
             self._go = None
         waiting = self._waiting
         if waiting is None:
             return
+        if stopping:
+            self._finish_or_give_up(waiting)
+            return
         try:
-            self.commit.wait_begun()  # the evaluation: a Ctrl-C stops it at once...
+            self.commit.wait_begun()  # the evaluation: a Ctrl-C does not wait for it...
         except KeyboardInterrupt:
-            if self.commit.cancel():  # ...and the round, none of whose commit began
-                self._waiting = None
-                raise
-            with held():  # it began meanwhile: it is recorded, then the Ctrl-C goes on
-                self._settle_held(*waiting)
+            self._finish_or_give_up(waiting)  # ...longer than STOP_GRACE
             raise
         with held():
             self._settle_held(*waiting)
+
+    def _finish_or_give_up(self, waiting: tuple[int, dict[str, Any], dict[str, float]]) -> None:
+        """On the way out: the pending commit gets :data:`STOP_GRACE` seconds to finish
+        its evaluation and begin, and is then recorded. The next round's models went
+        out with its counter, which the collaborators took as their floor: given up, a
+        restart would send them an older one, and they would stop. Past the grace (a
+        hung ``evaluate``) it is given up, and the aggregator still stops."""
+        if self.commit.wait_begun(STOP_GRACE) or not self.commit.cancel():
+            with held():
+                self._settle_held(*waiting)
+            return
+        self._waiting = None
+        log.warning(
+            "round %d: its evaluation did not end within %.0f s of the stop: not committed; "
+            "collaborators that took the next round's model stop when the restarted "
+            "aggregator sends them another: start them again", waiting[0], STOP_GRACE,
+        )  # fmt: skip
 
     def _settle_held(self, round: int, entry: dict[str, Any], phases: dict[str, float]) -> None:
         began = time.monotonic()

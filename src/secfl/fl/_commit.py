@@ -321,12 +321,14 @@ class Commit:
         """Whether a commit :meth:`begin` started awaits :meth:`settle`."""
         return self._pending is not None
 
-    def wait_begun(self) -> None:
-        """Wait until the pending commit's preparation is over: its first step is under
-        way (it will end within the SPM's answer), or it already ended. Interruptible:
-        the preparation (the round's evaluation, task code) may take any time."""
+    def wait_begun(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds) until the pending commit's preparation is
+        over: its first step is under way (it will end within the SPM's answer), or it
+        already ended; False if it is still preparing. Interruptible: the preparation
+        (the round's evaluation, task code) may take any time."""
         if self._pending is not None and self._begun is not None:
-            self._begun.wait()
+            return self._begun.wait(timeout)
+        return True
 
     def cancel(self) -> bool:
         """Give up the pending commit if none of its steps began (its preparation may
