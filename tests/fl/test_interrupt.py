@@ -22,17 +22,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-AGGREGATOR = textwrap.dedent(
+COMMON = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import json, os, signal, sys, threading, time
     from pathlib import Path
     from secfl._internal.interrupts import interrupt_once
     from secfl.fl._commit import Commit
     from secfl.tasks import get_task
     from secfl.tasks._split import split
     from tests.fl.fedkit import DIGEST, Background, Federation
-
-    folder, stop_at = Path(sys.argv[1]), int(sys.argv[2])
 
     class Ledger:  # a counter outside the process: commits overlap the next round
         value = 0
@@ -41,6 +39,39 @@ AGGREGATOR = textwrap.dedent(
         def increment(self, expect=None):
             self.value += 1
             return self.value
+
+    def aggregator(folder, rounds, commit=Commit):
+        fed = Federation(get_task("digits"), split("digits", 2, seed=1, out=folder / "shards"))
+        settings = {"rounds": rounds, "min_clients": 2, "train": {"epochs": 1},
+                    "heartbeat": 0.5, "dead_after": 5.0, "round_timeout": 30,
+                    "join_timeout": 30}
+        agg = fed.aggregator(settings, start=False)
+        agg.commit = commit(Ledger(), directory=folder / "ckpt", key=b"k" * 32,
+                            policy_digest=DIGEST)
+        agg.metrics_path = folder / "metrics.jsonl"
+        agg.metrics_path.touch()
+        return fed, agg
+
+    def run(fed, agg, more=lambda agg: {}):
+        agg.start()
+        for i in range(2):
+            Background(fed.collaborator(agg.port, i).run, f"site-{i}").start()
+        outcome = "finished"
+        with interrupt_once():
+            try:
+                agg.run()
+            except KeyboardInterrupt:
+                outcome = "interrupted"
+        lines = agg.metrics_path.read_text().splitlines()
+        print(json.dumps({"outcome": outcome, "sealed": agg.sealed, **more(agg),
+                          "rounds": [json.loads(line)["round"] for line in lines]}), flush=True)
+        os._exit(0)  # the collaborators' threads (and a hung evaluation) are left
+    """
+)
+
+AGGREGATOR = COMMON + textwrap.dedent(
+    """
+    folder, stop_at = Path(sys.argv[1]), int(sys.argv[2])
 
     class Interrupted(Commit):
         # SIGINT once round `stop_at`'s counter is in, as the aggregator reads the phases
@@ -58,25 +89,7 @@ AGGREGATOR = textwrap.dedent(
         def phases(self, value):
             self._phases = value
 
-    fed = Federation(get_task("digits"), split("digits", 2, seed=1, out=folder / "shards"))
-    settings = {"rounds": 6, "min_clients": 2, "train": {"epochs": 1}, "heartbeat": 0.5,
-                "dead_after": 5.0, "round_timeout": 30, "join_timeout": 30}
-    agg = fed.aggregator(settings, start=False)
-    agg.commit = Interrupted(Ledger(), directory=folder / "ckpt", key=b"k" * 32,
-                             policy_digest=DIGEST)
-    agg.metrics_path = folder / "metrics.jsonl"
-    agg.start()
-    for i in range(2):
-        Background(fed.collaborator(agg.port, i).run, f"site-{i}").start()
-    outcome = "finished"
-    with interrupt_once():
-        try:
-            agg.run()
-        except KeyboardInterrupt:
-            outcome = "interrupted"
-    rounds = [json.loads(line)["round"] for line in agg.metrics_path.read_text().splitlines()]
-    print(json.dumps({"outcome": outcome, "sealed": agg.sealed, "rounds": rounds}), flush=True)
-    os._exit(0)  # the collaborators' threads are left waiting
+    run(*aggregator(folder, 6, Interrupted))
     """
 )
 
@@ -95,37 +108,12 @@ def test_a_ctrl_c_just_after_a_commit_still_records_the_round(tmp_path: Path) ->
     assert seen["rounds"] == list(range(1, round + 1))  # the sealed round is recorded
 
 
-HUNG = textwrap.dedent(
+HUNG = COMMON + textwrap.dedent(
     """
-    import json, os, signal, sys, threading, time
-    from pathlib import Path
-    from secfl._internal.interrupts import interrupt_once
-    from secfl.fl._commit import Commit
-    from secfl.tasks import get_task
-    from secfl.tasks._split import split
-    from tests.fl.fedkit import DIGEST, Background, Federation
-
     folder, mode = Path(sys.argv[1]), sys.argv[2]
     from secfl.fl import _aggregator
     _aggregator.STOP_GRACE = 2.0
-
-    class Ledger:  # a counter outside the process: commits overlap the next round
-        value = 0
-        def current(self):
-            return self.value
-        def increment(self, expect=None):
-            self.value += 1
-            return self.value
-
-    fed = Federation(get_task("digits"), split("digits", 2, seed=1, out=folder / "shards"))
-    settings = {"rounds": 4, "min_clients": 2, "train": {"epochs": 1}, "heartbeat": 0.5,
-                "dead_after": 5.0, "round_timeout": 30, "join_timeout": 30}
-    agg = fed.aggregator(settings, start=False)
-    agg.commit = Commit(Ledger(), directory=folder / "ckpt", key=b"k" * 32,
-                        policy_digest=DIGEST)
-    agg.metrics_path = folder / "metrics.jsonl"
-    agg.metrics_path.touch()
-
+    fed, agg = aggregator(folder, 4)
     score = agg._score
 
     def evaluate(round, params, entry):  # Ctrl-C during round 1's evaluation, which...
@@ -136,20 +124,10 @@ HUNG = textwrap.dedent(
         score(round, params, entry)
 
     agg._score = evaluate
-    agg.start()
-    for i in range(2):
-        Background(fed.collaborator(agg.port, i).run, f"site-{i}").start()
-    outcome = "finished"
-    with interrupt_once():
-        try:
-            agg.run()
-        except KeyboardInterrupt:
-            outcome = "interrupted"
-    rounds = [json.loads(line)["round"] for line in agg.metrics_path.read_text().splitlines()]
-    names = sorted(p.name for p in (folder / "ckpt").glob("checkpoint-*"))
-    print(json.dumps({"outcome": outcome, "sealed": agg.sealed, "rounds": rounds,
-                      "hint": agg.resume_hint(), "checkpoints": names}), flush=True)
-    os._exit(0)  # the collaborators' threads and the hung evaluation are left
+    run(fed, agg, lambda agg: {
+        "hint": agg.resume_hint(),
+        "checkpoints": sorted(p.name for p in (folder / "ckpt").glob("checkpoint-*")),
+    })
     """
 )
 
