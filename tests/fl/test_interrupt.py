@@ -111,8 +111,8 @@ def test_a_ctrl_c_just_after_a_commit_still_records_the_round(tmp_path: Path) ->
 HUNG = COMMON + textwrap.dedent(
     """
     folder, mode = Path(sys.argv[1]), sys.argv[2]
-    from secfl.fl import _aggregator
-    _aggregator.STOP_GRACE = 2.0
+    from secfl.fl import _pending
+    _pending.STOP_GRACE = 2.0
     fed, agg = aggregator(folder, 4)
     score = agg._score
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from secfl.errors import FlError, TransportError
-from secfl.fl import _aggregator
+from secfl.fl import _pending
 from secfl.fl._commit import Commit, MemoryLedger
 from secfl.fl._model_slot import ModelSlot
 from secfl.fl._tensors import load_arrays, state_dict_arrays, to_bytes
@@ -228,7 +228,7 @@ def test_a_rounds_evaluation_waits_for_the_next_rounds_models(
 ) -> None:
     """Round 1's evaluation (and so its commit) starts once round 2's models are out,
     and its scores are in the round's record: held, it does not hold the models back."""
-    monkeypatch.setattr(_aggregator, "DISPATCH_GRACE", LIMIT)  # only the models release it
+    monkeypatch.setattr(_pending, "DISPATCH_GRACE", LIMIT)  # only the models release it
     agg = fed.aggregator({"rounds": 2, "min_clients": 2, **QUICK}, ledger=SlowLedger())
     release, scored = threading.Event(), []
     score = agg._score

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from secfl._internal.buffers import Frozen
-from secfl._internal.interrupts import held
 from secfl.errors import FlError
+from secfl.fl import _pending
 from secfl.fl._commit import Commit
 from secfl.fl._config import FederationConfig
 from secfl.fl._envelope import PrivateKey, SignedModel, seal_model
 from secfl.fl._global_model import model_views, next_model
 from secfl.fl._model_slot import ModelSlot
+from secfl.fl._pending import PendingRound
 from secfl.fl._phases import Summary, attempt_phases, ms, round_seconds
 from secfl.fl._reporter import InOrder
 from secfl.fl._reset import ApprovedReset
@@ -55,13 +55,6 @@ __all__ = ["REFRESH_SECONDS", "Aggregator", "Signer", "round_seconds"]
 log = logging.getLogger("secfl.fl._aggregator")
 #: How often revocations are re-read and the identity's renewal checked (seconds).
 REFRESH_SECONDS = 10.0
-#: How long a round's evaluation and commit wait for the next round's models to go
-#: out (seconds): on a small model they would slow its dispatch, a large model's
-#: dispatch takes longer than this and shares the CPU with them, as before.
-DISPATCH_GRACE = 0.25
-#: How long a stopping aggregator waits for a round's evaluation before it gives the
-#: round up (seconds): see :meth:`Aggregator._finish_or_give_up`.
-STOP_GRACE = 10.0
 
 
 @dataclass
@@ -126,9 +119,7 @@ class Aggregator:
             self.reset = None
         self._params, self._start, self.sealed = begun.params, begun.round, begun.sealed
         self._scorer = ModelSlot(self.task, self.config.seed)
-        self._waiting: tuple[int, dict[str, Any], dict[str, float]] | None = None
-        #: Set when the pending commit may start: the next round's models are out.
-        self._go: threading.Event | None = None
+        self._pending = PendingRound(self.commit, self._sealed_round)
         self._events = InOrder(lambda entry: self.on_round(entry))  # off the round's path
         limit = int(nbytes(self._params) * self.config.max_update_factor) + (1 << 20)
         self.rounds = Rounds(self.config, max_update_bytes=limit, spill_dir=self.commit.directory)
@@ -157,9 +148,9 @@ class Aggregator:
         return params
 
     def _settle_on_the_way_out(self) -> None:
-        if self._waiting is None:
+        round = self._pending.round
+        if round is None:
             return
-        round = self._waiting[0]
         try:
             self._settle(stopping=True)
         except BaseException as exc:  # the original error is raised next
@@ -209,36 +200,20 @@ class Aggregator:
         entry: dict[str, Any],
         phases: dict[str, float],
     ) -> None:
-        """Evaluate and commit ``round``: here, or overlapped with the next round when
-        the commit is slow (see :mod:`secfl.fl._commit` for why that is safe), once
-        the next round's models are out or :data:`DISPATCH_GRACE` passed (the
-        evaluation and the commit then take nothing from the round's path). The round
-        is recorded (metrics, round event, ``sealed``) only once its counter is
-        committed."""
+        """Evaluate and commit ``round`` (:class:`~secfl.fl._pending.PendingRound`: here,
+        or beside the next round once its models are out); recorded (metrics, round
+        event, ``sealed``) only once its counter is committed."""
         phases["aggregate"] = ms(time.monotonic() - phases.pop("_closed"))
         if self.commit.overlap:  # the round's own time: up to the commit handed over
             entry["duration_s"] = round_seconds(self._began)
-        go = self._go = threading.Event() if self.commit.overlap else None
 
-        def evaluate() -> Mapping[str, Any]:
-            if go is not None:
-                go.wait(DISPATCH_GRACE)
-            began = time.monotonic()
+        def score() -> Mapping[str, Any]:
             self._score(round, params, entry)
-            phases["evaluate"] = ms(time.monotonic() - began)
             return self.scores.state()
 
-        self._waiting = (round, entry, phases)
-        try:
-            self.commit.begin(
-                round, model_bytes, state, event=self._event_of(entry), prepare=evaluate
-            )
-        except BaseException:
-            if not self.commit.pending:  # evaluated or committed here, and it failed
-                self._waiting = None
-            raise
-        if not self.commit.overlap:
-            self._settle()
+        self._pending.begin(
+            round, model_bytes, state, entry, phases, score=score, event=self._event_of(entry)
+        )
 
     def _event_of(self, entry: dict[str, Any]) -> Callable[[int], dict[str, Any]] | None:
         """The round's event at a counter value, from what the entry says now (the
@@ -251,61 +226,15 @@ class Aggregator:
         return lambda counter: build({**entry, "duration_s": duration, "counter": counter})
 
     def _settle(self, *, stopping: bool = False) -> None:
-        """Wait for the pending commit, then record its round. A Ctrl-C is held until
-        both are done: a round whose counter is committed is always recorded (metrics,
-        round event, ``sealed``), or a restart resumes after a round the record lacks.
-        The round's evaluation before it is not held (task code: it may take any time):
-        on a Ctrl-C, or ``stopping`` (on the way out), it gets a bounded wait."""
-        if self._go is not None:
-            self._go.set()  # the commit waits for nothing more
-            self._go = None
-        waiting = self._waiting
-        if waiting is None:
-            return
-        if stopping:
-            self._finish_or_give_up(waiting)
-            return
-        try:
-            self.commit.wait_begun()  # the evaluation: a Ctrl-C does not wait for it...
-        except KeyboardInterrupt:
-            self._finish_or_give_up(waiting)  # ...longer than STOP_GRACE
-            raise
-        with held():
-            self._settle_held(*waiting)
+        """The pending round's commit awaited and recorded (:meth:`PendingRound.settle`)."""
+        self._pending.settle(stopping=stopping)
 
-    def _finish_or_give_up(self, waiting: tuple[int, dict[str, Any], dict[str, float]]) -> None:
-        """On the way out: the pending commit gets :data:`STOP_GRACE` seconds to finish
-        its evaluation and begin, and is then recorded. The next round's models went
-        out with its counter, which the collaborators took as their floor: given up, a
-        restart would send them an older one, and they would stop. Past the grace (a
-        hung ``evaluate``) it is given up, and the aggregator still stops."""
-        if self.commit.wait_begun(STOP_GRACE) or not self.commit.cancel():
-            with held():
-                self._settle_held(*waiting)
-            return
-        self._waiting = None
-        log.warning(
-            "round %d: its evaluation did not end within %.0f s of the stop: not committed; "
-            "collaborators that took the next round's model stop when the restarted "
-            "aggregator sends them another: start them again", waiting[0], STOP_GRACE,
-        )  # fmt: skip
-
-    def _settle_held(self, round: int, entry: dict[str, Any], phases: dict[str, float]) -> None:
-        began = time.monotonic()
-        try:
-            value = self.commit.settle()
-        except KeyboardInterrupt:  # not held (no interrupt_once): settled on the way out
-            raise
-        except BaseException:
-            self._waiting = None  # the commit failed: there is nothing to record
-            raise
-        self._waiting = None
-        if value is None:  # a caller's bug: recording it would claim a commit
-            raise FlError(f"checkpoint: round {round} has no commit to wait for")
-        entry["counter"] = value
-        self.sealed = (round, value)
-        phases.update(self.commit.phases)
-        phases["commit_wait"] = ms(time.monotonic() - began)
+    def _sealed_round(
+        self, round: int, counter: int, entry: dict[str, Any], phases: dict[str, float]
+    ) -> None:
+        """``round`` is committed at ``counter``: record it."""
+        entry["counter"] = counter
+        self.sealed = (round, counter)
         entry.setdefault("duration_s", round_seconds(self._began))
         entry["phases_ms"] = phases
         self._record(entry)
@@ -383,8 +312,8 @@ class Aggregator:
             if number == 1:
                 self._began = time.monotonic()  # round time: from the first model sent
             self.rounds.open(attempt)
-            if self._go is not None:  # the last round's evaluation and commit wait for
-                attempt.dispatched.wait(DISPATCH_GRACE)  # this round's models to go out
+            if self._pending.waits_for_dispatch:  # the last round's evaluation and
+                attempt.dispatched.wait(_pending.DISPATCH_GRACE)  # commit wait for these models
             self._settle_opened(attempt)
             self.rounds.wait_closed()
             got = len(attempt.updates)
