@@ -15,10 +15,14 @@ the same payloads in the same run. TLS and plaintext transfers alternate one by 
 and which of the two goes first alternates from one repeat to the next, so that both
 see the same machine load.
 
-Server and client share one process (as in tests/fl/test_transport.py), so their
-Python work shares the GIL; TLS records are encrypted and decrypted in gRPC's C
-threads. One call of each kind before timing opens the channels (the TLS handshake
-is not timed). MB/s counts payload bytes, 1 MB = 1e6 bytes. Printed:
+By default the servers run in a process of their own, as an aggregator and a
+collaborator do (``--serve``, started by the benchmark; server timestamps come back
+by a ``Marks`` call after each transfer, outside the timed window: both processes
+read the same monotonic clock). ``--one-process`` puts client and servers in one
+process (as in tests/fl/test_transport.py), where their Python work shares one GIL,
+which slows the side of each transfer that gRPC's C threads do not carry. One call of
+each kind before timing opens the channels (the TLS handshake is not timed). MB/s
+counts payload bytes, 1 MB = 1e6 bytes. Printed:
 
 - per size and direction, best and median MB/s for each transport, the TLS/plaintext
   ratio of the best figures and the median of the ratios of adjacent pairs;
@@ -28,9 +32,9 @@ is not timed). MB/s counts payload bytes, 1 MB = 1e6 bytes. Printed:
   chunk until the client has the answer; download: *first* = call until the server's
   handler starts, *stream* = until the server has handed gRPC its last chunk,
   *tail* = until the client holds the whole payload;
-- the CPU time of the process per MiB moved (``time.process_time``), and on Linux
-  its split between Python threads and gRPC's C threads (``/proc/self/task/*/schedstat``,
-  read outside the timed window);
+- the CPU time per MiB moved (``time.process_time``, plus the server process's with
+  two processes), and on Linux the client process's split between Python threads and
+  gRPC's C threads (``/proc/self/task/*/schedstat``, read outside the timed window);
 - the cost of one peer check (``PeerPolicy.check``), with the certificate parsed
   afresh and from the cache.
 
@@ -40,9 +44,13 @@ It prints figures and asserts nothing about timing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -134,6 +142,10 @@ class Handlers:
         yield from chunks(self.payload[: int(request)], CHUNK_SIZE)
         self.marks["last"] = time.perf_counter()
 
+    def report(self, _request: bytes, _peer: object = None) -> bytes:
+        """The last transfer's marks and this process's CPU seconds so far, as JSON."""
+        return json.dumps({**self.marks, "cpu": time.process_time()}).encode()
+
 
 def plain_server(handlers: Handlers) -> tuple[grpc.Server, int]:
     """A plaintext gRPC server with the transport's generic handlers and message limits."""
@@ -141,6 +153,7 @@ def plain_server(handlers: Handlers) -> tuple[grpc.Server, int]:
     methods: dict[str, grpc.RpcMethodHandler] = {
         "Put": grpc.stream_unary_rpc_method_handler(lambda it, ctx: handlers.put(it)),
         "Get": grpc.unary_stream_rpc_method_handler(lambda req, ctx: handlers.get(req)),
+        "Marks": grpc.unary_unary_rpc_method_handler(lambda req, ctx: handlers.report(req)),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -164,6 +177,11 @@ class PlainClient:
         method = self._channel.unary_stream(f"/{SERVICE}/{name}")
         return join(method(request, timeout=TIMEOUT), limit)
 
+    def unary(self, name: str, request: bytes) -> bytes:
+        method: grpc.UnaryUnaryMultiCallable[bytes, bytes]
+        method = self._channel.unary_unary(f"/{SERVICE}/{name}")
+        return method(request, timeout=TIMEOUT)
+
     def close(self) -> None:
         self._channel.close()
 
@@ -171,27 +189,36 @@ class PlainClient:
 Move = Callable[[int], dict[str, float]]
 
 
-def transfers(client: Client | PlainClient, payload: bytes, handlers: Handlers) -> dict[str, Move]:
+def transfers(client: Client | PlainClient, payload: bytes) -> dict[str, Move]:
     """An upload and a download of ``size`` bytes, each checking the size that arrived and
-    answering its phases (seconds, see the module docstring)."""
+    answering its phases (seconds, see the module docstring) and the server's CPU
+    seconds (``server_cpu``), both asked of the server after the transfer."""
     view = memoryview(payload)
-    marks = handlers.marks
+
+    def report() -> dict[str, float]:
+        return {k: float(v) for k, v in json.loads(client.unary("Marks", b"")).items()}
 
     def upload(size: int) -> dict[str, float]:
+        before = report()["cpu"]
         began = time.perf_counter()
         got = int(client.upload("Put", view[:size]))
         ended = time.perf_counter()
         if got != size:
             raise RuntimeError(f"upload: the server received {got} bytes, not {size}")
-        return phases(began, marks["first"], marks["last"], ended)
+        marks = report()
+        return {**phases(began, marks["first"], marks["last"], ended),
+                "server_cpu": marks["cpu"] - before}  # fmt: skip
 
     def download(size: int) -> dict[str, float]:
+        before = report()["cpu"]
         began = time.perf_counter()
         got = len(client.download("Get", str(size).encode(), limit=size))
         ended = time.perf_counter()
         if got != size:
             raise RuntimeError(f"download: received {got} bytes, not {size}")
-        return phases(began, marks["first"], marks["last"], ended)
+        marks = report()
+        return {**phases(began, marks["first"], marks["last"], ended),
+                "server_cpu": marks["cpu"] - before}  # fmt: skip
 
     return {"upload": upload, "download": download}
 
@@ -237,38 +264,101 @@ def peer_check_cost(creds: Credentials, calls: int = 2000) -> tuple[float, float
     return parsed, (time.perf_counter() - began) / calls * 1e6
 
 
+def start_servers(creds: Credentials, size: int) -> tuple[Callable[[], None], int, int]:
+    """The mTLS and the plaintext server, serving a payload of ``size`` bytes: a function
+    that stops both, and their ports."""
+    handlers = Handlers(make_payload(size))
+    tls_server = Server(creds, PeerPolicy("bench", {"collab"}))
+    tls_server.upload("Put", handlers.put)
+    tls_server.download("Get", handlers.get)
+    tls_server.unary("Marks", handlers.report)
+    tls_port = tls_server.start()
+    server, port = plain_server(handlers)
+
+    def stop() -> None:
+        tls_server.stop()
+        server.stop(1.0).wait()
+
+    return stop, tls_port, port
+
+
+def serve(folder: Path, size: int) -> None:
+    """``--serve``: the servers in this process, with the credentials the benchmark wrote
+    to ``folder``; prints their ports as one JSON line, stops when stdin closes."""
+    doc = json.loads((folder / "server.json").read_text())
+    creds = Credentials(**{k: v.encode() for k, v in doc.items()})
+    stop, tls_port, port = start_servers(creds, size)
+    print(json.dumps({"mTLS": tls_port, "plain": port}), flush=True)
+    sys.stdin.read()
+    stop()
+
+
+def server_process(creds: Credentials, size: int) -> tuple[Callable[[], None], int, int]:
+    """:func:`start_servers` in a process of its own (``--serve``)."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-transport-"))
+    (folder / "server.json").write_text(json.dumps({
+        "key_pem": creds.key_pem.decode(), "cert_pem": creds.cert_pem.decode(),
+        "ca_pem": creds.ca_pem.decode(),
+    }))  # fmt: skip
+    os.chmod(folder / "server.json", 0o600)  # a key, if only a benchmark's
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(folder), "--serve-size", str(size)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    line = child.stdout.readline()
+    (folder / "server.json").unlink()
+    folder.rmdir()
+    if not line:
+        child.wait()
+        raise SystemExit("the server process did not start")
+    ports = json.loads(line)
+
+    def stop() -> None:
+        assert child.stdin is not None
+        child.stdin.close()
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+    return stop, int(ports["mTLS"]), int(ports["plain"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,4,16,64,256", help="payload sizes in MiB, commas")
     parser.add_argument("--repeat", type=int, default=5, help="transfers per size and direction")
+    parser.add_argument(
+        "--one-process", action="store_true", help="client and servers in one process"
+    )
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve is not None:
+        serve(args.serve, args.serve_size)
+        return
     sizes = [int(s) * MIB for s in args.sizes.split(",")]
+    where = "one process" if args.one_process else "servers in a process of their own"
     print(
         f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
         f"grpcio {grpc.__version__}, load average {os.getloadavg()[0]:.1f}"
     )
     print(
         f"payloads {args.sizes} MiB, {args.repeat} transfers each way, "
-        f"chunks of {CHUNK_SIZE // 1024} KiB, loopback, one process"
+        f"chunks of {CHUNK_SIZE // 1024} KiB, loopback, {where}"
     )
 
     authority = sv.generate(
         CaSecret(name="bench", kind="x509-ca", common_name="bench CA"), {}, datetime.now(UTC)
     )
     payload = make_payload(max(sizes))
-    handlers = Handlers(payload)
-    tls_server = Server(identity(authority, "aggregator"), PeerPolicy("bench", {"collab"}))
-    tls_server.upload("Put", handlers.put)
-    tls_server.download("Get", handlers.get)
-    tls_port = tls_server.start()
-    server, port = plain_server(handlers)
+    start = start_servers if args.one_process else server_process
+    stop_servers, tls_port, port = start(identity(authority, "aggregator"), max(sizes))
     collab = identity(authority, "collab")
     tls_client = Client(f"127.0.0.1:{tls_port}", collab, server_name="aggregator", timeout=TIMEOUT)
     plain_client = PlainClient(f"127.0.0.1:{port}")
-    runs = {
-        "mTLS": transfers(tls_client, payload, handlers),
-        "plain": transfers(plain_client, payload, handlers),
-    }
+    runs = {"mTLS": transfers(tls_client, payload), "plain": transfers(plain_client, payload)}
     seen: dict[tuple[str, str, int], list[dict[str, float]]] = {}
     cpu: dict[tuple[str, str, int], list[float]] = {}
     threads: dict[tuple[str, str], Counter[str]] = {}
@@ -286,6 +376,8 @@ def main() -> None:
                         before, began = thread_cpu(), time.process_time()
                         figures = runs[name][direction](size)
                         used, after = time.process_time() - began, thread_cpu()
+                        if not args.one_process:  # (in one process, counted already)
+                            used += figures["server_cpu"]
                         seen.setdefault((name, direction, size), []).append(figures)
                         cpu.setdefault((name, direction, size), []).append(used / (size / MIB))
                         if size >= 16 * MIB:
@@ -295,8 +387,7 @@ def main() -> None:
     finally:
         tls_client.close()
         plain_client.close()
-        tls_server.stop()
-        server.stop(1.0).wait()
+        stop_servers()
     total = time.perf_counter() - start
 
     def rates(name: str, direction: str, size: int) -> list[float]:
@@ -331,7 +422,8 @@ def main() -> None:
                 per_mib = statistics.median(cpu[(name, direction, size)]) * 1e3
                 print(f"{size // MIB:>4} MiB  {direction:<9} {name:<9} {cells} {per_mib:11.2f}")
     if threads:
-        print("\nCPU ms per MiB by thread, transfers of 16 MiB and more")
+        print("\nCPU ms per MiB by thread of this (the client's) process, transfers of 16 MiB "
+              "and more")  # fmt: skip
         for (name, direction), ns in sorted(threads.items()):
             per = {k: v / 1e6 / moved[(name, direction)] for k, v in ns.items()}
             split = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))

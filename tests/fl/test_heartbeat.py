@@ -54,3 +54,33 @@ def test_a_failing_beat_does_not_stop_the_next() -> None:
         time.sleep(0.2)
     heart.close()
     assert len(calls) >= 2
+
+
+def test_rounds_wake_the_thread_only_at_its_deadlines() -> None:
+    # Waking the beat thread as each round starts and ends cost the training thread more
+    # than the beats; a thousand short rounds now wake it a handful of times at most.
+    heart = _Heartbeat(lambda: None, lambda: 5.0)
+    with heart:
+        pass
+    time.sleep(0.05)  # the thread waits towards its first deadline
+    before = heart.wakes
+    for _ in range(1000):
+        with heart:
+            pass
+    time.sleep(0.05)
+    heart.close()
+    assert heart.wakes - before <= 2
+
+
+def test_a_shorter_interval_wakes_the_thread_for_the_next_round() -> None:
+    beats: list[float] = []
+    every = [30.0]
+    heart = _Heartbeat(lambda: beats.append(time.monotonic()), lambda: every[0])
+    with heart:
+        pass
+    time.sleep(0.05)  # the thread sleeps towards a deadline 30 s away
+    every[0] = 0.05  # the aggregator announced a shorter heartbeat
+    with heart:
+        time.sleep(0.4)
+    heart.close()
+    assert len(beats) >= 3

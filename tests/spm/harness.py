@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from secfl.policy import _keys as keys
@@ -210,3 +211,14 @@ def spm_with_policy(
         yield proc, enrolled
     finally:
         proc.stop()
+
+
+@contextmanager
+def raw_http(client: Any) -> Iterator[httpx.Client]:
+    """An httpx client to the SPM ``client`` (an ``SpmClient``) pinned, verifying its
+    certificate the same way: for tests that need the raw answers (status, headers)."""
+    context = client._connect().context
+    with httpx.Client(
+        base_url=client.url, verify=context, timeout=client.timeout, trust_env=False
+    ) as http:
+        yield http

@@ -34,6 +34,7 @@ from tests.spm.harness import (
     Board,
     SpmProcess,
     policy_document,
+    raw_http,
 )
 
 
@@ -295,14 +296,14 @@ def test_audit_log_verifies_over_the_api(client: SpmClient, spm: SpmProcess, pol
 
 
 def test_oversized_and_malformed_bodies(spm: SpmProcess, client: SpmClient, policy: str) -> None:
-    http = client._connect()
-    big = http.post("/v1/policies", content=b"{" + b" " * (2 << 20) + b"}",
-                    headers={"content-type": "application/json"})  # fmt: skip
-    assert big.status_code == 413
-    bad = http.post(f"/v1/policies/{policy}/services/aggregator/attest", json={"nonce": "zz"})
-    assert bad.status_code == 422
-    fields = {"nonce": "00" * 32, "evidence": "{}", "hpke_public_key": "00", "csr": "x"}
-    junk = http.post(f"/v1/policies/{policy}/services/aggregator/attest", json=fields)
+    with raw_http(client) as http:
+        big = http.post("/v1/policies", content=b"{" + b" " * (2 << 20) + b"}",
+                        headers={"content-type": "application/json"})  # fmt: skip
+        assert big.status_code == 413
+        bad = http.post(f"/v1/policies/{policy}/services/aggregator/attest", json={"nonce": "zz"})
+        assert bad.status_code == 422
+        fields = {"nonce": "00" * 32, "evidence": "{}", "hpke_public_key": "00", "csr": "x"}
+        junk = http.post(f"/v1/policies/{policy}/services/aggregator/attest", json=fields)
     assert junk.status_code in (400, 403)
     assert "error" in junk.json()
 

@@ -31,7 +31,7 @@ import pytest
 
 from secfl.spm.client import SpmClient
 from tests.spm.conftest import drop_pg_database, fresh_pg_database
-from tests.spm.harness import make_sim
+from tests.spm.harness import make_sim, raw_http
 
 SECFL = [sys.executable, "-m", "secfl.cli.main"]
 ERROR_LINE = re.compile(r"^error: [^\n]+\n$")
@@ -159,8 +159,8 @@ def closed_by_server(socks: list[socket.socket], within: float) -> tuple[int, fl
 def health_in(spm: Served, seconds: float) -> float:
     """GET /v1/health by an honest, pinned client; how long it took (at most ``seconds``)."""
     start = time.monotonic()
-    with SpmClient(spm.url, pin=spm.pin, timeout=seconds) as client:
-        reply = client._connect().get("/v1/health")
+    with SpmClient(spm.url, pin=spm.pin, timeout=seconds) as client, raw_http(client) as http:
+        reply = http.get("/v1/health")
     assert reply.status_code == 200 and reply.json()["status"] == "ok"
     return time.monotonic() - start
 
@@ -247,8 +247,8 @@ def spm(tmp_path_factory: pytest.TempPathFactory, sim: Path) -> Iterator[Served]
 
 @pytest.fixture(scope="module")
 def http(spm: Served) -> Iterator[httpx.Client]:
-    with SpmClient(spm.url, pin=spm.pin, timeout=10) as client:
-        yield client._connect()
+    with SpmClient(spm.url, pin=spm.pin, timeout=10) as client, raw_http(client) as http:
+        yield http
 
 
 def one_error(reply: httpx.Response) -> str:

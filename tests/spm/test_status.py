@@ -17,7 +17,7 @@ from cryptography import x509
 from secfl.spm._events import MAX_DEPTH, MAX_DETAIL_BYTES
 from secfl.spm.client import SpmClient, SpmRefused
 from tests.clirun import secfl
-from tests.spm.harness import Board, SpmProcess, spm_with_policy
+from tests.spm.harness import Board, SpmProcess, raw_http, spm_with_policy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,12 +79,13 @@ def test_any_event_is_bounded(world: dict[str, Any]) -> None:
     with SpmClient(spm.url, pin=spm.pin) as client:
         # NaN is not JSON: a client that sends it anyway is refused, nothing logged.
         head = client.audit(since=2**62)["head_seq"]
-        raw = client._connect().post(
+        with raw_http(client) as http:
+            raw = http.post(
             "/v1/policies/fed/events",
-            content=b'{"event": "audit.excluded", "detail": {"score": NaN}}',
-            headers={"Authorization": f"Bearer {world['aggregator'].session_token}",
-                     "Content-Type": "application/json"},
-        )  # fmt: skip
+                content=b'{"event": "audit.excluded", "detail": {"score": NaN}}',
+                headers={"Authorization": f"Bearer {world['aggregator'].session_token}",
+                         "Content-Type": "application/json"},
+            )  # fmt: skip
         assert raw.status_code == 400, raw.text
         assert raw.json()["error"].startswith("event: the detail is not JSON"), raw.text
         assert client.audit(since=2**62)["head_seq"] == head
@@ -94,10 +95,8 @@ def test_only_an_aggregators_session_may_post(world: dict[str, Any]) -> None:
     with pytest.raises(SpmRefused, match="^report: service 'collaborator' is not an aggregator"):
         post(world, "round", ROUND, who="collaborator")
     spm: SpmProcess = world["spm"]
-    with SpmClient(spm.url, pin=spm.pin) as client:
-        reply = client._connect().post(
-            "/v1/policies/fed/events", json={"event": "round", "detail": ROUND}
-        )
+    with SpmClient(spm.url, pin=spm.pin) as client, raw_http(client) as http:
+        reply = http.post("/v1/policies/fed/events", json={"event": "round", "detail": ROUND})
     assert reply.status_code == 401 and reply.json()["error"].startswith("session: ")
 
 

@@ -21,7 +21,7 @@ from secfl.spm._status import MAX_WAITING
 from secfl.spm.client import SpmClient
 from secfl.spm.enroll import enroll
 from secfl.tee import _simulated as simulated
-from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
+from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document, raw_http
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -78,9 +78,8 @@ def test_concurrent_status_requests_do_not_hold_up_a_counter_increment(
     odd: list[str] = []
 
     def ask() -> None:
-        with SpmClient(proc.url, pin=proc.pin) as client:
-            http = client._connect()  # the raw answers: 503 and its header too
-            while not stop.is_set():
+        with SpmClient(proc.url, pin=proc.pin) as client, raw_http(client) as http:
+            while not stop.is_set():  # the raw answers: 503 and its header too
                 reply = http.get("/v1/policies/fed/status")
                 answers.append(reply.status_code)
                 if reply.status_code == 503:

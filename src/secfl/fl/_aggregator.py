@@ -85,7 +85,9 @@ class Aggregator:
     metrics_path: Path | None = None
     #: Called before every round attempt: refresh revocations, renew the identity.
     refresh: Callable[[], None] = lambda: None
-    on_round: Callable[[dict[str, Any]], None] = lambda entry: None
+    #: Called with each committed round's entry, off the round loop (None: no hook, and
+    #: no thread woken for it).
+    on_round: Callable[[dict[str, Any]], None] | None = None
     #: The SPM's ``fl.round`` detail of a round's entry: when set, the commit logs it
     #: with the round's counter increment (one request a round, not two).
     round_event: Callable[[dict[str, Any]], dict[str, Any]] | None = None
@@ -120,7 +122,7 @@ class Aggregator:
         self._params, self._start, self.sealed = begun.params, begun.round, begun.sealed
         self._scorer = ModelSlot(self.task, self.config.seed)
         self._pending = PendingRound(self.commit, self._sealed_round)
-        self._events = InOrder(lambda entry: self.on_round(entry))  # off the round's path
+        self._events = InOrder(self._round_hook)  # off the round's path
         limit = int(nbytes(self._params) * self.config.max_update_factor) + (1 << 20)
         self.rounds = Rounds(self.config, max_update_bytes=limit, spill_dir=self.commit.directory)
         self.rounds.register(self.server)
@@ -390,4 +392,9 @@ class Aggregator:
             "round %d done: %d updates, %s, counter %d", entry["round"], entry["updates"],
             ", ".join(shown), entry["counter"],
         )  # fmt: skip
-        self._events.post(entry)
+        if self.on_round is not None:
+            self._events.post(entry)
+
+    def _round_hook(self, entry: dict[str, Any]) -> None:
+        if self.on_round is not None:
+            self.on_round(entry)

@@ -257,7 +257,16 @@ class Collaborator:
 class _Heartbeat:
     """``beat()`` every ``every()`` seconds while a round trains (``with``), from one
     thread for the collaborator's whole run: a thread started and joined every round
-    cost a small round more than its beats."""
+    cost a small round more than its beats.
+
+    Entering and leaving a round wake nothing: waking the thread twice a round cost the
+    training thread more than the beats (the woken thread takes the GIL, and on a busy
+    machine a wake-up hands the core over). The thread instead wakes at its next deadline,
+    the round's start plus the interval, or after one interval when no round trains, and
+    finds the state then. A beat is never late for it: a round starts after the deadline
+    the thread sleeps towards was set, so its own comes later (a shorter interval, which
+    the aggregator may announce, wakes the thread).
+    """
 
     def __init__(self, beat: Callable[[], None], every: Callable[[], float]) -> None:
         self._beat = beat
@@ -266,19 +275,22 @@ class _Heartbeat:
         self._since: float | None = None  # training since (monotonic), else None
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._until = 0.0  # when the thread wakes next (monotonic)
+        #: Times the thread woke: what a round costs it (see the tests).
+        self.wakes = 0
 
     def __enter__(self) -> None:
         with self._cond:
-            self._since = time.monotonic()
+            self._since = now = time.monotonic()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="secfl-beat", daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
+            elif self._until > now + self._every():
+                self._cond.notify_all()
 
     def __exit__(self, *exc: object) -> None:
         with self._cond:
             self._since = None
-            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
@@ -290,14 +302,18 @@ class _Heartbeat:
     def _run(self) -> None:
         with self._cond:
             while not self._closed:
+                self.wakes += 1
+                now = time.monotonic()
                 if self._since is None:
-                    self._cond.wait()
+                    self._until = now + self._every()
+                    self._cond.wait(self._every())
                     continue
-                left = self._since + self._every() - time.monotonic()
+                left = self._since + self._every() - now
                 if left > 0:
+                    self._until = now + left
                     self._cond.wait(left)
                     continue
-                self._since = time.monotonic()
+                self._since = now
                 self._cond.release()
                 try:
                     self._beat()

@@ -77,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from secfl._internal.buffers import Frozen, frozen
+from secfl._internal.worker import Worker
 from secfl.errors import CounterMoved, FlError
 from secfl.fl._checkpoint import sync_checkpoint, write_checkpoint
 from secfl.fl._checkpoint_dir import latest_checkpoint, prune_checkpoints
@@ -126,11 +127,13 @@ class Commit:
         self.phases: dict[str, float] = {}
         self._pending: threading.Event | None = None
         self._files = threading.RLock()
-        self._worker: threading.Thread | None = None
+        # one thread each for the whole run, not one a round (secfl._internal.worker)
+        self._worker = Worker("secfl-commit")
+        self._syncer = Worker("secfl-fsync")
         self._promised = 0
         self._outcome: int | BaseException | None = None
         self._gate = threading.Lock()  # a cancel against the commit's first step
-        self._cancelled = False
+        self._cancelled: list[bool] = [False]  # the pending commit's (each has its own)
         self._begun: threading.Event | None = None
 
     def resume(self, *, reset_from: int | None = None) -> ResumePoint:
@@ -205,7 +208,7 @@ class Commit:
         sealed = time.monotonic()  # (before the fsync thread starts: it may end first)
         if self.directory is not None:
             # in place under its name now: fsynced while the counter moves (module doc)
-            syncing = _Sync(path)
+            syncing = _Sync(path, self._syncer)
         value = self._increment(round, target, event)  # (failed: the fsync thread ends)
         counted = time.monotonic()
         synced = syncing.wait() if syncing is not None else sealed
@@ -286,13 +289,14 @@ class Commit:
         state = copy.deepcopy(state)
 
         finished, begun = threading.Event(), threading.Event()
+        cancelled = [False]  # this commit's: a later begin() does not un-cancel it
 
         def work() -> None:
             outcome: int | BaseException
             try:
                 full = {**state, **prepare()} if prepare is not None else state
                 with self._gate:
-                    if self._cancelled:  # the caller stopped before its first step
+                    if cancelled[0]:  # the caller stopped before its first step
                         return
                     begun.set()
                 outcome = self.commit(round, params_bytes, full, prune=False, event=event)
@@ -309,11 +313,9 @@ class Commit:
                     log.warning("checkpoint: old checkpoints not pruned: %s", exc)
 
         self._outcome = None
-        self._cancelled = False
+        self._cancelled = cancelled
         self._promised = self.counter + 1  # read before the thread can move self.counter
-        thread = threading.Thread(target=work, name=f"secfl-commit-{round}", daemon=True)
-        thread.start()
-        self._worker = thread
+        self._worker.submit(work)
         self._pending, self._begun = finished, begun
 
     @property
@@ -337,17 +339,19 @@ class Commit:
         with self._gate:
             if self._pending is None:  # nothing under way, or done here (an outcome waits)
                 return self._outcome is None
-            if self._begun is not None and self._begun.is_set() and not self._cancelled:
+            if self._begun is not None and self._begun.is_set() and not self._cancelled[0]:
                 return False
-            self._cancelled = True
+            self._cancelled[0] = True
             self._pending = None
+            # its preparation may never end (task code): later commits get a thread of
+            # their own rather than queue behind it
+            self._worker = Worker("secfl-commit")
             return True
 
     def drain(self, timeout: float = 10.0) -> None:
-        """Wait (at most ``timeout`` seconds) for the last overlapped commit's thread,
-        pruning included: a process about to exit leaves the folder pruned."""
-        if self._worker is not None:
-            self._worker.join(timeout)
+        """Wait (at most ``timeout`` seconds) for the last overlapped commit, pruning
+        included: a process about to exit leaves the folder pruned."""
+        self._worker.drain(timeout)
 
     def settle(self) -> int | None:
         """Wait for the commit :meth:`begin` started; returns the counter value (None:
@@ -365,24 +369,26 @@ class Commit:
 
 
 class _Sync:
-    """A checkpoint's fsyncs in a thread; :meth:`wait` returns when they ended
-    (monotonic) or raises their error."""
+    """A checkpoint's fsyncs on ``worker``'s thread; :meth:`wait` returns when they
+    ended (monotonic) or raises their error."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, worker: Worker) -> None:
         self._error: BaseException | None = None
         self._ended = 0.0
-        self._thread = threading.Thread(target=self._run, args=(path,), name="secfl-fsync")
-        self._thread.start()
+        self._done = threading.Event()
+        worker.submit(lambda: self._run(path))
 
     def _run(self, path: Path) -> None:
         try:
             sync_checkpoint(path)
         except BaseException as exc:  # any failure fails the commit (fail closed)
             self._error = exc
-        self._ended = time.monotonic()
+        finally:
+            self._ended = time.monotonic()
+            self._done.set()
 
     def wait(self) -> float:
-        self._thread.join()
+        self._done.wait()
         if self._error is not None:
             raise self._error
         return self._ended

@@ -20,11 +20,11 @@ resumes as such); the hook's failures were never more than a warning.
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
+
+from secfl._internal.worker import Worker
 
 __all__ = ["InOrder"]
 
@@ -37,38 +37,18 @@ class InOrder:
 
     def __init__(self, call: Callable[[dict[str, Any]], None]) -> None:
         self._call = call
-        self._cond = threading.Condition()
-        self._queued: collections.deque[dict[str, Any]] = collections.deque()
-        self._unfinished = 0  # queued or being handed to ``call``
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("secfl-round-events")
 
     def post(self, entry: dict[str, Any]) -> None:
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._work, name="secfl-round-events", daemon=True
-                )
-                self._thread.start()
-            self._queued.append(entry)
-            self._unfinished += 1
-            self._cond.notify_all()
+        self._worker.submit(lambda: self._deliver(entry))
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait (up to ``timeout`` seconds; None: no limit) until every posted entry
         was handed to ``call``; False if some are still queued."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._unfinished == 0, timeout)
+        return self._worker.drain(timeout)
 
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: bool(self._queued))
-                entry = self._queued.popleft()
-            try:
-                self._call(entry)
-            except Exception as exc:  # a hook's bug must not stop the events after it
-                log.warning("round %s: the round hook failed: %s", entry.get("round"), exc)
-            finally:
-                with self._cond:
-                    self._unfinished -= 1
-                    self._cond.notify_all()
+    def _deliver(self, entry: dict[str, Any]) -> None:
+        try:
+            self._call(entry)
+        except Exception as exc:  # a hook's bug must not stop the events after it
+            log.warning("round %s: the round hook failed: %s", entry.get("round"), exc)

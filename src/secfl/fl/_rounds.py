@@ -108,7 +108,15 @@ class Rounds:
     ) -> None:
         self.config = config
         self.max_update_bytes = max_update_bytes
-        self.cond = threading.Condition()
+        lock = threading.RLock()
+        #: The round loop's: notified when it may have something to do (the attempt
+        #: settled, someone joined or heard "done"). Its lock guards all of this state.
+        self.cond = threading.Condition(lock)
+        #: The ``Next`` handlers', on the same lock: notified only when an attempt opens
+        #: or training ends. A wake-up is a thread taking the GIL and, on a busy machine,
+        #: a core handed over: an update that arrives wakes no handler that waits for
+        #: the next round, and no round loop while other updates are still owed.
+        self._work = threading.Condition(lock)
         self.participants: dict[str, Participant] = {}
         self.attempt: Attempt | None = None
         self.finished = False
@@ -191,7 +199,7 @@ class Rounds:
                 self._seen(peer)
                 if self.finished:
                     self.told_done.add(peer.service)
-                    self.cond.notify_all()
+                    self.cond.notify_all()  # finish() waits for every "done" heard
                     return [msg.encode({"kind": msg.DONE})]
                 a = self.attempt
                 if (
@@ -206,7 +214,7 @@ class Rounds:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return [msg.encode({"kind": msg.WAIT})]
-                self.cond.wait(min(left, self.config.heartbeat))
+                self._work.wait(min(left, self.config.heartbeat))
         head = {
             "kind": msg.TRAIN,
             "round": a.round,
@@ -257,7 +265,7 @@ class Rounds:
         with self.cond:
             if a and a.open and peer.service in a.sampled and not a.settled(peer.service):
                 a.refused[peer.service] = reason
-                self.cond.notify_all()
+                self._settled(a)
 
     def _submit_streamed(
         self, pieces: Iterator[bytes], peer: Peer, a: Attempt, acc: FedAvgAccumulator
@@ -281,7 +289,7 @@ class Rounds:
             update = Update(peer.service, {"_": np.zeros(0)}, got["samples"], got["metrics"])
             with self.cond:
                 a.updates[peer.service] = update
-                self.cond.notify_all()
+                self._settled(a)
 
         def alive() -> None:  # queued or uploading: busy, not silent
             with self.cond:
@@ -321,13 +329,19 @@ class Rounds:
         except FlError as exc:
             with self.cond:
                 a.refused[peer.service] = str(exc)
-                self.cond.notify_all()
+                self._settled(a)
             log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
             raise
         with self.cond:
             a.updates[peer.service] = update if a.accumulator is None else without_tensors(update)
-            self.cond.notify_all()
+            self._settled(a)
         return msg.encode({"kind": "accepted", "round": a.round, "attempt": a.number})
+
+    def _settled(self, a: Attempt) -> None:
+        """One more of ``a``'s participants settled (caller holds ``cond``): the round
+        loop wakes when the last one has (it looks for the silent ones on its own)."""
+        if all(a.settled(n) for n in a.sampled):
+            self.cond.notify_all()
 
     def _update(self, header: dict[str, Any], payload: memoryview, name: str, a: Attempt) -> Update:
         samples = msg.sample_count(header, self.config.max_samples)
@@ -364,7 +378,7 @@ class Rounds:
         with self.cond:
             attempt.opened = time.monotonic()
             self.attempt = attempt
-            self.cond.notify_all()
+            self._work.notify_all()
 
     def wait_closed(self, stop: Callable[[], bool] = lambda: False) -> Attempt:
         """Wait until every sampled participant has settled (an update, a refusal, or
@@ -396,7 +410,7 @@ class Rounds:
         deadline = time.monotonic() + timeout
         with self.cond:
             self.finished = True
-            self.cond.notify_all()
+            self._work.notify_all()
             while not set(self._alive()) <= self.told_done:
                 left = deadline - time.monotonic()
                 if left <= 0:

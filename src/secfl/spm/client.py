@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import ssl
 import threading
@@ -22,13 +23,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from secfl._internal.canonical import canonical_json
 from secfl.errors import SpmError, SpmRefused, VerificationError
 from secfl.spm._audit import head_message
+from secfl.spm._https import ConnectFailed, PinnedHttps, RequestFailed
 from secfl.spm._report_data import spki_sha256, spm_report_data
 from secfl.spm._volumes import record_proof
 from secfl.tee._claims import Claims
@@ -42,6 +44,8 @@ def _address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise SpmError(f"spm: '{url}' is not an https:// URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise SpmError(f"spm: '{url}' has parts an SPM URL has not: give https://HOST:PORT")
     return parts.hostname, parts.port or 443
 
 
@@ -62,19 +66,19 @@ class SpmClient:
         self.url = url.rstrip("/")
         self.pin = pin.lower()
         self.timeout = timeout
-        self._http: httpx.Client | None = None
+        self._http: PinnedHttps | None = None
         self._key: ec.EllipticCurvePublicKey | None = None
         # the aggregator's overlapped commit calls from its own thread while the main
-        # thread may call too: one connection, made (and pinned) once
+        # thread may call too: the certificate fetched (and pinned) once
         self._lock = threading.Lock()
 
     # --- connection -----------------------------------------------------------------------
 
-    def _connect(self) -> httpx.Client:
+    def _connect(self) -> PinnedHttps:
         with self._lock:
             return self._connect_locked()
 
-    def _connect_locked(self) -> httpx.Client:
+    def _connect_locked(self) -> PinnedHttps:
         if self._http is None:
             pem, cert = _fetch_certificate(self.url, self.timeout)
             presented = spki_sha256(cert.public_key())
@@ -88,9 +92,8 @@ class SpmClient:
                 raise SpmError("spm: the SPM's TLS key is not an EC key")
             self._key = key
             context = ssl.create_default_context(cadata=pem)
-            self._http = httpx.Client(
-                base_url=self.url, verify=context, timeout=self.timeout, trust_env=False
-            )
+            prefix = urlsplit(self.url).path.rstrip("/")  # an SPM behind a path, if any
+            self._http = PinnedHttps(*_address(self.url), context, self.timeout, prefix=prefix)
         return self._http
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
@@ -105,33 +108,50 @@ class SpmClient:
                 self._http.close()
                 self._http = None
 
+    def _drop(self, http: PinnedHttps) -> None:
+        """Forget ``http`` (unless another thread already made a new one)."""
+        with self._lock:
+            if self._http is http:
+                self._http = None
+        http.close()
+
     def __enter__(self) -> SpmClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        try:
+            body = None if json is None else canonical_json(json)
+        except (TypeError, ValueError) as exc:  # NaN, say: JSON cannot carry it
+            raise SpmError(f"spm: {method} {path}: the request is not JSON: {exc}") from None
         for attempt in (1, 2):
             http = self._connect()
             try:
-                reply = http.request(method, path, **kwargs)
+                reply = http.request(method, path, body=body, headers=headers, params=params)
                 break
-            except (httpx.ConnectError, httpx.RemoteProtocolError, ssl.SSLError) as exc:
-                self.close()  # the SPM restarted with a new certificate: fetch and re-pin it
+            except ConnectFailed as exc:
+                self._drop(http)  # the SPM restarted with a new certificate: fetch, re-pin
                 if attempt == 2:
                     raise SpmError(f"spm: {method} {path} failed: {exc}") from None
-            except httpx.HTTPError as exc:
+            except RequestFailed as exc:
                 raise SpmError(f"spm: {method} {path} failed: {exc}") from None
         try:
-            doc = reply.json()
+            doc = _json_loads(reply.body)
         except ValueError:
             doc = {}
-        if reply.status_code >= 400:
+        if reply.status >= 400:
             message = doc.get("error") if isinstance(doc, dict) else None
-            raise SpmRefused(
-                message or f"spm: HTTP {reply.status_code} for {path}", reply.status_code
-            )
+            raise SpmRefused(message or f"spm: HTTP {reply.status} for {path}", reply.status)
         return doc
 
     # --- first contact --------------------------------------------------------------------
@@ -314,3 +334,7 @@ class SpmClient:
             return StatusOut.model_validate(doc).model_dump()
         except ValidationError:
             raise SpmError("spm: the SPM's status answer is malformed") from None
+
+
+def _json_loads(body: bytes) -> Any:
+    return json.loads(body) if body else {}
