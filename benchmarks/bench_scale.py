@@ -499,26 +499,21 @@ def wire_limit(model: int, clients: int, repeat: int = 2) -> dict[str, float]:
     the other, at the best rate one mutual-TLS stream reaches on this loopback
     (``bench_transport``'s server and client: the transport's own, certificates from a
     fresh CA), measured here, in the same run as the federation it is compared with."""
-    from bench_transport import Handlers, make_payload, transfers
     from bench_transport import identity as bench_identity
-    from secfl.fl._transport import PeerPolicy, Server
+    from bench_transport import make_payload, start_servers, transfers
 
     authority = sv.generate(
         CaSecret(name="bench", kind="x509-ca", common_name="bench CA"), {}, datetime.now(UTC)
     )
     payload = make_payload(model)
-    handlers = Handlers(payload)
-    server = Server(bench_identity(authority, "aggregator"), PeerPolicy("bench", {"collab"}))
-    server.upload("Put", handlers.put)
-    server.download("Get", handlers.get)
-    port = server.start()
+    stop, port, _ = start_servers(bench_identity(authority, "aggregator"), model)
     client = Client(
         f"127.0.0.1:{port}", bench_identity(authority, "collab"), server_name="aggregator",
         timeout=TIMEOUT,
     )  # fmt: skip
     rates: dict[str, float] = {}
     try:
-        moves = transfers(client, payload, handlers)
+        moves = transfers(client, payload)
         for move in moves.values():
             move(MIB)  # the handshake is not timed
         for direction, move in moves.items():
@@ -526,7 +521,7 @@ def wire_limit(model: int, clients: int, repeat: int = 2) -> dict[str, float]:
             rates[direction] = model / best
     finally:
         client.close()
-        server.stop()
+        stop()
     seconds = clients * model / rates["download"] + clients * model / rates["upload"]
     return {"seconds": seconds, **{f"{d}_MBps": r / 1e6 for d, r in rates.items()}}
 
