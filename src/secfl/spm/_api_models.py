@@ -114,6 +114,9 @@ class IncrementIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     expect: int | None = Field(default=None, ge=0, le=MAX_COUNTER, strict=True)
     round: dict[str, JsonValue] | None = None
+    #: A random name for this compare-and-increment (128 bits, hex): sent again after
+    #: its answer was lost, it is answered with the value it got, not refused.
+    request: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
 
 
 class CounterOut(BaseModel):

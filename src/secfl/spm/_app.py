@@ -209,7 +209,10 @@ def _session_routes(app: FastAPI, spm: Spm) -> None:
     ) -> CounterOut:
         expect = body.expect if body is not None else None
         event = dict(body.round) if body is not None and body.round is not None else None
-        value = await spm.increment_async(_bearer(authorization), name, counter, expect, event)
+        request = body.request if body is not None else None
+        value = await spm.increment_async(
+            _bearer(authorization), name, counter, expect, event, request=request
+        )
         return CounterOut(counter=counter, value=value)
 
     @app.post("/v1/policies/{name}/events", responses=ERRORS)

@@ -99,6 +99,11 @@ class Floors:
     statements: set[str] = field(default_factory=set)
     #: policy -> SHA-256 of its current wrapped data key (replaced when the board changes).
     data_keys: dict[str, str] = field(default_factory=dict)
+    #: (policy, counter) -> (value, request, by) of its newest named compare-and-increment
+    #: (``by``: the service and its session's certificate serial): that request, sent
+    #: again by the same session because its answer was lost, is answered with the value
+    #: it took instead of a refusal (secfl.spm._increment).
+    requests: dict[tuple[str, str], tuple[int, str, str]] = field(default_factory=dict)
     #: Moves on whenever a floor is raised. A read transaction notes it when it
     #: begins (:attr:`Tx.since <secfl.spm._tx.Tx.since>`): a floor raised after that
     #: may be a commit its snapshot predates, so a value behind such a floor is stale,
@@ -225,24 +230,40 @@ class Floors:
                 self.statements.add(change[1])
             elif what == "datakey":
                 self.data_keys[change[1]] = change[2]
+            elif what == "request":
+                _, policy, name, value, request, by = change
+                key = (policy, name)
+                if value >= self.requests.get(key, (0, "", ""))[0]:
+                    self.requests[key] = (value, request, by)
 
     def replay(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
         """Raise the floors by one verified audit entry (at start)."""
-        change = change_of(event, policy, detail)
-        if change is not None:
+        for change in replayed(event, policy, detail):
             self.apply(change)
-        if event in ("revocation.added", "revocation.lifted") and isinstance(
-            detail.get("digest"), str
-        ):
-            self.apply(("statement", detail["digest"]))
-        if event == "volume.recorded" and policy is not None:
-            name, value = detail.get("counter_name"), detail.get("counter")
-            if isinstance(name, str) and _is_int(value):
-                self.apply(("counter", policy, name, value))
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def replayed(event: str, policy: str | None, detail: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The floor changes replaying one audit entry makes (:meth:`Floors.replay`); only
+    ever applied once the entry is verified as part of the chain."""
+    changes = []
+    change = change_of(event, policy, detail)
+    if change is not None:
+        changes.append(change)
+    if event in ("revocation.added", "revocation.lifted") and isinstance(detail.get("digest"), str):
+        changes.append(("statement", detail["digest"]))
+    if event == "volume.recorded" and policy is not None:
+        name, value = detail.get("counter_name"), detail.get("counter")
+        if isinstance(name, str) and _is_int(value):
+            changes.append(("counter", policy, name, value))
+    if event == "counter.incremented" and policy is not None:
+        fields = [detail.get(k) for k in ("counter", "value", "request", "by")]
+        if _is_int(fields[1]) and all(isinstance(fields[i], str) for i in (0, 2, 3)):
+            changes.append(("request", policy, *fields))
+    return changes
 
 
 def change_of(event: str, policy: str | None, detail: dict[str, Any]) -> tuple[Any, ...] | None:

@@ -34,13 +34,14 @@ from secfl.spm._audit import AuditEntry
 from secfl.spm._events import check_event
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._identity import SpmIdentity
+from secfl.spm._increment import Increment
 from secfl.spm._masterkey import MasterKey
 from secfl.spm._nonces import NonceIssuer
 from secfl.spm._policy_cache import CURRENT_TTL, PolicyCache
 from secfl.spm._report_data import spm_report_data
 from secfl.spm._revocation import revocation_digest, revocation_doc
 from secfl.spm._revoker import Revoker
-from secfl.spm._sessions import SessionGate, current_version, refuse_superseded
+from secfl.spm._sessions import SessionGate, refuse_superseded
 from secfl.spm._status import StatusDesk
 from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import PolicyRecord, Store
@@ -255,11 +256,13 @@ class Spm:
         counter: str,
         expect: int | None = None,
         round: dict[str, Any] | None = None,
+        *,
+        request: str | None = None,
     ) -> int:
         """Add one to a counter, if the session token's service may (and, given
         ``expect``, only if the counter is at that value); durable on return. Runs on
         the event loop (the hot path of the HTTP API); the write goes to the group commit."""
-        op = self._increment_op(token, policy_name, counter, expect, round)
+        op = self._increment_op(token, policy_name, counter, expect, round, request)
         return await self.group.run_async(op)
 
     def _increment_op(
@@ -269,6 +272,7 @@ class Spm:
         counter: str,
         expect: int | None = None,
         round: dict[str, Any] | None = None,
+        request: str | None = None,
     ) -> Callable[[Tx], int]:
         """Check the session's right to ``counter``; return the write that bumps it.
 
@@ -286,7 +290,10 @@ class Spm:
         With ``round`` (an aggregator's ``fl.round`` detail, checked as :meth:`report`
         checks it), the round the increment commits is logged in the same transaction,
         at the counter value it gets: the log never has the round without its counter,
-        nor the counter without its round, and the aggregator saves a request a round."""
+        nor the counter without its round, and the aggregator saves a request a round.
+
+        ``request`` names a compare-and-increment, so that the same request sent again
+        after its answer was lost gets the same answer (:mod:`secfl.spm._increment`)."""
         session, service = self.sessions.admit(token, policy_name)
         if counter not in service.counters:
             raise Refused(f"counter: service '{session.service}' may not increment '{counter}'")
@@ -294,31 +301,11 @@ class Spm:
             if service.role not in ("aggregator", "any"):
                 raise Refused(f"report: service '{session.service}' is not an aggregator")
             round = check_event("round", {**round, "counter": 0})
+        if request is not None and expect is None:
+            raise Refused("counter: a request name goes with expect (a compare-and-increment)", 400)
         current = self.policies.get(policy_name)[0].version
         refuse_superseded(current, session.policy_version, policy_name)
-
-        def bump(tx: Tx) -> int:
-            refuse_superseded(current_version(tx, policy_name), session.policy_version, policy_name)
-            if expect is not None:
-                seen = tx.counters.get(policy_name, counter)
-                if seen != expect:
-                    raise Refused(
-                        f"counter: '{counter}' of policy '{policy_name}' is at {seen}, not "
-                        f"{expect}: another workload moved it",
-                        409,
-                    )
-            value = int(tx.counters.increment(policy_name, counter))
-            tx.audit.append(
-                "counter.incremented",
-                policy_name,
-                {"counter": counter, "value": value, "service": session.service},
-            )
-            if round is not None:
-                entry = {**round, "counter": value, "service": session.service}
-                tx.audit.append("fl.round", policy_name, entry)
-            return value
-
-        return bump
+        return Increment(policy_name, counter, session, expect=expect, round=round, request=request)
 
     def report(self, token: str, policy_name: str, event: str, detail: dict[str, Any]) -> int:
         """Write an aggregator's finding (e.g. the audit's exclusions) to the audit log,

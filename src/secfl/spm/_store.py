@@ -49,7 +49,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import DBAPIError
@@ -59,7 +59,7 @@ from secfl.errors import AuditError, IntegrityError, SpmError
 from secfl.spm import _audit
 from secfl.spm._audit import GENESIS, AuditEntry
 from secfl.spm._engine import db_error, normalise_url, open_engine
-from secfl.spm._integrity import Integrity
+from secfl.spm._integrity import Integrity, replayed
 from secfl.spm._records import (
     CertificateRecord,
     PolicyRecord,
@@ -223,18 +223,21 @@ class Store:
         if head[0] <= seq or not known:
             return
         verifier = _audit.ChainVerifier(start_hash=known, start_seq=seq + 1)
+        changes: list[tuple[Any, ...]] = []  # applied only once the chain verified to the head
         try:
             while True:
                 entries = tx.audit.since(seq, 1000)
                 for entry in entries:
                     verifier.feed(entry)
-                    floors.replay(entry.event, entry.policy, entry.detail)
+                    changes += replayed(entry.event, entry.policy, entry.detail)
                 if len(entries) < 1000:
                     break
                 seq = entries[-1].seq
             verifier.finish(head)
         except AuditError as exc:
             raise IntegrityError(f"integrity: {exc} (after entry {floors.head[0]})") from None
+        for change in changes:
+            floors.apply(change)
         floors.raise_head(*head)
 
     def sync(self) -> None:

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import os
+import secrets
 import ssl
 import threading
 from collections.abc import Sequence
@@ -246,8 +247,9 @@ class SpmClient:
         (else :class:`~secfl.errors.SpmRefused` 409 and the counter unchanged); with
         ``round``, the round it commits is logged with it (``fl.round``, at the new value)."""
         body: dict[str, Any] = {}
-        if expect is not None:
+        if expect is not None:  # named: sent again after a lost answer, it is answered
             body["expect"] = expect
+            body["request"] = secrets.token_hex(16)
         if round is not None:
             body["round"] = round
         doc = self._request(

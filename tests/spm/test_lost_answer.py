@@ -1,0 +1,126 @@
+"""A compare-and-increment whose answer is lost (the connection breaks after the SPM
+committed it) is sent again and answered with the value it got, not refused as if
+another aggregator had moved the counter (which stopped the aggregator with "another
+aggregator of this policy is running"). A real SPM process over real TLS; the answer
+is lost in the client, once the SPM has committed; real restarts for the log's
+replay; a request that did not land is refused, as before."""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from secfl.errors import SpmRefused
+from secfl.spm.client import SpmClient
+from secfl.spm.enroll import enroll
+from secfl.tee import _simulated as simulated
+from tests.spm.harness import (
+    AGGREGATOR_MR,
+    Board,
+    SpmProcess,
+    make_sim,
+    policy_document,
+    raw_http,
+)
+
+
+def lose_next_answer(monkeypatch: pytest.MonkeyPatch, landed: Callable[[], bool]) -> list[int]:
+    """The next answer read over ``http.client`` is lost: once the request is out and
+    ``landed()`` says the SPM committed it, the connection is closed unread and the
+    read fails as a connection the far end closed does. Returns a list that counts
+    the answers lost."""
+    real = http.client.HTTPConnection.getresponse
+    lost: list[int] = []
+
+    def getresponse(self: http.client.HTTPConnection) -> http.client.HTTPResponse:
+        if lost:
+            return real(self)
+        deadline = time.monotonic() + 30
+        while not landed():
+            assert time.monotonic() < deadline, "the SPM never committed the increment"
+            time.sleep(0.01)
+        self.close()
+        lost.append(1)
+        raise http.client.RemoteDisconnected("the answer was lost (injected)")
+
+    monkeypatch.setattr(http.client.HTTPConnection, "getresponse", getresponse)
+    return lost
+
+
+def test_a_lost_answer_to_an_increment_is_answered_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_sim(tmp_path / "sim")
+    spm = SpmProcess(tmp_path / "data", tmp_path / "sim", None).start()
+    try:
+        client, _ = SpmClient.verify(spm.url, expect_measurement=spm.measurement, sim_root=root)
+        board = Board.create()
+        document = policy_document("lost", board, root)
+        client.submit_policy(document, board.sign(document, "alice", "bob"))
+        platform = simulated.SimulatedPlatform(tmp_path / "sim")
+        agg = enroll(client, platform, "lost", "aggregator", measurement=AGGREGATOR_MR)
+        token = agg.session_token
+        assert client.increment("lost", "round", token, expect=0) == 1
+        with SpmClient(spm.url, pin=spm.pin) as watcher, SpmClient(spm.url, pin=spm.pin) as own:
+            own.counter("lost", "round")  # connected (and pinned) before the fault
+            watcher.counter("lost", "round")
+            with monkeypatch.context() as patch:
+                lost = lose_next_answer(patch, lambda: _peek(spm) == 2)
+                # the SPM commits 2, the answer is lost, the client sends it again
+                assert own.increment("lost", "round", token, expect=1) == 2
+            assert lost == [1]
+        assert client.counter("lost", "round") == 2  # moved once, not twice
+        # another request (a second aggregator's, or a stale one) is still refused
+        with pytest.raises(SpmRefused, match="is at 2, not 1") as refused:
+            client.increment("lost", "round", token, expect=1)
+        assert refused.value.status == 409
+
+        spm.stop()  # the SPM restarts after the commit: the log's replay remembers
+        spm.start()
+        with SpmClient(spm.url, pin=spm.pin) as again:
+            assert again.increment("lost", "round", token, expect=2) == 3
+            body = {"expect": 2, "request": "ab" * 16}  # not the request that landed
+            with pytest.raises(SpmRefused, match="is at 3, not 2"):
+                again._request(
+                    "POST", "/v1/policies/lost/counters/round/increment", json=body,
+                    headers={"Authorization": f"Bearer {token}"},
+                )  # fmt: skip
+        spm.stop()
+        spm.start()
+        with SpmClient(spm.url, pin=spm.pin) as after:
+            last = _last_request(after)
+            body = {"expect": 2, "request": last}  # the request that landed, sent again
+            doc = after._request(
+                "POST", "/v1/policies/lost/counters/round/increment", json=body,
+                headers={"Authorization": f"Bearer {token}"},
+            )  # fmt: skip
+            assert doc["value"] == 3 and after.counter("lost", "round") == 3
+            # the name is in the public log: another session of the same service that
+            # sends it gets the refusal (it did not make that increment)
+            platform = simulated.SimulatedPlatform(tmp_path / "sim")
+            other = enroll(after, platform, "lost", "aggregator", measurement=AGGREGATOR_MR)
+            with pytest.raises(SpmRefused, match="is at 3, not 2"):
+                after._request(
+                    "POST", "/v1/policies/lost/counters/round/increment", json=body,
+                    headers={"Authorization": f"Bearer {other.session_token}"},
+                )  # fmt: skip
+    finally:
+        spm.stop()
+
+
+def _peek(spm: SpmProcess) -> int:
+    """The counter, read on a connection of its own (not through ``http.client``'s
+    patched read: httpx)."""
+    with SpmClient(spm.url, pin=spm.pin) as client, raw_http(client) as http:
+        return int(http.get("/v1/policies/lost/counters/round").json()["value"])
+
+
+def _last_request(client: SpmClient) -> str:
+    """The request name of the log's newest counter increment."""
+    entries = client.audit(since=0, limit=1000)["entries"]
+    named = [e for e in entries if e["event"] == "counter.incremented"]
+    return str(named[-1]["detail"]["request"])
