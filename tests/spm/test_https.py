@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from secfl.flower._local import tls_files
 from secfl.spm import _https
@@ -36,9 +37,39 @@ class Served:
     release: threading.Event = field(default_factory=threading.Event)
 
 
+def self_signed(folder: Path) -> dict[str, Path]:
+    """A self-signed certificate for 127.0.0.1, as the SPM presents one."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from secfl._internal.x509util import general_names, private_pem
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "spm")])
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(general_names(["127.0.0.1"])), False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"ca": folder / "crt.pem", "crt": folder / "crt.pem", "key": folder / "key.pem"}
+    files["crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files["key"].write_bytes(private_pem(key))
+    return files
+
+
 @contextmanager
-def tls_server(tmp_path: Path, host: str = "127.0.0.1") -> Iterator[Served]:
-    files = tls_files(tmp_path / "tls", [host])
+def tls_server(
+    tmp_path: Path, host: str = "127.0.0.1", files: dict[str, Path] | None = None
+) -> Iterator[Served]:
+    files = files or tls_files(tmp_path / "tls", [host])
     state = Served(0, files["ca"])
 
     class Handler(BaseHTTPRequestHandler):
@@ -54,6 +85,9 @@ def tls_server(tmp_path: Path, host: str = "127.0.0.1") -> Iterator[Served]:
             state.hosts.append(self.headers.get("Host", ""))
             if self.path == "/hang":
                 state.release.wait(30)
+                return
+            if self.path == "/drop":  # read, then closed without a word: acted on, or not
+                self.close_connection = True
                 return
             if self.path == "/slow":
                 state.release.wait(0.3)
@@ -227,3 +261,28 @@ def test_closing_during_a_request_keeps_no_connection(tmp_path: Path) -> None:
         http.close()
         slow.join(10)
         assert answers == [200] and http._idle == []
+
+
+def test_a_request_whose_answer_was_lost_is_sent_again_only_when_harmless(
+    tmp_path: Path,
+) -> None:
+    from cryptography import x509
+
+    from secfl.errors import SpmError
+    from secfl.spm._report_data import spki_sha256
+    from secfl.spm.client import SpmClient
+
+    files = self_signed(tmp_path / "spm")
+    with tls_server(tmp_path, files=files) as served:
+        cert = x509.load_pem_x509_certificate(files["crt"].read_bytes())
+        url = f"https://127.0.0.1:{served.port}"
+        with SpmClient(url, pin=spki_sha256(cert.public_key()), timeout=10) as spm:
+            with pytest.raises(SpmError, match="not sent again: the SPM may have acted on it"):
+                spm._request("POST", "/drop", json={"event": "x"})
+            assert served.paths == ["/drop"]  # a report, say: not logged twice
+            with pytest.raises(SpmError, match="failed"):
+                spm._request("POST", "/drop", json={"expect": 1}, resend=True)
+            assert served.paths == ["/drop"] * 3  # a named increment: sent again
+            with pytest.raises(SpmError, match="failed"):
+                spm._request("GET", "/drop")
+            assert served.paths == ["/drop"] * 5  # a read: sent again

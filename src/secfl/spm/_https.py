@@ -24,7 +24,7 @@ import threading
 from typing import NamedTuple
 from urllib.parse import quote, urlencode
 
-__all__ = ["MAX_BODY", "ConnectFailed", "PinnedHttps", "Reply", "RequestFailed"]
+__all__ = ["MAX_BODY", "AnswerLost", "ConnectFailed", "PinnedHttps", "Reply", "RequestFailed"]
 
 #: The largest answer read (bytes): the SPM's answers are small JSON documents.
 MAX_BODY = 64 << 20
@@ -37,6 +37,12 @@ class ConnectFailed(Exception):
     """No answer, and worth one retry on a fresh connection (the SPM may have restarted
     with a new certificate): the connection or its TLS handshake failed, or the SPM
     closed it without answering, or mid-answer."""
+
+
+class AnswerLost(ConnectFailed):
+    """The request went out and the connection closed without (all of) its answer: the
+    SPM may have acted on it. Sent again, only a request that may be (a read, or a
+    named compare-and-increment)."""
 
 
 class RequestFailed(Exception):
@@ -77,9 +83,9 @@ class PinnedHttps:
         headers: dict[str, str] | None = None,
         params: dict[str, object] | None = None,
     ) -> Reply:
-        """``method path`` answered. The request goes out at most once on a connection
-        that was open: only a failure to connect, or a close before or during the answer
-        (the case of a connection the SPM dropped), is :class:`ConnectFailed`."""
+        """``method path`` answered. The request goes out at most once: a failure to
+        connect is :class:`ConnectFailed`, a close before or during the answer
+        :class:`AnswerLost`, anything else :class:`RequestFailed`."""
         if any(part in (".", "..") for part in path.split("/")):
             raise RequestFailed(f"'{path}' has a '.' or '..' segment")
         target = quote(self._prefix + path, safe="/:@-._~")
@@ -103,7 +109,7 @@ class PinnedHttps:
                 answer = conn.getresponse()
                 data = _read(answer)
             except (http.client.RemoteDisconnected, http.client.IncompleteRead) as exc:
-                raise ConnectFailed(_reason(exc)) from None
+                raise AnswerLost(_reason(exc)) from None
         except ConnectFailed:
             conn.close()
             raise

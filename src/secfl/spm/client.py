@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from secfl._internal.canonical import canonical_json
 from secfl.errors import SpmError, SpmRefused, VerificationError
 from secfl.spm._audit import head_message
-from secfl.spm._https import ConnectFailed, PinnedHttps, RequestFailed
+from secfl.spm._https import AnswerLost, ConnectFailed, PinnedHttps, RequestFailed
 from secfl.spm._report_data import spki_sha256, spm_report_data
 from secfl.spm._volumes import record_proof
 from secfl.tee._claims import Claims
@@ -130,7 +130,12 @@ class SpmClient:
         json: Any = None,
         headers: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
+        resend: bool = False,
     ) -> Any:
+        """``method path``'s JSON answer. A failure to connect is tried once more on a
+        fresh connection (the SPM may have restarted with a new certificate: it is
+        fetched and pinned again); a request whose answer was lost is sent again only
+        if that is harmless: a read, or ``resend`` (a named compare-and-increment)."""
         try:
             body = None if json is None else canonical_json(json)
         except (TypeError, ValueError) as exc:  # NaN, say: JSON cannot carry it
@@ -142,7 +147,10 @@ class SpmClient:
                 break
             except ConnectFailed as exc:
                 self._drop(http)  # the SPM restarted with a new certificate: fetch, re-pin
-                if attempt == 2:
+                lost = isinstance(exc, AnswerLost) and method != "GET" and not resend
+                if lost:
+                    exc = AnswerLost(f"{exc}; not sent again: the SPM may have acted on it")
+                if attempt == 2 or lost:
                     raise SpmError(f"spm: {method} {path} failed: {exc}") from None
             except RequestFailed as exc:
                 raise SpmError(f"spm: {method} {path} failed: {exc}") from None
@@ -257,6 +265,7 @@ class SpmClient:
             f"/v1/policies/{policy}/counters/{counter}/increment",
             json=body or None,
             headers={"Authorization": f"Bearer {token}"},
+            resend=expect is not None,  # named: sent again, it is answered, not refused
         )
         return int(doc["value"])
 
