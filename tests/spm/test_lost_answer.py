@@ -23,8 +23,8 @@ from tests.spm.harness import (
     Board,
     SpmProcess,
     make_sim,
-    policy_document,
     raw_http,
+    spm_with_policy,
 )
 
 
@@ -54,16 +54,15 @@ def lose_next_answer(monkeypatch: pytest.MonkeyPatch, landed: Callable[[], bool]
 def test_a_lost_answer_to_an_increment_is_answered_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = make_sim(tmp_path / "sim")
-    spm = SpmProcess(tmp_path / "data", tmp_path / "sim", None).start()
-    try:
-        client, _ = SpmClient.verify(spm.url, expect_measurement=spm.measurement, sim_root=root)
-        board = Board.create()
-        document = policy_document("lost", board, root)
-        client.submit_policy(document, board.sign(document, "alice", "bob"))
-        platform = simulated.SimulatedPlatform(tmp_path / "sim")
-        agg = enroll(client, platform, "lost", "aggregator", measurement=AGGREGATOR_MR)
-        token = agg.session_token
+    sim = (tmp_path / "sim", make_sim(tmp_path / "sim"))
+    with (
+        spm_with_policy(tmp_path / "data", sim, Board.create(), "aggregator", policy="lost") as (
+            spm,
+            enrolled,
+        ),
+        SpmClient(spm.url, pin=spm.pin) as client,
+    ):
+        token = enrolled["aggregator"].session_token
         assert client.increment("lost", "round", token, expect=0) == 1
         with SpmClient(spm.url, pin=spm.pin) as watcher, SpmClient(spm.url, pin=spm.pin) as own:
             own.counter("lost", "round")  # connected (and pinned) before the fault
@@ -108,8 +107,6 @@ def test_a_lost_answer_to_an_increment_is_answered_again(
                     "POST", "/v1/policies/lost/counters/round/increment", json=body,
                     headers={"Authorization": f"Bearer {other.session_token}"},
                 )  # fmt: skip
-    finally:
-        spm.stop()
 
 
 def _peek(spm: SpmProcess) -> int:
