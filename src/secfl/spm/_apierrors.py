@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -132,10 +132,18 @@ class JsonRefusals:
 
 
 class SpmApi(FastAPI):
-    """FastAPI whose refusals are all ``{"error": ...}`` (module docstring)."""
+    """FastAPI whose refusals are all ``{"error": ...}`` (module docstring).
+
+    ``front``, if set, wraps the application inside :class:`JsonRefusals`: a layer
+    that answers some requests itself (:mod:`secfl.spm._increment_route`)."""
+
+    front: Callable[[ASGIApp], ASGIApp] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
-        return JsonRefusals(super().build_middleware_stack(), self.max_body_size)
+        app = super().build_middleware_stack()
+        if self.front is not None:
+            app = self.front(app)
+        return JsonRefusals(app, self.max_body_size)
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is not None:

@@ -45,6 +45,7 @@ from secfl.spm._api_models import (
 from secfl.spm._apierrors import SpmApi, http_refusal, validation_message
 from secfl.spm._audit import head_message
 from secfl.spm._events import check_event
+from secfl.spm._increment_route import IncrementRoute
 from secfl.spm._service import Spm
 
 __all__ = ["MAX_BODY", "create_app"]
@@ -57,11 +58,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(spm: Spm) -> FastAPI:
+def create_app(spm: Spm) -> SpmApi:
     """The ASGI application serving ``spm``."""
     app = SpmApi(  # every refusal is {"error": ...}: secfl.spm._apierrors
         title="secfl Security Policy Manager", version=__version__, max_body_size=MAX_BODY
     )
+    app.front = lambda inner: IncrementRoute(inner, spm, MAX_BODY)  # the hot path
     _refusals(app)
     _spm_routes(app, spm)
     _policy_routes(app, spm)

@@ -52,6 +52,7 @@ class Increment:
     def __call__(self, tx: Tx) -> int:
         session = self.session
         refuse_superseded(current_version(tx, self.policy), session.policy_version, self.policy)
+        seen = None
         if self.expect is not None:
             seen = tx.counters.get(self.policy, self.counter)
             if seen != self.expect:
@@ -62,7 +63,7 @@ class Increment:
                     f"{self.expect}: another workload moved it",
                     409,
                 )
-        value = int(tx.counters.increment(self.policy, self.counter))
+        value = int(tx.counters.increment(self.policy, self.counter, seen=seen))
         detail: dict[str, Any] = {
             "counter": self.counter,
             "value": value,

@@ -35,9 +35,11 @@ class Counters(TxView):
                 f"counter: '{name}' of policy '{policy}' was created concurrently",
             )
 
-    def increment(self, policy: str, name: str) -> int:
-        """Add one to the counter and return the new value (durable at commit)."""
-        value = self.get(policy, name)
+    def increment(self, policy: str, name: str, *, seen: int | None = None) -> int:
+        """Add one to the counter and return the new value (durable at commit).
+        ``seen``: its value as :meth:`get` answered it in this transaction (not read
+        again; the update still moves it only from that value)."""
+        value = self.get(policy, name) if seen is None else seen
         if value is None:
             raise SpmError(f"counter: '{name}' of policy '{policy}' does not exist")
         if value >= MAX_COUNTER:
