@@ -42,7 +42,11 @@ from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import Store
 from secfl.tee._platforms import platform_by_name
 
-__all__ = ["open_spm", "open_store", "serve", "unreadable"]
+__all__ = ["GRACEFUL_SHUTDOWN", "open_spm", "open_store", "serve", "unreadable"]
+
+#: Seconds a stopping SPM waits for requests under way (uvicorn's graceful timeout);
+#: an idle connection is not waited for (:meth:`secfl.spm._httpguard` ``shutdown``).
+GRACEFUL_SHUTDOWN = 5
 
 
 def open_spm(
@@ -199,7 +203,7 @@ def serve(
         log_level=log_level,
         access_log=False,
         timeout_keep_alive=max(1, round(limits.keep_alive)),
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         proxy_headers=False,
         server_header=False,
     )
