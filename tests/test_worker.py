@@ -63,3 +63,23 @@ def test_a_call_that_never_returns_does_not_keep_the_process_alive() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "exiting"
+
+
+def test_closed_its_thread_ends_once_idle_and_a_later_call_starts_another() -> None:
+    worker = Worker("test-worker-close")
+    release = threading.Event()
+    done: list[int] = []
+    worker.submit(release.wait)
+    worker.submit(lambda: done.append(1))
+    (thread,) = named("test-worker-close")
+    worker.close()  # does not wait: the queued call still runs
+    release.set()
+    thread.join(10)
+    assert not thread.is_alive() and done == [1]
+    worker.submit(lambda: done.append(2))
+    assert worker.drain(10) and done == [1, 2]
+    (again,) = named("test-worker-close")
+    assert again is not thread
+    worker.close()
+    again.join(10)
+    assert not again.is_alive()

@@ -221,6 +221,9 @@ def test_the_next_model_goes_out_before_the_counter_answers_and_the_round_waits_
         agg.rounds.finish()
         agg.server.stop(None)
     assert [(e["round"], e["counter"]) for e in agg.history] == [(1, 2), (2, 3)]
+    # done: the commit's threads end (a process making many aggregators keeps none)
+    workers = (agg.commit._worker, agg.commit._syncer)
+    wait_for(lambda: all(w._thread is None for w in workers), "the commit's threads ended")
 
 
 def test_a_rounds_evaluation_waits_for_the_next_rounds_models(

@@ -33,10 +33,12 @@ class Worker:
         self._queued: collections.deque[Callable[[], object]] = collections.deque()
         self._unfinished = 0  # queued or running
         self._thread: threading.Thread | None = None
+        self._closing = False
 
     def submit(self, call: Callable[[], object]) -> None:
         """Run ``call()`` after every call submitted before it."""
         with self._cond:
+            self._closing = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
@@ -50,10 +52,23 @@ class Worker:
         with self._cond:
             return self._cond.wait_for(lambda: self._unfinished == 0, timeout)
 
+    def close(self) -> None:
+        """Let the thread end once every call submitted so far has returned, without
+        waiting for them (one that never returns keeps its thread, as before); a later
+        :meth:`submit` starts a new thread. An owner that is done calls it, so that a
+        process making many owners does not keep an idle thread for each."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._queued))
+                self._cond.wait_for(lambda: bool(self._queued) or self._closing)
+                if not self._queued:  # closed, and nothing left to run
+                    self._thread = None
+                    self._closing = False
+                    return
                 call = self._queued.popleft()
             try:
                 call()

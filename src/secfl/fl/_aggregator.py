@@ -136,18 +136,22 @@ class Aggregator:
         strategy, start = self._strategy, self._start
         log.info("training rounds %d to %d with %s", start, self.config.rounds, strategy)
         try:
-            params = self._rounds(strategy, start)
-        except BaseException:  # stopped (Ctrl-C, an error): a round already durable is
-            self._settle_on_the_way_out()  # recorded, so a restart does not lose it
-            self._events.drain(timeout=10.0)
-            with contextlib.suppress(Exception):  # the original error goes on
-                self.rounds.receiver.close()  # its spill file goes now, not at exit
-            raise
-        self._settle()
-        self.commit.drain()  # the old checkpoints pruned before the process may exit
-        self._events.drain()  # every round's event is out before anyone hears "done"
-        self.rounds.finish()
-        return params
+            try:
+                params = self._rounds(strategy, start)
+            except BaseException:  # stopped (Ctrl-C, an error): a round already durable
+                self._settle_on_the_way_out()  # is recorded: a restart does not lose it
+                self._events.drain(timeout=10.0)
+                with contextlib.suppress(Exception):  # the original error goes on
+                    self.rounds.receiver.close()  # its spill file goes now, not at exit
+                raise
+            self._settle()
+            self.commit.drain()  # the old checkpoints pruned before the process may exit
+            self._events.drain()  # every round's event is out before anyone hears "done"
+            self.rounds.finish()
+            return params
+        finally:  # their threads end once idle (tests make many aggregators)
+            self.commit.close()
+            self._events.close()
 
     def _settle_on_the_way_out(self) -> None:
         round = self._pending.round

@@ -344,7 +344,8 @@ class Commit:
             self._cancelled[0] = True
             self._pending = None
             # its preparation may never end (task code): later commits get a thread of
-            # their own rather than queue behind it
+            # their own rather than queue behind it (the old one ends once it returns)
+            self._worker.close()
             self._worker = Worker("secfl-commit")
             return True
 
@@ -352,6 +353,12 @@ class Commit:
         """Wait (at most ``timeout`` seconds) for the last overlapped commit, pruning
         included: a process about to exit leaves the folder pruned."""
         self._worker.drain(timeout)
+
+    def close(self) -> None:
+        """Done committing: the threads end once their calls returned (a later commit
+        starts them again)."""
+        self._worker.close()
+        self._syncer.close()
 
     def settle(self) -> int | None:
         """Wait for the commit :meth:`begin` started; returns the counter value (None:

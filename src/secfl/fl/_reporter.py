@@ -47,6 +47,10 @@ class InOrder:
         was handed to ``call``; False if some are still queued."""
         return self._worker.drain(timeout)
 
+    def close(self) -> None:
+        """No more posts: the thread ends once the posted entries are delivered."""
+        self._worker.close()
+
     def _deliver(self, entry: dict[str, Any]) -> None:
         try:
             self._call(entry)
