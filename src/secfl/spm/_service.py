@@ -11,14 +11,13 @@ It is assembled from parts with one job each, and passes them what they need:
 :class:`~secfl.spm._attestation.Attestor` (workload attestation and release),
 :class:`~secfl.spm._sessions.SessionGate` (session tokens, checked at each use),
 :class:`~secfl.spm._revoker.Revoker` (the board's revocation statements),
+:class:`~secfl.spm._volume_records.VolumeRecords` (rollback-protected volumes),
 :class:`~secfl.spm._vault.SecretVault` (secret values at rest) and
 :class:`~secfl.spm._groupcommit.GroupCommit` (many writes, one durable commit).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -47,7 +46,7 @@ from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import PolicyRecord, Store
 from secfl.spm._tx import Tx
 from secfl.spm._vault import SecretVault
-from secfl.spm._volumes import check_record_proof
+from secfl.spm._volume_records import VolumeRecords
 from secfl.tee._platforms import Platform
 from secfl.tee._simulated import SimulatedPlatform
 
@@ -99,6 +98,7 @@ class Spm:
             session_ttl=session_ttl,
         )
         self.revoker = Revoker(store, self.policies, self.group)
+        self.volumes = VolumeRecords(store, self.policies, self.sessions, self.vault, self.group)
         #: ``secfl status`` answers, from the verified log's facts (filled at start by
         #: :func:`~secfl.spm._state.verify_state` when given; else at the first request).
         self.status_desk = StatusDesk(self, status_index or StatusIndex())
@@ -326,86 +326,18 @@ class Spm:
             raise Refused(f"counter: '{policy_name}' has no counter '{counter}'", 404)
         return value
 
-    # --- rollback-protected volumes --------------------------------------------------------
+    # --- rollback-protected volumes (secfl.spm._volume_records) ---------------------------
 
     def volume_state(self, policy_name: str, volume: str) -> dict[str, Any]:
         """The newest recorded release of a counter-protected volume (version 0: none yet)."""
-        _, policy = self.policy(policy_name)
-        spec = policy.volume(volume)
-        if spec is None or spec.counter is None:
-            raise Refused(f"volume: '{volume}' of '{policy_name}' is not rollback-protected", 404)
-        with self.store.read() as tx:
-            recorded = tx.volume_tags.get(policy_name, volume)
-            counter = tx.counters.get(policy_name, spec.counter)
-        version, tag = recorded or (0, "")
-        return {"volume": volume, "version": version, "tag": tag, "counter": counter}
+        return self.volumes.state(policy_name, volume)
 
     def record_volume(
         self, token: str, policy_name: str, volume: str, version: int, tag: str, proof: str
     ) -> dict[str, Any]:
         """Accept a volume release as current if it is newer than the recorded one
-        (the counter moves on); the same release again is fine; an older one, or the
-        same version with another tag, is a rollback and refused.
-
-        ``proof`` is :func:`~secfl.spm._volumes.record_proof` under the volume's key: only
-        a launcher that received that key (and opened the volume with it) can record a
-        release, not whoever holds a session token."""
-        session, service = self.sessions.admit(token, policy_name)
-        now = datetime.now(UTC)
-        _, policy = self.policy(policy_name)
-        spec = policy.volume(volume)
-        if spec is None or spec.counter is None:
-            raise Refused(f"volume: '{volume}' of '{policy_name}' is not rollback-protected", 404)
-        if volume not in service.volumes:
-            raise Refused(f"volume: service '{session.service}' may not open '{volume}'")
-        tag = tag.lower()
-        counter = spec.counter
-        token_hash = hashlib.sha256(token.encode()).hexdigest()
-
-        def record(tx: Tx) -> dict[str, Any] | Refused:
-            key = self.vault.policy_key(tx, policy_name)
-            value = self.vault.value(tx, key, policy_name, spec.key)
-            raw = base64.b64decode(value.get("raw", ""))
-            if not check_record_proof(raw, policy_name, volume, version, tag, token_hash, proof):
-                refusal = Refused(
-                    f"volume: the record of '{volume}' version {version} is not vouched for by "
-                    "the volume's key (only the launcher that opened the volume can record it)"
-                )
-                detail = {"volume": volume, "version": version, "tag": tag,
-                          "reason": str(refusal), "service": session.service}  # fmt: skip
-                tx.audit.append("volume.refused", policy_name, detail)
-                return refusal
-            recorded = tx.volume_tags.get(policy_name, volume)
-            if recorded is not None:
-                old_version, old_tag = recorded
-                if version == old_version and tag == old_tag:
-                    return {"volume": volume, "version": version, "tag": tag,
-                            "counter": tx.counters.get(policy_name, counter)}  # fmt: skip
-                if version <= old_version:
-                    refusal = Refused(
-                        f"rollback: volume '{volume}' version {version} (tag {tag[:16]}…) is "
-                        f"not newer than the recorded version {old_version} "
-                        f"(tag {old_tag[:16]}…)",
-                        409,
-                    )
-                    what = {"volume": volume, "version": version, "tag": tag}
-                    detail = {**what, "reason": str(refusal), "service": session.service}
-                    tx.audit.append("volume.refused", policy_name, detail)
-                    return refusal
-            tx.volume_tags.put(policy_name, volume, version, tag, now)
-            value_now = int(tx.counters.increment(policy_name, counter))
-            tx.audit.append(
-                "volume.recorded",
-                policy_name,
-                {"volume": volume, "version": version, "tag": tag, "counter": value_now,
-                 "counter_name": counter, "service": session.service},
-            )  # fmt: skip
-            return {"volume": volume, "version": version, "tag": tag, "counter": value_now}
-
-        outcome = self.group.run(record)
-        if isinstance(outcome, Refused):
-            raise outcome
-        return outcome
+        (:meth:`~secfl.spm._volume_records.VolumeRecords.record`)."""
+        return self.volumes.record(token, policy_name, volume, version, tag, proof)
 
     # --- revocations (secfl.spm._revoker) -------------------------------------------------
 
