@@ -286,3 +286,32 @@ def test_a_request_whose_answer_was_lost_is_sent_again_only_when_harmless(
             with pytest.raises(SpmError, match="failed"):
                 spm._request("GET", "/drop")
             assert served.paths == ["/drop"] * 5  # a read: sent again
+
+
+def test_a_small_body_goes_out_in_the_same_record_as_its_headers(tmp_path: Path) -> None:
+    """One TLS record a request (the SPM's event loop woke twice for headers, then body):
+    the server's first read, which returns at most one record, holds the body too."""
+    files = tls_files(tmp_path / "tls", ["127.0.0.1"])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files["crt"], files["key"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    first: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            tls.settimeout(10)
+            first.append(tls.recv(1 << 16))
+            while b'"increment": 1}' not in first[-1]:
+                first.append(tls.recv(1 << 16))
+            tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    ca = ssl.create_default_context(cafile=str(files["ca"]))
+    http = PinnedHttps("127.0.0.1", listener.getsockname()[1], ca, 10.0)
+    body = b'{"increment": 1}'
+    assert http.request("POST", "/v1/x", body=body) == (200, b"{}")
+    server.join(10)
+    listener.close()
+    assert first[0].startswith(b"POST /v1/x HTTP/1.1\r\n") and first[0].endswith(b"\r\n\r\n" + body)

@@ -31,6 +31,27 @@ MAX_BODY = 64 << 20
 #: Idle connections kept per client.
 _KEEP = 4
 _PIECE = 64 << 10
+#: A body up to this size goes out with its headers in one write (see :class:`_Connection`).
+_ONE_WRITE = 64 << 10
+
+
+class _Connection(http.client.HTTPSConnection):
+    """``http.client``'s connection, writing a request's headers and a small body
+    together: one TLS record, one wake-up of the SPM's event loop. (``http.client``
+    writes them apart, and the SPM read the headers, then woke again for the body.)"""
+
+    def _send_output(self, message_body: object = None, encode_chunked: bool = False) -> None:
+        if (
+            isinstance(message_body, bytes)
+            and not encode_chunked
+            and len(message_body) <= _ONE_WRITE
+        ):
+            self._buffer.extend((b"", message_body))  # type: ignore[attr-defined]
+            request = b"\r\n".join(self._buffer)  # type: ignore[attr-defined]
+            del self._buffer[:]  # type: ignore[attr-defined]
+            self.send(request)
+            return
+        super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
 
 
 class ConnectFailed(Exception):
@@ -138,7 +159,7 @@ class PinnedHttps:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return http.client.HTTPSConnection(
+                return _Connection(
                     self.host, self.port, timeout=self._timeout, context=self._context
                 )
             if _still_open(conn):
