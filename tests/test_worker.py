@@ -83,3 +83,23 @@ def test_closed_its_thread_ends_once_idle_and_a_later_call_starts_another() -> N
     worker.close()
     again.join(10)
     assert not again.is_alive()
+
+
+def test_a_submit_after_close_runs_after_the_call_still_running_and_reopens() -> None:
+    """Closed while a call runs, then given another: that one runs after it, in order,
+    and the thread stays for further calls (the worker is open again)."""
+    worker = Worker("test-worker-reopen")
+    release = threading.Event()
+    order: list[str] = []
+    worker.submit(lambda: (release.wait(), order.append("first")))
+    worker.close()
+    worker.submit(lambda: order.append("second"))
+    release.set()
+    assert worker.drain(10) and order == ["first", "second"]
+    (thread,) = named("test-worker-reopen")
+    worker.submit(lambda: order.append("third"))
+    assert worker.drain(10) and order[-1] == "third"
+    assert named("test-worker-reopen") == [thread]
+    worker.close()
+    thread.join(10)
+    assert not thread.is_alive()

@@ -96,6 +96,9 @@ def test_refusals_are_fastapis_own(served: tuple[Spm, str]) -> None:
         {"json": {**good, "expect": at + 5}, "headers": auth},  # 409: not at that value
         {"json": {**good, "round": {"round": "x"}}, "headers": auth},  # a bad fl.round
         {"content": b'{"expect": 0, "pad": "' + b"x" * MAX_BODY + b'"}', "headers": auth},  # 413
+        {"content": b"[" * 100_000, "headers": auth},  # RecursionError in json.loads
+        {"content": b'{"round": ' + b"[" * 100_000 + b"}", "headers": auth},
+        {"content": json.dumps(good).encode(), "headers": {**auth, "content-length": "2000000"}},
     ]
     fast, slow = both(spm, requests)
     assert fast == slow
@@ -172,3 +175,26 @@ class _stream(httpx.AsyncByteStream):
     async def __aiter__(self) -> Any:
         for part in self.parts:
             yield part
+
+
+def test_a_deeply_nested_body_over_a_real_spm_is_one_line(tmp_path: Path) -> None:
+    """Over `secfl spm serve` and TLS: a body nested 100,000 deep (json.loads raises
+    RecursionError) is FastAPI's 400 in one JSON line, logs no traceback, and the next
+    increment goes through. (The fast path let the RecursionError out: a plain-text 500
+    and a traceback in the SPM's log for each such request.)"""
+    from secfl.spm.client import SpmClient
+    from tests.spm.harness import raw_http, spm_with_policy
+
+    sim = (tmp_path / "sim", make_sim(tmp_path / "sim"))
+    with spm_with_policy(tmp_path / "data", sim, Board.create(), "aggregator") as (proc, got):
+        token = got["aggregator"].session_token
+        path = "/v1/policies/fed/counters/round/increment"
+        auth = {"authorization": f"Bearer {token}", **JSON}
+        with SpmClient(proc.url, pin=proc.pin) as client, raw_http(client) as http:
+            deep = http.post(path, content=b"[" * 100_000, headers=auth)
+            after = http.post(path, json={"expect": 0}, headers=auth)
+        assert (deep.status_code, deep.json()) == (
+            400, {"error": "http: There was an error parsing the body"}
+        )  # fmt: skip
+        assert (after.status_code, after.json()) == (200, {"counter": "round", "value": 1})
+        assert proc.log is not None and "Traceback" not in proc.log.read_text()

@@ -54,9 +54,11 @@ class Worker:
 
     def close(self) -> None:
         """Let the thread end once every call submitted so far has returned, without
-        waiting for them (one that never returns keeps its thread, as before); a later
-        :meth:`submit` starts a new thread. An owner that is done calls it, so that a
-        process making many owners does not keep an idle thread for each."""
+        waiting for them (one that never returns keeps its thread, as before). A later
+        :meth:`submit` opens the worker again: its call runs after the earlier ones, on
+        the same thread if that is still running them, else on a new one. An owner that
+        is done calls it, so that a process making many owners does not keep an idle
+        thread for each."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()

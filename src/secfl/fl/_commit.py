@@ -356,9 +356,10 @@ class Commit:
 
     def close(self) -> None:
         """Done committing: the threads end once their calls returned (a later commit
-        starts them again)."""
+        starts them again). The fsync thread is closed from the commit's thread, after
+        every commit queued there, since a commit under way still hands it its fsyncs."""
+        self._worker.submit(self._syncer.close)
         self._worker.close()
-        self._syncer.close()
 
     def settle(self) -> int | None:
         """Wait for the commit :meth:`begin` started; returns the counter value (None:

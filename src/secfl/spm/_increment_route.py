@@ -9,9 +9,11 @@ itself, with the same checks and the same answers, and hands everything else to 
 FastAPI application, unchanged.
 
 Well-formed means: path names that match ``NAME``, one ``Authorization`` header of at
-most 256 characters, one ``Content-Type: application/json`` header, and a body of at
-most ``max_body`` bytes that ``json.loads`` reads and :class:`IncrementIn` accepts
-(as FastAPI parses and validates it). Any other request, whatever is wrong with it,
+most 256 characters, one ``Content-Type: application/json`` header, at most one
+``Content-Length`` of at most ``max_body`` (a larger one is refused unread), and a body
+of at most ``max_body`` bytes that ``json.loads`` reads and :class:`IncrementIn`
+accepts (as FastAPI parses and validates it; any exception, a ``RecursionError`` from
+deep nesting too, makes it FastAPI's). Any other request, whatever is wrong with it,
 goes to FastAPI with its body replayed, so that every refusal of a malformed request
 is FastAPI's own (``tests/spm/test_increment_route.py`` compares the two answers).
 The increment itself is :meth:`secfl.spm._service.Spm.increment_async`, as the
@@ -26,7 +28,6 @@ import logging
 import re
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from secfl.errors import Refused, SecflError
@@ -60,6 +61,9 @@ class IncrementRoute:
         if match is None or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
+        if not _length_fits(scope, self.max_body):  # FastAPI refuses it before reading
+            await self.app(scope, receive, send)
+            return
         body, complete = await _read(receive, self.max_body)
         parsed = _parse(match, scope, body) if complete else None
         if parsed is None:  # FastAPI answers it, refusals and all
@@ -84,6 +88,16 @@ class IncrementRoute:
             await _answer(send, 500, {"error": refusal_message(500, self.max_body)})
             return
         await _answer(send, 200, {"counter": counter, "value": value})
+
+
+def _length_fits(scope: Scope, limit: int) -> bool:
+    """Whether the request announces no ``Content-Length``, or one valid integer of at
+    most ``limit`` bytes (anything else is FastAPI's to refuse, unread)."""
+    lengths = [value for key, value in scope["headers"] if key == b"content-length"]
+    if not lengths:
+        return True
+    text = lengths[0].decode("latin-1")
+    return len(lengths) == 1 and text.isdigit() and len(text) <= 12 and int(text) <= limit
 
 
 async def _read(receive: Receive, limit: int) -> tuple[bytes, bool]:
@@ -138,8 +152,8 @@ def _parse(
         header = authorization[0].decode("latin-1")
         doc: Any = json.loads(body)
         parsed = IncrementIn.model_validate(doc)
-    except (ValueError, ValidationError):
-        return None
+    except Exception:  # ValueError, ValidationError, RecursionError (deep nesting)...
+        return None  # ...whatever FastAPI says of it is the answer
     if len(header) > _MAX_AUTHORIZATION:
         return None
     token = header.removeprefix("Bearer ").strip()
