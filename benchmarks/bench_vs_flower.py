@@ -55,7 +55,9 @@ with the next round). secfl's ``duration_s`` (from the first global model sent t
 round's commit handed over) is printed beside it, and its ratio too. Round 1 is left
 out everywhere (start-up effects); per-round medians pooled over the repeats. It
 prints figures and asserts nothing. On a shared 2-core machine single runs swing by
-tens of percent: read the medians of the interleaved repeats.
+tens of percent: read the medians of the interleaved repeats. Each ratio is also
+printed per repeat (that repeat's four runs were back to back, so the machine's speed
+drifted least between them): how far those spread is how much one ratio can be trusted.
 
 Where the time goes. For each secfl configuration it prints the aggregator's
 per-phase medians (``phases_ms`` of the metrics: ``start`` signing and sampling,
@@ -425,6 +427,8 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
     pooled: dict[str, list[dict[str, Any]]] = {c: [{}] for c in periods}  # rounds 2..R
     cpu: dict[str, list[float]] = {c: [] for c in CONFIGS}  # CPU seconds per round
     roles: dict[str, list[dict[str, float]]] = {c: [] for c in CONFIGS}  # the same, by role
+    #: Each repeat's median of the figure compared: its four runs were back to back.
+    by_repeat: dict[str, list[float]] = {c: [] for c in CONFIGS}
     for i in range(repeat):
         fed = Federation(root / f"{name}-{i}", settings)
         try:
@@ -461,6 +465,9 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
                 if config in periods:
                     last = statistics.median(periods[config][-len(times) :])
                     cycle_text = f", commit to commit {last:.4f} s"
+                    by_repeat[config].append(last)
+                else:
+                    by_repeat[config].append(statistics.median(times))
                 print(f"  repeat {i + 1} {config:<15} rounds 2..R median "
                       f"{statistics.median(times):.4f} s{cycle_text}, CPU "
                       f"{cpu[config][-1] * 1e3:.0f} ms a round", flush=True)  # fmt: skip
@@ -493,7 +500,9 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
 
     def line(label: str, num: str, den: str, target: str) -> None:
         cross = f"; with duration_s {own[num] / med[den]:.3f}" if num in periods else ""
-        print(f"  => {label:<30} {med[num] / med[den]:.3f}  (target {target}{cross})")
+        paired = ", ".join(f"{a / b:.3f}" for a, b in zip(by_repeat[num], by_repeat[den], strict=True))
+        print(f"  => {label:<30} {med[num] / med[den]:.3f}  (target {target}{cross}; "
+              f"each repeat: {paired})")  # fmt: skip
 
     line("secfl secure / Flower TLS:", "secfl secure", "Flower TLS", "<= 1.0")
     line("secfl insecure / Flower plain:", "secfl insecure", "Flower plain", "<= 0.9")
