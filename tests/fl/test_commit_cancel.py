@@ -33,27 +33,25 @@ def test_a_cancelled_commit_stays_cancelled_and_blocks_no_later_one() -> None:
 
 
 def test_closed_while_a_commit_is_under_way_both_threads_end_after_it(tmp_path: Path) -> None:
-    """``close()`` while a commit waits for its ledger: the commit still hands its fsync
-    to the fsync thread, commits, and then both threads end (the fsync thread was
-    closed too early before: after the commit's fsync it kept an idle thread)."""
-
-    class HeldLedger(MemoryLedger):
-        def __init__(self) -> None:
-            super().__init__()
-            self.release = threading.Event()
-
-        def increment(self, expect: int | None = None) -> int:
-            self.release.wait(30)
-            return super().increment(expect)
-
-    ledger = HeldLedger()
+    """``close()`` while a commit is still being prepared (before it wrote its checkpoint
+    and handed the fsync thread its fsyncs): the commit still commits, and then both
+    threads end. (The fsync thread was closed at once before: the commit's fsyncs then
+    opened it again, and nothing closed it.)"""
+    ledger = MemoryLedger()
     commit = Commit(
         ledger, directory=tmp_path / "ckpt", key=b"k" * 32, policy_digest="d", overlap=True
     )
-    commit.begin(1, frozen(b"model-1"), {}, prepare=lambda: {})
-    assert commit.wait_begun(10)
-    commit.close()  # the run's end, while the commit is under way
-    ledger.release.set()
+    preparing, release = threading.Event(), threading.Event()
+
+    def prepare() -> dict[str, object]:
+        preparing.set()
+        release.wait(30)  # the round's evaluation
+        return {}
+
+    commit.begin(1, frozen(b"model-1"), {}, prepare=prepare)
+    assert preparing.wait(10)
+    commit.close()  # the run's end, before the commit's first step
+    release.set()
     assert commit.settle() == 1 and ledger.value == 1
     for worker in (commit._worker, commit._syncer):
         thread = worker._thread

@@ -99,6 +99,7 @@ def test_refusals_are_fastapis_own(served: tuple[Spm, str]) -> None:
         {"content": b"[" * 100_000, "headers": auth},  # RecursionError in json.loads
         {"content": b'{"round": ' + b"[" * 100_000 + b"}", "headers": auth},
         {"content": json.dumps(good).encode(), "headers": {**auth, "content-length": "2000000"}},
+        {"json": {**good, "expect": at + 7}, "headers": {**auth, "content-length": b"\xb2"}},
     ]
     fast, slow = both(spm, requests)
     assert fast == slow

@@ -31,8 +31,9 @@ MAX_BODY = 64 << 20
 #: Idle connections kept per client.
 _KEEP = 4
 _PIECE = 64 << 10
-#: A body up to this size goes out with its headers in one write (see :class:`_Connection`).
-_ONE_WRITE = 64 << 10
+#: A body up to this size goes out with its headers in one write (see :class:`_Connection`):
+#: one TLS record (16 KiB) with the headers, as every request of the SPM client's is.
+_ONE_WRITE = 15 << 10
 
 
 class _Connection(http.client.HTTPSConnection):

@@ -96,8 +96,8 @@ def _length_fits(scope: Scope, limit: int) -> bool:
     lengths = [value for key, value in scope["headers"] if key == b"content-length"]
     if not lengths:
         return True
-    text = lengths[0].decode("latin-1")
-    return len(lengths) == 1 and text.isdigit() and len(text) <= 12 and int(text) <= limit
+    digits = re.fullmatch(rb"[0-9]{1,12}", lengths[0])  # ASCII digits ("²" is a digit too)
+    return len(lengths) == 1 and digits is not None and int(lengths[0]) <= limit
 
 
 async def _read(receive: Receive, limit: int) -> tuple[bytes, bool]:
