@@ -28,6 +28,7 @@ import logging
 import re
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from secfl.errors import Refused, SecflError
@@ -77,17 +78,17 @@ class IncrementRoute:
                 request=doc.request,
             )  # fmt: skip
         except Refused as exc:
-            busy = [(b"retry-after", b"1")] if exc.status == 503 else []
-            await _answer(send, exc.status, {"error": str(exc)}, busy)
+            busy = {"Retry-After": "1"} if exc.status == 503 else None
+            await _answer(scope, send, exc.status, {"error": str(exc)}, busy)
             return
         except SecflError as exc:
-            await _answer(send, 400, {"error": str(exc)})
+            await _answer(scope, send, 400, {"error": str(exc)})
             return
         except Exception:
             log.exception("internal: the increment of %s/%s failed", name, counter)
-            await _answer(send, 500, {"error": refusal_message(500, self.max_body)})
+            await _answer(scope, send, 500, {"error": refusal_message(500, self.max_body)})
             return
-        await _answer(send, 200, {"counter": counter, "value": value})
+        await _answer(scope, send, 200, {"counter": counter, "value": value})
 
 
 def _length_fits(scope: Scope, limit: int) -> bool:
@@ -163,18 +164,15 @@ def _parse(
 
 
 async def _answer(
-    send: Send, status: int, doc: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+    scope: Scope,
+    send: Send,
+    status: int,
+    doc: dict[str, Any],
+    headers: dict[str, str] | None = None,
 ) -> None:
-    body = json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-length", str(len(body)).encode()),
-                (b"content-type", b"application/json"),
-                *(headers or ()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    """``doc`` as FastAPI's handlers answer it (Starlette's ``JSONResponse``)."""
+    await JSONResponse(doc, status_code=status, headers=headers)(scope, _no_body, send)
+
+
+async def _no_body() -> Message:  # a response reads nothing (the body was read)
+    return {"type": "http.disconnect"}
