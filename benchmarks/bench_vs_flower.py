@@ -500,7 +500,8 @@ def workload(root: Path, name: str, settings: DemoSettings, params: int, repeat:
 
     def line(label: str, num: str, den: str, target: str) -> None:
         cross = f"; with duration_s {own[num] / med[den]:.3f}" if num in periods else ""
-        paired = ", ".join(f"{a / b:.3f}" for a, b in zip(by_repeat[num], by_repeat[den], strict=True))
+        pairs = zip(by_repeat[num], by_repeat[den], strict=True)
+        paired = ", ".join(f"{a / b:.3f}" for a, b in pairs)
         print(f"  => {label:<30} {med[num] / med[den]:.3f}  (target {target}{cross}; "
               f"each repeat: {paired})")  # fmt: skip
 
