@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -103,6 +104,12 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     temp = tmp_path_factory.mktemp("ray")
+    # The instance's own token (a fresh machine has none in ~/.ray, and `ray start`
+    # with token authentication makes none): for this instance and its drivers only.
+    token = tmp_path_factory.mktemp("ray-token") / "auth_token"
+    token.touch(mode=0o600)
+    token.write_text(secrets.token_hex(32))
+    ENV["RAY_AUTH_TOKEN_PATH"] = str(token)
     start = [str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
              "--num-cpus", "2", "--object-store-memory", str(LOCAL_STORE_BYTES),
              "--include-dashboard", "false", "--disable-usage-stats",
