@@ -10,6 +10,7 @@ elsewhere.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,6 +21,13 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.spm.harness import Board
+
+# A suite started in the background (``&`` in a script, nohup) inherits SIGINT ignored,
+# and so would every process it starts: Python then raises no KeyboardInterrupt, and each
+# test that presses Ctrl-C (in-process or on a process it started) would fail or time out.
+# A handler, unlike "ignored", is not inherited across exec: children get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "testvectors"
 

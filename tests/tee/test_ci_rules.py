@@ -5,6 +5,8 @@
   the PostgreSQL tests instead of skipping them: a CI run that silently skipped
   them would pass while proving nothing. Elsewhere both skip and say why.
 - A hung test fails alone (pytest-timeout, signal method): the run goes on.
+- A run started with SIGINT ignored (in the background of a script, under nohup) still
+  lets its tests press Ctrl-C, on themselves and on the processes they start.
 
 Each case runs pytest as a subprocess on a tiny test file, with the project's
 configuration (``pyproject.toml``) and the fixtures of ``tests/conftest.py`` or
@@ -26,9 +28,16 @@ REPO = Path(__file__).resolve().parents[2]
 Run = subprocess.CompletedProcess[str]
 
 
-def run_pytest(tmp_path: Path, source: str, env: dict[str, str | None], *args: str) -> Run:
+def run_pytest(
+    tmp_path: Path,
+    source: str,
+    env: dict[str, str | None],
+    *args: str,
+    sigint_ignored: bool = False,
+) -> Run:
     """pytest on ``source`` (one test file) in a fresh process; ``env`` changes the
-    environment (``None`` removes a variable)."""
+    environment (``None`` removes a variable); ``sigint_ignored`` starts it as a
+    background job of a script would be (an ignored signal stays ignored across exec)."""
     test_file = tmp_path / "test_tiny.py"
     test_file.write_text(source)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
@@ -37,12 +46,21 @@ def run_pytest(tmp_path: Path, source: str, env: dict[str, str | None], *args: s
             environ.pop(key, None)
         else:
             environ[key] = value
+    command = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"),
+               "--rootdir", str(tmp_path), "-p", "no:cacheprovider", *args, str(test_file)]
+    if sigint_ignored:
+        command = [sys.executable, "-c", _EXEC_IGNORING_SIGINT, *command]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"),
-         "--rootdir", str(tmp_path), "-p", "no:cacheprovider", *args, str(test_file)],
+        command,
         cwd=REPO, env=environ, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
+
+_EXEC_IGNORING_SIGINT = (
+    "import os, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
 
 USES_VECTORS = "def test_needs_vectors(vectors):\n    assert vectors.is_dir()\n"
 
@@ -145,3 +163,45 @@ def test_a_hang_fails_one_test_and_the_run_goes_on(
     assert "1 failed, 1 passed" in out
     assert "Timeout" in out and "test_hangs" in out
     assert time.monotonic() - start < 60
+
+
+# --- Ctrl-C works in a run started with SIGINT ignored ----------------------------------
+
+PRESSES_CTRL_C = """\
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+CHILD = (
+    "import sys, time\\n"
+    "print('ready', flush=True)\\n"
+    "try:\\n"
+    "    time.sleep(10)\\n"
+    "except KeyboardInterrupt:\\n"
+    "    sys.exit(7)\\n"
+)
+
+
+def test_ctrl_c_on_this_process():
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)
+
+
+def test_ctrl_c_on_a_process_it_starts():
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\\n"
+    child.send_signal(signal.SIGINT)
+    assert child.wait(30) == 7
+"""
+
+
+def test_a_run_started_with_sigint_ignored_still_delivers_ctrl_c(tmp_path: Path) -> None:
+    done = run_pytest(tmp_path, PRESSES_CTRL_C, {}, "-p", "tests.conftest", sigint_ignored=True)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "2 passed" in out
