@@ -46,8 +46,9 @@ def run_pytest(
             environ.pop(key, None)
         else:
             environ[key] = value
-    command = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"),
-               "--rootdir", str(tmp_path), "-p", "no:cacheprovider", *args, str(test_file)]
+    config = ["-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path)]
+    command = [sys.executable, "-m", "pytest", *config, "-p", "no:cacheprovider", *args]
+    command.append(str(test_file))
     if sigint_ignored:
         command = [sys.executable, "-c", _EXEC_IGNORING_SIGINT, *command]
     return subprocess.run(
