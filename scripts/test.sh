@@ -23,5 +23,8 @@ fi
 # time is Python processes starting up and waiting on each other, so one worker left a
 # core idle (12.6 min in one, 7.3 min in two on 2 cores). SECFL_TEST_WORKERS=0 runs
 # everything in this process (for a debugger); a test file's tests stay together, so its
-# module fixtures are built once and Ray's tests never meet another Ray.
-exec .venv/bin/python -m pytest -n "${SECFL_TEST_WORKERS:-2}" --dist loadfile "$@"
+# module fixtures are built once and Ray's tests never meet another Ray. The files go out
+# in the order tests/conftest.py gives them (heavy ones first), not xdist's own (the files
+# with the most tests first, which left the longest single-test files for the end).
+exec .venv/bin/python -m pytest -n "${SECFL_TEST_WORKERS:-2}" --dist loadfile \
+  --no-loadscope-reorder "$@"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,25 @@ if TYPE_CHECKING:
 # A handler, unlike "ignored", is not inherited across exec: children get the default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the heavy test files first, longest first, then the others with the most tests
+    first. Each worker takes a file at a time (``scripts/test.sh``), the next when it is
+    nearly done with its own: a heavy file taken last would run alone at the end while the
+    other worker idles. A file is marked heavy with ``pytestmark = pytest.mark.heavy(N)``,
+    N its seconds on one worker. The order within a file does not change."""
+
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    def seconds(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("heavy")
+        return float(marker.args[0]) if marker is not None else 0.0
+
+    tests = Counter(file_of(item) for item in items)
+    items.sort(key=lambda item: (-seconds(item), -tests[file_of(item)], file_of(item)))
+
 
 _DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "testvectors"
 

@@ -8,7 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.clirun import run_script
+
+pytestmark = pytest.mark.heavy(45)  # seconds on one worker: scheduled first
 
 REPO = Path(__file__).resolve().parents[2]
 

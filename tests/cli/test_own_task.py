@@ -66,7 +66,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return work, result.stdout
 
 
-pytestmark = pytest.mark.timeout(960)
+pytestmark = [pytest.mark.timeout(960), pytest.mark.heavy(95)]
 
 
 def test_the_template_trains_in_simulate(ran: tuple[Path, str]) -> None:

@@ -32,6 +32,8 @@ from secfl.eval.folder import load_records
 from secfl.eval.grid import key
 from tests.conftest import in_ci
 
+pytestmark = pytest.mark.heavy(55)  # seconds on one worker: scheduled first
+
 GRID = ["eval", "robustness", "--tasks", "digits", "--clients", "6", "--partitions", "iid",
         "--malicious", "0,0.34", "--attacks", "sign-flip", "--defences",
         "fedavg,median", "--seeds", "1", "--rounds", "2", "--epochs", "1"]  # fmt: skip

@@ -24,6 +24,8 @@ from secfl.fl._transport import Client, Credentials, TransportError
 from secfl.spm.client import SpmClient
 from tests.fl.fedkit import ca, identity
 
+pytestmark = pytest.mark.heavy(45)  # seconds on one worker: scheduled first
+
 ROUNDS = 10
 
 

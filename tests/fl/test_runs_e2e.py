@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
 from secfl.demo._processes import Workload
@@ -31,6 +32,8 @@ from secfl.policy._canonical import digest
 from secfl.policy._signatures import sign_policy
 from secfl.spm.client import SpmClient
 from tests.fl.test_e2e import exit_of, wait_for
+
+pytestmark = pytest.mark.heavy(45)  # seconds on one worker: scheduled first
 
 #: More rounds than version 1 can train before version 2 is approved (it stops then).
 ROUNDS = 1000

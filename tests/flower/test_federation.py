@@ -28,6 +28,8 @@ from secfl.cli.flower import report
 from secfl.flower._federation import LocalFlowerFederation
 from secfl.flower._local import Process
 
+pytestmark = pytest.mark.heavy(45)  # seconds on one worker: scheduled first
+
 PROBES = Path(__file__).with_name("probes.py")
 
 

@@ -39,7 +39,7 @@ from tests.spm.harness import (
     policy_document,
 )
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.heavy(90)]
 
 OTHER_MR = "b2" * 48
 

@@ -33,6 +33,8 @@ from secfl.spm.client import SpmClient
 from tests.spm.conftest import drop_pg_database, fresh_pg_database
 from tests.spm.harness import make_sim, raw_http
 
+pytestmark = pytest.mark.heavy(45)  # seconds on one worker: scheduled first
+
 SECFL = [sys.executable, "-m", "secfl.cli.main"]
 ERROR_LINE = re.compile(r"^error: [^\n]+\n$")
 #: The file limit the flooded SPMs run under, and how many stalled sockets flood them.

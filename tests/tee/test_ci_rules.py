@@ -7,6 +7,8 @@
 - A hung test fails alone (pytest-timeout, signal method): the run goes on.
 - A run started with SIGINT ignored (in the background of a script, under nohup) still
   lets its tests press Ctrl-C, on themselves and on the processes they start.
+- The files marked heavy are collected first, the longest first, each file whole (the
+  workers take them in that order: ``scripts/test.sh``).
 
 Each case runs pytest as a subprocess on a tiny test file, with the project's
 configuration (``pyproject.toml``) and the fixtures of ``tests/conftest.py`` or
@@ -206,3 +208,32 @@ def test_a_run_started_with_sigint_ignored_still_delivers_ctrl_c(tmp_path: Path)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "2 passed" in out
+
+
+# --- heavy files first ------------------------------------------------------------------
+
+
+def test_heavy_files_are_collected_first_longest_first_each_file_whole(tmp_path: Path) -> None:
+    files = {
+        "test_a.py": "def test_1(): pass\ndef test_2(): pass\ndef test_3(): pass\n",
+        "test_b.py": "import pytest\npytestmark = pytest.mark.heavy(5)\ndef test_1(): pass\n",
+        "test_c.py": "def test_1(): pass\ndef test_2(): pass\n",
+        "test_d.py": "import pytest\npytestmark = pytest.mark.heavy(50)\n"
+        "def test_2(): pass\ndef test_1(): pass\n",
+    }
+    for name, source in files.items():
+        (tmp_path / name).write_text(source)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir",
+         str(tmp_path), "-p", "no:cacheprovider", "-p", "tests.conftest", "--collect-only",
+         "-q", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    order = [line for line in done.stdout.splitlines() if "::" in line]
+    assert order == [
+        "test_d.py::test_2", "test_d.py::test_1",  # heavy, the longest first
+        "test_b.py::test_1",
+        "test_a.py::test_1", "test_a.py::test_2", "test_a.py::test_3",  # then most tests first
+        "test_c.py::test_1", "test_c.py::test_2",
+    ]  # fmt: skip
