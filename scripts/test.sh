@@ -19,7 +19,7 @@ fi
 # imports again (Python still reads .pyc files then; stale ones are recompiled). A file
 # that does not compile is pytest's to report, with where.
 .venv/bin/python -m compileall -q -j 0 src tests > /dev/null || true
-# Two pytest workers (pytest-xdist), a test file to each at a time: most of the suite's
+# Two pytest workers (pytest-xdist), handed whole test files in turn: most of the suite's
 # time is Python processes starting up and waiting on each other, so one worker left a
 # core idle (12.6 min in one, 7.3 min in two on 2 cores). SECFL_TEST_WORKERS=0 runs
 # everything in this process (for a debugger); a test file's tests stay together, so its

@@ -23,30 +23,45 @@ import pytest
 if TYPE_CHECKING:
     from tests.spm.harness import Board
 
-# A suite started in the background (``&`` in a script, nohup) inherits SIGINT ignored,
-# and so would every process it starts: Python then raises no KeyboardInterrupt, and each
-# test that presses Ctrl-C (in-process or on a process it started) would fail or time out.
-# A handler, unlike "ignored", is not inherited across exec: children get the default.
+# A suite started in the background of a script (``cmd &``: the shell starts it with
+# SIGINT ignored) would pass that on to every process it starts: Python then raises no
+# KeyboardInterrupt, and each test that presses Ctrl-C (in-process or on a process it
+# started) would fail or time out. A handler, unlike "ignored", is not inherited across
+# exec: children get the default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _heavy_seconds(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("heavy")
+    if marker is None:
+        return 0.0
+    if len(marker.args) != 1 or marker.kwargs or not isinstance(marker.args[0], int | float):
+        raise pytest.UsageError(
+            f"{item.nodeid}: write the heavy mark as pytest.mark.heavy(SECONDS), "
+            "a number, in the file's pytestmark"
+        )
+    return float(marker.args[0])
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the heavy test files first, longest first, then the others with the most tests
-    first. Each worker takes a file at a time (``scripts/test.sh``), the next when it is
-    nearly done with its own: a heavy file taken last would run alone at the end while the
-    other worker idles. A file is marked heavy with ``pytestmark = pytest.mark.heavy(N)``,
-    N its seconds on one worker. The order within a file does not change."""
+    first. The workers take files in this order (``scripts/test.sh``), the next whenever
+    one has two tests or fewer left: a heavy file taken last would run alone at the end
+    while the other worker idles. A file is marked heavy with ``pytestmark =
+    pytest.mark.heavy(N)``, N its seconds on one worker (a mark on one test counts for its
+    whole file). A file's tests stay together and in their order."""
 
     def file_of(item: pytest.Item) -> str:
         return item.nodeid.split("::", 1)[0]
 
-    def seconds(item: pytest.Item) -> float:
-        marker = item.get_closest_marker("heavy")
-        return float(marker.args[0]) if marker is not None else 0.0
-
-    tests = Counter(file_of(item) for item in items)
-    items.sort(key=lambda item: (-seconds(item), -tests[file_of(item)], file_of(item)))
+    tests: Counter[str] = Counter()
+    seconds: dict[str, float] = {}
+    for item in items:
+        file = file_of(item)
+        tests[file] += 1
+        seconds[file] = max(seconds.get(file, 0.0), _heavy_seconds(item))
+    items.sort(key=lambda item: (-seconds[file_of(item)], -tests[file_of(item)], file_of(item)))
 
 
 _DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "testvectors"

@@ -32,16 +32,19 @@ Run = subprocess.CompletedProcess[str]
 
 def run_pytest(
     tmp_path: Path,
-    source: str,
+    source: str | dict[str, str],
     env: dict[str, str | None],
     *args: str,
     sigint_ignored: bool = False,
 ) -> Run:
-    """pytest on ``source`` (one test file) in a fresh process; ``env`` changes the
-    environment (``None`` removes a variable); ``sigint_ignored`` starts it as a
-    background job of a script would be (an ignored signal stays ignored across exec)."""
-    test_file = tmp_path / "test_tiny.py"
-    test_file.write_text(source)
+    """pytest on ``source`` (one test file, or test files by name) in a fresh process;
+    ``env`` changes the environment (``None`` removes a variable); ``sigint_ignored``
+    starts it as a background job of a script would be (an ignored signal stays ignored
+    across exec)."""
+    files = source if isinstance(source, dict) else {"test_tiny.py": source}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    target = tmp_path / "test_tiny.py" if isinstance(source, str) else tmp_path
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     for key, value in env.items():
         if value is None:
@@ -50,7 +53,7 @@ def run_pytest(
             environ[key] = value
     config = ["-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path)]
     command = [sys.executable, "-m", "pytest", *config, "-p", "no:cacheprovider", *args]
-    command.append(str(test_file))
+    command.append(str(target))
     if sigint_ignored:
         command = [sys.executable, "-c", _EXEC_IGNORING_SIGINT, *command]
     return subprocess.run(
@@ -221,14 +224,7 @@ def test_heavy_files_are_collected_first_longest_first_each_file_whole(tmp_path:
         "test_d.py": "import pytest\npytestmark = pytest.mark.heavy(50)\n"
         "def test_2(): pass\ndef test_1(): pass\n",
     }
-    for name, source in files.items():
-        (tmp_path / name).write_text(source)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir",
-         str(tmp_path), "-p", "no:cacheprovider", "-p", "tests.conftest", "--collect-only",
-         "-q", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    done = run_pytest(tmp_path, files, {}, "-p", "tests.conftest", "--collect-only", "-q")
     assert done.returncode == 0, done.stdout + done.stderr
     order = [line for line in done.stdout.splitlines() if "::" in line]
     assert order == [
@@ -237,3 +233,18 @@ def test_heavy_files_are_collected_first_longest_first_each_file_whole(tmp_path:
         "test_a.py::test_1", "test_a.py::test_2", "test_a.py::test_3",  # then most tests first
         "test_c.py::test_1", "test_c.py::test_2",
     ]  # fmt: skip
+
+
+def test_the_suite_runs_the_files_in_that_order() -> None:
+    # xdist's own order (--loadscope-reorder, its default) puts the files with the most
+    # tests first whatever the collection says, the heavy single-test files last
+    command = (REPO / "scripts" / "test.sh").read_text().split("exec ", 1)[1]
+    assert "--dist loadfile" in command and "--no-loadscope-reorder" in command
+
+
+def test_a_heavy_mark_without_its_seconds_is_one_usage_error(tmp_path: Path) -> None:
+    source = "import pytest\npytestmark = pytest.mark.heavy\ndef test_1(): pass\n"
+    done = run_pytest(tmp_path, source, {}, "-p", "tests.conftest", "--collect-only", "-q")
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "pytest.mark.heavy(SECONDS)" in out and "Traceback" not in out
