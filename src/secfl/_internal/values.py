@@ -5,7 +5,9 @@ A number a peer sent, or a task returned, may be an integer of a million digits
 digits makes ``10**400`` look like a finite number) or an object whose ``repr``
 runs arbitrary code. :func:`describe` shows small integers and floats as they are
 (``nan`` and ``inf`` included), a huge integer by its size, anything else (a bool
-too) by its type name only.
+too) by its type name only. A string a peer sent (a tensor's name, a round's label)
+may hold a newline and a forged log line after it, or a megabyte: :func:`quoted`
+shows it on one line, escaped, and cut short.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["describe"]
+__all__ = ["describe", "quoted"]
 
 #: Integers of more digits than this are shown by their size.
 MAX_DIGITS = 20
+#: A string is shown up to this many characters.
+MAX_CHARS = 60
 #: Past this many bits, even counting the digits (``str()``) is refused or slow.
 MAX_BITS = 14_000
 
@@ -42,3 +46,14 @@ def describe(value: Any) -> str:
         real = float(value)
         return repr(real) if math.isfinite(real) else str(real)
     return f"a {type(value).__name__}"
+
+
+def quoted(value: Any) -> str:
+    """A string in a refusal: quoted, every control or invisible character escaped (one
+    line whatever it holds: ``'x\\nCRITICAL ...'``), cut at :data:`MAX_CHARS`
+    characters (``'aaa...'...``); anything else as :func:`describe` shows it."""
+    if not isinstance(value, str):
+        return describe(value)
+    if len(value) <= MAX_CHARS:
+        return repr(value)
+    return f"{value[:MAX_CHARS]!r}... ({len(value)} characters)"

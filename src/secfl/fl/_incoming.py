@@ -45,6 +45,7 @@ no name (page cache, not the process's memory, until written back).
 
 from __future__ import annotations
 
+import collections
 import logging
 import mmap
 import os
@@ -59,10 +60,11 @@ from secfl.errors import FlError, TransportError
 from secfl.fl import _messages as msg
 from secfl.fl._spill import SpillFile
 from secfl.fl._stream import FOLD_BYTES, SLOTS, Check, Stream
+from secfl.fl._turn import overstayed
 from secfl.fl.strategies._base import Params
 from secfl.fl.strategies._fedavg import FedAvgAccumulator
 
-__all__ = ["FOLD_BYTES", "SLOTS", "Receiver"]
+__all__ = ["FOLD_BYTES", "SLOTS", "Receiver", "message_header"]
 
 log = logging.getLogger("secfl.fl._aggregator")
 
@@ -100,6 +102,9 @@ class Receiver:
         self._window: mmap.mmap | None = None
         self._lock = threading.Condition()
         self._owner: Stream | None = None
+        self._since = 0.0  # when the owner took the window
+        self._left = 0.0  # the seconds to its deadline then
+        self._waiting: collections.Counter[str] = collections.Counter()  # senders waiting
         #: Spills and folds one stream's stretches in order while the next ones arrive.
         self._worker = futures.ThreadPoolExecutor(1, thread_name_prefix="secfl-fold")
 
@@ -122,6 +127,7 @@ class Receiver:
         *,
         alive: Callable[[], None] = lambda: None,
         stall: float = 10.0,
+        lost: Callable[[str, str], None] = lambda sender, why: None,
     ) -> dict[str, Any]:
         """Stream ``sender``'s update message through the window into ``acc``; returns
         its header.
@@ -132,33 +138,48 @@ class Receiver:
         window. ``done(header)`` records the update once it is wholly folded, before a
         :meth:`cancel` can run. Waiting for the window lasts at most ``wait`` seconds;
         a stream holding it that has sent nothing for ``stall`` seconds loses it (and
-        its folded part). ``alive()`` is called while this stream waits and as it
-        comes in (the sender is busy, not silent). On any failure the folded part is
+        its folded part), and so does one that has held it past its share of the time
+        while another waits (:func:`secfl.fl._turn.overstayed`: a sender that trickles
+        its update in keeps no one from sending theirs); ``lost(sender, why)`` is told.
+        ``alive()`` is called while this stream waits and as it comes in (the sender is
+        busy, not silent). On any failure the folded part is
         taken out again and the error raised (:class:`FlError`, or
         :class:`TransportError` for the stream itself)."""
         pieces = iter(pieces)
-        head = _message_header(pieces)
+        head = message_header(pieces)
         check(msg.decode(head, "update")[0])
         give_up = time.monotonic() + max(0.0, wait)
         with self._lock:
-            while self._owner is not None:
-                owner = self._owner
-                if time.monotonic() - owner.last_piece > stall:
-                    log.warning("the update of '%s' stalled: taken out", owner.sender)
-                    self._owner = None
-                    owner.abort()
-                    break
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    raise FlError(
-                        f"protocol: no room for the update of '{sender}' before the deadline"
-                    )
-                self._lock.wait(min(left, 0.5))
-                alive()
+            self._waiting[sender] += 1
+            try:
+                while self._owner is not None:
+                    owner, now = self._owner, time.monotonic()
+                    over = overstayed(now, owner.last_piece, stall, self._since, self._left,
+                                      len(self._waiting))  # fmt: skip
+                    if over:
+                        log.warning("the update of '%s' %s: taken out", owner.sender, over)
+                        owner.lost = over
+                        self._owner = None
+                        owner.abort()
+                        lost(owner.sender, f"the update {over} and lost its turn")
+                        break
+                    left = give_up - time.monotonic()
+                    if left <= 0:
+                        raise FlError(
+                            f"protocol: no room for the update of '{sender}' before the deadline"
+                        )
+                    self._lock.wait(min(left, 0.5))
+                    alive()
+            finally:
+                self._waiting[sender] -= 1
+                if self._waiting[sender] <= 0:
+                    del self._waiting[sender]
             stream = self._owner = Stream(
                 self._take(), self.stretch, self.capacity, self._spill_file, self._worker,
                 acc, global_params, sender, check,
             )  # fmt: skip
+            self._since = time.monotonic()
+            self._left = give_up - self._since
         beat = time.monotonic()
         try:
             with self._lock:
@@ -187,6 +208,10 @@ class Receiver:
         return stream.header
 
     def _mine(self, stream: Stream) -> None:
+        if self._owner is not stream and stream.lost:
+            raise FlError(
+                f"protocol: the update of '{stream.sender}' {stream.lost} and lost its turn"
+            )
         if self._owner is not stream:
             raise FlError(
                 f"protocol: the round closed while the update of '{stream.sender}' came in"
@@ -219,7 +244,7 @@ class Receiver:
             stream.abort()
 
 
-def _message_header(pieces: Iterator[bytes]) -> bytes:
+def message_header(pieces: Iterator[bytes]) -> bytes:
     """The framed message header (its length prefix included) from the stream's first
     pieces, read before the window is taken: at most ``4 + MAX_HEADER`` bytes are
     kept (plus the rest of the piece that completes it, one chunk at most)."""

@@ -22,7 +22,7 @@ counts as done without an update.
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -33,14 +33,16 @@ from typing import Any
 
 import numpy as np
 
+from secfl._internal.values import quoted
 from secfl.errors import FlError, TransportError
 from secfl.fl import _messages as msg
 from secfl.fl._chunks import DEFAULT_CHUNK_SIZE, chunks
 from secfl.fl._config import FederationConfig
 from secfl.fl._envelope import SignedModel
-from secfl.fl._incoming import Receiver
+from secfl.fl._incoming import Receiver, message_header
 from secfl.fl._tensors import from_bytes
 from secfl.fl._transport import Peer, Server, join
+from secfl.fl._turn import Turn
 from secfl.fl.strategies._base import Accumulator, Params, Update, check_update
 from secfl.fl.strategies._fedavg import FedAvgAccumulator
 
@@ -124,11 +126,8 @@ class Rounds:
         #: Names this aggregator process: an attempt is (epoch, round, number), so a
         #: restarted aggregator's round 5 attempt 1 is not mistaken for the last one's.
         self.epoch = os.urandom(8).hex()
-        self._slots: Any = (
-            threading.BoundedSemaphore(1)
-            if config.aggregation_order == "arrival"
-            else contextlib.nullcontext()
-        )
+        #: Arrival order, whole updates: one received and folded at a time.
+        self._turn = Turn() if config.aggregation_order == "arrival" else None
         self.told_done: set[str] = set()
         #: Where streamed updates come in (one stream at a time; each one's take-back
         #: copy is spilled, sealed, to an unlinked file in ``spill_dir``).
@@ -236,9 +235,10 @@ class Rounds:
         if isinstance(a.accumulator, FedAvgAccumulator):
             # folded while it streams in; the receiver takes one update at a time
             reply = self._submit_streamed(_marked(pieces, marks), peer, a, a.accumulator)
+        elif self._turn is not None:
+            reply = self._submit_in_turn(_marked(pieces, marks), peer, a, self._turn)
         else:
-            with self._slots:
-                reply = self._submit(_marked(pieces, marks), peer, a)
+            reply = self._submit(_marked(pieces, marks), peer, a)
         with self.cond:
             a = self.attempt
             if a is not None and len(marks) == 2:
@@ -255,7 +255,7 @@ class Rounds:
             or not a.open
             or [header.get("epoch"), *key] != [self.epoch, a.round, a.number]
         ):
-            raise FlError(f"protocol: no open round {key[0]} attempt {key[1]}")
+            raise FlError(f"protocol: no open round {quoted(key[0])} attempt {quoted(key[1])}")
         if peer.service not in a.sampled:
             raise FlError(f"protocol: '{peer.service}' was not sampled for round {a.round}")
         if a.settled(peer.service):
@@ -300,6 +300,7 @@ class Rounds:
             self.receiver.receive(
                 pieces, acc, a.global_params, peer.service, check, wait, done,
                 alive=alive, stall=self.config.dead_after,
+                lost=lambda name, why: self._lose(a, name, why),
             )  # fmt: skip
         except (FlError, TransportError) as exc:
             if not got.get("misdirected"):
@@ -307,6 +308,40 @@ class Rounds:
             log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
             raise
         return msg.encode({"kind": "accepted", "round": a.round, "attempt": a.number})
+
+    def _submit_in_turn(self, pieces: Iterator[bytes], peer: Peer, a: Attempt, turn: Turn) -> bytes:
+        """A whole update received in its turn (:mod:`secfl.fl._turn`): its header read
+        and vetted first, so that a caller that owes none never holds the turn."""
+        pieces = iter(pieces)
+        try:
+            head = message_header(pieces)
+            header = msg.decode(head, "update")[0]
+        except (FlError, TransportError) as exc:
+            self._refused(a, peer, str(exc))
+            raise
+        with self.cond:
+            self._seen(peer)
+            self._vet(header, peer, a)
+
+        def alive() -> None:  # waiting for its turn: busy, not silent
+            with self.cond:
+                self._seen(peer)
+
+        try:
+
+            def vet() -> None:  # the attempt may have moved on while it waited
+                with self.cond:
+                    self._vet(header, peer, a)
+
+            taking = turn.take(
+                peer.service, a.deadline, self.config.dead_after, alive=alive, vet=vet,
+                lost=lambda name, why: self._lose(a, name, why),
+            )  # fmt: skip
+            with taking as mine:
+                return self._submit(itertools.chain((head,), mine.pieces(pieces)), peer, a)
+        except FlError as exc:
+            self._refused(a, peer, str(exc))
+            raise
 
     def _submit(self, pieces: Iterator[bytes], peer: Peer, a: Attempt) -> bytes:
         """A whole update, for ``a`` (the attempt open when it began: an update that
@@ -336,6 +371,14 @@ class Rounds:
             a.updates[peer.service] = update if a.accumulator is None else without_tensors(update)
             self._settled(a)
         return msg.encode({"kind": "accepted", "round": a.round, "attempt": a.number})
+
+    def _lose(self, a: Attempt, name: str, why: str) -> None:
+        """``name``'s update lost its turn (:mod:`secfl.fl._turn`): refused for ``a``, so
+        that another call of the same sender does not get the turn again."""
+        with self.cond:
+            if a.open and name in a.sampled and not a.settled(name):
+                a.refused[name] = f"protocol: {why}"
+                self._settled(a)
 
     def _settled(self, a: Attempt) -> None:
         """One more of ``a``'s participants settled (caller holds ``cond``): the round

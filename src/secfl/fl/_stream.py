@@ -69,6 +69,7 @@ class Stream:
         self.global_params = global_params
         self.sender = sender
         self.check = check
+        self.lost = ""  # why it lost the receive window to another sender, if it did
         self.size = 0  # bytes of the message received
         self.prefix = bytearray()  # the message until both headers are in
         self.header: dict[str, Any] = {}

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from secfl._internal.canonical import unique_keys
+from secfl._internal.values import quoted
 from secfl.errors import FlError
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ def to_bytes(
 
 
 _no_duplicates = unique_keys(
-    lambda key: FlError(f"tensors: malformed header: key {key!r} appears twice")
+    lambda key: FlError(f"tensors: malformed header: key {quoted(key)} appears twice")
 )
 
 
@@ -244,10 +245,10 @@ def parse_header_json(
     entries: dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]] = {}
     for name, info in header.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise FlError(f"tensors: malformed: entry of tensor '{name}'")
+            raise FlError(f"tensors: malformed: entry of tensor {quoted(name)}")
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(code, str) or code not in _DTYPES:
-            raise FlError(f"tensors: tensor '{name}' has unsupported dtype {code!r}")
+            raise FlError(f"tensors: tensor {quoted(name)} has unsupported dtype {quoted(code)}")
         dtype = _DTYPES[code]
         if (
             not isinstance(shape, list)
@@ -256,24 +257,26 @@ def parse_header_json(
             # numpy refuses shapes whose non-zero extents overflow, even with a zero extent
             or math.prod(d for d in shape if d) * dtype.itemsize > _MAX_EXTENT
         ):
-            raise FlError(f"tensors: malformed: shape of tensor '{name}'")
+            raise FlError(f"tensors: malformed: shape of tensor {quoted(name)}")
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
             or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= (_MAX_EXTENT if data_len is None else data_len)
         ):
-            raise FlError(f"tensors: malformed: data offsets of tensor '{name}'")
+            raise FlError(f"tensors: malformed: data offsets of tensor {quoted(name)}")
         if math.prod(shape) * dtype.itemsize != offsets[1] - offsets[0]:
             raise FlError(
-                f"tensors: malformed: tensor '{name}' of shape {tuple(shape)} and dtype {code} "
-                f"does not fill its {offsets[1] - offsets[0]} bytes"
+                f"tensors: malformed: tensor {quoted(name)} of shape {tuple(shape)} and dtype "
+                f"{code} does not fill its {offsets[1] - offsets[0]} bytes"
             )
         entries[name] = (dtype, tuple(shape), offsets[0], offsets[1])
     position = 0
     for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
         if begin != position:
-            raise FlError(f"tensors: malformed: tensor '{name}' does not start at byte {position}")
+            raise FlError(
+                f"tensors: malformed: tensor {quoted(name)} does not start at byte {position}"
+            )
         position = end
     if data_len is not None and position != data_len:
         raise FlError(f"tensors: malformed: {data_len - position} bytes after the last tensor")
@@ -355,7 +358,7 @@ def check_like(
     extra = [name for name in update if name not in reference]
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise FlError(f"{what}: unexpected tensor '{extra[0]}'{more}")
+        raise FlError(f"{what}: unexpected tensor {quoted(extra[0])}{more}")
     for name, ref in reference.items():
         value = update[name]
         if not isinstance(value, np.ndarray):

@@ -1,0 +1,220 @@
+"""Attacks on receiving whole updates one at a time (``arrival`` order with a rule that
+needs whole updates, here the median), and on the refusals' log lines, against the real
+aggregator over mutual TLS. Each failed on the code before its fix (a hostile review):
+
+- a Submit that sends two bytes and goes quiet took the only turn before its header
+  was read, so every honest update waited until the deadline and the round failed;
+- a sampled sender that went quiet half-way kept the turn until the deadline;
+- a header's round, or a tensor's name, holding a newline wrote a forged line into
+  the aggregator's log (and into the refusal sent back).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from secfl.errors import FlError, TransportError
+from secfl.fl import _messages as msg
+from secfl.fl._tensors import to_bytes
+from secfl.tasks import get_task
+from secfl.tasks._split import split
+
+from .fedkit import Background, Federation, RawClient, site
+
+SETTINGS = {"rounds": 1, "max_attempts": 1, "round_timeout": 20, "heartbeat": 0.5,
+            "dead_after": 2.0, "join_timeout": 30, "seed": 3, "strategy": "median",
+            "aggregation_order": "arrival"}  # fmt: skip
+FORGED = "\nCRITICAL secfl.fl._aggregator: FORGED"
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    report = split("digits", 2, seed=1, out=tmp_path_factory.mktemp("shards"))
+    return Federation(get_task("digits"), report)
+
+
+def test_a_submit_silent_before_its_header_keeps_no_one_waiting(fed: Federation) -> None:
+    agg = fed.aggregator({**SETTINGS, "min_clients": 2, "quorum": 2},
+                         services=[site(0), site(1), "outsider"])  # fmt: skip
+    honest = [RawClient(fed, agg.port, site(i)) for i in range(2)]
+    outsider = RawClient(fed, agg.port, "outsider")
+    release = threading.Event()
+
+    def silent() -> Iterator[bytes]:
+        yield b"\x00\x00"  # two bytes of a length prefix, then nothing
+        release.wait(60)
+
+    try:
+        for raw in honest:
+            raw.join()
+        run = Background(agg.run, "aggregator")
+        run.start()
+        trained = [raw.train() for raw in honest]
+        hog = Background(lambda: outsider.client.upload(msg.SUBMIT, silent()), "outsider")
+        hog.start()
+        time.sleep(0.5)  # its call is in
+        started = time.monotonic()
+        for raw, (header, params, _) in zip(honest, trained, strict=True):
+            reply = raw.submit(header["round"], header["attempt"], to_bytes(params))
+            assert reply["kind"] == "accepted"
+        assert time.monotonic() - started < SETTINGS["dead_after"]  # nobody waited for it
+        run.outcome()
+        assert agg.history[0]["participants"] == [site(0), site(1)]
+    finally:
+        release.set()
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        for raw in [*honest, outsider]:
+            raw.close()
+
+
+def test_a_sender_quiet_in_its_turn_loses_it(fed: Federation) -> None:
+    agg = fed.aggregator({**SETTINGS, "min_clients": 3, "quorum": 2},
+                         services=[site(0), site(1), "quiet"])  # fmt: skip
+    honest = [RawClient(fed, agg.port, site(i)) for i in range(2)]
+    quiet = RawClient(fed, agg.port, "quiet")
+    release, holding = threading.Event(), threading.Event()
+    try:
+        for raw in [*honest, quiet]:
+            raw.join()
+        run = Background(agg.run, "aggregator")
+        run.start()
+        trained = [raw.train() for raw in honest]
+        header, params, _ = quiet.train()
+        head = {"kind": "update", "round": header["round"], "attempt": header["attempt"],
+                "epoch": header["epoch"], "samples": 10, "metrics": {}}  # fmt: skip
+        body = to_bytes(params)
+
+        def stalls() -> Iterator[bytes]:
+            yield msg.header_bytes(head)
+            yield body[:100]
+            holding.set()
+            release.wait(60)  # the turn is taken meanwhile
+            yield body[100:]
+
+        def upload() -> bytes:
+            return quiet.client.upload(msg.SUBMIT, stalls())
+
+        hog = Background(upload, "quiet")
+        hog.start()
+        assert holding.wait(10)
+        started = time.monotonic()  # its last piece went out just before
+        time.sleep(0.3)  # its first pieces are in: it holds the turn
+        uploads = [
+            Background(lambda r=raw, h=h, p=p: r.submit(h["round"], h["attempt"], to_bytes(p)),
+                       raw.name)
+            for raw, (h, p, _) in zip(honest, trained, strict=True)
+        ]  # fmt: skip
+        for upload in uploads:  # both at once, as collaborators done training would
+            upload.start()
+        assert [u.outcome()["kind"] for u in uploads] == ["accepted", "accepted"]
+        waited = time.monotonic() - started
+        assert SETTINGS["dead_after"] - 0.1 <= waited < SETTINGS["round_timeout"] / 2
+        release.set()
+        with pytest.raises(TransportError, match="'quiet' stalled and lost its turn"):
+            hog.outcome()
+        run.outcome()
+        assert agg.history[0]["participants"] == [site(0), site(1)]
+    finally:
+        release.set()
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        for raw in [*honest, quiet]:
+            raw.close()
+
+
+def test_a_newline_from_a_peer_forges_no_log_line(
+    fed: Federation, caplog: pytest.LogCaptureFixture
+) -> None:
+    agg = fed.aggregator({**SETTINGS, "min_clients": 1, "quorum": 1},
+                         services=[site(0)])  # fmt: skip
+    raw = RawClient(fed, agg.port, site(0))
+    try:
+        raw.join()
+        run = Background(agg.run, "aggregator")
+        run.start()
+        header, params, _ = raw.train()
+        caplog.set_level(logging.WARNING)
+        with pytest.raises(TransportError) as refused:  # the round: a string with a newline
+            raw.submit("1" + FORGED, header["attempt"], to_bytes(params))  # type: ignore[arg-type]
+        assert "\n" not in str(refused.value) and "no open round '1\\n" in str(refused.value)
+        extra = {**params, "x" + FORGED: next(iter(params.values()))}
+        with pytest.raises(TransportError) as refused:  # a tensor's name
+            raw.submit(header["round"], header["attempt"], to_bytes(extra))
+        assert "\n" not in str(refused.value) and "tensor 'x\\nCRITICAL" in str(refused.value)
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) >= 2 and not [line for line in lines if "\n" in line]
+        with pytest.raises(FlError, match="quorum of 1 updates not reached"):
+            run.outcome()  # its one site refused
+    finally:
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        raw.close()
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [{"strategy": "median"}, {"strategy": "fedavg"}],  # a turn; the streamed receive window
+    ids=["whole-updates", "streamed"],
+)
+def test_a_sender_that_trickles_its_update_in_holds_no_one_up_past_its_share(
+    fed: Federation, rule: dict[str, str]
+) -> None:
+    """A byte every half second never stalls (``dead_after`` 2 s), and used to keep the
+    one receive window until the deadline: both honest updates were refused ("no room
+    ... before the deadline") and the round failed. Now it may hold the window for its
+    share of the time left (12 s over the 3 updates owed), then loses it."""
+    agg = fed.aggregator({**SETTINGS, **rule, "round_timeout": 12, "min_clients": 3,
+                          "quorum": 2}, services=[site(0), site(1), "slow"])  # fmt: skip
+    honest = [RawClient(fed, agg.port, site(i)) for i in range(2)]
+    slow = RawClient(fed, agg.port, "slow")
+    stop, holding = threading.Event(), threading.Event()
+    try:
+        for raw in [*honest, slow]:
+            raw.join()
+        run = Background(agg.run, "aggregator")
+        run.start()
+        trained = [raw.train() for raw in honest]
+        header, params, _ = slow.train()
+        head = {"kind": "update", "round": header["round"], "attempt": header["attempt"],
+                "epoch": header["epoch"], "samples": 10, "metrics": {}}  # fmt: skip
+        body = to_bytes(params)
+
+        def trickles() -> Iterator[bytes]:
+            yield msg.header_bytes(head)
+            yield body[:200]
+            holding.set()
+            for at in range(200, len(body)):
+                if stop.wait(0.5):
+                    break
+                yield body[at : at + 1]
+
+        hog = Background(lambda: slow.client.upload(msg.SUBMIT, trickles()), "slow")
+        hog.start()
+        assert holding.wait(10)
+        time.sleep(0.3)  # it holds the window
+        uploads = [
+            Background(lambda r=raw, h=h, p=p: r.submit(h["round"], h["attempt"], to_bytes(p)),
+                       raw.name)
+            for raw, (h, p, _) in zip(honest, trained, strict=True)
+        ]  # fmt: skip
+        for upload in uploads:  # both at once, as collaborators done training would
+            upload.start()
+        assert [u.outcome()["kind"] for u in uploads] == ["accepted", "accepted"]
+        run.outcome()
+        assert agg.history[0]["participants"] == [site(0), site(1)]
+        with pytest.raises(TransportError, match="'slow' held the window past its share"):
+            hog.outcome()
+    finally:
+        stop.set()
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        for raw in [*honest, slow]:
+            raw.close()

@@ -1,0 +1,33 @@
+"""Untrusted values shown in refusals (secfl._internal.values): short and on one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from secfl._internal.values import MAX_CHARS, describe, quoted
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("site-1", "'site-1'"),
+        ("x\nCRITICAL forged", "'x\\nCRITICAL forged'"),
+        ("a\rb\x1b[2Jc\u2028d", "'a\\rb\\x1b[2Jc\\u2028d'"),
+        (7, "7"),
+        (10**400, "an integer of 401 digits"),
+        (None, "None"),
+        (["a\nb"], "a list"),
+    ],
+)
+def test_a_value_is_shown_on_one_line(value: object, shown: str) -> None:
+    assert quoted(value) == shown
+
+
+def test_a_long_string_is_cut_and_its_length_said() -> None:
+    shown = quoted("\n" * 10**6)
+    assert shown.startswith("'" + "\\n" * MAX_CHARS + "'...") and "(1000000 characters)" in shown
+    assert len(shown) < 4 * MAX_CHARS and "\n" not in shown
+
+
+def test_describe_shows_no_string() -> None:
+    assert describe("x\ny") == "a str"
