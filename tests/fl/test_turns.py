@@ -20,6 +20,9 @@ import pytest
 
 from secfl.errors import FlError, TransportError
 from secfl.fl import _messages as msg
+from secfl.fl._config import FederationConfig
+from secfl.fl._peers import Peer
+from secfl.fl._rounds import Attempt, Participant, Rounds
 from secfl.fl._tensors import to_bytes
 from secfl.tasks import get_task
 from secfl.tasks._split import split
@@ -92,8 +95,11 @@ def test_a_sender_quiet_in_its_turn_loses_it(fed: Federation) -> None:
                 "epoch": header["epoch"], "samples": 10, "metrics": {}}  # fmt: skip
         body = to_bytes(params)
 
+        sent: list[float] = []
+
         def stalls() -> Iterator[bytes]:
             yield msg.header_bytes(head)
+            sent.append(time.monotonic())  # before its last piece: the server's is later
             yield body[:100]
             holding.set()
             release.wait(60)  # the turn is taken meanwhile
@@ -105,7 +111,6 @@ def test_a_sender_quiet_in_its_turn_loses_it(fed: Federation) -> None:
         hog = Background(upload, "quiet")
         hog.start()
         assert holding.wait(10)
-        started = time.monotonic()  # its last piece went out just before
         time.sleep(0.3)  # its first pieces are in: it holds the turn
         uploads = [
             Background(lambda r=raw, h=h, p=p: r.submit(h["round"], h["attempt"], to_bytes(p)),
@@ -115,8 +120,8 @@ def test_a_sender_quiet_in_its_turn_loses_it(fed: Federation) -> None:
         for upload in uploads:  # both at once, as collaborators done training would
             upload.start()
         assert [u.outcome()["kind"] for u in uploads] == ["accepted", "accepted"]
-        waited = time.monotonic() - started
-        assert SETTINGS["dead_after"] - 0.1 <= waited < SETTINGS["round_timeout"] / 2
+        waited = time.monotonic() - sent[0]
+        assert SETTINGS["dead_after"] <= waited < SETTINGS["round_timeout"] / 2
         release.set()
         with pytest.raises(TransportError, match="'quiet' stalled and lost its turn"):
             hog.outcome()
@@ -218,3 +223,56 @@ def test_a_sender_that_trickles_its_update_in_holds_no_one_up_past_its_share(
         agg.server.stop(None)
         for raw in [*honest, slow]:
             raw.close()
+
+
+def test_a_waiter_refused_meanwhile_does_not_cut_the_holders_share() -> None:
+    """Found by review of the first version of the share rule: a sender whose call
+    waited for the turn, then was refused by another of its calls, still counted as
+    waiting, and cut an honest (slow, not stalling) holder off at half the time left."""
+    config = FederationConfig(strategy="median", aggregation_order="arrival", dead_after=30.0,
+                              round_timeout=20, min_clients=1, quorum=1)  # fmt: skip
+    rounds = Rounds(config, max_update_bytes=10_000)
+    now = time.monotonic()
+    for name in ("honest", "other"):
+        rounds.participants[name] = Participant(name, "", None, now)
+    attempt = Attempt(round=1, number=1, sampled=["honest", "other"], model=None,  # type: ignore[arg-type]
+                      configs={}, deadline=now + 4, accumulator=None, global_params={})  # fmt: skip
+    rounds.open(attempt)
+    head = msg.header_bytes({"kind": "update", "round": 1, "attempt": 1, "epoch": rounds.epoch,
+                             "samples": 1, "metrics": {}})  # fmt: skip
+    stop = threading.Event()
+    outcome: dict[str, str] = {}
+
+    def slow() -> Iterator[bytes]:
+        yield head
+        while not stop.wait(0.2):
+            yield b"x"  # never stalls: it would take about 3 of the 4 s left
+
+    def waits() -> Iterator[bytes]:
+        yield head
+        stop.wait(10)
+
+    def submit(name: str, service: str, pieces: Iterator[bytes]) -> None:
+        try:
+            rounds.submit(pieces, Peer("p", service, ""))
+        except FlError as exc:
+            outcome[name] = str(exc)
+
+    threads = [
+        threading.Thread(target=submit, args=("honest", "honest", slow())),
+        threading.Thread(target=submit, args=("waits", "other", waits())),
+    ]
+    try:
+        threads[0].start()
+        time.sleep(0.2)  # honest holds the turn
+        threads[1].start()
+        time.sleep(0.2)  # other waits for it
+        submit("refused", "other", iter([b"\x00\x00\x00\x02{x"]))  # other's second call
+        assert attempt.settled("other")
+        time.sleep(2.3)  # past half the time left
+        assert "honest" not in attempt.refused
+        assert "has no pending update" in outcome["waits"]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)

@@ -104,6 +104,7 @@ class Receiver:
         self._owner: Stream | None = None
         self._since = 0.0  # when the owner took the window
         self._left = 0.0  # the seconds to its deadline then
+        self._owner_lost: Callable[[str], None] = lambda why: None  # refuses its update
         self._waiting: collections.Counter[str] = collections.Counter()  # senders waiting
         #: Spills and folds one stream's stretches in order while the next ones arrive.
         self._worker = futures.ThreadPoolExecutor(1, thread_name_prefix="secfl-fold")
@@ -127,7 +128,7 @@ class Receiver:
         *,
         alive: Callable[[], None] = lambda: None,
         stall: float = 10.0,
-        lost: Callable[[str, str], None] = lambda sender, why: None,
+        lost: Callable[[str], None] = lambda why: None,
     ) -> dict[str, Any]:
         """Stream ``sender``'s update message through the window into ``acc``; returns
         its header.
@@ -140,19 +141,23 @@ class Receiver:
         a stream holding it that has sent nothing for ``stall`` seconds loses it (and
         its folded part), and so does one that has held it past its share of the time
         while another waits (:func:`secfl.fl._turn.overstayed`: a sender that trickles
-        its update in keeps no one from sending theirs); ``lost(sender, why)`` is told.
+        its update in keeps no one from sending theirs), and its ``lost(why)`` is called. A
+        waiter's ``check`` runs again while it waits: one that owes no update any more
+        neither waits on nor counts against the owner's share.
         ``alive()`` is called while this stream waits and as it comes in (the sender is
         busy, not silent). On any failure the folded part is
         taken out again and the error raised (:class:`FlError`, or
         :class:`TransportError` for the stream itself)."""
         pieces = iter(pieces)
         head = message_header(pieces)
-        check(msg.decode(head, "update")[0])
+        header = msg.decode(head, "update")[0]
+        check(header)
         give_up = time.monotonic() + max(0.0, wait)
         with self._lock:
             self._waiting[sender] += 1
             try:
                 while self._owner is not None:
+                    check(header)
                     owner, now = self._owner, time.monotonic()
                     over = overstayed(now, owner.last_piece, stall, self._since, self._left,
                                       len(self._waiting))  # fmt: skip
@@ -161,7 +166,7 @@ class Receiver:
                         owner.lost = over
                         self._owner = None
                         owner.abort()
-                        lost(owner.sender, f"the update {over} and lost its turn")
+                        self._owner_lost(f"the update {over} and lost its turn")
                         break
                     left = give_up - time.monotonic()
                     if left <= 0:
@@ -180,6 +185,7 @@ class Receiver:
             )  # fmt: skip
             self._since = time.monotonic()
             self._left = give_up - self._since
+            self._owner_lost = lost
         beat = time.monotonic()
         try:
             with self._lock:

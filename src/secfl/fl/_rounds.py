@@ -300,7 +300,7 @@ class Rounds:
             self.receiver.receive(
                 pieces, acc, a.global_params, peer.service, check, wait, done,
                 alive=alive, stall=self.config.dead_after,
-                lost=lambda name, why: self._lose(a, name, why),
+                lost=lambda why: self._lose(a, peer.service, why),
             )  # fmt: skip
         except (FlError, TransportError) as exc:
             if not got.get("misdirected"):
@@ -335,7 +335,7 @@ class Rounds:
 
             taking = turn.take(
                 peer.service, a.deadline, self.config.dead_after, alive=alive, vet=vet,
-                lost=lambda name, why: self._lose(a, name, why),
+                lost=lambda why: self._lose(a, peer.service, why),
             )  # fmt: skip
             with taking as mine:
                 return self._submit(itertools.chain((head,), mine.pieces(pieces)), peer, a)
@@ -443,6 +443,8 @@ class Rounds:
             a.open = False
             self.cond.notify_all()
         self.receiver.cancel()  # a streamed update still coming in is taken out again
+        if self._turn is not None:  # a whole one still coming in is refused at its next piece
+            self._turn.close("came in after its round closed")
         self.receiver.idle()  # until the next round, its spill file holds no pages
         with self._fold:  # an update being folded right now finishes first
             return a

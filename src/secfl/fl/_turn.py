@@ -55,12 +55,20 @@ def overstayed(
 class TurnHolder:
     """The sender whose update is being received."""
 
-    def __init__(self, turn: Turn, sender: str, left: float, alive: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        turn: Turn,
+        sender: str,
+        left: float,
+        alive: Callable[[], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
         self.sender = sender
         self.since = self.last_piece = time.monotonic()
         self.left = left  # seconds to the deadline when it took the turn
         self.receiving = True
         self.lost = ""  # why it lost the turn
+        self.on_lost = on_lost  # refuses its update, in its own attempt
         self._turn = turn
         self._alive = alive
         self._beat = self.since
@@ -104,17 +112,19 @@ class Turn:
         *,
         alive: Callable[[], None],
         vet: Callable[[], None],
-        lost: Callable[[str, str], None],
+        lost: Callable[[str], None],
     ) -> Iterator[TurnHolder]:
         """Wait for the turn (until ``deadline``, a ``time.monotonic()`` value, calling
-        ``alive()`` about twice a second) and hold it for the ``with`` block; ``vet()``
-        runs once it is taken (it raises if the sender owes no update any more). A
-        holder still receiving loses it to a waiting sender by :func:`overstayed`;
-        ``lost(sender, why)`` is told."""
+        ``alive()`` about twice a second) and hold it for the ``with`` block. ``vet()``
+        raises if the sender owes no update any more: it runs while it waits (a sender
+        refused meanwhile neither waits on nor counts against the holder's share) and
+        once it has the turn. A holder still receiving loses it to a waiting sender by
+        :func:`overstayed`, and its ``lost(why)`` is called."""
         with self.cond:
             self._waiting[sender] += 1
             try:
                 while self._holder is not None:
+                    vet()
                     holder, now = self._holder, time.monotonic()
                     over = holder.receiving and overstayed(
                         now, holder.last_piece, stall, holder.since, holder.left,
@@ -123,9 +133,7 @@ class Turn:
                     if over:
                         log.warning("the update of '%s' %s: its turn goes to '%s'",
                                     holder.sender, over, sender)  # fmt: skip
-                        holder.lost = over
-                        self._holder = None
-                        lost(holder.sender, f"the update {over} and lost its turn")
+                        self._lose(holder, over)
                         break
                     if now >= deadline:
                         raise FlError(
@@ -137,7 +145,8 @@ class Turn:
                 self._waiting[sender] -= 1
                 if self._waiting[sender] <= 0:
                     del self._waiting[sender]
-            mine = self._holder = TurnHolder(self, sender, deadline - time.monotonic(), alive)
+            left = deadline - time.monotonic()
+            mine = self._holder = TurnHolder(self, sender, left, alive, lost)
         try:
             vet()
             yield mine
@@ -146,3 +155,16 @@ class Turn:
                 if self._holder is mine:
                     self._holder = None
                     self.cond.notify_all()
+
+    def close(self, why: str) -> None:
+        """The round closed: its holder, if any, loses the turn (its next piece is
+        refused) and it goes to the next round's senders."""
+        with self.cond:
+            if self._holder is not None and self._holder.receiving:
+                self._lose(self._holder, why)
+
+    def _lose(self, holder: TurnHolder, why: str) -> None:
+        holder.lost = why
+        self._holder = None
+        self.cond.notify_all()
+        holder.on_lost(f"the update {why} and lost its turn")
