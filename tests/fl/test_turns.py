@@ -276,3 +276,58 @@ def test_a_waiter_refused_meanwhile_does_not_cut_the_holders_share() -> None:
         stop.set()
         for thread in threads:
             thread.join(10)
+
+
+def test_a_holder_whose_round_closed_is_not_refused_in_the_next() -> None:
+    """Found by review of the first version: the turn outlived its round, and the first
+    sender to wait in the next round cut its holder off and refused it there (in the
+    waiter's attempt): an honest slow site lost a round it had not even been sent."""
+    config = FederationConfig(strategy="median", aggregation_order="arrival", dead_after=30.0,
+                              round_timeout=20, min_clients=1, quorum=1)  # fmt: skip
+    rounds = Rounds(config, max_update_bytes=10_000)
+    now = time.monotonic()
+    for name in ("slow", "next"):
+        rounds.participants[name] = Participant(name, "", None, now)
+
+    def attempt(number: int, sampled: list[str], seconds: float) -> Attempt:
+        return Attempt(round=1, number=number, sampled=sampled, model=None,  # type: ignore[arg-type]
+                       configs={}, deadline=time.monotonic() + seconds, accumulator=None,
+                       global_params={})  # fmt: skip
+
+    def head(number: int) -> bytes:
+        return msg.header_bytes({"kind": "update", "round": 1, "attempt": number,
+                                 "epoch": rounds.epoch, "samples": 1, "metrics": {}})  # fmt: skip
+
+    stop = threading.Event()
+    outcome: dict[str, str] = {}
+
+    def slow() -> Iterator[bytes]:
+        yield head(1)
+        while not stop.wait(0.2):
+            yield b"x"
+
+    def submit(name: str, pieces: Iterator[bytes]) -> None:
+        try:
+            rounds.submit(pieces, Peer("p", name, ""))
+        except (FlError, TransportError) as exc:
+            outcome[name] = str(exc)
+
+    first = attempt(1, ["slow"], 1.0)
+    rounds.open(first)
+    holder = threading.Thread(target=submit, args=("slow", slow()))
+    try:
+        holder.start()
+        time.sleep(0.2)  # it holds the turn, and its round's deadline passes
+        rounds.wait_closed()
+        second = attempt(2, ["slow", "next"], 4.0)
+        rounds.open(second)
+        sender = threading.Thread(target=submit, args=("next", iter([head(2), b"\x00" * 8])))
+        sender.start()
+        sender.join(10)
+        assert "slow" not in second.refused
+        assert "next" in second.refused  # its (malformed) update had the turn at once
+        stop.set()
+        holder.join(10)
+        assert "after its round closed" in outcome["slow"]
+    finally:
+        stop.set()
