@@ -184,8 +184,8 @@ import pytest
 
 CHILD = (
     "import sys, time\\n"
-    "print('ready', flush=True)\\n"
     "try:\\n"
+    "    print('ready', flush=True)\\n"
     "    time.sleep(10)\\n"
     "except KeyboardInterrupt:\\n"
     "    sys.exit(7)\\n"
