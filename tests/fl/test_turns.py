@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,25 @@ SETTINGS = {"rounds": 1, "max_attempts": 1, "round_timeout": 20, "heartbeat": 0.
 FORGED = "\nCRITICAL secfl.fl._aggregator: FORGED"
 
 pytestmark = pytest.mark.timeout(120)
+
+
+def update_head(header: dict[str, Any]) -> dict[str, Any]:
+    """The header of an update for the attempt of the ``train`` message ``header``."""
+    return {"kind": "update", "round": header["round"], "attempt": header["attempt"],
+            "epoch": header["epoch"], "samples": 10, "metrics": {}}  # fmt: skip
+
+
+def all_at_once(honest: list[RawClient], trained: list[Any]) -> list[str]:
+    """Each honest site's update, all sent at once (as collaborators done training
+    would: none is silent while it waits); the answers' kinds."""
+    uploads = [
+        Background(lambda r=raw, h=h, p=p: r.submit(h["round"], h["attempt"], to_bytes(p)),
+                   raw.name)
+        for raw, (h, p, _) in zip(honest, trained, strict=True)
+    ]  # fmt: skip
+    for upload in uploads:
+        upload.start()
+    return [u.outcome()["kind"] for u in uploads]
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +111,7 @@ def test_a_sender_quiet_in_its_turn_loses_it(fed: Federation) -> None:
         run.start()
         trained = [raw.train() for raw in honest]
         header, params, _ = quiet.train()
-        head = {"kind": "update", "round": header["round"], "attempt": header["attempt"],
-                "epoch": header["epoch"], "samples": 10, "metrics": {}}  # fmt: skip
+        head = update_head(header)
         body = to_bytes(params)
 
         sent: list[float] = []
@@ -112,14 +131,7 @@ def test_a_sender_quiet_in_its_turn_loses_it(fed: Federation) -> None:
         hog.start()
         assert holding.wait(10)
         time.sleep(0.3)  # its first pieces are in: it holds the turn
-        uploads = [
-            Background(lambda r=raw, h=h, p=p: r.submit(h["round"], h["attempt"], to_bytes(p)),
-                       raw.name)
-            for raw, (h, p, _) in zip(honest, trained, strict=True)
-        ]  # fmt: skip
-        for upload in uploads:  # both at once, as collaborators done training would
-            upload.start()
-        assert [u.outcome()["kind"] for u in uploads] == ["accepted", "accepted"]
+        assert all_at_once(honest, trained) == ["accepted", "accepted"]
         waited = time.monotonic() - sent[0]
         assert SETTINGS["dead_after"] <= waited < SETTINGS["round_timeout"] / 2
         release.set()
@@ -174,8 +186,9 @@ def test_a_sender_that_trickles_its_update_in_holds_no_one_up_past_its_share(
 ) -> None:
     """A byte every half second never stalls (``dead_after`` 2 s), and used to keep the
     one receive window until the deadline: both honest updates were refused ("no room
-    ... before the deadline") and the round failed. Now it may hold the window for its
-    share of the time left (12 s over the 3 updates owed), then loses it."""
+    ... before the deadline") and the round failed. Now, once both honest sites wait, it
+    may hold the window for the time left when it took it over itself and the two
+    waiting (about 12 s / 3), then loses it and its update for the round."""
     agg = fed.aggregator({**SETTINGS, **rule, "round_timeout": 12, "min_clients": 3,
                           "quorum": 2}, services=[site(0), site(1), "slow"])  # fmt: skip
     honest = [RawClient(fed, agg.port, site(i)) for i in range(2)]
@@ -188,8 +201,7 @@ def test_a_sender_that_trickles_its_update_in_holds_no_one_up_past_its_share(
         run.start()
         trained = [raw.train() for raw in honest]
         header, params, _ = slow.train()
-        head = {"kind": "update", "round": header["round"], "attempt": header["attempt"],
-                "epoch": header["epoch"], "samples": 10, "metrics": {}}  # fmt: skip
+        head = update_head(header)
         body = to_bytes(params)
 
         def trickles() -> Iterator[bytes]:
@@ -205,14 +217,7 @@ def test_a_sender_that_trickles_its_update_in_holds_no_one_up_past_its_share(
         hog.start()
         assert holding.wait(10)
         time.sleep(0.3)  # it holds the window
-        uploads = [
-            Background(lambda r=raw, h=h, p=p: r.submit(h["round"], h["attempt"], to_bytes(p)),
-                       raw.name)
-            for raw, (h, p, _) in zip(honest, trained, strict=True)
-        ]  # fmt: skip
-        for upload in uploads:  # both at once, as collaborators done training would
-            upload.start()
-        assert [u.outcome()["kind"] for u in uploads] == ["accepted", "accepted"]
+        assert all_at_once(honest, trained) == ["accepted", "accepted"]
         run.outcome()
         assert agg.history[0]["participants"] == [site(0), site(1)]
         with pytest.raises(TransportError, match="'slow' held the window past its share"):
