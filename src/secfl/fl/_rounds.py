@@ -327,12 +327,11 @@ class Rounds:
             with self.cond:
                 self._seen(peer)
 
+        def vet() -> None:  # the attempt may have moved on while it waited
+            with self.cond:
+                self._vet(header, peer, a)
+
         try:
-
-            def vet() -> None:  # the attempt may have moved on while it waited
-                with self.cond:
-                    self._vet(header, peer, a)
-
             taking = turn.take(
                 peer.service, a.deadline, self.config.dead_after, alive=alive, vet=vet,
                 lost=lambda why: self._lose(a, peer.service, why),
