@@ -11,10 +11,12 @@ aggregator over mutual TLS. Each failed on the code before its fix (a hostile re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -57,6 +59,38 @@ def all_at_once(honest: list[RawClient], trained: list[Any]) -> list[str]:
     return [u.outcome()["kind"] for u in uploads]
 
 
+@dataclass
+class Running:
+    """An aggregator running one round for two honest sites and a third peer."""
+
+    agg: Any
+    run: Background
+    honest: list[RawClient]
+    third: RawClient
+
+
+@contextlib.contextmanager
+def running(
+    fed: Federation, settings: dict[str, Any], third: str, *, third_joins: bool
+) -> Iterator[Running]:
+    """The aggregator with ``settings`` for two honest sites and ``third`` (joined, or
+    only allowed to call), its round loop running; stopped and closed on the way out."""
+    agg = fed.aggregator(settings, services=[site(0), site(1), third])
+    honest = [RawClient(fed, agg.port, site(i)) for i in range(2)]
+    other = RawClient(fed, agg.port, third)
+    try:
+        for raw in [*honest, other] if third_joins else honest:
+            raw.join()
+        run = Background(agg.run, "aggregator")
+        run.start()
+        yield Running(agg, run, honest, other)
+    finally:
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        for raw in [*honest, other]:
+            raw.close()
+
+
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     report = split("digits", 2, seed=1, out=tmp_path_factory.mktemp("shards"))
@@ -64,87 +98,62 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
 
 
 def test_a_submit_silent_before_its_header_keeps_no_one_waiting(fed: Federation) -> None:
-    agg = fed.aggregator({**SETTINGS, "min_clients": 2, "quorum": 2},
-                         services=[site(0), site(1), "outsider"])  # fmt: skip
-    honest = [RawClient(fed, agg.port, site(i)) for i in range(2)]
-    outsider = RawClient(fed, agg.port, "outsider")
     release = threading.Event()
 
     def silent() -> Iterator[bytes]:
         yield b"\x00\x00"  # two bytes of a length prefix, then nothing
         release.wait(60)
 
-    try:
-        for raw in honest:
-            raw.join()
-        run = Background(agg.run, "aggregator")
-        run.start()
-        trained = [raw.train() for raw in honest]
-        hog = Background(lambda: outsider.client.upload(msg.SUBMIT, silent()), "outsider")
-        hog.start()
-        time.sleep(0.5)  # its call is in
-        started = time.monotonic()
-        for raw, (header, params, _) in zip(honest, trained, strict=True):
-            reply = raw.submit(header["round"], header["attempt"], to_bytes(params))
-            assert reply["kind"] == "accepted"
-        assert time.monotonic() - started < SETTINGS["dead_after"]  # nobody waited for it
-        run.outcome()
-        assert agg.history[0]["participants"] == [site(0), site(1)]
-    finally:
-        release.set()
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        for raw in [*honest, outsider]:
-            raw.close()
+    settings = {**SETTINGS, "min_clients": 2, "quorum": 2}
+    with running(fed, settings, "outsider", third_joins=False) as r:
+        try:
+            trained = [raw.train() for raw in r.honest]
+            hog = Background(lambda: r.third.client.upload(msg.SUBMIT, silent()), "outsider")
+            hog.start()
+            time.sleep(0.5)  # its call is in
+            started = time.monotonic()
+            for raw, (header, params, _) in zip(r.honest, trained, strict=True):
+                reply = raw.submit(header["round"], header["attempt"], to_bytes(params))
+                assert reply["kind"] == "accepted"
+            assert time.monotonic() - started < SETTINGS["dead_after"]  # nobody waited for it
+            r.run.outcome()
+            assert r.agg.history[0]["participants"] == [site(0), site(1)]
+        finally:
+            release.set()
 
 
 def test_a_sender_quiet_in_its_turn_loses_it(fed: Federation) -> None:
-    agg = fed.aggregator({**SETTINGS, "min_clients": 3, "quorum": 2},
-                         services=[site(0), site(1), "quiet"])  # fmt: skip
-    honest = [RawClient(fed, agg.port, site(i)) for i in range(2)]
-    quiet = RawClient(fed, agg.port, "quiet")
     release, holding = threading.Event(), threading.Event()
-    try:
-        for raw in [*honest, quiet]:
-            raw.join()
-        run = Background(agg.run, "aggregator")
-        run.start()
-        trained = [raw.train() for raw in honest]
-        header, params, _ = quiet.train()
-        head = update_head(header)
-        body = to_bytes(params)
+    settings = {**SETTINGS, "min_clients": 3, "quorum": 2}
+    with running(fed, settings, "quiet", third_joins=True) as r:
+        try:
+            trained = [raw.train() for raw in r.honest]
+            header, params, _ = r.third.train()
+            head, body = update_head(header), to_bytes(params)
+            sent: list[float] = []
 
-        sent: list[float] = []
+            def stalls() -> Iterator[bytes]:
+                yield msg.header_bytes(head)
+                sent.append(time.monotonic())  # before its last piece: the server's is later
+                yield body[:100]
+                holding.set()
+                release.wait(60)  # the turn is taken meanwhile
+                yield body[100:]
 
-        def stalls() -> Iterator[bytes]:
-            yield msg.header_bytes(head)
-            sent.append(time.monotonic())  # before its last piece: the server's is later
-            yield body[:100]
-            holding.set()
-            release.wait(60)  # the turn is taken meanwhile
-            yield body[100:]
-
-        def upload() -> bytes:
-            return quiet.client.upload(msg.SUBMIT, stalls())
-
-        hog = Background(upload, "quiet")
-        hog.start()
-        assert holding.wait(10)
-        time.sleep(0.3)  # its first pieces are in: it holds the turn
-        assert all_at_once(honest, trained) == ["accepted", "accepted"]
-        waited = time.monotonic() - sent[0]
-        assert SETTINGS["dead_after"] <= waited < SETTINGS["round_timeout"] / 2
-        release.set()
-        with pytest.raises(TransportError, match="'quiet' stalled and lost its turn"):
-            hog.outcome()
-        run.outcome()
-        assert agg.history[0]["participants"] == [site(0), site(1)]
-    finally:
-        release.set()
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        for raw in [*honest, quiet]:
-            raw.close()
+            hog = Background(lambda: r.third.client.upload(msg.SUBMIT, stalls()), "quiet")
+            hog.start()
+            assert holding.wait(10)
+            time.sleep(0.3)  # its first pieces are in: it holds the turn
+            assert all_at_once(r.honest, trained) == ["accepted", "accepted"]
+            waited = time.monotonic() - sent[0]
+            assert SETTINGS["dead_after"] <= waited < SETTINGS["round_timeout"] / 2
+            release.set()
+            with pytest.raises(TransportError, match="'quiet' stalled and lost its turn"):
+                hog.outcome()
+            r.run.outcome()
+            assert r.agg.history[0]["participants"] == [site(0), site(1)]
+        finally:
+            release.set()
 
 
 def test_a_newline_from_a_peer_forges_no_log_line(
@@ -189,45 +198,34 @@ def test_a_sender_that_trickles_its_update_in_holds_no_one_up_past_its_share(
     ... before the deadline") and the round failed. Now, once both honest sites wait, it
     may hold the window for the time left when it took it over itself and the two
     waiting (about 12 s / 3), then loses it and its update for the round."""
-    agg = fed.aggregator({**SETTINGS, **rule, "round_timeout": 12, "min_clients": 3,
-                          "quorum": 2}, services=[site(0), site(1), "slow"])  # fmt: skip
-    honest = [RawClient(fed, agg.port, site(i)) for i in range(2)]
-    slow = RawClient(fed, agg.port, "slow")
     stop, holding = threading.Event(), threading.Event()
-    try:
-        for raw in [*honest, slow]:
-            raw.join()
-        run = Background(agg.run, "aggregator")
-        run.start()
-        trained = [raw.train() for raw in honest]
-        header, params, _ = slow.train()
-        head = update_head(header)
-        body = to_bytes(params)
+    settings = {**SETTINGS, **rule, "round_timeout": 12, "min_clients": 3, "quorum": 2}
+    with running(fed, settings, "slow", third_joins=True) as r:
+        try:
+            trained = [raw.train() for raw in r.honest]
+            header, params, _ = r.third.train()
+            head, body = update_head(header), to_bytes(params)
 
-        def trickles() -> Iterator[bytes]:
-            yield msg.header_bytes(head)
-            yield body[:200]
-            holding.set()
-            for at in range(200, len(body)):
-                if stop.wait(0.5):
-                    break
-                yield body[at : at + 1]
+            def trickles() -> Iterator[bytes]:
+                yield msg.header_bytes(head)
+                yield body[:200]
+                holding.set()
+                for at in range(200, len(body)):
+                    if stop.wait(0.5):
+                        break
+                    yield body[at : at + 1]
 
-        hog = Background(lambda: slow.client.upload(msg.SUBMIT, trickles()), "slow")
-        hog.start()
-        assert holding.wait(10)
-        time.sleep(0.3)  # it holds the window
-        assert all_at_once(honest, trained) == ["accepted", "accepted"]
-        run.outcome()
-        assert agg.history[0]["participants"] == [site(0), site(1)]
-        with pytest.raises(TransportError, match="'slow' held the window past its share"):
-            hog.outcome()
-    finally:
-        stop.set()
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        for raw in [*honest, slow]:
-            raw.close()
+            hog = Background(lambda: r.third.client.upload(msg.SUBMIT, trickles()), "slow")
+            hog.start()
+            assert holding.wait(10)
+            time.sleep(0.3)  # it holds the window
+            assert all_at_once(r.honest, trained) == ["accepted", "accepted"]
+            r.run.outcome()
+            assert r.agg.history[0]["participants"] == [site(0), site(1)]
+            with pytest.raises(TransportError, match="'slow' held the window past its share"):
+                hog.outcome()
+        finally:
+            stop.set()
 
 
 def test_a_waiter_refused_meanwhile_does_not_cut_the_holders_share() -> None:
