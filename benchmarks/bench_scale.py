@@ -44,11 +44,11 @@ Figures, all from the aggregator process:
 
 Scenarios. (a) N = ``--clients`` with a ``--params`` model (1M: 4 MB), aggregation
 order "arrival", ``--rounds`` rounds, with the transport's default pool of server
-threads (``Server(workers=16)``) and, where N exceeds it, also with ``workers = 2 N +
-8`` (what ``secfl aggregator`` passes): a long-polled ``Next`` holds a worker for up
-to ``rounds.POLL_SECONDS`` (5 s), so a pool smaller than N queues calls behind
-polls. (b) a ``--memory-params`` model (100M: 400 MB) with ``--memory-clients``
-collaborators, in a fresh aggregator process per order:
+threads (``Server(workers=16)``) and, where N exceeds it, also with ``pool_size(N)``
+(what ``secfl aggregator`` has: each peer's share of calls, and spares): a
+long-polled ``Next`` holds a worker for up to ``rounds.POLL_SECONDS`` (5 s), so a
+pool smaller than N queues calls behind polls. (b) a ``--memory-params`` model (100M:
+400 MB) with ``--memory-clients`` collaborators, in a fresh aggregator process per order:
 "arrival" for ``--memory-rounds`` rounds (3: from round 3 on, what the aggregator
 holds between rounds no longer grows) and "canonical" for ``--canonical-rounds``
 rounds. FedAvg's sum is exact and order-free (``secfl.fl.strategies._exact``), so
@@ -95,7 +95,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from secfl.fl import _messages as msg
 from secfl.fl._tensors import to_bytes
-from secfl.fl._transport import Client, Credentials
+from secfl.fl._transport import Client, Credentials, pool_size
 from secfl.policy._secrets import CaSecret
 from secfl.spm import _sealing as sv
 from secfl.spm.enroll import make_csr
@@ -569,7 +569,7 @@ def main() -> None:
             medians: dict[tuple[int, int], float] = {}
             for n in counts:
                 # N clients hold at most N calls at once: a pool of N or more is enough
-                pools = [args.workers] if args.workers >= n else [args.workers, 2 * n + 8]
+                pools = [args.workers] if args.workers >= n else [args.workers, pool_size(n)]
                 for workers in pools:
                     result = run_federation(
                         clients=n,
@@ -612,7 +612,7 @@ def main() -> None:
                     params=args.memory_params,
                     rounds=args.memory_rounds if order == "arrival" else args.canonical_rounds,
                     order=order,
-                    workers=2 * n + 8,
+                    workers=pool_size(n),
                     update=update,
                     **common,
                 )

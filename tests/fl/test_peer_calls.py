@@ -83,3 +83,47 @@ def test_a_peer_holding_calls_open_cannot_starve_the_others(
             thread.join(30)
     assert hog.unary("Echo", b"", timeout=5) == b"collab-1"  # the places were given back
     hog.close()
+
+
+def test_peers_holding_their_share_together_cannot_starve_another() -> None:
+    """Five colluding peers each hold their full share of calls open; a sixth is still
+    served, by a server with the pool the aggregator has (a pool of 16 threads queued
+    the sixth's call behind the twenty held ones until its deadline)."""
+    authority = fedkit.ca("policy", NOW)
+    services = {f"collab-{k}" for k in range(1, 7)}
+    srv = Server(identity(authority, "aggregator"), PeerPolicy(policy="p", services=services))
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    def put(pieces: Iterator[bytes], _peer: object) -> bytes:
+        entered.release()
+        return str(len(join(pieces, 1 << 20))).encode()
+
+    srv.unary("Echo", lambda req, peer: peer.service.encode())
+    srv.upload("Put", put)
+    srv.start()
+
+    def silent() -> Iterator[bytes]:
+        release.wait(30)
+        yield b"x"
+
+    hogs = [connect(srv, authority, f"collab-{k}") for k in range(1, 6)]
+    held = [
+        threading.Thread(target=hog.upload, args=("Put", silent()), kwargs={"timeout": 30})
+        for hog in hogs
+        for _ in range(MAX_CALLS_PER_PEER)
+    ]
+    try:
+        for thread in held:
+            thread.start()
+        for _ in range(16):  # as many held calls as the old pool had threads
+            assert entered.acquire(timeout=20), "the colluders' calls did not start"
+        with connect(srv, authority, "collab-6") as honest:
+            assert honest.unary("Echo", b"", timeout=5) == b"collab-6"
+    finally:
+        release.set()
+        for thread in held:
+            thread.join(30)
+        for hog in hogs:
+            hog.close()
+        srv.stop(None)

@@ -157,8 +157,8 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
         services=role_services(policy, "collaborator", "any") - {ident.service},
         revoked=ident.revoked(),
     )
-    # a waiting collaborator holds a worker for one long poll: room for all of them
-    server = Server(ident.creds, peers, workers=2 * len(peers.services) + 8)
+    # a thread for every call each collaborator may have under way (a long poll among them)
+    server = Server(ident.creds, peers)
     key = load_private_key(ident.secret_file(SIGNING_KEY, opts.signing_key))
     ckpt_key = load_hex_key(ident.secret_file(CHECKPOINT_KEY, opts.checkpoint_key))
     ledger = SpmLedger(ident.spm, ident.policy, config.counter, ident.token)

@@ -57,10 +57,12 @@ __all__ = [
     "INSECURE_WARNING",
     "MAX_CALLS_PER_PEER",
     "MESSAGE_LIMIT",
+    "MIN_WORKERS",
     "PEER_CACHE_SIZE",
     "RECONNECT_OPTIONS",
     "SERVER_OPTIONS",
     "SERVICE",
+    "SPARE_WORKERS",
     "UPLOAD_WINDOW",
     "WHOLE",
     "Client",
@@ -74,6 +76,7 @@ __all__ = [
     "Unary",
     "Upload",
     "join",
+    "pool_size",
 ]
 
 log = logging.getLogger("secfl.fl._transport")
@@ -85,6 +88,12 @@ R = TypeVar("R")
 #: holding calls open without sending (a valid certificate is enough to try) would
 #: otherwise take every thread of the aggregator's pool, and the others' calls with them.
 MAX_CALLS_PER_PEER = 4
+#: Threads a server keeps beyond every peer's share: for calls it refuses (a stranger's,
+#: a revoked peer's, one past a peer's share), which hold a thread only to be refused.
+SPARE_WORKERS = 8
+#: The fewest threads a server has, however few peers it names.
+MIN_WORKERS = 16
+
 #: The HTTP/2 flow-control window the server gives each stream it receives (uploads:
 #: ``Submit``), fixed. With gRPC's BDP probing the window grows with the measured
 #: bandwidth, and every upload waiting for the aggregator's receive window has that
@@ -104,6 +113,14 @@ SERVER_OPTIONS = (
 )
 
 
+def pool_size(peers: int) -> int:
+    """Threads for a server of ``peers`` peers: each peer's full share of calls
+    (:data:`MAX_CALLS_PER_PEER`) and :data:`SPARE_WORKERS` more, at least
+    :data:`MIN_WORKERS`. Fewer, and peers holding their share open without sending
+    could together leave another peer's call queued with no thread to take it."""
+    return max(MIN_WORKERS, MAX_CALLS_PER_PEER * peers + SPARE_WORKERS)
+
+
 Unary = Callable[[bytes, Peer], bytes]
 Upload = Callable[[Iterator[bytes], Peer], bytes]
 Download = Callable[[bytes, Peer], Iterable[bytes]]
@@ -115,15 +132,20 @@ class Server:
     """A gRPC server that accepts only authorised peers (see :class:`PeerPolicy`).
 
     ``creds=None`` is --insecure mode: plaintext, every caller believed.
+    ``workers`` (threads) defaults to :func:`pool_size` of the peers named.
     """
 
-    def __init__(self, creds: Credentials | None, peers: PeerPolicy, *, workers: int = 16) -> None:
+    def __init__(
+        self, creds: Credentials | None, peers: PeerPolicy, *, workers: int | None = None
+    ) -> None:
         self.peers = peers
         self.insecure = creds is None
         self._unary: dict[str, Unary] = {}
         self._upload: dict[str, Upload] = {}
         self._download: dict[str, Download] = {}
         self._exchange: dict[str, Exchange] = {}
+        if workers is None:
+            workers = pool_size(len(peers.services))
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers), options=list(SERVER_OPTIONS)
         )
