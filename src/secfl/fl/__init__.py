@@ -25,7 +25,9 @@ Training:
 - :mod:`secfl.fl._scoring` — a round's metrics, the policy's objective and the best
   round;
 - :mod:`secfl.fl._rounds` — the aggregator's side of the wire: joins, liveness, one
-  round attempt at a time;
+  round attempt at a time (:mod:`secfl.fl._attempt`);
+- :mod:`secfl.fl._submit` — an update taken in: vetted, then folded as it streams,
+  received whole in its turn (:mod:`secfl.fl._turn`), or kept for the round loop;
 - :mod:`secfl.fl._collaborator` — the collaborator's loop (local training);
 - :mod:`secfl.fl.strategies` — the aggregation rules (FedAvg, FedProx, FedAdam, the
   robust rules, the clone-and-sample audit) and their registry;

@@ -11,40 +11,29 @@ before the round's deadline. A collaborator sends its update with ``SubmitNext``
 on the same call, its next instruction the moment the next attempt opens (a push on
 a call already made, and one call a round instead of two). Every
 handler runs on a transport thread; the round loop (:mod:`secfl.fl._aggregator`)
-waits on :class:`Rounds`' condition.
-
-A refused update (malformed, wrong shapes or dtypes, NaN/Inf, oversized, for
-another round, from a collaborator not sampled, a sample count that is not an
-integer from 1 to the policy's ``max_samples``, metrics that are not finite
-numbers) is answered with the reason and leaves the round unharmed; the sender
-counts as done without an update.
+waits on :class:`Rounds`' condition. How an update is taken in (vetted, received,
+folded or refused) is :mod:`secfl.fl._submit`'s.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from secfl._internal.values import quoted
-from secfl.errors import FlError, TransportError
+from secfl.errors import FlError
 from secfl.fl import _messages as msg
+from secfl.fl._attempt import Attempt, Participant
 from secfl.fl._chunks import DEFAULT_CHUNK_SIZE, chunks
 from secfl.fl._config import FederationConfig
 from secfl.fl._envelope import SignedModel
-from secfl.fl._incoming import Receiver, message_header
-from secfl.fl._tensors import from_bytes
-from secfl.fl._transport import Peer, Server, join
+from secfl.fl._incoming import Receiver
+from secfl.fl._submit import Submissions, without_tensors
+from secfl.fl._transport import Peer, Server
 from secfl.fl._turn import Turn
-from secfl.fl.strategies._base import Accumulator, Params, Update, check_update
-from secfl.fl.strategies._fedavg import FedAvgAccumulator
 
 __all__ = ["BEAT", "POLL_SECONDS", "Attempt", "Participant", "Rounds", "without_tensors"]
 
@@ -55,50 +44,7 @@ BEAT = "Beat"
 POLL_SECONDS = 5.0
 
 
-@dataclass
-class Participant:
-    name: str
-    serial: str
-    samples: int | None
-    last_seen: float
-
-
-@dataclass
-class Attempt:
-    """One try at one round: the sample, the model sent, what came back."""
-
-    round: int
-    number: int
-    sampled: list[str]
-    model: SignedModel
-    configs: dict[str, dict[str, Any]]
-    deadline: float
-    accumulator: Accumulator | None  # arrival order: folded as updates come
-    global_params: Params
-    updates: dict[str, Update] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)
-    fetched: set[str] = field(default_factory=set)
-    dropped: set[str] = field(default_factory=set)
-    open: bool = True
-    #: When (monotonic) the attempt opened, each model was sent whole, and each update
-    #: arrived: (first piece, last piece, accepted). The round's phases come from these.
-    opened: float = 0.0
-    sent: dict[str, float] = field(default_factory=dict)
-    arrivals: dict[str, tuple[float, float, float]] = field(default_factory=dict)
-    #: Set once every sampled participant's model went out whole.
-    dispatched: threading.Event = field(default_factory=threading.Event)
-
-    def mark_sent(self, name: str) -> None:
-        """``name``'s model went out whole (the stream's handler thread calls this)."""
-        self.sent.setdefault(name, time.monotonic())
-        if len(self.sent) >= len(self.sampled):
-            self.dispatched.set()
-
-    def settled(self, name: str) -> bool:
-        return name in self.updates or name in self.refused or name in self.dropped
-
-
-class Rounds:
+class Rounds(Submissions):
     """Thread-safe state shared by the transport handlers and the round loop."""
 
     def __init__(
@@ -141,14 +87,6 @@ class Rounds:
         server.exchange(msg.SUBMIT_NEXT, self.submit_next)
 
     # --- handlers (transport threads) -------------------------------------------------------
-
-    def _seen(self, peer: Peer) -> Participant:
-        now = time.monotonic()
-        who = self.participants.get(peer.service)
-        if who is None:
-            raise FlError(f"protocol: '{peer.service}' has not joined")
-        who.last_seen, who.serial = now, peer.serial
-        return who
 
     def join(self, request: bytes, peer: Peer) -> bytes:
         header, _ = msg.decode(request, "join")
@@ -223,173 +161,6 @@ class Rounds:
             "deadline_s": max(0.0, a.deadline - time.monotonic()),
         }
         return _model_stream(head, a.model, lambda: a.mark_sent(peer.service))
-
-    def submit(self, pieces: Iterator[bytes], peer: Peer) -> bytes:
-        # In arrival order one update at a time is received and folded: the others wait
-        # (gRPC flow control holds their senders), so memory stays at one update.
-        marks: list[float] = []
-        with self.cond:
-            a = self.attempt
-        if a is None:  # between attempts: no update is owed (and none is read)
-            raise FlError("protocol: no open round")
-        if isinstance(a.accumulator, FedAvgAccumulator):
-            # folded while it streams in; the receiver takes one update at a time
-            reply = self._submit_streamed(_marked(pieces, marks), peer, a, a.accumulator)
-        elif self._turn is not None:
-            reply = self._submit_in_turn(_marked(pieces, marks), peer, a, self._turn)
-        else:
-            reply = self._submit(_marked(pieces, marks), peer, a)
-        with self.cond:
-            a = self.attempt
-            if a is not None and len(marks) == 2:
-                a.arrivals[peer.service] = (marks[0], marks[1], time.monotonic())
-        return reply
-
-    def _vet(self, header: dict[str, Any], peer: Peer, a: Attempt | None) -> None:
-        """The update is for the open attempt ``a`` and its sender owes one (caller
-        holds ``cond``)."""
-        key = [header.get("round"), header.get("attempt")]
-        if (
-            a is None
-            or a is not self.attempt
-            or not a.open
-            or [header.get("epoch"), *key] != [self.epoch, a.round, a.number]
-        ):
-            raise FlError(f"protocol: no open round {quoted(key[0])} attempt {quoted(key[1])}")
-        if peer.service not in a.sampled:
-            raise FlError(f"protocol: '{peer.service}' was not sampled for round {a.round}")
-        if a.settled(peer.service):
-            raise FlError(f"protocol: '{peer.service}' has no pending update in this round")
-
-    def _refused(self, a: Attempt | None, peer: Peer, reason: str) -> None:
-        with self.cond:
-            if a and a.open and peer.service in a.sampled and not a.settled(peer.service):
-                a.refused[peer.service] = reason
-                self._settled(a)
-
-    def _submit_streamed(
-        self, pieces: Iterator[bytes], peer: Peer, a: Attempt, acc: FedAvgAccumulator
-    ) -> bytes:
-        """An update folded while it streams in (:mod:`secfl.fl._incoming`)."""
-        got: dict[str, Any] = {}
-
-        def check(header: dict[str, Any]) -> int:
-            with self.cond:
-                self._seen(peer)
-                try:
-                    self._vet(header, peer, a)
-                except FlError:
-                    got["misdirected"] = True  # for another attempt: this one unharmed
-                    raise
-            got["samples"] = msg.sample_count(header, self.config.max_samples)
-            got["metrics"] = msg.metric_values(header)
-            return int(got["samples"])
-
-        def done(header: dict[str, Any]) -> None:
-            update = Update(peer.service, {"_": np.zeros(0)}, got["samples"], got["metrics"])
-            with self.cond:
-                a.updates[peer.service] = update
-                self._settled(a)
-
-        def alive() -> None:  # queued or uploading: busy, not silent
-            with self.cond:
-                self._seen(peer)
-
-        wait = a.deadline - time.monotonic()
-        try:
-            self.receiver.receive(
-                pieces, acc, a.global_params, peer.service, check, wait, done,
-                alive=alive, stall=self.config.dead_after,
-                lost=lambda why: self._lose(a, peer.service, why),
-            )  # fmt: skip
-        except (FlError, TransportError) as exc:
-            if not got.get("misdirected"):
-                self._refused(a, peer, str(exc))
-            log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
-            raise
-        return msg.encode({"kind": "accepted", "round": a.round, "attempt": a.number})
-
-    def _submit_in_turn(self, pieces: Iterator[bytes], peer: Peer, a: Attempt, turn: Turn) -> bytes:
-        """A whole update received in its turn (:mod:`secfl.fl._turn`): its header read
-        and vetted first, so that a caller that owes none never holds the turn."""
-        pieces = iter(pieces)
-        try:
-            head = message_header(pieces)
-            header = msg.decode(head, "update")[0]
-        except (FlError, TransportError) as exc:
-            self._refused(a, peer, str(exc))
-            raise
-        with self.cond:
-            self._seen(peer)
-            self._vet(header, peer, a)
-
-        def alive() -> None:  # waiting for its turn: busy, not silent
-            with self.cond:
-                self._seen(peer)
-
-        def vet() -> None:  # the attempt may have moved on while it waited
-            with self.cond:
-                self._vet(header, peer, a)
-
-        try:
-            taking = turn.take(
-                peer.service, a.deadline, self.config.dead_after, alive=alive, vet=vet,
-                lost=lambda why: self._lose(a, peer.service, why),
-            )  # fmt: skip
-            with taking as mine:
-                return self._submit(itertools.chain((head,), mine.pieces(pieces)), peer, a)
-        except FlError as exc:
-            self._refused(a, peer, str(exc))
-            raise
-
-    def _submit(self, pieces: Iterator[bytes], peer: Peer, a: Attempt) -> bytes:
-        """A whole update, for ``a`` (the attempt open when it began: an update that
-        began in another attempt is refused, never added to this one's sum)."""
-        try:
-            whole = join(pieces, self.max_update_bytes + msg.MAX_HEADER + 4)
-            header, payload = msg.decode(whole, "update")
-        except (FlError, TransportError) as exc:  # oversized or unreadable: refused too
-            self._refused(a, peer, str(exc))
-            raise
-        with self.cond:
-            self._seen(peer)
-            self._vet(header, peer, a)
-        try:
-            update = self._update(header, payload, peer.service, a)
-            check_update(update, a.global_params)
-            if a.accumulator is not None:
-                with self._fold:
-                    a.accumulator.add(update)
-        except FlError as exc:
-            with self.cond:
-                a.refused[peer.service] = str(exc)
-                self._settled(a)
-            log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
-            raise
-        with self.cond:
-            a.updates[peer.service] = update if a.accumulator is None else without_tensors(update)
-            self._settled(a)
-        return msg.encode({"kind": "accepted", "round": a.round, "attempt": a.number})
-
-    def _lose(self, a: Attempt, name: str, why: str) -> None:
-        """``name``'s update lost its turn (:mod:`secfl.fl._turn`): refused for ``a``, so
-        that another call of the same sender does not get the turn again."""
-        with self.cond:
-            if a.open and name in a.sampled and not a.settled(name):
-                a.refused[name] = f"protocol: {why}"
-                self._settled(a)
-
-    def _settled(self, a: Attempt) -> None:
-        """One more of ``a``'s participants settled (caller holds ``cond``): the round
-        loop wakes when the last one has (it looks for the silent ones on its own)."""
-        if all(a.settled(n) for n in a.sampled):
-            self.cond.notify_all()
-
-    def _update(self, header: dict[str, Any], payload: memoryview, name: str, a: Attempt) -> Update:
-        samples = msg.sample_count(header, self.config.max_samples)
-        metrics = msg.metric_values(header)
-        params, _ = from_bytes(payload, max_bytes=self.max_update_bytes, copy=False)
-        return Update(sender=name, params=params, num_samples=samples, metrics=metrics)
 
     # --- the round loop's side --------------------------------------------------------------
 
@@ -475,17 +246,3 @@ def _model_stream(
         yield first
         yield from chunks(model.payload)
     sent()
-
-
-def _marked(pieces: Iterator[bytes], marks: list[float]) -> Iterator[bytes]:
-    """``pieces``, noting when the first one and the end of the stream came."""
-    for piece in pieces:
-        if not marks:
-            marks.append(time.monotonic())
-        yield piece
-    marks.append(time.monotonic())
-
-
-def without_tensors(update: Update) -> Update:
-    """The update without its tensors (already folded): keeps memory to one model."""
-    return Update(update.sender, {"_": np.zeros(0)}, update.num_samples, update.metrics)
