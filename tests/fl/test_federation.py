@@ -350,6 +350,26 @@ def test_a_replaying_aggregator_stops_the_collaborator(fed: Federation) -> None:
     assert not served
 
 
+def test_the_name_an_aggregator_gives_is_logged_on_one_line(
+    fed: Federation, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The welcome's participant name is the aggregator's: a newline in it forges no
+    line of the collaborator's log."""
+    forged = site(0) + "\nCRITICAL secfl: forged"
+    welcome = {"kind": "welcome", "participant": forged, "rounds": 1, "heartbeat": 0.5}
+    server = fed.server([site(0)])
+    server.unary(msg.JOIN, lambda request, peer: msg.encode(welcome))
+    server.download(msg.NEXT, lambda request, peer: [msg.encode({"kind": msg.DONE})])
+    port = server.start()
+    try:
+        with caplog.at_level("INFO", logger="secfl"):
+            fed.collaborator(port, 0).run()
+    finally:
+        server.stop(None)
+    joined = [r.getMessage() for r in caplog.records if r.getMessage().startswith("joined")]
+    assert joined == [f"joined as {forged!r}"]
+
+
 def model_round(model: SignedModel) -> int:
     return read_unverified(model.to_bytes())[1].round
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from secfl._internal.values import quoted
 from secfl.errors import FlError, SecflError, TransportError
 from secfl.fl import _messages as msg
 from secfl.fl._chunks import DEFAULT_CHUNK_SIZE
@@ -217,7 +218,7 @@ class Collaborator:
         # back by the log's repeat filter, and the operator would not see it rejoin
         again = " again" if self._joined else ""
         self._joined = True
-        log.info("joined%s as '%s'", again, header.get("participant"))
+        log.info("joined%s as %s", again, quoted(header.get("participant")))
 
     def _call(self, fn: Callable[[Client], R], *, join: bool = True) -> R:
         """``fn`` with the current client, waiting out transient failures up to
