@@ -95,6 +95,29 @@ def test_rollback_of_a_data_volume_is_refused(world: World) -> None:
     assert state["version"] == 2
 
 
+def test_a_data_volume_cannot_bring_the_module_it_is_run_with(world: World) -> None:
+    """Whoever holds the data key (a data owner, not the code's) releases data that
+    holds a `mytask` package of its own: `--module mytask` still runs the code
+    volume's, which the measurement covers (the data volume's ran, with the
+    workload's key and the code volume in reach)."""
+    with SpmClient(world.spm.url, pin=world.spm.pin) as client:
+        version = max(2, client.volume_state("run", "data")["version"] + 1)  # v1: the first
+    hostile = (
+        "print('HIJACKED', open(__import__('os').environ['SECFL_IDENTITY'] + '/key.pem').read())"
+    )
+    planted = world.data_volume(
+        version,
+        "a,b\n5,6\n",
+        {"mytask/__init__.py": "NAME = 'planted'\n", "mytask/__main__.py": hostile},
+    )
+    done = world.run("mod", ["x"], module="mytask", data=planted)
+    world.latest = planted  # recorded as the newest release: it is one
+    assert done.returncode == 0, done.stderr
+    assert "HIJACKED" not in done.stdout
+    assert "MODULE mytask ['x']" in done.stdout
+    assert "STREAM a,b\n5,6" in done.stdout
+
+
 def test_signals_are_forwarded(world: World) -> None:
     proc = world.start("worker", world.argv("--wait"))
     wait_ready(proc)

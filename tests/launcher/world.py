@@ -104,10 +104,14 @@ class World:
         self.program.write_text(WORKLOAD.format(python=sys.executable))
         self.program.chmod(0o755)
 
-    def data_volume(self, version: int, rows: str) -> Path:
+    def data_volume(self, version: int, rows: str, files: dict[str, str] | None = None) -> Path:
+        """A release of the data volume (``rows.csv``, and ``files`` by path)."""
         src = self.base / f"data-src-{version}"
         src.mkdir()
         (src / "rows.csv").write_text(rows)
+        for name, text in (files or {}).items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_text(text)
         out = self.base / f"data-v{version}.vol"
         encrypt_directory(src, out, self.keys["data"], version=version)
         return out

@@ -3,6 +3,9 @@
 Its code is imported from memory, out of the code volumes (:class:`VolumeImporter`),
 and it streams its data from :data:`volumes` (``from secfl.launcher import volumes``),
 in bounded memory, every chunk authenticated: no plaintext copy is ever written.
+Only code volumes (the policy's ``kind: code``, measured with the command) are
+imported from: a data volume is not covered by the measurement, and whoever holds
+its key (a data owner) could otherwise put a module of the same name in it.
 """
 
 from __future__ import annotations
@@ -23,12 +26,17 @@ volumes: dict[str, Volume] = {}
 
 
 def run_module(
-    module: str, argv: Sequence[str], env: Mapping[str, str], opened: Mapping[str, Volume]
+    module: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    opened: Mapping[str, Volume],
+    code: Sequence[str],
 ) -> int:
-    """Run ``module`` (served from the code volumes of ``opened``) as ``__main__`` in
-    this interpreter, with ``argv`` and exactly ``env``; returns its exit code. The
-    interpreter's own arguments and environment are restored afterwards."""
-    importers = [VolumeImporter(v) for v in opened.values()]
+    """Run ``module`` (imported from the volumes of ``opened`` named in ``code``: the
+    first of them that has a module serves it) as ``__main__`` in this interpreter,
+    with ``argv`` and exactly ``env``; returns its exit code. The interpreter's own
+    arguments and environment are restored afterwards."""
+    importers = [VolumeImporter(opened[name]) for name in code]
     saved_argv, saved_env = sys.argv, dict(os.environ)
     sys.argv = [module, *argv]
     os.environ.clear()
@@ -50,7 +58,7 @@ def run_module(
 
 @contextlib.contextmanager
 def _installed(importers: Sequence[VolumeImporter]) -> Iterator[None]:
-    for imp in importers:
+    for imp in reversed(importers):  # each goes first in sys.meta_path: the first ends first
         imp.install()
     try:
         yield

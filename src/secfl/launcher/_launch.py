@@ -81,6 +81,8 @@ class Launch:
     volumes: dict[str, Volume]
     enrollment: Enrollment
     module: str | None = None
+    #: The code volumes (the policy's order): the only ones ``--module`` imports from.
+    code: tuple[str, ...] = ()
 
     @property
     def files(self) -> Path:
@@ -198,7 +200,7 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         for path, content in service.inject.files.items():
             text = substitute(content, enrollment, f"file {path}")
             write_private(files, plan[path], text.encode())
-    return Launch(args, env, private, volumes, enrollment, req.module)
+    return Launch(args, env, private, volumes, enrollment, req.module, tuple(code_tags))
 
 
 def _show_measured(
@@ -273,7 +275,9 @@ def execute(launch: Launch) -> int:
     128+N when signal N killed it (never raised again on the launcher itself)."""
     try:
         if launch.module:
-            return run_module(launch.module, launch.argv, launch.env, launch.volumes)
+            return run_module(
+                launch.module, launch.argv, launch.env, launch.volumes, launch.code
+            )
         return exit_status(run_program(launch.argv, launch.env))
     finally:
         launch.cleanup()
