@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import tempfile
@@ -282,6 +283,22 @@ def test_a_wrong_digest_in_the_manifest_is_caught(tmp_path: Path) -> None:
         (lambda d: {**d, "files": [{**d["files"][0], "path": "../x"}]}, "invalid path"),
         (lambda d: {**d, "files": [{**d["files"][0], "mode": 0o10000}]}, "invalid mode"),
         (lambda d: {**d, "files": [{**d["files"][0], "sha256": "X"}]}, "invalid digest"),
+        # numbers equal to the right ones but not integers (os.preadv raised TypeError)
+        (lambda d: {**d, "chunk_size": float(d["chunk_size"])}, "invalid chunk size"),
+        (
+            lambda d: {**d, "files": [{**d["files"][0], "chunks": True}, d["files"][1]]},
+            "invalid chunk count: a bool",
+        ),
+        (
+            lambda d: {
+                **d,
+                "files": [
+                    {**d["files"][0], "offset": float(d["files"][0]["offset"])},
+                    d["files"][1],
+                ],
+            },
+            "invalid offset: 136.0",
+        ),
     ],
 )
 def test_forged_manifests_are_refused(tmp_path: Path, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -289,6 +306,39 @@ def test_forged_manifests_are_refused(tmp_path: Path, mutate, message: str) -> N
     encrypt_directory(src, tmp_path / "v.vol", KEY, chunk_size=CHUNK)
     reseal_manifest(tmp_path / "v.vol", KEY, lambda p: fmt.canonical(mutate(json.loads(p))))
     with pytest.raises(ShieldError, match=message):
+        Volume.open(tmp_path / "v.vol", KEY)
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        lambda p: p.replace(b'"version":1', b'"version":NaN'),  # canonical form raised
+        lambda p: b'{"files":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # RecursionError
+    ],
+    ids=["nan", "deep"],
+)
+def test_a_manifest_json_cannot_parse_is_refused(tmp_path: Path, rewrite) -> None:  # type: ignore[no-untyped-def]
+    src = write_tree(tmp_path / "src", {"a": b"1"})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, version=1)
+    reseal_manifest(tmp_path / "v.vol", KEY, rewrite)
+    with pytest.raises(ShieldError, match="manifest is not valid JSON"):
+        Volume.open(tmp_path / "v.vol", KEY)
+
+
+def test_a_huge_manifest_in_a_sparse_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A header that claims a manifest past the limit (in a sparse file: a few KiB on
+    disk) is refused before anything of that size is read or allocated: the limit
+    once let it cost the opener twice 1 GiB before authentication failed."""
+    src = write_tree(tmp_path / "src", {"a": b"1"})
+    encrypt_directory(src, tmp_path / "v.vol", KEY)
+    raw = (tmp_path / "v.vol").read_bytes()
+    header = fmt.unpack_header(raw[: fmt.HEADER_SIZE], "test")
+    length = 300 << 20  # above the limit of 256 MiB, below the old one of 1 GiB
+    huge = dataclasses.replace(header, manifest_length=length).pack()
+    with open(tmp_path / "v.vol", "r+b") as f:
+        f.write(huge)
+        f.truncate(header.manifest_offset + length)
+    with pytest.raises(ShieldError, match="invalid manifest location"):
         Volume.open(tmp_path / "v.vol", KEY)
 
 

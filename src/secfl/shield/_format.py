@@ -64,6 +64,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from secfl._internal.canonical import canonical_json
+from secfl._internal.values import describe
 from secfl.errors import ShieldError
 
 __all__ = [
@@ -105,8 +106,10 @@ KEY_SIZE: Final = 32
 SALT_SIZE: Final = 32
 DEFAULT_CHUNK_SIZE: Final = 1 << 20
 MAX_CHUNK_SIZE: Final = 1 << 26
-#: A manifest entry is ~200 bytes; this allows millions of files.
-MAX_MANIFEST_SIZE: Final = 1 << 30
+#: A manifest entry is ~200 bytes: this allows about a million files. It is read (and
+#: its plaintext made) before it can be authenticated, so it bounds what a hostile
+#: header can make an opener allocate (a sparse file of a few KiB on disk).
+MAX_MANIFEST_SIZE: Final = 256 << 20
 MAX_FILES: Final = 1 << 32
 MAX_VERSION: Final = (1 << 63) - 1
 
@@ -236,8 +239,12 @@ def check_path(path: object, where: str) -> str:
 
 def _int(value: object, low: int, high: int, what: str, where: str) -> int:
     if type(value) is not int or not low <= value <= high:
-        raise ShieldError(f"shield: {where}: manifest has an invalid {what}: {value!r}")
+        raise ShieldError(f"shield: {where}: manifest has an invalid {what}: {describe(value)}")
     return value
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
 
 
 def check_manifest(
@@ -249,8 +256,8 @@ def check_manifest(
     forgery by a key holder; it is still refused cleanly rather than trusted.
     """
     try:
-        doc = json.loads(plaintext.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        doc = json.loads(plaintext.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):  # NaN; nesting past the stack
         raise ShieldError(f"shield: {where}: manifest is not valid JSON") from None
     if not isinstance(doc, dict) or set(doc) != _MANIFEST_KEYS:
         raise ShieldError(f"shield: {where}: manifest has unexpected fields")
@@ -259,7 +266,7 @@ def check_manifest(
     if canonical(doc) != plaintext:
         raise ShieldError(f"shield: {where}: manifest is not in canonical form")
     version = _int(doc["version"], 0, MAX_VERSION, "version", where)
-    if doc["chunk_size"] != header.chunk_size:
+    if _int(doc["chunk_size"], 1, MAX_CHUNK_SIZE, "chunk size", where) != header.chunk_size:
         raise ShieldError(f"shield: {where}: manifest and header disagree on the chunk size")
     files = doc["files"]
     if not isinstance(files, list) or len(files) > MAX_FILES:
@@ -277,9 +284,10 @@ def check_manifest(
         sha = entry["sha256"]
         if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
             raise ShieldError(f"shield: {where}: manifest has an invalid digest for {path!r}")
-        if entry["chunks"] != chunk_count(size, header.chunk_size):
+        chunks = _int(entry["chunks"], 0, 1 << 62, "chunk count", where)
+        if chunks != chunk_count(size, header.chunk_size):
             raise ShieldError(f"shield: {where}: manifest has a wrong chunk count for {path!r}")
-        if entry["offset"] != offset:
+        if _int(entry["offset"], 0, 1 << 62, "offset", where) != offset:
             raise ShieldError(f"shield: {where}: manifest has a wrong offset for {path!r}")
         offset += sealed_length(size, header.chunk_size)
     # Every path is a prefix-free leaf: "a" and "a/b" cannot both be files.
