@@ -47,8 +47,8 @@ def run_module(
             runpy.run_module(module, run_name="__main__", alter_sys=True)
         return 0
     except SystemExit as exc:
-        code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
+        status = exc.code
+        return status if isinstance(status, int) else (0 if status is None else 1)
     finally:
         volumes.clear()
         sys.argv = saved_argv
