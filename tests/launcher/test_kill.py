@@ -100,12 +100,39 @@ def test_kill_9_of_the_launcher_leaves_nothing(world: World, mode: str) -> None:
         proc.wait(timeout=10)
 
 
+def _children(pid: int) -> set[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return {int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()}
+
+
+def test_kill_9_of_the_launchers_process_group_leaves_nothing(world: World) -> None:
+    """A kill of the whole process group (``kill -9 -PGID``) does not take the watchdog
+    along: it removes the plaintext in /dev/shm at once (it was in the group, and the
+    folder stayed until some later launcher started)."""
+    prefix = _mode("no-namespace")
+    proc = world.start("worker", world.argv("--die"), prefix=prefix, new_group=True)
+    try:
+        lines = wait_ready(proc)
+        folder, token = Path(lines["FILES_DIR"]), lines["FILE"]
+        assert (folder / "secrets" / "token").read_text() == token
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert _wait_until(lambda: not folder.exists()), f"left behind: {folder}"
+        assert _holding(token) == []
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def test_a_dead_launchers_folder_is_wiped_by_the_next_one(world: World) -> None:
     prefix = _mode("no-namespace")  # the folder holds plaintext in /dev/shm
     dead = world.start("worker", world.argv("--die"), prefix=prefix, new_group=True)
     lines = wait_ready(dead)
     stale, token = Path(lines["FILES_DIR"]), lines["FILE"]
-    os.killpg(dead.pid, signal.SIGKILL)  # launcher, watchdog and program at once
+    # launcher, watchdog and program at once, as a kill of their control group does
+    (watchdog,) = _children(dead.pid) - {int(lines["PID"])}
+    os.kill(watchdog, signal.SIGKILL)
+    os.killpg(dead.pid, signal.SIGKILL)
     dead.wait(timeout=10)
     assert _wait_until(lambda: _dead(int(lines["PID"])))
     assert (stale / "secrets" / "token").read_text() == token, "nothing stale to wipe"

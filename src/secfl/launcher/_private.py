@@ -16,7 +16,10 @@ layers, each of which works without the others:
    that holds the read end of a pipe and ignores the usual termination signals.
    When the launcher dies, however it dies, the pipe closes and the watchdog
    removes the folder (unprivileged launchers keep their plaintext in ``/dev/shm``:
-   this is what removes it at once).
+   this is what removes it at once). It runs in a session of its own, so a kill of
+   the launcher's process group (``kill -9 -PGID``, a closed terminal) leaves it
+   standing; the launcher goes on only once it is. A kill of the whole control
+   group (a service manager's stop, a cgroup's OOM kill) takes it too: layer 3.
 3. **Stale folders are wiped by the next launcher.** A folder's name records its
    launcher (PID namespace, PID, start time): ``secfl-run-NS-PID-START-XXXX``. Each
    launcher, when it starts, removes the folders of this user whose launcher is no
@@ -186,13 +189,16 @@ def _start_watchdog(path: Path) -> tuple[int, int]:
     descriptor but its end of the pipe. Returns its PID and the pipe's write end,
     which only the launcher holds (not inherited by the program)."""
     read_end, write_end = os.pipe()
+    started, ready = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the watchdog process (tested through real kills)
         code = 0
         try:
+            os.setsid()  # out of the launcher's process group and session
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                         signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):  # fmt: skip
                 signal.signal(sig, signal.SIG_IGN)
+            os.write(ready, b"1")
             null = os.open(os.devnull, os.O_RDWR)
             for std in (0, 1, 2):
                 os.dup2(null, std)
@@ -206,4 +212,14 @@ def _start_watchdog(path: Path) -> tuple[int, int]:
         finally:
             os._exit(code)
     os.close(read_end)
+    os.close(ready)
+    try:
+        up = os.read(started, 1)  # a kill of the group before its setsid took it too
+    finally:
+        os.close(started)
+    if up != b"1":
+        os.close(write_end)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise LaunchError("files: the watchdog of the private folder did not start; run again")
     return pid, write_end
