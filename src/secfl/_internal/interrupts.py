@@ -5,7 +5,10 @@ A workload stopped with Ctrl-C must leave its durable state and its records in s
 a round whose counter is committed is also written to the metrics, or a restart skips
 it in the record. Python raises ``KeyboardInterrupt`` between any two bytecodes, so
 :func:`held` defers it to the end of such a block; :func:`interrupt_once` installs the
-handler that knows about it (outside it, :func:`held` changes nothing).
+handler that knows about it (outside it, :func:`held` changes nothing). A signal
+sent to the process may be taken by any of its threads, and then wakes no wait of
+the main thread's: :func:`wait` waits in short slices, so that the main thread runs
+the handler soon whichever thread took it.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
-__all__ = ["held", "interrupt_once"]
+__all__ = ["TICK", "held", "interrupt_once", "wait"]
+
+#: The longest the main thread blocks at a time in :func:`wait` (seconds).
+TICK = 0.2
 
 
 class _Hold:
@@ -77,3 +84,18 @@ def interrupt_once() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         raise
     signal.signal(signal.SIGINT, previous)
+
+
+def wait(event: threading.Event, timeout: float | None = None) -> bool:
+    """``event.wait(timeout)``, which a Ctrl-C interrupts within :data:`TICK` seconds in
+    the main thread, whichever thread the kernel gave the signal to (one blocked in
+    ``Event.wait()`` is woken only by a signal it took itself)."""
+    if not _main():
+        return event.wait(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = TICK if deadline is None else min(TICK, deadline - time.monotonic())
+        if left <= 0:
+            return event.is_set()
+        if event.wait(left):
+            return True

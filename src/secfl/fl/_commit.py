@@ -76,6 +76,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from secfl._internal import interrupts
 from secfl._internal.buffers import Frozen, frozen
 from secfl._internal.worker import Worker
 from secfl.errors import CounterMoved, FlError
@@ -329,7 +330,7 @@ class Commit:
         already ended; False if it is still preparing. Interruptible: the preparation
         (the round's evaluation, task code) may take any time."""
         if self._pending is not None and self._begun is not None:
-            return self._begun.wait(timeout)
+            return interrupts.wait(self._begun, timeout)
         return True
 
     def cancel(self) -> bool:
