@@ -231,11 +231,6 @@ CASES: list[tuple[str, Mutation, str]] = [
         _set("volumes.0.tag", "ab" * 32),
         "volumes[0]: give exactly one of 'tag' or 'counter'",
     ),
-    (
-        "code volume with a counter",
-        _set("volumes.0.kind", "code"),
-        "volumes[0]: a code volume is pinned by its 'tag', not a counter",
-    ),
     # The board rule.
     ("threshold", _set("board.threshold", 4), "board.threshold: 4 exceeds the 3 members"),
     (
