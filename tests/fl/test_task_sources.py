@@ -61,6 +61,7 @@ def test_a_task_volume_imports_its_own_package(
     volumes = tmp_path / "run" / "volumes"
     shielded_volume(capsys, tmp_path / "plain", volumes, "task")
     monkeypatch.setenv("SECFL_VOLUMES", str(volumes))
+    monkeypatch.setenv("SECFL_CODE_VOLUMES", "task")  # as secfl run says
     decoy(tmp_path / "site-packages")
     task = load_task("volume:task")
     model = task.build_model(0)
@@ -69,6 +70,26 @@ def test_a_task_volume_imports_its_own_package(
     assert not hasattr(package, "DECOY")
     assert Path(package.__file__ or "").is_relative_to(volumes / "task")
     assert task.name == "csv-regression"
+
+
+def test_a_task_is_not_taken_from_a_data_volume(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--task volume:NAME` names a volume the policy declares data (no tag, a counter:
+    its key holder publishes new releases without the board): refused, nothing of it
+    imported. The launcher names the code volumes in SECFL_CODE_VOLUMES."""
+    write_task(tmp_path / "plain")
+    (tmp_path / "plain" / "mymodels" / "__init__.py").write_text(
+        "raise SystemExit('imported from a data volume')\n"
+    )
+    volumes = tmp_path / "run" / "volumes"
+    shielded_volume(capsys, tmp_path / "plain", volumes, "site-data")
+    monkeypatch.setenv("SECFL_VOLUMES", str(volumes))
+    for code in ("", "task", "task,other"):
+        monkeypatch.setenv("SECFL_CODE_VOLUMES", code)
+        with pytest.raises(FlError, match=r"^source: volume 'site-data' is not a code volume"):
+            load_task("volume:site-data")
+    assert "mymodels" not in sys.modules
 
 
 def test_a_package_folder_without_init_is_the_volumes_own(
@@ -81,6 +102,7 @@ def test_a_package_folder_without_init_is_the_volumes_own(
     volumes = tmp_path / "run" / "volumes"
     shielded_volume(capsys, tmp_path / "plain", volumes, "task")
     monkeypatch.setenv("SECFL_VOLUMES", str(volumes))
+    monkeypatch.setenv("SECFL_CODE_VOLUMES", "task")
     decoy(tmp_path / "site-packages")
     (tmp_path / "site-packages" / "mymodels" / "net.py").write_text("raise SystemExit('decoy')\n")
     task = load_task("volume:task")

@@ -138,6 +138,7 @@ def test_python_module_runs_from_memory(world: World) -> None:
     assert done.returncode == 0, done.stderr
     assert "MODULE mytask ['x']" in done.stdout
     assert "STREAM a,b" in done.stdout
+    assert "CODE code\n" in done.stdout  # the code volumes, for the FL commands' --task
 
 
 def test_measure_for_run_matches(world: World) -> None:

@@ -94,6 +94,7 @@ class World:
         (base / "code" / "mytask" / "__init__.py").write_text("NAME = 'mytask'\n")
         (base / "code" / "mytask" / "__main__.py").write_text(
             "import sys\nfrom mytask import NAME\nprint('MODULE', NAME, sys.argv[1:])\n"
+            "import os\nprint('CODE', os.environ['SECFL_CODE_VOLUMES'])\n"
             "from secfl.launcher import volumes\n"
             "print('STREAM', volumes['data'].read_bytes('rows.csv').decode().strip())\n"
         )

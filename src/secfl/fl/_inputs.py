@@ -76,6 +76,11 @@ def volumes_dir() -> Path | None:
     return Path(env) if env else None
 
 
+def code_volumes() -> set[str]:
+    """The names of this workload's code volumes (``secfl run`` says which)."""
+    return {n for n in os.environ.get("SECFL_CODE_VOLUMES", "").split(",") if n}
+
+
 def _volume(name: str) -> Path:
     if not VOLUME_NAME.fullmatch(name):
         raise FlError(f"source: {name[:80]!r} is not a volume name (letters, digits, . _ -)")
@@ -209,6 +214,12 @@ def load_task(spec: str) -> Task:
     a folder holding ``task.py`` (the last two with ``--insecure``)."""
     if spec.startswith("volume:"):
         folder = _volume(spec.removeprefix("volume:"))
+        if folder.name not in code_volumes():
+            raise FlError(
+                f"source: volume '{folder.name}' is not a code volume of this service: a task "
+                "runs only from one the policy declares `kind: code` (with its tag, which the "
+                "measurement covers); a data volume's content is its key holder's to change"
+            )
         path = _task_file(folder, f"volume '{folder.name}'")
     elif (builtin := builtin_task(spec)) is not None:
         return builtin

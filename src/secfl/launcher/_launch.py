@@ -190,7 +190,7 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         if not req.module:  # an external program reads verified copies, in RAM
             for name, volume in volumes.items():
                 volume.extract(files / "volumes" / name)
-        env = _environment(service, enrollment, files, req)
+        env = _environment(service, enrollment, files, req, list(code_tags))
         env.update(_attestation_env(client, tee.name, measurement, req))
         args: list[str] = []
         for what, given in (("argument", req.argv), ("policy argument", service.inject.args)):
@@ -229,10 +229,11 @@ def _show_measured(
 
 
 def _environment(
-    service: Service, enrollment: Enrollment, files: Path, req: RunRequest
+    service: Service, enrollment: Enrollment, files: Path, req: RunRequest, code: list[str]
 ) -> dict[str, str]:
-    """The program's environment: ours, the policy's injected variables, and where its
-    identity (certificate, key, CA, session) and injected files are."""
+    """The program's environment: ours, the policy's injected variables, where its
+    identity (certificate, key, CA, session) and injected files are, and which of its
+    volumes hold code (``SECFL_CODE_VOLUMES``: the policy's ``kind: code``, measured)."""
     identity = files / ".secfl"
     write_private(files, ".secfl/cert.pem", enrollment.certificate.encode())
     write_private(files, ".secfl/key.pem", enrollment.key_pem)
@@ -243,6 +244,7 @@ def _environment(
         {
             "SECFL_FILES": str(files),
             "SECFL_VOLUMES": str(files / "volumes"),
+            "SECFL_CODE_VOLUMES": ",".join(code),
             "SECFL_IDENTITY": str(identity),
             "SECFL_POLICY": req.policy,
             "SECFL_SERVICE": req.service,
@@ -275,9 +277,7 @@ def execute(launch: Launch) -> int:
     128+N when signal N killed it (never raised again on the launcher itself)."""
     try:
         if launch.module:
-            return run_module(
-                launch.module, launch.argv, launch.env, launch.volumes, launch.code
-            )
+            return run_module(launch.module, launch.argv, launch.env, launch.volumes, launch.code)
         return exit_status(run_program(launch.argv, launch.env))
     finally:
         launch.cleanup()
