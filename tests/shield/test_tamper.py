@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -323,6 +324,23 @@ def test_a_manifest_json_cannot_parse_is_refused(tmp_path: Path, rewrite) -> Non
     reseal_manifest(tmp_path / "v.vol", KEY, rewrite)
     with pytest.raises(ShieldError, match="manifest is not valid JSON"):
         Volume.open(tmp_path / "v.vol", KEY)
+
+
+def test_a_manifest_nested_near_the_stack_limit_is_one_line(tmp_path: Path) -> None:
+    """Nesting that json.loads takes but json.dumps (a frame or two deeper) does not:
+    refused as a ShieldError at every depth around the limit."""
+    src = write_tree(tmp_path / "src", {"a": b"1"})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, version=1)
+    original = (tmp_path / "v.vol").read_bytes()
+    limit = sys.getrecursionlimit()
+    for depth in range(limit - 100, limit + 10, 2):
+        (tmp_path / "v.vol").write_bytes(original)
+        nested = b"[" * depth + b"]" * depth
+        value = b'"version":' + nested
+
+        reseal_manifest(tmp_path / "v.vol", KEY, lambda p, v=value: p.replace(b'"version":1', v))
+        with pytest.raises(ShieldError):
+            Volume.open(tmp_path / "v.vol", KEY)
 
 
 def test_a_huge_manifest_in_a_sparse_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
