@@ -6,17 +6,20 @@ its place back. Real gRPC over mutual TLS on loopback."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from secfl.fl._transport import (
     MAX_CALLS_PER_PEER,
+    SERVICE,
     Client,
     PeerPolicy,
     Server,
     TransportError,
     join,
+    pool_size,
 )
 from secfl.spm import _sealing as sv
 from tests.fl import fedkit
@@ -127,3 +130,37 @@ def test_peers_holding_their_share_together_cannot_starve_another() -> None:
         for hog in hogs:
             hog.close()
         srv.stop(None)
+
+
+@pytest.mark.parametrize("hog", ["collab-1", "not-a-peer"])
+def test_calls_opened_without_their_one_message_hold_no_thread_past_the_share(hog: str) -> None:
+    """A unary method called as a stream whose message never comes: counted (or refused)
+    as it arrives, like any call (gRPC held a thread for each such call before any
+    handler ran: 36 of them, by a peer or a certificate of the policy for a service the
+    aggregator refuses, starved an honest peer's call)."""
+    authority = fedkit.ca("policy", NOW)
+    services = {f"collab-{k}" for k in range(1, 7)}
+    srv = Server(identity(authority, "aggregator"), PeerPolicy(policy="p", services=services))
+    srv.unary("Echo", lambda req, peer: peer.service.encode())
+    srv.download("Next", lambda req, peer: [peer.service.encode()])
+    srv.start()
+    release = threading.Event()
+
+    def silent() -> Iterator[bytes]:
+        release.wait(30)
+        yield from ()
+
+    held = []
+    with connect(srv, authority, hog) as client:
+        try:
+            for k in range(pool_size(len(services)) + 4):
+                method = client._channel.stream_unary(f"/{SERVICE}/{('Echo', 'Next')[k % 2]}")
+                held.append(method.future(silent(), timeout=30))
+            time.sleep(1)  # the calls are in
+            with connect(srv, authority, "collab-6") as honest:
+                assert honest.unary("Echo", b"", timeout=5) == b"collab-6"
+        finally:
+            release.set()
+            for call in held:
+                call.cancel()
+            srv.stop(None)

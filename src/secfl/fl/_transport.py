@@ -231,6 +231,10 @@ class Server:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             raise  # abort raises; this keeps type checkers informed
 
+    def _answer(self, fn: Unary, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        peer = self._peer(context)  # before the request is awaited: see _single
+        return fn(self._single(requests, context), peer)
+
     def _guard(self, context: grpc.ServicerContext, fn: Callable[[], object]) -> object:
         try:
             return fn()
@@ -242,37 +246,52 @@ class Server:
     def _streamed(
         self,
         down: Callable[[R, Peer], Iterable[bytes]],
-        request: R,
+        request: Callable[[], R],
         context: grpc.ServicerContext,
     ) -> Iterator[bytes]:
-        peer = self._peer(context)
+        peer = self._peer(context)  # before the request is awaited: see _single
         try:
-            yield from down(request, peer)
+            yield from down(request(), peer)
         except SecflError as exc:
             log.warning("refused a request: %s", exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+    @staticmethod
+    def _single(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """The one message of a call made as unary. Every method is served as a stream
+        of requests, so that its handler (which identifies the caller and counts the
+        call against its share) runs as the call arrives: gRPC holds a thread for a
+        unary method's call until its message comes, before any handler runs, and a
+        peer that opened such calls without sending took threads without limit."""
+        first = next(requests, None)
+        if first is None or next(requests, None) is not None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not one message")
+        return first
+
     def start(self, address: str = "127.0.0.1:0") -> int:
         """Listen on ``address`` (port 0: any); return the port."""
         handlers: dict[str, grpc.RpcMethodHandler] = {}
+        # every method takes a stream of requests (see _single); the caller is checked first
         for name, fn in self._unary.items():
-            handlers[name] = grpc.unary_unary_rpc_method_handler(
-                lambda req, ctx, fn=fn: self._guard(ctx, lambda: fn(req, self._peer(ctx)))
+            handlers[name] = grpc.stream_unary_rpc_method_handler(
+                lambda it, ctx, fn=fn: self._guard(ctx, lambda: self._answer(fn, it, ctx))
             )
         for name, up in self._upload.items():
             handlers[name] = grpc.stream_unary_rpc_method_handler(
                 lambda it, ctx, up=up: self._guard(ctx, lambda: up(it, self._peer(ctx)))
             )
         for name, down in self._download.items():
-            handlers[name] = grpc.unary_stream_rpc_method_handler(
-                lambda req, ctx, down=down: self._streamed(down, req, ctx)
+            handlers[name] = grpc.stream_stream_rpc_method_handler(
+                lambda it, ctx, down=down: self._streamed(down, lambda: self._single(it, ctx), ctx)
             )
         for name, ex in self._exchange.items():
             handlers[name] = grpc.stream_stream_rpc_method_handler(
-                lambda it, ctx, ex=ex: self._streamed(ex, it, ctx)
+                lambda it, ctx, ex=ex: self._streamed(ex, lambda: it, ctx)
             )
-            handlers[name + WHOLE] = grpc.unary_stream_rpc_method_handler(
-                lambda req, ctx, ex=ex: self._streamed(ex, iter((req,)), ctx)
+            handlers[name + WHOLE] = grpc.stream_stream_rpc_method_handler(
+                lambda it, ctx, ex=ex: self._streamed(
+                    ex, lambda: iter((self._single(it, ctx),)), ctx
+                )
             )
         generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
         self._server.add_generic_rpc_handlers((generic,))
