@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -139,13 +140,16 @@ def test_flower_gets_no_inherited_flwr_or_python_settings(env: dict[str, str]) -
     paths = PrivatePaths.create(env)
     base = {"FLWR_INTERNAL_GRPC_CONTROL_API": "1", "FLWR_HOME": "/home/x", "PATH": "/bin",
             "PYTHONPATH": "/evil", "LD_PRELOAD": "/evil.so", "HOME": "/root",
-            "PYTHONUNBUFFERED": "1"}  # fmt: skip
+            "PYTHONUNBUFFERED": "1", "TMPDIR": "/tmp", "TMP": "/tmp"}  # fmt: skip
     out = clean_env(base, paths)
     assert "FLWR_INTERNAL_GRPC_CONTROL_API" not in out
     assert "PYTHONPATH" not in out and "LD_PRELOAD" not in out
     assert out["FLWR_HOME"] == str(paths.home) and out["HOME"] == "/root"
     assert out["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
     assert out["FLWR_TELEMETRY_ENABLED"] == "0"
+    # installing a FAB unpacks the app's code in a temporary folder: the private one
+    assert out["TMPDIR"] == out["TEMP"] == out["TMP"] == str(paths.tmp)
+    assert (paths.tmp.stat().st_mode & 0o777) == 0o700
     assert (paths.home.stat().st_mode & 0o777) == 0o700
     with pytest.raises(FlowerError, match="already exists in \\$SECFL_FILES"):
         PrivatePaths.create(env)
@@ -245,3 +249,46 @@ def test_the_gate_serves_the_fleet_api_and_nothing_else(tmp_path: Path) -> None:
     assert out[6][1] == f"gate: request larger than {MAX_BODY} bytes"
     assert out[7][1].startswith("gate: the SuperLink did not answer")  # forwarded: no upstream
     assert gate.refused == 6 and gate.forwarded == 0
+
+
+def test_a_header_that_never_ends_is_cut_off_not_buffered(tmp_path: Path) -> None:
+    """One connection, no key needed, sends a request whose header never ends: the
+    real gate (TLS on loopback) closes it past MAX_HEAD instead of keeping every byte
+    (with httptools, its memory grew by more than the bytes sent, without limit)."""
+    import socket
+    import ssl
+
+    import httpx
+
+    from secfl.flower._gate import MAX_HEAD, FleetGate, serve
+    from secfl.flower._local import tls_files
+
+    tls = tls_files(tmp_path, ["127.0.0.1"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server, thread = serve(FleetGate("https://127.0.0.1:9", str(tls["ca"])), "127.0.0.1", port,
+                           str(tls["crt"]), str(tls["key"]))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        context = ssl.create_default_context(cafile=str(tls["ca"]))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            conn.sendall(b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\nX-Long: ")
+            sent, answer = 0, b""
+            try:
+                while sent < 16 * MAX_HEAD:
+                    conn.sendall(b"a" * 4096)
+                    sent += 4096
+                answer = conn.recv(4096)
+            except (ConnectionError, ssl.SSLError, TimeoutError):
+                pass  # closed on us: what the gate should do
+            assert sent < 16 * MAX_HEAD or answer.startswith(b"HTTP/1.1 400"), answer[:80]
+        with httpx.Client(verify=str(tls["ca"])) as client:  # still serving others
+            reply = client.post(f"https://127.0.0.1:{port}/v1/control/x", content=b"x")
+        assert reply.status_code == 404
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-__all__ = ["FLEET_CALLS", "MAX_BODY", "FleetGate", "serve"]
+__all__ = ["FLEET_CALLS", "MAX_BODY", "MAX_HEAD", "FleetGate", "serve"]
 
 #: The Fleet API calls of flwr 1.41 (``flwr.superlink.routers.fleet.router``).
 FLEET_CALLS = frozenset({
@@ -147,6 +147,10 @@ async def _answer(send: Send, status: int, error: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+#: The most bytes of a request's line and headers (h11 answers 400 and closes beyond).
+MAX_HEAD = 64 << 10
+
+
 def serve(
     gate: FleetGate, host: str, port: int, certfile: str, keyfile: str
 ) -> tuple[uvicorn.Server, threading.Thread]:
@@ -162,6 +166,11 @@ def serve(
         lifespan="on",
         timeout_keep_alive=30,
         limit_concurrency=256,  # with MAX_BODY: at most 4 GiB of requests in memory
+        # h11, with a cap on a request's line and headers: httptools (uvicorn's choice
+        # where it is installed, as beside Flower) kept a header that never ends in
+        # memory without limit, from one connection that needs no key
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEAD,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="secfl-fleet-gate", daemon=True)

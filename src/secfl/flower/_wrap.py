@@ -91,7 +91,7 @@ class PrivatePaths:
                 "it and injects its keys"
             )
         paths = cls(Path(private))
-        for folder in (paths.home, paths.work, paths.wrapper):
+        for folder in (paths.home, paths.work, paths.wrapper, paths.tmp):
             try:
                 folder.mkdir(mode=0o700)
             except FileExistsError:
@@ -110,6 +110,12 @@ class PrivatePaths:
     def work(self) -> Path:
         """The working folder of Flower and of the apps (a ServerApp's outputs)."""
         return self.root / "flower-work"
+
+    @property
+    def tmp(self) -> Path:
+        """Flower's and the apps' temporary files (``TMPDIR``): installing a FAB unpacks
+        the app's code in one, which in the system's /tmp a host process could read."""
+        return self.root / "flower-tmp"
 
     @property
     def wrapper(self) -> Path:
@@ -136,6 +142,7 @@ def clean_env(base: Mapping[str, str], paths: PrivatePaths) -> dict[str, str]:
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "PATH": bindir + os.pathsep + base.get("PATH", os.defpath),
             "PYTHONUNBUFFERED": "1",
+            **dict.fromkeys(("TMPDIR", "TEMP", "TMP"), str(paths.tmp)),
         }
     )
     return env
