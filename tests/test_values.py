@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from secfl._internal.values import MAX_CHARS, describe, quoted
+from secfl._internal.values import MAX_CHARS, MAX_MESSAGE, describe, one_line, quoted
 
 
 @pytest.mark.parametrize(
@@ -31,3 +31,10 @@ def test_a_long_string_is_cut_and_its_length_said() -> None:
 
 def test_describe_shows_no_string() -> None:
     assert describe("x\ny") == "a str"
+
+
+def test_one_line_keeps_a_message_readable_on_one_line() -> None:
+    assert one_line("peer: 'a' has 4 calls") == "peer: 'a' has 4 calls"  # as it is
+    assert one_line("x\r\ny\u202ez\x00") == r"x\r\ny\u202ez\x00"
+    long = one_line("a" * (MAX_MESSAGE + 5))
+    assert long == "a" * MAX_MESSAGE + f"... ({MAX_MESSAGE + 5} characters)"

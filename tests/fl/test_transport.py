@@ -216,3 +216,28 @@ def test_a_rotated_server_certificate_is_presented_from_the_next_handshake(
             assert client.unary("Echo", b"after") == b"after"
     finally:
         srv.stop()
+
+
+def test_the_other_sides_error_text_stays_on_one_line(policy_ca: sv.Value) -> None:
+    """A hostile server's refusal with a newline and a terminal escape in it: the
+    TransportError (which the collaborator logs) holds them escaped, on one line."""
+    srv = Server(identity(policy_ca, "aggregator"), PeerPolicy(policy="p", services={"collab-1"}))
+
+    def refuse(req: bytes, peer: object) -> bytes:
+        from secfl.errors import FlError
+
+        raise FlError("protocol: x\n2026-12-06 CRITICAL secfl: forged \x1b[2J")
+
+    srv.unary("Refuse", refuse)
+    srv.start()
+    try:
+        with (
+            connect(srv, identity(policy_ca, "collab-1")) as client,
+            pytest.raises(TransportError) as caught,
+        ):
+            client.unary("Refuse", b"")
+    finally:
+        srv.stop()
+    text = str(caught.value)
+    assert "\n" not in text and "\x1b" not in text
+    assert text == r"rpc: INVALID_ARGUMENT: protocol: x\n2026-12-06 CRITICAL secfl: forged \x1b[2J"

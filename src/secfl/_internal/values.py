@@ -16,12 +16,14 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["describe", "quoted"]
+__all__ = ["describe", "one_line", "quoted"]
 
 #: Integers of more digits than this are shown by their size.
 MAX_DIGITS = 20
 #: A string is shown up to this many characters.
 MAX_CHARS = 60
+#: A peer's message (an error it answered with) is shown up to this many characters.
+MAX_MESSAGE = 1000
 #: Past this many bits, even counting the digits (``str()``) is refused or slow.
 MAX_BITS = 14_000
 
@@ -57,3 +59,14 @@ def quoted(value: Any) -> str:
     if len(value) <= MAX_CHARS:
         return repr(value)
     return f"{value[:MAX_CHARS]!r}... ({len(value)} characters)"
+
+
+def one_line(text: str) -> str:
+    """A message a peer wrote (an error it answered with), shown as it is but on one
+    line: control and invisible characters escaped (``\\n``, ``\\x1b``, ``\\u202e``),
+    cut at :data:`MAX_MESSAGE` characters."""
+    shown = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in text[:MAX_MESSAGE]
+    )
+    return shown if len(text) <= MAX_MESSAGE else f"{shown}... ({len(text)} characters)"

@@ -11,6 +11,7 @@ from typing import TypeVar
 import grpc
 import grpc.experimental
 
+from secfl._internal.values import one_line
 from secfl.errors import TransportError
 from secfl.fl._chunks import chunks
 from secfl.fl._wire import (
@@ -88,6 +89,8 @@ class Client:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             detail = exc.details() if hasattr(exc, "details") else str(exc)
+            # the other side's words, which end up in our log: kept on one line
+            detail = one_line(str(detail))
             raise TransportError(f"rpc: {code.name if code else 'error'}: {detail}") from None
 
     def unary(self, name: str, request: bytes, *, timeout: float | None = None) -> bytes:
