@@ -3,11 +3,16 @@ naming the check. No Flower needed (``secfl.flower._wrap`` imports none)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
+import ssl
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -251,16 +256,10 @@ def test_the_gate_serves_the_fleet_api_and_nothing_else(tmp_path: Path) -> None:
     assert gate.refused == 6 and gate.forwarded == 0
 
 
-def test_a_header_that_never_ends_is_cut_off_not_buffered(tmp_path: Path) -> None:
-    """One connection, no key needed, sends a request whose header never ends: the
-    real gate (TLS on loopback) closes it past MAX_HEAD instead of keeping every byte
-    (with httptools, its memory grew by more than the bytes sent, without limit)."""
-    import socket
-    import ssl
-
-    import httpx
-
-    from secfl.flower._gate import MAX_HEAD, FleetGate, serve
+@contextlib.contextmanager
+def _gate(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """The real gate over TLS on loopback (nothing listens upstream); its port and CA."""
+    from secfl.flower._gate import FleetGate, serve
     from secfl.flower._local import tls_files
 
     tls = tls_files(tmp_path, ["127.0.0.1"])
@@ -273,7 +272,25 @@ def test_a_header_that_never_ends_is_cut_off_not_buffered(tmp_path: Path) -> Non
         deadline = time.monotonic() + 10
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
-        context = ssl.create_default_context(cafile=str(tls["ca"]))
+        yield port, str(tls["ca"])
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _answered(port: int, ca: str) -> int:
+    with httpx.Client(verify=ca, timeout=5) as client:
+        return client.post(f"https://127.0.0.1:{port}/v1/control/x", content=b"x").status_code
+
+
+def test_a_header_that_never_ends_is_cut_off_not_buffered(tmp_path: Path) -> None:
+    """One connection, no key needed, sends a request whose header never ends: the
+    real gate closes it past MAX_HEAD instead of keeping every byte (with httptools
+    alone, its memory grew by more than the bytes sent, without limit)."""
+    from secfl._internal.httpguard import MAX_HEAD
+
+    with _gate(tmp_path) as (port, ca):
+        context = ssl.create_default_context(cafile=ca)
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
             conn.sendall(b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\nX-Long: ")
@@ -285,10 +302,24 @@ def test_a_header_that_never_ends_is_cut_off_not_buffered(tmp_path: Path) -> Non
                 answer = conn.recv(4096)
             except (ConnectionError, ssl.SSLError, TimeoutError):
                 pass  # closed on us: what the gate should do
-            assert sent < 16 * MAX_HEAD or answer.startswith(b"HTTP/1.1 400"), answer[:80]
-        with httpx.Client(verify=str(tls["ca"])) as client:  # still serving others
-            reply = client.post(f"https://127.0.0.1:{port}/v1/control/x", content=b"x")
-        assert reply.status_code == 404
-    finally:
-        server.should_exit = True
-        thread.join(10)
+            assert sent < 16 * MAX_HEAD or answer.startswith(b"HTTP/1.1 4"), answer[:80]
+        assert _answered(port, ca) == 404  # still serving others
+
+
+def test_stalled_connections_cannot_lock_supernodes_out_of_the_gate(tmp_path: Path) -> None:
+    """300 connections that never finish a request (anyone who reaches the gate may
+    open them): a SuperNode's request is still answered (uvicorn alone answered 503
+    to every request while 256 such connections stayed open, for ever)."""
+    with _gate(tmp_path) as (port, ca):
+        context = ssl.create_default_context(cafile=ca)
+        stalled = []
+        try:
+            for _ in range(300):
+                raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+                conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
+                conn.sendall(b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                stalled.append(conn)
+            assert _answered(port, ca) == 404  # through the gate, not 503
+        finally:
+            for conn in stalled:
+                conn.close()

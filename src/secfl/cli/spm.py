@@ -54,7 +54,7 @@ def serve_cmd(
 
     Connections that stall (half-sent headers or bodies, silent sockets) are closed
     after the timeouts, and at most --max-connections are open at once."""
-    from secfl.spm._httpguard import Limits
+    from secfl._internal.httpguard import Limits
     from secfl.spm._server import open_spm, serve
 
     host, port = parse_listen(listen)

@@ -26,7 +26,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-__all__ = ["FLEET_CALLS", "MAX_BODY", "MAX_HEAD", "FleetGate", "serve"]
+from secfl._internal.httpguard import Guard, Limits, file_budget
+
+__all__ = ["FLEET_CALLS", "MAX_BODY", "FleetGate", "serve"]
 
 #: The Fleet API calls of flwr 1.41 (``flwr.superlink.routers.fleet.router``).
 FLEET_CALLS = frozenset({
@@ -147,30 +149,33 @@ async def _answer(send: Send, status: int, error: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-#: The most bytes of a request's line and headers (h11 answers 400 and closes beyond).
-MAX_HEAD = 64 << 10
-
-
 def serve(
     gate: FleetGate, host: str, port: int, certfile: str, keyfile: str
 ) -> tuple[uvicorn.Server, threading.Thread]:
-    """Serve ``gate`` over TLS on ``host:port`` in a thread; returns once it listens."""
+    """Serve ``gate`` over TLS on ``host:port`` in a thread; returns once it listens.
+
+    Behind the same connection guard as the SPM (:mod:`secfl._internal.httpguard`: TLS
+    done by it, deadlines for the handshake, headers and body, a cap on a request's
+    head, stalled connections evicted at the connection cap): uvicorn alone kept a
+    connection that never finished its request open for ever, and 256 of them, from
+    anyone who reaches the gate, locked every SuperNode out (503)."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls.set_alpn_protocols(["http/1.1"])
+    tls.load_cert_chain(certfile, keyfile)
+    # at most 256 connections (with MAX_BODY: 4 GiB of requests in memory); uvicorn's own
+    # limit_concurrency would count the stalled ones and answer 503 to everyone else
+    guard = Guard(file_budget(Limits(max_connections=256)), tls)
     config = uvicorn.Config(
         gate,
         host=host,
         port=port,
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
+        http=guard.protocol_class(),
+        loop="asyncio",  # see secfl._internal.httpguard: uvloop reads before start_tls can run
         log_level="warning",
         access_log=False,
         lifespan="on",
         timeout_keep_alive=30,
-        limit_concurrency=256,  # with MAX_BODY: at most 4 GiB of requests in memory
-        # h11, with a cap on a request's line and headers: httptools (uvicorn's choice
-        # where it is installed, as beside Flower) kept a header that never ends in
-        # memory without limit, from one connection that needs no key
-        http="h11",
-        h11_max_incomplete_event_size=MAX_HEAD,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="secfl-fleet-gate", daemon=True)

@@ -12,7 +12,7 @@ Where things are:
 - Over HTTPS: :mod:`~secfl.spm._app` (routes) with :mod:`~secfl.spm._api_models`
   (bodies) and :mod:`~secfl.spm._apierrors` (refusals); :mod:`~secfl.spm._server`
   assembles the SPM from its data folder and serves it behind
-  :mod:`~secfl.spm._httpguard`.
+  :mod:`~secfl._internal.httpguard`.
 - Durable state: :mod:`~secfl.spm._store` (SQLite or PostgreSQL, through the engine of
   :mod:`~secfl.spm._engine`), one transaction and its operations in
   :mod:`~secfl.spm._tx`, the audit chain in

@@ -1,7 +1,7 @@
 """``secfl spm serve``: assemble the SPM from its data folder and serve it over HTTPS.
 
 The HTTPS server is uvicorn, but every connection is owned by
-:mod:`secfl.spm._httpguard`: it does the TLS handshake itself and gives each
+:mod:`secfl._internal.httpguard`: it does the TLS handshake itself and gives each
 connection a deadline for its handshake and request headers (``header_timeout``,
 10 s), for its body (``body_timeout``, 30 s) and for its answer (60 s), and caps
 the open connections below the process's file limit (raised to the hard limit at
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from secfl._internal.files import atomic_write, ram_tempdir, write_private
+from secfl._internal.httpguard import Guard, Limits, file_budget
 from secfl._internal.x509util import private_pem
 from secfl.errors import IntegrityError, SpmError
-from secfl.spm._httpguard import Guard, Limits, file_budget
 from secfl.spm._identity import (
     IDENTITY_AAD,
     IDENTITY_META,
@@ -45,7 +45,7 @@ from secfl.tee._platforms import platform_by_name
 __all__ = ["GRACEFUL_SHUTDOWN", "open_spm", "open_store", "serve", "unreadable"]
 
 #: Seconds a stopping SPM waits for requests under way (uvicorn's graceful timeout);
-#: an idle connection is not waited for (:meth:`secfl.spm._httpguard` ``shutdown``).
+#: an idle connection is not waited for (:meth:`secfl._internal.httpguard` ``shutdown``).
 GRACEFUL_SHUTDOWN = 5
 
 
@@ -185,7 +185,7 @@ def serve(
 ) -> None:
     """Serve ``spm`` over HTTPS until interrupted. With ``ready_file``, write
     ``{"url", "tls_spki_sha256", "measurement"}`` there once listening. ``limits``:
-    the connection timeouts and cap (:mod:`secfl.spm._httpguard`), fitted to the
+    the connection timeouts and cap (:mod:`secfl._internal.httpguard`), fitted to the
     process's file limit."""
     import uvicorn
 
@@ -197,8 +197,8 @@ def serve(
         create_app(spm),
         host=host,
         port=port,
-        http=guard.protocol_class(),  # TLS, timeouts and the cap: secfl.spm._httpguard
-        loop="asyncio",  # see secfl.spm._httpguard: uvloop reads before start_tls can run
+        http=guard.protocol_class(),  # TLS, timeouts and the cap: secfl._internal.httpguard
+        loop="asyncio",  # see secfl._internal.httpguard: uvloop reads before start_tls can run
         backlog=limits.backlog,
         log_level=log_level,
         access_log=False,
