@@ -127,6 +127,20 @@ def test_policy_needs_two_of_three(
     assert last_refusal(client)["event"] == "policy.refused"
 
 
+def test_a_new_version_may_not_pin_code_by_a_counter(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """A code volume pinned by a counter (its key holder could release other code
+    without the board) is refused at submission, in one line; the rule is not the
+    model's, so versions an SPM stored before it still read."""
+    volume = {"name": "task", "key": "model-key", "kind": "code", "counter": "round"}
+    document = policy_document("fl-code-counter", board, sim[1], extra={"volumes": [volume]})
+    assert load_policy(document).volumes[0].counter == "round"  # it parses
+    with pytest.raises(SpmRefused, match=r"^policy: volumes\[0\]: code volume 'task' is pinned"):
+        client.submit_policy(document, board.sign(document, "alice", "bob"))
+    assert last_refusal(client)["event"] == "policy.refused"
+
+
 def test_policy_update_rules(
     client: SpmClient, board: Board, policy: str, sim: tuple[Path, bytes]
 ) -> None:

@@ -103,8 +103,10 @@ def validate_cmd(
     placeholders left by `secfl policy init` are refused; warnings go to stderr."""
     from secfl.fl._policy_check import check_ready
     from secfl.policy import digest, load_policy
+    from secfl.policy._document import check_new_version
 
     policy = load_policy(read_input(file, "policy"))
+    check_new_version(policy)
     for warning in check_ready(policy):
         err.print(f"warning: {warning}", markup=False)
     board = policy.board

@@ -42,6 +42,7 @@ __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
     "MAX_NUMBER_CHARS",
+    "check_new_version",
     "load_policy",
     "load_policy_file",
     "validation_message",
@@ -204,6 +205,23 @@ def _check_depth(data: Any) -> None:
         if not level:
             return
     raise PolicyError(f"policy: JSON: nested deeper than {MAX_DEPTH} levels")
+
+
+def check_new_version(policy: Policy) -> None:
+    """Rules for a version about to be signed or submitted, not for one already
+    accepted (an SPM reads the versions it stored with :class:`Policy` alone, so a
+    rule added here never makes one of them unreadable).
+
+    A code volume is pinned by its tag: on hardware the TEE measures the image, not
+    the volumes it opens, and a counter lets the key holder release other code
+    without the board."""
+    for i, volume in enumerate(policy.volumes):
+        if volume.kind == "code" and volume.tag is None:
+            raise PolicyError(
+                f"policy: volumes[{i}]: code volume '{volume.name}' is pinned by a counter; "
+                "pin it by its tag (`secfl shield encrypt` prints it): the board approves "
+                "code by its tag"
+            )
 
 
 def load_policy_file(path: str | os.PathLike[str]) -> Policy:

@@ -25,7 +25,7 @@ from typing import Any
 
 from secfl.errors import PolicyError, Refused, SpmError
 from secfl.policy._canonical import canonical_bytes, digest
-from secfl.policy._document import load_policy
+from secfl.policy._document import check_new_version, load_policy
 from secfl.policy._model import Policy
 from secfl.policy._signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature, check_approval
 from secfl.spm._attestation import Attestor, AttestResult
@@ -174,6 +174,7 @@ class Spm:
         current version; otherwise refuse it, change nothing, and audit the refusal."""
         try:
             policy = load_policy(document)
+            check_new_version(policy)
         except PolicyError as exc:
             self._audit_refusal("policy.refused", None, {"reason": str(exc)})
             raise Refused(str(exc), 400) from None
