@@ -10,17 +10,26 @@ Prints the HTTP status.
 ``python probes.py join ADDRESS``: a SuperNode with a key of its own (never attested,
 never registered) activates itself at the gate with Flower's signed headers. Prints
 ``joined NODE_ID`` or ``refused STATUS``.
+
+``python probes.py insider-node LINK GATE``: an insider on the SuperLink's host
+registers a node key of its own on the loopback Control API (``LINK``; open-source
+Flower authenticates nobody there), activates it at the public gate, then watches the
+registry for 15 s. Prints JSON: the key's SHA-256, the gate's answer (``joined
+NODE_ID`` or ``refused STATUS``), and the key's status in Flower's registry at the end.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
+import time
 from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.common.serde import fab_to_proto
-from flwr.proto.control_pb2 import StartRunRequest
+from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest, StartRunRequest
 from flwr.proto.fleet_pb2 import ActivateNodeRequest
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.fab import Fab
@@ -31,11 +40,7 @@ from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
 
 def _start_run(address: str, fab: bytes) -> str:
-    client = ControlHttpClient(
-        f"https://{address}",
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-        verify=False,
-    )
+    client = _control(address)
     try:
         reply = client.StartRun(
             StartRunRequest(fab=fab_to_proto(Fab(hashlib.sha256(fab).hexdigest(), fab, {})))
@@ -47,6 +52,55 @@ def _start_run(address: str, fab: bytes) -> str:
     return str(reply.run_id)
 
 
+def _control(address: str) -> ControlHttpClient:
+    return ControlHttpClient(
+        f"https://{address}",
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+        verify=False,
+    )
+
+
+def _activate(
+    gate: str, private: ec.EllipticCurvePrivateKey, public: ec.EllipticCurvePublicKey
+) -> str:
+    client = FleetHttpClient(
+        f"https://{gate}",
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+            NodeAuthHttpInterceptor(private, public),
+        ],
+        verify=False,
+    )
+    try:
+        reply = client.ActivateNode(
+            ActivateNodeRequest(public_key=public_key_to_bytes(public), heartbeat_interval=30)
+        )
+        return f"joined {reply.node_id}"
+    except httpx.HTTPStatusError as exc:
+        return f"refused {exc.response.status_code}"
+    finally:
+        client.close()
+
+
+def _insider_node(link: str, gate: str) -> dict[str, str]:
+    private, public = generate_key_pairs()
+    pem = public_key_to_bytes(public)
+    control = _control(link)
+    node_id = control.RegisterNode(RegisterNodeRequest(public_key=pem, name="insider")).node_id
+    out = {"key_sha256": hashlib.sha256(pem).hexdigest(), "registered": str(node_id)}
+    out["gate"] = _activate(gate, private, public)
+    deadline = time.monotonic() + 15
+    while True:
+        nodes = control.ListNodes(ListNodesRequest()).nodes_info
+        status = next((n.status for n in nodes if n.node_id == node_id), "absent")
+        if status == "unregistered" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    out["status"] = status
+    control.close()
+    return out
+
+
 def main(argv: list[str]) -> int:
     what, address = argv[0], argv[1]
     if what == "insider-run":
@@ -55,23 +109,9 @@ def main(argv: list[str]) -> int:
         print(_start_run(address, b"not a fab"))
     elif what == "join":
         private, public = generate_key_pairs()
-        client = FleetHttpClient(
-            f"https://{address}",
-            interceptors=[
-                RuntimeVersionHttpInterceptor(component_name="SuperNode"),
-                NodeAuthHttpInterceptor(private, public),
-            ],
-            verify=False,
-        )
-        try:
-            reply = client.ActivateNode(
-                ActivateNodeRequest(public_key=public_key_to_bytes(public), heartbeat_interval=30)
-            )
-            print(f"joined {reply.node_id}")
-        except httpx.HTTPStatusError as exc:
-            print(f"refused {exc.response.status_code}")
-        finally:
-            client.close()
+        print(_activate(address, private, public))
+    elif what == "insider-node":
+        print(json.dumps(_insider_node(address, argv[2])))
     else:
         raise SystemExit(f"unknown probe {what}")
     return 0

@@ -7,9 +7,10 @@ written by ``secfl.flower.flower_policy`` and signed 2-of-3; the example app
 under ``secfl run``. Before the SuperNodes start, the attacks run against the live
 SuperLink: a SuperNode outside ``secfl run``, one with a changed command (it pins a
 modified app), one of another policy (another CA), a node key of its own at the
-gate, ``flwr run`` through the gate, and an insider's run of a modified FAB on the
-loopback Control API. Then the app trains two rounds (the demo's fifth SuperNode,
-whose app was modified, is refused at attestation) and the SuperLink exits.
+gate, ``flwr run`` through the gate, an insider's run of a modified FAB on the
+loopback Control API, and an insider's own node key registered there. Then the app
+trains two rounds (the demo's fifth SuperNode, whose app was modified, is refused at
+attestation) and the SuperLink exits.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def outcome(flower_python: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         result.probes["insider"] = _probe(
             flower_python, "insider-run", f"127.0.0.1:{fed.link_port}", str(fab)
         )
+        result.probes["insider-node"] = _probe(
+            flower_python, "insider-node", f"127.0.0.1:{fed.link_port}", gate
+        )
         # A SuperNode outside `secfl run`: the genuine command, no attestation, no key.
         env = {k: v for k, v in os.environ.items() if not k.startswith("SECFL_")}
         site = fed.federation().sites[0]
@@ -145,10 +149,10 @@ def test_an_unattested_supernode_gets_no_key_and_cannot_join(outcome: Outcome) -
         .splitlines()[-1]
         .startswith("error: flower: $SECFL_FILES is not set: start this under `secfl run`")
     )
-    # With a node key of its own (its signed headers are valid), the gate passes it to
-    # Flower, which finds no such node: only the attested sites' keys are registered
-    # (FLEET_NODE_ACTIVATION_FAILED, HTTP 412).
-    assert outcome.probes["join"] == "refused 412"
+    # With a node key of its own (its signed headers are valid), the gate refuses it:
+    # only the attested sites' keys pass (Flower, which registered only those, would
+    # answer 412 too).
+    assert outcome.probes["join"] == "refused 403"
 
 
 def test_a_supernode_with_a_changed_command_is_refused_at_attestation(outcome: Outcome) -> None:
@@ -201,3 +205,22 @@ def test_a_wrong_fab_is_not_run(outcome: Outcome) -> None:
     assert f"fab: run {run_id} brings app sha256 {outcome.fed.modified_sha256[:16]}" in link
     refused = _events(outcome, "fl.flower.fab-refused")
     assert [e["detail"]["run_id"] for e in refused] == [run_id]
+
+
+def test_a_node_key_registered_behind_the_policys_back_never_joins(outcome: Outcome) -> None:
+    """An insider on the SuperLink's host registers a key of its own on Flower's
+    loopback Control API (Flower would then let it join the run and take the global
+    model): the gate refuses the key, and the SuperLink's wrapper unregisters it and
+    audits it."""
+    import json
+
+    probe = json.loads(outcome.probes["insider-node"])
+    assert probe["registered"].isdigit()  # Flower took the registration
+    assert probe["gate"] == "refused 403"
+    assert probe["status"] == "unregistered"
+    foreign = _events(outcome, "fl.flower.node-foreign")
+    assert [(e["detail"]["node_id"], e["detail"]["key_sha256"]) for e in foreign] == [
+        (probe["registered"], probe["key_sha256"])
+    ]
+    link = outcome.fed.processes["superlink"].text()
+    assert f"secfl: unregistered node {probe['registered']} (key sha256 " in link

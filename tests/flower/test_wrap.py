@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from secfl._internal.x509util import private_pem
 from secfl.errors import FlowerError
 from secfl.flower._flags import expand, parse_flower
-from secfl.flower._superlink import load_fab, load_node_keys
+from secfl.flower._nodes import load_node_keys
+from secfl.flower._superlink import load_fab
 from secfl.flower._supernode import openssh_key
 from secfl.flower._wrap import PrivatePaths, check_loopback, clean_env
 
@@ -221,9 +222,23 @@ def test_the_package_imports_no_flower(flower_python: Path) -> None:
         _ = secfl.flower.SecflStrategy
 
 
+def _node_keys(n: int) -> list[bytes]:
+    """``n`` SuperNode public keys, as Flower registers them (SPKI PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return [
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        for _ in range(n)
+    ]
+
+
 def test_the_gate_serves_the_fleet_api_and_nothing_else(tmp_path: Path) -> None:
-    """What never reaches Flower (answered by the gate itself, 404 or 413, one line)."""
+    """What never reaches Flower (answered by the gate itself, 403, 404 or 413, one line)."""
     import asyncio
+    from base64 import b64encode
 
     import httpx
 
@@ -231,29 +246,46 @@ def test_the_gate_serves_the_fleet_api_and_nothing_else(tmp_path: Path) -> None:
     from secfl.flower._local import tls_files
 
     ca = tls_files(tmp_path, ["127.0.0.1"])["ca"]
-    gate = FleetGate("https://127.0.0.1:9", str(ca))  # nothing listens upstream
+    site, other = _node_keys(2)
+    gate = FleetGate("https://127.0.0.1:9", str(ca), [site])  # nothing listens upstream
+    mine = {"flwr-public-key": b64encode(site).decode()}
+    foreign = {"flwr-public-key": b64encode(other).decode()}
+    both = [("flwr-public-key", b64encode(k).decode()) for k in (site, other)]
 
     async def calls() -> list[tuple[int, str]]:
         transport = httpx.ASGITransport(app=gate)
         async with httpx.AsyncClient(transport=transport, base_url="https://gate") as client:
             replies = [
-                await client.post("/v1/control/start-run", content=b"x"),
-                await client.post("/v1/runtime/acquire-task", content=b"x"),
-                await client.get("/v1/fleet/pull-messages"),
-                await client.post("/v1/fleet/not-a-call", content=b"x"),
-                await client.post("/v1/fleet/pull-messages?x=1", content=b"x"),
+                await client.post("/v1/control/start-run", content=b"x", headers=mine),
+                await client.post("/v1/runtime/acquire-task", content=b"x", headers=mine),
+                await client.get("/v1/fleet/pull-messages", headers=mine),
+                await client.post("/v1/fleet/not-a-call", content=b"x", headers=mine),
+                await client.post("/v1/fleet/pull-messages?x=1", content=b"x", headers=mine),
                 await client.get("/docs"),
-                await client.post("/v1/fleet/push-object", content=b"\0" * (MAX_BODY + 1)),
-                await client.post("/v1/fleet/pull-messages", content=b"x"),
+                await client.post(
+                    "/v1/fleet/push-object", content=b"\0" * (MAX_BODY + 1), headers=mine
+                ),
+                # a key of its own (an insider may have registered it with Flower)
+                await client.post("/v1/fleet/activate-node", content=b"x", headers=foreign),
+                await client.post("/v1/fleet/pull-messages", content=b"x"),  # no key
+                # two keys: Flower and the gate could read either
+                await client.post("/v1/fleet/pull-messages", content=b"x", headers=both),
+                await client.post(  # not base64
+                    "/v1/fleet/pull-messages", content=b"x", headers={"flwr-public-key": "*"}
+                ),
+                await client.post("/v1/fleet/pull-messages", content=b"x", headers=mine),
             ]
         return [(r.status_code, r.json()["error"]) for r in replies]
 
     out = asyncio.run(calls())
-    assert [code for code, _ in out] == [404, 404, 404, 404, 404, 404, 413, 502]
+    assert [code for code, _ in out] == [404] * 6 + [413] + [403] * 4 + [502]
     assert out[0][1].startswith("gate: only the Fleet API is served here")
     assert out[6][1] == f"gate: request larger than {MAX_BODY} bytes"
-    assert out[7][1].startswith("gate: the SuperLink did not answer")  # forwarded: no upstream
-    assert gate.refused == 6 and gate.forwarded == 0
+    assert {error for _, error in out[7:11]} == {
+        "gate: the request's SuperNode key is not one of the policy's attested nodes"
+    }
+    assert out[11][1].startswith("gate: the SuperLink did not answer")  # forwarded: no upstream
+    assert gate.refused == 10 and gate.forwarded == 0
 
 
 @contextlib.contextmanager
@@ -266,7 +298,7 @@ def _gate(tmp_path: Path) -> Iterator[tuple[int, str]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server, thread = serve(FleetGate("https://127.0.0.1:9", str(tls["ca"])), "127.0.0.1", port,
+    server, thread = serve(FleetGate("https://127.0.0.1:9", str(tls["ca"]), []), "127.0.0.1", port,
                            str(tls["crt"]), str(tls["key"]))  # fmt: skip
     try:
         deadline = time.monotonic() + 10

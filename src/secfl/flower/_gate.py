@@ -9,18 +9,30 @@ its TEE, and this gate, in the same TEE and with the same certificate, forwards 
 it exactly the Fleet API's calls (``POST /v1/fleet/<call>`` for the calls a SuperNode
 makes); everything else is answered 404 in one line and never reaches Flower.
 
+A Fleet call passes only if the SuperNode key it names (Flower's ``flwr-public-key``
+header) is one of the policy's attested nodes; any other is answered 403 here. Flower
+then checks the header's signature and that the key is registered. The gate's own
+check matters because registration is not the gate's: whoever reaches the
+SuperLink's loopback Control API can register a key of their own, and Flower would
+let that key join the run (the wrapper also watches the registry and removes such
+keys, :mod:`secfl.flower._superlink`).
+
 Requests are bounded (:data:`MAX_BODY`), no redirect is followed, and hop-by-hop
 headers are dropped; the SuperNodes' authentication headers (a signed timestamp) pass
-through untouched, and Flower checks them. The hop to Flower is TLS on loopback,
-verified against the policy's Flower CA.
+through untouched. The hop to Flower is TLS on loopback, verified against the
+policy's Flower CA.
 """
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 import json
 import ssl
+import sys
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from base64 import b64decode
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 import httpx
@@ -28,7 +40,7 @@ import uvicorn
 
 from secfl._internal.httpguard import Guard, Limits, file_budget
 
-__all__ = ["FLEET_CALLS", "MAX_BODY", "FleetGate", "serve"]
+__all__ = ["FLEET_CALLS", "MAX_BODY", "NODE_KEY_HEADER", "FleetGate", "serve"]
 
 #: The Fleet API calls of flwr 1.41 (``flwr.superlink.routers.fleet.router``).
 FLEET_CALLS = frozenset({
@@ -39,6 +51,11 @@ FLEET_CALLS = frozenset({
 #: The largest request the gate forwards: Flower sends models in object chunks of
 #: 5 MB (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``); the rest of the Fleet API is small.
 MAX_BODY = 16 << 20
+#: Where a SuperNode names its key (``flwr.supercore.constant.FLEET_HTTP_PUBLIC_KEY_HEADER``):
+#: base64 of the SPKI PEM, as Flower registers and compares it.
+NODE_KEY_HEADER = b"flwr-public-key"
+#: Refused keys the gate names in its log, each once (a flood of fresh keys adds no lines).
+_NAMED_REFUSALS = 64
 _HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"host", b"content-length",
@@ -53,15 +70,17 @@ Send = Callable[[Message], Awaitable[None]]
 class FleetGate:
     """An ASGI app forwarding the Fleet API to ``upstream`` (``https://127.0.0.1:PORT``)."""
 
-    def __init__(self, upstream: str, context: ssl.SSLContext) -> None:
+    def __init__(self, upstream: str, context: ssl.SSLContext, nodes: Iterable[bytes]) -> None:
         # the loopback hop inside the TEE: ``context`` checks the SuperLink's
         # certificate against the policy's Flower CA and its service name
         # (secfl.flower._tls.loopback_context)
         self.upstream = upstream.rstrip("/")
         self.context = context
+        self.nodes = frozenset(nodes)  # the attested SuperNodes' keys, SPKI PEM
         self.client: httpx.AsyncClient | None = None
         self.forwarded = 0
         self.refused = 0
+        self.named: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -83,6 +102,16 @@ class FleetGate:
                 404,
                 "gate: only the Fleet API is served here; the Control and Runtime APIs stay "
                 "inside the SuperLink's TEE",
+            )
+            return
+        key = _node_key(scope.get("headers", []))
+        if key not in self.nodes:
+            self.refused += 1
+            self._name(key)
+            await _answer(
+                send,
+                403,
+                "gate: the request's SuperNode key is not one of the policy's attested nodes",
             )
             return
         body = bytearray()
@@ -112,6 +141,13 @@ class FleetGate:
         await send({"type": "http.response.start", "status": reply.status_code, "headers": out})
         await send({"type": "http.response.body", "body": content})
 
+    def _name(self, key: bytes | None) -> None:
+        digest = "none" if key is None else hashlib.sha256(key).hexdigest()
+        if digest not in self.named and len(self.named) < _NAMED_REFUSALS:
+            self.named.add(digest)
+            print(f"secfl: gate: refused a SuperNode key not in the policy (sha256 {digest})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
     def _client(self) -> httpx.AsyncClient:
         if self.client is None:
             self.client = httpx.AsyncClient(
@@ -132,6 +168,18 @@ class FleetGate:
                     await self.client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _node_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The key named by the one ``flwr-public-key`` header; None if absent, repeated or
+    not base64 (two headers could be read differently here and by Flower)."""
+    values = [v for k, v in headers if k.lower() == NODE_KEY_HEADER]
+    if len(values) != 1:
+        return None
+    try:
+        return b64decode(values[0], validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 async def _answer(send: Send, status: int, error: str) -> None:

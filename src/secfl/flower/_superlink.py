@@ -10,8 +10,11 @@ superlink --fab '$SECFL_VOLUMES/app/app.fab' --fab-sha256 H --nodes '$SECFL_FILE
    the SHA-256 on the (measured) command line.
 2. Starts ``flower-superlink`` on loopback with the SuperExec secret.
 3. Registers the SuperNode keys the policy released to it (the public halves of the
-   attested sites' node keys): with ``--enable-supernode-auth`` no other key joins.
-4. Serves the Fleet API, and only it, on ``--listen`` (:mod:`secfl.flower._gate`).
+   attested sites' node keys): with ``--enable-supernode-auth`` no other key joins,
+   and while the run lasts it unregisters any other key that appears in Flower's
+   registry (:mod:`secfl.flower._nodes`).
+4. Serves the Fleet API, and only it, on ``--listen``, and only to the policy's node
+   keys (:mod:`secfl.flower._gate`).
 5. Runs its own SuperExec (:mod:`secfl.flower._exec`): only the approved ServerApp runs.
 6. Submits the approved FAB as the one run, with the board's run config; nobody
    else can submit (the Control API never leaves the TEE).
@@ -42,6 +45,7 @@ from secfl._internal.files import TooLarge, read_bounded
 from secfl.errors import FlowerError
 from secfl.flower._audit import SpmAudit
 from secfl.flower._flags import expand, parse_flower
+from secfl.flower._nodes import NodeWatch, load_node_keys, register
 from secfl.flower._tls import loopback_context
 from secfl.flower._wrap import (
     Child,
@@ -101,40 +105,6 @@ def load_fab(value: str, sha256: str, env: dict[str, str]) -> bytes:
             f"{sha256[:16]}...: not the board-approved app"
         )
     return data
-
-
-def load_node_keys(path: Path) -> list[bytes]:
-    """The SuperNode public keys (PEM, concatenated), as Flower compares them: SPKI PEM."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    try:
-        text = read_bounded(path, 1 << 20).decode("ascii")
-    except (OSError, UnicodeDecodeError, TooLarge) as exc:
-        raise FlowerError(f"flower: cannot read the node keys {path.name}: {exc}") from None
-    marker = "-----END PUBLIC KEY-----"
-    blocks = [b + marker for b in text.split(marker) if "-----BEGIN PUBLIC KEY-----" in b]
-    if not blocks:
-        raise FlowerError(
-            f"flower: {path.name} holds no public key: the policy injects each site's "
-            "$$SECFL::NAME:pub$$ there"
-        )
-    keys: list[bytes] = []
-    for block in blocks:
-        try:
-            key = serialization.load_pem_public_key(block.strip().encode())
-        except ValueError:
-            raise FlowerError(f"flower: {path.name} holds a key that is not PEM") from None
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise FlowerError(f"flower: {path.name} holds a key that is not an EC key")
-        keys.append(
-            key.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-    if len(set(keys)) != len(keys):
-        raise FlowerError(f"flower: {path.name} names a node key twice")
-    return keys
 
 
 def _wait_healthy(link: Child, base: str, context: ssl.SSLContext, timeout: float) -> None:
@@ -200,7 +170,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
     try:
         _wait_healthy(link, base, context, opts.start_timeout)
         control = _control(base, context)
-        node_ids = _register(control, nodes)
+        node_ids = register(control, nodes)
         audit.report(
             "nodes-registered",
             {"nodes": [
@@ -231,7 +201,9 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             ),
         )
         start_thread(executor)
-        gate = FleetGate(base, context)
+        watch = NodeWatch(control, nodes, audit)
+        watch.check()  # nothing else registered before the gate opens
+        gate = FleetGate(base, context, nodes)
         gate_server, gate_thread = serve(
             gate, listen_host, int(listen_port), cert_file, cmd.value("--ssl-keyfile") or "",
         )  # fmt: skip
@@ -245,7 +217,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             {"run_id": str(run_id), "fab_sha256": digest, "run_config": list(opts.run_config)},
         )
         print(f"secfl: started run {run_id} of app sha256 {digest[:16]}...", flush=True)
-        status = _wait_run(control, run_id, link, executor)
+        status = _wait_run(control, run_id, link, executor, watch)
         ok = status.startswith("finished:completed")
         detail: dict[str, Any] = {"run_id": str(run_id), "status": status}
         if ok and opts.output and output_key is not None:
@@ -282,18 +254,6 @@ def _control(base: str, context: ssl.SSLContext) -> Any:
     )
 
 
-def _register(control: Any, keys: list[bytes]) -> list[int]:
-    from flwr.proto.control_pb2 import RegisterNodeRequest
-
-    ids = []
-    for i, key in enumerate(keys, 1):
-        reply = control.RegisterNode(RegisterNodeRequest(public_key=key, name=f"site-{i}"))
-        if not reply.node_id:
-            raise FlowerError(f"flower: the SuperLink did not register node key {i}")
-        ids.append(int(reply.node_id))
-    return ids
-
-
 def _start_run(control: Any, fab: bytes, run_config: list[str]) -> int:
     from flwr.common.config import parse_config_args
     from flwr.common.serde import fab_to_proto, user_config_to_proto
@@ -311,16 +271,18 @@ def _start_run(control: Any, fab: bytes, run_config: list[str]) -> int:
     return int(reply.run_id)
 
 
-def _wait_run(control: Any, run_id: int, link: Child, executor: Any) -> str:
+def _wait_run(control: Any, run_id: int, link: Child, executor: Any, watch: NodeWatch) -> str:
     """The run's final status. Asked of Flower when the ServerApp's process has ended
     (the executor started it), and every 10 s besides (a run whose ServerApp never
-    started ends too): the Control API is not polled every second for hours."""
+    started ends too): the Control API is not polled every second for hours. The node
+    registry is read every ``watch.every`` seconds meanwhile (:class:`NodeWatch`)."""
     from flwr.proto.control_pb2 import ListRunsRequest
 
     asked = 0.0
     while True:
         if not link.alive():
             raise FlowerError(f"flower: flower-superlink exited {link.proc.returncode} mid-run")
+        watch.due()
         ended = executor.launched > 0 and executor.running() == 0
         if ended or time.monotonic() - asked > 10.0:
             asked = time.monotonic()

@@ -1,0 +1,137 @@
+"""The SuperLink's node registry, held to the policy's attested SuperNode keys.
+
+The policy releases to the ``superlink`` service the public halves of the sites' node
+keys (``/flower/nodes.pem``); the wrapper registers exactly those through Flower's
+loopback Control API, and ``--enable-supernode-auth`` activates no other key. That
+Control API authenticates nobody, though: whatever reaches the SuperLink's loopback
+can register a key of its own, and Flower would let it join the run. Two checks stop
+that. The gate forwards only Fleet calls whose key is the policy's
+(:mod:`secfl.flower._gate`), and :class:`NodeWatch` reads the registry every few
+seconds while the run lasts, unregisters any other key it finds and writes
+``fl.flower.node-foreign`` to the SPM's audit log. The watch is what catches a key
+used on loopback directly, past the gate; until it runs, such a key may take part
+(which is why loopback must lie inside the TEE: docs/flower.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from secfl._internal.files import TooLarge, read_bounded
+from secfl._internal.values import quoted
+from secfl.errors import FlowerError
+from secfl.flower._audit import SpmAudit
+
+__all__ = ["WATCH_EVERY", "NodeWatch", "load_node_keys", "register"]
+
+#: Seconds between two reads of the registry while the run lasts.
+WATCH_EVERY = 2.0
+#: Foreign nodes audited one by one; past this many, only counted (a flood of
+#: registrations is not an audit log's worth of lines).
+_AUDITED = 64
+
+
+def load_node_keys(path: Path) -> list[bytes]:
+    """The SuperNode public keys (PEM, concatenated), as Flower compares them: SPKI PEM."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        text = read_bounded(path, 1 << 20).decode("ascii")
+    except (OSError, UnicodeDecodeError, TooLarge) as exc:
+        raise FlowerError(f"flower: cannot read the node keys {path.name}: {exc}") from None
+    marker = "-----END PUBLIC KEY-----"
+    blocks = [b + marker for b in text.split(marker) if "-----BEGIN PUBLIC KEY-----" in b]
+    if not blocks:
+        raise FlowerError(
+            f"flower: {path.name} holds no public key: the policy injects each site's "
+            "$$SECFL::NAME:pub$$ there"
+        )
+    keys: list[bytes] = []
+    for block in blocks:
+        try:
+            key = serialization.load_pem_public_key(block.strip().encode())
+        except ValueError:
+            raise FlowerError(f"flower: {path.name} holds a key that is not PEM") from None
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise FlowerError(f"flower: {path.name} holds a key that is not an EC key")
+        keys.append(
+            key.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    if len(set(keys)) != len(keys):
+        raise FlowerError(f"flower: {path.name} names a node key twice")
+    return keys
+
+
+def register(control: Any, keys: Sequence[bytes]) -> list[int]:
+    """Registers ``keys`` (as ``site-1``, ``site-2``, ...) on the Control API ``control``;
+    their node IDs, in order."""
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    ids = []
+    for i, key in enumerate(keys, 1):
+        reply = control.RegisterNode(RegisterNodeRequest(public_key=key, name=f"site-{i}"))
+        if not reply.node_id:
+            raise FlowerError(f"flower: the SuperLink did not register node key {i}")
+        ids.append(int(reply.node_id))
+    return ids
+
+
+class NodeWatch:
+    """Unregisters, and audits, every registered node whose key is not the policy's."""
+
+    def __init__(
+        self, control: Any, keys: Sequence[bytes], audit: SpmAudit, every: float = WATCH_EVERY
+    ) -> None:
+        self.control = control
+        self.keys = frozenset(keys)
+        self.audit = audit
+        self.every = every
+        self.removed = 0  # foreign nodes unregistered so far
+        self._seen: set[int] = set()
+        self._last = float("-inf")
+
+    def due(self) -> None:
+        """:meth:`check`, if :attr:`every` seconds passed since the last."""
+        if time.monotonic() - self._last >= self.every:
+            self.check()
+
+    def check(self) -> int:
+        """Reads the registry now; returns how many foreign nodes it unregistered."""
+        from flwr.proto.control_pb2 import ListNodesRequest, UnregisterNodeRequest
+        from flwr.supercore.constant import NodeStatus
+
+        self._last = time.monotonic()
+        removed = 0
+        for info in self.control.ListNodes(ListNodesRequest()).nodes_info:
+            if info.public_key in self.keys or info.status == NodeStatus.UNREGISTERED:
+                continue
+            node_id = int(info.node_id)
+            try:
+                self.control.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
+            except httpx.HTTPStatusError:
+                continue  # unregistered meanwhile, by whoever registered it
+            removed += 1
+            self.removed += 1
+            if node_id in self._seen or len(self._seen) >= _AUDITED:
+                continue
+            self._seen.add(node_id)
+            digest = hashlib.sha256(bytes(info.public_key)).hexdigest()
+            self.audit.report(
+                "node-foreign",
+                {"node_id": str(node_id), "key_sha256": digest, "name": quoted(info.name)},
+            )
+            print(
+                f"secfl: unregistered node {node_id} (key sha256 {digest[:16]}...): its key is "
+                "not one of the policy's attested SuperNodes",
+                flush=True,
+            )
+        return removed
