@@ -135,6 +135,7 @@ class SpmProcess:
     pin: str = ""
     measurement: str = ""
     log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to the process's environment
 
     def start(self, timeout: float = 60.0) -> SpmProcess:
         ready = self.data.with_suffix(".ready.json")
@@ -148,7 +149,7 @@ class SpmProcess:
         ]  # fmt: skip
         if self.db:
             args += ["--db", self.db]
-        env = {**os.environ, "SECFL_SPM_POLICY_REFRESH": str(POLICY_REFRESH)}
+        env = {**os.environ, "SECFL_SPM_POLICY_REFRESH": str(POLICY_REFRESH), **self.env}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout

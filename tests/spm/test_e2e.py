@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
@@ -139,6 +140,55 @@ def test_a_new_version_may_not_pin_code_by_a_counter(
     with pytest.raises(SpmRefused, match=r"^policy: volumes\[0\]: code volume 'task' is pinned"):
         client.submit_policy(document, board.sign(document, "alice", "bob"))
     assert last_refusal(client)["event"] == "policy.refused"
+
+
+def test_a_stored_version_pinning_code_by_a_counter_releases_no_code_key(
+    tmp_path: Path, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """A version an SPM accepted before the rule above (emulated: an SPM process
+    without it) still reads after the upgrade, but the SPM no longer releases a key to
+    a service that opens such a code volume; the other services still enroll."""
+    old_code = tmp_path / "old"
+    old_code.mkdir()
+    (old_code / "sitecustomize.py").write_text(  # the SPM as it was before the rule
+        "import secfl.spm._service as service\nservice.check_new_version = lambda policy: None\n"
+    )
+    doc = yaml.safe_load(policy_document("fl-old", board, sim[1]))
+    doc["volumes"] = [{"name": "task", "key": "model-key", "kind": "code", "counter": "round"}]
+    doc["services"][0]["volumes"] = ["task"]  # the aggregator runs the code in it
+    document = yaml.safe_dump(doc, sort_keys=False)
+    data = tmp_path / "spm"
+    old = SpmProcess(data, sim[0], None, env={"PYTHONPATH": str(old_code)}).start()
+    try:
+        with SpmClient(old.url, pin=old.pin) as client:
+            assert (
+                client.submit_policy(document, board.sign(document, "alice", "bob"))["version"] == 1
+            )
+    finally:
+        old.stop()
+    new = SpmProcess(data, sim[0], None).start()
+    try:
+        with SpmClient(new.url, pin=new.pin) as client:
+            assert client.policy("fl-old")["version"] == 1  # it still reads
+            with pytest.raises(
+                SpmRefused,
+                match=r"^policy: version 1 pins code volume 'task' by a counter, so its key "
+                r"holder could change the code without the board; the board submits a "
+                r"version that pins it by its tag$",
+            ) as exc:
+                enroll(client, platform(sim), "fl-old", "aggregator", measurement=AGGREGATOR_MR)
+            assert exc.value.status == 403
+            refusal = last_refusal(client)
+            assert refusal["event"] == "attestation.refused"
+            assert refusal["detail"]["service"] == "aggregator"
+            released = [e for e in audit_events(client) if e["event"] == "secrets.released"]
+            assert released == []
+            col = enroll(
+                client, platform(sim), "fl-old", "collaborator", measurement=COLLABORATOR_MR
+            )
+            assert sorted(col.secrets) == ["model-key"]
+    finally:
+        new.stop()
 
 
 def test_policy_update_rules(

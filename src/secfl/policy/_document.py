@@ -43,6 +43,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_NUMBER_CHARS",
     "check_new_version",
+    "code_pinned_by_counter",
     "load_policy",
     "load_policy_file",
     "validation_message",
@@ -216,12 +217,28 @@ def check_new_version(policy: Policy) -> None:
     the volumes it opens, and a counter lets the key holder release other code
     without the board."""
     for i, volume in enumerate(policy.volumes):
-        if volume.kind == "code" and volume.tag is None:
+        if volume.name in code_pinned_by_counter(policy):
             raise PolicyError(
                 f"policy: volumes[{i}]: code volume '{volume.name}' is pinned by a counter; "
                 "pin it by its tag (`secfl shield encrypt` prints it): the board approves "
                 "code by its tag"
             )
+
+
+def code_pinned_by_counter(policy: Policy, service: str | None = None) -> list[str]:
+    """The code volumes of ``policy`` (those ``service`` opens, if named) pinned by a
+    counter rather than a tag: :func:`check_new_version` refuses them in a new version,
+    and the SPM releases no key to a service that opens one in a version it stored
+    before that rule."""
+    opened = None
+    if service is not None:
+        found = policy.service(service)
+        opened = set(found.volumes) if found is not None else set()
+    return [
+        v.name
+        for v in policy.volumes
+        if v.kind == "code" and v.tag is None and (opened is None or v.name in opened)
+    ]
 
 
 def load_policy_file(path: str | os.PathLike[str]) -> Policy:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from secfl._internal.canonical import canonical_json
 from secfl.errors import Refused, SecflError, SpmError
+from secfl.policy._document import code_pinned_by_counter
 from secfl.policy._model import Policy
 from secfl.policy._secrets import CertSecret
 from secfl.spm import _sealing as sv
@@ -112,6 +113,13 @@ class Attestor:
                     f"policy: '{policy_name}' has no service '{service_name}' "
                     f"(its services: {policy.service_list()})",
                     404,
+                )
+            pinned = code_pinned_by_counter(policy, service_name)
+            if pinned:
+                raise Refused(
+                    f"policy: version {record.version} pins code volume '{pinned[0]}' by a "
+                    "counter, so its key holder could change the code without the board; the "
+                    "board submits a version that pins it by its tag"
                 )
             if nonce_state != "ok":
                 raise Refused(f"nonce: the nonce is {nonce_state}")
