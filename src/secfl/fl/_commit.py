@@ -369,7 +369,8 @@ class Commit:
         if finished is not None:
             # an Event, not Thread.join: a join cut short by Ctrl-C may later return
             # while the thread still runs (CPython marks it stopped); a wait does not
-            finished.wait()  # (interrupted here: still pending, a later settle waits again)
+            # (interrupted here: still pending, a later settle waits again)
+            interrupts.wait(finished)
         self._pending = None
         outcome, self._outcome = self._outcome, None
         if isinstance(outcome, BaseException):
@@ -397,7 +398,7 @@ class _Sync:
             self._done.set()
 
     def wait(self) -> float:
-        self._done.wait()
+        interrupts.wait(self._done)
         if self._error is not None:
             raise self._error
         return self._ended
