@@ -50,6 +50,15 @@ HOSTILE = {
         r"metrics: 200 metrics, at most 64",
     ),
     "long-name": ("10", json.dumps({"x" * 500: 1.0}), r"metrics: a metric name of 500 characters"),
+    # joined with 10 (RawClient.join), then claims 1000: the round's weight bound is the
+    # sum of the join counts, so this took most of it and the honest sites' updates
+    # were refused as "beyond its bound" (the quorum failed, the aggregator stopped)
+    "crowd-out": (
+        "1000",
+        '{"loss": 1.0}',
+        r"samples: 'crowd-out' reports 1000 samples, more than the 10 it reported when it "
+        r"joined",
+    ),
 }
 SETTINGS = {"rounds": 1, "quorum": 3, "heartbeat": 0.5, "dead_after": 5.0,
             "round_timeout": 60, "join_timeout": 60, "seed": 4}  # fmt: skip

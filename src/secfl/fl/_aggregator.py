@@ -270,16 +270,15 @@ class Aggregator:
             self._events.drain(timeout=10.0)
         return stopped_hint(self.sealed, self.commit.directory, self.config.rounds, self.run_label)
 
-    def _weight_bound(self, sampled: list[str]) -> int:
-        """The most samples ``sampled`` may report in all: what each said when it
-        joined, else the policy's ``max_samples`` (it sizes an exact sum's grid)."""
+    def _sample_caps(self, sampled: list[str]) -> dict[str, int]:
+        """The most samples each of ``sampled`` may report: what it said when it joined,
+        else the policy's ``max_samples``. Their sum sizes an exact sum's grid."""
         with self.rounds.cond:
-            counts = [
-                (p.samples if (p := self.rounds.participants.get(n)) and p.samples else None)
+            return {
+                n: (p.samples if (p := self.rounds.participants.get(n)) and p.samples else None)
                 or self.config.max_samples
                 for n in sampled
-            ]
-        return min(sum(counts), 1 << 53)
+            }
 
     def _collect(self, round: int, strategy: Any, params: Params, signed: SignedModel) -> Attempt:
         try:
@@ -297,6 +296,7 @@ class Aggregator:
             alive = self.rounds.wait_available(cfg.min_clients, cfg.join_timeout)
             sampled = cfg.sample(alive, round, number)
             base = strategy.configure(round)
+            caps = self._sample_caps(sampled)
             attempt = Attempt(
                 round=round,
                 number=number,
@@ -306,13 +306,16 @@ class Aggregator:
                 deadline=time.monotonic() + cfg.round_timeout,
                 # rules whose sum does not depend on order fold on arrival in either order
                 accumulator=(
-                    strategy.accumulator(round, params, weight_bound=self._weight_bound(sampled))
+                    strategy.accumulator(
+                        round, params, weight_bound=min(sum(caps.values()), 1 << 53)
+                    )
                     if strategy.streaming
                     else strategy.accumulator(round, params)
                     if cfg.aggregation_order == "arrival"
                     else None
                 ),
                 global_params=params,
+                caps=caps,
             )
             log.info("round %d attempt %d: sampled %s", round, number, ", ".join(sampled))
             if number == 1:

@@ -34,6 +34,10 @@ class Attempt:
     deadline: float
     accumulator: Accumulator | None  # arrival order: folded as updates come
     global_params: Params
+    #: The most samples each sampled participant's update may report: what it said when
+    #: it joined (else the policy's max_samples). Their sum bounds an exact sum's weight,
+    #: so one participant claiming more would crowd out everyone else's updates.
+    caps: dict[str, int] = field(default_factory=dict)
     updates: dict[str, Update] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     fetched: set[str] = field(default_factory=set)

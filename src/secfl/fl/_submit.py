@@ -125,7 +125,7 @@ class Submissions:
                 except FlError:
                     got["misdirected"] = True  # for another attempt: this one unharmed
                     raise
-            got["samples"] = msg.sample_count(header, self.config.max_samples)
+            got["samples"] = self._samples(header, peer.service, a)
             got["metrics"] = msg.metric_values(header)
             return int(got["samples"])
 
@@ -229,8 +229,21 @@ class Submissions:
         if all(a.settled(n) for n in a.sampled):
             self.cond.notify_all()
 
-    def _update(self, header: dict[str, Any], payload: memoryview, name: str, a: Attempt) -> Update:
+    def _samples(self, header: dict[str, Any], name: str, a: Attempt) -> int:
+        """The update's sample count: from 1 to the policy's ``max_samples``, and no
+        more than its sender reported when it joined (``a.caps``)."""
         samples = msg.sample_count(header, self.config.max_samples)
+        cap = a.caps.get(name)
+        if cap is not None and samples > cap:
+            raise FlError(
+                f"samples: '{name}' reports {samples} samples, more than the {cap} it "
+                "reported when it joined (a larger count would take other updates' share "
+                "of the round's weight)"
+            )
+        return samples
+
+    def _update(self, header: dict[str, Any], payload: memoryview, name: str, a: Attempt) -> Update:
+        samples = self._samples(header, name, a)
         metrics = msg.metric_values(header)
         params, _ = from_bytes(payload, max_bytes=self.max_update_bytes, copy=False)
         return Update(sender=name, params=params, num_samples=samples, metrics=metrics)
