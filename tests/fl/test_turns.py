@@ -334,3 +334,39 @@ def test_a_holder_whose_round_closed_is_not_refused_in_the_next() -> None:
         assert "after its round closed" in outcome["slow"]
     finally:
         stop.set()
+
+
+@pytest.mark.parametrize("who", ["stranger", "not-sampled", "other-round"])
+def test_canonical_order_reads_no_payload_before_the_header_is_vetted(who: str) -> None:
+    """Found by a hostile review: with a rule that needs whole updates in ``canonical``
+    order (the default), an update was read whole into memory before its sender was
+    checked, so a stranger's four calls held four updates' worth of memory each (on a
+    38 MiB model, a traced peak of 145 MiB) before ``has not joined``. Now no more than
+    the header's own piece is read from a caller that owes no update."""
+    config = FederationConfig(strategy="median", dead_after=30.0, round_timeout=20,
+                              min_clients=1, quorum=1)  # fmt: skip
+    assert config.aggregation_order == "canonical"
+    rounds = Rounds(config, max_update_bytes=64 << 20)
+    now = time.monotonic()
+    for name in ("site", "not-sampled"):
+        rounds.participants[name] = Participant(name, "", None, now)
+    attempt = Attempt(round=1, number=1, sampled=["site"], model=None,  # type: ignore[arg-type]
+                      configs={}, deadline=now + 20, accumulator=None,
+                      global_params={})  # fmt: skip
+    rounds.open(attempt)
+    service = {"stranger": "stranger", "not-sampled": "not-sampled", "other-round": "site"}[who]
+    head = msg.header_bytes({"kind": "update", "round": 2 if who == "other-round" else 1,
+                             "attempt": 1, "epoch": rounds.epoch, "samples": 1,
+                             "metrics": {}})  # fmt: skip
+    pulled = []
+
+    def pieces() -> Iterator[bytes]:
+        yield head
+        for _ in range(48):  # 48 MiB, within the update limit
+            pulled.append(1)
+            yield bytes(1 << 20)
+
+    with pytest.raises(FlError, match="^protocol: "):
+        rounds.submit(pieces(), Peer("p", service, ""))
+    assert pulled == []
+    assert not attempt.settled("site")  # a misdirected update leaves the round unharmed

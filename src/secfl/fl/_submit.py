@@ -81,8 +81,10 @@ class Submissions:
             reply = self._submit_streamed(_marked(pieces, marks), peer, a, a.accumulator)
         elif self._turn is not None:
             reply = self._submit_in_turn(_marked(pieces, marks), peer, a, self._turn)
-        else:
-            reply = self._submit(_marked(pieces, marks), peer, a)
+        else:  # kept whole for the round loop; read only once its header is vetted
+            pieces = _marked(pieces, marks)
+            head = self._vetted_head(pieces, peer, a)
+            reply = self._submit(itertools.chain((head,), pieces), peer, a)
         with self.cond:
             a = self.attempt
             if a is not None and len(marks) == 2:
@@ -157,15 +159,8 @@ class Submissions:
         """A whole update received in its turn (:mod:`secfl.fl._turn`): its header read
         and vetted first, so that a caller that owes none never holds the turn."""
         pieces = iter(pieces)
-        try:
-            head = message_header(pieces)
-            header = msg.decode(head, "update")[0]
-        except (FlError, TransportError) as exc:
-            self._refused(a, peer, str(exc))
-            raise
-        with self.cond:
-            self._seen(peer)
-            self._vet(header, peer, a)
+        head = self._vetted_head(pieces, peer, a)
+        header = msg.decode(head, "update")[0]
 
         def alive() -> None:  # waiting for its turn: busy, not silent
             with self.cond:
@@ -185,6 +180,22 @@ class Submissions:
         except FlError as exc:
             self._refused(a, peer, str(exc))
             raise
+
+    def _vetted_head(self, pieces: Iterator[bytes], peer: Peer, a: Attempt) -> bytes:
+        """The update message's header, read from ``pieces`` alone and vetted: a caller
+        that has not joined, was not sampled or owes no update is refused before any of
+        its payload is read (else four calls of a stranger held four updates' worth of
+        memory each until their headers were read)."""
+        try:
+            head = message_header(pieces)
+            header = msg.decode(head, "update")[0]
+        except (FlError, TransportError) as exc:
+            self._refused(a, peer, str(exc))
+            raise
+        with self.cond:
+            self._seen(peer)
+            self._vet(header, peer, a)
+        return head
 
     def _submit(self, pieces: Iterator[bytes], peer: Peer, a: Attempt) -> bytes:
         """A whole update, for ``a`` (the attempt open when it began: an update that
