@@ -195,6 +195,17 @@ class Attestor:
         csr: x509.CertificateSigningRequest,
         now: datetime,
     ) -> AttestResult:
+        from secfl.spm._sessions import current_version  # (it imports this module)
+
+        current = current_version(tx, policy.name)
+        if current is not None and current > record.version:
+            # the version was read outside this write: a board's new version (one that
+            # drops this measurement, say) may have committed meanwhile
+            raise Refused(
+                f"policy: version {current} of '{policy.name}' replaced version "
+                f"{record.version} while this attestation was checked: attest again",
+                409,
+            )
         service = policy.service(service_name)
         assert service is not None
         token = secrets.token_urlsafe(32)

@@ -39,6 +39,7 @@ import hmac
 import json
 import os
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ from secfl.errors import IntegrityError, SpmError
 _ROW_LABEL = b"secfl/spm-row/v1\n"
 _ANCHOR_LABEL = b"secfl/spm-anchor/v1\n"
 ANCHOR_FILE = "audit.anchor"
+#: Raises of one floor remembered (:attr:`Floors.raises`): a read that spans more
+#: commits of one counter than this is refused and retried, never let through.
+RAISES_KEPT = 256
 
 
 def _jsonable(value: Any) -> Any:
@@ -110,19 +114,23 @@ class Floors:
     requests: dict[tuple[str, str], tuple[int, str, str]] = field(default_factory=dict)
     #: Moves on whenever a floor is raised. A read transaction notes it when it
     #: begins (:attr:`Tx.since <secfl.spm._tx.Tx.since>`): a floor raised after that
-    #: may be a commit its snapshot predates, so a value behind such a floor is stale,
-    #: not rolled back (the next read checks it against the floor again).
+    #: may be a commit its snapshot predates, so a value behind such a floor but not
+    #: behind the floor as it stood at ``since`` is stale, not rolled back (the next
+    #: read checks it against the floor again).
     epoch: int = 0
-    #: (kind, key) -> the epoch its floor was last raised at ("head", "policy",
-    #: "counter", "volume").
-    raised_at: dict[tuple[str, Any], int] = field(default_factory=dict)
+    #: (kind, key) -> its floor's last raises, oldest first: (the epoch of the raise,
+    #: the floor before it) ("head", "policy", "counter", "volume"). Kept so that a
+    #: stale read may see only what stood when it began, not any older value: else a
+    #: host that held a read while a commit went through could answer it with any
+    #: authentic old row (a counter far back, a superseded policy version).
+    raises: dict[tuple[str, Any], deque[tuple[int, int]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- checks (raise on a rollback, raise the floor otherwise)
     def check_head(self, seq: int, head_hash: str, *, since: int | None = None) -> None:
         with self.lock:
             floor_seq, floor_hash = self.head
-            if seq < floor_seq and self._stale("head", None, since):
+            if seq < floor_seq and self._stale("head", None, since, seq):
                 return
             if seq < floor_seq:
                 raise IntegrityError(
@@ -139,7 +147,7 @@ class Floors:
         with self.lock:
             if seq >= self.head[0]:
                 if seq > self.head[0]:
-                    self._raised("head", None)
+                    self._raised("head", None, self.head[0])
                 self.head = (seq, head_hash)
 
     def check_policy(
@@ -182,7 +190,7 @@ class Floors:
         with self.lock:
             floor = table.get(key, 0)
             if value < floor:
-                if self._stale(kind, key, since):
+                if self._stale(kind, key, since, value):
                     return
                 raise IntegrityError(
                     f"rollback: {what} is {value} in the database, but this SPM recorded "
@@ -190,17 +198,28 @@ class Floors:
                 )
             if learn and value > floor:
                 table[key] = value
-                self._raised(kind, key)
+                self._raised(kind, key, floor)
 
-    def _raised(self, kind: str, key: Any) -> None:
-        """Note that a floor moved (the caller holds the lock)."""
+    def _raised(self, kind: str, key: Any, before: int) -> None:
+        """Note that a floor moved from ``before`` (the caller holds the lock)."""
         self.epoch += 1
-        self.raised_at[(kind, key)] = self.epoch
+        raises = self.raises.get((kind, key))
+        if raises is None:
+            raises = self.raises[(kind, key)] = deque(maxlen=RAISES_KEPT)
+        raises.append((self.epoch, before))
 
-    def _stale(self, kind: str, key: Any, since: int | None) -> bool:
-        """Whether a value behind the floor of (kind, key) is explained by a read that
-        began (at epoch ``since``) before the floor was raised."""
-        return since is not None and self.raised_at.get((kind, key), 0) > since
+    def _stale(self, kind: str, key: Any, since: int | None, value: int) -> bool:
+        """Whether ``value``, behind the floor of (kind, key), is what a read that
+        began at epoch ``since`` may see: the floor as it stood then, or a later one.
+        If that floor is no longer known (more than :data:`RAISES_KEPT` raises since
+        the read began), it is not (fail closed: the read is refused, and retried)."""
+        raises = self.raises.get((kind, key))
+        if since is None or not raises or raises[-1][0] <= since:
+            return False
+        first = next(i for i, (epoch, _) in enumerate(raises) if epoch > since)
+        if first == 0 and len(raises) == raises.maxlen:
+            return False  # raises after ``since`` may have been forgotten
+        return value >= raises[first][1]
 
     def revoked_in(self, policy: str) -> set[tuple[str, str]]:
         with self.lock:
@@ -212,18 +231,21 @@ class Floors:
         with self.lock:
             if what == "policy":
                 _, name, version = change
-                self.policies[name] = max(self.policies.get(name, 0), version)
-                self._raised("policy", name)
+                before = self.policies.get(name, 0)
+                self.policies[name] = max(before, version)
+                self._raised("policy", name, before)
             elif what == "counter":
                 _, policy, name, value = change
                 key = (policy, name)
-                self.counters[key] = max(self.counters.get(key, 0), value)
-                self._raised("counter", key)
+                before = self.counters.get(key, 0)
+                self.counters[key] = max(before, value)
+                self._raised("counter", key, before)
             elif what == "volume":
                 _, policy, volume, version = change
                 key = (policy, volume)
-                self.volumes[key] = max(self.volumes.get(key, 0), version)
-                self._raised("volume", key)
+                before = self.volumes.get(key, 0)
+                self.volumes[key] = max(before, version)
+                self._raised("volume", key, before)
             elif what == "revoke":
                 _, policy, kind, subject = change
                 self.revoked.setdefault(policy, set()).add((kind, subject))
