@@ -19,6 +19,7 @@ from secfl.shield import (
     Volume,
     _parallel,
     encrypt_directory,
+    encrypt_files,
     generate_key,
     key_from_file,
     load_key,
@@ -75,6 +76,31 @@ def test_round_trip(tmp_path: Path) -> None:
         volume.extract(tmp_path / "out")
     assert read_tree(tmp_path / "out") == expected
     assert volume_tag(tmp_path / "v.vol", KEY.hex()) == tag
+
+
+def test_files_in_memory_seal_as_the_same_tree(tmp_path: Path) -> None:
+    """``encrypt_files``: the tree a folder of those files would give (the same tag, the
+    modes aside: 0600), and no file of plaintext on the way."""
+    src = tree(tmp_path / "src")
+    contents = {path: content for path, (content, _) in read_tree(src).items()}
+    for path in contents:
+        os.chmod(src / path, 0o600)
+    tag = encrypt_files(contents, tmp_path / "m.vol", KEY, chunk_size=CHUNK)
+    assert tag == encrypt_directory(src, tmp_path / "d.vol", KEY, chunk_size=CHUNK)
+    with Volume.open(tmp_path / "m.vol", KEY, expected_tag=tag) as volume:
+        assert {e.path: volume.read_bytes(e.path) for e in volume.files} == contents
+        assert {e.mode for e in volume.files} == {0o600}
+    one = encrypt_files({"x": memoryview(bytearray(b"ab" * 100))}, tmp_path / "o.vol", KEY,
+                        chunk_size=CHUNK)  # fmt: skip
+    with Volume.open(tmp_path / "o.vol", KEY, expected_tag=one) as volume:
+        assert volume.read_bytes("x") == b"ab" * 100
+
+
+@pytest.mark.parametrize("path", ["", "/abs", "a//b", "a/../b", ".", "a/", "x\udcff"])
+def test_files_in_memory_need_paths_below_the_top(tmp_path: Path, path: str) -> None:
+    with pytest.raises(ShieldError, match="^shield: .* is not a path below the volume's top$"):
+        encrypt_files({path: b"x"}, tmp_path / "v.vol", KEY)
+    assert not (tmp_path / "v.vol").exists()
 
 
 def test_empty_directory(tmp_path: Path) -> None:

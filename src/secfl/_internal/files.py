@@ -8,8 +8,10 @@
   under a fresh name (``O_CREAT | O_EXCL | O_NOFOLLOW``), so that nothing planted at
   the path (a symbolic link, a hard link to another file, a file others can read)
   ever receives a key.
-- :func:`ram_tempdir`: a private (0700) folder in RAM when the system has one, for
-  the moments a secret must be a file (a TLS key for a library that reads only paths).
+- :func:`memory_file`: a secret that must be a file for a moment (a TLS key for a
+  library that reads only paths) as a file with no name on any file system (Linux's
+  ``memfd``), which a SIGKILL cannot leave behind; elsewhere, a file in
+  :func:`ram_tempdir`, a private (0700) folder in RAM when the system has one.
 
 Errors are ``OSError`` for the caller to word in its own terms.
 """
@@ -89,6 +91,30 @@ def ram_tempdir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def memory_file(data: bytes, name: str) -> Iterator[str]:
+    """A path from which ``data`` can be read until the block ends: an anonymous memory
+    file (``/proc/self/fd/N`` of a ``memfd``) on Linux, gone with its descriptor or the
+    process whatever kills it; elsewhere a 0600 file in :func:`ram_tempdir`."""
+    create = getattr(os, "memfd_create", None)
+    if create is not None and Path("/proc/self/fd").is_dir():
+        fd = create(name, getattr(os, "MFD_CLOEXEC", 0))
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with ram_tempdir("secfl-") as folder:
+        path = folder / name
+        fd = os.open(path, _FLAGS, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        yield str(path)
 
 
 class TooLarge(ValueError):

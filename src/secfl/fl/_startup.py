@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from secfl._internal.files import atomic_write, ram_tempdir
+from secfl._internal.files import atomic_write
 from secfl._internal.interrupts import interrupt_once
 from secfl.errors import FlError, SecflError
 from secfl.fl._aggregator import Aggregator, Signer
@@ -301,12 +301,14 @@ def write_output(
     if key_file is None:
         log.warning("no output key injected: the final model stays in the sealed checkpoints")
         return opts.checkpoints or opts.output
-    from secfl.shield import encrypt_directory
+    from secfl.shield import encrypt_files
 
-    with ram_tempdir("secfl-model-") as tmp:
-        (tmp / "model.safetensors").write_bytes(data)
-        (tmp / "metrics.json").write_text(json.dumps(agg.history, sort_keys=True))
-        path = opts.output / "model.secfl"
-        tag = encrypt_directory(tmp, path, load_hex_key(key_file))
+    # sealed from memory: a folder staged for it outlived a SIGKILL, with the model in it
+    path = opts.output / "model.secfl"
+    contents = {
+        "model.safetensors": data,
+        "metrics.json": json.dumps(agg.history, sort_keys=True).encode(),
+    }
+    tag = encrypt_files(contents, path, load_hex_key(key_file))
     log.info("final model sealed in %s (tag %s)", path, tag)
     return path

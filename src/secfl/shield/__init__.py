@@ -12,7 +12,7 @@ The format is described in :mod:`secfl.shield._format`.
 from __future__ import annotations
 
 from secfl.errors import ShieldError
-from secfl.shield._encrypt import encrypt_directory
+from secfl.shield._encrypt import encrypt_directory, encrypt_files
 from secfl.shield._format import DEFAULT_CHUNK_SIZE, FORMAT
 from secfl.shield._importer import VolumeImporter, VolumePath
 from secfl.shield._keys import generate_key, key_from_file, load_key, write_key_file
@@ -29,6 +29,7 @@ __all__ = [
     "VolumeImporter",
     "VolumePath",
     "encrypt_directory",
+    "encrypt_files",
     "generate_key",
     "key_from_file",
     "load_key",

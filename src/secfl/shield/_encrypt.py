@@ -1,10 +1,13 @@
-"""Turn a directory into one volume file (see :mod:`secfl.shield._format`)."""
+"""Turn a directory, or files held in memory, into one volume file (see
+:mod:`secfl.shield._format`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,7 +19,11 @@ from secfl.errors import ShieldError
 from secfl.shield import _format as fmt
 from secfl.shield._keys import load_key
 
-__all__ = ["encrypt_directory"]
+__all__ = ["encrypt_directory", "encrypt_files"]
+
+#: Seals one file into the sink: (aead, salt, index, path, chunk_size, sink) to its
+#: manifest entry, without the offset.
+Sealer = Callable[[AESGCM, bytes, int, str, int, BinaryIO], dict[str, Any]]
 
 
 def encrypt_directory(
@@ -50,13 +57,7 @@ def encrypt_directory(
     The associated data binds salt, file index and path, chunk index and a "last
     chunk" flag (see :mod:`secfl.shield._format`).
     """
-    key = load_key(key)
-    if type(version) is not int or not 0 <= version <= fmt.MAX_VERSION:
-        raise ShieldError(f"shield: version must be an integer from 0 to 2^63-1, not {version!r}")
-    if type(chunk_size) is not int or not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
-        raise ShieldError(
-            f"shield: chunk size must be from 1 to {fmt.MAX_CHUNK_SIZE} bytes, not {chunk_size!r}"
-        )
+    key = _check_settings(key, version, chunk_size)
     src, out = Path(src), Path(out)
     try:
         if not stat.S_ISDIR(os.stat(src).st_mode):
@@ -67,12 +68,66 @@ def encrypt_directory(
     if target == top or top in target.parents:
         raise ShieldError(f"shield: the volume '{out}' must not be inside '{src}'")
     paths = _walk(src)
-    if len(paths) > fmt.MAX_FILES:
-        raise ShieldError(f"shield: '{src}' has more than 2^32 files")
+    sealers = [(rel, functools.partial(_seal_file, path)) for rel, path in paths]
+    return _write(target, out, overwrite, key, f"'{src}'", sealers, version, chunk_size)
 
+
+def encrypt_files(
+    contents: Mapping[str, bytes | bytearray | memoryview],
+    out: Path | str,
+    key: bytes,
+    *,
+    version: int = 1,
+    chunk_size: int = fmt.DEFAULT_CHUNK_SIZE,
+    overwrite: bool = True,
+) -> str:
+    """:func:`encrypt_directory` of files held in memory (``contents``: a ``/``-separated
+    path below the volume's top, to its bytes); return the volume's tag.
+
+    No plaintext is written to any file on the way, so a process killed while it seals
+    leaves none behind (a folder staged for :func:`encrypt_directory`, even in RAM,
+    outlives a SIGKILL). The files get mode 0600."""
+    key = _check_settings(key, version, chunk_size)
+    named: dict[str, bytes | bytearray | memoryview] = {}
+    for path, data in contents.items():
+        rel = _path(path)
+        if rel in named:
+            raise ShieldError(f"shield: two files are named '{rel}' after normalisation")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ShieldError(f"shield: the content of '{rel}' is not bytes")
+        named[rel] = data
+    sealers = [(rel, functools.partial(_seal_bytes, named[rel])) for rel in sorted(named)]
+    out = Path(out)
+    return _write(out.resolve(), out, overwrite, key, "the files", sealers, version, chunk_size)
+
+
+def _check_settings(key: bytes, version: int, chunk_size: int) -> bytes:
+    key = load_key(key)
+    if type(version) is not int or not 0 <= version <= fmt.MAX_VERSION:
+        raise ShieldError(f"shield: version must be an integer from 0 to 2^63-1, not {version!r}")
+    if type(chunk_size) is not int or not 1 <= chunk_size <= fmt.MAX_CHUNK_SIZE:
+        raise ShieldError(
+            f"shield: chunk size must be from 1 to {fmt.MAX_CHUNK_SIZE} bytes, not {chunk_size!r}"
+        )
+    return key
+
+
+def _write(
+    target: Path,
+    out: Path,
+    overwrite: bool,
+    key: bytes,
+    what: str,
+    sealers: Sequence[tuple[str, Sealer]],
+    version: int,
+    chunk_size: int,
+) -> str:
+    """The volume of ``sealers`` written to ``target`` (atomically, mode 0600); its tag."""
+    if len(sealers) > fmt.MAX_FILES:
+        raise ShieldError(f"shield: {what} hold more than 2^32 files")
     try:
         with files.atomic_open(target, mode=0o600, replace=overwrite) as sink:
-            return _seal_volume(sink, key, src, paths, version, chunk_size)
+            return _seal_volume(sink, key, what, sealers, version, chunk_size)
     except FileExistsError:
         raise ShieldError(f"shield: '{out}' exists; not replacing it") from None
     except OSError as exc:
@@ -82,27 +137,27 @@ def encrypt_directory(
 def _seal_volume(
     sink: BinaryIO,
     key: bytes,
-    src: Path,
-    paths: list[tuple[str, Path]],
+    what: str,
+    sealers: Sequence[tuple[str, Sealer]],
     version: int,
     chunk_size: int,
 ) -> str:
-    """Write the volume of ``paths`` into ``sink`` (header, chunks, manifest); its tag."""
+    """Write the volume of ``sealers`` into ``sink`` (header, chunks, manifest); its tag."""
     salt = os.urandom(fmt.SALT_SIZE)
     keys = fmt.derive_keys(key, salt)
     sink.write(bytes(fmt.HEADER_SIZE))
     entries: list[dict[str, Any]] = []
     offset = fmt.HEADER_SIZE
     aead = AESGCM(keys.chunk)
-    for index, (rel, path) in enumerate(paths):
-        entry = _seal_file(aead, salt, index, rel, path, chunk_size, sink)
+    for index, (rel, seal) in enumerate(sealers):
+        entry = seal(aead, salt, index, rel, chunk_size, sink)
         entry["offset"] = offset
         offset += fmt.sealed_length(entry["size"], chunk_size)
         entries.append(entry)
     manifest = {"format": fmt.FORMAT, "version": version, "chunk_size": chunk_size}
     plaintext = fmt.canonical({**manifest, "files": entries})
     if len(plaintext) + fmt.TAG_SIZE > fmt.MAX_MANIFEST_SIZE:
-        raise ShieldError(f"shield: '{src}' has too many files for one volume")
+        raise ShieldError(f"shield: {what} hold too many files for one volume")
     header = fmt.Header(
         chunk_size,
         salt,
@@ -152,6 +207,16 @@ def _walk(top: Path) -> list[tuple[str, Path]]:
     return sorted(found.items())
 
 
+def _path(path: str) -> str:
+    """A volume path given by a caller: ``/``-separated valid names, none empty, ``.``
+    or ``..`` (what :func:`_walk` records for a file below a folder)."""
+    parts = path.split("/") if isinstance(path, str) else []
+    names = [nfc_name(part) for part in parts]
+    if not names or any(n is None or n in ("", ".", "..") for n in names):
+        raise ShieldError(f"shield: {path!r} is not a path below the volume's top")
+    return "/".join(n for n in names if n is not None)
+
+
 def _name(name: str, directory: Path) -> str:
     recorded = nfc_name(name)
     if recorded is None:
@@ -184,12 +249,60 @@ def _read_full(f: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _seal_file(
+def _seal_bytes(
+    data: bytes | bytearray | memoryview,
     aead: AESGCM,
     salt: bytes,
     index: int,
     rel: str,
+    chunk_size: int,
+    sink: BinaryIO,
+) -> dict[str, Any]:
+    """Encrypt ``data`` into ``sink`` as file ``rel``; its manifest entry (mode 0600)."""
+    view = memoryview(data).cast("B")
+    pieces = (bytes(view[i : i + chunk_size]) for i in range(0, len(view), chunk_size))
+    size, digest, count = _seal_chunks(
+        aead, salt, index, rel, lambda: next(pieces, b""), chunk_size, sink
+    )
+    return {"path": rel, "mode": 0o600, "size": size, "sha256": digest, "chunks": count}
+
+
+def _seal_chunks(
+    aead: AESGCM,
+    salt: bytes,
+    index: int,
+    rel: str,
+    read: Callable[[], bytes],
+    chunk_size: int,
+    sink: BinaryIO,
+) -> tuple[int, str, int]:
+    """Seal what ``read()`` gives (``chunk_size`` bytes a call, fewer only at the end)
+    into ``sink`` as file ``index``; its size, SHA-256 and number of chunks."""
+    digest = hashlib.sha256()
+    size, chunk = 0, 0
+    current = read()
+    while True:
+        following = read() if len(current) == chunk_size else b""
+        last = not following
+        digest.update(current)
+        sink.write(
+            aead.encrypt(
+                fmt.chunk_nonce(index, chunk), current, fmt.chunk_aad(salt, index, rel, chunk, last)
+            )
+        )
+        size += len(current)
+        chunk += 1
+        if last:
+            return size, digest.hexdigest(), chunk
+        current = following
+
+
+def _seal_file(
     path: Path,
+    aead: AESGCM,
+    salt: bytes,
+    index: int,
+    rel: str,
     chunk_size: int,
     sink: BinaryIO,
 ) -> dict[str, Any]:
@@ -211,29 +324,11 @@ def _seal_file(
             except OSError as exc:
                 raise ShieldError(f"shield: cannot read '{path}': {exc.strerror or exc}") from None
 
-        digest = hashlib.sha256()
-        size, chunk = 0, 0
-        current = read()
-        while True:
-            following = read() if len(current) == chunk_size else b""
-            last = not following
-            digest.update(current)
-            sink.write(
-                aead.encrypt(
-                    fmt.chunk_nonce(index, chunk),
-                    current,
-                    fmt.chunk_aad(salt, index, rel, chunk, last),
-                )
-            )
-            size += len(current)
-            chunk += 1
-            if last:
-                break
-            current = following
+        size, digest, count = _seal_chunks(aead, salt, index, rel, read, chunk_size, sink)
     return {
         "path": rel,
         "mode": stat.S_IMODE(st.st_mode),
         "size": size,
-        "sha256": digest.hexdigest(),
-        "chunks": chunk,
+        "sha256": digest,
+        "chunks": count,
     }

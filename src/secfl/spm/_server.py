@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from secfl._internal.files import atomic_write, ram_tempdir, write_private
+from secfl._internal.files import atomic_write, memory_file
 from secfl._internal.httpguard import Guard, Limits, file_budget
 from secfl._internal.x509util import private_pem
 from secfl.errors import IntegrityError, SpmError
@@ -228,13 +228,15 @@ def serve(
 def _tls_context(spm: Spm) -> ssl.SSLContext:
     """The server's TLS context (TLS 1.2+, HTTP/1.1) with the SPM's sealed identity.
 
-    The ssl module loads a key only from a file: it is written 0600 in a private
-    (0700) folder in RAM, and removed as soon as it is loaded."""
+    The ssl module loads a key only from a file: it is given an anonymous memory file
+    (:func:`secfl._internal.files.memory_file`), which no SIGKILL leaves behind (a file
+    in a folder in RAM, even one removed at once, outlived a kill in between)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
-    with ram_tempdir("secfl-spm-tls-") as secret_dir:
-        cert_file = atomic_write(secret_dir / "cert.pem", spm.identity.cert_pem, fsync=False)
-        key_file = write_private(secret_dir / "key.pem", spm.identity.key_pem, fsync=False)
+    with (
+        memory_file(spm.identity.cert_pem, "spm-cert.pem") as cert_file,
+        memory_file(spm.identity.key_pem, "spm-key.pem") as key_file,
+    ):
         context.load_cert_chain(cert_file, key_file)
     return context

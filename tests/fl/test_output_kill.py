@@ -1,0 +1,90 @@
+"""The final model is sealed for its owner from memory: an aggregator killed with
+SIGKILL while it seals leaves no plaintext of it anywhere. Found by a hostile review:
+it was staged in a folder in ``/dev/shm`` (or the system's temporary folder) for
+``encrypt_directory``, and that folder, the model and the metrics in it, outlived the
+kill (a real process, killed the moment its output's temporary file appears)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from secfl.shield import Volume
+
+CHILD = textwrap.dedent(
+    """
+    import sys, types
+    from pathlib import Path
+    import numpy as np
+    from secfl.fl._startup import AggregatorOptions, write_output
+
+    out, key_file = Path(sys.argv[1]), Path(sys.argv[2])
+    agg = types.SimpleNamespace(
+        scores=types.SimpleNamespace(summary=lambda: {}),
+        config=types.SimpleNamespace(rounds=3),
+        history=[{"round": 1, "marker-of-the-metrics": 0.5}],
+    )
+    ident = types.SimpleNamespace(secret_file=lambda name, given, required=False: key_file)
+    params = {"w": np.full(int(sys.argv[3]), 0.123, np.float32)}
+    write_output(agg, AggregatorOptions(task="digits", output=out, output_key=None), params, ident)
+    """
+)
+#: What only the plaintext holds: the safetensors header of the model, the metrics.
+MARKERS = (b'"shape":[40000000]', b"marker-of-the-metrics")
+
+
+def _plaintext_under(top: Path, since: float) -> list[str]:
+    found = []
+    for folder, _, names in os.walk(top):
+        for name in names:
+            path = Path(folder, name)
+            try:
+                if path.stat().st_mtime < since:
+                    continue
+                with open(path, "rb") as fh:
+                    head = fh.read(1 << 16)
+            except OSError:
+                continue  # another test's file, gone or not ours to read
+            if any(marker in head for marker in MARKERS):
+                found.append(str(path))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_a_sigkill_while_the_final_model_is_sealed_leaves_no_plaintext(tmp_path: Path) -> None:
+    out, tmp = tmp_path / "output", tmp_path / "tmp"
+    out.mkdir()
+    tmp.mkdir()
+    key_file = tmp_path / "output.key"
+    key_file.write_text("11" * 32)
+    began = time.time() - 1
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    args = [sys.executable, "-c", CHILD, str(out), str(key_file)]
+    child = subprocess.Popen([*args, "40000000"], env=env)  # a 160 MB model
+    sealing = False
+    try:
+        deadline = time.monotonic() + 90
+        while not sealing and child.poll() is None and time.monotonic() < deadline:
+            sealing = any(p.name.startswith(".model.secfl.") for p in out.iterdir())
+            time.sleep(0.005)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    assert sealing, "the child never began to seal its output"
+    shm = Path("/dev/shm")
+    left = _plaintext_under(tmp, began) + (_plaintext_under(shm, began) if shm.is_dir() else [])
+    left += _plaintext_under(out, began)
+    assert left == []
+    # and the same program, not killed, seals a volume only the key opens
+    done = subprocess.run([*args, "1000"], env=env, timeout=60, check=False)
+    assert done.returncode == 0
+    with Volume.open(out / "model.secfl", bytes.fromhex("11" * 32)) as volume:
+        assert sorted(f.path for f in volume.files) == ["metrics.json", "model.safetensors"]
+        assert b"marker-of-the-metrics" in bytes(volume.read_bytes("metrics.json"))
