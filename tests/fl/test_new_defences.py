@@ -186,6 +186,26 @@ def test_dnc_with_nothing_in_common_keeps_the_global_model() -> None:
     assert_same(got, g)
 
 
+@pytest.mark.parametrize("value", [1e200, 1e300, -1.7e308])
+def test_dnc_filters_a_huge_float64_update_out(value: float) -> None:
+    """Found by a hostile review: on a float64 model, one update of 1e200 (finite, so
+    accepted) made DnC's Gram matrix overflow, and LAPACK's LinAlgError (not an
+    FlError) ended the aggregator with a traceback. Its deltas are now scaled first:
+    it scores highest, and the honest mean is kept."""
+    rng = np.random.default_rng(0)
+    g = {"w": np.zeros(100, np.float64)}
+    ups = [Update(f"s{i}", {"w": rng.standard_normal(100) * 0.01}, 10) for i in range(6)]
+    evil = np.zeros(100)
+    evil[0] = value
+    ups.append(Update("mallory", {"w": evil}, 10))
+    rule = DnC(f=1, dims=100, iterations=5)  # every draw holds its coordinate
+    got = rule.aggregate(1, g, ups)
+    assert rule.selected() == [f"s{i}" for i in range(6)]
+    assert rule.scores is not None and (np.argmax(rule.scores, axis=1) == 6).all()
+    honest = np.stack([u.params["w"] for u in ups[:6]]).mean(axis=0)
+    np.testing.assert_array_equal(got["w"], honest)
+
+
 def test_dnc_refuses_in_one_line() -> None:
     g, ups = make("flip")
     refused(r"^dnc: needs n - c\*f >= 1 updates to keep \(n=6, c=1.0, f=6\)$",

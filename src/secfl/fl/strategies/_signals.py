@@ -24,6 +24,7 @@ and bool tensors (counters) carry no direction and are left out, as in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -158,6 +159,11 @@ def sign_statistics(deltas: np.ndarray, *, coordinates: np.ndarray | None = None
     )
 
 
+#: Deltas beyond this are scaled before DnC's Gram matrix (its entries sum up to
+#: ``dims`` squares: 2**256 squared, 10**4 times, stays far from float64's 2**1024).
+_SCALE_ABOVE = 2.0**256
+
+
 def dnc_scores(
     deltas: np.ndarray, *, dims: int, iterations: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -185,10 +191,26 @@ def dnc_scores(
     for it in range(iterations):
         idx = np.sort(rng.choice(d, size=b, replace=False))
         sub = deltas[:, idx]
+        # deltas so large that their Gram matrix would overflow (a float64 model
+        # moved by 1e200: finite, and accepted) are scaled by a power of two first,
+        # which changes no ranking; their row of scores stays scaled if scaling back
+        # would overflow (LAPACK did not converge on infinities)
+        peak = float(np.max(np.abs(sub))) if sub.size else 0.0
+        shift = math.frexp(peak)[1] if peak > _SCALE_ABOVE else 0
+        if shift:
+            sub = np.ldexp(sub, -shift)
         centred = sub - sub.mean(axis=0)
         gram = np.einsum("ik,jk->ij", centred, centred)  # no BLAS threads
-        values, vectors = np.linalg.eigh(gram)
-        out[it] = max(float(values[-1]), 0.0) * vectors[:, -1] ** 2
+        try:
+            values, vectors = np.linalg.eigh(gram)
+        except np.linalg.LinAlgError as exc:
+            raise FlError(f"dnc_scores: no eigenvectors for this round's deltas ({exc})") from None
+        row = max(float(values[-1]), 0.0) * vectors[:, -1] ** 2
+        if shift:
+            with np.errstate(over="ignore"):
+                back = np.ldexp(row, 2 * shift)
+            row = back if np.isfinite(back).all() else row
+        out[it] = row
     return out
 
 
