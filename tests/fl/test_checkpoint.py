@@ -149,6 +149,43 @@ def test_header_edits_are_caught_by_the_associated_data(tmp_path: Path) -> None:
         load_checkpoint(path, key=KEY, policy_digest=OTHER_POLICY, expected_counter=None)
 
 
+@pytest.mark.parametrize("chunk_size", [None, (4 << 30) - 30])
+def test_a_planted_header_allocates_nothing_before_a_record_opens(
+    tmp_path: Path, chunk_size: int | None
+) -> None:
+    """Found by a hostile review: a sparse 4 TiB file with a header copied from a
+    genuine checkpoint (its plaintext names the run) and ``size`` set to the file's
+    apparent size made the reader allocate 4 TiB before any record was authenticated
+    (MemoryError and a traceback, or the OOM killer, not an ``integrity:`` line); a
+    record of up to 4 GiB was read whole before it opened."""
+    import json
+    import tracemalloc
+
+    real = write(tmp_path, 3, 7)
+    data = real.read_bytes()
+    (hlen,) = struct.unpack(">I", data[8:12])
+    header = json.loads(data[12 : 12 + hlen])
+    size = 4 << 40
+    fake = {**header, "round": 4, "size": size, "chunk_size": chunk_size or size, "chunks": 1}
+    if chunk_size is not None:
+        fake["chunks"] = -(-size // chunk_size)
+    raw = json.dumps(fake, sort_keys=True, separators=(",", ":")).encode()
+    planted = tmp_path / checkpoint_name(4, 7)
+    with open(planted, "wb") as fh:
+        fh.write(MAGIC + struct.pack(">I", len(raw)) + raw)
+        if chunk_size is not None:
+            fh.write(struct.pack(">I", (4 << 30) - 1))  # a record of 4 GiB
+        fh.truncate(size + 4096)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FlError, match="^(integrity|format): "):
+            load_checkpoint(planted, key=KEY, policy_digest=POLICY, expected_counter=None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
 def test_wrong_key_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, 1, 1)
     with pytest.raises(FlError, match=r"^integrity: .*wrong key"):

@@ -75,6 +75,8 @@ CONTEXT = b"secfl/fl-checkpoint/v1\n"
 #: The sub-key label: checkpoints never share a key with other uses of the secret.
 KEY_LABEL = "fl-checkpoint/v1"
 DEFAULT_CHUNK_SIZE = 16 << 20
+#: A record is read whole before it authenticates: its size is bounded.
+MAX_CHUNK_SIZE = 64 << 20
 MAX_HEADER = 64 << 10
 _AEAD_OVERHEAD = 1 + NONCE_SIZE + 16
 _NAME = re.compile(r"^checkpoint-r(\d{8,})-c(\d{10,})\.secfl$")
@@ -193,7 +195,7 @@ def write_checkpoint(
         raise FlError("checkpoint: the policy digest must be a non-empty string")
     _non_negative(round, "the round")
     _non_negative(counter, "the counter")
-    if type(chunk_size) is not int or chunk_size <= 0:
+    if type(chunk_size) is not int or not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise FlError(f"checkpoint: invalid chunk size {chunk_size!r}")
     arrays, values = _split_state(state)
     state_bytes = to_bytes(arrays) if arrays else b""
@@ -286,7 +288,7 @@ def _read_header(fh: Any, path: Path) -> tuple[bytes, dict[str, Any]]:
         raise FlError(f"format: checkpoint {path.name} is not in the {FORMAT} format")
     for name in ("round", "counter", "size", "chunks"):
         _non_negative(doc[name], name)
-    if type(doc["chunk_size"]) is not int or doc["chunk_size"] <= 0:
+    if type(doc["chunk_size"]) is not int or not 0 < doc["chunk_size"] <= MAX_CHUNK_SIZE:
         raise FlError(f"format: checkpoint {path.name} has an invalid chunk size")
     if not isinstance(doc["policy_digest"], str) or not isinstance(doc["created_at"], str):
         raise FlError(f"format: checkpoint {path.name} has an invalid header")
@@ -324,7 +326,9 @@ def load_checkpoint(
         size, chunk_size, count = doc["size"], doc["chunk_size"], doc["chunks"]
         if size > file_size or count != -(-size // chunk_size):
             raise FlError(f"integrity: checkpoint {path.name} has an inconsistent header")
-        plain = bytearray(size)
+        # allocated once the first record has opened (its associated data is the header,
+        # size included): a planted header naming 4 TiB allocates nothing
+        plain = bytearray()
         at = 0
         for index in range(count):
             (length,) = struct.unpack(">I", _read_exact(fh, 4, path, f"record {index}"))
@@ -339,6 +343,8 @@ def load_checkpoint(
                     f"integrity: checkpoint {path.name} does not open (wrong key, or the file "
                     "was modified)"
                 ) from None
+            if index == 0:
+                plain = bytearray(size)
             plain[at : at + len(piece)] = piece
             at += len(piece)
         if fh.read(1):
