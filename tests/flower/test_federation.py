@@ -224,3 +224,6 @@ def test_a_node_key_registered_behind_the_policys_back_never_joins(outcome: Outc
     ]
     link = outcome.fed.processes["superlink"].text()
     assert f"secfl: unregistered node {probe['registered']} (key sha256 " in link
+    (finished,) = _events(outcome, "fl.flower.run-finished")
+    assert finished["detail"]["foreign_nodes"] == 1
+    assert finished["detail"]["gate_refused"] >= 3  # the join, control and insider probes

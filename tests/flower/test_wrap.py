@@ -355,3 +355,37 @@ def test_stalled_connections_cannot_lock_supernodes_out_of_the_gate(tmp_path: Pa
         finally:
             for conn in stalled:
                 conn.close()
+
+
+@pytest.mark.timeout(300)
+def test_the_watch_unregisters_foreign_keys_and_stops_a_flood(
+    flower_python: Path, tmp_path: Path
+) -> None:
+    """Against a real flower-superlink. Found by review of the watch's first version: a
+    flood of registrations outpaced it (an insider's key stayed usable on loopback for
+    35 s), past 64 keys it audited nothing, and one failed read of the registry ended
+    the wrapper with a traceback."""
+    import json
+
+    from secfl.flower._nodes import MAX_FAILURES, MAX_FOREIGN
+
+    done = subprocess.run(
+        [str(flower_python), str(Path(__file__).with_name("watch_probe.py")), str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["clean"] == 0  # the policy's own keys stay
+    assert out["removed"] == 2 and out["foreign_status"] == ["unregistered"]
+    assert "unregistered" not in out["site_status"]
+    assert [a["node_id"] for a in out["audited"]] == out["ids"]
+    assert all(len(a["key_sha256"]) == 64 for a in out["audited"])
+    assert out["flood"].startswith(
+        f"flower: {MAX_FOREIGN + 1} node keys not in the policy were registered on the "
+        "SuperLink's loopback Control API"
+    )
+    assert out["flood_events"] == [{"foreign": MAX_FOREIGN + 1, "registered_now": MAX_FOREIGN - 1}]
+    assert out["failures"][:-1] == ["tried again later"] * (MAX_FAILURES - 1)
+    assert out["failures"][-1].startswith(
+        f"flower: the SuperLink's node registry could not be read {MAX_FAILURES} times in a row"
+    )

@@ -31,6 +31,7 @@ import json
 import ssl
 import sys
 import threading
+import time
 from base64 import b64decode
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -81,6 +82,7 @@ class FleetGate:
         self.forwarded = 0
         self.refused = 0
         self.named: set[str] = set()
+        self._reported = (0, time.monotonic())  # refusals counted by the last report
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -104,7 +106,10 @@ class FleetGate:
                 "inside the SuperLink's TEE",
             )
             return
-        key = _node_key(scope.get("headers", []))
+        # the headers as they stand now, checked and forwarded alike: uvicorn appends a
+        # chunked request's trailers to the same list once the body has been read
+        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in _HOP]
+        key = _node_key(headers)
         if key not in self.nodes:
             self.refused += 1
             self._name(key)
@@ -123,7 +128,6 @@ class FleetGate:
                 return
             if not message.get("more_body"):
                 break
-        headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in _HOP]
         client = self._client()
         try:
             reply = await client.post(self.upstream + path, content=bytes(body), headers=headers)
@@ -140,6 +144,17 @@ class FleetGate:
         out.append((b"content-length", str(len(content)).encode()))
         await send({"type": "http.response.start", "status": reply.status_code, "headers": out})
         await send({"type": "http.response.body", "body": content})
+
+    def report(self, every: float = 60.0) -> None:
+        """Logs how many calls the gate refused since the last report, at most once every
+        ``every`` seconds (the first refused keys are named as they come, a flood of
+        fresh ones is only counted)."""
+        count, at = self._reported
+        if self.refused > count and time.monotonic() - at >= every:
+            print(f"secfl: gate: refused {self.refused - count} calls in the last "
+                  f"{time.monotonic() - at:.0f} s ({self.refused} in all)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            self._reported = (self.refused, time.monotonic())
 
     def _name(self, key: bytes | None) -> None:
         digest = "none" if key is None else hashlib.sha256(key).hexdigest()

@@ -10,7 +10,10 @@ that. The gate forwards only Fleet calls whose key is the policy's
 seconds while the run lasts, unregisters any other key it finds and writes
 ``fl.flower.node-foreign`` to the SPM's audit log. The watch is what catches a key
 used on loopback directly, past the gate; until it runs, such a key may take part
-(which is why loopback must lie inside the TEE: docs/flower.md).
+(which is why loopback must lie inside the TEE: docs/flower.md). More than
+:data:`MAX_FOREIGN` such keys in one run is an attack under way, not a stray
+registration, and one that could outpace the watch: it writes
+``fl.flower.node-flood`` and stops the run (fail closed).
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from secfl._internal.values import quoted
 from secfl.errors import FlowerError
 from secfl.flower._audit import SpmAudit
 
-__all__ = ["WATCH_EVERY", "NodeWatch", "load_node_keys", "register"]
+__all__ = ["MAX_FAILURES", "MAX_FOREIGN", "WATCH_EVERY", "NodeWatch", "load_node_keys", "register"]
 
 #: Seconds between two reads of the registry while the run lasts.
 WATCH_EVERY = 2.0
-#: Foreign nodes audited one by one; past this many, only counted (a flood of
-#: registrations is not an audit log's worth of lines).
-_AUDITED = 64
+#: Foreign keys a run survives (each unregistered and audited); one more stops it.
+MAX_FOREIGN = 8
+#: Reads of the registry that may fail in a row (a busy SuperLink) before the run stops.
+MAX_FAILURES = 5
 
 
 def load_node_keys(path: Path) -> list[bytes]:
@@ -86,7 +90,8 @@ def register(control: Any, keys: Sequence[bytes]) -> list[int]:
 
 
 class NodeWatch:
-    """Unregisters, and audits, every registered node whose key is not the policy's."""
+    """Unregisters, and audits, every registered node whose key is not the policy's;
+    stops the run (:class:`FlowerError`) past :data:`MAX_FOREIGN` of them."""
 
     def __init__(
         self, control: Any, keys: Sequence[bytes], audit: SpmAudit, every: float = WATCH_EVERY
@@ -97,12 +102,26 @@ class NodeWatch:
         self.every = every
         self.removed = 0  # foreign nodes unregistered so far
         self._seen: set[int] = set()
+        self._failures = 0
         self._last = float("-inf")
 
     def due(self) -> None:
-        """:meth:`check`, if :attr:`every` seconds passed since the last."""
-        if time.monotonic() - self._last >= self.every:
+        """:meth:`check`, if :attr:`every` seconds passed since the last. A registry that
+        cannot be read is tried again next time, :data:`MAX_FAILURES` times in a row."""
+        if time.monotonic() - self._last < self.every:
+            return
+        try:
             self.check()
+        except httpx.HTTPError as exc:
+            self._failures += 1
+            if self._failures >= MAX_FAILURES:
+                raise FlowerError(
+                    f"flower: the SuperLink's node registry could not be read {MAX_FAILURES} "
+                    f"times in a row ({type(exc).__name__}): the run is stopped, since no "
+                    "foreign key could be caught"
+                ) from None
+            return
+        self._failures = 0
 
     def check(self) -> int:
         """Reads the registry now; returns how many foreign nodes it unregistered."""
@@ -110,10 +129,26 @@ class NodeWatch:
         from flwr.supercore.constant import NodeStatus
 
         self._last = time.monotonic()
+        foreign = [
+            info
+            for info in self.control.ListNodes(ListNodesRequest()).nodes_info
+            if info.public_key not in self.keys and info.status != NodeStatus.UNREGISTERED
+        ]
+        fresh = [info for info in foreign if int(info.node_id) not in self._seen]
+        if len(self._seen) + len(fresh) > MAX_FOREIGN:
+            # a flood: unregistering them one by one would let the newest outpace the watch
+            self.audit.report(
+                "node-flood",
+                {"foreign": len(self._seen) + len(fresh), "registered_now": len(foreign)},
+            )
+            raise FlowerError(
+                f"flower: {len(self._seen) + len(fresh)} node keys not in the policy were "
+                "registered on the SuperLink's loopback Control API (more than "
+                f"{MAX_FOREIGN}): the run is stopped; see fl.flower.node-foreign and "
+                "fl.flower.node-flood in the audit log"
+            )
         removed = 0
-        for info in self.control.ListNodes(ListNodesRequest()).nodes_info:
-            if info.public_key in self.keys or info.status == NodeStatus.UNREGISTERED:
-                continue
+        for info in foreign:
             node_id = int(info.node_id)
             try:
                 self.control.UnregisterNode(UnregisterNodeRequest(node_id=node_id))
@@ -121,7 +156,7 @@ class NodeWatch:
                 continue  # unregistered meanwhile, by whoever registered it
             removed += 1
             self.removed += 1
-            if node_id in self._seen or len(self._seen) >= _AUDITED:
+            if node_id in self._seen:
                 continue
             self._seen.add(node_id)
             digest = hashlib.sha256(bytes(info.public_key)).hexdigest()

@@ -35,6 +35,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,9 +218,17 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             {"run_id": str(run_id), "fab_sha256": digest, "run_config": list(opts.run_config)},
         )
         print(f"secfl: started run {run_id} of app sha256 {digest[:16]}...", flush=True)
-        status = _wait_run(control, run_id, link, executor, watch)
+
+        def tick() -> None:
+            watch.due()
+            gate.report()
+
+        status = _wait_run(control, run_id, link, executor, tick)
         ok = status.startswith("finished:completed")
-        detail: dict[str, Any] = {"run_id": str(run_id), "status": status}
+        detail: dict[str, Any] = {
+            "run_id": str(run_id), "status": status, "foreign_nodes": watch.removed,
+            "gate_refused": gate.refused,
+        }  # fmt: skip
         if ok and opts.output and output_key is not None:
             detail["output_tag"] = _seal_output(paths.work, Path(opts.output), output_key)
         audit.report("run-finished", detail)
@@ -271,18 +280,21 @@ def _start_run(control: Any, fab: bytes, run_config: list[str]) -> int:
     return int(reply.run_id)
 
 
-def _wait_run(control: Any, run_id: int, link: Child, executor: Any, watch: NodeWatch) -> str:
+def _wait_run(
+    control: Any, run_id: int, link: Child, executor: Any, tick: Callable[[], None]
+) -> str:
     """The run's final status. Asked of Flower when the ServerApp's process has ended
     (the executor started it), and every 10 s besides (a run whose ServerApp never
-    started ends too): the Control API is not polled every second for hours. The node
-    registry is read every ``watch.every`` seconds meanwhile (:class:`NodeWatch`)."""
+    started ends too): the Control API is not polled every second for hours.
+    ``tick()`` runs every half second meanwhile (the node registry's watch, the gate's
+    report)."""
     from flwr.proto.control_pb2 import ListRunsRequest
 
     asked = 0.0
     while True:
         if not link.alive():
             raise FlowerError(f"flower: flower-superlink exited {link.proc.returncode} mid-run")
-        watch.due()
+        tick()
         ended = executor.launched > 0 and executor.running() == 0
         if ended or time.monotonic() - asked > 10.0:
             asked = time.monotonic()
