@@ -385,6 +385,14 @@ def test_a_session_token_alone_cannot_record_a_volume_version(
     done = client.record_volume("p", "data", version=3, tag=tag, token=agg.session_token,
                                 volume_key=key)  # fmt: skip
     assert done["version"] == 3
+    # a session of a replaced version records nothing (hostile review: it moved the
+    # counter of a volume the new version may no longer give that service)
+    v2 = yaml.safe_dump({**doc, "version": 2, "predecessor": client.policy("p")["digest"]})
+    client.submit_policy(v2, board.sign(v2, "alice", "bob"))
+    with pytest.raises(SpmRefused, match="^policy: version 2 of 'p' replaced this session's"):
+        client.record_volume("p", "data", version=4, tag="cd" * 32, token=agg.session_token,
+                             volume_key=key)  # fmt: skip
+    assert client.volume_state("p", "data")["version"] == 3
 
 
 # --- 9 and 10: recovery keeps the board's threshold; a bad HPKE key is refused and audited ---

@@ -39,6 +39,15 @@ def test_a_session_of_a_replaced_version_may_not_move_a_counter(
             )
             assert refused.value.status == 409
             assert client.counter("fed", "round") == 1  # nothing moved
+            # nor write the run's events (found by a hostile review: a replaced session's
+            # "round 999" showed in `secfl status` while the counter stood at 1)
+            before = client.audit(0, 10000)["entries"][-1]["seq"]
+            with pytest.raises(SpmRefused, match="^policy: version 2 of 'fed' replaced") as ev:
+                client.report(
+                    "fed", "round", {"round": 999, "counter": 999, "participants": 5}, old
+                )
+            assert ev.value.status == 409
+            assert client.audit(before, 10000)["entries"] == []
 
             ledger = SpmLedger(lambda: client, "fed", "round", lambda: old)
             stop = r"^policy: the board approved a new version of 'fed': this run stops here; "

@@ -40,7 +40,7 @@ from secfl.spm._policy_cache import CURRENT_TTL, PolicyCache
 from secfl.spm._report_data import spm_report_data
 from secfl.spm._revocation import revocation_digest, revocation_doc
 from secfl.spm._revoker import Revoker
-from secfl.spm._sessions import SessionGate, refuse_superseded
+from secfl.spm._sessions import SessionGate, current_version, refuse_superseded
 from secfl.spm._status import StatusDesk
 from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import PolicyRecord, Store
@@ -315,9 +315,15 @@ class Spm:
         if service.role not in ("aggregator", "any"):
             raise Refused(f"report: service '{session.service}' is not an aggregator")
         entry = {**detail, "service": session.service}
-        return int(
-            self.group.run(lambda tx: tx.audit.append(f"fl.{event}", policy_name, entry).seq)
-        )
+
+        def write(tx: Tx) -> int:
+            # a session of a replaced version writes nothing (its view of the run, a
+            # round's counter say, is no longer the policy's)
+            refuse_superseded(current_version(tx, policy_name), session.policy_version,
+                              policy_name)  # fmt: skip
+            return int(tx.audit.append(f"fl.{event}", policy_name, entry).seq)
+
+        return int(self.group.run(write))
 
     def counter(self, policy_name: str, counter: str) -> int:
         """The value of a counter (anyone may read it), or :class:`Refused` (404)."""

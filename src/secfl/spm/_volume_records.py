@@ -17,7 +17,7 @@ from typing import Any
 from secfl.errors import Refused
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._policy_cache import PolicyCache
-from secfl.spm._sessions import SessionGate
+from secfl.spm._sessions import SessionGate, current_version, refuse_superseded
 from secfl.spm._store import Store
 from secfl.spm._tx import Tx
 from secfl.spm._vault import SecretVault
@@ -78,6 +78,8 @@ class VolumeRecords:
         token_hash = hashlib.sha256(token.encode()).hexdigest()
 
         def record(tx: Tx) -> dict[str, Any] | Refused:
+            refuse_superseded(current_version(tx, policy_name), session.policy_version,
+                              policy_name)  # fmt: skip
             key = self.vault.policy_key(tx, policy_name)
             value = self.vault.value(tx, key, policy_name, spec.key)
             raw = base64.b64decode(value.get("raw", ""))
