@@ -395,6 +395,30 @@ def test_a_session_token_alone_cannot_record_a_volume_version(
     assert client.volume_state("p", "data")["version"] == 3
 
 
+def test_deleted_secret_rows_are_a_rollback_not_new_keys(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Found by a hostile review: with the identity CA's and the model key's rows deleted
+    by the host, attestation answered 500, and the board's next version quietly made a
+    new CA and a new model key (every certificate issued stopped chaining, and whatever
+    was sealed under the old key was lost), with nothing in the audit log."""
+    from secfl.spm._vault import VALUE_TTL
+
+    first = submit(client, board, policy_document("gone", board, sim[1]))
+    attest(client, sim, "gone")
+    db(spm, "DELETE FROM secrets WHERE policy = 'gone' AND name IN ('fl-ca', 'model-key')")
+    time.sleep(VALUE_TTL + 0.2)  # the vault's cache of opened values
+    missing = r"^rollback: secret '(fl-ca|model-key)' of policy 'gone' is missing from the database"
+    with pytest.raises(SpmRefused, match=missing) as refused:
+        attest(client, sim, "gone")
+    assert refused.value.status == 400
+    v2 = policy_document("gone", board, sim[1], version=2, predecessor=first["digest"])
+    with pytest.raises(SpmRefused, match=missing):
+        submit(client, board, v2)
+    assert client.policy("gone")["version"] == 1
+    assert db(spm, "SELECT name FROM secrets WHERE policy = 'gone' AND name = 'fl-ca'") == []
+
+
 # --- 9 and 10: recovery keeps the board's threshold; a bad HPKE key is refused and audited ---
 
 

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from secfl._internal.canonical import canonical_json
-from secfl.errors import Refused, SecflError, SpmError
+from secfl.errors import IntegrityError, Refused, SecflError, SpmError
 from secfl.policy._document import code_pinned_by_counter
 from secfl.policy._model import Policy
 from secfl.policy._secrets import CertSecret
@@ -171,6 +171,8 @@ class Attestor:
                     )
             except Exception as exc:  # whatever failed, the nonce stays spent and it is audited
                 failed = exc if isinstance(exc, Refused) else None
+                if isinstance(exc, IntegrityError):  # the database's doing: its own line
+                    failed = Refused(str(exc), 400)
                 reason = str(exc) if isinstance(exc, SecflError) else type(exc).__name__
                 refusal = failed or Refused(f"release: {reason}", 500)
                 tx.audit.append(

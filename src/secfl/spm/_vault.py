@@ -56,6 +56,12 @@ class SecretVault:
         the new one, split to the new board only: shares that old members kept open
         nothing stored from then on."""
         wrapped = tx.data_keys.get(policy.name)
+        if wrapped is None and previous is not None:
+            raise IntegrityError(
+                f"rollback: the data key of policy '{policy.name}' is missing from the "
+                "database, though version "
+                f"{previous.version} was accepted with it: the database was altered"
+            )
         if wrapped is None:
             key = new_policy_key()
             self._put_key(tx, policy, key)
@@ -74,12 +80,18 @@ class SecretVault:
             tx.counters.create(policy.name, counter.name)
         values: dict[str, sv.Value] = {}
         ordered = sorted(policy.secrets, key=lambda s: s.kind != "x509-ca")  # CAs first
+        kept = {s.name: sv.definition_digest(s) for s in previous.secrets} if previous else {}
         for secret in ordered:
             definition = sv.definition_digest(secret)
             stored = tx.secrets.get(policy.name, secret.name)
             if stored is not None and stored.definition_digest == definition:
                 values[secret.name] = self.open_value(key, policy.name, stored)
                 continue
+            if kept.get(secret.name) == definition:
+                # the previous version stored it with this very definition: gone or
+                # replaced since, it is not made again (a new CA or model key would
+                # quietly orphan every certificate issued and everything sealed)
+                self.open_value(key, policy.name, None, secret.name)
             if secret.kind == "imported":
                 value = sv.open_imported(
                     secret.sealed, self.identity_key, policy.name, secret.name, board
@@ -89,11 +101,25 @@ class SecretVault:
             values[secret.name] = value
             self.store_value(tx, key, policy.name, secret.name, secret.kind, definition, value)
 
-    def open_value(self, key: bytes, policy: str, record: SecretRecord | None) -> sv.Value:
-        """The value sealed in ``record`` (a missing record is an :class:`SpmError`)."""
+    def open_value(
+        self, key: bytes, policy: str, record: SecretRecord | None, name: str = ""
+    ) -> sv.Value:
+        """The value sealed in ``record``. Every secret of an accepted version was stored in
+        the commit that accepted it, so a missing record, or one that does not open under
+        the policy's data key (a row from before the board changed), is the database's
+        doing: :class:`IntegrityError`, never a new value in its place."""
         if record is None:
-            raise SpmError(f"secrets: a secret of policy '{policy}' is missing from the store")
-        return json.loads(open_secret(key, policy, record.name, record.ciphertext))
+            raise IntegrityError(
+                f"rollback: secret '{name}' of policy '{policy}' is missing from the database, "
+                "though it was stored when the policy was accepted: the database was altered"
+            )
+        try:
+            return json.loads(open_secret(key, policy, record.name, record.ciphertext))
+        except SpmError:
+            raise IntegrityError(
+                f"rollback: secret '{record.name}' of policy '{policy}' does not open under the "
+                "policy's data key: the database was rolled back or altered"
+            ) from None
 
     def _put_key(self, tx: Tx, policy: Policy, key: bytes) -> None:
         """Store ``key`` wrapped by the master key and split to the board's recovery keys."""
@@ -117,7 +143,10 @@ class SecretVault:
         """A policy's data key, unwrapped once per wrapped value (it changes with the board)."""
         wrapped = tx.data_keys.get(policy)
         if wrapped is None:
-            raise SpmError(f"secrets: policy '{policy}' has no data key")
+            raise IntegrityError(
+                f"rollback: the data key of policy '{policy}' is missing from the database, "
+                "though the policy was accepted with it: the database was altered"
+            )
         cached = self._keys.get(policy)
         if cached is not None and cached[0] == wrapped:
             return cached[1]
@@ -147,7 +176,7 @@ class SecretVault:
                 f"rollback: the stored value of secret '{name}' of policy '{policy}' was made "
                 "for another definition than the current policy's: the database was rolled back"
             )
-        value = self.open_value(key, policy, record)
+        value = self.open_value(key, policy, record, name)
         if record is not None:
             self._values[(policy, name)] = (time.monotonic(), value, record.definition_digest)
         return value
