@@ -2,7 +2,8 @@
 commit another round: against a real `secfl spm serve`, a session attested under
 the replaced version may no longer move a counter (at once, not after a cache
 expires), while a workload attested again under the new version may; and the
-aggregator's ledger turns that refusal into its one-line stop."""
+aggregator's ledger turns that refusal into its one-line stop. (And, on an SPM of its
+own, what a table the host dropped gives: one line, no traceback.)"""
 
 from __future__ import annotations
 
@@ -57,3 +58,22 @@ def test_a_session_of_a_replaced_version_may_not_move_a_counter(
             platform = simulated.SimulatedPlatform(sim[0])
             new = enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
             assert client.increment("fed", "round", new.session_token) == 2
+
+
+def test_a_table_the_host_dropped_is_refused_in_one_line(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a hostile review: with the ``nonces`` table dropped, attestation answered
+    500 and the SPM's log held SQLAlchemy's traceback (the nonce is spent outside the
+    savepoint whose database errors were worded)."""
+    import sqlite3
+
+    with spm_with_policy(tmp_path / "data", sim, board) as (proc, _):
+        with sqlite3.connect(proc.data / "spm.db") as db:
+            db.execute("DROP TABLE nonces")
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            platform = simulated.SimulatedPlatform(sim[0])
+            with pytest.raises(SpmRefused, match=r"^store: database error: no such table: nonces$"):
+                enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
+        assert proc.log is not None
+        assert "Traceback" not in proc.log.read_text()

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy.exc import DBAPIError
+
+from secfl.spm._engine import db_error
 from secfl.spm._store import Store
 from secfl.spm._tx import Tx
 
@@ -117,7 +120,7 @@ class GroupCommit:
                     try:
                         op.result = op.fn(tx)
                     except Exception as exc:
-                        op.error = exc
+                        op.error = _one_line(exc)
                         raise
                     return
                 for op in batch:
@@ -125,11 +128,17 @@ class GroupCommit:
                         with tx.savepoint():
                             op.result = op.fn(tx)
                     except Exception as exc:
-                        op.error = exc
+                        op.error = _one_line(exc)
         except BaseException as exc:  # the commit itself failed: nothing of the batch holds
             for op in batch:
                 if op.error is None:
-                    op.error = exc
+                    op.error = _one_line(exc)
         finally:
             for op in batch:
                 op.finish()
+
+
+def _one_line(exc: BaseException) -> BaseException:
+    """A database failure as :func:`~secfl.spm._engine.db_error`'s one line (a table the
+    host dropped answered with SQLAlchemy's traceback); anything else as it is."""
+    return db_error(exc) if isinstance(exc, DBAPIError) else exc
