@@ -62,3 +62,19 @@ def test_a_sigkill_while_it_exists_leaves_no_file(tmp_path: Path) -> None:
                 except OSError:
                     continue
     assert left == []
+
+
+def test_where_memfd_is_refused_a_private_file_in_ram_stands_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by review: under a seccomp filter that refuses memfd_create (ENOSYS), the
+    SPM could not load its TLS key at all."""
+
+    def refused(name: str, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "memfd_create", refused, raising=False)
+    with memory_file(b"secret", "key.pem") as path:
+        assert Path(path).read_bytes() == b"secret"
+        assert (Path(path).stat().st_mode & 0o777) == 0o600
+    assert not Path(path).exists()

@@ -96,10 +96,19 @@ def test_files_in_memory_seal_as_the_same_tree(tmp_path: Path) -> None:
         assert volume.read_bytes("x") == b"ab" * 100
 
 
-@pytest.mark.parametrize("path", ["", "/abs", "a//b", "a/../b", ".", "a/", "x\udcff"])
+@pytest.mark.parametrize(
+    "path", ["", "/abs", "a//b", "a/../b", ".", "a/", "x\udcff", "a\x00b", "n" * 256]
+)
 def test_files_in_memory_need_paths_below_the_top(tmp_path: Path, path: str) -> None:
     with pytest.raises(ShieldError, match="^shield: .* is not a path below the volume's top$"):
         encrypt_files({path: b"x"}, tmp_path / "v.vol", KEY)
+    assert not (tmp_path / "v.vol").exists()
+
+
+def test_files_in_memory_cannot_be_a_file_and_a_folder(tmp_path: Path) -> None:
+    """Found by review: {"a", "a/b"} sealed a volume that no reader opens."""
+    with pytest.raises(ShieldError, match="^shield: 'a/b' is below the file 'a'$"):
+        encrypt_files({"a": b"x", "a/b": b"y"}, tmp_path / "v.vol", KEY)
     assert not (tmp_path / "v.vol").exists()
 
 

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -97,10 +97,14 @@ def ram_tempdir(prefix: str) -> Iterator[Path]:
 def memory_file(data: bytes, name: str) -> Iterator[str]:
     """A path from which ``data`` can be read until the block ends: an anonymous memory
     file (``/proc/self/fd/N`` of a ``memfd``) on Linux, gone with its descriptor or the
-    process whatever kills it; elsewhere a 0600 file in :func:`ram_tempdir`."""
+    process whatever kills it; elsewhere, or where a sandbox refuses ``memfd_create``,
+    a 0600 file in :func:`ram_tempdir`."""
     create = getattr(os, "memfd_create", None)
+    fd = -1
     if create is not None and Path("/proc/self/fd").is_dir():
-        fd = create(name, getattr(os, "MFD_CLOEXEC", 0))
+        with suppress(OSError):  # refused by a sandbox (seccomp: ENOSYS, EPERM)
+            fd = create(name, getattr(os, "MFD_CLOEXEC", 0))
+    if fd >= 0:
         try:
             view = memoryview(data)
             while view:

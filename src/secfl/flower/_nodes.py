@@ -112,7 +112,7 @@ class NodeWatch:
             return
         try:
             self.check()
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ValueError) as exc:  # unreachable, or a malformed reply
             self._failures += 1
             if self._failures >= MAX_FAILURES:
                 raise FlowerError(

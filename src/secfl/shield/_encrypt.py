@@ -96,6 +96,11 @@ def encrypt_files(
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ShieldError(f"shield: the content of '{rel}' is not bytes")
         named[rel] = data
+    for rel in named:  # a file is not also a folder
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in named:
+                raise ShieldError(f"shield: '{rel}' is below the file '{'/'.join(parts[:i])}'")
     sealers = [(rel, functools.partial(_seal_bytes, named[rel])) for rel in sorted(named)]
     out = Path(out)
     return _write(out.resolve(), out, overwrite, key, "the files", sealers, version, chunk_size)
@@ -207,14 +212,24 @@ def _walk(top: Path) -> list[tuple[str, Path]]:
     return sorted(found.items())
 
 
+#: The longest name of one file or folder (Linux's NAME_MAX): what a volume's files
+#: must be extractable with.
+_NAME_MAX = 255
+
+
 def _path(path: str) -> str:
-    """A volume path given by a caller: ``/``-separated valid names, none empty, ``.``
-    or ``..`` (what :func:`_walk` records for a file below a folder)."""
+    """A volume path given by a caller, as :func:`_walk` would have recorded a file of
+    that name below a folder: ``/``-separated names, each valid UTF-8 of at most 255
+    bytes and not empty, ``.`` or ``..``, without NUL; NFC-normalised."""
     parts = path.split("/") if isinstance(path, str) else []
     names = [nfc_name(part) for part in parts]
-    if not names or any(n is None or n in ("", ".", "..") for n in names):
+    if (
+        not names
+        or any(n is None or n in ("", ".", "..") or "\x00" in n for n in names)
+        or any(len(n.encode("utf-8")) > _NAME_MAX for n in names if n is not None)
+    ):
         raise ShieldError(f"shield: {path!r} is not a path below the volume's top")
-    return "/".join(n for n in names if n is not None)
+    return fmt.check_path("/".join(n for n in names if n is not None), "the files")
 
 
 def _name(name: str, directory: Path) -> str:

@@ -39,7 +39,7 @@ import hmac
 import json
 import os
 import threading
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,10 @@ from secfl.errors import IntegrityError, SpmError
 _ROW_LABEL = b"secfl/spm-row/v1\n"
 _ANCHOR_LABEL = b"secfl/spm-anchor/v1\n"
 ANCHOR_FILE = "audit.anchor"
-#: Raises of one floor remembered (:attr:`Floors.raises`): a read that spans more
-#: commits of one counter than this is refused and retried, never let through.
-RAISES_KEPT = 256
+#: Raises of one floor remembered at most (:attr:`Floors.raises`) while reads are open:
+#: a read that spans more commits of one counter than this (a host holding it for
+#: minutes) is refused, never let through. Without an open read nothing is kept.
+RAISES_KEPT = 100_000
 
 
 def _jsonable(value: Any) -> Any:
@@ -118,12 +119,17 @@ class Floors:
     #: behind the floor as it stood at ``since`` is stale, not rolled back (the next
     #: read checks it against the floor again).
     epoch: int = 0
-    #: (kind, key) -> its floor's last raises, oldest first: (the epoch of the raise,
-    #: the floor before it) ("head", "policy", "counter", "volume"). Kept so that a
-    #: stale read may see only what stood when it began, not any older value: else a
-    #: host that held a read while a commit went through could answer it with any
-    #: authentic old row (a counter far back, a superseded policy version).
+    #: (kind, key) -> its floor's raises since the oldest open read began, oldest first:
+    #: (the epoch of the raise, the floor before it) ("head", "policy", "counter",
+    #: "volume"). Kept so that a stale read may see only what stood when it began, not
+    #: any older value: else a host that held a read while a commit went through could
+    #: answer it with any authentic old row (a counter far back, a superseded version).
     raises: dict[tuple[str, Any], deque[tuple[int, int]]] = field(default_factory=dict)
+    #: (kind, key) -> the newest epoch of a raise dropped for :data:`RAISES_KEPT`: a read
+    #: that began before it cannot be told stale from rolled back.
+    forgotten: dict[tuple[str, Any], int] = field(default_factory=dict)
+    #: The ``since`` of every read transaction open now (:meth:`begin_read`), counted.
+    readers: Counter[int] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- checks (raise on a rollback, raise the floor otherwise)
@@ -200,25 +206,46 @@ class Floors:
                 table[key] = value
                 self._raised(kind, key, floor)
 
+    def begin_read(self) -> int:
+        """A read transaction begins: its ``since`` (the epoch now), kept open until
+        :meth:`end_read` so that the raises it may need are remembered."""
+        with self.lock:
+            self.readers[self.epoch] += 1
+            return self.epoch
+
+    def end_read(self, since: int) -> None:
+        with self.lock:
+            self.readers[since] -= 1
+            if self.readers[since] <= 0:
+                del self.readers[since]
+
     def _raised(self, kind: str, key: Any, before: int) -> None:
-        """Note that a floor moved from ``before`` (the caller holds the lock)."""
+        """Note that a floor moved from ``before`` (the caller holds the lock). Raises no
+        open read can need (at or before the oldest one's ``since``) are dropped."""
         self.epoch += 1
         raises = self.raises.get((kind, key))
         if raises is None:
-            raises = self.raises[(kind, key)] = deque(maxlen=RAISES_KEPT)
+            raises = self.raises[(kind, key)] = deque()
+        oldest = min(self.readers, default=self.epoch)
+        while raises and raises[0][0] <= oldest:
+            raises.popleft()
+        if not self.readers:
+            return
+        if len(raises) >= RAISES_KEPT:
+            self.forgotten[(kind, key)] = raises.popleft()[0]
         raises.append((self.epoch, before))
 
     def _stale(self, kind: str, key: Any, since: int | None, value: int) -> bool:
         """Whether ``value``, behind the floor of (kind, key), is what a read that
         began at epoch ``since`` may see: the floor as it stood then, or a later one.
         If that floor is no longer known (more than :data:`RAISES_KEPT` raises since
-        the read began), it is not (fail closed: the read is refused, and retried)."""
+        the read began), it is not (fail closed)."""
+        if since is None or self.forgotten.get((kind, key), 0) > since:
+            return False
         raises = self.raises.get((kind, key))
-        if since is None or not raises or raises[-1][0] <= since:
+        if not raises or raises[-1][0] <= since:
             return False
         first = next(i for i, (epoch, _) in enumerate(raises) if epoch > since)
-        if first == 0 and len(raises) == raises.maxlen:
-            return False  # raises after ``since`` may have been forgotten
         return value >= raises[first][1]
 
     def revoked_in(self, policy: str) -> set[tuple[str, str]]:

@@ -21,6 +21,7 @@ from secfl.spm._revocation import (
     revoked_reason,
     session_identity,
 )
+from secfl.spm._sessions import current_version
 from secfl.spm._store import Store
 
 __all__ = ["Revoker"]
@@ -41,7 +42,7 @@ class Revoker:
     ) -> dict[str, Any]:
         """Record a board-approved revocation, or readmission (``action: readmit``), of a
         certificate, a service, a measurement or a platform (see :func:`revocation_doc`)."""
-        _, policy = self.policies.get(policy_name)
+        record, policy = self.policies.get(policy_name)
         try:
             doc = revocation_doc(policy_name, statement)
         except SpmError as exc:
@@ -65,6 +66,16 @@ class Revoker:
         applied = floors.statements if floors is not None else self._statements
         try:
             with self.store.transaction() as tx:  # caught up with other SPMs' statements
+                current = current_version(tx, policy_name)
+                if current is not None and current > record.version:
+                    # the signatures were checked against the board of a version read
+                    # outside this write: a new version (another board) came meanwhile
+                    raise Refused(
+                        f"revocation: version {current} of '{policy_name}' replaced version "
+                        f"{record.version} while the board's signatures were checked: send "
+                        "the statement again",
+                        409,
+                    )
                 if statement_digest in applied:
                     raise Refused(
                         f"revocation: this statement (digest {statement_digest[:16]}…) was "

@@ -78,7 +78,10 @@ class Tx:
         self._changes: list[tuple[Any, ...]] = []
         #: A read's floor epoch as it began, before its snapshot: a floor raised after
         #: it may be a commit the snapshot predates (:class:`~secfl.spm._integrity.Floors`).
-        self.since: int | None = None if writable or integrity is None else integrity.floors.epoch
+        self._reader: int | None = (
+            None if writable or integrity is None else integrity.floors.begin_read()
+        )
+        self.since: int | None = self._reader
 
     # --- the views ----------------------------------------------------------------------
 
@@ -146,6 +149,8 @@ class Tx:
 
     def close(self) -> None:
         """End the transaction: any later use of it is an :class:`SpmError`."""
+        if self._open and self._reader is not None and self.integrity is not None:
+            self.integrity.floors.end_read(self._reader)
         self._open = False
 
     @property
