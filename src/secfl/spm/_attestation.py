@@ -29,6 +29,7 @@ from secfl.spm import _sealing as sv
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._nonces import NonceIssuer
 from secfl.spm._policy_cache import PolicyCache
+from secfl.spm._refusals import RefusalBudget
 from secfl.spm._report_data import csr_public_key_sha256, workload_report_data
 from secfl.spm._revocation import platform_id, revoked_reason
 from secfl.spm._sealing import release_key
@@ -79,12 +80,14 @@ class Attestor:
         vault: SecretVault,
         group: GroupCommit,
         session_ttl: float,
+        refusals: RefusalBudget | None = None,
     ) -> None:
         self.policies = policies
         self.nonces = nonces
         self.vault = vault
         self.group = group
         self.session_ttl = session_ttl
+        self.refusals = refusals or RefusalBudget()
         self._spent = 0
 
     def attest(
@@ -105,6 +108,7 @@ class Attestor:
         now = datetime.now(UTC)
         nonce_state, nonce_expires = self.nonces.check(nonce, now)
         checked: tuple[PolicyRecord, Policy, Claims, x509.CertificateSigningRequest] | None = None
+        genuine = False  # evidence that verified: its refusals are audited one by one
         try:
             record, policy = self.policies.get(policy_name)
             detail["policy_version"] = record.version
@@ -124,6 +128,7 @@ class Attestor:
             if nonce_state != "ok":
                 raise Refused(f"nonce: the nonce is {nonce_state}")
             claims = check_evidence(policy, evidence, now)
+            genuine = True
             detail["kind"] = claims.kind
             detail["measurement"] = next(iter(claims.measurements.values()), None)
             check_measurements(policy, service_name, claims.kind, claims.measurements)
@@ -159,9 +164,11 @@ class Attestor:
                     tx.nonces.prune(now)
             if refusal is not None or checked is None:
                 assert refusal is not None
-                tx.audit.append(
-                    "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
-                )
+                refused = {**detail, "reason": str(refusal)}
+                if genuine:
+                    tx.audit.append("attestation.refused", policy_name, refused)
+                else:  # no genuine nonce or quote: anyone can send these, without end
+                    self.refusals.append(tx, "attestation.refused", policy_name, refused)
                 return refusal
             record, policy, claims, csr = checked
             try:

@@ -15,6 +15,7 @@ from secfl.errors import PolicyError, Refused, SpmError
 from secfl.policy._signatures import REVOCATION_DOMAIN, Signature, check_approval
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._policy_cache import PolicyCache
+from secfl.spm._refusals import RefusalBudget
 from secfl.spm._revocation import (
     revocation_digest,
     revocation_doc,
@@ -30,10 +31,17 @@ __all__ = ["Revoker"]
 class Revoker:
     """Applies the board's revocation statements to ``store`` and lists them."""
 
-    def __init__(self, store: Store, policies: PolicyCache, group: GroupCommit) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policies: PolicyCache,
+        group: GroupCommit,
+        refusals: RefusalBudget | None = None,
+    ) -> None:
         self.store = store
         self.policies = policies
         self.group = group
+        self.refusals = refusals or RefusalBudget()
         #: Applied revocation statements, when the store keeps no floors (tests, tools).
         self._statements: set[str] = set()
 
@@ -55,7 +63,9 @@ class Revoker:
             )
         except PolicyError as exc:
             detail = {**doc, "reason_refused": str(exc)}
-            self.group.run(lambda tx: tx.audit.append("revocation.refused", policy_name, detail))
+            self.group.run(  # no board signature: within the budget (secfl.spm._refusals)
+                lambda tx: self.refusals.append(tx, "revocation.refused", policy_name, detail)
+            )
             raise Refused(str(exc)) from None
         except Exception as exc:
             raise Refused(f"revocation: malformed signature ({type(exc).__name__})", 400) from None

@@ -37,6 +37,7 @@ from secfl.spm._increment import Increment
 from secfl.spm._masterkey import MasterKey
 from secfl.spm._nonces import NonceIssuer
 from secfl.spm._policy_cache import CURRENT_TTL, PolicyCache
+from secfl.spm._refusals import RefusalBudget
 from secfl.spm._report_data import spm_report_data
 from secfl.spm._revocation import revocation_digest, revocation_doc
 from secfl.spm._revoker import Revoker
@@ -90,14 +91,17 @@ class Spm:
         self.policies = PolicyCache(store)
         self.vault = SecretVault(master, identity.key)
         self.sessions = SessionGate(store, self.policies)
+        #: What anyone can make the SPM refuse, written to the log within a budget.
+        self.refusals = RefusalBudget()
         self.attestor = Attestor(
             policies=self.policies,
             nonces=self.nonces,
             vault=self.vault,
             group=self.group,
             session_ttl=session_ttl,
+            refusals=self.refusals,
         )
-        self.revoker = Revoker(store, self.policies, self.group)
+        self.revoker = Revoker(store, self.policies, self.group, self.refusals)
         self.volumes = VolumeRecords(store, self.policies, self.sessions, self.vault, self.group)
         #: ``secfl status`` answers, from the verified log's facts (filled at start by
         #: :func:`~secfl.spm._state.verify_state` when given; else at the first request).
@@ -184,6 +188,7 @@ class Spm:
         except Exception as exc:
             raise Refused(f"policy: malformed signature ({type(exc).__name__})", 400) from None
         now = datetime.now(UTC)
+        approved = False  # refusals before the board's signatures check out cost nothing
         try:
             with self.store.transaction() as tx:
                 current = tx.policies.current(policy.name)
@@ -215,6 +220,7 @@ class Spm:
                     approvers = check_approval(board, policy_digest, sigs, domain=POLICY_DOMAIN)
                 except PolicyError as exc:
                     raise Refused(str(exc), 403) from None
+                approved = True
                 try:
                     self.vault.provision(tx, policy, now, previous)
                 except Refused:
@@ -243,6 +249,7 @@ class Spm:
                 "policy.refused",
                 policy.name,
                 {"version": policy.version, "digest": policy_digest, "reason": str(exc)},
+                verified=approved,
             )
             raise
         self.policies.forget(policy.name)
@@ -370,5 +377,12 @@ class Spm:
             self.store.check_head(tx, head)
             return tx.audit.since(since, limit), head
 
-    def _audit_refusal(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
-        self.group.run(lambda tx: tx.audit.append(event, policy, detail))
+    def _audit_refusal(
+        self, event: str, policy: str | None, detail: dict[str, Any], *, verified: bool = False
+    ) -> None:
+        """Audit a refusal: one by one if ``verified`` (the board signed what was
+        refused), else within the :class:`RefusalBudget`."""
+        if verified:
+            self.group.run(lambda tx: tx.audit.append(event, policy, detail))
+        else:
+            self.group.run(lambda tx: self.refusals.append(tx, event, policy, detail))

@@ -1,0 +1,66 @@
+"""How many refusals anyone may write into the audit log.
+
+Every refusal is audited, and the log is kept for ever and replayed at every start.
+Some refusals cost their sender nothing: an attestation with no genuine nonce or
+evidence that does not verify, a policy, or a revocation, that no board signed. One
+client on loopback wrote 2,000 such entries in 5 s; a day of that is gigabytes of log
+and minutes of start-up. :class:`RefusalBudget` lets :data:`PER_WINDOW` of each kind
+into the log one by one every :data:`WINDOW` seconds and counts the rest; the next
+entry let in is preceded by ``audit.suppressed`` (the refused event, how many were
+left out, since when). Refusals after a genuine quote or a valid board signature are
+always written one by one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from secfl.spm._tx import Tx
+
+__all__ = ["PER_WINDOW", "WINDOW", "RefusalBudget"]
+
+#: Unverified refusals of one kind written one by one per window.
+PER_WINDOW = 30
+#: Seconds of a window.
+WINDOW = 60.0
+
+
+class RefusalBudget:
+    """Decides which unverified refusals go into the audit log (module docstring)."""
+
+    def __init__(
+        self,
+        per_window: int = PER_WINDOW,
+        window: float = WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_window = per_window
+        self.window = window
+        self.clock = clock
+        self._lock = threading.Lock()
+        #: event -> (window start, written in it, left out since the last written one)
+        self._state: dict[str, tuple[float, int, int]] = {}
+
+    def append(self, tx: Tx, event: str, policy: str | None, detail: dict[str, Any]) -> bool:
+        """Write the refusal ``event`` in ``tx``, unless this window's budget for it is
+        spent (then count it); whether it was written."""
+        now = self.clock()
+        with self._lock:
+            start, written, left_out = self._state.get(event, (now, 0, 0))
+            if now - start >= self.window:
+                start, written = now, 0
+            if written >= self.per_window:
+                self._state[event] = (start, written, left_out + 1)
+                return False
+            self._state[event] = (start, written + 1, 0)
+        if left_out:
+            tx.audit.append(
+                "audit.suppressed",
+                None,
+                {"event": event, "count": left_out, "reason": "unverified refusals over budget"},
+            )
+        tx.audit.append(event, policy, detail)
+        return True

@@ -1,0 +1,74 @@
+"""Refusals anyone can cause, without a genuine quote or a board signature, are written
+to the audit log within a budget; the rest are counted. Found by a hostile review: one
+client on loopback wrote 2,000 ``attestation.refused`` entries in 5 s into a log that
+is kept for ever and replayed at every start (a day of it: gigabytes, minutes of
+start-up). Against a real `secfl spm serve`; the budget's windows with a fake clock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from secfl.spm._refusals import PER_WINDOW, RefusalBudget
+from secfl.spm.client import SpmClient, SpmRefused
+from tests.spm.harness import COLLABORATOR_MR, Board, spm_with_policy
+from tests.spm.test_e2e import _attest_raw
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_flood_of_junk_attestations_is_counted_not_logged_but_genuine_ones_are(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    with (
+        spm_with_policy(tmp_path / "data", sim, board) as (proc, _),
+        SpmClient(proc.url, pin=proc.pin) as client,
+    ):
+        before = client.audit(0, 10000)["entries"][-1]["seq"]
+        for _ in range(PER_WINDOW + 20):  # a nonce this SPM never issued
+            with pytest.raises(SpmRefused, match="^nonce: the nonce is unknown"):
+                _attest_raw(client, "fed", "aggregator", sim, nonce=os.urandom(32))
+        # a genuine quote of the wrong code is still audited, budget spent or not
+        with pytest.raises(SpmRefused, match="^measurement: "):
+            _attest_raw(client, "fed", "aggregator", sim, measurement=COLLABORATOR_MR)
+        entries = client.audit(before, 10000)["entries"]
+    refused = [e for e in entries if e["event"] == "attestation.refused"]
+    reasons = [e["detail"]["reason"] for e in refused]
+    assert len(refused) == PER_WINDOW + 1
+    assert all(r.startswith("nonce: the nonce is unknown") for r in reasons[:PER_WINDOW])
+    assert reasons[-1].startswith("measurement: ")
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str | None, dict[str, Any]]] = []
+
+    def append(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
+        self.entries.append((event, policy, detail))
+
+
+class _Tx:
+    def __init__(self) -> None:
+        self.audit = _Log()
+
+
+def test_the_next_entry_let_in_says_how_many_were_left_out() -> None:
+    now = [0.0]
+    budget = RefusalBudget(per_window=2, window=60.0, clock=lambda: now[0])
+    tx = _Tx()
+    written = [budget.append(tx, "policy.refused", None, {"i": i}) for i in range(5)]  # type: ignore[arg-type]
+    assert written == [True, True, False, False, False]
+    now[0] = 61.0  # the next window
+    assert budget.append(tx, "policy.refused", None, {"i": 5})  # type: ignore[arg-type]
+    assert budget.append(tx, "attestation.refused", "p", {"i": 6})  # type: ignore[arg-type]
+    assert [(e, d) for e, _, d in tx.audit.entries] == [
+        ("policy.refused", {"i": 0}),
+        ("policy.refused", {"i": 1}),
+        ("audit.suppressed",
+         {"event": "policy.refused", "count": 3, "reason": "unverified refusals over budget"}),
+        ("policy.refused", {"i": 5}),
+        ("attestation.refused", {"i": 6}),  # each kind has a budget of its own
+    ]  # fmt: skip
