@@ -14,7 +14,7 @@ import pytest
 
 from secfl.spm._refusals import PER_WINDOW, RefusalBudget
 from secfl.spm.client import SpmClient, SpmRefused
-from tests.spm.harness import COLLABORATOR_MR, Board, spm_with_policy
+from tests.spm.harness import COLLABORATOR_MR, Board, SpmProcess, spm_with_policy
 from tests.spm.test_e2e import _attest_raw
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,6 +40,17 @@ def test_a_flood_of_junk_attestations_is_counted_not_logged_but_genuine_ones_are
     assert len(refused) == PER_WINDOW + 1
     assert all(r.startswith("nonce: the nonce is unknown") for r in reasons[:PER_WINDOW])
     assert reasons[-1].startswith("measurement: ")
+    # the SPM stopped (SIGTERM): what it left out is told in the log
+    again = SpmProcess(tmp_path / "data", sim[0], None).start()
+    try:
+        with SpmClient(again.url, pin=again.pin) as client:
+            later = client.audit(entries[-1]["seq"], 10000)["entries"]
+    finally:
+        again.stop()
+    told = [e["detail"] for e in later if e["event"] == "audit.suppressed"]
+    assert told == [
+        {"event": "attestation.refused", "count": 20, "reason": "unverified refusals over budget"}
+    ]
 
 
 class _Log:
@@ -72,3 +83,17 @@ def test_the_next_entry_let_in_says_how_many_were_left_out() -> None:
         ("policy.refused", {"i": 5}),
         ("attestation.refused", {"i": 6}),  # each kind has a budget of its own
     ]  # fmt: skip
+
+
+def test_flush_tells_what_was_left_out_once() -> None:
+    budget = RefusalBudget(per_window=1, window=60.0, clock=lambda: 0.0)
+    tx = _Tx()
+    for i in range(4):
+        budget.append(tx, "revocation.refused", "p", {"i": i})  # type: ignore[arg-type]
+    assert budget.flush(tx) == 1  # type: ignore[arg-type]
+    assert budget.flush(tx) == 0  # type: ignore[arg-type]
+    assert tx.audit.entries[-1][2] == {
+        "event": "revocation.refused",
+        "count": 3,
+        "reason": "unverified refusals over budget",
+    }

@@ -67,7 +67,10 @@ def serve_cmd(
         f"platform {spm.platform.name}",
         markup=False,
     )
-    serve(spm, host, port, ready_file=ready_file, limits=limits)
+    try:
+        serve(spm, host, port, ready_file=ready_file, limits=limits)
+    finally:
+        spm.close()  # pending commits finished, the refusal budget's count written
 
 
 @app.command("verify")

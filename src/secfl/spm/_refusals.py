@@ -7,8 +7,8 @@ client on loopback wrote 2,000 such entries in 5 s; a day of that is gigabytes o
 and minutes of start-up. :class:`RefusalBudget` lets :data:`PER_WINDOW` of each kind
 into the log one by one every :data:`WINDOW` seconds and counts the rest; the next
 entry let in is preceded by ``audit.suppressed`` (the refused event, how many were
-left out, since when). Refusals after a genuine quote or a valid board signature are
-always written one by one.
+left out), and so is a stopping SPM's log (:meth:`RefusalBudget.flush`). Refusals
+after a genuine quote or a valid board signature are always written one by one.
 """
 
 from __future__ import annotations
@@ -57,10 +57,23 @@ class RefusalBudget:
                 return False
             self._state[event] = (start, written + 1, 0)
         if left_out:
-            tx.audit.append(
-                "audit.suppressed",
-                None,
-                {"event": event, "count": left_out, "reason": "unverified refusals over budget"},
-            )
+            _suppressed(tx, event, left_out)
         tx.audit.append(event, policy, detail)
         return True
+
+    def flush(self, tx: Tx) -> int:
+        """Write what was left out and not yet told (the SPM stops); how many entries."""
+        with self._lock:
+            told = {event: left for event, (_, _, left) in self._state.items() if left}
+            self._state = {e: (start, n, 0) for e, (start, n, _) in self._state.items()}
+        for event, left_out in sorted(told.items()):
+            _suppressed(tx, event, left_out)
+        return len(told)
+
+
+def _suppressed(tx: Tx, event: str, count: int) -> None:
+    tx.audit.append(
+        "audit.suppressed",
+        None,
+        {"event": event, "count": count, "reason": "unverified refusals over budget"},
+    )

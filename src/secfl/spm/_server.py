@@ -222,6 +222,12 @@ def serve(
             }
             atomic_write(ready_file, json.dumps(doc).encode(), fsync=False)
 
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets=sockets)
+            # here, not after run(): uvicorn raises the SIGTERM it caught again once
+            # it has shut down, and the process ends there
+            spm.close()
+
     _Server(config).run()
 
 

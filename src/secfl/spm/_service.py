@@ -18,6 +18,7 @@ It is assembled from parts with one job each, and passes them what they need:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -106,6 +107,7 @@ class Spm:
         #: ``secfl status`` answers, from the verified log's facts (filled at start by
         #: :func:`~secfl.spm._state.verify_state` when given; else at the first request).
         self.status_desk = StatusDesk(self, status_index or StatusIndex())
+        self._closed = False
 
     @property
     def nonce_ttl(self) -> float:
@@ -117,7 +119,13 @@ class Spm:
         self.nonces.ttl = seconds
 
     def close(self) -> None:
-        """Finish the pending commits, then close the store."""
+        """Finish the pending commits (and tell the log what the refusal budget left
+        out), then close the store. Once: later calls do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):  # stopping either way; the count is a courtesy
+            self.group.run(self.refusals.flush)
         self.group.close()
         self.store.close()
 
