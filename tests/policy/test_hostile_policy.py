@@ -437,3 +437,47 @@ def test_the_spm_refuses_hostile_policies_with_400_and_an_audit_entry(
     assert len(after) == len(before) + 1
     assert after[-1]["event"] == "policy.refused"
     assert after[-1]["detail"]["reason"] == str(info.value)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
+
+
+@pytest.mark.parametrize(
+    ("char", "what"),
+    [
+        ("\r", "a carriage return (U+000D)"),
+        ("\x85", "a next-line character (U+0085)"),
+        ("\u2028", "a line separator (U+2028)"),
+        ("\u2029", "a paragraph separator (U+2029)"),
+        ("\u202e", "an invisible format character (U+202E)"),
+        ("\u200b", "an invisible format character (U+200B)"),
+        ("\ufeff", "an invisible format character (U+FEFF)"),
+    ],
+)
+def test_text_a_reviewer_cannot_see_is_refused(char: str, what: str, tmp_path: Path) -> None:
+    """Found by a hostile review: PyYAML starts a new line at a lone CR, U+0085, U+2028
+    and U+2029, which editors, `cat` and `diff` show inside one line. What looked like a
+    comment was a field: a 2-of-3 board validated and signed a policy that released the
+    model-signing key to one more service, and the SPM accepted it. The real `secfl
+    policy validate` now refuses it in one line."""
+    base = EXAMPLE.read_text()
+    target = "    volumes: [task, hospital-b]\n"
+    assert target in base
+    hidden = f"    volumes: [task, hospital-b]   # as hospital-a{char}    secrets: [output-key]\n"
+    evil = tmp_path / "policy.yaml"
+    evil.write_bytes(base.replace(target, hidden).encode())
+    line = base[: base.index(target)].count("\n") + 1
+    done = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "policy", "validate", str(evil)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        f"error: policy: line {line}: the document holds {what}, which hides text from "
+        "whoever reads the file; remove it"
+    ]
+
+
+def test_windows_line_ends_and_a_leading_bom_still_load() -> None:
+    base = EXAMPLE.read_text()
+    assert load_policy(("\ufeff" + base.replace("\n", "\r\n")).encode()) == load_policy(base)
