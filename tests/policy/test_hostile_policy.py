@@ -481,3 +481,50 @@ def test_text_a_reviewer_cannot_see_is_refused(char: str, what: str, tmp_path: P
 def test_windows_line_ends_and_a_leading_bom_still_load() -> None:
     base = EXAMPLE.read_text()
     assert load_policy(("\ufeff" + base.replace("\n", "\r\n")).encode()) == load_policy(base)
+
+
+@pytest.mark.parametrize(
+    ("kind", "pin", "shown"),
+    [
+        ("snp", {"vmpl": 0}, "measurement (96 hex digits) or id_key_digest"),
+        ("sgx", {"isv_prod_id": 1, "isv_svn": 3}, "mrenclave (64 hex digits) or mrsigner"),
+        ("sgx", {"mrsigner": ""}, "mrenclave (64 hex digits) or mrsigner"),
+        ("tdx", {"rtmr0": "ab" * 48}, "mrtd (96 hex digits)"),
+        ("tdx", "ab" * 32, "mrtd (96 hex digits)"),
+    ],
+)
+def test_an_identity_that_pins_no_code_is_refused(
+    kind: str, pin: Any, shown: str, tmp_path: Path
+) -> None:
+    """Found by a hostile review: `snp: [{vmpl: 0}]`, `sgx: [{isv_prod_id: 1, isv_svn:
+    3}]` and `sgx: [{mrsigner: ""}]` validated, and the SPM then attested any code
+    under them. A new version must pin code; the SPM ignores such an identity in a
+    version it stored before (below)."""
+    data = policy_dict()
+    data["platforms"]["accept"] = sorted({*data["platforms"]["accept"], kind})
+    data["services"][0]["measurements"][kind] = [pin]
+    path = tmp_path / "policy.yaml"
+    path.write_text(to_yaml(data))
+    assert load_policy(path.read_text())  # the model reads it: stored versions still load
+    done = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "policy", "validate", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: policy: services.agg.measurements.{kind}[0] pins no code: ")
+    assert shown in line
+
+
+def test_the_spm_matches_no_identity_that_pins_no_code() -> None:
+    from secfl.errors import Refused
+    from secfl.spm._attestation import check_measurements
+
+    data = policy_dict()
+    data["platforms"]["accept"] = [*data["platforms"]["accept"], "snp"]
+    data["services"][0]["measurements"]["snp"] = [{"vmpl": 0}, "cd" * 48]
+    policy = load_policy(to_yaml(data))
+    claims = {"measurement": "ee" * 48, "vmpl": 0}
+    with pytest.raises(Refused, match="^measurement: snp measurement eeee"):
+        check_measurements(policy, "agg", "snp", claims)
+    check_measurements(policy, "agg", "snp", {"measurement": "cd" * 48, "vmpl": 0})

@@ -36,7 +36,7 @@ from yaml.constructor import ConstructorError
 
 from secfl._internal.canonical import unique_keys
 from secfl.errors import PolicyError
-from secfl.policy._model import Policy
+from secfl.policy._model import CODE_FIELDS, Policy, pins_code
 from secfl.policy._references import key_path
 
 __all__ = [
@@ -252,7 +252,19 @@ def check_new_version(policy: Policy) -> None:
 
     A code volume is pinned by its tag: on hardware the TEE measures the image, not
     the volumes it opens, and a counter lets the key holder release other code
-    without the board."""
+    without the board. Every identity a service accepts pins code
+    (:func:`~secfl.policy._model.pins_code`): ``{vmpl: 0}`` alone accepted any guest."""
+    for service in policy.services:
+        for kind in service.measurements:
+            for j, identity in enumerate(service.identities(kind)):
+                if not pins_code(kind, identity):
+                    fields = " or ".join(
+                        f"{k} ({n} hex digits)" for k, n in CODE_FIELDS[kind].items()
+                    )
+                    raise PolicyError(
+                        f"policy: services.{service.name}.measurements.{kind}[{j}] pins no "
+                        f"code: it accepts any {kind} workload; pin {fields}"
+                    )
     for i, volume in enumerate(policy.volumes):
         if volume.name in code_pinned_by_counter(policy):
             raise PolicyError(

@@ -43,6 +43,7 @@ from secfl.policy._secrets import Secret
 from secfl.tee._claims import Kind, TcbStatus
 
 __all__ = [
+    "CODE_FIELDS",
     "MAX_VERSION",
     "MEASUREMENT_FIELDS",
     "PRIMARY_MEASUREMENT",
@@ -57,6 +58,7 @@ __all__ = [
     "Policy",
     "Service",
     "VolumeSpec",
+    "pins_code",
 ]
 
 ClaimValue = (
@@ -88,6 +90,31 @@ MEASUREMENT_FIELDS: dict[Kind, frozenset[str]] = {
     ),
     "simulated": frozenset({"measurement"}),
 }
+
+#: The claim fields that name code, per kind, and their length in hex digits: an
+#: identity must pin one of them (one that pins only ``vmpl``, ``isv_svn`` or an empty
+#: ``mrsigner`` accepts any code at all).
+CODE_FIELDS: dict[Kind, dict[str, int]] = {
+    "sgx": {"mrenclave": 64, "mrsigner": 64},
+    "tdx": {"mrtd": 96},
+    "snp": {"measurement": 96, "id_key_digest": 96, "author_key_digest": 96},
+    "simulated": {"measurement": 96},
+}
+
+
+def pins_code(kind: Kind, identity: dict[str, str | int]) -> bool:
+    """Whether ``identity`` (as :meth:`Service.identities` gives it) names code: one of
+    :data:`CODE_FIELDS` as hex of the right length."""
+    for name, digits in CODE_FIELDS[kind].items():
+        value = identity.get(name)
+        if isinstance(value, str) and len(value) == digits:
+            try:
+                bytes.fromhex(value)
+            except ValueError:
+                continue
+            return True
+    return False
+
 
 #: The folders of ``SECFL_FILES`` that the launcher writes itself (the service's
 #: identity, its volumes' plaintext): no injected file may go inside them.

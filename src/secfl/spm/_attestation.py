@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from secfl._internal.canonical import canonical_json
 from secfl.errors import IntegrityError, Refused, SecflError, SpmError
 from secfl.policy._document import code_pinned_by_counter
-from secfl.policy._model import Policy
+from secfl.policy._model import Policy, pins_code
 from secfl.policy._secrets import CertSecret
 from secfl.spm import _sealing as sv
 from secfl.spm._groupcommit import GroupCommit
@@ -339,6 +339,8 @@ def check_measurements(
     service = policy.service(service_name)
     assert service is not None
     for identity in service.identities(kind):
+        if not pins_code(kind, identity):
+            continue  # in a version stored before that rule: it would accept any code
         if all(
             str(measurements.get(k, "")).lower() == str(v).lower()
             if isinstance(v, str)
