@@ -97,3 +97,30 @@ def test_flush_tells_what_was_left_out_once() -> None:
         "count": 3,
         "reason": "unverified refusals over budget",
     }
+
+
+def test_a_refusal_keeps_no_more_than_a_line_of_the_senders_text(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a hostile review: a refusal repeated the sender's text whole (an unknown
+    JSON key of the evidence, a certificate's name), so each of the budget's entries
+    could hold 64 KiB: 2-3 GB of log a day. A reason is now one line of at most 1000
+    characters, control characters escaped."""
+    from secfl.spm._server import open_spm
+    from tests.spm.harness import policy_document
+
+    spm = open_spm(tmp_path / "data", platform="simulated", sim_dir=sim[0])
+    try:
+        document = policy_document("fed", board, sim[1])
+        spm.submit_policy(document, [s.model_dump() for s in board.sign(document, "alice", "bob")])
+        evidence = ('{"outblob": "AA", "' + "K\\n" * 30000 + '": 1}').encode()
+        nonce, _ = spm.new_nonce()
+        with pytest.raises(Exception, match="^evidence: "):
+            spm.attest("fed", "aggregator", nonce=nonce, evidence=evidence,
+                       hpke_public_key=bytes(32), csr_pem=b"")  # fmt: skip
+        with spm.store.read() as tx:
+            (entry,) = [e for e in tx.audit.since(0, 1000) if e.event == "attestation.refused"]
+        reason = entry.detail["reason"]
+        assert len(reason) < 6100 and "\n" not in reason  # 1000 characters, escaped
+    finally:
+        spm.close()

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from secfl._internal.canonical import canonical_json
+from secfl._internal.values import one_line
 from secfl.errors import IntegrityError, Refused, SecflError, SpmError
 from secfl.policy._document import code_pinned_by_counter
 from secfl.policy._model import Policy, pins_code
@@ -164,7 +165,7 @@ class Attestor:
                     tx.nonces.prune(now)
             if refusal is not None or checked is None:
                 assert refusal is not None
-                refused = {**detail, "reason": str(refusal)}
+                refused = {**detail, "reason": one_line(str(refusal))}
                 if genuine:
                     tx.audit.append("attestation.refused", policy_name, refused)
                 else:  # no genuine nonce or quote: anyone can send these, without end
@@ -183,7 +184,7 @@ class Attestor:
                 reason = str(exc) if isinstance(exc, SecflError) else type(exc).__name__
                 refusal = failed or Refused(f"release: {reason}", 500)
                 tx.audit.append(
-                    "attestation.refused", policy_name, {**detail, "reason": str(refusal)}
+                    "attestation.refused", policy_name, {**detail, "reason": one_line(str(refusal))}
                 )
                 return refusal
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from secfl._internal.values import one_line
 from secfl.errors import PolicyError, Refused, SpmError
 from secfl.policy._signatures import REVOCATION_DOMAIN, Signature, check_approval
 from secfl.spm._groupcommit import GroupCommit
@@ -62,7 +63,7 @@ class Revoker:
                 policy.board, statement_digest, sigs, domain=REVOCATION_DOMAIN
             )
         except PolicyError as exc:
-            detail = {**doc, "reason_refused": str(exc)}
+            detail = {**doc, "reason_refused": one_line(str(exc))}
             self.group.run(  # no board signature: within the budget (secfl.spm._refusals)
                 lambda tx: self.refusals.append(tx, "revocation.refused", policy_name, detail)
             )

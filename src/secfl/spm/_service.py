@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from secfl._internal.values import one_line
 from secfl.errors import PolicyError, Refused, SpmError
 from secfl.policy._canonical import canonical_bytes, digest
 from secfl.policy._document import check_new_version, load_policy
@@ -188,7 +189,7 @@ class Spm:
             policy = load_policy(document)
             check_new_version(policy)
         except PolicyError as exc:
-            self._audit_refusal("policy.refused", None, {"reason": str(exc)})
+            self._audit_refusal("policy.refused", None, {"reason": one_line(str(exc))})
             raise Refused(str(exc), 400) from None
         policy_digest = digest(policy)
         try:
@@ -256,7 +257,7 @@ class Spm:
             self._audit_refusal(
                 "policy.refused",
                 policy.name,
-                {"version": policy.version, "digest": policy_digest, "reason": str(exc)},
+                {"version": policy.version, "digest": policy_digest, "reason": one_line(str(exc))},
                 verified=approved,
             )
             raise

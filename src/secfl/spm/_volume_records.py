@@ -14,6 +14,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+from secfl._internal.values import one_line
 from secfl.errors import Refused
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._policy_cache import PolicyCache
@@ -89,7 +90,7 @@ class VolumeRecords:
                     "the volume's key (only the launcher that opened the volume can record it)"
                 )
                 detail = {"volume": volume, "version": version, "tag": tag,
-                          "reason": str(refusal), "service": session.service}  # fmt: skip
+                          "reason": one_line(str(refusal)), "service": session.service}  # fmt: skip
                 tx.audit.append("volume.refused", policy_name, detail)
                 return refusal
             recorded = tx.volume_tags.get(policy_name, volume)
@@ -106,7 +107,7 @@ class VolumeRecords:
                         409,
                     )
                     what = {"volume": volume, "version": version, "tag": tag}
-                    detail = {**what, "reason": str(refusal), "service": session.service}
+                    detail = {**what, "reason": one_line(str(refusal)), "service": session.service}
                     tx.audit.append("volume.refused", policy_name, detail)
                     return refusal
             tx.volume_tags.put(policy_name, volume, version, tag, now)
