@@ -271,6 +271,12 @@ _GUID_ROLES: Final[dict[bytes, str]] = {
 _ENTRY_SIZE: Final = 24
 
 
+#: Entries a certificate table may hold: the known roles (VCEK or VLEK, ASK or ASVK,
+#: ARK) and a few of a vendor's own; scanning thousands was quadratic, before any
+#: signature was checked.
+MAX_CERT_ENTRIES = 16
+
+
 def parse_cert_table(aux: bytes) -> dict[str, bytes]:
     """Read an SNP certificate table into {role: DER}.
 
@@ -283,15 +289,19 @@ def parse_cert_table(aux: bytes) -> dict[str, bytes]:
         return {}
     r = Reader(aux, what="certificate table")
     entries: list[tuple[str, int, int, int]] = []
+    roles: set[str] = set()
     while True:  # until the all-zero entry; running out of bytes first is malformed
         at = r.offset
         guid = r.bytes(16, "entry GUID")
         offset, length = r.u32("entry offset"), r.u32("entry length")
         if not guid.strip(b"\x00") and offset == 0 and length == 0:
             break
+        if len(entries) >= MAX_CERT_ENTRIES:  # a host's table holds a few certificates
+            raise r.malformed(f"more than {MAX_CERT_ENTRIES} entries", at)
         role = _GUID_ROLES.get(guid, str(uuid.UUID(bytes=guid)))
-        if any(role == seen for seen, *_ in entries):
+        if role in roles:
             raise r.malformed(f"a second {role} entry", at)
+        roles.add(role)
         entries.append((role, offset, length, at))
     header_end = r.offset
     table: dict[str, bytes] = {}
