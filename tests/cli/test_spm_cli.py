@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from secfl.tee import _simulated as simulated
@@ -105,3 +106,13 @@ def test_serve_refuses_a_bad_listen_address(tmp_path: Path) -> None:
     done = secfl("spm", "serve", "--data", str(tmp_path), "--listen", "nowhere")
     assert done.returncode == 1
     assert done.stderr.strip() == "error: --listen: 'nowhere' is not HOST:PORT"
+
+
+@pytest.mark.parametrize("url", ["https://[::1", "https://spm:99999", "https://spm:abc"])
+def test_a_malformed_spm_url_is_one_line(url: str) -> None:
+    """Found by a hostile review: each gave urllib's ValueError as a traceback."""
+    done = secfl("status", "--policy", "fed", "--spm", url, "--spm-pin", "ab" * 32)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        f"error: spm: '{url}' is not a URL: give https://HOST:PORT"
+    ]

@@ -42,12 +42,16 @@ __all__ = ["SpmClient", "SpmRefused"]
 
 
 def _address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
+    try:  # urlsplit and .port raise ValueError ('https://[::1', ':99999', ':abc')
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise SpmError(f"spm: '{url}' is not a URL: give https://HOST:PORT") from None
     if parts.scheme != "https" or not parts.hostname:
         raise SpmError(f"spm: '{url}' is not an https:// URL")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise SpmError(f"spm: '{url}' has parts an SPM URL has not: give https://HOST:PORT")
-    return parts.hostname, parts.port or 443
+    return parts.hostname, port or 443
 
 
 def _fetch_certificate(url: str, timeout: float) -> tuple[str, x509.Certificate]:
