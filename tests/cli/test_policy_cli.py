@@ -143,6 +143,18 @@ def test_verify_a_new_version_against_the_previous_board(run: Run, tmp_path: Pat
     )
     assert code == 0, err
     assert out.startswith("approved by bob, carol")
+    # without --board: the version's own board, and a note that the SPM uses another
+    code, out, err = run("verify", str(v2), "--sig", sigs[0], "--sig", sigs[1])
+    assert code == 0 and err.startswith("note: checked against ")
+    # found by a hostile review: any file stood in as the previous board (one naming
+    # look-alike members, with keys of the proposer's) and the tool said "approved"
+    v2_copy = tmp_path / "v2-copy.yaml"
+    v2_copy.write_bytes(v2.read_bytes())
+    code, out, err = run("verify", str(v2), "--sig", sigs[0], "--sig", sigs[1], "--board",
+                         str(v2_copy))  # fmt: skip
+    assert code != 0 and out == ""
+    assert err.startswith(f"error: policy: {v2_copy} (version 2, digest ")
+    assert err.endswith("...): give that one\n")
 
 
 @pytest.mark.parametrize(

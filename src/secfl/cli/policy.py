@@ -187,7 +187,23 @@ def verify_cmd(
     from secfl.policy import Signature, check_approval, digest, load_policy
 
     policy = load_policy(read_input(file, "policy"))
-    rule = policy.board if board is None else load_policy(read_input(board, "board policy")).board
+    rule = policy.board
+    if board is not None:
+        previous = load_policy(read_input(board, "board policy"))
+        if digest(previous) != policy.predecessor:
+            # else any file naming look-alike members would "approve" anything
+            raise PolicyError(
+                f"policy: {board} (version {previous.version}, digest "
+                f"{digest(previous)[:16]}...) is not the version {file} replaces (its "
+                f"predecessor is {policy.predecessor[:16] or '(none)'}...): give that one"
+            )
+        rule = previous.board
+    elif policy.version > 1:
+        err.print(
+            f"note: checked against {file}'s own board; the SPM checks version "
+            f"{policy.version} against the board of the version it replaces (give --board)",
+            markup=False,
+        )
     signatures = []
     for path in sig:
         try:
