@@ -90,7 +90,7 @@ platforms:
   accept: [simulated, tdx]
   min_tcb_status: UpToDate
   allow_unknown_tcb: false
-  allow_debug: no
+  allow_debug: False
 board:
   required: []
   threshold: 2

@@ -385,13 +385,27 @@ def test_a_key_that_is_not_text_is_refused() -> None:
 
 
 def test_text_that_is_not_unicode_is_refused() -> None:
+    data = policy_dict()
+    data["federation"]["s"] = "@"
+    text = json.dumps(data).replace('"@"', '"\\ud800"')  # JSON spells it by number
+    assert refusal(text) == "policy: federation.s: text that is not valid Unicode"
+    data["federation"].pop("s")
+    data["federation"]["@"] = 1
+    text = json.dumps(data).replace('"@"', '"\\ud800"')
+    assert refusal(text) == 'policy: federation["\\ud800"]: text that is not valid Unicode'
+
+
+def test_yaml_escapes_that_hide_what_a_string_holds_are_refused() -> None:
+    """Found by a hostile review: "\\x24\\x24SECFL::output-key:hex\\x24\\x24" in an
+    injected file released the output key to a service whose text showed no
+    placeholder."""
     text = to_yaml(policy_dict())
-    assert refusal(text + '  s: "\\ud800"\n') == (
-        "policy: federation.s: text that is not valid Unicode"
-    )
-    assert refusal(text + '  "\\ud800": 1\n') == (
-        'policy: federation["\\ud800"]: text that is not valid Unicode'
-    )
+    for escape in ("\\x24", "\\u0024", "\\U00000024", "\\N", "\\_", "\\L", "\\P"):
+        assert refusal(text + f'  s: "a{escape}b"\n').endswith(
+            "escapes that spell characters by number (\\x, \\u, \\U) or name (\\N, \\_, "
+            "\\L, \\P) are not allowed: write the characters"
+        ), escape
+    assert load_policy(text + '  s: "a\\\\x24 \\t \\" b"\n')  # \\\\, \\t and \\" are fine
 
 
 def test_a_date_in_federation_is_refused() -> None:
@@ -551,3 +565,26 @@ def test_random_yaml_documents_raise_nothing_but_policy_error(value: Any) -> Non
         load_policy(yaml.safe_dump(value))
     except PolicyError as exc:
         assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("literal", "shown"),
+    [
+        ("010", "010 reads as 8 in YAML 1.1"),
+        ("1:30", "1:30 reads as 90 in YAML 1.1"),
+        ("0x10", "0x10 reads as 16 in YAML 1.1"),
+        ("1_0", "1_0 reads as 10 in YAML 1.1"),
+        ("1:30.5", "1:30.5 reads as 90.5 in YAML 1.1"),
+        ("yes", "yes reads as True in YAML 1.1: write true or false"),
+        ("off", "off reads as False in YAML 1.1: write true or false"),
+        ("!!binary aGk=", "YAML tags (tag:yaml.org,2002:binary) are not allowed"),
+        ("!!str 1", "YAML tags (tag:yaml.org,2002:str) are not allowed"),
+    ],
+)
+def test_yaml_1_1_values_that_read_otherwise_than_they_look_are_refused(
+    literal: str, shown: str
+) -> None:
+    """Found by a hostile review: `rounds: 010` was 8, `1:30` was 90, `allow_debug: on`
+    true, and `!!binary` hid a placeholder. Each is now one line saying how to write it."""
+    text = to_yaml(policy_dict()) + f"  setting: {literal}\n"
+    assert shown in refusal(text)

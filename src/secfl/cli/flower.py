@@ -189,7 +189,7 @@ def policy_cmd(
         output=output if output_key else None,
         output_sealed=seal("model-output-key", key_from_file(output_key)) if output_key else None,
     )  # fmt: skip
-    text = yaml.safe_dump(flower_policy(fed), sort_keys=False)
+    text = yaml.safe_dump(flower_policy(fed), sort_keys=False, allow_unicode=True)
     load_policy(text)  # valid, or one line naming the field
     (folder / "policy.yaml").write_text(text)
     lines = [

@@ -156,7 +156,7 @@ class Federation:
             spm_key=spm_key,
             simulation_root=(self.sim_dir / simulated.ROOT_CERT).read_text(),
         )
-        text = yaml.safe_dump(doc, sort_keys=False)
+        text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
         (self.work / "policy.yaml").write_text(text)
         policy = load_policy(text)
         sigs = [sign_policy(policy, self.board[n][0], n) for n in ("alice", "bob")]

@@ -177,7 +177,7 @@ class LocalFlowerFederation:
             output_sealed=sealed("model-output-key", self.keys["model-output"])
             if self.output else None,
         )  # fmt: skip
-        text = yaml.safe_dump(flower_policy(fed), sort_keys=False)
+        text = yaml.safe_dump(flower_policy(fed), sort_keys=False, allow_unicode=True)
         (self.work / f"{name}.policy.yaml").write_text(text)
         policy = load_policy(text)
         sigs = [sign_policy(policy, self.board[n][0], n) for n in ("alice", "bob")]

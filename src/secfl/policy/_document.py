@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import types
 import typing
 import unicodedata
@@ -71,6 +72,20 @@ class _StrictLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise ComposerError(None, None, "YAML aliases are not allowed", event.start_mark)
+        event = self.peek_event()
+        if getattr(event, "tag", None) not in (None, "!"):  # !!binary, !!str, !!int 0x10 ...
+            raise ComposerError(
+                None, None, f"YAML tags ({event.tag}) are not allowed", event.start_mark
+            )
+        if isinstance(event, yaml.ScalarEvent) and event.style == '"':
+            start, end = event.start_mark, event.end_mark
+            raw = start.buffer[start.pointer : end.pointer] if start.buffer else ""
+            if _HIDING_ESCAPE.search(raw):  # "\x24\x24SECFL::..." is a placeholder
+                raise ComposerError(
+                    None, None, "escapes that spell characters by number (\\x, \\u, \\U) "
+                    "or name (\\N, \\_, \\L, \\P) are not allowed: write the characters",
+                    start,
+                )  # fmt: skip
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -84,11 +99,36 @@ class _StrictLoader(yaml.SafeLoader):
 
     def construct_yaml_int(self, node: Any) -> Any:
         # Checked before PyYAML calls int(): 5000 digits raise ValueError there.
-        if len(self.construct_scalar(node)) > MAX_NUMBER_CHARS:
+        text = self.construct_scalar(node)
+        if len(text) > MAX_NUMBER_CHARS:
             raise ConstructorError(
                 None, None, f"a number longer than {MAX_NUMBER_CHARS} characters", node.start_mark
             )
+        if not _DECIMAL.fullmatch(text):  # YAML 1.1: 010 is 8, 1:30 is 90, 0x10 is 16
+            value = super().construct_yaml_int(node)
+            raise ConstructorError(
+                None, None, f"{text} reads as {value} in YAML 1.1 (octal, hexadecimal, base 60 "
+                "or '_'): write the number in decimal, or quote it", node.start_mark,
+            )  # fmt: skip
         return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: Any) -> Any:
+        text = self.construct_scalar(node)
+        if ":" in text or "_" in text:  # YAML 1.1's base 60 and digit separators
+            raise ConstructorError(
+                None, None, f"{text} reads as {super().construct_yaml_float(node)} in YAML 1.1 "
+                "(base 60 or '_'): write the number in decimal, or quote it", node.start_mark,
+            )  # fmt: skip
+        return super().construct_yaml_float(node)
+
+    def construct_yaml_bool(self, node: Any) -> Any:
+        text = self.construct_scalar(node)
+        if text.lower() not in ("true", "false"):  # YAML 1.1: yes, no, on, off
+            raise ConstructorError(
+                None, None, f"{text} reads as {super().construct_yaml_bool(node)} in YAML 1.1: "
+                "write true or false, or quote it", node.start_mark,
+            )  # fmt: skip
+        return super().construct_yaml_bool(node)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):
@@ -114,6 +154,12 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
+_StrictLoader.add_constructor("tag:yaml.org,2002:bool", _StrictLoader.construct_yaml_bool)
+#: Double-quoted YAML escapes that hide what a string holds from whoever reads it.
+_HIDING_ESCAPE = re.compile(r"(?<!\\)(\\\\)*\\[xuUN_LP]")
+#: Integers as a reader takes them: decimal, no leading zero, no '_'.
+_DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)")
 
 
 def load_policy(text: str | bytes) -> Policy:

@@ -46,4 +46,4 @@ Pem = Annotated[str, Field(max_length=MAX_PEM)]
 class StrictModel(BaseModel):
     """A part of a policy: unknown fields are refused, and it never changes once valid."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
