@@ -77,15 +77,16 @@ class _StrictLoader(yaml.SafeLoader):
             raise ComposerError(
                 None, None, f"YAML tags ({event.tag}) are not allowed", event.start_mark
             )
-        if isinstance(event, yaml.ScalarEvent) and event.style == '"':
-            start, end = event.start_mark, event.end_mark
-            raw = start.buffer[start.pointer : end.pointer] if start.buffer else ""
-            if _HIDING_ESCAPE.search(raw):  # "\x24\x24SECFL::..." is a placeholder
-                raise ComposerError(
-                    None, None, "escapes that spell characters by number (\\x, \\u, \\U) "
-                    "or name (\\N, \\_, \\L, \\P) are not allowed: write the characters",
-                    start,
-                )  # fmt: skip
+        if (
+            isinstance(event, yaml.ScalarEvent)
+            and event.style == '"'
+            and _HIDING_ESCAPE.search(_source(event))  # "\x24\x24SECFL::..." hides a placeholder
+        ):
+            raise ComposerError(
+                None, None, "escapes that spell characters by number (\\x, \\u, \\U) "
+                "or name (\\N, \\_, \\L, \\P) are not allowed: write the characters",
+                event.start_mark,  # type: ignore[arg-type]
+            )  # fmt: skip
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -495,6 +496,15 @@ def _union_member(members: list[Any], tag: Any, discriminator: str | None) -> An
             if name and (plain == name or plain.startswith(f"{name}[")):
                 return member
     return Any
+
+
+def _source(event: Any) -> str:
+    """The text of the document a YAML event was read from, as written."""
+    start, end = event.start_mark, event.end_mark
+    buffer = getattr(start, "buffer", None)
+    if not buffer or start is None or end is None:
+        return ""
+    return str(buffer[start.pointer : end.pointer])
 
 
 def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
