@@ -249,3 +249,41 @@ def test_an_endless_input_is_refused_in_one_line() -> None:
     assert done.stderr.strip().splitlines() == [
         "error: policy '/dev/zero' is larger than 67108864 bytes"
     ]
+
+
+def test_show_prints_what_the_spm_grants_and_what_a_version_changes(
+    run: Run, tmp_path: Path
+) -> None:
+    """For the board's review (a hostile review found the raw YAML was all a reviewer
+    had, and recovery keys showed only as opaque PEM: a proposer could put their own
+    in other members' entries)."""
+    from secfl.policy import _keys as keys_
+
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    v1 = _write_policy(tmp_path, keys)
+    code, out, err = run("show", str(v1))
+    assert code == 0, err
+    for member in RECOVERY:  # the fingerprints `secfl policy keygen` printed
+        signing = keys_.key_id(keys_.load_public((keys / f"{member}.pub").read_bytes()))
+        recovery = keys_.key_id(
+            keys_.load_recovery_public((keys / f"{member}.recovery.pub").read_bytes())
+        )
+        assert f"  {member}: signing key {signing}, recovery key {recovery}\n" in out
+    assert "  carol: signing key " in out and out.count("recovery key none") == 1
+    assert "service col (role collaborator)\n" in out
+    v1_copy = tmp_path / "v1.yaml"
+    v1_copy.write_bytes(v1.read_bytes())
+    data = yaml.safe_load(v1.read_text())
+    data["secrets"].append({"name": "extra", "kind": "aes-256"})
+    data["services"][1]["secrets"] = ["extra"]
+    data.update(version=2, predecessor=digest(load_policy_file(v1_copy)))
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(yaml.safe_dump(data, sort_keys=False))
+    code, out, err = run("show", str(v2), "--against", str(v1_copy))
+    assert code == 0, err
+    changed = [line for line in out.splitlines() if line[:1] in "+-" and line[:3] not in "+++---"]
+    assert "+  receives extra: whole" in changed and "+  extra: aes-256" in changed
+    assert not [line for line in changed if "signing key" in line]  # the board is the same
+    code, _, err = run("show", str(v2), "--against", str(v2))
+    assert code == 1 and "is not the version" in err

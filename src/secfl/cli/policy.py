@@ -119,6 +119,38 @@ def validate_cmd(
     out.print(f"board:    {rule}", markup=False)
 
 
+@app.command("show")
+def show_cmd(
+    file: Annotated[str, typer.Argument(help="The policy (YAML); - for stdin.")],
+    against: Annotated[
+        str | None,
+        typer.Option(help="The version FILE replaces: print only what changes from it."),
+    ] = None,
+) -> None:
+    """Print what the policy grants, as the SPM reads it: review this, not the YAML.
+
+    The board with each key's fingerprint (recovery keys too), the accepted evidence,
+    and per service the code it pins, every secret and part it receives (a volume's
+    key included) and the volumes it opens."""
+    from secfl.errors import PolicyError
+    from secfl.policy import digest, load_policy
+    from secfl.policy._review import review, review_diff
+
+    policy = load_policy(read_input(file, "policy"))
+    if against is None:
+        lines = review(policy)
+    else:
+        previous = load_policy(read_input(against, "previous policy"))
+        if digest(previous) != policy.predecessor:
+            raise PolicyError(
+                f"policy: {against} (digest {digest(previous)[:16]}...) is not the version "
+                f"{file} replaces (its predecessor is {policy.predecessor[:16] or '(none)'}...)"
+            )
+        lines = review_diff(previous, policy) or ["(no change the SPM would see)"]
+    for line in lines:
+        out.print(line, markup=False)
+
+
 @app.command("digest")
 def digest_cmd(
     file: Annotated[str, typer.Argument(help="The policy (YAML); - for stdin.")],

@@ -1,0 +1,93 @@
+"""What a policy grants, as a board member reviews it before signing.
+
+The YAML is what its author wrote; :func:`review` is what the SPM will do with it,
+read back from the validated model: who approves the next version (with each key's
+fingerprint, recovery keys included: a recovery key is a share of every secret), which
+evidence is accepted, and for each service the code it pins, every secret and part
+it receives (a volume's key included) and the volumes it opens. ``secfl policy show``
+prints it; ``--against`` prints what changed from the version a new one replaces.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+
+from secfl.policy import _keys as keys
+from secfl.policy._canonical import digest
+from secfl.policy._model import Policy, Service
+
+__all__ = ["review", "review_diff"]
+
+
+def review(policy: Policy) -> list[str]:
+    """The policy as lines of text: everything the SPM honours, in a fixed order."""
+    lines = [
+        f"policy {policy.name} version {policy.version}, digest {digest(policy)}",
+        f"replaces: {policy.predecessor or '(nothing: the first version)'}",
+    ]
+    board = policy.board
+    required = f", always including {', '.join(board.required)}" if board.required else ""
+    lines.append(f"board: {board.threshold} of {len(board.members)}{required}")
+    for member in board.members:
+        signing = keys.key_id(keys.load_public(member.public_key))
+        recovery = (
+            keys.key_id(keys.load_recovery_public(member.recovery_key))
+            if member.recovery_key
+            else "none"
+        )
+        lines.append(f"  {member.name}: signing key {signing}, recovery key {recovery}")
+    platforms = policy.platforms
+    lines.append(
+        f"platforms: {', '.join(platforms.accept)}; minimum TCB {platforms.min_tcb_status}; "
+        f"unknown TCB {'accepted' if platforms.allow_unknown_tcb else 'refused'}; debug "
+        f"{'accepted' if platforms.allow_debug else 'refused'}"
+    )
+    if platforms.simulation_root:
+        root = hashlib.sha256(platforms.simulation_root.encode()).hexdigest()
+        lines.append(f"  simulation root (PEM sha256): {root}")
+    lines.append(f"identity CA: {policy.identity_ca}")
+    for service in policy.services:
+        lines.extend(_service(policy, service))
+    lines.append("secrets:")
+    for secret in policy.secrets:
+        lines.append(f"  {secret.name}: {secret.kind}")
+    lines.append("volumes:")
+    for volume in policy.volumes:
+        pin = f"tag {volume.tag}" if volume.tag else f"newest release, counter {volume.counter}"
+        lines.append(f"  {volume.name}: {volume.kind}, key {volume.key}, {pin}")
+    lines.append(f"counters: {', '.join(c.name for c in policy.counters) or '(none)'}")
+    return lines
+
+
+def _service(policy: Policy, service: Service) -> list[str]:
+    lines = [f"service {service.name} (role {service.role})"]
+    for kind in sorted(service.measurements):
+        for identity in service.identities(kind):
+            pins = ", ".join(f"{k}={v}" for k, v in sorted(identity.items()))
+            lines.append(f"  accepts {kind}: {pins}")
+    parts = service.released_parts()
+    for name in service.volumes:  # opening a volume is receiving its key
+        volume = policy.volume(name)
+        if volume is not None:
+            parts.setdefault(volume.key, set()).add("*")
+    for name in sorted(parts):
+        shown = sorted("whole" if p in ("*", None) else str(p) for p in parts[name])
+        lines.append(f"  receives {name}: {', '.join(dict.fromkeys(shown))}")
+    lines.append(f"  opens volumes: {', '.join(service.volumes) or '(none)'}")
+    lines.append(f"  moves counters: {', '.join(service.counters) or '(none)'}")
+    return lines
+
+
+def review_diff(old: Policy, new: Policy) -> list[str]:
+    """What changes from ``old`` to ``new`` (unified diff of their reviews)."""
+    return list(
+        difflib.unified_diff(
+            review(old),
+            review(new),
+            f"version {old.version}",
+            f"version {new.version}",
+            lineterm="",
+            n=1,
+        )
+    )
