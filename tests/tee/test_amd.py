@@ -290,6 +290,32 @@ def test_real_milan_reports_are_accepted(real: Real, which: str, prefix: str) ->
     assert amd.verify_report(report + bytes(32), at=MILAN_AT, vcek=pem, chain=real.chain) == claims
 
 
+def test_a_certificates_own_name_is_quoted_on_one_line(real: Real) -> None:
+    """Found by a hostile review: a refusal quoted a certificate's name as its maker
+    chose it, newlines and 2,000 characters included (a forged log line, and 64 KiB an
+    audit entry)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    chosen = "SEV-VCEK'\nforged: accepted" + "A" * 2000
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, chosen, _validate=False)])
+    began = datetime(2024, 1, 1, tzinfo=UTC)
+    forged = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1).not_valid_before(began)
+        .not_valid_after(began + timedelta(days=3650)).sign(key, hashes.SHA384())
+    )  # fmt: skip
+    ask, ark = _ask_and_ark(real.chain)
+    table = amd.build_cert_table(
+        {"vcek": forged.public_bytes(serialization.Encoding.DER), "ask": ask, "ark": ark}
+    )
+    with pytest.raises(VerificationError) as refused:  # (cryptography warns of its length)
+        verify(Evidence(kind="snp", quote=real.report, aux=table), at=MILAN_AT)
+    message = str(refused.value)
+    assert "\n" not in message and "forged: accepted" in message and len(message) < 1300
+
+
 def test_configfs_tsm_route(real: Real) -> None:
     ask, ark = _ask_and_ark(real.chain)
     table = amd.build_cert_table({"vcek": real.vcek, "ask": ask, "ark": ark})

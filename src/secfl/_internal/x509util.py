@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from secfl._internal import der
+from secfl._internal.values import one_line
 from secfl.errors import VerificationError
 
 
@@ -55,12 +56,23 @@ def load_any(data: bytes, what: str) -> list[x509.Certificate]:
 
 
 def common_name(cert: x509.Certificate) -> str:
-    """The subject's CN for messages; never fails (cryptography parses names lazily)."""
+    """The subject's CN for messages; never fails (cryptography parses names lazily).
+    On one line and bounded (:func:`~secfl._internal.values.one_line`): whoever made the
+    certificate chose it, and refusals quote it."""
+    return _name_of(cert.subject, "subject")
+
+
+def issuer_common_name(cert: x509.Certificate) -> str:
+    """The issuer's CN, as :func:`common_name` gives the subject's."""
+    return _name_of(cert.issuer, "issuer")
+
+
+def _name_of(name: x509.Name, what: str) -> str:
     try:
-        names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        return str(names[0].value) if names else cert.subject.rfc4514_string()
+        names = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        return one_line(str(names[0].value) if names else name.rfc4514_string())
     except ValueError:
-        return "<malformed subject>"
+        return f"<malformed {what}>"
 
 
 def check_validity(cert: x509.Certificate, at: datetime, what: str) -> None:

@@ -149,8 +149,8 @@ class Attestor:
                     "report_data: the evidence does not bind this nonce, HPKE key and CSR key"
                 )
             checked = (record, policy, claims, csr)
-        except Refused as exc:
-            refusal = exc
+        except Refused as exc:  # its text may quote the sender's (a certificate's name)
+            refusal = Refused(one_line(str(exc)), exc.status)
 
         def decide(tx: Tx) -> AttestResult | Refused:
             nonlocal refusal

@@ -40,6 +40,7 @@ from secfl._internal.x509util import (
     check_validity,
     common_name,
     fingerprint,
+    issuer_common_name,
     load_any,
     load_der,
 )
@@ -265,8 +266,7 @@ def _check_chain(
 
 
 def _issuer_cn(cert: x509.Certificate) -> str:
-    names = cert.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return str(names[0].value) if names else cert.issuer.rfc4514_string()
+    return issuer_common_name(cert)
 
 
 def _check_pss(cert: x509.Certificate, what: str) -> None:
