@@ -59,16 +59,17 @@ def common_name(cert: x509.Certificate) -> str:
     """The subject's CN for messages; never fails (cryptography parses names lazily).
     On one line and bounded (:func:`~secfl._internal.values.one_line`): whoever made the
     certificate chose it, and refusals quote it."""
-    return _name_of(cert.subject, "subject")
+    return _name_of(cert, "subject")
 
 
 def issuer_common_name(cert: x509.Certificate) -> str:
     """The issuer's CN, as :func:`common_name` gives the subject's."""
-    return _name_of(cert.issuer, "issuer")
+    return _name_of(cert, "issuer")
 
 
-def _name_of(name: x509.Name, what: str) -> str:
-    try:
+def _name_of(cert: x509.Certificate, what: str) -> str:
+    try:  # the name is parsed here, when first read: a malformed one raises ValueError
+        name = cert.subject if what == "subject" else cert.issuer
         names = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         return one_line(str(names[0].value) if names else name.rfc4514_string())
     except ValueError:
