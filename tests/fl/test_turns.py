@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 
 from secfl.errors import FlError, TransportError
@@ -370,3 +371,40 @@ def test_canonical_order_reads_no_payload_before_the_header_is_vetted(who: str) 
         rounds.submit(pieces(), Peer("p", service, ""))
     assert pulled == []
     assert not attempt.settled("site")  # a misdirected update leaves the round unharmed
+
+
+@pytest.mark.parametrize(
+    ("tensor", "value", "limit"),
+    [("w", 1e155, "±2\\^100"), ("w", -1.7e308, "±2\\^100"),
+     ("n", 2**60, "±2\\^52 \\(an integer tensor\\)"), ("n", 2**63 - 1, "±2\\^52")],
+)  # fmt: skip
+def test_a_value_no_rule_can_compute_with_is_refused_on_arrival(
+    tensor: str, value: float, limit: str
+) -> None:
+    """Found by a hostile review: one finite 1e155 in a float64 model passed every check
+    on arrival, then made Krum's distances (Bulyan's, FLTrust's, the clone audit's)
+    overflow: the round's aggregation failed, and the run with it, round after round. A
+    BatchNorm counter of 2**60 did the same to the clone audit over FedAvg, and
+    INT64_MAX came out of Multi-Krum as INT64_MIN. Now only that update is refused."""
+    from secfl.fl._tensors import to_bytes
+
+    config = FederationConfig(strategy="krum", dead_after=30.0, round_timeout=20,
+                              min_clients=1, quorum=1)  # fmt: skip
+    model = {"w": np.zeros(8, np.float64), "n": np.array(100, np.int64)}
+    rounds = Rounds(config, max_update_bytes=1 << 20)
+    now = time.monotonic()
+    rounds.participants["site"] = Participant("site", "", None, now)
+    attempt = Attempt(round=1, number=1, sampled=["site"], model=None,  # type: ignore[arg-type]
+                      configs={}, deadline=now + 20, accumulator=None,
+                      global_params=model)  # fmt: skip
+    rounds.open(attempt)
+    update = {k: v.copy() for k, v in model.items()}
+    if tensor == "n":
+        update["n"][...] = value
+    else:
+        update["w"][3] = value
+    head = msg.header_bytes({"kind": "update", "round": 1, "attempt": 1, "epoch": rounds.epoch,
+                             "samples": 1, "metrics": {}})  # fmt: skip
+    with pytest.raises(FlError, match=f"tensor '{tensor}' holds a value beyond {limit}"):
+        rounds.submit(iter([head, to_bytes(update)]), Peer("p", "site", ""))
+    assert "site" in attempt.refused  # this update, not the round

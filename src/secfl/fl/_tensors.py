@@ -342,11 +342,44 @@ def all_finite(array: np.ndarray) -> bool:
     return True
 
 
+#: The largest magnitude a floating-point value may have in an update or a model
+#: (2**100, about 1.3e30: far beyond any weight). Beyond it, a rule's distances and
+#: norms overflow float64: one finite 1e155 stopped Krum, Bulyan, FLTrust and the
+#: clone audit, round after round.
+MAX_FLOAT = 2.0**100
+#: The largest magnitude of an integer value (counters such as BatchNorm's
+#: ``num_batches_tracked``): 2**52, what float64 holds exactly, as the robust rules
+#: and the exact sums compute with it (INT64_MAX came out of Multi-Krum as INT64_MIN).
+MAX_INT = 2**52
+
+
+def within_bounds(array: np.ndarray) -> bool:
+    """Whether ``array`` holds only finite values within :data:`MAX_FLOAT` (floating
+    point) or :data:`MAX_INT` (integers), scanning in blocks (no scratch)."""
+    kind = array.dtype.kind
+    if kind == "f":
+        low, high = -MAX_FLOAT, MAX_FLOAT
+    elif kind in "iu" and array.dtype.itemsize >= 8:
+        low, high = -MAX_INT, MAX_INT
+    elif kind == "c":
+        return all_finite(array)
+    else:
+        return True
+    flat = array.reshape(-1)
+    for begin in range(0, flat.size, _SCAN_BLOCK):
+        block = flat[begin : begin + _SCAN_BLOCK]
+        # compared as Python numbers: 2**100 as a float16 would be Inf, and Inf <= Inf
+        if not (low <= block.min().item() and block.max().item() <= high):  # NaN fails
+            return False
+    return True
+
+
 def check_like(
     update: Mapping[str, Any], reference: Mapping[str, Any], *, what: str, finite: bool = True
 ) -> None:
     """Refuse ``update`` unless it has exactly ``reference``'s tensor names, shapes and
-    dtypes and (with ``finite``, the default) holds no NaN/Inf. ``reference`` values
+    dtypes and (with ``finite``, the default) holds no NaN/Inf and nothing beyond
+    :func:`within_bounds`'s limits. ``reference`` values
     may be numpy arrays or torch tensors (only their shape and dtype are read). The
     error names ``what`` and the first offending tensor."""
     if not isinstance(update, Mapping):
@@ -373,8 +406,11 @@ def check_like(
             raise FlError(
                 f"{what}: tensor '{name}' has dtype {value.dtype}, the model has {want_dtype}"
             )
-        if finite and not all_finite(value):
-            raise FlError(f"{what}: tensor '{name}' holds NaN or Inf")
+        if finite and not within_bounds(value):
+            if not all_finite(value):
+                raise FlError(f"{what}: tensor '{name}' holds NaN or Inf")
+            limit = "±2^52 (an integer tensor)" if value.dtype.kind in "iu" else "±2^100"
+            raise FlError(f"{what}: tensor '{name}' holds a value beyond {limit}")
 
 
 def nbytes(params: Mapping[str, np.ndarray]) -> int:
