@@ -67,7 +67,7 @@ def test_the_participant_that_pulls_the_model_away_is_excluded_and_state_survive
 def test_the_audit_refuses_to_run_blind_and_checks_its_settings() -> None:
     audit = CloneAudit()
     with pytest.raises(FlError, match="no validation data"):
-        audit.aggregate(1, {"w": np.zeros(2)}, _updates({"a": 1.0, "b": 2.0}))
+        audit.aggregate(1, {"w": np.zeros(3, np.float32)}, _updates({"a": 1.0, "b": 2.0}))
     for bad, match in (
         ({"clones": 1}, "clones"),
         ({"fraction": 1.0}, "fraction"),
@@ -161,3 +161,15 @@ def test_the_guard_never_lets_an_excluded_participant_back_in() -> None:
     # a clone holding bad averages at most (0.5 + 1.1 + 1.1) / 3 = 0.9 and scores best
     assert max(audit.history[0].clone_utilities) > -np.log(2.0 + 3 * 0.4) - 1e-9
     assert np.all(new["w"] >= 1.0 - 1e-6) and np.all(new["w"] <= 1.1 + 1e-6)
+
+
+def test_every_update_is_checked_before_the_detector_reads_it() -> None:
+    """Found by a hostile review: the audit read updates it never checked; a tensor of
+    another shape (which Flower lets through: it checks names, not shapes) ended the
+    ServerApp with a broadcasting traceback."""
+    audit = CloneAudit(clones=30, fraction=0.5, threshold=2.0, seed=1)
+    audit.score = lambda params: 0.0
+    updates = _updates({"a": 1.0, "b": 2.0, "c": 3.0})
+    updates.append(Update("d", {"w": np.zeros(13, np.float32)}, 10))
+    with pytest.raises(FlError, match=r"^aggregate: the update from 'd': tensor 'w' has shape"):
+        audit.aggregate(1, {"w": np.zeros(3, np.float32)}, updates)

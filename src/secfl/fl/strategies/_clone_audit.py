@@ -83,7 +83,15 @@ from typing import Any
 import numpy as np
 
 from secfl.errors import FlError
-from secfl.fl.strategies._base import Params, Strategy, Update, check_round, positive
+from secfl.fl.strategies._base import (
+    Params,
+    Strategy,
+    Update,
+    check_global,
+    check_round,
+    check_update,
+    positive,
+)
 from secfl.fl.strategies._clone_scoring import (
     ScoreBook,
     clone_models,
@@ -218,7 +226,12 @@ class CloneAudit(Strategy):
         return self.base.configure(round)
 
     def aggregate(self, round: int, global_params: Params, updates: Sequence[Update]) -> Params:
+        # every update checked before the detector reads it: a tensor of another shape
+        # gave a broadcasting traceback (the Flower strategy checks keys, not shapes)
+        check_global(global_params)
         check_round(updates)
+        for update in updates:
+            check_update(update, global_params)
         began = time.perf_counter()
         result = self.audit(round, global_params, updates)
         kept = [u for u in updates if u.sender not in result.excluded]
