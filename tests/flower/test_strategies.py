@@ -143,3 +143,19 @@ def test_secfl_rules_agree_with_flowers_own(
     ours, _ = results[same_as]
     for name in NAMES:
         np.testing.assert_allclose(flower[name], ours[name], rtol=1e-12, atol=0)
+
+
+@pytest.mark.timeout(300)
+def test_one_bad_reply_is_left_out_not_the_round(flower_python: Path) -> None:
+    """Found by a hostile review: NaN, a value of 1e155, another dtype, a num-examples of
+    inf, NaN, 0 or 1e300, or a loss sent as a list failed `aggregate_train`, and with it
+    the ServerApp (a real Flower round; the bad node is 104)."""
+    done = subprocess.run(
+        [str(flower_python), str(Path(__file__).with_name("bad_reply_probe.py"))],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    for case, got in out.items():
+        assert got.get("kept") == ["101", "102", "103"], (case, got)
+        assert got["w"] == [1.02] * 4, (case, got)  # the honest median

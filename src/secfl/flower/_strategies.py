@@ -37,8 +37,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from secfl._internal.values import one_line, quoted
 from secfl.errors import FlError
 from secfl.fl.strategies import CloneAudit, Params, Strategy, Update, get_strategy
+from secfl.fl.strategies._base import check_update
 from secfl.flower._audit import SpmAudit
 
 __all__ = ["SecflStrategy", "from_record", "to_record"]
@@ -121,13 +123,23 @@ class SecflStrategy(FedAvg):
         # aggregates the same way (secfl's canonical aggregation order).
         for msg in sorted(valid, key=lambda m: int(m.metadata.src_node_id)):
             sender = str(msg.metadata.src_node_id)
-            update = Update(
-                sender=sender,
-                params=from_record(msg.content[self.arrayrecord_key]),
-                num_samples=_samples(msg, self.weighted_by_key),
-            )
+            try:  # one bad reply is left out, as secfl's aggregator refuses one update
+                update = Update(
+                    sender=sender,
+                    params=from_record(msg.content[self.arrayrecord_key]),
+                    num_samples=_samples(msg, self.weighted_by_key),
+                )
+                check_update(update, self._global)
+                _check_metrics(msg)
+            except (FlError, TypeError, ValueError, KeyError) as exc:
+                reason = exc if isinstance(exc, FlError) else f"unreadable ({type(exc).__name__})"
+                log.warning("secfl: round %d: the reply of node %s is left out: %s",
+                            server_round, sender, one_line(str(reason)))  # fmt: skip
+                continue
             updates.append(update)
             by_sender[sender] = msg
+        if not updates:
+            return None, None
         new = self.rule.aggregate(server_round, self._global, updates)
         kept = self._kept(updates)
         self.kept = kept
@@ -160,12 +172,36 @@ class SecflStrategy(FedAvg):
         audit.close()
 
 
+#: The most samples one reply may report (secfl's own default ``max_samples``).
+MAX_SAMPLES = 10**9
+
+
 def _samples(msg: Message, key: str) -> int:
     metrics = msg.content.metric_records
     values = [r[key] for r in metrics.values() if key in r]
     if len(values) != 1:
         raise FlError(f"aggregate: the reply of node {msg.metadata.src_node_id} has no '{key}'")
     value = values[0]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise FlError(f"aggregate: node {msg.metadata.src_node_id}'s '{key}' is not an integer")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value != int(value)
+        or not 1 <= value <= MAX_SAMPLES
+    ):
+        raise FlError(
+            f"aggregate: node {msg.metadata.src_node_id}'s '{key}' is not an integer from 1 "
+            f"to {MAX_SAMPLES}"
+        )
     return int(value)
+
+
+def _check_metrics(msg: Message) -> None:
+    """Metrics Flower's averaging can read: finite numbers (a list, or NaN, failed the
+    round's metric aggregation, and the ServerApp with it)."""
+    for record in msg.content.metric_records.values():
+        for name, value in record.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise FlError(f"aggregate: metric {quoted(name)} is not a number")
+            if not math.isfinite(value):
+                raise FlError(f"aggregate: metric {quoted(name)} is not finite")
