@@ -218,6 +218,8 @@ class Floors:
             self.readers[since] -= 1
             if self.readers[since] <= 0:
                 del self.readers[since]
+            if not self.readers:  # nobody can need a past raise (the start's replay kept many)
+                self.raises.clear()
 
     def _raised(self, kind: str, key: Any, before: int) -> None:
         """Note that a floor moved from ``before`` (the caller holds the lock). Raises no
