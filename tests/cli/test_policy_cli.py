@@ -74,10 +74,14 @@ def test_keygen_sign_by_two_members_verify(run: Run, tmp_path: Path) -> None:
     assert out == digest(load_policy_file(path)) + "\n"
 
     for member in ("alice", "bob"):
+        mine = ["--recovery-pub", str(keys / f"{member}.recovery.pub")] if member == "alice" else []
         code, out, err = run(
-            "sign", str(path), "--key", str(keys / f"{member}.key"), "--member", member
+            "sign", str(path), "--key", str(keys / f"{member}.key"), "--member", member, *mine
         )
-        assert (code, err) == (0, ""), err
+        if member == "alice":  # checked against her own recovery key
+            assert (code, err) == (0, ""), err
+        else:  # shown, to check by hand
+            assert code == 0 and err.startswith("note: this policy gives bob the recovery key ")
         sig = json.loads((tmp_path / f"policy.yaml.{member}.sig").read_text())
         assert sig["member"] == member and sig["digest"] == digest(load_policy_file(path))
 
@@ -287,3 +291,29 @@ def test_show_prints_what_the_spm_grants_and_what_a_version_changes(
     assert not [line for line in changed if "signing key" in line]  # the board is the same
     code, _, err = run("show", str(v2), "--against", str(v2))
     assert code == 1 and "is not the version" in err
+
+
+def test_a_recovery_key_that_is_not_the_signers_stops_the_signature(
+    run: Run, tmp_path: Path
+) -> None:
+    """Found by a hostile review: a proposer put recovery keys of their own in the other
+    members' entries (opaque PEM), the others signed, and the proposer alone could then
+    rebuild the policy's data key from the SPM's database."""
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    path = _write_policy(tmp_path, keys)
+    data = yaml.safe_load(path.read_text())
+    from secfl.policy import _keys as keys_
+
+    proposers = keys_.generate_recovery()[1].decode()
+    for member in data["board"]["members"]:
+        if member["name"] == "alice":  # the proposer's recovery key in alice's entry
+            member["recovery_key"] = proposers
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out_file = tmp_path / "alice.sig"
+    mine = str(keys / "alice.recovery.pub")
+    code, _, err = run("sign", str(path), "--key", str(keys / "alice.key"), "--member", "alice",
+                       "--recovery-pub", mine, "-o", str(out_file))  # fmt: skip
+    assert code == 1 and err.startswith("error: sign: this policy gives alice the recovery key ")
+    assert err.endswith("a share of every secret goes to whoever holds it; do not sign\n")
+    assert not out_file.exists()

@@ -12,7 +12,7 @@ from secfl.cli import revocation
 from secfl.cli._common import err, out, read_input, write_output
 from secfl.cli.policy_init import init_cmd
 from secfl.cli.policy_next import next_cmd
-from secfl.errors import UsageError
+from secfl.errors import PolicyError, UsageError
 
 __all__ = [
     "KEY_KINDS",
@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from secfl.policy import Policy
     from secfl.policy._keys import KeyKind
 
 app = typer.Typer(
@@ -132,20 +133,14 @@ def show_cmd(
     The board with each key's fingerprint (recovery keys too), the accepted evidence,
     and per service the code it pins, every secret and part it receives (a volume's
     key included) and the volumes it opens."""
-    from secfl.errors import PolicyError
-    from secfl.policy import digest, load_policy
+    from secfl.policy import load_policy
     from secfl.policy._review import review, review_diff
 
     policy = load_policy(read_input(file, "policy"))
     if against is None:
         lines = review(policy)
     else:
-        previous = load_policy(read_input(against, "previous policy"))
-        if digest(previous) != policy.predecessor:
-            raise PolicyError(
-                f"policy: {against} (digest {digest(previous)[:16]}...) is not the version "
-                f"{file} replaces (its predecessor is {policy.predecessor[:16] or '(none)'}...)"
-            )
+        previous = _previous(policy, file, against)
         lines = review_diff(previous, policy) or ["(no change the SPM would see)"]
     for line in lines:
         out.print(line, markup=False)
@@ -177,11 +172,19 @@ def sign_cmd(
             "that approves FILE) instead of FILE's own, for a version that rotates keys."
         ),
     ] = None,
+    recovery_pub: Annotated[
+        str | None,
+        typer.Option(
+            help="Your recovery public key (PEM): refuse to sign unless FILE gives you this "
+            "one (a share of every secret goes to it)."
+        ),
+    ] = None,
 ) -> None:
     """Approve a policy: write a detached signature over its digest.
 
-    Refused: a key that is not MEMBER's on the board, and a policy that is not ready
-    (what `secfl policy validate` refuses)."""
+    Refused: a key that is not MEMBER's on the board, a policy that is not ready
+    (what `secfl policy validate` refuses), and with --recovery-pub a policy that gives
+    MEMBER another recovery key."""
     from secfl.fl._policy_check import check_ready
     from secfl.policy import _keys as keys
     from secfl.policy import load_policy, sign_policy
@@ -192,14 +195,52 @@ def sign_cmd(
             raise UsageError("give --output when the policy comes from standard input")
         output = f"{file}.{member}.sig"
     policy = load_policy(read_input(file, "policy"))
-    rule = policy.board if board is None else load_policy(read_input(board, "board policy")).board
+    rule = policy.board if board is None else _previous(policy, file, board).board
     private = keys.load_private(read_input(key, "signing key"))
     check_signer(rule, member, private, previous=board is not None)
     check_ready(policy)
+    _check_recovery(policy, member, recovery_pub)
     signature = sign_policy(policy, private, member)
     write_output(signature.to_json().encode(), output)
     if output != "-":
         out.print(f"{output}: {member} signed {signature.digest}", markup=False)
+
+
+def _previous(policy: Policy, file: str, board: str) -> Policy:
+    """The version ``file`` replaces, read from ``board``: its digest must be ``policy``'s
+    predecessor (else a file naming look-alike members would "approve" anything)."""
+    from secfl.policy import digest, load_policy
+
+    previous = load_policy(read_input(board, "board policy"))
+    if digest(previous) != policy.predecessor:
+        raise PolicyError(
+            f"policy: {board} (version {previous.version}, digest {digest(previous)[:16]}...) "
+            f"is not the version {file} replaces (its predecessor is "
+            f"{policy.predecessor[:16] or '(none)'}...): give that one"
+        )
+    return previous
+
+
+def _check_recovery(policy: Policy, member: str, recovery_pub: str | None) -> None:
+    """A member's recovery key, as the policy gives it: checked against theirs, or shown."""
+    from secfl.policy import _keys as keys
+
+    found = next((m for m in policy.board.members if m.name == member), None)
+    given = found.recovery_key if found is not None else None
+    named = keys.key_id(keys.load_recovery_public(given)) if given else None
+    if recovery_pub is not None:
+        mine = keys.key_id(keys.load_recovery_public(read_input(recovery_pub, "recovery key")))
+        if named != mine:
+            raise PolicyError(
+                f"sign: this policy gives {member} the recovery key {named or '(none)'}, not "
+                f"yours ({mine}): a share of every secret goes to whoever holds it; do not sign"
+            )
+    elif named is not None:
+        err.print(
+            f"note: this policy gives {member} the recovery key sha256:{named}; check it is "
+            "yours (`--recovery-pub`): a share of every secret goes to it",
+            markup=False,
+        )
 
 
 @app.command("verify")
@@ -215,21 +256,12 @@ def verify_cmd(
     ] = None,
 ) -> None:
     """Check that the signatures satisfy the board rule; print the approving members."""
-    from secfl.errors import PolicyError
     from secfl.policy import Signature, check_approval, digest, load_policy
 
     policy = load_policy(read_input(file, "policy"))
     rule = policy.board
     if board is not None:
-        previous = load_policy(read_input(board, "board policy"))
-        if digest(previous) != policy.predecessor:
-            # else any file naming look-alike members would "approve" anything
-            raise PolicyError(
-                f"policy: {board} (version {previous.version}, digest "
-                f"{digest(previous)[:16]}...) is not the version {file} replaces (its "
-                f"predecessor is {policy.predecessor[:16] or '(none)'}...): give that one"
-            )
-        rule = previous.board
+        rule = _previous(policy, file, board).board
     elif policy.version > 1:
         err.print(
             f"note: checked against {file}'s own board; the SPM checks version "
