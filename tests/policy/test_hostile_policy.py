@@ -518,7 +518,7 @@ def test_an_identity_that_pins_no_code_is_refused(
 
 def test_the_spm_matches_no_identity_that_pins_no_code() -> None:
     from secfl.errors import Refused
-    from secfl.spm._attestation import check_measurements
+    from secfl.spm._evidence_checks import check_measurements
 
     data = policy_dict()
     data["platforms"]["accept"] = [*data["platforms"]["accept"], "snp"]

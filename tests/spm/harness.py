@@ -136,6 +136,7 @@ class SpmProcess:
     measurement: str = ""
     log: Path | None = None
     env: dict[str, str] = field(default_factory=dict)  # added to the process's environment
+    args: list[str] = field(default_factory=list)  # added to `secfl spm serve`'s options
 
     def start(self, timeout: float = 60.0) -> SpmProcess:
         ready = self.data.with_suffix(".ready.json")
@@ -149,6 +150,7 @@ class SpmProcess:
         ]  # fmt: skip
         if self.db:
             args += ["--db", self.db]
+        args += self.args
         env = {**os.environ, "SECFL_SPM_POLICY_REFRESH": str(POLICY_REFRESH), **self.env}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -2,13 +2,16 @@
 
 Collateral and certificates are signed by the vendor and checked after download,
 so the cache needs no integrity of its own; it only spares the network. Entries
-are keyed by URL and written atomically.
+are keyed by URL and written atomically. A server or a cache file is still bounded:
+an answer larger than ``max_bytes``, or one that takes longer than ``timeout`` in
+all, is refused (a trickling server cannot hold a caller for ever).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,10 @@ class Response:
     headers: dict[str, str]
 
 
+#: The largest answer fetched or read from the cache (vendor collateral is tens of KiB).
+MAX_BYTES = 4 << 20
+
+
 class CachedHttp:
     """GET ``url`` through a cache directory (``None``: no cache)."""
 
@@ -35,8 +42,11 @@ class CachedHttp:
         *,
         timeout: float = 30.0,
         client: httpx.Client | None = None,
+        max_bytes: int = MAX_BYTES,
     ) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.timeout = timeout
+        self.max_bytes = max_bytes
         self._client = client or httpx.Client(timeout=timeout, follow_redirects=False)
 
     def close(self) -> None:
@@ -58,21 +68,53 @@ class CachedHttp:
         """Return the cached response for ``url`` or fetch it (HTTP 200 only)."""
         paths = self._paths(url)
         if paths and not refresh and paths[0].exists() and paths[1].exists():
-            headers = json.loads(paths[1].read_text())
-            return Response(body=paths[0].read_bytes(), headers=headers)
-        try:
-            reply = self._client.get(url)
-        except httpx.HTTPError as exc:
-            raise FetchError(f"fetch: GET {url} failed: {exc}") from None
-        if reply.status_code != 200:
-            raise FetchError(f"fetch: GET {url} answered HTTP {reply.status_code}")
-        response = Response(
-            body=reply.content, headers={k.lower(): v for k, v in reply.headers.items()}
-        )
+            return self._cached(url, *paths)
+        response = self._fetch(url)
         if paths:
             _store(paths[1], json.dumps(response.headers).encode())
             _store(paths[0], response.body)
         return response
+
+    def _fetch(self, url: str) -> Response:
+        deadline = time.monotonic() + self.timeout
+        body = bytearray()
+        try:
+            # Unencoded only: a compressed answer could grow a thousandfold in one chunk.
+            with self._client.stream("GET", url, headers={"Accept-Encoding": "identity"}) as reply:
+                if reply.status_code != 200:
+                    raise FetchError(f"fetch: GET {url} answered HTTP {reply.status_code}")
+                encoding = reply.headers.get("content-encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise FetchError(f"fetch: GET {url}: answered in encoding '{encoding[:40]}'")
+                for chunk in reply.iter_raw():
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise FetchError(
+                            f"fetch: GET {url}: the answer exceeds {self.max_bytes} bytes"
+                        )
+                    if time.monotonic() > deadline:
+                        raise FetchError(f"fetch: GET {url}: no full answer in {self.timeout:g} s")
+                headers = {k.lower(): v for k, v in reply.headers.items()}
+        except httpx.HTTPError as exc:
+            raise FetchError(f"fetch: GET {url} failed: {exc}") from None
+        return Response(body=bytes(body), headers=headers)
+
+    def _cached(self, url: str, body: Path, headers: Path) -> Response:
+        """A cached answer; a cache file too large or unreadable is an error, not a crash."""
+        try:
+            if body.stat().st_size > self.max_bytes or headers.stat().st_size > self.max_bytes:
+                raise FetchError(
+                    f"fetch: the cached answer for {url} exceeds {self.max_bytes} bytes"
+                )
+            doc = json.loads(headers.read_text(encoding="utf-8"))
+            data = body.read_bytes()
+        except (OSError, ValueError) as exc:
+            raise FetchError(f"fetch: the cached answer for {url} is unreadable ({exc})") from None
+        if not isinstance(doc, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in doc.items()
+        ):
+            raise FetchError(f"fetch: the cached headers for {url} are not a JSON object of texts")
+        return Response(body=data, headers=doc)
 
 
 def _store(path: Path, data: bytes) -> None:

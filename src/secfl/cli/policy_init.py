@@ -278,7 +278,8 @@ def init_cmd(
     allow_unknown_tcb: Annotated[
         bool,
         typer.Option(
-            "--allow-unknown-tcb", help="Hardware: accept evidence verified without collateral."
+            "--allow-unknown-tcb",
+            help="Hardware: accept SGX/TDX evidence without TCB appraisal (SPM without --pccs).",
         ),
     ] = False,
     program: Annotated[

@@ -49,19 +49,34 @@ def serve_cmd(
         float, typer.Option(help="Seconds for a connection's TLS handshake and request headers.")
     ] = 10.0,
     body_timeout: Annotated[float, typer.Option(help="Seconds for a request's body.")] = 30.0,
+    pccs: Annotated[
+        str | None,
+        typer.Option(
+            help="PCCS (or Intel PCS) URL: appraise SGX/TDX TCB levels with Intel's collateral."
+        ),
+    ] = None,
 ) -> None:
     """Serve the SPM over HTTPS; its TLS key is made and kept inside its TEE.
 
     Connections that stall (half-sent headers or bodies, silent sockets) are closed
-    after the timeouts, and at most --max-connections are open at once."""
+    after the timeouts, and at most --max-connections are open at once. With --pccs,
+    every SGX and TDX quote is appraised against Intel's collateral for its platform
+    (TCB status, advisories, revoked keys); without it their TCB is unknown, which
+    only a policy with allow_unknown_tcb accepts."""
     from secfl._internal.httpguard import Limits
+    from secfl.spm._collateral import pccs_url
     from secfl.spm._server import open_spm, serve
 
     host, port = parse_listen(listen)
+    if pccs is not None:
+        pccs_url(pccs)  # before the data folder is touched
     limits = Limits(
         max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout
     )
-    spm = open_spm(data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])])
+    spm = open_spm(
+        data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])],
+        pccs_url=pccs,
+    )  # fmt: skip
     out.print(
         f"secfl SPM on {host}:{port}, TLS key sha256 {spm.identity.spki_sha256}, "
         f"platform {spm.platform.name}",

@@ -24,31 +24,28 @@ from secfl._internal.canonical import canonical_json
 from secfl._internal.values import one_line
 from secfl.errors import IntegrityError, Refused, SecflError, SpmError
 from secfl.policy._document import code_pinned_by_counter
-from secfl.policy._model import Policy, pins_code
+from secfl.policy._model import Policy
 from secfl.policy._secrets import CertSecret
 from secfl.spm import _sealing as sv
+from secfl.spm._collateral import CollateralSource
+from secfl.spm._evidence_checks import check_evidence, check_measurements, claims_identity
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._nonces import NonceIssuer
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._refusals import RefusalBudget
 from secfl.spm._report_data import csr_public_key_sha256, workload_report_data
-from secfl.spm._revocation import platform_id, revoked_reason
+from secfl.spm._revocation import revoked_reason
 from secfl.spm._sealing import release_key
 from secfl.spm._store import PolicyRecord
 from secfl.spm._tx import Tx
 from secfl.spm._vault import SecretVault
-from secfl.tee._claims import TCB_ORDER, Claims
-from secfl.tee._evidence import Evidence
-from secfl.tee._verify import verify
+from secfl.tee._claims import Claims
 
 __all__ = [
     "PRUNE_EVERY",
     "AttestResult",
     "Attestor",
     "Refused",
-    "check_evidence",
-    "check_measurements",
-    "claims_identity",
 ]
 
 #: Expired sessions and spent nonces are pruned every this many attestations.
@@ -82,8 +79,11 @@ class Attestor:
         group: GroupCommit,
         session_ttl: float,
         refusals: RefusalBudget | None = None,
+        collateral: CollateralSource | None = None,
     ) -> None:
         self.policies = policies
+        #: Intel collateral for TCB appraisal (``secfl spm serve --pccs``), if any.
+        self.collateral = collateral
         self.nonces = nonces
         self.vault = vault
         self.group = group
@@ -128,7 +128,7 @@ class Attestor:
                 )
             if nonce_state != "ok":
                 raise Refused(f"nonce: the nonce is {nonce_state}")
-            claims = check_evidence(policy, evidence, now)
+            claims = check_evidence(policy, evidence, now, self.collateral)
             genuine = True
             detail["kind"] = claims.kind
             detail["measurement"] = next(iter(claims.measurements.values()), None)
@@ -303,70 +303,6 @@ class Attestor:
             policy_version=record.version,
             secret_names=sorted(values),
         )
-
-
-def check_evidence(policy: Policy, evidence: bytes, now: datetime) -> Claims:
-    """The claims of genuine ``evidence`` of a platform, TCB level and debug mode the
-    policy accepts, or :class:`Refused` naming the check that failed."""
-    platforms = policy.platforms
-    try:
-        ev = Evidence.parse(evidence)
-        if ev.kind not in platforms.accept:
-            raise Refused(f"platform: {ev.kind} evidence is not accepted by this policy")
-        root = platforms.simulation_root.encode() if platforms.simulation_root else None
-        claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug)
-    except SecflError as exc:
-        if isinstance(exc, Refused):
-            raise
-        raise Refused(f"evidence: {exc}") from None
-    if claims.kind != "simulated":
-        if claims.tcb_status == "unknown":
-            if not platforms.allow_unknown_tcb:
-                raise Refused(
-                    "tcb: the TCB status is unknown (no collateral) and the policy requires one"
-                )
-        elif TCB_ORDER.index(claims.tcb_status) > TCB_ORDER.index(platforms.min_tcb_status):
-            raise Refused(
-                f"tcb: status {claims.tcb_status} is below the policy's minimum "
-                f"{platforms.min_tcb_status}"
-            )
-    return claims
-
-
-def check_measurements(
-    policy: Policy, service_name: str, kind: Any, measurements: dict[str, Any]
-) -> None:
-    """Refuse unless one of the service's identities for ``kind`` matches."""
-    service = policy.service(service_name)
-    assert service is not None
-    for identity in service.identities(kind):
-        if not pins_code(kind, identity):
-            continue  # in a version stored before that rule: it would accept any code
-        if all(
-            str(measurements.get(k, "")).lower() == str(v).lower()
-            if isinstance(v, str)
-            else measurements.get(k) == v
-            for k, v in identity.items()
-        ):
-            return
-    mr = next(iter(measurements.values()), "")
-    count = len(service.identities(kind))
-    pins = f"{count} {kind} identit{'y' if count == 1 else 'ies'}"
-    raise Refused(
-        f"measurement: {kind} measurement {mr} is not accepted for service '{service_name}' "
-        f"of policy '{policy.name}' version {policy.version} (it pins {pins}): the "
-        "program, its command line or its code differ from what the policy pins"
-    )
-
-
-def claims_identity(claims: Claims) -> dict[str, Any]:
-    """What a session remembers of its attestation, to check it against later policy
-    versions and revocations: kind, measurements, platform ID."""
-    return {
-        "kind": claims.kind,
-        "measurements": dict(claims.measurements),
-        "platform": platform_id(claims.platform),
-    }
 
 
 def _load_csr(pem: bytes) -> x509.CertificateSigningRequest:

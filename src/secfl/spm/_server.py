@@ -28,6 +28,7 @@ from secfl._internal.files import atomic_write, memory_file
 from secfl._internal.httpguard import Guard, Limits, file_budget
 from secfl._internal.x509util import private_pem
 from secfl.errors import IntegrityError, SpmError
+from secfl.spm._collateral import CollateralSource
 from secfl.spm._identity import (
     IDENTITY_AAD,
     IDENTITY_META,
@@ -44,6 +45,9 @@ from secfl.tee._platforms import platform_by_name
 
 __all__ = ["GRACEFUL_SHUTDOWN", "open_spm", "open_store", "serve", "unreadable"]
 
+#: Where in the data folder the SPM caches Intel collateral (signed by Intel: untrusted).
+COLLATERAL_DIR = "collateral-cache"
+
 #: Seconds a stopping SPM waits for requests under way (uvicorn's graceful timeout);
 #: an idle connection is not waited for (:meth:`secfl._internal.httpguard` ``shutdown``).
 GRACEFUL_SHUTDOWN = 5
@@ -56,9 +60,11 @@ def open_spm(
     platform: str = "auto",
     sim_dir: Path | str | None = None,
     names: Sequence[str] = (),
+    pccs_url: str | None = None,
 ) -> Spm:
     """The SPM of ``data_dir``: master key, store (SQLite there unless ``db_url``),
-    its sealed TLS identity (created on first start) and its platform."""
+    its sealed TLS identity (created on first start) and its platform; with
+    ``pccs_url``, the PCCS (or Intel PCS) whose collateral appraises Intel TCBs."""
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not os.path.lexists(data / KEY_FILE):  # never a new key for an existing SPM
@@ -69,17 +75,20 @@ def open_spm(
     identity = _identity(store, master, list(names))
     tee = platform_by_name(platform, sim_dir=sim_dir)
     measurement = code_measurement() if tee.name == "simulated" else None
-    spm = Spm(store, master, tee, identity, measurement=measurement, status_index=status)
+    collateral = None if pccs_url is None else CollateralSource(pccs_url, data / COLLATERAL_DIR)
+    spm = Spm(
+        store, master, tee, identity,
+        measurement=measurement, status_index=status, collateral=collateral,
+    )  # fmt: skip
+    started: dict[str, object] = {
+        "tls_spki_sha256": identity.spki_sha256,
+        "platform": tee.name,
+        "measurement": measurement,
+    }
+    if pccs_url is not None:
+        started["pccs"] = pccs_url
     with store.transaction() as tx:
-        tx.audit.append(
-            "spm.started",
-            None,
-            {
-                "tls_spki_sha256": identity.spki_sha256,
-                "platform": tee.name,
-                "measurement": measurement,
-            },
-        )
+        tx.audit.append("spm.started", None, started)
     return spm
 
 

@@ -32,6 +32,7 @@ from secfl.policy._model import Policy
 from secfl.policy._signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature, check_approval
 from secfl.spm._attestation import Attestor, AttestResult
 from secfl.spm._audit import AuditEntry
+from secfl.spm._collateral import CollateralSource
 from secfl.spm._events import check_event
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._identity import SpmIdentity
@@ -82,6 +83,7 @@ class Spm:
         nonce_ttl: float = 60.0,
         session_ttl: float = 3600.0,
         status_index: StatusIndex | None = None,
+        collateral: CollateralSource | None = None,
     ) -> None:
         self.store = store
         self.master = master
@@ -102,6 +104,7 @@ class Spm:
             group=self.group,
             session_ttl=session_ttl,
             refusals=self.refusals,
+            collateral=collateral,
         )
         self.revoker = Revoker(store, self.policies, self.group, self.refusals)
         self.volumes = VolumeRecords(store, self.policies, self.sessions, self.vault, self.group)
@@ -128,6 +131,8 @@ class Spm:
         with contextlib.suppress(Exception):  # stopping either way; the count is a courtesy
             self.group.run(self.refusals.flush)
         self.group.close()
+        if self.attestor.collateral is not None:
+            self.attestor.collateral.close()
         self.store.close()
 
     # --- the SPM's own attestation --------------------------------------------------------

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from secfl.errors import Refused
 from secfl.policy._model import Service
-from secfl.spm._attestation import check_measurements
+from secfl.spm._evidence_checks import check_measurements
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._revocation import revoked_reason, session_identity
 from secfl.spm._store import SessionRecord, Store

@@ -1,0 +1,101 @@
+"""What the SPM checks of a workload's evidence against its policy: the platform,
+its TCB level (with Intel collateral when the SPM has a PCCS), debug mode, and the
+code measured; and what a session remembers of it, for later versions and revocations.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from secfl.errors import FetchError, Refused, SecflError
+from secfl.policy._model import Policy, pins_code
+from secfl.spm._collateral import CollateralSource
+from secfl.spm._revocation import platform_id
+from secfl.tee._claims import TCB_ORDER, Claims
+from secfl.tee._evidence import Evidence
+from secfl.tee._verify import verify
+
+__all__ = ["check_evidence", "check_measurements", "claims_identity"]
+
+
+def check_evidence(
+    policy: Policy, evidence: bytes, now: datetime, collateral: CollateralSource | None = None
+) -> Claims:
+    """The claims of genuine ``evidence`` of a platform, TCB level and debug mode the
+    policy accepts, or :class:`Refused` naming the check that failed.
+
+    With ``collateral`` (the SPM started with ``--pccs``), an SGX or TDX quote whose
+    signature chain verified is appraised against its platform's collateral. If none
+    can be had, the TCB stays ``unknown``: accepted only where the policy allows it."""
+    platforms = policy.platforms
+    try:
+        ev = Evidence.parse(evidence)
+        if ev.kind not in platforms.accept:
+            raise Refused(f"platform: {ev.kind} evidence is not accepted by this policy")
+        root = platforms.simulation_root.encode() if platforms.simulation_root else None
+        claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug)
+        if collateral is not None and claims.kind in ("sgx", "tdx") and not claims.debug:
+            try:
+                fetched = collateral.get(ev.quote)
+            except FetchError as exc:
+                if not platforms.allow_unknown_tcb:
+                    raise Refused(
+                        f"collateral: the SPM has no collateral to appraise this {claims.kind} "
+                        f"TCB ({exc}); the SPM's PCCS must answer"
+                    ) from None
+            else:
+                claims = verify(ev, at=now, collateral=fetched, allow_debug=platforms.allow_debug)
+    except SecflError as exc:
+        if isinstance(exc, Refused):
+            raise
+        raise Refused(f"evidence: {exc}") from None
+    if claims.kind != "simulated":
+        if claims.tcb_status == "unknown":
+            if not platforms.allow_unknown_tcb:
+                raise Refused(
+                    "tcb: the TCB status is unknown (no collateral: start the SPM with --pccs "
+                    "URL) and the policy requires one"
+                )
+        elif TCB_ORDER.index(claims.tcb_status) > TCB_ORDER.index(platforms.min_tcb_status):
+            raise Refused(
+                f"tcb: status {claims.tcb_status} is below the policy's minimum "
+                f"{platforms.min_tcb_status}"
+            )
+    return claims
+
+
+def check_measurements(
+    policy: Policy, service_name: str, kind: Any, measurements: dict[str, Any]
+) -> None:
+    """Refuse unless one of the service's identities for ``kind`` matches."""
+    service = policy.service(service_name)
+    assert service is not None
+    for identity in service.identities(kind):
+        if not pins_code(kind, identity):
+            continue  # in a version stored before that rule: it would accept any code
+        if all(
+            str(measurements.get(k, "")).lower() == str(v).lower()
+            if isinstance(v, str)
+            else measurements.get(k) == v
+            for k, v in identity.items()
+        ):
+            return
+    mr = next(iter(measurements.values()), "")
+    count = len(service.identities(kind))
+    pins = f"{count} {kind} identit{'y' if count == 1 else 'ies'}"
+    raise Refused(
+        f"measurement: {kind} measurement {mr} is not accepted for service '{service_name}' "
+        f"of policy '{policy.name}' version {policy.version} (it pins {pins}): the "
+        "program, its command line or its code differ from what the policy pins"
+    )
+
+
+def claims_identity(claims: Claims) -> dict[str, Any]:
+    """What a session remembers of its attestation, to check it against later policy
+    versions and revocations: kind, measurements, platform ID."""
+    return {
+        "kind": claims.kind,
+        "measurements": dict(claims.measurements),
+        "platform": platform_id(claims.platform),
+    }

@@ -1,0 +1,321 @@
+"""The SPM appraises Intel TCB levels with collateral from a PCCS (`--pccs`).
+
+Before, the SPM verified SGX and TDX quotes without collateral: their TCB status was
+``unknown``, so a policy had to set ``allow_unknown_tcb`` to attest Intel workloads at
+all, and then an out-of-date TCB or a revoked PCK passed too. Here the real Intel
+vectors are appraised against their real collateral, served by a real HTTP server on
+loopback playing the PCCS; at the vectors' verification times through
+:func:`check_evidence`, and through a real `secfl spm serve` at today's date (when
+the vectors' collateral has expired, which the SPM must say rather than pass).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+from secfl.errors import FetchError, Refused, SpmError, SpmRefused
+from secfl.policy._document import load_policy
+from secfl.policy._model import Policy
+from secfl.spm._collateral import CollateralSource, pccs_url
+from secfl.spm._evidence_checks import check_evidence
+from secfl.spm.client import SpmClient
+from secfl.spm.enroll import make_csr
+from tests.conftest import utc
+from tests.localhttp import LocalServer, local_server
+from tests.spm.harness import Board, SpmProcess, make_sim, policy_document
+from tests.tee.test_pccs import pcs_routes, vector
+
+# name, tee, fmspc, ca, verification time, measurement
+SGX = ("sgx_v3_quote", "sgx", "00A067110000", "processor", "2025-07-01",
+       "33d8736db756ed4997e04ba358d27833188f1932ff7b1d156904d3f560452fbb")  # fmt: skip
+TDX = ("tdx_v4_quote", "tdx", "B0C06F000000", "platform", "2025-07-01",
+       "91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407"
+       "de03ae6dc5f87f27428b2538873118b7")  # fmt: skip
+TDX_OUTDATED = ("tdx_v5_quote_outdated", "tdx", "90C06F000000", "platform", "2026-03-01",
+                "273828c46252fcbdd8ad2dd907130222b03466d52a2911d70c1a5950895d6bd1"
+                "ae451d382d5a9b1b4c0ed0e5ae9a3dbd")  # fmt: skip
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def pccs() -> Iterator[LocalServer]:
+    with local_server() as state:
+        yield state
+
+
+def serve(server: LocalServer, vectors: Path, case: tuple[str, ...]) -> bytes:
+    """Serve ``case``'s collateral as a PCCS would; return its quote."""
+    name, tee, fmspc, ca = case[:4]
+    quote, doc = vector(vectors, name)
+    server.routes.update(pcs_routes(doc, tee, fmspc, ca, spaced=False))
+    return quote
+
+
+def intel_policy(
+    board: Board, case: tuple[str, ...], *, min_tcb: str = "UpToDate", allow_unknown: bool = False
+) -> str:
+    kind, measurement = case[1], case[5]
+    doc: dict[str, Any] = yaml.safe_load(policy_document("intel", board, b"", accept=(kind,)))
+    doc["platforms"] = {
+        "accept": [kind],
+        "min_tcb_status": min_tcb,
+        "allow_unknown_tcb": allow_unknown,
+    }
+    pin = {"mrenclave": measurement} if kind == "sgx" else {"mrtd": measurement}
+    for service in doc["services"]:
+        service["measurements"] = {kind: [dict(pin)]}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def policy(board: Board, case: tuple[str, ...], **kw: Any) -> Policy:
+    return load_policy(intel_policy(board, case, **kw))
+
+
+@pytest.fixture(scope="module")
+def board() -> Board:
+    return Board.create()
+
+
+def source(server: LocalServer, tmp_path: Path, clock: Clock | None = None) -> CollateralSource:
+    return CollateralSource(server.url, tmp_path / "cache", clock=clock or Clock())
+
+
+# --- the appraisal, at the vectors' own dates -------------------------------------------------
+
+
+def test_sgx_tcb_below_the_policy_minimum_is_refused(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """Intel's collateral rates this SGX platform ConfigurationAndSWHardeningNeeded
+    (advisories INTEL-SA-00289, -00615): below UpToDate. Without a PCCS the same quote
+    is `unknown`, and a policy that allows that lets it through."""
+    quote = serve(pccs, vectors, SGX)
+    at = utc(SGX[4])
+    with source(pccs, tmp_path) as coll:
+        with pytest.raises(Refused, match="^tcb: status ConfigurationAndSWHardeningNeeded is "
+                           "below the policy's minimum UpToDate$"):  # fmt: skip
+            check_evidence(policy(board, SGX), quote, at, coll)
+        with pytest.raises(Refused, match="^tcb: status ConfigurationAndSWHardeningNeeded"):
+            check_evidence(policy(board, SGX, allow_unknown=True), quote, at, coll)
+        lenient = policy(board, SGX, min_tcb="ConfigurationAndSWHardeningNeeded")
+        claims = check_evidence(lenient, quote, at, coll)
+    assert claims.tcb_status == "ConfigurationAndSWHardeningNeeded"
+    assert {"INTEL-SA-00289", "INTEL-SA-00615"} <= set(claims.advisory_ids)
+    assert any("/sgx/certification/v4/tcb?fmspc=00A067110000" in r for r in pccs.requests)
+    # the old behaviour, still what an SPM without --pccs does
+    unknown = check_evidence(policy(board, SGX, allow_unknown=True), quote, at)
+    assert unknown.tcb_status == "unknown"
+
+
+def test_tdx_up_to_date_is_accepted_and_an_unmatched_tcb_refused(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    quote = serve(pccs, vectors, TDX)
+    with source(pccs, tmp_path) as coll:
+        claims = check_evidence(policy(board, TDX), quote, utc(TDX[4]), coll)
+    assert claims.tcb_status == "UpToDate"
+
+    outdated = serve(pccs, vectors, TDX_OUTDATED)
+    lenient = policy(board, TDX_OUTDATED, min_tcb="OutOfDate", allow_unknown=True)
+    assert check_evidence(lenient, outdated, utc(TDX_OUTDATED[4])).tcb_status == "unknown"
+    with (
+        source(pccs, tmp_path / "2") as coll,
+        pytest.raises(Refused, match="^evidence: tcb: ") as info,
+    ):
+        check_evidence(lenient, outdated, utc(TDX_OUTDATED[4]), coll)
+    assert "\n" not in str(info.value)
+
+
+def test_forged_collateral_is_refused(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """A PCCS (or the host, in the cache) that edits the TCB info to rate the platform
+    better: the signature no longer covers it."""
+    quote = serve(pccs, vectors, SGX)
+    path = "/sgx/certification/v4/tcb?fmspc=00A067110000"
+    status, headers, body = pccs.routes[path]
+    forged = body.replace(b'"ConfigurationAndSWHardeningNeeded"', b'"UpToDate"', 1)
+    assert forged != body
+    pccs.routes[path] = (status, headers, forged)
+    lenient = policy(board, SGX, min_tcb="ConfigurationAndSWHardeningNeeded", allow_unknown=True)
+    with source(pccs, tmp_path) as coll, pytest.raises(Refused, match="^evidence: ") as info:
+        check_evidence(lenient, quote, utc(SGX[4]), coll)
+    assert "signature is invalid for tcb_info" in str(info.value).lower()
+
+
+def test_without_collateral_the_policy_decides(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """A PCCS that does not answer: refused, unless the policy allows an unknown TCB
+    (which a host that controls the SPM's network could always force anyway)."""
+    quote, _ = vector(vectors, SGX[0])
+    at = utc(SGX[4])
+    with source(pccs, tmp_path) as coll:
+        with pytest.raises(Refused, match="^collateral: the SPM has no collateral to appraise "
+                           "this sgx TCB .*HTTP 404.*; the SPM's PCCS must answer$"):  # fmt: skip
+            check_evidence(policy(board, SGX), quote, at, coll)
+        claims = check_evidence(policy(board, SGX, allow_unknown=True), quote, at, coll)
+    assert claims.tcb_status == "unknown"
+
+
+# --- freshness and bounds --------------------------------------------------------------------
+
+
+def test_collateral_is_refetched_when_old_and_cached_while_the_pccs_is_down(
+    vectors: Path, pccs: LocalServer, tmp_path: Path
+) -> None:
+    quote = serve(pccs, vectors, SGX)
+    clock = Clock()
+    with CollateralSource(
+        pccs.url, tmp_path / "cache", max_age=3600, retry_after=60, clock=clock
+    ) as coll:
+        first = coll.get(quote)
+        asked = len(pccs.requests)
+        assert asked == 4  # TCB info, QE identity, PCK CRL, root CA CRL
+        clock.now += 3599
+        assert coll.get(quote) == first
+        assert len(pccs.requests) == asked  # fresh enough: from the cache
+        clock.now += 1
+        coll.get(quote)
+        assert len(pccs.requests) == 2 * asked  # an hour old: fetched again
+        saved = dict(pccs.routes)
+        pccs.routes.clear()  # the PCCS goes down
+        clock.now += 3600
+        assert coll.get(quote) == first  # the copy last fetched serves
+        failed = len(pccs.requests)
+        assert failed > 2 * asked
+        clock.now += 59
+        coll.get(quote)
+        assert len(pccs.requests) == failed  # not asked again before retry_after
+        clock.now += 1
+        pccs.routes.update(saved)
+        coll.get(quote)
+        assert len(pccs.requests) == failed + asked  # back: fetched again
+        clock.now += 30
+        coll.get(quote)
+        assert len(pccs.requests) == failed + asked
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"body": b"x" * (5 << 20)}, "the answer exceeds 4194304 bytes"),
+        ({"headers": {"Content-Encoding": "gzip"}}, "answered in encoding 'gzip'"),
+    ],
+    ids=["huge", "compressed"],
+)
+def test_a_pccs_answer_is_bounded(
+    vectors: Path, pccs: LocalServer, tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    quote = serve(pccs, vectors, SGX)
+    path = "/sgx/certification/v4/tcb?fmspc=00A067110000"
+    status, headers, body = pccs.routes[path]
+    pccs.routes[path] = (status, change.get("headers", headers), change.get("body", body))
+    with source(pccs, tmp_path) as coll, pytest.raises(FetchError, match=message):
+        coll.get(quote)
+
+
+def test_an_oversized_cache_file_is_refused_not_read(
+    vectors: Path, pccs: LocalServer, tmp_path: Path
+) -> None:
+    """The cache is in the data folder, which the host can write."""
+    quote = serve(pccs, vectors, SGX)
+    with source(pccs, tmp_path) as coll:
+        coll.get(quote)
+        for body in (tmp_path / "cache").glob("*.body"):
+            body.write_bytes(b"\0" * (5 << 20))
+        with pytest.raises(FetchError, match="the cached answer for .* exceeds"):
+            coll.get(quote)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://pccs.example", "pccs.example:8081", "https://[::1", "https://h:99999",
+            "https://h/?x=1", "https://user:pw@h"],
+)  # fmt: skip
+def test_a_bad_pccs_url_is_one_line(url: str, tmp_path: Path) -> None:
+    with pytest.raises(SpmError, match="^pccs: "):
+        pccs_url(url)
+    done = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "spm", "serve", "--data", str(tmp_path / "d"),
+         "--platform", "simulated", "--pccs", url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: pccs: ") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "d").exists()  # refused before the data folder is made
+
+
+# --- a real SPM ------------------------------------------------------------------------------
+
+
+def _attest_quote(client: SpmClient, quote: bytes) -> None:
+    hpke = x25519.X25519PrivateKey.generate().public_key()
+    client.attest(
+        "intel",
+        "aggregator",
+        nonce=client.nonce(),
+        evidence=quote,
+        hpke_public_key=hpke.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        ),
+        csr_pem=make_csr(ec.generate_private_key(ec.SECP256R1()), "aggregator"),
+    )
+
+
+def test_the_spm_appraises_with_its_pccs(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """`secfl spm serve --pccs URL` fetches the quote's collateral and appraises it.
+    Today the vectors' collateral has expired (its TCB info was valid to 2025-07-19),
+    so the SPM refuses, saying so; without --pccs it refuses the unknown TCB. On the
+    old code the option did not exist, and the TCB was never appraised."""
+    quote = serve(pccs, vectors, SGX)
+    sim = make_sim(tmp_path / "sim")
+    document = intel_policy(board, SGX)
+
+    def refusal(args: list[str]) -> str:
+        proc = SpmProcess(tmp_path / f"spm{len(args)}", tmp_path / "sim", None, args=args)
+        proc.env["NO_PROXY"] = "127.0.0.1"
+        proc.start()
+        try:
+            with SpmClient(proc.url, pin=proc.pin) as client:
+                client.submit_policy(document, board.sign(document, "alice", "bob"))
+                with pytest.raises(SpmRefused) as info:
+                    _attest_quote(client, quote)
+                entries = client.audit(0, 10000)["entries"]
+                audit = [e for e in entries if e["event"] == "spm.started"]
+            return f"{info.value}|{json.dumps(audit[-1]['detail'])}"
+        finally:
+            proc.stop()
+
+    assert sim
+    with_pccs = refusal(["--pccs", pccs.url])
+    reason, started = with_pccs.split("|", 1)
+    assert reason.startswith("evidence: expired: the PCK CRL was due for update on 2025-07-19")
+    assert "2025-07-19" in reason and "\n" not in reason
+    assert json.loads(started)["pccs"] == pccs.url
+    assert "/sgx/certification/v4/tcb?fmspc=00A067110000" in pccs.requests
+    asked = len(pccs.requests)
+
+    reason, started = refusal([]).split("|", 1)
+    assert reason.startswith("tcb: the TCB status is unknown (no collateral: start the SPM "
+                             "with --pccs URL)")  # fmt: skip
+    assert "pccs" not in json.loads(started)
+    assert len(pccs.requests) == asked
