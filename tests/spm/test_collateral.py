@@ -213,6 +213,57 @@ def test_collateral_is_refetched_when_old_and_cached_while_the_pccs_is_down(
         assert len(pccs.requests) == failed + asked
 
 
+def test_a_pccs_cannot_roll_the_evaluation_back(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """Once the SPM has verified TDX collateral of evaluation 18 (Intel raises the number
+    at each TCB recovery), a PCCS that serves the QE identity of evaluation 17 is refused:
+    it would appraise quotes by the levels before the recovery. Its dates are valid (the
+    vectors are verified at their own times), so without the floor it was accepted."""
+    newer = serve(pccs, vectors, TDX_OUTDATED)
+    with source(pccs, tmp_path) as coll:
+        with pytest.raises(Refused, match="^evidence: tcb: "):  # the collateral held
+            check_evidence(policy(board, TDX_OUTDATED), newer, utc(TDX_OUTDATED[4]), coll)
+        older = serve(pccs, vectors, TDX)  # the same QE identity URL, now evaluation 17
+        with pytest.raises(Refused, match="^collateral: .*the PCCS served tdx QE identity "
+                           "of evaluation 17, older than evaluation 18 this SPM has "
+                           "verified"):  # fmt: skip
+            check_evidence(policy(board, TDX), older, utc(TDX[4]), coll)
+    with source(pccs, tmp_path / "restarted") as coll:  # a new SPM has seen nothing
+        assert check_evidence(policy(board, TDX), older, utc(TDX[4]), coll).tcb_status == (
+            "UpToDate"
+        )
+
+
+def test_a_bad_answer_leaves_the_verified_copy_serving(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """A PCCS answer that does not verify costs one refusal: the copy verified before
+    serves, and the PCCS is asked again after retry_after, not after an hour."""
+    quote = serve(pccs, vectors, TDX)
+    clock = Clock()
+    at, rules = utc(TDX[4]), policy(board, TDX)
+    with CollateralSource(pccs.url, tmp_path / "c", max_age=3600, retry_after=60,
+                          clock=clock) as coll:  # fmt: skip
+        assert check_evidence(rules, quote, at, coll).tcb_status == "UpToDate"
+        path = "/tdx/certification/v4/tcb?fmspc=B0C06F000000"
+        status, headers, body = pccs.routes[path]
+        at_sig = body.index(b'"signature":"') + len(b'"signature":"')
+        flipped = b"1" if body[at_sig : at_sig + 1] == b"0" else b"0"
+        pccs.routes[path] = (status, headers, body[:at_sig] + flipped + body[at_sig + 1 :])
+        clock.now += 3600
+        with pytest.raises(Refused, match="^evidence: collateral: Signature is invalid"):
+            check_evidence(rules, quote, at, coll)
+        asked = len(pccs.requests)
+        clock.now += 1
+        assert check_evidence(rules, quote, at, coll).tcb_status == "UpToDate"  # kept copy
+        assert len(pccs.requests) == asked
+        pccs.routes[path] = (status, headers, body)
+        clock.now += 60
+        assert check_evidence(rules, quote, at, coll).tcb_status == "UpToDate"
+        assert len(pccs.requests) == asked + 4  # asked again
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

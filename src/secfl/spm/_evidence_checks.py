@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from secfl.errors import FetchError, Refused, SecflError
+from secfl.errors import FetchError, Refused, SecflError, VerificationError
 from secfl.policy._model import Policy, pins_code
 from secfl.spm._collateral import CollateralSource
 from secfl.spm._revocation import platform_id
@@ -45,7 +45,17 @@ def check_evidence(
                         f"TCB ({exc}); the SPM's PCCS must answer"
                     ) from None
             else:
-                claims = verify(ev, at=now, collateral=fetched, allow_debug=platforms.allow_debug)
+                try:
+                    claims = verify(
+                        ev, at=now, collateral=fetched, allow_debug=platforms.allow_debug
+                    )
+                except VerificationError as exc:
+                    if str(exc).startswith("tcb:"):  # dcap-qvl matches levels after the
+                        collateral.verified(ev.quote, fetched)  # collateral's signatures
+                    else:
+                        collateral.rejected(ev.quote)
+                    raise
+                collateral.verified(ev.quote, fetched)
     except SecflError as exc:
         if isinstance(exc, Refused):
             raise
