@@ -370,3 +370,56 @@ def test_the_spm_appraises_with_its_pccs(
                              "with --pccs URL)")  # fmt: skip
     assert "pccs" not in json.loads(started)
     assert len(pccs.requests) == asked
+
+
+# --- a client appraising the SPM itself ----------------------------------------------------
+
+
+def test_a_client_appraises_an_intel_spm(vectors: Path, pccs: LocalServer) -> None:
+    """`secfl spm verify --pccs URL`: the SPM's own TCB, appraised like a workload's."""
+    from secfl.errors import VerificationError
+    from secfl.spm.client import appraise
+    from secfl.tee._evidence import Evidence
+    from secfl.tee._pccs import PccsClient
+    from secfl.tee._verify import verify
+
+    serve(pccs, vectors, SGX)
+    evidence = Evidence.parse(vector(vectors, SGX[0])[0])
+    at = utc(SGX[4])
+    claims = verify(evidence, at=at)
+    assert claims.tcb_status == "unknown"
+    with PccsClient(pccs.url) as client:
+        with pytest.raises(VerificationError, match="^tcb: the SPM's TCB status is "
+                           "ConfigurationAndSWHardeningNeeded, below UpToDate$"):  # fmt: skip
+            appraise(evidence, claims, client.get_collateral, "UpToDate", at)
+        lenient = appraise(
+            evidence, claims, client.get_collateral, "ConfigurationAndSWHardeningNeeded", at
+        )
+    assert lenient.tcb_status == "ConfigurationAndSWHardeningNeeded"
+
+
+def test_spm_verify_with_a_pccs_refuses_a_simulated_spm(
+    pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """A real SPM (simulated) and the real CLI: --pccs asks for an Intel TCB, which a
+    simulated SPM has not; one line, and nothing pinned. Without --pccs it verifies."""
+    sim = make_sim(tmp_path / "sim")
+    proc = SpmProcess(tmp_path / "spm", tmp_path / "sim", None).start()
+    root = tmp_path / "root.pem"
+    root.write_bytes(sim)
+    base = [sys.executable, "-m", "secfl.cli.main", "spm", "verify", proc.url,
+            "--expect-measurement", proc.measurement, "--sim-root", str(root)]  # fmt: skip
+    try:
+        done = subprocess.run([*base, "--pccs", pccs.url], capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+        plain = subprocess.run(base, capture_output=True, text=True, timeout=60, check=False)
+        wrong = subprocess.run([*base, "--pccs", pccs.url, "--min-tcb", "Fine"],
+                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    finally:
+        proc.stop()
+    assert done.returncode == 1 and not done.stdout
+    assert done.stderr == (
+        "error: pccs: the SPM's evidence is simulated; a PCCS appraises SGX and TDX only\n"
+    )
+    assert plain.returncode == 0 and proc.pin in plain.stdout
+    assert wrong.returncode != 0 and "--min-tcb: 'Fine' is not one of UpToDate" in wrong.stderr

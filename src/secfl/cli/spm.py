@@ -98,16 +98,34 @@ def verify_cmd(
         str | None, typer.Option(help="Simulation root, for a simulated SPM.")
     ] = None,
     allow_debug: Annotated[bool, typer.Option(help="Accept a debug TEE.")] = False,
+    pccs: Annotated[
+        str | None, typer.Option(help="PCCS (or Intel PCS) URL: appraise an SGX/TDX SPM's TCB.")
+    ] = None,
+    min_tcb: Annotated[
+        str, typer.Option(help="With --pccs: the lowest TCB status accepted.")
+    ] = "UpToDate",
 ) -> None:
     """Attest the SPM and print the digest of its TLS key, to pin it."""
+    from secfl.spm._collateral import pccs_url
     from secfl.spm.client import SpmClient
+    from secfl.tee._claims import TCB_ORDER
+    from secfl.tee._pccs import PccsClient
 
-    client, claims = SpmClient.verify(
-        url,
-        expect_measurement=expect_measurement,
-        sim_root=read_optional(sim_root, "simulation root"),
-        allow_debug=allow_debug,
-    )
+    if min_tcb not in TCB_ORDER[:-1]:
+        raise UsageError(f"--min-tcb: '{min_tcb}' is not one of {', '.join(TCB_ORDER[:-1])}")
+    fetcher = None if pccs is None else PccsClient(pccs_url(pccs))
+    try:
+        client, claims = SpmClient.verify(
+            url,
+            expect_measurement=expect_measurement,
+            sim_root=read_optional(sim_root, "simulation root"),
+            allow_debug=allow_debug,
+            collateral=None if fetcher is None else fetcher.get_collateral,
+            min_tcb=min_tcb,
+        )
+    finally:
+        if fetcher is not None:
+            fetcher.close()
     client.close()
     out.print(client.pin, markup=False)
     typer.echo(

@@ -19,7 +19,7 @@ import os
 import secrets
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,16 +29,38 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secfl._internal.canonical import canonical_json
-from secfl.errors import SpmError, SpmRefused, VerificationError
+from secfl.errors import SecflError, SpmError, SpmRefused, VerificationError
 from secfl.spm._audit import head_message
 from secfl.spm._https import AnswerLost, ConnectFailed, PinnedHttps, RequestFailed
 from secfl.spm._report_data import spki_sha256, spm_report_data
 from secfl.spm._volumes import record_proof
-from secfl.tee._claims import Claims
+from secfl.tee._claims import TCB_ORDER, Claims, TcbStatus
 from secfl.tee._evidence import Evidence
+from secfl.tee._intel_collateral import IntelCollateral
 from secfl.tee._verify import verify
 
 __all__ = ["SpmClient", "SpmRefused"]
+
+
+def appraise(
+    evidence: Evidence,
+    claims: Claims,
+    collateral: Callable[[bytes], IntelCollateral],
+    min_tcb: TcbStatus,
+    at: datetime | None = None,
+    allow_debug: bool = False,
+) -> Claims:
+    """``claims`` of Intel ``evidence`` (already verified) appraised with its collateral,
+    or :class:`VerificationError` when its TCB is below ``min_tcb``."""
+    if claims.kind not in ("sgx", "tdx"):
+        raise VerificationError(
+            f"pccs: the SPM's evidence is {claims.kind}; a PCCS appraises SGX and TDX only"
+        )
+    claims = verify(evidence, at=at, collateral=collateral(evidence.quote), allow_debug=allow_debug)
+    status = claims.tcb_status
+    if status == "unknown" or TCB_ORDER.index(status) > TCB_ORDER.index(min_tcb):
+        raise VerificationError(f"tcb: the SPM's TCB status is {status}, below {min_tcb}")
+    return claims
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -179,8 +201,14 @@ class SpmClient:
         allow_debug: bool = False,
         timeout: float = 30.0,
         at: datetime | None = None,
+        collateral: Callable[[bytes], IntelCollateral] | None = None,
+        min_tcb: TcbStatus = "UpToDate",
     ) -> tuple[SpmClient, Claims]:
-        """Attest the SPM at ``url`` and return a client pinned to its key, with its claims."""
+        """Attest the SPM at ``url`` and return a client pinned to its key, with its claims.
+
+        ``collateral`` (for example :meth:`PccsClient.get_collateral`) gives the Intel
+        collateral of the SPM's quote: its TCB is then appraised and must be at least
+        ``min_tcb``. Without it an SGX or TDX SPM's TCB is ``unknown``."""
         expected = (
             {expect_measurement} if isinstance(expect_measurement, str) else set(expect_measurement)
         )
@@ -194,7 +222,13 @@ class SpmClient:
             evidence = Evidence.parse(str(doc["evidence"]).encode())
         except (KeyError, TypeError):
             raise VerificationError("spm: the attestation answer has no evidence") from None
-        claims = verify(evidence, at=at, sim_root=sim_root, allow_debug=allow_debug)
+        try:
+            claims = verify(evidence, at=at, sim_root=sim_root, allow_debug=allow_debug)
+            if collateral is not None:
+                claims = appraise(evidence, claims, collateral, min_tcb, at, allow_debug)
+        except SecflError:
+            client.close()
+            raise
         measurement = str(next(iter(claims.measurements.values()), "")).lower()
         if measurement not in expected:
             client.close()
