@@ -81,6 +81,15 @@ SETTINGS = {
         _federation(strategy="krum", strategy_settings={"f": "two"}),
         "federation: strategy: krum: f must be an integer >= 0, not 'two'",
     ),
+    "too few updates for the strategy": (
+        _federation(strategy="krum", strategy_settings={"f": 1}),
+        "federation: strategy krum needs 5 updates a round, but a round may close with 1 "
+        "(federation.min_clients): raise min_clients, or change the strategy's settings",
+    ),
+    "too few updates for the clone audit's clones": (
+        _federation(strategy="clone-audit", strategy_settings={"base": "bulyan"}),
+        "federation: strategy clone-audit needs 8 updates a round",
+    ),
     "misspelt objective": (
         _federation(objective={"metric": "loss", "mod": "max"}),
         "federation: objective.mod: unknown setting (did you mean 'mode'?)",

@@ -70,9 +70,16 @@ def check_federation(policy: Policy) -> list[str]:
         return []
     config = FederationConfig.parse(policy.federation)
     try:
-        config.strategy_object()
+        strategy = config.strategy_object()
     except FlError as exc:
         raise FlError(f"federation: strategy: {str(exc).removeprefix('strategy: ')}") from None
+    if config.needed < strategy.fewest_updates():
+        which = "quorum" if config.quorum is not None else "min_clients"
+        raise FlError(
+            f"federation: strategy {strategy.name} needs {strategy.fewest_updates()} updates "
+            f"a round, but a round may close with {config.needed} (federation.{which}): "
+            f"raise {which}, or change the strategy's settings"
+        )
     aggregators = _roles(policy, "aggregator")
     collaborators = _roles(policy, "collaborator", "any")
     if not aggregators and not _roles(policy, "any"):

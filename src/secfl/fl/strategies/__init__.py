@@ -19,6 +19,7 @@ update of the round with its sender) and registers itself with
 
 from __future__ import annotations
 
+from secfl.fl.strategies._audit_round import AuditRound
 from secfl.fl.strategies._base import (
     Accumulator,
     BufferingAccumulator,
@@ -30,7 +31,7 @@ from secfl.fl.strategies._base import (
 )
 from secfl.fl.strategies._bulyan import Bulyan
 from secfl.fl.strategies._clipping import CenteredClipping
-from secfl.fl.strategies._clone_audit import AuditRound, CloneAudit
+from secfl.fl.strategies._clone_audit import CloneAudit
 from secfl.fl.strategies._dnc import DnC
 from secfl.fl.strategies._fedadam import FedAdam
 from secfl.fl.strategies._fedavg import FedAvg, FedAvgAccumulator, FedProx

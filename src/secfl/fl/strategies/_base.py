@@ -223,6 +223,11 @@ class Strategy(ABC):
         check_global(global_params)
         return BufferingAccumulator(self, round, global_params)
 
+    def fewest_updates(self) -> int:
+        """The fewest updates a round needs for :meth:`aggregate` (Krum: ``2f + 3``),
+        so that a policy whose rounds may close with fewer is refused before it runs."""
+        return 1
+
     def selected(self) -> list[str] | None:
         """The senders the last :meth:`aggregate` kept, for rules that select updates
         (Krum, Multi-Krum, Bulyan); ``None`` for rules that use every update."""

@@ -63,6 +63,9 @@ class Bulyan(Strategy):
         self.f = _robust.count_setting(f, f"{self.name}: f", 0)
         self._selected: list[str] | None = None
 
+    def fewest_updates(self) -> int:
+        return 4 * self.f + 3
+
     def aggregate(self, round: int, global_params: Params, updates: Sequence[Update]) -> Params:
         self._selected = None
         _robust.check_inputs(self.name, global_params, updates)

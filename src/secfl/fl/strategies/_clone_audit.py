@@ -53,6 +53,12 @@ visible when several attackers collude: with 20% attackers among 20 sites a
 clone of half of them almost always holds one (96%), so presence and absence of
 any one barely differ; a clone of a quarter is attacker-free 28% of the time.
 
+A clone holds at least as many updates as the base rule needs (Krum: ``2f + 3``),
+however small ``fraction`` makes it, and leaves at least one out, so a round needs one
+more than the base rule (:meth:`CloneAudit.fewest_updates`, checked against the
+policy's ``min_clients`` before it is signed). When the exclusions leave fewer than
+the base rule needs, the round takes the kept updates' coordinate-wise median.
+
 :class:`CloneAudit` is a strategy wrapping any other (``base``): the policy
 selects it like any rule (``strategy: clone-audit``, ``strategy_settings: {base:
 trimmed-mean, base_settings: {beta: 0.1}, clones: 20, fraction: 0.25, ...}``). The
@@ -77,12 +83,12 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from secfl.errors import FlError
+from secfl.fl.strategies._audit_round import AuditRound
 from secfl.fl.strategies._base import (
     Params,
     Strategy,
@@ -106,39 +112,6 @@ from secfl.fl.strategies._registry import get_strategy, register_strategy
 __all__ = ["AuditRound", "CloneAudit"]
 
 log = logging.getLogger("secfl.fl.strategies._clone_audit")
-
-
-@dataclass
-class AuditRound:
-    """What one round's audit found."""
-
-    round: int
-    scores: dict[str, float]
-    suspicion: dict[str, float]
-    excluded: list[str]
-    clone_utilities: list[float]
-    seconds: float
-    base_seconds: float = 0.0
-    #: The real aggregate scored below the best clone by more than ``guard``: the
-    #: round committed the best clone's model instead.
-    fell_back: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "round": self.round,
-            "excluded": self.excluded,
-            "suspicion": {k: round(v, 4) for k, v in sorted(self.suspicion.items())},
-            # the update-space signals' own suspicion (``_detection``), when they run
-            "signal_suspicion": {
-                k: round(v, 4) for k, v in sorted(self.extra.get("signal_suspicion", {}).items())
-            },
-            "scores": {k: round(v, 4) for k, v in sorted(self.scores.items())},
-            "clones": len(self.clone_utilities),
-            "fell_back": self.fell_back,
-            "audit_seconds": round(self.seconds, 4),
-            "aggregate_seconds": round(self.base_seconds, 4),
-        }
 
 
 @register_strategy
@@ -225,6 +198,10 @@ class CloneAudit(Strategy):
     def configure(self, round: int) -> dict[str, Any]:
         return self.base.configure(round)
 
+    def fewest_updates(self) -> int:
+        """One more than the base rule needs: every clone leaves someone out."""
+        return self.base.fewest_updates() + 1
+
     def aggregate(self, round: int, global_params: Params, updates: Sequence[Update]) -> Params:
         # every update checked before the detector reads it: a tensor of another shape
         # gave a broadcasting traceback (the Flower strategy checks keys, not shapes)
@@ -240,7 +217,17 @@ class CloneAudit(Strategy):
             result.seconds = time.perf_counter() - began
             return {k: v.copy() for k, v in global_params.items()}
         base_began = time.perf_counter()
-        new = self.base.aggregate(round, global_params, kept)
+        base = self.base
+        if len(kept) < base.fewest_updates():
+            # the exclusions left too few for the base rule (Krum needs 2f + 3): the
+            # coordinate-wise median of those kept, robust at any count
+            log.warning(
+                "round %d: %d kept, too few for %s (%d); their median instead",
+                round, len(kept), base.name, base.fewest_updates(),
+            )  # fmt: skip
+            result.extra["kept_rule"] = "median"
+            base = get_strategy("median")
+        new = base.aggregate(round, global_params, kept)
         result.base_seconds = time.perf_counter() - base_began
         new = self._guarded(round, global_params, updates, new, result)
         result.seconds = time.perf_counter() - began - result.base_seconds
@@ -307,7 +294,14 @@ class CloneAudit(Strategy):
             self.signal_suspicion[name] = (
                 self.decay * self.signal_suspicion.get(name, 0.0) + evidence
             )
-        size = min(n - 1, max(1, round_half(self.fraction * n)))
+        fewest = self.base.fewest_updates()
+        if n - 1 < fewest:
+            raise FlError(
+                f"clone-audit: a round of {n} updates is too small: every clone leaves "
+                f"someone out, and {self.base.name} needs {fewest} updates; rounds need at "
+                f"least {fewest + 1} (raise federation.min_clients, or choose another base)"
+            )
+        size = min(n - 1, max(fewest, round_half(self.fraction * n)))
         members = draw_members(np.random.default_rng([self.seed, round]), self.clones, n, size)
         book = ScoreBook(
             self.score,

@@ -81,6 +81,12 @@ class DnC(Strategy):
         #: The last round's scores, ``(iterations, n)`` (for the audit and the tests).
         self.scores: np.ndarray | None = None
 
+    def fewest_updates(self) -> int:
+        n = max(1, math.ceil(self.c * self.f))  # the smallest n with floor(n - c*f) >= 1,
+        while math.floor(n - self.c * self.f) < 1:  # computed as aggregate computes it
+            n += 1
+        return n
+
     def aggregate(self, round: int, global_params: Params, updates: Sequence[Update]) -> Params:
         self._selected = None
         self.scores = None

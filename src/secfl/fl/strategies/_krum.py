@@ -43,6 +43,9 @@ class Krum(Strategy):
         self.f = _robust.count_setting(f, f"{self.name}: f", 0)
         self._selected: list[str] | None = None
 
+    def fewest_updates(self) -> int:
+        return 2 * self.f + 3
+
     def ranked(self, global_params: Params, updates: Sequence[Update]) -> list[int]:
         """The indices of ``updates`` from the best Krum score to the worst (checked)."""
         _robust.check_inputs(self.name, global_params, updates)
@@ -81,6 +84,9 @@ class MultiKrum(Krum):
     ) -> None:
         super().__init__(f=f, client_config=client_config)
         self.m = None if m is None else _robust.count_setting(m, f"{self.name}: m", 1)
+
+    def fewest_updates(self) -> int:
+        return max(super().fewest_updates(), self.m or 1)
 
     def aggregate(self, round: int, global_params: Params, updates: Sequence[Update]) -> Params:
         self._selected = None
