@@ -11,12 +11,19 @@ the vectors' collateral has expired, which the SPM must say rather than pass).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote as urlquote
 
 import pytest
 import yaml
@@ -225,9 +232,8 @@ def test_a_pccs_cannot_roll_the_evaluation_back(
         with pytest.raises(Refused, match="^evidence: tcb: "):  # the collateral held
             check_evidence(policy(board, TDX_OUTDATED), newer, utc(TDX_OUTDATED[4]), coll)
         older = serve(pccs, vectors, TDX)  # the same QE identity URL, now evaluation 17
-        with pytest.raises(Refused, match="^collateral: .*the PCCS served tdx QE identity "
-                           "of evaluation 17, older than evaluation 18 this SPM has "
-                           "verified"):  # fmt: skip
+        with pytest.raises(Refused, match="^collateral: .* served a tdx QE identity of an "
+                           "older TCB evaluation than the one this SPM verified"):  # fmt: skip
             check_evidence(policy(board, TDX), older, utc(TDX[4]), coll)
     with source(pccs, tmp_path / "restarted") as coll:  # a new SPM has seen nothing
         assert check_evidence(policy(board, TDX), older, utc(TDX[4]), coll).tcb_status == (
@@ -423,3 +429,168 @@ def test_spm_verify_with_a_pccs_refuses_a_simulated_spm(
     )
     assert plain.returncode == 0 and proc.pin in plain.stdout
     assert wrong.returncode != 0 and "--min-tcb: 'Fine' is not one of UpToDate" in wrong.stderr
+
+
+# --- what a hostile PCCS or host tried (review of the first version) ---------------------------
+
+
+@contextmanager
+def trickling_pccs() -> Iterator[str]:
+    """An HTTP server that answers `200 OK` and then one header byte every 0.2 s, for
+    ever: httpx's read timeout never fires (each byte comes in time)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    stop = threading.Event()
+
+    def trickle(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not stop.wait(0.2):
+                conn.sendall(b"a")
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                conn, _ = listener.accept()
+                threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+
+
+def test_a_trickling_pccs_costs_one_timeout_not_a_hang(vectors: Path, tmp_path: Path) -> None:
+    """On the first version one fetch held the source's lock for as long as the PCCS
+    trickled (hours): every attestation, of any platform, waited behind it."""
+    sgx, _ = vector(vectors, SGX[0])
+    tdx, _ = vector(vectors, TDX[0])
+    with trickling_pccs() as url, CollateralSource(url, tmp_path / "c", timeout=1.0) as coll:
+        began = time.monotonic()
+        with pytest.raises(FetchError, match=r"gave no collateral in 1 s$"):
+            coll.get(sgx)
+        assert time.monotonic() - began < 3
+        began = time.monotonic()
+        with pytest.raises(FetchError):  # the fetch under way is not waited for again
+            coll.get(sgx)
+        with pytest.raises(FetchError):  # another platform: queued behind it, bounded
+            coll.get(tdx)
+        assert time.monotonic() - began < 3
+
+
+def test_a_trickling_pccs_leaves_the_spm_answering(
+    vectors: Path, board: Board, tmp_path: Path
+) -> None:
+    """A real `secfl spm serve --pccs` against a trickling PCCS: the attestation is
+    refused in one line once the fetch is late, and the SPM keeps answering."""
+    quote, _ = vector(vectors, SGX[0])
+    make_sim(tmp_path / "sim")
+    document = intel_policy(board, SGX)
+    with trickling_pccs() as url:
+        proc = SpmProcess(tmp_path / "spm", tmp_path / "sim", None, args=["--pccs", url])
+        proc.env["NO_PROXY"] = "127.0.0.1"
+        proc.start()
+        try:
+            with SpmClient(proc.url, pin=proc.pin, timeout=25) as client:
+                client.submit_policy(document, board.sign(document, "alice", "bob"))
+                began = time.monotonic()
+                with pytest.raises(SpmRefused, match="^collateral: .*gave no collateral in 10 s"):
+                    _attest_quote(client, quote)
+                assert time.monotonic() - began < 15
+                began = time.monotonic()
+                with pytest.raises(SpmRefused, match="^collateral: "):
+                    _attest_quote(client, quote)
+                assert client.nonce()
+                assert time.monotonic() - began < 5
+        finally:
+            proc.stop()
+
+
+@pytest.mark.parametrize("plant", ["fifo", "link to /dev/zero"])
+def test_planted_cache_files_are_refused_not_read(
+    vectors: Path, pccs: LocalServer, tmp_path: Path, plant: str
+) -> None:
+    """The cache is in the data folder, the host's: a FIFO hung the first version, a
+    link to /dev/zero read until memory ran out."""
+    quote = serve(pccs, vectors, SGX)
+    with source(pccs, tmp_path) as coll:
+        coll.get(quote)
+    for body in (tmp_path / "cache").glob("*.body"):
+        body.unlink()
+        if plant == "fifo":
+            os.mkfifo(body)
+        else:
+            body.symlink_to("/dev/zero")
+    pccs.routes.clear()  # a restarted SPM, its PCCS down: only the cache is left
+    began = time.monotonic()
+    with source(pccs, tmp_path) as coll, pytest.raises(FetchError, match="unreadable"):
+        coll.get(quote)
+    assert time.monotonic() - began < 5
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda b: b.replace(b'"signature":"', b'"signature":"a', 1), "hex string of whole bytes"),
+        (None, "holds more than 3 certificates"),
+    ],
+    ids=["odd-length signature", "a chain of 50 roots"],
+)
+def test_malformed_answers_are_one_line_refusals(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path, mangle: Any, message: str
+) -> None:
+    """An odd-length hex signature escaped as pydantic's ValidationError (a 500 with a
+    traceback in the SPM's log); an issuer chain of thousands of roots cost seconds of
+    CPU on every attestation."""
+    quote = serve(pccs, vectors, SGX)
+    path = "/sgx/certification/v4/tcb?fmspc=00A067110000"
+    status, headers, body = pccs.routes[path]
+    if mangle is not None:
+        body = mangle(body)
+    else:
+        root = (vectors / "intel" / "intel_sgx_root_ca.pem").read_text()
+        headers = {"TCB-Info-Issuer-Chain": urlquote(root * 50, safe="")}
+    pccs.routes[path] = (status, headers, body)
+    began = time.monotonic()
+    with source(pccs, tmp_path) as coll, pytest.raises(Refused) as info:
+        check_evidence(policy(board, SGX), quote, utc(SGX[4]), coll)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert time.monotonic() - began < 2
+
+
+def test_a_pccs_down_is_asked_again_only_after_retry_after(
+    vectors: Path, pccs: LocalServer, tmp_path: Path
+) -> None:
+    """The first version fell back to a cache that fetched whatever it lacked: each
+    attestation asked the dead PCCS again, and waited twice."""
+    quote, _ = vector(vectors, SGX[0])
+    clock = Clock()
+    with CollateralSource(pccs.url, tmp_path / "c", retry_after=60, clock=clock) as coll:
+        for _ in range(3):
+            with pytest.raises(FetchError, match="HTTP 404"):
+                coll.get(quote)
+        assert len(pccs.requests) == 1
+        clock.now += 60
+        with pytest.raises(FetchError):
+            coll.get(quote)
+        assert len(pccs.requests) == 2
+
+
+def test_an_earlier_crl_is_refused_once_a_later_one_verified(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """The PCK Platform CA's CRL of 2026 verified (with the TDX v5 quote); a PCCS that
+    then serves that CA's CRL of 2025 would lift any revocation made in between."""
+    newer = serve(pccs, vectors, TDX_OUTDATED)
+    qe = pccs.routes["/tdx/certification/v4/qe/identity"]
+    with source(pccs, tmp_path) as coll:
+        with pytest.raises(Refused, match="^evidence: tcb: "):
+            check_evidence(policy(board, TDX_OUTDATED), newer, utc(TDX_OUTDATED[4]), coll)
+        older = serve(pccs, vectors, TDX)
+        pccs.routes["/tdx/certification/v4/qe/identity"] = qe  # only the CRL is older
+        with pytest.raises(FetchError, match="served a PCK platform CRL issued earlier than"):
+            coll.get(older)

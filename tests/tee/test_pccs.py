@@ -230,7 +230,7 @@ class DictHttp:
         self.answers = answers
         self.asked: list[str] = []
 
-    def get(self, url: str, *, refresh: bool = False) -> Response:
+    def get(self, url: str, *, refresh: bool = False, offline: bool = False) -> Response:
         self.asked.append(url)
         if url not in self.answers:
             raise FetchError(f"fetch: GET {url} answered HTTP 404")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -125,12 +126,22 @@ class TooLarge(ValueError):
     """A file is larger than its reader allows (see :func:`read_bounded`)."""
 
 
-def read_bounded(path: Path | str, max_bytes: int) -> bytes:
+def read_bounded(path: Path | str, max_bytes: int, *, untrusted: bool = False) -> bytes:
     """The bytes of ``path``, reading at most ``max_bytes + 1`` of them: a file the
     caller did not write (a key file, a settings file) cannot make it read gigabytes.
+    ``untrusted`` (a cache others can write): a regular file only, not reached through
+    a symbolic link and opened without blocking, so that a FIFO or a link to
+    ``/dev/zero`` planted there is an error, not a hang or a flood.
     Raises ``OSError``, or :class:`TooLarge` past ``max_bytes``."""
-    with open(path, "rb") as fh:
-        data = fh.read(max_bytes + 1)
+    if not untrusted:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{path} is not a regular file")
+            data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise TooLarge(f"{path} is larger than {max_bytes} bytes")
     return data

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +65,14 @@ class CachedHttp:
         key = hashlib.sha256(url.encode()).hexdigest()
         return self.cache_dir / f"{key}.body", self.cache_dir / f"{key}.headers.json"
 
-    def get(self, url: str, *, refresh: bool = False) -> Response:
-        """Return the cached response for ``url`` or fetch it (HTTP 200 only)."""
+    def get(self, url: str, *, refresh: bool = False, offline: bool = False) -> Response:
+        """Return the cached response for ``url`` or fetch it (HTTP 200 only);
+        ``offline``: the cached one or :class:`FetchError`, never the network."""
         paths = self._paths(url)
-        if paths and not refresh and paths[0].exists() and paths[1].exists():
+        if paths and not refresh and os.path.lexists(paths[0]) and os.path.lexists(paths[1]):
             return self._cached(url, *paths)
+        if offline:
+            raise FetchError(f"fetch: no cached answer for {url}")
         response = self._fetch(url)
         if paths:
             _store(paths[1], json.dumps(response.headers).encode())
@@ -102,16 +106,16 @@ class CachedHttp:
     def _cached(self, url: str, body: Path, headers: Path) -> Response:
         """A cached answer; a cache file too large or unreadable is an error, not a crash."""
         try:
-            if body.stat().st_size > self.max_bytes or headers.stat().st_size > self.max_bytes:
-                raise FetchError(
-                    f"fetch: the cached answer for {url} exceeds {self.max_bytes} bytes"
-                )
-            doc = json.loads(headers.read_text(encoding="utf-8"))
-            data = body.read_bytes()
+            doc = json.loads(files.read_bounded(headers, self.max_bytes, untrusted=True))
+            data = files.read_bounded(body, self.max_bytes, untrusted=True)
+        except files.TooLarge:
+            raise FetchError(
+                f"fetch: the cached answer for {url} exceeds {self.max_bytes} bytes"
+            ) from None
         except (OSError, ValueError) as exc:
             raise FetchError(f"fetch: the cached answer for {url} is unreadable ({exc})") from None
-        if not isinstance(doc, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in doc.items()
+        if not isinstance(doc, dict) or not all(  # header values are ASCII on the wire
+            isinstance(k, str) and isinstance(v, str) and v.isascii() for k, v in doc.items()
         ):
             raise FetchError(f"fetch: the cached headers for {url} are not a JSON object of texts")
         return Response(body=data, headers=doc)

@@ -9,15 +9,21 @@ quote against it: status, advisories, CRLs.
 Nothing here is trusted. The collateral is signed by Intel and checked with every
 quote (:func:`secfl.tee._intel_collateral.appraise`), so the PCCS, the network and
 the cache (in the SPM's data folder, outside its TEE) can withhold it, or serve an
-older copy still within its dates, but not forge one. A copy is fetched again once
-it is ``max_age`` old (an hour by default), so a revocation that reached the PCCS
-reaches the SPM within that time. While the PCCS cannot be reached, the copy last
-verified (kept in memory; else the cache's) serves until its own dates end, and the
-PCCS is asked again at most every ``retry_after`` seconds, so a dead PCCS does not
-stall every attestation. Once a copy has verified, none of an older evaluation
-(``tcbEvaluationDataNumber``: Intel raises it at each TCB recovery) is taken for that
-platform, nor an older QE identity for that TEE, while the SPM runs: a PCCS cannot
-roll an appraisal back to the levels before a recovery, short of a restart.
+older copy still within its dates, but not forge one. What they can do is bounded:
+
+- Freshness. A copy is fetched again once it is ``max_age`` old (an hour by default),
+  so a revocation that reached the PCCS reaches the SPM within that time. The copy
+  that last verified is kept in memory and serves until then, and while the PCCS
+  fails; the cache on disk is read only when memory has none.
+- No rollback while the SPM runs. Once a copy has verified, none older is taken: not
+  a TCB info or QE identity of a lower ``tcbEvaluationDataNumber`` (Intel raises it at
+  each TCB recovery), nor a PCK or root CRL issued before the one verified (a lifted
+  revocation).
+- Time. A fetch runs on a thread of its own; an attestation waits for it at most
+  ``timeout`` seconds, without holding anything other attestations need, and
+  concurrent attestations of a platform share one fetch. A PCCS that trickles its
+  answer holds only that thread (one at a time: the next fetch waits behind it and
+  times out). A PCCS that fails is asked again after ``retry_after`` seconds.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from cryptography import x509
 
 from secfl._internal.httpcache import CachedHttp
 from secfl.errors import FetchError, SpmError
@@ -40,6 +49,9 @@ __all__ = ["CollateralSource", "pccs_url"]
 Platform = tuple[str, str, str]
 #: Platforms whose verified collateral is kept in memory, at most (about 20 KiB each).
 MAX_PLATFORMS = 4096
+
+#: How :class:`CachedHttp` says that it has no copy.
+NOT_CACHED = "no cached answer"
 
 #: Seconds a PCCS has for one answer, all of it (the SPM waits while it fetches).
 FETCH_TIMEOUT = 10.0
@@ -61,19 +73,26 @@ class CollateralSource:
         self.url = pccs_url(url)
         self.max_age = max_age
         self.retry_after = retry_after
+        self.timeout = timeout
         self._clock = clock
         self._http = CachedHttp(cache_dir, timeout=timeout)
         self._fresh = PccsClient(self.url, http=self._http, refresh=True)
-        self._cached = PccsClient(self.url, http=self._http, refresh=False)
+        self._cached = PccsClient(self.url, http=self._http, offline=True)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="secfl-pccs")
+        #: Fetches under way, and when each began: later callers wait out what is left.
+        self._inflight: dict[Platform, tuple[Future[IntelCollateral], float]] = {}
         self._fetched: dict[Platform, float] = {}
         self._failed: dict[Platform, float] = {}
+        self._errors: dict[Platform, FetchError] = {}  # why the last fetch failed
         #: The collateral that last verified, per platform (memory: the cache is the host's).
         self._verified: dict[Platform, IntelCollateral] = {}
-        #: The highest evaluation verified: per platform (TCB info), per TEE (QE identity).
-        self._floors: dict[tuple[str, ...], int] = {}
-        self._lock = threading.Lock()
+        #: What was verified, never to be gone back on: TCB evaluation numbers (per
+        #: platform; the QE identity's per TEE) and CRL issue times (per issuing CA).
+        self._floors: dict[tuple[str, ...], float] = {}
+        self._lock = threading.RLock()  # a done callback may run in the submitting thread
 
     def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
     def __enter__(self) -> CollateralSource:
@@ -83,39 +102,46 @@ class CollateralSource:
         self.close()
 
     def get(self, quote: bytes) -> IntelCollateral:
-        """The collateral of ``quote``'s platform: fetched again when the copy is old,
-        else (or when the PCCS fails, or serves an older evaluation than this SPM has
-        seen) the copy last verified, or the cached one. Raises :class:`FetchError`
-        when there is none; a quote whose PCK chain cannot be read raises
+        """The collateral of ``quote``'s platform: fetched when the copy is old, else
+        (or when the fetch fails, is late, or is older than what this SPM verified) the
+        copy verified last, or the cache's. Raises :class:`FetchError` when there is
+        none; a quote whose PCK chain cannot be read raises
         :class:`~secfl.errors.VerificationError` (callers verify the quote first)."""
         platform = _platform(quote)
-        with self._lock:  # one fetch at a time: concurrent attestations share it
-            now = self._clock()
-            fetched = self._fetched.get(platform)
-            failed = self._failed.get(platform)
-            due = fetched is None or now - fetched >= self.max_age
-            if due and (failed is None or now - failed >= self.retry_after):
-                try:
-                    collateral = self._not_older(platform, self._fresh.get_collateral(quote))
-                except FetchError as exc:
-                    self._failed[platform] = now
-                    return self._kept(platform, quote, exc)
-                self._fetched[platform] = now
-                self._failed.pop(platform, None)
-                return collateral
-            return self._kept(platform, quote, None)
+        with self._lock:
+            future, began = self._inflight.get(platform, (None, 0.0))
+            if future is None and self._due(platform):
+                future, began = self._worker.submit(self._fetch, platform, quote), self._clock()
+                self._inflight[platform] = (future, began)
+                future.add_done_callback(lambda _: self._settle(platform))
+        error: FetchError | None = None
+        if future is not None:
+            try:
+                fresh = future.result(timeout=max(0.0, began + self.timeout - self._clock()))
+            except FetchError as exc:
+                error = exc
+            except (TimeoutError, CancelledError):
+                error = FetchError(f"fetch: {self.url} gave no collateral in {self.timeout:g} s")
+            else:
+                with self._lock:
+                    try:
+                        return self._not_older(platform, fresh)
+                    except FetchError as exc:
+                        error = exc
+        with self._lock:
+            return self._kept(platform, quote, error or self._errors.get(platform))
 
     def verified(self, quote: bytes, collateral: IntelCollateral) -> None:
         """``collateral`` held for ``quote`` (its signatures verified): keep it, and
-        refuse from now on any copy of an older evaluation (a rollback by the PCCS)."""
+        refuse from now on anything older (a rollback by the PCCS or the cache)."""
         platform = _platform(quote)
-        tcb, qe = _evaluation(collateral.tcb_info), _evaluation(collateral.qe_identity)
+        marks = _marks(platform, collateral)
         with self._lock:
             if len(self._verified) >= MAX_PLATFORMS and platform not in self._verified:
                 return  # bounded; every platform here came with a genuine quote
             self._verified[platform] = collateral
-            self._floors[platform] = max(tcb, self._floors.get(platform, 0))
-            self._floors[platform[:1]] = max(qe, self._floors.get(platform[:1], 0))
+            for key, value, _ in marks:
+                self._floors[key] = max(value, self._floors.get(key, 0.0))
 
     def rejected(self, quote: bytes) -> None:
         """The copy ``get`` gave for ``quote`` did not verify (forged, torn, expired):
@@ -125,28 +151,64 @@ class CollateralSource:
             self._fetched.pop(platform, None)
             self._failed[platform] = self._clock()
 
+    # --- under the lock ------------------------------------------------------------------
+
+    def _due(self, platform: Platform) -> bool:
+        now = self._clock()
+        fetched, failed = self._fetched.get(platform), self._failed.get(platform)
+        old = fetched is None or now - fetched >= self.max_age
+        return old and (failed is None or now - failed >= self.retry_after)
+
     def _kept(self, platform: Platform, quote: bytes, error: FetchError | None) -> IntelCollateral:
-        """The copy last verified, else the cache's (if not older than what was seen)."""
+        """The copy verified last, else the cache's (if not older than what was seen)."""
         kept = self._verified.get(platform)
         if kept is not None:
             return kept
         try:
             return self._not_older(platform, self._cached.get_collateral(quote))
-        except FetchError as exc:
-            raise (error or exc) from None
+        except (FetchError, ValueError) as exc:
+            cache = str(exc).removeprefix("fetch: ")
+            if not isinstance(exc, FetchError):
+                cache = f"the cached collateral is malformed ({cache})"
+            if error is None:
+                raise FetchError(f"fetch: {cache}") from None
+            if cache.startswith(NOT_CACHED):
+                raise error from None
+            raise FetchError(f"{error}; and {cache}") from None
 
     def _not_older(self, platform: Platform, collateral: IntelCollateral) -> IntelCollateral:
-        for key, text, what in (
-            (platform, collateral.tcb_info, f"TCB info of FMSPC {platform[1]}"),
-            (platform[:1], collateral.qe_identity, f"{platform[0]} QE identity"),
-        ):
-            floor = self._floors.get(key, 0)
-            if _evaluation(text) < floor:
+        for key, value, what in _marks(platform, collateral):
+            floor = self._floors.get(key, 0.0)
+            if value < floor:
                 raise FetchError(
-                    f"fetch: the PCCS served {what} of evaluation {_evaluation(text)}, older "
-                    f"than evaluation {floor} this SPM has verified"
+                    f"fetch: {self.url} served a {what} than the one this SPM verified"
                 )
         return collateral
+
+    # --- on the worker -------------------------------------------------------------------
+
+    def _fetch(self, platform: Platform, quote: bytes) -> IntelCollateral:
+        try:
+            collateral = self._fresh.get_collateral(quote)
+        except Exception as exc:  # anything a PCCS's answer provokes: no collateral
+            error = (
+                exc
+                if isinstance(exc, FetchError)
+                else FetchError(f"fetch: {self.url}: {type(exc).__name__}: {exc}")
+            )
+            with self._lock:
+                self._failed[platform] = self._clock()
+                self._errors[platform] = error
+            raise error from None
+        with self._lock:
+            self._fetched[platform] = self._clock()
+            self._failed.pop(platform, None)
+            self._errors.pop(platform, None)
+        return collateral
+
+    def _settle(self, platform: Platform) -> None:
+        with self._lock:
+            self._inflight.pop(platform, None)
 
 
 def _platform(quote: bytes) -> Platform:
@@ -155,16 +217,39 @@ def _platform(quote: bytes) -> Platform:
     return (parsed.kind, pck_fmspc(chain[0]), pck_ca(chain))
 
 
-def _evaluation(text: str) -> int:
+def _marks(platform: Platform, c: IntelCollateral) -> list[tuple[tuple[str, ...], float, str]]:
+    """What must never go back: (key, value, what it is) for each piece of ``c``."""
+    tee, fmspc, ca = platform
+    return [
+        (
+            ("tcb", tee, fmspc),
+            _evaluation(c.tcb_info),
+            f"TCB info of FMSPC {fmspc} of an older TCB evaluation",
+        ),
+        (("qe", tee), _evaluation(c.qe_identity), f"{tee} QE identity of an older TCB evaluation"),
+        (("crl", ca), _issued(c.pck_crl), f"PCK {ca} CRL issued earlier"),
+        (("crl", "root"), _issued(c.root_ca_crl), "root CA CRL issued earlier"),
+    ]
+
+
+def _evaluation(text: str) -> float:
     """A TCB info's or QE identity's ``tcbEvaluationDataNumber`` (0 when unreadable:
     such a document does not verify anyway)."""
     try:
         value = json.loads(text).get("tcbEvaluationDataNumber")
     except (ValueError, AttributeError, RecursionError):
-        return 0
+        return 0.0
     if type(value) is not int or not 0 <= value < 1 << 31:
-        return 0
-    return value
+        return 0.0
+    return float(value)
+
+
+def _issued(hex_der: str) -> float:
+    """A CRL's thisUpdate as a timestamp (0 when unreadable: it does not verify anyway)."""
+    try:
+        return x509.load_der_x509_crl(bytes.fromhex(hex_der)).last_update_utc.timestamp()
+    except ValueError:
+        return 0.0
 
 
 def pccs_url(url: str) -> str:

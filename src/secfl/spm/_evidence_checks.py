@@ -36,26 +36,7 @@ def check_evidence(
         root = platforms.simulation_root.encode() if platforms.simulation_root else None
         claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug)
         if collateral is not None and claims.kind in ("sgx", "tdx") and not claims.debug:
-            try:
-                fetched = collateral.get(ev.quote)
-            except FetchError as exc:
-                if not platforms.allow_unknown_tcb:
-                    raise Refused(
-                        f"collateral: the SPM has no collateral to appraise this {claims.kind} "
-                        f"TCB ({exc}); the SPM's PCCS must answer"
-                    ) from None
-            else:
-                try:
-                    claims = verify(
-                        ev, at=now, collateral=fetched, allow_debug=platforms.allow_debug
-                    )
-                except VerificationError as exc:
-                    if str(exc).startswith("tcb:"):  # dcap-qvl matches levels after the
-                        collateral.verified(ev.quote, fetched)  # collateral's signatures
-                    else:
-                        collateral.rejected(ev.quote)
-                    raise
-                collateral.verified(ev.quote, fetched)
+            claims = _appraised(ev, claims, now, collateral, policy)
     except SecflError as exc:
         if isinstance(exc, Refused):
             raise
@@ -73,6 +54,35 @@ def check_evidence(
                 f"{platforms.min_tcb_status}"
             )
     return claims
+
+
+def _appraised(
+    ev: Evidence, claims: Claims, now: datetime, collateral: CollateralSource, policy: Policy
+) -> Claims:
+    """``claims`` of a verified Intel quote, appraised with its platform's collateral;
+    unchanged (TCB ``unknown``) when there is none and the policy allows that."""
+    platforms = policy.platforms
+    try:
+        fetched = collateral.get(ev.quote)
+    except FetchError as exc:
+        if platforms.allow_unknown_tcb:
+            return claims
+        raise Refused(
+            f"collateral: the SPM has no collateral to appraise this {claims.kind} TCB "
+            f"({exc}); the SPM's PCCS must answer"
+        ) from None
+    try:
+        appraised = verify(ev, at=now, collateral=fetched, allow_debug=platforms.allow_debug)
+    except (VerificationError, ValueError) as exc:  # ValueError: a defect, refused all the same
+        if str(exc).startswith("tcb:"):  # dcap-qvl matches TCB levels after it has
+            collateral.verified(ev.quote, fetched)  # checked the collateral's signatures
+        else:
+            collateral.rejected(ev.quote)
+        if isinstance(exc, VerificationError):
+            raise
+        raise VerificationError(f"collateral: {type(exc).__name__}: {exc}") from None
+    collateral.verified(ev.quote, fetched)
+    return appraised
 
 
 def check_measurements(

@@ -53,6 +53,9 @@ _REASONS = {
     "tcb": ("tcb level", "tcb status", "tdx module", "no tcb levels", "mr service td"),
 }
 
+#: Certificates an issuer chain of the collateral may hold (Intel's hold two).
+MAX_CHAIN = 3
+
 _HEX_FIELDS = ("tcb_info_signature", "qe_identity_signature", "pck_crl", "root_ca_crl")
 
 
@@ -190,8 +193,16 @@ def appraise(
 
 
 def _collateral_chain(pem: str, what: str, at: datetime) -> list[x509.Certificate]:
-    """An issuer chain of the collateral, checked up to the pinned root at ``at``."""
-    certs = x509util.load_pem_chain(pem.encode(), f"collateral: {what}")
+    """An issuer chain of the collateral, checked up to the pinned root at ``at``.
+    Intel's are a signing certificate and the root: more than three is refused
+    before any is parsed (thousands of copies of the root cost seconds)."""
+    if pem.count("-----BEGIN") > MAX_CHAIN:
+        raise VerificationError(f"collateral: the {what} holds more than {MAX_CHAIN} certificates")
+    try:
+        data = pem.encode("ascii")
+    except UnicodeError:
+        raise VerificationError(f"collateral: the {what} is not ASCII PEM") from None
+    certs = x509util.load_pem_chain(data, f"collateral: {what}")
     for i, cert in enumerate(certs):
         x509util.force_parse(cert, f"{what} certificate {i}")
     x509util.check_chain(certs, pinned_roots=[roots.INTEL_SGX_ROOT_CA_SHA256], at=at, what=what)

@@ -64,12 +64,15 @@ class PccsClient:
         *,
         http: CachedHttp | None = None,
         refresh: bool = False,
+        offline: bool = False,
     ) -> None:
         base = base_url.strip().rstrip("/")
         for suffix in ("/sgx/certification/v4", "/tdx/certification/v4"):
             base = base.removesuffix(suffix)
         self.base_url = base
         self.refresh = refresh
+        #: Read the cache only: what is not cached is a :class:`FetchError`.
+        self.offline = offline
         self._own_http = http is None
         self.http = http if http is not None else CachedHttp(cache_dir)
 
@@ -116,20 +119,24 @@ class PccsClient:
         crl_chain = _header(reply, _CRL_CHAIN_HEADERS, url)
 
         root_ca_crl = self._root_ca_crl()
-        return IntelCollateral(
-            tcb_info=tcb_info,
-            tcb_info_signature=tcb_sig,
-            tcb_info_issuer_chain=tcb_chain,
-            qe_identity=qe_identity,
-            qe_identity_signature=qe_sig,
-            qe_identity_issuer_chain=qe_chain,
-            pck_crl=pck_crl.hex(),
-            pck_crl_issuer_chain=crl_chain,
-            root_ca_crl=root_ca_crl.hex(),
-        )
+        try:
+            return IntelCollateral(
+                tcb_info=tcb_info,
+                tcb_info_signature=tcb_sig,
+                tcb_info_issuer_chain=tcb_chain,
+                qe_identity=qe_identity,
+                qe_identity_signature=qe_sig,
+                qe_identity_issuer_chain=qe_chain,
+                pck_crl=pck_crl.hex(),
+                pck_crl_issuer_chain=crl_chain,
+                root_ca_crl=root_ca_crl.hex(),
+            )
+        except ValueError as exc:  # pydantic's ValidationError is one
+            first = str(exc).splitlines()[1:2] or [type(exc).__name__]
+            raise FetchError(f"fetch: {self.base_url}: malformed collateral ({first[0]})") from None
 
     def _get(self, url: str) -> Response:
-        return self.http.get(url, refresh=self.refresh)
+        return self.http.get(url, refresh=self.refresh, offline=self.offline)
 
     def _root_ca_crl(self) -> bytes:
         """From the PCCS's ``rootcacrl``; from the PCS, Intel's published root CA CRL.
@@ -162,8 +169,13 @@ def _signed_json(body: bytes, key: str, url: str) -> tuple[str, str]:
     if key not in members or not members[key].startswith("{"):
         raise FetchError(f"fetch: {url}: no '{key}' object in the answer")
     signature = json.loads(members["signature"]) if "signature" in members else None
-    if not isinstance(signature, str) or not signature or not set(signature) <= _HEX:
-        raise FetchError(f"fetch: {url}: 'signature' is not a hex string")
+    if (
+        not isinstance(signature, str)
+        or not signature
+        or len(signature) % 2
+        or not set(signature) <= _HEX
+    ):
+        raise FetchError(f"fetch: {url}: 'signature' is not a hex string of whole bytes")
     return members[key], signature
 
 
