@@ -212,7 +212,25 @@ def test_krum_family_integer_tensors() -> None:
     ]
     assert Krum(f=1).aggregate(1, g, updates)["count"] == 10  # the chosen update's
     result = MultiKrum(f=1, m=3).aggregate(1, g, updates)
-    assert result["count"] == 14 and result["count"].dtype == np.int32  # 41 / 3, rounded
+    assert result["count"] == 11 and result["count"].dtype == np.int32  # median of 10, 11, 20
+
+
+def test_a_kept_attackers_counter_does_not_move_the_result() -> None:
+    """Found by a hostile review: Krum's distances look at floating-point tensors only,
+    so an attacker whose weights are honest is kept, and its counter of 2^50 moved
+    Multi-Krum's mean (and FLAME's, DnC's, SignGuard's) to about 2^48. The median of
+    the kept values is an honest site's."""
+    g = {**KRUM_GLOBAL, "count": np.array(7, dtype=np.int64)}
+    counts = [10, 11, 12, 1 << 50, 13]
+    updates = [
+        Update(u.sender, {**u.params, "count": np.array(c, dtype=np.int64)}, 1)
+        for u, c in zip(shifted(KRUM_GLOBAL, KRUM_DELTAS), counts, strict=True)
+    ]
+    strategy = MultiKrum(f=1)
+    result = strategy.aggregate(1, g, updates)
+    kept = strategy.selected()
+    assert kept is not None and updates[3].sender in kept  # its weights looked honest
+    assert 10 <= result["count"] <= 13
 
 
 # --- Bulyan -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ filtering:
 
 The good set is the intersection of the kept sets, and the new model is the global
 one plus the plain mean of the good deltas (integer and bool tensors: the rounded
-mean of the good updates' values). Sample counts are ignored. Ties in scores keep
+median of the good updates' values). Sample counts are ignored. Ties in scores keep
 the earlier update. The coordinates come from ``numpy.random.default_rng([seed,
 round])``: the same round always draws the same subsets. If the intersection is
 empty (``iterations * c * f >= n`` makes this possible) the global model is kept and

@@ -21,7 +21,7 @@ Three steps, each covering what the others leave:
 The paper clusters the local models; their cosines all sit near 1 since they share
 the global model, so here (as in most reimplementations) the deltas are clustered,
 which is what the distances are meant to compare. Integer and bool tensors take
-the rounded mean of the admitted updates' values, without noise. The noise comes
+the rounded median of the admitted updates' values, without noise. The noise comes
 from ``numpy.random.default_rng([seed, round])``. Sample counts are ignored. If
 HDBSCAN admits nobody the global model is kept and a warning logged.
 :meth:`Flame.selected` names the admitted senders in round order.

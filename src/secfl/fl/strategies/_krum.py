@@ -10,7 +10,8 @@ deltas are the same). The rule needs ``n > 2f + 2`` updates.
   update's model (the global model plus its delta), every tensor included;
 - ``multi-krum`` keeps the ``m`` best-scored updates (``1 <= m <= n``; default
   ``n - f``) and adds the plain mean of their deltas to the global model (integer
-  and bool tensors: the rounded mean of their values).
+  and bool tensors: the rounded median of their values; Krum's distances do not
+  look at them, so a kept attacker's counter must not move the mean).
 
 Sample counts are ignored, as in the paper (Flower's ``aggregate_krum`` weights
 Multi-Krum's mean by sample count). Ties go to the earlier update of the round.
@@ -96,7 +97,9 @@ class MultiKrum(Krum):
         if not 1 <= m <= n:
             raise FlError(f"{self.name}: needs 1 <= m <= n (m={m}, n={n})")
         kept = [updates[i] for i in ranked[:m]]
-        result = _robust.combine(self.name, global_params, kept, lambda r: r.mean(axis=0))
+        result = _robust.combine(
+            self.name, global_params, kept, lambda r: r.mean(axis=0), integers=_robust.median
+        )
         self._selected = [u.sender for u in kept]
         return result
 

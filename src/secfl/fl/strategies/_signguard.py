@@ -19,7 +19,7 @@ Two filters, each blind to what the other sees, then norm clipping:
    deviation, IPM) move these fractions even when norms and distances look
    honest;
 3. the kept updates' deltas, each clipped to norm ``M``, are averaged and added to
-   the global model (integer and bool tensors: the rounded mean of the kept
+   the global model (integer and bool tensors: the rounded median of the kept
    updates' values).
 
 Where this differs from the reference code (github.com/JianXu95/SignGuard): the
