@@ -20,7 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine, text
 
-from secfl.errors import CounterMoved
+from secfl._internal.canonical import canonical_sha256
+from secfl.errors import CounterMoved, SpmError
 from secfl.fl._commit import SpmLedger
 from secfl.policy._signatures import sign_statement
 from secfl.spm import _sealing as sv
@@ -359,9 +360,31 @@ def test_a_revoked_measurement_or_platform_cannot_attest(
     attest(client, sim, "p")
     cert = x509.load_pem_x509_certificate((sim[0] / simulated.PLATFORM_CERT).read_bytes())
     chip = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    # the board finds the machine's ID in the audit log, where the attestation is
+    accepted = [
+        e for e in client.audit(0, 10000)["entries"] if e["event"] == "attestation.accepted"
+    ]
+    assert accepted[-1]["detail"]["platform"] == chip
     revoke(client, board, "p", kind="platform", subject=chip, reason="stolen machine")
     with pytest.raises(SpmRefused, match="^revoked: platform"):
         attest(client, sim, "p")
+
+
+def test_a_platform_id_of_zeros_is_refused(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """A masked (or VLEK-signed) SEV-SNP report's chip ID is zeros: revoking that
+    "platform" revoked every masked machine at once. The SPM refuses it even when the
+    board signed it (here sent past the client library's own check)."""
+    submit(client, board, policy_document("p", board, sim[1]))
+    with pytest.raises(SpmError, match="^revocation: a platform ID of zeros"):
+        revocation_doc("p", {"kind": "platform", "subject": "00" * 64, "reason": "x"})
+    doc = {"policy": "p", "kind": "platform", "subject": "00" * 64, "service": "", "reason": "x"}
+    digest = canonical_sha256(doc)
+    sigs = [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m) for m in ("alice", "bob")]
+    statement = {k: v for k, v in doc.items() if k != "policy"}
+    with pytest.raises(SpmRefused, match="^revocation: a platform ID of zeros"):
+        client.revoke("p", statement, sigs)
 
 
 # --- 7: only the launcher that opened a volume records it ------------------------------------

@@ -78,6 +78,20 @@ def intel_dir(vectors: Path) -> Path:
     return vectors / "intel"
 
 
+#: The PPID in the PCK leaf's Intel SGX extension: OID 1.2.840.113741.1.13.1.1, then
+#: an OCTET STRING of 16 bytes (Intel's PCK certificate profile).
+PPID_TLV = bytes.fromhex("060a2a864886f84d010d0101") + b"\x04\x10"
+
+
+def ppid(raw: bytes) -> str:
+    """The PCK leaf's PPID, read from the DER with cryptography and a byte search alone."""
+    text = raw[raw.index(b"-----BEGIN CERTIFICATE-----") :].rstrip(b"\0")
+    der = x509.load_pem_x509_certificates(text)[0].public_bytes(serialization.Encoding.DER)
+    at = der.index(PPID_TLV) + len(PPID_TLV)
+    assert der.count(PPID_TLV) == 1
+    return der[at : at + 16].hex()
+
+
 def pck_sha256(raw: bytes) -> str:
     """SHA-256 of the quote's PCK leaf certificate (DER): the machine's ID."""
     from cryptography import x509
@@ -130,7 +144,9 @@ def test_signature_chain_only(intel_dir: Path, v: Vector) -> None:
     assert claims.advisory_ids == []
     assert claims.debug is v.debug
     assert claims.simulated is False
-    assert claims.platform == {"fmspc": v.fmspc, "ca": v.ca, "pck_sha256": pck_sha256(raw)}
+    assert claims.platform == {
+        "fmspc": v.fmspc, "ca": v.ca, "ppid": ppid(raw), "pck_sha256": pck_sha256(raw)
+    }  # fmt: skip
     key, prefix = v.measurement
     assert str(claims.measurements[key]).startswith(prefix)
     assert str(claims.measurements[key]).endswith(SUFFIX.get(v.name, ""))

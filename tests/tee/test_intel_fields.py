@@ -34,7 +34,7 @@ from secfl.tee import _roots as roots
 from secfl.tee._intel import Quote, parse_quote, verify_quote
 from secfl.tee._intel_quote import SGX_FIELDS, TDX_FIELDS
 from tests.conftest import utc
-from tests.tee.test_intel import forge
+from tests.tee.test_intel import forge, ppid
 
 #: Every quote of the vectors folder, with a time inside its certificates' validity.
 REAL = {
@@ -287,7 +287,9 @@ def test_real_quote_claims_match_dcap_qvl(
     assert claims.quote_version == view.header["version"]
     assert claims.measurements == expected["measurements"]
     assert (claims.report_data, claims.debug) == (expected["report_data"], expected["debug"])
-    assert claims.platform == {"fmspc": view.fmspc, "ca": view.ca, "pck_sha256": pck_sha256(raw)}
+    assert claims.platform == {
+        "fmspc": view.fmspc, "ca": view.ca, "ppid": ppid(raw), "pck_sha256": pck_sha256(raw)
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(WITH_COLLATERAL.values()))

@@ -277,6 +277,8 @@ class Attestor:
                 "measurement": measurement,
                 "tcb_status": claims.tcb_status,
                 "simulated": claims.simulated,
+                # what a board's `secfl revoke --kind platform --subject` names
+                "platform": claims_identity(claims)["platform"],
             },
         )
         tx.audit.append(

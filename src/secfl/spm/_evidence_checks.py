@@ -11,7 +11,7 @@ from typing import Any
 from secfl.errors import FetchError, Refused, SecflError, VerificationError
 from secfl.policy._model import Policy, pins_code
 from secfl.spm._collateral import CollateralSource
-from secfl.spm._revocation import platform_id
+from secfl.spm._revocation import platform_id, platform_ids
 from secfl.tee._claims import TCB_ORDER, Claims
 from secfl.tee._evidence import Evidence
 from secfl.tee._verify import verify
@@ -113,9 +113,10 @@ def check_measurements(
 
 def claims_identity(claims: Claims) -> dict[str, Any]:
     """What a session remembers of its attestation, to check it against later policy
-    versions and revocations: kind, measurements, platform ID."""
+    versions and revocations: kind, measurements, the platform's IDs (the first shown)."""
     return {
         "kind": claims.kind,
         "measurements": dict(claims.measurements),
         "platform": platform_id(claims.platform),
+        "platforms": platform_ids(claims.platform),
     }

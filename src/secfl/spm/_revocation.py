@@ -18,6 +18,7 @@ from secfl.spm._records import REVOCATION_KINDS, SessionRecord
 
 __all__ = [
     "platform_id",
+    "platform_ids",
     "revocation_digest",
     "revocation_doc",
     "revoked_reason",
@@ -32,7 +33,8 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
     to lift a revocation). ``kind``: ``certificate`` (subject: its serial, hex),
     ``service`` (a service name: none of its certificates or sessions count, and it
     cannot attest again until readmitted), ``measurement`` (code, for every service),
-    ``platform`` (a machine: SNP chip ID, simulated platform certificate digest...).
+    ``platform`` (a machine: Intel PPID or PCK digest, SNP chip ID but never zeros,
+    the simulated platform certificate's digest: :func:`platform_ids`).
     The older form ``{"serial", "service", "reason"}`` revokes one certificate.
     """
 
@@ -55,6 +57,11 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
         raise SpmError("revocation: 'subject' names what is revoked")
     if kind in ("certificate", "measurement", "platform"):
         subject = subject.lower()
+    if kind == "platform" and not subject.strip("0"):
+        raise SpmError(
+            "revocation: a platform ID of zeros (a masked SEV-SNP chip ID) names no one "
+            "machine; revoke its measurement or its service instead"
+        )
     doc = {"policy": policy, "kind": kind, "subject": subject,
            "service": text("service", 128), "reason": text("reason")}  # fmt: skip
     action = text("action", 16)
@@ -81,19 +88,41 @@ def session_identity(session: SessionRecord) -> dict[str, Any]:
         doc = None
     if not isinstance(doc, dict):
         doc = {}
+    platform = str(doc.get("platform", ""))
+    named = doc.get("platforms")  # sessions attested before it have only "platform"
+    if not isinstance(named, list) or not all(isinstance(p, str) for p in named):
+        named = [platform] if platform else []
     return {
         "kind": str(doc.get("kind", "")),
         "measurements": dict(doc.get("measurements") or {}),
-        "platform": str(doc.get("platform", "")),
+        "platform": platform,
+        "platforms": named[: len(PLATFORM_KEYS)],
     }
 
 
+#: The claims that name a machine, best first: Intel's PPID (stable across TCB
+#: recoveries, which issue a new PCK certificate), AMD's chip ID, the PCK certificate's
+#: digest (what revocations named before the PPID), the simulated platform's.
+PLATFORM_KEYS = ("ppid", "chip_id", "pck_sha256", "platform_cert_sha256")
+
+
+def platform_ids(platform: dict[str, str]) -> list[str]:
+    """Every ID a ``platform`` revocation may name for the machine the evidence came
+    from. A masked or VLEK-signed SEV-SNP report's chip ID is zeros, which names no
+    machine (every masked one): it is left out."""
+    ids = []
+    for key in PLATFORM_KEYS:
+        value = str(platform.get(key, "")).lower()
+        if value and value.strip("0"):
+            ids.append(value)
+    return ids
+
+
 def platform_id(platform: dict[str, str]) -> str:
-    """The ID a ``platform`` revocation names: the machine the evidence came from."""
-    for key in ("chip_id", "pck_sha256", "platform_cert_sha256"):
-        if platform.get(key):
-            return str(platform[key]).lower()
-    return ""
+    """The ID shown for the machine the evidence came from (its first of
+    :func:`platform_ids`; empty when none names it)."""
+    ids = platform_ids(platform)
+    return ids[0] if ids else ""
 
 
 def revoked_reason(
@@ -107,7 +136,10 @@ def revoked_reason(
     for value in identity.get("measurements", {}).values():
         if ("measurement", str(value).lower()) in revoked:
             return f"measurement {value} is revoked by the board"
-    pid = identity.get("platform", "")
-    if pid and ("platform", pid) in revoked:
-        return f"platform {pid} is revoked by the board"
+    named = identity.get("platforms")
+    if not isinstance(named, list):
+        named = [identity.get("platform", "")]
+    for pid in named:
+        if pid and ("platform", pid) in revoked:
+            return f"platform {pid} is revoked by the board"
     return None

@@ -89,11 +89,12 @@ def verify_quote(raw: bytes, *, at: datetime, collateral: object | None = None) 
         debug=quote.debug,
         tcb_status=status,
         advisory_ids=advisories,
-        # pck_sha256 names this machine (its PCK certificate): what a board's
-        # ``platform`` revocation names for Intel evidence.
+        # ppid names this machine whatever its TCB (a PCK certificate is issued anew
+        # at each TCB recovery): what a board's ``platform`` revocation names.
         platform={
             "fmspc": pck_fmspc(chain[0]),
             "ca": ca,
+            "ppid": pck_ppid(chain[0]),
             "pck_sha256": x509util.fingerprint(chain[0]),
         },
         simulated=False,
@@ -145,6 +146,21 @@ def pck_fmspc(leaf: x509.Certificate) -> str:
         raise VerificationError(
             f"chain: the PCK certificate has no readable Intel SGX extension ({exc})"
         ) from None
+
+
+def pck_ppid(leaf: x509.Certificate) -> str:
+    """The PPID (lowercase hex): the platform's ID in the Intel SGX extension of the PCK
+    leaf, the same in every PCK certificate of that machine."""
+    import dcap_qvl
+
+    pem = leaf.public_bytes(serialization.Encoding.PEM)
+    try:
+        ppid = bytes(dcap_qvl.parse_pck_extension_from_pem(pem).ppid)
+    except Exception as exc:
+        raise VerificationError(
+            f"chain: the PCK certificate has no readable Intel SGX extension ({exc})"
+        ) from None
+    return ppid.hex() if ppid.strip(b"\x00") else ""
 
 
 def _ecdsa_verify(key: ec.EllipticCurvePublicKey, raw_sig: bytes, data: bytes) -> bool:

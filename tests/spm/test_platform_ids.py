@@ -1,0 +1,72 @@
+"""Which IDs name the machine a workload ran on, for the board's `platform` revocations.
+
+A hostile review of the TEE evidence found two weak IDs. Intel evidence was named by
+its PCK certificate's digest, but a TCB recovery issues the machine a new PCK
+certificate: a revoked machine came back after a microcode update. It is now named by
+its PPID, which every PCK certificate of the machine carries (the digest still
+matches, for revocations signed before). A masked or VLEK-signed SEV-SNP report's
+chip ID is zeros: revoking it revoked every such machine. Zeros name nothing now.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from secfl.spm._evidence_checks import claims_identity
+from secfl.spm._records import SessionRecord
+from secfl.spm._revocation import platform_id, platform_ids, revoked_reason, session_identity
+from secfl.tee._snp_report import parse_report
+from secfl.tee._verify import verify
+from tests.conftest import utc
+from tests.tee.test_intel import pck_sha256, ppid
+
+
+def test_intel_evidence_is_named_by_its_ppid_and_its_pck(vectors: Path) -> None:
+    for name in ("sgx_v3_quote", "tdx_v4_quote"):
+        raw = (vectors / "intel" / f"{name}.bin").read_bytes()
+        claims = verify(raw, at=utc("2025-07-01"))
+        assert platform_ids(claims.platform) == [ppid(raw), pck_sha256(raw)]
+        assert platform_id(claims.platform) == ppid(raw)
+        identity = claims_identity(claims)
+        # a machine revoked by its PPID stays revoked under a new PCK certificate...
+        assert revoked_reason({("platform", ppid(raw))}, "agg", "", identity)
+        # ...and a revocation signed before, by the PCK's digest, still holds
+        assert revoked_reason({("platform", pck_sha256(raw))}, "agg", "", identity)
+        assert revoked_reason({("platform", "ab" * 16)}, "agg", "", identity) is None
+
+
+def test_a_masked_snp_chip_id_names_no_machine(vectors: Path) -> None:
+    amd = vectors / "amd"
+    # the VLEK-signed vector's chip ID (its VLEK chain is not in the vectors: parsed only)
+    vlek = parse_report((amd / "snp_vlek_report.bin").read_bytes())
+    assert not vlek.chip_id.strip(b"\0")
+    platform = {"chip_id": vlek.chip_id.hex(), "product": "Milan", "signing_key": "vlek"}
+    assert platform_ids(platform) == [] and platform_id(platform) == ""
+    identity = claims_identity_of(platform)
+    assert revoked_reason({("platform", "00" * 64)}, "agg", "", identity) is None
+    milan = verify(
+        (amd / "snp_milan_report.bin").read_bytes(),
+        at=utc("2024-06-01"),
+        vcek=(amd / "snp_milan_vcek.der").read_bytes(),
+        chain=(amd / "ask_ark_milan.pem").read_bytes(),
+    )
+    chip = milan.platform["chip_id"]
+    assert chip.strip("0") and platform_ids(milan.platform) == [chip]
+
+
+def claims_identity_of(platform: dict[str, str]) -> dict[str, object]:
+    return {"kind": "snp", "measurements": {}, "platform": platform_id(platform),
+            "platforms": platform_ids(platform)}  # fmt: skip
+
+
+def test_sessions_stored_before_keep_their_one_platform_id() -> None:
+    """A session attested before the change stored only "platform": still matched."""
+    old = SessionRecord(
+        token_sha256=b"\0" * 32, policy="p", service="agg", policy_version=1,
+        expires_at=datetime.now(UTC), serial="01",
+        identity='{"kind":"sgx","measurements":{},"platform":"' + "cd" * 32 + '"}',
+    )  # fmt: skip
+    identity = session_identity(old)
+    assert identity["platforms"] == ["cd" * 32]
+    assert revoked_reason({("platform", "cd" * 32)}, "agg", "", identity)
