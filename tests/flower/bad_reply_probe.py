@@ -65,7 +65,31 @@ def main() -> dict[str, Any]:
             out[case] = {"kept": strategy.kept, "w": w}
         except Exception as exc:  # the round ended: what the old code did
             out[case] = {"error": f"{type(exc).__name__}: {exc}"}
+    out["krum-short"] = krum_short()
     return out
+
+
+def krum_short() -> dict[str, Any]:
+    """Krum (f=1) needs 5 replies; of five nodes one sends NaN. The round aggregates
+    nothing and keeps the model (Flower's answer to a round without a result); before,
+    Krum's "needs n > 2f + 2" ended the ServerApp: one node could stop any run."""
+    strategy = SecflStrategy("krum", {"f": 1}, fraction_train=1.0, min_train_nodes=5,
+                             min_available_nodes=5)  # fmt: skip
+    nodes = [101, 102, 103, 104, 105]
+    messages = strategy.configure_train(1, _record({"w": np.zeros(4)}), ConfigRecord({}),
+                                        Grid(nodes))  # type: ignore[arg-type]  # fmt: skip
+    replies = []
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+        w = np.full(4, np.nan) if node == 105 else np.full(4, node / 100.0)
+        metrics = {"num-examples": 10, "loss": 0.5}
+        content = RecordDict({"arrays": _record({"w": w}), "metrics": MetricRecord(metrics)})
+        replies.append(Message(content=content, reply_to=msg))
+    try:
+        arrays, _ = strategy.aggregate_train(1, replies)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"kept": strategy.kept, "w": None if arrays is None else "aggregated"}
 
 
 if __name__ == "__main__":

@@ -156,6 +156,7 @@ def test_one_bad_reply_is_left_out_not_the_round(flower_python: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out.pop("krum-short") == {"kept": [], "w": None}  # the model kept, the run alive
     for case, got in out.items():
         assert got.get("kept") == ["101", "102", "103"], (case, got)
         assert got["w"] == [1.02] * 4, (case, got)  # the honest median

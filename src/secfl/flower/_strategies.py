@@ -140,6 +140,12 @@ class SecflStrategy(FedAvg):
             by_sender[sender] = msg
         if not updates:
             return None, None
+        if len(updates) < self.rule.fewest_updates():  # bad replies left too few: no round
+            log.warning("secfl: round %d: %d valid replies, fewer than %s needs (%d); the "
+                        "model is kept", server_round, len(updates), self.rule.name,
+                        self.rule.fewest_updates())  # fmt: skip
+            self.kept = []
+            return None, None
         new = self.rule.aggregate(server_round, self._global, updates)
         kept = self._kept(updates)
         self.kept = kept
