@@ -10,6 +10,7 @@ exclusions leave too few for the base rule takes the kept updates' median.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -102,3 +103,35 @@ def test_exclusions_that_leave_too_few_for_the_base_rule_take_the_median() -> No
     assert record.extra["kept_rule"] == "median" and record.to_json()["kept_rule"] == "median"
     expected = np.median(np.stack([u.params["w"] for u in honest]).astype(np.float64), axis=0)
     np.testing.assert_allclose(out["w"], expected.astype(np.float32), rtol=0, atol=1e-6)
+
+
+def test_dnc_fewest_updates_is_the_smallest_round_it_accepts() -> None:
+    """The smallest n with floor(n - c*f) >= 1, as DnC's aggregate computes it, over a
+    grid of settings; and a c*f beyond any federation is refused at once (the second
+    review: c = 1e30 looped for ever in `secfl policy validate`, 1e308 overflowed)."""
+    for f in range(0, 5):
+        for c in (0.1, 0.5, 1.0, 1.5, 2.0, 2.5, 3.3, 7.0, 1 / 3):
+            n = get_strategy("dnc", f=f, c=c).fewest_updates()
+            assert math.floor(n - c * f) >= 1 and (n == 1 or math.floor(n - 1 - c * f) < 1)
+    for c in (1e30, 1e308):
+        with pytest.raises(FlError, match=r"^dnc: c \* f is .*; it filters at most 1000000"):
+            get_strategy("dnc", f=2, c=c)
+
+
+def test_two_kept_of_a_krum_round_keep_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second review: the median of two kept updates is their mean, which one of them
+    moves at will; with fewer than three kept the round keeps the global model."""
+    from secfl.fl.strategies._audit_round import AuditRound
+
+    audit = build("clone-audit", {"base": "krum", "clones": 8})
+    ups = updates(6, seed=3)
+    excluded = [u.sender for u in ups[2:]]
+
+    def stub(round: int, global_params: Params, round_updates: Any) -> AuditRound:
+        return AuditRound(round, {}, {}, excluded, [], 0.0)
+
+    monkeypatch.setattr(audit, "audit", stub)
+    monkeypatch.setattr(audit, "_guarded", lambda r, g, u, new, result: new)
+    out = audit.aggregate(1, model(), ups)
+    np.testing.assert_array_equal(out["w"], model()["w"])
+    assert int(out["steps"]) == 3

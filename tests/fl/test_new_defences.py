@@ -107,12 +107,12 @@ def expected(
     transform: Callable[[np.ndarray], np.ndarray] = lambda x: x,
 ) -> Params:
     """The global model plus the mean of the kept deltas (after ``transform``), the
-    counter the rounded median of the kept values."""
+    counter the rounded median of the whole round's values."""
     idx = [i for i, u in enumerate(updates) if u.sender in kept]
     mean = transform(actual_deltas(g, updates))[idx].mean(axis=0)
     return {
         "w": (g["w"].astype(np.float64) + mean[:D_W].reshape(40, 50)).astype(np.float32),
-        "steps": np.array(np.rint(np.median([7 + i for i in idx])), dtype=np.int64),
+        "steps": np.array(np.rint(np.median([7 + i for i in range(len(updates))])), np.int64),
         "b": (g["b"].astype(np.float64) + mean[D_W:]).astype(np.float32),
     }
 

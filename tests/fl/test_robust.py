@@ -210,9 +210,10 @@ def test_krum_family_integer_tensors() -> None:
         Update(u.sender, {**u.params, "count": np.array(c, dtype=np.int32)}, 1)
         for u, c in zip(shifted(KRUM_GLOBAL, KRUM_DELTAS), counts, strict=True)
     ]
-    assert Krum(f=1).aggregate(1, g, updates)["count"] == 10  # the chosen update's
+    # counters: the median of the whole round's (10, 11, 20, 30, 1000), under both
+    assert Krum(f=1).aggregate(1, g, updates)["count"] == 20
     result = MultiKrum(f=1, m=3).aggregate(1, g, updates)
-    assert result["count"] == 11 and result["count"].dtype == np.int32  # median of 10, 11, 20
+    assert result["count"] == 20 and result["count"].dtype == np.int32
 
 
 def test_a_kept_attackers_counter_does_not_move_the_result() -> None:
@@ -231,6 +232,21 @@ def test_a_kept_attackers_counter_does_not_move_the_result() -> None:
     kept = strategy.selected()
     assert kept is not None and updates[3].sender in kept  # its weights looked honest
     assert 10 <= result["count"] <= 13
+
+
+def test_attackers_kept_first_do_not_set_the_counters() -> None:
+    """Second review: attackers whose float deltas sit at the centre are the ones
+    Multi-Krum and Krum keep, so the kept set's median was theirs (2^50 with 4 of 11
+    under f=4). The counters come from the whole round, where they are fewer than half."""
+    rng = np.random.default_rng(5)
+    g = {"w": np.zeros(8), "count": np.array(100, dtype=np.int64)}
+    honest = [
+        Update(f"h{i}", {"w": rng.normal(0, 1, 8), "count": np.array(101)}, 1) for i in range(7)
+    ]
+    hostile = [Update(f"x{i}", {"w": np.zeros(8), "count": np.array(1 << 50)}, 1) for i in range(4)]
+    for strategy in (MultiKrum(f=4), Krum(f=4), MultiKrum(f=4, m=2)):
+        result = strategy.aggregate(1, g, [*honest, *hostile])
+        assert result["count"] == 101, (strategy, result["count"])
 
 
 # --- Bulyan -------------------------------------------------------------------------------

@@ -174,15 +174,15 @@ def test_kept_model_splits_the_delta_and_rounds_counters() -> None:
          "b": np.array([0.5], np.float64)}  # fmt: skip
     ups = [Update("x", {"w": g["w"], "n": np.array(5), "b": g["b"]}, 1),
            Update("y", {"w": g["w"], "n": np.array(8), "b": g["b"]}, 1)]  # fmt: skip
-    out = kept_model("r", g, ups, np.array([0.5, -1.0, 2.0]))
+    out = kept_model("r", g, ups[:1], np.array([0.5, -1.0, 2.0]), ups)
     assert list(out) == ["w", "n", "b"]
     np.testing.assert_array_equal(out["w"], np.array([1.5, 1.0], np.float32))
     assert out["w"].dtype == np.float32 and out["n"].dtype == np.int64
-    assert int(out["n"]) == 6  # rint(6.5) = 6 (round half to even)
+    assert int(out["n"]) == 6  # the whole round's median: rint(6.5) = 6 (half to even)
     np.testing.assert_array_equal(out["b"], [2.5])
-    assert int(kept_model("r", g, [], np.zeros(3))["n"]) == 4
+    assert int(kept_model("r", g, [], np.zeros(3), ups)["n"]) == 4  # nobody kept: global
     with pytest.raises(FlError, match=r"^r: the aggregated delta has 2 values, not 3$"):
-        kept_model("r", g, ups, np.zeros(2))
+        kept_model("r", g, ups, np.zeros(2), ups)
 
 
 def test_a_round_too_large_to_hold_in_float64_is_refused_in_one_line(

@@ -164,7 +164,7 @@ def test_forged_collateral_is_refused(
     lenient = policy(board, SGX, min_tcb="ConfigurationAndSWHardeningNeeded", allow_unknown=True)
     with source(pccs, tmp_path) as coll, pytest.raises(Refused, match="^evidence: ") as info:
         check_evidence(lenient, quote, utc(SGX[4]), coll)
-    assert "signature is invalid for tcb_info" in str(info.value).lower()
+    assert "the tcb info signature does not verify" in str(info.value).lower()
 
 
 def test_without_collateral_the_policy_decides(
@@ -258,7 +258,7 @@ def test_a_bad_answer_leaves_the_verified_copy_serving(
         flipped = b"1" if body[at_sig : at_sig + 1] == b"0" else b"0"
         pccs.routes[path] = (status, headers, body[:at_sig] + flipped + body[at_sig + 1 :])
         clock.now += 3600
-        with pytest.raises(Refused, match="^evidence: collateral: Signature is invalid"):
+        with pytest.raises(Refused, match="^evidence: collateral: the TCB info signature does not"):
             check_evidence(rules, quote, at, coll)
         asked = len(pccs.requests)
         clock.now += 1
@@ -429,6 +429,11 @@ def test_spm_verify_with_a_pccs_refuses_a_simulated_spm(
     )
     assert plain.returncode == 0 and proc.pin in plain.stdout
     assert wrong.returncode != 0 and "--min-tcb: 'Fine' is not one of UpToDate" in wrong.stderr
+    alone = subprocess.run([*base, "--min-tcb", "OutOfDate"], capture_output=True, text=True,
+                           timeout=60, check=False)  # fmt: skip
+    assert alone.returncode != 0 and alone.stderr == (
+        "error: --min-tcb: applies with --pccs (without it the TCB is not appraised)\n"
+    )
 
 
 # --- what a hostile PCCS or host tried (review of the first version) ---------------------------
@@ -508,6 +513,31 @@ def test_a_trickling_pccs_leaves_the_spm_answering(
                 assert time.monotonic() - began < 5
         finally:
             proc.stop()
+
+
+def test_forged_collateral_cannot_raise_the_floors(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """Second review: dcap-qvl reads the documents before it checks their signatures,
+    and its parse error quoted a forged "tcb level", which was taken for a TCB
+    verdict on genuine collateral: the forged evaluation number (2^31 - 1) became the
+    floor, and every SGX attestation was refused until a restart. The signatures are
+    now checked first, and no floor moves on a document that failed them."""
+    quote = serve(pccs, vectors, SGX)
+    path = "/sgx/certification/v4/qe/identity"
+    status, headers, body = pccs.routes[path]
+    forged = body.replace(b'"tcbEvaluationDataNumber":17', b'"tcbEvaluationDataNumber":2147483647')
+    forged = forged.replace(b'"tcbStatus":"UpToDate"', b'"tcbStatus":"tcb level"', 1)
+    pccs.routes[path] = (status, headers, forged)
+    lenient = policy(board, SGX, min_tcb="ConfigurationAndSWHardeningNeeded")
+    clock = Clock()
+    with CollateralSource(pccs.url, tmp_path / "c", retry_after=60, clock=clock) as coll:
+        with pytest.raises(Refused, match="^evidence: collateral: the QE identity signature"):
+            check_evidence(lenient, quote, utc(SGX[4]), coll)
+        pccs.routes[path] = (status, headers, body)  # the PCCS is repaired
+        clock.now += 60
+        claims = check_evidence(lenient, quote, utc(SGX[4]), coll)
+    assert claims.tcb_status == "ConfigurationAndSWHardeningNeeded"
 
 
 @pytest.mark.parametrize("plant", ["fifo", "link to /dev/zero"])

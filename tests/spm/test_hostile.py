@@ -385,6 +385,16 @@ def test_a_platform_id_of_zeros_is_refused(
     statement = {k: v for k, v in doc.items() if k != "policy"}
     with pytest.raises(SpmRefused, match="^revocation: a platform ID of zeros"):
         client.revoke("p", statement, sigs)
+    # nor a subject that could never match a machine's lowercase hex ID
+    with pytest.raises(SpmError, match="^revocation: a platform subject is lowercase hex"):
+        revocation_doc("p", {"kind": "platform", "subject": " " + "ab" * 16, "reason": "x"})
+    for subject in ("0x" + "ab" * 16, "ab:" * 15 + "ab"):  # past the API's own pattern
+        doc = {**doc, "subject": subject}
+        sigs = [sign_statement(REVOCATION_DOMAIN, canonical_sha256(doc), board.keys[m], m)
+                for m in ("alice", "bob")]  # fmt: skip
+        statement = {k: v for k, v in doc.items() if k != "policy"}
+        with pytest.raises(SpmRefused, match="^revocation: a platform subject is lowercase hex"):
+            client.revoke("p", statement, sigs)
 
 
 # --- 7: only the launcher that opened a volume records it ------------------------------------

@@ -3,8 +3,10 @@
 Collateral and certificates are signed by the vendor and checked after download,
 so the cache needs no integrity of its own; it only spares the network. Entries
 are keyed by URL and written atomically. A server or a cache file is still bounded:
-an answer larger than ``max_bytes``, or one that takes longer than ``timeout`` in
-all, is refused (a trickling server cannot hold a caller for ever).
+an answer larger than ``max_bytes``, or a body that takes longer than ``timeout`` in
+all, is refused. Headers are bounded per byte only (httpx's read timeout): a server
+that trickles them holds the calling thread, so a caller that must not wait (the
+SPM, :mod:`secfl.spm._collateral`) fetches on a thread of its own.
 """
 
 from __future__ import annotations

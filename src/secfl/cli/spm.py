@@ -111,6 +111,8 @@ def verify_cmd(
     from secfl.tee._claims import TCB_ORDER
     from secfl.tee._pccs import PccsClient
 
+    if pccs is None and min_tcb != "UpToDate":
+        raise UsageError("--min-tcb: applies with --pccs (without it the TCB is not appraised)")
     if min_tcb not in TCB_ORDER[:-1]:
         raise UsageError(f"--min-tcb: '{min_tcb}' is not one of {', '.join(TCB_ORDER[:-1])}")
     fetcher = None if pccs is None else PccsClient(pccs_url(pccs))

@@ -139,6 +139,10 @@ class CollateralSource:
         with self._lock:
             if len(self._verified) >= MAX_PLATFORMS and platform not in self._verified:
                 return  # bounded; every platform here came with a genuine quote
+            try:
+                self._not_older(platform, collateral)
+            except FetchError:
+                return  # a later copy verified meanwhile: it stays
             self._verified[platform] = collateral
             for key, value, _ in marks:
                 self._floors[key] = max(value, self._floors.get(key, 0.0))
@@ -163,7 +167,10 @@ class CollateralSource:
         """The copy verified last, else the cache's (if not older than what was seen)."""
         kept = self._verified.get(platform)
         if kept is not None:
-            return kept
+            try:  # another platform's copy may have raised the shared floors since
+                return self._not_older(platform, kept)
+            except FetchError as exc:
+                error = error or exc
         try:
             return self._not_older(platform, self._cached.get_collateral(quote))
         except (FetchError, ValueError) as exc:

@@ -57,6 +57,11 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
         raise SpmError("revocation: 'subject' names what is revoked")
     if kind in ("certificate", "measurement", "platform"):
         subject = subject.lower()
+        if not set(subject) <= HEX_DIGITS:  # '0xab', ' ab', 'ab:cd' would never match
+            raise SpmError(
+                f"revocation: a {kind} subject is lowercase hex digits only (no 0x, colons "
+                "or spaces)"
+            )
     if kind == "platform" and not subject.strip("0"):
         raise SpmError(
             "revocation: a platform ID of zeros (a masked SEV-SNP chip ID) names no one "
@@ -99,6 +104,8 @@ def session_identity(session: SessionRecord) -> dict[str, Any]:
         "platforms": named[: len(PLATFORM_KEYS)],
     }
 
+
+HEX_DIGITS = frozenset("0123456789abcdef")
 
 #: The claims that name a machine, best first: Intel's PPID (stable across TCB
 #: recoveries, which issue a new PCK certificate), AMD's chip ID, the PCK certificate's

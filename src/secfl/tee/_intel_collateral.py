@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from secfl._internal import x509util
@@ -156,6 +158,10 @@ def appraise(
         _check_revocation(cert, root_crl, "certificate", "root CA CRL")
     _check_dates(coll.tcb_info, "TCB info", at)
     _check_dates(coll.qe_identity, "QE identity", at)
+    # checked here too, before dcap-qvl reads them (its errors quote what it read): what
+    # fails past this point failed on documents Intel signed
+    _check_signed(coll.tcb_info, coll.tcb_info_signature, tcb_chain[0], "TCB info")
+    _check_signed(coll.qe_identity, coll.qe_identity_signature, qe_chain[0], "QE identity")
 
     def pem(certs: list[x509.Certificate]) -> str:  # what we checked is what dcap-qvl sees
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs).decode()
@@ -273,6 +279,22 @@ def _check_dates(text: str, what: str, at: datetime) -> None:
         )
 
 
+def _check_signed(text: str, signature_hex: str, signer: x509.Certificate, what: str) -> None:
+    """Intel's ECDSA P-256 signature (raw ``r || s``) over the document's exact bytes."""
+    raw = bytes.fromhex(signature_hex)
+    key = signer.public_key()
+    if len(raw) != 64 or not isinstance(key, ec.EllipticCurvePublicKey):
+        raise VerificationError(f"collateral: the {what} signature is not a P-256 signature")
+    signature = encode_dss_signature(int.from_bytes(raw[:32]), int.from_bytes(raw[32:]))
+    try:
+        key.verify(signature, text.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, UnicodeError):
+        raise VerificationError(
+            f"collateral: the {what} signature does not verify under "
+            f"'{x509util.common_name(signer)}'"
+        ) from None
+
+
 def _reason(exc: BaseException) -> str:
     """dcap-qvl's multi-line error as one line, without its generic prefix."""
     text = (str(exc).strip() or type(exc).__name__).removeprefix("Verification failed:")
@@ -282,6 +304,8 @@ def _reason(exc: BaseException) -> str:
 
 def _classify(reason: str) -> str:
     lowered = reason.lower()
+    if "failed to decode" in lowered or "invalid type" in lowered:
+        return "collateral"  # a document dcap-qvl could not read, whatever it quotes
     for check, words in _REASONS.items():
         if any(word in lowered for word in words):
             return check

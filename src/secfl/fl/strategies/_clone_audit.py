@@ -57,7 +57,8 @@ A clone holds at least as many updates as the base rule needs (Krum: ``2f + 3``)
 however small ``fraction`` makes it, and leaves at least one out, so a round needs one
 more than the base rule (:meth:`CloneAudit.fewest_updates`, checked against the
 policy's ``min_clients`` before it is signed). When the exclusions leave fewer than
-the base rule needs, the round takes the kept updates' coordinate-wise median.
+the base rule needs, the round takes the kept updates' coordinate-wise median (of
+three or more; with fewer, the global model is kept).
 
 :class:`CloneAudit` is a strategy wrapping any other (``base``): the policy
 selects it like any rule (``strategy: clone-audit``, ``strategy_settings: {base:
@@ -112,6 +113,9 @@ from secfl.fl.strategies._registry import get_strategy, register_strategy
 __all__ = ["AuditRound", "CloneAudit"]
 
 log = logging.getLogger("secfl.fl.strategies._clone_audit")
+
+#: The fewest kept updates whose median stands in for a base rule they are too few for.
+MEDIAN_FALLBACK = 3
 
 
 @register_strategy
@@ -220,7 +224,14 @@ class CloneAudit(Strategy):
         base = self.base
         if len(kept) < base.fewest_updates():
             # the exclusions left too few for the base rule (Krum needs 2f + 3): the
-            # coordinate-wise median of those kept, robust at any count
+            # coordinate-wise median of those kept, which one of three cannot move; with
+            # fewer, the model is kept (one of two would be half of their median)
+            if len(kept) < MEDIAN_FALLBACK:
+                log.warning("round %d: %d kept, too few for %s or a median; the model is "
+                            "kept", round, len(kept), base.name)  # fmt: skip
+                result.extra["kept_rule"] = "none"
+                result.seconds = time.perf_counter() - began
+                return {k: v.copy() for k, v in global_params.items()}
             log.warning(
                 "round %d: %d kept, too few for %s (%d); their median instead",
                 round, len(kept), base.name, base.fewest_updates(),

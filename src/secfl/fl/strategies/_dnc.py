@@ -19,7 +19,7 @@ filtering:
 
 The good set is the intersection of the kept sets, and the new model is the global
 one plus the plain mean of the good deltas (integer and bool tensors: the rounded
-median of the good updates' values). Sample counts are ignored. Ties in scores keep
+median of the whole round's values). Sample counts are ignored. Ties in scores keep
 the earlier update. The coordinates come from ``numpy.random.default_rng([seed,
 round])``: the same round always draws the same subsets. If the intersection is
 empty (``iterations * c * f >= n`` makes this possible) the global model is kept and
@@ -55,6 +55,10 @@ def dnc_good(scores: np.ndarray, keep: int) -> list[int]:
     return sorted(good)
 
 
+#: The most updates ``c * f`` may filter out of a round (far beyond any federation).
+MAX_FILTERED = 1_000_000
+
+
 @register_strategy
 class DnC(Strategy):
     """Spectral filtering on random coordinate subsets (module docstring)."""
@@ -76,15 +80,24 @@ class DnC(Strategy):
         self.iterations = _robust.count_setting(iterations, f"{self.name}: iterations", 1)
         self.dims = _robust.count_setting(dims, f"{self.name}: dims", 1)
         self.c = positive(c, f"{self.name}: c")
+        if self.c * self.f > MAX_FILTERED:
+            raise FlError(
+                f"{self.name}: c * f is {self.c * self.f:g}; it filters at most {MAX_FILTERED} "
+                "updates a round"
+            )
         self.seed = _robust.count_setting(seed, f"{self.name}: seed", 0)
         self._selected: list[str] | None = None
         #: The last round's scores, ``(iterations, n)`` (for the audit and the tests).
         self.scores: np.ndarray | None = None
 
     def fewest_updates(self) -> int:
-        n = max(1, math.ceil(self.c * self.f))  # the smallest n with floor(n - c*f) >= 1,
-        while math.floor(n - self.c * self.f) < 1:  # computed as aggregate computes it
+        # the smallest n with floor(n - c*f) >= 1, computed as aggregate computes it
+        # (c*f is bounded, so floating point settles this within a step or two)
+        n = max(1, math.floor(self.c * self.f))
+        while math.floor(n - self.c * self.f) < 1:
             n += 1
+        while n > 1 and math.floor(n - 1 - self.c * self.f) >= 1:
+            n -= 1
         return n
 
     def aggregate(self, round: int, global_params: Params, updates: Sequence[Update]) -> Params:
@@ -111,7 +124,7 @@ class DnC(Strategy):
         else:
             log.warning("round %d: dnc's filters keep no update in common; model kept", round)
             delta = np.zeros(deltas.shape[1], dtype=np.float64)
-        result = _signals.kept_model(self.name, global_params, kept, delta)
+        result = _signals.kept_model(self.name, global_params, kept, delta, updates)
         self._selected = [u.sender for u in kept]
         return result
 

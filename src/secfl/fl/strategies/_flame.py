@@ -21,7 +21,7 @@ Three steps, each covering what the others leave:
 The paper clusters the local models; their cosines all sit near 1 since they share
 the global model, so here (as in most reimplementations) the deltas are clustered,
 which is what the distances are meant to compare. Integer and bool tensors take
-the rounded median of the admitted updates' values, without noise. The noise comes
+the rounded median of the whole round's values, without noise. The noise comes
 from ``numpy.random.default_rng([seed, round])``. Sample counts are ignored. If
 HDBSCAN admits nobody the global model is kept and a warning logged.
 :meth:`Flame.selected` names the admitted senders in round order.
@@ -97,7 +97,7 @@ class Flame(Strategy):
         else:
             log.warning("round %d: flame admits no update; the global model is kept", round)
             delta = np.zeros(d, dtype=np.float64)
-        result = _signals.kept_model(self.name, global_params, kept, delta)
+        result = _signals.kept_model(self.name, global_params, kept, delta, updates)
         self._selected = [u.sender for u in kept]
         return result
 

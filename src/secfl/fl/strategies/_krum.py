@@ -7,11 +7,13 @@ updates (over the floating-point tensors; distances between models and between
 deltas are the same). The rule needs ``n > 2f + 2`` updates.
 
 - ``krum`` keeps the one update with the smallest score: the new model is that
-  update's model (the global model plus its delta), every tensor included;
+  update's model (the global model plus its delta);
 - ``multi-krum`` keeps the ``m`` best-scored updates (``1 <= m <= n``; default
-  ``n - f``) and adds the plain mean of their deltas to the global model (integer
-  and bool tensors: the rounded median of their values; Krum's distances do not
-  look at them, so a kept attacker's counter must not move the mean).
+  ``n - f``) and adds the plain mean of their deltas to the global model.
+
+Integer and bool tensors (counters) take the rounded median of the whole round's
+values under both: Krum's distances do not look at them, and attackers whose weights
+look central are the ones kept, so the kept set may be theirs.
 
 Sample counts are ignored, as in the paper (Flower's ``aggregate_krum`` weights
 Multi-Krum's mean by sample count). Ties go to the earlier update of the round.
@@ -61,7 +63,9 @@ class Krum(Strategy):
         self._selected = None
         best = updates[self.ranked(global_params, updates)[0]]
         self._selected = [best.sender]
-        return {name: best.params[name].copy() for name in global_params}
+        result = {name: best.params[name].copy() for name in _robust.float_names(global_params)}
+        result.update(_integers(self.name, global_params, updates))
+        return {name: result[name] for name in global_params}
 
     def selected(self) -> list[str] | None:
         return None if self._selected is None else list(self._selected)
@@ -97,11 +101,21 @@ class MultiKrum(Krum):
         if not 1 <= m <= n:
             raise FlError(f"{self.name}: needs 1 <= m <= n (m={m}, n={n})")
         kept = [updates[i] for i in ranked[:m]]
-        result = _robust.combine(
-            self.name, global_params, kept, lambda r: r.mean(axis=0), integers=_robust.median
-        )
+        floats = _robust.float_names(global_params)
+        result = _robust.combine(self.name, global_params, kept, lambda r: r.mean(axis=0), floats)
+        result.update(_integers(self.name, global_params, updates))
+        result = {name: result[name] for name in global_params}
         self._selected = [u.sender for u in kept]
         return result
 
     def settings(self) -> dict[str, Any]:
         return {"m": self.m, **super().settings()}
+
+
+def _integers(rule: str, global_params: Params, updates: Sequence[Update]) -> Params:
+    """Integer and bool tensors: the rounded median of the whole round's values. Krum's
+    distances do not look at them, and attackers with central weights are chosen
+    first; of the whole round (``n > 2f + 2``) they are fewer than half."""
+    floats = set(_robust.float_names(global_params))
+    others = [name for name in global_params if name not in floats]
+    return _robust.combine(rule, global_params, updates, _robust.median, others)

@@ -92,12 +92,11 @@ def combine(
     updates: Sequence[Update],
     how: Combine,
     names: Sequence[str] | None = None,
-    integers: Combine | None = None,
 ) -> Params:
     """A translation-equivariant coordinate-wise rule applied to every tensor (or to
     ``names``): ``global + how(deltas)`` for floating-point tensors, ``how(values)``
     (rounded) for integer and bool ones, which is the same thing without the
-    subtraction; ``integers`` in place of ``how`` for those, if given."""
+    subtraction."""
     deltas: dict[str, np.ndarray] = {}
     out: Params = {}
     for name in global_params if names is None else names:
@@ -105,8 +104,7 @@ def combine(
         if ref.dtype.kind == "f":
             deltas[name] = how(stack(name, global_params, updates, delta=True))
         else:
-            values = stack(name, global_params, updates, False)
-            out[name] = to_dtype(rule, name, (integers or how)(values), ref)
+            out[name] = to_dtype(rule, name, how(stack(name, global_params, updates, False)), ref)
     out.update(apply_delta(rule, global_params, deltas))
     return {name: out[name] for name in global_params if name in out}
 

@@ -259,13 +259,14 @@ def kept_model(
     global_params: Params,
     kept: Sequence[Update],
     delta: np.ndarray,
+    everyone: Sequence[Update],
 ) -> Params:
     """The new model from a flat float64 ``delta`` over the floating-point tensors (in
     :func:`delta_matrix`'s layout): ``global + delta`` for those, and for integer and
-    bool tensors the rounded median of the ``kept`` updates' values (the global
-    model's when nothing is kept), in the model's dtypes. The median, not the mean:
-    the rules' filters look at floating-point deltas only, so a kept attacker's
-    counters would otherwise move the result as far as they like."""
+    bool tensors the rounded median of ``everyone``'s values, the whole round's (the
+    global model's when nothing is kept), in the model's dtypes. The rules' filters
+    look at floating-point deltas only: attackers with central deltas are kept first,
+    so the kept set may be theirs; of the whole round they are fewer than half."""
     names = _robust.float_names(global_params)
     pieces: dict[str, np.ndarray] = {}
     start = 0
@@ -278,7 +279,7 @@ def kept_model(
     others = [name for name in global_params if name not in pieces]
     out: Params = {}
     if kept:
-        out = _robust.combine(rule, global_params, kept, _robust.median, others)
+        out = _robust.combine(rule, global_params, everyone, _robust.median, others)
     else:
         out = {name: global_params[name].copy() for name in others}
     out.update(_robust.apply_delta(rule, global_params, pieces))

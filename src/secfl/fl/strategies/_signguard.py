@@ -19,8 +19,8 @@ Two filters, each blind to what the other sees, then norm clipping:
    deviation, IPM) move these fractions even when norms and distances look
    honest;
 3. the kept updates' deltas, each clipped to norm ``M``, are averaged and added to
-   the global model (integer and bool tensors: the rounded median of the kept
-   updates' values).
+   the global model (integer and bool tensors: the rounded median of the whole
+   round's values).
 
 Where this differs from the reference code (github.com/JianXu95/SignGuard): the
 subset is a uniform sample of coordinates, as the paper describes, rather than one
@@ -136,7 +136,7 @@ class SignGuard(Strategy):
         else:
             log.warning("round %d: signguard keeps no update; the global model is kept", round)
             delta = np.zeros(d, dtype=np.float64)
-        result = _signals.kept_model(self.name, global_params, kept, delta)
+        result = _signals.kept_model(self.name, global_params, kept, delta, updates)
         self._selected = [u.sender for u in kept]
         return result
 
