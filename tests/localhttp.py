@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
-
 from secfl._internal.httpcache import CachedHttp
 
 Routes = dict[str, tuple[int, dict[str, str], bytes]]
@@ -66,4 +64,4 @@ def local_server() -> Iterator[LocalServer]:
 
 def local_http(cache_dir: Path | None) -> CachedHttp:
     """A cached client that ignores proxy settings from the environment."""
-    return CachedHttp(cache_dir, client=httpx.Client(timeout=5, trust_env=False))
+    return CachedHttp(cache_dir, timeout=5, trust_env=False)

@@ -3,18 +3,18 @@
 Collateral and certificates are signed by the vendor and checked after download,
 so the cache needs no integrity of its own; it only spares the network. Entries
 are keyed by URL and written atomically. A server or a cache file is still bounded:
-an answer larger than ``max_bytes``, or a body that takes longer than ``timeout`` in
-all, is refused. Headers are bounded per byte only (httpx's read timeout): a server
-that trickles them holds the calling thread, so a caller that must not wait (the
-SPM, :mod:`secfl.spm._collateral`) fetches on a thread of its own.
+an answer larger than ``max_bytes``, or one not complete within ``timeout`` (headers
+included: a server that trickles them a byte at a time never trips a read timeout),
+is refused. Each fetch runs on an event loop of its own under that deadline, which
+cancels it wherever it waits; callers are synchronous (never inside an event loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,16 +44,17 @@ class CachedHttp:
         cache_dir: Path | str | None = None,
         *,
         timeout: float = 30.0,
-        client: httpx.Client | None = None,
+        trust_env: bool = True,
         max_bytes: int = MAX_BYTES,
     ) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.timeout = timeout
         self.max_bytes = max_bytes
-        self._client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+        #: Whether proxies and CA bundles come from the environment (httpx's ``trust_env``).
+        self.trust_env = trust_env
 
     def close(self) -> None:
-        self._client.close()
+        """Nothing to release: each fetch has its own client (kept for ``with``)."""
 
     def __enter__(self) -> CachedHttp:
         return self
@@ -82,28 +83,35 @@ class CachedHttp:
         return response
 
     def _fetch(self, url: str) -> Response:
-        deadline = time.monotonic() + self.timeout
-        body = bytearray()
         try:
+            return asyncio.run(asyncio.wait_for(self._fetch_async(url), self.timeout))
+        except TimeoutError:
+            raise FetchError(f"fetch: GET {url}: no full answer in {self.timeout:g} s") from None
+        except httpx.HTTPError as exc:
+            raise FetchError(f"fetch: GET {url} failed: {exc}") from None
+
+    async def _fetch_async(self, url: str) -> Response:
+        body = bytearray()
+        async with httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=False, trust_env=self.trust_env
+        ) as client:
             # Unencoded only: a compressed answer could grow a thousandfold in one chunk.
-            with self._client.stream("GET", url, headers={"Accept-Encoding": "identity"}) as reply:
+            headers = {"Accept-Encoding": "identity"}
+            async with client.stream("GET", url, headers=headers) as reply:
                 if reply.status_code != 200:
                     raise FetchError(f"fetch: GET {url} answered HTTP {reply.status_code}")
                 encoding = reply.headers.get("content-encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
                     raise FetchError(f"fetch: GET {url}: answered in encoding '{encoding[:40]}'")
-                for chunk in reply.iter_raw():
+                async for chunk in reply.aiter_raw():
                     body += chunk
                     if len(body) > self.max_bytes:
                         raise FetchError(
                             f"fetch: GET {url}: the answer exceeds {self.max_bytes} bytes"
                         )
-                    if time.monotonic() > deadline:
-                        raise FetchError(f"fetch: GET {url}: no full answer in {self.timeout:g} s")
-                headers = {k.lower(): v for k, v in reply.headers.items()}
-        except httpx.HTTPError as exc:
-            raise FetchError(f"fetch: GET {url} failed: {exc}") from None
-        return Response(body=bytes(body), headers=headers)
+                return Response(
+                    body=bytes(body), headers={k.lower(): v for k, v in reply.headers.items()}
+                )
 
     def _cached(self, url: str, body: Path, headers: Path) -> Response:
         """A cached answer; a cache file too large or unreadable is an error, not a crash."""

@@ -21,9 +21,9 @@ older copy still within its dates, but not forge one. What they can do is bounde
   revocation).
 - Time. A fetch runs on a thread of its own; an attestation waits for it at most
   ``timeout`` seconds, without holding anything other attestations need, and
-  concurrent attestations of a platform share one fetch. A PCCS that trickles its
-  answer holds only that thread (one at a time: the next fetch waits behind it and
-  times out). A PCCS that fails is asked again after ``retry_after`` seconds.
+  concurrent attestations of a platform share one fetch, which itself ends at the
+  same deadline however slowly the PCCS answers (:mod:`secfl._internal.httpcache`).
+  A PCCS that fails is asked again after ``retry_after`` seconds.
 """
 
 from __future__ import annotations
