@@ -76,7 +76,12 @@ def serve(server: LocalServer, vectors: Path, case: tuple[str, ...]) -> bytes:
 
 
 def intel_policy(
-    board: Board, case: tuple[str, ...], *, min_tcb: str = "UpToDate", allow_unknown: bool = False
+    board: Board,
+    case: tuple[str, ...],
+    *,
+    min_tcb: str = "UpToDate",
+    allow_unknown: bool = False,
+    evaluation: int | None = None,
 ) -> str:
     kind, measurement = case[1], case[5]
     doc: dict[str, Any] = yaml.safe_load(policy_document("intel", board, b"", accept=(kind,)))
@@ -84,6 +89,7 @@ def intel_policy(
         "accept": [kind],
         "min_tcb_status": min_tcb,
         "allow_unknown_tcb": allow_unknown,
+        **({} if evaluation is None else {"min_tcb_evaluation_data_number": evaluation}),
     }
     pin = {"mrenclave": measurement} if kind == "sgx" else {"mrtd": measurement}
     for service in doc["services"]:
@@ -148,6 +154,36 @@ def test_tdx_up_to_date_is_accepted_and_an_unmatched_tcb_refused(
     ):
         check_evidence(lenient, outdated, utc(TDX_OUTDATED[4]), coll)
     assert "\n" not in str(info.value)
+
+
+def test_the_board_can_require_a_tcb_evaluation(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """`min_tcb_evaluation_data_number`: after an Intel TCB recovery the board refuses
+    collateral from before it, which stays within its dates for up to 30 more days and
+    which a PCCS (or a restarted SPM's) could otherwise still serve. The vectors' SGX
+    collateral is of evaluation 17."""
+    quote = serve(pccs, vectors, SGX)
+    lenient = {"min_tcb": "ConfigurationAndSWHardeningNeeded"}
+    with source(pccs, tmp_path) as coll:
+        with pytest.raises(Refused, match="^tcb: the collateral is of TCB evaluation 17, "
+                           "older than the policy's minimum 18 "):  # fmt: skip
+            check_evidence(policy(board, SGX, evaluation=18, **lenient), quote, utc(SGX[4]), coll)
+        claims = check_evidence(policy(board, SGX, evaluation=17, **lenient), quote,
+                                utc(SGX[4]), coll)  # fmt: skip
+    assert claims.tcb_status == "ConfigurationAndSWHardeningNeeded"
+
+
+def test_the_evaluation_floor_leaves_older_digests_alone(board: Board) -> None:
+    """The field is in the canonical form only when set: every policy digest computed
+    before it (and every predecessor chain) stands."""
+    from secfl.policy._canonical import canonical_bytes
+    from secfl.policy._review import review
+
+    unset, set_ = policy(board, SGX), policy(board, SGX, evaluation=18)
+    assert b"min_tcb_evaluation_data_number" not in canonical_bytes(unset)
+    assert b'"min_tcb_evaluation_data_number":18' in canonical_bytes(set_)
+    assert "(Intel: TCB evaluation 18 or later)" in "\n".join(review(set_))
 
 
 def test_forged_collateral_is_refused(

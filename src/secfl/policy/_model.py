@@ -21,9 +21,16 @@ The bounded building blocks are in :mod:`secfl.policy._fields`, the secret kinds
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from secfl.errors import PolicyError
 from secfl.policy import _keys as keys
@@ -174,6 +181,18 @@ class Platforms(StrictModel):
     allow_debug: bool = False
     #: PEM of the simulation root; required when ``simulated`` is accepted.
     simulation_root: Pem | None = None
+    #: The oldest Intel TCB evaluation (``tcbEvaluationDataNumber``) an appraisal may use:
+    #: the board raises it after an Intel TCB recovery, so that collateral from before the
+    #: recovery (valid for up to 30 more days) no longer rates a platform. Left out of
+    #: the canonical form while unset, so that every digest computed before it stands.
+    min_tcb_evaluation_data_number: int | None = Field(default=None, ge=1, le=(1 << 31) - 1)
+
+    @model_serializer(mode="wrap")
+    def _unset_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.min_tcb_evaluation_data_number is None:
+            data.pop("min_tcb_evaluation_data_number", None)
+        return data
 
     @field_validator("simulation_root")
     @classmethod

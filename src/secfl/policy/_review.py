@@ -38,8 +38,10 @@ def review(policy: Policy) -> list[str]:
         )
         lines.append(f"  {member.name}: signing key {signing}, recovery key {recovery}")
     platforms = policy.platforms
+    evaluation = platforms.min_tcb_evaluation_data_number
     lines.append(
-        f"platforms: {', '.join(platforms.accept)}; minimum TCB {platforms.min_tcb_status}; "
+        f"platforms: {', '.join(platforms.accept)}; minimum TCB {platforms.min_tcb_status}"
+        f"{'' if evaluation is None else f' (Intel: TCB evaluation {evaluation} or later)'}; "
         f"unknown TCB {'accepted' if platforms.allow_unknown_tcb else 'refused'}; debug "
         f"{'accepted' if platforms.allow_debug else 'refused'}"
     )

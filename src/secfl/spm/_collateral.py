@@ -28,7 +28,6 @@ older copy still within its dates, but not forge one. What they can do is bounde
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from cryptography import x509
 from secfl._internal.httpcache import CachedHttp
 from secfl.errors import FetchError, SpmError
 from secfl.tee._intel import IntelCollateral, load_pck_chain, parse_quote, pck_ca, pck_fmspc
+from secfl.tee._intel_collateral import evaluation_number
 from secfl.tee._pccs import PccsClient
 
 __all__ = ["CollateralSource", "pccs_url"]
@@ -230,25 +230,17 @@ def _marks(platform: Platform, c: IntelCollateral) -> list[tuple[tuple[str, ...]
     return [
         (
             ("tcb", tee, fmspc),
-            _evaluation(c.tcb_info),
+            float(evaluation_number(c.tcb_info)),
             f"TCB info of FMSPC {fmspc} of an older TCB evaluation",
         ),
-        (("qe", tee), _evaluation(c.qe_identity), f"{tee} QE identity of an older TCB evaluation"),
+        (
+            ("qe", tee),
+            float(evaluation_number(c.qe_identity)),
+            f"{tee} QE identity of an older TCB evaluation",
+        ),
         (("crl", ca), _issued(c.pck_crl), f"PCK {ca} CRL issued earlier"),
         (("crl", "root"), _issued(c.root_ca_crl), "root CA CRL issued earlier"),
     ]
-
-
-def _evaluation(text: str) -> float:
-    """A TCB info's or QE identity's ``tcbEvaluationDataNumber`` (0 when unreadable:
-    such a document does not verify anyway)."""
-    try:
-        value = json.loads(text).get("tcbEvaluationDataNumber")
-    except (ValueError, AttributeError, RecursionError):
-        return 0.0
-    if type(value) is not int or not 0 <= value < 1 << 31:
-        return 0.0
-    return float(value)
 
 
 def _issued(hex_der: str) -> float:

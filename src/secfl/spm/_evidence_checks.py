@@ -14,6 +14,7 @@ from secfl.spm._collateral import CollateralSource
 from secfl.spm._revocation import platform_id, platform_ids
 from secfl.tee._claims import TCB_ORDER, Claims
 from secfl.tee._evidence import Evidence
+from secfl.tee._intel_collateral import evaluation_number
 from secfl.tee._verify import verify
 
 __all__ = ["check_evidence", "check_measurements", "claims_identity"]
@@ -82,6 +83,15 @@ def _appraised(
             raise
         raise VerificationError(f"collateral: {type(exc).__name__}: {exc}") from None
     collateral.verified(ev.quote, fetched)
+    floor = platforms.min_tcb_evaluation_data_number
+    used = min(evaluation_number(fetched.tcb_info), evaluation_number(fetched.qe_identity))
+    if floor is not None and used < floor:
+        collateral.rejected(ev.quote)  # ask the PCCS again soon
+        raise Refused(
+            f"tcb: the collateral is of TCB evaluation {used}, older than the policy's "
+            f"minimum {floor} (min_tcb_evaluation_data_number): the SPM's PCCS must serve "
+            "Intel's current collateral"
+        )
     return appraised
 
 

@@ -295,6 +295,18 @@ def _check_signed(text: str, signature_hex: str, signer: x509.Certificate, what:
         ) from None
 
 
+def evaluation_number(text: str) -> int:
+    """A TCB info's or QE identity's ``tcbEvaluationDataNumber``: Intel raises it at each
+    TCB recovery. 0 when unreadable (such a document does not verify anyway)."""
+    try:
+        value = json.loads(text).get("tcbEvaluationDataNumber")
+    except (ValueError, AttributeError, RecursionError):
+        return 0
+    if type(value) is not int or not 0 <= value < 1 << 31:
+        return 0
+    return value
+
+
 def _reason(exc: BaseException) -> str:
     """dcap-qvl's multi-line error as one line, without its generic prefix."""
     text = (str(exc).strip() or type(exc).__name__).removeprefix("Verification failed:")
