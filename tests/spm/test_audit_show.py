@@ -103,6 +103,10 @@ def test_follow_shows_a_new_entry_and_ends_cleanly_on_ctrl_c(
     spm: tuple[SpmProcess, str],
 ) -> None:
     proc, token = spm
+    # an fl.round to show first, whichever tests ran before on this worker: with none,
+    # the first readline below waited for ever (a flake under xdist's distribution)
+    with SpmClient(proc.url, pin=proc.pin) as client:
+        client.report("fed", "round", {**ROUND, "round": 6}, token)
     follower = subprocess.Popen(
         [sys.executable, "-m", "secfl.cli.main", "audit", "show", *remote(proc), "--json",
          "--event", "fl.round", "--limit", "1", "--follow", "--interval", "0.2"],
@@ -110,7 +114,7 @@ def test_follow_shows_a_new_entry_and_ends_cleanly_on_ctrl_c(
     )  # fmt: skip
     try:
         assert follower.stdout is not None
-        before = follower.stdout.readline()  # the newest fl.round so far (or the first poll)
+        before = follower.stdout.readline()  # the newest fl.round so far
         with SpmClient(proc.url, pin=proc.pin) as client:
             seq = client.report("fed", "round", {**ROUND, "round": 7}, token)
         deadline = time.monotonic() + 30

@@ -676,3 +676,101 @@ def test_an_earlier_crl_is_refused_once_a_later_one_verified(
         pccs.routes["/tdx/certification/v4/qe/identity"] = qe  # only the CRL is older
         with pytest.raises(FetchError, match="served a PCK platform CRL issued earlier than"):
             coll.get(older)
+
+
+# --- the third review ----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_hanging_dns_lookup_ends_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio looks names up on a thread, and asyncio.run waited for that thread at the
+    end: a lookup that hung held the fetch past its deadline (6 s for 1)."""
+    from secfl._internal.httpcache import CachedHttp
+
+    real = socket.getaddrinfo
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    began = time.monotonic()
+    with pytest.raises(FetchError, match=r"no full answer in 1 s$"):
+        CachedHttp(None, timeout=1.0, trust_env=False).get("http://pccs.invalid/x")
+    assert time.monotonic() - began < 2.5
+
+
+@contextmanager
+def slow_pccs(routes: dict[str, tuple[int, dict[str, str], bytes]], delay: float) -> Iterator[str]:
+    """A PCCS that waits ``delay`` seconds before each answer."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay)
+            status, headers, body = routes.get(self.path, (404, {}, b""))
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_four_gets_of_a_collateral_share_one_deadline(
+    vectors: Path, pccs: LocalServer, tmp_path: Path
+) -> None:
+    """Each of a collateral's four GETs had its own deadline: a PCCS answering each
+    just in time held the one fetching thread four times as long, for every platform."""
+    quote = serve(pccs, vectors, SGX)
+    with (
+        slow_pccs(pccs.routes, 0.6) as url,
+        CollateralSource(url, tmp_path / "c", timeout=1.0) as coll,
+    ):
+        began = time.monotonic()
+        with pytest.raises(FetchError):
+            coll.get(quote)
+        time.sleep(0.2)  # the worker's own deadline, not only the caller's wait
+        assert coll._worker.submit(lambda: None).result(timeout=1.5) is None
+        assert time.monotonic() - began < 2.5
+
+
+def test_the_evaluation_floor_cannot_be_skipped(board: Board, vectors: Path) -> None:
+    """Third review: with allow_unknown_tcb a host that blocked the PCCS (or an SPM
+    without --pccs) skipped the board's floor: the quote was accepted unappraised."""
+    with pytest.raises(Exception, match="requires an appraised TCB"):
+        policy(board, SGX, evaluation=18, allow_unknown=True)
+    quote, _ = vector(vectors, SGX[0])
+    rules = policy(board, SGX, evaluation=18)
+    with pytest.raises(Refused, match="^tcb: the policy requires Intel TCB evaluation 18 or "
+                       "later, and this sgx quote was not appraised"):  # fmt: skip
+        check_evidence(rules, quote, utc(SGX[4]))
+
+
+def test_only_intels_tcb_signer_signs_tcb_infos(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """Third review: any certificate chaining to Intel's root passed for the signer of a
+    TCB info, a PCK certificate too (whose key can be extracted from a revoked machine)."""
+    from secfl.tee._intel import parse_quote
+
+    quote = serve(pccs, vectors, SGX)
+    pck_chain = parse_quote(quote).pck_chain_pem.rstrip(b"\0").decode()
+    path = "/sgx/certification/v4/tcb?fmspc=00A067110000"
+    status, _, body = pccs.routes[path]
+    pccs.routes[path] = (status, {"TCB-Info-Issuer-Chain": urlquote(pck_chain, safe="")}, body)
+    lenient = policy(board, SGX, min_tcb="ConfigurationAndSWHardeningNeeded")
+    with source(pccs, tmp_path) as coll, pytest.raises(Refused) as info:
+        check_evidence(lenient, quote, utc(SGX[4]), coll)
+    assert "is not Intel's TCB signing certificate and the root" in str(info.value)

@@ -15,6 +15,10 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +56,7 @@ class CachedHttp:
         self.max_bytes = max_bytes
         #: Whether proxies and CA bundles come from the environment (httpx's ``trust_env``).
         self.trust_env = trust_env
+        self._local = threading.local()
 
     def close(self) -> None:
         """Nothing to release: each fetch has its own client (kept for ``with``)."""
@@ -82,13 +87,43 @@ class CachedHttp:
             _store(paths[0], response.body)
         return response
 
-    def _fetch(self, url: str) -> Response:
+    @contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Every fetch of this thread inside the block ends by ``seconds`` from now, all
+        of them together (a collateral is four GETs: one deadline for the four)."""
+        self._local.deadline = time.monotonic() + seconds
         try:
-            return asyncio.run(asyncio.wait_for(self._fetch_async(url), self.timeout))
+            yield
+        finally:
+            self._local.deadline = None
+
+    def _fetch(self, url: str) -> Response:
+        timeout = self.timeout
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise FetchError(f"fetch: GET {url}: no time left before the deadline")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise FetchError(f"fetch: GET {url}: called inside an event loop (call from a thread)")
+        # A loop of our own, closed without waiting for its executor: a DNS lookup that
+        # hangs (asyncio runs getaddrinfo on a thread) must not outlast the deadline, as
+        # asyncio.run's wait for that executor would make it.
+        loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(asyncio.wait_for(self._fetch_async(url), timeout))
         except TimeoutError:
-            raise FetchError(f"fetch: GET {url}: no full answer in {self.timeout:g} s") from None
+            raise FetchError(f"fetch: GET {url}: no full answer in {timeout:.2g} s") from None
         except httpx.HTTPError as exc:
             raise FetchError(f"fetch: GET {url} failed: {exc}") from None
+        finally:
+            with suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()  # its executor shut down without waiting
 
     async def _fetch_async(self, url: str) -> Response:
         body = bytearray()

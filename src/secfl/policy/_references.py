@@ -175,6 +175,12 @@ def _check_platforms(p: Policy) -> None:
         raise ValueError("platforms.simulation_root: required when 'simulated' is accepted")
     if TCB_ORDER.index(p.platforms.min_tcb_status) >= TCB_ORDER.index("unknown"):
         raise ValueError("platforms.min_tcb_status: use allow_unknown_tcb for 'unknown'")
+    if p.platforms.min_tcb_evaluation_data_number is not None and p.platforms.allow_unknown_tcb:
+        raise ValueError(
+            "platforms.min_tcb_evaluation_data_number: requires an appraised TCB, which "
+            "allow_unknown_tcb: true waives (a host that blocks the PCCS would skip it); "
+            "set one or the other"
+        )
 
 
 def _check_secrets(p: Policy, secrets: dict[str, Any]) -> None:

@@ -196,7 +196,8 @@ class CollateralSource:
 
     def _fetch(self, platform: Platform, quote: bytes) -> IntelCollateral:
         try:
-            collateral = self._fresh.get_collateral(quote)
+            with self._http.deadline(self.timeout):  # the four GETs share it
+                collateral = self._fresh.get_collateral(quote)
         except Exception as exc:  # anything a PCCS's answer provokes: no collateral
             error = (
                 exc

@@ -42,6 +42,12 @@ def check_evidence(
         if isinstance(exc, Refused):
             raise
         raise Refused(f"evidence: {exc}") from None
+    floor = platforms.min_tcb_evaluation_data_number
+    if floor is not None and claims.kind in ("sgx", "tdx") and claims.tcb_status == "unknown":
+        raise Refused(  # the policy refuses this with allow_unknown_tcb; debug quotes too
+            f"tcb: the policy requires Intel TCB evaluation {floor} or later, and this "
+            f"{claims.kind} quote was not appraised (start the SPM with --pccs URL)"
+        )
     if claims.kind != "simulated":
         if claims.tcb_status == "unknown":
             if not platforms.allow_unknown_tcb:

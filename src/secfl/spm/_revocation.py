@@ -57,7 +57,9 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
         raise SpmError("revocation: 'subject' names what is revoked")
     if kind in ("certificate", "measurement", "platform"):
         subject = subject.lower()
-        if not set(subject) <= HEX_DIGITS:  # '0xab', ' ab', 'ab:cd' would never match
+        # '0xab', ' ab', 'ab:cd' would never match a measurement or a machine's ID (a
+        # certificate's serial is normalised where it is stored, as it always was)
+        if kind != "certificate" and not set(subject) <= HEX_DIGITS:
             raise SpmError(
                 f"revocation: a {kind} subject is lowercase hex digits only (no 0x, colons "
                 "or spaces)"

@@ -55,6 +55,8 @@ _REASONS = {
     "tcb": ("tcb level", "tcb status", "tdx module", "no tcb levels", "mr service td"),
 }
 
+#: The common name of the certificate that signs TCB infos and QE identities.
+TCB_SIGNER = "Intel SGX TCB Signing"
 #: Certificates an issuer chain of the collateral may hold (Intel's hold two).
 MAX_CHAIN = 3
 
@@ -143,8 +145,8 @@ def appraise(
     import dcap_qvl
 
     root = chain[-1]
-    tcb_chain = _collateral_chain(coll.tcb_info_issuer_chain, "TCB info issuer chain", at)
-    qe_chain = _collateral_chain(coll.qe_identity_issuer_chain, "QE identity issuer chain", at)
+    tcb_chain = _signing_chain(coll.tcb_info_issuer_chain, "TCB info issuer chain", at)
+    qe_chain = _signing_chain(coll.qe_identity_issuer_chain, "QE identity issuer chain", at)
     crl_chain = _collateral_chain(coll.pck_crl_issuer_chain, "PCK CRL issuer chain", at)
     if crl_chain[0] != chain[1]:
         raise VerificationError(
@@ -212,6 +214,26 @@ def _collateral_chain(pem: str, what: str, at: datetime) -> list[x509.Certificat
     for i, cert in enumerate(certs):
         x509util.force_parse(cert, f"{what} certificate {i}")
     x509util.check_chain(certs, pinned_roots=[roots.INTEL_SGX_ROOT_CA_SHA256], at=at, what=what)
+    return certs
+
+
+def _signing_chain(pem: str, what: str, at: datetime) -> list[x509.Certificate]:
+    """The issuer chain of a TCB info or QE identity: Intel's TCB signing certificate,
+    issued by the root itself, and the root. Any other certificate that chains to the
+    root (a PCK certificate, whose key may have been extracted from a revoked
+    platform) must not pass for Intel's signer."""
+    certs = _collateral_chain(pem, what, at)
+    signer = certs[0]
+    try:
+        constraints = signer.extensions.get_extension_for_class(x509.BasicConstraints).value
+        is_ca = constraints.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if len(certs) != 2 or x509util.common_name(signer) != TCB_SIGNER or is_ca:
+        raise VerificationError(
+            f"collateral: the {what} is not Intel's TCB signing certificate and the root "
+            f"(its first certificate is '{x509util.common_name(signer)}', of {len(certs)})"
+        )
     return certs
 
 
