@@ -8,6 +8,7 @@ cached answer did not ask again.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ class LocalServer:
     routes: Routes = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     url: str = ""
+    #: Seconds to wait before each answer (a slow server).
+    delay: float = 0.0
 
     def serve_file(self, path: str, body: bytes) -> None:
         self.routes[path] = (200, {}, body)
@@ -39,6 +42,8 @@ def local_server() -> Iterator[LocalServer]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state.requests.append(self.path)
+            if state.delay:
+                time.sleep(state.delay)
             status, headers, body = state.routes.get(self.path, (404, {}, b"not found"))
             self.send_response(status)
             for name, value in headers.items():

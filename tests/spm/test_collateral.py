@@ -700,44 +700,14 @@ def test_a_hanging_dns_lookup_ends_at_the_deadline(monkeypatch: pytest.MonkeyPat
     assert time.monotonic() - began < 2.5
 
 
-@contextmanager
-def slow_pccs(routes: dict[str, tuple[int, dict[str, str], bytes]], delay: float) -> Iterator[str]:
-    """A PCCS that waits ``delay`` seconds before each answer."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            time.sleep(delay)
-            status, headers, body = routes.get(self.path, (404, {}, b""))
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 def test_the_four_gets_of_a_collateral_share_one_deadline(
     vectors: Path, pccs: LocalServer, tmp_path: Path
 ) -> None:
     """Each of a collateral's four GETs had its own deadline: a PCCS answering each
     just in time held the one fetching thread four times as long, for every platform."""
     quote = serve(pccs, vectors, SGX)
-    with (
-        slow_pccs(pccs.routes, 0.6) as url,
-        CollateralSource(url, tmp_path / "c", timeout=1.0) as coll,
-    ):
+    pccs.delay = 0.6  # each answer in time for a deadline of its own
+    with CollateralSource(pccs.url, tmp_path / "c", timeout=1.0) as coll:
         began = time.monotonic()
         with pytest.raises(FetchError):
             coll.get(quote)
