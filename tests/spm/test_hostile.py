@@ -352,7 +352,9 @@ def test_revocation_ends_sessions_and_keeps_the_service_out(
 def test_a_revoked_measurement_or_platform_cannot_attest(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
-    submit(client, board, policy_document("p", board, sim[1]))
+    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc["platforms"]["require_platform_id"] = True  # the simulated platform names itself
+    submit(client, board, yaml.safe_dump(doc, sort_keys=False))
     revoke(client, board, "p", kind="measurement", subject=AGGREGATOR_MR, reason="bug")
     with pytest.raises(SpmRefused, match=f"^revoked: measurement {AGGREGATOR_MR}"):
         attest(client, sim, "p")

@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from secfl.spm._evidence_checks import claims_identity
 from secfl.spm._records import SessionRecord
 from secfl.spm._revocation import platform_id, platform_ids, revoked_reason, session_identity
@@ -70,3 +72,40 @@ def test_sessions_stored_before_keep_their_one_platform_id() -> None:
     identity = session_identity(old)
     assert identity["platforms"] == ["cd" * 32]
     assert revoked_reason({("platform", "cd" * 32)}, "agg", "", identity)
+
+
+def test_a_policy_can_require_evidence_that_names_its_machine(vectors: Path) -> None:
+    """`platforms.require_platform_id`: a masked or VLEK SEV-SNP report names no machine,
+    so no platform revocation could stop it; such a policy refuses it. (The VLEK vector's
+    chain is incomplete, so its claims are built from its parsed chip ID.)"""
+    from secfl.errors import Refused
+    from secfl.policy._canonical import canonical_bytes
+    from secfl.policy._document import load_policy
+    from secfl.policy._review import review
+    from secfl.spm._evidence_checks import check_named
+    from secfl.tee._claims import Claims
+    from tests.policy import policy_dict, to_yaml
+
+    doc = policy_dict()
+    plain = load_policy(to_yaml(doc))
+    doc["platforms"]["require_platform_id"] = True
+    strict = load_policy(to_yaml(doc))
+    assert b"require_platform_id" not in canonical_bytes(plain)  # earlier digests stand
+    assert b'"require_platform_id":true' in canonical_bytes(strict)
+    assert "evidence must name its machine" in "\n".join(review(strict))
+
+    vlek = parse_report((vectors / "amd" / "snp_vlek_report.bin").read_bytes())
+    masked = Claims(kind="snp", quote_version=3, measurements={}, report_data="00" * 64,
+                    debug=False, tcb_status="unknown",
+                    platform={"chip_id": vlek.chip_id.hex(), "signing_key": "vlek"})  # fmt: skip
+    check_named(plain, masked)
+    with pytest.raises(Refused, match="^platform: this snp evidence names no machine"):
+        check_named(strict, masked)
+    amd = vectors / "amd"
+    milan = verify(
+        (amd / "snp_milan_report.bin").read_bytes(),
+        at=utc("2024-06-01"),
+        vcek=(amd / "snp_milan_vcek.der").read_bytes(),
+        chain=(amd / "ask_ark_milan.pem").read_bytes(),
+    )
+    check_named(strict, milan)  # a chip ID of its own: accepted

@@ -186,12 +186,18 @@ class Platforms(StrictModel):
     #: recovery (valid for up to 30 more days) no longer rates a platform. Left out of
     #: the canonical form while unset, so that every digest computed before it stands.
     min_tcb_evaluation_data_number: int | None = Field(default=None, ge=1, le=(1 << 31) - 1)
+    #: Refuse evidence that names no machine (a masked or VLEK-signed SEV-SNP report's
+    #: chip ID is zeros), which no ``platform`` revocation could then stop. Left out of
+    #: the canonical form while false, like the field above.
+    require_platform_id: bool = False
 
     @model_serializer(mode="wrap")
     def _unset_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         if self.min_tcb_evaluation_data_number is None:
             data.pop("min_tcb_evaluation_data_number", None)
+        if not self.require_platform_id:
+            data.pop("require_platform_id", None)
         return data
 
     @field_validator("simulation_root")

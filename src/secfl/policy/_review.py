@@ -44,6 +44,7 @@ def review(policy: Policy) -> list[str]:
         f"{'' if evaluation is None else f' (Intel: TCB evaluation {evaluation} or later)'}; "
         f"unknown TCB {'accepted' if platforms.allow_unknown_tcb else 'refused'}; debug "
         f"{'accepted' if platforms.allow_debug else 'refused'}"
+        f"{'; evidence must name its machine' if platforms.require_platform_id else ''}"
     )
     if platforms.simulation_root:
         root = hashlib.sha256(platforms.simulation_root.encode()).hexdigest()

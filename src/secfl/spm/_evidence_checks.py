@@ -17,7 +17,7 @@ from secfl.tee._evidence import Evidence
 from secfl.tee._intel_collateral import evaluation_number
 from secfl.tee._verify import verify
 
-__all__ = ["check_evidence", "check_measurements", "claims_identity"]
+__all__ = ["check_evidence", "check_measurements", "check_named", "claims_identity"]
 
 
 def check_evidence(
@@ -42,6 +42,7 @@ def check_evidence(
         if isinstance(exc, Refused):
             raise
         raise Refused(f"evidence: {exc}") from None
+    check_named(policy, claims)
     floor = platforms.min_tcb_evaluation_data_number
     if floor is not None and claims.kind in ("sgx", "tdx") and claims.tcb_status == "unknown":
         raise Refused(  # the policy refuses this with allow_unknown_tcb; debug quotes too
@@ -61,6 +62,16 @@ def check_evidence(
                 f"{platforms.min_tcb_status}"
             )
     return claims
+
+
+def check_named(policy: Policy, claims: Claims) -> None:
+    """Under ``require_platform_id``, refuse evidence that names no machine."""
+    if policy.platforms.require_platform_id and not platform_ids(claims.platform):
+        raise Refused(
+            f"platform: this {claims.kind} evidence names no machine (a masked or VLEK-signed "
+            "chip ID), and the policy requires one (require_platform_id) so that the board "
+            "can revoke it"
+        )
 
 
 def _appraised(
