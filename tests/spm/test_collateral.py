@@ -744,3 +744,106 @@ def test_only_intels_tcb_signer_signs_tcb_infos(
     with source(pccs, tmp_path) as coll, pytest.raises(Refused) as info:
         check_evidence(lenient, quote, utc(SGX[4]), coll)
     assert "is not Intel's TCB signing certificate and the root" in str(info.value)
+
+
+# --- the floors outlive the process ----------------------------------------------------------
+
+_APPRAISE = """
+import sys, time
+from datetime import datetime
+from pathlib import Path
+from secfl.errors import Refused
+from secfl.policy._document import load_policy
+from secfl.spm._evidence_checks import check_evidence
+from secfl.spm._server import open_spm
+
+data, sim, url, policy, quote, at = sys.argv[1:]
+spm = open_spm(data, platform="simulated", sim_dir=sim, pccs_url=url)
+try:
+    check_evidence(load_policy(Path(policy).read_text()), Path(quote).read_bytes(),
+                   datetime.fromisoformat(at), spm.attestor.collateral)
+except Refused as exc:
+    print(exc, flush=True)
+print("appraised", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_floors_hold_after_the_spm_is_killed(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """The floors lived in memory: an SPM killed and started again took the PCK CRL of
+    2025 after it had verified that CA's CRL of 2026, lifting every revocation made in
+    between (and a TCB info from before a TCB recovery, for its 30 days). Each raise is
+    now an audit entry, replayed at start."""
+    from secfl.spm._server import open_spm
+
+    newer = serve(pccs, vectors, TDX_OUTDATED)
+    qe = pccs.routes["/tdx/certification/v4/qe/identity"]
+    data, sim = tmp_path / "data", tmp_path / "sim"
+    make_sim(sim)
+    (tmp_path / "policy.yaml").write_text(intel_policy(board, TDX_OUTDATED))
+    (tmp_path / "quote.bin").write_bytes(newer)
+    at = utc(TDX_OUTDATED[4]).isoformat()
+    args = [data, sim, pccs.url, tmp_path / "policy.yaml", tmp_path / "quote.bin", at]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _APPRAISE, *map(str, args)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        assert lines[0].startswith("evidence: tcb: ") and lines[1] == "appraised\n", lines
+    finally:
+        proc.kill()  # SIGKILL: nothing of it runs on
+        proc.wait()
+    spm = open_spm(data, platform="simulated", sim_dir=sim, pccs_url=pccs.url)
+    try:
+        coll = spm.attestor.collateral
+        assert coll is not None
+
+        def logged() -> list[tuple[str, str]]:
+            entries = spm.store.audit_since(0)
+            return [(e.detail["tee"], e.detail["fmspc"]) for e in entries
+                    if e.event == "collateral.verified"]  # fmt: skip
+
+        older = serve(pccs, vectors, TDX)
+        pccs.routes["/tdx/certification/v4/qe/identity"] = qe  # only the CRL is older
+        with pytest.raises(FetchError, match="served a PCK platform CRL issued earlier than"):
+            coll.get(older)
+        assert logged() == [("tdx", "90C06F000000")]
+        # The same copy, verified again by the new process, writes nothing more.
+        serve(pccs, vectors, TDX_OUTDATED)
+        with pytest.raises(Refused, match="^evidence: tcb: "):
+            check_evidence(policy(board, TDX_OUTDATED), newer, utc(TDX_OUTDATED[4]), coll)
+        assert logged() == [("tdx", "90C06F000000")]
+    finally:
+        spm.close()
+
+
+def test_a_rolled_back_answer_is_asked_again_after_retry_after(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """A fetch whose copy was older than a floor counted as a good fetch: the SPM did
+    not ask again for max_age (an hour), and refused that platform's quotes meanwhile,
+    even after the PCCS (a lagging replica, say) had caught up."""
+    newer = serve(pccs, vectors, TDX_OUTDATED)
+    qe = pccs.routes["/tdx/certification/v4/qe/identity"]
+    clock = Clock()
+    with CollateralSource(pccs.url, tmp_path / "c", retry_after=60, clock=clock) as coll:
+        with pytest.raises(Refused, match="^evidence: tcb: "):
+            check_evidence(policy(board, TDX_OUTDATED), newer, utc(TDX_OUTDATED[4]), coll)
+        newer_crl = pccs.routes["/sgx/certification/v4/pckcrl?ca=platform&encoding=der"]
+        older = serve(pccs, vectors, TDX)
+        pccs.routes["/tdx/certification/v4/qe/identity"] = qe
+        with pytest.raises(FetchError, match="served a PCK platform CRL issued earlier"):
+            coll.get(older)
+        asked = len(pccs.requests)
+        with pytest.raises(FetchError, match="served a PCK platform CRL issued earlier"):
+            coll.get(older)
+        assert len(pccs.requests) == asked  # not at once: retry_after
+        pccs.routes["/sgx/certification/v4/pckcrl?ca=platform&encoding=der"] = newer_crl
+        clock.now += 60
+        assert coll.get(older).pck_crl == coll.get(newer).pck_crl
+        assert len(pccs.requests) > asked

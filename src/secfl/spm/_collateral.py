@@ -15,10 +15,11 @@ older copy still within its dates, but not forge one. What they can do is bounde
   so a revocation that reached the PCCS reaches the SPM within that time. The copy
   that last verified is kept in memory and serves until then, and while the PCCS
   fails; the cache on disk is read only when memory has none.
-- No rollback while the SPM runs. Once a copy has verified, none older is taken: not
-  a TCB info or QE identity of a lower ``tcbEvaluationDataNumber`` (Intel raises it at
-  each TCB recovery), nor a PCK or root CRL issued before the one verified (a lifted
-  revocation).
+- No rollback. Once a copy has verified, none older is taken: not a TCB info or QE
+  identity of a lower ``tcbEvaluationDataNumber`` (Intel raises it at each TCB
+  recovery), nor a PCK or root CRL issued before the one verified (a lifted
+  revocation). The SPM keeps these floors in its audit log, so they hold across
+  restarts (:mod:`secfl.spm._collateral_floors`).
 - Time. A fetch runs on a thread of its own; an attestation waits for it at most
   ``timeout`` seconds, without holding anything other attestations need, and
   concurrent attestations of a platform share one fetch, which itself ends at the
@@ -39,6 +40,7 @@ from cryptography import x509
 
 from secfl._internal.httpcache import CachedHttp
 from secfl.errors import FetchError, SpmError
+from secfl.spm._collateral_floors import CollateralFloors, Key, MemoryFloors, record_of
 from secfl.tee._intel import IntelCollateral, load_pck_chain, parse_quote, pck_ca, pck_fmspc
 from secfl.tee._intel_collateral import evaluation_number
 from secfl.tee._pccs import PccsClient
@@ -69,7 +71,11 @@ class CollateralSource:
         retry_after: float = 60.0,
         timeout: float = FETCH_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        floors: CollateralFloors | None = None,
     ) -> None:
+        """``floors``: where what was verified is kept, never to be gone back on (TCB
+        evaluation numbers per platform, the QE identity's per TEE, CRL issue times per
+        issuing CA); the SPM's are in its audit log, the default in memory."""
         self.url = pccs_url(url)
         self.max_age = max_age
         self.retry_after = retry_after
@@ -86,9 +92,7 @@ class CollateralSource:
         self._errors: dict[Platform, FetchError] = {}  # why the last fetch failed
         #: The collateral that last verified, per platform (memory: the cache is the host's).
         self._verified: dict[Platform, IntelCollateral] = {}
-        #: What was verified, never to be gone back on: TCB evaluation numbers (per
-        #: platform; the QE identity's per TEE) and CRL issue times (per issuing CA).
-        self._floors: dict[tuple[str, ...], float] = {}
+        self.floors: CollateralFloors = MemoryFloors() if floors is None else floors
         self._lock = threading.RLock()  # a done callback may run in the submitting thread
 
     def close(self) -> None:
@@ -126,8 +130,10 @@ class CollateralSource:
                 with self._lock:
                     try:
                         return self._not_older(platform, fresh)
-                    except FetchError as exc:
-                        error = exc
+                    except FetchError as exc:  # a rollback: asked again after retry_after
+                        error = self._errors[platform] = exc
+                        self._fetched.pop(platform, None)
+                        self._failed[platform] = self._clock()
         with self._lock:
             return self._kept(platform, quote, error or self._errors.get(platform))
 
@@ -135,17 +141,14 @@ class CollateralSource:
         """``collateral`` held for ``quote`` (its signatures verified): keep it, and
         refuse from now on anything older (a rollback by the PCCS or the cache)."""
         platform = _platform(quote)
-        marks = _marks(platform, collateral)
         with self._lock:
-            if len(self._verified) >= MAX_PLATFORMS and platform not in self._verified:
-                return  # bounded; every platform here came with a genuine quote
             try:
                 self._not_older(platform, collateral)
             except FetchError:
                 return  # a later copy verified meanwhile: it stays
-            self._verified[platform] = collateral
-            for key, value, _ in marks:
-                self._floors[key] = max(value, self._floors.get(key, 0.0))
+            if len(self._verified) < MAX_PLATFORMS or platform in self._verified:
+                self._verified[platform] = collateral  # bounded; each came with a genuine quote
+        self.floors.raise_to(_record(platform, collateral))  # outside the lock: it may commit
 
     def rejected(self, quote: bytes) -> None:
         """The copy ``get`` gave for ``quote`` did not verify (forged, torn, expired):
@@ -184,9 +187,9 @@ class CollateralSource:
             raise FetchError(f"{error}; and {cache}") from None
 
     def _not_older(self, platform: Platform, collateral: IntelCollateral) -> IntelCollateral:
-        for key, value, what in _marks(platform, collateral):
-            floor = self._floors.get(key, 0.0)
-            if value < floor:
+        for key, value in _marks(platform, collateral):
+            if value < self.floors.get(key):
+                what = _WHAT[key[0]](key)
                 raise FetchError(
                     f"fetch: {self.url} served a {what} than the one this SPM verified"
                 )
@@ -225,31 +228,42 @@ def _platform(quote: bytes) -> Platform:
     return (parsed.kind, pck_fmspc(chain[0]), pck_ca(chain))
 
 
-def _marks(platform: Platform, c: IntelCollateral) -> list[tuple[tuple[str, ...], float, str]]:
-    """What must never go back: (key, value, what it is) for each piece of ``c``."""
+def _record(platform: Platform, c: IntelCollateral) -> dict[str, object]:
+    """What must never go back, of ``c`` (:func:`~secfl.spm._collateral_floors.record_of`)."""
     tee, fmspc, ca = platform
-    return [
-        (
-            ("tcb", tee, fmspc),
-            float(evaluation_number(c.tcb_info)),
-            f"TCB info of FMSPC {fmspc} of an older TCB evaluation",
-        ),
-        (
-            ("qe", tee),
-            float(evaluation_number(c.qe_identity)),
-            f"{tee} QE identity of an older TCB evaluation",
-        ),
-        (("crl", ca), _issued(c.pck_crl), f"PCK {ca} CRL issued earlier"),
-        (("crl", "root"), _issued(c.root_ca_crl), "root CA CRL issued earlier"),
-    ]
+    return record_of(
+        tee, fmspc, ca, evaluation_number(c.tcb_info), evaluation_number(c.qe_identity),
+        _issued(c.pck_crl), _issued(c.root_ca_crl),
+    )  # fmt: skip
 
 
-def _issued(hex_der: str) -> float:
-    """A CRL's thisUpdate as a timestamp (0 when unreadable: it does not verify anyway)."""
+def _marks(platform: Platform, c: IntelCollateral) -> list[tuple[Key, int]]:
+    """``c``'s value of each floor (unchecked: a copy not yet verified may say anything)."""
+    tee, fmspc, ca = platform
+    keys: list[Key] = [("tcb", tee, fmspc), ("qe", tee), ("crl", ca), ("crl", "root")]
+    values = [
+        evaluation_number(c.tcb_info), evaluation_number(c.qe_identity),
+        _issued(c.pck_crl), _issued(c.root_ca_crl),
+    ]  # fmt: skip
+    return list(zip(keys, values, strict=True))
+
+
+#: What each kind of floor is, for a refusal.
+_WHAT: dict[str, Callable[[Key], str]] = {
+    "tcb": lambda k: f"TCB info of FMSPC {k[2]} of an older TCB evaluation",
+    "qe": lambda k: f"{k[1]} QE identity of an older TCB evaluation",
+    "crl": lambda k: (
+        "root CA CRL issued earlier" if k[1] == "root" else f"PCK {k[1]} CRL issued earlier"
+    ),
+}
+
+
+def _issued(hex_der: str) -> int:
+    """A CRL's thisUpdate in seconds (0 when unreadable: it does not verify anyway)."""
     try:
-        return x509.load_der_x509_crl(bytes.fromhex(hex_der)).last_update_utc.timestamp()
+        return int(x509.load_der_x509_crl(bytes.fromhex(hex_der)).last_update_utc.timestamp())
     except ValueError:
-        return 0.0
+        return 0
 
 
 def pccs_url(url: str) -> str:

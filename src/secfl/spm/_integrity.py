@@ -13,8 +13,9 @@ the host's root can rewrite. So the SPM treats it as untrusted storage:
 - **Floors.** A MAC cannot tell an old row from a current one: a counter restored to
   an older value with its older MAC verifies. Every change the SPM makes is also
   chained into the audit log (policy versions, counter values, volume releases,
-  revocations and readmissions), and the SPM keeps, inside its TEE, the highest
-  value it has seen of each: a row behind its floor is a rollback and is refused.
+  revocations and readmissions, and the Intel collateral it verified), and the SPM
+  keeps, inside its TEE, the highest value it has seen of each: a row behind its
+  floor is a rollback and is refused.
   At start the floors are rebuilt by replaying the whole verified audit log.
 - **The anchor.** The audit log itself could be rolled back as a whole (entries
   deleted, an older head and its MAC restored). The SPM keeps the last head it
@@ -46,6 +47,8 @@ from typing import Any
 
 from secfl._internal.canonical import canonical_json
 from secfl.errors import IntegrityError, SpmError
+from secfl.spm._collateral_floors import EVENT as COLLATERAL_EVENT
+from secfl.spm._collateral_floors import floors_of
 
 _ROW_LABEL = b"secfl/spm-row/v1\n"
 _ANCHOR_LABEL = b"secfl/spm-anchor/v1\n"
@@ -108,6 +111,9 @@ class Floors:
     statements: set[str] = field(default_factory=set)
     #: policy -> SHA-256 of its current wrapped data key (replaced when the board changes).
     data_keys: dict[str, str] = field(default_factory=dict)
+    #: Intel collateral verified (secfl.spm._collateral_floors): what none taken later
+    #: may be older than (TCB evaluation numbers, CRL issue times).
+    collateral: dict[tuple[str, ...], int] = field(default_factory=dict)
     #: (policy, counter) -> (value, request, by) of its newest named compare-and-increment
     #: (``by``: the service and its session's certificate serial): that request, sent
     #: again by the same session because its answer was lost, is answered with the value
@@ -285,6 +291,9 @@ class Floors:
                 self.statements.add(change[1])
             elif what == "datakey":
                 self.data_keys[change[1]] = change[2]
+            elif what == "collateral":
+                _, key, value = change
+                self.collateral[key] = max(value, self.collateral.get(key, 0))
             elif what == "request":
                 _, policy, name, value, request, by = change
                 key = (policy, name)
@@ -304,6 +313,8 @@ def _is_int(value: Any) -> bool:
 def replayed(event: str, policy: str | None, detail: dict[str, Any]) -> list[tuple[Any, ...]]:
     """The floor changes replaying one audit entry makes (:meth:`Floors.replay`); only
     ever applied once the entry is verified as part of the chain."""
+    if event == COLLATERAL_EVENT and policy is None:
+        return [("collateral", key, value) for key, value in floors_of(detail)]
     changes = []
     change = change_of(event, policy, detail)
     if change is not None:

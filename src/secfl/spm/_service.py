@@ -33,6 +33,7 @@ from secfl.policy._signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature
 from secfl.spm._attestation import Attestor, AttestResult
 from secfl.spm._audit import AuditEntry
 from secfl.spm._collateral import CollateralSource
+from secfl.spm._collateral_floors import AuditedFloors
 from secfl.spm._events import check_event
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._identity import SpmIdentity
@@ -97,6 +98,9 @@ class Spm:
         self.sessions = SessionGate(store, self.policies)
         #: What anyone can make the SPM refuse, written to the log within a budget.
         self.refusals = RefusalBudget()
+        if collateral is not None and store.integrity is not None:
+            # What verified collateral raised must hold across restarts: the audit log.
+            collateral.floors = AuditedFloors(store.integrity.floors, self.group)
         self.attestor = Attestor(
             policies=self.policies,
             nonces=self.nonces,

@@ -1,0 +1,124 @@
+"""What verified Intel collateral must never go back on, kept across restarts.
+
+Once a copy of a platform's collateral has verified, the SPM takes none older
+(:class:`~secfl.spm._collateral.CollateralSource`): not a TCB info or QE identity of
+a lower ``tcbEvaluationDataNumber``, not a CRL issued earlier. Kept only in memory,
+those floors would be gone at every restart, and the host (which serves the PCCS and
+the cache) could then roll the SPM back to collateral from before a TCB recovery or a
+revocation, for as long as its dates allowed (a TCB info's: 30 days).
+
+So each raise is written to the SPM's audit log (``collateral.verified``), which is
+hash-chained, MAC'd and anchored outside the database (:mod:`secfl.spm._integrity`):
+at start the floors are rebuilt by replaying it, like the counters' and the policy
+versions', and a log rolled back to before a raise is refused as a whole.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from secfl.spm._groupcommit import GroupCommit
+    from secfl.spm._integrity import Floors
+
+__all__ = ["EVENT", "AuditedFloors", "CollateralFloors", "MemoryFloors", "floors_of"]
+
+#: The audit event that records a raise (written by the SPM itself: an aggregator's
+#: events are all ``fl.*``).
+EVENT = "collateral.verified"
+
+#: A floor's key: ("tcb", TEE, FMSPC), ("qe", TEE), ("crl", CA) or ("crl", "root").
+Key = tuple[str, ...]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Above any TCB evaluation number or CRL time (seconds) there will be.
+_MAX = 2**53
+
+
+class CollateralFloors(Protocol):
+    """Where a :class:`~secfl.spm._collateral.CollateralSource` keeps its floors."""
+
+    def get(self, key: Key) -> int:
+        """The floor of ``key`` (0 when nothing was verified yet)."""
+        ...
+
+    def raise_to(self, record: dict[str, Any]) -> None:
+        """Raise the floors to those of ``record`` (:func:`record_of`) where higher."""
+        ...
+
+
+def record_of(
+    tee: str, fmspc: str, ca: str, tcb: int, qe: int, pck_crl: int, root_crl: int
+) -> dict[str, Any]:
+    """The audit detail of a platform's verified collateral: its floors, named."""
+    return {
+        "tee": tee,
+        "fmspc": fmspc,
+        "ca": ca,
+        "tcb_evaluation": tcb,
+        "qe_evaluation": qe,
+        "pck_crl_issued": pck_crl,
+        "root_crl_issued": root_crl,
+    }
+
+
+def floors_of(detail: dict[str, Any]) -> list[tuple[Key, int]]:
+    """The floors a :func:`record_of` detail sets; none from a malformed one (the log
+    is the SPM's own, verified before this reads it: this only keeps it from crashing)."""
+    names = [detail.get(k) for k in ("tee", "fmspc", "ca")]
+    values = [
+        detail.get(k) for k in ("tcb_evaluation", "qe_evaluation", "pck_crl_issued",
+                                "root_crl_issued")
+    ]  # fmt: skip
+    tee, fmspc, ca = (n if isinstance(n, str) and _NAME.match(n) else "" for n in names)
+    numbers = [v if type(v) is int and 0 <= v < _MAX else -1 for v in values]
+    if not (tee and fmspc and ca) or min(numbers) < 0:
+        return []
+    keys: list[Key] = [("tcb", tee, fmspc), ("qe", tee), ("crl", ca), ("crl", "root")]
+    return list(zip(keys, numbers, strict=True))
+
+
+class MemoryFloors:
+    """Floors in memory only (a client checking an SPM; tests)."""
+
+    def __init__(self) -> None:
+        self._values: dict[Key, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Key) -> int:
+        return self._values.get(key, 0)
+
+    def raise_to(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            for key, value in floors_of(record):
+                self._values[key] = max(value, self._values.get(key, 0))
+
+
+class AuditedFloors:
+    """The SPM's floors: those of its :class:`~secfl.spm._integrity.Floors` (rebuilt
+    from the audit log at start, raised by what other SPMs sharing the database log),
+    raised by a ``collateral.verified`` entry committed before the quote that raised
+    them is answered."""
+
+    def __init__(self, floors: Floors, group: GroupCommit) -> None:
+        self._floors = floors
+        self._group = group
+
+    def get(self, key: Key) -> int:
+        return self._floors.collateral.get(key, 0)
+
+    def raise_to(self, record: dict[str, Any]) -> None:
+        changes = [
+            ("collateral", key, value) for key, value in floors_of(record) if value > self.get(key)
+        ]
+        if not changes:
+            return  # the usual case: the copy verified is the one verified before
+
+        def log(tx: Any) -> None:
+            tx.audit.append(EVENT, None, record)
+            for change in changes:
+                tx.note(change)
+
+        self._group.run(log)
