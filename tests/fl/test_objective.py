@@ -99,6 +99,10 @@ def test_evaluate_without_the_objective_metric_is_one_line() -> None:
 def test_training_means_are_weighted_and_need_every_update() -> None:
     updates = [Update("a", {}, 30, {"loss": 1.0, "mae": 2.0}), Update("b", {}, 10, {"loss": 3.0})]
     assert train_means(updates, ["loss", "mae", "loss"]) == {"train_loss": 1.5}
+    # under a robust rule: the median, whatever the weights (each one vote)
+    liar = Update("c", {}, 1, {"loss": -1e300})
+    assert train_means([*updates, liar], ["loss"], robust=True) == {"train_loss": 1.0}
+    assert train_means([*updates, liar], ["loss"])["train_loss"] < -1e290
 
 
 def test_the_objective_setting_is_checked() -> None:

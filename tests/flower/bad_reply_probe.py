@@ -5,6 +5,7 @@ error that ended the round)."""
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -66,7 +67,98 @@ def main() -> dict[str, Any]:
         except Exception as exc:  # the round ended: what the old code did
             out[case] = {"error": f"{type(exc).__name__}: {exc}"}
     out["krum-short"] = krum_short()
+    out.update({case: content_case(case) for case in CONTENT_CASES})
+    out.update({case: evaluate_case(metrics) for case, metrics in EVALUATE_CASES.items()})
     return out
+
+
+def _npy(shape: tuple[int, ...], data: bytes = b"") -> Array:
+    """An Array whose .npy header claims ``shape`` (float64) with ``data`` behind it."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": "<f8", "fortran_order": False, "shape": shape}
+    )
+    return Array(dtype="float64", shape=(4,), stype="numpy.ndarray", data=buf.getvalue() + data)
+
+
+#: A second hostile review: each of these, from one node, ended the ServerApp (Flower's
+#: check of all replies together raised InconsistentMessageReplies, or np.load failed).
+CONTENT_CASES = ["extra-metric", "missing-loss", "examples-list", "two-arrayrecords",
+                 "extra-tensor", "missing-tensor", "npy-empty", "npy-lying-shape",
+                 "npy-short-data"]  # fmt: skip
+
+
+def content_case(case: str) -> dict[str, Any]:
+    strategy = SecflStrategy("median", {}, fraction_train=1.0, min_train_nodes=4,
+                             min_available_nodes=4)  # fmt: skip
+    messages = strategy.configure_train(1, _record({"w": np.zeros(4), "b": np.zeros(2)}),
+                                        ConfigRecord({}), Grid([101, 102, 103, 104]))  # type: ignore[arg-type]  # fmt: skip
+    replies = []
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+        b0 = np.zeros(2)
+        arrays = _record({"w": np.full(4, node / 100.0), "b": b0})
+        metrics: dict[str, Any] = {"num-examples": 10, "loss": 0.5}
+        extra: dict[str, Any] = {}
+        if node == 104:
+            if case == "extra-metric":
+                metrics["accuracy"] = 0.9
+            elif case == "missing-loss":
+                del metrics["loss"]
+            elif case == "examples-list":
+                metrics["num-examples"] = [10, 10]
+            elif case == "two-arrayrecords":
+                extra["arrays2"] = _record({"w": np.zeros(4)})
+            elif case == "extra-tensor":
+                arrays = _record({"w": np.zeros(4), "b": np.zeros(2), "v": np.zeros(1)})
+            elif case == "missing-tensor":
+                arrays = _record({"w": np.zeros(4)})
+            elif case.startswith("npy-"):
+                w = {
+                    "npy-empty": Array(dtype="float64", shape=(4,), stype="numpy.ndarray",
+                                       data=b""),
+                    "npy-lying-shape": _npy((1 << 40,)),  # 8 TiB claimed, 100 bytes sent
+                    "npy-short-data": _npy((4,), bytes(24)),
+                }[case]  # fmt: skip
+                arrays = ArrayRecord(array_dict={"w": w, "b": Array.from_numpy_ndarray(b0)})
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics), **extra})
+        replies.append(Message(content=content, reply_to=msg))
+    try:
+        arrays_out, train_metrics = strategy.aggregate_train(1, replies)
+    except BaseException as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    return {
+        "kept": strategy.kept,
+        "w": None if arrays_out is None else arrays_out["w"].numpy().tolist(),
+        "metrics": dict(train_metrics or {}),
+    }
+
+
+#: The bad node's evaluate metrics: each ended the run, or alone set the reported loss.
+EVALUATE_CASES: dict[str, dict[str, Any]] = {
+    "eval-loss-nan": {"num-examples": 10, "loss": float("nan")},
+    "eval-loss-list": {"num-examples": 10, "loss": [1.0, 2.0]},
+    "eval-examples-cancel": {"num-examples": -30, "loss": 0.5},
+    "eval-loss-huge": {"num-examples": 10, "loss": 1e308},
+    "eval-examples-huge": {"num-examples": 10**9, "loss": -1e6},
+}
+
+
+def evaluate_case(bad: dict[str, Any]) -> dict[str, Any]:
+    strategy = SecflStrategy("median", {}, fraction_evaluate=1.0, min_evaluate_nodes=4,
+                             min_available_nodes=4)  # fmt: skip
+    messages = strategy.configure_evaluate(1, _record({"w": np.zeros(4)}), ConfigRecord({}),
+                                           Grid([101, 102, 103, 104]))  # type: ignore[arg-type]  # fmt: skip
+    replies = []
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+        metrics = bad if node == 104 else {"num-examples": 10, "loss": 0.5 + (node - 100) / 1000}
+        replies.append(Message(content=RecordDict({"metrics": MetricRecord(metrics)}),
+                               reply_to=msg))  # fmt: skip
+    try:
+        return {"metrics": dict(strategy.aggregate_evaluate(1, replies) or {})}
+    except BaseException as exc:
+        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
 
 
 def krum_short() -> dict[str, Any]:

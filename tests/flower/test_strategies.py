@@ -157,6 +157,17 @@ def test_one_bad_reply_is_left_out_not_the_round(flower_python: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out.pop("krum-short") == {"kept": [], "w": None}  # the model kept, the run alive
+    # A second review: one node's reply of another shape ended the ServerApp (Flower's
+    # check of all replies together), and one node set the reported evaluation loss.
+    for case in [k for k in out if k.startswith("eval-")]:
+        got = out.pop(case)
+        assert "error" not in got, (case, got)
+        loss = got["metrics"]["loss"]  # a median, one vote each: within the honest ones'
+        assert 0.501 <= loss <= 0.503, (case, got)
+    for case in ("extra-metric", "missing-loss"):  # metrics, not the model: kept
+        got = out.pop(case)
+        assert got["kept"] == ["101", "102", "103", "104"], (case, got)
+        assert got["metrics"] == {"loss": 0.5}, (case, got)  # what most nodes report
     for case, got in out.items():
         assert got.get("kept") == ["101", "102", "103"], (case, got)
         assert got["w"] == [1.02] * 4, (case, got)  # the honest median

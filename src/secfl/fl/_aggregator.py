@@ -47,7 +47,7 @@ from secfl.fl._tensors import (
     to_bytes,
 )
 from secfl.fl._transport import Server
-from secfl.fl.strategies._base import Params, Update
+from secfl.fl.strategies._base import Params, Strategy, Update
 from secfl.tasks._base import Dataset, Task
 
 __all__ = ["REFRESH_SECONDS", "Aggregator", "Signer", "round_seconds"]
@@ -190,7 +190,7 @@ class Aggregator:
             model_bytes = next_model(acc, model_bytes)
             del acc
             params = model_views(model_bytes)
-            entry = self._entry(round, updates, summary)
+            entry = self._entry(round, updates, summary, strategy)
             self._audit(round, strategy, entry)
             self._commit_round(round, model_bytes, params, strategy.state(), entry, phases)
         return params
@@ -338,8 +338,12 @@ class Aggregator:
             f"{cfg.max_attempts} attempts"
         )
 
-    def _entry(self, round: int, updates: list[Update], attempt: Summary) -> dict[str, Any]:
-        """The round's metrics entry, without the scores of its model (:meth:`_score`)."""
+    def _entry(
+        self, round: int, updates: list[Update], attempt: Summary, strategy: Strategy
+    ) -> dict[str, Any]:
+        """The round's metrics entry, without the scores of its model (:meth:`_score`):
+        its training metrics from the updates the rule kept (an update Krum or the audit
+        left out does not set the round's objective either)."""
         entry: dict[str, Any] = {
             "round": round,
             "run": self.config.run,
@@ -350,7 +354,10 @@ class Aggregator:
             "dropped": attempt.dropped,
             "refused": attempt.refused,
         }
-        entry.update(train_means(updates, ["loss", self.config.objective.metric]))
+        kept = set(strategy.kept([u.sender for u in updates]))
+        entry.update(train_means([u for u in updates if u.sender in kept],
+                                 ["loss", self.config.objective.metric],
+                                 robust=strategy.robust))  # fmt: skip
         return entry
 
     def _score(self, round: int, params: Params, entry: dict[str, Any]) -> None:

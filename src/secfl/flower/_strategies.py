@@ -37,11 +37,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from secfl._internal.values import one_line, quoted
+from secfl._internal.values import one_line
 from secfl.errors import FlError
 from secfl.fl.strategies import CloneAudit, Params, Strategy, Update, get_strategy
 from secfl.fl.strategies._base import check_update
 from secfl.flower._audit import SpmAudit
+from secfl.flower._replies import check_metrics, median_metrics, reply_params, sample_count
 
 __all__ = ["SecflStrategy", "from_record", "to_record"]
 
@@ -84,8 +85,12 @@ class SecflStrategy(FedAvg):
         root_update: Callable[[int, Params, int], Params] | None = None,
         **kwargs: Any,
     ) -> None:
+        rule_ = get_strategy(rule, **dict(settings or {}))
+        if rule_.robust:  # one node's metrics must not set the round's, as its update
+            kwargs.setdefault("train_metrics_aggr_fn", median_metrics)
+            kwargs.setdefault("evaluate_metrics_aggr_fn", median_metrics)
         super().__init__(**kwargs)
-        self.rule: Strategy = get_strategy(rule, **dict(settings or {}))
+        self.rule: Strategy = rule_
         for target in (self.rule, getattr(self.rule, "base", None)):
             if target is None:
                 continue
@@ -112,8 +117,10 @@ class SecflStrategy(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The round's valid replies aggregated by the secfl rule."""
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        """The round's valid replies aggregated by the secfl rule. Each reply is checked
+        on its own (:mod:`secfl.flower._replies`), never all of them together: one bad
+        reply is left out, not the round."""
+        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
         if not valid:
             return None, None
         if self._global is None:
@@ -126,15 +133,13 @@ class SecflStrategy(FedAvg):
             try:  # one bad reply is left out, as secfl's aggregator refuses one update
                 update = Update(
                     sender=sender,
-                    params=from_record(msg.content[self.arrayrecord_key]),
-                    num_samples=_samples(msg, self.weighted_by_key),
+                    params=reply_params(msg, self.arrayrecord_key, self._global),
+                    num_samples=sample_count(msg, self.weighted_by_key),
                 )
                 check_update(update, self._global)
-                _check_metrics(msg)
-            except (FlError, TypeError, ValueError, KeyError) as exc:
-                reason = exc if isinstance(exc, FlError) else f"unreadable ({type(exc).__name__})"
-                log.warning("secfl: round %d: the reply of node %s is left out: %s",
-                            server_round, sender, one_line(str(reason)))  # fmt: skip
+                check_metrics(msg)
+            except Exception as exc:
+                _left_out(server_round, sender, exc)
                 continue
             updates.append(update)
             by_sender[sender] = msg
@@ -147,7 +152,7 @@ class SecflStrategy(FedAvg):
             self.kept = []
             return None, None
         new = self.rule.aggregate(server_round, self._global, updates)
-        kept = self._kept(updates)
+        kept = self.rule.kept([u.sender for u in updates])
         self.kept = kept
         self._report(server_round, updates, kept)
         metrics = self.train_metrics_aggr_fn(
@@ -155,14 +160,22 @@ class SecflStrategy(FedAvg):
         )
         return to_record(new, self._like), metrics
 
-    def _kept(self, updates: list[Update]) -> list[str]:
-        senders = [u.sender for u in updates]
-        selected = self.rule.selected()
-        if selected is not None:
-            return list(selected)
-        if isinstance(self.rule, CloneAudit):
-            return [s for s in senders if s not in set(self.rule.excluded)]
-        return senders
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """The evaluation replies' metrics, each reply checked on its own (FedAvg's
+        check of them all together ended the ServerApp over one bad reply)."""
+        valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
+        kept = []
+        for msg in valid:
+            try:
+                sample_count(msg, self.weighted_by_key)
+                check_metrics(msg)
+            except Exception as exc:
+                _left_out(server_round, str(msg.metadata.src_node_id), exc)
+                continue
+            kept.append(msg.content)
+        return self.evaluate_metrics_aggr_fn(kept, self.weighted_by_key) if kept else None
 
     def _report(self, server_round: int, updates: list[Update], kept: list[str]) -> None:
         if not isinstance(self.rule, CloneAudit) or not self.rule.excluded:
@@ -178,36 +191,7 @@ class SecflStrategy(FedAvg):
         audit.close()
 
 
-#: The most samples one reply may report (secfl's own default ``max_samples``).
-MAX_SAMPLES = 10**9
-
-
-def _samples(msg: Message, key: str) -> int:
-    metrics = msg.content.metric_records
-    values = [r[key] for r in metrics.values() if key in r]
-    if len(values) != 1:
-        raise FlError(f"aggregate: the reply of node {msg.metadata.src_node_id} has no '{key}'")
-    value = values[0]
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value != int(value)
-        or not 1 <= value <= MAX_SAMPLES
-    ):
-        raise FlError(
-            f"aggregate: node {msg.metadata.src_node_id}'s '{key}' is not an integer from 1 "
-            f"to {MAX_SAMPLES}"
-        )
-    return int(value)
-
-
-def _check_metrics(msg: Message) -> None:
-    """Metrics Flower's averaging can read: finite numbers (a list, or NaN, failed the
-    round's metric aggregation, and the ServerApp with it)."""
-    for record in msg.content.metric_records.values():
-        for name, value in record.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise FlError(f"aggregate: metric {quoted(name)} is not a number")
-            if not math.isfinite(value):
-                raise FlError(f"aggregate: metric {quoted(name)} is not finite")
+def _left_out(server_round: int, node: str, exc: BaseException) -> None:
+    reason = exc if isinstance(exc, FlError) else f"unreadable ({type(exc).__name__})"
+    log.warning("secfl: round %d: the reply of node %s is left out: %s",
+                server_round, node, one_line(str(reason)))  # fmt: skip

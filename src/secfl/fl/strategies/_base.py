@@ -198,6 +198,10 @@ class Strategy(ABC):
     #: rather than keeping them all, with a result that does not depend on their
     #: order (so even ``canonical`` aggregation needs no buffered round).
     streaming: ClassVar[bool] = False
+    #: Whether one update can move the result only so far: every rule but the
+    #: averages (FedAvg, FedProx, FedAdam). The round's reported training metrics
+    #: follow suit: the median of the kept updates' values, not their weighted mean.
+    robust: ClassVar[bool] = True
 
     def __init__(self, *, client_config: Mapping[str, Any] | None = None) -> None:
         config = dict(client_config or {})
@@ -232,6 +236,15 @@ class Strategy(ABC):
         """The senders the last :meth:`aggregate` kept, for rules that select updates
         (Krum, Multi-Krum, Bulyan); ``None`` for rules that use every update."""
         return None
+
+    def kept(self, senders: Sequence[str]) -> list[str]:
+        """Of ``senders`` (the last :meth:`aggregate`'s), those whose updates it used (in
+        the order the rule chose them, if it chooses)."""
+        selected = self.selected()
+        if selected is None:
+            return list(senders)
+        given = set(senders)
+        return [s for s in selected if s in given]
 
     def state(self) -> dict[str, Any]:
         """Server-side state for a checkpoint: numpy arrays and JSON values, flat."""

@@ -378,6 +378,11 @@ class CloneAudit(Strategy):
     def selected(self) -> list[str] | None:
         return None
 
+    def kept(self, senders: Sequence[str]) -> list[str]:
+        """Those the audit did not exclude (whatever its base rule then chose)."""
+        excluded = set(self._excluded)
+        return [s for s in senders if s not in excluded]
+
     @property
     def excluded(self) -> list[str]:
         """Who the last round left out."""

@@ -257,6 +257,7 @@ class FedAvg(Strategy):
     """
 
     name = "fedavg"
+    robust = False
     streaming = True
 
     def __init__(
