@@ -112,6 +112,7 @@ class CollateralSource:
         none; a quote whose PCK chain cannot be read raises
         :class:`~secfl.errors.VerificationError` (callers verify the quote first)."""
         platform = _platform(quote)
+        self.floors.refresh()  # what other SPMs sharing the database verified
         with self._lock:
             future, began = self._inflight.get(platform, (None, 0.0))
             if future is None and self._due(platform):
@@ -212,6 +213,13 @@ class CollateralSource:
                 self._errors[platform] = error
             raise error from None
         with self._lock:
+            try:  # checked here too: the caller may have stopped waiting
+                self._not_older(platform, collateral)
+            except FetchError as exc:  # a rollback: asked again after retry_after
+                self._failed[platform] = self._clock()
+                self._errors[platform] = exc
+                self._fetched.pop(platform, None)
+                raise
             self._fetched[platform] = self._clock()
             self._failed.pop(platform, None)
             self._errors.pop(platform, None)

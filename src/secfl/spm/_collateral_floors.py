@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from secfl.spm._groupcommit import GroupCommit
     from secfl.spm._integrity import Floors
+    from secfl.spm._store import Store
+    from secfl.spm._tx import Tx
 
 __all__ = ["EVENT", "AuditedFloors", "CollateralFloors", "MemoryFloors", "floors_of"]
 
@@ -39,6 +41,10 @@ _MAX = 2**53
 
 class CollateralFloors(Protocol):
     """Where a :class:`~secfl.spm._collateral.CollateralSource` keeps its floors."""
+
+    def refresh(self) -> None:
+        """Learn what was verified elsewhere (other SPMs sharing the database)."""
+        ...
 
     def get(self, key: Key) -> int:
         """The floor of ``key`` (0 when nothing was verified yet)."""
@@ -87,6 +93,9 @@ class MemoryFloors:
         self._values: dict[Key, int] = {}
         self._lock = threading.Lock()
 
+    def refresh(self) -> None:
+        pass
+
     def get(self, key: Key) -> int:
         return self._values.get(key, 0)
 
@@ -97,28 +106,50 @@ class MemoryFloors:
 
 
 class AuditedFloors:
-    """The SPM's floors: those of its :class:`~secfl.spm._integrity.Floors` (rebuilt
-    from the audit log at start, raised by what other SPMs sharing the database log),
-    raised by a ``collateral.verified`` entry committed before the quote that raised
-    them is answered."""
+    """The SPM's floors: its :class:`~secfl.spm._integrity.Floors`' (rebuilt from the
+    audit log at start, raised by what other SPMs sharing the database log), raised by
+    a ``collateral.verified`` entry committed before the quote that raised them is
+    answered.
 
-    def __init__(self, floors: Floors, group: GroupCommit) -> None:
-        self._floors = floors
+    A raise holds in this SPM's memory from the moment the copy verified, whether or
+    not its entry commits: a host that makes that commit fail must not win back the
+    older copy. The entry is written again at the next verification until it commits.
+    """
+
+    def __init__(self, store: Store, group: GroupCommit) -> None:
+        assert store.integrity is not None
+        self._store = store
+        self._floors: Floors = store.integrity.floors
         self._group = group
+        #: Raised here, committed or not (each key a platform of a genuine quote).
+        self._seen: dict[Key, int] = {}
+        #: One raise written at a time: the next one finds it committed, not again.
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        self._store.sync()  # one read of the audit head; the log only when it moved
 
     def get(self, key: Key) -> int:
-        return self._floors.collateral.get(key, 0)
+        return max(self._floors.collateral.get(key, 0), self._seen.get(key, 0))
+
+    def _above(self, marks: list[tuple[Key, int]]) -> list[tuple[Key, int]]:
+        return [(k, v) for k, v in marks if v > self._floors.collateral.get(k, 0)]
 
     def raise_to(self, record: dict[str, Any]) -> None:
-        changes = [
-            ("collateral", key, value) for key, value in floors_of(record) if value > self.get(key)
-        ]
-        if not changes:
-            return  # the usual case: the copy verified is the one verified before
+        marks = floors_of(record)
+        if not self._above(marks):
+            return  # the usual case: the copy verified is one the log already holds
+        with self._lock:
+            for key, value in marks:
+                self._seen[key] = max(value, self._seen.get(key, 0))
+            if not self._above(marks):
+                return  # written meanwhile
 
-        def log(tx: Any) -> None:
-            tx.audit.append(EVENT, None, record)
-            for change in changes:
-                tx.note(change)
+            def log(tx: Tx) -> None:
+                above = self._above(marks)  # the transaction caught up with other SPMs
+                if above:
+                    tx.audit.append(EVENT, None, record)
+                    for key, value in above:
+                        tx.note(("collateral", key, value))
 
-        self._group.run(log)
+            self._group.run(log)

@@ -100,7 +100,7 @@ class Spm:
         self.refusals = RefusalBudget()
         if collateral is not None and store.integrity is not None:
             # What verified collateral raised must hold across restarts: the audit log.
-            collateral.floors = AuditedFloors(store.integrity.floors, self.group)
+            collateral.floors = AuditedFloors(store, self.group)
         self.attestor = Attestor(
             policies=self.policies,
             nonces=self.nonces,
