@@ -4,6 +4,7 @@ killed with real signals."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -98,6 +99,30 @@ def test_kill_9_of_the_launcher_leaves_nothing(world: World, mode: str) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_a_child_forked_by_a_module_workload_does_not_keep_the_folder(world: World) -> None:
+    """Found by a hostile review: with ``--module`` the workload runs in the launcher's
+    own process, and a child it forked (a pool's worker, a daemonised helper) held
+    the watchdog's pipe open: after a ``kill -9`` of the launcher the plaintext stayed
+    in /dev/shm as long as the child lived."""
+    prefix = _mode("no-namespace")  # the folder holds plaintext in /dev/shm
+    proc = world.start("mod", ["fork"], module="mytask", prefix=prefix)
+    child = 0
+    try:
+        lines = wait_ready(proc)
+        child, folder = int(lines["CHILD"]), Path(lines["FILES_DIR"])
+        assert any(folder.rglob("*")), "the launcher's folder holds its files"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert _wait_until(lambda: not folder.exists()), f"left behind: {folder}"
+        assert not _dead(child)  # the child lives on: the watchdog did not wait for it
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
 
 def _children(pid: int) -> set[int]:

@@ -46,6 +46,23 @@ WORKLOAD = textwrap.dedent(
 )
 
 #: Programs run with this interpreter: ``python -c CODE``.
+#: ``python -m mytask fork``: forks a worker that outlives the launcher (its own
+#: session, no parent-death signal), as a daemonised helper or a pool's worker may.
+FORKS = textwrap.dedent(
+    """\
+    import os, sys, time
+    if sys.argv[1:] == ["fork"]:
+        child = os.fork()
+        if child == 0:
+            os.setsid()
+            time.sleep(60)
+            os._exit(0)
+        print("CHILD", child, flush=True)
+        print("FILES_DIR", os.environ["SECFL_FILES"], flush=True)
+        print("READY", flush=True)
+        time.sleep(60)
+    """
+)
 KILLED = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
 SEGFAULT = (
     "import os, resource, signal; print('CORE', resource.getrlimit(resource.RLIMIT_CORE), "
@@ -94,10 +111,12 @@ class World:
         (base / "code" / "mytask" / "__init__.py").write_text("NAME = 'mytask'\n")
         (base / "code" / "mytask" / "__main__.py").write_text(
             "import sys\nfrom mytask import NAME\nprint('MODULE', NAME, sys.argv[1:])\n"
+            "import mytask.forks\n"
             "import os\nprint('CODE', os.environ['SECFL_CODE_VOLUMES'])\n"
             "from secfl.launcher import volumes\n"
             "print('STREAM', volumes['data'].read_bytes('rows.csv').decode().strip())\n"
         )
+        (base / "code" / "mytask" / "forks.py").write_text(FORKS)
         self.code_tag = encrypt_directory(base / "code", base / "code.vol", self.keys["code"])
         self.data_v1 = self.data_volume(1, "a,b\n1,2\n")
         self.latest = self.data_v1  # the newest release recorded so far
@@ -164,7 +183,12 @@ class World:
             {
                 "name": "mod",
                 "role": "any",
-                "measurements": {"simulated": [self.measurement(["x"], module="mytask")]},
+                "measurements": {
+                    "simulated": [
+                        self.measurement(["x"], module="mytask"),
+                        self.measurement(["fork"], module="mytask"),
+                    ]
+                },
                 "volumes": ["code", "data"],
             },
             {

@@ -18,7 +18,11 @@ layers, each of which works without the others:
    removes the folder (unprivileged launchers keep their plaintext in ``/dev/shm``:
    this is what removes it at once). It runs in a session of its own, so a kill of
    the launcher's process group (``kill -9 -PGID``, a closed terminal) leaves it
-   standing; the launcher goes on only once it is. A kill of the whole control
+   standing; the launcher goes on only once it is. Only the launcher holds the
+   pipe's write end: it is closed on exec, and in any child that a ``--module``
+   workload forks from the launcher's own process (a ``fork`` multiprocessing pool,
+   a data loader's worker), which would otherwise keep the pipe, and so the folder,
+   for as long as it lived. A kill of the whole control
    group (a service manager's stop, a cgroup's OOM kill) takes it too: layer 3.
 3. **Stale folders are wiped by the next launcher.** A folder's name records its
    launcher (PID namespace, PID, start time): ``secfl-run-NS-PID-START-XXXX``. Each
@@ -62,6 +66,19 @@ __all__ = [
 ]
 
 PREFIX = "secfl-run-"
+
+#: The watchdogs' pipe write ends this process holds: a child it forks closes them.
+_WATCHDOG_PIPES: set[int] = set()
+
+
+def _close_watchdog_pipes() -> None:
+    for fd in _WATCHDOG_PIPES:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _WATCHDOG_PIPES.clear()
+
+
+os.register_at_fork(after_in_child=_close_watchdog_pipes)
 _NAME = re.compile(r"secfl-run-(\d{1,20})-(\d{1,10})-(\d{1,20})-[a-z0-9_]{1,64}")
 
 
@@ -161,6 +178,7 @@ class PrivateDir:
         if self._watchdog is not None:
             pid, pipe = self._watchdog
             self._watchdog = None
+            _WATCHDOG_PIPES.discard(pipe)
             os.close(pipe)  # the watchdog removes the folder again (nothing left) and ends
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
@@ -222,4 +240,5 @@ def _start_watchdog(path: Path) -> tuple[int, int]:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
         raise LaunchError("files: the watchdog of the private folder did not start; run again")
+    _WATCHDOG_PIPES.add(write_end)
     return pid, write_end
