@@ -207,3 +207,33 @@ def test_tampered_module_is_refused_on_import(tmp_path: Path) -> None:
     ):
         import shbad  # type: ignore[import-not-found]  # noqa: F401
     assert "shbad" not in sys.modules
+
+
+def test_a_namespace_folder_is_served_from_the_volume_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a hostile review: a folder of code without ``__init__.py`` fell through
+    to sys.path, where a package the host planted under that name was imported instead
+    of the volume's measured code (and, with none planted, the import failed)."""
+    src = write_tree(tmp_path / "src", {
+        "nstask.py": b"import nshelpers.util\nRESULT = nshelpers.util.WHO\n",
+        "nshelpers/util.py": b"WHO = 'the volume'\n",
+        "nshelpers/deep/more.py": b"X = 1\n",
+    })  # fmt: skip
+    encrypt_directory(src, tmp_path / "code.vol", KEY)
+    shutil.rmtree(src)
+    planted = write_tree(tmp_path / "host", {
+        "nshelpers/__init__.py": b"", "nshelpers/util.py": b"WHO = 'the host'\n",
+    })  # fmt: skip
+    monkeypatch.syspath_prepend(str(planted))
+    names = ("nstask", "nshelpers", "nshelpers.util", "nshelpers.deep", "nshelpers.deep.more")
+    try:
+        with Volume.open(tmp_path / "code.vol", KEY) as v, VolumeImporter(v):
+            assert importlib.import_module("nstask").RESULT == "the volume"
+            assert importlib.import_module("nshelpers.deep.more").X == 1
+            with pytest.raises(ModuleNotFoundError, match="in volume"):
+                importlib.import_module("nshelpers.absent")
+        assert not any(name in sys.modules for name in names)  # forgotten on uninstall
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)

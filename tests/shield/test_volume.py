@@ -7,6 +7,8 @@ import io
 import json
 import os
 import random
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -374,3 +376,35 @@ def test_keys(tmp_path: Path) -> None:
     with pytest.raises(ShieldError, match=r"^shield: key file '.*bad': a key is 64 hex"):
         key_from_file(tmp_path / "bad")
     assert generate_key() != generate_key()
+
+
+FORGED = "x\n0644          10 " + "0" * 64 + " task.py\x1b[8m"
+
+
+@pytest.mark.parametrize("name", [FORGED, "a\u202egnp.exe", "tab\there", "del\x7f", "c1\x85"])
+def test_paths_with_control_or_invisible_characters_are_refused(tmp_path: Path, name: str) -> None:
+    """Found by a hostile review: a key holder could name a file with a newline and
+    escape sequences, and `secfl shield ls` printed a forged line (a task.py that is
+    not there) and hid the real ones from another key holder reviewing the volume."""
+    with pytest.raises(ShieldError, match="holds a control or invisible character"):
+        encrypt_files({name: b"payload", "z.txt": b"ok"}, tmp_path / "v.vol", KEY)
+    # a volume written by a version without the check: refused when opened
+    encrypt_files({"task.py": b"payload", "z.txt": b"ok"}, tmp_path / "v.vol", KEY)
+
+    def rename(plaintext: bytes) -> bytes:
+        manifest = json.loads(plaintext)
+        for entry in manifest["files"]:
+            if entry["path"] == "task.py":
+                entry["path"] = name
+        return fmt.canonical(manifest)
+
+    reseal_manifest(tmp_path / "v.vol", KEY, rename)
+    (tmp_path / "k").write_text(KEY.hex())
+    done = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "shield", "ls", str(tmp_path / "v.vol"),
+         "--key-file", str(tmp_path / "k")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0 and "task.py" not in done.stdout, done.stdout
+    assert "holds a control or invisible character" in done.stderr, done.stderr
+    assert "\x1b" not in done.stderr and "Traceback" not in done.stderr

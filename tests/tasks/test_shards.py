@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,6 +82,36 @@ def test_truncated_and_garbage_are_refused(shard: Path) -> None:
     ):
         with pytest.raises(TaskError, match=message):
             load_shard(bad)
+
+
+def _deep_header() -> bytes:
+    header = b"[" * 100_000 + b"]" * 100_000
+    return len(header).to_bytes(8, "little") + header
+
+
+def _deep_metadata() -> bytes:
+    meta = "[" * 100_000 + "]" * 100_000
+    header = json.dumps({"__metadata__": {META_KEY: meta}, "x": {}, "y": {}}).encode()
+    return len(header).to_bytes(8, "little") + header
+
+
+@pytest.mark.parametrize(("blob", "message"), [
+    (_deep_header, "shard: header is not valid JSON"),
+    (_deep_metadata, "shard: metadata is not valid JSON (nested too deeply)"),
+], ids=["header", "metadata"])  # fmt: skip
+def test_deep_nesting_is_one_line_not_a_traceback(tmp_path: Path, blob: Any, message: str) -> None:
+    """Found by a hostile review: 200 KB of brackets, well within the header bound, made
+    `secfl data info` and every built-in task's load_data end in a RecursionError."""
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(blob())
+    with pytest.raises(TaskError, match=re.escape(message)):
+        load_shard(path)
+    done = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "data", "info", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_pickle_is_refused(tmp_path: Path) -> None:

@@ -222,12 +222,19 @@ def tag_of(manifest_plaintext: bytes) -> str:
 
 
 def check_path(path: object, where: str) -> str:
-    """A relative "/"-separated NFC path without empty, "." or ".." parts."""
+    """A relative "/"-separated NFC path without empty, "." or ".." parts, and without
+    control or invisible characters (a name holding ``ESC[8m`` or a newline could forge
+    or hide lines of ``secfl shield ls`` that another key holder reviews)."""
     if not isinstance(path, str) or not path:
         raise ShieldError(f"shield: {where}: invalid path {path!r}")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts) or "\x00" in path:
         raise ShieldError(f"shield: {where}: invalid path {path!r}")
+    if not path.isprintable():  # C0, DEL, C1, bidi and other format characters
+        raise ShieldError(
+            f"shield: {where}: path {path!r} holds a control or invisible character; "
+            "rename the file"
+        )
     if unicodedata.normalize("NFC", path) != path:
         raise ShieldError(f"shield: {where}: path {path!r} is not NFC-normalised")
     try:

@@ -12,7 +12,8 @@ still show source lines (through ``get_source``). Package data is readable with
 ``importlib.resources.as_file`` would write a temporary copy to disk: avoid it for
 confidential data).
 
-It is inserted first in ``sys.meta_path`` so that a module in the volume cannot be
+Folders of code without an ``__init__.py`` are namespace packages of the volume
+alone. It is inserted first in ``sys.meta_path`` so that a module in the volume cannot be
 shadowed by a file a host plants on ``sys.path``, and a submodule of a volume
 package that is not in the volume is refused (ModuleNotFoundError) rather than
 looked up elsewhere. A module already in ``sys.modules`` is not re-imported.
@@ -108,6 +109,18 @@ class VolumeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return f"{base}.py", False
         return None
 
+    def _namespace(self, fullname: str) -> str | None:
+        """The volume folder of namespace package ``fullname``: a folder holding
+        Python code (in it or below) and no ``__init__.py``."""
+        parts = fullname.split(".")
+        base = self._prefix + "/".join(parts)
+        if not all(p.isidentifier() for p in parts) or not self._volume.is_dir(base):
+            return None
+        inside = base + "/"
+        if any(e.path.startswith(inside) and e.path.endswith(".py") for e in self._volume.files):
+            return base
+        return None
+
     def find_spec(
         self,
         fullname: str,
@@ -120,6 +133,13 @@ class VolumeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             if path is None or parent_dir not in list(path):
                 return None  # not a package of this volume
         found = self._locate(fullname)
+        if found is None and (folder := self._namespace(fullname)) is not None:
+            # a folder of the volume's code without __init__.py: served from the volume
+            # alone (else the import fell through to sys.path, where a planted package
+            # of that name would be imported instead)
+            spec = ModuleSpec(fullname, self, is_package=True)
+            spec.submodule_search_locations = [self._virtual(folder)]
+            return spec
         if found is None:
             if parent:
                 raise ModuleNotFoundError(
@@ -157,6 +177,9 @@ class VolumeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module: ModuleType) -> None:
+        if module.__spec__ is not None and module.__spec__.loader_state is None:
+            self._loaded.add(module.__name__)  # a namespace package: no code of its own
+            return
         code = self.get_code(module.__name__)
         self._loaded.add(module.__name__)
         exec(code, module.__dict__)  # noqa: S102 - the volume's authenticated code

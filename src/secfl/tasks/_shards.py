@@ -190,7 +190,7 @@ def read_shard(source: ShardSource) -> tuple[np.ndarray, np.ndarray, dict[str, A
         raise TaskError("shard: header length out of range (truncated or not safetensors)")
     try:
         header = json.loads(data[8 : 8 + size])
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nesting past the stack too
         raise TaskError("shard: header is not valid JSON") from None
     if not isinstance(header, dict):
         raise TaskError("shard: header is not a JSON object")
@@ -201,8 +201,9 @@ def read_shard(source: ShardSource) -> tuple[np.ndarray, np.ndarray, dict[str, A
         raise TaskError(f"shard: no '{META_KEY}' metadata (not written by secfl data split)")
     try:
         meta = json.loads(extra[META_KEY], parse_constant=_refuse_constant)
-    except (TypeError, ValueError) as exc:
-        raise TaskError(f"shard: metadata is not valid JSON ({exc})") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise TaskError(f"shard: metadata is not valid JSON ({why})") from None
     if not isinstance(meta, dict):
         raise TaskError("shard: metadata is not a JSON object")
     _check_meta(meta)
