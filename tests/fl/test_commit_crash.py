@@ -48,12 +48,17 @@ CHILD = textwrap.dedent(
         def current(self):
             return json.loads(counter_file.read_text())["value"]
 
-        def increment(self, expect=None):
+        def committed(self):
+            doc = json.loads(counter_file.read_text())
+            return doc["value"], doc.get("request")
+
+        def increment(self, expect=None, *, request=None):
             assert expect is None or expect == self.current()
             value = self.current() + 1
             if value == killed_at and when == "before":
                 os.kill(os.getpid(), signal.SIGKILL)
-            write_private(counter_file, json.dumps({"value": value}).encode())
+            doc = {"value": value, "request": request}
+            write_private(counter_file, json.dumps(doc).encode())
             if value == killed_at and when == "after":
                 os.kill(os.getpid(), signal.SIGKILL)
             return value
@@ -82,7 +87,13 @@ class FileLedger:
     def current(self) -> int:
         return int(json.loads(self.path.read_text())["value"])
 
-    def increment(self, expect: int | None = None) -> int:  # pragma: no cover - never called
+    def committed(self) -> tuple[int, str | None]:
+        doc = json.loads(self.path.read_text())
+        return int(doc["value"]), doc.get("request")
+
+    def increment(  # pragma: no cover - never called
+        self, expect: int | None = None, *, request: str | None = None
+    ) -> int:
         raise AssertionError("not used")
 
 

@@ -22,9 +22,10 @@ from tests.fl.fedkit import Background, Federation, RawClient, site
 pytestmark = pytest.mark.timeout(300)
 
 
-def _liar(raw: RawClient, rounds: int, far: bool) -> list[str]:
-    """Joins, then each round sends a valid update (far from the others' if ``far``)
-    with one sample, claiming a training loss of -1e300 in round 1."""
+def _liar(raw: RawClient, rounds: int, far: bool, omit: bool) -> list[str]:
+    """Joins, then each round sends a valid update (far from the others' if ``far``,
+    else the model it was sent, which Krum may well choose) with one sample, claiming a
+    training loss of -1e300 in round 1, and after it 1.0 (or, with ``omit``, none)."""
     raw.join()
     kinds = []
     for _ in range(rounds):
@@ -35,15 +36,25 @@ def _liar(raw: RawClient, rounds: int, far: bool) -> list[str]:
         head = {
             "kind": "update", "round": header["round"], "attempt": header["attempt"],
             "epoch": raw.epoch, "samples": 1,
-            "metrics": {"loss": -1e300 if header["round"] == 1 else 1.0},
+            "metrics": {"loss": -1e300} if header["round"] == 1 else {} if omit else {"loss": 1.0},
         }  # fmt: skip
         reply = raw.client.upload(msg.SUBMIT, msg.stream(head, to_bytes(params)))
         kinds.append(msg.decode(reply)[0]["kind"])
     return kinds
 
 
-@pytest.mark.parametrize("rule", ["krum", "median"])
-def test_one_participant_cannot_set_the_objective(tmp_path: Path, rule: str) -> None:
+@pytest.mark.parametrize(
+    ("rule", "far", "omit"),
+    [("krum", True, False), ("krum", False, False), ("median", False, False),
+     ("median", False, True)],
+    ids=["krum-left-out", "krum-chosen", "median", "median-omits-later"],
+)  # fmt: skip
+def test_one_participant_cannot_set_the_objective(
+    tmp_path: Path, rule: str, far: bool, omit: bool
+) -> None:
+    """A second review: under Krum the chosen update alone set the metrics (Krum keeps
+    one), and a participant that left its loss out of later rounds took them out of
+    the objective, so its round 1 stayed the best."""
     honest = [0, 1, 2, 3]
     report = split("digits", len(honest), seed=1, out=tmp_path / "shards")
     fed = Federation(get_task("digits"), report)
@@ -57,7 +68,7 @@ def test_one_participant_cannot_set_the_objective(tmp_path: Path, rule: str) -> 
     agg.validation = None  # no validation data: the objective is the training loss
     agg.start()
     raw = RawClient(fed, agg.port, "evil")
-    liar = Background(lambda: _liar(raw, 3, far=rule == "krum"), "evil")
+    liar = Background(lambda: _liar(raw, 3, far=far, omit=omit), "evil")
     liar.start()
     try:
         fed.run(agg, honest, joined=5)

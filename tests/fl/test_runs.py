@@ -302,5 +302,6 @@ def test_an_aggregator_that_finds_the_counter_moved_stops_without_burning_a_valu
     with pytest.raises(FlError, match=moved + r"is not committed; stop the other"):
         old.commit(4, to_bytes({"w": np.ones(3, np.float32)}), {})
     assert ledger.value == 5  # not burnt: the new run resumes where it was
-    point = find_resume_point(tmp_path, key=KEY, run=RUN_B, counter=ledger.value)
+    value, request = ledger.committed()  # the old one's checkpoint at 5 was never committed
+    point = find_resume_point(tmp_path, key=KEY, run=RUN_B, counter=value, request=request)
     assert point.checkpoint is not None and point.checkpoint.round == 0

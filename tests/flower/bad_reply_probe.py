@@ -68,6 +68,7 @@ def main() -> dict[str, Any]:
             out[case] = {"error": f"{type(exc).__name__}: {exc}"}
     out["krum-short"] = krum_short()
     out.update({case: content_case(case) for case in CONTENT_CASES})
+    out["fortran"] = fortran_case()
     out.update({case: evaluate_case(metrics) for case, metrics in EVALUATE_CASES.items()})
     return out
 
@@ -132,6 +133,26 @@ def content_case(case: str) -> dict[str, Any]:
         "w": None if arrays_out is None else arrays_out["w"].numpy().tolist(),
         "metrics": dict(train_metrics or {}),
     }
+
+
+def fortran_case() -> dict[str, Any]:
+    """Every node honest, its 2-D weight Fortran-ordered (a transpose: np.save writes it
+    so): the review's review found each such reply left out, and no round aggregated."""
+    strategy = SecflStrategy("median", {}, fraction_train=1.0, min_train_nodes=4,
+                             min_available_nodes=4)  # fmt: skip
+    messages = strategy.configure_train(1, _record({"w": np.zeros((3, 4))}), ConfigRecord({}),
+                                        Grid([101, 102, 103, 104]))  # type: ignore[arg-type]  # fmt: skip
+    replies, sent = [], []
+    for msg in messages:
+        w = np.asfortranarray(np.arange(12.0).reshape(3, 4) + msg.metadata.dst_node_id)
+        sent.append(w)
+        metrics = MetricRecord({"num-examples": 10, "loss": 0.5})
+        content = RecordDict({"arrays": _record({"w": w}), "metrics": metrics})
+        replies.append(Message(content=content, reply_to=msg))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    got = arrays["w"].numpy()
+    return {"kept": strategy.kept, "same": bool(np.array_equal(got, np.median(sent, axis=0)))}
 
 
 #: The bad node's evaluate metrics: each ended the run, or alone set the reported loss.

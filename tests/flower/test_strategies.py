@@ -157,6 +157,7 @@ def test_one_bad_reply_is_left_out_not_the_round(flower_python: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out.pop("krum-short") == {"kept": [], "w": None}  # the model kept, the run alive
+    assert out.pop("fortran") == {"kept": ["101", "102", "103", "104"], "same": True}
     # A second review: one node's reply of another shape ended the ServerApp (Flower's
     # check of all replies together), and one node set the reported evaluation loss.
     for case in [k for k in out if k.startswith("eval-")]:

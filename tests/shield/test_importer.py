@@ -237,3 +237,25 @@ def test_a_namespace_folder_is_served_from_the_volume_alone(
     finally:
         for name in names:
             sys.modules.pop(name, None)
+
+
+def test_a_module_of_another_code_volume_beats_a_namespace_folder(tmp_path: Path) -> None:
+    """The review's review: a folder of scripts without ``__init__.py`` in the task's
+    volume hid a library volume's ``helpers.py``, as it would not on sys.path."""
+    from secfl.launcher._in_process import _installed
+
+    task = b"import helpers\nRESULT = helpers.double(21)\n"
+    first = write_tree(tmp_path / "a", {"mtask.py": task, "helpers/notes.py": b"# a script\n"})
+    second = write_tree(tmp_path / "b", {"helpers.py": b"def double(x):\n    return 2 * x\n"})
+    encrypt_directory(first, tmp_path / "a.vol", KEY)
+    encrypt_directory(second, tmp_path / "b.vol", KEY)
+    try:
+        with (
+            Volume.open(tmp_path / "a.vol", KEY) as a,
+            Volume.open(tmp_path / "b.vol", KEY) as b,
+            _installed([VolumeImporter(a), VolumeImporter(b)]),  # as run_module does
+        ):
+            assert importlib.import_module("mtask").RESULT == 42
+    finally:
+        for name in ("mtask", "helpers"):
+            sys.modules.pop(name, None)

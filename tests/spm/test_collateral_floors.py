@@ -13,6 +13,7 @@ vectors and their collateral, served by a real PCCS on loopback.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -25,19 +26,21 @@ from typing import Any
 import pytest
 
 from secfl.errors import FetchError, Refused
-from secfl.spm._collateral import CollateralSource
+from secfl.spm._collateral import CollateralSource, _platform
 from secfl.spm._collateral_floors import AuditedFloors
 from secfl.spm._evidence_checks import check_evidence
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._integrity import Anchor, Integrity
 from secfl.spm._state import verify_state
 from secfl.spm._store import Store
+from secfl.tee._intel import IntelCollateral
 from tests.conftest import utc
 from tests.localhttp import LocalServer
 from tests.spm.harness import Board
 from tests.spm.test_collateral import SGX, TDX, TDX_OUTDATED, policy, serve
 from tests.spm.test_collateral import board as board
 from tests.spm.test_collateral import pccs as pccs
+from tests.tee.test_pccs import vector
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -169,3 +172,41 @@ def test_concurrent_verifications_of_one_copy_write_one_entry(
             thread.join()
         assert errors == []
         assert [d["fmspc"] for d in logged(store)] == ["B0C06F000000"]
+
+
+def _evaluation(doc: dict[str, Any], number: int) -> IntelCollateral:
+    copy = IntelCollateral.model_validate(doc)
+    tcb = json.loads(copy.tcb_info)
+    tcb["tcbEvaluationDataNumber"] = number
+    return copy.model_copy(update={"tcb_info": json.dumps(tcb)})
+
+
+def test_a_copy_verified_meanwhile_never_replaces_a_newer_one(
+    vectors: Path, tmp_path: Path
+) -> None:
+    """The review's review: the floors rose outside the source's lock, so an older copy
+    verified in between replaced the newer one kept a moment before, which its own
+    floor then refused: no collateral for the platform until the next fetch."""
+    quote, doc = vector(vectors, TDX[0])
+    older, newer = _evaluation(doc, 17), _evaluation(doc, 18)
+    coll = CollateralSource("https://127.0.0.1:9", tmp_path / "cache")
+    persist = coll.floors.persist
+    newer_held, older_done = threading.Event(), threading.Event()
+
+    def slow_persist(record: dict[str, Any]) -> None:  # the newer copy's commit is slow
+        if record["tcb_evaluation"] == 18:
+            newer_held.set()
+            older_done.wait(10)
+        persist(record)
+
+    coll.floors.persist = slow_persist  # type: ignore[method-assign]
+    first = threading.Thread(target=coll.verified, args=(quote, newer))
+    first.start()
+    assert newer_held.wait(10)
+    coll.verified(quote, older)
+    older_done.set()
+    first.join(10)
+    with coll._lock:
+        kept = coll._kept(_platform(quote), quote, None)
+    assert json.loads(kept.tcb_info)["tcbEvaluationDataNumber"] == 18
+    coll.close()

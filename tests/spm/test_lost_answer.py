@@ -121,3 +121,23 @@ def _last_request(client: SpmClient) -> str:
     entries = client.audit(since=0, limit=1000)["entries"]
     named = [e for e in entries if e["event"] == "counter.incremented"]
     return str(named[-1]["detail"]["request"])
+
+
+def test_the_counter_names_the_increment_that_took_it_there(tmp_path: Path) -> None:
+    """Which of two forked aggregators' checkpoints at a value is the committed one: the
+    SPM says which named increment took the counter there, before and after a restart
+    (the log's replay), and names none after an unnamed increment."""
+    sim = (tmp_path / "sim", make_sim(tmp_path / "sim"))
+    with spm_with_policy(tmp_path / "data", sim, Board.create(), "aggregator",
+                         policy="lost") as (spm, enrolled):  # fmt: skip
+        token = enrolled["aggregator"].session_token
+        with SpmClient(spm.url, pin=spm.pin) as client:
+            assert client.counter_state("lost", "round") == (0, None)
+            assert client.increment("lost", "round", token, expect=0, request="cd" * 16) == 1
+            assert client.counter_state("lost", "round") == (1, "cd" * 16)
+        spm.stop()
+        spm.start()
+        with SpmClient(spm.url, pin=spm.pin) as client:
+            assert client.counter_state("lost", "round") == (1, "cd" * 16)
+            assert client.increment("lost", "round", token) == 2  # unnamed
+            assert client.counter_state("lost", "round") == (2, None)

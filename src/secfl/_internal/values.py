@@ -16,7 +16,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["describe", "one_line", "quoted"]
+__all__ = ["describe", "one_line", "quoted", "shown"]
 
 #: Integers of more digits than this are shown by their size.
 MAX_DIGITS = 20
@@ -61,12 +61,16 @@ def quoted(value: Any) -> str:
     return f"{value[:MAX_CHARS]!r}... ({len(value)} characters)"
 
 
+def shown(text: str) -> str:
+    """``text`` as it is, but every control or invisible character escaped (``\\n``,
+    ``\\x1b``, ``\\u202e``): a name someone else chose, listed for a reviewer."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)  # fmt: skip
+
+
 def one_line(text: str) -> str:
     """A message a peer wrote (an error it answered with), shown as it is but on one
-    line: control and invisible characters escaped (``\\n``, ``\\x1b``, ``\\u202e``),
-    cut at :data:`MAX_MESSAGE` characters."""
-    shown = "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-        for c in text[:MAX_MESSAGE]
-    )
-    return shown if len(text) <= MAX_MESSAGE else f"{shown}... ({len(text)} characters)"
+    line: control and invisible characters escaped (:func:`shown`), cut at
+    :data:`MAX_MESSAGE` characters."""
+    cut = shown(text[:MAX_MESSAGE])
+    return cut if len(text) <= MAX_MESSAGE else f"{cut}... ({len(text)} characters)"

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from secfl._internal.values import shown
 from secfl.cli._common import out
 from secfl.errors import UsageError
 
@@ -163,7 +164,8 @@ def ls_cmd(
         out.print(f"version {vol.version}, tag {vol.tag}", markup=False)
         for entry in vol.files:
             out.print(
-                f"{entry.mode:04o} {entry.size:>12} {entry.sha256} {entry.path}", markup=False
+                f"{entry.mode:04o} {entry.size:>12} {entry.sha256} {shown(entry.path)}",
+                markup=False,
             )
 
 

@@ -341,9 +341,8 @@ class Aggregator:
     def _entry(
         self, round: int, updates: list[Update], attempt: Summary, strategy: Strategy
     ) -> dict[str, Any]:
-        """The round's metrics entry, without the scores of its model (:meth:`_score`):
-        its training metrics from the updates the rule kept (an update Krum or the audit
-        left out does not set the round's objective either)."""
+        """The round's metrics entry, without the scores of its model (:meth:`_score`);
+        under a robust rule its training metrics are a median (:func:`train_means`)."""
         entry: dict[str, Any] = {
             "round": round,
             "run": self.config.run,
@@ -354,10 +353,8 @@ class Aggregator:
             "dropped": attempt.dropped,
             "refused": attempt.refused,
         }
-        kept = set(strategy.kept([u.sender for u in updates]))
-        entry.update(train_means([u for u in updates if u.sender in kept],
-                                 ["loss", self.config.objective.metric],
-                                 robust=strategy.robust))  # fmt: skip
+        metrics = ["loss", self.config.objective.metric]
+        entry.update(train_means(updates, metrics, robust=strategy.robust))
         return entry
 
     def _score(self, round: int, params: Params, entry: dict[str, Any]) -> None:

@@ -12,13 +12,20 @@ counter, is refused. Given the SPM's counter (:func:`load_checkpoint` with
 checkpoint of a folder the aggregator resumes from, and the commit protocol that
 decides it, are :mod:`secfl.fl._checkpoint_dir`.
 
-File ``checkpoint-r<round:08d>-c<counter:010d>.secfl`` (version 1)::
+File ``checkpoint-r<round:08d>-c<counter:010d>-<request[:16]>.secfl`` (version 1;
+without ``-<request>`` as written before requests were named)::
 
     magic    8 bytes  b"SECFLCKP"
     hlen     4 bytes  big-endian length of the header (at most 64 KiB)
     header   hlen     canonical JSON: {"format": "secfl-checkpoint/v1", "policy_digest",
-                      "round", "counter", "created_at", "size" (plaintext bytes),
-                      "chunk_size", "chunks"}
+                      "round", "counter", "request", "created_at", "size" (plaintext
+                      bytes), "chunk_size", "chunks"}
+
+``request`` names the SPM compare-and-increment that commits the checkpoint (128
+random bits, hex; the SPM remembers the name of the increment that took the counter
+to its value). Two aggregators forked from one state both write a checkpoint at
+``c + 1``, and only one of them commits it: the name tells which, so the loser's file
+neither replaces the winner's nor passes for committed (:mod:`secfl.fl._runs`).
     records  chunks × (4-byte big-endian length || AeadKey blob)
 
 Record ``i`` is AES-256-GCM of the plaintext's ``i``-th ``chunk_size`` bytes with
@@ -61,6 +68,7 @@ __all__ = [
     "MAX_HEADER",
     "Checkpoint",
     "checkpoint_name",
+    "header_of",
     "load_checkpoint",
     "parse_checkpoint_name",
     "policy_of",
@@ -79,7 +87,9 @@ DEFAULT_CHUNK_SIZE = 16 << 20
 MAX_CHUNK_SIZE = 64 << 20
 MAX_HEADER = 64 << 10
 _AEAD_OVERHEAD = 1 + NONCE_SIZE + 16
-_NAME = re.compile(r"^checkpoint-r(\d{8,})-c(\d{10,})\.secfl$")
+_NAME = re.compile(r"^checkpoint-r(\d{8,})-c(\d{10,})(?:-([0-9a-f]{16}))?\.secfl$")
+#: A compare-and-increment's name (secfl.spm._increment).
+_REQUEST = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ class Checkpoint:
     created_at: str
     params_bytes: bytes
     state: dict[str, Any]
+    #: The name of the increment that commits it (None: written before names).
+    request: str | None = None
 
 
 def reset_hint(directory: Path | str | None, counter: int) -> str:
@@ -105,15 +117,22 @@ def reset_hint(directory: Path | str | None, counter: int) -> str:
     )
 
 
-def checkpoint_name(round: int, counter: int) -> str:
-    """The file name of the checkpoint of ``round`` at SPM counter value ``counter``."""
-    return f"checkpoint-r{round:08d}-c{counter:010d}.secfl"
+def checkpoint_name(round: int, counter: int, request: str | None = None) -> str:
+    """The file name of the checkpoint of ``round`` at SPM counter value ``counter``,
+    committed by the increment named ``request``."""
+    named = f"-{request[:16]}" if request else ""
+    return f"checkpoint-r{round:08d}-c{counter:010d}{named}.secfl"
 
 
 def parse_checkpoint_name(name: str) -> tuple[int, int] | None:
     """``(round, counter)`` as a checkpoint's file name says, or None for another name."""
     match = _NAME.match(name)
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _name_request(name: str) -> str | None:
+    match = _NAME.match(name)
+    return match.group(3) if match else None
 
 
 def _aead(key: bytes) -> AeadKey:
@@ -182,6 +201,7 @@ def write_checkpoint(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     created_at: datetime | None = None,
     durable: bool = True,
+    request: str | None = None,
 ) -> Path:
     """Seal and write a checkpoint atomically; returns its path (see the module docstring).
 
@@ -189,12 +209,15 @@ def write_checkpoint(
     numpy arrays and JSON values. ``durable=False`` leaves out the fsyncs (the file is
     whole under its name for every process from the rename on, durable across a power
     loss only after :func:`sync_checkpoint`): the commit runs them beside the SPM call.
+    ``request``: the name of the increment that will commit it.
     """
     aead = _aead(key)
     if not isinstance(policy_digest, str) or not policy_digest:
         raise FlError("checkpoint: the policy digest must be a non-empty string")
     _non_negative(round, "the round")
     _non_negative(counter, "the counter")
+    if request is not None and (not isinstance(request, str) or not _REQUEST.match(request)):
+        raise FlError("checkpoint: the request name must be 32 lowercase hex digits")
     if type(chunk_size) is not int or not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise FlError(f"checkpoint: invalid chunk size {chunk_size!r}")
     arrays, values = _split_state(state)
@@ -216,6 +239,7 @@ def write_checkpoint(
             "policy_digest": policy_digest,
             "round": round,
             "counter": counter,
+            **({} if request is None else {"request": request}),
             "created_at": when.isoformat().replace("+00:00", "Z"),
             "size": size,
             "chunk_size": chunk_size,
@@ -227,7 +251,7 @@ def write_checkpoint(
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise FlError(f"checkpoint: cannot create {directory}: {exc.strerror}") from None
-    path = directory / checkpoint_name(round, counter)
+    path = directory / checkpoint_name(round, counter, request)
     try:  # private from the first byte, fsynced, renamed into place, the folder fsynced
         with atomic_open(path, mode=0o600, fsync=durable) as fh:
             fh.write(MAGIC + struct.pack(">I", len(header)) + header)
@@ -284,8 +308,11 @@ def _read_header(fh: Any, path: Path) -> tuple[bytes, dict[str, Any]]:
         raise FlError(f"format: the header of checkpoint {path.name} is not JSON") from None
     keys = {"format", "policy_digest", "round", "counter", "created_at", "size"}
     keys |= {"chunk_size", "chunks"}
-    if not isinstance(doc, dict) or set(doc) != keys or doc["format"] != FORMAT:
+    if not isinstance(doc, dict) or set(doc) - {"request"} != keys or doc["format"] != FORMAT:
         raise FlError(f"format: checkpoint {path.name} is not in the {FORMAT} format")
+    request = doc.get("request")
+    if request is not None and (not isinstance(request, str) or not _REQUEST.match(request)):
+        raise FlError(f"format: checkpoint {path.name} has an invalid request name")
     for name in ("round", "counter", "size", "chunks"):
         _non_negative(doc[name], name)
     if type(doc["chunk_size"]) is not int or not 0 < doc["chunk_size"] <= MAX_CHUNK_SIZE:
@@ -352,6 +379,11 @@ def load_checkpoint(
     finally:
         fh.close()
     named = parse_checkpoint_name(path.name)
+    request = doc.get("request")
+    if named is not None and _name_request(path.name) != (request[:16] if request else None):
+        raise FlError(
+            f"integrity: checkpoint {path.name} was committed by another request than its name says"
+        )
     if named is not None and named != (doc["round"], doc["counter"]):
         raise FlError(
             f"integrity: checkpoint {path.name} holds round {doc['round']} and counter "
@@ -371,6 +403,7 @@ def load_checkpoint(
         created_at=doc["created_at"],
         params_bytes=params_bytes,
         state=state,
+        request=request,
     )
 
 
@@ -400,9 +433,16 @@ def _parse_plaintext(plain: bytearray, path: Path) -> tuple[bytes, dict[str, Any
 
 def policy_of(path: Path) -> str | None:
     """The (not yet authenticated) policy digest in a checkpoint's header, or None."""
+    header = header_of(path)
+    return None if header is None else str(header["policy_digest"])
+
+
+def header_of(path: Path) -> dict[str, Any] | None:
+    """A checkpoint's header, not yet authenticated (None if it is not one): which
+    run and which increment it says it is of. Opening it checks what it says."""
     try:
         with open(path, "rb") as fh:
             _, doc = _read_header(fh, path)
     except (OSError, FlError):
         return None
-    return str(doc["policy_digest"])
+    return doc

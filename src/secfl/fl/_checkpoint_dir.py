@@ -36,6 +36,7 @@ from pathlib import Path
 from secfl.errors import FlError
 from secfl.fl._checkpoint import (
     Checkpoint,
+    header_of,
     load_checkpoint,
     parse_checkpoint_name,
     policy_of,
@@ -69,6 +70,7 @@ def latest_checkpoint(
     policy_digest: str,
     expected_counter: int | None = None,
     below: int | None = None,
+    committed: tuple[int, str | None] | None = None,
 ) -> Checkpoint | None:
     """The newest checkpoint of ``policy_digest`` in ``directory``, opened and checked.
 
@@ -79,13 +81,20 @@ def latest_checkpoint(
     the newest of the rest must have exactly that counter (``rollback:`` otherwise); no
     checkpoint at all is a fresh start (None) only while the counter is 0, and a
     rollback after that. A newest checkpoint that does not open is an error, never a
-    reason to use an older one.
+    reason to use an older one. ``committed`` (the SPM's counter and the name of the
+    increment that took it there): files at that counter that another increment was
+    to commit (a forked aggregator's) are skipped.
     """
     candidates = [
         (rnd, ctr, path)
         for rnd, ctr, path in list_checkpoints(directory)
         if policy_of(path) == policy_digest
     ]
+    if committed is not None and committed[1] is not None:
+        # at the SPM's counter, a file another increment was to commit never was
+        counter, request = committed
+        candidates = [c for c in candidates
+                      if c[1] != counter or _request_of(c[2]) in (None, request)]  # fmt: skip
     if expected_counter is not None:
         if type(expected_counter) is not int or expected_counter < 0:
             raise FlError(
@@ -109,13 +118,40 @@ def latest_checkpoint(
     )
 
 
-def prune_checkpoints(directory: Path | str, *, keep: int = 2) -> list[Path]:
+def prune_checkpoints(
+    directory: Path | str,
+    *,
+    keep: int = 2,
+    committed: tuple[int, str | None] | None = None,
+) -> list[Path]:
     """Delete all but the ``keep`` newest checkpoint files; returns what was deleted.
-    Keep at least 2 with the commit protocol (the newest may be uncommitted)."""
+    Keep at least 2 with the commit protocol (the newest may be uncommitted).
+
+    ``committed``: the SPM's counter and the name of the increment that took it there
+    (:meth:`~secfl.fl._ledger.Ledger.committed`). The committed file is then kept
+    whatever else the folder holds, with the ``keep - 1`` newest before it; files at
+    its counter that another increment was to commit (a forked aggregator's, which
+    can never commit now) are deleted, and newer ones (in flight) left alone."""
     if type(keep) is not int or keep < 1:
         raise FlError(f"checkpoint: keep must be a positive integer, not {keep!r}")
+    found = list_checkpoints(directory)
+    if committed is None or committed[1] is None:
+        doomed = [path for _, _, path in found[keep:]]
+    else:
+        counter, request = committed
+        at = [path for _, ctr, path in found if ctr == counter]
+        mine = [path for path in at if _request_of(path) == request]
+        older = [path for _, ctr, path in found if ctr < counter]
+        doomed = [path for path in at if path not in mine] if mine else []
+        doomed += older[keep - 1 if mine else keep :]
     removed = []
-    for _, _, path in list_checkpoints(directory)[keep:]:
+    for path in doomed:
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def _request_of(path: Path) -> str | None:
+    header = header_of(path)
+    request = None if header is None else header.get("request")
+    return request if isinstance(request, str) else None

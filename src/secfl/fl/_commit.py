@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -116,6 +117,8 @@ class Commit:
         self.policy_digest = policy_digest
         self.keep = keep
         self.counter = 0
+        #: The name of the increment that committed ``counter`` (None: unnamed, or none).
+        self.request: str | None = None
         #: Commit in the background while the next round starts (default: when the
         #: ledger is not in memory or checkpoints go to disk: when it is slow).
         self.overlap = (
@@ -146,8 +149,9 @@ class Commit:
         when there is none), and the next commit moves the counter on from the SPM's
         value.
         """
-        spm = self.ledger.current()
+        spm, request = self.ledger.committed()
         self.counter = spm
+        self.request = request
         if self.directory is None:
             if spm and reset_from is None:
                 log.warning("no checkpoints (counter at %d): starting from round 0", spm)
@@ -161,10 +165,12 @@ class Commit:
                 )
             newest = latest_checkpoint(
                 self.directory, key=self.key, policy_digest=self.policy_digest,
-                below=spm,
+                below=spm, committed=(spm, request),
             )  # fmt: skip
             return ResumePoint(spm, checkpoint=newest)
-        return find_resume_point(self.directory, key=self.key, run=self.policy_digest, counter=spm)
+        return find_resume_point(
+            self.directory, key=self.key, run=self.policy_digest, counter=spm, request=request
+        )
 
     def commit(
         self,
@@ -198,22 +204,25 @@ class Commit:
     ) -> int:
         began = time.monotonic()
         target = self.counter + 1
+        # the increment's name, in the checkpoint too: of two aggregators forked from
+        # one state, the SPM says whose checkpoint at ``target`` it committed
+        request = secrets.token_hex(16)
         syncing: _Sync | None = None
         if self.directory is not None:
             assert self.key is not None
             path = write_checkpoint(
                 self.directory, key=self.key, policy_digest=self.policy_digest,
                 round=round, counter=target, params_bytes=params_bytes, state=state,
-                durable=False,
+                durable=False, request=request,
             )  # fmt: skip
         sealed = time.monotonic()  # (before the fsync thread starts: it may end first)
         if self.directory is not None:
             # in place under its name now: fsynced while the counter moves (module doc)
             syncing = _Sync(path, self._syncer)
-        value = self._increment(round, target, event)  # (failed: the fsync thread ends)
+        value = self._increment(round, target, event, request)  # (failed: the fsync ends)
         counted = time.monotonic()
         synced = syncing.wait() if syncing is not None else sealed
-        self.counter = value
+        self.counter, self.request = value, request
         if prune:
             self.prune()
         self.phases = {
@@ -229,17 +238,19 @@ class Commit:
         one or a newer, uncommitted one: never the one a restart needs)."""
         if self.directory is not None:
             with self._files:  # never beside a commit: its new file is not committed yet
-                prune_checkpoints(self.directory, keep=self.keep)
+                prune_checkpoints(
+                    self.directory, keep=self.keep, committed=(self.counter, self.request)
+                )
 
-    def _increment(self, round: int, target: int, event: RoundEvent | None) -> int:
+    def _increment(self, round: int, target: int, event: RoundEvent | None, request: str) -> int:
         """The counter moved from the value this aggregator committed last to ``target``,
         in one compare-and-increment: a counter another aggregator moved is left as it is."""
         records = getattr(self.ledger, "increment_round", None)
         try:
             if event is not None and records is not None:
-                value = int(records(self.counter, event(target)))
+                value = int(records(self.counter, event(target), request=request))
             else:
-                value = self.ledger.increment(expect=self.counter)
+                value = self.ledger.increment(expect=self.counter, request=request)
         except CounterMoved as exc:
             seen = f"is {exc.seen}" if exc.seen is not None else "moved"
             raise FlError(

@@ -18,9 +18,15 @@ class Ledger(Protocol):
 
     def current(self) -> int: ...
 
-    def increment(self, expect: int | None = None) -> int:
+    def committed(self) -> tuple[int, str | None]:
+        """The counter's value and the name of the increment that took it there (None
+        when it had none): which checkpoint at that value is the committed one."""
+        ...
+
+    def increment(self, expect: int | None = None, *, request: str | None = None) -> int:
         """The counter moved on by one; with ``expect``, only if it is at that value,
-        else :class:`~secfl.errors.CounterMoved` and the counter unchanged."""
+        else :class:`~secfl.errors.CounterMoved` and the counter unchanged. ``request``
+        names the increment (a compare-and-increment only)."""
         ...
 
 
@@ -29,16 +35,22 @@ class MemoryLedger:
 
     def __init__(self, value: int = 0) -> None:
         self.value = value
+        self.request: str | None = None
         self._lock = threading.Lock()
 
     def current(self) -> int:
         return self.value
 
-    def increment(self, expect: int | None = None) -> int:
+    def committed(self) -> tuple[int, str | None]:
+        with self._lock:
+            return self.value, self.request
+
+    def increment(self, expect: int | None = None, *, request: str | None = None) -> int:
         with self._lock:
             if expect is not None and self.value != expect:
                 raise CounterMoved(self.value)
             self.value += 1
+            self.request = request if expect is not None else None
             return self.value
 
 
@@ -53,19 +65,26 @@ class SpmLedger:
     def current(self) -> int:
         return int(self._client().counter(self.policy, self.counter))
 
-    def increment(self, expect: int | None = None) -> int:
+    def committed(self) -> tuple[int, str | None]:
+        value, request = self._client().counter_state(self.policy, self.counter)
+        return int(value), request
+
+    def increment(self, expect: int | None = None, *, request: str | None = None) -> int:
         """The counter moved on by one (given ``expect``, a compare-and-increment in
         one request). The SPM refuses a session attested under a policy version the
         board has since replaced: this run must not commit again."""
-        return self.increment_round(expect, None)
+        return self.increment_round(expect, None, request=request)
 
-    def increment_round(self, expect: int | None, round: dict[str, Any] | None) -> int:
+    def increment_round(
+        self, expect: int | None, round: dict[str, Any] | None, *, request: str | None = None
+    ) -> int:
         """:meth:`increment`, the SPM logging ``round`` (an ``fl.round`` detail) with it."""
         from secfl.errors import SpmRefused
 
         try:
             client = self._client()
-            return int(client.increment(self.policy, self.counter, self._token(), expect, round))
+            return int(client.increment(self.policy, self.counter, self._token(), expect, round,
+                                        request=request))  # fmt: skip
         except SpmRefused as exc:
             if exc.status == 409 and str(exc).startswith("policy: version "):
                 raise new_version(self.policy) from None

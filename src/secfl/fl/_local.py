@@ -151,10 +151,8 @@ def run_local(
             updates.append(Update(name, {}, update.num_samples, update.metrics))
         run.params = acc.finish()
         entry: dict[str, Any] = {"round": round, "participants": sampled, "updates": len(sampled)}
-        kept = set(strategy.kept(sampled))
-        entry.update(train_means([u for u in updates if u.sender in kept],
-                                 ["loss", config.objective.metric],
-                                 robust=strategy.robust))  # fmt: skip
+        metrics = ["loss", config.objective.metric]
+        entry.update(train_means(updates, metrics, robust=strategy.robust))
         if splits:
             entry.update(run.scores.evaluate(task, scorer.load(run.params), splits))
         run.scores.observe(round, entry)

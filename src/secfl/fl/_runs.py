@@ -24,18 +24,26 @@ On start, with the SPM's counter at ``c`` (:func:`find_resume_point`):
   version would be a newer run). Each refusal is one line that ends with the next
   step (:func:`~secfl.fl._checkpoint.reset_hint`).
 
+At counter ``c`` only the checkpoint the SPM's increment to ``c`` committed counts:
+each names that increment (``request``), and the SPM says which one took the counter
+to ``c``. Two aggregators forked from one state both write a checkpoint at ``c``;
+the loser's is never resumed from (before, it could replace the winner's file, and a
+restart went on from a model nobody committed).
+
 So a host cannot pass an old run off as the current one (the run comes from the
 attested policy digest, not from anything on its disk), nor an old checkpoint of
-the current run (the counter binds it), nor make the aggregator skip ahead.
+the current run (the counter binds it), nor a fork that lost (the increment's name
+binds it), nor make the aggregator skip ahead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from secfl.errors import FlError
-from secfl.fl._checkpoint import Checkpoint, load_checkpoint, policy_of, reset_hint
+from secfl.fl._checkpoint import Checkpoint, header_of, load_checkpoint, reset_hint
 from secfl.fl._checkpoint_dir import list_checkpoints
 
 __all__ = ["ResumePoint", "find_resume_point", "run_label"]
@@ -62,17 +70,24 @@ def run_label(number: int, version: int | None, digest: str) -> str:
     return f"run {number} ({where}{digest[:12]})"
 
 
-def find_resume_point(directory: Path, *, key: bytes, run: str, counter: int) -> ResumePoint:
+def find_resume_point(
+    directory: Path, *, key: bytes, run: str, counter: int, request: str | None = None
+) -> ResumePoint:
     """The checkpoint the run ``run`` (a policy digest) resumes from, given the SPM's
-    ``counter``; ``FlError`` (``rollback:`` or ``integrity:``, with the next step)
+    ``counter`` and the name of the increment that took it there (``request``, None if
+    the SPM has none); ``FlError`` (``rollback:`` or ``integrity:``, with the next step)
     when the folder does not hold the state the counter says was committed."""
     if type(counter) is not int or counter < 0:
         raise FlError(f"counter: the SPM's counter is not a non-negative integer: {counter!r}")
     if counter == 0:
         return ResumePoint(0)
     committed = [c for c in list_checkpoints(directory) if c[1] <= counter]
-    runs = {path: policy_of(path) for _, _, path in committed}
-    at_counter = [path for _, ctr, path in committed if ctr == counter]
+    headers = {path: header_of(path) for _, _, path in committed}
+    runs = {path: None if h is None else str(h["policy_digest"]) for path, h in headers.items()}
+    at_counter = _committed_at(
+        [path for _, ctr, path in committed if ctr == counter and headers[path] is not None],
+        headers, request, counter, directory,
+    )  # fmt: skip
     mine = [path for path in at_counter if runs[path] == run]
     if mine:
         return ResumePoint(counter, checkpoint=_open(mine[0], key, run, counter))
@@ -96,6 +111,43 @@ def find_resume_point(directory: Path, *, key: bytes, run: str, counter: int) ->
     digest = runs[others[0]]
     assert digest is not None
     return ResumePoint(counter, previous=_open(others[0], key, digest, counter))
+
+
+def _committed_at(
+    paths: list[Path],
+    headers: dict[Path, dict[str, Any] | None],
+    request: str | None,
+    counter: int,
+    directory: Path,
+) -> list[Path]:
+    """Of the checkpoints at the SPM's ``counter``, the one its increment ``request``
+    committed; one written before increments were named, if it is the only one."""
+
+    def named(path: Path) -> str | None:
+        header = headers[path]
+        return None if header is None else header.get("request")
+
+    if request is not None:
+        chosen = [path for path in paths if named(path) == request]
+        if chosen:
+            return chosen
+    unnamed = [path for path in paths if named(path) is None]
+    if len(unnamed) == 1 and (request is not None or len(paths) == 1):
+        return unnamed
+    if paths and request is not None:
+        raise FlError(
+            f"rollback: no checkpoint with the SPM's counter {counter} in {directory} is the "
+            f"one its increment committed (those there were another aggregator's, or their "
+            "increment failed): the committed one was lost or withheld; "
+            + reset_hint(directory, counter)
+        )
+    if len(paths) > 1:
+        raise FlError(
+            f"rollback: {len(paths)} checkpoints in {directory} have the SPM's counter "
+            f"{counter}, and the SPM does not say which one it committed; "
+            + reset_hint(directory, counter)
+        )
+    return paths
 
 
 def _open(path: Path, key: bytes, digest: str, counter: int) -> Checkpoint:

@@ -3,11 +3,12 @@
 After each round the aggregator evaluates the global model on its validation and
 test data (when it has them). Every metric ``m`` the task's ``evaluate`` returns is
 recorded as ``val_m`` and ``test_m``; the collaborators' ``loss`` (and the
-objective's metric, if they report it) as ``train_m``, over the updates the rule
-kept: their mean weighted by the sample counts under FedAvg, FedProx and FedAdam,
-their median under a robust rule (where one participant's report, like its update,
-must not set the result). These are self-reported: a round's ``train_*`` says what
-the participants claim, ``val_*`` and ``test_*`` what the aggregator measured.
+objective's metric, if they report it) as ``train_m``: their mean weighted by the
+sample counts under FedAvg, FedProx and FedAdam, their median under a robust rule
+(where one participant's report, like its update, must not set the result; over every
+update of the round, not only those the rule kept: Krum keeps one). These are
+self-reported: a round's ``train_*`` says what the participants claim, ``val_*`` and
+``test_*`` what the aggregator measured.
 
 The policy's objective (``federation.objective``: a metric and ``min`` or ``max``)
 says which of them reports and ranks the model. Its value is read from the
@@ -47,10 +48,11 @@ STATE_KEY = "secfl.best"
 def train_means(
     updates: Sequence[Update], names: Sequence[str], *, robust: bool = False
 ) -> dict[str, float]:
-    """``train_<name>``: the collaborators' metric ``name``, when every update reported
-    it: their mean weighted by sample counts, or with ``robust`` (the round's rule is a
-    robust one) their median, which no one participant's report can move past the
-    honest ones' (peer values are finite: see _messages)."""
+    """``train_<name>``: the collaborators' metric ``name``: their mean weighted by
+    sample counts when every update reported it, or with ``robust`` (the round's rule
+    is a robust one) the median of those that did, if they are most of the round. No
+    one participant's report can then move it past the honest ones', nor take it out
+    of the round by leaving it out (peer values are finite: see _messages)."""
     total = sum(u.num_samples for u in updates)
     means: dict[str, float] = {}
     for name in dict.fromkeys(names):
@@ -59,10 +61,12 @@ def train_means(
             for u in updates
             if isinstance(v := u.metrics.get(name), int | float)
         ]
-        if not total or len(values) != len(updates):
-            continue
         if robust:
+            if 2 * len(values) <= len(updates):
+                continue
             mean = statistics.median(v for v, _ in values)
+        elif not total or len(values) != len(updates):
+            continue
         else:  # weights first (each <= 1): finite peer metrics cannot overflow the sum
             mean = sum((v * (n / total) for v, n in values), 0.0)
         if math.isfinite(mean):

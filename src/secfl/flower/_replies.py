@@ -69,14 +69,13 @@ def _array(name: str, array: Array, like: np.ndarray) -> np.ndarray:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
         raise FlError(f"{what} has no readable .npy header ({type(exc).__name__})") from None
     shape, fortran, dtype = header
-    if fortran or dtype != like.dtype or tuple(shape) != like.shape:
-        raise FlError(
-            f"{what} is {dtype} {tuple(shape)}{' (Fortran order)' if fortran else ''}, "
-            f"the model's is {like.dtype} {like.shape}"
-        )
+    if dtype != like.dtype or tuple(shape) != like.shape:
+        raise FlError(f"{what} is {dtype} {tuple(shape)}, the model's is {like.dtype} {like.shape}")
     if len(data) - fp.tell() != like.nbytes:
         raise FlError(f"{what} holds {len(data) - fp.tell()} bytes, its shape needs {like.nbytes}")
-    return np.frombuffer(data, dtype=like.dtype, offset=fp.tell()).reshape(like.shape).copy()
+    flat = np.frombuffer(data, dtype=like.dtype, offset=fp.tell())  # np.save writes an
+    # F-contiguous array (a transpose) in Fortran order
+    return np.ascontiguousarray(flat.reshape(like.shape, order="F" if fortran else "C"))
 
 
 def only_metrics(msg: Message) -> MetricRecord:

@@ -155,8 +155,8 @@ class SecflStrategy(FedAvg):
         kept = self.rule.kept([u.sender for u in updates])
         self.kept = kept
         self._report(server_round, updates, kept)
-        metrics = self.train_metrics_aggr_fn(
-            [by_sender[s].content for s in kept], self.weighted_by_key
+        metrics = self.train_metrics_aggr_fn(  # every valid reply: Krum keeps one
+            [msg.content for msg in by_sender.values()], self.weighted_by_key
         )
         return to_record(new, self._like), metrics
 

@@ -229,7 +229,7 @@ def _path(path: str) -> str:
         or any(len(n.encode("utf-8")) > _NAME_MAX for n in names if n is not None)
     ):
         raise ShieldError(f"shield: {path!r} is not a path below the volume's top")
-    return fmt.check_path("/".join(n for n in names if n is not None), "the files")
+    return fmt.check_path("/".join(n for n in names if n is not None), "the files", new=True)
 
 
 def _name(name: str, directory: Path) -> str:

@@ -221,16 +221,23 @@ def tag_of(manifest_plaintext: bytes) -> str:
     return hashlib.sha256(manifest_plaintext).hexdigest()
 
 
-def check_path(path: object, where: str) -> str:
-    """A relative "/"-separated NFC path without empty, "." or ".." parts, and without
-    control or invisible characters (a name holding ``ESC[8m`` or a newline could forge
-    or hide lines of ``secfl shield ls`` that another key holder reviews)."""
+#: What a new volume's file names may not hold: control characters (C0, DEL, C1), line
+#: and paragraph separators, and bidi controls. A name holding ``ESC[8m`` or a newline
+#: could forge or hide lines of a listing another key holder reviews (``secfl shield
+#: ls`` also shows every name escaped, whoever wrote the volume).
+_HIDING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def check_path(path: object, where: str, *, new: bool = False) -> str:
+    """A relative "/"-separated NFC path without empty, "." or ".." parts; with
+    ``new`` (a volume being written), without the characters of :data:`_HIDING`
+    (volumes written before that rule still open)."""
     if not isinstance(path, str) or not path:
         raise ShieldError(f"shield: {where}: invalid path {path!r}")
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts) or "\x00" in path:
         raise ShieldError(f"shield: {where}: invalid path {path!r}")
-    if not path.isprintable():  # C0, DEL, C1, bidi and other format characters
+    if new and _HIDING.search(path):
         raise ShieldError(
             f"shield: {where}: path {path!r} holds a control or invisible character; "
             "rename the file"

@@ -136,7 +136,14 @@ class VolumeImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if found is None and (folder := self._namespace(fullname)) is not None:
             # a folder of the volume's code without __init__.py: served from the volume
             # alone (else the import fell through to sys.path, where a planted package
-            # of that name would be imported instead)
+            # of that name would be imported instead), unless another code volume has
+            # a module or package of that name, which wins as it would on sys.path
+            if any(
+                isinstance(finder, VolumeImporter) and finder is not self
+                and finder._locate(fullname) is not None
+                for finder in sys.meta_path
+            ):  # fmt: skip
+                return None
             spec = ModuleSpec(fullname, self, is_package=True)
             spec.submodule_search_locations = [self._virtual(folder)]
             return spec

@@ -22,6 +22,7 @@ __all__ = [
     "AttestationOut",
     "AuditOut",
     "CounterOut",
+    "CounterStateOut",
     "EventIn",
     "EventOut",
     "IncrementIn",
@@ -122,6 +123,12 @@ class IncrementIn(BaseModel):
 class CounterOut(BaseModel):
     counter: str
     value: int
+
+
+class CounterStateOut(CounterOut):
+    #: The name of the compare-and-increment that took the counter to ``value`` (None:
+    #: an unnamed one, or none): which of two forked aggregators' checkpoints is committed.
+    request: str | None = None
 
 
 class EventIn(BaseModel):

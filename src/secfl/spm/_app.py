@@ -29,6 +29,7 @@ from secfl.spm._api_models import (
     AttestOut,
     AuditOut,
     CounterOut,
+    CounterStateOut,
     EventIn,
     EventOut,
     IncrementIn,
@@ -224,8 +225,9 @@ def _session_routes(app: FastAPI, spm: Spm) -> None:
         return EventOut(seq=spm.report(token, name, body.event, detail))
 
     @app.get("/v1/policies/{name}/counters/{counter}", responses=ERRORS)
-    def get_counter(name: PolicyName, counter: PathName) -> CounterOut:
-        return CounterOut(counter=counter, value=spm.counter(name, counter))
+    def get_counter(name: PolicyName, counter: PathName) -> CounterStateOut:
+        value, request = spm.counter_state(name, counter)
+        return CounterStateOut(counter=counter, value=value, request=request)
 
     @app.get("/v1/policies/{name}/volumes/{volume}", responses=ERRORS)
     def volume_state(name: PolicyName, volume: PathName) -> VolumeOut:

@@ -142,14 +142,16 @@ class CollateralSource:
         """``collateral`` held for ``quote`` (its signatures verified): keep it, and
         refuse from now on anything older (a rollback by the PCCS or the cache)."""
         platform = _platform(quote)
+        record = _record(platform, collateral)
         with self._lock:
             try:
                 self._not_older(platform, collateral)
             except FetchError:
                 return  # a later copy verified meanwhile: it stays
+            self.floors.hold(record)  # before the lock goes: no older copy after this one
             if len(self._verified) < MAX_PLATFORMS or platform in self._verified:
                 self._verified[platform] = collateral  # bounded; each came with a genuine quote
-        self.floors.raise_to(_record(platform, collateral))  # outside the lock: it may commit
+        self.floors.persist(record)  # outside the lock: it may commit
 
     def rejected(self, quote: bytes) -> None:
         """The copy ``get`` gave for ``quote`` did not verify (forged, torn, expired):

@@ -50,8 +50,13 @@ class CollateralFloors(Protocol):
         """The floor of ``key`` (0 when nothing was verified yet)."""
         ...
 
-    def raise_to(self, record: dict[str, Any]) -> None:
-        """Raise the floors to those of ``record`` (:func:`record_of`) where higher."""
+    def hold(self, record: dict[str, Any]) -> None:
+        """Raise the floors in memory to those of ``record`` (:func:`record_of`) where
+        higher, at once (called under the source's lock)."""
+        ...
+
+    def persist(self, record: dict[str, Any]) -> None:
+        """Keep what :meth:`hold` raised (it may commit: called outside the lock)."""
         ...
 
 
@@ -99,10 +104,13 @@ class MemoryFloors:
     def get(self, key: Key) -> int:
         return self._values.get(key, 0)
 
-    def raise_to(self, record: dict[str, Any]) -> None:
+    def hold(self, record: dict[str, Any]) -> None:
         with self._lock:
             for key, value in floors_of(record):
                 self._values[key] = max(value, self._values.get(key, 0))
+
+    def persist(self, record: dict[str, Any]) -> None:
+        pass
 
 
 class AuditedFloors:
@@ -123,6 +131,7 @@ class AuditedFloors:
         self._group = group
         #: Raised here, committed or not (each key a platform of a genuine quote).
         self._seen: dict[Key, int] = {}
+        self._seen_lock = threading.Lock()
         #: One raise written at a time: the next one finds it committed, not again.
         self._lock = threading.Lock()
 
@@ -135,13 +144,16 @@ class AuditedFloors:
     def _above(self, marks: list[tuple[Key, int]]) -> list[tuple[Key, int]]:
         return [(k, v) for k, v in marks if v > self._floors.collateral.get(k, 0)]
 
-    def raise_to(self, record: dict[str, Any]) -> None:
+    def hold(self, record: dict[str, Any]) -> None:
+        with self._seen_lock:
+            for key, value in floors_of(record):
+                self._seen[key] = max(value, self._seen.get(key, 0))
+
+    def persist(self, record: dict[str, Any]) -> None:
         marks = floors_of(record)
         if not self._above(marks):
             return  # the usual case: the copy verified is one the log already holds
         with self._lock:
-            for key, value in marks:
-                self._seen[key] = max(value, self._seen.get(key, 0))
             if not self._above(marks):
                 return  # written meanwhile
 

@@ -352,11 +352,18 @@ class Spm:
 
     def counter(self, policy_name: str, counter: str) -> int:
         """The value of a counter (anyone may read it), or :class:`Refused` (404)."""
+        return self.counter_state(policy_name, counter)[0]
+
+    def counter_state(self, policy_name: str, counter: str) -> tuple[int, str | None]:
+        """A counter's value and the name of the compare-and-increment that took it
+        there (None if unnamed), or :class:`Refused` (404)."""
         with self.store.read() as tx:
             value = tx.counters.get(policy_name, counter)
+            floors = tx.floors
         if value is None:
             raise Refused(f"counter: '{policy_name}' has no counter '{counter}'", 404)
-        return value
+        newest = None if floors is None else floors.requests.get((policy_name, counter))
+        return value, (newest[1] if newest is not None and newest[0] == value else None)
 
     # --- rollback-protected volumes (secfl.spm._volume_records) ---------------------------
 

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import ssl
 import threading
@@ -38,6 +39,9 @@ from secfl.tee._claims import TCB_ORDER, Claims, TcbStatus
 from secfl.tee._evidence import Evidence
 from secfl.tee._intel_collateral import IntelCollateral
 from secfl.tee._verify import verify
+
+#: A compare-and-increment's name (128 bits, hex).
+_REQUEST = re.compile(r"^[0-9a-f]{32}$")
 
 __all__ = ["SpmClient", "SpmRefused"]
 
@@ -288,14 +292,16 @@ class SpmClient:
         token: str,
         expect: int | None = None,
         round: dict[str, Any] | None = None,
+        request: str | None = None,
     ) -> int:
         """The counter moved on by one; with ``expect``, only if it is at that value
         (else :class:`~secfl.errors.SpmRefused` 409 and the counter unchanged); with
-        ``round``, the round it commits is logged with it (``fl.round``, at the new value)."""
+        ``round``, the round it commits is logged with it (``fl.round``, at the new value).
+        ``request`` names the compare-and-increment (random if not given)."""
         body: dict[str, Any] = {}
         if expect is not None:  # named: sent again after a lost answer, it is answered
             body["expect"] = expect
-            body["request"] = secrets.token_hex(16)
+            body["request"] = request or secrets.token_hex(16)
         if round is not None:
             body["round"] = round
         doc = self._request(
@@ -318,7 +324,18 @@ class SpmClient:
         return int(doc["seq"])
 
     def counter(self, policy: str, counter: str) -> int:
-        return int(self._request("GET", f"/v1/policies/{policy}/counters/{counter}")["value"])
+        return self.counter_state(policy, counter)[0]
+
+    def counter_state(self, policy: str, counter: str) -> tuple[int, str | None]:
+        """The counter's value, and the name of the compare-and-increment that took it
+        there (None if unnamed)."""
+        doc = self._request("GET", f"/v1/policies/{policy}/counters/{counter}")
+        value, request = doc["value"], doc.get("request")
+        if type(value) is not int or value < 0:
+            raise SpmError(f"spm: counter '{counter}' is not a non-negative integer")
+        if request is not None and not (isinstance(request, str) and _REQUEST.match(request)):
+            raise SpmError(f"spm: counter '{counter}' has a malformed request name")
+        return value, request
 
     def volume_state(self, policy: str, volume: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/policies/{policy}/volumes/{volume}")

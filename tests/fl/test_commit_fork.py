@@ -1,0 +1,109 @@
+"""Two aggregators forked from one checkpoint: only the one whose increment the SPM
+committed counts. Found by a hostile review: a checkpoint was not tied to the
+increment that committed it. The loser of a fork wrote its checkpoint at the same
+counter, under the same name, over the winner's, and a restart went on from the
+loser's model, which nobody committed (and wrote it as the final model); after a
+board reset, a leftover of a crashed commit shadowed the reset's commit the same way.
+Each checkpoint now names its increment, the SPM says which one took the counter to
+its value, and resume takes only that checkpoint. Real aggregators and sites over
+mutual TLS (fedkit)."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from secfl.errors import FlError
+from secfl.fl._aggregator import Aggregator, Signer
+from secfl.fl._checkpoint import write_checkpoint
+from secfl.fl._checkpoint_dir import list_checkpoints
+from secfl.fl._commit import Commit, MemoryLedger
+from secfl.fl._config import FederationConfig
+from secfl.fl._runs import find_resume_point
+from secfl.fl._tensors import from_bytes, to_bytes
+from secfl.tasks._registry import get_task
+from secfl.tasks._split import split
+from tests.fl.fedkit import Federation, site
+from tests.fl.test_runs import KEY, QUICK, RUN_A, gates
+
+pytestmark = pytest.mark.timeout(280)
+
+
+def _aggregator(
+    fed: Federation, settings: dict[str, Any], ledger: MemoryLedger, directory: Path
+) -> Aggregator:
+    agg = Aggregator(
+        fed.task, FederationConfig.parse({**QUICK, "min_clients": 3, **settings}),
+        fed.server([site(i) for i in range(6)]), Signer(RUN_A, fed.key),
+        Commit(ledger, directory=directory, key=KEY, policy_digest=RUN_A),
+        validation=fed.validation(),
+    )  # fmt: skip
+    agg.start()
+    return agg
+
+
+def test_the_loser_of_a_fork_neither_replaces_nor_passes_for_the_commit(tmp_path: Path) -> None:
+    fed = Federation(get_task("digits"), split("digits", 6, seed=2, out=tmp_path / "shards"))
+    directory, ledger = tmp_path / "checkpoints", MemoryLedger()
+    first = _aggregator(fed, {"rounds": 1}, ledger, directory)
+    fed.run(first, range(3), gates=gates(fed, RUN_A))
+    a = _aggregator(fed, {"rounds": 2}, ledger, directory)  # both from round 1's checkpoint
+    b = _aggregator(fed, {"rounds": 2}, ledger, directory)
+    final_a = fed.run(a, range(3), gates=gates(fed, RUN_A))  # A commits round 2
+    with pytest.raises(FlError, match="^counter: "):
+        fed.run(b, range(3, 6), gates=gates(fed, RUN_A))  # B's increment is refused
+    at = [path.name for _, ctr, path in list_checkpoints(directory) if ctr == ledger.value]
+    assert len(at) == 2  # both files are there, side by side
+    # the host copies B's file over A's name: still not the committed one
+    b_file, a_file = sorted(directory.glob(f"*-c{ledger.value:010d}-*.secfl"),
+                            key=lambda p: p.stat().st_mtime)[::-1]  # fmt: skip
+    c = _aggregator(fed, {"rounds": 2}, ledger, directory)
+    c.server.stop(None)
+    assert all(np.array_equal(c._params[n], final_a[n]) for n in final_a)
+    shutil.copy(b_file, a_file)
+    with pytest.raises(FlError, match="^rollback: no checkpoint with the SPM's counter 3 .* is "
+                       "the one its increment committed"):  # fmt: skip
+        _aggregator(fed, {"rounds": 2}, ledger, directory)
+
+
+def _params(round: int) -> bytes:
+    return to_bytes({"w": np.full(3, float(round), np.float32)})
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["leftover", "leftover-of-old-code"])
+def test_a_leftover_never_shadows_a_resets_commit(tmp_path: Path, named: bool) -> None:
+    ledger = MemoryLedger()
+    commit = Commit(ledger, directory=tmp_path, key=KEY, policy_digest=RUN_A, overlap=False)
+    commit.resume()
+    for r in (1, 2, 3):
+        assert commit.commit(r, _params(r), {}) == r
+    # round 4 sealed at counter 4, killed before its increment: never committed
+    write_checkpoint(tmp_path, key=KEY, policy_digest=RUN_A, round=4, counter=4,
+                     params_bytes=_params(4), state={},
+                     request=secrets.token_hex(16) if named else None)  # fmt: skip
+    next(tmp_path.glob("checkpoint-r00000003-c0000000003*")).unlink()  # "lost"
+    restarted = Commit(ledger, directory=tmp_path, key=KEY, policy_digest=RUN_A, overlap=False)
+    point = restarted.resume(reset_from=3)  # the board's reset at 3
+    assert point.checkpoint is not None and point.checkpoint.round == 2
+    assert restarted.commit(2, point.checkpoint.params_bytes, point.checkpoint.state) == 4
+    value, request = ledger.committed()
+    again = find_resume_point(tmp_path, key=KEY, run=RUN_A, counter=value, request=request)
+    assert again.checkpoint is not None and again.checkpoint.round == 2
+    assert from_bytes(again.checkpoint.params_bytes)[0]["w"].tolist() == [2.0] * 3
+    # the leftover could never commit now: the reset's commit pruned it
+    assert [ctr for _, ctr, _ in list_checkpoints(tmp_path)].count(4) == 1
+
+
+def test_two_checkpoints_at_the_counter_and_no_name_are_refused(tmp_path: Path) -> None:
+    """Not knowing which increment committed the counter (an unnamed one), resume
+    refuses two checkpoints at its value rather than guess."""
+    for request in (secrets.token_hex(16), secrets.token_hex(16)):
+        write_checkpoint(tmp_path, key=KEY, policy_digest=RUN_A, round=1, counter=1,
+                         params_bytes=_params(1), state={}, request=request)  # fmt: skip
+    with pytest.raises(FlError, match="the SPM does not say which one it committed"):
+        find_resume_point(tmp_path, key=KEY, run=RUN_A, counter=1)
