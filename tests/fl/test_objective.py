@@ -209,6 +209,10 @@ def test_a_multi_file_regression_on_csv_runs_to_the_end(
     _, meta = from_bytes((tmp_path / "out" / "model.safetensors").read_bytes())
     assert meta["best_round"] == str(best["round"]) and meta["objective"] == "mae (min)"
     assert float(meta["best_objective"]) == best["val_mae"] and meta["rounds"] == "3"
+    # which commit it is (a hostile review: a stale output could not be told from a
+    # current one): the run, its final counter (the initial model, then three rounds)
+    assert meta["run"] == "1" and meta["counter"] == str(lines[-1]["counter"]) == "4"
+    assert meta["policy_digest"] == "insecure"  # (a secure run: the policy's digest)
     assert "best round" in fed.log("aggregator")
 
 

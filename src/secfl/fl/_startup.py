@@ -277,6 +277,22 @@ def run_aggregator(opts: AggregatorOptions) -> Params:
         return params
 
 
+def provenance(agg: Aggregator) -> dict[str, str]:
+    """Which commit the final model is: its policy (digest, version), run, round and
+    SPM counter, in the model's metadata. A model owner given a stale output (an older
+    run's, kept by the host) sees it against the SPM's log (``fl.round`` at that
+    counter), which the output's own contents otherwise could not show."""
+    named = {
+        "rounds": str(agg.config.rounds),
+        "run": str(agg.config.run),
+        "counter": str(agg.commit.counter),
+        "policy_digest": agg.commit.policy_digest,
+    }
+    if agg.policy_version is not None:
+        named["policy_version"] = str(agg.policy_version)
+    return named
+
+
 def write_output(
     agg: Aggregator, opts: AggregatorOptions, params: Params, ident: WorkloadIdentity | None
 ) -> Path:
@@ -287,7 +303,7 @@ def write_output(
     # the final model is the last round's; the metadata names the best round by the
     # policy's objective (and its value), for the model owner to choose
     summary = agg.scores.summary()
-    data = to_bytes(params, metadata={"rounds": str(agg.config.rounds), **summary})
+    data = to_bytes(params, metadata={**provenance(agg), **summary})
     if "best_round" in summary:
         log.info(
             "final model: round %d; best round by %s: %s (%s)", agg.config.rounds,
