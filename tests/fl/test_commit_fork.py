@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from secfl.errors import FlError
+from secfl.fl import _runs as runs
 from secfl.fl._aggregator import Aggregator, Signer
-from secfl.fl._checkpoint import write_checkpoint
+from secfl.fl._checkpoint import drawn_here, header_of, write_checkpoint
 from secfl.fl._checkpoint_dir import list_checkpoints
 from secfl.fl._commit import Commit, MemoryLedger
 from secfl.fl._config import FederationConfig
@@ -105,5 +106,79 @@ def test_two_checkpoints_at_the_counter_and_no_name_are_refused(tmp_path: Path) 
     for request in (secrets.token_hex(16), secrets.token_hex(16)):
         write_checkpoint(tmp_path, key=KEY, policy_digest=RUN_A, round=1, counter=1,
                          params_bytes=_params(1), state={}, request=request)  # fmt: skip
-    with pytest.raises(FlError, match="the SPM does not say which one it committed"):
+    with pytest.raises(FlError, match="the SPM does not say which increment took its counter"):
         find_resume_point(tmp_path, key=KEY, run=RUN_A, counter=1)
+
+
+# --- the review of the fix ----------------------------------------------------------------
+
+
+def _fork(folder: Path) -> tuple[MemoryLedger, Path, Path]:
+    """Round 1 committed, then two aggregators forked from it: the winner commits round
+    2 at counter 2, the loser's round 2 (weights 666) is refused. Returns the ledger
+    and the winner's and the loser's files."""
+    ledger = MemoryLedger()
+    first = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
+    first.resume()
+    first.commit(1, _params(1), {})
+    winner = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
+    loser = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
+    winner.resume()
+    loser.resume()
+    winner.commit(2, _params(2.0), {}, prune=False)
+    with pytest.raises(FlError, match="^counter: "):
+        loser.commit(2, _params(666.0), {}, prune=False)
+    at = [path for _, ctr, path in list_checkpoints(folder) if ctr == 2]
+    won = next(path for path in at if header_of(path)["request"] == ledger.request)
+    return ledger, won, next(path for path in at if path != won)
+
+
+def test_a_file_that_changes_between_its_choice_and_its_opening_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The choice read headers before they were authenticated, and what was opened was
+    not checked again: a host serving the folder (FUSE, NFS) answered the first read
+    with the winner's bytes, the second with the loser's, under the loser's name."""
+    ledger, won, lost = _fork(tmp_path)
+    loser_bytes = lost.read_bytes()
+    shutil.copy(won, lost)
+    won.unlink()
+    real = runs.load_checkpoint
+
+    def second_open(path: Path, **kw: Any) -> Any:
+        Path(path).write_bytes(loser_bytes)
+        return real(path, **kw)
+
+    monkeypatch.setattr(runs, "load_checkpoint", second_open)
+    with pytest.raises(FlError, match="changed while it was read"):
+        Commit(ledger, directory=tmp_path, key=KEY, policy_digest=RUN_A).resume()
+
+
+def test_without_the_spms_name_a_named_checkpoint_is_refused(tmp_path: Path) -> None:
+    """An SPM that did not say which increment took the counter there (one that had not
+    caught up with another SPM's commit) let any one file at the counter through: the
+    host deleted the winner's, and the loser's was resumed."""
+    _, won, _ = _fork(tmp_path)
+    won.unlink()
+    with pytest.raises(FlError, match="the SPM does not say which increment took its counter"):
+        find_resume_point(tmp_path, key=KEY, run=RUN_A, counter=2, request=None)
+
+
+def test_a_checkpoint_of_the_code_before_names_never_passes_for_a_named_commit(
+    tmp_path: Path,
+) -> None:
+    """A leftover of the code before names (unnamed) at the counter this code committed
+    with a name passed for the committed one once the host deleted that. The names this
+    code draws are recognisable; one drawn by the code before is not."""
+    ledger, _, _ = _fork(tmp_path)
+    for path in list(tmp_path.iterdir()):
+        path.unlink()
+    write_checkpoint(tmp_path, key=KEY, policy_digest=RUN_A, round=2, counter=2,
+                     params_bytes=_params(666.0), state={})  # fmt: skip
+    value, request = ledger.committed()
+    assert request is not None and drawn_here(request)
+    with pytest.raises(FlError, match="is the one its increment committed"):
+        find_resume_point(tmp_path, key=KEY, run=RUN_A, counter=value, request=request)
+    # the code before named its increments at random: its own checkpoint still resumes
+    point = find_resume_point(tmp_path, key=KEY, run=RUN_A, counter=2, request="ab" * 16)
+    assert point.checkpoint is not None and point.checkpoint.request is None

@@ -390,7 +390,8 @@ def test_an_aggregator_resumes_from_its_checkpoint_but_never_a_rolled_back_one(
     assert ledger.value == 4  # the initial model, then one commit per round
 
     settings["rounds"] = 5
-    resumed = fed.aggregator(settings, ledger=MemoryLedger(ledger.value), directory=directory)
+    resumed = fed.aggregator(settings, ledger=MemoryLedger(*ledger.committed()),
+                             directory=directory)  # fmt: skip
     assert resumed._start == 4
     for name, array in params.items():
         assert np.array_equal(resumed._params[name], array), name

@@ -28,7 +28,9 @@ CHILD = textwrap.dedent(
     out, key_file = Path(sys.argv[1]), Path(sys.argv[2])
     agg = types.SimpleNamespace(
         scores=types.SimpleNamespace(summary=lambda: {}),
-        config=types.SimpleNamespace(rounds=3),
+        config=types.SimpleNamespace(rounds=3, run=1),
+        commit=types.SimpleNamespace(counter=4, policy_digest="d" * 64),
+        policy_version=None,
         history=[{"round": 1, "marker-of-the-metrics": 0.5}],
     )
     ident = types.SimpleNamespace(secret_file=lambda name, given, required=False: key_file)

@@ -29,6 +29,7 @@ from torch import nn
 
 from secfl.errors import FlError, TransportError
 from secfl.fl import _pending
+from secfl.fl._checkpoint import header_of
 from secfl.fl._commit import Commit, MemoryLedger
 from secfl.fl._model_slot import ModelSlot
 from secfl.fl._tensors import load_arrays, state_dict_arrays, to_bytes
@@ -375,7 +376,10 @@ def test_a_crash_inside_an_overlapped_commit_leaves_what_a_sequential_one_leaves
     names = sorted(p.name[:32] for p in tmp_path.glob("checkpoint-*"))  # then -REQUEST.secfl
     assert names == ["checkpoint-r00000000-c0000000001", "checkpoint-r00000001-c0000000002"]
     # ...and, never committed, it is skipped: the run resumes after round 0
-    restarted = Commit(MemoryLedger(1), directory=tmp_path, key=b"k" * 32,
+    first = next(tmp_path.glob("checkpoint-r00000000-c0000000001-*"))
+    committed = header_of(first)  # the SPM, at 1, names the increment that took it there
+    assert committed is not None
+    restarted = Commit(MemoryLedger(1, committed["request"]), directory=tmp_path, key=b"k" * 32,
                        policy_digest="d" * 64)  # fmt: skip
     point = restarted.resume()
     assert point.checkpoint is not None and point.checkpoint.round == 0

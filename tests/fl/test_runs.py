@@ -97,7 +97,7 @@ def test_a_new_policy_version_starts_a_new_run_without_a_reset(
     assert [(e["round"], e["counter"]) for e in second.history] == [(1, 5), (2, 6), (3, 7)]
 
     # a restart of version 2 goes on with its own run, never the first one's
-    again = aggregator(fed, {"rounds": 3}, run=RUN_B, ledger=MemoryLedger(7), directory=directory)
+    again = aggregator(fed, {"rounds": 3}, run=RUN_B, ledger=ledger, directory=directory)
     assert again._start == 4 and again.sealed == (3, 7)
     again.server.stop(None)
     assert "run 1" in again.resume_hint() and "the run is complete" in again.resume_hint()

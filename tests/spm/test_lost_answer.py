@@ -141,3 +141,36 @@ def test_the_counter_names_the_increment_that_took_it_there(tmp_path: Path) -> N
             assert client.counter_state("lost", "round") == (1, "cd" * 16)
             assert client.increment("lost", "round", token) == 2  # unnamed
             assert client.counter_state("lost", "round") == (2, None)
+
+
+def test_an_spm_sharing_the_database_names_the_others_increment(tmp_path: Path) -> None:
+    """A review: the name came from the answering SPM's floors, which a read never caught
+    up, so an SPM that had not committed the newest increment answered the counter's new
+    value without its name, and an aggregator routed to it (the host routes) resumed a
+    fork's losing checkpoint. It now catches up first."""
+    import asyncio
+    import shutil
+
+    from secfl.spm._server import open_spm
+    from tests.spm.harness import policy_document
+    from tests.spm.test_service import LocalClient, submit
+
+    root = make_sim(tmp_path / "sim")
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    a = open_spm(tmp_path / "a", db_url=db, platform="simulated", sim_dir=tmp_path / "sim")
+    (tmp_path / "b").mkdir(mode=0o700)
+    shutil.copy(tmp_path / "a" / "master.key", tmp_path / "b" / "master.key")
+    b = open_spm(tmp_path / "b", db_url=db, platform="simulated", sim_dir=tmp_path / "sim")
+    try:
+        board = Board.create()
+        submit(a, board, policy_document("p", board, root))
+        token = enroll(LocalClient(a), simulated.SimulatedPlatform(tmp_path / "sim"), "p",
+                       "aggregator", measurement=AGGREGATOR_MR).session_token  # fmt: skip
+        for expect in (0, 1):
+            name = f"{expect + 1:032x}"
+            asyncio.run(a.increment_async(token, "p", "round", expect, request=name))
+            assert a.counter_state("p", "round") == (expect + 1, name)
+            assert b.counter_state("p", "round") == (expect + 1, name)
+    finally:
+        a.close()
+        b.close()

@@ -41,9 +41,11 @@ far below its size limits, whatever the model's size. The plaintext is::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import secrets
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -68,8 +70,11 @@ __all__ = [
     "MAX_HEADER",
     "Checkpoint",
     "checkpoint_name",
+    "drawn_here",
     "header_of",
     "load_checkpoint",
+    "may_commit",
+    "new_request",
     "parse_checkpoint_name",
     "policy_of",
     "reset_hint",
@@ -90,6 +95,29 @@ _AEAD_OVERHEAD = 1 + NONCE_SIZE + 16
 _NAME = re.compile(r"^checkpoint-r(\d{8,})-c(\d{10,})(?:-([0-9a-f]{16}))?\.secfl$")
 #: A compare-and-increment's name (secfl.spm._increment).
 _REQUEST = re.compile(r"^[0-9a-f]{32}$")
+_REQUEST_LABEL = b"secfl/checkpoint-request/v1\n"
+
+
+def new_request() -> str:
+    """A name for the increment that commits a checkpoint: 64 random bits and a check of
+    them, so that a name this code drew can be told (but for 2^-64) from the random
+    names of the code before it, whose checkpoints carried none."""
+    nonce = secrets.token_hex(8)
+    return nonce + hashlib.sha256(_REQUEST_LABEL + nonce.encode()).hexdigest()[:16]
+
+
+def drawn_here(request: str) -> bool:
+    """Whether ``request`` is a name :func:`new_request` drew (a checkpoint names it)."""
+    nonce, check = request[:16], request[16:]
+    return check == hashlib.sha256(_REQUEST_LABEL + nonce.encode()).hexdigest()[:16]
+
+
+def may_commit(named: str | None, request: str | None) -> bool:
+    """Whether a checkpoint naming ``named`` (None: written before names) can be the
+    one the SPM's increment ``request`` (None: the SPM names none) committed."""
+    if named is not None:
+        return named == request
+    return request is None or not drawn_here(request)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from secfl.fl._checkpoint import (
     Checkpoint,
     header_of,
     load_checkpoint,
+    may_commit,
     parse_checkpoint_name,
     policy_of,
     reset_hint,
@@ -90,11 +91,11 @@ def latest_checkpoint(
         for rnd, ctr, path in list_checkpoints(directory)
         if policy_of(path) == policy_digest
     ]
-    if committed is not None and committed[1] is not None:
+    if committed is not None:
         # at the SPM's counter, a file another increment was to commit never was
         counter, request = committed
         candidates = [c for c in candidates
-                      if c[1] != counter or _request_of(c[2]) in (None, request)]  # fmt: skip
+                      if c[1] != counter or may_commit(_request_of(c[2]), request)]  # fmt: skip
     if expected_counter is not None:
         if type(expected_counter) is not int or expected_counter < 0:
             raise FlError(
@@ -113,9 +114,19 @@ def latest_checkpoint(
             )
         return None
     _, _, path = candidates[0]
-    return load_checkpoint(
+    checkpoint = load_checkpoint(
         path, key=key, policy_digest=policy_digest, expected_counter=expected_counter
     )
+    if (
+        committed is not None
+        and checkpoint.counter == committed[0]
+        and not may_commit(checkpoint.request, committed[1])
+    ):  # what was read before it was authenticated said otherwise
+        raise FlError(
+            f"integrity: checkpoint {path.name} changed while it was read (it names another "
+            "increment than the one that committed its counter)"
+        )
+    return checkpoint
 
 
 def prune_checkpoints(

@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -81,7 +80,7 @@ from secfl._internal import interrupts
 from secfl._internal.buffers import Frozen, frozen
 from secfl._internal.worker import Worker
 from secfl.errors import CounterMoved, FlError
-from secfl.fl._checkpoint import sync_checkpoint, write_checkpoint
+from secfl.fl._checkpoint import new_request, sync_checkpoint, write_checkpoint
 from secfl.fl._checkpoint_dir import latest_checkpoint, prune_checkpoints
 from secfl.fl._ledger import Ledger, MemoryLedger, SpmLedger, new_version
 from secfl.fl._phases import ms
@@ -206,7 +205,7 @@ class Commit:
         target = self.counter + 1
         # the increment's name, in the checkpoint too: of two aggregators forked from
         # one state, the SPM says whose checkpoint at ``target`` it committed
-        request = secrets.token_hex(16)
+        request = new_request()
         syncing: _Sync | None = None
         if self.directory is not None:
             assert self.key is not None

@@ -33,9 +33,10 @@ class Ledger(Protocol):
 class MemoryLedger:
     """A counter in this process (tests and --insecure mode: no rollback protection)."""
 
-    def __init__(self, value: int = 0) -> None:
+    def __init__(self, value: int = 0, request: str | None = None) -> None:
         self.value = value
-        self.request: str | None = None
+        #: The name of the increment that took it to ``value`` (as the SPM says).
+        self.request = request
         self._lock = threading.Lock()
 
     def current(self) -> int:

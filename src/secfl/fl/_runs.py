@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlError
-from secfl.fl._checkpoint import Checkpoint, header_of, load_checkpoint, reset_hint
+from secfl.fl._checkpoint import Checkpoint, header_of, load_checkpoint, may_commit, reset_hint
 from secfl.fl._checkpoint_dir import list_checkpoints
 
 __all__ = ["ResumePoint", "find_resume_point", "run_label"]
@@ -84,13 +84,13 @@ def find_resume_point(
     committed = [c for c in list_checkpoints(directory) if c[1] <= counter]
     headers = {path: header_of(path) for _, _, path in committed}
     runs = {path: None if h is None else str(h["policy_digest"]) for path, h in headers.items()}
-    at_counter = _committed_at(
+    at_counter, named = _committed_at(
         [path for _, ctr, path in committed if ctr == counter and headers[path] is not None],
         headers, request, counter, directory,
     )  # fmt: skip
     mine = [path for path in at_counter if runs[path] == run]
     if mine:
-        return ResumePoint(counter, checkpoint=_open(mine[0], key, run, counter))
+        return ResumePoint(counter, checkpoint=_open(mine[0], key, run, counter, named))
     others = [path for path in at_counter if runs[path] is not None]
     if not others:
         found = (
@@ -110,7 +110,7 @@ def find_resume_point(
         )
     digest = runs[others[0]]
     assert digest is not None
-    return ResumePoint(counter, previous=_open(others[0], key, digest, counter))
+    return ResumePoint(counter, previous=_open(others[0], key, digest, counter, named))
 
 
 def _committed_at(
@@ -119,38 +119,58 @@ def _committed_at(
     request: str | None,
     counter: int,
     directory: Path,
-) -> list[Path]:
+) -> tuple[list[Path], str | None]:
     """Of the checkpoints at the SPM's ``counter``, the one its increment ``request``
-    committed; one written before increments were named, if it is the only one."""
+    committed (:func:`~secfl.fl._checkpoint.may_commit`), and the name that one must
+    hold once opened: these headers are not authenticated yet, and the file may change
+    before it is opened."""
 
     def named(path: Path) -> str | None:
         header = headers[path]
         return None if header is None else header.get("request")
 
-    if request is not None:
-        chosen = [path for path in paths if named(path) == request]
-        if chosen:
-            return chosen
-    unnamed = [path for path in paths if named(path) is None]
-    if len(unnamed) == 1 and (request is not None or len(paths) == 1):
-        return unnamed
-    if paths and request is not None:
+    exact = [path for path in paths if request is not None and named(path) == request]
+    if exact:
+        return exact[:1], request
+    possible = [path for path in paths if may_commit(named(path), request)]
+    if len(possible) == 1:
+        return possible, None
+    if len(possible) > 1:
+        raise FlError(
+            f"rollback: {len(possible)} checkpoints in {directory} have the SPM's counter "
+            f"{counter}, and the SPM does not say which one it committed; "
+            + reset_hint(directory, counter)
+        )
+    if paths and request is None:
+        raise FlError(
+            f"rollback: the SPM does not say which increment took its counter to {counter} "
+            "(an SPM older than this aggregator: update it; or one that has not yet read "
+            "another SPM's commit: start the aggregator again), and every checkpoint there "
+            "names one"
+        )
+    if paths:
         raise FlError(
             f"rollback: no checkpoint with the SPM's counter {counter} in {directory} is the "
             f"one its increment committed (those there were another aggregator's, or their "
             "increment failed): the committed one was lost or withheld; "
             + reset_hint(directory, counter)
         )
-    if len(paths) > 1:
+    return [], None
+
+
+def _open(path: Path, key: bytes, digest: str, counter: int, request: str | None) -> Checkpoint:
+    """Open the checkpoint chosen at ``counter``; it must name ``request`` (the header
+    it was chosen by was read before it was authenticated)."""
+    checkpoint = _load(path, key, digest, counter)
+    if checkpoint.request != request:
         raise FlError(
-            f"rollback: {len(paths)} checkpoints in {directory} have the SPM's counter "
-            f"{counter}, and the SPM does not say which one it committed; "
-            + reset_hint(directory, counter)
+            f"integrity: checkpoint {path.name} changed while it was read (its header named "
+            "another increment than the one it was chosen for)"
         )
-    return paths
+    return checkpoint
 
 
-def _open(path: Path, key: bytes, digest: str, counter: int) -> Checkpoint:
+def _load(path: Path, key: bytes, digest: str, counter: int) -> Checkpoint:
     try:
         return load_checkpoint(path, key=key, policy_digest=digest, expected_counter=counter)
     except FlError as exc:

@@ -356,14 +356,23 @@ class Spm:
 
     def counter_state(self, policy_name: str, counter: str) -> tuple[int, str | None]:
         """A counter's value and the name of the compare-and-increment that took it
-        there (None if unnamed), or :class:`Refused` (404)."""
-        with self.store.read() as tx:
-            value = tx.counters.get(policy_name, counter)
-            floors = tx.floors
-        if value is None:
-            raise Refused(f"counter: '{policy_name}' has no counter '{counter}'", 404)
-        newest = None if floors is None else floors.requests.get((policy_name, counter))
-        return value, (newest[1] if newest is not None and newest[0] == value else None)
+        there (None if unnamed), or :class:`Refused` (404). The name comes from the
+        floors, the value from the database: when they disagree (another SPM sharing the
+        database committed, or this one's commit is not applied yet) the floors catch up
+        from the log first, so that a committed name is not reported as none."""
+        for attempt in (1, 2):
+            with self.store.read() as tx:
+                value = tx.counters.get(policy_name, counter)
+                floors = tx.floors
+            if value is None:
+                raise Refused(f"counter: '{policy_name}' has no counter '{counter}'", 404)
+            newest = None if floors is None else floors.requests.get((policy_name, counter))
+            if newest is not None and newest[0] == value:
+                return value, newest[1]
+            if attempt == 2 or floors is None:
+                return value, None
+            self.store.sync()
+        raise AssertionError("unreachable")
 
     # --- rollback-protected volumes (secfl.spm._volume_records) ---------------------------
 
