@@ -21,7 +21,7 @@ import pytest
 from secfl.errors import FlError
 from secfl.fl import _runs as runs
 from secfl.fl._aggregator import Aggregator, Signer
-from secfl.fl._checkpoint import drawn_here, header_of, write_checkpoint
+from secfl.fl._checkpoint import drawn_here, header_of, new_request, write_checkpoint
 from secfl.fl._checkpoint_dir import list_checkpoints
 from secfl.fl._commit import Commit, MemoryLedger
 from secfl.fl._config import FederationConfig
@@ -182,3 +182,47 @@ def test_a_checkpoint_of_the_code_before_names_never_passes_for_a_named_commit(
     # the code before named its increments at random: its own checkpoint still resumes
     point = find_resume_point(tmp_path, key=KEY, run=RUN_A, counter=2, request="ab" * 16)
     assert point.checkpoint is not None and point.checkpoint.request is None
+
+
+def _slow_loser(folder: Path) -> MemoryLedger:
+    """A fork whose loser writes its checkpoint at counter 2 after the winner's commit
+    pruned; the winner then commits counter 3 and prunes again."""
+    ledger = MemoryLedger()
+    first = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
+    first.resume()
+    first.commit(1, _params(1), {})
+    winner = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
+    loser = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
+    winner.resume()
+    loser.resume()
+    winner.commit(2, _params(2), {})
+    with pytest.raises(FlError, match="^counter: "):
+        loser.commit(2, _params(666.0), {})
+    winner.commit(3, _params(3), {})
+    return ledger
+
+
+def test_pruning_keeps_the_committed_file_beside_a_forks(tmp_path: Path) -> None:
+    """The review's review: pruning kept one of the two files at counter 2 by the
+    folder's order (it deleted the committed one in 8 of 12 folders), and a board reset
+    after a power loss then resumed the loser's model."""
+    for i in range(6):
+        folder = tmp_path / f"f{i}"
+        ledger = _slow_loser(folder)
+        at_2 = [header_of(p)["request"] for _, ctr, p in list_checkpoints(folder) if ctr == 2]
+        assert len(at_2) == 1 and drawn_here(at_2[0])
+        next(folder.glob("checkpoint-*-c0000000003-*")).unlink()  # torn by a power loss
+        point = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A).resume(reset_from=3)
+        assert point.checkpoint is not None
+        assert from_bytes(point.checkpoint.params_bytes)[0]["w"].tolist() == [2.0] * 3
+
+
+def test_a_reset_refuses_two_checkpoints_at_the_counter_it_would_take(tmp_path: Path) -> None:
+    """Two files at a counter below the SPM's (a fork's, from before a restart): nothing
+    says which one committed, so a reset refuses rather than take either."""
+    for value in (2.0, 666.0):
+        write_checkpoint(tmp_path, key=KEY, policy_digest=RUN_A, round=2, counter=2,
+                         params_bytes=_params(value), state={}, request=new_request())  # fmt: skip
+    ledger = MemoryLedger(3, new_request())
+    with pytest.raises(FlError, match="2 checkpoints in .* have counter 2"):
+        Commit(ledger, directory=tmp_path, key=KEY, policy_digest=RUN_A).resume(reset_from=3)

@@ -31,6 +31,7 @@ the runs of several policy versions, is :func:`secfl.fl._runs.find_resume_point`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from secfl.errors import FlError
@@ -113,7 +114,15 @@ def latest_checkpoint(
                 + reset_hint(directory, expected_counter)
             )
         return None
-    _, _, path = candidates[0]
+    _, chosen, path = candidates[0]
+    tied = [c for c in candidates if c[1] == chosen]
+    if len(tied) > 1:  # two at that value (a fork), and nothing here says which committed
+        raise FlError(
+            f"rollback: {len(tied)} checkpoints in {directory} have counter {chosen} "
+            f"({', '.join(p.name for _, _, p in tied[:3])}), one of them another aggregator's "
+            "that never committed: set aside the one whose name is not the request of the "
+            f"SPM's counter.incremented entry at {chosen} (secfl audit show), then start again"
+        )
     checkpoint = load_checkpoint(
         path, key=key, policy_digest=policy_digest, expected_counter=expected_counter
     )
@@ -133,28 +142,32 @@ def prune_checkpoints(
     directory: Path | str,
     *,
     keep: int = 2,
-    committed: tuple[int, str | None] | None = None,
+    committed: Mapping[int, str | None] | None = None,
 ) -> list[Path]:
     """Delete all but the ``keep`` newest checkpoint files; returns what was deleted.
     Keep at least 2 with the commit protocol (the newest may be uncommitted).
 
-    ``committed``: the SPM's counter and the name of the increment that took it there
-    (:meth:`~secfl.fl._ledger.Ledger.committed`). The committed file is then kept
-    whatever else the folder holds, with the ``keep - 1`` newest before it; files at
-    its counter that another increment was to commit (a forked aggregator's, which
-    can never commit now) are deleted, and newer ones (in flight) left alone."""
+    ``committed``: counter values and the names of the increments that took the counter
+    to them, as this aggregator knows them (the newest is the SPM's now). Then the
+    files at those values that another increment was to commit (a forked aggregator's:
+    they can never commit now) are deleted first; of the rest up to the newest value,
+    the ``keep`` newest *values* are kept with every file at them (a tie is never
+    broken by the folder's order), and files above it (in flight) are left alone."""
     if type(keep) is not int or keep < 1:
         raise FlError(f"checkpoint: keep must be a positive integer, not {keep!r}")
     found = list_checkpoints(directory)
-    if committed is None or committed[1] is None:
+    if not committed:
         doomed = [path for _, _, path in found[keep:]]
     else:
-        counter, request = committed
-        at = [path for _, ctr, path in found if ctr == counter]
-        mine = [path for path in at if _request_of(path) == request]
-        older = [path for _, ctr, path in found if ctr < counter]
-        doomed = [path for path in at if path not in mine] if mine else []
-        doomed += older[keep - 1 if mine else keep :]
+        newest = max(committed)
+        named = {ctr: request for ctr, request in committed.items() if request is not None}
+        doomed = [path for _, ctr, path in found
+                  if ctr in named and not may_commit(_request_of(path), named[ctr])]  # fmt: skip
+        values = sorted({ctr for _, ctr, path in found if ctr <= newest and path not in doomed},
+                        reverse=True)  # fmt: skip
+        kept = set(values[:keep])
+        doomed += [path for _, ctr, path in found
+                   if ctr <= newest and ctr not in kept and path not in doomed]  # fmt: skip
     removed = []
     for path in doomed:
         path.unlink(missing_ok=True)

@@ -118,6 +118,9 @@ class Commit:
         self.counter = 0
         #: The name of the increment that committed ``counter`` (None: unnamed, or none).
         self.request: str | None = None
+        #: Counter values this aggregator knows committed, with their increments' names
+        #: (the last few): pruning keeps those files and deletes the forks beside them.
+        self._known: dict[int, str | None] = {}
         #: Commit in the background while the next round starts (default: when the
         #: ledger is not in memory or checkpoints go to disk: when it is slow).
         self.overlap = (
@@ -151,6 +154,7 @@ class Commit:
         spm, request = self.ledger.committed()
         self.counter = spm
         self.request = request
+        self._known = {spm: request} if spm else {}
         if self.directory is None:
             if spm and reset_from is None:
                 log.warning("no checkpoints (counter at %d): starting from round 0", spm)
@@ -222,6 +226,9 @@ class Commit:
         counted = time.monotonic()
         synced = syncing.wait() if syncing is not None else sealed
         self.counter, self.request = value, request
+        self._known[value] = request
+        for old in sorted(self._known)[: -(self.keep + 1)]:
+            del self._known[old]
         if prune:
             self.prune()
         self.phases = {
@@ -237,9 +244,7 @@ class Commit:
         one or a newer, uncommitted one: never the one a restart needs)."""
         if self.directory is not None:
             with self._files:  # never beside a commit: its new file is not committed yet
-                prune_checkpoints(
-                    self.directory, keep=self.keep, committed=(self.counter, self.request)
-                )
+                prune_checkpoints(self.directory, keep=self.keep, committed=dict(self._known))
 
     def _increment(self, round: int, target: int, event: RoundEvent | None, request: str) -> int:
         """The counter moved from the value this aggregator committed last to ``target``,
