@@ -113,18 +113,24 @@ def test_two_checkpoints_at_the_counter_and_no_name_are_refused(tmp_path: Path) 
 # --- the review of the fix ----------------------------------------------------------------
 
 
-def _fork(folder: Path) -> tuple[MemoryLedger, Path, Path]:
-    """Round 1 committed, then two aggregators forked from it: the winner commits round
-    2 at counter 2, the loser's round 2 (weights 666) is refused. Returns the ledger
-    and the winner's and the loser's files."""
+def _forked(folder: Path) -> tuple[MemoryLedger, Commit, Commit]:
+    """Round 1 committed; two aggregators resumed from it."""
     ledger = MemoryLedger()
     first = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
     first.resume()
     first.commit(1, _params(1), {})
-    winner = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
-    loser = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
-    winner.resume()
-    loser.resume()
+    both = [Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
+            for _ in range(2)]  # fmt: skip
+    for commit in both:
+        commit.resume()
+    return ledger, both[0], both[1]
+
+
+def _fork(folder: Path) -> tuple[MemoryLedger, Path, Path]:
+    """Round 1 committed, then two aggregators forked from it: the winner commits round
+    2 at counter 2, the loser's round 2 (weights 666) is refused. Returns the ledger
+    and the winner's and the loser's files."""
+    ledger, winner, loser = _forked(folder)
     winner.commit(2, _params(2.0), {}, prune=False)
     with pytest.raises(FlError, match="^counter: "):
         loser.commit(2, _params(666.0), {}, prune=False)
@@ -187,14 +193,7 @@ def test_a_checkpoint_of_the_code_before_names_never_passes_for_a_named_commit(
 def _slow_loser(folder: Path) -> MemoryLedger:
     """A fork whose loser writes its checkpoint at counter 2 after the winner's commit
     pruned; the winner then commits counter 3 and prunes again."""
-    ledger = MemoryLedger()
-    first = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
-    first.resume()
-    first.commit(1, _params(1), {})
-    winner = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
-    loser = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A, overlap=False)
-    winner.resume()
-    loser.resume()
+    ledger, winner, loser = _forked(folder)
     winner.commit(2, _params(2), {})
     with pytest.raises(FlError, match="^counter: "):
         loser.commit(2, _params(666.0), {})
