@@ -77,6 +77,7 @@ __all__ = [
     "new_request",
     "parse_checkpoint_name",
     "policy_of",
+    "request_of",
     "reset_hint",
     "sync_checkpoint",
     "write_checkpoint",
@@ -463,6 +464,13 @@ def policy_of(path: Path) -> str | None:
     """The (not yet authenticated) policy digest in a checkpoint's header, or None."""
     header = header_of(path)
     return None if header is None else str(header["policy_digest"])
+
+
+def request_of(path: Path) -> str | None:
+    """The (not yet authenticated) increment name in a checkpoint's header, or None."""
+    header = header_of(path)
+    request = None if header is None else header.get("request")
+    return request if isinstance(request, str) else None
 
 
 def header_of(path: Path) -> dict[str, Any] | None:

@@ -37,11 +37,11 @@ from pathlib import Path
 from secfl.errors import FlError
 from secfl.fl._checkpoint import (
     Checkpoint,
-    header_of,
     load_checkpoint,
     may_commit,
     parse_checkpoint_name,
     policy_of,
+    request_of,
     reset_hint,
 )
 
@@ -96,7 +96,7 @@ def latest_checkpoint(
         # at the SPM's counter, a file another increment was to commit never was
         counter, request = committed
         candidates = [c for c in candidates
-                      if c[1] != counter or may_commit(_request_of(c[2]), request)]  # fmt: skip
+                      if c[1] != counter or may_commit(request_of(c[2]), request)]  # fmt: skip
     if expected_counter is not None:
         if type(expected_counter) is not int or expected_counter < 0:
             raise FlError(
@@ -162,7 +162,7 @@ def prune_checkpoints(
         newest = max(committed)
         named = {ctr: request for ctr, request in committed.items() if request is not None}
         doomed = [path for _, ctr, path in found
-                  if ctr in named and not may_commit(_request_of(path), named[ctr])]  # fmt: skip
+                  if ctr in named and not may_commit(request_of(path), named[ctr])]  # fmt: skip
         values = sorted({ctr for _, ctr, path in found if ctr <= newest and path not in doomed},
                         reverse=True)  # fmt: skip
         kept = set(values[:keep])
@@ -173,9 +173,3 @@ def prune_checkpoints(
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
-
-
-def _request_of(path: Path) -> str | None:
-    header = header_of(path)
-    request = None if header is None else header.get("request")
-    return request if isinstance(request, str) else None
