@@ -298,5 +298,29 @@ def test_seal_shares_refuses_bad_input(board: dict[str, tuple[bytes, bytes]]) ->
         seal_shares(new_policy_key(), "fl", {**keys, "dave": p384}, 2)
     # PEM given as str works as well as bytes.
     one = seal_shares(new_policy_key(), "fl", {"alice": keys["alice"].decode()}, 1)
-    x, share = open_share(one, "alice", board["alice"][0].decode())
-    assert x == 1 and recover_policy_key([(x, share)], one) == share
+    got = open_share(one, "alice", board["alice"][0].decode())
+    assert got.x == 1 and got.part is None and recover_policy_key([got], one) == got.value
+    assert recover_policy_key([(got.x, got.value)], one) == got.value
+
+
+def test_required_members_hold_a_part_of_the_key(board: dict[str, tuple[bytes, bytes]]) -> None:
+    """Every pair that recovers includes each required member; the others learn nothing."""
+    keys = {m: p for m, (_, p) in board.items()}
+    key = new_policy_key()
+    shares_json = seal_shares(key, "fl", keys, 2, required=["bob"])
+    assert json.loads(shares_json)["required"] == ["bob"]
+    opened = {m: open_share(shares_json, m, private) for m, (private, _) in board.items()}
+    assert opened["bob"].part is not None and opened["alice"].part is None
+    for pair in itertools.combinations(board, 2):
+        shares = [opened[m] for m in pair]
+        if "bob" in pair:
+            assert recover_policy_key(shares, shares_json) == key
+        else:
+            assert recover_policy_key(shares) != key
+            with pytest.raises(SpmError, match="required member 'bob' is missing"):
+                recover_policy_key(shares, shares_json)
+    # bob's Shamir point without his part is no help either.
+    point = opened["bob"]._replace(part=None)
+    assert recover_policy_key([opened["alice"], point]) != key
+    with pytest.raises(SpmError, match="required member 'dave' has no recovery key"):
+        seal_shares(key, "fl", keys, 2, required=["dave"])

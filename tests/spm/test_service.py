@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secfl.errors import AuditError
+from secfl.errors import AuditError, SpmError
 from secfl.spm import _sealing as sv
 from secfl.spm._audit_verify import verify_database
 from secfl.spm._masterkey import open_secret
@@ -116,6 +116,53 @@ def test_board_recovers_the_policy_secrets(setup: tuple[Spm, Board, bytes, Path]
     assert sv.render("model-key", value, "hex") == got.render("model-key", "hex")
     with pytest.raises(Exception, match="threshold"):
         recover_policy_key(shares[:1], shares_json)
+
+
+def test_recovery_needs_every_required_member(setup: tuple[Spm, Board, bytes, Path]) -> None:
+    """A required member must sign every version, so recovery needs them too: two other
+    members hold a threshold of shares but not alice's part of the key."""
+    spm, board, root, _tmp = setup
+    required = {"board": {"members": board.members(), "threshold": 2, "required": ["alice"]}}
+    submit(spm, board, policy_document("p", board, root, extra=required))
+    with spm.store.transaction() as tx:
+        shares_json = tx.data_keys.shares("p")
+        record = tx.secrets.get("p", "model-key")
+        wrapped = tx.data_keys.get("p")
+    assert shares_json and record is not None and wrapped is not None
+    assert json.loads(shares_json)["required"] == ["alice"]
+    opened = {m: open_share(shares_json, m, board.recovery[m]) for m in board.recovery}
+    with pytest.raises(SpmError, match="share of required member 'alice' is missing"):
+        recover_policy_key([opened["bob"], opened["carol"]], shares_json)
+    # Even told nothing is required, bob and carol rebuild no key that opens a secret.
+    lied = json.loads(shares_json) | {"required": []}
+    with pytest.raises(SpmError, match="do not recombine to the policy key"):
+        recover_policy_key([opened["bob"], opened["carol"]], json.dumps(lied))
+    without = recover_policy_key([opened["bob"], opened["carol"]])
+    with pytest.raises(SpmError):
+        open_secret(without, "p", "model-key", record.ciphertext)
+    for pair in (("alice", "bob"), ("carol", "alice")):
+        key = recover_policy_key([opened[m] for m in pair], shares_json)
+        assert json.loads(open_secret(key, "p", "model-key", record.ciphertext))
+    # A version that only drops the requirement replaces the data key (the old shares,
+    # and alice's part, open nothing stored from then on).
+    digest = spm.policy("p")[0].digest
+    plain = {"board": {"members": board.members(), "threshold": 2}}
+    submit(spm, board, policy_document("p", board, root, version=2, predecessor=digest,
+                                       extra=plain))  # fmt: skip
+    with spm.store.transaction() as tx:
+        assert tx.data_keys.get("p") != wrapped
+        assert json.loads(tx.data_keys.shares("p") or "{}")["required"] == []
+
+
+def test_required_member_without_recovery_key_is_refused(
+    setup: tuple[Spm, Board, bytes, Path],
+) -> None:
+    spm, board, root, _tmp = setup
+    members = board.members()
+    del members[0]["recovery_key"]  # alice
+    required = {"board": {"members": members, "threshold": 2, "required": ["alice"]}}
+    with pytest.raises(Refused, match="board.required: 'alice' has no recovery_key"):
+        submit(spm, board, policy_document("p", board, root, extra=required))
 
 
 def test_database_tampering_is_detected(setup: tuple[Spm, Board, bytes, Path]) -> None:

@@ -300,7 +300,19 @@ def check_new_version(policy: Policy) -> None:
     A code volume is pinned by its tag: on hardware the TEE measures the image, not
     the volumes it opens, and a counter lets the key holder release other code
     without the board. Every identity a service accepts pins code
-    (:func:`~secfl.policy._model.pins_code`): ``{vmpl: 0}`` alone accepted any guest."""
+    (:func:`~secfl.policy._model.pins_code`): ``{vmpl: 0}`` alone accepted any guest.
+
+    When members give recovery keys, every required member gives one: recovery needs
+    each required member's part of the data key (:mod:`secfl.spm._recovery`), as
+    approval needs their signature."""
+    holders = {m.name for m in policy.board.members if m.recovery_key is not None}
+    lacking = [m for m in policy.board.required if m not in holders]
+    if holders and lacking:
+        raise PolicyError(
+            f"policy: board.required: '{lacking[0]}' has no recovery_key, so the other "
+            "members could recover the policy's secrets without them; give every required "
+            "member a recovery_key, or no member"
+        )
     for service in policy.services:
         for kind in service.measurements:
             for j, identity in enumerate(service.identities(kind)):

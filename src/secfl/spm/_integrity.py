@@ -88,7 +88,7 @@ class RowMac:
         if not expected or not isinstance(mac, str) or not hmac.compare_digest(expected, mac):
             raise IntegrityError(
                 f"integrity: {what} fails its MAC: the database was modified outside the SPM "
-                "(restore it from a backup, or recover the policies with the board)"
+                "(restore it from a backup; docs/operations.md: The SPM's master key and backups)"
             )
 
 

@@ -3,7 +3,11 @@
 The data key is split with Shamir's scheme (threshold = the board's threshold)
 and each share sealed with HPKE to one member's recovery key (X25519 or P-256).
 Any threshold of members can rebuild the key on a new SPM; fewer learn nothing.
-A check value tells a correct recombination from a wrong one.
+The board's ``required`` members are needed here as they are for approving a
+version: the key is the Shamir secret XOR one random part per required member,
+each part sealed with that member's share, so a threshold without every required
+member learns nothing either. A check value tells a correct recombination from a
+wrong one.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
-from typing import Any
+import secrets
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke, serialization
@@ -30,6 +35,7 @@ __all__ = [
     "RECOVERY_INFO",
     "RecoveryPrivateKey",
     "RecoveryPublicKey",
+    "Share",
     "key_check",
     "load_recovery_public_key",
     "open_share",
@@ -38,12 +44,28 @@ __all__ = [
 ]
 
 RECOVERY_INFO = b"secfl/recovery-share/v1\n"
-RECOVERY_FORMAT = "secfl-recovery-shares/v1"
+RECOVERY_FORMAT = "secfl-recovery-shares/v2"
+#: Written before required members held a part of the key: still opened.
+_FORMATS = (RECOVERY_FORMAT, "secfl-recovery-shares/v1")
 _CHECK_LABEL = b"secfl/policy-key-check/v1"
 
 
 RecoveryPublicKey = x25519.X25519PublicKey | ec.EllipticCurvePublicKey
 RecoveryPrivateKey = x25519.X25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+class Share(NamedTuple):
+    """One member's opened share: the Shamir point ``(x, value)`` and, for a required
+    member, their ``part`` of the key (``None`` otherwise)."""
+
+    x: int
+    value: bytes
+    member: str = ""
+    part: bytes | None = None
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(i ^ j for i, j in zip(a, b, strict=True))
 
 
 def key_check(key: bytes) -> str:
@@ -98,14 +120,22 @@ def load_recovery_public_key(pem: bytes | str, member: str) -> RecoveryPublicKey
 
 
 def seal_shares(
-    key: bytes, policy_name: str, recovery_keys: Mapping[str, bytes | str], threshold: int
+    key: bytes,
+    policy_name: str,
+    recovery_keys: Mapping[str, bytes | str],
+    threshold: int,
+    required: Collection[str] = (),
 ) -> str:
     """Split ``key`` for the board and seal each member's share to their recovery key.
 
-    Returns JSON: ``{"format", "policy", "scheme", "threshold", "check", "shares":
-    {member: {"x", "kem", "recipient_sha256", "sealed" (base64 HPKE)}}}``. HPKE suite:
-    the member key's KEM (X25519 or P-256), HKDF-SHA256, AES-256-GCM; ``info`` =
-    :data:`RECOVERY_INFO` + policy name; the plaintext is ``x (1 byte) || share``.
+    Every ``required`` member must have a recovery key: the key is the Shamir secret
+    XOR a random part of each of them, so recovery needs them all, as approval does.
+
+    Returns JSON: ``{"format", "policy", "scheme", "threshold", "required", "check",
+    "shares": {member: {"x", "kem", "recipient_sha256", "sealed" (base64 HPKE)}}}``.
+    HPKE suite: the member key's KEM (X25519 or P-256), HKDF-SHA256, AES-256-GCM;
+    ``info`` = :data:`RECOVERY_INFO` + policy name; the plaintext is ``x (1 byte) ||
+    share``, followed by the member's part for a required member.
     """
     if not recovery_keys:
         raise SpmError(f"recovery: policy '{policy_name}' names no recovery keys")
@@ -116,15 +146,30 @@ def seal_shares(
         )
     if len(recovery_keys) > 255:
         raise SpmError("recovery: at most 255 recovery keys")
+    if len(key) != KEY_SIZE:
+        raise SpmError(f"recovery: a data key is {KEY_SIZE} bytes, not {len(key)}")
+    missing = sorted(set(required) - set(recovery_keys))
+    if missing:
+        raise SpmError(
+            f"recovery: required member '{missing[0]}' has no recovery key, so the board "
+            "could recover without them; give every required member a recovery key, or "
+            "no member"
+        )
     members = sorted(recovery_keys)
     public = {m: load_recovery_public_key(recovery_keys[m], m) for m in members}
     info = RECOVERY_INFO + policy_name.encode("utf-8")
+    parts = {m: secrets.token_bytes(KEY_SIZE) for m in sorted(set(required))}
+    secret = key
+    for part in parts.values():
+        secret = _xor(secret, part)
     shares: dict[str, dict[str, Any]] = {}
-    for member, (x, share) in zip(members, shamir.split(key, threshold, len(members)), strict=True):
+    points = shamir.split(secret, threshold, len(members))
+    for member, (x, share) in zip(members, points, strict=True):
         pub = public[member]
         kem = _kem_of(pub)
         assert kem is not None
-        sealed = _suite(kem).encrypt(bytes([x]) + share, pub, info=info)
+        plain = bytes([x]) + share + parts.get(member, b"")
+        sealed = _suite(kem).encrypt(plain, pub, info=info)
         shares[member] = {
             "x": x,
             "kem": kem,
@@ -136,6 +181,7 @@ def seal_shares(
         "policy": policy_name,
         "scheme": "shamir-gf256",
         "threshold": threshold,
+        "required": sorted(parts),
         "check": key_check(key),
         "shares": shares,
     }
@@ -147,17 +193,20 @@ def _parse_shares(shares_json: str) -> dict[str, Any]:
         doc = json.loads(shares_json)
     except (TypeError, ValueError):
         raise SpmError("recovery: the recovery shares are not JSON") from None
-    if not isinstance(doc, dict) or doc.get("format") != RECOVERY_FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in _FORMATS:
         raise SpmError(f"recovery: the recovery shares are not in the {RECOVERY_FORMAT} format")
     if not isinstance(doc.get("shares"), dict) or not isinstance(doc.get("policy"), str):
         raise SpmError("recovery: the recovery shares are malformed")
+    required = doc.setdefault("required", [])
+    if not isinstance(required, list) or not all(isinstance(m, str) for m in required):
+        raise SpmError("recovery: the recovery shares' required members are malformed")
     threshold = doc.get("threshold")
     if not isinstance(threshold, int) or threshold < 1:
         raise SpmError("recovery: the recovery shares have no valid threshold")
     return doc
 
 
-def open_share(shares_json: str, member: str, private_pem: bytes | str) -> tuple[int, bytes]:
+def open_share(shares_json: str, member: str, private_pem: bytes | str) -> Share:
     """Board member ``member`` opens their share with their recovery private key (PEM,
     unencrypted). :class:`SpmError` if the key is not the one the share was sealed to,
     or the share was modified."""
@@ -195,27 +244,46 @@ def open_share(shares_json: str, member: str, private_pem: bytes | str) -> tuple
         ) from None
     if len(plain) < 2 or plain[0] != entry.get("x"):
         raise SpmError(f"recovery: the share of '{member}' is malformed")
-    return plain[0], plain[1:]
+    if len(plain) == 1 + 2 * KEY_SIZE:  # a required member's share and part
+        return Share(plain[0], plain[1 : 1 + KEY_SIZE], member, plain[1 + KEY_SIZE :])
+    return Share(plain[0], plain[1:], member)
 
 
-def recover_policy_key(shares: list[tuple[int, bytes]], shares_json: str | None = None) -> bytes:
+def recover_policy_key(
+    shares: Sequence[Share | tuple[int, bytes]], shares_json: str | None = None
+) -> bytes:
     """Recombine opened shares into the policy's data key.
 
     With ``shares_json`` (the document :func:`seal_shares` made), fewer shares than its
-    threshold, or shares that do not recombine to the key it was made for, are an
-    :class:`SpmError`; without it, too few shares silently give a wrong key.
+    threshold, a required member's share missing, or shares that do not recombine to
+    the key it was made for, are an :class:`SpmError`; without it, too few shares
+    silently give a wrong key.
     """
     doc = _parse_shares(shares_json) if shares_json is not None else None
     if doc is not None and len(shares) < doc["threshold"]:
         raise SpmError(
             f"recovery: {len(shares)} share(s) given, the board's threshold is {doc['threshold']}"
         )
+    opened = [s if isinstance(s, Share) else Share(*s) for s in shares]
+    if doc is not None:
+        given = {s.member for s in opened if s.part is not None}
+        for member in sorted(doc["required"]):
+            if member not in given:
+                raise SpmError(
+                    f"recovery: the share of required member '{member}' is missing; the "
+                    "board needs every required member to recover, as to approve"
+                )
     try:
-        key = shamir.combine(list(shares))
+        key = shamir.combine([(s.x, s.value) for s in opened])
     except ValueError as exc:
         raise SpmError(f"recovery: {exc}") from None
     if len(key) != KEY_SIZE:
         raise SpmError(f"recovery: the shares hold {len(key)} bytes, not a {KEY_SIZE}-byte key")
+    for share in opened:
+        if share.part is not None:
+            if len(share.part) != KEY_SIZE:
+                raise SpmError(f"recovery: the part of '{share.member}' is malformed")
+            key = _xor(key, share.part)
     if doc is not None and not hmac.compare_digest(key_check(key), str(doc.get("check"))):
         raise SpmError(
             "recovery: the shares do not recombine to the policy key (a share is wrong "

@@ -127,8 +127,8 @@ def unreadable(exc: BaseException) -> IntegrityError:
     why = " ".join(str(exc).split())[:100]
     return IntegrityError(
         f"integrity: the database holds a value the SPM cannot read ({type(exc).__name__}: "
-        f"{why}); it was changed outside the SPM: restore it from a backup, or start a new "
-        "SPM and let the board recover the policies"
+        f"{why}); it was changed outside the SPM: restore it from a backup "
+        "(docs/operations.md: The SPM's master key and backups)"
     )
 
 
@@ -152,10 +152,8 @@ def _refuse_without_master_key(data: Path, db_url: str | None) -> None:
     if held:
         raise SpmError(
             f"secrets: the master key {data / KEY_FILE} is missing but this SPM's state is "
-            f"in {shown}, which no new key can open; restore master.key from its backup, or "
-            "start a new SPM on a new data folder and database and let the board recover "
-            "each policy's data key from its recovery shares (README: Policies and the "
-            "Security Policy Manager)"
+            f"in {shown}, which no new key can open; restore master.key from its backup "
+            "(docs/operations.md: The SPM's master key and backups)"
         )
 
 

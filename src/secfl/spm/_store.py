@@ -155,8 +155,9 @@ class Store:
             found = bytes(row.value)[:16].decode("ascii", "replace")
             raise SpmError(
                 f"store: the database has schema version {found}, this SPM needs "
-                f"{SCHEMA_VERSION.decode()} (rows authenticated by the SPM); start the SPM on a "
-                "new database and recover the policies with the board (README: recovery)"
+                f"{SCHEMA_VERSION.decode()} (rows authenticated by the SPM); run the release "
+                "that made it, or start the SPM on a new database and have the board submit "
+                "the policies again (docs/operations.md: The SPM's master key and backups)"
             )
 
     @contextmanager

@@ -2,8 +2,9 @@
 
 Each policy's secrets are encrypted under its own data key (AES-256-GCM, bound to
 policy and secret name). The data key is wrapped by the SPM's master key and split
-(Shamir, the board's threshold) to the board members' recovery keys, so the board
-can recover a policy's secrets on a new SPM without ever seeing the master key.
+(Shamir, the board's threshold, and a part for each required member) to the board
+members' recovery keys, so the board can rebuild the data key without ever seeing the
+master key (:mod:`secfl.spm._recovery`).
 """
 
 from __future__ import annotations
@@ -130,8 +131,12 @@ class SecretVault:
                 f"threshold is {policy.board.threshold}: recovery would need fewer members "
                 "than the board; give every member a recovery key, or none"
             )
-        threshold = policy.board.threshold
-        shares = seal_shares(key, policy.name, recovery, threshold) if recovery else "{}"
+        board = policy.board
+        shares = (
+            seal_shares(key, policy.name, recovery, board.threshold, board.required)
+            if recovery
+            else "{}"
+        )
         wrapped = wrap_policy_key(self.master, policy.name, key)
         tx.data_keys.put(policy.name, wrapped, shares)
         # Chained into the log: a data key restored to an older one is a rollback.
@@ -207,6 +212,7 @@ class SecretVault:
 
 
 def _board_state(policy: Policy) -> tuple[object, ...]:
-    """What the data key's protection depends on: members' keys, recovery keys, threshold."""
+    """What the data key's protection depends on: members' keys, recovery keys, threshold,
+    required members (each holds a part of the key)."""
     members = sorted((m.name, m.public_key, m.recovery_key or "") for m in policy.board.members)
-    return (policy.board.threshold, tuple(members))
+    return (policy.board.threshold, tuple(members), tuple(sorted(policy.board.required)))
