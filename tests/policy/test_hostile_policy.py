@@ -412,15 +412,20 @@ def _hostile_documents(board: Any, root: bytes) -> dict[str, str]:
     text = policy_document("hostile", board, root)
     doc = yaml.safe_load(text)
     as_json = json.dumps(doc).replace('"rounds": 10', f'"rounds": {HUGE}')
+    hidden = json.loads(json.dumps(doc))
+    hidden["secrets"][0]["common_name"] = "hostile CA\u202e"
     doc["services"][1]["inject"] = {"args": ["$$SECFL::model-key:hex$$"]}
     return {
         "yaml integer": text.replace("version: 1", f"version: {HUGE}"),
         "json integer": as_json,
         "secret in args": yaml.safe_dump(doc),
+        "json hidden text": json.dumps(hidden),
     }
 
 
-@pytest.mark.parametrize("case", ["yaml integer", "json integer", "secret in args"])
+@pytest.mark.parametrize(
+    "case", ["yaml integer", "json integer", "secret in args", "json hidden text"]
+)
 def test_the_spm_refuses_hostile_policies_with_400_and_an_audit_entry(
     spm: tuple[Any, Any, bytes], case: str
 ) -> None:
@@ -476,6 +481,53 @@ def test_text_a_reviewer_cannot_see_is_refused(char: str, what: str, tmp_path: P
         f"error: policy: line {line}: the document holds {what}, which hides text from "
         "whoever reads the file; remove it"
     ]
+
+
+def _example_as_json() -> dict[str, Any]:
+    import yaml
+
+    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    return data
+
+
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        # an escape in a JSON string: the file shows "\u202e", a viewer of the
+        # canonical form or of `secfl policy show` the reordered text
+        (lambda d: json.dumps(d), "the text holds an invisible format character (U+202E)"),
+        # the raw character, as JSON allows in a string
+        (lambda d: json.dumps(d, ensure_ascii=False), "(U+202E)"),
+    ],
+)
+def test_json_text_a_reviewer_cannot_see_is_refused(
+    write: Any, expected: str, tmp_path: Path
+) -> None:
+    """Noted by a hostile review: YAML was scanned for hidden text, JSON was not, so a
+    JSON version could show its board a common name, path or setting other than the one
+    it holds. Every string of a new version is now checked, however it was written."""
+    data = _example_as_json()
+    ca = next(s for s in data["secrets"] if s.get("common_name"))
+    ca["common_name"] = "hospital-fl \u202eAC ytitnedi"
+    evil = tmp_path / "policy.json"
+    evil.write_text(write(data), encoding="utf-8")
+    done = _cli("policy", "validate", str(evil), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: policy: secrets[") and expected in line, line
+    # A lone carriage return between JSON tokens overwrites a line on a terminal.
+    data = _example_as_json()
+    text = json.dumps(data, indent=1).replace('\n "name"', '\r "name"', 1)
+    evil.write_text(text, encoding="utf-8", newline="")
+    done = _cli("policy", "validate", str(evil), cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: policy: line 1: the document holds a carriage return (U+000D), which hides "
+        "text from whoever reads the file; remove it"
+    ]
+    # The same policy as plain JSON validates.
+    evil.write_text(json.dumps(_example_as_json(), indent=1), encoding="utf-8")
+    assert _cli("policy", "validate", str(evil), cwd=tmp_path).returncode == 0
 
 
 def test_windows_line_ends_and_a_leading_bom_still_load() -> None:

@@ -25,7 +25,6 @@ import os
 import re
 import types
 import typing
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from secfl._internal.canonical import unique_keys
 from secfl.errors import PolicyError
 from secfl.policy._model import CODE_FIELDS, Policy, pins_code
 from secfl.policy._references import key_path
+from secfl.policy._visible import check_no_lone_cr, check_strings_visible, check_visible
 
 __all__ = [
     "MAX_BYTES",
@@ -195,41 +195,6 @@ def load_policy(text: str | bytes) -> Policy:
         raise PolicyError(f"policy: {_one_line(str(exc))[:200]}") from None
 
 
-#: Line breaks to YAML (and CR, whitespace to JSON) that editors, ``cat`` and ``diff``
-#: show inside one line, or let the next text overwrite on a terminal.
-_HIDDEN_BREAKS = {"\r": "a carriage return", "\x85": "a next-line character",
-                  "\u2028": "a line separator", "\u2029": "a paragraph separator"}  # fmt: skip
-
-
-def _check_visible(text: str | bytes) -> None:
-    """Refuse what shows a reviewer something else than the parser reads: a line break
-    that displays as none (a lone CR, U+0085, U+2028, U+2029: PyYAML starts a new line
-    at each, so a "comment" after one is a field the SPM honours) and invisible format
-    characters (bidi controls, zero-width characters, a byte-order mark past the start).
-    Found by a hostile review: a 2-of-3 board signed a policy whose hidden line gave an
-    attacker's code the model-signing key. YAML only: JSON starts no line at any of
-    these (its canonical form may hold them inside strings). An SPM reads the versions it
-    stored without this function."""
-    if isinstance(text, bytes):
-        try:  # the encodings PyYAML reads (UTF-8, UTF-16 with a byte-order mark)
-            text = text.decode(json.detect_encoding(text))
-        except (UnicodeDecodeError, LookupError):
-            return  # not text: the YAML reader refuses it in its own words
-    body = text.removeprefix("\ufeff")
-    for index, char in enumerate(body):
-        if char == "\r" and body[index + 1 : index + 2] == "\n":
-            continue
-        what = _HIDDEN_BREAKS.get(char)
-        if what is None and unicodedata.category(char) == "Cf":
-            what = "an invisible format character"
-        if what is not None:
-            line = body.count("\n", 0, index) + 1
-            raise PolicyError(
-                f"policy: line {line}: the document holds {what} (U+{ord(char):04X}), which "
-                "hides text from whoever reads the file; remove it"
-            )
-
-
 def _parse(text: str | bytes) -> Any:
     """The document's data: JSON if it is JSON, else YAML."""
     start = text.lstrip()[:1]
@@ -247,8 +212,9 @@ def _parse(text: str | bytes) -> Any:
             pass  # not JSON (perhaps YAML in flow style): read it as YAML
         else:
             _check_depth(data)
+            check_no_lone_cr(text)
             return data
-    _check_visible(text)  # YAML only: JSON reads no line break inside a string
+    check_visible(text)  # YAML only: JSON reads no line break inside a string
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
@@ -305,6 +271,7 @@ def check_new_version(policy: Policy) -> None:
     When members give recovery keys, every required member gives one: recovery needs
     each required member's part of the data key (:mod:`secfl.spm._recovery`), as
     approval needs their signature."""
+    check_strings_visible(policy.model_dump(mode="json"))
     holders = {m.name for m in policy.board.members if m.recovery_key is not None}
     lacking = [m for m in policy.board.required if m not in holders]
     if holders and lacking:
