@@ -225,3 +225,34 @@ def test_a_reset_refuses_two_checkpoints_at_the_counter_it_would_take(tmp_path: 
     ledger = MemoryLedger(3, new_request())
     with pytest.raises(FlError, match="2 checkpoints in .* have counter 2"):
         Commit(ledger, directory=tmp_path, key=KEY, policy_digest=RUN_A).resume(reset_from=3)
+
+
+def test_a_reset_takes_the_checkpoint_the_spm_names_at_that_value(tmp_path: Path) -> None:
+    """The last notes' open item: a fork's two files at a value below the SPM's counter
+    (the fork was before a restart, so this aggregator never learnt which committed)
+    made a reset refuse, and the operator had to find the request in the audit log. The
+    SPM now says which increment took the counter to that value, and the reset takes
+    that file alone, in either order of the folder."""
+    for order in (0, 1):
+        folder = tmp_path / f"order{order}"
+        ledger = MemoryLedger()
+        ledger.increment(0, request=new_request())
+        committed = new_request()
+        ledger.increment(1, request=committed)
+        named = [committed, new_request()]  # the winner's and the loser's increments
+        for value, request in zip((2.0, 666.0)[:: 1 - 2 * order], named[:: 1 - 2 * order],
+                                  strict=True):  # fmt: skip
+            write_checkpoint(folder, key=KEY, policy_digest=RUN_A, round=2, counter=2,
+                             params_bytes=_params(value), state={}, request=request)  # fmt: skip
+        ledger.increment(2, request=new_request())  # counter 3's checkpoint was lost
+        point = Commit(ledger, directory=folder, key=KEY, policy_digest=RUN_A).resume(reset_from=3)
+        assert point.checkpoint is not None and point.checkpoint.request == committed
+        assert from_bytes(point.checkpoint.params_bytes)[0]["w"].tolist() == [2.0] * 3
+    # The SPM remembers no name at 2 (an unnamed increment, or too long ago): refused.
+    forgetful = MemoryLedger()
+    forgetful.increment()
+    forgetful.increment()
+    forgetful.increment(2, request=new_request())
+    with pytest.raises(FlError, match="2 checkpoints in .* have counter 2"):
+        Commit(forgetful, directory=tmp_path / "order0", key=KEY,
+               policy_digest=RUN_A).resume(reset_from=3)  # fmt: skip

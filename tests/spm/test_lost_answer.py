@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from secfl.errors import SpmRefused
+from secfl.fl._ledger import SpmLedger
 from secfl.spm.client import SpmClient
 from secfl.spm.enroll import enroll
 from secfl.tee import _simulated as simulated
@@ -141,6 +142,29 @@ def test_the_counter_names_the_increment_that_took_it_there(tmp_path: Path) -> N
             assert client.counter_state("lost", "round") == (1, "cd" * 16)
             assert client.increment("lost", "round", token) == 2  # unnamed
             assert client.counter_state("lost", "round") == (2, None)
+            assert client.increment("lost", "round", token, expect=2, request="ef" * 16) == 3
+            # which increment took it to an earlier value: a board reset that finds a
+            # fork's two checkpoints there asks
+            assert client.request_at("lost", "round", 1) == "cd" * 16
+            assert client.request_at("lost", "round", 2) is None
+            assert client.request_at("lost", "round", 3) == "ef" * 16
+        spm.stop()
+        spm.start()  # the history is replayed from the log
+        with SpmClient(spm.url, pin=spm.pin) as client:
+            assert client.request_at("lost", "round", 1) == "cd" * 16
+            ledger = SpmLedger(lambda: client, "lost", "round", lambda: token)
+            assert ledger.request_at(3) == "ef" * 16  # what the aggregator's reset asks
+            with pytest.raises(SpmRefused, match="is at 3, not yet at 4") as refused:
+                client.request_at("lost", "round", 4)
+            assert refused.value.status == 409
+            with pytest.raises(SpmRefused, match="has no counter 'nope'") as refused:
+                client.request_at("lost", "nope", 1)
+            assert refused.value.status == 404
+            with raw_http(client) as http:
+                for value in ("1" + "0" * 400, "-1", "1e3", "x"):
+                    answer = http.get(f"/v1/policies/lost/counters/round/requests/{value}")
+                    assert answer.status_code in (400, 422), (value, answer.text[:200])
+                    assert answer.json()["error"].count("\n") == 0
 
 
 def test_an_spm_sharing_the_database_names_the_others_increment(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ the runs of several policy versions, is :func:`secfl.fl._runs.find_resume_point`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from secfl.errors import FlError
@@ -73,6 +73,7 @@ def latest_checkpoint(
     expected_counter: int | None = None,
     below: int | None = None,
     committed: tuple[int, str | None] | None = None,
+    request_at: Callable[[int], str | None] | None = None,
 ) -> Checkpoint | None:
     """The newest checkpoint of ``policy_digest`` in ``directory``, opened and checked.
 
@@ -85,7 +86,9 @@ def latest_checkpoint(
     rollback after that. A newest checkpoint that does not open is an error, never a
     reason to use an older one. ``committed`` (the SPM's counter and the name of the
     increment that took it there): files at that counter that another increment was
-    to commit (a forked aggregator's) are skipped.
+    to commit (a forked aggregator's) are skipped. ``request_at`` (the SPM's answer to
+    which increment took the counter to an earlier value): two files at the value
+    chosen are told apart by it, when it names one.
     """
     candidates = [
         (rnd, ctr, path)
@@ -116,6 +119,11 @@ def latest_checkpoint(
         return None
     _, chosen, path = candidates[0]
     tied = [c for c in candidates if c[1] == chosen]
+    if len(tied) > 1 and request_at is not None and (committed is None or chosen != committed[0]):
+        named = request_at(chosen)  # which increment took the counter to that value
+        kept = [c for c in tied if named is not None and may_commit(request_of(c[2]), named)]
+        if len(kept) == 1:  # checked again below, once the file is authenticated
+            tied, path, committed = kept, kept[0][2], (chosen, named)
     if len(tied) > 1:  # two at that value (a fork), and nothing here says which committed
         raise FlError(
             f"rollback: {len(tied)} checkpoints in {directory} have counter {chosen} "

@@ -168,7 +168,7 @@ class Commit:
                 )
             newest = latest_checkpoint(
                 self.directory, key=self.key, policy_digest=self.policy_digest,
-                below=spm, committed=(spm, request),
+                below=spm, committed=(spm, request), request_at=self.ledger.request_at,
             )  # fmt: skip
             return ResumePoint(spm, checkpoint=newest)
         return find_resume_point(

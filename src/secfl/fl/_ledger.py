@@ -29,6 +29,11 @@ class Ledger(Protocol):
         names the increment (a compare-and-increment only)."""
         ...
 
+    def request_at(self, value: int) -> str | None:
+        """The name of the increment that took the counter to ``value`` (at most its
+        current value), None when it had none or is no longer remembered."""
+        ...
+
 
 class MemoryLedger:
     """A counter in this process (tests and --insecure mode: no rollback protection)."""
@@ -37,6 +42,7 @@ class MemoryLedger:
         self.value = value
         #: The name of the increment that took it to ``value`` (as the SPM says).
         self.request = request
+        self._history: dict[int, str] = {value: request} if request is not None else {}
         self._lock = threading.Lock()
 
     def current(self) -> int:
@@ -52,7 +58,13 @@ class MemoryLedger:
                 raise CounterMoved(self.value)
             self.value += 1
             self.request = request if expect is not None else None
+            if self.request is not None:
+                self._history[self.value] = self.request
             return self.value
+
+    def request_at(self, value: int) -> str | None:
+        with self._lock:
+            return self._history.get(value)
 
 
 class SpmLedger:
@@ -69,6 +81,9 @@ class SpmLedger:
     def committed(self) -> tuple[int, str | None]:
         value, request = self._client().counter_state(self.policy, self.counter)
         return int(value), request
+
+    def request_at(self, value: int) -> str | None:
+        return self._client().request_at(self.policy, self.counter, value)
 
     def increment(self, expect: int | None = None, *, request: str | None = None) -> int:
         """The counter moved on by one (given ``expect``, a compare-and-increment in

@@ -229,6 +229,13 @@ def _session_routes(app: FastAPI, spm: Spm) -> None:
         value, request = spm.counter_state(name, counter)
         return CounterStateOut(counter=counter, value=value, request=request)
 
+    @app.get("/v1/policies/{name}/counters/{counter}/requests/{value}", responses=ERRORS)
+    def get_request(
+        name: PolicyName, counter: PathName, value: Annotated[int, Path(ge=0, le=2**62)]
+    ) -> CounterStateOut:
+        request = spm.request_at(name, counter, value)
+        return CounterStateOut(counter=counter, value=value, request=request)
+
     @app.get("/v1/policies/{name}/volumes/{volume}", responses=ERRORS)
     def volume_state(name: PolicyName, volume: PathName) -> VolumeOut:
         return VolumeOut(**spm.volume_state(name, volume))

@@ -37,26 +37,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from secfl._internal.canonical import canonical_json
 from secfl.errors import IntegrityError, SpmError
+from secfl.spm._anchor import ANCHOR_FILE, Anchor
 from secfl.spm._collateral_floors import EVENT as COLLATERAL_EVENT
 from secfl.spm._collateral_floors import floors_of
 
 _ROW_LABEL = b"secfl/spm-row/v1\n"
-_ANCHOR_LABEL = b"secfl/spm-anchor/v1\n"
-ANCHOR_FILE = "audit.anchor"
 #: Raises of one floor remembered at most (:attr:`Floors.raises`) while reads are open:
 #: a read that spans more commits of one counter than this (a host holding it for
 #: minutes) is refused, never let through. Without an open read nothing is kept.
 RAISES_KEPT = 100_000
+#: Named increments of each counter remembered (:attr:`Floors.history`).
+HISTORY_KEPT = 4096
 
 
 def _jsonable(value: Any) -> Any:
@@ -119,6 +117,10 @@ class Floors:
     #: again by the same session because its answer was lost, is answered with the value
     #: it took instead of a refusal (secfl.spm._increment).
     requests: dict[tuple[str, str], tuple[int, str, str]] = field(default_factory=dict)
+    #: (policy, counter) -> {value: request} of its newest :data:`HISTORY_KEPT` named
+    #: increments: which one took the counter to an earlier value (asked by a board
+    #: reset that finds two checkpoints there, a fork's: secfl.fl._commit).
+    history: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)
     #: Moves on whenever a floor is raised. A read transaction notes it when it
     #: begins (:attr:`Tx.since <secfl.spm._tx.Tx.since>`): a floor raised after that
     #: may be a commit its snapshot predates, so a value behind such a floor but not
@@ -299,6 +301,10 @@ class Floors:
                 key = (policy, name)
                 if value >= self.requests.get(key, (0, "", ""))[0]:
                     self.requests[key] = (value, request, by)
+                past = self.history.setdefault(key, {})
+                past[value] = request
+                if len(past) > HISTORY_KEPT:
+                    del past[min(past)]
 
     def replay(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
         """Raise the floors by one verified audit entry (at start)."""
@@ -355,83 +361,6 @@ def change_of(event: str, policy: str | None, detail: dict[str, Any]) -> tuple[A
         serial = detail.get("serial")
         return ("revoke", policy, "certificate", serial) if isinstance(serial, str) else None
     return None
-
-
-class Anchor:
-    """The last audit head this SPM wrote, kept outside the database (MAC'd file).
-
-    The file holds two fixed-size slots, written in turn (slot ``seq % 2``) in place
-    through one open descriptor: a write is one ``pwrite`` on the hot path of every
-    commit (a rename per commit cost ~0.3 ms), and a write torn by a crash spoils
-    only one slot, while the other still holds the head before it. The reader takes
-    the valid slot with the higher seq.
-    """
-
-    SLOT = 256
-
-    def __init__(self, path: Path, key: bytes) -> None:
-        self.path = Path(path)
-        self._key = bytes(key)
-        self._lock = threading.Lock()
-        self._written = -1
-        self._fd: int | None = None
-
-    def _mac(self, seq: int, head_hash: str) -> str:
-        message = _ANCHOR_LABEL + f"{seq}\n{head_hash}".encode()
-        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
-
-    def _slot(self, raw: bytes) -> tuple[int, str] | None:
-        """A slot's (seq, hash) if it parses and its MAC verifies, else None."""
-        try:
-            doc = json.loads(raw.strip(b" \0\n") or b"null")
-            seq, head_hash, mac = doc["seq"], doc["hash"], doc["mac"]
-        except (ValueError, KeyError, TypeError, RecursionError):
-            return None
-        if not (_is_int(seq) and 0 <= seq < 2**62 and isinstance(head_hash, str)):
-            return None
-        if not isinstance(mac, str) or not hmac.compare_digest(self._mac(seq, head_hash), mac):
-            return None
-        return seq, head_hash
-
-    def read(self) -> tuple[int, str] | None:
-        """The anchored (seq, hash), None if there is no anchor yet."""
-        try:
-            raw = self.path.read_bytes()[: 4 * self.SLOT]
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise IntegrityError(f"integrity: cannot read {self.path}: {exc.strerror}") from None
-        slots = [raw[i : i + self.SLOT] for i in range(0, max(len(raw), 1), self.SLOT)]
-        valid = [v for v in (self._slot(s) for s in slots[:2]) if v is not None]
-        if not valid:
-            raise IntegrityError(
-                f"integrity: {self.path} is not an anchor of this SPM (corrupt, written by "
-                "another SPM, or modified)"
-            )
-        return max(valid)
-
-    def write(self, seq: int, head_hash: str) -> None:
-        """Record the head (0600; no fsync: it runs after every commit, and an anchor
-        that lags after a power loss only weakens detection, it never refuses a good
-        database)."""
-        with self._lock:
-            if seq <= self._written:
-                return
-            doc = json.dumps({"seq": seq, "hash": head_hash, "mac": self._mac(seq, head_hash)})
-            record = doc.encode().ljust(self.SLOT - 1) + b"\n"
-            if len(record) != self.SLOT:
-                raise IntegrityError("integrity: an anchor record does not fit its slot")
-            if self._fd is None:
-                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                self._fd = os.open(self.path, flags, 0o600)
-            os.pwrite(self._fd, record, (seq % 2) * self.SLOT)
-            self._written = seq
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
 
 
 class Integrity:

@@ -374,6 +374,26 @@ class Spm:
             self.store.sync()
         raise AssertionError("unreachable")
 
+    def request_at(self, policy_name: str, counter: str, value: int) -> str | None:
+        """The name of the compare-and-increment that took the counter to ``value``: None
+        if unnamed, or older than the SPM remembers (``HISTORY_KEPT`` per counter,
+        :mod:`secfl.spm._integrity`);
+        :class:`Refused` (404 no such counter, 409 a value not reached yet). A board reset
+        that finds two checkpoints at ``value`` (two aggregators forked there) asks."""
+        current, newest = self.counter_state(policy_name, counter)
+        if value > current:
+            raise Refused(
+                f"counter: '{counter}' of '{policy_name}' is at {current}, not yet at {value}",
+                409,
+            )
+        if value == current:
+            return newest
+        with self.store.read() as tx:
+            floors = tx.floors
+        if floors is None:
+            return None
+        return floors.history.get((policy_name, counter), {}).get(value)
+
     # --- rollback-protected volumes (secfl.spm._volume_records) ---------------------------
 
     def volume_state(self, policy_name: str, volume: str) -> dict[str, Any]:

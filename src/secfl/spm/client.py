@@ -337,6 +337,17 @@ class SpmClient:
             raise SpmError(f"spm: counter '{counter}' has a malformed request name")
         return value, request
 
+    def request_at(self, policy: str, counter: str, value: int) -> str | None:
+        """The name of the compare-and-increment that took the counter to ``value`` (None
+        if unnamed, or older than the SPM remembers)."""
+        doc = self._request("GET", f"/v1/policies/{policy}/counters/{counter}/requests/{value}")
+        request = doc.get("request")
+        if doc.get("value") != value:
+            raise SpmError(f"spm: the SPM answered for another value of counter '{counter}'")
+        if request is not None and not (isinstance(request, str) and _REQUEST.match(request)):
+            raise SpmError(f"spm: counter '{counter}' has a malformed request name")
+        return request
+
     def volume_state(self, policy: str, volume: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/policies/{policy}/volumes/{volume}")
 
