@@ -233,3 +233,43 @@ def test_the_launcher_is_not_dumpable() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)  # fmt: skip
     assert done.stdout.strip() == "0 (0, 0)"
+
+
+_PROBE = """
+import sys
+from secfl.errors import LaunchError
+from secfl.launcher._private import PrivateDir, file_system
+try:
+    folder = PrivateDir.create()
+except LaunchError as exc:
+    print("refused:", exc)
+    sys.exit(0)
+print("made:", folder.path, folder.mounted, file_system(folder.path))
+folder.remove()
+"""
+
+
+def test_the_private_folder_is_never_on_a_disk(tmp_path: Path) -> None:
+    """Found by a hostile review: with /dev/shm not writable and no tmpfs of its own
+    (no CAP_SYS_ADMIN), the private folder (keys, secrets, every volume's plaintext) fell
+    back to the temp folder on disk, where a kill of the launcher's whole cgroup left it.
+    A real process in a mount namespace whose /dev/shm is read-only, run without
+    CAP_SYS_ADMIN."""
+    if os.geteuid() != 0 or not _can_mount() or not _setpriv():
+        pytest.skip("needs root, unshare and setpriv to build a system without RAM folders")
+    script = (
+        "mount -t tmpfs -o ro,mode=1777 none /dev/shm && "
+        f"exec setpriv --bounding-set -sys_admin -- {sys.executable} -c \"$PROBE\""
+    )
+    env = {**os.environ, "PROBE": _PROBE, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.strip().splitlines()
+    assert line.startswith("refused: files: the private folder "), line
+    assert "not in RAM" in line and "make /dev/shm a writable tmpfs" in line
+    assert list(tmp_path.iterdir()) == []  # nothing left on the disk either
+    # The usual system: a folder in RAM.
+    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                          timeout=60, env=env, check=False)  # fmt: skip
+    assert done.stdout.startswith("made: ") and done.stdout.split()[-1] == "tmpfs", done.stdout

@@ -18,6 +18,7 @@ Errors are ``OSError`` for the caller to word in its own terms.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -51,7 +52,9 @@ def atomic_open(
     On a clean exit it is flushed (and fsynced) and renamed over ``path``; with
     ``replace=False`` it is hard-linked to ``path`` instead, which raises
     ``FileExistsError`` if anything is there (even a dangling symbolic link) and
-    leaves that as it was. On any error the temporary file is removed.
+    leaves that as it was. A symbolic link at ``path`` is replaced, never followed.
+    With ``fsync`` the folder is fsynced too, so the new name survives a power loss
+    once the block has ended. On any error the temporary file is removed.
     """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.urandom(8).hex()}.tmp")
@@ -65,11 +68,26 @@ def atomic_open(
         if replace:
             os.replace(tmp, target)
         else:
-            os.link(tmp, target)
+            os.link(tmp, target, follow_symlinks=False)
             tmp.unlink()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fsync:
+        fsync_directory(target.parent)
+
+
+def fsync_directory(folder: Path | str) -> None:
+    """Make the names in ``folder`` durable (a rename or link in it survives a power
+    loss); a file system that cannot fsync a folder at all is left as it is."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_private(

@@ -57,7 +57,7 @@ import numpy as np
 
 from secfl._internal.aead import KEY_SIZE, NONCE_SIZE, AeadKey
 from secfl._internal.canonical import canonical_json
-from secfl._internal.files import atomic_open
+from secfl._internal.files import atomic_open, fsync_directory
 from secfl.errors import FlError
 from secfl.fl._tensors import from_bytes, to_bytes
 
@@ -288,8 +288,6 @@ def write_checkpoint(
                 sealed = aead.seal(piece, _aad(header, index, index == count - 1))
                 fh.write(struct.pack(">I", len(sealed)))
                 fh.write(sealed)
-        if durable:
-            _fsync_directory(directory)
     except OSError as exc:
         raise FlError(f"checkpoint: cannot write {path}: {exc.strerror or exc}") from None
     return path
@@ -304,17 +302,9 @@ def sync_checkpoint(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     except OSError as exc:
         raise FlError(f"checkpoint: cannot sync {path}: {exc.strerror or exc}") from None
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_exact(fh: Any, n: int, path: Path, what: str) -> bytes:

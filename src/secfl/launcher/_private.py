@@ -88,6 +88,44 @@ def bases() -> list[Path]:
     return [*([Path(ram)] if ram else []), Path(tempfile.gettempdir())]
 
 
+#: File systems whose files live in RAM only (they never reach a disk).
+_RAM_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+def file_system(path: Path) -> str | None:
+    """The type of the file system that holds ``path`` (from this process's mount table),
+    or None when it cannot be told (no ``/proc``)."""
+    try:
+        table = Path("/proc/self/mountinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best, kind = "", None
+    for line in table.splitlines():
+        mount, sep, rest = line.partition(" - ")
+        fields, described = mount.split(), rest.split()
+        if not sep or len(fields) < 5 or not described:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):  # the last mount at a point is on top
+            best, kind = point, described[0]
+    return kind
+
+
+def _check_in_ram(path: Path) -> None:
+    """:class:`LaunchError` unless ``path`` is on a RAM file system: the folder holds the
+    workload's keys and the plaintext of its volumes, which must never reach a disk."""
+    kind = file_system(path)
+    if kind not in _RAM_FILE_SYSTEMS:
+        found = f"on {kind}" if kind else "on a file system this system does not name"
+        raise LaunchError(
+            f"files: the private folder {path} would be {found}, not in RAM, and keys and "
+            "plaintext must never reach a disk; make /dev/shm a writable tmpfs (or set "
+            "TMPDIR to one), or let secfl run mount its own (CAP_SYS_ADMIN)"
+        )
+
+
 def _pid_namespace() -> int | None:
     try:
         return os.stat("/proc/self/ns/pid").st_ino
@@ -162,6 +200,8 @@ class PrivateDir:
         try:
             private._watchdog = _start_watchdog(path)
             private.mounted = _mount_tmpfs(path)
+            if not private.mounted:
+                _check_in_ram(path)
         except BaseException:
             private.remove()
             raise

@@ -69,7 +69,7 @@ def encrypt_directory(
         raise ShieldError(f"shield: the volume '{out}' must not be inside '{src}'")
     paths = _walk(src)
     sealers = [(rel, functools.partial(_seal_file, path)) for rel, path in paths]
-    return _write(target, out, overwrite, key, f"'{src}'", sealers, version, chunk_size)
+    return _write(out, overwrite, key, f"'{src}'", sealers, version, chunk_size)
 
 
 def encrypt_files(
@@ -102,8 +102,7 @@ def encrypt_files(
             if "/".join(parts[:i]) in named:
                 raise ShieldError(f"shield: '{rel}' is below the file '{'/'.join(parts[:i])}'")
     sealers = [(rel, functools.partial(_seal_bytes, named[rel])) for rel in sorted(named)]
-    out = Path(out)
-    return _write(out.resolve(), out, overwrite, key, "the files", sealers, version, chunk_size)
+    return _write(Path(out), overwrite, key, "the files", sealers, version, chunk_size)
 
 
 def _check_settings(key: bytes, version: int, chunk_size: int) -> bytes:
@@ -118,7 +117,6 @@ def _check_settings(key: bytes, version: int, chunk_size: int) -> bytes:
 
 
 def _write(
-    target: Path,
     out: Path,
     overwrite: bool,
     key: bytes,
@@ -127,11 +125,14 @@ def _write(
     version: int,
     chunk_size: int,
 ) -> str:
-    """The volume of ``sealers`` written to ``target`` (atomically, mode 0600); its tag."""
+    """The volume of ``sealers`` written to ``out`` (atomically, mode 0600); its tag.
+    A symbolic link at ``out`` is replaced (or, without ``overwrite``, refused), never
+    followed: the folder may be the host's, and its target anything this process may
+    write."""
     if len(sealers) > fmt.MAX_FILES:
         raise ShieldError(f"shield: {what} hold more than 2^32 files")
     try:
-        with files.atomic_open(target, mode=0o600, replace=overwrite) as sink:
+        with files.atomic_open(out, mode=0o600, replace=overwrite) as sink:
             return _seal_volume(sink, key, what, sealers, version, chunk_size)
     except FileExistsError:
         raise ShieldError(f"shield: '{out}' exists; not replacing it") from None

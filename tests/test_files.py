@@ -1,0 +1,69 @@
+"""The file primitives every component writes through (secfl._internal.files): what a
+hostile host's disk can do to them, and what a crash may not undo."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from secfl._internal import files
+from secfl.errors import ShieldError
+from secfl.shield import encrypt_directory, encrypt_files, volume_tag
+
+KEY = bytes(range(32))
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_the_folder_is_fsynced_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replace: bool
+) -> None:
+    """Found by a hostile review: the file was fsynced but not its folder, so after a
+    power loss the new name (a volume, the final model, a key) could be missing though
+    the write had returned. Only the checkpoints fsynced their folder, by hand."""
+    real = os.fsync
+    synced: list[tuple[str, bool]] = []
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), stat.S_ISDIR(os.fstat(fd).st_mode)))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    files.atomic_write(tmp_path / "out.bin", b"x" * 10, replace=replace)
+    assert (tmp_path / "out.bin").read_bytes() == b"x" * 10
+    assert synced[-1] == (str(tmp_path), True), synced
+    synced.clear()
+    files.atomic_write(tmp_path / "fast.bin", b"y", fsync=False)
+    assert synced == []
+
+
+def test_a_link_planted_at_a_volumes_name_is_replaced_not_followed(tmp_path: Path) -> None:
+    """Found by a hostile review: volumes were written to the resolved path, so a link
+    the host planted at the aggregator's `output/model.secfl` made it replace the link's
+    target (any file the process may write); a dangling link was followed even where
+    nothing may be replaced."""
+    victim = tmp_path / "private" / "state.db"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious")
+    output = tmp_path / "output"
+    output.mkdir()
+    link = output / "model.secfl"
+    link.symlink_to(victim)
+    tag = encrypt_files({"model.safetensors": b"weights"}, link, KEY)
+    assert victim.read_bytes() == b"precious"
+    assert not link.is_symlink() and volume_tag(link, KEY) == tag
+    # without overwrite: a dangling link is refused and its target never created
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"a")
+    planted = tmp_path / "elsewhere"
+    dangling = tmp_path / "vol.secfl"
+    dangling.symlink_to(planted)
+    with pytest.raises(ShieldError, match="exists; not replacing it"):
+        encrypt_directory(src, dangling, KEY, overwrite=False)
+    assert not planted.exists() and dangling.is_symlink()
+    with pytest.raises(ShieldError, match="exists; not replacing it"):
+        encrypt_files({"a": b"a"}, dangling, KEY, overwrite=False)
+    assert not planted.exists()
