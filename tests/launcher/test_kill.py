@@ -259,11 +259,11 @@ def test_the_private_folder_is_never_on_a_disk(tmp_path: Path) -> None:
         pytest.skip("needs root, unshare and setpriv to build a system without RAM folders")
     script = (
         "mount -t tmpfs -o ro,mode=1777 none /dev/shm && "
-        f"exec setpriv --bounding-set -sys_admin -- {sys.executable} -c \"$PROBE\""
+        f'exec setpriv --bounding-set -sys_admin -- {sys.executable} -c "$PROBE"'
     )
     env = {**os.environ, "PROBE": _PROBE, "TMPDIR": str(tmp_path)}
-    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=60, env=env, check=False)  # fmt: skip
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
     assert done.returncode == 0, done.stderr
     (line,) = done.stdout.strip().splitlines()
     assert line.startswith("refused: files: the private folder "), line

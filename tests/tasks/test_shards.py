@@ -144,7 +144,7 @@ def _drop_meta(t: dict, m: dict) -> None:
         (lambda t, m: m.update(role="training"), "role 'training'"),
         (lambda t, m: m.update(index=9), "index below 'clients'"),
         (lambda t, m: m.update(storage_dtype="float32"), "x is uint8"),
-        (lambda t, m: m.update(scaling={"offset": [0.0], "scale": [0.0]}), "non-positive"),
+        (lambda t, m: m.update(scaling={"offset": [0.0], "scale": [0.0]}), "not positive"),
         (lambda t, m: m.update(partition={"kind": "dirichlet", "alpha": -1}), "partition"),
         (lambda t, m: m.update(extra=1), "unknown \\['extra'\\]"),
         (_drop_meta, "missing \\['task'\\]"),

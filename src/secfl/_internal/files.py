@@ -144,21 +144,37 @@ class TooLarge(ValueError):
     """A file is larger than its reader allows (see :func:`read_bounded`)."""
 
 
-def read_bounded(path: Path | str, max_bytes: int, *, untrusted: bool = False) -> bytes:
+def open_regular(path: Path | str, *, follow: bool = True) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file: a FIFO or a device planted
+    there is an ``OSError``, not a hang or an endless read (it is opened without
+    blocking and checked before any read). ``follow=False``: not through a symbolic
+    link either."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(
+    path: Path | str, max_bytes: int, *, untrusted: bool = False, regular: bool = False
+) -> bytes:
     """The bytes of ``path``, reading at most ``max_bytes + 1`` of them: a file the
     caller did not write (a key file, a settings file) cannot make it read gigabytes.
-    ``untrusted`` (a cache others can write): a regular file only, not reached through
-    a symbolic link and opened without blocking, so that a FIFO or a link to
-    ``/dev/zero`` planted there is an error, not a hang or a flood.
-    Raises ``OSError``, or :class:`TooLarge` past ``max_bytes``."""
-    if not untrusted:
-        with open(path, "rb") as fh:
+    ``regular`` (a file on the host's disk): a regular file only, opened without
+    blocking, so that a FIFO or a link to ``/dev/zero`` planted there is an error, not
+    a hang or a flood. ``untrusted`` (a cache others can write): the same, and not
+    reached through a symbolic link. Raises ``OSError``, or :class:`TooLarge` past
+    ``max_bytes``."""
+    if untrusted or regular:
+        with open_regular(path, follow=not untrusted) as fh:
             data = fh.read(max_bytes + 1)
     else:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(f"{path} is not a regular file")
+        with open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise TooLarge(f"{path} is larger than {max_bytes} bytes")

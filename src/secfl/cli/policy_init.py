@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from secfl._internal import files
 from secfl.cli._common import (
     FedMinClients,
     FedObjective,
@@ -351,7 +352,7 @@ def init_cmd(
     _seal(plan, seal or [], spm, spm_pin)
     made = init_policy(plan)
     try:
-        target.write_text(made.text)
+        files.atomic_write(target, made.text.encode())  # a replaced file is never half-written
     except OSError as exc:
         raise UsageError(f"cannot write '{output}': {exc.strerror or exc}") from None
     _report(output, made)

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from secfl._internal import files
 from secfl.cli._common import (
     FedMinClients,
     FedObjective,
@@ -90,7 +91,7 @@ def next_cmd(
     if target.exists() and not force:
         raise UsageError(f"'{target}' exists; use --force to replace it")
     try:
-        target.write_text(new_text)
+        files.atomic_write(target, new_text.encode())  # a replaced file is never half-written
     except OSError as exc:
         raise UsageError(f"cannot write '{target}': {exc.strerror or exc}") from None
     for warning in warnings:

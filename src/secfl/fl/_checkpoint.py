@@ -57,7 +57,7 @@ import numpy as np
 
 from secfl._internal.aead import KEY_SIZE, NONCE_SIZE, AeadKey
 from secfl._internal.canonical import canonical_json
-from secfl._internal.files import atomic_open, fsync_directory
+from secfl._internal.files import atomic_open, fsync_directory, open_regular
 from secfl.errors import FlError
 from secfl.fl._tensors import from_bytes, to_bytes
 
@@ -358,7 +358,7 @@ def load_checkpoint(
     aead = _aead(key)
     path = Path(path)
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+        fh = open_regular(path)  # a FIFO planted after the listing is no hang
     except OSError as exc:
         raise FlError(f"checkpoint: cannot open {path}: {exc.strerror}") from None
     try:
@@ -467,7 +467,7 @@ def header_of(path: Path) -> dict[str, Any] | None:
     """A checkpoint's header, not yet authenticated (None if it is not one): which
     run and which increment it says it is of. Opening it checks what it says."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             _, doc = _read_header(fh, path)
     except (OSError, FlError):
         return None

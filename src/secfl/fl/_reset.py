@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from secfl._internal import files
 from secfl._internal.canonical import canonical_sha256
 from secfl.errors import FlError, PolicyError
 from secfl.fl._untrusted import read_json_file
@@ -88,7 +89,12 @@ def sign_reset(path: Path, doc: dict[str, Any], key: bytes, member: str) -> int:
     current["signatures"] = [s for s in current["signatures"] if s.get("member") != member] + [
         sig.model_dump(mode="json")
     ]
-    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    # atomically: a write cut short (disk full, a kill) keeps the other members' signatures
+    text = json.dumps(current, indent=2, sort_keys=True) + "\n"
+    try:
+        files.atomic_write(path, text.encode(), mode=0o644)
+    except OSError as exc:
+        raise FlError(f"reset: cannot write {path}: {exc.strerror or exc}") from None
     return len(current["signatures"])
 
 

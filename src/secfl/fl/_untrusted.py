@@ -140,7 +140,7 @@ def check_tree(
 def read_file(path: Path, what: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of ``path``, at most ``max_bytes``; FlError (starting ``what``) otherwise."""
     try:
-        return read_bounded(path, max_bytes)
+        return read_bounded(path, max_bytes, regular=True)
     except TooLarge:
         raise FlError(f"{what}: {path} is larger than {max_bytes} bytes") from None
     except OSError as exc:

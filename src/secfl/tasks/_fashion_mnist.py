@@ -19,6 +19,7 @@ The module itself is a task, as one delivered in a code volume would be.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from collections.abc import Mapping
@@ -69,20 +70,27 @@ def available() -> bool:
     return all((folder / f).is_file() for pair in FILES.values() for f in pair)
 
 
+#: The largest IDX file read (Fashion-MNIST's training images are 47 MB unpacked): a
+#: gzip bomb is refused, not unpacked whole.
+MAX_IDX_BYTES = 256 << 20
+
+
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """An unsigned-byte IDX array (gzip-compressed), checked against its own header."""
     try:
         with gzip.open(path, "rb") as handle:
-            raw = handle.read()
+            raw = handle.read(MAX_IDX_BYTES + 1)
     except FileNotFoundError:
         raise TaskError(f"fashion-mnist: {path} not found; {INSTALL_HINT}") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise TaskError(f"fashion-mnist: cannot read {path}: {exc}") from None
+    if len(raw) > MAX_IDX_BYTES:
+        raise TaskError(f"fashion-mnist: {path.name} unpacks to more than {MAX_IDX_BYTES} bytes")
     header = 4 + 4 * ndim
     if len(raw) < header or raw[:4] != bytes([0, 0, 0x08, ndim]):
         raise TaskError(f"fashion-mnist: {path.name} is not a {ndim}-D unsigned-byte IDX file")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if len(raw) - header != int(np.prod(dims)):
+    if len(raw) - header != math.prod(dims):  # Python integers: np.prod wraps at 2**63
         raise TaskError(f"fashion-mnist: {path.name} holds {len(raw) - header} bytes, not {dims}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 

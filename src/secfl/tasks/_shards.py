@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -129,6 +128,8 @@ def array_digest(array: np.ndarray) -> str:
     contiguous = np.ascontiguousarray(array)
     if contiguous.dtype.byteorder == ">":
         contiguous = contiguous.astype(contiguous.dtype.newbyteorder("<"))
+    if contiguous.size == 0:  # a buffer with a zero in its shape does not cast
+        return hashlib.sha256(b"").hexdigest()
     return hashlib.sha256(contiguous.data.cast("B")).hexdigest()  # its buffer, no copy
 
 
@@ -165,8 +166,9 @@ def read_bytes(source: ShardSource) -> bytes:
         path = Path(source)
         if path.is_dir():
             path = shard_file(path)
-        try:
-            return path.read_bytes()
+        try:  # a regular file: a FIFO or /dev/zero given as a shard is refused, not read
+            with files.open_regular(path) as fh:
+                return fh.read()
         except OSError as exc:
             raise TaskError(f"cannot read shard '{source}': {exc.strerror or exc}") from None
     read = getattr(source, "read", None)  # a binary file, else a Traversable
@@ -261,11 +263,18 @@ def load_shard(source: ShardSource, *, task: str | None = None) -> Dataset:
     scaling = Scaling(tuple(meta["scaling"]["offset"]), tuple(meta["scaling"]["scale"]))
     if len(scaling.offset) not in (1, x.shape[-1]):
         raise TaskError("shard: scaling does not match the number of features")
-    features = torch.from_numpy(scaling.apply(x))
-    if target_kind(meta) == "value":
-        offset, scale = meta["target_scaling"]["offset"], meta["target_scaling"]["scale"]
-        y = Scaling(tuple(offset), tuple(scale)).apply(y)
-    return Dataset(features, torch.from_numpy(y.copy()), meta)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        scaled = scaling.apply(x)
+        if target_kind(meta) == "value":
+            offset, scale = meta["target_scaling"]["offset"], meta["target_scaling"]["scale"]
+            y = Scaling(tuple(offset), tuple(scale)).apply(y)
+    for name, values in (("features", scaled), ("targets", y)):
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise TaskError(
+                f"shard: its scaled {name} hold NaN or infinity (the stored values, or a "
+                "scaling that overflows float32); make the shard again"
+            )
+    return Dataset(torch.from_numpy(scaled), torch.from_numpy(y.copy()), meta)
 
 
 def shard_meta(source: ShardSource) -> dict[str, Any]:
@@ -366,12 +375,24 @@ def _check_scaling(scaling: Any, what: str = "scaling") -> None:
         if not isinstance(values, list) or not values:
             raise TaskError("shard metadata: scaling values must be non-empty lists")
         for v in values:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise TaskError("shard metadata: scaling values must be finite numbers")
+            if not _finite32(v):
+                raise TaskError("shard metadata: scaling values must be numbers finite in float32")
     if len(offset) != len(scale):
         raise TaskError("shard metadata: scaling offset and scale differ in length")
-    if any(v <= 0 for v in scale):
-        raise TaskError("shard metadata: scaling divides by a non-positive number")
+    if any(np.float32(v) <= 0 for v in scale):
+        raise TaskError("shard metadata: scaling divides by a number that is not positive")
+
+
+def _finite32(value: Any) -> bool:
+    """A JSON number that stays finite in float32, where scaling is computed (10**400,
+    1e300 and NaN are not)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(np.float32(value)))
+    except OverflowError:
+        return False
 
 
 def _check_partition(partition: Any) -> None:
@@ -384,10 +405,11 @@ def _check_partition(partition: Any) -> None:
     if (
         kind == "dirichlet"
         and set(partition) == {"kind", "alpha"}
-        and isinstance(alpha, int | float)
-        and not isinstance(alpha, bool)
-        and math.isfinite(alpha)
-        and alpha > 0
+        and _finite32(alpha)
+        and np.float32(alpha) > 0
     ):
         return
-    raise TaskError(f"shard metadata: partition {partition!r} is not iid or dirichlet(alpha > 0)")
+    shown = kind if isinstance(kind, str) and len(kind) <= 32 else "?"
+    raise TaskError(
+        f"shard metadata: partition '{shown}' is not iid or dirichlet with a finite alpha > 0"
+    )

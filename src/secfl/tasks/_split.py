@@ -32,7 +32,7 @@ from secfl.tasks import _partition as part
 from secfl.tasks._base import _check_seed
 from secfl.tasks._pool import Pool, pool_of
 from secfl.tasks._registry import get_task
-from secfl.tasks._shards import FORMAT, canonical_json, write_shard
+from secfl.tasks._shards import FORMAT, canonical_json, encode_shard
 
 __all__ = [
     "MANIFEST",
@@ -184,8 +184,15 @@ def split(
     }
     if spec.kind == "value":
         params["target_scaling"] = target["target_scaling"]
-    split_id = hashlib.sha256(canonical_json(params).encode()).hexdigest()
-    folder = _prepare(Path(out), overwrite)
+    try:
+        split_id = hashlib.sha256(canonical_json(params).encode()).hexdigest()
+    except ValueError:  # NaN or infinity in the task's scaling
+        raise TaskError(
+            f"split: {spec.name}'s scaling (fit_scaling) is not finite numbers; fix the "
+            "task's fit_scaling"
+        ) from None
+    folder = Path(out)
+    _check_folder(folder, overwrite)
     common = {
         "task": spec.name,
         "clients": clients,
@@ -202,10 +209,13 @@ def split(
         ("validation.safetensors", "validation", None, validation),
         ("test.safetensors", "test", None, test),
     ]
-    summaries = tuple(
-        _write_one(folder / file, spec, x, y, indices, {**common, "role": role, "index": index})
+    # every shard encoded and checked before the folder changes: bad input loses nothing
+    encoded = [
+        _encode_one(file, spec, x, y, indices, {**common, "role": role, "index": index})
         for file, role, index, indices in jobs
-    )
+    ]
+    _prepare(folder, overwrite, keep={file for file, _, _ in encoded})
+    summaries = tuple(_write_one(folder, file, blob, summary) for file, blob, summary in encoded)
     report = SplitReport(
         task=spec.name,
         out=folder,
@@ -258,25 +268,35 @@ def _partition(
     return {"kind": "dirichlet", "alpha": float(alpha)}, parts
 
 
-def _write_one(
-    path: Path,
+def _encode_one(
+    file: str,
     spec: Pool,
     x: np.ndarray,
     y: np.ndarray,
     indices: np.ndarray,
     meta: dict[str, Any],
-) -> ShardSummary:
-    """Write the shard of samples ``indices`` (``meta``: everything but the counts)."""
+) -> tuple[str, bytes, ShardSummary]:
+    """The shard of samples ``indices`` (``meta``: everything but the counts), encoded
+    and checked, with its summary."""
     counts: list[int] = []
     meta = {**meta, "samples": int(indices.size)}
     if spec.num_classes is not None:
         counts = np.bincount(y[indices], minlength=spec.num_classes).tolist()
         meta["label_counts"] = counts
-    features = np.ascontiguousarray(x[indices])
-    digest = write_shard(path, features, y[indices], meta)
-    return ShardSummary(
-        path.name, meta["role"], meta["index"], int(indices.size), tuple(counts), digest
-    )
+    blob = encode_shard(np.ascontiguousarray(x[indices]), y[indices], meta)
+    digest = hashlib.sha256(blob).hexdigest()
+    summary = ShardSummary(file, meta["role"], meta["index"], int(indices.size), tuple(counts),
+                           digest)  # fmt: skip
+    return file, blob, summary
+
+
+def _write_one(folder: Path, file: str, blob: bytes, summary: ShardSummary) -> ShardSummary:
+    path = folder / file
+    try:
+        files.atomic_write(path, blob, fsync=False)
+    except OSError as exc:
+        raise TaskError(f"shard: cannot write '{path}': {exc.strerror or exc}") from None
+    return summary
 
 
 def _write_manifest(report: SplitReport) -> None:
@@ -317,25 +337,43 @@ def _check_args(
         raise TaskError(f"min_samples: {min_samples!r} is not a positive integer")
 
 
-def _prepare(folder: Path, overwrite: bool) -> Path:
-    """Create ``folder``; refuse (or, with ``overwrite``, remove) earlier split files."""
+def _check_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse an output that is not a folder, or holds a split and no ``overwrite``."""
     if folder.exists() and not folder.is_dir():
         raise TaskError(f"output '{folder}' exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TaskError(f"cannot create '{folder}': {exc.strerror or exc}") from None
-    stale = sorted(
-        p
-        for p in folder.iterdir()
-        if p.name in (MANIFEST, "validation.safetensors", "test.safetensors")
-        or (p.name.startswith("client-") and p.name.endswith(".safetensors"))
-    )
+    stale = _split_files(folder) if folder.is_dir() else []
     if stale and not overwrite:
         raise TaskError(
             f"'{folder}' already holds a split ({stale[0].name}); choose an empty folder "
             "or overwrite it"
         )
     for path in stale:
-        path.unlink()
-    return folder
+        if path.is_dir() and not path.is_symlink():
+            raise TaskError(f"'{path}' is not a file; move it out of '{folder}' first")
+
+
+def _split_files(folder: Path) -> list[Path]:
+    try:
+        names = sorted(folder.iterdir())
+    except OSError as exc:
+        raise TaskError(f"cannot read '{folder}': {exc.strerror or exc}") from None
+    return [
+        p
+        for p in names
+        if p.name in (MANIFEST, "validation.safetensors", "test.safetensors")
+        or (p.name.startswith("client-") and p.name.endswith(".safetensors"))
+    ]
+
+
+def _prepare(folder: Path, overwrite: bool, keep: set[str]) -> None:
+    """Create ``folder``; with ``overwrite``, remove the earlier split's files that the
+    new one does not replace (the manifest first, so a folder caught half-way never
+    describes shards it does not hold)."""
+    _check_folder(folder, overwrite)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(_split_files(folder), key=lambda p: p.name != MANIFEST):
+            if path.name not in keep:
+                path.unlink()
+    except OSError as exc:
+        raise TaskError(f"cannot prepare '{folder}': {exc.strerror or exc}") from None
