@@ -472,7 +472,7 @@ def test_a_missing_master_key_is_not_replaced(tmp_path: Path, sim: Path, db: str
     extra = ["--db", db] if db else []
     error = _refused(_serve_args(data, sim, *extra))
     assert error.startswith("secrets: the master key ") and "missing" in error
-    assert "recover" in error and "backup" in error
+    assert "restore master.key from its backup" in error and "operations.md" in error
     assert not (data / "master.key").exists()
     (data / "audit.anchor").unlink()  # the database alone gives the SPM away as well
     assert _refused(_serve_args(data, sim, *extra)).startswith("secrets: the master key ")

@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from secfl import __version__
+from secfl._internal.values import shown
 from secfl.cli import (
     attest,
     attest_demo,
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = command().main(args=argv, prog_name="secfl", standalone_mode=False)
     except SecflError as exc:
-        err.print(f"error: {exc}", markup=False)
+        # one line, nothing a terminal acts on: messages quote peers, files and databases
+        err.print(f"error: {shown(str(exc))}", markup=False)
         return 1
     except typer.Exit as exc:
         return exc.exit_code

@@ -208,7 +208,7 @@ class ChainVerifier:
             raise AuditError(f"audit: entry {seq} was modified (its hashes are not 64 hex digits)")
         try:
             computed = entry.computed_hash()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):  # nested past the stack too
             raise AuditError(f"audit: entry {seq} was modified (detail is not JSON)") from None
         if computed != entry.hash:
             raise AuditError(f"audit: entry {seq} was modified (its hash does not match)")

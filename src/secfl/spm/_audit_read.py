@@ -90,7 +90,7 @@ class BackwardVerifier:
         for entry in reversed(window):
             try:
                 computed = entry.computed_hash()
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):  # nested past the stack too
                 computed = ""
             if computed != entry.hash:
                 raise AuditError(f"audit: entry {entry.seq} was modified (its hash does not "
@@ -132,6 +132,11 @@ def walk_back(source: AuditSource, head: Head, *, stop: Head | None = None,
         after = max(floor, upto - page)
         window = source.entries(after, upto - after)
         verifier.feed(window)
+        if verifier.seq != after:  # the window must reach back to what was asked for
+            raise AuditError(
+                f"audit: entry {verifier.seq} is missing (the log holds nothing before entry "
+                f"{verifier.seq + 1} of the {upto - after} asked for){_NEXT}"
+            )
         yield window
         upto = after
     if stop is not None and verifier.hash != stop[1]:

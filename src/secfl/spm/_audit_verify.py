@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from secfl.errors import AuditError, SpmError
-from secfl.spm._audit import AuditEntry, verify_chain
+from secfl.spm._audit import AuditEntry, ChainVerifier
 from secfl.spm._masterkey import load_or_create_master_key
 from secfl.spm._store import Store
 
@@ -38,43 +38,52 @@ def verify_database(data_dir: Path | str | None, db_url: str | None = None) -> t
         raise
     except SpmError as exc:  # a row that fails its MAC, a rollback
         raise AuditError(str(exc)) from None
-    try:
+    try:  # one snapshot, checked against the floors (and so the anchor) open_store set
         count = store.verify_audit(master.derive("audit-head"))
-        seq, _ = store.audit_head()
     finally:
         store.close()
-    return count, seq
+    return count, count  # a verified chain numbers its entries 1..count
 
 
 def verify_remote(url: str, pin: str) -> tuple[int, int]:
-    """Fetch the whole log from the pinned SPM and verify it against its signed head."""
+    """Fetch the whole log from the pinned SPM and verify it against its signed head,
+    page by page (memory bounded whatever the log's length)."""
     from secfl.spm.client import SpmClient
 
-    entries: list[AuditEntry] = []
+    verifier = ChainVerifier()
     with SpmClient(url, pin=pin) as client:
         since, head = 0, (0, "")
         while True:
             doc = client.audit(since=since, limit=PAGE)
-            head = (int(doc["head_seq"]), str(doc["head_hash"]))
+            page_head = (int(doc["head_seq"]), str(doc["head_hash"]))
+            if since == 0:
+                head = page_head  # the head the log is checked against: the first page's
             page = [AuditEntry.from_dict(e) for e in doc["entries"]]
-            entries.extend(page)
+            for entry in page:
+                if entry.seq > head[0]:
+                    break
+                verifier.feed(entry)
             if not page or page[-1].seq >= head[0]:
                 break
             since = page[-1].seq
-    count = verify_chain(entries, head=head)
+    count = verifier.finish(head)
     return count, head[0]
 
 
 def _verify_unauthenticated(db_url: str) -> tuple[int, int]:
     store = Store(db_url)
+    verifier = ChainVerifier()
     try:
-        head = store.audit_head()
-        entries: list[AuditEntry] = []
-        while True:
-            page = store.audit_since(entries[-1].seq if entries else 0, PAGE)
-            entries.extend(page)
-            if len(page) < PAGE:
-                break
+        with store.read() as tx:  # one snapshot: the head and the entries it ends
+            head = tx.audit.head()
+            last = 0
+            while True:
+                page = tx.audit.since(last, PAGE)
+                for entry in page:
+                    verifier.feed(entry)
+                if len(page) < PAGE:
+                    break
+                last = page[-1].seq
     finally:
         store.close()
-    return verify_chain(entries, head=head), head[0]
+    return verifier.finish(head), head[0]

@@ -303,8 +303,8 @@ class Floors:
                     self.requests[key] = (value, request, by)
                 past = self.history.setdefault(key, {})
                 past[value] = request
-                if len(past) > HISTORY_KEPT:
-                    del past[min(past)]
+                if len(past) > HISTORY_KEPT:  # values come in rising: the first is oldest
+                    del past[next(iter(past))]
 
     def replay(self, event: str, policy: str | None, detail: dict[str, Any]) -> None:
         """Raise the floors by one verified audit entry (at start)."""

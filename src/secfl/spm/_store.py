@@ -333,6 +333,11 @@ class Store:
             _audit.check_head_mac(
                 audit_key, head[0], head[1], None if mac is None else mac.decode()
             )
+            try:  # the snapshot verified is the one checked against the floors: a head
+                # restored with its old MAC after the store opened is a rollback
+                self.check_head(tx, head)
+            except IntegrityError as exc:
+                raise AuditError(str(exc)) from None
             verifier = _audit.ChainVerifier()
             last = 0
             while True:

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from secfl._internal.values import quoted
 from secfl.errors import SpmError
 from secfl.spm._records import (
     REVOCATION_KINDS,
@@ -47,7 +48,9 @@ class Certificates(TxView):
         )
 
     def _record(self, row: Any) -> CertificateRecord:
-        self._verify(certificates_table, row, f"certificate {row.serial} of '{row.policy}'")
+        self._verify(
+            certificates_table, row, f"certificate {quoted(row.serial)} of {quoted(row.policy)}"
+        )
         return CertificateRecord(
             policy=row.policy,
             serial=row.serial,

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
+from secfl._internal.values import quoted
 from secfl.errors import SpmError
 from secfl.spm._records import PolicyRecord, SecretRecord, from_us, to_us
 from secfl.spm._schema import (
@@ -26,7 +27,9 @@ class Policies(TxView):
     """Board-approved policy versions: added once, never changed, never gone back."""
 
     def _record(self, row: Any) -> PolicyRecord:
-        self._verify(policies_table, row, f"policy '{row.name}' version {row.version}")
+        self._verify(
+            policies_table, row, f"policy {quoted(row.name)} version {quoted(row.version)}"
+        )
         return PolicyRecord(
             name=row.name,
             version=row.version,
@@ -111,7 +114,9 @@ class Secrets(TxView):
 
     def record(self, row: Any) -> SecretRecord:
         """The record of a stored row, refused unless its MAC verifies."""
-        self._verify(secrets_table, row, f"secret '{row.name}' of policy '{row.policy}'")
+        self._verify(
+            secrets_table, row, f"secret {quoted(row.name)} of policy {quoted(row.policy)}"
+        )
         return SecretRecord(
             policy=row.policy,
             name=row.name,

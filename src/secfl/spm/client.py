@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secfl._internal.canonical import canonical_json
+from secfl._internal.values import one_line
 from secfl.errors import SecflError, SpmError, SpmRefused, VerificationError
 from secfl.spm._audit import head_message
 from secfl.spm._https import AnswerLost, ConnectFailed, PinnedHttps, RequestFailed
@@ -190,7 +191,11 @@ class SpmClient:
             doc = {}
         if reply.status >= 400:
             message = doc.get("error") if isinstance(doc, dict) else None
-            raise SpmRefused(message or f"spm: HTTP {reply.status} for {path}", reply.status)
+            if not isinstance(message, str) or not message:
+                message = f"spm: HTTP {reply.status} for {path}"
+            # the server's own words, on one line with nothing a terminal would act on:
+            # before the pin is checked, the server may be anyone's
+            raise SpmRefused(one_line(message), reply.status)
         return doc
 
     # --- first contact --------------------------------------------------------------------
