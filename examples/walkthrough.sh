@@ -121,4 +121,7 @@ wait $AGG_PID
 grep "round .* done" agg/agg.log | tail -1
 secfl audit verify --spm $SPM --spm-pin $PIN
 # --- machine A: the model owner opens the final model with the key it never gave away ------
-(cd agg && secfl shield decrypt output/model.secfl -o model --key-file model.key > /dev/null && ls model)
+# (the tag the aggregator logged with the SPM: no other file, such as an older output, opens)
+TAG=$(secfl audit show --spm $SPM --spm-pin $PIN --event fl.model --limit 1 --json \
+  | python -c 'import json, sys; print(json.load(sys.stdin)["detail"]["tag"])')
+(cd agg && secfl shield decrypt output/model.secfl -o model --key-file model.key --expect-tag $TAG > /dev/null && ls model)

@@ -21,6 +21,7 @@ from secfl.demo.federation import DemoSettings, Federation
 from secfl.fl._checkpoint_dir import list_checkpoints
 from secfl.fl._tensors import from_bytes
 from secfl.fl._transport import Client, Credentials, TransportError
+from secfl.shield import volume_tag
 from secfl.spm.client import SpmClient
 from tests.fl.fedkit import ca, identity
 
@@ -94,6 +95,21 @@ def test_every_round_is_counted_and_audited(trained: tuple[Federation, Workload]
     assert [r["counter"] for r in fed.rounds()] == list(range(2, ROUNDS + 2))
     count, _ = fed.verify_audit()
     assert count > 10
+
+
+def test_the_final_model_is_recorded_with_the_spm(trained: tuple[Federation, Workload]) -> None:
+    """Noted last session: a model owner could not tell the final model from a stale
+    output the host kept. The aggregator now logs the sealed model's tag, from its
+    attested session, and `secfl shield decrypt --expect-tag` checks a file against it."""
+    fed, _ = trained
+    (entry,) = [e for e in fed.audit() if e["event"] == "fl.model"]
+    detail = entry["detail"]
+    assert detail["tag"] == volume_tag(fed.output / "model.secfl", fed.keys["model-output"])
+    assert (detail["rounds"], detail["counter"], detail["service"]) == (
+        ROUNDS,
+        ROUNDS + 1,
+        "aggregator",
+    )
 
 
 def test_modified_task_code_is_refused_by_attestation(trained: tuple[Federation, Workload]) -> None:

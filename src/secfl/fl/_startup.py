@@ -327,4 +327,20 @@ def write_output(
     }
     tag = encrypt_files(contents, path, load_hex_key(key_file))
     log.info("final model sealed in %s (tag %s)", path, tag)
+    _record_model(ident, tag, agg)
     return path
+
+
+def _record_model(ident: WorkloadIdentity, tag: str, agg: Aggregator) -> None:
+    """The sealed model's tag in the SPM's audit log (``fl.model``, with its run, rounds
+    and counter), from this attested session: a model owner checks the file she was
+    given against it (`secfl shield decrypt --expect-tag`), so the host cannot pass off
+    an older output as this run's."""
+    detail: dict[str, Any] = {"tag": tag, "run": agg.config.run, "rounds": agg.config.rounds,
+                              "counter": agg.commit.counter}  # fmt: skip
+    if agg.policy_version is not None:
+        detail["policy_version"] = agg.policy_version
+    try:
+        ident.spm().report(ident.policy, "model", detail, ident.token())
+    except SecflError as exc:  # the model is sealed; only its record is missing
+        log.warning("the SPM did not record the final model's tag %s: %s", tag, exc)
