@@ -33,7 +33,10 @@ CHILD = textwrap.dedent(
         policy_version=None,
         history=[{"round": 1, "marker-of-the-metrics": 0.5}],
     )
-    ident = types.SimpleNamespace(secret_file=lambda name, given, required=False: key_file)
+    ident = types.SimpleNamespace(
+        secret_file=lambda name, given, required=False: key_file, policy="p",
+        token=lambda: "t", spm=lambda: types.SimpleNamespace(report=lambda *args: 1),
+    )
     params = {"w": np.full(int(sys.argv[3]), 0.123, np.float32)}
     write_output(agg, AggregatorOptions(task="digits", output=out, output_key=None), params, ident)
     """
