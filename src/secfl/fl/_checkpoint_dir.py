@@ -87,8 +87,8 @@ def latest_checkpoint(
     reason to use an older one. ``committed`` (the SPM's counter and the name of the
     increment that took it there): files at that counter that another increment was
     to commit (a forked aggregator's) are skipped. ``request_at`` (the SPM's answer to
-    which increment took the counter to an earlier value): two files at the value
-    chosen are told apart by it, when it names one.
+    which increment took the counter to an earlier value): at each value it names one
+    for, the other increments' files are skipped too (:func:`_committed_only`).
     """
     candidates = [
         (rnd, ctr, path)
@@ -109,6 +109,8 @@ def latest_checkpoint(
         candidates = [c for c in candidates if c[1] <= expected_counter]
     if below is not None:
         candidates = [c for c in candidates if c[1] <= below]
+    if request_at is not None:
+        candidates, committed = _committed_only(candidates, committed, request_at)
     if not candidates:
         if expected_counter:
             raise FlError(
@@ -119,11 +121,6 @@ def latest_checkpoint(
         return None
     _, chosen, path = candidates[0]
     tied = [c for c in candidates if c[1] == chosen]
-    if len(tied) > 1 and request_at is not None and (committed is None or chosen != committed[0]):
-        named = request_at(chosen)  # which increment took the counter to that value
-        kept = [c for c in tied if named is not None and may_commit(request_of(c[2]), named)]
-        if len(kept) == 1:  # checked again below, once the file is authenticated
-            tied, path, committed = kept, kept[0][2], (chosen, named)
     if len(tied) > 1:  # two at that value (a fork), and nothing here says which committed
         raise FlError(
             f"rollback: {len(tied)} checkpoints in {directory} have counter {chosen} "
@@ -144,6 +141,34 @@ def latest_checkpoint(
             "increment than the one that committed its counter)"
         )
     return checkpoint
+
+
+Candidate = tuple[int, int, Path]
+
+
+def _committed_only(
+    candidates: list[Candidate],
+    committed: tuple[int, str | None] | None,
+    request_at: Callable[[int], str | None],
+) -> tuple[list[Candidate], tuple[int, str | None] | None]:
+    """From the newest value down, the files at a value the SPM names the committing
+    increment of are that increment's only; a value left with none (a fork's loser
+    alone there, the committed file lost or deleted) is passed over. Stops at the first
+    value kept, or one the SPM names no increment for; returns the candidates left and
+    the (value, name) the chosen file must hold once authenticated."""
+    while candidates:
+        chosen = candidates[0][1]
+        if committed is not None and chosen == committed[0]:
+            return candidates, committed  # filtered by the caller already
+        named = request_at(chosen)  # which increment took the counter to that value
+        if named is None:
+            return candidates, committed
+        rest = [c for c in candidates if c[1] != chosen]
+        kept = [c for c in candidates if c[1] == chosen and may_commit(request_of(c[2]), named)]
+        if kept:
+            return kept + rest, (chosen, named)
+        candidates = rest
+    return candidates, committed
 
 
 def prune_checkpoints(

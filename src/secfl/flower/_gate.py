@@ -122,6 +122,8 @@ class FleetGate:
         body = bytearray()
         while True:
             message = await receive()
+            if message.get("type") != "http.request":  # the client went away mid-body:
+                return  # a truncated request is never forwarded as if it were whole
             body += message.get("body", b"")
             if len(body) > MAX_BODY:
                 await _answer(send, 413, f"gate: request larger than {MAX_BODY} bytes")
@@ -169,6 +171,7 @@ class FleetGate:
                 verify=self.context,
                 timeout=httpx.Timeout(300.0, connect=10.0),
                 follow_redirects=False,
+                trust_env=False,  # no proxy from the environment
                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
             )
         return self.client

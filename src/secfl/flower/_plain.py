@@ -74,6 +74,7 @@ class PlainFlower:
         import httpx
 
         context = ssl.create_default_context(cafile=str(self.tls["ca"]))
+        context.keylog_filename = None  # type: ignore[assignment]  # never SSLKEYLOGFILE
         deadline = time.monotonic() + timeout
         with httpx.Client(verify=context, timeout=2.0) as client:
             while time.monotonic() < deadline:

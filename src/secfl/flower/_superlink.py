@@ -51,9 +51,11 @@ from secfl.flower._tls import loopback_context
 from secfl.flower._wrap import (
     Child,
     PrivatePaths,
+    check_health_address,
     check_loopback,
     clean_env,
     host_port,
+    scrub_environment,
     venv_program,
 )
 
@@ -110,7 +112,7 @@ def load_fab(value: str, sha256: str, env: dict[str, str]) -> bytes:
 
 def _wait_healthy(link: Child, base: str, context: ssl.SSLContext, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    with httpx.Client(verify=context, timeout=2.0) as client:
+    with httpx.Client(verify=context, timeout=2.0, trust_env=False) as client:
         while time.monotonic() < deadline:
             if not link.alive():
                 raise FlowerError(
@@ -126,10 +128,12 @@ def _wait_healthy(link: Child, base: str, context: ssl.SSLContext, timeout: floa
 
 
 def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
+    scrub_environment()  # before any connection: no proxy, no TLS key log
     env = dict(os.environ)
     cmd = parse_flower("superlink", flower_argv, env)
     host = cmd.value("--host", "127.0.0.1") or "127.0.0.1"
     check_loopback("flower-superlink (Fleet, Control and Runtime APIs)", host)
+    check_health_address(cmd.value("--health-server-address"))
     port = cmd.port(8000)
     database = cmd.value("--database")
     if database is not None and database != ":flwr-in-memory:":

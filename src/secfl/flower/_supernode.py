@@ -39,9 +39,11 @@ from secfl.flower._flags import parse_flower
 from secfl.flower._wrap import (
     Child,
     PrivatePaths,
+    check_health_address,
     check_loopback,
     clean_env,
     host_port,
+    scrub_environment,
     venv_program,
 )
 
@@ -82,6 +84,7 @@ def openssh_key(path: Path) -> None:
 
 
 def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
+    scrub_environment()  # before any connection: no proxy, no TLS key log
     env = dict(os.environ)
     pins = {h.lower() for h in opts.fab_sha256}
     if not pins or not all(_SHA256.match(h) for h in pins):
@@ -91,6 +94,7 @@ def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
     cmd = parse_flower("supernode", flower_argv, env)
     host = cmd.value("--host", "127.0.0.1") or "127.0.0.1"
     check_loopback("flower-supernode (Runtime API)", host)
+    check_health_address(cmd.value("--health-server-address"))
     port = cmd.port(9094)
     openssh_key(Path(cmd.value("--auth-supernode-private-key") or ""))
 

@@ -23,15 +23,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from secfl._internal import files
+from secfl._internal import environ, files
 from secfl.errors import FlowerError
 
 __all__ = [
     "Child",
     "PrivatePaths",
+    "check_health_address",
     "check_loopback",
     "clean_env",
     "host_port",
+    "scrub_environment",
     "venv_program",
 ]
 
@@ -49,6 +51,13 @@ def venv_program(name: str) -> Path:
             "with the Flower venv's Python (bash scripts/flwr-venv.sh)"
         )
     return path
+
+
+def check_health_address(address: str | None) -> None:
+    """Flower's health service (gRPC without TLS), when asked for, listens on loopback."""
+    if address is not None:
+        host, _, _ = address.rpartition(":")
+        check_loopback("Flower's health service (--health-server-address)", host or address)
 
 
 def check_loopback(what: str, host: str) -> None:
@@ -130,9 +139,18 @@ class PrivatePaths:
         return path, value
 
 
+def scrub_environment() -> None:
+    """Drop the proxy and TLS key-log variables from this wrapper's own environment: its
+    gate, executor and health checks connect from this process (gRPC and httpx read
+    them), and Flower's Runtime API on loopback is plaintext."""
+    environ.scrub(environ.PROXIES | environ.KEY_LOGS)
+
+
 def clean_env(base: Mapping[str, str], paths: PrivatePaths) -> dict[str, str]:
     """Flower's environment: ``base`` without what could reconfigure it, plus ours."""
     env = {k: v for k, v in base.items() if k in _KEPT or not k.startswith(_DROPPED_PREFIXES)}
+    # no proxy for the plaintext loopback APIs, no TLS key log (secfl._internal.environ)
+    env = environ.without(env, environ.PROXIES | environ.KEY_LOGS)
     bindir = str(Path(sys.executable).parent)
     env.update(
         {

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from secfl._internal import environ
 from secfl.errors import LaunchError, SecflError
 from secfl.launcher._in_process import run_module
 from secfl.launcher._inject import (
@@ -116,6 +117,9 @@ def prepare(req: RunRequest) -> Launch:
     if not req.argv and not req.module:
         raise LaunchError("run: no program given (secfl run ... -- PROGRAM ARGS)")
     check_public_args(req.argv, "argument")  # before the SPM is even asked
+    dropped = environ.scrub()  # no TLS session's secrets written where the host reads
+    if dropped:
+        sys.stderr.write(f"secfl run: ignored {', '.join(dropped)} (it logs TLS secrets)\n")
     harden()
     accept_interrupts()
     private = PrivateDir.create()

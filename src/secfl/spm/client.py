@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from secfl._internal.canonical import canonical_json
@@ -84,11 +85,22 @@ def _address(url: str) -> tuple[str, int]:
 def _fetch_certificate(url: str, timeout: float) -> tuple[str, x509.Certificate]:
     """The certificate the SPM presents: a candidate, trusted only once checked."""
     host, port = _address(url)
+    # not verified here (the pin is checked next); no TLS key log (SSLKEYLOGFILE)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # as get_server_certificate: the pin is the check
     try:
-        pem = ssl.get_server_certificate((host, port), timeout=timeout)
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
     except OSError as exc:
         raise SpmError(f"spm: cannot reach {url}: {exc.strerror or exc}") from None
-    return pem, x509.load_pem_x509_certificate(pem.encode())
+    if not der:
+        raise SpmError(f"spm: {url} presented no certificate")
+    cert = x509.load_der_x509_certificate(der)
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), cert
 
 
 class SpmClient:
@@ -124,6 +136,7 @@ class SpmClient:
                 raise SpmError("spm: the SPM's TLS key is not an EC key")
             self._key = key
             context = ssl.create_default_context(cadata=pem)
+            context.keylog_filename = None  # type: ignore[assignment]  # never SSLKEYLOGFILE
             prefix = urlsplit(self.url).path.rstrip("/")  # an SPM behind a path, if any
             self._http = PinnedHttps(*_address(self.url), context, self.timeout, prefix=prefix)
         return self._http
