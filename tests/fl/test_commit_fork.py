@@ -256,3 +256,23 @@ def test_a_reset_takes_the_checkpoint_the_spm_names_at_that_value(tmp_path: Path
     with pytest.raises(FlError, match="2 checkpoints in .* have counter 2"):
         Commit(forgetful, directory=tmp_path / "order0", key=KEY,
                policy_digest=RUN_A).resume(reset_from=3)  # fmt: skip
+
+
+def test_a_reset_never_resumes_a_fork_left_alone_at_a_value(tmp_path: Path) -> None:
+    """The review of the fix: the SPM was asked only when two files tied. With the
+    committed file at 2 deleted (or lost: the counter commits beside the fsync), the
+    fork's file was the only one there, and the reset resumed the model nobody
+    committed. Files the SPM does not name are passed over: the reset goes on from 1."""
+    ledger = MemoryLedger()
+    first = new_request()
+    ledger.increment(0, request=first)
+    committed, forked = new_request(), new_request()
+    ledger.increment(1, request=committed)
+    write_checkpoint(tmp_path, key=KEY, policy_digest=RUN_A, round=1, counter=1,
+                     params_bytes=_params(1.0), state={}, request=first)  # fmt: skip
+    write_checkpoint(tmp_path, key=KEY, policy_digest=RUN_A, round=2, counter=2,
+                     params_bytes=_params(666.0), state={}, request=forked)  # fmt: skip
+    ledger.increment(2, request=new_request())  # counter 3's checkpoint was lost
+    point = Commit(ledger, directory=tmp_path, key=KEY, policy_digest=RUN_A).resume(reset_from=3)
+    assert point.checkpoint is not None and point.checkpoint.request == first
+    assert from_bytes(point.checkpoint.params_bytes)[0]["w"].tolist() == [1.0] * 3
