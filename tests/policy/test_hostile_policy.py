@@ -580,3 +580,55 @@ def test_the_spm_matches_no_identity_that_pins_no_code() -> None:
     with pytest.raises(Refused, match="^measurement: snp measurement eeee"):
         check_measurements(policy, "agg", "snp", claims)
     check_measurements(policy, "agg", "snp", {"measurement": "cd" * 48, "vmpl": 0})
+
+
+#: What the review of the JSON check found still passed: characters that display as
+#: nothing without being format characters, and controls a terminal acts on.
+SHOWS_NOTHING = {
+    "hangul filler": "\u3164",
+    "hangul choseong filler": "\u115f",
+    "combining grapheme joiner": "\u034f",
+    "variation selector 17": "\U000e0100",
+    "braille blank": "\u2800",
+    "escape": "\x1b",
+    "backspace": "\x08",
+    "delete": "\x7f",
+    "c1 csi": "\x9b",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHOWS_NOTHING))
+def test_text_that_displays_as_nothing_is_refused(name: str, tmp_path: Path) -> None:
+    data = _example_as_json()
+    # an argument the service receives: what the board reads is not what it runs with
+    data["services"][0].setdefault("inject", {}).setdefault("args", []).append(
+        "--audit-log=on" + SHOWS_NOTHING[name]
+    )
+    evil = tmp_path / "policy.json"
+    evil.write_text(json.dumps(data), encoding="utf-8")
+    done = _cli("policy", "validate", str(evil), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: policy: services[0].inject.args[") and "(U+" in line, line
+
+
+def test_policy_show_prints_no_terminal_control(tmp_path: Path) -> None:
+    """`secfl policy show` (review this, not the file) printed claim values raw: an
+    identity whose host_data is ESC[8m hid the rest of its line, the attacker's
+    measurement, on a board member's terminal. A stored version may hold anything."""
+    data = _example_as_json()
+    data["services"][0]["measurements"]["snp"].append(
+        {"host_data": "\x1b[8m", "measurement": "ab" * 48}
+    )
+    evil = tmp_path / "policy.json"
+    evil.write_text(json.dumps(data), encoding="utf-8")
+    done = _cli("policy", "show", str(evil), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "host_data=\\x1b[8m" in done.stdout
+
+
+def test_a_utf16_json_policy_with_windows_line_ends_loads() -> None:
+    """The review: the JSON's lone-CR check read every encoding as UTF-8, so in UTF-16
+    each CR of a CRLF was followed by a NUL and the policy was refused."""
+    text = json.dumps(_example_as_json(), indent=2).replace("\n", "\r\n")
+    assert load_policy(text.encode("utf-16-le")) == load_policy(text.encode())

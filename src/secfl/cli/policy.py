@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from secfl._internal.values import shown
 from secfl.cli import revocation
 from secfl.cli._common import err, out, read_input, write_output
 from secfl.cli.policy_init import init_cmd
@@ -142,8 +143,8 @@ def show_cmd(
     else:
         previous = _previous(policy, file, against)
         lines = review_diff(previous, policy) or ["(no change the SPM would see)"]
-    for line in lines:
-        out.print(line, markup=False)
+    for line in lines:  # a stored version may hold any text: none a terminal acts on
+        out.print(shown(line), markup=False)
 
 
 @app.command("digest")

@@ -18,26 +18,52 @@ _HIDDEN_BREAKS = {"\r": "a carriage return", "\x85": "a next-line character",
                   "\u2028": "a line separator", "\u2029": "a paragraph separator"}  # fmt: skip
 
 
+#: Unicode's default-ignorable code points that are not format characters (Cf), and
+#: the braille blank: each displays as nothing (fillers, the combining grapheme joiner,
+#: variation selectors).
+_IGNORABLE = (
+    (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+    (0x2800, 0x2800), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)  # fmt: skip
+
+
+def _what(char: str) -> str | None:
+    """What ``char`` is, if a reader cannot see it as the parser reads it."""
+    if char in _HIDDEN_BREAKS:
+        return _HIDDEN_BREAKS[char]
+    category = unicodedata.category(char)
+    if category == "Cf":
+        return "an invisible format character"
+    if category == "Cc" and char not in "\t\n":  # ESC, BS, DEL, C1: a terminal acts on them
+        return "a control character"
+    point = ord(char)
+    if any(low <= point <= high for low, high in _IGNORABLE):
+        return "a character that displays as nothing"
+    return None
+
+
 def _first_hidden(text: str) -> int:
     """The index of the first character :func:`hidden_in` names, or -1."""
     for index, char in enumerate(text):
         if char == "\r" and text[index + 1 : index + 2] == "\n":
             continue
-        if char in _HIDDEN_BREAKS or unicodedata.category(char) == "Cf":
+        if _what(char) is not None:
             return index
     return -1
 
 
 def hidden_in(text: str) -> str | None:
     """What in ``text`` a reader does not see as the parser reads it, if anything:
-    a line break that displays as none (a lone CR, U+0085, U+2028, U+2029) or an
-    invisible format character (bidi controls, zero-width characters, a BOM)."""
+    a line break that displays as none (a lone CR, U+0085, U+2028, U+2029), an
+    invisible format character (bidi controls, zero-width characters, a BOM), a control
+    character a terminal acts on (ESC, BS, DEL, C1), or a character that displays as
+    nothing (Hangul fillers, variation selectors, the braille blank)."""
     index = _first_hidden(text)
     if index < 0:
         return None
     char = text[index]
-    what = _HIDDEN_BREAKS.get(char, "an invisible format character")
-    return f"{what} (U+{ord(char):04X})"
+    return f"{_what(char)} (U+{ord(char):04X})"
 
 
 def check_visible(text: str | bytes) -> None:
@@ -68,7 +94,13 @@ def check_visible(text: str | bytes) -> None:
 def check_no_lone_cr(text: str | bytes) -> None:
     """A JSON document's whitespace holds no lone carriage return: a terminal shows
     the text after one over the text before it."""
-    bare = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if isinstance(text, str):
+        bare = text
+    else:  # as json.loads reads bytes (UTF-16 and UTF-32 too: a CR there is followed by NULs)
+        try:
+            bare = text.decode(json.detect_encoding(text))
+        except (UnicodeDecodeError, LookupError):
+            return
     found = re.search(r"\r(?!\n)", bare)
     if found is not None:
         line = bare.count("\n", 0, found.start()) + 1
