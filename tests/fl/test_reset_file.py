@@ -105,3 +105,31 @@ def test_a_fifo_in_place_of_a_checkpoint_is_refused_not_waited_on(tmp_path: Path
         "header: None",
         f"refused: checkpoint: cannot open {fifo}: not a regular file",
     ], done.stdout + done.stderr
+
+
+def test_a_fifo_renamed_over_a_fresh_checkpoint_does_not_hang_its_sync(tmp_path: Path) -> None:
+    """The review of the fix: the commit's fsync step opened the path blocking."""
+    from secfl.errors import FlError
+    from secfl.fl._checkpoint import sync_checkpoint, write_checkpoint
+
+    path = write_checkpoint(tmp_path, key=bytes(32), policy_digest="0" * 64, round=1, counter=1,
+                            params_bytes=b"\0" * 16, state={}, durable=False)  # fmt: skip
+    fifo = tmp_path / "planted"
+    os.mkfifo(fifo)
+    os.replace(fifo, path)  # the host, between the write and the fsync
+    with pytest.raises(FlError, match="cannot sync .*: not a regular file"):
+        sync_checkpoint(path)
+
+
+def test_the_operators_own_settings_may_come_from_a_pipe() -> None:
+    """The review of the fix: refusing what is not a regular file broke `secfl simulate
+    --settings <(...)` and `--settings /dev/stdin`, the operator's own input."""
+    code = (
+        "from pathlib import Path\n"
+        "from secfl.fl._startup import read_settings\n"
+        "print(read_settings(Path('/dev/stdin')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], input="rounds: 3\n",
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "'rounds': 3" in done.stdout

@@ -297,11 +297,8 @@ def sync_checkpoint(path: Path) -> None:
     """Make a checkpoint written with ``durable=False`` durable: its file, then its
     folder (the rename), fsynced."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with open_regular(path) as fh:  # a FIFO renamed over it is refused, not waited on
+            os.fsync(fh.fileno())
         fsync_directory(path.parent)
     except OSError as exc:
         raise FlError(f"checkpoint: cannot sync {path}: {exc.strerror or exc}") from None

@@ -191,7 +191,7 @@ def _set_aside(path: Path, value: int) -> None:
 def _read(path: Path) -> dict[str, Any]:
     """A reset file's ``{"statement": {...}, "signatures": [{...}, ...]}``, bounded (it
     lies in the host's checkpoint folder: anyone there may have written it)."""
-    doc = read_json_file(path, "reset", MAX_RESET_BYTES)
+    doc = read_json_file(path, "reset", MAX_RESET_BYTES, regular=True)  # the host's folder
     if (
         not isinstance(doc, dict)
         or not isinstance(doc.get("statement"), dict)

@@ -137,19 +137,27 @@ def check_tree(
             raise FlError(f"{what} holds a {type(item).__name__}, not a JSON value")
 
 
-def read_file(path: Path, what: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of ``path``, at most ``max_bytes``; FlError (starting ``what``) otherwise."""
+def read_file(
+    path: Path, what: str, max_bytes: int = MAX_FILE_BYTES, *, regular: bool = False
+) -> bytes:
+    """The bytes of ``path``, at most ``max_bytes``; FlError (starting ``what``) otherwise.
+    ``regular``: a file the host may have planted (in the aggregator's folders), so a
+    regular file only, opened without blocking (a FIFO there is refused, not waited on);
+    otherwise the operator's own input, which may be a pipe (``--settings <(...)``)."""
     try:
-        return read_bounded(path, max_bytes, regular=True)
+        return read_bounded(path, max_bytes, regular=regular)
     except TooLarge:
         raise FlError(f"{what}: {path} is larger than {max_bytes} bytes") from None
     except OSError as exc:
         raise FlError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
 
 
-def read_json_file(path: Path, what: str, max_bytes: int = MAX_FILE_BYTES) -> Any:
-    """A JSON file from disk, bounded; FlError ``"<what>: <path> ..."`` otherwise."""
-    return parse_json(read_file(path, what, max_bytes), f"{what}: {path}")
+def read_json_file(
+    path: Path, what: str, max_bytes: int = MAX_FILE_BYTES, *, regular: bool = False
+) -> Any:
+    """A JSON file from disk, bounded; FlError ``"<what>: <path> ..."`` otherwise
+    (``regular``: see :func:`read_file`)."""
+    return parse_json(read_file(path, what, max_bytes, regular=regular), f"{what}: {path}")
 
 
 def read_yaml_file(path: Path, what: str, max_bytes: int = MAX_FILE_BYTES) -> Any:
