@@ -269,6 +269,20 @@ def test_the_private_folder_is_never_on_a_disk(tmp_path: Path) -> None:
     assert line.startswith("refused: files: the private folder "), line
     assert "not in RAM" in line and "make /dev/shm a writable tmpfs" in line
     assert list(tmp_path.iterdir()) == []  # nothing left on the disk either
+    # The advice followed (the review: it could not be, while /dev/shm was writable):
+    # TMPDIR on a tmpfs of its own, /dev/shm a writable folder on a disk.
+    ram, disk = tmp_path / "ram", tmp_path / "disk"
+    ram.mkdir()
+    disk.mkdir(mode=0o1777)
+    script = (
+        f"mount --bind {disk} /dev/shm && mount -t tmpfs none {ram} && "
+        f'exec setpriv --bounding-set -sys_admin -- {sys.executable} -c "$PROBE"'
+    )
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env={**env, "TMPDIR": str(ram)}, check=False)  # fmt: skip
+    (line,) = done.stdout.strip().splitlines()
+    assert line.startswith(f"made: {ram}/") and line.endswith(" False tmpfs"), line
     # The usual system: a folder in RAM.
     done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
                           timeout=60, env=env, check=False)  # fmt: skip

@@ -89,7 +89,7 @@ def bases() -> list[Path]:
 
 
 #: File systems whose files live in RAM only (they never reach a disk).
-_RAM_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
+_RAM_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs", "devtmpfs"})
 
 
 def file_system(path: Path) -> str | None:
@@ -190,22 +190,31 @@ class PrivateDir:
     def create(cls) -> PrivateDir:
         """Wipe stale folders, make a fresh one, guard it (watchdog, private tmpfs)."""
         wipe_stale()
-        try:
-            path = Path(tempfile.mkdtemp(prefix=_prefix(), dir=bases()[0]))
-        except OSError as exc:
-            raise LaunchError(
-                f"files: cannot create a private folder: {exc.strerror or exc}"
-            ) from None
-        private = cls(path)
-        try:
-            private._watchdog = _start_watchdog(path)
-            private.mounted = _mount_tmpfs(path)
-            if not private.mounted:
-                _check_in_ram(path)
-        except BaseException:
-            private.remove()
-            raise
-        return private
+        refused: LaunchError | None = None
+        for base in bases():  # the first in RAM: /dev/shm, else $TMPDIR on a tmpfs
+            try:
+                path = Path(tempfile.mkdtemp(prefix=_prefix(), dir=base))
+            except OSError as exc:
+                refused = LaunchError(
+                    f"files: cannot create a private folder in {base}: {exc.strerror or exc}"
+                )
+                continue
+            private = cls(path)
+            try:
+                private._watchdog = _start_watchdog(path)
+                private.mounted = _mount_tmpfs(path)
+                if not private.mounted:
+                    _check_in_ram(path)
+            except LaunchError as exc:
+                private.remove()
+                refused = exc
+                continue
+            except BaseException:
+                private.remove()
+                raise
+            return private
+        assert refused is not None
+        raise refused
 
     def remove(self) -> None:
         """Remove every file (and the tmpfs); then let the watchdog go."""
