@@ -4,7 +4,11 @@ hostile host's disk can do to them, and what a crash may not undo."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,9 +55,13 @@ def test_a_link_planted_at_a_volumes_name_is_replaced_not_followed(tmp_path: Pat
     output.mkdir()
     link = output / "model.secfl"
     link.symlink_to(victim)
-    tag = encrypt_files({"model.safetensors": b"weights"}, link, KEY)
-    assert victim.read_bytes() == b"precious"
-    assert not link.is_symlink() and volume_tag(link, KEY) == tag
+    with pytest.raises(ShieldError, match="is a symbolic link; name the file itself"):
+        encrypt_files({"model.safetensors": b"weights"}, link, KEY)
+    assert victim.read_bytes() == b"precious" and link.is_symlink()
+    # the review of the fix: an operator's own link was replaced silently; now refused,
+    # and the file it names written as before
+    tag = encrypt_files({"model.safetensors": b"weights"}, link.resolve(), KEY)
+    assert volume_tag(link, KEY) == tag
     # without overwrite: a dangling link is refused and its target never created
     src = tmp_path / "src"
     src.mkdir()
@@ -61,9 +69,37 @@ def test_a_link_planted_at_a_volumes_name_is_replaced_not_followed(tmp_path: Pat
     planted = tmp_path / "elsewhere"
     dangling = tmp_path / "vol.secfl"
     dangling.symlink_to(planted)
-    with pytest.raises(ShieldError, match="exists; not replacing it"):
+    with pytest.raises(ShieldError, match="is a symbolic link"):
         encrypt_directory(src, dangling, KEY, overwrite=False)
     assert not planted.exists() and dangling.is_symlink()
-    with pytest.raises(ShieldError, match="exists; not replacing it"):
+    with pytest.raises(ShieldError, match="is a symbolic link"):
         encrypt_files({"a": b"a"}, dangling, KEY, overwrite=False)
     assert not planted.exists()
+
+
+def test_a_write_into_a_folder_it_cannot_read_succeeds(tmp_path: Path) -> None:
+    """The review of the fix: in a drop box (mode 1733) the folder's fsync failed after
+    the rename, and a volume already in place was reported as not written."""
+    code = (
+        "import os, sys\n"
+        "from secfl.shield import encrypt_files\n"
+        "print(encrypt_files({'a': b'a'}, sys.argv[1], bytes(range(32))))\n"
+    )
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to write as another user")
+    top = Path(tempfile.mkdtemp(prefix="secfl-dropbox-"))  # pytest's folders are 0700
+    try:
+        top.chmod(0o755)
+        box = top / "box"
+        box.mkdir()
+        box.chmod(0o1733)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        argv = [*as_nobody, sys.executable, "-c", code, str(box / "v.secfl")]
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=60, check=False, env=env
+        )
+        assert done.returncode == 0, done.stderr[-500:]
+        assert volume_tag(box / "v.secfl", KEY) == done.stdout.strip()
+    finally:
+        shutil.rmtree(top)

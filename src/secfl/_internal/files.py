@@ -59,6 +59,7 @@ def atomic_open(
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.urandom(8).hex()}.tmp")
     fd = os.open(tmp, _FLAGS, mode)
+    folder = _open_folder(target.parent) if fsync else None  # before the rename: see below
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -70,22 +71,42 @@ def atomic_open(
         else:
             os.link(tmp, target, follow_symlinks=False)
             tmp.unlink()
+        if folder is not None:
+            _fsync_folder(folder)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if fsync:
-        fsync_directory(target.parent)
+    finally:
+        if folder is not None:
+            os.close(folder)
+
+
+def _open_folder(folder: Path | str) -> int | None:
+    """A descriptor of ``folder`` to fsync, or None where it cannot be read (a drop box
+    such as mode 1733): a write that succeeded is not reported as failed for that."""
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (PermissionError, FileNotFoundError):
+        return None
+
+
+def _fsync_folder(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # a file system that cannot fsync a folder at all
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
 
 
 def fsync_directory(folder: Path | str) -> None:
     """Make the names in ``folder`` durable (a rename or link in it survives a power
-    loss); a file system that cannot fsync a folder at all is left as it is."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    loss); a folder this process cannot read, or a file system that cannot fsync one,
+    is left as it is."""
+    fd = _open_folder(folder)
+    if fd is None:
+        return
     try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
+        _fsync_folder(fd)
     finally:
         os.close(fd)
 

@@ -126,11 +126,13 @@ def _write(
     chunk_size: int,
 ) -> str:
     """The volume of ``sealers`` written to ``out`` (atomically, mode 0600); its tag.
-    A symbolic link at ``out`` is replaced (or, without ``overwrite``, refused), never
-    followed: the folder may be the host's, and its target anything this process may
-    write."""
+    A symbolic link at ``out`` is refused, never followed: the folder may be the host's,
+    and its target anything this process may write (one planted while the volume is
+    written is replaced)."""
     if len(sealers) > fmt.MAX_FILES:
         raise ShieldError(f"shield: {what} hold more than 2^32 files")
+    if out.is_symlink():  # neither followed (the host's folder) nor replaced unannounced
+        raise ShieldError(f"shield: '{out}' is a symbolic link; name the file itself")
     try:
         with files.atomic_open(out, mode=0o600, replace=overwrite) as sink:
             return _seal_volume(sink, key, what, sealers, version, chunk_size)
