@@ -194,3 +194,31 @@ def test_an_idx_gzip_bomb_is_not_unpacked_whole(
     bomb.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + bytes(10**6)))
     with pytest.raises(TaskError, match="unpacks to more than 4096 bytes"):
         _fashion_mnist.read_idx(bomb, 1)
+
+
+def test_a_split_holds_one_shard_at_a_time(tmp_path: Path) -> None:
+    """The review of the fix: encoding every shard before writing any held the dataset
+    a second time in memory. Shards are now staged under temporary names one by one."""
+    import tracemalloc
+
+    import numpy as np
+
+    from secfl.tasks._split import split
+
+    class Big:
+        name = "big"
+        x = np.random.default_rng(0).random((20_000, 1_000), dtype=np.float32)  # 80 MB
+        y = (np.arange(20_000) % 10).astype(np.int64)
+
+        def load_pool(self) -> tuple[Any, Any]:
+            return self.x, self.y
+
+    task = Big()
+    tracemalloc.start()
+    try:
+        split(task, 10, out=tmp_path / "out", seed=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.9 * task.x.nbytes, f"{peak / 2**20:.0f} MiB for {task.x.nbytes / 2**20:.0f}"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,13 +210,24 @@ def split(
         ("validation.safetensors", "validation", None, validation),
         ("test.safetensors", "test", None, test),
     ]
-    # every shard encoded and checked before the folder changes: bad input loses nothing
-    encoded = [
-        _encode_one(file, spec, x, y, indices, {**common, "role": role, "index": index})
-        for file, role, index, indices in jobs
-    ]
-    _prepare(folder, overwrite, keep={file for file, _, _ in encoded})
-    summaries = tuple(_write_one(folder, file, blob, summary) for file, blob, summary in encoded)
+    # every shard encoded, checked and staged under a temporary name (one in memory at a
+    # time) before any earlier file changes: bad input loses nothing
+    staged: list[tuple[Path, Path, ShardSummary]] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for file, role, index, indices in jobs:
+            meta = {**common, "role": role, "index": index}
+            _, blob, summary = _encode_one(file, spec, x, y, indices, meta)
+            staged.append((_stage(folder / file, blob), folder / file, summary))
+        _prepare(folder, keep={final.name for _, final, _ in staged})
+        for temporary, final, _ in staged:
+            os.replace(temporary, final)
+    except OSError as exc:
+        raise TaskError(f"split: cannot write in '{folder}': {exc.strerror or exc}") from None
+    finally:
+        for temporary, _, _ in staged:
+            temporary.unlink(missing_ok=True)
+    summaries = tuple(summary for _, _, summary in staged)
     report = SplitReport(
         task=spec.name,
         out=folder,
@@ -290,13 +302,14 @@ def _encode_one(
     return file, blob, summary
 
 
-def _write_one(folder: Path, file: str, blob: bytes, summary: ShardSummary) -> ShardSummary:
-    path = folder / file
-    try:
-        files.atomic_write(path, blob, fsync=False)
-    except OSError as exc:
-        raise TaskError(f"shard: cannot write '{path}': {exc.strerror or exc}") from None
-    return summary
+def _stage(path: Path, blob: bytes) -> Path:
+    """``blob`` in a new file beside ``path`` under a fresh hidden name, to be renamed
+    over ``path`` once every shard is staged."""
+    temporary = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(temporary, flags, 0o644), "wb") as fh:
+        fh.write(blob)
+    return temporary
 
 
 def _write_manifest(report: SplitReport) -> None:
@@ -365,15 +378,10 @@ def _split_files(folder: Path) -> list[Path]:
     ]
 
 
-def _prepare(folder: Path, overwrite: bool, keep: set[str]) -> None:
-    """Create ``folder``; with ``overwrite``, remove the earlier split's files that the
-    new one does not replace (the manifest first, so a folder caught half-way never
-    describes shards it does not hold)."""
-    _check_folder(folder, overwrite)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for path in sorted(_split_files(folder), key=lambda p: p.name != MANIFEST):
-            if path.name not in keep:
-                path.unlink()
-    except OSError as exc:
-        raise TaskError(f"cannot prepare '{folder}': {exc.strerror or exc}") from None
+def _prepare(folder: Path, keep: set[str]) -> None:
+    """Remove the earlier split's files (``overwrite`` was checked) that the new one does
+    not replace, the manifest first: a folder caught half-way never describes shards it
+    does not hold."""
+    for path in sorted(_split_files(folder), key=lambda p: p.name != MANIFEST):
+        if path.name not in keep or path.name == MANIFEST:
+            path.unlink()
