@@ -6,12 +6,13 @@ host. Two kinds of variable matter there:
 - ``SSLKEYLOGFILE``: Python's ``ssl.create_default_context`` writes every TLS
   session's secrets to that file, so a host that captures its own traffic decrypts
   what the workload sends the SPM (a session token, released secrets);
-- proxy variables (``http_proxy``, ``grpc_proxy`` and their kin): gRPC and httpx send
-  connections through them by default, which gives a plaintext loopback API (such as
-  Flower's Runtime API) to the host.
+- proxy variables (``http_proxy``, ``grpc_proxy`` and their kin, in any case: urllib
+  lowercases them): gRPC and httpx send connections through them by default, which
+  would give a plaintext loopback API (such as Flower's Runtime API) to the host;
+  :func:`loopback_direct` keeps loopback out of every proxy;
+- ``OPENSSL_CONF`` and its kin name libraries OpenSSL loads (:data:`CODE_LOADERS`).
 
-:func:`scrub` removes the first kind from this process; :data:`PROXIES` lists the
-second for the programs that must not use one.
+:func:`scrub` removes variables from this process.
 """
 
 from __future__ import annotations
@@ -19,22 +20,36 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-__all__ = ["KEY_LOGS", "PROXIES", "scrub", "without"]
+__all__ = ["CODE_LOADERS", "KEY_LOGS", "LOOPBACK", "loopback_direct", "scrub", "without"]
 
 #: Variables that make TLS libraries write session secrets to a file.
 KEY_LOGS = frozenset({"SSLKEYLOGFILE"})
-#: Variables that send connections through a proxy (both spellings, as libraries read).
-PROXIES = frozenset(
-    spelling
-    for name in ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy", "no_proxy")
-    for spelling in (name, name.upper())
-)
+#: Variables that make OpenSSL or glibc load a library the environment names.
+CODE_LOADERS = frozenset({"OPENSSL_CONF", "OPENSSL_MODULES", "OPENSSL_ENGINES", "GCONV_PATH"})
+#: What connections to loopback are: never through a proxy.
+LOOPBACK = "127.0.0.1,localhost,::1"
 
 
 def without(env: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
     """``env`` less ``names``."""
     dropped = frozenset(names)
     return {k: v for k, v in env.items() if k not in dropped}
+
+
+def _no_proxy(name: str) -> bool:
+    """Whether ``name`` lists hosts that bypass a proxy, in any spelling a library reads
+    (urllib lowercases every ``*_proxy`` name: ``No_Proxy`` counts)."""
+    return name.lower() in ("no_proxy", "no_grpc_proxy")
+
+
+def loopback_direct(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` where connections to loopback never go through a proxy: every spelling
+    of ``no_proxy`` replaced by loopback's addresses. Proxies for other hosts stay (a
+    site behind an egress proxy still reaches its SuperLink: that connection is TLS
+    pinned to the policy's CA end to end)."""
+    direct = {k: v for k, v in env.items() if not _no_proxy(k)}
+    direct.update(dict.fromkeys(("no_proxy", "NO_PROXY", "no_grpc_proxy"), LOOPBACK))
+    return direct
 
 
 def scrub(names: Iterable[str] = KEY_LOGS) -> list[str]:

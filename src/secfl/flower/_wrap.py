@@ -140,17 +140,22 @@ class PrivatePaths:
 
 
 def scrub_environment() -> None:
-    """Drop the proxy and TLS key-log variables from this wrapper's own environment: its
-    gate, executor and health checks connect from this process (gRPC and httpx read
-    them), and Flower's Runtime API on loopback is plaintext."""
-    environ.scrub(environ.PROXIES | environ.KEY_LOGS)
+    """This wrapper's own environment: no TLS key log, and loopback never through a
+    proxy (its gate, executor and health checks connect from this process, gRPC and
+    httpx read these, and Flower's Runtime API on loopback is plaintext)."""
+    environ.scrub(environ.KEY_LOGS | environ.CODE_LOADERS)
+    direct = environ.loopback_direct(os.environ)
+    for name in [k for k in os.environ if k not in direct]:
+        del os.environ[name]
+    os.environ.update(direct)
 
 
 def clean_env(base: Mapping[str, str], paths: PrivatePaths) -> dict[str, str]:
     """Flower's environment: ``base`` without what could reconfigure it, plus ours."""
     env = {k: v for k, v in base.items() if k in _KEPT or not k.startswith(_DROPPED_PREFIXES)}
-    # no proxy for the plaintext loopback APIs, no TLS key log (secfl._internal.environ)
-    env = environ.without(env, environ.PROXIES | environ.KEY_LOGS)
+    # loopback never through a proxy (its APIs are plaintext), no TLS key log, no
+    # library loaded by name (secfl._internal.environ)
+    env = environ.loopback_direct(environ.without(env, environ.KEY_LOGS | environ.CODE_LOADERS))
     bindir = str(Path(sys.executable).parent)
     env.update(
         {
