@@ -223,7 +223,7 @@ def test_a_reset_refuses_two_checkpoints_at_the_counter_it_would_take(tmp_path: 
         write_checkpoint(tmp_path, key=KEY, policy_digest=RUN_A, round=2, counter=2,
                          params_bytes=_params(value), state={}, request=new_request())  # fmt: skip
     ledger = MemoryLedger(3, new_request())
-    with pytest.raises(FlError, match="2 checkpoints in .* have counter 2"):
+    with pytest.raises(FlError, match="no longer says which increment took its counter to 2"):
         Commit(ledger, directory=tmp_path, key=KEY, policy_digest=RUN_A).resume(reset_from=3)
 
 
@@ -253,7 +253,7 @@ def test_a_reset_takes_the_checkpoint_the_spm_names_at_that_value(tmp_path: Path
     forgetful.increment()
     forgetful.increment()
     forgetful.increment(2, request=new_request())
-    with pytest.raises(FlError, match="2 checkpoints in .* have counter 2"):
+    with pytest.raises(FlError, match="no longer says which increment took its counter to 2"):
         Commit(forgetful, directory=tmp_path / "order0", key=KEY,
                policy_digest=RUN_A).resume(reset_from=3)  # fmt: skip
 
@@ -276,3 +276,40 @@ def test_a_reset_never_resumes_a_fork_left_alone_at_a_value(tmp_path: Path) -> N
     point = Commit(ledger, directory=tmp_path, key=KEY, policy_digest=RUN_A).resume(reset_from=3)
     assert point.checkpoint is not None and point.checkpoint.request == first
     assert from_bytes(point.checkpoint.params_bytes)[0]["w"].tolist() == [1.0] * 3
+
+
+def test_a_reset_trusts_no_named_checkpoint_the_spm_no_longer_vouches_for(
+    tmp_path: Path,
+) -> None:
+    """The review's review: where the SPM remembered no name (more than 4096 increments
+    ago), the files there were taken unfiltered, so a fork's file left alone passed. And
+    a host could plant files at thousands of values, one SPM request each."""
+    ledger = MemoryLedger()
+    for value in range(3):
+        ledger.increment(value, request=new_request())
+    forgetful = MemoryLedger(3, ledger.request)  # remembers only its current value
+    write_checkpoint(tmp_path, key=KEY, policy_digest=RUN_A, round=2, counter=2,
+                     params_bytes=_params(666.0), state={}, request=new_request())  # fmt: skip
+    with pytest.raises(FlError, match="no longer says which increment took its counter to 2"):
+        Commit(forgetful, directory=tmp_path, key=KEY, policy_digest=RUN_A).resume(reset_from=3)
+    # values the SPM names another increment for: asked about at most MAX_VALUES_ASKED
+    from secfl.fl import _checkpoint_dir
+
+    planted = tmp_path / "planted"
+    many = MemoryLedger()
+    for value in range(200):
+        many.increment(value, request=new_request())
+    source = next(tmp_path.glob("checkpoint-*"))
+    for value in range(2, 200):
+        (planted / f"checkpoint-r{value:08d}-c{value:010d}-{source.name[-22:]}").parent.mkdir(
+            exist_ok=True
+        )
+        (planted / f"checkpoint-r{value:08d}-c{value:010d}-{source.name[-22:]}").write_bytes(
+            source.read_bytes()
+        )
+    asked: list[int] = []
+    real = many.request_at
+    many.request_at = lambda value: asked.append(value) or real(value)  # type: ignore[method-assign]
+    with pytest.raises(FlError, match="more than 64 counter values"):
+        Commit(many, directory=planted, key=KEY, policy_digest=RUN_A).resume(reset_from=200)
+    assert len(asked) == _checkpoint_dir.MAX_VALUES_ASKED

@@ -37,6 +37,7 @@ from pathlib import Path
 from secfl.errors import FlError
 from secfl.fl._checkpoint import (
     Checkpoint,
+    drawn_here,
     load_checkpoint,
     may_commit,
     parse_checkpoint_name,
@@ -110,7 +111,7 @@ def latest_checkpoint(
     if below is not None:
         candidates = [c for c in candidates if c[1] <= below]
     if request_at is not None:
-        candidates, committed = _committed_only(candidates, committed, request_at)
+        candidates, committed = _committed_only(Path(directory), candidates, committed, request_at)
     if not candidates:
         if expected_counter:
             raise FlError(
@@ -146,7 +147,13 @@ def latest_checkpoint(
 Candidate = tuple[int, int, Path]
 
 
+#: Counter values a reset asks the SPM about before it refuses (the headers that name
+#: them are not authenticated: a host must not make it ask thousands of times).
+MAX_VALUES_ASKED = 64
+
+
 def _committed_only(
+    directory: Path,
     candidates: list[Candidate],
     committed: tuple[int, str | None] | None,
     request_at: Callable[[int], str | None],
@@ -154,21 +161,36 @@ def _committed_only(
     """From the newest value down, the files at a value the SPM names the committing
     increment of are that increment's only; a value left with none (a fork's loser
     alone there, the committed file lost or deleted) is passed over. Stops at the first
-    value kept, or one the SPM names no increment for; returns the candidates left and
-    the (value, name) the chosen file must hold once authenticated."""
-    while candidates:
+    value kept; returns the candidates left and the (value, name) the chosen file must
+    hold once authenticated. Where the SPM names no increment (it keeps only its newest
+    ones) but the files there name one, none can be told from a fork's: refused."""
+    for _ in range(MAX_VALUES_ASKED):
+        if not candidates:
+            return candidates, committed
         chosen = candidates[0][1]
         if committed is not None and chosen == committed[0]:
             return candidates, committed  # filtered by the caller already
+        at = [c for c in candidates if c[1] == chosen]
+        rest = [c for c in candidates if c[1] != chosen]
         named = request_at(chosen)  # which increment took the counter to that value
         if named is None:
+            if any(drawn_here(request_of(c[2]) or "") for c in at):
+                raise FlError(
+                    f"rollback: the SPM no longer says which increment took its counter to "
+                    f"{chosen}, and the checkpoints there in {directory} name increments: "
+                    "none can be told from a forked aggregator's; restore a newer checkpoint, "
+                    f"or set aside those with counter {chosen}, then start again"
+                )
             return candidates, committed
-        rest = [c for c in candidates if c[1] != chosen]
-        kept = [c for c in candidates if c[1] == chosen and may_commit(request_of(c[2]), named)]
+        kept = [c for c in at if may_commit(request_of(c[2]), named)]
         if kept:
             return kept + rest, (chosen, named)
         candidates = rest
-    return candidates, committed
+    raise FlError(
+        f"rollback: more than {MAX_VALUES_ASKED} counter values in {directory} hold only "
+        "checkpoints that no increment the SPM knows committed; set them aside (keep the "
+        "newest the SPM's counter.incremented entries name), then start again"
+    )
 
 
 def prune_checkpoints(
