@@ -122,6 +122,6 @@ grep "round .* done" agg/agg.log | tail -1
 secfl audit verify --spm $SPM --spm-pin $PIN
 # --- machine A: the model owner opens the final model with the key it never gave away ------
 # (the tag the aggregator logged with the SPM: no other file, such as an older output, opens)
-TAG=$(secfl audit show --spm $SPM --spm-pin $PIN --event fl.model --limit 1 --json \
+TAG=$(secfl audit show --spm $SPM --spm-pin $PIN --policy fed --event fl.model --limit 1 --json \
   | python -c 'import json, sys; print(json.load(sys.stdin)["detail"]["tag"])')
 (cd agg && secfl shield decrypt output/model.secfl -o model --key-file model.key --expect-tag $TAG > /dev/null && ls model)

@@ -13,7 +13,9 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from secfl.shield import Volume
@@ -93,3 +95,55 @@ def test_a_sigkill_while_the_final_model_is_sealed_leaves_no_plaintext(tmp_path:
     with Volume.open(out / "model.secfl", bytes.fromhex("11" * 32)) as volume:
         assert sorted(f.path for f in volume.files) == ["metrics.json", "model.safetensors"]
         assert b"marker-of-the-metrics" in bytes(volume.read_bytes("metrics.json"))
+
+
+def _stand_ins(report: Any) -> tuple[Any, Any]:
+    import types
+
+    agg = types.SimpleNamespace(
+        scores=types.SimpleNamespace(summary=lambda: {}),
+        config=types.SimpleNamespace(rounds=3, run=1),
+        commit=types.SimpleNamespace(counter=4, policy_digest="d" * 64),
+        policy_version=None, history=[{"round": 1}],
+    )  # fmt: skip
+    return agg, types.SimpleNamespace(
+        secret_file=lambda name, given, required=False: KEY_FILE[0], policy="p",
+        token=lambda: "t", spm=lambda: types.SimpleNamespace(report=report),
+    )  # fmt: skip
+
+
+KEY_FILE: list[Path] = []
+
+
+def test_the_final_model_is_recorded_or_the_run_fails(tmp_path: Path) -> None:
+    """The review: the record of the model's tag failed open (a warning), so a host that
+    dropped that one connection left the previous run's record as the newest, and the
+    model owner's --expect-tag opened the older output it kept."""
+    from secfl.errors import FlError, SpmError
+    from secfl.fl._startup import AggregatorOptions, write_output
+
+    KEY_FILE[:] = [tmp_path / "output.key"]
+    KEY_FILE[0].write_text("ab" * 32)
+    params = {"w": np.full(4, 0.5, np.float32)}
+    calls: list[dict[str, Any]] = []
+
+    def unreachable(policy: str, event: str, detail: dict[str, Any], token: str) -> int:
+        calls.append(detail)
+        raise SpmError("spm: POST /v1/policies/p/events failed: connection refused")
+
+    agg, ident = _stand_ins(unreachable)
+    out = tmp_path / "output"
+    with pytest.raises(FlError, match="the SPM did not record it"):
+        write_output(agg, AggregatorOptions(task="digits", output=out, output_key=None), params,
+                     ident)  # fmt: skip
+    assert len(calls) == 3 and calls[0]["counter"] == 4
+    # a link the host planted at the name is replaced, never followed nor a failure
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (out / "model.secfl").unlink()
+    (out / "model.secfl").symlink_to(victim)
+    agg, ident = _stand_ins(lambda *args: 1)
+    path = write_output(agg, AggregatorOptions(task="digits", output=out, output_key=None),
+                        params, ident)  # fmt: skip
+    assert victim.read_bytes() == b"precious" and not path.is_symlink()
+    assert Volume.open(path, bytes.fromhex("ab" * 32)).tag

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,6 +322,8 @@ def write_output(
 
     # sealed from memory: a folder staged for it outlived a SIGKILL, with the model in it
     path = opts.output / "model.secfl"
+    if path.is_symlink():  # the host's folder: a link there is replaced, never followed
+        path.unlink()
     contents = {
         "model.safetensors": data,
         "metrics.json": json.dumps(agg.history, sort_keys=True).encode(),
@@ -340,7 +343,17 @@ def _record_model(ident: WorkloadIdentity, tag: str, agg: Aggregator) -> None:
                               "counter": agg.commit.counter}  # fmt: skip
     if agg.policy_version is not None:
         detail["policy_version"] = agg.policy_version
-    try:
-        ident.spm().report(ident.policy, "model", detail, ident.token())
-    except SecflError as exc:  # the model is sealed; only its record is missing
-        log.warning("the SPM did not record the final model's tag %s: %s", tag, exc)
+    for attempt in range(3):
+        try:
+            ident.spm().report(ident.policy, "model", detail, ident.token())
+            return
+        except SecflError as exc:
+            failure = exc
+            time.sleep(0.5 * (attempt + 1))
+    # fails closed: without the record the model owner cannot tell this output from an
+    # older one the host kept
+    raise FlError(
+        f"output: the final model is sealed (tag {tag}) but the SPM did not record it: "
+        f"{failure}; its owner cannot check it against the SPM (start the aggregator again "
+        "to record it)"
+    )
