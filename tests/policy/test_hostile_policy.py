@@ -632,3 +632,22 @@ def test_a_utf16_json_policy_with_windows_line_ends_loads() -> None:
     each CR of a CRLF was followed by a NUL and the policy was refused."""
     text = json.dumps(_example_as_json(), indent=2).replace("\n", "\r\n")
     assert load_policy(text.encode("utf-16-le")) == load_policy(text.encode())
+
+
+@pytest.mark.parametrize(
+    "emoji", ["\u26a0\ufe0f", "\u2764\ufe0f", "\u845b\U000e0100", "\u1820\u180b"]
+)
+def test_emoji_and_ideograph_variants_still_load(emoji: str, tmp_path: Path) -> None:
+    """The review of the check: variation selectors after a visible character (an
+    emoji's, a Japanese or Mongolian variant) were refused, in a YAML comment too."""
+    base = EXAMPLE.read_text()
+    assert load_policy(f"# {emoji} reviewed\n{base}") == load_policy(base)
+    data = _example_as_json()
+    ca = next(s for s in data["secrets"] if s.get("common_name"))
+    ca["common_name"] = f"{emoji} hospital CA"
+    good = tmp_path / "policy.json"
+    good.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    assert _cli("policy", "validate", str(good), cwd=tmp_path).returncode == 0
+    ca["common_name"] = "hospital CA\u2065"  # unassigned, ignorable: refused
+    good.write_text(json.dumps(data), encoding="utf-8")
+    assert "(U+2065)" in _cli("policy", "validate", str(good), cwd=tmp_path).stderr

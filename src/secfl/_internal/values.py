@@ -61,11 +61,41 @@ def quoted(value: Any) -> str:
     return f"{value[:MAX_CHARS]!r}... ({len(value)} characters)"
 
 
+#: Code points that display as nothing though Python calls them printable: Unicode's
+#: default-ignorables that are neither format (Cf) nor control characters (fillers, the
+#: combining grapheme joiner, variation selectors, U+2065), and the braille blank.
+_SHOWS_NOTHING = (
+    (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+    (0x2065, 0x2065), (0x2800, 0x2800), (0x3164, 0x3164), (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)  # fmt: skip
+#: Of those, the variation selectors: after a visible character they choose its form
+#: (an emoji's ⚠️, a CJK ideograph's variant) and hide nothing.
+_SELECTORS = ((0x180B, 0x180D), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
+
+
+def shows_nothing(char: str) -> bool:
+    """Whether ``char`` displays as nothing though it is printable (:data:`_SHOWS_NOTHING`)."""
+    point = ord(char)
+    return any(low <= point <= high for low, high in _SHOWS_NOTHING)
+
+
+def selects_form(char: str) -> bool:
+    """Whether ``char`` is a variation selector (it chooses the form of the one before)."""
+    point = ord(char)
+    return any(low <= point <= high for low, high in _SELECTORS)
+
+
 def shown(text: str) -> str:
     """``text`` as it is, but every control or invisible character escaped (``\\n``,
-    ``\\x1b``, ``\\u202e``): a name someone else chose, listed for a reviewer."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)  # fmt: skip
+    ``\\x1b``, ``\\u202e``, ``\\u3164``): a name someone else chose, listed for a
+    reviewer."""
+    return "".join(
+        c if c.isprintable() and not shows_nothing(c)
+        else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )  # fmt: skip
 
 
 def one_line(text: str) -> str:

@@ -8,6 +8,7 @@ import re
 import unicodedata
 from typing import Any
 
+from secfl._internal.values import selects_form, shows_nothing
 from secfl.errors import PolicyError
 
 __all__ = ["check_no_lone_cr", "check_strings_visible", "check_visible", "hidden_in"]
@@ -18,52 +19,54 @@ _HIDDEN_BREAKS = {"\r": "a carriage return", "\x85": "a next-line character",
                   "\u2028": "a line separator", "\u2029": "a paragraph separator"}  # fmt: skip
 
 
-#: Unicode's default-ignorable code points that are not format characters (Cf), and
-#: the braille blank: each displays as nothing (fillers, the combining grapheme joiner,
-#: variation selectors).
-_IGNORABLE = (
-    (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
-    (0x2800, 0x2800), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0),
-    (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
-)  # fmt: skip
-
-
-def _what(char: str) -> str | None:
-    """What ``char`` is, if a reader cannot see it as the parser reads it."""
+def _what(char: str, previous: str, strict: bool) -> str | None:
+    """What ``char`` (after ``previous``) is, if a reader cannot see it as the parser
+    reads it. ``strict`` (a new version's strings) adds the control characters a
+    terminal acts on and what displays as nothing, but for a variation selector after a
+    visible non-ASCII character (an emoji's ⚠️, an ideograph's variant)."""
     if char in _HIDDEN_BREAKS:
         return _HIDDEN_BREAKS[char]
     category = unicodedata.category(char)
     if category == "Cf":
         return "an invisible format character"
+    if not strict:
+        return None
     if category == "Cc" and char not in "\t\n":  # ESC, BS, DEL, C1: a terminal acts on them
         return "a control character"
-    point = ord(char)
-    if any(low <= point <= high for low, high in _IGNORABLE):
+    if shows_nothing(char):
+        # variants exist for emoji, CJK ideographs and Mongolian: none after ASCII
+        variant_of = previous > "\x7f" and previous.isprintable() and not previous.isspace()
+        if selects_form(char) and variant_of and not shows_nothing(previous):
+            return None
         return "a character that displays as nothing"
     return None
 
 
-def _first_hidden(text: str) -> int:
-    """The index of the first character :func:`hidden_in` names, or -1."""
+def _first_hidden(text: str, *, strict: bool) -> int:
+    """The index of the first character :func:`_what` names, or -1."""
+    previous = ""
     for index, char in enumerate(text):
         if char == "\r" and text[index + 1 : index + 2] == "\n":
+            previous = char
             continue
-        if _what(char) is not None:
+        if _what(char, previous, strict) is not None:
             return index
+        previous = char
     return -1
 
 
-def hidden_in(text: str) -> str | None:
+def hidden_in(text: str, *, strict: bool = True) -> str | None:
     """What in ``text`` a reader does not see as the parser reads it, if anything:
     a line break that displays as none (a lone CR, U+0085, U+2028, U+2029), an
-    invisible format character (bidi controls, zero-width characters, a BOM), a control
-    character a terminal acts on (ESC, BS, DEL, C1), or a character that displays as
-    nothing (Hangul fillers, variation selectors, the braille blank)."""
-    index = _first_hidden(text)
+    invisible format character (bidi controls, zero-width characters, a BOM), and with
+    ``strict`` a control character a terminal acts on (ESC, BS, DEL, C1) or a character
+    that displays as nothing (Hangul fillers, a stray variation selector, the braille
+    blank)."""
+    index = _first_hidden(text, strict=strict)
     if index < 0:
         return None
     char = text[index]
-    return f"{_what(char)} (U+{ord(char):04X})"
+    return f"{_what(char, text[index - 1] if index else '', strict)} (U+{ord(char):04X})"
 
 
 def check_visible(text: str | bytes) -> None:
@@ -81,9 +84,9 @@ def check_visible(text: str | bytes) -> None:
         except (UnicodeDecodeError, LookupError):
             return  # not text: the YAML reader refuses it in its own words
     body = text.removeprefix("\ufeff")
-    found = hidden_in(body)
+    found = hidden_in(body, strict=False)  # any YAML file, comments and stored versions too
     if found is not None:
-        index = _first_hidden(body)
+        index = _first_hidden(body, strict=False)
         line = body.count("\n", 0, index) + 1
         raise PolicyError(
             f"policy: line {line}: the document holds {found}, which hides text from whoever "
