@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,44 @@ def test_a_split_holds_one_shard_at_a_time(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert peak < 0.9 * task.x.nbytes, f"{peak / 2**20:.0f} MiB for {task.x.nbytes / 2**20:.0f}"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+_BIG_SPLIT = """
+import sys
+import time
+import numpy as np
+from secfl.tasks._split import split
+class Big:
+    name = "big"
+    x = np.random.default_rng(0).random((60_000, 200), dtype=np.float32)
+    y = (np.arange(60_000) % 10).astype(np.int64)
+    def load_pool(self):
+        return self.x, self.y
+split(Big(), 40, out=sys.argv[1], seed=1, overwrite=True)
+"""
+
+
+def test_a_split_killed_while_staging_leaves_no_shards_for_good(tmp_path: Path) -> None:
+    """The review of staging: a split killed while staging left hidden copies of the
+    data that no later split removed."""
+    import signal
+
+    out = tmp_path / "out"
+
+    def hidden() -> list[str]:
+        return (
+            sorted(p.name for p in out.iterdir() if p.name.startswith(".")) if out.exists() else []
+        )
+
+    proc = subprocess.Popen([sys.executable, "-c", _BIG_SPLIT, str(out)])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(hidden()) < 2 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if not hidden():
+        pytest.skip("the split finished before it could be killed")
+    done = subprocess.run([sys.executable, "-c", _BIG_SPLIT, str(out)], capture_output=True,
+                          text=True, timeout=200, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-500:]
+    assert hidden() == []

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,7 @@ def split(
     staged: list[tuple[Path, Path, ShardSummary]] = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        _remove_staged_leftovers(folder)  # a split killed while staging left these
         for file, role, index, indices in jobs:
             meta = {**common, "role": role, "index": index}
             _, blob, summary = _encode_one(file, spec, x, y, indices, meta)
@@ -300,6 +302,16 @@ def _encode_one(
     summary = ShardSummary(file, meta["role"], meta["index"], int(indices.size), tuple(counts),
                            digest)  # fmt: skip
     return file, blob, summary
+
+
+_STAGED = re.compile(r"\.(client-\d+|validation|test)\.safetensors\.[0-9a-f]{16}\.tmp")
+
+
+def _remove_staged_leftovers(folder: Path) -> None:
+    """Delete the shards a split killed while staging left (this user's files only)."""
+    for path in folder.iterdir():
+        if _STAGED.fullmatch(path.name) and path.lstat().st_uid == os.geteuid():
+            path.unlink(missing_ok=True)
 
 
 def _stage(path: Path, blob: bytes) -> Path:
