@@ -23,7 +23,7 @@ from secfl.spm._revocation import (
     revoked_reason,
     session_identity,
 )
-from secfl.spm._sessions import current_version
+from secfl.spm._sessions import current_version, no_longer_accepted
 from secfl.spm._store import Store
 
 __all__ = ["Revoker"]
@@ -123,9 +123,10 @@ class Revoker:
 
     def revocations(self, policy_name: str) -> list[dict[str, Any]]:
         """The board's revocations, then every live certificate they imply: a revoked
-        service, measurement or platform names the certificates issued to it, so that
-        peers (the aggregator) refuse them at once, not when they expire."""
-        self.policies.get(policy_name)  # 404 for an unknown policy
+        service, measurement or platform names the certificates issued to it, and so does
+        a version that no longer accepts what a session was attested as, so that peers
+        (the aggregator) refuse them at once, not when they expire."""
+        record, policy = self.policies.get(policy_name)  # 404 for an unknown policy
         now = datetime.now(UTC)
         with self.store.read() as tx:
             rows = tx.revocations.of_policy(policy_name)
@@ -148,6 +149,8 @@ class Revoker:
             if not session.serial or session.serial in listed or session.expires_at <= now:
                 continue
             why = revoked_reason(revoked, session.service, "", session_identity(session))
+            if why is None:  # a build, service or evidence the current version dropped
+                why = no_longer_accepted(policy, record.version, session)
             if why is not None:
                 listed.add(session.serial)
                 out.append(

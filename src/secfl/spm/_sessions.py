@@ -13,7 +13,7 @@ import hashlib
 from datetime import UTC, datetime
 
 from secfl.errors import Refused
-from secfl.policy._model import Service
+from secfl.policy._model import Policy, Service
 from secfl.spm._evidence_checks import check_measurements
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._revocation import revoked_reason, session_identity
@@ -46,35 +46,16 @@ class SessionGate:
             raise Refused("session: the session token has expired; attest again", 401)
         record, policy = self.policies.get(policy_name)
         service = policy.service(session.service)
-        if service is None:
-            raise Refused(
-                f"session: service '{session.service}' is not in version {record.version} of "
-                "the policy any more",
-                401,
-            )
-        identity = session_identity(session)
         admitted = (token_hash, record.version)
-        if admitted not in self._admitted:
-            if session.policy_version != record.version:
-                try:
-                    if identity["kind"] not in policy.platforms.accept:
-                        raise Refused(
-                            f"session: {identity['kind']} evidence is no longer accepted by "
-                            f"version {record.version} of the policy; attest again",
-                            401,
-                        )
-                    check_measurements(
-                        policy, session.service, identity["kind"], identity["measurements"]
-                    )
-                except Refused as exc:
-                    raise Refused(
-                        f"session: what '{session.service}' was attested as is no longer "
-                        f"accepted by version {record.version} of the policy ({exc})",
-                        401,
-                    ) from None
+        if service is None or admitted not in self._admitted:
+            why = no_longer_accepted(policy, record.version, session)
+            if why is not None:
+                raise Refused(f"session: {why}", 401)
             if len(self._admitted) > _CACHE_LIMIT:
                 self._admitted.clear()
             self._admitted.add(admitted)
+        assert service is not None
+        identity = session_identity(session)
         refusal = revoked_reason(
             self.policies.revoked(policy_name), session.service, session.serial, identity
         )
@@ -93,6 +74,31 @@ class SessionGate:
                     self._sessions.clear()
                 self._sessions[token_hash] = session
         return session
+
+
+def no_longer_accepted(policy: Policy, version: int, session: SessionRecord) -> str | None:
+    """Why version ``version`` (``policy``) no longer accepts what ``session`` was
+    attested as, or None if it does: its service gone, its kind of evidence or its
+    measurement no longer accepted. Sessions end at once; the SPM's revocation list
+    names their certificates, so peers refuse them at once too."""
+    if policy.service(session.service) is None:
+        return f"service '{session.service}' is not in version {version} of the policy any more"
+    if session.policy_version == version:
+        return None
+    identity = session_identity(session)
+    if identity["kind"] not in policy.platforms.accept:
+        return (
+            f"{identity['kind']} evidence is no longer accepted by version {version} of the "
+            "policy; attest again"
+        )
+    try:
+        check_measurements(policy, session.service, identity["kind"], identity["measurements"])
+    except Refused as exc:
+        return (
+            f"what '{session.service}' was attested as is no longer accepted by version "
+            f"{version} of the policy ({exc})"
+        )
+    return None
 
 
 def current_version(tx: Tx, policy_name: str) -> int | None:
