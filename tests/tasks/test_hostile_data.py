@@ -232,8 +232,8 @@ import numpy as np
 from secfl.tasks._split import split
 class Big:
     name = "big"
-    x = np.random.default_rng(0).random((60_000, 200), dtype=np.float32)
-    y = (np.arange(60_000) % 10).astype(np.int64)
+    x = np.random.default_rng(0).random((40_000, 100), dtype=np.float32)
+    y = (np.arange(40_000) % 10).astype(np.int64)
     def load_pool(self):
         return self.x, self.y
 split(Big(), 40, out=sys.argv[1], seed=1, overwrite=True)

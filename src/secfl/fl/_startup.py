@@ -349,7 +349,7 @@ def _record_model(ident: WorkloadIdentity, tag: str, agg: Aggregator) -> None:
             return
         except SecflError as exc:
             failure = exc
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(0.2 * (attempt + 1))
     # fails closed: without the record the model owner cannot tell this output from an
     # older one the host kept
     raise FlError(
