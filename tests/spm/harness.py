@@ -225,3 +225,33 @@ def raw_http(client: Any) -> Iterator[httpx.Client]:
         base_url=client.url, verify=context, timeout=client.timeout, trust_env=False
     ) as http:
         yield http
+
+
+def sql(data: Path, statement: str, *args: object) -> None:
+    """Run one statement on the SQLite database of the SPM data folder ``data`` (the
+    host's hand on it)."""
+    import sqlite3
+
+    db = sqlite3.connect(data / "spm.db")
+    with db:
+        db.execute(statement, args)
+    db.close()
+
+
+def copy_spm(data: Path, to: Path) -> Path:
+    """The SPM's data folder as it is now (SQLite's WAL folded in), to tamper with."""
+    import sqlite3
+
+    to.mkdir(mode=0o700)
+    for name in os.listdir(data):
+        if name.startswith("spm.db"):
+            continue
+        (to / name).write_bytes((data / name).read_bytes())
+        (to / name).chmod(0o600)
+    source = sqlite3.connect(data / "spm.db")
+    target = sqlite3.connect(to / "spm.db")
+    with target:
+        source.backup(target)
+    source.close()
+    target.close()
+    return to

@@ -6,7 +6,6 @@ real CLI, an impostor TLS server."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -20,35 +19,11 @@ import pytest
 from secfl.errors import AuditError
 from secfl.spm._audit import AuditEntry, ChainVerifier
 from tests.clirun import secfl
-from tests.spm.harness import Board, spm_with_policy
+from tests.spm.harness import Board, copy_spm, spm_with_policy, sql
 
 pytestmark = pytest.mark.timeout(180)
 
 FORGED = "\x1b[2K\x1b[1Gaudit verify: OK, 9 entries, head 9\x1b[8m"
-
-
-def sql(data: Path, statement: str, *args: object) -> None:
-    db = sqlite3.connect(data / "spm.db")
-    with db:
-        db.execute(statement, args)
-    db.close()
-
-
-def copy_spm(data: Path, to: Path) -> Path:
-    """The SPM's data folder as it is now (WAL folded in)."""
-    to.mkdir(mode=0o700)
-    for name in os.listdir(data):
-        if name.startswith("spm.db"):
-            continue
-        (to / name).write_bytes((data / name).read_bytes())
-        (to / name).chmod(0o600)
-    source = sqlite3.connect(data / "spm.db")
-    target = sqlite3.connect(to / "spm.db")
-    with target:
-        source.backup(target)
-    source.close()
-    target.close()
-    return to
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +18,7 @@ import pytest
 from secfl.spm._audit import AuditEntry
 from secfl.spm.client import SpmClient
 from tests.clirun import one_error, secfl, secfl_all
-from tests.spm.harness import Board, SpmProcess, spm_with_policy
+from tests.spm.harness import Board, SpmProcess, copy_spm, spm_with_policy, sql
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -193,25 +191,4 @@ def _json(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _sql(data: Path, statement: str, *args: object) -> None:
-    db = sqlite3.connect(data / "spm.db")
-    with db:
-        db.execute(statement, args)
-    db.close()
-
-
-def _copy_spm(data: Path, to: Path) -> Path:
-    """The SPM's data folder as it is now (SQLite's WAL folded in), to tamper with."""
-    to.mkdir(mode=0o700)
-    for name in os.listdir(data):
-        if name.startswith("spm.db"):
-            continue
-        (to / name).write_bytes((data / name).read_bytes())
-        (to / name).chmod(0o600)
-    source = sqlite3.connect(data / "spm.db")
-    target = sqlite3.connect(to / "spm.db")
-    with target:
-        source.backup(target)
-    source.close()
-    target.close()
-    return to
+_sql, _copy_spm = sql, copy_spm

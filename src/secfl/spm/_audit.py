@@ -31,7 +31,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -249,6 +249,23 @@ class ChainVerifier:
                     f"audit: entry {last} does not match the head (the log was rewritten)"
                 )
         return self.count
+
+
+def verify_pages(
+    since: Callable[[int, int], list[AuditEntry]], head: tuple[int, str], page: int = 1000
+) -> int:
+    """Verify a whole log read a page at a time (``since(after, limit)``) against its
+    ``head``; return the count. Memory holds one page, whatever the log's length."""
+    verifier = ChainVerifier()
+    last = 0
+    while True:
+        entries = since(last, page)
+        for entry in entries:
+            verifier.feed(entry)
+        if len(entries) < page:
+            break
+        last = entries[-1].seq
+    return verifier.finish(head)
 
 
 def verify_chain(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from secfl.errors import AuditError, SpmError
-from secfl.spm._audit import AuditEntry, ChainVerifier
+from secfl.spm._audit import AuditEntry, ChainVerifier, verify_pages
 from secfl.spm._masterkey import load_or_create_master_key
 from secfl.spm._store import Store
 
@@ -72,18 +72,9 @@ def verify_remote(url: str, pin: str) -> tuple[int, int]:
 
 def _verify_unauthenticated(db_url: str) -> tuple[int, int]:
     store = Store(db_url)
-    verifier = ChainVerifier()
     try:
         with store.read() as tx:  # one snapshot: the head and the entries it ends
             head = tx.audit.head()
-            last = 0
-            while True:
-                page = tx.audit.since(last, PAGE)
-                for entry in page:
-                    verifier.feed(entry)
-                if len(page) < PAGE:
-                    break
-                last = page[-1].seq
+            return verify_pages(tx.audit.since, head, PAGE), head[0]
     finally:
         store.close()
-    return verifier.finish(head), head[0]

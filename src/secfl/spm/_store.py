@@ -338,13 +338,4 @@ class Store:
                 self.check_head(tx, head)
             except IntegrityError as exc:
                 raise AuditError(str(exc)) from None
-            verifier = _audit.ChainVerifier()
-            last = 0
-            while True:
-                entries = tx.audit.since(last, page)
-                for entry in entries:
-                    verifier.feed(entry)
-                if len(entries) < page:
-                    break
-                last = entries[-1].seq
-            return verifier.finish(head)
+            return _audit.verify_pages(tx.audit.since, head, page)
