@@ -129,7 +129,7 @@ def test_runtime_api_traffic_never_reaches_a_host_proxy(
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        time.sleep(8)  # the old code's first Runtime API call came within 3 s
+        time.sleep(6)  # the old code's first Runtime API call came within 3 s
     finally:
         proc.terminate()
         try:
