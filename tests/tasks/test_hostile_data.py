@@ -146,20 +146,10 @@ def test_split_overwrite_over_a_folder_named_like_a_shard(tmp_path: Path) -> Non
     )
 
 
-BAD_SCALE = """
-import numpy as np
-from secfl.tasks import Scaling
-name = "badscale"
-def build_model(seed=0): raise NotImplementedError
-def load_data(path): raise NotImplementedError
-def train(m, d, c): raise NotImplementedError
-def evaluate(m, d): raise NotImplementedError
-def load_pool():
-    x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
-    return x, (x[:, 0] > 0).astype(np.int64)
-def fit_scaling(x):
-    return Scaling(offset=(0.0,), scale=(0.0,))
-"""
+#: A task whose scaling divides by zero: refused only when its shards are encoded.
+BAD_SCALE = TASK.replace("FEATURES", "4").replace(
+    "SCALING", "def fit_scaling(x):\n    return Scaling(offset=(0.0,), scale=(0.0,))"
+)
 
 
 def test_failed_overwrite_keeps_the_earlier_split(tmp_path: Path) -> None:
