@@ -20,6 +20,15 @@ from secfl._internal.values import one_line
 from secfl.errors import VerificationError
 
 
+def session_name(serial: int, service: str) -> str:
+    """The DNS name only the certificate of serial ``serial`` (hex, lowercase) for
+    ``service`` carries. A peer that learns which serial to expect connects to this
+    name, so TLS checks at every handshake, reconnections included, that the far end
+    holds that very certificate and no other of the same service: see
+    :mod:`secfl.fl._pin`."""
+    return f"s{serial:x}.{service}"
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 of the DER encoding, as lowercase hex."""
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()

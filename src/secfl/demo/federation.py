@@ -185,10 +185,13 @@ class Federation:
         return w
 
     def start_collaborators(self) -> None:
-        v = self.work / "volumes"
         for site in self.sites:
-            volumes = {"task": v / "task.secfl", site: v / f"{site}.secfl"}
-            self._spawn(site, self._run_argv(site, volumes, "collaborator"))
+            self.start_collaborator(site)
+
+    def start_collaborator(self, site: str) -> Workload:
+        v = self.work / "volumes"
+        volumes = {"task": v / "task.secfl", site: v / f"{site}.secfl"}
+        return self._spawn(site, self._run_argv(site, volumes, "collaborator"))
 
     def start_tampered(self) -> Workload:
         """A site runs a modified copy of the task code under a genuine site's name."""

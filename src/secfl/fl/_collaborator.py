@@ -36,6 +36,7 @@ from secfl.fl import _messages as msg
 from secfl.fl._chunks import DEFAULT_CHUNK_SIZE
 from secfl.fl._envelope import ModelEnvelope, PublicKey, open_model, read_unverified
 from secfl.fl._model_slot import ModelSlot
+from secfl.fl._pin import PIN
 from secfl.fl._rounds import BEAT
 from secfl.fl._tensors import DEFAULT_MAX_BYTES, from_bytes, state_dict_arrays, to_bytes
 from secfl.fl._transport import Client
@@ -49,7 +50,7 @@ log = logging.getLogger("secfl.fl._collaborator")
 R = TypeVar("R")
 
 #: Transport failures worth waiting out (the aggregator restarting, a network blip).
-TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "has not joined", "CANCELLED")
+TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "has not joined", "CANCELLED", PIN)
 #: The longest pause between two attempts to reach the aggregator: a collaborator
 #: joins within about this long of it coming up, without hammering it.
 RETRY_SECONDS = 1.5
@@ -101,6 +102,9 @@ class Collaborator:
     gate: ModelGate
     #: Called before every call; True when the identity changed (reconnect).
     renew: Callable[[], bool] = lambda: False
+    #: Called before every call; True when the channel must be made again (the
+    #: aggregator's pinned certificate was revoked: :mod:`secfl.fl._pin`).
+    stale: Callable[[], bool] = lambda: False
     #: Seconds to wait for an unreachable aggregator before giving up.
     patience: float = 3600.0
     #: True when the SPM's policy is no longer the one this collaborator attested to.
@@ -109,7 +113,7 @@ class Collaborator:
     trained: list[dict[str, Any]] = field(default_factory=list)
 
     def run(self) -> list[dict[str, Any]]:
-        self._client = self.connect()
+        self._client: Client | None = None  # made by the first call (see _call)
         self._slot = ModelSlot(self.task)
         self._ahead: bytearray | None = None
         self._heartbeat = 2.0
@@ -137,7 +141,7 @@ class Collaborator:
                 self._train_round(header, payload)
         finally:
             self._beating.close()
-            self._client.close()
+            self._drop()
 
     def _train_round(self, header: dict[str, Any], payload: memoryview) -> None:
         params_bytes, envelope = self._accept(payload)
@@ -226,15 +230,20 @@ class Collaborator:
         give_up = time.monotonic() + self.patience
         delay = 0.2
         while True:
-            if self.renew():
-                self._client.close()
-                self._client = self.connect()
             try:
+                # both hooks are asked each time (a renewal and a revoked pin together)
+                if self.renew() | self.stale():
+                    self._drop()
+                if self._client is None:
+                    self._client = self.connect()
                 return fn(self._client)
             except TransportError as exc:
                 text = str(exc)
                 if not any(t in text for t in TRANSIENT):
                     raise
+                # the aggregator may be back with another certificate (it restarted, or
+                # renewed it): the next attempt makes the channel again, pinned anew
+                self._drop()
                 if time.monotonic() > give_up:
                     raise FlError(
                         f"collaborator: the aggregator was unreachable for {self.patience:.0f} s "
@@ -248,10 +257,18 @@ class Collaborator:
                 with contextlib.suppress(TransportError):
                     self._join()
 
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
     def _beat(self) -> None:
+        client = self._client
+        if client is None:
+            return
         try:
-            self._client.unary(BEAT, msg.encode({"kind": "beat"}), timeout=5)
-        except TransportError as exc:
+            client.unary(BEAT, msg.encode({"kind": "beat"}), timeout=5)
+        except (TransportError, ValueError) as exc:  # ValueError: closed meanwhile
             log.debug("heartbeat failed: %s", exc)
 
 

@@ -14,6 +14,7 @@ from secfl.errors import FlError
 from secfl.fl._collaborator import Collaborator, ModelGate
 from secfl.fl._config import FederationConfig
 from secfl.fl._inputs import load_task, require_measured
+from secfl.fl._pin import AggregatorPin
 from secfl.fl._startup import INSECURE, load_data_spec, role_services
 from secfl.fl._transport import INSECURE_WARNING, Client
 from secfl.fl._workload_identity import VERIFY_KEY, WorkloadIdentity, load_public_key
@@ -81,10 +82,11 @@ def build_collaborator(opts: CollaboratorOptions) -> Collaborator:
     def policy_changed() -> bool:
         return ident.spm().policy(ident.policy).get("digest") != ident.policy_digest
 
+    # the aggregator's certificate, pinned and checked against revocations (_pin)
+    pin = AggregatorPin(opts.aggregator, service, lambda: ident.creds, ident.revoked)
     return Collaborator(
-        task, data,
-        lambda: Client(opts.aggregator, ident.creds, server_name=service),
-        ModelGate(key, ident.policy_digest, floor=floor), renew=ident.renew,
+        task, data, pin.connect,
+        ModelGate(key, ident.policy_digest, floor=floor), renew=ident.renew, stale=pin.stale,
         patience=opts.patience or config.join_patience, policy_changed=policy_changed,
     )  # fmt: skip
 

@@ -13,7 +13,9 @@ outlives the handshake, and a collaborator whose short-lived certificate expired
 must renew it (attest again) before it is heard. What a certificate says (serial,
 expiry, service) is parsed once per certificate and cached (:class:`PeerPolicy`);
 the checks themselves run on every call. The server's own certificate can be
-replaced while it runs (:meth:`Server.rotate`).
+replaced while it runs (:meth:`Server.rotate`). A secure server answers ``Who`` with
+the serial of the certificate it presents, which a collaborator pins
+(:mod:`secfl.fl._pin`).
 
 ``--insecure`` mode (no TLS, the peer's name taken from what it claims) exists only
 to measure the overhead of the secure one; it logs a warning whenever it is used.
@@ -35,6 +37,7 @@ from concurrent import futures
 from typing import TypeVar
 
 import grpc
+from cryptography import x509
 
 from secfl.errors import SecflError, TransportError
 from secfl.fl._channel import CLIENT_OPTIONS, RECONNECT_OPTIONS, Client
@@ -45,6 +48,7 @@ from secfl.fl._wire import (
     INSECURE_WARNING,
     MESSAGE_LIMIT,
     SERVICE,
+    WHO,
     WHOLE,
     Credentials,
     join,
@@ -64,6 +68,7 @@ __all__ = [
     "SERVICE",
     "SPARE_WORKERS",
     "UPLOAD_WINDOW",
+    "WHO",
     "WHOLE",
     "Client",
     "Credentials",
@@ -153,7 +158,9 @@ class Server:
         self._calls: Counter[str] = Counter()  # calls under way, per peer service
         self._next_config: grpc.ServerCertificateConfiguration | None = None
         self._creds: grpc.ServerCredentials | None = None
+        self._serial = b""  # of the certificate new handshakes get (WHO answers it)
         if creds is not None:
+            self._serial = _serial(creds)
             self._creds = grpc.dynamic_ssl_server_credentials(
                 self._config(creds),
                 self._fetch_config,  # type: ignore[arg-type]  # None: no change (stubs omit it)
@@ -180,6 +187,13 @@ class Server:
             return
         with self._lock:
             self._next_config = self._config(creds)
+            self._serial = _serial(creds)
+
+    def _who(self, request: bytes, peer: Peer) -> bytes:
+        """The serial of the certificate this server presents from now on: the caller
+        connects again to the name only that certificate carries (:mod:`secfl.fl._pin`)."""
+        with self._lock:
+            return self._serial
 
     def unary(self, name: str, fn: Unary) -> None:
         self._unary[name] = fn
@@ -271,8 +285,11 @@ class Server:
     def start(self, address: str = "127.0.0.1:0") -> int:
         """Listen on ``address`` (port 0: any); return the port."""
         handlers: dict[str, grpc.RpcMethodHandler] = {}
+        unary = dict(self._unary)
+        if not self.insecure:
+            unary[WHO] = self._who
         # every method takes a stream of requests (see _single); the caller is checked first
-        for name, fn in self._unary.items():
+        for name, fn in unary.items():
             handlers[name] = grpc.stream_unary_rpc_method_handler(
                 lambda it, ctx, fn=fn: self._guard(ctx, lambda: self._answer(fn, it, ctx))
             )
@@ -304,3 +321,9 @@ class Server:
 
     def stop(self, grace: float | None = 1.0) -> None:
         self._server.stop(grace).wait()
+
+
+def _serial(creds: Credentials) -> bytes:
+    """The serial of ``creds``' certificate, lowercase hex, as :data:`WHO` answers it."""
+    cert = x509.load_pem_x509_certificate(creds.cert_pem)
+    return format(cert.serial_number, "x").encode()

@@ -16,6 +16,7 @@ __all__ = [
     "INSECURE_WARNING",
     "MESSAGE_LIMIT",
     "SERVICE",
+    "WHO",
     "WHOLE",
     "Credentials",
     "join",
@@ -31,6 +32,9 @@ CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 MESSAGE_LIMIT = CHUNK_SIZE + (64 << 10)
 #: The name suffix of an exchange whose request is one message (see :meth:`Client.exchange`).
 WHOLE = "Whole"
+#: The method a secure server answers with the serial (hex) of the certificate it
+#: presents: a caller pins it (:mod:`secfl.fl._pin`).
+WHO = "Who"
 #: Metadata key naming the caller in --insecure mode (unauthenticated).
 INSECURE_NAME = "secfl-insecure-peer"
 INSECURE_WARNING = (

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from secfl._internal.canonical import canonical_sha256
-from secfl._internal.x509util import general_names, private_pem, self_signed_ca
+from secfl._internal.x509util import general_names, private_pem, self_signed_ca, session_name
 from secfl.errors import SpmError
 from secfl.policy._model import Board
 from secfl.policy._secrets import CaSecret, CertSecret, Secret
@@ -130,6 +130,8 @@ def _leaf(
     usage: list[str],
     not_after: datetime,
     now: datetime,
+    *,
+    serial: int | None = None,
 ) -> x509.Certificate:
     ca_key, ca_cert = _ca_parts(ca)
     ekus = [
@@ -141,7 +143,7 @@ def _leaf(
         .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial if serial is not None else x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(min(not_after, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -197,9 +199,12 @@ def issue_service_certificate(
 ) -> x509.Certificate:
     """Sign an attested workload's CSR key for ``service``, whatever the CSR asked for.
 
-    Subject CN and DNS SAN are the service name; a URI SAN ``secfl://policy/service``
-    identifies it to peers; usable for TLS server and client authentication.
+    Subject CN and DNS SAN are the service name; a second DNS SAN names this very
+    certificate (:func:`~secfl._internal.x509util.session_name`: peers pin it); a URI
+    SAN ``secfl://policy/service`` identifies it to peers; usable for TLS server and
+    client authentication.
     """
+    serial = x509.random_serial_number()
     return _leaf(
         ca,
         csr.public_key(),
@@ -209,10 +214,15 @@ def issue_service_certificate(
                 x509.NameAttribute(NameOID.COMMON_NAME, service),
             ]
         ),
-        [x509.DNSName(service), x509.UniformResourceIdentifier(service_uri(policy, service))],
+        [
+            x509.DNSName(service),
+            x509.DNSName(session_name(serial, service)),
+            x509.UniformResourceIdentifier(service_uri(policy, service)),
+        ],
         ["server", "client"],
         now + timedelta(seconds=ttl_seconds),
         now,
+        serial=serial,
     )
 
 
