@@ -91,7 +91,8 @@ def _base() -> dict[str, Any]:
         "secrets": [
             {"name": "ca", "kind": "x509-ca", "common_name": "Test CA"},
             {"name": "model-key", "kind": "aes-256"},
-            {"name": "tls", "kind": "x509", "issuer": "ca", "common_name": "col"},
+            {"name": "tls", "kind": "x509", "issuer": "tls-ca", "common_name": "col"},
+            {"name": "tls-ca", "kind": "x509-ca", "common_name": "TLS CA"},
         ],
         "volumes": [{"name": "data", "key": "model-key", "counter": "data-version"}],
         "counters": [{"name": "round"}, {"name": "data-version"}],

@@ -59,12 +59,13 @@ secrets:
     kind: 'aes-256'
   - name: tls
     kind: x509
-    issuer: ca
+    issuer: tls-ca
     common_name: col
     sans: []                     # default
     usage: [server, client]      # default
     validity_days: 365           # default
     renew_before_days: 30        # default
+  - {name: tls-ca, kind: x509-ca, common_name: TLS CA}
 services:
   - role: aggregator
     name: agg

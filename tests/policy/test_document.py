@@ -147,7 +147,7 @@ CASES: list[tuple[str, Mutation, str]] = [
     (
         "duplicate secret",
         _append("secrets", {"name": "ca", "kind": "aes-256"}),
-        "secrets[3].name: duplicate name 'ca'",
+        "secrets[4].name: duplicate name 'ca'",
     ),
     (
         "duplicate member",

@@ -20,7 +20,7 @@ def test_placeholders_are_found_with_their_path_and_refused() -> None:
     policy = load_policy(to_yaml(doc))
     assert todos(policy) == [
         ('.services[1].inject.files["/run/x.conf"]', "lower case too"),
-        (".secrets[3].sealed", "site seals it"),
+        (".secrets[4].sealed", "site seals it"),
     ]
     with pytest.raises(PolicyError) as info:
         check_no_todos(policy)

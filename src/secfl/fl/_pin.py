@@ -88,7 +88,9 @@ class AggregatorPin:
             answer = probe.unary(WHO, b"")
         if not _SERIAL.fullmatch(answer):
             raise TransportError(f"{PIN}the aggregator's answer to {WHO} is not a serial")
-        serial = answer.decode()
+        # as the SPM lists serials and names certificates: "0ab" would pass the list
+        # as another serial than "ab", then pin the very certificate "ab" names
+        serial = format(int(answer, 16), "x")
         self._check(serial, self._read())
         self.serial = serial
         log.debug("pinned the aggregator's certificate %s", serial)

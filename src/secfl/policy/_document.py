@@ -38,6 +38,7 @@ from secfl._internal.canonical import unique_keys
 from secfl.errors import PolicyError
 from secfl.policy._model import CODE_FIELDS, Policy, pins_code
 from secfl.policy._references import key_path
+from secfl.policy._tls_names import check_tls_names
 from secfl.policy._visible import check_no_lone_cr, check_strings_visible, check_visible
 
 __all__ = [
@@ -270,8 +271,11 @@ def check_new_version(policy: Policy) -> None:
 
     When members give recovery keys, every required member gives one: recovery needs
     each required member's part of the data key (:mod:`secfl.spm._recovery`), as
-    approval needs their signature."""
+    approval needs their signature.
+
+    No name may stand for another's in TLS (:mod:`secfl.policy._tls_names`)."""
     check_strings_visible(policy.model_dump(mode="json"))
+    check_tls_names(policy)
     holders = {m.name for m in policy.board.members if m.recovery_key is not None}
     lacking = [m for m in policy.board.required if m not in holders]
     if holders and lacking:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -68,7 +68,8 @@ class AttestResult:
 
 class Attestor:
     """Attests workloads against the current version of their policy and releases
-    what their service may receive; sessions last ``session_ttl`` seconds."""
+    what their service may receive; a session lasts as long as the certificate
+    issued with it."""
 
     def __init__(
         self,
@@ -77,7 +78,6 @@ class Attestor:
         nonces: NonceIssuer,
         vault: SecretVault,
         group: GroupCommit,
-        session_ttl: float,
         refusals: RefusalBudget | None = None,
         collateral: CollateralSource | None = None,
     ) -> None:
@@ -87,7 +87,6 @@ class Attestor:
         self.nonces = nonces
         self.vault = vault
         self.group = group
-        self.session_ttl = session_ttl
         self.refusals = refusals or RefusalBudget()
         self._spent = 0
 
@@ -219,7 +218,6 @@ class Attestor:
         service = policy.service(service_name)
         assert service is not None
         token = secrets.token_urlsafe(32)
-        expires = now + timedelta(seconds=self.session_ttl)
         key = self.vault.policy_key(tx, policy.name)
         values: dict[str, sv.Value] = {}
         ca_secret = policy.secret(policy.identity_ca)
@@ -256,6 +254,12 @@ class Attestor:
         serial = format(cert.serial_number, "x")
         fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
         not_after = cert.not_valid_after_utc
+        # the session lives as long as its certificate: the workload attests again
+        # before both end (two thirds in), and the revocation list names the
+        # certificate of a session the current version no longer accepts only while
+        # the session is stored (an hour's session left a dropped build's day-long
+        # certificate unlisted, and a run longer than the hour without a session)
+        expires = not_after
         tx.certificates.add(policy.name, service_name, serial, fingerprint, not_after)
         tx.sessions.add(
             hashlib.sha256(token.encode()).digest(),

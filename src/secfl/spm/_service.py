@@ -82,7 +82,6 @@ class Spm:
         *,
         measurement: str | None = None,
         nonce_ttl: float = 60.0,
-        session_ttl: float = 3600.0,
         status_index: StatusIndex | None = None,
         collateral: CollateralSource | None = None,
     ) -> None:
@@ -106,7 +105,6 @@ class Spm:
             nonces=self.nonces,
             vault=self.vault,
             group=self.group,
-            session_ttl=session_ttl,
             refusals=self.refusals,
             collateral=collateral,
         )
