@@ -61,7 +61,7 @@ def server(policy_ca: sv.Value) -> Iterator[tuple[Server, PeerPolicy, list[list[
         return hashlib.sha256(join(counted(), limit)).digest()
 
     srv = Server(fedkit.identity(policy_ca, "aggregator", policy="p", now=NOW), peers)
-    srv.unary("Who", lambda req, peer: f"{peer.service}:{peer.serial}".encode())
+    srv.unary("Caller", lambda req, peer: f"{peer.service}:{peer.serial}".encode())
     srv.upload("Put", lambda it, peer: put(it, len(BIG)))
     srv.upload("PutBounded", lambda it, peer: put(it, 3 * CHUNK_SIZE))
     srv.download("Get", lambda req, peer: chunks(BIG[: int(req)]))
@@ -199,12 +199,12 @@ def test_a_connection_whose_certificate_is_revoked_is_refused_on_its_next_call(
     creds = fedkit.identity(policy_ca, "collab-1", policy="p", now=NOW)
     serial = serial_of(creds)
     with connect(srv, creds) as client:
-        assert client.unary("Who", b"") == f"collab-1:{serial}".encode()
-        assert client.unary("Who", b"") == f"collab-1:{serial}".encode()  # from the cache
+        assert client.unary("Caller", b"") == f"collab-1:{serial}".encode()
+        assert client.unary("Caller", b"") == f"collab-1:{serial}".encode()  # from the cache
         peers.revoked.add(serial)
         try:
             with pytest.raises(TransportError, match="PERMISSION_DENIED.*revoked"):
-                client.unary("Who", b"")  # the same connection, the same certificate
+                client.unary("Caller", b"")  # the same connection, the same certificate
         finally:
             peers.revoked.discard(serial)
-        assert client.unary("Who", b"") == f"collab-1:{serial}".encode()
+        assert client.unary("Caller", b"") == f"collab-1:{serial}".encode()

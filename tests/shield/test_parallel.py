@@ -326,7 +326,7 @@ def test_a_busy_pool_leaves_the_work_to_the_reader(
     path, files = volume
     free = threading.Event()
     executor = _parallel._executor()
-    blockers = [executor.submit(free.wait, 10) for _ in range(WORKERS)]
+    blockers = [executor.submit(free.wait, 60) for _ in range(WORKERS)]
     try:
         with Volume.open(path, KEY) as v, raw_file(v, "big") as f:
             buffer = bytearray(100 * CHUNK)
@@ -338,6 +338,9 @@ def test_a_busy_pool_leaves_the_work_to_the_reader(
                 assert f.readinto(small) == CHUNK
                 assert small == files["big"][c * CHUNK : (c + 1) * CHUNK]
             small.extend(b"resizable")
+            # the reads waited for no thread of the pool: every one is still blocked
+            # (they waited until a thread dequeued the cancelled helpers: 10 s here)
+            assert not any(blocker.done() for blocker in blockers)
             free.set()  # before close, which waits for the jobs queued behind the blockers
     finally:
         free.set()

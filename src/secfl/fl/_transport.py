@@ -196,6 +196,8 @@ class Server:
             return self._serial
 
     def unary(self, name: str, fn: Unary) -> None:
+        if name == WHO:
+            raise ValueError(f"transport: {WHO} is the server's own method")
         self._unary[name] = fn
 
     def upload(self, name: str, fn: Upload) -> None:

@@ -337,9 +337,10 @@ class Pipeline:
             self._work(work, 0)
         finally:
             work.stop()  # a no-op unless the reader was interrupted
-            for helper in helpers:
-                helper.cancel()
-            _wait_through_interrupts(helpers)
+            # a helper still queued never runs once cancelled: only the others are
+            # waited for (a cancelled one counts as done only when a thread of a busy
+            # pool dequeues it, which made the reader wait for the pool after all)
+            _wait_through_interrupts([h for h in helpers if not h.cancel()])
             work.out = _NOTHING  # a queued, cancelled helper keeps no view of ``out``
         if work.error is not None:
             raise work.error
@@ -366,9 +367,7 @@ class Pipeline:
         every plaintext buffer of the pipeline (on failure: no plaintext is left).
         """
         jobs, self._jobs = list(self._jobs), deque()
-        for job in jobs:
-            job.future.cancel()
-        _wait_through_interrupts([job.future for job in jobs])
+        _wait_through_interrupts([job.future for job in jobs if not job.future.cancel()])
         for job in jobs:
             self._recycle(job)
         if wipe:
