@@ -251,9 +251,11 @@ def test_a_collaborator_started_first_joins_soon_after_the_aggregator_is_up(
         wait_for(lambda: site(0) in agg.rounds.participants, "the early collaborator", 10)
         assert time.monotonic() - up < 3.0
     finally:
+        collab.patience = 0.0  # it gives up at once once the aggregator is gone
         agg.rounds.finish(timeout=0)
         agg.server.stop(None)
         thread.join(10)
+    assert not thread.is_alive()
 
 
 # --- repeated log lines -------------------------------------------------------------------
