@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from secfl._internal.x509util import private_pem
 from secfl.errors import FlowerError
 from secfl.flower._flags import expand, parse_flower
+from secfl.flower._gate import FleetGate
 from secfl.flower._nodes import load_node_keys
 from secfl.flower._superlink import load_fab
 from secfl.flower._supernode import openssh_key
@@ -289,17 +290,17 @@ def test_the_gate_serves_the_fleet_api_and_nothing_else(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _gate(tmp_path: Path) -> Iterator[tuple[int, str]]:
+def _gate(tmp_path: Path, gate: FleetGate | None = None) -> Iterator[tuple[int, str]]:
     """The real gate over TLS on loopback (nothing listens upstream); its port and CA."""
-    from secfl.flower._gate import FleetGate, serve
+    from secfl.flower._gate import serve
     from secfl.flower._local import tls_files
 
     tls = tls_files(tmp_path, ["127.0.0.1"])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server, thread = serve(FleetGate("https://127.0.0.1:9", str(tls["ca"]), []), "127.0.0.1", port,
-                           str(tls["crt"]), str(tls["key"]))  # fmt: skip
+    gate = gate or FleetGate("https://127.0.0.1:9", str(tls["ca"]), [])
+    server, thread = serve(gate, "127.0.0.1", port, str(tls["crt"]), str(tls["key"]))
     try:
         deadline = time.monotonic() + 10
         while not server.started and time.monotonic() < deadline:
@@ -355,6 +356,50 @@ def test_stalled_connections_cannot_lock_supernodes_out_of_the_gate(tmp_path: Pa
         finally:
             for conn in stalled:
                 conn.close()
+
+
+def test_requests_held_together_stay_within_the_gates_budget(tmp_path: Path) -> None:
+    """Found by a review: a node's key is public (the policy lists it), so anyone who
+    reaches the gate could open 256 connections, each sending most of a 16 MiB body
+    that names it and then nothing: 4 GiB held in the SuperLink's TEE. Past the budget
+    a request is answered 503, and what a connection held goes when it goes."""
+    from base64 import b64encode
+
+    (site,) = _node_keys(1)
+    gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [site])
+    gate.max_buffered = 3 << 20  # a budget of three MiB, in place of 1 GiB
+    head = (
+        b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+        b"flwr-public-key: " + b64encode(site) + b"\r\n\r\n"
+    )
+    with _gate(tmp_path, gate) as (port, ca):
+        context = ssl.create_default_context(cafile=ca)
+        held = []
+        try:
+            for _ in range(2):  # 2 MiB each of a 4 MiB body, then silence
+                raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+                conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
+                conn.sendall(head % (4 << 20) + bytes(2 << 20))
+                held.append(conn)
+            answer = held[-1].recv(4096)
+            while answer and not answer.endswith(b"}"):  # the body may come apart
+                answer += held[-1].recv(4096)
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
+            assert b"gate: too many requests under way; try again" in answer
+            assert gate.buffered <= gate.max_buffered
+        finally:
+            for conn in held:
+                conn.close()
+        deadline = time.monotonic() + 10
+        while gate.buffered and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gate.buffered == 0  # what the connections held went with them
+        verify = ssl.create_default_context(cafile=ca)
+        with httpx.Client(verify=verify, timeout=10) as client:  # and others are served
+            key = {"flwr-public-key": b64encode(site).decode()}
+            url = f"https://127.0.0.1:{port}/v1/fleet/pull-messages"
+            reply = client.post(url, content=b"x", headers=key)
+        assert reply.json()["error"].startswith("gate: the SuperLink did not answer")
 
 
 @pytest.mark.timeout(300)

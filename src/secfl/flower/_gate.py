@@ -17,10 +17,10 @@ SuperLink's loopback Control API can register a key of their own, and Flower wou
 let that key join the run (the wrapper also watches the registry and removes such
 keys, :mod:`secfl.flower._superlink`).
 
-Requests are bounded (:data:`MAX_BODY`), no redirect is followed, and hop-by-hop
-headers are dropped; the SuperNodes' authentication headers (a signed timestamp) pass
-through untouched. The hop to Flower is TLS on loopback, verified against the
-policy's Flower CA.
+Requests are bounded (:data:`MAX_BODY` each, :data:`MAX_BUFFERED` together), no
+redirect is followed, and hop-by-hop headers are dropped; the SuperNodes'
+authentication headers (a signed timestamp) pass through untouched. The hop to
+Flower is TLS on loopback, verified against the policy's Flower CA.
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ FLEET_CALLS = frozenset({
 #: The largest request the gate forwards: Flower sends models in object chunks of
 #: 5 MB (``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE``); the rest of the Fleet API is small.
 MAX_BODY = 16 << 20
+#: The most request bytes the gate holds at once, all connections together. A node's
+#: key is public (the policy lists it), so anyone who reaches the gate can send bodies
+#: that name one: 256 connections of MAX_BODY each held 4 GiB in the SuperLink's TEE.
+#: Past the budget a request is answered 503 (Flower's SuperNodes retry), and what it
+#: held goes at once. 64 requests of the largest size, 12 of Flower's 5 MB chunks each.
+MAX_BUFFERED = 1 << 30
 #: Where a SuperNode names its key (``flwr.supercore.constant.FLEET_HTTP_PUBLIC_KEY_HEADER``):
 #: base64 of the SPKI PEM, as Flower registers and compares it.
 NODE_KEY_HEADER = b"flwr-public-key"
@@ -71,7 +77,14 @@ Send = Callable[[Message], Awaitable[None]]
 class FleetGate:
     """An ASGI app forwarding the Fleet API to ``upstream`` (``https://127.0.0.1:PORT``)."""
 
-    def __init__(self, upstream: str, context: ssl.SSLContext, nodes: Iterable[bytes]) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        context: ssl.SSLContext,
+        nodes: Iterable[bytes],
+        *,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
         # the loopback hop inside the TEE: ``context`` checks the SuperLink's
         # certificate against the policy's Flower CA and its service name
         # (secfl.flower._tls.loopback_context)
@@ -83,6 +96,10 @@ class FleetGate:
         self.refused = 0
         self.named: set[str] = set()
         self._reported = (0, time.monotonic())  # refusals counted by the last report
+        self.max_buffered = max_buffered
+        #: Request bytes held now, all connections together (the event loop's thread
+        #: alone changes it).
+        self.buffered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -120,16 +137,33 @@ class FleetGate:
             )
             return
         body = bytearray()
-        while True:
-            message = await receive()
-            if message.get("type") != "http.request":  # the client went away mid-body:
-                return  # a truncated request is never forwarded as if it were whole
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY:
-                await _answer(send, 413, f"gate: request larger than {MAX_BODY} bytes")
-                return
-            if not message.get("more_body"):
-                break
+        try:
+            while True:
+                message = await receive()
+                if message.get("type") != "http.request":  # the client went away mid-body:
+                    return  # a truncated request is never forwarded as if it were whole
+                piece = message.get("body", b"")
+                if len(body) + len(piece) > MAX_BODY:
+                    await _answer(send, 413, f"gate: request larger than {MAX_BODY} bytes")
+                    return
+                if self.buffered + len(piece) > self.max_buffered:
+                    self.refused += 1
+                    await _answer(
+                        send, 503, "gate: too many requests under way; try again", retry=True
+                    )
+                    return
+                body += piece
+                self.buffered += len(piece)
+                if not message.get("more_body"):
+                    break
+            await self._forward(path, body, headers, send)
+        finally:
+            self.buffered -= len(body)
+            del body[:]
+
+    async def _forward(
+        self, path: str, body: bytearray, headers: list[tuple[bytes, bytes]], send: Send
+    ) -> None:
         client = self._client()
         try:
             reply = await client.post(self.upstream + path, content=bytes(body), headers=headers)
@@ -200,18 +234,14 @@ def _node_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
         return None
 
 
-async def _answer(send: Send, status: int, error: str) -> None:
+async def _answer(send: Send, status: int, error: str, *, retry: bool = False) -> None:
     body = json.dumps({"error": error}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *([(b"retry-after", b"1")] if retry else []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
