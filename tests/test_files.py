@@ -103,3 +103,38 @@ def test_a_write_into_a_folder_it_cannot_read_succeeds(tmp_path: Path) -> None:
         assert volume_tag(box / "v.secfl", KEY) == done.stdout.strip()
     finally:
         shutil.rmtree(top)
+
+
+def test_a_write_a_swapped_link_leads_into_the_private_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host chose the metrics file's and the checkpoints' folders, checked at
+    start-up; later it swaps one for a link into the workload's private folder
+    (``$SECFL_FILES``, the keys). Before: the next round's metrics were appended to the
+    key file there, and a checkpoint was written beside it. Now each write is refused
+    where it really lands, and the private folder is left as it was."""
+    monkeypatch.setattr(files, "_KEPT_OUT", [])
+    private = tmp_path / "private"
+    (private / "fl").mkdir(parents=True)
+    key = private / "fl" / "metrics.jsonl"  # the host names its file after a key file
+    key.write_bytes(b"the output key\n")
+    host = tmp_path / "host" / "run"
+    host.mkdir(parents=True)
+    files.append(host / "metrics.jsonl", b"round 1\n")
+    files.atomic_write(host / "ckpt", b"sealed")
+    files.keep_out(private)
+    files.append(host / "metrics.jsonl", b"round 2\n")  # still the host's own file
+    shutil.rmtree(host)
+    host.symlink_to(private / "fl")
+    with pytest.raises(PermissionError, match="private folder"):
+        files.append(host / "metrics.jsonl", b"round 3\n")
+    with pytest.raises(PermissionError, match="private folder"):
+        files.atomic_write(host / "ckpt", b"sealed")
+    assert key.read_bytes() == b"the output key\n"
+    assert sorted(p.name for p in (private / "fl").iterdir()) == ["metrics.jsonl"]
+    # the folder given is resolved first: a link to it is the same folder
+    monkeypatch.setattr(files, "_KEPT_OUT", [])
+    (tmp_path / "alias").symlink_to(private)
+    files.keep_out(tmp_path / "alias")
+    with pytest.raises(PermissionError):
+        files.append(host / "metrics.jsonl", b"round 3\n")

@@ -13,6 +13,12 @@
   ``memfd``), which a SIGKILL cannot leave behind; elsewhere, a file in
   :func:`ram_tempdir`, a private (0700) folder in RAM when the system has one.
 
+- :func:`keep_out`: a folder no later write of this process may land in (a
+  workload's private folder, where its keys are). :func:`atomic_open` and
+  :func:`append` check where each file they write really is, by its descriptor,
+  before the first byte: a host that swapped a folder on a path it chose for a
+  symbolic link into the private folder, after the start-up checks, gets a refusal.
+
 Errors are ``OSError`` for the caller to word in its own terms.
 """
 
@@ -29,6 +35,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Folders (resolved, with a final "/") no write may land in: see :func:`keep_out`.
+_KEPT_OUT: list[str] = []
+_FD_LINKS = Path("/proc/self/fd")
 _SHM = Path("/dev/shm")  # noqa: S108 - only ever used through mkdtemp (a 0700 folder)
 
 
@@ -59,6 +68,12 @@ def atomic_open(
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.urandom(8).hex()}.tmp")
     fd = os.open(tmp, _FLAGS, mode)
+    try:
+        check_outside(fd, target)
+    except OSError:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
     folder = _open_folder(target.parent) if fsync else None  # before the rename: see below
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -79,6 +94,45 @@ def atomic_open(
     finally:
         if folder is not None:
             os.close(folder)
+
+
+def keep_out(folder: Path | str) -> None:
+    """From now on, refuse any write of this process that lands in ``folder``."""
+    resolved = os.path.join(os.path.realpath(folder), "")
+    if resolved not in _KEPT_OUT:
+        _KEPT_OUT.append(resolved)
+
+
+def check_outside(fd: int, name: Path | str) -> None:
+    """``PermissionError`` if the file open at ``fd`` lies in a folder :func:`keep_out`
+    named. Where the system shows no descriptor's path (no ``/proc``), the checks at
+    start-up stand alone; where it does but this one cannot be read, it is refused."""
+    if not _KEPT_OUT or not _FD_LINKS.is_dir():
+        return
+    try:
+        where = os.readlink(_FD_LINKS / str(fd))
+    except OSError:
+        where = ""
+    if not where.startswith("/") or any(
+        os.path.join(where, "").startswith(kept) for kept in _KEPT_OUT
+    ):
+        raise PermissionError(
+            errno.EPERM, "it leads into the workload's private folder (a link swapped in?)",
+            str(name),
+        )  # fmt: skip
+
+
+def append(path: Path | str, data: bytes) -> None:
+    """Append ``data`` to ``path`` (made 0644 if missing), in one write, unless the file
+    really open lies in a folder :func:`keep_out` named."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        check_outside(fd, path)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _open_folder(folder: Path | str) -> int | None:

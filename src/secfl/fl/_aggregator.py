@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from secfl._internal import files
 from secfl._internal.buffers import Frozen
 from secfl.errors import FlError
 from secfl.fl import _pending
@@ -386,9 +387,8 @@ class Aggregator:
         self.history.append(entry)
         if self.metrics_path is not None:
             try:  # opened at start (check_host_paths); the round is committed by now
-                with open(self.metrics_path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(entry, sort_keys=True) + "\n")
-                    fh.flush()
+                line = json.dumps(entry, sort_keys=True) + "\n"
+                files.append(self.metrics_path, line.encode("utf-8"))
             except OSError as exc:
                 log.warning(
                     "metrics: cannot append round %d to %s: %s (the round is committed; "

@@ -24,6 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from secfl._internal import files
 from secfl._internal.files import atomic_write
 from secfl._internal.interrupts import interrupt_once
 from secfl.errors import FlError, SecflError
@@ -256,6 +257,10 @@ def run_aggregator(opts: AggregatorOptions) -> Params:
         except KeyboardInterrupt:
             log.warning("stopped before training began: start the aggregator again")
             raise
+        if ident is not None and ident.files is not None:
+            # the host's paths were checked; a link it swaps in later is refused where
+            # each write lands (this process's writes, from now on)
+            files.keep_out(ident.files)
         try:
             port = agg.start(opts.listen)
             log.info("listening on port %d", port)
