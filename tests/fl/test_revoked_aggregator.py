@@ -217,7 +217,9 @@ def test_who_names_the_certificate_presented_from_now_on(
         assert pin.stale()
         with pytest.raises(TransportError, match=r"^pin: the aggregator's certificate \w+ is rev"):
             pin.connect()
+        listed.clear()
         listed.add("service:aggregator")
+        pin._list = None  # the list is read again (it is kept for REFRESH_SECONDS)
         with pytest.raises(TransportError, match=r"^pin: the board revoked the service"):
             pin.connect()
     finally:
@@ -242,3 +244,32 @@ def test_a_session_lasts_as_long_as_its_certificate(
     cert = x509.load_pem_x509_certificate(site.certificate.encode())
     assert site.session_expires == cert.not_valid_after_utc
     assert cert.not_valid_after_utc - cert.not_valid_before_utc > timedelta(seconds=599)
+
+
+def test_asking_again_reads_the_list_once_per_refresh(
+    revoked: tuple[Federation, Enrollment],
+) -> None:
+    """Found by the second review: the collaborator makes its channel again after every
+    failed call (about once a second while the aggregator is away), and each one read
+    the SPM's revocation list again: every site, every second, for its whole patience."""
+    fed, old = revoked
+    with SpmClient(fed.spm_url, pin=fed.spm_pin) as client:
+        site = enroll(client, simulated.SimulatedPlatform(fed.sim_dir), "demo", "site-1",
+                      measurement=fed.measurement("collaborator"))  # fmt: skip
+    reads = []
+
+    def listed() -> set[str]:
+        reads.append(1)
+        with SpmClient(fed.spm_url, pin=fed.spm_pin) as client:
+            return {str(r["serial"]) for r in client.revocations("demo") if r.get("serial")}
+
+    server = Server(_creds(old), PeerPolicy("demo", {"site-1"}))
+    port = server.start()
+    pin = AggregatorPin(f"127.0.0.1:{port}", "aggregator", lambda: _creds(site), listed)
+    try:
+        for _ in range(5):
+            with pytest.raises(TransportError, match="revoked by the board"):
+                pin.connect()
+    finally:
+        server.stop(0)
+    assert len(reads) == 1

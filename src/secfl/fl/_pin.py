@@ -79,6 +79,7 @@ class AggregatorPin:
     serial: str | None = None
     _checked: float = field(default=0.0, repr=False)  # when the list was last read
     _due: float = field(default=0.0, repr=False)  # when to read it again
+    _list: set[str] | None = field(default=None, repr=False)  # as last read
 
     def connect(self) -> Client:
         """A channel pinned to the aggregator's current certificate; TransportError
@@ -114,7 +115,7 @@ class AggregatorPin:
             log.warning("could not read the SPM's revocation list for %.0f s (%s): "
                         "nothing more is sent until it can", now - self._checked, exc)  # fmt: skip
             return True
-        self._checked = now
+        self._list, self._checked = revoked, now
         try:
             self._check(self.serial, revoked)
         except TransportError as exc:
@@ -123,14 +124,19 @@ class AggregatorPin:
         return False
 
     def _read(self) -> set[str]:
+        """The list, read again unless it was read within :data:`REFRESH_SECONDS`: a
+        collaborator makes its channel again after every failed call, about once a
+        second while the aggregator is away, and each read costs the SPM."""
+        now = time.monotonic()
+        if self._list is not None and now < self._checked + REFRESH_SECONDS:
+            return self._list
         try:
             found = self.revoked()
         except SecflError as exc:
             raise TransportError(
                 f"{PIN}cannot read the SPM's revocation list to check the aggregator ({exc})"
             ) from None
-        self._checked = time.monotonic()
-        self._due = self._checked + REFRESH_SECONDS
+        self._list, self._checked, self._due = found, now, now + REFRESH_SECONDS
         return found
 
     def _check(self, serial: str, revoked: set[str]) -> None:

@@ -8,11 +8,13 @@ the same signed statement cannot be replayed to undo a later decision.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from secfl._internal.values import one_line
 from secfl.errors import PolicyError, Refused, SpmError
+from secfl.policy._model import Policy
 from secfl.policy._signatures import REVOCATION_DOMAIN, Signature, check_approval
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._policy_cache import PolicyCache
@@ -26,7 +28,12 @@ from secfl.spm._revocation import (
 from secfl.spm._sessions import current_version, no_longer_accepted
 from secfl.spm._store import Store
 
-__all__ = ["Revoker"]
+__all__ = ["ANSWER_SECONDS", "Revoker"]
+
+#: How long an answered revocation list is served again (seconds), unless this SPM
+#: applies a revocation or the policy gets a new version meanwhile. Peers read the
+#: list every 10 s; another SPM sharing the database is heard within this.
+ANSWER_SECONDS = 2.0
 
 
 class Revoker:
@@ -45,6 +52,9 @@ class Revoker:
         self.refusals = refusals or RefusalBudget()
         #: Applied revocation statements, when the store keeps no floors (tests, tools).
         self._statements: set[str] = set()
+        #: The last list answered per policy: (when, policy version, the list). Every
+        #: peer asks every 10 s, and each answer reads every live session of the policy.
+        self._answered: dict[str, tuple[float, int, list[dict[str, Any]]]] = {}
 
     def revoke(
         self, policy_name: str, statement: dict[str, str], signatures: list[dict[str, Any]]
@@ -118,6 +128,7 @@ class Revoker:
         except SpmError as exc:
             raise Refused(str(exc), 409) from None
         self.policies.forget_revocations(policy_name)
+        self._answered.pop(policy_name, None)
         self._statements.add(statement_digest)
         return {**doc, "at": now.isoformat()}
 
@@ -127,11 +138,25 @@ class Revoker:
         a version that no longer accepts what a session was attested as, so that peers
         (the aggregator) refuse them at once, not when they expire."""
         record, policy = self.policies.get(policy_name)  # 404 for an unknown policy
+        answered = self._answered.get(policy_name)
+        if (
+            answered is not None
+            and answered[1] == record.version
+            and time.monotonic() < answered[0] + ANSWER_SECONDS
+        ):
+            return [dict(r) for r in answered[2]]
+        out = self._list(policy_name, record.version, policy)
+        if len(self._answered) > 10_000:
+            self._answered.clear()
+        self._answered[policy_name] = (time.monotonic(), record.version, out)
+        return [dict(r) for r in out]
+
+    def _list(self, policy_name: str, version: int, policy: Policy) -> list[dict[str, Any]]:
         now = datetime.now(UTC)
         with self.store.read() as tx:
             rows = tx.revocations.of_policy(policy_name)
             revoked = tx.revocations.in_force(policy_name)
-            sessions = tx.sessions.of_policy(policy_name)
+            sessions = tx.sessions.live_of_policy(policy_name, now)
         out = [
             {"kind": r.kind, "subject": r.subject, "serial": r.serial, "service": r.service,
              "reason": r.reason, "at": _iso(r.at)}
@@ -150,7 +175,7 @@ class Revoker:
                 continue
             why = revoked_reason(revoked, session.service, "", session_identity(session))
             if why is None:  # a build, service or evidence the current version dropped
-                why = no_longer_accepted(policy, record.version, session)
+                why = no_longer_accepted(policy, version, session)
             if why is not None:
                 listed.add(session.serial)
                 out.append(

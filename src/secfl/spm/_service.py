@@ -232,6 +232,16 @@ class Spm:
                         )
                     previous = Policy.model_validate_json(current.document)
                     board = previous.board
+                    if policy.identity_ca != previous.identity_ca:
+                        raise Refused(
+                            f"identity_ca: version {current.version} names "
+                            f"'{previous.identity_ca}', this one '{policy.identity_ca}': the "
+                            "identity CA cannot change (every peer trusts what it issues, and "
+                            "an earlier version may have released another CA's key or "
+                            "certificates); to start over with a new CA, submit a policy of "
+                            "another name",
+                            400,
+                        )
                 try:
                     approvers = check_approval(board, policy_digest, sigs, domain=POLICY_DOMAIN)
                 except PolicyError as exc:

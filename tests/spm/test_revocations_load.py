@@ -1,0 +1,87 @@
+"""The revocation list costs the SPM the same whatever the sessions it has stored.
+Found by a hostile review: every request read every stored session of the policy, one
+query and one MAC check each, expired ones too; sessions now last as long as their
+certificates (a day by default), and the aggregator and every collaborator ask every
+10 s. Counted in SQL statements against a real SQLite store, not timed."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from sqlalchemy import event
+
+from secfl.policy._canonical import digest
+from secfl.policy._document import load_policy
+from secfl.spm._server import open_spm
+from secfl.spm._service import Spm
+from secfl.spm.enroll import enroll
+from secfl.tee import _simulated as simulated
+from tests.spm.harness import AGGREGATOR_MR, COLLABORATOR_MR, Board, make_sim, policy_document
+from tests.spm.test_service import LocalClient, submit
+
+
+@pytest.fixture
+def spm(tmp_path: Path) -> Iterator[tuple[Spm, Board, str]]:
+    root = make_sim(tmp_path / "sim")
+    spm = open_spm(tmp_path / "data", platform="simulated", sim_dir=tmp_path / "sim")
+    board = Board.create()
+    v1 = policy_document("fed", board, root)
+    submit(spm, board, v1)
+    try:
+        yield spm, board, v1
+    finally:
+        spm.close()
+
+
+def _statements(spm: Spm) -> list[str]:
+    seen: list[str] = []
+    event.listen(spm.store._engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *rest: seen.append(statement))  # fmt: skip
+    return seen
+
+
+def test_the_list_reads_the_live_sessions_in_one_query(
+    spm: tuple[Spm, Board, str], tmp_path: Path
+) -> None:
+    server, board, v1 = spm
+    tee = simulated.SimulatedPlatform(tmp_path / "sim")
+    old = enroll(LocalClient(server), tee, "fed", "aggregator", measurement=AGGREGATOR_MR)
+    enroll(LocalClient(server), tee, "fed", "collaborator", measurement=COLLABORATOR_MR)
+    with server.store.read() as tx:
+        (identity,) = {
+            s.identity
+            for s in tx.sessions.live_of_policy("fed", datetime.now(UTC))
+            if s.service == "collaborator"
+        }
+    now = datetime.now(UTC)
+    with server.store.transaction() as tx:  # 300 more sessions, a third of them expired
+        for i in range(300):
+            tx.sessions.add(
+                hashlib.sha256(secrets.token_bytes(32)).digest(), "fed", "collaborator", 1,
+                now + (timedelta(days=1) if i % 3 else -timedelta(seconds=1)),
+                serial=format(secrets.randbits(127), "x"), identity=identity,
+            )  # fmt: skip
+    # version 2 drops the aggregator's build: its certificate is implied
+    doc = yaml.safe_load(v1)
+    doc.update(version=2, predecessor=digest(load_policy(v1)))
+    (agg,) = [s for s in doc["services"] if s["name"] == "aggregator"]
+    agg["measurements"] = {"simulated": ["ab" * 48]}
+    submit(server, board, yaml.safe_dump(doc))
+    serial = format(x509.load_pem_x509_certificate(old.certificate.encode()).serial_number, "x")
+    seen = _statements(server)
+    listed = server.revocations("fed")
+    kinds = [" ".join(s.split()[:4]) for s in seen]
+    assert len(seen) <= 12, kinds  # before: one per stored session (302 and more)
+    implied = [r for r in listed if r["reason"].startswith("implied:")]
+    assert len(implied) == 1 and implied[0]["service"] == "aggregator"
+    assert implied[0]["serial"] == serial
+    seen.clear()
+    assert server.revocations("fed") == listed  # asked again at once: the same answer
+    assert seen == []  # without reading the store again
