@@ -304,16 +304,16 @@ def test_a_ctrl_c_while_the_reader_waits_for_the_threads_leaves_no_plaintext_beh
         open_chunk(source, *args)
 
     monkeypatch.setattr(ChunkSource, "open_chunk", slow_helpers)
-    real_wait = _parallel.wait
+    real_settle = _parallel._Ranges.settle
     fired: list[int] = []
 
-    def wait_then_ctrl_c(futures: Any, *args: Any, **kwargs: Any) -> Any:
+    def settle_then_ctrl_c(work: Any, helpers: Any) -> None:
         if not fired:
             fired.append(1)
             threading.Timer(0.01, signal.pthread_kill, (main, signal.SIGINT)).start()
-        return real_wait(futures, *args, **kwargs)
+        real_settle(work, helpers)
 
-    monkeypatch.setattr(_parallel, "wait", wait_then_ctrl_c)
+    monkeypatch.setattr(_parallel._Ranges, "settle", settle_then_ctrl_c)
     with Volume.open(path, KEY) as v, raw_file(v) as f:
         buffer = bytearray(SIZE)
         with pytest.raises(KeyboardInterrupt):

@@ -177,18 +177,54 @@ class _Ranges:
         self.failed = end
         self.error: BaseException | None = None
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        #: Chunks a helper (a part other than 0, the reader's) took and has not finished.
+        self._busy = 0
 
     def next(self, part: int) -> int | None:
         with self._lock:
             front, back = self.front, self.back
             if front[part] >= back[part]:
+                mine = part
                 part = max(range(len(front)), key=lambda p: back[p] - front[p])
                 if front[part] >= back[part]:
                     return None
                 back[part] -= 1
+                self._busy += mine != 0
                 return back[part]
             front[part] += 1
+            self._busy += part != 0
             return front[part] - 1
+
+    def done(self) -> None:
+        """A helper finished the chunk :meth:`next` gave it."""
+        with self._lock:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.notify_all()
+
+    def settle(self, helpers: list[Future[None]]) -> None:
+        """Hand out no more chunks, and return once no helper writes into ``out``: a
+        helper still queued is cancelled (it would find nothing to do), one at work is
+        waited for. A Ctrl-C meanwhile is raised once that holds: a reader that wipes
+        its buffer when the read raises must find no thread still writing into it. The
+        helpers are counted by the chunks they took, not by ``helpers``, which an
+        interrupt may have left one short (between submitting and listing it)."""
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                self.stop()
+                for helper in helpers:
+                    helper.cancel()
+                with self._idle:
+                    while self._busy:
+                        self._idle.wait()
+                self.out = _NOTHING  # a queued, cancelled helper keeps no view of ``out``
+                break
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit from a handler
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
 
     def fail(self, chunk: int, error: BaseException) -> None:
         with self._lock:
@@ -336,12 +372,9 @@ class Pipeline:
                 pass
             self._work(work, 0)
         finally:
-            work.stop()  # a no-op unless the reader was interrupted
-            # a helper still queued never runs once cancelled: only the others are
-            # waited for (a cancelled one counts as done only when a thread of a busy
-            # pool dequeues it, which made the reader wait for the pool after all)
-            _wait_through_interrupts([h for h in helpers if not h.cancel()])
-            work.out = _NOTHING  # a queued, cancelled helper keeps no view of ``out``
+            # waits for the helpers at work only: a cancelled one counts as done for
+            # concurrent.futures only once a thread of a busy pool dequeues it
+            work.settle(helpers)
         if work.error is not None:
             raise work.error
 
@@ -355,6 +388,9 @@ class Pipeline:
                 work.fail(chunk, exc)  # the read fails, whichever thread this is
                 if not isinstance(exc, Exception):
                     raise  # an interrupt of the reader goes up at once
+            finally:
+                if part != 0:  # a helper (no Ctrl-C reaches it): see _Ranges.settle
+                    work.done()
 
     def release(self, job: Job) -> None:
         """Give back a taken job's buffers for later jobs."""
@@ -367,7 +403,7 @@ class Pipeline:
         every plaintext buffer of the pipeline (on failure: no plaintext is left).
         """
         jobs, self._jobs = list(self._jobs), deque()
-        _wait_through_interrupts([job.future for job in jobs if not job.future.cancel()])
+        _cancel_and_wait([job.future for job in jobs])
         for job in jobs:
             self._recycle(job)
         if wipe:
@@ -403,6 +439,21 @@ class Pipeline:
         if chunk == self._entry.chunks - 1:
             return self._entry.size - chunk * self._source.chunk_size
         return self._source.chunk_size
+
+
+def _cancel_and_wait(futures: list[Future[None]]) -> None:
+    """Cancel ``futures`` and wait for those that had started, through any Ctrl-C that
+    comes meanwhile (then raised). A cancelled one never runs; it counts as done for
+    ``wait`` only once a thread of the pool dequeues it, which a busy pool delays."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            _wait_through_interrupts([f for f in futures if not f.cancel()])
+            break
+        except BaseException as exc:  # an interrupt while the list was being made
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def _wait_through_interrupts(futures: list[Future[None]]) -> None:
