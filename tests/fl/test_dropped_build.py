@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from secfl.demo.federation import DemoSettings, Federation
 from secfl.fl import _messages as msg
@@ -57,13 +56,7 @@ def test_a_build_the_new_version_dropped_is_not_admitted(tmp_path: Path) -> None
 
         fed.start_aggregator()  # attested under version 2
         port = json.loads((fed.work / "aggregator.ready.json").read_text())["port"]
-        creds = Credentials(
-            key_pem=old.key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()),
-            cert_pem=old.certificate.encode(),
-            ca_pem=old.ca_certificate.encode(),
-        )  # fmt: skip
+        creds = Credentials(old.key_pem, old.certificate.encode(), old.ca_certificate.encode())
         with SpmClient(fed.spm_url, pin=fed.spm_pin) as client:
             implied = {r["serial"]: r["reason"] for r in client.revocations("demo")}
         serial = format(x509.load_pem_x509_certificate(old.certificate.encode()).serial_number, "x")

@@ -20,7 +20,6 @@ from datetime import timedelta
 import pytest
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from secfl._internal.x509util import session_name
 from secfl.demo.federation import DemoSettings, Federation
@@ -85,13 +84,7 @@ def _wait(check, what: str, timeout: float = 90.0) -> None:  # type: ignore[no-u
 
 
 def _creds(e: Enrollment) -> Credentials:
-    return Credentials(
-        key_pem=e.key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()),
-        cert_pem=e.certificate.encode(),
-        ca_pem=e.ca_certificate.encode(),
-    )  # fmt: skip
+    return Credentials(e.key_pem, e.certificate.encode(), e.ca_certificate.encode())
 
 
 def _serial(e: Enrollment) -> int:
