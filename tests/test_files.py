@@ -138,3 +138,31 @@ def test_a_write_a_swapped_link_leads_into_the_private_folder_is_refused(
     files.keep_out(tmp_path / "alias")
     with pytest.raises(PermissionError):
         files.append(host / "metrics.jsonl", b"round 3\n")
+
+
+def test_a_hard_link_to_a_private_file_is_refused_and_a_pipe_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the third review: a hard link the host made at the metrics path, to a
+    key file in the private folder, passed the check (the path it shows is the host's),
+    and the metrics were appended to the key; and a metrics pipe (``/dev/stdout`` piped
+    on) was refused as if it led into the private folder."""
+    monkeypatch.setattr(files, "_KEPT_OUT", [])
+    private = tmp_path / "private"
+    private.mkdir()
+    key = private / "key.pem"
+    key.write_bytes(b"the key\n")
+    host = tmp_path / "host"
+    host.mkdir()
+    os.link(key, host / "metrics.jsonl")
+    files.keep_out(private)
+    with pytest.raises(PermissionError, match="other names"):
+        files.append(host / "metrics.jsonl", b"round 1\n")
+    assert key.read_bytes() == b"the key\n"
+    read, write = os.pipe()
+    try:
+        files.append(f"/proc/self/fd/{write}", b"round 1\n")
+        assert os.read(read, 64) == b"round 1\n"
+    finally:
+        os.close(read)
+        os.close(write)

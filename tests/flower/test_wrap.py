@@ -339,6 +339,39 @@ def test_a_header_that_never_ends_is_cut_off_not_buffered(tmp_path: Path) -> Non
         assert _answered(port, ca) == 404  # still serving others
 
 
+def test_trailers_that_never_end_are_cut_off_not_buffered(tmp_path: Path) -> None:
+    """Found by a hostile review: httptools adds a chunked body's trailers to the
+    request's header list after the head, where the guard counted bytes, had ended; a
+    node's key is public, so anyone who reached the gate (or the SPM, behind the same
+    guard) could make it hold every trailer byte it sent. They count against MAX_HEAD."""
+    from base64 import b64encode
+
+    from secfl._internal.httpguard import MAX_HEAD
+
+    (site,) = _node_keys(1)
+    gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [site])
+    head = (
+        b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"flwr-public-key: " + b64encode(site) + b"\r\n\r\n1\r\nx\r\n0\r\n"
+    )
+    trailer = b"x-pad: " + b"a" * 8000 + b"\r\n"
+    with _gate(tmp_path, gate) as (port, ca):
+        context = ssl.create_default_context(cafile=ca)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            conn.sendall(head)
+            sent, answer = 0, b""
+            try:
+                while sent < 16 * MAX_HEAD:
+                    conn.sendall(trailer)
+                    sent += len(trailer)
+                answer = conn.recv(4096)
+            except (ConnectionError, ssl.SSLError, TimeoutError):
+                pass  # closed on us: what the gate should do
+            assert sent < 16 * MAX_HEAD or answer.startswith(b"HTTP/1.1 431"), answer[:80]
+        assert _answered(port, ca) == 404
+
+
 def test_stalled_connections_cannot_lock_supernodes_out_of_the_gate(tmp_path: Path) -> None:
     """300 connections that never finish a request (anyone who reaches the gate may
     open them): a SuperNode's request is still answered (uvicorn alone answered 503
@@ -362,31 +395,52 @@ def test_requests_held_together_stay_within_the_gates_budget(tmp_path: Path) -> 
     """Found by a review: a node's key is public (the policy lists it), so anyone who
     reaches the gate could open 256 connections, each sending most of a 16 MiB body
     that names it and then nothing: 4 GiB held in the SuperLink's TEE. Past the budget
-    a request is answered 503, and what a connection held goes when it goes."""
+    a request is answered 503, and what a connection held goes when it goes. Each
+    request's first MiB is not counted, so uploads that stall holding the whole budget
+    keep no SuperNode's small calls out (the third review)."""
     from base64 import b64encode
 
+    from secfl.flower._gate import FREE_BYTES
+
     (site,) = _node_keys(1)
+    key = {"flwr-public-key": b64encode(site).decode()}
     gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [site])
     gate.max_buffered = 3 << 20  # a budget of three MiB, in place of 1 GiB
     head = (
         b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
         b"flwr-public-key: " + b64encode(site) + b"\r\n\r\n"
     )
+
+    def forwarded(client: httpx.Client, port: int, size: int) -> bool:
+        url = f"https://127.0.0.1:{port}/v1/fleet/push-object"
+        reply = client.post(url, content=bytes(size), headers=key)
+        return reply.json()["error"].startswith("gate: the SuperLink did not answer")
+
     with _gate(tmp_path, gate) as (port, ca):
         context = ssl.create_default_context(cafile=ca)
+        client = httpx.Client(verify=context, timeout=10)
         held = []
         try:
-            for _ in range(2):  # 2 MiB each of a 4 MiB body, then silence
+            for _ in range(2):  # 3 MiB each of a 4 MiB body (2 MiB counted), then silence
                 raw = socket.create_connection(("127.0.0.1", port), timeout=10)
                 conn = context.wrap_socket(raw, server_hostname="127.0.0.1")
-                conn.sendall(head % (4 << 20) + bytes(2 << 20))
+                conn.sendall(head % (4 << 20) + bytes(3 << 20))
                 held.append(conn)
+                deadline = time.monotonic() + 10  # the first is all in before the second
+                while len(held) == 1 and gate.buffered < 2 << 20:
+                    assert time.monotonic() < deadline, gate.buffered
+                    time.sleep(0.01)
             answer = held[-1].recv(4096)
             while answer and not answer.endswith(b"}"):  # the body may come apart
                 answer += held[-1].recv(4096)
             assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
             assert b"gate: too many requests under way; try again" in answer
-            assert gate.buffered <= gate.max_buffered
+            deadline = time.monotonic() + 10  # the refused one lets go of what it held
+            while gate.buffered != 2 << 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert gate.buffered == 2 << 20 <= gate.max_buffered  # the first holds its 2 MiB
+            assert forwarded(client, port, FREE_BYTES)  # a small call still passes
+            assert not forwarded(client, port, FREE_BYTES + (2 << 20))  # a large one waits
         finally:
             for conn in held:
                 conn.close()
@@ -394,12 +448,8 @@ def test_requests_held_together_stay_within_the_gates_budget(tmp_path: Path) -> 
         while gate.buffered and time.monotonic() < deadline:
             time.sleep(0.05)
         assert gate.buffered == 0  # what the connections held went with them
-        verify = ssl.create_default_context(cafile=ca)
-        with httpx.Client(verify=verify, timeout=10) as client:  # and others are served
-            key = {"flwr-public-key": b64encode(site).decode()}
-            url = f"https://127.0.0.1:{port}/v1/fleet/pull-messages"
-            reply = client.post(url, content=b"x", headers=key)
-        assert reply.json()["error"].startswith("gate: the SuperLink did not answer")
+        assert forwarded(client, port, FREE_BYTES + (2 << 20))  # served again
+        client.close()
 
 
 @pytest.mark.timeout(300)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -19,6 +21,8 @@ from sqlalchemy import event
 
 from secfl.policy._canonical import digest
 from secfl.policy._document import load_policy
+from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
+from secfl.spm._revocation import revocation_digest, revocation_doc
 from secfl.spm._server import open_spm
 from secfl.spm._service import Spm
 from secfl.spm.enroll import enroll
@@ -85,3 +89,37 @@ def test_the_list_reads_the_live_sessions_in_one_query(
     seen.clear()
     assert server.revocations("fed") == listed  # asked again at once: the same answer
     assert seen == []  # without reading the store again
+
+
+def test_a_list_read_before_a_revocation_is_not_kept_after_it(
+    spm: tuple[Spm, Board, str], tmp_path: Path
+) -> None:
+    """Found by the third review: a request that read the store before a revocation
+    committed, and stored its list after the revocation had cleared the cache, served
+    the list without the revoked certificate for ANSWER_SECONDS after revoke returned."""
+    server, board, _ = spm
+    tee = simulated.SimulatedPlatform(tmp_path / "sim")
+    agg = enroll(LocalClient(server), tee, "fed", "aggregator", measurement=AGGREGATOR_MR)
+    serial = format(x509.load_pem_x509_certificate(agg.certificate.encode()).serial_number, "x")
+    read, go_on = threading.Event(), threading.Event()
+    real = type(server.revoker)._list
+
+    def slow(self: Any, *args: Any) -> Any:
+        out = real(self, *args)  # read from the store before the revocation
+        read.set()
+        go_on.wait(5)  # ... a slow request, still answering
+        return out
+
+    server.revoker._list = slow.__get__(server.revoker)  # type: ignore[method-assign]
+    peer = threading.Thread(target=server.revocations, args=("fed",))
+    peer.start()
+    assert read.wait(5)
+    server.revoker._list = real.__get__(server.revoker)  # type: ignore[method-assign]
+    statement = {"kind": "certificate", "subject": serial, "reason": "key leaked"}
+    digest = revocation_digest(revocation_doc("fed", statement))
+    sigs = [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m).model_dump()
+            for m in ("alice", "bob")]  # fmt: skip
+    server.revoke("fed", statement, sigs)  # returns: the revocation is in force
+    go_on.set()
+    peer.join(5)
+    assert serial in {r["serial"] for r in server.revocations("fed")}

@@ -113,11 +113,17 @@ def check_outside(fd: int, name: Path | str) -> None:
         where = os.readlink(_FD_LINKS / str(fd))
     except OSError:
         where = ""
-    if not where.startswith("/") or any(
-        os.path.join(where, "").startswith(kept) for kept in _KEPT_OUT
-    ):
+    if where and not where.startswith("/"):
+        return  # a pipe or a socket ("pipe:[…]"): in no folder
+    if not where or any(os.path.join(where, "").startswith(kept) for kept in _KEPT_OUT):
         raise PermissionError(
             errno.EPERM, "it leads into the workload's private folder (a link swapped in?)",
+            str(name),
+        )  # fmt: skip
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:  # a hard link's other name may
+        raise PermissionError(  # be in the private folder, which no path shows
+            errno.EPERM, "the file has other names (hard links): give a file of its own",
             str(name),
         )  # fmt: skip
 

@@ -209,6 +209,7 @@ class _Http(HttpToolsProtocol):
     def __init__(self, conn: Connection, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.conn = conn
+        self._fields = 0  # bytes of this request's fields so far (see on_header)
 
     def send_400_response(self, msg: str) -> None:
         self.refuse(400, "http: not a valid HTTP/1.1 request")
@@ -222,6 +223,17 @@ class _Http(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.conn.in_head = True
+        self._fields = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Every field the parser reports, trailers of a chunked body included, counts
+        against MAX_HEAD: httptools adds trailers to the request's header list after the
+        head (where the connection counts bytes) has ended, without limit."""
+        self._fields += len(name) + len(value)
+        if self._fields > MAX_HEAD:
+            self.conn.refuse_head()
+            return
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self.conn.enter(_BODY)
@@ -387,10 +399,15 @@ class Connection(asyncio.Protocol):
             if self.in_head:  # a request has begun and its headers are not complete yet
                 self._head += len(data)
                 if self._head > MAX_HEAD:
-                    self._refused = True
-                    self.http.refuse(431, f"headers: larger than the limit of {MAX_HEAD} bytes")
+                    self.refuse_head()
         elif not self.closed:
             self._early.append(data)  # decrypted before start_tls() returned
+
+    def refuse_head(self) -> None:
+        """Answer 431 and close: a request's head, or its fields, passed MAX_HEAD."""
+        if not self._refused and self.http is not None:
+            self._refused = True
+            self.http.refuse(431, f"headers: larger than the limit of {MAX_HEAD} bytes")
 
     def eof_received(self) -> bool | None:
         if self.http is not None:

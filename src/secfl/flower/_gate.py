@@ -58,6 +58,10 @@ MAX_BODY = 16 << 20
 #: Past the budget a request is answered 503 (Flower's SuperNodes retry), and what it
 #: held goes at once. 64 requests of the largest size, 12 of Flower's 5 MB chunks each.
 MAX_BUFFERED = 1 << 30
+#: The first bytes of each request, which the budget does not count: uploads that
+#: stall to hold the budget cannot keep a SuperNode's small calls (heartbeats, pulls)
+#: out, and the connection cap bounds what they hold (256 of them: 256 MiB).
+FREE_BYTES = 1 << 20
 #: Where a SuperNode names its key (``flwr.supercore.constant.FLEET_HTTP_PUBLIC_KEY_HEADER``):
 #: base64 of the SPKI PEM, as Flower registers and compares it.
 NODE_KEY_HEADER = b"flwr-public-key"
@@ -136,37 +140,42 @@ class FleetGate:
                 "gate: the request's SuperNode key is not one of the policy's attested nodes",
             )
             return
-        body = bytearray()
+        pieces: list[bytes] = []
+        size = counted = 0  # the body's bytes so far, and those the budget holds
         try:
             while True:
                 message = await receive()
                 if message.get("type") != "http.request":  # the client went away mid-body:
                     return  # a truncated request is never forwarded as if it were whole
-                piece = message.get("body", b"")
-                if len(body) + len(piece) > MAX_BODY:
+                piece = bytes(message.get("body", b""))
+                if size + len(piece) > MAX_BODY:
                     await _answer(send, 413, f"gate: request larger than {MAX_BODY} bytes")
                     return
-                if self.buffered + len(piece) > self.max_buffered:
+                size += len(piece)
+                more = max(0, size - FREE_BYTES) - counted
+                if self.buffered + more > self.max_buffered:
                     self.refused += 1
                     await _answer(
                         send, 503, "gate: too many requests under way; try again", retry=True
                     )
                     return
-                body += piece
-                self.buffered += len(piece)
+                pieces.append(piece)
+                counted += more
+                self.buffered += more
                 if not message.get("more_body"):
                     break
+            body = b"".join(pieces)  # one copy, then the pieces go
+            pieces.clear()
             await self._forward(path, body, headers, send)
         finally:
-            self.buffered -= len(body)
-            del body[:]
+            self.buffered -= counted
 
     async def _forward(
-        self, path: str, body: bytearray, headers: list[tuple[bytes, bytes]], send: Send
+        self, path: str, body: bytes, headers: list[tuple[bytes, bytes]], send: Send
     ) -> None:
         client = self._client()
         try:
-            reply = await client.post(self.upstream + path, content=bytes(body), headers=headers)
+            reply = await client.post(self.upstream + path, content=body, headers=headers)
         except httpx.HTTPError as exc:
             await _answer(send, 502, f"gate: the SuperLink did not answer: {type(exc).__name__}")
             return

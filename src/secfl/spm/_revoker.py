@@ -55,6 +55,9 @@ class Revoker:
         #: The last list answered per policy: (when, policy version, the list). Every
         #: peer asks every 10 s, and each answer reads every live session of the policy.
         self._answered: dict[str, tuple[float, int, list[dict[str, Any]]]] = {}
+        #: Revocations this SPM applied, per policy: a list read before one committed
+        #: is not kept (it could be stored after the revocation cleared the cache).
+        self._applied: dict[str, int] = {}
 
     def revoke(
         self, policy_name: str, statement: dict[str, str], signatures: list[dict[str, Any]]
@@ -128,6 +131,7 @@ class Revoker:
         except SpmError as exc:
             raise Refused(str(exc), 409) from None
         self.policies.forget_revocations(policy_name)
+        self._applied[policy_name] = self._applied.get(policy_name, 0) + 1
         self._answered.pop(policy_name, None)
         self._statements.add(statement_digest)
         return {**doc, "at": now.isoformat()}
@@ -145,10 +149,12 @@ class Revoker:
             and time.monotonic() < answered[0] + ANSWER_SECONDS
         ):
             return [dict(r) for r in answered[2]]
+        applied, started = self._applied.get(policy_name, 0), time.monotonic()
         out = self._list(policy_name, record.version, policy)
-        if len(self._answered) > 10_000:
-            self._answered.clear()
-        self._answered[policy_name] = (time.monotonic(), record.version, out)
+        if self._applied.get(policy_name, 0) == applied:  # no revocation meanwhile
+            if len(self._answered) > 10_000:
+                self._answered.clear()
+            self._answered[policy_name] = (started, record.version, out)
         return [dict(r) for r in out]
 
     def _list(self, policy_name: str, version: int, policy: Policy) -> list[dict[str, Any]]:
