@@ -166,3 +166,27 @@ def test_a_hard_link_to_a_private_file_is_refused_and_a_pipe_is_not(
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_a_folder_swapped_for_a_link_mid_write_moves_nothing_into_the_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the third review: the check looked at the new file where it was made,
+    but the final rename went by path, so a host that swapped the folder for a link into
+    the private folder between the two had the file renamed in there (over a key file
+    of the same name: the ready file's name is the host's). Every step now happens in
+    the folder held open from the start."""
+    monkeypatch.setattr(files, "_KEPT_OUT", [])
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "ready.json").write_bytes(b"the key\n")
+    host = tmp_path / "host"
+    (host / "run").mkdir(parents=True)
+    files.keep_out(private)
+    with files.atomic_open(host / "run" / "ready.json") as fh:
+        fh.write(b'{"port": 1}')
+        (host / "run").rename(host / "run.old")  # the host, mid-write
+        (host / "run").symlink_to(private)
+    assert (private / "ready.json").read_bytes() == b"the key\n"
+    assert sorted(p.name for p in private.iterdir()) == ["ready.json"]
+    assert (host / "run.old" / "ready.json").read_bytes() == b'{"port": 1}'

@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A folder held for the names made in it (O_PATH: no read permission needed, as in a
+#: drop box; where the system lacks it, a folder this process can read).
+_FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 #: Folders (resolved, with a final "/") no write may land in: see :func:`keep_out`.
 _KEPT_OUT: list[str] = []
 _FD_LINKS = Path("/proc/self/fd")
@@ -66,34 +69,36 @@ def atomic_open(
     once the block has ended. On any error the temporary file is removed.
     """
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.urandom(8).hex()}.tmp")
-    fd = os.open(tmp, _FLAGS, mode)
+    name, tmp = target.name, f".{target.name}.{os.urandom(8).hex()}.tmp"
+    # the folder, held open: every step below happens in it, wherever its path leads
+    # later (a host that swaps it for a link mid-write moves nothing into the link)
+    parent = os.open(target.parent, _FOLDER)
     try:
-        check_outside(fd, target)
-    except OSError:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    folder = _open_folder(target.parent) if fsync else None  # before the rename: see below
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        if replace:
-            os.replace(tmp, target)
-        else:
-            os.link(tmp, target, follow_symlinks=False)
-            tmp.unlink()
-        if folder is not None:
-            _fsync_folder(folder)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        check_outside(parent, target.parent)
+        fd = os.open(tmp, _FLAGS, mode, dir_fd=parent)
+        folder = _open_folder(".", parent) if fsync else None  # before the rename: see below
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                yield fh
+                fh.flush()
+                if fsync:
+                    os.fsync(fh.fileno())
+            if replace:
+                os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            else:
+                os.link(tmp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
+                os.unlink(tmp, dir_fd=parent)
+            if folder is not None:
+                _fsync_folder(folder)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=parent)
+            raise
+        finally:
+            if folder is not None:
+                os.close(folder)
     finally:
-        if folder is not None:
-            os.close(folder)
+        os.close(parent)
 
 
 def keep_out(folder: Path | str) -> None:
@@ -141,11 +146,11 @@ def append(path: Path | str, data: bytes) -> None:
         os.close(fd)
 
 
-def _open_folder(folder: Path | str) -> int | None:
+def _open_folder(folder: Path | str, dir_fd: int | None = None) -> int | None:
     """A descriptor of ``folder`` to fsync, or None where it cannot be read (a drop box
     such as mode 1733): a write that succeeded is not reported as failed for that."""
     try:
-        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     except (PermissionError, FileNotFoundError):
         return None
 
