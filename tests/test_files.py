@@ -3,6 +3,7 @@ hostile host's disk can do to them, and what a crash may not undo."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -190,3 +191,20 @@ def test_a_folder_swapped_for_a_link_mid_write_moves_nothing_into_the_link(
     assert (private / "ready.json").read_bytes() == b"the key\n"
     assert sorted(p.name for p in private.iterdir()) == ["ready.json"]
     assert (host / "run.old" / "ready.json").read_bytes() == b'{"port": 1}'
+
+
+def test_no_temporary_file_is_left_when_the_folder_cannot_be_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: the temporary file was made before the folder was opened for
+    its fsync, outside the clean-up, so a failure there (out of descriptors) left it
+    behind, and its descriptor open, despite "on any error the temporary file is
+    removed"."""
+
+    def out_of_descriptors(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(files, "_open_folder", out_of_descriptors)
+    with pytest.raises(OSError, match="Too many open files"):
+        files.atomic_write(tmp_path / "ready.json", b"1")
+    assert os.listdir(tmp_path) == []

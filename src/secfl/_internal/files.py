@@ -75,8 +75,13 @@ def atomic_open(
     parent = os.open(target.parent, _FOLDER)
     try:
         check_outside(parent, target.parent)
-        fd = os.open(tmp, _FLAGS, mode, dir_fd=parent)
         folder = _open_folder(".", parent) if fsync else None  # before the rename: see below
+        try:
+            fd = os.open(tmp, _FLAGS, mode, dir_fd=parent)
+        except BaseException:
+            if folder is not None:
+                os.close(folder)
+            raise
         try:
             with os.fdopen(fd, "wb") as fh:
                 yield fh

@@ -210,6 +210,9 @@ class _Http(HttpToolsProtocol):
         super().__init__(**kwargs)
         self.conn = conn
         self._fields = 0  # bytes of this request's fields so far (see on_header)
+        self._trailers = False  # after a chunk's size line, before its data: maybe trailers
+        self._body_now = 0  # body bytes the parser reported in the current feed
+        self._tail = 0  # bytes read since the last body byte while trailers may come
 
     def send_400_response(self, msg: str) -> None:
         self.refuse(400, "http: not a valid HTTP/1.1 request")
@@ -223,7 +226,8 @@ class _Http(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.conn.in_head = True
-        self._fields = 0
+        self._fields = self._tail = 0
+        self._trailers = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Every field the parser reports, trailers of a chunked body included, counts
@@ -234,6 +238,29 @@ class _Http(HttpToolsProtocol):
             self.conn.refuse_head()
             return
         super().on_header(name, value)
+
+    def data_received(self, data: bytes) -> None:
+        # httptools keeps a field's name and value in its own buffer until the NEXT field
+        # starts: one trailer that never ends reaches no on_header. So every byte read
+        # in a chunked body's trailer section (what the feed did not deliver as body)
+        # counts too.
+        before, self._body_now = self._trailers, 0
+        super().data_received(data)
+        if before or self._trailers:
+            self._tail += len(data) - self._body_now
+            if self._tail > MAX_HEAD:
+                self.conn.refuse_head()
+
+    def on_chunk_header(self) -> None:
+        self._trailers = True
+
+    def on_chunk_complete(self) -> None:
+        self._trailers = False
+
+    def on_body(self, body: bytes) -> None:
+        self._trailers, self._tail = False, 0
+        self._body_now += len(body)
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         self.conn.enter(_BODY)
