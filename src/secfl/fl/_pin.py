@@ -91,11 +91,12 @@ class AggregatorPin:
             raise TransportError(f"{PIN}the aggregator's answer to {WHO} is not a serial")
         # as the SPM lists serials and names certificates: "0ab" would pass the list
         # as another serial than "ab", then pin the very certificate "ab" names
-        serial = format(int(answer, 16), "x")
+        number = int(answer, 16)
+        serial = format(number, "x")
         self._check(serial, self._read())
         self.serial = serial
         log.debug("pinned the aggregator's certificate %s", serial)
-        name = session_name(int(serial, 16), self.service)
+        name = session_name(number, self.service)
         return Client(self.address, creds, server_name=name, timeout=self.timeout)
 
     def stale(self) -> bool:
