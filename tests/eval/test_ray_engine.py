@@ -40,8 +40,10 @@ GRID = ["eval", "robustness", "--tasks", "digits", "--clients", "6", "--partitio
 RUNS = 2 * (1 + 1)  # defences x (clean + attacks)
 ENTRY = "import sys; from secfl.cli.main import main; sys.exit(main(sys.argv[1:]))"
 #: A line of Ray's or gRPC's own C++ logging (``[2026-12-05 10:44:46,414 E ...]``,
-#: ``E1205 10:33:46.214149 ...``), not secfl's.
-LOGGED = r"\[\d{4}-\d\d-\d\d |[EWIF]\d{4} \d\d:"
+#: ``E1205 10:33:46.214149 ...``), not secfl's, also as Ray forwards it from another
+#: process (``\x1b[33m(raylet)\x1b[0m [2026-...``: the raylet's warning that the disk
+#: is nearly full, seen in CI).
+LOGGED = r"(\x1b\[[\d;]*m)?(\([^)]*\)\s*)?(\x1b\[[\d;]*m)?\s*(\[\d{4}-\d\d-\d\d |[EWIF]\d{4} \d\d:)"
 
 
 def _timing(name: str) -> bool:
