@@ -30,6 +30,8 @@ from secfl.spm import _sealing as sv
 from secfl.spm._collateral import CollateralSource
 from secfl.spm._evidence_checks import check_evidence, check_measurements, claims_identity
 from secfl.spm._groupcommit import GroupCommit
+from secfl.spm._issued import EVENT as ISSUED_EVENT
+from secfl.spm._issued import issued_change, issued_detail
 from secfl.spm._nonces import NonceIssuer
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._refusals import RefusalBudget
@@ -285,15 +287,16 @@ class Attestor:
                 "platform": claims_identity(claims)["platform"],
             },
         )
-        tx.audit.append(
-            "certificate.issued",
-            policy.name,
-            {
-                "service": service_name,
-                "serial": serial,
-                "not_after": cert.not_valid_after_utc.isoformat(),
-            },
+        # with the full attested identity, into the SPM's index of issued certificates
+        # (secfl.spm._issued): what the revocation list implies must not rest on the
+        # session row, which the database's host can delete
+        issued = issued_detail(
+            service_name, serial, not_after, record.version, claims_identity(claims)
         )
+        tx.audit.append(ISSUED_EVENT, policy.name, issued)
+        change = issued_change(policy.name, issued)
+        assert change is not None
+        tx.note(change)
         tx.audit.append(
             "secrets.released",
             policy.name,

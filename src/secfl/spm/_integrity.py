@@ -47,6 +47,8 @@ from secfl.errors import IntegrityError, SpmError
 from secfl.spm._anchor import ANCHOR_FILE, Anchor
 from secfl.spm._collateral_floors import EVENT as COLLATERAL_EVENT
 from secfl.spm._collateral_floors import floors_of
+from secfl.spm._issued import EVENT as ISSUED_EVENT
+from secfl.spm._issued import IssuedIndex, issued_change
 
 _ROW_LABEL = b"secfl/spm-row/v1\n"
 #: Raises of one floor remembered at most (:attr:`Floors.raises`) while reads are open:
@@ -121,6 +123,9 @@ class Floors:
     #: increments: which one took the counter to an earlier value (asked by a board
     #: reset that finds two checkpoints there, a fork's: secfl.fl._commit).
     history: dict[tuple[str, str], dict[int, str]] = field(default_factory=dict)
+    #: The live certificates issued, with what each was attested as: what the
+    #: revocation list implies rests on these, not on session rows the host can delete.
+    issued: IssuedIndex = field(default_factory=IssuedIndex)
     #: Moves on whenever a floor is raised. A read transaction notes it when it
     #: begins (:attr:`Tx.since <secfl.spm._tx.Tx.since>`): a floor raised after that
     #: may be a commit its snapshot predates, so a value behind such a floor but not
@@ -265,6 +270,9 @@ class Floors:
     # -- changes (applied once their transaction committed)
     def apply(self, change: tuple[Any, ...]) -> None:
         what = change[0]
+        if what == "issued":  # an index of its own, with its own lock
+            self.issued.add(change[1], change[2])
+            return
         with self.lock:
             if what == "policy":
                 _, name, version = change
@@ -321,6 +329,9 @@ def replayed(event: str, policy: str | None, detail: dict[str, Any]) -> list[tup
     ever applied once the entry is verified as part of the chain."""
     if event == COLLATERAL_EVENT and policy is None:
         return [("collateral", key, value) for key, value in floors_of(detail)]
+    if event == ISSUED_EVENT:
+        issued = issued_change(policy, detail)
+        return [] if issued is None else [issued]
     changes = []
     change = change_of(event, policy, detail)
     if change is not None:

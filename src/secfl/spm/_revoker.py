@@ -26,7 +26,7 @@ from secfl.spm._revocation import (
     session_identity,
 )
 from secfl.spm._sessions import current_version, no_longer_accepted
-from secfl.spm._store import Store
+from secfl.spm._store import SessionRecord, Store
 
 __all__ = ["ANSWER_SECONDS", "Revoker"]
 
@@ -159,10 +159,22 @@ class Revoker:
 
     def _list(self, policy_name: str, version: int, policy: Policy) -> list[dict[str, Any]]:
         now = datetime.now(UTC)
+        floors = self.store.integrity.floors if self.store.integrity is not None else None
+        if floors is not None:
+            self.store.sync()  # certificates other SPMs sharing the database issued
         with self.store.read() as tx:
             rows = tx.revocations.of_policy(policy_name)
             revoked = tx.revocations.in_force(policy_name)
+            # the index of issued certificates (secfl.spm._issued), which the host
+            # cannot take one from; the session rows for certificates issued before
+            # audit entries carried what they were attested as
             sessions = tx.sessions.live_of_policy(policy_name, now)
+        if floors is not None:
+            sessions += [
+                SessionRecord(b"", policy_name, i.service, i.policy_version, i.not_after,
+                              serial=i.serial, identity=i.identity)
+                for i in floors.issued.live(policy_name, now)
+            ]  # fmt: skip
         out = [
             {"kind": r.kind, "subject": r.subject, "serial": r.serial, "service": r.service,
              "reason": r.reason, "at": _iso(r.at)}
