@@ -402,16 +402,25 @@ def test_stalled_connections_cannot_lock_supernodes_out_of_the_gate(tmp_path: Pa
                 conn.close()
 
 
-def test_requests_held_together_stay_within_the_gates_budget(tmp_path: Path) -> None:
+def test_requests_held_together_stay_within_the_gates_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found by a review: a node's key is public (the policy lists it), so anyone who
     reaches the gate could open 256 connections, each sending most of a 16 MiB body
     that names it and then nothing: 4 GiB held in the SuperLink's TEE. Past the budget
     a request is answered 503, and what a connection held goes when it goes. Each
     request's first MiB is not counted, so uploads that stall holding the whole budget
-    keep no SuperNode's small calls out (the third review)."""
+    keep no SuperNode's small calls out (the third review); and once stalled past
+    STALL_SECONDS they are dropped to make room for a large one, which the third review
+    found waiting until the guard's body deadline closed them."""
     from base64 import b64encode
 
+    from secfl.flower import _gate as gate_module
     from secfl.flower._gate import FREE_BYTES
+
+    monkeypatch.setattr(
+        gate_module, "STALL_SECONDS", 3600.0, raising=False
+    )  # nothing counts as stalled yet
 
     (site,) = _node_keys(1)
     key = {"flwr-public-key": b64encode(site).decode()}
@@ -452,6 +461,16 @@ def test_requests_held_together_stay_within_the_gates_budget(tmp_path: Path) -> 
             assert gate.buffered == 2 << 20 <= gate.max_buffered  # the first holds its 2 MiB
             assert forwarded(client, port, FREE_BYTES)  # a small call still passes
             assert not forwarded(client, port, FREE_BYTES + (2 << 20))  # a large one waits
+            # ... until the first counts as stalled: then it is dropped to make room
+            monkeypatch.setattr(gate_module, "STALL_SECONDS", 0.2, raising=False)
+            time.sleep(0.3)
+            assert forwarded(client, port, FREE_BYTES + (2 << 20))
+            held[0].sendall(bytes(1 << 20))  # the rest of its body: answered 503
+            answer = held[0].recv(4096)
+            while answer and not answer.endswith(b"}"):
+                answer += held[0].recv(4096)
+            assert answer.startswith(b"HTTP/1.1 503"), answer[:80]
+            assert b"gate: this request stalled and was dropped" in answer
         finally:
             for conn in held:
                 conn.close()

@@ -41,7 +41,7 @@ import uvicorn
 
 from secfl._internal.httpguard import Guard, Limits, file_budget
 
-__all__ = ["FLEET_CALLS", "MAX_BODY", "NODE_KEY_HEADER", "FleetGate", "serve"]
+__all__ = ["FLEET_CALLS", "MAX_BODY", "NODE_KEY_HEADER", "STALL_SECONDS", "FleetGate", "serve"]
 
 #: The Fleet API calls of flwr 1.41 (``flwr.superlink.routers.fleet.router``).
 FLEET_CALLS = frozenset({
@@ -62,6 +62,10 @@ MAX_BUFFERED = 1 << 30
 #: stall to hold the budget cannot keep a SuperNode's small calls (heartbeats, pulls)
 #: out, and the connection cap bounds what they hold (256 of them: 256 MiB).
 FREE_BYTES = 1 << 20
+#: A request that has received nothing for this long (seconds) is stalled: when the
+#: budget is short, the longest stalled requests are dropped (503 when they go on) to
+#: make room, so uploads that stall holding the budget delay nobody's large push.
+STALL_SECONDS = 2.0
 #: Where a SuperNode names its key (``flwr.supercore.constant.FLEET_HTTP_PUBLIC_KEY_HEADER``):
 #: base64 of the SPKI PEM, as Flower registers and compares it.
 NODE_KEY_HEADER = b"flwr-public-key"
@@ -71,6 +75,19 @@ _HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"host", b"content-length",
 })  # fmt: skip
+
+
+class _Held:
+    """A request's body as it comes in, and what of it the budget counts."""
+
+    __slots__ = ("counted", "dropped", "last", "pieces")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.counted = 0
+        self.last = time.monotonic()
+        self.dropped = False
+
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -104,6 +121,8 @@ class FleetGate:
         #: Request bytes held now, all connections together (the event loop's thread
         #: alone changes it).
         self.buffered = 0
+        #: The requests whose bodies are coming in now (the event loop's thread alone).
+        self._held: set[_Held] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -140,35 +159,65 @@ class FleetGate:
                 "gate: the request's SuperNode key is not one of the policy's attested nodes",
             )
             return
-        pieces: list[bytes] = []
-        size = counted = 0  # the body's bytes so far, and those the budget holds
+        held = _Held()
+        self._held.add(held)
+        size = 0  # the body's bytes so far
         try:
             while True:
                 message = await receive()
                 if message.get("type") != "http.request":  # the client went away mid-body:
                     return  # a truncated request is never forwarded as if it were whole
+                if held.dropped:
+                    self.refused += 1
+                    await _answer(send, 503, "gate: this request stalled and was dropped to "
+                                  "make room for others; try again", retry=True)  # fmt: skip
+                    return
+                held.last = time.monotonic()
                 piece = bytes(message.get("body", b""))
                 if size + len(piece) > MAX_BODY:
                     await _answer(send, 413, f"gate: request larger than {MAX_BODY} bytes")
                     return
                 size += len(piece)
-                more = max(0, size - FREE_BYTES) - counted
+                more = max(0, size - FREE_BYTES) - held.counted
+                if self.buffered + more > self.max_buffered:
+                    self._drop_stalled(self.buffered + more - self.max_buffered)
                 if self.buffered + more > self.max_buffered:
                     self.refused += 1
                     await _answer(
                         send, 503, "gate: too many requests under way; try again", retry=True
                     )
                     return
-                pieces.append(piece)
-                counted += more
+                held.pieces.append(piece)
+                held.counted += more
                 self.buffered += more
                 if not message.get("more_body"):
                     break
-            body = b"".join(pieces)  # one copy, then the pieces go
-            pieces.clear()
+            self._held.discard(held)  # whole: never dropped now
+            body = b"".join(held.pieces)  # one copy, then the pieces go
+            held.pieces.clear()
             await self._forward(path, body, headers, send)
         finally:
-            self.buffered -= counted
+            self._held.discard(held)
+            held.pieces.clear()
+            self.buffered -= held.counted
+            held.counted = 0
+
+    def _drop_stalled(self, need: int) -> None:
+        """Let go of the bodies of requests stalled longest (past :data:`STALL_SECONDS`)
+        until ``need`` bytes of the budget are free, or none is left stalled. Each is
+        answered 503 if it goes on; the guard's body deadline closes it if not."""
+        stalled_before = time.monotonic() - STALL_SECONDS
+        for victim in sorted(
+            (h for h in self._held if h.last < stalled_before and h.counted), key=lambda h: h.last
+        ):
+            if need <= 0:
+                return
+            self._held.discard(victim)
+            victim.dropped = True
+            victim.pieces.clear()
+            self.buffered -= victim.counted
+            need -= victim.counted
+            victim.counted = 0
 
     async def _forward(
         self, path: str, body: bytes, headers: list[tuple[bytes, bytes]], send: Send
