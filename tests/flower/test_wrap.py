@@ -514,3 +514,31 @@ def test_the_watch_unregisters_foreign_keys_and_stops_a_flood(
     assert out["failures"][-1].startswith(
         f"flower: the SuperLink's node registry could not be read {MAX_FAILURES} times in a row"
     )
+
+
+def test_a_request_refused_for_its_head_never_reaches_the_app(tmp_path: Path) -> None:
+    """Found by the fourth review: the parser went on through what one read delivered
+    after a 431, so a request whose head had just been refused (its last field past
+    MAX_HEAD, reported when the head ends), or one pipelined behind it, reached the
+    app anyway, with that field dropped."""
+    from secfl._internal.httpguard import MAX_HEAD
+
+    gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [])
+    with _gate(tmp_path, gate) as (port, ca):
+        context = ssl.create_default_context(cafile=ca)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            conn.sendall(
+                b"POST /v1/control/a HTTP/1.1\r\nHost: x\r\nX-Long: "
+                + b"a" * (MAX_HEAD + 10)
+                + b"\r\nContent-Length: 0\r\n\r\n"
+                + b"POST /v1/control/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+            )
+            answer = b""
+            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+                while chunk := conn.recv(4096):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
+        time.sleep(0.3)
+        assert gate.refused == 0  # neither request reached the gate's app (it 404s them)
+        assert _answered(port, ca) == 404 and gate.refused == 1  # others still served

@@ -229,11 +229,19 @@ class _Http(HttpToolsProtocol):
         self._fields = self._tail = 0
         self._trailers = False
 
+    def on_url(self, url: bytes) -> None:
+        self._fields += len(url)
+        if self._fields > MAX_HEAD:
+            self.conn.refuse_head()
+            return
+        super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         """Every field the parser reports, trailers of a chunked body included, counts
         against MAX_HEAD: httptools adds trailers to the request's header list after the
-        head (where the connection counts bytes) has ended, without limit."""
-        self._fields += len(name) + len(value)
+        head (where the connection counts bytes) has ended, without limit. (With the
+        four bytes of its ": " and line end: a head of empty fields counts in full.)"""
+        self._fields += len(name) + len(value) + 4
         if self._fields > MAX_HEAD:
             self.conn.refuse_head()
             return
@@ -258,15 +266,23 @@ class _Http(HttpToolsProtocol):
         self._trailers = False
 
     def on_body(self, body: bytes) -> None:
+        if self.conn.refused:
+            return
         self._trailers, self._tail = False, 0
         self._body_now += len(body)
         super().on_body(body)
 
     def on_headers_complete(self) -> None:
+        # the parser goes on through what one read delivered after a refusal (431): a
+        # request whose head was refused, or one behind it, never reaches the app
+        if self.conn.refused:
+            return
         self.conn.enter(_BODY)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        if self.conn.refused:
+            return
         super().on_message_complete()
         if self.cycle is None or not self.cycle.response_complete:
             self.conn.enter(_HANDLING)  # else already answered (e.g. 413): stays idle
@@ -429,6 +445,11 @@ class Connection(asyncio.Protocol):
                     self.refuse_head()
         elif not self.closed:
             self._early.append(data)  # decrypted before start_tls() returned
+
+    @property
+    def refused(self) -> bool:
+        """Whether this connection was answered 431 (it is closing)."""
+        return self._refused
 
     def refuse_head(self) -> None:
         """Answer 431 and close: a request's head, or its fields, passed MAX_HEAD."""
