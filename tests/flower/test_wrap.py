@@ -8,6 +8,7 @@ import hashlib
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -311,6 +312,13 @@ def _gate(tmp_path: Path, gate: FleetGate | None = None) -> Iterator[tuple[int, 
         thread.join(10)
 
 
+def _trickle(conn: ssl.SSLSocket, stop: threading.Event) -> None:
+    """A byte every 20 ms on ``conn`` until ``stop``."""
+    with contextlib.suppress(OSError):
+        while not stop.wait(0.02):
+            conn.sendall(b"x")
+
+
 def _answered(port: int, ca: str) -> int:
     with httpx.Client(verify=ca, timeout=5) as client:
         return client.post(f"https://127.0.0.1:{port}/v1/control/x", content=b"x").status_code
@@ -461,11 +469,22 @@ def test_requests_held_together_stay_within_the_gates_budget(
             assert gate.buffered == 2 << 20 <= gate.max_buffered  # the first holds its 2 MiB
             assert forwarded(client, port, FREE_BYTES)  # a small call still passes
             assert not forwarded(client, port, FREE_BYTES + (2 << 20))  # a large one waits
-            # ... until the first counts as stalled: then it is dropped to make room
+            # ... until the first counts as stalled, even trickling a byte at a time
+            # (the review of the first rule held the budget so): it is then dropped to
+            # make room, but only for a request that dropping it admits
             monkeypatch.setattr(gate_module, "STALL_SECONDS", 0.2, raising=False)
-            time.sleep(0.3)
-            assert forwarded(client, port, FREE_BYTES + (2 << 20))
-            held[0].sendall(bytes(1 << 20))  # the rest of its body: answered 503
+            trickling = threading.Event()
+            trickle = threading.Thread(target=_trickle, args=(held[0], trickling))
+            trickle.start()
+            try:
+                time.sleep(0.3)
+                assert not forwarded(client, port, FREE_BYTES + (3 << 20) + 1)  # too large
+                assert gate.buffered >= 2 << 20  # ... so the stalled one was kept
+                assert forwarded(client, port, FREE_BYTES + (2 << 20))
+            finally:
+                trickling.set()
+                trickle.join(10)
+            held[0].sendall(b"x")  # its next byte is answered 503
             answer = held[0].recv(4096)
             while answer and not answer.endswith(b"}"):
                 answer += held[0].recv(4096)

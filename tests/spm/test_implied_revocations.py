@@ -81,6 +81,7 @@ def test_the_index_keeps_live_certificates_and_drops_expired_ones_as_it_grows() 
         index.add(change[1], change[2])
     live = index.live("fed", now)
     assert len(live) == 1000 and all(i.not_after > now for i in live)
+    assert all(i.identity is live[0].identity for i in live)  # one copy of what repeats
     assert sum(len(k) for k in index.by_policy.values()) < 2048
 
 

@@ -41,7 +41,15 @@ import uvicorn
 
 from secfl._internal.httpguard import Guard, Limits, file_budget
 
-__all__ = ["FLEET_CALLS", "MAX_BODY", "NODE_KEY_HEADER", "STALL_SECONDS", "FleetGate", "serve"]
+__all__ = [
+    "FLEET_CALLS",
+    "MAX_BODY",
+    "NODE_KEY_HEADER",
+    "STALL_BYTES",
+    "STALL_SECONDS",
+    "FleetGate",
+    "serve",
+]
 
 #: The Fleet API calls of flwr 1.41 (``flwr.superlink.routers.fleet.router``).
 FLEET_CALLS = frozenset({
@@ -62,10 +70,16 @@ MAX_BUFFERED = 1 << 30
 #: stall to hold the budget cannot keep a SuperNode's small calls (heartbeats, pulls)
 #: out, and the connection cap bounds what they hold (256 of them: 256 MiB).
 FREE_BYTES = 1 << 20
-#: A request that has received nothing for this long (seconds) is stalled: when the
-#: budget is short, the longest stalled requests are dropped (503 when they go on) to
-#: make room, so uploads that stall holding the budget delay nobody's large push.
+#: A request that has not taken in :data:`STALL_BYTES` more of its body for this long
+#: (seconds) is stalled: when the budget is short, the longest stalled requests are
+#: dropped (503 if they go on) to make room, so uploads that stall holding the budget
+#: delay nobody's large push. Progress is counted in bytes, not messages: a request
+#: that trickles a byte a second is as stalled as one that sends nothing (the review
+#: of the first rule held the budget that way, and the rule dropped honest uploads
+#: that paused instead). To hold the budget, an upload must keep moving at 512 KiB/s,
+#: and then it ends within MAX_BODY's 32 s.
 STALL_SECONDS = 2.0
+STALL_BYTES = 1 << 20
 #: Where a SuperNode names its key (``flwr.supercore.constant.FLEET_HTTP_PUBLIC_KEY_HEADER``):
 #: base64 of the SPKI PEM, as Flower registers and compares it.
 NODE_KEY_HEADER = b"flwr-public-key"
@@ -80,13 +94,18 @@ _HOP = frozenset({
 class _Held:
     """A request's body as it comes in, and what of it the budget counts."""
 
-    __slots__ = ("counted", "dropped", "last", "pieces")
+    __slots__ = ("counted", "dropped", "last", "mark", "pieces")
 
     def __init__(self) -> None:
         self.pieces: list[bytes] = []
         self.counted = 0
-        self.last = time.monotonic()
         self.dropped = False
+        #: When the body last moved on by STALL_BYTES, and its size then.
+        self.last, self.mark = time.monotonic(), 0
+
+    def progress(self, size: int) -> None:
+        if size - self.mark >= STALL_BYTES:
+            self.last, self.mark = time.monotonic(), size
 
 
 Scope = MutableMapping[str, Any]
@@ -161,6 +180,7 @@ class FleetGate:
             return
         held = _Held()
         self._held.add(held)
+        declared = _declared_length(scope.get("headers", []))
         size = 0  # the body's bytes so far
         try:
             while True:
@@ -172,15 +192,20 @@ class FleetGate:
                     await _answer(send, 503, "gate: this request stalled and was dropped to "
                                   "make room for others; try again", retry=True)  # fmt: skip
                     return
-                held.last = time.monotonic()
                 piece = bytes(message.get("body", b""))
                 if size + len(piece) > MAX_BODY:
                     await _answer(send, 413, f"gate: request larger than {MAX_BODY} bytes")
                     return
                 size += len(piece)
+                held.progress(size)
                 more = max(0, size - FREE_BYTES) - held.counted
                 if self.buffered + more > self.max_buffered:
-                    self._drop_stalled(self.buffered + more - self.max_buffered)
+                    # room for the rest of a body of declared length, not only this
+                    # piece: else the stalled would be dropped for a request refused later
+                    rest = (
+                        more if declared is None else max(0, declared - FREE_BYTES) - held.counted
+                    )
+                    self._drop_stalled(self.buffered + max(more, rest) - self.max_buffered)
                 if self.buffered + more > self.max_buffered:
                     self.refused += 1
                     await _answer(
@@ -203,13 +228,17 @@ class FleetGate:
             held.counted = 0
 
     def _drop_stalled(self, need: int) -> None:
-        """Let go of the bodies of requests stalled longest (past :data:`STALL_SECONDS`)
-        until ``need`` bytes of the budget are free, or none is left stalled. Each is
-        answered 503 if it goes on; the guard's body deadline closes it if not."""
+        """Let go of the bodies of requests stalled longest (:data:`STALL_SECONDS`)
+        until ``need`` bytes of the budget are free; none if the stalled ones together
+        hold less (dropping them would admit nothing). Each is answered 503 if it goes
+        on; the guard's body deadline closes it if not."""
         stalled_before = time.monotonic() - STALL_SECONDS
-        for victim in sorted(
+        stalled = sorted(
             (h for h in self._held if h.last < stalled_before and h.counted), key=lambda h: h.last
-        ):
+        )
+        if sum(h.counted for h in stalled) < need:
+            return
+        for victim in stalled:
             if need <= 0:
                 return
             self._held.discard(victim)
@@ -278,6 +307,14 @@ class FleetGate:
                     await self.client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The request's one ``content-length`` (checked by the HTTP parser), or None."""
+    values = [v for k, v in headers if k.lower() == b"content-length"]
+    if len(values) != 1 or not values[0].isdigit() or len(values[0]) > 12:
+        return None
+    return int(values[0])
 
 
 def _node_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:

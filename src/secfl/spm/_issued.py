@@ -16,7 +16,7 @@ nothing in it.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,10 +97,15 @@ class IssuedIndex:
     by_policy: dict[str, dict[str, Issued]] = field(default_factory=dict)
     _count: int = 0
     _prune_at: int = _PRUNE_FLOOR
+    _identities: dict[str, str] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, policy: str, issued: Issued) -> None:
         with self._lock:
+            # a workload attests again and again as the same thing: one copy of it
+            identity = self._identities.setdefault(issued.identity, issued.identity)
+            if identity is not issued.identity:
+                issued = replace(issued, identity=identity)
             known = self.by_policy.setdefault(policy, {})
             if issued.serial not in known:
                 self._count += 1
@@ -121,4 +126,7 @@ class IssuedIndex:
             if not known:
                 del self.by_policy[policy]
         self._count = sum(len(k) for k in self.by_policy.values())
+        self._identities = {
+            i.identity: i.identity for k in self.by_policy.values() for i in k.values()
+        }
         self._prune_at = max(_PRUNE_FLOOR, 2 * self._count)

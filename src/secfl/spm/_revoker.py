@@ -170,10 +170,13 @@ class Revoker:
             # audit entries carried what they were attested as
             sessions = tx.sessions.live_of_policy(policy_name, now)
         if floors is not None:
+            issued = floors.issued.live(policy_name, now)
+            known = {i.serial for i in issued}
+            sessions = [s for s in sessions if s.serial not in known]  # each judged once
             sessions += [
                 SessionRecord(b"", policy_name, i.service, i.policy_version, i.not_after,
                               serial=i.serial, identity=i.identity)
-                for i in floors.issued.live(policy_name, now)
+                for i in issued
             ]  # fmt: skip
         out = [
             {"kind": r.kind, "subject": r.subject, "serial": r.serial, "service": r.service,
