@@ -72,6 +72,28 @@ def test_a_task_volume_imports_its_own_package(
     assert task.name == "csv-regression"
 
 
+def test_a_task_volume_compiles_to_no_bytecode_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a hostile review: the task and its modules, decrypted from a volume,
+    were imported by Python's file loader, which wrote their bytecode under a host's
+    PYTHONPYCACHEPREFIX, on disk, where it outlived the workload."""
+    write_task(tmp_path / "plain")
+    volumes = tmp_path / "run" / "volumes"
+    shielded_volume(capsys, tmp_path / "plain", volumes, "task")
+    monkeypatch.setenv("SECFL_VOLUMES", str(volumes))
+    monkeypatch.setenv("SECFL_CODE_VOLUMES", "task")
+    cache = tmp_path / "host-cache"
+    monkeypatch.setattr(sys, "pycache_prefix", str(cache))  # as the variable sets it
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    task = load_task("volume:task")
+    task.build_model(0)  # imports the task's own package too
+    assert sys.modules["mymodels"].__file__
+    written = [p for p in cache.rglob("*.pyc")] if cache.exists() else []
+    written += list((volumes / "task").rglob("*.pyc"))
+    assert written == []
+
+
 def test_a_task_is_not_taken_from_a_data_volume(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

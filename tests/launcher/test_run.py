@@ -32,6 +32,26 @@ def test_workload_gets_its_secrets_and_exit_code(world: World) -> None:
     assert not Path(lines["FILES_DIR"]).exists(), "injected files must be gone after exit"
 
 
+def test_code_from_a_volume_leaves_no_bytecode_where_the_host_reads(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by a hostile review: a host that started `secfl run` with
+    PYTHONPYCACHEPREFIX got the bytecode of every module the workload imported from its
+    decrypted code volume (the FL task's too) written under that folder, on disk, where
+    it outlived the workload."""
+    cache = tmp_path / "host-cache"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(cache)
+    done = subprocess.run(world.command("worker", world.argv("--import")), env=env,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 7, done.stderr
+    assert "IMPORTED mytask" in done.stdout
+    written = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    # (secfl's own modules may compile there: they are installed, not decrypted)
+    leaked = [p for p in written if "mytask" in str(p) or "secfl-run-" in str(p)]
+    assert written and not leaked, leaked
+
+
 def test_changed_program_is_refused_and_not_started(world: World, tmp_path: Path) -> None:
     changed = tmp_path / "workload.py"
     changed.write_text(world.program.read_text() + "# one more line\n")

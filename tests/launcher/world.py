@@ -34,6 +34,10 @@ WORKLOAD = textwrap.dedent(
     rows = open(os.path.join(os.environ["SECFL_VOLUMES"], "data", "rows.csv")).read()
     print("DATA", rows.strip().replace(chr(10), "|"), flush=True)
     print("FILES_DIR", files, flush=True)
+    if "--import" in sys.argv:  # code from its code volume
+        sys.path.insert(0, os.path.join(os.environ["SECFL_VOLUMES"], "code"))
+        import mytask
+        print("IMPORTED", mytask.NAME, flush=True)
     if "--wait" in sys.argv:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(42))
         print("READY", flush=True)
@@ -151,7 +155,7 @@ class World:
         return run_measurement(resolve_program(argv[0]), argv, {})
 
     def submit(self) -> None:
-        run_argv = [self.argv(), self.argv("--wait"), self.argv("--die")]
+        run_argv = [self.argv(), self.argv("--wait"), self.argv("--die"), self.argv("--import")]
         openssl = shutil.which("openssl") or "/usr/bin/openssl"
         # An unmodified program that reads its secret from the environment.
         tool_argv = [openssl, "enc", "-aes-256-cbc", "-pbkdf2", "-a", "-pass", "env:TOOL_TOKEN",

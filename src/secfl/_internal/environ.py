@@ -10,7 +10,10 @@ host. Two kinds of variable matter there:
   lowercases them): gRPC and httpx send connections through them by default, which
   would give a plaintext loopback API (such as Flower's Runtime API) to the host;
   :func:`loopback_direct` keeps loopback out of every proxy;
-- ``OPENSSL_CONF`` and its kin name libraries OpenSSL loads (:data:`CODE_LOADERS`).
+- ``OPENSSL_CONF`` and its kin name libraries OpenSSL loads (:data:`CODE_LOADERS`);
+- ``PYTHONPYCACHEPREFIX`` moves the bytecode Python writes of every module it imports,
+  code decrypted from a volume included, out of the private folder to where the host
+  reads it (:func:`no_bytecode`).
 
 :func:`scrub` removes variables from this process.
 """
@@ -20,7 +23,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-__all__ = ["CODE_LOADERS", "KEY_LOGS", "LOOPBACK", "loopback_direct", "scrub", "without"]
+__all__ = [
+    "CODE_LOADERS",
+    "KEY_LOGS",
+    "LOOPBACK",
+    "loopback_direct",
+    "no_bytecode",
+    "scrub",
+    "without",
+]
 
 #: Variables that make TLS libraries write session secrets to a file.
 KEY_LOGS = frozenset({"SSLKEYLOGFILE"})
@@ -34,6 +45,12 @@ def without(env: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
     """``env`` less ``names``."""
     dropped = frozenset(names)
     return {k: v for k, v in env.items() if k not in dropped}
+
+
+def no_bytecode(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` in which Python writes no bytecode anywhere: decrypted code compiled to
+    ``.pyc`` under a host's ``PYTHONPYCACHEPREFIX`` outlived the workload on disk."""
+    return {**without(env, {"PYTHONPYCACHEPREFIX"}), "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def _no_proxy(name: str) -> bool:

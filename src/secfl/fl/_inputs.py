@@ -236,6 +236,9 @@ def load_task(spec: str) -> Task:
         folder = path.parent
     folder = folder.resolve()
     path = path.resolve()
+    # task code may come decrypted from a volume: its bytecode goes nowhere (a host's
+    # PYTHONPYCACHEPREFIX would put it on disk), whatever the environment says
+    sys.dont_write_bytecode = True
     _install(folder, path)
     register_task_folder(folder)
     tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]

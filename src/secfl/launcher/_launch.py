@@ -259,7 +259,8 @@ def _environment(
     for key, text in service.inject.env.items():
         where = f"environment variable {key}"
         env[key] = no_nul(substitute(text, enrollment, where), where)
-    return env
+    # a Python program compiles the code it imports from a volume: never to disk
+    return environ.no_bytecode(env)
 
 
 def _attestation_env(
