@@ -102,10 +102,34 @@ def test_operator_flow(tmp_path: Path) -> None:
     assert db_only.stdout == audited.stdout and "not authenticated" in db_only.stderr
 
 
-def test_serve_refuses_a_bad_listen_address(tmp_path: Path) -> None:
-    done = secfl("spm", "serve", "--data", str(tmp_path), "--listen", "nowhere")
+@pytest.mark.parametrize("listen", ["nowhere", "127.0.0.1:99999", "127.0.0.1:000000080"])
+def test_serve_refuses_a_bad_listen_address(tmp_path: Path, listen: str) -> None:
+    """(A port past 65535 was a traceback from bind(), found by a walk through the docs.)"""
+    done = secfl("spm", "serve", "--data", str(tmp_path), "--listen", listen)
     assert done.returncode == 1
-    assert done.stderr.strip() == "error: --listen: 'nowhere' is not HOST:PORT"
+    assert done.stderr.strip() == f"error: --listen: '{listen}' is not HOST:PORT (port 0 to 65535)"
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    """Found by a walk through the docs: the SPM announced itself as serving, then
+    uvicorn logged the bind error. Now one line, and nothing opened or made."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        make_sim(tmp_path / "sim")
+        done = secfl("spm", "serve", "--data", str(tmp_path / "data"), "--listen",
+                     f"127.0.0.1:{port}", "--platform", "simulated",
+                     "--sim-dir", str(tmp_path / "sim"))  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.strip() == (
+        f"error: listen: cannot listen on 127.0.0.1:{port}: address already in use; stop "
+        "the process that holds it or give another --listen"
+    )
+    assert not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("url", ["https://[::1", "https://spm:99999", "https://spm:abc"])

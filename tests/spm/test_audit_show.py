@@ -89,9 +89,14 @@ def test_event_and_policy_filters(spm: tuple[SpmProcess, str]) -> None:
     assert sorted({e.event for e in json_lines(done.stdout)}) == [
         "attestation.accepted", "policy.accepted",
     ]  # fmt: skip
-    done = secfl("audit", "show", *remote(proc), "--policy", "other")
+    done = secfl("audit", "show", *remote(proc), "--policy", "fed", "--event", "fl.model")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("no matching entries")
+    assert done.stdout.startswith("no matching entries")  # a policy with none of these
+    # a mistyped policy name (found by a walk through the README, whose step 9 named
+    # another policy: "no matching entries", and the user never got the model's tag)
+    assert one_error(secfl("audit", "show", *remote(proc), "--policy", "other")).startswith(
+        "error: --policy: the audit log has no entry of a policy named 'other' (head "
+    )
     assert one_error(secfl("audit", "show", *remote(proc), "--event", "a;b")).startswith(
         "error: --event: "
     )

@@ -117,6 +117,16 @@ def show_cmd(
         entries, head = newest(source, limit or None, match)
         printer = _Printer(as_json, head[0])
         printer.show(entries)
+        if (
+            not (entries or follow)
+            and policy is not None
+            and not newest(source, 1, entry_filter([], policy))[0]
+        ):
+            # a mistyped name matched nothing either, but said only "no matching entries"
+            raise UsageError(
+                f"--policy: the audit log has no entry of a policy named '{printable(policy, 64)}' "
+                f"(head {head[0]}): check the name (the `name:` in its policy.yaml)"
+            )
         if not follow:
             if not entries and not as_json:
                 out.print(f"no matching entries (head {head[0]})", markup=False)

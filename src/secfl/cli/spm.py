@@ -22,8 +22,8 @@ app = typer.Typer(help="The Security Policy Manager.", no_args_is_help=True)
 
 def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise UsageError(f"--listen: '{listen}' is not HOST:PORT")
+    if not sep or not port.isdigit() or not host or len(port) > 5 or int(port) > 65535:
+        raise UsageError(f"--listen: '{listen}' is not HOST:PORT (port 0 to 65535)")
     return host.strip("[]"), int(port)
 
 
@@ -65,7 +65,7 @@ def serve_cmd(
     only a policy with allow_unknown_tcb accepts."""
     from secfl._internal.httpguard import Limits
     from secfl.spm._collateral import pccs_url
-    from secfl.spm._server import open_spm, serve
+    from secfl.spm._server import listen_socket, open_spm, serve
 
     host, port = parse_listen(listen)
     if pccs is not None:
@@ -73,18 +73,24 @@ def serve_cmd(
     limits = Limits(
         max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout
     )
-    spm = open_spm(
-        data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])],
-        pccs_url=pccs,
-    )  # fmt: skip
+    sock = listen_socket(host, port)  # a port in use: one line, before anything is opened
+    try:
+        spm = open_spm(
+            data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])],
+            pccs_url=pccs,
+        )  # fmt: skip
+    except BaseException:
+        sock.close()
+        raise
     out.print(
-        f"secfl SPM on {host}:{port}, TLS key sha256 {spm.identity.spki_sha256}, "
-        f"platform {spm.platform.name}",
+        f"secfl SPM on {host}:{sock.getsockname()[1]}, TLS key sha256 "
+        f"{spm.identity.spki_sha256}, platform {spm.platform.name}",
         markup=False,
     )
     try:
-        serve(spm, host, port, ready_file=ready_file, limits=limits)
+        serve(spm, host, port, ready_file=ready_file, limits=limits, sock=sock)
     finally:
+        sock.close()
         spm.close()  # pending commits finished, the refusal budget's count written
 
 

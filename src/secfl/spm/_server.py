@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -181,6 +182,30 @@ def _identity(store: Store, master: MasterKey, names: list[str]) -> SpmIdentity:
     return SpmIdentity(key=key, cert=self_signed(key, names))
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: any free one), for :func:`serve`;
+    an address that cannot be had (in use, not this machine's) is an :class:`SpmError`
+    in one line, before the SPM opens anything."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (OSError, UnicodeError) as exc:
+        raise SpmError(f"listen: cannot resolve '{host}': {exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or type(exc).__name__
+        raise SpmError(
+            f"listen: cannot listen on {host}:{port}: {why.lower()}; stop the process that "
+            "holds it or give another --listen"
+        ) from None
+    return sock
+
+
 def serve(
     spm: Spm,
     host: str,
@@ -189,6 +214,7 @@ def serve(
     ready_file: Path | str | None = None,
     log_level: str = "warning",
     limits: Limits | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve ``spm`` over HTTPS until interrupted. With ``ready_file``, write
     ``{"url", "tls_spki_sha256", "measurement"}`` there once listening. ``limits``:
@@ -235,7 +261,7 @@ def serve(
             # it has shut down, and the process ends there
             spm.close()
 
-    _Server(config).run()
+    _Server(config).run(sockets=None if sock is None else [sock])
 
 
 def _tls_context(spm: Spm) -> ssl.SSLContext:
