@@ -133,3 +133,14 @@ def test_mistakes_are_one_line(capsys: pytest.CaptureFixture[str], written: dict
         "--out", str(written["root"] / "o3"), *written["args"],
     )  # fmt: skip
     assert "is not a Flower app (no pyproject.toml)" in err
+    # (found by a walk through the docs: a failed run left its --out folder half made,
+    # and a run-config item without a value went into the measured policy)
+    assert not (written["root"] / "o2").exists() and not (written["root"] / "o3").exists()
+    err = failed(
+        capsys, "flower", "policy", "--app", str(APP), *written["board"], "--threshold", "2",
+        "--superlink", "link.example:9092", "--spm", spm.spm_url, "--spm-pin", spm.spm_pin,
+        "--sim-root", str(spm.sim_dir / "root.pem"), "--out", str(written["root"] / "o4"),
+        "--run-config", "num-server-rounds", *written["args"],
+    )  # fmt: skip
+    assert "--run-config: 'num-server-rounds' is not KEY=VALUE" in err
+    assert not (written["root"] / "o4").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -111,8 +112,9 @@ def policy_cmd(
 ) -> None:
     """Write the policy of a Flower federation, the shielded app and the commands.
 
-    In --out: app.fab, app.secfl (and app.key), policy.yaml and commands.sh (each
-    party's `secfl run` line). The board then signs policy.yaml and submits it."""
+    In --out: app-plain/ (the app built, before shielding), app.secfl (and app.key),
+    policy.yaml and commands.sh (each party's `secfl run` line). The board then signs
+    policy.yaml and submits it."""
     import yaml
 
     from secfl.flower._local import build_fab
@@ -133,88 +135,102 @@ def policy_cmd(
     if threshold > len(board):
         raise UsageError(f"--threshold {threshold} is more than the {len(board)} --board keys")
     python = Path(flower_python) if flower_python else default_python()
+    for item in run_config or []:
+        config_key, sep, _ = item.partition("=")
+        if not sep or not config_key.strip():
+            raise UsageError(f"--run-config: '{item[:80]}' is not KEY=VALUE")
     folder = Path(out_dir)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    names = [f"site-{i}" for i in range(1, sites + 1)]
-    tags, keys, sealed_files = (_pairs(data_tag, "--data-tag"), _pairs(data_key, "--data-key"),
-                                _pairs(data_sealed, "--data-sealed"))  # fmt: skip
-    volumes, ports = _pairs(data, "--data"), _pairs(site_port, "--site-port")
-    for option, given in (("--data", volumes), ("--data-key", keys), ("--data-tag", tags),
-                          ("--data-sealed", sealed_files), ("--site-port", ports)):  # fmt: skip
-        unknown = sorted(set(given) - set(names))
-        if unknown:
-            raise UsageError(f"{option}: '{unknown[0]}' is not one of site-1..site-{sites}")
-    members = []
-    for path in board:
-        pem = read_input(path, "board member key").decode("utf-8", "replace")
-        members.append({"name": Path(path).name.split(".")[0], "public_key": pem})
-    binding = board_binding([m["public_key"] for m in members], threshold)
-    with SpmClient(spm, pin=spm_pin) as client:
-        spm_key = client.public_key()
+    try:
+        names = [f"site-{i}" for i in range(1, sites + 1)]
+        tags, keys, sealed_files = (_pairs(data_tag, "--data-tag"), _pairs(data_key, "--data-key"),
+                                    _pairs(data_sealed, "--data-sealed"))  # fmt: skip
+        volumes, ports = _pairs(data, "--data"), _pairs(site_port, "--site-port")
+        for option, given in (("--data", volumes), ("--data-key", keys), ("--data-tag", tags),
+                              ("--data-sealed", sealed_files), ("--site-port", ports)):  # fmt: skip
+            unknown = sorted(set(given) - set(names))
+            if unknown:
+                raise UsageError(f"{option}: '{unknown[0]}' is not one of site-1..site-{sites}")
+        members = []
+        for path in board:
+            pem = read_input(path, "board member key").decode("utf-8", "replace")
+            members.append({"name": Path(path).name.split(".")[0], "public_key": pem})
+        binding = board_binding([m["public_key"] for m in members], threshold)
+        with SpmClient(spm, pin=spm_pin) as client:
+            spm_key = client.public_key()
 
-    def seal(secret: str, value: bytes) -> str:
-        return seal_imported(value, spm_key, name, secret, binding)
+        def seal(secret: str, value: bytes) -> str:
+            return seal_imported(value, spm_key, name, secret, binding)
 
-    plain = folder / "app-plain"
-    fab = build_fab(Path(app_path), python, plain / FAB_NAME)
-    key = key_from_file(app_key) if app_key else generate_key()
-    if not app_key:
-        from secfl._internal import files
+        plain = folder / "app-plain"
+        fab = build_fab(Path(app_path), python, plain / FAB_NAME)
+        key = key_from_file(app_key) if app_key else generate_key()
+        if not app_key:
+            from secfl._internal import files
 
-        files.write_private(folder / "app.key", key.hex().encode())
-    app_tag = encrypt_directory(plain, folder / "app.secfl", key)
-    site_list = []
-    for site in names:
-        if site in volumes:
-            tags.setdefault(site, peek_tag(volumes[site]))
-        if site not in tags:
-            raise UsageError(f"{site}: give --data {site}=VOLUME or --data-tag {site}=TAG")
-        if site in keys:
-            sealed = seal(f"{site}-data-key", key_from_file(keys[site]))
-        elif site in sealed_files:
-            sealed = read_input(sealed_files[site], "sealed key").decode().strip()
-        else:
-            raise UsageError(f"{site}: give --data-key {site}=KEYFILE or --data-sealed {site}=FILE")
-        port = ports.get(site, "9094")
-        if not port.isdigit():
-            raise UsageError(f"--site-port: '{port}' is not a port")
-        site_list.append(Site(site, tags[site], sealed, runtime_port=int(port)))
-    fed = FlowerFederation(
-        name=name, python=str(python), fab_sha256=hashlib.sha256(fab).hexdigest(),
-        app_tag=app_tag, app_sealed=seal("app-key", key), superlink=superlink,
-        sites=site_list, board=members, threshold=threshold,
-        platforms={"accept": ["simulated"], "allow_unknown_tcb": True,
-                   "simulation_root": read_input(sim_root, "simulation root").decode()},
-        superlink_port=superlink_port, run_config=list(run_config or []),
-        output=output if output_key else None,
-        output_sealed=seal("model-output-key", key_from_file(output_key)) if output_key else None,
-    )  # fmt: skip
-    text = yaml.safe_dump(flower_policy(fed), sort_keys=False, allow_unicode=True)
-    load_policy(text)  # valid, or one line naming the field
-    (folder / "policy.yaml").write_text(text)
-    lines = [
-        "#!/bin/sh",
-        "# The exact commands the policy measures; SPM_URL and SPM_PIN are yours.",
-        f"SPM_URL={shlex.quote(spm)}",
-        f"SPM_PIN={shlex.quote(spm_pin)}",
-        "",
-    ]
-    lines.append("# On the SuperLink's host:")
-    # Simulation: every `secfl run` names the simulated TEE (drop this on hardware).
-    sim = ["--platform", "simulated", "--sim-dir", str(Path(sim_root).resolve().parent)]
-    cmd = run_command(fed, "superlink", fed.superlink_argv(), {APP_VOLUME: "app.secfl"},
-                      "$SPM_URL", "$SPM_PIN", sim)  # fmt: skip
-    lines.append(_shell(cmd))
-    for entry in site_list:
-        lines.append(f"# On {entry.name}'s host:")
-        cmd = run_command(fed, entry.name, fed.supernode_argv(entry),
-                          {entry.data_volume: volumes.get(entry.name, f"{entry.name}.secfl")},
+            files.write_private(folder / "app.key", key.hex().encode())
+        app_tag = encrypt_directory(plain, folder / "app.secfl", key)
+        site_list = []
+        for site in names:
+            if site in volumes:
+                tags.setdefault(site, peek_tag(volumes[site]))
+            if site not in tags:
+                raise UsageError(f"{site}: give --data {site}=VOLUME or --data-tag {site}=TAG")
+            if site in keys:
+                sealed = seal(f"{site}-data-key", key_from_file(keys[site]))
+            elif site in sealed_files:
+                sealed = read_input(sealed_files[site], "sealed key").decode().strip()
+            else:
+                raise UsageError(
+                    f"{site}: give --data-key {site}=KEYFILE or --data-sealed {site}=FILE"
+                )
+            port = ports.get(site, "9094")
+            if not port.isdigit():
+                raise UsageError(f"--site-port: '{port}' is not a port")
+            site_list.append(Site(site, tags[site], sealed, runtime_port=int(port)))
+        fed = FlowerFederation(
+            name=name, python=str(python), fab_sha256=hashlib.sha256(fab).hexdigest(),
+            app_tag=app_tag, app_sealed=seal("app-key", key), superlink=superlink,
+            sites=site_list, board=members, threshold=threshold,
+            platforms={"accept": ["simulated"], "allow_unknown_tcb": True,
+                       "simulation_root": read_input(sim_root, "simulation root").decode()},
+            superlink_port=superlink_port, run_config=list(run_config or []),
+            output=output if output_key else None,
+            output_sealed=(
+                seal("model-output-key", key_from_file(output_key)) if output_key else None
+            ),
+        )  # fmt: skip
+        text = yaml.safe_dump(flower_policy(fed), sort_keys=False, allow_unicode=True)
+        load_policy(text)  # valid, or one line naming the field
+        (folder / "policy.yaml").write_text(text)
+        lines = [
+            "#!/bin/sh",
+            "# The exact commands the policy measures; SPM_URL and SPM_PIN are yours.",
+            f"SPM_URL={shlex.quote(spm)}",
+            f"SPM_PIN={shlex.quote(spm_pin)}",
+            "",
+        ]
+        lines.append("# On the SuperLink's host:")
+        # Simulation: every `secfl run` names the simulated TEE (drop this on hardware).
+        sim = ["--platform", "simulated", "--sim-dir", str(Path(sim_root).resolve().parent)]
+        cmd = run_command(fed, "superlink", fed.superlink_argv(), {APP_VOLUME: "app.secfl"},
                           "$SPM_URL", "$SPM_PIN", sim)  # fmt: skip
         lines.append(_shell(cmd))
-    (folder / "commands.sh").write_text("\n".join(lines) + "\n")
-    out.print(f"policy: {folder / 'policy.yaml'} ({len(site_list)} sites)", markup=False)
-    out.print(f"app: sha256 {fed.fab_sha256}, volume tag {app_tag}", markup=False)
-    out.print(f"commands: {folder / 'commands.sh'}", markup=False)
+        for entry in site_list:
+            lines.append(f"# On {entry.name}'s host:")
+            cmd = run_command(fed, entry.name, fed.supernode_argv(entry),
+                              {entry.data_volume: volumes.get(entry.name, f"{entry.name}.secfl")},
+                              "$SPM_URL", "$SPM_PIN", sim)  # fmt: skip
+            lines.append(_shell(cmd))
+        (folder / "commands.sh").write_text("\n".join(lines) + "\n")
+        out.print(f"policy: {folder / 'policy.yaml'} ({len(site_list)} sites)", markup=False)
+        out.print(f"app: sha256 {fed.fab_sha256}, volume tag {app_tag}", markup=False)
+        out.print(f"commands: {folder / 'commands.sh'}", markup=False)
+    except BaseException:
+        if created:  # a refused or failed run leaves no half-made folder behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _shell(argv: list[str]) -> str:
