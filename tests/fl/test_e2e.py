@@ -186,6 +186,7 @@ def test_kills_resume_rollback_and_board_reset(tmp_path: Path) -> None:
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
             assert result.returncode == 0, result.stderr
+            assert "for version 1 of 'demo' (digest " in result.stdout  # what was signed
         fed.start_aggregator()  # listening again: the board's reset was accepted
         log = fed.workloads["aggregator"].log.read_text()
         assert f"the board approved a reset at counter {counter}" in log

@@ -203,4 +203,7 @@ def sign_reset(
         raise UsageError("--value must be >= 0")
     statement = reset_statement(doc.name, digest(doc), counter, value, reason)
     count = sign_reset(Path(out), statement, read_input(key, "signing key"), member)
-    typer.echo(f"{out}: {count} signature(s) for resetting '{counter}' at {value}")
+    typer.echo(
+        f"{out}: {count} signature(s) for resetting '{counter}' at {value}, for version "
+        f"{doc.version} of '{doc.name}' (digest {statement['policy_digest'][:16]}...)"
+    )

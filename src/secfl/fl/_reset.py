@@ -167,8 +167,15 @@ def pending_reset(
             _set_aside(path, value)
             return None
         if statement.get("policy_digest") != policy_digest:
-            log.warning("%s is a reset for another policy version: set aside", path)
-            _set_aside(path, value)
+            # (the file it signed for is named: an old policy.yaml was signed, say)
+            log.warning(
+                "%s approves a reset for another version of '%s' (digest %.16s...), not this "
+                "run's version %d (digest %.16s...): set aside as reset-other-c%d.json; sign "
+                "the reset again with version %d's policy file",
+                path, policy.name, str(statement.get("policy_digest")), policy.version,
+                policy_digest, value, policy.version,
+            )  # fmt: skip
+            _set_aside(path, value, "other")
             return None
     approved = check_reset(path, policy, policy_digest, counter)
     if approved != current:
@@ -179,9 +186,10 @@ def pending_reset(
     return ApprovedReset(path, approved)
 
 
-def _set_aside(path: Path, value: int) -> None:
-    """Rename a used reset file (a failure is only logged: its value keeps it used up)."""
-    target = path.with_name(f"reset-used-c{value}.json")
+def _set_aside(path: Path, value: int, why: str = "used") -> None:
+    """Rename a used (or another version's) reset file (a failure is only logged: its
+    value keeps it used up)."""
+    target = path.with_name(f"reset-{why}-c{value}.json")
     try:
         path.replace(target)
     except OSError as exc:
