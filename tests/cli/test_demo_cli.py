@@ -6,11 +6,17 @@ named a folder below itself: the SPM wrote its ready file where nobody waited.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from secfl._internal.files import ram_base
 from secfl.cli.main import main
 from secfl.demo import federation
 from secfl.demo.federation import DemoSettings, Federation
@@ -51,3 +57,64 @@ def test_the_command_gives_the_demo_an_absolute_folder(
     assert main(["demo", "--keep", "work", "--rounds", "1", "--clients", "1"]) == 1
     assert "demo: stopped here by the test" in capsys.readouterr().err
     assert seen == [tmp_path / "work"]
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie too: its parent is gone, not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_killed_demo_takes_its_processes_and_plaintext_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by a hostile review: a SIGKILLed `secfl demo` left its SPM serving for ever
+    (and its workloads running), and its folder on disk with every party's data staged in
+    the clear. The processes now get SIGTERM when it dies, and the folder is in RAM."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from secfl.demo.federation import DemoSettings, Federation\n"
+        "fed = Federation(Path(sys.argv[1]), DemoSettings(clients=1))\n"
+        "fed.start_spm()\n"
+        "print(fed._all[0].proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    demo = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "work")],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    spm = 0
+    try:
+        assert demo.stdout is not None
+        spm = int(demo.stdout.readline())
+        assert not _gone(spm)  # serving
+        demo.kill()
+        demo.wait(10)
+        deadline = time.monotonic() + 20
+        while not _gone(spm) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(spm), "the SPM outlived the killed demo"
+    finally:
+        demo.kill()
+        if spm and not _gone(spm):
+            os.kill(spm, signal.SIGKILL)
+
+    seen: list[Path] = []
+
+    class Stub:
+        def __init__(self, work: Path, settings: Any) -> None:
+            seen.append(work)
+            self.settings = settings
+
+        def start_spm(self) -> None:
+            raise DemoError("demo: stopped here by the test")
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(federation, "Federation", Stub)
+    assert main(["demo", "--rounds", "1", "--clients", "1"]) == 1
+    capsys.readouterr()
+    base = ram_base()
+    assert seen and (base is None or seen[0].parent == Path(base))

@@ -13,6 +13,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from secfl._internal import files
 from secfl.cli._common import out
 from secfl.errors import DemoError, UsageError
 
@@ -67,7 +68,13 @@ def demo(
     settings = DemoSettings(task=task, clients=clients, rounds=rounds, samples=samples,
                             epochs=epochs, defence=defence, poisoned=poisoned)  # fmt: skip
     # Absolute at once: the demo's processes run inside this folder.
-    work = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix="secfl-demo-"))
+    # In RAM where there is /dev/shm: the folder holds every party's data in the clear
+    # (staged before it is shielded), and a SIGKILLed demo cannot remove it.
+    work = (
+        Path(keep).resolve()
+        if keep
+        else Path(tempfile.mkdtemp(prefix="secfl-demo-", dir=files.ram_base()))
+    )
     fed = Federation(work, settings)
     began = time.monotonic()
     try:

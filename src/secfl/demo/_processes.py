@@ -15,8 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,31 @@ def free_port() -> int:
 
 
 def spawn(name: str, argv: Sequence[str], log: Path, cwd: Path) -> Workload:
-    """Start ``argv`` in ``cwd`` in a new session, its output appended to ``log``."""
+    """Start ``argv`` in ``cwd`` in a new session, its output appended to ``log``. Started
+    from the main thread, it is sent SIGTERM if this process dies (a SIGKILLed `secfl
+    demo` left its SPM serving and its workloads running, for ever)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    main = threading.current_thread() is threading.main_thread()
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                cwd=cwd, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True,
+                                preexec_fn=_die_with(os.getpid()) if main else None)  # fmt: skip
     return Workload(name, proc, log)
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """What a child runs between fork and exec: SIGTERM when ``parent`` dies (the signal
+    follows the forking *thread*: only the main thread's children get it)."""
+
+    def setup() -> None:  # pragma: no cover - runs in the child
+        from secfl.launcher import _linux as linux
+
+        if linux.available():
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return setup
 
 
 def wait_ready(w: Workload, ready: Path, timeout: float) -> dict[str, Any]:
