@@ -55,6 +55,14 @@ def serve_cmd(
             help="PCCS (or Intel PCS) URL: appraise SGX/TDX TCB levels with Intel's collateral."
         ),
     ] = None,
+    pccs_timeout: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            help="With --pccs: how long one fetch of a platform's collateral may take "
+            "(an attestation waits for it).",
+        ),
+    ] = 10.0,
 ) -> None:
     """Serve the SPM over HTTPS; its TLS key is made and kept inside its TEE.
 
@@ -70,6 +78,8 @@ def serve_cmd(
     host, port = parse_listen(listen)
     if pccs is not None:
         pccs_url(pccs)  # before the data folder is touched
+    if not 1 <= pccs_timeout <= 120:  # (NaN too)
+        raise UsageError("--pccs-timeout: between 1 and 120 seconds")
     limits = Limits(
         max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout
     )
@@ -77,7 +87,7 @@ def serve_cmd(
     try:
         spm = open_spm(
             data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])],
-            pccs_url=pccs,
+            pccs_url=pccs, pccs_timeout=pccs_timeout,
         )  # fmt: skip
     except BaseException:
         sock.close()

@@ -29,7 +29,7 @@ from secfl._internal.files import atomic_write, memory_file
 from secfl._internal.httpguard import Guard, Limits, file_budget
 from secfl._internal.x509util import private_pem
 from secfl.errors import IntegrityError, SpmError
-from secfl.spm._collateral import CollateralSource
+from secfl.spm._collateral import FETCH_TIMEOUT, CollateralSource
 from secfl.spm._identity import (
     IDENTITY_AAD,
     IDENTITY_META,
@@ -62,10 +62,12 @@ def open_spm(
     sim_dir: Path | str | None = None,
     names: Sequence[str] = (),
     pccs_url: str | None = None,
+    pccs_timeout: float = FETCH_TIMEOUT,
 ) -> Spm:
     """The SPM of ``data_dir``: master key, store (SQLite there unless ``db_url``),
     its sealed TLS identity (created on first start) and its platform; with
-    ``pccs_url``, the PCCS (or Intel PCS) whose collateral appraises Intel TCBs."""
+    ``pccs_url``, the PCCS (or Intel PCS) whose collateral appraises Intel TCBs, which
+    has ``pccs_timeout`` seconds for each fetch."""
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not os.path.lexists(data / KEY_FILE):  # never a new key for an existing SPM
@@ -76,7 +78,11 @@ def open_spm(
     identity = _identity(store, master, list(names))
     tee = platform_by_name(platform, sim_dir=sim_dir)
     measurement = code_measurement() if tee.name == "simulated" else None
-    collateral = None if pccs_url is None else CollateralSource(pccs_url, data / COLLATERAL_DIR)
+    collateral = (
+        None
+        if pccs_url is None
+        else CollateralSource(pccs_url, data / COLLATERAL_DIR, timeout=pccs_timeout)
+    )
     spm = Spm(
         store, master, tee, identity,
         measurement=measurement, status_index=status, collateral=collateral,
