@@ -335,3 +335,31 @@ def test_kds_fetch_then_offline_verify(
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(stdout)["platform"]["product"] == "Milan"
+
+
+def test_mistakes_found_by_a_walk_through_the_docs_name_what_to_do(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Each said too little: the wrong option's name, no next step, no file named."""
+    code, _, err = call(capsys, "measure", "--for-run", "--code-volume", "code.vol", "--", "x")
+    assert code != 0 and "--code-volume: 'code.vol' is not NAME=PATH" in err
+    key = str(tmp_path / "v.key")
+    assert call(capsys, "shield", "keygen", "-o", key)[0] == 0
+    code, _, err = call(capsys, "policy", "keygen", "--out-dir", str(tmp_path), "--member", "a")
+    assert code == 0, err
+    code, _, err = call(capsys, "policy", "seal-secret", "--key-file", key, "--policy", "p",
+                        "--secret", "s", "--spm", "https://127.0.0.1:9", "--spm-pin", "ab" * 32,
+                        "--board-key", str(tmp_path / "a.key"), "--threshold", "1")  # fmt: skip
+    assert code != 0 and f"--board-key: '{tmp_path / 'a.key'}' is not a PEM public key" in err
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.txt").write_text("mine")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "a.txt").write_text("theirs")
+    sealed = str(tmp_path / "v.secfl")
+    code, _, err = call(capsys, "shield", "encrypt", str(tmp_path / "plain"), "-o", sealed,
+                        "--key-file", key)  # fmt: skip
+    assert code == 0, err
+    code, _, err = call(capsys, "shield", "decrypt", sealed, "-o", str(tmp_path / "out"),
+                        "--key-file", key)  # fmt: skip
+    assert code != 0 and "decrypt into a new or empty folder (-o)" in err
+    assert (tmp_path / "out" / "a.txt").read_text() == "mine"

@@ -40,7 +40,7 @@ def measure(
         from secfl.launcher._measurement import resolve_program, run_measurement
         from secfl.shield import peek_tag
 
-        tags = {n: peek_tag(p) for n, p in parse_volumes(code_volume).items()}
+        tags = {n: peek_tag(p) for n, p in parse_volumes(code_volume, "--code-volume").items()}
         program = None if module else resolve_program(paths[0])
         argv = ["-m", module, *paths] if module else paths
         out.print(run_measurement(program, argv, tags), markup=False)

@@ -341,6 +341,11 @@ def seal_secret_cmd(
 
     value = key_from_file(key_file)
     keys = [read_input(path, "board member key").decode("utf-8", "replace") for path in board_key]
+    for path, pem in zip(board_key, keys, strict=True):
+        if "-----BEGIN PUBLIC KEY-----" not in pem:  # a private key given by mistake, say
+            raise UsageError(
+                f"--board-key: '{path}' is not a PEM public key (give each member's .pub file)"
+            )
     if threshold > len(keys):
         raise SpmError(
             f"seal: the threshold {threshold} is more than the {len(keys)} board keys given"

@@ -16,14 +16,14 @@ __all__ = [
 ]
 
 
-def parse_volumes(values: list[str] | None) -> dict[str, Path]:
+def parse_volumes(values: list[str] | None, option: str = "--volume") -> dict[str, Path]:
     volumes: dict[str, Path] = {}
     for item in values or []:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise UsageError(f"--volume: '{item}' is not NAME=PATH")
+            raise UsageError(f"{option}: '{item}' is not NAME=PATH")
         if name in volumes:
-            raise UsageError(f"--volume: '{name}' given twice")
+            raise UsageError(f"{option}: '{name}' given twice")
         volumes[name] = Path(path)
     return volumes
 

@@ -151,6 +151,7 @@ def _simulate(
         if path is not None and not path.exists():
             raise UsageError(f"{option}: {path} does not exist; give a folder or file of data")
     config = load_settings(settings, rounds)
+    config.strategy_object()  # an unknown rule or setting refused before anything is said
     names = _site_names(data)
     check_sites(names, config)
     task = load_task(task_spec)

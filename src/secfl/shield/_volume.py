@@ -281,7 +281,10 @@ class Volume:
         for entry in self._files:
             target = dest.joinpath(*entry.path.split("/"))
             if os.path.lexists(target):
-                raise ShieldError(f"shield: refusing to overwrite '{target}'")
+                raise ShieldError(
+                    f"shield: refusing to overwrite '{target}': decrypt into a new or empty "
+                    "folder (-o)"
+                )
         try:
             dest.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
