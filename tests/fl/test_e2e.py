@@ -245,6 +245,9 @@ def test_a_workload_attests_again_for_a_fresh_certificate(
     assert new.public_key() != old.public_key()
     assert ident.session_token != first.session_token
     assert sum(e["event"] == "attestation.accepted" for e in fed.audit()) == accepted + 1
+    ended = [e for e in fed.audit() if e["event"] == "session.ended"]  # the old one ended
+    assert ended[-1]["detail"]["service"] == "site-2"
+    assert ended[-1]["detail"]["replaced_by"] == format(new.serial_number, "x")
     assert ident.policy_document().name == "demo"
 
 

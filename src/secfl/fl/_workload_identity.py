@@ -172,8 +172,9 @@ class WorkloadIdentity:
                 return False
             tee = platform_by_name(self.platform, sim_dir=self.sim_dir)
             enrollment = enroll(
-                self.spm(), tee, self.policy, self.service, measurement=self.measurement
-            )
+                self.spm(), tee, self.policy, self.service, measurement=self.measurement,
+                replaces=self.session_token,  # the old session ends: one token at a time
+            )  # fmt: skip
             if enrollment.policy_digest != self.policy_digest:
                 raise FlError("policy: the policy changed since this workload started: restart")
             self.creds = Credentials(

@@ -94,6 +94,11 @@ class AttestIn(BaseModel):
     evidence: str = Field(max_length=65536, description="Evidence: hex or configfs-tsm JSON")
     hpke_public_key: str = Field(pattern=HEX, max_length=256)
     csr: str = Field(max_length=16384, description="PEM certificate signing request")
+    replaces: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{16,128}$",
+        description="The session token this attestation renews: that session ends",
+    )
 
 
 class AttestOut(BaseModel):

@@ -187,6 +187,7 @@ def _attestation_routes(app: FastAPI, spm: Spm) -> None:
             evidence=body.evidence.encode(),
             hpke_public_key=_hex(body.hpke_public_key, "hpke_public_key"),
             csr_pem=body.csr.encode(),
+            replaces=body.replaces,
         )
         return AttestOut(
             certificate=result.certificate,

@@ -35,6 +35,7 @@ from secfl.spm._issued import issued_change, issued_detail
 from secfl.spm._nonces import NonceIssuer
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._refusals import RefusalBudget
+from secfl.spm._renewal import end_replaced
 from secfl.spm._report_data import csr_public_key_sha256, workload_report_data
 from secfl.spm._revocation import revoked_reason
 from secfl.spm._sealing import release_key
@@ -66,6 +67,8 @@ class AttestResult:
     policy_digest: str
     policy_version: int
     secret_names: list[str]
+    #: The certificate's serial (lowercase hex).
+    serial: str = ""
 
 
 class Attestor:
@@ -101,10 +104,13 @@ class Attestor:
         evidence: bytes,
         hpke_public_key: bytes,
         csr_pem: bytes,
+        replaces: str | None = None,
     ) -> AttestResult:
         """Verify a workload and release its certificate and secrets, or refuse and
         audit why. A genuine nonce is spent whatever the outcome, in the same
-        commit as the release or the refusal."""
+        commit as the release or the refusal. ``replaces``: the session token of this
+        workload's last attestation, which ends in the same commit
+        (:mod:`secfl.spm._renewal`)."""
         detail: dict[str, Any] = {"service": service_name}
         refusal: Refused | None = None
         now = datetime.now(UTC)
@@ -175,9 +181,11 @@ class Attestor:
             record, policy, claims, csr = checked
             try:
                 with tx.savepoint():
-                    return self._release(
+                    result = self._release(
                         tx, record, policy, service_name, claims, nonce, hpke_public_key, csr, now
                     )
+                    end_replaced(tx, policy.name, service_name, replaces, result.serial)
+                    return result
             except Exception as exc:  # whatever failed, the nonce stays spent and it is audited
                 failed = exc if isinstance(exc, Refused) else None
                 if isinstance(exc, IntegrityError):  # the database's doing: its own line
@@ -311,6 +319,7 @@ class Attestor:
             policy_digest=record.digest,
             policy_version=record.version,
             secret_names=sorted(values),
+            serial=serial,
         )
 
 

@@ -49,6 +49,8 @@ from secfl.spm._collateral_floors import EVENT as COLLATERAL_EVENT
 from secfl.spm._collateral_floors import floors_of
 from secfl.spm._issued import EVENT as ISSUED_EVENT
 from secfl.spm._issued import IssuedIndex, issued_change
+from secfl.spm._renewal import EVENT as ENDED_EVENT
+from secfl.spm._renewal import EndedSessions, ended_change
 
 _ROW_LABEL = b"secfl/spm-row/v1\n"
 #: Raises of one floor remembered at most (:attr:`Floors.raises`) while reads are open:
@@ -126,6 +128,8 @@ class Floors:
     #: The live certificates issued, with what each was attested as: what the
     #: revocation list implies rests on these, not on session rows the host can delete.
     issued: IssuedIndex = field(default_factory=IssuedIndex)
+    #: Sessions their workload replaced by attesting again (secfl.spm._renewal).
+    ended: EndedSessions = field(default_factory=EndedSessions)
     #: Moves on whenever a floor is raised. A read transaction notes it when it
     #: begins (:attr:`Tx.since <secfl.spm._tx.Tx.since>`): a floor raised after that
     #: may be a commit its snapshot predates, so a value behind such a floor but not
@@ -273,6 +277,9 @@ class Floors:
         if what == "issued":  # an index of its own, with its own lock
             self.issued.add(change[1], change[2])
             return
+        if what == "ended":
+            self.ended.add(change[1], change[2])
+            return
         with self.lock:
             if what == "policy":
                 _, name, version = change
@@ -329,9 +336,9 @@ def replayed(event: str, policy: str | None, detail: dict[str, Any]) -> list[tup
     ever applied once the entry is verified as part of the chain."""
     if event == COLLATERAL_EVENT and policy is None:
         return [("collateral", key, value) for key, value in floors_of(detail)]
-    if event == ISSUED_EVENT:
-        issued = issued_change(policy, detail)
-        return [] if issued is None else [issued]
+    if event in (ISSUED_EVENT, ENDED_EVENT):
+        found = (issued_change if event == ISSUED_EVENT else ended_change)(policy, detail)
+        return [] if found is None else [found]
     changes = []
     change = change_of(event, policy, detail)
     if change is not None:

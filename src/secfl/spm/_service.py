@@ -169,9 +169,11 @@ class Spm:
         evidence: bytes,
         hpke_public_key: bytes,
         csr_pem: bytes,
+        replaces: str | None = None,
     ) -> AttestResult:
         """Verify a workload and release its certificate and secrets, or refuse and
-        audit why (:meth:`Attestor.attest <secfl.spm._attestation.Attestor.attest>`)."""
+        audit why (:meth:`Attestor.attest <secfl.spm._attestation.Attestor.attest>`);
+        ``replaces``: the session token this renews (that session ends)."""
         return self.attestor.attest(
             policy_name,
             service_name,
@@ -179,6 +181,7 @@ class Spm:
             evidence=evidence,
             hpke_public_key=hpke_public_key,
             csr_pem=csr_pem,
+            replaces=replaces,
         )
 
     # --- policies -------------------------------------------------------------------------

@@ -61,6 +61,14 @@ class SessionGate:
         )
         if refusal is not None:
             raise Refused(f"revoked: {refusal}; this session is over", 401)
+        # (after the revocations: reading them caught up with other SPMs' commits)
+        floors = self.store.integrity.floors if self.store.integrity is not None else None
+        if floors is not None and token_hash in floors.ended:
+            raise Refused(
+                "session: this session ended when its workload attested again; use the "
+                "new session's token",
+                401,
+            )
         return session, service
 
     def _session(self, token_hash: bytes) -> SessionRecord | None:

@@ -113,6 +113,11 @@ class Sessions(TxView):
         )
         return [self._record(row) for row in rows]
 
+    def delete(self, token_sha256: bytes) -> None:
+        """Delete one session (its workload attested again: secfl.spm._renewal)."""
+        t = sessions_table
+        self._w().execute(delete(t).where(t.c.token_sha256 == bytes(token_sha256)))
+
     def prune(self, now: datetime) -> int:
         """Delete the sessions expired at ``now``; return how many went."""
         conn, t = self._w(), sessions_table

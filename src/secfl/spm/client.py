@@ -288,18 +288,20 @@ class SpmClient:
         evidence: Evidence | bytes,
         hpke_public_key: bytes,
         csr_pem: bytes,
+        replaces: str | None = None,
     ) -> dict[str, Any]:
+        """``replaces``: the session token of this workload's last attestation (that
+        session ends when this one opens)."""
         text = evidence.to_json() if isinstance(evidence, Evidence) else evidence.hex()
-        doc = self._request(
-            "POST",
-            f"/v1/policies/{policy}/services/{service}/attest",
-            json={
-                "nonce": nonce.hex(),
-                "evidence": text,
-                "hpke_public_key": hpke_public_key.hex(),
-                "csr": csr_pem.decode(),
-            },
-        )
+        body = {
+            "nonce": nonce.hex(),
+            "evidence": text,
+            "hpke_public_key": hpke_public_key.hex(),
+            "csr": csr_pem.decode(),
+        }
+        if replaces is not None:
+            body["replaces"] = replaces
+        doc = self._request("POST", f"/v1/policies/{policy}/services/{service}/attest", json=body)
         doc["sealed_secrets"] = base64.b64decode(doc["sealed_secrets"])
         return doc
 

@@ -69,10 +69,13 @@ def enroll(
     service: str,
     *,
     measurement: str | None = None,
+    replaces: str | None = None,
 ) -> Enrollment:
     """Attest this workload as ``service`` of ``policy`` and receive its identity.
 
-    ``measurement`` is for the simulated platform only (hardware measures itself).
+    ``measurement`` is for the simulated platform only (hardware measures itself);
+    ``replaces``, the session token of this workload's last attestation, ends that
+    session (a renewal).
     """
     hpke_key = x25519.X25519PrivateKey.generate()
     hpke_public = hpke_key.public_key().public_bytes(
@@ -95,6 +98,7 @@ def enroll(
         evidence=evidence,
         hpke_public_key=hpke_public,
         csr_pem=csr_pem,
+        replaces=replaces,
     )
     values = sv.open_release(
         reply["sealed_secrets"], hpke_key, sv.release_info(policy, service, nonce)

@@ -1,0 +1,89 @@
+"""A workload that attests again ends the session it replaces.
+
+A workload renews its certificate and session two thirds into their lifetime
+(:class:`secfl.fl._workload_identity.WorkloadIdentity`). The old session used to
+stay valid until it expired, a day or, as a policy may set, up to a year: its token
+still moved counters and wrote reports. The attest request now names the token it
+replaces (the token itself, which only its holder has: the database holds only
+digests, and its host could end anyone's session by one). In the commit that opens
+the new session, the old one's row is deleted and a ``session.ended`` audit entry
+written; the SPM keeps the ended digests beside its floors, rebuilt from the verified
+log at start and followed across SPMs sharing the database, so a row the host puts
+back (it carries a valid MAC) is refused all the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from secfl.spm._tx import Tx
+
+__all__ = ["EVENT", "EndedSessions", "end_replaced", "ended_change"]
+
+#: The audit event of a session its workload replaced.
+EVENT = "session.ended"
+#: Ended sessions kept before expired ones are dropped (then twice the live count).
+_PRUNE_FLOOR = 1024
+
+
+def end_replaced(tx: Tx, policy: str, service: str, replaces: str | None, serial: str) -> None:
+    """End the session of token ``replaces`` if it is one of ``service`` of ``policy``
+    (another's, an unknown or an expired one is left alone: nothing to end)."""
+    if not replaces:
+        return
+    digest = hashlib.sha256(replaces.encode()).digest()
+    old = tx.sessions.get(digest)
+    if old is None or old.policy != policy or old.service != service:
+        return
+    tx.sessions.delete(digest)
+    detail = {
+        "service": service,
+        "token_sha256": digest.hex(),
+        "expires": old.expires_at.isoformat(),
+        "replaced_by": serial,
+    }
+    tx.audit.append(EVENT, policy, detail)
+    change = ended_change(policy, detail)
+    assert change is not None
+    tx.note(change)
+
+
+def ended_change(policy: str | None, detail: dict[str, Any]) -> tuple[Any, ...] | None:
+    """The floor change one ``session.ended`` entry records, or None."""
+    digest, when = detail.get("token_sha256"), detail.get("expires")
+    if policy is None or not isinstance(digest, str) or not isinstance(when, str):
+        return None
+    try:
+        token = bytes.fromhex(digest)
+        expires = datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    if len(token) != 32 or expires.tzinfo is None:
+        return None
+    return ("ended", token, expires)
+
+
+@dataclass
+class EndedSessions:
+    """Token digests of sessions ended by renewal, until they would have expired."""
+
+    until: dict[bytes, datetime] = field(default_factory=dict)
+    _prune_at: int = _PRUNE_FLOOR
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, token_sha256: bytes, expires: datetime) -> None:
+        with self._lock:
+            self.until[token_sha256] = expires
+            if len(self.until) >= self._prune_at:
+                now = datetime.now(UTC)
+                self.until = {t: e for t, e in self.until.items() if e > now}
+                self._prune_at = max(_PRUNE_FLOOR, 2 * len(self.until))
+
+    def __contains__(self, token_sha256: object) -> bool:
+        with self._lock:
+            return token_sha256 in self.until
