@@ -57,3 +57,32 @@ def test_a_renewal_ends_the_session_it_replaces(
             with pytest.raises(SpmRefused, match=f"^{ENDED}"):
                 client.increment("fed", "round", old.session_token)
             assert client.increment("fed", "round", new.session_token) == 4
+
+
+def test_an_increment_under_way_while_the_workload_renews_is_sent_again(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """The aggregator commits a round in the background while its main thread may renew
+    the identity: an increment sent with the old token met the ended session, and the
+    run stopped. Refused whole, it is sent again with the new token."""
+    from secfl.fl._ledger import SpmLedger
+
+    with spm_with_policy(tmp_path / "data", sim, board, "aggregator") as (proc, enrolled):
+        old = enrolled["aggregator"].session_token
+        platform = simulated.SimulatedPlatform(sim[0])
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            held = {"token": old}
+
+            def token() -> str:
+                sent = held["token"]
+                if sent == old:  # the main thread renews while this request is on its way
+                    held["token"] = enroll(client, platform, "fed", "aggregator",
+                                           measurement=AGGREGATOR_MR,
+                                           replaces=old).session_token  # fmt: skip
+                return sent
+
+            ledger = SpmLedger(lambda: client, "fed", "round", token)
+            assert ledger.increment(expect=0, request="ab" * 16) == 1
+            assert held["token"] != old
+            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+                client.increment("fed", "round", old)

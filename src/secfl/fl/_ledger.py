@@ -104,11 +104,14 @@ class SpmLedger:
         """:meth:`increment`, the SPM logging ``round`` (an ``fl.round`` detail) with it."""
         from secfl.errors import SpmRefused
 
+        token = self._token()
         try:
             client = self._client()
-            return int(client.increment(self.policy, self.counter, self._token(), expect, round,
+            return int(client.increment(self.policy, self.counter, token, expect, round,
                                         request=request))  # fmt: skip
         except SpmRefused as exc:
+            if renewed_meanwhile(exc, token, self._token()):  # refused whole: send it again
+                return self.increment_round(expect, round, request=request)
             if exc.status == 409 and str(exc).startswith("policy: version "):
                 raise new_version(self.policy) from None
             if exc.status == 409 and str(exc).startswith("counter: "):
@@ -121,6 +124,21 @@ class SpmLedger:
             return self.current()
         except (SecflError, ValueError):
             return None
+
+
+def renewed_meanwhile(exc: Exception, sent: str, now: str) -> bool:
+    """Whether ``exc`` refused the token ``sent`` because the workload attested again
+    while the request was under way (its token is ``now``): the SPM refuses a session
+    (401, ``session: ...``: ended, or its row gone on an SPM that has not heard yet)
+    before it applies any of the request (secfl.spm._renewal)."""
+    from secfl.errors import SpmRefused
+
+    return (
+        isinstance(exc, SpmRefused)
+        and exc.status == 401
+        and str(exc).startswith("session: ")
+        and now != sent
+    )
 
 
 def new_version(policy: str) -> FlError:

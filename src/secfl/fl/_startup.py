@@ -180,7 +180,9 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
         """The audit's exclusions go to the SPM's audit log, where the board sees them."""
         event = "audit.revocation-requested" if config.request_revocation else "audit.excluded"
         try:
-            ident.spm().report(ident.policy, event, finding, ident.token())
+            ident.with_session(
+                lambda token: ident.spm().report(ident.policy, event, finding, token)
+            )
         except SecflError as exc:  # the round goes on; the metrics file has it too
             log.warning("could not report the audit's finding to the SPM: %s", exc)
 
@@ -350,7 +352,9 @@ def _record_model(ident: WorkloadIdentity, tag: str, agg: Aggregator) -> None:
         detail["policy_version"] = agg.policy_version
     for attempt in range(3):
         try:
-            ident.spm().report(ident.policy, "model", detail, ident.token())
+            ident.with_session(
+                lambda token: ident.spm().report(ident.policy, "model", detail, token)
+            )
             return
         except SecflError as exc:
             failure = exc

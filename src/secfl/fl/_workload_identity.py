@@ -19,11 +19,11 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, TypeVar, overload
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("secfl.fl._workload_identity")
+
+T = TypeVar("T")
 
 #: Injected files (relative to ``$SECFL_FILES``) a policy gives FL services.
 SIGNING_KEY = "fl/signing-key.pem"  # aggregator: the model-signing private key
@@ -149,6 +151,20 @@ class WorkloadIdentity:
 
     def token(self) -> str:
         return self.session_token
+
+    def with_session(self, call: Callable[[str], T]) -> T:
+        """``call(token)``, sent again with the new token if this workload attested again
+        while it was under way (the SPM refused the old one before applying anything)."""
+        from secfl.fl._ledger import renewed_meanwhile
+        from secfl.spm.client import SpmRefused
+
+        token = self.session_token
+        try:
+            return call(token)
+        except SpmRefused as exc:
+            if not renewed_meanwhile(exc, token, self.session_token):
+                raise
+        return call(self.session_token)
 
     # --- renewal -------------------------------------------------------------------------
 

@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from secfl.spm._tx import Tx
 
-__all__ = ["EVENT", "EndedSessions", "end_replaced", "ended_change"]
+__all__ = ["ENDED", "EVENT", "EndedSessions", "end_replaced", "ended_change"]
 
 #: The audit event of a session its workload replaced.
 EVENT = "session.ended"
+#: How the SPM refuses a replaced session's token (a request sent with it while its
+#: workload attested again is sent again with the new one: nothing of it was applied).
+ENDED = "session: this session ended when its workload attested again"
 #: Ended sessions kept before expired ones are dropped (then twice the live count).
 _PRUNE_FLOOR = 1024
 

@@ -16,6 +16,7 @@ from secfl.errors import Refused
 from secfl.policy._model import Policy, Service
 from secfl.spm._evidence_checks import check_measurements
 from secfl.spm._policy_cache import PolicyCache
+from secfl.spm._renewal import ENDED
 from secfl.spm._revocation import revoked_reason, session_identity
 from secfl.spm._store import SessionRecord, Store
 from secfl.spm._tx import Tx
@@ -39,6 +40,7 @@ class SessionGate:
     def admit(self, token: str, policy_name: str) -> tuple[SessionRecord, Service]:
         """The live session of ``token`` and its service in the current policy version."""
         token_hash = hashlib.sha256(token.encode()).digest()
+        self._not_ended(token_hash)  # its row is gone too: say why
         session = self._session(token_hash)
         if session is None or session.policy != policy_name:
             raise Refused("session: unknown session token for this policy", 401)
@@ -61,15 +63,14 @@ class SessionGate:
         )
         if refusal is not None:
             raise Refused(f"revoked: {refusal}; this session is over", 401)
-        # (after the revocations: reading them caught up with other SPMs' commits)
+        self._not_ended(token_hash)  # (again: the revocations caught up with other SPMs)
+        return session, service
+
+    def _not_ended(self, token_hash: bytes) -> None:
+        """Refuse a session its workload replaced by attesting again (secfl.spm._renewal)."""
         floors = self.store.integrity.floors if self.store.integrity is not None else None
         if floors is not None and token_hash in floors.ended:
-            raise Refused(
-                "session: this session ended when its workload attested again; use the "
-                "new session's token",
-                401,
-            )
-        return session, service
+            raise Refused(f"{ENDED}; use the new session's token", 401)
 
     def _session(self, token_hash: bytes) -> SessionRecord | None:
         """A session by token digest; sessions never change once made, so they are cached."""
