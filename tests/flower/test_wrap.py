@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -561,3 +562,61 @@ def test_a_request_refused_for_its_head_never_reaches_the_app(tmp_path: Path) ->
         time.sleep(0.3)
         assert gate.refused == 0  # neither request reached the gate's app (it 404s them)
         assert _answered(port, ca) == 404 and gate.refused == 1  # others still served
+
+
+def test_a_slow_request_never_drops_itself_and_goes_on_truncated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the second review of the stall rule: a request slower than the rule's
+    pace is stalled itself, and when its last piece met a short budget it dropped its
+    own body to make room, then was forwarded with only that last piece. (The gate as an
+    ASGI app, in process: the pieces as uvicorn hands them over.)"""
+    import asyncio
+    from base64 import b64encode
+
+    from secfl.flower import _gate as gate_module
+
+    mib = 1 << 20
+    monkeypatch.setattr(gate_module, "STALL_SECONDS", 0.2)
+    (site,) = _node_keys(1)
+    gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [site],
+                     max_buffered=int(1.5 * mib))  # fmt: skip
+    forwarded: list[int] = []
+
+    async def forward(path: str, body: bytes, headers: Any, send: Any) -> None:
+        forwarded.append(len(body))
+        await gate_module._answer(send, 200, "ok")
+
+    monkeypatch.setattr(gate, "_forward", forward)
+
+    def scope(length: int) -> dict[str, Any]:
+        headers = [(b"flwr-public-key", b64encode(site)), (b"content-length", b"%d" % length)]
+        return {"type": "http", "method": "POST", "path": "/v1/fleet/push-object",
+                "query_string": b"", "headers": headers}  # fmt: skip
+
+    async def run() -> tuple[list[int], list[int]]:
+        answers: dict[str, list[int]] = {"a": [], "b": []}
+        queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        tasks = []
+        for name, length in (("a", int(1.75 * mib)), ("b", 3 * mib)):
+            queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            queues[name] = queue
+
+            async def send(message: dict[str, Any], got: list[int] = answers[name]) -> None:
+                if message["type"] == "http.response.start":
+                    got.append(message["status"])
+
+            tasks.append(asyncio.create_task(gate(scope(length), queue.get, send)))
+        for name, size in (("a", mib), ("a", mib // 4), ("b", mib), ("b", int(0.9 * mib))):
+            await queues[name].put({"type": "http.request", "body": bytes(size), "more_body": True})
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)  # both stalled now
+        await queues["a"].put({"type": "http.request", "body": bytes(mib // 2), "more_body": False})
+        await asyncio.wait_for(tasks[0], 5)
+        await queues["b"].put({"type": "http.disconnect"})
+        await asyncio.wait_for(tasks[1], 5)
+        return answers["a"], answers["b"]
+
+    a, _ = asyncio.run(run())
+    assert a == [200] and forwarded == [int(1.75 * mib)]  # whole, the stalled other dropped
+    assert gate.buffered == 0

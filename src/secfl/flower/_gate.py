@@ -205,8 +205,10 @@ class FleetGate:
                     rest = (
                         more if declared is None else max(0, declared - FREE_BYTES) - held.counted
                     )
-                    self._drop_stalled(self.buffered + max(more, rest) - self.max_buffered)
-                if self.buffered + more > self.max_buffered:
+                    self._drop_stalled(
+                        self.buffered + max(more, rest) - self.max_buffered, keep=held
+                    )
+                if self.buffered + more > self.max_buffered or held.dropped:
                     self.refused += 1
                     await _answer(
                         send, 503, "gate: too many requests under way; try again", retry=True
@@ -227,14 +229,17 @@ class FleetGate:
             self.buffered -= held.counted
             held.counted = 0
 
-    def _drop_stalled(self, need: int) -> None:
+    def _drop_stalled(self, need: int, *, keep: _Held) -> None:
         """Let go of the bodies of requests stalled longest (:data:`STALL_SECONDS`)
         until ``need`` bytes of the budget are free; none if the stalled ones together
         hold less (dropping them would admit nothing). Each is answered 503 if it goes
-        on; the guard's body deadline closes it if not."""
+        on; the guard's body deadline closes it if not. ``keep``, the request asking,
+        is never one of them (a slow one dropped itself, then forwarded what was left
+        of its body as if it were whole: found by a review)."""
         stalled_before = time.monotonic() - STALL_SECONDS
         stalled = sorted(
-            (h for h in self._held if h.last < stalled_before and h.counted), key=lambda h: h.last
+            (h for h in self._held if h is not keep and h.last < stalled_before and h.counted),
+            key=lambda h: h.last,
         )
         if sum(h.counted for h in stalled) < need:
             return
