@@ -73,7 +73,7 @@ def serve_cmd(
     only a policy with allow_unknown_tcb accepts."""
     from secfl._internal.httpguard import Limits
     from secfl.spm._collateral import pccs_url
-    from secfl.spm._server import listen_socket, open_spm, serve
+    from secfl.spm._server import listen_sockets, open_spm, serve
 
     host, port = parse_listen(listen)
     if pccs is not None:
@@ -83,24 +83,26 @@ def serve_cmd(
     limits = Limits(
         max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout
     )
-    sock = listen_socket(host, port)  # a port in use: one line, before anything is opened
+    sockets = listen_sockets(host, port)  # a port in use: one line, before anything opens
     try:
         spm = open_spm(
             data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])],
             pccs_url=pccs, pccs_timeout=pccs_timeout,
         )  # fmt: skip
     except BaseException:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
     out.print(
-        f"secfl SPM on {host}:{sock.getsockname()[1]}, TLS key sha256 "
+        f"secfl SPM on {host}:{sockets[0].getsockname()[1]}, TLS key sha256 "
         f"{spm.identity.spki_sha256}, platform {spm.platform.name}",
         markup=False,
     )
     try:
-        serve(spm, host, port, ready_file=ready_file, limits=limits, sock=sock)
+        serve(spm, host, port, ready_file=ready_file, limits=limits, sockets=sockets)
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         spm.close()  # pending commits finished, the refusal budget's count written
 
 

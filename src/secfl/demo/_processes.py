@@ -24,6 +24,9 @@ from typing import Any
 
 from secfl.errors import DemoError
 
+# imported here, not between fork and exec: loading it finds libc (an ldconfig run)
+from secfl.launcher import _linux as linux
+
 __all__ = [
     "Workload",
     "free_port",
@@ -82,8 +85,6 @@ def _die_with(parent: int) -> Callable[[], None]:
     follows the forking *thread*: only the main thread's children get it)."""
 
     def setup() -> None:  # pragma: no cover - runs in the child
-        from secfl.launcher import _linux as linux
-
         if linux.available():
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:

@@ -10,9 +10,10 @@ value, so it cannot be replayed once training went on past it.
 
 A reset is used up once applied (:func:`pending_reset`): the first commit after it
 moves the counter past its value, and the aggregator renames the file to
-``reset-used-c<value>.json``. A reset file whose value the counter has passed, or
-that names another policy version, can never apply again: it is set aside the same
-way with one line in the log, never a reason to refuse a start.
+``reset-used-c<value>.json``. A reset file whose value the counter has passed can
+never apply again: it is set aside the same way with one line in the log, never a
+reason to refuse a start; one that names another policy version goes to
+``reset-other-c<value>.json``, its line naming the version to sign for.
 
 File (JSON)::
 
@@ -33,6 +34,7 @@ from pydantic import ValidationError
 
 from secfl._internal import files
 from secfl._internal.canonical import canonical_sha256
+from secfl._internal.values import one_line
 from secfl.errors import FlError, PolicyError
 from secfl.fl._untrusted import read_json_file
 from secfl.policy import _keys as keys
@@ -151,7 +153,8 @@ def pending_reset(
 
     None when there is no file, or when it is used up: its value is below
     ``current`` (the counter went on after it) or it names another policy version.
-    Such a file is renamed ``reset-used-c<value>.json`` with one line in the log.
+    Such a file is renamed ``reset-used-c<value>.json`` (``reset-other-c<value>.json``
+    for another version's) with one line in the log.
     A file that could still apply is checked whole (:func:`check_reset`); one whose
     value is ahead of the counter is refused, with the value to sign instead.
     """
@@ -172,7 +175,7 @@ def pending_reset(
                 "%s approves a reset for another version of '%s' (digest %.16s...), not this "
                 "run's version %d (digest %.16s...): set aside as reset-other-c%d.json; sign "
                 "the reset again with version %d's policy file",
-                path, policy.name, str(statement.get("policy_digest")), policy.version,
+                path, policy.name, one_line(str(statement.get("policy_digest"))), policy.version,
                 policy_digest, value, policy.version,
             )  # fmt: skip
             _set_aside(path, value, "other")

@@ -188,28 +188,34 @@ def _identity(store: Store, master: MasterKey, names: list[str]) -> SpmIdentity:
     return SpmIdentity(key=key, cert=self_signed(key, names))
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (port 0: any free one), for :func:`serve`;
-    an address that cannot be had (in use, not this machine's) is an :class:`SpmError`
-    in one line, before the SPM opens anything."""
+def listen_sockets(host: str, port: int) -> list[socket.socket]:
+    """TCP sockets listening on ``host:port`` (every address a name has, as asyncio
+    binds them; port 0: any free one), for :func:`serve`. An address that cannot be
+    had (in use, not this machine's) is an :class:`SpmError` in one line, before the
+    SPM opens anything."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError) as exc:
         raise SpmError(f"listen: cannot resolve '{host}': {exc}") from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        why = exc.strerror or type(exc).__name__
-        raise SpmError(
-            f"listen: cannot listen on {host}:{port}: {why.lower()}; stop the process that "
-            "holds it or give another --listen"
-        ) from None
-    return sock
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys(found):
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio: "::" takes no IPv4 connections
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(128)  # at once: another process bound to it fails here, not later
+        except OSError as exc:
+            for made in sockets:
+                made.close()
+            why = exc.strerror or type(exc).__name__
+            raise SpmError(
+                f"listen: cannot listen on {host}:{port}: {why.lower()}; stop the process "
+                "that holds it or give another --listen"
+            ) from None
+    return sockets
 
 
 def serve(
@@ -220,7 +226,7 @@ def serve(
     ready_file: Path | str | None = None,
     log_level: str = "warning",
     limits: Limits | None = None,
-    sock: socket.socket | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
     """Serve ``spm`` over HTTPS until interrupted. With ``ready_file``, write
     ``{"url", "tls_spki_sha256", "measurement"}`` there once listening. ``limits``:
@@ -267,7 +273,7 @@ def serve(
             # it has shut down, and the process ends there
             spm.close()
 
-    _Server(config).run(sockets=None if sock is None else [sock])
+    _Server(config).run(sockets=sockets)
 
 
 def _tls_context(spm: Spm) -> ssl.SSLContext:
