@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,13 @@ def test_a_killed_demo_takes_its_processes_and_plaintext_with_it(
     capsys.readouterr()
     base = ram_base()
     assert seen and (base is None or seen[0].parent == Path(base))
+    assert seen[0].name.startswith(f"secfl-demo-{os.stat('/proc/self/ns/pid').st_ino}-")
+    # what a SIGKILLed demo left is removed by the next one (its owner is gone)
+    left = Path(base or tempfile.gettempdir()) / "secfl-demo-{}-999999-1-abc".format(
+        os.stat("/proc/self/ns/pid").st_ino
+    )
+    left.mkdir()
+    (left / "site-1.csv").write_text("plaintext")
+    assert main(["demo", "--rounds", "1", "--clients", "1"]) == 1
+    capsys.readouterr()
+    assert not left.exists()

@@ -16,6 +16,7 @@ from rich.table import Table
 from secfl._internal import files
 from secfl.cli._common import out
 from secfl.errors import DemoError, UsageError
+from secfl.launcher._private import owned_prefix, wipe_stale
 
 __all__ = [
     "demo",
@@ -69,11 +70,13 @@ def demo(
                             epochs=epochs, defence=defence, poisoned=poisoned)  # fmt: skip
     # Absolute at once: the demo's processes run inside this folder.
     # In RAM where there is /dev/shm: the folder holds every party's data in the clear
-    # (staged before it is shielded), and a SIGKILLed demo cannot remove it.
+    # (staged before it is shielded), and a SIGKILLed demo cannot remove it; the next
+    # demo does (its name says whose it is).
+    wipe_stale(DEMO_PREFIX)
     work = (
         Path(keep).resolve()
         if keep
-        else Path(tempfile.mkdtemp(prefix="secfl-demo-", dir=files.ram_base()))
+        else Path(tempfile.mkdtemp(prefix=owned_prefix(DEMO_PREFIX), dir=files.ram_base()))
     )
     fed = Federation(work, settings)
     began = time.monotonic()
@@ -85,6 +88,10 @@ def demo(
         fed.stop()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+#: The demo's temporary folder's name begins so (then its owner: :func:`owned_prefix`).
+DEMO_PREFIX = "secfl-demo-"
 
 
 def _step(text: str) -> None:

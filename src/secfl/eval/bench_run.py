@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from secfl import __version__
+from secfl._internal import files
 from secfl.errors import DemoError
 from secfl.eval.bench import BenchResult, Host, ModeResult, Workload, detect_tee, phase_medians
 
@@ -159,7 +160,8 @@ def run_bench(
     from secfl.demo.federation import DemoSettings, Federation
 
     source, exact = task_source(s.model_params)
-    with tempfile.TemporaryDirectory(prefix="secfl-bench-") as tmp:
+    # in RAM where there is /dev/shm: the federation stages its data in the clear
+    with tempfile.TemporaryDirectory(prefix="secfl-bench-", dir=files.ram_base()) as tmp:
         root = Path(work) if work is not None else Path(tmp)
         code = root / "task-code"
         code.mkdir(parents=True, exist_ok=True)

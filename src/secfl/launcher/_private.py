@@ -62,6 +62,7 @@ __all__ = [
     "PREFIX",
     "PrivateDir",
     "bases",
+    "owned_prefix",
     "wipe_stale",
 ]
 
@@ -79,7 +80,11 @@ def _close_watchdog_pipes() -> None:
 
 
 os.register_at_fork(after_in_child=_close_watchdog_pipes)
-_NAME = re.compile(r"secfl-run-(\d{1,20})-(\d{1,10})-(\d{1,20})-[a-z0-9_]{1,64}")
+
+
+def _name(prefix: str) -> re.Pattern[str]:
+    """A folder of ``prefix`` that names its owner (PID namespace, PID, start time)."""
+    return re.compile(re.escape(prefix) + r"(\d{1,20})-(\d{1,10})-(\d{1,20})-[a-z0-9_]{1,64}")
 
 
 def bases() -> list[Path]:
@@ -146,23 +151,27 @@ def _start_time(pid: int | str) -> int | None:
     return int(fields[19])
 
 
-def _prefix() -> str:
+def owned_prefix(prefix: str = PREFIX) -> str:
+    """``prefix`` and this process's identity, for a temporary folder's name: once the
+    process is gone, :func:`wipe_stale` removes what it left."""
     ns, start = _pid_namespace(), _start_time("self")
     if ns is None or start is None:
-        return f"{PREFIX}unowned-"  # never matched by _NAME, so never wiped by others
-    return f"{PREFIX}{ns}-{os.getpid()}-{start}-"
+        return f"{prefix}unowned-"  # never matched by _name, so never wiped by others
+    return f"{prefix}{ns}-{os.getpid()}-{start}-"
 
 
-def wipe_stale() -> list[Path]:
-    """Remove the folders this user's dead launchers left behind; return them."""
+def wipe_stale(prefix: str = PREFIX) -> list[Path]:
+    """Remove the folders of ``prefix`` this user's dead processes left behind (a
+    launcher's, by default); return them."""
     ns = _pid_namespace()
     if ns is None:
         return []
     wiped = []
+    pattern = _name(prefix)
     for base in bases():
         with contextlib.suppress(OSError), os.scandir(base) as entries:
             for entry in entries:
-                match = _NAME.fullmatch(entry.name)
+                match = pattern.fullmatch(entry.name)
                 if match is None or int(match.group(1)) != ns:
                     continue
                 pid, start = int(match.group(2)), int(match.group(3))
@@ -193,7 +202,7 @@ class PrivateDir:
         refused: LaunchError | None = None
         for base in bases():  # the first in RAM: /dev/shm, else $TMPDIR on a tmpfs
             try:
-                path = Path(tempfile.mkdtemp(prefix=_prefix(), dir=base))
+                path = Path(tempfile.mkdtemp(prefix=owned_prefix(), dir=base))
             except OSError as exc:
                 refused = LaunchError(
                     f"files: cannot create a private folder in {base}: {exc.strerror or exc}"
