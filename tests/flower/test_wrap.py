@@ -536,31 +536,52 @@ def test_the_watch_unregisters_foreign_keys_and_stops_a_flood(
     )
 
 
-def test_a_request_refused_for_its_head_never_reaches_the_app(tmp_path: Path) -> None:
+@pytest.mark.parametrize("form", ["long field", "padded head", "padded trailers"])
+def test_a_request_refused_for_its_head_never_reaches_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
     """Found by the fourth review: the parser went on through what one read delivered
     after a 431, so a request whose head had just been refused (its last field past
     MAX_HEAD, reported when the head ends), or one pipelined behind it, reached the
-    app anyway, with that field dropped."""
+    app anyway, with that field dropped. And by the next review: a head or a chunked
+    body's trailers padded with spaces (which no field counts) past MAX_HEAD, ending
+    within one read, were parsed whole before the count saw them."""
+    from base64 import b64encode
+
     from secfl._internal.httpguard import MAX_HEAD
 
-    gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [])
+    (site,) = _node_keys(1)
+    gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [site])
+    forwarded: list[bytes] = []
+
+    async def forward(path: str, body: bytes, headers: Any, send: Any) -> None:
+        forwarded.append(body)
+
+    monkeypatch.setattr(gate, "_forward", forward)
+    pad = b" " * (MAX_HEAD + 100)
+    key = b"flwr-public-key: " + b64encode(site) + b"\r\n"
+    request = {
+        "long field": b"POST /v1/control/a HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * (MAX_HEAD + 10)
+        + b"\r\nContent-Length: 0\r\n\r\n"
+        + b"POST /v1/control/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "padded head": b"POST /v1/control/a HTTP/1.1\r\nHost: x\r\nX-Pad:" + pad
+        + b"v\r\nContent-Length: 0\r\n\r\n",
+        "padded trailers": b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: x\r\n" + key
+        + b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX-Pad:" + pad + b"v\r\n\r\n",
+    }[form]  # fmt: skip
     with _gate(tmp_path, gate) as (port, ca):
         context = ssl.create_default_context(cafile=ca)
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
-            conn.sendall(
-                b"POST /v1/control/a HTTP/1.1\r\nHost: x\r\nX-Long: "
-                + b"a" * (MAX_HEAD + 10)
-                + b"\r\nContent-Length: 0\r\n\r\n"
-                + b"POST /v1/control/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-            )
+            conn.sendall(request)
             answer = b""
             with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
                 while chunk := conn.recv(4096):
                     answer += chunk
         assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
         time.sleep(0.3)
-        assert gate.refused == 0  # neither request reached the gate's app (it 404s them)
+        # no request reached the gate's app (it 404s the first two, forwards the third)
+        assert gate.refused == 0 and forwarded == []
         assert _answered(port, ca) == 404 and gate.refused == 1  # others still served
 
 

@@ -76,6 +76,8 @@ log = logging.getLogger("uvicorn.error")
 RESERVED_FDS = 64
 #: Bytes a request line and its headers may take (httptools has no limit of its own).
 MAX_HEAD = 64 * 1024
+#: Outside a body, the bytes parsed before the caps are checked again.
+HEAD_SLICE = 4096
 MIN_CONNECTIONS = 16
 _WAITING, _BODY, _HANDLING, _IDLE = "waiting", "body", "handling", "idle"
 #: Eviction order: lower first; phases absent here are never evicted.
@@ -259,6 +261,16 @@ class _Http(HttpToolsProtocol):
             if self._tail > MAX_HEAD:
                 self.conn.refuse_head()
 
+    @property
+    def in_trailers(self) -> bool:
+        """Whether a chunked body's chunk header or trailer section may be under way."""
+        return self._trailers
+
+    @property
+    def trailer_bytes(self) -> int:
+        """Bytes read since the body's last byte while trailers may come."""
+        return self._tail
+
     def on_chunk_header(self) -> None:
         self._trailers = True
 
@@ -435,16 +447,30 @@ class Connection(asyncio.Protocol):
     # --- the TLS transport's events, forwarded to HTTP ------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.http is not None:
-            if self._refused:
-                return
-            self.http.data_received(data)
+        if self.http is None:
+            if not self.closed:
+                self._early.append(data)  # decrypted before start_tls() returned
+            return
+        # Outside a body, what one read brought is parsed a slice at a time and counted
+        # after each: a head (or a trailer section) padded past MAX_HEAD that ends
+        # within one read was parsed whole, its request handed to the app, before the
+        # count saw it (found by a review). A body goes to the parser whole.
+        http, view = self.http, memoryview(data)
+        while view and not self._refused and not http.transport.is_closing():
+            step = len(view) if self.phase == _BODY and not http.in_trailers else HEAD_SLICE
+            # no slice takes a head or a trailer section past the cap: it could end in it
+            counted = self._head if self.in_head else http.trailer_bytes
+            if self.in_head or http.in_trailers:
+                if counted >= MAX_HEAD:
+                    self.refuse_head()
+                    return
+                step = min(step, MAX_HEAD - counted)
+            piece, view = view[:step], view[step:]
+            http.data_received(bytes(piece))
             if self.in_head:  # a request has begun and its headers are not complete yet
-                self._head += len(data)
+                self._head += len(piece)
                 if self._head > MAX_HEAD:
                     self.refuse_head()
-        elif not self.closed:
-            self._early.append(data)  # decrypted before start_tls() returned
 
     @property
     def refused(self) -> bool:
