@@ -641,3 +641,66 @@ def test_a_slow_request_never_drops_itself_and_goes_on_truncated(
     a, _ = asyncio.run(run())
     assert a == [200] and forwarded == [int(1.75 * mib)]  # whole, the stalled other dropped
     assert gate.buffered == 0
+
+
+@pytest.mark.parametrize("form", ["pipelined after a body", "trailers after chunk data"])
+def test_padding_behind_a_bodys_end_in_one_read_never_reaches_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """Found by the review of the slices: a body went to the parser whole, so a head (or
+    a trailer section) padded past MAX_HEAD behind a body's end, in the same read, was
+    parsed whole and its request reached the app. A slow moment of the event loop (one
+    slow on_body here) lets the rest of the client's bytes arrive as one read."""
+    from base64 import b64encode
+
+    from secfl._internal import httpguard
+    from secfl._internal.httpguard import MAX_HEAD
+
+    (site,) = _node_keys(1)
+    gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [site])
+    forwarded: list[tuple[str, int]] = []
+
+    async def forward(path: str, body: bytes, headers: Any, send: Any) -> None:
+        forwarded.append((path, len(body)))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    monkeypatch.setattr(gate, "_forward", forward)
+    real_on_body, stalled = httpguard._Http.on_body, []
+
+    def on_body(self: Any, body: bytes) -> None:
+        if not stalled:  # the loop is busy for a moment: the bytes pile up
+            stalled.append(1)
+            time.sleep(0.5)
+        real_on_body(self, body)
+
+    monkeypatch.setattr(httpguard._Http, "on_body", on_body)
+    pad, body = b" " * (MAX_HEAD + 100), b"x" * 8192
+    key = b"flwr-public-key: " + b64encode(site) + b"\r\n"
+    head = b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: x\r\n" + key
+    first, rest = {
+        "pipelined after a body": (
+            head + b"Content-Length: 8192\r\n\r\n" + body[:1000],
+            body[1000:] + b"POST /v1/fleet/pull-object HTTP/1.1\r\nHost: x\r\n" + key
+            + b"X-Pad:" + pad + b"v\r\nContent-Length: 0\r\n\r\n"),
+        "trailers after chunk data": (
+            head + b"Transfer-Encoding: chunked\r\n\r\n2000\r\n" + body[:1000],
+            body[1000:] + b"\r\n0\r\nX-Pad:" + pad + b"v\r\n\r\n"),
+    }[form]  # fmt: skip
+    with _gate(tmp_path, gate) as (port, ca):
+        context = ssl.create_default_context(cafile=ca)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+            conn.sendall(first)
+            time.sleep(0.2)  # the server is in on_body's stall now
+            conn.sendall(rest)
+            answer = b""
+            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError, OSError):
+                conn.settimeout(3)
+                while chunk := conn.recv(65536):
+                    answer += chunk
+        time.sleep(0.3)
+    assert b"HTTP/1.1 431" in answer, answer[:200]
+    # the first request, whole, reaches it when it is complete on its own; the padded
+    # one never does
+    assert forwarded == ([("/v1/fleet/push-object", 8192)] if form.startswith("pipe") else [])

@@ -86,3 +86,82 @@ def test_an_increment_under_way_while_the_workload_renews_is_sent_again(
             assert held["token"] != old
             with pytest.raises(SpmRefused, match=f"^{ENDED}"):
                 client.increment("fed", "round", old)
+
+
+def test_a_renewal_ends_the_session_whose_row_the_host_hid(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review: the host took the old session's row away just before the
+    workload renewed, and put it back after (its MAC still valid). Nothing was ended,
+    and the old token moved counters again, after a restart too."""
+    data = tmp_path / "data"
+    with spm_with_policy(data, sim, board, "aggregator") as (proc, enrolled):
+        old = enrolled["aggregator"].session_token
+        digest = hashlib.sha256(old.encode()).digest()
+        platform = simulated.SimulatedPlatform(sim[0])
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            assert client.increment("fed", "round", old) == 1
+            with sqlite3.connect(data / "spm.db") as db:  # the host: copy, delete the row
+                (row,) = db.execute("SELECT * FROM sessions WHERE token_sha256 = ?", (digest,))
+                db.execute("DELETE FROM sessions WHERE token_sha256 = ?", (digest,))
+            new = enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR,
+                         replaces=old)  # fmt: skip
+            with sqlite3.connect(data / "spm.db") as db:  # ... and put it back
+                marks = ", ".join("?" * len(row))
+                db.execute(f"INSERT INTO sessions VALUES ({marks})", row)  # noqa: S608
+            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+                client.increment("fed", "round", old)
+            (ended,) = [e for e in client.audit(0, 10_000)["entries"]
+                        if e["event"] == "session.ended"]  # fmt: skip
+            assert ended["detail"]["token_sha256"] == digest.hex()
+            assert ended["detail"]["row"] == "missing"
+        proc.stop()
+        proc.start()
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+                client.increment("fed", "round", old)
+            assert client.increment("fed", "round", new.session_token) == 2
+
+
+def test_an_increment_whose_answer_was_lost_during_a_renewal_is_not_taken_twice(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: the increment landed, its answer was lost, the workload renewed
+    meanwhile; the client's resend met the ended session, the ledger sent it again with
+    the new token, and the SPM (which names an increment by its session) answered that
+    the counter had moved: the aggregator stopped, saying its round was not committed."""
+    import http.client
+
+    from secfl.fl._ledger import SpmLedger
+
+    with spm_with_policy(tmp_path / "data", sim, board, "aggregator") as (proc, enrolled):
+        old = enrolled["aggregator"].session_token
+        held = {"token": old}
+        platform = simulated.SimulatedPlatform(sim[0])
+        with SpmClient(proc.url, pin=proc.pin) as renewer, \
+                SpmClient(proc.url, pin=proc.pin) as own:  # fmt: skip
+            renewer.counter("fed", "round")
+            own.counter("fed", "round")
+            real = http.client.HTTPConnection.getresponse
+            state = {"lost": 0, "busy": False}
+
+            def getresponse(self: http.client.HTTPConnection) -> http.client.HTTPResponse:
+                if state["busy"] or state["lost"] or getattr(self, "_method", "") != "POST":
+                    return real(self)
+                real(self).read()  # the SPM answered: committed
+                state["busy"] = True
+                try:  # the workload renews meanwhile
+                    held["token"] = enroll(renewer, platform, "fed", "aggregator",
+                                           measurement=AGGREGATOR_MR,
+                                           replaces=old).session_token  # fmt: skip
+                finally:
+                    state["busy"] = False
+                state["lost"] += 1
+                self.close()
+                raise http.client.RemoteDisconnected("the answer is lost")
+
+            monkeypatch.setattr(http.client.HTTPConnection, "getresponse", getresponse)
+            ledger = SpmLedger(lambda: own, "fed", "round", lambda: held["token"])
+            assert ledger.increment(expect=0, request="ab" * 16) == 1
+            monkeypatch.undo()
+            assert state["lost"] == 1 and own.counter("fed", "round") == 1

@@ -110,7 +110,14 @@ class SpmLedger:
             return int(client.increment(self.policy, self.counter, token, expect, round,
                                         request=request))  # fmt: skip
         except SpmRefused as exc:
-            if renewed_meanwhile(exc, token, self._token()):  # refused whole: send it again
+            if renewed_meanwhile(exc, token, self._token()):
+                # refused whole; but a first try whose answer was lost may have landed
+                # before the renewal (the client's resend met the ended session): the
+                # counter's newest named increment says (found by a review)
+                if request is not None and expect is not None:
+                    value, newest = self.committed()
+                    if newest == request and value == expect + 1:
+                        return value
                 return self.increment_round(expect, round, request=request)
             if exc.status == 409 and str(exc).startswith("policy: version "):
                 raise new_version(self.policy) from None

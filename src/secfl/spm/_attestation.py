@@ -184,7 +184,7 @@ class Attestor:
                     result = self._release(
                         tx, record, policy, service_name, claims, nonce, hpke_public_key, csr, now
                     )
-                    end_replaced(tx, policy.name, service_name, replaces, result.serial)
+                    end_replaced(tx, policy.name, service_name, replaces, result.serial, now)
                     return result
             except Exception as exc:  # whatever failed, the nonce stays spent and it is audited
                 failed = exc if isinstance(exc, Refused) else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -30,25 +30,35 @@ EVENT = "session.ended"
 #: How the SPM refuses a replaced session's token (a request sent with it while its
 #: workload attested again is sent again with the new one: nothing of it was applied).
 ENDED = "session: this session ended when its workload attested again"
+#: The longest a session lasts (a certificate's longest lifetime, which it shares).
+MAX_LIFETIME = 366 * 86400
 #: Ended sessions kept before expired ones are dropped (then twice the live count).
 _PRUNE_FLOOR = 1024
 
 
-def end_replaced(tx: Tx, policy: str, service: str, replaces: str | None, serial: str) -> None:
-    """End the session of token ``replaces`` if it is one of ``service`` of ``policy``
-    (another's, an unknown or an expired one is left alone: nothing to end)."""
+def end_replaced(
+    tx: Tx, policy: str, service: str, replaces: str | None, serial: str, now: datetime
+) -> None:
+    """End the session of token ``replaces``: holding the token is all the authority it
+    takes. A session of another service or policy is left alone. One whose row is
+    missing is ended all the same, for as long as any session may last: the database's
+    host could take the row away while the workload renews and put it back after
+    (found by a review), and an ended token must stay refused."""
     if not replaces:
         return
     digest = hashlib.sha256(replaces.encode()).digest()
     old = tx.sessions.get(digest)
-    if old is None or old.policy != policy or old.service != service:
+    if old is not None and (old.policy != policy or old.service != service):
         return
-    tx.sessions.delete(digest)
+    if old is not None:
+        tx.sessions.delete(digest)
+    expires = old.expires_at if old is not None else now + timedelta(seconds=MAX_LIFETIME)
     detail = {
         "service": service,
         "token_sha256": digest.hex(),
-        "expires": old.expires_at.isoformat(),
+        "expires": expires.isoformat(),
         "replaced_by": serial,
+        **({} if old is not None else {"row": "missing"}),
     }
     tx.audit.append(EVENT, policy, detail)
     change = ended_change(policy, detail)

@@ -200,6 +200,8 @@ def listen_sockets(host: str, port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     for family, kind, proto, _, address in dict.fromkeys(found):
         sock = socket.socket(family, kind, proto)
+        if sockets and port == 0:  # every address on the one free port the first got
+            address = (address[0], sockets[0].getsockname()[1], *address[2:])
         sockets.append(sock)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
