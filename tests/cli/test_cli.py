@@ -363,3 +363,14 @@ def test_mistakes_found_by_a_walk_through_the_docs_name_what_to_do(
                         "--key-file", key)  # fmt: skip
     assert code != 0 and "decrypt into a new or empty folder (-o)" in err
     assert (tmp_path / "out" / "a.txt").read_text() == "mine"
+
+
+def test_a_programs_option_given_to_secfl_run_says_where_it_goes() -> None:
+    """Found by a walk through the docs: without `--`, `secfl run ... ./train.py
+    --rounds 10` said only "No such option: --rounds"."""
+    done = run("run", "--spm", "https://127.0.0.1:9", "--spm-pin", "ab" * 32, "--policy", "p",
+               "--service", "s", "./train.py", "--rounds", "10")  # fmt: skip
+    assert done.returncode == 2
+    assert "No such option: --rounds; the program's own options go after `--`" in done.stderr
+    other = run("policy", "validate", "--rounds")  # other commands: as before
+    assert "No such option: --rounds" in other.stderr and "after `--`" not in other.stderr

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print("error: aborted", markup=False)
         return 1
     except typer.TyperException as exc:  # usage errors: typer shows usage and the problem
+        _hint(exc)
         show = getattr(exc, "show", None)
         if callable(show):
             show()
@@ -120,6 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         err.print("error: interrupted", markup=False)
         return 130
     return result if isinstance(result, int) else 0
+
+
+def _hint(exc: Exception) -> None:
+    """Say where a program's own options go when `secfl run` took one for its own (a
+    user who left out the ``--`` got only "No such option: --rounds")."""
+    ctx = getattr(exc, "ctx", None)
+    # (typer carries its own copy of click: the class is told by its name)
+    if type(exc).__name__ == "NoSuchOption" and ctx is not None and ctx.command.name == "run":
+        hint = "; the program's own options go after `--`: secfl run [OPTIONS] -- PROGRAM ARGS"
+        setattr(exc, "message", f"{getattr(exc, 'message', '')}{hint}")  # noqa: B010
 
 
 if __name__ == "__main__":
