@@ -37,9 +37,8 @@ def test_a_relative_work_folder_works(tmp_path: Path, monkeypatch: pytest.Monkey
         fed.stop()
 
 
-def test_the_command_gives_the_demo_an_absolute_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _stub_federation(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """A federation that stops the demo at its first step; the folders it was given."""
     seen: list[Path] = []
 
     class Stub:
@@ -53,8 +52,15 @@ def test_the_command_gives_the_demo_an_absolute_folder(
         def stop(self) -> None:
             pass
 
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(federation, "Federation", Stub)
+    return seen
+
+
+def test_the_command_gives_the_demo_an_absolute_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = _stub_federation(monkeypatch)
+    monkeypatch.chdir(tmp_path)
     assert main(["demo", "--keep", "work", "--rounds", "1", "--clients", "1"]) == 1
     assert "demo: stopped here by the test" in capsys.readouterr().err
     assert seen == [tmp_path / "work"]
@@ -101,20 +107,7 @@ def test_a_killed_demo_takes_its_processes_and_plaintext_with_it(
         if spm and not _gone(spm):
             os.kill(spm, signal.SIGKILL)
 
-    seen: list[Path] = []
-
-    class Stub:
-        def __init__(self, work: Path, settings: Any) -> None:
-            seen.append(work)
-            self.settings = settings
-
-        def start_spm(self) -> None:
-            raise DemoError("demo: stopped here by the test")
-
-        def stop(self) -> None:
-            pass
-
-    monkeypatch.setattr(federation, "Federation", Stub)
+    seen = _stub_federation(monkeypatch)
     assert main(["demo", "--rounds", "1", "--clients", "1"]) == 1
     capsys.readouterr()
     base = ram_base()

@@ -313,6 +313,22 @@ def _gate(tmp_path: Path, gate: FleetGate | None = None) -> Iterator[tuple[int, 
         thread.join(10)
 
 
+def _tls(port: int, ca: str) -> ssl.SSLSocket:
+    """A TLS connection to the gate on ``port``."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def _all_of(conn: ssl.SSLSocket) -> bytes:
+    """What the gate sends on ``conn`` until it closes it (3 s at most between reads)."""
+    answer = b""
+    conn.settimeout(3)
+    with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError, OSError):
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
 def _trickle(conn: ssl.SSLSocket, stop: threading.Event) -> None:
     """A byte every 20 ms on ``conn`` until ``stop``."""
     with contextlib.suppress(OSError):
@@ -570,14 +586,9 @@ def test_a_request_refused_for_its_head_never_reaches_the_app(
         + b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX-Pad:" + pad + b"v\r\n\r\n",
     }[form]  # fmt: skip
     with _gate(tmp_path, gate) as (port, ca):
-        context = ssl.create_default_context(cafile=ca)
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        with _tls(port, ca) as conn:
             conn.sendall(request)
-            answer = b""
-            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
-                while chunk := conn.recv(4096):
-                    answer += chunk
+            answer = _all_of(conn)
         assert answer.startswith(b"HTTP/1.1 431"), answer[:80]
         time.sleep(0.3)
         # no request reached the gate's app (it 404s the first two, forwards the third)
@@ -688,17 +699,11 @@ def test_padding_behind_a_bodys_end_in_one_read_never_reaches_the_app(
             body[1000:] + b"\r\n0\r\nX-Pad:" + pad + b"v\r\n\r\n"),
     }[form]  # fmt: skip
     with _gate(tmp_path, gate) as (port, ca):
-        context = ssl.create_default_context(cafile=ca)
-        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        with _tls(port, ca) as conn:
             conn.sendall(first)
             time.sleep(0.2)  # the server is in on_body's stall now
             conn.sendall(rest)
-            answer = b""
-            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError, OSError):
-                conn.settimeout(3)
-                while chunk := conn.recv(65536):
-                    answer += chunk
+            answer = _all_of(conn)
         time.sleep(0.3)
     assert b"HTTP/1.1 431" in answer, answer[:200]
     # the first request, whole, reaches it when it is complete on its own; the padded
