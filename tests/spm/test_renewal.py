@@ -165,3 +165,20 @@ def test_an_increment_whose_answer_was_lost_during_a_renewal_is_not_taken_twice(
             assert ledger.increment(expect=0, request="ab" * 16) == 1
             monkeypatch.undo()
             assert state["lost"] == 1 and own.counter("fed", "round") == 1
+
+
+def test_a_renewal_tried_again_ends_nothing_twice(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review: a renewal whose answer was lost is tried again with the same
+    old token; the second ended it again as a row gone missing, which reads as the
+    host's doing in the audit log."""
+    with spm_with_policy(tmp_path / "data", sim, board, "aggregator") as (proc, enrolled):
+        old = enrolled["aggregator"].session_token
+        platform = simulated.SimulatedPlatform(sim[0])
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            for _ in range(2):
+                enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR,
+                       replaces=old)  # fmt: skip
+            ended = [e for e in client.audit(0, 10_000)["entries"] if e["event"] == "session.ended"]
+        assert len(ended) == 1 and "row" not in ended[0]["detail"]

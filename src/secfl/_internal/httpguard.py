@@ -267,6 +267,11 @@ class _Http(HttpToolsProtocol):
         return self._trailers
 
     @property
+    def body_fed(self) -> int:
+        """Body bytes the parser reported in the last ``data_received``."""
+        return self._body_now
+
+    @property
     def trailer_bytes(self) -> int:
         """Bytes read since the body's last byte while trailers may come."""
         return self._tail
@@ -470,7 +475,9 @@ class Connection(asyncio.Protocol):
             piece, view = view[:step], view[step:]
             http.data_received(bytes(piece))
             if self.in_head:  # a request has begun and its headers are not complete yet
-                self._head += len(piece)
+                # (the piece's body bytes, a request before it, are not its head: found
+                # by a review, a pipelined head behind a body was refused for them)
+                self._head += len(piece) - http.body_fed
                 if self._head > MAX_HEAD:
                     self.refuse_head()
 

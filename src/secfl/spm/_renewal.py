@@ -43,10 +43,14 @@ def end_replaced(
     takes. A session of another service or policy is left alone. One whose row is
     missing is ended all the same, for as long as any session may last: the database's
     host could take the row away while the workload renews and put it back after
-    (found by a review), and an ended token must stay refused."""
+    (found by a review), and an ended token must stay refused. (Its service cannot be
+    told then: the entry names the service that presented it.) A token already ended
+    (a renewal tried again after its answer was lost) is not ended twice."""
     if not replaces:
         return
     digest = hashlib.sha256(replaces.encode()).digest()
+    if tx.floors is not None and digest in tx.floors.ended:
+        return
     old = tx.sessions.get(digest)
     if old is not None and (old.policy != policy or old.service != service):
         return
