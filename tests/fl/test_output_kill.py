@@ -38,6 +38,7 @@ CHILD = textwrap.dedent(
     ident = types.SimpleNamespace(
         secret_file=lambda name, given, required=False: key_file, policy="p",
         token=lambda: "t", spm=lambda: types.SimpleNamespace(report=lambda *args: 1),
+        with_session=lambda call: call("t"),
     )
     params = {"w": np.full(int(sys.argv[3]), 0.123, np.float32)}
     write_output(agg, AggregatorOptions(task="digits", output=out, output_key=None), params, ident)
@@ -109,6 +110,7 @@ def _stand_ins(report: Any) -> tuple[Any, Any]:
     return agg, types.SimpleNamespace(
         secret_file=lambda name, given, required=False: KEY_FILE[0], policy="p",
         token=lambda: "t", spm=lambda: types.SimpleNamespace(report=report),
+        with_session=lambda call: call("t"),
     )  # fmt: skip
 
 

@@ -39,8 +39,13 @@ def _sign(path: Path, member: str, limit: int | None = None) -> subprocess.Compl
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
+    # no bytecode written: under RLIMIT_FSIZE, Python's own .pyc write is cut short and
+    # left in place, truncated, and the next process fails to import that module
+    # ("marshal data too short": a CI failure)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     return subprocess.run([sys.executable, "-c", SIGN, str(path), member], preexec_fn=cap,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
 
 
 def test_a_signature_that_fails_to_write_keeps_the_others(tmp_path: Path) -> None:
