@@ -459,15 +459,14 @@ class Connection(asyncio.Protocol):
         # What one read brought is parsed a slice at a time and counted after each: a
         # head (or a trailer section) padded past MAX_HEAD that ends within one read was
         # parsed whole, its request handed to the app, before the count saw it (found
-        # by a review). A body goes in slices of MAX_HEAD, the rest of HEAD_SLICE.
+        # by reviews, also behind a body's end). A body goes in slices of MAX_HEAD, the
+        # rest in slices of HEAD_SLICE, and no slice takes a head or a trailer section
+        # past the cap (it could end in it).
         http, view = self.http, memoryview(data)
         while view and not self._refused and not http.transport.is_closing():
-            # a body in slices of MAX_HEAD: the next head (or the trailers) after its
-            # end is counted before it can pass the cap (found by a review)
             step = MAX_HEAD if self.phase == _BODY and not http.in_trailers else HEAD_SLICE
-            # no slice takes a head or a trailer section past the cap: it could end in it
-            counted = self._head if self.in_head else http.trailer_bytes
             if self.in_head or http.in_trailers:
+                counted = self._head if self.in_head else http.trailer_bytes
                 if counted >= MAX_HEAD:
                     self.refuse_head()
                     return

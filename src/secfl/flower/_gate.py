@@ -208,7 +208,7 @@ class FleetGate:
                     self._drop_stalled(
                         self.buffered + max(more, rest) - self.max_buffered, keep=held
                     )
-                if self.buffered + more > self.max_buffered or held.dropped:
+                if self.buffered + more > self.max_buffered:
                     self.refused += 1
                     await _answer(
                         send, 503, "gate: too many requests under way; try again", retry=True
