@@ -131,15 +131,25 @@ def test_a_certificate_serial_is_signed_in_one_form(
     assert "a1b" in listing(spm)
 
 
-def test_revoking_a_service_the_policy_lacks_warns(
+def test_revoking_a_service_the_policy_lacks_is_refused(
     spm: SpmProcess, keys: Path, tmp_path: Path
 ) -> None:
-    """A typo in a service name keeps no one out: the submitter is told so."""
+    """A typo in a service name would keep no one out: the submission is refused,
+    nothing is recorded, and --unknown-service submits it for a later version."""
     flags = ("--kind", "service", "--subject", "agregator")
-    done = submit(spm, flags, *sign_all(keys, tmp_path, ("alice", flags), ("bob", flags)))
+    signatures = sign_all(keys, tmp_path, ("alice", flags), ("bob", flags))
+    line = one_error(submit(spm, flags, *signatures))
+    assert line.startswith(
+        "error: revoke: version 1 of policy fed has no service 'agregator' (its services: "
+    ), line
+    assert "--unknown-service" in line
+    assert "agregator" not in listing(spm)
+
+    done = submit(spm, (*flags, "--unknown-service"), *signatures)
     assert done.returncode == 0, done.stderr
     assert done.stderr.startswith("warning: version 1 of policy fed has no service 'agregator'")
     assert done.stdout.strip() == "revoked: service agregator of policy fed"
+    assert "agregator" in listing(spm)
 
 
 def test_signatures_over_other_flags_are_refused_before_sending(

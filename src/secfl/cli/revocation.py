@@ -68,6 +68,13 @@ SpmUrl = Annotated[str, typer.Option("--spm", help="SPM URL, https://HOST:PORT."
 SpmPin = Annotated[str, typer.Option(help="SHA-256 of the SPM's TLS key (`secfl spm verify`).")]
 Reason = Annotated[str, typer.Option(help="Why (one line, signed with the statement).")]
 Readmit = Annotated[bool, typer.Option("--readmit", help="Lift the revocation instead.")]
+UnknownService = Annotated[
+    bool,
+    typer.Option(
+        "--unknown-service",
+        help="Submit even if the current policy has no service of that name (for later versions).",
+    ),
+]
 
 
 def statement_from_flags(
@@ -144,21 +151,35 @@ def _revocation_digest(policy: str, statement: dict[str, str]) -> str:
     return revocation_digest(revocation_doc(policy_name(policy), statement))
 
 
-def _warn_unknown_service(client: SpmClient, policy: str, service: str) -> None:
-    """A revoked service name that the current policy lacks keeps no one out: say so."""
+def _check_service_name(
+    client: SpmClient, policy: str, statement: dict[str, str], *, allow: bool
+) -> None:
+    """Refuse revoking a service the current policy lacks: a typo there keeps no one
+    out while the submitter believes the service revoked. With ``allow`` (a name revoked
+    ahead of a version that will have it) it is only said."""
     from secfl.errors import SecflError
     from secfl.policy._document import load_policy
 
+    if statement["kind"] != "service":
+        return  # another kind's --service only says whose: the revocation holds anyway
+    name = statement["subject"]
     try:
         current = load_policy(str(client.policy(policy).get("document") or ""))
     except SecflError:
+        return  # no policy yet at the SPM: nothing to check the names against
+    known = sorted(s.name for s in current.services)
+    if name in known:
         return
-    if all(s.name != service for s in current.services):
-        err.print(
-            f"warning: version {current.version} of policy {policy} has no service "
-            f"'{service}'; this revocation matches no service of it today",
-            markup=False,
+    where = (
+        f"version {current.version} of policy {policy} has no service '{name}' "
+        f"(its services: {', '.join(known)})"
+    )
+    if not allow:
+        raise UsageError(
+            f"revoke: {where}: this revocation would keep no one out; check the name "
+            "the members signed, or add --unknown-service to revoke it for later versions"
         )
+    err.print(f"warning: {where}; this revocation matches no service of it today", markup=False)
 
 
 def _what(statement: dict[str, str], policy: str) -> str:
@@ -213,10 +234,13 @@ def revoke_cmd(
     subject: Subject = None,
     reason: Reason = "",
     readmit: Readmit = False,
+    unknown_service: UnknownService = False,
 ) -> None:
     """Submit a board-signed revocation (or readmission) to a pinned SPM.
 
-    Give the same flags the members signed with (`secfl policy sign-revocation`)."""
+    Give the same flags the members signed with (`secfl policy sign-revocation`). A
+    service name the current policy lacks is refused (a typo would keep no one out)
+    unless --unknown-service says it is meant for a later version."""
     from secfl.errors import PolicyError
     from secfl.policy._signatures import REVOCATION_DOMAIN, Signature
     from secfl.spm.client import SpmClient
@@ -238,8 +262,8 @@ def revoke_cmd(
             )
         signatures.append(signature)
     with SpmClient(spm, pin=spm_pin) as client:
-        if statement["kind"] == "service" and not readmit:
-            _warn_unknown_service(client, policy, statement["subject"])
+        if not readmit:
+            _check_service_name(client, policy, statement, allow=unknown_service)
         client.revoke(policy, statement, signatures)
     verb = "readmitted" if readmit else "revoked"
     out.print(f"{verb}: {_what(statement, policy)}", markup=False)
