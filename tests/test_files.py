@@ -208,3 +208,65 @@ def test_no_temporary_file_is_left_when_the_folder_cannot_be_held(
     with pytest.raises(OSError, match="Too many open files"):
         files.atomic_write(tmp_path / "ready.json", b"1")
     assert os.listdir(tmp_path) == []
+
+
+KILLED_MID_WRITE = """
+import sys
+from secfl._internal import files
+with files.atomic_open(sys.argv[1], mode=0o600, replace=sys.argv[2] == "replace") as fh:
+    fh.write(b"secret key material " * 50000)
+    fh.flush()
+    print("written", flush=True)
+    sys.stdin.read()  # until the parent kills this process
+"""
+
+
+@pytest.mark.parametrize("replace", ["replace", "keep"])
+def test_a_process_killed_mid_write_leaves_nothing_behind(tmp_path: Path, replace: str) -> None:
+    """Found by a SIGKILL hunt: the file was written under a temporary name, so a
+    process killed while writing a key, or a plaintext, left that much of it in the
+    folder (`.model.key.<hex>.tmp`), where nothing would ever remove it."""
+    target = tmp_path / "model.key"
+    if replace == "replace":
+        target.write_bytes(b"old")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_WRITE, str(target), replace],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"written\n"
+        child.kill()
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == (["model.key"] if replace == "replace" else []), left
+    if replace == "replace":
+        assert target.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("nameless", [True, False])
+@pytest.mark.parametrize("replace", [True, False])
+def test_a_file_is_written_whole_with_or_without_a_nameless_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nameless: bool, replace: bool
+) -> None:
+    """Where the file system has no O_TMPFILE, a named temporary file does the same,
+    and in either way an existing file is kept with ``replace=False``."""
+    if not nameless:
+        monkeypatch.setattr(files, "_TMPFILE", 0)
+    elif not files._TMPFILE:
+        pytest.skip("this system has no O_TMPFILE")
+    files.write_private(tmp_path / "a.key", b"one", replace=replace)
+    assert (tmp_path / "a.key").read_bytes() == b"one"
+    assert stat.S_IMODE((tmp_path / "a.key").stat().st_mode) == 0o600
+    if replace:
+        files.write_private(tmp_path / "a.key", b"two")
+        assert (tmp_path / "a.key").read_bytes() == b"two"
+    else:
+        with pytest.raises(FileExistsError):
+            files.write_private(tmp_path / "a.key", b"two", replace=False)
+        assert (tmp_path / "a.key").read_bytes() == b"one"
+    assert os.listdir(tmp_path) == ["a.key"]

@@ -1,12 +1,13 @@
 """Writing files that must never be seen half-written, or by anyone else.
 
 - :func:`atomic_write`: a reader sees the old file or the whole new one, never a
-  torn write (a fresh temporary name in the same folder, then ``rename``); with
-  ``replace=False`` an existing file is never replaced (``FileExistsError``).
-  :func:`atomic_open` is the same for data written piece by piece.
-- :func:`write_private`: the same, with the file created 0600 from its first byte
-  under a fresh name (``O_CREAT | O_EXCL | O_NOFOLLOW``), so that nothing planted at
-  the path (a symbolic link, a hard link to another file, a file others can read)
+  torn write (a file with no name in the same folder, named only once whole, then
+  ``rename``); with ``replace=False`` an existing file is never replaced
+  (``FileExistsError``). :func:`atomic_open` is the same for data written piece by
+  piece. A process killed while writing leaves nothing behind.
+- :func:`write_private`: the same, with the file created 0600 from its first byte,
+  nameless or under a fresh name (``O_CREAT | O_EXCL | O_NOFOLLOW``), so that nothing
+  planted at the path (a symbolic link, a hard link to another file, a file others can read)
   ever receives a key.
 - :func:`memory_file`: a secret that must be a file for a moment (a TLS key for a
   library that reads only paths) as a file with no name on any file system (Linux's
@@ -41,6 +42,7 @@ _FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 #: Folders (resolved, with a final "/") no write may land in: see :func:`keep_out`.
 _KEPT_OUT: list[str] = []
 _FD_LINKS = Path("/proc/self/fd")
+_TMPFILE = getattr(os, "O_TMPFILE", 0)
 _SHM = Path("/dev/shm")  # noqa: S108 - only ever used through mkdtemp (a 0700 folder)
 
 
@@ -59,8 +61,9 @@ def atomic_open(
 ) -> Iterator[BinaryIO]:
     """A new file to write that appears at ``path`` whole when the block ends, or never.
 
-    For data too large to hold in memory (a shielded volume). The file has a fresh
-    name in the same folder, created with ``mode`` (``O_CREAT | O_EXCL | O_NOFOLLOW``).
+    For data too large to hold in memory (a shielded volume). The file is created in
+    the same folder with ``mode``, with no name until it is whole (``O_TMPFILE``) where
+    Linux can, else under a fresh name (``O_CREAT | O_EXCL | O_NOFOLLOW``).
     On a clean exit it is flushed (and fsynced) and renamed over ``path``; with
     ``replace=False`` it is hard-linked to ``path`` instead, which raises
     ``FileExistsError`` if anything is there (even a dangling symbolic link) and
@@ -77,7 +80,7 @@ def atomic_open(
         check_outside(parent, target.parent)
         folder = _open_folder(".", parent) if fsync else None  # before the rename: see below
         try:
-            fd = os.open(tmp, _FLAGS, mode, dir_fd=parent)
+            fd, named = _new_file(parent, tmp, mode)
         except BaseException:
             if folder is not None:
                 os.close(folder)
@@ -88,9 +91,15 @@ def atomic_open(
                 fh.flush()
                 if fsync:
                     os.fsync(fh.fileno())
-            if replace:
+                if not named:  # whole now: give it a name (a file no name held until here)
+                    if not replace:
+                        _link_fd(fd, name, parent)
+                    else:
+                        _link_fd(fd, tmp, parent)
+                        named = True
+            if named and replace:
                 os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-            else:
+            elif named:
                 os.link(tmp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False)
                 os.unlink(tmp, dir_fd=parent)
             if folder is not None:
@@ -104,6 +113,27 @@ def atomic_open(
                 os.close(folder)
     finally:
         os.close(parent)
+
+
+def _new_file(parent: int, tmp: str, mode: int) -> tuple[int, bool]:
+    """A new file in the folder ``parent`` and whether it has a name (``tmp``).
+
+    Where Linux can (``O_TMPFILE``, with ``/proc`` to link it by), the file has no
+    name until it is whole: a process killed while writing (SIGKILL, the OOM killer)
+    leaves nothing behind, not a half-written key or plaintext under a temporary
+    name. Elsewhere it is created under ``tmp``, removed on any error we see."""
+    if _TMPFILE and _FD_LINKS.is_dir():
+        try:
+            return os.open(".", _TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode, dir_fd=parent), False
+        except OSError as exc:  # a file system without it: a named temporary file
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+    return os.open(tmp, _FLAGS, mode, dir_fd=parent), True
+
+
+def _link_fd(fd: int, name: str, parent: int) -> None:
+    """Give the unnamed file ``fd`` the name ``name`` in ``parent`` (fails if taken)."""
+    os.link(f"{_FD_LINKS}/{fd}", name, dst_dir_fd=parent, follow_symlinks=True)
 
 
 def keep_out(folder: Path | str) -> None:
