@@ -166,6 +166,36 @@ def test_registering_the_name_first_gains_nothing(
     assert attest(client, sim, "fed").render("data", "hex") == b"hospital-data-key".hex()
 
 
+def test_a_later_version_naming_the_owners_board_gains_nothing(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Found by a review: the sealed value was opened for the board a version names, not
+    the board that approved it. A squatter registered the name with its own board, then
+    submitted version 2, signed by that board alone, naming the owner's board (public
+    keys, public threshold) with the owner's sealed value injected into its workload."""
+    from secfl.policy._canonical import digest as policy_digest
+    from secfl.policy._document import load_policy
+
+    real = yaml.safe_load(policy_document("fed", board, sim[1]))
+    binding = sv.board_binding(
+        [m["public_key"] for m in real["board"]["members"]], real["board"]["threshold"]
+    )
+    sealed = sv.seal_imported(b"hospital-data-key", client.public_key(), "fed", "data", binding)
+    thief = Board.create()
+    first = policy_document("fed", thief, sim[1])
+    submit(client, thief, first)
+    second = yaml.safe_load(
+        policy_document("fed", board, sim[1], version=2,
+                        predecessor=policy_digest(load_policy(first)))
+    )  # fmt: skip
+    second["secrets"].append({"name": "data", "kind": "imported", "sealed": sealed})
+    second["services"][0]["inject"]["env"]["DATA_KEY"] = "$$SECFL::data:hex$$"
+    text_ = yaml.safe_dump(second)
+    with pytest.raises(SpmRefused, match="not sealed to this SPM for policy 'fed' under this board"):
+        client.submit_policy(text_, thief.sign(text_, "alice", "bob"))
+    assert client.policy("fed")["version"] == 1
+
+
 # --- 2: the database is untrusted storage ----------------------------------------------------
 
 

@@ -339,8 +339,8 @@ def board_binding_of(board: Board) -> str:
 
 def import_info(policy: str, secret: str, board: str) -> bytes:
     """HPKE info of an imported secret: the policy, the secret, and the board the owner
-    approved (:func:`board_binding`). The SPM opens it only under a policy version whose
-    board is that board, so registering the policy name first gains an attacker nothing."""
+    approved (:func:`board_binding`). The SPM opens it only under a policy version that
+    board approved, so registering the policy name first gains an attacker nothing."""
     return f"secfl/imported-secret/v2\n{policy}/{secret}\n{board}".encode()
 
 

@@ -76,7 +76,12 @@ class SecretVault:
                     tx.secrets.put(replace(record, ciphertext=blob))
                 self._put_key(tx, policy, key)
                 self._values = {k: v for k, v in self._values.items() if k[0] != policy.name}
-        board = sv.board_binding_of(policy.board)
+        # an imported secret opens only for a version approved by the board its owner
+        # sealed it for: the board that signed this version (the previous version's),
+        # not the one it names. Else whoever registered the name first could name the
+        # owner's board in a version only their own board signed, import the owner's
+        # sealed value there and inject it into their workload (found by a review).
+        board = sv.board_binding_of(previous.board if previous is not None else policy.board)
         for counter in policy.counters:
             tx.counters.create(policy.name, counter.name)
         values: dict[str, sv.Value] = {}
