@@ -139,3 +139,33 @@ def test_a_dangling_link_at_a_new_key_path_is_refused_and_left_alone(tmp_path: P
         keys.write_private(path, keys.generate()[0])
     assert path.is_symlink() and not (tmp_path / "not-yet").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.key"]
+
+
+P25519 = 2**255 - 19
+ORDER_8 = bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85")
+
+
+def _ed25519_pem(raw: bytes) -> str:
+    return (
+        ed25519.Ed25519PublicKey.from_public_bytes(raw)
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ((1).to_bytes(32, "little"), "small order"),  # the identity point
+        (bytes(32), "small order"),  # order 4
+        (ORDER_8, "small order"),
+        ((P25519 + 1).to_bytes(32, "little"), "non-canonical"),  # the identity again, y = p+1
+        ((P25519 + 5).to_bytes(32, "little"), "non-canonical"),
+    ],
+)
+def test_weak_ed25519_board_keys_are_refused(raw: bytes, why: str) -> None:
+    """Found by a review: with a small-order key, the signature (R = identity, S = 0)
+    verifies for messages nobody signed, and a second encoding of one point passed the
+    one-key-one-member check as another key."""
+    with pytest.raises(PolicyError, match=f"^board public key: .*{why}"):
+        keys.load_public(_ed25519_pem(raw))

@@ -83,11 +83,13 @@ def load_private(pem: bytes | str, password: bytes | None = None) -> PrivateKey:
 
 
 def load_public(pem: bytes | str) -> PublicKey:
-    """A board member's public key from PEM; any other key type is refused."""
+    """A board member's public key from PEM; any other key type is refused, and so is
+    an Ed25519 key that is not a canonical encoding of a point of large order."""
     key = _load_public(pem, "board public key")
-    if isinstance(key, ed25519.Ed25519PublicKey) or (
-        isinstance(key, ec.EllipticCurvePublicKey) and _is_p256(key)
-    ):
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        _check_ed25519(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and _is_p256(key):
         return key
     raise PolicyError(f"board public key: {_describe(key)} refused (Ed25519 or ECDSA P-256 only)")
 
@@ -183,6 +185,45 @@ def _load_public(pem: bytes | str, what: str) -> object:
         return serialization.load_pem_public_key(_as_bytes(pem))
     except (ValueError, UnsupportedAlgorithm, UnicodeError):
         raise PolicyError(f"{what}: not a PEM public key") from None
+
+
+#: The field prime of Curve25519 (RFC 8032, 5.1).
+_P25519 = 2**255 - 19
+#: Encodings of the points of small order (the 8-torsion), as libsodium blocks them,
+#: with both sign bits where x = 0: with such a key a signature with R the identity and
+#: S = 0 verifies for any message, and nobody holds a private key for it.
+_SMALL_ORDER = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000080",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    )
+)
+
+
+def _check_ed25519(raw: bytes) -> None:
+    """Refuse a weak Ed25519 public key: a point of small order (signatures that verify
+    for any message, made without a key: found by a review) or a non-canonical
+    encoding (y >= p: a second spelling of another member's key, counted as another
+    member)."""
+    if raw in _SMALL_ORDER:
+        raise PolicyError(
+            "board public key: an Ed25519 point of small order, for which signatures are "
+            "forged without a private key; generate the key with `secfl policy keygen`"
+        )
+    if int.from_bytes(raw, "little") & ((1 << 255) - 1) >= _P25519:
+        raise PolicyError(
+            "board public key: a non-canonical Ed25519 encoding (y >= p); generate the key "
+            "with `secfl policy keygen`"
+        )
 
 
 def _is_p256(key: object) -> bool:
