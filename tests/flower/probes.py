@@ -5,7 +5,7 @@ loopback Control API, as ``flwr run`` does (an insider on the SuperLink's host; 
 not verified: the insider has no CA and needs none). Prints the run ID, or ``refused``.
 
 ``python probes.py control ADDRESS``: StartRun through the SuperLink's public gate.
-Prints the HTTP status.
+Prints the HTTP status (``refused tls`` when the gate refuses the connection itself).
 
 ``python probes.py join ADDRESS``: a SuperNode with a key of its own (never attested,
 never registered) activates itself at the gate with Flower's signed headers. Prints
@@ -47,6 +47,8 @@ def _start_run(address: str, fab: bytes) -> str:
         )
     except httpx.HTTPStatusError as exc:
         return f"refused {exc.response.status_code}"
+    except httpx.TransportError:  # no TLS connection (the gate wants an attested certificate)
+        return "refused tls"
     finally:
         client.close()
     return str(reply.run_id)
@@ -78,6 +80,8 @@ def _activate(
         return f"joined {reply.node_id}"
     except httpx.HTTPStatusError as exc:
         return f"refused {exc.response.status_code}"
+    except httpx.TransportError:  # no TLS connection (the gate wants an attested certificate)
+        return "refused tls"
     finally:
         client.close()
 

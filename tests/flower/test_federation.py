@@ -123,6 +123,9 @@ def test_the_unmodified_app_trains_under_secfl(outcome: Outcome) -> None:
     assert [r.split("[ROUND ")[1].split("]")[0] for r in rounds] == ["1/2", "2/2"]
     link = fed.processes["superlink"].text()
     assert "aggregate_train: Received 2 results and 0 failures" in link
+    # every site reached it through its relay: attested mutual TLS, the instance pinned
+    for site in ("site-1", "site-2"):
+        assert "through the relay (attested mutual TLS)" in fed.processes[site].text()
     model = fed.final_model()  # only the model owner's key opens it
     assert sorted(model) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
     assert model["fc1.weight"].shape == (64, 64)
@@ -149,10 +152,10 @@ def test_an_unattested_supernode_gets_no_key_and_cannot_join(outcome: Outcome) -
         .splitlines()[-1]
         .startswith("error: flower: $SECFL_FILES is not set: start this under `secfl run`")
     )
-    # With a node key of its own (its signed headers are valid), the gate refuses it:
-    # only the attested sites' keys pass (Flower, which registered only those, would
-    # answer 412 too).
-    assert outcome.probes["join"] == "refused 403"
+    # With a node key of its own (its signed headers are valid) but no attested
+    # certificate, the gate refuses its connection: only the policy's attested sites
+    # get a TLS connection (mutual TLS); behind that, only their node keys pass.
+    assert outcome.probes["join"] == "refused tls"
 
 
 def test_a_supernode_with_a_changed_command_is_refused_at_attestation(outcome: Outcome) -> None:
@@ -175,7 +178,9 @@ def test_a_supernode_of_another_policy_fails_tls(outcome: Outcome) -> None:
         e["detail"]["service"] == "site-1"
         for e in _events(outcome, "attestation.accepted", policy="flower-other")
     )
-    # ... and that CA does not vouch for this federation's SuperLink: it never joined.
+    # ... and that policy's identity CA does not vouch for this federation's SuperLink:
+    # its relay refused the connection, and it never joined.
+    assert "secfl: relay: refused the SuperLink at " in text
     assert "CERTIFICATE_VERIFY_FAILED" in text
     assert "SuperNode ID" not in text
 
@@ -195,7 +200,7 @@ def test_the_demo_shows_the_rounds_and_the_decisions(
 
 
 def test_the_control_api_is_not_served_to_the_network(outcome: Outcome) -> None:
-    assert outcome.probes["control"] == "refused 404"
+    assert outcome.probes["control"] == "refused tls"
 
 
 def test_a_wrong_fab_is_not_run(outcome: Outcome) -> None:
@@ -216,7 +221,7 @@ def test_a_node_key_registered_behind_the_policys_back_never_joins(outcome: Outc
 
     probe = json.loads(outcome.probes["insider-node"])
     assert probe["registered"].isdigit()  # Flower took the registration
-    assert probe["gate"] == "refused 403"
+    assert probe["gate"] == "refused tls"
     assert probe["status"] == "unregistered"
     foreign = _events(outcome, "fl.flower.node-foreign")
     assert [(e["detail"]["node_id"], e["detail"]["key_sha256"]) for e in foreign] == [
@@ -226,4 +231,3 @@ def test_a_node_key_registered_behind_the_policys_back_never_joins(outcome: Outc
     assert f"secfl: unregistered node {probe['registered']} (key sha256 " in link
     (finished,) = _events(outcome, "fl.flower.run-finished")
     assert finished["detail"]["foreign_nodes"] == 1
-    assert finished["detail"]["gate_refused"] >= 3  # the join, control and insider probes

@@ -242,7 +242,7 @@ def test_a_truncated_request_body_is_not_forwarded(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from secfl.flower._gate import FleetGate, serve
+    from secfl.flower._gate import FleetGate, serve, server_context
     from secfl.flower._tls import loopback_context
 
     tls = tls_files(tmp_path, ["superlink.local", "127.0.0.1"])
@@ -252,7 +252,9 @@ def test_a_truncated_request_body_is_not_forwarded(tmp_path: Path) -> None:
         port = free_port()
         gate = FleetGate(f"https://127.0.0.1:{upstream}",
                          loopback_context(str(tls["ca"]), str(tls["crt"])), [site])  # fmt: skip
-        server, thread = serve(gate, "127.0.0.1", port, str(tls["crt"]), str(tls["key"]))
+        server, thread = serve(
+            gate, "127.0.0.1", port, server_context(str(tls["crt"]), str(tls["key"]))
+        )
         try:
             deadline = time.monotonic() + 10
             while not server.started and time.monotonic() < deadline:

@@ -93,6 +93,8 @@ def test_the_policy_pins_the_exact_commands(
     digest = hashlib.sha256(fab).hexdigest()
     assert digest in commands["superlink"] and digest in commands["site-1"]
     assert "num-server-rounds=5" in commands["superlink"]
+    assert "--mutual-tls" in commands["superlink"]
+    assert "--root-certificates" not in commands["site-1"]
     assert (os.stat(out / "app.key").st_mode & 0o777) == 0o600
 
 
@@ -105,10 +107,8 @@ def test_each_key_goes_only_where_it_belongs(written: dict[str, Any]) -> None:
     assert link["/flower/output.key"] == "$$SECFL::model-output-key:hex$$"
     for site in ("site-1", "site-2"):
         files = services[site]["inject"]["files"]
-        assert files == {
-            "/flower/ca.pem": "$$SECFL::flower-ca:crt$$",
-            "/flower/node.key": f"$$SECFL::{site}-node:key$$",
-        }
+        # no Flower CA: the site trusts only the attested SuperLink (its relay checks it)
+        assert files == {"/flower/node.key": f"$$SECFL::{site}-node:key$$"}
         assert services[site]["volumes"] == [f"{site}-data"]
     secrets = {s["name"]: s for s in doc["secrets"]}
     assert secrets["superlink-tls"]["issuer"] == "flower-ca"

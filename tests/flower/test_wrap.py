@@ -68,6 +68,18 @@ def test_the_genuine_commands_pass_with_their_paths_expanded(env: dict[str, str]
     assert link.argv[0] == "flower-superlink" and len(link.argv) == len(LINK)
 
 
+def test_the_relay_takes_the_superlinks_address_and_nothing_else(env: dict[str, str]) -> None:
+    """The wrapper points Flower at its relay: only ``--superlink``'s value changes,
+    not a value that happens to read "--superlink", nor a switch's neighbour."""
+    argv = [*NODE[:1], "--max-retries", "--superlink", *NODE[1:]]
+    node = parse_flower("supernode", argv, env)
+    out = node.replaced("--superlink", "127.0.0.1:4242")
+    assert out[1:3] == ["--max-retries", "--superlink"]
+    assert "link:9092" not in out
+    assert out[3:5] == ["--superlink", "127.0.0.1:4242"]
+    assert len(out) == len(node.argv)
+
+
 @pytest.mark.parametrize(
     ("role", "change", "check"),
     [
@@ -93,7 +105,6 @@ def test_flags_that_weaken_a_service_are_refused(
 @pytest.mark.parametrize(
     ("role", "drop", "check"),
     [
-        ("supernode", "--root-certificates", "needs --root-certificates"),
         ("supernode", "--auth-supernode-private-key", "needs --auth-supernode-private-key"),
         ("superlink", "--enable-supernode-auth", "needs --enable-supernode-auth"),
         ("superlink", "--disable-runtime-dependency-installation", "needs --disable-runtime"),
@@ -294,7 +305,7 @@ def test_the_gate_serves_the_fleet_api_and_nothing_else(tmp_path: Path) -> None:
 @contextlib.contextmanager
 def _gate(tmp_path: Path, gate: FleetGate | None = None) -> Iterator[tuple[int, str]]:
     """The real gate over TLS on loopback (nothing listens upstream); its port and CA."""
-    from secfl.flower._gate import serve
+    from secfl.flower._gate import serve, server_context
     from secfl.flower._local import tls_files
 
     tls = tls_files(tmp_path, ["127.0.0.1"])
@@ -302,7 +313,9 @@ def _gate(tmp_path: Path, gate: FleetGate | None = None) -> Iterator[tuple[int, 
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     gate = gate or FleetGate("https://127.0.0.1:9", str(tls["ca"]), [])
-    server, thread = serve(gate, "127.0.0.1", port, str(tls["crt"]), str(tls["key"]))
+    server, thread = serve(
+        gate, "127.0.0.1", port, server_context(str(tls["crt"]), str(tls["key"]))
+    )
     try:
         deadline = time.monotonic() + 10
         while not server.started and time.monotonic() < deadline:

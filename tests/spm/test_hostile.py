@@ -191,7 +191,9 @@ def test_a_later_version_naming_the_owners_board_gains_nothing(
     second["secrets"].append({"name": "data", "kind": "imported", "sealed": sealed})
     second["services"][0]["inject"]["env"]["DATA_KEY"] = "$$SECFL::data:hex$$"
     text_ = yaml.safe_dump(second)
-    with pytest.raises(SpmRefused, match="not sealed to this SPM for policy 'fed' under this board"):
+    with pytest.raises(
+        SpmRefused, match="not sealed to this SPM for policy 'fed' under this board"
+    ):
         client.submit_policy(text_, thief.sign(text_, "alice", "bob"))
     assert client.policy("fed")["version"] == 1
 

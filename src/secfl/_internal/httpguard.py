@@ -29,7 +29,11 @@ and uvicorn's ``h11_max_incomplete_event_size`` applies to h11 only. uvicorn's o
 parser refusals (400) are JSON like every other refusal.
 
 TLS is done here (``loop.start_tls``) rather than by the server, so that a
-connection is counted and timed from accept, not from the end of its handshake.
+connection is counted and timed from accept, not from the end of its handshake. A
+server whose context asks for client certificates finds the one each request's
+connection presented in the ASGI scope, under :data:`PEER_CERT` (DER). The context
+may be given as a function returning the current one (a certificate renewed while
+serving: each new connection takes the context of its time).
 This needs asyncio's own event loop: uvloop starts reading a new connection right
 after ``connection_made`` even if the protocol paused it, so the client's first TLS
 bytes would arrive before ``start_tls`` could take them.
@@ -50,6 +54,7 @@ import os
 import resource
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar, cast
@@ -63,6 +68,7 @@ from secfl.errors import SpmError
 __all__ = [
     "MAX_HEAD",
     "MIN_CONNECTIONS",
+    "PEER_CERT",
     "RESERVED_FDS",
     "Connection",
     "Guard",
@@ -76,6 +82,8 @@ log = logging.getLogger("uvicorn.error")
 RESERVED_FDS = 64
 #: Bytes a request line and its headers may take (httptools has no limit of its own).
 MAX_HEAD = 64 * 1024
+#: The ASGI scope's key for the client certificate (DER) of the request's connection.
+PEER_CERT = "secfl.peer_cert"
 #: Outside a body, the bytes parsed before the caps are checked again.
 HEAD_SLICE = 4096
 MIN_CONNECTIONS = 16
@@ -151,13 +159,17 @@ def file_budget(limits: Limits) -> Limits:
 class Guard:
     """The open connections of one server, their deadlines and the cap."""
 
-    def __init__(self, limits: Limits, tls: ssl.SSLContext) -> None:
+    def __init__(self, limits: Limits, tls: ssl.SSLContext | Callable[[], ssl.SSLContext]) -> None:
         self.limits = limits
         self.tls = tls
         self.live: dict[Connection, None] = {}  # insertion order: oldest first
         self.tasks: set[asyncio.Task[None]] = set()
         self._dropped = 0
         self._logged = 0.0
+
+    def context(self) -> ssl.SSLContext:
+        """The TLS context for a new connection."""
+        return self.tls if isinstance(self.tls, ssl.SSLContext) else self.tls()
 
     def protocol_class(self) -> type[Connection]:
         """The protocol class to hand to uvicorn (``Config(http=...)``)."""
@@ -295,6 +307,7 @@ class _Http(HttpToolsProtocol):
         if self.conn.refused:
             return
         self.conn.enter(_BODY)
+        cast(dict[str, Any], self.scope)[PEER_CERT] = self.conn.peer_cert
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -358,6 +371,8 @@ class Connection(asyncio.Protocol):
         self._head = 0  # bytes received meanwhile
         self._refused = False
         self.closed = False
+        #: The client's certificate (DER), when the server's context asks for one.
+        self.peer_cert: bytes | None = None
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -383,7 +398,7 @@ class Connection(asyncio.Protocol):
             tls = await self.loop.start_tls(
                 raw,
                 self,
-                self.guard.tls,
+                self.guard.context(),
                 server_side=True,
                 ssl_handshake_timeout=limits.header_timeout,
                 ssl_shutdown_timeout=min(5.0, limits.header_timeout),
@@ -394,6 +409,9 @@ class Connection(asyncio.Protocol):
         if tls is None or self.closed or tls.is_closing():
             self.close_now(None)
             return
+        ssl_object = tls.get_extra_info("ssl_object")
+        if ssl_object is not None:  # what a server that asks for one was shown (DER)
+            self.peer_cert = ssl_object.getpeercert(binary_form=True)
         self.http = _Http(self, **self._http_args)
         self.http.connection_made(tls)
         early, self._early = self._early, []

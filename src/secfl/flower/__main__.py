@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     link.add_argument("--output", help="seal the ServerApp's outputs into this shield volume")
     link.add_argument("--output-key", help="hex key file of --output ($SECFL_FILES/...)")
     link.add_argument("--poll", type=float, default=0.25, help="task poll interval (s)")
+    link.add_argument(
+        "--mutual-tls",
+        action="store_true",
+        help="the gate serves this instance's attested certificate and admits only "
+        "the policy's attested sites",
+    )
     node = sub.add_parser(
         "supernode",
         allow_abbrev=False,
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 SuperLinkOptions(
                     fab=opts.fab, fab_sha256=opts.fab_sha256, nodes=opts.nodes,
                     listen=opts.listen, run_config=opts.run_config, output=opts.output,
-                    output_key=opts.output_key, poll=opts.poll,
+                    output_key=opts.output_key, poll=opts.poll, mutual_tls=opts.mutual_tls,
                 ),
                 flower,
             )  # fmt: skip

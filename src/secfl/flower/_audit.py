@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,23 @@ log = logging.getLogger("secfl.flower")
 class SpmAudit:
     """Reports to the SPM with the session of the service this process runs as."""
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str] | None = None, token: Callable[[], str] | None = None
+    ) -> None:
+        """``token`` gives the current session token where the workload attests again
+        while it runs (else the one ``secfl run`` left is used throughout)."""
         env = os.environ if env is None else env
+        self._current = token
         self.policy = env.get("SECFL_POLICY", "")
         self.client: Any = None
         self.token = ""
-        token = Path(env.get("SECFL_IDENTITY", "/nonexistent")) / "session.token"
+        token_file = Path(env.get("SECFL_IDENTITY", "/nonexistent")) / "session.token"
         url, pin = env.get("SECFL_SPM_URL"), env.get("SECFL_SPM_PIN")
-        if url and pin and self.policy and token.is_file():
+        if url and pin and self.policy and token_file.is_file():
             from secfl.spm.client import SpmClient
 
             self.client = SpmClient(url, pin=pin)
-            self.token = token.read_text().strip()
+            self.token = token_file.read_text().strip()
         else:
             log.warning("secfl: no SPM session (not under secfl run): no Flower event is audited")
 
@@ -46,7 +51,8 @@ class SpmAudit:
         if self.client is None:
             return
         try:
-            self.client.report(self.policy, f"flower.{event}", detail, self.token)
+            token = self._current() if self._current is not None else self.token
+            self.client.report(self.policy, f"flower.{event}", detail, token)
         except Exception as exc:
             log.error("secfl: audit: could not report flower.%s: %s", event, exc)
 

@@ -127,7 +127,6 @@ SUPERNODE = FlagSpec(
     },
     required={
         "--superlink": "the SuperLink's address",
-        "--root-certificates": "the policy's Flower CA, the only root this node trusts",
         "--auth-supernode-private-key": "this site's node key, released only to this service",
         "--isolation": "process: secfl runs only the approved ClientApp",
     },
@@ -149,6 +148,18 @@ class FlowerCommand:
 
     def value(self, flag: str, default: str | None = None) -> str | None:
         return self.values.get(flag, default)
+
+    def replaced(self, flag: str, value: str) -> list[str]:
+        """The command line with ``flag``'s value (given once) replaced by ``value``."""
+        out, i = list(self.argv), 1
+        while i < len(out):
+            if out[i] in self.switches:
+                i += 1
+                continue
+            if out[i] == flag:
+                out[i + 1] = value
+            i += 2
+        return out
 
     def port(self, default: int) -> int:
         """``--port`` (Flower's own API, on loopback), checked."""

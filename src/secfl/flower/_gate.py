@@ -39,7 +39,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from secfl._internal.httpguard import Guard, Limits, file_budget
+from secfl._internal.httpguard import PEER_CERT, Guard, Limits, file_budget
+from secfl.errors import TransportError
 
 __all__ = [
     "FLEET_CALLS",
@@ -49,6 +50,7 @@ __all__ = [
     "STALL_SECONDS",
     "FleetGate",
     "serve",
+    "server_context",
 ]
 
 #: The Fleet API calls of flwr 1.41 (``flwr.superlink.routers.fleet.router``).
@@ -124,6 +126,7 @@ class FleetGate:
         nodes: Iterable[bytes],
         *,
         max_buffered: int = MAX_BUFFERED,
+        peers: Callable[[bytes | None], object] | None = None,
     ) -> None:
         # the loopback hop inside the TEE: ``context`` checks the SuperLink's
         # certificate against the policy's Flower CA and its service name
@@ -131,6 +134,9 @@ class FleetGate:
         self.upstream = upstream.rstrip("/")
         self.context = context
         self.nodes = frozenset(nodes)  # the attested SuperNodes' keys, SPKI PEM
+        #: With mutual TLS, the check of the certificate a request's connection
+        #: presented (secfl.flower._attested.AttestedTls.check), on every request.
+        self.peers = peers
         self.client: httpx.AsyncClient | None = None
         self.forwarded = 0
         self.refused = 0
@@ -149,6 +155,14 @@ class FleetGate:
             return
         if scope["type"] != "http":
             return
+        if self.peers is not None:
+            try:
+                self.peers(scope.get(PEER_CERT))
+            except TransportError as exc:
+                self.refused += 1
+                self._say(str(exc))
+                await _answer(send, 403, f"gate: {exc}")
+                return
         path = str(scope.get("path", ""))
         call = path.removeprefix("/v1/fleet/")
         if (
@@ -286,10 +300,13 @@ class FleetGate:
 
     def _name(self, key: bytes | None) -> None:
         digest = "none" if key is None else hashlib.sha256(key).hexdigest()
-        if digest not in self.named and len(self.named) < _NAMED_REFUSALS:
-            self.named.add(digest)
-            print(f"secfl: gate: refused a SuperNode key not in the policy (sha256 {digest})",
-                  file=sys.stderr, flush=True)  # fmt: skip
+        self._say(f"refused a SuperNode key not in the policy (sha256 {digest})")
+
+    def _say(self, line: str) -> None:
+        """Log a refusal, each reason once (a flood of fresh ones is only counted)."""
+        if line not in self.named and len(self.named) < _NAMED_REFUSALS:
+            self.named.add(line)
+            print(f"secfl: gate: {line}", file=sys.stderr, flush=True)
 
     def _client(self) -> httpx.AsyncClient:
         if self.client is None:
@@ -346,19 +363,20 @@ async def _answer(send: Send, status: int, error: str, *, retry: bool = False) -
 
 
 def serve(
-    gate: FleetGate, host: str, port: int, certfile: str, keyfile: str
+    gate: FleetGate,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | Callable[[], ssl.SSLContext],
 ) -> tuple[uvicorn.Server, threading.Thread]:
     """Serve ``gate`` over TLS on ``host:port`` in a thread; returns once it listens.
 
-    Behind the same connection guard as the SPM (:mod:`secfl._internal.httpguard`: TLS
-    done by it, deadlines for the handshake, headers and body, a cap on a request's
-    head, stalled connections evicted at the connection cap): uvicorn alone kept a
-    connection that never finished its request open for ever, and 256 of them, from
-    anyone who reaches the gate, locked every SuperNode out (503)."""
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.minimum_version = ssl.TLSVersion.TLSv1_2
-    tls.set_alpn_protocols(["http/1.1"])
-    tls.load_cert_chain(certfile, keyfile)
+    ``tls`` is the server's context, or a function returning the current one (a
+    certificate renewed while serving). Behind the same connection guard as the SPM
+    (:mod:`secfl._internal.httpguard`: TLS done by it, deadlines for the handshake,
+    headers and body, a cap on a request's head, stalled connections evicted at the
+    connection cap): uvicorn alone kept a connection that never finished its request
+    open for ever, and 256 of them, from anyone who reaches the gate, locked every
+    SuperNode out (503)."""
     # at most 256 connections (with MAX_BODY: 4 GiB of requests in memory); uvicorn's own
     # limit_concurrency would count the stalled ones and answer 503 to everyone else
     guard = Guard(file_budget(Limits(max_connections=256)), tls)
@@ -377,3 +395,13 @@ def serve(
     thread = threading.Thread(target=server.run, name="secfl-fleet-gate", daemon=True)
     thread.start()
     return server, thread
+
+
+def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """The gate's context with the policy's SuperLink certificate (the policies made
+    before the gate had mutual TLS: any client may connect)."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls.set_alpn_protocols(["http/1.1"])
+    tls.load_cert_chain(certfile, keyfile)
+    return tls

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlowerError
+from secfl.flower._tls import tls_files
 
 __all__ = [
     "ROOT",
@@ -101,45 +102,6 @@ class Process:
 
     def tail(self, lines: int = 3) -> str:
         return " | ".join(self.text().strip().splitlines()[-lines:])
-
-
-def tls_files(folder: Path, names: list[str]) -> dict[str, Path]:
-    """A CA and a server certificate for ``names`` (with its key), as PEM files in
-    ``folder``: plain Flower's TLS for baselines and tests (secfl's come from the SPM)."""
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    from secfl._internal import files
-    from secfl._internal.x509util import general_names, private_pem, self_signed_ca
-
-    now = datetime.now(UTC) - timedelta(minutes=5)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = self_signed_ca(ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")]),
-                        now, 30)  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(general_names(names)), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    from cryptography.hazmat.primitives import serialization
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {"ca": folder / "ca.pem", "crt": folder / "server.pem", "key": folder / "server.key"}
-    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    out["crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.write_private(out["key"], private_pem(key), fsync=False)
-    return out
 
 
 def node_key_files(folder: Path, name: str) -> dict[str, Path]:

@@ -6,16 +6,19 @@ document (a dict, YAML-ready) with:
 
 - a ``superlink`` service (role ``any``: no secfl aggregator runs): its measurement
   is ``secfl run``'s of the exact wrapper and ``flower-superlink`` command line
-  (:meth:`superlink_argv`) with the app's code volume; it receives the SuperLink's TLS
-  certificate and key (``superlink-tls``, issued by the policy's ``flower-ca``), the
-  CA, and the public halves of every site's node key (the keys it registers: only
-  those join), and the model owner's output key when the ServerApp's outputs are
-  sealed;
+  (:meth:`superlink_argv`) with the app's code volume; it receives the certificate
+  and key of the SuperLink's loopback hop (``superlink-tls``, issued by the policy's
+  ``flower-ca``), the CA, and the public halves of every site's node key (the keys
+  it registers: only those join), and the model owner's output key when the
+  ServerApp's outputs are sealed; its gate (``--mutual-tls``) serves the attested
+  certificate the SPM issues to this instance, to attested sites only;
 - one service per site (role ``any``, so that it may write its refusals to the audit
   log; no secfl aggregator runs here): the exact wrapper and
   ``flower-supernode`` command line (:meth:`supernode_argv`, which pins the FAB's
-  SHA-256), the CA as ``--root-certificates`` and its own node key, released to it
-  alone; its data volume, opened by ``secfl run`` and named in ``node_config``;
+  SHA-256) and its own node key, released to it alone (its wrapper's relay reaches
+  the gate with the site's attested certificate and accepts only the attested
+  ``superlink``); its data volume, opened by ``secfl run`` and named in
+  ``node_config``;
 - the secrets (``secfl-ca`` for the services' identities, ``flower-ca``,
   ``superlink-tls``, ``NAME-node`` per site, the imported volume keys) and volumes.
 
@@ -121,7 +124,7 @@ class FlowerFederation:
                 "--fab", f"$SECFL_VOLUMES/{APP_VOLUME}/{FAB_NAME}",
                 "--fab-sha256", self.fab_sha256,
                 "--nodes", "$SECFL_FILES/flower/nodes.pem",
-                "--listen", self.gate]  # fmt: skip
+                "--listen", self.gate, "--mutual-tls"]  # fmt: skip
         for item in self.run_config:
             argv += ["--run-config", item]
         if self.output is not None:
@@ -140,7 +143,6 @@ class FlowerFederation:
         config = " ".join([f'data-path="$SECFL_VOLUMES/{site.data_volume}"', *site.node_config])
         return [*self.wrapper(), "supernode", "--fab-sha256", fab_sha256 or self.fab_sha256,
                 "--", "flower-supernode", "--superlink", self.superlink,
-                "--root-certificates", f"$SECFL_FILES{_CA}",
                 "--auth-supernode-private-key", "$SECFL_FILES/flower/node.key",
                 "--node-config", config, "--isolation", "process",
                 "--host", "127.0.0.1", "--port", str(site.runtime_port)]  # fmt: skip
@@ -200,12 +202,7 @@ def flower_policy(
                 "role": "any",  # it may write its refusals to the audit log
                 "measurements": {"simulated": [fed.supernode_measurement(site)]},
                 "volumes": [site.data_volume],
-                "inject": {
-                    "files": {
-                        _CA: "$$SECFL::flower-ca:crt$$",
-                        "/flower/node.key": f"$$SECFL::{site.node_key}:key$$",
-                    }
-                },
+                "inject": {"files": {"/flower/node.key": f"$$SECFL::{site.node_key}:key$$"}},
                 "certificate_ttl": fed.certificate_ttl,
             }
         )

@@ -2,7 +2,7 @@
 
 ``secfl run ... --service superlink --volume app=app.secfl -- PYTHON -m secfl.flower
 superlink --fab '$SECFL_VOLUMES/app/app.fab' --fab-sha256 H --nodes '$SECFL_FILES/flower/nodes.pem'
---listen 0.0.0.0:9092 [--run-config 'num-server-rounds=3'] -- flower-superlink
+--listen 0.0.0.0:9092 --mutual-tls [--run-config 'num-server-rounds=3'] -- flower-superlink
 --ssl-certfile ... --enable-supernode-auth --isolation process --host 127.0.0.1 --port P
 --disable-runtime-dependency-installation``
 
@@ -14,7 +14,9 @@ superlink --fab '$SECFL_VOLUMES/app/app.fab' --fab-sha256 H --nodes '$SECFL_FILE
    and while the run lasts it unregisters any other key that appears in Flower's
    registry (:mod:`secfl.flower._nodes`).
 4. Serves the Fleet API, and only it, on ``--listen``, and only to the policy's node
-   keys (:mod:`secfl.flower._gate`).
+   keys (:mod:`secfl.flower._gate`); with ``--mutual-tls`` (every policy ``secfl
+   flower policy`` makes) over mutual TLS with this instance's attested certificate,
+   to the policy's attested, unrevoked sites only (:mod:`secfl.flower._attested`).
 5. Runs its own SuperExec (:mod:`secfl.flower._exec`): only the approved ServerApp runs.
 6. Submits the approved FAB as the one run, with the board's run config; nobody
    else can submit (the Control API never leaves the TEE).
@@ -44,6 +46,7 @@ import httpx
 
 from secfl._internal.files import TooLarge, read_bounded
 from secfl.errors import FlowerError
+from secfl.flower._attested import AttestedTls
 from secfl.flower._audit import SpmAudit
 from secfl.flower._flags import expand, parse_flower
 from secfl.flower._nodes import NodeWatch, load_node_keys, register
@@ -78,6 +81,9 @@ class SuperLinkOptions:
     output_key: str | None = None
     poll: float = 0.25
     start_timeout: float = 120.0
+    #: The gate serves this instance's attested certificate and admits only the
+    #: policy's attested sites (mutual TLS, :mod:`secfl.flower._attested`).
+    mutual_tls: bool = False
 
 
 def _private_file(value: str, what: str, env: dict[str, str]) -> Path:
@@ -168,7 +174,8 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
     cert_file = cmd.value("--ssl-certfile") or ""
     context = loopback_context(ca_file, cert_file)  # the name checked is the service's
     base = f"https://{host_port(host, port)}"
-    audit = SpmAudit(env)
+    attested = _gate_tls(opts, env, cert_file, cmd.value("--ssl-keyfile") or "")
+    audit = SpmAudit(env, attested.ident.token if isinstance(attested, AttestedTls) else None)
     link = Child.start("flower-superlink", argv, child_env, paths.work)
     gate_server = None
     executor = None
@@ -208,10 +215,16 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
         start_thread(executor)
         watch = NodeWatch(control, nodes, audit)
         watch.check()  # nothing else registered before the gate opens
-        gate = FleetGate(base, context, nodes)
-        gate_server, gate_thread = serve(
-            gate, listen_host, int(listen_port), cert_file, cmd.value("--ssl-keyfile") or "",
-        )  # fmt: skip
+        if isinstance(attested, AttestedTls):
+            gate = FleetGate(base, context, nodes, peers=attested.check)
+            tls = attested
+            gate_server, gate_thread = serve(
+                gate, listen_host, int(listen_port), lambda: tls.server
+            )
+            attested.start()
+        else:
+            gate = FleetGate(base, context, nodes)
+            gate_server, gate_thread = serve(gate, listen_host, int(listen_port), attested)
         _wait_listening(gate_server, gate_thread, link, opts.start_timeout)
         print(f"secfl: the Fleet API is served on {opts.listen} (nothing else)", flush=True)
 
@@ -244,8 +257,28 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             executor.stop()
         if gate_server is not None:
             gate_server.should_exit = True
+        if isinstance(attested, AttestedTls):
+            attested.stop()
         link.stop()
         audit.close()
+
+
+def _gate_tls(
+    opts: SuperLinkOptions, env: dict[str, str], cert_file: str, key_file: str
+) -> AttestedTls | ssl.SSLContext:
+    """The gate's TLS: this instance's attested certificate and the sites' checked
+    (``--mutual-tls``), or, for a policy made before it, the policy's SuperLink
+    certificate, which SuperNodes trust whatever platform holds it."""
+    if opts.mutual_tls:
+        return AttestedTls.from_env(env)
+    from secfl.flower._gate import server_context
+
+    log.warning(
+        "secfl: the gate serves the policy's SuperLink certificate to any client: SuperNodes "
+        "trust it on a platform the board revoked too; make the policy again with `secfl "
+        "flower policy` (mutual TLS with attested certificates)"
+    )
+    return server_context(cert_file, key_file)
 
 
 def _wait_listening(server: Any, thread: threading.Thread, link: Child, timeout: float) -> None:

@@ -2,16 +2,21 @@
 
 ``secfl run ... --service site-1 --volume site-1-data=site-1.secfl -- PYTHON -m secfl.flower
 supernode --fab-sha256 H -- flower-supernode --superlink HOST:PORT
---root-certificates '$SECFL_FILES/flower/ca.pem'
 --auth-supernode-private-key '$SECFL_FILES/flower/node.key'
 --node-config 'data-path="$SECFL_VOLUMES/site-1-data"' --isolation process
 --host 127.0.0.1 --port P``
 
-1. Checks the Flower flags (:mod:`secfl.flower._flags`): TLS on, the CA and the node
-   key injected by ``secfl run``, process isolation, no run-time installs.
+1. Checks the Flower flags (:mod:`secfl.flower._flags`): TLS on, the node key
+   injected by ``secfl run``, process isolation, no run-time installs.
 2. Writes the node key (released by the SPM as PEM) in the OpenSSH form Flower reads,
    in place, in the private RAM folder.
-3. Starts ``flower-supernode`` with the SuperExec secret, and its own SuperExec
+3. Starts the relay (:mod:`secfl.flower._relay`): Flower connects to it on loopback,
+   and it to the SuperLink's gate, by mutual TLS with this site's attested
+   certificate, accepting only the attested, unrevoked ``superlink`` instance.
+   (A policy made before the relay gives ``--root-certificates``, the policy's Flower
+   CA: then Flower connects directly and trusts any certificate of that CA, which is
+   said in the log.)
+4. Starts ``flower-supernode`` with the SuperExec secret, and its own SuperExec
    (:mod:`secfl.flower._exec`): a ClientApp runs only for a run whose FAB has one of
    the ``--fab-sha256`` digests (on the measured command line, so approved by the
    board); any other run gets an error reply and nothing of it runs, and the refusal
@@ -24,9 +29,11 @@ Exit: flower-supernode's own exit code.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
+import ssl
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +41,11 @@ from types import FrameType
 
 from secfl._internal import files
 from secfl.errors import FlowerError
+from secfl.flower._attested import SUPERLINK, AttestedTls
 from secfl.flower._audit import SpmAudit
-from secfl.flower._flags import parse_flower
+from secfl.flower._flags import FlowerCommand, parse_flower
+from secfl.flower._relay import Relay
+from secfl.flower._tls import tls_files
 from secfl.flower._wrap import (
     Child,
     PrivatePaths,
@@ -48,6 +58,8 @@ from secfl.flower._wrap import (
 )
 
 __all__ = ["SuperNodeOptions", "main", "openssh_key"]
+
+log = logging.getLogger("secfl.flower")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -83,6 +95,37 @@ def openssh_key(path: Path) -> None:
     files.write_private(path, ssh, fsync=False)
 
 
+def _connection(
+    cmd: FlowerCommand, env: dict[str, str], paths: PrivatePaths
+) -> tuple[list[str], Relay | None]:
+    """Flower's command line, pointed at the relay (started here), or as it is for a
+    policy that gives ``--root-certificates`` (made before the relay)."""
+    if cmd.value("--root-certificates") is not None:
+        log.warning(
+            "secfl: --root-certificates given: this SuperNode trusts any SuperLink certificate "
+            "of the policy's Flower CA, on a platform the board revoked too; make the policy "
+            "again with `secfl flower policy` (mutual TLS with attested certificates)"
+        )
+        return cmd.argv, None
+    address = cmd.value("--superlink") or ""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise FlowerError(f"flower: flower-supernode --superlink {address[:80]} is not HOST:PORT")
+    tls = AttestedTls.from_env(env, peers={SUPERLINK})
+    loopback = tls_files(paths.wrapper / "relay", ["127.0.0.1"])
+    inner = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    inner.minimum_version = ssl.TLSVersion.TLSv1_2
+    inner.load_cert_chain(loopback["crt"], loopback["key"])
+    relay = Relay(tls, host, int(port), inner)
+    local = relay.start()
+    tls.start()
+    log.info("secfl: Flower reaches the SuperLink at %s through the relay (attested mutual TLS)",
+             address)  # fmt: skip
+    argv = cmd.replaced("--superlink", f"127.0.0.1:{local}")
+    return [*argv, "--root-certificates", str(loopback["ca"])], relay
+
+
 def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
     scrub_environment()  # before any connection: no proxy, no TLS key log
     env = dict(os.environ)
@@ -101,7 +144,8 @@ def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
     paths = PrivatePaths.create(env)
     secret_path, secret = paths.secret()
     child_env = clean_env(env, paths)
-    argv = [str(venv_program("flower-supernode")), *cmd.argv[1:],
+    flower, relay = _connection(cmd, env, paths)
+    argv = [str(venv_program("flower-supernode")), *flower[1:],
             "--superexec-auth-secret-file", str(secret_path)]  # fmt: skip
     node = Child.start("flower-supernode", argv, child_env, paths.work)
 
@@ -109,7 +153,7 @@ def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
 
     from secfl.flower._exec import Executor, start_thread
 
-    audit = SpmAudit(env)
+    audit = SpmAudit(env, relay.tls.ident.token if relay is not None else None)
     executor = Executor(
         address=host_port(host, port), secret=secret, allowed=frozenset(pins),
         task_type=TaskType.CLIENT_APP, bindir=Path(sys.executable).parent,
@@ -131,5 +175,8 @@ def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
     finally:
         executor.stop()
         node.stop()
+        if relay is not None:
+            relay.stop()
+            relay.tls.stop()
         audit.close()
     return 128 - code if code < 0 else code

@@ -1,4 +1,5 @@
-"""TLS for the loopback hops inside the TEE (the wrapper to its own SuperLink).
+"""TLS for the loopback hops inside the TEE (the wrapper to its own SuperLink; a
+SuperNode to its relay, :func:`tls_files`).
 
 The SuperLink serves its TLS certificate (issued by the policy's Flower CA, its key
 released only to the attested ``superlink`` service); the wrapper holds that very
@@ -18,7 +19,7 @@ from cryptography import x509
 
 from secfl.errors import FlowerError
 
-__all__ = ["loopback_context"]
+__all__ = ["loopback_context", "tls_files"]
 
 
 class _NamedPeer(ssl.SSLContext):
@@ -60,3 +61,44 @@ def loopback_context(ca_file: str, cert_file: str) -> ssl.SSLContext:
     context.load_verify_locations(cafile=ca_file)
     context.peer_name = service_name(cert_file)
     return context
+
+
+def tls_files(folder: Path, names: list[str]) -> dict[str, Path]:
+    """A CA and a server certificate for ``names`` (with its key, 0600), as PEM files
+    in ``folder``: the relay's loopback hop inside a SuperNode's TEE (its key never
+    leaves the wrapper's private folder, and the CA's key is never written), and
+    plain Flower's TLS for baselines and tests."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from secfl._internal import files
+    from secfl._internal.x509util import general_names, private_pem, self_signed_ca
+
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = self_signed_ca(ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")]),
+                        now, 30)  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(general_names(names)), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    from cryptography.hazmat.primitives import serialization
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {"ca": folder / "ca.pem", "crt": folder / "server.pem", "key": folder / "server.key"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out["crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.write_private(out["key"], private_pem(key), fsync=False)
+    return out

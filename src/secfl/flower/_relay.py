@@ -1,0 +1,227 @@
+"""The SuperNode's relay: Flower's connections to its SuperLink, pinned to the attested one.
+
+flower-supernode checks its SuperLink against one root file and a host name, and
+gets no say in which certificate the far end holds. So under secfl it dials this
+relay, on loopback inside its own TEE, over TLS with a certificate the wrapper made
+for that hop (trusted by nothing else, its key in the wrapper's private RAM folder),
+and the relay makes each connection to the SuperLink's gate with mutual TLS
+(:mod:`secfl.flower._attested`):
+
+- it presents this site's attested certificate: the gate admits only the policy's
+  sites;
+- it accepts only a certificate of the policy's identity CA for the ``superlink``
+  service, unexpired, and not on the board's revocation list; every open connection
+  is checked again each second, and closed once its SuperLink's certificate is
+  revoked, has expired, or the list has not been read for too long.
+
+A site whose host sends its traffic through an HTTP proxy (``https_proxy``,
+``no_proxy``) still reaches its SuperLink through it: the relay asks the proxy for a
+tunnel (``CONNECT``) and makes the TLS connection through it, end to end. Refusals
+are logged once per reason; Flower, which sees the connection closed, tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+
+from secfl.errors import FlowerError, TransportError
+from secfl.flower._attested import SUPERLINK, AttestedTls
+
+__all__ = ["Relay"]
+
+log = logging.getLogger("secfl.flower")
+
+#: How long a connection to the gate (TCP, proxy tunnel, TLS) may take (seconds).
+CONNECT_TIMEOUT = 30.0
+#: How often open connections are checked against the revocation list (seconds).
+WATCH_EVERY = 1.0
+#: The most bytes read at once on either side.
+_READ = 1 << 16
+#: The largest answer head a proxy may send to CONNECT.
+_PROXY_HEAD = 16 << 10
+
+
+def _proxy_for(host: str) -> tuple[str, int] | None:
+    """The HTTP proxy this host's environment names for ``host`` (None: direct)."""
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get("https") or proxies.get("all")
+    if not url or urllib.request.proxy_bypass(host):
+        return None
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise FlowerError(
+            f"flower: relay: the proxy {url[:80]} is not http://HOST:PORT (a CONNECT proxy)"
+        )
+    return parsed.hostname, parsed.port or 80
+
+
+@dataclass(eq=False)
+class _Pair:
+    """One relayed connection: Flower's side, the gate's side, the gate's certificate."""
+
+    inner: asyncio.StreamWriter
+    outer: asyncio.StreamWriter
+    der: bytes
+
+    def close(self) -> None:
+        for writer in (self.inner, self.outer):
+            if not writer.transport.is_closing():  # else closing cleanly: let it flush
+                writer.transport.abort()
+
+
+@dataclass
+class Relay:
+    """Relays loopback TLS connections to ``host:port`` over attested mutual TLS."""
+
+    tls: AttestedTls
+    host: str
+    port: int
+    #: Flower's side: the loopback certificate the wrapper made.
+    inner: ssl.SSLContext
+    service: str = SUPERLINK
+    live: set[_Pair] = field(default_factory=set)
+    said: set[str] = field(default_factory=set)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _proxy: tuple[str, int] | None = None
+
+    def start(self) -> int:
+        """Listen on a loopback port, in a thread of its own; returns the port."""
+        self._proxy = _proxy_for(self.host)
+        ready: list[int] = []
+        started = threading.Event()
+        loop = self._loop = asyncio.new_event_loop()
+
+        async def serve() -> None:
+            server = await asyncio.start_server(
+                self._handle, "127.0.0.1", 0, ssl=self.inner, ssl_handshake_timeout=10.0
+            )
+            ready.append(server.sockets[0].getsockname()[1])
+            started.set()
+            watch = loop.create_task(self._watch())
+            try:
+                async with server:
+                    await server.serve_forever()
+            finally:
+                watch.cancel()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(serve())
+            finally:  # every connection's task ends before the loop does
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="secfl-relay", daemon=True)
+        self._thread.start()
+        if not started.wait(30) or not ready:
+            raise FlowerError("flower: relay: could not listen on loopback")
+        return ready[0]
+
+    def stop(self) -> None:
+        """Close every connection and stop listening."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            return
+
+        def cancel() -> None:
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+
+        with contextlib.suppress(RuntimeError):  # the loop ended meanwhile
+            loop.call_soon_threadsafe(cancel)
+        thread.join(10)
+
+    def _refuse(self, why: str) -> None:
+        if why not in self.said and len(self.said) < 64:
+            self.said.add(why)
+            log.warning("secfl: relay: refused the SuperLink at %s:%s: %s", self.host, self.port,
+                        why)  # fmt: skip
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        context = self.tls.client  # the current certificate (renewals replace it)
+        if self._proxy is None:
+            return await asyncio.open_connection(
+                self.host, self.port, ssl=context, server_hostname=self.service,
+                ssl_handshake_timeout=CONNECT_TIMEOUT, limit=_READ,
+            )  # fmt: skip
+        reader, writer = await asyncio.open_connection(*self._proxy, limit=_PROXY_HEAD)
+        target = f"[{self.host}]" if ":" in self.host else self.host
+        writer.write(f"CONNECT {target}:{self.port} HTTP/1.1\r\nHost: {target}:{self.port}"
+                     "\r\n\r\n".encode("ascii"))  # fmt: skip
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            writer.transport.abort()
+            raise TransportError("the proxy's answer to CONNECT is not HTTP") from None
+        status = head.split(b"\r\n", 1)[0].split(b" ")
+        if len(status) < 2 or status[1] != b"200":
+            writer.transport.abort()
+            line = head.split(b"\r\n", 1)[0][:80].decode("ascii", "replace")
+            raise TransportError(f"the proxy refused the tunnel: {line}")
+        await writer.start_tls(
+            context, server_hostname=self.service, ssl_handshake_timeout=CONNECT_TIMEOUT
+        )
+        return reader, writer
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            outer_reader, outer = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT * 2)
+        except (OSError, ssl.SSLError, TimeoutError, TransportError) as exc:
+            self._refuse(f"{type(exc).__name__}: {exc}"[:300])
+            writer.transport.abort()
+            return
+        ssl_object = outer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            self.tls.check(der)
+        except TransportError as exc:
+            self._refuse(str(exc))
+            outer.transport.abort()
+            writer.transport.abort()
+            return
+        pair = _Pair(writer, outer, der or b"")
+        self.live.add(pair)
+        try:
+            await asyncio.gather(_pipe(reader, outer), _pipe(outer_reader, writer))
+        finally:
+            self.live.discard(pair)
+            pair.close()
+
+    async def _watch(self) -> None:
+        """Close every connection whose SuperLink is no longer accepted."""
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            for pair in list(self.live):
+                try:
+                    self.tls.check(pair.der)
+                except TransportError as exc:
+                    self._refuse(f"{exc}: connection closed")
+                    self.live.discard(pair)
+                    pair.close()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    """Copy ``src`` to ``dst`` until ``src`` ends (then ``dst`` is closed once what it
+    holds is sent) or either fails (then ``dst`` is dropped)."""
+    try:
+        while data := await src.read(_READ):
+            dst.write(data)
+            await dst.drain()
+    except (OSError, ssl.SSLError):
+        dst.transport.abort()
+        return
+    dst.close()
