@@ -75,3 +75,45 @@ def test_kill_during_increments_then_restart(
         spm.stop()
         if pg is not None:
             drop_pg_database(pg, name)
+
+
+def test_a_certificate_named_in_another_spelling_cannot_stop_the_next_start(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review: a board-signed revocation of certificate ``0ab`` was stored as
+    ``ab`` and logged as ``0ab``; at the next start the log's revocation was "missing"
+    from the database and the SPM called it a rollback, at every start after. Another
+    spelling is now refused in one line, and the one spelling is recorded and kept."""
+    from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
+    from secfl.spm._integrity import change_of
+    from secfl.spm._revocation import revocation_digest
+    from secfl.spm.client import SpmRefused
+
+    def revoke(client: SpmClient, subject: str) -> object:
+        statement = {"kind": "certificate", "subject": subject, "service": "", "reason": "lost"}
+        digest = revocation_digest({"policy": "fed", **statement})
+        sigs = [
+            sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m) for m in ("alice", "bob")
+        ]
+        return client.revoke("fed", statement, sigs)
+
+    spm = SpmProcess(tmp_path / "data", sim[0], None).start()
+    try:
+        with SpmClient(spm.url, pin=spm.pin) as client:
+            document = policy_document("fed", board, sim[1])
+            client.submit_policy(document, board.sign(document, "alice", "bob"))
+            for other in ("0ab", "0xab", "a:b", "-0"):
+                with pytest.raises(SpmRefused, match="^revocation: a certificate subject is its"):
+                    revoke(client, other)
+            revoke(client, "ab")
+        spm.stop()
+        spm.start()  # the old code's SPM failed here, and at every start after
+        with SpmClient(spm.url, pin=spm.pin) as client:
+            assert [(r["kind"], r["subject"]) for r in client.revocations("fed")] == [
+                ("certificate", "ab")
+            ]
+    finally:
+        spm.stop()
+    # entries written before the refusal start too: their subject is read as stored
+    detail = {"kind": "certificate", "subject": "0AB"}
+    assert change_of("revocation.added", "fed", detail) == ("revoke", "fed", "certificate", "ab")

@@ -374,11 +374,26 @@ def change_of(event: str, policy: str | None, detail: dict[str, Any]) -> tuple[A
         kind, subject = detail.get("kind"), detail.get("subject")
         if isinstance(kind, str) and isinstance(subject, str):
             verb = "revoke" if event == "revocation.added" else "readmit"
+            if kind == "certificate":
+                subject = _serial(subject)
             return (verb, policy, kind, subject)
     if event == "certificate.revoked":  # entries written before revocations had kinds
         serial = detail.get("serial")
-        return ("revoke", policy, "certificate", serial) if isinstance(serial, str) else None
+        return (
+            ("revoke", policy, "certificate", _serial(serial)) if isinstance(serial, str) else None
+        )
     return None
+
+
+def _serial(serial: str) -> str:
+    """A certificate serial as the list stores it: entries written before the SPM
+    refused other spellings name some as they were signed (``0ab`` for ``ab``)."""
+    from secfl.spm._records import normalise_serial
+
+    try:
+        return normalise_serial(serial)
+    except SpmError:
+        return serial
 
 
 class Integrity:

@@ -14,7 +14,7 @@ from typing import Any
 
 from secfl._internal.canonical import canonical_sha256
 from secfl.errors import SpmError
-from secfl.spm._records import REVOCATION_KINDS, SessionRecord
+from secfl.spm._records import REVOCATION_KINDS, SessionRecord, normalise_serial
 
 __all__ = [
     "platform_id",
@@ -24,6 +24,22 @@ __all__ = [
     "revoked_reason",
     "session_identity",
 ]
+
+
+def _check_serial(serial: str) -> None:
+    """A certificate is named by its serial in one spelling only: the list stores it
+    normalised, and the audit entry keeps what was signed, so another spelling
+    (``0ab``, ``0x…``, colons) made the revocation look deleted at the next start and
+    the SPM never started again (found by a review)."""
+    try:
+        normal = normalise_serial(serial)
+    except SpmError:
+        normal = ""
+    if serial != normal:
+        raise SpmError(
+            "revocation: a certificate subject is its serial in lowercase hex, without 0x, "
+            "colons or leading zeros (as `secfl revoke` writes it)"
+        )
 
 
 def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
@@ -48,6 +64,7 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
         serial = text("serial", 64).lower()
         if not serial:
             raise SpmError("revocation: name a 'kind' and 'subject' (or a certificate 'serial')")
+        _check_serial(serial)
         return {"policy": policy, "serial": serial, "service": text("service", 128),
                 "reason": text("reason"), "kind": "certificate", "subject": serial}  # fmt: skip
     kind, subject = text("kind", 32), text("subject", 256)
@@ -59,7 +76,9 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
         subject = subject.lower()
         # '0xab', ' ab', 'ab:cd' would never match a measurement or a machine's ID (a
         # certificate's serial is normalised where it is stored, as it always was)
-        if kind != "certificate" and not set(subject) <= HEX_DIGITS:
+        if kind == "certificate":
+            _check_serial(subject)
+        elif not set(subject) <= HEX_DIGITS:
             raise SpmError(
                 f"revocation: a {kind} subject is lowercase hex digits only (no 0x, colons "
                 "or spaces)"
