@@ -445,3 +445,87 @@ def test_fuzz_mutated_volumes(sample: Path, data: st.DataObject) -> None:
         return
     with pytest.raises(ShieldError):
         _open_and_verify(bytes(mutated))
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        lambda p: p.replace(b'"version":1', b'"version":1e400'),  # a float past any number
+        lambda p: p.replace(b'"path":"', b'"path":"\\ud800', 1),  # a lone surrogate
+    ],
+    ids=["infinity", "surrogate"],
+)
+def test_values_with_no_canonical_form_are_one_line(tmp_path: Path, rewrite) -> None:  # type: ignore[no-untyped-def]
+    """Found by a review: a key holder's manifest with such a value was a traceback
+    (ValueError, UnicodeEncodeError) in `secfl shield ls` and `secfl run`."""
+    src = write_tree(tmp_path / "src", {"a": b"1"})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, version=1)
+    reseal_manifest(tmp_path / "v.vol", KEY, rewrite)
+    with pytest.raises(ShieldError, match="manifest is not in canonical form"):
+        Volume.open(tmp_path / "v.vol", KEY)
+
+
+def test_a_deep_path_is_refused_before_it_costs_anything(tmp_path: Path) -> None:
+    """Found by a review: every prefix of every path was built and kept, so a volume of
+    60 KB holding one path 30 000 folders deep took 10 s and 1 GiB to open."""
+    import time
+
+    from secfl.shield import encrypt_files
+
+    with pytest.raises(ShieldError, match="deeper than 128 folders"):
+        encrypt_files({"a/" * 200 + "f": b"x"}, tmp_path / "w.vol", KEY)
+    encrypt_files({"a/" * 127 + "f": b"x"}, tmp_path / "ok.vol", KEY)  # the deepest allowed
+    with Volume.open(tmp_path / "ok.vol", KEY) as volume:
+        assert volume.read_bytes("a/" * 127 + "f") == b"x"
+    # a key holder's manifest with one 30 000 folders deep: refused at once
+    encrypt_files({"a": b"x"}, tmp_path / "v.vol", KEY)
+    deep = b'"path":"' + b"a/" * 30000 + b"a"
+    reseal_manifest(tmp_path / "v.vol", KEY, lambda p: p.replace(b'"path":"a', deep))
+    started = time.monotonic()
+    with pytest.raises(ShieldError, match="deeper than 128 folders"):
+        Volume.open(tmp_path / "v.vol", KEY)
+    assert time.monotonic() - started < 5  # (the old code: 10 s; this is not a benchmark)
+
+
+def test_a_path_below_a_file_is_refused_whatever_sorts_between(tmp_path: Path) -> None:
+    """The prefix-free check now runs in one pass over the paths ordered with "/"
+    lowest: "a" and "a/b" are refused with "a-b" (which sorts between them) present."""
+    from secfl.shield import encrypt_files
+
+    encrypt_files({"a": b"1", "a-b": b"2", "c/d": b"3"}, tmp_path / "v.vol", KEY)
+    reseal_manifest(tmp_path / "v.vol", KEY, lambda p: p.replace(b'"path":"c/d"', b'"path":"a/d"'))
+    with pytest.raises(ShieldError, match="'a/d' is below a file"):
+        Volume.open(tmp_path / "v.vol", KEY)
+
+
+def test_a_fifo_given_as_a_volume_or_key_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Found by a review: a FIFO planted where a volume or key file is named hung
+    `secfl run` for ever (after the SPM released the keys) and `secfl shield verify`."""
+    import os
+
+    from secfl.shield import key_from_file, peek_tag
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ShieldError, match="is not a regular file"):
+        Volume.open(fifo, KEY)
+    with pytest.raises(ShieldError, match="is not a regular file"):
+        peek_tag(fifo)
+    with pytest.raises(ShieldError, match="^shield: cannot read key file"):
+        key_from_file(fifo)
+
+
+def test_a_folder_with_a_name_that_hides_text_is_refused_as_files_are(tmp_path: Path) -> None:
+    """Found by a review: `secfl shield encrypt` of a folder kept a file named with
+    terminal escapes and a line break, which `encrypt_files` refuses in a new volume."""
+    from secfl.shield import encrypt_files
+
+    name = "task.py\x1b[8m\nfake line"
+    src = write_tree(tmp_path / "src", {name: b"1"})
+    for encrypt in (
+        lambda: encrypt_directory(src, tmp_path / "v.vol", KEY),
+        lambda: encrypt_files({name: b"1"}, tmp_path / "w.vol", KEY),
+    ):
+        with pytest.raises(ShieldError, match="holds a control or invisible character"):
+            encrypt()
+    assert not (tmp_path / "v.vol").exists()

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine, text
 
 from secfl._internal.canonical import canonical_sha256
-from secfl.errors import CounterMoved, SpmError
+from secfl.errors import CounterMoved, LaunchError, SpmError
 from secfl.fl._commit import SpmLedger
 from secfl.policy._signatures import sign_statement
 from secfl.spm import _sealing as sv
@@ -432,6 +432,33 @@ def test_a_platform_id_of_zeros_is_refused(
 
 
 # --- 7: only the launcher that opened a volume records it ------------------------------------
+
+
+def test_a_kept_fresh_volume_of_version_0_is_refused_saying_why(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    """Found by a review: `secfl shield encrypt --version 0` is accepted, and the
+    launcher took the SPM's "nothing recorded yet" (version 0) for version 0 already
+    recorded: the first release was refused as a rollback of itself. The SPM records
+    versions from 1, so version 0 is refused as what it is, saying what to do."""
+    from secfl.launcher._volumes import _check_fresh
+    from secfl.shield import Volume, encrypt_files
+
+    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc["secrets"].append({"name": "data-key", "kind": "aes-256"})
+    doc["volumes"] = [{"name": "data", "key": "data-key", "kind": "data", "counter": "round"}]
+    doc["services"][0]["volumes"] = ["data"]
+    submit(client, board, yaml.safe_dump(doc))
+    agg = attest(client, sim, "p")
+    key = base64.b64decode(agg.secrets["data-key"]["raw"])
+    encrypt_files({"rows.csv": b"a,b\n"}, tmp_path / "v0.vol", key, version=0)
+    refused = pytest.raises(LaunchError, match=r"^volume: 'data' is version 0, .*--version 1")
+    with Volume.open(tmp_path / "v0.vol", key) as volume, refused:
+        _check_fresh(client, "p", "data", volume, agg, key)
+    encrypt_files({"rows.csv": b"a,b\n"}, tmp_path / "v1.vol", key, version=1)
+    with Volume.open(tmp_path / "v1.vol", key) as volume:
+        _check_fresh(client, "p", "data", volume, agg, key)  # the first release: recorded
+    assert client.volume_state("p", "data")["version"] == 1
 
 
 def test_a_session_token_alone_cannot_record_a_volume_version(

@@ -78,6 +78,12 @@ def _check_fresh(
     state = client.volume_state(policy, name)
     if version == state["version"] and tag == state["tag"]:
         return
+    if version == 0:  # the SPM's "nothing recorded yet": it records from version 1
+        raise LaunchError(
+            f"volume: '{name}' is version 0, but the SPM keeps this volume fresh and records "
+            "versions from 1: encrypt it again with `secfl shield encrypt --version 1` (or "
+            "later)"
+        )
     if version > state["version"]:
         client.record_volume(
             policy,

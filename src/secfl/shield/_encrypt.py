@@ -194,7 +194,9 @@ def _walk(top: Path) -> list[tuple[str, Path]]:
             raise ShieldError(f"shield: cannot list '{directory}': {exc.strerror or exc}") from None
         for child in children:
             name = _name(child.name, directory)
-            rel = f"{prefix}{name}"
+            # what encrypt_files refuses in a new volume, refused here too (a name
+            # with terminal escapes or a line break: found by a review)
+            rel = fmt.check_path(f"{prefix}{name}", f"'{directory}'", new=True)
             path = directory / child.name
             try:
                 mode = child.stat(follow_symlinks=False).st_mode

@@ -53,6 +53,7 @@ content, names, modes, version and chunk size, not on the key or the salt.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import struct
@@ -78,6 +79,8 @@ __all__ = [
     "MAX_CHUNK_SIZE",
     "MAX_FILES",
     "MAX_MANIFEST_SIZE",
+    "MAX_PATH_BYTES",
+    "MAX_PATH_DEPTH",
     "MAX_VERSION",
     "SALT_SIZE",
     "TAG_SIZE",
@@ -111,6 +114,11 @@ MAX_CHUNK_SIZE: Final = 1 << 26
 #: header can make an opener allocate (a sparse file of a few KiB on disk).
 MAX_MANIFEST_SIZE: Final = 256 << 20
 MAX_FILES: Final = 1 << 32
+#: The longest path in a volume (Linux's PATH_MAX, in characters: each is one byte or
+#: more) and the most folders above a file: what a volume's files must be extractable
+#: with, and a bound on what indexing a volume's folders costs.
+MAX_PATH_BYTES: Final = 4096
+MAX_PATH_DEPTH: Final = 128
 MAX_VERSION: Final = (1 << 63) - 1
 
 _HEADER: Final = struct.Struct(">8sHHI32s32sQQ32sQ")
@@ -234,6 +242,11 @@ def check_path(path: object, where: str, *, new: bool = False) -> str:
     (volumes written before that rule still open)."""
     if not isinstance(path, str) or not path:
         raise ShieldError(f"shield: {where}: invalid path {path!r}")
+    if len(path) > MAX_PATH_BYTES or path.count("/") >= MAX_PATH_DEPTH:
+        raise ShieldError(
+            f"shield: {where}: path {path[:80]!r}... is longer than {MAX_PATH_BYTES} characters or "
+            f"deeper than {MAX_PATH_DEPTH} folders"
+        )
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts) or "\x00" in path:
         raise ShieldError(f"shield: {where}: invalid path {path!r}")
@@ -279,7 +292,10 @@ def check_manifest(
         raise ShieldError(f"shield: {where}: unsupported manifest format {doc['format']!r}")
     try:
         same = canonical(doc) == plaintext
-    except RecursionError:  # nesting json.loads took, a level or two past json.dumps's
+    # nesting json.loads took, a level or two past json.dumps's; a number past a float
+    # (1e400), a lone surrogate: values with no canonical form (ValueError and its
+    # UnicodeEncodeError), refused in one line rather than as a traceback
+    except (RecursionError, ValueError):
         same = False
     if not same:
         raise ShieldError(f"shield: {where}: manifest is not in canonical form")
@@ -308,13 +324,15 @@ def check_manifest(
         if _int(entry["offset"], 0, 1 << 62, "offset", where) != offset:
             raise ShieldError(f"shield: {where}: manifest has a wrong offset for {path!r}")
         offset += sealed_length(size, header.chunk_size)
-    # Every path is a prefix-free leaf: "a" and "a/b" cannot both be files.
-    names = {e["path"] for e in files}
-    for entry in files:
-        parts = entry["path"].split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in names:
-                raise ShieldError(f"shield: {where}: {entry['path']!r} is below a file")
+    # Every path is a prefix-free leaf: "a" and "a/b" cannot both be files. Ordered with
+    # "/" as the lowest character (NUL: no path holds one), the paths below a file come
+    # right after it: one pass, where every prefix of every path cost time and memory
+    # quadratic in a path's depth (found by a review).
+    ordered = sorted(e["path"].replace("/", "\x00") for e in files)
+    for here, after in itertools.pairwise(ordered):
+        if after.startswith(here + "\x00"):
+            below = after.replace("\x00", "/")
+            raise ShieldError(f"shield: {where}: {below[:200]!r} is below a file")
     if offset != header.manifest_offset:
         raise ShieldError(f"shield: {where}: manifest and header disagree on the layout")
     return version, files

@@ -49,7 +49,7 @@ def load_key(value: bytes | bytearray | memoryview | str) -> bytes:
 def key_from_file(path: Path | str) -> bytes:
     """Read a key file (64 hex characters, or 32 raw bytes)."""
     try:
-        raw = read_bounded(path, _MAX_KEY_FILE)
+        raw = read_bounded(path, _MAX_KEY_FILE, regular=True)  # a FIFO would hang
     except TooLarge:
         raise ShieldError(f"shield: key file '{path}' is too large to be a key") from None
     except OSError as exc:

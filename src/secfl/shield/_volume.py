@@ -90,10 +90,7 @@ class Volume:
         path = Path(path)
         where = f"volume '{path}'"
         expected = fmt.check_tag(expected_tag, "expected tag") if expected_tag is not None else None
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:
-            raise ShieldError(f"shield: cannot open {where}: {exc.strerror or exc}") from None
+        fd = _open_regular(path, where)
         try:
             return cls._authenticate(path, fd, key, where, expected, min_version)
         except BaseException:
@@ -360,9 +357,30 @@ def peek_tag(path: Path | str) -> str:
     :meth:`Volume.open` checks it against the manifest). ``secfl run`` uses it to
     measure code volumes before the SPM releases their keys."""
     where = f"volume '{path}'"
+    fd = _open_regular(Path(path), where)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(fmt.HEADER_SIZE)
+        raw = os.pread(fd, fmt.HEADER_SIZE, 0)
     except OSError as exc:
         raise ShieldError(f"shield: cannot read {where}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     return fmt.unpack_header(raw, where).tag.hex()
+
+
+def _open_regular(path: Path, where: str) -> int:
+    """A descriptor of the regular file ``path``: a FIFO or a device given as a volume
+    is refused at once (opened without O_NONBLOCK, a FIFO hung ``secfl run`` for ever,
+    after the SPM released the keys: found by a review)."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ShieldError(f"shield: cannot open {where}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ShieldError(f"shield: {where} is not a regular file (a volume is one file)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
