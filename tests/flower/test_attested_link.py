@@ -185,3 +185,188 @@ def _serial(cert_pem: bytes) -> int:
     from cryptography import x509
 
     return x509.load_pem_x509_certificate(cert_pem).serial_number
+
+
+class _Proxy:
+    """A CONNECT proxy on loopback that tunnels to the gate, and (``forge``) sends a
+    reply of its own right after its ``200``, as a hostile host's proxy would."""
+
+    def __init__(self, forge: bytes = b"") -> None:
+        import socket
+        import threading
+
+        self.forge = forge
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(1)
+            target = head.split(b" ")[1].decode()
+            host, _, port = target.rpartition(":")
+            upstream = socket.create_connection((host, int(port)))
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n" + self.forge)
+
+            def pump(a: socket.socket, b: socket.socket) -> None:
+                try:
+                    while data := a.recv(65536):
+                        b.sendall(data)
+                except OSError:
+                    pass
+                finally:
+                    b.close()
+
+            threading.Thread(target=pump, args=(conn, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+FORGED = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nFORGED"
+
+
+@pytest.mark.parametrize("forge", [b"", FORGED], ids=["honest", "forging"])
+def test_through_a_proxy_only_the_superlink_speaks(
+    link: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forge: bytes
+) -> None:
+    """Found by a review: the relay read the proxy's answer through a buffered stream,
+    and what the proxy sent after its 200 went to Flower as if the attested SuperLink
+    had sent it. Now nothing past the answer is read: it meets the TLS handshake."""
+    proxy = _Proxy(forge)
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("no_proxy", "")
+    loopback = tls_files(tmp_path / "relay2", ["127.0.0.1"])
+    inner = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    inner.load_cert_chain(loopback["crt"], loopback["key"])
+    relay = Relay(link["site_tls"], "127.0.0.1", link["port"], inner, service="aggregator")
+    local = relay.start()
+    verify = ssl.create_default_context(cafile=str(loopback["ca"]))
+    try:
+        with httpx.Client(verify=verify, trust_env=False, timeout=20) as flower:
+            tunneled = {**link, "flower": flower,
+                        "url": f"https://127.0.0.1:{local}/v1/fleet/get-run"}  # fmt: skip
+            if not forge:
+                assert _call(tunneled) == (502, PASSED)  # through the tunnel, to the gate
+            else:
+                with pytest.raises(httpx.TransportError):
+                    _call(tunneled)
+                assert any("SSL" in why for why in relay.said), relay.said
+    finally:
+        relay.stop()
+        proxy.close()
+
+
+def test_a_proxy_url_the_relay_cannot_use_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from secfl.errors import FlowerError
+    from secfl.flower._relay import _proxy_for
+
+    monkeypatch.setenv("no_proxy", "")
+    for url in ("http://proxy.example:99999", "http://proxy.example:abc", "http://[::1",
+                "socks5://proxy.example:1080"):  # fmt: skip
+        monkeypatch.setenv("https_proxy", url)
+        with pytest.raises(FlowerError, match=r"^flower: relay: the proxy .* is not http://"):
+            _proxy_for("superlink.example")
+
+
+def test_a_renewed_site_connects_again_and_a_refused_one_is_let_go(
+    link: dict[str, Any], board: Board
+) -> None:
+    """Found by a review: Flower kept polling on a connection made with the site's
+    first certificate; once that expired, the gate answered 403 on it for ever (Flower
+    takes a 403 for "no run yet"). The relay now closes a connection made with a
+    certificate since renewed, and the gate closes a connection it refused."""
+    assert _call(link) == (502, PASSED)
+    assert len(link["relay"].live) == 1
+    (before,) = link["relay"].live
+    assert link["site_tls"].renew(force=True)
+    deadline = time.monotonic() + 5
+    while before in link["relay"].live and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert before not in link["relay"].live
+    assert _call(link) == (502, PASSED)  # a new connection, with the new certificate
+    _revoke(link["proc"], board, kind="service", subject="collaborator")
+    link["gate_tls"].read_revocations()
+    headers = {"flwr-public-key": base64.b64encode(NODE).decode()}
+    reply = link["flower"].post(link["url"], content=b"{}", headers=headers)
+    assert reply.status_code == 403 and reply.headers["connection"] == "close"
+
+
+def test_a_request_under_way_when_its_site_is_revoked_is_not_forwarded(
+    link: dict[str, Any], board: Board, tmp_path: Path
+) -> None:
+    """Found by a review: the peer was checked when the headers arrived, and a body
+    sent after the board revoked the site was forwarded all the same."""
+    import socket
+
+    relay_port = int(link["url"].split(":")[2].split("/")[0])
+    context = ssl.create_default_context(cafile=str(tmp_path / "relay" / "ca.pem"))
+    body = b'{"update": "from a site the board revoked"}'
+    raw = socket.create_connection(("127.0.0.1", relay_port))
+    with raw, context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(
+            b"POST /v1/fleet/push-messages HTTP/1.1\r\nhost: x\r\n"
+            b"flwr-public-key: " + base64.b64encode(NODE) + b"\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        time.sleep(0.5)  # the headers are in; now the board acts
+        _revoke(link["proc"], board, kind="service", subject="collaborator")
+        link["gate_tls"].read_revocations()
+        tls.sendall(body)
+        answer = b""
+        while chunk := tls.recv(65536):  # to the end: the gate closes the connection
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b"'collaborator' is revoked" in answer
+    assert link["gate"].forwarded == 0
+
+
+def test_stopping_the_relay_with_a_connection_open_is_quiet(
+    link: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a review: the wrapper's shutdown, with Flower's keep-alive connection
+    open, printed asyncio's traceback of a cancelled task."""
+    assert _call(link) == (502, PASSED)
+    assert link["relay"].live
+    with caplog.at_level("ERROR", logger="asyncio"):
+        link["relay"].stop()
+        time.sleep(0.5)
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+
+
+def test_the_relay_takes_a_bounded_number_of_connections(
+    link: dict[str, Any], tmp_path: Path
+) -> None:
+    """Each relayed connection holds one of the gate's connections, which every site
+    shares: a process on the site's loopback cannot take them all through its relay."""
+    import socket
+
+    from secfl.flower._relay import MAX_CONNECTIONS
+
+    relay_port = int(link["url"].split(":")[2].split("/")[0])
+    context = ssl.create_default_context(cafile=str(tmp_path / "relay" / "ca.pem"))
+    held = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 1):
+            raw = socket.create_connection(("127.0.0.1", relay_port))
+            held.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        deadline = time.monotonic() + 10
+        while len(link["relay"].live) < MAX_CONNECTIONS and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(link["relay"].live) == MAX_CONNECTIONS
+        assert (
+            f"more than {MAX_CONNECTIONS} connections from loopback at once" in link["relay"].said
+        )
+    finally:
+        for sock in held:
+            sock.close()

@@ -155,14 +155,8 @@ class FleetGate:
             return
         if scope["type"] != "http":
             return
-        if self.peers is not None:
-            try:
-                self.peers(scope.get(PEER_CERT))
-            except TransportError as exc:
-                self.refused += 1
-                self._say(str(exc))
-                await _answer(send, 403, f"gate: {exc}")
-                return
+        if await self._peer_refused(scope, send):
+            return
         path = str(scope.get("path", ""))
         call = path.removeprefix("/v1/fleet/")
         if (
@@ -234,6 +228,8 @@ class FleetGate:
                 if not message.get("more_body"):
                     break
             self._held.discard(held)  # whole: never dropped now
+            if await self._peer_refused(scope, send):  # again: revoked while it uploaded?
+                return
             body = b"".join(held.pieces)  # one copy, then the pieces go
             held.pieces.clear()
             await self._forward(path, body, headers, send)
@@ -242,6 +238,21 @@ class FleetGate:
             held.pieces.clear()
             self.buffered -= held.counted
             held.counted = 0
+
+    async def _peer_refused(self, scope: Scope, send: Send) -> bool:
+        """With mutual TLS, whether the certificate of the request's connection is
+        refused now (then answered 403, and the connection closed: a client polling on
+        it, as Flower does after a 403, would never come back with a renewed one)."""
+        if self.peers is None:
+            return False
+        try:
+            self.peers(scope.get(PEER_CERT))
+        except TransportError as exc:
+            self.refused += 1
+            self._say(str(exc))
+            await _answer(send, 403, f"gate: {exc}", close=True)
+            return True
+        return False
 
     def _drop_stalled(self, need: int, *, keep: _Held) -> None:
         """Let go of the bodies of requests stalled longest (:data:`STALL_SECONDS`)
@@ -351,12 +362,15 @@ def _node_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
         return None
 
 
-async def _answer(send: Send, status: int, error: str, *, retry: bool = False) -> None:
+async def _answer(
+    send: Send, status: int, error: str, *, retry: bool = False, close: bool = False
+) -> None:
     body = json.dumps({"error": error}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         *([(b"retry-after", b"1")] if retry else []),
+        *([(b"connection", b"close")] if close else []),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
+from secfl._internal.values import quoted
 from secfl.errors import FlowerError, TransportError
 from secfl.flower._attested import SUPERLINK, AttestedTls
 
@@ -42,6 +44,9 @@ log = logging.getLogger("secfl.flower")
 CONNECT_TIMEOUT = 30.0
 #: How often open connections are checked against the revocation list (seconds).
 WATCH_EVERY = 1.0
+#: The most connections relayed at once (Flower's SuperNode keeps a few open; each
+#: takes one of the gate's 256, which all the sites share).
+MAX_CONNECTIONS = 32
 #: The most bytes read at once on either side.
 _READ = 1 << 16
 #: The largest answer head a proxy may send to CONNECT.
@@ -54,12 +59,15 @@ def _proxy_for(host: str) -> tuple[str, int] | None:
     url = proxies.get("https") or proxies.get("all")
     if not url or urllib.request.proxy_bypass(host):
         return None
-    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    wrong = f"flower: relay: the proxy {quoted(url)} is not http://HOST:PORT (a CONNECT proxy)"
+    try:
+        parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        port = parsed.port or 80
+    except ValueError:  # a port out of range or not a number, a broken IPv6 address
+        raise FlowerError(wrong) from None
     if parsed.scheme != "http" or not parsed.hostname:
-        raise FlowerError(
-            f"flower: relay: the proxy {url[:80]} is not http://HOST:PORT (a CONNECT proxy)"
-        )
-    return parsed.hostname, parsed.port or 80
+        raise FlowerError(wrong)
+    return parsed.hostname, port
 
 
 @dataclass(eq=False)
@@ -68,7 +76,9 @@ class _Pair:
 
     inner: asyncio.StreamWriter
     outer: asyncio.StreamWriter
+    #: the gate's certificate (DER) and this site's (PEM) on this connection
     der: bytes
+    mine: bytes
 
     def close(self) -> None:
         for writer in (self.inner, self.outer):
@@ -90,6 +100,7 @@ class Relay:
     said: set[str] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
+    _open: int = 0  # connections being made or relayed (the event loop's thread alone)
     _proxy: tuple[str, int] | None = None
 
     def start(self) -> int:
@@ -138,6 +149,9 @@ class Relay:
             return
 
         def cancel() -> None:
+            for pair in list(self.live):  # the pipes end as for a closed connection
+                self.live.discard(pair)
+                pair.close()
             for task in asyncio.all_tasks(loop):
                 task.cancel()
 
@@ -158,26 +172,70 @@ class Relay:
                 self.host, self.port, ssl=context, server_hostname=self.service,
                 ssl_handshake_timeout=CONNECT_TIMEOUT, limit=_READ,
             )  # fmt: skip
-        reader, writer = await asyncio.open_connection(*self._proxy, limit=_PROXY_HEAD)
-        target = f"[{self.host}]" if ":" in self.host else self.host
-        writer.write(f"CONNECT {target}:{self.port} HTTP/1.1\r\nHost: {target}:{self.port}"
-                     "\r\n\r\n".encode("ascii"))  # fmt: skip
+        sock = await self._tunnel(*self._proxy)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            writer.transport.abort()
-            raise TransportError("the proxy's answer to CONNECT is not HTTP") from None
-        status = head.split(b"\r\n", 1)[0].split(b" ")
-        if len(status) < 2 or status[1] != b"200":
-            writer.transport.abort()
-            line = head.split(b"\r\n", 1)[0][:80].decode("ascii", "replace")
-            raise TransportError(f"the proxy refused the tunnel: {line}")
-        await writer.start_tls(
-            context, server_hostname=self.service, ssl_handshake_timeout=CONNECT_TIMEOUT
-        )
-        return reader, writer
+            return await asyncio.open_connection(
+                sock=sock, ssl=context, server_hostname=self.service,
+                ssl_handshake_timeout=CONNECT_TIMEOUT, limit=_READ,
+            )  # fmt: skip
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _tunnel(self, proxy_host: str, proxy_port: int) -> socket.socket:
+        """A socket through the proxy to the gate (``CONNECT``), read up to the end of
+        the proxy's answer and not one byte further: whatever follows is the gate's TLS
+        and nothing else. (Read through a buffered stream, bytes the proxy sent after
+        its answer were passed to Flower as if the attested SuperLink had sent them:
+        found by a review.)"""
+        loop = asyncio.get_running_loop()
+        family, kind, proto, _, address = (
+            await loop.getaddrinfo(proxy_host, proxy_port, type=socket.SOCK_STREAM)
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+            target = f"[{self.host}]" if ":" in self.host else self.host
+            await loop.sock_sendall(sock, f"CONNECT {target}:{self.port} HTTP/1.1\r\nHost: "
+                                    f"{target}:{self.port}\r\n\r\n".encode("ascii"))  # fmt: skip
+            head = bytearray()
+            while not head.endswith(b"\r\n\r\n"):
+                if len(head) >= _PROXY_HEAD:
+                    raise TransportError("the proxy's answer to CONNECT is too long")
+                byte = await loop.sock_recv(sock, 1)
+                if not byte:
+                    raise TransportError("the proxy closed the tunnel before answering")
+                head += byte
+            line = bytes(head).split(b"\r\n", 1)[0]
+            status = line.split(b" ")
+            if len(status) < 2 or status[1] != b"200":
+                text = line[:80].decode("ascii", "replace")
+                raise TransportError(f"the proxy refused the tunnel: {text}")
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._relay(reader, writer)
+        except asyncio.CancelledError:  # the relay stops: the connection ends with it
+            writer.transport.abort()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:  # Flower keeps a few: the rest is a flood
+            self._refuse(f"more than {MAX_CONNECTIONS} connections from loopback at once")
+            writer.transport.abort()
+            return
+        self._open += 1
+        try:
+            await self._connected(reader, writer)
+        finally:
+            self._open -= 1
+
+    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        mine = self.tls.ident.creds.cert_pem  # the certificate this connection presents
         try:
             outer_reader, outer = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT * 2)
         except (OSError, ssl.SSLError, TimeoutError, TransportError) as exc:
@@ -193,7 +251,7 @@ class Relay:
             outer.transport.abort()
             writer.transport.abort()
             return
-        pair = _Pair(writer, outer, der or b"")
+        pair = _Pair(writer, outer, der or b"", mine)
         self.live.add(pair)
         try:
             await asyncio.gather(_pipe(reader, outer), _pipe(outer_reader, writer))
@@ -202,14 +260,22 @@ class Relay:
             pair.close()
 
     async def _watch(self) -> None:
-        """Close every connection whose SuperLink is no longer accepted."""
+        """Close every connection whose SuperLink is no longer accepted, and every one
+        made with a certificate of this site's that has since been renewed: the gate
+        would refuse it once it expires, and Flower, polling on a connection it keeps
+        open, would never make a new one (found by a review)."""
         while True:
             await asyncio.sleep(WATCH_EVERY)
+            current = self.tls.ident.creds.cert_pem
             for pair in list(self.live):
                 try:
                     self.tls.check(pair.der)
                 except TransportError as exc:
                     self._refuse(f"{exc}: connection closed")
+                    self.live.discard(pair)
+                    pair.close()
+                    continue
+                if pair.mine != current:  # renewed: Flower connects again with the new one
                     self.live.discard(pair)
                     pair.close()
 
