@@ -651,3 +651,31 @@ def test_emoji_and_ideograph_variants_still_load(emoji: str, tmp_path: Path) -> 
     ca["common_name"] = "hospital CA\u2065"  # unassigned, ignorable: refused
     good.write_text(json.dumps(data), encoding="utf-8")
     assert "(U+2065)" in _cli("policy", "validate", str(good), cwd=tmp_path).stderr
+
+
+def test_the_review_shows_every_change_a_version_makes_to_what_it_grants() -> None:
+    """Found by a review: `secfl policy show --against` listed a secret by name and
+    kind only, so a new version could swap the model owner's imported key for one its
+    proposer sealed (anyone can seal to the SPM), add a name to a certificate, or
+    change the federation's settings, and the diff the board reads showed nothing."""
+    from secfl.policy._review import review_diff
+
+    old = policy_dict()
+    old["secrets"].append({"name": "output-key", "kind": "imported", "sealed": "AAAA"})
+    new = json.loads(json.dumps(old))
+    new["secrets"][-1]["sealed"] = "BBBB"  # the proposer's own key, sealed to the SPM
+    new["secrets"][2]["sans"] = ["col", "*.attacker.example"]
+    new["federation"]["rounds"] = 300
+    new["services"][1]["certificate_ttl"] = 366 * 86400
+    new["services"][1]["inject"]["files"]["/tmp/key"] = "$$SECFL::model-key:hex$$"
+    changed = [
+        line[1:]
+        for line in review_diff(load_policy(to_yaml(old)), load_policy(to_yaml(new)))
+        if line[:1] == "+" and not line.startswith("+++")
+    ]
+    text = "\n".join(changed)
+    assert "  output-key: imported, sealed value sha256 " in text
+    assert "*.attacker.example" in text and "  tls: x509, " in text
+    assert '"rounds":300' in text
+    assert "certificates last: 31622400 s" in text
+    assert "injects file /tmp/key = $$SECFL::model-key:hex$$" in text

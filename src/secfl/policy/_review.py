@@ -4,15 +4,19 @@ The YAML is what its author wrote; :func:`review` is what the SPM will do with i
 read back from the validated model: who approves the next version (with each key's
 fingerprint, recovery keys included: a recovery key is a share of every secret), which
 evidence is accepted, and for each service the code it pins, every secret and part
-it receives (a volume's key included) and the volumes it opens. ``secfl policy show``
-prints it; ``--against`` prints what changed from the version a new one replaces.
+it receives (a volume's key included), where it is injected, and the volumes it opens;
+every secret's whole definition; the federation settings. ``secfl policy show`` prints
+it; ``--against`` prints what changed from the version a new one replaces.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+from typing import Any
 
+from secfl._internal.canonical import canonical_json
+from secfl._internal.values import shown
 from secfl.policy import _keys as keys
 from secfl.policy._canonical import digest
 from secfl.policy._model import Policy, Service
@@ -54,13 +58,31 @@ def review(policy: Policy) -> list[str]:
         lines.extend(_service(policy, service))
     lines.append("secrets:")
     for secret in policy.secrets:
-        lines.append(f"  {secret.name}: {secret.kind}")
+        lines.append(f"  {secret.name}: {_definition(secret.model_dump(mode='json'))}")
     lines.append("volumes:")
     for volume in policy.volumes:
         pin = f"tag {volume.tag}" if volume.tag else f"newest release, counter {volume.counter}"
         lines.append(f"  {volume.name}: {volume.kind}, key {volume.key}, {pin}")
     lines.append(f"counters: {', '.join(c.name for c in policy.counters) or '(none)'}")
+    federation = canonical_json(policy.federation).decode() if policy.federation else "(none)"
+    lines.append(f"federation: {shown(federation)}")
     return lines
+
+
+def _definition(fields: dict[str, Any]) -> str:
+    """A secret's whole definition on one line: its kind, then every field it sets
+    (an imported secret's sealed value as its SHA-256). A review that showed only the
+    kind let a new version swap the model owner's imported key for one its proposer
+    sealed, or add a certificate name, unseen (found by a review)."""
+    kind = fields.pop("kind")
+    fields.pop("name", None)
+    sealed = fields.pop("sealed", None)
+    shown_fields = [f"{k}={shown(canonical_json(v).decode())}" for k, v in sorted(fields.items())
+                    if v is not None]  # fmt: skip
+    if sealed is not None:
+        digest_ = hashlib.sha256(str(sealed).encode()).hexdigest()
+        shown_fields.insert(0, f"sealed value sha256 {digest_}")
+    return ", ".join([kind, *shown_fields])
 
 
 def _service(policy: Policy, service: Service) -> list[str]:
@@ -75,10 +97,18 @@ def _service(policy: Policy, service: Service) -> list[str]:
         if volume is not None:
             parts.setdefault(volume.key, set()).add("*")
     for name in sorted(parts):
-        shown = sorted("whole" if p in ("*", None) else str(p) for p in parts[name])
-        lines.append(f"  receives {name}: {', '.join(dict.fromkeys(shown))}")
+        listed = sorted("whole" if p in ("*", None) else str(p) for p in parts[name])
+        lines.append(f"  receives {name}: {', '.join(dict.fromkeys(listed))}")
     lines.append(f"  opens volumes: {', '.join(service.volumes) or '(none)'}")
     lines.append(f"  moves counters: {', '.join(service.counters) or '(none)'}")
+    lines.append(f"  certificates last: {service.certificate_ttl} s")
+    # where each secret lands, as written (a variable or a file the host may read?)
+    for name, text in sorted(service.inject.env.items()):
+        lines.append(f"  injects env {shown(name)} = {shown(text)}")
+    for path, text in sorted(service.inject.files.items()):
+        lines.append(f"  injects file {shown(path)} = {shown(text)}")
+    for i, text in enumerate(service.inject.args):
+        lines.append(f"  injects argument {i} = {shown(text)}")
     return lines
 
 
