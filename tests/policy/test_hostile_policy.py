@@ -679,3 +679,21 @@ def test_the_review_shows_every_change_a_version_makes_to_what_it_grants() -> No
     assert '"rounds":300' in text
     assert "certificates last: 31622400 s" in text
     assert "injects file /tmp/key = $$SECFL::model-key:hex$$" in text
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "name: x\nfederation: {a: [" + "1," * 300000 + "1]}\n",
+        "name: x\nfederation:\n" + "".join(f"  k{i}: 1\n" for i in range(60000)),
+    ],
+    ids=["flow list", "many keys"],
+)
+def test_a_document_of_too_many_values_is_refused_before_it_costs_much(document: str) -> None:
+    """Found by a review: a megabyte of one-character YAML values cost 20 s of CPU,
+    read before any signature is checked, so anyone could keep the SPM busy."""
+    import time
+
+    started = time.process_time()
+    assert refusal(document).endswith("more than 20000 values in one document")
+    assert time.process_time() - started < 10  # (was 14-24 s; not a benchmark)

@@ -58,6 +58,11 @@ MAX_BYTES = 1 << 20
 MAX_DEPTH = 64
 #: The longest number accepted, as written (sign, digits, prefix, underscores).
 MAX_NUMBER_CHARS = 100
+#: The most YAML values (scalars, lists, mappings) in one document: PyYAML reads about
+#: 30 000 a second, so a megabyte of one-character list items cost 20 s of CPU before
+#: any signature could be checked (found by a review). A policy with the most services,
+#: secrets and pins the model allows has fewer.
+MAX_NODES = 20_000
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -68,6 +73,7 @@ class _StrictLoader(yaml.SafeLoader):
     def __init__(self, stream: str | bytes) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -87,6 +93,12 @@ class _StrictLoader(yaml.SafeLoader):
                 None, None, "escapes that spell characters by number (\\x, \\u, \\U) "
                 "or name (\\N, \\_, \\L, \\P) are not allowed: write the characters",
                 event.start_mark,  # type: ignore[arg-type]
+            )  # fmt: skip
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise ComposerError(
+                None, None, f"more than {MAX_NODES} values in one document",
+                self.peek_event().start_mark,
             )  # fmt: skip
         self._depth += 1
         try:

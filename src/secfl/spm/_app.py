@@ -9,6 +9,7 @@ group of routes is registered by its own function, for :func:`create_app`.
 from __future__ import annotations
 
 import base64
+import threading
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives import hashes
@@ -128,9 +129,19 @@ def _spm_routes(app: FastAPI, spm: Spm) -> None:
 def _policy_routes(app: FastAPI, spm: Spm) -> None:
     """Board-approved policy versions and revocations."""
 
+    # Anyone may submit, and a document is read (up to a second of CPU for the largest)
+    # before a signature can be checked: a few at a time, the rest answered 503, so a
+    # flood of submissions cannot starve the SPM's other work (found by a review).
+    reading = threading.BoundedSemaphore(2)
+
     @app.post("/v1/policies", responses=ERRORS)
     def submit_policy(body: PolicySubmission) -> PolicyOut:
-        record = spm.submit_policy(body.document, [s.model_dump() for s in body.signatures])
+        if not reading.acquire(blocking=False):
+            raise Refused("busy: other policy documents are being read; try again", 503)
+        try:
+            record = spm.submit_policy(body.document, [s.model_dump() for s in body.signatures])
+        finally:
+            reading.release()
         return PolicyOut(
             name=record.name,
             version=record.version,
