@@ -19,8 +19,9 @@ It writes a file of random bytes to a temporary folder, then measures:
   (what the reader does, so that the bytes it authenticates are the bytes it
   decrypts): the floor of any reader's cost, for the breakdown;
 - reads through ``Volume.open_file`` (volume file warm in the page cache too), all
-  without the whole-file SHA-256 (the streaming default: every chunk still
-  authenticated by AES-GCM): one ``readinto`` of the whole file (what loading a
+  without the whole-file SHA-256 (``check_digest=False``: every chunk still
+  authenticated by AES-GCM; the streaming default checks it, since only the
+  digest stops a key holder's other content under the same tag): one ``readinto`` of the whole file (what loading a
   model does) and streaming with ``--big-block-kb`` reads, each on all threads
   (the default: the chunks of a read split among threads, each decrypting straight
   into its part of the buffer, :mod:`secfl.shield._parallel`) and on one (the pool

@@ -529,3 +529,35 @@ def test_a_folder_with_a_name_that_hides_text_is_refused_as_files_are(tmp_path: 
         with pytest.raises(ShieldError, match="holds a control or invisible character"):
             encrypt()
     assert not (tmp_path / "v.vol").exists()
+
+
+def test_a_key_holders_other_content_under_the_same_tag_is_refused_when_streamed(
+    tmp_path: Path,
+) -> None:
+    """Found by a review: whoever holds a volume's key can encrypt other bytes under
+    the same header and manifest, so the volume keeps the tag a policy pins; streaming
+    (`open_file`, what a `--module` workload reads through `secfl.launcher.volumes`)
+    did not check the file's SHA-256, which alone tells the two apart."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    src = write_tree(tmp_path / "src", {"rows.csv": b"honest,data\n" * 1000})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, version=1)
+    raw = bytearray((tmp_path / "v.vol").read_bytes())
+    header = fmt.unpack_header(bytes(raw[: fmt.HEADER_SIZE]), "test")
+    keys = fmt.derive_keys(KEY, header.salt)
+    with Volume.open(tmp_path / "v.vol", KEY) as volume:
+        tag, (entry,) = volume.tag, volume.files
+    for j in range(entry.chunks):
+        n = min(header.chunk_size, entry.size - j * header.chunk_size)
+        offset = entry.offset + j * (header.chunk_size + fmt.TAG_SIZE)
+        aad = fmt.chunk_aad(header.salt, 0, entry.path, j, j == entry.chunks - 1)
+        forged = AESGCM(keys.chunk).encrypt(fmt.chunk_nonce(0, j), b"E" * n, aad)
+        raw[offset : offset + n + fmt.TAG_SIZE] = forged
+    (tmp_path / "forged.vol").write_bytes(bytes(raw))
+    with Volume.open(tmp_path / "forged.vol", KEY, expected_tag=tag) as forged_volume:
+        with pytest.raises(ShieldError, match="does not match its SHA-256 in the manifest"):
+            forged_volume.open_file("rows.csv").read()
+        stream = forged_volume.open_file("rows.csv")
+        with pytest.raises(ShieldError, match="does not match its SHA-256"):
+            while stream.read(4096):
+                pass

@@ -135,10 +135,10 @@ class VolumeFile(io.RawIOBase):
     file's chunks are decrypted in order (sequential reading, also with seeks
     back), the whole-file SHA-256 is compared with the manifest as the last chunk
     is decrypted, before its bytes are returned; random access beyond the next
-    unread chunk skips that second check, which is redundant with the per-chunk
-    authentication anyway. ``check_digest=False`` turns it off: reading is then
-    several times faster where SHA-256 is slower than AES-GCM (most CPUs with
-    AES-NI), and every byte is still authenticated by its chunk's GCM tag.
+    unread chunk skips that second check. The GCM tags stop anyone without the key;
+    only the digest stops a key holder's other content under the same manifest (and
+    tag). ``check_digest=False`` turns it off: reading is then several times faster
+    where SHA-256 is slower than AES-GCM (most CPUs with AES-NI).
 
     Chunks are decrypted on all CPUs (:mod:`secfl.shield._parallel`): a read of
     several whole chunks (from :data:`~secfl.shield._parallel.RANGE_MIN_BYTES`) is

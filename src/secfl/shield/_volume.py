@@ -224,7 +224,7 @@ class Volume:
 
     # -- reading ----------------------------------------------------------------
 
-    def open_file(self, path: str, *, check_digest: bool = False) -> io.BufferedReader:
+    def open_file(self, path: str, *, check_digest: bool = True) -> io.BufferedReader:
         """A lazy, seekable reader of ``path`` (see :class:`VolumeFile`).
 
         Memory is about two chunks, plus what is decrypted ahead on the other CPUs
@@ -232,11 +232,16 @@ class Volume:
         A tampered chunk raises ShieldError naming the file and chunk when it is reached.
 
         Every chunk is authenticated (AES-GCM binding the volume, the file, the chunk
-        index and whether it is the last) under the authenticated manifest, which is
-        what makes a file's bytes trustworthy; the whole-file SHA-256 adds no security
-        on top of that and costs most of the read throughput (SHA-256 is slower than
-        AES-GCM here), so streaming leaves it off by default. ``read_bytes``,
-        ``verify``, ``extract`` and the importer check it too.
+        index and whether it is the last) under the authenticated manifest: against
+        anyone without the key. Whoever holds the key (a data owner) can encrypt other
+        bytes under the same layout, and only the file's SHA-256 in the manifest, which
+        the tag a policy pins covers, tells them apart (found by a review: the default
+        was off). So a file read from its start to its end is checked against it
+        before its last bytes are returned, as ``read_bytes``, ``verify``, ``extract``
+        and the importer check it. ``check_digest=False`` skips that (several times
+        faster where SHA-256 is slower than AES-GCM) for a volume whose key holder the
+        reader trusts with the content; reads that start past a part not yet read
+        (random access) are never checked against the digest.
         """
         entry = self.entry(path)
         if self.closed:
