@@ -46,13 +46,17 @@ def run_pytest(
         (tmp_path / name).write_text(text)
     target = tmp_path / "test_tiny.py" if isinstance(source, str) else tmp_path
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    # only the plugins these rules rest on: the installed ones (hypothesis, schemathesis)
+    # took 3 s of each run's start, a minute of the suite
+    environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     for key, value in env.items():
         if value is None:
             environ.pop(key, None)
         else:
             environ[key] = value
     config = ["-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path)]
-    command = [sys.executable, "-m", "pytest", *config, "-p", "no:cacheprovider", *args]
+    plugins = ["-p", "pytest_timeout", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", *config, *plugins, *args]
     command.append(str(target))
     if sigint_ignored:
         command = [sys.executable, "-c", _EXEC_IGNORING_SIGINT, *command]
