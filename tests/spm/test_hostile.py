@@ -434,6 +434,17 @@ def test_a_platform_id_of_zeros_is_refused(
 # --- 7: only the launcher that opened a volume records it ------------------------------------
 
 
+def _kept_fresh_volume(client: SpmClient, board: Board, sim: tuple[Path, bytes]) -> tuple[Any, Any]:
+    """Policy ``p`` with a data volume the SPM keeps fresh (counter ``round``) opened by
+    the aggregator; the document and the aggregator's enrollment."""
+    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc["secrets"].append({"name": "data-key", "kind": "aes-256"})
+    doc["volumes"] = [{"name": "data", "key": "data-key", "kind": "data", "counter": "round"}]
+    doc["services"][0]["volumes"] = ["data"]
+    submit(client, board, yaml.safe_dump(doc))
+    return doc, attest(client, sim, "p")
+
+
 def test_a_kept_fresh_volume_of_version_0_is_refused_saying_why(
     spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], tmp_path: Path
 ) -> None:
@@ -444,12 +455,7 @@ def test_a_kept_fresh_volume_of_version_0_is_refused_saying_why(
     from secfl.launcher._volumes import _check_fresh
     from secfl.shield import Volume, encrypt_files
 
-    doc = yaml.safe_load(policy_document("p", board, sim[1]))
-    doc["secrets"].append({"name": "data-key", "kind": "aes-256"})
-    doc["volumes"] = [{"name": "data", "key": "data-key", "kind": "data", "counter": "round"}]
-    doc["services"][0]["volumes"] = ["data"]
-    submit(client, board, yaml.safe_dump(doc))
-    agg = attest(client, sim, "p")
+    _, agg = _kept_fresh_volume(client, board, sim)
     key = base64.b64decode(agg.secrets["data-key"]["raw"])
     encrypt_files({"rows.csv": b"a,b\n"}, tmp_path / "v0.vol", key, version=0)
     refused = pytest.raises(LaunchError, match=r"^volume: 'data' is version 0, .*--version 1")
@@ -464,12 +470,7 @@ def test_a_kept_fresh_volume_of_version_0_is_refused_saying_why(
 def test_a_session_token_alone_cannot_record_a_volume_version(
     spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
-    doc = yaml.safe_load(policy_document("p", board, sim[1]))
-    doc["secrets"].append({"name": "data-key", "kind": "aes-256"})
-    doc["volumes"] = [{"name": "data", "key": "data-key", "kind": "data", "counter": "round"}]
-    doc["services"][0]["volumes"] = ["data"]
-    submit(client, board, yaml.safe_dump(doc))
-    agg = attest(client, sim, "p")
+    doc, agg = _kept_fresh_volume(client, board, sim)
     tag = "ab" * 32
     with pytest.raises(SpmRefused, match="^volume: the record of 'data' version 46116"):
         client.record_volume("p", "data", version=2**62, tag=tag, token=agg.session_token,
