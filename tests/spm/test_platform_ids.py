@@ -10,6 +10,7 @@ chip ID is zeros: revoking it revoked every such machine. Zeros name nothing now
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from secfl.spm._revocation import platform_id, platform_ids, revoked_reason, ses
 from secfl.tee._snp_report import parse_report
 from secfl.tee._verify import verify
 from tests.conftest import utc
+from tests.spm.harness import Board
 from tests.tee.test_intel import pck_sha256, ppid
 
 
@@ -109,3 +111,31 @@ def test_a_policy_can_require_evidence_that_names_its_machine(vectors: Path) -> 
         chain=(amd / "ask_ark_milan.pem").read_bytes(),
     )
     check_named(strict, milan)  # a chip ID of its own: accepted
+
+
+def test_an_snp_guest_the_host_can_look_into_is_refused_unless_pinned(
+    sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review: only the guest policy's DEBUG bit was enforced. The launch
+    measurement covers neither the VMPL a report was asked at (a paravisor the host
+    supplies at VMPL 0 sees a guest at VMPL 3) nor MIGRATE_MA (a migration agent the
+    host chooses exports the guest's memory): both are refused unless pinned."""
+    from secfl.errors import Refused
+    from secfl.policy._document import load_policy
+    from secfl.spm._evidence_checks import check_measurements
+    from tests.spm.harness import AGGREGATOR_MR, policy_document
+
+    policy = load_policy(policy_document("p", board, sim[1], accept=("snp",)))
+    honest = {"measurement": AGGREGATOR_MR, "policy": 0x30000, "vmpl": 0}
+    check_measurements(policy, "aggregator", "snp", honest)
+    for changed, why in (({"vmpl": 3}, "asked for at VMPL 3"),
+                         ({"policy": 0x70000}, "allows a migration agent")):  # fmt: skip
+        with pytest.raises(Refused, match=f"^evidence: the SEV-SNP .*{why}"):
+            check_measurements(policy, "aggregator", "snp", {**honest, **changed})
+    # an identity that pins them accepts exactly what it pins
+    doc = policy.model_dump(mode="json")
+    doc["services"][0]["measurements"]["snp"] = [
+        {"measurement": AGGREGATOR_MR, "vmpl": 3, "policy": 0x70000}
+    ]
+    pinned = load_policy(json.dumps(doc))
+    check_measurements(pinned, "aggregator", "snp", {**honest, "vmpl": 3, "policy": 0x70000})

@@ -646,6 +646,7 @@ def forge(
     other_crl_ca: bool = False,
     qe_patch: tuple[int, bytes] | None = None,
     vendor_id: bytes | None = None,
+    td_attributes: int | None = None,
 ) -> Forged:
     """A quote like ``raw`` (same body, QE report, SGX extension, TCB info, QE identity),
     re-signed by a fresh Intel-shaped PKI."""
@@ -675,6 +676,8 @@ def forge(
     inner = qe_report + _raw_sign(k_pck, qe_report) + struct.pack("<H", len(auth)) + auth
     inner += struct.pack("<HI", 5, len(pem)) + pem
     body = bytearray(q.body)
+    if td_attributes is not None:  # TDATTRIBUTES, little-endian at 120 of a TD report
+        body[120:128] = td_attributes.to_bytes(8, "little")
     if debug:
         body[48 if q.kind == "sgx" else 120] |= 0x02 if q.kind == "sgx" else 0x01
     header = q.signed[: len(q.signed) - len(q.body)]
@@ -742,6 +745,33 @@ def test_debug_tee_with_collateral(
     # the collateral is still checked in full for a debug TEE
     stale = refused(f.quote, utc("2025-08-01"), f.collateral)
     assert stale.startswith("expired: ")
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda a: a & ~(1 << 28), "SEPT_VE_DISABLE is off"),
+        (lambda a: a | (1 << 29), "the TD is migratable"),
+        (lambda a: a | 0x02, "reserved TD-under-debug bits are set"),
+    ],
+    ids=["sept-ve-enabled", "migratable", "reserved-tud"],
+)
+def test_a_td_the_host_can_inspect_is_refused_without_collateral_too(
+    sources: dict[str, Any], monkeypatch: pytest.MonkeyPatch, change: Any, why: str
+) -> None:
+    """Found by a review: only dcap-qvl checked these bits, so only with collateral,
+    and whether the SPM's PCCS answers is the host's to decide (`allow_unknown_tcb`
+    then let the quote through unappraised)."""
+    raw, collateral = sources["tdx_v4_quote"]
+    attributes = int.from_bytes(parse_quote(raw).field("td_attributes"), "little")
+    at = utc("2025-07-01")
+    honest = forge(raw, collateral, td_attributes=attributes)
+    monkeypatch.setattr(roots, "INTEL_SGX_ROOT_CA_SHA256", honest.root_fingerprint)
+    assert verify_quote(honest.quote, at=at).kind == "tdx"  # the vector's own bits pass
+    f = forge(raw, collateral, td_attributes=change(attributes))
+    monkeypatch.setattr(roots, "INTEL_SGX_ROOT_CA_SHA256", f.root_fingerprint)
+    for given in (None, f.collateral):
+        assert refused(f.quote, at, given).startswith(f"attributes: {why}")
 
 
 def test_revoked_pck_certificate(sources: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:

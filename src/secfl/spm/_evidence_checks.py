@@ -112,6 +112,30 @@ def _appraised(
     return appraised
 
 
+#: SEV-SNP guest policy bit 18: a migration agent (chosen at launch, by the host) may
+#: export the guest's memory. Not part of the launch measurement.
+_SNP_MIGRATE_MA = 1 << 18
+
+
+def _check_snp_guest(identity: dict[str, Any], measurements: dict[str, Any]) -> None:
+    """What the launch measurement of an SEV-SNP guest does not cover, and the host
+    chooses: the VMPL the report was asked at (software at a more privileged VMPL, a
+    paravisor the host supplied, sees the guest) and a migration agent. Accepted only
+    where the identity pins them (``vmpl``, ``policy``): found by a review."""
+    vmpl = measurements.get("vmpl")
+    if "vmpl" not in identity and vmpl != 0:
+        raise Refused(
+            f"evidence: the SEV-SNP report was asked for at VMPL {vmpl}, not 0: software at "
+            "a more privileged level sees this guest; pin vmpl in the policy to accept it"
+        )
+    policy = measurements.get("policy")
+    if "policy" not in identity and (not isinstance(policy, int) or policy & _SNP_MIGRATE_MA):
+        raise Refused(
+            "evidence: the SEV-SNP guest policy allows a migration agent (MIGRATE_MA), which "
+            "can export the guest's memory; pin policy in the policy to accept it"
+        )
+
+
 def check_measurements(
     policy: Policy, service_name: str, kind: Any, measurements: dict[str, Any]
 ) -> None:
@@ -127,6 +151,8 @@ def check_measurements(
             else measurements.get(k) == v
             for k, v in identity.items()
         ):
+            if kind == "snp":
+                _check_snp_guest(identity, measurements)
             return
     mr = next(iter(measurements.values()), "")
     count = len(service.identities(kind))

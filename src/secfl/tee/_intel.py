@@ -75,6 +75,8 @@ def verify_quote(raw: bytes, *, at: datetime, collateral: object | None = None) 
     ca = pck_ca(chain)
     _check_qe_report(quote, chain[0])
     _check_quote_signature(quote)
+    if quote.kind == "tdx":
+        _check_td_attributes(quote)
 
     status: TcbStatus = "unknown"
     advisories: list[str] = []
@@ -99,6 +101,42 @@ def verify_quote(raw: bytes, *, at: datetime, collateral: object | None = None) 
         },
         simulated=False,
     )
+
+
+# --- the TD's configuration ------------------------------------------------------------
+
+#: TDATTRIBUTES (little-endian): TUD bits 1-7 are reserved (bit 0 is DEBUG, which the
+#: caller weighs); SEPT_VE_DISABLE (bit 28) keeps the host from injecting #VE through
+#: the secure EPT; MIGRATABLE (bit 29) lets a migration TD export the TD's memory.
+_TUD_RESERVED = 0xFE
+_SEPT_VE_DISABLE = 1 << 28
+_MIGRATABLE = 1 << 29
+
+
+def _check_td_attributes(quote: Quote) -> None:
+    """Refuse a TD the host configured to be inspected: checked for every TDX quote,
+    not only when collateral appraises it (dcap-qvl checks these only then, and the
+    host decides whether the SPM's PCCS answers: found by a review)."""
+    attributes = int.from_bytes(quote.field("td_attributes"), "little")
+    if attributes & _TUD_RESERVED:
+        raise VerificationError(
+            f"attributes: reserved TD-under-debug bits are set (TDATTRIBUTES {attributes:016x})"
+        )
+    if not attributes & _SEPT_VE_DISABLE:
+        raise VerificationError(
+            "attributes: SEPT_VE_DISABLE is off: the host may inject #VE into the TD "
+            f"(TDATTRIBUTES {attributes:016x})"
+        )
+    if attributes & _MIGRATABLE:
+        raise VerificationError(
+            "attributes: the TD is migratable: a migration TD may export its memory "
+            f"(TDATTRIBUTES {attributes:016x})"
+        )
+    if quote.body_type == 3 and any(quote.field("mrservicetd")):
+        raise VerificationError(
+            "attributes: a service TD is bound to this TD (MRSERVICETD is not zero): it may "
+            "read the TD's memory"
+        )
 
 
 # --- the signature chain ---------------------------------------------------------------
