@@ -770,8 +770,8 @@ def test_a_td_the_host_can_inspect_is_refused_without_collateral_too(
     assert verify_quote(honest.quote, at=at).kind == "tdx"  # the vector's own bits pass
     f = forge(raw, collateral, td_attributes=change(attributes))
     monkeypatch.setattr(roots, "INTEL_SGX_ROOT_CA_SHA256", f.root_fingerprint)
-    for given in (None, f.collateral):
-        assert refused(f.quote, at, given).startswith(f"attributes: {why}")
+    for supplied in (None, f.collateral):
+        assert refused(f.quote, at, supplied).startswith(f"attributes: {why}")
 
 
 def test_revoked_pck_certificate(sources: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
