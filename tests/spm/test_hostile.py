@@ -198,6 +198,33 @@ def test_a_later_version_naming_the_owners_board_gains_nothing(
     assert client.policy("fed")["version"] == 1
 
 
+def test_members_who_drop_a_required_one_gain_nothing(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Found by a review: the binding covered the members' keys and the threshold, not
+    who is required. Alice, whose approval every version needs, sealed her key for that
+    board; bob and carol submitted the circulated draft without `required` first, with
+    their two signatures alone, and their workload received her key."""
+    real = yaml.safe_load(policy_document("fed", board, sim[1]))
+    real["board"]["required"] = ["alice"]
+    keys = [m["public_key"] for m in real["board"]["members"]]
+    alice = next(m["public_key"] for m in real["board"]["members"] if m["name"] == "alice")
+    binding = sv.board_binding(keys, 2, [alice])
+    assert binding != sv.board_binding(keys, 2)  # (and without required, as it always was)
+    sealed = sv.seal_imported(b"hospital-data-key", client.public_key(), "fed", "data", binding)
+    real["secrets"].append({"name": "data", "kind": "imported", "sealed": sealed})
+    real["services"][0]["inject"]["env"]["DATA_KEY"] = "$$SECFL::data:hex$$"
+    dropped = {**real, "board": {k: v for k, v in real["board"].items() if k != "required"}}
+    text_ = yaml.safe_dump(dropped)
+    with pytest.raises(
+        SpmRefused, match="not sealed to this SPM for policy 'fed' under this board"
+    ):
+        client.submit_policy(text_, board.sign(text_, "bob", "carol"))
+    text_ = yaml.safe_dump(real)
+    submit(client, board, text_, "alice", "bob")
+    assert attest(client, sim, "fed").render("data", "hex") == b"hospital-data-key".hex()
+
+
 # --- 2: the database is untrusted storage ----------------------------------------------------
 
 

@@ -328,12 +328,21 @@ def seal_secret_cmd(
     threshold: Annotated[
         int, typer.Option(min=1, max=64, help="How many members must approve (the board's m).")
     ],
+    required_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--required-key",
+            metavar="KEY.pub",
+            help="A member whose signature every approval needs (repeat): as board.required.",
+        ),
+    ] = None,
 ) -> None:
     """Seal your key to the pinned SPM for one board; print the policy's ``sealed:`` value.
 
-    The SPM opens it only under a policy of this name whose board is exactly these
-    members' keys with this threshold: whoever registers the name first with another
-    board gets nothing."""
+    The SPM opens it only under a version of this policy approved by exactly this
+    board: these members' keys with this threshold, and with --required-key the members
+    every approval needs (the policy's board.required): whoever registers the name
+    first with another board gets nothing, nor do members who drop a required one."""
     from secfl.errors import SpmError
     from secfl.shield import key_from_file
     from secfl.spm._sealing import board_binding, seal_imported
@@ -350,7 +359,11 @@ def seal_secret_cmd(
         raise SpmError(
             f"seal: the threshold {threshold} is more than the {len(keys)} board keys given"
         )
-    board = board_binding(keys, threshold)
+    required = [read_input(path, "required member key").decode("utf-8", "replace")
+                for path in required_key or []]  # fmt: skip
+    if any(pem not in keys for pem in required):
+        raise UsageError("--required-key: give the same .pub file as that member's --board-key")
+    board = board_binding(keys, threshold, required)
     with SpmClient(spm, pin=spm_pin) as client:
         sealed = seal_imported(value, client.public_key(), policy, secret, board)
     out.print(sealed, markup=False)

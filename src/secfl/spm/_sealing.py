@@ -315,26 +315,40 @@ def open_release(
         raise SpmError(f"secrets: cannot open the sealed secrets ({type(exc).__name__})") from None
 
 
-def board_binding(public_keys: list[str], threshold: int) -> str:
-    """The board an imported secret is sealed for: SHA-256 (hex) over its threshold and
-    the SHA-256 of each member's signing key (SPKI DER), sorted. Names do not count."""
-    digests = []
-    for pem in public_keys:
-        try:
-            key = serialization.load_pem_public_key(pem.encode())
-        except (ValueError, TypeError, UnicodeError):
-            raise SpmError("seal: a board member's key is not a PEM public key") from None
-        der = key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        digests.append(hashlib.sha256(der).hexdigest())
-    doc = {"threshold": int(threshold), "members": sorted(set(digests))}
+def board_binding(
+    public_keys: list[str], threshold: int, required: list[str] | None = None
+) -> str:
+    """The board an imported secret is sealed for: SHA-256 (hex) over its threshold, the
+    SHA-256 of each member's signing key (SPKI DER), sorted, and, when some members are
+    required (every approval needs their signature), theirs too. Names do not count.
+    Without required members the binding is as it always was; with them, a board that
+    drops one (the others signing a version without the owner's veto) is another board
+    (found by a review)."""
+    doc: dict[str, object] = {
+        "threshold": int(threshold),
+        "members": sorted({_key_digest(pem) for pem in public_keys}),
+    }
+    if required:
+        doc["required"] = sorted({_key_digest(pem) for pem in required})
     return canonical_sha256(doc)
+
+
+def _key_digest(pem: str) -> str:
+    try:
+        key = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, TypeError, UnicodeError):
+        raise SpmError("seal: a board member's key is not a PEM public key") from None
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
 
 
 def board_binding_of(board: Board) -> str:
     """:func:`board_binding` of a policy's board."""
-    return board_binding([m.public_key for m in board.members], board.threshold)
+    keys = {m.name: m.public_key for m in board.members}
+    required = [keys[name] for name in board.required if name in keys]
+    return board_binding(list(keys.values()), board.threshold, required)
 
 
 def import_info(policy: str, secret: str, board: str) -> bytes:
