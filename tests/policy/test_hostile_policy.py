@@ -576,10 +576,10 @@ def test_the_spm_matches_no_identity_that_pins_no_code() -> None:
     data["platforms"]["accept"] = [*data["platforms"]["accept"], "snp"]
     data["services"][0]["measurements"]["snp"] = [{"vmpl": 0}, "cd" * 48]
     policy = load_policy(to_yaml(data))
-    claims = {"measurement": "ee" * 48, "vmpl": 0}
+    claims = {"measurement": "ee" * 48, "vmpl": 0, "policy": 0x30000}
     with pytest.raises(Refused, match="^measurement: snp measurement eeee"):
         check_measurements(policy, "agg", "snp", claims)
-    check_measurements(policy, "agg", "snp", {"measurement": "cd" * 48, "vmpl": 0})
+    check_measurements(policy, "agg", "snp", {**claims, "measurement": "cd" * 48})
 
 
 #: What the review of the JSON check found still passed: characters that display as
@@ -678,7 +678,13 @@ def test_the_review_shows_every_change_a_version_makes_to_what_it_grants() -> No
     assert "*.attacker.example" in text and "  tls: x509, " in text
     assert '"rounds":300' in text
     assert "certificates last: 31622400 s" in text
-    assert "injects file /tmp/key = $$SECFL::model-key:hex$$" in text
+    assert 'injects file "/tmp/key" = "$$SECFL::model-key:hex$$"' in text
+    # a path and text that read as another split of the same line stay apart
+    one, two = policy_dict(), policy_dict()
+    one["services"][1]["inject"]["files"] = {"/s/k": "x = $$SECFL::model-key:hex$$"}
+    two["services"][1]["inject"]["files"] = {"/s/k = x": "$$SECFL::model-key:hex$$"}
+    changed = review_diff(load_policy(to_yaml(one)), load_policy(to_yaml(two)))
+    assert any("injects file" in line for line in changed), changed
 
 
 @pytest.mark.parametrize(

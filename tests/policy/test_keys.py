@@ -169,3 +169,29 @@ def test_weak_ed25519_board_keys_are_refused(raw: bytes, why: str) -> None:
     one-key-one-member check as another key."""
     with pytest.raises(PolicyError, match=f"^board public key: .*{why}"):
         keys.load_public(_ed25519_pem(raw))
+
+
+def _x25519_pem(u: int) -> str:
+    return (
+        x25519.X25519PublicKey.from_public_bytes(u.to_bytes(32, "little"))
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+@pytest.mark.parametrize(
+    ("u", "why"),
+    [
+        (0, "small order"),
+        (1, "small order"),
+        (P25519 - 1, "small order"),
+        (P25519 + 3, "non-canonical"),
+    ],
+)
+def test_weak_x25519_recovery_keys_are_refused(u: int, why: str) -> None:
+    """Found by a review: a small-order recovery key passed validation, and the SPM
+    then failed (500) sealing the data key's share to it, after accepting the board's
+    signatures."""
+    with pytest.raises(PolicyError, match=f"^recovery public key: .*{why}"):
+        keys.load_recovery_public(_x25519_pem(u))
+    keys.load_recovery_public(keys.generate_recovery()[1])  # a real one loads

@@ -107,9 +107,10 @@ def load_recovery_private(pem: bytes | str, password: bytes | None = None) -> Re
 def load_recovery_public(pem: bytes | str) -> RecoveryPublicKey:
     """A recovery public key (X25519 or P-256) from PEM."""
     key = _load_public(pem, "recovery public key")
-    if isinstance(key, x25519.X25519PublicKey) or (
-        isinstance(key, ec.EllipticCurvePublicKey) and _is_p256(key)
-    ):
+    if isinstance(key, x25519.X25519PublicKey):
+        _check_x25519(key)
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and _is_p256(key):
         return key
     raise PolicyError(f"recovery public key: {_describe(key)} refused (X25519 or P-256 only)")
 
@@ -224,6 +225,22 @@ def _check_ed25519(raw: bytes) -> None:
             "board public key: a non-canonical Ed25519 encoding (y >= p); generate the key "
             "with `secfl policy keygen`"
         )
+
+
+def _check_x25519(key: x25519.X25519PublicKey) -> None:
+    """Refuse a weak X25519 recovery key: a point of small order (every share sealed to
+    it would be sealed under a secret anyone knows; the SPM failed on it after the
+    board's signatures were accepted: found by a review) or a non-canonical u >= p."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if int.from_bytes(raw, "little") & ((1 << 255) - 1) >= _P25519:
+        raise PolicyError("recovery public key: a non-canonical X25519 encoding (u >= p)")
+    try:
+        x25519.X25519PrivateKey.generate().exchange(key)
+    except ValueError:  # the shared secret is all zeros: a point of small order
+        raise PolicyError(
+            "recovery public key: an X25519 point of small order, which protects nothing; "
+            "generate the key with `secfl policy keygen`"
+        ) from None
 
 
 def _is_p256(key: object) -> bool:

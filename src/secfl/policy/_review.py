@@ -69,6 +69,11 @@ def review(policy: Policy) -> list[str]:
     return lines
 
 
+def _quoted(text: str) -> str:
+    """``text`` as a JSON string, every invisible character escaped."""
+    return shown(canonical_json(text).decode())
+
+
 def _definition(fields: dict[str, Any]) -> str:
     """A secret's whole definition on one line: its kind, then every field it sets
     (an imported secret's sealed value as its SHA-256). A review that showed only the
@@ -103,12 +108,13 @@ def _service(policy: Policy, service: Service) -> list[str]:
     lines.append(f"  moves counters: {', '.join(service.counters) or '(none)'}")
     lines.append(f"  certificates last: {service.certificate_ttl} s")
     # where each secret lands, as written (a variable or a file the host may read?)
+    # (names and texts as JSON strings: "a = b" = "c" and "a" = "b = c" read apart)
     for name, text in sorted(service.inject.env.items()):
-        lines.append(f"  injects env {shown(name)} = {shown(text)}")
+        lines.append(f"  injects env {_quoted(name)} = {_quoted(text)}")
     for path, text in sorted(service.inject.files.items()):
-        lines.append(f"  injects file {shown(path)} = {shown(text)}")
+        lines.append(f"  injects file {_quoted(path)} = {_quoted(text)}")
     for i, text in enumerate(service.inject.args):
-        lines.append(f"  injects argument {i} = {shown(text)}")
+        lines.append(f"  injects argument {i} = {_quoted(text)}")
     return lines
 
 

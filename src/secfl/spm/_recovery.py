@@ -169,7 +169,13 @@ def seal_shares(
         kem = _kem_of(pub)
         assert kem is not None
         plain = bytes([x]) + share + parts.get(member, b"")
-        sealed = _suite(kem).encrypt(plain, pub, info=info)
+        try:
+            sealed = _suite(kem).encrypt(plain, pub, info=info)
+        except ValueError:  # a point of small order: nothing sealed to it stays secret
+            raise SpmError(
+                f"recovery: member '{member}''s recovery key is not a usable public key "
+                "(a point of small order): generate it with `secfl policy keygen`"
+            ) from None
         shares[member] = {
             "x": x,
             "kem": kem,
