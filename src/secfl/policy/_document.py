@@ -58,11 +58,12 @@ MAX_BYTES = 1 << 20
 MAX_DEPTH = 64
 #: The longest number accepted, as written (sign, digits, prefix, underscores).
 MAX_NUMBER_CHARS = 100
-#: The most YAML values (scalars, lists, mappings) in one document: PyYAML reads about
+#: The most values (scalars, lists, mappings) in one document: PyYAML reads about
 #: 30 000 a second, so a megabyte of one-character list items cost 20 s of CPU before
-#: any signature could be checked (found by a review). A policy with the most services,
-#: secrets and pins the model allows has fewer.
-MAX_NODES = 20_000
+#: any signature could be checked (found by a review). A large real policy has far
+#: fewer (250 sites, each pinning 6 TDX builds: about 25 000); at this cap a hostile
+#: document costs about 3 s of CPU, and the SPM reads two at a time.
+MAX_NODES = 100_000
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -258,7 +259,8 @@ def _json_constant(name: str) -> Any:
 
 
 def _check_depth(data: Any) -> None:
-    level = [data]
+    """A JSON document's nesting and size, by the rules a YAML one is read under."""
+    level, count = [data], 1
     for _ in range(MAX_DEPTH + 1):
         level = [
             child
@@ -266,6 +268,9 @@ def _check_depth(data: Any) -> None:
             if isinstance(value, dict | list)
             for child in (value.values() if isinstance(value, dict) else value)
         ]
+        count += len(level)
+        if count > MAX_NODES:
+            raise PolicyError(f"policy: JSON: more than {MAX_NODES} values in one document")
         if not level:
             return
     raise PolicyError(f"policy: JSON: nested deeper than {MAX_DEPTH} levels")
