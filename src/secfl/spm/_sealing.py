@@ -315,9 +315,7 @@ def open_release(
         raise SpmError(f"secrets: cannot open the sealed secrets ({type(exc).__name__})") from None
 
 
-def board_binding(
-    public_keys: list[str], threshold: int, required: list[str] | None = None
-) -> str:
+def board_binding(public_keys: list[str], threshold: int, required: list[str] | None = None) -> str:
     """The board an imported secret is sealed for: SHA-256 (hex) over its threshold, the
     SHA-256 of each member's signing key (SPKI DER), sorted, and, when some members are
     required (every approval needs their signature), theirs too. Names do not count.
