@@ -270,3 +270,24 @@ def test_a_file_is_written_whole_with_or_without_a_nameless_file(
             files.write_private(tmp_path / "a.key", b"two", replace=False)
         assert (tmp_path / "a.key").read_bytes() == b"one"
     assert os.listdir(tmp_path) == ["a.key"]
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_a_nameless_file_that_cannot_be_linked_is_copied_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replace: bool
+) -> None:
+    """The review of the nameless files: where /proc cannot link a descriptor (another
+    pid namespace's /proc, a sandbox), the write failed outright; now it is copied into
+    a named temporary file and renamed, as where there is no O_TMPFILE."""
+    if not files._TMPFILE:
+        pytest.skip("this system has no O_TMPFILE")
+
+    def unlinkable(fd: int, name: str, parent: int) -> None:
+        raise OSError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(files, "_link_fd", unlinkable)
+    data = os.urandom(3 << 20)  # more than one piece of the copy
+    files.write_private(tmp_path / "big.key", data, replace=replace)
+    assert (tmp_path / "big.key").read_bytes() == data
+    assert stat.S_IMODE((tmp_path / "big.key").stat().st_mode) == 0o600
+    assert os.listdir(tmp_path) == ["big.key"]

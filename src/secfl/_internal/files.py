@@ -92,11 +92,15 @@ def atomic_open(
                 if fsync:
                     os.fsync(fh.fileno())
                 if not named:  # whole now: give it a name (a file no name held until here)
-                    if not replace:
-                        _link_fd(fd, name, parent)
-                    else:
-                        _link_fd(fd, tmp, parent)
+                    try:
+                        _link_fd(fd, tmp if replace else name, parent)
+                    except FileExistsError:
+                        raise
+                    except OSError:  # /proc of another pid namespace, a sandbox: a copy
+                        _copy_named(fd, tmp, parent, mode, fsync=fsync)
                         named = True
+                    else:
+                        named = replace
             if named and replace:
                 os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
             elif named:
@@ -124,11 +128,28 @@ def _new_file(parent: int, tmp: str, mode: int) -> tuple[int, bool]:
     name. Elsewhere it is created under ``tmp``, removed on any error we see."""
     if _TMPFILE and _FD_LINKS.is_dir():
         try:
-            return os.open(".", _TMPFILE | os.O_WRONLY | os.O_CLOEXEC, mode, dir_fd=parent), False
+            return os.open(".", _TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode, dir_fd=parent), False
         except OSError as exc:  # a file system without it: a named temporary file
             if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
                 raise
     return os.open(tmp, _FLAGS, mode, dir_fd=parent), True
+
+
+def _copy_named(fd: int, tmp: str, parent: int, mode: int, *, fsync: bool) -> None:
+    """The whole nameless file ``fd`` copied into a new file ``tmp`` in ``parent``,
+    where it cannot be linked by its descriptor."""
+    out = os.open(tmp, _FLAGS, mode, dir_fd=parent)
+    try:
+        offset = 0
+        while data := os.pread(fd, 1 << 20, offset):
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view) :]
+            offset += len(data)
+        if fsync:
+            os.fsync(out)
+    finally:
+        os.close(out)
 
 
 def _link_fd(fd: int, name: str, parent: int) -> None:

@@ -328,7 +328,12 @@ def _seal_file(
 ) -> dict[str, Any]:
     """Encrypt one file into ``sink``; return its manifest entry (without the offset)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0))
+        # without blocking: a FIFO swapped in after the folder was listed is refused below,
+        # not waited on (found by a review)
+        flags = (
+            os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
+        )
+        fd = os.open(path, flags)
     except OSError as exc:
         raise ShieldError(f"shield: cannot read '{path}': {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb", buffering=0) as f:
@@ -337,6 +342,7 @@ def _seal_file(
             raise ShieldError(
                 f"shield: '{path}' is a {_kind(st.st_mode)}; a volume holds regular files only"
             )
+        os.set_blocking(fd, True)
 
         def read() -> bytes:
             try:

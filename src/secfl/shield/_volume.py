@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import io
 import os
@@ -15,6 +16,7 @@ from typing import Any, Self
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secfl._internal import files
 from secfl.errors import ShieldError
 from secfl.shield import _format as fmt
 from secfl.shield._keys import load_key
@@ -374,18 +376,15 @@ def peek_tag(path: Path | str) -> str:
 
 def _open_regular(path: Path, where: str) -> int:
     """A descriptor of the regular file ``path``: a FIFO or a device given as a volume
-    is refused at once (opened without O_NONBLOCK, a FIFO hung ``secfl run`` for ever,
-    after the SPM released the keys: found by a review)."""
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    is refused at once (opened blocking, a FIFO hung ``secfl run`` for ever, after the
+    SPM released the keys: found by a review)."""
     try:
-        fd = os.open(path, flags)
+        with files.open_regular(path) as fh:
+            fd = os.dup(fh.fileno())
     except OSError as exc:
+        if exc.errno == errno.EINVAL:  # files.open_regular: not a regular file
+            what = f"shield: {where} is not a regular file (a volume is one file)"
+            raise ShieldError(what) from None
         raise ShieldError(f"shield: cannot open {where}: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ShieldError(f"shield: {where} is not a regular file (a volume is one file)")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
+    os.set_blocking(fd, True)
     return fd
