@@ -167,6 +167,8 @@ BAD_FLAGS = [
     (("--kind", "chip", "--subject", "x"), "--kind: "),
     (("--kind", "service", "--subject", "../x"), "--subject: "),
     (("--kind", "measurement", "--subject", "not-hex"), "--subject: "),
+    (("--kind", "measurement", "--subject", "ab" * 47 + "a"), "--subject: a measurement is 64"),
+    (("--kind", "platform", "--subject", "abcdef"), "--subject: a platform is 32, 64 or 128"),
     (("--kind", "certificate", "--subject", "f" * 65), "--subject: "),
     (("--kind", "service", "--subject", "a", "--reason", "two\nlines"), "--reason: "),
     (("--kind", "service", "--subject", "a", "--service", "x/y"), "--service: "),

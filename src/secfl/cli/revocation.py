@@ -109,6 +109,13 @@ def statement_from_flags(
     return revocation_statement(kind, subject, service or "", reason, readmit)
 
 
+#: How long each kind's IDs are, in hex digits: measurements (SGX 32 bytes; TDX,
+#: SEV-SNP and simulated 48; 32-byte fields such as host_data), platforms (an Intel
+#: PPID 16 bytes, a PCK certificate's or simulated platform's SHA-256 32, an SEV-SNP
+#: chip ID 64).
+_ID_DIGITS = {"measurement": (64, 96), "platform": (32, 64, 128)}
+
+
 def revocation_statement(
     kind: str, subject: str, service: str, reason: str, readmit: bool
 ) -> dict[str, str]:
@@ -135,6 +142,14 @@ def revocation_statement(
         text = text.lower()
         if not re.fullmatch(r"[0-9a-f]{1,256}", text):
             raise UsageError(f"--subject: a {kind} is given in hex (at most 256 digits)")
+        # a digit dropped or added matches nothing, and would keep no one out
+        lengths = _ID_DIGITS.get(kind)
+        if lengths and len(text) not in lengths:
+            shown = ", ".join(str(n) for n in lengths[:-1]) + f" or {lengths[-1]}"
+            raise UsageError(
+                f"--subject: a {kind} is {shown} hex digits, not {len(text)}: copy it from "
+                "`secfl audit show` (attestation.accepted entries)"
+            )
     if service and not re.fullmatch(NAME, service):
         raise UsageError(f"--service: '{printable(service, 40)}' is not a service name")
     if not re.fullmatch(r"[^\x00-\x1f\x7f]{0,1024}", reason):
