@@ -144,18 +144,30 @@ def test_what_others_must_give_is_a_placeholder_validate_and_sign_refuse(
 
 
 def test_hardware_measurements_are_pinned_as_given(world: Path, capsys: Capsys) -> None:
-    mr_agg, mr_col = "ab" * 48, "cd" * 48
-    code, _, err = call(
-        capsys, "policy", "init", "--name", "hw", "--member", "alice=board/alice.pub",
-        "--site", "s1", "--task", "task.secfl", "--platform", "tdx",
-        "--measurement", f"tdx:aggregator={mr_agg}", "--measurement", f"tdx:collaborator={mr_col}",
-        *[f"--sealed={s}-key={SEALED}" for s in ("task", "output", "s1")], "-o", "hw.yaml",
-    )  # fmt: skip
+    """A TD is pinned by its firmware, kernel and command line together (mrtd alone is
+    the firmware: any guest booted on it passed, found by a review)."""
+    agg = {"mrtd": "ab" * 48, "rtmr1": "a1" * 48, "rtmr2": "a2" * 48}
+    col = {"mrtd": "cd" * 48, "rtmr1": "c1" * 48, "rtmr2": "c2" * 48, "rtmr3": "c3" * 48}
+
+    def given(pin: dict[str, str]) -> str:
+        return ",".join(f"{k}={v.upper()}" for k, v in pin.items())
+
+    common = ["policy", "init", "--name", "hw", "--member", "alice=board/alice.pub", "--site",
+              "s1", "--task", "task.secfl", "--platform", "tdx",
+              *[f"--sealed={s}-key={SEALED}" for s in ("task", "output", "s1")]]  # fmt: skip
+    pins = ["--measurement", f"tdx:aggregator={given(agg)}",
+            "--measurement", f"tdx:collaborator={given(col)}"]  # fmt: skip
+    code, _, err = call(capsys, *common, *pins, "-o", "hw.yaml")
     assert (code, err) == (0, ""), err
     doc = yaml.safe_load((world / "hw.yaml").read_text())
     assert doc["platforms"] == {"accept": ["tdx"], "allow_unknown_tcb": False}
-    assert [s["measurements"] for s in doc["services"]] == [{"tdx": [mr_agg]}, {"tdx": [mr_col]}]
+    assert [s["measurements"] for s in doc["services"]] == [{"tdx": [agg]}, {"tdx": [col]}]
     assert doc["board"]["threshold"] == 1
+    assert call(capsys, "policy", "validate", "hw.yaml")[0] == 0
+    # the firmware alone is refused, saying what a TD needs
+    firmware = ["--measurement", f"tdx:aggregator={'ab' * 48}", *pins[2:]]
+    code, _, err = call(capsys, *common, *firmware, "-o", "hw2.yaml")
+    assert code == 1 and "give mrtd (96 hex digits), rtmr1 (96 hex digits) and rtmr2" in err
 
 
 @pytest.mark.parametrize(

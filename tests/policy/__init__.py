@@ -72,7 +72,11 @@ def _base() -> dict[str, Any]:
             {
                 "name": "agg",
                 "role": "aggregator",
-                "measurements": {"simulated": [MR_AGG], "tdx": [MR_AGG]},
+                "measurements": {
+                    "simulated": [MR_AGG],
+                    # a TD's firmware, kernel and command line (mrtd alone is the firmware)
+                    "tdx": [{"mrtd": MR_AGG, "rtmr1": MR_AGG, "rtmr2": MR_AGG}],
+                },
                 "volumes": ["data"],
                 "counters": ["round"],
                 "inject": {"env": {"MODEL_KEY": "$$SECFL::model-key:hex$$"}},

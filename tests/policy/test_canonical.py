@@ -72,7 +72,7 @@ services:
     certificate_ttl: 86400       # default
     secrets: []
     measurements:
-      tdx: [{MR_UPPER}]
+      tdx: [{rtmr2: {MR_UPPER}, mrtd: {MR_UPPER}, rtmr1: {MR_UPPER}}]
       simulated: [{MR_UPPER}]
     volumes: [data]
     counters: [round]
@@ -250,4 +250,6 @@ def test_every_semantic_edit_changes_the_digest() -> None:
 
 
 def test_the_hand_written_variant_normalises_hex() -> None:
-    assert load_policy(_hand_written()).services[0].measurements["tdx"] == [MR_AGG]
+    assert load_policy(_hand_written()).services[0].measurements["tdx"] == [
+        {"mrtd": MR_AGG, "rtmr1": MR_AGG, "rtmr2": MR_AGG}
+    ]

@@ -139,3 +139,38 @@ def test_an_snp_guest_the_host_can_look_into_is_refused_unless_pinned(
     ]
     pinned = load_policy(json.dumps(doc))
     check_measurements(pinned, "aggregator", "snp", {**honest, "vmpl": 3, "policy": 0x70000})
+
+
+def test_a_td_is_named_by_its_firmware_kernel_and_command_line(
+    sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review: an identity pinning MRTD counted as naming code, but MRTD
+    measures only the TD's virtual firmware: a host that booted its own kernel and root
+    file system on the same firmware got the service's secrets."""
+    import yaml
+
+    from secfl.errors import PolicyError, Refused
+    from secfl.policy._document import check_new_version, load_policy
+    from secfl.spm._evidence_checks import check_measurements
+    from tests.spm.harness import policy_document
+
+    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc["platforms"]["accept"] = ["tdx"]
+    doc["platforms"].pop("simulation_root", None)
+    firmware = {"mrtd": "ab" * 48}
+    whole = {**firmware, "rtmr1": "a1" * 48, "rtmr2": "a2" * 48}
+    for service in doc["services"]:
+        service["measurements"] = {"tdx": [firmware]}
+    old = load_policy(json.dumps(doc))  # as a version stored before the rule
+    with pytest.raises(PolicyError, match=r"pins no code: .*rtmr1 \(96 hex digits\) and rtmr2"):
+        check_new_version(old)
+    guest = {**whole, "rtmr1": "ee" * 48, "rtmr0": "00" * 48, "rtmr3": "00" * 48}
+    with pytest.raises(Refused, match="^measurement: no tdx identity .* names code"):
+        check_measurements(old, "aggregator", "tdx", guest)
+    for service in doc["services"]:
+        service["measurements"] = {"tdx": [whole]}
+    new = load_policy(json.dumps(doc))
+    check_new_version(new)
+    check_measurements(new, "aggregator", "tdx", {**guest, **whole})
+    with pytest.raises(Refused, match="^measurement: tdx measurement"):
+        check_measurements(new, "aggregator", "tdx", guest)  # another kernel

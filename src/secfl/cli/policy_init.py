@@ -173,10 +173,48 @@ def _seal(plan: FederationPlan, values: list[str], spm: str | None, pin: str | N
             )
 
 
-def _hardware(platforms: list[str], values: list[str]) -> dict[str, dict[str, str]]:
+def _identity(name: str, text: str) -> str | dict[str, str]:
+    """A hardware identity as given: HEX (the kind's measurement), or FIELD=HEX,...
+    (TDX needs mrtd, rtmr1 and rtmr2: the firmware, the kernel, its command line)."""
+    from typing import cast
+
+    from secfl.policy._model import (
+        CODE_ALL,
+        CODE_FIELDS,
+        MEASUREMENT_FIELDS,
+        Kind,
+        code_fields_text,
+    )
+
+    kind = cast(Kind, name)
+    needs = (
+        f"--measurement {kind}: give {code_fields_text(kind)} as FIELD=HEX,...: {kind}'s "
+        "first measurement covers only the firmware"
+    )
+    if "=" not in text:
+        if kind in CODE_ALL:
+            raise UsageError(needs)
+        return text.lower()
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        field, sep, value = part.partition("=")
+        if not sep or field not in MEASUREMENT_FIELDS[kind] or field in fields:
+            raise UsageError(
+                f"--measurement {kind}: '{part[:60]}' is not FIELD=HEX with FIELD one of "
+                f"{', '.join(sorted(MEASUREMENT_FIELDS[kind]))}"
+            )
+        fields[field] = value.lower()
+    if kind in CODE_ALL and set(CODE_FIELDS[kind]) - set(fields):
+        raise UsageError(needs)
+    return fields
+
+
+def _hardware(
+    platforms: list[str], values: list[str]
+) -> dict[str, dict[str, str | dict[str, str]]]:
     from secfl.fl._policy_template import HARDWARE
 
-    found: dict[str, dict[str, str]] = {}
+    found: dict[str, dict[str, str | dict[str, str]]] = {}
     for kind in platforms:
         if kind not in HARDWARE:
             raise UsageError(f"--platform: '{kind[:20]}' is not one of {', '.join(HARDWARE)}")
@@ -189,13 +227,15 @@ def _hardware(platforms: list[str], values: list[str]) -> dict[str, dict[str, st
                 f"--measurement: '{where[:40]}' is not KIND:ROLE with KIND a --platform and "
                 "ROLE aggregator or collaborator"
             )
-        found[kind][role] = hex_value
+        found[kind][role] = _identity(kind, hex_value)
     for kind, roles in found.items():
         for role in ("aggregator", "collaborator"):
             if role not in roles:
+                what = "mrtd=HEX,rtmr1=HEX,rtmr2=HEX" if kind == "tdx" else "HEX"
                 raise UsageError(
-                    f"--platform {kind}: give --measurement {kind}:{role}=HEX (the measurement "
-                    "of its TEE image, as `secfl attest verify` of its evidence prints it)"
+                    f"--platform {kind}: give --measurement {kind}:{role}={what} (the "
+                    "measurements of its TEE image, as `secfl attest verify` of its evidence "
+                    "prints them)"
                 )
     return found
 
@@ -272,8 +312,9 @@ def init_cmd(
     measurement: Annotated[
         list[str] | None,
         typer.Option(
-            metavar="KIND:ROLE=HEX",
-            help="A hardware image's measurement (ROLE: aggregator or collaborator).",
+            metavar="KIND:ROLE=HEX|FIELD=HEX,...",
+            help="A hardware image's measurement (ROLE: aggregator or collaborator); for "
+            "tdx mrtd=HEX,rtmr1=HEX,rtmr2=HEX.",
         ),
     ] = None,
     allow_unknown_tcb: Annotated[

@@ -95,7 +95,7 @@ class FederationPlan:
     program: str = "secfl"
     program_path: Path | None = None
     #: Hardware kind -> role (``aggregator``, ``collaborator``) -> measurement (hex).
-    hardware: dict[str, dict[str, str]] = field(default_factory=dict)
+    hardware: dict[str, dict[str, str | dict[str, str]]] = field(default_factory=dict)
     allow_unknown_tcb: bool = False
     #: Federation settings over the defaults (checked by FederationConfig.parse).
     federation: dict[str, Any] = field(default_factory=dict)
@@ -241,7 +241,8 @@ def _measurements(plan: FederationPlan, role: str) -> dict[str, list[str]]:
         argv = plan.commands()[role]
         found["simulated"] = [run_measurement(plan.program_path, argv, {"task": plan.task_tag})]
     for kind, by_role in plan.hardware.items():
-        found[kind] = [by_role[role].lower()]
+        pin = by_role[role]
+        found[kind] = [pin.lower() if isinstance(pin, str) else dict(pin)]  # type: ignore[list-item]
     return found
 
 

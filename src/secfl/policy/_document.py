@@ -36,7 +36,7 @@ from yaml.constructor import ConstructorError
 
 from secfl._internal.canonical import unique_keys
 from secfl.errors import PolicyError
-from secfl.policy._model import CODE_FIELDS, Policy, pins_code
+from secfl.policy._model import Policy, code_fields_text, pins_code
 from secfl.policy._references import key_path
 from secfl.policy._tls_names import check_tls_names
 from secfl.policy._visible import check_no_lone_cr, check_strings_visible, check_visible
@@ -305,12 +305,9 @@ def check_new_version(policy: Policy) -> None:
         for kind in service.measurements:
             for j, identity in enumerate(service.identities(kind)):
                 if not pins_code(kind, identity):
-                    fields = " or ".join(
-                        f"{k} ({n} hex digits)" for k, n in CODE_FIELDS[kind].items()
-                    )
                     raise PolicyError(
                         f"policy: services.{service.name}.measurements.{kind}[{j}] pins no "
-                        f"code: it accepts any {kind} workload; pin {fields}"
+                        f"code: it accepts any {kind} workload; pin {code_fields_text(kind)}"
                     )
     for i, volume in enumerate(policy.volumes):
         if volume.name in code_pinned_by_counter(policy):

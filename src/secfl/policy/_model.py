@@ -50,6 +50,7 @@ from secfl.policy._secrets import Secret
 from secfl.tee._claims import Kind, TcbStatus
 
 __all__ = [
+    "CODE_ALL",
     "CODE_FIELDS",
     "MAX_VERSION",
     "MEASUREMENT_FIELDS",
@@ -65,6 +66,7 @@ __all__ = [
     "Policy",
     "Service",
     "VolumeSpec",
+    "code_fields_text",
     "pins_code",
 ]
 
@@ -100,27 +102,43 @@ MEASUREMENT_FIELDS: dict[Kind, frozenset[str]] = {
 
 #: The claim fields that name code, per kind, and their length in hex digits: an
 #: identity must pin one of them (one that pins only ``vmpl``, ``isv_svn`` or an empty
-#: ``mrsigner`` accepts any code at all).
+#: ``mrsigner`` accepts any code at all), or, for the kinds in :data:`CODE_ALL`, all.
 CODE_FIELDS: dict[Kind, dict[str, int]] = {
     "sgx": {"mrenclave": 64, "mrsigner": 64},
-    "tdx": {"mrtd": 96},
+    "tdx": {"mrtd": 96, "rtmr1": 96, "rtmr2": 96},
     "snp": {"measurement": 96, "id_key_digest": 96, "author_key_digest": 96},
     "simulated": {"measurement": 96},
 }
+#: Kinds whose code is named by all of their :data:`CODE_FIELDS` together. A TD's
+#: MRTD measures only its virtual firmware; the kernel is in RTMR1 and its command line
+#: (the root file system's hash, with dm-verity) in RTMR2. An identity pinning MRTD
+#: alone accepted any guest booted on that firmware (found by a review).
+CODE_ALL: frozenset[Kind] = frozenset({"tdx"})
 
 
 def pins_code(kind: Kind, identity: dict[str, str | int]) -> bool:
     """Whether ``identity`` (as :meth:`Service.identities` gives it) names code: one of
-    :data:`CODE_FIELDS` as hex of the right length."""
-    for name, digits in CODE_FIELDS[kind].items():
-        value = identity.get(name)
-        if isinstance(value, str) and len(value) == digits:
-            try:
-                bytes.fromhex(value)
-            except ValueError:
-                continue
-            return True
-    return False
+    :data:`CODE_FIELDS` (all of them for :data:`CODE_ALL`) as hex of the right length."""
+    pinned = [_is_hex(identity.get(name), digits) for name, digits in CODE_FIELDS[kind].items()]
+    return all(pinned) if kind in CODE_ALL else any(pinned)
+
+
+def code_fields_text(kind: Kind) -> str:
+    """What an identity of ``kind`` must pin to name code, for messages."""
+    fields = [f"{k} ({n} hex digits)" for k, n in CODE_FIELDS[kind].items()]
+    if kind not in CODE_ALL:
+        return " or ".join(fields)
+    return ", ".join(fields[:-1]) + " and " + fields[-1]
+
+
+def _is_hex(value: object, digits: int) -> bool:
+    if not isinstance(value, str) or len(value) != digits:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
 
 
 #: The folders of ``SECFL_FILES`` that the launcher writes itself (the service's

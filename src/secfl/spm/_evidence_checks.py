@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from secfl.errors import FetchError, Refused, SecflError, VerificationError
-from secfl.policy._model import Policy, pins_code
+from secfl.policy._model import Policy, code_fields_text, pins_code
 from secfl.spm._collateral import CollateralSource
 from secfl.spm._revocation import platform_id, platform_ids
 from secfl.tee._claims import TCB_ORDER, Claims
@@ -155,7 +155,14 @@ def check_measurements(
                 _check_snp_guest(identity, measurements)
             return
     mr = next(iter(measurements.values()), "")
-    count = len(service.identities(kind))
+    identities = service.identities(kind)
+    if identities and not any(pins_code(kind, i) for i in identities):
+        raise Refused(
+            f"measurement: no {kind} identity of service '{service_name}' in policy "
+            f"'{policy.name}' version {policy.version} names code (each must pin "
+            f"{code_fields_text(kind)}): the board approves a version that does"
+        )
+    count = len(identities)
     pins = f"{count} {kind} identit{'y' if count == 1 else 'ies'}"
     raise Refused(
         f"measurement: {kind} measurement {mr} is not accepted for service '{service_name}' "
