@@ -816,3 +816,24 @@ def test_the_qe_must_be_intels_and_bind_the_key(
         f = forge(*sources[name], **change)
         monkeypatch.setattr(roots, "INTEL_SGX_ROOT_CA_SHA256", f.root_fingerprint)
         assert refused(f.quote, utc("2025-07-01")).startswith(message)
+
+
+def test_an_spm_in_a_td_is_expected_by_its_firmware_kernel_and_command_line(
+    sources: dict[str, Any],
+) -> None:
+    """Found by a review: `secfl spm verify` / `secfl run --spm-measurement` compared
+    the first measurement only, a TD's MRTD (its firmware): any SPM booted on that
+    firmware passed. A TD is now expected by mrtd, rtmr1 and rtmr2 together."""
+    from secfl.spm.client import expected_identity
+
+    claims = verify_quote(sources["tdx_v4_quote"][0], at=utc("2025-07-01"))  # real evidence
+    m = claims.measurements
+    whole = f"mrtd={m['mrtd']},rtmr1={m['rtmr1']},rtmr2={m['rtmr2']}"
+    expected_identity(claims, [whole.upper()])
+    with pytest.raises(VerificationError, match=r"^measurement: a tdx SPM is named by mrtd"):
+        expected_identity(claims, [str(m["mrtd"])])  # the firmware alone
+    other_kernel = whole.replace(f"rtmr1={m['rtmr1']}", "rtmr1=" + "ee" * 48)
+    with pytest.raises(VerificationError, match=r"^measurement: the SPM runs tdx measurement"):
+        expected_identity(claims, [other_kernel])
+    with pytest.raises(VerificationError, match=r"^measurement: "):
+        expected_identity(claims, [f"mrtd={m['mrtd']}"])  # names no code

@@ -35,7 +35,11 @@ def run(
     spm: Annotated[str, typer.Option(help="SPM URL, https://HOST:PORT.")] = "",
     spm_pin: Annotated[str | None, typer.Option(help="SHA-256 of the SPM's TLS key.")] = None,
     spm_measurement: Annotated[
-        list[str] | None, typer.Option(help="Accept an SPM proving this measurement.")
+        list[str] | None,
+        typer.Option(
+            help="Accept an SPM proving this measurement: HEX, or FIELD=HEX,... (TDX: "
+            "mrtd=HEX,rtmr1=HEX,rtmr2=HEX)."
+        ),
     ] = None,
     sim_root: Annotated[
         str | None, typer.Option(help="Simulation root of a simulated SPM.")

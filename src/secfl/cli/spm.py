@@ -110,7 +110,11 @@ def serve_cmd(
 def verify_cmd(
     url: Annotated[str, typer.Argument(help="https://HOST:PORT of the SPM.")],
     expect_measurement: Annotated[
-        list[str], typer.Option(help="A measurement the SPM may run (repeatable).")
+        list[str],
+        typer.Option(
+            help="A measurement the SPM may run (repeatable): HEX, or FIELD=HEX,... (a TDX "
+            "SPM: mrtd=HEX,rtmr1=HEX,rtmr2=HEX)."
+        ),
     ],
     sim_root: Annotated[
         str | None, typer.Option(help="Simulation root, for a simulated SPM.")

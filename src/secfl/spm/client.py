@@ -103,6 +103,37 @@ def _fetch_certificate(url: str, timeout: float) -> tuple[str, x509.Certificate]
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), cert
 
 
+def expected_identity(claims: Claims, expected: Sequence[str]) -> None:
+    """Refuse unless ``claims`` match one of ``expected``: each the kind's primary
+    measurement (HEX), or claim fields (``FIELD=HEX,...``) that name code as a policy's
+    identity must (:func:`~secfl.policy._model.pins_code`). A TD is named by its mrtd,
+    rtmr1 and rtmr2 together: an SPM expected by its MRTD alone (the firmware) was any
+    SPM booted on that firmware (found by a review)."""
+    from secfl.policy._model import CODE_ALL, code_fields_text, pins_code
+
+    primary = str(next(iter(claims.measurements.values()), "")).lower()
+    for text in expected:
+        text = text.strip().lower()
+        if "=" not in text:
+            if claims.kind not in CODE_ALL and text == primary:
+                return
+            continue
+        pins = dict(part.partition("=")[::2] for part in text.split(","))
+        if pins_code(claims.kind, pins) and all(  # type: ignore[arg-type]
+            str(claims.measurements.get(k, "")).lower() == v for k, v in pins.items()
+        ):
+            return
+    if claims.kind in CODE_ALL and not any("=" in t for t in expected):
+        raise VerificationError(
+            f"measurement: a {claims.kind} SPM is named by {code_fields_text(claims.kind)} "
+            "together: expect FIELD=HEX,... (its first measurement covers only the firmware)"
+        )
+    raise VerificationError(
+        f"measurement: the SPM runs {claims.kind} measurement {primary}, which is not the "
+        "expected one"
+    )
+
+
 class SpmClient:
     """A client bound to one SPM by the SHA-256 of its TLS key (``pin``)."""
 
@@ -231,10 +262,9 @@ class SpmClient:
         ``collateral`` (for example :meth:`PccsClient.get_collateral`) gives the Intel
         collateral of the SPM's quote: its TCB is then appraised and must be at least
         ``min_tcb``. Without it an SGX or TDX SPM's TCB is ``unknown``."""
-        expected = (
-            {expect_measurement} if isinstance(expect_measurement, str) else set(expect_measurement)
+        expected: list[str] = (
+            [expect_measurement] if isinstance(expect_measurement, str) else [*expect_measurement]
         )
-        expected = {m.lower() for m in expected}
         _, cert = _fetch_certificate(url, timeout)
         pin = spki_sha256(cert.public_key())
         client = cls(url, pin=pin, timeout=timeout)
@@ -251,13 +281,11 @@ class SpmClient:
         except SecflError:
             client.close()
             raise
-        measurement = str(next(iter(claims.measurements.values()), "")).lower()
-        if measurement not in expected:
+        try:
+            expected_identity(claims, expected)
+        except VerificationError:
             client.close()
-            raise VerificationError(
-                f"measurement: the SPM runs {claims.kind} measurement {measurement}, "
-                "which is not the expected one"
-            )
+            raise
         if claims.report_data_bytes != spm_report_data(nonce, pin):
             client.close()
             raise VerificationError(
