@@ -171,6 +171,11 @@ def test_weak_ed25519_board_keys_are_refused(raw: bytes, why: str) -> None:
         keys.load_public(_ed25519_pem(raw))
 
 
+HIGH_BIT_TWIN = int.from_bytes(
+    x25519.X25519PrivateKey.generate().public_key().public_bytes_raw(), "little"
+) | (1 << 255)
+
+
 def _x25519_pem(u: int) -> str:
     return (
         x25519.X25519PublicKey.from_public_bytes(u.to_bytes(32, "little"))
@@ -186,7 +191,9 @@ def _x25519_pem(u: int) -> str:
         (1, "small order"),
         (P25519 - 1, "small order"),
         (P25519 + 3, "non-canonical"),
+        (HIGH_BIT_TWIN, "non-canonical"),  # another member's key, the ignored top bit set
     ],
+    ids=["0", "1", "p-1", "p+3", "top-bit"],  # (one is random: the same id in each worker)
 )
 def test_weak_x25519_recovery_keys_are_refused(u: int, why: str) -> None:
     """Found by a review: a small-order recovery key passed validation, and the SPM

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from secfl.errors import VerificationError
 from secfl.spm._evidence_checks import claims_identity
 from secfl.spm._records import SessionRecord
 from secfl.spm._revocation import platform_id, platform_ids, revoked_reason, session_identity
@@ -174,3 +176,79 @@ def test_a_td_is_named_by_its_firmware_kernel_and_command_line(
     check_measurements(new, "aggregator", "tdx", {**guest, **whole})
     with pytest.raises(Refused, match="^measurement: tdx measurement"):
         check_measurements(new, "aggregator", "tdx", guest)  # another kernel
+
+
+def test_an_spm_in_an_snp_guest_is_held_to_the_same_rules(
+    sim: tuple[Path, bytes], board: Board
+) -> None:
+    """The review of the fixes: a client verifying an SPM compared its measurement
+    only, so an SPM at VMPL 3 or with a migration agent passed `secfl spm verify`; and
+    a policy's second SEV-SNP identity that pins vmpl was never tried."""
+    from secfl.errors import Refused
+    from secfl.policy._document import load_policy
+    from secfl.spm._evidence_checks import check_measurements
+    from secfl.spm.client import expected_identity
+    from secfl.tee._claims import Claims
+    from tests.spm.harness import AGGREGATOR_MR, policy_document
+
+    def claims(**changed: int) -> Claims:
+        fields: dict[str, str | int] = {"measurement": AGGREGATOR_MR, "policy": 0x30000}
+        return Claims(kind="snp", quote_version=3, measurements={**fields, "vmpl": 0, **changed},
+                      report_data="00" * 64, debug=False, tcb_status="unknown")  # fmt: skip
+
+    expected_identity(claims(), [AGGREGATOR_MR])
+    for changed, why in (({"vmpl": 3}, "VMPL 3"), ({"policy": 0x70000}, "migration agent")):
+        with pytest.raises(VerificationError, match=f"^measurement: .*{why}"):
+            expected_identity(claims(**changed), [AGGREGATOR_MR])
+    expected_identity(claims(vmpl=3), [AGGREGATOR_MR, f"measurement={AGGREGATOR_MR},vmpl=3"])
+
+    doc = load_policy(policy_document("p", board, sim[1], accept=("snp",))).model_dump(mode="json")
+    doc["services"][0]["measurements"]["snp"] = [
+        AGGREGATOR_MR, {"measurement": AGGREGATOR_MR, "vmpl": 3}
+    ]  # fmt: skip
+    policy = load_policy(json.dumps(doc))
+    check_measurements(policy, "aggregator", "snp", claims(vmpl=3).measurements)
+    with pytest.raises(Refused, match="^evidence: .*VMPL 2"):
+        check_measurements(policy, "aggregator", "snp", claims(vmpl=2).measurements)
+
+
+def test_a_version_that_tightens_the_platform_rules_ends_the_sessions_it_refuses(
+    sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review: a session was checked against a new version's service and
+    measurements only, so raising min_tcb_evaluation_data_number after an Intel TCB
+    recovery (or refusing debug TEEs, unknown TCBs, nameless machines) reached no live
+    session: their certificates stayed valid, off the revocation list."""
+    import json as json_
+
+    from secfl.policy._document import load_policy
+    from secfl.spm._sessions import no_longer_accepted
+    from secfl.tee._claims import Claims
+    from tests.spm.harness import AGGREGATOR_MR, policy_document
+
+    doc = load_policy(policy_document("p", board, sim[1], accept=("tdx",))).model_dump(mode="json")
+    whole = {"mrtd": AGGREGATOR_MR, "rtmr1": AGGREGATOR_MR, "rtmr2": AGGREGATOR_MR}
+    doc["services"][0]["measurements"] = {"tdx": [whole]}
+    doc["platforms"].update(allow_unknown_tcb=True, allow_debug=True, min_tcb_status="OutOfDate")
+    claims = Claims(kind="tdx", quote_version=4, measurements=whole, report_data="00" * 64,
+                    debug=False, tcb_status="OutOfDate",
+                    platform={"ppid": "ab" * 16, "tcb_evaluation": "17"})  # fmt: skip
+    session = SessionRecord(
+        token_sha256=b"\0" * 32, policy="p", service="aggregator", policy_version=1,
+        expires_at=datetime.now(UTC), serial="01",
+        identity=json_.dumps(claims_identity(claims)),
+    )  # fmt: skip
+
+    def version(**platforms: Any) -> Any:
+        changed = json_.loads(json_.dumps(doc))
+        changed.update(version=2, predecessor="ab" * 32)
+        changed["platforms"].update(platforms)
+        return load_policy(json_.dumps(changed))
+
+    assert no_longer_accepted(version(), 2, session) is None
+    for rules, why in (
+        ({"min_tcb_evaluation_data_number": 19, "allow_unknown_tcb": False}, "evaluation 19"),
+        ({"min_tcb_status": "UpToDate"}, "TCB status OutOfDate is below"),
+    ):
+        reason = no_longer_accepted(version(**rules), 2, session)
+        assert reason is not None and why in reason, reason

@@ -752,9 +752,11 @@ def test_debug_tee_with_collateral(
     [
         (lambda a: a & ~(1 << 28), "SEPT_VE_DISABLE is off"),
         (lambda a: a | (1 << 29), "the TD is migratable"),
-        (lambda a: a | 0x02, "reserved TD-under-debug bits are set"),
+        (lambda a: a | 0x02, "reserved bits are set"),
+        (lambda a: a | (1 << 40), "reserved bits are set"),
+        (lambda a: a | (1 << 17), "SERVTD_EXT is enabled"),
     ],
-    ids=["sept-ve-enabled", "migratable", "reserved-tud"],
+    ids=["sept-ve-enabled", "migratable", "reserved-tud", "reserved-other", "servtd-ext"],
 )
 def test_a_td_the_host_can_inspect_is_refused_without_collateral_too(
     sources: dict[str, Any], monkeypatch: pytest.MonkeyPatch, change: Any, why: str

@@ -232,8 +232,12 @@ def _check_x25519(key: x25519.X25519PublicKey) -> None:
     it would be sealed under a secret anyone knows; the SPM failed on it after the
     board's signatures were accepted: found by a review) or a non-canonical u >= p."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    if int.from_bytes(raw, "little") & ((1 << 255) - 1) >= _P25519:
-        raise PolicyError("recovery public key: a non-canonical X25519 encoding (u >= p)")
+    # the top bit is ignored by the exchange: set, the same key has a second spelling,
+    # which counted as another member's (found by a review)
+    if raw[31] & 0x80 or int.from_bytes(raw, "little") >= _P25519:
+        raise PolicyError(
+            "recovery public key: a non-canonical X25519 encoding (u >= p, or the top bit set)"
+        )
     try:
         x25519.X25519PrivateKey.generate().exchange(key)
     except ValueError:  # the shared secret is all zeros: a point of small order

@@ -5,6 +5,7 @@ code measured; and what a session remembers of it, for later versions and revoca
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,14 @@ from secfl.tee._evidence import Evidence
 from secfl.tee._intel_collateral import evaluation_number
 from secfl.tee._verify import verify
 
-__all__ = ["check_evidence", "check_measurements", "check_named", "claims_identity"]
+__all__ = [
+    "check_evidence",
+    "check_measurements",
+    "check_named",
+    "claims_identity",
+    "platform_refusal",
+    "snp_guest_refusal",
+]
 
 
 def check_evidence(
@@ -109,7 +117,10 @@ def _appraised(
             f"minimum {floor} (min_tcb_evaluation_data_number): the SPM's PCCS must serve "
             "Intel's current collateral"
         )
-    return appraised
+    # the evaluation the appraisal used, for the session to remember
+    return appraised.model_copy(
+        update={"platform": {**appraised.platform, "tcb_evaluation": str(used)}}
+    )
 
 
 #: SEV-SNP guest policy bit 18: a migration agent (chosen at launch, by the host) may
@@ -117,23 +128,25 @@ def _appraised(
 _SNP_MIGRATE_MA = 1 << 18
 
 
-def _check_snp_guest(identity: dict[str, Any], measurements: dict[str, Any]) -> None:
+def snp_guest_refusal(pins: Mapping[str, Any], measurements: Mapping[str, Any]) -> str | None:
     """What the launch measurement of an SEV-SNP guest does not cover, and the host
     chooses: the VMPL the report was asked at (software at a more privileged VMPL, a
-    paravisor the host supplied, sees the guest) and a migration agent. Accepted only
-    where the identity pins them (``vmpl``, ``policy``): found by a review."""
+    paravisor the host supplied, sees the guest) and a migration agent. Why ``pins``
+    (an identity) does not accept them, or None: accepted only where it pins them
+    (``vmpl``, ``policy``): found by a review."""
     vmpl = measurements.get("vmpl")
-    if "vmpl" not in identity and vmpl != 0:
-        raise Refused(
-            f"evidence: the SEV-SNP report was asked for at VMPL {vmpl}, not 0: software at "
-            "a more privileged level sees this guest; pin vmpl in the policy to accept it"
+    if "vmpl" not in pins and vmpl != 0:
+        return (
+            f"the SEV-SNP report was asked for at VMPL {vmpl}, not 0: software at a more "
+            "privileged level sees this guest; pin vmpl to accept it"
         )
     policy = measurements.get("policy")
-    if "policy" not in identity and (not isinstance(policy, int) or policy & _SNP_MIGRATE_MA):
-        raise Refused(
-            "evidence: the SEV-SNP guest policy allows a migration agent (MIGRATE_MA), which "
-            "can export the guest's memory; pin policy in the policy to accept it"
+    if "policy" not in pins and (not isinstance(policy, int) or policy & _SNP_MIGRATE_MA):
+        return (
+            "the SEV-SNP guest policy allows a migration agent (MIGRATE_MA), which can export "
+            "the guest's memory; pin policy to accept it"
         )
+    return None
 
 
 def check_measurements(
@@ -142,6 +155,7 @@ def check_measurements(
     """Refuse unless one of the service's identities for ``kind`` matches."""
     service = policy.service(service_name)
     assert service is not None
+    guest = None  # why a matching SEV-SNP identity still refused (another may accept)
     for identity in service.identities(kind):
         if not pins_code(kind, identity):
             continue  # in a version stored before that rule: it would accept any code
@@ -151,9 +165,11 @@ def check_measurements(
             else measurements.get(k) == v
             for k, v in identity.items()
         ):
-            if kind == "snp":
-                _check_snp_guest(identity, measurements)
-            return
+            guest = snp_guest_refusal(identity, measurements) if kind == "snp" else None
+            if guest is None:
+                return
+    if guest is not None:
+        raise Refused(f"evidence: {guest} in the policy")
     mr = next(iter(measurements.values()), "")
     identities = service.identities(kind)
     if identities and not any(pins_code(kind, i) for i in identities):
@@ -174,9 +190,44 @@ def check_measurements(
 def claims_identity(claims: Claims) -> dict[str, Any]:
     """What a session remembers of its attestation, to check it against later policy
     versions and revocations: kind, measurements, the platform's IDs (the first shown)."""
-    return {
+    identity: dict[str, Any] = {
         "kind": claims.kind,
         "measurements": dict(claims.measurements),
         "platform": platform_id(claims.platform),
         "platforms": platform_ids(claims.platform),
+        # what the platform rules weighed, so that a version that tightens them ends
+        # the sessions it would refuse now (found by a review)
+        "debug": claims.debug,
+        "tcb_status": claims.tcb_status,
     }
+    if "tcb_evaluation" in claims.platform:
+        identity["tcb_evaluation"] = int(claims.platform["tcb_evaluation"])
+    return identity
+
+
+def platform_refusal(policy: Policy, identity: dict[str, Any]) -> str | None:
+    """Why ``policy``'s platform rules refuse what a session was attested as (the rules
+    :func:`check_evidence` applies, on what the session remembers), or None. Sessions
+    attested before their identity held these (no ``tcb_status``) are not judged here."""
+    if "tcb_status" not in identity:
+        return None
+    platforms, kind = policy.platforms, identity["kind"]
+    if identity.get("debug") and not platforms.allow_debug:
+        return "evidence from a debug TEE is no longer accepted"
+    if platforms.require_platform_id and not identity.get("platforms"):
+        return "evidence that names no machine is no longer accepted (require_platform_id)"
+    if kind == "simulated":
+        return None
+    status = identity["tcb_status"]
+    floor = platforms.min_tcb_evaluation_data_number
+    if floor is not None and kind in ("sgx", "tdx"):
+        used = identity.get("tcb_evaluation")
+        if not isinstance(used, int) or used < floor:
+            return f"the policy now requires Intel TCB evaluation {floor} or later"
+    if status == "unknown":
+        return None if platforms.allow_unknown_tcb else "an unknown TCB is no longer accepted"
+    if status not in TCB_ORDER or TCB_ORDER.index(status) > TCB_ORDER.index(
+        platforms.min_tcb_status
+    ):
+        return f"TCB status {status} is below the policy's minimum {platforms.min_tcb_status}"
+    return None

@@ -118,12 +118,20 @@ def session_identity(session: SessionRecord) -> dict[str, Any]:
     named = doc.get("platforms")  # sessions attested before it have only "platform"
     if not isinstance(named, list) or not all(isinstance(p, str) for p in named):
         named = [platform] if platform else []
-    return {
+    identity: dict[str, Any] = {
         "kind": str(doc.get("kind", "")),
         "measurements": dict(doc.get("measurements") or {}),
         "platform": platform,
         "platforms": named[: len(PLATFORM_KEYS)],
     }
+    # what the platform rules weighed (sessions attested before it lack them)
+    if isinstance(doc.get("tcb_status"), str):
+        identity["tcb_status"] = doc["tcb_status"]
+        identity["debug"] = doc.get("debug") is True
+        evaluation = doc.get("tcb_evaluation")
+        if type(evaluation) is int:
+            identity["tcb_evaluation"] = evaluation
+    return identity
 
 
 HEX_DIGITS = frozenset("0123456789abcdef")

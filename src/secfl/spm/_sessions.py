@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from secfl.errors import Refused
 from secfl.policy._model import Policy, Service
-from secfl.spm._evidence_checks import check_measurements
+from secfl.spm._evidence_checks import check_measurements, platform_refusal
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._renewal import ENDED
 from secfl.spm._revocation import revoked_reason, session_identity
@@ -106,6 +106,12 @@ def no_longer_accepted(policy: Policy, version: int, session: SessionRecord) -> 
         return (
             f"what '{session.service}' was attested as is no longer accepted by version "
             f"{version} of the policy ({exc})"
+        )
+    why = platform_refusal(policy, identity)
+    if why is not None:
+        return (
+            f"version {version} of the policy refuses the platform '{session.service}' was "
+            f"attested on: {why}; attest again"
         )
     return None
 

@@ -110,19 +110,27 @@ def expected_identity(claims: Claims, expected: Sequence[str]) -> None:
     rtmr1 and rtmr2 together: an SPM expected by its MRTD alone (the firmware) was any
     SPM booted on that firmware (found by a review)."""
     from secfl.policy._model import CODE_ALL, code_fields_text, pins_code
+    from secfl.spm._evidence_checks import snp_guest_refusal
 
     primary = str(next(iter(claims.measurements.values()), "")).lower()
+    guest = None  # why a matching SEV-SNP expectation still refused
     for text in expected:
         text = text.strip().lower()
+        pins: dict[str, str] = {}
         if "=" not in text:
-            if claims.kind not in CODE_ALL and text == primary:
-                return
-            continue
-        pins = dict(part.partition("=")[::2] for part in text.split(","))
-        if pins_code(claims.kind, pins) and all(  # type: ignore[arg-type]
-            str(claims.measurements.get(k, "")).lower() == v for k, v in pins.items()
-        ):
+            if claims.kind in CODE_ALL or text != primary:
+                continue
+        else:
+            pins = dict(part.partition("=")[::2] for part in text.split(","))
+            if not pins_code(claims.kind, pins) or not all(  # type: ignore[arg-type]
+                str(claims.measurements.get(k, "")).lower() == v for k, v in pins.items()
+            ):
+                continue
+        guest = snp_guest_refusal(pins, claims.measurements) if claims.kind == "snp" else None
+        if guest is None:
             return
+    if guest is not None:
+        raise VerificationError(f"measurement: {guest} in the expected measurement")
     if claims.kind in CODE_ALL and not any("=" in t for t in expected):
         raise VerificationError(
             f"measurement: a {claims.kind} SPM is named by {code_fields_text(claims.kind)} "

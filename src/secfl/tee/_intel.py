@@ -105,10 +105,18 @@ def verify_quote(raw: bytes, *, at: datetime, collateral: object | None = None) 
 
 # --- the TD's configuration ------------------------------------------------------------
 
-#: TDATTRIBUTES (little-endian): TUD bits 1-7 are reserved (bit 0 is DEBUG, which the
-#: caller weighs); SEPT_VE_DISABLE (bit 28) keeps the host from injecting #VE through
-#: the secure EPT; MIGRATABLE (bit 29) lets a migration TD export the TD's memory.
-_TUD_RESERVED = 0xFE
+
+def _bits(*spans: tuple[int, int]) -> int:
+    return sum(1 << bit for low, high in spans for bit in range(low, high + 1))
+
+
+#: TDATTRIBUTES (little-endian), as dcap-qvl rates them with collateral: DEBUG (bit
+#: 0) is the caller's to weigh; bits 1-15, 23-26 and 32-61 are reserved; SERVTD_EXT
+#: (17) changes what the quote says of service TDs; SEPT_VE_DISABLE (28) keeps the host
+#: from injecting #VE through the secure EPT; MIGRATABLE (29) lets a migration TD
+#: export the TD's memory. Allowed: 16, 18-22, 27 (LASS), 30 (PKS), 31 (KL), 62, 63.
+_RESERVED = _bits((1, 15), (23, 26), (32, 61))
+_SERVTD_EXT = 1 << 17
 _SEPT_VE_DISABLE = 1 << 28
 _MIGRATABLE = 1 << 29
 
@@ -118,9 +126,13 @@ def _check_td_attributes(quote: Quote) -> None:
     not only when collateral appraises it (dcap-qvl checks these only then, and the
     host decides whether the SPM's PCCS answers: found by a review)."""
     attributes = int.from_bytes(quote.field("td_attributes"), "little")
-    if attributes & _TUD_RESERVED:
+    if attributes & _RESERVED:
         raise VerificationError(
-            f"attributes: reserved TD-under-debug bits are set (TDATTRIBUTES {attributes:016x})"
+            f"attributes: reserved bits are set (TDATTRIBUTES {attributes:016x})"
+        )
+    if attributes & _SERVTD_EXT:
+        raise VerificationError(
+            f"attributes: SERVTD_EXT is enabled (TDATTRIBUTES {attributes:016x})"
         )
     if not attributes & _SEPT_VE_DISABLE:
         raise VerificationError(
