@@ -70,6 +70,8 @@ class AttestedTls:
     peers: PeerPolicy
     server: ssl.SSLContext = field(init=False)
     client: ssl.SSLContext = field(init=False)
+    #: ``client`` and the certificate (PEM) it presents, taken together
+    client_with_cert: tuple[ssl.SSLContext, bytes] = field(init=False)
     #: monotonic time of the last good read of the revocation list
     checked: float = field(default=0.0, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
@@ -102,6 +104,8 @@ class AttestedTls:
         _load_identity(server, self.ident)
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
         _load_identity(client, self.ident)
+        # one assignment each: a connection takes a context and knows what it presents
+        self.client_with_cert = (client, self.ident.creds.cert_pem)
         self.server, self.client = server, client
 
     def on_renewal(self, call: Callable[[], None]) -> None:

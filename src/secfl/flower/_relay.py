@@ -165,8 +165,9 @@ class Relay:
             log.warning("secfl: relay: refused the SuperLink at %s:%s: %s", self.host, self.port,
                         why)  # fmt: skip
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        context = self.tls.client  # the current certificate (renewals replace it)
+    async def _connect(
+        self, context: ssl.SSLContext
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._proxy is None:
             return await asyncio.open_connection(
                 self.host, self.port, ssl=context, server_hostname=self.service,
@@ -235,9 +236,12 @@ class Relay:
             self._open -= 1
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        mine = self.tls.ident.creds.cert_pem  # the certificate this connection presents
+        # the current certificate (renewals replace it), and the one it presents
+        context, mine = self.tls.client_with_cert
         try:
-            outer_reader, outer = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT * 2)
+            outer_reader, outer = await asyncio.wait_for(
+                self._connect(context), CONNECT_TIMEOUT * 2
+            )
         except (OSError, ssl.SSLError, TimeoutError, TransportError) as exc:
             self._refuse(f"{type(exc).__name__}: {exc}"[:300])
             writer.transport.abort()
@@ -266,7 +270,7 @@ class Relay:
         open, would never make a new one (found by a review)."""
         while True:
             await asyncio.sleep(WATCH_EVERY)
-            current = self.tls.ident.creds.cert_pem
+            current = self.tls.client_with_cert[1]
             for pair in list(self.live):
                 try:
                     self.tls.check(pair.der)
