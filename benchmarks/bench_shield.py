@@ -21,8 +21,8 @@ It writes a file of random bytes to a temporary folder, then measures:
 - reads through ``Volume.open_file`` (volume file warm in the page cache too), all
   without the whole-file SHA-256 (``check_digest=False``: every chunk still
   authenticated by AES-GCM; the streaming default checks it, since only the
-  digest stops a key holder's other content under the same tag): one ``readinto`` of the whole file (what loading a
-  model does) and streaming with ``--big-block-kb`` reads, each on all threads
+  digest stops a key holder's other content under the same tag): one ``readinto``
+  of the whole file (what loading a model does) and streaming with ``--big-block-kb`` reads, each on all threads
   (the default: the chunks of a read split among threads, each decrypting straight
   into its part of the buffer, :mod:`secfl.shield._parallel`) and on one (the pool
   turned off); streaming with ``--block-kb`` reads (a chunk at a time) on one
