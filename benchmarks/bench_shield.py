@@ -21,13 +21,13 @@ It writes a file of random bytes to a temporary folder, then measures:
 - reads through ``Volume.open_file`` (volume file warm in the page cache too), all
   without the whole-file SHA-256 (``check_digest=False``: every chunk still
   authenticated by AES-GCM; the streaming default checks it, since only the
-  digest stops a key holder's other content under the same tag): one ``readinto``
-  of the whole file (what loading a model does) and streaming with ``--big-block-kb`` reads, each on all threads
-  (the default: the chunks of a read split among threads, each decrypting straight
-  into its part of the buffer, :mod:`secfl.shield._parallel`) and on one (the pool
-  turned off); streaming with ``--block-kb`` reads (a chunk at a time) on one
-  thread and with read-ahead on all (``SECFL_SHIELD_THREADS``); and once with the
-  digest (``check_digest=True``).
+  digest stops a key holder's other content under the same tag): one
+  ``readinto`` of the whole file (what loading a model does) and streaming with
+  ``--big-block-kb`` reads, each on all threads (the default: the chunks of a
+  read split among threads, each decrypting straight into its part of the buffer,
+  :mod:`secfl.shield._parallel`) and on one (the pool turned off); streaming with
+  ``--block-kb`` reads (a chunk at a time) on one thread and with read-ahead on
+  all (``SECFL_SHIELD_THREADS``); and once with the digest (``check_digest=True``).
 
 Every figure is the best of ``--repeat`` runs, run in turns (each variant once per
 round), as other load on the machine only ever slows a run down. It prints the
