@@ -2,7 +2,7 @@
 SIGKILL while it seals leaves no plaintext of it anywhere. Found by a hostile review:
 it was staged in a folder in ``/dev/shm`` (or the system's temporary folder) for
 ``encrypt_directory``, and that folder, the model and the metrics in it, outlived the
-kill (a real process, killed the moment its output's temporary file appears)."""
+kill (a real process, killed the moment it opens its output's file)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,25 @@ CHILD = textwrap.dedent(
 MARKERS = (b'"shape":[40000000]', b"marker-of-the-metrics")
 
 
+def _writing_in(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` holds a file of ``folder`` open: its output's file, which
+    has no name there until it is whole (O_TMPFILE; else a hidden temporary name)."""
+    if any(p.name.startswith(".model.secfl.") for p in folder.iterdir()):
+        return True
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{folder}/"):
+            return True
+    return False
+
+
 def _plaintext_under(top: Path, since: float) -> list[str]:
     found = []
     for folder, _, names in os.walk(top):
@@ -80,7 +99,7 @@ def test_a_sigkill_while_the_final_model_is_sealed_leaves_no_plaintext(tmp_path:
     try:
         deadline = time.monotonic() + 90
         while not sealing and child.poll() is None and time.monotonic() < deadline:
-            sealing = any(p.name.startswith(".model.secfl.") for p in out.iterdir())
+            sealing = _writing_in(child.pid, out)
             time.sleep(0.005)
     finally:
         child.send_signal(signal.SIGKILL)
