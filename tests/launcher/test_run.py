@@ -52,6 +52,32 @@ def test_code_from_a_volume_leaves_no_bytecode_where_the_host_reads(
     assert written and not leaked, leaked
 
 
+@pytest.mark.parametrize("how", ["program", "module"])
+def test_temporary_files_stay_in_the_private_folder(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Found by a review: the workload's temporary files (``tempfile``, a library's
+    spooled upload or compiled kernel) went to the host's ``TMPDIR``, on disk, where they
+    outlived it. They go into the private folder now, which is gone after the run (and
+    after a SIGKILL: tests/launcher/test_kill.py), and so do caches (XDG_CACHE_HOME)."""
+    host_tmp = tmp_path / "host-tmp"
+    host_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(host_tmp))
+    if how == "program":
+        done = world.run("worker", world.argv())
+        assert done.returncode == 7, done.stderr
+    else:
+        done = world.run("mod", ["x"], module="mytask")
+        assert done.returncode == 0, done.stderr
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    scratch = Path(lines["SCRATCH"])
+    assert "/secfl-run-" in str(scratch) and "/.secfl/tmp/" in str(scratch), scratch
+    assert not scratch.exists(), "the scratch file must be gone with the private folder"
+    assert list(host_tmp.iterdir()) == [], "nothing of the workload's in the host's TMPDIR"
+    if how == "program":
+        assert lines["CACHE"].startswith(lines["FILES_DIR"] + "/"), lines["CACHE"]
+
+
 def test_changed_program_is_refused_and_not_started(world: World, tmp_path: Path) -> None:
     changed = tmp_path / "workload.py"
     changed.write_text(world.program.read_text() + "# one more line\n")

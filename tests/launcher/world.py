@@ -34,6 +34,11 @@ WORKLOAD = textwrap.dedent(
     rows = open(os.path.join(os.environ["SECFL_VOLUMES"], "data", "rows.csv")).read()
     print("DATA", rows.strip().replace(chr(10), "|"), flush=True)
     print("FILES_DIR", files, flush=True)
+    import tempfile  # a library's scratch file, holding plaintext
+    with tempfile.NamedTemporaryFile(delete=False) as scratch:
+        scratch.write(rows.encode())
+    print("SCRATCH", scratch.name, flush=True)
+    print("CACHE", os.environ.get("XDG_CACHE_HOME"), flush=True)
     if "--import" in sys.argv:  # code from its code volume
         sys.path.insert(0, os.path.join(os.environ["SECFL_VOLUMES"], "code"))
         import mytask
@@ -119,6 +124,7 @@ class World:
             "import os\nprint('CODE', os.environ['SECFL_CODE_VOLUMES'])\n"
             "from secfl.launcher import volumes\n"
             "print('STREAM', volumes['data'].read_bytes('rows.csv').decode().strip())\n"
+            "import tempfile\nprint('SCRATCH', tempfile.mkstemp()[1])\n"
         )
         (base / "code" / "mytask" / "forks.py").write_text(FORKS)
         self.code_tag = encrypt_directory(base / "code", base / "code.vol", self.keys["code"])

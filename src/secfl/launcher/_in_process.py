@@ -14,6 +14,7 @@ import contextlib
 import os
 import runpy
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 
 from secfl.shield import Volume, VolumeImporter
@@ -37,10 +38,11 @@ def run_module(
     with ``argv`` and exactly ``env``; returns its exit code. The interpreter's own
     arguments and environment are restored afterwards."""
     importers = [VolumeImporter(opened[name]) for name in code]
-    saved_argv, saved_env = sys.argv, dict(os.environ)
+    saved_argv, saved_env, saved_tmp = sys.argv, dict(os.environ), tempfile.tempdir
     sys.argv = [module, *argv]
     os.environ.clear()
     os.environ.update(env)
+    tempfile.tempdir = None  # found again, from env's TMPDIR (the launcher's was cached)
     volumes.update(opened)
     try:
         with _installed(importers):
@@ -54,6 +56,7 @@ def run_module(
         sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)
+        tempfile.tempdir = saved_tmp
 
 
 @contextlib.contextmanager

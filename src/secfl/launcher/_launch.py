@@ -244,6 +244,7 @@ def _environment(
     write_private(files, ".secfl/ca.pem", enrollment.ca_certificate.encode())
     write_private(files, ".secfl/session.token", enrollment.session_token.encode())
     env = dict(os.environ)
+    env.update(_scratch(files))
     env.update(
         {
             "SECFL_FILES": str(files),
@@ -261,6 +262,24 @@ def _environment(
         env[key] = no_nul(substitute(text, enrollment, where), where)
     # a Python program compiles the code it imports from a volume: never to disk
     return environ.no_bytecode(env)
+
+
+def _scratch(files: Path) -> dict[str, str]:
+    """Where the program's temporary files and caches go: into the private folder, in
+    RAM (``TMPDIR`` and its kin, ``XDG_CACHE_HOME``), not the host's ``/tmp`` or home,
+    on disk, where what a library writes there (a spooled upload, a compiled kernel, a
+    dataset's cache) outlived a workload killed with SIGKILL. The policy's injected
+    variables may set them elsewhere. ``HOME`` stays: Python finds user-installed
+    packages through it."""
+    tmp, cache = files / ".secfl" / "tmp", files / ".secfl" / "cache"
+    for folder in (tmp, cache):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return {**dict.fromkeys(SCRATCH_VARIABLES, str(tmp)), "XDG_CACHE_HOME": str(cache)}
+
+
+#: The variables that name a program's temporary folder (Python's ``tempfile`` reads
+#: all three, most C libraries ``TMPDIR``).
+SCRATCH_VARIABLES = ("TMPDIR", "TEMP", "TMP")
 
 
 def _attestation_env(
