@@ -373,6 +373,62 @@ def test_canonical_order_reads_no_payload_before_the_header_is_vetted(who: str) 
     assert not attempt.settled("site")  # a misdirected update leaves the round unharmed
 
 
+def test_canonical_order_reads_one_update_per_sender_and_none_past_its_attempt() -> None:
+    """Found by a hostile review: in ``canonical`` order a sampled sender's four calls
+    at once each passed the header's vetting and each was read whole into memory (four
+    updates' worth for one peer), and a call still arriving when its attempt closed went
+    on being buffered into the next. Now a second call of the same sender is refused
+    before any of its payload is read, and a call's next piece after its attempt closed
+    ends it."""
+    config = FederationConfig(strategy="median", dead_after=30.0, round_timeout=20,
+                              min_clients=1, quorum=1)  # fmt: skip
+    rounds = Rounds(config, max_update_bytes=64 << 20)
+    now = time.monotonic()
+    rounds.participants["site"] = Participant("site", "", None, now)
+    attempt = Attempt(round=1, number=1, sampled=["site"], model=None,  # type: ignore[arg-type]
+                      configs={}, deadline=now + 20, accumulator=None,
+                      global_params={})  # fmt: skip
+    rounds.open(attempt)
+    head = msg.header_bytes({"kind": "update", "round": 1, "attempt": 1,
+                             "epoch": rounds.epoch, "samples": 1, "metrics": {}})  # fmt: skip
+    sending, release = threading.Event(), threading.Event()
+    pulled: list[str] = []
+
+    def pieces(who: str) -> Iterator[bytes]:
+        yield head
+        pulled.append(who)
+        yield bytes(1 << 20)
+        sending.set()
+        release.wait(20)
+        pulled.append(who)
+        yield bytes(1 << 20)
+
+    outcome: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            rounds.submit(pieces("first"), Peer("p", "site", ""))
+        except (FlError, TransportError) as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert sending.wait(20)
+    for _ in range(3):  # the other calls of the same sender: refused, nothing read
+        with pytest.raises(FlError, match="^protocol: 'site' is already sending its update$"):
+            rounds.submit(pieces("second"), Peer("p", "site", ""))
+    assert "second" not in pulled
+    assert not attempt.settled("site")  # the first call still owns the update
+    with rounds.cond:  # the attempt closes (its deadline) while the first is arriving
+        attempt.open = False
+    release.set()
+    worker.join(20)
+    assert len(outcome) == 1 and str(outcome[0]) == (
+        "message: protocol: round 1 attempt 1 closed while the update was arriving"
+    )
+    assert pulled == ["first", "first"] and attempt.receiving == set()
+
+
 @pytest.mark.parametrize(
     ("tensor", "value", "limit"),
     [("w", 1e155, "±2\\^100"), ("w", -1.7e308, "±2\\^100"),

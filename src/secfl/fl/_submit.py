@@ -19,6 +19,7 @@ unharmed; the sender counts as done without an update.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -84,7 +85,8 @@ class Submissions:
         else:  # kept whole for the round loop; read only once its header is vetted
             pieces = _marked(pieces, marks)
             head = self._vetted_head(pieces, peer, a)
-            reply = self._submit(itertools.chain((head,), pieces), peer, a)
+            with self._one_call(peer, a):
+                reply = self._submit(itertools.chain((head,), self._open(pieces, a)), peer, a)
         with self.cond:
             a = self.attempt
             if a is not None and len(marks) == 2:
@@ -196,6 +198,33 @@ class Submissions:
             self._seen(peer)
             self._vet(header, peer, a)
         return head
+
+    @contextlib.contextmanager
+    def _one_call(self, peer: Peer, a: Attempt) -> Iterator[None]:
+        """``peer``'s only call reading an update for ``a``: a second one at the same time
+        is refused (each holds up to a whole update in memory: four calls of one sampled
+        sender held four)."""
+        with self.cond:
+            if peer.service in a.receiving:
+                raise FlError(f"protocol: '{peer.service}' is already sending its update")
+            a.receiving.add(peer.service)
+        try:
+            yield
+        finally:
+            with self.cond:
+                a.receiving.discard(peer.service)
+
+    def _open(self, pieces: Iterator[bytes], a: Attempt) -> Iterator[bytes]:
+        """``pieces`` while ``a`` is open: an update still arriving when its attempt
+        closed is dropped at its next piece, not buffered on into the next attempt."""
+        for piece in pieces:
+            with self.cond:
+                if not a.open:
+                    raise FlError(
+                        f"protocol: round {a.round} attempt {a.number} closed while the update "
+                        "was arriving"
+                    )
+            yield piece
 
     def _submit(self, pieces: Iterator[bytes], peer: Peer, a: Attempt) -> bytes:
         """A whole update, for ``a`` (the attempt open when it began: an update that
