@@ -167,6 +167,12 @@ def test_a_hard_link_to_a_private_file_is_refused_and_a_pipe_is_not(
     finally:
         os.close(read)
         os.close(write)
+    # found by a hostile review: a FIFO nobody reads, put at the metrics path between two
+    # rounds, blocked the aggregator for ever after a round's counter had moved
+    os.unlink(host / "metrics.jsonl")
+    os.mkfifo(host / "metrics.jsonl")
+    with pytest.raises(OSError, match="a FIFO nobody reads"):
+        files.append(host / "metrics.jsonl", b"round 2\n")
 
 
 def test_a_folder_swapped_for_a_link_mid_write_moves_nothing_into_the_link(

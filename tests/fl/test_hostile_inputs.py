@@ -257,6 +257,14 @@ def test_a_hostile_reset_file_is_one_line_for_the_aggregator(
         sign_reset(signed, huge, member_keys()[member][0], member)
     with pytest.raises(FlError, match=r"^reset: the statement names no counter value"):
         check_reset(signed, policy, pdigest, "rounds")
+    # Found by a hostile review: a statement naming this policy, its digest and counter
+    # (all public) with a lone surrogate ("\\ud800" is valid JSON) was a traceback at
+    # the aggregator's start, before any signature was checked.
+    planted = tmp_path / "surrogate.json"
+    text = json.dumps({"statement": {**statement, "reason": "@"}, "signatures": []})
+    planted.write_text(text.replace('"@"', '"\\ud800"'))
+    with pytest.raises(FlError, match=r"^reset: .* holds text with no UTF-8 form"):
+        check_reset(planted, policy, pdigest, "rounds")
     good = tmp_path / "good.json"
     for member in ("alice", "carol"):
         sign_reset(good, statement, member_keys()[member][0], member)

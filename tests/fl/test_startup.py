@@ -41,6 +41,9 @@ def test_an_unwritable_ready_file_is_one_error_line(tmp_path: Path) -> None:
         ("SECFL_METRICS", "missing/m.jsonl", "metrics: cannot append to missing/m.jsonl "
                                              "(SECFL_METRICS or --metrics): No such file or "),
         ("--metrics", "a-file/m.jsonl", "metrics: cannot append to a-file/m.jsonl (SECFL_METRICS"),
+        # found by a hostile review: a FIFO the host put there hung the aggregator
+        ("--metrics", "fifo", "metrics: cannot append to fifo (SECFL_METRICS or --metrics): a "
+                              "FIFO nobody reads (it would block the writer)"),
     ],
 )  # fmt: skip
 def test_a_host_path_that_cannot_be_used_is_one_line_before_any_round(
@@ -49,6 +52,7 @@ def test_a_host_path_that_cannot_be_used_is_one_line_before_any_round(
     """Not after training every round (the output), nor after committing round 1,
     which every restart would repeat (the metrics): at start, before listening."""
     (tmp_path / "a-file").write_text("not a folder\n")
+    os.mkfifo(tmp_path / "fifo")
     ready = tmp_path / "ready.json"
     argv = ["aggregator", "--insecure", "--task", "digits", "--listen", "127.0.0.1:0",
             "--ready-file", str(ready)]  # fmt: skip
@@ -57,7 +61,7 @@ def test_a_host_path_that_cannot_be_used_is_one_line_before_any_round(
         argv += [setting, value]
     else:
         env[setting] = value
-    done = secfl(*argv, cwd=tmp_path, env=env, timeout=120)
+    done = secfl(*argv, cwd=tmp_path, env=env, timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {line}"), done.stderr
     assert not ready.exists()  # it never listened

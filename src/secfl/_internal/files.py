@@ -191,15 +191,27 @@ def check_outside(fd: int, name: Path | str) -> None:
 
 def append(path: Path | str, data: bytes) -> None:
     """Append ``data`` to ``path`` (made 0644 if missing), in one write, unless the file
-    really open lies in a folder :func:`keep_out` named."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    really open lies in a folder :func:`keep_out` named. A pipe with a reader is
+    written to (``--metrics /dev/stdout | ...``); a FIFO nobody reads, which someone
+    put at ``path``, is an OSError at once, not a writer blocked for ever."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
     try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise OSError(exc.errno, _NO_READER, str(path)) from None
+        raise
+    try:
+        os.set_blocking(fd, True)
         check_outside(fd, path)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+_NO_READER = "a FIFO nobody reads (it would block the writer): give a file"
 
 
 def _open_folder(folder: Path | str, dir_fd: int | None = None) -> int | None:

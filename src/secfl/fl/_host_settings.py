@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from secfl._internal import files
 from secfl.errors import FlError
 
 __all__ = [
@@ -169,8 +170,7 @@ def check_host_paths(output: Path | None, checkpoints: Path | None, metrics: Pat
             ) from None
     if metrics is not None:
         try:
-            with open(metrics, "a", encoding="utf-8"):
-                pass
+            files.append(metrics, b"")  # made if missing; a FIFO there is refused
         except OSError as exc:
             raise FlError(
                 f"metrics: cannot append to {metrics} ({METRICS} or --metrics): "

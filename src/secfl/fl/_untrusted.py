@@ -122,6 +122,7 @@ def check_tree(
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise FlError(f"{what} has a key that is not a string")
+                _check_text(key, what)
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
@@ -131,10 +132,23 @@ def check_tree(
         elif isinstance(item, int) and max_int is not None and abs(item) > max_int:
             bits = item.bit_length()
             raise FlError(f"{what} holds an integer of {bits} bits (at most ±{max_int})")
-        elif isinstance(item, str) and max_str is not None and len(item) > max_str:
-            raise FlError(f"{what} holds a string of {len(item)} characters (at most {max_str})")
+        elif isinstance(item, str):
+            if max_str is not None and len(item) > max_str:
+                size = len(item)
+                raise FlError(f"{what} holds a string of {size} characters (at most {max_str})")
+            _check_text(item, what)
         elif json_only and not (item is None or isinstance(item, str | int)):
             raise FlError(f"{what} holds a {type(item).__name__}, not a JSON value")
+
+
+def _check_text(text: str, what: str) -> None:
+    """``text`` has a UTF-8 form: JSON's ``\\ud800`` escape decodes to a lone surrogate,
+    which no digest, signature or file of it can encode (a traceback, not a refusal)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FlError(f"{what} holds text with no UTF-8 form (a lone surrogate)") from None
 
 
 def read_file(
