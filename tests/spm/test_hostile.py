@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -701,6 +702,82 @@ def test_garbage_in_the_database_is_one_line_not_a_500(
     assert exc.value.status < 500
     with pytest.raises(SpmRefused, match="^integrity:"):
         client.increment("p", "round", agg.session_token)
+
+
+def test_rows_ahead_of_an_emptied_log_are_refused_at_start(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Found by a hostile review: with the data folder's anchor deleted and the audit log
+    emptied (head 0, no head MAC), the SPM started with no floors and took every row
+    with a valid MAC as it was: rows from different times (the current policy, a counter
+    row saved earlier, the board's revocation deleted) let the revoked aggregator
+    attest again, get its secrets, and move the rolled-back counter. A row ahead of the
+    log it replays is now a rollback."""
+    submit(client, board, policy_document("p", board, sim[1]))
+    agg = attest(client, sim, "p")
+    for _ in range(3):
+        client.increment("p", "round", agg.session_token)
+    saved = db(spm, "SELECT value, mac FROM counters WHERE policy = 'p' AND name = 'round'")[0]
+    for _ in range(5):
+        client.increment("p", "round", agg.session_token)
+    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning")
+    spm.stop()
+    (spm.data / "audit.anchor").unlink()
+    db(spm, "DELETE FROM audit")
+    db(spm, "UPDATE audit_head SET seq = 0, hash = :h", h="0" * 64)
+    db(spm, "DELETE FROM meta WHERE key = 'audit_head_mac'")
+    db(spm, "DELETE FROM revocations")
+    db(spm, "UPDATE counters SET value = :v, mac = :m WHERE policy = 'p' AND name = 'round'",
+       v=saved[0], m=saved[1])  # fmt: skip
+    line = restart_fails(spm)
+    assert line.startswith("error: rollback: the database holds "), line
+    assert "but its audit log records 0: the log was cut back" in line, line
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link", "sparse"])
+def test_an_anchor_that_is_no_file_is_one_line_at_start(
+    tmp_path: Path, sim: tuple[Path, bytes], planted: str
+) -> None:
+    """Found by a hostile review: the anchor was read whole, through links: a FIFO put
+    in its place hung the SPM's start, 6 GiB of holes behind two valid slots were read
+    into memory, and a link to a valid copy was read, then written through O_NOFOLLOW: a
+    traceback."""
+    spm = SpmProcess(tmp_path / "data", sim[0], None).start()
+    spm.stop()
+    anchor = spm.data / "audit.anchor"
+    if planted == "fifo":
+        anchor.unlink()
+        os.mkfifo(anchor)
+    elif planted == "link":
+        anchor.rename(tmp_path / "copy.anchor")
+        anchor.symlink_to(tmp_path / "copy.anchor")
+    else:
+        with open(anchor, "r+b") as fh:
+            fh.truncate(6 << 30)
+    line = restart_fails(spm)
+    why = {"fifo": "not a regular file", "link": "a symbolic link", "sparse": "is not an anchor"}
+    assert line.startswith("error: integrity: ") and why[planted] in line, line
+
+
+def test_an_integer_in_a_binary_column_is_one_line_not_an_allocation(
+    tmp_path: Path, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Found by a hostile review: SQLite keeps an integer the host stores in a binary
+    column, and ``bytes(2**40)`` allocates a TiB: a MemoryError traceback at every start
+    (a session's token digest, the schema version) and a 500 for every status request."""
+    spm = SpmProcess(tmp_path / "data", sim[0], None).start()
+    try:
+        with SpmClient(spm.url, pin=spm.pin) as client:
+            submit(client, board, policy_document("p", board, sim[1]))
+            attest(client, sim, "p")
+            db(spm, "UPDATE sessions SET token_sha256 = :n", n=2**40)
+            with pytest.raises(SpmRefused, match="^integrity: a binary column holds a value"):
+                client.status("p")
+        line = restart_fails(spm)
+        assert line == ("error: integrity: a binary column holds a value of type int: the "
+                        "database was modified outside the SPM"), line  # fmt: skip
+    finally:
+        spm.stop()
 
 
 def test_two_spms_on_one_database_share_revocations(

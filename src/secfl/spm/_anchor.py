@@ -4,13 +4,16 @@ is refused."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 
+from secfl._internal import files
 from secfl.errors import IntegrityError
 
 __all__ = ["ANCHOR_FILE", "Anchor"]
@@ -61,12 +64,15 @@ class Anchor:
 
     def read(self) -> tuple[int, str] | None:
         """The anchored (seq, hash), None if there is no anchor yet."""
-        try:
-            raw = self.path.read_bytes()[: 4 * self.SLOT]
+        try:  # the host's folder: a regular file, not through a link, two slots at most
+            raw = files.read_bounded(self.path, 2 * self.SLOT, untrusted=True)
         except FileNotFoundError:
             return None
+        except files.TooLarge:
+            raw = b""  # not an anchor of this SPM
         except OSError as exc:
-            raise IntegrityError(f"integrity: cannot read {self.path}: {exc.strerror}") from None
+            why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
+            raise IntegrityError(f"integrity: cannot read {self.path}: {why}") from None
         slots = [raw[i : i + self.SLOT] for i in range(0, max(len(raw), 1), self.SLOT)]
         valid = [v for v in (self._slot(s) for s in slots[:2]) if v is not None]
         if not valid:
@@ -88,8 +94,12 @@ class Anchor:
             if len(record) != self.SLOT:
                 raise IntegrityError("integrity: an anchor record does not fit its slot")
             if self._fd is None:
-                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                self._fd = os.open(self.path, flags, 0o600)
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+                try:
+                    self._fd = _open_regular(self.path, flags)
+                except OSError as exc:
+                    why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
+                    raise IntegrityError(f"integrity: cannot write {self.path}: {why}") from None
             os.pwrite(self._fd, record, (seq % 2) * self.SLOT)
             self._written = seq
 
@@ -98,3 +108,15 @@ class Anchor:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """``path`` opened with ``flags``, if it is a regular file (a FIFO is not waited on)."""
+    fd = os.open(path, flags, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -22,6 +22,9 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.types import TypeDecorator
+
+from secfl.errors import IntegrityError
 
 __all__ = [
     "INSERT",
@@ -51,6 +54,26 @@ __all__ = [
     "volume_tags_table",
 ]
 
+
+class Blob(TypeDecorator[bytes]):
+    """A binary column whose values must read back as bytes. SQLite keeps whatever the
+    host stored: an integer N in a binary column made ``bytes(N)`` allocate N bytes
+    (a 2**40 was a MemoryError at start) before any MAC was checked."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_result_value(self, value: object, dialect: object) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value
+        if isinstance(value, bytearray | memoryview):
+            return bytes(value)
+        raise IntegrityError(
+            f"integrity: a binary column holds a value of type {type(value).__name__}: the "
+            "database was modified outside the SPM"
+        )
+
+
 #: 2: every row the SPM relies on carries a MAC (secfl.spm._integrity); sessions name
 #: their certificate and attested identity; revocations name what they revoke.
 SCHEMA_VERSION = b"2"
@@ -61,7 +84,7 @@ meta_table = Table(
     "meta",
     metadata,
     Column("key", String(), primary_key=True),
-    Column("value", LargeBinary(), nullable=False),
+    Column("value", Blob(), nullable=False),
 )
 
 audit_head_table = Table(
@@ -106,7 +129,7 @@ secrets_table = Table(
     Column("name", String(), nullable=False),
     Column("kind", String(), nullable=False),
     Column("definition_digest", String(), nullable=False),
-    Column("ciphertext", LargeBinary(), nullable=False),
+    Column("ciphertext", Blob(), nullable=False),
     Column("created_at", BigInteger(), nullable=False),
     Column("mac", String(), nullable=True),
     PrimaryKeyConstraint("policy", "name"),
@@ -116,7 +139,7 @@ policy_keys_table = Table(
     "policy_keys",
     metadata,
     Column("policy", String(), primary_key=True),
-    Column("wrapped", LargeBinary(), nullable=False),
+    Column("wrapped", Blob(), nullable=False),
     Column("shares", Text(), nullable=False),
     Column("mac", String(), nullable=True),
 )
@@ -124,7 +147,7 @@ policy_keys_table = Table(
 nonces_table = Table(
     "nonces",
     metadata,
-    Column("nonce", LargeBinary(), primary_key=True),
+    Column("nonce", Blob(), primary_key=True),
     Column("expires_at", BigInteger(), nullable=False, index=True),
     Column("used", Boolean(), nullable=False),
 )
@@ -132,7 +155,7 @@ nonces_table = Table(
 sessions_table = Table(
     "sessions",
     metadata,
-    Column("token_sha256", LargeBinary(), primary_key=True),
+    Column("token_sha256", Blob(), primary_key=True),
     Column("policy", String(), nullable=False),
     Column("service", String(), nullable=False),
     Column("policy_version", Integer(), nullable=False),

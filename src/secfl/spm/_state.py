@@ -9,10 +9,13 @@ MAC and that it is not behind its floor. Anything off is refused in one line.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
 from secfl.errors import IntegrityError, SpmError
 from secfl.spm import _audit
+from secfl.spm._integrity import Floors
 from secfl.spm._schema import (
     policy_keys_table,
     secrets_table,
@@ -66,12 +69,44 @@ def verify_state(store: Store, audit_key: bytes, status: StatusIndex | None = No
         floors.check_head(*head)
         floors.raise_head(*head)
         tx.since = None  # the floors were just rebuilt from this very snapshot: hold it to them
+        logged = _logged(floors)
         _check_rows(tx)
+        _none_ahead(logged, _logged(floors))
         if status is not None:
             status.head = head
     if integrity.anchor is not None:
         integrity.anchor.write(*head)
     return count
+
+
+_Logged = dict[str, dict[Any, int]]
+
+
+def _logged(floors: Floors) -> _Logged:
+    """What the replayed log says of every policy version, counter and volume version."""
+    with floors.lock:
+        return {
+            "policy": dict(floors.policies),
+            "counter": dict(floors.counters),
+            "volume": dict(floors.volumes),
+        }
+
+
+def _none_ahead(logged: _Logged, read: _Logged) -> None:
+    """Every row read must be what the log recorded last, not newer: each commit writes
+    its rows and its audit entry in one transaction, so a row ahead of the log is one
+    whose entries were cut away. Else a host that deleted the anchor and emptied (or cut
+    back) the log could pick rows from different times (a current policy, a counter
+    saved earlier, the board's revocations gone), each with a valid MAC."""
+    for kind, values in read.items():
+        for key, value in sorted(values.items(), key=repr):
+            if value > logged[kind].get(key, 0):
+                name = key if isinstance(key, str) else "/".join(map(str, key))
+                raise IntegrityError(
+                    f"rollback: the database holds {kind} {name} at {value}, but its audit log "
+                    f"records {logged[kind].get(key, 0)}: the log was cut back (restore the "
+                    "database and the SPM's data folder from one backup)"
+                )
 
 
 def _check_rows(tx: Tx) -> None:
