@@ -376,38 +376,46 @@ def test_canonical_order_reads_no_payload_before_the_header_is_vetted(who: str) 
 def test_canonical_order_reads_one_update_per_sender_and_none_past_its_attempt() -> None:
     """Found by a hostile review: in ``canonical`` order a sampled sender's four calls
     at once each passed the header's vetting and each was read whole into memory (four
-    updates' worth for one peer), and a call still arriving when its attempt closed went
-    on being buffered into the next. Now a second call of the same sender is refused
-    before any of its payload is read, and a call's next piece after its attempt closed
-    ends it."""
+    updates' worth for one peer); and (the review of the fix) a call that stalled as its
+    attempt closed kept what it held, while the sender stalled another in each attempt
+    that followed. Now a second call of the same sender in the same attempt is refused
+    before any of its payload is read, and a call for a later attempt ends the earlier
+    one (gRPC's cancel wakes its handler; the stand-in here lets its stream go on)."""
     config = FederationConfig(strategy="median", dead_after=30.0, round_timeout=20,
                               min_clients=1, quorum=1)  # fmt: skip
     rounds = Rounds(config, max_update_bytes=64 << 20)
     now = time.monotonic()
     rounds.participants["site"] = Participant("site", "", None, now)
-    attempt = Attempt(round=1, number=1, sampled=["site"], model=None,  # type: ignore[arg-type]
-                      configs={}, deadline=now + 20, accumulator=None,
-                      global_params={})  # fmt: skip
-    rounds.open(attempt)
-    head = msg.header_bytes({"kind": "update", "round": 1, "attempt": 1,
-                             "epoch": rounds.epoch, "samples": 1, "metrics": {}})  # fmt: skip
-    sending, release = threading.Event(), threading.Event()
+
+    def attempt(number: int) -> Attempt:
+        return Attempt(round=1, number=number, sampled=["site"], model=None,  # type: ignore[arg-type]
+                       configs={}, deadline=time.monotonic() + 20, accumulator=None,
+                       global_params={})  # fmt: skip
+
+    def head(number: int) -> bytes:
+        return msg.header_bytes({"kind": "update", "round": 1, "attempt": number,
+                                 "epoch": rounds.epoch, "samples": 1, "metrics": {}})  # fmt: skip
+
+    first_attempt = attempt(1)
+    rounds.open(first_attempt)
+    sending, cancelled = threading.Event(), threading.Event()
     pulled: list[str] = []
 
-    def pieces(who: str) -> Iterator[bytes]:
-        yield head
+    def pieces(who: str, number: int = 1) -> Iterator[bytes]:
+        yield head(number)
         pulled.append(who)
         yield bytes(1 << 20)
-        sending.set()
-        release.wait(20)
-        pulled.append(who)
-        yield bytes(1 << 20)
+        if who == "first":
+            sending.set()
+            cancelled.wait(20)  # stalled: nothing more until its call is ended
+            pulled.append(who)
+            yield bytes(1 << 20)
 
     outcome: list[BaseException] = []
 
     def first() -> None:
         try:
-            rounds.submit(pieces("first"), Peer("p", "site", ""))
+            rounds.submit(pieces("first"), Peer("p", "site", "", cancel=cancelled.set))
         except (FlError, TransportError) as exc:
             outcome.append(exc)
 
@@ -418,15 +426,18 @@ def test_canonical_order_reads_one_update_per_sender_and_none_past_its_attempt()
         with pytest.raises(FlError, match="^protocol: 'site' is already sending its update$"):
             rounds.submit(pieces("second"), Peer("p", "site", ""))
     assert "second" not in pulled
-    assert not attempt.settled("site")  # the first call still owns the update
-    with rounds.cond:  # the attempt closes (its deadline) while the first is arriving
-        attempt.open = False
-    release.set()
+    assert not first_attempt.settled("site")  # the first call still owns the update
+    assert rounds.wait_closed(stop=lambda: True) is first_attempt  # say, its deadline
+    assert not cancelled.is_set() and worker.is_alive()  # stalled, holding what it read
+    rounds.open(attempt(2))
+    with pytest.raises(FlError, match="^tensors: malformed"):  # read whole: a stand-in's junk
+        rounds.submit(pieces("next", 2), Peer("p", "site", ""))
+    assert cancelled.is_set()  # ... after the stalled call was ended
     worker.join(20)
     assert len(outcome) == 1 and str(outcome[0]) == (
         "message: protocol: round 1 attempt 1 closed while the update was arriving"
     )
-    assert pulled == ["first", "first"] and attempt.receiving == set()
+    assert sorted(pulled) == ["first", "first", "next"] and rounds._receiving == {}
 
 
 @pytest.mark.parametrize(

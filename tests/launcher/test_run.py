@@ -76,6 +76,13 @@ def test_temporary_files_stay_in_the_private_folder(
     assert list(host_tmp.iterdir()) == [], "nothing of the workload's in the host's TMPDIR"
     if how == "program":
         assert lines["CACHE"].startswith(lines["FILES_DIR"] + "/"), lines["CACHE"]
+        # (the review of the fix) an aggregator's sealed spill stays on the host's disk
+        assert lines["HOST_TMP"] == str(host_tmp)
+        from secfl.fl._spill import SpillFile
+
+        monkeypatch.setenv("TMPDIR", lines["FILES_DIR"])
+        monkeypatch.setenv("SECFL_HOST_TMPDIR", lines["HOST_TMP"])
+        assert SpillFile(None).directory == host_tmp
 
 
 def test_changed_program_is_refused_and_not_started(world: World, tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ WORKLOAD = textwrap.dedent(
         scratch.write(rows.encode())
     print("SCRATCH", scratch.name, flush=True)
     print("CACHE", os.environ.get("XDG_CACHE_HOME"), flush=True)
+    print("HOST_TMP", os.environ.get("SECFL_HOST_TMPDIR"), flush=True)
     if "--import" in sys.argv:  # code from its code volume
         sys.path.insert(0, os.path.join(os.environ["SECFL_VOLUMES"], "code"))
         import mytask

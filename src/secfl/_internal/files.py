@@ -198,7 +198,7 @@ def append(path: Path | str, data: bytes) -> None:
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as exc:
-        if exc.errno == errno.ENXIO:
+        if exc.errno == errno.ENXIO and _is_fifo(path):
             raise OSError(exc.errno, _NO_READER, str(path)) from None
         raise
     try:
@@ -211,7 +211,14 @@ def append(path: Path | str, data: bytes) -> None:
         os.close(fd)
 
 
-_NO_READER = "a FIFO nobody reads (it would block the writer): give a file"
+_NO_READER = "a FIFO nobody reads (it would block the writer)"
+
+
+def _is_fifo(path: Path | str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _open_folder(folder: Path | str, dir_fd: int | None = None) -> int | None:

@@ -43,8 +43,6 @@ class Attempt:
     fetched: set[str] = field(default_factory=set)
     dropped: set[str] = field(default_factory=set)
     open: bool = True
-    #: Senders whose whole update is being read (canonical order): one call each.
-    receiving: set[str] = field(default_factory=set)
     #: When (monotonic) the attempt opened, each model was sent whole, and each update
     #: arrived: (first piece, last piece, accepted). The round's phases come from these.
     opened: float = 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,11 +28,14 @@ PEER_CACHE_SIZE = 256
 
 @dataclass(frozen=True)
 class Peer:
-    """An authenticated peer: its policy, service and certificate serial (hex)."""
+    """An authenticated peer: its policy, service and certificate serial (hex); on the
+    server, ``cancel`` ends the call it made (a handler blocked waiting for its next
+    piece wakes up)."""
 
     policy: str
     service: str
     serial: str
+    cancel: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ class Rounds(Submissions):
         self.attempt: Attempt | None = None
         self.finished = False
         self._fold = threading.Lock()
+        self._receiving = {}
         #: Names this aggregator process: an attempt is (epoch, round, number), so a
         #: restarted aggregator's round 5 attempt 1 is not mistaken for the last one's.
         self.epoch = os.urandom(8).hex()

@@ -23,8 +23,10 @@ a form nobody else can read or alter unnoticed:
   so a stretch that could not be spilled was never added.
 
 ``directory`` should be on disk (the aggregator's checkpoint folder, else the
-system's temporary folder: ``TMPDIR``); on a RAM file system (tmpfs) the file's
-pages would be memory again, only not the process's own.
+host's temporary folder: ``SECFL_HOST_TMPDIR``, which ``secfl run`` sets because it
+points the workload's ``TMPDIR`` into its RAM folder, else ``TMPDIR``); on a RAM
+file system (tmpfs) the file's pages would be memory again, only not the process's
+own.
 
 Not the project's :mod:`secfl._internal.aead` format on purpose: that one puts a
 random nonce and the tag beside each ciphertext, and a counter nonce with the tag in
@@ -47,10 +49,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from secfl.errors import FlError
 
-__all__ = ["Spill", "SpillFile"]
+__all__ = ["Spill", "SpillFile", "host_tempdir"]
 
 TAG = 16
 _AAD = b"secfl/spill/v1\n"
+
+
+def host_tempdir() -> str:
+    """Where a spill goes without a checkpoint folder: the host's temporary folder, on
+    disk (what it holds is sealed), not the RAM folder ``secfl run`` gives as TMPDIR."""
+    return os.environ.get("SECFL_HOST_TMPDIR") or tempfile.gettempdir()
 
 
 class SpillFile:
@@ -64,7 +72,7 @@ class SpillFile:
     the round closes. On disk: at most the largest update's size, ciphertext only."""
 
     def __init__(self, directory: str | os.PathLike[str] | None) -> None:
-        self.directory = Path(directory or tempfile.gettempdir())
+        self.directory = Path(directory or host_tempdir())
         self._fd = -1
         self._lock = threading.Lock()
 
@@ -114,9 +122,7 @@ class Spill:
         self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
         self._owned = file is None
         self._fd = (  # last: no leak
-            _open_unlinked(Path(directory or tempfile.gettempdir()))
-            if file is None
-            else file.descriptor()
+            _open_unlinked(Path(directory or host_tempdir())) if file is None else file.descriptor()
         )
         self._count = 0
         self._starts: list[int] = []

@@ -24,7 +24,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,8 @@ class Submissions:
     receiver: Receiver
     _turn: Turn | None
     _fold: threading.Lock
+    #: The call reading each sender's whole update: its attempt, a token, its cancel.
+    _receiving: dict[str, tuple[Attempt, object, Callable[[], None] | None]]
 
     def _seen(self, peer: Peer) -> Participant:
         now = time.monotonic()
@@ -177,7 +179,7 @@ class Submissions:
                 peer.service, a.deadline, self.config.dead_after, alive=alive, vet=vet,
                 lost=lambda why: self._lose(a, peer.service, why),
             )  # fmt: skip
-            with taking as mine:
+            with taking as mine, self._one_call(peer, a):
                 return self._submit(itertools.chain((head,), mine.pieces(pieces)), peer, a)
         except FlError as exc:
             self._refused(a, peer, str(exc))
@@ -201,18 +203,30 @@ class Submissions:
 
     @contextlib.contextmanager
     def _one_call(self, peer: Peer, a: Attempt) -> Iterator[None]:
-        """``peer``'s only call reading an update for ``a``: a second one at the same time
-        is refused (each holds up to a whole update in memory: four calls of one sampled
-        sender held four)."""
+        """``peer``'s only call reading a whole update (each holds up to one in memory:
+        four calls of one sampled sender held four). Another call for the same open
+        attempt is refused; one for a later attempt ends the earlier call (its attempt
+        closed: a call that stalled there held what it had read, and the sender, stalling
+        again in each attempt, could hold four), so a sender whose connection broke is
+        not locked out either."""
+        token = object()
         with self.cond:
-            if peer.service in a.receiving:
+            earlier = self._receiving.get(peer.service)
+            if earlier is not None and earlier[0] is a and a.open:
                 raise FlError(f"protocol: '{peer.service}' is already sending its update")
-            a.receiving.add(peer.service)
+            self._receiving[peer.service] = (a, token, peer.cancel)
+        if earlier is not None and earlier[2] is not None:
+            log.warning(
+                "round %d: '%s' sends an update for attempt %d: its call for attempt %d, "
+                "still open, was ended", a.round, peer.service, a.number, earlier[0].number,
+            )  # fmt: skip
+            earlier[2]()  # gRPC's cancel: its handler, waiting for a piece, wakes and ends
         try:
             yield
         finally:
             with self.cond:
-                a.receiving.discard(peer.service)
+                if self._receiving.get(peer.service, (None, None))[1] is token:
+                    del self._receiving[peer.service]
 
     def _open(self, pieces: Iterator[bytes], a: Attempt) -> Iterator[bytes]:
         """``pieces`` while ``a`` is open: an update still arriving when its attempt

@@ -29,6 +29,7 @@ answer and a streamed payload down (``Client.exchange``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import Counter
@@ -224,7 +225,11 @@ class Server:
             )
         if not context.add_callback(lambda: self._ended(peer.service)):
             self._ended(peer.service)  # the call ended already
-        return peer
+
+        def cancel() -> None:  # ends the call: a handler waiting for its next piece wakes
+            context.cancel()
+
+        return dataclasses.replace(peer, cancel=cancel)
 
     def _ended(self, service: str) -> None:
         with self._lock:

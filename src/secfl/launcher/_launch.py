@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,7 +275,12 @@ def _scratch(files: Path) -> dict[str, str]:
     tmp, cache = files / ".secfl" / "tmp", files / ".secfl" / "cache"
     for folder in (tmp, cache):
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return {**dict.fromkeys(SCRATCH_VARIABLES, str(tmp)), "XDG_CACHE_HOME": str(cache)}
+    return {
+        **dict.fromkeys(SCRATCH_VARIABLES, str(tmp)),
+        "XDG_CACHE_HOME": str(cache),
+        # where ciphertext-only scratch (an aggregator's sealed spill) stays on disk
+        "SECFL_HOST_TMPDIR": tempfile.gettempdir(),
+    }
 
 
 #: The variables that name a program's temporary folder (Python's ``tempfile`` reads
