@@ -93,8 +93,9 @@ def db(spm: SpmProcess, sql: str, **params: Any) -> list[Any]:
         engine.dispose()
 
 
-def restart_fails(spm: SpmProcess) -> str:
-    """Stop the SPM and start it again: it must refuse, in one line; return that line."""
+def restart_fails(spm: SpmProcess, *extra: str) -> str:
+    """Stop the SPM and start it again (with ``extra`` options): it must refuse, in one
+    line; return that line."""
     spm.stop()
     args = [
         sys.executable,
@@ -113,6 +114,7 @@ def restart_fails(spm: SpmProcess) -> str:
     ]
     if spm.db:
         args += ["--db", spm.db]
+    args += extra
     done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0, done.stdout
     assert "Traceback" not in done.stderr, done.stderr
@@ -729,9 +731,34 @@ def test_rows_ahead_of_an_emptied_log_are_refused_at_start(
     db(spm, "DELETE FROM revocations")
     db(spm, "UPDATE counters SET value = :v, mac = :m WHERE policy = 'p' AND name = 'round'",
        v=saved[0], m=saved[1])  # fmt: skip
-    line = restart_fails(spm)
+    assert "audit anchor" in restart_fails(spm)  # (next test) ... and with --new-anchor:
+    line = restart_fails(spm, "--new-anchor")
     assert line.startswith("error: rollback: the database holds "), line
     assert "but its audit log records 0: the log was cut back" in line, line
+
+
+def test_a_missing_anchor_over_an_spms_state_is_refused_or_recorded(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Found by the review of the fix above: with the anchor deleted, a database whose
+    log was cut back to a head saved earlier (its MAC with it), rows and all, was
+    accepted: the state before the board's revocation, whole. A missing anchor over a
+    database that holds an SPM's state is now refused; ``--new-anchor`` (a second SPM
+    on a shared database) starts, and the start is logged saying so."""
+    submit(client, board, policy_document("p", board, sim[1]))
+    spm.stop()
+    (spm.data / "audit.anchor").unlink()
+    line = restart_fails(spm)
+    assert line.startswith("error: rollback: this SPM's audit anchor ("), line
+    assert "is missing, but the database holds an SPM's state" in line
+    assert "start once with --new-anchor" in line
+    assert not (spm.data / "audit.anchor").exists()  # nothing made
+    spm.args = ["--new-anchor"]
+    spm.start()
+    with SpmClient(spm.url, pin=spm.pin) as again:
+        starts = [e for e in again.audit()["entries"] if e["event"] == "spm.started"]
+    assert [e["detail"].get("new_anchor") for e in starts][-2:] == [None, True]
+    assert (spm.data / "audit.anchor").exists()
 
 
 @pytest.mark.parametrize("planted", ["fifo", "link", "sparse"])
@@ -789,7 +816,7 @@ def test_two_spms_on_one_database_share_revocations(
     (tmp_path / "b").mkdir(mode=0o700)
     (tmp_path / "b" / "master.key").write_bytes((tmp_path / "a" / "master.key").read_bytes())
     (tmp_path / "b" / "master.key").chmod(0o600)
-    b = SpmProcess(tmp_path / "b", sim[0], shared).start()
+    b = SpmProcess(tmp_path / "b", sim[0], shared, args=["--new-anchor"]).start()
     try:
         with SpmClient(a.url, pin=a.pin) as ca, SpmClient(b.url, pin=b.pin) as cb:
             submit(ca, board, policy_document("p", board, sim[1]))

@@ -184,7 +184,9 @@ def test_an_spm_sharing_the_database_names_the_others_increment(tmp_path: Path) 
     a = open_spm(tmp_path / "a", db_url=db, platform="simulated", sim_dir=tmp_path / "sim")
     (tmp_path / "b").mkdir(mode=0o700)
     shutil.copy(tmp_path / "a" / "master.key", tmp_path / "b" / "master.key")
-    b = open_spm(tmp_path / "b", db_url=db, platform="simulated", sim_dir=tmp_path / "sim")
+    b = open_spm(
+        tmp_path / "b", db_url=db, platform="simulated", sim_dir=tmp_path / "sim", new_anchor=True
+    )
     try:
         board = Board.create()
         submit(a, board, policy_document("p", board, root))

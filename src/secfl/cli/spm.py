@@ -63,6 +63,14 @@ def serve_cmd(
             "(an attestation waits for it).",
         ),
     ] = 10.0,
+    new_anchor: Annotated[
+        bool,
+        typer.Option(
+            "--new-anchor",
+            help="Make the audit anchor anew over a database that holds an SPM's state "
+            "(a second SPM on a shared database); recorded in the audit log.",
+        ),
+    ] = False,
 ) -> None:
     """Serve the SPM over HTTPS; its TLS key is made and kept inside its TEE.
 
@@ -87,7 +95,7 @@ def serve_cmd(
     try:
         spm = open_spm(
             data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])],
-            pccs_url=pccs, pccs_timeout=pccs_timeout,
+            pccs_url=pccs, pccs_timeout=pccs_timeout, new_anchor=new_anchor,
         )  # fmt: skip
     except BaseException:
         for sock in sockets:

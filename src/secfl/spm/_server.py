@@ -63,18 +63,24 @@ def open_spm(
     names: Sequence[str] = (),
     pccs_url: str | None = None,
     pccs_timeout: float = FETCH_TIMEOUT,
+    new_anchor: bool = False,
 ) -> Spm:
     """The SPM of ``data_dir``: master key, store (SQLite there unless ``db_url``),
     its sealed TLS identity (created on first start) and its platform; with
     ``pccs_url``, the PCCS (or Intel PCS) whose collateral appraises Intel TCBs, which
-    has ``pccs_timeout`` seconds for each fetch."""
+    has ``pccs_timeout`` seconds for each fetch. ``new_anchor``: see
+    :func:`~secfl.spm._state.verify_state` (the start is then logged with
+    ``new_anchor``, where the board sees it)."""
     data = Path(data_dir)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not os.path.lexists(data / KEY_FILE):  # never a new key for an existing SPM
         _refuse_without_master_key(data, db_url)
     master = load_or_create_master_key(data)
     status = StatusIndex()
-    store = open_store(data, master, db_url, status)
+    from secfl.spm._integrity import ANCHOR_FILE
+
+    anchor_made = new_anchor and not os.path.lexists(data / ANCHOR_FILE)
+    store = open_store(data, master, db_url, status, new_anchor=new_anchor)
     identity = _identity(store, master, list(names))
     tee = platform_by_name(platform, sim_dir=sim_dir)
     measurement = code_measurement() if tee.name == "simulated" else None
@@ -94,13 +100,20 @@ def open_spm(
     }
     if pccs_url is not None:
         started["pccs"] = pccs_url
+    if anchor_made:
+        started["new_anchor"] = True
     with store.transaction() as tx:
         tx.audit.append("spm.started", None, started)
     return spm
 
 
 def open_store(
-    data: Path, master: MasterKey, db_url: str | None = None, status: StatusIndex | None = None
+    data: Path,
+    master: MasterKey,
+    db_url: str | None = None,
+    status: StatusIndex | None = None,
+    *,
+    new_anchor: bool = False,
 ) -> Store:
     """The SPM's store, treated as untrusted (:mod:`secfl.spm._integrity`): rows MAC'd
     under a key derived from the master key, the audit head anchored in ``data``, and
@@ -119,7 +132,7 @@ def open_store(
     )
     try:
         store.create_all()
-        verify_state(store, audit_key, status)
+        verify_state(store, audit_key, status, new_anchor=new_anchor)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         store.close()  # a value no SPM wrote (text for a number, say): one line, no traceback
         raise unreadable(exc) from None

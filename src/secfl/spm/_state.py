@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from secfl.errors import IntegrityError, SpmError
 from secfl.spm import _audit
+from secfl.spm._identity import IDENTITY_META
 from secfl.spm._integrity import Floors
 from secfl.spm._schema import (
     policy_keys_table,
@@ -31,9 +32,13 @@ __all__ = ["verify_state"]
 PAGE = 1000
 
 
-def verify_state(store: Store, audit_key: bytes, status: StatusIndex | None = None) -> int:
+def verify_state(
+    store: Store, audit_key: bytes, status: StatusIndex | None = None, *, new_anchor: bool = False
+) -> int:
     """Verify ``store`` end to end and rebuild its floors; return the number of entries.
-    ``status``: an index for ``secfl status`` to fill with the verified log on the way."""
+    ``status``: an index for ``secfl status`` to fill with the verified log on the way.
+    ``new_anchor``: a missing anchor over a database that holds an SPM's state is
+    made anew (a second SPM sharing the database) rather than refused."""
     integrity = store.integrity
     if integrity is None:
         raise SpmError("integrity: the store was opened without its row key")
@@ -43,6 +48,15 @@ def verify_state(store: Store, audit_key: bytes, status: StatusIndex | None = No
         mac = tx.meta.get(AUDIT_HEAD_MAC)
         _audit.check_head_mac(audit_key, head[0], head[1], None if mac is None else mac.decode())
         anchored = integrity.anchor.read() if integrity.anchor is not None else None
+        held = head[0] > 0 or tx.meta.get(IDENTITY_META) is not None
+        if integrity.anchor is not None and anchored is None and held and not new_anchor:
+            raise IntegrityError(
+                f"rollback: this SPM's audit anchor ({integrity.anchor.path}) is missing, but "
+                "the database holds an SPM's state: its data folder was replaced or rolled back "
+                "(a database whose log was cut back is then accepted); restore the folder with "
+                "the database from one backup, or, for a second SPM on a shared database or an "
+                "anchor truly lost, start once with --new-anchor (recorded in the audit log)"
+            )
         if anchored is not None and head[0] < anchored[0]:
             raise IntegrityError(
                 f"rollback: the database's audit log ends at entry {head[0]}, but this SPM's "
