@@ -149,7 +149,9 @@ def test_a_sender_quiet_in_its_turn_loses_it(fed: Federation) -> None:
             waited = time.monotonic() - sent[0]
             assert SETTINGS["dead_after"] <= waited < SETTINGS["round_timeout"] / 2
             release.set()
-            with pytest.raises(TransportError, match="'quiet' stalled and lost its turn"):
+            # its call was ended as it lost the turn: a stalled call holds what it read
+            # (the review of one update per sender)
+            with pytest.raises(TransportError, match="CANCELLED"):
                 hog.outcome()
             r.run.outcome()
             assert r.agg.history[0]["participants"] == [site(0), site(1)]
@@ -438,6 +440,49 @@ def test_canonical_order_reads_one_update_per_sender_and_none_past_its_attempt()
         "message: protocol: round 1 attempt 1 closed while the update was arriving"
     )
     assert sorted(pulled) == ["first", "first", "next"] and rounds._receiving == {}
+
+
+def test_a_call_stalled_through_the_next_attempt_is_ended() -> None:
+    """The review of the fix above: a sender that stalled one call and never called
+    again kept what it had read round after round. The close of the attempt after its
+    own ends it."""
+    config = FederationConfig(strategy="median", dead_after=30.0, round_timeout=20,
+                              min_clients=1, quorum=1)  # fmt: skip
+    rounds = Rounds(config, max_update_bytes=64 << 20)
+    rounds.participants["site"] = Participant("site", "", None, time.monotonic())
+
+    def attempt(number: int) -> Attempt:
+        return Attempt(round=number, number=1, sampled=["site"], model=None,  # type: ignore[arg-type]
+                       configs={}, deadline=time.monotonic() + 20, accumulator=None,
+                       global_params={})  # fmt: skip
+
+    first = attempt(1)
+    rounds.open(first)
+    sending, cancelled = threading.Event(), threading.Event()
+
+    def pieces() -> Iterator[bytes]:
+        yield msg.header_bytes({"kind": "update", "round": 1, "attempt": 1,
+                                "epoch": rounds.epoch, "samples": 1, "metrics": {}})  # fmt: skip
+        yield bytes(1 << 20)
+        sending.set()
+        cancelled.wait(20)  # what gRPC's cancel does to the handler: its stream ends
+
+    peer = Peer("p", "site", "", cancel=cancelled.set)
+    worker = threading.Thread(target=_swallow, args=(lambda: rounds.submit(pieces(), peer),))
+    worker.start()
+    assert sending.wait(20)
+    rounds.wait_closed(stop=lambda: True)
+    assert not cancelled.is_set()  # its own attempt's close: it may still send, and hear why
+    rounds.open(attempt(2))
+    rounds.wait_closed(stop=lambda: True)  # the site was silent all through round 2
+    assert cancelled.is_set()
+    worker.join(20)
+    assert not worker.is_alive() and rounds._receiving == {}
+
+
+def _swallow(fn: Any) -> None:
+    with contextlib.suppress(FlError, TransportError):
+        fn()
 
 
 @pytest.mark.parametrize(

@@ -751,13 +751,19 @@ def test_a_missing_anchor_over_an_spms_state_is_refused_or_recorded(
     line = restart_fails(spm)
     assert line.startswith("error: rollback: this SPM's audit anchor ("), line
     assert "is missing, but the database holds an SPM's state" in line
-    assert "start once with --new-anchor" in line
+    assert "`secfl spm serve --new-anchor` once" in line
     assert not (spm.data / "audit.anchor").exists()  # nothing made
+    show = [sys.executable, "-m", "secfl.cli.main", "audit", "show", "--data", str(spm.data),
+            *(["--db", spm.db] if spm.db else [])]  # fmt: skip
+    shown = subprocess.run(show, capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 1 and "audit anchor" in shown.stderr, shown.stderr
+    assert "Traceback" not in shown.stderr and not shown.stdout
     spm.args = ["--new-anchor"]
     spm.start()
     with SpmClient(spm.url, pin=spm.pin) as again:
-        starts = [e for e in again.audit()["entries"] if e["event"] == "spm.started"]
-    assert [e["detail"].get("new_anchor") for e in starts][-2:] == [None, True]
+        events = [e for e in again.audit()["entries"] if e["event"].startswith("spm.")]
+    assert [e["event"] for e in events][-3:] == ["spm.started", "spm.new-anchor", "spm.started"]
+    assert events[-1]["detail"]["new_anchor"] is True
     assert (spm.data / "audit.anchor").exists()
 
 

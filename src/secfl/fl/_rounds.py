@@ -213,6 +213,7 @@ class Rounds(Submissions):
                 self.cond.wait(min(a.deadline - now, 0.5))
             a.open = False
             self.cond.notify_all()
+        self.end_calls(a)  # a whole update still coming in: its call ends
         self.receiver.cancel()  # a streamed update still coming in is taken out again
         if self._turn is not None:  # a whole one still coming in is refused at its next piece
             self._turn.close("came in after its round closed")

@@ -174,10 +174,15 @@ class Submissions:
             with self.cond:
                 self._vet(header, peer, a)
 
+        def lost(why: str) -> None:  # refused; a stalled call is ended (it holds its pieces)
+            self._lose(a, peer.service, why)
+            if "stalled" in why and peer.cancel is not None:
+                peer.cancel()
+
         try:
             taking = turn.take(
                 peer.service, a.deadline, self.config.dead_after, alive=alive, vet=vet,
-                lost=lambda why: self._lose(a, peer.service, why),
+                lost=lost,
             )  # fmt: skip
             with taking as mine, self._one_call(peer, a):
                 return self._submit(itertools.chain((head,), mine.pieces(pieces)), peer, a)
@@ -204,15 +209,16 @@ class Submissions:
     @contextlib.contextmanager
     def _one_call(self, peer: Peer, a: Attempt) -> Iterator[None]:
         """``peer``'s only call reading a whole update (each holds up to one in memory:
-        four calls of one sampled sender held four). Another call for the same open
-        attempt is refused; one for a later attempt ends the earlier call (its attempt
-        closed: a call that stalled there held what it had read, and the sender, stalling
-        again in each attempt, could hold four), so a sender whose connection broke is
-        not locked out either."""
+        four calls of one sampled sender held four), for the open attempt ``a``. Another
+        call for ``a`` is refused; an earlier one for a closed attempt is ended (else
+        :meth:`end_calls` ends it when the next attempt closes), so a sender whose
+        connection broke is not locked out either."""
         token = object()
         with self.cond:
+            if a is not self.attempt or not a.open:
+                raise FlError(f"protocol: no open round {a.round} attempt {a.number}")
             earlier = self._receiving.get(peer.service)
-            if earlier is not None and earlier[0] is a and a.open:
+            if earlier is not None and earlier[0] is a:
                 raise FlError(f"protocol: '{peer.service}' is already sending its update")
             self._receiving[peer.service] = (a, token, peer.cancel)
         if earlier is not None and earlier[2] is not None:
@@ -227,6 +233,18 @@ class Submissions:
             with self.cond:
                 if self._receiving.get(peer.service, (None, None))[1] is token:
                     del self._receiving[peer.service]
+
+    def end_calls(self, a: Attempt) -> None:
+        """``a`` just closed: end the calls still reading a whole update for an attempt
+        before it. Such a call stalled through a whole attempt, and would hold what it
+        read for as long as its sender kept the connection (gRPC's cancel wakes its
+        handler; the sender sees CANCELLED). A call of ``a`` itself ends at its next
+        piece, with the reason, or when the next attempt closes."""
+        with self.cond:
+            ends = [end for (of, _, end) in self._receiving.values() if of is not a and not of.open]
+        for end in ends:
+            if end is not None:
+                end()
 
     def _open(self, pieces: Iterator[bytes], a: Attempt) -> Iterator[bytes]:
         """``pieces`` while ``a`` is open: an update still arriving when its attempt

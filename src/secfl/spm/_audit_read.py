@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from secfl.errors import AuditError, IntegrityError
 from secfl.spm._audit import GENESIS, AuditEntry, check_head_mac
+from secfl.spm._state import missing_anchor
 
 if TYPE_CHECKING:
     from secfl.spm._integrity import Anchor
@@ -245,8 +246,13 @@ class DatabaseSource:
     def _check_anchor(self, head: Head) -> None:
         """The head is not older than the SPM's anchor, and the anchored entry is still
         the one the SPM wrote (checked once: later heads extend a verified one)."""
+        if self._checked is not None:
+            self._checked = head
+            return
         anchored = self._anchor.read()
-        if anchored is None or self._checked is not None:
+        if anchored is None and head[0] > 0:  # deleted: any earlier database would pass
+            raise IntegrityError(missing_anchor(self._anchor.path))
+        if anchored is None:
             self._checked = head
             return
         if head[0] < anchored[0]:

@@ -403,6 +403,9 @@ class Integrity:
         self.rows = RowMac(row_key)
         self.floors = Floors()
         self.anchor = anchor
+        #: Set when the start made the anchor anew over a database that held an SPM's
+        #: state (``--new-anchor``): the start logs it, where the board sees it.
+        self.anchor_made = False
 
 
 __all__ = [

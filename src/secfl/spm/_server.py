@@ -77,9 +77,6 @@ def open_spm(
         _refuse_without_master_key(data, db_url)
     master = load_or_create_master_key(data)
     status = StatusIndex()
-    from secfl.spm._integrity import ANCHOR_FILE
-
-    anchor_made = new_anchor and not os.path.lexists(data / ANCHOR_FILE)
     store = open_store(data, master, db_url, status, new_anchor=new_anchor)
     identity = _identity(store, master, list(names))
     tee = platform_by_name(platform, sim_dir=sim_dir)
@@ -100,9 +97,12 @@ def open_spm(
     }
     if pccs_url is not None:
         started["pccs"] = pccs_url
-    if anchor_made:
+    made = store.integrity is not None and store.integrity.anchor_made
+    if made:
         started["new_anchor"] = True
     with store.transaction() as tx:
+        if made:  # an event of its own: `secfl audit show --event spm.new-anchor`
+            tx.audit.append("spm.new-anchor", None, {"tls_spki_sha256": identity.spki_sha256})
         tx.audit.append("spm.started", None, started)
     return spm
 

@@ -27,7 +27,7 @@ from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import AUDIT_HEAD_MAC, Store
 from secfl.spm._tx import Tx
 
-__all__ = ["verify_state"]
+__all__ = ["missing_anchor", "verify_state"]
 
 PAGE = 1000
 
@@ -49,14 +49,10 @@ def verify_state(
         _audit.check_head_mac(audit_key, head[0], head[1], None if mac is None else mac.decode())
         anchored = integrity.anchor.read() if integrity.anchor is not None else None
         held = head[0] > 0 or tx.meta.get(IDENTITY_META) is not None
-        if integrity.anchor is not None and anchored is None and held and not new_anchor:
-            raise IntegrityError(
-                f"rollback: this SPM's audit anchor ({integrity.anchor.path}) is missing, but "
-                "the database holds an SPM's state: its data folder was replaced or rolled back "
-                "(a database whose log was cut back is then accepted); restore the folder with "
-                "the database from one backup, or, for a second SPM on a shared database or an "
-                "anchor truly lost, start once with --new-anchor (recorded in the audit log)"
-            )
+        if integrity.anchor is not None and anchored is None and held:
+            if not new_anchor:
+                raise IntegrityError(missing_anchor(integrity.anchor.path))
+            integrity.anchor_made = True  # decided by this very read: the start logs it
         if anchored is not None and head[0] < anchored[0]:
             raise IntegrityError(
                 f"rollback: the database's audit log ends at entry {head[0]}, but this SPM's "
@@ -91,6 +87,17 @@ def verify_state(
     if integrity.anchor is not None:
         integrity.anchor.write(*head)
     return count
+
+
+def missing_anchor(path: object) -> str:
+    """The refusal of a missing anchor over a database that holds an SPM's state."""
+    return (
+        f"rollback: this SPM's audit anchor ({path}) is missing, but the database holds an "
+        "SPM's state: its data folder was replaced or rolled back (a database whose log was "
+        "cut back would then be accepted); restore the folder with the database from one "
+        "backup (a second SPM on a shared database, or an anchor truly lost: `secfl spm "
+        "serve --new-anchor` once, which the audit log records)"
+    )
 
 
 _Logged = dict[str, dict[Any, int]]
