@@ -480,6 +480,66 @@ def test_a_call_stalled_through_the_next_attempt_is_ended() -> None:
     assert not worker.is_alive() and rounds._receiving == {}
 
 
+@pytest.mark.parametrize("order", ["canonical", "arrival"])
+def test_a_stalled_call_over_grpc_is_ended_by_the_next_attempts_close(order: str) -> None:
+    """The same over real gRPC (the review's repro): a sender that read 8 MiB into a
+    call and went silent, never to call again, kept that call (and its buffer) open
+    through every later round. gRPC's cancel now ends it when the next attempt closes,
+    in either order."""
+    from secfl.fl._channel import Client
+    from secfl.fl._peers import PeerPolicy
+    from secfl.fl._transport import Server
+
+    config = FederationConfig(strategy="median", dead_after=30.0, round_timeout=20,
+                              min_clients=1, quorum=1, aggregation_order=order)  # fmt: skip
+    rounds = Rounds(config, max_update_bytes=64 << 20)
+    server = Server(None, PeerPolicy("p", {"site", "other"}))
+    rounds.register(server)
+    port = server.start()
+    for name in ("site", "other"):
+        rounds.participants[name] = Participant(name, "", None, time.monotonic())
+
+    def attempt(number: int, sampled: list[str]) -> Attempt:
+        return Attempt(round=number, number=1, sampled=sampled, model=None,  # type: ignore[arg-type]
+                       configs={}, deadline=time.monotonic() + 20, accumulator=None,
+                       global_params={})  # fmt: skip
+
+    rounds.open(attempt(1, ["site"]))
+    head = msg.header_bytes({"kind": "update", "round": 1, "attempt": 1,
+                             "epoch": rounds.epoch, "samples": 1, "metrics": {}})  # fmt: skip
+    sent, forever = threading.Event(), threading.Event()
+
+    def stalled() -> Iterator[bytes]:
+        yield head
+        for _ in range(8):
+            yield bytes(1 << 20)
+        sent.set()
+        forever.wait(60)
+
+    client = Client(f"127.0.0.1:{port}", None, server_name="aggregator", name="site", timeout=60)
+    call = Background(lambda: client.upload(msg.SUBMIT, stalled(), timeout=60), "site")
+    try:
+        call.start()
+        assert sent.wait(30)
+        deadline = time.monotonic() + 10
+        while "site" not in rounds._receiving and time.monotonic() < deadline:
+            time.sleep(0.05)  # its pieces are being read
+        rounds.wait_closed(stop=lambda: True)
+        assert "site" in server._calls  # its own attempt's close: it may still send
+        rounds.open(attempt(2, ["other"]))
+        rounds.wait_closed(stop=lambda: True)  # 'site' silent all through round 2
+        with pytest.raises(TransportError, match="CANCELLED"):
+            call.outcome()
+        deadline = time.monotonic() + 10
+        while (rounds._receiving or "site" in server._calls) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rounds._receiving == {} and "site" not in server._calls
+    finally:
+        forever.set()
+        client.close()
+        server.stop(None)
+
+
 def _swallow(fn: Any) -> None:
     with contextlib.suppress(FlError, TransportError):
         fn()
