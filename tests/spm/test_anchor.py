@@ -41,3 +41,25 @@ def test_the_anchor_is_private_and_never_goes_back(tmp_path: Path) -> None:
     anchor.write(4, "ef" * 32)  # an older head (another thread's commit) is ignored
     assert (tmp_path / "audit.anchor").stat().st_mode & 0o777 == 0o600
     assert Anchor(tmp_path / "audit.anchor", key).read() == (5, "cd" * 32)
+
+
+def test_a_new_anchor_is_synced_with_its_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review of the missing-anchor refusal: the anchor was never synced, so a power
+    loss right after an SPM's first start could leave none, which its next start now
+    refuses. The first write of a start syncs the file and its folder; later ones, on
+    every commit, do not."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    anchor = Anchor(tmp_path / "audit.anchor", os.urandom(32))
+    for seq in range(1, 5):
+        anchor.write(seq, f"{seq:064x}")
+    anchor.close()
+    assert synced == [str(tmp_path / "audit.anchor"), str(tmp_path)]

@@ -78,14 +78,17 @@ class Anchor:
         if not valid:
             raise IntegrityError(
                 f"integrity: {self.path} is not an anchor of this SPM (corrupt, written by "
-                "another SPM, or modified)"
+                "another SPM, or modified): restore the data folder with the database from one "
+                "backup (or, were it truly lost, remove it and start once with "
+                "`secfl spm serve --new-anchor`, which the audit log records)"
             )
         return max(valid)
 
     def write(self, seq: int, head_hash: str) -> None:
-        """Record the head (0600; no fsync: it runs after every commit, and an anchor
-        that lags after a power loss only weakens detection, it never refuses a good
-        database)."""
+        """Record the head (0600). Synced to disk with its folder at the first write of
+        a start only (a missing anchor is refused: see :mod:`secfl.spm._state`); not
+        after every commit, where it runs: an anchor that lags after a power loss only
+        weakens detection, it never refuses a good database."""
         with self._lock:
             if seq <= self._written:
                 return
@@ -100,7 +103,11 @@ class Anchor:
                 except OSError as exc:
                     why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
                     raise IntegrityError(f"integrity: cannot write {self.path}: {why}") from None
+            first = self._written < 0
             os.pwrite(self._fd, record, (seq % 2) * self.SLOT)
+            if first:  # once a start: a power loss must not leave the SPM without one
+                os.fsync(self._fd)
+                files.fsync_directory(self.path.parent)
             self._written = seq
 
     def close(self) -> None:
