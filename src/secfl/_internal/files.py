@@ -311,14 +311,26 @@ def open_regular(path: Path | str, *, follow: bool = True) -> BinaryIO:
     blocking and checked before any read). ``follow=False``: not through a symbolic
     link either."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    fd = os.open(path, flags)
+    fd = open_regular_fd(path, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_regular_fd(path: Path | str, flags: int, mode: int = 0o600) -> int:
+    """``os.open(path, flags, mode)``, if what it opened is a regular file; otherwise
+    ``OSError`` (EINVAL), the descriptor closed. Pass ``O_NONBLOCK`` so that a FIFO
+    is refused rather than waited on."""
+    fd = os.open(path, flags, mode)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def read_bounded(

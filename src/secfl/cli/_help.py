@@ -11,7 +11,7 @@ same option name takes the same kind of value in every command; an option's own
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from typer.core import TyperArgument, TyperGroup, TyperOption
@@ -19,6 +19,7 @@ from typer.core import TyperArgument, TyperGroup, TyperOption
 __all__ = [
     "COMMAND_ORDER",
     "OPTION_METAVARS",
+    "LazyGroup",
     "OrderedGroup",
     "plain_help",
     "plain_text",
@@ -150,6 +151,45 @@ class OrderedGroup(TyperGroup):
         return sorted(names, key=lambda name: rank.get(name, len(rank)))
 
 
+class LazyGroup(OrderedGroup):
+    """The top-level group, whose commands are built the first time one is asked for:
+    running a command builds that one (and imports its module) only. ``loaders`` maps
+    each name to what builds it. ``commands`` builds them all (help's tests, the docs'
+    checks); ``built`` is what has been built so far."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.loaders: dict[str, Callable[[], Any]] = {}
+        self._built: dict[str, Any] = {}
+        super().__init__(*args, **kwargs)
+
+    @property
+    def commands(self) -> dict[str, Any]:
+        for name in self.loaders:
+            self._build(name)
+        return self._built
+
+    @commands.setter
+    def commands(self, value: Mapping[str, Any]) -> None:
+        self._built = dict(value)
+
+    @property
+    def built(self) -> dict[str, Any]:
+        return self._built
+
+    def _build(self, name: str) -> Any:
+        if name not in self._built and name in self.loaders:
+            self._built[name] = self.loaders[name]()
+        return self._built.get(name)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        return self._build(cmd_name)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = [*self.loaders, *(n for n in self._built if n not in self.loaders)]
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda name: rank.get(name, len(rank)))
+
+
 class _PlainArgument(TyperArgument):
     """An argument listed by its metavar alone (typer would append its Python type)."""
 
@@ -173,10 +213,20 @@ def plain_text(text: str) -> str:
 
 
 def walk(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """Every command under ``command`` (itself first) with its path of names."""
+    """Every command under ``command`` (itself first) with its path of names (a
+    :class:`LazyGroup` builds all of its own)."""
     yield path, command
     for name, sub in getattr(command, "commands", {}).items():
         yield from walk(sub, (*path, name))
+
+
+def _walk_built(command: Any) -> Iterator[Any]:
+    """Every command under ``command`` that is built (nothing of a lazy group's is
+    built for it)."""
+    yield command
+    subs = command.built if isinstance(command, LazyGroup) else getattr(command, "commands", {})
+    for sub in subs.values():
+        yield from _walk_built(sub)
 
 
 def _type_metavar(option: TyperOption, ctx: Any) -> str:
@@ -188,9 +238,10 @@ def _type_metavar(option: TyperOption, ctx: Any) -> str:
 
 
 def plain_help(root: Any) -> Any:
-    """Give every parameter under ``root`` a plain metavar and its help plain text."""
+    """Give every parameter under ``root`` a plain metavar and its help plain text (a
+    lazy group's commands are given theirs as they are built)."""
     ctx = root.make_context(root.name or "secfl", [], resilient_parsing=True)
-    for _path, command in walk(root):
+    for command in _walk_built(root):
         if command.help:
             command.help = plain_text(command.help)
         if command.short_help:

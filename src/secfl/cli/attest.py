@@ -192,3 +192,9 @@ def certs_cmd(
     write_output(vcek, vcek_out)
     write_output(chain, chain_out)
     out.print(f"VCEK -> {vcek_out}; ASK/ARK -> {chain_out}", markup=False)
+
+
+# (its own module: the demo's table and temporary folders are no part of verifying)
+from secfl.cli.attest_demo import attestation_demo  # noqa: E402
+
+app.command("demo")(attestation_demo)

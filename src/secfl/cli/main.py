@@ -6,6 +6,8 @@ one line and exits 1; never a traceback.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import sys
 from functools import cache
 from typing import Any
@@ -14,29 +16,8 @@ import typer
 
 from secfl import __version__
 from secfl._internal.values import shown
-from secfl.cli import (
-    attest,
-    attest_demo,
-    audit,
-    bench,
-    data,
-    demo,
-    evaluate,
-    fl,
-    flower,
-    measure,
-    new,
-    policy,
-    revocation,
-    run,
-    shield,
-    sim,
-    simulate,
-    spm,
-    status,
-)
 from secfl.cli._common import err
-from secfl.cli._help import OrderedGroup, plain_help
+from secfl.cli._help import LazyGroup, plain_help
 from secfl.errors import SecflError
 
 __all__ = [
@@ -45,40 +26,66 @@ __all__ = [
     "main",
 ]
 
+#: Each top-level command: its module under :mod:`secfl.cli`, and the function in it
+#: (a command) or ``None`` (the module's ``app``: a group). A module is imported only
+#: when its command runs or help lists it: `secfl shield keygen` does not pay for
+#: building the FL runtime's or the evaluations' commands (a third of a second each
+#: time, in a suite and a walkthrough that start hundreds of them).
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "attest": ("attest", None),
+    "sim": ("sim", None),
+    "policy": ("policy", None),
+    "spm": ("spm", None),
+    "audit": ("audit", None),
+    "shield": ("shield", None),
+    "data": ("data", None),
+    "eval": ("evaluate", None),
+    "flower": ("flower", None),
+    "bench": ("bench", None),
+    "measure": ("measure", "measure"),
+    "run": ("run", "run"),
+    "demo": ("demo", "demo"),
+    "new": ("new", None),
+    "simulate": ("simulate", "simulate"),
+    "aggregator": ("fl", "aggregator"),
+    "collaborator": ("fl", "collaborator"),
+    "status": ("status", "status"),
+    "revoke": ("revocation", "revoke_cmd"),
+    "revocations": ("revocation", "revocations_cmd"),
+}
+
 app = typer.Typer(
     name="secfl",
     help="Confidential federated learning inside attested TEEs.",
     no_args_is_help=True,
     # Classic help: plain metavars and text, never a truncated option; the main commands
     # first (see secfl.cli._help). Lines up to 100 columns where the terminal allows.
-    cls=OrderedGroup,
+    cls=LazyGroup,
     rich_markup_mode=None,
     context_settings={"max_content_width": 100},
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-attest.app.command("demo")(attest_demo.attestation_demo)
-app.add_typer(attest.app, name="attest")
-app.add_typer(sim.app, name="sim")
-app.add_typer(policy.app, name="policy")
-app.add_typer(spm.app, name="spm")
-app.add_typer(audit.app, name="audit")
-app.add_typer(shield.app, name="shield")
-app.add_typer(data.app, name="data")
-app.add_typer(evaluate.app, name="eval")
-app.add_typer(flower.app, name="flower")
-app.add_typer(bench.app, name="bench")
-app.command("measure")(measure.measure)
-app.command("run")(run.run)
-app.command("demo")(demo.demo)
-app.add_typer(new.app, name="new")
-app.command("simulate")(simulate.simulate)
-app.command("aggregator")(fl.aggregator)
-app.command("collaborator")(fl.collaborator)
-policy.app.command("sign-reset")(fl.sign_reset)
-app.command("status")(status.status)
-app.command("revoke")(revocation.revoke_cmd)
-app.command("revocations")(revocation.revocations_cmd)
+
+
+def _load(name: str) -> Any:
+    """The click command ``secfl NAME``, built from its module (see :data:`COMMANDS`)."""
+    module_name, function = COMMANDS[name]
+    module = importlib.import_module(f"secfl.cli.{module_name}")
+    # built as `app` would build it had it been registered there (typer passes the
+    # root's settings down: no rich markup, the same exceptions)
+    holder = typer.Typer(
+        rich_markup_mode=app.rich_markup_mode,
+        pretty_exceptions_short=app.pretty_exceptions_short,
+        suggest_commands=app.suggest_commands,
+        add_completion=False,
+    )
+    if function is None:
+        holder.add_typer(module.app, name=name)
+    else:
+        holder.command(name)(getattr(module, function))
+    built = typer.main.get_group(holder).commands[name]
+    return plain_help(built)
 
 
 @app.callback(invoke_without_command=True)
@@ -92,8 +99,12 @@ def _root(
 
 @cache
 def command() -> Any:
-    """The click command behind :data:`app`, with the help in its plain form."""
-    return plain_help(typer.main.get_command(app))
+    """The click command behind :data:`app`, with the help in its plain form; its
+    commands are built as they are asked for."""
+    root = typer.main.get_command(app)
+    assert isinstance(root, LazyGroup)
+    root.loaders = {name: functools.partial(_load, name) for name in COMMANDS}
+    return plain_help(root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -374,3 +374,8 @@ def seal_secret_cmd(
 app.command("sign-revocation")(revocation.sign_revocation_cmd)
 app.command("revoke")(revocation.revoke_cmd)
 app.command("revocations")(revocation.revocations_cmd)
+
+# the board's signature on a reset is checked by the aggregator: its code lives with it
+from secfl.cli.fl import sign_reset  # noqa: E402
+
+app.command("sign-reset")(sign_reset)

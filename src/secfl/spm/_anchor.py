@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import json
 import os
-import stat
 import threading
 from pathlib import Path
 
@@ -99,7 +98,7 @@ class Anchor:
             if self._fd is None:
                 flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
                 try:
-                    self._fd = _open_regular(self.path, flags)
+                    self._fd = files.open_regular_fd(self.path, flags)
                 except OSError as exc:
                     why = "a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or exc
                     raise IntegrityError(f"integrity: cannot write {self.path}: {why}") from None
@@ -115,15 +114,3 @@ class Anchor:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-
-def _open_regular(path: Path, flags: int) -> int:
-    """``path`` opened with ``flags``, if it is a regular file (a FIFO is not waited on)."""
-    fd = os.open(path, flags, 0o600)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
