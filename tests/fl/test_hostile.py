@@ -11,6 +11,7 @@ trains exactly the model the honest sites alone would have trained.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any
 
@@ -132,8 +133,6 @@ def test_hostile_numbers_are_refused_and_the_round_trains_the_honest_model(
 
 
 def _matches(pattern: str, text: str) -> bool:
-    import re
-
     return re.search(pattern, text) is not None
 
 
@@ -208,3 +207,51 @@ def test_headers_with_nan_or_huge_numbers_are_refused_in_one_line() -> None:
         raw = text.encode()
         with pytest.raises(FlError, match=f"^message: .*{reason}"):
             msg.decode(struct.pack(">I", len(raw)) + raw)
+
+
+def many_tensors_update(tensors: int) -> bytes:
+    """A safetensors buffer of ``tensors`` one-byte tensors: a header of megabytes (a
+    sampled peer's), each entry valid, none of them the model's."""
+    entries = {f"t{i:07d}": {"dtype": "I8", "shape": [], "data_offsets": [i, i + 1]}
+               for i in range(tensors)}  # fmt: skip
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + bytes(tensors)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "median"])  # streamed, whole updates
+def test_a_header_far_larger_than_the_models_is_refused_before_it_is_parsed(
+    fed: Federation, strategy: str
+) -> None:
+    """Found by a review: a sampled peer's update header could hold 16 MiB of entries
+    (~280k tensors), all parsed (1-2 s of the aggregator's CPU, the header held in
+    memory) before its names were found not to be the model's; only the update's size
+    limit (the model's size) bounded it. The header's length is now bounded by what the
+    model's own tensors need, and checked before it is read. Here: 8000 entries, half a
+    megabyte, within the digits model's size limit."""
+    settings = {**SETTINGS, "strategy": strategy, "min_clients": len(HONEST) + 1}
+    agg = fed.aggregator(settings, services=[*(site(i) for i in HONEST), "wide"])
+    raw = RawClient(fed, agg.port, "wide")
+    raw.join()
+
+    def wide() -> str:
+        header, _, _ = raw.train()
+        try:
+            raw.submit(header["round"], header["attempt"], *chunks(many_tensors_update(8000)))
+        except TransportError as exc:
+            return str(exc)
+        return "accepted"
+
+    worker = Background(wide, "wide")
+    worker.start()
+    try:
+        fed.run(agg, HONEST, joined=len(HONEST) + 1)
+        reason = worker.outcome()
+    finally:
+        raw.close()
+    assert re.search(r"tensors: the header's \d+ bytes exceed the \d+ that the model's", reason), (
+        reason
+    )
+    (entry,) = agg.history
+    assert entry["refused"] == ["wide"]
+    assert entry["participants"] == [site(i) for i in HONEST]

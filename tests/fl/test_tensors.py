@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -340,3 +341,38 @@ def test_load_arrays_refuses_a_mismatch_and_changes_nothing() -> None:
         load_arrays(model, arrays)
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+_DTYPES = st.sampled_from([np.float32, np.float16, np.float64, np.int64, np.int8, np.uint8])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=40).filter(lambda n: n != "__metadata__"),
+        st.tuples(_DTYPES, st.lists(st.integers(0, 3), max_size=8)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_an_honest_header_always_fits_the_allowance(spec: dict[str, Any]) -> None:
+    """What safetensors writes for a model's tensors (any names, dtypes, up to 8
+    dimensions) is always within :func:`header_allowance`: honest updates are never
+    refused by it."""
+    try:
+        params = {name: np.zeros(shape, dtype=dtype) for name, (dtype, shape) in spec.items()}
+        data = tensors.to_bytes(params)
+    except (FlError, UnicodeEncodeError):  # names safetensors or to_bytes cannot write
+        return
+    (length,) = struct.unpack_from("<Q", data)
+    assert length <= tensors.header_allowance(params)
+    assert tensors.from_bytes(data, max_header=tensors.header_allowance(params))[0].keys() == (
+        params.keys()
+    )
+
+
+def test_a_header_past_the_allowance_is_refused_in_one_line() -> None:
+    params = {"w": np.zeros((2, 3), dtype=np.float32)}
+    data = tensors.to_bytes(params, metadata={"note": "x" * 100_000})
+    with pytest.raises(FlError, match=r"^tensors: the header's \d+ bytes exceed the \d+ that"):
+        tensors.from_bytes(data, max_header=tensors.header_allowance(params))

@@ -22,7 +22,13 @@ import numpy as np
 from secfl.errors import FlError, TransportError
 from secfl.fl import _messages as msg
 from secfl.fl._spill import Spill, SpillFile
-from secfl.fl._tensors import MAX_HEADER_BYTES, Layout, check_like, parse_header_json
+from secfl.fl._tensors import (
+    MAX_HEADER_BYTES,
+    Layout,
+    check_like,
+    header_allowance,
+    parse_header_json,
+)
 from secfl.fl.strategies._base import Params
 from secfl.fl.strategies._fedavg import FedAvgAccumulator, Incoming
 
@@ -67,6 +73,7 @@ class Stream:
         self.worker = worker
         self.acc = acc
         self.global_params = global_params
+        self.max_header = header_allowance(global_params)
         self.sender = sender
         self.check = check
         self.lost = ""  # why it lost the receive window to another sender, if it did
@@ -181,6 +188,11 @@ class Stream:
         (tlen,) = struct.unpack_from("<Q", self.prefix, at)
         if tlen > MAX_HEADER_BYTES:
             raise FlError(f"tensors: malformed: header length {tlen} does not fit")
+        if tlen > self.max_header:  # refused before its bytes are waited for or parsed
+            raise FlError(
+                f"tensors: the header's {tlen} bytes exceed the {self.max_header} that the "
+                "model's tensors need"
+            )
         start = at + 8 + tlen
         if self.size < start:
             return

@@ -35,7 +35,7 @@ from secfl.fl import _messages as msg
 from secfl.fl._attempt import Attempt, Participant
 from secfl.fl._config import FederationConfig
 from secfl.fl._incoming import Receiver, message_header
-from secfl.fl._tensors import from_bytes
+from secfl.fl._tensors import from_bytes, header_allowance
 from secfl.fl._transport import Peer, join
 from secfl.fl._turn import Turn
 from secfl.fl.strategies._base import Update, check_update
@@ -317,7 +317,12 @@ class Submissions:
     def _update(self, header: dict[str, Any], payload: memoryview, name: str, a: Attempt) -> Update:
         samples = self._samples(header, name, a)
         metrics = msg.metric_values(header)
-        params, _ = from_bytes(payload, max_bytes=self.max_update_bytes, copy=False)
+        params, _ = from_bytes(
+            payload,
+            max_bytes=self.max_update_bytes,
+            max_header=header_allowance(a.global_params),
+            copy=False,
+        )
         return Update(sender=name, params=params, num_samples=samples, metrics=metrics)
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "as_array",
     "check_like",
     "from_bytes",
+    "header_allowance",
     "header_layout",
     "load_arrays",
     "nbytes",
@@ -61,6 +62,11 @@ __all__ = [
 DEFAULT_MAX_BYTES = 16 << 30
 #: Ceiling of a safetensors JSON header: ~100 bytes per tensor, so ~160k tensors.
 MAX_HEADER_BYTES = 16 << 20
+#: Room in an update's header beyond its tensors' entries (its metadata, spacing).
+_HEADER_SLACK = 64 << 10
+#: An entry's bytes besides its name and dimensions, offsets at their widest:
+#: ``:{"dtype":"BF16","shape":[],"data_offsets":[N,N]},``
+_ENTRY_BYTES = 90
 #: Most dimensions a tensor may have, and the largest byte extent of its non-zero dims.
 _MAX_DIMS = 32
 _MAX_EXTENT = 1 << 62
@@ -190,8 +196,21 @@ _no_duplicates = unique_keys(
 )
 
 
+def header_allowance(params: Mapping[str, np.ndarray]) -> int:
+    """The most header bytes an update of tensors like ``params`` needs: each one's
+    entry at its widest, twice over, and 64 KiB (never more than
+    :data:`MAX_HEADER_BYTES`). A peer's header past it is refused before it is parsed:
+    a 16 MiB header of many small tensors cost seconds of CPU before its names were
+    found not to be the model's."""
+    entries = sum(
+        len(json.dumps(name)) + _ENTRY_BYTES + 21 * len(array.shape)
+        for name, array in params.items()
+    )
+    return min(MAX_HEADER_BYTES, 2 * entries + _HEADER_SLACK)
+
+
 def _parse_header(
-    data: bytes | bytearray | memoryview, max_bytes: int
+    data: bytes | bytearray | memoryview, max_bytes: int, max_header: int = MAX_HEADER_BYTES
 ) -> tuple[int, Layout, dict[str, str]]:
     """Validate a safetensors buffer without touching its tensor data.
 
@@ -207,6 +226,11 @@ def _parse_header(
     (header_len,) = struct.unpack_from("<Q", data, 0)
     if header_len > min(size - 8, MAX_HEADER_BYTES):
         raise FlError(f"tensors: malformed: header length {header_len} does not fit")
+    if header_len > max_header:
+        raise FlError(
+            f"tensors: the header's {header_len} bytes exceed the {max_header} that the "
+            "model's tensors need"
+        )
     start = 8 + header_len
     entries, metadata = parse_header_json(data[8:start], size - start)
     return start, entries, metadata
@@ -287,12 +311,14 @@ def from_bytes(
     data: bytes | bytearray | memoryview,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_header: int = MAX_HEADER_BYTES,
     copy: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The tensors and metadata of a safetensors buffer.
 
     Refuses (:class:`FlError`, and never another exception) a buffer larger than
-    ``max_bytes``, a malformed one and one with a dtype numpy cannot hold. With
+    ``max_bytes``, a header longer than ``max_header`` (:func:`header_allowance`), a
+    malformed one and one with a dtype numpy cannot hold. With
     ``copy=False`` the arrays are read-only views into ``data`` (which must then stay
     alive and unchanged); with ``copy=True`` they are writable copies.
     """
@@ -300,7 +326,7 @@ def from_bytes(
         raise FlError(f"tensors: expected bytes, got {type(data).__name__}")
     if isinstance(data, memoryview):
         data = data.cast("B") if data.ndim == 1 and data.contiguous else bytes(data)
-    start, entries, metadata = _parse_header(data, max_bytes)
+    start, entries, metadata = _parse_header(data, max_bytes, max_header)
     if not copy:
         base = np.frombuffer(data, dtype=np.uint8)
         base.flags.writeable = False
