@@ -206,3 +206,30 @@ def test_verifying_a_log_by_its_database_url_streams(stopped_spm: Path, tmp_path
         tracemalloc.stop()
     assert count == head >= 30_000
     assert peak < 8 << 20, f"{peak / 2**20:.1f} MiB to verify {count} entries"
+
+
+def test_a_huge_detail_is_refused_before_it_is_parsed(stopped_spm: Path, tmp_path: Path) -> None:
+    """Found by a review: an entry's detail was parsed before anything bounded it, so
+    whoever writes the database made every reader of the log (the SPM's start, `audit
+    verify`) build it whole: 32 MiB of ``{"a":[0,0,...]}`` holds a list of 16M items, more than
+    five times its size. No entry's detail is longer than 1 MiB; a longer one is refused
+    as modified, having cost no more than the row's own text."""
+    from secfl.spm._audit_verify import verify_database
+
+    data = copy_spm(stopped_spm, tmp_path / "spm")
+    size = 32 << 20
+    sql(
+        data, "UPDATE audit SET detail = ? WHERE seq = 1", '{"a":[' + "0," * (size // 2 - 4) + "0]}"
+    )
+    tracemalloc.start()
+    try:
+        with pytest.raises(AuditError) as refused:
+            verify_database(None, f"sqlite:///{data / 'spm.db'}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < size * 2, f"{peak / 2**20:.0f} MiB to refuse a {size >> 20} MiB detail"
+    assert str(refused.value).startswith("audit: entry 1 was modified (its detail of ")
+    done = secfl("audit", "verify", "--data", str(data))
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert "entry 1 was modified (its detail of" in done.stderr

@@ -42,6 +42,7 @@ from secfl.errors import AuditError, SpmError
 __all__ = [
     "AUDIT_HEAD_DOMAIN",
     "GENESIS",
+    "MAX_DETAIL_CHARS",
     "AuditEntry",
     "ChainVerifier",
     "canonical_json",
@@ -56,6 +57,9 @@ __all__ = [
 
 #: ``prev_hash`` of the first entry.
 GENESIS = "0" * 64
+#: The most characters an entry's detail takes as stored (a round event's is at most
+#: 256 KiB): a longer one is refused before it is parsed, and never written.
+MAX_DETAIL_CHARS = 1 << 20
 #: Domain of the head: what its MAC and the SPM's signature of it are over.
 AUDIT_HEAD_DOMAIN = "secfl/audit-head/v1"
 
@@ -171,9 +175,12 @@ def make_entry(
     if not isinstance(detail, dict):
         raise SpmError("audit: detail must be a dict")
     try:
-        normal = json.loads(canonical_json(detail))
+        text = canonical_json(detail)
+        normal = json.loads(text)
     except (TypeError, ValueError) as exc:
         raise SpmError(f"audit: detail is not JSON-serialisable ({exc})") from None
+    if len(text) > MAX_DETAIL_CHARS:  # (bytes: at least as many as characters)
+        raise SpmError(f"audit: a detail of {len(text)} bytes, at most {MAX_DETAIL_CHARS}")
     seq = prev[0] + 1
     stamp = format_time(at or datetime.now(UTC))
     digest = entry_hash(prev[1], seq, stamp, event, policy, normal)

@@ -147,6 +147,11 @@ def _entry(row: Any) -> AuditEntry:
     seq = row.seq
     if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq < 2**62:
         raise AuditError("audit: an entry was modified (its seq is not a sequence number)")
+    if isinstance(row.detail, str | bytes) and len(row.detail) > _audit.MAX_DETAIL_CHARS:
+        raise AuditError(
+            f"audit: entry {seq} was modified (its detail of {len(row.detail)} characters is "
+            "longer than any entry's)"
+        )
     try:
         detail = json.loads(row.detail)
     except (ValueError, TypeError, RecursionError):
