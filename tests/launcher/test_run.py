@@ -52,6 +52,32 @@ def test_code_from_a_volume_leaves_no_bytecode_where_the_host_reads(
     assert written and not leaked, leaked
 
 
+def test_the_hosts_code_loading_variables_do_not_reach_the_program(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a hostile review: `secfl run` passed its whole environment on, so a host
+    that put a ``sitecustomize.py`` on ``PYTHONPATH`` (or named a library in
+    ``OPENSSL_CONF``, a script in ``BASH_ENV``...) ran its code inside the measured,
+    unchanged program, which wrote the secrets it had just been given to the disk."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    stolen = tmp_path / "stolen.txt"
+    (evil / "sitecustomize.py").write_text(
+        "import os\n"
+        "if 'SECFL_FILES' in os.environ:  # in the workload, not in the launcher\n"
+        f"    open({str(stolen)!r}, 'w').write(os.environ.get('API_TOKEN', ''))\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(evil))
+    monkeypatch.setenv("BASH_ENV", str(evil / "hook.sh"))
+    done = world.run("worker", world.argv())
+    assert done.returncode == 7, done.stderr
+    assert not stolen.exists(), "the host's sitecustomize ran in the workload"
+    assert (
+        "secfl run: the program does not get BASH_ENV, PYTHONPATH (they make it load code the "
+        "policy did not approve; the policy's inject.env may set them)"
+    ) in done.stderr
+
+
 @pytest.mark.parametrize("how", ["program", "module"])
 def test_temporary_files_stay_in_the_private_folder(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str

@@ -348,8 +348,9 @@ def test_small_reads_stay_on_the_reader(
 
 @pytest.mark.parametrize(
     ("env", "expected"),
-    [(None, (4, False)), ("1", (1, False)), ("3", (3, True)), ("16", (4, True)), ("x", (1, False))],
-)
+    [(None, (4, False)), ("1", (1, False)), ("3", (3, True)), ("16", (4, True)), ("x", (1, False)),
+     ("\u00b2", (1, False)), ("9" * 5000, (1, False)), ("-3", (1, False))],
+)  # fmt: skip
 def test_threads_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, env: str | None, expected: tuple[int, bool]
 ) -> None:

@@ -13,7 +13,11 @@ host. Two kinds of variable matter there:
 - ``OPENSSL_CONF`` and its kin name libraries OpenSSL loads (:data:`CODE_LOADERS`);
 - ``PYTHONPYCACHEPREFIX`` moves the bytecode Python writes of every module it imports,
   code decrypted from a volume included, out of the private folder to where the host
-  reads it (:func:`no_bytecode`).
+  reads it (:func:`no_bytecode`);
+- variables that make the dynamic linker, Python, a shell or another interpreter run
+  code they name (``LD_PRELOAD``, ``PYTHONPATH``, ``BASH_ENV``, ``NODE_OPTIONS``...):
+  a measured program started with them runs the host's code with its secrets
+  (:func:`for_program`).
 
 :func:`scrub` removes variables from this process.
 """
@@ -25,8 +29,12 @@ from collections.abc import Iterable, Mapping
 
 __all__ = [
     "CODE_LOADERS",
+    "CODE_PREFIXES",
+    "INTERPRETER_HOOKS",
     "KEY_LOGS",
     "LOOPBACK",
+    "PYTHON_HARMLESS",
+    "for_program",
     "loopback_direct",
     "no_bytecode",
     "scrub",
@@ -37,6 +45,26 @@ __all__ = [
 KEY_LOGS = frozenset({"SSLKEYLOGFILE"})
 #: Variables that make OpenSSL or glibc load a library the environment names.
 CODE_LOADERS = frozenset({"OPENSSL_CONF", "OPENSSL_MODULES", "OPENSSL_ENGINES", "GCONV_PATH"})
+#: Variables that make a shell or an interpreter other than Python run code or load
+#: modules they name (Python's and the dynamic linker's: :data:`CODE_PREFIXES`).
+INTERPRETER_HOOKS = frozenset(
+    {
+        "BASH_ENV", "ENV", "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "NODE_OPTIONS",
+        "NODE_PATH", "RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS", "CLASSPATH", "GLIBC_TUNABLES", "LOCPATH", "NLSPATH",
+    }
+)  # fmt: skip
+#: Prefixes of the dynamic linker's variables (``LD_PRELOAD``, ``LD_AUDIT``,
+#: ``LD_LIBRARY_PATH``) and Python's (``PYTHONPATH``, ``PYTHONHOME``, ``PYTHONSTARTUP``,
+#: ``PYTHONWARNINGS``, which imports the module a category names...).
+CODE_PREFIXES = ("LD_", "PYTHON")
+#: Python's variables that load nothing: passed on.
+PYTHON_HARMLESS = frozenset(
+    {
+        "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONHASHSEED", "PYTHONFAULTHANDLER",
+        "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8", "PYTHONNOUSERSITE", "PYTHONSAFEPATH",
+    }
+)  # fmt: skip
 #: What connections to loopback are: never through a proxy.
 LOOPBACK = "127.0.0.1,localhost,::1"
 
@@ -45,6 +73,21 @@ def without(env: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
     """``env`` less ``names``."""
     dropped = frozenset(names)
     return {k: v for k, v in env.items() if k not in dropped}
+
+
+def for_program(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``env`` for a measured program: without what makes it, or the interpreter or
+    linker that runs it, load code or libraries the environment names
+    (:data:`CODE_LOADERS`, :data:`INTERPRETER_HOOKS`, ``LD_*``, ``PYTHON*`` but
+    :data:`PYTHON_HARMLESS`) nor a TLS key log; and the names it left out, sorted."""
+
+    def loads_code(name: str) -> bool:
+        if name in CODE_LOADERS or name in INTERPRETER_HOOKS or name in KEY_LOGS:
+            return True
+        return name.startswith(CODE_PREFIXES) and name not in PYTHON_HARMLESS
+
+    dropped = sorted(name for name in env if loads_code(name))
+    return without(env, dropped), dropped
 
 
 def no_bytecode(env: Mapping[str, str]) -> dict[str, str]:

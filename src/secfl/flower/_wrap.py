@@ -37,10 +37,6 @@ __all__ = [
     "venv_program",
 ]
 
-#: Environment variables no Flower process inherits from the host (besides ``FLWR_*``).
-_DROPPED_PREFIXES = ("FLWR_", "PYTHON", "LD_")
-_KEPT = frozenset({"PYTHONUNBUFFERED", "PYTHONIOENCODING"})
-
 
 def venv_program(name: str) -> Path:
     """A command of this Python's venv (never one found on the host's ``PATH``)."""
@@ -152,10 +148,10 @@ def scrub_environment() -> None:
 
 def clean_env(base: Mapping[str, str], paths: PrivatePaths) -> dict[str, str]:
     """Flower's environment: ``base`` without what could reconfigure it, plus ours."""
-    env = {k: v for k, v in base.items() if k in _KEPT or not k.startswith(_DROPPED_PREFIXES)}
-    # loopback never through a proxy (its APIs are plaintext), no TLS key log, no
-    # library loaded by name (secfl._internal.environ)
-    env = environ.loopback_direct(environ.without(env, environ.KEY_LOGS | environ.CODE_LOADERS))
+    # no code or library loaded by name, no TLS key log, none of Flower's own settings,
+    # and loopback never through a proxy (its APIs are plaintext): secfl._internal.environ
+    env, _ = environ.for_program(base)
+    env = environ.loopback_direct({k: v for k, v in env.items() if not k.startswith("FLWR_")})
     bindir = str(Path(sys.executable).parent)
     env.update(
         {

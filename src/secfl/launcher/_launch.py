@@ -236,15 +236,22 @@ def _show_measured(
 def _environment(
     service: Service, enrollment: Enrollment, files: Path, req: RunRequest, code: list[str]
 ) -> dict[str, str]:
-    """The program's environment: ours, the policy's injected variables, where its
-    identity (certificate, key, CA, session) and injected files are, and which of its
-    volumes hold code (``SECFL_CODE_VOLUMES``: the policy's ``kind: code``, measured)."""
+    """The program's environment: ours without what makes a program load code the
+    environment names (:func:`secfl._internal.environ.for_program`), the policy's
+    injected variables, where its identity (certificate, key, CA, session) and injected
+    files are, and which of its volumes hold code (``SECFL_CODE_VOLUMES``: the policy's
+    ``kind: code``, measured)."""
     identity = files / ".secfl"
     write_private(files, ".secfl/cert.pem", enrollment.certificate.encode())
     write_private(files, ".secfl/key.pem", enrollment.key_pem)
     write_private(files, ".secfl/ca.pem", enrollment.ca_certificate.encode())
     write_private(files, ".secfl/session.token", enrollment.session_token.encode())
-    env = dict(os.environ)
+    env, dropped = environ.for_program(os.environ)
+    if dropped:  # the host's: the policy's inject.env sets any the board approved
+        sys.stderr.write(
+            f"secfl run: the program does not get {', '.join(dropped)} (they make it load "
+            "code the policy did not approve; the policy's inject.env may set them)\n"
+        )
     env.update(_scratch(files))
     env.update(
         {

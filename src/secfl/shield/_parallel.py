@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -89,7 +90,9 @@ def _configured_threads() -> tuple[int, bool]:
     text = os.environ.get("SECFL_SHIELD_THREADS", "").strip()
     if not text:
         return min(_usable_cpus(), MAX_WORKERS), False
-    if not text.isdigit() or int(text) < 1:
+    # ASCII digits, a few of them: str.isdigit() takes "²" (which int() refuses) and
+    # int() refuses 5000 digits, both tracebacks at import in every shield command
+    if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
         logging.getLogger("secfl.shield").warning(
             "SECFL_SHIELD_THREADS=%.20r is not a positive integer: reading on one thread", text
         )
