@@ -44,6 +44,9 @@ from tests.spm.harness import (
 pytestmark = [pytest.mark.timeout(240), pytest.mark.heavy(90)]
 
 OTHER_MR = "b2" * 48
+#: An attack on the SPM's rules, not on its storage: SQLite only (every attack through
+#: the database, and every start that reads it back, runs on PostgreSQL too).
+SERVICE_ONLY = pytest.mark.parametrize("spm", ["sqlite"], indirect=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -143,6 +146,7 @@ def revoke(client: SpmClient, board: Board, policy: str, **statement: str) -> di
 # --- 1: a sealed key is bound to its owner's board -------------------------------------------
 
 
+@SERVICE_ONLY
 def test_registering_the_name_first_gains_nothing(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -169,6 +173,7 @@ def test_registering_the_name_first_gains_nothing(
     assert attest(client, sim, "fed").render("data", "hex") == b"hospital-data-key".hex()
 
 
+@SERVICE_ONLY
 def test_a_later_version_naming_the_owners_board_gains_nothing(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -201,6 +206,7 @@ def test_a_later_version_naming_the_owners_board_gains_nothing(
     assert client.policy("fed")["version"] == 1
 
 
+@SERVICE_ONLY
 def test_members_who_drop_a_required_one_gain_nothing(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -341,6 +347,7 @@ def test_deleting_the_audit_tail_and_restoring_an_old_head_is_detected(
 # --- 5 and 6: sessions follow the current policy and revocations -----------------------------
 
 
+@SERVICE_ONLY
 def test_a_session_loses_what_a_new_version_withdrew(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -363,6 +370,7 @@ def test_a_session_loses_what_a_new_version_withdrew(
     assert client.increment("p", "round", new.session_token) == 2
 
 
+@SERVICE_ONLY
 def test_a_session_loses_a_counter_a_new_version_removed(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -382,6 +390,7 @@ def _serial(enrolled: Enrollment) -> str:
     return format(cert.serial_number, "x")
 
 
+@SERVICE_ONLY
 def test_revocation_ends_sessions_and_keeps_the_service_out(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -411,6 +420,7 @@ def test_revocation_ends_sessions_and_keeps_the_service_out(
     assert client.increment("p", "round", back.session_token) == 2
 
 
+@SERVICE_ONLY
 def test_a_revoked_measurement_or_platform_cannot_attest(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -434,6 +444,7 @@ def test_a_revoked_measurement_or_platform_cannot_attest(
         attest(client, sim, "p")
 
 
+@SERVICE_ONLY
 def test_a_platform_id_of_zeros_is_refused(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -475,6 +486,7 @@ def _kept_fresh_volume(client: SpmClient, board: Board, sim: tuple[Path, bytes])
     return doc, attest(client, sim, "p")
 
 
+@SERVICE_ONLY
 def test_a_kept_fresh_volume_of_version_0_is_refused_saying_why(
     spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], tmp_path: Path
 ) -> None:
@@ -497,6 +509,7 @@ def test_a_kept_fresh_volume_of_version_0_is_refused_saying_why(
     assert client.volume_state("p", "data")["version"] == 1
 
 
+@SERVICE_ONLY
 def test_a_session_token_alone_cannot_record_a_volume_version(
     spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -575,6 +588,7 @@ def test_a_new_board_gets_new_shares_and_old_shares_open_nothing(
         open_share(new.shares, "alice", board.recovery["alice"])
 
 
+@SERVICE_ONLY
 def test_recovery_never_needs_fewer_members_than_the_board(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -587,6 +601,7 @@ def test_recovery_never_needs_fewer_members_than_the_board(
     assert exc.value.status == 400
 
 
+@SERVICE_ONLY
 def test_an_all_zero_hpke_key_is_refused_and_the_nonce_spent(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
@@ -614,6 +629,7 @@ def test_an_all_zero_hpke_key_is_refused_and_the_nonce_spent(
     assert any("hpke_public_key" in e["detail"]["reason"] for e in refusals)
 
 
+@SERVICE_ONLY
 def test_old_board_signatures_cannot_be_replayed(
     client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
