@@ -737,3 +737,27 @@ def test_padding_behind_a_bodys_end_in_one_read_never_reaches_the_app(
     # the first request, whole, reaches it when it is complete on its own; the padded
     # one never does
     assert forwarded == ([("/v1/fleet/push-object", 8192)] if form.startswith("pipe") else [])
+
+
+def test_the_gate_refuses_protocol_upgrades_and_keeps_no_connection_for_them(
+    flower_python: Path, tmp_path: Path
+) -> None:
+    """Found by a hostile review: in the Flower venv, where the gate runs, uvicorn finds
+    a WebSocket library and handed an ``Upgrade: websocket`` request to it, before the
+    gate's peer check (a revoked site could send it), taking the connection from the
+    gate's guard: counted as busy until the request deadline (60 s), 256 of them sent
+    in a second locked every SuperNode out. An h2c upgrade's request reached Flower with
+    its body cut off. Each is refused now, in one line, and nothing reaches Flower."""
+    import json
+
+    done = subprocess.run(
+        [str(flower_python), str(Path(__file__).with_name("gate_upgrade_probe.py")),
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["websocket"] == out["h2c"] == "HTTP/1.1 400 Bad Request", out
+    assert out["live"] <= 1, out  # the upgrades' connections are gone, not counted busy
+    assert out["call"] == "HTTP/1.1 200 OK", out
+    assert out["seen"] == [["/v1/fleet/pull-messages", 2]], out  # the ordinary call alone

@@ -348,14 +348,33 @@ def _raw_exchange(spm: Served, request: bytes) -> bytes:
             431,
             "headers: larger than the limit of 65536 bytes",
         ),
+        (
+            b"GET /v1/health HTTP/1.1\r\nHost: spm\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+            400,
+            "http: no protocol upgrade is served",
+        ),
+        (
+            b"POST /v1/audit HTTP/1.1\r\nHost: spm\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+            b"Content-Length: 2\r\n\r\n{}",
+            400,
+            "http: no protocol upgrade is served",
+        ),
     ],
-    ids=["garbage", "headers-too-large"],
+    ids=["garbage", "headers-too-large", "websocket", "h2c"],
 )
 def test_protocol_level_refusals_are_json(
     spm: Served, request_bytes: bytes, status: int, error: str
 ) -> None:
     """Refusals made before any route (by the HTTP parser) are JSON too; headers are
-    bounded (httptools alone takes megabytes of them)."""
+    bounded (httptools alone takes megabytes of them). A protocol upgrade is refused
+    before the app sees it (found by a review of the Flower gate, which shares this
+    guard: where a WebSocket library is installed, uvicorn took an upgraded connection
+    from the guard, which counted it as busy until the request deadline, and 256 of
+    them locked every client out; an h2c upgrade's request went on with its body cut
+    off)."""
     answer = _raw_exchange(spm, request_bytes)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 %d " % status), answer[:200]

@@ -306,6 +306,14 @@ class _Http(HttpToolsProtocol):
         # request whose head was refused, or one behind it, never reaches the app
         if self.conn.refused:
             return
+        if self.parser.should_upgrade():  # Connection: upgrade (WebSocket, h2c), CONNECT
+            # Refused before the app sees it: uvicorn handed a WebSocket upgrade to its
+            # WebSocket protocol where one is installed (the Flower venv), which took the
+            # connection from this guard (never told of its end, counted as busy until
+            # the request deadline: 256 of them locked every client out), and forwarded
+            # an h2c upgrade's request with its body cut off.
+            self.conn.refuse_request(400, "http: no protocol upgrade is served")
+            return
         self.conn.enter(_BODY)
         cast(dict[str, Any], self.scope)[PEER_CERT] = self.conn.peer_cert
         super().on_headers_complete()
@@ -316,6 +324,12 @@ class _Http(HttpToolsProtocol):
         super().on_message_complete()
         if self.cycle is None or not self.cycle.response_complete:
             self.conn.enter(_HANDLING)  # else already answered (e.g. 413): stays idle
+
+    def _should_upgrade(self) -> bool:
+        return False  # every upgrade is refused (on_headers_complete): none is made
+
+    def _unsupported_upgrade_warning(self) -> None:
+        pass  # refused already, in one line to the client; nothing to log per request
 
     def shutdown(self) -> None:
         """The server is stopping: an idle connection is dropped at once. uvicorn's own
@@ -500,14 +514,18 @@ class Connection(asyncio.Protocol):
 
     @property
     def refused(self) -> bool:
-        """Whether this connection was answered 431 (it is closing)."""
+        """Whether this connection was refused outside any request (it is closing)."""
         return self._refused
+
+    def refuse_request(self, status: int, error: str) -> None:
+        """Answer ``status`` with ``error`` and close, before the app sees the request."""
+        if not self._refused and self.http is not None:
+            self._refused = True
+            self.http.refuse(status, error)
 
     def refuse_head(self) -> None:
         """Answer 431 and close: a request's head, or its fields, passed MAX_HEAD."""
-        if not self._refused and self.http is not None:
-            self._refused = True
-            self.http.refuse(431, f"headers: larger than the limit of {MAX_HEAD} bytes")
+        self.refuse_request(431, f"headers: larger than the limit of {MAX_HEAD} bytes")
 
     def eof_received(self) -> bool | None:
         if self.http is not None:

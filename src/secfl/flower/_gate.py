@@ -399,6 +399,7 @@ def serve(
         host=host,
         port=port,
         http=guard.protocol_class(),
+        ws="none",  # no WebSocket: an upgrade is refused (secfl._internal.httpguard)
         loop="asyncio",  # see secfl._internal.httpguard: uvloop reads before start_tls can run
         log_level="warning",
         access_log=False,

@@ -258,6 +258,7 @@ def serve(
         host=host,
         port=port,
         http=guard.protocol_class(),  # TLS, timeouts and the cap: secfl._internal.httpguard
+        ws="none",  # no WebSocket: an upgrade is refused (secfl._internal.httpguard)
         loop="asyncio",  # see secfl._internal.httpguard: uvloop reads before start_tls can run
         backlog=limits.backlog,
         log_level=log_level,
