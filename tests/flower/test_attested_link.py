@@ -273,8 +273,9 @@ def test_a_proxy_url_the_relay_cannot_use_is_one_line(monkeypatch: pytest.Monkey
     from secfl.flower._relay import _proxy_for
 
     monkeypatch.setenv("no_proxy", "")
+    # (a host label of 64 letters: found by a hostile review, a traceback per connection)
     for url in ("http://proxy.example:99999", "http://proxy.example:abc", "http://[::1",
-                "socks5://proxy.example:1080"):  # fmt: skip
+                "socks5://proxy.example:1080", f"http://{'a' * 64}.example:3128"):  # fmt: skip
         monkeypatch.setenv("https_proxy", url)
         with pytest.raises(FlowerError, match=r"^flower: relay: the proxy .* is not http://"):
             _proxy_for("superlink.example")

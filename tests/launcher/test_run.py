@@ -13,7 +13,7 @@ import pytest
 
 from secfl.spm.client import SpmClient
 from secfl.tee import _simulated as simulated
-from tests.launcher.world import World, wait_ready
+from tests.launcher.world import KILLED, World, python, wait_ready
 
 
 def test_workload_gets_its_secrets_and_exit_code(world: World) -> None:
@@ -76,6 +76,26 @@ def test_the_hosts_code_loading_variables_do_not_reach_the_program(
         "secfl run: the program does not get BASH_ENV, PYTHONPATH (they make it load code the "
         "policy did not approve; the policy's inject.env may set them)"
     ) in done.stderr
+
+
+def test_a_module_planted_in_the_working_folder_is_not_imported(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by a hostile review: Python put the working folder first on ``sys.path`` of
+    a program run as ``python -m`` or ``python -c``, so a file the host planted there
+    (here ``signal.py``; there an ``argparse.py`` beside `python -m secfl.flower`) ran
+    inside the measured program, whose measurement does not cover that folder."""
+    marker = tmp_path / "planted-ran"
+    (tmp_path / "signal.py").write_text(
+        "import os\n"
+        "if 'SECFL_FILES' in os.environ:  # in the workload (the test starts the launcher\n"
+        f"    open({str(marker)!r}, 'w').write('ran')  # with `python -m` from here too)\n"
+        "from _signal import *  # noqa\n"
+    )
+    proc = world.start("crash", python(KILLED), cwd=tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGKILL, err
+    assert not marker.exists(), "a module planted in the working folder ran in the workload"
 
 
 @pytest.mark.parametrize("how", ["program", "module"])

@@ -67,6 +67,10 @@ def _proxy_for(host: str) -> tuple[str, int] | None:
         raise FlowerError(wrong) from None
     if parsed.scheme != "http" or not parsed.hostname:
         raise FlowerError(wrong)
+    try:  # a name DNS cannot carry failed each connection with a traceback
+        parsed.hostname.encode("idna")
+    except UnicodeError:
+        raise FlowerError(f"{wrong}: its host name is not a valid DNS name") from None
     return parsed.hostname, port
 
 

@@ -57,10 +57,9 @@ def check_health_address(address: str | None) -> None:
 
 
 def check_loopback(what: str, host: str) -> None:
-    """``host`` must be a loopback address: the API behind it never leaves the TEE."""
+    """``host`` must be a loopback address: the API behind it never leaves the TEE. An
+    address, not a name: what ``localhost`` resolves to is the host's /etc/hosts."""
     name = host.strip("[]")
-    if name == "localhost":
-        return
     try:
         if ipaddress.ip_address(name).is_loopback:
             return

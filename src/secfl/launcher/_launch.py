@@ -265,6 +265,11 @@ def _environment(
             "SECFL_POLICY_DIGEST": enrollment.policy_digest,
         }
     )
+    # Python puts the working folder (``-m``, ``-c``) or the script's own folder first on
+    # ``sys.path``: files the host can plant there, unmeasured, were imported before the
+    # program's own (hostile review: an ``argparse.py`` beside `python -m secfl.flower`
+    # ran in the wrapper with its keys). The policy's inject.env may set it to "".
+    env["PYTHONSAFEPATH"] = "1"
     for key, text in service.inject.env.items():
         where = f"environment variable {key}"
         env[key] = no_nul(substitute(text, enrollment, where), where)
