@@ -21,7 +21,7 @@ import posixpath
 
 from secfl.errors import FlError
 from secfl.fl._config import FederationConfig
-from secfl.fl._workload_identity import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
+from secfl.fl._injected import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.policy._model import Policy, Service
 from secfl.policy._sealed import check_sealed
 from secfl.policy._todo import check_no_todos

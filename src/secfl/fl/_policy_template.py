@@ -39,8 +39,8 @@ import yaml
 from secfl.errors import PolicyError
 from secfl.fl._config import FederationConfig
 from secfl.fl._host_settings import AGGREGATOR, LISTEN, OUTPUT
+from secfl.fl._injected import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.fl._policy_check import check_federation
-from secfl.fl._workload_identity import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.launcher._measurement import describe_measured, run_measurement
 from secfl.policy._document import load_policy
 from secfl.policy._fields import NAME

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from secfl.errors import FlError, LaunchError
 from secfl.fl._envelope import PrivateKey, PublicKey
+from secfl.fl._injected import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.fl._transport import Credentials
 from secfl.policy._canonical import digest
 from secfl.policy._model import Policy
@@ -50,12 +51,6 @@ __all__ = [
 log = logging.getLogger("secfl.fl._workload_identity")
 
 T = TypeVar("T")
-
-#: Injected files (relative to ``$SECFL_FILES``) a policy gives FL services.
-SIGNING_KEY = "fl/signing-key.pem"  # aggregator: the model-signing private key
-VERIFY_KEY = "fl/signing-key.pub"  # collaborators: its public key
-CHECKPOINT_KEY = "fl/checkpoint.key"  # aggregator: hex AES-256 key for checkpoints
-OUTPUT_KEY = "fl/output.key"  # aggregator (optional): hex key sealing the final model
 
 
 def _env(env: Mapping[str, str], name: str) -> str:
