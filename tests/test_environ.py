@@ -15,10 +15,18 @@ def test_a_program_gets_no_variable_that_loads_code() -> None:
         "OPENSSL_CONF": "/evil.cnf", "GCONV_PATH": "/evil", "BASH_ENV": "/evil.sh",
         "ENV": "/evil.sh", "PERL5OPT": "-Mevil", "NODE_OPTIONS": "--require /evil.js",
         "JAVA_TOOL_OPTIONS": "-javaagent:/evil.jar", "GLIBC_TUNABLES": "x", "SSLKEYLOGFILE": "/k",
+        # a review of the first version: bash's own hooks, libraries loaded by name,
+        # trust stores, caches of compiled code, gRPC's tracing, OpenSSL's CPU caps, git
+        "BASH_FUNC_python3%%": "() { cat key.pem; }", "SHELLOPTS": "xtrace", "PS4": "$(id)",
+        "BASHOPTS": "x", "CUDA_INJECTION64_PATH": "/e.so", "OMP_TOOL_LIBRARIES": "/e.so",
+        "SSL_CERT_FILE": "/evil-ca.pem", "TRITON_CACHE_DIR": "/host", "GRPC_TRACE": "all",
+        "GRPC_VERBOSITY": "debug", "OPENSSL_ia32cap": "~0x200000200000000",
+        "OPENSSL_CONF_INCLUDE": "/evil", "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "core.fsmonitor", "grpc_proxy": "http://proxy:3128",
     }  # fmt: skip
     env, dropped = environ.for_program(host)
     assert env == {
         "PATH": "/usr/bin", "HOME": "/home/site", "LANG": "C.UTF-8", "SECFL_LISTEN": "0:1",
-        "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0", "NODE_EXTRA_CA_CERTS": "/ca.pem",
+        "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0", "grpc_proxy": "http://proxy:3128",
     }  # fmt: skip
     assert dropped == sorted(set(host) - set(env))

@@ -6,7 +6,7 @@ also in-process."""
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -139,3 +139,53 @@ def test_no_nul_names_the_place() -> None:
     assert no_nul("fine", "argument 1") == "fine"
     with pytest.raises(LaunchError, match=r"^inject: argument 2 would contain a NUL byte"):
         no_nul("a\0b", "argument 2")
+
+
+def test_a_programs_environment_runs_none_of_the_hosts_hooks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review of the first fix: the environment `secfl run` builds for its
+    program (``_environment``, here called as the launcher calls it) kept ``HOME``,
+    whose user site folder a Python outside a venv reads at start-up (a host's ``.pth``
+    there read the workload's key), and bash's exported functions (``BASH_FUNC_x%%``
+    replaced a command a measured script ran) and ``SHELLOPTS=xtrace`` (every command,
+    secrets included, printed to the host's stderr). Both programs run for real."""
+    import shutil
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from secfl.launcher._launch import _environment
+
+    home = tmp_path / "home"
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = home / ".local" / "lib" / version / "site-packages"
+    site.mkdir(parents=True)
+    (site / "zz.pth").write_text(
+        "import os, sys; sys.stderr.write('PTH ' + open(os.environ['SECFL_IDENTITY'] "
+        "+ '/key.pem').read())\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("BASH_FUNC_true%%", '() { echo FUNC $(cat "$SECFL_IDENTITY/key.pem"); }')
+    monkeypatch.setenv("SHELLOPTS", "xtrace")
+    files = tmp_path / "files"
+    files.mkdir(mode=0o700)
+    enrolled = SimpleNamespace(certificate="CERT", key_pem=b"KEY-SECRET", ca_certificate="CA",
+                               session_token="TOKEN", policy_digest="d" * 64)  # fmt: skip
+    request = SimpleNamespace(policy="p", service="s", spm_url="https://spm")
+    service = SimpleNamespace(inject=SimpleNamespace(env={}))
+    env = _environment(service, enrolled, files, request, [])  # type: ignore[arg-type]
+    python = Path(sys.base_prefix) / "bin" / version  # a Python outside any venv
+    if not python.exists():
+        pytest.skip(f"no Python outside a venv at {python}")
+    ran = subprocess.run([str(python), "-c", "print('trained')"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert ran.stdout == "trained\n" and "SECRET" not in ran.stderr, ran.stderr
+    bash = shutil.which("bash") or "/bin/bash"
+    script = tmp_path / "train.sh"
+    script.write_text('#!/bin/sh\ntrue\necho "trained $(cat "$SECFL_IDENTITY/key.pem" | wc -c)"\n')
+    ran = subprocess.run([bash, str(script)], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
+    assert ran.stdout == "trained 10\n" and "SECRET" not in ran.stdout + ran.stderr, (
+        ran.stdout + ran.stderr
+    )

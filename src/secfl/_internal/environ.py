@@ -45,19 +45,38 @@ __all__ = [
 KEY_LOGS = frozenset({"SSLKEYLOGFILE"})
 #: Variables that make OpenSSL or glibc load a library the environment names.
 CODE_LOADERS = frozenset({"OPENSSL_CONF", "OPENSSL_MODULES", "OPENSSL_ENGINES", "GCONV_PATH"})
-#: Variables that make a shell or an interpreter other than Python run code or load
-#: modules they name (Python's and the dynamic linker's: :data:`CODE_PREFIXES`).
+#: Variables that make a shell, an interpreter other than Python or a library run code
+#: or load modules they name, trace a program's secrets to the host, or change what it
+#: trusts or where its compiled code is cached (prefixes: :data:`CODE_PREFIXES`).
 INTERPRETER_HOOKS = frozenset(
     {
-        "BASH_ENV", "ENV", "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "NODE_OPTIONS",
-        "NODE_PATH", "RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
-        "JDK_JAVA_OPTIONS", "CLASSPATH", "GLIBC_TUNABLES", "LOCPATH", "NLSPATH",
+        # shells: a startup file, options (xtrace prints every command, secrets
+        # included, and runs PS4's command substitutions)
+        "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND",
+        # other interpreters
+        "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "NODE_OPTIONS", "NODE_PATH",
+        "RUBYOPT", "RUBYLIB", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS",
+        "CLASSPATH", "GIT_EXEC_PATH",
+        # glibc and libraries loaded by name
+        "GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "CUDA_INJECTION64_PATH",
+        "NVTX_INJECTION64_PATH", "OMP_TOOL_LIBRARIES",
+        # trust stores: the policy names the ones a program should trust
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        # compiled code cached where the host reads and writes it (the defaults are
+        # in the private folder: TMPDIR, XDG_CACHE_HOME)
+        "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TORCH_EXTENSIONS_DIR",
+        "HF_MODULES_CACHE", "NUMBA_CACHE_DIR",
     }
 )  # fmt: skip
 #: Prefixes of the dynamic linker's variables (``LD_PRELOAD``, ``LD_AUDIT``,
-#: ``LD_LIBRARY_PATH``) and Python's (``PYTHONPATH``, ``PYTHONHOME``, ``PYTHONSTARTUP``,
-#: ``PYTHONWARNINGS``, which imports the module a category names...).
-CODE_PREFIXES = ("LD_", "PYTHON")
+#: ``LD_LIBRARY_PATH``), Python's (``PYTHONPATH``, ``PYTHONHOME``, ``PYTHONSTARTUP``,
+#: ``PYTHONWARNINGS``, which imports the module a category names...), OpenSSL's (its
+#: configuration and modules, and ``OPENSSL_ia32cap``, which turns AES-NI off), gRPC's
+#: (``GRPC_TRACE`` writes decrypted frames to stderr; its proxy variables are lower
+#: case), bash's exported functions (``BASH_FUNC_name%%`` replaces a command a script
+#: runs) and git's configuration (``GIT_CONFIG_KEY_0=core.fsmonitor`` runs a command).
+CODE_PREFIXES = ("LD_", "PYTHON", "OPENSSL_", "GRPC_", "BASH_FUNC_", "GIT_CONFIG")
 #: Python's variables that load nothing: passed on.
 PYTHON_HARMLESS = frozenset(
     {
@@ -76,10 +95,11 @@ def without(env: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
 
 
 def for_program(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """``env`` for a measured program: without what makes it, or the interpreter or
-    linker that runs it, load code or libraries the environment names
-    (:data:`CODE_LOADERS`, :data:`INTERPRETER_HOOKS`, ``LD_*``, ``PYTHON*`` but
-    :data:`PYTHON_HARMLESS`) nor a TLS key log; and the names it left out, sorted."""
+    """``env`` for a measured program: without what makes it, or the interpreter,
+    linker or library that runs it, load code the environment names, trace its secrets
+    or trust another CA (:data:`CODE_LOADERS`, :data:`INTERPRETER_HOOKS`,
+    :data:`CODE_PREFIXES` but :data:`PYTHON_HARMLESS`), nor a TLS key log; and the names
+    it left out, sorted."""
 
     def loads_code(name: str) -> bool:
         if name in CODE_LOADERS or name in INTERPRETER_HOOKS or name in KEY_LOGS:

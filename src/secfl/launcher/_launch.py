@@ -249,8 +249,8 @@ def _environment(
     env, dropped = environ.for_program(os.environ)
     if dropped:  # the host's: the policy's inject.env sets any the board approved
         sys.stderr.write(
-            f"secfl run: the program does not get {', '.join(dropped)} (they make it load "
-            "code the policy did not approve; the policy's inject.env may set them)\n"
+            f"secfl run: the program does not get {', '.join(dropped)} (they load code, "
+            "trace or trust what the policy did not approve; its inject.env may set them)\n"
         )
     env.update(_scratch(files))
     env.update(
@@ -268,8 +268,10 @@ def _environment(
     # Python puts the working folder (``-m``, ``-c``) or the script's own folder first on
     # ``sys.path``: files the host can plant there, unmeasured, were imported before the
     # program's own (hostile review: an ``argparse.py`` beside `python -m secfl.flower`
-    # ran in the wrapper with its keys). The policy's inject.env may set it to "".
-    env["PYTHONSAFEPATH"] = "1"
+    # ran in the wrapper with its keys). Nor does a user's site folder, which HOME names
+    # (a host's .pth file there runs at start-up of any Python that is not a venv's).
+    # The policy's inject.env may set either to "".
+    env["PYTHONSAFEPATH"] = env["PYTHONNOUSERSITE"] = "1"
     for key, text in service.inject.env.items():
         where = f"environment variable {key}"
         env[key] = no_nul(substitute(text, enrollment, where), where)
@@ -282,8 +284,8 @@ def _scratch(files: Path) -> dict[str, str]:
     RAM (``TMPDIR`` and its kin, ``XDG_CACHE_HOME``), not the host's ``/tmp`` or home,
     on disk, where what a library writes there (a spooled upload, a compiled kernel, a
     dataset's cache) outlived a workload killed with SIGKILL. The policy's injected
-    variables may set them elsewhere. ``HOME`` stays: Python finds user-installed
-    packages through it."""
+    variables may set them elsewhere. ``HOME`` stays (programs read their settings
+    there); Python's user site folder under it does not count (``PYTHONNOUSERSITE``)."""
     tmp, cache = files / ".secfl" / "tmp", files / ".secfl" / "cache"
     for folder in (tmp, cache):
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from secfl.errors import AuditError, IntegrityError, SpmError
@@ -89,9 +89,27 @@ class AuditLog(TxView):
     def since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
         """Entries with a seq greater than ``seq``, in order, at most ``limit``."""
         t = audit_table
-        rows = self._c().execute(
-            select(t).where(t.c.seq > seq).order_by(t.c.seq).limit(max(0, limit))
+        conn = self._c()
+        # a detail too long for any entry is found by its length before the page is read
+        # (PostgreSQL's driver reads a whole page into memory before the first row)
+        page = (
+            select(t.c.seq, t.c.detail)
+            .where(t.c.seq > seq)
+            .order_by(t.c.seq)
+            .limit(max(0, limit))
+            .subquery()
         )
+        long = conn.execute(
+            select(page.c.seq)
+            .where(func.length(page.c.detail) > _audit.MAX_DETAIL_CHARS)
+            .order_by(page.c.seq)
+            .limit(1)
+        ).first()
+        if long is not None:
+            raise AuditError(
+                f"audit: entry {long.seq} was modified (its detail is longer than any entry's)"
+            )
+        rows = conn.execute(select(t).where(t.c.seq > seq).order_by(t.c.seq).limit(max(0, limit)))
         return [_entry(r) for r in rows]
 
     def flush_head(self) -> None:
