@@ -203,7 +203,9 @@ def test_a_folder_whose_pid_was_reused_is_stale(tmp_path: Path) -> None:
 def test_program_killed_by_sigkill_exits_137_without_traceback(world: World) -> None:
     done = world.run("crash", python(KILLED))
     assert done.returncode == 128 + signal.SIGKILL
-    assert "Traceback" not in done.stderr and done.stderr == "", done.stderr
+    # (nothing but the note of the host's variables the program did not get, if any)
+    said = [line for line in done.stderr.splitlines() if " does not get " not in line]
+    assert "Traceback" not in done.stderr and said == [], done.stderr
 
 
 #: Let the launcher dump a core if it tried (the machine's default may be 0). A shell

@@ -247,11 +247,6 @@ def _environment(
     write_private(files, ".secfl/ca.pem", enrollment.ca_certificate.encode())
     write_private(files, ".secfl/session.token", enrollment.session_token.encode())
     env, dropped = environ.for_program(os.environ)
-    if dropped:  # the host's: the policy's inject.env sets any the board approved
-        sys.stderr.write(
-            f"secfl run: the program does not get {', '.join(dropped)} (they load code, "
-            "trace or trust what the policy did not approve; its inject.env may set them)\n"
-        )
     env.update(_scratch(files))
     env.update(
         {
@@ -275,6 +270,12 @@ def _environment(
     for key, text in service.inject.env.items():
         where = f"environment variable {key}"
         env[key] = no_nul(substitute(text, enrollment, where), where)
+    left_out = [name for name in dropped if name not in service.inject.env]
+    if left_out:  # (said once the environment is whole: a refusal stays one line)
+        sys.stderr.write(
+            f"secfl run: the program does not get {', '.join(left_out)} (they load code, "
+            "trace or trust what the policy did not approve; its inject.env may set them)\n"
+        )
     # a Python program compiles the code it imports from a volume: never to disk
     return environ.no_bytecode(env)
 
