@@ -52,7 +52,8 @@ def test_a_signature_that_fails_to_write_keeps_the_others(tmp_path: Path) -> Non
     """`sign-reset` rewrote the file in place: a write cut short truncated it, and the
     signatures the other members had added were lost."""
     reset = tmp_path / "reset.json"
-    assert _sign(reset, "alice").stdout.strip() == "1"
+    first = _sign(reset, "alice")
+    assert first.stdout.strip() == "1", first.stderr[-3000:]
     before = reset.read_bytes()
     failed = _sign(reset, "bob", limit=len(before))  # the longer file cannot be written
     assert failed.stdout.startswith("refused: reset: cannot write "), failed.stdout
