@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +24,10 @@ from secfl.policy import _keys as keys
 doc = {"policy": "p", "policy_digest": "0" * 64, "counter": "rounds", "value": 3,
        "reason": "checkpoint lost"}
 private, _ = keys.generate()
+if sys.argv[3] != "-":  # the disk's space, as a limit on the size of any file written
+    import resource, signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a signal, as ENOSPC would
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
 try:
     print(sign_reset(Path(sys.argv[1]), doc, private, sys.argv[2]))
 except FlError as exc:
@@ -34,18 +36,15 @@ except FlError as exc:
 
 
 def _sign(path: Path, member: str, limit: int | None = None) -> subprocess.CompletedProcess[str]:
-    def cap() -> None:
-        if limit is not None:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    # no bytecode written: under RLIMIT_FSIZE, Python's own .pyc write is cut short and
-    # left in place, truncated, and the next process fails to import that module
-    # ("marshal data too short": a CI failure)
+    # The child sets the limit itself, after its imports: a ``preexec_fn`` forks this
+    # test process, whose gRPC (loaded by earlier tests in the worker) aborted the fork's
+    # child in CI ("epoll_wait error: Bad file descriptor") before it ran anything. No
+    # bytecode written either: under RLIMIT_FSIZE, Python's own .pyc write is cut short
+    # and left in place, and the next process fails to import that module.
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    return subprocess.run([sys.executable, "-c", SIGN, str(path), member], preexec_fn=cap,
-                          env=env, capture_output=True, text=True, timeout=60,
-                          check=False)  # fmt: skip
+    size = "-" if limit is None else str(limit)
+    return subprocess.run([sys.executable, "-c", SIGN, str(path), member, size], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
 
 
 def test_a_signature_that_fails_to_write_keeps_the_others(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import selectors
 import socket
 import sqlite3
@@ -72,13 +71,12 @@ def serving(data: Path, sim: Path, *extra: str, nofile: int | None = None) -> It
     ready, log = data.with_suffix(".ready.json"), data.with_suffix(".log")
     ready.unlink(missing_ok=True)
 
-    def limit() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    args = _serve_args(data, sim, "--ready-file", str(ready), *extra)
+    # a shell sets the limit and execs the SPM, not a ``preexec_fn``: that forks this
+    # test process, whose gRPC (loaded by earlier tests) can abort the fork's child
+    limit = () if nofile is None else ("sh", "-c", f'ulimit -n {nofile} && exec "$@"', "sh")
+    args = [*limit, *_serve_args(data, sim, "--ready-file", str(ready), *extra)]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
