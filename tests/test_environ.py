@@ -30,3 +30,19 @@ def test_a_program_gets_no_variable_that_loads_code() -> None:
         "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0", "grpc_proxy": "http://proxy:3128",
     }  # fmt: skip
     assert dropped == sorted(set(host) - set(env))
+
+
+def test_only_trust_stores_other_than_the_systems_are_notable(tmp_path) -> None:
+    import ssl
+
+    system = ssl.get_default_verify_paths()
+    env = {
+        "SSL_CERT_FILE": system.openssl_cafile,
+        "SSL_CERT_DIR": system.openssl_capath + "/",
+        "CURL_CA_BUNDLE": str(tmp_path / "corporate.pem"),
+        "NODE_EXTRA_CA_CERTS": "",
+        "PYTHONPATH": system.openssl_capath,  # not a trust store: always named
+    }
+    _, dropped = environ.for_program(env)
+    assert dropped == sorted(env)
+    assert environ.notable(env, dropped) == ["CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "PYTHONPATH"]

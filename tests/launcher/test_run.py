@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,10 @@ def test_the_hosts_code_loading_variables_do_not_reach_the_program(
     )
     monkeypatch.setenv("PYTHONPATH", str(evil))
     monkeypatch.setenv("BASH_ENV", str(evil / "hook.sh"))
+    # a trust store is named only where it is not the system's own (hosts that set that
+    # one for every process would see the note on every start)
+    monkeypatch.setenv("SSL_CERT_FILE", ssl.get_default_verify_paths().openssl_cafile)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(evil / "ca.pem"))
     done = world.run("worker", world.argv())
     assert done.returncode == 7, done.stderr
     assert not stolen.exists(), "the host's sitecustomize ran in the workload"
@@ -77,7 +82,9 @@ def test_the_hosts_code_loading_variables_do_not_reach_the_program(
         " (they load code, trace or trust what the policy did not approve; its inject.env "
         "may set them)"
     )
-    assert {"BASH_ENV", "PYTHONPATH"} <= set(said.split(" get ")[1].split(" (")[0].split(", "))
+    named = set(said.split(" get ")[1].split(" (")[0].split(", "))
+    assert {"BASH_ENV", "PYTHONPATH", "REQUESTS_CA_BUNDLE"} <= named
+    assert "SSL_CERT_FILE" not in named
 
 
 def test_a_module_planted_in_the_working_folder_is_not_imported(

@@ -25,6 +25,7 @@ host. Two kinds of variable matter there:
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterable, Mapping
 
 __all__ = [
@@ -34,9 +35,11 @@ __all__ = [
     "KEY_LOGS",
     "LOOPBACK",
     "PYTHON_HARMLESS",
+    "TRUST_STORES",
     "for_program",
     "loopback_direct",
     "no_bytecode",
+    "notable",
     "scrub",
     "without",
 ]
@@ -84,6 +87,13 @@ PYTHON_HARMLESS = frozenset(
         "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8", "PYTHONNOUSERSITE", "PYTHONSAFEPATH",
     }
 )  # fmt: skip
+#: Variables that name a trust store (what :func:`notable` checks against the system's).
+TRUST_STORES = frozenset(
+    {
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+    }
+)  # fmt: skip
 #: What connections to loopback are: never through a proxy.
 LOOPBACK = "127.0.0.1,localhost,::1"
 
@@ -108,6 +118,20 @@ def for_program(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
 
     dropped = sorted(name for name in env if loads_code(name))
     return without(env, dropped), dropped
+
+
+def notable(env: Mapping[str, str], dropped: Iterable[str]) -> list[str]:
+    """Of the names :func:`for_program` ``dropped``, those a user would want named: all
+    but trust stores that name the system's own (OpenSSL's default file or folder),
+    which many hosts set for every process; naming them on every start is noise."""
+    defaults = ssl.get_default_verify_paths()
+    system = {os.path.realpath(p) for p in (defaults.openssl_cafile, defaults.openssl_capath)}
+
+    def is_system(name: str) -> bool:
+        value = env.get(name, "")
+        return name in TRUST_STORES and value != "" and os.path.realpath(value) in system
+
+    return [name for name in dropped if not is_system(name)]
 
 
 def no_bytecode(env: Mapping[str, str]) -> dict[str, str]:

@@ -270,7 +270,7 @@ def _environment(
     for key, text in service.inject.env.items():
         where = f"environment variable {key}"
         env[key] = no_nul(substitute(text, enrollment, where), where)
-    left_out = [name for name in dropped if name not in service.inject.env]
+    left_out = [n for n in environ.notable(os.environ, dropped) if n not in service.inject.env]
     if left_out:  # (said once the environment is whole: a refusal stays one line)
         sys.stderr.write(
             f"secfl run: the program does not get {', '.join(left_out)} (they load code, "
