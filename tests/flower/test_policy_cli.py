@@ -144,3 +144,33 @@ def test_mistakes_are_one_line(capsys: pytest.CaptureFixture[str], written: dict
     )  # fmt: skip
     assert "--run-config: 'num-server-rounds' is not KEY=VALUE" in err
     assert not (written["root"] / "o4").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--site-port", "site-1=70000", "--site-port site-1: '70000' is not a port (1 to 65535)"),
+        ("--site-port", "site-2=0", "--site-port site-2: '0' is not a port (1 to 65535)"),
+        ("--site-port", "site-1=٩٠٩٤", "--site-port site-1: '٩٠٩٤' is not a port (1 to 65535)"),
+        (
+            "--superlink-port",
+            "65536",
+            "'--superlink-port': Input should be less than or equal to 65535",
+        ),
+    ],
+)
+def test_a_port_out_of_range_is_refused_before_anything_is_written(
+    capsys: pytest.CaptureFixture[str], written: dict[str, Any], option: str, value: str, said: str
+) -> None:
+    """From a review: the policy was written with a port no socket can bind (or, for
+    digits of another script, a traceback), and the federation could not start."""
+    spm, out = written["spm"], written["root"] / "bad-port"
+    code, stdout, err = call(
+        capsys, "flower", "policy", "--app", str(APP), *written["board"], "--threshold", "2",
+        "--superlink", "link.example:9092", "--spm", spm.spm_url, "--spm-pin", spm.spm_pin,
+        "--sim-root", str(spm.sim_dir / "root.pem"), "--out", str(out), *written["args"],
+        option, value,
+    )  # fmt: skip
+    assert code in (1, 2) and stdout == "" and said in err, (code, err)
+    assert "Traceback" not in err and (code == 2 or len(err.strip().splitlines()) == 1)
+    assert not out.exists()

@@ -105,7 +105,9 @@ def policy_cmd(
         list[str] | None, typer.Option(help="KEY=VALUE of the run config (repeat).")
     ] = None,
     name: Annotated[str, typer.Option(help="The policy's name.")] = "flower",
-    superlink_port: Annotated[int, typer.Option(help="The SuperLink's own loopback port.")] = 9093,
+    superlink_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="The SuperLink's own loopback port.")
+    ] = 9093,
     flower_python: Annotated[
         str | None, typer.Option(help="The Flower venv's Python (default: .venv-flwr).")
     ] = None,
@@ -152,6 +154,9 @@ def policy_cmd(
             unknown = sorted(set(given) - set(names))
             if unknown:
                 raise UsageError(f"{option}: '{unknown[0]}' is not one of site-1..site-{sites}")
+        for site, port in ports.items():
+            if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+                raise UsageError(f"--site-port {site}: '{port[:80]}' is not a port (1 to 65535)")
         members = []
         for path in board:
             pem = read_input(path, "board member key").decode("utf-8", "replace")
@@ -186,8 +191,6 @@ def policy_cmd(
                     f"{site}: give --data-key {site}=KEYFILE or --data-sealed {site}=FILE"
                 )
             port = ports.get(site, "9094")
-            if not port.isdigit():
-                raise UsageError(f"--site-port: '{port}' is not a port")
             site_list.append(Site(site, tags[site], sealed, runtime_port=int(port)))
         fed = FlowerFederation(
             name=name, python=str(python), fab_sha256=hashlib.sha256(fab).hexdigest(),
