@@ -263,7 +263,9 @@ def test_the_gate_serves_the_fleet_api_and_nothing_else(tmp_path: Path) -> None:
 
     ca = tls_files(tmp_path, ["127.0.0.1"])["ca"]
     site, other = _node_keys(2)
-    gate = FleetGate("https://127.0.0.1:9", str(ca), [site])  # nothing listens upstream
+    gate = FleetGate(
+        "https://127.0.0.1:9", ssl.create_default_context(cafile=ca), [site]
+    )  # nothing listens upstream
     mine = {"flwr-public-key": b64encode(site).decode()}
     foreign = {"flwr-public-key": b64encode(other).decode()}
     both = [("flwr-public-key", b64encode(k).decode()) for k in (site, other)]
@@ -314,7 +316,9 @@ def _gate(tmp_path: Path, gate: FleetGate | None = None) -> Iterator[tuple[int, 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    gate = gate or FleetGate("https://127.0.0.1:9", str(tls["ca"]), [])
+    gate = gate or FleetGate(
+        "https://127.0.0.1:9", ssl.create_default_context(cafile=tls["ca"]), []
+    )
     server, thread = serve(
         gate, "127.0.0.1", port, server_context(str(tls["crt"]), str(tls["key"]))
     )
@@ -352,8 +356,57 @@ def _trickle(conn: ssl.SSLSocket, stop: threading.Event) -> None:
 
 
 def _answered(port: int, ca: str) -> int:
-    with httpx.Client(verify=ca, timeout=5) as client:
+    with httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=5) as client:
         return client.post(f"https://127.0.0.1:{port}/v1/control/x", content=b"x").status_code
+
+
+def test_a_forwarded_answer_carries_each_header_once(tmp_path: Path) -> None:
+    """From a review: the SuperLink's ``date`` and ``server`` went out beside the
+    gate's own (a real upstream over TLS, as Flower's REST API writes both)."""
+    from base64 import b64encode
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from secfl.flower._local import tls_files
+
+    class Upstream(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)  # (with its own Server and Date)
+            self.send_header("content-length", "2")
+            self.send_header("x-flower", "kept")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    up = tls_files(tmp_path / "up", ["127.0.0.1"])
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(up["crt"]), str(up["key"]))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (site,) = _node_keys(1)
+    gate = FleetGate(
+        f"https://127.0.0.1:{server.server_port}",
+        ssl.create_default_context(cafile=up["ca"]),
+        [site],
+    )
+    key = {"flwr-public-key": b64encode(site).decode()}
+    try:
+        with _gate(tmp_path / "gate", gate) as (port, ca):
+            trust = ssl.create_default_context(cafile=ca)
+            with httpx.Client(verify=trust, base_url=f"https://127.0.0.1:{port}") as client:
+                reply = client.post("/v1/fleet/pull-messages", content=b"x", headers=key)
+                refused = client.post("/v1/control/x", content=b"x")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (reply.status_code, reply.content, reply.headers["x-flower"]) == (200, b"ok", "kept")
+    for answer in (reply, refused):
+        names = [name.lower() for name, _ in answer.headers.raw]
+        assert sorted(names) == sorted(set(names)) and names.count(b"date") == 1, names
+        assert b"server" not in names
 
 
 def test_a_header_that_never_ends_is_cut_off_not_buffered(tmp_path: Path) -> None:

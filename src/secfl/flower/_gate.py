@@ -91,6 +91,9 @@ _HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"host", b"content-length",
 })  # fmt: skip
+#: What of the SuperLink's answer the gate writes itself: one ``date`` (uvicorn's), no
+#: ``server`` (both went out twice: Flower's and the gate's own).
+_OWN = frozenset({b"date", b"server"})
 
 
 class _Held:
@@ -291,7 +294,7 @@ class FleetGate:
         out = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in reply.headers.multi_items()
-            if k.lower().encode("latin-1") not in _HOP
+            if k.lower().encode("latin-1") not in _HOP | _OWN
         ]
         content = reply.content
         out.append((b"content-length", str(len(content)).encode()))
@@ -405,6 +408,7 @@ def serve(
         access_log=False,
         lifespan="on",
         timeout_keep_alive=30,
+        server_header=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="secfl-fleet-gate", daemon=True)
