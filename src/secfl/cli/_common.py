@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from secfl._internal import files
 from secfl._internal.files import TooLarge, read_bounded
 from secfl.errors import UsageError
 
@@ -65,15 +68,33 @@ def parse_at(text: str | None) -> datetime | None:
 
 
 def write_output(data: bytes, path: str | None) -> None:
-    """Write to ``path``, or to standard output when it is ``None`` or ``-``."""
+    """Write to ``path``, or to standard output when it is ``None`` or ``-``.
+
+    A file appears whole or not at all, and a symbolic link at ``path`` is replaced,
+    never followed: a signature written in place was cut short by a full disk, and one
+    written through a link that came with a proposal destroyed the member's key. A pipe
+    or a device (``/dev/stdout``, ``>(...)``) is written to as it is."""
     if path in (None, "-"):
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
     try:
-        Path(path).write_bytes(data)
+        if _is_stream(path):
+            with open(path, "wb") as fh:
+                fh.write(data)
+        else:
+            files.atomic_write(path, data, mode=0o644)
     except OSError as exc:
         raise UsageError(f"cannot write '{path}': {exc.strerror or exc}") from None
+
+
+def _is_stream(path: str) -> bool:
+    """Whether ``path`` leads to a pipe or a character device (through links)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 # --- federation settings given as flags (policy init, policy next) -------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -103,14 +104,11 @@ def validate_cmd(
 
     Besides the document, its federation is checked as the aggregator reads it, and
     placeholders left by `secfl policy init` are refused; warnings go to stderr."""
-    from secfl.fl._policy_check import check_ready
     from secfl.policy import digest, load_policy
-    from secfl.policy._document import check_new_version
 
-    policy = load_policy(read_input(file, "policy"))
-    check_new_version(policy)
-    for warning in check_ready(policy):
-        err.print(f"warning: {warning}", markup=False)
+    raw = read_input(file, "policy")
+    policy = load_policy(raw)
+    _check_new(policy, raw, warn=True)
     board = policy.board
     out.print(f"policy {policy.name} version {policy.version}: valid", markup=False)
     out.print(f"digest:   {digest(policy)}", markup=False)
@@ -119,6 +117,26 @@ def validate_cmd(
     if board.required:
         rule += f", always including {', '.join(board.required)}"
     out.print(f"board:    {rule}", markup=False)
+
+
+def _check_new(policy: Policy, raw: bytes | str, *, warn: bool = False) -> None:
+    """What `validate`, `sign` and `submit` refuse alike: the rules of a new version
+    (the SPM's) and a federation the aggregator could not run; with ``warn``, what
+    `validate` warns of, to stderr."""
+    from secfl.fl._policy_check import check_ready
+    from secfl.policy._document import check_new_version
+
+    check_new_version(policy, raw)
+    warnings = check_ready(policy)
+    for warning in warnings if warn else []:
+        err.print(f"warning: {warning}", markup=False)
+
+
+def _same_file(output: str, key: str) -> bool:
+    """Whether writing ``output`` (which replaces a link there, never follows it) would
+    replace the file ``key`` leads to."""
+    where = os.path.realpath(os.path.dirname(os.path.abspath(output)))
+    return os.path.join(where, os.path.basename(output)) == os.path.realpath(key)
 
 
 @app.command("show")
@@ -186,7 +204,6 @@ def sign_cmd(
     Refused: a key that is not MEMBER's on the board, a policy that is not ready
     (what `secfl policy validate` refuses), and with --recovery-pub a policy that gives
     MEMBER another recovery key."""
-    from secfl.fl._policy_check import check_ready
     from secfl.policy import _keys as keys
     from secfl.policy import load_policy, sign_policy
     from secfl.policy._signatures import check_signer
@@ -195,11 +212,14 @@ def sign_cmd(
         if file == "-":
             raise UsageError("give --output when the policy comes from standard input")
         output = f"{file}.{member}.sig"
-    policy = load_policy(read_input(file, "policy"))
+    if output != "-" and _same_file(output, key):
+        raise UsageError(f"--output '{output}' is the signing key: give another file")
+    raw = read_input(file, "policy")
+    policy = load_policy(raw)
     rule = policy.board if board is None else _previous(policy, file, board).board
     private = keys.load_private(read_input(key, "signing key"))
     check_signer(rule, member, private, previous=board is not None)
-    check_ready(policy)
+    _check_new(policy, raw)  # what `validate` refuses is never signed
     _check_recovery(policy, member, recovery_pub)
     signature = sign_policy(policy, private, member)
     write_output(signature.to_json().encode(), output)
@@ -293,13 +313,13 @@ def submit_cmd(
     ],
 ) -> None:
     """Submit a policy version with its board signatures to a pinned SPM."""
-    from secfl.fl._policy_check import check_ready
     from secfl.policy import load_policy
+    from secfl.policy._document import policy_text
     from secfl.policy._signatures import Signature
     from secfl.spm.client import SpmClient
 
-    document = read_input(file, "policy").decode("utf-8", errors="replace")
-    check_ready(load_policy(document))
+    document = policy_text(read_input(file, "policy"))  # read as `validate` and `sign` read it
+    _check_new(load_policy(document), document)
     signatures = [Signature.from_json(read_input(s, "signature")) for s in sig]
     with SpmClient(spm, pin=spm_pin) as client:
         reply = client.submit_policy(document, signatures)

@@ -28,7 +28,7 @@ from secfl.cli._common import (
     out,
     read_input,
 )
-from secfl.errors import UsageError
+from secfl.errors import PolicyError, UsageError
 
 if TYPE_CHECKING:
     from secfl.fl._policy_template import BoardMember, FederationPlan
@@ -93,15 +93,17 @@ def _program(given: str | None) -> tuple[str, Path]:
 
 
 def _setting(value: str, flag: str) -> tuple[str, Any]:
-    import yaml
+    """KEY and its value, read as a new version's policy file reads it (JSON first:
+    ``lr=1e-3`` is a number, where YAML 1.1 made it the text "1e-3")."""
+    from secfl.policy._document import read_setting
 
     key, text = _pair(value, flag, "KEY=VALUE")
     if len(text) > _MAX_SETTING:
         raise UsageError(f"{flag}: the value of '{key[:40]}' is longer than {_MAX_SETTING}")
     try:
-        return key, yaml.safe_load(text)
-    except yaml.YAMLError:
-        return key, text
+        return key, read_setting(text)
+    except PolicyError as exc:
+        raise UsageError(f"{flag} {key[:40]}: {exc}; quote it for text") from None
 
 
 def federation_settings(
@@ -147,7 +149,14 @@ def _sealed(values: list[str]) -> dict[str, str]:
     for value in values:
         secret, sealed = _pair(value, "--sealed", "SECRET=VALUE (or SECRET=@FILE)")
         if sealed.startswith("@"):
-            sealed = read_input(sealed[1:], f"sealed value of {secret}").decode().strip()
+            raw = read_input(sealed[1:], f"sealed value of {secret}")
+            try:
+                sealed = raw.decode("ascii").strip()  # (base64, as `seal-secret` writes it)
+            except UnicodeDecodeError:
+                raise UsageError(
+                    f"--sealed {secret}: '{sealed[1:]}' is not a sealed value "
+                    "(the output of `secfl policy seal-secret`)"
+                ) from None
         found[secret] = sealed
     return found
 

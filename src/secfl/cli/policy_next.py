@@ -70,9 +70,10 @@ def next_cmd(
     from secfl.fl._config import FederationConfig
     from secfl.fl._policy_check import check_ready, is_federation
     from secfl.policy import digest, load_policy
+    from secfl.policy._document import check_new_version, policy_text
     from secfl.policy._next import next_version
 
-    text = read_input(file, "policy").decode("utf-8", "replace")
+    text = policy_text(read_input(file, "policy"))  # as `validate` and `sign` read it
     current = load_policy(text)
     federation = None
     if is_federation(current):
@@ -86,6 +87,7 @@ def next_cmd(
     elif set_ or train or any(v is not None for v in (rounds, min_clients, strategy, objective)):
         raise UsageError(f"'{file}' runs no federation: it has no settings to change")
     policy, new_text = next_version(text, federation)
+    check_new_version(policy, new_text)
     warnings = check_ready(policy)
     target = Path(output or next_path(file, policy.version))
     if target.exists() and not force:

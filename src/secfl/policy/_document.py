@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import types
@@ -175,6 +176,69 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:bool", _StrictLoader.construct_
 _HIDING_ESCAPE = re.compile(r"(?<!\\)(\\\\)*\\[xuUN_LP]")
 #: Integers as a reader takes them: decimal, no leading zero, no '_'.
 _DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+#: Numbers with an exponent that YAML 1.1 reads as text (its floats need a dot and a
+#: signed exponent): ``lr: 1e-3`` is the string "1e-3", which a reader takes for a number.
+_EXPONENT_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
+class _NewVersionLoader(_StrictLoader):
+    """The strict loader, refusing also what reads one way to people and another to
+    YAML 1.1 but was accepted once (so only in a version about to be signed)."""
+
+    def construct_yaml_str(self, node: Any) -> Any:
+        text = super().construct_yaml_str(node)
+        if node.style is None and _EXPONENT_TEXT.fullmatch(text):
+            raise ConstructorError(
+                None, None, f"{text} reads as text in YAML 1.1, not as a number: write it "
+                "with a dot and a signed exponent (1.0e-3) or in decimal, or quote it",
+                node.start_mark,
+            )  # fmt: skip
+        return text
+
+
+_NewVersionLoader.add_constructor("tag:yaml.org,2002:str", _NewVersionLoader.construct_yaml_str)
+
+
+def read_setting(text: str) -> Any:
+    """A value given on a command line for a new version (``--set KEY=VALUE``): JSON if
+    it is JSON (``1e-3`` is a number there), else YAML as :class:`_NewVersionLoader`
+    reads it; what is not YAML at all stays text. Raises :class:`PolicyError` with the
+    reason for a value a policy may not hold (an alias, a tag, ``010``, ``1e400``...)."""
+    hook = unique_keys(lambda key: ValueError(f"duplicate key {_show(key)}"))
+    try:
+        value = json.loads(text, object_pairs_hook=hook, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        pass
+    else:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PolicyError(f"{text[:40]} is not a finite number")
+        return value
+    try:
+        return yaml.load(text, Loader=_NewVersionLoader)  # noqa: S506 - a SafeLoader subclass
+    except (ComposerError, ConstructorError) as exc:
+        raise PolicyError(_one_line(exc.problem or str(exc))) from None
+    except yaml.YAMLError:
+        return text
+    except RecursionError:
+        raise PolicyError("nested too deeply") from None
+    except (ValueError, OverflowError) as exc:
+        raise PolicyError(_one_line(str(exc))[:200]) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a policy may hold")
+
+
+def policy_text(raw: bytes) -> str:
+    """``raw`` as text, in the encoding :func:`load_policy` reads it (UTF-8, or UTF-16
+    or UTF-32 as JSON and YAML detect them), without a byte order mark: what is
+    submitted is what was validated and signed."""
+    try:
+        return raw.decode(json.detect_encoding(raw)).removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            f"policy: the document is not UTF-8 text (byte {exc.start}): save it as UTF-8"
+        ) from None
 
 
 def load_policy(text: str | bytes) -> Policy:
@@ -276,7 +340,7 @@ def _check_depth(data: Any) -> None:
     raise PolicyError(f"policy: JSON: nested deeper than {MAX_DEPTH} levels")
 
 
-def check_new_version(policy: Policy) -> None:
+def check_new_version(policy: Policy, document: str | bytes | None = None) -> None:
     """Rules for a version about to be signed or submitted, not for one already
     accepted (an SPM reads the versions it stored with :class:`Policy` alone, so a
     rule added here never makes one of them unreadable).
@@ -290,7 +354,13 @@ def check_new_version(policy: Policy) -> None:
     each required member's part of the data key (:mod:`secfl.spm._recovery`), as
     approval needs their signature.
 
-    No name may stand for another's in TLS (:mod:`secfl.policy._tls_names`)."""
+    No name may stand for another's in TLS (:mod:`secfl.policy._tls_names`).
+
+    With its ``document``, a YAML one may not hold a plain value that YAML 1.1 reads
+    as text and people as a number (``lr: 1e-3``): every collaborator refused the
+    version its board had signed."""
+    if document is not None:
+        _check_yaml_reading(document)
     check_strings_visible(policy.model_dump(mode="json"))
     check_tls_names(policy)
     holders = {m.name for m in policy.board.members if m.recovery_key is not None}
@@ -316,6 +386,21 @@ def check_new_version(policy: Policy) -> None:
                 "pin it by its tag (`secfl shield encrypt` prints it): the board approves "
                 "code by its tag"
             )
+
+
+def _check_yaml_reading(document: str | bytes) -> None:
+    """Refuse what :class:`_NewVersionLoader` refuses in a YAML ``document`` (one that
+    :func:`load_policy` has read already)."""
+    if document.lstrip()[:1] in ("{", b"{"):
+        try:
+            json.loads(document)
+            return  # JSON: no such reading
+        except (ValueError, RecursionError):
+            pass
+    try:
+        yaml.load(document, Loader=_NewVersionLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        raise PolicyError(f"policy: {_yaml_message(exc)}") from None
 
 
 def code_pinned_by_counter(policy: Policy, service: str | None = None) -> list[str]:

@@ -1,0 +1,171 @@
+"""What a board member signs and writes, against the files a proposer hands over (found
+by a hostile review): a signature written through a link that came with a proposal, a
+write cut short by a full disk, versions `sign` approved though `validate` refused them,
+flag values YAML 1.1 reads otherwise than people do, and a policy in UTF-16.
+
+The writes run as real `secfl` processes (a real symbolic link, a real EFBIG from
+RLIMIT_FSIZE as a full disk gives ENOSPC); the rest through ``main()``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from secfl.fl._config import FederationConfig
+from secfl.policy import load_policy_file
+from tests.cli.test_policy_cli import _keygen, _write_policy
+from tests.cli.test_policy_init import ALL_SEALED, _init
+from tests.cli.test_policy_init import world as world  # the fixture, shared
+from tests.clirun import call, failed
+
+Capsys = pytest.CaptureFixture[str]
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def board(tmp_path: Path, capsys: Capsys) -> tuple[Path, Path]:
+    """Board keys and a policy they may sign: (policy.yaml, keys folder)."""
+    keys = tmp_path / "keys"
+
+    def run(*args: str) -> tuple[int, str, str]:
+        return call(capsys, "policy", *args)
+
+    _keygen(run, keys)
+    return _write_policy(tmp_path, keys), keys
+
+
+def _secfl(*args: str, limit: str = "") -> subprocess.CompletedProcess[str]:
+    """``secfl ARGS`` in a process of its own (under ``ulimit -f LIMIT``, SIGXFSZ
+    ignored, so a write past it fails with EFBIG as a full disk fails with ENOSPC)."""
+    argv = [sys.executable, "-m", "secfl.cli.main", *args]
+    if limit:
+        argv = ["sh", "-c", f'trap "" XFSZ; ulimit -f {limit} && exec "$@"', "sh", *argv]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # (no .pyc cut short by the limit)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
+
+
+def test_a_link_at_the_signatures_path_is_replaced_not_followed(board: tuple[Path, Path]) -> None:
+    """The proposer shipped `policy.yaml.alice.sig` as a link to where Alice keeps her
+    key: `secfl policy sign` wrote the signature through it, over her board key."""
+    policy, keys = board
+    key = keys / "alice.key"
+    before = key.read_bytes()
+    planted = policy.with_name("policy.yaml.alice.sig")
+    planted.symlink_to(key)
+    done = _secfl("policy", "sign", str(policy), "--key", str(key), "--member", "alice")
+    assert done.returncode == 0, done.stderr
+    assert key.read_bytes() == before  # her key is as it was
+    assert not planted.is_symlink() and '"member": "alice"' in planted.read_text()
+    verified = _secfl("policy", "verify", str(policy), "--sig", str(planted))
+    assert "error: approval: 1 valid signature(s) of the 2 required" in verified.stderr
+
+
+def test_a_signature_that_cannot_be_written_leaves_the_old_one(board: tuple[Path, Path]) -> None:
+    """Written in place, a signature cut short by a full disk was left empty."""
+    policy, keys = board
+    args = ("policy", "sign", str(policy), "--key", str(keys / "bob.key"), "--member", "bob")
+    assert _secfl(*args).returncode == 0
+    sig = policy.with_name("policy.yaml.bob.sig")
+    before = sig.read_bytes()
+    done = _secfl(*args, limit="0")
+    said = [line for line in done.stderr.splitlines() if not line.startswith("note: ")]
+    assert done.returncode == 1 and len(said) == 1, done.stderr
+    assert said[0].startswith(f"error: cannot write '{sig}': "), said
+    assert sig.read_bytes() == before
+    assert sorted(p.name for p in policy.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_the_signing_key_is_never_the_output(board: tuple[Path, Path], capsys: Capsys) -> None:
+    policy, keys = board
+    key = keys / "carol.key"
+    before = key.read_bytes()
+    err = failed(capsys, "policy", "sign", str(policy), "--key", str(key), "--member", "carol",
+                 "-o", str(key))  # fmt: skip
+    assert f"--output '{key}' is the signing key: give another file" in err
+    assert key.read_bytes() == before
+
+
+def _sign(capsys: Capsys, policy: Path, keys: Path) -> tuple[int, str, str]:
+    recovery = str(keys / "alice.recovery.pub")
+    return call(capsys, "policy", "sign", str(policy), "--key", str(keys / "alice.key"),
+                "--member", "alice", "--recovery-pub", recovery)  # fmt: skip
+
+
+@pytest.mark.parametrize("what", ["pins no code", "exponent as text"])
+def test_sign_refuses_what_validate_refuses(
+    board: tuple[Path, Path], capsys: Capsys, what: str
+) -> None:
+    """`sign` checked less than `validate` and the SPM: members signed a service that
+    accepts any SEV-SNP guest, and a `lr: 1e-3` that YAML 1.1 reads as the text "1e-3"
+    (every collaborator refused that version)."""
+    policy, keys = board
+    data = yaml.safe_load(policy.read_text())
+    if what == "pins no code":
+        data["services"][0]["measurements"]["snp"] = [{"vmpl": 0}]
+        data["platforms"]["accept"].append("snp")
+        policy.write_text(yaml.safe_dump(data, sort_keys=False))
+        said = "policy: services.agg.measurements.snp[0] pins no code: it accepts any snp workload"
+    else:
+        data["federation"]["train"] = {"lr": 0.5}
+        policy.write_text(yaml.safe_dump(data, sort_keys=False).replace("lr: 0.5", "lr: 1e-3"))
+        said = "1e-3 reads as text in YAML 1.1, not as a number: write it with a dot"
+    code, out, err = call(capsys, "policy", "validate", str(policy))
+    assert code == 1 and said in err, err
+    code, out, err = _sign(capsys, policy, keys)
+    assert code == 1 and said in err and out == "", err
+    assert not policy.with_name("policy.yaml.alice.sig").exists()
+
+
+def test_flag_values_are_read_as_people_write_them(world: Path, capsys: Capsys) -> None:
+    """`--train lr=1e-3` became the text "1e-3" (a version every collaborator refused);
+    `--set rounds=012` became 10; a deeply nested value was a traceback; an alias was
+    reported at a line of a document nobody sees."""
+    code, _, err = _init(capsys, "--validation", "validation.secfl", *ALL_SEALED,
+                         "--train", "lr=1e-3", "--train", "epochs=2")  # fmt: skip
+    assert (code, err) == (0, ""), err
+    policy = load_policy_file(world / "policy.yaml")
+    assert policy.federation["train"] == {"lr": 0.001, "epochs": 2}
+    FederationConfig.parse(policy.federation)  # as the aggregator reads it
+    for value, said in [
+        ("rounds=012", "--set rounds: 012 reads as 10 in YAML 1.1"),
+        ("seed=" + "[" * 1000, "--set seed: "),
+        ("seed=&a [*a]", "--set seed: YAML aliases are not allowed"),
+        ("seed=1e400", "--set seed: 1e400 is not a finite number"),
+        ("seed=.5e3", "--set seed: .5e3 reads as text in YAML 1.1"),  # (not JSON)
+    ]:
+        err = failed(capsys, "policy", "next", "policy.yaml", "-o", "next.yaml", "--set", value)
+        assert err.startswith(f"error: {said}"), err
+        assert not (world / "next.yaml").exists()
+
+
+def test_a_sealed_value_file_that_is_not_text_is_one_line(world: Path, capsys: Capsys) -> None:
+    (world / "bad.txt").write_bytes(b"\xff\xfe\xfd")
+    sealed = [s for s in ALL_SEALED if "task-key" not in s] + ["--sealed=task-key=@bad.txt"]
+    code, out, err = _init(capsys, "--validation", "validation.secfl", *sealed)
+    assert code == 1 and out == "", err
+    assert err == (
+        "error: --sealed task-key: 'bad.txt' is not a sealed value (the output of "
+        "`secfl policy seal-secret`)\n"
+    )
+
+
+def test_a_utf16_policy_is_read_alike_by_every_command(world: Path, capsys: Capsys) -> None:
+    """`validate` and `sign` read a UTF-16 policy (as an editor on Windows saves it);
+    `next` and `submit` read it as UTF-8 and refused it ("unacceptable character")."""
+    code, _, err = _init(capsys, "--validation", "validation.secfl", *ALL_SEALED)
+    assert code == 0, err
+    wide = world / "wide.yaml"
+    wide.write_bytes((world / "policy.yaml").read_text().encode("utf-16"))
+    code, _, err = call(capsys, "policy", "next", str(wide), "-o", "next.yaml")
+    assert (code, err) == (0, ""), err
+    after = load_policy_file(world / "next.yaml")
+    assert after.version == 2 and after.predecessor is not None
+    (world / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    err = failed(capsys, "policy", "next", "latin1.yaml")
+    assert "not UTF-8 text (byte 9): save it as UTF-8" in err
