@@ -169,3 +169,32 @@ def test_a_utf16_policy_is_read_alike_by_every_command(world: Path, capsys: Caps
     (world / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     err = failed(capsys, "policy", "next", "latin1.yaml")
     assert "not UTF-8 text (byte 9): save it as UTF-8" in err
+
+
+def test_sign_reset_signs_only_what_the_aggregator_can_accept(
+    board: tuple[Path, Path], capsys: Capsys
+) -> None:
+    """`sign-reset` signed a value past 2**63-1, a counter the policy does not have, and
+    with a key that is not the member's: each a reset the aggregator refuses, found out
+    only when it starts; its default counter was "rounds", whatever the policy's."""
+    policy, keys = board
+    reset = policy.with_name("reset.json")
+
+    def sign(*extra: str, key: str = "alice") -> tuple[int, str, str]:
+        signing = str(keys / f"{key}.key")
+        return call(capsys, "policy", "sign-reset", "--policy", str(policy), "--key", signing,
+                    "--member", "alice", "-o", str(reset), *extra)  # fmt: skip
+
+    for extra, key, said in [
+        (("--value", str(2**63)), "alice", "--value: the SPM counter's current value, from 0"),
+        (("--value", "3", "--counter", "rounds"), "alice",
+         "--counter: 'rounds' is not a counter of this policy (data-version, round)"),
+        (("--value", "3"), "bob", "sign: this key is not alice's key on this policy's board: "
+         "it is bob's: sign as --member bob, or with alice's own key\n"),
+    ]:  # fmt: skip
+        code, out, err = sign(*extra, key=key)
+        assert code == 1 and out == "" and said in err, err  # (the line's end, for bob's)
+        assert len(err.strip().splitlines()) == 1
+        assert not reset.exists()
+    code, out, err = sign("--value", "3")
+    assert code == 0 and "signature(s) for resetting 'round' at 3" in out, err

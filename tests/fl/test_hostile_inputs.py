@@ -281,7 +281,8 @@ def test_sign_reset_refuses_a_hostile_reset_file_in_one_line(
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
         before[path] = path.read_bytes()
         argvs.append(["policy", "sign-reset", "--policy", str(policy), "--value", "3",
-                      "--key", str(key), "--member", "alice", "-o", str(path)])  # fmt: skip
+                      "--counter", "round", "--key", str(key), "--member", "alice",
+                      "-o", str(path)])  # fmt: skip
     for done in run_all(argvs, tmp_path):
         one_error_line(done, "reset: ")
     assert all(path.read_bytes() == content for path, content in before.items())  # untouched

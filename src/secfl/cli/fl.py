@@ -190,19 +190,32 @@ def sign_reset(
     key: Annotated[str, typer.Option(help="Your board signing key (PEM).")],
     member: Annotated[str, typer.Option(help="Your board member name.")],
     out: Annotated[str, typer.Option("-o", "--out", help="The reset file (signatures added).")],
-    counter: Annotated[str, typer.Option(help="The counter name.")] = "rounds",
+    counter: Annotated[
+        str | None,
+        typer.Option(help="The counter name (default: the federation's, federation.counter)."),
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why the board resets.")] = "checkpoint lost",
 ) -> None:
     """Approve, as a board member, that the aggregator resumes past a lost checkpoint."""
     from secfl.fl._reset import reset_statement, sign_reset
+    from secfl.policy import _keys as keys
     from secfl.policy._canonical import digest
     from secfl.policy._document import load_policy
+    from secfl.policy._signatures import check_signer
 
     doc = load_policy(read_input(policy, "policy"))
-    if value < 0:
-        raise UsageError("--value must be >= 0")
+    if not 0 <= value < 2**63:  # what the aggregator accepts (secfl.fl._reset.check_reset)
+        raise UsageError("--value: the SPM counter's current value, from 0 to 2**63-1")
+    if counter is None:
+        named = doc.federation.get("counter", "rounds")
+        counter = named if isinstance(named, str) else "rounds"
+    if counter not in doc.counter_names():
+        names = ", ".join(sorted(doc.counter_names())[:16]) or "none"
+        raise UsageError(f"--counter: '{counter[:64]}' is not a counter of this policy ({names})")
+    signing_key = read_input(key, "signing key")
+    check_signer(doc.board, member, keys.load_private(signing_key), previous=False, versions=False)
     statement = reset_statement(doc.name, digest(doc), counter, value, reason)
-    count = sign_reset(Path(out), statement, read_input(key, "signing key"), member)
+    count = sign_reset(Path(out), statement, signing_key, member)
     typer.echo(
         f"{out}: {count} signature(s) for resetting '{counter}' at {value}, for version "
         f"{doc.version} of '{doc.name}' (digest {statement['policy_digest'][:16]}...)"

@@ -176,11 +176,14 @@ def sign_policy(policy: Policy, key_pem: keys.PrivateKey | bytes | str, member: 
     return sign_statement(POLICY_DOMAIN, digest(policy), key_pem, member)
 
 
-def check_signer(board: Board, member: str, key: keys.PrivateKey, *, previous: bool) -> None:
+def check_signer(
+    board: Board, member: str, key: keys.PrivateKey, *, previous: bool, versions: bool = True
+) -> None:
     """Refuse, before signing, to sign as ``member`` with a key that is not that member's
     on ``board``: such a signature never counts, and the member would find out only when
     the SPM refuses the version. ``previous`` says whether ``board`` is the version being
-    replaced (``--board``) rather than the policy's own, for the message."""
+    replaced (``--board``) rather than the policy's own, for the message; ``versions``
+    whether the signature is of a version (which may give the member a new key)."""
     mine = keys.public_pem(key.public_key()).decode()
     owner = next((m.name for m in board.members if m.public_key == mine), None)
     listed = next((m for m in board.members if m.name == member), None)
@@ -194,7 +197,7 @@ def check_signer(board: Board, member: str, key: keys.PrivateKey, *, previous: b
     whose = f"it is {owner}'s: sign as --member {owner}, or with {member}'s own key" if owner else (
         f"it is no member's key: sign with {member}'s own key"
     )  # fmt: skip
-    rotate = "" if previous else (
+    rotate = "" if previous or not versions else (
         f"; if this version gives {member} a new key, sign with the key of the board it "
         "replaces and name that version with --board FILE"
     )  # fmt: skip
