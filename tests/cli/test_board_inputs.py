@@ -198,3 +198,26 @@ def test_sign_reset_signs_only_what_the_aggregator_can_accept(
         assert not reset.exists()
     code, out, err = sign("--value", "3")
     assert code == 0 and "signature(s) for resetting 'round' at 3" in out, err
+
+
+def test_seal_secret_refuses_a_member_counted_twice(
+    board: tuple[Path, Path], capsys: Capsys, tmp_path: Path
+) -> None:
+    """The same `--board-key` twice passed the threshold check, and the value was sealed
+    for a board of one member with threshold 2, which no policy can have: it could never
+    be released, and nothing said so until then."""
+    from secfl.shield import generate_key, write_key_file
+
+    _, keys = board
+    key_file = tmp_path / "data.key"
+    write_key_file(key_file, generate_key())
+    again = tmp_path / "alice-again.pub"
+    again.write_text((keys / "alice.pub").read_text().replace("\n", "\r\n"))  # another form
+    err = failed(capsys, "policy", "seal-secret", "--key-file", str(key_file), "--policy", "p",
+                 "--secret", "data-key", "--spm", "https://127.0.0.1:9", "--spm-pin", "0" * 64,
+                 "--board-key", str(keys / "alice.pub"), "--board-key", str(again),
+                 "--threshold", "2")  # fmt: skip
+    assert err == (
+        f"error: --board-key: '{again}' is the same key as '{keys / 'alice.pub'}': give each "
+        "member's once\n"
+    )

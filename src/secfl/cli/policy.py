@@ -365,7 +365,7 @@ def seal_secret_cmd(
     first with another board gets nothing, nor do members who drop a required one."""
     from secfl.errors import SpmError
     from secfl.shield import key_from_file
-    from secfl.spm._sealing import board_binding, seal_imported
+    from secfl.spm._sealing import board_binding, member_key_digest, seal_imported
     from secfl.spm.client import SpmClient
 
     value = key_from_file(key_file)
@@ -374,6 +374,13 @@ def seal_secret_cmd(
         if "-----BEGIN PUBLIC KEY-----" not in pem:  # a private key given by mistake, say
             raise UsageError(
                 f"--board-key: '{path}' is not a PEM public key (give each member's .pub file)"
+            )
+    seen: dict[str, str] = {}
+    for path, pem in zip(board_key, keys, strict=True):
+        first = seen.setdefault(member_key_digest(pem), path)
+        if first != path:  # one member counted twice: a board no policy can have
+            raise UsageError(
+                f"--board-key: '{path}' is the same key as '{first}': give each member's once"
             )
     if threshold > len(keys):
         raise SpmError(

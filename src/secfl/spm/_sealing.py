@@ -43,6 +43,7 @@ __all__ = [
     "generate",
     "import_info",
     "issue_service_certificate",
+    "member_key_digest",
     "needs_renewal",
     "open_imported",
     "open_release",
@@ -324,14 +325,15 @@ def board_binding(public_keys: list[str], threshold: int, required: list[str] | 
     (found by a review)."""
     doc: dict[str, object] = {
         "threshold": int(threshold),
-        "members": sorted({_key_digest(pem) for pem in public_keys}),
+        "members": sorted({member_key_digest(pem) for pem in public_keys}),
     }
     if required:
-        doc["required"] = sorted({_key_digest(pem) for pem in required})
+        doc["required"] = sorted({member_key_digest(pem) for pem in required})
     return canonical_sha256(doc)
 
 
-def _key_digest(pem: str) -> str:
+def member_key_digest(pem: str) -> str:
+    """SHA-256 (hex) of a member's signing key (SPKI DER): the same key in any PEM form."""
     try:
         key = serialization.load_pem_public_key(pem.encode())
     except (ValueError, TypeError, UnicodeError):
