@@ -106,3 +106,37 @@ def test_decrypt_and_keygen_never_replace_the_key(
         capsys, "decrypt", str(vol), "-o", str(key), "--key-file", str(key)
     )
     assert key.read_bytes() == before
+
+
+def test_a_decryption_killed_half_way_leaves_no_file_that_looks_whole(
+    tmp_path: Path, owner: tuple[Path, Path]
+) -> None:
+    """From a review: `decrypt` wrote each file under its final name as it went, so one
+    killed half-way (SIGKILL, the OOM killer) left a truncated file that looked whole,
+    and the next run refused to overwrite it. A real process, killed while it writes."""
+    import signal
+    import time
+
+    _, key = owner
+    big = write_tree(tmp_path / "big", {"model.bin": os.urandom(1 << 20) * 96})
+    volume = tmp_path / "big.secfl"
+    encrypt_directory(big, volume, KEY)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "secfl.cli.main", "shield", "decrypt", str(volume),
+            "-o", str(out), "--key-file", str(key)]  # fmt: skip
+    # killed as soon as it wrote 8 MiB of the 96 (its written bytes polled without a
+    # pause: it writes them in well under a second)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    written = 0
+    deadline = time.monotonic() + 60
+    while written < (8 << 20) and proc.poll() is None and time.monotonic() < deadline:
+        with open(f"/proc/{proc.pid}/io") as io:
+            written = int(next(x for x in io if x.startswith("wchar:")).split()[1])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "it finished before it was killed"
+    assert written >= 8 << 20
+    assert [p.name for p in out.iterdir()] == []  # nothing half-written under any name
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (out / "model.bin").read_bytes() == (big / "model.bin").read_bytes()

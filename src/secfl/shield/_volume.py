@@ -277,10 +277,10 @@ class Volume:
         """Decrypt every file below ``dest`` (owner side), restoring permission bits.
 
         ``dest`` may exist; no existing file is overwritten (all targets are checked
-        first) and no symbolic link is followed below it. A file is written with
-        mode 0600 and gets its recorded mode once fully authenticated; a file whose
-        chunk fails authentication is removed and the error raised.
-        """
+        first) and no symbolic link is followed below it. A file appears under its
+        name only once it is whole and authenticated, with its recorded mode: one
+        whose chunk fails authentication, or a decryption killed half-way, leaves
+        nothing under that name."""
         dest = Path(dest)
         for entry in self._files:
             target = dest.joinpath(*entry.path.split("/"))
@@ -307,28 +307,26 @@ class Volume:
                     parent.mkdir()
                 if not stat.S_ISDIR(os.lstat(parent).st_mode):
                     raise ShieldError(f"shield: '{parent}' exists and is not a folder")
-            target = parent / parts[-1]
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-            fd = os.open(target, flags, 0o600)
-        except FileExistsError:
-            raise ShieldError(f"shield: refusing to overwrite '{parent / parts[-1]}'") from None
         except OSError as exc:
             raise ShieldError(
                 f"shield: cannot write '{dest / entry.path}': {exc.strerror or exc}"
             ) from None
+        target = parent / parts[-1]
+        # nameless until whole and authenticated (files.atomic_open): a file cut short
+        # (a kill, a full disk, a chunk that fails authentication) never appears under
+        # its name, where it looked complete
         try:
-            with os.fdopen(fd, "wb") as sink, VolumeFile(self._source, index, entry) as raw:
+            with (
+                files.atomic_open(target, mode=0o600, fsync=False, replace=False) as sink,
+                VolumeFile(self._source, index, entry) as raw,
+            ):
                 while n := raw.readinto(buffer):
                     sink.write(memoryview(buffer)[:n])
                 os.fchmod(sink.fileno(), entry.mode)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(target)
-            if isinstance(exc, OSError):
-                raise ShieldError(
-                    f"shield: cannot write '{target}': {exc.strerror or exc}"
-                ) from None
-            raise
+        except FileExistsError:
+            raise ShieldError(f"shield: refusing to overwrite '{target}'") from None
+        except OSError as exc:
+            raise ShieldError(f"shield: cannot write '{target}': {exc.strerror or exc}") from None
 
     # -- lifetime ---------------------------------------------------------------
 
