@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from secfl.spm._refusals import PER_WINDOW, RefusalBudget
+from secfl.spm._refusals import LANES, PER_WINDOW, RefusalBudget
 from secfl.spm.client import SpmClient, SpmRefused
 from tests.spm.harness import COLLABORATOR_MR, Board, SpmProcess, spm_with_policy
 from tests.spm.test_e2e import _attest_raw
@@ -51,6 +51,51 @@ def test_a_flood_of_junk_attestations_is_counted_not_logged_but_genuine_ones_are
     assert told == [
         {"event": "attestation.refused", "count": 20, "reason": "unverified refusals over budget"}
     ]
+
+
+def test_one_quote_replayed_with_fresh_nonces_is_counted_not_logged(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a hostile review: evidence that merely verified counted as genuine, so
+    one quote (of other code, or of the policy's code bound to another nonce), sent
+    again with a fresh nonce each time, wrote one permanent entry per request. Such
+    refusals now have a budget of their own: a junk flood does not hide them."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, x25519
+
+    from secfl.spm._report_data import spki_sha256, workload_report_data
+    from secfl.spm.enroll import make_csr
+    from tests.spm.harness import AGGREGATOR_MR
+    from tests.spm.test_e2e import platform
+
+    hpke = x25519.X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = make_csr(key, "aggregator")
+    bound = workload_report_data(os.urandom(32), hpke, spki_sha256(key.public_key()))
+    other_code = platform(sim).get_evidence(bound, measurement=COLLABORATOR_MR)
+    elsewhere = platform(sim).get_evidence(bound, measurement=AGGREGATOR_MR)
+    with (
+        spm_with_policy(tmp_path / "data", sim, board) as (proc, _),
+        SpmClient(proc.url, pin=proc.pin) as client,
+    ):
+        before = client.audit(0, 10000)["entries"][-1]["seq"]
+        for evidence, said in [(other_code, "^measurement: "), (elsewhere, "^report_data: ")]:
+            for _ in range(PER_WINDOW // 2 + 5):
+                with pytest.raises(SpmRefused, match=said):
+                    client.attest("fed", "aggregator", nonce=client.nonce(), evidence=evidence,
+                                  hpke_public_key=hpke, csr_pem=csr)  # fmt: skip
+        entries = client.audit(before, 10000)["entries"]
+    refused = [e for e in entries if e["event"] == "attestation.refused"]
+    assert len(refused) == PER_WINDOW
+    again = SpmProcess(tmp_path / "data", sim[0], None).start()
+    try:
+        with SpmClient(again.url, pin=again.pin) as client:
+            later = client.audit(entries[-1]["seq"], 10000)["entries"]
+    finally:
+        again.stop()
+    told = [e["detail"] for e in later if e["event"] == "audit.suppressed"]
+    assert told == [{"event": "attestation.refused", "count": 10, "reason": LANES["evidence"]}]
 
 
 class _Log:

@@ -116,7 +116,8 @@ class Attestor:
         now = datetime.now(UTC)
         nonce_state, nonce_expires = self.nonces.check(nonce, now)
         checked: tuple[PolicyRecord, Policy, Claims, x509.CertificateSigningRequest] | None = None
-        genuine = False  # evidence that verified: its refusals are audited one by one
+        verified = False  # evidence that verified: its refusals have a budget of their own
+        genuine = False  # the policy's code, bound to this nonce: audited one by one
         try:
             record, policy = self.policies.get(policy_name)
             detail["policy_version"] = record.version
@@ -136,15 +137,10 @@ class Attestor:
             if nonce_state != "ok":
                 raise Refused(f"nonce: the nonce is {nonce_state}")
             claims = check_evidence(policy, evidence, now, self.collateral)
-            genuine = True
+            verified = True
             detail["kind"] = claims.kind
             detail["measurement"] = next(iter(claims.measurements.values()), None)
             check_measurements(policy, service_name, claims.kind, claims.measurements)
-            refusal_reason = revoked_reason(
-                self.policies.revoked(policy_name), service_name, "", claims_identity(claims)
-            )
-            if refusal_reason is not None:
-                raise Refused(f"revoked: {refusal_reason}")
             try:
                 release_key(hpke_public_key)
             except SpmError as exc:
@@ -155,6 +151,16 @@ class Attestor:
                 raise Refused(
                     "report_data: the evidence does not bind this nonce, HPKE key and CSR key"
                 )
+            # Only now is it the policy's code, and fresh: evidence that merely verifies
+            # could be one quote (of any code, from any machine of an accepted kind)
+            # replayed with a new nonce each time, each refusal a permanent audit entry
+            # outside the refusal budget (a review)
+            genuine = True
+            refusal_reason = revoked_reason(
+                self.policies.revoked(policy_name), service_name, "", claims_identity(claims)
+            )
+            if refusal_reason is not None:
+                raise Refused(f"revoked: {refusal_reason}")
             checked = (record, policy, claims, csr)
         except Refused as exc:  # its text may quote the sender's (a certificate's name)
             refusal = Refused(one_line(str(exc)), exc.status)
@@ -176,7 +182,8 @@ class Attestor:
                 if genuine:
                     tx.audit.append("attestation.refused", policy_name, refused)
                 else:  # no genuine nonce or quote: anyone can send these, without end
-                    self.refusals.append(tx, "attestation.refused", policy_name, refused)
+                    lane = "evidence" if verified else "unverified"
+                    self.refusals.append(tx, "attestation.refused", policy_name, refused, lane=lane)
                 return refusal
             record, policy, claims, csr = checked
             try:

@@ -9,6 +9,11 @@ into the log one by one every :data:`WINDOW` seconds and counts the rest; the ne
 entry let in is preceded by ``audit.suppressed`` (the refused event, how many were
 left out), and so is a stopping SPM's log (:meth:`RefusalBudget.flush`). Refusals
 after a genuine quote or a valid board signature are always written one by one.
+
+A quote that verifies but is of other code, or not bound to its nonce, costs little
+more: one captured quote, replayed with a fresh nonce each time, was written one
+entry per request. Such refusals have a budget of their own (a *lane*), so a flood of
+junk does not hide them, nor they the junk.
 """
 
 from __future__ import annotations
@@ -20,12 +25,18 @@ from typing import Any
 
 from secfl.spm._tx import Tx
 
-__all__ = ["PER_WINDOW", "WINDOW", "RefusalBudget"]
+__all__ = ["LANES", "PER_WINDOW", "WINDOW", "RefusalBudget"]
 
 #: Unverified refusals of one kind written one by one per window.
 PER_WINDOW = 30
 #: Seconds of a window.
 WINDOW = 60.0
+#: The budgets of each event, and what ``audit.suppressed`` says of what each left out.
+LANES = {
+    "unverified": "unverified refusals over budget",
+    "evidence": "refusals of evidence that verified (of other code, or not bound to "
+    "its nonce) over budget",
+}
 
 
 class RefusalBudget:
@@ -41,39 +52,48 @@ class RefusalBudget:
         self.window = window
         self.clock = clock
         self._lock = threading.Lock()
-        #: event -> (window start, written in it, left out since the last written one)
-        self._state: dict[str, tuple[float, int, int]] = {}
+        #: (event, lane) -> (window start, written in it, left out since the last written)
+        self._state: dict[tuple[str, str], tuple[float, int, int]] = {}
 
-    def append(self, tx: Tx, event: str, policy: str | None, detail: dict[str, Any]) -> bool:
-        """Write the refusal ``event`` in ``tx``, unless this window's budget for it is
-        spent (then count it); whether it was written."""
-        now = self.clock()
+    def append(
+        self,
+        tx: Tx,
+        event: str,
+        policy: str | None,
+        detail: dict[str, Any],
+        *,
+        lane: str = "unverified",
+    ) -> bool:
+        """Write the refusal ``event`` in ``tx``, unless this window's budget for it (in
+        ``lane``, one of :data:`LANES`) is spent (then count it); whether it was written."""
+        if lane not in LANES:
+            raise ValueError(f"no refusal lane {lane!r}")
+        now, key = self.clock(), (event, lane)
         with self._lock:
-            start, written, left_out = self._state.get(event, (now, 0, 0))
+            start, written, left_out = self._state.get(key, (now, 0, 0))
             if now - start >= self.window:
                 start, written = now, 0
             if written >= self.per_window:
-                self._state[event] = (start, written, left_out + 1)
+                self._state[key] = (start, written, left_out + 1)
                 return False
-            self._state[event] = (start, written + 1, 0)
+            self._state[key] = (start, written + 1, 0)
         if left_out:
-            _suppressed(tx, event, left_out)
+            _suppressed(tx, key, left_out)
         tx.audit.append(event, policy, detail)
         return True
 
     def flush(self, tx: Tx) -> int:
         """Write what was left out and not yet told (the SPM stops); how many entries."""
         with self._lock:
-            told = {event: left for event, (_, _, left) in self._state.items() if left}
-            self._state = {e: (start, n, 0) for e, (start, n, _) in self._state.items()}
-        for event, left_out in sorted(told.items()):
-            _suppressed(tx, event, left_out)
+            told = {key: left for key, (_, _, left) in self._state.items() if left}
+            self._state = {k: (start, n, 0) for k, (start, n, _) in self._state.items()}
+        for key, left_out in sorted(told.items()):
+            _suppressed(tx, key, left_out)
         return len(told)
 
 
-def _suppressed(tx: Tx, event: str, count: int) -> None:
+def _suppressed(tx: Tx, key: tuple[str, str], count: int) -> None:
+    event, lane = key
     tx.audit.append(
-        "audit.suppressed",
-        None,
-        {"event": event, "count": count, "reason": "unverified refusals over budget"},
+        "audit.suppressed", None, {"event": event, "count": count, "reason": LANES[lane]}
     )
