@@ -9,7 +9,6 @@ group of routes is registered by its own function, for :func:`create_app`.
 from __future__ import annotations
 
 import base64
-import threading
 from typing import Annotated, Any
 
 from cryptography.hazmat.primitives import hashes
@@ -48,6 +47,7 @@ from secfl.spm._apierrors import SpmApi, http_refusal, validation_message
 from secfl.spm._audit import head_message
 from secfl.spm._events import check_event
 from secfl.spm._increment_route import IncrementRoute
+from secfl.spm._reading import ReadingTurns
 from secfl.spm._service import Spm
 
 __all__ = ["MAX_BODY", "create_app"]
@@ -129,19 +129,14 @@ def _spm_routes(app: FastAPI, spm: Spm) -> None:
 def _policy_routes(app: FastAPI, spm: Spm) -> None:
     """Board-approved policy versions and revocations."""
 
-    # Anyone may submit, and a document is read (up to a second of CPU for the largest)
-    # before a signature can be checked: a few at a time, the rest answered 503, so a
-    # flood of submissions cannot starve the SPM's other work (found by a review).
-    reading = threading.BoundedSemaphore(2)
+    # Anyone may submit, and a document is read before a signature can be checked: a
+    # few at a time, the rest in turn (secfl.spm._reading)
+    reading = ReadingTurns()
 
     @app.post("/v1/policies", responses=ERRORS)
     def submit_policy(body: PolicySubmission) -> PolicyOut:
-        if not reading.acquire(blocking=False):
-            raise Refused("busy: other policy documents are being read; try again", 503)
-        try:
+        with reading.turn():
             record = spm.submit_policy(body.document, [s.model_dump() for s in body.signatures])
-        finally:
-            reading.release()
         return PolicyOut(
             name=record.name,
             version=record.version,

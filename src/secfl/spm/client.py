@@ -21,6 +21,7 @@ import secrets
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -303,11 +304,22 @@ class SpmClient:
 
     # --- the API --------------------------------------------------------------------------
 
-    def submit_policy(self, document: str, signatures: Sequence[Any]) -> dict[str, Any]:
+    def submit_policy(
+        self, document: str, signatures: Sequence[Any], *, patience: float = 60.0
+    ) -> dict[str, Any]:
+        """Submit a version; while the SPM is busy reading others' documents (503),
+        ask again for up to ``patience`` seconds (a refused submission changes nothing,
+        so sending it again is harmless)."""
         sigs = [s if isinstance(s, dict) else s.model_dump(mode="json") for s in signatures]
-        return self._request(
-            "POST", "/v1/policies", json={"document": document, "signatures": sigs}
-        )
+        body = {"document": document, "signatures": sigs}
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return self._request("POST", "/v1/policies", json=body)
+            except SpmRefused as exc:
+                if exc.status != 503 or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.5 + secrets.randbelow(1000) / 1000)
 
     def policy(self, name: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/policies/{name}")

@@ -1,0 +1,107 @@
+"""Policy documents are read a few at a time, the rest in order of arrival. Found by a
+hostile review: answered "busy" at once, two slow submissions (a document of 90,000
+anchored values, seconds of YAML each) kept both turns taken, and every board's
+submission in between was refused. Against a real `secfl spm serve`; the turns' rules
+with threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from secfl.errors import Refused
+from secfl.spm._reading import ReadingTurns
+from secfl.spm.client import SpmClient, SpmRefused
+from tests.spm.harness import Board, SpmProcess, policy_document
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Slow to read (pure-Python YAML) and refused once read.
+SLOW = "a: [" + ", ".join(f"&x{i} 1" for i in range(90_000)) + "]\n"
+
+
+def test_a_board_gets_its_turn_between_slow_submissions(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    spm = SpmProcess(tmp_path / "data", sim[0], None).start()
+    answers: list[str] = []
+    try:
+
+        def slow() -> None:
+            with SpmClient(spm.url, pin=spm.pin) as client:
+                try:
+                    client.submit_policy(SLOW, [], patience=0)
+                except SpmRefused as exc:
+                    answers.append(str(exc))
+
+        floods = [threading.Thread(target=slow) for _ in range(2)]
+        for flood in floods:
+            flood.start()
+        time.sleep(0.5)  # both being read now
+        document = policy_document("board-first", board, sim[1])
+        with SpmClient(spm.url, pin=spm.pin) as client:
+            started = time.monotonic()
+            # no asking again: the SPM itself gives the board its turn
+            reply = client.submit_policy(document, board.sign(document, "alice", "bob"),
+                                         patience=0)  # fmt: skip
+            waited = time.monotonic() - started
+        for flood in floods:
+            flood.join(60)
+    finally:
+        spm.stop()
+    assert reply["name"] == "board-first" and reply["version"] == 1
+    assert len(answers) == 2 and all(a.startswith("policy: ") for a in answers), answers
+    assert waited < 60
+
+
+def test_turns_go_in_order_of_arrival_and_the_queue_is_bounded() -> None:
+    turns = ReadingTurns(readers=1, waiting=2, patience=5.0)
+    order: list[int] = []
+    gate = threading.Event()
+
+    def reader(n: int) -> None:
+        with turns.turn():
+            order.append(n)
+            gate.wait(5)
+
+    first = threading.Thread(target=reader, args=(0,))
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    waiting = []
+    for n in (1, 2):
+        waiting.append(threading.Thread(target=reader, args=(n,)))
+        waiting[-1].start()
+        time.sleep(0.1)  # arrives after the one before
+    busy = "^busy: many policy documents are waiting"
+    with pytest.raises(Refused, match=busy), turns.turn():
+        pass
+    gate.set()
+    for thread in [first, *waiting]:
+        thread.join(10)
+    assert order == [0, 1, 2]
+
+
+def test_one_that_waited_too_long_leaves_the_line_for_the_next() -> None:
+    turns = ReadingTurns(readers=1, waiting=4, patience=0.2)
+    release = threading.Event()
+    held = threading.Event()
+
+    def hold() -> None:
+        with turns.turn():
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    busy = "^busy: other policy documents are being read"
+    with pytest.raises(Refused, match=busy), turns.turn():
+        pass
+    release.set()
+    holder.join(5)
+    with turns.turn():  # the one that gave up is not at the head of the line
+        pass
