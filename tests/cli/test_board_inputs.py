@@ -221,3 +221,29 @@ def test_seal_secret_refuses_a_member_counted_twice(
         f"error: --board-key: '{again}' is the same key as '{keys / 'alice.pub'}': give each "
         "member's once\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "settings", "said"),
+    [
+        ("clone-audit", {"seed": -1}, "clone-audit: seed must be an integer >= 0, not -1"),
+        ("clone-audit", {"clones": 2**53}, "clone-audit: clones must be an integer from 2 to 1000"),
+        ("clone-audit", {"base_settings": 1}, "clone-audit: base_settings must be a mapping"),
+        ("clone-audit", {"seed": "x"}, "clone-audit: seed must be an integer >= 0, not 'x'"),
+        ("centered-clipping", {"tau": 1, "iterations": 2**53},
+         "centered-clipping: iterations must be an integer from 1 to 1000"),
+        ("dnc", {"dims": 2**40}, "dnc: dims must be an integer from 1 to 4194304"),
+    ],
+)  # fmt: skip
+def test_validate_refuses_strategy_settings_the_aggregator_cannot_run(
+    board: tuple[Path, Path], capsys: Capsys, strategy: str, settings: dict[str, object], said: str
+) -> None:
+    """From a review: `validate` passed them, or printed a traceback; the aggregator then
+    failed (a traceback, a 24 PiB allocation) or spun for ever at round 1, after every
+    site had trained."""
+    policy, _ = board
+    data = yaml.safe_load(policy.read_text())
+    data["federation"] |= {"strategy": strategy, "strategy_settings": settings}
+    policy.write_text(yaml.safe_dump(data, sort_keys=False))
+    err = failed(capsys, "policy", "validate", str(policy))
+    assert err.startswith(f"error: federation: strategy: {said}"), err

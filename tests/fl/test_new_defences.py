@@ -211,8 +211,8 @@ def test_dnc_refuses_in_one_line() -> None:
             lambda: DnC(f=6).aggregate(1, g, ups))  # fmt: skip
     refused(r"^dnc: needs n - c\*f >= 1", lambda: DnC(f=2, c=3.0).aggregate(1, g, ups))
     refused(r"^dnc: f must be an integer >= 0", lambda: DnC(f=-1))
-    refused(r"^dnc: iterations must be an integer >= 1", lambda: DnC(iterations=0))
-    refused(r"^dnc: dims must be an integer >= 1", lambda: DnC(dims=0))
+    refused(r"^dnc: iterations must be an integer from 1 to 1000", lambda: DnC(iterations=0))
+    refused(r"^dnc: dims must be an integer from 1 to 4194304", lambda: DnC(dims=0))
     refused(r"^dnc: c ", lambda: DnC(c=0))
     refused(r"^dnc: seed must be an integer >= 0", lambda: DnC(seed=-2))
     refused(r"^dnc: the round must be an integer >= 0", lambda: DnC(f=1).aggregate(-1, g, ups))

@@ -459,7 +459,7 @@ def test_registry_names_and_selected_default() -> None:
         (
             "centered-clipping",
             {"tau": 1, "iterations": 0},
-            "centered-clipping: iterations must be an integer >= 1, not 0",
+            "centered-clipping: iterations must be an integer from 1 to 1000, not 0",
         ),
     ],
 )

@@ -66,7 +66,11 @@ class Registry(Generic[T]):
             inspect.signature(cls).bind(**settings)
         except TypeError as exc:
             raise self.error(f"{self.kind} '{cls.name}': {exc}") from None
-        return cls(**settings)
+        try:
+            return cls(**settings)
+        except (TypeError, ValueError, OverflowError) as exc:  # a check the class lacks
+            message = " ".join(str(exc).split())[:200]
+            raise self.error(f"{self.kind} '{cls.name}': {type(exc).__name__}: {message}") from None
 
 
 def positive(value: Any, what: str, error: type[SecflError], *, allow_zero: bool = False) -> float:

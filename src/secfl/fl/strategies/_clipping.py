@@ -52,7 +52,9 @@ class CenteredClipping(Strategy):
     ) -> None:
         super().__init__(client_config=client_config)
         self.tau = positive(tau, f"{self.name}: tau")
-        self.iterations = _robust.count_setting(iterations, f"{self.name}: iterations", 1)
+        self.iterations = _robust.count_setting(
+            iterations, f"{self.name}: iterations", 1, _robust.MAX_ITERATIONS
+        )
         self._center: dict[str, np.ndarray] = {}
 
     def _check_center(self, names: Sequence[str], global_params: Params) -> None:

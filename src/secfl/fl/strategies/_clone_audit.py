@@ -109,6 +109,7 @@ from secfl.fl.strategies._clone_scoring import (
 )
 from secfl.fl.strategies._detection import DEFAULT_SIGNALS, Detector
 from secfl.fl.strategies._registry import get_strategy, register_strategy
+from secfl.fl.strategies._robust import count_setting
 
 __all__ = ["AuditRound", "CloneAudit"]
 
@@ -116,6 +117,9 @@ log = logging.getLogger("secfl.fl.strategies._clone_audit")
 
 #: The fewest kept updates whose median stands in for a base rule they are too few for.
 MEDIAN_FALLBACK = 3
+
+#: Clones per round at most: each is a whole aggregation of the round's updates.
+MAX_CLONES = 1000
 
 
 @register_strategy
@@ -147,10 +151,14 @@ class CloneAudit(Strategy):
         if base == self.name:
             raise FlError("clone-audit: the base rule cannot be the audit itself")
         self.base_name = base
+        if base_settings is not None and not isinstance(base_settings, Mapping):
+            raise FlError(f"clone-audit: base_settings must be a mapping, not {base_settings!r}")
         self.base_settings = dict(base_settings or {})
         self.base = get_strategy(base, client_config=client_config, **self.base_settings)
-        if type(clones) is not int or clones < 2:
-            raise FlError(f"clone-audit: clones must be an integer >= 2, not {clones!r}")
+        if type(clones) is not int or not 2 <= clones <= MAX_CLONES:
+            raise FlError(
+                f"clone-audit: clones must be an integer from 2 to {MAX_CLONES}, not {clones!r}"
+            )
         self.clones = clones
         self.fraction = positive(fraction, "clone-audit: fraction")
         if self.fraction >= 1:
@@ -175,7 +183,7 @@ class CloneAudit(Strategy):
                 f"not {validation_cap!r}"
             )
         self.validation_cap = validation_cap
-        self.seed = int(seed)
+        self.seed = count_setting(seed, "clone-audit: seed", 0)
         if isinstance(signals, str) or not isinstance(signals, Sequence):
             raise FlError(f"clone-audit: signals must be a list of names, not {signals!r}")
         self.detector = Detector(

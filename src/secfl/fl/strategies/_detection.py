@@ -197,9 +197,7 @@ class Detector:
         #: honest site's one odd round leaves it out for that round only, not for the
         #: rounds a large score would take to fade).
         self.cap = float(cap)
-        if isinstance(dims, bool) or not isinstance(dims, int) or dims < 16:
-            raise FlError(f"clone-audit: signal_dims must be an integer >= 16, not {dims!r}")
-        self.dims = dims
+        self.dims = _robust.count_setting(dims, "clone-audit: signal_dims", 16, _robust.MAX_DIMS)
         self.seed = int(seed)
         #: Each site's running mean of its features, for ``history``.
         self.past: dict[str, list[float]] = {}

@@ -77,8 +77,10 @@ class DnC(Strategy):
     ) -> None:
         super().__init__(client_config=client_config)
         self.f = _robust.count_setting(f, f"{self.name}: f", 0)
-        self.iterations = _robust.count_setting(iterations, f"{self.name}: iterations", 1)
-        self.dims = _robust.count_setting(dims, f"{self.name}: dims", 1)
+        self.iterations = _robust.count_setting(
+            iterations, f"{self.name}: iterations", 1, _robust.MAX_ITERATIONS
+        )
+        self.dims = _robust.count_setting(dims, f"{self.name}: dims", 1, _robust.MAX_DIMS)
         self.c = positive(c, f"{self.name}: c")
         if self.c * self.f > MAX_FILTERED:
             raise FlError(

@@ -39,10 +39,26 @@ def check_inputs(rule: str, global_params: Params, updates: Sequence[Update]) ->
         check_update(update, global_params)
 
 
-def count_setting(value: Any, what: str, minimum: int) -> int:
-    """``value`` as an ``int >= minimum``, else :class:`FlError`."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise FlError(f"{what} must be an integer >= {minimum}, not {value!r}")
+#: The largest count a strategy setting may have unless it says otherwise (a seed:
+#: numpy's generators take up to 2**63-1; a count of sites or updates is far smaller).
+MAX_COUNT = 2**63 - 1
+#: Repetitions of a rule's inner loop (each a pass over every update).
+MAX_ITERATIONS = 1000
+#: Coordinates a rule samples per update (an ``(n, dims)`` float64 matrix: 1.6 GiB at 50).
+MAX_DIMS = 1 << 22
+
+
+def count_setting(value: Any, what: str, minimum: int, maximum: int = MAX_COUNT) -> int:
+    """``value`` as an ``int`` from ``minimum`` to ``maximum``, else :class:`FlError`
+    (a policy's settings are its board's, but an iteration count of 2**53 hung the
+    aggregator at round 1, after every site had trained)."""
+    bound = f">= {minimum}" if maximum == MAX_COUNT else f"from {minimum} to {maximum}"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not minimum <= value <= maximum
+    ):
+        raise FlError(f"{what} must be an integer {bound}, not {value!r}")
     return int(value)
 
 
