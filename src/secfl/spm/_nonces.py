@@ -18,6 +18,8 @@ from typing import Literal
 __all__ = ["SIZE", "NonceIssuer", "State"]
 
 SIZE = 32
+#: Spent nonces kept in memory before the expired ones are first dropped.
+PRUNE_FROM = 10_000
 _DOMAIN = b"secfl/nonce/v1\n"
 
 State = Literal["ok", "unknown", "expired"]
@@ -31,14 +33,19 @@ class NonceIssuer:
         self.ttl = ttl
         #: nonce -> its expiry: the nonces this process saw spent (until they expire).
         self._spent: dict[bytes, datetime] = {}
+        #: Expired ones are dropped when there are this many: twice those left at the
+        #: last pruning, so that pruning costs each nonce O(1) (past 10,000 unexpired
+        #: ones it rebuilt the whole table on every attestation: a review).
+        self._prune_at = PRUNE_FROM
         self._lock = threading.Lock()
 
     def seen(self, nonce: bytes, now: datetime) -> bool:
         """Whether this process saw ``nonce`` spent before; records it otherwise. Kept
         in memory (in the TEE) beside the database's record, which it does not trust."""
         with self._lock:
-            if len(self._spent) > 10_000:
+            if len(self._spent) > self._prune_at:
                 self._spent = {n: t for n, t in self._spent.items() if t > now}
+                self._prune_at = max(PRUNE_FROM, 2 * len(self._spent))
             if nonce in self._spent:
                 return True
             expires = datetime.fromtimestamp(int.from_bytes(nonce[12:20], "big") / 1e6, UTC)
