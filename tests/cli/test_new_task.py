@@ -228,6 +228,20 @@ def test_a_non_empty_folder_is_refused_and_kept(
     assert (folder / "code" / "task.py").is_file()
 
 
+def test_force_never_writes_through_a_linked_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a review: with --force, a `data/` that was a link to another folder got the
+    template's CSV files written into whatever it led to."""
+    folder, elsewhere = tmp_path / "mine", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (folder / "data").symlink_to(elsewhere)
+    line = failed(capsys, "new", "task", str(folder), "--force")
+    assert f"new task: {folder / 'data'} is a symbolic link; the template is written only" in line
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_an_empty_folder_is_used(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = call(capsys, "new", "task", str(tmp_path), "--name", "t1")
     assert code == 0, err

@@ -79,9 +79,9 @@ def new_task(folder: Path, *, name: str | None = None, force: bool = False) -> N
             text = source.read_text(encoding="utf-8")
             text = text.replace("{{name}}", name).replace("{{package}}", package)
             target = folder / relative.replace(_PACKAGE_DIR, package)
-            written.append(_write(target, text.encode()))
+            written.append(_write(folder, target, text.encode()))
         for relative, text in synthetic_data().items():
-            written.append(_write(folder / "data" / relative, text.encode()))
+            written.append(_write(folder, folder / "data" / relative, text.encode()))
     except OSError as exc:
         raise UsageError(f"new task: cannot write {folder}: {exc.strerror or exc}") from None
     return NewTask(folder, name, package, written)
@@ -102,8 +102,19 @@ def _template_files(node: Traversable, prefix: str) -> list[tuple[Traversable, s
     return found
 
 
-def _write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write(folder: Path, path: Path, data: bytes) -> Path:
+    """Write ``path`` below ``folder``, through no symbolic link below it (with --force
+    a linked ``code/`` or ``data/`` sent the template's files wherever it led)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    below = folder
+    for part in path.relative_to(folder).parts[:-1]:
+        below = below / part
+        if below.is_symlink():
+            raise UsageError(
+                f"new task: {below} is a symbolic link; the template is written only into "
+                "folders of its own (remove the link, or choose a new folder)"
+            )
+        below.mkdir(exist_ok=True)
     return atomic_write(path, data, fsync=False)
 
 
