@@ -66,6 +66,29 @@ def test_a_link_at_the_signatures_path_is_replaced_not_followed(board: tuple[Pat
     assert "error: approval: 1 valid signature(s) of the 2 required" in verified.stderr
 
 
+# (not /dev/stdout itself: code with the bug, run as root, replaced it for the machine)
+@pytest.mark.parametrize("stream", ["/dev/fd/1", "/proc/self/fd/1", "link"])
+def test_a_signature_to_standard_output_goes_where_it_is_redirected(
+    board: tuple[Path, Path], stream: str
+) -> None:
+    """The review of the fix: with stdout redirected to a file, `--output /dev/stdout`
+    (a link to it) was replaced as a file would be: "No such file or directory", or,
+    as root, /dev/stdout itself became a regular file holding the signature."""
+    policy, keys = board
+    if stream == "link":  # a link of the user's own to the stream
+        stream = str(policy.with_name("out"))
+        os.symlink("/proc/self/fd/1", stream)
+    redirected = policy.with_name("sig.json")
+    argv = [sys.executable, "-m", "secfl.cli.main", "policy", "sign", str(policy), "--key",
+            str(keys / "alice.key"), "--member", "alice", "--output", stream]  # fmt: skip
+    with open(redirected, "wb") as out:
+        done = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, text=True, timeout=60,
+                              check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # (the line that names the file follows on the same stream, from its own offset)
+    assert '"signature": "' in redirected.read_text()
+
+
 def test_a_signature_that_cannot_be_written_leaves_the_old_one(board: tuple[Path, Path]) -> None:
     """Written in place, a signature cut short by a full disk was left empty."""
     policy, keys = board
@@ -160,12 +183,15 @@ def test_a_utf16_policy_is_read_alike_by_every_command(world: Path, capsys: Caps
     `next` and `submit` read it as UTF-8 and refused it ("unacceptable character")."""
     code, _, err = _init(capsys, "--validation", "validation.secfl", *ALL_SEALED)
     assert code == 0, err
-    wide = world / "wide.yaml"
-    wide.write_bytes((world / "policy.yaml").read_text().encode("utf-16"))
-    code, _, err = call(capsys, "policy", "next", str(wide), "-o", "next.yaml")
-    assert (code, err) == (0, ""), err
-    after = load_policy_file(world / "next.yaml")
-    assert after.version == 2 and after.predecessor is not None
+    for encoding in ("utf-16", "utf-16-le"):  # (the review of the fix: no byte order mark)
+        wide = world / f"{encoding}.yaml"
+        wide.write_bytes((world / "policy.yaml").read_text().encode(encoding))
+        code, _, err = call(capsys, "policy", "validate", str(wide))
+        assert code == 0, err
+        code, _, err = call(capsys, "policy", "next", str(wide), "-o", "next.yaml", "--force")
+        assert (code, err) == (0, ""), err
+        after = load_policy_file(world / "next.yaml")
+        assert after.version == 2 and after.predecessor is not None
     (world / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     err = failed(capsys, "policy", "next", "latin1.yaml")
     assert "not UTF-8 text (byte 9): save it as UTF-8" in err
@@ -213,14 +239,16 @@ def test_seal_secret_refuses_a_member_counted_twice(
     write_key_file(key_file, generate_key())
     again = tmp_path / "alice-again.pub"
     again.write_text((keys / "alice.pub").read_text().replace("\n", "\r\n"))  # another form
-    err = failed(capsys, "policy", "seal-secret", "--key-file", str(key_file), "--policy", "p",
-                 "--secret", "data-key", "--spm", "https://127.0.0.1:9", "--spm-pin", "0" * 64,
-                 "--board-key", str(keys / "alice.pub"), "--board-key", str(again),
-                 "--threshold", "2")  # fmt: skip
-    assert err == (
-        f"error: --board-key: '{again}' is the same key as '{keys / 'alice.pub'}': give each "
-        "member's once\n"
-    )
+    alice = str(keys / "alice.pub")
+    for second in (str(again), alice):  # (the review of the fix: the same path twice)
+        err = failed(capsys, "policy", "seal-secret", "--key-file", str(key_file), "--policy",
+                     "p", "--secret", "data-key", "--spm", "https://127.0.0.1:9", "--spm-pin",
+                     "0" * 64, "--board-key", alice, "--board-key", second,
+                     "--threshold", "2")  # fmt: skip
+        assert err == (
+            f"error: --board-key: '{second}' is the same key as '{alice}': give each "
+            "member's once\n"
+        )
 
 
 @pytest.mark.parametrize(
@@ -247,3 +275,23 @@ def test_validate_refuses_strategy_settings_the_aggregator_cannot_run(
     policy.write_text(yaml.safe_dump(data, sort_keys=False))
     err = failed(capsys, "policy", "validate", str(policy))
     assert err.startswith(f"error: federation: strategy: {said}"), err
+
+
+def test_what_init_and_next_write_validates(world: Path, capsys: Capsys) -> None:
+    """The review of the fix: `init --settings` with a task's `lr: 1e-3`, or text given
+    quoted (`--train 'tag="1e-3"'`), was written unquoted, and `validate` then refused
+    the policy `init` had just written."""
+    (world / "fed.yaml").write_text("train: {lr: 1e-3, epochs: 2}\n")
+    code, _, err = _init(capsys, "--validation", "validation.secfl", *ALL_SEALED,
+                         "--settings", "fed.yaml", "--train", 'tag="1e-3"')  # fmt: skip
+    assert (code, err) == (0, ""), err
+    assert "tag: '1e-3'" in (world / "policy.yaml").read_text()
+    code, _, err = call(capsys, "policy", "validate", "policy.yaml")
+    assert code == 0, err
+    train = load_policy_file(world / "policy.yaml").federation["train"]
+    assert train == {"lr": 0.001, "epochs": 2, "tag": "1e-3"}
+    code, _, err = call(capsys, "policy", "next", "policy.yaml", "--train", 'note="2e5"')
+    assert code == 0, err
+    code, _, err = call(capsys, "policy", "validate", "policy-v2.yaml")
+    assert code == 0, err
+    assert load_policy_file(world / "policy-v2.yaml").federation["train"]["note"] == "2e5"

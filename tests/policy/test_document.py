@@ -480,7 +480,10 @@ def test_deep_nesting_and_huge_documents_are_refused() -> None:
         ("just text", "policy: the document must be a mapping of fields, not text"),
         ("1: x\n", "policy: name: missing required field (and 6 more errors)"),
         ("? [a, b]\n: c\n", "policy: YAML line 1, column 3: a mapping key must be a plain value"),
-        (b"name: \xff\xfe\xfa", "policy: YAML: "),
+        (
+            b"name: \xff\xfe\xfa",
+            "policy: the document is not UTF-8 text (byte 6): save it as UTF-8",
+        ),
         ("name: !!python/object:os.system x\n", "policy: YAML line 1, column 7: "),
     ],
 )

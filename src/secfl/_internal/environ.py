@@ -125,7 +125,8 @@ def notable(env: Mapping[str, str], dropped: Iterable[str]) -> list[str]:
     but trust stores that name the system's own (OpenSSL's default file or folder),
     which many hosts set for every process; naming them on every start is noise."""
     defaults = ssl.get_default_verify_paths()
-    system = {os.path.realpath(p) for p in (defaults.openssl_cafile, defaults.openssl_capath)}
+    named = (defaults.openssl_cafile, defaults.openssl_capath)
+    system = {os.path.realpath(p) for p in named if p}  # ("": no such default)
 
     def is_system(name: str) -> bool:
         value = env.get(name, "")

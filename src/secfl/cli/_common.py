@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -88,13 +89,34 @@ def write_output(data: bytes, path: str | None) -> None:
         raise UsageError(f"cannot write '{path}': {exc.strerror or exc}") from None
 
 
+#: Where a path names a process's streams (``/dev/stdout``, ``/dev/fd/1``,
+#: ``/proc/self/fd/1``): written to in place, whatever file the stream is.
+_STREAM_FOLDERS = ("/dev/", "/proc/")
+
+
 def _is_stream(path: str) -> bool:
-    """Whether ``path`` leads to a pipe or a character device (through links)."""
+    """Whether ``path`` is a stream to write to in place rather than a file to
+    replace: a pipe, a device or a socket, or a name under /dev or /proc, or a link
+    into them (``/dev/stdout`` of a redirected stdout is a regular file there)."""
+    if os.path.abspath(path).startswith(_STREAM_FOLDERS):
+        return True
+    with contextlib.suppress(OSError):
+        if os.path.islink(path) and os.path.join(
+            os.path.dirname(os.path.abspath(path)), os.readlink(path)
+        ).startswith(_STREAM_FOLDERS):
+            return True
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def replaces_file(output: str, key: str) -> bool:
+    """Whether writing ``output`` (:func:`write_output`: a link there is replaced,
+    never followed) would replace the file ``key`` leads to."""
+    where = os.path.realpath(os.path.dirname(os.path.abspath(output)))
+    return os.path.join(where, os.path.basename(output)) == os.path.realpath(key)
 
 
 # --- federation settings given as flags (policy init, policy next) -------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,7 +10,7 @@ import typer
 
 from secfl._internal.values import shown
 from secfl.cli import revocation
-from secfl.cli._common import err, out, read_input, write_output
+from secfl.cli._common import err, out, read_input, replaces_file, write_output
 from secfl.cli.policy_init import init_cmd
 from secfl.cli.policy_next import next_cmd
 from secfl.errors import PolicyError, UsageError
@@ -132,13 +131,6 @@ def _check_new(policy: Policy, raw: bytes | str, *, warn: bool = False) -> None:
         err.print(f"warning: {warning}", markup=False)
 
 
-def _same_file(output: str, key: str) -> bool:
-    """Whether writing ``output`` (which replaces a link there, never follows it) would
-    replace the file ``key`` leads to."""
-    where = os.path.realpath(os.path.dirname(os.path.abspath(output)))
-    return os.path.join(where, os.path.basename(output)) == os.path.realpath(key)
-
-
 @app.command("show")
 def show_cmd(
     file: Annotated[str, typer.Argument(help="The policy (YAML); - for stdin.")],
@@ -212,7 +204,7 @@ def sign_cmd(
         if file == "-":
             raise UsageError("give --output when the policy comes from standard input")
         output = f"{file}.{member}.sig"
-    if output != "-" and _same_file(output, key):
+    if output != "-" and replaces_file(output, key):
         raise UsageError(f"--output '{output}' is the signing key: give another file")
     raw = read_input(file, "policy")
     policy = load_policy(raw)
@@ -377,11 +369,13 @@ def seal_secret_cmd(
             )
     seen: dict[str, str] = {}
     for path, pem in zip(board_key, keys, strict=True):
-        first = seen.setdefault(member_key_digest(pem), path)
-        if first != path:  # one member counted twice: a board no policy can have
+        digest = member_key_digest(pem)
+        if digest in seen:  # one member counted twice: a board no policy can have
             raise UsageError(
-                f"--board-key: '{path}' is the same key as '{first}': give each member's once"
+                f"--board-key: '{path}' is the same key as '{seen[digest]}': give each "
+                "member's once"
             )
+        seen[digest] = path
     if threshold > len(keys):
         raise SpmError(
             f"seal: the threshold {threshold} is more than the {len(keys)} board keys given"

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from secfl.cli._common import err, out, read_input, write_output
+from secfl.cli._common import err, out, read_input, replaces_file, write_output
 from secfl.cli.audit import printable
 from secfl.cli.status import policy_name, when
 from secfl.errors import UsageError
@@ -223,7 +222,7 @@ def sign_revocation_cmd(
 
     statement = statement_from_flags(kind, subject, serial, service, reason, readmit)
     statement_digest = _revocation_digest(policy, statement)
-    if output != "-" and Path(output).resolve() == Path(key).resolve():
+    if output != "-" and replaces_file(output, key):
         raise UsageError(f"--output: '{output}' is your key file; name another file")
     signature = sign_statement(
         REVOCATION_DOMAIN, statement_digest, read_input(key, "signing key"), member

@@ -34,19 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from secfl.errors import PolicyError
 from secfl.fl._config import FederationConfig
 from secfl.fl._host_settings import AGGREGATOR, LISTEN, OUTPUT
 from secfl.fl._injected import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.fl._policy_check import check_federation
 from secfl.launcher._measurement import describe_measured, run_measurement
-from secfl.policy._document import load_policy
+from secfl.policy._document import check_new_version, load_policy
 from secfl.policy._fields import NAME
 from secfl.policy._model import Policy
 from secfl.policy._sealed import check_sealed
 from secfl.policy._todo import todo, todos
+from secfl.policy._yaml_out import dump_yaml
 
 __all__ = [
     "HARDWARE",
@@ -151,6 +150,7 @@ def init_policy(plan: FederationPlan) -> Template:
     doc = _document(plan)
     text = _render(plan, doc)
     policy = load_policy(text)
+    check_new_version(policy, text)
     check_sealed(policy)
     warnings = check_federation(policy)
     return Template(text, policy, todos(policy), warnings, _run_lines(plan))
@@ -332,20 +332,8 @@ def _run_lines(plan: FederationPlan) -> dict[str, str]:
     return lines
 
 
-class _Dumper(yaml.SafeDumper):
-    """Multi-line text (PEM keys and certificates) as literal blocks, long lines unfolded."""
-
-
-def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _text)
-
-
 def _render(plan: FederationPlan, doc: dict[str, Any]) -> str:
-    body = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True)
+    body = dump_yaml(doc)
     lines = body.splitlines()
     start = lines.index("services:")
     for service in reversed([plan.aggregator, *plan.sites]):

@@ -41,6 +41,7 @@ from secfl.policy._model import Policy, code_fields_text, pins_code
 from secfl.policy._references import key_path
 from secfl.policy._tls_names import check_tls_names
 from secfl.policy._visible import check_no_lone_cr, check_strings_visible, check_visible
+from secfl.policy._yaml_out import EXPONENT_TEXT
 
 __all__ = [
     "MAX_BYTES",
@@ -176,9 +177,6 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:bool", _StrictLoader.construct_
 _HIDING_ESCAPE = re.compile(r"(?<!\\)(\\\\)*\\[xuUN_LP]")
 #: Integers as a reader takes them: decimal, no leading zero, no '_'.
 _DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)")
-#: Numbers with an exponent that YAML 1.1 reads as text (its floats need a dot and a
-#: signed exponent): ``lr: 1e-3`` is the string "1e-3", which a reader takes for a number.
-_EXPONENT_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
 
 
 class _NewVersionLoader(_StrictLoader):
@@ -187,7 +185,7 @@ class _NewVersionLoader(_StrictLoader):
 
     def construct_yaml_str(self, node: Any) -> Any:
         text = super().construct_yaml_str(node)
-        if node.style is None and _EXPONENT_TEXT.fullmatch(text):
+        if node.style is None and EXPONENT_TEXT.fullmatch(text):
             raise ConstructorError(
                 None, None, f"{text} reads as text in YAML 1.1, not as a number: write it "
                 "with a dot and a signed exponent (1.0e-3) or in decimal, or quote it",
@@ -254,6 +252,8 @@ def load_policy(text: str | bytes) -> Policy:
     """
     if len(text) > MAX_BYTES:
         raise PolicyError(f"policy: the document is larger than {MAX_BYTES} bytes")
+    if isinstance(text, bytes):  # decoded once, one way, for every command
+        text = policy_text(text)
     data = _parse(text)
     if data is None:
         raise PolicyError("policy: the document is empty")
@@ -391,7 +391,9 @@ def check_new_version(policy: Policy, document: str | bytes | None = None) -> No
 def _check_yaml_reading(document: str | bytes) -> None:
     """Refuse what :class:`_NewVersionLoader` refuses in a YAML ``document`` (one that
     :func:`load_policy` has read already)."""
-    if document.lstrip()[:1] in ("{", b"{"):
+    if isinstance(document, bytes):
+        document = policy_text(document)
+    if document.lstrip()[:1] == "{":
         try:
             json.loads(document)
             return  # JSON: no such reading
@@ -401,6 +403,8 @@ def _check_yaml_reading(document: str | bytes) -> None:
         yaml.load(document, Loader=_NewVersionLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         raise PolicyError(f"policy: {_yaml_message(exc)}") from None
+    except yaml.YAMLError as exc:  # (load_policy read it: not expected)
+        raise PolicyError(f"policy: YAML: {_one_line(str(exc))}") from None
 
 
 def code_pinned_by_counter(policy: Policy, service: str | None = None) -> list[str]:

@@ -22,12 +22,11 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import yaml
-
 from secfl.errors import PolicyError
 from secfl.policy._canonical import digest
 from secfl.policy._document import _parse, load_policy
 from secfl.policy._model import Policy
+from secfl.policy._yaml_out import dump_yaml
 
 __all__ = ["next_version"]
 
@@ -54,7 +53,7 @@ def next_version(text: str, federation: Mapping[str, Any] | None = None) -> tupl
         if edited is not None and _reads_as(edited, doc):
             break
     else:
-        edited = _dump(doc)
+        edited = dump_yaml(doc)
     return load_policy(edited), edited
 
 
@@ -83,7 +82,7 @@ def _edit(
     if section is not None:
         start = _top_level(lines, "federation")
         if start is None:
-            lines.extend(_dump({"federation": doc["federation"]}).splitlines())
+            lines.extend(dump_yaml({"federation": doc["federation"]}).splitlines())
         else:
             edited = section(lines, start, dict(old.get("federation") or {}), doc["federation"])
             if edited is None:
@@ -138,7 +137,7 @@ def _replace_section(
 ) -> list[str]:
     """The whole section written out again (its comments are lost)."""
     end = _block_end(lines, start)
-    return [*lines[:start], *_dump({"federation": new}).splitlines(), *lines[end:]]
+    return [*lines[:start], *dump_yaml({"federation": new}).splitlines(), *lines[end:]]
 
 
 def _top_level(lines: list[str], key: str) -> int | None:
@@ -158,24 +157,4 @@ def _block_end(lines: list[str], start: int) -> int:
 
 def _flow(value: Any) -> str:
     """``value`` as YAML on one line (``{epochs: 2, lr: 0.05}``, ``previous``, ``12``)."""
-    text = yaml.safe_dump(
-        value, default_flow_style=True, width=1 << 16, allow_unicode=True, sort_keys=False
-    )
-    return text.removesuffix("\n").removesuffix("\n...").strip()
-
-
-class _Dumper(yaml.SafeDumper):
-    """Multi-line text (PEM keys) as literal blocks; long lines never folded."""
-
-
-def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar(
-        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
-    )
-
-
-_Dumper.add_representer(str, _text)
-
-
-def _dump(doc: dict[str, Any]) -> str:
-    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1 << 16, allow_unicode=True)
+    return dump_yaml(value, flow=True)
