@@ -50,8 +50,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import resource
 import ssl
 import time
 from collections.abc import Callable
@@ -63,6 +61,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from secfl._internal.fdlimit import RESERVED_FDS, open_fds, raise_file_limit
 from secfl.errors import SpmError
 
 __all__ = [
@@ -79,7 +78,6 @@ __all__ = [
 log = logging.getLogger("uvicorn.error")
 
 #: Descriptors kept free for the database pool, logs and the event loop itself.
-RESERVED_FDS = 64
 #: Bytes a request line and its headers may take (httptools has no limit of its own).
 MAX_HEAD = 64 * 1024
 #: The ASGI scope's key for the client certificate (DER) of the request's connection.
@@ -115,31 +113,15 @@ class Limits:
             )
 
 
-def _open_fds() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return 32
-
-
 def file_budget(limits: Limits) -> Limits:
     """``limits`` with ``max_connections`` and ``backlog`` fitted to this process's file
     limit, after raising its soft limit to the hard one. :class:`SpmError` if the limit
     leaves too little room to serve."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass  # keep the soft limit we have
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
+    soft = raise_file_limit()
     # Up to about three accept batches (each at most ``backlog``) can be open before
     # the guard sees them and evicts; see the module docstring.
     backlog = max(8, min(limits.backlog, soft // 8))
-    room = soft - _open_fds() - RESERVED_FDS - 3 * backlog
+    room = soft - open_fds() - RESERVED_FDS - 3 * backlog
     if room < MIN_CONNECTIONS:
         need = soft - room + MIN_CONNECTIONS
         raise SpmError(

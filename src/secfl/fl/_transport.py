@@ -40,6 +40,7 @@ from typing import TypeVar
 import grpc
 from cryptography import x509
 
+from secfl._internal import fdlimit
 from secfl.errors import SecflError, TransportError
 from secfl.fl._channel import CLIENT_OPTIONS, RECONNECT_OPTIONS, Client
 from secfl.fl._peers import PEER_CACHE_SIZE, Peer, PeerPolicy
@@ -110,13 +111,32 @@ MIN_WORKERS = 16
 #: round of bench_scale.py. The cost: over a WAN one upload moves at most 4 MiB per
 #: round trip (42 MB/s at 100 ms). Downloads are governed by the clients' windows.
 UPLOAD_WINDOW = 4 << 20
-#: The server's gRPC options: message limits, and the fixed upload window.
+#: Milliseconds a connection has to finish its TLS handshake: one that sends nothing
+#: is closed then (gRPC's default, two minutes, let idle sockets pile up).
+HANDSHAKE_TIMEOUT_MS = 10_000
+#: Connections a server accepts at most, whatever its file limit allows: a federation
+#: has far fewer peers, each with a connection or two.
+MAX_CONNECTIONS = 4096
+#: The server's gRPC options: message limits, the fixed upload window, the handshake's
+#: deadline (the connection cap depends on the process: :func:`connection_cap`).
 SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", UPLOAD_WINDOW),
+    ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
 )
+
+
+def connection_cap() -> int:
+    """Connections the server may hold: what the open-file limit (raised to the hard
+    one) leaves once the process's own files are set aside, at most
+    :data:`MAX_CONNECTIONS`. Uncapped, 1100 idle TCP connections (no TLS needed) took
+    every descriptor under a limit of 1024: no collaborator could join and the
+    aggregator could not write its checkpoint (a review). Past the cap, connections are
+    refused and the process keeps its files; a flood can still keep peers waiting."""
+    room = fdlimit.raise_file_limit() - fdlimit.open_fds() - fdlimit.RESERVED_FDS
+    return max(16, min(MAX_CONNECTIONS, room // 2))  # (a pending accept holds one too)
 
 
 def pool_size(peers: int) -> int:
@@ -152,9 +172,8 @@ class Server:
         self._exchange: dict[str, Exchange] = {}
         if workers is None:
             workers = pool_size(len(peers.services))
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers), options=list(SERVER_OPTIONS)
-        )
+        options = [*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", connection_cap())]
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()  # calls under way, per peer service
         self._next_config: grpc.ServerCertificateConfiguration | None = None
