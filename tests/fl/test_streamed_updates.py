@@ -82,6 +82,58 @@ def test_a_silent_stream_from_a_peer_not_sampled_does_not_block_the_round(
         outsider.close()
 
 
+def test_a_stream_whose_sender_was_dropped_as_silent_is_not_counted(fed: Federation) -> None:
+    """Found by a hostile review: a sampled site that went silent mid-stream past
+    ``dead_after`` was dropped, then finished its stream, and its update was folded
+    into the round's model: the round counted it as a participant and as dropped."""
+    settings = {"rounds": 1, "min_clients": 2, "quorum": 1, "heartbeat": 0.5,
+                "dead_after": 2.0, "round_timeout": 30, "join_timeout": 30, "max_attempts": 1,
+                "seed": 1}  # fmt: skip
+    agg = fed.aggregator(settings, services=[site(0), "quiet"])
+    honest, quiet = RawClient(fed, agg.port, site(0)), RawClient(fed, agg.port, "quiet")
+    stop = threading.Event()
+    try:
+        honest.join()
+        quiet.join()
+        run = Background(agg.run, "aggregator")
+        run.start()
+        honest_head, honest_params, _ = honest.train()
+        head, params, _ = quiet.train()
+
+        def beat() -> None:  # the honest site is alive all along
+            while not stop.is_set():
+                honest.client.unary(BEAT, msg.encode({"kind": "beat"}))
+                time.sleep(0.3)
+
+        threading.Thread(target=beat, daemon=True).start()
+        payload = to_bytes(params)
+        update = {"kind": "update", "round": head["round"], "attempt": head["attempt"],
+                  "epoch": head["epoch"], "samples": 10, "metrics": {"loss": 1.0}}  # fmt: skip
+
+        def pieces() -> Iterator[bytes]:
+            yield msg.header_bytes(update) + payload[:1000]
+            wait_for(lambda: "quiet" in agg.rounds.attempt.dropped, "the drop", timeout=20)
+            yield payload[1000:]
+
+        late = Background(lambda: quiet.client.upload(msg.SUBMIT, pieces()), "quiet")
+        late.start()
+        with pytest.raises((FlError, TransportError), match="has no pending update"):
+            late.outcome()
+        stop.set()
+        reply = honest.submit(honest_head["round"], honest_head["attempt"], to_bytes(honest_params))
+        assert reply["kind"] == "accepted"
+        run.outcome()
+        entry = agg.history[-1]
+        assert entry["dropped"] == ["quiet"]
+        assert entry["participants"] == [site(0)] and entry["updates"] == 1
+    finally:
+        stop.set()
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        honest.close()
+        quiet.close()
+
+
 # --- 2. add() does not hold the accumulator while it folds ---------------------------------
 
 

@@ -138,6 +138,11 @@ class Submissions:
         def done(header: dict[str, Any]) -> None:
             update = Update(peer.service, {"_": np.zeros(0)}, got["samples"], got["metrics"])
             with self.cond:
+                # vetted again: a sender dropped as silent (or refused) while its stream
+                # came in, or a round that moved on, takes none (raising takes the
+                # folded stream back out); its update was counted and it was listed
+                # as dropped (a review)
+                self._vet(header, peer, a)
                 a.updates[peer.service] = update
                 self._settled(a)
 
