@@ -105,3 +105,43 @@ def test_one_that_waited_too_long_leaves_the_line_for_the_next() -> None:
     holder.join(5)
     with turns.turn():  # the one that gave up is not at the head of the line
         pass
+
+
+def test_one_senders_many_connections_cannot_keep_another_sender_out() -> None:
+    """The review of the queue: twelve connections of one sender, each asking again
+    the moment it was answered, kept the queue full, and a board that asked again
+    every second was never read in a minute. A sender with nothing waiting takes the
+    place of the crowd's newest."""
+    turns = ReadingTurns(readers=2, waiting=8, patience=5.0)
+    stop = threading.Event()
+    read: dict[str, int] = {"crowd": 0, "board": 0}
+
+    def crowd() -> None:
+        while not stop.is_set():
+            try:
+                with turns.turn("10.0.0.66"):
+                    read["crowd"] += 1
+                    time.sleep(0.2)
+            except Refused:
+                pass
+
+    flood = [threading.Thread(target=crowd) for _ in range(12)]
+    for thread in flood:
+        thread.start()
+    time.sleep(0.5)  # the queue is full
+    started = time.monotonic()
+    try:
+        for _ in range(10):  # as SpmClient.submit_policy asks again
+            try:
+                with turns.turn("10.0.0.7"):
+                    read["board"] += 1
+                break
+            except Refused:
+                time.sleep(1.0)
+        waited = time.monotonic() - started
+    finally:
+        stop.set()
+        for thread in flood:
+            thread.join(10)
+    assert read["board"] == 1 and read["crowd"] > 0
+    assert waited < 5.0  # behind at most the queue's eight, two at a time

@@ -134,8 +134,8 @@ def _policy_routes(app: FastAPI, spm: Spm) -> None:
     reading = ReadingTurns()
 
     @app.post("/v1/policies", responses=ERRORS)
-    def submit_policy(body: PolicySubmission) -> PolicyOut:
-        with reading.turn():
+    def submit_policy(body: PolicySubmission, request: Request) -> PolicyOut:
+        with reading.turn(request.client.host if request.client else ""):
             record = spm.submit_policy(body.document, [s.model_dump() for s in body.signatures])
         return PolicyOut(
             name=record.name,
