@@ -20,6 +20,18 @@ from tests.spm.test_e2e import _attest_raw
 pytestmark = pytest.mark.timeout(120)
 
 
+def _suppressed_after_restart(data: Path, sim: tuple[Path, bytes], after: int) -> list[Any]:
+    """The SPM on ``data`` started again (it stopped with SIGTERM): the details of the
+    ``audit.suppressed`` entries after entry ``after`` (what it left out is told)."""
+    again = SpmProcess(data, sim[0], None).start()
+    try:
+        with SpmClient(again.url, pin=again.pin) as client:
+            later = client.audit(after, 10000)["entries"]
+    finally:
+        again.stop()
+    return [e["detail"] for e in later if e["event"] == "audit.suppressed"]
+
+
 def test_a_flood_of_junk_attestations_is_counted_not_logged_but_genuine_ones_are(
     tmp_path: Path, sim: tuple[Path, bytes], board: Board
 ) -> None:
@@ -40,14 +52,7 @@ def test_a_flood_of_junk_attestations_is_counted_not_logged_but_genuine_ones_are
     assert len(refused) == PER_WINDOW + 1
     assert all(r.startswith("nonce: the nonce is unknown") for r in reasons[:PER_WINDOW])
     assert reasons[-1].startswith("measurement: ")
-    # the SPM stopped (SIGTERM): what it left out is told in the log
-    again = SpmProcess(tmp_path / "data", sim[0], None).start()
-    try:
-        with SpmClient(again.url, pin=again.pin) as client:
-            later = client.audit(entries[-1]["seq"], 10000)["entries"]
-    finally:
-        again.stop()
-    told = [e["detail"] for e in later if e["event"] == "audit.suppressed"]
+    told = _suppressed_after_restart(tmp_path / "data", sim, entries[-1]["seq"])
     assert told == [
         {"event": "attestation.refused", "count": 20, "reason": "unverified refusals over budget"}
     ]
@@ -88,13 +93,7 @@ def test_one_quote_replayed_with_fresh_nonces_is_counted_not_logged(
         entries = client.audit(before, 10000)["entries"]
     refused = [e for e in entries if e["event"] == "attestation.refused"]
     assert len(refused) == PER_WINDOW
-    again = SpmProcess(tmp_path / "data", sim[0], None).start()
-    try:
-        with SpmClient(again.url, pin=again.pin) as client:
-            later = client.audit(entries[-1]["seq"], 10000)["entries"]
-    finally:
-        again.stop()
-    told = [e["detail"] for e in later if e["event"] == "audit.suppressed"]
+    told = _suppressed_after_restart(tmp_path / "data", sim, entries[-1]["seq"])
     assert told == [{"event": "attestation.refused", "count": 10, "reason": LANES["evidence"]}]
 
 
