@@ -67,7 +67,7 @@ def test_a_link_at_the_signatures_path_is_replaced_not_followed(board: tuple[Pat
 
 
 # (not /dev/stdout itself: code with the bug, run as root, replaced it for the machine)
-@pytest.mark.parametrize("stream", ["/dev/fd/1", "/proc/self/fd/1", "link"])
+@pytest.mark.parametrize("stream", ["/dev/fd/1", "/proc/self/fd/1"])
 def test_a_signature_to_standard_output_goes_where_it_is_redirected(
     board: tuple[Path, Path], stream: str
 ) -> None:
@@ -75,9 +75,6 @@ def test_a_signature_to_standard_output_goes_where_it_is_redirected(
     (a link to it) was replaced as a file would be: "No such file or directory", or,
     as root, /dev/stdout itself became a regular file holding the signature."""
     policy, keys = board
-    if stream == "link":  # a link of the user's own to the stream
-        stream = str(policy.with_name("out"))
-        os.symlink("/proc/self/fd/1", stream)
     redirected = policy.with_name("sig.json")
     argv = [sys.executable, "-m", "secfl.cli.main", "policy", "sign", str(policy), "--key",
             str(keys / "alice.key"), "--member", "alice", "--output", stream]  # fmt: skip
@@ -87,6 +84,24 @@ def test_a_signature_to_standard_output_goes_where_it_is_redirected(
     assert done.returncode == 0, done.stderr
     # (the line that names the file follows on the same stream, from its own offset)
     assert '"signature": "' in redirected.read_text()
+
+
+@pytest.mark.parametrize("via", ["/proc/self/root", "/dev/.."])
+def test_a_planted_link_into_dev_or_proc_is_replaced_not_followed(
+    board: tuple[Path, Path], via: str
+) -> None:
+    """The review of the fix: a link whose target merely began with /dev/ or /proc/
+    counted as a stream and was written through, and /proc/self/root/... (or
+    /dev/../...) leads anywhere: to the member's key again."""
+    policy, keys = board
+    key = keys / "alice.key"
+    before = key.read_bytes()
+    planted = policy.with_name("policy.yaml.alice.sig")
+    planted.symlink_to(via + str(key))
+    done = _secfl("policy", "sign", str(policy), "--key", str(key), "--member", "alice")
+    assert done.returncode == 0, done.stderr
+    assert key.read_bytes() == before
+    assert not planted.is_symlink() and '"member": "alice"' in planted.read_text()
 
 
 def test_a_signature_that_cannot_be_written_leaves_the_old_one(board: tuple[Path, Path]) -> None:

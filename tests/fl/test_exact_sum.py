@@ -202,7 +202,7 @@ def receive(
         update.sender,
         lambda header: int(header["samples"]),
         5.0,
-        lambda header: None,
+        lambda header, commit: commit(),
     )
 
 
@@ -222,6 +222,28 @@ def broken_after(parts: list[bytes], count: int) -> Iterator[bytes]:
 
 def sums_of(acc: FedAvgAccumulator) -> dict[str, bytes]:
     return {name: total.tobytes() for name, total in acc.exact.sums.items()}
+
+
+def test_an_update_refused_once_wholly_folded_is_taken_back_out() -> None:
+    """The review of a fix: a sender dropped as silent while its stream came in was
+    refused once the stream ended, but after the stream had been counted in the sum,
+    so the model held the update the round listed as dropped."""
+    global_params, updates = spread_round(8, 2)
+    receiver = Receiver(1 << 20)
+    acc = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
+    never = FedAvg().accumulator(1, global_params, weight_bound=1 << 20)
+    never.add(updates[0])
+    receive(receiver, acc, global_params, updates[0], iter(pieces_of(message(updates[0]))))
+
+    def dropped(header: dict[str, Any], commit: Any) -> None:  # as _submit's re-vet
+        raise FlError(f"protocol: '{updates[1].sender}' has no pending update in this round")
+
+    with pytest.raises(FlError, match="has no pending update"):
+        receiver.receive(iter(pieces_of(message(updates[1]))), acc, global_params,
+                         updates[1].sender, lambda h: int(h["samples"]), 5.0, dropped)  # fmt: skip
+    assert acc.senders == never.senders and acc.exact.total == never.exact.total
+    assert sums_of(acc) == sums_of(never)
+    assert receiver._owner is None and not acc.busy
 
 
 @pytest.mark.parametrize("stretch", [FOLD_BYTES, 98], ids=["one-stretch", "many-stretches"])

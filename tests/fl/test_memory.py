@@ -170,7 +170,9 @@ def test_receiving_a_streamed_update_needs_the_sum_and_a_small_window(tmp_path: 
     acc = FedAvg().accumulator(1, global_params, weight_bound=10)
 
     def run() -> None:
-        receiver.receive(iter(parts), acc, global_params, "a", lambda h: 3, 5.0, lambda h: None)
+        receiver.receive(
+            iter(parts), acc, global_params, "a", lambda h: 3, 5.0, lambda h, commit: commit()
+        )
 
     extra = _rss_peak_above(run)
     window = SLOTS * FOLD_BYTES
@@ -195,7 +197,9 @@ def test_finishing_needs_a_few_blocks_beside_the_sum(tmp_path: Path) -> None:
     template = to_bytes(global_params)
     receiver = Receiver(len(template) + (1 << 20), spill_dir=tmp_path)
     acc = FedAvg().accumulator(1, global_params, weight_bound=10)
-    receiver.receive(iter(parts), acc, global_params, "a", lambda h: 3, 5.0, lambda h: None)
+    receiver.receive(
+        iter(parts), acc, global_params, "a", lambda h: 3, 5.0, lambda h, commit: commit()
+    )
     del parts
     out: list[memoryview | None] = []
     extra = _rss_peak_above(lambda: out.append(acc.finish_into(template)))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
+import re
 import stat
 import sys
 from datetime import UTC, datetime
@@ -89,27 +89,25 @@ def write_output(data: bytes, path: str | None) -> None:
         raise UsageError(f"cannot write '{path}': {exc.strerror or exc}") from None
 
 
-#: Where a path names a process's streams (``/dev/stdout``, ``/dev/fd/1``,
-#: ``/proc/self/fd/1``): written to in place, whatever file the stream is.
-_STREAM_FOLDERS = ("/dev/", "/proc/")
+#: The names of this process's own streams (``/dev/fd/1``, ``/proc/self/fd/1``...):
+#: written to in place, whatever file the stream is (a redirected stdout is a regular
+#: file, which replacing would not reach).
+_STREAM_NAME = re.compile(r"/dev/(stdout|stderr|fd/[0-9]{1,6})|/proc/self/fd/[0-9]{1,6}")
 
 
 def _is_stream(path: str) -> bool:
-    """Whether ``path`` is a stream to write to in place rather than a file to
-    replace: a pipe, a device or a socket, or a name under /dev or /proc, or a link
-    into them (``/dev/stdout`` of a redirected stdout is a regular file there)."""
-    if os.path.abspath(path).startswith(_STREAM_FOLDERS):
+    """Whether ``path`` is a stream to write to in place rather than a file to replace:
+    one of this process's stream names, or (not a link) a pipe, a device or a socket.
+    Never because of where a link says it leads: a link to ``/proc/self/root/...`` (or
+    ``/dev/../home/...``) leads anywhere, and one planted as a signature's name was
+    written through to the member's key (the review of the fix)."""
+    if _STREAM_NAME.fullmatch(os.path.normpath(os.path.abspath(path))):
         return True
-    with contextlib.suppress(OSError):
-        if os.path.islink(path) and os.path.join(
-            os.path.dirname(os.path.abspath(path)), os.readlink(path)
-        ).startswith(_STREAM_FOLDERS):
-            return True
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except OSError:
         return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
 
 
 def replaces_file(output: str, key: str) -> bool:

@@ -124,7 +124,7 @@ class Receiver:
         sender: str,
         check: Check,
         wait: float,
-        done: Callable[[dict[str, Any]], None],
+        done: Callable[[dict[str, Any], Callable[[], None]], None],
         *,
         alive: Callable[[], None] = lambda: None,
         stall: float = 10.0,
@@ -136,14 +136,17 @@ class Receiver:
         ``check(header)`` vets the message header (it raises to refuse) and returns
         the sample count: it runs on the header alone, before the window is taken, so
         a caller that owes no update never holds it, and again once the stream has the
-        window. ``done(header)`` records the update once it is wholly folded, before a
-        :meth:`cancel` can run. Waiting for the window lasts at most ``wait`` seconds;
-        a stream holding it that has sent nothing for ``stall`` seconds loses it (and
-        its folded part), and so does one that has held it past its share of the time
-        while another waits (:func:`secfl.fl._turn.overstayed`: a sender that trickles
-        its update in keeps no one from sending theirs), and its ``lost(why)`` is called. A
-        waiter's ``check`` runs again while it waits: one that owes no update any more
-        neither waits on nor counts against the owner's share.
+        window. ``done(header, commit)`` is called once it is wholly folded, before a
+        :meth:`cancel` can run: it vets the update again and calls ``commit()``, which
+        counts it in the sum, then records it; if it raises before ``commit()``, the
+        stream is taken out again (a sender dropped while its update came in).
+        Waiting for the window lasts at most ``wait`` seconds; a stream holding it that
+        has sent nothing for ``stall`` seconds loses it (and its folded part), and so
+        does one that has held it past its share of the time while another waits
+        (:func:`secfl.fl._turn.overstayed`: a sender that trickles its update in keeps
+        no one from sending theirs), and its ``lost(why)`` is called. A waiter's
+        ``check`` runs again while it waits: one that owes no update any more neither
+        waits on nor counts against the owner's share.
         ``alive()`` is called while this stream waits and as it comes in (the sender is
         busy, not silent). On any failure the folded part is
         taken out again and the error raised (:class:`FlError`, or
@@ -200,8 +203,8 @@ class Receiver:
                     beat = time.monotonic()
             with self._lock:
                 self._mine(stream)
-                stream.end()
-                done(stream.header)
+                stream.finish()
+                done(stream.header, stream.commit)
                 self._owner = None
                 self._lock.notify_all()
         except BaseException:

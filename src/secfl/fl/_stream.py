@@ -146,7 +146,9 @@ class Stream:
                 self.busy[at] = None
                 job.result()  # raises the job's error
 
-    def end(self) -> None:
+    def finish(self) -> None:
+        """The stream ended: every stretch folded (still uncounted: :meth:`commit`
+        counts it, :meth:`abort` takes it out)."""
         if self.incoming is None:
             raise TransportError(f"message: the stream ended after {self.size} bytes")
         if self.size != self.expected:
@@ -155,6 +157,10 @@ class Stream:
             )
         self._submit()
         self._settled(wait=True)
+
+    def commit(self) -> None:
+        """Count the finished update as its sender's in the sum; close the spill file."""
+        assert self.incoming is not None  # (finish() saw to it)
         self.incoming.done(self.elements)
         self._close()
 

@@ -135,14 +135,15 @@ class Submissions:
             got["metrics"] = msg.metric_values(header)
             return int(got["samples"])
 
-        def done(header: dict[str, Any]) -> None:
+        def done(header: dict[str, Any], commit: Callable[[], None]) -> None:
             update = Update(peer.service, {"_": np.zeros(0)}, got["samples"], got["metrics"])
             with self.cond:
-                # vetted again: a sender dropped as silent (or refused) while its stream
-                # came in, or a round that moved on, takes none (raising takes the
-                # folded stream back out); its update was counted and it was listed
-                # as dropped (a review)
+                # vetted again before it counts: a sender dropped as silent (or refused)
+                # while its stream came in, or a round that moved on, takes none (the
+                # raise takes the folded stream back out); its update was in the model
+                # while the round listed it as dropped (a review, and its review)
                 self._vet(header, peer, a)
+                commit()
                 a.updates[peer.service] = update
                 self._settled(a)
 
