@@ -145,3 +145,49 @@ def test_one_senders_many_connections_cannot_keep_another_sender_out() -> None:
             thread.join(10)
     assert read["board"] == 1 and read["crowd"] > 0
     assert waited < 5.0  # behind at most the queue's eight, two at a time
+
+
+def test_a_newcomer_does_not_push_out_a_few_requests_behind_one_address() -> None:
+    """The review of the sharing: two honest requests behind one NAT lost their place
+    to any newcomer. Only an address holding half the queue or more gives way."""
+    turns = ReadingTurns(readers=1, waiting=6, patience=3.0)
+    release, answers = threading.Event(), {}
+
+    def hold() -> None:
+        with turns.turn("10.0.0.1"):
+            release.wait(5)
+
+    def wait(name: str, peer: str) -> None:
+        try:
+            with turns.turn(peer):
+                answers[name] = "read"
+        except Refused as exc:
+            answers[name] = str(exc)
+
+    reader = threading.Thread(target=hold)
+    reader.start()
+    time.sleep(0.1)
+    queued = [threading.Thread(target=wait, args=(f"nat-{i}", "192.0.2.1")) for i in range(2)]
+    queued += [
+        threading.Thread(target=wait, args=(f"other-{i}", f"198.51.100.{i}")) for i in range(4)
+    ]
+    for thread in queued:
+        thread.start()
+        time.sleep(0.05)
+    busy = "^busy: many policy documents are waiting"
+    with pytest.raises(Refused, match=busy), turns.turn("203.0.113.9"):
+        pass
+    release.set()
+    for thread in [reader, *queued]:
+        thread.join(10)
+    assert answers == {
+        name: "read" for name in ["nat-0", "nat-1", *(f"other-{i}" for i in range(4))]
+    }
+
+
+def test_an_ipv6_sender_counts_once_for_its_whole_64() -> None:
+    from secfl.spm._reading import _address_group
+
+    assert _address_group("2001:db8::1") == _address_group("2001:db8::ffff:2") == "2001:db8::/64"
+    assert _address_group("::ffff:192.0.2.1") == "192.0.2.1" != _address_group("::ffff:192.0.2.2")
+    assert _address_group("192.0.2.1") == "192.0.2.1"

@@ -8,15 +8,17 @@ a few seconds apart locked every board out of submitting, as any request that ca
 between them found both turns taken (a review). Waiting requests hold a worker thread
 each, hence the queue's bound.
 
-A full queue is shared fairly between the addresses it serves: a request from an
-address with nothing waiting takes the place of the newest one of the address with
-the most waiting, so one sender's many connections cannot keep every other sender out
-(the review of the queue: twelve of them did). Senders behind one address (a NAT, a
-TCP proxy) share its places.
+A full queue is shared between the addresses it serves: a request from an address
+with nothing waiting takes the place of the newest one of an address holding half the
+queue or more, so one sender's many connections cannot keep every other sender out
+(the review of the queue: twelve of them did), and a few honest requests behind one
+NAT are not pushed out by a newcomer. An IPv6 /64 counts as one address (one host
+commonly has all of it). Senders with many addresses can still fill the queue.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -49,6 +51,7 @@ class ReadingTurns:
     def turn(self, peer: str = "") -> Iterator[None]:
         """Wait for this request's turn (``peer``: the address it came from), then read
         its document in the block."""
+        peer = _address_group(peer)
         with self._cond:
             if len(self._queue) >= self.waiting and not self._evict_for(peer):
                 raise Refused("busy: many policy documents are waiting to be read; try again", 503)
@@ -82,15 +85,29 @@ class ReadingTurns:
 
     def _evict_for(self, peer: str) -> bool:
         """Make room for ``peer`` in the full queue if it has nothing waiting and
-        another address has two or more; whether it did (caller holds the lock)."""
+        another address holds half the queue or more; whether it did (caller holds
+        the lock)."""
         waiting = Counter(t.peer for t in self._queue)
         if waiting[peer]:
             return False
         crowd, count = waiting.most_common(1)[0]
-        if count < 2:
+        if count < max(2, self.waiting // 2):
             return False
         newest = next(t for t in reversed(self._queue) if t.peer == crowd)
         newest.evicted = True
         self._queue.remove(newest)
         self._cond.notify_all()
         return True
+
+
+def _address_group(peer: str) -> str:
+    """The address a request counts under: an IPv6 address's /64, else the address."""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
