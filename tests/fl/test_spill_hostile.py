@@ -133,7 +133,7 @@ def test_no_spill_descriptor_but_the_receivers_outlives_a_stream_on_any_path(
         with contextlib.suppress(FlError, TransportError):
             receiver.receive(
                 pieces, acc, global_params, updates[who].sender,  # type: ignore[arg-type]
-                lambda header: int(header["samples"]), 5.0, lambda header: None, **kw,  # type: ignore[arg-type]
+                lambda header: int(header["samples"]), 5.0, lambda header, commit: commit(), **kw,  # type: ignore[arg-type]
             )  # fmt: skip
 
     def fresh() -> object:
@@ -177,7 +177,7 @@ def test_no_spill_descriptor_but_the_receivers_outlives_a_stream_on_any_path(
     with pytest.raises(FlError, match=r"cannot make a spill file in .*gone: No such file"):
         gone.receive(
             iter(parts), acc, global_params, "site-1",  # type: ignore[arg-type]
-            lambda header: int(header["samples"]), 5.0, lambda header: None,
+            lambda header: int(header["samples"]), 5.0, lambda header, commit: commit(),
         )  # fmt: skip
     assert len(_open_under(tmp_path)) == 1  # the receiver's spill file
     assert list(tmp_path.iterdir()) == []
@@ -242,7 +242,7 @@ def test_a_sender_held_up_by_a_slow_disk_is_not_taken_for_stalled(
         try:
             receiver.receive(
                 pieces, acc, global_params, updates[who].sender,
-                lambda header: int(header["samples"]), 30.0, lambda header: None,
+                lambda header: int(header["samples"]), 30.0, lambda header, commit: commit(),
                 alive=alive, stall=stall,  # type: ignore[arg-type]
             )  # fmt: skip
         except (FlError, TransportError) as exc:
