@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from secfl.errors import PolicyError
 from secfl.policy import Board, Policy, check_approval, load_policy, sign_policy
 from secfl.policy import _keys as keys
-from secfl.policy._document import validation_message
 from secfl.policy._signatures import sign_statement
+from secfl.policy._validation_text import validation_message
 from tests.policy import member_keys, policy_dict, to_yaml
 
 HUGE = "9" * 5000  # more digits than int() converts (4300): ValueError in PyYAML and json

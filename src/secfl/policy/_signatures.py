@@ -91,7 +91,7 @@ class Signature(BaseModel):
     @classmethod
     def from_json(cls, text: str | bytes) -> Signature:
         """Parse a signature file; any problem is a one-line :class:`PolicyError`."""
-        from secfl.policy._document import validation_message
+        from secfl.policy._validation_text import validation_message
 
         try:
             return cls.model_validate_json(text)
