@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -287,6 +288,24 @@ def test_extract_refuses_to_overwrite_and_restores_modes(tmp_path: Path) -> None
         volume.extract(tmp_path / "fresh")
     restored = read_tree(tmp_path / "fresh")
     assert restored["run.sh"][1] == 0o755 and restored["secret.key"][1] == 0o600
+
+
+def test_modes_are_restored_where_a_nameless_file_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a review: where /proc cannot link a nameless file (a sandbox), it is copied
+    under a name, and the copy had the creation mode (0600), not the file's own."""
+    from secfl._internal import files
+
+    def unlinkable(fd: int, name: str, parent: int) -> None:
+        raise OSError(errno.ENOENT, "No such file or directory")
+
+    monkeypatch.setattr(files, "_link_fd", unlinkable)
+    src = tree(tmp_path / "src")
+    encrypt_directory(src, tmp_path / "v.vol", KEY, chunk_size=CHUNK)
+    with Volume.open(tmp_path / "v.vol", KEY) as volume:
+        volume.extract(tmp_path / "out")
+    assert read_tree(tmp_path / "out") == read_tree(src)
 
 
 def test_encrypt_refuses_links_and_special_files(tmp_path: Path) -> None:

@@ -137,9 +137,11 @@ def _new_file(parent: int, tmp: str, mode: int) -> tuple[int, bool]:
 
 def _copy_named(fd: int, tmp: str, parent: int, mode: int, *, fsync: bool) -> None:
     """The whole nameless file ``fd`` copied into a new file ``tmp`` in ``parent``,
-    where it cannot be linked by its descriptor."""
+    where it cannot be linked by its descriptor, with ``fd``'s permissions as they are
+    now (a caller may have changed them from ``mode``: a decrypted file's own)."""
     out = os.open(tmp, _FLAGS, mode, dir_fd=parent)
     try:
+        os.fchmod(out, stat.S_IMODE(os.fstat(fd).st_mode))
         offset = 0
         while data := os.pread(fd, 1 << 20, offset):
             view = memoryview(data)
