@@ -140,3 +140,25 @@ def test_a_decryption_killed_half_way_leaves_no_file_that_looks_whole(
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert (out / "model.bin").read_bytes() == (big / "model.bin").read_bytes()
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "force"])
+@pytest.mark.parametrize("key_by", ["file", "hex"])
+def test_an_output_that_is_a_link_loop_or_a_name_too_long_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    owner: tuple[Path, Path],
+    force: list[str],
+    key_by: str,
+) -> None:
+    """Found by a review: `Path.resolve` raises RuntimeError on a link loop and
+    `Path.is_symlink` raises on a name too long (Python 3.11): both were tracebacks."""
+    src, key = owner
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    keys = ["--key-file", str(key)] if key_by == "file" else ["--key-hex", KEY.hex()]
+    for output in (loop, loop / "out.vol", tmp_path / ("a" * 300)):
+        message = failed(capsys, "encrypt", str(src), "-o", str(output), *keys, *force)
+        assert message.startswith("error: "), message
+        assert "Traceback" not in message and "\n" not in message.strip(), message
+    assert os.readlink(loop) == "loop"

@@ -561,3 +561,40 @@ def test_a_key_holders_other_content_under_the_same_tag_is_refused_when_streamed
         with pytest.raises(ShieldError, match="does not match its SHA-256"):
             while stream.read(4096):
                 pass
+
+
+def test_a_volume_opened_with_hidden_names_refuses_without_naming_a_file(
+    sample: Path, tmp_path: Path
+) -> None:
+    """What `secfl run` opens (``reveal_names=False``): its refusals reach the host, so
+    they name a file by its place in the manifest, never by the sealed path (a review
+    read every name of a volume from the refusals to one flipped byte at a time)."""
+    where = entries(sample)
+    data = bytearray(sample.read_bytes())
+    data[where["a/two.bin"][0] + 5] ^= 1  # chunk 0 of the manifest's second file
+    bad = tmp_path / "bad.vol"
+    bad.write_bytes(bytes(data))
+    refusals = []
+    with Volume.open(bad, KEY, reveal_names=False) as v:
+        for attempt in (
+            lambda: v.read_bytes("a/two.bin"),
+            v.verify,
+            lambda: v.extract(tmp_path / "out"),
+            lambda: v.entry("a/secret-name.csv"),
+            lambda: v.listdir("secret-folder"),
+        ):
+            with pytest.raises(ShieldError, match=ERROR) as info:
+                attempt()
+            refusals.append(str(info.value))
+    assert [r.split(": ", 2)[-1].split(" (")[0] for r in refusals[:3]] == [
+        "file #2 of 4",
+        "file #2 of 4",
+        "file #2 of 4",
+    ]
+    assert all("chunk 0 failed authentication" in r for r in refusals[:3])
+    assert refusals[3].endswith("has no file of the name asked for")
+    assert refusals[4].endswith("has no folder of the name asked for")
+    assert not any(n in r for r in refusals for n in ("one.bin", "two.bin", "secret", "'a/"))
+    # the owner's own tools still say which file
+    with Volume.open(bad, KEY) as v, pytest.raises(ShieldError, match="file 'a/two.bin'"):
+        v.verify()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import keyword
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def package_for(name: str) -> str:
 def new_task(folder: Path, *, name: str | None = None, force: bool = False) -> NewTask:
     """Write the template task into ``folder`` (new, or empty; ``force``: write over the
     template's files in a non-empty one, leaving other files alone)."""
-    name = name if name is not None else folder.resolve().name
+    name = name if name is not None else Path(os.path.realpath(folder)).name
     if not NAME.fullmatch(name):
         raise UsageError(
             f"new task: {name[:80]!r} is not a task name (a letter, then up to 63 letters, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -74,7 +75,7 @@ def demo(
     # demo does (its name says whose it is).
     wipe_stale(DEMO_PREFIX)
     work = (
-        Path(keep).resolve()
+        Path(os.path.realpath(keep))
         if keep
         else Path(tempfile.mkdtemp(prefix=owned_prefix(DEMO_PREFIX), dir=files.ram_base()))
     )

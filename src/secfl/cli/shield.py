@@ -55,7 +55,7 @@ def _key(key_file: str | None, key_hex: str | None) -> bytes:
 def _same_file(a: Path, b: Path) -> bool:
     """Whether ``a`` and ``b`` name one file: the same path once resolved, or the
     same inode (a hard link)."""
-    if a.resolve() == b.resolve():
+    if os.path.realpath(a) == os.path.realpath(b):  # (Path.resolve raises on a link loop)
         return True
     try:
         return os.path.samefile(a, b)

@@ -229,7 +229,7 @@ def _site_names(paths: list[Path]) -> list[str]:
     seen: dict[Path, Path] = {}
     named: dict[str, Path] = {}
     for path in paths:
-        where = path.resolve()
+        where = Path(os.path.realpath(path))  # (Path.resolve raises on a link loop)
         if where in seen:
             raise UsageError(
                 f"--data: {path} is given twice (as {seen[where]} too); give each site's data once"

@@ -62,7 +62,7 @@ def vectors_location() -> Path:
     (relative to the working directory, like any path a user sets), else
     :data:`CHECKOUT_VECTORS`; never a path relative to the working directory itself."""
     env = os.environ.get("SECFL_TESTVECTORS")
-    return Path(env).expanduser().resolve() if env else CHECKOUT_VECTORS
+    return Path(os.path.realpath(Path(env).expanduser())) if env else CHECKOUT_VECTORS
 
 
 def _missing(folder: Path) -> list[str]:
@@ -78,7 +78,7 @@ def find_vectors(folder: str | Path | None = None) -> Path | None:
     if folder is None:
         where = vectors_location()
         return None if _missing(where) else where
-    path = Path(folder).expanduser().resolve()
+    path = Path(os.path.realpath(Path(folder).expanduser()))
     missing = _missing(path)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

@@ -200,7 +200,7 @@ def _install(folder: Path, task_file: Path) -> None:
         if module is None:
             continue
         origin = getattr(module, "__file__", None) or ""
-        if not origin or not Path(origin).resolve().is_relative_to(folder):
+        if not origin or not Path(os.path.realpath(origin)).is_relative_to(folder):
             raise FlError(
                 f"source: the task's module '{name}' has the name of a module already "
                 f"imported from elsewhere ({origin or 'built in'}); rename it in the task"
@@ -234,8 +234,8 @@ def load_task(spec: str) -> Task:
                 "nor a task's .py file or folder, nor volume:NAME"
             )
         folder = path.parent
-    folder = folder.resolve()
-    path = path.resolve()
+    folder = Path(os.path.realpath(folder))  # (Path.resolve raises on a link loop)
+    path = Path(os.path.realpath(path))
     # task code may come decrypted from a volume: its bytecode goes nowhere (a host's
     # PYTHONPYCACHEPREFIX would put it on disk), whatever the environment says
     sys.dont_write_bytecode = True

@@ -14,6 +14,7 @@ This module imports no Flower: the checks are testable in any venv.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,8 +253,8 @@ def _check_injected(program: str, flag: str, value: str, private: str) -> None:
             f"flower: {program} {flag} must name a file secfl run injected, but $SECFL_FILES "
             "is not set: start this under `secfl run`"
         )
-    root = Path(private).resolve()
-    path = Path(value).resolve()
+    root = Path(os.path.realpath(private))  # (Path.resolve raises on a link loop)
+    path = Path(os.path.realpath(value))
     if root not in path.parents:
         raise FlowerError(
             f"flower: {program} {flag} names {value[:80]}, not a file secfl run injected: "

@@ -89,7 +89,7 @@ class SuperLinkOptions:
 def _private_file(value: str, what: str, env: dict[str, str]) -> Path:
     path = Path(expand(value, env))
     root = env.get("SECFL_FILES", "")
-    if not root or Path(root).resolve() not in path.resolve().parents:
+    if not root or Path(os.path.realpath(root)) not in Path(os.path.realpath(path)).parents:
         raise FlowerError(
             f"flower: {what} {value[:80]} is not a file secfl run injected: use $SECFL_FILES/..."
         )

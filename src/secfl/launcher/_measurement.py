@@ -16,9 +16,12 @@ or to the command line changes it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import shlex
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -45,9 +48,17 @@ def resolve_program(program: str) -> Path:
         if found is None:
             raise MeasurementError(f"measure: program '{program}' is not on PATH")
         path = Path(found)
-    if not path.is_file():
-        raise MeasurementError(f"measure: program '{program}' is not a file")
-    return path.resolve()
+    try:  # (`Path.is_file` raised on a name too long: a traceback)
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise MeasurementError(
+                f"measure: program '{program[:200]}': {exc.strerror or exc}"
+            ) from None
+        regular = False
+    if not regular:
+        raise MeasurementError(f"measure: program '{program[:200]}' is not a file")
+    return Path(os.path.realpath(path))
 
 
 def run_measurement(

@@ -64,7 +64,7 @@ def encrypt_directory(
             raise ShieldError(f"shield: '{src}' is not a directory")
     except OSError as exc:
         raise ShieldError(f"shield: cannot read '{src}': {exc.strerror or exc}") from None
-    top, target = src.resolve(), out.resolve()
+    top, target = Path(os.path.realpath(src)), Path(os.path.realpath(out))  # (no raise on a loop)
     if target == top or top in target.parents:
         raise ShieldError(f"shield: the volume '{out}' must not be inside '{src}'")
     paths = _walk(src)
@@ -131,8 +131,15 @@ def _write(
     written is replaced)."""
     if len(sealers) > fmt.MAX_FILES:
         raise ShieldError(f"shield: {what} hold more than 2^32 files")
-    if out.is_symlink():  # neither followed (the host's folder) nor replaced unannounced
-        raise ShieldError(f"shield: '{out}' is a symbolic link; name the file itself")
+    try:
+        # neither followed (the host's folder) nor replaced unannounced; `Path.is_symlink`
+        # raised on a name too long or a folder that cannot be searched (a traceback)
+        if stat.S_ISLNK(os.lstat(out).st_mode):
+            raise ShieldError(f"shield: '{out}' is a symbolic link; name the file itself")
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ShieldError(f"shield: cannot write '{out}': {exc.strerror or exc}") from None
     try:
         with files.atomic_open(out, mode=0o600, replace=overwrite) as sink:
             return _seal_volume(sink, key, what, sealers, version, chunk_size)

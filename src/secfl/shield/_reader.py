@@ -53,15 +53,38 @@ class ChunkSource:
     read after the volume closes it (nor, once reused, another file).
     """
 
-    def __init__(self, fd: int, chunk_key: bytes, salt: bytes, chunk_size: int, where: str):
+    def __init__(
+        self,
+        fd: int,
+        chunk_key: bytes,
+        salt: bytes,
+        chunk_size: int,
+        where: str,
+        *,
+        files: int = 0,
+        reveal_names: bool = True,
+    ):
         self.fd = fd
         self.salt = salt
         self.chunk_size = chunk_size
         self.where = where
+        self.files = files
+        self.reveal_names = reveal_names
         self.closed = False
         self._aead = AESGCM(chunk_key)
         self._lock = threading.Condition()
         self._reading = 0
+
+    def label(self, index: int, entry: FileEntry) -> str:
+        """How a refusal names file ``index``: by its path, or, where names are hidden
+        (a volume opened in an enclave, whose errors the host reads), by its place in
+        the manifest, which is also the order `secfl shield ls` lists the files in."""
+        if self.reveal_names:
+            return f"file '{entry.path}'"
+        return (
+            f"file #{index + 1} of {self.files} (names stay in the enclave; "
+            "`secfl shield ls` with the key lists the files in this order)"
+        )
 
     def close(self) -> None:
         """Refuse reads from now on, and return once none is under way."""
@@ -110,7 +133,8 @@ class ChunkSource:
         offset = entry.offset + chunk * (self.chunk_size + fmt.TAG_SIZE)
         if self._read_into(view, offset) != n:
             raise ShieldError(
-                f"shield: {self.where} is truncated: file '{entry.path}' chunk {chunk} is cut short"
+                f"shield: {self.where} is truncated: {self.label(index, entry)} chunk {chunk} "
+                "is cut short"
             )
         last = chunk == entry.chunks - 1
         nonce = fmt.chunk_nonce(index, chunk)
@@ -123,7 +147,8 @@ class ChunkSource:
         except InvalidTag:
             out[:] = bytes(len(out))
             raise ShieldError(
-                f"shield: {self.where}: file '{entry.path}' chunk {chunk} failed authentication "
+                f"shield: {self.where}: {self.label(index, entry)} chunk {chunk} failed "
+                "authentication "
                 "(tampered, moved, or from another volume)"
             ) from None
 
@@ -221,7 +246,8 @@ class VolumeFile(io.RawIOBase):
         ):
             data[:] = bytes(len(data))
             raise ShieldError(
-                f"shield: {self._source.where}: file '{self._entry.path}' does not match "
+                f"shield: {self._source.where}: {self._source.label(self._index, self._entry)} "
+                "does not match "
                 "its SHA-256 in the manifest"
             )
 

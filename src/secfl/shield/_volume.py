@@ -81,12 +81,18 @@ class Volume:
         *,
         expected_tag: str | None = None,
         min_version: int | None = None,
+        reveal_names: bool = True,
     ) -> Self:
         """Open ``path`` and authenticate its header and manifest with ``key``.
 
         ``expected_tag`` (what a policy or an SPM counter pins) must equal the
         volume's tag; ``min_version`` refuses a volume whose version is lower. Each
         refusal is a :class:`ShieldError` naming the check that failed.
+
+        The manifest's names are as confidential as the files: ``reveal_names=False``
+        (``secfl run``, whose errors the host reads) keeps them out of every refusal,
+        which names a file by its place in the manifest instead. A host that tampers
+        with one chunk at a time must learn nothing of the layout from the answers.
         """
         key = load_key(key)
         path = Path(path)
@@ -94,7 +100,7 @@ class Volume:
         expected = fmt.check_tag(expected_tag, "expected tag") if expected_tag is not None else None
         fd = _open_regular(path, where)
         try:
-            return cls._authenticate(path, fd, key, where, expected, min_version)
+            return cls._authenticate(path, fd, key, where, expected, min_version, reveal_names)
         except BaseException:
             os.close(fd)
             raise
@@ -108,6 +114,7 @@ class Volume:
         where: str,
         expected: str | None,
         min_version: int | None,
+        reveal_names: bool,
     ) -> Self:
         try:
             st = os.fstat(fd)
@@ -152,7 +159,15 @@ class Volume:
             raise ShieldError(
                 f"shield: {where}: volume version {version} is older than the minimum {min_version}"
             )
-        source = ChunkSource(fd, keys.chunk, header.salt, header.chunk_size, where)
+        source = ChunkSource(
+            fd,
+            keys.chunk,
+            header.salt,
+            header.chunk_size,
+            where,
+            files=len(files),
+            reveal_names=reveal_names,
+        )
         return cls(
             path=path,
             fd=fd,
@@ -211,7 +226,9 @@ class Volume:
         try:
             return self._files[self._index[path]]
         except (KeyError, TypeError):
-            raise ShieldError(f"shield: {self._source.where} has no file {path!r}") from None
+            raise ShieldError(
+                f"shield: {self._source.where} has no file {self._asked(path)}"
+            ) from None
 
     def is_dir(self, path: str) -> bool:
         """True for a folder implied by the files' paths ("" is the root)."""
@@ -222,7 +239,14 @@ class Volume:
         try:
             return sorted(self._dirs[path])
         except KeyError:
-            raise ShieldError(f"shield: {self._source.where} has no folder {path!r}") from None
+            raise ShieldError(
+                f"shield: {self._source.where} has no folder {self._asked(path)}"
+            ) from None
+
+    def _asked(self, path: object) -> str:
+        """A name a reader asked for, as a refusal shows it (not where names are hidden:
+        what a program looks for tells about its code)."""
+        return repr(path) if self._source.reveal_names else "of the name asked for"
 
     # -- reading ----------------------------------------------------------------
 
@@ -270,7 +294,8 @@ class Volume:
                     pass
                 if not raw.digest_checked:  # pragma: no cover - defensive
                     raise ShieldError(
-                        f"shield: {self._source.where}: file '{entry.path}' was not fully checked"
+                        f"shield: {self._source.where}: {self._source.label(index, entry)} was "
+                        "not fully checked"
                     )
 
     def extract(self, dest: Path | str) -> None:
@@ -282,12 +307,12 @@ class Volume:
         whose chunk fails authentication, or a decryption killed half-way, leaves
         nothing under that name."""
         dest = Path(dest)
-        for entry in self._files:
+        for index, entry in enumerate(self._files):
             target = dest.joinpath(*entry.path.split("/"))
             if os.path.lexists(target):
                 raise ShieldError(
-                    f"shield: refusing to overwrite '{target}': decrypt into a new or empty "
-                    "folder (-o)"
+                    f"shield: refusing to overwrite {self._target(dest, index, entry)}: decrypt "
+                    "into a new or empty folder (-o)"
                 )
         try:
             dest.mkdir(parents=True, exist_ok=True)
@@ -297,20 +322,26 @@ class Volume:
         for index, entry in enumerate(self._files):
             self._extract_one(dest, index, entry, buffer)
 
+    def _target(self, dest: Path, index: int, entry: FileEntry) -> str:
+        """Where file ``index`` goes below ``dest``, as a refusal shows it."""
+        if self._source.reveal_names:
+            return f"'{dest / entry.path}'"
+        return f"{self._source.label(index, entry)} below '{dest}'"
+
     def _extract_one(self, dest: Path, index: int, entry: FileEntry, buffer: bytearray) -> None:
         parts = entry.path.split("/")
         parent = dest
+        where = self._target(dest, index, entry)
         try:
             for part in parts[:-1]:
                 parent = parent / part
                 with contextlib.suppress(FileExistsError):
                     parent.mkdir()
                 if not stat.S_ISDIR(os.lstat(parent).st_mode):
-                    raise ShieldError(f"shield: '{parent}' exists and is not a folder")
+                    shown = f"'{parent}'" if self._source.reveal_names else f"a folder of {where}"
+                    raise ShieldError(f"shield: {shown} exists and is not a folder")
         except OSError as exc:
-            raise ShieldError(
-                f"shield: cannot write '{dest / entry.path}': {exc.strerror or exc}"
-            ) from None
+            raise ShieldError(f"shield: cannot write {where}: {exc.strerror or exc}") from None
         target = parent / parts[-1]
         # nameless until whole and authenticated (files.atomic_open): a file cut short
         # (a kill, a full disk, a chunk that fails authentication) never appears under
@@ -324,9 +355,9 @@ class Volume:
                     sink.write(memoryview(buffer)[:n])
                 os.fchmod(sink.fileno(), entry.mode)
         except FileExistsError:
-            raise ShieldError(f"shield: refusing to overwrite '{target}'") from None
+            raise ShieldError(f"shield: refusing to overwrite {where}") from None
         except OSError as exc:
-            raise ShieldError(f"shield: cannot write '{target}': {exc.strerror or exc}") from None
+            raise ShieldError(f"shield: cannot write {where}: {exc.strerror or exc}") from None
 
     # -- lifetime ---------------------------------------------------------------
 

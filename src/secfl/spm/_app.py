@@ -63,7 +63,19 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def create_app(spm: Spm) -> SpmApi:
     """The ASGI application serving ``spm``."""
     app = SpmApi(  # every refusal is {"error": ...}: secfl.spm._apierrors
-        title="secfl Security Policy Manager", version=__version__, max_body_size=MAX_BODY
+        title="secfl Security Policy Manager",
+        version=__version__,
+        max_body_size=MAX_BODY,
+        # FastAPI's own telemetry reads the environment, which is the host's: with
+        # FASTAPI_OTEL_AUTO_CONFIGURE and an OTLP endpoint set it would send every
+        # request's route, policy names and timings to the host's collector
+        telemetry={
+            "tracing": False,
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+        },
     )
     app.front = lambda inner: IncrementRoute(inner, spm, MAX_BODY)  # the hot path
     _refusals(app)
