@@ -172,3 +172,19 @@ def test_one_bad_reply_is_left_out_not_the_round(flower_python: Path) -> None:
     for case, got in out.items():
         assert got.get("kept") == ["101", "102", "103"], (case, got)
         assert got["w"] == [1.02] * 4, (case, got)  # the honest median
+
+
+@pytest.mark.timeout(300)
+def test_an_error_reply_is_logged_without_its_reason(flower_python: Path) -> None:
+    """Found by a review: FedAvg's check of the replies logged each error reply's
+    reason, the ClientApp's exception message (it may quote the site's data), on the
+    SuperLink's host. A real Flower round, one node replying with an error."""
+    done = subprocess.run(
+        [str(flower_python), str(Path(__file__).with_name("error_reason_probe.py"))],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"kept": ["101", "102", "103"]}
+    assert "node 104 replied with error code 0" in printed, printed
+    assert "patient" not in printed and "KeyError" not in printed, printed

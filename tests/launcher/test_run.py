@@ -267,6 +267,25 @@ def test_a_program_name_too_long_or_a_link_loop_is_one_line(world: World, tmp_pa
         assert len(lines) == 1 and lines[0].startswith("error: measure: program"), done.stderr
 
 
+def test_a_modules_exception_shows_the_host_neither_its_message_nor_its_traceback(
+    world: World,
+) -> None:
+    """Found by a review: an exception the ``--module`` program did not catch went up
+    to Python's handler: its traceback named the code volume's files and functions and
+    its message quoted the data, on the host's stderr."""
+    with SpmClient(world.spm.url, pin=world.spm.pin) as client:
+        version = max(2, client.volume_state("run", "data")["version"] + 1)  # v1: the first
+    release = world.data_volume(version, "a,b\n9,9\n", {"raise.txt": "patient-alice-smith"})
+    done = world.run("mod", ["x"], module="mytask", data=release)
+    world.latest = world.data_volume(version + 1, "a,b\n1,2\n")  # for the tests after
+    assert world.run("worker", world.argv(), data=world.latest).returncode == 7
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: module: 'mytask' raised KeyError"), done.stderr
+    assert "patient" not in done.stderr + done.stdout and "__main__" not in done.stderr
+
+
 def test_signals_are_forwarded(world: World) -> None:
     proc = world.start("worker", world.argv("--wait"))
     wait_ready(proc)

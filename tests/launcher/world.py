@@ -124,6 +124,8 @@ class World:
             "import mytask.forks\n"
             "import os\nprint('CODE', os.environ['SECFL_CODE_VOLUMES'])\n"
             "from secfl.launcher import volumes\n"
+            "if 'raise.txt' in volumes['data']:\n"
+            "    raise KeyError(volumes['data'].read_bytes('raise.txt').decode())\n"
             "print('STREAM', volumes['data'].read_bytes('rows.csv').decode().strip())\n"
             "import tempfile\nprint('SCRATCH', tempfile.mkstemp()[1])\n"
         )

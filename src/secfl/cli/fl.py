@@ -59,11 +59,17 @@ def _ctrl_c() -> Iterator[None]:
 
 
 def _warn_insecure(insecure: bool) -> None:
+    """The warning of --insecure; a secure workload's uncaught errors are one line from
+    here on (a traceback shows the task's code to the host: secfl.tasks._contract)."""
     if insecure:
         err.print(
             "[bold red]WARNING: --insecure: plaintext gRPC, no TEE, no SPM, no attestation. "
             "For measuring overhead only; never use it with real data.[/]"
         )
+    else:
+        from secfl.tasks._contract import hide_uncaught_errors
+
+        hide_uncaught_errors()
 
 
 def aggregator(

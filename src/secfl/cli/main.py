@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("error: interrupted", markup=False)
         return 130
+    except MemoryError as exc:  # a traceback would show a task's code and data (review)
+        err.print(f"error: out of memory ({type(exc).__name__[:80]}): give the process "
+                  "more memory, or a smaller model or batch", markup=False)  # fmt: skip
+        return 1
     return result if isinstance(result, int) else 0
 
 

@@ -106,6 +106,25 @@ class SecflStrategy(FedAvg):
         log.info("SecflStrategy: secfl rule %r", self.rule)
         super().summary()
 
+    def _check_and_log_replies(
+        self, replies: Iterable[Message], is_train: bool, validate: bool = True
+    ) -> tuple[list[Message], list[Message]]:
+        """The replies with content, and those with an error; an error is logged by its
+        code only. FedAvg logged each error's reason, the ClientApp's exception message
+        (``str(exc)``: it may quote a site's data), on the SuperLink's host (found by a
+        review)."""
+        valid: list[Message] = []
+        failed: list[Message] = []
+        for msg in replies:
+            (failed if msg.has_error() else valid).append(msg)
+        what = "aggregate_train" if is_train else "aggregate_evaluate"
+        log.info("%s: %d results and %d failures", what, len(valid), len(failed))
+        for msg in failed:
+            log.info("secfl: node %s replied with error code %d (its reason is not shown: "
+                     "it may quote the site's data)", msg.metadata.src_node_id,
+                     int(msg.error.code))  # fmt: skip
+        return valid, failed
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 
+from secfl.errors import LaunchError
 from secfl.shield import Volume, VolumeImporter
 
 __all__ = ["run_module", "volumes"]
@@ -51,6 +52,13 @@ def run_module(
     except SystemExit as exc:
         status = exc.code
         return status if isinstance(status, int) else (0 if status is None else 1)
+    except Exception as exc:  # (KeyboardInterrupt goes on: the launcher's Ctrl-C)
+        # its message and traceback name the volume's files and may quote its data:
+        # the host reads what this process prints (found by a review)
+        raise LaunchError(
+            f"module: '{module}' raised {type(exc).__name__[:80]} (its message and "
+            "traceback are not shown: the host reads them)"
+        ) from None
     finally:
         volumes.clear()
         sys.argv = saved_argv

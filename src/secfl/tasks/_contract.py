@@ -30,6 +30,8 @@ import logging
 import math
 import numbers
 import re
+import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator, Mapping, Sized
@@ -52,6 +54,7 @@ __all__ = [
     "call_task",
     "check_metrics",
     "failure_text",
+    "hide_uncaught_errors",
     "register_task_folder",
     "sample_count",
     "show_task_errors",
@@ -238,6 +241,16 @@ def show_task_errors(shown: bool) -> None:
     warnings.formatwarning = _formatwarning if shown else _bare_warning
 
 
+def hide_uncaught_errors() -> None:
+    """From now on an exception nothing caught (in a thread the task started, or
+    outside the task's calls) is one line, its type and place, not a traceback: that
+    names the task's files and shows their source lines, and its message may quote the
+    data (found by a review: a host set a memory limit). A secure workload calls it at
+    start, for good; ``secfl simulate`` and ``--insecure`` keep Python's tracebacks."""
+    sys.excepthook = _bare_excepthook
+    threading.excepthook = _bare_thread_excepthook
+
+
 @contextmanager
 def task_errors_shown() -> Iterator[None]:
     """Within the block, failures show their message and traceback (in process,
@@ -294,6 +307,26 @@ def _in_task_folder(filename: str) -> Path | None:
 def _shown_path(filename: str) -> str:
     inside = _in_task_folder(filename)
     return str(inside) if inside is not None else Path(filename).name
+
+
+def _bare_excepthook(
+    kind: type[BaseException], exc: BaseException, tb: Any
+) -> None:  # pragma: no cover - runs as the process ends
+    """An uncaught exception as a hidden mode shows it: its type and place, one line."""
+    if exc.__traceback__ is None:
+        exc = exc.with_traceback(tb)
+    sys.stderr.write(f"error: {failure_text(exc)}\n")
+
+
+def _bare_thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """An exception that ended a thread, as a hidden mode shows it (one line)."""
+    if args.exc_value is None or args.exc_type is SystemExit:
+        return
+    exc = args.exc_value
+    if exc.__traceback__ is None:
+        exc = exc.with_traceback(args.exc_traceback)
+    where = args.thread.name if args.thread is not None else "a thread"
+    sys.stderr.write(f"error: {where[:80]}: {failure_text(exc)}\n")
 
 
 def _bare_warning(
