@@ -19,12 +19,14 @@ fi
 # imports again (Python still reads .pyc files then; stale ones are recompiled). A file
 # that does not compile is pytest's to report, with where.
 .venv/bin/python -m compileall -q -j 0 src tests > /dev/null || true
-# Two pytest workers (pytest-xdist), handed whole test files in turn: most of the suite's
-# time is Python processes starting up and waiting on each other, so one worker left a
-# core idle (12.6 min in one, 7.3 min in two on 2 cores). SECFL_TEST_WORKERS=0 runs
+# Three pytest workers (pytest-xdist), handed whole test files in turn: much of the
+# suite's time is Python processes starting up and waiting on each other (timeouts,
+# handshakes, a federation's rounds), so one worker left a core idle (12.6 min in one,
+# 7.3 min in two on 2 cores, back when the suite was smaller); on 2 cores a third fills
+# what two leave idle (10:48 against 11:37, the CPUs 95% busy). SECFL_TEST_WORKERS=0 runs
 # everything in this process (for a debugger); a test file's tests stay together, so its
 # module fixtures are built once and Ray's tests never meet another Ray. The files go out
 # in the order tests/conftest.py gives them (heavy ones first), not xdist's own (the files
 # with the most tests first, which left the longest single-test files for the end).
-exec .venv/bin/python -m pytest -n "${SECFL_TEST_WORKERS:-2}" --dist loadfile \
+exec .venv/bin/python -m pytest -n "${SECFL_TEST_WORKERS:-3}" --dist loadfile \
   --no-loadscope-reorder "$@"
