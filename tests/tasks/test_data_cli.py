@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import pytest
 
+from secfl.tasks import encode_shard
 from tests import clirun
 
 
@@ -62,3 +65,21 @@ def test_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert "cannot read shard" in failed(capsys, "info", str(tmp_path / "missing"))
     shard = str(tmp_path / "x" / "client-000.safetensors")
     assert "not 'breast-cancer'" in failed(capsys, "info", shard, "--task", "breast-cancer")
+
+
+def test_info_never_prints_a_task_name_that_rewrites_the_terminal(tmp_path: Path) -> None:
+    """A shard from elsewhere whose task name holds escape sequences (a fake window
+    title, a cleared screen, red text) and a right-to-left override: `data info` (a real
+    process) refuses it in one line, the name escaped, nothing raw on the terminal."""
+    name = "x\x1b]0;PWNED\x07\x1b[2J\x1b[31mred\u202eevil"
+    meta = {"task": name, "role": "client", "index": 0, "clients": 1, "samples": 4,
+            "num_classes": 2, "label_counts": [2, 2], "feature_shape": [3],
+            "storage_dtype": "float32", "scaling": {"offset": [0.0], "scale": [1.0]},
+            "partition": {"kind": "iid"}, "seed": 0, "split": "0" * 64}  # fmt: skip
+    with mock.patch("secfl.tasks._shards._check_meta"):  # as another program would write it
+        blob = encode_shard(np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1]), meta)
+    (tmp_path / "evil.safetensors").write_bytes(blob)
+    done = clirun.secfl("data", "info", str(tmp_path / "evil.safetensors"))
+    line = clirun.one_error(done)
+    assert "is not a task name" in line and "\\x1b]0;PWNED" in line, line
+    assert "\x1b" not in done.stderr and "\u202e" not in done.stderr and "\x07" not in done.stderr

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from secfl.tasks import load_shard, read_shard, split
-from tests.clirun import call, failed
+from tests.clirun import call, failed, one_error, secfl
 
 TASK = """
 import numpy as np
@@ -147,3 +147,81 @@ def _module(path: Path) -> object:
     from secfl.fl._inputs import load_task
 
     return load_task(str(path))
+
+
+GOOD_POOL = """
+def load_pool():
+    return np.ones((200, 3), dtype=np.float32), (np.arange(200) % 2).astype(np.int64)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "message"),
+    [
+        (
+            "dict-scaling",
+            GOOD_POOL + "\ndef fit_scaling(x):\n    return {'offset': [0.0], 'scale': [1.0]}",
+            "dict-scaling.fit_scaling() returned a dict; return a secfl.tasks.Scaling(",
+        ),
+        (
+            "raising-scaling",
+            GOOD_POOL + "\ndef fit_scaling(x):\n    raise RuntimeError('boom\\nTraceback')",
+            "raising-scaling.fit_scaling() failed: boom\\nTraceback",
+        ),
+        (
+            "short-scaling",
+            "from secfl.tasks import Scaling\n"
+            + GOOD_POOL
+            + "\ndef fit_scaling(x):\n    return Scaling(offset=(0.0, 0.0), scale=(1.0, 1.0))",
+            "2 offsets and 2 scales for 3 features; give one of each, or 3 of each",
+        ),
+        (
+            "huge-scaling",
+            "from secfl.tasks import Scaling\n"
+            + GOOD_POOL
+            + "\ndef fit_scaling(x):\n    return Scaling(offset=(0.0,), scale=(1e300,))",
+            "offsets must be finite and scales positive, both within float32's range",
+        ),
+        (
+            "id-labels",
+            "def load_pool():\n    y = np.array([0, 1] * 100 + [10**13], dtype=np.int64)\n"
+            "    return np.ones((y.size, 3), dtype=np.float32), y",
+            "10000000000001 classes, more than 10000 (is an ID column taken for the labels?)",
+        ),
+        (
+            "f32-overflow",
+            "def load_pool():\n    x = np.ones((200, 3), dtype=np.float64)\n    x[5, 0] = 1e300\n"
+            "    return x, (np.arange(200) % 2).astype(np.int64)",
+            "numbers past float32's range (about 3.4e38, where shards are scaled)",
+        ),
+        (
+            "evil[/]",
+            GOOD_POOL,
+            "the task's name 'evil[/]' is not a task name (a letter, then up to 63 letters",
+        ),
+        (
+            "x\\x1b[2J\\u202eevil",
+            GOOD_POOL,
+            "the task's name 'x\\x1b[2J\\u202eevil' is not a task name",
+        ),
+    ],
+)
+def test_a_hostile_task_is_one_line_and_an_earlier_split_survives(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, extra: str, message: str
+) -> None:
+    """What a task's code returns is checked before anything is written: a refusal in one
+    line (a process of its own: no traceback, no terminal escape), and the earlier split
+    in the output folder kept byte for byte, even with --overwrite."""
+    good = write_task(tmp_path / "good", "good", GOOD_POOL)
+    out = tmp_path / "shards"
+    code, _, err = call(capsys, "data", "split", "--task", str(good), "--clients", "2",
+                        "-o", str(out))  # fmt: skip
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    path = write_task(tmp_path / "bad", name, extra)
+    done = secfl("data", "split", "--task", str(path), "--clients", "2", "-o", str(out),
+                 "--overwrite")  # fmt: skip
+    line = one_error(done)
+    assert line.startswith("error: data split: ") and message in line, line
+    assert "\x1b" not in done.stderr and "\u202e" not in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -15,7 +15,6 @@ import csv
 import io
 import keyword
 import os
-import re
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -23,12 +22,13 @@ from importlib.abc import Traversable
 from pathlib import Path
 
 from secfl._internal.files import atomic_write
+from secfl._internal.names import TASK_NAME, TASK_NAME_RULE
 from secfl.errors import UsageError
 
 __all__ = ["NAME", "SITES", "NewTask", "new_task", "package_for", "synthetic_data"]
 
-#: A task's name: what the policy and the logs call it.
-NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+#: A task's name: what the policy and the logs call it (one rule for every task).
+NAME = TASK_NAME
 #: The synthetic data's folders under ``data/``: three sites, then the aggregator's.
 SITES = ("site-1", "site-2", "site-3")
 _PACKAGE_DIR = "__package__"
@@ -62,8 +62,7 @@ def new_task(folder: Path, *, name: str | None = None, force: bool = False) -> N
     name = name if name is not None else Path(os.path.realpath(folder)).name
     if not NAME.fullmatch(name):
         raise UsageError(
-            f"new task: {name[:80]!r} is not a task name (a letter, then up to 63 letters, "
-            "digits, - or _); give one with --name"
+            f"new task: {name[:80]!r} is not a task name ({TASK_NAME_RULE}); give one with --name"
         )
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"new task: {folder} is a file; choose a new folder")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from secfl._internal.values import shown
 from secfl.cli._common import out
 from secfl.errors import UsageError
 
@@ -35,9 +36,12 @@ def _labels(counts: Sequence[int], k: int = 3) -> str:
 
 def _table(report: SplitReport) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     labels = report.target_scaling is None  # a regression's shards have no labels to count
-    table = Table(title=f"{report.task}: {len(report.client_shards)} clients", title_justify="left")
+    # the name is the task's: plain text, never markup, its control characters escaped
+    title = Text(f"{shown(report.task)}: {len(report.client_shards)} clients")
+    table = Table(title=title, title_justify="left")
     table.add_column("shard")
     table.add_column("role")
     table.add_column("samples", justify="right")
@@ -149,7 +153,7 @@ def info_cmd(
     role = (
         f"client {meta['index']} of {meta['clients']}" if meta["role"] == "client" else meta["role"]
     )
-    out.print(f"task:     {meta['task']}", markup=False)
+    out.print(f"task:     {shown(meta['task'])}", markup=False)  # a name from a file
     out.print(f"role:     {role}", markup=False)
     out.print(f"samples:  {meta['samples']}", markup=False)
     out.print(f"features: {meta['feature_shape']} {meta['storage_dtype']}", markup=False)

@@ -50,6 +50,8 @@ import torch
 
 from secfl._internal import files
 from secfl._internal.canonical import canonical_json as _canonical_json
+from secfl._internal.names import TASK_NAME, TASK_NAME_RULE
+from secfl._internal.values import quoted
 from secfl.errors import TaskError
 from secfl.tasks._base import ArrayTask, Dataset, Scaling, ShardSource
 
@@ -322,6 +324,11 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
         raise TaskError(f"shard metadata: format {meta['format']!r}, expected {FORMAT!r}")
     if not isinstance(meta["task"], str) or not meta["task"]:
         raise TaskError("shard metadata: no task name")
+    if not TASK_NAME.fullmatch(meta["task"]):  # it is printed: no escapes, no markup
+        raise TaskError(
+            f"shard metadata: task {quoted(meta['task'])} is not a task name ({TASK_NAME_RULE}); "
+            "split the data again under such a name"
+        )
     if meta["role"] not in ROLES:
         raise TaskError(f"shard metadata: role {meta['role']!r} is not one of {', '.join(ROLES)}")
     for key in ("clients", "samples", "seed"):

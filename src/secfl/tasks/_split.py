@@ -32,7 +32,7 @@ from secfl._internal import files
 from secfl.errors import TaskError
 from secfl.tasks import _partition as part
 from secfl.tasks._base import _check_seed
-from secfl.tasks._pool import Pool, pool_of
+from secfl.tasks._pool import Pool, fitted_scaling, pool_of
 from secfl.tasks._registry import get_task
 from secfl.tasks._shards import FORMAT, canonical_json, encode_shard
 
@@ -167,7 +167,7 @@ def split(
             f"split: {train.size} training samples cannot give {clients} clients "
             f"at least {min_samples} each"
         )
-    scaling = spec.fit_scaling(x[train]).to_json()
+    scaling = fitted_scaling(spec, x[train])  # checked: a bad one is refused here
     partition, parts = _partition(train, y, clients, dirichlet_alpha, min_samples, rng)
     target: dict[str, Any] = {"num_classes": spec.num_classes}
     if spec.kind == "value":
