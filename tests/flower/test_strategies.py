@@ -188,3 +188,33 @@ def test_an_error_reply_is_logged_without_its_reason(flower_python: Path) -> Non
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"kept": ["101", "102", "103"]}
     assert "node 104 replied with error code 0" in printed, printed
     assert "patient" not in printed and "KeyError" not in printed, printed
+
+
+@pytest.mark.timeout(300)
+def test_a_clientapps_exception_reaches_neither_the_log_nor_the_reply(
+    flower_python: Path, tmp_path: Path
+) -> None:
+    """Found by a review: ``flwr-clientapp`` logged a ClientApp's exception with its
+    traceback (the app's files and source lines) on the site's host and sent its
+    message (it may quote the data) to the SuperLink as the reply's reason. Under
+    secfl the executor starts it through ``secfl.flower._app_process``."""
+    (tmp_path / "app.py").write_text(
+        "from flwr.clientapp import ClientApp\n"
+        "app = ClientApp()\n"
+        "@app.train()\n"
+        "def train(msg, context):\n"
+        "    raise KeyError('patient alice-smith, HIV+, viral load 52000')\n"
+    )
+    done = subprocess.run(
+        [str(flower_python), str(Path(__file__).with_name("app_error_probe.py")), str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert (
+        "REASON <class 'secfl.flower._app_process.AppFailed'>:<'ClientApp raised KeyError"
+        in printed
+    )
+    assert "ClientApp raised an exception" in printed  # Flower's line, with a traceback ...
+    assert "patient" not in printed and "raise KeyError" not in printed, printed  # ... of ours
+    assert "app.py" not in printed, printed

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -70,7 +71,6 @@ class Executor:
     secret: bytes
     allowed: frozenset[str]
     task_type: TaskType
-    bindir: Path
     env: Mapping[str, str]
     cwd: Path
     #: A private folder (0700) for the tasks' token files.
@@ -183,11 +183,13 @@ class Executor:
         line, which every local user reads); it dies with this process by Flower's own
         ``--parent-pid`` watch (no ``preexec_fn`` from this thread: the gate's thread
         runs beside it, and a fork holding its locks could hang)."""
-        command = self.bindir / self.task_type.value
+        # Flower's app process, the app's exceptions kept from the host (their
+        # messages and tracebacks: secfl.flower._app_process)
+        command = [sys.executable, "-m", "secfl.flower._app_process", self.task_type.value]
         self._tokens += 1
         token_file = self.token_dir / f"task-{self._tokens}.token"
         files.write_private(token_file, token.encode(), fsync=False)
-        argv = [str(command), "--runtime-api-address", self.address,
+        argv = [*command, "--runtime-api-address", self.address,
                 "--token-file", str(token_file), "--parent-pid", str(os.getpid())]  # fmt: skip
         argv += ["--root-certificates", self.ca_file] if self.ca_file else ["--insecure"]
         proc = subprocess.Popen(argv, env=dict(self.env), cwd=self.cwd)

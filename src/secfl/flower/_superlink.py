@@ -34,7 +34,6 @@ import hashlib
 import logging
 import os
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -202,7 +201,6 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             secret=secret,
             allowed=frozenset({opts.fab_sha256.lower()}),
             task_type=TaskType.SERVER_APP,
-            bindir=Path(sys.executable).parent,
             env=child_env,
             cwd=paths.work,
             token_dir=paths.wrapper,

@@ -34,7 +34,6 @@ import os
 import re
 import signal
 import ssl
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -156,7 +155,7 @@ def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
     audit = SpmAudit(env, relay.tls.ident.token if relay is not None else None)
     executor = Executor(
         address=host_port(host, port), secret=secret, allowed=frozenset(pins),
-        task_type=TaskType.CLIENT_APP, bindir=Path(sys.executable).parent,
+        task_type=TaskType.CLIENT_APP,
         env=child_env, cwd=paths.work, token_dir=paths.wrapper, poll=opts.poll,
         on_refusal=lambda r: audit.report(
             "fab-refused", {"run_id": str(r.run_id), "fab_sha256": r.fab_hash}

@@ -1,0 +1,105 @@
+"""``flwr-clientapp`` / ``flwr-serverapp`` with the app's exceptions kept from the host.
+
+Flower's app processes log an exception the app raised with its traceback (the app's
+files, functions and source lines) and its message (``str(exc)``, which may quote a
+site's data), on the stderr the host reads; the ClientApp's message also goes out as
+the error reply's reason, and the ServerApp's as the run's status. Under secfl the
+app's code and the sites' data are confidential (found by a review). This runs
+Flower's own entry point with the app's call wrapped: an exception becomes one of the
+same kind (what Flower's exit codes go by) saying only its type; secfl's own refusals
+(a :class:`~secfl.errors.SecflError`, one line meant for the log) keep their text.
+The executor (:mod:`secfl.flower._exec`) starts it as ``python -m
+secfl.flower._app_process flwr-clientapp ARGS``. It imports Flower: it runs only in
+the Flower venv.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from secfl.errors import SecflError
+
+__all__ = ["hidden", "main"]
+
+#: What an app's hidden exception says besides its type.
+HIDDEN = "its message and traceback are not shown under secfl: the host reads them"
+
+
+class AppFailed(Exception):
+    """An app's exception, its message and traceback left out."""
+
+
+def hidden(exc: BaseException, entity: str) -> BaseException:
+    """What is raised in place of ``exc``: its type's name only (secfl's own refusals
+    as they are). Flower's load errors and its ``AppExitException`` keep their class:
+    Flower tells the exit code by it."""
+    if isinstance(exc, SecflError):
+        text = f"{entity}: {exc}"
+    else:
+        text = f"{entity} raised {type(exc).__name__[:80]} ({HIDDEN})"
+    for kind in type(exc).__mro__:
+        if kind.__module__.startswith("flwr.") and issubclass(kind, Exception):
+            try:
+                return kind(text)
+            except Exception:  # a constructor of another signature
+                break
+    if isinstance(exc, ImportError):
+        return ImportError(text)
+    return AppFailed(text)
+
+
+def _guarded(call: Callable[..., Any], entity: str) -> Callable[..., Any]:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            raise hidden(exc, entity) from None
+
+    return run
+
+
+def _hide_clientapp() -> Callable[[], Any]:
+    from flwr.supernode import cli
+
+    runtime: Any = importlib.import_module("flwr.supernode.runtime.run_clientapp")
+
+    flower_loader = runtime.get_load_client_app_fn
+
+    def loader(*args: Any, **kwargs: Any) -> Callable[..., Any]:
+        load = _guarded(flower_loader, "ClientApp")(*args, **kwargs)
+
+        def load_app(*a: Any, **k: Any) -> Callable[..., Any]:
+            return _guarded(_guarded(load, "ClientApp")(*a, **k), "ClientApp")
+
+        return load_app
+
+    runtime.get_load_client_app_fn = loader
+    return cli.flwr_clientapp
+
+
+def _hide_serverapp() -> Callable[[], Any]:
+    from flwr.superlink import cli
+
+    # (the package's attribute of that name is a function: the module by its path)
+    runtime: Any = importlib.import_module("flwr.superlink.runtime.run_serverapp")
+
+    runtime.run_ = _guarded(runtime.run_, "ServerApp")
+    return cli.flwr_serverapp
+
+
+ENTRIES = {"flwr-clientapp": _hide_clientapp, "flwr-serverapp": _hide_serverapp}
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in ENTRIES:
+        sys.exit(f"usage: python -m secfl.flower._app_process {{{'|'.join(ENTRIES)}}} ARGS")
+    entry = ENTRIES[sys.argv[1]]()
+    sys.argv = [sys.argv[1], *sys.argv[2:]]
+    sys.exit(entry())
+
+
+if __name__ == "__main__":
+    main()
