@@ -13,10 +13,9 @@ import sys
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
+from flwr.supercore.task_identity import TaskIdentity
 
 from secfl.flower import _app_process
-
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 out = io.StringIO()

@@ -96,7 +96,7 @@ def test_sample_count_needs_len_and_samples() -> None:
     with pytest.raises(TaskError) as hidden:  # a secure workload's: no message
         sample_count(Broken(), "load_data")
     assert str(hidden.value).startswith(
-        "load_data: len() of the data failed: RuntimeError at test_contract.py:"
+        "load_data: len() of the data failed: RuntimeError at test_contract.py, line "
     )
     assert "no rows" not in str(hidden.value)
 
@@ -141,7 +141,7 @@ def test_by_default_a_task_failure_shows_neither_its_message_nor_its_code(
     with pytest.raises(TaskError) as info:
         call_task("train", train, None, None, {})
     text = str(info.value)
-    assert text.startswith("train: the task raised RuntimeError at test_contract.py:")
+    assert text.startswith("train: the task raised RuntimeError at test_contract.py, line ")
     assert "PATIENT" not in text and info.value.__cause__ is None
     assert info.value.__suppress_context__
     assert "PATIENT" not in caplog.text and "confidential" not in caplog.text
@@ -149,7 +149,7 @@ def test_by_default_a_task_failure_shows_neither_its_message_nor_its_code(
     show_task_errors(False)  # what a secure workload does at start: warnings lose their text
     try:
         shown = warnings.formatwarning("row PATIENT-4711", UserWarning, __file__, 7, "code")
-        assert shown == "test_contract.py:7: UserWarning (its text is not shown)\n"
+        assert shown == "test_contract.py, line 7: UserWarning (its text is not shown)\n"
         with task_errors_shown():
             assert "PATIENT" in warnings.formatwarning("row PATIENT-4711", UserWarning, __file__, 7)
         assert "PATIENT" not in warnings.formatwarning("row PATIENT-4711", UserWarning, "x", 7)

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 
 from secfl.errors import FlError
-from secfl.tasks._contract import Task, failure_text, register_task_folder
+from secfl.tasks._contract import Task, failure_text, register_task_folder, shown_file
 from secfl.tasks._registry import as_task, builtin_task, task_names
 
 __all__ = [
@@ -250,7 +250,9 @@ def load_task(spec: str) -> Task:
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
-        raise FlError(f"source: the task module {path.name} failed: {failure_text(exc)}") from None
+        raise FlError(
+            f"source: the task module ({shown_file(str(path))}) failed: {failure_text(exc)}"
+        ) from None
     return as_task(module)
 
 

@@ -26,9 +26,11 @@ and ``--insecure``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import numbers
+import os
 import re
 import sys
 import threading
@@ -58,6 +60,7 @@ __all__ = [
     "register_task_folder",
     "sample_count",
     "show_task_errors",
+    "shown_file",
     "task_errors_shown",
 ]
 
@@ -283,30 +286,56 @@ def failure_text(exc: BaseException) -> str:
 
 
 def _place(exc: BaseException) -> str:
-    """``file:line`` where the task's code raised: the innermost frame in a task
-    folder (relative to it), else the innermost frame (its file name only)."""
+    """Where the task's code raised (:func:`shown_file`, line): the innermost frame in
+    a task folder, else the innermost frame."""
     if isinstance(exc, SyntaxError) and exc.filename:
-        return f"{_shown_path(exc.filename)}:{exc.lineno or 0}"
+        return f"{shown_file(exc.filename)}, line {exc.lineno or 0}"
     frames = [(f.f_code.co_filename, line) for f, line in traceback.walk_tb(exc.__traceback__)]
     for filename, line in reversed(frames):
         if _in_task_folder(filename) is not None:
-            return f"{_shown_path(filename)}:{line}"
+            return f"{shown_file(filename)}, line {line}"
     if frames:
-        return f"{_shown_path(frames[-1][0])}:{frames[-1][1]}"
+        return f"{shown_file(frames[-1][0])}, line {frames[-1][1]}"
     return "an unknown place"
 
 
-def _in_task_folder(filename: str) -> Path | None:
+def _in_task_folder(filename: str) -> tuple[Path, Path] | None:
     path = Path(filename)
     for folder in _task_folders:
         if path.is_relative_to(folder):
-            return path.relative_to(folder)
+            return folder, path.relative_to(folder)
     return None
 
 
-def _shown_path(filename: str) -> str:
-    inside = _in_task_folder(filename)
-    return str(inside) if inside is not None else Path(filename).name
+def shown_file(filename: str) -> str:
+    """How a hidden failure names ``filename``: a file of the task's by its place
+    among the task folder's files (the order `secfl shield ls` lists a code volume's
+    files in), since the names in a volume are as confidential as its content (found by
+    a review: a failure the host provoked named the task's files); any other file (a
+    library's) by its name. Where failures are shown, a task file by its path."""
+    found = _in_task_folder(filename)
+    if found is None:
+        return Path(filename).name
+    if _shown:  # (secfl simulate, --insecure: the task's owner's own machine)
+        return found[1].as_posix()
+    names = _task_files(found[0])
+    inside = found[1].as_posix()
+    if inside not in names:
+        return "a task file"
+    return f"task file #{names.index(inside) + 1} of {len(names)}"
+
+
+@functools.lru_cache(maxsize=16)
+def _task_files(folder: Path) -> list[str]:
+    """The files below ``folder``, by path relative to it, sorted as a volume's manifest
+    is (no link followed)."""
+    found = []
+    for top, _, names in os.walk(folder):
+        for name in names:
+            path = Path(top, name)
+            if path.is_file() and not path.is_symlink():
+                found.append(path.relative_to(folder).as_posix())
+    return sorted(found)
 
 
 def _bare_excepthook(
@@ -334,4 +363,4 @@ def _bare_warning(
     line: str | None = None,
 ) -> str:  # fmt: skip
     """A warning as a hidden mode shows it: no text, no source line."""
-    return f"{_shown_path(filename)}:{lineno}: {category.__name__} (its text is not shown)\n"
+    return f"{shown_file(filename)}, line {lineno}: {category.__name__} (its text is not shown)\n"
