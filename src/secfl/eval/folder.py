@@ -14,27 +14,31 @@ a folder can be reported on from its path alone.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
-from secfl._internal.files import atomic_write
+from secfl._internal.files import atomic_write, open_regular, open_regular_fd
 from secfl.errors import FlError
-from secfl.eval.grid import Evaluation, Grid, key
+from secfl.eval.grid import Evaluation, Grid, check_grid
 from secfl.fl._untrusted import check_tree, read_json_file
 
 __all__ = [
     "FINGERPRINT",
     "GRID_FIELDS",
+    "MAX_RECORD_BYTES",
     "MAX_SETTINGS_BYTES",
     "GridFolder",
     "append_record",
+    "check_record",
     "fan_out",
     "grid_from",
     "load_records",
@@ -49,6 +53,9 @@ log = logging.getLogger("secfl.eval.grid")
 FINGERPRINT = ("clients", "rounds", "epochs", "samples", "clones")
 #: A grid.json records settings and a command: small.
 MAX_SETTINGS_BYTES = 1 << 20
+#: A line of ``runs*.jsonl`` is one run's record (a few KB for tens of rounds); a
+#: longer one is skipped as malformed, unread.
+MAX_RECORD_BYTES = 1 << 20
 
 
 def model_digest(task_name: str) -> str:
@@ -154,16 +161,23 @@ def read_settings(path: Path) -> dict[str, Any]:
 
 
 def grid_from(doc: Any, path: Path) -> Grid:
-    """The :class:`Grid` a ``grid.json`` records, each field of its type."""
+    """The :class:`Grid` a ``grid.json`` records, each field of its type and in its
+    range (:func:`~secfl.eval.grid.check_grid`): a grid.json of a few bytes edited to
+    lists of thousands of values is refused, not turned into millions of runs."""
     if not isinstance(doc, dict) or set(doc) - set(GRID_FIELDS):
         raise FlError(f"grid: {path}: its grid has unknown settings or is not an object")
     for name, check in GRID_FIELDS.items():
         if name in doc and not check(doc[name]):
             raise FlError(f"grid: {path}: the grid's '{name}' has the wrong type")
     try:
-        return Grid(**doc)
+        grid = Grid(**doc)
     except TypeError:  # a field the grid needs is missing
         raise FlError(f"grid: {path}: its grid lacks a setting") from None
+    try:
+        check_grid(grid, where="the grid's '{}'")
+    except FlError as exc:
+        raise FlError(f"grid: {path} (edited?): {exc}; use another folder") from None
+    return grid
 
 
 def _ints(v: Any) -> bool:
@@ -205,25 +219,95 @@ def fan_out(workers: int, argv: Sequence[str]) -> None:
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:
-    """Every record in ``folder/runs*.jsonl``; a line cut short by a killed run is skipped."""
+    """Every record in ``folder/runs*.jsonl``. The folder may hold what anyone put
+    there, so each file is read only if it is a regular file reached without a
+    symbolic link (a FIFO planted as ``runs-x.jsonl`` is a refusal, not a hang), line
+    by line, each line bounded (:data:`MAX_RECORD_BYTES`); a line that is not a run's
+    record (:func:`check_record`: cut short by a killed run, not UTF-8, edited) is
+    skipped with a warning."""
     records = []
     for path in sorted(folder.glob("runs*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-                key(record)
-            except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
-                log.warning("%s: skipping a malformed line (a run cut short?)", path.name)
-                continue
-            records.append(record)
+        try:
+            with open_regular(path, follow=False) as fh:
+                while line := fh.readline(MAX_RECORD_BYTES + 1):
+                    record = _record(line) if len(line) <= MAX_RECORD_BYTES else None
+                    while line[-1:] != b"\n" and (line := fh.readline(MAX_RECORD_BYTES)):
+                        record = None  # too long: the rest of it is read, not kept
+                    if record is None:
+                        log.warning("%s: skipping a malformed line (a run cut short?)", path.name)
+                        continue
+                    records.append(record)
+        except OSError as exc:
+            raise FlError(
+                f"{path}: cannot read it as a file of runs ({_why(exc)}): "
+                "remove it, or use another folder"
+            ) from None
     return records
+
+
+def _why(exc: OSError) -> str:
+    """Why a runs file cannot be opened, in words: a link is named as such."""
+    return "a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """The run record on one line of a runs file, or None if it holds none."""
+    try:  # UnicodeDecodeError is a ValueError; a 400-digit number overflows a float
+        record = json.loads(line.decode("utf-8"))
+        return record if check_record(record) else None
+    except (ValueError, RecursionError, OverflowError):
+        return None
+
+
+#: A record's fields (:meth:`secfl.eval.grid.Run.record`) and the check of each: the
+#: report computes with them, so a "0" for 0 or a list for a number is refused when
+#: read, not met as a traceback while reporting (nor silently coerced: a seed of 0.5
+#: or true is not seed 0 or 1).
+_NAMES = ("task", "partition", "attack", "defence")
+_METRICS = ("backdoor_success", "tpr", "fpr_mean", "aggregate_s", "audit_ratio",
+            "audit_round_ratio", "diverged_round", "seconds")  # fmt: skip
+
+
+def _number(v: Any) -> TypeGuard[int | float]:
+    """A JSON number: not true or false (a bool is an int to Python), not "0"."""
+    return type(v) in (int, float)
+
+
+def check_record(record: Any) -> bool:
+    """Whether ``record`` is a run's record as :meth:`~secfl.eval.grid.Run.record`
+    writes it, each field of its exact type: text names, a finite number for the
+    malicious fraction, an integer seed, a number for the accuracy, a number or
+    nothing ("" or null) for each other figure, a list of objects for the rounds."""
+    if not isinstance(record, dict):
+        return False
+    if any(not isinstance(record.get(k), str) for k in _NAMES):
+        return False
+    if not isinstance(record.get("error", ""), str):
+        return False
+    malicious, seed = record.get("malicious"), record.get("seed")
+    if not (_number(malicious) and math.isfinite(malicious) and type(seed) is int):
+        return False
+    if "accuracy" in record and not _number(record["accuracy"]):
+        return False
+    if any(k in record and not (_number(record[k]) or record[k] in ("", None)) for k in _METRICS):
+        return False
+    rounds = record.get("rounds", [])
+    return isinstance(rounds, list) and all(isinstance(r, dict) for r in rounds)
 
 
 def append_record(path: Path, record: Mapping[str, Any]) -> None:
     """One line, one ``write``: shards that share a file never interleave lines; a line
     left unfinished by a killed run is ended first, so it costs only itself."""
     data = (json.dumps(record, default=str) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    # a regular file, not through a symbolic link: a link planted at the path is not
+    # written through, a FIFO is refused at once rather than blocking the worker
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = open_regular_fd(path, flags, 0o644)
+    except OSError as exc:
+        raise FlError(
+            f"{path}: cannot add a run to it ({_why(exc)}): remove it, then run again with --resume"
+        ) from None
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":

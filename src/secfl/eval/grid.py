@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shlex
 import statistics
 import time
@@ -29,6 +30,8 @@ __all__ = [
     "ATTACKS",
     "DEFENCES",
     "FULL",
+    "MAX_CELLS",
+    "MAX_LIST",
     "QUICK",
     "Evaluation",
     "Grid",
@@ -36,6 +39,7 @@ __all__ = [
     "Run",
     "assemble_grid",
     "attack_settings",
+    "check_grid",
     "check_names",
     "defence_names",
     "defence_settings",
@@ -66,6 +70,12 @@ class Grid:
     epochs: int = 5
     samples: int | None = None
     clones: int = 30
+
+    def cells(self) -> int:
+        """How many runs :meth:`scenarios` yields, counted without making them."""
+        per_frac = sum(1 if frac == 0 else len(self.attacks) for frac in self.malicious)
+        return (len(self.seeds) * len(self.tasks) * len(self.partitions) * per_frac
+                * len(self.defences))  # fmt: skip
 
     def scenarios(self) -> Iterable[tuple[str, Scenario]]:
         """(defence label, scenario) for every cell of the grid, seed by seed: a grid
@@ -138,12 +148,20 @@ class GridOptions:
             "malicious": _floats(self.malicious, "--malicious"),
             "attacks": _names(self.attacks),
             "defences": _names(self.defences),
-            "seeds": None if self.seeds is None else list(range(self.seeds)),
+            "seeds": None if self.seeds is None else list(range(_seeds(self.seeds))),
             "rounds": self.rounds,
             "epochs": self.epochs,
             "samples": self.samples,
         }
         return dataclasses.replace(grid, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _seeds(count: int) -> int:
+    """``--seeds``: checked before its list is made (a count of a billion is a refusal,
+    not a billion-entry list)."""
+    if not 1 <= count <= MAX_LIST:
+        raise FlError(f"--seeds: {count} seeds per cell; give 1 to {MAX_LIST}")
+    return count
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -187,6 +205,7 @@ def assemble_grid(
     stored command when nothing changes the stored grid."""
     grid = stored[0] if stored else QUICK if quick else FULL
     grid = options.apply(grid)
+    check_grid(grid)
     check_names(grid)
     given = options.given()
     argv = (["--quick"] if quick else []) + [
@@ -196,6 +215,61 @@ def assemble_grid(
     if stored and not given:
         command = stored[1]
     return grid, argv, command
+
+
+#: At most this many entries in each list of a grid, and this many runs in a grid:
+#: the full preset has about 11,000 runs (days on a small machine); a grid.json of a
+#: few bytes or a typo on the command line must not make millions of them.
+MAX_LIST = 1000
+MAX_CELLS = 100_000
+#: The malicious fractions a grid may hold: [0, 0.5). At half the collaborators or
+#: more, the attackers are the majority, which no robust rule claims to withstand
+#: (the presets and the published grids go up to 0.4).
+MAX_MALICIOUS = 0.5
+
+
+def check_grid(grid: Grid, where: str = "--{}") -> None:
+    """Every setting of ``grid`` in its range, each list and the whole grid bounded
+    (:data:`MAX_LIST`, :data:`MAX_CELLS`): a setting no run can take (0 rounds, 1
+    collaborator, a malicious majority) fails at once in one line, not as a traceback
+    hours into a grid. ``where`` names a setting: ``--{}`` for the command line's
+    options, another pattern for a folder's grid.json."""
+
+    def refuse(name: str, problem: str) -> FlError:
+        return FlError(f"{where.format(name)}: {problem}")
+
+    for name in ("tasks", "partitions", "malicious", "attacks", "defences", "seeds"):
+        size = len(getattr(grid, name))
+        if size > MAX_LIST:
+            raise refuse(name, f"{size} entries; give at most {MAX_LIST}")
+    for name in ("partitions", "malicious", "seeds"):
+        if not getattr(grid, name):
+            raise refuse(name, "no value given; give at least one")
+    if grid.clients < 2:
+        raise refuse("clients", f"{grid.clients}, but a federation needs 2 or more; give 2 or more")
+    for name in ("rounds", "epochs"):
+        if getattr(grid, name) < 1:
+            raise refuse(name, f"{getattr(grid, name)} {name}; give 1 or more")
+    if grid.samples is not None and grid.samples < 1:
+        raise refuse("samples", f"{grid.samples}; give 1 or more (or leave it out: all)")
+    for frac in grid.malicious:
+        if not (math.isfinite(frac) and 0 <= frac < MAX_MALICIOUS):
+            raise refuse(
+                "malicious", f"{frac} is not a fraction in [0, {MAX_MALICIOUS}); give e.g. 0,0.2"
+            )
+    for alpha in grid.partitions:
+        if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+            raise refuse(
+                "partitions",
+                f"{alpha} is not a Dirichlet alpha (a finite number > 0); give iid or e.g. 0.5",
+            )
+    if any(seed < 0 for seed in grid.seeds):
+        raise refuse("seeds", "a negative seed; give seeds of 0 or more")
+    if (cells := grid.cells()) > MAX_CELLS:
+        raise FlError(
+            f"the grid has {cells} runs, more than {MAX_CELLS}: give fewer "
+            "tasks, partitions, malicious fractions, attacks, defences or seeds"
+        )
 
 
 def check_names(grid: Grid) -> None:

@@ -4,38 +4,104 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from secfl._internal.files import atomic_write
 from secfl.eval.grid import ATTACKS, DEFENCES, Evaluation, key
 
-__all__ = ["markdown", "overview", "plots", "write_results"]
+__all__ = [
+    "CSV_COLUMNS",
+    "csv_text",
+    "markdown",
+    "md_code",
+    "md_text",
+    "overview",
+    "plots",
+    "write_results",
+]
 
 
 def write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
-    """results.csv, results.json, report.md and plots in ``out``."""
+    """results.csv, results.json, report.md and plots in ``out``.
+
+    The folder may hold what anyone put there: each file is written whole and then
+    renamed into place (:func:`~secfl._internal.files.atomic_write`), so a symbolic
+    link planted as ``report.md`` is replaced, never written through."""
     out.mkdir(parents=True, exist_ok=True)
     rows = ev.rows()
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write(out / "results.csv", csv_text(rows))
     rounds = {key(r): r.get("rounds", []) for r in ev.records}
     doc = {"command": command, "seconds": round(ev.seconds, 1), "grid": vars(ev.grid),
            "runs": [{**r, "rounds": rounds.get(key(r), [])} for r in rows]}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+    _write(out / "results.json", json.dumps(doc, indent=1, default=str))
     compute = sum(r["seconds"] for r in rows if isinstance(r.get("seconds"), int | float))
-    total = sum(1 for _ in ev.grid.scenarios())
-    (out / "report.md").write_text(markdown(rows, command, compute, total))
+    total = ev.grid.cells()
+    _write(out / "report.md", markdown(rows, command, compute, total))
     pngs = plots(rows, out)
     return {"csv": out / "results.csv", "json": out / "results.json",
             "report": out / "report.md", **pngs}  # fmt: skip
+
+
+def _write(path: Path, data: str | bytes) -> None:
+    """``data`` as the whole of ``path`` (see :func:`write_results`)."""
+    atomic_write(path, data.encode() if isinstance(data, str) else data, fsync=False)
+
+
+#: The columns of results.csv, in this order (those no row has are left out): a
+#: run's row (:meth:`~secfl.eval.grid.Run.row`) and what :meth:`Evaluation.rows`
+#: adds. Nothing else a runs file holds becomes a column.
+CSV_COLUMNS = ("task", "partition", "malicious", "attack", "defence", "seed", "error",
+               "accuracy", "backdoor_success", "tpr", "fpr_mean", "aggregate_s",
+               "audit_ratio", "audit_round_ratio", "diverged_round", "seconds",
+               "fallbacks", "gap_to_clean_fedavg")  # fmt: skip
+#: What makes a spreadsheet read a cell as a formula (CSV injection).
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as CSV of the known columns (:data:`CSV_COLUMNS`); a text cell a
+    spreadsheet would take for a formula (an error message of ``=HYPERLINK(...)``)
+    gets a leading ``'``, so it is shown as text."""
+    columns = [c for c in CSV_COLUMNS if any(c in r for r in rows)]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({c: _csv_cell(v) for c, v in r.items() if c in columns})
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA) else value
+
+
+_MD_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"} | {
+    c: "\\" + c for c in "\\`|*_[]#!~"
+}  # fmt: skip
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def md_text(text: str) -> str:
+    """``text`` from a folder (a run's error message) as plain Markdown text on one
+    line: no HTML, link, emphasis, code or table cell of its own can begin in it
+    (``< > &`` as entities, Markdown's punctuation escaped, control characters and
+    line breaks as spaces)."""
+    return "".join(_MD_ESCAPES.get(c, c) for c in _CONTROL.sub(" ", text))
+
+
+def md_code(text: str) -> str:
+    """``text`` (a command line) as a code span, or as :func:`md_text` where it
+    holds what a code span cannot (a backtick, a line break) or a renderer might
+    still take for HTML."""
+    if _CONTROL.search(text) or any(c in text for c in "`<>&"):
+        return md_text(text)
+    return f"`{text}`"
 
 
 def _cell(values: list[float]) -> str:
@@ -59,7 +125,7 @@ def markdown(
     """Per (task, partition, malicious fraction): attack x defence tables of final test
     accuracy (mean ± std over seeds), then the backdoor and audit figures. ``total``
     is the grid's number of runs: a report of a grid still under way says so."""
-    lines = ["# Robustness evaluation", "", f"Command: `{command}`  ",
+    lines = ["# Robustness evaluation", "", f"Command: {md_code(command)}  ",
              f"Compute: {seconds:.0f} s (summed over runs)  "]  # fmt: skip
     if total is not None and len(rows) < total:
         lines.append(
@@ -111,7 +177,7 @@ def markdown(
         if bd:
             lines += ["", "Backdoor success rate (mean over seeds): " + ", ".join(
                 f"{d} {_avg(bd[d], 'backdoor_success')}" for d in defences if d in bd)]  # fmt: skip
-        errors = sorted({f"{r['defence']}: {r['error']}" for r in group if r.get("error")})
+        errors = sorted({f"{r['defence']}: {md_text(r['error'])}" for r in group if r.get("error")})
         if errors:
             lines += ["", "Not applicable here: " + "; ".join(errors)]
         lines.append("")
@@ -218,6 +284,8 @@ def plots(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         path = out / f"worst-case-{task}-{part}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
+        _write(path, png.getvalue())
         paths[f"png:{task}:{part}"] = path
     return paths
