@@ -197,7 +197,7 @@ def test_markup_from_the_folder_stays_text_in_report_md(tmp_path: Path) -> None:
     (folder / "runs-0of1.jsonl").write_text(json.dumps({**GOOD, "error": error}) + "\n")
     assert report(folder) == 0
     text = (folder / "report.md").read_text()
-    assert "<img" not in text and "<script" not in text and "&lt;script&gt;" in text
+    assert "<img" not in text and "<script" not in text and "&lt;script>" in text
     assert "**0.999**" not in text and "\n## Injected" not in text
     assert text.count("## Overview") == 1 and "\\`code\\`" in text
     command = next(x for x in text.splitlines() if x.startswith("Command: "))

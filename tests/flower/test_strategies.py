@@ -218,3 +218,20 @@ def test_a_clientapps_exception_reaches_neither_the_log_nor_the_reply(
     assert "ClientApp raised an exception" in printed  # Flower's line, with a traceback ...
     assert "patient" not in printed and "raise KeyError" not in printed, printed  # ... of ours
     assert "app.py" not in printed, printed
+
+
+def test_a_hidden_app_exception_keeps_the_exit_code_the_app_chose(flower_python: Path) -> None:
+    """Found by a review of the fix above: an app's own ``AppExitException`` subclass
+    (a deliberate exit, code 50) became Flower's base class, exit code -1 (an error)."""
+    program = (
+        "from flwr.app.exception import AppExitException\n"
+        "from secfl.flower._app_process import hidden\n"
+        "class Done(AppExitException):\n"
+        "    exit_code = 50\n"
+        "h = hidden(Done('patient alice'), 'ServerApp')\n"
+        "print(isinstance(h, AppExitException), h.exit_code, 'patient' in str(h))\n"
+    )
+    done = subprocess.run([str(flower_python), "-c", program], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "50", "False"]

@@ -80,10 +80,12 @@ INTERPRETER_HOOKS = frozenset(
 #: case), bash's exported functions (``BASH_FUNC_name%%`` replaces a command a script
 #: runs) and git's configuration (``GIT_CONFIG_KEY_0=core.fsmonitor`` runs a command).
 CODE_PREFIXES = ("LD_", "PYTHON", "OPENSSL_", "GRPC_", "BASH_FUNC_", "GIT_CONFIG")
-#: Python's variables that load nothing: passed on.
+#: Python's variables that load nothing and show nothing: passed on (not
+#: ``PYTHONFAULTHANDLER``: a signal then dumps every thread's stack, the task's files
+#: and functions, to the host's stderr; found by a review).
 PYTHON_HARMLESS = frozenset(
     {
-        "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONHASHSEED", "PYTHONFAULTHANDLER",
+        "PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONHASHSEED",
         "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8", "PYTHONNOUSERSITE", "PYTHONSAFEPATH",
     }
 )  # fmt: skip

@@ -67,7 +67,7 @@ def _warn_insecure(insecure: bool) -> None:
             "For measuring overhead only; never use it with real data.[/]"
         )
     else:
-        from secfl.tasks._contract import hide_uncaught_errors
+        from secfl._internal.failures import hide_uncaught_errors
 
         hide_uncaught_errors()
 

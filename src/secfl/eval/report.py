@@ -68,7 +68,9 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     """``rows`` as CSV of the known columns (:data:`CSV_COLUMNS`); a text cell a
     spreadsheet would take for a formula (an error message of ``=HYPERLINK(...)``)
     gets a leading ``'``, so it is shown as text."""
-    columns = [c for c in CSV_COLUMNS if any(c in r for r in rows)]
+    columns: list[str] = []  # in the order the records give them, as before
+    for r in rows:
+        columns += [c for c in r if c in CSV_COLUMNS and c not in columns]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
@@ -81,7 +83,7 @@ def _csv_cell(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(_FORMULA) else value
 
 
-_MD_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"} | {
+_MD_ESCAPES = {"&": "&amp;", "<": "&lt;"} | {  # (a ">" inside a line starts nothing)
     c: "\\" + c for c in "\\`|*_[]#!~"
 }  # fmt: skip
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -90,7 +92,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def md_text(text: str) -> str:
     """``text`` from a folder (a run's error message) as plain Markdown text on one
     line: no HTML, link, emphasis, code or table cell of its own can begin in it
-    (``< > &`` as entities, Markdown's punctuation escaped, control characters and
+    (``< &`` as entities, Markdown's punctuation escaped, control characters and
     line breaks as spaces)."""
     return "".join(_MD_ESCAPES.get(c, c) for c in _CONTROL.sub(" ", text))
 

@@ -43,9 +43,12 @@ def hidden(exc: BaseException, entity: str) -> BaseException:
     for kind in type(exc).__mro__:
         if kind.__module__.startswith("flwr.") and issubclass(kind, Exception):
             try:
-                return kind(text)
+                replacement = kind(text)
             except Exception:  # a constructor of another signature
                 break
+            if hasattr(exc, "exit_code"):  # an app's AppExitException says how to exit
+                replacement.exit_code = exc.exit_code  # type: ignore[attr-defined]
+            return replacement
     if isinstance(exc, ImportError):
         return ImportError(text)
     return AppFailed(text)
@@ -96,6 +99,10 @@ ENTRIES = {"flwr-clientapp": _hide_clientapp, "flwr-serverapp": _hide_serverapp}
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in ENTRIES:
         sys.exit(f"usage: python -m secfl.flower._app_process {{{'|'.join(ENTRIES)}}} ARGS")
+    from secfl._internal.failures import hide_uncaught_errors, show_task_errors
+
+    show_task_errors(False)  # warnings without their text
+    hide_uncaught_errors()  # threads, finalisers, fatal signals: one line each
     entry = ENTRIES[sys.argv[1]]()
     sys.argv = [sys.argv[1], *sys.argv[2:]]
     sys.exit(entry())

@@ -185,7 +185,9 @@ class Executor:
         runs beside it, and a fork holding its locks could hang)."""
         # Flower's app process, the app's exceptions kept from the host (their
         # messages and tracebacks: secfl.flower._app_process)
-        command = [sys.executable, "-m", "secfl.flower._app_process", self.task_type.value]
+        # (-P: the working folder, where an app writes, is not put on sys.path: a module
+        # an app left there would be imported in place of Flower's in every later task)
+        command = [sys.executable, "-P", "-m", "secfl.flower._app_process", self.task_type.value]
         self._tokens += 1
         token_file = self.token_dir / f"task-{self._tokens}.token"
         files.write_private(token_file, token.encode(), fsync=False)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 
+from secfl._internal.failures import hide_uncaught_errors, show_task_errors
 from secfl.errors import LaunchError
 from secfl.shield import Volume, VolumeImporter
 
@@ -45,6 +46,11 @@ def run_module(
     os.environ.update(env)
     tempfile.tempdir = None  # found again, from env's TMPDIR (the launcher's was cached)
     volumes.update(opened)
+    # what the module does not catch (in any thread, in a finaliser), its warnings and a
+    # fatal signal's dump, as one line each: their text names the volume's files and may
+    # quote its data, and the host reads this process's stderr (found by a review)
+    show_task_errors(False)
+    hide_uncaught_errors()
     try:
         with _installed(importers):
             runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -52,7 +58,9 @@ def run_module(
     except SystemExit as exc:
         status = exc.code
         return status if isinstance(status, int) else (0 if status is None else 1)
-    except Exception as exc:  # (KeyboardInterrupt goes on: the launcher's Ctrl-C)
+    except KeyboardInterrupt:  # the launcher's Ctrl-C
+        raise
+    except BaseException as exc:
         # its message and traceback name the volume's files and may quote its data:
         # the host reads what this process prints (found by a review)
         raise LaunchError(
