@@ -14,7 +14,8 @@ import pytest
 from secfl.cli.main import main
 from secfl.errors import FlError
 from secfl.eval.folder import load_records
-from secfl.eval.grid import FULL, QUICK, Evaluation, Grid, GridOptions, assemble_grid
+from secfl.eval.grid import FULL, QUICK, Evaluation, Grid
+from secfl.eval.options import GridOptions, assemble_grid
 from secfl.eval.report import write_results
 
 

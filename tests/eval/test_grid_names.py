@@ -10,7 +10,8 @@ import pytest
 
 from secfl.errors import FlError
 from secfl.eval.attacks import available_attacks
-from secfl.eval.grid import QUICK, check_names, defence_names
+from secfl.eval.grid import QUICK, defence_names
+from secfl.eval.options import check_names
 from secfl.tasks import task_names
 from tests.clirun import failed
 

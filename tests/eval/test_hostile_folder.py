@@ -19,9 +19,10 @@ import pytest
 from secfl.cli.main import main
 from secfl.errors import FlError
 from secfl.eval.folder import GridFolder, append_record, load_records
-from secfl.eval.grid import ATTACKS, DEFENCES, FULL, QUICK, GridOptions, assemble_grid
+from secfl.eval.grid import ATTACKS, DEFENCES, FULL, QUICK
+from secfl.eval.options import GridOptions, assemble_grid
 
-#: The bounds (folder.MAX_RECORD_BYTES, grid.MAX_CELLS), spelled out: this file also
+#: The bounds (folder.MAX_RECORD_BYTES, options.MAX_CELLS), spelled out: this file also
 #: runs against code without them.
 MAX_RECORD_BYTES = 1 << 20
 MAX_CELLS = 100_000

@@ -68,7 +68,7 @@ def robustness_cmd(
     run as a task on a Ray cluster (:mod:`secfl.eval.ray_engine`), into the same
     folder, so ``--resume`` continues a grid with either engine."""
     from secfl.eval.folder import GridFolder, fan_out, parse_shard
-    from secfl.eval.grid import GridOptions, assemble_grid
+    from secfl.eval.options import GridOptions, assemble_grid
 
     options = GridOptions(
         tasks=tasks, clients=clients, partitions=partitions, malicious=malicious,

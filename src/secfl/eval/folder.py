@@ -28,7 +28,8 @@ from typing import Any, TypeGuard
 
 from secfl._internal.files import atomic_write, open_regular, open_regular_fd
 from secfl.errors import FlError
-from secfl.eval.grid import Evaluation, Grid, check_grid
+from secfl.eval.grid import Evaluation, Grid
+from secfl.eval.options import check_grid
 from secfl.fl._untrusted import check_tree, read_json_file
 
 __all__ = [
@@ -162,7 +163,7 @@ def read_settings(path: Path) -> dict[str, Any]:
 
 def grid_from(doc: Any, path: Path) -> Grid:
     """The :class:`Grid` a ``grid.json`` records, each field of its type and in its
-    range (:func:`~secfl.eval.grid.check_grid`): a grid.json of a few bytes edited to
+    range (:func:`~secfl.eval.options.check_grid`): a grid.json of a few bytes edited to
     lists of thousands of values is refused, not turned into millions of runs."""
     if not isinstance(doc, dict) or set(doc) - set(GRID_FIELDS):
         raise FlError(f"grid: {path}: its grid has unknown settings or is not an object")

@@ -3,7 +3,7 @@
 A :class:`Grid` of :class:`~secfl.eval.simulation.Scenario` s (task x partition x
 malicious fraction x attack x defence x seed) runs through the simulation engine
 (:class:`Evaluation`), starting from a preset changed by a command line's options
-(:class:`GridOptions`, :func:`assemble_grid`). Each run's row holds the final test
+(:mod:`secfl.eval.options`). Each run's row holds the final test
 accuracy, the gap to clean FedAvg, the backdoor success rate, the audit's true- and
 false-positive rates and the aggregator's time per round; :mod:`secfl.eval.report`
 writes them as CSV, JSON, a Markdown report and PNG plots. Defences that need more
@@ -13,10 +13,7 @@ not silently skipped.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-import shlex
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -30,17 +27,11 @@ __all__ = [
     "ATTACKS",
     "DEFENCES",
     "FULL",
-    "MAX_CELLS",
-    "MAX_LIST",
     "QUICK",
     "Evaluation",
     "Grid",
-    "GridOptions",
     "Run",
-    "assemble_grid",
     "attack_settings",
-    "check_grid",
-    "check_names",
     "defence_names",
     "defence_settings",
     "key",
@@ -111,187 +102,6 @@ QUICK = Grid(tasks=["digits"], clients=20, partitions=[None, 0.5], malicious=[0.
 FULL = Grid(tasks=["fashion-mnist", "digits"], clients=20, partitions=[None, 0.5, 0.1],
             malicious=[0.0, 0.1, 0.2, 0.3, 0.4], attacks=ATTACKS, defences=DEFENCES,
             seeds=[0, 1, 2], rounds=10, epochs=1, samples=None)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class GridOptions:
-    """Changes to a grid as ``secfl eval robustness`` takes them: comma-separated text
-    for the lists, a count of seeds; None keeps the grid's own setting."""
-
-    tasks: str | None = None
-    clients: int | None = None
-    #: ``iid`` and/or Dirichlet alphas.
-    partitions: str | None = None
-    malicious: str | None = None
-    attacks: str | None = None
-    defences: str | None = None
-    seeds: int | None = None
-    rounds: int | None = None
-    epochs: int | None = None
-    samples: int | None = None
-
-    def given(self) -> dict[str, Any]:
-        """The options given, by their command-line names (``--tasks``...), in order."""
-        return {
-            f"--{f.name}": getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) is not None
-        }
-
-    def apply(self, grid: Grid) -> Grid:
-        """``grid`` with these changes; :class:`FlError` names an option that is not
-        a list of what it should hold."""
-        changes: dict[str, Any] = {
-            "tasks": _names(self.tasks),
-            "clients": self.clients,
-            "partitions": _partitions(self.partitions),
-            "malicious": _floats(self.malicious, "--malicious"),
-            "attacks": _names(self.attacks),
-            "defences": _names(self.defences),
-            "seeds": None if self.seeds is None else list(range(_seeds(self.seeds))),
-            "rounds": self.rounds,
-            "epochs": self.epochs,
-            "samples": self.samples,
-        }
-        return dataclasses.replace(grid, **{k: v for k, v in changes.items() if v is not None})
-
-
-def _seeds(count: int) -> int:
-    """``--seeds``: checked before its list is made (a count of a billion is a refusal,
-    not a billion-entry list)."""
-    if not 1 <= count <= MAX_LIST:
-        raise FlError(f"--seeds: {count} seeds per cell; give 1 to {MAX_LIST}")
-    return count
-
-
-def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _floats(text: str | None, option: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x]
-    except ValueError:
-        raise FlError(f"{option}: '{text}' is not a comma-separated list of numbers") from None
-
-
-def _partitions(text: str | None) -> list[float | None] | None:
-    """``iid`` (None) and Dirichlet alphas."""
-    if text is None:
-        return None
-    try:
-        return [None if p.strip() == "iid" else float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise FlError(
-            f"--partitions: '{text}' is not a comma-separated list of iid and numbers"
-        ) from None
-
-
-def assemble_grid(
-    options: GridOptions,
-    *,
-    quick: bool = False,
-    out: str,
-    stored: tuple[Grid, str] | None = None,
-) -> tuple[Grid, list[str], str]:
-    """The grid a command line asks for, its options and the command that records it.
-
-    The grid is the preset (:data:`QUICK` or :data:`FULL`), or ``stored`` (the grid
-    and command a folder was made with, for a report on it), with ``options``
-    applied. The options (``--quick``, those given, ``-o out``) are what workers
-    are started with; the command is ``secfl eval robustness`` with them, or the
-    stored command when nothing changes the stored grid."""
-    grid = stored[0] if stored else QUICK if quick else FULL
-    grid = options.apply(grid)
-    check_grid(grid)
-    check_names(grid)
-    given = options.given()
-    argv = (["--quick"] if quick else []) + [
-        a for name, value in given.items() for a in (name, str(value))
-    ] + ["-o", out]  # fmt: skip
-    command = "secfl eval robustness " + shlex.join(argv)
-    if stored and not given:
-        command = stored[1]
-    return grid, argv, command
-
-
-#: At most this many entries in each list of a grid, and this many runs in a grid:
-#: the full preset has about 11,000 runs (days on a small machine); a grid.json of a
-#: few bytes or a typo on the command line must not make millions of them.
-MAX_LIST = 1000
-MAX_CELLS = 100_000
-#: The malicious fractions a grid may hold: [0, 0.5). At half the collaborators or
-#: more, the attackers are the majority, which no robust rule claims to withstand
-#: (the presets and the published grids go up to 0.4).
-MAX_MALICIOUS = 0.5
-
-
-def check_grid(grid: Grid, where: str = "--{}") -> None:
-    """Every setting of ``grid`` in its range, each list and the whole grid bounded
-    (:data:`MAX_LIST`, :data:`MAX_CELLS`): a setting no run can take (0 rounds, 1
-    collaborator, a malicious majority) fails at once in one line, not as a traceback
-    hours into a grid. ``where`` names a setting: ``--{}`` for the command line's
-    options, another pattern for a folder's grid.json."""
-
-    def refuse(name: str, problem: str) -> FlError:
-        return FlError(f"{where.format(name)}: {problem}")
-
-    for name in ("tasks", "partitions", "malicious", "attacks", "defences", "seeds"):
-        size = len(getattr(grid, name))
-        if size > MAX_LIST:
-            raise refuse(name, f"{size} entries; give at most {MAX_LIST}")
-    for name in ("partitions", "malicious", "seeds"):
-        if not getattr(grid, name):
-            raise refuse(name, "no value given; give at least one")
-    if grid.clients < 2:
-        raise refuse("clients", f"{grid.clients}, but a federation needs 2 or more; give 2 or more")
-    for name in ("rounds", "epochs"):
-        if getattr(grid, name) < 1:
-            raise refuse(name, f"{getattr(grid, name)} {name}; give 1 or more")
-    if grid.samples is not None and grid.samples < 1:
-        raise refuse("samples", f"{grid.samples}; give 1 or more (or leave it out: all)")
-    for frac in grid.malicious:
-        if not (math.isfinite(frac) and 0 <= frac < MAX_MALICIOUS):
-            raise refuse(
-                "malicious", f"{frac} is not a fraction in [0, {MAX_MALICIOUS}); give e.g. 0,0.2"
-            )
-    for alpha in grid.partitions:
-        if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
-            raise refuse(
-                "partitions",
-                f"{alpha} is not a Dirichlet alpha (a finite number > 0); give iid or e.g. 0.5",
-            )
-    if any(seed < 0 for seed in grid.seeds):
-        raise refuse("seeds", "a negative seed; give seeds of 0 or more")
-    if (cells := grid.cells()) > MAX_CELLS:
-        raise FlError(
-            f"the grid has {cells} runs, more than {MAX_CELLS}: give fewer "
-            "tasks, partitions, malicious fractions, attacks, defences or seeds"
-        )
-
-
-def check_names(grid: Grid) -> None:
-    """Every task, attack and defence the grid names exists: a typo fails at once,
-    listing the names, rather than after hours of runs."""
-    from secfl.eval.attacks import available_attacks
-    from secfl.tasks import task_names
-
-    for option, names, known in (
-        ("--tasks", grid.tasks, task_names()),
-        ("--attacks", grid.attacks, available_attacks()),
-        ("--defences", grid.defences, defence_names()),
-    ):
-        needed = option != "--attacks" or any(frac > 0 for frac in grid.malicious)
-        if not names and needed:
-            raise FlError(f"{option}: no name given (known: {', '.join(known)})")
-        unknown = [name for name in names if name not in known]
-        if unknown:
-            raise FlError(
-                f"{option}: unknown '{unknown[0][:40]}' (known: {', '.join(known)}); "
-                "give a comma-separated list of these"
-            )
 
 
 def defence_names() -> list[str]:
