@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,25 @@ def test_a_hidden_app_exception_keeps_the_exit_code_the_app_chose(flower_python:
                           timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "50", "False"]
+
+
+def test_an_apps_exit_message_is_not_printed(tmp_path: Path) -> None:
+    """``sys.exit("text")`` in an app (Flower lets SystemExit through) had Python print
+    the text on the host's stderr; a numeric exit code is kept."""
+    program = (
+        "import sys\n"
+        "from secfl.flower import _app_process\n"
+        "def app():\n"
+        "    sys.exit(int(sys.argv[1]) if sys.argv[1].isdigit() else sys.argv[1])\n"
+        "_app_process.ENTRIES['flwr-clientapp'] = lambda: app\n"
+        "sys.argv = ['x', 'flwr-clientapp', sys.argv[1]]\n"
+        "_app_process.main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program, "patient alice, HIV+"],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1
+    assert "patient" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert "the app exited with a message" in done.stderr
+    done = subprocess.run([sys.executable, "-c", program, "7"], capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
+    assert (done.returncode, done.stderr) == (7, "")

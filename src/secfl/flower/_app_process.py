@@ -105,7 +105,14 @@ def main() -> None:
     hide_uncaught_errors()  # threads, finalisers, fatal signals: one line each
     entry = ENTRIES[sys.argv[1]]()
     sys.argv = [sys.argv[1], *sys.argv[2:]]
-    sys.exit(entry())
+    try:
+        code = entry()
+    except SystemExit as exc:  # an app's sys.exit("text"): Python would print the text
+        code = exc.code
+    if code is not None and not isinstance(code, int):
+        sys.stderr.write(f"error: {sys.argv[0]}: the app exited with a message ({HIDDEN})\n")
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":
