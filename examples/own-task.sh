@@ -116,7 +116,7 @@ together "${K[@]}"
 for s in site-1 site-2 site-3; do TAG[$s]=$(< $s/$s.tag); echo "$s.secfl ${TAG[$s]}"; done
 
 # --- the board: the policy from a few facts, checked, 2 of 3 signatures, submitted ---------
-# The settings are the task's federation.yaml, the ones `simulate` ran; 30 rounds (of this
+# The settings are the task's federation.yaml, the ones `simulate` ran; 12 rounds (of this
 # tiny task, a tenth of a second each) leave time for the Ctrl-C below.
 say "6. secfl policy init, validate, sign (alice, bob), submit"
 cd board
@@ -128,7 +128,7 @@ secfl policy init --name clinic-risk --threshold 2 \
   --sealed task-key=@task-key.sealed --sealed validation-key=@validation-key.sealed \
   --sealed output-key=@output-key.sealed --sealed site-1-key=@site-1-key.sealed \
   --sealed site-2-key=@site-2-key.sealed --sealed site-3-key=@site-3-key.sealed \
-  --settings ../owner/clinic-risk/federation.yaml --rounds 30
+  --settings ../owner/clinic-risk/federation.yaml --rounds 12
 secfl policy validate policy.yaml
 secfl policy sign policy.yaml --key alice.key --member alice & K=($!)  # each on their own machine
 secfl policy sign policy.yaml --key bob.key --member bob & K+=($!)

@@ -100,7 +100,7 @@ def test_the_policy_from_init_validates_and_carries_the_task_settings(
     federation = yaml.safe_load((work / "board" / "policy.yaml").read_text())["federation"]
     settings = yaml.safe_load((work / "owner" / "clinic-risk" / "federation.yaml").read_text())
     # what the scientist tried in simulate is what the board signed (rounds overridden)
-    assert federation == {**settings["federation"], "rounds": 30, "counter": "rounds"}
+    assert federation == {**settings["federation"], "rounds": 12, "counter": "rounds"}
 
 
 def test_ctrl_c_names_the_sealed_round_and_the_restart_resumes_after_it(
@@ -108,7 +108,7 @@ def test_ctrl_c_names_the_sealed_round_and_the_restart_resumes_after_it(
 ) -> None:
     work, out = ran
     stopped = re.search(
-        r"stopped: round (\d+) of 30 of run 1 \(policy version 1, [0-9a-f]{12}\) is sealed in "
+        r"stopped: round (\d+) of 12 of run 1 \(policy version 1, [0-9a-f]{12}\) is sealed in "
         r"checkpoints \(counter (\d+)\); start the aggregator again with the same command: it "
         r"resumes with round (\d+)",
         _section(out, 8),
@@ -122,7 +122,7 @@ def test_ctrl_c_names_the_sealed_round_and_the_restart_resumes_after_it(
     assert run1[sealed - 1]["counter"] == counter
     log = (work / "owner" / "aggregator.log").read_text()
     assert f"resumed from checkpoint-r{sealed:08d}-c{counter:010d}-" in log
-    assert f"training rounds {resume} to 30" in log
+    assert f"training rounds {resume} to 12" in log
     # the sites were not restarted: they waited for the aggregator and joined it again
     for site in ("site-1", "site-2", "site-3"):
         site_log = (work / site / "collaborator.log").read_text()
@@ -159,7 +159,7 @@ def test_version_2_takes_effect_without_a_reset(ran: tuple[Path, str]) -> None:
     assert run2[0]["counter"] == metrics[len(metrics) - 6]["counter"] + 2
     log = (work / "owner" / "aggregator.log").read_text()
     assert re.search(r"run 2 \(policy version 2, [0-9a-f]{12}\) starts from the previous run's "
-                     r"model \(checkpoint-r00000030-", log)  # fmt: skip
+                     r"model \(checkpoint-r00000012-", log)  # fmt: skip
     # nobody signed or applied a reset
     assert not list(work.rglob("reset*.json"))
     assert "sign-reset" not in out
