@@ -29,6 +29,7 @@ from secfl.spm import _sealing as sv
 from secfl.spm._engine import normalise_url
 from secfl.spm._recovery import open_share, recover_policy_key
 from secfl.spm._service import REVOCATION_DOMAIN, revocation_digest, revocation_doc
+from secfl.spm._vault import VALUE_TTL
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import Enrollment, enroll
 from secfl.tee import _simulated as simulated
@@ -861,3 +862,124 @@ def test_a_deleted_tls_identity_is_not_silently_replaced(
     submit(client, board, policy_document("p", board, sim[1]))
     db(spm, "DELETE FROM meta WHERE key = 'identity_key'")
     assert "sealed TLS identity is missing" in restart_fails(spm)
+
+
+# --- a secret's row is the one stored last; a rotated CA reissues what it signed --------
+# A row's MAC cannot tell an old row from the current one: a host that saved a secret's
+# row and put it back after the board rotated the secret away and back (``random`` 16 to
+# 32 to 16 bytes) got the old value released again, even across a restart, and a
+# certificate's renewal signed with whatever CA row it found (review). Each store is
+# now chained into the log (``secret.stored``, the ciphertext's SHA-256).
+
+
+def _secrets_of(spm: SpmProcess, sim: tuple[Path, bytes]) -> dict[str, Any]:
+    with SpmClient(spm.url, pin=spm.pin) as c:
+        plat = simulated.SimulatedPlatform(sim[0])
+        return enroll(c, plat, "p", "aggregator", measurement=AGGREGATOR_MR).secrets
+
+
+def _restore(spm: SpmProcess, old: Any, name: str) -> None:
+    """Put back a saved row of secret ``name``, with its own (valid) MAC."""
+    db(spm, "UPDATE secrets SET definition_digest = :d, ciphertext = :c, created_at = :t, "
+            "mac = :m WHERE policy = 'p' AND name = :n",
+       d=old.definition_digest, c=old.ciphertext, t=old.created_at, m=old.mac, n=name)  # fmt: skip
+
+
+def _next(board: Board, sim: tuple[Path, bytes], before: dict[str, Any], version: int) -> dict:
+    return yaml.safe_load(
+        policy_document("p", board, sim[1], version=version, predecessor=before["digest"])
+    )
+
+
+def test_a_value_rotated_away_and_back_is_not_restored(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    first = submit(client, board, policy_document("p", board, sim[1]))
+    leaked = _secrets_of(spm, sim)["seed"]
+    (old,) = db(spm, "SELECT * FROM secrets WHERE policy = 'p' AND name = 'seed'")
+    doc = _next(board, sim, first, 2)  # v2 rotates the seed (its value leaked, say)
+    next(s for s in doc["secrets"] if s["name"] == "seed")["size"] = 32
+    second = submit(client, board, yaml.safe_dump(doc))
+    submit(client, board, yaml.safe_dump(_next(board, sim, second, 3)))  # v3: 16 bytes again
+    time.sleep(REFRESH_WAIT + VALUE_TTL)
+    assert _secrets_of(spm, sim)["seed"] != leaked  # a new value, not the leaked one
+    _restore(spm, old, "seed")  # the host puts version 1's row back
+    time.sleep(VALUE_TTL + 0.2)
+    with pytest.raises(SpmRefused, match="^rollback: the stored value of secret 'seed'") as no:
+        _secrets_of(spm, sim)
+    assert no.value.status == 400
+    assert restart_fails(spm).startswith("error: rollback: the stored value of secret 'seed' of ")
+
+
+def _with_leaf(doc: dict, ca_name: str, validity_days: int = 3650, *, show_ca: bool = True) -> dict:
+    doc["secrets"] += [
+        {"name": "ca2", "kind": "x509-ca", "common_name": ca_name, "validity_days": validity_days},
+        {"name": "svc", "kind": "x509", "issuer": "ca2", "common_name": "svc"},
+    ]
+    files = doc["services"][0]["inject"]["files"]
+    files["/secrets/svc.crt"] = "$$SECFL::svc:crt$$"
+    if show_ca:  # else only the leaf's renewal reads the CA's row
+        files["/secrets/ca2.crt"] = "$$SECFL::ca2:crt$$"
+    return doc
+
+
+def _issuer(secrets: dict[str, Any]) -> str:
+    crt = x509.load_pem_x509_certificate(secrets["svc"]["crt"].encode())
+    return crt.issuer.rfc4514_string()
+
+
+@pytest.mark.parametrize("spm", ["sqlite"], indirect=True)
+def test_a_renewal_never_signs_with_a_restored_ca(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    # a CA of 2 days caps its leaf's lifetime: the leaf is renewed at every release
+    v1 = _with_leaf(yaml.safe_load(policy_document("p", board, sim[1])), "old CA", 2, show_ca=False)
+    first = submit(client, board, yaml.safe_dump(v1))
+    (old,) = db(spm, "SELECT * FROM secrets WHERE policy = 'p' AND name = 'ca2'")
+    v2 = _with_leaf(_next(board, sim, first, 2), "new CA", 2, show_ca=False)
+    submit(client, board, yaml.safe_dump(v2))
+    time.sleep(REFRESH_WAIT + VALUE_TTL)
+    assert _issuer(_secrets_of(spm, sim)) == "CN=new CA"
+    _restore(spm, old, "ca2")
+    time.sleep(VALUE_TTL + 0.2)
+    with pytest.raises(SpmRefused, match="^rollback: the stored value of secret 'ca2'"):
+        _secrets_of(spm, sim)
+
+
+@pytest.mark.parametrize("spm", ["sqlite"], indirect=True)
+def test_a_rotated_ca_reissues_the_certificates_it_signed(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """No attacker: the board gave the CA a new key; the leaf it signed is not released
+    with the old CA's signature until its renewal, months later."""
+    first = submit(client, board, yaml.safe_dump(_with_leaf(yaml.safe_load(
+        policy_document("p", board, sim[1])), "CA one")))  # fmt: skip
+    assert _issuer(_secrets_of(spm, sim)) == "CN=CA one"
+    submit(client, board, yaml.safe_dump(_with_leaf(_next(board, sim, first, 2), "CA two")))
+    time.sleep(REFRESH_WAIT + VALUE_TTL)
+    secrets = _secrets_of(spm, sim)
+    ca = x509.load_pem_x509_certificate(secrets["ca2"]["crt"].encode())
+    leaf = x509.load_pem_x509_certificate(secrets["svc"]["crt"].encode())
+    assert ca.subject.rfc4514_string() == "CN=CA two" == _issuer(secrets)
+    assert leaf.verify_directly_issued_by(ca) is None
+    events = [line for line in _audit_events(spm) if line[0] == "secret.stored"]
+    assert ("secret.stored", "svc", "reissued") in events
+
+
+def _audit_events(spm: SpmProcess) -> list[tuple[str, str, str]]:
+    rows = db(spm, "SELECT event, detail FROM audit WHERE policy = 'p' ORDER BY seq")
+    out = []
+    for row in rows:
+        detail = json.loads(row.detail)
+        out.append((row.event, detail.get("secret", ""), detail.get("reason", "")))
+    return out
+
+
+def test_recovery_shares_nested_deeply_are_one_line() -> None:
+    """The shares come from the database (the host's): a nesting that exhausts Python's
+    recursion, or a threshold beyond GF(256), is a refusal, not a traceback."""
+    with pytest.raises(SpmError, match="^recovery: the recovery shares are not JSON$"):
+        open_share("[" * 100_000 + "]" * 100_000, "alice", b"")
+    huge = '{"format": "secfl-recovery-shares/v2", "policy": "p", "shares": {}, "threshold": 1%s}'
+    with pytest.raises(SpmError, match="^recovery: the recovery shares have no valid threshold$"):
+        open_share(huge % ("0" * 4000), "alice", b"")

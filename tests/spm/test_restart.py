@@ -85,7 +85,7 @@ def test_a_certificate_named_in_another_spelling_cannot_stop_the_next_start(
     from the database and the SPM called it a rollback, at every start after. Another
     spelling is now refused in one line, and the one spelling is recorded and kept."""
     from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
-    from secfl.spm._integrity import change_of
+    from secfl.spm._floor_changes import change_of
     from secfl.spm._revocation import revocation_digest
     from secfl.spm.client import SpmRefused
 

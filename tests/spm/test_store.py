@@ -101,13 +101,13 @@ def test_meta_secrets_and_policy_keys(store: Store) -> None:
         assert tx.meta.get("k") is None
         tx.meta.put("k", b"\x00one")
         tx.meta.put("k", b"\x00two")
-        tx.secrets.put(SecretRecord("fl", "ca", "x509-ca", "d" * 64, blob, T0))
+        tx.secrets.put(SecretRecord("fl", "ca", "x509-ca", "d" * 64, blob, T0), "new")
         tx.data_keys.put("fl", b"wrapped-1", '{"shares":1}')
     with store.transaction() as tx:
         assert tx.meta.get("k") == b"\x00two"
         assert tx.secrets.get("fl", "ca") == SecretRecord("fl", "ca", "x509-ca", "d" * 64, blob, T0)
-        tx.secrets.put(SecretRecord("fl", "ca", "x509-ca", "e" * 64, b"new", T0))
-        tx.secrets.put(SecretRecord("fl", "aes", "aes-256", "f" * 64, b"k", T0))
+        tx.secrets.put(SecretRecord("fl", "ca", "x509-ca", "e" * 64, b"new", T0), "redefined")
+        tx.secrets.put(SecretRecord("fl", "aes", "aes-256", "f" * 64, b"k", T0), "new")
         tx.data_keys.put("fl", b"wrapped-2", '{"shares":2}')
     with store.read() as tx:
         replaced = tx.secrets.get("fl", "ca")

@@ -254,12 +254,14 @@ class Attestor:
             if isinstance(secret, CertSecret) and sv.needs_renewal(secret, value, now):
                 issuer = policy.secret(secret.issuer)
                 assert issuer is not None
-                ca_value = self.vault.value(tx, key, policy.name, issuer.name)
-                value = sv.generate(secret, {issuer.name: ca_value}, now)
-                self.vault.store_value(
-                    tx, key, policy.name, name, secret.kind, sv.definition_digest(secret), value
+                ca_value = self.vault.value(
+                    tx, key, policy.name, issuer.name, sv.definition_digest(issuer)
                 )
-                tx.audit.append("secret.renewed", policy.name, {"secret": name})
+                value = sv.generate(secret, {issuer.name: ca_value}, now)
+                definition = sv.definition_digest(secret)
+                self.vault.store_value(
+                    tx, key, policy.name, name, secret.kind, definition, value, "renewed"
+                )
             values[name] = sv.restrict(value, selectors)
         cert = sv.issue_service_certificate(
             ca, csr, policy=policy.name, service=service_name,

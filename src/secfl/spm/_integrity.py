@@ -45,12 +45,9 @@ from typing import Any
 from secfl._internal.canonical import canonical_json
 from secfl.errors import IntegrityError, SpmError
 from secfl.spm._anchor import ANCHOR_FILE, Anchor
-from secfl.spm._collateral_floors import EVENT as COLLATERAL_EVENT
-from secfl.spm._collateral_floors import floors_of
-from secfl.spm._issued import EVENT as ISSUED_EVENT
-from secfl.spm._issued import IssuedIndex, issued_change
-from secfl.spm._renewal import EVENT as ENDED_EVENT
-from secfl.spm._renewal import EndedSessions, ended_change
+from secfl.spm._floor_changes import replayed
+from secfl.spm._issued import IssuedIndex
+from secfl.spm._renewal import EndedSessions
 
 _ROW_LABEL = b"secfl/spm-row/v1\n"
 #: Raises of one floor remembered at most (:attr:`Floors.raises`) while reads are open:
@@ -113,6 +110,9 @@ class Floors:
     statements: set[str] = field(default_factory=set)
     #: policy -> SHA-256 of its current wrapped data key (replaced when the board changes).
     data_keys: dict[str, str] = field(default_factory=dict)
+    #: (policy, secret) -> SHA-256 of the ciphertext this SPM stored last as its value:
+    #: an older value restored with its MAC (one the board rotated away) is a rollback.
+    secrets: dict[tuple[str, str], str] = field(default_factory=dict)
     #: Intel collateral verified (secfl.spm._collateral_floors): what none taken later
     #: may be older than (TCB evaluation numbers, CRL issue times).
     collateral: dict[tuple[str, ...], int] = field(default_factory=dict)
@@ -200,6 +200,19 @@ class Floors:
             raise IntegrityError(
                 f"rollback: the data key of policy '{policy}' is not the one this SPM last "
                 "recorded: the database was rolled back"
+            )
+
+    def check_secret(self, policy: str, name: str, sha256: str, pending: str | None) -> None:
+        """A secret's row must be the one the log last recorded for it (or ``pending``,
+        the one the reading transaction itself stored). Rows stored before the log
+        recorded secrets have no floor until they are stored again."""
+        with self.lock:
+            want = pending or self.secrets.get((policy, name))
+        if want is not None and want != sha256:
+            raise IntegrityError(
+                f"rollback: the stored value of secret '{name}' of policy '{policy}' is not "
+                "the one this SPM last stored: the database was rolled back (restore it from "
+                "a backup; docs/operations.md: The SPM's master key and backups)"
             )
 
     def _check(
@@ -308,6 +321,8 @@ class Floors:
                 self.statements.add(change[1])
             elif what == "datakey":
                 self.data_keys[change[1]] = change[2]
+            elif what == "secret":
+                self.secrets[(change[1], change[2])] = change[3]
             elif what == "collateral":
                 _, key, value = change
                 self.collateral[key] = max(value, self.collateral.get(key, 0))
@@ -325,75 +340,6 @@ class Floors:
         """Raise the floors by one verified audit entry (at start)."""
         for change in replayed(event, policy, detail):
             self.apply(change)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def replayed(event: str, policy: str | None, detail: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """The floor changes replaying one audit entry makes (:meth:`Floors.replay`); only
-    ever applied once the entry is verified as part of the chain."""
-    if event == COLLATERAL_EVENT and policy is None:
-        return [("collateral", key, value) for key, value in floors_of(detail)]
-    if event in (ISSUED_EVENT, ENDED_EVENT):
-        found = (issued_change if event == ISSUED_EVENT else ended_change)(policy, detail)
-        return [] if found is None else [found]
-    changes = []
-    change = change_of(event, policy, detail)
-    if change is not None:
-        changes.append(change)
-    if event in ("revocation.added", "revocation.lifted") and isinstance(detail.get("digest"), str):
-        changes.append(("statement", detail["digest"]))
-    if event == "volume.recorded" and policy is not None:
-        name, value = detail.get("counter_name"), detail.get("counter")
-        if isinstance(name, str) and _is_int(value):
-            changes.append(("counter", policy, name, value))
-    if event == "counter.incremented" and policy is not None:
-        fields = [detail.get(k) for k in ("counter", "value", "request", "by")]
-        if _is_int(fields[1]) and all(isinstance(fields[i], str) for i in (0, 2, 3)):
-            changes.append(("request", policy, *fields))
-    return changes
-
-
-def change_of(event: str, policy: str | None, detail: dict[str, Any]) -> tuple[Any, ...] | None:
-    """The floor change an audit entry records, if any."""
-    if policy is None:
-        return None
-    if event == "policy.accepted" and _is_int(detail.get("version")):
-        return ("policy", policy, detail["version"])
-    if event == "policy.data-key" and isinstance(detail.get("sha256"), str):
-        return ("datakey", policy, detail["sha256"])
-    if event == "counter.incremented" and _is_int(detail.get("value")):
-        name = detail.get("counter")
-        return ("counter", policy, name, detail["value"]) if isinstance(name, str) else None
-    if event == "volume.recorded" and _is_int(detail.get("version")):
-        name = detail.get("volume")
-        return ("volume", policy, name, detail["version"]) if isinstance(name, str) else None
-    if event in ("revocation.added", "revocation.lifted"):
-        kind, subject = detail.get("kind"), detail.get("subject")
-        if isinstance(kind, str) and isinstance(subject, str):
-            verb = "revoke" if event == "revocation.added" else "readmit"
-            if kind == "certificate":
-                subject = _serial(subject)
-            return (verb, policy, kind, subject)
-    if event == "certificate.revoked":  # entries written before revocations had kinds
-        serial = detail.get("serial")
-        return (
-            ("revoke", policy, "certificate", _serial(serial)) if isinstance(serial, str) else None
-        )
-    return None
-
-
-def _serial(serial: str) -> str:
-    """A certificate serial as the list stores it: entries written before the SPM
-    refused other spellings name some as they were signed (``0ab`` for ``ab``)."""
-    from secfl.spm._records import normalise_serial
-
-    try:
-        return normalise_serial(serial)
-    except SpmError:
-        return serial
 
 
 class Integrity:
@@ -415,5 +361,4 @@ __all__ = [
     "Integrity",
     "IntegrityError",
     "RowMac",
-    "change_of",
 ]

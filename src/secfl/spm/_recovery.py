@@ -197,7 +197,7 @@ def seal_shares(
 def _parse_shares(shares_json: str) -> dict[str, Any]:
     try:
         doc = json.loads(shares_json)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise SpmError("recovery: the recovery shares are not JSON") from None
     if not isinstance(doc, dict) or doc.get("format") not in _FORMATS:
         raise SpmError(f"recovery: the recovery shares are not in the {RECOVERY_FORMAT} format")
@@ -207,7 +207,7 @@ def _parse_shares(shares_json: str) -> dict[str, Any]:
     if not isinstance(required, list) or not all(isinstance(m, str) for m in required):
         raise SpmError("recovery: the recovery shares' required members are malformed")
     threshold = doc.get("threshold")
-    if not isinstance(threshold, int) or threshold < 1:
+    if not isinstance(threshold, int) or not 1 <= threshold <= 255:  # Shamir over GF(256)
         raise SpmError("recovery: the recovery shares have no valid threshold")
     return doc
 

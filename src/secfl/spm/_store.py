@@ -59,7 +59,8 @@ from secfl.errors import AuditError, IntegrityError, SpmError
 from secfl.spm import _audit
 from secfl.spm._audit import GENESIS, AuditEntry
 from secfl.spm._engine import db_error, normalise_url, open_engine
-from secfl.spm._integrity import Integrity, replayed
+from secfl.spm._floor_changes import replayed
+from secfl.spm._integrity import Integrity
 from secfl.spm._records import (
     CertificateRecord,
     PolicyRecord,

@@ -113,10 +113,15 @@ class Secrets(TxView):
     """Secret values, each sealed under its policy's data key."""
 
     def record(self, row: Any) -> SecretRecord:
-        """The record of a stored row, refused unless its MAC verifies."""
+        """The record of a stored row, refused unless its MAC verifies and it is the row
+        this SPM stored last (a MAC cannot tell an old row from the current one)."""
         self._verify(
             secrets_table, row, f"secret {quoted(row.name)} of policy {quoted(row.policy)}"
         )
+        floors = self._floors
+        if floors is not None:
+            digest = hashlib.sha256(bytes(row.ciphertext)).hexdigest()
+            floors.check_secret(row.policy, row.name, digest, self._pending(row.policy, row.name))
         return SecretRecord(
             policy=row.policy,
             name=row.name,
@@ -137,8 +142,16 @@ class Secrets(TxView):
         rows = self._c().execute(select(t).where(t.c.policy == policy).order_by(t.c.name))
         return [self.record(r) for r in rows]
 
-    def put(self, record: SecretRecord) -> None:
-        """Insert or replace the secret (policy, name)."""
+    def _pending(self, policy: str, name: str) -> str | None:
+        """The digest of the row this transaction stored as (policy, name), if it did."""
+        stored = [c[3] for c in self._tx.changes if c[:3] == ("secret", policy, name)]
+        return stored[-1] if stored else None
+
+    def put(self, record: SecretRecord, reason: str) -> None:
+        """Insert or replace the secret (policy, name), chained into the audit log as
+        ``secret.stored`` with the SHA-256 of its ciphertext and ``reason``: from then on
+        only that row is the secret's (an older one, restored with its MAC, is a
+        rollback)."""
         t = secrets_table
         values = self._signed(
             t,
@@ -157,6 +170,10 @@ class Secrets(TxView):
         )
         if done.rowcount == 0:
             conn.execute(insert(t).values(**values))
+        digest = hashlib.sha256(bytes(record.ciphertext)).hexdigest()
+        self._note(("secret", record.policy, record.name, digest))
+        detail = {"secret": record.name, "sha256": digest, "reason": reason}
+        self._tx.audit.append("secret.stored", record.policy, detail)
 
 
 class DataKeys(TxView):

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from secfl.errors import IntegrityError, SpmError
 from secfl.policy._model import Policy
+from secfl.policy._secrets import CertSecret
 from secfl.spm import _sealing as sv
 from secfl.spm._masterkey import (
     MasterKey,
@@ -73,7 +74,7 @@ class SecretVault:
                 for record in tx.secrets.of_policy(policy.name):
                     plain = open_secret(old, policy.name, record.name, record.ciphertext)
                     blob = seal_secret(key, policy.name, record.name, plain)
-                    tx.secrets.put(replace(record, ciphertext=blob))
+                    tx.secrets.put(replace(record, ciphertext=blob), "board changed")
                 self._put_key(tx, policy, key)
                 self._values = {k: v for k, v in self._values.items() if k[0] != policy.name}
         # an imported secret opens only for a version approved by the board its owner
@@ -87,17 +88,21 @@ class SecretVault:
         values: dict[str, sv.Value] = {}
         ordered = sorted(policy.secrets, key=lambda s: s.kind != "x509-ca")  # CAs first
         kept = {s.name: sv.definition_digest(s) for s in previous.secrets} if previous else {}
+        made: set[str] = set()  # CAs made anew here: what they signed is made anew too
         for secret in ordered:
             definition = sv.definition_digest(secret)
             stored = tx.secrets.get(policy.name, secret.name)
-            if stored is not None and stored.definition_digest == definition:
+            reissue = isinstance(secret, CertSecret) and secret.issuer in made
+            if stored is not None and stored.definition_digest == definition and not reissue:
                 values[secret.name] = self.open_value(key, policy.name, stored)
                 continue
-            if kept.get(secret.name) == definition:
-                # the previous version stored it with this very definition: gone or
-                # replaced since, it is not made again (a new CA or model key would
-                # quietly orphan every certificate issued and everything sealed)
+            if kept.get(secret.name) == definition and stored is None:
+                # the previous version stored it with this very definition: gone since,
+                # it is not made again (a new CA or model key would quietly orphan every
+                # certificate issued and everything sealed)
                 self.open_value(key, policy.name, None, secret.name)
+            if secret.kind == "x509-ca":
+                made.add(secret.name)
             if secret.kind == "imported":
                 value = sv.open_imported(
                     secret.sealed, self.identity_key, policy.name, secret.name, board
@@ -105,7 +110,10 @@ class SecretVault:
             else:
                 value = sv.generate(secret, values, now)
             values[secret.name] = value
-            self.store_value(tx, key, policy.name, secret.name, secret.kind, definition, value)
+            reason = "new" if stored is None else "reissued" if reissue else "redefined"
+            self.store_value(
+                tx, key, policy.name, secret.name, secret.kind, definition, value, reason
+            )
 
     def open_value(
         self, key: bytes, policy: str, record: SecretRecord | None, name: str = ""
@@ -200,8 +208,10 @@ class SecretVault:
         kind: str,
         definition: str,
         value: sv.Value,
+        reason: str,
     ) -> None:
-        """Seal ``value`` under the policy's data key and store it as secret ``name``."""
+        """Seal ``value`` under the policy's data key and store it as secret ``name``
+        (``reason``, in the audit log: new, redefined, reissued, renewed)."""
         self._values.pop((policy, name), None)
         blob = seal_secret(key, policy, name, json.dumps(value).encode())
         tx.secrets.put(
@@ -212,7 +222,8 @@ class SecretVault:
                 definition_digest=definition,
                 ciphertext=blob,
                 created_at=datetime.now(UTC),
-            )
+            ),
+            reason,
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from secfl._internal.values import one_line
 from secfl.errors import Refused
+from secfl.spm import _sealing as sv
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._sessions import SessionGate, current_version, refuse_superseded
@@ -82,7 +83,9 @@ class VolumeRecords:
             refuse_superseded(current_version(tx, policy_name), session.policy_version,
                               policy_name)  # fmt: skip
             key = self.vault.policy_key(tx, policy_name)
-            value = self.vault.value(tx, key, policy_name, spec.key)
+            secret = policy.secret(spec.key)
+            definition = None if secret is None else sv.definition_digest(secret)
+            value = self.vault.value(tx, key, policy_name, spec.key, definition)
             raw = base64.b64decode(value.get("raw", ""))
             if not check_record_proof(raw, policy_name, volume, version, tag, token_hash, proof):
                 refusal = Refused(
