@@ -1,5 +1,5 @@
 """Runs as an operator lives them, with real processes: an SPM, and the aggregator
-and three collaborators each under `secfl run` in the simulated TEE.
+and two collaborators each under `secfl run` in the simulated TEE.
 
 Collaborators started before the aggregator wait and join within seconds of it
 coming up; a Ctrl-C on the aggregator says what is sealed and a restart resumes
@@ -92,7 +92,7 @@ def test_runs_restarts_and_policy_versions_need_no_manual_reset(tmp_path: Path) 
     fed = Federation(
         tmp_path / "fed",
         DemoSettings(
-            clients=3, rounds=ROUNDS, epochs=10,
+            clients=2, rounds=ROUNDS, epochs=10,
             overrides={"heartbeat": 0.5, "dead_after": 3.0, "max_attempts": 5},
         ),
     )  # fmt: skip
