@@ -84,6 +84,23 @@ def test_info_huge_integer_in_metadata(shard: Path, tmp_path: Path, field: str) 
         one_line_refusal(secfl("data", "info", str(bad)))
 
 
+@pytest.mark.parametrize("field", ["format", "role", "storage_dtype", "unknown"])
+def test_metadata_values_are_quoted_short(shard: Path, tmp_path: Path, field: str) -> None:
+    """A shard's metadata is quoted in a refusal, and a data volume's refusal reaches the
+    host: a value or key of a megabyte, or with escapes, was quoted whole (review)."""
+    meta = _meta(shard)
+    long = "\x1b[2J" + "x" * 1_000_000
+    if field == "unknown":
+        meta |= {f"{long[:10_000]}{i}": 1 for i in range(8)}
+    else:
+        meta[field] = long
+    bad = _with_meta(shard, tmp_path / "bad.safetensors", json.dumps(meta))
+    with pytest.raises(TaskError, match="^shard metadata: ") as refused:
+        shard_meta(bad)
+    text = str(refused.value)
+    assert len(text) < 2000 and "\x1b" not in text and "\\x1b" in text, text[:300]
+
+
 @pytest.mark.parametrize(
     "scaling",
     [{"offset": [0.0], "scale": [1e-320]},  # float32(scale) == 0: x/0

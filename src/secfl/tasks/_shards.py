@@ -319,9 +319,12 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
     missing = sorted(_META_KEYS[kind] - set(meta))
     unknown = sorted(set(meta) - _META_KEYS[kind])
     if missing or unknown:
-        raise TaskError(f"shard metadata: missing {missing}, unknown {unknown}")
+        shown_unknown = ", ".join(quoted(k) for k in unknown[:5]) + (
+            ", ..." if len(unknown) > 5 else ""
+        )
+        raise TaskError(f"shard metadata: missing {missing}, unknown [{shown_unknown}]")
     if meta["format"] != FORMAT:
-        raise TaskError(f"shard metadata: format {meta['format']!r}, expected {FORMAT!r}")
+        raise TaskError(f"shard metadata: format {quoted(meta['format'])}, expected {FORMAT!r}")
     if not isinstance(meta["task"], str) or not meta["task"]:
         raise TaskError("shard metadata: no task name")
     if not TASK_NAME.fullmatch(meta["task"]):  # it is printed: no escapes, no markup
@@ -330,7 +333,9 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
             "split the data again under such a name"
         )
     if meta["role"] not in ROLES:
-        raise TaskError(f"shard metadata: role {meta['role']!r} is not one of {', '.join(ROLES)}")
+        raise TaskError(
+            f"shard metadata: role {quoted(meta['role'])} is not one of {', '.join(ROLES)}"
+        )
     for key in ("clients", "samples", "seed"):
         if not _is_int(meta[key]) or meta[key] < 0:
             raise TaskError(f"shard metadata: {key} is not a non-negative integer")
@@ -352,7 +357,9 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
     if not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape):
         raise TaskError("shard metadata: feature_shape is not a list of positive integers")
     if meta["storage_dtype"] not in _STORAGE_DTYPES:
-        raise TaskError(f"shard metadata: storage_dtype {meta['storage_dtype']!r} not supported")
+        raise TaskError(
+            f"shard metadata: storage_dtype {quoted(meta['storage_dtype'])} not supported"
+        )
     _check_scaling(meta["scaling"])
     _check_partition(meta["partition"])
     for key in ("split", "x_sha256", "y_sha256"):
