@@ -47,9 +47,13 @@ def write(path: Path, doc: Any) -> Path:
 
 def test_a_tiny_run_writes_a_result_that_can_be_a_baseline(tmp_path: Path) -> None:
     out = tmp_path / "plain.json"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    out.symlink_to(victim)  # a link at --out is replaced (--force), never written through
     done = secfl("bench", "rounds", "--model-params", "2000", "--clients", "2", "--rounds", "2",
-                 "--insecure", "--out", str(out), timeout=90)  # fmt: skip
+                 "--insecure", "--out", str(out), "--force", timeout=90)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "mine" and not out.is_symlink()
     assert "s per round (rounds 2..R, commit to commit)" in done.stdout
     res = load_result(out)
     assert set(res.runs) == {"insecure"}
@@ -91,6 +95,27 @@ def test_a_baseline_of_another_workload_is_refused(tmp_path: Path) -> None:
     done = secfl("bench", "rounds", "--model-params", "5000", "--clients", "2",
                  "--baseline", str(tmp_path / "b.json"))  # fmt: skip
     assert "field 'workload.model_params' is 10000010, this run's is 5035" in one_error(done)
+
+
+def test_out_replaces_no_file_without_force_and_never_the_baseline(tmp_path: Path) -> None:
+    """`--baseline b.json --out b.json` destroyed the baseline, and any --out was
+    overwritten; both are refused before the run."""
+    base = write(tmp_path / "b.json", result(secure=0.4)).read_text()
+    (tmp_path / "mine.json").write_text("mine")
+    same = ["bench", "rounds", "--model-params", "5000", "--clients", "2", "--rounds", "3",
+            "--baseline", str(tmp_path / "b.json"), "--out", str(tmp_path / "b.json")]  # fmt: skip
+    runs = secfl_all(
+        [*same, "--force"], same,
+        ["bench", "rounds", "--model-params", "1000", "--clients", "2",
+         "--out", str(tmp_path / "mine.json")],
+    )  # fmt: skip
+    for done in runs[:2]:
+        assert one_error(done).endswith(
+            "b.json: is the --baseline file; write the result to another"
+        )
+    assert one_error(runs[2]).endswith("mine.json: exists; use --force to replace it")
+    assert (tmp_path / "b.json").read_text() == base
+    assert (tmp_path / "mine.json").read_text() == "mine"
 
 
 def bad_documents() -> list[tuple[str, Any, str]]:

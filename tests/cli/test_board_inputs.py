@@ -193,6 +193,25 @@ def test_a_sealed_value_file_that_is_not_text_is_one_line(world: Path, capsys: C
     )
 
 
+def test_a_value_file_of_megabytes_is_refused_before_anything_is_built(
+    world: Path, capsys: Capsys
+) -> None:
+    """A 50 MB one-line --sealed @FILE took 26 s of CPU before the policy's own size
+    check refused it; a device named as a key was read for 64 MiB."""
+    (world / "huge.txt").write_bytes(b"A" * (2 << 20))
+    sealed = [s for s in ALL_SEALED if "task-key" not in s] + ["--sealed=task-key=@huge.txt"]
+    err = _init(capsys, "--validation", "validation.secfl", *sealed)[2]
+    assert err == "error: sealed value of task-key 'huge.txt' is larger than 65536 bytes\n"
+    err = failed(capsys, "policy", "init", "--name", "fed", "--member", "alice=/dev/zero",
+                 "--site", "s", "--task", "task.secfl", "--sim-root", "sim/root.pem")  # fmt: skip
+    assert err == "error: cannot read alice's public key '/dev/zero': not a regular file\n"
+    (world / "root.pem").write_bytes(b"-" * (64 << 10) + b"\n")
+    err = failed(capsys, "policy", "init", "--name", "fed", "--member", "alice=board/alice.pub",
+                 "--site", "s", "--task", "task.secfl", "--sim-root", "root.pem")  # fmt: skip
+    assert err == "error: simulation root 'root.pem' is larger than 65536 bytes\n"
+    assert not (world / "policy.yaml").exists()
+
+
 def test_a_utf16_policy_is_read_alike_by_every_command(world: Path, capsys: Capsys) -> None:
     """`validate` and `sign` read a UTF-16 policy (as an editor on Windows saves it);
     `next` and `submit` read it as UTF-8 and refused it ("unacceptable character")."""

@@ -76,6 +76,26 @@ def test_next_of_next_and_an_explicit_run(v1: Path, capsys: Capsys) -> None:
     assert "it starts from the task's initial model" in out
 
 
+def test_a_run_that_does_not_go_up_is_refused(v1: Path, capsys: Capsys) -> None:
+    """It was written, and said "run N: a new version is a new run" of an old number."""
+    assert call(capsys, "policy", "next", str(v1), "--set", "run=4")[0] == 0
+    v2 = v1.with_name("policy-v2.yaml")
+    for run in ("4", "1"):
+        error = failed(capsys, "policy", "next", str(v2), "--set", f"run={run}")
+        assert error == (
+            f"error: --set run={run}: version 2 trains run 4 and a new version is a new run; "
+            "give run=5 or more, or leave --set run out (run 5)\n"
+        )
+        assert not v1.with_name("policy-v3.yaml").exists()
+    assert call(capsys, "policy", "next", str(v2), "--set", "run=5")[0] == 0
+
+
+def test_an_argument_is_quoted_as_given_never_as_an_emoji(world: Path, capsys: Capsys) -> None:
+    """`:warning:` in a file name was shown as the emoji (Rich's emoji codes)."""
+    error = failed(capsys, "policy", "next", ":warning:.yaml")
+    assert error.startswith("error: cannot read policy ':warning:.yaml': "), error
+
+
 def test_a_bad_setting_is_one_line_and_writes_nothing(v1: Path, capsys: Capsys) -> None:
     error = failed(capsys, "policy", "next", str(v1), "--set", "round=8")
     assert error.startswith("error: federation: round: unknown setting (did you mean 'rounds'?)")

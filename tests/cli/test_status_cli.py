@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
 
 from secfl.demo.federation import DemoSettings, Federation
-from tests.clirun import run_to_the_end, secfl
+from tests.clirun import call, run_to_the_end, secfl
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -85,3 +86,43 @@ def test_revocations_shows_the_clone_audits_request(fed: Federation) -> None:
     assert rows and rows[0][1:3] == ["site-4", "site-4"] and rows[0][-1] == "pending"
     commands = [line for line in done.stdout.splitlines() if line.startswith("  secfl ")]
     assert len(commands) == 2 and "--service site-4" in commands[1]
+
+
+class _Spm:
+    """An SPM client whose status document names a service as someone chose to."""
+
+    def __init__(self, url: str, pin: str) -> None:
+        del url, pin
+
+    def __enter__(self) -> _Spm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def status(self, name: str) -> dict[str, Any]:
+        policy = {"name": name, "version": 1, "digest": "ab" * 32, "approvers": [":smile:"],
+                  "accepted_at": "2026-01-01T00:00:00", "run": None}  # fmt: skip
+        service = {"name": "site-1\u2800", "role": "collaborator", "attested_at": None,
+                   "live_sessions": 0}  # fmt: skip
+        finding = {"round": 2, "excluded": [":smile:", "site-1\u3164"], "at": None,
+                   "requested": False, "state": None}  # fmt: skip
+        return {"policy": policy, "round": None, "counters": {}, "services": [service],
+                "findings": [finding], "revocations": 0, "head_seq": 9}  # fmt: skip
+
+
+def test_status_shows_the_spms_names_as_they_are(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`:smile:` in a name was shown as an emoji, and `site-1\\u2800` as `site-1`."""
+    monkeypatch.setattr("secfl.spm.client.SpmClient", _Spm)
+    remote = ("--spm", "https://spm:1", "--spm-pin", "0" * 64, "--policy", "demo")
+    code, out, err = call(capsys, "status", *remote, "--json")
+    assert (code, err) == (0, ""), err
+    assert json.loads(out) == _Spm("", "").status("demo")
+    assert '":smile:"' in out
+    code, out, err = call(capsys, "status", *remote)
+    assert (code, err) == (0, ""), err
+    assert "by :smile:" in out
+    assert "site-1\\u2800" in out and "site-1\u2800" not in out
+    assert ":smile:, site-1\\u3164" in out

@@ -20,16 +20,30 @@ from secfl.errors import UsageError
 __all__ = [
     "UsageError",
     "err",
+    "is_stream",
     "out",
     "parse_at",
+    "print_verbatim",
     "read_input",
     "read_optional",
+    "read_value",
     "write_output",
 ]
 
-#: Wide when not on a terminal, so tables stay readable in logs and CI output.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+#: Wide when not on a terminal, so tables stay readable in logs and CI output. No emoji
+#: codes: what is printed quotes files, arguments and the SPM's data, where ``:smile:``
+#: is text (Rich would show an emoji, and a service name as someone else's).
+out = Console(
+    highlight=False, soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 160
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def print_verbatim(text: str) -> None:
+    """``text`` and a newline on standard output as they are, flushed: a document a
+    program reads (``--json``), which no console may reword or wrap."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 #: The largest file a command reads whole (policies, evidence, collateral, signatures):
@@ -37,20 +51,35 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 MAX_INPUT_BYTES = 64 << 20
 
 
-def read_input(path: str, what: str) -> bytes:
-    """Read a file (``-`` is standard input), at most :data:`MAX_INPUT_BYTES`; a missing
-    or oversized file is one clear error."""
+def read_input(
+    path: str, what: str, *, limit: int = MAX_INPUT_BYTES, regular: bool = False
+) -> bytes:
+    """Read a file (``-`` is standard input), at most ``limit`` bytes; a missing or
+    oversized file is one clear error. ``regular``: a regular file only (or ``-``), so
+    that a FIFO or a device named there is refused, not waited on or read."""
     try:
         if path == "-":
-            data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
-            if len(data) > MAX_INPUT_BYTES:
+            data = sys.stdin.buffer.read(limit + 1)
+            if len(data) > limit:
                 raise TooLarge
             return data
-        return read_bounded(Path(path), MAX_INPUT_BYTES)
+        return read_bounded(Path(path), limit, regular=regular)
     except TooLarge:
-        raise UsageError(f"{what} '{path}' is larger than {MAX_INPUT_BYTES} bytes") from None
+        raise UsageError(f"{what} '{path}' is larger than {limit} bytes") from None
     except OSError as exc:
         raise UsageError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
+
+
+#: The largest file a flag names for one value (a public key, a sealed value, the
+#: simulation root: each a few kilobytes): a file of megabytes is refused at once,
+#: not read and built into a policy (1 MiB at most) for seconds before that is refused.
+MAX_VALUE_BYTES = 64 << 10
+
+
+def read_value(path: str, what: str) -> bytes:
+    """The bytes of a regular file (or standard input) that holds one value, at most
+    :data:`MAX_VALUE_BYTES` of them; anything else is one clear error."""
+    return read_input(path, what, limit=MAX_VALUE_BYTES, regular=True)
 
 
 def read_optional(path: str | None, what: str) -> bytes | None:
@@ -80,7 +109,7 @@ def write_output(data: bytes, path: str | None) -> None:
         sys.stdout.buffer.flush()
         return
     try:
-        if _is_stream(path):
+        if is_stream(path):
             with open(path, "wb") as fh:
                 fh.write(data)
         else:
@@ -95,7 +124,7 @@ def write_output(data: bytes, path: str | None) -> None:
 _STREAM_NAME = re.compile(r"/dev/(stdout|stderr|fd/[0-9]{1,6})|/proc/self/fd/[0-9]{1,6}")
 
 
-def _is_stream(path: str) -> bool:
+def is_stream(path: str) -> bool:
     """Whether ``path`` is a stream to write to in place rather than a file to replace:
     one of this process's stream names, or (not a link) a pipe, a device or a socket.
     Never because of where a link says it leads: a link to ``/proc/self/root/...`` (or

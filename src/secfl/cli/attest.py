@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from secfl.cli._common import out, parse_at, read_input, read_optional, write_output
+from secfl.cli._common import (
+    out,
+    parse_at,
+    print_verbatim,
+    read_input,
+    read_optional,
+    write_output,
+)
 from secfl.errors import UsageError
 
 __all__ = [
@@ -86,7 +93,7 @@ def verify_cmd(
         sim_root=read_optional(sim_root, "simulation root"),
         allow_debug=allow_debug,
     )
-    out.print(claims.to_json(), markup=False)
+    print_verbatim(claims.to_json())
 
 
 @app.command("quote")

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from secfl._internal.canonical import canonical_json
+from secfl._internal.values import shown
 from secfl.cli._common import out
 from secfl.errors import UsageError
 
@@ -230,7 +231,8 @@ def _detail(detail: dict[str, Any]) -> str:
 
 
 def printable(value: object, limit: int = 1024) -> str:
-    """A value from the SPM or its database, safe for a terminal: control characters
-    escaped, bounded."""
-    text = str(value)[:limit]
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    """A value from the SPM or its database, safe for a terminal: bounded, and every
+    control or invisible character escaped by the rule every refusal follows
+    (:func:`~secfl._internal.values.shown`), so ``site-1\\u2800`` never looks like
+    ``site-1``."""
+    return shown(str(value)[:limit])

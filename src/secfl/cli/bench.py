@@ -3,12 +3,14 @@ of Casella et al. 2025 against a baseline file (see :mod:`secfl.eval.bench`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from secfl.cli._common import UsageError, err, out
+from secfl._internal import files
+from secfl.cli._common import UsageError, err, is_stream, out, replaces_file
 
 __all__ = ["app", "rounds_cmd"]
 
@@ -70,6 +72,7 @@ def rounds_cmd(
     out_file: Annotated[
         Path | None, typer.Option("--out", metavar="PATH", help="Write the result here (JSON).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
 ) -> None:
     from secfl.eval.bench import PAPER, Workload, check_same_workload, coefficients, load_result
     from secfl.eval.bench_run import BenchSettings, run_bench, task_source
@@ -83,8 +86,8 @@ def rounds_cmd(
         planned = Workload(model_params=exact, clients=clients, rounds=rounds, epochs=epochs,
                            samples=total)  # fmt: skip
         check_same_workload(planned, base.workload)
-    if out_file is not None and (out_file.is_dir() or not out_file.parent.is_dir()):
-        raise UsageError(f"--out {out_file}: is a folder, or its folder does not exist")
+    if out_file is not None:  # before the run, which may take hours
+        _check_out(out_file, baseline, force=force)
     result = run_bench(settings, say=lambda line: err.print(line, markup=False))
     w, h = result.workload, result.host
     out.print(
@@ -118,8 +121,36 @@ def rounds_cmd(
         paper = "; ".join(f"{m}: C_TDX {t:.3f}, C_TLS {s:.3f}" for m, (t, s) in PAPER.items())
         out.print(f"Casella et al. 2025 (100 rounds): {paper}", markup=False)
     if out_file is not None:
-        try:
-            out_file.write_text(result.to_json())
-        except OSError as exc:
-            raise UsageError(f"--out {out_file}: {exc.strerror or exc}") from None
+        _write_result(out_file, result.to_json().encode(), force=force)
         out.print(f"result written to {out_file}", markup=False)
+
+
+def _check_out(out_file: Path, baseline: Path | None, *, force: bool) -> None:
+    """Refuse an --out that would lose a file (the baseline itself, or any file without
+    --force) or cannot be written, before the run rather than after it."""
+    if baseline is not None and replaces_file(str(out_file), str(baseline)):
+        raise UsageError(f"--out {out_file}: is the --baseline file; write the result to another")
+    if is_stream(str(out_file)):
+        return  # a pipe or /dev/stdout: written to as it is
+    if out_file.is_dir() or not out_file.parent.is_dir():
+        raise UsageError(f"--out {out_file}: is a folder, or its folder does not exist")
+    if os.path.lexists(out_file) and not force:
+        raise UsageError(f"--out {out_file}: exists; use --force to replace it")
+
+
+def _write_result(out_file: Path, data: bytes, *, force: bool) -> None:
+    """The result file whole or not at all, a link at its name replaced (never written
+    through); without --force, a file that appeared there during the run is kept."""
+    try:
+        if is_stream(str(out_file)):
+            with open(out_file, "wb") as fh:
+                fh.write(data)
+        else:
+            files.atomic_write(out_file, data, replace=force)
+    except FileExistsError:
+        raise UsageError(
+            f"--out {out_file}: a file appeared there during the run and is kept (the "
+            "figures are printed above); use --force to replace it"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"--out {out_file}: {exc.strerror or exc}") from None

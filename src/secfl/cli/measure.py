@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from secfl.cli._common import out
+from secfl.cli._common import out, print_verbatim
 
 __all__ = [
     "measure",
@@ -49,9 +49,8 @@ def measure(
     targets = [Path(p) for p in paths]
     if as_json:
         manifest = m.manifest(targets, cmd)
-        out.print(
-            json.dumps({"sha384": m.measure(targets, cmd), "manifest": manifest}, indent=2),
-            markup=False,
+        print_verbatim(
+            json.dumps({"sha384": m.measure(targets, cmd), "manifest": manifest}, indent=2)
         )
     else:
         out.print(m.measure(targets, cmd), markup=False)

@@ -26,7 +26,7 @@ from secfl.cli._common import (
     FedTrain,
     err,
     out,
-    read_input,
+    read_value,
 )
 from secfl.errors import PolicyError, UsageError
 
@@ -57,8 +57,8 @@ def _members(values: list[str]) -> list[BoardMember]:
         members.append(
             BoardMember(
                 name=name,
-                public_key=read_input(signing, f"{name}'s public key").decode("utf-8", "replace"),
-                recovery_key=read_input(recovery, f"{name}'s recovery key").decode(
+                public_key=read_value(signing, f"{name}'s public key").decode("utf-8", "replace"),
+                recovery_key=read_value(recovery, f"{name}'s recovery key").decode(
                     "utf-8", "replace"
                 )
                 if recovery
@@ -149,7 +149,7 @@ def _sealed(values: list[str]) -> dict[str, str]:
     for value in values:
         secret, sealed = _pair(value, "--sealed", "SECRET=VALUE (or SECRET=@FILE)")
         if sealed.startswith("@"):
-            raw = read_input(sealed[1:], f"sealed value of {secret}")
+            raw = read_value(sealed[1:], f"sealed value of {secret}")
             try:
                 sealed = raw.decode("ascii").strip()  # (base64, as `seal-secret` writes it)
             except UnicodeDecodeError:
@@ -383,7 +383,7 @@ def init_cmd(
         task_tag="",
         aggregator=aggregator,
         sealed=_sealed(sealed or []),
-        simulation_root=read_input(sim_root, "simulation root").decode("utf-8", "replace")
+        simulation_root=read_value(sim_root, "simulation root").decode("utf-8", "replace")
         if sim_root
         else None,
         hardware=_hardware(platform or [], measurement or []),

@@ -42,6 +42,16 @@ def next_path(current: str, version: int) -> str:
     return str(path.with_name(f"{stem}-v{version}{path.suffix or '.yaml'}"))
 
 
+def _check_run(given: object, run: int, version: int) -> None:
+    """Refuse a ``--set run`` that does not go above the current version's run: the new
+    version would train as a new run under an old run's number."""
+    if isinstance(given, int) and not isinstance(given, bool) and given <= run:
+        raise UsageError(
+            f"--set run={given}: version {version} trains run {run} and a new version is a "
+            f"new run; give run={run + 1} or more, or leave --set run out (run {run + 1})"
+        )
+
+
 def next_cmd(
     file: Annotated[str, typer.Argument(help="The policy's current version (YAML).")],
     output: Annotated[
@@ -81,9 +91,12 @@ def next_cmd(
             dict(current.federation), set_, train,
             rounds=rounds, min_clients=min_clients, strategy=strategy, objective=objective,
         )  # fmt: skip
+        # every version trains a run of its own: its number says so in logs and status
+        run = FederationConfig.parse(current.federation).run
         if not any(v.partition("=")[0].strip() == "run" for v in set_ or []):
-            # every version trains a run of its own: its number says so in logs and status
-            federation["run"] = FederationConfig.parse(current.federation).run + 1
+            federation["run"] = run + 1
+        else:
+            _check_run(federation.get("run"), run, current.version)
     elif set_ or train or any(v is not None for v in (rounds, min_clients, strategy, objective)):
         raise UsageError(f"'{file}' runs no federation: it has no settings to change")
     policy, new_text = next_version(text, federation)

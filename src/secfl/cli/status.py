@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from secfl.cli._common import out
+from secfl.cli._common import out, print_verbatim
 from secfl.cli.audit import printable
 from secfl.errors import UsageError
 
@@ -36,7 +36,7 @@ def status(
     with SpmClient(spm, pin=spm_pin) as client:
         doc = client.status(policy_name(policy))
     if as_json:
-        out.print(json.dumps(doc, sort_keys=True, indent=1), markup=False, soft_wrap=True)
+        print_verbatim(json.dumps(doc, sort_keys=True, indent=1))
         return
     show(doc)
 
