@@ -983,3 +983,42 @@ def test_recovery_shares_nested_deeply_are_one_line() -> None:
     huge = '{"format": "secfl-recovery-shares/v2", "policy": "p", "shares": {}, "threshold": 1%s}'
     with pytest.raises(SpmError, match="^recovery: the recovery shares have no valid threshold$"):
         open_share(huge % ("0" * 4000), "alice", b"")
+
+
+@pytest.mark.parametrize("spm", ["sqlite"], indirect=True)
+def test_a_certificate_added_again_after_its_ca_rotated_is_reissued(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Version 2 rotates the CA and drops the certificate (its row stays); version 3
+    names it again as it was: it was released signed by the old CA (review)."""
+    first = submit(client, board, yaml.safe_dump(_with_leaf(yaml.safe_load(
+        policy_document("p", board, sim[1])), "CA one")))  # fmt: skip
+    v2 = _with_leaf(_next(board, sim, first, 2), "CA two")
+    v2["secrets"] = [s for s in v2["secrets"] if s["name"] != "svc"]
+    del v2["services"][0]["inject"]["files"]["/secrets/svc.crt"]
+    second = submit(client, board, yaml.safe_dump(v2))
+    submit(client, board, yaml.safe_dump(_with_leaf(_next(board, sim, second, 3), "CA two")))
+    time.sleep(REFRESH_WAIT + VALUE_TTL)
+    secrets = _secrets_of(spm, sim)
+    ca = x509.load_pem_x509_certificate(secrets["ca2"]["crt"].encode())
+    leaf = x509.load_pem_x509_certificate(secrets["svc"]["crt"].encode())
+    assert _issuer(secrets) == "CN=CA two"
+    assert leaf.verify_directly_issued_by(ca) is None
+
+
+@pytest.mark.parametrize("spm", ["sqlite"], indirect=True)
+def test_a_dropped_secret_whose_row_was_deleted_is_not_made_anew(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Version 2 drops the seed (its row stays, and so does its store in the log); the
+    host deletes the row; version 3 names the seed again: a new value was made (review)."""
+    first = submit(client, board, policy_document("p", board, sim[1]))
+    v2 = _next(board, sim, first, 2)
+    v2["secrets"] = [s for s in v2["secrets"] if s["name"] != "seed"]
+    del v2["services"][0]["inject"]["files"]["/secrets/seed"]
+    second = submit(client, board, yaml.safe_dump(v2))
+    db(spm, "DELETE FROM secrets WHERE policy = 'p' AND name = 'seed'")
+    missing = "^rollback: secret 'seed' of policy 'p' is missing from the database"
+    with pytest.raises(SpmRefused, match=missing):
+        submit(client, board, yaml.safe_dump(_next(board, sim, second, 3)))
+    assert restart_fails(spm) == "error: rollback: secret 'seed' of policy 'p' was deleted"

@@ -202,6 +202,11 @@ class Floors:
                 "recorded: the database was rolled back"
             )
 
+    def stored_secret(self, policy: str, name: str) -> str | None:
+        """The SHA-256 of the row the log last recorded for a secret, None if none."""
+        with self.lock:
+            return self.secrets.get((policy, name))
+
     def check_secret(self, policy: str, name: str, sha256: str, pending: str | None) -> None:
         """A secret's row must be the one the log last recorded for it (or ``pending``,
         the one the reading transaction itself stored). Rows stored before the log

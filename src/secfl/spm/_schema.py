@@ -38,6 +38,7 @@ __all__ = [
     "Q_META_UPDATE",
     "Q_SECRET",
     "Q_SESSION",
+    "SCHEMA_UPGRADES",
     "SCHEMA_VERSION",
     "audit_head_table",
     "audit_table",
@@ -76,7 +77,13 @@ class Blob(TypeDecorator[bytes]):
 
 #: 2: every row the SPM relies on carries a MAC (secfl.spm._integrity); sessions name
 #: their certificate and attested identity; revocations name what they revoke.
-SCHEMA_VERSION = b"2"
+#: 3: every store of a secret is in the audit log (``secret.stored``), so a release that
+#: stores secrets without it (2) must not write to the database any more: its stores
+#: would be refused as rollbacks.
+SCHEMA_VERSION = b"3"
+#: Versions a start takes to :data:`SCHEMA_VERSION` in place (the tables are the same;
+#: the start logs the secrets stored before, secfl.spm._state.log_unlogged_secrets).
+SCHEMA_UPGRADES = frozenset({b"2"})
 
 metadata = MetaData()
 

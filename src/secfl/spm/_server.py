@@ -120,7 +120,7 @@ def open_store(
     the whole database verified (log, anchor, every row) before it is used; on the way,
     ``status`` (if given) takes in the verified log."""
     from secfl.spm._integrity import ANCHOR_FILE, Anchor, Integrity
-    from secfl.spm._state import verify_state
+    from secfl.spm._state import log_unlogged_secrets, verify_state
 
     integrity = Integrity(
         master.derive("store-rows"),
@@ -133,6 +133,7 @@ def open_store(
     try:
         store.create_all()
         verify_state(store, audit_key, status, new_anchor=new_anchor)
+        log_unlogged_secrets(store)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         store.close()  # a value no SPM wrote (text for a number, say): one line, no traceback
         raise unreadable(exc) from None

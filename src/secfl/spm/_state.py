@@ -27,7 +27,7 @@ from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import AUDIT_HEAD_MAC, Store
 from secfl.spm._tx import Tx
 
-__all__ = ["missing_anchor", "verify_state"]
+__all__ = ["log_unlogged_secrets", "missing_anchor", "verify_state"]
 
 PAGE = 1000
 
@@ -156,7 +156,32 @@ def _check_rows(tx: Tx) -> None:
         tx.volume_tags.get(row.policy, row.volume)
     for row in conn.execute(select(secrets_table)):
         tx.secrets.record(row)
+    for policy, name in list(tx.floors.secrets if tx.floors else ()):
+        if tx.secrets.get(policy, name) is None:
+            raise IntegrityError(f"rollback: secret '{name}' of policy '{policy}' was deleted")
     for row in conn.execute(select(policy_keys_table.c.policy)):
         tx.data_keys.get(row.policy)
     for row in conn.execute(select(sessions_table.c.token_sha256)):
         tx.sessions.get(bytes(row.token_sha256))
+
+
+def log_unlogged_secrets(store: Store) -> int:
+    """Chain into the audit log every secret row whose store it does not record (rows an
+    SPM older than ``secret.stored`` entries wrote), as it stands now: from then on only
+    that row is the secret's, as for any row stored since. Returns how many."""
+    floors = None if store.integrity is None else store.integrity.floors
+    if floors is None:
+        return 0
+    with store.read() as tx:
+        rows = tx.connection().execute(select(secrets_table.c.policy, secrets_table.c.name))
+        unlogged = [
+            (r.policy, r.name) for r in rows if floors.stored_secret(r.policy, r.name) is None
+        ]
+    if not unlogged:
+        return 0
+    with store.transaction() as tx:
+        for policy, name in unlogged:
+            record = tx.secrets.get(policy, name)
+            if record is not None and floors.stored_secret(policy, name) is None:
+                tx.secrets.log_stored(record, "logged at start")
+    return len(unlogged)

@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
@@ -69,7 +69,13 @@ from secfl.spm._records import (
     SessionRecord,
     normalise_serial,
 )
-from secfl.spm._schema import SCHEMA_VERSION, audit_head_table, meta_table, metadata
+from secfl.spm._schema import (
+    SCHEMA_UPGRADES,
+    SCHEMA_VERSION,
+    audit_head_table,
+    meta_table,
+    metadata,
+)
 from secfl.spm._tx import Tx
 from secfl.spm._tx_audit import AUDIT_HEAD_MAC
 from secfl.spm._tx_sessions import NONCE_GRACE
@@ -148,6 +154,13 @@ class Store:
                         conn.execute(
                             insert(meta_table).values(key="schema_version", value=SCHEMA_VERSION)
                         )
+                    elif bytes(row.value) in SCHEMA_UPGRADES:
+                        conn.execute(
+                            update(meta_table)
+                            .where(meta_table.c.key == "schema_version")
+                            .values(value=SCHEMA_VERSION)
+                        )
+                        row = None
         except DbIntegrityError:
             pass  # another replica initialised it at the same moment
         except DBAPIError as exc:

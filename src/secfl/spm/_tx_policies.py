@@ -170,6 +170,11 @@ class Secrets(TxView):
         )
         if done.rowcount == 0:
             conn.execute(insert(t).values(**values))
+        self.log_stored(record, reason)
+
+    def log_stored(self, record: SecretRecord, reason: str) -> None:
+        """Chain ``record`` into the audit log as the secret's stored row (``put`` does;
+        so does the start, once, for a row an SPM older than these entries stored)."""
         digest = hashlib.sha256(bytes(record.ciphertext)).hexdigest()
         self._note(("secret", record.policy, record.name, digest))
         detail = {"secret": record.name, "sha256": digest, "reason": reason}

@@ -88,21 +88,18 @@ class SecretVault:
         values: dict[str, sv.Value] = {}
         ordered = sorted(policy.secrets, key=lambda s: s.kind != "x509-ca")  # CAs first
         kept = {s.name: sv.definition_digest(s) for s in previous.secrets} if previous else {}
-        made: set[str] = set()  # CAs made anew here: what they signed is made anew too
         for secret in ordered:
             definition = sv.definition_digest(secret)
             stored = tx.secrets.get(policy.name, secret.name)
-            reissue = isinstance(secret, CertSecret) and secret.issuer in made
-            if stored is not None and stored.definition_digest == definition and not reissue:
-                values[secret.name] = self.open_value(key, policy.name, stored)
-                continue
-            if kept.get(secret.name) == definition and stored is None:
-                # the previous version stored it with this very definition: gone since,
-                # it is not made again (a new CA or model key would quietly orphan every
-                # certificate issued and everything sealed)
-                self.open_value(key, policy.name, None, secret.name)
-            if secret.kind == "x509-ca":
-                made.add(secret.name)
+            self._check_kept(tx, policy.name, secret.name, stored, kept.get(secret.name))
+            if stored is not None and stored.definition_digest == definition:
+                value = self.open_value(key, policy.name, stored)
+                if not _signed_by_another(secret, value, values):
+                    values[secret.name] = value
+                    continue
+                reason = "reissued"  # its CA was made anew: what it signed is made anew
+            else:
+                reason = "new" if stored is None else "redefined"
             if secret.kind == "imported":
                 value = sv.open_imported(
                     secret.sealed, self.identity_key, policy.name, secret.name, board
@@ -110,9 +107,29 @@ class SecretVault:
             else:
                 value = sv.generate(secret, values, now)
             values[secret.name] = value
-            reason = "new" if stored is None else "reissued" if reissue else "redefined"
             self.store_value(
                 tx, key, policy.name, secret.name, secret.kind, definition, value, reason
+            )
+
+    def _check_kept(
+        self, tx: Tx, policy: str, name: str, stored: SecretRecord | None, kept: str | None
+    ) -> None:
+        """Refuse a secret's row that is not as the SPM left it: missing though the
+        previous version (``kept``: its definition there) or any earlier store had it (a
+        new CA or model key made in its place would quietly orphan every certificate
+        issued and everything sealed), or made for another definition than the previous
+        version's (a row of an earlier version put back, to be taken up again if the
+        board returns to that definition)."""
+        floors = tx.floors
+        if stored is None:
+            if kept is not None or (floors is not None and floors.stored_secret(policy, name)):
+                self.open_value(b"", policy, None, name)
+            return
+        if kept is not None and stored.definition_digest != kept:
+            raise IntegrityError(
+                f"rollback: the stored value of secret '{name}' of policy '{policy}' was made "
+                "for another definition than the previous version's: the database was "
+                "rolled back"
             )
 
     def open_value(
@@ -225,6 +242,14 @@ class SecretVault:
             ),
             reason,
         )
+
+
+def _signed_by_another(secret: object, value: sv.Value, values: dict[str, sv.Value]) -> bool:
+    """Whether ``value``, a certificate, was signed by another CA than its issuer's value
+    now (the CA was made anew by this version or an earlier one)."""
+    if not isinstance(secret, CertSecret):
+        return False
+    return bool(value.get("chain") != values[secret.issuer]["crt"])
 
 
 def _board_state(policy: Policy) -> tuple[object, ...]:
