@@ -280,9 +280,20 @@ def test_urls() -> None:
 
 def test_uninitialised_and_unreachable(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'empty.db'}")
-    with pytest.raises(SpmError, match="call create_all"), store.transaction():
+    no_tables = "has no SPM tables: it is not an SPM's database"
+    with pytest.raises(SpmError, match=no_tables), store.transaction():
         pass
     store.close()
+    # Opened read only, nothing is created: a missing file is refused, not made.
+    with pytest.raises(SpmError, match="store: no database file .*missing.db"):
+        Store(f"sqlite:///{tmp_path / 'missing.db'}", read_only=True)
+    assert not (tmp_path / "missing.db").exists()
+    with Store(f"sqlite:///{tmp_path / 'empty.db'}", read_only=True) as reader:
+        assert reader.schema_version() is None
+        with pytest.raises(SpmError, match="store: opened read only"):
+            reader.create_all()
+        with pytest.raises(SpmError, match="store: opened read only"), reader.transaction():
+            pass
     # Nothing listens on port 1: a clear SpmError, not a raw driver exception.
     down = Store("postgresql://nobody@127.0.0.1:1/secfl")
     with pytest.raises(SpmError, match="store: database error"):

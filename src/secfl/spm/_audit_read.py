@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from secfl.errors import AuditError, IntegrityError
 from secfl.spm._audit import GENESIS, AuditEntry, check_head_mac
@@ -28,6 +28,7 @@ from secfl.spm._state import missing_anchor
 
 if TYPE_CHECKING:
     from secfl.spm._integrity import Anchor
+    from secfl.spm._masterkey import MasterKey
     from secfl.spm._store import Store
     from secfl.spm._tx import Tx
     from secfl.spm.client import SpmClient
@@ -39,7 +40,9 @@ __all__ = [
     "DatabaseSource",
     "RemoteSource",
     "SnapshotSource",
+    "data_folder_key",
     "newest",
+    "open_database",
     "walk_back",
 ]
 
@@ -208,22 +211,12 @@ class DatabaseSource:
 
     def __init__(self, data: Path | str, db_url: str | None = None) -> None:
         from secfl.spm._integrity import ANCHOR_FILE, Anchor
-        from secfl.spm._masterkey import load_or_create_master_key
-        from secfl.spm._store import Store
 
         folder = Path(data)
-        if not (folder / "master.key").is_file():
-            raise AuditError(
-                f"audit: no SPM master key in {folder}: give the SPM's data folder (--data)"
-            )
-        if db_url is None and not (folder / "spm.db").is_file():
-            raise AuditError(
-                f"audit: no database spm.db in {folder}: give the SPM's database URL (--db)"
-            )
-        master = load_or_create_master_key(folder)
+        master = data_folder_key(folder)
         self._audit_key = master.derive("audit-head")
         self._anchor: Anchor = Anchor(folder / ANCHOR_FILE, master.derive("store-anchor"))
-        self._store: Store = Store(db_url or f"sqlite:///{folder / 'spm.db'}")
+        self._store: Store = open_database(folder, db_url)
         self._checked: Head | None = None
 
     def close(self) -> None:
@@ -232,6 +225,9 @@ class DatabaseSource:
     def head(self) -> Head:
         from secfl.spm._tx_audit import AUDIT_HEAD_MAC
 
+        # (the anchor first: a running SPM moves it after each commit, so an anchor read
+        # after the snapshot could be ahead of it)
+        anchored = self._anchor.read() if self._checked is None else None
         with self._store.read() as tx:
             head = tx.audit.head()
             raw = tx.meta.get(AUDIT_HEAD_MAC)
@@ -240,16 +236,15 @@ class DatabaseSource:
         except UnicodeDecodeError:
             mac = "not-a-mac"
         check_head_mac(self._audit_key, head[0], head[1], mac)
-        self._check_anchor(head)
+        self._check_anchor(head, anchored)
         return head
 
-    def _check_anchor(self, head: Head) -> None:
+    def _check_anchor(self, head: Head, anchored: Head | None) -> None:
         """The head is not older than the SPM's anchor, and the anchored entry is still
         the one the SPM wrote (checked once: later heads extend a verified one)."""
         if self._checked is not None:
             self._checked = head
             return
-        anchored = self._anchor.read()
         if anchored is None and head[0] > 0:  # deleted: any earlier database would pass
             raise IntegrityError(missing_anchor(self._anchor.path))
         if anchored is None:
@@ -267,6 +262,56 @@ class DatabaseSource:
 
     def entries(self, after: int, limit: int) -> list[AuditEntry]:
         return self._store.audit_since(after, limit)
+
+
+def data_folder_key(folder: Path) -> MasterKey:
+    """The master key of the SPM's data folder ``folder`` (never made: refused if absent)."""
+    from secfl.spm._masterkey import load_or_create_master_key
+
+    if not (folder / "master.key").exists():  # (one that is not a file: its own refusal)
+        raise AuditError(
+            f"audit: no SPM master key in {folder}: give the SPM's data folder (--data)"
+        )
+    return load_or_create_master_key(folder)
+
+
+def open_database(folder: Path | None, db_url: str | None, **store: Any) -> Store:
+    """The SPM's database (``db_url``, else the data folder's spm.db) opened read only:
+    nothing is created, not even a missing SQLite file, and a database without the SPM's
+    tables is refused. ``store``: more arguments of the :class:`Store`."""
+    from secfl.spm._engine import normalise_url
+    from secfl.spm._schema import SCHEMA_UPGRADES, SCHEMA_VERSION
+    from secfl.spm._store import Store
+
+    if db_url is None:
+        if folder is None or not (folder / "spm.db").is_file():
+            raise AuditError(
+                f"audit: no database spm.db in {folder}: give the SPM's database URL (--db)"
+            )
+        db_url = f"sqlite:///{folder / 'spm.db'}"
+    parsed = normalise_url(db_url)
+    shown = parsed.database if parsed.drivername.startswith("sqlite") else None
+    if shown is not None and not Path(shown).is_file():
+        raise AuditError(f"audit: no database {shown}: check --db (an SPM's sqlite:///PATH)")
+    opened = Store(db_url, read_only=True, **store)
+    try:
+        version = opened.schema_version()
+    except BaseException:
+        opened.close()
+        raise
+    shown = shown or opened.url
+    if version is None or (version != SCHEMA_VERSION and version not in SCHEMA_UPGRADES):
+        opened.close()
+        if version is None:
+            raise AuditError(
+                f"audit: {shown} is not an SPM database (no SPM tables): check --db/--data"
+            )
+        found = "".join(c if c.isprintable() else "?" for c in version[:16].decode("latin-1"))
+        raise AuditError(
+            f"audit: {shown} has schema version {found}, this secfl reads "
+            f"{SCHEMA_VERSION.decode()}: check --db/--data, or use the release that made it"
+        )
+    return opened
 
 
 class SnapshotSource:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from secfl.errors import AuditError, SpmError
 from secfl.spm._audit import AuditEntry, ChainVerifier, verify_pages
-from secfl.spm._masterkey import load_or_create_master_key
-from secfl.spm._store import Store
+from secfl.spm._audit_read import data_folder_key, open_database
 
 __all__ = ["PAGE", "verify_database", "verify_remote"]
 
@@ -15,7 +14,8 @@ PAGE = 1000
 
 
 def verify_database(data_dir: Path | str | None, db_url: str | None = None) -> tuple[int, int]:
-    """Verify the chain and its head straight from the SPM's store.
+    """Verify the chain and its head straight from the SPM's store, read only: nothing
+    is created or written (not the database, not the anchor).
 
     With the SPM's data folder (its master key authenticates the head), removing
     the newest entries is detected too. With only ``db_url``, the chain is checked
@@ -27,19 +27,27 @@ def verify_database(data_dir: Path | str | None, db_url: str | None = None) -> t
             raise AuditError("audit: give the SPM's data folder or its database URL")
         return _verify_unauthenticated(db_url)
     data = Path(data_dir)
-    if not (data / "master.key").exists():
-        raise AuditError(f"audit: no SPM master key in {data}")
-    master = load_or_create_master_key(data)
-    from secfl.spm._server import open_store
+    master = data_folder_key(data)
+    from secfl.spm._integrity import ANCHOR_FILE, Anchor, Integrity
+    from secfl.spm._server import unreadable
+    from secfl.spm._state import verify_state
 
-    try:
-        store = open_store(data, master, db_url)
+    audit_key = master.derive("audit-head")
+    integrity = Integrity(
+        master.derive("store-rows"),
+        anchor=Anchor(data / ANCHOR_FILE, master.derive("store-anchor")),
+    )
+    store = open_database(data, db_url, audit_key=audit_key, integrity=integrity)
+    try:  # the whole database (log, anchor, every row), as the SPM checks it at its start
+        verify_state(store, audit_key, read_only=True)
+        # one snapshot, checked against the floors (and so the anchor) just rebuilt
+        count = store.verify_audit(audit_key)
     except AuditError:
         raise
     except SpmError as exc:  # a row that fails its MAC, a rollback
         raise AuditError(str(exc)) from None
-    try:  # one snapshot, checked against the floors (and so the anchor) open_store set
-        count = store.verify_audit(master.derive("audit-head"))
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise unreadable(exc) from None  # a value no SPM wrote: one line, no traceback
     finally:
         store.close()
     return count, count  # a verified chain numbers its entries 1..count
@@ -71,7 +79,7 @@ def verify_remote(url: str, pin: str) -> tuple[int, int]:
 
 
 def _verify_unauthenticated(db_url: str) -> tuple[int, int]:
-    store = Store(db_url)
+    store = open_database(None, db_url)
     try:
         with store.read() as tx:  # one snapshot: the head and the entries it ends
             head = tx.audit.head()

@@ -53,18 +53,23 @@ def db_error(exc: DBAPIError) -> SpmError:
     return SpmError(f"store: database error: {first}")
 
 
-def open_engine(url: URL) -> Engine:
-    """The engine of a :func:`normalise_url` URL; SQLite's file is created private first."""
+def open_engine(url: URL, *, read_only: bool = False) -> Engine:
+    """The engine of a :func:`normalise_url` URL; SQLite's file is created private first.
+    ``read_only``: a missing SQLite file is refused, not created, and the file's
+    journal mode is left as it is (setting WAL would rewrite another program's file)."""
     if url.drivername.startswith("sqlite"):
         assert url.database is not None
-        _create_private_file(Path(url.database))
+        if not read_only:
+            _create_private_file(Path(url.database))
+        elif not Path(url.database).is_file():
+            raise SpmError(f"store: no database file {url.database}")
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
             pool_size=8,
             max_overflow=32,
         )
-        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "connect", _sqlite_reader if read_only else _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(
@@ -85,6 +90,17 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_reader(dbapi_connection: Any, _record: Any) -> None:
+    # As _sqlite_connect, without the settings that write (the journal mode).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA query_only = ON")
     finally:
         cursor.close()
 

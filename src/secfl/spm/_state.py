@@ -1,6 +1,7 @@
 """Check a whole SPM database before trusting it: the audit log, its anchor, every row.
 
-:func:`verify_state` runs when the SPM starts (and for ``secfl audit verify --data``):
+:func:`verify_state` runs when the SPM starts (and, read only, for ``secfl audit verify
+--data``):
 it verifies the hash chain and the authenticated head, compares the head with the
 anchor kept outside the database, rebuilds the floors (:mod:`secfl.spm._integrity`)
 by replaying the log, and then reads every row the SPM relies on, which checks its
@@ -33,24 +34,32 @@ PAGE = 1000
 
 
 def verify_state(
-    store: Store, audit_key: bytes, status: StatusIndex | None = None, *, new_anchor: bool = False
+    store: Store,
+    audit_key: bytes,
+    status: StatusIndex | None = None,
+    *,
+    new_anchor: bool = False,
+    read_only: bool = False,
 ) -> int:
     """Verify ``store`` end to end and rebuild its floors; return the number of entries.
     ``status``: an index for ``secfl status`` to fill with the verified log on the way.
     ``new_anchor``: a missing anchor over a database that holds an SPM's state is
-    made anew (a second SPM sharing the database) rather than refused."""
+    made anew (a second SPM sharing the database) rather than refused. ``read_only``
+    (``secfl audit verify``): checked against the anchor, which is not written."""
     integrity = store.integrity
     if integrity is None:
         raise SpmError("integrity: the store was opened without its row key")
     floors = integrity.floors
+    # Read before the snapshot: the SPM moves its anchor after each commit, so an anchor
+    # read later could be ahead of the snapshot of a running SPM's database.
+    anchored = integrity.anchor.read() if integrity.anchor is not None else None
     with store.read() as tx:
         head = tx.audit.head()
         mac = tx.meta.get(AUDIT_HEAD_MAC)
         _audit.check_head_mac(audit_key, head[0], head[1], None if mac is None else mac.decode())
-        anchored = integrity.anchor.read() if integrity.anchor is not None else None
         held = head[0] > 0 or tx.meta.get(IDENTITY_META) is not None
         if integrity.anchor is not None and anchored is None and held:
-            if not new_anchor:
+            if not new_anchor or read_only:
                 raise IntegrityError(missing_anchor(integrity.anchor.path))
             integrity.anchor_made = True  # decided by this very read: the start logs it
         if anchored is not None and head[0] < anchored[0]:
@@ -84,7 +93,7 @@ def verify_state(
         _none_ahead(logged, _logged(floors))
         if status is not None:
             status.head = head
-    if integrity.anchor is not None:
+    if integrity.anchor is not None and not read_only:
         integrity.anchor.write(*head)
     return count
 

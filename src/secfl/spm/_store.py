@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, inspect, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
@@ -73,6 +73,7 @@ from secfl.spm._schema import (
     SCHEMA_UPGRADES,
     SCHEMA_VERSION,
     audit_head_table,
+    audit_table,
     meta_table,
     metadata,
 )
@@ -99,7 +100,12 @@ class Store:
     head of the audit log; without it appends are not authenticated (tests, tools)."""
 
     def __init__(
-        self, url: str, *, audit_key: bytes | None = None, integrity: Integrity | None = None
+        self,
+        url: str,
+        *,
+        audit_key: bytes | None = None,
+        integrity: Integrity | None = None,
+        read_only: bool = False,
     ) -> None:
         parsed = normalise_url(url)
         self.url = parsed.render_as_string(hide_password=True)
@@ -110,8 +116,10 @@ class Store:
         #: With it, every row is MAC'd and checked, and nothing may go back
         #: (secfl.spm._integrity); without it (tests, tools) rows are taken as they are.
         self.integrity = integrity
+        #: Read only (``secfl audit``): nothing is created or written, not even the file.
+        self.read_only = read_only
         self._local = threading.local()
-        self._engine = open_engine(parsed)
+        self._engine = open_engine(parsed, read_only=read_only)
         #: SQLite: the process-wide writer lock and its one writer connection.
         self._write_lock: threading.Lock | None = (
             threading.Lock() if self.dialect == "sqlite" else None
@@ -139,6 +147,8 @@ class Store:
 
     def create_all(self) -> None:
         """Create the tables and the audit head row (idempotent; safe for replicas)."""
+        if self.read_only:
+            raise SpmError("store: opened read only: nothing is created")
         row = None
         try:
             with self._engine.connect() as conn:
@@ -174,6 +184,23 @@ class Store:
                 "the policies again (docs/operations.md: The SPM's master key and backups)"
             )
 
+    def schema_version(self) -> bytes | None:
+        """The schema version the database records; None if it has no SPM tables
+        (another program's database, or an SPM's never started). Reads only."""
+        try:
+            with self._engine.connect() as conn:
+                tables = inspect(conn)
+                spm = (meta_table, audit_head_table, audit_table)
+                if not all(tables.has_table(t.name) for t in spm):
+                    return None
+                row = conn.execute(
+                    select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+                ).first()
+        except DBAPIError as exc:
+            raise db_error(exc) from None
+        value = None if row is None else row.value
+        return bytes(value) if isinstance(value, bytes | memoryview) else b""
+
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """One atomic, durable write transaction, serialised with every other writer.
@@ -181,6 +208,8 @@ class Store:
         Commits when the block ends, rolls back if it raises. Not reentrant: opening a
         write transaction inside another one in the same thread is an :class:`SpmError`.
         """
+        if self.read_only:
+            raise SpmError("store: opened read only: nothing is written")
         if getattr(self._local, "writing", False):
             raise SpmError("store: nested write transactions are not supported")
         self._local.writing = True

@@ -130,6 +130,12 @@ class AuditLog(TxView):
         self._dirty = False
 
 
+_NO_TABLES = (
+    "store: the database has no SPM tables: it is not an SPM's database, or they were "
+    "dropped outside the SPM (check the database URL)"
+)
+
+
 def read_head(
     conn: Connection, dialect: Literal["sqlite", "postgresql"], *, lock: bool
 ) -> tuple[int, str]:
@@ -139,14 +145,17 @@ def read_head(
         row = conn.execute(query).first()
     except OperationalError as exc:
         if "no such table" in str(exc.orig) or "does not exist" in str(exc.orig):
-            raise SpmError("store: the database has no SPM tables (call create_all)") from None
+            raise SpmError(_NO_TABLES) from None
         raise
     except DBAPIError as exc:
         if "does not exist" in str(exc.orig):
-            raise SpmError("store: the database has no SPM tables (call create_all)") from None
+            raise SpmError(_NO_TABLES) from None
         raise
     if row is None:
-        raise SpmError("store: the audit head row is missing (call create_all)")
+        raise SpmError(
+            "store: the audit head row is missing: the database was changed outside the SPM "
+            "or is not an SPM's (check the database URL, or restore it from a backup)"
+        )
     seq, head_hash = row.seq, row.hash
     if (
         not isinstance(seq, int)
