@@ -54,7 +54,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from secfl.shield import Volume, _parallel, encrypt_directory, generate_key
+from secfl.shield import Volume, _threads, encrypt_directory, generate_key
 from secfl.shield import _format as fmt
 
 MIB = 1 << 20
@@ -204,12 +204,12 @@ def with_workers(
     is N threads with read-ahead)."""
 
     def run() -> object:
-        saved = _parallel.WORKERS, _parallel.READ_AHEAD
-        _parallel.WORKERS, _parallel.READ_AHEAD = count, read_ahead
+        saved = _threads.WORKERS, _threads.READ_AHEAD
+        _threads.WORKERS, _threads.READ_AHEAD = count, read_ahead
         try:
             return fn()
         finally:
-            _parallel.WORKERS, _parallel.READ_AHEAD = saved
+            _threads.WORKERS, _threads.READ_AHEAD = saved
 
     return run
 
@@ -244,7 +244,7 @@ def main() -> None:
     size, chunk, block = args.size_mb * MIB, args.chunk_kb * 1024, args.block_kb * 1024
     big = args.big_block_kb * 1024
     mb = size / MIB
-    cpus = min(len(os.sched_getaffinity(0)), _parallel.MAX_WORKERS)
+    cpus = min(len(os.sched_getaffinity(0)), _threads.MAX_WORKERS)
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
     print(
         f"file {args.size_mb} MiB, chunk {args.chunk_kb} KiB, read sizes {args.block_kb} and "

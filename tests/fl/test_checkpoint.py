@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from secfl.errors import FlError
-from secfl.fl._checkpoint import MAGIC, checkpoint_name, load_checkpoint, write_checkpoint
+from secfl.fl._checkpoint import load_checkpoint, write_checkpoint
 from secfl.fl._checkpoint_dir import latest_checkpoint, list_checkpoints, prune_checkpoints
+from secfl.fl._checkpoint_format import MAGIC
+from secfl.fl._checkpoint_names import checkpoint_name
 from secfl.fl._tensors import from_bytes, to_bytes
 from secfl.fl.strategies import FedAdam, Update
 

@@ -21,8 +21,10 @@ import pytest
 from secfl.errors import FlError
 from secfl.fl import _runs as runs
 from secfl.fl._aggregator import Aggregator, Signer
-from secfl.fl._checkpoint import drawn_here, header_of, new_request, write_checkpoint
+from secfl.fl._checkpoint import write_checkpoint
 from secfl.fl._checkpoint_dir import list_checkpoints
+from secfl.fl._checkpoint_format import header_of
+from secfl.fl._checkpoint_names import drawn_here, new_request
 from secfl.fl._commit import Commit, MemoryLedger
 from secfl.fl._config import FederationConfig
 from secfl.fl._runs import find_resume_point

@@ -90,7 +90,8 @@ CHECKPOINT = r"""
 import sys
 from pathlib import Path
 from secfl.errors import FlError
-from secfl.fl._checkpoint import header_of, load_checkpoint
+from secfl.fl._checkpoint import load_checkpoint
+from secfl.fl._checkpoint_format import header_of
 path = Path(sys.argv[1])
 print("header:", header_of(path))
 try:

@@ -29,7 +29,7 @@ from torch import nn
 
 from secfl.errors import FlError, TransportError
 from secfl.fl import _pending
-from secfl.fl._checkpoint import header_of
+from secfl.fl._checkpoint_format import header_of
 from secfl.fl._commit import Commit, MemoryLedger
 from secfl.fl._model_slot import ModelSlot
 from secfl.fl._tensors import load_arrays, state_dict_arrays, to_bytes

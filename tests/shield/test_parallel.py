@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from secfl.errors import ShieldError
-from secfl.shield import Volume, VolumeFile, _parallel, encrypt_directory
+from secfl.shield import Volume, VolumeFile, _parallel, _threads, encrypt_directory
 from secfl.shield import _format as fmt
-from secfl.shield._reader import ChunkSource
+from secfl.shield._chunk_source import ChunkSource
 from tests.shield import KEY, write_tree
 
 CHUNK = 64
@@ -30,17 +30,17 @@ SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 10 * CHUNK - 1, 10 * CHUN
 def pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A fresh pool of WORKERS threads, whatever this machine has, decrypting ahead,
     and splitting reads of two chunks or more among them (the tests' chunks are tiny)."""
-    monkeypatch.setattr(_parallel, "WORKERS", WORKERS)
-    monkeypatch.setattr(_parallel, "READ_AHEAD", True)
+    monkeypatch.setattr(_threads, "WORKERS", WORKERS)
+    monkeypatch.setattr(_threads, "READ_AHEAD", True)
     monkeypatch.setattr(_parallel, "RANGE_MIN_BYTES", 0)
-    monkeypatch.setattr(_parallel, "_pool", None)
+    monkeypatch.setattr(_threads, "_pool", None)
     yield
-    if _parallel._pool is not None:
-        _parallel._pool.shutdown(wait=True)
+    if _threads._pool is not None:
+        _threads._pool.shutdown(wait=True)
 
 
 def sequential_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_parallel, "WORKERS", 1)
+    monkeypatch.setattr(_threads, "WORKERS", 1)
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +328,7 @@ def test_a_busy_pool_leaves_the_work_to_the_reader(
     wait), and no job left in the pool's queue keeps a view of the caller's buffer."""
     path, files = volume
     free = threading.Event()
-    executor = _parallel._executor()
+    executor = _threads.executor()
     blockers = [executor.submit(free.wait, 60) for _ in range(WORKERS)]
     try:
         with Volume.open(path, KEY) as v, raw_file(v, "big") as f:
@@ -359,7 +359,7 @@ def test_no_plaintext_written_after_an_interrupted_read(
     (cancelling the helpers, building the list of those to wait for) did not, so a Ctrl-C
     that landed there returned without waiting for a helper at work, which then wrote its
     chunk's plaintext into the caller's buffer after the reader had wiped it. The helpers
-    are now counted by the chunks they took (``_Ranges.settle``). Here the Ctrl-C comes
+    are now counted by the chunks they took (``Ranges.settle``). Here the Ctrl-C comes
     (``_thread.interrupt_main``) right after the first ``cancel()`` that finds a helper
     running."""
     path, _ = volume

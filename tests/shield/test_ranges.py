@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 
 from secfl.errors import ShieldError
-from secfl.shield import Volume, VolumeFile, _parallel, encrypt_directory
+from secfl.shield import Volume, VolumeFile, _parallel, _threads, encrypt_directory
 from secfl.shield import _format as fmt
-from secfl.shield._reader import ChunkSource
+from secfl.shield._chunk_source import ChunkSource
+from secfl.shield._ranges import Ranges
 from tests.shield import KEY, reseal_manifest, write_tree
 
 CHUNK = 64
@@ -35,19 +36,19 @@ pytestmark = pytest.mark.timeout(120)
 def use_threads(monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
     """``workers`` threads (1: the reader alone), no read-ahead, every read of two
     chunks or more split (the tests' chunks are tiny), on a fresh pool."""
-    if _parallel._pool is not None:
-        _parallel._pool.shutdown(wait=True)
-    monkeypatch.setattr(_parallel, "_pool", None)
-    monkeypatch.setattr(_parallel, "WORKERS", workers)
-    monkeypatch.setattr(_parallel, "READ_AHEAD", False)
+    if _threads._pool is not None:
+        _threads._pool.shutdown(wait=True)
+    monkeypatch.setattr(_threads, "_pool", None)
+    monkeypatch.setattr(_threads, "WORKERS", workers)
+    monkeypatch.setattr(_threads, "READ_AHEAD", False)
     monkeypatch.setattr(_parallel, "RANGE_MIN_BYTES", 0)
 
 
 @pytest.fixture(autouse=True)
 def fresh_pool() -> Iterator[None]:
     yield
-    if _parallel._pool is not None:
-        _parallel._pool.shutdown(wait=True)
+    if _threads._pool is not None:
+        _threads._pool.shutdown(wait=True)
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +305,7 @@ def test_a_ctrl_c_while_the_reader_waits_for_the_threads_leaves_no_plaintext_beh
         open_chunk(source, *args)
 
     monkeypatch.setattr(ChunkSource, "open_chunk", slow_helpers)
-    real_settle = _parallel._Ranges.settle
+    real_settle = Ranges.settle
     fired: list[int] = []
 
     def settle_then_ctrl_c(work: Any, helpers: Any) -> None:
@@ -313,7 +314,7 @@ def test_a_ctrl_c_while_the_reader_waits_for_the_threads_leaves_no_plaintext_beh
             threading.Timer(0.01, signal.pthread_kill, (main, signal.SIGINT)).start()
         real_settle(work, helpers)
 
-    monkeypatch.setattr(_parallel._Ranges, "settle", settle_then_ctrl_c)
+    monkeypatch.setattr(Ranges, "settle", settle_then_ctrl_c)
     with Volume.open(path, KEY) as v, raw_file(v) as f:
         buffer = bytearray(SIZE)
         with pytest.raises(KeyboardInterrupt):
@@ -356,9 +357,9 @@ def test_threads_from_the_environment(
 ) -> None:
     """Unset: every CPU for range reads, no read-ahead; N: N threads (at most the CPUs)
     with read-ahead; 1 or nonsense: the reader alone."""
-    monkeypatch.setattr(_parallel, "_usable_cpus", lambda: 4)
+    monkeypatch.setattr(_threads, "_usable_cpus", lambda: 4)
     if env is None:
         monkeypatch.delenv("SECFL_SHIELD_THREADS", raising=False)
     else:
         monkeypatch.setenv("SECFL_SHIELD_THREADS", env)
-    assert _parallel._configured_threads() == expected
+    assert _threads._configured_threads() == expected

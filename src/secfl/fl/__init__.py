@@ -42,6 +42,10 @@ Models on the wire and on disk:
 - :mod:`secfl.fl._envelope` — signed global models bound to policy, round and SPM
   counter (freshness);
 - :mod:`secfl.fl._checkpoint` — sealed checkpoints bound to the SPM counter (rollback);
+- :mod:`secfl.fl._checkpoint_format` — a checkpoint file's layout, and its header
+  read before it is authenticated;
+- :mod:`secfl.fl._checkpoint_names` — checkpoint file names, and the names of the
+  SPM increments that commit them;
 - :mod:`secfl.fl._checkpoint_dir` — the checkpoint folder: which checkpoint to resume
   from (the commit protocol), pruning;
 - :mod:`secfl.fl._commit` — each round made durable (checkpoint) and fresh (counter);

@@ -12,40 +12,15 @@ counter, is refused. Given the SPM's counter (:func:`load_checkpoint` with
 checkpoint of a folder the aggregator resumes from, and the commit protocol that
 decides it, are :mod:`secfl.fl._checkpoint_dir`.
 
-File ``checkpoint-r<round:08d>-c<counter:010d>-<request[:16]>.secfl`` (version 1;
-without ``-<request>`` as written before requests were named)::
-
-    magic    8 bytes  b"SECFLCKP"
-    hlen     4 bytes  big-endian length of the header (at most 64 KiB)
-    header   hlen     canonical JSON: {"format": "secfl-checkpoint/v1", "policy_digest",
-                      "round", "counter", "request", "created_at", "size" (plaintext
-                      bytes), "chunk_size", "chunks"}
-
-``request`` names the SPM compare-and-increment that commits the checkpoint (128
-random bits, hex; the SPM remembers the name of the increment that took the counter
-to its value). Two aggregators forked from one state both write a checkpoint at
-``c + 1``, and only one of them commits it: the name tells which, so the loser's file
-neither replaces the winner's nor passes for committed (:mod:`secfl.fl._runs`).
-    records  chunks × (4-byte big-endian length || AeadKey blob)
-
-Record ``i`` is AES-256-GCM of the plaintext's ``i``-th ``chunk_size`` bytes with
-associated data ``CONTEXT || header || i (8 bytes) || last (1 byte)``, so the
-header (policy, round, counter) is authenticated by every record, and records
-cannot be dropped, reordered or moved between files. Chunks keep each AES-GCM call
-far below its size limits, whatever the model's size. The plaintext is::
-
-    4-byte big-endian length || inner JSON {"params_size", "state_arrays_size",
-    "state" (the state's JSON values)} || params (safetensors) || state arrays
-    (safetensors of the state's numpy arrays)
+The file's layout, and its header read before anything opens, are
+:mod:`secfl.fl._checkpoint_format`; the names of the files, and of the increments
+that commit them, :mod:`secfl.fl._checkpoint_names`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import secrets
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -55,70 +30,36 @@ from typing import Any
 
 import numpy as np
 
-from secfl._internal.aead import KEY_SIZE, NONCE_SIZE, AeadKey
 from secfl._internal.canonical import canonical_json
 from secfl._internal.files import atomic_open, fsync_directory, open_regular
 from secfl.errors import FlError
+from secfl.fl._checkpoint_format import (
+    AEAD_OVERHEAD,
+    DEFAULT_CHUNK_SIZE,
+    FORMAT,
+    MAGIC,
+    MAX_CHUNK_SIZE,
+    checkpoint_key,
+    non_negative,
+    read_exact,
+    read_header,
+    record_aad,
+)
+from secfl.fl._checkpoint_names import (
+    REQUEST,
+    checkpoint_name,
+    parse_checkpoint_name,
+    request_in_name,
+)
 from secfl.fl._tensors import from_bytes, to_bytes
 
 __all__ = [
-    "CONTEXT",
-    "DEFAULT_CHUNK_SIZE",
-    "FORMAT",
-    "KEY_LABEL",
-    "MAGIC",
-    "MAX_HEADER",
     "Checkpoint",
-    "checkpoint_name",
-    "drawn_here",
-    "header_of",
     "load_checkpoint",
-    "may_commit",
-    "new_request",
-    "parse_checkpoint_name",
-    "policy_of",
-    "request_of",
     "reset_hint",
     "sync_checkpoint",
     "write_checkpoint",
 ]
-
-MAGIC = b"SECFLCKP"
-FORMAT = "secfl-checkpoint/v1"
-CONTEXT = b"secfl/fl-checkpoint/v1\n"
-#: The sub-key label: checkpoints never share a key with other uses of the secret.
-KEY_LABEL = "fl-checkpoint/v1"
-DEFAULT_CHUNK_SIZE = 16 << 20
-#: A record is read whole before it authenticates: its size is bounded.
-MAX_CHUNK_SIZE = 64 << 20
-MAX_HEADER = 64 << 10
-_AEAD_OVERHEAD = 1 + NONCE_SIZE + 16
-_NAME = re.compile(r"^checkpoint-r(\d{8,})-c(\d{10,})(?:-([0-9a-f]{16}))?\.secfl$")
-#: A compare-and-increment's name (secfl.spm._increment).
-_REQUEST = re.compile(r"^[0-9a-f]{32}$")
-_REQUEST_LABEL = b"secfl/checkpoint-request/v1\n"
-
-
-def new_request() -> str:
-    """A name for the increment that commits a checkpoint: 64 random bits and a check of
-    them, so that a name this code drew can be told (but for 2^-64) from the random
-    names of the code before it, whose checkpoints carried none."""
-    nonce = secrets.token_hex(8)
-    return nonce + hashlib.sha256(_REQUEST_LABEL + nonce.encode()).hexdigest()[:16]
-
-
-def drawn_here(request: str) -> bool:
-    """Whether ``request`` is a name :func:`new_request` drew (a checkpoint names it)."""
-    nonce, check = request[:16], request[16:]
-    return check == hashlib.sha256(_REQUEST_LABEL + nonce.encode()).hexdigest()[:16]
-
-
-def may_commit(named: str | None, request: str | None) -> bool:
-    """Whether a checkpoint naming ``named`` (None: written before names) can be the
-    one the SPM's increment ``request`` (None: the SPM names none) committed."""
-    if named is not None:
-        return named == request
-    return request is None or not drawn_here(request)
 
 
 @dataclass(frozen=True)
@@ -144,40 +85,6 @@ def reset_hint(directory: Path | str | None, counter: int) -> str:
         f"approve a reset: secfl policy sign-reset --policy POLICY.yaml --value {counter} "
         f"--key KEY --member NAME -o {target}, then start the aggregator again"
     )
-
-
-def checkpoint_name(round: int, counter: int, request: str | None = None) -> str:
-    """The file name of the checkpoint of ``round`` at SPM counter value ``counter``,
-    committed by the increment named ``request``."""
-    named = f"-{request[:16]}" if request else ""
-    return f"checkpoint-r{round:08d}-c{counter:010d}{named}.secfl"
-
-
-def parse_checkpoint_name(name: str) -> tuple[int, int] | None:
-    """``(round, counter)`` as a checkpoint's file name says, or None for another name."""
-    match = _NAME.match(name)
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def _name_request(name: str) -> str | None:
-    match = _NAME.match(name)
-    return match.group(3) if match else None
-
-
-def _aead(key: bytes) -> AeadKey:
-    if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
-        raise FlError(f"checkpoint: the key must be {KEY_SIZE} bytes")
-    return AeadKey(AeadKey(bytes(key), error=FlError).derive(KEY_LABEL), error=FlError)
-
-
-def _aad(header: bytes, index: int, last: bool) -> bytes:
-    return CONTEXT + header + struct.pack(">QB", index, 1 if last else 0)
-
-
-def _non_negative(value: Any, what: str) -> int:
-    if type(value) is not int or value < 0:
-        raise FlError(f"checkpoint: {what} must be a non-negative integer, not {value!r}")
-    return value
 
 
 def _split_state(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -232,7 +139,8 @@ def write_checkpoint(
     durable: bool = True,
     request: str | None = None,
 ) -> Path:
-    """Seal and write a checkpoint atomically; returns its path (see the module docstring).
+    """Seal and write a checkpoint atomically; returns its path (the layout:
+    :mod:`secfl.fl._checkpoint_format`).
 
     ``state`` is a strategy's :meth:`~secfl.fl.strategies.Strategy.state`: a flat map of
     numpy arrays and JSON values. ``durable=False`` leaves out the fsyncs (the file is
@@ -240,12 +148,12 @@ def write_checkpoint(
     loss only after :func:`sync_checkpoint`): the commit runs them beside the SPM call.
     ``request``: the name of the increment that will commit it.
     """
-    aead = _aead(key)
+    aead = checkpoint_key(key)
     if not isinstance(policy_digest, str) or not policy_digest:
         raise FlError("checkpoint: the policy digest must be a non-empty string")
-    _non_negative(round, "the round")
-    _non_negative(counter, "the counter")
-    if request is not None and (not isinstance(request, str) or not _REQUEST.match(request)):
+    non_negative(round, "the round")
+    non_negative(counter, "the counter")
+    if request is not None and (not isinstance(request, str) or not REQUEST.match(request)):
         raise FlError("checkpoint: the request name must be 32 lowercase hex digits")
     if type(chunk_size) is not int or not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise FlError(f"checkpoint: invalid chunk size {chunk_size!r}")
@@ -285,7 +193,7 @@ def write_checkpoint(
         with atomic_open(path, mode=0o600, fsync=durable) as fh:
             fh.write(MAGIC + struct.pack(">I", len(header)) + header)
             for index, piece in enumerate(_pieces(parts, chunk_size)):
-                sealed = aead.seal(piece, _aad(header, index, index == count - 1))
+                sealed = aead.seal(piece, record_aad(header, index, index == count - 1))
                 fh.write(struct.pack(">I", len(sealed)))
                 fh.write(sealed)
     except OSError as exc:
@@ -304,40 +212,6 @@ def sync_checkpoint(path: Path) -> None:
         raise FlError(f"checkpoint: cannot sync {path}: {exc.strerror or exc}") from None
 
 
-def _read_exact(fh: Any, n: int, path: Path, what: str) -> bytes:
-    data = fh.read(n)
-    if len(data) != n:
-        raise FlError(f"integrity: checkpoint {path.name} is truncated ({what})")
-    return data
-
-
-def _read_header(fh: Any, path: Path) -> tuple[bytes, dict[str, Any]]:
-    if _read_exact(fh, len(MAGIC), path, "magic") != MAGIC:
-        raise FlError(f"format: {path.name} is not a secfl checkpoint")
-    (hlen,) = struct.unpack(">I", _read_exact(fh, 4, path, "header length"))
-    if hlen > MAX_HEADER:
-        raise FlError(f"format: checkpoint {path.name} declares a {hlen}-byte header")
-    header = _read_exact(fh, hlen, path, "header")
-    try:
-        doc = json.loads(header.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise FlError(f"format: the header of checkpoint {path.name} is not JSON") from None
-    keys = {"format", "policy_digest", "round", "counter", "created_at", "size"}
-    keys |= {"chunk_size", "chunks"}
-    if not isinstance(doc, dict) or set(doc) - {"request"} != keys or doc["format"] != FORMAT:
-        raise FlError(f"format: checkpoint {path.name} is not in the {FORMAT} format")
-    request = doc.get("request")
-    if request is not None and (not isinstance(request, str) or not _REQUEST.match(request)):
-        raise FlError(f"format: checkpoint {path.name} has an invalid request name")
-    for name in ("round", "counter", "size", "chunks"):
-        _non_negative(doc[name], name)
-    if type(doc["chunk_size"]) is not int or not 0 < doc["chunk_size"] <= MAX_CHUNK_SIZE:
-        raise FlError(f"format: checkpoint {path.name} has an invalid chunk size")
-    if not isinstance(doc["policy_digest"], str) or not isinstance(doc["created_at"], str):
-        raise FlError(f"format: checkpoint {path.name} has an invalid header")
-    return header, doc
-
-
 def load_checkpoint(
     path: Path | str,
     *,
@@ -352,7 +226,7 @@ def load_checkpoint(
     truncated one or the wrong key (``integrity:``), and, when ``expected_counter``
     (the SPM's counter value) is given, any other counter (``rollback:``).
     """
-    aead = _aead(key)
+    aead = checkpoint_key(key)
     path = Path(path)
     try:
         fh = open_regular(path)  # a FIFO planted after the listing is no hang
@@ -360,7 +234,7 @@ def load_checkpoint(
         raise FlError(f"checkpoint: cannot open {path}: {exc.strerror}") from None
     try:
         file_size = os.fstat(fh.fileno()).st_size
-        header, doc = _read_header(fh, path)
+        header, doc = read_header(fh, path)
         if doc["policy_digest"] != policy_digest:
             raise FlError(
                 f"policy: checkpoint {path.name} is for policy {doc['policy_digest'][:16]}..., "
@@ -374,13 +248,13 @@ def load_checkpoint(
         plain = bytearray()
         at = 0
         for index in range(count):
-            (length,) = struct.unpack(">I", _read_exact(fh, 4, path, f"record {index}"))
-            want = min(chunk_size, size - at) + _AEAD_OVERHEAD
+            (length,) = struct.unpack(">I", read_exact(fh, 4, path, f"record {index}"))
+            want = min(chunk_size, size - at) + AEAD_OVERHEAD
             if length != want:
                 raise FlError(f"integrity: checkpoint {path.name} record {index} has a bad length")
-            sealed = _read_exact(fh, length, path, f"record {index}")
+            sealed = read_exact(fh, length, path, f"record {index}")
             try:
-                piece = aead.open(sealed, _aad(header, index, index == count - 1))
+                piece = aead.open(sealed, record_aad(header, index, index == count - 1))
             except FlError:
                 raise FlError(
                     f"integrity: checkpoint {path.name} does not open (wrong key, or the file "
@@ -396,7 +270,7 @@ def load_checkpoint(
         fh.close()
     named = parse_checkpoint_name(path.name)
     request = doc.get("request")
-    if named is not None and _name_request(path.name) != (request[:16] if request else None):
+    if named is not None and request_in_name(path.name) != (request[:16] if request else None):
         raise FlError(
             f"integrity: checkpoint {path.name} was committed by another request than its name says"
         )
@@ -445,27 +319,3 @@ def _parse_plaintext(plain: bytearray, path: Path) -> tuple[bytes, dict[str, Any
         arrays, _ = from_bytes(bytes(plain[start + params_size :]))
         state.update(arrays)
     return params_bytes, state
-
-
-def policy_of(path: Path) -> str | None:
-    """The (not yet authenticated) policy digest in a checkpoint's header, or None."""
-    header = header_of(path)
-    return None if header is None else str(header["policy_digest"])
-
-
-def request_of(path: Path) -> str | None:
-    """The (not yet authenticated) increment name in a checkpoint's header, or None."""
-    header = header_of(path)
-    request = None if header is None else header.get("request")
-    return request if isinstance(request, str) else None
-
-
-def header_of(path: Path) -> dict[str, Any] | None:
-    """A checkpoint's header, not yet authenticated (None if it is not one): which
-    run and which increment it says it is of. Opening it checks what it says."""
-    try:
-        with open_regular(path) as fh:
-            _, doc = _read_header(fh, path)
-    except (OSError, FlError):
-        return None
-    return doc

@@ -35,16 +35,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from secfl.errors import FlError
-from secfl.fl._checkpoint import (
-    Checkpoint,
-    drawn_here,
-    load_checkpoint,
-    may_commit,
-    parse_checkpoint_name,
-    policy_of,
-    request_of,
-    reset_hint,
-)
+from secfl.fl._checkpoint import Checkpoint, load_checkpoint, reset_hint
+from secfl.fl._checkpoint_format import policy_of, request_of
+from secfl.fl._checkpoint_names import drawn_here, may_commit, parse_checkpoint_name
 
 __all__ = ["latest_checkpoint", "list_checkpoints", "prune_checkpoints"]
 

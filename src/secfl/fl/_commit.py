@@ -80,8 +80,9 @@ from secfl._internal import interrupts
 from secfl._internal.buffers import Frozen, frozen
 from secfl._internal.worker import Worker
 from secfl.errors import CounterMoved, FlError
-from secfl.fl._checkpoint import new_request, sync_checkpoint, write_checkpoint
+from secfl.fl._checkpoint import sync_checkpoint, write_checkpoint
 from secfl.fl._checkpoint_dir import latest_checkpoint, prune_checkpoints
+from secfl.fl._checkpoint_names import new_request
 from secfl.fl._ledger import Ledger, MemoryLedger, SpmLedger, new_version
 from secfl.fl._phases import ms
 from secfl.fl._runs import ResumePoint, find_resume_point

@@ -43,8 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlError
-from secfl.fl._checkpoint import Checkpoint, header_of, load_checkpoint, may_commit, reset_hint
+from secfl.fl._checkpoint import Checkpoint, load_checkpoint, reset_hint
 from secfl.fl._checkpoint_dir import list_checkpoints
+from secfl.fl._checkpoint_format import header_of
+from secfl.fl._checkpoint_names import may_commit
 
 __all__ = ["ResumePoint", "find_resume_point", "run_label"]
 
@@ -121,7 +123,7 @@ def _committed_at(
     directory: Path,
 ) -> tuple[list[Path], str | None]:
     """Of the checkpoints at the SPM's ``counter``, the one its increment ``request``
-    committed (:func:`~secfl.fl._checkpoint.may_commit`), and the name that one must
+    committed (:func:`~secfl.fl._checkpoint_names.may_commit`), and the name that one must
     hold once opened: these headers are not authenticated yet, and the file may change
     before it is opened."""
 

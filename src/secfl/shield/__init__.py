@@ -12,11 +12,12 @@ The format is described in :mod:`secfl.shield._format`.
 from __future__ import annotations
 
 from secfl.errors import ShieldError
+from secfl.shield._chunk_source import FileEntry
 from secfl.shield._encrypt import encrypt_directory, encrypt_files
 from secfl.shield._format import DEFAULT_CHUNK_SIZE, FORMAT
 from secfl.shield._importer import VolumeImporter, VolumePath
 from secfl.shield._keys import generate_key, key_from_file, load_key, write_key_file
-from secfl.shield._reader import FileEntry, VolumeFile
+from secfl.shield._reader import VolumeFile
 from secfl.shield._volume import Volume, peek_tag, volume_tag
 
 __all__ = [

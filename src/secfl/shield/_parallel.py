@@ -20,11 +20,12 @@ Two ways, both through a :class:`Pipeline` and one process-wide pool:
   decrypted ahead into buffers of the pipeline and copied into the reader's.
   That copy across cores costs about as much as the decryption, so it was slower
   than the reader alone on two cores: off unless ``SECFL_SHIELD_THREADS`` asks for
-  it (:data:`READ_AHEAD`), and the reader decrypts a chunk itself whenever no
-  thread of the pool has started it yet.
+  it (:data:`~secfl.shield._threads.READ_AHEAD`), and the reader decrypts a chunk
+  itself whenever no thread of the pool has started it yet.
 
-Bounds. One pool for the process, of :data:`WORKERS` threads (the CPUs this
-process may use, at most :data:`MAX_WORKERS`). A pipeline has at most ``depth``
+Bounds. One pool for the process (:mod:`secfl.shield._threads`), of
+:data:`~secfl.shield._threads.WORKERS` threads (the CPUs this process may use, at
+most :data:`~secfl.shield._threads.MAX_WORKERS`). A pipeline has at most ``depth``
 jobs in flight or decrypted ahead of its reader (:func:`depth_for`), so it holds
 at most ``depth`` chunks of plaintext (within :data:`READ_AHEAD_BYTES`), and one
 chunk of ciphertext scratch per thread working for it, whatever the file's size:
@@ -43,109 +44,52 @@ zeroes what the failed read was filling, before the one-line ShieldError goes up
 
 from __future__ import annotations
 
-import logging
-import os
-import re
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from secfl.shield import _threads
+from secfl.shield._ranges import Ranges
+
 if TYPE_CHECKING:
-    from secfl.shield._reader import ChunkSource, FileEntry
+    from secfl.shield._chunk_source import ChunkSource, FileEntry
 
 __all__ = [
-    "MAX_WORKERS",
     "RANGE_MIN_BYTES",
-    "READ_AHEAD",
     "READ_AHEAD_BYTES",
-    "WORKERS",
     "Job",
     "Pipeline",
     "depth_for",
     "memory_limit",
 ]
 
-MAX_WORKERS: Final = 8
 #: Plaintext one reader's pipeline may hold, at most.
 READ_AHEAD_BYTES: Final = 16 << 20
 _TAG_SIZE: Final = 16
 
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _configured_threads() -> tuple[int, bool]:
-    """Threads of the pool, and whether to decrypt ahead, from ``SECFL_SHIELD_THREADS``.
-
-    Unset: every usable CPU (up to :data:`MAX_WORKERS`) for range reads, no read-ahead.
-    ``N``: N threads (1 turns all of it off: the reader decrypts every chunk), with
-    read-ahead from 2 on, for workloads that read a chunk at a time on more cores.
-    """
-    text = os.environ.get("SECFL_SHIELD_THREADS", "").strip()
-    if not text:
-        return min(_usable_cpus(), MAX_WORKERS), False
-    # ASCII digits, a few of them: str.isdigit() takes "²" (which int() refuses) and
-    # int() refuses 5000 digits, both tracebacks at import in every shield command
-    if not re.fullmatch(r"[0-9]{1,6}", text) or int(text) < 1:
-        logging.getLogger("secfl.shield").warning(
-            "SECFL_SHIELD_THREADS=%.20r is not a positive integer: reading on one thread", text
-        )
-        return 1, False
-    threads = min(int(text), _usable_cpus(), MAX_WORKERS)
-    return threads, threads > 1
-
-
-#: Threads that decrypt one read's chunks (the reader among them); 1: the reader alone.
-#: READ_AHEAD: whether the pool also decrypts ahead of a reader reading chunk by chunk.
-WORKERS, READ_AHEAD = _configured_threads()
 #: The smallest read that is split among threads: waking a thread costs ~50 us, 5%
 #: of the ~1 ms one core takes for 4 MiB. Measured on 2 cores under heavy load
 #: (bench_shield.py and paired trials, 2026-12-05): best runs 1.2-1.4x one thread
 #: at 8-256 MiB, same CPU per GB; medians from 0.83x (8 MiB) to 1.14x (64 MiB).
 RANGE_MIN_BYTES: Final = 4 << 20
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="secfl-shield")
-        return _pool
-
-
-def _forget_pool() -> None:
-    # A forked child has none of the parent's threads: it starts a pool of its own.
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
 
 def depth_for(buffer_size: int) -> int:
     """Jobs one pipeline may have in flight: enough to keep every worker busy while
     the reader takes the next chunk, within :data:`READ_AHEAD_BYTES`; 0 means none
     (read-ahead off, one CPU, or chunks too large to decrypt ahead)."""
-    if WORKERS < 2 or not READ_AHEAD:
+    if _threads.WORKERS < 2 or not _threads.READ_AHEAD:
         return 0
-    return min(2 * WORKERS, READ_AHEAD_BYTES // max(1, buffer_size))
+    return min(2 * _threads.WORKERS, READ_AHEAD_BYTES // max(1, buffer_size))
 
 
 def memory_limit(buffer_size: int) -> int:
     """The most bytes of buffers a pipeline of chunks of ``buffer_size`` allocates:
     the read-ahead's plaintext, and a ciphertext scratch per thread working for it
     (besides the one the reader lends)."""
-    scratch = WORKERS + 1 if WORKERS >= 2 else 0
+    scratch = _threads.WORKERS + 1 if _threads.WORKERS >= 2 else 0
     return depth_for(buffer_size) * buffer_size + scratch * (buffer_size + _TAG_SIZE)
 
 
@@ -160,85 +104,6 @@ class Job:
     future: Future[None]
     buffer: bytearray | None  # set when the job reads ahead into a buffer of the pipeline
     out: memoryview
-
-
-class _Ranges:
-    """The chunks of one range read, handed out to its threads.
-
-    Chunks ``[first, end)`` are split into one contiguous range per thread. A
-    thread takes its own range from the front, then chunks from the back of the
-    largest range left. After a chunk fails, no chunk above it is handed out (those
-    below still are: the lowest failure is the one the sequential path raises).
-    """
-
-    def __init__(self, first: int, end: int, parts: int, out: memoryview):
-        count = end - first
-        bounds = [first + count * k // parts for k in range(parts + 1)]
-        self.front, self.back = bounds[:-1], bounds[1:]
-        self.first = first
-        self.out = out  # the caller's buffer; dropped once the read is over
-        self.failed = end
-        self.error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        #: Chunks a helper (a part other than 0, the reader's) took and has not finished.
-        self._busy = 0
-
-    def next(self, part: int) -> int | None:
-        with self._lock:
-            front, back = self.front, self.back
-            if front[part] >= back[part]:
-                mine = part
-                part = max(range(len(front)), key=lambda p: back[p] - front[p])
-                if front[part] >= back[part]:
-                    return None
-                back[part] -= 1
-                self._busy += mine != 0
-                return back[part]
-            front[part] += 1
-            self._busy += part != 0
-            return front[part] - 1
-
-    def done(self) -> None:
-        """A helper finished the chunk :meth:`next` gave it."""
-        with self._lock:
-            self._busy -= 1
-            if self._busy == 0:
-                self._idle.notify_all()
-
-    def settle(self, helpers: list[Future[None]]) -> None:
-        """Hand out no more chunks, and return once no helper writes into ``out``: a
-        helper still queued is cancelled (it would find nothing to do), one at work is
-        waited for. A Ctrl-C meanwhile is raised once that holds: a reader that wipes
-        its buffer when the read raises must find no thread still writing into it. The
-        helpers are counted by the chunks they took, not by ``helpers``, which an
-        interrupt may have left one short (between submitting and listing it)."""
-        interrupted: BaseException | None = None
-        while True:
-            try:
-                self.stop()
-                for helper in helpers:
-                    helper.cancel()
-                with self._idle:
-                    while self._busy:
-                        self._idle.wait()
-                self.out = _NOTHING  # a queued, cancelled helper keeps no view of ``out``
-                break
-            except BaseException as exc:  # KeyboardInterrupt, SystemExit from a handler
-                interrupted = interrupted or exc
-        if interrupted is not None:
-            raise interrupted
-
-    def fail(self, chunk: int, error: BaseException) -> None:
-        with self._lock:
-            if chunk < self.failed:
-                self.failed, self.error = chunk, error
-                self.back = [min(b, chunk) for b in self.back]
-
-    def stop(self) -> None:
-        """Hand out no more chunks (the reader gives up: an interrupt)."""
-        with self._lock:
-            self.back = list(self.front)
 
 
 class Pipeline:
@@ -310,7 +175,7 @@ class Pipeline:
             out = memoryview(buffer)[: self._plain_length(chunk)]
         job = Job(chunk, Future(), buffer, out)
         try:
-            job.future = _executor().submit(self._run, job)
+            job.future = _threads.executor().submit(self._run, job)
         except RuntimeError:  # the interpreter is shutting down: decrypt here
             try:
                 self._run(job)
@@ -363,12 +228,12 @@ class Pipeline:
         """
         if self._jobs:
             raise ValueError("chunks are being decrypted ahead")
-        parts = max(1, min(WORKERS, count))
-        work = _Ranges(first, first + count, parts, out)
+        parts = max(1, min(_threads.WORKERS, count))
+        work = Ranges(first, first + count, parts, out)
         helpers: list[Future[None]] = []
         try:
             try:
-                pool = _executor()
+                pool = _threads.executor()
                 for part in range(1, parts):
                     helpers.append(pool.submit(self._work, work, part))
             except RuntimeError:  # the interpreter is shutting down: the reader does all
@@ -381,7 +246,7 @@ class Pipeline:
         if work.error is not None:
             raise work.error
 
-    def _work(self, work: _Ranges, part: int) -> None:
+    def _work(self, work: Ranges, part: int) -> None:
         size = self._source.chunk_size
         while (chunk := work.next(part)) is not None:
             at = (chunk - work.first) * size
@@ -392,7 +257,7 @@ class Pipeline:
                 if not isinstance(exc, Exception):
                     raise  # an interrupt of the reader goes up at once
             finally:
-                if part != 0:  # a helper (no Ctrl-C reaches it): see _Ranges.settle
+                if part != 0:  # a helper (no Ctrl-C reaches it): see Ranges.settle
                     work.done()
 
     def release(self, job: Job) -> None:

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from secfl._internal import files
 from secfl.errors import ShieldError
 from secfl.shield import _format as fmt
+from secfl.shield._chunk_source import ChunkSource, FileEntry
 from secfl.shield._keys import load_key
-from secfl.shield._reader import ChunkSource, FileEntry, VolumeFile
+from secfl.shield._reader import VolumeFile
 
 __all__ = ["FileEntry", "Volume", "volume_tag"]
 
