@@ -413,7 +413,7 @@ def test_a_header_that_never_ends_is_cut_off_not_buffered(tmp_path: Path) -> Non
     """One connection, no key needed, sends a request whose header never ends: the
     real gate closes it past MAX_HEAD instead of keeping every byte (with httptools
     alone, its memory grew by more than the bytes sent, without limit)."""
-    from secfl._internal.httpguard import MAX_HEAD
+    from secfl._internal.httpparser import MAX_HEAD
 
     with _gate(tmp_path) as (port, ca):
         context = ssl.create_default_context(cafile=ca)
@@ -446,7 +446,7 @@ def test_trailers_that_never_end_are_cut_off_not_buffered(
     byte it sent. Every byte of a trailer section counts against MAX_HEAD now."""
     from base64 import b64encode
 
-    from secfl._internal.httpguard import MAX_HEAD
+    from secfl._internal.httpparser import MAX_HEAD
 
     (site,) = _node_keys(1)
     gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [site])
@@ -632,7 +632,7 @@ def test_a_request_refused_for_its_head_never_reaches_the_app(
     within one read, were parsed whole before the count saw them."""
     from base64 import b64encode
 
-    from secfl._internal.httpguard import MAX_HEAD
+    from secfl._internal.httpparser import MAX_HEAD
 
     (site,) = _node_keys(1)
     gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [site])
@@ -734,8 +734,8 @@ def test_padding_behind_a_bodys_end_in_one_read_never_reaches_the_app(
     slow on_body here) lets the rest of the client's bytes arrive as one read."""
     from base64 import b64encode
 
-    from secfl._internal import httpguard
-    from secfl._internal.httpguard import MAX_HEAD
+    from secfl._internal import httpparser
+    from secfl._internal.httpparser import MAX_HEAD
 
     (site,) = _node_keys(1)
     gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [site])
@@ -747,7 +747,7 @@ def test_padding_behind_a_bodys_end_in_one_read_never_reaches_the_app(
         await send({"type": "http.response.body", "body": b"ok"})
 
     monkeypatch.setattr(gate, "_forward", forward)
-    real_on_body, stalled = httpguard._Http.on_body, []
+    real_on_body, stalled = httpparser.GuardedHttp.on_body, []
 
     def on_body(self: Any, body: bytes) -> None:
         if not stalled:  # the loop is busy for a moment: the bytes pile up
@@ -755,7 +755,7 @@ def test_padding_behind_a_bodys_end_in_one_read_never_reaches_the_app(
             time.sleep(0.5)
         real_on_body(self, body)
 
-    monkeypatch.setattr(httpguard._Http, "on_body", on_body)
+    monkeypatch.setattr(httpparser.GuardedHttp, "on_body", on_body)
     pad, body = b" " * (MAX_HEAD + 100), b"x" * 8192
     key = b"flwr-public-key: " + b64encode(site) + b"\r\n"
     head = b"POST /v1/fleet/push-object HTTP/1.1\r\nHost: x\r\n" + key

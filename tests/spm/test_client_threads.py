@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from secfl.spm import client as client_module
+from secfl.spm import _client_transport
 from secfl.spm.client import SpmClient
 from tests.spm.harness import SpmProcess
 
@@ -22,14 +22,14 @@ def test_threads_share_one_pinned_connection(
     proc = SpmProcess(tmp_path / "data", sim[0], None).start()
     try:
         fetches: list[int] = []
-        real = client_module._fetch_certificate
+        real = _client_transport.fetch_certificate
 
         def slow_fetch(*args: Any) -> Any:
             fetches.append(1)
             time.sleep(0.2)  # a slow first handshake: every thread arrives meanwhile
             return real(*args)
 
-        monkeypatch.setattr(client_module, "_fetch_certificate", slow_fetch)
+        monkeypatch.setattr(_client_transport, "fetch_certificate", slow_fetch)
         with SpmClient(proc.url, pin=proc.pin) as client:
             start = threading.Barrier(8)
             clients: list[Any] = []

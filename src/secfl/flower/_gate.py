@@ -39,7 +39,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from secfl._internal.httpguard import PEER_CERT, Guard, Limits, file_budget
+from secfl._internal.httpguard import Guard, Limits, file_budget
+from secfl._internal.httpparser import PEER_CERT
 from secfl.errors import TransportError
 
 __all__ = [

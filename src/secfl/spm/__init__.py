@@ -18,8 +18,11 @@ Where things are:
   :mod:`~secfl.spm._tx`, the audit chain in
   :mod:`~secfl.spm._audit`, and the database treated as untrusted storage by
   :mod:`~secfl.spm._integrity` and :mod:`~secfl.spm._state`.
-- The other side: :mod:`~secfl.spm.client` (a pinned client) and
-  :mod:`~secfl.spm.enroll` (a workload attests and opens its release).
+- The other side: :mod:`~secfl.spm.client` (a pinned client; its connection in
+  :mod:`~secfl.spm._client_transport`, the certificate fetch in
+  :mod:`~secfl.spm._client_tls`, the checks of the SPM's claims in
+  :mod:`~secfl.spm._client_identity`) and :mod:`~secfl.spm.enroll` (a workload
+  attests and opens its release).
 
 The API is in those modules; the package itself exports nothing.
 """

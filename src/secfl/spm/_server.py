@@ -50,7 +50,8 @@ __all__ = ["GRACEFUL_SHUTDOWN", "open_spm", "open_store", "serve", "unreadable"]
 COLLATERAL_DIR = "collateral-cache"
 
 #: Seconds a stopping SPM waits for requests under way (uvicorn's graceful timeout);
-#: an idle connection is not waited for (:meth:`secfl._internal.httpguard` ``shutdown``).
+#: an idle connection is not waited for
+#: (:meth:`~secfl._internal.httpparser.GuardedHttp.shutdown`).
 GRACEFUL_SHUTDOWN = 5
 
 

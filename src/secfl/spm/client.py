@@ -8,37 +8,38 @@ clients are built with the pin (:class:`SpmClient`) and refuse any SPM whose key
 does not match it. Certificate verification is never switched off: the fetched
 certificate is only a candidate until the pin or the evidence vouches for it,
 and every request then runs over TLS that verifies against it.
+
+This module holds the first contact and the SPM's API. The pinned connection and
+its requests are :class:`~secfl.spm._client_transport.SpmTransport`'s (the base of
+:class:`SpmClient`), the fetch of a candidate certificate is in
+:mod:`secfl.spm._client_tls`, and the checks of an attested SPM's claims
+(:func:`~secfl.spm._client_identity.expected_identity`,
+:func:`~secfl.spm._client_identity.appraise`) in :mod:`secfl.spm._client_identity`.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import re
 import secrets
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secfl._internal.canonical import canonical_json
-from secfl._internal.values import one_line
 from secfl.errors import SecflError, SpmError, SpmRefused, VerificationError
 from secfl.spm._audit import head_message
-from secfl.spm._https import AnswerLost, ConnectFailed, PinnedHttps, RequestFailed
+from secfl.spm._client_identity import appraise, expected_identity
+from secfl.spm._client_tls import fetch_certificate
+from secfl.spm._client_transport import SpmTransport
 from secfl.spm._report_data import spki_sha256, spm_report_data
 from secfl.spm._volumes import record_proof
-from secfl.tee._claims import TCB_ORDER, Claims, TcbStatus
+from secfl.tee._claims import Claims, TcbStatus
 from secfl.tee._evidence import Evidence
 from secfl.tee._intel_collateral import IntelCollateral
 from secfl.tee._verify import verify
@@ -49,207 +50,8 @@ _REQUEST = re.compile(r"^[0-9a-f]{32}$")
 __all__ = ["SpmClient", "SpmRefused"]
 
 
-def appraise(
-    evidence: Evidence,
-    claims: Claims,
-    collateral: Callable[[bytes], IntelCollateral],
-    min_tcb: TcbStatus,
-    at: datetime | None = None,
-    allow_debug: bool = False,
-) -> Claims:
-    """``claims`` of Intel ``evidence`` (already verified) appraised with its collateral,
-    or :class:`VerificationError` when its TCB is below ``min_tcb``."""
-    if claims.kind not in ("sgx", "tdx"):
-        raise VerificationError(
-            f"pccs: the SPM's evidence is {claims.kind}; a PCCS appraises SGX and TDX only"
-        )
-    claims = verify(evidence, at=at, collateral=collateral(evidence.quote), allow_debug=allow_debug)
-    status = claims.tcb_status
-    if status == "unknown" or TCB_ORDER.index(status) > TCB_ORDER.index(min_tcb):
-        raise VerificationError(f"tcb: the SPM's TCB status is {status}, below {min_tcb}")
-    return claims
-
-
-def _address(url: str) -> tuple[str, int]:
-    try:  # urlsplit and .port raise ValueError ('https://[::1', ':99999', ':abc')
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise SpmError(f"spm: '{url}' is not a URL: give https://HOST:PORT") from None
-    if parts.scheme != "https" or not parts.hostname:
-        raise SpmError(f"spm: '{url}' is not an https:// URL")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise SpmError(f"spm: '{url}' has parts an SPM URL has not: give https://HOST:PORT")
-    return parts.hostname, port or 443
-
-
-def _fetch_certificate(url: str, timeout: float) -> tuple[str, x509.Certificate]:
-    """The certificate the SPM presents: a candidate, trusted only once checked."""
-    host, port = _address(url)
-    # not verified here (the pin is checked next); no TLS key log (SSLKEYLOGFILE)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # as get_server_certificate: the pin is the check
-    try:
-        with (
-            socket.create_connection((host, port), timeout=timeout) as raw,
-            context.wrap_socket(raw, server_hostname=host) as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-    except OSError as exc:
-        raise SpmError(f"spm: cannot reach {url}: {exc.strerror or exc}") from None
-    if not der:
-        raise SpmError(f"spm: {url} presented no certificate")
-    cert = x509.load_der_x509_certificate(der)
-    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), cert
-
-
-def expected_identity(claims: Claims, expected: Sequence[str]) -> None:
-    """Refuse unless ``claims`` match one of ``expected``: each the kind's primary
-    measurement (HEX), or claim fields (``FIELD=HEX,...``) that name code as a policy's
-    identity must (:func:`~secfl.policy._model.pins_code`). A TD is named by its mrtd,
-    rtmr1 and rtmr2 together: an SPM expected by its MRTD alone (the firmware) was any
-    SPM booted on that firmware (found by a review)."""
-    from secfl.policy._model import CODE_ALL, code_fields_text, pins_code
-    from secfl.spm._evidence_checks import snp_guest_refusal
-
-    primary = str(next(iter(claims.measurements.values()), "")).lower()
-    guest = None  # why a matching SEV-SNP expectation still refused
-    for text in expected:
-        text = text.strip().lower()
-        pins: dict[str, str] = {}
-        if "=" not in text:
-            if claims.kind in CODE_ALL or text != primary:
-                continue
-        else:
-            pins = dict(part.partition("=")[::2] for part in text.split(","))
-            if not pins_code(claims.kind, pins) or not all(  # type: ignore[arg-type]
-                str(claims.measurements.get(k, "")).lower() == v for k, v in pins.items()
-            ):
-                continue
-        guest = snp_guest_refusal(pins, claims.measurements) if claims.kind == "snp" else None
-        if guest is None:
-            return
-    if guest is not None:
-        raise VerificationError(f"measurement: {guest} in the expected measurement")
-    if claims.kind in CODE_ALL and not any("=" in t for t in expected):
-        raise VerificationError(
-            f"measurement: a {claims.kind} SPM is named by {code_fields_text(claims.kind)} "
-            "together: expect FIELD=HEX,... (its first measurement covers only the firmware)"
-        )
-    raise VerificationError(
-        f"measurement: the SPM runs {claims.kind} measurement {primary}, which is not the "
-        "expected one"
-    )
-
-
-class SpmClient:
+class SpmClient(SpmTransport):
     """A client bound to one SPM by the SHA-256 of its TLS key (``pin``)."""
-
-    def __init__(self, url: str, *, pin: str, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self.pin = pin.lower()
-        self.timeout = timeout
-        self._http: PinnedHttps | None = None
-        self._key: ec.EllipticCurvePublicKey | None = None
-        # the aggregator's overlapped commit calls from its own thread while the main
-        # thread may call too: the certificate fetched (and pinned) once
-        self._lock = threading.Lock()
-
-    # --- connection -----------------------------------------------------------------------
-
-    def _connect(self) -> PinnedHttps:
-        with self._lock:
-            return self._connect_locked()
-
-    def _connect_locked(self) -> PinnedHttps:
-        if self._http is None:
-            pem, cert = _fetch_certificate(self.url, self.timeout)
-            presented = spki_sha256(cert.public_key())
-            if presented != self.pin:
-                raise SpmError(
-                    f"spm: the SPM at {self.url} presents key {presented}, not the pinned "
-                    f"{self.pin}; refusing to talk to it"
-                )
-            key = cert.public_key()
-            if not isinstance(key, ec.EllipticCurvePublicKey):
-                raise SpmError("spm: the SPM's TLS key is not an EC key")
-            self._key = key
-            context = ssl.create_default_context(cadata=pem)
-            context.keylog_filename = None  # type: ignore[assignment]  # never SSLKEYLOGFILE
-            prefix = urlsplit(self.url).path.rstrip("/")  # an SPM behind a path, if any
-            self._http = PinnedHttps(*_address(self.url), context, self.timeout, prefix=prefix)
-        return self._http
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        """The SPM's pinned TLS key: what imported secrets are sealed to."""
-        self._connect()
-        assert self._key is not None
-        return self._key
-
-    def close(self) -> None:
-        with self._lock:
-            if self._http is not None:
-                self._http.close()
-                self._http = None
-
-    def _drop(self, http: PinnedHttps) -> None:
-        """Forget ``http`` (unless another thread already made a new one)."""
-        with self._lock:
-            if self._http is http:
-                self._http = None
-        http.close()
-
-    def __enter__(self) -> SpmClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        headers: dict[str, str] | None = None,
-        params: dict[str, Any] | None = None,
-        resend: bool = False,
-    ) -> Any:
-        """``method path``'s JSON answer. A failure to connect is tried once more on a
-        fresh connection (the SPM may have restarted with a new certificate: it is
-        fetched and pinned again); a request whose answer was lost is sent again only
-        if that is harmless: a read, or ``resend`` (a named compare-and-increment)."""
-        try:
-            body = None if json is None else canonical_json(json)
-        except (TypeError, ValueError) as exc:  # NaN, say: JSON cannot carry it
-            raise SpmError(f"spm: {method} {path}: the request is not JSON: {exc}") from None
-        for attempt in (1, 2):
-            http = self._connect()
-            try:
-                reply = http.request(method, path, body=body, headers=headers, params=params)
-                break
-            except ConnectFailed as exc:
-                self._drop(http)  # the SPM restarted with a new certificate: fetch, re-pin
-                lost = isinstance(exc, AnswerLost) and method != "GET" and not resend
-                if lost:
-                    exc = AnswerLost(f"{exc}; not sent again: the SPM may have acted on it")
-                if attempt == 2 or lost:
-                    raise SpmError(f"spm: {method} {path} failed: {exc}") from None
-            except RequestFailed as exc:
-                raise SpmError(f"spm: {method} {path} failed: {exc}") from None
-        try:
-            doc = _json_loads(reply.body)
-        except ValueError:
-            doc = {}
-        if reply.status >= 400:
-            message = doc.get("error") if isinstance(doc, dict) else None
-            if not isinstance(message, str) or not message:
-                message = f"spm: HTTP {reply.status} for {path}"
-            # the server's own words, on one line with nothing a terminal would act on:
-            # before the pin is checked, the server may be anyone's
-            raise SpmRefused(one_line(message), reply.status)
-        return doc
 
     # --- first contact --------------------------------------------------------------------
 
@@ -274,7 +76,7 @@ class SpmClient:
         expected: list[str] = (
             [expect_measurement] if isinstance(expect_measurement, str) else [*expect_measurement]
         )
-        _, cert = _fetch_certificate(url, timeout)
+        _, cert = fetch_certificate(url, timeout)
         pin = spki_sha256(cert.public_key())
         client = cls(url, pin=pin, timeout=timeout)
         nonce = os.urandom(32)
@@ -479,7 +281,3 @@ class SpmClient:
             return StatusOut.model_validate(doc).model_dump()
         except ValidationError:
             raise SpmError("spm: the SPM's status answer is malformed") from None
-
-
-def _json_loads(body: bytes) -> Any:
-    return json.loads(body) if body else {}
