@@ -118,7 +118,7 @@ def test_ctrl_c_names_the_sealed_round_and_the_restart_resumes_after_it(
     assert sealed >= 2 and resume == sealed + 1
     run1 = [e for e in _metrics(work / "owner" / "metrics.jsonl") if e["policy_version"] == 1]
     # every round once, in order: none lost, none trained twice across the restart
-    assert [e["round"] for e in run1] == list(range(1, 31))
+    assert [e["round"] for e in run1] == list(range(1, 13))
     assert run1[sealed - 1]["counter"] == counter
     log = (work / "owner" / "aggregator.log").read_text()
     assert f"resumed from checkpoint-r{sealed:08d}-c{counter:010d}-" in log
