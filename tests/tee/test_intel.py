@@ -647,6 +647,7 @@ def forge(
     qe_patch: tuple[int, bytes] | None = None,
     vendor_id: bytes | None = None,
     td_attributes: int | None = None,
+    body_patch: tuple[int, bytes] | None = None,
 ) -> Forged:
     """A quote like ``raw`` (same body, QE report, SGX extension, TCB info, QE identity),
     re-signed by a fresh Intel-shaped PKI."""
@@ -678,6 +679,9 @@ def forge(
     body = bytearray(q.body)
     if td_attributes is not None:  # TDATTRIBUTES, little-endian at 120 of a TD report
         body[120:128] = td_attributes.to_bytes(8, "little")
+    if body_patch is not None:  # these bytes at this offset of the body
+        at, data = body_patch
+        body[at : at + len(data)] = data
     if debug:
         body[48 if q.kind == "sgx" else 120] |= 0x02 if q.kind == "sgx" else 0x01
     header = q.signed[: len(q.signed) - len(q.body)]
@@ -774,6 +778,42 @@ def test_a_td_the_host_can_inspect_is_refused_without_collateral_too(
     monkeypatch.setattr(roots, "INTEL_SGX_ROOT_CA_SHA256", f.root_fingerprint)
     for supplied in (None, f.collateral):
         assert refused(f.quote, at, supplied).startswith(f"attributes: {why}")
+
+
+@pytest.mark.parametrize("name", ["tdx_v4_quote", "tdx_v5_quote_outdated"])
+@pytest.mark.parametrize(
+    ("patch", "why"),
+    [
+        ((64, b"\x11" * 48), "the TDX module is not Intel's (MRSIGNERSEAM 1111"),
+        ((111, b"\x01"), "the TDX module is not Intel's (MRSIGNERSEAM 0000"),
+        ((112, b"\x01"), "a debug TDX module (SEAM_ATTRIBUTES 0000000000000001 "),
+        ((119, b"\x80"), "reserved bits are set (SEAM_ATTRIBUTES 8000000000000000 "),
+    ],
+    ids=["mrsignerseam", "mrsignerseam-last-byte", "debug-module", "reserved"],
+)
+def test_a_tdx_module_not_intels_is_refused_without_collateral_too(
+    intel_dir: Path, monkeypatch: pytest.MonkeyPatch, name: str, patch: Any, why: str
+) -> None:
+    """Found by a review: only dcap-qvl checked MRSIGNERSEAM and SEAM_ATTRIBUTES
+    (against the TCB info's TDX module identity), so only with collateral, and whether
+    the SPM's PCCS answers is the host's to decide. The real quote, re-signed with
+    these fields changed (TDX 1.0 and 1.5 bodies), stands in for a genuinely signed
+    quote from a TD on such a module."""
+    v = next(v for v in VECTORS if v.name == name)
+    raw = load(intel_dir, v)
+    q = parse_quote(raw)
+    assert not any(q.field("mrsignerseam")) and not any(q.field("seam_attributes"))
+    assert verify_quote(raw, at=utc(v.at)).kind == "tdx"  # Intel's module passes
+    collateral = json.loads(collateral_text(intel_dir, v))
+    f = forge(raw, collateral, body_patch=patch)
+    monkeypatch.setattr(roots, "INTEL_SGX_ROOT_CA_SHA256", f.root_fingerprint)
+    at = utc(v.at)
+    for supplied in (None, f.collateral):
+        message = refused(f.quote, at, supplied)
+        assert message.startswith(f"tdx module: {why}"), message
+        assert "\n" not in message
+    with pytest.raises(VerificationError, match=r"^tdx module: "):
+        verify(f.quote, at=at, allow_debug=True)  # a debug module is no debug TD
 
 
 def test_revoked_pck_certificate(sources: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:

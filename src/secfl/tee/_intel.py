@@ -5,8 +5,9 @@ Two depths:
 - without collateral: the signature chain only, written here with ``cryptography``:
   the PCK chain embedded in the quote up to the pinned Intel SGX Root CA, the QE
   report signed by the PCK key and coming from Intel's QE, the QE report binding
-  the attestation key, and the quote signed by the attestation key.
-  ``tcb_status`` is ``unknown``.
+  the attestation key, and the quote signed by the attestation key; for TDX,
+  Intel's production TDX module (MRSIGNERSEAM and SEAM_ATTRIBUTES zero) and the
+  TD's configuration (TDATTRIBUTES, MRSERVICETD). ``tcb_status`` is ``unknown``.
 - with collateral (:class:`IntelCollateral`, as a PCS/PCCS serves it): the same
   checks, then the collateral's own chains, CRLs (signatures, dates, revocation)
   and validity dates here, then the full appraisal (TCB info, QE identity) by
@@ -14,8 +15,8 @@ Two depths:
 
 Every refusal is a :class:`VerificationError` whose message starts with the
 failed check: ``malformed quote at offset N``, ``chain``, ``expired``, ``revoked``,
-``signature``, ``qe identity``, ``key binding``, ``collateral``, ``attributes``
-or ``tcb``.
+``signature``, ``qe identity``, ``key binding``, ``collateral``, ``tdx module``,
+``attributes`` or ``tcb``.
 
 dcap-qvl refuses to give a TCB status for a debug TEE, as its very last check.
 A debug quote with collateral is therefore reported with ``tcb_status`` unknown
@@ -76,6 +77,7 @@ def verify_quote(raw: bytes, *, at: datetime, collateral: object | None = None) 
     _check_qe_report(quote, chain[0])
     _check_quote_signature(quote)
     if quote.kind == "tdx":
+        _check_tdx_module(quote)
         _check_td_attributes(quote)
 
     status: TcbStatus = "unknown"
@@ -101,6 +103,30 @@ def verify_quote(raw: bytes, *, at: datetime, collateral: object | None = None) 
         },
         simulated=False,
     )
+
+
+# --- the TDX module ------------------------------------------------------------------
+
+
+def _check_tdx_module(quote: Quote) -> None:
+    """Refuse a TD whose TDX module is not Intel's production module: MRSIGNERSEAM is
+    zero for a module Intel signed, SEAM_ATTRIBUTES zero for a production one (bit 0
+    marks a debug module, which the host may inspect). Checked for every TDX quote
+    (TDX 1.0 and 1.5 bodies): dcap-qvl checks them only against the TCB info's TDX
+    module identity, so only with collateral, and the host decides whether the SPM's
+    PCCS answers (found by a review)."""
+    signer = quote.field("mrsignerseam")
+    if any(signer):
+        raise VerificationError(
+            "tdx module: the TDX module is not Intel's (MRSIGNERSEAM "
+            f"{signer.hex()[:16]}… is not zero)"
+        )
+    attributes = int.from_bytes(quote.field("seam_attributes"), "little")
+    if attributes:
+        what = "a debug TDX module" if attributes & 1 else "reserved bits are set"
+        raise VerificationError(
+            f"tdx module: {what} (SEAM_ATTRIBUTES {attributes:016x} is not zero)"
+        )
 
 
 # --- the TD's configuration ------------------------------------------------------------
