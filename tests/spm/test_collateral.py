@@ -848,3 +848,134 @@ def test_a_rolled_back_answer_is_asked_again_after_retry_after(
         clock.now += 60
         assert coll.get(older).pck_crl == coll.get(newer).pck_crl
         assert len(pccs.requests) > asked
+
+
+# --- the fourth review ---------------------------------------------------------------------
+
+
+def _count_appraisals(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times check_evidence verified a quote with collateral."""
+    from secfl.spm import _evidence_checks
+
+    calls: list[int] = []
+    real = _evidence_checks.verify
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        if kw.get("collateral") is not None:
+            calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_evidence_checks, "verify", counted)
+    return calls
+
+
+def _forged_crl(real_hex: str, entries: int) -> bytes:
+    """A CRL under the real one's issuer name, of ``entries`` serials, signed by no one."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    real = x509.load_der_x509_crl(bytes.fromhex(real_hex))
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(real.issuer)
+        .last_update(real.last_update_utc)
+        .next_update(real.next_update_utc or real.last_update_utc)
+    )
+    for serial in range(1, entries + 1):
+        entry = x509.RevokedCertificateBuilder().serial_number(serial)
+        builder = builder.add_revoked_certificate(
+            entry.revocation_date(real.last_update_utc).build()
+        )
+    key = ec.generate_private_key(ec.SECP256R1())
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def test_a_cached_copy_that_did_not_verify_is_not_verified_again(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: a forged copy in the cache (the host's, in the data folder)
+    was read and verified again on every attestation while the PCCS was down, a CRL
+    of megabytes costing 0.5 s each. It is refused from its digest now, with the same
+    one-line refusal, and the PCCS is still asked again after retry_after."""
+    quote = serve(pccs, vectors, SGX)
+    _, doc = vector(vectors, SGX[0])
+    path = "/sgx/certification/v4/pckcrl?ca=processor&encoding=der"
+    status, headers, good = pccs.routes[path]
+    pccs.routes[path] = (status, headers, _forged_crl(doc["pck_crl"], 500))
+    saved = dict(pccs.routes)
+    lenient = policy(board, SGX, min_tcb="ConfigurationAndSWHardeningNeeded")
+    at, clock = utc(SGX[4]), Clock()
+    appraisals = _count_appraisals(monkeypatch)
+    why = "collateral: the PCK CRL signature does not verify under 'Intel SGX PCK Processor CA'"
+    with CollateralSource(pccs.url, tmp_path / "c", retry_after=60, clock=clock) as coll:
+        with pytest.raises(Refused) as info:
+            check_evidence(lenient, quote, at, coll)  # fetched, cached, refused
+        assert str(info.value) == f"evidence: {why}"
+        assert len(appraisals) == 1
+        pccs.routes.clear()  # the PCCS goes down: the cache serves the forged copy
+        for _ in range(3):
+            clock.now += 20
+            with pytest.raises(Refused) as info:
+                check_evidence(lenient, quote, at, coll)
+            message = str(info.value)
+            assert message.startswith(f"evidence: {why} (the cached copy, refused before")
+            assert "\n" not in message
+        assert len(appraisals) == 1  # not verified again
+        asked = len(pccs.requests)
+        assert asked > 4  # asked again 60 s after the refusal, however many followed
+        pccs.routes.update(saved)
+        pccs.routes[path] = (status, headers, good)  # the PCCS is repaired
+        clock.now += 60
+        claims = check_evidence(lenient, quote, at, coll)
+    assert claims.tcb_status == "ConfigurationAndSWHardeningNeeded"
+    assert len(appraisals) == 2
+
+
+def test_only_a_refusal_of_the_copy_itself_is_remembered(
+    vectors: Path, pccs: LocalServer, tmp_path: Path
+) -> None:
+    """A revoked PCK is the quote's fault, not the copy's: another quote of the same
+    platform may pass with it, so the cache still serves it."""
+    from secfl.errors import VerificationError
+
+    quote = serve(pccs, vectors, SGX)
+    clock = Clock()
+    with CollateralSource(pccs.url, tmp_path / "c", retry_after=60, clock=clock) as coll:
+        copy = coll.get(quote)
+        pccs.routes.clear()
+        coll.rejected(quote, copy, "revoked: PCK certificate 'x' (serial 3) is revoked")
+        clock.now += 1
+        assert coll.get(quote) == copy  # from the cache
+        coll.rejected(quote, copy, "collateral: the TCB info signature does not verify")
+        clock.now += 1
+        with pytest.raises(VerificationError, match=r"^collateral: the TCB info signature "
+                           r"does not verify \(the cached copy, refused before"):  # fmt: skip
+            coll.get(quote)
+
+
+def test_refusals_do_not_put_off_asking_the_pccs_again(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """Each refusal of a served copy set the PCCS's retry time anew: under attestations
+    more often than retry_after, a copy that had expired while the PCCS was down was
+    refused forever, the PCCS never asked again even once it was back."""
+    quote = serve(pccs, vectors, SGX)
+    saved = dict(pccs.routes)
+    lenient = policy(board, SGX, min_tcb="ConfigurationAndSWHardeningNeeded")
+    clock = Clock()
+    with CollateralSource(
+        pccs.url, tmp_path / "c", max_age=3600, retry_after=60, clock=clock
+    ) as coll:
+        check_evidence(lenient, quote, utc(SGX[4]), coll)  # verified, kept in memory
+        pccs.routes.clear()
+        clock.now += 3600
+        late = utc("2025-09-01")  # the kept copy's CRL and TCB info are past their dates
+        for _ in range(3):
+            with pytest.raises(Refused, match="^evidence: expired: "):
+                check_evidence(lenient, quote, late, coll)
+            clock.now += 20
+        asked = len(pccs.requests)
+        pccs.routes.update(saved)  # back, 60 s after the fetch that failed
+        with pytest.raises(Refused, match="^evidence: expired: "):
+            check_evidence(lenient, quote, late, coll)  # its copy is expired too
+        assert len(pccs.requests) == asked + 4  # asked again

@@ -879,3 +879,103 @@ def test_an_spm_in_a_td_is_expected_by_its_firmware_kernel_and_command_line(
         expected_identity(claims, [other_kernel])
     with pytest.raises(VerificationError, match=r"^measurement: "):
         expected_identity(claims, [f"mrtd={m['mrtd']}"])  # names no code
+
+
+# --- CRLs of megabytes -------------------------------------------------------------------
+
+
+class _CrlSpy:
+    """A CRL that records whether its entries were read (count, iteration)."""
+
+    def __init__(self, crl: Any, reads: list[str]) -> None:
+        self._crl, self._reads = crl, reads
+
+    def __iter__(self) -> Any:
+        self._reads.append("iter")
+        return iter(self._crl)
+
+    def __len__(self) -> int:
+        self._reads.append("len")
+        return len(self._crl)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._crl, name)
+
+
+def _spy_on_crls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every CRL the collateral checks load, spied on: one list of reads per CRL."""
+    from secfl.tee import _intel_collateral
+
+    load = x509.load_der_x509_crl
+    loaded: list[list[str]] = []
+
+    def spied(data: bytes) -> Any:
+        loaded.append([])
+        return _CrlSpy(load(data), loaded[-1])
+
+    monkeypatch.setattr(_intel_collateral.x509, "load_der_x509_crl", spied)
+    return loaded
+
+
+def _unsigned_crl(issuer: x509.Name, entries: int) -> str:
+    """A CRL of ``entries`` serials under ``issuer``'s name, signed by a key of no one."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer)
+        .last_update(utc("2025-06-01"))
+        .next_update(utc("2025-08-01"))
+    )
+    for serial in range(1, entries + 1):
+        entry = x509.RevokedCertificateBuilder().serial_number(serial)
+        builder = builder.add_revoked_certificate(entry.revocation_date(FORGED_START).build())
+    key = ec.generate_private_key(ec.SECP256R1())
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER).hex()
+
+
+@pytest.mark.parametrize(
+    ("field", "what", "issuer"),
+    [
+        ("pck_crl", "PCK CRL", "Intel SGX PCK Platform CA"),
+        ("root_ca_crl", "root CA CRL", "Intel SGX Root CA"),
+    ],
+)
+def test_a_forged_crl_is_refused_before_its_entries_are_read(
+    intel_dir: Path, monkeypatch: pytest.MonkeyPatch, field: str, what: str, issuer: str
+) -> None:
+    """Found by a review: every entry of a CRL was parsed before its signature was
+    checked, so a PCCS (or the host's cache) that served a forged CRL of megabytes
+    cost 0.5 s of CPU per attestation. The signature is checked first now."""
+    v = VECTORS[1]
+    raw, doc = load(intel_dir, v), json.loads(collateral_text(intel_dir, v))
+    real = x509.load_der_x509_crl(bytes.fromhex(doc[field]))
+    loaded = _spy_on_crls(monkeypatch)
+    assert verify_quote(raw, at=utc(v.at), collateral=doc).tcb_status == "UpToDate"
+    assert len(loaded) == 2 and all("iter" in reads for reads in loaded)  # the spy sees
+    loaded.clear()
+    forged = {**doc, field: _unsigned_crl(real.issuer, 2000)}
+    message = refused(raw, utc(v.at), forged)
+    assert message == f"collateral: the {what} signature does not verify under '{issuer}'"
+    assert loaded[-1] == []  # neither counted nor iterated
+
+
+def test_a_crl_of_too_many_entries_is_refused(
+    intel_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Intel's PCK CRLs revoke tens of certificates (this one 44); a signed CRL of
+    more than MAX_REVOKED is refused before its entries are parsed (cannot be signed
+    here, so the bound is lowered to the real CRL's size)."""
+    from secfl.tee import _intel_collateral
+
+    v = VECTORS[1]
+    raw, text = load(intel_dir, v), collateral_text(intel_dir, v)
+    entries = len(x509.load_der_x509_crl(bytes.fromhex(json.loads(text)["pck_crl"])))
+    assert entries == 44
+    monkeypatch.setattr(_intel_collateral, "MAX_REVOKED", entries)
+    assert verify_quote(raw, at=utc(v.at), collateral=text).tcb_status == "UpToDate"
+    monkeypatch.setattr(_intel_collateral, "MAX_REVOKED", entries - 1)
+    loaded = _spy_on_crls(monkeypatch)
+    assert refused(raw, utc(v.at), text) == (
+        f"collateral: the PCK CRL revokes {entries} certificates, more than {entries - 1} "
+        "(Intel's hold tens)"
+    )
+    assert "iter" not in loaded[0]

@@ -20,15 +20,21 @@ older copy still within its dates, but not forge one. What they can do is bounde
   recovery), nor a PCK or root CRL issued before the one verified (a lifted
   revocation). The SPM keeps these floors in its audit log, so they hold across
   restarts (:mod:`secfl.spm._collateral_floors`).
+- Work. A copy from the cache that did not verify (forged, torn, expired) is not
+  verified again: its digest and the refusal are kept (in memory), and the refusal
+  is repeated while the cache serves those bytes, so a cache the host filled with
+  megabytes of forgery costs a hash per attestation, not a verification.
 - Time. A fetch runs on a thread of its own; an attestation waits for it at most
   ``timeout`` seconds, without holding anything other attestations need, and
   concurrent attestations of a platform share one fetch, which itself ends at the
   same deadline however slowly the PCCS answers (:mod:`secfl._internal.httpcache`).
-  A PCCS that fails is asked again after ``retry_after`` seconds.
+  A PCCS that fails, or whose copy is refused, is asked again ``retry_after`` seconds
+  after the first failure, however many attestations fail meanwhile.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +45,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from secfl._internal.httpcache import CachedHttp
-from secfl.errors import FetchError, SpmError
+from secfl.errors import FetchError, SpmError, VerificationError
 from secfl.spm._collateral_floors import CollateralFloors, Key, MemoryFloors, record_of
 from secfl.tee._intel import IntelCollateral, load_pck_chain, parse_quote, pck_ca, pck_fmspc
 from secfl.tee._intel_collateral import evaluation_number
@@ -51,6 +57,13 @@ __all__ = ["CollateralSource", "pccs_url"]
 Platform = tuple[str, str, str]
 #: Platforms whose verified collateral is kept in memory, at most (about 20 KiB each).
 MAX_PLATFORMS = 4096
+
+#: The checks whose refusal is the copy's own, whatever the quote: a copy refused by one
+#: of them is not verified again (a revoked PCK, a TCB level, a TD's attributes are
+#: the quote's, and another quote may pass with the same copy).
+COPY_FAULTS = ("collateral:", "expired:", "chain:")
+#: Characters of a refusal kept with the digest of the copy it refused.
+MAX_REASON = 300
 
 #: How :class:`CachedHttp` says that it has no copy.
 NOT_CACHED = "no cached answer"
@@ -92,6 +105,8 @@ class CollateralSource:
         self._errors: dict[Platform, FetchError] = {}  # why the last fetch failed
         #: The collateral that last verified, per platform (memory: the cache is the host's).
         self._verified: dict[Platform, IntelCollateral] = {}
+        #: The last copy that failed a check of its own, per platform: digest, refusal.
+        self._refused: dict[Platform, tuple[bytes, str]] = {}
         self.floors: CollateralFloors = MemoryFloors() if floors is None else floors
         self._lock = threading.RLock()  # a done callback may run in the submitting thread
 
@@ -110,7 +125,9 @@ class CollateralSource:
         (or when the fetch fails, is late, or is older than what this SPM verified) the
         copy verified last, or the cache's. Raises :class:`FetchError` when there is
         none; a quote whose PCK chain cannot be read raises
-        :class:`~secfl.errors.VerificationError` (callers verify the quote first)."""
+        :class:`~secfl.errors.VerificationError` (callers verify the quote first), and
+        so does a cached copy refused before (:meth:`rejected`): the same refusal, the
+        copy not verified again."""
         platform = _platform(quote)
         self.floors.refresh()  # what other SPMs sharing the database verified
         with self._lock:
@@ -153,13 +170,26 @@ class CollateralSource:
                 self._verified[platform] = collateral  # bounded; each came with a genuine quote
         self.floors.persist(record)  # outside the lock: it may commit
 
-    def rejected(self, quote: bytes) -> None:
-        """The copy ``get`` gave for ``quote`` did not verify (forged, torn, expired):
-        ask the PCCS again after ``retry_after``, not after ``max_age``."""
+    def rejected(
+        self, quote: bytes, collateral: IntelCollateral | None = None, reason: str = ""
+    ) -> None:
+        """The copy ``get`` gave for ``quote`` (``collateral``) did not verify (forged,
+        torn, expired: ``reason``): ask the PCCS again after ``retry_after``, not after
+        ``max_age``; and if a check of the copy's own refused it (:data:`COPY_FAULTS`),
+        refuse it again without verifying it when the cache serves it again.
+
+        The PCCS is asked again ``retry_after`` after the first refusal, however often
+        the copy is refused meanwhile (each refusal put it off before: under steady
+        attestations it was never asked again)."""
         platform = _platform(quote)
         with self._lock:
             self._fetched.pop(platform, None)
-            self._failed[platform] = self._clock()
+            now, failed = self._clock(), self._failed.get(platform)
+            if failed is None or now - failed >= self.retry_after:
+                self._failed[platform] = now
+            room = len(self._refused) < MAX_PLATFORMS or platform in self._refused
+            if collateral is not None and reason.startswith(COPY_FAULTS) and room:
+                self._refused[platform] = (_digest(collateral), reason[:MAX_REASON])
 
     # --- under the lock ------------------------------------------------------------------
 
@@ -178,7 +208,13 @@ class CollateralSource:
             except FetchError as exc:
                 error = error or exc
         try:
-            return self._not_older(platform, self._cached.get_collateral(quote))
+            cached = self._cached.get_collateral(quote)
+            refused = self._refused.get(platform)
+            if refused is not None and refused[0] == _digest(cached):
+                raise VerificationError(
+                    f"{refused[1]} (the cached copy, refused before: not verified again)"
+                )
+            return self._not_older(platform, cached)
         except (FetchError, ValueError) as exc:
             cache = str(exc).removeprefix("fetch: ")
             if not isinstance(exc, FetchError):
@@ -236,6 +272,15 @@ def _platform(quote: bytes) -> Platform:
     parsed = parse_quote(quote)
     chain = load_pck_chain(parsed.pck_chain_pem)
     return (parsed.kind, pck_fmspc(chain[0]), pck_ca(chain))
+
+
+def _digest(c: IntelCollateral) -> bytes:
+    """SHA-256 of every field of ``c``, each length-prefixed."""
+    h = hashlib.sha256()
+    for value in c.model_dump().values():
+        data = str(value).encode()
+        h.update(len(data).to_bytes(8, "big") + data)
+    return h.digest()
 
 
 def _record(platform: Platform, c: IntelCollateral) -> dict[str, object]:

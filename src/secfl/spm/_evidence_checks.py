@@ -103,7 +103,7 @@ def _appraised(
         if str(exc).startswith("tcb:"):  # dcap-qvl matches TCB levels after it has
             collateral.verified(ev.quote, fetched)  # checked the collateral's signatures
         else:
-            collateral.rejected(ev.quote)
+            collateral.rejected(ev.quote, fetched, str(exc))
         if isinstance(exc, VerificationError):
             raise
         raise VerificationError(f"collateral: {type(exc).__name__}: {exc}") from None

@@ -59,6 +59,8 @@ _REASONS = {
 TCB_SIGNER = "Intel SGX TCB Signing"
 #: Certificates an issuer chain of the collateral may hold (Intel's hold two).
 MAX_CHAIN = 3
+#: Entries a CRL of the collateral may hold (Intel's PCK CRLs hold tens).
+MAX_REVOKED = 100_000
 
 _HEX_FIELDS = ("tcb_info_signature", "qe_identity_signature", "pck_crl", "root_ca_crl")
 
@@ -238,17 +240,17 @@ def _signing_chain(pem: str, what: str, at: datetime) -> list[x509.Certificate]:
 
 
 def _load_crl(hex_der: str, issuer: x509.Certificate, what: str, at: datetime) -> Any:
-    """A CRL of the collateral, signed by ``issuer`` and current at ``at``."""
+    """A CRL of the collateral, signed by ``issuer`` and current at ``at``.
+
+    Its signature is checked before anything in it is read, and its entries are read
+    only if it holds at most :data:`MAX_REVOKED`: a PCCS or a cache that forges a CRL of
+    megabytes costs a hash, not a parse of each entry (found by a review)."""
     try:
         crl = x509.load_der_x509_crl(bytes.fromhex(hex_der))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _ = (crl.issuer, crl.extensions, list(crl))
         issuer_key = issuer.public_key()
         if not isinstance(issuer_key, ec.EllipticCurvePublicKey):  # Intel's PKI: ECDSA only
             raise TypeError(f"its issuer has a {type(issuer_key).__name__}, not an EC key")
         valid = crl.is_signature_valid(issuer_key)
-        last, nxt = crl.last_update_utc, crl.next_update_utc
     except Exception as exc:
         raise VerificationError(f"collateral: the {what} is not a valid DER CRL ({exc})") from None
     if not valid:
@@ -256,6 +258,21 @@ def _load_crl(hex_der: str, issuer: x509.Certificate, what: str, at: datetime) -
             f"collateral: the {what} signature does not verify under "
             f"'{x509util.common_name(issuer)}'"
         )
+    try:
+        entries = len(crl)
+        if entries > MAX_REVOKED:
+            raise VerificationError(
+                f"collateral: the {what} revokes {entries} certificates, more than "
+                f"{MAX_REVOKED} (Intel's hold tens)"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _ = (crl.issuer, crl.extensions, list(crl))
+        last, nxt = crl.last_update_utc, crl.next_update_utc
+    except VerificationError:
+        raise
+    except Exception as exc:
+        raise VerificationError(f"collateral: the {what} is not a valid DER CRL ({exc})") from None
     if at < last:
         raise VerificationError(
             f"expired: the {what} is not valid before {last.isoformat()} "
