@@ -31,7 +31,7 @@ from secfl.errors import VerificationError
 from secfl.tee import _amd as amd
 from secfl.tee import _roots as roots
 from secfl.tee._evidence import Evidence
-from secfl.tee._snp_report import parse_report, product_from_cpuid, tcb_parts
+from secfl.tee._snp_report import parse_report, product_from_cpuid, tcb_parts, tcb_text
 from secfl.tee._verify import verify
 from tests.conftest import utc
 
@@ -270,10 +270,15 @@ def test_real_milan_reports_are_accepted(real: Real, which: str, prefix: str) ->
     assert claims.kind == "snp" and claims.quote_version == 2
     assert str(claims.measurements["measurement"]).startswith(prefix)
     assert claims.debug is False and claims.tcb_status == "unknown"
+    parsed = parse_report(report)
     assert claims.platform == {
-        "chip_id": parse_report(report).chip_id.hex(),
+        "chip_id": parsed.chip_id.hex(),
         "product": "Milan",
         "signing_key": "vcek",
+        # the TCB the VCEK is certified for (checked), and the firmware's
+        "reported_tcb": "bootloader=3,tee=0,snp=8,microcode=115",
+        "committed_tcb": "bootloader=3,tee=0,snp=8,microcode=115",
+        "current_tcb": tcb_text(parsed.current_tcb, "Milan"),
     }
     assert claims.measurements["vmpl"] == 0 and claims.report_data == report[0x50:0x90].hex()
     assert set(claims.measurements) == {

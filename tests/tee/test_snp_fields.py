@@ -24,7 +24,7 @@ from secfl._internal.x509util import fingerprint
 from secfl.errors import VerificationError
 from secfl.tee import _amd as amd
 from secfl.tee import _roots as roots
-from secfl.tee._snp_report import SUPPORTED_VERSIONS, SnpReport, parse_report, tcb_parts
+from secfl.tee._snp_report import SUPPORTED_VERSIONS, SnpReport, parse_report, tcb_parts, tcb_text
 from tests.conftest import utc
 from tests.tee.test_amd import FakeAmd
 
@@ -238,5 +238,6 @@ def test_claims_carry_every_pinned_field(
         "chip_id": v["chip_id"].hex(),
         "product": "Genoa",
         "signing_key": "vcek",
+        **{k: tcb_text(v[k], "Genoa") for k in ("reported_tcb", "committed_tcb", "current_tcb")},
     }
     assert claims.quote_version == version

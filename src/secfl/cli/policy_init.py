@@ -330,7 +330,8 @@ def init_cmd(
         bool,
         typer.Option(
             "--allow-unknown-tcb",
-            help="Hardware: accept SGX/TDX evidence without TCB appraisal (SPM without --pccs).",
+            help="Hardware: accept evidence without TCB appraisal: SGX/TDX when the SPM has "
+            "no collateral (no --pccs, or a host blocking it), SEV-SNP whatever its TCB.",
         ),
     ] = False,
     program: Annotated[

@@ -78,7 +78,7 @@ def serve_cmd(
     after the timeouts, and at most --max-connections are open at once. With --pccs,
     every SGX and TDX quote is appraised against Intel's collateral for its platform
     (TCB status, advisories, revoked keys); without it their TCB is unknown, which
-    only a policy with allow_unknown_tcb accepts."""
+    only a policy whose allow_unknown_tcb covers them accepts."""
     from secfl._internal.httpguard import Limits
     from secfl.spm._collateral import pccs_url
     from secfl.spm._server import listen_sockets, open_spm, serve

@@ -23,6 +23,7 @@ from secfl.errors import FlError
 from secfl.fl._config import FederationConfig
 from secfl.fl._injected import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.policy._model import Policy, Service
+from secfl.policy._platforms import platform_warnings
 from secfl.policy._sealed import check_sealed
 from secfl.policy._todo import check_no_todos
 
@@ -128,7 +129,7 @@ def check_ready(policy: Policy) -> list[str]:
     returned."""
     check_no_todos(policy)
     check_sealed(policy)
-    return check_federation(policy)
+    return [*platform_warnings(policy.platforms), *check_federation(policy)]
 
 
 def _missing(service: Service, relative: str) -> str:

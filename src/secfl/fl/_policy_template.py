@@ -43,6 +43,7 @@ from secfl.launcher._measurement import describe_measured, run_measurement
 from secfl.policy._document import check_new_version, load_policy
 from secfl.policy._fields import NAME
 from secfl.policy._model import Policy
+from secfl.policy._platforms import platform_warnings
 from secfl.policy._sealed import check_sealed
 from secfl.policy._todo import todo, todos
 from secfl.policy._yaml_out import dump_yaml
@@ -152,7 +153,7 @@ def init_policy(plan: FederationPlan) -> Template:
     policy = load_policy(text)
     check_new_version(policy, text)
     check_sealed(policy)
-    warnings = check_federation(policy)
+    warnings = [*platform_warnings(policy.platforms), *check_federation(policy)]
     return Template(text, policy, todos(policy), warnings, _run_lines(plan))
 
 

@@ -33,7 +33,7 @@ from yaml.constructor import ConstructorError
 
 from secfl._internal.canonical import unique_keys
 from secfl.errors import PolicyError
-from secfl.policy._model import Policy, code_fields_text, pins_code
+from secfl.policy._model import Policy, no_code_text, pins_code
 from secfl.policy._tls_names import check_tls_names
 from secfl.policy._validation_text import squeezed as _one_line
 from secfl.policy._validation_text import validation_message
@@ -373,10 +373,8 @@ def check_new_version(policy: Policy, document: str | bytes | None = None) -> No
         for kind in service.measurements:
             for j, identity in enumerate(service.identities(kind)):
                 if not pins_code(kind, identity):
-                    raise PolicyError(
-                        f"policy: services.{service.name}.measurements.{kind}[{j}] pins no "
-                        f"code: it accepts any {kind} workload; pin {code_fields_text(kind)}"
-                    )
+                    where = f"services.{service.name}.measurements.{kind}[{j}]"
+                    raise PolicyError(f"policy: {no_code_text(kind, identity, where)}")
     for i, volume in enumerate(policy.volumes):
         if volume.name in code_pinned_by_counter(policy):
             raise PolicyError(

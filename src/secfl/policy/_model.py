@@ -21,14 +21,12 @@ The bounded building blocks are in :mod:`secfl.policy._fields`, the secret kinds
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
     JsonValue,
-    SerializerFunctionWrapHandler,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
@@ -46,8 +44,9 @@ from secfl.policy._fields import (
     Pem,
     StrictModel,
 )
+from secfl.policy._platforms import Platforms
 from secfl.policy._secrets import Secret
-from secfl.tee._claims import Kind, TcbStatus
+from secfl.tee._claims import Kind
 
 __all__ = [
     "CODE_ALL",
@@ -67,6 +66,7 @@ __all__ = [
     "Service",
     "VolumeSpec",
     "code_fields_text",
+    "no_code_text",
     "pins_code",
 ]
 
@@ -116,11 +116,34 @@ CODE_FIELDS: dict[Kind, dict[str, int]] = {
 CODE_ALL: frozenset[Kind] = frozenset({"tdx"})
 
 
+#: Code fields whose value of all zeros names no code: what every SEV-SNP guest launched
+#: without an ID block (or author key) reports, whatever it runs; no SGX signer has it.
+#: Pinned alone, it accepted any such guest (found by a review).
+ZEROS_NAME_NO_CODE: frozenset[str] = frozenset({"id_key_digest", "author_key_digest", "mrsigner"})
+
+
 def pins_code(kind: Kind, identity: dict[str, str | int]) -> bool:
     """Whether ``identity`` (as :meth:`Service.identities` gives it) names code: one of
-    :data:`CODE_FIELDS` (all of them for :data:`CODE_ALL`) as hex of the right length."""
-    pinned = [_is_hex(identity.get(name), digits) for name, digits in CODE_FIELDS[kind].items()]
+    :data:`CODE_FIELDS` (all of them for :data:`CODE_ALL`) as hex of the right length,
+    not all zeros where :data:`ZEROS_NAME_NO_CODE` says that names nothing."""
+    pinned = [
+        _is_hex(value := identity.get(name), digits)
+        and not (name in ZEROS_NAME_NO_CODE and not str(value).strip("0"))
+        for name, digits in CODE_FIELDS[kind].items()
+    ]
     return all(pinned) if kind in CODE_ALL else any(pinned)
+
+
+def no_code_text(kind: Kind, identity: dict[str, str | int], where: str) -> str:
+    """Why ``identity`` (at ``where``) does not pin code, for a one-line refusal."""
+    for name, digits in CODE_FIELDS[kind].items():
+        value = identity.get(name)
+        if name in ZEROS_NAME_NO_CODE and _is_hex(value, digits) and not str(value).strip("0"):
+            return (
+                f"{where}.{name} is all zeros, which every workload launched without that "
+                f"key reports whatever code it runs: pin {code_fields_text(kind)} by a real value"
+            )
+    return f"{where} pins no code: it accepts any {kind} workload; pin {code_fields_text(kind)}"
 
 
 def code_fields_text(kind: Kind) -> str:
@@ -187,53 +210,6 @@ class Board(StrictModel):
     members: list[Member] = Field(min_length=1, max_length=MAX_MEMBERS)
     threshold: int = Field(ge=1, le=MAX_MEMBERS)
     required: list[Name] = Field(default_factory=list, max_length=MAX_MEMBERS)
-
-
-class Platforms(StrictModel):
-    """Which evidence the SPM accepts for this policy's services."""
-
-    accept: list[Kind] = Field(min_length=1, max_length=len(PRIMARY_MEASUREMENT))
-    min_tcb_status: TcbStatus = "UpToDate"
-    #: Accept ``tcb_status: unknown`` (evidence verified without collateral).
-    allow_unknown_tcb: bool = False
-    allow_debug: bool = False
-    #: PEM of the simulation root; required when ``simulated`` is accepted.
-    simulation_root: Pem | None = None
-    #: The oldest Intel TCB evaluation (``tcbEvaluationDataNumber``) an appraisal may use:
-    #: the board raises it after an Intel TCB recovery, so that collateral from before the
-    #: recovery (valid for up to 30 more days) no longer rates a platform. Left out of
-    #: the canonical form while unset, so that every digest computed before it stands.
-    min_tcb_evaluation_data_number: int | None = Field(default=None, ge=1, le=(1 << 31) - 1)
-    #: Refuse evidence that names no machine (a masked or VLEK-signed SEV-SNP report's
-    #: chip ID is zeros), which no ``platform`` revocation could then stop. Left out of
-    #: the canonical form while false, like the field above.
-    require_platform_id: bool = False
-
-    @model_serializer(mode="wrap")
-    def _unset_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.min_tcb_evaluation_data_number is None:
-            data.pop("min_tcb_evaluation_data_number", None)
-        if not self.require_platform_id:
-            data.pop("require_platform_id", None)
-        return data
-
-    @field_validator("simulation_root")
-    @classmethod
-    def _one_certificate(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
-
-        try:
-            certs = x509.load_pem_x509_certificates(value.encode())
-        except (ValueError, UnicodeError):
-            raise ValueError("not a PEM certificate") from None
-        if len(certs) != 1:
-            raise ValueError(f"must be one certificate, not {len(certs)}")
-        # Re-encoded for the same reason as board keys: a stable canonical form.
-        return certs[0].public_bytes(serialization.Encoding.PEM).decode()
 
 
 class Injection(StrictModel):

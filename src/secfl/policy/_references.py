@@ -16,6 +16,7 @@ from pydantic import JsonValue
 
 from secfl.policy import _placeholders as placeholders
 from secfl.policy._model import MEASUREMENT_FIELDS, RESERVED_FOLDERS
+from secfl.policy._platforms import check_platforms
 from secfl.policy._secrets import PUBLIC_SELECTORS, SELECTOR_KINDS
 from secfl.tee._claims import TCB_ORDER, Kind
 
@@ -175,12 +176,7 @@ def _check_platforms(p: Policy) -> None:
         raise ValueError("platforms.simulation_root: required when 'simulated' is accepted")
     if TCB_ORDER.index(p.platforms.min_tcb_status) >= TCB_ORDER.index("unknown"):
         raise ValueError("platforms.min_tcb_status: use allow_unknown_tcb for 'unknown'")
-    if p.platforms.min_tcb_evaluation_data_number is not None and p.platforms.allow_unknown_tcb:
-        raise ValueError(
-            "platforms.min_tcb_evaluation_data_number: requires an appraised TCB, which "
-            "allow_unknown_tcb: true waives (a host that blocks the PCCS would skip it); "
-            "set one or the other"
-        )
+    check_platforms(p.platforms)
 
 
 def _check_secrets(p: Policy, secrets: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from secfl._internal.values import shown
 from secfl.policy import _keys as keys
 from secfl.policy._canonical import digest
 from secfl.policy._model import Policy, Service
+from secfl.policy._platforms import platform_warnings
 
 __all__ = ["review", "review_diff"]
 
@@ -43,13 +44,23 @@ def review(policy: Policy) -> list[str]:
         lines.append(f"  {member.name}: signing key {signing}, recovery key {recovery}")
     platforms = policy.platforms
     evaluation = platforms.min_tcb_evaluation_data_number
+    unknown = platforms.allow_unknown_tcb
+    unknown_text = (
+        ("accepted" if unknown else "refused")
+        if isinstance(unknown, bool)
+        else f"accepted for {', '.join(unknown)} only"
+    )
     lines.append(
         f"platforms: {', '.join(platforms.accept)}; minimum TCB {platforms.min_tcb_status}"
         f"{'' if evaluation is None else f' (Intel: TCB evaluation {evaluation} or later)'}; "
-        f"unknown TCB {'accepted' if platforms.allow_unknown_tcb else 'refused'}; debug "
+        f"unknown TCB {unknown_text}; debug "
         f"{'accepted' if platforms.allow_debug else 'refused'}"
         f"{'; evidence must name its machine' if platforms.require_platform_id else ''}"
     )
+    for product, floor in (platforms.min_snp_tcb or {}).items():
+        levels = ", ".join(f"{k}={v}" for k, v in floor.levels().items())
+        lines.append(f"  SEV-SNP {product}: reported TCB at least {levels}")
+    lines.extend(f"  warning: {text}" for text in platform_warnings(platforms))
     if platforms.simulation_root:
         root = hashlib.sha256(platforms.simulation_root.encode()).hexdigest()
         lines.append(f"  simulation root (PEM sha256): {root}")

@@ -1,6 +1,7 @@
 """What the SPM checks of a workload's evidence against its policy: the platform,
-its TCB level (with Intel collateral when the SPM has a PCCS), debug mode, and the
-code measured; and what a session remembers of it, for later versions and revocations.
+its TCB level (with Intel collateral when the SPM has a PCCS; SEV-SNP's against the
+policy's ``min_snp_tcb``), debug mode, and the code measured; and what a session
+remembers of it, for later versions and revocations.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def check_evidence(
 
     With ``collateral`` (the SPM started with ``--pccs``), an SGX or TDX quote whose
     signature chain verified is appraised against its platform's collateral. If none
-    can be had, the TCB stays ``unknown``: accepted only where the policy allows it."""
+    can be had, the TCB stays ``unknown``: accepted only where the policy allows it for
+    that kind. An SEV-SNP report's ``reported_tcb`` is held against ``min_snp_tcb``."""
     platforms = policy.platforms
     try:
         ev = Evidence.parse(evidence)
@@ -57,9 +59,13 @@ def check_evidence(
             f"tcb: the policy requires Intel TCB evaluation {floor} or later, and this "
             f"{claims.kind} quote was not appraised (start the SPM with --pccs URL)"
         )
-    if claims.kind != "simulated":
+    if claims.kind == "snp":  # no vendor appraisal: the policy's floor (min_snp_tcb)
+        why = platforms.snp_tcb_refusal(claims.platform)
+        if why is not None:
+            raise Refused(f"tcb: {why}")
+    elif claims.kind != "simulated":
         if claims.tcb_status == "unknown":
-            if not platforms.allow_unknown_tcb:
+            if not platforms.unknown_tcb_allowed(claims.kind):
                 raise Refused(
                     "tcb: the TCB status is unknown (no collateral: start the SPM with --pccs "
                     "URL) and the policy requires one"
@@ -91,7 +97,7 @@ def _appraised(
     try:
         fetched = collateral.get(ev.quote)
     except FetchError as exc:
-        if platforms.allow_unknown_tcb:
+        if platforms.unknown_tcb_allowed(claims.kind):
             return claims
         raise Refused(
             f"collateral: the SPM has no collateral to appraise this {claims.kind} TCB "
@@ -202,6 +208,8 @@ def claims_identity(claims: Claims) -> dict[str, Any]:
     }
     if "tcb_evaluation" in claims.platform:
         identity["tcb_evaluation"] = int(claims.platform["tcb_evaluation"])
+    if claims.kind == "snp":  # what min_snp_tcb weighs
+        identity["snp_tcb"] = {k: claims.platform.get(k, "") for k in ("product", "reported_tcb")}
     return identity
 
 
@@ -224,8 +232,12 @@ def platform_refusal(policy: Policy, identity: dict[str, Any]) -> str | None:
         used = identity.get("tcb_evaluation")
         if not isinstance(used, int) or used < floor:
             return f"the policy now requires Intel TCB evaluation {floor} or later"
+    if kind == "snp":
+        return platforms.snp_tcb_refusal(identity.get("snp_tcb") or {})
     if status == "unknown":
-        return None if platforms.allow_unknown_tcb else "an unknown TCB is no longer accepted"
+        if platforms.unknown_tcb_allowed(kind):
+            return None
+        return "an unknown TCB is no longer accepted"
     if status not in TCB_ORDER or TCB_ORDER.index(status) > TCB_ORDER.index(
         platforms.min_tcb_status
     ):

@@ -131,6 +131,9 @@ def session_identity(session: SessionRecord) -> dict[str, Any]:
         evaluation = doc.get("tcb_evaluation")
         if type(evaluation) is int:
             identity["tcb_evaluation"] = evaluation
+        snp_tcb = doc.get("snp_tcb")
+        if isinstance(snp_tcb, dict):
+            identity["snp_tcb"] = {k: v for k, v in snp_tcb.items() if isinstance(v, str)}
     return identity
 
 

@@ -17,7 +17,11 @@ Checks, each failing with a one-line message that starts with its name:
   was issued for another TCB than the report's reported_tcb.
 
 ``tcb_status`` is always ``unknown``: AMD publishes no signed TCB appraisal for
-SNP that could say more, so minimum TCBs belong in policy, not here.
+SNP that could say more, so minimum TCBs belong in policy (``platforms.min_snp_tcb``),
+not here. The claims' ``platform`` gives the report's ``reported_tcb`` (the TCB the
+VCEK/VLEK was issued for, checked above), ``committed_tcb`` and ``current_tcb`` by
+their security patch levels (``bootloader=3,tee=0,snp=8,microcode=115``; Turin adds
+``fmc``): :func:`secfl.tee._snp_report.tcb_from_text` reads them back.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from secfl.tee._snp_report import (
     parse_cert_table,
     parse_report,
     tcb_parts,
+    tcb_text,
 )
 
 __all__ = [
@@ -148,7 +153,14 @@ def verify_report(
         report_data=parsed.report_data.hex(),
         debug=parsed.debug,
         tcb_status="unknown",
-        platform={"chip_id": parsed.chip_id.hex(), "product": product, "signing_key": kind},
+        platform={
+            "chip_id": parsed.chip_id.hex(),
+            "product": product,
+            "signing_key": kind,
+            "reported_tcb": tcb_text(parsed.reported_tcb, product),
+            "committed_tcb": tcb_text(parsed.committed_tcb, product),
+            "current_tcb": tcb_text(parsed.current_tcb, product),
+        },
     )
 
 

@@ -132,6 +132,36 @@ def tcb_parts(raw: int, product: Product) -> dict[str, int]:
     return {"blSPL": b[0], "teeSPL": b[1], "snpSPL": b[6], "ucodeSPL": b[7]}
 
 
+#: A security patch level's name in claims and in a policy's ``min_snp_tcb``, by its
+#: name in KDS URLs and VCEK extensions.
+SPL_NAMES: Final[dict[str, str]] = {
+    "fmcSPL": "fmc",
+    "blSPL": "bootloader",
+    "teeSPL": "tee",
+    "snpSPL": "snp",
+    "ucodeSPL": "microcode",
+}
+
+
+def tcb_text(raw: int, product: Product) -> str:
+    """A TCB_VERSION as claims show it: ``bootloader=3,tee=0,snp=8,microcode=115``
+    (Turin: ``fmc=N,`` first)."""
+    return ",".join(f"{SPL_NAMES[k]}={v}" for k, v in tcb_parts(raw, product).items())
+
+
+def tcb_from_text(text: object) -> dict[str, int] | None:
+    """The SPLs of a :func:`tcb_text` (``None`` when ``text`` is not one)."""
+    if not isinstance(text, str) or not text:
+        return None
+    parts: dict[str, int] = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name not in SPL_NAMES.values() or name in parts or not value.isdigit():
+            return None
+        parts[name] = int(value)
+    return parts
+
+
 def parse_report(raw: bytes) -> SnpReport:
     """Parse a report (1184 bytes, trailing zero padding tolerated) or refuse it.
 

@@ -1,0 +1,88 @@
+"""A digest of zeros names no code (found by a review).
+
+An SEV-SNP guest launched without an ID block reports id_key_digest and
+author_key_digest of all zeros, whatever code it runs; no SGX enclave has a signer of
+zeros. An identity pinning one of them as zeros counted as naming code: a policy
+`{id_key_digest: 00...}` accepted any such guest, and a client expecting it any SPM.
+A new version is now refused naming the field, a version stored before accepts
+nothing by it, and a client does not trust an SPM by it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from secfl.errors import PolicyError, Refused, VerificationError
+from secfl.policy._document import check_new_version, load_policy
+from secfl.spm._evidence_checks import check_measurements
+from secfl.spm.client import expected_identity
+from secfl.tee._verify import verify
+from tests.conftest import utc
+from tests.spm.harness import Board, policy_document
+
+ZEROS = "00" * 48
+
+
+def milan(vectors: Path) -> Any:
+    amd = vectors / "amd"
+    return verify(
+        (amd / "snp_milan_report.bin").read_bytes(),
+        at=utc("2024-06-01"),
+        vcek=(amd / "snp_milan_vcek.der").read_bytes(),
+        chain=(amd / "ask_ark_milan.pem").read_bytes(),
+    )
+
+
+def pinning(kind: str, identity: dict[str, Any]) -> Any:
+    doc = yaml.safe_load(policy_document("p", Board.create(), b"", accept=(kind,)))
+    for service in doc["services"]:
+        service["measurements"] = {kind: [dict(identity)]}
+    return load_policy(json.dumps(doc))  # as a version stored before the rule
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [("snp", "id_key_digest"), ("snp", "author_key_digest"), ("sgx", "mrsigner")],
+)
+def test_a_new_version_may_not_pin_code_by_zeros(kind: str, field: str) -> None:
+    zeros = "00" * (48 if kind == "snp" else 32)
+    with pytest.raises(PolicyError) as info:
+        check_new_version(pinning(kind, {field: zeros}))
+    text = str(info.value)
+    assert text.startswith(
+        f"policy: services.aggregator.measurements.{kind}[0].{field} is all zeros, which "
+        "every workload launched without that key reports whatever code it runs: pin "
+    )
+    assert "\n" not in text
+    check_new_version(pinning(kind, {field: "ab" * (len(zeros) // 2)}))  # a real key
+    if kind == "snp":  # "this code, launched without an ID block": still a fine identity
+        check_new_version(pinning(kind, {"measurement": "cd" * 48, field: zeros}))
+
+
+def test_a_stored_version_accepts_no_guest_by_zeros(vectors: Path) -> None:
+    claims = milan(vectors)
+    assert claims.measurements["id_key_digest"] == ZEROS  # launched without an ID block
+    stored = pinning("snp", {"id_key_digest": ZEROS})
+    for measurement in (claims.measurements["measurement"], "ab" * 48):
+        with pytest.raises(Refused, match="^measurement: no snp identity .* names code"):
+            check_measurements(
+                stored, "aggregator", "snp", {**claims.measurements, "measurement": measurement}
+            )
+    exact = pinning(
+        "snp", {"measurement": claims.measurements["measurement"], "id_key_digest": ZEROS}
+    )
+    check_measurements(exact, "aggregator", "snp", dict(claims.measurements))
+
+
+def test_a_client_does_not_trust_an_spm_by_zeros(vectors: Path) -> None:
+    claims = milan(vectors)
+    with pytest.raises(VerificationError, match="^measurement: "):
+        expected_identity(claims, [f"id_key_digest={ZEROS}"])
+    with pytest.raises(VerificationError, match="^measurement: "):
+        expected_identity(claims, [f"author_key_digest={ZEROS}"])
+    expected_identity(claims, [f"measurement={claims.measurements['measurement']}"])
