@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuditError",
+    "CollateralFault",
     "CounterMoved",
     "DemoError",
     "DivergedError",
@@ -37,6 +38,13 @@ class SecflError(Exception):
 
 class VerificationError(SecflError):
     """Attestation evidence was refused; the message names the failed check."""
+
+
+class CollateralFault(VerificationError):
+    """A copy of Intel's collateral failed a check of its own, whatever the quote and
+    the time (its signature, its form, a limit): the SPM does not verify that copy
+    again (an expired or not yet valid copy, or a refusal by dcap-qvl, may be the
+    quote's or the clock's and is verified again)."""
 
 
 class PlatformError(SecflError):

@@ -935,7 +935,8 @@ def test_only_a_refusal_of_the_copy_itself_is_remembered(
     vectors: Path, pccs: LocalServer, tmp_path: Path
 ) -> None:
     """A revoked PCK is the quote's fault, not the copy's: another quote of the same
-    platform may pass with it, so the cache still serves it."""
+    platform may pass with it, so the cache still serves it; so does a refusal by
+    dcap-qvl (it weighs the quote's QE report and FMSPC too), whatever its prefix."""
     from secfl.errors import VerificationError
 
     quote = serve(pccs, vectors, SGX)
@@ -946,7 +947,12 @@ def test_only_a_refusal_of_the_copy_itself_is_remembered(
         coll.rejected(quote, copy, "revoked: PCK certificate 'x' (serial 3) is revoked")
         clock.now += 1
         assert coll.get(quote) == copy  # from the cache
-        coll.rejected(quote, copy, "collateral: the TCB info signature does not verify")
+        coll.rejected(quote, copy, "collateral: QE MISCSELECT mismatch")  # dcap-qvl's
+        clock.now += 1
+        assert coll.get(quote) == copy
+        coll.rejected(
+            quote, copy, "collateral: the TCB info signature does not verify", copy_fault=True
+        )
         clock.now += 1
         with pytest.raises(VerificationError, match=r"^collateral: the TCB info signature "
                            r"does not verify \(the cached copy, refused before"):  # fmt: skip
@@ -979,3 +985,22 @@ def test_refusals_do_not_put_off_asking_the_pccs_again(
         with pytest.raises(Refused, match="^evidence: expired: "):
             check_evidence(lenient, quote, late, coll)  # its copy is expired too
         assert len(pccs.requests) == asked + 4  # asked again
+
+
+def test_a_copy_refused_for_its_dates_is_verified_again_later(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """Found by a review: a copy refused as not yet valid (the SPM's clock minutes
+    behind Intel's issue date) was remembered as refused, and every attestation of its
+    platform was refused from the cache while the PCCS was down, after the copy had
+    become valid."""
+    quote = serve(pccs, vectors, SGX)
+    lenient = policy(board, SGX, min_tcb="ConfigurationAndSWHardeningNeeded")
+    clock = Clock()
+    with CollateralSource(pccs.url, tmp_path / "c", retry_after=60, clock=clock) as coll:
+        with pytest.raises(Refused, match="^evidence: expired: the .* was issued on"):
+            check_evidence(lenient, quote, utc("2025-06-19T10:50:00"), coll)
+        pccs.routes.clear()  # the PCCS goes down: the cache serves the copy
+        clock.now += 20
+        claims = check_evidence(lenient, quote, utc(SGX[4]), coll)
+    assert claims.tcb_status == "ConfigurationAndSWHardeningNeeded"

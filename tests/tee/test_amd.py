@@ -277,6 +277,7 @@ def test_real_milan_reports_are_accepted(real: Real, which: str, prefix: str) ->
         "signing_key": "vcek",
         # the TCB the VCEK is certified for (checked), and the firmware's
         "reported_tcb": "bootloader=3,tee=0,snp=8,microcode=115",
+        "launch_tcb": tcb_text(parsed.launch_tcb, "Milan"),
         "committed_tcb": "bootloader=3,tee=0,snp=8,microcode=115",
         "current_tcb": tcb_text(parsed.current_tcb, "Milan"),
     }

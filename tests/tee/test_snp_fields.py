@@ -238,6 +238,9 @@ def test_claims_carry_every_pinned_field(
         "chip_id": v["chip_id"].hex(),
         "product": "Genoa",
         "signing_key": "vcek",
-        **{k: tcb_text(v[k], "Genoa") for k in ("reported_tcb", "committed_tcb", "current_tcb")},
+        **{
+            k: tcb_text(v[k], "Genoa")
+            for k in ("reported_tcb", "launch_tcb", "committed_tcb", "current_tcb")
+        },
     }
     assert claims.quote_version == version

@@ -3,8 +3,9 @@
 Intel's TCB is appraised with Intel's collateral (``min_tcb_status``); when the SPM has
 none, the status is ``unknown``, accepted only where ``allow_unknown_tcb`` says so. AMD
 publishes no appraisal for SEV-SNP: its TCB is the report's ``reported_tcb`` (the TCB
-the VCEK/VLEK was issued for, so firmware below it cannot sign such a report), held
-against the board's floor per product line (``min_snp_tcb``).
+the VCEK/VLEK was issued for, so firmware below it cannot sign such a report) and
+``launch_tcb`` (the firmware's when the guest was launched), each held against the
+board's floor per product line (``min_snp_tcb``).
 
 ``allow_unknown_tcb`` is ``true`` (every kind, as before) or the kinds it covers
 (``[snp]``): a policy accepting SEV-SNP without a floor no longer has to waive Intel's
@@ -133,9 +134,11 @@ class Platforms(StrictModel):
 
     def snp_tcb_refusal(self, platform: Mapping[str, Any]) -> str | None:
         """Why the SEV-SNP TCB in ``platform`` (the claims' ``product`` and
-        ``reported_tcb``) is refused, or None. Under ``min_snp_tcb`` each SPL must reach
-        its product line's floor (``allow_unknown_tcb`` does not waive it); without one,
-        only ``allow_unknown_tcb`` accepts it."""
+        ``reported_tcb`` and ``launch_tcb``) is refused, or None. Under ``min_snp_tcb``
+        each SPL of both must reach its product line's floor (``allow_unknown_tcb`` does
+        not waive it): firmware updated under a running guest reports a new TCB, but the
+        guest was launched and measured by the old firmware (``launch_tcb``, found by a
+        review). Without a floor, only ``allow_unknown_tcb`` accepts it."""
         floors = self.min_snp_tcb
         if floors is None:
             if self.unknown_tcb_allowed("snp"):
@@ -146,8 +149,12 @@ class Platforms(StrictModel):
                 "tee, snp and microcode SPLs), or allow_unknown_tcb: [snp] to accept any"
             )
         reported = tcb_from_text(platform.get("reported_tcb"))
-        if reported is None:  # a session attested before the claims gave it
-            return "the SEV-SNP evidence gives no reported_tcb to hold against min_snp_tcb"
+        launched = tcb_from_text(platform.get("launch_tcb"))
+        if reported is None or launched is None:  # a session attested before the claims
+            return (  # gave them: it attests again
+                "the SEV-SNP evidence gives no reported_tcb and launch_tcb to hold against "
+                "min_snp_tcb (a session attested before this release: it attests again)"
+            )
         product = str(platform.get("product", ""))
         floor = next((f for line, f in floors.items() if line == product), None)
         if floor is None:
@@ -155,14 +162,17 @@ class Platforms(StrictModel):
                 f"the policy's min_snp_tcb has no floor for {product} CPUs (only "
                 f"{', '.join(floors)}): the board adds one"
             )
-        for name, least in floor.levels().items():
-            have = reported.get(name)
-            if have is None or have < least:
-                return (
-                    f"the SEV-SNP reported_tcb has {name}={have if have is not None else '?'}"
-                    f", below the policy's min_snp_tcb.{product}.{name}={least}: the host "
-                    "must run (and report) AMD firmware and microcode at or above the floor"
-                )
+        for which, tcb in (("reported_tcb", reported), ("launch_tcb", launched)):
+            for name, least in floor.levels().items():
+                have = tcb.get(name)
+                if have is None or have < least:
+                    shown = have if have is not None else "?"
+                    return (
+                        f"the SEV-SNP {which} has {name}={shown}, below the policy's "
+                        f"min_snp_tcb.{product}.{name}={least}: the host must run AMD "
+                        "firmware and microcode at or above the floor"
+                        + (" and launch the guest again on it" if which == "launch_tcb" else "")
+                    )
         return None
 
 
@@ -202,5 +212,11 @@ def platform_warnings(p: Platforms) -> list[str]:
             f"platforms.allow_unknown_tcb: true accepts {' and '.join(intel)} evidence "
             "without TCB appraisal too, which a host can force by blocking the SPM's "
             "PCCS; to accept SEV-SNP without min_snp_tcb, write allow_unknown_tcb: [snp]"
+        ]
+    if "snp" in p.accept and p.min_snp_tcb is None and not p.unknown_tcb_allowed("snp"):
+        return [
+            "platforms.accept: snp, but every SEV-SNP report will be refused: set "
+            "platforms.min_snp_tcb (the lowest SPLs per product line) or "
+            "allow_unknown_tcb: [snp]"
         ]
     return []

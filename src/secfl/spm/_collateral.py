@@ -58,10 +58,6 @@ Platform = tuple[str, str, str]
 #: Platforms whose verified collateral is kept in memory, at most (about 20 KiB each).
 MAX_PLATFORMS = 4096
 
-#: The checks whose refusal is the copy's own, whatever the quote: a copy refused by one
-#: of them is not verified again (a revoked PCK, a TCB level, a TD's attributes are
-#: the quote's, and another quote may pass with the same copy).
-COPY_FAULTS = ("collateral:", "expired:", "chain:")
 #: Characters of a refusal kept with the digest of the copy it refused.
 MAX_REASON = 300
 
@@ -171,12 +167,20 @@ class CollateralSource:
         self.floors.persist(record)  # outside the lock: it may commit
 
     def rejected(
-        self, quote: bytes, collateral: IntelCollateral | None = None, reason: str = ""
+        self,
+        quote: bytes,
+        collateral: IntelCollateral | None = None,
+        reason: str = "",
+        *,
+        copy_fault: bool = False,
     ) -> None:
         """The copy ``get`` gave for ``quote`` (``collateral``) did not verify (forged,
         torn, expired: ``reason``): ask the PCCS again after ``retry_after``, not after
-        ``max_age``; and if a check of the copy's own refused it (:data:`COPY_FAULTS`),
-        refuse it again without verifying it when the cache serves it again.
+        ``max_age``; and if a check of the copy's own refused it (``copy_fault``: a
+        :class:`~secfl.errors.CollateralFault`, whatever the quote and the time), refuse
+        it again without verifying it when the cache serves it again. A copy expired or
+        not yet valid, or refused by dcap-qvl (the quote's QE report, its FMSPC), is
+        verified again: the clock, or another quote, may pass it (found by a review).
 
         The PCCS is asked again ``retry_after`` after the first refusal, however often
         the copy is refused meanwhile (each refusal put it off before: under steady
@@ -188,7 +192,7 @@ class CollateralSource:
             if failed is None or now - failed >= self.retry_after:
                 self._failed[platform] = now
             room = len(self._refused) < MAX_PLATFORMS or platform in self._refused
-            if collateral is not None and reason.startswith(COPY_FAULTS) and room:
+            if collateral is not None and copy_fault and room:
                 self._refused[platform] = (_digest(collateral), reason[:MAX_REASON])
 
     # --- under the lock ------------------------------------------------------------------

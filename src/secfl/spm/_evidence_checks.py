@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from secfl.errors import FetchError, Refused, SecflError, VerificationError
+from secfl.errors import CollateralFault, FetchError, Refused, SecflError, VerificationError
 from secfl.policy._model import Policy, code_fields_text, pins_code
 from secfl.spm._collateral import CollateralSource
 from secfl.spm._revocation import platform_id, platform_ids
@@ -38,7 +38,8 @@ def check_evidence(
     With ``collateral`` (the SPM started with ``--pccs``), an SGX or TDX quote whose
     signature chain verified is appraised against its platform's collateral. If none
     can be had, the TCB stays ``unknown``: accepted only where the policy allows it for
-    that kind. An SEV-SNP report's ``reported_tcb`` is held against ``min_snp_tcb``."""
+    that kind. An SEV-SNP report's ``reported_tcb`` and ``launch_tcb`` are held against
+    ``min_snp_tcb``."""
     platforms = policy.platforms
     try:
         ev = Evidence.parse(evidence)
@@ -109,7 +110,9 @@ def _appraised(
         if str(exc).startswith("tcb:"):  # dcap-qvl matches TCB levels after it has
             collateral.verified(ev.quote, fetched)  # checked the collateral's signatures
         else:
-            collateral.rejected(ev.quote, fetched, str(exc))
+            collateral.rejected(
+                ev.quote, fetched, str(exc), copy_fault=isinstance(exc, CollateralFault)
+            )
         if isinstance(exc, VerificationError):
             raise
         raise VerificationError(f"collateral: {type(exc).__name__}: {exc}") from None
@@ -209,7 +212,9 @@ def claims_identity(claims: Claims) -> dict[str, Any]:
     if "tcb_evaluation" in claims.platform:
         identity["tcb_evaluation"] = int(claims.platform["tcb_evaluation"])
     if claims.kind == "snp":  # what min_snp_tcb weighs
-        identity["snp_tcb"] = {k: claims.platform.get(k, "") for k in ("product", "reported_tcb")}
+        identity["snp_tcb"] = {
+            k: claims.platform.get(k, "") for k in ("product", "reported_tcb", "launch_tcb")
+        }
     return identity
 
 

@@ -19,7 +19,9 @@ Checks, each failing with a one-line message that starts with its name:
 ``tcb_status`` is always ``unknown``: AMD publishes no signed TCB appraisal for
 SNP that could say more, so minimum TCBs belong in policy (``platforms.min_snp_tcb``),
 not here. The claims' ``platform`` gives the report's ``reported_tcb`` (the TCB the
-VCEK/VLEK was issued for, checked above), ``committed_tcb`` and ``current_tcb`` by
+VCEK/VLEK was issued for, checked above), ``launch_tcb`` (the firmware's when the guest
+was launched and measured: firmware is updated under running guests), ``committed_tcb``
+and ``current_tcb`` by
 their security patch levels (``bootloader=3,tee=0,snp=8,microcode=115``; Turin adds
 ``fmc``): :func:`secfl.tee._snp_report.tcb_from_text` reads them back.
 """
@@ -158,6 +160,7 @@ def verify_report(
             "product": product,
             "signing_key": kind,
             "reported_tcb": tcb_text(parsed.reported_tcb, product),
+            "launch_tcb": tcb_text(parsed.launch_tcb, product),
             "committed_tcb": tcb_text(parsed.committed_tcb, product),
             "current_tcb": tcb_text(parsed.current_tcb, product),
         },

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from secfl._internal import x509util
-from secfl.errors import VerificationError
+from secfl.errors import CollateralFault, VerificationError
 from secfl.tee import _roots as roots
 from secfl.tee._claims import TcbStatus
 from secfl.tee._intel_quote import Quote
@@ -99,20 +99,20 @@ class IntelCollateral(BaseModel):
         try:
             doc = json.loads(text)
         except (ValueError, RecursionError) as exc:
-            raise VerificationError(f"collateral: not JSON ({exc})") from None
+            raise CollateralFault(f"collateral: not JSON ({exc})") from None
         return cls.from_dict(doc)
 
     @classmethod
     def from_dict(cls, doc: object) -> IntelCollateral:
         """Validate a dict with exactly the nine fields."""
         if not isinstance(doc, dict):
-            raise VerificationError("collateral: expected a JSON object")
+            raise CollateralFault("collateral: expected a JSON object")
         try:
             return cls.model_validate(doc)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "document"
-            raise VerificationError(f"collateral: field '{where}': {first['msg']}") from None
+            raise CollateralFault(f"collateral: field '{where}': {first['msg']}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> IntelCollateral:
@@ -207,11 +207,11 @@ def _collateral_chain(pem: str, what: str, at: datetime) -> list[x509.Certificat
     Intel's are a signing certificate and the root: more than three is refused
     before any is parsed (thousands of copies of the root cost seconds)."""
     if pem.count("-----BEGIN") > MAX_CHAIN:
-        raise VerificationError(f"collateral: the {what} holds more than {MAX_CHAIN} certificates")
+        raise CollateralFault(f"collateral: the {what} holds more than {MAX_CHAIN} certificates")
     try:
         data = pem.encode("ascii")
     except UnicodeError:
-        raise VerificationError(f"collateral: the {what} is not ASCII PEM") from None
+        raise CollateralFault(f"collateral: the {what} is not ASCII PEM") from None
     certs = x509util.load_pem_chain(data, f"collateral: {what}")
     for i, cert in enumerate(certs):
         x509util.force_parse(cert, f"{what} certificate {i}")
@@ -232,7 +232,7 @@ def _signing_chain(pem: str, what: str, at: datetime) -> list[x509.Certificate]:
     except x509.ExtensionNotFound:
         is_ca = False
     if len(certs) != 2 or x509util.common_name(signer) != TCB_SIGNER or is_ca:
-        raise VerificationError(
+        raise CollateralFault(
             f"collateral: the {what} is not Intel's TCB signing certificate and the root "
             f"(its first certificate is '{x509util.common_name(signer)}', of {len(certs)})"
         )
@@ -252,16 +252,16 @@ def _load_crl(hex_der: str, issuer: x509.Certificate, what: str, at: datetime) -
             raise TypeError(f"its issuer has a {type(issuer_key).__name__}, not an EC key")
         valid = crl.is_signature_valid(issuer_key)
     except Exception as exc:
-        raise VerificationError(f"collateral: the {what} is not a valid DER CRL ({exc})") from None
+        raise CollateralFault(f"collateral: the {what} is not a valid DER CRL ({exc})") from None
     if not valid:
-        raise VerificationError(
+        raise CollateralFault(
             f"collateral: the {what} signature does not verify under "
             f"'{x509util.common_name(issuer)}'"
         )
     try:
         entries = len(crl)
         if entries > MAX_REVOKED:
-            raise VerificationError(
+            raise CollateralFault(
                 f"collateral: the {what} revokes {entries} certificates, more than "
                 f"{MAX_REVOKED} (Intel's hold tens)"
             )
@@ -272,7 +272,7 @@ def _load_crl(hex_der: str, issuer: x509.Certificate, what: str, at: datetime) -
     except VerificationError:
         raise
     except Exception as exc:
-        raise VerificationError(f"collateral: the {what} is not a valid DER CRL ({exc})") from None
+        raise CollateralFault(f"collateral: the {what} is not a valid DER CRL ({exc})") from None
     if at < last:
         raise VerificationError(
             f"expired: the {what} is not valid before {last.isoformat()} "
@@ -303,7 +303,7 @@ def _check_dates(text: str, what: str, at: datetime) -> None:
         if issued.tzinfo is None or nxt.tzinfo is None:
             raise ValueError("dates without a time zone")
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
-        raise VerificationError(
+        raise CollateralFault(
             f"collateral: the {what} is not a JSON object with issueDate and nextUpdate ({exc})"
         ) from None
     if at < issued:
@@ -323,12 +323,12 @@ def _check_signed(text: str, signature_hex: str, signer: x509.Certificate, what:
     raw = bytes.fromhex(signature_hex)
     key = signer.public_key()
     if len(raw) != 64 or not isinstance(key, ec.EllipticCurvePublicKey):
-        raise VerificationError(f"collateral: the {what} signature is not a P-256 signature")
+        raise CollateralFault(f"collateral: the {what} signature is not a P-256 signature")
     signature = encode_dss_signature(int.from_bytes(raw[:32]), int.from_bytes(raw[32:]))
     try:
         key.verify(signature, text.encode("utf-8"), ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, UnicodeError):
-        raise VerificationError(
+        raise CollateralFault(
             f"collateral: the {what} signature does not verify under "
             f"'{x509util.common_name(signer)}'"
         ) from None
