@@ -816,3 +816,27 @@ def test_the_gate_refuses_protocol_upgrades_and_keeps_no_connection_for_them(
     assert out["live"] <= 1, out  # the upgrades' connections are gone, not counted busy
     assert out["call"] == "HTTP/1.1 200 OK", out
     assert out["seen"] == [["/v1/fleet/pull-messages", 2]], out  # the ordinary call alone
+
+
+def test_an_apps_folder_is_never_on_its_tasks_import_path(
+    flower_python: Path, tmp_path: Path
+) -> None:
+    """Found by a review: tasks ran as ``python -m ...`` in the folder where apps
+    write, which Python puts first on ``sys.path``: a module an app left there (a
+    ``flwr`` or ``secfl`` package) was imported in place of the real one by every later
+    task. The executor starts them with ``-P``."""
+    import json
+
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(
+        [str(flower_python), str(Path(__file__).with_name("launch_probe.py")), str(work)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    argv = out["argv"]
+    assert argv[argv.index("-m") + 1] == "secfl.flower._app_process"
+    assert out["cwd"] == str(work)  # where the task runs...
+    assert not {"", ".", str(work)} & set(out["path"])  # ...is not where it imports from
+    assert "--token-file" in argv and "token" not in argv  # the token is in a file
