@@ -18,7 +18,7 @@ import pytest
 
 from secfl.errors import PolicyError
 from secfl.policy import load_policy
-from secfl.policy._document import check_new_version
+from secfl.policy._new_version import check_new_version
 from tests.policy import policy_dict, to_yaml
 
 

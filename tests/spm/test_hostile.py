@@ -477,11 +477,14 @@ def test_a_platform_id_of_zeros_is_refused(
 
 
 def _kept_fresh_volume(client: SpmClient, board: Board, sim: tuple[Path, bytes]) -> tuple[Any, Any]:
-    """Policy ``p`` with a data volume the SPM keeps fresh (counter ``round``) opened by
-    the aggregator; the document and the aggregator's enrollment."""
+    """Policy ``p`` with a data volume the SPM keeps fresh (counter ``data-release``)
+    opened by the aggregator; the document and the aggregator's enrollment."""
     doc = yaml.safe_load(policy_document("p", board, sim[1]))
     doc["secrets"].append({"name": "data-key", "kind": "aes-256"})
-    doc["volumes"] = [{"name": "data", "key": "data-key", "kind": "data", "counter": "round"}]
+    doc["counters"].append({"name": "data-release"})
+    doc["volumes"] = [
+        {"name": "data", "key": "data-key", "kind": "data", "counter": "data-release"}
+    ]
     doc["services"][0]["volumes"] = ["data"]
     submit(client, board, yaml.safe_dump(doc))
     return doc, attest(client, sim, "p")
@@ -1022,3 +1025,52 @@ def test_a_dropped_secret_whose_row_was_deleted_is_not_made_anew(
     with pytest.raises(SpmRefused, match=missing):
         submit(client, board, yaml.safe_dump(_next(board, sim, second, 3)))
     assert restart_fails(spm) == "error: rollback: secret 'seed' of policy 'p' was deleted"
+
+
+@pytest.mark.parametrize("shared", ["round", "other-site"])
+@SERVICE_ONLY
+def test_a_volume_cannot_share_the_federations_counter(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], shared: str
+) -> None:
+    """Found by a review: recording a release of a volume moves its counter, and a site
+    holding its own data volume's key records releases at will. With the federation's
+    counter on its data volume, each release moved the aggregator's round counter: the
+    aggregator's next commit was refused, and its restart found its checkpoint behind
+    the counter until the board signed a reset. Also a counter another service moves."""
+    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc["secrets"].append({"name": "site-key", "kind": "aes-256"})
+    doc["counters"].append({"name": "other-site"})
+    doc["services"][0]["counters"] = [*doc["services"][0].get("counters", []), "other-site"]
+    doc["volumes"] = [{"name": "site-data", "key": "site-key", "kind": "data", "counter": shared}]
+    doc["services"][1]["volumes"] = ["site-data"]
+    with pytest.raises(SpmRefused) as refused:
+        submit(client, board, yaml.safe_dump(doc))
+    assert str(refused.value).startswith(f"policy: volumes[0].counter: '{shared}' is ")
+    assert "give volume 'site-data' a counter of its own" in str(refused.value)
+    with pytest.raises(SpmRefused, match="unknown policy|no policy"):
+        client.policy("p")
+
+
+@SERVICE_ONLY
+def test_a_refused_readmission_cannot_lift_a_later_revocation(
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """Found by a review: a board-signed readmission refused because its subject was not
+    revoked was not used up (its transaction rolled back), so whoever held it could send
+    it again after the board's next revocation of that subject, and undo it."""
+    submit(client, board, policy_document("p", board, sim[1]))
+    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning")
+    revoke(client, board, "p", kind="service", subject="aggregator", action="readmit")
+    late = {"kind": "service", "subject": "aggregator", "action": "readmit", "reason": "cleared"}
+    with pytest.raises(SpmRefused, match="^revocation: service aggregator is not revoked"):
+        revoke(client, board, "p", **late)  # nothing to lift: refused, and used up
+    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning again")
+    with pytest.raises(SpmRefused, match="^revocation: this statement .* was already applied"):
+        revoke(client, board, "p", **late)
+    spm.stop()
+    spm.start()  # the log says it is used up: a restart does not forget it
+    with SpmClient(spm.url, pin=spm.pin) as again:
+        with pytest.raises(SpmRefused, match="^revocation: this statement .* already applied"):
+            revoke(again, board, "p", **late)
+        with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+            attest(again, sim, "p")

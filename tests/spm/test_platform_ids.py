@@ -152,7 +152,8 @@ def test_a_td_is_named_by_its_firmware_kernel_and_command_line(
     import yaml
 
     from secfl.errors import PolicyError, Refused
-    from secfl.policy._document import check_new_version, load_policy
+    from secfl.policy._document import load_policy
+    from secfl.policy._new_version import check_new_version
     from secfl.spm._evidence_checks import check_measurements
     from tests.spm.harness import policy_document
 

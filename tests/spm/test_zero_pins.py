@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from secfl.errors import PolicyError, Refused, VerificationError
-from secfl.policy._document import check_new_version, load_policy
+from secfl.policy._document import load_policy
+from secfl.policy._new_version import check_new_version
 from secfl.spm._evidence_checks import check_measurements
 from secfl.spm.client import expected_identity
 from secfl.tee._verify import verify

@@ -123,7 +123,7 @@ def _check_new(policy: Policy, raw: bytes | str, *, warn: bool = False) -> None:
     (the SPM's) and a federation the aggregator could not run; with ``warn``, what
     `validate` warns of, to stderr."""
     from secfl.fl._policy_check import check_ready
-    from secfl.policy._document import check_new_version
+    from secfl.policy._new_version import check_new_version
 
     check_new_version(policy, raw)
     warnings = check_ready(policy)

@@ -80,7 +80,8 @@ def next_cmd(
     from secfl.fl._config import FederationConfig
     from secfl.fl._policy_check import check_ready, is_federation
     from secfl.policy import digest, load_policy
-    from secfl.policy._document import check_new_version, policy_text
+    from secfl.policy._document import policy_text
+    from secfl.policy._new_version import check_new_version
     from secfl.policy._next import next_version
 
     text = policy_text(read_input(file, "policy"))  # as `validate` and `sign` read it

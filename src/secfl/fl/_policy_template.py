@@ -40,9 +40,10 @@ from secfl.fl._host_settings import AGGREGATOR, LISTEN, OUTPUT
 from secfl.fl._injected import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.fl._policy_check import check_federation
 from secfl.launcher._measurement import describe_measured, run_measurement
-from secfl.policy._document import check_new_version, load_policy
+from secfl.policy._document import load_policy
 from secfl.policy._fields import NAME
 from secfl.policy._model import Policy
+from secfl.policy._new_version import check_new_version
 from secfl.policy._platforms import platform_warnings
 from secfl.policy._sealed import check_sealed
 from secfl.policy._todo import todo, todos

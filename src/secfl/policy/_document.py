@@ -33,19 +33,16 @@ from yaml.constructor import ConstructorError
 
 from secfl._internal.canonical import unique_keys
 from secfl.errors import PolicyError
-from secfl.policy._model import Policy, no_code_text, pins_code
-from secfl.policy._tls_names import check_tls_names
+from secfl.policy._model import Policy
 from secfl.policy._validation_text import squeezed as _one_line
 from secfl.policy._validation_text import validation_message
-from secfl.policy._visible import check_no_lone_cr, check_strings_visible, check_visible
+from secfl.policy._visible import check_no_lone_cr, check_visible
 from secfl.policy._yaml_out import EXPONENT_TEXT
 
 __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
     "MAX_NUMBER_CHARS",
-    "check_new_version",
-    "code_pinned_by_counter",
     "load_policy",
     "load_policy_file",
     "policy_text",
@@ -336,87 +333,6 @@ def _check_depth(data: Any) -> None:
         if not level:
             return
     raise PolicyError(f"policy: JSON: nested deeper than {MAX_DEPTH} levels")
-
-
-def check_new_version(policy: Policy, document: str | bytes | None = None) -> None:
-    """Rules for a version about to be signed or submitted, not for one already
-    accepted (an SPM reads the versions it stored with :class:`Policy` alone, so a
-    rule added here never makes one of them unreadable).
-
-    A code volume is pinned by its tag: on hardware the TEE measures the image, not
-    the volumes it opens, and a counter lets the key holder release other code
-    without the board. Every identity a service accepts pins code
-    (:func:`~secfl.policy._model.pins_code`): ``{vmpl: 0}`` alone accepted any guest.
-
-    When members give recovery keys, every required member gives one: recovery needs
-    each required member's part of the data key (:mod:`secfl.spm._recovery`), as
-    approval needs their signature.
-
-    No name may stand for another's in TLS (:mod:`secfl.policy._tls_names`).
-
-    With its ``document``, a YAML one may not hold a plain value that YAML 1.1 reads
-    as text and people as a number (``lr: 1e-3``): every collaborator refused the
-    version its board had signed."""
-    if document is not None:
-        _check_yaml_reading(document)
-    check_strings_visible(policy.model_dump(mode="json"))
-    check_tls_names(policy)
-    holders = {m.name for m in policy.board.members if m.recovery_key is not None}
-    lacking = [m for m in policy.board.required if m not in holders]
-    if holders and lacking:
-        raise PolicyError(
-            f"policy: board.required: '{lacking[0]}' has no recovery_key, so the other "
-            "members could recover the policy's secrets without them; give every required "
-            "member a recovery_key, or no member"
-        )
-    for service in policy.services:
-        for kind in service.measurements:
-            for j, identity in enumerate(service.identities(kind)):
-                if not pins_code(kind, identity):
-                    where = f"services.{service.name}.measurements.{kind}[{j}]"
-                    raise PolicyError(f"policy: {no_code_text(kind, identity, where)}")
-    for i, volume in enumerate(policy.volumes):
-        if volume.name in code_pinned_by_counter(policy):
-            raise PolicyError(
-                f"policy: volumes[{i}]: code volume '{volume.name}' is pinned by a counter; "
-                "pin it by its tag (`secfl shield encrypt` prints it): the board approves "
-                "code by its tag"
-            )
-
-
-def _check_yaml_reading(document: str | bytes) -> None:
-    """Refuse what :class:`_NewVersionLoader` refuses in a YAML ``document`` (one that
-    :func:`load_policy` has read already)."""
-    if isinstance(document, bytes):
-        document = policy_text(document)
-    if document.lstrip()[:1] == "{":
-        try:
-            json.loads(document)
-            return  # JSON: no such reading
-        except (ValueError, RecursionError):
-            pass
-    try:
-        yaml.load(document, Loader=_NewVersionLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        raise PolicyError(f"policy: {_yaml_message(exc)}") from None
-    except yaml.YAMLError as exc:  # (load_policy read it: not expected)
-        raise PolicyError(f"policy: YAML: {_one_line(str(exc))}") from None
-
-
-def code_pinned_by_counter(policy: Policy, service: str | None = None) -> list[str]:
-    """The code volumes of ``policy`` (those ``service`` opens, if named) pinned by a
-    counter rather than a tag: :func:`check_new_version` refuses them in a new version,
-    and the SPM releases no key to a service that opens one in a version it stored
-    before that rule."""
-    opened = None
-    if service is not None:
-        found = policy.service(service)
-        opened = set(found.volumes) if found is not None else set()
-    return [
-        v.name
-        for v in policy.volumes
-        if v.kind == "code" and v.tag is None and (opened is None or v.name in opened)
-    ]
 
 
 def load_policy_file(path: str | os.PathLike[str]) -> Policy:

@@ -3,7 +3,7 @@
 Multi-line text (PEM keys and certificates) is a literal block, long lines are never
 folded, and text that YAML 1.1 reads as text but people as a number (``1e-3``: its
 floats need a dot and a signed exponent) is quoted: written plain, a new version
-holding it is refused (:func:`secfl.policy._document.check_new_version`).
+holding it is refused (:func:`secfl.policy._new_version.check_new_version`).
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from secfl._internal.canonical import canonical_json
 from secfl._internal.values import one_line
 from secfl.errors import IntegrityError, Refused, SecflError, SpmError
-from secfl.policy._document import code_pinned_by_counter
 from secfl.policy._model import Policy
+from secfl.policy._new_version import code_pinned_by_counter
 from secfl.policy._secrets import CertSecret
 from secfl.spm import _sealing as sv
 from secfl.spm._collateral import CollateralSource

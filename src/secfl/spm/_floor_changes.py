@@ -38,7 +38,8 @@ def replayed(event: str, policy: str | None, detail: dict[str, Any]) -> list[tup
     change = change_of(event, policy, detail)
     if change is not None:
         changes.append(change)
-    if event in ("revocation.added", "revocation.lifted") and isinstance(detail.get("digest"), str):
+    statements = ("revocation.added", "revocation.lifted", "revocation.spent")
+    if event in statements and isinstance(detail.get("digest"), str):
         changes.append(("statement", detail["digest"]))
     if event == "volume.recorded" and policy is not None:
         name, value = detail.get("counter_name"), detail.get("counter")

@@ -88,6 +88,7 @@ class Revoker:
         readmit = doc.get("action") == "readmit"
         floors = self.store.integrity.floors if self.store.integrity is not None else None
         applied = floors.statements if floors is not None else self._statements
+        spent: Refused | None = None  # a readmission of what is not revoked: refused, used up
         try:
             with self.store.transaction() as tx:  # caught up with other SPMs' statements
                 current = current_version(tx, policy_name)
@@ -108,9 +109,21 @@ class Revoker:
                         409,
                     )
                 tx.note(("statement", statement_digest))
-                if readmit:
-                    if not tx.revocations.lift(policy_name, kind, subject):
-                        raise Refused(f"revocation: {kind} {subject} is not revoked", 409)
+                if readmit and not tx.revocations.lift(policy_name, kind, subject):
+                    # kept, it would lift a later revocation of the same subject (found by a
+                    # review): the statement is used up, and the log says so
+                    spent = Refused(
+                        f"revocation: {kind} {subject} is not revoked (this readmission is "
+                        "used up: it cannot lift a later revocation)",
+                        409,
+                    )
+                    tx.audit.append(
+                        "revocation.spent",
+                        policy_name,
+                        {**doc, "approvers": approvers, "digest": statement_digest,
+                         "reason_refused": f"{kind} {subject} is not revoked"},
+                    )  # fmt: skip
+                elif readmit:
                     tx.audit.append(
                         "revocation.lifted",
                         policy_name,
@@ -130,10 +143,12 @@ class Revoker:
             raise
         except SpmError as exc:
             raise Refused(str(exc), 409) from None
+        self._statements.add(statement_digest)
+        if spent is not None:
+            raise spent
         self.policies.forget_revocations(policy_name)
         self._applied[policy_name] = self._applied.get(policy_name, 0) + 1
         self._answered.pop(policy_name, None)
-        self._statements.add(statement_digest)
         return {**doc, "at": now.isoformat()}
 
     def revocations(self, policy_name: str) -> list[dict[str, Any]]:

@@ -27,8 +27,9 @@ from typing import Any
 from secfl._internal.values import one_line
 from secfl.errors import PolicyError, Refused, SpmError
 from secfl.policy._canonical import canonical_bytes, digest
-from secfl.policy._document import check_new_version, load_policy
+from secfl.policy._document import load_policy
 from secfl.policy._model import Policy
+from secfl.policy._new_version import check_new_version
 from secfl.policy._signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature, check_approval
 from secfl.spm._attestation import Attestor, AttestResult
 from secfl.spm._audit import AuditEntry

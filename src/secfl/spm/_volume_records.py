@@ -77,6 +77,15 @@ class VolumeRecords:
             raise Refused(f"volume: service '{session.service}' may not open '{volume}'")
         tag = tag.lower()
         counter = spec.counter
+        if counter == policy.federation.get("counter") or any(
+            counter in s.counters for s in policy.services
+        ):  # a version accepted before new versions were refused this (a review)
+            raise Refused(
+                f"volume: '{volume}' shares its counter '{counter}' with the federation or a "
+                "service, which a release of the volume would move: the board gives the "
+                "volume a counter of its own in a new version",
+                409,
+            )
         token_hash = hashlib.sha256(token.encode()).hexdigest()
 
         def record(tx: Tx) -> dict[str, Any] | Refused:
