@@ -329,3 +329,24 @@ def test_what_init_and_next_write_validates(world: Path, capsys: Capsys) -> None
     code, _, err = call(capsys, "policy", "validate", "policy-v2.yaml")
     assert code == 0, err
     assert load_policy_file(world / "policy-v2.yaml").federation["train"]["note"] == "2e5"
+
+
+def test_a_value_may_come_from_a_pipe_as_a_shell_gives_it(world: Path) -> None:
+    """The bound on @FILE values first refused all but regular files: `--sim-root
+    /dev/stdin` and a process substitution (`--member carol=<(cat carol.pub)`, a
+    /dev/fd/N pipe) were refused (review of the fix)."""
+    script = (
+        f"{sys.executable} -m secfl.cli.main policy init --name fed "
+        "--member alice=board/alice.pub,board/alice.recovery.pub "
+        "--member bob=board/bob.pub,board/bob.recovery.pub "
+        "--member carol=<(cat board/carol.pub) --site site-1 --site site-2 "
+        "--task task.secfl --validation validation.secfl --sim-root /dev/stdin "
+        + " ".join(ALL_SEALED)
+        + " < sim/root.pem"
+    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=world, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    policy = load_policy_file(world / "policy.yaml")
+    assert [m.name for m in policy.board.members] == ["alice", "bob", "carol"]
+    assert policy.platforms.simulation_root is not None

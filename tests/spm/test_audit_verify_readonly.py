@@ -162,6 +162,28 @@ def test_verifying_a_stopped_spms_folder_changes_no_file(
     assert line.startswith(f"error: audit: {other / 'spm.db'} has schema version 9, this "), line
 
 
+def test_a_killed_spms_write_ahead_log_is_read_not_folded_in(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review: after an SPM was killed (its commits still in spm.db-wal),
+    `audit verify` and `audit show` folded the log into spm.db and deleted it when they
+    closed (SQLite's checkpoint on the last close: not a query `query_only` stops)."""
+    with spm_with_policy(tmp_path / "spm", sim, board, "aggregator") as (proc, _):
+        proc.kill()
+    wal = proc.data / "spm.db-wal"
+    assert wal.stat().st_size > 0  # the killed SPM's commits are in its log
+    before = {n: (proc.data / n).read_bytes() for n in ("spm.db", "spm.db-wal")}
+    verified, shown = secfl_all(
+        ("audit", "verify", "--data", str(proc.data)),
+        ("audit", "show", "--data", str(proc.data), "--limit", "1"),
+    )
+    assert verified.returncode == 0 and verified.stdout.startswith("audit verify: OK, "), (
+        verified.stdout + verified.stderr
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert {n: (proc.data / n).read_bytes() for n in before} == before
+
+
 @pytest.mark.parametrize("reader", ["verify", "show"])
 def test_a_commit_just_before_the_anchor_is_read_is_no_rollback(
     tmp_path: Path, sim: tuple[Path, bytes], board: Board, reader: str

@@ -76,10 +76,18 @@ def read_input(
 MAX_VALUE_BYTES = 64 << 10
 
 
+#: Names of this process's input streams: ``/dev/stdin``, and a shell's process
+#: substitution (``<(cat key.pub)``: ``/dev/fd/63``).
+_INPUT_STREAM = re.compile(r"/dev/stdin|/dev/fd/[0-9]{1,6}|/proc/self/fd/[0-9]{1,6}")
+
+
 def read_value(path: str, what: str) -> bytes:
-    """The bytes of a regular file (or standard input) that holds one value, at most
-    :data:`MAX_VALUE_BYTES` of them; anything else is one clear error."""
-    return read_input(path, what, limit=MAX_VALUE_BYTES, regular=True)
+    """The bytes of a regular file (or standard input, or one of this process's input
+    streams) that holds one value, at most :data:`MAX_VALUE_BYTES` of them; anything
+    else (a FIFO or a device named elsewhere: waited on, or read for ever) is one clear
+    error."""
+    regular = _INPUT_STREAM.fullmatch(path) is None
+    return read_input(path, what, limit=MAX_VALUE_BYTES, regular=regular)
 
 
 def read_optional(path: str | None, what: str) -> bytes | None:

@@ -56,7 +56,6 @@ def check_new_version(policy: Policy, document: str | bytes | None = None) -> No
                 if not pins_code(kind, identity):
                     where = f"services.{service.name}.measurements.{kind}[{j}]"
                     raise PolicyError(f"policy: {no_code_text(kind, identity, where)}")
-    _check_volume_counters(policy)
     for i, volume in enumerate(policy.volumes):
         if volume.name in code_pinned_by_counter(policy):
             raise PolicyError(
@@ -64,6 +63,7 @@ def check_new_version(policy: Policy, document: str | bytes | None = None) -> No
                 "pin it by its tag (`secfl shield encrypt` prints it): the board approves "
                 "code by its tag"
             )
+    _check_volume_counters(policy)
 
 
 def _check_yaml_reading(document: str | bytes) -> None:

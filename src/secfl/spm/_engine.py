@@ -11,6 +11,8 @@ one-line :class:`SpmError`.
 
 from __future__ import annotations
 
+import sqlite3
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -55,26 +57,38 @@ def db_error(exc: DBAPIError) -> SpmError:
 
 def open_engine(url: URL, *, read_only: bool = False) -> Engine:
     """The engine of a :func:`normalise_url` URL; SQLite's file is created private first.
-    ``read_only``: a missing SQLite file is refused, not created, and the file's
-    journal mode is left as it is (setting WAL would rewrite another program's file)."""
+    ``read_only``: a missing SQLite file is refused, not created, the file's journal
+    mode is left as it is (setting WAL would rewrite another program's file), and where
+    it has a write-ahead log (a running or a killed SPM's) it is opened ``mode=ro``:
+    SQLite folds the log into the file when its last connection closes, which a reader
+    must not do (found by a review). Without one it is opened as usual (``mode=ro``
+    would leave a log and its index behind) with ``query_only``."""
     if url.drivername.startswith("sqlite"):
         assert url.database is not None
         if not read_only:
             _create_private_file(Path(url.database))
         elif not Path(url.database).is_file():
             raise SpmError(f"store: no database file {url.database}")
-        engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
-            pool_size=8,
-            max_overflow=32,
-        )
+        options: dict[str, Any] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
+        if read_only and Path(f"{url.database}-wal").exists():
+            where = f"file:{urllib.parse.quote(str(Path(url.database).resolve()))}?mode=ro"
+            engine = create_engine(
+                url,
+                creator=lambda: sqlite3.connect(where, uri=True, **options),
+                pool_size=8,
+                max_overflow=32,
+            )
+        else:
+            engine = create_engine(url, connect_args=options, pool_size=8, max_overflow=32)
         event.listen(engine, "connect", _sqlite_reader if read_only else _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
+    connect: dict[str, Any] = {"connect_timeout": 10}
+    if read_only:  # the server refuses any write, not only secfl's own transactions
+        connect["options"] = "-c default_transaction_read_only=on"
     return create_engine(
         url,
-        connect_args={"connect_timeout": 10},
+        connect_args=connect,
         pool_size=8,
         max_overflow=32,
         pool_pre_ping=True,
