@@ -156,6 +156,8 @@ def test_status_and_a_revocation_request_the_board_acts_on(
     (finding,) = doc["findings"]
     assert finding["state"] == "revoked" and finding["seq"] == seq
     assert doc["revocations"] == 1
+    live = {s["name"]: s["live_sessions"] for s in doc["services"]}
+    assert live == {"aggregator": 1, "collaborator": 0}  # a revoked service's: none (review)
 
 
 def test_status_shows_the_newest_round_and_refuses_an_unknown_policy(world: dict[str, Any]) -> None:
@@ -170,3 +172,15 @@ def test_status_shows_the_newest_round_and_refuses_an_unknown_policy(world: dict
     assert f"as of audit entry {doc['head_seq']} " in done.stdout
     done = secfl("status", *remote, "--policy", "nope")
     assert done.returncode == 1 and done.stderr.startswith("error: policy: no policy named")
+
+
+def test_a_request_naming_nobody_is_not_shown_as_acted_on() -> None:
+    """A request whose exclusions are empty (only an aggregator's session can post one)
+    was shown as `revoked`: nothing the board did (review)."""
+    from secfl.spm._status import request_state
+    from secfl.spm._status_index import Finding
+
+    empty = Finding({"excluded": [], "serials": {}})
+    assert request_state(empty, set()) == "pending"
+    named = Finding({"excluded": ["site-1"], "serials": {}})
+    assert request_state(named, {("service", "site-1")}) == "revoked"

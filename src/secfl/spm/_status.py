@@ -105,8 +105,11 @@ class StatusDesk:
         facts = self.index.facts(record.name)
         now = datetime.now(UTC)
         live: dict[str, int] = {}
-        for session in sessions:
-            if session.expires_at > now:
+        for session in sessions:  # a revoked service's sessions are dead (review)
+            gone = ("service", session.service) in revoked or (
+                session.serial and ("certificate", session.serial) in revoked
+            )
+            if session.expires_at > now and not gone:
                 live[session.service] = live.get(session.service, 0) + 1
         services = [
             {
@@ -169,7 +172,7 @@ def request_state(finding: Finding, revoked: set[tuple[str, str]]) -> str:
     for state in ("pending", "readmitted"):
         if state in states:
             return state
-    return "revoked"
+    return "revoked" if states else "pending"  # (a request naming nobody: nothing done)
 
 
 def _approvers(spm: Spm, record: PolicyRecord, policy: Policy) -> list[str]:
