@@ -96,25 +96,22 @@ def open_engine(url: URL, *, read_only: bool = False) -> Engine:
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Take BEGIN away from the sqlite3 module; _sqlite_begin emits our own.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA foreign_keys = ON")
-    finally:
-        cursor.close()
+    _pragmas(dbapi_connection, "journal_mode = WAL", "synchronous = FULL", "foreign_keys = ON")
 
 
 def _sqlite_reader(dbapi_connection: Any, _record: Any) -> None:
     # As _sqlite_connect, without the settings that write (the journal mode).
+    _pragmas(dbapi_connection, "query_only = ON")
+
+
+def _pragmas(dbapi_connection: Any, *pragmas: str) -> None:
+    """Take BEGIN away from the sqlite3 module (_sqlite_begin emits our own), wait for
+    a busy database, then set ``pragmas``."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA query_only = ON")
+        for pragma in (f"busy_timeout = {BUSY_TIMEOUT_MS}", *pragmas):
+            cursor.execute(f"PRAGMA {pragma}")
     finally:
         cursor.close()
 
