@@ -35,6 +35,17 @@ def spm(
         yield proc, enrolled["aggregator"].session_token
 
 
+def commit_round(proc: SpmProcess, token: str, round: dict[str, object]) -> int:
+    """The aggregator's round logged as in production (with its counter's increment):
+    the audit entry number of its ``fl.round``."""
+    with SpmClient(proc.url, pin=proc.pin) as client:
+        head = client.audit(since=2**62)["head_seq"]
+        client.increment("fed", "round", token, round=round)
+        entries = client.audit(head, 100)["entries"]
+    (seq,) = [e["seq"] for e in entries if e["event"] == "fl.round"]
+    return int(seq)
+
+
 def remote(spm: SpmProcess) -> tuple[str, ...]:
     return ("--spm", spm.url, "--spm-pin", spm.pin)
 
@@ -75,8 +86,7 @@ def test_the_table_shows_the_newest_entries(spm: tuple[SpmProcess, str]) -> None
 
 def test_event_and_policy_filters(spm: tuple[SpmProcess, str]) -> None:
     proc, token = spm
-    with SpmClient(proc.url, pin=proc.pin) as client:
-        seq = client.report("fed", "round", ROUND, token)
+    seq = commit_round(proc, token, ROUND)
     done = secfl("audit", "show", *remote(proc), "--json", "--event", "fl")
     assert done.returncode == 0, done.stderr
     (entry,) = [e for e in json_lines(done.stdout) if e.seq == seq]
@@ -108,8 +118,7 @@ def test_follow_shows_a_new_entry_and_ends_cleanly_on_ctrl_c(
     proc, token = spm
     # an fl.round to show first, whichever tests ran before on this worker: with none,
     # the first readline below waited for ever (a flake under xdist's distribution)
-    with SpmClient(proc.url, pin=proc.pin) as client:
-        client.report("fed", "round", {**ROUND, "round": 6}, token)
+    commit_round(proc, token, {**ROUND, "round": 6})
     follower = subprocess.Popen(
         [sys.executable, "-m", "secfl.cli.main", "audit", "show", *remote(proc), "--json",
          "--event", "fl.round", "--limit", "1", "--follow", "--interval", "0.2"],
@@ -118,8 +127,7 @@ def test_follow_shows_a_new_entry_and_ends_cleanly_on_ctrl_c(
     try:
         assert follower.stdout is not None
         before = follower.stdout.readline()  # the newest fl.round so far
-        with SpmClient(proc.url, pin=proc.pin) as client:
-            seq = client.report("fed", "round", {**ROUND, "round": 7}, token)
+        seq = commit_round(proc, token, {**ROUND, "round": 7})
         deadline = time.monotonic() + 30
         shown = [json.loads(before)] if before else []
         while not any(e["seq"] == seq for e in shown) and time.monotonic() < deadline:
@@ -142,8 +150,7 @@ def test_the_database_is_read_verified_and_a_changed_entry_refused(
     # The reads run two at a time (secfl_all): each reads a copy made before it, in order.
     proc, token = spm
     data = str(proc.data)
-    with SpmClient(proc.url, pin=proc.pin) as client:
-        client.report("fed", "round", {**ROUND, "round": 9}, token)
+    commit_round(proc, token, {**ROUND, "round": 9})
     done, no_data = secfl_all(
         ("audit", "show", "--data", data, "--json", "--event", "fl.round", "--limit", "1"),
         ("audit", "show", "--db", f"sqlite:///{proc.data / 'spm.db'}"),
@@ -169,8 +176,7 @@ def test_the_database_is_read_verified_and_a_changed_entry_refused(
          _json(detail), forged.computed_hash(), entry.seq)  # fmt: skip
 
     # ... or puts a whole database back to an older copy (the SPM's anchor is ahead of it).
-    with SpmClient(proc.url, pin=proc.pin) as client:
-        client.report("fed", "round", {**ROUND, "round": 10}, token)
+    commit_round(proc, token, {**ROUND, "round": 10})
     rolled = _copy_spm(proc.data, tmp_path / "rolled")
     (rolled / "spm.db").write_bytes((changed / "spm.db").read_bytes())
     _sql(rolled, "UPDATE audit SET detail = ? WHERE seq = ?", _json(entry.detail), entry.seq)

@@ -365,7 +365,7 @@ def test_a_session_loses_what_a_new_version_withdrew(
         client.increment("p", "round", agg.session_token)
     assert exc.value.status == 401
     with pytest.raises(SpmRefused, match="no longer accepted by version 2"):
-        client.report("p", "audit.excluded", {"who": "x"}, agg.session_token)
+        client.report("p", "audit.excluded", {"round": 1, "excluded": []}, agg.session_token)
     # The new code attests and may count.
     new = attest(client, sim, "p", OTHER_MR)
     assert client.increment("p", "round", new.session_token) == 2

@@ -44,27 +44,109 @@ def post(world: dict[str, Any], event: str, detail: Any, who: str = "aggregator"
         return client.report("fed", event, detail, world[who].session_token)
 
 
+def commit(world: dict[str, Any], round: dict[str, Any]) -> int:
+    """The aggregator's round logged as it is in production: with its counter's increment
+    (``fl.round`` at the value the increment gives); the counter's new value."""
+    spm: SpmProcess = world["spm"]
+    with SpmClient(spm.url, pin=spm.pin) as client:
+        return client.increment("fed", "round", world["aggregator"].session_token, round=round)
+
+
+def counter(world: dict[str, Any]) -> int:
+    spm: SpmProcess = world["spm"]
+    with SpmClient(spm.url, pin=spm.pin) as client:
+        return client.counter("fed", "round")
+
+
+FINDING = {"round": 3, "excluded": ["collaborator"], "serials": {"collaborator": "1a2b"},
+           "suspicion": {"collaborator": 5.0}}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("detail", "message"),
     [
         ({**ROUND, "round": "3"}, "event: round: round: "),
-        ({**ROUND, "counter": -1}, "event: round: counter: "),
+        ({**ROUND, "round": 10**400}, "event: round: round: "),
+        ({**ROUND, "attempt": 0}, "event: round: attempt: "),
         ({**ROUND, "participants": True}, "event: round: participants: "),
         ({**ROUND, "weights": [1, 2]}, "event: round: weights: "),
         (
             {**ROUND, "objective": {"metric": "loss", "mode": "up", "value": 1}},
             "event: round: objective.mode: ",
         ),
-        ({k: v for k, v in ROUND.items() if k != "counter"}, "event: round: counter: "),
+        ({k: v for k, v in ROUND.items() if k != "participants"}, "event: round: participants: "),
         ({**ROUND, "service": "site-1"}, "event: 'service' is set by the SPM"),
     ],
 )
-def test_a_round_event_has_one_shape(
-    world: dict[str, Any], detail: dict[str, Any], message: str
-) -> None:
+def test_a_round_has_one_shape(world: dict[str, Any], detail: dict[str, Any], message: str) -> None:
+    before = counter(world)
     with pytest.raises(SpmRefused, match=f"^{message}") as refused:
-        post(world, "round", detail)
+        commit(world, detail)
     assert refused.value.status == 400
+    assert counter(world) == before  # refused whole: the counter did not move
+
+
+def test_a_round_is_logged_only_with_its_counter(world: dict[str, Any]) -> None:
+    """Found by a review: ``POST /events`` logged ``fl.round`` at whatever counter the
+    poster wrote (`secfl status` showed round 999 at counter 999 with the counter at 1)."""
+    spm: SpmProcess = world["spm"]
+    with SpmClient(spm.url, pin=spm.pin) as client:
+        head = client.audit(since=2**62)["head_seq"]
+        with pytest.raises(SpmRefused, match="^event: round: a round is logged with its coun"):
+            post(world, "round", {**ROUND, "round": 999, "counter": 999})
+        assert client.audit(since=2**62)["head_seq"] == head  # nothing logged
+    value = commit(world, {**ROUND, "counter": 999})
+    entries = client_entries(world, head)
+    (logged,) = [e for e in entries if e["event"] == "fl.round"]
+    assert logged["detail"]["counter"] == value == counter(world)  # the SPM's, not the poster's
+
+
+def client_entries(world: dict[str, Any], since: int) -> list[dict[str, Any]]:
+    spm: SpmProcess = world["spm"]
+    with SpmClient(spm.url, pin=spm.pin) as client:
+        return list(client.audit(since, 1000)["entries"])
+
+
+@pytest.mark.parametrize(
+    ("event", "detail", "message"),
+    [
+        ("audit.excluded", {**FINDING, "round": 10**400}, "event: audit.excluded: round: "),
+        ("audit.excluded", {**FINDING, "round": "3"}, "event: audit.excluded: round: "),
+        ("audit.excluded", {"who": "x"}, "event: audit.excluded: round: "),
+        ("audit.excluded", {**FINDING, "excluded": ["a b"]}, "event: audit.excluded: excluded.0: "),
+        ("audit.excluded", {**FINDING, "excluded": "collaborator"}, "event: audit.excluded: exc"),
+        (
+            "audit.revocation-requested",
+            {**FINDING, "serials": {"collaborator": "zz"}},
+            "event: audit.revocation-requested: serials.collaborator: ",
+        ),
+        (
+            "audit.revocation-requested",
+            {**FINDING, "serials": {"aggregator": "1a"}},
+            "event: audit.revocation-requested: detail: Value error, serials of services the "
+            "finding does not exclude: \\['aggregator'\\]",
+        ),
+        ("model", {"tag": "ab" * 32, "run": 1, "rounds": 3}, "event: model: counter: "),
+        ("model", {"tag": "AB", "run": 1, "rounds": 3, "counter": 4}, "event: model: tag: "),
+        (
+            "model",
+            {"tag": "ab" * 32, "run": 1, "rounds": 3, "counter": 4, "x": 1},
+            "event: model: x: ",
+        ),
+    ],
+)
+def test_what_the_board_and_a_model_owner_read_has_one_shape(
+    world: dict[str, Any], event: str, detail: dict[str, Any], message: str
+) -> None:
+    """Found by a review: a finding with a 4,000-digit round (or none at all) was logged,
+    and `secfl status`/`secfl revocations` turned it into the board's commands."""
+    spm: SpmProcess = world["spm"]
+    with SpmClient(spm.url, pin=spm.pin) as client:
+        head = client.audit(since=2**62)["head_seq"]
+    with pytest.raises(SpmRefused, match=f"^{message}") as refused:
+        post(world, event, detail)
+    assert refused.value.status == 400
+    assert client_entries(world, head) == []
 
 
 def test_any_event_is_bounded(world: dict[str, Any]) -> None:
@@ -93,10 +175,12 @@ def test_any_event_is_bounded(world: dict[str, Any]) -> None:
 
 def test_only_an_aggregators_session_may_post(world: dict[str, Any]) -> None:
     with pytest.raises(SpmRefused, match="^report: service 'collaborator' is not an aggregator"):
-        post(world, "round", ROUND, who="collaborator")
+        post(world, "audit.excluded", FINDING, who="collaborator")
     spm: SpmProcess = world["spm"]
     with SpmClient(spm.url, pin=spm.pin) as client, raw_http(client) as http:
-        reply = http.post("/v1/policies/fed/events", json={"event": "round", "detail": ROUND})
+        reply = http.post(
+            "/v1/policies/fed/events", json={"event": "audit.excluded", "detail": FINDING}
+        )
     assert reply.status_code == 401 and reply.json()["error"].startswith("session: ")
 
 
@@ -105,8 +189,8 @@ def test_status_and_a_revocation_request_the_board_acts_on(
 ) -> None:
     spm: SpmProcess = world["spm"]
     remote = ("--spm", spm.url, "--spm-pin", spm.pin)
-    post(world, "round", {**ROUND, "round": 2, "counter": 3})
-    post(world, "round", ROUND)
+    commit(world, {**ROUND, "round": 2})
+    value = commit(world, ROUND)
     cert = x509.load_pem_x509_certificate(world["collaborator"].certificate.encode())
     serial = format(cert.serial_number, "x")
     request = {"round": 3, "excluded": ["collaborator"], "serials": {"collaborator": serial},
@@ -117,8 +201,8 @@ def test_status_and_a_revocation_request_the_board_acts_on(
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "policy fed: version 1 (digest " in text and "by alice, bob" in text
-    assert "round: 3 committed at counter 4, 2 participant(s), 1 excluded by the audit, " \
-           "loss 0.25 (min)" in text  # fmt: skip
+    assert f"round: 3 committed at counter {value}, 2 participant(s), 1 excluded by the " \
+           "audit, loss 0.25 (min)" in text  # fmt: skip
     services = {line.split()[0]: line.split() for line in text.splitlines() if line}
     assert services["aggregator"][1] == "aggregator" and services["aggregator"][4] == "1"
     assert services["collaborator"][1] == "collaborator"
@@ -163,9 +247,10 @@ def test_status_and_a_revocation_request_the_board_acts_on(
 def test_status_shows_the_newest_round_and_refuses_an_unknown_policy(world: dict[str, Any]) -> None:
     spm: SpmProcess = world["spm"]
     remote = ("--spm", spm.url, "--spm-pin", spm.pin)
-    post(world, "round", {**ROUND, "round": 5, "counter": 6})
+    value = commit(world, {**ROUND, "round": 5})
     doc = json.loads(secfl("status", *remote, "--policy", "fed", "--json").stdout)
     assert doc["round"]["round"] == 5  # the newest entry is the round just reported
+    assert doc["round"]["counter"] == value
     assert doc["policy"]["approvers"] == ["alice", "bob"]  # from the signatures, not the log
     done = secfl("status", *remote, "--policy", "fed")
     assert done.returncode == 0, done.stderr

@@ -43,10 +43,12 @@ def test_a_session_of_a_replaced_version_may_not_move_a_counter(
             # nor write the run's events (found by a hostile review: a replaced session's
             # "round 999" showed in `secfl status` while the counter stood at 1)
             before = client.audit(0, 10000)["entries"][-1]["seq"]
+            finding = {"round": 999, "excluded": ["aggregator"]}
             with pytest.raises(SpmRefused, match="^policy: version 2 of 'fed' replaced") as ev:
-                client.report(
-                    "fed", "round", {"round": 999, "counter": 999, "participants": 5}, old
-                )
+                client.report("fed", "audit.excluded", finding, old)
+            assert ev.value.status == 409
+            with pytest.raises(SpmRefused, match="^policy: version 2 of 'fed' replaced") as ev:
+                client.increment("fed", "round", old, round={"round": 999, "participants": 5})
             assert ev.value.status == 409
             assert client.audit(before, 10000)["entries"] == []
 

@@ -1,21 +1,18 @@
 """The aggregator's progress as the SPM's audit log records it (``fl.round``).
 
-After each committed round the aggregator reports the round, the counter value it
-was committed at, how many took part, and the round's value of the policy's
-objective metric. The board reads it with ``secfl status``. The report is
-best effort: the round is already durable, so a failure to report is logged and
-training goes on.
+Each round's detail (the round, how many took part, the round's value of the
+policy's objective metric) goes with the increment of the round's counter, and the
+SPM logs it in the same transaction at the counter value it gives
+(:mod:`secfl.spm._increment`): the log never holds a round without its counter. The
+board reads it with ``secfl status``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
-from secfl.errors import SecflError
-
-__all__ = ["objective_value", "round_event", "round_reporter"]
+__all__ = ["objective_value", "round_event"]
 
 #: Names of the round's values in its metrics entry, in the order they are looked for.
 _PREFIXES = ("val_", "test_", "")
@@ -40,7 +37,7 @@ def round_event(
     policy_version: int | None = None,
 ) -> dict[str, Any]:
     """The ``round`` event's detail for one round's metrics entry (the SPM checks it
-    against :class:`secfl.spm._events.RoundEvent`)."""
+    against :class:`secfl.spm._events.RoundEvent`; it sets ``counter`` itself)."""
     detail: dict[str, Any] = {
         "round": int(entry["round"]),
         "counter": int(entry["counter"]),
@@ -59,20 +56,3 @@ def round_event(
     if policy_version is not None:
         detail["policy_version"] = policy_version
     return detail
-
-
-def round_reporter(
-    post: Callable[[str, dict[str, Any]], object],
-    warn: Callable[[str], None],
-    **fixed: Any,
-) -> Callable[[dict[str, Any]], None]:
-    """An ``on_round`` hook: posts each round's event with ``post(event, detail)``; a
-    refusal or an unreachable SPM is one warning (``warn``), never an interrupted round."""
-
-    def report(entry: dict[str, Any]) -> None:
-        try:
-            post("round", round_event(entry, **fixed))
-        except (SecflError, KeyError, TypeError, ValueError) as exc:
-            warn(f"could not report round {entry.get('round')} to the SPM: {exc}")
-
-    return report

@@ -1,21 +1,19 @@
-"""A committed round's hook (``on_round``: the SPM's round event) off the round loop.
+"""A committed round's hook (``on_round``) off the round loop.
 
 Recording a round (:meth:`secfl.fl._aggregator.Aggregator._record`) ends with a call
-to ``on_round``, which in production posts the round's event to the SPM over HTTPS
-(:func:`secfl.fl._progress.round_reporter`): with rounds of tens of milliseconds that
-call sat on the round loop's thread between the next round's opening and its
-closing. :class:`InOrder` makes those calls in one worker thread instead, one after
-the other in the order the rounds were recorded, so the round loop goes on at once.
+to ``on_round`` when one is set (by a program embedding the aggregator; the SPM's
+``fl.round`` needs no hook: it goes with the round's counter increment). A hook may
+be slow, and with rounds of tens of milliseconds it would sit on the round
+loop's thread between the next round's opening and its closing. :class:`InOrder`
+makes those calls in one worker thread instead, one after the other in the order the
+rounds were recorded, so the round loop goes on at once.
 
-Nothing about what the event says, or when it may be said, changes: a round reaches
-:class:`InOrder` only once its counter is committed (the hook is called from the
-same place as before), and the hook itself already turns a refusal or an unreachable
-SPM into one warning. :meth:`InOrder.drain` waits for the calls still queued; the
-aggregator drains before it tells collaborators training is over and before
-:meth:`~secfl.fl._aggregator.Aggregator.run` returns or raises, so a finished run's
-events are all in the SPM, as before. Only a process killed outright may leave the
-event of its last committed round unposted (the round itself is committed and
-resumes as such); the hook's failures were never more than a warning.
+A round reaches :class:`InOrder` only once its counter is committed.
+:meth:`InOrder.drain` waits for the calls still queued; the aggregator drains before
+it tells collaborators training is over and before
+:meth:`~secfl.fl._aggregator.Aggregator.run` returns or raises. Only a process killed
+outright may leave its last committed round's hook uncalled (the round itself is
+committed and resumes as such).
 """
 
 from __future__ import annotations

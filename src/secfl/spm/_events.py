@@ -3,22 +3,47 @@
 Only an attested session of an aggregator service of the policy may post (checked
 by :meth:`Spm.report <secfl.spm._service.Spm.report>`); here the event itself is
 bounded: its detail is a JSON object of limited size and depth, and the events
-that ``secfl status`` reads have a fixed shape. ``round`` (written as ``fl.round``)
-is the aggregator's progress: which round it committed, at which counter value,
-with how many participants, and the round's objective value.
+that ``secfl status`` and a model owner read have a fixed shape:
+
+- ``fl.round``, the aggregator's progress (which round it committed, at which counter
+  value, with how many participants, the round's objective value), is logged only with
+  the increment of its counter, in the same transaction (:func:`check_round`,
+  :mod:`secfl.spm._increment`): posted as an event its counter would be whatever the
+  poster wrote, so ``round`` is refused here;
+- ``model`` (``fl.model``): the sealed final model's tag, run, rounds and counter;
+- ``audit.excluded`` and ``audit.revocation-requested``: the clone audit's findings,
+  whose round, excluded services and certificate serials become the board's revocation
+  commands (its scores are free-form numbers, bounded like any detail).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from secfl._internal.canonical import canonical_json
 from secfl.errors import Refused
+from secfl.policy._fields import Name
 
-__all__ = ["MAX_DEPTH", "MAX_DETAIL_BYTES", "RoundEvent", "check_event"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_DETAIL_BYTES",
+    "FindingEvent",
+    "ModelEvent",
+    "RoundEvent",
+    "check_event",
+    "check_round",
+]
 
 #: The largest detail an event may carry (canonical JSON): a clone audit's finding
 #: for hundreds of participants fits; the log does not fill with megabyte entries.
@@ -27,6 +52,8 @@ MAX_DETAIL_BYTES = 256 << 10
 MAX_DEPTH = 8
 #: Participants in one round: far above any federation (the aggregator's own bound).
 MAX_PARTICIPANTS = 1_000_000
+#: A certificate serial as a finding names it (hex; X.509 allows at most 20 octets).
+Serial = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{1,64}$")]
 
 
 class RoundObjective(BaseModel):
@@ -63,8 +90,64 @@ class RoundEvent(BaseModel):
     duration_s: float | None = Field(default=None, ge=0, le=1e9)
 
 
+class ModelEvent(BaseModel):
+    """``fl.model``: the final model the aggregator sealed, as a model owner checks it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field(pattern=r"^[0-9a-f]{64}$")
+    run: StrictInt = Field(ge=1, le=2**31)
+    rounds: StrictInt = Field(ge=0, le=2**31)
+    counter: StrictInt = Field(ge=0, le=2**62)
+    policy_version: StrictInt | None = Field(default=None, ge=1, le=2**31)
+
+
+class FindingEvent(BaseModel):
+    """``fl.audit.excluded`` / ``fl.audit.revocation-requested``: what the board acts on.
+
+    The audit's scores and timings (``suspicion``, ``scores``, ...) are kept as sent:
+    they are read, not acted on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    round: StrictInt = Field(ge=0, le=2**31)
+    excluded: list[Name] = Field(max_length=MAX_PARTICIPANTS)
+    serials: dict[Name, Serial] = Field(default_factory=dict, max_length=MAX_PARTICIPANTS)
+
+    @model_validator(mode="after")
+    def _serials_of_the_excluded(self) -> FindingEvent:
+        strays = sorted(set(self.serials) - set(self.excluded))
+        if strays:
+            raise ValueError(f"serials of services the finding does not exclude: {strays[:3]}")
+        return self
+
+
+_SHAPES: dict[str, type[BaseModel]] = {
+    "model": ModelEvent,
+    "audit.excluded": FindingEvent,
+    "audit.revocation-requested": FindingEvent,
+}
+
+
 def check_event(event: str, detail: dict[str, Any]) -> dict[str, Any]:
-    """The detail to log for ``event``, or :class:`Refused` (400) naming what is wrong."""
+    """The detail to log for ``event`` (posted by an aggregator), or :class:`Refused`
+    (400) naming what is wrong."""
+    if event == "round":
+        raise Refused(
+            "event: round: a round is logged with its counter's increment "
+            "(POST /v1/policies/{name}/counters/{counter}/increment with 'round'), "
+            "not posted as an event",
+            400,
+        )
+    return _checked(event, detail)
+
+
+def check_round(detail: dict[str, Any]) -> dict[str, Any]:
+    """An increment's ``round`` detail (``fl.round``), or :class:`Refused` (400)."""
+    return _checked("round", detail)
+
+
+def _checked(event: str, detail: dict[str, Any]) -> dict[str, Any]:
     if "service" in detail:
         raise Refused("event: 'service' is set by the SPM (the reporting service)", 400)
     depth = _depth(detail)
@@ -76,14 +159,17 @@ def check_event(event: str, detail: dict[str, Any]) -> dict[str, Any]:
         raise Refused("event: the detail is not JSON (numbers must be finite)", 400) from None
     if size > MAX_DETAIL_BYTES:
         raise Refused(f"event: the detail is {size} bytes, at most {MAX_DETAIL_BYTES}", 400)
-    if event == "round":
-        try:
-            return RoundEvent.model_validate(detail).model_dump(exclude_none=True)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "detail"
-            raise Refused(f"event: round: {where}: {first['msg']}", 400) from None
-    return detail
+    shape = RoundEvent if event == "round" else _SHAPES.get(event)
+    if shape is None:
+        return detail
+    try:
+        checked = shape.model_validate(detail)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "detail"
+        raise Refused(f"event: {event}: {where}: {first['msg']}", 400) from None
+    # a round is logged in its one form; any other event as it was sent
+    return checked.model_dump(exclude_none=True) if shape is RoundEvent else detail
 
 
 def _depth(value: Any) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 from secfl.errors import Refused
 from secfl.spm._records import SessionRecord
-from secfl.spm._sessions import current_version, refuse_superseded
+from secfl.spm._sessions import current_version, refuse_revoked, refuse_superseded
 from secfl.spm._tx import Tx
 
 __all__ = ["Increment"]
@@ -52,6 +52,7 @@ class Increment:
     def __call__(self, tx: Tx) -> int:
         session = self.session
         refuse_superseded(current_version(tx, self.policy), session.policy_version, self.policy)
+        refuse_revoked(tx, self.policy, session)
         seen = None
         if self.expect is not None:
             seen = tx.counters.get(self.policy, self.counter)

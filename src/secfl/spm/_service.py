@@ -35,7 +35,7 @@ from secfl.spm._attestation import Attestor, AttestResult
 from secfl.spm._audit import AuditEntry
 from secfl.spm._collateral import CollateralSource
 from secfl.spm._collateral_floors import AuditedFloors
-from secfl.spm._events import check_event
+from secfl.spm._events import check_round
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._identity import SpmIdentity
 from secfl.spm._increment import Increment
@@ -46,7 +46,7 @@ from secfl.spm._refusals import RefusalBudget
 from secfl.spm._report_data import spm_report_data
 from secfl.spm._revocation import revocation_digest, revocation_doc
 from secfl.spm._revoker import Revoker
-from secfl.spm._sessions import SessionGate, current_version, refuse_superseded
+from secfl.spm._sessions import SessionGate, current_version, refuse_revoked, refuse_superseded
 from secfl.spm._status import StatusDesk
 from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import PolicyRecord, Store
@@ -338,7 +338,7 @@ class Spm:
         if round is not None:
             if service.role not in ("aggregator", "any"):
                 raise Refused(f"report: service '{session.service}' is not an aggregator")
-            round = check_event("round", {**round, "counter": 0})
+            round = check_round({**round, "counter": 0})
         if request is not None and expect is None:
             raise Refused("counter: a request name goes with expect (a compare-and-increment)", 400)
         current = self.policies.get(policy_name)[0].version
@@ -358,6 +358,7 @@ class Spm:
             # round's counter say, is no longer the policy's)
             refuse_superseded(current_version(tx, policy_name), session.policy_version,
                               policy_name)  # fmt: skip
+            refuse_revoked(tx, policy_name, session)
             return int(tx.audit.append(f"fl.{event}", policy_name, entry).seq)
 
         return int(self.group.run(write))

@@ -21,7 +21,7 @@ from secfl.spm._revocation import revoked_reason, session_identity
 from secfl.spm._store import SessionRecord, Store
 from secfl.spm._tx import Tx
 
-__all__ = ["SessionGate", "current_version", "refuse_superseded"]
+__all__ = ["SessionGate", "current_version", "refuse_revoked", "refuse_superseded"]
 
 #: Caches are cleared past this many entries (they are only a shortcut).
 _CACHE_LIMIT = 100_000
@@ -135,3 +135,16 @@ def refuse_superseded(current: int | None, attested: int, policy_name: str) -> N
             f"{attested}: attest again (start the workload again with `secfl run`)",
             409,
         )
+
+
+def refuse_revoked(tx: Tx, policy_name: str, session: SessionRecord) -> None:
+    """Refuse, inside a session's write, a session the board revoked: the check at
+    admission reads a cached view, and a revocation may commit while the call waits
+    for its write; run in the same transaction, the log never holds a revoked
+    session's write after its revocation."""
+    refusal = revoked_reason(
+        tx.revocations.in_force(policy_name), session.service, session.serial,
+        session_identity(session),
+    )  # fmt: skip
+    if refusal is not None:
+        raise Refused(f"revoked: {refusal}; this session is over", 401)

@@ -19,7 +19,7 @@ from secfl.errors import Refused
 from secfl.spm import _sealing as sv
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._policy_cache import PolicyCache
-from secfl.spm._sessions import SessionGate, current_version, refuse_superseded
+from secfl.spm._sessions import SessionGate, current_version, refuse_revoked, refuse_superseded
 from secfl.spm._store import Store
 from secfl.spm._tx import Tx
 from secfl.spm._vault import SecretVault
@@ -91,6 +91,7 @@ class VolumeRecords:
         def record(tx: Tx) -> dict[str, Any] | Refused:
             refuse_superseded(current_version(tx, policy_name), session.policy_version,
                               policy_name)  # fmt: skip
+            refuse_revoked(tx, policy_name, session)
             key = self.vault.policy_key(tx, policy_name)
             secret = policy.secret(spec.key)
             definition = None if secret is None else sv.definition_digest(secret)
