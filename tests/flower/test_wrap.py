@@ -93,6 +93,10 @@ def test_the_relay_takes_the_superlinks_address_and_nothing_else(env: dict[str, 
         ("superlink", ["--simulation"], "accepts no SuperNodes"),
         ("superlink", ["--control-api-address", "0.0.0.0:9093"], "must stay inside the TEE"),
         ("superlink", ["--auth-list-public-keys", "k.csv"], "registers the attested keys"),
+        # an empty host binds Flower's servers to every interface (a hostile review)
+        ("supernode", ["--host="], "--host has an empty value"),
+        ("supernode", ["--host", ""], "--host has an empty value"),
+        ("supernode", ["--health-server-address", " "], "has an empty value"),
     ],
 )
 def test_flags_that_weaken_a_service_are_refused(
@@ -116,6 +120,16 @@ def test_required_flags(env: dict[str, str], role: str, drop: str, check: str) -
     i = argv.index(drop)
     del argv[i : i + (1 if drop.startswith("--enable") or drop.startswith("--disable") else 2)]
     assert check in refused(role, argv, env)
+
+
+def test_an_empty_superlink_host_is_refused_not_taken_for_loopback(env: dict[str, str]) -> None:
+    """Found by a hostile review: ``--host=`` passed the loopback check as 127.0.0.1,
+    and uvicorn bound Flower's Control API (no authentication) to 0.0.0.0 and [::]."""
+    i = LINK.index("--host")
+    argv = [*LINK[:i], "--host=", *LINK[i + 2 :]]
+    assert "--host has an empty value: give one or leave the flag out" in refused(
+        "superlink", argv, env
+    )
 
 
 def test_ports_are_checked(env: dict[str, str]) -> None:

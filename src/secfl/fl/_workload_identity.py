@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from secfl._internal.files import write_private
 from secfl.errors import FlError, LaunchError
 from secfl.fl._envelope import PrivateKey, PublicKey
 from secfl.fl._injected import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
@@ -85,6 +86,9 @@ class WorkloadIdentity:
     creds: Credentials
     session_token: str = field(repr=False)
     files: Path | None = None
+    #: ``$SECFL_IDENTITY``: where ``secfl run`` left the session token, which other
+    #: processes of the workload (a Flower ServerApp) read; a renewal rewrites it.
+    folder: Path | None = None
     _spm: SpmClient | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -114,6 +118,7 @@ class WorkloadIdentity:
             creds=creds,
             session_token=token,
             files=Path(env["SECFL_FILES"]) if env.get("SECFL_FILES") else None,
+            folder=folder,
         )
 
     # --- the SPM -------------------------------------------------------------------------
@@ -194,6 +199,16 @@ class WorkloadIdentity:
                 ca_pem=enrollment.ca_certificate.encode(),
             )
             self.session_token = enrollment.session_token
+            if self.folder is not None:
+                # the old token's session is over: the workload's other processes read
+                # the file at each use (found by a hostile review: a Flower ServerApp's
+                # audit findings were refused, and lost, after the first renewal)
+                try:
+                    write_private(self.folder / "session.token", self.session_token.encode())
+                except OSError as exc:
+                    log.warning("identity: cannot update %s/session.token: %s (the workload's "
+                                "other processes keep the ended session)", self.folder,
+                                exc.strerror or exc)  # fmt: skip
         _, end = _expiry(self.creds.cert_pem)
         log.info("attested again: new certificate valid until %s", end.isoformat())
         return True

@@ -229,6 +229,11 @@ def parse_flower(role: str, argv: Sequence[str], env: Mapping[str, str]) -> Flow
         if flag in values:
             raise FlowerError(f"flower: {spec.program} {flag} given twice")
         value = expand(value, env)
+        if not value.strip():
+            # an empty host is every interface to Flower's servers (found by a hostile
+            # review: `--host=` passed the loopback check as its default)
+            raise FlowerError(f"flower: {spec.program} {flag} has an empty value: give one or "
+                              "leave the flag out")  # fmt: skip
         values[flag] = value
         out += [flag, value]
     for flag, why in spec.required.items():

@@ -136,7 +136,8 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
     scrub_environment()  # before any connection: no proxy, no TLS key log
     env = dict(os.environ)
     cmd = parse_flower("superlink", flower_argv, env)
-    host = cmd.value("--host", "127.0.0.1") or "127.0.0.1"
+    host = cmd.value("--host")
+    host = "127.0.0.1" if host is None else host  # what Flower gets is what is checked
     check_loopback("flower-superlink (Fleet, Control and Runtime APIs)", host)
     check_health_address(cmd.value("--health-server-address"))
     port = cmd.port(8000)

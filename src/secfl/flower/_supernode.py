@@ -134,7 +134,8 @@ def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
             "flower: supernode needs --fab-sha256 of the approved app (64 hex digits)"
         )
     cmd = parse_flower("supernode", flower_argv, env)
-    host = cmd.value("--host", "127.0.0.1") or "127.0.0.1"
+    host = cmd.value("--host")
+    host = "127.0.0.1" if host is None else host  # what Flower gets is what is checked
     check_loopback("flower-supernode (Runtime API)", host)
     check_health_address(cmd.value("--health-server-address"))
     port = cmd.port(9094)
