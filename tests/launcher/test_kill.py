@@ -289,3 +289,94 @@ def test_the_private_folder_is_never_on_a_disk(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
                           timeout=60, env=env, check=False)  # fmt: skip
     assert done.stdout.startswith("made: ") and done.stdout.split()[-1] == "tmpfs", done.stdout
+
+
+#: A program that unpacks a read-only tree into its TMPDIR (as ``cp -r`` or ``tar x`` of
+#: a read-only folder, or a module cache, does), holding a secret, then ends or waits.
+UNPACK = (
+    "import os, sys, tempfile, time\n"
+    "d = os.path.join(tempfile.gettempdir(), 'unpacked')\n"
+    "os.makedirs(os.path.join(d, 'deeper'))\n"
+    "for name in ('secret.txt', 'deeper/secret.txt'):\n"
+    "    open(os.path.join(d, name), 'w').write(os.environ['TOKEN'])\n"
+    "os.chmod(os.path.join(d, 'deeper'), 0o500)\n"
+    "os.chmod(d, 0o555)\n"
+    "print('FILES_DIR', os.environ['SECFL_FILES'])\n"
+    "print('FILE', os.environ['TOKEN'])\n"
+    "print('READY', flush=True)\n"
+    "time.sleep(60) if sys.argv[1:] == ['wait'] else None\n"
+)
+#: An unprivileged launcher: root without the capabilities that ignore a folder's mode.
+UNPRIVILEGED = ("setpriv", "--bounding-set",
+                "-sys_admin,-dac_override,-dac_read_search,-fowner", "--")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def unpacking(world: World) -> World:
+    argvs = [python(UNPACK), python(UNPACK, "wait")]
+    world._submit({
+        "name": "unpack", "version": 1,
+        "board": {"members": world.board.members(), "threshold": 2},
+        "platforms": {"accept": ["simulated"], "simulation_root": world.root.decode()},
+        "identity_ca": "ca",
+        "services": [{
+            "name": "unpacker", "role": "any",
+            "measurements": {"simulated": [world.plain(a) for a in argvs]},
+            "inject": {"env": {"TOKEN": "$$SECFL::token:hex$$"}},
+        }],
+        "secrets": [{"name": "ca", "kind": "x509-ca", "common_name": "unpack CA"},
+                    {"name": "token", "kind": "random", "size": 16}],
+    })  # fmt: skip
+    return world
+
+
+def _unprivileged() -> tuple[str, ...]:
+    if os.geteuid() != 0:
+        return ()
+    if not _setpriv():
+        pytest.skip("setpriv is not installed: cannot run the launcher without root's overrides")
+    return UNPRIVILEGED
+
+
+@pytest.mark.parametrize("end", ["exit", "kill -9"])
+def test_a_folder_the_program_left_read_only_is_removed_with_its_plaintext(
+    unpacking: World, end: str
+) -> None:
+    """Found by a hostile review: ``shutil.rmtree`` cannot empty a folder of mode 0555
+    without root's override, and the launcher's removal, its watchdog and the next
+    launcher's wipe all ignored the failure: a program that left a read-only folder in
+    its TMPDIR left its plaintext in /dev/shm, after a normal exit and after a SIGKILL."""
+    argv = python(UNPACK, *(["wait"] if end == "kill -9" else []))
+    proc = unpacking.start("unpacker", argv, prefix=_unprivileged(), policy="unpack")
+    try:
+        lines = wait_ready(proc)
+        folder, token = Path(lines["FILES_DIR"]), lines["FILE"]
+        if end == "kill -9":
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+        else:
+            assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+        assert _wait_until(lambda: not folder.exists()), f"left behind: {folder}"
+        assert _holding(token) == []
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_the_next_launcher_wipes_a_stale_read_only_folder(tmp_path: Path) -> None:
+    """The same, for the wipe of a dead launcher's folder (it said nothing, and left it)."""
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    start = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    stale = private.bases()[0] / f"{private.PREFIX}{ns}-{os.getppid()}-{start + 54321}-ro"
+    (stale / "tmp" / "unpacked").mkdir(parents=True)
+    (stale / "tmp" / "unpacked" / "rows.csv").write_text("PLAINTEXT-ROWS\n")
+    (stale / "tmp" / "unpacked").chmod(0o555)
+    try:
+        code = "from secfl.launcher import _private; print(len(_private.wipe_stale()))"
+        wipe = [sys.executable, "-c", code]
+        done = subprocess.run([*_unprivileged(), *wipe], capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert not stale.exists(), f"left behind: {stale} ({done.stdout.strip()} wiped)"
+    finally:
+        subprocess.run(["rm", "-rf", str(stale)], check=False)

@@ -14,6 +14,9 @@
   ``memfd``), which a SIGKILL cannot leave behind; elsewhere, a file in
   :func:`ram_tempdir`, a private (0700) folder in RAM when the system has one.
 
+- :func:`remove_tree`: a private folder removed whole, even where its program left
+  folders read-only (``shutil.rmtree`` alone leaves their files, plaintext say, behind).
+
 - :func:`keep_out`: a folder no later write of this process may land in (a
   workload's private folder, where its keys are). :func:`atomic_open` and
   :func:`append` check where each file they write really is, by its descriptor,
@@ -272,7 +275,33 @@ def ram_tempdir(prefix: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
+
+
+def remove_tree(path: Path | str) -> bool:
+    """Remove the folder ``path`` and all it holds; True if nothing is left.
+
+    A program may leave a folder read-only (``cp -r`` or ``tar x`` of a read-only
+    tree, a module cache): without root's override, ``shutil.rmtree`` cannot empty it
+    and leaves its files. Each folder is given back its owner's rights (0700) before it
+    is listed, so that only what another user owns can stay. Symbolic links are
+    removed, never followed."""
+    stack = [os.fspath(path)]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = os.lstat(folder)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            continue
+        if info.st_mode & 0o700 != 0o700 and info.st_uid == os.geteuid():
+            with suppress(OSError):
+                os.chmod(folder, 0o700)
+        with suppress(OSError), os.scandir(folder) as entries:
+            stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
 
 
 @contextmanager

@@ -46,9 +46,9 @@ too surprising for running unmodified programs.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
-import shutil
 import signal
 import tempfile
 from dataclasses import dataclass, field
@@ -57,6 +57,8 @@ from pathlib import Path
 from secfl._internal import files
 from secfl.errors import LaunchError
 from secfl.launcher import _linux as linux
+
+log = logging.getLogger("secfl.launcher")
 
 __all__ = [
     "PREFIX",
@@ -180,8 +182,11 @@ def wipe_stale(prefix: str = PREFIX) -> list[Path]:
                 with contextlib.suppress(OSError):
                     info = entry.stat(follow_symlinks=False)
                     if entry.is_dir(follow_symlinks=False) and info.st_uid == os.geteuid():
-                        shutil.rmtree(entry.path)
-                        wiped.append(Path(entry.path))
+                        if files.remove_tree(entry.path):
+                            wiped.append(Path(entry.path))
+                        else:
+                            log.warning("files: cannot remove %s, left by a launcher that "
+                                        "ended: remove it by hand", entry.path)  # fmt: skip
     return wiped
 
 
@@ -227,12 +232,12 @@ class PrivateDir:
 
     def remove(self) -> None:
         """Remove every file (and the tmpfs); then let the watchdog go."""
-        shutil.rmtree(self.path, ignore_errors=True)  # the mount point itself stays
+        files.remove_tree(self.path)  # a mount point itself stays
         if self.mounted:
             with contextlib.suppress(OSError):
                 linux.umount(str(self.path), linux.MNT_DETACH)
             self.mounted = False
-            shutil.rmtree(self.path, ignore_errors=True)
+            files.remove_tree(self.path)
         if self._watchdog is not None:
             pid, pipe = self._watchdog
             self._watchdog = None
@@ -282,7 +287,7 @@ def _start_watchdog(path: Path) -> tuple[int, int]:
             os.closerange(read_end + 1, 65536)
             while os.read(read_end, 1):
                 pass
-            shutil.rmtree(path, ignore_errors=True)
+            files.remove_tree(path)
         except BaseException:
             code = 1
         finally:
