@@ -197,6 +197,33 @@ def test_idx_dims_that_wrap_are_refused_in_one_line(tmp_path: Path) -> None:
                            "-o", str(tmp_path / "out"), env=env))  # fmt: skip
 
 
+def test_a_fifo_for_the_fashion_mnist_files_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """Found by a hostile review: the IDX files were opened blocking: a FIFO put in
+    their place hung `secfl data split --task fashion-mnist` for ever."""
+    os.mkfifo(tmp_path / "train-images-idx3-ubyte.gz")
+    for name in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):  # fmt: skip
+        (tmp_path / name).write_bytes(gzip.compress(b"\x00\x00\x08\x01" + bytes(4)))
+    env = {**os.environ, "SECFL_FASHION_MNIST_DIR": str(tmp_path)}
+    done = secfl("data", "split", "--task", "fashion-mnist", "--clients", "2",
+                 "-o", str(tmp_path / "out"), env=env)  # fmt: skip
+    one_line_refusal(done)
+    assert "not a regular file" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("alpha", ["1e-300", "1e308"])
+def test_an_alpha_float32_cannot_hold_is_refused_before_the_split(
+    tmp_path: Path, alpha: str
+) -> None:
+    """Found by a hostile review: such an alpha was split whole, then the shard encoder
+    refused it with a message about the partition's kind."""
+    done = secfl("data", "split", "--task", "digits", "--clients", "2",
+                 "--dirichlet", alpha, "-o", str(tmp_path / "out"))  # fmt: skip
+    one_line_refusal(done)
+    assert "dirichlet alpha: " in done.stderr and "float32" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_idx_gzip_bomb_is_not_unpacked_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

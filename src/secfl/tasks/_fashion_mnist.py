@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
+from secfl._internal import files
 from secfl.errors import TaskError
 from secfl.tasks._base import ClassificationTask, Scaling
 
@@ -78,7 +79,8 @@ MAX_IDX_BYTES = 256 << 20
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """An unsigned-byte IDX array (gzip-compressed), checked against its own header."""
     try:
-        with gzip.open(path, "rb") as handle:
+        # a regular file only: a FIFO planted there hung the split (a hostile review)
+        with files.open_regular(path) as fh, gzip.GzipFile(fileobj=fh, mode="rb") as handle:
             raw = handle.read(MAX_IDX_BYTES + 1)
     except FileNotFoundError:
         raise TaskError(f"fashion-mnist: {path} not found; {INSTALL_HINT}") from None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -346,13 +345,13 @@ def _check_args(
         raise TaskError(f"clients: {clients!r} is not from 1 to {MAX_CLIENTS}")
     if alpha is None and not iid:
         raise TaskError("a non-IID split needs a Dirichlet alpha (--dirichlet ALPHA)")
-    if alpha is not None and (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, int | float)
-        or not math.isfinite(alpha)
-        or alpha <= 0
-    ):
-        raise TaskError(f"dirichlet alpha: {alpha!r} is not a finite number > 0")
+    if alpha is not None and not _positive32(alpha):
+        # float32, as the shards record it: 1e-300 and 1e308 were split whole, then
+        # refused by the shard encoder with a misleading message (a hostile review)
+        raise TaskError(
+            f"dirichlet alpha: {alpha!r} is not a number > 0 that float32 holds "
+            "(from 1e-38 to 3e38)"
+        )
     for what, value in (("validation", validation_fraction), ("test", test_fraction)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
             raise TaskError(f"{what} fraction: {value!r} is not between 0 and 1")
@@ -360,6 +359,18 @@ def _check_args(
         raise TaskError("validation and test fractions leave under 10% of the data to train on")
     if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
         raise TaskError(f"min_samples: {min_samples!r} is not a positive integer")
+
+
+def _positive32(value: Any) -> bool:
+    """A number whose float32 is finite and > 0 (and not below float32's normal range)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        with np.errstate(over="ignore"):
+            single = np.float32(value)
+    except OverflowError:
+        return False
+    return bool(np.isfinite(single) and single >= np.finfo(np.float32).tiny)
 
 
 def _check_folder(folder: Path, overwrite: bool) -> None:

@@ -288,7 +288,10 @@ def _float(
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
         raise TaskError(f"training config: {key} must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer past float's range (10**400)
+        number = math.inf
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
         bound = "> 0" if positive else ">= 0"
         raise TaskError(f"training config: {key} must be a finite number {bound}, got {value!r}")
