@@ -8,6 +8,7 @@ The FastAPI app (``secfl.spm._app``) is a thin layer over this class.
 
 It is assembled from parts with one job each, and passes them what they need:
 :class:`~secfl.spm._policy_cache.PolicyCache` (policy versions and revocations),
+:class:`~secfl.spm._policy_intake.PolicyIntake` (the board's new policy versions),
 :class:`~secfl.spm._attestation.Attestor` (workload attestation and release),
 :class:`~secfl.spm._sessions.SessionGate` (session tokens, checked at each use),
 :class:`~secfl.spm._revoker.Revoker` (the board's revocation statements),
@@ -19,18 +20,13 @@ It is assembled from parts with one job each, and passes them what they need:
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from secfl._internal.values import one_line
-from secfl.errors import PolicyError, Refused, SpmError
-from secfl.policy._canonical import canonical_bytes, digest
-from secfl.policy._document import load_policy
+from secfl.errors import Refused
 from secfl.policy._model import Policy
-from secfl.policy._new_version import check_new_version
-from secfl.policy._signatures import POLICY_DOMAIN, REVOCATION_DOMAIN, Signature, check_approval
+from secfl.policy._signatures import REVOCATION_DOMAIN
 from secfl.spm._attestation import Attestor, AttestResult
 from secfl.spm._audit import AuditEntry
 from secfl.spm._collateral import CollateralSource
@@ -42,6 +38,7 @@ from secfl.spm._increment import Increment
 from secfl.spm._masterkey import MasterKey
 from secfl.spm._nonces import NonceIssuer
 from secfl.spm._policy_cache import CURRENT_TTL, PolicyCache
+from secfl.spm._policy_intake import PolicyIntake
 from secfl.spm._refusals import RefusalBudget
 from secfl.spm._report_data import spm_report_data
 from secfl.spm._revocation import revocation_digest, revocation_doc
@@ -109,6 +106,7 @@ class Spm:
             refusals=self.refusals,
             collateral=collateral,
         )
+        self.intake = PolicyIntake(store, self.policies, self.vault, self._audit_refusal)
         self.revoker = Revoker(store, self.policies, self.group, self.refusals)
         self.volumes = VolumeRecords(store, self.policies, self.sessions, self.vault, self.group)
         #: ``secfl status`` answers, from the verified log's facts (filled at start by
@@ -196,94 +194,7 @@ class Spm:
     def submit_policy(self, document: str, signatures: list[dict[str, Any]]) -> PolicyRecord:
         """Accept a new policy or version if its board rule is met and it follows the
         current version; otherwise refuse it, change nothing, and audit the refusal."""
-        try:
-            policy = load_policy(document)
-            check_new_version(policy)
-        except PolicyError as exc:
-            self._audit_refusal("policy.refused", None, {"reason": one_line(str(exc))})
-            raise Refused(str(exc), 400) from None
-        policy_digest = digest(policy)
-        try:
-            sigs = [Signature.model_validate(s) for s in signatures]
-        except Exception as exc:
-            raise Refused(f"policy: malformed signature ({type(exc).__name__})", 400) from None
-        now = datetime.now(UTC)
-        approved = False  # refusals before the board's signatures check out cost nothing
-        try:
-            with self.store.transaction() as tx:
-                current = tx.policies.current(policy.name)
-                previous: Policy | None = None
-                if current is None:
-                    if policy.version != 1 or policy.predecessor:
-                        raise Refused(
-                            f"predecessor: there is no policy '{policy.name}' yet, so this must "
-                            "be version 1 with an empty predecessor",
-                            409,
-                        )
-                    board = policy.board
-                else:
-                    if (
-                        policy.predecessor != current.digest
-                        or policy.version != current.version + 1
-                    ):
-                        raise Refused(
-                            f"predecessor: the current version of '{policy.name}' is "
-                            f"{current.version} with digest {current.digest}; this document is "
-                            f"version {policy.version} after {policy.predecessor or '(none)'}; "
-                            f"make it version {current.version + 1} with that predecessor "
-                            "(`secfl policy next` on the current version's file does)",
-                            409,
-                        )
-                    previous = Policy.model_validate_json(current.document)
-                    board = previous.board
-                    if policy.identity_ca != previous.identity_ca:
-                        raise Refused(
-                            f"identity_ca: version {current.version} names "
-                            f"'{previous.identity_ca}', this one '{policy.identity_ca}': the "
-                            "identity CA cannot change (every peer trusts what it issues, and "
-                            "an earlier version may have released another CA's key or "
-                            "certificates); to start over with a new CA, submit a policy of "
-                            "another name",
-                            400,
-                        )
-                try:
-                    approvers = check_approval(board, policy_digest, sigs, domain=POLICY_DOMAIN)
-                except PolicyError as exc:
-                    raise Refused(str(exc), 403) from None
-                approved = True
-                try:
-                    self.vault.provision(tx, policy, now, previous)
-                except Refused:
-                    raise
-                except SpmError as exc:
-                    raise Refused(str(exc), 400) from None
-                record = PolicyRecord(
-                    name=policy.name,
-                    version=policy.version,
-                    digest=policy_digest,
-                    predecessor=policy.predecessor,
-                    document=canonical_bytes(policy).decode(),
-                    signatures=json.dumps([s.model_dump(mode="json") for s in sigs]),
-                    created_at=now,
-                )
-                tx.policies.add(record)
-                self.policies.forget(policy.name)
-                tx.audit.append(
-                    "policy.accepted",
-                    policy.name,
-                    {"version": policy.version, "digest": policy_digest, "approvers": approvers},
-                )
-        except Refused as exc:
-            self.policies.forget(policy.name)
-            self._audit_refusal(
-                "policy.refused",
-                policy.name,
-                {"version": policy.version, "digest": policy_digest, "reason": one_line(str(exc))},
-                verified=approved,
-            )
-            raise
-        self.policies.forget(policy.name)
-        return record
+        return self.intake.submit(document, signatures)
 
     # --- counters -------------------------------------------------------------------------
 
