@@ -90,6 +90,18 @@ def test_a_run_that_does_not_go_up_is_refused(v1: Path, capsys: Capsys) -> None:
     assert call(capsys, "policy", "next", str(v2), "--set", "run=5")[0] == 0
 
 
+def test_the_highest_run_has_no_next_run(v1: Path, capsys: Capsys) -> None:
+    """It wrote run 2**31 + 1, which the schema refuses (and `validate` then said so)."""
+    assert call(capsys, "policy", "next", str(v1), "--set", f"run={2**31}")[0] == 0
+    v2 = v1.with_name("policy-v2.yaml")
+    error = failed(capsys, "policy", "next", str(v2))
+    assert error == (
+        f"error: version 2 trains run {2**31}, the highest run number: a new version would "
+        "be a new run; start a policy of another name\n"
+    )
+    assert not v1.with_name("policy-v3.yaml").exists()
+
+
 def test_an_argument_is_quoted_as_given_never_as_an_emoji(world: Path, capsys: Capsys) -> None:
     """`:warning:` in a file name was shown as the emoji (Rich's emoji codes)."""
     error = failed(capsys, "policy", "next", ":warning:.yaml")

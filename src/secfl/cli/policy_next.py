@@ -42,6 +42,10 @@ def next_path(current: str, version: int) -> str:
     return str(path.with_name(f"{stem}-v{version}{path.suffix or '.yaml'}"))
 
 
+#: The highest run number a policy may give (``federation.run``).
+MAX_RUN = 2**31
+
+
 def _check_run(given: object, run: int, version: int) -> None:
     """Refuse a ``--set run`` that does not go above the current version's run: the new
     version would train as a new run under an old run's number."""
@@ -94,6 +98,11 @@ def next_cmd(
         )  # fmt: skip
         # every version trains a run of its own: its number says so in logs and status
         run = FederationConfig.parse(current.federation).run
+        if run >= MAX_RUN:
+            raise UsageError(
+                f"version {current.version} trains run {run}, the highest run number: a new "
+                "version would be a new run; start a policy of another name"
+            )
         if not any(v.partition("=")[0].strip() == "run" for v in set_ or []):
             federation["run"] = run + 1
         else:
