@@ -350,3 +350,40 @@ def test_a_value_may_come_from_a_pipe_as_a_shell_gives_it(world: Path) -> None:
     policy = load_policy_file(world / "policy.yaml")
     assert [m.name for m in policy.board.members] == ["alice", "bob", "carol"]
     assert policy.platforms.simulation_root is not None
+
+
+def test_seal_secret_refuses_what_no_policy_can_name(
+    board: tuple[Path, Path], capsys: Capsys, tmp_path: Path
+) -> None:
+    """A secret or policy name outside the policy's name rule, or a board key of a kind
+    no board can have (RSA), was sealed, and refused only once the board's policy named
+    it (a review)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from secfl.shield import generate_key, write_key_file
+
+    _, keys = board
+    key_file = tmp_path / "data.key"
+    write_key_file(key_file, generate_key())
+    rsa_pub = tmp_path / "rsa.pub"
+    rsa_pub.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    alice, bob = str(keys / "alice.pub"), str(keys / "bob.pub")
+
+    def seal(policy: str, secret: str, second: str) -> str:
+        return failed(capsys, "policy", "seal-secret", "--key-file", str(key_file), "--policy",
+                      policy, "--secret", secret, "--spm", "https://127.0.0.1:9", "--spm-pin",
+                      "0" * 64, "--board-key", alice, "--board-key", second,
+                      "--threshold", "2")  # fmt: skip
+
+    assert seal("p", "data key", bob).startswith(
+        "error: --secret 'data key': not a name a policy can have"
+    )
+    assert seal("-p", "data-key", bob).startswith("error: --policy '-p': not a name a policy")
+    err = seal("p", "data-key", str(rsa_pub))
+    assert err.startswith(f"error: --board-key: '{rsa_pub}': ") and "RSA" in err, err
+    assert err.count("\n") == 1

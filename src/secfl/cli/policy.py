@@ -13,6 +13,7 @@ from secfl.cli import revocation
 from secfl.cli._common import err, out, read_input, replaces_file, write_output
 from secfl.cli.policy_init import init_cmd
 from secfl.cli.policy_next import next_cmd
+from secfl.cli.policy_seal import seal_secret_cmd
 from secfl.errors import PolicyError, UsageError
 
 __all__ = [
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 app.command("init")(init_cmd)
 app.command("next")(next_cmd)
+app.command("seal-secret")(seal_secret_cmd)
 
 KEY_KINDS: tuple[KeyKind, ...] = ("ed25519", "ecdsa-p256")
 
@@ -319,75 +321,6 @@ def submit_cmd(
         f"accepted: policy {reply['name']} version {reply['version']}, digest {reply['digest']}",
         markup=False,
     )
-
-
-@app.command("seal-secret")
-def seal_secret_cmd(
-    key_file: Annotated[str, typer.Option(help="The secret: a key file (`secfl shield keygen`).")],
-    policy: Annotated[str, typer.Option(help="The policy name the secret belongs to.")],
-    secret: Annotated[str, typer.Option(help="The secret's name in the policy.")],
-    spm: Annotated[str, typer.Option(help="SPM URL, https://HOST:PORT.")],
-    spm_pin: Annotated[
-        str, typer.Option(help="SHA-256 of the SPM's TLS key (`secfl spm verify`).")
-    ],
-    board_key: Annotated[
-        list[str],
-        typer.Option(
-            "--board-key",
-            help="A board member's public key (PEM file); give every member's.",
-        ),
-    ],
-    threshold: Annotated[
-        int, typer.Option(min=1, max=64, help="How many members must approve (the board's m).")
-    ],
-    required_key: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--required-key",
-            metavar="KEY.pub",
-            help="A member whose signature every approval needs (repeat): as board.required.",
-        ),
-    ] = None,
-) -> None:
-    """Seal your key to the pinned SPM for one board; print the policy's ``sealed:`` value.
-
-    The SPM opens it only under a version of this policy approved by exactly this
-    board: these members' keys with this threshold, and with --required-key the members
-    every approval needs (the policy's board.required): whoever registers the name
-    first with another board gets nothing, nor do members who drop a required one."""
-    from secfl.errors import SpmError
-    from secfl.shield import key_from_file
-    from secfl.spm._sealing import board_binding, member_key_digest, seal_imported
-    from secfl.spm.client import SpmClient
-
-    value = key_from_file(key_file)
-    keys = [read_input(path, "board member key").decode("utf-8", "replace") for path in board_key]
-    for path, pem in zip(board_key, keys, strict=True):
-        if "-----BEGIN PUBLIC KEY-----" not in pem:  # a private key given by mistake, say
-            raise UsageError(
-                f"--board-key: '{path}' is not a PEM public key (give each member's .pub file)"
-            )
-    seen: dict[str, str] = {}
-    for path, pem in zip(board_key, keys, strict=True):
-        digest = member_key_digest(pem)
-        if digest in seen:  # one member counted twice: a board no policy can have
-            raise UsageError(
-                f"--board-key: '{path}' is the same key as '{seen[digest]}': give each "
-                "member's once"
-            )
-        seen[digest] = path
-    if threshold > len(keys):
-        raise SpmError(
-            f"seal: the threshold {threshold} is more than the {len(keys)} board keys given"
-        )
-    required = [read_input(path, "required member key").decode("utf-8", "replace")
-                for path in required_key or []]  # fmt: skip
-    if any(pem not in keys for pem in required):
-        raise UsageError("--required-key: give the same .pub file as that member's --board-key")
-    board = board_binding(keys, threshold, required)
-    with SpmClient(spm, pin=spm_pin) as client:
-        sealed = seal_imported(value, client.public_key(), policy, secret, board)
-    out.print(sealed, markup=False)
 
 
 # --- revocation by the board: secfl.cli.revocation (also `secfl revoke`, `secfl revocations`)
