@@ -5,7 +5,10 @@ author_key_digest of all zeros, whatever code it runs; no SGX enclave has a sign
 zeros. An identity pinning one of them as zeros counted as naming code: a policy
 `{id_key_digest: 00...}` accepted any such guest, and a client expecting it any SPM.
 A new version is now refused naming the field, a version stored before accepts
-nothing by it, and a client does not trust an SPM by it.
+nothing by it, and a client does not trust an SPM by it. The same for a TD's RTMR1
+and RTMR2, which stay zero when its boot measures nothing into them (Intel's own
+outdated-platform quote reports both as zeros): pinned as zeros, they accepted any
+kernel and root file system on that firmware.
 """
 
 from __future__ import annotations
@@ -63,6 +66,29 @@ def test_a_new_version_may_not_pin_code_by_zeros(kind: str, field: str) -> None:
     check_new_version(pinning(kind, {field: "ab" * (len(zeros) // 2)}))  # a real key
     if kind == "snp":  # "this code, launched without an ID block": still a fine identity
         check_new_version(pinning(kind, {"measurement": "cd" * 48, field: zeros}))
+
+
+@pytest.mark.parametrize("field", ["rtmr1", "rtmr2"])
+def test_a_new_version_may_not_pin_a_tds_kernel_by_zeros(field: str) -> None:
+    td = {"mrtd": "ab" * 48, "rtmr1": "cd" * 48, "rtmr2": "ef" * 48}
+    with pytest.raises(PolicyError) as info:
+        check_new_version(pinning("tdx", {**td, field: ZEROS}))
+    assert str(info.value).startswith(
+        f"policy: services.aggregator.measurements.tdx[0].{field} is all zeros, which every "
+        "workload whose boot extended nothing into it reports whatever code it runs: pin mrtd "
+    )
+    check_new_version(pinning("tdx", td))
+
+
+def test_a_td_that_measured_no_kernel_is_not_trusted_by_zeros(vectors: Path) -> None:
+    """Intel's TDX v5 quote: a TD whose RTMR1 and RTMR2 are zeros (nothing measured)."""
+    from secfl.tee._intel_quote import parse_quote
+
+    quote = parse_quote((vectors / "intel" / "tdx_v5_quote_outdated.bin").read_bytes())
+    td = {k: quote.field(k).hex() for k in ("mrtd", "rtmr1", "rtmr2")}
+    assert td["rtmr1"] == td["rtmr2"] == ZEROS
+    with pytest.raises(Refused, match="^measurement: no tdx identity .* names code"):
+        check_measurements(pinning("tdx", td), "aggregator", "tdx", td)
 
 
 def test_a_stored_version_accepts_no_guest_by_zeros(vectors: Path) -> None:

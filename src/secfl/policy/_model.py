@@ -116,10 +116,19 @@ CODE_FIELDS: dict[Kind, dict[str, int]] = {
 CODE_ALL: frozenset[Kind] = frozenset({"tdx"})
 
 
-#: Code fields whose value of all zeros names no code: what every SEV-SNP guest launched
-#: without an ID block (or author key) reports, whatever it runs; no SGX signer has it.
-#: Pinned alone, it accepted any such guest (found by a review).
-ZEROS_NAME_NO_CODE: frozenset[str] = frozenset({"id_key_digest", "author_key_digest", "mrsigner"})
+#: Code fields whose value of all zeros names no code, and which workloads report it
+#: whatever they run: every SEV-SNP guest launched without an ID block (or author key);
+#: no SGX signer has it; a TD's RTMR1 and RTMR2 stay zero when its boot extends nothing
+#: into them (its kernel, its command line and so the root file system's hash go
+#: unmeasured). Pinned, each accepted any such workload (found by reviews).
+ZEROS_MEAN: dict[str, str] = {
+    "id_key_digest": "launched without that key",
+    "author_key_digest": "launched without that key",
+    "mrsigner": "launched without that key",
+    "rtmr1": "whose boot extended nothing into it",
+    "rtmr2": "whose boot extended nothing into it",
+}
+ZEROS_NAME_NO_CODE: frozenset[str] = frozenset(ZEROS_MEAN)
 
 
 def pins_code(kind: Kind, identity: dict[str, str | int]) -> bool:
@@ -140,8 +149,8 @@ def no_code_text(kind: Kind, identity: dict[str, str | int], where: str) -> str:
         value = identity.get(name)
         if name in ZEROS_NAME_NO_CODE and _is_hex(value, digits) and not str(value).strip("0"):
             return (
-                f"{where}.{name} is all zeros, which every workload launched without that "
-                f"key reports whatever code it runs: pin {code_fields_text(kind)} by a real value"
+                f"{where}.{name} is all zeros, which every workload {ZEROS_MEAN[name]} "
+                f"reports whatever code it runs: pin {code_fields_text(kind)} by a real value"
             )
     return f"{where} pins no code: it accepts any {kind} workload; pin {code_fields_text(kind)}"
 

@@ -48,7 +48,7 @@ def expected_identity(claims: Claims, expected: Sequence[str]) -> None:
     identity must (:func:`~secfl.policy._model.pins_code`). A TD is named by its mrtd,
     rtmr1 and rtmr2 together: an SPM expected by its MRTD alone (the firmware) was any
     SPM booted on that firmware (found by a review)."""
-    from secfl.policy._model import CODE_ALL, ZEROS_NAME_NO_CODE, code_fields_text, pins_code
+    from secfl.policy._model import CODE_ALL, ZEROS_MEAN, code_fields_text, pins_code
     from secfl.spm._evidence_checks import snp_guest_refusal
 
     primary = str(next(iter(claims.measurements.values()), "")).lower()
@@ -71,19 +71,19 @@ def expected_identity(claims: Claims, expected: Sequence[str]) -> None:
     if guest is not None:
         raise VerificationError(f"measurement: {guest} in the expected measurement")
     zeros = [  # expectations that name code only by zeros
-        f"{k}={v[:8]}…"
+        (f"{k}={v[:8]}…", ZEROS_MEAN[k])
         for pins in (
             dict(p.partition("=")[::2] for p in t.strip().lower().split(",")) for t in expected
         )
         if not pins_code(claims.kind, pins)  # type: ignore[arg-type]
         for k, v in pins.items()
-        if k in ZEROS_NAME_NO_CODE and v and not v.strip("0")
+        if k in ZEROS_MEAN and v and not v.strip("0")
     ]
     if zeros:
+        shown, how = zeros[0]
         raise VerificationError(
-            f"measurement: the expected {zeros[0]} is all zeros, which every {claims.kind} SPM "
-            "launched without that key reports whatever it runs: expect "
-            f"{code_fields_text(claims.kind)}"
+            f"measurement: the expected {shown} is all zeros, which every {claims.kind} SPM "
+            f"{how} reports whatever it runs: expect {code_fields_text(claims.kind)}"
         )
     if claims.kind in CODE_ALL and not any("=" in t for t in expected):
         raise VerificationError(
