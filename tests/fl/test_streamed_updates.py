@@ -307,3 +307,41 @@ def test_sites_queued_behind_other_uploads_are_not_dropped_as_silent(fed: Federa
         agg.server.stop(None)
         for raw in raws:
             raw.close()
+
+
+def test_a_site_uploading_longer_than_dead_after_is_not_dropped_in_canonical_order(
+    fed: Federation,
+) -> None:
+    """Found by a hostile review: a whole update (canonical order, a robust rule) marked
+    its sender seen once, at its header; a site whose upload took longer than
+    ``dead_after`` was dropped as silent while its bytes kept arriving, its update then
+    refused, in every attempt (a large model on a slow link: no attacker needed)."""
+    settings = {"rounds": 1, "min_clients": 2, "quorum": 2, "max_attempts": 1,
+                "round_timeout": 30, "heartbeat": 0.5, "dead_after": 2.0,
+                "join_timeout": 30, "seed": 3, "strategy": "median",
+                "aggregation_order": "canonical"}  # fmt: skip
+    wide = Federation(WideDigits(), fed.shards, fed.authority, fed.key)
+    names = [site(0), site(1)]
+    agg = wide.aggregator(settings, services=names)
+    raws = [RawClient(wide, agg.port, name) for name in names]
+    try:
+        for raw in raws:
+            raw.join()
+        run = Background(agg.run, "aggregator")
+        run.start()
+        trained = [raw.train() for raw in raws]
+        for raw in raws:  # heard from just now: only the upload's length can count
+            raw.client.unary(BEAT, msg.encode({"kind": "beat"}))
+        quick = Background(functools.partial(slow_upload, raws[0], *trained[0][:2], 0.1), "q")
+        slow = Background(functools.partial(slow_upload, raws[1], *trained[1][:2], 5.0), "s")
+        quick.start()
+        slow.start()
+        assert [quick.outcome()["kind"], slow.outcome()["kind"]] == ["accepted"] * 2
+        run.outcome()
+        entry = agg.history[-1]
+        assert sorted(entry["participants"]) == names and entry["dropped"] == []
+    finally:
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        for raw in raws:
+            raw.close()

@@ -88,7 +88,8 @@ class Submissions:
             pieces = _marked(pieces, marks)
             head = self._vetted_head(pieces, peer, a)
             with self._one_call(peer, a):
-                reply = self._submit(itertools.chain((head,), self._open(pieces, a)), peer, a)
+                opened = self._open(pieces, a, peer)
+                reply = self._submit(itertools.chain((head,), opened), peer, a)
         with self.cond:
             a = self.attempt
             if a is not None and len(marks) == 2:
@@ -252,16 +253,24 @@ class Submissions:
             if end is not None:
                 end()
 
-    def _open(self, pieces: Iterator[bytes], a: Attempt) -> Iterator[bytes]:
+    def _open(self, pieces: Iterator[bytes], a: Attempt, peer: Peer) -> Iterator[bytes]:
         """``pieces`` while ``a`` is open: an update still arriving when its attempt
-        closed is dropped at its next piece, not buffered on into the next attempt."""
+        closed is dropped at its next piece, not buffered on into the next attempt. Its
+        sender is seen as pieces arrive (once a second): a site uploading for longer
+        than ``dead_after`` is busy, not silent (found by a hostile review: it was
+        dropped mid-upload, every attempt, in canonical order)."""
+        seen = time.monotonic()
         for piece in pieces:
+            now = time.monotonic()
             with self.cond:
                 if not a.open:
                     raise FlError(
                         f"protocol: round {a.round} attempt {a.number} closed while the update "
                         "was arriving"
                     )
+                if now - seen >= 1.0:
+                    self._seen(peer)
+                    seen = now
             yield piece
 
     def _submit(self, pieces: Iterator[bytes], peer: Peer, a: Attempt) -> bytes:
@@ -279,18 +288,22 @@ class Submissions:
         try:
             update = self._update(header, payload, peer.service, a)
             check_update(update, a.global_params)
-            if a.accumulator is not None:
-                with self._fold:
+            # vetted again, then counted, while the round loop cannot close the attempt's
+            # books (it takes ``_fold`` once the attempt is closed): a check that outlasted
+            # the attempt counts nowhere, not in the model without being listed (a review)
+            with self._fold:
+                with self.cond:
+                    self._vet(header, peer, a)
+                if a.accumulator is not None:
                     a.accumulator.add(update)
+                with self.cond:
+                    kept = update if a.accumulator is None else without_tensors(update)
+                    a.updates[peer.service] = kept
+                    self._settled(a)
         except FlError as exc:
-            with self.cond:
-                a.refused[peer.service] = str(exc)
-                self._settled(a)
+            self._refused(a, peer, str(exc))
             log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
             raise
-        with self.cond:
-            a.updates[peer.service] = update if a.accumulator is None else without_tensors(update)
-            self._settled(a)
         return msg.encode({"kind": "accepted", "round": a.round, "attempt": a.number})
 
     def _lose(self, a: Attempt, name: str, why: str) -> None:

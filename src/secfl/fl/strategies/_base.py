@@ -133,6 +133,8 @@ class Accumulator(ABC):
         if update.sender in self.senders:
             raise FlError(f"aggregate: two updates from '{update.sender}' in one round")
         self._add(update)
+        if self._finished:  # aggregated while it was checked: it counts nowhere
+            raise FlError("aggregate: the round was aggregated while this update was checked")
         self.senders.append(update.sender)
 
     def finish(self) -> Params:
