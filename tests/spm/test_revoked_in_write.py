@@ -5,8 +5,9 @@ call was admitted, from a view each SPM re-reads once a second, and not again in
 transaction that writes. Two SPMs share a database (replicas): one takes the board's
 revocation of the aggregator; the other, whose view is still fresh, let the revoked
 aggregator move the federation's counter and post findings after the revocation, in
-the log and in the counter. Now each session write checks the revocations in its own
-transaction."""
+the log and in the counter; the review of the fix found attestation (secrets and a
+certificate released) the same. Now each such write checks the revocations that name
+the workload in its own transaction."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def test_a_replicas_revocation_stops_a_write_admitted_before_it(
 
             assert ca.increment("p", "round", agg.session_token) == 1  # a's view: fresh
             cb.revoke("p", statement, sigs)
+            # the release of secrets and a certificate (the review of the fix)
+            with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
+                enroll(ca, platform, "p", "aggregator", measurement=AGGREGATOR_MR)
             with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
                 ca.increment("p", "round", agg.session_token)
             with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
@@ -56,6 +60,7 @@ def test_a_replicas_revocation_stops_a_write_admitted_before_it(
             events = [e["event"] for e in cb.audit(0, 10000)["entries"]]
             after = events[events.index("revocation.added") :]
             assert "counter.incremented" not in after and "fl.audit.excluded" not in after
+            assert "secrets.released" not in after and "certificate.issued" not in after
     finally:
         a.stop()
         b.stop()

@@ -37,7 +37,7 @@ from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._refusals import RefusalBudget
 from secfl.spm._renewal import end_replaced
 from secfl.spm._report_data import csr_public_key_sha256, workload_report_data
-from secfl.spm._revocation import revoked_reason
+from secfl.spm._revocation import revocation_keys, revoked_reason
 from secfl.spm._sealing import release_key
 from secfl.spm._store import PolicyRecord
 from secfl.spm._tx import Tx
@@ -232,6 +232,13 @@ class Attestor:
                 f"{record.version} while this attestation was checked: attest again",
                 409,
             )
+        # revoked while this attestation was checked (the check above read a cached
+        # view, which another SPM sharing the database does not refresh: a review)
+        identity = claims_identity(claims)
+        keys = revocation_keys(service_name, "", identity)
+        revoked = revoked_reason(tx.revocations.of(policy.name, keys), service_name, "", identity)
+        if revoked is not None:
+            raise Refused(f"revoked: {revoked}")
         service = policy.service(service_name)
         assert service is not None
         token = secrets.token_urlsafe(32)

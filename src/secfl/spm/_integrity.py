@@ -289,6 +289,11 @@ class Floors:
         with self.lock:
             return set(self.revoked.get(policy, ()))
 
+    def revoked_of(self, policy: str, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``keys`` (kind, subject) this SPM knows were revoked in ``policy``."""
+        with self.lock:
+            return keys & self.revoked.get(policy, set())
+
     # -- changes (applied once their transaction committed)
     def apply(self, change: tuple[Any, ...]) -> None:
         what = change[0]

@@ -21,6 +21,7 @@ __all__ = [
     "platform_ids",
     "revocation_digest",
     "revocation_doc",
+    "revocation_keys",
     "revoked_reason",
     "session_identity",
 ]
@@ -162,6 +163,20 @@ def platform_id(platform: dict[str, str]) -> str:
     :func:`platform_ids`; empty when none names it)."""
     ids = platform_ids(platform)
     return ids[0] if ids else ""
+
+
+def revocation_keys(service: str, serial: str, identity: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every (kind, subject) whose revocation would stop this workload: what
+    :func:`revoked_reason` looks for, to look up only those."""
+    keys = {("service", service)}
+    if serial:
+        keys.add(("certificate", serial))
+    keys |= {("measurement", str(v).lower()) for v in identity.get("measurements", {}).values()}
+    named = identity.get("platforms")
+    if not isinstance(named, list):
+        named = [identity.get("platform", "")]
+    keys |= {("platform", pid) for pid in named if pid}
+    return keys
 
 
 def revoked_reason(

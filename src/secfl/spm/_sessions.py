@@ -17,7 +17,7 @@ from secfl.policy._model import Policy, Service
 from secfl.spm._evidence_checks import check_measurements, platform_refusal
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._renewal import ENDED
-from secfl.spm._revocation import revoked_reason, session_identity
+from secfl.spm._revocation import revocation_keys, revoked_reason, session_identity
 from secfl.spm._store import SessionRecord, Store
 from secfl.spm._tx import Tx
 
@@ -142,9 +142,9 @@ def refuse_revoked(tx: Tx, policy_name: str, session: SessionRecord) -> None:
     admission reads a cached view, and a revocation may commit while the call waits
     for its write; run in the same transaction, the log never holds a revoked
     session's write after its revocation."""
-    refusal = revoked_reason(
-        tx.revocations.in_force(policy_name), session.service, session.serial,
-        session_identity(session),
-    )  # fmt: skip
+    identity = session_identity(session)
+    keys = revocation_keys(session.service, session.serial, identity)
+    revoked = tx.revocations.of(policy_name, keys)  # its own keys only: the hot path
+    refusal = revoked_reason(revoked, session.service, session.serial, identity)
     if refusal is not None:
         raise Refused(f"revoked: {refusal}; this session is over", 401)

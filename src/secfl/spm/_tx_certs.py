@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 
 from secfl._internal.values import quoted
 from secfl.errors import SpmError
@@ -146,6 +146,21 @@ class Revocations(TxView):
         knows was revoked even if a row went missing (fail closed)."""
         found = {(r.kind, r.subject) for r in self.of_policy(policy)}
         return found | self._floor_revoked(policy)
+
+    def of(self, policy: str, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``keys`` (kind, subject) are revoked in ``policy``: their rows (each
+        MAC checked) and what this SPM knows was revoked. For a session's write, which
+        names a handful of keys: the rows of other subjects are neither read nor checked."""
+        if not keys:
+            return set()
+        t = revocations_table
+        named = or_(*(and_(t.c.kind == kind, t.c.subject == subject) for kind, subject in keys))
+        found = set()
+        for r in self._c().execute(select(t).where(t.c.policy == policy, named)):
+            self._verify(t, r, f"a revocation of policy '{policy}'")
+            found.add((r.kind, r.subject))
+        floors = self._floors
+        return found | (set() if floors is None else floors.revoked_of(policy, keys))
 
     def of_policy(self, policy: str) -> list[RevocationRecord]:
         """The revocation rows of ``policy``, oldest first, each MAC checked."""
