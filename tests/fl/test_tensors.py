@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secfl.errors import FlError
+from secfl.fl import _arrays
 from secfl.fl import _tensors as tensors
 from secfl.fl._tensors import (
     check_like,
@@ -282,7 +283,7 @@ def test_check_like_refusals_name_the_tensor(change, message: str) -> None:  # t
 
 
 def test_check_like_finds_nan_beyond_the_first_scan_block() -> None:
-    reference = {"big": np.zeros(tensors._SCAN_BLOCK * 3 + 5, dtype=np.float32)}
+    reference = {"big": np.zeros(_arrays._SCAN_BLOCK * 3 + 5, dtype=np.float32)}
     update = {"big": np.zeros_like(reference["big"])}
     update["big"][-1] = np.nan
     with pytest.raises(FlError, match="'big' holds NaN"):

@@ -36,8 +36,9 @@ Training:
 
 Models on the wire and on disk:
 
-- :mod:`secfl.fl._tensors` — models and updates as safetensors bytes (never pickle),
-  checks against the model, NaN/Inf refusal;
+- :mod:`secfl.fl._tensors` — models and updates as safetensors bytes (never pickle);
+- :mod:`secfl.fl._arrays` — tensors as numpy arrays (torch in and out), checks against
+  the model, NaN/Inf refusal;
 - :mod:`secfl.fl._chunks` — a buffer streamed in chunks, reassembled under a size limit;
 - :mod:`secfl.fl._envelope` — signed global models bound to policy, round and SPM
   counter (freshness);
