@@ -28,25 +28,14 @@ aggregate for that round, reported, and written to the audit log. Everything run
 inside the aggregator's TEE, on updates it already holds: no participant learns
 the others' updates.
 
-The commit guard (``guard``, default 0.1) covers the rounds before suspicion has
-built up: when the real aggregate scores below the round's best clone by more than
-``guard`` (a relative increase in validation loss), something in it still harms
-the model, typically a model-replacement update not yet excluded, and the best
-clone's model is committed instead (``AuditRound.fell_back``). An honest
-aggregate of every update scores at least as well as a clone of a quarter of
-them, so honest rounds rarely fall back. ``guard: null`` turns it off.
+The commit guard (``guard``, default 0.1; :mod:`._audit_commit`) covers the rounds
+before suspicion has built up: an aggregate that scores below the round's best clone
+by more than ``guard`` is replaced by that clone (``AuditRound.fell_back``).
 
-Detection signals (``signals``, :mod:`._detection`): attacks built to stay inside the
-honest spread (ALIE, IPM, Min-Max, Min-Sum) barely move a clone's utility, so the
-clone effect alone never found them. Each round the audit also scores every update
-on its size, its direction to the trusted sites' median, its balance of signs and
-its closeness to other updates (near-copies), each a robust z among the round's
-sites; evidence above ``signal_margin`` (default 2.5), at most ``threshold / decay``
-per round (a blatant attacker is out in its first round; one odd round of an honest
-site costs it that round only), adds up with the same ``decay`` in a suspicion of its own
-(:attr:`CloneAudit.signal_suspicion`), kept apart from the clone utility's so that
-one cannot cancel the other; either above ``threshold`` leaves the site out.
-``signals: []`` is the audit without them.
+Detection signals (``signals``, :mod:`._detection`) find the attacks built to stay
+inside the honest spread, which barely move a clone's utility; their evidence adds
+up in a suspicion of its own (:attr:`CloneAudit.signal_suspicion`), and either
+suspicion above ``threshold`` leaves the site out. ``signals: []`` turns them off.
 
 Small clone samples (``fraction``, default 0.25) are what make the effect
 visible when several attackers collude: with 20% attackers among 20 sites a
@@ -57,8 +46,7 @@ A clone holds at least as many updates as the base rule needs (Krum: ``2f + 3``)
 however small ``fraction`` makes it, and leaves at least one out, so a round needs one
 more than the base rule (:meth:`CloneAudit.fewest_updates`, checked against the
 policy's ``min_clients`` before it is signed). When the exclusions leave fewer than
-the base rule needs, the round takes the kept updates' coordinate-wise median (of
-three or more; with fewer, the global model is kept).
+the base rule needs, the round takes the kept updates' median (:mod:`._audit_commit`).
 
 :class:`CloneAudit` is a strategy wrapping any other (``base``): the policy
 selects it like any rule (``strategy: clone-audit``, ``strategy_settings: {base:
@@ -66,16 +54,9 @@ trimmed-mean, base_settings: {beta: 0.1}, clones: 20, fraction: 0.25, ...}``). T
 aggregator supplies the scorer (:attr:`CloneAudit.score`, the validation utility
 of a model); without one the audit refuses to run.
 
-Cost (:mod:`._clone_scoring`): over a FedAvg base every clone comes from one matrix
-product, and clones are scored on a seeded random sample of ``validation_sample``
-validation examples (default 128), doubled only while who is left out, or whether
-the guard fires, could still change (a bootstrap stopping rule); a validation set
-under twice the sample, or ``validation_sample: null``, is scored whole, as the
-audit first did. ``validation_cap`` (default 384; null: none) bounds the rows
-scored, trading agreement with the whole set's decisions for a bounded cost: without
-it, non-IID rounds with an honest site near the threshold need the whole set, and
-the audit cost 1.8-2.7x the plain round on Fashion-MNIST (12000 samples, 2 epochs);
-with it, 1.3-1.5x. Its effect on accuracy and detection is in docs/results.
+Cost: over a FedAvg base every clone comes from one matrix product, and clones are
+scored on a sample of the validation set (``validation_sample``, ``validation_cap``):
+:mod:`._clone_scoring`.
 """
 
 from __future__ import annotations
@@ -89,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from secfl.errors import FlError
+from secfl.fl.strategies._audit_commit import guarded, kept_rule
 from secfl.fl.strategies._audit_round import AuditRound
 from secfl.fl.strategies._base import (
     Params,
@@ -114,9 +96,6 @@ from secfl.fl.strategies._robust import count_setting
 __all__ = ["AuditRound", "CloneAudit"]
 
 log = logging.getLogger("secfl.fl.strategies._clone_audit")
-
-#: The fewest kept updates whose median stands in for a base rule they are too few for.
-MEDIAN_FALLBACK = 3
 
 #: Clones per round at most: each is a whole aggregation of the round's updates.
 MAX_CLONES = 1000
@@ -229,23 +208,10 @@ class CloneAudit(Strategy):
             result.seconds = time.perf_counter() - began
             return {k: v.copy() for k, v in global_params.items()}
         base_began = time.perf_counter()
-        base = self.base
-        if len(kept) < base.fewest_updates():
-            # the exclusions left too few for the base rule (Krum needs 2f + 3): the
-            # coordinate-wise median of those kept, which one of three cannot move; with
-            # fewer, the model is kept (one of two would be half of their median)
-            if len(kept) < MEDIAN_FALLBACK:
-                log.warning("round %d: %d kept, too few for %s or a median; the model is "
-                            "kept", round, len(kept), base.name)  # fmt: skip
-                result.extra["kept_rule"] = "none"
-                result.seconds = time.perf_counter() - began
-                return {k: v.copy() for k, v in global_params.items()}
-            log.warning(
-                "round %d: %d kept, too few for %s (%d); their median instead",
-                round, len(kept), base.name, base.fewest_updates(),
-            )  # fmt: skip
-            result.extra["kept_rule"] = "median"
-            base = get_strategy("median")
+        base = kept_rule(self.base, round, kept, result)
+        if base is None:
+            result.seconds = time.perf_counter() - began
+            return {k: v.copy() for k, v in global_params.items()}
         new = base.aggregate(round, global_params, kept)
         result.base_seconds = time.perf_counter() - base_began
         new = self._guarded(round, global_params, updates, new, result)
@@ -260,42 +226,11 @@ class CloneAudit(Strategy):
         new: Params,
         result: AuditRound,
     ) -> Params:
-        """The commit guard: an aggregate that scores worse than the round's best clone
-        by more than ``guard`` (a relative loss increase) still holds something that
-        harms it, an attacker not yet excluded (one scaled update is enough to wreck
-        a FedAvg round before suspicion builds up). The best clone, made of a quarter
-        of the updates, is committed instead; only clones without an excluded
-        participant count, so the fallback never lets one back in. In an honest round
-        the whole aggregate is at least as good as a quarter of it, so the guard
-        rarely fires."""
+        """The commit guard (:func:`._audit_commit.guarded`) on this round's clones."""
         state, self._round = self._round, None
         if self.guard is None or self.score is None or state is None:
             return new
-        book, members = state
-        out = np.array([u.sender in result.excluded for u in updates])
-        clean = [k for k in range(len(members)) if not (members[k] & out).any()]
-        if not clean:  # every clone holds someone left out: none to fall back on
-            return new
-        finite = np.isfinite(book.utilities(clean))
-        eligible = [k for k, ok in zip(clean, finite, strict=True) if ok]
-        if not eligible:
-            return new
-        guard = self.guard
-
-        def fires(u: np.ndarray) -> bool:  # u: the eligible clones', then the aggregate's
-            return not (math.isfinite(u[-1]) and u[-1] >= u[:-1].max() - guard)
-
-        index = [*eligible, book.add(new, rows=book.rows(eligible))]
-        values = settle(book, index, fires)
-        result.extra["guard_rows"] = book.rows(index)
-        if not fires(values):
-            return new
-        pick = [int(i) for i in np.flatnonzero(members[eligible[int(np.argmax(values[:-1]))]])]
-        log.warning(
-            "round %d: the aggregate scores below the best clone; committing that clone", round
-        )
-        result.fell_back = True
-        return self.base.aggregate(round, global_params, [updates[i] for i in pick])
+        return guarded(self.base, self.guard, state, round, global_params, updates, new, result)
 
     def audit(self, round: int, global_params: Params, updates: Sequence[Update]) -> AuditRound:
         """Score every participant of the round; decide who is left out."""

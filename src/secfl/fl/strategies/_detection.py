@@ -63,6 +63,16 @@ central coalition cannot deflate is future work.
 
 The state is a handful of floats per site (the running means of ``history``):
 checkpointed with the audit's, bounded by the number of sites.
+
+In the audit (:mod:`._clone_audit`): attacks built to stay inside the honest spread
+(ALIE, IPM, Min-Max, Min-Sum) barely move a clone's utility, so the clone effect
+alone never found them. Each round the audit also scores every update on these
+signals; evidence above ``signal_margin`` (default 2.5), at most ``threshold / decay``
+per round (a blatant attacker is out in its first round; one odd round of an honest
+site costs it that round only), adds up with the same ``decay`` in a suspicion of its
+own (:attr:`~._clone_audit.CloneAudit.signal_suspicion`), kept apart from the clone
+utility's so that one cannot cancel the other; either above ``threshold`` leaves the
+site out. ``signals: []`` is the audit without them.
 """
 
 from __future__ import annotations
