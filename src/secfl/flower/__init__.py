@@ -15,7 +15,7 @@ private RAM folder). See ``docs/flower.md``. The parts:
   SuperNodes' keys, submit only the approved FAB, and run only it
   (:mod:`secfl.flower._superlink`, :mod:`secfl.flower._supernode`,
   :mod:`secfl.flower._flags`, :mod:`secfl.flower._wrap`, :mod:`secfl.flower._exec`,
-  :mod:`secfl.flower._gate`, :mod:`secfl.flower._audit`).
+  :mod:`secfl.flower._gate`, :mod:`secfl.flower._gate_http`, :mod:`secfl.flower._audit`).
 - :class:`SecflStrategy` (the Flower venv): secfl's robust rules and the
   clone-and-sample audit as a Flower strategy (:mod:`secfl.flower._strategies`).
 - A whole federation on one machine for the demo, the tests and the benchmark
