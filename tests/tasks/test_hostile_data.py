@@ -301,3 +301,24 @@ def test_a_split_killed_while_staging_leaves_no_shards_for_good(tmp_path: Path) 
                           text=True, timeout=200, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-500:]
     assert hidden() == []
+
+
+def test_a_zero_dimensional_x_or_a_listed_dtype_is_one_line(shard: Path, tmp_path: Path) -> None:
+    """Found by a hostile review: a 0-D ``x`` tensor was an IndexError and a list as
+    ``storage_dtype`` a TypeError (unhashable), each a traceback from `secfl data info`."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    from secfl.tasks import read_shard
+    from secfl.tasks._shards import canonical_json
+
+    x, y, meta = read_shard(shard)
+    scalar = tmp_path / "zero-d.safetensors"
+    scalar.write_bytes(save({"x": np.array(3, dtype=x.dtype), "y": y},
+                            metadata={"secfl.shard": canonical_json(meta)}))  # fmt: skip
+    listed = _with_meta(shard, tmp_path / "listed.safetensors",
+                        json.dumps(meta | {"storage_dtype": ["uint8"]}))  # fmt: skip
+    for bad in (scalar, listed):
+        one_line_refusal(secfl("data", "info", str(bad)))
+    with pytest.raises(TaskError, match=r"^shard: x has shape \[\], metadata "):
+        read_shard(scalar)

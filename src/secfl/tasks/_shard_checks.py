@@ -122,7 +122,7 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
     shape = meta["feature_shape"]
     if not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape):
         raise TaskError("shard metadata: feature_shape is not a list of positive integers")
-    if meta["storage_dtype"] not in _STORAGE_DTYPES:
+    if not isinstance(meta["storage_dtype"], str) or meta["storage_dtype"] not in _STORAGE_DTYPES:
         raise TaskError(
             f"shard metadata: storage_dtype {quoted(meta['storage_dtype'])} not supported"
         )

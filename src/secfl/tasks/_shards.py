@@ -195,6 +195,8 @@ def read_shard(source: ShardSource) -> tuple[np.ndarray, np.ndarray, dict[str, A
         raise TaskError(
             f"shard: y must be a 1-D {np.dtype(want)} tensor, got {y.dtype} {list(y.shape)}"
         )
+    if x.ndim != 1 + len(meta["feature_shape"]):  # (a 0-D x was an IndexError: a review)
+        raise TaskError(f"shard: x has shape {list(x.shape)}, metadata {meta['feature_shape']}")
     if x.shape[0] != y.shape[0] or y.shape[0] != meta["samples"]:
         raise TaskError(
             f"shard: {x.shape[0]} features, {y.shape[0]} labels, metadata says {meta['samples']}"
