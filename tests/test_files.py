@@ -297,3 +297,54 @@ def test_a_nameless_file_that_cannot_be_linked_is_copied_whole(
     assert (tmp_path / "big.key").read_bytes() == data
     assert stat.S_IMODE((tmp_path / "big.key").stat().st_mode) == 0o600
     assert os.listdir(tmp_path) == ["big.key"]
+
+
+def _remove_in_a_process(folder: Path, unprivileged: bool) -> subprocess.CompletedProcess[str]:
+    """``files.remove_tree(folder)`` in a process of its own: as root without the
+    capabilities that ignore a folder's mode when ``unprivileged`` (and setpriv is here)."""
+    code = "import sys; from secfl._internal import files; print(files.remove_tree(sys.argv[1]))"
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
+    prefix = drop if unprivileged and os.geteuid() == 0 and shutil.which("setpriv") else []
+    return subprocess.run([*prefix, sys.executable, "-c", code, str(folder)],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+
+
+def test_a_tree_nested_thousands_deep_is_removed(tmp_path: Path) -> None:
+    """Found by the review of a fix: ``shutil.rmtree`` recurses once per level, and a
+    program that nested 1,200 folders (``mkdirat``: no long path needed) made every
+    later `secfl run` fail (its wipe of stale folders raised RecursionError)."""
+    top = tmp_path / "deep"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    with os.fdopen(os.open("plain.txt", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd), "w") as fh:
+        fh.write("PLAINTEXT")
+    os.chmod(fd, 0o500)  # the deepest one read-only too
+    os.close(fd)
+    done = _remove_in_a_process(top, unprivileged=True)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-500:]
+    assert not top.exists()
+
+
+def test_read_only_folders_are_emptied_and_a_link_out_is_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "ro").mkdir(parents=True)
+    (outside / "ro" / "keep.txt").write_text("not ours to remove")
+    outside.joinpath("ro").chmod(0o555)
+    top = tmp_path / "private"
+    for sub in ("a/b/c", "d"):
+        (top / sub).mkdir(parents=True)
+    (top / "a" / "b" / "c" / "secret.txt").write_text("PLAINTEXT")
+    (top / "a" / "b" / "c" / "secret.txt").chmod(0)
+    (top / "a" / "link").symlink_to(outside / "ro")
+    for mode, sub in ((0o555, "a/b/c"), (0o000, "a/b"), (0o500, "d"), (0o555, "a")):
+        (top / sub).chmod(mode)
+    done = _remove_in_a_process(top, unprivileged=True)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-500:]
+    assert not top.exists()
+    assert (outside / "ro" / "keep.txt").read_text() == "not ours to remove"
+    assert (outside / "ro").stat().st_mode & 0o777 == 0o555  # not given rights through the link

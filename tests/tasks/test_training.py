@@ -207,11 +207,12 @@ def test_fedprox_is_plain_training_at_mu_zero_and_pulls_towards_global(client0: 
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"epochs": 0}, "epochs must be an integer from 1 to 2147483648, got 0"),
+        ({"threads": 10**400}, "threads must be an integer from 1 .* got an integer of 401 dig"),
         ({"batch_size": True}, "batch_size must be an integer"),
         ({"lr": 0}, "lr must be a finite number > 0"),
         ({"lr": float("inf")}, "lr must be a finite"),
-        ({"lr": 10**400}, "lr must be a finite number > 0, got 1000"),  # was an OverflowError
+        ({"lr": 10**400}, "lr must be a finite number > 0, got an integer of 401 digits"),
         ({"momentum": 1.0}, "momentum must be below 1"),
         ({"proximal_mu": -1}, "proximal_mu must be a finite number >= 0"),
         ({"seed": "7"}, "seed: '7' is not an integer"),

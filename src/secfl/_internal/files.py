@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -281,27 +280,102 @@ def ram_tempdir(prefix: str) -> Iterator[Path]:
 def remove_tree(path: Path | str) -> bool:
     """Remove the folder ``path`` and all it holds; True if nothing is left.
 
-    A program may leave a folder read-only (``cp -r`` or ``tar x`` of a read-only
-    tree, a module cache): without root's override, ``shutil.rmtree`` cannot empty it
-    and leaves its files. Each folder is given back its owner's rights (0700) before it
-    is listed, so that only what another user owns can stay. Symbolic links are
-    removed, never followed."""
-    stack = [os.fspath(path)]
-    while stack:
-        folder = stack.pop()
+    A program may leave folders read-only (``cp -r`` or ``tar x`` of a read-only tree,
+    a module cache), or nest them thousands deep: ``shutil.rmtree`` cannot empty the
+    first without root's override, and recurses once per level (a ``RecursionError``
+    past about a thousand). Here each folder is given back its owner's rights (0700)
+    through a descriptor of the folder itself, never a name a link could be swapped
+    into, and the tree is flattened as it goes: each folder found is moved up into
+    ``path`` and emptied in turn, so no path grows long and no recursion deepens. Only
+    what another user owns (or an immutable file) can stay."""
+    name = os.fspath(path)
+    try:
+        if not stat.S_ISDIR(os.lstat(name).st_mode):
+            os.unlink(name)
+            return True
+        _grant(None, name)
+        top = os.open(name, _DIR_FLAGS)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return not os.path.lexists(name)
+    try:
+        _flatten(top)
+    finally:
+        os.close(top)
+    with suppress(OSError):
+        os.rmdir(name)
+    return not os.path.lexists(name)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_HANDLE_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+#: The most folders :func:`remove_tree` empties (a program still running could make
+#: new ones for ever).
+_MAX_FOLDERS = 10_000_000
+
+
+def _flatten(top: int) -> None:
+    """Empty the folder ``top`` (a descriptor), folders moved up into it first."""
+    queue: list[str | None] = [None]  # None: ``top`` itself
+    moved = 0
+    for _ in range(_MAX_FOLDERS):
+        if not queue:
+            return
+        name = queue.pop()
         try:
-            info = os.lstat(folder)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(info.st_mode):
-            continue
-        if info.st_mode & 0o700 != 0o700 and info.st_uid == os.geteuid():
+            fd = os.dup(top) if name is None else os.open(name, _DIR_FLAGS, dir_fd=top)
+        except OSError:  # a link or a file swapped in for it: removed as such
             with suppress(OSError):
-                os.chmod(folder, 0o700)
-        with suppress(OSError), os.scandir(folder) as entries:
-            stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
-    shutil.rmtree(path, ignore_errors=True)
-    return not os.path.lexists(path)
+                os.unlink(name or "", dir_fd=top)
+            continue
+        try:
+            with os.scandir(fd) as entries:
+                found = list(entries)
+            for entry in found:
+                if not entry.is_dir(follow_symlinks=False):
+                    with suppress(OSError):
+                        os.unlink(entry.name, dir_fd=fd)
+                    continue
+                _grant(fd, entry.name)
+                if name is None:
+                    queue.append(entry.name)
+                    continue
+                moved += 1
+                up = f".secfl-removed-{os.getpid()}-{moved}"
+                try:  # (moving a folder needs write access to it: granted above)
+                    os.rename(entry.name, up, src_dir_fd=fd, dst_dir_fd=top)
+                    queue.append(up)
+                except OSError:
+                    continue
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        if name is not None:
+            with suppress(OSError):
+                os.rmdir(name, dir_fd=top)
+
+
+def _grant(dir_fd: int | None, name: str) -> None:
+    """Give the folder ``name`` (in ``dir_fd``) back its owner's rights, by a
+    descriptor of the folder itself: a link swapped in at the name is not followed."""
+    try:
+        fd = os.open(name, _HANDLE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        info = os.fstat(fd)
+        if (
+            stat.S_ISDIR(info.st_mode)
+            and info.st_uid == os.geteuid()
+            and info.st_mode & 0o700 != 0o700
+        ):
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)  # the folder held, not a name
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager

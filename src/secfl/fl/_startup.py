@@ -263,6 +263,9 @@ def run_aggregator(opts: AggregatorOptions) -> Params:
             # the host's paths were checked; a link it swaps in later is refused where
             # each write lands (this process's writes, from now on)
             files.keep_out(ident.files)
+            # no other process of this workload reads the session token (a Flower
+            # ServerApp does): a renewal keeps it in memory, writing nothing in there
+            ident.folder = None
         try:
             port = agg.start(opts.listen)
             log.info("listening on port %d", port)

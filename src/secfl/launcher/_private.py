@@ -182,7 +182,7 @@ def wipe_stale(prefix: str = PREFIX) -> list[Path]:
                 with contextlib.suppress(OSError):
                     info = entry.stat(follow_symlinks=False)
                     if entry.is_dir(follow_symlinks=False) and info.st_uid == os.geteuid():
-                        if files.remove_tree(entry.path):
+                        if files.remove_tree(entry.path):  # (it raises no error)
                             wiped.append(Path(entry.path))
                         else:
                             log.warning("files: cannot remove %s, left by a launcher that "
@@ -232,12 +232,14 @@ class PrivateDir:
 
     def remove(self) -> None:
         """Remove every file (and the tmpfs); then let the watchdog go."""
-        files.remove_tree(self.path)  # a mount point itself stays
+        gone = files.remove_tree(self.path)  # a mount point itself stays
         if self.mounted:
             with contextlib.suppress(OSError):
                 linux.umount(str(self.path), linux.MNT_DETACH)
             self.mounted = False
-            files.remove_tree(self.path)
+            gone = files.remove_tree(self.path)
+        if not gone:  # what another user owns, or an immutable file, in there
+            log.warning("files: cannot remove all of %s: remove it by hand", self.path)
         if self._watchdog is not None:
             pid, pipe = self._watchdog
             self._watchdog = None

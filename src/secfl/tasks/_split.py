@@ -350,7 +350,7 @@ def _check_args(
         # refused by the shard encoder with a misleading message (a hostile review)
         raise TaskError(
             f"dirichlet alpha: {alpha!r} is not a number > 0 that float32 holds "
-            "(from 1e-38 to 3e38)"
+            "(from about 1.2e-38 to 3.4e38)"
         )
     for what, value in (("validation", validation_fraction), ("test", test_fraction)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:

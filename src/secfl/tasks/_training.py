@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from secfl._internal.values import describe
 from secfl.errors import DivergedError, TaskError
 from secfl.tasks._base import Dataset, _check_seed
 
@@ -270,10 +271,22 @@ def _anchor(
     return anchor
 
 
+#: The largest integer setting (epochs, batch size, threads): far above any use, and
+#: within what torch and numpy take (``threads: 10**400`` overflowed a C long).
+MAX_SETTING = 2**31
+
+
 def _int(config: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
     value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise TaskError(f"training config: {key} must be an integer >= {minimum}, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not minimum <= value <= MAX_SETTING
+    ):
+        raise TaskError(
+            f"training config: {key} must be an integer from {minimum} to {MAX_SETTING}, got "
+            f"{describe(value)}"
+        )
     return int(value)
 
 
@@ -287,14 +300,16 @@ def _float(
 ) -> float:
     value = config.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
-        raise TaskError(f"training config: {key} must be a number, got {value!r}")
+        raise TaskError(f"training config: {key} must be a number, got {describe(value)}")
     try:
         number = float(value)
     except OverflowError:  # an integer past float's range (10**400)
         number = math.inf
     if not math.isfinite(number) or number < 0 or (positive and number == 0):
         bound = "> 0" if positive else ">= 0"
-        raise TaskError(f"training config: {key} must be a finite number {bound}, got {value!r}")
+        raise TaskError(
+            f"training config: {key} must be a finite number {bound}, got {describe(value)}"
+        )
     if below_one and number >= 1:
-        raise TaskError(f"training config: {key} must be below 1, got {value!r}")
+        raise TaskError(f"training config: {key} must be below 1, got {describe(value)}")
     return number
