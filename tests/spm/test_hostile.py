@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +52,71 @@ OTHER_MR = "b2" * 48
 SERVICE_ONLY = pytest.mark.parametrize("spm", ["sqlite"], indirect=True)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def spm(
-    request: pytest.FixtureRequest, tmp_path: Path, sim: tuple[Path, bytes]
+#: An attack that neither restarts the SPM nor writes a row of another policy: it shares
+#: one SPM per backend with the others like it (an SPM's start is most of such a test's
+#: cost), under a policy name of its own (:func:`name`).
+SHARED = pytest.mark.parametrize("spm", ["shared-sqlite"], indirect=True)
+SHARED_BOTH = pytest.mark.parametrize("spm", ["shared-sqlite", "shared-postgresql"], indirect=True)
+_POLICY_NUMBERS = itertools.count(1)
+
+
+@contextmanager
+def _serving(
+    request: pytest.FixtureRequest, backend: str, data: Path, sim: tuple[Path, bytes]
 ) -> Iterator[SpmProcess]:
+    """`secfl spm serve` on ``data`` with ``backend``'s database (a fresh PostgreSQL one)."""
     db, pg = None, None
-    if request.param == "postgresql":
+    if backend == "postgresql":
         pg = request.getfixturevalue("pg_url")
         db, name = fresh_pg_database(pg)
-    proc = SpmProcess(tmp_path / "data", sim[0], db).start()
+    proc = SpmProcess(data, sim[0], db).start()
     try:
         yield proc
     finally:
         proc.stop()
         if pg is not None:
             drop_pg_database(pg, name)
+
+
+@pytest.fixture(scope="module")
+def shared_sqlite_spm(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    sim: tuple[Path, bytes],
+) -> Iterator[SpmProcess]:
+    with _serving(request, "sqlite", tmp_path_factory.mktemp("shared") / "data", sim) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def shared_postgresql_spm(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    sim: tuple[Path, bytes],
+) -> Iterator[SpmProcess]:
+    with _serving(request, "postgresql", tmp_path_factory.mktemp("shared") / "data", sim) as proc:
+        yield proc
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def spm(
+    request: pytest.FixtureRequest, tmp_path: Path, sim: tuple[Path, bytes]
+) -> Iterator[SpmProcess]:
+    """An SPM of this test's own; with ``shared-sqlite`` or ``shared-postgresql``
+    (:data:`SHARED`), the module's SPM on that backend, already running."""
+    if request.param.startswith("shared-"):
+        shared = request.getfixturevalue(request.param.replace("-", "_") + "_spm")
+        assert shared.proc is not None and shared.proc.poll() is None, "a test stopped it"
+        yield shared
+        return
+    with _serving(request, request.param, tmp_path / "data", sim) as proc:
+        yield proc
+
+
+@pytest.fixture
+def name() -> str:
+    """A policy name no other test of this module uses (they may share an SPM)."""
+    return f"p{next(_POLICY_NUMBERS)}"
 
 
 @pytest.fixture
@@ -147,36 +199,36 @@ def revoke(client: SpmClient, board: Board, policy: str, **statement: str) -> di
 # --- 1: a sealed key is bound to its owner's board -------------------------------------------
 
 
-@SERVICE_ONLY
+@SHARED
 def test_registering_the_name_first_gains_nothing(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    real = yaml.safe_load(policy_document("fed", board, sim[1]))
+    real = yaml.safe_load(policy_document(name, board, sim[1]))
     binding = sv.board_binding(
         [m["public_key"] for m in real["board"]["members"]], real["board"]["threshold"]
     )
-    sealed = sv.seal_imported(b"hospital-data-key", client.public_key(), "fed", "data", binding)
+    sealed = sv.seal_imported(b"hospital-data-key", client.public_key(), name, "data", binding)
     # The attacker copies the sealed value into its own policy of that name, its own board.
     thief = Board.create()
-    stolen = yaml.safe_load(policy_document("fed", thief, sim[1]))
+    stolen = yaml.safe_load(policy_document(name, thief, sim[1]))
     stolen["secrets"].append({"name": "data", "kind": "imported", "sealed": sealed})
     stolen["services"][0]["inject"]["env"]["DATA_KEY"] = "$$SECFL::data:hex$$"
     text_ = yaml.safe_dump(stolen)
-    refused = "not sealed to this SPM for policy 'fed' under this board"
+    refused = f"not sealed to this SPM for policy '{name}' under this board"
     with pytest.raises(SpmRefused, match=refused):
         client.submit_policy(text_, thief.sign(text_, "alice", "bob"))
-    with pytest.raises(SpmRefused, match="no policy named 'fed'"):
-        client.policy("fed")
+    with pytest.raises(SpmRefused, match=f"no policy named '{name}'"):
+        client.policy(name)
     # The owner's board registers it and its attested service gets the key.
     real["secrets"].append({"name": "data", "kind": "imported", "sealed": sealed})
     real["services"][0]["inject"]["env"]["DATA_KEY"] = "$$SECFL::data:hex$$"
     submit(client, board, yaml.safe_dump(real))
-    assert attest(client, sim, "fed").render("data", "hex") == b"hospital-data-key".hex()
+    assert attest(client, sim, name).render("data", "hex") == b"hospital-data-key".hex()
 
 
-@SERVICE_ONLY
+@SHARED
 def test_a_later_version_naming_the_owners_board_gains_nothing(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     """Found by a review: the sealed value was opened for the board a version names, not
     the board that approved it. A squatter registered the name with its own board, then
@@ -185,54 +237,54 @@ def test_a_later_version_naming_the_owners_board_gains_nothing(
     from secfl.policy._canonical import digest as policy_digest
     from secfl.policy._document import load_policy
 
-    real = yaml.safe_load(policy_document("fed", board, sim[1]))
+    real = yaml.safe_load(policy_document(name, board, sim[1]))
     binding = sv.board_binding(
         [m["public_key"] for m in real["board"]["members"]], real["board"]["threshold"]
     )
-    sealed = sv.seal_imported(b"hospital-data-key", client.public_key(), "fed", "data", binding)
+    sealed = sv.seal_imported(b"hospital-data-key", client.public_key(), name, "data", binding)
     thief = Board.create()
-    first = policy_document("fed", thief, sim[1])
+    first = policy_document(name, thief, sim[1])
     submit(client, thief, first)
     second = yaml.safe_load(
-        policy_document("fed", board, sim[1], version=2,
+        policy_document(name, board, sim[1], version=2,
                         predecessor=policy_digest(load_policy(first)))
     )  # fmt: skip
     second["secrets"].append({"name": "data", "kind": "imported", "sealed": sealed})
     second["services"][0]["inject"]["env"]["DATA_KEY"] = "$$SECFL::data:hex$$"
     text_ = yaml.safe_dump(second)
     with pytest.raises(
-        SpmRefused, match="not sealed to this SPM for policy 'fed' under this board"
+        SpmRefused, match=f"not sealed to this SPM for policy '{name}' under this board"
     ):
         client.submit_policy(text_, thief.sign(text_, "alice", "bob"))
-    assert client.policy("fed")["version"] == 1
+    assert client.policy(name)["version"] == 1
 
 
-@SERVICE_ONLY
+@SHARED
 def test_members_who_drop_a_required_one_gain_nothing(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     """Found by a review: the binding covered the members' keys and the threshold, not
     who is required. Alice, whose approval every version needs, sealed her key for that
     board; bob and carol submitted the circulated draft without `required` first, with
     their two signatures alone, and their workload received her key."""
-    real = yaml.safe_load(policy_document("fed", board, sim[1]))
+    real = yaml.safe_load(policy_document(name, board, sim[1]))
     real["board"]["required"] = ["alice"]
     keys = [m["public_key"] for m in real["board"]["members"]]
     alice = next(m["public_key"] for m in real["board"]["members"] if m["name"] == "alice")
     binding = sv.board_binding(keys, 2, [alice])
     assert binding != sv.board_binding(keys, 2)  # (and without required, as it always was)
-    sealed = sv.seal_imported(b"hospital-data-key", client.public_key(), "fed", "data", binding)
+    sealed = sv.seal_imported(b"hospital-data-key", client.public_key(), name, "data", binding)
     real["secrets"].append({"name": "data", "kind": "imported", "sealed": sealed})
     real["services"][0]["inject"]["env"]["DATA_KEY"] = "$$SECFL::data:hex$$"
     dropped = {**real, "board": {k: v for k, v in real["board"].items() if k != "required"}}
     text_ = yaml.safe_dump(dropped)
     with pytest.raises(
-        SpmRefused, match="not sealed to this SPM for policy 'fed' under this board"
+        SpmRefused, match=f"not sealed to this SPM for policy '{name}' under this board"
     ):
         client.submit_policy(text_, board.sign(text_, "bob", "carol"))
     text_ = yaml.safe_dump(real)
     submit(client, board, text_, "alice", "bob")
-    assert attest(client, sim, "fed").render("data", "hex") == b"hospital-data-key".hex()
+    assert attest(client, sim, name).render("data", "hex") == b"hospital-data-key".hex()
 
 
 # --- 2: the database is untrusted storage ----------------------------------------------------
@@ -278,27 +330,28 @@ def test_a_counter_rolled_back_in_the_database_is_refused(
     assert restart_fails(spm).startswith("error: rollback: counter 'round' of 'p' is 1")
 
 
+@SHARED_BOTH
 def test_a_compare_and_increment_at_a_stale_value_burns_nothing(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     """Two aggregators of one policy: the one that lost the counter learns it from the
     increment itself, and the counter is not moved (no value burnt, nothing audited)."""
-    submit(client, board, policy_document("p", board, sim[1]))
-    first, second = attest(client, sim, "p"), attest(client, sim, "p")
-    assert client.increment("p", "round", first.session_token, expect=0) == 1
-    assert client.increment("p", "round", second.session_token, expect=1) == 2
+    submit(client, board, policy_document(name, board, sim[1]))
+    first, second = attest(client, sim, name), attest(client, sim, name)
+    assert client.increment(name, "round", first.session_token, expect=0) == 1
+    assert client.increment(name, "round", second.session_token, expect=1) == 2
     entries = db(spm, "SELECT COUNT(*) AS n FROM audit")[0].n
-    stale = "^counter: 'round' of policy 'p' is at 2, not 1: "
+    stale = f"^counter: 'round' of policy '{name}' is at 2, not 1: "
     with pytest.raises(SpmRefused, match=stale) as info:
-        client.increment("p", "round", first.session_token, expect=1)
+        client.increment(name, "round", first.session_token, expect=1)
     assert info.value.status == 409
-    assert client.counter("p", "round") == 2
+    assert client.counter(name, "round") == 2
     assert db(spm, "SELECT COUNT(*) AS n FROM audit")[0].n == entries
     # the ledger the aggregator uses turns it into CounterMoved with the value it saw
-    ledger = SpmLedger(lambda: client, "p", "round", lambda: first.session_token)
+    ledger = SpmLedger(lambda: client, name, "round", lambda: first.session_token)
     with pytest.raises(CounterMoved) as moved:
         ledger.increment(expect=1)
-    assert moved.value.seen == 2 and client.counter("p", "round") == 2
+    assert moved.value.seen == 2 and client.counter(name, "round") == 2
     assert ledger.increment(expect=2) == 3
 
 
@@ -348,42 +401,42 @@ def test_deleting_the_audit_tail_and_restoring_an_old_head_is_detected(
 # --- 5 and 6: sessions follow the current policy and revocations -----------------------------
 
 
-@SERVICE_ONLY
+@SHARED
 def test_a_session_loses_what_a_new_version_withdrew(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    v1 = policy_document("p", board, sim[1])
+    v1 = policy_document(name, board, sim[1])
     first = submit(client, board, v1)
-    agg = attest(client, sim, "p")
-    assert client.increment("p", "round", agg.session_token) == 1
+    agg = attest(client, sim, name)
+    assert client.increment(name, "round", agg.session_token) == 1
     # Version 2 no longer accepts the code the aggregator was attested as.
-    v2 = policy_document("p", board, sim[1], version=2, predecessor=first["digest"])
+    v2 = policy_document(name, board, sim[1], version=2, predecessor=first["digest"])
     v2 = v2.replace(AGGREGATOR_MR, OTHER_MR)
     submit(client, board, v2)
     time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match="no longer accepted by version 2") as exc:
-        client.increment("p", "round", agg.session_token)
+        client.increment(name, "round", agg.session_token)
     assert exc.value.status == 401
     with pytest.raises(SpmRefused, match="no longer accepted by version 2"):
-        client.report("p", "audit.excluded", {"round": 1, "excluded": []}, agg.session_token)
+        client.report(name, "audit.excluded", {"round": 1, "excluded": []}, agg.session_token)
     # The new code attests and may count.
-    new = attest(client, sim, "p", OTHER_MR)
-    assert client.increment("p", "round", new.session_token) == 2
+    new = attest(client, sim, name, OTHER_MR)
+    assert client.increment(name, "round", new.session_token) == 2
 
 
-@SERVICE_ONLY
+@SHARED
 def test_a_session_loses_a_counter_a_new_version_removed(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    first = submit(client, board, policy_document("p", board, sim[1]))
-    agg = attest(client, sim, "p")
-    doc = yaml.safe_load(policy_document("p", board, sim[1], version=2,
+    first = submit(client, board, policy_document(name, board, sim[1]))
+    agg = attest(client, sim, name)
+    doc = yaml.safe_load(policy_document(name, board, sim[1], version=2,
                                          predecessor=first["digest"]))  # fmt: skip
     doc["services"][0]["counters"] = []
     submit(client, board, yaml.safe_dump(doc))
     time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match="^counter: service 'aggregator' may not increment"):
-        client.increment("p", "round", agg.session_token)
+        client.increment(name, "round", agg.session_token)
 
 
 def _serial(enrolled: Enrollment) -> str:
@@ -391,48 +444,48 @@ def _serial(enrolled: Enrollment) -> str:
     return format(cert.serial_number, "x")
 
 
-@SERVICE_ONLY
+@SHARED
 def test_revocation_ends_sessions_and_keeps_the_service_out(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    submit(client, board, policy_document("p", board, sim[1]))
-    agg = attest(client, sim, "p")
-    client.increment("p", "round", agg.session_token)
-    revoke(client, board, "p", serial=_serial(agg), service="aggregator", reason="key leak")
+    submit(client, board, policy_document(name, board, sim[1]))
+    agg = attest(client, sim, name)
+    client.increment(name, "round", agg.session_token)
+    revoke(client, board, name, serial=_serial(agg), service="aggregator", reason="key leak")
     time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match=f"^revoked: certificate {_serial(agg)} is revoked"):
-        client.increment("p", "round", agg.session_token)
+        client.increment(name, "round", agg.session_token)
     # A certificate revocation ends that certificate; the service may attest again...
-    again = attest(client, sim, "p")
+    again = attest(client, sim, name)
     # ...unless the board revokes the service itself (the clone audit's request).
-    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning")
+    revoke(client, board, name, kind="service", subject="aggregator", reason="poisoning")
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
-        attest(client, sim, "p")
+        attest(client, sim, name)
     time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
-        client.increment("p", "round", again.session_token)
-    listed = {(r["kind"], r["subject"]) for r in client.revocations("p")}
+        client.increment(name, "round", again.session_token)
+    listed = {(r["kind"], r["subject"]) for r in client.revocations(name)}
     assert ("service", "aggregator") in listed
     # The live certificate of the revoked service is listed too: peers refuse it now.
     assert ("certificate", _serial(again)) in listed
     # Readmitted by the board: it attests again.
-    revoke(client, board, "p", kind="service", subject="aggregator", action="readmit")
-    back = attest(client, sim, "p")
-    assert client.increment("p", "round", back.session_token) == 2
+    revoke(client, board, name, kind="service", subject="aggregator", action="readmit")
+    back = attest(client, sim, name)
+    assert client.increment(name, "round", back.session_token) == 2
 
 
-@SERVICE_ONLY
+@SHARED
 def test_a_revoked_measurement_or_platform_cannot_attest(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc = yaml.safe_load(policy_document(name, board, sim[1]))
     doc["platforms"]["require_platform_id"] = True  # the simulated platform names itself
     submit(client, board, yaml.safe_dump(doc, sort_keys=False))
-    revoke(client, board, "p", kind="measurement", subject=AGGREGATOR_MR, reason="bug")
+    revoke(client, board, name, kind="measurement", subject=AGGREGATOR_MR, reason="bug")
     with pytest.raises(SpmRefused, match=f"^revoked: measurement {AGGREGATOR_MR}"):
-        attest(client, sim, "p")
-    revoke(client, board, "p", kind="measurement", subject=AGGREGATOR_MR, action="readmit")
-    attest(client, sim, "p")
+        attest(client, sim, name)
+    revoke(client, board, name, kind="measurement", subject=AGGREGATOR_MR, action="readmit")
+    attest(client, sim, name)
     cert = x509.load_pem_x509_certificate((sim[0] / simulated.PLATFORM_CERT).read_bytes())
     chip = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
     # the board finds the machine's ID in the audit log, where the attestation is
@@ -440,46 +493,48 @@ def test_a_revoked_measurement_or_platform_cannot_attest(
         e for e in client.audit(0, 10000)["entries"] if e["event"] == "attestation.accepted"
     ]
     assert accepted[-1]["detail"]["platform"] == chip
-    revoke(client, board, "p", kind="platform", subject=chip, reason="stolen machine")
+    revoke(client, board, name, kind="platform", subject=chip, reason="stolen machine")
     with pytest.raises(SpmRefused, match="^revoked: platform"):
-        attest(client, sim, "p")
+        attest(client, sim, name)
 
 
-@SERVICE_ONLY
+@SHARED
 def test_a_platform_id_of_zeros_is_refused(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     """A masked (or VLEK-signed) SEV-SNP report's chip ID is zeros: revoking that
     "platform" revoked every masked machine at once. The SPM refuses it even when the
     board signed it (here sent past the client library's own check)."""
-    submit(client, board, policy_document("p", board, sim[1]))
+    submit(client, board, policy_document(name, board, sim[1]))
     with pytest.raises(SpmError, match="^revocation: a platform ID of zeros"):
-        revocation_doc("p", {"kind": "platform", "subject": "00" * 64, "reason": "x"})
-    doc = {"policy": "p", "kind": "platform", "subject": "00" * 64, "service": "", "reason": "x"}
+        revocation_doc(name, {"kind": "platform", "subject": "00" * 64, "reason": "x"})
+    doc = {"policy": name, "kind": "platform", "subject": "00" * 64, "service": "", "reason": "x"}
     digest = canonical_sha256(doc)
     sigs = [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m) for m in ("alice", "bob")]
     statement = {k: v for k, v in doc.items() if k != "policy"}
     with pytest.raises(SpmRefused, match="^revocation: a platform ID of zeros"):
-        client.revoke("p", statement, sigs)
+        client.revoke(name, statement, sigs)
     # nor a subject that could never match a machine's lowercase hex ID
     with pytest.raises(SpmError, match="^revocation: a platform subject is lowercase hex"):
-        revocation_doc("p", {"kind": "platform", "subject": " " + "ab" * 16, "reason": "x"})
+        revocation_doc(name, {"kind": "platform", "subject": " " + "ab" * 16, "reason": "x"})
     for subject in ("0x" + "ab" * 16, "ab:" * 15 + "ab"):  # past the API's own pattern
         doc = {**doc, "subject": subject}
         sigs = [sign_statement(REVOCATION_DOMAIN, canonical_sha256(doc), board.keys[m], m)
                 for m in ("alice", "bob")]  # fmt: skip
         statement = {k: v for k, v in doc.items() if k != "policy"}
         with pytest.raises(SpmRefused, match="^revocation: a platform subject is lowercase hex"):
-            client.revoke("p", statement, sigs)
+            client.revoke(name, statement, sigs)
 
 
 # --- 7: only the launcher that opened a volume records it ------------------------------------
 
 
-def _kept_fresh_volume(client: SpmClient, board: Board, sim: tuple[Path, bytes]) -> tuple[Any, Any]:
-    """Policy ``p`` with a data volume the SPM keeps fresh (counter ``data-release``)
+def _kept_fresh_volume(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
+) -> tuple[Any, Any]:
+    """Policy ``name`` with a data volume the SPM keeps fresh (counter ``data-release``)
     opened by the aggregator; the document and the aggregator's enrollment."""
-    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc = yaml.safe_load(policy_document(name, board, sim[1]))
     doc["secrets"].append({"name": "data-key", "kind": "aes-256"})
     doc["counters"].append({"name": "data-release"})
     doc["volumes"] = [
@@ -487,12 +542,17 @@ def _kept_fresh_volume(client: SpmClient, board: Board, sim: tuple[Path, bytes])
     ]
     doc["services"][0]["volumes"] = ["data"]
     submit(client, board, yaml.safe_dump(doc))
-    return doc, attest(client, sim, "p")
+    return doc, attest(client, sim, name)
 
 
-@SERVICE_ONLY
+@SHARED
 def test_a_kept_fresh_volume_of_version_0_is_refused_saying_why(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], tmp_path: Path
+    spm: SpmProcess,
+    client: SpmClient,
+    board: Board,
+    sim: tuple[Path, bytes],
+    tmp_path: Path,
+    name: str,
 ) -> None:
     """Found by a review: `secfl shield encrypt --version 0` is accepted, and the
     launcher took the SPM's "nothing recorded yet" (version 0) for version 0 already
@@ -501,44 +561,45 @@ def test_a_kept_fresh_volume_of_version_0_is_refused_saying_why(
     from secfl.launcher._volumes import _check_fresh
     from secfl.shield import Volume, encrypt_files
 
-    _, agg = _kept_fresh_volume(client, board, sim)
+    _, agg = _kept_fresh_volume(client, board, sim, name)
     key = base64.b64decode(agg.secrets["data-key"]["raw"])
     encrypt_files({"rows.csv": b"a,b\n"}, tmp_path / "v0.vol", key, version=0)
     refused = pytest.raises(LaunchError, match=r"^volume: 'data' is version 0, .*--version 1")
     with Volume.open(tmp_path / "v0.vol", key) as volume, refused:
-        _check_fresh(client, "p", "data", volume, agg, key)
+        _check_fresh(client, name, "data", volume, agg, key)
     encrypt_files({"rows.csv": b"a,b\n"}, tmp_path / "v1.vol", key, version=1)
     with Volume.open(tmp_path / "v1.vol", key) as volume:
-        _check_fresh(client, "p", "data", volume, agg, key)  # the first release: recorded
-    assert client.volume_state("p", "data")["version"] == 1
+        _check_fresh(client, name, "data", volume, agg, key)  # the first release: recorded
+    assert client.volume_state(name, "data")["version"] == 1
 
 
-@SERVICE_ONLY
+@SHARED
 def test_a_session_token_alone_cannot_record_a_volume_version(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    doc, agg = _kept_fresh_volume(client, board, sim)
+    doc, agg = _kept_fresh_volume(client, board, sim, name)
     tag = "ab" * 32
     with pytest.raises(SpmRefused, match="^volume: the record of 'data' version 46116"):
-        client.record_volume("p", "data", version=2**62, tag=tag, token=agg.session_token,
+        client.record_volume(name, "data", version=2**62, tag=tag, token=agg.session_token,
                              volume_key=b"\0" * 32)  # fmt: skip
-    assert client.volume_state("p", "data")["version"] == 0
+    assert client.volume_state(name, "data")["version"] == 0
     key = base64.b64decode(agg.secrets["data-key"]["raw"])
-    done = client.record_volume("p", "data", version=3, tag=tag, token=agg.session_token,
+    done = client.record_volume(name, "data", version=3, tag=tag, token=agg.session_token,
                                 volume_key=key)  # fmt: skip
     assert done["version"] == 3
     # a session of a replaced version records nothing (hostile review: it moved the
     # counter of a volume the new version may no longer give that service)
-    v2 = yaml.safe_dump({**doc, "version": 2, "predecessor": client.policy("p")["digest"]})
+    v2 = yaml.safe_dump({**doc, "version": 2, "predecessor": client.policy(name)["digest"]})
     client.submit_policy(v2, board.sign(v2, "alice", "bob"))
-    with pytest.raises(SpmRefused, match="^policy: version 2 of 'p' replaced this session's"):
-        client.record_volume("p", "data", version=4, tag="cd" * 32, token=agg.session_token,
+    with pytest.raises(SpmRefused, match=f"^policy: version 2 of '{name}' replaced this session's"):
+        client.record_volume(name, "data", version=4, tag="cd" * 32, token=agg.session_token,
                              volume_key=key)  # fmt: skip
-    assert client.volume_state("p", "data")["version"] == 3
+    assert client.volume_state(name, "data")["version"] == 3
 
 
+@SHARED_BOTH
 def test_deleted_secret_rows_are_a_rollback_not_new_keys(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     """Found by a hostile review: with the identity CA's and the model key's rows deleted
     by the host, attestation answered 500, and the board's next version quietly made a
@@ -546,36 +607,50 @@ def test_deleted_secret_rows_are_a_rollback_not_new_keys(
     was sealed under the old key was lost), with nothing in the audit log."""
     from secfl.spm._vault import VALUE_TTL
 
-    first = submit(client, board, policy_document("gone", board, sim[1]))
-    attest(client, sim, "gone")
-    db(spm, "DELETE FROM secrets WHERE policy = 'gone' AND name IN ('fl-ca', 'model-key')")
+    first = submit(client, board, policy_document(name, board, sim[1]))
+    attest(client, sim, name)
+    db(
+        spm,
+        "DELETE FROM secrets WHERE policy = :policy AND name IN ('fl-ca', 'model-key')",
+        policy=name,
+    )
     time.sleep(VALUE_TTL + 0.2)  # the vault's cache of opened values
-    missing = r"^rollback: secret '(fl-ca|model-key)' of policy 'gone' is missing from the database"
+    missing = (
+        rf"^rollback: secret '(fl-ca|model-key)' of policy '{name}' is missing from the database"
+    )
     with pytest.raises(SpmRefused, match=missing) as refused:
-        attest(client, sim, "gone")
+        attest(client, sim, name)
     assert refused.value.status == 400
-    v2 = policy_document("gone", board, sim[1], version=2, predecessor=first["digest"])
+    v2 = policy_document(name, board, sim[1], version=2, predecessor=first["digest"])
     with pytest.raises(SpmRefused, match=missing):
         submit(client, board, v2)
-    assert client.policy("gone")["version"] == 1
-    assert db(spm, "SELECT name FROM secrets WHERE policy = 'gone' AND name = 'fl-ca'") == []
+    assert client.policy(name)["version"] == 1
+    assert (
+        db(spm, "SELECT name FROM secrets WHERE policy = :policy AND name = 'fl-ca'", policy=name)
+        == []
+    )
 
 
 # --- 9 and 10: recovery keeps the board's threshold; a bad HPKE key is refused and audited ---
 
 
+@SHARED_BOTH
 def test_a_new_board_gets_new_shares_and_old_shares_open_nothing(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes], spm: SpmProcess
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], spm: SpmProcess, name: str
 ) -> None:
-    first = submit(client, board, policy_document("p", board, sim[1]))
-    (old,) = db(spm, "SELECT shares FROM policy_keys WHERE policy = 'p'")
+    first = submit(client, board, policy_document(name, board, sim[1]))
+    (old,) = db(spm, "SELECT shares FROM policy_keys WHERE policy = :policy", policy=name)
     new_board = Board.create()
-    doc = yaml.safe_load(policy_document("p", new_board, sim[1], version=2,
+    doc = yaml.safe_load(policy_document(name, new_board, sim[1], version=2,
                                          predecessor=first["digest"]))  # fmt: skip
     text_ = yaml.safe_dump(doc)
     client.submit_policy(text_, board.sign(text_, "alice", "bob"))  # the old board approves
-    (new,) = db(spm, "SELECT shares FROM policy_keys WHERE policy = 'p'")
-    (secret,) = db(spm, "SELECT ciphertext FROM secrets WHERE policy = 'p' AND name = 'model-key'")
+    (new,) = db(spm, "SELECT shares FROM policy_keys WHERE policy = :policy", policy=name)
+    (secret,) = db(
+        spm,
+        "SELECT ciphertext FROM secrets WHERE policy = :policy AND name = 'model-key'",
+        policy=name,
+    )
     old_key = recover_policy_key(
         [open_share(old.shares, m, board.recovery[m]) for m in ("alice", "bob")], old.shares
     )
@@ -585,18 +660,18 @@ def test_a_new_board_gets_new_shares_and_old_shares_open_nothing(
     assert old_key != new_key
     from secfl.spm._masterkey import open_secret
 
-    assert open_secret(new_key, "p", "model-key", bytes(secret.ciphertext))
+    assert open_secret(new_key, name, "model-key", bytes(secret.ciphertext))
     with pytest.raises(Exception, match="secrets:"):
-        open_secret(old_key, "p", "model-key", bytes(secret.ciphertext))
+        open_secret(old_key, name, "model-key", bytes(secret.ciphertext))
     with pytest.raises(Exception, match="recovery:"):
         open_share(new.shares, "alice", board.recovery["alice"])
 
 
-@SERVICE_ONLY
+@SHARED
 def test_recovery_never_needs_fewer_members_than_the_board(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc = yaml.safe_load(policy_document(name, board, sim[1]))
     for member in doc["board"]["members"][1:]:
         member.pop("recovery_key")
     text_ = yaml.safe_dump(doc)
@@ -605,16 +680,16 @@ def test_recovery_never_needs_fewer_members_than_the_board(
     assert exc.value.status == 400
 
 
-@SERVICE_ONLY
+@SHARED
 def test_an_all_zero_hpke_key_is_refused_and_the_nonce_spent(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from secfl.spm._report_data import spki_sha256, workload_report_data
     from secfl.spm.enroll import make_csr
 
-    submit(client, board, policy_document("p", board, sim[1]))
+    submit(client, board, policy_document(name, board, sim[1]))
     hpke = b"\0" * 32
     key = ec.generate_private_key(ec.SECP256R1())
     nonce = client.nonce()
@@ -625,28 +700,28 @@ def test_an_all_zero_hpke_key_is_refused_and_the_nonce_spent(
     args = {"nonce": nonce, "evidence": evidence, "hpke_public_key": hpke,
             "csr_pem": make_csr(key, "aggregator")}  # fmt: skip
     with pytest.raises(SpmRefused, match="^hpke_public_key:") as exc:
-        client.attest("p", "aggregator", **args)
+        client.attest(name, "aggregator", **args)
     assert exc.value.status == 400
     with pytest.raises(SpmRefused, match="^nonce: the nonce is used"):
-        client.attest("p", "aggregator", **args)
+        client.attest(name, "aggregator", **args)
     refusals = [e for e in client.audit(0, 10000)["entries"] if e["event"] == "attestation.refused"]
     assert any("hpke_public_key" in e["detail"]["reason"] for e in refusals)
 
 
-@SERVICE_ONLY
+@SHARED
 def test_old_board_signatures_cannot_be_replayed(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     """A readmission signed once cannot lift a later revocation of the same service."""
-    submit(client, board, policy_document("p", board, sim[1]))
-    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning")
+    submit(client, board, policy_document(name, board, sim[1]))
+    revoke(client, board, name, kind="service", subject="aggregator", reason="poisoning")
     readmit = {"kind": "service", "subject": "aggregator", "action": "readmit"}
-    revoke(client, board, "p", **readmit)
-    revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning again")
+    revoke(client, board, name, **readmit)
+    revoke(client, board, name, kind="service", subject="aggregator", reason="poisoning again")
     with pytest.raises(SpmRefused, match="^revocation: this statement .* was already applied"):
-        revoke(client, board, "p", **readmit)
+        revoke(client, board, name, **readmit)
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
-        attest(client, sim, "p")
+        attest(client, sim, name)
 
 
 # --- the hostile review's follow-ups ----------------------------------------------------------
@@ -679,21 +754,22 @@ def test_the_spm_never_signs_a_rewritten_audit_log(
         verify_remote(spm.url, spm.pin)
 
 
+@SHARED_BOTH
 def test_a_secret_restored_from_before_its_rotation_is_not_released(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    first = submit(client, board, policy_document("p", board, sim[1]))
-    (old,) = db(spm, "SELECT * FROM secrets WHERE policy = 'p' AND name = 'seed'")
-    doc = yaml.safe_load(policy_document("p", board, sim[1], version=2,
+    first = submit(client, board, policy_document(name, board, sim[1]))
+    (old,) = db(spm, "SELECT * FROM secrets WHERE policy = :policy AND name = 'seed'", policy=name)
+    doc = yaml.safe_load(policy_document(name, board, sim[1], version=2,
                                          predecessor=first["digest"]))  # fmt: skip
     next(s for s in doc["secrets"] if s["name"] == "seed")["size"] = 32
     submit(client, board, yaml.safe_dump(doc))
     db(spm, "UPDATE secrets SET definition_digest = :d, ciphertext = :c, created_at = :t, "
-            "mac = :m WHERE policy = 'p' AND name = 'seed'",
-       d=old.definition_digest, c=old.ciphertext, t=old.created_at, m=old.mac)  # fmt: skip
+            "mac = :m WHERE policy = :p AND name = 'seed'",
+       d=old.definition_digest, c=old.ciphertext, t=old.created_at, m=old.mac, p=name)  # fmt: skip
     time.sleep(REFRESH_WAIT)
     with pytest.raises(SpmRefused, match="^(rollback|release): .*secret 'seed'"):
-        attest(client, sim, "p")
+        attest(client, sim, name)
 
 
 def test_a_data_key_restored_from_before_a_board_change_is_refused(
@@ -875,22 +951,25 @@ def test_a_deleted_tls_identity_is_not_silently_replaced(
 # now chained into the log (``secret.stored``, the ciphertext's SHA-256).
 
 
-def _secrets_of(spm: SpmProcess, sim: tuple[Path, bytes]) -> dict[str, Any]:
+def _secrets_of(spm: SpmProcess, sim: tuple[Path, bytes], policy: str) -> dict[str, Any]:
     with SpmClient(spm.url, pin=spm.pin) as c:
         plat = simulated.SimulatedPlatform(sim[0])
-        return enroll(c, plat, "p", "aggregator", measurement=AGGREGATOR_MR).secrets
+        return enroll(c, plat, policy, "aggregator", measurement=AGGREGATOR_MR).secrets
 
 
-def _restore(spm: SpmProcess, old: Any, name: str) -> None:
-    """Put back a saved row of secret ``name``, with its own (valid) MAC."""
+def _restore(spm: SpmProcess, old: Any, name: str, policy: str) -> None:
+    """Put back a saved row of secret ``name`` of ``policy``, with its own (valid) MAC."""
     db(spm, "UPDATE secrets SET definition_digest = :d, ciphertext = :c, created_at = :t, "
-            "mac = :m WHERE policy = 'p' AND name = :n",
-       d=old.definition_digest, c=old.ciphertext, t=old.created_at, m=old.mac, n=name)  # fmt: skip
+            "mac = :m WHERE policy = :p AND name = :n",
+       d=old.definition_digest, c=old.ciphertext, t=old.created_at, m=old.mac, n=name,
+       p=policy)  # fmt: skip
 
 
-def _next(board: Board, sim: tuple[Path, bytes], before: dict[str, Any], version: int) -> dict:
+def _next(
+    board: Board, sim: tuple[Path, bytes], before: dict[str, Any], version: int, policy: str
+) -> dict:
     return yaml.safe_load(
-        policy_document("p", board, sim[1], version=version, predecessor=before["digest"])
+        policy_document(policy, board, sim[1], version=version, predecessor=before["digest"])
     )
 
 
@@ -898,18 +977,18 @@ def test_a_value_rotated_away_and_back_is_not_restored(
     spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
 ) -> None:
     first = submit(client, board, policy_document("p", board, sim[1]))
-    leaked = _secrets_of(spm, sim)["seed"]
+    leaked = _secrets_of(spm, sim, "p")["seed"]
     (old,) = db(spm, "SELECT * FROM secrets WHERE policy = 'p' AND name = 'seed'")
-    doc = _next(board, sim, first, 2)  # v2 rotates the seed (its value leaked, say)
+    doc = _next(board, sim, first, 2, "p")  # v2 rotates the seed (its value leaked, say)
     next(s for s in doc["secrets"] if s["name"] == "seed")["size"] = 32
     second = submit(client, board, yaml.safe_dump(doc))
-    submit(client, board, yaml.safe_dump(_next(board, sim, second, 3)))  # v3: 16 bytes again
+    submit(client, board, yaml.safe_dump(_next(board, sim, second, 3, "p")))  # v3: 16 bytes again
     time.sleep(REFRESH_WAIT + VALUE_TTL)
-    assert _secrets_of(spm, sim)["seed"] != leaked  # a new value, not the leaked one
-    _restore(spm, old, "seed")  # the host puts version 1's row back
+    assert _secrets_of(spm, sim, "p")["seed"] != leaked  # a new value, not the leaked one
+    _restore(spm, old, "seed", "p")  # the host puts version 1's row back
     time.sleep(VALUE_TTL + 0.2)
     with pytest.raises(SpmRefused, match="^rollback: the stored value of secret 'seed'") as no:
-        _secrets_of(spm, sim)
+        _secrets_of(spm, sim, "p")
     assert no.value.status == 400
     assert restart_fails(spm).startswith("error: rollback: the stored value of secret 'seed' of ")
 
@@ -931,46 +1010,48 @@ def _issuer(secrets: dict[str, Any]) -> str:
     return crt.issuer.rfc4514_string()
 
 
-@pytest.mark.parametrize("spm", ["sqlite"], indirect=True)
+@SHARED
 def test_a_renewal_never_signs_with_a_restored_ca(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     # a CA of 2 days caps its leaf's lifetime: the leaf is renewed at every release
-    v1 = _with_leaf(yaml.safe_load(policy_document("p", board, sim[1])), "old CA", 2, show_ca=False)
+    v1 = _with_leaf(
+        yaml.safe_load(policy_document(name, board, sim[1])), "old CA", 2, show_ca=False
+    )
     first = submit(client, board, yaml.safe_dump(v1))
-    (old,) = db(spm, "SELECT * FROM secrets WHERE policy = 'p' AND name = 'ca2'")
-    v2 = _with_leaf(_next(board, sim, first, 2), "new CA", 2, show_ca=False)
+    (old,) = db(spm, "SELECT * FROM secrets WHERE policy = :policy AND name = 'ca2'", policy=name)
+    v2 = _with_leaf(_next(board, sim, first, 2, name), "new CA", 2, show_ca=False)
     submit(client, board, yaml.safe_dump(v2))
     time.sleep(REFRESH_WAIT + VALUE_TTL)
-    assert _issuer(_secrets_of(spm, sim)) == "CN=new CA"
-    _restore(spm, old, "ca2")
+    assert _issuer(_secrets_of(spm, sim, name)) == "CN=new CA"
+    _restore(spm, old, "ca2", name)
     time.sleep(VALUE_TTL + 0.2)
     with pytest.raises(SpmRefused, match="^rollback: the stored value of secret 'ca2'"):
-        _secrets_of(spm, sim)
+        _secrets_of(spm, sim, name)
 
 
-@pytest.mark.parametrize("spm", ["sqlite"], indirect=True)
+@SHARED
 def test_a_rotated_ca_reissues_the_certificates_it_signed(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     """No attacker: the board gave the CA a new key; the leaf it signed is not released
     with the old CA's signature until its renewal, months later."""
     first = submit(client, board, yaml.safe_dump(_with_leaf(yaml.safe_load(
-        policy_document("p", board, sim[1])), "CA one")))  # fmt: skip
-    assert _issuer(_secrets_of(spm, sim)) == "CN=CA one"
-    submit(client, board, yaml.safe_dump(_with_leaf(_next(board, sim, first, 2), "CA two")))
+        policy_document(name, board, sim[1])), "CA one")))  # fmt: skip
+    assert _issuer(_secrets_of(spm, sim, name)) == "CN=CA one"
+    submit(client, board, yaml.safe_dump(_with_leaf(_next(board, sim, first, 2, name), "CA two")))
     time.sleep(REFRESH_WAIT + VALUE_TTL)
-    secrets = _secrets_of(spm, sim)
+    secrets = _secrets_of(spm, sim, name)
     ca = x509.load_pem_x509_certificate(secrets["ca2"]["crt"].encode())
     leaf = x509.load_pem_x509_certificate(secrets["svc"]["crt"].encode())
     assert ca.subject.rfc4514_string() == "CN=CA two" == _issuer(secrets)
     assert leaf.verify_directly_issued_by(ca) is None
-    events = [line for line in _audit_events(spm) if line[0] == "secret.stored"]
+    events = [line for line in _audit_events(spm, name) if line[0] == "secret.stored"]
     assert ("secret.stored", "svc", "reissued") in events
 
 
-def _audit_events(spm: SpmProcess) -> list[tuple[str, str, str]]:
-    rows = db(spm, "SELECT event, detail FROM audit WHERE policy = 'p' ORDER BY seq")
+def _audit_events(spm: SpmProcess, policy: str) -> list[tuple[str, str, str]]:
+    rows = db(spm, "SELECT event, detail FROM audit WHERE policy = :p ORDER BY seq", p=policy)
     out = []
     for row in rows:
         detail = json.loads(row.detail)
@@ -988,21 +1069,21 @@ def test_recovery_shares_nested_deeply_are_one_line() -> None:
         open_share(huge % ("0" * 4000), "alice", b"")
 
 
-@pytest.mark.parametrize("spm", ["sqlite"], indirect=True)
+@SHARED
 def test_a_certificate_added_again_after_its_ca_rotated_is_reissued(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
     """Version 2 rotates the CA and drops the certificate (its row stays); version 3
     names it again as it was: it was released signed by the old CA (review)."""
     first = submit(client, board, yaml.safe_dump(_with_leaf(yaml.safe_load(
-        policy_document("p", board, sim[1])), "CA one")))  # fmt: skip
-    v2 = _with_leaf(_next(board, sim, first, 2), "CA two")
+        policy_document(name, board, sim[1])), "CA one")))  # fmt: skip
+    v2 = _with_leaf(_next(board, sim, first, 2, name), "CA two")
     v2["secrets"] = [s for s in v2["secrets"] if s["name"] != "svc"]
     del v2["services"][0]["inject"]["files"]["/secrets/svc.crt"]
     second = submit(client, board, yaml.safe_dump(v2))
-    submit(client, board, yaml.safe_dump(_with_leaf(_next(board, sim, second, 3), "CA two")))
+    submit(client, board, yaml.safe_dump(_with_leaf(_next(board, sim, second, 3, name), "CA two")))
     time.sleep(REFRESH_WAIT + VALUE_TTL)
-    secrets = _secrets_of(spm, sim)
+    secrets = _secrets_of(spm, sim, name)
     ca = x509.load_pem_x509_certificate(secrets["ca2"]["crt"].encode())
     leaf = x509.load_pem_x509_certificate(secrets["svc"]["crt"].encode())
     assert _issuer(secrets) == "CN=CA two"
@@ -1016,28 +1097,28 @@ def test_a_dropped_secret_whose_row_was_deleted_is_not_made_anew(
     """Version 2 drops the seed (its row stays, and so does its store in the log); the
     host deletes the row; version 3 names the seed again: a new value was made (review)."""
     first = submit(client, board, policy_document("p", board, sim[1]))
-    v2 = _next(board, sim, first, 2)
+    v2 = _next(board, sim, first, 2, "p")
     v2["secrets"] = [s for s in v2["secrets"] if s["name"] != "seed"]
     del v2["services"][0]["inject"]["files"]["/secrets/seed"]
     second = submit(client, board, yaml.safe_dump(v2))
     db(spm, "DELETE FROM secrets WHERE policy = 'p' AND name = 'seed'")
     missing = "^rollback: secret 'seed' of policy 'p' is missing from the database"
     with pytest.raises(SpmRefused, match=missing):
-        submit(client, board, yaml.safe_dump(_next(board, sim, second, 3)))
+        submit(client, board, yaml.safe_dump(_next(board, sim, second, 3, "p")))
     assert restart_fails(spm) == "error: rollback: secret 'seed' of policy 'p' was deleted"
 
 
 @pytest.mark.parametrize("shared", ["round", "other-site"])
-@SERVICE_ONLY
+@SHARED
 def test_a_volume_cannot_share_the_federations_counter(
-    client: SpmClient, board: Board, sim: tuple[Path, bytes], shared: str
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], shared: str, name: str
 ) -> None:
     """Found by a review: recording a release of a volume moves its counter, and a site
     holding its own data volume's key records releases at will. With the federation's
     counter on its data volume, each release moved the aggregator's round counter: the
     aggregator's next commit was refused, and its restart found its checkpoint behind
     the counter until the board signed a reset. Also a counter another service moves."""
-    doc = yaml.safe_load(policy_document("p", board, sim[1]))
+    doc = yaml.safe_load(policy_document(name, board, sim[1]))
     doc["secrets"].append({"name": "site-key", "kind": "aes-256"})
     doc["counters"].append({"name": "other-site"})
     doc["services"][0]["counters"] = [*doc["services"][0].get("counters", []), "other-site"]
@@ -1048,7 +1129,7 @@ def test_a_volume_cannot_share_the_federations_counter(
     assert str(refused.value).startswith(f"policy: volumes[0].counter: '{shared}' is ")
     assert "give volume 'site-data' a counter of its own" in str(refused.value)
     with pytest.raises(SpmRefused, match="unknown policy|no policy"):
-        client.policy("p")
+        client.policy(name)
 
 
 @SERVICE_ONLY
