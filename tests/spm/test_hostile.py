@@ -355,20 +355,21 @@ def test_a_compare_and_increment_at_a_stale_value_burns_nothing(
     assert ledger.increment(expect=2) == 3
 
 
+@SHARED_BOTH
 def test_a_forged_session_is_refused(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    submit(client, board, policy_document("p", board, sim[1]))
-    agg = attest(client, sim, "p")
-    (row,) = db(spm, "SELECT * FROM sessions")
+    submit(client, board, policy_document(name, board, sim[1]))
+    agg = attest(client, sim, name)
+    (row,) = db(spm, "SELECT * FROM sessions WHERE policy = :p", p=name)
     token = "forged-token-of-the-attacker"
     db(spm, "INSERT INTO sessions (token_sha256, policy, service, policy_version, expires_at, "
-            "serial, identity, mac) VALUES (:t, 'p', 'aggregator', 1, :e, '', :i, :m)",
-       t=hashlib.sha256(token.encode()).digest(), e=row.expires_at, i=row.identity,
+            "serial, identity, mac) VALUES (:t, :p, 'aggregator', 1, :e, '', :i, :m)",
+       t=hashlib.sha256(token.encode()).digest(), p=name, e=row.expires_at, i=row.identity,
        m=row.mac)  # fmt: skip
     with pytest.raises(SpmRefused, match="^integrity: a session fails its MAC"):
-        client.increment("p", "round", token)
-    assert client.increment("p", "round", agg.session_token) == 1
+        client.increment(name, "round", token)
+    assert client.increment(name, "round", agg.session_token) == 1
 
 
 def test_deleting_a_revocation_in_the_database_does_not_readmit(
@@ -787,19 +788,20 @@ def test_a_data_key_restored_from_before_a_board_change_is_refused(
     assert "data key of policy 'p'" in restart_fails(spm)
 
 
+@SHARED_BOTH
 def test_garbage_in_the_database_is_one_line_not_a_500(
-    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes]
+    spm: SpmProcess, client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
 ) -> None:
-    submit(client, board, policy_document("p", board, sim[1]))
-    agg = attest(client, sim, "p")
+    submit(client, board, policy_document(name, board, sim[1]))
+    agg = attest(client, sim, name)
     # SQLite stores anything (an infinite float); PostgreSQL a bigint at least.
     huge = "9223372036854775807" if spm.db else "9e999"
-    db(spm, f"UPDATE counters SET value = {huge} WHERE name = 'round'")  # noqa: S608
+    db(spm, f"UPDATE counters SET value = {huge} WHERE policy = :p AND name = 'round'", p=name)  # noqa: S608
     with pytest.raises(SpmRefused, match="^integrity: counter 'round'") as exc:
-        client.counter("p", "round")
+        client.counter(name, "round")
     assert exc.value.status < 500
     with pytest.raises(SpmRefused, match="^integrity:"):
-        client.increment("p", "round", agg.session_token)
+        client.increment(name, "round", agg.session_token)
 
 
 def test_rows_ahead_of_an_emptied_log_are_refused_at_start(
