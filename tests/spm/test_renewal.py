@@ -6,19 +6,55 @@ processes: `secfl spm serve` on SQLite, the host putting the ended row back, a r
 from __future__ import annotations
 
 import hashlib
+import itertools
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll
 from secfl.tee import _simulated as simulated
-from tests.spm.harness import AGGREGATOR_MR, COLLABORATOR_MR, Board, spm_with_policy
+from tests.spm.harness import (
+    AGGREGATOR_MR,
+    COLLABORATOR_MR,
+    Board,
+    SpmProcess,
+    policy_document,
+    spm_with_policy,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 ENDED = "session: this session ended when its workload attested again"
+_POLICY_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory, sim: tuple[Path, bytes]
+) -> Iterator[SpmProcess]:
+    """One SPM for the tests that neither restart it nor touch its database: each
+    submits a policy of its own name (:func:`own_policy`)."""
+    proc = SpmProcess(tmp_path_factory.mktemp("shared") / "data", sim[0], None).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def own_policy(shared: SpmProcess, sim: tuple[Path, bytes], board: Board) -> tuple[str, Any]:
+    """A policy of a name no other test here uses, on the shared SPM (version 1, signed by
+    alice and bob), and its aggregator's enrollment: (policy name, enrollment)."""
+    name = f"fed{next(_POLICY_NUMBERS)}"
+    with SpmClient(shared.url, pin=shared.pin) as client:
+        document = policy_document(name, board, sim[1])
+        client.submit_policy(document, board.sign(document, "alice", "bob"))
+        platform = simulated.SimulatedPlatform(sim[0])
+        return name, enroll(client, platform, name, "aggregator", measurement=AGGREGATOR_MR)
 
 
 def test_a_renewal_ends_the_session_it_replaces(
@@ -60,32 +96,32 @@ def test_a_renewal_ends_the_session_it_replaces(
 
 
 def test_an_increment_under_way_while_the_workload_renews_is_sent_again(
-    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+    shared: SpmProcess, own_policy: tuple[str, Any], sim: tuple[Path, bytes]
 ) -> None:
     """The aggregator commits a round in the background while its main thread may renew
     the identity: an increment sent with the old token met the ended session, and the
     run stopped. Refused whole, it is sent again with the new token."""
     from secfl.fl._ledger import SpmLedger
 
-    with spm_with_policy(tmp_path / "data", sim, board, "aggregator") as (proc, enrolled):
-        old = enrolled["aggregator"].session_token
-        platform = simulated.SimulatedPlatform(sim[0])
-        with SpmClient(proc.url, pin=proc.pin) as client:
-            held = {"token": old}
+    fed, enrolled = own_policy
+    old = enrolled.session_token
+    platform = simulated.SimulatedPlatform(sim[0])
+    with SpmClient(shared.url, pin=shared.pin) as client:
+        held = {"token": old}
 
-            def token() -> str:
-                sent = held["token"]
-                if sent == old:  # the main thread renews while this request is on its way
-                    held["token"] = enroll(client, platform, "fed", "aggregator",
-                                           measurement=AGGREGATOR_MR,
-                                           replaces=old).session_token  # fmt: skip
-                return sent
+        def token() -> str:
+            sent = held["token"]
+            if sent == old:  # the main thread renews while this request is on its way
+                held["token"] = enroll(client, platform, fed, "aggregator",
+                                       measurement=AGGREGATOR_MR,
+                                       replaces=old).session_token  # fmt: skip
+            return sent
 
-            ledger = SpmLedger(lambda: client, "fed", "round", token)
-            assert ledger.increment(expect=0, request="ab" * 16) == 1
-            assert held["token"] != old
-            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
-                client.increment("fed", "round", old)
+        ledger = SpmLedger(lambda: client, fed, "round", token)
+        assert ledger.increment(expect=0, request="ab" * 16) == 1
+        assert held["token"] != old
+        with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+            client.increment(fed, "round", old)
 
 
 def test_a_renewal_ends_the_session_whose_row_the_host_hid(
@@ -124,7 +160,10 @@ def test_a_renewal_ends_the_session_whose_row_the_host_hid(
 
 
 def test_an_increment_whose_answer_was_lost_during_a_renewal_is_not_taken_twice(
-    tmp_path: Path, sim: tuple[Path, bytes], board: Board, monkeypatch: pytest.MonkeyPatch
+    shared: SpmProcess,
+    own_policy: tuple[str, Any],
+    sim: tuple[Path, bytes],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Found by a review: the increment landed, its answer was lost, the workload renewed
     meanwhile; the client's resend met the ended session, the ledger sent it again with
@@ -134,51 +173,52 @@ def test_an_increment_whose_answer_was_lost_during_a_renewal_is_not_taken_twice(
 
     from secfl.fl._ledger import SpmLedger
 
-    with spm_with_policy(tmp_path / "data", sim, board, "aggregator") as (proc, enrolled):
-        old = enrolled["aggregator"].session_token
-        held = {"token": old}
-        platform = simulated.SimulatedPlatform(sim[0])
-        with SpmClient(proc.url, pin=proc.pin) as renewer, \
-                SpmClient(proc.url, pin=proc.pin) as own:  # fmt: skip
-            renewer.counter("fed", "round")
-            own.counter("fed", "round")
-            real = http.client.HTTPConnection.getresponse
-            state = {"lost": 0, "busy": False}
+    fed, enrolled = own_policy
+    old = enrolled.session_token
+    held = {"token": old}
+    platform = simulated.SimulatedPlatform(sim[0])
+    with SpmClient(shared.url, pin=shared.pin) as renewer, \
+            SpmClient(shared.url, pin=shared.pin) as own:  # fmt: skip
+        renewer.counter(fed, "round")
+        own.counter(fed, "round")
+        real = http.client.HTTPConnection.getresponse
+        state = {"lost": 0, "busy": False}
 
-            def getresponse(self: http.client.HTTPConnection) -> http.client.HTTPResponse:
-                if state["busy"] or state["lost"] or getattr(self, "_method", "") != "POST":
-                    return real(self)
-                real(self).read()  # the SPM answered: committed
-                state["busy"] = True
-                try:  # the workload renews meanwhile
-                    held["token"] = enroll(renewer, platform, "fed", "aggregator",
-                                           measurement=AGGREGATOR_MR,
-                                           replaces=old).session_token  # fmt: skip
-                finally:
-                    state["busy"] = False
-                state["lost"] += 1
-                self.close()
-                raise http.client.RemoteDisconnected("the answer is lost")
+        def getresponse(self: http.client.HTTPConnection) -> http.client.HTTPResponse:
+            if state["busy"] or state["lost"] or getattr(self, "_method", "") != "POST":
+                return real(self)
+            real(self).read()  # the SPM answered: committed
+            state["busy"] = True
+            try:  # the workload renews meanwhile
+                held["token"] = enroll(renewer, platform, fed, "aggregator",
+                                       measurement=AGGREGATOR_MR,
+                                       replaces=old).session_token  # fmt: skip
+            finally:
+                state["busy"] = False
+            state["lost"] += 1
+            self.close()
+            raise http.client.RemoteDisconnected("the answer is lost")
 
-            monkeypatch.setattr(http.client.HTTPConnection, "getresponse", getresponse)
-            ledger = SpmLedger(lambda: own, "fed", "round", lambda: held["token"])
-            assert ledger.increment(expect=0, request="ab" * 16) == 1
-            monkeypatch.undo()
-            assert state["lost"] == 1 and own.counter("fed", "round") == 1
+        monkeypatch.setattr(http.client.HTTPConnection, "getresponse", getresponse)
+        ledger = SpmLedger(lambda: own, fed, "round", lambda: held["token"])
+        assert ledger.increment(expect=0, request="ab" * 16) == 1
+        monkeypatch.undo()
+        assert state["lost"] == 1 and own.counter(fed, "round") == 1
 
 
 def test_a_renewal_tried_again_ends_nothing_twice(
-    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+    shared: SpmProcess, own_policy: tuple[str, Any], sim: tuple[Path, bytes]
 ) -> None:
     """Found by a review: a renewal whose answer was lost is tried again with the same
     old token; the second ended it again as a row gone missing, which reads as the
     host's doing in the audit log."""
-    with spm_with_policy(tmp_path / "data", sim, board, "aggregator") as (proc, enrolled):
-        old = enrolled["aggregator"].session_token
-        platform = simulated.SimulatedPlatform(sim[0])
-        with SpmClient(proc.url, pin=proc.pin) as client:
-            for _ in range(2):
-                enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR,
-                       replaces=old)  # fmt: skip
-            ended = [e for e in client.audit(0, 10_000)["entries"] if e["event"] == "session.ended"]
-        assert len(ended) == 1 and "row" not in ended[0]["detail"]
+    fed, enrolled = own_policy
+    old = enrolled.session_token
+    platform = simulated.SimulatedPlatform(sim[0])
+    with SpmClient(shared.url, pin=shared.pin) as client:
+        for _ in range(2):
+            enroll(client, platform, fed, "aggregator", measurement=AGGREGATOR_MR,
+                   replaces=old)  # fmt: skip
+        ended = [e for e in client.audit(0, 10_000)["entries"]
+                 if e["event"] == "session.ended" and e["policy"] == fed]  # fmt: skip
+    assert len(ended) == 1 and "row" not in ended[0]["detail"]
