@@ -8,6 +8,7 @@ the CLI, a real SPM, real SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -31,6 +32,18 @@ def _key_only(folder: Path) -> Path:
     folder.mkdir(mode=0o700)
     load_or_create_master_key(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def stopped(
+    tmp_path_factory: pytest.TempPathFactory, sim: tuple[Path, bytes], board: Board
+) -> Path:
+    """The data folder of an SPM that ran (a policy, an enrolled aggregator) and stopped:
+    made once for the module; the tests read or change copies of it."""
+    with spm_with_policy(tmp_path_factory.mktemp("stopped") / "spm", sim, board,
+                         "aggregator") as (proc, _):  # fmt: skip
+        pass
+    return proc.data
 
 
 def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -111,11 +124,9 @@ def test_a_wrong_postgresql_database_gets_no_spm_tables(tmp_path: Path, pg_url: 
 
 
 def test_a_missing_database_beside_its_anchor_is_refused_and_not_made_anew(
-    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+    tmp_path: Path, stopped: Path
 ) -> None:
-    with spm_with_policy(tmp_path / "spm", sim, board) as (proc, _):
-        pass
-    data = copy_spm(proc.data, tmp_path / "lost")
+    data = copy_spm(stopped, tmp_path / "lost")
     (data / "spm.db").unlink()
     before = _files(data)
     line = one_error(secfl("audit", "verify", "--data", str(data)))
@@ -144,19 +155,16 @@ def test_verifying_a_running_spms_folder_writes_nothing(
         assert remote.stdout == verified.stdout  # the SPM went on as before
 
 
-def test_verifying_a_stopped_spms_folder_changes_no_file(
-    tmp_path: Path, sim: tuple[Path, bytes], board: Board
-) -> None:
-    with spm_with_policy(tmp_path / "spm", sim, board, "aggregator") as (proc, _):
-        pass
-    before = _files(proc.data)
-    done = secfl("audit", "verify", "--data", str(proc.data))
+def test_verifying_a_stopped_spms_folder_changes_no_file(tmp_path: Path, stopped: Path) -> None:
+    data = shutil.copytree(stopped, tmp_path / "spm")  # the stopped SPM's files, as they are
+    before = _files(data)
+    done = secfl("audit", "verify", "--data", str(data))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("audit verify: OK, "), done.stdout
-    assert _files(proc.data) == before
+    assert _files(data) == before
 
     # An SPM database of another schema is refused as such, not upgraded or opened.
-    other = copy_spm(proc.data, tmp_path / "other")
+    other = copy_spm(data, tmp_path / "other")
     sql(other, "UPDATE meta SET value = ? WHERE key = 'schema_version'", b"9")
     line = one_error(secfl("audit", "verify", "--data", str(other)))
     assert line.startswith(f"error: audit: {other / 'spm.db'} has schema version 9, this "), line
@@ -186,14 +194,12 @@ def test_a_killed_spms_write_ahead_log_is_read_not_folded_in(
 
 @pytest.mark.parametrize("reader", ["verify", "show"])
 def test_a_commit_just_before_the_anchor_is_read_is_no_rollback(
-    tmp_path: Path, sim: tuple[Path, bytes], board: Board, reader: str
+    tmp_path: Path, stopped: Path, reader: str
 ) -> None:
     """A reader of a running SPM's folder read the anchor after its snapshot of the
     database: an SPM that committed (and moved its anchor) in between looked like a
     database rolled back. The anchor is read first now, so it is never ahead."""
-    with spm_with_policy(tmp_path / "spm", sim, board) as (proc, _):
-        pass
-    data = copy_spm(proc.data, tmp_path / "data")
+    data = copy_spm(stopped, tmp_path / "data")
     spm = open_store(data, load_or_create_master_key(data))  # the SPM, in this process
     read = Anchor.read
     moved: list[int] = []
