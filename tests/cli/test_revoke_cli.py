@@ -7,8 +7,10 @@ service then cannot attest until the board readmits it the same way, and
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,22 +34,45 @@ def keys(tmp_path: Path, board: Board) -> Path:
     return folder
 
 
-@pytest.fixture
-def spm(tmp_path: Path, sim: tuple[Path, bytes], board: Board) -> Iterator[SpmProcess]:
-    proc = SpmProcess(tmp_path / "data", sim[0], None).start()
+_POLICY_NUMBERS = itertools.count(1)
+
+
+@dataclass
+class Served:
+    """The module's SPM (its URL and pin) and the policy of this test on it."""
+
+    url: str
+    pin: str
+    policy: str
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, sim: tuple[Path, bytes]
+) -> Iterator[SpmProcess]:
+    proc = SpmProcess(tmp_path_factory.mktemp("spm") / "data", sim[0], None).start()
     try:
-        with SpmClient(proc.url, pin=proc.pin) as client:
-            document = policy_document("fed", board, sim[1])
-            client.submit_policy(document, board.sign(document, "alice", "bob"))
         yield proc
     finally:
         proc.stop()
 
 
-def attest(spm: SpmProcess, sim: tuple[Path, bytes]) -> str:
+@pytest.fixture
+def spm(server: SpmProcess, sim: tuple[Path, bytes], board: Board) -> Served:
+    """Version 1 of a policy of this test's own on the module's SPM: revocations are a
+    policy's, so the tests sharing the SPM see none of each other's."""
+    name = f"fed{next(_POLICY_NUMBERS)}"
+    with SpmClient(server.url, pin=server.pin) as client:
+        document = policy_document(name, board, sim[1])
+        client.submit_policy(document, board.sign(document, "alice", "bob"))
+    return Served(server.url, server.pin, name)
+
+
+def attest(spm: Served, sim: tuple[Path, bytes]) -> str:
     with SpmClient(spm.url, pin=spm.pin) as client:
         platform = simulated.SimulatedPlatform(sim[0])
-        return enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR).certificate
+        enrolled = enroll(client, platform, spm.policy, "aggregator", measurement=AGGREGATOR_MR)
+        return enrolled.certificate
 
 
 def sign(keys: Path, tmp_path: Path, member: str, *flags: str) -> str:
@@ -55,13 +80,15 @@ def sign(keys: Path, tmp_path: Path, member: str, *flags: str) -> str:
     return out
 
 
-def sign_all(keys: Path, tmp_path: Path, *signers: tuple[str, tuple[str, ...]]) -> list[str]:
-    """``secfl policy sign-revocation`` by each (member, flags), two processes at a time;
-    the signature files, in order."""
+def sign_all(
+    keys: Path, tmp_path: Path, *signers: tuple[str, tuple[str, ...]], policy: str = "fed"
+) -> list[str]:
+    """``secfl policy sign-revocation`` of ``policy`` by each (member, flags), two processes
+    at a time; the signature files, in order."""
     first = len(list(tmp_path.glob("*.sig")))
     outs = [tmp_path / f"{member}.{first + i}.sig" for i, (member, _) in enumerate(signers)]
     runs = secfl_all(*(
-        ("policy", "sign-revocation", "--policy", "fed", *flags,
+        ("policy", "sign-revocation", "--policy", policy, *flags,
          "--key", str(keys / f"{member}.key"), "--member", member, "-o", str(out))
         for (member, flags), out in zip(signers, outs, strict=True)
     ))  # fmt: skip
@@ -71,14 +98,15 @@ def sign_all(keys: Path, tmp_path: Path, *signers: tuple[str, tuple[str, ...]]) 
     return [str(out) for out in outs]
 
 
-def submit(spm: SpmProcess, flags: tuple[str, ...], *sigs: str) -> subprocess.CompletedProcess[str]:
+def submit(spm: Served, flags: tuple[str, ...], *sigs: str) -> subprocess.CompletedProcess[str]:
     given = [arg for sig in sigs for arg in ("--sig", sig)]
-    return secfl("policy", "revoke", "--policy", "fed", *flags, *given,
+    return secfl("policy", "revoke", "--policy", spm.policy, *flags, *given,
                  "--spm", spm.url, "--spm-pin", spm.pin)  # fmt: skip
 
 
-def listing(spm: SpmProcess) -> str:
-    done = secfl("policy", "revocations", "--policy", "fed", "--spm", spm.url, "--spm-pin", spm.pin)
+def listing(spm: Served) -> str:
+    done = secfl("policy", "revocations", "--policy", spm.policy, "--spm", spm.url,
+                 "--spm-pin", spm.pin)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -88,10 +116,10 @@ READMIT = ("--kind", "service", "--subject", "aggregator", "--readmit", "--reaso
 
 
 def test_the_board_revokes_a_service_and_readmits_it(
-    spm: SpmProcess, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
+    spm: Served, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
 ) -> None:
     attest(spm, sim)
-    alice, bob = sign_all(keys, tmp_path, ("alice", REVOKE), ("bob", REVOKE))
+    alice, bob = sign_all(keys, tmp_path, ("alice", REVOKE), ("bob", REVOKE), policy=spm.policy)
 
     # One member alone is not the board.
     assert one_error(submit(spm, REVOKE, alice)).startswith("error: approval: 1 valid signature")
@@ -99,7 +127,7 @@ def test_the_board_revokes_a_service_and_readmits_it(
 
     done = submit(spm, REVOKE, alice, bob)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "revoked: service aggregator of policy fed"
+    assert done.stdout.strip() == f"revoked: service aggregator of policy {spm.policy}"
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
         attest(spm, sim)
     listed = listing(spm)
@@ -107,57 +135,60 @@ def test_the_board_revokes_a_service_and_readmits_it(
     assert row.split()[:2] == ["service", "aggregator"] and "poisoning" in row
 
     # Readmission needs the board too.
-    carol, alice = sign_all(keys, tmp_path, ("carol", READMIT), ("alice", READMIT))
+    readmit = (("carol", READMIT), ("alice", READMIT))
+    carol, alice = sign_all(keys, tmp_path, *readmit, policy=spm.policy)
     assert one_error(submit(spm, READMIT, carol)).startswith("error: approval:")
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
         attest(spm, sim)
     done = submit(spm, READMIT, alice, carol)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "readmitted: service aggregator of policy fed"
+    assert done.stdout.strip() == f"readmitted: service aggregator of policy {spm.policy}"
     attest(spm, sim)
     assert "aggregator" not in listing(spm)
 
 
 def test_a_certificate_serial_is_signed_in_one_form(
-    spm: SpmProcess, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
+    spm: Served, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
 ) -> None:
     """`0x0A:1B` and `a1b` name the same certificate: signers agree whatever they type."""
     first = ("--kind", "certificate", "--subject", "0x0A:1B", "--service", "aggregator")
     second = ("--kind", "certificate", "--subject", "a1b", "--service", "aggregator")
-    alice, bob = sign_all(keys, tmp_path, ("alice", first), ("bob", second))
+    alice, bob = sign_all(keys, tmp_path, ("alice", first), ("bob", second), policy=spm.policy)
     done = submit(spm, second, alice, bob)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "revoked: certificate a1b of policy fed"
+    assert done.stdout.strip() == f"revoked: certificate a1b of policy {spm.policy}"
     assert "a1b" in listing(spm)
 
 
 def test_revoking_a_service_the_policy_lacks_is_refused(
-    spm: SpmProcess, keys: Path, tmp_path: Path
+    spm: Served, keys: Path, tmp_path: Path
 ) -> None:
     """A typo in a service name would keep no one out: the submission is refused,
     nothing is recorded, and --unknown-service submits it for a later version."""
     flags = ("--kind", "service", "--subject", "agregator")
-    signatures = sign_all(keys, tmp_path, ("alice", flags), ("bob", flags))
+    signatures = sign_all(keys, tmp_path, ("alice", flags), ("bob", flags), policy=spm.policy)
     line = one_error(submit(spm, flags, *signatures))
     assert line.startswith(
-        "error: revoke: version 1 of policy fed has no service 'agregator' (its services: "
+        f"error: revoke: version 1 of policy {spm.policy} has no service 'agregator' (its "
+        "services: "
     ), line
     assert "--unknown-service" in line
     assert "agregator" not in listing(spm)
 
     done = submit(spm, (*flags, "--unknown-service"), *signatures)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.startswith("warning: version 1 of policy fed has no service 'agregator'")
-    assert done.stdout.strip() == "revoked: service agregator of policy fed"
+    assert done.stderr.startswith(
+        f"warning: version 1 of policy {spm.policy} has no service 'agregator'"
+    )
+    assert done.stdout.strip() == f"revoked: service agregator of policy {spm.policy}"
     assert "agregator" in listing(spm)
 
 
 def test_signatures_over_other_flags_are_refused_before_sending(
-    spm: SpmProcess, keys: Path, tmp_path: Path
+    spm: Served, keys: Path, tmp_path: Path
 ) -> None:
-    alice, bob = sign_all(
-        keys, tmp_path, ("alice", REVOKE), ("bob", ("--kind", "service", "--subject", "aggregator"))
-    )
+    other = ("--kind", "service", "--subject", "aggregator")
+    alice, bob = sign_all(keys, tmp_path, ("alice", REVOKE), ("bob", other), policy=spm.policy)
     line = one_error(submit(spm, REVOKE, alice, bob))
     assert line.startswith("error: signature: ") and bob in line and "same flags" in line
     assert "aggregator" not in listing(spm)
@@ -203,30 +234,32 @@ def test_the_key_file_is_never_the_output(keys: Path) -> None:
 
 
 def test_the_short_forms_name_the_same_statements(
-    spm: SpmProcess, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
+    spm: Served, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
 ) -> None:
     """`--service NAME` is `--kind service --subject NAME`, `--serial HEX [--service NAME]`
     is `--kind certificate --subject HEX [--service NAME]`: members may sign either,
     and `secfl revoke` / `secfl revocations` are the top-level forms of the commands."""
     long_form = ("--kind", "service", "--subject", "aggregator", "--reason", "audit")
     short_form = ("--service", "aggregator", "--reason", "audit")
-    alice, bob = sign_all(keys, tmp_path, ("alice", long_form), ("bob", short_form))
-    done = secfl("revoke", "--policy", "fed", "--service", "aggregator", "--reason", "audit",
+    signers = (("alice", long_form), ("bob", short_form))
+    alice, bob = sign_all(keys, tmp_path, *signers, policy=spm.policy)
+    done = secfl("revoke", "--policy", spm.policy, "--service", "aggregator", "--reason", "audit",
                  "--sig", alice, "--sig", bob, "--spm", spm.url, "--spm-pin", spm.pin)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "revoked: service aggregator of policy fed"
+    assert done.stdout.strip() == f"revoked: service aggregator of policy {spm.policy}"
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
         attest(spm, sim)
 
     serial = ("--serial", "0x0A:1B", "--service", "aggregator")
     long_serial = ("--kind", "certificate", "--subject", "a1b", "--service", "aggregator")
-    alice, bob = sign_all(keys, tmp_path, ("alice", serial), ("bob", long_serial))
-    done = secfl("revoke", "--policy", "fed", *serial, "--sig", alice, "--sig", bob,
+    signers = (("alice", serial), ("bob", long_serial))
+    alice, bob = sign_all(keys, tmp_path, *signers, policy=spm.policy)
+    done = secfl("revoke", "--policy", spm.policy, *serial, "--sig", alice, "--sig", bob,
                  "--spm", spm.url, "--spm-pin", spm.pin)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "revoked: certificate a1b of policy fed"
+    assert done.stdout.strip() == f"revoked: certificate a1b of policy {spm.policy}"
 
-    done = secfl("revocations", "--policy", "fed", "--spm", spm.url, "--spm-pin", spm.pin)
+    done = secfl("revocations", "--policy", spm.policy, "--spm", spm.url, "--spm-pin", spm.pin)
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()]
     assert ["service", "aggregator"] in [r[:2] for r in rows]
