@@ -13,9 +13,11 @@ Flower's own processes is in test_federation.py).
 from __future__ import annotations
 
 import base64
+import itertools
 import ssl
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,9 @@ from secfl.flower._tls import tls_files
 from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
 from secfl.spm._revocation import revocation_digest, revocation_doc
 from secfl.spm.client import SpmClient
-from tests.spm.harness import AGGREGATOR_MR, COLLABORATOR_MR, Board, SpmProcess, spm_with_policy
+from secfl.spm.enroll import enroll
+from secfl.tee import _simulated as simulated
+from tests.spm.harness import AGGREGATOR_MR, COLLABORATOR_MR, Board, SpmProcess, policy_document
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,9 +52,32 @@ NODE = (
 PASSED = "gate: the SuperLink did not answer: ConnectError"
 
 
-def _identity(proc: SpmProcess, sim: Path, enrolled: Any, measurement: str) -> WorkloadIdentity:
+_POLICY_NUMBERS = itertools.count(1)
+
+
+@dataclass
+class Spm:
+    """The module's SPM (its URL and pin) and the policy of this test on it."""
+
+    url: str
+    pin: str
+    policy: str
+
+
+@pytest.fixture(scope="module")
+def spm(tmp_path_factory: pytest.TempPathFactory, sim: tuple[Path, bytes]) -> Iterator[SpmProcess]:
+    """One real SPM for the module: each test's link has a policy of its own there (the
+    board's revocations are a policy's, so no test sees another's)."""
+    proc = SpmProcess(tmp_path_factory.mktemp("spm") / "data", sim[0], None).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _identity(proc: Spm, sim: Path, enrolled: Any, measurement: str) -> WorkloadIdentity:
     return WorkloadIdentity(
-        policy="fed", service=enrolled.service, spm_url=proc.url, spm_pin=proc.pin,
+        policy=proc.policy, service=enrolled.service, spm_url=proc.url, spm_pin=proc.pin,
         policy_digest=enrolled.policy_digest, platform="simulated", sim_dir=sim,
         measurement=measurement, session_token=enrolled.session_token,
         creds=Credentials(key_pem=enrolled.key_pem, cert_pem=enrolled.certificate.encode(),
@@ -58,54 +85,63 @@ def _identity(proc: SpmProcess, sim: Path, enrolled: Any, measurement: str) -> W
     )  # fmt: skip
 
 
-def _revoke(proc: SpmProcess, board: Board, **statement: str) -> None:
+def _revoke(proc: Spm, board: Board, **statement: str) -> None:
     statement = {"reason": "", "service": "", **statement}
-    digest = revocation_digest(revocation_doc("fed", statement))
+    digest = revocation_digest(revocation_doc(proc.policy, statement))
     sigs = [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m) for m in ("alice", "bob")]
     with SpmClient(proc.url, pin=proc.pin) as client:
-        client.revoke("fed", statement, sigs)
+        client.revoke(proc.policy, statement, sigs)
 
 
 @pytest.fixture
-def link(tmp_path: Path, sim: tuple[Path, bytes], board: Board) -> Iterator[dict[str, Any]]:
+def link(
+    spm: SpmProcess, tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> Iterator[dict[str, Any]]:
     """The gate (the policy's ``aggregator`` stands for the SuperLink, ``collaborator``
-    for a site) and a site's relay to it, both attested by a real SPM."""
-    with spm_with_policy(tmp_path / "data", sim, board, "aggregator", "collaborator") as (
-        proc,
-        enrolled,
-    ):
-        gate_tls = AttestedTls(
-            _identity(proc, sim[0], enrolled["aggregator"], AGGREGATOR_MR),
-            PeerPolicy("fed", {"collaborator"}),
-        )
-        site_tls = AttestedTls(
-            _identity(proc, sim[0], enrolled["collaborator"], COLLABORATOR_MR),
-            PeerPolicy("fed", {"aggregator"}),
-        )
-        for tls in (gate_tls, site_tls):
-            tls.read_revocations()
-        port = free_port()
-        gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [NODE],
-                         peers=gate_tls.check)  # fmt: skip
-        server, _ = serve(gate, "127.0.0.1", port, lambda: gate_tls.server)
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        loopback = tls_files(tmp_path / "relay", ["127.0.0.1"])
-        inner = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        inner.load_cert_chain(loopback["crt"], loopback["key"])
-        relay = Relay(site_tls, "127.0.0.1", port, inner, service="aggregator")
-        local = relay.start()
-        verify = ssl.create_default_context(cafile=str(loopback["ca"]))
-        flower = httpx.Client(verify=verify, trust_env=False, timeout=20)
-        try:
-            yield {"proc": proc, "gate": gate, "gate_tls": gate_tls, "site_tls": site_tls,
-                   "relay": relay, "port": port, "flower": flower,
-                   "url": f"https://127.0.0.1:{local}/v1/fleet/get-run"}  # fmt: skip
-        finally:
-            flower.close()
-            relay.stop()
-            server.should_exit = True
+    for a site) and a site's relay to it, both attested by a real SPM under a policy of
+    this test's own (version 1, signed by alice and bob)."""
+    proc = Spm(spm.url, spm.pin, f"fed{next(_POLICY_NUMBERS)}")
+    measurements = {"aggregator": AGGREGATOR_MR, "collaborator": COLLABORATOR_MR}
+    with SpmClient(proc.url, pin=proc.pin) as client:
+        document = policy_document(proc.policy, board, sim[1])
+        client.submit_policy(document, board.sign(document, "alice", "bob"))
+        platform = simulated.SimulatedPlatform(sim[0])
+        enrolled = {
+            s: enroll(client, platform, proc.policy, s, measurement=m)
+            for s, m in measurements.items()
+        }
+    gate_tls = AttestedTls(
+        _identity(proc, sim[0], enrolled["aggregator"], AGGREGATOR_MR),
+        PeerPolicy(proc.policy, {"collaborator"}),
+    )
+    site_tls = AttestedTls(
+        _identity(proc, sim[0], enrolled["collaborator"], COLLABORATOR_MR),
+        PeerPolicy(proc.policy, {"aggregator"}),
+    )
+    for tls in (gate_tls, site_tls):
+        tls.read_revocations()
+    port = free_port()
+    gate = FleetGate("https://127.0.0.1:9", ssl.create_default_context(), [NODE],
+                     peers=gate_tls.check)  # fmt: skip
+    server, _ = serve(gate, "127.0.0.1", port, lambda: gate_tls.server)
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    loopback = tls_files(tmp_path / "relay", ["127.0.0.1"])
+    inner = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    inner.load_cert_chain(loopback["crt"], loopback["key"])
+    relay = Relay(site_tls, "127.0.0.1", port, inner, service="aggregator")
+    local = relay.start()
+    verify = ssl.create_default_context(cafile=str(loopback["ca"]))
+    flower = httpx.Client(verify=verify, trust_env=False, timeout=20)
+    try:
+        yield {"proc": proc, "gate": gate, "gate_tls": gate_tls, "site_tls": site_tls,
+               "relay": relay, "port": port, "flower": flower,
+               "url": f"https://127.0.0.1:{local}/v1/fleet/get-run"}  # fmt: skip
+    finally:
+        flower.close()
+        relay.stop()
+        server.should_exit = True
 
 
 def _call(link: dict[str, Any]) -> tuple[int, str]:
