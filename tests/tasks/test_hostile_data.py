@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,11 +37,18 @@ def one_line_refusal(done: subprocess.CompletedProcess[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def shard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder `secfl data split --task digits --clients 2` wrote (once per module:
+    copy it to change it)."""
     out = tmp_path_factory.mktemp("split")
     done = secfl("data", "split", "--task", "digits", "--clients", "2", "-o", str(out / "s"))
     assert done.returncode == 0, done.stderr
-    return out / "s" / "client-000.safetensors"
+    return out / "s"
+
+
+@pytest.fixture(scope="module")
+def shard(split: Path) -> Path:
+    return split / "client-000.safetensors"
 
 
 def _header(shard: Path) -> tuple[dict[str, Any], bytes]:
@@ -169,10 +177,8 @@ BAD_SCALE = TASK.replace("FEATURES", "4").replace(
 )
 
 
-def test_failed_overwrite_keeps_the_earlier_split(tmp_path: Path) -> None:
-    out = tmp_path / "shards"
-    done = secfl("data", "split", "--task", "digits", "--clients", "2", "-o", str(out))
-    assert done.returncode == 0, done.stderr
+def test_failed_overwrite_keeps_the_earlier_split(split: Path, tmp_path: Path) -> None:
+    out = shutil.copytree(split, tmp_path / "shards")  # a split `secfl data split` made
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     task = tmp_path / "task.py"
     task.write_text(BAD_SCALE)
