@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -865,16 +866,23 @@ def test_a_missing_anchor_over_an_spms_state_is_refused_or_recorded(
     assert (spm.data / "audit.anchor").exists()
 
 
+@pytest.fixture(scope="module")
+def started_once(tmp_path_factory: pytest.TempPathFactory, sim: tuple[Path, bytes]) -> Path:
+    """The data folder of an SPM started once and stopped (copy it to change it)."""
+    spm = SpmProcess(tmp_path_factory.mktemp("once") / "data", sim[0], None).start()
+    spm.stop()
+    return spm.data
+
+
 @pytest.mark.parametrize("planted", ["fifo", "link", "sparse"])
 def test_an_anchor_that_is_no_file_is_one_line_at_start(
-    tmp_path: Path, sim: tuple[Path, bytes], planted: str
+    tmp_path: Path, sim: tuple[Path, bytes], started_once: Path, planted: str
 ) -> None:
     """Found by a hostile review: the anchor was read whole, through links: a FIFO put
     in its place hung the SPM's start, 6 GiB of holes behind two valid slots were read
     into memory, and a link to a valid copy was read, then written through O_NOFOLLOW: a
     traceback."""
-    spm = SpmProcess(tmp_path / "data", sim[0], None).start()
-    spm.stop()
+    spm = SpmProcess(shutil.copytree(started_once, tmp_path / "data"), sim[0], None)
     anchor = spm.data / "audit.anchor"
     if planted == "fifo":
         anchor.unlink()
