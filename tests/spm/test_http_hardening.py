@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import selectors
+import shutil
 import socket
 import sqlite3
 import ssl
@@ -435,15 +436,35 @@ def _started_once(data: Path, sim: Path, db: str | None) -> None:
         pass
 
 
+@pytest.fixture(scope="module")
+def started_in_data(tmp_path_factory: pytest.TempPathFactory, sim: Path) -> Path:
+    """The data folder of an SPM (its SQLite database in it) started once and stopped:
+    made once per module, copied by each test that changes it."""
+    data = tmp_path_factory.mktemp("once") / "data"
+    _started_once(data, sim, None)
+    return data
+
+
+def _a_started_spm(request: pytest.FixtureRequest, data: Path, sim: Path, db: str | None) -> None:
+    """``data`` (and ``db``) as an SPM leaves them once it started and stopped: a copy of
+    :func:`started_in_data` on SQLite, a start of its own on PostgreSQL."""
+    if db is None:
+        shutil.copytree(request.getfixturevalue("started_in_data"), data)
+    else:
+        _started_once(data, sim, db)
+
+
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
-def test_a_garbled_audit_log_is_one_line(tmp_path: Path, sim: Path, db: str | None) -> None:
+def test_a_garbled_audit_log_is_one_line(
+    request: pytest.FixtureRequest, tmp_path: Path, sim: Path, db: str | None
+) -> None:
     """Someone with the database writes values no SPM wrote into the audit head (text,
     huge or negative numbers) or an entry (text for its number, nesting that overflows
     a JSON parser): `spm serve` and `audit verify --data` refuse in one line."""
     data = tmp_path / "data"
-    _started_once(data, sim, db)
+    _a_started_spm(request, data, sim, db)
     extra = ["--db", db] if db else []
     [(seq,)] = _execute(data, db, "SELECT seq FROM audit_head")
     [(detail,)] = _execute(data, db, "SELECT detail FROM audit WHERE seq = 1")
@@ -480,11 +501,13 @@ def test_a_garbled_audit_log_is_one_line(tmp_path: Path, sim: Path, db: str | No
     _started_once(data, sim, db)  # every change undone: the SPM starts again
 
 
-def test_a_missing_master_key_is_not_replaced(tmp_path: Path, sim: Path, db: str | None) -> None:
+def test_a_missing_master_key_is_not_replaced(
+    request: pytest.FixtureRequest, tmp_path: Path, sim: Path, db: str | None
+) -> None:
     """An SPM whose database holds its state refuses to start without its master key,
     and makes no new one."""
     data = tmp_path / "data"
-    _started_once(data, sim, db)
+    _a_started_spm(request, data, sim, db)
     (data / "master.key").unlink()
     extra = ["--db", db] if db else []
     error = _refused(_serve_args(data, sim, *extra))
