@@ -325,9 +325,12 @@ def test_a_tree_nested_thousands_deep_is_removed(tmp_path: Path) -> None:
         fh.write("PLAINTEXT")
     os.chmod(fd, 0o500)  # the deepest one read-only too
     os.close(fd)
-    done = _remove_in_a_process(top, unprivileged=True)
-    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-500:]
-    assert not top.exists()
+    try:
+        done = _remove_in_a_process(top, unprivileged=True)
+        assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr[-500:]
+        assert not top.exists()
+    finally:  # pytest's own clean-up recurses too: never leave it the deep tree
+        subprocess.run(["rm", "-rf", str(top)], check=False)
 
 
 def test_read_only_folders_are_emptied_and_a_link_out_is_not_followed(tmp_path: Path) -> None:
