@@ -351,3 +351,16 @@ def test_read_only_folders_are_emptied_and_a_link_out_is_not_followed(tmp_path: 
     assert not top.exists()
     assert (outside / "ro" / "keep.txt").read_text() == "not ours to remove"
     assert (outside / "ro").stat().st_mode & 0o777 == 0o555  # not given rights through the link
+
+
+def test_a_name_the_program_takes_first_keeps_nothing_behind(tmp_path: Path) -> None:
+    """Found by a review: folders were moved up under a name the program could guess
+    (the remover's pid and a count); one planted there made the move fail, and the
+    folder it was to move (plaintext and all) stayed."""
+    top = tmp_path / "private"
+    (top / "a0" / "b" / "p").mkdir(parents=True)
+    (top / "a0" / "b" / "p" / "plain.bin").write_text("PLAINTEXT")
+    for n in range(1, 40):
+        (top / f".secfl-removed-{os.getpid()}-{n}" / "s").mkdir(parents=True)
+    assert files.remove_tree(top) is True
+    assert not top.exists()

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -310,18 +312,16 @@ def remove_tree(path: Path | str) -> bool:
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _HANDLE_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
-#: The most folders :func:`remove_tree` empties (a program still running could make
-#: new ones for ever).
-_MAX_FOLDERS = 10_000_000
+#: How long :func:`remove_tree` goes on (a program still running could make new
+#: folders for ever); what is left then is reported, not waited for.
+_MAX_SECONDS = 30.0
 
 
 def _flatten(top: int) -> None:
     """Empty the folder ``top`` (a descriptor), folders moved up into it first."""
     queue: list[str | None] = [None]  # None: ``top`` itself
-    moved = 0
-    for _ in range(_MAX_FOLDERS):
-        if not queue:
-            return
+    give_up = time.monotonic() + _MAX_SECONDS
+    while queue and time.monotonic() < give_up:
         name = queue.pop()
         try:
             fd = os.dup(top) if name is None else os.open(name, _DIR_FLAGS, dir_fd=top)
@@ -341,13 +341,9 @@ def _flatten(top: int) -> None:
                 if name is None:
                     queue.append(entry.name)
                     continue
-                moved += 1
-                up = f".secfl-removed-{os.getpid()}-{moved}"
-                try:  # (moving a folder needs write access to it: granted above)
-                    os.rename(entry.name, up, src_dir_fd=fd, dst_dir_fd=top)
+                up = _move_up(fd, entry.name, top)
+                if up is not None:
                     queue.append(up)
-                except OSError:
-                    continue
         except OSError:
             pass
         finally:
@@ -355,6 +351,22 @@ def _flatten(top: int) -> None:
         if name is not None:
             with suppress(OSError):
                 os.rmdir(name, dir_fd=top)
+
+
+def _move_up(fd: int, name: str, top: int) -> str | None:
+    """Move the folder ``name`` (in ``fd``) into ``top`` under a fresh random name (a
+    name the program could guess, and take first, kept its folder where it was: a
+    review); None if it cannot be moved. Moving a folder needs write access to it:
+    :func:`_grant` gave it."""
+    for _ in range(8):
+        up = f".secfl-removed-{secrets.token_hex(8)}"
+        try:
+            os.rename(name, up, src_dir_fd=fd, dst_dir_fd=top)
+            return up
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                return None
+    return None
 
 
 def _grant(dir_fd: int | None, name: str) -> None:
