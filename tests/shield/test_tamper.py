@@ -563,6 +563,36 @@ def test_a_key_holders_other_content_under_the_same_tag_is_refused_when_streamed
                 pass
 
 
+@pytest.mark.parametrize("first", ["whole", "part"])
+def test_a_chunk_the_host_swaps_before_a_seek_back_is_refused(tmp_path: Path, first: str) -> None:
+    """Found by a hostile review: a chunk read again after a seek back was read from the
+    disk again and checked only by GCM, never against what the digest had taken in: the
+    host, holding a key holder's other ciphertext for it, swapped it between the two
+    reads, and the reader returned it under the pinned tag, the digest "checked"."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    honest = b"honest,data\n" * 15_000  # 44 chunks of 4 KiB: more than a read buffers
+    src = write_tree(tmp_path / "src", {"rows.csv": honest})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, chunk_size=4096)
+    raw = (tmp_path / "v.vol").read_bytes()
+    header = fmt.unpack_header(raw[: fmt.HEADER_SIZE], "test")
+    keys = fmt.derive_keys(KEY, header.salt)
+    with Volume.open(tmp_path / "v.vol", KEY) as volume:
+        tag, (entry,) = volume.tag, volume.files
+    aad = fmt.chunk_aad(header.salt, 0, entry.path, 0, False)
+    forged = AESGCM(keys.chunk).encrypt(fmt.chunk_nonce(0, 0), b"EVIL".ljust(4096, b"!"), aad)
+    with Volume.open(tmp_path / "v.vol", KEY, expected_tag=tag) as volume:
+        stream = volume.open_file("rows.csv")
+        got = stream.read() if first == "whole" else stream.read(100_000)
+        assert got == honest[: len(got)]
+        with open(tmp_path / "v.vol", "r+b") as disk:  # the host, between the two reads
+            disk.seek(entry.offset)
+            disk.write(forged)
+        stream.seek(0)
+        with pytest.raises(ShieldError, match="changed since it was first read"):
+            stream.read()
+
+
 def test_a_volume_opened_with_hidden_names_refuses_without_naming_a_file(
     sample: Path, tmp_path: Path
 ) -> None:

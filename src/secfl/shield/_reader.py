@@ -22,13 +22,14 @@ class VolumeFile(io.RawIOBase):
     """A read-only, seekable view of one file of a volume.
 
     Every chunk is authenticated before any of its bytes are returned. When the
-    file's chunks are decrypted in order (sequential reading, also with seeks
-    back), the whole-file SHA-256 is compared with the manifest as the last chunk
-    is decrypted, before its bytes are returned; random access beyond the next
-    unread chunk skips that second check. The GCM tags stop anyone without the key;
-    only the digest stops a key holder's other content under the same manifest (and
-    tag). ``check_digest=False`` turns it off: reading is then several times faster
-    where SHA-256 is slower than AES-GCM (most CPUs with AES-NI).
+    file's chunks are decrypted in order (sequential reading), the whole-file SHA-256
+    is compared with the manifest as the last chunk is decrypted, before its bytes are
+    returned, and a chunk read again after a seek back must hash as it did the first
+    time; random access beyond the next unread chunk skips that second check. The GCM
+    tags stop anyone without the key; only the digest stops a key holder's other
+    content under the same manifest (and tag). ``check_digest=False`` turns it off:
+    reading is then several times faster where SHA-256 is slower than AES-GCM (most
+    CPUs with AES-NI).
 
     Chunks are decrypted on all CPUs (:mod:`secfl.shield._parallel`): a read of
     several whole chunks (from :data:`~secfl.shield._parallel.RANGE_MIN_BYTES`) is
@@ -57,6 +58,9 @@ class VolumeFile(io.RawIOBase):
         self._scratch = bytearray(first + fmt.TAG_SIZE)
         self._hash = hashlib.sha256() if check_digest else None
         self._hashed = 0  # chunks [0, _hashed) went through the digest, in order
+        #: The digest's state before each chunk hashed: a chunk read again (a seek back)
+        #: must hash to what it did the first time.
+        self._states: list[hashlib._Hash] = []
         self._verified_empty = False
         self._last = -1  # the chunk decrypted last (a read of the next one is sequential)
         self._pipeline: _parallel.Pipeline | None = None
@@ -101,20 +105,39 @@ class VolumeFile(io.RawIOBase):
         return self._chunk_size
 
     def _account(self, chunk: int, data: memoryview) -> None:
-        """Feed the whole-file digest with chunks decrypted in order; check it at the last."""
-        if self._hash is None or chunk != self._hashed:
+        """Feed the whole-file digest with chunks decrypted in order; check it at the last.
+
+        A chunk decrypted again after its first time (a seek back) is read from the
+        disk again: what it holds now must hash as it did then, or a host working with a
+        key holder could swap it between the two reads (found by a hostile review)."""
+        if self._hash is None:
             return
+        if chunk < self._hashed:
+            again = self._states[chunk].copy()
+            again.update(data)
+            then = (  # the digest's state after the chunk, the first time
+                self._states[chunk + 1].digest()
+                if chunk + 1 < len(self._states)
+                else self._hash.digest()
+            )
+            if not hmac.compare_digest(again.digest(), then):
+                self._mismatch(data, "changed since it was first read")
+            return
+        if chunk != self._hashed:
+            return
+        self._states.append(self._hash.copy())
         self._hash.update(data)
         self._hashed += 1
         if self._hashed == self._entry.chunks and not hmac.compare_digest(
             self._hash.hexdigest(), self._entry.sha256
         ):
-            data[:] = bytes(len(data))
-            raise ShieldError(
-                f"shield: {self._source.where}: {self._source.label(self._index, self._entry)} "
-                "does not match "
-                "its SHA-256 in the manifest"
-            )
+            self._mismatch(data, "does not match its SHA-256 in the manifest")
+
+    def _mismatch(self, data: memoryview, why: str) -> None:
+        data[:] = bytes(len(data))
+        raise ShieldError(
+            f"shield: {self._source.where}: {self._source.label(self._index, self._entry)} {why}"
+        )
 
     def _decrypt_here(self, chunk: int, out: memoryview) -> None:
         self._source.open_chunk(self._index, self._entry, chunk, self._scratch, out)
