@@ -443,3 +443,26 @@ def test_ordinary_names_with_invisible_characters_are_kept(tmp_path: Path, name:
     encrypt_files({name: b"x"}, tmp_path / "v.vol", KEY)
     with Volume.open(tmp_path / "v.vol", KEY) as volume:
         assert volume.read_bytes(name) == b"x"
+
+
+def test_deep_paths_cost_their_size_not_their_size_times_their_depth(tmp_path: Path) -> None:
+    """Found by a hostile review: opening a volume indexed every folder by its full path,
+    each file's every prefix: 1,000 files 127 folders deep (4 KiB paths, a 4 MB volume)
+    held 312 MB, and a manifest at its cap about 20 GB, at every site that opens it."""
+    deep = "/".join(f"{d:02d}" + "x" * 29 for d in range(100))  # 100 folders, 3.2 KB
+    contents = {f"{i:04d}/{deep}/f": b"" for i in range(300)}  # each its own folders
+    contents["top.txt"] = b"x"
+    encrypt_files(contents, tmp_path / "deep.vol", KEY)
+    tracemalloc.start()
+    try:
+        with Volume.open(tmp_path / "deep.vol", KEY) as volume:
+            peak = tracemalloc.get_traced_memory()[1]
+            assert volume.listdir("") == [f"{i:04d}" for i in range(300)] + ["top.txt"]
+            assert volume.listdir(f"0007/{deep}") == ["f"]
+            assert volume.is_dir(f"0007/{deep}") and volume.is_dir("0299")
+            assert not volume.is_dir("top.txt") and not volume.is_dir(f"0007/{deep}/f")
+            with pytest.raises(ShieldError, match="has no folder"):
+                volume.listdir("top.txt")
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20, peak  # the manifest is about 1 MB; the old index took ~50 MB

@@ -20,6 +20,7 @@ from secfl._internal import files
 from secfl.errors import ShieldError
 from secfl.shield import _format as fmt
 from secfl.shield._chunk_source import ChunkSource, FileEntry
+from secfl.shield._folders import Folders
 from secfl.shield._keys import load_key
 from secfl.shield._reader import VolumeFile
 
@@ -66,12 +67,7 @@ class Volume:
         self._salt = salt
         self._files = [FileEntry(**f) for f in files]
         self._index = {e.path: i for i, e in enumerate(self._files)}
-        self._dirs: dict[str, set[str]] = {"": set()}
-        for entry in self._files:
-            parts = entry.path.split("/")
-            for i in range(len(parts)):
-                parent = "/".join(parts[:i])
-                self._dirs.setdefault(parent, set()).add(parts[i])
+        self._folders = Folders(e.path for e in self._files)
         self._finalizer = weakref.finalize(self, os.close, fd)
 
     @classmethod
@@ -233,16 +229,14 @@ class Volume:
 
     def is_dir(self, path: str) -> bool:
         """True for a folder implied by the files' paths ("" is the root)."""
-        return path in self._dirs
+        return self._folders.is_dir(path)
 
     def listdir(self, path: str = "") -> list[str]:
         """Names directly inside folder ``path``, sorted."""
-        try:
-            return sorted(self._dirs[path])
-        except KeyError:
-            raise ShieldError(
-                f"shield: {self._source.where} has no folder {self._asked(path)}"
-            ) from None
+        names = self._folders.entries(path) if isinstance(path, str) else None
+        if names is None:
+            raise ShieldError(f"shield: {self._source.where} has no folder {self._asked(path)}")
+        return names
 
     def _asked(self, path: object) -> str:
         """A name a reader asked for, as a refusal shows it (not where names are hidden:
