@@ -628,3 +628,28 @@ def test_a_volume_opened_with_hidden_names_refuses_without_naming_a_file(
     # the owner's own tools still say which file
     with Volume.open(bad, KEY) as v, pytest.raises(ShieldError, match="file 'a/two.bin'"):
         v.verify()
+
+
+def test_a_manifest_length_at_the_cap_costs_one_buffer_not_two(tmp_path: Path) -> None:
+    """Found by a hostile review: the host alone (no key) set the header's manifest
+    length to the cap in a sparse file of a few KiB, and every opener read 256 MiB and
+    decrypted it into another 256 MiB before authentication failed."""
+    import dataclasses
+    import tracemalloc
+
+    from secfl.shield import encrypt_files
+
+    encrypt_files({"a": b"1"}, tmp_path / "v.vol", KEY)
+    header = fmt.unpack_header((tmp_path / "v.vol").read_bytes()[: fmt.HEADER_SIZE], "test")
+    length = fmt.MAX_MANIFEST_SIZE
+    with open(tmp_path / "v.vol", "r+b") as f:
+        f.write(dataclasses.replace(header, manifest_length=length).pack())
+        f.truncate(header.manifest_offset + length)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ShieldError, match="manifest failed authentication"):
+            Volume.open(tmp_path / "v.vol", KEY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.25 * length, peak  # was two buffers of the manifest's length

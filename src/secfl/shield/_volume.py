@@ -13,9 +13,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from secfl._internal import files
 from secfl.errors import ShieldError
 from secfl.shield import _format as fmt
@@ -23,21 +20,11 @@ from secfl.shield._chunk_source import ChunkSource, FileEntry
 from secfl.shield._folders import Folders
 from secfl.shield._keys import load_key
 from secfl.shield._reader import VolumeFile
+from secfl.shield._sealed_manifest import open_manifest, pread_exact
 
 __all__ = ["FileEntry", "Volume", "volume_tag"]
 
 _BUFFER_SIZE = 1 << 16
-
-
-def _pread_exact(fd: int, n: int, offset: int) -> bytes:
-    parts, got = [], 0
-    while got < n:
-        data = os.pread(fd, n - got, offset + got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
 
 
 class Volume:
@@ -117,7 +104,7 @@ class Volume:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ShieldError(f"shield: {where} is not a regular file")
-            raw = _pread_exact(fd, fmt.HEADER_SIZE, 0)
+            raw = pread_exact(fd, fmt.HEADER_SIZE, 0)
             header = fmt.unpack_header(raw, where)
             end = header.manifest_offset + header.manifest_length
             if st.st_size < end:
@@ -133,19 +120,9 @@ class Volume:
                 raise ShieldError(
                     f"shield: {where}: wrong key (the key check in the header does not match)"
                 )
-            sealed = _pread_exact(fd, header.manifest_length, header.manifest_offset)
-            if len(sealed) != header.manifest_length:
-                raise ShieldError(f"shield: {where} is truncated (in its manifest)")
+            plaintext = open_manifest(fd, header, keys.manifest, fmt.manifest_aad(raw), where)
         except OSError as exc:
             raise ShieldError(f"shield: cannot read {where}: {exc.strerror or exc}") from None
-        try:
-            plaintext = AESGCM(keys.manifest).decrypt(
-                fmt.MANIFEST_NONCE, sealed, fmt.manifest_aad(raw)
-            )
-        except InvalidTag:
-            raise ShieldError(
-                f"shield: {where}: manifest failed authentication (header or manifest tampered)"
-            ) from None
         version, files = fmt.check_manifest(plaintext, header, where)
         tag = fmt.tag_of(plaintext)
         if header.tag.hex() != tag or header.version != version:
