@@ -53,7 +53,7 @@ def test_a_renewal_hands_the_new_session_to_the_workloads_other_processes(
         audit = SpmAudit(env)  # what the ServerApp's strategy builds for each report
         audit.report("audit-excluded", {"round": 2, "excluded": ["1"]})
         audit.close()
-        assert [r.getMessage() for r in caplog.records] == []
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
         with SpmClient(proc.url, pin=proc.pin) as client:
             events = [e["event"] for e in client.audit(0, 10000)["entries"]]
         assert events[-1] == "fl.flower.audit-excluded"

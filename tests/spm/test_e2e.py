@@ -151,7 +151,8 @@ def test_a_stored_version_pinning_code_by_a_counter_releases_no_code_key(
     old_code = tmp_path / "old"
     old_code.mkdir()
     (old_code / "sitecustomize.py").write_text(  # the SPM as it was before the rule
-        "import secfl.spm._service as service\nservice.check_new_version = lambda policy: None\n"
+        "import secfl.spm._policy_intake as intake\n"
+        "intake.check_new_version = lambda policy: None\n"
     )
     doc = yaml.safe_load(policy_document("fl-old", board, sim[1]))
     doc["volumes"] = [{"name": "task", "key": "model-key", "kind": "code", "counter": "round"}]
