@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -653,3 +655,112 @@ def test_a_manifest_length_at_the_cap_costs_one_buffer_not_two(tmp_path: Path) -
     finally:
         tracemalloc.stop()
     assert peak < 1.25 * length, peak  # was two buffers of the manifest's length
+
+
+def test_a_file_refused_by_its_digest_stays_refused(tmp_path: Path) -> None:
+    """Found by the review of a fix: a caller that caught "does not match its SHA-256"
+    and read again from the start got the content, and ``digest_checked`` said True."""
+    import json as jsonlib
+
+    from secfl.shield import encrypt_files
+
+    honest = b"honest,data\n" * 15_000
+    encrypt_files({"rows.csv": honest}, tmp_path / "v.vol", KEY, chunk_size=4096)
+
+    def wrong_digest(plaintext: bytes) -> bytes:
+        doc = jsonlib.loads(plaintext)
+        doc["files"][0]["sha256"] = "00" * 32
+        return fmt.canonical(doc)
+
+    reseal_manifest(tmp_path / "v.vol", KEY, wrong_digest)  # a key holder's doing
+    with Volume.open(tmp_path / "v.vol", KEY) as volume:
+        stream = volume.open_file("rows.csv")
+        for _ in range(2):
+            with pytest.raises(ShieldError, match="does not match its SHA-256"):
+                stream.read()
+            stream.seek(0)
+        assert not stream.raw.digest_checked
+
+
+def test_a_chunk_peeked_at_first_is_still_digest_checked_in_order(tmp_path: Path) -> None:
+    """Found by the review of a fix: a chunk decrypted at random (a peek) was served
+    from the one-chunk cache when the in-order pass reached it, and never reached the
+    digest; every chunk after it went unchecked, the key holder's content returned."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    honest = b"honest,data\n" * 15_000
+    src = write_tree(tmp_path / "src", {"rows.csv": honest})
+    encrypt_directory(src, tmp_path / "v.vol", KEY, chunk_size=4096)
+    raw = bytearray((tmp_path / "v.vol").read_bytes())
+    header = fmt.unpack_header(bytes(raw[: fmt.HEADER_SIZE]), "test")
+    keys = fmt.derive_keys(KEY, header.salt)
+    with Volume.open(tmp_path / "v.vol", KEY) as volume:
+        (entry,) = volume.files
+    k = 16  # the key holder's other content for chunk 16, served by the host
+    aad = fmt.chunk_aad(header.salt, 0, entry.path, k, False)
+    forged = AESGCM(keys.chunk).encrypt(fmt.chunk_nonce(0, k), b"EVIL".ljust(4096, b"!"), aad)
+    at = entry.offset + k * (4096 + fmt.TAG_SIZE)
+    raw[at : at + len(forged)] = forged
+    (tmp_path / "v.vol").write_bytes(bytes(raw))
+    with Volume.open(tmp_path / "v.vol", KEY) as volume:
+        buffered = volume.open_file("rows.csv")  # (its raw file lives as long as it does)
+        raw_file = buffered.raw
+        raw_file.seek(k * 4096)
+        assert raw_file.read(20).startswith(b"EVIL")  # random access: not digest-checked
+        raw_file.seek(0)
+        with pytest.raises(ShieldError, match="does not match its SHA-256"):
+            while raw_file.read(65536):
+                pass
+        assert not raw_file.digest_checked
+
+
+def test_a_seek_back_past_the_kept_states_is_refused_not_unchecked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review of a fix: a digest state kept per chunk (~250 bytes) grew with the
+    file (a key holder's 16-byte chunks: seven times the volume). Only so many are kept;
+    a seek back past them is refused, one line; reading in order is unchanged."""
+    from secfl.shield import _reader, encrypt_files
+
+    monkeypatch.setattr(_reader, "MAX_STATES", 4)
+    honest = bytes(range(256)) * 160  # ten chunks of 4 KiB
+    encrypt_files({"f": honest}, tmp_path / "v.vol", KEY, chunk_size=4096)
+    with Volume.open(tmp_path / "v.vol", KEY) as volume:
+        buffered = volume.open_file("f")  # (its raw file lives as long as it does)
+        stream = buffered.raw
+        assert stream.read() == honest and stream.digest_checked
+        stream.seek(2 * 4096)
+        assert stream.read(4096) == honest[2 * 4096 : 3 * 4096]  # a kept state
+        stream.seek(9 * 4096)
+        assert stream.read() == honest[9 * 4096 :]  # the last chunk: always kept
+        stream.seek(6 * 4096)
+        with pytest.raises(ShieldError, match="read again after a seek back too far"):
+            stream.read(4096)
+        assert len(stream._states) == 10 and sum(s is not None for s in stream._states) == 5
+
+
+def test_a_manifest_cut_short_while_read_leaves_no_plaintext_in_its_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review of a fix: a manifest that ended (or failed to read) after its first
+    piece left that piece's decrypted, unauthenticated plaintext in the dropped buffer."""
+    from secfl.shield import _sealed_manifest, encrypt_files
+
+    names = {f"secret/patient-{i:05d}.csv": b"" for i in range(200)}
+    encrypt_files(names, tmp_path / "v.vol", KEY)
+    header = fmt.unpack_header((tmp_path / "v.vol").read_bytes()[: fmt.HEADER_SIZE], "test")
+    monkeypatch.setattr(_sealed_manifest, "PIECE", 1024)
+    buffers: list[bytearray] = []
+    real_wipe = _sealed_manifest._wipe
+    monkeypatch.setattr(_sealed_manifest, "_wipe", lambda b: (buffers.append(b), real_wipe(b)))
+    real_preadv = os.preadv
+    pieces = iter(range(10**6))
+
+    def cut_after_one(fd: int, bufs: Any, offset: int) -> int:
+        return real_preadv(fd, bufs, offset) if next(pieces) == 0 else 0
+
+    monkeypatch.setattr(_sealed_manifest.os, "preadv", cut_after_one)
+    with pytest.raises(ShieldError, match="is truncated \\(in its manifest\\)"):
+        Volume.open(tmp_path / "v.vol", KEY)
+    assert header.manifest_length > 2048 and len(buffers) == 1
+    assert not any(buffers[0]) and b"patient" not in buffers[0]

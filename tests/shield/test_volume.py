@@ -466,3 +466,27 @@ def test_deep_paths_cost_their_size_not_their_size_times_their_depth(tmp_path: P
     finally:
         tracemalloc.stop()
     assert peak < 12 << 20, peak  # the manifest is about 1 MB; the old index took ~50 MB
+
+
+def test_listdir_keeps_siblings_that_sort_between_a_name_and_its_folder() -> None:
+    """Found by the review of a fix: after a file ``model``, the skip past its folder
+    also skipped ``model-v2.bin`` and ``model.json`` (they sort before ``model/``):
+    a code volume's resources went missing from ``iterdir``."""
+    from secfl.shield._folders import Folders
+
+    paths = ["rpkg/__init__.py", "rpkg/model", "rpkg/model-v2.bin", "rpkg/model.json",
+             "rpkg/model.d/x", "rpkg/model.d/y/z", "a", "a-b/c", "a.b", "b/c"]  # fmt: skip
+    rng = random.Random(7)
+    for _ in range(300):  # and random trees against the definition
+        paths += ["/".join(rng.choice(["a", "a-", "a.b", "m", "m!", "\u00e9"])
+                           for _ in range(rng.randint(1, 4)))]  # fmt: skip
+    files = {p for p in paths if not any(q.startswith(p + "/") for q in paths)}
+    folders = Folders(files)
+    implied = {"/".join(p.split("/")[:i]) for p in files for i in range(len(p.split("/")))}
+    for folder in implied:
+        prefix = f"{folder}/" if folder else ""
+        want = sorted({p[len(prefix) :].split("/")[0] for p in files if p.startswith(prefix)})
+        assert folders.entries(folder) == want, folder
+        assert folders.is_dir(folder)
+    named = Folders(["rpkg/model", "rpkg/model-v2.bin", "rpkg/model.json", "rpkg/model.d/x"])
+    assert named.entries("rpkg") == ["model", "model-v2.bin", "model.d", "model.json"]

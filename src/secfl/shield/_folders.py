@@ -40,8 +40,13 @@ class Folders:
         names: set[str] = set()
         at = bisect.bisect_left(self._paths, prefix)
         while at < len(self._paths) and self._paths[at].startswith(prefix):
-            name = self._paths[at][len(prefix) :].split("/", 1)[0]
+            name, inside, _ = self._paths[at][len(prefix) :].partition("/")
             names.add(name)
-            # past every path inside ``name`` at once: one step per entry listed
-            at = bisect.bisect_left(self._paths, f"{prefix}{name}/\U0010ffff", at + 1)
+            if not inside:  # a file: the next path may be a sibling ("a" then "a.csv")
+                at += 1
+                continue
+            # a folder: past every path in it at once ("0" is the character after "/"),
+            # one step per entry listed (a review: skipping to "name/\U0010ffff" also
+            # skipped the siblings that sort between, "model" and "model.json")
+            at = bisect.bisect_left(self._paths, f"{prefix}{name}0", at + 1)
         return sorted(names)

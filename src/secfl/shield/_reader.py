@@ -14,6 +14,15 @@ from secfl.shield._chunk_source import ChunkSource, FileEntry
 
 __all__ = ["VolumeFile"]
 
+#: The most chunks of a file whose digest state is kept for a seek back (about 250
+#: bytes each: 64 GiB of 1 MiB chunks; a key holder chooses the chunk size, down to
+#: one byte). A seek back to a chunk past it is refused.
+MAX_STATES = 1 << 16
+_NO_STATE = (
+    "was read again after a seek back too far into a file this long (read it in "
+    "order, or open it again)"
+)
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
@@ -60,7 +69,8 @@ class VolumeFile(io.RawIOBase):
         self._hashed = 0  # chunks [0, _hashed) went through the digest, in order
         #: The digest's state before each chunk hashed: a chunk read again (a seek back)
         #: must hash to what it did the first time.
-        self._states: list[hashlib._Hash] = []
+        self._states: list[hashlib._Hash | None] = []
+        self._failed: str | None = None  # why the digest refused this file, once it did
         self._verified_empty = False
         self._last = -1  # the chunk decrypted last (a read of the next one is sequential)
         self._pipeline: _parallel.Pipeline | None = None
@@ -112,20 +122,27 @@ class VolumeFile(io.RawIOBase):
         key holder could swap it between the two reads (found by a hostile review)."""
         if self._hash is None:
             return
+        if self._failed is not None:  # refused once: refused for good (a retry passed)
+            self._mismatch(data, self._failed)
         if chunk < self._hashed:
-            again = self._states[chunk].copy()
+            if chunk >= len(self._states) or self._states[chunk] is None:
+                self._mismatch(data, _NO_STATE)
+            state = self._states[chunk]
+            assert state is not None
+            again = state.copy()
             again.update(data)
-            then = (  # the digest's state after the chunk, the first time
-                self._states[chunk + 1].digest()
-                if chunk + 1 < len(self._states)
-                else self._hash.digest()
-            )
+            after = self._states[chunk + 1] if chunk + 1 < len(self._states) else self._hash
+            if after is None:
+                self._mismatch(data, _NO_STATE)
+            assert after is not None
+            then = after.digest()  # the digest's state after the chunk, the first time
             if not hmac.compare_digest(again.digest(), then):
                 self._mismatch(data, "changed since it was first read")
             return
         if chunk != self._hashed:
             return
-        self._states.append(self._hash.copy())
+        kept = self._hashed < MAX_STATES or self._hashed == self._entry.chunks - 1
+        self._states.append(self._hash.copy() if kept else None)
         self._hash.update(data)
         self._hashed += 1
         if self._hashed == self._entry.chunks and not hmac.compare_digest(
@@ -135,6 +152,8 @@ class VolumeFile(io.RawIOBase):
 
     def _mismatch(self, data: memoryview, why: str) -> None:
         data[:] = bytes(len(data))
+        if why != _NO_STATE:
+            self._failed = why
         raise ShieldError(
             f"shield: {self._source.where}: {self._source.label(self._index, self._entry)} {why}"
         )
@@ -300,6 +319,14 @@ class VolumeFile(io.RawIOBase):
                 return done
         if chunk != self._cached:
             self._load_cache(chunk)
+        elif chunk == self._hashed:
+            # decrypted earlier out of order, served now in order: the digest takes it
+            # in here, or every chunk after it went unchecked (found by a review)
+            try:
+                self._account(chunk, memoryview(self._cache)[: self._plain_length(chunk)])
+            except BaseException:
+                self._wipe_cache()
+                raise
         n = min(len(out), self._plain_length(chunk) - within)
         out[:n] = memoryview(self._cache)[within : within + n]
         self._pos += n
@@ -322,7 +349,7 @@ class VolumeFile(io.RawIOBase):
     @property
     def digest_checked(self) -> bool:
         """True once the whole-file SHA-256 was compared (and matched)."""
-        return self._hash is not None and self._hashed == self._entry.chunks
+        return self._hash is not None and self._hashed == self._entry.chunks and not self._failed
 
     def close(self) -> None:
         if not self.closed:

@@ -48,22 +48,26 @@ def open_manifest(fd: int, header: fmt.Header, key: bytes, aad: bytes, where: st
     out = bytearray(n + 15)  # (update_into's room for a block)
     piece = bytearray(min(PIECE, max(n, 1)))
     done = 0
-    while done < n:
-        want = min(len(piece), n - done)
-        got = os.preadv(fd, [memoryview(piece)[:want]], header.manifest_offset + done)
-        if got <= 0:
-            raise ShieldError(f"shield: {where} is truncated (in its manifest)")
-        decryptor.update_into(memoryview(piece)[:got], memoryview(out)[done : done + got + 15])
-        done += got
     try:
+        while done < n:
+            want = min(len(piece), n - done)
+            got = os.preadv(fd, [memoryview(piece)[:want]], header.manifest_offset + done)
+            if got <= 0:
+                raise ShieldError(f"shield: {where} is truncated (in its manifest)")
+            decryptor.update_into(memoryview(piece)[:got], memoryview(out)[done : done + got + 15])
+            done += got
         decryptor.finalize()
     except InvalidTag:
         _wipe(out)
         raise ShieldError(
             f"shield: {where}: manifest failed authentication (header or manifest tampered)"
         ) from None
-    del out[n:]
-    return bytes(out)  # authenticated: its size is the key holder's
+    except BaseException:  # truncated, unreadable, interrupted: nothing unchecked stays
+        _wipe(out)
+        raise
+    plaintext = bytes(memoryview(out)[:n])  # authenticated: its size is the key holder's
+    _wipe(out)
+    return plaintext
 
 
 def _wipe(buffer: bytearray) -> None:
