@@ -16,11 +16,11 @@ __all__ = ["VolumeFile"]
 
 #: The most chunks of a file whose digest state is kept for a seek back (about 250
 #: bytes each: 64 GiB of 1 MiB chunks; a key holder chooses the chunk size, down to
-#: one byte). A seek back to a chunk past it is refused.
+#: one byte). Past them a chunk is checked again only in order (see ``_check_again``).
 MAX_STATES = 1 << 16
 _NO_STATE = (
-    "was read again after a seek back too far into a file this long (read it in "
-    "order, or open it again)"
+    "was read again at random past the chunks whose digest is kept (read it again "
+    "from an earlier point in order, or open it again)"
 )
 
 if TYPE_CHECKING:
@@ -69,7 +69,10 @@ class VolumeFile(io.RawIOBase):
         self._hashed = 0  # chunks [0, _hashed) went through the digest, in order
         #: The digest's state before each chunk hashed: a chunk read again (a seek back)
         #: must hash to what it did the first time.
-        self._states: list[hashlib._Hash | None] = []
+        self._states: list[hashlib._Hash] = []  # the first MAX_STATES chunks
+        self._last_state: hashlib._Hash | None = None  # and the last chunk's
+        #: A re-read in order past the kept states: the next chunk, the hash so far.
+        self._resume: tuple[int, hashlib._Hash] | None = None
         self._failed: str | None = None  # why the digest refused this file, once it did
         self._verified_empty = False
         self._last = -1  # the chunk decrypted last (a read of the next one is sequential)
@@ -125,30 +128,56 @@ class VolumeFile(io.RawIOBase):
         if self._failed is not None:  # refused once: refused for good (a retry passed)
             self._mismatch(data, self._failed)
         if chunk < self._hashed:
-            if chunk >= len(self._states) or self._states[chunk] is None:
-                self._mismatch(data, _NO_STATE)
-            state = self._states[chunk]
-            assert state is not None
-            again = state.copy()
-            again.update(data)
-            after = self._states[chunk + 1] if chunk + 1 < len(self._states) else self._hash
-            if after is None:
-                self._mismatch(data, _NO_STATE)
-            assert after is not None
-            then = after.digest()  # the digest's state after the chunk, the first time
-            if not hmac.compare_digest(again.digest(), then):
-                self._mismatch(data, "changed since it was first read")
+            self._check_again(chunk, data)
             return
         if chunk != self._hashed:
             return
-        kept = self._hashed < MAX_STATES or self._hashed == self._entry.chunks - 1
-        self._states.append(self._hash.copy() if kept else None)
+        if self._hashed < MAX_STATES:
+            self._states.append(self._hash.copy())
+        elif self._hashed == self._entry.chunks - 1:
+            self._last_state = self._hash.copy()
         self._hash.update(data)
         self._hashed += 1
         if self._hashed == self._entry.chunks and not hmac.compare_digest(
             self._hash.hexdigest(), self._entry.sha256
         ):
             self._mismatch(data, "does not match its SHA-256 in the manifest")
+
+    def _state_before(self, chunk: int) -> hashlib._Hash | None:
+        """The digest's state before ``chunk`` the first time, where it was kept."""
+        if chunk < len(self._states):
+            return self._states[chunk]
+        return self._last_state if chunk == self._entry.chunks - 1 else None
+
+    def _check_again(self, chunk: int, data: memoryview) -> None:
+        """``chunk``, read again, against what the digest took in the first time. Past
+        the kept states (:data:`MAX_STATES`) a re-read in order is hashed on from the
+        last kept state and compared where a state was kept again, or at the file's
+        end: what the first pass promised, no more (an in-order reader learns of a swap
+        at the end, as the first time); a re-read at random there is refused."""
+        assert self._hash is not None
+        kept = self._state_before(chunk)
+        resumed = None
+        if self._resume is not None and self._resume[0] == chunk:
+            resumed = self._resume[1]
+        self._resume = None
+        if (
+            resumed is not None
+            and kept is not None
+            and not hmac.compare_digest(resumed.digest(), kept.digest())
+        ):  # a chunk re-read on the way here differed
+            self._mismatch(data, "changed since it was first read")
+        before = kept if kept is not None else resumed
+        if before is None:
+            self._mismatch(data, _NO_STATE)
+        assert before is not None
+        again = before.copy()
+        again.update(data)
+        after = self._hash if chunk + 1 == self._hashed else self._state_before(chunk + 1)
+        if after is None:
+            self._resume = (chunk + 1, again)  # compared further on
+        elif not hmac.compare_digest(again.digest(), after.digest()):
+            self._mismatch(data, "changed since it was first read")
 
     def _mismatch(self, data: memoryview, why: str) -> None:
         data[:] = bytes(len(data))
@@ -233,6 +262,10 @@ class VolumeFile(io.RawIOBase):
             out[:total] = bytes(total)
             self._wipe_cache()
             raise
+        if chunk <= self._cached < end:
+            # decrypted afresh (and accounted) here: a copy cached by an earlier read
+            # at random may not be what the digest took in (found by a review)
+            self._wipe_cache()
         if pipe is not None and sequential:
             pipe.fill(end)
         return total
