@@ -88,6 +88,10 @@ class HostProxy:
                 )
 
 
+def _fleet_seen(proxy: HostProxy) -> bool:
+    return any("superlink.invalid:9092" in s for s in proxy.seen)
+
+
 def test_runtime_api_traffic_never_reaches_a_host_proxy(
     tmp_path: Path, flower_python: Path
 ) -> None:
@@ -129,7 +133,12 @@ def test_runtime_api_traffic_never_reaches_a_host_proxy(
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
-        time.sleep(6)  # the old code's first Runtime API call came within 3 s
+        # the Fleet connection's first attempt shows the SuperNode up (a fixed 6 s was too
+        # short on a loaded machine); the old code's first Runtime API call came within 3 s
+        started, deadline = time.monotonic(), time.monotonic() + 60
+        while not _fleet_seen(proxy) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        time.sleep(max(4.0, started + 6 - time.monotonic()))
     finally:
         proc.terminate()
         try:
@@ -142,7 +151,7 @@ def test_runtime_api_traffic_never_reaches_a_host_proxy(
         f"the TEE's loopback Runtime API traffic went to the host's proxy: {loopback} "
         f"(the proxy forged a task: {proxy.forged})"
     )
-    assert any("superlink.invalid:9092" in s for s in proxy.seen), (
+    assert _fleet_seen(proxy), (
         f"the Fleet connection no longer takes the site's proxy: {proxy.seen}"
     )
 
