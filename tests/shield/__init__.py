@@ -64,3 +64,35 @@ def reseal_manifest(volume: Path, key: bytes, mutate, body=None) -> None:  # typ
     ).pack()
     resealed = aead.encrypt(fmt.MANIFEST_NONCE, new, fmt.manifest_aad(new_header))
     volume.write_bytes(new_header + chunks + resealed)
+
+
+def forge_chunk(
+    volume_file: Path, k: int, text: bytes, key: bytes = KEY
+) -> tuple[bytes, bytes, int]:
+    """A key holder's other ciphertext for chunk ``k`` of a one-file volume: a valid
+    AES-GCM encryption of ``text`` (padded with ``!`` or cut to the chunk's length) under
+    the volume's own chunk key, salt, file, path and chunk index. Returns (the honest
+    ciphertext, the forged one, their offset in the volume file)."""
+    from secfl.shield import Volume
+
+    raw = volume_file.read_bytes()
+    header = fmt.unpack_header(raw[: fmt.HEADER_SIZE], "test")
+    keys = fmt.derive_keys(key, header.salt)
+    with Volume.open(volume_file, key) as volume:
+        (entry,) = volume.files
+    size = header.chunk_size
+    last = k == entry.chunks - 1
+    n = entry.size - k * size if last else size
+    aad = fmt.chunk_aad(header.salt, 0, entry.path, k, last)
+    forged = AESGCM(keys.chunk).encrypt(fmt.chunk_nonce(0, k), text.ljust(n, b"!")[:n], aad)
+    at = entry.offset + k * (size + fmt.TAG_SIZE)
+    return raw[at : at + len(forged)], forged, at
+
+
+def put_bytes(volume_file: Path, at: int, data: bytes) -> None:
+    """The host writes ``data`` at ``at`` in ``volume_file``, in place (between reads)."""
+    fd = os.open(volume_file, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, at)
+    finally:
+        os.close(fd)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from secfl.errors import ShieldError
 from secfl.shield import Volume, encrypt_directory
 from secfl.shield import _format as fmt
-from tests.shield import KEY, OTHER_KEY, reseal_manifest, write_tree
+from tests.shield import KEY, OTHER_KEY, forge_chunk, put_bytes, reseal_manifest, write_tree
 
 CHUNK = 64
 STRIDE = CHUNK + fmt.TAG_SIZE
@@ -714,61 +714,39 @@ def test_a_chunk_peeked_at_first_is_still_digest_checked_in_order(tmp_path: Path
         assert not raw_file.digest_checked
 
 
-def _forge_chunk(volume_file: Path, k: int, text: bytes) -> tuple[bytes, bytes, int]:
-    """A key holder's other ciphertext for chunk ``k`` of a one-file volume of 4 KiB
-    chunks: (honest bytes, forged bytes, their offset in the volume file)."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    raw = volume_file.read_bytes()
-    header = fmt.unpack_header(raw[: fmt.HEADER_SIZE], "test")
-    keys = fmt.derive_keys(KEY, header.salt)
-    with Volume.open(volume_file, KEY) as volume:
-        (entry,) = volume.files
-    last = k == entry.chunks - 1
-    n = entry.size - k * 4096 if last else 4096
-    aad = fmt.chunk_aad(header.salt, 0, entry.path, k, last)
-    forged = AESGCM(keys.chunk).encrypt(fmt.chunk_nonce(0, k), text.ljust(n, b"!")[:n], aad)
-    at = entry.offset + k * (4096 + fmt.TAG_SIZE)
-    return raw[at : at + len(forged)], forged, at
-
-
-def _put(volume_file: Path, at: int, data: bytes) -> None:
-    with open(volume_file, "r+b") as disk:
-        disk.seek(at)
-        disk.write(data)
-
-
-def test_past_the_kept_states_a_seek_back_is_checked_in_order_and_refused_at_random(
+def test_past_the_kept_states_a_seek_back_is_checked_at_once_and_refused_past_the_marks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The review of a fix: a digest state kept per chunk (~250 bytes) grew with the file
-    (a key holder's 16-byte chunks: seven times the volume). Only so many are kept (and
-    the last chunk's); past them a re-read in order is hashed on and compared at the end
-    (read again from the start: fine; a chunk swapped meanwhile: refused), and a re-read
-    at random there is refused, in one line."""
+    (a key holder's 16-byte chunks: seven times the volume). Only so many are kept; past
+    them each chunk has a 16-byte mark, checked before a chunk read again is returned,
+    in order or at random (a comparison deferred to a later state returned a key
+    holder's chunk with ``digest_checked`` True: hunt38); past the marks, refused."""
     from secfl.shield import _reader, encrypt_files
 
     monkeypatch.setattr(_reader, "MAX_STATES", 4)
+    monkeypatch.setattr(_reader, "MAX_MARKS", 4)
     honest = bytes(range(256)) * 160  # ten chunks of 4 KiB
     encrypt_files({"f": honest}, tmp_path / "v.vol", KEY, chunk_size=4096)
-    kept, forged, at = _forge_chunk(tmp_path / "v.vol", 6, b"EVIL")
+    kept, forged, at = forge_chunk(tmp_path / "v.vol", 6, b"EVIL")
     with Volume.open(tmp_path / "v.vol", KEY) as volume:
         buffered = volume.open_file("f")  # (its raw file lives as long as it does)
         stream = buffered.raw
         assert stream.read() == honest and stream.digest_checked
-        assert len(stream._states) == 4
-        for chunk in (2, 3, 9, 0):  # kept states, the last chunk's: checked at once
+        assert len(stream._states) == 5 and len(stream._marks) == 4 * 16
+        for chunk in (2, 3, 7, 6, 4, 0):  # states, then marks: checked at once
             stream.seek(chunk * 4096)
             assert stream.read(4096) == honest[chunk * 4096 : (chunk + 1) * 4096]
         stream.seek(0)
-        assert stream.read() == honest  # in order again, past the kept states
+        assert stream.read(8 * 4096) == honest[: 8 * 4096]  # in order again
+        stream.seek(9 * 4096)
+        with pytest.raises(ShieldError, match="read again past the chunks whose digest"):
+            stream.read(4096)  # past the marks
+        put_bytes(tmp_path / "v.vol", at, forged)  # the host, between two reads
         stream.seek(6 * 4096)
-        with pytest.raises(ShieldError, match="read again at random past the chunks whose"):
-            stream.read(4096)
-        _put(tmp_path / "v.vol", at, forged)  # the host, between two in-order reads
-        stream.seek(0)
         with pytest.raises(ShieldError, match="changed since it was first read"):
-            stream.read()
+            stream.read(4096)  # refused before any of it is returned
+        assert not stream.digest_checked
         assert kept != forged
 
 
@@ -780,14 +758,14 @@ def test_a_peek_cached_before_the_in_order_pass_is_not_served_after_it(tmp_path:
 
     honest = b"honest,data\n" * 15_000
     encrypt_files({"rows.csv": honest}, tmp_path / "v.vol", KEY, chunk_size=4096)
-    kept, forged, at = _forge_chunk(tmp_path / "v.vol", 16, b"EVIL")
+    kept, forged, at = forge_chunk(tmp_path / "v.vol", 16, b"EVIL")
     with Volume.open(tmp_path / "v.vol", KEY) as volume:
         buffered = volume.open_file("rows.csv")
         stream = buffered.raw
-        _put(tmp_path / "v.vol", at, forged)
+        put_bytes(tmp_path / "v.vol", at, forged)
         stream.seek(16 * 4096)
         assert stream.read(10).startswith(b"EVIL")  # a peek: random access, not checked
-        _put(tmp_path / "v.vol", at, kept)
+        put_bytes(tmp_path / "v.vol", at, kept)
         stream.seek(0)
         assert stream.read() == honest and stream.digest_checked
         stream.seek(16 * 4096)

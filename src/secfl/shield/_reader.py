@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import os
 from typing import TYPE_CHECKING
 
 from secfl.errors import ShieldError
@@ -16,11 +17,17 @@ __all__ = ["VolumeFile"]
 
 #: The most chunks of a file whose digest state is kept for a seek back (about 250
 #: bytes each: 64 GiB of 1 MiB chunks; a key holder chooses the chunk size, down to
-#: one byte). Past them a chunk is checked again only in order (see ``_check_again``).
+#: one byte). Past them each chunk gets a mark instead (:data:`MAX_MARKS`).
 MAX_STATES = 1 << 16
+#: The most chunks past :data:`MAX_STATES` whose mark is kept: a keyed 16-byte
+#: SHA-256 of the chunk as the digest took it in (16 MiB at most, in one buffer). A
+#: chunk read again must match its mark before any of it is returned (a comparison
+#: deferred to a later state let a key holder's chunk through: found by a review).
+#: Past them a chunk read again is refused.
+MAX_MARKS = 1 << 20
+_MARK = 16
 _NO_STATE = (
-    "was read again at random past the chunks whose digest is kept (read it again "
-    "from an earlier point in order, or open it again)"
+    "was read again past the chunks whose digest is kept (open the file again to read it again)"
 )
 
 if TYPE_CHECKING:
@@ -69,10 +76,10 @@ class VolumeFile(io.RawIOBase):
         self._hashed = 0  # chunks [0, _hashed) went through the digest, in order
         #: The digest's state before each chunk hashed: a chunk read again (a seek back)
         #: must hash to what it did the first time.
-        self._states: list[hashlib._Hash] = []  # the first MAX_STATES chunks
-        self._last_state: hashlib._Hash | None = None  # and the last chunk's
-        #: A re-read in order past the kept states: the next chunk, the hash so far.
-        self._resume: tuple[int, hashlib._Hash] | None = None
+        self._states: list[hashlib._Hash] = []  # before chunks [0, MAX_STATES]
+        #: Past them, each chunk's mark (see :data:`MAX_MARKS`), under a key of this reader.
+        self._marks = bytearray()
+        self._mark_key = os.urandom(32)
         self._failed: str | None = None  # why the digest refused this file, once it did
         self._verified_empty = False
         self._last = -1  # the chunk decrypted last (a read of the next one is sequential)
@@ -132,10 +139,10 @@ class VolumeFile(io.RawIOBase):
             return
         if chunk != self._hashed:
             return
-        if self._hashed < MAX_STATES:
+        if self._hashed <= MAX_STATES:  # (the one before MAX_STATES: the state after it)
             self._states.append(self._hash.copy())
-        elif self._hashed == self._entry.chunks - 1:
-            self._last_state = self._hash.copy()
+        if MAX_STATES <= self._hashed < MAX_STATES + MAX_MARKS:
+            self._marks += self._mark(data)
         self._hash.update(data)
         self._hashed += 1
         if self._hashed == self._entry.chunks and not hmac.compare_digest(
@@ -143,40 +150,26 @@ class VolumeFile(io.RawIOBase):
         ):
             self._mismatch(data, "does not match its SHA-256 in the manifest")
 
-    def _state_before(self, chunk: int) -> hashlib._Hash | None:
-        """The digest's state before ``chunk`` the first time, where it was kept."""
-        if chunk < len(self._states):
-            return self._states[chunk]
-        return self._last_state if chunk == self._entry.chunks - 1 else None
+    def _mark(self, data: memoryview) -> bytes:
+        return hmac.digest(self._mark_key, data, "sha256")[:_MARK]
 
     def _check_again(self, chunk: int, data: memoryview) -> None:
-        """``chunk``, read again, against what the digest took in the first time. Past
-        the kept states (:data:`MAX_STATES`) a re-read in order is hashed on from the
-        last kept state and compared where a state was kept again, or at the file's
-        end: what the first pass promised, no more (an in-order reader learns of a swap
-        at the end, as the first time); a re-read at random there is refused."""
+        """``chunk``, read again, against what the digest took in the first time, before
+        any of it is returned: by the digest's states around it, or past them by its
+        mark; past the marks it is refused."""
         assert self._hash is not None
-        kept = self._state_before(chunk)
-        resumed = None
-        if self._resume is not None and self._resume[0] == chunk:
-            resumed = self._resume[1]
-        self._resume = None
-        if (
-            resumed is not None
-            and kept is not None
-            and not hmac.compare_digest(resumed.digest(), kept.digest())
-        ):  # a chunk re-read on the way here differed
-            self._mismatch(data, "changed since it was first read")
-        before = kept if kept is not None else resumed
-        if before is None:
-            self._mismatch(data, _NO_STATE)
-        assert before is not None
-        again = before.copy()
-        again.update(data)
-        after = self._hash if chunk + 1 == self._hashed else self._state_before(chunk + 1)
-        if after is None:
-            self._resume = (chunk + 1, again)  # compared further on
-        elif not hmac.compare_digest(again.digest(), after.digest()):
+        if chunk < MAX_STATES:
+            again = self._states[chunk].copy()
+            again.update(data)
+            # the digest's state after the chunk, the first time
+            after = self._states[chunk + 1] if chunk + 1 < len(self._states) else self._hash
+            same = hmac.compare_digest(again.digest(), after.digest())
+        else:
+            at = (chunk - MAX_STATES) * _MARK
+            if at + _MARK > len(self._marks):
+                self._mismatch(data, _NO_STATE)
+            same = hmac.compare_digest(self._mark(data), bytes(self._marks[at : at + _MARK]))
+        if not same:
             self._mismatch(data, "changed since it was first read")
 
     def _mismatch(self, data: memoryview, why: str) -> None:
