@@ -42,7 +42,7 @@ from secfl.fl._reset import ApprovedReset
 from secfl.fl._resuming import resume_or_begin, stopped_hint
 from secfl.fl._rounds import Attempt, Rounds, without_tensors
 from secfl.fl._scoring import Scoreboard, train_means
-from secfl.fl._strategy_wiring import wire_strategy
+from secfl.fl._strategy_wiring import keep_secret, wire_strategy
 from secfl.fl._tensors import (
     nbytes,
     to_bytes,
@@ -114,6 +114,7 @@ class Aggregator:
         wire_strategy(
             self._strategy, self.task, self.validation, dict(self.config.train), self.config.seed
         )
+        keep_secret(self._strategy)  # before a checkpoint's state brings back its own
         begun = resume_or_begin(
             self.commit, self.task, self.config, self._strategy, self.scores, self.reset,
             self.run_label,

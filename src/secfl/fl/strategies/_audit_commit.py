@@ -14,6 +14,15 @@ what the round then commits:
   the best clone's model is committed instead (``AuditRound.fell_back``). An honest
   aggregate of every update scores at least as well as a clone of a quarter of them,
   so honest rounds rarely fall back. ``guard: null`` turns it off.
+
+Over a base rule that takes a sample-weighted mean (FedAvg, FedProx, FedAdam), what the
+audit commits is that mean taken coordinate by coordinate in float64, in the senders'
+order, as the clones are (:func:`._clone_scoring.commit`), not the streaming rules'
+exact fixed-point sum: that sum has one grid per tensor, sized by the tensor's largest
+value, which a round held whole widens to the round's largest value. One value of
+2**64 in one coordinate that no validation score sees (a dead unit's weight) rounded
+every other value of its tensor to 0, and, carried into the global model, kept every
+later round's grid that coarse (a hostile review's finding).
 """
 
 from __future__ import annotations
@@ -26,10 +35,10 @@ import numpy as np
 
 from secfl.fl.strategies._audit_round import AuditRound
 from secfl.fl.strategies._base import Params, Strategy, Update
-from secfl.fl.strategies._clone_scoring import ScoreBook, settle
+from secfl.fl.strategies._clone_scoring import ScoreBook, commit, settle
 from secfl.fl.strategies._registry import get_strategy
 
-__all__ = ["MEDIAN_FALLBACK", "guarded", "kept_rule"]
+__all__ = ["MEDIAN_FALLBACK", "commit", "guarded", "kept_rule"]
 
 #: The audit's own log: what a round commits is the audit's decision.
 log = logging.getLogger("secfl.fl.strategies._clone_audit")
@@ -101,4 +110,4 @@ def guarded(
     pick = [int(i) for i in np.flatnonzero(members[eligible[int(np.argmax(values[:-1]))]])]
     log.warning("round %d: the aggregate scores below the best clone; committing that clone", round)
     result.fell_back = True
-    return base.aggregate(round, global_params, [updates[i] for i in pick])
+    return commit(base, round, global_params, [updates[i] for i in pick])

@@ -61,8 +61,8 @@ scored on a sample of the validation set (``validation_sample``, ``validation_ca
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -72,6 +72,7 @@ import numpy as np
 from secfl.errors import FlError
 from secfl.fl.strategies._audit_commit import guarded, kept_rule
 from secfl.fl.strategies._audit_round import AuditRound
+from secfl.fl.strategies._audit_state import audit_state, load_audit_state
 from secfl.fl.strategies._base import (
     Params,
     Strategy,
@@ -84,6 +85,7 @@ from secfl.fl.strategies._base import (
 from secfl.fl.strategies._clone_scoring import (
     ScoreBook,
     clone_models,
+    commit,
     draw_members,
     effect_scores,
     round_half,
@@ -183,6 +185,23 @@ class CloneAudit(Strategy):
         self.score: Callable[[Params], float] | None = None
         self._excluded: list[str] = []
         self._round: tuple[ScoreBook, np.ndarray] | None = None  # the clones, for the guard
+        #: A secret of the aggregator's (:meth:`keep_secret`) mixed into every draw.
+        self.secret: bytes | None = None
+
+    def keep_secret(self, secret: bytes) -> None:
+        """Mix ``secret`` (32 bytes, drawn inside the aggregator's TEE and kept in its
+        sealed checkpoints) into the round's draws: the clones' members, the validation
+        rows' order and the detector's coordinates. From the policy's seed alone, which
+        every collaborator reads, a collaborator could draw the detector's coordinates
+        and poison only the others (a hostile review's finding), or know in advance
+        which clones hold which site."""
+        if not isinstance(secret, bytes) or len(secret) != 32:
+            raise FlError("clone-audit: the secret must be 32 bytes")
+        self.secret = secret
+        self.detector.key = tuple(int(w) for w in np.frombuffer(secret, dtype="<u4"))
+
+    def _rng(self, *tail: int) -> np.random.Generator:
+        return np.random.default_rng([*self.detector.key, self.seed, *tail])
 
     # --- the rule ------------------------------------------------------------------------
 
@@ -212,9 +231,11 @@ class CloneAudit(Strategy):
         if base is None:
             result.seconds = time.perf_counter() - began
             return {k: v.copy() for k, v in global_params.items()}
-        new = base.aggregate(round, global_params, kept)
+        # the round's state, for a fallback: it takes one step from there, not a second
+        before = copy.deepcopy(self.base) if base is self.base and self.base.state() else None
+        new = commit(base, round, global_params, kept)
         result.base_seconds = time.perf_counter() - base_began
-        new = self._guarded(round, global_params, updates, new, result)
+        new = self._guarded(round, global_params, updates, new, result, before)
         result.seconds = time.perf_counter() - began - result.base_seconds
         return new
 
@@ -225,12 +246,19 @@ class CloneAudit(Strategy):
         updates: Sequence[Update],
         new: Params,
         result: AuditRound,
+        before: Strategy | None = None,
     ) -> Params:
-        """The commit guard (:func:`._audit_commit.guarded`) on this round's clones."""
+        """The commit guard (:func:`._audit_commit.guarded`) on this round's clones;
+        ``before``: a copy of a stateful base rule as the round found it, which a
+        fallback aggregates with (and keeps) instead of the real aggregate's state."""
         state, self._round = self._round, None
         if self.guard is None or self.score is None or state is None:
             return new
-        return guarded(self.base, self.guard, state, round, global_params, updates, new, result)
+        rule = before if before is not None else self.base
+        out = guarded(rule, self.guard, state, round, global_params, updates, new, result)
+        if result.fell_back and before is not None:
+            self.base = before  # the committed model's step, not the discarded one's
+        return out
 
     def audit(self, round: int, global_params: Params, updates: Sequence[Update]) -> AuditRound:
         """Score every participant of the round; decide who is left out."""
@@ -256,10 +284,10 @@ class CloneAudit(Strategy):
                 f"least {fewest + 1} (raise federation.min_clients, or choose another base)"
             )
         size = min(n - 1, max(fewest, round_half(self.fraction * n)))
-        members = draw_members(np.random.default_rng([self.seed, round]), self.clones, n, size)
+        members = draw_members(self._rng(round), self.clones, n, size)
         book = ScoreBook(
             self.score,
-            np.random.default_rng([self.seed, round, 31]),
+            self._rng(round, 31),
             self.validation_sample,
             self.validation_cap,
         )
@@ -334,26 +362,10 @@ class CloneAudit(Strategy):
     # --- state (checkpoints) ----------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        base = {f"base.{k}": v for k, v in self.base.state().items()}
-        return {
-            "suspicion": dict(self.suspicion),
-            "signal_suspicion": dict(self.signal_suspicion),
-            "signals": self.detector.state(),
-            **base,
-        }
+        return audit_state(self)
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        self.suspicion = _finite_map(state.get("suspicion", {}), "suspicion scores")
-        self.signal_suspicion = _finite_map(
-            state.get("signal_suspicion", {}), "signal suspicion scores"
-        )
-        signals = state.get("signals", {})
-        if not isinstance(signals, Mapping):
-            raise FlError("clone-audit: the checkpoint's signal state is malformed")
-        self.detector.load_state(signals)
-        self.base.load_state(
-            {k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
-        )
+        load_audit_state(self, state)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -371,11 +383,3 @@ class CloneAudit(Strategy):
             "signal_margin": self.detector.margin,
             "signal_dims": self.detector.dims,
         }
-
-
-def _finite_map(value: Any, what: str) -> dict[str, float]:
-    if not isinstance(value, dict) or not all(
-        isinstance(v, int | float) and math.isfinite(v) for v in value.values()
-    ):
-        raise FlError(f"clone-audit: the checkpoint's {what} are malformed")
-    return {str(k): float(v) for k, v in value.items()}

@@ -16,7 +16,9 @@ audit decides:
   rounding (FedAvg's exact fixed-point sum rounds each term to its grid; the product
   does not); a rule that is not a plain weighted mean, an update with NaN/Inf, an
   integer tensor or a mean that overflows its dtype takes the per-clone path, which
-  is ``base.aggregate`` itself, errors and all.
+  is what the round would commit of those members (:func:`commit`: ``base.aggregate``
+  on a copy of the rule, so that a rule with state takes no step per clone; a mean in
+  float64 for the rules built on FedAvg), errors and all.
 - **Validation rows only while a decision can change** (:class:`ScoreBook`,
   :func:`settle`). Each round the validation examples are put in a seeded random
   order; every model is scored on the same first ``validation_sample`` of them (so
@@ -59,19 +61,30 @@ docs/results.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
 
-from secfl.fl.strategies._base import Params, Strategy, Update, check_update
+from secfl.errors import FlError
+from secfl.fl.strategies._base import (
+    Params,
+    Strategy,
+    Update,
+    check_global,
+    check_round,
+    check_update,
+)
+from secfl.fl.strategies._blocks import BLOCK
 from secfl.fl.strategies._fedavg import FedAvg
 
 __all__ = [
     "REPLICATES",
     "ScoreBook",
     "clone_models",
+    "commit",
     "draw_members",
     "effect_scores",
     "round_half",
@@ -114,10 +127,14 @@ def clone_models(
         models = _weighted_means(global_params, updates, members)
         if models is not None:
             return models
+    # each clone on a copy: a rule with state (FedAdam's moments, centered clipping's
+    # center) took a step per clone, and the round's real aggregate then started from
+    # moments built from clones that held an excluded attacker
     return [
-        base.aggregate(round, global_params, [updates[int(i)] for i in np.flatnonzero(row)])
+        commit(copy.deepcopy(base), round, global_params,
+               [updates[int(i)] for i in np.flatnonzero(row)])
         for row in members
-    ]
+    ]  # fmt: skip
 
 
 def _linear(base: Strategy, global_params: Params, updates: Sequence[Update]) -> bool:
@@ -294,3 +311,45 @@ def effect_scores(
         for name, e in zip(names, effects, strict=True)
         if math.isfinite(e)  # in every clone or in none: no evidence this round
     }
+
+
+def commit(base: Strategy, round: int, global_params: Params, updates: Sequence[Update]) -> Params:
+    """``base``'s aggregate of ``updates``, as the audit commits it: a sample-weighted
+    mean (FedAvg and the rules built on it) is taken in float64 coordinate by
+    coordinate, in the senders' order (whatever order they came in), then given to
+    the rule's server step; integer tensors keep the exact integer sum. No value of
+    one coordinate changes the rounding of another (:mod:`._audit_commit`)."""
+    if not isinstance(base, FedAvg):
+        return base.aggregate(round, global_params, updates)
+    check_global(global_params)
+    check_round(updates)
+    for update in updates:
+        check_update(update, global_params)
+    order = sorted(updates, key=lambda u: u.sender)
+    total = sum(int(u.num_samples) for u in order)
+    weights = [np.float64(int(u.num_samples) / total) for u in order]
+    mean: Params = {}
+    others = [name for name, ref in global_params.items() if ref.dtype.kind != "f"]
+    if others:  # summed exactly as integers: one grid for each, nothing to widen
+        mean.update(FedAvg(threads=1).aggregate(
+            round, {k: global_params[k] for k in others},
+            [Update(u.sender, {k: u.params[k] for k in others}, u.num_samples) for u in order],
+        ))  # fmt: skip
+    for name, ref in global_params.items():
+        if ref.dtype.kind != "f":
+            continue
+        out = np.zeros(ref.size, dtype=np.float64)
+        scratch = np.empty(min(BLOCK, ref.size), dtype=np.float64)
+        for update, weight in zip(order, weights, strict=True):
+            flat = update.params[name].reshape(-1)
+            for at in range(0, ref.size, BLOCK):
+                end = min(at + BLOCK, ref.size)
+                part = scratch[: end - at]
+                np.multiply(flat[at:end], weight, out=part, dtype=np.float64)
+                np.add(out[at:end], part, out=out[at:end])
+        with np.errstate(over="ignore"):  # checked below
+            value = out.astype(ref.dtype).reshape(ref.shape)
+        if not np.isfinite(value).all():
+            raise FlError(f"aggregate: the mean of tensor '{name}' overflows its dtype")
+        mean[name] = value
+    return base._server_step(round, global_params, {k: mean[k] for k in global_params})

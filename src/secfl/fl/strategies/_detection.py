@@ -209,6 +209,11 @@ class Detector:
         self.cap = float(cap)
         self.dims = _robust.count_setting(dims, "clone-audit: signal_dims", 16, _robust.MAX_DIMS)
         self.seed = int(seed)
+        #: Words of a secret only the aggregator holds, drawn into every round's
+        #: coordinate sample (:meth:`CloneAudit.keep_secret`): with the policy's seed
+        #: alone, every collaborator could draw the coordinates looked at and put its
+        #: poison in the others. Empty: the seed alone (simulations, tests).
+        self.key: tuple[int, ...] = ()
         #: Each site's running mean of its features, for ``history``.
         self.past: dict[str, list[float]] = {}
 
@@ -224,7 +229,7 @@ class Detector:
         names = [u.sender for u in updates]
         if not self.signals or len(names) < 3:
             return RoundSignals({}, {})  # too few to tell an outlier from the rest
-        rng = np.random.default_rng([self.seed, round, 53])
+        rng = np.random.default_rng([*self.key, self.seed, round, 53])
         deltas = sampled_deltas(global_params, updates, self.dims, rng)
         ref = np.array([n in trusted for n in names])
         if ref.sum() < 3:
