@@ -22,14 +22,17 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from secfl._internal import interrupts
 from secfl._internal.canonical import canonical_json
 from secfl._internal.files import atomic_open, fsync_directory, open_regular
 from secfl.errors import FlError
@@ -53,8 +56,12 @@ from secfl.fl._checkpoint_names import (
 )
 from secfl.fl._tensors import from_bytes, to_bytes
 
+if TYPE_CHECKING:
+    from secfl._internal.worker import Worker
+
 __all__ = [
     "Checkpoint",
+    "SyncInBackground",
     "load_checkpoint",
     "reset_hint",
     "sync_checkpoint",
@@ -319,3 +326,29 @@ def _parse_plaintext(plain: bytearray, path: Path) -> tuple[bytes, dict[str, Any
         arrays, _ = from_bytes(bytes(plain[start + params_size :]))
         state.update(arrays)
     return params_bytes, state
+
+
+class SyncInBackground:
+    """A checkpoint's fsyncs on ``worker``'s thread; :meth:`wait` returns when they
+    ended (monotonic) or raises their error."""
+
+    def __init__(self, path: Path, worker: Worker) -> None:
+        self._error: BaseException | None = None
+        self._ended = 0.0
+        self._done = threading.Event()
+        worker.submit(lambda: self._run(path))
+
+    def _run(self, path: Path) -> None:
+        try:
+            sync_checkpoint(path)
+        except BaseException as exc:  # any failure fails the commit (fail closed)
+            self._error = exc
+        finally:
+            self._ended = time.monotonic()
+            self._done.set()
+
+    def wait(self) -> float:
+        interrupts.wait(self._done)
+        if self._error is not None:
+            raise self._error
+        return self._ended

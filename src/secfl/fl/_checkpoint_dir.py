@@ -32,6 +32,7 @@ the runs of several policy versions, is :func:`secfl.fl._runs.find_resume_point`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from secfl.errors import FlError
@@ -48,12 +49,22 @@ def list_checkpoints(directory: Path | str) -> list[tuple[int, int, Path]]:
     :func:`~secfl.fl._checkpoint.load_checkpoint` checks against the authenticated
     header)."""
     directory = Path(directory)
-    if not directory.is_dir():
-        return []
+    try:
+        if not directory.is_dir():
+            return []
+        entries = list(directory.iterdir())
+    except OSError as exc:
+        raise FlError(f"checkpoint: cannot list {directory}: {exc.strerror or exc}") from None
     found = []
-    for entry in directory.iterdir():
+    for entry in entries:
         named = parse_checkpoint_name(entry.name)
-        if named is not None and entry.is_file():
+        if named is None:
+            continue
+        try:  # the host's folder: a link whose target cannot be stat'ed is no checkpoint
+            regular = entry.is_file()
+        except OSError:
+            regular = False
+        if regular:
             found.append((*named, entry))
     found.sort(key=lambda item: (item[1], item[0]), reverse=True)
     return found
@@ -191,6 +202,7 @@ def prune_checkpoints(
     *,
     keep: int = 2,
     committed: Mapping[int, str | None] | None = None,
+    runs: AbstractSet[str] | None = None,
 ) -> list[Path]:
     """Delete all but the ``keep`` newest checkpoint files; returns what was deleted.
     Keep at least 2 with the commit protocol (the newest may be uncommitted).
@@ -200,10 +212,13 @@ def prune_checkpoints(
     files at those values that another increment was to commit (a forked aggregator's:
     they can never commit now) are deleted first; of the rest up to the newest value,
     the ``keep`` newest *values* are kept with every file at them (a tie is never
-    broken by the folder's order), and files above it (in flight) are left alone."""
+    broken by the folder's order), and files above it (in flight) are left alone.
+    ``runs``: only files whose header names one of these policy digests are looked at."""
     if type(keep) is not int or keep < 1:
         raise FlError(f"checkpoint: keep must be a positive integer, not {keep!r}")
     found = list_checkpoints(directory)
+    if runs is not None:  # only these runs' files (another federation's are not ours)
+        found = [c for c in found if policy_of(c[2]) in runs]
     if not committed:
         doomed = [path for _, _, path in found[keep:]]
     else:
@@ -218,6 +233,9 @@ def prune_checkpoints(
                    if ctr <= newest and ctr not in kept and path not in doomed]  # fmt: skip
     removed = []
     for path in doomed:
-        path.unlink(missing_ok=True)
+        try:  # the host's folder: a file it keeps (immutable, say) is left, not a failure
+            path.unlink(missing_ok=True)
+        except OSError:
+            continue
         removed.append(path)
     return removed

@@ -80,7 +80,7 @@ from secfl._internal import interrupts
 from secfl._internal.buffers import Frozen, frozen
 from secfl._internal.worker import Worker
 from secfl.errors import CounterMoved, FlError
-from secfl.fl._checkpoint import sync_checkpoint, write_checkpoint
+from secfl.fl._checkpoint import SyncInBackground, write_checkpoint
 from secfl.fl._checkpoint_dir import latest_checkpoint, prune_checkpoints
 from secfl.fl._checkpoint_names import new_request
 from secfl.fl._ledger import Ledger, MemoryLedger, SpmLedger, new_version
@@ -122,6 +122,10 @@ class Commit:
         #: Counter values this aggregator knows committed, with their increments' names
         #: (the last few): pruning keeps those files and deletes the forks beside them.
         self._known: dict[int, str | None] = {}
+        #: The runs (policy digests) whose files pruning may delete: this run's, and the
+        #: run a resume authenticated a checkpoint of (the one before it). Another
+        #: federation's files in a shared folder are never this aggregator's to delete.
+        self._runs: set[str] = {policy_digest}
         #: Commit in the background while the next round starts (default: when the
         #: ledger is not in memory or checkpoints go to disk: when it is slow).
         self.overlap = (
@@ -172,9 +176,13 @@ class Commit:
                 below=spm, committed=(spm, request), request_at=self.ledger.request_at,
             )  # fmt: skip
             return ResumePoint(spm, checkpoint=newest)
-        return find_resume_point(
+        point = find_resume_point(
             self.directory, key=self.key, run=self.policy_digest, counter=spm, request=request
         )
+        for found in (point.checkpoint, point.previous):
+            if found is not None:  # opened with this policy's key: one of its runs
+                self._runs.add(found.policy_digest)
+        return point
 
     def commit(
         self,
@@ -211,7 +219,7 @@ class Commit:
         # the increment's name, in the checkpoint too: of two aggregators forked from
         # one state, the SPM says whose checkpoint at ``target`` it committed
         request = new_request()
-        syncing: _Sync | None = None
+        syncing: SyncInBackground | None = None
         if self.directory is not None:
             assert self.key is not None
             path = write_checkpoint(
@@ -222,7 +230,7 @@ class Commit:
         sealed = time.monotonic()  # (before the fsync thread starts: it may end first)
         if self.directory is not None:
             # in place under its name now: fsynced while the counter moves (module doc)
-            syncing = _Sync(path, self._syncer)
+            syncing = SyncInBackground(path, self._syncer)
         value = self._increment(round, target, event, request)  # (failed: the fsync ends)
         counted = time.monotonic()
         synced = syncing.wait() if syncing is not None else sealed
@@ -245,7 +253,8 @@ class Commit:
         one or a newer, uncommitted one: never the one a restart needs)."""
         if self.directory is not None:
             with self._files:  # never beside a commit: its new file is not committed yet
-                prune_checkpoints(self.directory, keep=self.keep, committed=dict(self._known))
+                prune_checkpoints(self.directory, keep=self.keep, committed=dict(self._known),
+                                  runs=frozenset(self._runs))  # fmt: skip
 
     def _increment(self, round: int, target: int, event: RoundEvent | None, request: str) -> int:
         """The counter moved from the value this aggregator committed last to ``target``,
@@ -392,29 +401,3 @@ class Commit:
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
-
-
-class _Sync:
-    """A checkpoint's fsyncs on ``worker``'s thread; :meth:`wait` returns when they
-    ended (monotonic) or raises their error."""
-
-    def __init__(self, path: Path, worker: Worker) -> None:
-        self._error: BaseException | None = None
-        self._ended = 0.0
-        self._done = threading.Event()
-        worker.submit(lambda: self._run(path))
-
-    def _run(self, path: Path) -> None:
-        try:
-            sync_checkpoint(path)
-        except BaseException as exc:  # any failure fails the commit (fail closed)
-            self._error = exc
-        finally:
-            self._ended = time.monotonic()
-            self._done.set()
-
-    def wait(self) -> float:
-        interrupts.wait(self._done)
-        if self._error is not None:
-            raise self._error
-        return self._ended

@@ -158,7 +158,7 @@ def pending_reset(
     A file that could still apply is checked whole (:func:`check_reset`); one whose
     value is ahead of the counter is refused, with the value to sign instead.
     """
-    if not path.exists():
+    if not _present(path):
         return None
     statement = _read(path)["statement"]
     value = _value(statement)
@@ -187,6 +187,18 @@ def pending_reset(
             f"{current}: have the board sign a new reset with --value {current}"
         )
     return ApprovedReset(path, approved)
+
+
+def _present(path: Path) -> bool:
+    """Whether a reset file is at ``path`` (the host's folder: a link it cannot follow is
+    a one-line refusal, not an OSError)."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise FlError(
+            f"reset: cannot read {path}: {exc.strerror or exc}; remove it or have the board "
+            "sign a reset there"
+        ) from None
 
 
 def _set_aside(path: Path, value: int, why: str = "used") -> None:
