@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from secfl.fl._strategy_wiring import keep_secret
 from secfl.fl.strategies import CloneAudit, Update, get_strategy
+from secfl.fl.strategies._audit_state import keep_secret
 from secfl.fl.strategies._detection import Detector
 
 

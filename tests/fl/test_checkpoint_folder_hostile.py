@@ -51,9 +51,7 @@ def plant_link(directory: Path, counter: int = 1) -> Path:
 # --- an entry the host plants stopped the aggregator with an OSError ---------------------
 
 
-def test_a_planted_link_is_passed_over_on_resume(
-    fed: Federation, tmp_path: Path
-) -> None:
+def test_a_planted_link_is_passed_over_on_resume(fed: Federation, tmp_path: Path) -> None:
     directory, ledger = tmp_path / "checkpoints", MemoryLedger()
     first = aggregator(fed, {"rounds": 1}, run=RUN_A, ledger=ledger, directory=directory)
     fed.run(first, range(3), gates=gates(fed, RUN_A))

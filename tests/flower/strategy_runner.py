@@ -59,7 +59,11 @@ def main(root: Path) -> None:
         }
         if job["kind"] == "secfl":
             strategy = SecflStrategy(
-                job["rule"], job["settings"], validation_loss=_loss(target), **common
+                job["rule"],
+                job["settings"],
+                validation_loss=_loss(target),
+                secret=False,
+                **common,
             )
         else:
             strategy = getattr(flower, job["kind"])(**job["settings"], **common)

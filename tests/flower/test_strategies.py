@@ -258,3 +258,24 @@ def test_an_apps_exit_message_is_not_printed(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", program, "7"], capture_output=True,
                           text=True, timeout=60, check=False)  # fmt: skip
     assert (done.returncode, done.stderr) == (7, "")
+
+
+def test_the_flower_audit_draws_with_a_secret_of_its_own(flower_python: Path) -> None:
+    """Found by a hostile review of the audit: its draws (clones, validation rows, the
+    detector's coordinates) came from the seed alone, which the FAB every node runs
+    holds. ``SecflStrategy`` draws a secret in the ServerApp's process; ``secret=False``
+    reproduces a run from the seed."""
+    program = (
+        "from secfl.flower._strategies import SecflStrategy\n"
+        "a = SecflStrategy('clone-audit', {'base': 'median', 'seed': 7})\n"
+        "b = SecflStrategy('clone-audit', {'base': 'median', 'seed': 7})\n"
+        "c = SecflStrategy('clone-audit', {'base': 'median', 'seed': 7}, secret=False)\n"
+        "draw = lambda s: int(s.rule._rng(1).integers(1 << 62))\n"
+        "print(len(a.rule.secret), a.rule.secret != b.rule.secret, draw(a) != draw(b),\n"
+        "      c.rule.secret is None, draw(c) == draw(SecflStrategy('clone-audit',\n"
+        "      {'base': 'median', 'seed': 7}, secret=False)))\n"
+    )
+    done = subprocess.run([str(flower_python), "-c", program], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["32", "True", "True", "True", "True"]

@@ -42,12 +42,13 @@ from secfl.fl._reset import ApprovedReset
 from secfl.fl._resuming import resume_or_begin, stopped_hint
 from secfl.fl._rounds import Attempt, Rounds, without_tensors
 from secfl.fl._scoring import Scoreboard, train_means
-from secfl.fl._strategy_wiring import keep_secret, wire_strategy
+from secfl.fl._strategy_wiring import wire_strategy
 from secfl.fl._tensors import (
     nbytes,
     to_bytes,
 )
 from secfl.fl._transport import Server
+from secfl.fl.strategies._audit_state import keep_secret
 from secfl.fl.strategies._base import Params, Strategy, Update
 from secfl.tasks._base import Dataset, Task
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +19,7 @@ from secfl.tasks._base import ClassificationTask, Dataset
 from secfl.tasks._contract import call_task
 from secfl.tasks._training import deterministic
 
-__all__ = ["keep_secret", "wire_strategy"]
+__all__ = ["wire_strategy"]
 
 
 def wire_strategy(
@@ -37,16 +36,6 @@ def wire_strategy(
             rule.score = _scorer(task, validation)
         if hasattr(rule, "root_update"):
             rule.root_update = _root_update(task, validation, train, seed)
-
-
-def keep_secret(strategy: Strategy) -> None:
-    """Give a rule that draws at random (the clone audit) a secret of the aggregator's
-    own, drawn here inside its TEE: its draws are then unknown to the collaborators,
-    who read the policy's seed. A checkpoint's state brings back the secret it ran
-    with (``load_state``), so a resumed run draws as before."""
-    keep = getattr(strategy, "keep_secret", None)
-    if callable(keep):
-        keep(secrets.token_bytes(32))
 
 
 def _scorer(task: Any, validation: Any) -> Any:

@@ -40,6 +40,7 @@ from flwr.serverapp.strategy import FedAvg
 from secfl._internal.values import one_line
 from secfl.errors import FlError
 from secfl.fl.strategies import CloneAudit, Params, Strategy, Update, get_strategy
+from secfl.fl.strategies._audit_state import keep_secret
 from secfl.fl.strategies._base import check_update
 from secfl.flower._audit import SpmAudit
 from secfl.flower._replies import check_metrics, median_metrics, reply_params, sample_count
@@ -73,7 +74,10 @@ class SecflStrategy(FedAvg):
     """Flower's FedAvg with one of secfl's aggregation rules (see the module docstring).
 
     ``rule`` and ``settings`` are what a secfl policy's ``strategy`` and
-    ``strategy_settings`` take; the other keyword arguments are FedAvg's.
+    ``strategy_settings`` take; the other keyword arguments are FedAvg's. The clone
+    audit's random draws (its clones, validation rows and the detector's coordinates)
+    mix in a secret drawn here, in the ServerApp's TEE: the FAB every node runs holds
+    the seed (``secret=False``: the seed alone, to reproduce a run exactly).
     """
 
     def __init__(
@@ -83,9 +87,12 @@ class SecflStrategy(FedAvg):
         *,
         validation_loss: Callable[[Params], float] | None = None,
         root_update: Callable[[int, Params, int], Params] | None = None,
+        secret: bool = True,
         **kwargs: Any,
     ) -> None:
         rule_ = get_strategy(rule, **dict(settings or {}))
+        if secret:  # the audit's draws: not from the seed alone, which every node's FAB holds
+            keep_secret(rule_)
         if rule_.robust:  # one node's metrics must not set the round's, as its update
             kwargs.setdefault("train_metrics_aggr_fn", median_metrics)
             kwargs.setdefault("evaluate_metrics_aggr_fn", median_metrics)

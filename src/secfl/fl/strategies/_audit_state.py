@@ -6,15 +6,27 @@ checkpoint is sealed; what is read back is still checked, each value in one line
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from secfl.errors import FlError
+from secfl.fl.strategies._base import Strategy
 
 if TYPE_CHECKING:
     from secfl.fl.strategies._clone_audit import CloneAudit
 
-__all__ = ["audit_state", "load_audit_state"]
+__all__ = ["audit_state", "keep_secret", "load_audit_state"]
+
+
+def keep_secret(strategy: Strategy) -> None:
+    """Give a rule that draws at random (the clone audit) a secret of the aggregator's
+    own, drawn here inside its TEE: its draws are then unknown to the collaborators,
+    who read the policy's seed. A checkpoint's state brings back the secret it ran
+    with (``load_state``), so a resumed run draws as before."""
+    keep = getattr(strategy, "keep_secret", None)
+    if callable(keep):
+        keep(secrets.token_bytes(32))
 
 
 def audit_state(audit: CloneAudit) -> dict[str, Any]:
