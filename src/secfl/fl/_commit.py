@@ -81,11 +81,11 @@ from secfl._internal.buffers import Frozen, frozen
 from secfl._internal.worker import Worker
 from secfl.errors import CounterMoved, FlError
 from secfl.fl._checkpoint import SyncInBackground, write_checkpoint
-from secfl.fl._checkpoint_dir import latest_checkpoint, prune_checkpoints
+from secfl.fl._checkpoint_dir import prune_checkpoints
 from secfl.fl._checkpoint_names import new_request
 from secfl.fl._ledger import Ledger, MemoryLedger, SpmLedger, new_version
 from secfl.fl._phases import ms
-from secfl.fl._runs import ResumePoint, find_resume_point
+from secfl.fl._runs import ResumePoint, find_resume_point, reset_point
 
 __all__ = ["Commit", "Ledger", "MemoryLedger", "SpmLedger", "new_version"]
 
@@ -147,14 +147,15 @@ class Commit:
         self._cancelled: list[bool] = [False]  # the pending commit's (each has its own)
         self._begun: threading.Event | None = None
 
-    def resume(self, *, reset_from: int | None = None) -> ResumePoint:
+    def resume(self, *, reset_from: int | None = None, previous: bool = False) -> ResumePoint:
         """Where this run goes on from (see :mod:`secfl.fl._runs`; the policy digest
         names the run).
 
         ``reset_from`` is the SPM counter value a board-approved reset names: the
         newest checkpoint of this run at or below it is accepted (or a fresh start
-        when there is none), and the next commit moves the counter on from the SPM's
-        value.
+        when there is none: with ``previous``, the policy's ``start_from: previous``,
+        after an earlier run's newest committed checkpoint), and the next commit moves
+        the counter on from the SPM's value.
         """
         spm, request = self.ledger.committed()
         self.counter = spm
@@ -171,14 +172,14 @@ class Commit:
                     f"reset: the board approved a reset at counter {reset_from}, the SPM's "
                     f"counter is {spm}: have the board sign a new reset with --value {spm}"
                 )
-            newest = latest_checkpoint(
-                self.directory, key=self.key, policy_digest=self.policy_digest,
-                below=spm, committed=(spm, request), request_at=self.ledger.request_at,
+            point = reset_point(
+                self.directory, key=self.key, run=self.policy_digest, committed=(spm, request),
+                request_at=self.ledger.request_at, previous=previous,
             )  # fmt: skip
-            return ResumePoint(spm, checkpoint=newest)
-        point = find_resume_point(
-            self.directory, key=self.key, run=self.policy_digest, counter=spm, request=request
-        )
+        else:
+            point = find_resume_point(
+                self.directory, key=self.key, run=self.policy_digest, counter=spm, request=request
+            )
         for found in (point.checkpoint, point.previous):
             if found is not None:  # opened with this policy's key: one of its runs
                 self._runs.add(found.policy_digest)

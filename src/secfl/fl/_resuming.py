@@ -3,7 +3,10 @@
 It starts from its run's newest committed checkpoint (:meth:`Commit.resume` finds
 it: the one whose counter equals the SPM's), or, for a new run, from the task's
 initial model (or with ``start_from: previous`` the last run's), committed as round
-0 before any round trains. A board-approved reset applies to this start only.
+0 before any round trains. A board-approved reset applies to this start only; one
+that finds none of the run's own checkpoints begins it again the same way, and says
+so (with ``start_from: previous``, from an earlier run's newest committed checkpoint,
+or, when the folder holds none, from the initial model: a warning).
 """
 
 from __future__ import annotations
@@ -51,11 +54,14 @@ def resume_or_begin(
     """The model and the first round to train: this run's newest committed
     checkpoint (the strategy's and the scores' state restored from it), or for a new
     run its first model, committed as round 0."""
-    point = commit.resume(reset_from=None if reset is None else reset.value)
+    previous = config.start_from == "previous"
+    point = commit.resume(reset_from=None if reset is None else reset.value, previous=previous)
     initial = state_dict_arrays(call_task("build_model", task.build_model, config.seed))
     checkpoint = point.checkpoint
     if checkpoint is None:
         params, whence = initial, "the initial model"
+        if reset is not None and previous:
+            _reset_begins_again(point.previous, reset.value, commit.directory, run_label)
         if point.previous is not None and config.start_from == "previous":
             params = _from_previous(point.previous, initial)
             whence = f"the previous run's model ({point.previous.path.name})"
@@ -112,6 +118,29 @@ def _from_previous(previous: Checkpoint, initial: Params) -> Params:
             "to 'initial' in the next policy version"
         ) from None
     return params
+
+
+def _reset_begins_again(
+    previous: Checkpoint | None, value: int, directory: Path | None, run_label: str
+) -> None:
+    """What an operator is told when a reset begins the run again (none of its own
+    checkpoints the SPM counted is left) under ``start_from: previous``."""
+    if previous is not None:
+        log.warning(
+            "reset at counter %d: %s has no committed checkpoint of its own left; it begins "
+            "again from the newest committed checkpoint of an earlier run (start_from: "
+            "previous): %s (run %s, round %d, counter %d)",
+            value, run_label, previous.path.name, previous.policy_digest[:12],
+            previous.round, previous.counter,
+        )  # fmt: skip
+        return
+    log.warning(
+        "reset at counter %d: %s has no committed checkpoint of its own left, and the "
+        "checkpoint folder (%s) holds none of an earlier run either: it begins again from "
+        "the task's INITIAL model, not the previous run's model its policy names "
+        "(start_from: previous)",
+        value, run_label, directory,
+    )  # fmt: skip
 
 
 def _use_up(reset: ApprovedReset | None) -> bool:

@@ -30,6 +30,13 @@ to ``c``. Two aggregators forked from one state both write a checkpoint at ``c``
 the loser's is never resumed from (before, it could replace the winner's file, and a
 restart went on from a model nobody committed).
 
+After a board reset at the SPM's counter ``c`` (:func:`reset_point`): this run's
+newest checkpoint the SPM counted, at or below ``c``, is resumed. A run that has none
+left (its first commits were lost) begins again: from the task's initial model, or,
+when the policy says ``start_from: previous``, from the newest checkpoint of an
+earlier run that the SPM counted and that opens with the policy's checkpoint key
+(none in the folder: the initial model, and the aggregator warns).
+
 So a host cannot pass an old run off as the current one (the run comes from the
 attested policy digest, not from anything on its disk), nor an old checkpoint of
 the current run (the counter binds it), nor a fork that lost (the increment's name
@@ -38,17 +45,18 @@ binds it), nor make the aggregator skip ahead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlError
 from secfl.fl._checkpoint import Checkpoint, load_checkpoint, reset_hint
-from secfl.fl._checkpoint_dir import list_checkpoints
-from secfl.fl._checkpoint_format import header_of
+from secfl.fl._checkpoint_dir import _committed_only, latest_checkpoint, list_checkpoints
+from secfl.fl._checkpoint_format import header_of, policy_of, request_of
 from secfl.fl._checkpoint_names import may_commit
 
-__all__ = ["ResumePoint", "find_resume_point", "run_label"]
+__all__ = ["ResumePoint", "find_resume_point", "reset_point", "run_label"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,85 @@ def find_resume_point(
     digest = runs[others[0]]
     assert digest is not None
     return ResumePoint(counter, previous=_open(others[0], key, digest, counter, named))
+
+
+def reset_point(
+    directory: Path,
+    *,
+    key: bytes,
+    run: str,
+    committed: tuple[int, str | None],
+    request_at: Callable[[int], str | None],
+    previous: bool,
+) -> ResumePoint:
+    """Where the run ``run`` goes on from after a board reset at the SPM's counter
+    (``committed``: its value and the name of the increment that took it there): this
+    run's newest checkpoint the SPM counted at or below it; without one and with
+    ``previous`` (``start_from: previous``), a new run after an earlier run's newest
+    checkpoint the SPM counted (:func:`_previous_for_reset`); else a new run alone."""
+    counter = committed[0]
+    newest = latest_checkpoint(
+        directory, key=key, policy_digest=run, below=counter, committed=committed,
+        request_at=request_at,
+    )  # fmt: skip
+    if newest is not None or not previous:
+        return ResumePoint(counter, checkpoint=newest)
+    return ResumePoint(counter, previous=_previous_for_reset(directory, key, run, committed,
+                                                             request_at))  # fmt: skip
+
+
+def _previous_for_reset(
+    directory: Path,
+    key: bytes,
+    run: str,
+    committed: tuple[int, str | None],
+    request_at: Callable[[int], str | None],
+) -> Checkpoint | None:
+    """The newest checkpoint of another run than ``run`` that the SPM counted, chosen
+    as :func:`~secfl.fl._checkpoint_dir.latest_checkpoint` chooses (at the SPM's
+    counter only the file its increment committed; below it, at each value the SPM
+    names an increment for, only that increment's file: a fork's loser, an uncommitted
+    leftover or another federation's file is passed over), then opened with the
+    policy's checkpoint key (one of its runs) and checked against that choice; None
+    when there is none. The chosen one not opening is an error, never a reason to take
+    an older one."""
+    counter, request = committed
+    found = [c for c in list_checkpoints(directory) if c[1] <= counter]
+    runs = {path: policy_of(path) for _, _, path in found}
+    candidates = [
+        (rnd, ctr, path)
+        for rnd, ctr, path in found
+        if runs[path] not in (None, run)
+        and (ctr != counter or may_commit(request_of(path), request))
+    ]
+    candidates, named = _committed_only(directory, candidates, committed, request_at)
+    if not candidates:
+        return None
+    _, chosen, path = candidates[0]
+    tied = [p.name for _, ctr, p in candidates if ctr == chosen]
+    if len(tied) > 1:
+        raise FlError(
+            f"rollback: {len(tied)} checkpoints of earlier runs in {directory} have counter "
+            f"{chosen} ({', '.join(tied[:3])}), and nothing says which one committed: set "
+            "aside the one whose name is not the request of the SPM's counter.incremented "
+            f"entry at {chosen} (secfl audit show), then start again"
+        )
+    digest = runs[path]
+    assert digest is not None
+    try:
+        checkpoint = load_checkpoint(path, key=key, policy_digest=digest, expected_counter=chosen)
+    except FlError as exc:
+        raise FlError(
+            f"{exc}; it is the newest checkpoint of an earlier run the SPM counted, which "
+            "this run goes on from (start_from: previous): restore it, or set it aside to "
+            "go on from an older one, then start the aggregator again"
+        ) from None
+    if named is not None and chosen == named[0] and not may_commit(checkpoint.request, named[1]):
+        raise FlError(
+            f"integrity: checkpoint {path.name} changed while it was read (it names another "
+            "increment than the one that committed its counter)"
+        )
+    return checkpoint
 
 
 def _committed_at(
