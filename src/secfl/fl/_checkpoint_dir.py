@@ -40,7 +40,7 @@ from secfl.fl._checkpoint import Checkpoint, load_checkpoint, reset_hint
 from secfl.fl._checkpoint_format import policy_of, request_of
 from secfl.fl._checkpoint_names import drawn_here, may_commit, parse_checkpoint_name
 
-__all__ = ["latest_checkpoint", "list_checkpoints", "prune_checkpoints"]
+__all__ = ["committed_only", "latest_checkpoint", "list_checkpoints", "prune_checkpoints"]
 
 
 def list_checkpoints(directory: Path | str) -> list[tuple[int, int, Path]]:
@@ -93,7 +93,7 @@ def latest_checkpoint(
     increment that took it there): files at that counter that another increment was
     to commit (a forked aggregator's) are skipped. ``request_at`` (the SPM's answer to
     which increment took the counter to an earlier value): at each value it names one
-    for, the other increments' files are skipped too (:func:`_committed_only`).
+    for, the other increments' files are skipped too (:func:`committed_only`).
     """
     candidates = [
         (rnd, ctr, path)
@@ -115,7 +115,7 @@ def latest_checkpoint(
     if below is not None:
         candidates = [c for c in candidates if c[1] <= below]
     if request_at is not None:
-        candidates, committed = _committed_only(Path(directory), candidates, committed, request_at)
+        candidates, committed = committed_only(Path(directory), candidates, committed, request_at)
     if not candidates:
         if expected_counter:
             raise FlError(
@@ -156,7 +156,7 @@ Candidate = tuple[int, int, Path]
 MAX_VALUES_ASKED = 64
 
 
-def _committed_only(
+def committed_only(
     directory: Path,
     candidates: list[Candidate],
     committed: tuple[int, str | None] | None,

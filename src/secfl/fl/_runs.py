@@ -52,7 +52,7 @@ from typing import Any
 
 from secfl.errors import FlError
 from secfl.fl._checkpoint import Checkpoint, load_checkpoint, reset_hint
-from secfl.fl._checkpoint_dir import _committed_only, latest_checkpoint, list_checkpoints
+from secfl.fl._checkpoint_dir import committed_only, latest_checkpoint, list_checkpoints
 from secfl.fl._checkpoint_format import header_of, policy_of, request_of
 from secfl.fl._checkpoint_names import may_commit
 
@@ -172,7 +172,7 @@ def _previous_for_reset(
         if runs[path] not in (None, run)
         and (ctr != counter or may_commit(request_of(path), request))
     ]
-    candidates, named = _committed_only(directory, candidates, committed, request_at)
+    candidates, named = committed_only(directory, candidates, committed, request_at)
     if not candidates:
         return None
     _, chosen, path = candidates[0]
