@@ -203,3 +203,80 @@ def test_the_aggregators_secret_comes_back_from_a_checkpoint() -> None:
     for bad in ("zz", "00" * 31, 7):
         with pytest.raises(FlError, match="^clone-audit: the checkpoint's secret is malformed$"):
             CloneAudit(seed=3).load_state({**first.state(), "secret": bad})
+
+
+# --- a review of the fixes: a rule without state is not copied per clone ------------------
+
+
+def test_clone_audit_over_fltrust_with_a_root_trainer_method() -> None:
+    """Flower's SecflStrategy sets ``root_update`` to whatever callable the ServerApp
+    gives; a trainer's bound method is the natural one. Every clone deep-copies the
+    base rule (clone_models) once the fix above copied rules with state, so the trainer
+    object was deep-copied once per clone: a trainer holding a lock (or an open file, a
+    thread...) failed the round with a TypeError, one holding a model or data copied it
+    per clone, and a trainer's own bookkeeping was done on copies."""
+    import threading
+
+    from secfl.fl.strategies import CloneAudit, Update
+
+    class Trainer:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+            self.calls = 0
+
+        def update(self, round: int, params: dict, samples: int) -> dict:
+            with self.lock:
+                self.calls += 1
+            return {k: v + np.float32(1.0) for k, v in params.items()}
+
+    trainer = Trainer()
+    audit = CloneAudit(base="fltrust", clones=4, fraction=0.5, seed=1, signals=[], guard=None)
+    audit.base.root_update = trainer.update  # as SecflStrategy(root_update=...) sets it
+    audit.score = lambda p: -float(np.abs(p["w"] - 1.0).sum())
+    glob = {"w": np.zeros(3, dtype=np.float32)}
+    ups = [Update(f"h{i}", {"w": np.full(3, 1.0 + 0.01 * i, np.float32)}, 10) for i in range(6)]
+    audit.aggregate(1, glob, ups)
+    # every root update went through the ServerApp's own trainer: clones + the round
+    assert trainer.calls == 4 + 1, trainer.calls
+
+
+# --- a review of the fixes: a rule built on FedAvg that aggregates its own way ----------
+
+
+def test_the_audit_commits_what_a_fedavg_subclass_aggregates() -> None:
+    """``register_strategy`` is public API: a ServerApp (SecflStrategy) or a task can
+    register its own rule built on FedAvg, e.g. one that clips each update's delta
+    (or adds noise) in ``aggregate`` before averaging. Under the clone audit the
+    round's model is ``commit(base, ...)``, which for any ``isinstance(base, FedAvg)``
+    computed the plain float64 mean and called ``_server_step``: the rule's own
+    ``aggregate`` was never called, and its clipping silently left out of the
+    committed model."""
+    from collections.abc import Sequence
+
+    from secfl.fl.strategies import CloneAudit, Update, register_strategy
+    from secfl.fl.strategies._fedavg import FedAvg
+
+    class ClippedFedAvg(FedAvg):
+        name = "test-clipped-fedavg"
+
+        def aggregate(self, round: int, global_params: dict, updates: Sequence[Update]) -> dict:
+            clipped = []
+            for u in updates:
+                delta = {k: v - global_params[k] for k, v in u.params.items()}
+                norm = float(np.sqrt(sum(float((d.astype(np.float64) ** 2).sum())
+                                         for d in delta.values())))  # fmt: skip
+                scale = min(1.0, 1.0 / norm) if norm > 0 else 1.0
+                params = {k: (global_params[k] + scale * d).astype(global_params[k].dtype)
+                          for k, d in delta.items()}  # fmt: skip
+                clipped.append(Update(u.sender, params, u.num_samples))
+            return super().aggregate(round, global_params, clipped)
+
+    register_strategy(ClippedFedAvg)
+    glob = {"w": np.zeros(4, dtype=np.float32)}
+    ups = [Update(f"h{i}", {"w": np.full(4, 10.0 + i, np.float32)}, 10) for i in range(6)]
+    audit = CloneAudit(base="test-clipped-fedavg", clones=4, fraction=0.5, seed=1,
+                       signals=[], guard=None)  # fmt: skip
+    audit.score = lambda p: -float(np.abs(p["w"] - 1.0).sum())
+    new = audit.aggregate(1, glob, ups)
+    want = ClippedFedAvg().aggregate(1, glob, ups)  # every delta clipped to norm 1
+    np.testing.assert_allclose(new["w"], want["w"], rtol=1e-6)

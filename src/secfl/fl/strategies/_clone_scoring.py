@@ -127,11 +127,13 @@ def clone_models(
         models = _weighted_means(global_params, updates, members)
         if models is not None:
             return models
-    # each clone on a copy: a rule with state (FedAdam's moments, centered clipping's
-    # center) took a step per clone, and the round's real aggregate then started from
-    # moments built from clones that held an excluded attacker
+    # each clone on a copy of a rule with state: it took a step per clone (FedAdam's
+    # moments, centered clipping's center), and the round's real aggregate then started
+    # from moments built from clones that held an excluded attacker. A rule without
+    # state is not copied: its hooks (FLTrust's root_update, a ServerApp's trainer
+    # method) were deep-copied once a clone, a lock in them a TypeError
     return [
-        commit(copy.deepcopy(base), round, global_params,
+        commit(copy.deepcopy(base) if base.state() else base, round, global_params,
                [updates[int(i)] for i in np.flatnonzero(row)])
         for row in members
     ]  # fmt: skip
@@ -139,7 +141,7 @@ def clone_models(
 
 def _linear(base: Strategy, global_params: Params, updates: Sequence[Update]) -> bool:
     """Whether ``base`` aggregates by a plain sample-weighted mean of finite float tensors."""
-    if not isinstance(base, FedAvg) or type(base)._server_step is not FedAvg._server_step:
+    if not _plain_mean(base) or type(base)._server_step is not FedAvg._server_step:
         return False
     if not all(np.issubdtype(v.dtype, np.floating) for v in global_params.values()):
         return False
@@ -319,7 +321,7 @@ def commit(base: Strategy, round: int, global_params: Params, updates: Sequence[
     coordinate, in the senders' order (whatever order they came in), then given to
     the rule's server step; integer tensors keep the exact integer sum. No value of
     one coordinate changes the rounding of another (:mod:`._audit_commit`)."""
-    if not isinstance(base, FedAvg):
+    if not _plain_mean(base):
         return base.aggregate(round, global_params, updates)
     check_global(global_params)
     check_round(updates)
@@ -353,3 +355,10 @@ def commit(base: Strategy, round: int, global_params: Params, updates: Sequence[
             raise FlError(f"aggregate: the mean of tensor '{name}' overflows its dtype")
         mean[name] = value
     return base._server_step(round, global_params, {k: mean[k] for k in global_params})
+
+
+def _plain_mean(base: Strategy) -> bool:
+    """Whether ``base`` aggregates as FedAvg does (FedAvg, FedProx, FedAdam): a rule
+    built on FedAvg that aggregates its own way (a registered one that clips or adds
+    noise first) is left to its ``aggregate`` ."""
+    return isinstance(base, FedAvg) and type(base).aggregate is FedAvg.aggregate
