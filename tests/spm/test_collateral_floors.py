@@ -123,18 +123,19 @@ def test_spms_sharing_a_database_share_their_floors(
 def test_a_rolled_back_fetch_nobody_waited_for_is_asked_again(
     vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
 ) -> None:
-    with CollateralSource(pccs.url, tmp_path / "c", timeout=1.0, retry_after=0.1) as coll:
+    # (a fetch of four GETs takes ~0.1 s; 4 s leaves a loaded CI machine room: 1 s failed)
+    with CollateralSource(pccs.url, tmp_path / "c", timeout=4.0, retry_after=0.1) as coll:
         newer = serve(pccs, vectors, TDX_OUTDATED)
         with pytest.raises(Refused, match="^evidence: tcb: "):
             check_evidence(policy(board, TDX_OUTDATED), newer, utc(TDX_OUTDATED[4]), coll)
         current = {QE: pccs.routes[QE], CRL: pccs.routes[CRL]}
         sgx = serve(pccs, vectors, SGX)
         older = serve(pccs, vectors, TDX)  # a lagging replica
-        pccs.delay = 0.2  # four GETs: 0.8 s, within the 1 s deadline
+        pccs.delay = 0.8  # four GETs: 3.2 s, within the 4 s deadline
         first = threading.Thread(target=lambda: coll.get(sgx))
         first.start()
         time.sleep(0.05)
-        with pytest.raises(FetchError, match="gave no collateral in 1 s"):
+        with pytest.raises(FetchError, match="gave no collateral in 4 s"):
             coll.get(older)  # its fetch queues behind the SGX one; this caller gives up
         first.join()
         deadline = time.monotonic() + 10
