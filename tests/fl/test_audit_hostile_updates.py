@@ -12,8 +12,8 @@ import math
 import numpy as np
 
 from secfl.fl.strategies import CloneAudit, Update, get_strategy
-from secfl.fl.strategies._audit_state import keep_secret
 from secfl.fl.strategies._detection import Detector
+from secfl.fl.strategies._secret import keep_secret
 
 
 def _detector_sample(seed: int, round: int, total: int, dims: int) -> np.ndarray:
@@ -280,3 +280,71 @@ def test_the_audit_commits_what_a_fedavg_subclass_aggregates() -> None:
     new = audit.aggregate(1, glob, ups)
     want = ClippedFedAvg().aggregate(1, glob, ups)  # every delta clipped to norm 1
     np.testing.assert_allclose(new["w"], want["w"], rtol=1e-6)
+
+
+# --- the filtering rules' coordinates were known to every collaborator too -------------
+
+
+def _dnc_sample(seed: int, round: int, d: int, dims: int, iterations: int) -> np.ndarray:
+    """Every coordinate DnC looks at in ``round``, drawn as a site that reads the
+    policy's seed draws them (``dnc_scores``)."""
+    rng = np.random.default_rng([seed, round])
+    return np.unique(
+        np.concatenate([rng.choice(d, size=dims, replace=False) for _ in range(iterations)])
+    )
+
+
+def test_dnc_filters_poison_outside_the_coordinates_the_seed_predicts() -> None:
+    """DnC looks at random coordinate subsets drawn from ``[seed, round]``: a site that
+    flips and scales its update only where this round's subsets do not look was kept,
+    while the same rule filters it once the aggregator's secret is in the draws."""
+    from secfl.fl.strategies._dnc import DnC
+
+    rng = np.random.default_rng(11)
+    d, dims, iterations = 8192, 512, 2
+    common = rng.normal(0, 1.0, d)
+    rows = [common + rng.normal(0, 1.0, d) for _ in range(9)]
+    seen = _dnc_sample(0, 1, d, dims, iterations)
+    unseen = np.setdiff1d(np.arange(d), seen)
+    evil = common + rng.normal(0, 1.0, d)
+    evil[unseen] = -20.0 * common[unseen]
+    glob = {"w": np.zeros(d, dtype=np.float32)}
+    ups = [Update(f"s{i}", {"w": r.astype(np.float32)}, 10) for i, r in enumerate(rows)]
+    ups.append(Update("zz-evil", {"w": evil.astype(np.float32)}, 10))
+    plain = DnC(f=1, dims=dims, iterations=iterations)
+    plain.aggregate(1, glob, ups)
+    assert "zz-evil" in (plain.selected() or []), "the seed alone: the poison is not seen"
+    guarded = DnC(f=1, dims=dims, iterations=iterations)
+    keep_secret(guarded)
+    guarded.aggregate(1, glob, ups)
+    assert "zz-evil" not in (guarded.selected() or [])
+
+
+def test_a_filtering_rules_secret_comes_back_from_a_checkpoint() -> None:
+    """DnC, FLAME and SignGuard keep their secret in their (sealed) state: a resumed run
+    draws as the run it continues; a checkpoint of a release without one still loads;
+    a malformed one, or any other key, is refused in one line. Under the clone audit a
+    base rule that draws keeps the audit's secret."""
+    import pytest
+
+    from secfl.errors import FlError
+
+    for name in ("dnc", "flame", "signguard"):
+        first = get_strategy(name)
+        keep_secret(first)
+        assert len(first.state()["secret"]) == 64
+        again = get_strategy(name)
+        again.load_state(first.state())
+        assert again.key == first.key != ()
+        get_strategy(name).load_state({})  # an older release's checkpoint
+        for bad in ({"secret": "zz"}, {"secret": "00" * 31}, {"secret": 7}):
+            with pytest.raises(FlError, match=f"^{name}: the checkpoint's secret is malformed$"):
+                get_strategy(name).load_state(bad)
+        with pytest.raises(FlError, match=f"^{name}: keeps no state but its secret"):
+            get_strategy(name).load_state({"center/w": 1})
+    audit = CloneAudit(base="dnc", seed=3)
+    keep_secret(audit)
+    assert audit.base.key == audit.detector.key != ()
+    resumed = CloneAudit(base="dnc", seed=3)
+    resumed.load_state(audit.state())
+    assert resumed.base.key == audit.base.key and resumed.secret == audit.secret

@@ -48,8 +48,8 @@ from secfl.fl._tensors import (
     to_bytes,
 )
 from secfl.fl._transport import Server
-from secfl.fl.strategies._audit_state import keep_secret
 from secfl.fl.strategies._base import Params, Strategy, Update
+from secfl.fl.strategies._secret import keep_secret
 from secfl.tasks._base import Dataset, Task
 
 __all__ = ["REFRESH_SECONDS", "Aggregator", "Signer", "round_seconds"]

@@ -40,8 +40,8 @@ from flwr.serverapp.strategy import FedAvg
 from secfl._internal.values import one_line
 from secfl.errors import FlError
 from secfl.fl.strategies import CloneAudit, Params, Strategy, Update, get_strategy
-from secfl.fl.strategies._audit_state import keep_secret
 from secfl.fl.strategies._base import check_update
+from secfl.fl.strategies._secret import keep_secret
 from secfl.flower._audit import SpmAudit
 from secfl.flower._replies import check_metrics, median_metrics, reply_params, sample_count
 

@@ -6,27 +6,16 @@ checkpoint is sealed; what is read back is still checked, each value in one line
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from secfl.errors import FlError
-from secfl.fl.strategies._base import Strategy
+from secfl.fl.strategies._secret import secret_from_state
 
 if TYPE_CHECKING:
     from secfl.fl.strategies._clone_audit import CloneAudit
 
-__all__ = ["audit_state", "keep_secret", "load_audit_state"]
-
-
-def keep_secret(strategy: Strategy) -> None:
-    """Give a rule that draws at random (the clone audit) a secret of the aggregator's
-    own, drawn here inside its TEE: its draws are then unknown to the collaborators,
-    who read the policy's seed. A checkpoint's state brings back the secret it ran
-    with (``load_state``), so a resumed run draws as before."""
-    keep = getattr(strategy, "keep_secret", None)
-    if callable(keep):
-        keep(secrets.token_bytes(32))
+__all__ = ["audit_state", "load_audit_state"]
 
 
 def audit_state(audit: CloneAudit) -> dict[str, Any]:
@@ -51,15 +40,12 @@ def load_audit_state(audit: CloneAudit, state: Mapping[str, Any]) -> None:
     if not isinstance(signals, Mapping):
         raise FlError("clone-audit: the checkpoint's signal state is malformed")
     audit.detector.load_state(signals)
-    secret = state.get("secret")
-    if secret is not None:
-        try:
-            audit.keep_secret(bytes.fromhex(secret) if isinstance(secret, str) else b"")
-        except (ValueError, FlError):
-            raise FlError("clone-audit: the checkpoint's secret is malformed") from None
+    # the base's state first: a base that draws at random keeps the audit's secret
     audit.base.load_state(
         {k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
     )
+    if "secret" in state:
+        audit.keep_secret(secret_from_state(state["secret"], audit.name))
 
 
 def _finite_map(value: Any, what: str) -> dict[str, float]:

@@ -94,6 +94,7 @@ from secfl.fl.strategies._clone_scoring import (
 from secfl.fl.strategies._detection import DEFAULT_SIGNALS, Detector
 from secfl.fl.strategies._registry import get_strategy, register_strategy
 from secfl.fl.strategies._robust import count_setting
+from secfl.fl.strategies._secret import secret_words
 
 __all__ = ["AuditRound", "CloneAudit"]
 
@@ -194,11 +195,13 @@ class CloneAudit(Strategy):
         rows' order and the detector's coordinates. From the policy's seed alone, which
         every collaborator reads, a collaborator could draw the detector's coordinates
         and poison only the others (a hostile review's finding), or know in advance
-        which clones hold which site."""
-        if not isinstance(secret, bytes) or len(secret) != 32:
-            raise FlError("clone-audit: the secret must be 32 bytes")
+        which clones hold which site (:mod:`._secret`). A base rule that draws at
+        random (DnC, FLAME, SignGuard) keeps it too."""
+        self.detector.key = secret_words(secret, self.name)
         self.secret = secret
-        self.detector.key = tuple(int(w) for w in np.frombuffer(secret, dtype="<u4"))
+        keep = getattr(self.base, "keep_secret", None)
+        if callable(keep):
+            keep(secret)
 
     def _rng(self, *tail: int) -> np.random.Generator:
         return np.random.default_rng([*self.detector.key, self.seed, *tail])

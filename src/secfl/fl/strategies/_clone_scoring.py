@@ -64,7 +64,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -357,7 +357,7 @@ def commit(base: Strategy, round: int, global_params: Params, updates: Sequence[
     return base._server_step(round, global_params, {k: mean[k] for k in global_params})
 
 
-def _plain_mean(base: Strategy) -> bool:
+def _plain_mean(base: Strategy) -> TypeGuard[FedAvg]:
     """Whether ``base`` aggregates as FedAvg does (FedAvg, FedProx, FedAdam): a rule
     built on FedAvg that aggregates its own way (a registered one that clips or adds
     noise first) is left to its ``aggregate`` ."""

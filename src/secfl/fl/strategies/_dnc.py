@@ -20,8 +20,9 @@ filtering:
 The good set is the intersection of the kept sets, and the new model is the global
 one plus the plain mean of the good deltas (integer and bool tensors: the rounded
 median of the whole round's values). Sample counts are ignored. Ties in scores keep
-the earlier update. The coordinates come from ``numpy.random.default_rng([seed,
-round])``: the same round always draws the same subsets. If the intersection is
+the earlier update. The coordinates come from ``numpy.random.default_rng([*secret,
+seed, round])`` (the aggregator's secret: :mod:`._secret`): the same round always
+draws the same subsets, and no site can draw them from the policy's seed. If the intersection is
 empty (``iterations * c * f >= n`` makes this possible) the global model is kept and
 a warning logged. The rule needs ``floor(n - c*f) >= 1`` and at least one
 floating-point coordinate. :meth:`DnC.selected` names the good set in round order.
@@ -40,6 +41,7 @@ from secfl.errors import FlError
 from secfl.fl.strategies import _robust, _signals
 from secfl.fl.strategies._base import Params, Strategy, Update, positive
 from secfl.fl.strategies._registry import register_strategy
+from secfl.fl.strategies._secret import SecretDraws
 
 __all__ = ["DnC", "dnc_good"]
 
@@ -60,7 +62,7 @@ MAX_FILTERED = 1_000_000
 
 
 @register_strategy
-class DnC(Strategy):
+class DnC(SecretDraws, Strategy):
     """Spectral filtering on random coordinate subsets (module docstring)."""
 
     name = "dnc"
@@ -112,7 +114,7 @@ class DnC(Strategy):
             raise FlError(
                 f"{self.name}: needs n - c*f >= 1 updates to keep (n={n}, c={self.c}, f={self.f})"
             )
-        rng = _signals.round_rng(self.name, self.seed, round)
+        rng = _signals.round_rng(self.name, self.seed, round, self.key)
         deltas = _signals.delta_matrix(global_params, updates)
         if deltas.shape[1] == 0:
             raise FlError(f"{self.name}: the model has no floating-point tensor to filter on")

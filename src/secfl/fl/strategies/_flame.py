@@ -22,8 +22,9 @@ The paper clusters the local models; their cosines all sit near 1 since they sha
 the global model, so here (as in most reimplementations) the deltas are clustered,
 which is what the distances are meant to compare. Integer and bool tensors take
 the rounded median of the whole round's values, without noise. The noise comes
-from ``numpy.random.default_rng([seed, round])``. Sample counts are ignored. If
-HDBSCAN admits nobody the global model is kept and a warning logged.
+from ``numpy.random.default_rng([*secret, seed, round])`` (:mod:`._secret`). Sample
+counts are ignored. If HDBSCAN admits nobody the global model is kept and a warning
+logged.
 :meth:`Flame.selected` names the admitted senders in round order.
 """
 
@@ -39,6 +40,7 @@ from secfl.errors import FlError
 from secfl.fl.strategies import _robust, _signals
 from secfl.fl.strategies._base import Params, Strategy, Update, positive
 from secfl.fl.strategies._registry import register_strategy
+from secfl.fl.strategies._secret import SecretDraws
 
 __all__ = ["Flame", "admitted"]
 
@@ -56,7 +58,7 @@ def admitted(labels: np.ndarray) -> list[int]:
 
 
 @register_strategy
-class Flame(Strategy):
+class Flame(SecretDraws, Strategy):
     """Cosine clustering, median-norm clipping and Gaussian noise (module docstring)."""
 
     name = "flame"
@@ -81,7 +83,7 @@ class Flame(Strategy):
         self.labels = None
         self.bound = None
         _robust.check_inputs(self.name, global_params, updates)
-        rng = _signals.round_rng(self.name, self.seed, round)
+        rng = _signals.round_rng(self.name, self.seed, round, self.key)
         deltas = _signals.delta_matrix(global_params, updates)
         d = deltas.shape[1]
         if d == 0:

@@ -246,12 +246,13 @@ def flame_clusters(deltas: np.ndarray) -> np.ndarray:
         return np.asarray(clusterer.fit_predict(dist), dtype=np.int64)
 
 
-def round_rng(rule: str, seed: int, round: int) -> np.random.Generator:
-    """The generator of ``rule`` for ``round``: ``default_rng([seed, round])``, the same
-    draws whenever the same round is aggregated again (a restart, a clone)."""
+def round_rng(rule: str, seed: int, round: int, key: tuple[int, ...] = ()) -> np.random.Generator:
+    """The generator of ``rule`` for ``round``: ``default_rng([*key, seed, round])``, the
+    same draws whenever the same round is aggregated again (a restart, a clone); ``key``
+    the aggregator's secret (:mod:`._secret`), empty for the seed alone."""
     if isinstance(round, bool) or not isinstance(round, int | np.integer) or round < 0:
         raise FlError(f"{rule}: the round must be an integer >= 0 to seed it, not {round!r}")
-    return np.random.default_rng([int(seed), int(round)])
+    return np.random.default_rng([*key, int(seed), int(round)])
 
 
 def kept_model(

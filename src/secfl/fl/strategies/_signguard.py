@@ -29,7 +29,8 @@ each column by its maximum (that rescaling turns a single exact zero, among
 updates with no other zero, into a full unit of distance); the bandwidth uses
 every update rather than 50 of them. A bandwidth of 0 (half the updates with
 identical statistics) is raised to 1e-12, so identical statistics form a
-cluster. The coordinates come from ``numpy.random.default_rng([seed, round])``.
+cluster. The coordinates come from ``numpy.random.default_rng([*secret, seed,
+round])`` (the aggregator's secret: :mod:`._secret`).
 Sample counts are ignored. If nothing passes both filters the global model is
 kept and a warning logged. :meth:`SignGuard.selected` names the kept senders in
 round order.
@@ -48,6 +49,7 @@ from secfl.errors import FlError
 from secfl.fl.strategies import _robust, _signals
 from secfl.fl.strategies._base import Params, Strategy, Update, positive
 from secfl.fl.strategies._registry import register_strategy
+from secfl.fl.strategies._secret import SecretDraws
 
 __all__ = ["SignGuard", "largest_sign_cluster", "norm_filter"]
 
@@ -83,7 +85,7 @@ def largest_sign_cluster(features: np.ndarray) -> np.ndarray:
 
 
 @register_strategy
-class SignGuard(Strategy):
+class SignGuard(SecretDraws, Strategy):
     """Norm and sign-statistics filtering, then clipped averaging (module docstring)."""
 
     name = "signguard"
@@ -117,7 +119,7 @@ class SignGuard(Strategy):
         self._selected = None
         self.passed = {}
         _robust.check_inputs(self.name, global_params, updates)
-        rng = _signals.round_rng(self.name, self.seed, round)
+        rng = _signals.round_rng(self.name, self.seed, round, self.key)
         deltas = _signals.delta_matrix(global_params, updates)
         d = deltas.shape[1]
         if d == 0:
