@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -87,10 +87,15 @@ def robustness_cmd(
     began = time.perf_counter()
     if ray_address is not None:
         _run_on_ray(folder, ray_address, command)
-    elif workers > 1 and not report_only:
-        fan_out(workers, ["eval", "robustness", *argv])
     elif not report_only:
-        _run_shard(folder, part, shard)
+        again = f" --workers {workers}" if workers > 1 else f" --shard {shard}" if shard else ""
+        try:
+            if workers > 1:
+                fan_out(workers, ["eval", "robustness", *argv])
+            else:
+                _run_shard(folder, part, shard)
+        except KeyboardInterrupt:
+            _stopped(folder, f"{command} --resume{again}")
         if part != (0, 1):
             return  # the parent writes the report
     _report(folder, command, time.perf_counter() - began, report_only=report_only)
@@ -133,12 +138,17 @@ def _run_on_ray(folder: GridFolder, address: str, command: str) -> None:
         run_on_ray(folder, address,
                    lambda i, n, label: out.print(f"[{i}/{n}] {label}", markup=False))  # fmt: skip
     except KeyboardInterrupt:
-        err.print(
-            f"stopped: the finished runs are kept in {folder.path}; continue with: "
-            f"{command} --resume --ray {shlex.quote(address)}",
-            markup=False,
-        )
-        raise typer.Exit(130) from None
+        _stopped(folder, f"{command} --resume --ray {shlex.quote(address)}")
+
+
+def _stopped(folder: GridFolder, again: str) -> NoReturn:
+    """An interrupted grid: one line saying that the finished runs are kept and what
+    continues it (exit code 130)."""
+    err.print(
+        f"stopped: the finished runs are kept in {folder.path}; continue with: {again}",
+        markup=False,
+    )
+    raise typer.Exit(130) from None
 
 
 def _report(folder: GridFolder, command: str, seconds: float, *, report_only: bool) -> None:

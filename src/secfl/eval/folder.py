@@ -18,7 +18,6 @@ import errno
 import hashlib
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from secfl.fl._untrusted import check_tree, read_json_file
 __all__ = [
     "FINGERPRINT",
     "GRID_FIELDS",
+    "MAX_FIGURE",
     "MAX_RECORD_BYTES",
     "MAX_SETTINGS_BYTES",
     "GridFolder",
@@ -74,7 +74,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if text is None:
         return (0, 1)
     k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit()) or not 0 <= int(k) < int(n):
+    # ASCII digits only: "²".isdigit() is true, and int() of it a ValueError
+    numbers = all(x.isascii() and x.isdigit() and len(x) <= 9 for x in (k, n))
+    if not numbers or not 0 <= int(k) < int(n):
         raise FlError(f"--shard: '{text}' is not K/N with 0 <= K < N")
     return (int(k), int(n))
 
@@ -94,7 +96,7 @@ class GridFolder:
         (folders written before it did hold only the fingerprint); a grid.json that
         is not a grid's settings is refused."""
         settings = path / "grid.json"
-        if not settings.is_file():
+        if not settings.exists():  # (not is_file: a FIFO there is refused, not passed over)
             return None
         found = read_settings(settings)
         if "grid" not in found or "command" not in found:
@@ -125,6 +127,11 @@ class GridFolder:
                         f"({json.dumps(found)}, not {json.dumps(mine)}); "
                         "use another folder"
                     )
+            elif any(self.path.glob("runs*.jsonl")):  # runs of settings no one knows
+                raise FlError(
+                    f"{self.path} holds runs but no grid.json (the settings they were made "
+                    "with), so they cannot be told comparable: use another folder"
+                )
         elif any(self.path.glob("runs*.jsonl")):
             raise FlError(f"{self.path} already holds runs: add --resume to keep them, or empty it")
         if report_only:
@@ -148,9 +155,10 @@ class GridFolder:
 
 
 def read_settings(path: Path) -> dict[str, Any]:
-    """A folder's ``grid.json`` as a JSON object, bounded (see :mod:`secfl.fl._untrusted`)."""
+    """A folder's ``grid.json`` as a JSON object, bounded (see :mod:`secfl.fl._untrusted`),
+    from a regular file: a FIFO planted there is refused, not waited on for ever."""
     try:
-        doc = read_json_file(path, "grid", MAX_SETTINGS_BYTES)
+        doc = read_json_file(path, "grid", MAX_SETTINGS_BYTES, regular=True)
         if not isinstance(doc, dict):
             raise FlError(f"grid: {path} holds a {type(doc).__name__}")
         check_tree(doc, f"grid: {path}", max_int=2**31)
@@ -208,15 +216,45 @@ GRID_FIELDS: dict[str, Callable[[Any], bool]] = {
 }  # fmt: skip
 
 
+#: How long workers told to stop (an interrupt of the parent) may take to end.
+STOP_WAIT_S = 10.0
+
+
 def fan_out(workers: int, argv: Sequence[str]) -> None:
     """Run ``secfl <argv> --resume --shard K/workers`` for every K side by side, and
-    wait for all; a failed worker loses only its run under way (``--resume`` again)."""
-    entry = "import sys; from secfl.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    wait for all; a failed worker loses only its run under way (``--resume`` again).
+
+    The workers ignore SIGINT: a Ctrl-C (or a ``kill -INT`` of this process alone) is
+    this process's, which stops them (SIGTERM) and waits for them before it goes on
+    as a ``KeyboardInterrupt``. Workers left running after their parent stopped went
+    on appending runs unseen, and a ``--resume`` then ran the same runs beside them."""
+    entry = ("import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+             "from secfl.cli.main import main; sys.exit(main(sys.argv[1:]))")  # fmt: skip
     base = [sys.executable, "-c", entry, *argv, "--resume"]
-    procs = [subprocess.Popen([*base, "--shard", f"{k}/{workers}"]) for k in range(workers)]
-    failed = [k for k, p in enumerate(procs) if p.wait() != 0]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for k in range(workers):
+            procs.append(subprocess.Popen([*base, "--shard", f"{k}/{workers}"]))
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        _stop(procs)
+        raise
+    failed = [k for k, code in enumerate(codes) if code != 0]
     if failed:
         raise FlError(f"workers {failed} failed (see above); run again with --resume")
+
+
+def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """End the workers still running (what they finished is in the folder) and wait."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def load_records(folder: Path) -> list[dict[str, Any]]:
@@ -265,8 +303,14 @@ def _record(line: bytes) -> dict[str, Any] | None:
 #: read, not met as a traceback while reporting (nor silently coerced: a seed of 0.5
 #: or true is not seed 0 or 1).
 _NAMES = ("task", "partition", "attack", "defence")
-_METRICS = ("backdoor_success", "tpr", "fpr_mean", "aggregate_s", "audit_ratio",
-            "audit_round_ratio", "diverged_round", "seconds")  # fmt: skip
+#: The figures that are fractions (an accuracy, a rate), in [0, 1]; the others
+#: (seconds, ratios, a round) are in [0, MAX_FIGURE]. Outside (NaN, an infinity, a
+#: 400-digit integer) a figure is not a run's: it would be shown as "nan", ranked
+#: anywhere, or stop the report with an OverflowError when averaged.
+_RATES = ("backdoor_success", "tpr", "fpr_mean")
+_METRICS = (*_RATES, "aggregate_s", "audit_ratio", "audit_round_ratio", "diverged_round",
+            "seconds")  # fmt: skip
+MAX_FIGURE = 1e15
 
 
 def _number(v: Any) -> TypeGuard[int | float]:
@@ -274,11 +318,17 @@ def _number(v: Any) -> TypeGuard[int | float]:
     return type(v) in (int, float)
 
 
-def check_record(record: Any) -> bool:
+def _figure(v: Any, top: float) -> bool:
+    """A JSON number in [0, ``top``] (NaN compares false: refused too)."""
+    return _number(v) and 0 <= v <= top
+
+
+def check_record(record: Any) -> TypeGuard[dict[str, Any]]:
     """Whether ``record`` is a run's record as :meth:`~secfl.eval.grid.Run.record`
-    writes it, each field of its exact type: text names, a finite number for the
-    malicious fraction, an integer seed, a number for the accuracy, a number or
-    nothing ("" or null) for each other figure, a list of objects for the rounds."""
+    writes it, each field of its exact type: text names, a fraction in [0, 1] for the
+    malicious fraction, an integer seed, a fraction in [0, 1] for the accuracy, a
+    number in its range (:data:`MAX_FIGURE`) or nothing ("" or null) for each other
+    figure, a list of objects for the rounds."""
     if not isinstance(record, dict):
         return False
     if any(not isinstance(record.get(k), str) for k in _NAMES):
@@ -286,12 +336,14 @@ def check_record(record: Any) -> bool:
     if not isinstance(record.get("error", ""), str):
         return False
     malicious, seed = record.get("malicious"), record.get("seed")
-    if not (_number(malicious) and math.isfinite(malicious) and type(seed) is int):
+    if not (_figure(malicious, 1) and type(seed) is int):
         return False
-    if "accuracy" in record and not _number(record["accuracy"]):
+    if "accuracy" in record and not _figure(record["accuracy"], 1):
         return False
-    if any(k in record and not (_number(record[k]) or record[k] in ("", None)) for k in _METRICS):
-        return False
+    for k in _METRICS:
+        top = 1 if k in _RATES else MAX_FIGURE
+        if k in record and not (_figure(record[k], top) or record[k] in ("", None)):
+            return False
     rounds = record.get("rounds", [])
     return isinstance(rounds, list) and all(isinstance(r, dict) for r in rounds)
 
@@ -313,6 +365,16 @@ def append_record(path: Path, record: Mapping[str, Any]) -> None:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data
-        os.write(fd, data)
+        written = os.write(fd, data)
+    except OSError as exc:  # a full disk, a file size limit: one line, not a traceback
+        raise FlError(
+            f"{path}: cannot add a run to it ({_why(exc)}): free some space, then run "
+            "again with --resume"
+        ) from None
     finally:
         os.close(fd)
+    if written != len(data):  # a short write: the line is cut (and skipped when read)
+        raise FlError(
+            f"{path}: only part of a run could be added to it (the disk is full?): free "
+            "some space, then run again with --resume"
+        )

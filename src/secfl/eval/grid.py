@@ -35,6 +35,7 @@ __all__ = [
     "defence_names",
     "defence_settings",
     "key",
+    "partition_name",
     "run_record",
 ]
 
@@ -153,6 +154,12 @@ def attack_settings(attack: str | None, n: int, m: int) -> dict[str, Any]:
     return {}
 
 
+def partition_name(alpha: float | None) -> str:
+    """How a run's record names its partition: ``iid``, or ``dirichlet-ALPHA`` (``:g``,
+    six digits: 0.5 and 0.5000001 are one name)."""
+    return "iid" if alpha is None else f"dirichlet-{alpha:g}"
+
+
 def key(row: Mapping[str, Any]) -> tuple[Any, ...]:
     """What names a run within a grid (its cell, defence and seed)."""
     return (row["task"], row["partition"], float(row["malicious"]), row["attack"],
@@ -171,7 +178,7 @@ class Run:
         s = self.scenario
         row: dict[str, Any] = {
             "task": s.task,
-            "partition": "iid" if s.dirichlet is None else f"dirichlet-{s.dirichlet:g}",
+            "partition": partition_name(s.dirichlet),
             "malicious": s.malicious,
             "attack": s.attack or "none",
             "defence": self.defence_label,

@@ -9,14 +9,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from secfl.errors import FlError
-from secfl.eval.grid import FULL, QUICK, Grid, defence_names
+from secfl.eval.grid import FULL, QUICK, Grid, defence_names, partition_name
+from secfl.fl.strategies._clone_audit import MAX_CLONES
+from secfl.tasks._split import MAX_CLIENTS
 
 __all__ = [
     "MAX_CELLS",
+    "MAX_COUNTS",
     "MAX_LIST",
     "MAX_MALICIOUS",
     "GridOptions",
@@ -139,6 +143,12 @@ MAX_CELLS = 100_000
 #: more, the attackers are the majority, which no robust rule claims to withstand
 #: (the presets and the published grids go up to 0.4).
 MAX_MALICIOUS = 0.5
+#: The largest of each count a grid may set: what its runs take (the data split's
+#: collaborators, a federation's rounds, the clone audit's clones). Beyond them a run
+#: fails hours into the grid, or never ends, and beyond 2**31 the folder's grid.json
+#: could not even be read back to resume or report on it.
+MAX_COUNTS = {"clients": MAX_CLIENTS, "rounds": 100_000, "epochs": 10_000,
+              "samples": 10**9, "clones": MAX_CLONES}  # fmt: skip
 
 
 def check_grid(grid: Grid, where: str = "--{}") -> None:
@@ -176,6 +186,12 @@ def check_grid(grid: Grid, where: str = "--{}") -> None:
                 "partitions",
                 f"{alpha} is not a Dirichlet alpha (a finite number > 0); give iid or e.g. 0.5",
             )
+    if grid.clones < 2:
+        raise refuse("clones", f"{grid.clones} clones; give 2 or more")
+    for name, top in MAX_COUNTS.items():
+        if (value := getattr(grid, name)) is not None and value > top:
+            shown = value if value < 10**15 else "more than 10**15"
+            raise refuse(name, f"{shown} {name}; give at most {top}")
     if any(seed < 0 for seed in grid.seeds):
         raise refuse("seeds", "a negative seed; give seeds of 0 or more")
     if (cells := grid.cells()) > MAX_CELLS:
@@ -183,6 +199,43 @@ def check_grid(grid: Grid, where: str = "--{}") -> None:
             f"the grid has {cells} runs, more than {MAX_CELLS}: give fewer "
             "tasks, partitions, malicious fractions, attacks, defences or seeds"
         )
+    for frac in grid.malicious:  # the attackers a run has: round(frac * clients)
+        m = round(frac * grid.clients)
+        if frac > 0 and m == 0:
+            raise refuse(
+                "malicious", f"{frac} of {grid.clients} collaborators is no attacker (runs "
+                f"named after an attack would run without one); give {1 / grid.clients:.3g} "
+                "or more, or more collaborators",
+            )  # fmt: skip
+        if 2 * m >= grid.clients:
+            raise refuse(
+                "malicious", f"{frac} of {grid.clients} collaborators is {m} attackers, half "
+                "or more; give a smaller fraction, or more collaborators",
+            )  # fmt: skip
+    _check_distinct(grid, refuse)
+
+
+def _check_distinct(grid: Grid, refuse: Callable[[str, str], FlError]) -> None:
+    """No two entries of a list that name the same runs (as a run's record names them:
+    0.2 and 0.20, a Dirichlet alpha of 0.5 and 0.5000001): their runs would share one
+    record, so a resume took the second for done and the report never counted the
+    grid whole."""
+    names: dict[str, list[Any]] = {
+        "tasks": grid.tasks, "partitions": [partition_name(p) for p in grid.partitions],
+        "malicious": [float(f) for f in grid.malicious], "attacks": grid.attacks,
+        "defences": grid.defences, "seeds": grid.seeds,
+    }  # fmt: skip
+    for name, values in names.items():
+        seen: dict[Any, int] = {}
+        for i, value in enumerate(values):
+            if value in seen:
+                given = [("iid" if v is None else v) for v in getattr(grid, name)]
+                first, again = (str(given[j])[:40] for j in (seen[value], i))
+                raise refuse(
+                    name, f"{first} and {again} name the same runs ({str(value)[:40]}); "
+                    "give each once",
+                )  # fmt: skip
+            seen[value] = i
 
 
 def check_names(grid: Grid) -> None:

@@ -35,8 +35,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from secfl.errors import FlError
-from secfl.eval.folder import GridFolder, append_record, model_digest
-from secfl.eval.grid import key, run_record
+from secfl.eval.folder import GridFolder, append_record, check_record, model_digest
+from secfl.eval.grid import Run, key, run_record
 from secfl.eval.simulation import DataCache, Scenario
 
 __all__ = ["INSTALL", "LOCAL_STORE_BYTES", "RECORDS", "check_address", "run_on_ray"]
@@ -160,7 +160,8 @@ def _stream(
     task = ray.remote(num_cpus=1, max_retries=2)(_run_remote)
     sink = folder.path / RECORDS
     queue = iter(todo)
-    running: dict[Any, str] = {}
+    # each task's run, by its name and the key its record must have
+    running: dict[Any, tuple[str, tuple[Any, ...]]] = {}
     done = 0
     while True:
         limit = in_flight or max(PER_CPU, PER_CPU * int(ray.cluster_resources().get("CPU", 0)))
@@ -168,15 +169,16 @@ def _stream(
             payload = json.dumps(
                 {"label": label, "scenario": dataclasses.asdict(s), "digest": digests[s.task]}
             )
-            running[task.remote(payload)] = f"{s.label()} ({label})"
+            run = (f"{s.label()} ({label})", key(Run(s, s.label(), label, None).row()))
+            running[task.remote(payload)] = run
         if not running:
             return done
         # a timeout keeps the driver responsive to Ctrl-C between results
         ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)
         for ref in ready:
-            name = running.pop(ref)
+            name, wanted = running.pop(ref)
             try:
-                record = _result(ray, ref, name)
+                record = _result(ray, ref, name, wanted)
             except FlError:
                 _keep_finished(ray, running, sink)
                 raise
@@ -185,20 +187,24 @@ def _stream(
             progress(done, len(todo), name)
 
 
-def _keep_finished(ray: Any, running: dict[Any, str], sink: Path) -> None:
+def _keep_finished(ray: Any, running: dict[Any, tuple[str, tuple[Any, ...]]], sink: Path) -> None:
     """Before a failed run stops the grid, write the other runs that have already
     finished: ``--resume`` then has only the unfinished ones to run again."""
     ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
     for ref in ready:
         try:
-            append_record(sink, _result(ray, ref, running.pop(ref)))
+            append_record(sink, _result(ray, ref, *running.pop(ref)))
         except FlError:
             continue  # this one failed too: it runs again on --resume
 
 
-def _result(ray: Any, ref: Any, name: str) -> dict[str, Any]:
+def _result(ray: Any, ref: Any, name: str, wanted: tuple[Any, ...]) -> dict[str, Any]:
     """A finished task's record; a run that failed (not a setting's precondition, which
-    is a record) stops the grid in one line, as a failed process worker does."""
+    is a record) stops the grid in one line, as a failed process worker does. What a
+    node sends back is checked as :func:`~secfl.eval.folder.load_records` reads it,
+    and must be the record of the run it was sent (``wanted``, its key): a node's
+    answer that is not (another secfl there, NaN figures) is refused, not appended
+    (a record the folder would skip on reading ran again on every ``--resume``)."""
     try:
         doc = json.loads(ray.get(ref))
     except ray.exceptions.RayError as exc:
@@ -209,10 +215,17 @@ def _result(ray: Any, ref: Any, name: str) -> dict[str, Any]:
             f"--ray: run {name} failed on the cluster: {line}{hint}; "
             "the finished runs are kept: fix it and run again with --resume"
         ) from None
-    if "refused" in doc:
-        raise FlError(f"--ray: {doc['refused']}")
-    record: dict[str, Any] = doc["record"]
-    key(record)  # a record of a run, as load_records will read it
+    except (TypeError, ValueError, RecursionError):  # not JSON text
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("refused"), str):
+        raise FlError(f"--ray: {doc['refused'][:300]}")
+    record = doc.get("record") if isinstance(doc, dict) else None
+    if not check_record(record) or key(record) != wanted:
+        raise FlError(
+            f"--ray: run {name} came back from the cluster as something other than its "
+            "record (another secfl on a node?): install the same secfl on every node, "
+            "then run again with --resume"
+        )
     return record
 
 

@@ -7,12 +7,14 @@ import csv
 import io
 import json
 import re
+import shlex
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from secfl._internal.files import atomic_write
+from secfl.errors import FlError
 from secfl.eval.grid import ATTACKS, DEFENCES, Evaluation, key
 
 __all__ = [
@@ -32,7 +34,18 @@ def write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
 
     The folder may hold what anyone put there: each file is written whole and then
     renamed into place (:func:`~secfl._internal.files.atomic_write`), so a symbolic
-    link planted as ``report.md`` is replaced, never written through."""
+    link planted as ``report.md`` is replaced, never written through. A file that
+    cannot be written (a full disk) is one line saying so (:class:`FlError`)."""
+    try:
+        return _write_results(ev, out, command)
+    except OSError as exc:
+        raise FlError(
+            f"{out}: cannot write the report ({exc.strerror or exc}): free some space, "
+            f"then write it with --report-only -o {shlex.quote(str(out))}"
+        ) from None
+
+
+def _write_results(ev: Evaluation, out: Path, command: str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = ev.rows()
     _write(out / "results.csv", csv_text(rows))
