@@ -40,7 +40,13 @@ from secfl.fl._checkpoint import Checkpoint, load_checkpoint, reset_hint
 from secfl.fl._checkpoint_format import policy_of, request_of
 from secfl.fl._checkpoint_names import drawn_here, may_commit, parse_checkpoint_name
 
-__all__ = ["committed_only", "latest_checkpoint", "list_checkpoints", "prune_checkpoints"]
+__all__ = [
+    "committed_only",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "prune_checkpoints",
+    "unnamed_where_forgotten",
+]
 
 
 def list_checkpoints(directory: Path | str) -> list[tuple[int, int, Path]]:
@@ -114,6 +120,7 @@ def latest_checkpoint(
         candidates = [c for c in candidates if c[1] <= expected_counter]
     if below is not None:
         candidates = [c for c in candidates if c[1] <= below]
+    asked = request_at is not None
     if request_at is not None:
         candidates, committed = committed_only(Path(directory), candidates, committed, request_at)
     if not candidates:
@@ -145,7 +152,24 @@ def latest_checkpoint(
             f"integrity: checkpoint {path.name} changed while it was read (it names another "
             "increment than the one that committed its counter)"
         )
+    if asked:
+        unnamed_where_forgotten(checkpoint, committed)
     return checkpoint
+
+
+def unnamed_where_forgotten(checkpoint: Checkpoint, named: tuple[int, str | None] | None) -> None:
+    """After :func:`committed_only` chose ``checkpoint``'s value (``named``: what it
+    returned): at a value the SPM no longer names, only a checkpoint that names no
+    increment passed (its header was read before it was authenticated); one that names
+    one now is another file, swapped in after the check (a fork's loser, say)."""
+    if named is not None and checkpoint.counter == named[0]:
+        return  # the SPM named this value's increment: checked against it already
+    if drawn_here(checkpoint.request or ""):
+        raise FlError(
+            f"integrity: checkpoint {checkpoint.path.name} changed while it was read (it "
+            f"names an increment, and the SPM no longer says which one took its counter to "
+            f"{checkpoint.counter})"
+        )
 
 
 Candidate = tuple[int, int, Path]

@@ -8,8 +8,9 @@ accumulator, the checks the aggregator makes of every update, and the round's
 scores (:mod:`secfl.fl._scoring`: the weighted train loss, every metric of the
 global model on the validation and test data, the objective and the best round).
 With the same data, site names and settings it trains exactly the model a
-federation trains (but for the clone audit, whose draws in a federation mix a secret
-the aggregator draws at start: here the seed alone decides them), and its rounds
+federation trains (but for the clone audit, DnC, FLAME and SignGuard, whose draws in
+a federation mix a secret the aggregator draws at start: here the seed alone decides
+them), and its rounds
 carry the keys of the aggregator's metrics file. Left out: the transport, the TEE,
 the SPM, signatures, checkpoints and deadlines; the sites train in turn, here, on
 data read in plain text.

@@ -52,7 +52,12 @@ from typing import Any
 
 from secfl.errors import FlError
 from secfl.fl._checkpoint import Checkpoint, load_checkpoint, reset_hint
-from secfl.fl._checkpoint_dir import committed_only, latest_checkpoint, list_checkpoints
+from secfl.fl._checkpoint_dir import (
+    committed_only,
+    latest_checkpoint,
+    list_checkpoints,
+    unnamed_where_forgotten,
+)
 from secfl.fl._checkpoint_format import header_of, policy_of, request_of
 from secfl.fl._checkpoint_names import may_commit
 
@@ -199,6 +204,7 @@ def _previous_for_reset(
             f"integrity: checkpoint {path.name} changed while it was read (it names another "
             "increment than the one that committed its counter)"
         )
+    unnamed_where_forgotten(checkpoint, named)
     return checkpoint
 
 
