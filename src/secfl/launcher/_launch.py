@@ -85,6 +85,9 @@ class Launch:
     module: str | None = None
     #: The code volumes (the policy's order): the only ones ``--module`` imports from.
     code: tuple[str, ...] = ()
+    #: The file the simulated TEE measured as the program: the one started (None: the
+    #: program is found by name, on the program's PATH, in a TEE that measured itself).
+    executable: Path | None = None
 
     @property
     def files(self) -> Path:
@@ -205,7 +208,7 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         for path, content in service.inject.files.items():
             text = substitute(content, enrollment, f"file {path}")
             write_private(files, plan[path], text.encode())
-    return Launch(args, env, private, volumes, enrollment, req.module, tuple(code_tags))
+    return Launch(args, env, private, volumes, enrollment, req.module, tuple(code_tags), program)
 
 
 def _show_measured(
@@ -323,7 +326,7 @@ def execute(launch: Launch) -> int:
     try:
         if launch.module:
             return run_module(launch.module, launch.argv, launch.env, launch.volumes, launch.code)
-        return exit_status(run_program(launch.argv, launch.env))
+        return exit_status(run_program(launch.argv, launch.env, launch.executable))
     finally:
         launch.cleanup()
 

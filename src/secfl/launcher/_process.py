@@ -31,6 +31,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from secfl.errors import LaunchError
 from secfl.launcher import _linux as linux
@@ -88,8 +89,13 @@ def _die_with(parent: int) -> Callable[[], None]:
     return setup
 
 
-def run_program(argv: Sequence[str], env: Mapping[str, str]) -> int:
-    """Run ``argv`` to its end, forwarding signals; its ``returncode`` (negative: signal)."""
+def run_program(argv: Sequence[str], env: Mapping[str, str], executable: Path | None = None) -> int:
+    """Run ``argv`` to its end, forwarding signals; its ``returncode`` (negative: signal).
+
+    ``executable``: the file to start (``argv[0]`` stays the program's name), else
+    ``argv[0]`` looked up on ``env``'s PATH. The launcher passes the file it measured:
+    found again by name, under a PATH the policy injects, it was another file, one the
+    host planted in a folder on that PATH (found by a hostile review)."""
     preexec = _die_with(os.getpid()) if linux.available() else None
     forward = _Forwarder()
     previous = {}
@@ -99,7 +105,9 @@ def run_program(argv: Sequence[str], env: Mapping[str, str]) -> int:
         previous[sig] = signal.signal(sig, forward)
     try:
         try:
-            proc = subprocess.Popen(list(argv), env=dict(env), preexec_fn=preexec)
+            proc = subprocess.Popen(
+                list(argv), executable=executable, env=dict(env), preexec_fn=preexec
+            )
         except OSError as exc:
             raise LaunchError(f"run: cannot start '{argv[0]}': {exc.strerror or exc}") from None
         except subprocess.SubprocessError as exc:
