@@ -69,7 +69,17 @@ INTERPRETER_HOOKS = frozenset(
         # compiled code cached where the host reads and writes it (the defaults are
         # in the private folder: TMPDIR, XDG_CACHE_HOME)
         "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "TORCH_EXTENSIONS_DIR",
-        "HF_MODULES_CACHE", "NUMBA_CACHE_DIR",
+        "HF_MODULES_CACHE", "NUMBA_CACHE_DIR", "PYTORCH_KERNEL_CACHE_PATH",
+        "CUDA_CACHE_PATH", "CUPY_CACHE_DIR",
+        # ...and the folders above them, whose caches hold code or pickled weights a
+        # program loads without checking them (torch.hub runs a cached repository's
+        # hubconf.py; Hugging Face's modules folder holds remote code): the defaults
+        # are under XDG_CACHE_HOME, in the private folder (found by a hostile review)
+        "TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE",
+        "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE", "TRITON_HOME",
+        # switches that turn a safe loader into one that runs code: torch.load's
+        # weights_only default, Hugging Face datasets' loading scripts
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "HF_DATASETS_TRUST_REMOTE_CODE",
     }
 )  # fmt: skip
 #: Prefixes of the dynamic linker's variables (``LD_PRELOAD``, ``LD_AUDIT``,

@@ -296,6 +296,9 @@ def _scratch(files: Path) -> dict[str, str]:
     return {
         **dict.fromkeys(SCRATCH_VARIABLES, str(tmp)),
         "XDG_CACHE_HOME": str(cache),
+        # caches of compiled GPU code whose defaults are under HOME, not XDG_CACHE_HOME
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+        "CUDA_CACHE_PATH": str(cache / "nv"),
         # where ciphertext-only scratch (an aggregator's sealed spill) stays on disk
         "SECFL_HOST_TMPDIR": tempfile.gettempdir(),
     }

@@ -1,0 +1,78 @@
+"""Caches that hold code or weights a program loads: in the private folder, never where
+the host's environment names."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.launcher.world import World, python
+
+#: A measured program that takes a model from torch.hub as many do: from its cache, if
+#: it is there (``trust_repo="check"``: a repository already in the cache counts as
+#: trusted), else from the network (here: none).
+HUB = (
+    "import os, torch.hub\n"
+    "hub = torch.hub.get_dir()\n"
+    "if os.path.isdir(os.path.join(hub, 'acme_models_v1')):\n"
+    "    net = torch.hub.load('acme/models:v1', 'net', trust_repo='check')\n"
+    "    print('LOADED', net)\n"
+    "else:\n"
+    "    print('NOT-CACHED', hub.startswith(os.environ['SECFL_FILES']))\n"
+)
+
+
+def _policy(world: World, name: str, argv: list[str]) -> None:
+    doc: dict[str, Any] = {
+        "name": name,
+        "version": 1,
+        "board": {"members": world.board.members(), "threshold": 2},
+        "platforms": {"accept": ["simulated"], "simulation_root": world.root.decode()},
+        "identity_ca": "ca",
+        "services": [
+            {
+                "name": "svc",
+                "role": "any",
+                "measurements": {"simulated": [world.plain(argv)]},
+                "inject": {"env": {"API_TOKEN": "$$SECFL::tok:hex$$"}},
+                "secrets": ["tok"],
+            }
+        ],
+        "secrets": [
+            {"name": "ca", "kind": "x509-ca", "common_name": f"{name} CA"},
+            {"name": "tok", "kind": "random", "size": 16},
+        ],
+    }
+    world._submit(doc)
+
+
+def test_the_hosts_torch_home_does_not_bring_code_to_the_program(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by a hostile review: the launcher kept the program's caches in its private
+    folder (``XDG_CACHE_HOME``) and dropped some variables that move compiled code's
+    caches, but passed ``TORCH_HOME`` on (and ``HF_HOME``, whose ``modules`` folder holds
+    the code ``trust_remote_code`` runs): a host that planted a repository in a hub
+    folder of its own had its ``hubconf.py`` run in the measured program, secrets and
+    all, when it loaded a model from torch.hub."""
+    argv = python(HUB)
+    _policy(world, "hubrun", argv)
+    stolen = tmp_path / "stolen.txt"
+    repo = tmp_path / "torch-home" / "hub" / "acme_models_v1"
+    repo.mkdir(parents=True)
+    (repo / "hubconf.py").write_text(
+        "import os\n"
+        f"open({str(stolen)!r}, 'w').write(os.environ.get('API_TOKEN', ''))\n"
+        "def net():\n"
+        "    return 'host-model'\n"
+    )
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch-home")}
+    done = subprocess.run(
+        world.command("svc", argv, policy="hubrun"),
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not stolen.exists(), f"the host's hubconf.py ran in the workload: {done.stdout}"
+    assert "NOT-CACHED True" in done.stdout, done.stdout
