@@ -47,7 +47,13 @@ from secfl.launcher._inject import (
 )
 from secfl.launcher._measurement import describe_measured, resolve_program, run_measurement
 from secfl.launcher._private import PrivateDir
-from secfl.launcher._process import accept_interrupts, exit_status, harden, run_program
+from secfl.launcher._process import (
+    accept_interrupts,
+    default_signals,
+    exit_status,
+    harden,
+    run_program,
+)
 from secfl.launcher._volumes import close_volumes, open_volume, other_release, volume_spec
 from secfl.policy._model import Policy, Service
 from secfl.shield import Volume, peek_tag
@@ -126,6 +132,7 @@ def prepare(req: RunRequest) -> Launch:
         sys.stderr.write(f"secfl run: ignored {', '.join(dropped)} (it logs TLS secrets)\n")
     harden()
     accept_interrupts()
+    default_signals()
     private = PrivateDir.create()
     volumes: dict[str, Volume] = {}
     try:

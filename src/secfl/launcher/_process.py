@@ -39,6 +39,7 @@ from secfl.launcher import _linux as linux
 __all__ = [
     "FORWARDED",
     "accept_interrupts",
+    "default_signals",
     "exit_status",
     "harden",
     "run_program",
@@ -76,6 +77,20 @@ def accept_interrupts() -> None:
         and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     ):
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def default_signals() -> None:
+    """Undo what the host's signal dispositions would change in the launcher and its
+    program: an ignored SIGCHLD (kept across ``exec``; the kernel then reaps every
+    child, and Python reads each one's end as exit code 0: a failed program, or a
+    failed check the program runs, passed for a success; found by a hostile review)
+    and blocked signals (kept across ``exec`` too: a timer's SIGALRM never came). Only
+    the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGCHLD) is signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
 def _die_with(parent: int) -> Callable[[], None]:

@@ -1,0 +1,50 @@
+"""Signal dispositions the host leaves to `secfl run`: what reaches the program."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from typing import Any
+
+from tests.launcher.world import World, python
+
+#: A measured program that trusts a child's exit code (a checker, a converter...).
+CHECKS = (
+    "import subprocess, sys\n"
+    "child = subprocess.run([sys.executable, '-c', 'raise SystemExit(3)'])\n"
+    "print('CHILD', child.returncode, flush=True)\n"
+    "sys.exit(5)\n"
+)
+
+
+def _ignore_sigchld() -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+
+def test_a_sigchld_the_host_ignores_does_not_turn_failures_into_successes(
+    world: World,
+) -> None:
+    """Found by a hostile review: an ignored signal stays ignored across ``exec``, and a
+    process that ignores SIGCHLD cannot learn how its children ended (the kernel reaps
+    them; Python reads that as exit code 0). A host that started `secfl run` so had the
+    launcher report 0 for a program that failed, and the program read 0 for every
+    child of its own that failed (a check it runs, a Flower process)."""
+    argv = python(CHECKS)
+    doc: dict[str, Any] = {
+        "name": "sigchld",
+        "version": 1,
+        "board": {"members": world.board.members(), "threshold": 2},
+        "platforms": {"accept": ["simulated"], "simulation_root": world.root.decode()},
+        "identity_ca": "ca",
+        "services": [
+            {"name": "svc", "role": "any", "measurements": {"simulated": [world.plain(argv)]}}
+        ],
+        "secrets": [{"name": "ca", "kind": "x509-ca", "common_name": "sigchld CA"}],
+    }
+    world._submit(doc)
+    done = subprocess.run(
+        world.command("svc", argv, policy="sigchld"), preexec_fn=_ignore_sigchld,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert "CHILD 3" in done.stdout, (done.stdout, done.stderr)
+    assert done.returncode == 5, done.stderr
