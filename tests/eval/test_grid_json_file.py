@@ -11,10 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ENTRY = "import sys; from secfl.cli.main import main; sys.exit(main(sys.argv[1:]))"
-OPTIONS = ["--tasks", "digits", "--clients", "4", "--partitions", "iid", "--malicious", "0",
-           "--attacks", "label-flip", "--defences", "fedavg", "--seeds", "1", "--rounds", "1",
-           "--epochs", "1", "--samples", "200"]  # fmt: skip
+from tests.eval.test_hostile_folder import ENTRY, OPTIONS
 
 
 def test_a_fifo_planted_as_grid_json_is_refused_not_waited_on(tmp_path: Path) -> None:

@@ -16,26 +16,15 @@ from typing import Any
 import pytest
 
 from secfl.cli.main import main
-from secfl.eval.folder import GridFolder, load_records
-from secfl.eval.options import GridOptions, assemble_grid
+from secfl.eval.folder import load_records
+from tests.eval.test_hostile_folder import ENTRY, grid_folder
 
-ENTRY = "import sys; from secfl.cli.main import main; sys.exit(main(sys.argv[1:]))"
 GOOD: dict[str, Any] = {
     "task": "digits", "partition": "iid", "malicious": 0.0, "attack": "none",
     "defence": "fedavg", "seed": 0, "error": "", "accuracy": 0.9, "backdoor_success": "",
     "tpr": None, "fpr_mean": "", "audit_ratio": "", "diverged_round": "", "seconds": 1.5,
     "rounds": [{"round": 1, "test_accuracy": 0.9}],
 }  # fmt: skip
-
-
-def grid_folder(path: Path) -> Path:
-    """A folder of a one-run grid (digits, FedAvg, no attackers), as the command makes it."""
-    options = GridOptions(tasks="digits", clients=4, partitions="iid", malicious="0",
-                          attacks="label-flip", defences="fedavg", seeds=1, rounds=1,
-                          epochs=1, samples=200)  # fmt: skip
-    grid, _, command = assemble_grid(options, out=str(path))
-    GridFolder(path, grid, command).claim()
-    return path
 
 
 def line(**changes: Any) -> bytes:
