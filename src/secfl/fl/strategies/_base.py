@@ -24,6 +24,7 @@ one-line message.
 
 from __future__ import annotations
 
+import copy
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -256,6 +257,14 @@ class Strategy(ABC):
         """Restore :meth:`state`'s output (after a restart); stateless rules accept ``{}``."""
         if state:
             raise FlError(f"{self.name}: has no state, got keys {sorted(state)[:3]}")
+
+    def trial(self) -> Strategy:
+        """A rule that aggregates as this one would now but whose steps leave this one's
+        state as it is: the clone audit's clones (about 31 a round) each take one.
+        A rule without state is itself (its hooks, a lock in them, are not copied);
+        one with state is a deep copy, unless it overrides this with something
+        cheaper (FedAdam reads its moments without copying them)."""
+        return copy.deepcopy(self) if self.state() else self
 
     def settings(self) -> dict[str, Any]:
         """The settings this strategy was built with (for logs and the report)."""

@@ -17,7 +17,7 @@ audit decides:
   does not); a rule that is not a plain weighted mean, an update with NaN/Inf, an
   integer tensor or a mean that overflows its dtype takes the per-clone path, which
   is what the round would commit of those members (:func:`commit`: ``base.aggregate``
-  on a copy of the rule, so that a rule with state takes no step per clone; a mean in
+  on the rule's :meth:`trial`, so that a rule with state takes no step per clone; a mean in
   float64 for the rules built on FedAvg), errors and all.
 - **Validation rows only while a decision can change** (:class:`ScoreBook`,
   :func:`settle`). Each round the validation examples are put in a seeded random
@@ -61,7 +61,6 @@ docs/results.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, TypeGuard
@@ -127,13 +126,11 @@ def clone_models(
         models = _weighted_means(global_params, updates, members)
         if models is not None:
             return models
-    # each clone on a copy of a rule with state: it took a step per clone (FedAdam's
+    # each clone on the rule's trial: a rule with state took a step per clone (FedAdam's
     # moments, centered clipping's center), and the round's real aggregate then started
-    # from moments built from clones that held an excluded attacker. A rule without
-    # state is not copied: its hooks (FLTrust's root_update, a ServerApp's trainer
-    # method) were deep-copied once a clone, a lock in them a TypeError
+    # from moments built from clones that held an excluded attacker
     return [
-        commit(copy.deepcopy(base) if base.state() else base, round, global_params,
+        commit(base.trial(), round, global_params,
                [updates[int(i)] for i in np.flatnonzero(row)])
         for row in members
     ]  # fmt: skip
