@@ -105,10 +105,12 @@ def test_bad_worker_settings_are_refused_in_one_line(
     for extra, match in (
         (["--shard", "2/2"], "--shard"),
         (["--workers", "0"], "--workers"),
+        (["--workers", "100000"], "give 1 to 256"),  # forked them all, before any run
         (["--report-only"], "no grid.json"),
     ):
         assert main([*TINY, "-o", str(tmp_path / "x"), *extra]) == 1
         assert match in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()  # refused before the folder is claimed
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "grid.json").write_text("[1, 2")
     assert main([*TINY, "-o", str(tmp_path / "x"), "--resume"]) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from pathlib import Path
@@ -67,7 +68,7 @@ def robustness_cmd(
     folder, with the grid and command recorded there; ``--ray ADDRESS`` runs each
     run as a task on a Ray cluster (:mod:`secfl.eval.ray_engine`), into the same
     folder, so ``--resume`` continues a grid with either engine."""
-    from secfl.eval.folder import GridFolder, fan_out, parse_shard
+    from secfl.eval.folder import MAX_WORKERS, GridFolder, fan_out, parse_shard
     from secfl.eval.options import GridOptions, assemble_grid
 
     options = GridOptions(
@@ -81,6 +82,11 @@ def robustness_cmd(
     part = parse_shard(shard)
     if workers < 1:
         raise UsageError(f"--workers: {workers} is not a positive number of processes")
+    if workers > MAX_WORKERS:
+        raise UsageError(
+            f"--workers: {workers} processes; give 1 to {MAX_WORKERS} (one per core helps: "
+            f"this machine has {os.cpu_count() or 1})"
+        )
     _check_ray(ray_address, workers=workers, shard=shard, report_only=report_only)
     folder = GridFolder(Path(out_dir), grid, command)
     folder.claim(resume=resume or part != (0, 1), report_only=report_only)

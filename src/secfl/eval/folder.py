@@ -57,6 +57,9 @@ MAX_SETTINGS_BYTES = 1 << 20
 #: A line of ``runs*.jsonl`` is one run's record (a few KB for tens of rounds); a
 #: longer one is skipped as malformed, unread.
 MAX_RECORD_BYTES = 1 << 20
+#: The most ``--workers`` processes: one per core is what helps; 100,000 forked
+#: ran the machine out of memory and process slots before the first run.
+MAX_WORKERS = 256
 
 
 def model_digest(task_name: str) -> str:
