@@ -141,7 +141,13 @@ def refuse_revoked(tx: Tx, policy_name: str, session: SessionRecord) -> None:
     """Refuse, inside a session's write, a session the board revoked: the check at
     admission reads a cached view, and a revocation may commit while the call waits
     for its write; run in the same transaction, the log never holds a revoked
-    session's write after its revocation."""
+    session's write after its revocation. Nor after its ``session.ended`` (its workload
+    attested again, here or on another SPM sharing the database): the write caught up
+    with the log, the admission may not have (found by a review)."""
+    floors = tx.floors
+    ended = any(c[0] == "ended" and c[1] == session.token_sha256 for c in tx.changes)
+    if ended or (floors is not None and session.token_sha256 in floors.ended):
+        raise Refused(f"{ENDED}; use the new session's token", 401)
     identity = session_identity(session)
     keys = revocation_keys(session.service, session.serial, identity)
     revoked = tx.revocations.of(policy_name, keys)  # its own keys only: the hot path
