@@ -17,7 +17,7 @@ from secfl.spm._collateral_floors import floors_of
 from secfl.spm._issued import EVENT as ISSUED_EVENT
 from secfl.spm._issued import issued_change
 from secfl.spm._renewal import EVENT as ENDED_EVENT
-from secfl.spm._renewal import ended_change
+from secfl.spm._renewal import ended_changes
 
 __all__ = ["change_of", "replayed"]
 
@@ -31,9 +31,11 @@ def replayed(event: str, policy: str | None, detail: dict[str, Any]) -> list[tup
     ever applied once the entry is verified as part of the chain."""
     if event == COLLATERAL_EVENT and policy is None:
         return [("collateral", key, value) for key, value in floors_of(detail)]
-    if event in (ISSUED_EVENT, ENDED_EVENT):
-        found = (issued_change if event == ISSUED_EVENT else ended_change)(policy, detail)
+    if event == ISSUED_EVENT:
+        found = issued_change(policy, detail)
         return [] if found is None else [found]
+    if event == ENDED_EVENT:
+        return ended_changes(policy, detail)
     changes = []
     change = change_of(event, policy, detail)
     if change is not None:

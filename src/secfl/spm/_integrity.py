@@ -303,6 +303,9 @@ class Floors:
         if what == "ended":
             self.ended.add(change[1], change[2])
             return
+        if what == "ended-serial":
+            self.ended.add_serial(change[1], change[2], change[3])
+            return
         with self.lock:
             if what == "policy":
                 _, name, version = change

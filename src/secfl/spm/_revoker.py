@@ -19,6 +19,7 @@ from secfl.policy._signatures import REVOCATION_DOMAIN, Signature, check_approva
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._refusals import RefusalBudget
+from secfl.spm._renewal import ended_by_revocation
 from secfl.spm._revocation import (
     revocation_digest,
     revocation_doc,
@@ -27,6 +28,7 @@ from secfl.spm._revocation import (
 )
 from secfl.spm._sessions import current_version, no_longer_accepted
 from secfl.spm._store import SessionRecord, Store
+from secfl.spm._tx import Tx
 
 __all__ = ["ANSWER_SECONDS", "Revoker"]
 
@@ -139,6 +141,8 @@ class Revoker:
                         policy_name,
                         {**doc, "approvers": approvers, "digest": statement_digest},
                     )
+                    stopped = self._stopped(tx, policy_name, (kind, subject), now)
+                    ended_by_revocation(tx, policy_name, f"{kind} {subject}", stopped)
         except Refused:
             raise
         except SpmError as exc:
@@ -150,6 +154,31 @@ class Revoker:
         self._applied[policy_name] = self._applied.get(policy_name, 0) + 1
         self._answered.pop(policy_name, None)
         return {**doc, "at": now.isoformat()}
+
+    def _stopped(
+        self, tx: Tx, policy_name: str, key: tuple[str, str], now: datetime
+    ) -> list[tuple[str, str, datetime]]:
+        """The live sessions (service, certificate serial, expiry) the revocation ``key``
+        stops: by the index of issued certificates (this write caught up with the other
+        SPMs'), and the session rows of certificates issued before it; those a revocation
+        ended already left out."""
+        floors = tx.floors
+        if floors is None:
+            return []
+        sessions = {i.serial: (i.service, i.not_after, i.identity)
+                    for i in floors.issued.live(policy_name, now)}  # fmt: skip
+        for row in tx.sessions.live_of_policy(policy_name, now):
+            if row.serial and row.serial not in sessions:
+                sessions[row.serial] = (row.service, row.expires_at, row.identity)
+        stopped = []
+        for serial, (service, expires, identity) in sorted(sessions.items()):
+            if floors.ended.by_revocation(policy_name, serial):
+                continue
+            record = SessionRecord(b"", policy_name, service, 0, expires, serial=serial,
+                                   identity=identity)  # fmt: skip
+            if revoked_reason({key}, service, serial, session_identity(record)) is not None:
+                stopped.append((service, serial, expires))
+        return stopped
 
     def revocations(self, policy_name: str) -> list[dict[str, Any]]:
         """The board's revocations, then every live certificate they imply: a revoked
@@ -210,6 +239,9 @@ class Revoker:
             if not session.serial or session.serial in listed or session.expires_at <= now:
                 continue
             why = revoked_reason(revoked, session.service, "", session_identity(session))
+            ended = floors is not None and floors.ended.by_revocation(policy_name, session.serial)
+            if why is None and ended:  # readmitted since: what the revocation ended stays so
+                why = "its session was ended by a revocation of the board"
             if why is None:  # a build, service or evidence the current version dropped
                 why = no_longer_accepted(policy, version, session)
             if why is not None:

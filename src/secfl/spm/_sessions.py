@@ -16,7 +16,7 @@ from secfl.errors import Refused
 from secfl.policy._model import Policy, Service
 from secfl.spm._evidence_checks import check_measurements, platform_refusal
 from secfl.spm._policy_cache import PolicyCache
-from secfl.spm._renewal import ENDED
+from secfl.spm._renewal import ENDED, ENDED_BY_REVOCATION
 from secfl.spm._revocation import revocation_keys, revoked_reason, session_identity
 from secfl.spm._store import SessionRecord, Store
 from secfl.spm._tx import Tx
@@ -63,14 +63,25 @@ class SessionGate:
         )
         if refusal is not None:
             raise Refused(f"revoked: {refusal}; this session is over", 401)
-        self._not_ended(token_hash)  # (again: the revocations caught up with other SPMs)
+        self._not_ended(token_hash, session)  # (again: the revocations caught up)
         return session, service
 
-    def _not_ended(self, token_hash: bytes) -> None:
-        """Refuse a session its workload replaced by attesting again (secfl.spm._renewal)."""
+    def _not_ended(self, token_hash: bytes, session: SessionRecord | None = None) -> None:
+        """Refuse a session its workload replaced by attesting again, or that a revocation
+        ended, readmitted since or not (secfl.spm._renewal)."""
         floors = self.store.integrity.floors if self.store.integrity is not None else None
         if floors is not None and token_hash in floors.ended:
             raise Refused(f"{ENDED}; use the new session's token", 401)
+        if (
+            floors is not None
+            and session is not None
+            and floors.ended.by_revocation(session.policy, session.serial)
+        ):  # while the revocation is in force, it says so (this view is fresher)
+            identity = session_identity(session)
+            revoked = floors.revoked_in(session.policy)
+            refusal = revoked_reason(revoked, session.service, session.serial, identity)
+            why = f"revoked: {refusal}; this session is over" if refusal else ENDED_BY_REVOCATION
+            raise Refused(why, 401)
 
     def _session(self, token_hash: bytes) -> SessionRecord | None:
         """A session by token digest; sessions never change once made, so they are cached."""
@@ -143,7 +154,8 @@ def refuse_revoked(tx: Tx, policy_name: str, session: SessionRecord) -> None:
     for its write; run in the same transaction, the log never holds a revoked
     session's write after its revocation. Nor after its ``session.ended`` (its workload
     attested again, here or on another SPM sharing the database): the write caught up
-    with the log, the admission may not have (found by a review)."""
+    with the log, the admission may not have (found by a review). Nor a session a
+    revocation ended, readmitted since or not (:func:`secfl.spm._renewal.ended_by_revocation`)."""
     floors = tx.floors
     ended = any(c[0] == "ended" and c[1] == session.token_sha256 for c in tx.changes)
     if ended or (floors is not None and session.token_sha256 in floors.ended):
@@ -154,3 +166,10 @@ def refuse_revoked(tx: Tx, policy_name: str, session: SessionRecord) -> None:
     refusal = revoked_reason(revoked, session.service, session.serial, identity)
     if refusal is not None:
         raise Refused(f"revoked: {refusal}; this session is over", 401)
+    by_revocation = any(
+        c[0] == "ended-serial" and c[1:3] == (policy_name, session.serial) for c in tx.changes
+    )
+    if by_revocation or (
+        floors is not None and floors.ended.by_revocation(policy_name, session.serial)
+    ):
+        raise Refused(ENDED_BY_REVOCATION, 401)

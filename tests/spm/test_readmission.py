@@ -1,0 +1,66 @@
+"""A readmission lifts a revocation, not what the revocation ended.
+
+Found by a review: the board revokes a service, a build or a machine ("its sessions
+end", and the SPM refuses their tokens saying "this session is over"); once it readmits
+it, every session the revocation had stopped (a machine's, from while it was
+compromised, too) moved counters again, and their certificates left the revocation
+list, so peers took them again. Now the revocation ends those sessions for good, in
+its own commit (``session.ended``, by certificate serial: the index of issued
+certificates names them all), the revocation list keeps naming their certificates, and
+the workload attests again; across a restart too. Real processes: `secfl spm serve`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from secfl.policy._signatures import sign_statement
+from secfl.spm._service import REVOCATION_DOMAIN, revocation_digest, revocation_doc
+from secfl.spm.client import SpmClient, SpmRefused
+from secfl.spm.enroll import enroll
+from secfl.tee import _simulated as simulated
+from tests.spm.harness import AGGREGATOR_MR, REFRESH_WAIT, Board, spm_with_policy
+
+pytestmark = pytest.mark.timeout(120)
+
+ENDED = "session: this session was ended by a revocation of the board"
+
+
+def _signed(board: Board, statement: dict[str, str]) -> list[object]:
+    digest = revocation_digest(revocation_doc("fed", statement))
+    return [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m) for m in ("alice", "bob")]
+
+
+def test_a_readmission_does_not_bring_back_what_the_revocation_ended(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    with spm_with_policy(tmp_path / "data", sim, board, "aggregator") as (proc, enrolled):
+        old = enrolled["aggregator"]
+        serial = format(x509.load_pem_x509_certificate(old.certificate.encode()).serial_number, "x")
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            assert client.increment("fed", "round", old.session_token) == 1
+            revoked = {"kind": "service", "subject": "aggregator", "reason": "poisoning"}
+            client.revoke("fed", revoked, _signed(board, revoked))
+            time.sleep(REFRESH_WAIT)
+            with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+                client.increment("fed", "round", old.session_token)
+            readmit = {**revoked, "reason": "cleared", "action": "readmit"}
+            client.revoke("fed", readmit, _signed(board, readmit))
+            time.sleep(REFRESH_WAIT)
+            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+                client.increment("fed", "round", old.session_token)
+            listed = {r["subject"]: r for r in client.revocations("fed")}
+            assert serial in listed  # peers keep refusing its certificate
+            platform = simulated.SimulatedPlatform(sim[0])
+            new = enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
+            assert client.increment("fed", "round", new.session_token) == 2
+        proc.stop()
+        proc.start()  # rebuilt from the log
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+                client.increment("fed", "round", old.session_token)
+            assert serial in {r["subject"] for r in client.revocations("fed")}
+            assert client.increment("fed", "round", new.session_token) == 3
