@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from secfl.errors import PolicyError, Refused
 from secfl.policy._signatures import POLICY_DOMAIN, Signature, check_approval
+from secfl.spm._revocation import revoked_reason, session_identity
 from secfl.spm._status_index import MAX_FINDINGS, Finding, StatusIndex
 
 if TYPE_CHECKING:
@@ -105,10 +106,15 @@ class StatusDesk:
         facts = self.index.facts(record.name)
         now = datetime.now(UTC)
         live: dict[str, int] = {}
+        integrity = self.spm.store.integrity
+        ended = None if integrity is None else integrity.floors.ended
         for session in sessions:  # a revoked service's sessions are dead (review)
-            gone = ("service", session.service) in revoked or (
-                session.serial and ("certificate", session.serial) in revoked
-            )
+            # ...and a revoked build's or machine's, and those a revocation ended (a
+            # readmission does not bring them back): they showed as live (review)
+            identity = session_identity(session)
+            gone = revoked_reason(revoked, session.service, session.serial, identity) is not None
+            if ended is not None and ended.by_revocation(record.name, session.serial):
+                gone = True
             if session.expires_at > now and not gone:
                 live[session.service] = live.get(session.service, 0) + 1
         services = [
