@@ -317,3 +317,29 @@ def test_a_recovery_key_that_is_not_the_signers_stops_the_signature(
     assert code == 1 and err.startswith("error: sign: this policy gives alice the recovery key ")
     assert err.endswith("a share of every secret goes to whoever holds it; do not sign\n")
     assert not out_file.exists()
+
+
+def test_show_against_names_the_service_a_changed_line_belongs_to(run: Run, tmp_path: Path) -> None:
+    """Found by a hostile review: a service's lines do not name it, and the diff shows
+    one line of context, so a version that gave a site another's data volume showed the
+    board `+  opens volumes: data` without saying which site; each hunk now names the
+    section its first lines belong to."""
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    v1 = _write_policy(tmp_path, keys)
+    data = yaml.safe_load(v1.read_text())
+    site = {"name": "col-2", "role": "collaborator", "measurements": {"simulated": ["ef" * 48]}}
+    data["services"].append(site)
+    v1.write_text(yaml.safe_dump(data, sort_keys=False))
+    v1_copy = tmp_path / "v1.yaml"
+    v1_copy.write_bytes(v1.read_bytes())
+    data["services"][1]["volumes"] = ["data"]  # col (not col-2) opens the data volume
+    data.update(version=2, predecessor=digest(load_policy_file(v1_copy)))
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(yaml.safe_dump(data, sort_keys=False))
+    code, out, err = run("show", str(v2), "--against", str(v1_copy))
+    assert code == 0, err
+    lines = out.splitlines()
+    added = lines.index("+  opens volumes: data")
+    hunk = next(line for line in reversed(lines[:added]) if line.startswith("@@"))
+    assert hunk.endswith(" @@ service col (role collaborator)"), hunk

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 from typing import Any
 
 from secfl._internal.canonical import canonical_json
@@ -130,14 +131,42 @@ def _service(policy: Policy, service: Service) -> list[str]:
 
 
 def review_diff(old: Policy, new: Policy) -> list[str]:
-    """What changes from ``old`` to ``new`` (unified diff of their reviews)."""
-    return list(
+    """What changes from ``old`` to ``new`` (unified diff of their reviews). Each hunk
+    names, after its ``@@`` line numbers, the section its first lines belong to (``service
+    col (role collaborator)``): a service's lines do not name it, and with one line of
+    context ``+  receives model-signing: key`` did not say which service got the key
+    (found by a review)."""
+    before, after = review(old), review(new)
+    lines = list(
         difflib.unified_diff(
-            review(old),
-            review(new),
-            f"version {old.version}",
-            f"version {new.version}",
-            lineterm="",
-            n=1,
+            before, after, f"version {old.version}", f"version {new.version}",
+            lineterm="", n=1,
         )
-    )
+    )  # fmt: skip
+    for i, line in enumerate(lines):
+        found = _HUNK.fullmatch(line)
+        if found is None:
+            continue
+        was = _section(before, int(found["old"]) - (found["old_count"] != "0"))
+        now = _section(after, int(found["new"]) - (found["new_count"] != "0"))
+        named = (
+            f"{was} (version {new.version}: {now})" if was and now and was != now else was or now
+        )
+        if named:
+            lines[i] = f"{line} {shown(named)}"
+    return lines
+
+
+#: A unified diff's hunk line, ``@@ -21,3 +21,3 @@`` (a count of 1 left out).
+_HUNK = re.compile(
+    r"@@ -(?P<old>\d+)(?:,(?P<old_count>\d+))? \+(?P<new>\d+)(?:,(?P<new_count>\d+))? @@"
+)
+
+
+def _section(lines: list[str], first: int) -> str:
+    """The section (the line that heads it) that line ``first`` (0-based) belongs to, or
+    "" when that line heads one itself (or there is none)."""
+    if 0 <= first < len(lines) and not lines[first].startswith(" "):
+        return ""
+    return next((lines[j] for j in range(min(first, len(lines)) - 1, -1, -1)
+                 if not lines[j].startswith(" ")), "")  # fmt: skip
