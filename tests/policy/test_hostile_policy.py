@@ -718,3 +718,28 @@ def test_a_large_real_policy_is_read_whole() -> None:
         data["services"].append(site)
     assert len(load_policy(to_yaml(data)).services) == 252
     assert len(load_policy(json.dumps(data)).services) == 252
+
+
+def test_the_review_shows_which_federation_setting_a_version_changes() -> None:
+    """Found by a hostile review: the federation's settings were one line of JSON, which
+    every new version changes (`secfl policy next` raises the run), so a proposer who also
+    turned the clone audit off (strategy fedavg) showed the board the same two long lines
+    as any version; each setting now has a line of its own."""
+    from secfl.policy._review import review, review_diff
+
+    old = policy_dict()
+    old["federation"] = {"counter": "round", "run": 1, "strategy": "clone-audit",
+                         "train": {"epochs": 2, "lr": 0.05}}  # fmt: skip
+    new = json.loads(json.dumps(old))
+    new["federation"].update(run=2, strategy="fedavg")
+    changed = [
+        line
+        for line in review_diff(load_policy(to_yaml(old)), load_policy(to_yaml(new)))
+        if line[:1] in "+-" and line[:3] not in ("+++", "---")
+    ]
+    assert '-  "strategy":"clone-audit"' in changed and '+  "strategy":"fedavg"' in changed
+    assert not [line for line in changed if '"counter"' in line or '"train"' in line], changed
+    assert '  "train":{"epochs":2,"lr":0.05}' in review(load_policy(to_yaml(old)))
+    empty = policy_dict()
+    empty["federation"] = {}
+    assert review(load_policy(to_yaml(empty)))[-1] == "federation: (none)"

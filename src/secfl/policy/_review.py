@@ -76,8 +76,11 @@ def review(policy: Policy) -> list[str]:
         pin = f"tag {volume.tag}" if volume.tag else f"newest release, counter {volume.counter}"
         lines.append(f"  {volume.name}: {volume.kind}, key {volume.key}, {pin}")
     lines.append(f"counters: {', '.join(c.name for c in policy.counters) or '(none)'}")
-    federation = canonical_json(policy.federation).decode() if policy.federation else "(none)"
-    lines.append(f"federation: {shown(federation)}")
+    # one setting a line: on one line, every version's new run number changed the whole
+    # line, and a strategy turned from clone-audit to fedavg hid in it (found by a review)
+    lines.append("federation:" if policy.federation else "federation: (none)")
+    for key, value in sorted(policy.federation.items()):
+        lines.append(f"  {shown(canonical_json({key: value}).decode()[1:-1])}")
     return lines
 
 
