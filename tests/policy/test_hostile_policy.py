@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from secfl.errors import PolicyError
@@ -743,3 +744,50 @@ def test_the_review_shows_which_federation_setting_a_version_changes() -> None:
     empty = policy_dict()
     empty["federation"] = {}
     assert review(load_policy(to_yaml(empty)))[-1] == "federation: (none)"
+
+
+@pytest.mark.parametrize(
+    ("secret", "refusal"),
+    [
+        ({"name": "ca", "kind": "x509-ca", "common_name": "é" * 40},
+         "policy: secrets[0].common_name: 80 bytes of UTF-8, more than the 64"),
+        ({"name": "tls", "kind": "x509", "issuer": "tls-ca", "common_name": "col",
+          "sans": ["col", "müller.example"]},
+         "policy: secrets[2].sans[1]: not ASCII"),
+    ],
+    ids=["common name", "dns name"],
+)  # fmt: skip
+def test_a_certificate_name_x509_cannot_hold_is_refused_before_the_board_signs(
+    tmp_path: Path, secret: dict[str, Any], refusal: str
+) -> None:
+    """Found by a hostile review: a common name of 40 non-Latin characters (80 bytes) or
+    a DNS name that is not ASCII passed `secfl policy validate` and `sign`, and the SPM,
+    once the board's signatures checked out, failed making the certificate: an error 500
+    and no refusal in its log. Now validate refuses it, and so does the SPM, in one line."""
+    from secfl.spm._server import open_spm
+    from secfl.spm._service import Refused
+    from tests.spm.harness import Board, make_sim, policy_document
+
+    data = policy_dict()
+    at = next(i for i, s in enumerate(data["secrets"]) if s["name"] == secret["name"])
+    data["secrets"][at] = secret
+    data["federation"] = {"rounds": 3, "counter": "round", "min_clients": 1}  # one it can run
+    path = tmp_path / "policy.yaml"
+    path.write_text(to_yaml(data, allow_unicode=True), encoding="utf-8")
+    done = _cli("policy", "validate", str(path), cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: {refusal}"), done.stderr
+    assert "Traceback" not in done.stderr
+    # the SPM: refused before the signatures are weighed, never a ValueError (HTTP 500)
+    root = make_sim(tmp_path / "sim")
+    spm = open_spm(tmp_path / "data", platform="simulated", sim_dir=tmp_path / "sim")
+    board = Board.create()
+    doc = yaml.safe_load(policy_document("p", board, root))
+    doc["secrets"].append({**secret, "name": "extra"})
+    if "issuer" in secret:  # not the identity CA: a CA of its own
+        doc["secrets"][-1]["issuer"] = "extra-ca"
+        doc["secrets"].append({"name": "extra-ca", "kind": "x509-ca", "common_name": "extra"})
+    text = yaml.safe_dump(doc, allow_unicode=True)
+    signatures = [s.model_dump() for s in board.sign(text, "alice", "bob")]
+    with pytest.raises(Refused, match="^policy: secrets") as info:
+        spm.submit_policy(text, signatures)
+    assert info.value.status == 400

@@ -12,6 +12,7 @@ import yaml
 from secfl.errors import PolicyError
 from secfl.policy._document import _NewVersionLoader, _yaml_message, policy_text
 from secfl.policy._model import Policy, no_code_text, pins_code
+from secfl.policy._secrets import CaSecret, CertSecret
 from secfl.policy._tls_names import check_tls_names
 from secfl.policy._validation_text import squeezed as _one_line
 from secfl.policy._visible import check_strings_visible
@@ -42,6 +43,7 @@ def check_new_version(policy: Policy, document: str | bytes | None = None) -> No
         _check_yaml_reading(document)
     check_strings_visible(policy.model_dump(mode="json"))
     check_tls_names(policy)
+    _check_certificate_names(policy)
     holders = {m.name for m in policy.board.members if m.recovery_key is not None}
     lacking = [m for m in policy.board.required if m not in holders]
     if holders and lacking:
@@ -64,6 +66,34 @@ def check_new_version(policy: Policy, document: str | bytes | None = None) -> No
                 "code by its tag"
             )
     _check_volume_counters(policy)
+
+
+def _check_certificate_names(policy: Policy) -> None:
+    """The names the SPM writes into the certificates it makes, as X.509 takes them: a
+    common name of at most 64 bytes of UTF-8 (the schema counts 64 characters, and 40 of
+    another script than Latin are 80 bytes) and DNS names in ASCII (an internationalised
+    one in its ``xn--`` form). The SPM failed on either after the board's signatures,
+    with an error of 500 and no refusal in its log, on a version every command had let the
+    board sign (found by a review)."""
+    for i, secret in enumerate(policy.secrets):
+        if not isinstance(secret, CaSecret | CertSecret):
+            continue
+        size = len(secret.common_name.encode())
+        if size > _MAX_COMMON_NAME:
+            raise PolicyError(
+                f"policy: secrets[{i}].common_name: {size} bytes of UTF-8, more than the "
+                f"{_MAX_COMMON_NAME} a certificate's common name holds: shorten it"
+            )
+        for j, name in enumerate(secret.sans if isinstance(secret, CertSecret) else []):
+            if not name.isascii():
+                raise PolicyError(
+                    f"policy: secrets[{i}].sans[{j}]: not ASCII, which a certificate's DNS "
+                    "name must be: write an internationalised name in its xn-- form (IDNA)"
+                )
+
+
+#: The most bytes (UTF-8) of a certificate's common name (X.509's ub-common-name).
+_MAX_COMMON_NAME = 64
 
 
 def _check_yaml_reading(document: str | bytes) -> None:

@@ -111,6 +111,8 @@ class PolicyIntake:
                     raise
                 except SpmError as exc:
                     raise Refused(str(exc), 400) from None
+                except ValueError as exc:  # a value X.509 refuses that no rule foresaw
+                    raise Refused(f"secrets: {one_line(str(exc))}", 400) from None
                 record = PolicyRecord(
                     name=policy.name,
                     version=policy.version,
