@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -791,3 +792,33 @@ def test_a_certificate_name_x509_cannot_hold_is_refused_before_the_board_signs(
     with pytest.raises(Refused, match="^policy: secrets") as info:
         spm.submit_policy(text, signatures)
     assert info.value.status == 400
+
+
+@pytest.mark.heavy(20)
+def test_the_review_of_a_hostile_new_version_is_not_quadratic(tmp_path: Path) -> None:
+    """Found by a hostile review: 200 services with the same 250 variables (a document of
+    0.7 MiB), and a version changing half of them, kept `secfl policy show --against`
+    matching the same lines across services for almost three minutes; lines are now
+    compared within their section."""
+    from secfl.policy import digest
+
+    data = policy_dict()
+    data["services"][1:] = [
+        {"name": f"site-{i}", "role": "collaborator", "measurements": {"simulated": ["cd" * 48]},
+         "inject": {"env": {f"E{j}": "x" for j in range(250)}}}
+        for i in range(200)
+    ]  # fmt: skip
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps(data))
+    for service in data["services"][1::2]:
+        service["inject"]["env"] = {f"E{j}": "y" if j % 2 else "x" for j in range(250)}
+    data.update(version=2, predecessor=digest(load_policy(old.read_text())))
+    new = tmp_path / "v2.json"
+    new.write_text(json.dumps(data))
+    started = time.monotonic()
+    done = _cli("policy", "show", str(new), "--against", str(old), cwd=tmp_path)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert took < 90, took  # (minutes before)
+    assert "@@ service site-0 (role collaborator)" in done.stdout
+    assert '+  injects env "E1" = "y"' in done.stdout.splitlines()
