@@ -43,6 +43,7 @@ __all__ = [
     "AUDIT_HEAD_DOMAIN",
     "GENESIS",
     "MAX_DETAIL_CHARS",
+    "PAGE_CHARS",
     "AuditEntry",
     "ChainVerifier",
     "canonical_json",
@@ -60,6 +61,10 @@ GENESIS = "0" * 64
 #: The most characters an entry's detail takes as stored (a round event's is at most
 #: 256 KiB): a longer one is refused before it is parsed, and never written.
 MAX_DETAIL_CHARS = 1 << 20
+#: The most characters of detail a page of ``GET /v1/audit`` carries (one entry more
+#: if the first alone is longer): 10,000 round events of 256 KiB were a 2.5 GB answer
+#: built in the SPM's memory, for anyone who asked; a reader pages on from the last.
+PAGE_CHARS = 16 << 20
 #: Domain of the head: what its MAC and the SPM's signature of it are over.
 AUDIT_HEAD_DOMAIN = "secfl/audit-head/v1"
 

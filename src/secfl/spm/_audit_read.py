@@ -196,11 +196,22 @@ class RemoteSource:
         return _head_of(doc.get("head_seq"), doc.get("head_hash"))
 
     def entries(self, after: int, limit: int) -> list[AuditEntry]:
-        doc = self.client.audit(since=after, limit=max(1, min(limit, 10_000)))
-        rows = doc.get("entries")
-        if not isinstance(rows, list):
-            raise AuditError("audit: the SPM's answer holds no list of entries")
-        return [AuditEntry.from_dict(row) for row in rows[:limit]]
+        """As many pages as the ``limit`` entries take: the SPM ends a page early once
+        it holds :data:`~secfl.spm._audit.PAGE_CHARS` of detail."""
+        found: list[AuditEntry] = []
+        while len(found) < limit:
+            want = max(1, min(limit - len(found), 10_000))
+            doc = self.client.audit(since=after, limit=want)
+            rows = doc.get("entries")
+            if not isinstance(rows, list):
+                raise AuditError("audit: the SPM's answer holds no list of entries")
+            page = [AuditEntry.from_dict(row) for row in rows[:want]]
+            if not page or page[-1].seq <= after:  # the end, or a page that goes nowhere
+                found += page
+                break
+            found += page
+            after = page[-1].seq
+        return found[:limit]
 
 
 class DatabaseSource:

@@ -28,7 +28,7 @@ from secfl.errors import Refused
 from secfl.policy._model import Policy
 from secfl.policy._signatures import REVOCATION_DOMAIN
 from secfl.spm._attestation import Attestor, AttestResult
-from secfl.spm._audit import AuditEntry
+from secfl.spm._audit import PAGE_CHARS, AuditEntry
 from secfl.spm._collateral import CollateralSource
 from secfl.spm._collateral_floors import AuditedFloors
 from secfl.spm._events import check_round
@@ -347,13 +347,14 @@ class Spm:
     # --- audit ----------------------------------------------------------------------------
 
     def audit_page(self, since: int, limit: int) -> tuple[list[AuditEntry], tuple[int, str]]:
-        """Entries after ``since`` and the head, read from one snapshot whose head was
-        checked (its MAC, and that it did not go back) before the SPM signs it."""
+        """Entries after ``since`` (at most ``limit``, and :data:`PAGE_CHARS` of detail)
+        and the head, read from one snapshot whose head was checked (its MAC, and that
+        it did not go back) before the SPM signs it."""
         self.store.sync()
         with self.store.read() as tx:
             head = tx.audit.head()
             self.store.check_head(tx, head)
-            return tx.audit.since(since, limit), head
+            return tx.audit.since(since, limit, chars=PAGE_CHARS), head
 
     def _audit_refusal(
         self, event: str, policy: str | None, detail: dict[str, Any], *, verified: bool = False

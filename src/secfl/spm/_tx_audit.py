@@ -86,10 +86,14 @@ class AuditLog(TxView):
         self._dirty = True
         return entry
 
-    def since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
-        """Entries with a seq greater than ``seq``, in order, at most ``limit``."""
+    def since(self, seq: int, limit: int = 1000, *, chars: int | None = None) -> list[AuditEntry]:
+        """Entries with a seq greater than ``seq``, in order, at most ``limit``; with
+        ``chars``, only as many as hold that many characters of detail between them
+        (at least one): what a page served over HTTP may cost the SPM's memory."""
         t = audit_table
         conn = self._c()
+        if chars is not None:
+            limit = min(limit, self._fitting(seq, limit, chars))
         # a detail too long for any entry is found by its length before the page is read
         # (PostgreSQL's driver reads a whole page into memory before the first row)
         page = (
@@ -111,6 +115,24 @@ class AuditLog(TxView):
             )
         rows = conn.execute(select(t).where(t.c.seq > seq).order_by(t.c.seq).limit(max(0, limit)))
         return [_entry(r) for r in rows]
+
+    def _fitting(self, seq: int, limit: int, chars: int) -> int:
+        """How many of the ``limit`` entries after ``seq`` fit in ``chars`` characters of
+        detail (at least one), counted by the database: no detail is read to know."""
+        t = audit_table
+        running = (
+            select(func.sum(func.length(t.c.detail)).over(order_by=t.c.seq).label("upto"))
+            .where(t.c.seq > seq)
+            .order_by(t.c.seq)
+            .limit(max(0, limit))
+            .subquery()
+        )
+        fit = (
+            self._c()
+            .execute(select(func.count()).select_from(running).where(running.c.upto <= chars))
+            .scalar()
+        )
+        return max(1, int(fit or 0))
 
     def flush_head(self) -> None:
         """Write the audit head row and its MAC for the entries appended so far
