@@ -80,6 +80,14 @@ INTERPRETER_HOOKS = frozenset(
         # switches that turn a safe loader into one that runs code: torch.load's
         # weights_only default, Hugging Face datasets' loading scripts
         "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "HF_DATASETS_TRUST_REMOTE_CODE",
+        # the compiler a program builds code with and then loads (torch.compile's C++
+        # backend runs $CXX, Triton $CC; a JIT-built extension): which compiler, its
+        # programs, headers (CPATH: a planted header ran in the program that loaded
+        # what it built, found by a hostile review), libraries and flags (-B, -fplugin)
+        "CC", "CXX", "CPP", "CUDAHOSTCXX", "CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH",
+        "OBJC_INCLUDE_PATH", "LIBRARY_PATH", "COMPILER_PATH", "GCC_EXEC_PREFIX",
+        "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS", "LDSHARED", "CCC_OVERRIDE_OPTIONS",
+        "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN",
     }
 )  # fmt: skip
 #: Prefixes of the dynamic linker's variables (``LD_PRELOAD``, ``LD_AUDIT``,
