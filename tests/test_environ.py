@@ -32,6 +32,20 @@ def test_a_program_gets_no_variable_that_loads_code() -> None:
     assert dropped == sorted(set(host) - set(env))
 
 
+def test_a_program_gets_no_plugin_a_gpu_library_loads_by_its_path() -> None:
+    """Found by a hostile review: NCCL loads the network, tuner and profiler plugins its
+    variables name (a path to a library: NCCL_NET_PLUGIN=/x/libnccl-net-x.so) into a
+    program that trains on several GPUs, ROCm the tools HSA_TOOLS_LIB names, as the
+    dynamic linker does LD_PRELOAD's; the host's reached the measured program."""
+    host = {
+        "NCCL_NET_PLUGIN": "/evil/libnccl-net-x.so", "NCCL_TUNER_PLUGIN": "/evil.so",
+        "NCCL_PROFILER_PLUGIN": "/evil.so", "HSA_TOOLS_LIB": "/evil.so",
+        "NCCL_DEBUG": "WARN",
+    }  # fmt: skip
+    env, _ = environ.for_program(host)
+    assert env == {"NCCL_DEBUG": "WARN"}
+
+
 def test_only_trust_stores_other_than_the_systems_are_notable(tmp_path) -> None:
     import ssl
 

@@ -63,6 +63,8 @@ INTERPRETER_HOOKS = frozenset(
         # glibc and libraries loaded by name
         "GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "CUDA_INJECTION64_PATH",
         "NVTX_INJECTION64_PATH", "OMP_TOOL_LIBRARIES",
+        # NCCL's plugins (a library path: NCCL_NET_PLUGIN=/x/libnccl-net-x.so), ROCm's tools
+        "NCCL_NET_PLUGIN", "NCCL_TUNER_PLUGIN", "NCCL_PROFILER_PLUGIN", "HSA_TOOLS_LIB",
         # trust stores: the policy names the ones a program should trust
         "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
         "NODE_EXTRA_CA_CERTS",
