@@ -82,6 +82,13 @@ INTERPRETER_HOOKS = frozenset(
         # switches that turn a safe loader into one that runs code: torch.load's
         # weights_only default, Hugging Face datasets' loading scripts
         "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "HF_DATASETS_TRUST_REMOTE_CODE",
+        # torch's traces: torch.compile's debug folder (the working folder's by default,
+        # on the host's disk) with the real tensors, weights included (found by a
+        # hostile review), its structured trace and logs of graphs and generated code,
+        # and the minifier's repro scripts
+        "TORCH_COMPILE_DEBUG", "TORCH_COMPILE_DEBUG_DIR", "TORCH_COMPILE_DEBUG_SAVE_REAL",
+        "TORCH_TRACE", "TORCH_DTRACE", "TORCH_LOGS", "TORCH_LOGS_OUT",
+        "TORCHDYNAMO_REPRO_AFTER", "TORCHDYNAMO_REPRO_LEVEL",
         # the compiler a program builds code with and then loads (torch.compile's C++
         # backend runs $CXX, Triton $CC; a JIT-built extension): which compiler, its
         # programs, headers (CPATH: a planted header ran in the program that loaded
