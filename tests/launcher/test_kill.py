@@ -101,6 +101,34 @@ def test_kill_9_of_the_launcher_leaves_nothing(world: World, mode: str) -> None:
         proc.wait(timeout=10)
 
 
+def _stdin_closed() -> None:
+    os.close(0)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_launcher_started_with_stdin_closed_keeps_its_watchdog(world: World, mode: str) -> None:
+    """Found by a hostile review: a host that started `secfl run` with its stdin closed
+    (``<&-``) had the watchdog's pipe made as descriptor 0, which the watchdog then
+    replaced with /dev/null: it read an end at once, removed the fresh folder and
+    ended. The launcher went on (the first volume it decrypted made the folder again,
+    on /dev/shm itself, outside its private tmpfs, mode 0755), and a ``kill -9`` left
+    the secrets and the volumes' plaintext there."""
+    prefix = _mode(mode)
+    proc = world.start("worker", world.argv("--die"), prefix=prefix, preexec_fn=_stdin_closed)
+    try:
+        lines = wait_ready(proc)
+        folder, token = Path(lines["FILES_DIR"]), lines["FILE"]
+        if not prefix:  # private tmpfs: from outside the launcher, the folder is empty
+            assert folder.is_dir() and list(folder.iterdir()) == []
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert _wait_until(lambda: not folder.exists()), f"left behind: {folder}"
+        assert _holding(token) == []
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def test_a_child_forked_by_a_module_workload_does_not_keep_the_folder(world: World) -> None:
     """Found by a hostile review: with ``--module`` the workload runs in the launcher's
     own process, and a child it forked (a pool's worker, a daemonised helper) held

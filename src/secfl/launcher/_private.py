@@ -46,6 +46,7 @@ too surprising for running unmodified programs.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -282,6 +283,10 @@ def _start_watchdog(path: Path) -> tuple[int, int]:
                         signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):  # fmt: skip
                 signal.signal(sig, signal.SIG_IGN)
             os.write(ready, b"1")
+            # above the standard descriptors, which /dev/null replaces: a launcher started
+            # with stdin closed got its pipe as 0 (the watchdog saw an end at once, removed
+            # the folder and ended, the launcher went on unguarded: a hostile review)
+            read_end = fcntl.fcntl(read_end, fcntl.F_DUPFD, 3)
             null = os.open(os.devnull, os.O_RDWR)
             for std in (0, 1, 2):
                 os.dup2(null, std)
