@@ -76,3 +76,31 @@ def test_the_hosts_torch_home_does_not_bring_code_to_the_program(
     assert done.returncode == 0, done.stderr
     assert not stolen.exists(), f"the host's hubconf.py ran in the workload: {done.stdout}"
     assert "NOT-CACHED True" in done.stdout, done.stdout
+
+
+#: A measured program that starts Ray (a local cluster, as a training loop that spreads
+#: its work does): the folder Ray's session goes to, objects it spills to disk included.
+RAY = (
+    "import os\n"
+    "from ray._common.utils import get_default_system_temp_dir\n"
+    "print('RAY', get_default_system_temp_dir().startswith(os.environ['SECFL_FILES']))\n"
+)
+
+
+def test_the_hosts_ray_tmpdir_does_not_take_the_programs_spilled_objects(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by a hostile review: the launcher put the program's temporary files in its
+    private folder (``TMPDIR``), but Ray reads ``RAY_TMPDIR`` first: a host that set it
+    had the session of a Ray the program started, the objects it spills to disk (model
+    tensors, batches of data) and its workers' logs, written to its own disk, where they
+    outlived the workload."""
+    argv = python(RAY)
+    _policy(world, "rayrun", argv)
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "host-disk")}
+    done = subprocess.run(
+        world.command("svc", argv, policy="rayrun"),
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "RAY True" in done.stdout, done.stdout

@@ -312,8 +312,10 @@ def _scratch(files: Path) -> dict[str, str]:
 
 
 #: The variables that name a program's temporary folder (Python's ``tempfile`` reads
-#: all three, most C libraries ``TMPDIR``).
-SCRATCH_VARIABLES = ("TMPDIR", "TEMP", "TMP")
+#: the first three, most C libraries ``TMPDIR``; Ray, its session and the objects it
+#: spills, ``RAY_TMPDIR`` before ``TMPDIR``; joblib the folder it maps arrays from: the
+#: host's reached the program, found by a hostile review).
+SCRATCH_VARIABLES = ("TMPDIR", "TEMP", "TMP", "RAY_TMPDIR", "JOBLIB_TEMP_FOLDER")
 
 
 def _attestation_env(
