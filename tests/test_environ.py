@@ -36,10 +36,15 @@ def test_a_program_gets_no_plugin_a_gpu_library_loads_by_its_path() -> None:
     """Found by a hostile review: NCCL loads the network, tuner and profiler plugins its
     variables name (a path to a library: NCCL_NET_PLUGIN=/x/libnccl-net-x.so) into a
     program that trains on several GPUs, ROCm the tools HSA_TOOLS_LIB names, as the
-    dynamic linker does LD_PRELOAD's; the host's reached the measured program."""
+    dynamic linker does LD_PRELOAD's, and Triton (torch.compile on a GPU) runs the
+    ptxas TRITON_PTXAS_PATH names and loads TRITON_LIBCUDA_PATH's driver; the host's
+    reached the measured program."""
     host = {
         "NCCL_NET_PLUGIN": "/evil/libnccl-net-x.so", "NCCL_TUNER_PLUGIN": "/evil.so",
         "NCCL_PROFILER_PLUGIN": "/evil.so", "HSA_TOOLS_LIB": "/evil.so",
+        # Triton's: the assembler it runs, the driver it loads, kernels it runs instead
+        "TRITON_PTXAS_PATH": "/evil", "TRITON_LIBCUDA_PATH": "/evil",
+        "TRITON_KERNEL_OVERRIDE": "1", "TRITON_OVERRIDE_DIR": "/evil",
         "NCCL_DEBUG": "WARN",
     }  # fmt: skip
     env, _ = environ.for_program(host)

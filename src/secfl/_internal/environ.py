@@ -105,8 +105,11 @@ INTERPRETER_HOOKS = frozenset(
 #: configuration and modules, and ``OPENSSL_ia32cap``, which turns AES-NI off), gRPC's
 #: (``GRPC_TRACE`` writes decrypted frames to stderr; its proxy variables are lower
 #: case), bash's exported functions (``BASH_FUNC_name%%`` replaces a command a script
-#: runs) and git's configuration (``GIT_CONFIG_KEY_0=core.fsmonitor`` runs a command).
-CODE_PREFIXES = ("LD_", "PYTHON", "OPENSSL_", "GRPC_", "BASH_FUNC_", "GIT_CONFIG")
+#: runs), git's configuration (``GIT_CONFIG_KEY_0=core.fsmonitor`` runs a command) and
+#: Triton's (``TRITON_PTXAS_PATH`` names the assembler it runs on every kernel,
+#: ``TRITON_LIBCUDA_PATH`` the driver it loads, ``TRITON_OVERRIDE_DIR`` kernels that
+#: replace the compiled ones; its cache is the private folder's: found by a hostile review).
+CODE_PREFIXES = ("LD_", "PYTHON", "OPENSSL_", "GRPC_", "BASH_FUNC_", "GIT_CONFIG", "TRITON_")
 #: Python's variables that load nothing and show nothing: passed on (not
 #: ``PYTHONFAULTHANDLER``: a signal then dumps every thread's stack, the task's files
 #: and functions, to the host's stderr; found by a review).
