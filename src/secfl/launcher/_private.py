@@ -278,6 +278,10 @@ def _start_watchdog(path: Path) -> tuple[int, int]:
     if pid == 0:  # pragma: no cover - the watchdog process (tested through real kills)
         code = 0
         try:
+            # the launcher's end, closed by name: the ranges below stop at 65,536, and a
+            # copy kept here would keep the pipe open past the launcher's death
+            os.close(write_end)
+            os.close(started)
             os.setsid()  # out of the launcher's process group and session
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                         signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE):  # fmt: skip
