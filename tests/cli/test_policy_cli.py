@@ -343,3 +343,31 @@ def test_show_against_names_the_service_a_changed_line_belongs_to(run: Run, tmp_
     added = lines.index("+  opens volumes: data")
     hunk = next(line for line in reversed(lines[:added]) if line.startswith("@@"))
     assert hunk.endswith(" @@ service col (role collaborator)"), hunk
+
+
+def test_sign_with_digest_signs_only_what_was_reviewed(run: Run, tmp_path: Path) -> None:
+    """A review's lead: `policy show` and `policy sign` read the file each on its own, so
+    a host that changed it in between got a member's signature on a version no one had
+    reviewed. With --digest (the one `show` printed) the signature is refused then."""
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    path = _write_policy(tmp_path, keys)
+    code, shown_, _ = run("show", str(path))
+    assert code == 0
+    reviewed = shown_.split("digest ", 1)[1].split()[0]
+    assert reviewed == digest(load_policy_file(path))
+    sign = ["sign", str(path), "--key", str(keys / "alice.key"), "--member", "alice"]
+    data = yaml.safe_load(path.read_text())
+    data["federation"]["strategy"] = "fedavg"  # the host turns the clone audit off
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    out_file = tmp_path / "alice.sig"
+    code, _, err = run(*sign, "--digest", reviewed, "-o", str(out_file))
+    assert code == 1 and err.startswith("error: --digest: the policy's digest is ")
+    assert "the file changed since you reviewed it" in err and err.count("\n") == 1
+    assert not out_file.exists()
+    code, _, err = run(*sign, "--digest", "12ab", "-o", str(out_file))
+    assert code == 1 and "64 hex digits" in err and not out_file.exists()
+    now = digest(load_policy_file(path))
+    code, _, err = run(*sign, "--digest", now.upper(), "-o", str(out_file))
+    assert code == 0, err
+    assert json.loads(out_file.read_text())["digest"] == now

@@ -192,12 +192,22 @@ def sign_cmd(
             "one (a share of every secret goes to it)."
         ),
     ] = None,
+    expect_digest: Annotated[
+        str | None,
+        typer.Option(
+            "--digest",
+            metavar="HEX",
+            help="Refuse to sign unless FILE's digest is this one: the digest `secfl policy "
+            "show` printed for what you reviewed (the file may change in between).",
+        ),
+    ] = None,
 ) -> None:
     """Approve a policy: write a detached signature over its digest.
 
     Refused: a key that is not MEMBER's on the board, a policy that is not ready
-    (what `secfl policy validate` refuses), and with --recovery-pub a policy that gives
-    MEMBER another recovery key."""
+    (what `secfl policy validate` refuses), with --recovery-pub a policy that gives
+    MEMBER another recovery key, and with --digest a policy other than the one
+    reviewed."""
     from secfl.policy import _keys as keys
     from secfl.policy import load_policy, sign_policy
     from secfl.policy._signatures import check_signer
@@ -210,6 +220,7 @@ def sign_cmd(
         raise UsageError(f"--output '{output}' is the signing key: give another file")
     raw = read_input(file, "policy")
     policy = load_policy(raw)
+    _check_digest(policy, expect_digest)
     rule = policy.board if board is None else _previous(policy, file, board).board
     private = keys.load_private(read_input(key, "signing key"))
     check_signer(rule, member, private, previous=board is not None)
@@ -219,6 +230,22 @@ def sign_cmd(
     write_output(signature.to_json().encode(), output)
     if output != "-":
         out.print(f"{output}: {member} signed {signature.digest}", markup=False)
+
+
+def _check_digest(policy: Policy, expected: str | None) -> None:
+    """With ``--digest``: the policy read now must be the one the member reviewed."""
+    from secfl.policy import digest
+
+    if expected is None:
+        return
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", expected):
+        raise UsageError("--digest: give the 64 hex digits `secfl policy show` printed")
+    found = digest(policy)
+    if found != expected.lower():
+        raise UsageError(
+            f"--digest: the policy's digest is {found}, not {expected.lower()}: the file "
+            "changed since you reviewed it; review it again (secfl policy show) before signing"
+        )
 
 
 def _previous(policy: Policy, file: str, board: str) -> Policy:
