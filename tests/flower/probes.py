@@ -1,8 +1,9 @@
 """What an attacker does with Flower's own client code; run with the Flower venv's Python.
 
-``python probes.py insider-run ADDRESS FAB``: StartRun of FAB on the SuperLink's
-loopback Control API, as ``flwr run`` does (an insider on the SuperLink's host; TLS
-not verified: the insider has no CA and needs none). Prints the run ID, or ``refused``.
+``python probes.py insider-run ADDRESS FAB [KEY=VALUE...]``: StartRun of FAB (with
+that run config) on the SuperLink's loopback Control API, as ``flwr run`` does (an
+insider on the SuperLink's host; TLS not verified: the insider has no CA and needs
+none). Prints the run ID, or ``refused``.
 
 ``python probes.py control ADDRESS``: StartRun through the SuperLink's public gate.
 Prints the HTTP status (``refused tls`` when the gate refuses the connection itself).
@@ -28,7 +29,8 @@ from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.common.serde import fab_to_proto
+from flwr.common.config import parse_config_args
+from flwr.common.serde import fab_to_proto, user_config_to_proto
 from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest, StartRunRequest
 from flwr.proto.fleet_pb2 import ActivateNodeRequest
 from flwr.supercore.control import ControlHttpClient
@@ -39,11 +41,14 @@ from flwr.supernode.fleet_http_client import FleetHttpClient
 from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
 
-def _start_run(address: str, fab: bytes) -> str:
+def _start_run(address: str, fab: bytes, config: list[str] | None = None) -> str:
     client = _control(address)
     try:
         reply = client.StartRun(
-            StartRunRequest(fab=fab_to_proto(Fab(hashlib.sha256(fab).hexdigest(), fab, {})))
+            StartRunRequest(
+                fab=fab_to_proto(Fab(hashlib.sha256(fab).hexdigest(), fab, {})),
+                override_config=user_config_to_proto(parse_config_args(config) if config else {}),
+            )
         )
     except httpx.HTTPStatusError as exc:
         return f"refused {exc.response.status_code}"
@@ -108,7 +113,7 @@ def _insider_node(link: str, gate: str) -> dict[str, str]:
 def main(argv: list[str]) -> int:
     what, address = argv[0], argv[1]
     if what == "insider-run":
-        print(_start_run(address, Path(argv[2]).read_bytes()))
+        print(_start_run(address, Path(argv[2]).read_bytes(), argv[3:]))
     elif what == "control":
         print(_start_run(address, b"not a fab"))
     elif what == "join":

@@ -7,8 +7,9 @@ written by ``secfl.flower.flower_policy`` and signed 2-of-3; the example app
 under ``secfl run``. Before the SuperNodes start, the attacks run against the live
 SuperLink: a SuperNode outside ``secfl run``, one with a changed command (it pins a
 modified app), one of another policy (another CA), a node key of its own at the
-gate, ``flwr run`` through the gate, an insider's run of a modified FAB on the
-loopback Control API, and an insider's own node key registered there. Then the app
+gate, ``flwr run`` through the gate, an insider's runs on the loopback Control API
+(of a modified FAB, and of the approved FAB with a run config of its own), and an
+insider's own node key registered there. Then the app
 trains two rounds (the demo's fifth SuperNode, whose app was modified, is refused at
 attestation) and the SuperLink exits.
 """
@@ -85,6 +86,11 @@ def outcome(flower_python: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         result.probes["insider"] = _probe(
             flower_python, "insider-run", f"127.0.0.1:{fed.link_port}", str(fab)
         )
+        # the approved app, with a run config of the insider's (not the board's)
+        result.probes["insider-config"] = _probe(
+            flower_python, "insider-run", f"127.0.0.1:{fed.link_port}",
+            str(fed.work / "plain" / "app" / "app.fab"), "num-server-rounds=1", "lr=1000.0",
+        )  # fmt: skip
         result.probes["insider-node"] = _probe(
             flower_python, "insider-node", f"127.0.0.1:{fed.link_port}", gate
         )
@@ -210,6 +216,21 @@ def test_a_wrong_fab_is_not_run(outcome: Outcome) -> None:
     assert f"fab: run {run_id} brings app sha256 {outcome.fed.modified_sha256[:16]}" in link
     refused = _events(outcome, "fl.flower.fab-refused")
     assert [e["detail"]["run_id"] for e in refused] == [run_id]
+
+
+def test_the_approved_app_under_an_insiders_run_config_is_not_run(outcome: Outcome) -> None:
+    """An insider on the SuperLink's host starts the approved FAB on the loopback Control
+    API with a run config of its own (the executor checked only the FAB's hash: that
+    run's ServerApp ran, and every SuperNode trained for it under the insider's
+    settings): only the run the wrapper started runs."""
+    run_id = outcome.probes["insider-config"]
+    assert run_id.isdigit()  # Flower took the insider's run on its loopback Control API
+    link = outcome.fed.processes["superlink"].text()
+    assert f"run: run {run_id} is not the run this SuperLink started" in link
+    refused = _events(outcome, "fl.flower.run-refused")
+    assert [e["detail"]["run_id"] for e in refused] == [run_id]
+    (started,) = _events(outcome, "fl.flower.run-started")
+    assert started["detail"]["run_id"] != run_id
 
 
 def test_a_node_key_registered_behind_the_policys_back_never_joins(outcome: Outcome) -> None:

@@ -60,6 +60,8 @@ class Refusal:
     run_id: int
     fab_hash: str
     message: str
+    #: What was refused: ``fab`` (not an approved app) or ``run`` (not the approved run).
+    kind: str = "fab"
 
 
 @dataclass
@@ -80,6 +82,10 @@ class Executor:
     #: loopback (the SuperNode's Runtime API).
     ca_file: str | None = None
     on_refusal: Callable[[Refusal], None] | None = None
+    #: The only runs whose tasks run (None: any run of an approved FAB). The SuperLink's
+    #: wrapper gives the run it started: an insider's run of the approved FAB, started
+    #: on the loopback Control API with a run config of its own, is refused too.
+    runs: frozenset[int] | None = None
     refusals: list[Refusal] = field(default_factory=list)
     launched: int = 0
 
@@ -155,19 +161,32 @@ class Executor:
 
     def _dispatch(self, token: str, task: object) -> None:
         fab_hash = str(getattr(task, "fab_hash", "")).lower()
-        if fab_hash in self.allowed:
+        run_id = int(getattr(task, "run_id", 0))
+        if fab_hash in self.allowed and (self.runs is None or run_id in self.runs):
             self._launch(token)
             return
         approved = ", ".join(sorted(h[:16] for h in self.allowed))
+        if fab_hash not in self.allowed:
+            kind = "fab"
+            message = (
+                f"fab: run {run_id} brings app sha256 {fab_hash[:16]}..., not the "
+                f"board-approved {approved}...: not run (the board approves a new app with a "
+                "new policy version)"
+            )
+        else:
+            kind = "run"
+            ours = ", ".join(str(r) for r in sorted(self.runs or ()))
+            message = (
+                f"run: run {run_id} is not the run this SuperLink started ({ours}), with the "
+                "board's run config: not run (another run of the approved app comes from the "
+                "loopback Control API, not from the policy)"
+            )
         refusal = Refusal(
             task_id=int(getattr(task, "task_id", 0)),
-            run_id=int(getattr(task, "run_id", 0)),
+            run_id=run_id,
             fab_hash=fab_hash,
-            message=(
-                f"fab: run {getattr(task, 'run_id', '?')} brings app sha256 {fab_hash[:16]}..., "
-                f"not the board-approved {approved}...: not run (the board approves a new "
-                "app with a new policy version)"
-            ),
+            message=message,
+            kind=kind,
         )
         self.refusals.append(refusal)
         log.error("secfl: %s", refusal.message)

@@ -17,9 +17,11 @@ superlink --fab '$SECFL_VOLUMES/app/app.fab' --fab-sha256 H --nodes '$SECFL_FILE
    keys (:mod:`secfl.flower._gate`); with ``--mutual-tls`` (every policy ``secfl
    flower policy`` makes) over mutual TLS with this instance's attested certificate,
    to the policy's attested, unrevoked sites only (:mod:`secfl.flower._attested`).
-5. Runs its own SuperExec (:mod:`secfl.flower._exec`): only the approved ServerApp runs.
-6. Submits the approved FAB as the one run, with the board's run config; nobody
+5. Submits the approved FAB as the one run, with the board's run config; nobody
    else can submit (the Control API never leaves the TEE).
+6. Runs its own SuperExec (:mod:`secfl.flower._exec`) for that run alone: only the
+   approved ServerApp runs, with the board's run config (another run of the same FAB,
+   started on the loopback Control API, is refused: ``fl.flower.run-refused``).
 7. Waits for the run to end, and reports each step to the SPM's audit log
    (``fl.flower.*``, with the session ``secfl run`` opened). With ``--output`` the
    ServerApp's working folder (its saved model) is sealed as a shield volume under
@@ -197,21 +199,6 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
         from secfl.flower._exec import Executor, start_thread
         from secfl.flower._gate import FleetGate, serve
 
-        executor = Executor(
-            address=host_port(host, port),
-            secret=secret,
-            allowed=frozenset({opts.fab_sha256.lower()}),
-            task_type=TaskType.SERVER_APP,
-            env=child_env,
-            cwd=paths.work,
-            token_dir=paths.wrapper,
-            poll=opts.poll,
-            ca_file=ca_file,
-            on_refusal=lambda r: audit.report(
-                "fab-refused", {"run_id": str(r.run_id), "fab_sha256": r.fab_hash}
-            ),
-        )
-        start_thread(executor)
         watch = NodeWatch(control, nodes, audit)
         watch.check()  # nothing else registered before the gate opens
         if isinstance(attested, AttestedTls):
@@ -234,6 +221,26 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             {"run_id": str(run_id), "fab_sha256": digest, "run_config": list(opts.run_config)},
         )
         print(f"secfl: started run {run_id} of app sha256 {digest[:16]}...", flush=True)
+        # Started once the run is known, and for it alone: the executor ran the ServerApp
+        # of any run of the approved FAB, so an insider's StartRun of that FAB on the
+        # loopback Control API, with a run config of its own, ran beside the board's
+        # (and every SuperNode trained for it: found by a hostile review).
+        executor = Executor(
+            address=host_port(host, port),
+            secret=secret,
+            allowed=frozenset({opts.fab_sha256.lower()}),
+            task_type=TaskType.SERVER_APP,
+            env=child_env,
+            cwd=paths.work,
+            token_dir=paths.wrapper,
+            poll=opts.poll,
+            ca_file=ca_file,
+            on_refusal=lambda r: audit.report(
+                f"{r.kind}-refused", {"run_id": str(r.run_id), "fab_sha256": r.fab_hash}
+            ),
+            runs=frozenset({run_id}),
+        )
+        start_thread(executor)
 
         def tick() -> None:
             watch.due()
