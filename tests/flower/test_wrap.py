@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import socket
 import ssl
 import subprocess
@@ -160,6 +161,41 @@ def test_keys_must_be_the_ones_secfl_run_injected(env: dict[str, str], tmp_path:
 
 def test_only_secfl_folders_expand(env: dict[str, str]) -> None:
     assert expand("$HOME/$SECFL_FILES/x", env) == f"$HOME/{env['SECFL_FILES']}/x"
+
+
+def test_a_private_folder_named_to_end_a_flags_string_is_refused(
+    flower_python: Path, tmp_path: Path
+) -> None:
+    """Found by a hostile review: the host chooses where ``secfl run`` makes its private
+    folder (``$TMPDIR`` when /dev/shm is not writable), so what ``$SECFL_VOLUMES``
+    expands to. A quote in it ended the node config's string: Flower's own parser read
+    ``data-path`` as a folder of the host's, and the ClientApp trained on the host's
+    files instead of the site's shielded volume. A folder with a quote, a backslash or
+    a space in its name is refused, in one line, before anything starts."""
+    host = tmp_path / "host-data"
+    host.mkdir()
+    files = tmp_path / 'host-data" x="' / "secfl-run-1"  # $TMPDIR, then the launcher's own
+    (files / "flower").mkdir(parents=True)
+    for name in ("ca.pem", "node.key"):
+        (files / "flower" / name).write_text("x")
+    env = {"SECFL_FILES": str(files), "SECFL_VOLUMES": str(files / "volumes")}
+    # what Flower makes of the node config that expansion gave before the check
+    value = 'data-path="$SECFL_VOLUMES/site-1-data"'.replace("$SECFL_VOLUMES", env["SECFL_VOLUMES"])
+    probe = (
+        "import json, sys\n"
+        "from flwr.common.config import parse_config_args\n"
+        "print(json.dumps(parse_config_args([sys.argv[1]])))\n"
+    )
+    done = subprocess.run([str(flower_python), "-c", probe, value], capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["data-path"] == str(host)
+    message = refused("supernode", NODE, env)
+    assert "$SECFL_FILES" in message and "a quote, a backslash or a space" in message
+    for name in ("a b", "a\\b", "a'b", "a\nb"):
+        other = {**env, "SECFL_VOLUMES": str(tmp_path / name / "volumes")}
+        with pytest.raises(FlowerError, match="a quote, a backslash or a space"):
+            expand('data-path="$SECFL_VOLUMES/site-1-data"', other)
 
 
 def test_flowers_own_apis_stay_on_loopback() -> None:

@@ -15,6 +15,7 @@ This module imports no Flower: the checks are testable in any venv.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,9 @@ __all__ = [
 
 #: Tokens of the Flower flags that name a folder of ``secfl run``: nothing else expands.
 _TOKENS = ("SECFL_FILES", "SECFL_VOLUMES")
+#: What a folder expanded into a flag may not hold: quotes and backslashes end or escape
+#: the string it is in (TOML's, in ``--node-config``), spaces and controls split it.
+_UNPLAIN = re.compile(r"[\"'\\\s\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,12 @@ class FlowerCommand:
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
-    """``text`` with ``$SECFL_FILES`` / ``${SECFL_FILES}`` (and ``SECFL_VOLUMES``) replaced."""
+    """``text`` with ``$SECFL_FILES`` / ``${SECFL_FILES}`` (and ``SECFL_VOLUMES``) replaced.
+
+    The folder's name must be plain: the host chooses where ``secfl run`` makes it
+    (``$TMPDIR`` when /dev/shm is not writable), and a quote in it ended the string it
+    is expanded into (``--node-config 'data-path="$SECFL_VOLUMES/..."'``: Flower read
+    ``data-path`` as a folder of the host's, whose files the ClientApp trained on)."""
     for token in _TOKENS:
         for form in ("${" + token + "}", "$" + token):
             if form in text:
@@ -179,6 +188,13 @@ def expand(text: str, env: Mapping[str, str]) -> str:
                     raise FlowerError(
                         f"flower: ${token} is not set: start this under `secfl run`, which "
                         "injects the keys and volumes it names"
+                    )
+                if _UNPLAIN.search(env[token]):
+                    raise FlowerError(
+                        f"flower: ${token} ({env[token][:80]!r}) holds a quote, a backslash or "
+                        "a space: expanded into a flag it would change what the flag says; "
+                        "start secfl run where its private folder has a plain name (a "
+                        "writable /dev/shm, or a $TMPDIR without them)"
                     )
                 text = text.replace(form, env[token])
     return text
