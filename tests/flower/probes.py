@@ -5,6 +5,9 @@ that run config) on the SuperLink's loopback Control API, as ``flwr run`` does (
 insider on the SuperLink's host; TLS not verified: the insider has no CA and needs
 none). Prints the run ID, or ``refused``.
 
+``python probes.py insider-flood ADDRESS FAB N``: N such runs of FAB, one after the
+other. Prints their run IDs, space-separated.
+
 ``python probes.py control ADDRESS``: StartRun through the SuperLink's public gate.
 Prints the HTTP status (``refused tls`` when the gate refuses the connection itself).
 
@@ -114,6 +117,9 @@ def main(argv: list[str]) -> int:
     what, address = argv[0], argv[1]
     if what == "insider-run":
         print(_start_run(address, Path(argv[2]).read_bytes(), argv[3:]))
+    elif what == "insider-flood":
+        fab = Path(argv[2]).read_bytes()
+        print(" ".join(_start_run(address, fab) for _ in range(int(argv[3]))))
     elif what == "control":
         print(_start_run(address, b"not a fab"))
     elif what == "join":

@@ -33,6 +33,8 @@ from secfl.flower._local import Process
 pytestmark = pytest.mark.heavy(45)  # seconds on one worker: scheduled first
 
 PROBES = Path(__file__).with_name("probes.py")
+#: The insider's runs of the modified FAB started at once (past the audited refusals).
+FLOOD = 10
 
 
 @dataclass
@@ -91,6 +93,10 @@ def outcome(flower_python: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             flower_python, "insider-run", f"127.0.0.1:{fed.link_port}",
             str(fed.work / "plain" / "app" / "app.fab"), "num-server-rounds=1", "lr=1000.0",
         )  # fmt: skip
+        # a flood of them: each refused, not each written to the SPM's log (kept for ever)
+        result.probes["insider-flood"] = _probe(
+            flower_python, "insider-flood", f"127.0.0.1:{fed.link_port}", str(fab), str(FLOOD)
+        )
         result.probes["insider-node"] = _probe(
             flower_python, "insider-node", f"127.0.0.1:{fed.link_port}", gate
         )
@@ -215,7 +221,25 @@ def test_a_wrong_fab_is_not_run(outcome: Outcome) -> None:
     link = outcome.fed.processes["superlink"].text()
     assert f"fab: run {run_id} brings app sha256 {outcome.fed.modified_sha256[:16]}" in link
     refused = _events(outcome, "fl.flower.fab-refused")
-    assert [e["detail"]["run_id"] for e in refused] == [run_id]
+    assert refused[0]["detail"]["run_id"] == run_id
+
+
+def test_a_flood_of_refused_runs_does_not_flood_the_spms_log(outcome: Outcome) -> None:
+    """Found by a hostile review: each task the SuperLink's SuperExec refused was an entry
+    in the SPM's audit log, which is kept for ever and replayed at every start, so an
+    insider on the loopback Control API grew it without bound, a run of a small FAB per
+    entry. The first refusals are written one by one, then one ``refusal-flood``, and
+    ``run-finished`` counts them all."""
+    flood = outcome.probes["insider-flood"].split()
+    assert len(flood) == FLOOD and all(r.isdigit() for r in flood)
+    link = outcome.fed.processes["superlink"].text()
+    assert all(f"fab: run {r} brings app sha256" in link for r in flood)  # all refused
+    refused = _events(outcome, "fl.flower.fab-refused") + _events(outcome, "fl.flower.run-refused")
+    assert len(refused) == 8  # secfl.flower._superlink.MAX_AUDITED_REFUSALS
+    (flooded,) = _events(outcome, "fl.flower.refusal-flood")
+    assert flooded["detail"]["audited"] == 8
+    (finished,) = _events(outcome, "fl.flower.run-finished")
+    assert finished["detail"]["refused_tasks"] == FLOOD + 2  # and the two insiders' above
 
 
 def test_the_approved_app_under_an_insiders_run_config_is_not_run(outcome: Outcome) -> None:

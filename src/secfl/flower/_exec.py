@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import Error, Message
@@ -86,7 +86,8 @@ class Executor:
     #: wrapper gives the run it started: an insider's run of the approved FAB, started
     #: on the loopback Control API with a run config of its own, is refused too.
     runs: frozenset[int] | None = None
-    refusals: list[Refusal] = field(default_factory=list)
+    #: Tasks refused so far (counted, not kept: an insider's runs could be countless).
+    refused: int = 0
     launched: int = 0
 
     def __post_init__(self) -> None:
@@ -188,7 +189,7 @@ class Executor:
             message=message,
             kind=kind,
         )
-        self.refusals.append(refusal)
+        self.refused += 1
         log.error("secfl: %s", refusal.message)
         try:
             self._refuse(token, refusal)

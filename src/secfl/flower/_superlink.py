@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -63,12 +63,20 @@ from secfl.flower._wrap import (
     venv_program,
 )
 
+if TYPE_CHECKING:
+    from secfl.flower._exec import Refusal
+
 __all__ = ["SuperLinkOptions", "main"]
 
 log = logging.getLogger("secfl.flower")
 
 #: Flower's own limit on a FAB (``flwr.common.constant.FAB_MAX_SIZE``).
 FAB_MAX = 10 * 1024 * 1024
+#: Tasks the SuperExec refused that go to the SPM's audit log one by one in a run; past
+#: them one ``refusal-flood`` entry, and ``run-finished`` counts them all. (Each was an
+#: entry, and the log is kept for ever and replayed at every start: an insider's runs on
+#: the loopback Control API, a small FAB each, grew it without bound.)
+MAX_AUDITED_REFUSALS = 8
 
 
 @dataclass
@@ -221,6 +229,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             {"run_id": str(run_id), "fab_sha256": digest, "run_config": list(opts.run_config)},
         )
         print(f"secfl: started run {run_id} of app sha256 {digest[:16]}...", flush=True)
+        refusals = RefusalAudit(audit)
         # Started once the run is known, and for it alone: the executor ran the ServerApp
         # of any run of the approved FAB, so an insider's StartRun of that FAB on the
         # loopback Control API, with a run config of its own, ran beside the board's
@@ -235,9 +244,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             token_dir=paths.wrapper,
             poll=opts.poll,
             ca_file=ca_file,
-            on_refusal=lambda r: audit.report(
-                f"{r.kind}-refused", {"run_id": str(r.run_id), "fab_sha256": r.fab_hash}
-            ),
+            on_refusal=refusals,
             runs=frozenset({run_id}),
         )
         start_thread(executor)
@@ -250,7 +257,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
         ok = status.startswith("finished:completed")
         detail: dict[str, Any] = {
             "run_id": str(run_id), "status": status, "foreign_nodes": watch.removed,
-            "gate_refused": gate.refused,
+            "gate_refused": gate.refused, "refused_tasks": refusals.count,
         }  # fmt: skip
         if ok and opts.output and output_key is not None:
             detail["output_tag"] = _seal_output(paths.work, Path(opts.output), output_key)
@@ -267,6 +274,28 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             attested.stop()
         link.stop()
         audit.close()
+
+
+class RefusalAudit:
+    """The SuperExec's refusals into the audit log: the first
+    :data:`MAX_AUDITED_REFUSALS` one by one, then one ``refusal-flood``; all counted."""
+
+    def __init__(self, audit: SpmAudit) -> None:
+        self.audit = audit
+        self.count = 0
+
+    def __call__(self, refusal: Refusal) -> None:
+        self.count += 1
+        if self.count <= MAX_AUDITED_REFUSALS:
+            self.audit.report(
+                f"{refusal.kind}-refused",
+                {"run_id": str(refusal.run_id), "fab_sha256": refusal.fab_hash},
+            )
+        elif self.count == MAX_AUDITED_REFUSALS + 1:
+            self.audit.report("refusal-flood", {"audited": MAX_AUDITED_REFUSALS})
+            print(f"secfl: more than {MAX_AUDITED_REFUSALS} tasks refused in this run (runs "
+                  "started on the loopback Control API): the rest are counted in "
+                  "fl.flower.run-finished, not written one by one", flush=True)  # fmt: skip
 
 
 def _gate_tls(
