@@ -25,6 +25,7 @@ __all__ = [
     "ShieldError",
     "SpmError",
     "SpmRefused",
+    "StaleRevocations",
     "TaskError",
     "TransportError",
     "UsageError",
@@ -137,3 +138,8 @@ class CounterMoved(FlError):
 
 class TransportError(SecflError):
     """The federation's transport refused a peer or a message, or a call failed."""
+
+
+class StaleRevocations(TransportError):
+    """No peer is accepted because the board's revocation list could not be read for too
+    long: a passing state (the SPM unreachable), not a refusal of the peer."""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from secfl._internal import files
-from secfl.errors import SecflError, TransportError
+from secfl.errors import SecflError, StaleRevocations, TransportError
 from secfl.fl._peers import Peer, PeerPolicy
 from secfl.fl._workload_identity import WorkloadIdentity
 
@@ -116,7 +116,7 @@ class AttestedTls:
         """The peer whose certificate (DER, as TLS received it) is ``der``, or
         TransportError naming the failed check."""
         if time.monotonic() - self.checked > STALE_SECONDS:
-            raise TransportError(
+            raise StaleRevocations(
                 f"peer: the SPM's revocation list could not be read for {STALE_SECONDS:.0f} s: "
                 "no peer is accepted until it can"
             )

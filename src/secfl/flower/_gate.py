@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 import httpx
 
 from secfl._internal.httpparser import PEER_CERT
-from secfl.errors import TransportError
+from secfl.errors import StaleRevocations, TransportError
 from secfl.flower._gate_http import (
     _HOP,
     _OWN,
@@ -237,11 +237,19 @@ class FleetGate:
     async def _peer_refused(self, scope: Scope, send: Send) -> bool:
         """With mutual TLS, whether the certificate of the request's connection is
         refused now (then answered 403, and the connection closed: a client polling on
-        it, as Flower does after a 403, would never come back with a renewed one)."""
+        it, as Flower does after a 403, would never come back with a renewed one). While
+        the revocation list is stale nobody is accepted, with 503 and Retry-After:
+        Flower's SuperNodes retry that, whereas a 403 reads to them as a run no longer
+        running, and they dropped the replies they were pushing (found by a review)."""
         if self.peers is None:
             return False
         try:
             self.peers(scope.get(PEER_CERT))
+        except StaleRevocations as exc:
+            self.refused += 1
+            self._say(str(exc))
+            await _answer(send, 503, f"gate: {exc}", retry=True, close=True)
+            return True
         except TransportError as exc:
             self.refused += 1
             self._say(str(exc))
