@@ -416,3 +416,48 @@ def test_the_relay_takes_a_bounded_number_of_connections(
     finally:
         for sock in held:
             sock.close()
+
+
+def test_the_relays_loopback_certificate_outlasts_a_long_run(
+    link: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a hostile review: the certificate (and its CA) that a SuperNode's
+    Flower checks its relay by was made for 30 days and never renewed, so a SuperNode
+    that ran longer lost its SuperLink for good (Flower gives up on a certificate
+    error, and the SuperNode exited). Its key lives in the wrapper's RAM folder and dies
+    with the run: it is made for as long as a run can last."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+
+    from secfl.flower import _supernode
+    from secfl.flower._flags import parse_flower
+    from secfl.flower._wrap import PrivatePaths
+
+    site_tls = link["site_tls"]
+    monkeypatch.setattr(
+        _supernode.AttestedTls, "from_env", classmethod(lambda cls, env, peers=None: site_tls)
+    )
+    files = tmp_path / "files"
+    (files / "flower").mkdir(parents=True)
+    (files / "flower" / "node.key").write_text("x")
+    env = {"SECFL_FILES": str(files), "SECFL_VOLUMES": str(files / "volumes")}
+    cmd = parse_flower("supernode", [
+        "flower-supernode", "--superlink", f"127.0.0.1:{link['port']}",
+        "--auth-supernode-private-key", "$SECFL_FILES/flower/node.key", "--isolation", "process",
+    ], env)  # fmt: skip
+    argv, relay = _supernode._connection(cmd, env, PrivatePaths.create(env))
+    assert relay is not None
+    try:
+        port = int(argv[argv.index("--superlink") + 1].rpartition(":")[2])
+        served = x509.load_pem_x509_certificate(
+            ssl.get_server_certificate(("127.0.0.1", port)).encode()
+        )
+        ca = x509.load_pem_x509_certificate(
+            Path(argv[argv.index("--root-certificates") + 1]).read_bytes()
+        )
+        long_run = datetime.now(UTC) + timedelta(days=5 * 365)
+        assert served.not_valid_after_utc > long_run and ca.not_valid_after_utc > long_run
+    finally:
+        relay.stop()
+        site_tls.stop()

@@ -61,6 +61,11 @@ __all__ = ["SuperNodeOptions", "main", "openssh_key"]
 log = logging.getLogger("secfl.flower")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: How long the relay's loopback certificate and its CA are valid (days): as long as a
+#: run can last. Nothing renews them, and at 30 days a SuperNode that ran longer lost
+#: its SuperLink for good (Flower gives up on a certificate error); their keys stay in
+#: the wrapper's RAM folder and die with the run.
+RELAY_CERT_DAYS = 3650
 
 
 @dataclass
@@ -112,7 +117,7 @@ def _connection(
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise FlowerError(f"flower: flower-supernode --superlink {address[:80]} is not HOST:PORT")
     tls = AttestedTls.from_env(env, peers={SUPERLINK})
-    loopback = tls_files(paths.wrapper / "relay", ["127.0.0.1"])
+    loopback = tls_files(paths.wrapper / "relay", ["127.0.0.1"], days=RELAY_CERT_DAYS)
     inner = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     inner.minimum_version = ssl.TLSVersion.TLSv1_2
     inner.load_cert_chain(loopback["crt"], loopback["key"])

@@ -63,11 +63,11 @@ def loopback_context(ca_file: str, cert_file: str) -> ssl.SSLContext:
     return context
 
 
-def tls_files(folder: Path, names: list[str]) -> dict[str, Path]:
-    """A CA and a server certificate for ``names`` (with its key, 0600), as PEM files
-    in ``folder``: the relay's loopback hop inside a SuperNode's TEE (its key never
-    leaves the wrapper's private folder, and the CA's key is never written), and
-    plain Flower's TLS for baselines and tests."""
+def tls_files(folder: Path, names: list[str], days: int = 30) -> dict[str, Path]:
+    """A CA and a server certificate for ``names`` (with its key, 0600), valid ``days``,
+    as PEM files in ``folder``: the relay's loopback hop inside a SuperNode's TEE (its
+    key never leaves the wrapper's private folder, and the CA's key is never written),
+    and plain Flower's TLS for baselines and tests."""
     from datetime import UTC, datetime, timedelta
 
     from cryptography import x509
@@ -81,7 +81,7 @@ def tls_files(folder: Path, names: list[str]) -> dict[str, Path]:
     now = datetime.now(UTC) - timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = self_signed_ca(ca_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")]),
-                        now, 30)  # fmt: skip
+                        now, days)  # fmt: skip
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
@@ -90,7 +90,7 @@ def tls_files(folder: Path, names: list[str]) -> dict[str, Path]:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=30))
+        .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName(general_names(names)), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
