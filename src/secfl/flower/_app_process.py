@@ -11,11 +11,22 @@ same kind (what Flower's exit codes go by) saying only its type; secfl's own ref
 The executor (:mod:`secfl.flower._exec`) starts it as ``python -m
 secfl.flower._app_process flwr-clientapp ARGS``. It imports Flower: it runs only in
 the Flower venv.
+
+It also installs only a FAB whose bytes hash to one of the digests the executor gives
+it (``SECFL_FLOWER_FAB_SHA256``, from the measured command line). The executor checked
+the task's FAB hash, but that is the Runtime API's word, and a SuperNode's Runtime API
+is plain HTTP on a fixed loopback port: a process that answers there in Flower's place
+(one that bound the port first) named the approved hash in the task and handed out a
+FAB of its own, which Flower installed and ran without hashing it against the task
+(found by a review). Any other FAB is refused in one line, before anything of it is
+installed, and the process exits with :data:`FAB_REFUSED`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +34,12 @@ from typing import Any
 from secfl.errors import SecflError
 
 __all__ = ["hidden", "main"]
+
+#: The approved FABs' SHA-256 digests (hex, comma-separated): the executor sets it.
+APPROVED_ENV = "SECFL_FLOWER_FAB_SHA256"
+#: An app process's exit code when it refused the FAB the Runtime API handed it.
+FAB_REFUSED = 77
+_REFUSED: list[str] = []
 
 #: What an app's hidden exception says besides its type.
 HIDDEN = "its message and traceback are not shown under secfl: the host reads them"
@@ -64,11 +81,37 @@ def _guarded(call: Callable[..., Any], entity: str) -> Callable[..., Any]:
     return run
 
 
+def _pin_fab(runtime: Any, approved: frozenset[str]) -> None:
+    """``runtime``'s ``install_from_fab`` installs only a FAB of an ``approved`` digest;
+    another ends the process (:data:`FAB_REFUSED`) before anything of it is installed."""
+    flower_install = runtime.install_from_fab
+
+    def install(fab: Any, *args: Any, **kwargs: Any) -> Any:
+        digest = hashlib.sha256(fab).hexdigest() if isinstance(fab, bytes) else ""
+        if digest not in approved:
+            pins = ", ".join(sorted(h[:16] for h in approved)) or "none given"
+            sys.stderr.write(
+                f"error: secfl: fab: the Runtime API handed this task app sha256 "
+                f"{digest[:16] or '(not bytes)'}..., not the board-approved {pins}...: not "
+                "installed, not run (another process answers on Flower's loopback port)\n"
+            )
+            _REFUSED.append(digest)
+            raise SystemExit(FAB_REFUSED)  # no Exception: Flower's handlers let it through
+        return flower_install(fab, *args, **kwargs)
+
+    runtime.install_from_fab = install
+
+
+def _approved() -> frozenset[str]:
+    return frozenset(h for h in os.environ.get(APPROVED_ENV, "").lower().split(",") if h)
+
+
 def _hide_clientapp() -> Callable[[], Any]:
     from flwr.supernode import cli
 
     runtime: Any = importlib.import_module("flwr.supernode.runtime.run_clientapp")
 
+    _pin_fab(runtime, _approved())
     flower_loader = runtime.get_load_client_app_fn
 
     def loader(*args: Any, **kwargs: Any) -> Callable[..., Any]:
@@ -89,6 +132,7 @@ def _hide_serverapp() -> Callable[[], Any]:
     # (the package's attribute of that name is a function: the module by its path)
     runtime: Any = importlib.import_module("flwr.superlink.runtime.run_serverapp")
 
+    _pin_fab(runtime, _approved())
     runtime.run_ = _guarded(runtime.run_, "ServerApp")
     return cli.flwr_serverapp
 
@@ -111,6 +155,8 @@ def main() -> None:
         code = exc.code
     if code is not None and not isinstance(code, int):
         sys.stderr.write(f"error: {sys.argv[0]}: the app exited with a message ({HIDDEN})\n")
+        code = 1
+    if code == FAB_REFUSED and not _REFUSED:  # an app's own exit code: not our refusal
         code = 1
     sys.exit(code)
 

@@ -44,6 +44,7 @@ from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 
 from secfl._internal import files
+from secfl.flower._app_process import APPROVED_ENV, FAB_REFUSED
 
 __all__ = ["Executor", "Refusal"]
 
@@ -93,6 +94,8 @@ class Executor:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        #: The task each running process was started for (its PID's run and FAB hash).
+        self._tasks: dict[int, tuple[int, str]] = {}
         self._tokens = 0
         # No retry invoker: its back-off (up to tens of seconds) would stall the loop,
         # which retries by itself every ``poll`` seconds.
@@ -156,15 +159,25 @@ class Executor:
         for proc, token_file in self._procs:
             if proc.poll() is None:
                 alive.append((proc, token_file))
-            else:
-                token_file.unlink(missing_ok=True)
+                continue
+            token_file.unlink(missing_ok=True)
+            run_id, fab_hash = self._tasks.pop(proc.pid, (0, ""))
+            if proc.returncode == FAB_REFUSED:  # it said why on its stderr, one line
+                self._refused(Refusal(task_id=0, run_id=run_id, fab_hash=fab_hash, kind="fab",
+                    message=f"fab: the app process of run {run_id} was handed another FAB "
+                    "than the task named: not installed, not run"))  # fmt: skip
         self._procs = alive
+
+    def _refused(self, refusal: Refusal) -> None:
+        self.refused += 1
+        if self.on_refusal is not None:
+            self.on_refusal(refusal)
 
     def _dispatch(self, token: str, task: object) -> None:
         fab_hash = str(getattr(task, "fab_hash", "")).lower()
         run_id = int(getattr(task, "run_id", 0))
         if fab_hash in self.allowed and (self.runs is None or run_id in self.runs):
-            self._launch(token)
+            self._launch(token, run_id, fab_hash)
             return
         approved = ", ".join(sorted(h[:16] for h in self.allowed))
         if fab_hash not in self.allowed:
@@ -189,16 +202,14 @@ class Executor:
             message=message,
             kind=kind,
         )
-        self.refused += 1
         log.error("secfl: %s", refusal.message)
         try:
             self._refuse(token, refusal)
         except Exception as exc:  # the task expires on Flower's side anyway
             log.error("secfl: fab: could not report the refusal to Flower: %s", exc)
-        if self.on_refusal is not None:
-            self.on_refusal(refusal)
+        self._refused(refusal)
 
-    def _launch(self, token: str) -> None:
+    def _launch(self, token: str, run_id: int = 0, fab_hash: str = "") -> None:
         """Start the task's process. Its token goes in a 0600 file (not on the command
         line, which every local user reads); it dies with this process by Flower's own
         ``--parent-pid`` watch (no ``preexec_fn`` from this thread: the gate's thread
@@ -214,8 +225,12 @@ class Executor:
         argv = [*command, "--runtime-api-address", self.address,
                 "--token-file", str(token_file), "--parent-pid", str(os.getpid())]  # fmt: skip
         argv += ["--root-certificates", self.ca_file] if self.ca_file else ["--insecure"]
-        proc = subprocess.Popen(argv, env=dict(self.env), cwd=self.cwd)
+        # (the approved digests: the app process installs no other FAB, whatever the
+        # Runtime API hands it: secfl.flower._app_process)
+        env = {**self.env, APPROVED_ENV: ",".join(sorted(self.allowed))}
+        proc = subprocess.Popen(argv, env=env, cwd=self.cwd)
         self._procs.append((proc, token_file))
+        self._tasks[proc.pid] = (run_id, fab_hash)
         self.launched += 1
 
     def _refuse(self, token: str, refusal: Refusal) -> None:
