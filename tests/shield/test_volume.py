@@ -490,3 +490,30 @@ def test_listdir_keeps_siblings_that_sort_between_a_name_and_its_folder() -> Non
         assert folders.is_dir(folder)
     named = Folders(["rpkg/model", "rpkg/model-v2.bin", "rpkg/model.json", "rpkg/model.d/x"])
     assert named.entries("rpkg") == ["model", "model-v2.bin", "model.d", "model.json"]
+
+
+def test_encrypt_follows_no_folder_swapped_for_a_link_after_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile review: a local user who may write in the folder being shielded
+    listed ``sub/secret`` as a file of its own, then swapped ``sub`` for a link to a
+    folder only the owner may read; the file was opened by its path, through the
+    link, and the owner's file outside the folder sealed into the volume. Every file
+    is now opened below the folder, one name at a time, never through a link."""
+    from secfl.shield import _encrypt
+
+    src = write_tree(tmp_path / "src", {"a": b"mine", "sub/secret": b"planted"})
+    private = write_tree(tmp_path / "private", {"secret": b"the owner's private file"})
+    listed = _encrypt._walk
+
+    def walk_then_swap(top: Path) -> list[tuple[str, Path]]:
+        found = listed(top)
+        (src / "sub" / "secret").unlink()
+        (src / "sub").rmdir()
+        (src / "sub").symlink_to(private, target_is_directory=True)
+        return found
+
+    monkeypatch.setattr(_encrypt, "_walk", walk_then_swap)
+    with pytest.raises(ShieldError, match=r"'.*sub/secret' changed while .*encrypt"):
+        encrypt_directory(src, tmp_path / "v.vol", KEY)
+    assert not (tmp_path / "v.vol").exists()

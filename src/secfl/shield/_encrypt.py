@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
@@ -39,7 +40,9 @@ def encrypt_directory(
 
     Files are streamed chunk by chunk, so memory stays at a few chunks whatever the
     file sizes. Symbolic links, devices, FIFOs and sockets are refused (a volume
-    holds regular files only; empty folders are not recorded). ``version`` is the
+    holds regular files only; empty folders are not recorded), and so is a folder or
+    file swapped for one after the listing: each file is opened below ``src`` one name
+    at a time, following no link. ``version`` is the
     owner's release number of this data (raise it for every new release: it is in
     the manifest, hence in the tag, and an SPM counter can pin it). ``out`` is
     written to a temporary file next to it and renamed into place when complete,
@@ -67,9 +70,20 @@ def encrypt_directory(
     top, target = Path(os.path.realpath(src)), Path(os.path.realpath(out))  # (no raise on a loop)
     if target == top or top in target.parents:
         raise ShieldError(f"shield: the volume '{out}' must not be inside '{src}'")
-    paths = _walk(src)
-    sealers = [(rel, functools.partial(_seal_file, path)) for rel, path in paths]
-    return _write(out, overwrite, key, f"'{src}'", sealers, version, chunk_size)
+    try:
+        # every file is opened below this folder, one name at a time (see _open_below)
+        top_fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ShieldError(f"shield: cannot read '{src}': {exc.strerror or exc}") from None
+    try:
+        paths = _walk(src)
+        sealers = [
+            (rel, functools.partial(_seal_file, top_fd, path, path.relative_to(src).parts))
+            for rel, path in paths
+        ]
+        return _write(out, overwrite, key, f"'{src}'", sealers, version, chunk_size)
+    finally:
+        os.close(top_fd)
 
 
 def encrypt_files(
@@ -324,8 +338,30 @@ def _seal_chunks(
         current = following
 
 
+def _open_below(top: int, names: Sequence[str], flags: int) -> int:
+    """The file ``names`` below the folder ``top``, opened one name at a time with no
+    link followed on the way: a folder swapped for a link after the folder was listed
+    (by a user who may write in it) cannot lead outside it (found by a review: the
+    owner's files the link led to were sealed into the volume)."""
+    fd = top
+    try:
+        for name in names[:-1]:
+            below = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
+            if fd != top:
+                os.close(fd)
+            fd = below
+        return os.open(names[-1], flags, dir_fd=fd)
+    finally:
+        if fd != top:
+            os.close(fd)
+
+
 def _seal_file(
+    top: int,
     path: Path,
+    names: Sequence[str],
     aead: AESGCM,
     salt: bytes,
     index: int,
@@ -333,15 +369,21 @@ def _seal_file(
     chunk_size: int,
     sink: BinaryIO,
 ) -> dict[str, Any]:
-    """Encrypt one file into ``sink``; return its manifest entry (without the offset)."""
+    """Encrypt the file ``names`` below ``top`` (``path``, for messages) into ``sink``;
+    return its manifest entry (without the offset)."""
     try:
         # without blocking: a FIFO swapped in after the folder was listed is refused below,
         # not waited on (found by a review)
         flags = (
             os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
         )
-        fd = os.open(path, flags)
+        fd = _open_below(top, names, flags | os.O_CLOEXEC)
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ShieldError(
+                f"shield: '{path}' changed while its folder was encrypted (a link or a file "
+                "now stands where a folder or file was); encrypt the folder again"
+            ) from None
         raise ShieldError(f"shield: cannot read '{path}': {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb", buffering=0) as f:
         st = os.fstat(fd)
