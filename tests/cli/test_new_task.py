@@ -304,3 +304,14 @@ def test_every_command_in_the_readmes_parses(made: Path, document: str) -> None:
     assert len(commands) >= 2, commands
     for argv in commands:
         check_parses(argv)
+
+
+def test_a_folder_that_cannot_be_looked_up_is_one_line(tmp_path: Path) -> None:
+    """A hostile review: a folder the system will not look up (a name longer than 255
+    bytes here; one below a folder the user may not search likewise) was a traceback
+    from ``Path.exists``."""
+    from tests.clirun import one_error
+
+    done = secfl("new", "task", "a" * 300, "--name", "t1", cwd=tmp_path)
+    assert "File name too long" in one_error(done)
+    assert list(tmp_path.iterdir()) == []

@@ -83,3 +83,22 @@ def test_info_never_prints_a_task_name_that_rewrites_the_terminal(tmp_path: Path
     line = clirun.one_error(done)
     assert "is not a task name" in line and "\\x1b]0;PWNED" in line, line
     assert "\x1b" not in done.stderr and "\u202e" not in done.stderr and "\x07" not in done.stderr
+
+
+def test_a_path_that_cannot_be_looked_up_is_one_line(tmp_path: Path) -> None:
+    """A hostile review: a path the system will not look up (a name longer than 255
+    bytes here; a folder the user may not search likewise) was a traceback from
+    ``Path.exists`` in ``data split -o``, ``data split --task`` and ``data info``."""
+    from tests.clirun import one_error, secfl_all
+
+    long = str(tmp_path / ("a" * 300))
+    split = ["data", "split", "--clients", "2"]
+    done = secfl_all(
+        [*split, "--task", "digits", "-o", long],
+        [*split, "--task", long, "-o", str(tmp_path / "out")],
+        ["data", "info", long],
+    )
+    assert "File name too long" in one_error(done[0])
+    assert "is neither a built-in task" in one_error(done[1])
+    assert "File name too long" in one_error(done[2])
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ import csv
 import io
 import keyword
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -64,9 +65,18 @@ def new_task(folder: Path, *, name: str | None = None, force: bool = False) -> N
         raise UsageError(
             f"new task: {name[:80]!r} is not a task name ({TASK_NAME_RULE}); give one with --name"
         )
-    if folder.exists() and not folder.is_dir():
+    is_dir: bool | None
+    used: bool | None
+    try:  # (`Path.exists` raised on a name too long or a folder not searchable: a traceback)
+        is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
+        used = is_dir and any(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        is_dir = used = None  # a new folder (made below, or refused in one line there)
+    except OSError as exc:
+        raise UsageError(f"new task: cannot use {folder}: {exc.strerror or exc}") from None
+    if is_dir is False:
         raise UsageError(f"new task: {folder} is a file; choose a new folder")
-    if folder.is_dir() and any(folder.iterdir()) and not force:
+    if used and not force:
         raise UsageError(
             f"new task: {folder} is not empty; choose a new folder, or --force to write "
             "the template's files into it"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -63,7 +64,7 @@ def _task(spec: str) -> object:
 
     if builtin_task(spec) is not None:
         return spec
-    if not Path(spec).exists():
+    if not os.path.exists(spec):  # (`Path.exists` raised on a name too long: a traceback)
         from secfl.tasks import task_names
 
         raise UsageError(

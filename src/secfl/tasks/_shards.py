@@ -135,7 +135,7 @@ def read_bytes(source: ShardSource) -> bytes:
         return bytes(source)
     if isinstance(source, str | os.PathLike):
         path = Path(source)
-        if path.is_dir():
+        if os.path.isdir(path):  # (`Path.is_dir` raised on a name too long: a traceback)
             path = shard_file(path)
         try:  # a regular file: a FIFO or /dev/zero given as a shard is refused, not read
             with files.open_regular(path) as fh:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,9 +376,15 @@ def _positive32(value: Any) -> bool:
 
 def _check_folder(folder: Path, overwrite: bool) -> None:
     """Refuse an output that is not a folder, or holds a split and no ``overwrite``."""
-    if folder.exists() and not folder.is_dir():
+    try:  # (`Path.exists` raised on a name too long or a folder not searchable: a traceback)
+        is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        is_dir = None  # a new folder (made below, or refused in one line there)
+    except OSError as exc:
+        raise TaskError(f"output '{folder}': {exc.strerror or exc}") from None
+    if is_dir is False:
         raise TaskError(f"output '{folder}' exists and is not a folder")
-    stale = _split_files(folder) if folder.is_dir() else []
+    stale = _split_files(folder) if is_dir else []
     if stale and not overwrite:
         raise TaskError(
             f"'{folder}' already holds a split ({stale[0].name}); choose an empty folder "
