@@ -374,3 +374,21 @@ def test_a_programs_option_given_to_secfl_run_says_where_it_goes() -> None:
     assert "No such option: --rounds; the program's own options go after `--`" in done.stderr
     other = run("policy", "validate", "--rounds")  # other commands: as before
     assert "No such option: --rounds" in other.stderr and "after `--`" not in other.stderr
+
+
+def test_measure_refuses_an_option_its_form_would_ignore(tmp_path: Path) -> None:
+    """A hostile review: ``--code-volume`` or ``--module`` without ``--for-run``, and
+    ``--cmd`` or ``--json`` with it, were ignored: the digest printed, which a site
+    compares with the policy, was of something else than the command asked."""
+    from tests.clirun import one_error, secfl_all
+
+    (tmp_path / "train.py").write_text("print('x')\n")
+    program = str(tmp_path / "train.py")
+    done = secfl_all(
+        ["measure", "--code-volume", "task=task.secfl", program],
+        ["measure", "--module", "m", program],
+        ["measure", "--for-run", "--cmd", "python train.py", "--", program],
+        ["measure", "--for-run", "--json", "--", program],
+    )
+    assert "add --for-run" in one_error(done[0]) and "add --for-run" in one_error(done[1])
+    assert "after --" in one_error(done[2]) and "after --" in one_error(done[3])

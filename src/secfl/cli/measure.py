@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from secfl.cli._common import out, print_verbatim
+from secfl.errors import UsageError
 
 __all__ = [
     "measure",
@@ -35,6 +36,18 @@ def measure(
     """Print the SHA-384 over the canonical manifest of PATHS and the command."""
     from secfl.tee import _measure as m
 
+    # an option the other form ignores was a digest of something else, printed as if
+    # it covered it (found by a review)
+    if not for_run and (code_volume or module is not None):
+        raise UsageError(
+            "--code-volume and --module measure a `secfl run`: add --for-run and give its "
+            "program after -- (secfl measure --for-run --code-volume NAME=PATH -- PROGRAM ARGS)"
+        )
+    if for_run and (cmd is not None or as_json):
+        raise UsageError(
+            "--cmd and --json measure files and a command, not a `secfl run`: with "
+            "--for-run, give the program and its arguments after --"
+        )
     if for_run:
         from secfl.cli.run import parse_volumes
         from secfl.launcher._measurement import resolve_program, run_measurement
