@@ -122,3 +122,21 @@ def test_a_killed_demo_takes_its_processes_and_plaintext_with_it(
     assert main(["demo", "--rounds", "1", "--clients", "1"]) == 1
     capsys.readouterr()
     assert not left.exists()
+
+
+@pytest.mark.parametrize("demo", [["demo"], ["flower", "demo"]])
+def test_keep_refuses_a_folder_in_use(tmp_path: Path, demo: list[str]) -> None:
+    """A hostile review: ``--keep DIR`` wrote the demo's ``sim/`` (a new simulation root,
+    forced), ``policy.yaml``, ``spm/`` and ``volumes/`` into a folder in use, replacing
+    the user's own; a second demo in the same folder failed reading the first one's
+    ready file. A folder that is not empty is now refused, and nothing in it changes."""
+    from tests.clirun import one_error, secfl
+
+    mine = tmp_path / "mine"
+    assert secfl("sim", "init", str(mine / "sim")).returncode == 0
+    (mine / "policy.yaml").write_text("the user's own policy\n")
+    before = {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()}
+    line = one_error(secfl(*demo, "--keep", str(mine), "--rounds", "1", timeout=120))
+    assert "--keep" in line and "is not empty" in line
+    assert {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
+    assert sorted(mine.iterdir()) == [mine / "policy.yaml", mine / "sim"]

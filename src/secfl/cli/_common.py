@@ -154,6 +154,33 @@ def replaces_file(output: str, key: str) -> bool:
     return os.path.join(where, os.path.basename(output)) == os.path.realpath(key)
 
 
+def keep_folder(keep: str) -> Path:
+    """A demo's ``--keep DIR``, absolute: a new folder (made private, 0700), or an empty
+    one. A demo writes its SPM, simulated TEE root, policy, keys and every party's data
+    there under fixed names: a folder in use lost its own ``sim/`` and ``policy.yaml``
+    to them, and a second demo in the same folder read the first one's ready files
+    (found by a review)."""
+    path = Path(os.path.realpath(keep))
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        return path
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UsageError(f"--keep: cannot make '{keep}': {exc.strerror or exc}") from None
+    try:
+        with os.scandir(path) as entries:
+            used = any(True for _ in entries)
+    except OSError as exc:
+        raise UsageError(f"--keep: cannot use '{keep}': {exc.strerror or exc}") from None
+    if used:
+        raise UsageError(
+            f"--keep: '{keep}' is not empty; the demo writes its SPM, simulated TEE root, "
+            "policy and data there: name a new or empty folder"
+        )
+    return path
+
+
 # --- federation settings given as flags (policy init, policy next) -------------------------
 
 FedRounds = Annotated[int | None, typer.Option(help="federation.rounds (a new policy: 10).")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -15,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from secfl._internal import files
-from secfl.cli._common import out
+from secfl.cli._common import keep_folder, out
 from secfl.errors import DemoError, UsageError
 from secfl.launcher._private import owned_prefix, wipe_stale
 
@@ -46,7 +45,10 @@ def demo(
         ),
     ] = 0,
     keep: Annotated[
-        str | None, typer.Option(help="Keep the work folder here (default: a temporary one).")
+        str | None,
+        typer.Option(
+            help="Keep the work folder here, a new or empty one (default: a temporary one)."
+        ),
     ] = None,
 ) -> None:
     """Train a model with an SPM, a 2-of-3 board, shielded code and data, an attested
@@ -75,7 +77,7 @@ def demo(
     # demo does (its name says whose it is).
     wipe_stale(DEMO_PREFIX)
     work = (
-        Path(os.path.realpath(keep))
+        keep_folder(keep)
         if keep
         else Path(tempfile.mkdtemp(prefix=owned_prefix(DEMO_PREFIX), dir=files.ram_base()))
     )

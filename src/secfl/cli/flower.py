@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from secfl.cli._common import out, read_input
+from secfl.cli._common import keep_folder, out, read_input
 from secfl.errors import UsageError
 
 __all__ = ["app", "demo_cmd", "policy_cmd", "report"]
@@ -250,15 +250,19 @@ def demo_cmd(
     sites: Annotated[int, typer.Option(min=2, max=16, help="SuperNodes (one site each).")] = 4,
     rounds: Annotated[int, typer.Option(min=1, max=100, help="Training rounds.")] = 3,
     keep: Annotated[
-        str | None, typer.Option(help="Keep the work folder here (default: a temporary one).")
+        str | None,
+        typer.Option(
+            help="Keep the work folder here, a new or empty one (default: a temporary one)."
+        ),
     ] = None,
 ) -> None:
     """Train the example Flower app (examples/flower) under secfl: an SPM, a 2-of-3 board,
     an attested SuperLink and SuperNodes, a fifth SuperNode with a modified app refused."""
+    kept = keep_folder(keep) if keep else None
     from secfl.flower._federation import LocalFlowerFederation
 
     with tempfile.TemporaryDirectory(prefix="secfl-flower-demo-") as tmp:
-        work = Path(keep) if keep else Path(tmp)
+        work = kept or Path(tmp)
         fed = LocalFlowerFederation(work, sites=sites, rounds=rounds)
         began = time.monotonic()
         out.print(f"A Flower app under secfl: {sites} SuperNodes, {rounds} rounds", markup=False)
