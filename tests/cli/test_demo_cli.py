@@ -140,3 +140,30 @@ def test_keep_refuses_a_folder_in_use(tmp_path: Path, demo: list[str]) -> None:
     assert "--keep" in line and "is not empty" in line
     assert {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
     assert sorted(mine.iterdir()) == [mine / "policy.yaml", mine / "sim"]
+
+
+def test_report_refuses_a_folder_it_would_write_over_or_through(tmp_path: Path) -> None:
+    """A hostile review: ``secfl demo --report .`` replaced the user's ``policy.yaml``
+    and ``logs/`` with the demo's at its end, and in a folder another user may write in
+    (``secfl demo`` run from a shared folder, where ``secfl-demo-report`` was theirs) a
+    link planted as ``model.safetensors`` was written through to the file it named.
+    Each is refused in one line before the demo starts; an earlier report is replaced."""
+    from tests.clirun import one_error, secfl_all
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "policy.yaml").write_text("the user's own policy\n")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a file of the user's\n")
+    (theirs / "model.safetensors").symlink_to(victim)
+    os.chmod(theirs, 0o777)  # noqa: S103 (as root, another user's folder is refused likewise)
+    args = ["demo", "--rounds", "1", "--clients", "1", "--samples", "300", "--epochs", "1"]
+    done = secfl_all([*args, "--report", str(mine)], [*args, "--report", str(theirs)],
+                     timeout=240)  # fmt: skip
+    assert "holds files of its own" in one_error(done[0])
+    assert "others may write in" in one_error(done[1])
+    assert sorted(p.name for p in mine.iterdir()) == ["policy.yaml"]
+    assert (mine / "policy.yaml").read_text() == "the user's own policy\n"
+    assert victim.read_text() == "a file of the user's\n"

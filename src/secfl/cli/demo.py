@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +69,7 @@ def demo(
 
     get_strategy(defence)  # an unknown rule or task fails here, before any process starts
     get_task(task)
+    _check_report(report)
     if task == "fashion-mnist" and samples is None:
         samples = 12000  # the full 70k on 2 cores takes long; --samples 70000 for all of it
     settings = DemoSettings(task=task, clients=clients, rounds=rounds, samples=samples,
@@ -91,6 +94,38 @@ def demo(
         fed.stop()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+#: What the report holds; a folder holding both is an earlier report, replaced.
+_REPORT_MARKS = ("metrics.json", "audit.jsonl")
+
+
+def _check_report(report: str) -> None:
+    """Refuse, before the demo starts, a ``--report`` folder whose files the report
+    would write over or through: one holding files of its own (``--report .`` replaced
+    the user's ``policy.yaml`` and ``logs/``), or one another user may write in, who
+    could plant a link there as ``model.safetensors`` to a file of this user's (found by
+    a review). A new folder, an empty one, or an earlier report of this user's is fine."""
+    try:
+        st = os.stat(report)
+        names = set(os.listdir(report)) if stat.S_ISDIR(st.st_mode) else set()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # made at the end (or refused in one line then)
+    except OSError as exc:
+        raise UsageError(f"--report: cannot use '{report}': {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"--report: '{report}' is not a folder; name a new folder")
+    # (group-writable is left alone: under umask 002 each user's group is their own)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o002:
+        raise UsageError(
+            f"--report: others may write in '{report}' (it is another user's, or world "
+            "writable): name a folder of your own"
+        )
+    if names and not all(mark in names for mark in _REPORT_MARKS):
+        raise UsageError(
+            f"--report: '{report}' holds files of its own, not an earlier demo's report; "
+            "name a new or empty folder"
+        )
 
 
 #: The demo's temporary folder's name begins so (then its owner: :func:`owned_prefix`).
