@@ -167,3 +167,15 @@ def test_report_refuses_a_folder_it_would_write_over_or_through(tmp_path: Path) 
     assert sorted(p.name for p in mine.iterdir()) == ["policy.yaml"]
     assert (mine / "policy.yaml").read_text() == "the user's own policy\n"
     assert victim.read_text() == "a file of the user's\n"
+
+
+def test_report_is_not_the_kept_work_folder(tmp_path: Path) -> None:
+    """A hostile review: ``--keep w --report w`` ran the whole demo, then failed copying
+    ``w/policy.yaml`` onto itself (a traceback); it is refused before the demo starts."""
+    from tests.clirun import one_error, secfl
+
+    work = tmp_path / "w"
+    args = ["demo", "--rounds", "1", "--clients", "1", "--samples", "300", "--epochs", "1"]
+    done = secfl(*args, "--keep", str(work), "--report", str(work), timeout=240)
+    assert "--report: it is the --keep folder" in one_error(done)
+    assert not work.exists()

@@ -69,7 +69,7 @@ def demo(
 
     get_strategy(defence)  # an unknown rule or task fails here, before any process starts
     get_task(task)
-    _check_report(report)
+    _check_report(report, keep)
     if task == "fashion-mnist" and samples is None:
         samples = 12000  # the full 70k on 2 cores takes long; --samples 70000 for all of it
     settings = DemoSettings(task=task, clients=clients, rounds=rounds, samples=samples,
@@ -100,12 +100,19 @@ def demo(
 _REPORT_MARKS = ("metrics.json", "audit.jsonl")
 
 
-def _check_report(report: str) -> None:
+def _check_report(report: str, keep: str | None) -> None:
     """Refuse, before the demo starts, a ``--report`` folder whose files the report
     would write over or through: one holding files of its own (``--report .`` replaced
     the user's ``policy.yaml`` and ``logs/``), or one another user may write in, who
     could plant a link there as ``model.safetensors`` to a file of this user's (found by
-    a review). A new folder, an empty one, or an earlier report of this user's is fine."""
+    a review). A new folder, an empty one, or an earlier report of this user's is fine;
+    not the ``--keep`` folder, whose ``policy.yaml`` the report copies (a traceback at
+    the demo's end)."""
+    if keep is not None and os.path.realpath(report) == os.path.realpath(keep):
+        raise UsageError(
+            "--report: it is the --keep folder, whose policy.yaml and logs/ the report "
+            "copies: name another folder"
+        )
     try:
         st = os.stat(report)
         names = set(os.listdir(report)) if stat.S_ISDIR(st.st_mode) else set()
