@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,26 @@ def _truncated(vol: Path, tmp_path: Path) -> Path:
     path = tmp_path / "short.vol"
     path.write_bytes(vol.read_bytes()[:-1])
     return path
+
+
+def test_force_replaces_no_device_fifo_or_folder(tmp_path: Path) -> None:
+    """A hostile review: ``secfl shield encrypt SRC -o /dev/null --force`` run as root
+    replaced the system's /dev/null with a regular file of mode 0600 (every other
+    process writing to it failed from then on); a FIFO (here) likewise. A volume
+    replaces only a file: anything else is refused in one line and left as it was."""
+    from tests.clirun import one_error, secfl_all
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("data")
+    key = tmp_path / "k"
+    key.write_text("11" * 32)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    encrypt = ["shield", "encrypt", str(src), "--key-file", str(key), "--force", "-o"]
+    done = secfl_all([*encrypt, str(fifo)], [*encrypt, str(folder)])
+    assert "is a FIFO, not a volume file" in one_error(done[0])
+    assert "is a folder, not a volume file" in one_error(done[1])
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and list(folder.iterdir()) == []

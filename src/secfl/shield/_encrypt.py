@@ -47,7 +47,8 @@ def encrypt_directory(
     the manifest, hence in the tag, and an SPM counter can pin it). ``out`` is
     written to a temporary file next to it and renamed into place when complete,
     so it either holds a whole volume or is left as it was; it is created with
-    mode 0600 and replaces an existing file of that name, unless ``overwrite`` is
+    mode 0600 and replaces an existing file of that name (never a link, folder,
+    device, FIFO or socket), unless ``overwrite`` is
     false: then an existing ``out`` (even one created while encrypting) is left
     alone and the call fails.
 
@@ -148,8 +149,14 @@ def _write(
     try:
         # neither followed (the host's folder) nor replaced unannounced; `Path.is_symlink`
         # raised on a name too long or a folder that cannot be searched (a traceback)
-        if stat.S_ISLNK(os.lstat(out).st_mode):
+        mode = os.lstat(out).st_mode
+        if stat.S_ISLNK(mode):
             raise ShieldError(f"shield: '{out}' is a symbolic link; name the file itself")
+        # a device, FIFO or socket is no volume to replace: `-o /dev/null --force` run as
+        # root replaced the system's /dev/null with a file of mode 0600 (found by a review)
+        if not stat.S_ISREG(mode):
+            what = "folder" if stat.S_ISDIR(mode) else _kind(mode)
+            raise ShieldError(f"shield: '{out}' is a {what}, not a volume file; name a file")
     except FileNotFoundError:
         pass
     except OSError as exc:
