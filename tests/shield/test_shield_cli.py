@@ -127,3 +127,34 @@ def test_force_replaces_no_device_fifo_or_folder(tmp_path: Path) -> None:
     assert "is a FIFO, not a volume file" in one_error(done[0])
     assert "is a folder, not a volume file" in one_error(done[1])
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and list(folder.iterdir()) == []
+
+
+def test_an_empty_path_is_not_the_current_folder(tmp_path: Path) -> None:
+    """A hostile review: ``-o ""`` (an unset variable in a script: ``-o "$OUT"``) was
+    the current folder: ``secfl shield decrypt`` wrote the plaintext there, ``secfl
+    data split`` the shards, and ``secfl shield encrypt ""`` took the current folder
+    for the one to encrypt. Each is refused in one line, and nothing is written."""
+    from tests.clirun import one_error
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("secret")
+    key = tmp_path / "k"
+    key.write_text("11" * 32)
+    volume = tmp_path / "v.secfl"
+    assert clirun.secfl("shield", "encrypt", str(src), "-o", str(volume),
+                        "--key-file", str(key)).returncode == 0  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    done = [
+        clirun.secfl(*argv, cwd=work)
+        for argv in (
+            ["shield", "decrypt", str(volume), "--key-file", str(key), "-o", ""],
+            ["data", "split", "--task", "digits", "--clients", "2", "-o", ""],
+            ["shield", "encrypt", "", "-o", str(tmp_path / "w.secfl"), "--key-file", str(key)],
+        )
+    ]
+    assert "--output: the path is empty" in one_error(done[0])
+    assert "--output: the path is empty" in one_error(done[1])
+    assert "SRC_DIR: the path is empty" in one_error(done[2])
+    assert list(work.iterdir()) == [] and not (tmp_path / "w.secfl").exists()

@@ -115,6 +115,8 @@ def split_cmd(
 
     if iid and dirichlet is not None:
         raise UsageError("give either --iid or --dirichlet ALPHA, not both")
+    if not output:  # an unset variable in a script (-o "$OUT"): not the current folder
+        raise UsageError("--output: the path is empty; name the folder to write the shards to")
     report = split(
         _task(task),
         clients,

@@ -63,6 +63,13 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _named(path: str, option: str, what: str) -> None:
+    """An empty path (an unset variable in a script: ``-o "$OUT"``) is refused: as the
+    current folder, it decrypted plaintext there (found by a review)."""
+    if not path:
+        raise UsageError(f"{option}: the path is empty; name {what}")
+
+
 def _check_output(output: str, key_file: str | None, force: bool) -> None:
     """The volume never replaces its own key file, and another file only with --force."""
     if key_file is not None and _same_file(Path(output), Path(key_file)):
@@ -91,6 +98,7 @@ def encrypt_cmd(
     """Encrypt every file below SRC_DIR into one volume; print its tag."""
     from secfl.shield import encrypt_directory
 
+    _named(src_dir, "SRC_DIR", "the folder to encrypt")
     key = _key(key_file, key_hex)
     if not 1 <= chunk_kib <= 1 << 16:
         raise UsageError(f"--chunk-kib: {chunk_kib} is not from 1 to 65536")
@@ -143,6 +151,7 @@ def decrypt_cmd(
     """Decrypt the volume's files below a folder (never overwriting a file)."""
     from secfl.shield import Volume
 
+    _named(output, "--output", "the folder to decrypt into")
     with Volume.open(volume, _key(key_file, key_hex), expected_tag=expect_tag) as vol:
         vol.extract(output)
         out.print(
