@@ -148,7 +148,7 @@ def test_report_refuses_a_folder_it_would_write_over_or_through(tmp_path: Path) 
     (``secfl demo`` run from a shared folder, where ``secfl-demo-report`` was theirs) a
     link planted as ``model.safetensors`` was written through to the file it named.
     Each is refused in one line before the demo starts; an earlier report is replaced."""
-    from tests.clirun import one_error, secfl_all
+    from tests.clirun import one_error, secfl, secfl_all
 
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -164,6 +164,9 @@ def test_report_refuses_a_folder_it_would_write_over_or_through(tmp_path: Path) 
                      timeout=240)  # fmt: skip
     assert "holds files of its own" in one_error(done[0])
     assert "others may write in" in one_error(done[1])
+    # an empty path (an unset variable: --report "$OUT") was the current folder
+    empty = secfl(*args, "--report", "", cwd=mine, timeout=240)
+    assert "--report: the path is empty" in one_error(empty)
     assert sorted(p.name for p in mine.iterdir()) == ["policy.yaml"]
     assert (mine / "policy.yaml").read_text() == "the user's own policy\n"
     assert victim.read_text() == "a file of the user's\n"

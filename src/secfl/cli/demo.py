@@ -108,6 +108,8 @@ def _check_report(report: str, keep: str | None) -> None:
     a review). A new folder, an empty one, or an earlier report of this user's is fine;
     not the ``--keep`` folder, whose ``policy.yaml`` the report copies (a traceback at
     the demo's end)."""
+    if not report:  # (the current folder, which os.stat("") does not find)
+        raise UsageError("--report: the path is empty; name a new folder")
     if keep is not None and os.path.realpath(report) == os.path.realpath(keep):
         raise UsageError(
             "--report: it is the --keep folder, whose policy.yaml and logs/ the report "
