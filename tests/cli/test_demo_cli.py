@@ -140,6 +140,12 @@ def test_keep_refuses_a_folder_in_use(tmp_path: Path, demo: list[str]) -> None:
     assert "--keep" in line and "is not empty" in line
     assert {p: p.read_bytes() for p in mine.rglob("*") if p.is_file()} == before
     assert sorted(mine.iterdir()) == [mine / "policy.yaml", mine / "sim"]
+    # an empty folder others may write in: a link planted in it as policy.yaml later
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # noqa: S103 (as root, another user's folder is refused likewise)
+    line = one_error(secfl(*demo, "--keep", str(shared), "--rounds", "1", timeout=120))
+    assert "--keep: others may write in" in line and list(shared.iterdir()) == []
 
 
 def test_report_refuses_a_folder_it_would_write_over_or_through(tmp_path: Path) -> None:

@@ -169,10 +169,18 @@ def keep_folder(keep: str) -> Path:
     except OSError as exc:
         raise UsageError(f"--keep: cannot make '{keep}': {exc.strerror or exc}") from None
     try:
+        st = os.stat(path)
         with os.scandir(path) as entries:
             used = any(True for _ in entries)
     except OSError as exc:
         raise UsageError(f"--keep: cannot use '{keep}': {exc.strerror or exc}") from None
+    # another user who may write in it could plant a link there as policy.yaml, which
+    # the demo writes through, or read what it leaves
+    if st.st_uid != os.geteuid() or st.st_mode & 0o002:
+        raise UsageError(
+            f"--keep: others may write in '{keep}' (it is another user's, or world "
+            "writable): name a folder of your own"
+        )
     if used:
         raise UsageError(
             f"--keep: '{keep}' is not empty; the demo writes its SPM, simulated TEE root, "
