@@ -12,12 +12,15 @@ the workload attests again; across a restart too. Real processes: `secfl spm ser
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from secfl.policy._signatures import sign_statement
+from secfl.spm._masterkey import load_or_create_master_key
+from secfl.spm._server import open_store
 from secfl.spm._service import REVOCATION_DOMAIN, revocation_digest, revocation_doc
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll
@@ -63,4 +66,54 @@ def test_a_readmission_does_not_bring_back_what_the_revocation_ended(
             with pytest.raises(SpmRefused, match=f"^{ENDED}"):
                 client.increment("fed", "round", old.session_token)
             assert serial in {r["subject"] for r in client.revocations("fed")}
+            assert client.increment("fed", "round", new.session_token) == 3
+
+
+def _recorded_before_this_change(data: Path, statement: dict[str, str]) -> None:
+    """Commit ``statement`` as an SPM before revocations ended sessions did: the revocation's
+    row and its ``revocation.added`` entry, and no ``session.ended``."""
+    doc = revocation_doc("fed", statement)
+    store = open_store(data, load_or_create_master_key(data))
+    try:
+        with store.transaction() as tx:
+            tx.revocations.add("fed", None, "", statement["reason"], datetime.now(UTC),
+                               kind=statement["kind"], subject=statement["subject"])  # fmt: skip
+            detail = {**doc, "approvers": ["alice", "bob"], "digest": revocation_digest(doc)}
+            tx.audit.append("revocation.added", "fed", detail)
+    finally:
+        store.close()
+
+
+def test_a_readmission_ends_what_a_revocation_from_before_stopped(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review: the board revoked a service before the SPM ended sessions for
+    good (the revocation is still in force when the SPM is updated, and its log has no
+    ``session.ended`` for it); the readmission brought back every session that revocation
+    had stopped. The readmission now ends them itself, in its own commit."""
+    data = tmp_path / "data"
+    with spm_with_policy(data, sim, board, "aggregator") as (proc, enrolled):
+        old = enrolled["aggregator"]
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            assert client.increment("fed", "round", old.session_token) == 1
+        proc.stop()
+        revoked = {"kind": "service", "subject": "aggregator", "reason": "poisoning"}
+        _recorded_before_this_change(data, revoked)
+        proc.start()
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+                client.increment("fed", "round", old.session_token)
+            readmit = {**revoked, "reason": "cleared", "action": "readmit"}
+            client.revoke("fed", readmit, _signed(board, readmit))
+            time.sleep(REFRESH_WAIT)
+            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+                client.increment("fed", "round", old.session_token)
+            platform = simulated.SimulatedPlatform(sim[0])
+            new = enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
+            assert client.increment("fed", "round", new.session_token) == 2
+        proc.stop()
+        proc.start()  # rebuilt from the log
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+                client.increment("fed", "round", old.session_token)
             assert client.increment("fed", "round", new.session_token) == 3

@@ -131,6 +131,10 @@ class Revoker:
                         policy_name,
                         {**doc, "approvers": approvers, "digest": statement_digest},
                     )
+                    # what it stopped ends here too: a revocation an SPM recorded before
+                    # revocations ended sessions has no session.ended (found by a review)
+                    stopped = self._stopped(tx, policy_name, (kind, subject), now)
+                    ended_by_revocation(tx, policy_name, f"{kind} {subject}", stopped)
                 else:
                     tx.revocations.add(
                         policy_name, None, doc.get("service", ""), doc.get("reason", ""), now,
