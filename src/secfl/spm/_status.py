@@ -115,6 +115,9 @@ class StatusDesk:
             gone = revoked_reason(revoked, session.service, session.serial, identity) is not None
             if ended is not None and ended.by_revocation(record.name, session.serial):
                 gone = True
+            # ...and a session its workload replaced, whose row the host put back (review)
+            if ended is not None and session.token_sha256 in ended:
+                gone = True
             if session.expires_at > now and not gone:
                 live[session.service] = live.get(session.service, 0) + 1
         services = [
