@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,11 @@ class Aggregator:
     metrics_path: Path | None = None
     #: Called before every round attempt: refresh revocations, renew the identity.
     refresh: Callable[[], None] = lambda: None
+    #: Called every REFRESH_SECONDS in a thread of its own, from :meth:`start` until
+    #: :meth:`run` ends: re-reads the revocation list, so that a peer the board revokes
+    #: (or a new version drops) is refused within seconds, not once the round that is
+    #: open (up to ``round_timeout``) is over.
+    reread: Callable[[], None] | None = None
     #: Called with each committed round's entry, off the round loop (None: no hook, and
     #: no thread woken for it).
     on_round: Callable[[dict[str, Any]], None] | None = None
@@ -107,6 +113,7 @@ class Aggregator:
     sealed: tuple[int, int] | None = None
     port: int = 0
     _next_refresh: float = 0.0
+    _stop_rereading: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def start(self, listen: str = "127.0.0.1:0") -> int:
         """Resume (or start fresh) and listen on ``listen``; returns the port."""
@@ -130,7 +137,18 @@ class Aggregator:
         self.rounds = Rounds(self.config, max_update_bytes=limit, spill_dir=self.commit.directory)
         self.rounds.register(self.server)
         self.port = self.server.start(listen)
+        if self.reread is not None:
+            threading.Thread(
+                target=self._rereading, args=(self.reread,), name="secfl-revocations", daemon=True
+            ).start()
         return self.port
+
+    def _rereading(self, reread: Callable[[], None]) -> None:
+        while not self._stop_rereading.wait(REFRESH_SECONDS):
+            try:
+                reread()
+            except Exception as exc:  # the round path's refresh reads it too, and fails
+                log.warning("could not read the SPM's revocation list: %s", exc)
 
     def run(self) -> Params:
         """Train the remaining rounds (after :meth:`start`); returns the final model."""
@@ -153,6 +171,7 @@ class Aggregator:
             self.rounds.finish()
             return params
         finally:  # their threads end once idle (tests make many aggregators)
+            self._stop_rereading.set()
             self.commit.close()
             self._events.close()
 

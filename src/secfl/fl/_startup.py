@@ -176,6 +176,9 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
             server.rotate(ident.creds)
         peers.revoked = ident.revoked()
 
+    def reread() -> None:
+        peers.revoked = ident.revoked()
+
     def report(finding: dict[str, Any]) -> None:
         """The audit's exclusions go to the SPM's audit log, where the board sees them."""
         event = "audit.revocation-requested" if config.request_revocation else "audit.excluded"
@@ -193,7 +196,7 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
         run=config.run, policy_version=policy.version,
     )  # fmt: skip
     agg = Aggregator(task, config, server, Signer(ident.policy_digest, key), commit,
-                     validation, test, opts.metrics, refresh=refresh,
+                     validation, test, opts.metrics, refresh=refresh, reread=reread,
                      round_event=event, on_exclusion=report, reset=reset,
                      run_label=run_label(config.run, policy.version, ident.policy_digest),
                      policy_version=policy.version,
