@@ -106,3 +106,36 @@ def test_a_site_revoked_or_dropped_mid_round_is_refused_within_seconds(tmp_path:
         assert fed.workloads["aggregator"].proc.poll() is None  # the round goes on
     finally:
         fed.stop()
+
+
+def test_a_list_the_host_keeps_away_admits_nobody(tmp_path: Path) -> None:
+    """Found by the same review: a revocation reaches the aggregator only through the
+    list it reads; a host that kept the SPM from it (here: the SPM gone) kept every site
+    in, revoked meanwhile or not, for as long as the round lasted. Past 30 s without a
+    list nobody is accepted (UNAVAILABLE, which collaborators try again), as the Flower
+    gate does."""
+    fed = Federation(tmp_path / "fed", DemoSettings(clients=2, rounds=2, tampered=False))
+    try:
+        fed.start_spm()
+        fed.prepare_data()
+        fed.submit_policy()
+        fed.start_aggregator()
+        port = json.loads((fed.work / "aggregator.ready.json").read_text())["port"]
+        platform = simulated.SimulatedPlatform(fed.sim_dir)
+        build = fed.measurement("collaborator")
+        with SpmClient(fed.spm_url, pin=fed.spm_pin) as client:
+            sites = {s: enroll(client, platform, "demo", s, measurement=build)
+                     for s in ("site-1", "site-2")}  # fmt: skip
+        for e in sites.values():  # round 1 opens
+            _join(port, e)
+        fed.kill("spm")
+        end = time.monotonic() + 60
+        refused = None
+        while time.monotonic() < end and refused is None:
+            time.sleep(2)
+            refused = _refused(port, sites["site-1"])
+        assert refused is not None, "still accepted 60 s without a revocation list"
+        assert "UNAVAILABLE" in refused and "could not be read" in refused, refused
+        assert fed.workloads["aggregator"].proc.poll() is None  # the round waits
+    finally:
+        fed.stop()

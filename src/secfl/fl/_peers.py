@@ -10,6 +10,7 @@ nor its service is revoked. What a certificate says is parsed once and cached
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,13 +18,16 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 
-from secfl.errors import TransportError
+from secfl.errors import StaleRevocations, TransportError
 
-__all__ = ["PEER_CACHE_SIZE", "Peer", "PeerPolicy"]
+__all__ = ["PEER_CACHE_SIZE", "STALE_SECONDS", "Peer", "PeerPolicy"]
 
 #: Peers' parsed certificates :class:`PeerPolicy` keeps: one per collaborator's
 #: current certificate, with room for renewals; past it the least recent goes.
 PEER_CACHE_SIZE = 256
+#: How long ``revoked`` may go without being read again (:attr:`PeerPolicy.read_at`)
+#: before no peer is accepted: three missed reads (one every 10 s).
+STALE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -108,15 +112,24 @@ class PeerPolicy:
     certificate serials (hex) and ``service:NAME`` entries. ``policy``,
     ``services`` and ``revoked`` may change at any time: :meth:`check` reads them on
     every call; only the parsing of certificates is cached (see :class:`_Parsed`).
+    ``read_at`` (``time.monotonic()``), when the caller sets it, is when ``revoked``
+    was last read: past :data:`STALE_SECONDS` nobody is accepted (StaleRevocations), so
+    a host that keeps the SPM's list away does not keep a revoked peer in.
     """
 
     policy: str
     services: set[str]
     revoked: set[str] = field(default_factory=set)
+    read_at: float | None = None
     parsed: _Parsed = field(default_factory=_Parsed, init=False, repr=False, compare=False)
 
     def check(self, cert_pem: bytes | None, *, now: datetime | None = None) -> Peer:
         """The peer named by ``cert_pem``, or TransportError naming the failed check."""
+        if self.read_at is not None and time.monotonic() - self.read_at > STALE_SECONDS:
+            raise StaleRevocations(
+                f"peer: the SPM's revocation list could not be read for {STALE_SECONDS:.0f} s: "
+                "no peer is accepted until it can"
+            )
         if not cert_pem:
             raise TransportError("peer: no client certificate")
         cert = self.parsed(cert_pem)

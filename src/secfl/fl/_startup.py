@@ -158,6 +158,7 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
         policy=ident.policy,
         services=role_services(policy, "collaborator", "any") - {ident.service},
         revoked=ident.revoked(),
+        read_at=time.monotonic(),
     )
     # a thread for every call each collaborator may have under way (a long poll among them)
     server = Server(ident.creds, peers)
@@ -170,14 +171,14 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     )  # fmt: skip
     reset = _pending_reset(opts, policy, ident.policy_digest, config.counter, ledger)
 
+    def reread() -> None:
+        peers.revoked, peers.read_at = ident.revoked(), time.monotonic()
+
     def refresh() -> None:
         _check_current(ident)
         if ident.renew():
             server.rotate(ident.creds)
-        peers.revoked = ident.revoked()
-
-    def reread() -> None:
-        peers.revoked = ident.revoked()
+        reread()
 
     def report(finding: dict[str, Any]) -> None:
         """The audit's exclusions go to the SPM's audit log, where the board sees them."""

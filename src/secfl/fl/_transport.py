@@ -41,7 +41,7 @@ import grpc
 from cryptography import x509
 
 from secfl._internal import fdlimit
-from secfl.errors import SecflError, TransportError
+from secfl.errors import SecflError, StaleRevocations, TransportError
 from secfl.fl._channel import CLIENT_OPTIONS, RECONNECT_OPTIONS, Client
 from secfl.fl._peers import PEER_CACHE_SIZE, Peer, PeerPolicy
 from secfl.fl._wire import (
@@ -266,6 +266,10 @@ class Server:
         certs: list[bytes] = found or []  # type: ignore[assignment]  # a list (stubs: bytes)
         try:
             return self.peers.check(certs[0] if certs else None)
+        except StaleRevocations as exc:  # passing: collaborators try UNAVAILABLE again
+            log.warning("refused a call: %s", exc)
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise
         except TransportError as exc:
             log.warning("refused a call: %s", exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
