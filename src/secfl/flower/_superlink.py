@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from secfl._internal.files import TooLarge, read_bounded
-from secfl.errors import FlowerError
+from secfl.errors import FlowerError, SecflError
 from secfl.flower._attested import AttestedTls
 from secfl.flower._audit import SpmAudit
 from secfl.flower._flags import expand, parse_flower
@@ -64,6 +64,7 @@ from secfl.flower._wrap import (
 )
 
 if TYPE_CHECKING:
+    from secfl.fl._workload_identity import WorkloadIdentity
     from secfl.flower._exec import Refusal
 
 __all__ = ["SuperLinkOptions", "main"]
@@ -80,6 +81,8 @@ MAX_AUDITED_REFUSALS = 8
 #: How long the wrapper keeps trying to write the sealed output once the run completed
 #: (the ServerApp's outputs are in a RAM folder that goes when it exits), and how often.
 OUTPUT_PATIENCE = 600.0
+#: How often the SuperLink asks the SPM whether the policy has a new version.
+POLICY_SECONDS = 10.0
 OUTPUT_RETRY_SECONDS = 5.0
 
 
@@ -254,9 +257,13 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
         )
         start_thread(executor)
 
+        current = PolicyWatch(attested.ident) if isinstance(attested, AttestedTls) else None
+
         def tick() -> None:
             watch.due()
             gate.report()
+            if current is not None:
+                current.due()
 
         status = _wait_run(control, run_id, link, executor, tick)
         ok = status.startswith("finished:completed")
@@ -285,6 +292,35 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             attested.stop()
         link.stop()
         audit.close()
+
+
+class PolicyWatch:
+    """Ends the run once the board approved a new version of the policy, as the native
+    aggregator does between rounds: the SuperLink kept training under the version it
+    attested to, the sites the new one dropped refused but its run config, its FAB and
+    its output key those of the old one, and none of its events recorded (the SPM
+    refuses a superseded session's). Asked every :data:`POLICY_SECONDS`; an SPM that
+    does not answer is asked again (the revocation list's staleness shuts the gate)."""
+
+    def __init__(self, ident: WorkloadIdentity) -> None:
+        self.ident = ident
+        self.asked = time.monotonic()
+
+    def due(self) -> None:
+        if time.monotonic() - self.asked < POLICY_SECONDS:
+            return
+        self.asked = time.monotonic()
+        try:
+            current = self.ident.spm().policy(self.ident.policy).get("digest")
+        except SecflError as exc:
+            log.warning("secfl: could not read the policy's current version (%s)", exc)
+            return
+        if current != self.ident.policy_digest:
+            raise FlowerError(
+                f"flower: the board approved a new version of '{self.ident.policy}': this run "
+                "stops here; start the SuperLink and the SuperNodes again with `secfl run` "
+                "to begin the new run"
+            )
 
 
 class RefusalAudit:
