@@ -91,7 +91,8 @@ class Aggregator:
     #: Called every REFRESH_SECONDS in a thread of its own, from :meth:`start` until
     #: :meth:`run` ends: re-reads the revocation list, so that a peer the board revokes
     #: (or a new version drops) is refused within seconds, not once the round that is
-    #: open (up to ``round_timeout``) is over.
+    #: open (up to ``round_timeout``) is over; and renews the identity when due, so that
+    #: its certificate does not expire while an attempt waits.
     reread: Callable[[], None] | None = None
     #: Called with each committed round's entry, off the round loop (None: no hook, and
     #: no thread woken for it).
@@ -148,7 +149,7 @@ class Aggregator:
             try:
                 reread()
             except Exception as exc:  # the round path's refresh reads it too, and fails
-                log.warning("could not read the SPM's revocation list: %s", exc)
+                log.warning("could not refresh from the SPM (revocations, renewal): %s", exc)
 
     def run(self) -> Params:
         """Train the remaining rounds (after :meth:`start`); returns the final model."""

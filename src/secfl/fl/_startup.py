@@ -174,11 +174,21 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     def reread() -> None:
         peers.revoked, peers.read_at = ident.revoked(), time.monotonic()
 
+    def renew() -> None:
+        """Attest again when due (never under a version that replaced this one's)."""
+        if ident.due():
+            _check_current(ident)
+            if ident.renew():
+                server.rotate(ident.creds)
+
     def refresh() -> None:
         _check_current(ident)
-        if ident.renew():
-            server.rotate(ident.creds)
+        renew()
         reread()
+
+    def watch() -> None:  # in a round, or waiting for one
+        reread()
+        renew()
 
     def report(finding: dict[str, Any]) -> None:
         """The audit's exclusions go to the SPM's audit log, where the board sees them."""
@@ -197,7 +207,7 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
         run=config.run, policy_version=policy.version,
     )  # fmt: skip
     agg = Aggregator(task, config, server, Signer(ident.policy_digest, key), commit,
-                     validation, test, opts.metrics, refresh=refresh, reread=reread,
+                     validation, test, opts.metrics, refresh=refresh, reread=watch,
                      round_event=event, on_exclusion=report, reset=reset,
                      run_label=run_label(config.run, policy.version, ident.policy_digest),
                      policy_version=policy.version,
