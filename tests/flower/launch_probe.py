@@ -22,6 +22,7 @@ started: list[dict[str, Any]] = []
 class Captured:
     def __init__(self, argv: list[str], **kwargs: Any) -> None:
         started.append({"argv": argv, "cwd": str(kwargs.get("cwd"))})
+        self.pid = len(started)  # the executor keeps each task by its process
 
     def poll(self) -> int:
         return 0
