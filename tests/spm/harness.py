@@ -217,6 +217,28 @@ def spm_with_policy(
 
 
 @contextmanager
+def shared_replicas(
+    folder: Path, sim: tuple[Path, bytes]
+) -> Iterator[tuple[SpmProcess, SpmProcess]]:
+    """Two SPMs on one SQLite database, ``a`` re-reading the policy and revocations at
+    most once a second (the default), ``b`` with ``a``'s master key (``--new-anchor``)."""
+    shared = f"sqlite:///{folder / 'shared.db'}"
+    a = SpmProcess(folder / "a", sim[0], shared, env={"SECFL_SPM_POLICY_REFRESH": "1"})
+    a.start()
+    b = None
+    try:
+        (folder / "b").mkdir(mode=0o700)
+        (folder / "b" / "master.key").write_bytes((folder / "a" / "master.key").read_bytes())
+        (folder / "b" / "master.key").chmod(0o600)
+        b = SpmProcess(folder / "b", sim[0], shared, args=["--new-anchor"]).start()
+        yield a, b
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
+@contextmanager
 def raw_http(client: Any) -> Iterator[httpx.Client]:
     """An httpx client to the SPM ``client`` (an ``SpmClient``) pinned, verifying its
     certificate the same way: for tests that need the raw answers (status, headers)."""

@@ -19,7 +19,7 @@ import pytest
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll
 from secfl.tee import _simulated as simulated
-from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
+from tests.spm.harness import AGGREGATOR_MR, Board, policy_document, shared_replicas
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,33 +29,26 @@ ENDED = "session: this session ended when its workload attested again"
 def test_a_replicas_renewal_stops_a_write_of_the_replaced_session(
     tmp_path: Path, board: Board, sim: tuple[Path, bytes]
 ) -> None:
-    shared = f"sqlite:///{tmp_path / 'shared.db'}"
-    # a's view of the policy is re-read at most once a second (the SPM's default)
-    a = SpmProcess(tmp_path / "a", sim[0], shared, env={"SECFL_SPM_POLICY_REFRESH": "1"})
-    a.start()
-    (tmp_path / "b").mkdir(mode=0o700)
-    (tmp_path / "b" / "master.key").write_bytes((tmp_path / "a" / "master.key").read_bytes())
-    (tmp_path / "b" / "master.key").chmod(0o600)
-    b = SpmProcess(tmp_path / "b", sim[0], shared, args=["--new-anchor"]).start()
-    try:
-        with SpmClient(a.url, pin=a.pin) as ca, SpmClient(b.url, pin=b.pin) as cb:
-            document = policy_document("p", board, sim[1])
-            ca.submit_policy(document, board.sign(document, "alice", "bob"))
-            platform = simulated.SimulatedPlatform(sim[0])
-            old = enroll(ca, platform, "p", "aggregator", measurement=AGGREGATOR_MR)
+    # a's view of the policy and revocations is re-read at most once a second
+    with (
+        shared_replicas(tmp_path, sim) as (a, b),
+        SpmClient(a.url, pin=a.pin) as ca,
+        SpmClient(b.url, pin=b.pin) as cb,
+    ):
+        document = policy_document("p", board, sim[1])
+        ca.submit_policy(document, board.sign(document, "alice", "bob"))
+        platform = simulated.SimulatedPlatform(sim[0])
+        old = enroll(ca, platform, "p", "aggregator", measurement=AGGREGATOR_MR)
 
-            assert ca.increment("p", "round", old.session_token) == 1  # a's view: fresh
-            new = enroll(cb, platform, "p", "aggregator", measurement=AGGREGATOR_MR,
-                         replaces=old.session_token)  # fmt: skip
-            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
-                ca.increment("p", "round", old.session_token)
-            with pytest.raises(SpmRefused, match=f"^{ENDED}"):
-                ca.report("p", "audit.excluded", {"round": 1, "excluded": []}, old.session_token)
-            assert cb.counter("p", "round") == 1
-            events = [e["event"] for e in cb.audit(0, 10000)["entries"]]
-            after = events[events.index("session.ended") :]
-            assert "counter.incremented" not in after and "fl.audit.excluded" not in after
-            assert ca.increment("p", "round", new.session_token) == 2  # the new one works
-    finally:
-        a.stop()
-        b.stop()
+        assert ca.increment("p", "round", old.session_token) == 1  # a's view: fresh
+        new = enroll(cb, platform, "p", "aggregator", measurement=AGGREGATOR_MR,
+                     replaces=old.session_token)  # fmt: skip
+        with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+            ca.increment("p", "round", old.session_token)
+        with pytest.raises(SpmRefused, match=f"^{ENDED}"):
+            ca.report("p", "audit.excluded", {"round": 1, "excluded": []}, old.session_token)
+        assert cb.counter("p", "round") == 1
+        events = [e["event"] for e in cb.audit(0, 10000)["entries"]]
+        after = events[events.index("session.ended") :]
+        assert "counter.incremented" not in after and "fl.audit.excluded" not in after
+        assert ca.increment("p", "round", new.session_token) == 2  # the new one works

@@ -20,7 +20,7 @@ from secfl.spm._service import REVOCATION_DOMAIN, revocation_digest, revocation_
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import enroll
 from secfl.tee import _simulated as simulated
-from tests.spm.harness import AGGREGATOR_MR, Board, SpmProcess, policy_document
+from tests.spm.harness import AGGREGATOR_MR, Board, policy_document, shared_replicas
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,39 +28,32 @@ pytestmark = pytest.mark.timeout(120)
 def test_a_replicas_revocation_stops_a_write_admitted_before_it(
     tmp_path: Path, board: Board, sim: tuple[Path, bytes]
 ) -> None:
-    shared = f"sqlite:///{tmp_path / 'shared.db'}"
-    # a's view of the revocations is re-read at most once a second (the SPM's default)
-    a = SpmProcess(tmp_path / "a", sim[0], shared, env={"SECFL_SPM_POLICY_REFRESH": "1"})
-    a.start()
-    (tmp_path / "b").mkdir(mode=0o700)
-    (tmp_path / "b" / "master.key").write_bytes((tmp_path / "a" / "master.key").read_bytes())
-    (tmp_path / "b" / "master.key").chmod(0o600)
-    b = SpmProcess(tmp_path / "b", sim[0], shared, args=["--new-anchor"]).start()
-    try:
-        with SpmClient(a.url, pin=a.pin) as ca, SpmClient(b.url, pin=b.pin) as cb:
-            document = policy_document("p", board, sim[1])
-            ca.submit_policy(document, board.sign(document, "alice", "bob"))
-            platform = simulated.SimulatedPlatform(sim[0])
-            agg = enroll(ca, platform, "p", "aggregator", measurement=AGGREGATOR_MR)
-            statement = {"kind": "service", "subject": "aggregator", "reason": "poisoning"}
-            digest = revocation_digest(revocation_doc("p", statement))
-            sigs = [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m)
-                    for m in ("alice", "bob")]  # fmt: skip
+    # a's view of the policy and revocations is re-read at most once a second
+    with (
+        shared_replicas(tmp_path, sim) as (a, b),
+        SpmClient(a.url, pin=a.pin) as ca,
+        SpmClient(b.url, pin=b.pin) as cb,
+    ):
+        document = policy_document("p", board, sim[1])
+        ca.submit_policy(document, board.sign(document, "alice", "bob"))
+        platform = simulated.SimulatedPlatform(sim[0])
+        agg = enroll(ca, platform, "p", "aggregator", measurement=AGGREGATOR_MR)
+        statement = {"kind": "service", "subject": "aggregator", "reason": "poisoning"}
+        digest = revocation_digest(revocation_doc("p", statement))
+        sigs = [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m)
+                for m in ("alice", "bob")]  # fmt: skip
 
-            assert ca.increment("p", "round", agg.session_token) == 1  # a's view: fresh
-            cb.revoke("p", statement, sigs)
-            # the release of secrets and a certificate (the review of the fix)
-            with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
-                enroll(ca, platform, "p", "aggregator", measurement=AGGREGATOR_MR)
-            with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
-                ca.increment("p", "round", agg.session_token)
-            with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
-                ca.report("p", "audit.excluded", {"round": 1, "excluded": []}, agg.session_token)
-            assert cb.counter("p", "round") == 1
-            events = [e["event"] for e in cb.audit(0, 10000)["entries"]]
-            after = events[events.index("revocation.added") :]
-            assert "counter.incremented" not in after and "fl.audit.excluded" not in after
-            assert "secrets.released" not in after and "certificate.issued" not in after
-    finally:
-        a.stop()
-        b.stop()
+        assert ca.increment("p", "round", agg.session_token) == 1  # a's view: fresh
+        cb.revoke("p", statement, sigs)
+        # the release of secrets and a certificate (the review of the fix)
+        with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
+            enroll(ca, platform, "p", "aggregator", measurement=AGGREGATOR_MR)
+        with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
+            ca.increment("p", "round", agg.session_token)
+        with pytest.raises(SpmRefused, match="^revoked: service 'aggregator' is revoked"):
+            ca.report("p", "audit.excluded", {"round": 1, "excluded": []}, agg.session_token)
+        assert cb.counter("p", "round") == 1
+        events = [e["event"] for e in cb.audit(0, 10000)["entries"]]
+        after = events[events.index("revocation.added") :]
+        assert "counter.incremented" not in after and "fl.audit.excluded" not in after
+        assert "secrets.released" not in after and "certificate.issued" not in after
