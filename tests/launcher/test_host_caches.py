@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from tests.launcher.world import World, python
 
@@ -25,27 +24,7 @@ HUB = (
 
 
 def _policy(world: World, name: str, argv: list[str]) -> None:
-    doc: dict[str, Any] = {
-        "name": name,
-        "version": 1,
-        "board": {"members": world.board.members(), "threshold": 2},
-        "platforms": {"accept": ["simulated"], "simulation_root": world.root.decode()},
-        "identity_ca": "ca",
-        "services": [
-            {
-                "name": "svc",
-                "role": "any",
-                "measurements": {"simulated": [world.plain(argv)]},
-                "inject": {"env": {"API_TOKEN": "$$SECFL::tok:hex$$"}},
-                "secrets": ["tok"],
-            }
-        ],
-        "secrets": [
-            {"name": "ca", "kind": "x509-ca", "common_name": f"{name} CA"},
-            {"name": "tok", "kind": "random", "size": 16},
-        ],
-    }
-    world._submit(doc)
+    world.submit_program(name, world.plain(argv), env={"API_TOKEN": "$$SECFL::tok:hex$$"})
 
 
 def test_the_hosts_torch_home_does_not_bring_code_to_the_program(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -51,27 +50,8 @@ def test_the_hosts_include_path_does_not_bring_code_into_what_the_program_builds
     with the headers CPATH names and loads what it built) ran a header the host planted,
     in its own process, secrets and all, whatever PATH the policy gave it."""
     argv = python(BUILDS)
-    doc: dict[str, Any] = {
-        "name": "ccrun",
-        "version": 1,
-        "board": {"members": world.board.members(), "threshold": 2},
-        "platforms": {"accept": ["simulated"], "simulation_root": world.root.decode()},
-        "identity_ca": "ca",
-        "services": [
-            {
-                "name": "svc",
-                "role": "any",
-                "measurements": {"simulated": [world.plain(argv)]},
-                "inject": {"env": {"PATH": "/usr/bin:/bin", "API_TOKEN": "$$SECFL::tok:hex$$"}},
-                "secrets": ["tok"],
-            }
-        ],
-        "secrets": [
-            {"name": "ca", "kind": "x509-ca", "common_name": "cc CA"},
-            {"name": "tok", "kind": "random", "size": 16},
-        ],
-    }
-    world._submit(doc)
+    env = {"PATH": "/usr/bin:/bin", "API_TOKEN": "$$SECFL::tok:hex$$"}
+    world.submit_program("ccrun", world.plain(argv), env=env)
     stolen = tmp_path / "stolen.txt"
     include = tmp_path / "include"
     include.mkdir()

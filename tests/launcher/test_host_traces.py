@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from tests.launcher.world import World, python
 
@@ -28,18 +27,7 @@ def test_the_host_cannot_make_torch_compile_write_the_models_tensors_to_its_disk
     below ``TORCH_COMPILE_DEBUG_DIR`` or else the working folder: the host's disk. The
     variables that switch torch's traces on are dropped like GRPC_TRACE."""
     argv = python(TRACED)
-    doc: dict[str, Any] = {
-        "name": "tracerun",
-        "version": 1,
-        "board": {"members": world.board.members(), "threshold": 2},
-        "platforms": {"accept": ["simulated"], "simulation_root": world.root.decode()},
-        "identity_ca": "ca",
-        "services": [
-            {"name": "svc", "role": "any", "measurements": {"simulated": [world.plain(argv)]}}
-        ],
-        "secrets": [{"name": "ca", "kind": "x509-ca", "common_name": "trace CA"}],
-    }
-    world._submit(doc)
+    world.submit_program("tracerun", world.plain(argv))
     host = tmp_path / "host-disk"
     env = {
         **os.environ,

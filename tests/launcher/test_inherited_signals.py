@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from typing import Any
 
 from tests.launcher.world import World, python
 
@@ -30,18 +29,7 @@ def test_a_sigchld_the_host_ignores_does_not_turn_failures_into_successes(
     launcher report 0 for a program that failed, and the program read 0 for every
     child of its own that failed (a check it runs, a Flower process)."""
     argv = python(CHECKS)
-    doc: dict[str, Any] = {
-        "name": "sigchld",
-        "version": 1,
-        "board": {"members": world.board.members(), "threshold": 2},
-        "platforms": {"accept": ["simulated"], "simulation_root": world.root.decode()},
-        "identity_ca": "ca",
-        "services": [
-            {"name": "svc", "role": "any", "measurements": {"simulated": [world.plain(argv)]}}
-        ],
-        "secrets": [{"name": "ca", "kind": "x509-ca", "common_name": "sigchld CA"}],
-    }
-    world._submit(doc)
+    world.submit_program("sigchld", world.plain(argv))
     done = subprocess.run(
         world.command("svc", argv, policy="sigchld"), preexec_fn=_ignore_sigchld,
         capture_output=True, text=True, timeout=120, check=False,

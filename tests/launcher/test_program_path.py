@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from secfl.launcher._measurement import run_measurement
 from tests.launcher.world import World
@@ -30,30 +29,9 @@ def test_the_program_started_is_the_file_measured_even_under_the_policys_path(
         prog.chmod(0o755)
     argv = ["fl-workload"]
     measurement = run_measurement((genuine / "fl-workload").resolve(), argv, {})
-    doc: dict[str, Any] = {
-        "name": "pathrun",
-        "version": 1,
-        "board": {"members": world.board.members(), "threshold": 2},
-        "platforms": {"accept": ["simulated"], "simulation_root": world.root.decode()},
-        "identity_ca": "ca",
-        "services": [
-            {
-                "name": "svc",
-                "role": "any",
-                "measurements": {"simulated": [measurement]},
-                # the board's PATH for its program: a site's tools folder, then the system's
-                "inject": {
-                    "env": {"PATH": f"{planted}:/usr/bin:/bin", "API_TOKEN": "$$SECFL::tok:hex$$"}
-                },
-                "secrets": ["tok"],
-            }
-        ],
-        "secrets": [
-            {"name": "ca", "kind": "x509-ca", "common_name": "path CA"},
-            {"name": "tok", "kind": "random", "size": 16},
-        ],
-    }
-    world._submit(doc)
+    # the board's PATH for its program: a site's tools folder, then the system's
+    env = {"PATH": f"{planted}:/usr/bin:/bin", "API_TOKEN": "$$SECFL::tok:hex$$"}
+    world.submit_program("pathrun", measurement, env=env)
     cmd = world.command("svc", argv, policy="pathrun")
     env = {**os.environ, "PATH": f"{genuine}:{os.environ.get('PATH', '')}"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)

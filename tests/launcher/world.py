@@ -171,6 +171,28 @@ class World:
         """The measurement of a program run without volumes."""
         return run_measurement(resolve_program(argv[0]), argv, {})
 
+    def submit_program(
+        self, name: str, measurement: str, env: dict[str, str] | None = None
+    ) -> None:
+        """Policy ``name``: one service, ``svc``, that runs the program ``measurement``
+        names, without volumes; with ``env`` injected, and a random secret ``tok`` it
+        receives (``$$SECFL::tok:hex$$``)."""
+        service: dict[str, Any] = {
+            "name": "svc", "role": "any", "measurements": {"simulated": [measurement]}
+        }  # fmt: skip
+        secrets: list[dict[str, Any]] = [
+            {"name": "ca", "kind": "x509-ca", "common_name": f"{name} CA"}
+        ]
+        if env is not None:
+            service |= {"inject": {"env": env}, "secrets": ["tok"]}
+            secrets.append({"name": "tok", "kind": "random", "size": 16})
+        self._submit({
+            "name": name, "version": 1,
+            "board": {"members": self.board.members(), "threshold": 2},
+            "platforms": {"accept": ["simulated"], "simulation_root": self.root.decode()},
+            "identity_ca": "ca", "services": [service], "secrets": secrets,
+        })  # fmt: skip
+
     def submit(self) -> None:
         run_argv = [self.argv(), self.argv("--wait"), self.argv("--die"), self.argv("--import")]
         openssl = shutil.which("openssl") or "/usr/bin/openssl"
