@@ -145,11 +145,16 @@ class Aggregator:
         return self.port
 
     def _rereading(self, reread: Callable[[], None]) -> None:
-        while not self._stop_rereading.wait(REFRESH_SECONDS):
+        wait = REFRESH_SECONDS
+        while not self._stop_rereading.wait(wait):
+            began = time.monotonic()
             try:
                 reread()
             except Exception as exc:  # the round path's refresh reads it too, and fails
                 log.warning("could not refresh from the SPM (revocations, renewal): %s", exc)
+            # every REFRESH_SECONDS from the last one's start, not its end: a slow SPM, or a
+            # renewal, spaced the reads past the list's STALE_SECONDS (found by a review)
+            wait = max(1.0, REFRESH_SECONDS - (time.monotonic() - began))
 
     def run(self) -> Params:
         """Train the remaining rounds (after :meth:`start`); returns the final model."""
