@@ -150,7 +150,10 @@ class WorkloadIdentity:
         return found
 
     def token(self) -> str:
-        return self.session_token
+        """The session's token, once a renewal under way is over: a refusal of the old
+        one may come back before the enrollment's answer (found by a hostile review)."""
+        with self._lock:
+            return self.session_token
 
     def with_session(self, call: Callable[[str], T]) -> T:
         """``call(token)``, sent again with the new token if this workload attested again
@@ -158,13 +161,13 @@ class WorkloadIdentity:
         from secfl.fl._ledger import renewed_meanwhile
         from secfl.spm.client import SpmRefused
 
-        token = self.session_token
+        token = self.token()
         try:
             return call(token)
         except SpmRefused as exc:
-            if not renewed_meanwhile(exc, token, self.session_token):
+            if not renewed_meanwhile(exc, token, self.token()):
                 raise
-        return call(self.session_token)
+        return call(self.token())
 
     # --- renewal -------------------------------------------------------------------------
 
