@@ -50,19 +50,26 @@ def _refused(port: int, e: Enrollment) -> str | None:
     return None
 
 
+def _started(fed: Federation) -> tuple[int, dict[str, Enrollment]]:
+    """The federation's SPM and aggregator started, and its two sites attested: the
+    aggregator's port and each site's enrollment."""
+    fed.start_spm()
+    fed.prepare_data()
+    fed.submit_policy()
+    fed.start_aggregator()
+    port = json.loads((fed.work / "aggregator.ready.json").read_text())["port"]
+    platform = simulated.SimulatedPlatform(fed.sim_dir)
+    build = fed.measurement("collaborator")
+    with SpmClient(fed.spm_url, pin=fed.spm_pin) as client:
+        sites = {s: enroll(client, platform, "demo", s, measurement=build)
+                 for s in ("site-1", "site-2")}  # fmt: skip
+    return int(port), sites
+
+
 def test_a_site_revoked_or_dropped_mid_round_is_refused_within_seconds(tmp_path: Path) -> None:
     fed = Federation(tmp_path / "fed", DemoSettings(clients=2, rounds=2, tampered=False))
     try:
-        fed.start_spm()
-        fed.prepare_data()
-        fed.submit_policy()
-        fed.start_aggregator()
-        port = json.loads((fed.work / "aggregator.ready.json").read_text())["port"]
-        platform = simulated.SimulatedPlatform(fed.sim_dir)
-        build = fed.measurement("collaborator")
-        with SpmClient(fed.spm_url, pin=fed.spm_pin) as client:
-            sites = {s: enroll(client, platform, "demo", s, measurement=build)
-                     for s in ("site-1", "site-2")}  # fmt: skip
+        port, sites = _started(fed)
         for e in sites.values():  # both joined: round 1 opens, waiting for their updates
             _join(port, e)
 
@@ -116,16 +123,7 @@ def test_a_list_the_host_keeps_away_admits_nobody(tmp_path: Path) -> None:
     gate does."""
     fed = Federation(tmp_path / "fed", DemoSettings(clients=2, rounds=2, tampered=False))
     try:
-        fed.start_spm()
-        fed.prepare_data()
-        fed.submit_policy()
-        fed.start_aggregator()
-        port = json.loads((fed.work / "aggregator.ready.json").read_text())["port"]
-        platform = simulated.SimulatedPlatform(fed.sim_dir)
-        build = fed.measurement("collaborator")
-        with SpmClient(fed.spm_url, pin=fed.spm_pin) as client:
-            sites = {s: enroll(client, platform, "demo", s, measurement=build)
-                     for s in ("site-1", "site-2")}  # fmt: skip
+        port, sites = _started(fed)
         for e in sites.values():  # round 1 opens
             _join(port, e)
         fed.kill("spm")
