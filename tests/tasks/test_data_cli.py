@@ -102,3 +102,27 @@ def test_a_path_that_cannot_be_looked_up_is_one_line(tmp_path: Path) -> None:
     assert "is neither a built-in task" in one_error(done[1])
     assert "File name too long" in one_error(done[2])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_split_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Shards are a site's data in the clear: another local user reads none of them, made
+    by `secfl data split` in a process of its own under the common umask 022 (they were
+    0644 in a 0755 folder: any user of the machine read a hospital's records)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "shards"
+    args = ["data", "split", "--task", "breast-cancer", "--clients", "2", "-o", str(out)]
+    code = (
+        "import os, sys; os.umask(0o022); "
+        "from secfl.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_mode & 0o777 == 0o700
+    written = sorted(out.iterdir())
+    assert len(written) == 5
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o600, path.name

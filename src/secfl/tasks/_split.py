@@ -50,6 +50,9 @@ MANIFEST = "split.json"
 MANIFEST_FORMAT = "secfl-split/1"
 #: More shards than this is surely a mistake on the command line.
 MAX_CLIENTS = 10_000
+# A site's shards are its data in the clear, before `shield encrypt`: readable by their
+# owner only, whatever the umask (0644 let every local user read a hospital's records)
+SHARD_MODE = 0o600
 
 
 def shard_name(index: int) -> str:
@@ -215,7 +218,7 @@ def split(
     # time) before any earlier file changes: bad input loses nothing
     staged: list[tuple[Path, Path, ShardSummary]] = []
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         _remove_staged_leftovers(folder)  # a split killed while staging left these
         for file, role, index, indices in jobs:
             meta = {**common, "role": role, "index": index}
@@ -319,7 +322,7 @@ def _stage(path: Path, blob: bytes) -> Path:
     over ``path`` once every shard is staged."""
     temporary = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(temporary, flags, 0o644), "wb") as fh:
+    with os.fdopen(os.open(temporary, flags, SHARD_MODE), "wb") as fh:
         fh.write(blob)
     return temporary
 
@@ -329,7 +332,7 @@ def _write_manifest(report: SplitReport) -> None:
     path = report.out / MANIFEST
     text = json.dumps(report.to_json(), sort_keys=True, indent=2, allow_nan=False) + "\n"
     try:
-        files.atomic_write(path, text.encode("utf-8"), fsync=False)
+        files.atomic_write(path, text.encode("utf-8"), mode=SHARD_MODE, fsync=False)
     except OSError as exc:
         raise TaskError(f"split: cannot write '{path}': {exc.strerror or exc}") from None
 
