@@ -115,3 +115,18 @@ def test_a_commit_never_deletes_another_federations_checkpoints(
     assert again._start == 2
     for name, array in trained_b.items():
         assert np.array_equal(again._params[name], array), name
+
+
+def test_names_the_writer_never_makes_are_not_checkpoints() -> None:
+    """The host's names with a trailing newline or non-ASCII digits (which `$` and `\\d`
+    let through) are not checkpoints: a refusal listing them broke across lines."""
+    from secfl.fl._checkpoint_names import checkpoint_name, parse_checkpoint_name
+
+    genuine = checkpoint_name(1, 1, "0123456789abcdef" * 2)
+    assert parse_checkpoint_name(genuine) == (1, 1)
+    for planted in (
+        genuine + "\n",
+        genuine.replace("r00000001", "r\u0660\u0660\u0660\u0660\u0660\u0660\u0660\u0661"),
+        genuine.replace("c0000000001", "c000000000\uff11"),
+    ):
+        assert parse_checkpoint_name(planted) is None, planted

@@ -160,7 +160,7 @@ def write_checkpoint(
         raise FlError("checkpoint: the policy digest must be a non-empty string")
     non_negative(round, "the round")
     non_negative(counter, "the counter")
-    if request is not None and (not isinstance(request, str) or not REQUEST.match(request)):
+    if request is not None and (not isinstance(request, str) or not REQUEST.fullmatch(request)):
         raise FlError("checkpoint: the request name must be 32 lowercase hex digits")
     if type(chunk_size) is not int or not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise FlError(f"checkpoint: invalid chunk size {chunk_size!r}")

@@ -115,7 +115,7 @@ def read_header(fh: Any, path: Path) -> tuple[bytes, dict[str, Any]]:
     if not isinstance(doc, dict) or set(doc) - {"request"} != keys or doc["format"] != FORMAT:
         raise FlError(f"format: checkpoint {path.name} is not in the {FORMAT} format")
     request = doc.get("request")
-    if request is not None and (not isinstance(request, str) or not REQUEST.match(request)):
+    if request is not None and (not isinstance(request, str) or not REQUEST.fullmatch(request)):
         raise FlError(f"format: checkpoint {path.name} has an invalid request name")
     for name in ("round", "counter", "size", "chunks"):
         non_negative(doc[name], name)

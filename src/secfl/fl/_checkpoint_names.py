@@ -28,9 +28,9 @@ __all__ = [
     "request_in_name",
 ]
 
-_NAME = re.compile(r"^checkpoint-r(\d{8,})-c(\d{10,})(?:-([0-9a-f]{16}))?\.secfl$")
+_NAME = re.compile(r"checkpoint-r([0-9]{8,})-c([0-9]{10,})(?:-([0-9a-f]{16}))?\.secfl")
 #: A compare-and-increment's name (secfl.spm._increment).
-REQUEST = re.compile(r"^[0-9a-f]{32}$")
+REQUEST = re.compile(r"[0-9a-f]{32}")
 _REQUEST_LABEL = b"secfl/checkpoint-request/v1\n"
 
 
@@ -65,11 +65,11 @@ def checkpoint_name(round: int, counter: int, request: str | None = None) -> str
 
 def parse_checkpoint_name(name: str) -> tuple[int, int] | None:
     """``(round, counter)`` as a checkpoint's file name says, or None for another name."""
-    match = _NAME.match(name)
+    match = _NAME.fullmatch(name)
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def request_in_name(name: str) -> str | None:
     """The ``request[:16]`` a checkpoint's file name carries, or None."""
-    match = _NAME.match(name)
+    match = _NAME.fullmatch(name)
     return match.group(3) if match else None

@@ -60,7 +60,7 @@ __all__ = ["SuperNodeOptions", "main", "openssh_key"]
 
 log = logging.getLogger("secfl.flower")
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 #: How long the relay's loopback certificate and its CA are valid (days): as long as a
 #: run can last. Nothing renews them, and at 30 days a SuperNode that ran longer lost
 #: its SuperLink for good (Flower gives up on a certificate error); their keys stay in
@@ -134,7 +134,7 @@ def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
     scrub_environment()  # before any connection: no proxy, no TLS key log
     env = dict(os.environ)
     pins = {h.lower() for h in opts.fab_sha256}
-    if not pins or not all(_SHA256.match(h) for h in pins):
+    if not pins or not all(_SHA256.fullmatch(h) for h in pins):
         raise FlowerError(
             "flower: supernode needs --fab-sha256 of the approved app (64 hex digits)"
         )

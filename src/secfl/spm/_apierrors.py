@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 #: Location parts shown as they are; anything else (a dict key, say) is ``*``.
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,31}")
 _SHOWN = 3
 _CHECK = re.compile(r"^[a-z][a-z0-9_.-]{0,63}: ")
 PROBLEM_SCHEMA = {
@@ -48,7 +48,7 @@ PROBLEM_SCHEMA = {
 def _part(part: Any) -> str:
     if isinstance(part, int) and not isinstance(part, bool):
         return str(part)
-    return part if isinstance(part, str) and _NAME.match(part) else "*"
+    return part if isinstance(part, str) and _NAME.fullmatch(part) else "*"
 
 
 def validation_message(errors: Sequence[Any]) -> str:

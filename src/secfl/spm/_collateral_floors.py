@@ -34,7 +34,7 @@ EVENT = "collateral.verified"
 #: A floor's key: ("tcb", TEE, FMSPC), ("qe", TEE), ("crl", CA) or ("crl", "root").
 Key = tuple[str, ...]
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: Above any TCB evaluation number or CRL time (seconds) there will be.
 _MAX = 2**53
 
@@ -83,7 +83,7 @@ def floors_of(detail: dict[str, Any]) -> list[tuple[Key, int]]:
         detail.get(k) for k in ("tcb_evaluation", "qe_evaluation", "pck_crl_issued",
                                 "root_crl_issued")
     ]  # fmt: skip
-    tee, fmspc, ca = (n if isinstance(n, str) and _NAME.match(n) else "" for n in names)
+    tee, fmspc, ca = (n if isinstance(n, str) and _NAME.fullmatch(n) else "" for n in names)
     numbers = [v if type(v) is int and 0 <= v < _MAX else -1 for v in values]
     if not (tee and fmspc and ca) or min(numbers) < 0:
         return []

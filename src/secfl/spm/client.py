@@ -45,7 +45,7 @@ from secfl.tee._intel_collateral import IntelCollateral
 from secfl.tee._verify import verify
 
 #: A compare-and-increment's name (128 bits, hex).
-_REQUEST = re.compile(r"^[0-9a-f]{32}$")
+_REQUEST = re.compile(r"[0-9a-f]{32}")
 
 __all__ = ["SpmClient", "SpmRefused"]
 
@@ -203,7 +203,7 @@ class SpmClient(SpmTransport):
         value, request = doc["value"], doc.get("request")
         if type(value) is not int or value < 0:
             raise SpmError(f"spm: counter '{counter}' is not a non-negative integer")
-        if request is not None and not (isinstance(request, str) and _REQUEST.match(request)):
+        if request is not None and not (isinstance(request, str) and _REQUEST.fullmatch(request)):
             raise SpmError(f"spm: counter '{counter}' has a malformed request name")
         return value, request
 
@@ -214,7 +214,7 @@ class SpmClient(SpmTransport):
         request = doc.get("request")
         if doc.get("value") != value:
             raise SpmError(f"spm: the SPM answered for another value of counter '{counter}'")
-        if request is not None and not (isinstance(request, str) and _REQUEST.match(request)):
+        if request is not None and not (isinstance(request, str) and _REQUEST.fullmatch(request)):
             raise SpmError(f"spm: counter '{counter}' has a malformed request name")
         return request
 
