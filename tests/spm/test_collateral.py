@@ -615,6 +615,26 @@ def test_planted_cache_files_are_refused_not_read(
     assert time.monotonic() - began < 5
 
 
+def test_a_deeply_nested_cached_header_file_is_a_fetch_error(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path
+) -> None:
+    """The cache is in the data folder, the host's: its headers file read as JSON nested
+    200,000 deep raised RecursionError out of the collateral source (a 500 with a
+    traceback, the nonce unspent and nothing audited) where an unreadable cache is a
+    FetchError, which a policy allowing an unknown TCB accepts."""
+    quote = serve(pccs, vectors, SGX)
+    with source(pccs, tmp_path) as coll:
+        coll.get(quote)
+    for headers in (tmp_path / "cache").glob("*.headers.json"):
+        headers.write_bytes(b"[" * 200_000)
+    pccs.routes.clear()  # a restarted SPM, its PCCS down: only the cache is left
+    with source(pccs, tmp_path) as coll:
+        with pytest.raises(FetchError, match="unreadable"):
+            coll.get(quote)
+        claims = check_evidence(policy(board, SGX, allow_unknown=True), quote, utc(SGX[4]), coll)
+    assert claims.tcb_status == "unknown"
+
+
 @pytest.mark.parametrize(
     ("mangle", "message"),
     [

@@ -157,7 +157,7 @@ class CachedHttp:
             raise FetchError(
                 f"fetch: the cached answer for {url} exceeds {self.max_bytes} bytes"
             ) from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # JSON nested thousands deep
             raise FetchError(f"fetch: the cached answer for {url} is unreadable ({exc})") from None
         if not isinstance(doc, dict) or not all(  # header values are ASCII on the wire
             isinstance(k, str) and isinstance(v, str) and v.isascii() for k, v in doc.items()
