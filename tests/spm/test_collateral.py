@@ -767,6 +767,34 @@ def test_only_intels_tcb_signer_signs_tcb_infos(
     assert "is not Intel's TCB signing certificate and the root" in str(info.value)
 
 
+def test_a_copy_that_finds_the_qe_out_of_date_holds_its_floors(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A QE identity of evaluation 18 (Intel's after a TCB recovery) under which the
+    platform's QE is below every level was refused as "collateral:", and the SPM did not
+    hold its floors: an hour later the host served the QE identity of evaluation 17,
+    still within its dates, and the same quote was accepted. (Under Intel's own PKI the
+    vectors have no such pair; the same documents are signed by a forged, pinned one.)"""
+    from secfl.tee import _roots as roots
+    from tests.tee.test_intel import forge, qe_identity_above
+
+    raw, real = vector(vectors, SGX[0])
+    f = forge(raw, dict(real, qe_identity=qe_identity_above(real["qe_identity"], 20, 18)))
+    older = f.signed(qe_identity=real["qe_identity"])  # evaluation 17, the same PKI
+    monkeypatch.setattr(roots, "INTEL_SGX_ROOT_CA_SHA256", f.root_fingerprint)
+    lenient = policy(board, SGX, min_tcb="ConfigurationAndSWHardeningNeeded")
+    clock = Clock()
+    pccs.routes.update(pcs_routes(f.collateral, "sgx", SGX[2], SGX[3], spaced=False))
+    with source(pccs, tmp_path, clock) as coll:
+        with pytest.raises(Refused, match="QE ISVSVN 10 is below minimum"):
+            check_evidence(lenient, f.quote, utc(SGX[4]), coll)
+        pccs.routes.update(pcs_routes(older, "sgx", SGX[2], SGX[3], spaced=False))
+        clock.now += 3600  # the copy is old: fetched again, the rolled-back one served
+        with pytest.raises(Refused, match="^evidence: tcb: QE ISVSVN 10 is below minimum"):
+            check_evidence(lenient, f.quote, utc(SGX[4]), coll)
+        assert coll.floors.get(("qe", "sgx")) == 18
+
+
 # --- the floors outlive the process ----------------------------------------------------------
 
 _APPRAISE = """

@@ -634,6 +634,15 @@ class Forged:
     quote: bytes
     collateral: dict[str, str]
     root_fingerprint: str
+    tcb_key: ec.EllipticCurvePrivateKey
+
+    def signed(self, **documents: str) -> dict[str, str]:
+        """The collateral with these ``tcb_info`` / ``qe_identity`` texts, signed by the
+        same forged TCB signing key (another copy the same PKI issued)."""
+        out = dict(self.collateral, **documents)
+        for name, text in documents.items():
+            out[f"{name}_signature"] = _raw_sign(self.tcb_key, text.encode()).hex()
+        return out
 
 
 def forge(
@@ -704,7 +713,7 @@ def forge(
         "pck_crl_issuer_chain": _pem(crl_ca, root).decode(),
         "root_ca_crl": _crl("Intel SGX Root CA", k_root, [], FORGED_END),
     }
-    return Forged(quote, forged, x509util.fingerprint(root))
+    return Forged(quote, forged, x509util.fingerprint(root), k_tcb)
 
 
 @pytest.fixture(scope="module")
@@ -858,6 +867,29 @@ def test_the_qe_must_be_intels_and_bind_the_key(
         f = forge(*sources[name], **change)
         monkeypatch.setattr(roots, "INTEL_SGX_ROOT_CA_SHA256", f.root_fingerprint)
         assert refused(f.quote, utc("2025-07-01")).startswith(message)
+
+
+def qe_identity_above(text: str, by: int, evaluation: int) -> str:
+    """A QE identity like ``text`` of TCB evaluation ``evaluation`` whose every level
+    asks an ISVSVN ``by`` higher: Intel's after a TCB recovery the QE missed."""
+    doc = json.loads(text)
+    doc["tcbEvaluationDataNumber"] = evaluation
+    for level in doc["tcbLevels"]:
+        level["tcb"]["isvsvn"] += by
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def test_a_qe_below_every_level_of_its_qe_identity_is_a_tcb_refusal(
+    sources: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dcap-qvl's "QE ISVSVN 10 is below minimum required 21 from QE Identity" was
+    classified as a fault of the collateral: the refusal named the wrong check (and the
+    SPM did not hold the floors of the copy that said so: tests/spm/test_collateral)."""
+    raw, real = sources["sgx_v3_quote"]
+    f = forge(raw, dict(real, qe_identity=qe_identity_above(real["qe_identity"], 20, 18)))
+    monkeypatch.setattr(roots, "INTEL_SGX_ROOT_CA_SHA256", f.root_fingerprint)
+    message = refused(f.quote, utc("2025-07-01"), f.collateral)
+    assert message.startswith("tcb: QE ISVSVN 10 is below minimum required 21"), message
 
 
 def test_an_spm_in_a_td_is_expected_by_its_firmware_kernel_and_command_line(

@@ -49,10 +49,15 @@ _STATUSES: dict[str, TcbStatus] = {
 
 #: dcap-qvl's refusal of a debug TEE (after every other check passed).
 _DCAP_DEBUG = "Debug mode is enabled"
-#: Words that classify a dcap-qvl refusal (lowercase), first match wins.
+#: Words that classify a dcap-qvl refusal (lowercase), first match wins. A QE below
+#: every level of Intel's QE identity ("QE ISVSVN 10 is below minimum required 21") is a
+#: TCB verdict on signed collateral like a platform below every TCB level: as
+#: "collateral" it named the wrong check, and the SPM did not hold the floors of the
+#: copy that said so, so the host could serve the copy of the evaluation before it
+#: (found by a review).
 _REASONS = {
     "attributes": ("debug mode", "sept_ve", "profiling", "migration", "servtd", "reserved bits"),
-    "tcb": ("tcb level", "tcb status", "tdx module", "no tcb levels", "mr service td"),
+    "tcb": ("tcb level", "tcb status", "tdx module", "no tcb levels", "mr service td", "qe isvsvn"),
 }
 
 #: The common name of the certificate that signs TCB infos and QE identities.
