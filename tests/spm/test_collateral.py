@@ -795,6 +795,26 @@ def test_a_copy_that_finds_the_qe_out_of_date_holds_its_floors(
         assert coll.floors.get(("qe", "sgx")) == 18
 
 
+@pytest.mark.parametrize("evaluation", [None, 17])
+def test_an_unappraised_tcb_is_refused_for_what_it_is(
+    vectors: Path, pccs: LocalServer, board: Board, tmp_path: Path, evaluation: int | None
+) -> None:
+    """An SPM started with --pccs that refused a debug quote (which no appraisal rates)
+    under a policy allowing debug said to "start the SPM with --pccs URL"."""
+    from secfl.tee._intel import verify_quote
+
+    debug_quote = (vectors / "intel" / "sgx_v3_occlum_quote.bin").read_bytes()
+    at = utc("2024-06-01")
+    claims = verify_quote(debug_quote, at=at)
+    case = ("sgx_v3_occlum_quote", "sgx", "", "", "", claims.measurements["mrenclave"])
+    doc = yaml.safe_load(intel_policy(board, case, evaluation=evaluation))
+    doc["platforms"]["allow_debug"] = True
+    with source(pccs, tmp_path) as coll, pytest.raises(Refused) as info:
+        check_evidence(load_policy(yaml.safe_dump(doc)), debug_quote, at, coll)
+    assert "a debug TEE is not appraised" in str(info.value)
+    assert "--pccs" not in str(info.value)
+
+
 # --- the floors outlive the process ----------------------------------------------------------
 
 _APPRAISE = """

@@ -58,7 +58,7 @@ def check_evidence(
     if floor is not None and claims.kind in ("sgx", "tdx") and claims.tcb_status == "unknown":
         raise Refused(  # the policy refuses this with allow_unknown_tcb; debug quotes too
             f"tcb: the policy requires Intel TCB evaluation {floor} or later, and this "
-            f"{claims.kind} quote was not appraised (start the SPM with --pccs URL)"
+            f"{claims.kind} quote was not appraised ({_unappraised(claims, collateral)})"
         )
     if claims.kind == "snp":  # no vendor appraisal: the policy's floor (min_snp_tcb)
         why = platforms.snp_tcb_refusal(claims.platform)
@@ -68,8 +68,8 @@ def check_evidence(
         if claims.tcb_status == "unknown":
             if not platforms.unknown_tcb_allowed(claims.kind):
                 raise Refused(
-                    "tcb: the TCB status is unknown (no collateral: start the SPM with --pccs "
-                    "URL) and the policy requires one"
+                    f"tcb: the TCB status is unknown ({_unappraised(claims, collateral)}) and "
+                    "the policy requires one"
                 )
         elif TCB_ORDER.index(claims.tcb_status) > TCB_ORDER.index(platforms.min_tcb_status):
             raise Refused(
@@ -77,6 +77,17 @@ def check_evidence(
                 f"{platforms.min_tcb_status}"
             )
     return claims
+
+
+def _unappraised(claims: Claims, collateral: CollateralSource | None) -> str:
+    """Why an Intel quote's TCB is ``unknown``, for a refusal: it is of a debug TEE, which
+    no appraisal rates, or the SPM has no PCCS, or its PCCS gave nothing. (Each said
+    "start the SPM with --pccs URL", to an SPM started with it: found by a review.)"""
+    if claims.debug:
+        return "a debug TEE is not appraised: Intel's collateral rates none"
+    if collateral is None:
+        return "no collateral: start the SPM with --pccs URL"
+    return f"the SPM's PCCS {collateral.url} gave no collateral"
 
 
 def check_named(policy: Policy, claims: Claims) -> None:
