@@ -9,6 +9,14 @@ it, the FAB at ``FAB`` (any app: the host's), a context and one message. Prints
 ``listening`` once bound, then each call's path, one a line (``served fab SHA256``
 when it hands out the FAB).
 
+``python runtime_impostor.py PORT FAB APPROVED_SHA256 DATA [--tls]``: the same, with
+the approved FAB at ``FAB``, and a ``train`` message of its own (a model of zeros for
+the example app, its own run config) whose node config points the ClientApp at the
+site's data folder ``DATA``; prints ``reply: train_loss`` when the ClientApp's reply
+(the model trained on the site's data, its metrics) reaches it. ``--tls``: it serves
+TLS with a certificate of its own CA for 127.0.0.1 (a host that guessed the Runtime
+API speaks TLS).
+
 A host schedules the TEE's threads (and, under SGX, answers its socket calls): when
 the first task is asked for, the impostor stalls the ``flower-supernode`` that would
 find the port taken and exit (SIGSTOP), until the ClientApp task it handed out ends.
@@ -20,8 +28,10 @@ import hashlib
 import os
 import signal
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.app.message.message import remove_content_from_message
@@ -37,6 +47,7 @@ from flwr.proto.runtime_pb2 import (
     AcquireTaskResponse,
     PullAppMessagesResponse,
     PullTaskInputResponse,
+    PushAppMessagesRequest,
     PushAppMessagesResponse,
     PushTaskOutputResponse,
     SendTaskHeartbeatResponse,
@@ -64,19 +75,36 @@ def _stall(port: int, sig: signal.Signals) -> None:
             os.kill(int(pid), sig)
 
 
+def _feed(data: str) -> tuple[Message, dict[str, object], dict[str, object]]:
+    """A train message for the example app, its run config and node config."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    shapes = {"fc1.weight": (64, 64), "fc1.bias": (64,), "fc2.weight": (10, 64), "fc2.bias": (10,)}
+    arrays = ArrayRecord({k: Array(np.zeros(v, np.float32)) for k, v in shapes.items()})
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1, "lr": 0.1})})
+    message = Message(content, dst_node_id=NODE_ID, message_type="train")
+    return message, {"batch-size": 32, "local-epochs": 1}, {"data-path": data}
+
+
 def main() -> None:
     port, fab_path, approved = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    data = sys.argv[4] if len(sys.argv) > 4 and not sys.argv[4].startswith("--") else None
     content = fab_path.read_bytes()
     real = hashlib.sha256(content).hexdigest()
     fab_id, fab_version = get_fab_metadata(content)
     run = Run.create_empty(RUN_ID)
     run.fab_id, run.fab_version, run.fab_hash = fab_id, fab_version, real
     run.primary_task_type = TaskType.CLIENT_APP
-    context = Context(run_id=RUN_ID, node_id=NODE_ID, node_config={}, state=RecordDict(),
-                      run_config={})  # fmt: skip
     # (as the ServerApp that sent it would have been)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN_ID, 1, 1
     message = Message(RecordDict(), dst_node_id=NODE_ID, message_type="train")
+    run_config: Any = {}
+    node_config: Any = {}
+    if data is not None:
+        message, run_config, node_config = _feed(data)
+    context = Context(run_id=RUN_ID, node_id=NODE_ID, node_config=node_config,
+                      state=RecordDict(), run_config=run_config)  # fmt: skip
     tree = get_object_tree(message)
     objects = {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
     given = [False]
@@ -114,6 +142,20 @@ def main() -> None:
             "/push-object": PushObjectResponse(stored=True),
             "/push-task-output": PushTaskOutputResponse(),
         }
+        if path.endswith("/push-messages"):  # every object of the reply, please
+            pushed = PushAppMessagesRequest.FromString(body)
+            ids: list[str] = []
+            trees = list(pushed.message_object_trees)
+            while trees:
+                tree_ = trees.pop()
+                ids.append(tree_.object_id)
+                trees.extend(tree_.children)
+            return PushAppMessagesResponse(
+                message_ids=[m.metadata.message_id for m in pushed.messages_list],
+                objects_to_push=ids,
+            ).SerializeToString()
+        if path.endswith("/push-object") and b"train_loss" in body:
+            print("reply: train_loss", flush=True)
         if path.endswith("/push-task-output"):
             _stall(port, signal.SIGCONT)
         for tail, reply in replies.items():
@@ -135,7 +177,31 @@ def main() -> None:
         def log_message(self, *_args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    class Server(ThreadingHTTPServer):
+        def get_request(self) -> tuple[object, object]:  # type: ignore[override]
+            print("connection", flush=True)  # (before any TLS handshake)
+            return super().get_request()  # type: ignore[return-value]
+
+    server = Server(("127.0.0.1", port), Handler)
+    if data is not None or "--stall" in sys.argv:  # stall flower-supernode as soon as it
+        import threading  # starts, not once a task is asked for (which TLS never shows)
+
+        def stall() -> None:
+            for _ in range(600):
+                _stall(port, signal.SIGSTOP)
+                time.sleep(0.1)
+
+        threading.Thread(target=stall, daemon=True).start()
+    if "--tls" in sys.argv:
+        import ssl
+        import tempfile
+
+        from secfl.flower._tls import tls_files
+
+        own = tls_files(Path(tempfile.mkdtemp()), ["127.0.0.1"])
+        context_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context_tls.load_cert_chain(own["crt"], own["key"])
+        server.socket = context_tls.wrap_socket(server.socket, server_side=True)
     print("listening", flush=True)
     server.serve_forever()
 

@@ -90,6 +90,10 @@ def test_the_relay_takes_the_superlinks_address_and_nothing_else(env: dict[str, 
         ("supernode", ["--superexec-auth-secret-file", "s"], "creates the SuperExec secret"),
         ("supernode", ["--superlink", "other:1"], "--superlink given twice"),
         ("supernode", ["stray"], "takes no argument 'stray'"),
+        # the wrapper serves the Runtime API with a TLS key of its own (an impostor on the
+        # port fed the approved ClientApp: test_runtime_impostor.py)
+        ("supernode", ["--ssl-keyfile", "k"], "Runtime API with a TLS key of its own"),
+        ("supernode", ["--ssl-ca-certfile=c"], "Runtime API with a TLS key of its own"),
         ("superlink", ["--insecure"], "--insecure is refused"),
         ("superlink", ["--simulation"], "accepts no SuperNodes"),
         ("superlink", ["--control-api-address", "0.0.0.0:9093"], "must stay inside the TEE"),

@@ -15,10 +15,11 @@ the Flower venv.
 It also installs only a FAB whose bytes hash to one of the digests the executor gives
 it (``SECFL_FLOWER_FAB_SHA256``, from the measured command line). The executor checked
 the task's FAB hash, but that is the Runtime API's word, and a SuperNode's Runtime API
-is plain HTTP on a fixed loopback port: a process that answers there in Flower's place
+was plain HTTP on a fixed loopback port: a process that answers there in Flower's place
 (one that bound the port first) named the approved hash in the task and handed out a
 FAB of its own, which Flower installed and ran without hashing it against the task
-(found by a review). Any other FAB is refused in one line, before anything of it is
+(found by a review; that API is now TLS with a key its wrapper makes, and this check
+stays). Any other FAB is refused in one line, before anything of it is
 installed, and the process exits with :data:`FAB_REFUSED`.
 """
 

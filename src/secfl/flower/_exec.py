@@ -79,8 +79,8 @@ class Executor:
     #: A private folder (0700) for the tasks' token files.
     token_dir: Path
     poll: float = 0.25
-    #: The Runtime API's CA (the SuperLink serves it over TLS); None: plain HTTP on
-    #: loopback (the SuperNode's Runtime API).
+    #: The Runtime API's CA (TLS: the SuperLink's policy certificate, a SuperNode's one
+    #: its wrapper made); None: plain HTTP on loopback (tests only).
     ca_file: str | None = None
     on_refusal: Callable[[Refusal], None] | None = None
     #: The only runs whose tasks run (None: any run of an approved FAB). The SuperLink's

@@ -129,6 +129,10 @@ SUPERNODE = FlagSpec(
     refused={
         **_SHARED_REFUSED,
         "--auth-supernode-public-key": "deprecated: the key pair comes from the policy",
+        **dict.fromkeys(
+            ("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile"),
+            "the wrapper serves the Runtime API with a TLS key of its own, made in the TEE",
+        ),
     },
     required={
         "--superlink": "the SuperLink's address",

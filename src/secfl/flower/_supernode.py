@@ -16,7 +16,10 @@ supernode --fab-sha256 H -- flower-supernode --superlink HOST:PORT
    (A policy made before the relay gives ``--root-certificates``, the policy's Flower
    CA: then Flower connects directly and trusts any certificate of that CA, which is
    said in the log.)
-4. Starts ``flower-supernode`` with the SuperExec secret, and its own SuperExec
+4. Starts ``flower-supernode`` with the SuperExec secret and its Runtime API over TLS
+   with a certificate made here (its key in the RAM folder, its CA's never written:
+   the SuperExec and the app processes take tasks and messages from this Flower only,
+   never from a process that bound the loopback port first), and its own SuperExec
    (:mod:`secfl.flower._exec`): a ClientApp runs only for a run whose FAB has one of
    the ``--fab-sha256`` digests (on the measured command line, so approved by the
    board); any other run gets an error reply and nothing of it runs, and the refusal
@@ -150,8 +153,15 @@ def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
     secret_path, secret = paths.secret()
     child_env = clean_env(env, paths)
     flower, relay = _connection(cmd, env, paths)
+    # The Runtime API over TLS with a key only this wrapper and Flower hold (in the RAM
+    # folder; its CA's key is never written): the SuperExec and the app processes
+    # check it, so a process that answers on the port in Flower's place (one that bound
+    # it first) hands out no task, and feeds the approved ClientApp no message of its own.
+    runtime = tls_files(paths.wrapper / "runtime", [host.strip("[]")], days=RELAY_CERT_DAYS)
     argv = [str(venv_program("flower-supernode")), *flower[1:],
-            "--superexec-auth-secret-file", str(secret_path)]  # fmt: skip
+            "--superexec-auth-secret-file", str(secret_path),
+            "--ssl-certfile", str(runtime["crt"]), "--ssl-keyfile", str(runtime["key"]),
+            "--ssl-ca-certfile", str(runtime["ca"])]  # fmt: skip
     node = Child.start("flower-supernode", argv, child_env, paths.work)
 
     from flwr.supercore.constant import TaskType
@@ -163,6 +173,7 @@ def main(opts: SuperNodeOptions, flower_argv: list[str]) -> int:
         address=host_port(host, port), secret=secret, allowed=frozenset(pins),
         task_type=TaskType.CLIENT_APP,
         env=child_env, cwd=paths.work, token_dir=paths.wrapper, poll=opts.poll,
+        ca_file=str(runtime["ca"]),
         on_refusal=lambda r: audit.report(
             "fab-refused", {"run_id": str(r.run_id), "fab_sha256": r.fab_hash}
         ),
