@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -158,3 +159,30 @@ def test_an_empty_path_is_not_the_current_folder(tmp_path: Path) -> None:
     assert "--output: the path is empty" in one_error(done[1])
     assert "SRC_DIR: the path is empty" in one_error(done[2])
     assert list(work.iterdir()) == [] and not (tmp_path / "w.secfl").exists()
+
+
+def test_decrypt_makes_no_setuid_or_setgid_file(tmp_path: Path) -> None:
+    """A hostile review: a volume's manifest records each file's mode, and ``secfl
+    shield decrypt`` restored all of it: a volume whose sender recorded 6755 (or
+    encrypted a setuid file), decrypted by root, left a setuid-root program on disk.
+    The permission bits are restored; setuid, setgid and sticky never are."""
+    from secfl.shield import encrypt_files
+    from tests.shield import KEY, reseal_manifest
+
+    volume = tmp_path / "v.secfl"
+    encrypt_files({"bin/tool": b"#!/bin/sh\nid\n", "notes": b"x"}, volume, KEY)
+    modes = {"bin/tool": 0o6755, "notes": 0o1640}
+
+    def setuid(plaintext: bytes) -> bytes:
+        doc = json.loads(plaintext)
+        for entry in doc["files"]:
+            entry["mode"] = modes[entry["path"]]
+        return fmt.canonical(doc)
+
+    reseal_manifest(volume, KEY, setuid)
+    key = tmp_path / "k"
+    key.write_text(KEY.hex())
+    out = tmp_path / "out"
+    done = clirun.secfl("shield", "decrypt", str(volume), "--key-file", str(key), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert read_tree(out) == {"bin/tool": (b"#!/bin/sh\nid\n", 0o755), "notes": (b"x", 0o640)}

@@ -25,6 +25,8 @@ from secfl.shield._sealed_manifest import open_manifest, pread_exact
 __all__ = ["FileEntry", "Volume", "volume_tag"]
 
 _BUFFER_SIZE = 1 << 16
+#: The mode bits a decrypted file gets from its manifest entry (no setuid, setgid, sticky).
+_PERMISSIONS = 0o777
 
 
 class Volume:
@@ -271,7 +273,8 @@ class Volume:
                     )
 
     def extract(self, dest: Path | str) -> None:
-        """Decrypt every file below ``dest`` (owner side), restoring permission bits.
+        """Decrypt every file below ``dest`` (owner side), restoring permission bits
+        (read, write, execute: never setuid, setgid or sticky).
 
         ``dest`` may exist; no existing file is overwritten (all targets are checked
         first) and no symbolic link is followed below it. A file appears under its
@@ -325,7 +328,10 @@ class Volume:
             ):
                 while n := raw.readinto(buffer):
                     sink.write(memoryview(buffer)[:n])
-                os.fchmod(sink.fileno(), entry.mode)
+                # never setuid or setgid (nor sticky): a volume's manifest, made by
+                # whoever sent it, recorded 6755 and `decrypt` run as root made a
+                # setuid-root program of its file (found by a review)
+                os.fchmod(sink.fileno(), entry.mode & _PERMISSIONS)
         except FileExistsError:
             raise ShieldError(f"shield: refusing to overwrite {where}") from None
         except OSError as exc:
