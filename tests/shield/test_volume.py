@@ -308,6 +308,39 @@ def test_modes_are_restored_where_a_nameless_file_is_copied(
     assert read_tree(tmp_path / "out") == read_tree(src)
 
 
+def test_extract_writes_nothing_through_a_folder_swapped_for_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hostile review: decrypt checked each folder below the output folder by its
+    path (not a link), then opened it by that path again to write the file in it. A
+    local user who may write in the output folder swapped a folder for a link in
+    between (renameat2 RENAME_EXCHANGE in a loop won within a few runs of `secfl
+    shield decrypt`), and the plaintext was written where the link led: a folder of
+    root's. Here the swap is made at that moment, every time: just before each file
+    is written. The files go where the folders were opened, never through the link."""
+    from secfl._internal import files
+
+    encrypt_files({"d/e/a": b"one", "d/e/b": b"two"}, tmp_path / "v.vol", KEY)
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    (victim / "e").mkdir(parents=True)
+    real = files.atomic_open
+
+    def swapped(path, **kwargs):  # type: ignore[no-untyped-def]
+        if not (out / "d").is_symlink():  # the other user's swap, after the checks
+            (out / "d").rename(out / "moved")
+            (out / "d").symlink_to(victim, target_is_directory=True)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(files, "atomic_open", swapped)
+    with Volume.open(tmp_path / "v.vol", KEY) as volume:
+        try:
+            volume.extract(out)
+        except ShieldError as exc:  # the second file: the folder is a link now
+            assert "exists and is not a folder" in str(exc)
+    assert list((victim / "e").iterdir()) == []
+    assert read_tree(out / "moved") == {"e/a": (b"one", 0o600)}
+
+
 def test_encrypt_refuses_links_and_special_files(tmp_path: Path) -> None:
     src = write_tree(tmp_path / "src", {"ok.txt": b"ok"})
     (src / "link").symlink_to(src / "ok.txt")

@@ -61,7 +61,12 @@ def atomic_write(
 
 @contextmanager
 def atomic_open(
-    path: Path | str, *, mode: int = 0o644, fsync: bool = True, replace: bool = True
+    path: Path | str,
+    *,
+    mode: int = 0o644,
+    fsync: bool = True,
+    replace: bool = True,
+    folder_fd: int | None = None,
 ) -> Iterator[BinaryIO]:
     """A new file to write that appears at ``path`` whole when the block ends, or never.
 
@@ -74,12 +79,15 @@ def atomic_open(
     leaves that as it was. A symbolic link at ``path`` is replaced, never followed.
     With ``fsync`` the folder is fsynced too, so the new name survives a power loss
     once the block has ended. On any error the temporary file is removed.
+
+    ``folder_fd``: the folder to write in, open (a caller that reached it one name
+    at a time, following no link); ``path`` is then a name in it, for messages too.
     """
     target = Path(path)
     name, tmp = target.name, f".{target.name}.{os.urandom(8).hex()}.tmp"
     # the folder, held open: every step below happens in it, wherever its path leads
     # later (a host that swaps it for a link mid-write moves nothing into the link)
-    parent = os.open(target.parent, _FOLDER)
+    parent = os.open(target.parent, _FOLDER) if folder_fd is None else os.dup(folder_fd)
     try:
         check_outside(parent, target.parent)
         folder = _open_folder(".", parent) if fsync else None  # before the rename: see below

@@ -25,6 +25,8 @@ from secfl.shield._sealed_manifest import open_manifest, pread_exact
 __all__ = ["FileEntry", "Volume", "volume_tag"]
 
 _BUFFER_SIZE = 1 << 16
+#: A folder held to decrypt files into (O_PATH: no read permission needed).
+_FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 #: The mode bits a decrypted file gets from its manifest entry (no setuid, setgid, sticky).
 _PERMISSIONS = 0o777
 
@@ -291,11 +293,15 @@ class Volume:
                 )
         try:
             dest.mkdir(parents=True, exist_ok=True)
+            top = os.open(dest, _FOLDER)
         except OSError as exc:
             raise ShieldError(f"shield: cannot create '{dest}': {exc.strerror or exc}") from None
-        buffer = bytearray(max(1, min(self._chunk_size, 1 << 24)))
-        for index, entry in enumerate(self._files):
-            self._extract_one(dest, index, entry, buffer)
+        try:
+            buffer = bytearray(max(1, min(self._chunk_size, 1 << 24)))
+            for index, entry in enumerate(self._files):
+                self._extract_one(top, dest, index, entry, buffer)
+        finally:
+            os.close(top)
 
     def _target(self, dest: Path, index: int, entry: FileEntry) -> str:
         """Where file ``index`` goes below ``dest``, as a refusal shows it."""
@@ -303,27 +309,53 @@ class Volume:
             return f"'{dest / entry.path}'"
         return f"{self._source.label(index, entry)} below '{dest}'"
 
-    def _extract_one(self, dest: Path, index: int, entry: FileEntry, buffer: bytearray) -> None:
+    def _extract_one(
+        self, top: int, dest: Path, index: int, entry: FileEntry, buffer: bytearray
+    ) -> None:
         parts = entry.path.split("/")
-        parent = dest
         where = self._target(dest, index, entry)
+        # each folder below ``dest`` is made and opened one name at a time, following no
+        # link: one checked by its path, then opened by it, was swapped for a link in
+        # between by a user who may write in ``dest``, and the plaintext was written
+        # where the link led (found by a review)
+        folder = top
         try:
-            for part in parts[:-1]:
-                parent = parent / part
+            for depth, part in enumerate(parts[:-1], 1):
                 with contextlib.suppress(FileExistsError):
-                    parent.mkdir()
-                if not stat.S_ISDIR(os.lstat(parent).st_mode):
-                    shown = f"'{parent}'" if self._source.reveal_names else f"a folder of {where}"
-                    raise ShieldError(f"shield: {shown} exists and is not a folder")
+                    os.mkdir(part, dir_fd=folder)
+                try:
+                    below = os.open(part, _FOLDER | os.O_NOFOLLOW, dir_fd=folder)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    shown = (
+                        f"'{dest.joinpath(*parts[:depth])}'"
+                        if self._source.reveal_names
+                        else f"a folder of {where}"
+                    )
+                    raise ShieldError(f"shield: {shown} exists and is not a folder") from None
+                if folder != top:
+                    os.close(folder)
+                folder = below
+            self._write_one(folder, parts[-1], index, entry, buffer, where)
         except OSError as exc:
             raise ShieldError(f"shield: cannot write {where}: {exc.strerror or exc}") from None
-        target = parent / parts[-1]
+        finally:
+            if folder != top:
+                os.close(folder)
+
+    def _write_one(
+        self, folder: int, name: str, index: int, entry: FileEntry, buffer: bytearray, where: str
+    ) -> None:
+        """File ``index`` decrypted into a new file ``name`` of the open ``folder``."""
         # nameless until whole and authenticated (files.atomic_open): a file cut short
         # (a kill, a full disk, a chunk that fails authentication) never appears under
         # its name, where it looked complete
         try:
             with (
-                files.atomic_open(target, mode=0o600, fsync=False, replace=False) as sink,
+                files.atomic_open(
+                    name, mode=0o600, fsync=False, replace=False, folder_fd=folder
+                ) as sink,
                 VolumeFile(self._source, index, entry) as raw,
             ):
                 while n := raw.readinto(buffer):
