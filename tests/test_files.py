@@ -364,3 +364,40 @@ def test_a_name_the_program_takes_first_keeps_nothing_behind(tmp_path: Path) -> 
         (top / f".secfl-removed-{os.getpid()}-{n}" / "s").mkdir(parents=True)
     assert files.remove_tree(top) is True
     assert not top.exists()
+
+
+REPLACE_SPECIAL = """
+import sys
+from secfl._internal import files
+try:
+    files.atomic_write(sys.argv[1], b"a model", mode=0o600)
+except OSError as exc:
+    print(exc.strerror)
+"""
+
+
+def test_no_device_fifo_or_socket_is_replaced(tmp_path: Path) -> None:
+    """A hostile review: ``secfl simulate -o /dev/null`` (and ``policy init -o /dev/null
+    --force``) run as root replaced the system's /dev/null with a regular file of mode
+    0600: every writer of /dev/null failed from then on. Here in a real process, on a
+    FIFO, a socket and (as root) a device node of /dev/null's numbers: each is refused
+    and left as it was."""
+    import socket
+
+    fifo, sock, null = tmp_path / "fifo", tmp_path / "sock", tmp_path / "null"
+    os.mkfifo(fifo)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock))
+        made = [(fifo, stat.S_ISFIFO), (sock, stat.S_ISSOCK)]
+        if os.geteuid() == 0:
+            os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+            made.append((null, stat.S_ISCHR))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        for path, kind in made:
+            done = subprocess.run(
+                [sys.executable, "-c", REPLACE_SPECIAL, str(path)],
+                capture_output=True, text=True, env=env, timeout=60, check=True,
+            )  # fmt: skip
+            assert "not a file to replace" in done.stdout, done.stdout
+            assert kind(os.lstat(path).st_mode), path
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p, _ in made)

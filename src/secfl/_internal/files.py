@@ -76,7 +76,8 @@ def atomic_open(
     On a clean exit it is flushed (and fsynced) and renamed over ``path``; with
     ``replace=False`` it is hard-linked to ``path`` instead, which raises
     ``FileExistsError`` if anything is there (even a dangling symbolic link) and
-    leaves that as it was. A symbolic link at ``path`` is replaced, never followed.
+    leaves that as it was. A symbolic link at ``path`` is replaced, never followed; a
+    device, FIFO or socket never (``OSError``).
     With ``fsync`` the folder is fsynced too, so the new name survives a power loss
     once the block has ended. On any error the temporary file is removed.
 
@@ -90,6 +91,8 @@ def atomic_open(
     parent = os.open(target.parent, _FOLDER) if folder_fd is None else os.dup(folder_fd)
     try:
         check_outside(parent, target.parent)
+        if replace:
+            _check_replaceable(parent, name)
         folder = _open_folder(".", parent) if fsync else None  # before the rename: see below
         try:
             fd, named = _new_file(parent, tmp, mode)
@@ -129,6 +132,21 @@ def atomic_open(
                 os.close(folder)
     finally:
         os.close(parent)
+
+
+def _check_replaceable(parent: int, name: str) -> None:
+    """``OSError`` if a device, a FIFO or a socket is at ``name`` in ``parent``: no file
+    replaces one (``secfl simulate -o /dev/null``, or ``policy init -o /dev/null
+    --force``, run as root replaced the system's /dev/null with a regular file: found by
+    a review). A regular file or a symbolic link (never followed) is replaced."""
+    try:
+        mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        raise OSError(
+            errno.EINVAL, "a device, FIFO or socket is there, not a file to replace", name
+        )
 
 
 def _new_file(parent: int, tmp: str, mode: int) -> tuple[int, bool]:
