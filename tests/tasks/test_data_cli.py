@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -126,3 +127,37 @@ def test_a_split_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     assert len(written) == 5
     for path in written:
         assert path.stat().st_mode & 0o777 == 0o600, path.name
+
+
+def test_info_reads_no_more_of_a_file_than_its_header_describes(tmp_path: Path) -> None:
+    """A hostile review: `data info FILE` (and every reader of a shard by its path) read
+    the whole file into memory before looking at its first 8 bytes, so a 20 GB file
+    (sparse here) was 20 GB of memory: a MemoryError under a 4 GB limit, an OOM kill
+    without one. Now at most the header is read of a file that is no shard, or of one
+    longer than its tensors (in a real process, under a 4 GB address-space limit)."""
+    import resource
+    import subprocess
+    import sys
+
+    meta = {"task": "mine", "role": "client", "index": 0, "clients": 1, "samples": 4,
+            "num_classes": 2, "label_counts": [2, 2], "feature_shape": [3],
+            "storage_dtype": "float32", "scaling": {"offset": [0.0], "scale": [1.0]},
+            "partition": {"kind": "iid"}, "seed": 0, "split": "0" * 64}  # fmt: skip
+    padded, zeros = tmp_path / "padded.safetensors", tmp_path / "zeros.safetensors"
+    padded.write_bytes(encode_shard(np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1]), meta))
+    os.truncate(padded, 20 << 30)
+    zeros.touch()
+    os.truncate(zeros, 20 << 30)
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    lines = []
+    for path in (padded, zeros):
+        done = subprocess.run(
+            [sys.executable, "-m", "secfl.cli.main", "data", "info", str(path)],
+            capture_output=True, text=True, timeout=120, preexec_fn=limited,
+        )  # fmt: skip
+        lines.append(clirun.one_error(done))
+    assert "is 21474836480 bytes, its header describes 776" in lines[0], lines[0]
+    assert "header is not valid JSON" in lines[1], lines[1]

@@ -44,7 +44,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -139,7 +139,7 @@ def read_bytes(source: ShardSource) -> bytes:
             path = shard_file(path)
         try:  # a regular file: a FIFO or /dev/zero given as a shard is refused, not read
             with files.open_regular(path) as fh:
-                return fh.read()
+                return _read_file(fh, path)
         except OSError as exc:
             raise TaskError(f"cannot read shard '{source}': {exc.strerror or exc}") from None
     read = getattr(source, "read", None)  # a binary file, else a Traversable
@@ -151,6 +151,47 @@ def read_bytes(source: ShardSource) -> bytes:
     if not isinstance(data, bytes | bytearray):
         raise TaskError("shard: the file object did not return bytes (open it in binary mode)")
     return bytes(data)
+
+
+def _read_file(fh: BinaryIO, path: Path) -> bytes:
+    """A shard file's bytes, no more than its header describes: a file of 20 GB that is
+    no shard was read into memory whole before its first 8 bytes were looked at (found
+    by a review). What cannot be a shard is returned as far as it was read, for
+    :func:`read_shard` to refuse; a file longer or shorter than its tensors is refused
+    here (safetensors refuses it too)."""
+    size = os.fstat(fh.fileno()).st_size
+    head = fh.read(8)
+    length = int.from_bytes(head, "little")
+    if len(head) < 8 or length > MAX_HEADER or length > size - 8:
+        return head
+    header = fh.read(length)
+    end = _data_end(header)
+    if end is None:
+        return head + header
+    if 8 + length + end != size:
+        raise TaskError(f"shard: '{path}' is {size} bytes, its header describes {8 + length + end}")
+    return head + header + fh.read(end)
+
+
+def _data_end(header: bytes) -> int | None:
+    """Where a safetensors header's tensors end (past its header), or None."""
+    try:
+        doc = json.loads(header)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    ends = [
+        info["data_offsets"][1]
+        for name, info in doc.items()
+        if name != "__metadata__"
+        and isinstance(info, dict)
+        and isinstance(info.get("data_offsets"), list)
+        and len(info["data_offsets"]) == 2
+    ]
+    if not all(type(end) is int and end >= 0 for end in ends):
+        return None
+    return max(ends, default=0)
 
 
 def read_shard(source: ShardSource) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
