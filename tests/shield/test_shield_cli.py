@@ -186,3 +186,39 @@ def test_decrypt_makes_no_setuid_or_setgid_file(tmp_path: Path) -> None:
     done = clirun.secfl("shield", "decrypt", str(volume), "--key-file", str(key), "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert read_tree(out) == {"bin/tool": (b"#!/bin/sh\nid\n", 0o755), "notes": (b"x", 0o640)}
+
+
+def test_decrypt_keeps_to_the_umask(tmp_path: Path) -> None:
+    """A hostile review: the recorded mode was set whatever the umask, so a file its
+    volume recorded 0666 (or 0777) was decrypted writable by every local user, even
+    under umask 077 (in a real process here): decrypted code another user could then
+    rewrite. The umask takes its bits away, as from any file the user makes."""
+    import subprocess
+    import sys
+
+    from secfl.shield import encrypt_files
+    from tests.shield import KEY, reseal_manifest
+
+    volume = tmp_path / "v.secfl"
+    encrypt_files({"run": b"#!/bin/sh\n", "shared": b"x"}, volume, KEY)
+    modes = {"run": 0o777, "shared": 0o666}
+
+    def writable(plaintext: bytes) -> bytes:
+        doc = json.loads(plaintext)
+        for entry in doc["files"]:
+            entry["mode"] = modes[entry["path"]]
+        return fmt.canonical(doc)
+
+    reseal_manifest(volume, KEY, writable)
+    key = tmp_path / "k"
+    key.write_text(KEY.hex())
+    code = (
+        "import os, sys; os.umask(0o022); "
+        "from secfl.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["shield", "decrypt", str(volume), "--key-file", str(key), "-o", str(tmp_path / "o")]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert read_tree(tmp_path / "o") == {"run": (b"#!/bin/sh\n", 0o755), "shared": (b"x", 0o644)}

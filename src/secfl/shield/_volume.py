@@ -276,7 +276,7 @@ class Volume:
 
     def extract(self, dest: Path | str) -> None:
         """Decrypt every file below ``dest`` (owner side), restoring permission bits
-        (read, write, execute: never setuid, setgid or sticky).
+        (read, write, execute, less the umask: never setuid, setgid or sticky).
 
         ``dest`` may exist; no existing file is overwritten (all targets are checked
         first) and no symbolic link is followed below it. A file appears under its
@@ -362,8 +362,9 @@ class Volume:
                     sink.write(memoryview(buffer)[:n])
                 # never setuid or setgid (nor sticky): a volume's manifest, made by
                 # whoever sent it, recorded 6755 and `decrypt` run as root made a
-                # setuid-root program of its file (found by a review)
-                os.fchmod(sink.fileno(), entry.mode & _PERMISSIONS)
+                # setuid-root program of its file (found by a review); nor what the
+                # umask takes away (a file recorded 0666 was writable by every user)
+                os.fchmod(sink.fileno(), entry.mode & _PERMISSIONS & ~_umask())
         except FileExistsError:
             raise ShieldError(f"shield: refusing to overwrite {where}") from None
         except OSError as exc:
@@ -390,6 +391,14 @@ class Volume:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._files)} files"
         return f"<Volume {str(self._path)!r} tag={self._tag[:16]}… version={self._version} {state}>"
+
+
+def _umask() -> int:
+    """This process's umask (set to 077 for a moment to read it: a file another thread
+    makes meanwhile is only more private)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def volume_tag(path: Path | str, key: bytes | str) -> str:
