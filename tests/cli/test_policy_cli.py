@@ -371,3 +371,23 @@ def test_sign_with_digest_signs_only_what_was_reviewed(run: Run, tmp_path: Path)
     code, _, err = run(*sign, "--digest", now.upper(), "-o", str(out_file))
     assert code == 0, err
     assert json.loads(out_file.read_text())["digest"] == now
+
+
+def test_a_fifo_at_an_output_name_is_no_hang(tmp_path: Path) -> None:
+    """A hostile review: an output that is a pipe (``/dev/stdout``, ``>(...)``) is written
+    in place, and so was a FIFO another user put at the name in a folder both may write
+    in: `policy keygen --force` (a real process here) blocked for ever on the FIFO
+    nobody reads. It is a one-line refusal now, at once."""
+    import os
+    import subprocess
+
+    from tests.clirun import one_error, secfl
+
+    os.mkfifo(tmp_path / "alice.pub")
+    argv = ["policy", "keygen", "--out-dir", str(tmp_path), "--member", "alice", "--force"]
+    try:
+        done = secfl(*argv, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("secfl policy keygen blocked on the FIFO")
+    assert "a FIFO nobody reads" in one_error(done)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "alice.pub").st_mode)

@@ -246,6 +246,27 @@ def append(path: Path | str, data: bytes) -> None:
 _NO_READER = "a FIFO nobody reads (it would block the writer)"
 
 
+def write_stream(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to the stream ``path`` in place (a pipe, a terminal, this process's
+    ``/dev/stdout``), as ``open(path, "wb")`` would, but a FIFO nobody reads is an
+    OSError at once: one that another user put at an output's name in a folder both may
+    write in blocked the writer for ever (found by a review)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO and _is_fifo(path):
+            raise OSError(exc.errno, _NO_READER, str(path)) from None
+        raise
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 def _is_fifo(path: Path | str) -> bool:
     try:
         return stat.S_ISFIFO(os.stat(path).st_mode)

@@ -118,8 +118,7 @@ def write_output(data: bytes, path: str | None) -> None:
         return
     try:
         if is_stream(path):
-            with open(path, "wb") as fh:
-                fh.write(data)
+            files.write_stream(path, data)
         else:
             files.atomic_write(path, data, mode=0o644)
     except OSError as exc:

@@ -143,8 +143,7 @@ def _write_result(out_file: Path, data: bytes, *, force: bool) -> None:
     through); without --force, a file that appeared there during the run is kept."""
     try:
         if is_stream(str(out_file)):
-            with open(out_file, "wb") as fh:
-                fh.write(data)
+            files.write_stream(out_file, data)
         else:
             files.atomic_write(out_file, data, replace=force)
     except FileExistsError:
