@@ -125,11 +125,7 @@ class PeerPolicy:
 
     def check(self, cert_pem: bytes | None, *, now: datetime | None = None) -> Peer:
         """The peer named by ``cert_pem``, or TransportError naming the failed check."""
-        if self.read_at is not None and time.monotonic() - self.read_at > STALE_SECONDS:
-            raise StaleRevocations(
-                f"peer: the SPM's revocation list could not be read for {STALE_SECONDS:.0f} s: "
-                "no peer is accepted until it can"
-            )
+        self._fresh()
         if not cert_pem:
             raise TransportError("peer: no client certificate")
         cert = self.parsed(cert_pem)
@@ -144,8 +140,26 @@ class PeerPolicy:
             )
         if service not in self.services:
             raise TransportError(f"peer: service '{service}' may not call here")
-        if serial in self.revoked:
-            raise TransportError(f"peer: certificate {serial} of '{service}' is revoked")
-        if f"service:{service}" in self.revoked:
-            raise TransportError(f"peer: service '{service}' is revoked by the board")
+        self._not_revoked(serial, service)
         return Peer(cert.policy, service, serial)
+
+    def recheck(self, peer: Peer) -> None:
+        """``peer``, accepted when its call began, against the list as it stands now
+        (read within :data:`STALE_SECONDS`, not naming it): what it sent is taken in only
+        then, so an update that came in while the board revoked its sender is refused."""
+        self._fresh()
+        self._not_revoked(peer.serial, peer.service)
+
+    def _fresh(self) -> None:
+        if self.read_at is not None and time.monotonic() - self.read_at > STALE_SECONDS:
+            raise StaleRevocations(
+                f"peer: the SPM's revocation list could not be read for {STALE_SECONDS:.0f} s: "
+                "no peer is accepted until it can"
+            )
+
+    def _not_revoked(self, serial: str, service: str) -> None:
+        revoked = self.revoked  # one list for both checks (the reading thread replaces it)
+        if serial and serial in revoked:
+            raise TransportError(f"peer: certificate {serial} of '{service}' is revoked")
+        if f"service:{service}" in revoked:
+            raise TransportError(f"peer: service '{service}' is revoked by the board")

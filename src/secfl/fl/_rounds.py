@@ -70,6 +70,7 @@ class Rounds(Submissions):
         self.finished = False
         self._fold = threading.Lock()
         self._receiving = {}
+        self.peers = None  # the server's, once registered
         #: Names this aggregator process: an attempt is (epoch, round, number), so a
         #: restarted aggregator's round 5 attempt 1 is not mistaken for the last one's.
         self.epoch = os.urandom(8).hex()
@@ -81,6 +82,7 @@ class Rounds(Submissions):
         self.receiver = Receiver(max_update_bytes + msg.MAX_HEADER + 4, spill_dir=spill_dir)
 
     def register(self, server: Server) -> None:
+        self.peers = server.peers
         server.unary(msg.JOIN, self.join)
         server.unary(BEAT, self.beat)
         server.download(msg.NEXT, self.next)

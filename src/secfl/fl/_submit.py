@@ -36,7 +36,7 @@ from secfl.fl._attempt import Attempt, Participant
 from secfl.fl._config import FederationConfig
 from secfl.fl._incoming import Receiver, message_header
 from secfl.fl._tensors import from_bytes, header_allowance
-from secfl.fl._transport import Peer, join
+from secfl.fl._transport import Peer, PeerPolicy, join
 from secfl.fl._turn import Turn
 from secfl.fl.strategies._base import Update, check_update
 from secfl.fl.strategies._fedavg import FedAvgAccumulator
@@ -58,6 +58,8 @@ class Submissions:
     attempt: Attempt | None
     epoch: str
     receiver: Receiver
+    #: Who may call (the server's): read again as an update is taken in (None: nobody's).
+    peers: PeerPolicy | None
     _turn: Turn | None
     _fold: threading.Lock
     #: The call reading each sender's whole update: its attempt, a token, its cancel.
@@ -112,6 +114,16 @@ class Submissions:
         if a.settled(peer.service):
             raise FlError(f"protocol: '{peer.service}' has no pending update in this round")
 
+    def _standing(self, peer: Peer) -> None:
+        """``peer`` not revoked as its update is taken in: revocation is checked when a
+        call begins, and an update may stream in for the whole round (found by a hostile
+        review: a site revoked meanwhile had its update aggregated)."""
+        if self.peers is not None:
+            try:
+                self.peers.recheck(peer)
+            except TransportError as exc:
+                raise FlError(str(exc)) from None
+
     def _refused(self, a: Attempt | None, peer: Peer, reason: str) -> None:
         with self.cond:
             if a and a.open and peer.service in a.sampled and not a.settled(peer.service):
@@ -144,6 +156,7 @@ class Submissions:
                 # raise takes the folded stream back out); its update was in the model
                 # while the round listed it as dropped (a review, and its review)
                 self._vet(header, peer, a)
+                self._standing(peer)
                 commit()
                 a.updates[peer.service] = update
                 self._settled(a)
@@ -294,6 +307,7 @@ class Submissions:
             with self._fold:
                 with self.cond:
                     self._vet(header, peer, a)
+                    self._standing(peer)
                 if a.accumulator is not None:
                     a.accumulator.add(update)
                 with self.cond:

@@ -1,0 +1,97 @@
+"""An update whose sender the board revoked while it was coming in is refused when it
+arrives, not counted. Found by a hostile review: revocation was checked when a call
+began, and the update's acceptance (the streamed fold's end, or a whole update's
+fold) did not look at the list again, so a site revoked mid-upload (or one that
+trickled its update in for the whole round) still had it aggregated, though the
+aggregator had read the revocation meanwhile.
+
+In-process: real gRPC over mutual TLS; the revocation list is set as the aggregator's
+reading thread sets it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+
+from secfl.errors import TransportError
+from secfl.fl import _messages as msg
+from secfl.fl._tensors import to_bytes
+from secfl.tasks import get_task
+from secfl.tasks._split import split
+
+from .fedkit import Background, Federation, RawClient, identity, site, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    report = split("digits", 2, seed=1, out=tmp_path_factory.mktemp("shards"))
+    return Federation(get_task("digits"), report)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"strategy": "fedavg"},  # folded while it streams in
+        {"strategy": "median", "aggregation_order": "arrival"},  # whole, in its turn
+        {"strategy": "median", "aggregation_order": "canonical"},  # whole, kept
+    ],
+    ids=["streamed", "in-turn", "canonical"],
+)
+def test_an_update_whose_sender_was_revoked_while_it_came_in_is_refused(
+    fed: Federation, rule: dict[str, str]
+) -> None:
+    settings = {"rounds": 1, "min_clients": 2, "quorum": 1, "max_attempts": 1,
+                "round_timeout": 30, "heartbeat": 0.5, "dead_after": 5.0,
+                "join_timeout": 30, "seed": 3, **rule}  # fmt: skip
+    agg = fed.aggregator(settings, services=[site(0), site(1)])
+    creds = identity(fed.authority, site(0))
+    serial = format(x509.load_pem_x509_certificate(creds.cert_pem).serial_number, "x")
+    revoked = RawClient(fed, agg.port, site(0))
+    revoked.client = fed.client(agg.port, site(0), creds=creds)
+    honest = RawClient(fed, agg.port, site(1))
+    halfway, release = threading.Event(), threading.Event()
+    try:
+        revoked.join()
+        honest.join()
+        run = Background(agg.run, "aggregator")
+        run.start()
+        header, params, _ = revoked.train()
+        h2, p2, _ = honest.train()
+        payload = to_bytes(params)
+        head = {"kind": "update", "round": header["round"], "attempt": header["attempt"],
+                "epoch": revoked.epoch, "samples": 10, "metrics": {"loss": 1.0}}  # fmt: skip
+
+        def slowly() -> Iterator[bytes]:
+            yield msg.header_bytes(head)
+            yield payload[: len(payload) // 2]
+            halfway.set()
+            release.wait(30)
+            yield payload[len(payload) // 2 :]
+
+        fetched = agg.rounds.participants[site(0)].last_seen
+        upload = Background(lambda: revoked.client.upload(msg.SUBMIT, slowly()), "upload")
+        upload.start()
+        assert halfway.wait(20)
+        # the upload was let in (its call checked) and its header read
+        wait_for(lambda: agg.rounds.participants[site(0)].last_seen > fetched, "the upload")
+        # the aggregator's thread reads the board's revocation of site-1 meanwhile
+        agg.server.peers.revoked = {serial}
+        release.set()
+        with pytest.raises(TransportError, match="revoked"):
+            upload.outcome()
+        assert honest.submit(h2["round"], h2["attempt"], to_bytes(p2))["kind"] == "accepted"
+        run.outcome()
+        entry = agg.history[-1]
+        assert entry["participants"] == [site(1)], entry
+        assert entry["refused"] == [site(0)], entry
+    finally:
+        release.set()
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        revoked.close()
+        honest.close()
