@@ -122,6 +122,21 @@ class PeerPolicy:
     revoked: set[str] = field(default_factory=set)
     read_at: float | None = None
     parsed: _Parsed = field(default_factory=_Parsed, init=False, repr=False, compare=False)
+    #: When the request of the list in force was sent (:meth:`apply_list`).
+    _sent: float = field(default=float("-inf"), init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def apply_list(self, revoked: set[str], sent: float) -> None:
+        """``revoked``, read by a request sent at ``sent`` (``time.monotonic()``), unless
+        the list of a request sent later is in force already: the reading thread's and
+        the round path's reads may end out of order, and the older list readmitted, until
+        the next read, a peer the newer one revoked (found by a hostile review)."""
+        with self._lock:
+            if sent < self._sent:
+                return
+            self.revoked, self.read_at, self._sent = revoked, time.monotonic(), sent
 
     def check(self, cert_pem: bytes | None, *, now: datetime | None = None) -> Peer:
         """The peer named by ``cert_pem``, or TransportError naming the failed check."""

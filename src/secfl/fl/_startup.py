@@ -172,7 +172,8 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     reset = _pending_reset(opts, policy, ident.policy_digest, config.counter, ledger)
 
     def reread() -> None:
-        peers.revoked, peers.read_at = ident.revoked(), time.monotonic()
+        sent = time.monotonic()  # the newer list wins, whichever read ends last
+        peers.apply_list(ident.revoked(), sent)
 
     def renew() -> None:
         """Attest again when due (never under a version that replaced this one's)."""
