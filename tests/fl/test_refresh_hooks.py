@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
+from secfl.errors import FlError, SecflError
 
 from .fedkit import Background
 from .refresh_kit import secure_aggregator
@@ -42,3 +45,46 @@ def test_an_older_list_does_not_replace_a_newer_one(
     answered.set()
     thread.outcome()
     assert agg.server.peers.revoked == {"abc"}, "an older list replaced the newer one"
+
+
+def test_a_renewal_under_a_new_version_says_so_at_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a hostile review: the board approved a new version while the reading
+    thread renewed the aggregator's certificate (after its check of the version, before
+    the SPM's answer); the attestation, under the new version, ended the session it
+    replaced, and its answer was refused (another version's digest) with the old token
+    kept. The round's commit then met the ended session, and the run stopped with the
+    SPM's 'session ended ... use the new session's token', not the new version's line."""
+    from secfl.errors import SpmRefused
+    from secfl.spm import enroll as enrollment
+    from secfl.tee import _platforms
+
+    agg, ident, spm = secure_aggregator(tmp_path, monkeypatch)
+    ended: set[str] = set()
+
+    def enroll(client: Any, tee: Any, policy: str, service: str, **kw: Any) -> Any:
+        spm.digest = "f" * 64  # the board's version 2, approved meanwhile
+        ended.add(kw["replaces"])  # in the commit that opens the new session
+        return SimpleNamespace(policy_digest=spm.digest, policy_version=2,
+                               session_token="token-2")  # fmt: skip
+
+    def increment(policy: str, counter: str, token: str, *_: Any, **__: Any) -> int:
+        if token in ended:
+            raise SpmRefused(
+                "session: this session ended when its workload attested again; use the new "
+                "session's token", 401,
+            )  # fmt: skip
+        raise AssertionError(f"sent with {token}")
+
+    monkeypatch.setattr(enrollment, "enroll", enroll)
+    monkeypatch.setattr(_platforms, "platform_by_name", lambda *a, **kw: None)
+    monkeypatch.setattr(ident, "due", lambda now=None: True)
+    spm.increment = increment  # type: ignore[attr-defined]
+    assert agg.reread is not None
+    with pytest.raises(FlError, match="policy"):
+        agg.reread()  # the thread logs it and reads on
+    assert ended == {"token-1"}
+    with pytest.raises(SecflError) as stop:
+        agg.commit.ledger.increment(0, request="r")
+    assert "new version" in str(stop.value), str(stop.value)

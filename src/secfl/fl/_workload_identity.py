@@ -91,6 +91,9 @@ class WorkloadIdentity:
     folder: Path | None = None
     _spm: SpmClient | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Why the session is over for good: a renewal attested under a new policy version,
+    #: which ended it (it replaced it) and whose own session this workload may not take.
+    _superseded: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkloadIdentity:
@@ -153,6 +156,8 @@ class WorkloadIdentity:
         """The session's token, once a renewal under way is over: a refusal of the old
         one may come back before the enrollment's answer (found by a hostile review)."""
         with self._lock:
+            if self._superseded is not None:
+                raise FlError(self._superseded)
             return self.session_token
 
     def with_session(self, call: Callable[[str], T]) -> T:
@@ -195,7 +200,15 @@ class WorkloadIdentity:
                 replaces=self.session_token,  # the old session ends: one token at a time
             )  # fmt: skip
             if enrollment.policy_digest != self.policy_digest:
-                raise FlError("policy: the policy changed since this workload started: restart")
+                # the SPM ended the replaced session in the same commit: each later use of
+                # its token says why, not "session ended" (found by a hostile review)
+                self._superseded = (
+                    f"policy: the board approved a new version of '{self.policy}' (version "
+                    f"{enrollment.policy_version}) and this workload's session ended when it "
+                    "attested again under it: this run stops here; start it again with "
+                    "`secfl run` to run under the new version"
+                )
+                raise FlError(self._superseded)
             self.creds = Credentials(
                 key_pem=enrollment.key_pem,
                 cert_pem=enrollment.certificate.encode(),
