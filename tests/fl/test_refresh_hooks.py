@@ -88,3 +88,32 @@ def test_a_renewal_under_a_new_version_says_so_at_the_commit(
     with pytest.raises(SecflError) as stop:
         agg.commit.ledger.increment(0, request="r")
     assert "new version" in str(stop.value), str(stop.value)
+
+
+def test_a_failed_read_does_not_skip_a_renewal_that_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a hostile review: the reading thread renewed only after a read that
+    succeeded, so under a policy with 60 s certificates (renewed 40 s in, read every
+    10 s) two reads that failed while the SPM took attestations let the certificate
+    expire: every collaborator then failed the TLS handshake until the next round
+    attempt renewed it."""
+    from secfl.errors import SpmError
+
+    agg, ident, spm = secure_aggregator(tmp_path, monkeypatch)
+    renewals: list[bool] = []
+
+    def revocations(n: int) -> list[dict[str, Any]]:
+        raise SpmError("spm: the SPM's list of revocations is malformed")
+
+    def renew(*, force: bool = False) -> bool:
+        renewals.append(force)
+        return False
+
+    spm.revocations_of = revocations
+    monkeypatch.setattr(ident, "due", lambda now=None: True)
+    monkeypatch.setattr(ident, "renew", renew)
+    assert agg.reread is not None
+    with pytest.raises(SpmError, match="revocations"):  # the thread logs it
+        agg.reread()
+    assert renewals == [False], "the renewal due was skipped"
