@@ -89,7 +89,7 @@ class Aggregator:
     #: Called before every round attempt: refresh revocations, renew the identity.
     refresh: Callable[[], None] = lambda: None
     #: Called every REFRESH_SECONDS in a thread of its own, from :meth:`start` until
-    #: :meth:`run` ends: re-reads the revocation list, so that a peer the board revokes
+    #: :meth:`stop`: re-reads the revocation list, so that a peer the board revokes
     #: (or a new version drops) is refused within seconds, not once the round that is
     #: open (up to ``round_timeout``) is over; and renews the identity when due, so that
     #: its certificate does not expire while an attempt waits.
@@ -177,9 +177,19 @@ class Aggregator:
             self.rounds.finish()
             return params
         finally:  # their threads end once idle (tests make many aggregators)
-            self._stop_rereading.set()
             self.commit.close()
             self._events.close()
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        """Stop serving, and only then reading the revocation list and renewing: the
+        server still answers (late collaborators hear "done") and the session still
+        records the final model while it is written out after :meth:`run` (found by a
+        hostile review: reading stopped with training, so past STALE_SECONDS every
+        call was UNAVAILABLE, and a short certificate's session could expire first)."""
+        try:
+            self.server.stop(grace)
+        finally:
+            self._stop_rereading.set()
 
     def _settle_on_the_way_out(self) -> None:
         round = self._pending.round

@@ -306,7 +306,7 @@ def run_aggregator(opts: AggregatorOptions) -> Params:
             log.warning("stopped: %s", agg.resume_hint())
             raise
         finally:
-            agg.server.stop(grace=2.0)
+            agg.stop(grace=2.0)  # reading the revocation list too, not before
         return params
 
 
