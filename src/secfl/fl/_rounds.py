@@ -149,6 +149,13 @@ class Rounds(Submissions):
                     and not a.settled(peer.service)
                     and done != [self.epoch, a.round, a.number]
                 ):
+                    # a poll outlasts the check of its call: the model goes to no site
+                    # revoked meanwhile (found by a hostile review); it owes no update
+                    try:
+                        self._standing(peer)
+                    except FlError as exc:
+                        self._refused(a, peer, str(exc))
+                        raise
                     a.fetched.add(peer.service)
                     break
                 left = deadline - time.monotonic()

@@ -1,0 +1,69 @@
+"""A site revoked while its long poll (``Next``) waits for the next round is not sent
+the global model when the round opens. Found by a hostile review: revocation was
+checked when the call began, and a poll that had begun before the aggregator read the
+revocation was answered with the next round's model (a poll lasts up to POLL_SECONDS;
+``SubmitNext`` polls once its update is taken in).
+
+In-process: real gRPC over mutual TLS; the revocation list is set as the aggregator's
+reading thread sets it."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography import x509
+
+from secfl.errors import TransportError
+from secfl.fl import _messages as msg
+from secfl.tasks import get_task
+from secfl.tasks._split import split
+
+from .fedkit import Background, Federation, RawClient, identity, site, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    report = split("digits", 2, seed=1, out=tmp_path_factory.mktemp("shards"))
+    return Federation(get_task("digits"), report)
+
+
+def test_a_poll_of_a_site_revoked_meanwhile_gets_no_model(fed: Federation) -> None:
+    settings = {"rounds": 1, "min_clients": 2, "quorum": 1, "max_attempts": 1,
+                "round_timeout": 10, "heartbeat": 0.5, "dead_after": 3.0,
+                "join_timeout": 30, "seed": 3}  # fmt: skip
+    agg = fed.aggregator(settings, services=[site(0), site(1)])
+    creds = identity(fed.authority, site(0))
+    serial = format(x509.load_pem_x509_certificate(creds.cert_pem).serial_number, "x")
+    revoked = RawClient(fed, agg.port, site(0))
+    revoked.client = fed.client(agg.port, site(0), creds=creds)
+    honest = RawClient(fed, agg.port, site(1))
+    run = Background(agg.run, "aggregator")
+    try:
+        revoked.join()
+        run.start()  # waits for a second collaborator
+        request = msg.encode({"kind": "next", "done": []})
+        joined = agg.rounds.participants[site(0)].last_seen
+        poll = Background(lambda: revoked.client.download(msg.NEXT, request, 64 << 20), "poll")
+        poll.start()
+        # the poll was let in (its call checked) and waits for the round
+        wait_for(lambda: agg.rounds.participants[site(0)].last_seen > joined, "the poll")
+        agg.server.peers.revoked = {serial}  # the reading thread read the revocation
+        honest.join()  # the round opens while the poll waits
+        try:
+            header, _ = msg.decode(poll.outcome())
+        except TransportError as exc:
+            assert "revoked" in str(exc), exc
+        else:
+            assert header["kind"] != msg.TRAIN, "a revoked site was sent the global model"
+        wait_for(lambda: agg.rounds.attempt is not None, "the round")
+        attempt = agg.rounds.attempt
+        assert attempt is not None
+        assert site(0) not in attempt.fetched
+        assert "revoked" in attempt.refused.get(site(0), ""), attempt.refused  # owes none
+    finally:
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        run.join(30)
+        revoked.close()
+        honest.close()
