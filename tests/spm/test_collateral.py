@@ -513,7 +513,10 @@ def test_a_trickling_pccs_costs_one_timeout_not_a_hang(vectors: Path, tmp_path: 
     tdx, _ = vector(vectors, TDX[0])
     with trickling_pccs() as url, CollateralSource(url, tmp_path / "c", timeout=1.0) as coll:
         began = time.monotonic()
-        with pytest.raises(FetchError, match=r"(gave no collateral|no full answer) in 1 s$"):
+        # (the time left of the 1 s deadline when the fetch began: 0.99 s on a busy host)
+        with pytest.raises(
+            FetchError, match=r"(gave no collateral|no full answer) in (1|0\.\d+) s$"
+        ):
             coll.get(sgx)
         assert time.monotonic() - began < 3
         began = time.monotonic()
