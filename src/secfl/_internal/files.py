@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -246,12 +247,25 @@ def append(path: Path | str, data: bytes) -> None:
 _NO_READER = "a FIFO nobody reads (it would block the writer)"
 
 
+#: The names of this process's own streams (``/dev/stdout``, ``/dev/fd/63`` of
+#: ``>(...)``, ``/proc/self/fd/1``...), as :func:`write_stream` is given them.
+OWN_STREAM = re.compile(r"/dev/(stdout|stderr|fd/[0-9]{1,6})|/proc/self/fd/[0-9]{1,6}")
+
+
 def write_stream(path: Path | str, data: bytes) -> None:
     """Write ``data`` to the stream ``path`` in place (a pipe, a terminal, this process's
     ``/dev/stdout``), as ``open(path, "wb")`` would, but a FIFO nobody reads is an
     OSError at once: one that another user put at an output's name in a folder both may
-    write in blocked the writer for ever (found by a review)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
+    write in blocked the writer for ever (found by a review).
+
+    Only this process's own stream names (:data:`OWN_STREAM`) are followed where they
+    lead (a redirected stdout is written as it is); any other name must still be a
+    FIFO or a device, and is opened neither through a link nor with ``O_CREAT`` or
+    ``O_TRUNC``: a FIFO seen at the name, swapped for a link to another file before
+    it was opened, had that file truncated and written (the review of the fix)."""
+    own = OWN_STREAM.fullmatch(os.path.normpath(os.path.abspath(path))) is not None
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    flags |= os.O_CREAT | os.O_TRUNC if own else os.O_NOFOLLOW
     try:
         fd = os.open(path, flags, 0o666)
     except OSError as exc:
@@ -259,12 +273,18 @@ def write_stream(path: Path | str, data: bytes) -> None:
             raise OSError(exc.errno, _NO_READER, str(path)) from None
         raise
     try:
+        if not own and not _is_pipe_or_device(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "no longer a FIFO or a device: not written", str(path))
         os.set_blocking(fd, True)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+def _is_pipe_or_device(mode: int) -> bool:
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
 def _is_fifo(path: Path | str) -> bool:

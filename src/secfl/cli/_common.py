@@ -128,7 +128,7 @@ def write_output(data: bytes, path: str | None) -> None:
 #: The names of this process's own streams (``/dev/fd/1``, ``/proc/self/fd/1``...):
 #: written to in place, whatever file the stream is (a redirected stdout is a regular
 #: file, which replacing would not reach).
-_STREAM_NAME = re.compile(r"/dev/(stdout|stderr|fd/[0-9]{1,6})|/proc/self/fd/[0-9]{1,6}")
+_STREAM_NAME = files.OWN_STREAM
 
 
 def is_stream(path: str) -> bool:
