@@ -401,3 +401,39 @@ def test_no_device_fifo_or_socket_is_replaced(tmp_path: Path) -> None:
             assert "not a file to replace" in done.stdout, done.stdout
             assert kind(os.lstat(path).st_mode), path
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p, _ in made)
+
+
+REPLACE_STREAM = """
+import os, sys
+from secfl._internal import files
+try:
+    files.atomic_write(sys.argv[1], b"a model", mode=0o600)
+except OSError as exc:
+    print(exc.strerror)
+print(os.path.islink(sys.argv[1]) if sys.argv[1].startswith("/dev/std") else "")
+"""
+
+
+@pytest.mark.parametrize("stream", ["/dev/stdout", "/dev/stderr", "/dev/fd/1", "/proc/self/fd/2"])
+def test_a_stream_name_is_never_replaced(stream: str) -> None:
+    """The review of the /dev/null fix: /dev/stdout is a link in /dev, and a link is
+    replaced, so a whole-file output given it (``secfl simulate -o /dev/stdout``) run as
+    root replaced the machine's /dev/stdout with a regular file holding the model. Here
+    in a real process; as root, in a mount namespace of its own whose /dev is a tmpfs
+    (the machine's is never touched): the name is refused and the link left as it was."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-c", REPLACE_STREAM, stream]
+    unshare = shutil.which("unshare")
+    if os.geteuid() == 0 and unshare is not None:
+        own_dev = (
+            "mount -t tmpfs none /dev && ln -s /proc/self/fd/1 /dev/stdout && "
+            'ln -s /proc/self/fd/2 /dev/stderr && exec "$@" 2>&1'
+        )
+        trial = [unshare, "-m", "--propagation", "private", "sh", "-c", own_dev, "sh", *argv]
+        if subprocess.run([unshare, "-m", "--propagation", "private", "true"], check=False,
+                          capture_output=True).returncode == 0:  # fmt: skip
+            argv = trial
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=True)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "this process's stream, not a file to replace", done.stdout
+    assert lines[-1] in ("True", ""), done.stdout  # the link is still a link

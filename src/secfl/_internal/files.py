@@ -49,6 +49,10 @@ _KEPT_OUT: list[str] = []
 _FD_LINKS = Path("/proc/self/fd")
 _TMPFILE = getattr(os, "O_TMPFILE", 0)
 _SHM = Path("/dev/shm")  # noqa: S108 - only ever used through mkdtemp (a 0700 folder)
+#: The names of this process's own streams (``/dev/stdout``, ``/dev/fd/63`` of
+#: ``>(...)``, ``/proc/self/fd/1``...): written in place by :func:`write_stream`, never
+#: replaced by :func:`atomic_open`.
+OWN_STREAM = re.compile(r"/dev/(stdout|stderr|fd/[0-9]{1,6})|/proc/self/fd/[0-9]{1,6}")
 
 
 def atomic_write(
@@ -78,7 +82,8 @@ def atomic_open(
     ``replace=False`` it is hard-linked to ``path`` instead, which raises
     ``FileExistsError`` if anything is there (even a dangling symbolic link) and
     leaves that as it was. A symbolic link at ``path`` is replaced, never followed; a
-    device, FIFO or socket never (``OSError``).
+    device, FIFO or socket never, nor this process's own stream names such as
+    ``/dev/stdout`` (``OSError``).
     With ``fsync`` the folder is fsynced too, so the new name survives a power loss
     once the block has ended. On any error the temporary file is removed.
 
@@ -86,6 +91,11 @@ def atomic_open(
     at a time, following no link); ``path`` is then a name in it, for messages too.
     """
     target = Path(path)
+    if folder_fd is None and OWN_STREAM.fullmatch(os.path.normpath(os.path.abspath(target))):
+        # /dev/stdout is a link in /dev: run as root, a whole-file output given it
+        # (`secfl simulate -o /dev/stdout`) replaced the machine's /dev/stdout with a
+        # regular file holding the model (the review of the /dev/null fix)
+        raise OSError(errno.EINVAL, "this process's stream, not a file to replace", str(path))
     name, tmp = target.name, f".{target.name}.{os.urandom(8).hex()}.tmp"
     # the folder, held open: every step below happens in it, wherever its path leads
     # later (a host that swaps it for a link mid-write moves nothing into the link)
@@ -245,11 +255,6 @@ def append(path: Path | str, data: bytes) -> None:
 
 
 _NO_READER = "a FIFO nobody reads (it would block the writer)"
-
-
-#: The names of this process's own streams (``/dev/stdout``, ``/dev/fd/63`` of
-#: ``>(...)``, ``/proc/self/fd/1``...), as :func:`write_stream` is given them.
-OWN_STREAM = re.compile(r"/dev/(stdout|stderr|fd/[0-9]{1,6})|/proc/self/fd/[0-9]{1,6}")
 
 
 def write_stream(path: Path | str, data: bytes) -> None:
