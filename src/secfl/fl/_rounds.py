@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from secfl.errors import FlError
+from secfl.errors import FlError, StaleRevocations
 from secfl.fl import _messages as msg
 from secfl.fl._attempt import Attempt, Participant
 from secfl.fl._chunks import DEFAULT_CHUNK_SIZE, chunks
@@ -150,9 +150,13 @@ class Rounds(Submissions):
                     and done != [self.epoch, a.round, a.number]
                 ):
                     # a poll outlasts the check of its call: the model goes to no site
-                    # revoked meanwhile (found by a hostile review); it owes no update
+                    # revoked meanwhile (found by a hostile review); it owes no update.
+                    # A list gone stale meanwhile refuses nothing: "wait", and the next
+                    # poll is UNAVAILABLE until the list is read again
                     try:
                         self._standing(peer)
+                    except StaleRevocations:
+                        return [msg.encode({"kind": msg.WAIT})]
                     except FlError as exc:
                         self._refused(a, peer, str(exc))
                         raise

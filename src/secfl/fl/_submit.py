@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from secfl._internal.values import quoted
-from secfl.errors import FlError, TransportError
+from secfl.errors import FlError, StaleRevocations, TransportError
 from secfl.fl import _messages as msg
 from secfl.fl._attempt import Attempt, Participant
 from secfl.fl._config import FederationConfig
@@ -117,10 +117,16 @@ class Submissions:
     def _standing(self, peer: Peer) -> None:
         """``peer`` not revoked as its update is taken in: revocation is checked when a
         call begins, and an update may stream in for the whole round (found by a hostile
-        review: a site revoked meanwhile had its update aggregated)."""
+        review: a site revoked meanwhile had its update aggregated). A list gone stale
+        meanwhile (the SPM unreachable) raises StaleRevocations, which refuses nothing:
+        the call is answered UNAVAILABLE, as one that begins then is, and the sender
+        sends its update again once the list is read (a review of that review: a slow
+        SPM at a round's end refused, for the round, every update still coming in)."""
         if self.peers is not None:
             try:
                 self.peers.recheck(peer)
+            except StaleRevocations:
+                raise
             except TransportError as exc:
                 raise FlError(str(exc)) from None
 
@@ -173,7 +179,7 @@ class Submissions:
                 lost=lambda why: self._lose(a, peer.service, why),
             )  # fmt: skip
         except (FlError, TransportError) as exc:
-            if not got.get("misdirected"):
+            if not got.get("misdirected") and not isinstance(exc, StaleRevocations):
                 self._refused(a, peer, str(exc))
             log.warning("round %d: refused the update of '%s': %s", a.round, peer.service, exc)
             raise

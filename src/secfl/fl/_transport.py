@@ -284,7 +284,7 @@ class Server:
             return fn()
         except SecflError as exc:
             log.warning("refused a request: %s", exc)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            context.abort(_status(exc), str(exc))
             raise
 
     def _streamed(
@@ -298,7 +298,7 @@ class Server:
             yield from down(request(), peer)
         except SecflError as exc:
             log.warning("refused a request: %s", exc)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            context.abort(_status(exc), str(exc))
 
     @staticmethod
     def _single(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
@@ -351,6 +351,14 @@ class Server:
 
     def stop(self, grace: float | None = 1.0) -> None:
         self._server.stop(grace).wait()
+
+
+def _status(exc: SecflError) -> grpc.StatusCode:
+    """A refused request's status: UNAVAILABLE (which collaborators try again) for a
+    revocation list gone stale while the call was under way, as for one that began then."""
+    if isinstance(exc, StaleRevocations):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _serial(creds: Credentials) -> bytes:

@@ -1,0 +1,142 @@
+"""A revocation list that went stale (the SPM unreachable for STALE_SECONDS) while an
+update came in, or while a long poll waited, refuses nothing for the round: the call
+is answered UNAVAILABLE (or the poll "wait"), as a call that begins then is, and the
+site sends its update again, or polls again, once the list is read. Found by a
+hostile review of the checks made as an update is taken in: a stale list there
+refused the update for the round (INVALID_ARGUMENT, the sender marked as done), so a
+slow SPM at a round's end lost every update still coming in, and a poll answered
+INVALID_ARGUMENT stopped its collaborator for good.
+
+In-process: real gRPC over mutual TLS; the list's age is set as the reading thread
+leaves it when its reads fail."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from secfl.errors import TransportError
+from secfl.fl import _messages as msg
+from secfl.fl._peers import STALE_SECONDS
+from secfl.fl._tensors import to_bytes
+from secfl.fl._transport import Peer
+from secfl.tasks import get_task
+from secfl.tasks._split import split
+
+from .fedkit import Background, Federation, RawClient, site, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+SETTINGS = {"rounds": 1, "min_clients": 2, "quorum": 2, "max_attempts": 1,
+            "round_timeout": 30, "heartbeat": 0.5, "dead_after": 10.0,
+            "join_timeout": 30, "seed": 3, "strategy": "fedavg"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    report = split("digits", 2, seed=1, out=tmp_path_factory.mktemp("shards"))
+    return Federation(get_task("digits"), report)
+
+
+def _stale(agg: object) -> None:
+    agg.server.peers.read_at = time.monotonic() - STALE_SECONDS - 1  # type: ignore[attr-defined]
+
+
+def _fresh(agg: object) -> None:
+    agg.server.peers.read_at = time.monotonic()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"strategy": "fedavg"},  # folded while it streams in
+        {"strategy": "median", "aggregation_order": "arrival"},  # whole, in its turn
+        {"strategy": "median", "aggregation_order": "canonical"},  # whole, kept
+    ],
+    ids=["streamed", "in-turn", "canonical"],
+)
+def test_an_update_that_met_a_stale_list_is_sent_again_not_refused(
+    fed: Federation, rule: dict[str, str]
+) -> None:
+    agg = fed.aggregator({**SETTINGS, **rule}, services=[site(0), site(1)])
+    slow, other = RawClient(fed, agg.port, site(0)), RawClient(fed, agg.port, site(1))
+    halfway, release = threading.Event(), threading.Event()
+    try:
+        slow.join()
+        other.join()
+        run = Background(agg.run, "aggregator")
+        run.start()
+        header, params, _ = slow.train()
+        h2, p2, _ = other.train()
+        payload = to_bytes(params)
+        head = {"kind": "update", "round": header["round"], "attempt": header["attempt"],
+                "epoch": slow.epoch, "samples": 10, "metrics": {"loss": 1.0}}  # fmt: skip
+
+        def slowly() -> Iterator[bytes]:
+            yield msg.header_bytes(head)
+            yield payload[: len(payload) // 2]
+            halfway.set()
+            release.wait(30)
+            yield payload[len(payload) // 2 :]
+
+        fetched = agg.rounds.participants[site(0)].last_seen
+        upload = Background(lambda: slow.client.upload(msg.SUBMIT, slowly()), "upload")
+        upload.start()
+        assert halfway.wait(20)
+        wait_for(lambda: agg.rounds.participants[site(0)].last_seen > fetched, "the upload")
+        _stale(agg)  # the SPM did not answer for STALE_SECONDS meanwhile
+        release.set()
+        with pytest.raises(TransportError, match="UNAVAILABLE"):
+            upload.outcome()
+        attempt = agg.rounds.attempt
+        assert attempt is not None
+        assert site(0) not in attempt.refused, attempt.refused  # it may send it again
+        _fresh(agg)  # the SPM answers again
+        assert slow.submit(header["round"], header["attempt"], payload)["kind"] == "accepted"
+        assert other.submit(h2["round"], h2["attempt"], to_bytes(p2))["kind"] == "accepted"
+        run.outcome()
+        entry = agg.history[-1]
+        assert entry["participants"] == [site(0), site(1)], entry
+    finally:
+        release.set()
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        slow.close()
+        other.close()
+
+
+def test_a_poll_that_met_a_stale_list_is_told_to_wait_not_refused(fed: Federation) -> None:
+    agg = fed.aggregator(SETTINGS, services=[site(0), site(1)])
+    polling = RawClient(fed, agg.port, site(0))
+    run = Background(agg.run, "aggregator")
+    try:
+        polling.join()
+        run.start()  # waits for a second collaborator
+        request = msg.encode({"kind": "next", "done": []})
+        joined = agg.rounds.participants[site(0)].last_seen
+        poll = Background(lambda: polling.client.download(msg.NEXT, request, 64 << 20), "poll")
+        poll.start()
+        wait_for(lambda: agg.rounds.participants[site(0)].last_seen > joined, "the poll")
+        _stale(agg)  # the SPM did not answer for STALE_SECONDS meanwhile
+        # the second site joined before (its call checked while the list was fresh)
+        agg.rounds.join(
+            msg.encode({"kind": "join", "samples": 10}), Peer(agg.server.peers.policy, site(1), "")
+        )
+        header, _ = msg.decode(poll.outcome())  # not a refusal that stops the collaborator
+        assert header["kind"] == msg.WAIT, header
+        wait_for(lambda: agg.rounds.attempt is not None, "the round")
+        attempt = agg.rounds.attempt
+        assert attempt is not None
+        assert site(0) not in attempt.refused, attempt.refused  # still owes its update
+        assert site(0) not in attempt.fetched
+        _fresh(agg)  # the SPM answers again: the next poll is sent the model
+        header, _ = polling.next()
+        assert header["kind"] == msg.TRAIN, header
+    finally:
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        run.join(30)
+        polling.close()
