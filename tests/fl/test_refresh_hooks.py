@@ -117,3 +117,32 @@ def test_a_failed_read_does_not_skip_a_renewal_that_is_due(
     with pytest.raises(SpmError, match="revocations"):  # the thread logs it
         agg.reread()
     assert renewals == [False], "the renewal due was skipped"
+
+
+def test_a_workload_superseded_by_a_new_version_does_not_attest_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a hostile review of the fix above: the identity remembered that a new
+    version had ended its session, yet its next renewal (still due: its certificate was
+    not replaced) attested again, and so on at every refresh (a Flower workload's, every
+    10 s, logs the failure and goes on): each attestation under the new version had the
+    SPM issue a certificate and a session nobody took, and log them with the replaced
+    session's end again, until the workload stopped."""
+    from secfl.spm import enroll as enrollment
+    from secfl.tee import _platforms
+
+    _, ident, _ = secure_aggregator(tmp_path, monkeypatch)
+    attested: list[str] = []
+
+    def enroll(client: Any, tee: Any, policy: str, service: str, **kw: Any) -> Any:
+        attested.append(kw["replaces"])
+        return SimpleNamespace(policy_digest="f" * 64, policy_version=2,
+                               session_token=f"token-{len(attested) + 1}")  # fmt: skip
+
+    monkeypatch.setattr(enrollment, "enroll", enroll)
+    monkeypatch.setattr(_platforms, "platform_by_name", lambda *a, **kw: None)
+    monkeypatch.setattr(ident, "due", lambda now=None: True)
+    for _ in range(3):  # the refreshes that follow
+        with pytest.raises(FlError, match="new version"):
+            ident.renew()
+    assert attested == ["token-1"], "attested again under the version that replaced it"

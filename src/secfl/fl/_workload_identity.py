@@ -192,6 +192,8 @@ class WorkloadIdentity:
         from secfl.tee._platforms import platform_by_name
 
         with self._lock:
+            if self._superseded is not None:  # no new attestation under the new version:
+                raise FlError(self._superseded)  # each issued a session nobody took
             if not force and not self.due():
                 return False
             tee = platform_by_name(self.platform, sim_dir=self.sim_dir)
