@@ -119,6 +119,31 @@ def test_a_failed_read_does_not_skip_a_renewal_that_is_due(
     assert renewals == [False], "the renewal due was skipped"
 
 
+def test_a_failed_read_is_the_error_said_when_the_renewal_fails_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a review: with the renewal in a ``finally``, a renewal failing after a
+    failed read raised its own error in the read's place, so the thread's log named the
+    renewal and never the read that makes the list stale (and every site refused)."""
+    from secfl.errors import SpmError
+
+    agg, ident, spm = secure_aggregator(tmp_path, monkeypatch)
+
+    def revocations(n: int) -> list[dict[str, Any]]:
+        raise SpmError("spm: the SPM's list of revocations is malformed")
+
+    def renew(*, force: bool = False) -> bool:
+        raise SpmError("enroll: the SPM refused the attestation")
+
+    spm.revocations_of = revocations
+    monkeypatch.setattr(ident, "due", lambda now=None: True)
+    monkeypatch.setattr(ident, "renew", renew)
+    assert agg.reread is not None
+    with caplog.at_level("WARNING", logger="secfl.fl"), pytest.raises(SpmError, match="revoc"):
+        agg.reread()
+    assert "refused the attestation" in caplog.text  # the renewal's failure is said too
+
+
 def test_a_workload_superseded_by_a_new_version_does_not_attest_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

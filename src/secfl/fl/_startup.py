@@ -190,8 +190,17 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     def watch() -> None:  # in a round, or waiting for one
         try:
             reread()
-        finally:  # a failed read does not skip a renewal that is due: a 60 s certificate
-            renew()  # expired after two (found by a hostile review)
+        except Exception:
+            # a failed read does not skip a renewal that is due (a 60 s certificate expired
+            # after two, found by a hostile review); the read's error is the one raised
+            # (and logged): it is what makes the list stale, and a failed renewal said
+            # after it would hide it
+            try:
+                renew()
+            except Exception as exc:
+                log.warning("could not renew the aggregator's certificate either: %s", exc)
+            raise
+        renew()
 
     def report(finding: dict[str, Any]) -> None:
         """The audit's exclusions go to the SPM's audit log, where the board sees them."""
