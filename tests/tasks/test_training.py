@@ -234,26 +234,3 @@ def test_data_of_another_task_is_refused(client0: Dataset) -> None:
         task.evaluate(task.build_model(), client0)
     with pytest.raises(TaskError, match="expected a Dataset"):
         DIGITS.train(DIGITS.build_model(), client0.x, {})  # type: ignore[arg-type]
-
-
-def test_training_deterministically_loads_no_compiler() -> None:
-    """`torch.use_deterministic_algorithms` imports Inductor (torch.compile's compiler,
-    about 1.5 s of CPU) in every process that trains; the flag is set without it, and
-    with it where a task loaded Inductor itself (then Inductor's own option too)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, torch\n"
-        "from secfl.tasks._training import deterministic\n"
-        "with deterministic(1):\n"
-        "    assert torch.are_deterministic_algorithms_enabled()\n"
-        "assert not torch.are_deterministic_algorithms_enabled()\n"
-        "assert 'torch._inductor' not in sys.modules, 'Inductor was imported'\n"
-        "import torch._inductor.config as inductor\n"
-        "with deterministic(1):\n"
-        "    assert inductor.deterministic and torch.are_deterministic_algorithms_enabled()\n"
-        "assert not inductor.deterministic and not torch.are_deterministic_algorithms_enabled()\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]

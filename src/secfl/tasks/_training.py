@@ -26,7 +26,6 @@ not computed at all, so training is exactly plain training.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,26 +115,12 @@ def deterministic(threads: int = 1) -> Iterator[None]:
     saved_det = torch.are_deterministic_algorithms_enabled()
     saved_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(threads)
-    _use_deterministic(True)
+    torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
-        _use_deterministic(saved_det, warn_only=saved_warn)
+        torch.use_deterministic_algorithms(saved_det, warn_only=saved_warn)
         torch.set_num_threads(saved_threads)
-
-
-def _use_deterministic(mode: bool, *, warn_only: bool = False) -> None:
-    """``torch.use_deterministic_algorithms``, without importing torch.compile's
-    Inductor where nothing did yet: that function imports it to set Inductor's own
-    ``deterministic`` option, about 1.5 s of CPU in every process that trains (each
-    collaborator, each evaluation worker), for a compiler no built-in task uses. The
-    algorithms flag, which Inductor also reads when it compiles, is set either way; its
-    own option (skip on-device benchmarking while compiling) is set whenever Inductor is
-    loaded already, and keeps its default for a model first compiled inside training."""
-    if "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
-    else:
-        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 #: A training loss: ``loss(model_output, targets)``, the batch's mean.
