@@ -132,11 +132,14 @@ class PeerPolicy:
         """``revoked``, read by a request sent at ``sent`` (``time.monotonic()``), unless
         the list of a request sent later is in force already: the reading thread's and
         the round path's reads may end out of order, and the older list readmitted, until
-        the next read, a peer the newer one revoked (found by a hostile review)."""
+        the next read, a peer the newer one revoked (found by a hostile review). The
+        list is as old as its request: a host that held the SPM's answer back (trickled,
+        each piece within the socket's timeout) made an old list count as just read, and
+        a peer revoked meanwhile was accepted for :data:`STALE_SECONDS` more."""
         with self._lock:
             if sent < self._sent:
                 return
-            self.revoked, self.read_at, self._sent = revoked, time.monotonic(), sent
+            self.revoked, self.read_at, self._sent = revoked, sent, sent
 
     def check(self, cert_pem: bytes | None, *, now: datetime | None = None) -> Peer:
         """The peer named by ``cert_pem``, or TransportError naming the failed check."""

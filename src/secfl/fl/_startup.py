@@ -154,11 +154,12 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     if me is None or me.role not in ("aggregator", "any"):
         raise FlError(f"policy: service '{ident.service}' is not an aggregator")
     _warn_output(ident, opts)
+    sent = time.monotonic()  # a list is as old as its request (see PeerPolicy.apply_list)
     peers = PeerPolicy(
         policy=ident.policy,
         services=role_services(policy, "collaborator", "any") - {ident.service},
         revoked=ident.revoked(),
-        read_at=time.monotonic(),
+        read_at=sent,
     )
     # a thread for every call each collaborator may have under way (a long poll among them)
     server = Server(ident.creds, peers)

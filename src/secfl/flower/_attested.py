@@ -127,12 +127,13 @@ class AttestedTls:
     def read_revocations(self) -> None:
         """Read the board's revocation list; a failure is logged (and counts towards
         :data:`STALE_SECONDS`), never raised."""
+        sent = time.monotonic()  # the list is as old as its request, however late it came
         try:
             self.peers.revoked = self.ident.revoked()
         except SecflError as exc:
             log.warning("secfl: could not read the SPM's revocation list (%s): trying again", exc)
             return
-        self.checked = time.monotonic()
+        self.checked = sent
 
     def renew(self, *, force: bool = False) -> bool:
         """Attest again for a new certificate when due (or ``force``); True if renewed.
