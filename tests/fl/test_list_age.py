@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from secfl.errors import StaleRevocations
+from secfl.errors import StaleRevocations, TransportError
 from secfl.fl import _peers
 from secfl.fl._transport import Peer
 from secfl.flower import _attested
@@ -57,3 +57,16 @@ def test_a_flower_workload_stamps_the_request_too(monkeypatch: pytest.MonkeyPatc
     assert tls.checked, "the read succeeded"
     with pytest.raises(StaleRevocations):
         _attested.AttestedTls.check(tls, b"x")
+
+
+def test_a_revocation_in_a_stale_list_still_refuses() -> None:
+    """A site revoked in the list while its update came in, the list then gone stale:
+    its update is refused for the round, not taken back to be sent again (a stale list
+    refuses nothing, but this one already named the site)."""
+    policy = _peers.PeerPolicy("p", {"site-1"}, revoked={"abc"})
+    policy.read_at = time.monotonic() - _peers.STALE_SECONDS - 1
+    with pytest.raises(TransportError, match="is revoked") as caught:
+        policy.recheck(Peer("p", "site-1", "abc"))
+    assert not isinstance(caught.value, StaleRevocations)
+    with pytest.raises(StaleRevocations):  # a site it does not name: not refused
+        policy.recheck(Peer("p", "site-1", "def"))

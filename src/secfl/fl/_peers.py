@@ -164,9 +164,12 @@ class PeerPolicy:
     def recheck(self, peer: Peer) -> None:
         """``peer``, accepted when its call began, against the list as it stands now
         (read within :data:`STALE_SECONDS`, not naming it): what it sent is taken in only
-        then, so an update that came in while the board revoked its sender is refused."""
-        self._fresh()
+        then, so an update that came in while the board revoked its sender is refused.
+        A revocation the list holds is a refusal even once the list is stale: stale, it
+        refuses nothing (StaleRevocations: the sender tries again), and a site it names
+        was waited for, as silent, rather than refused for the round."""
         self._not_revoked(peer.serial, peer.service)
+        self._fresh()
 
     def _fresh(self) -> None:
         if self.read_at is not None and time.monotonic() - self.read_at > STALE_SECONDS:
