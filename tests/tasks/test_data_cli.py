@@ -135,7 +135,6 @@ def test_info_reads_no_more_of_a_file_than_its_header_describes(tmp_path: Path) 
     (sparse here) was 20 GB of memory: a MemoryError under a 4 GB limit, an OOM kill
     without one. Now at most the header is read of a file that is no shard, or of one
     longer than its tensors (in a real process, under a 4 GB address-space limit)."""
-    import resource
     import subprocess
     import sys
 
@@ -149,14 +148,19 @@ def test_info_reads_no_more_of_a_file_than_its_header_describes(tmp_path: Path) 
     zeros.touch()
     os.truncate(zeros, 20 << 30)
 
-    def limited() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-
+    # the child limits itself, after its imports: a ``preexec_fn`` forks this test
+    # process, whose gRPC (loaded by earlier tests in the worker) can abort the fork
+    # ("epoll_wait error: Bad file descriptor", seen in CI)
+    entry = (
+        "import resource, sys; from secfl.cli.main import main; "
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
     lines = []
     for path in (padded, zeros):
         done = subprocess.run(
-            [sys.executable, "-m", "secfl.cli.main", "data", "info", str(path)],
-            capture_output=True, text=True, timeout=120, preexec_fn=limited,
+            [sys.executable, "-c", entry, "data", "info", str(path)],
+            capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         lines.append(clirun.one_error(done))
     assert "is 21474836480 bytes, its header describes 776" in lines[0], lines[0]
