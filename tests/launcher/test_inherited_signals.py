@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
+import sys
 
 from tests.launcher.world import World, python
 
@@ -16,8 +16,14 @@ CHECKS = (
 )
 
 
-def _ignore_sigchld() -> None:
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+#: Runs the command after it with SIGCHLD ignored (kept across exec): a trampoline, not a
+#: ``preexec_fn``, which forks this test process (with gRPC loaded there by earlier tests,
+#: such a fork aborted in CI: "epoll_wait error: Bad file descriptor").
+IGNORING_SIGCHLD = (
+    sys.executable, "-c",
+    "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+)  # fmt: skip
 
 
 def test_a_sigchld_the_host_ignores_does_not_turn_failures_into_successes(
@@ -31,7 +37,7 @@ def test_a_sigchld_the_host_ignores_does_not_turn_failures_into_successes(
     argv = python(CHECKS)
     world.submit_program("sigchld", world.plain(argv))
     done = subprocess.run(
-        world.command("svc", argv, policy="sigchld"), preexec_fn=_ignore_sigchld,
+        [*IGNORING_SIGCHLD, *world.command("svc", argv, policy="sigchld")],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert "CHILD 3" in done.stdout, (done.stdout, done.stderr)

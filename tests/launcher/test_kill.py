@@ -101,8 +101,14 @@ def test_kill_9_of_the_launcher_leaves_nothing(world: World, mode: str) -> None:
         proc.wait(timeout=10)
 
 
-def _stdin_closed() -> None:
-    os.close(0)
+#: Runs the command after it with its stdin closed: a trampoline that closes it and execs,
+#: not a ``preexec_fn``, which forks this test process (with gRPC loaded there by earlier
+#: tests, such a fork aborted in CI: "epoll_wait error: Bad file descriptor").
+STDIN_CLOSED = (
+    sys.executable,
+    "-c",
+    "import os, sys; os.close(0); os.execvp(sys.argv[1], sys.argv[1:])",
+)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -114,7 +120,7 @@ def test_a_launcher_started_with_stdin_closed_keeps_its_watchdog(world: World, m
     on /dev/shm itself, outside its private tmpfs, mode 0755), and a ``kill -9`` left
     the secrets and the volumes' plaintext there."""
     prefix = _mode(mode)
-    proc = world.start("worker", world.argv("--die"), prefix=prefix, preexec_fn=_stdin_closed)
+    proc = world.start("worker", world.argv("--die"), prefix=(*STDIN_CLOSED, *prefix))
     try:
         lines = wait_ready(proc)
         folder, token = Path(lines["FILES_DIR"]), lines["FILE"]
