@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -26,7 +27,7 @@ from secfl.fl._collaborator import Collaborator, ModelGate
 from secfl.fl._commit import Commit, Ledger, MemoryLedger
 from secfl.fl._config import FederationConfig
 from secfl.fl._envelope import ModelEnvelope, read_unverified
-from secfl.fl._tensors import from_bytes
+from secfl.fl._tensors import from_bytes, to_bytes
 from secfl.fl._transport import Client, Credentials, PeerPolicy, Server
 from secfl.fl.strategies._base import Params
 from secfl.policy._secrets import CaSecret
@@ -285,5 +286,58 @@ class RawClient:
         reply = self.client.upload(msg.SUBMIT, msg.stream(head, *payload))
         return msg.decode(reply)[0]
 
+    def submit_held(
+        self, agg: Aggregator, header: dict[str, Any], params: Params
+    ) -> tuple[Background, threading.Event]:
+        """Stream an update for ``header``'s round in a thread, in two halves: returns once
+        the aggregator let the call in and read its header, the first half sent; the
+        second goes when the returned event is set (the call's outcome in the thread)."""
+        payload = to_bytes(params)
+        head = {"kind": "update", "round": header["round"], "attempt": header["attempt"],
+                "epoch": self.epoch, "samples": 10, "metrics": {"loss": 1.0}}  # fmt: skip
+        halfway, release = threading.Event(), threading.Event()
+
+        def slowly() -> Iterator[bytes]:
+            yield msg.header_bytes(head)
+            yield payload[: len(payload) // 2]
+            halfway.set()
+            release.wait(30)
+            yield payload[len(payload) // 2 :]
+
+        seen = agg.rounds.participants[self.name].last_seen
+        upload = Background(lambda: self.client.upload(msg.SUBMIT, slowly()), "upload")
+        upload.start()
+        assert halfway.wait(20)
+        wait_for(lambda: agg.rounds.participants[self.name].last_seen > seen, "the upload")
+        return upload, release
+
+    def poll_held(self, agg: Aggregator) -> Background:
+        """A long poll (``Next``) in a thread: returns once the aggregator let it in, while
+        it waits for a round (its answer is the thread's outcome)."""
+        request = msg.encode({"kind": "next", "done": []})
+        seen = agg.rounds.participants[self.name].last_seen
+        poll = Background(lambda: self.client.download(msg.NEXT, request, 64 << 20), "poll")
+        poll.start()
+        wait_for(lambda: agg.rounds.participants[self.name].last_seen > seen, "the poll")
+        return poll
+
     def close(self) -> None:
         self.client.close()
+
+
+def revocable(fed: Federation, port: int, name: str) -> tuple[RawClient, str]:
+    """A collaborator with a certificate of its own, and that certificate's serial as
+    the SPM's revocation list names it."""
+    creds = identity(fed.authority, name)
+    raw = RawClient(fed, port, name)
+    raw.client = fed.client(port, name, creds=creds)
+    return raw, format(x509.load_pem_x509_certificate(creds.cert_pem).serial_number, "x")
+
+
+def digits_federation(tmp_path_factory: pytest.TempPathFactory, clients: int = 2) -> Federation:
+    """A federation on digits split among ``clients`` sites (seed 1)."""
+    from secfl.tasks import get_task
+    from secfl.tasks._split import split
+
+    report = split("digits", clients, seed=1, out=tmp_path_factory.mktemp("shards"))
+    return Federation(get_task("digits"), report)

@@ -10,22 +10,18 @@ reading thread sets it."""
 from __future__ import annotations
 
 import pytest
-from cryptography import x509
 
 from secfl.errors import TransportError
 from secfl.fl import _messages as msg
-from secfl.tasks import get_task
-from secfl.tasks._split import split
 
-from .fedkit import Background, Federation, RawClient, identity, site, wait_for
+from .fedkit import Background, Federation, RawClient, digits_federation, revocable, site, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    report = split("digits", 2, seed=1, out=tmp_path_factory.mktemp("shards"))
-    return Federation(get_task("digits"), report)
+    return digits_federation(tmp_path_factory)
 
 
 def test_a_poll_of_a_site_revoked_meanwhile_gets_no_model(fed: Federation) -> None:
@@ -33,21 +29,13 @@ def test_a_poll_of_a_site_revoked_meanwhile_gets_no_model(fed: Federation) -> No
                 "round_timeout": 10, "heartbeat": 0.5, "dead_after": 3.0,
                 "join_timeout": 30, "seed": 3}  # fmt: skip
     agg = fed.aggregator(settings, services=[site(0), site(1)])
-    creds = identity(fed.authority, site(0))
-    serial = format(x509.load_pem_x509_certificate(creds.cert_pem).serial_number, "x")
-    revoked = RawClient(fed, agg.port, site(0))
-    revoked.client = fed.client(agg.port, site(0), creds=creds)
+    revoked, serial = revocable(fed, agg.port, site(0))
     honest = RawClient(fed, agg.port, site(1))
     run = Background(agg.run, "aggregator")
     try:
         revoked.join()
         run.start()  # waits for a second collaborator
-        request = msg.encode({"kind": "next", "done": []})
-        joined = agg.rounds.participants[site(0)].last_seen
-        poll = Background(lambda: revoked.client.download(msg.NEXT, request, 64 << 20), "poll")
-        poll.start()
-        # the poll was let in (its call checked) and waits for the round
-        wait_for(lambda: agg.rounds.participants[site(0)].last_seen > joined, "the poll")
+        poll = revoked.poll_held(agg)  # let in (its call checked), it waits for the round
         agg.server.peers.revoked = {serial}  # the reading thread read the revocation
         honest.join()  # the round opens while the poll waits
         try:

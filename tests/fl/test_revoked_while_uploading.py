@@ -10,27 +10,19 @@ reading thread sets it."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-
 import pytest
-from cryptography import x509
 
 from secfl.errors import TransportError
-from secfl.fl import _messages as msg
 from secfl.fl._tensors import to_bytes
-from secfl.tasks import get_task
-from secfl.tasks._split import split
 
-from .fedkit import Background, Federation, RawClient, identity, site, wait_for
+from .fedkit import Background, Federation, RawClient, digits_federation, revocable, site
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    report = split("digits", 2, seed=1, out=tmp_path_factory.mktemp("shards"))
-    return Federation(get_task("digits"), report)
+    return digits_federation(tmp_path_factory)
 
 
 @pytest.mark.parametrize(
@@ -49,12 +41,9 @@ def test_an_update_whose_sender_was_revoked_while_it_came_in_is_refused(
                 "round_timeout": 30, "heartbeat": 0.5, "dead_after": 5.0,
                 "join_timeout": 30, "seed": 3, **rule}  # fmt: skip
     agg = fed.aggregator(settings, services=[site(0), site(1)])
-    creds = identity(fed.authority, site(0))
-    serial = format(x509.load_pem_x509_certificate(creds.cert_pem).serial_number, "x")
-    revoked = RawClient(fed, agg.port, site(0))
-    revoked.client = fed.client(agg.port, site(0), creds=creds)
+    revoked, serial = revocable(fed, agg.port, site(0))
     honest = RawClient(fed, agg.port, site(1))
-    halfway, release = threading.Event(), threading.Event()
+    release = None
     try:
         revoked.join()
         honest.join()
@@ -62,23 +51,8 @@ def test_an_update_whose_sender_was_revoked_while_it_came_in_is_refused(
         run.start()
         header, params, _ = revoked.train()
         h2, p2, _ = honest.train()
-        payload = to_bytes(params)
-        head = {"kind": "update", "round": header["round"], "attempt": header["attempt"],
-                "epoch": revoked.epoch, "samples": 10, "metrics": {"loss": 1.0}}  # fmt: skip
-
-        def slowly() -> Iterator[bytes]:
-            yield msg.header_bytes(head)
-            yield payload[: len(payload) // 2]
-            halfway.set()
-            release.wait(30)
-            yield payload[len(payload) // 2 :]
-
-        fetched = agg.rounds.participants[site(0)].last_seen
-        upload = Background(lambda: revoked.client.upload(msg.SUBMIT, slowly()), "upload")
-        upload.start()
-        assert halfway.wait(20)
-        # the upload was let in (its call checked) and its header read
-        wait_for(lambda: agg.rounds.participants[site(0)].last_seen > fetched, "the upload")
+        # the upload is let in (its call checked) and its header read, half of it sent
+        upload, release = revoked.submit_held(agg, header, params)
         # the aggregator's thread reads the board's revocation of site-1 meanwhile
         agg.server.peers.revoked = {serial}
         release.set()
@@ -90,7 +64,8 @@ def test_an_update_whose_sender_was_revoked_while_it_came_in_is_refused(
         assert entry["participants"] == [site(1)], entry
         assert entry["refused"] == [site(0)], entry
     finally:
-        release.set()
+        if release is not None:
+            release.set()
         agg.rounds.finish(0)
         agg.server.stop(None)
         revoked.close()

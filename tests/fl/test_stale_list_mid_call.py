@@ -12,9 +12,7 @@ leaves it when its reads fail."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -23,10 +21,8 @@ from secfl.fl import _messages as msg
 from secfl.fl._peers import STALE_SECONDS
 from secfl.fl._tensors import to_bytes
 from secfl.fl._transport import Peer
-from secfl.tasks import get_task
-from secfl.tasks._split import split
 
-from .fedkit import Background, Federation, RawClient, site, wait_for
+from .fedkit import Background, Federation, RawClient, digits_federation, site, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,8 +33,7 @@ SETTINGS = {"rounds": 1, "min_clients": 2, "quorum": 2, "max_attempts": 1,
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
-    report = split("digits", 2, seed=1, out=tmp_path_factory.mktemp("shards"))
-    return Federation(get_task("digits"), report)
+    return digits_federation(tmp_path_factory)
 
 
 def _stale(agg: object) -> None:
@@ -63,7 +58,7 @@ def test_an_update_that_met_a_stale_list_is_sent_again_not_refused(
 ) -> None:
     agg = fed.aggregator({**SETTINGS, **rule}, services=[site(0), site(1)])
     slow, other = RawClient(fed, agg.port, site(0)), RawClient(fed, agg.port, site(1))
-    halfway, release = threading.Event(), threading.Event()
+    release = None
     try:
         slow.join()
         other.join()
@@ -71,22 +66,7 @@ def test_an_update_that_met_a_stale_list_is_sent_again_not_refused(
         run.start()
         header, params, _ = slow.train()
         h2, p2, _ = other.train()
-        payload = to_bytes(params)
-        head = {"kind": "update", "round": header["round"], "attempt": header["attempt"],
-                "epoch": slow.epoch, "samples": 10, "metrics": {"loss": 1.0}}  # fmt: skip
-
-        def slowly() -> Iterator[bytes]:
-            yield msg.header_bytes(head)
-            yield payload[: len(payload) // 2]
-            halfway.set()
-            release.wait(30)
-            yield payload[len(payload) // 2 :]
-
-        fetched = agg.rounds.participants[site(0)].last_seen
-        upload = Background(lambda: slow.client.upload(msg.SUBMIT, slowly()), "upload")
-        upload.start()
-        assert halfway.wait(20)
-        wait_for(lambda: agg.rounds.participants[site(0)].last_seen > fetched, "the upload")
+        upload, release = slow.submit_held(agg, header, params)
         _stale(agg)  # the SPM did not answer for STALE_SECONDS meanwhile
         release.set()
         with pytest.raises(TransportError, match="UNAVAILABLE"):
@@ -95,13 +75,15 @@ def test_an_update_that_met_a_stale_list_is_sent_again_not_refused(
         assert attempt is not None
         assert site(0) not in attempt.refused, attempt.refused  # it may send it again
         _fresh(agg)  # the SPM answers again
-        assert slow.submit(header["round"], header["attempt"], payload)["kind"] == "accepted"
+        resent = slow.submit(header["round"], header["attempt"], to_bytes(params))
+        assert resent["kind"] == "accepted", resent
         assert other.submit(h2["round"], h2["attempt"], to_bytes(p2))["kind"] == "accepted"
         run.outcome()
         entry = agg.history[-1]
         assert entry["participants"] == [site(0), site(1)], entry
     finally:
-        release.set()
+        if release is not None:
+            release.set()
         agg.rounds.finish(0)
         agg.server.stop(None)
         slow.close()
@@ -115,11 +97,7 @@ def test_a_poll_that_met_a_stale_list_is_told_to_wait_not_refused(fed: Federatio
     try:
         polling.join()
         run.start()  # waits for a second collaborator
-        request = msg.encode({"kind": "next", "done": []})
-        joined = agg.rounds.participants[site(0)].last_seen
-        poll = Background(lambda: polling.client.download(msg.NEXT, request, 64 << 20), "poll")
-        poll.start()
-        wait_for(lambda: agg.rounds.participants[site(0)].last_seen > joined, "the poll")
+        poll = polling.poll_held(agg)
         _stale(agg)  # the SPM did not answer for STALE_SECONDS meanwhile
         # the second site joined before (its call checked while the list was fresh)
         agg.rounds.join(
