@@ -325,6 +325,16 @@ class RawClient:
         self.client.close()
 
 
+#: The three ways an update is taken in, as a federation's settings: folded while it
+#: streams in, whole in its turn, whole and kept for the sorted-sender sum.
+UPDATE_PATHS = [
+    {"strategy": "fedavg"},
+    {"strategy": "median", "aggregation_order": "arrival"},
+    {"strategy": "median", "aggregation_order": "canonical"},
+]
+UPDATE_PATH_NAMES = ["streamed", "in-turn", "canonical"]
+
+
 def revocable(fed: Federation, port: int, name: str) -> tuple[RawClient, str]:
     """A collaborator with a certificate of its own, and that certificate's serial as
     the SPM's revocation list names it."""

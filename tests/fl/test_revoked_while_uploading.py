@@ -15,7 +15,16 @@ import pytest
 from secfl.errors import TransportError
 from secfl.fl._tensors import to_bytes
 
-from .fedkit import Background, Federation, RawClient, digits_federation, revocable, site
+from .fedkit import (
+    UPDATE_PATH_NAMES,
+    UPDATE_PATHS,
+    Background,
+    Federation,
+    RawClient,
+    digits_federation,
+    revocable,
+    site,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,15 +34,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     return digits_federation(tmp_path_factory)
 
 
-@pytest.mark.parametrize(
-    "rule",
-    [
-        {"strategy": "fedavg"},  # folded while it streams in
-        {"strategy": "median", "aggregation_order": "arrival"},  # whole, in its turn
-        {"strategy": "median", "aggregation_order": "canonical"},  # whole, kept
-    ],
-    ids=["streamed", "in-turn", "canonical"],
-)
+@pytest.mark.parametrize("rule", UPDATE_PATHS, ids=UPDATE_PATH_NAMES)
 def test_an_update_whose_sender_was_revoked_while_it_came_in_is_refused(
     fed: Federation, rule: dict[str, str]
 ) -> None:

@@ -22,7 +22,16 @@ from secfl.fl._peers import STALE_SECONDS
 from secfl.fl._tensors import to_bytes
 from secfl.fl._transport import Peer
 
-from .fedkit import Background, Federation, RawClient, digits_federation, site, wait_for
+from .fedkit import (
+    UPDATE_PATH_NAMES,
+    UPDATE_PATHS,
+    Background,
+    Federation,
+    RawClient,
+    digits_federation,
+    site,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,15 +53,7 @@ def _fresh(agg: object) -> None:
     agg.server.peers.read_at = time.monotonic()  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(
-    "rule",
-    [
-        {"strategy": "fedavg"},  # folded while it streams in
-        {"strategy": "median", "aggregation_order": "arrival"},  # whole, in its turn
-        {"strategy": "median", "aggregation_order": "canonical"},  # whole, kept
-    ],
-    ids=["streamed", "in-turn", "canonical"],
-)
+@pytest.mark.parametrize("rule", UPDATE_PATHS, ids=UPDATE_PATH_NAMES)
 def test_an_update_that_met_a_stale_list_is_sent_again_not_refused(
     fed: Federation, rule: dict[str, str]
 ) -> None:
