@@ -214,6 +214,24 @@ def test_without_a_fresh_revocation_list_nothing_is_accepted(link: dict[str, Any
     _assert_cut_off(link)
 
 
+def test_a_site_passes_only_with_its_own_node_key(link: dict[str, Any]) -> None:
+    """Found by a review: the gate took any of the policy's node keys on any site's
+    attested connection, so a node key taken from one site's TEE (one the board has
+    since revoked, say) still worked through another site's relay. ``nodes.pem`` names
+    each key's site now, and the key must be that of the connection's certificate."""
+    gate = link["gate"]
+    gate.nodes = {NODE: "collaborator"}  # the site's own key (nodes.pem's binding)
+    assert _call(link) == (502, PASSED)
+    gate.nodes = {NODE: "another-site"}  # another site's key, on this site's connection
+    status, error = _call(link)
+    assert status == 403, error
+    assert error == (
+        "gate: the SuperNode key of 'another-site' came on a connection of 'collaborator': "
+        "a site signs with its own node key only"
+    )
+    assert gate.refused == 1
+
+
 def _assert_cut_off(link: dict[str, Any]) -> None:
     """The relay closed its open connection (within its watch's second) and makes no
     new one."""

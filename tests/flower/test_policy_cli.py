@@ -103,7 +103,9 @@ def test_each_key_goes_only_where_it_belongs(written: dict[str, Any]) -> None:
     services = {s["name"]: s for s in doc["services"]}
     link = services["superlink"]["inject"]["files"]
     assert link["/flower/superlink.key"] == "$$SECFL::superlink-tls:key$$"
-    assert link["/flower/nodes.pem"] == "$$SECFL::site-1-node:pub$$\n$$SECFL::site-2-node:pub$$\n"
+    assert link["/flower/nodes.pem"] == (  # each key after its site's name (the gate's binding)
+        "service: site-1\n$$SECFL::site-1-node:pub$$\nservice: site-2\n$$SECFL::site-2-node:pub$$\n"
+    )
     assert link["/flower/output.key"] == "$$SECFL::model-output-key:hex$$"
     for site in ("site-1", "site-2"):
         files = services[site]["inject"]["files"]

@@ -250,7 +250,17 @@ def test_node_keys_are_read_as_flower_compares_them(tmp_path: Path) -> None:
     ]
     path = tmp_path / "nodes.pem"
     path.write_bytes(b"\n".join(pems) + b"\n")
-    assert load_node_keys(path) == pems
+    assert load_node_keys(path) == dict.fromkeys(pems)  # an earlier policy's: no sites named
+    with pytest.raises(FlowerError, match="key 1 names no site .* `secfl flower policy`"):
+        load_node_keys(path, named=True)
+    path.write_bytes(b"service: site-1\n" + pems[0] + b"service: site-2\n" + pems[1])
+    assert load_node_keys(path, named=True) == {pems[0]: "site-1", pems[1]: "site-2"}
+    path.write_bytes(b"service: site-1\n" + pems[0] + b"service: site-1\n" + pems[1])
+    with pytest.raises(FlowerError, match="names site 'site-1' twice"):
+        load_node_keys(path, named=True)
+    path.write_bytes(b"service: ../x\n" + pems[0])
+    with pytest.raises(FlowerError, match="key 1 names a site that is not a service name"):
+        load_node_keys(path, named=True)
     path.write_bytes(pems[0] + pems[0])
     with pytest.raises(FlowerError, match="names a node key twice"):
         load_node_keys(path)

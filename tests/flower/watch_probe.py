@@ -48,19 +48,21 @@ def main(work: Path) -> dict[str, Any]:
         context = ssl.create_default_context(cafile=str(plain.tls["ca"]))
         control = _control(f"https://127.0.0.1:{plain.port}", context)
         sites = keys(2)
-        register(control, sites)
+        register(control, dict.fromkeys(sites))
         audit = Audit()
         watch = NodeWatch(control, sites, audit, every=0.0)  # type: ignore[arg-type]
         out["clean"] = watch.check()
         foreign = keys(2)
-        ids = register(control, foreign)
+        ids = register(control, dict.fromkeys(foreign))
         out["removed"] = watch.check()
         status = {n.node_id: n.status for n in control.ListNodes(ListNodesRequest()).nodes_info}
         out["foreign_status"] = sorted({status[i] for i in ids})
         out["site_status"] = sorted(s for i, s in status.items() if i not in ids)
         out["audited"] = [d for e, d in audit.events if e == "node-foreign"]
         out["ids"] = [str(i) for i in ids]
-        register(control, keys(MAX_FOREIGN - 1))  # 2 + 7: one more than a run survives
+        register(
+            control, dict.fromkeys(keys(MAX_FOREIGN - 1))
+        )  # 2 + 7: one more than a run survives
         try:
             watch.check()
             out["flood"] = "not stopped"

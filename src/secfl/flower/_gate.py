@@ -10,7 +10,10 @@ it exactly the Fleet API's calls (``POST /v1/fleet/<call>`` for the calls a Supe
 makes); everything else is answered 404 in one line and never reaches Flower.
 
 A Fleet call passes only if the SuperNode key it names (Flower's ``flwr-public-key``
-header) is one of the policy's attested nodes; any other is answered 403 here. Flower
+header) is one of the policy's attested nodes, and with mutual TLS only if it is the
+key of the site whose certificate the connection presented (``nodes.pem`` names each
+key's site): a key taken from one site's TEE does not pass through another's
+attested relay. Any other is answered 403 here. Flower
 then checks the header's signature and that the key is registered. The gate's own
 check matters because registration is not the gate's: whoever reaches the
 SuperLink's loopback Control API can register a key of their own, and Flower would
@@ -30,12 +33,14 @@ import hashlib
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import httpx
 
 from secfl._internal.httpparser import PEER_CERT
+from secfl._internal.values import quoted
 from secfl.errors import StaleRevocations, TransportError
+from secfl.fl._peers import Peer
 from secfl.flower._gate_http import (
     _HOP,
     _OWN,
@@ -90,6 +95,8 @@ FREE_BYTES = 1 << 20
 #: and then it ends within MAX_BODY's 32 s.
 STALL_SECONDS = 2.0
 STALL_BYTES = 1 << 20
+#: What :meth:`FleetGate._peer` gives for a request it refused (and answered).
+_REFUSED = object()
 #: Refused keys the gate names in its log, each once (a flood of fresh keys adds no lines).
 _NAMED_REFUSALS = 64
 
@@ -118,7 +125,7 @@ class FleetGate:
         self,
         upstream: str,
         context: ssl.SSLContext,
-        nodes: Iterable[bytes],
+        nodes: Mapping[bytes, str | None] | Iterable[bytes],
         *,
         max_buffered: int = MAX_BUFFERED,
         peers: Callable[[bytes | None], object] | None = None,
@@ -128,7 +135,11 @@ class FleetGate:
         # (secfl.flower._tls.loopback_context)
         self.upstream = upstream.rstrip("/")
         self.context = context
-        self.nodes = frozenset(nodes)  # the attested SuperNodes' keys, SPKI PEM
+        #: The attested SuperNodes' keys (SPKI PEM), each with the service (site) whose
+        #: certificate alone may present it, where the policy names one (nodes.pem).
+        self.nodes: dict[bytes, str | None] = (
+            dict(nodes) if isinstance(nodes, Mapping) else dict.fromkeys(nodes)
+        )
         #: With mutual TLS, the check of the certificate a request's connection
         #: presented (secfl.flower._attested.AttestedTls.check), on every request.
         self.peers = peers
@@ -150,7 +161,8 @@ class FleetGate:
             return
         if scope["type"] != "http":
             return
-        if await self._peer_refused(scope, send):
+        peer = await self._peer(scope, send)
+        if peer is _REFUSED:
             return
         path = str(scope.get("path", ""))
         call = path.removeprefix("/v1/fleet/")
@@ -172,7 +184,7 @@ class FleetGate:
         # chunked request's trailers to the same list once the body has been read
         headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in _HOP]
         key = _node_key(headers)
-        if key not in self.nodes:
+        if key is None or key not in self.nodes:
             self.refused += 1
             self._name(key)
             await _answer(
@@ -180,6 +192,16 @@ class FleetGate:
                 403,
                 "gate: the request's SuperNode key is not one of the policy's attested nodes",
             )
+            return
+        site = self.nodes[key]
+        if site is not None and isinstance(peer, Peer) and peer.service != site:
+            # a key stolen from one site's TEE (say one the board revoked) must not
+            # pass on the attested connection of another
+            self.refused += 1
+            why = (f"the SuperNode key of {quoted(site)} came on a connection of "
+                   f"{quoted(peer.service)}: a site signs with its own node key only")  # fmt: skip
+            self._say(why)
+            await _answer(send, 403, f"gate: {why}", close=True)
             return
         held = _Held()
         self._held.add(held)
@@ -223,7 +245,7 @@ class FleetGate:
                 if not message.get("more_body"):
                     break
             self._held.discard(held)  # whole: never dropped now
-            if await self._peer_refused(scope, send):  # again: revoked while it uploaded?
+            if await self._peer(scope, send) is _REFUSED:  # again: revoked while it uploaded?
                 return
             body = b"".join(held.pieces)  # one copy, then the pieces go
             held.pieces.clear()
@@ -234,28 +256,28 @@ class FleetGate:
             self.buffered -= held.counted
             held.counted = 0
 
-    async def _peer_refused(self, scope: Scope, send: Send) -> bool:
-        """With mutual TLS, whether the certificate of the request's connection is
-        refused now (then answered 403, and the connection closed: a client polling on
+    async def _peer(self, scope: Scope, send: Send) -> object:
+        """With mutual TLS, the peer whose certificate the request's connection
+        presented, or :data:`_REFUSED` if it is refused now (then answered 403, and the
+        connection closed: a client polling on
         it, as Flower does after a 403, would never come back with a renewed one). While
         the revocation list is stale nobody is accepted, with 503 and Retry-After:
         Flower's SuperNodes retry that, whereas a 403 reads to them as a run no longer
         running, and they dropped the replies they were pushing (found by a review)."""
         if self.peers is None:
-            return False
+            return None
         try:
-            self.peers(scope.get(PEER_CERT))
+            return self.peers(scope.get(PEER_CERT))
         except StaleRevocations as exc:
             self.refused += 1
             self._say(str(exc))
             await _answer(send, 503, f"gate: {exc}", retry=True, close=True)
-            return True
+            return _REFUSED
         except TransportError as exc:
             self.refused += 1
             self._say(str(exc))
             await _answer(send, 403, f"gate: {exc}", close=True)
-            return True
-        return False
+            return _REFUSED
 
     def _drop_stalled(self, need: int, *, keep: _Held) -> None:
         """Let go of the bodies of requests stalled longest (:data:`STALL_SECONDS`)

@@ -19,8 +19,9 @@ registration, and one that could outpace the watch: it writes
 from __future__ import annotations
 
 import hashlib
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,17 @@ from secfl._internal.files import TooLarge, read_bounded
 from secfl._internal.values import quoted
 from secfl.errors import FlowerError
 from secfl.flower._audit import SpmAudit
+from secfl.policy._fields import NAME
 
-__all__ = ["MAX_FAILURES", "MAX_FOREIGN", "WATCH_EVERY", "NodeWatch", "load_node_keys", "register"]
+__all__ = [
+    "MAX_FAILURES",
+    "MAX_FOREIGN",
+    "SERVICE_LABEL",
+    "WATCH_EVERY",
+    "NodeWatch",
+    "load_node_keys",
+    "register",
+]
 
 #: Seconds between two reads of the registry while the run lasts.
 WATCH_EVERY = 2.0
@@ -41,8 +51,16 @@ MAX_FOREIGN = 8
 MAX_FAILURES = 5
 
 
-def load_node_keys(path: Path) -> list[bytes]:
-    """The SuperNode public keys (PEM, concatenated), as Flower compares them: SPKI PEM."""
+#: The line before each key in ``nodes.pem`` that names the site it belongs to.
+SERVICE_LABEL = "service: "
+
+
+def load_node_keys(path: Path, *, named: bool = False) -> dict[bytes, str | None]:
+    """The SuperNode public keys (PEM, concatenated), as Flower compares them (SPKI
+    PEM), each with the service (site) it belongs to: the ``service: NAME`` line just
+    before its PEM block (``secfl flower policy`` writes one per site), or None for a
+    key without one. ``named`` refuses such a key: with mutual TLS the gate holds each
+    key to the certificate of its own site."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -50,39 +68,63 @@ def load_node_keys(path: Path) -> list[bytes]:
         text = read_bounded(path, 1 << 20).decode("ascii")
     except (OSError, UnicodeDecodeError, TooLarge) as exc:
         raise FlowerError(f"flower: cannot read the node keys {path.name}: {exc}") from None
-    marker = "-----END PUBLIC KEY-----"
-    blocks = [b + marker for b in text.split(marker) if "-----BEGIN PUBLIC KEY-----" in b]
+    begin, marker = "-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----"
+    blocks = [b for b in text.split(marker) if begin in b]
     if not blocks:
         raise FlowerError(
             f"flower: {path.name} holds no public key: the policy injects each site's "
             "$$SECFL::NAME:pub$$ there"
         )
-    keys: list[bytes] = []
-    for block in blocks:
+    keys: dict[bytes, str | None] = {}
+    services: set[str] = set()
+    for i, block in enumerate(blocks, 1):
+        before, _, body = block.partition(begin)
+        service = _service_label(before, path.name, i)
+        if service is None and named:
+            raise FlowerError(
+                f"flower: {path.name}: key {i} names no site (a `{SERVICE_LABEL}NAME` line "
+                "before it): with --mutual-tls each key is held to its site's certificate; "
+                "make the policy again with `secfl flower policy`"
+            )
         try:
-            key = serialization.load_pem_public_key(block.strip().encode())
+            key = serialization.load_pem_public_key((begin + body + marker).encode())
         except ValueError:
             raise FlowerError(f"flower: {path.name} holds a key that is not PEM") from None
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise FlowerError(f"flower: {path.name} holds a key that is not an EC key")
-        keys.append(
-            key.public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
+        pem = key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-    if len(set(keys)) != len(keys):
-        raise FlowerError(f"flower: {path.name} names a node key twice")
+        if pem in keys:
+            raise FlowerError(f"flower: {path.name} names a node key twice")
+        if service is not None:
+            if service in services:
+                raise FlowerError(f"flower: {path.name} names site {quoted(service)} twice")
+            services.add(service)
+        keys[pem] = service
     return keys
 
 
-def register(control: Any, keys: Sequence[bytes]) -> list[int]:
-    """Registers ``keys`` (as ``site-1``, ``site-2``, ...) on the Control API ``control``;
-    their node IDs, in order."""
+def _service_label(before: str, name: str, i: int) -> str | None:
+    """The service a ``service: NAME`` line right before key ``i`` names, if any."""
+    lines = [line.strip() for line in before.splitlines() if line.strip()]
+    if not lines or not lines[-1].startswith(SERVICE_LABEL):
+        return None
+    service = lines[-1].removeprefix(SERVICE_LABEL).strip()
+    if not re.fullmatch(NAME, service):
+        raise FlowerError(f"flower: {name}: key {i} names a site that is not a service name")
+    return service
+
+
+def register(control: Any, keys: Mapping[bytes, str | None]) -> list[int]:
+    """Registers ``keys`` on the Control API ``control``, each under its site's name
+    (``site-N`` for a key without one); their node IDs, in order."""
     from flwr.proto.control_pb2 import RegisterNodeRequest
 
     ids = []
-    for i, key in enumerate(keys, 1):
-        reply = control.RegisterNode(RegisterNodeRequest(public_key=key, name=f"site-{i}"))
+    for i, (key, service) in enumerate(keys.items(), 1):
+        name = service or f"site-{i}"
+        reply = control.RegisterNode(RegisterNodeRequest(public_key=key, name=name))
         if not reply.node_id:
             raise FlowerError(f"flower: the SuperLink did not register node key {i}")
         ids.append(int(reply.node_id))

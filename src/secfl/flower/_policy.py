@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from secfl.errors import FlowerError
+from secfl.flower._nodes import SERVICE_LABEL
 from secfl.launcher._measurement import resolve_program, run_measurement
 
 __all__ = [
@@ -173,7 +174,8 @@ def flower_policy(
             "flower: measurements of hardware TEEs come from their images: write them into "
             "the policy (services[].measurements) after `secfl flower policy`"
         )
-    nodes = "".join(f"$$SECFL::{s.node_key}:pub$$\n" for s in fed.sites)
+    # each key after the name of its site: the gate holds a key to that site's certificate
+    nodes = "".join(f"{SERVICE_LABEL}{s.name}\n$$SECFL::{s.node_key}:pub$$\n" for s in fed.sites)
     link_files = {
         "/flower/superlink.crt": "$$SECFL::superlink-tls:crt$$",
         "/flower/superlink.key": "$$SECFL::superlink-tls:key$$",

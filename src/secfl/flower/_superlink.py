@@ -164,7 +164,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
     if cmd.value("--log-file") is not None:
         _private_file(cmd.value("--log-file") or "", "--log-file", env)
     fab = load_fab(opts.fab, opts.fab_sha256, env)
-    nodes = load_node_keys(_private_file(opts.nodes, "--nodes", env))
+    nodes = load_node_keys(_private_file(opts.nodes, "--nodes", env), named=opts.mutual_tls)
     listen_host, _, listen_port = opts.listen.rpartition(":")
     if not listen_host or not listen_port.isdigit():
         raise FlowerError(f"flower: --listen {opts.listen} is not HOST:PORT")
@@ -204,7 +204,8 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
         audit.report(
             "nodes-registered",
             {"nodes": [
-                {"node_id": str(n), "key_sha256": hashlib.sha256(k).hexdigest()}
+                {"node_id": str(n), "site": nodes[k] or "",
+                 "key_sha256": hashlib.sha256(k).hexdigest()}
                 for n, k in zip(node_ids, nodes, strict=True)
             ]},
         )  # fmt: skip
@@ -215,7 +216,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
         from secfl.flower._exec import Executor, start_thread
         from secfl.flower._gate import FleetGate, serve
 
-        watch = NodeWatch(control, nodes, audit)
+        watch = NodeWatch(control, list(nodes), audit)
         watch.check()  # nothing else registered before the gate opens
         if isinstance(attested, AttestedTls):
             gate = FleetGate(base, context, nodes, peers=attested.check)
