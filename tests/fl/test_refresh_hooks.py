@@ -171,3 +171,44 @@ def test_a_workload_superseded_by_a_new_version_does_not_attest_again(
         with pytest.raises(FlError, match="new version"):
             ident.renew()
     assert attested == ["token-1"], "attested again under the version that replaced it"
+
+
+def test_an_spm_that_does_not_answer_at_a_rounds_start_stops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a review: the round path's refresh raised whatever the SPM did, so an
+    SPM restarting (or a host dropping its packets) for the second a round attempt began
+    stopped a run of months, although the reading thread would have read the list again
+    10 s later. An unanswered SPM is logged and the list read still tried; an SPM that
+    refuses, or a new policy version, still stops the run."""
+    from secfl.errors import SpmError, SpmRefused
+
+    agg, _, spm = secure_aggregator(tmp_path, monkeypatch)
+    answers: list[BaseException | None] = []
+
+    def policy(name: str) -> dict[str, Any]:
+        failure = answers.pop(0)
+        if failure is not None:
+            raise failure
+        return {"digest": spm.digest}
+
+    spm.policy = policy  # type: ignore[method-assign]
+    for failure in (
+        SpmError("spm: GET /policies/fed failed: [Errno 111] Connection refused"),
+        SpmRefused("spm: HTTP 503 for /policies/fed", 503),
+    ):
+        answers.append(failure)
+        reads = spm.reads
+        with caplog.at_level("WARNING", logger="secfl.fl"):
+            agg.refresh()
+        assert spm.reads == reads + 1, "the list was not read"
+        assert f"could not refresh from the SPM at a round's start ({failure})" in caplog.text
+    spm.revocations_of = lambda n: (_ for _ in ()).throw(SpmError("spm: read timed out"))
+    answers.append(None)
+    agg.refresh()  # a read that fails: the list ages, and refuses peers once stale
+    answers.append(SpmRefused("session: this session ended", 401))
+    with pytest.raises(SpmRefused, match="session ended"):
+        agg.refresh()
+    spm.digest, answers[:] = "f" * 64, [None]
+    with pytest.raises(FlError, match="new version"):
+        agg.refresh()

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from secfl._internal import files
 from secfl._internal.files import atomic_write
 from secfl._internal.interrupts import interrupt_once
-from secfl.errors import FlError, SecflError
+from secfl.errors import FlError, SecflError, SpmError, SpmRefused
 from secfl.fl._aggregator import Aggregator, Signer
 from secfl.fl._commit import Commit, MemoryLedger, SpmLedger, new_version
 from secfl.fl._config import FederationConfig
@@ -184,9 +184,20 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
                 server.rotate(ident.creds)
 
     def refresh() -> None:
-        _check_current(ident)
-        renew()
-        reread()
+        """At a round attempt's start. An SPM that does not answer now stops nothing:
+        the reading thread tries again every 10 s, and a list it cannot read for
+        STALE_SECONDS refuses every peer meanwhile (fail closed). A run that stopped
+        here stopped for a blip of the SPM, or of the host's network (found by a
+        review). A new policy version, or an SPM that refuses, still stops the run."""
+        try:
+            _check_current(ident)
+            renew()
+        except SpmError as exc:
+            _unanswered(exc)
+        try:
+            reread()
+        except SpmError as exc:
+            _unanswered(exc)
 
     def watch() -> None:  # in a round, or waiting for one
         try:
@@ -245,6 +256,17 @@ def _pending_reset(
     if reset is not None:
         log.warning("the board approved a reset at counter %d (%s)", reset.value, path)
     return reset
+
+
+def _unanswered(exc: SpmError) -> None:
+    """Log an SPM that did not answer at a round's start (unreachable, its answer lost
+    or malformed, or a server error); raise ``exc`` again if the SPM refused."""
+    if isinstance(exc, SpmRefused) and exc.status < 500:
+        raise exc
+    log.warning(
+        "could not refresh from the SPM at a round's start (%s): going on, the reading "
+        "thread tries again", exc,
+    )  # fmt: skip
 
 
 def _check_current(ident: WorkloadIdentity) -> None:
