@@ -8,6 +8,7 @@ and :class:`RawClient` s (a hand-driven collaborator for misbehaving on purpose)
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -323,6 +324,28 @@ class RawClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+@contextlib.contextmanager
+def serving(
+    agg: Aggregator, *clients: RawClient, joined: Sequence[RawClient] | None = None
+) -> Iterator[Background]:
+    """``agg``'s round loop running in a thread (yielded) once ``joined`` (by default
+    every one of ``clients``) joined; on the way out, however the test ends, its round
+    is ended, its server stopped, the loop waited for and every client closed."""
+    run = Background(agg.run, "aggregator")
+    try:
+        for raw in clients if joined is None else joined:
+            raw.join()
+        run.start()
+        yield run
+    finally:
+        agg.rounds.finish(0)
+        agg.server.stop(None)
+        if run.ident is not None:
+            run.join(30)
+        for raw in clients:
+            raw.close()
 
 
 #: The three ways an update is taken in, as a federation's settings: folded while it

@@ -14,7 +14,7 @@ import pytest
 from secfl.errors import TransportError
 from secfl.fl import _messages as msg
 
-from .fedkit import Background, Federation, RawClient, digits_federation, revocable, site, wait_for
+from .fedkit import Federation, RawClient, digits_federation, revocable, serving, site, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,10 +31,7 @@ def test_a_poll_of_a_site_revoked_meanwhile_gets_no_model(fed: Federation) -> No
     agg = fed.aggregator(settings, services=[site(0), site(1)])
     revoked, serial = revocable(fed, agg.port, site(0))
     honest = RawClient(fed, agg.port, site(1))
-    run = Background(agg.run, "aggregator")
-    try:
-        revoked.join()
-        run.start()  # waits for a second collaborator
+    with serving(agg, revoked, honest, joined=[revoked]):  # waits for a second collaborator
         poll = revoked.poll_held(agg)  # let in (its call checked), it waits for the round
         agg.server.peers.revoked = {serial}  # the reading thread read the revocation
         honest.join()  # the round opens while the poll waits
@@ -49,9 +46,3 @@ def test_a_poll_of_a_site_revoked_meanwhile_gets_no_model(fed: Federation) -> No
         assert attempt is not None
         assert site(0) not in attempt.fetched
         assert "revoked" in attempt.refused.get(site(0), ""), attempt.refused  # owes none
-    finally:
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        run.join(30)
-        revoked.close()
-        honest.close()

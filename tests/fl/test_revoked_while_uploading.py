@@ -18,11 +18,11 @@ from secfl.fl._tensors import to_bytes
 from .fedkit import (
     UPDATE_PATH_NAMES,
     UPDATE_PATHS,
-    Background,
     Federation,
     RawClient,
     digits_federation,
     revocable,
+    serving,
     site,
 )
 
@@ -44,12 +44,7 @@ def test_an_update_whose_sender_was_revoked_while_it_came_in_is_refused(
     agg = fed.aggregator(settings, services=[site(0), site(1)])
     revoked, serial = revocable(fed, agg.port, site(0))
     honest = RawClient(fed, agg.port, site(1))
-    release = None
-    try:
-        revoked.join()
-        honest.join()
-        run = Background(agg.run, "aggregator")
-        run.start()
+    with serving(agg, revoked, honest) as run:
         header, params, _ = revoked.train()
         h2, p2, _ = honest.train()
         # the upload is let in (its call checked) and its header read, half of it sent
@@ -64,10 +59,3 @@ def test_an_update_whose_sender_was_revoked_while_it_came_in_is_refused(
         entry = agg.history[-1]
         assert entry["participants"] == [site(1)], entry
         assert entry["refused"] == [site(0)], entry
-    finally:
-        if release is not None:
-            release.set()
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        revoked.close()
-        honest.close()

@@ -25,10 +25,10 @@ from secfl.fl._transport import Peer
 from .fedkit import (
     UPDATE_PATH_NAMES,
     UPDATE_PATHS,
-    Background,
     Federation,
     RawClient,
     digits_federation,
+    serving,
     site,
     wait_for,
 )
@@ -59,12 +59,7 @@ def test_an_update_that_met_a_stale_list_is_sent_again_not_refused(
 ) -> None:
     agg = fed.aggregator({**SETTINGS, **rule}, services=[site(0), site(1)])
     slow, other = RawClient(fed, agg.port, site(0)), RawClient(fed, agg.port, site(1))
-    release = None
-    try:
-        slow.join()
-        other.join()
-        run = Background(agg.run, "aggregator")
-        run.start()
+    with serving(agg, slow, other) as run:
         header, params, _ = slow.train()
         h2, p2, _ = other.train()
         upload, release = slow.submit_held(agg, header, params)
@@ -82,22 +77,12 @@ def test_an_update_that_met_a_stale_list_is_sent_again_not_refused(
         run.outcome()
         entry = agg.history[-1]
         assert entry["participants"] == [site(0), site(1)], entry
-    finally:
-        if release is not None:
-            release.set()
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        slow.close()
-        other.close()
 
 
 def test_a_poll_that_met_a_stale_list_is_told_to_wait_not_refused(fed: Federation) -> None:
     agg = fed.aggregator(SETTINGS, services=[site(0), site(1)])
     polling = RawClient(fed, agg.port, site(0))
-    run = Background(agg.run, "aggregator")
-    try:
-        polling.join()
-        run.start()  # waits for a second collaborator
+    with serving(agg, polling):  # waits for a second collaborator
         poll = polling.poll_held(agg)
         _stale(agg)  # the SPM did not answer for STALE_SECONDS meanwhile
         # the second site joined before (its call checked while the list was fresh)
@@ -114,8 +99,3 @@ def test_a_poll_that_met_a_stale_list_is_told_to_wait_not_refused(fed: Federatio
         _fresh(agg)  # the SPM answers again: the next poll is sent the model
         header, _ = polling.next()
         assert header["kind"] == msg.TRAIN, header
-    finally:
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        run.join(30)
-        polling.close()

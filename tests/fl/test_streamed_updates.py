@@ -25,7 +25,7 @@ from secfl.tasks import get_task
 from secfl.tasks._digits import DigitsTask
 from secfl.tasks._split import split
 
-from .fedkit import Background, Federation, RawClient, site, wait_for
+from .fedkit import Background, Federation, RawClient, serving, site, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -286,11 +286,7 @@ def test_sites_queued_behind_other_uploads_are_not_dropped_as_silent(fed: Federa
     names = [site(i) for i in range(4)]
     agg = wide.aggregator(settings, services=names)
     raws = [RawClient(wide, agg.port, name) for name in names]
-    try:
-        for raw in raws:
-            raw.join()
-        run = Background(agg.run, "aggregator")
-        run.start()
+    with serving(agg, *raws) as run:
         trained = [raw.train() for raw in raws]
         for raw in raws:  # every site heard from just now: only the wait can count
             raw.client.unary(BEAT, msg.encode({"kind": "beat"}))
@@ -302,11 +298,6 @@ def test_sites_queued_behind_other_uploads_are_not_dropped_as_silent(fed: Federa
             upload.start()
         assert [u.outcome()["kind"] for u in uploads] == ["accepted"] * 4
         run.outcome()
-    finally:
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        for raw in raws:
-            raw.close()
 
 
 def test_a_site_uploading_longer_than_dead_after_is_not_dropped_in_canonical_order(
@@ -324,11 +315,7 @@ def test_a_site_uploading_longer_than_dead_after_is_not_dropped_in_canonical_ord
     names = [site(0), site(1)]
     agg = wide.aggregator(settings, services=names)
     raws = [RawClient(wide, agg.port, name) for name in names]
-    try:
-        for raw in raws:
-            raw.join()
-        run = Background(agg.run, "aggregator")
-        run.start()
+    with serving(agg, *raws) as run:
         trained = [raw.train() for raw in raws]
         for raw in raws:  # heard from just now: only the upload's length can count
             raw.client.unary(BEAT, msg.encode({"kind": "beat"}))
@@ -340,8 +327,3 @@ def test_a_site_uploading_longer_than_dead_after_is_not_dropped_in_canonical_ord
         run.outcome()
         entry = agg.history[-1]
         assert sorted(entry["participants"]) == names and entry["dropped"] == []
-    finally:
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        for raw in raws:
-            raw.close()

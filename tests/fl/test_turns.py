@@ -31,7 +31,7 @@ from secfl.fl._tensors import to_bytes
 from secfl.tasks import get_task
 from secfl.tasks._split import split
 
-from .fedkit import Background, Federation, RawClient, site
+from .fedkit import Background, Federation, RawClient, serving, site
 
 SETTINGS = {"rounds": 1, "max_attempts": 1, "round_timeout": 20, "heartbeat": 0.5,
             "dead_after": 2.0, "join_timeout": 30, "seed": 3, "strategy": "median",
@@ -79,17 +79,9 @@ def running(
     agg = fed.aggregator(settings, services=[site(0), site(1), third])
     honest = [RawClient(fed, agg.port, site(i)) for i in range(2)]
     other = RawClient(fed, agg.port, third)
-    try:
-        for raw in [*honest, other] if third_joins else honest:
-            raw.join()
-        run = Background(agg.run, "aggregator")
-        run.start()
+    joined = [*honest, other] if third_joins else honest
+    with serving(agg, *honest, other, joined=joined) as run:
         yield Running(agg, run, honest, other)
-    finally:
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        for raw in [*honest, other]:
-            raw.close()
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +157,7 @@ def test_a_newline_from_a_peer_forges_no_log_line(
     agg = fed.aggregator({**SETTINGS, "min_clients": 1, "quorum": 1},
                          services=[site(0)])  # fmt: skip
     raw = RawClient(fed, agg.port, site(0))
-    try:
-        raw.join()
-        run = Background(agg.run, "aggregator")
-        run.start()
+    with serving(agg, raw) as run:
         header, params, _ = raw.train()
         caplog.set_level(logging.WARNING)
         with pytest.raises(TransportError) as refused:  # the round: a string with a newline
@@ -182,10 +171,6 @@ def test_a_newline_from_a_peer_forges_no_log_line(
         assert len(lines) >= 2 and not [line for line in lines if "\n" in line]
         with pytest.raises(FlError, match="quorum of 1 updates not reached"):
             run.outcome()  # its one site refused
-    finally:
-        agg.rounds.finish(0)
-        agg.server.stop(None)
-        raw.close()
 
 
 @pytest.mark.parametrize(
