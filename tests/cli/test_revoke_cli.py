@@ -284,3 +284,30 @@ NOT_ONE_WAY = [
 
 def test_what_is_revoked_is_named_one_way(keys: Path, tmp_path: Path) -> None:
     refused_signings(keys, tmp_path, NOT_ONE_WAY)
+
+
+def test_a_key_that_is_not_the_members_on_the_board_is_refused_before_signing(
+    keys: Path, tmp_path: Path, board: Board, sim: tuple[Path, bytes]
+) -> None:
+    """`policy sign` and `sign-reset` refuse a key that is not the member's on the board;
+    `sign-revocation` signed with any key, and the SPM refused the whole statement only
+    when it was submitted, in the middle of keeping a clone out. With --board (the
+    policy's current version) it is refused before anything is signed."""
+    policy = tmp_path / "fed.yaml"
+    policy.write_text(policy_document("fed", board, sim[1]))
+    base = ("policy", "sign-revocation", "--policy", "fed", *REVOKE, "--board", str(policy))
+    out = tmp_path / "carol.sig"
+    done = secfl(*base, "--key", str(keys / "alice.key"), "--member", "carol", "-o", str(out))
+    assert one_error(done).startswith(
+        "error: sign: this key is not carol's key on this policy's board: it is alice's"
+    )
+    assert not out.exists()
+    other = tmp_path / "other.yaml"
+    other.write_text(policy_document("other", board, sim[1]))
+    done = secfl("policy", "sign-revocation", "--policy", "fed", *REVOKE, "--board", str(other),
+                 "--key", str(keys / "carol.key"), "--member", "carol", "-o", str(out))  # fmt: skip
+    assert one_error(done).startswith("error: --board: ")
+    assert not out.exists()
+    done = secfl(*base, "--key", str(keys / "carol.key"), "--member", "carol", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.exists()

@@ -213,20 +213,33 @@ def sign_revocation_cmd(
     subject: Subject = None,
     reason: Reason = "",
     readmit: Readmit = False,
+    board: Annotated[
+        str | None,
+        typer.Option(
+            "--board",
+            metavar="FILE",
+            help="The policy's current version (YAML): refuse a key that is not MEMBER's "
+            "on its board before signing.",
+        ),
+    ] = None,
 ) -> None:
     """Approve, as a board member, revoking (or with --readmit, readmitting) a service,
     certificate, measurement or platform: write your signature over the statement.
 
-    Every member signs with the same flags; the digest printed lets you compare."""
+    Every member signs with the same flags; the digest printed lets you compare. With
+    --board, a key that is not MEMBER's on that version's board (which the SPM checks
+    the signatures against) is refused here, not when the statement is submitted."""
+    from secfl.policy import _keys as keys
     from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
 
     statement = statement_from_flags(kind, subject, serial, service, reason, readmit)
     statement_digest = _revocation_digest(policy, statement)
     if output != "-" and replaces_file(output, key):
         raise UsageError(f"--output: '{output}' is your key file; name another file")
-    signature = sign_statement(
-        REVOCATION_DOMAIN, statement_digest, read_input(key, "signing key"), member
-    )
+    private = keys.load_private(read_input(key, "signing key"))
+    if board is not None:
+        _check_board(board, policy, member, private)
+    signature = sign_statement(REVOCATION_DOMAIN, statement_digest, private, member)
     write_output(signature.to_json().encode(), output)
     if output != "-":
         verb = "readmission" if readmit else "revocation"
@@ -235,6 +248,22 @@ def sign_revocation_cmd(
             f"digest {statement_digest}",
             markup=False,
         )
+
+
+def _check_board(path: str, policy: str, member: str, private: Any) -> None:
+    """``--board``: the policy version in ``path`` must be ``policy``'s, and ``private``
+    ``member``'s key on its board (a signature by another key is refused by the SPM,
+    and with it the whole statement, only when it is submitted)."""
+    from secfl.policy._document import load_policy
+    from secfl.policy._signatures import check_signer
+
+    current = load_policy(read_input(path, "board policy"))
+    if current.name != policy:
+        raise UsageError(
+            f"--board: '{path}' is policy '{current.name}', not '{policy}': give the "
+            f"current version of '{policy}'"
+        )
+    check_signer(current.board, member, private, previous=False, versions=False)
 
 
 def revoke_cmd(
