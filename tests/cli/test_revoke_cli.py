@@ -115,6 +115,14 @@ REVOKE = ("--kind", "service", "--subject", "aggregator", "--reason", "poisoning
 READMIT = ("--kind", "service", "--subject", "aggregator", "--readmit", "--reason", "cleared")
 
 
+def revoked_digest(policy: str) -> str:
+    """The digest of :data:`REVOKE`'s statement: what a readmission of it names."""
+    from secfl.spm._revocation import revocation_digest, revocation_doc
+
+    statement = {"kind": "service", "subject": "aggregator", "service": "", "reason": "poisoning"}
+    return revocation_digest(revocation_doc(policy, statement))
+
+
 def test_the_board_revokes_a_service_and_readmits_it(
     spm: Served, sim: tuple[Path, bytes], keys: Path, tmp_path: Path
 ) -> None:
@@ -133,14 +141,18 @@ def test_the_board_revokes_a_service_and_readmits_it(
     listed = listing(spm)
     (row,) = [line for line in listed.splitlines() if line.startswith("service")]
     assert row.split()[:2] == ["service", "aggregator"] and "poisoning" in row
+    lifts = revoked_digest(spm.policy)
+    assert lifts in listed.replace("\n", "").replace(" ", "")  # what a readmission names
 
-    # Readmission needs the board too.
-    readmit = (("carol", READMIT), ("alice", READMIT))
+    # Readmission needs the board too, and names the revocation it lifts.
+    readmit_flags = (*READMIT, "--lifts", lifts)
+    readmit = (("carol", readmit_flags), ("alice", readmit_flags))
     carol, alice = sign_all(keys, tmp_path, *readmit, policy=spm.policy)
-    assert one_error(submit(spm, READMIT, carol)).startswith("error: approval:")
+    assert one_error(submit(spm, readmit_flags, carol)).startswith("error: approval:")
     with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
         attest(spm, sim)
-    done = submit(spm, READMIT, alice, carol)
+    assert one_error(submit(spm, READMIT, alice, carol)).startswith("error: --lifts: ")
+    done = submit(spm, readmit_flags, alice, carol)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"readmitted: service aggregator of policy {spm.policy}"
     attest(spm, sim)

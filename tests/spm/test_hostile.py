@@ -192,9 +192,14 @@ def audit_verify_fails(spm: SpmProcess) -> str:
 
 
 def revoke(client: SpmClient, board: Board, policy: str, **statement: str) -> dict[str, Any]:
-    digest = revocation_digest(revocation_doc(policy, statement))
+    digest = lifting(policy, **statement)
     sigs = [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m) for m in ("alice", "bob")]
     return client.revoke(policy, statement, sigs)
+
+
+def lifting(policy: str, **revocation: str) -> str:
+    """The digest of a revocation statement: what a readmission of it names (``lifts``)."""
+    return revocation_digest(revocation_doc(policy, revocation))
 
 
 # --- 1: a sealed key is bound to its owner's board -------------------------------------------
@@ -471,7 +476,15 @@ def test_revocation_ends_sessions_and_keeps_the_service_out(
     # The live certificate of the revoked service is listed too: peers refuse it now.
     assert ("certificate", _serial(again)) in listed
     # Readmitted by the board: it attests again.
-    revoke(client, board, name, kind="service", subject="aggregator", action="readmit")
+    revoke(
+        client,
+        board,
+        name,
+        kind="service",
+        subject="aggregator",
+        action="readmit",
+        lifts=lifting(name, kind="service", subject="aggregator", reason="poisoning"),
+    )
     back = attest(client, sim, name)
     assert client.increment(name, "round", back.session_token) == 2
 
@@ -486,7 +499,15 @@ def test_a_revoked_measurement_or_platform_cannot_attest(
     revoke(client, board, name, kind="measurement", subject=AGGREGATOR_MR, reason="bug")
     with pytest.raises(SpmRefused, match=f"^revoked: measurement {AGGREGATOR_MR}"):
         attest(client, sim, name)
-    revoke(client, board, name, kind="measurement", subject=AGGREGATOR_MR, action="readmit")
+    revoke(
+        client,
+        board,
+        name,
+        kind="measurement",
+        subject=AGGREGATOR_MR,
+        action="readmit",
+        lifts=lifting(name, kind="measurement", subject=AGGREGATOR_MR, reason="bug"),
+    )
     attest(client, sim, name)
     cert = x509.load_pem_x509_certificate((sim[0] / simulated.PLATFORM_CERT).read_bytes())
     chip = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
@@ -717,7 +738,8 @@ def test_old_board_signatures_cannot_be_replayed(
     """A readmission signed once cannot lift a later revocation of the same service."""
     submit(client, board, policy_document(name, board, sim[1]))
     revoke(client, board, name, kind="service", subject="aggregator", reason="poisoning")
-    readmit = {"kind": "service", "subject": "aggregator", "action": "readmit"}
+    first = lifting(name, kind="service", subject="aggregator", reason="poisoning")
+    readmit = {"kind": "service", "subject": "aggregator", "action": "readmit", "lifts": first}
     revoke(client, board, name, **readmit)
     revoke(client, board, name, kind="service", subject="aggregator", reason="poisoning again")
     with pytest.raises(SpmRefused, match="^revocation: this statement .* was already applied"):
@@ -1151,8 +1173,15 @@ def test_a_refused_readmission_cannot_lift_a_later_revocation(
     it again after the board's next revocation of that subject, and undo it."""
     submit(client, board, policy_document("p", board, sim[1]))
     revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning")
-    revoke(client, board, "p", kind="service", subject="aggregator", action="readmit")
-    late = {"kind": "service", "subject": "aggregator", "action": "readmit", "reason": "cleared"}
+    first = lifting("p", kind="service", subject="aggregator", reason="poisoning")
+    revoke(client, board, "p", kind="service", subject="aggregator", action="readmit", lifts=first)
+    late = {
+        "kind": "service",
+        "subject": "aggregator",
+        "action": "readmit",
+        "reason": "cleared",
+        "lifts": first,
+    }
     with pytest.raises(SpmRefused, match="^revocation: service aggregator is not revoked"):
         revoke(client, board, "p", **late)  # nothing to lift: refused, and used up
     revoke(client, board, "p", kind="service", subject="aggregator", reason="poisoning again")

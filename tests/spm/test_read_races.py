@@ -215,7 +215,13 @@ def test_no_revocation_decided_by_the_board_of_a_replaced_version(
     doc["board"]["members"] = [m for m in doc["board"]["members"] if m["name"] != "bob"]
     v2 = yaml.safe_dump(doc, sort_keys=False)
     spm.submit_policy(v2, [s.model_dump() for s in board.sign(v2, "alice", "bob", "carol")])
-    readmit = {"kind": "measurement", "subject": bad, "reason": "fine", "action": "readmit"}
+    readmit = {
+        "kind": "measurement",
+        "subject": bad,
+        "reason": "fine",
+        "action": "readmit",
+        "lifts": revocation_digest(revocation_doc("fed", revoke)),
+    }
     with pytest.raises(Refused, match="^approval: "):  # v2's board has no Bob
         spm.revoke("fed", readmit, signed(readmit, "carol", "bob"))
     spm.policies.get = lambda name, version=None: v1  # what the hidden row made it read

@@ -33,8 +33,13 @@ ENDED = "session: this session was ended by a revocation of the board"
 
 
 def _signed(board: Board, statement: dict[str, str]) -> list[object]:
-    digest = revocation_digest(revocation_doc("fed", statement))
+    digest = _digest(statement)
     return [sign_statement(REVOCATION_DOMAIN, digest, board.keys[m], m) for m in ("alice", "bob")]
+
+
+def _digest(statement: dict[str, str]) -> str:
+    """A statement's digest: what members sign, and what a readmission of it names."""
+    return revocation_digest(revocation_doc("fed", statement))
 
 
 def test_a_readmission_does_not_bring_back_what_the_revocation_ended(
@@ -50,7 +55,12 @@ def test_a_readmission_does_not_bring_back_what_the_revocation_ended(
             time.sleep(REFRESH_WAIT)
             with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
                 client.increment("fed", "round", old.session_token)
-            readmit = {**revoked, "reason": "cleared", "action": "readmit"}
+            readmit = {
+                **revoked,
+                "reason": "cleared",
+                "action": "readmit",
+                "lifts": _digest(revoked),
+            }
             client.revoke("fed", readmit, _signed(board, readmit))
             time.sleep(REFRESH_WAIT)
             with pytest.raises(SpmRefused, match=f"^{ENDED}"):
@@ -103,7 +113,12 @@ def test_a_readmission_ends_what_a_revocation_from_before_stopped(
         with SpmClient(proc.url, pin=proc.pin) as client:
             with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
                 client.increment("fed", "round", old.session_token)
-            readmit = {**revoked, "reason": "cleared", "action": "readmit"}
+            readmit = {
+                **revoked,
+                "reason": "cleared",
+                "action": "readmit",
+                "lifts": _digest(revoked),
+            }
             client.revoke("fed", readmit, _signed(board, readmit))
             time.sleep(REFRESH_WAIT)
             with pytest.raises(SpmRefused, match=f"^{ENDED}"):
@@ -117,3 +132,40 @@ def test_a_readmission_ends_what_a_revocation_from_before_stopped(
             with pytest.raises(SpmRefused, match=f"^{ENDED}"):
                 client.increment("fed", "round", old.session_token)
             assert client.increment("fed", "round", new.session_token) == 3
+
+
+def test_a_readmission_held_back_does_not_lift_a_later_revocation(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review: the board revoked a service, and signed a readmission that one
+    member held back; the board readmitted with another statement, then revoked the
+    service again. The held statement, never applied, lifted that later revocation: the
+    service attested again. A readmission now names the revocation it lifts."""
+    with spm_with_policy(tmp_path / "data", sim, board) as (proc, _):
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            first = {"kind": "service", "subject": "aggregator", "reason": "poisoning"}
+            client.revoke("fed", first, _signed(board, first))
+            held = {**first, "reason": "cleared", "action": "readmit", "lifts": _digest(first)}
+            held_sigs = _signed(board, held)  # signed, and held back
+            sent = {**held, "reason": "cleared, really"}
+            client.revoke("fed", sent, _signed(board, sent))
+            again = {**first, "reason": "poisoning again"}
+            client.revoke("fed", again, _signed(board, again))
+            in_force = f"the revocation of service aggregator in force is {_digest(again)[:16]}"
+            with pytest.raises(SpmRefused, match=f"^revocation: .*{in_force}") as refused:
+                client.revoke("fed", held, held_sigs)
+            assert refused.value.status == 409
+            listed = {r["reason"]: r["digest"] for r in client.revocations("fed")}
+            assert listed["poisoning again"] == _digest(again)  # what a readmission names
+            platform = simulated.SimulatedPlatform(sim[0])
+            with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+                enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
+        proc.stop()
+        proc.start()  # what is in force is rebuilt from the log
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            with pytest.raises(SpmRefused, match=f"^revocation: .*{in_force}"):
+                client.revoke("fed", held, held_sigs)
+            lifting = {**again, "reason": "cleared", "action": "readmit", "lifts": _digest(again)}
+            client.revoke("fed", lifting, _signed(board, lifting))
+            time.sleep(REFRESH_WAIT)
+            enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)

@@ -45,7 +45,8 @@ def test_a_revoked_builds_sessions_are_not_shown_as_live(
         client.revoke("fed", revoked, _signed(board, revoked))
         time.sleep(REFRESH_WAIT)
         assert _live(client) == {"aggregator": 0, "collaborator": 0}
-        readmit = {**revoked, "reason": "fixed", "action": "readmit"}
+        lifts = revocation_digest(revocation_doc("fed", revoked))
+        readmit = {**revoked, "reason": "fixed", "action": "readmit", "lifts": lifts}
         client.revoke("fed", readmit, _signed(board, readmit))
         assert _live(client) == {"aggregator": 0, "collaborator": 0}
 

@@ -36,6 +36,7 @@ __all__ = [
     "revoke_cmd",
     "sign_revocation_cmd",
     "statement_from_flags",
+    "with_lifts",
 ]
 
 PolicyName = Annotated[
@@ -67,6 +68,13 @@ SpmUrl = Annotated[str, typer.Option("--spm", help="SPM URL, https://HOST:PORT."
 SpmPin = Annotated[str, typer.Option(help="SHA-256 of the SPM's TLS key (`secfl spm verify`).")]
 Reason = Annotated[str, typer.Option(help="Why (one line, signed with the statement).")]
 Readmit = Annotated[bool, typer.Option("--readmit", help="Lift the revocation instead.")]
+Lifts = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DIGEST",
+        help="With --readmit: the digest of the revocation it lifts (`secfl revocations`).",
+    ),
+]
 UnknownService = Annotated[
     bool,
     typer.Option(
@@ -159,6 +167,23 @@ def revocation_statement(
     return statement
 
 
+def with_lifts(statement: dict[str, str], lifts: str | None) -> dict[str, str]:
+    """``statement`` with ``--lifts``: a readmission names the revocation it lifts (the
+    digest of its statement), so that one signed for an earlier revocation of the same
+    subject and held back never lifts a later one; a revocation names none."""
+    if statement.get("action") != "readmit":
+        if lifts is not None:
+            raise UsageError("--lifts: only a readmission (--readmit) names a revocation")
+        return statement
+    digest = (lifts or "").strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise UsageError(
+            "--lifts: a readmission names the revocation it lifts: the 64 hex digits of its "
+            "digest, as `secfl revocations` lists it"
+        )
+    return {**statement, "lifts": digest}
+
+
 def _revocation_digest(policy: str, statement: dict[str, str]) -> str:
     from secfl.spm._revocation import revocation_digest, revocation_doc
 
@@ -213,6 +238,7 @@ def sign_revocation_cmd(
     subject: Subject = None,
     reason: Reason = "",
     readmit: Readmit = False,
+    lifts: Lifts = None,
     board: Annotated[
         str | None,
         typer.Option(
@@ -233,6 +259,7 @@ def sign_revocation_cmd(
     from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
 
     statement = statement_from_flags(kind, subject, serial, service, reason, readmit)
+    statement = with_lifts(statement, lifts)
     statement_digest = _revocation_digest(policy, statement)
     if output != "-" and replaces_file(output, key):
         raise UsageError(f"--output: '{output}' is your key file; name another file")
@@ -277,6 +304,7 @@ def revoke_cmd(
     subject: Subject = None,
     reason: Reason = "",
     readmit: Readmit = False,
+    lifts: Lifts = None,
     unknown_service: UnknownService = False,
 ) -> None:
     """Submit a board-signed revocation (or readmission) to a pinned SPM.
@@ -289,6 +317,7 @@ def revoke_cmd(
     from secfl.spm.client import SpmClient
 
     statement = statement_from_flags(kind, subject, serial, service, reason, readmit)
+    statement = with_lifts(statement, lifts)
     statement_digest = _revocation_digest(policy, statement)
     signatures = []
     for path in sig:
@@ -324,7 +353,7 @@ def revocations_cmd(policy: PolicyName, spm: SpmUrl, spm_pin: SpmPin) -> None:
     if not rows:
         out.print(f"no revocations in policy {name}", markup=False)
     else:
-        columns = ("kind", "subject", "service", "at", "reason")
+        columns = ("kind", "subject", "service", "at", "reason", "digest")
         table = Table(box=None, header_style="bold", pad_edge=False)
         for column in columns:
             table.add_column(column.upper(), overflow="fold")

@@ -177,6 +177,8 @@ class RevocationStatement(BaseModel):
     serial: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{1,64}$")
     service: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$")
     reason: str = Field(default="", max_length=1024)
+    #: A readmission's: the digest of the revocation statement it lifts.
+    lifts: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class RevocationIn(BaseModel):

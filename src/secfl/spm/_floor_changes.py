@@ -43,6 +43,8 @@ def replayed(event: str, policy: str | None, detail: dict[str, Any]) -> list[tup
     statements = ("revocation.added", "revocation.lifted", "revocation.spent")
     if event in statements and isinstance(detail.get("digest"), str):
         changes.append(("statement", detail["digest"]))
+        if event == "revocation.added" and change is not None:  # what a readmission names
+            changes.append(("revoked-by", *change[1:], detail["digest"]))
     if event == "volume.recorded" and policy is not None:
         name, value = detail.get("counter_name"), detail.get("counter")
         if isinstance(name, str) and _is_int(value):

@@ -105,6 +105,10 @@ class Floors:
     volumes: dict[tuple[str, str], int] = field(default_factory=dict)
     #: policy -> {(kind, subject)} currently revoked.
     revoked: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    #: (policy, kind, subject) -> the digest of the revocation statement in force for it:
+    #: what a readmission must name (``lifts``), so that one signed for an earlier
+    #: revocation of the subject, held back, never lifts a later one.
+    revoked_by: dict[tuple[str, str, str], str] = field(default_factory=dict)
     #: Digests of the board's revocation and readmission statements already applied:
     #: each is applied once (old signatures cannot lift, or renew, a later decision).
     statements: set[str] = field(default_factory=set)
@@ -289,6 +293,12 @@ class Floors:
         with self.lock:
             return set(self.revoked.get(policy, ()))
 
+    def lifted_by(self, policy: str, kind: str, subject: str) -> str | None:
+        """The digest of the revocation statement in force for (kind, subject), None if
+        none is known (not revoked, or revoked before the log recorded digests)."""
+        with self.lock:
+            return self.revoked_by.get((policy, kind, subject))
+
     def revoked_of(self, policy: str, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of ``keys`` (kind, subject) this SPM knows were revoked in ``policy``."""
         with self.lock:
@@ -330,6 +340,10 @@ class Floors:
             elif what == "readmit":
                 _, policy, kind, subject = change
                 self.revoked.get(policy, set()).discard((kind, subject))
+                self.revoked_by.pop((policy, kind, subject), None)
+            elif what == "revoked-by":
+                _, policy, kind, subject, digest = change
+                self.revoked_by[(policy, kind, subject)] = digest
             elif what == "statement":
                 self.statements.add(change[1])
             elif what == "datakey":

@@ -10,6 +10,7 @@ is what the clone audit's "revocation requested" needs to keep a participant out
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from secfl._internal.canonical import canonical_sha256
@@ -47,7 +48,9 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
     """The statement board members sign to revoke (or readmit) something.
 
     ``{"policy", "kind", "subject", "service", "reason"}`` (+ ``"action": "readmit"``
-    to lift a revocation). ``kind``: ``certificate`` (subject: its serial, hex),
+    and ``"lifts"``, the digest of the revocation statement it lifts, to lift a
+    revocation: a readmission signed for one revocation never lifts a later one of the
+    same subject). ``kind``: ``certificate`` (subject: its serial, hex),
     ``service`` (a service name: none of its certificates or sessions count, and it
     cannot attest again until readmitted), ``measurement`` (code, for every service),
     ``platform`` (a machine: Intel PPID or PCK digest, SNP chip ID but never zeros,
@@ -94,8 +97,17 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
     action = text("action", 16)
     if action not in ("", "revoke", "readmit"):
         raise SpmError("revocation: action must be 'revoke' or 'readmit'")
+    lifts = text("lifts", 64)
     if action == "readmit":
+        if not re.fullmatch(r"[0-9a-f]{64}", lifts):
+            raise SpmError(
+                "revocation: a readmission names the revocation it lifts ('lifts': the "
+                "digest of its statement, as `secfl revocations` lists it)"
+            )
         doc["action"] = "readmit"
+        doc["lifts"] = lifts
+    elif lifts:
+        raise SpmError("revocation: 'lifts' goes with a readmission only")
     return doc
 
 

@@ -3,7 +3,9 @@
 A statement revokes (or readmits) a certificate, a service, a measurement or a
 platform of one policy (:func:`~secfl.spm._revocation.revocation_doc`); it takes
 effect only with the signatures the policy's board rule asks for, and only once:
-the same signed statement cannot be replayed to undo a later decision.
+the same signed statement cannot be replayed to undo a later decision. A readmission
+names the revocation it lifts (``lifts``: its statement's digest), so one signed for
+an earlier revocation of the same subject, held back, cannot either.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ class Revoker:
                         "(a new reason)",
                         409,
                     )
+                if readmit:
+                    self._check_lifts(policy_name, kind, subject, doc["lifts"])
                 tx.note(("statement", statement_digest))
                 if readmit and not tx.revocations.lift(policy_name, kind, subject):
                     # kept, it would lift a later revocation of the same subject (found by a
@@ -140,6 +144,7 @@ class Revoker:
                         policy_name, None, doc.get("service", ""), doc.get("reason", ""), now,
                         kind=kind, subject=subject,
                     )  # fmt: skip
+                    tx.note(("revoked-by", policy_name, kind, subject, statement_digest))
                     tx.audit.append(
                         "revocation.added",
                         policy_name,
@@ -158,6 +163,23 @@ class Revoker:
         self._applied[policy_name] = self._applied.get(policy_name, 0) + 1
         self._answered.pop(policy_name, None)
         return {**doc, "at": now.isoformat()}
+
+    def _check_lifts(self, policy_name: str, kind: str, subject: str, lifts: str) -> None:
+        """Refuse a readmission that names another revocation than the one in force for
+        its subject: signed for an earlier revocation and held back (by a member, say)
+        while the board readmitted with another statement and revoked again, it lifted
+        that later revocation (found by a review). It is not used up: it never will lift
+        anything, as the revocation it names was applied once and cannot be again. A
+        revocation recorded before the log kept digests names none: any is taken."""
+        floors = self.store.integrity.floors if self.store.integrity is not None else None
+        in_force = floors.lifted_by(policy_name, kind, subject) if floors is not None else None
+        if in_force is not None and in_force != lifts:
+            raise Refused(
+                f"revocation: this readmission lifts revocation {lifts[:16]}…, but the "
+                f"revocation of {kind} {subject} in force is {in_force[:16]}… (`secfl "
+                "revocations` lists it): the board signs a readmission naming that one",
+                409,
+            )
 
     def _stopped(
         self, tx: Tx, policy_name: str, key: tuple[str, str], now: datetime
@@ -226,9 +248,15 @@ class Revoker:
                               serial=i.serial, identity=i.identity)
                 for i in issued
             ]  # fmt: skip
+
+        def _lifts(kind: str, subject: str) -> str:
+            """The revocation's statement digest: what a readmission names (``lifts``)."""
+            found = None if floors is None else floors.lifted_by(policy_name, kind, subject)
+            return found or ""
+
         out = [
             {"kind": r.kind, "subject": r.subject, "serial": r.serial, "service": r.service,
-             "reason": r.reason, "at": _iso(r.at)}
+             "reason": r.reason, "at": _iso(r.at), "digest": _lifts(r.kind, r.subject)}
             for r in rows
         ]  # fmt: skip
         for kind, subject in sorted(revoked - {(r.kind, r.subject) for r in rows}):
@@ -236,7 +264,7 @@ class Revoker:
                 {"kind": kind, "subject": subject,
                  "serial": subject if kind == "certificate" else "", "service": "",
                  "reason": "its row is missing from the database (deleted outside the SPM)",
-                 "at": _iso(now)}
+                 "at": _iso(now), "digest": _lifts(kind, subject)}
             )  # fmt: skip
         listed = {r["serial"] for r in out if r["serial"]}
         for session in sessions:
@@ -253,7 +281,7 @@ class Revoker:
                 out.append(
                     {"kind": "certificate", "subject": session.serial, "serial": session.serial,
                      "service": session.service, "reason": f"implied: {why}",
-                     "at": _iso(now)}
+                     "at": _iso(now), "digest": ""}
                 )  # fmt: skip
         return out
 
