@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -388,7 +387,6 @@ class World:
         argv: list[str],
         *,
         prefix: tuple[str, ...] = (),
-        preexec_fn: Callable[[], None] | None = None,
         cwd: Path | None = None,
         new_group: bool = False,
         **kwargs: Any,
@@ -397,7 +395,7 @@ class World:
         return subprocess.Popen(
             [*prefix, *self.command(service, argv, **kwargs)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=preexec_fn, cwd=cwd, start_new_session=new_group,
+            cwd=cwd, start_new_session=new_group,
         )  # fmt: skip
 
 
