@@ -175,6 +175,38 @@ def test_a_hard_link_to_a_private_file_is_refused_and_a_pipe_is_not(
         files.append(host / "metrics.jsonl", b"round 2\n")
 
 
+def test_a_link_planted_at_an_appended_files_name_is_not_followed(tmp_path: Path) -> None:
+    """Found by a review: ``append`` (the aggregator's metrics, one line a round) opened
+    its path following a symbolic link, so a link planted at the name, to another file
+    of the workload's user or to a name not yet made, had every round appended to, or
+    created at, the link's target. Now the name is opened without following a link
+    (as :func:`files.atomic_open` and :func:`files.write_stream` do), refused, and the
+    target left as it was; this process's own stream names are still written to."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"kept\n")
+    link = tmp_path / "metrics.jsonl"
+    link.symlink_to(victim)
+    with pytest.raises(OSError) as refused:
+        files.append(link, b"round 1\n")
+    assert refused.value.errno == errno.ELOOP
+    assert victim.read_bytes() == b"kept\n"
+    dangling = tmp_path / "later.jsonl"
+    dangling.symlink_to(tmp_path / "made-through-the-link")
+    with pytest.raises(OSError):
+        files.append(dangling, b"round 1\n")
+    assert not (tmp_path / "made-through-the-link").exists()
+    read, write = os.pipe()
+    try:
+        files.append(f"/dev/fd/{write}", b"round 1\n")  # a link in /dev: own stream
+        assert os.read(read, 64) == b"round 1\n"
+    finally:
+        os.close(read)
+        os.close(write)
+    files.append(tmp_path / "plain.jsonl", b"round 1\n")
+    files.append(tmp_path / "plain.jsonl", b"round 2\n")
+    assert (tmp_path / "plain.jsonl").read_bytes() == b"round 1\nround 2\n"
+
+
 def test_a_folder_swapped_for_a_link_mid_write_moves_nothing_into_the_link(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,8 @@
   :func:`append` check where each file they write really is, by its descriptor,
   before the first byte: a host that swapped a folder on a path it chose for a
   symbolic link into the private folder, after the start-up checks, gets a refusal.
+  Neither follows a symbolic link at the name itself, nor does :func:`write_stream`,
+  but for this process's own streams (:func:`own_stream`: ``/dev/stdout``...).
 
 Errors are ``OSError`` for the caller to word in its own terms.
 """
@@ -91,7 +93,7 @@ def atomic_open(
     at a time, following no link); ``path`` is then a name in it, for messages too.
     """
     target = Path(path)
-    if folder_fd is None and OWN_STREAM.fullmatch(os.path.normpath(os.path.abspath(target))):
+    if folder_fd is None and own_stream(target):
         # /dev/stdout is a link in /dev: run as root, a whole-file output given it
         # (`secfl simulate -o /dev/stdout`) replaced the machine's /dev/stdout with a
         # regular file holding the model (the review of the /dev/null fix)
@@ -232,18 +234,34 @@ def check_outside(fd: int, name: Path | str) -> None:
         )  # fmt: skip
 
 
-def append(path: Path | str, data: bytes) -> None:
-    """Append ``data`` to ``path`` (made 0644 if missing), in one write, unless the file
-    really open lies in a folder :func:`keep_out` named. A pipe with a reader is
-    written to (``--metrics /dev/stdout | ...``); a FIFO nobody reads, which someone
-    put at ``path``, is an OSError at once, not a writer blocked for ever."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+def own_stream(path: Path | str) -> bool:
+    """Whether ``path`` names this process's own stream (:data:`OWN_STREAM`): the one
+    kind of name a write follows where it leads (a link in ``/dev``, a magic link in
+    ``/proc``); every other name is opened with ``O_NOFOLLOW``, or replaced."""
+    return OWN_STREAM.fullmatch(os.path.normpath(os.path.abspath(path))) is not None
+
+
+def _open_writer(path: Path | str, flags: int, mode: int) -> int:
+    """``os.open(path, flags | O_NONBLOCK, mode)``, through no symbolic link at the
+    name unless it is this process's own stream (:func:`own_stream`): a FIFO nobody
+    reads is an OSError at once (:data:`_NO_READER`), not a writer blocked for ever."""
+    flags |= os.O_NONBLOCK | os.O_CLOEXEC | (0 if own_stream(path) else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, flags, 0o644)
+        return os.open(path, flags, mode)
     except OSError as exc:
         if exc.errno == errno.ENXIO and _is_fifo(path):
             raise OSError(exc.errno, _NO_READER, str(path)) from None
         raise
+
+
+def append(path: Path | str, data: bytes) -> None:
+    """Append ``data`` to ``path`` (made 0644 if missing), in one write, unless the file
+    really open lies in a folder :func:`keep_out` named. A pipe with a reader is
+    written to (``--metrics /dev/stdout | ...``); a FIFO nobody reads, which someone
+    put at ``path``, is an OSError at once, not a writer blocked for ever. A symbolic
+    link at ``path`` is not followed (``ELOOP``): one planted at a metrics file's name
+    had every round appended to the file it named (found by a review)."""
+    fd = _open_writer(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.set_blocking(fd, True)
         check_outside(fd, path)
@@ -268,15 +286,8 @@ def write_stream(path: Path | str, data: bytes) -> None:
     FIFO or a device, and is opened neither through a link nor with ``O_CREAT`` or
     ``O_TRUNC``: a FIFO seen at the name, swapped for a link to another file before
     it was opened, had that file truncated and written (the review of the fix)."""
-    own = OWN_STREAM.fullmatch(os.path.normpath(os.path.abspath(path))) is not None
-    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NONBLOCK
-    flags |= os.O_CREAT | os.O_TRUNC if own else os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags, 0o666)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO and _is_fifo(path):
-            raise OSError(exc.errno, _NO_READER, str(path)) from None
-        raise
+    own = own_stream(path)
+    fd = _open_writer(path, os.O_WRONLY | (os.O_CREAT | os.O_TRUNC if own else 0), 0o666)
     try:
         if not own and not _is_pipe_or_device(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "no longer a FIFO or a device: not written", str(path))
