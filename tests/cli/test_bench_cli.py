@@ -67,6 +67,21 @@ def test_a_tiny_run_writes_a_result_that_can_be_a_baseline(tmp_path: Path) -> No
     assert json.loads(res.to_json()) == json.loads(out.read_text())
 
 
+def test_out_dash_is_standard_output_and_no_file(tmp_path: Path) -> None:
+    """`--out -` wrote the result to a file named '-' in the working folder, where every
+    other command's output option takes '-' for standard output. Now standard output is
+    the result document alone (it can be saved as a baseline), the figures go to standard
+    error, and no file is made."""
+    done = secfl("bench", "rounds", "--model-params", "2000", "--clients", "2", "--rounds", "2",
+                 "--insecure", "--out", "-", timeout=90, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert "s per round (rounds 2..R, commit to commit)" in done.stderr
+    saved = write(tmp_path / "saved.json", json.loads(done.stdout))
+    res = load_result(saved)
+    assert set(res.runs) == {"insecure"} and res.workload.rounds == 2
+
+
 def test_coefficients_from_two_result_files(tmp_path: Path) -> None:
     # on a TDX guest: secure 0.50 s, insecure 0.40 s; on a machine without a TEE:
     # secure 0.40 s, insecure 0.32 s

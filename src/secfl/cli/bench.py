@@ -10,9 +10,12 @@ from typing import Annotated
 import typer
 
 from secfl._internal import files
-from secfl.cli._common import UsageError, err, is_stream, out, replaces_file
+from secfl.cli._common import UsageError, err, is_stream, out, replaces_file, write_output
 
 __all__ = ["app", "rounds_cmd"]
+
+#: ``--out -``: standard output, as every other command's output option takes it.
+STDOUT = "-"
 
 app = typer.Typer(help="Benchmarks on your own hardware.", no_args_is_help=True)
 
@@ -70,7 +73,13 @@ def rounds_cmd(
         Path | None, typer.Option(metavar="PATH", help="A result file to compare with.")
     ] = None,
     out_file: Annotated[
-        Path | None, typer.Option("--out", metavar="PATH", help="Write the result here (JSON).")
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="PATH",
+            help="Write the result here (JSON); - writes it to standard output, and the "
+            "figures to standard error.",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file.")] = False,
 ) -> None:
@@ -86,11 +95,15 @@ def rounds_cmd(
         planned = Workload(model_params=exact, clients=clients, rounds=rounds, epochs=epochs,
                            samples=total)  # fmt: skip
         check_same_workload(planned, base.workload)
-    if out_file is not None:  # before the run, which may take hours
+    to_stdout = out_file is not None and str(out_file) == STDOUT
+    if out_file is not None and not to_stdout:  # before the run, which may take hours
         _check_out(out_file, baseline, force=force)
     result = run_bench(settings, say=lambda line: err.print(line, markup=False))
+    # with --out -, standard output is the result document alone (a program reads it,
+    # or it is saved as a baseline): the figures go to standard error
+    report = err if to_stdout else out
     w, h = result.workload, result.host
-    out.print(
+    report.print(
         f"{w.model_params} parameters ({w.model_params * 4 / 2**20:.1f} MiB), {w.clients} "
         f"collaborators, {w.rounds} rounds, {w.epochs} local epoch(s), {w.samples} samples; "
         f"{h.cpus} CPUs, TEE: {h.tee}",
@@ -98,7 +111,7 @@ def rounds_cmd(
     )
     for mode, run in result.runs.items():
         rounds_text = " ".join(f"{d:.3f}" for d in run.rounds_s)
-        out.print(
+        report.print(
             f"{mode:<8} {run.cycle_s:.3f} s per round (rounds 2..R, commit to commit); "
             f"duration_s median {run.median_s:.3f} s (all: {rounds_text}); "
             f"whole run {run.wall_s:.1f} s",
@@ -106,21 +119,25 @@ def rounds_cmd(
         )
         if run.phases_ms:
             phases = ", ".join(f"{k} {v:.1f} ms" for k, v in run.phases_ms.items())
-            out.print(f"{'':<8} phases (median): {phases}", markup=False)
+            report.print(f"{'':<8} phases (median): {phases}", markup=False)
         else:
-            out.print(f"{'':<8} phases: none recorded by this aggregator", markup=False)
+            report.print(f"{'':<8} phases: none recorded by this aggregator", markup=False)
     found = coefficients(result, base)
     for c in found:
-        out.print(f"{c.name} = {c.value:+.3f}  ({c.numerator} / {c.denominator} - 1)", markup=False)
+        report.print(
+            f"{c.name} = {c.value:+.3f}  ({c.numerator} / {c.denominator} - 1)", markup=False
+        )
     if base is not None:
         if not any(c.name == "C_TEE" for c in found):
-            out.print("C_TEE: needs a secure run here and in the baseline", markup=False)
+            report.print("C_TEE: needs a secure run here and in the baseline", markup=False)
         elif h.tee == "none" or base.host.tee != "none":
-            out.print(f"note: C_TEE compares a run in TEE '{h.tee}' with a baseline in TEE "
-                      f"'{base.host.tee}'", markup=False)  # fmt: skip
+            report.print(f"note: C_TEE compares a run in TEE '{h.tee}' with a baseline in TEE "
+                         f"'{base.host.tee}'", markup=False)  # fmt: skip
         paper = "; ".join(f"{m}: C_TDX {t:.3f}, C_TLS {s:.3f}" for m, (t, s) in PAPER.items())
-        out.print(f"Casella et al. 2025 (100 rounds): {paper}", markup=False)
-    if out_file is not None:
+        report.print(f"Casella et al. 2025 (100 rounds): {paper}", markup=False)
+    if to_stdout:
+        write_output(result.to_json().encode(), STDOUT)
+    elif out_file is not None:
         _write_result(out_file, result.to_json().encode(), force=force)
         out.print(f"result written to {out_file}", markup=False)
 
