@@ -65,3 +65,35 @@ def test_only_trust_stores_other_than_the_systems_are_notable(tmp_path) -> None:
     _, dropped = environ.for_program(env)
     assert dropped == sorted(env)
     assert environ.notable(env, dropped) == ["CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "PYTHONPATH"]
+
+
+def test_every_secfl_variable_secfl_reads_is_classified() -> None:
+    """Each ``SECFL_*`` name in secfl's source is one the host may set for a workload,
+    one ``secfl run`` sets itself, or one no workload takes: a new one reaches a workload
+    only once it is listed (it is dropped until then), and this test names it."""
+    import re
+    from pathlib import Path
+
+    import secfl
+
+    named = {
+        m.group(0)
+        for path in Path(secfl.__file__).parent.rglob("*.py")
+        for m in re.finditer(r"\bSECFL_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
+    classes = (environ.HOST_SETTINGS, environ.RUN_SETS, environ.NOT_WORKLOAD)
+    assert not (classes[0] & classes[1] or classes[0] & classes[2] or classes[1] & classes[2])
+    assert named - set().union(*classes) == set()
+    assert named >= environ.HOST_SETTINGS | environ.RUN_SETS
+
+
+def test_the_host_sets_only_its_own_secfl_settings() -> None:
+    """A host's ``SECFL_MEASUREMENT`` reached the workload on hardware (where ``secfl
+    run`` sets none), which then presented it at every renewal and was refused; the
+    others secfl run sets, other tools' settings and unknown names are dropped too."""
+    host = {"PATH": "/usr/bin", "SECFL_LISTEN": "0:1", "SECFL_SHIELD_THREADS": "2",
+            "SECFL_MEASUREMENT": "00" * 48, "SECFL_SIM_DIR": "/host-sim",
+            "SECFL_FILES": "/host", "SECFL_DEBUG": "1", "SECFL_LATER": "x"}  # fmt: skip
+    env, named = environ.from_host(host)
+    assert env == {"PATH": "/usr/bin", "SECFL_LISTEN": "0:1", "SECFL_SHIELD_THREADS": "2"}
+    assert named == ["SECFL_LATER"]  # those secfl run sets, other tools': dropped quietly

@@ -17,7 +17,18 @@ host. Two kinds of variable matter there:
 - variables that make the dynamic linker, Python, a shell or another interpreter run
   code they name (``LD_PRELOAD``, ``PYTHONPATH``, ``BASH_ENV``, ``NODE_OPTIONS``...):
   a measured program started with them runs the host's code with its secrets
-  (:func:`for_program`).
+  (:func:`for_program`);
+- secfl's own ``SECFL_*`` variables (:func:`from_host`), by this rule. The host may
+  choose only :data:`HOST_SETTINGS`, operational settings each reader bounds and
+  checks (one line naming a bad one): where an FL service listens, stores its sealed
+  checkpoints and metrics, how many threads decrypt a volume. What ``secfl run`` tells
+  its program itself (:data:`RUN_SETS`: its private folder, its identity, the SPM it
+  verified, the policy, the TEE, the measurement it computed in the simulated TEE) is
+  never the host's: the host's value is dropped and the launcher's set, or none where
+  the launcher sets none (a host's ``SECFL_MEASUREMENT`` on hardware had every renewal
+  present a measurement the SPM refused). Every other ``SECFL_*`` name, those of
+  secfl's other tools (:data:`NOT_WORKLOAD`) and any not listed here, is dropped: a new
+  variable reaches a workload only once it is listed here.
 
 :func:`scrub` removes variables from this process.
 """
@@ -31,12 +42,16 @@ from collections.abc import Iterable, Mapping
 __all__ = [
     "CODE_LOADERS",
     "CODE_PREFIXES",
+    "HOST_SETTINGS",
     "INTERPRETER_HOOKS",
     "KEY_LOGS",
     "LOOPBACK",
+    "NOT_WORKLOAD",
     "PYTHON_HARMLESS",
+    "RUN_SETS",
     "TRUST_STORES",
     "for_program",
+    "from_host",
     "loopback_direct",
     "no_bytecode",
     "notable",
@@ -126,6 +141,42 @@ TRUST_STORES = frozenset(
         "NODE_EXTRA_CA_CERTS", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
     }
 )  # fmt: skip
+#: The ``SECFL_*`` settings a workload takes from the host (unmeasured: each reader
+#: bounds and checks its value, and refuses a bad one in a line that names it).
+HOST_SETTINGS = frozenset(
+    {
+        # an FL service's operational settings (secfl.fl._host_settings: addresses, the
+        # folders of sealed checkpoints and of the sealed output, files the host reads)
+        "SECFL_LISTEN", "SECFL_AGGREGATOR", "SECFL_CHECKPOINTS", "SECFL_METRICS",
+        "SECFL_OUTPUT", "SECFL_READY_FILE", "SECFL_LOG_LEVEL",
+        # threads that decrypt a volume: 1 to 8, never more than the CPUs it may use, a
+        # bad value one thread (secfl.shield._threads)
+        "SECFL_SHIELD_THREADS",
+        # the built-in fashion-mnist task's public IDX files: regular files only, each
+        # bounded and checked against its header (secfl.tasks._fashion_mnist)
+        "SECFL_FASHION_MNIST_DIR",
+    }
+)  # fmt: skip
+#: The ``SECFL_*`` variables ``secfl run`` sets for its program: never the host's
+#: (``SECFL_MEASUREMENT`` and ``SECFL_SIM_DIR`` only in the simulated TEE).
+RUN_SETS = frozenset(
+    {
+        "SECFL_FILES", "SECFL_VOLUMES", "SECFL_CODE_VOLUMES", "SECFL_IDENTITY",
+        "SECFL_POLICY", "SECFL_SERVICE", "SECFL_SPM_URL", "SECFL_SPM_PIN",
+        "SECFL_POLICY_DIGEST", "SECFL_PLATFORM", "SECFL_MEASUREMENT", "SECFL_SIM_DIR",
+        "SECFL_HOST_TMPDIR",
+    }
+)  # fmt: skip
+#: ``SECFL_*`` variables that are no workload's business: settings of secfl's other
+#: tools (a developer's tracebacks of task code, the Flower interpreter a local run
+#: starts, test vectors, the SPM's policy cache) and the approved FABs that secfl's
+#: Flower executor gives the app processes it starts. Dropped like any name not listed.
+NOT_WORKLOAD = frozenset(
+    {
+        "SECFL_DEBUG", "SECFL_FLOWER_PYTHON", "SECFL_TESTVECTORS",
+        "SECFL_SPM_POLICY_REFRESH", "SECFL_FLOWER_FAB_SHA256",
+    }
+)  # fmt: skip
 #: What connections to loopback are: never through a proxy.
 LOOPBACK = "127.0.0.1,localhost,::1"
 
@@ -150,6 +201,17 @@ def for_program(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
 
     dropped = sorted(name for name in env if loads_code(name))
     return without(env, dropped), dropped
+
+
+def from_host(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``env``, the host's, for ``secfl run``'s program: of secfl's own variables
+    (``SECFL_*``), only :data:`HOST_SETTINGS` (the launcher then sets
+    :data:`RUN_SETS`); and the names it left out that secfl does not know, sorted (to
+    be named to the user: a misspelt setting, say). Those of :data:`NOT_WORKLOAD` are
+    left out quietly: a user sets them for secfl's other tools, for every process."""
+    dropped = sorted(k for k in env if k.startswith("SECFL_") and k not in HOST_SETTINGS)
+    known = RUN_SETS | NOT_WORKLOAD
+    return without(env, dropped), [k for k in dropped if k not in known]
 
 
 def notable(env: Mapping[str, str], dropped: Iterable[str]) -> list[str]:

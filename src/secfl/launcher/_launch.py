@@ -59,7 +59,9 @@ from secfl.policy._model import Policy, Service
 from secfl.shield import Volume, peek_tag
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import Enrollment, enroll
+from secfl.tee import Platform
 from secfl.tee._platforms import platform_by_name
+from secfl.tee._simulated import SimulatedPlatform
 
 
 @dataclass
@@ -206,7 +208,7 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             for name, volume in volumes.items():
                 volume.extract(files / "volumes" / name)
         env = _environment(service, enrollment, files, req, list(code_tags))
-        env.update(_attestation_env(client, tee.name, measurement, req))
+        env.update(_attestation_env(client, tee, measurement))
         args: list[str] = []
         for what, given in (("argument", req.argv), ("policy argument", service.inject.args)):
             for i, text in enumerate(given):
@@ -257,6 +259,7 @@ def _environment(
     write_private(files, ".secfl/ca.pem", enrollment.ca_certificate.encode())
     write_private(files, ".secfl/session.token", enrollment.session_token.encode())
     env, dropped = environ.for_program(os.environ)
+    env, ignored = environ.from_host(env)  # the host's SECFL_* settings only, not ours
     env.update(_scratch(files))
     env.update(
         {
@@ -285,6 +288,12 @@ def _environment(
         sys.stderr.write(
             f"secfl run: the program does not get {', '.join(left_out)} (they load code, "
             "trace or trust what the policy did not approve; its inject.env may set them)\n"
+        )
+    ignored = [n for n in ignored if n not in service.inject.env]
+    if ignored:
+        sys.stderr.write(
+            f"secfl run: ignored {', '.join(ignored)} (the program takes only the host's "
+            "SECFL_* settings that secfl._internal.environ.HOST_SETTINGS lists)\n"
         )
     # a Python program compiles the code it imports from a volume: never to disk
     return environ.no_bytecode(env)
@@ -318,17 +327,18 @@ def _scratch(files: Path) -> dict[str, str]:
 SCRATCH_VARIABLES = ("TMPDIR", "TEMP", "TMP", "RAY_TMPDIR", "JOBLIB_TEMP_FOLDER")
 
 
-def _attestation_env(
-    client: SpmClient, platform: str, measurement: str | None, req: RunRequest
-) -> dict[str, str]:
+def _attestation_env(client: SpmClient, tee: Platform, measurement: str | None) -> dict[str, str]:
     """What the workload needs to attest again by itself (renewing a short-lived
     certificate): the pinned SPM and this TEE; in simulation, the measurement that
-    ``secfl run`` computed, since simulated hardware cannot measure anything."""
-    env = {"SECFL_SPM_PIN": client.pin, "SECFL_PLATFORM": platform}
+    ``secfl run`` computed, since simulated hardware cannot measure anything, and the
+    simulation's folder it used (``--sim-dir`` or the launcher's ``$SECFL_SIM_DIR``).
+    Off the simulated TEE neither is set, nor left as the host's
+    (:func:`secfl._internal.environ.from_host`)."""
+    env = {"SECFL_SPM_PIN": client.pin, "SECFL_PLATFORM": tee.name}
     if measurement is not None:
         env["SECFL_MEASUREMENT"] = measurement
-    if req.sim_dir is not None:
-        env["SECFL_SIM_DIR"] = str(req.sim_dir)
+    if isinstance(tee, SimulatedPlatform):
+        env["SECFL_SIM_DIR"] = str(tee.sim_dir)
     return env
 
 
