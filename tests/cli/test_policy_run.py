@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,16 +193,21 @@ def test_a_refused_measurement_shows_what_was_measured(fed: Fed) -> None:
         "secfl run:   command:      secfl collaborator --aggregator 127.0.0.1:7443 --task "
         "volume:task"
     )
-    assert lines[3].startswith("secfl run:   code volumes: task=")
-    assert lines[5] == f"secfl run:   the policy accepts (simulated): {accepted}"
-    assert lines[6].startswith("error: measurement: simulated measurement ") and lines[6].endswith(
+    # (a bare name: where PATH found it is measured too)
+    assert lines[3] == (
+        f"secfl run:   found at:     {shutil.which('secfl', path=_env()['PATH'])} (on PATH: "
+        "install it there on every machine)"
+    )
+    assert lines[4].startswith("secfl run:   code volumes: task=")
+    assert lines[6] == f"secfl run:   the policy accepts (simulated): {accepted}"
+    assert lines[7].startswith("error: measurement: simulated measurement ") and lines[7].endswith(
         "is not accepted for service 'site-1' of policy 'fed' version 1 (it pins 1 "
         "simulated identity): the program, its command line or its code differ from what "
         "the policy pins; what secfl run measured is shown above: compare it with what the "
         "policy's measurement was computed from (the comments `secfl policy init` writes "
         "next to it, or `secfl measure --for-run`)"
-    ), lines[6]
-    assert len(lines) == 7
+    ), lines[7]
+    assert len(lines) == 8
 
 
 def test_another_release_of_the_code_is_refused_by_the_spm_and_named(fed: Fed) -> None:

@@ -28,7 +28,8 @@ def test_the_program_started_is_the_file_measured_even_under_the_policys_path(
         prog.write_text(PROGRAM.format(python=sys.executable, who=who))
         prog.chmod(0o755)
     argv = ["fl-workload"]
-    measurement = run_measurement((genuine / "fl-workload").resolve(), argv, {})
+    program = genuine / "fl-workload"
+    measurement = run_measurement(program.resolve(), argv, {}, found=str(program))
     # the board's PATH for its program: a site's tools folder, then the system's
     env = {"PATH": f"{planted}:/usr/bin:/bin", "API_TOKEN": "$$SECFL::tok:hex$$"}
     world.submit_program("pathrun", measurement, env=env)
@@ -38,3 +39,51 @@ def test_the_program_started_is_the_file_measured_even_under_the_policys_path(
     assert done.returncode == 0, done.stderr
     who = [line.split() for line in done.stdout.splitlines() if line.startswith("WHO")]
     assert who and who[0][1] == "measured", done.stdout
+
+
+#: A measured Python program; the host's venv's start-up hook writes MARK when it runs
+#: in a workload (where SECFL_FILES is set), not in the launcher.
+HOOK = "import os\nif 'SECFL_FILES' in os.environ:\n    open({mark!r}, 'w').write('ran')\n"
+
+
+def test_a_bare_names_venv_on_the_hosts_path_is_not_the_measured_program(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by a review: for a program named by a bare name the launcher measured the
+    file PATH led to, resolved, and started it under that bare name. A venv's ``python``
+    is a link to the base interpreter, so every venv's measured alike; and Python looks
+    the name it was started under up on PATH again to find its venv. A host that put a
+    venv of its own first on PATH (a start-up hook in its packages) had that hook run in
+    the workload, with the genuine measurement. Now where PATH found the program is
+    measured too, and the program is started under that path."""
+    genuine = Path(sys.executable).parent  # the venv the board measured `python` in
+    host_venv, mark = tmp_path / "host-venv", tmp_path / "hook-ran"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(host_venv)],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    site = subprocess.run(
+        [host_venv / "bin" / "python", "-c", "import site; print(site.getsitepackages()[0])"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    (Path(site) / "hosthook.py").write_text(HOOK.format(mark=str(mark)))
+    (Path(site) / "hosthook.pth").write_text("import hosthook\n")
+    argv = ["python", "-c", "import sys; print('PREFIX', sys.prefix, flush=True)"]
+    path = os.environ.get("PATH", "")
+    assert (host_venv / "bin" / "python").resolve() == (genuine / "python").resolve()
+    with_path = {**os.environ, "PATH": f"{genuine}:{path}"}
+    measured = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "measure", "--for-run", "--", *argv],
+        env=with_path, check=True, capture_output=True, text=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    world.submit_program("venvrun", measured)
+    cmd = world.command("svc", argv, policy="venvrun")
+    done = subprocess.run(cmd, env={**os.environ, "PATH": f"{host_venv / 'bin'}:{path}"},
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert not mark.exists(), "the host's venv ran its code in the workload"
+    assert done.returncode != 0 and "PREFIX" not in done.stdout, done.stdout
+    assert f"found at:     {host_venv / 'bin' / 'python'}" in done.stderr, done.stderr
+    # the genuine one, found where it was measured, runs in its own venv
+    done = subprocess.run(cmd, env=with_path, capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"PREFIX {sys.prefix}" in done.stdout, done.stdout
+    assert not mark.exists()

@@ -45,7 +45,7 @@ from secfl.launcher._inject import (
     substitute,
     write_private,
 )
-from secfl.launcher._measurement import describe_measured, resolve_program, run_measurement
+from secfl.launcher._measurement import describe_measured, locate_program, run_measurement
 from secfl.launcher._private import PrivateDir
 from secfl.launcher._process import (
     accept_interrupts,
@@ -178,17 +178,18 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         }
 
         tee = platform_by_name(req.platform, sim_dir=req.sim_dir)
-        measurement = program = None
+        measurement = program = found = None
         shown = ["-m", req.module, *req.argv] if req.module else req.argv
         if tee.name == "simulated":
-            program = None if req.module else resolve_program(req.argv[0])
-            measurement = run_measurement(program, shown, code_tags)
+            if not req.module:  # (a bare name: where PATH found it is measured too)
+                program, found = locate_program(req.argv[0])
+            measurement = run_measurement(program, shown, code_tags, found=found)
         try:
             enrollment = enroll(client, tee, req.policy, req.service, measurement=measurement)
         except SpmRefused as exc:
             if not str(exc).startswith("measurement:"):
                 raise
-            _show_measured(service, tee.name, program, shown, code_tags, measurement)
+            _show_measured(service, tee.name, program, shown, code_tags, measurement, found)
             other = other_release(policy, code_tags, req.volumes)
             raise LaunchError(
                 f"{exc}; "
@@ -214,6 +215,8 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             for i, text in enumerate(given):
                 where = f"{what} {i + 1}"
                 args.append(no_nul(substitute(text, enrollment, where, public=True), where))
+        if found is not None:  # started under the name measured: not looked up again
+            args[0] = found
         for path, content in service.inject.files.items():
             text = substitute(content, enrollment, f"file {path}")
             write_private(files, plan[path], text.encode())
@@ -227,6 +230,7 @@ def _show_measured(
     argv: Sequence[str],
     code_tags: Mapping[str, str],
     measurement: str | None,
+    found: str | None,
 ) -> None:
     """When the SPM refuses the measurement: what this launcher measured, in the form
     ``secfl policy init`` writes next to the measurements it pins, and what the policy
@@ -236,7 +240,8 @@ def _show_measured(
         lines.append(f"  the {kind} TEE measured this machine's image, started with")
         lines.append(f"  command:      {shlex.join(argv)}")
     else:
-        lines += [f"  {line}" for line in describe_measured(program, argv, code_tags)]
+        described = describe_measured(program, argv, code_tags, found=found)
+        lines += [f"  {line}" for line in described]
         lines.append(f"  measurement:  {measurement}")
     accepted = [e for k, entries in service.measurements.items() if k == kind for e in entries]
     shown = ", ".join(str(a) for a in accepted[:8]) + (" ..." if len(accepted) > 8 else "")

@@ -8,10 +8,18 @@ instead, which a policy author computes ahead with ``secfl measure --for-run``:
     {"format": "secfl-run/1",
      "program": <the secfl-measure/1 manifest of the program file, or null for --module>,
      "argv": [the command line as given, placeholders unexpanded],
-     "code_volumes": {name: tag, ...}}
+     "code_volumes": {name: tag, ...},
+     "found": where PATH found a program named by a bare name (only then)}
 
 Any change to the program's bytes or mode, to a code volume's content (its tag)
-or to the command line changes it.
+or to the command line changes it; for a program named by a bare name (``python``,
+``secfl``), so does the place PATH found it. The file measured is the one the name
+leads to (a link resolved), but a program may find its surroundings by the name it
+was started under: a venv's ``python`` is the base interpreter, which looks its name up
+on PATH again and takes that venv's packages. A host that put a venv of its own first
+on PATH had its packages' code run in the workload under the genuine measurement
+(found by a review). The launcher starts the program under the name it found and
+measured (:func:`locate_program`), so the program does not look it up again.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from secfl.tee._measure import manifest
 __all__ = [
     "FORMAT",
     "describe_measured",
+    "locate_program",
     "resolve_program",
     "run_measurement",
 ]
@@ -41,12 +50,21 @@ FORMAT = "secfl-run/1"
 
 def resolve_program(program: str) -> Path:
     """The file ``program`` names: a path, or a command found on PATH."""
+    return locate_program(program)[0]
+
+
+def locate_program(program: str) -> tuple[Path, str | None]:
+    """The file ``program`` names (a path, or a command found on PATH), resolved; and,
+    for a bare name, the absolute path PATH found it at, not resolved (None for a path):
+    the name it is started under, which the measurement covers."""
+    found: str | None = None
     if "/" in program:
         path = Path(program)
     else:
-        found = shutil.which(program)
-        if found is None:
+        on_path = shutil.which(program)
+        if on_path is None:
             raise MeasurementError(f"measure: program '{program}' is not on PATH")
+        found = os.path.abspath(on_path)
         path = Path(found)
     try:  # (`Path.is_file` raised on a name too long: a traceback)
         regular = stat.S_ISREG(os.stat(path).st_mode)
@@ -58,24 +76,44 @@ def resolve_program(program: str) -> Path:
         regular = False
     if not regular:
         raise MeasurementError(f"measure: program '{program[:200]}' is not a file")
-    return Path(os.path.realpath(path))
+    return Path(os.path.realpath(path)), found
+
+
+def _found(program: Path | None, argv: Sequence[str], found: str | None) -> str | None:
+    """Where a bare ``argv[0]`` was found: ``found`` as the launcher found it, else
+    looked up here on PATH (an author measuring ahead, on the same PATH)."""
+    if program is None or not argv or "/" in argv[0]:
+        return None
+    return found if found is not None else locate_program(argv[0])[1]
 
 
 def run_measurement(
-    program: Path | None, argv: Sequence[str], code_volumes: Mapping[str, str]
+    program: Path | None,
+    argv: Sequence[str],
+    code_volumes: Mapping[str, str],
+    *,
+    found: str | None = None,
 ) -> str:
-    """The measurement (hex SHA-384) of running ``argv`` with ``program`` and code volumes."""
-    doc = {
+    """The measurement (hex SHA-384) of running ``argv`` with ``program`` and code
+    volumes; a bare ``argv[0]`` with where PATH found it (``found``, else looked up)."""
+    doc: dict[str, object] = {
         "format": FORMAT,
         "program": None if program is None else manifest([program]),
         "argv": list(argv),
         "code_volumes": {name: tag.lower() for name, tag in sorted(code_volumes.items())},
     }
+    located = _found(program, argv, found)
+    if located is not None:
+        doc["found"] = located
     return hashlib.sha384(canonical_json(doc)).hexdigest()
 
 
 def describe_measured(
-    program: Path | None, argv: Sequence[str], code_volumes: Mapping[str, str]
+    program: Path | None,
+    argv: Sequence[str],
+    code_volumes: Mapping[str, str],
+    *,
+    found: str | None = None,
 ) -> list[str]:
     """What :func:`run_measurement` covers, as lines a person compares: the program
     file (its path, digest and mode), the command line (shell-quoted), the code volumes'
@@ -90,6 +128,9 @@ def describe_measured(
             f"program:      {program} (sha256 {entry.get('sha256', '?')}, mode {entry['mode']})"
         )
     lines.append(f"command:      {shlex.join(argv)}")
+    located = _found(program, argv, found)
+    if located is not None:
+        lines.append(f"found at:     {located} (on PATH: install it there on every machine)")
     volumes = ", ".join(f"{n}={t.lower()}" for n, t in sorted(code_volumes.items()))
     lines.append(f"code volumes: {volumes or 'none'}")
     return lines
