@@ -24,22 +24,30 @@ from tests.policy import policy_dict, to_yaml
 
 from .fedkit import ca, identity
 
+Rows = list[dict[str, Any]]
+
 
 class FakeSpm:
     """The SPM's answers: the policy's digest and its revocation list (each read calls
-    ``revocations_of`` with the read's number, from 1 after the aggregator is built)."""
+    ``revocations_of`` with the read's number, from 1 after the aggregator is built; it
+    returns the rows, numbered as the read, or a list's sequence number and rows)."""
 
     def __init__(self, policy_digest: str) -> None:
         self.digest = policy_digest
         self.reads = 0
-        self.revocations_of: Callable[[int], list[dict[str, Any]]] = lambda n: []
+        self.revocations_of: Callable[[int], Rows | tuple[int, Rows]] = lambda n: []
 
     def policy(self, name: str) -> dict[str, Any]:
         return {"digest": self.digest}
 
-    def revocations(self, policy: str) -> list[dict[str, Any]]:
+    def revocation_list(self, policy: str) -> tuple[int, Rows]:
         self.reads += 1
-        return self.revocations_of(self.reads)
+        n = self.reads
+        answer = self.revocations_of(n)
+        return answer if isinstance(answer, tuple) else (n, answer)
+
+    def revocations(self, policy: str) -> Rows:
+        return self.revocation_list(policy)[1]
 
 
 def secure_aggregator(

@@ -1,5 +1,7 @@
 """An impostor at the SPM's address: any TLS key, and every request answered
-`400 {"error": MESSAGE}` (MESSAGE from argv[2], JSON). Writes its port to argv[1]."""
+`400 {"error": MESSAGE}` (MESSAGE from argv[2], JSON). Writes its port to argv[1].
+With ``--answers`` as argv[3], argv[2] is a JSON object instead: the last part of a
+request's path -> the raw body answered to it with `200` (an SPM that lies)."""
 
 import datetime
 import ipaddress
@@ -39,13 +41,23 @@ folder = Path(tempfile.mkdtemp())
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 )
-body = json.dumps({"error": json.loads(sys.argv[2])}).encode()
+answers = sys.argv[3:] == ["--answers"]
+body = json.dumps({"error": json.loads(sys.argv[2])}).encode() if not answers else b""
+bodies = {k: v.encode() for k, v in json.loads(sys.argv[2]).items()} if answers else {}
 
 
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
+        if answers:
+            name = self.path.split("?")[0].rstrip("/").split("/")[-2]  # /v1/policies/NAME/x
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(bodies[name])))
+            self.end_headers()
+            self.wfile.write(bodies[name])
+            return
         self.send_response(400)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

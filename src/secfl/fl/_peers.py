@@ -122,24 +122,36 @@ class PeerPolicy:
     revoked: set[str] = field(default_factory=set)
     read_at: float | None = None
     parsed: _Parsed = field(default_factory=_Parsed, init=False, repr=False, compare=False)
-    #: When the request of the list in force was sent (:meth:`apply_list`).
+    #: When the request of the newest read was sent, and the sequence number of the
+    #: list in force (:meth:`apply_list`).
     _sent: float = field(default=float("-inf"), init=False, repr=False, compare=False)
+    _sequence: int = field(default=-1, init=False, repr=False, compare=False)
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
 
-    def apply_list(self, revoked: set[str], sent: float) -> None:
-        """``revoked``, read by a request sent at ``sent`` (``time.monotonic()``), unless
-        the list of a request sent later is in force already: the reading thread's and
-        the round path's reads may end out of order, and the older list readmitted, until
-        the next read, a peer the newer one revoked (found by a hostile review). The
-        list is as old as its request: a host that held the SPM's answer back (trickled,
-        each piece within the socket's timeout) made an old list count as just read, and
-        a peer revoked meanwhile was accepted for :data:`STALE_SECONDS` more."""
+    def apply_list(self, revoked: set[str], sent: float, sequence: int) -> bool:
+        """``revoked``, the list of sequence number ``sequence`` read by a request sent
+        at ``sent`` (``time.monotonic()``); False if it was set aside.
+
+        Lists are ordered by what they hold, not by when they were asked for: one of a
+        lower number than the list in force was read from older data and is set aside
+        (the reading thread's and the round path's reads may end out of order, and an
+        SPM may answer an earlier request from newer data than a later one: its cached
+        answer is dropped by a revocation; found by reviews). One of the same number
+        holds the same revocations: the list in force stays. The list is as old as its
+        request: a host that held the SPM's answer back (trickled, each piece within the
+        socket's timeout) made an old list count as just read, and a peer revoked
+        meanwhile was accepted for :data:`STALE_SECONDS` more. A list at least as new as
+        the one in force is at least as fresh as its own request and that list's."""
         with self._lock:
-            if sent < self._sent:
-                return
-            self.revoked, self.read_at, self._sent = revoked, sent, sent
+            if sequence < self._sequence:
+                return False
+            if sequence > self._sequence:
+                self.revoked, self._sequence = revoked, sequence
+            if sent > self._sent:
+                self.read_at, self._sent = sent, sent
+            return True
 
     def check(self, cert_pem: bytes | None, *, now: datetime | None = None) -> Peer:
         """The peer named by ``cert_pem``, or TransportError naming the failed check."""

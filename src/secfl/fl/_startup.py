@@ -154,13 +154,12 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     if me is None or me.role not in ("aggregator", "any"):
         raise FlError(f"policy: service '{ident.service}' is not an aggregator")
     _warn_output(ident, opts)
-    sent = time.monotonic()  # a list is as old as its request (see PeerPolicy.apply_list)
     peers = PeerPolicy(
-        policy=ident.policy,
-        services=role_services(policy, "collaborator", "any") - {ident.service},
-        revoked=ident.revoked(),
-        read_at=sent,
+        policy=ident.policy, services=role_services(policy, "collaborator", "any") - {ident.service}
     )
+    sent = time.monotonic()  # a list is as old as its request (see PeerPolicy.apply_list)
+    sequence, revoked = ident.revocation_list()
+    peers.apply_list(revoked, sent, sequence)
     # a thread for every call each collaborator may have under way (a long poll among them)
     server = Server(ident.creds, peers)
     key = load_private_key(ident.secret_file(SIGNING_KEY, opts.signing_key))
@@ -173,8 +172,9 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     reset = _pending_reset(opts, policy, ident.policy_digest, config.counter, ledger)
 
     def reread() -> None:
-        sent = time.monotonic()  # the newer list wins, whichever read ends last
-        peers.apply_list(ident.revoked(), sent)
+        sent = time.monotonic()  # the list of the higher sequence wins, whichever ends last
+        sequence, revoked = ident.revocation_list()
+        peers.apply_list(revoked, sent, sequence)
 
     def renew() -> None:
         """Attest again when due (never under a version that replaced this one's)."""

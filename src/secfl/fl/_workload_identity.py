@@ -94,6 +94,9 @@ class WorkloadIdentity:
     #: Why the session is over for good: a renewal attested under a new policy version,
     #: which ended it (it replaced it) and whose own session this workload may not take.
     _superseded: str | None = field(default=None, repr=False)
+    #: The revocation list of the highest sequence number read (:meth:`revocation_list`).
+    _newest: tuple[int, set[str]] | None = field(default=None, repr=False)
+    _list_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkloadIdentity:
@@ -143,14 +146,26 @@ class WorkloadIdentity:
 
     def revoked(self) -> set[str]:
         """Serials the board revoked, and ``service:NAME`` for a revoked service
-        (refreshed from the SPM by the caller, per round)."""
+        (refreshed from the SPM by the caller, per round): :meth:`revocation_list`'s."""
+        return self.revocation_list()[1]
+
+    def revocation_list(self) -> tuple[int, set[str]]:
+        """The SPM's revocation list (as :meth:`revoked`) and its sequence number. An
+        answer of a lower number than one read before was read from older data (another
+        SPM's cached answer, or one cached before a revocation and sent after it): the
+        newer list read before is returned instead, which is at least as fresh."""
+        sequence, rows = self.spm().revocation_list(self.policy)
         found: set[str] = set()
-        for r in self.spm().revocations(self.policy):
+        for r in rows:
             if r.get("serial"):
                 found.add(str(r["serial"]).lower())
             if r.get("kind") == "service" and r.get("subject"):
                 found.add(f"service:{r['subject']}")
-        return found
+        with self._list_lock:
+            if self._newest is not None and sequence < self._newest[0]:
+                return self._newest[0], set(self._newest[1])
+            self._newest = (sequence, found)
+        return sequence, set(found)
 
     def token(self) -> str:
         """The session's token, once a renewal under way is over: a refusal of the old

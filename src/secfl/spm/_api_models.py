@@ -187,6 +187,11 @@ class RevocationIn(BaseModel):
 
 
 class RevocationsOut(BaseModel):
+    sequence: int = Field(
+        description="The list's sequence number: the audit log's head (its last entry's "
+        "seq) when it was read. A list read from newer data has a higher one; peers never "
+        "replace a list with one of a lower number"
+    )
     revocations: list[dict[str, Any]]
 
 

@@ -177,7 +177,8 @@ def _policy_routes(app: FastAPI, spm: Spm) -> None:
 
     @app.get("/v1/policies/{name}/revocations", responses=ERRORS)
     def revocations(name: PolicyName) -> RevocationsOut:
-        return RevocationsOut(revocations=spm.revocations(name))
+        sequence, rows = spm.revocation_list(name)
+        return RevocationsOut(sequence=sequence, revocations=rows)
 
     @app.get("/v1/policies/{name}/status", responses=ERRORS)
     async def status(name: PolicyName) -> StatusOut:

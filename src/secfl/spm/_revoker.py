@@ -32,12 +32,21 @@ from secfl.spm._sessions import current_version, no_longer_accepted
 from secfl.spm._store import SessionRecord, Store
 from secfl.spm._tx import Tx
 
-__all__ = ["ANSWER_SECONDS", "Revoker"]
+__all__ = ["ANSWER_SECONDS", "RevocationList", "Revoker"]
 
 #: How long an answered revocation list is served again (seconds), unless this SPM
 #: applies a revocation or the policy gets a new version meanwhile. Peers read the
 #: list every 10 s; another SPM sharing the database is heard within this.
 ANSWER_SECONDS = 2.0
+
+
+#: A policy's revocation list and its sequence number: the audit log's head (its last
+#: entry's seq) in the snapshot the list was read from. Every change the list rests on
+#: (a revocation or readmission, a certificate issued, a session ended, a new policy
+#: version) is an audit entry, so a list read later from newer data has a higher number;
+#: the head is authenticated (its MAC) and never goes back (this SPM's floor and
+#: anchor: :mod:`secfl.spm._integrity`), like every row the SPM reads back.
+RevocationList = tuple[int, list[dict[str, Any]]]
 
 
 class Revoker:
@@ -56,9 +65,10 @@ class Revoker:
         self.refusals = refusals or RefusalBudget()
         #: Applied revocation statements, when the store keeps no floors (tests, tools).
         self._statements: set[str] = set()
-        #: The last list answered per policy: (when, policy version, the list). Every
-        #: peer asks every 10 s, and each answer reads every live session of the policy.
-        self._answered: dict[str, tuple[float, int, list[dict[str, Any]]]] = {}
+        #: The last list answered per policy: (when, policy version, the list and its
+        #: sequence number). Every peer asks every 10 s, and each answer reads every live
+        #: session of the policy.
+        self._answered: dict[str, tuple[float, int, RevocationList]] = {}
         #: Revocations this SPM applied, per policy: a list read before one committed
         #: is not kept (it could be stored after the revocation cleared the cache).
         self._applied: dict[str, int] = {}
@@ -207,10 +217,17 @@ class Revoker:
         return stopped
 
     def revocations(self, policy_name: str) -> list[dict[str, Any]]:
-        """The board's revocations, then every live certificate they imply: a revoked
-        service, measurement or platform names the certificates issued to it, and so does
-        a version that no longer accepts what a session was attested as, so that peers
-        (the aggregator) refuse them at once, not when they expire."""
+        """The board's revocations, then every live certificate they imply (see
+        :meth:`revocation_list`)."""
+        return self.revocation_list(policy_name)[1]
+
+    def revocation_list(self, policy_name: str) -> RevocationList:
+        """The list's sequence number (see :data:`RevocationList`) and the list: the
+        board's revocations, then every live certificate they imply: a revoked service,
+        measurement or platform names the certificates issued to it, and so does a
+        version that no longer accepts what a session was attested as, so that peers
+        (the aggregator) refuse them at once, not when they expire. A list answered again
+        from the cache keeps the number it was read at: peers order lists by it."""
         record, policy = self.policies.get(policy_name)  # 404 for an unknown policy
         answered = self._answered.get(policy_name)
         if (
@@ -218,21 +235,24 @@ class Revoker:
             and answered[1] == record.version
             and time.monotonic() < answered[0] + ANSWER_SECONDS
         ):
-            return [dict(r) for r in answered[2]]
+            return answered[2][0], [dict(r) for r in answered[2][1]]
         applied, started = self._applied.get(policy_name, 0), time.monotonic()
-        out = self._list(policy_name, record.version, policy)
+        sequence, out = self._list(policy_name, record.version, policy)
         if self._applied.get(policy_name, 0) == applied:  # no revocation meanwhile
             if len(self._answered) > 10_000:
                 self._answered.clear()
-            self._answered[policy_name] = (started, record.version, out)
-        return [dict(r) for r in out]
+            self._answered[policy_name] = (started, record.version, (sequence, out))
+        return sequence, [dict(r) for r in out]
 
-    def _list(self, policy_name: str, version: int, policy: Policy) -> list[dict[str, Any]]:
+    def _list(self, policy_name: str, version: int, policy: Policy) -> RevocationList:
         now = datetime.now(UTC)
         floors = self.store.integrity.floors if self.store.integrity is not None else None
         if floors is not None:
             self.store.sync()  # certificates other SPMs sharing the database issued
         with self.store.read() as tx:
+            # first, so that the snapshot is the head's: its MAC and floor checked
+            head = tx.audit.head()
+            self.store.check_head(tx, head)
             rows = tx.revocations.of_policy(policy_name)
             revoked = tx.revocations.in_force(policy_name)
             # the index of issued certificates (secfl.spm._issued), which the host
@@ -283,7 +303,7 @@ class Revoker:
                      "service": session.service, "reason": f"implied: {why}",
                      "at": _iso(now), "digest": ""}
                 )  # fmt: skip
-        return out
+        return head[0], out
 
 
 def _iso(value: Any) -> str:

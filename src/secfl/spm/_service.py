@@ -344,6 +344,10 @@ class Spm:
         """The board's revocations, then every live certificate they imply."""
         return self.revoker.revocations(policy_name)
 
+    def revocation_list(self, policy_name: str) -> tuple[int, list[dict[str, Any]]]:
+        """The list's sequence number (the audit head it was read at) and the list."""
+        return self.revoker.revocation_list(policy_name)
+
     # --- audit ----------------------------------------------------------------------------
 
     def audit_page(self, since: int, limit: int) -> tuple[list[AuditEntry], tuple[int, str]]:

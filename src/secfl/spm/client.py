@@ -46,8 +46,17 @@ from secfl.tee._verify import verify
 
 #: A compare-and-increment's name (128 bits, hex).
 _REQUEST = re.compile(r"[0-9a-f]{32}")
+#: The highest sequence number a revocation list may carry (an audit seq: 64-bit signed).
+MAX_SEQUENCE = 2**63 - 1
 
-__all__ = ["SpmClient", "SpmRefused"]
+__all__ = ["MAX_SEQUENCE", "SpmClient", "SpmRefused"]
+
+
+def _shown(value: Any) -> str:
+    """A value the SPM sent, shown in a refusal: its type, or a short number."""
+    if type(value) is int:
+        return str(value) if abs(value) < 10**20 else f"{len(str(abs(value)))} digits"
+    return "nothing" if value is None else type(value).__name__
 
 
 class SpmClient(SpmTransport):
@@ -263,11 +272,24 @@ class SpmClient(SpmTransport):
 
     def revocations(self, policy: str) -> list[dict[str, Any]]:
         """What the board revoked in ``policy`` (kind, subject, service, reason, at)."""
+        return self.revocation_list(policy)[1]
+
+    def revocation_list(self, policy: str) -> tuple[int, list[dict[str, Any]]]:
+        """``policy``'s revocation list and its sequence number (the SPM's audit head
+        when it was read: a list read from newer data has a higher one), bounded: a
+        number that is not an integer from 0 to :data:`MAX_SEQUENCE` is refused."""
         doc = self._request("GET", f"/v1/policies/{policy}/revocations")
         rows = doc.get("revocations") if isinstance(doc, dict) else None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise SpmError("spm: the SPM's list of revocations is malformed")
-        return rows
+        sequence = doc.get("sequence")
+        if type(sequence) is not int or not 0 <= sequence <= MAX_SEQUENCE:
+            raise SpmError(
+                "spm: the SPM's revocation list has no valid sequence number (an integer "
+                f"from 0 to 2**63-1, got {_shown(sequence)}): an SPM older than this client, "
+                "or not an SPM"
+            )
+        return sequence, rows
 
     def status(self, policy: str) -> dict[str, Any]:
         """The policy's state (version and approvers, the last round, attestations, the
