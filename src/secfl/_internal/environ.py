@@ -169,12 +169,14 @@ RUN_SETS = frozenset(
 )  # fmt: skip
 #: ``SECFL_*`` variables that are no workload's business: settings of secfl's other
 #: tools (a developer's tracebacks of task code, the Flower interpreter a local run
-#: starts, test vectors, the SPM's policy cache) and the approved FABs that secfl's
-#: Flower executor gives the app processes it starts. Dropped like any name not listed.
+#: starts, test vectors, the SPM's policy cache, the test suite's own knobs) and the
+#: approved FABs that secfl's Flower executor gives the app processes it starts.
+#: Dropped like any name not listed.
 NOT_WORKLOAD = frozenset(
     {
         "SECFL_DEBUG", "SECFL_FLOWER_PYTHON", "SECFL_TESTVECTORS",
         "SECFL_SPM_POLICY_REFRESH", "SECFL_FLOWER_FAB_SHA256",
+        "SECFL_SKIP_POSTGRES", "SECFL_TEST_WORKERS",
     }
 )  # fmt: skip
 #: What connections to loopback are: never through a proxy.
