@@ -192,6 +192,24 @@ def test_missing_data_is_named(made: Path, capsys: pytest.CaptureFixture[str]) -
     assert line.startswith(f"error: --data: {made}/data/site-9 does not exist")
 
 
+def test_standard_output_is_no_file_for_the_model_or_the_metrics(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: `-o -` ran the whole simulation, then wrote the model to a
+    file named '-' in the working folder (stdout carries the rounds' table). Refused
+    before anything runs now, and no file is made."""
+    monkeypatch.chdir(tmp_path)
+    sites = [a for s in SITES for a in ("--data", str(made / "data" / s))]
+    task = ["simulate", "--task", str(made / "code"), *sites]
+    for option in ("--output", "-o", "--metrics"):
+        line = failed(capsys, *task, option, "-")
+        name = "--output" if option == "-o" else option
+        assert line == (
+            f"error: {name} -: standard output carries the rounds' table; give a file name\n"
+        )
+    assert not (tmp_path / "-").exists()
+
+
 def test_one_site_given_twice_or_two_sites_of_one_name_are_refused(
     made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

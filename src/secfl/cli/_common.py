@@ -125,19 +125,15 @@ def write_output(data: bytes, path: str | None) -> None:
         raise UsageError(f"cannot write '{path}': {exc.strerror or exc}") from None
 
 
-#: The names of this process's own streams (``/dev/fd/1``, ``/proc/self/fd/1``...):
-#: written to in place, whatever file the stream is (a redirected stdout is a regular
-#: file, which replacing would not reach).
-_STREAM_NAME = files.OWN_STREAM
-
-
 def is_stream(path: str) -> bool:
     """Whether ``path`` is a stream to write to in place rather than a file to replace:
-    one of this process's stream names, or (not a link) a pipe, a device or a socket.
+    one of this process's stream names (``/dev/fd/1``, ``/proc/self/fd/1``...: written
+    in place whatever file the stream is, since a redirected stdout is a regular file,
+    which replacing would not reach), or (not a link) a pipe, a device or a socket.
     Never because of where a link says it leads: a link to ``/proc/self/root/...`` (or
     ``/dev/../home/...``) leads anywhere, and one planted as a signature's name was
     written through to the member's key (the review of the fix)."""
-    if _STREAM_NAME.fullmatch(os.path.normpath(os.path.abspath(path))):
+    if files.own_stream(path):
         return True
     try:
         mode = os.lstat(path).st_mode

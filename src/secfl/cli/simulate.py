@@ -150,6 +150,11 @@ def _simulate(
     for option, path in given:
         if path is not None and not path.exists():
             raise UsageError(f"{option}: {path} does not exist; give a folder or file of data")
+    for option, path in (("--output", output), ("--metrics", metrics_path)):
+        if path is not None and str(path) == "-":  # refused before the run, not after it
+            raise UsageError(
+                f"{option} -: standard output carries the rounds' table; give a file name"
+            )
     config = load_settings(settings, rounds)
     config.strategy_object()  # an unknown rule or setting refused before anything is said
     names = _site_names(data)
