@@ -185,16 +185,21 @@ def test_a_workload_reading_the_list_in_turn_keeps_the_newest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One reader (a Flower workload's gate, a collaborator's pin) asking one SPM after
-    another: the second answered from its cache, older than the first's answer."""
+    another: the second answered from its cache, older than the first's answer. The
+    newer list stays, and the older answer is not a fresh read (else a host answering
+    with old lists only would keep it fresh)."""
     _, ident, spm = secure_aggregator(tmp_path, monkeypatch)
     site = [{"kind": "service", "subject": "site-1", "serial": ""}]
-    answers = {1: (7, site), 2: (6, []), 3: (5, [])}
+    answers = {1: (7, site), 2: (6, []), 3: (5, site), 4: (7, [])}
     spm.revocations_of = lambda n: answers[n]
     tls: Any = SimpleNamespace(ident=ident, peers=PeerPolicy("p", {"site-1"}), checked=0.0)
     AttestedTls.read_revocations(tls)
+    first = tls.checked
     AttestedTls.read_revocations(tls)
-    assert tls.peers.revoked == {"service:site-1"}
-    assert ident.revocation_list() == (7, {"service:site-1"})  # and to the aggregator's
+    assert tls.peers.revoked == {"service:site-1"} and tls.checked == first
+    with pytest.raises(SpmError, match="^spm: the SPM answered with an older revocation list"):
+        ident.revoked()  # as a collaborator's pin reads it: a failed read
+    assert ident.revoked() == set()  # the same number again: its list
 
 
 def _lying_spm(tmp_path: Path, answers: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:

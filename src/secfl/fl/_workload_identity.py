@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from secfl._internal.files import write_private
-from secfl.errors import FlError, LaunchError
+from secfl.errors import FlError, LaunchError, SpmError
 from secfl.fl._envelope import PrivateKey, PublicKey
 from secfl.fl._injected import CHECKPOINT_KEY, OUTPUT_KEY, SIGNING_KEY, VERIFY_KEY
 from secfl.fl._transport import Credentials
@@ -94,8 +94,8 @@ class WorkloadIdentity:
     #: Why the session is over for good: a renewal attested under a new policy version,
     #: which ended it (it replaced it) and whose own session this workload may not take.
     _superseded: str | None = field(default=None, repr=False)
-    #: The revocation list of the highest sequence number read (:meth:`revocation_list`).
-    _newest: tuple[int, set[str]] | None = field(default=None, repr=False)
+    #: The highest sequence number of a list :meth:`revoked` returned.
+    _newest: int = field(default=-1, repr=False)
     _list_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -146,14 +146,26 @@ class WorkloadIdentity:
 
     def revoked(self) -> set[str]:
         """Serials the board revoked, and ``service:NAME`` for a revoked service
-        (refreshed from the SPM by the caller, per round): :meth:`revocation_list`'s."""
-        return self.revocation_list()[1]
+        (refreshed from the SPM by the caller, per round), for a caller that reads the
+        list in turn (a Flower workload's gate, a collaborator's pin): an answer read
+        from older data than one returned before (a lower sequence number: another SPM's
+        cached answer, or one cached before a revocation and sent after it) is an
+        SpmError, a failed read: the newer list stays in force, and this read does not
+        count as a fresh one (if none but such come, the list goes stale: fail closed)."""
+        sequence, found = self.revocation_list()
+        with self._list_lock:
+            if sequence < self._newest:
+                raise SpmError(
+                    f"spm: the SPM answered with an older revocation list (sequence "
+                    f"{sequence}, after {self._newest}): the newer one stays in force"
+                )
+            self._newest = sequence
+        return found
 
     def revocation_list(self) -> tuple[int, set[str]]:
-        """The SPM's revocation list (as :meth:`revoked`) and its sequence number. An
-        answer of a lower number than one read before was read from older data (another
-        SPM's cached answer, or one cached before a revocation and sent after it): the
-        newer list read before is returned instead, which is at least as fresh."""
+        """The SPM's revocation list (as :meth:`revoked`) and its sequence number, as
+        the SPM answered: the caller orders lists by it
+        (:meth:`~secfl.fl._peers.PeerPolicy.apply_list`)."""
         sequence, rows = self.spm().revocation_list(self.policy)
         found: set[str] = set()
         for r in rows:
@@ -161,11 +173,7 @@ class WorkloadIdentity:
                 found.add(str(r["serial"]).lower())
             if r.get("kind") == "service" and r.get("subject"):
                 found.add(f"service:{r['subject']}")
-        with self._list_lock:
-            if self._newest is not None and sequence < self._newest[0]:
-                return self._newest[0], set(self._newest[1])
-            self._newest = (sequence, found)
-        return sequence, set(found)
+        return sequence, found
 
     def token(self) -> str:
         """The session's token, once a renewal under way is over: a refusal of the old

@@ -127,8 +127,8 @@ class AttestedTls:
     def read_revocations(self) -> None:
         """Read the board's revocation list; a failure is logged (and counts towards
         :data:`STALE_SECONDS`), never raised. An answer read from older data than one
-        before (a lower sequence number) leaves the newer list in force
-        (:meth:`~secfl.fl._workload_identity.WorkloadIdentity.revocation_list`)."""
+        before (a lower sequence number) is such a failure: the newer list stays in
+        force (:meth:`~secfl.fl._workload_identity.WorkloadIdentity.revoked`)."""
         sent = time.monotonic()  # the list is as old as its request, however late it came
         try:
             self.peers.revoked = self.ident.revoked()
