@@ -80,11 +80,12 @@ def serve_cmd(
     (TCB status, advisories, revoked keys); without it their TCB is unknown, which
     only a policy whose allow_unknown_tcb covers them accepts."""
     from secfl._internal.httpguard import Limits
-    from secfl.spm._collateral import pccs_url
     from secfl.spm._server import listen_sockets, open_spm, serve
 
     host, port = parse_listen(listen)
     if pccs is not None:
+        from secfl.spm._collateral import pccs_url  # (only then: it loads httpx)
+
         pccs_url(pccs)  # before the data folder is touched
     if not 1 <= pccs_timeout <= 120:  # (NaN too)
         raise UsageError("--pccs-timeout: between 1 and 120 seconds")

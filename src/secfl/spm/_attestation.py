@@ -15,7 +15,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -27,7 +27,6 @@ from secfl.policy._model import Policy
 from secfl.policy._new_version import code_pinned_by_counter
 from secfl.policy._secrets import CertSecret
 from secfl.spm import _sealing as sv
-from secfl.spm._collateral import CollateralSource
 from secfl.spm._evidence_checks import check_evidence, check_measurements, claims_identity
 from secfl.spm._groupcommit import GroupCommit
 from secfl.spm._issued import EVENT as ISSUED_EVENT
@@ -43,6 +42,9 @@ from secfl.spm._store import PolicyRecord
 from secfl.spm._tx import Tx
 from secfl.spm._vault import SecretVault
 from secfl.tee._claims import Claims
+
+if TYPE_CHECKING:  # (the fetching is loaded by an SPM started with --pccs only)
+    from secfl.spm._collateral import CollateralSource
 
 __all__ = [
     "PRUNE_EVERY",

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secfl.errors import CollateralFault, FetchError, Refused, SecflError, VerificationError
 from secfl.policy._model import Policy, code_fields_text, pins_code
-from secfl.spm._collateral import CollateralSource
 from secfl.spm._revocation import platform_id, platform_ids
 from secfl.tee._claims import TCB_ORDER, Claims
 from secfl.tee._evidence import Evidence
 from secfl.tee._intel_collateral import evaluation_number
 from secfl.tee._verify import verify
+
+if TYPE_CHECKING:  # (the fetching is loaded by an SPM started with --pccs only)
+    from secfl.spm._collateral import CollateralSource
 
 __all__ = [
     "check_evidence",

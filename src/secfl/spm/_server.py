@@ -29,7 +29,6 @@ from secfl._internal.files import atomic_write, memory_file
 from secfl._internal.httpguard import Guard, Limits, file_budget
 from secfl._internal.x509util import private_pem
 from secfl.errors import IntegrityError, SpmError
-from secfl.spm._collateral import FETCH_TIMEOUT, CollateralSource
 from secfl.spm._identity import (
     IDENTITY_AAD,
     IDENTITY_META,
@@ -63,13 +62,14 @@ def open_spm(
     sim_dir: Path | str | None = None,
     names: Sequence[str] = (),
     pccs_url: str | None = None,
-    pccs_timeout: float = FETCH_TIMEOUT,
+    pccs_timeout: float | None = None,
     new_anchor: bool = False,
 ) -> Spm:
     """The SPM of ``data_dir``: master key, store (SQLite there unless ``db_url``),
     its sealed TLS identity (created on first start) and its platform; with
     ``pccs_url``, the PCCS (or Intel PCS) whose collateral appraises Intel TCBs, which
-    has ``pccs_timeout`` seconds for each fetch. ``new_anchor``: see
+    has ``pccs_timeout`` seconds for each fetch (default
+    :data:`~secfl.spm._collateral.FETCH_TIMEOUT`). ``new_anchor``: see
     :func:`~secfl.spm._state.verify_state` (the start is then logged with
     ``new_anchor``, where the board sees it)."""
     data = Path(data_dir)
@@ -82,11 +82,14 @@ def open_spm(
     identity = _identity(store, master, list(names))
     tee = platform_by_name(platform, sim_dir=sim_dir)
     measurement = code_measurement() if tee.name == "simulated" else None
-    collateral = (
-        None
-        if pccs_url is None
-        else CollateralSource(pccs_url, data / COLLATERAL_DIR, timeout=pccs_timeout)
-    )
+    collateral = None
+    if pccs_url is not None:
+        # here, not at the top: an SPM without --pccs never loads the fetching (httpx),
+        # a fifth of its start (a suite starts hundreds of SPMs)
+        from secfl.spm._collateral import FETCH_TIMEOUT, CollateralSource
+
+        timeout = FETCH_TIMEOUT if pccs_timeout is None else pccs_timeout
+        collateral = CollateralSource(pccs_url, data / COLLATERAL_DIR, timeout=timeout)
     spm = Spm(
         store, master, tee, identity,
         measurement=measurement, status_index=status, collateral=collateral,

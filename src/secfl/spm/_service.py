@@ -22,14 +22,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secfl.errors import Refused
 from secfl.policy._model import Policy
 from secfl.policy._signatures import REVOCATION_DOMAIN
 from secfl.spm._attestation import Attestor, AttestResult
 from secfl.spm._audit import PAGE_CHARS, AuditEntry
-from secfl.spm._collateral import CollateralSource
 from secfl.spm._collateral_floors import AuditedFloors
 from secfl.spm._events import check_round
 from secfl.spm._groupcommit import GroupCommit
@@ -52,6 +51,9 @@ from secfl.spm._vault import SecretVault
 from secfl.spm._volume_records import VolumeRecords
 from secfl.tee._platforms import Platform
 from secfl.tee._simulated import SimulatedPlatform
+
+if TYPE_CHECKING:  # (the fetching is loaded by an SPM started with --pccs only)
+    from secfl.spm._collateral import CollateralSource
 
 # Besides Spm: names kept importable from here for the callers that take them from here.
 __all__ = [

@@ -1,0 +1,45 @@
+"""What an SPM's start loads: what serving needs, not what only some starts use.
+
+A suite and a walkthrough start hundreds of SPMs, and most of a start is Python
+importing modules: a module loaded for a feature the SPM was not started with (the
+PCCS fetching, without ``--pccs``) is paid for at every start. The probe opens an SPM
+on SQLite and builds its app in a fresh interpreter (this one has loaded everything),
+as `secfl spm serve` does before it listens.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+#: Modules an SPM on SQLite without ``--pccs`` has no use for, with what loads them when
+#: it does: the PCCS fetching (httpx, :mod:`secfl.spm._collateral`).
+NOT_LOADED = ("httpx", "secfl.spm._collateral", "secfl._internal.httpcache")
+
+
+def loaded_at_start(tmp_path: Path, sim_dir: Path) -> list[str]:
+    """Which of :data:`NOT_LOADED` an SPM's start loads."""
+    probe = (
+        "import sys\n"
+        "from secfl.spm._app import create_app\n"
+        "from secfl.spm._server import open_spm\n"
+        f"spm = open_spm({str(tmp_path / 'data')!r}, platform='simulated',"
+        f" sim_dir={str(sim_dir)!r})\n"
+        "create_app(spm)\n"
+        "spm.close()\n"
+        f"print('loaded:' + ','.join(m for m in {NOT_LOADED!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ), check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith("loaded:"), done.stdout
+    return [m for m in last.removeprefix("loaded:").split(",") if m]
+
+
+def test_an_spm_started_without_pccs_loads_no_fetching(
+    tmp_path: Path, sim: tuple[Path, bytes]
+) -> None:
+    assert loaded_at_start(tmp_path, sim[0]) == []
