@@ -1,10 +1,10 @@
 """What an SPM's start loads: what serving needs, not what only some starts use.
 
 A suite and a walkthrough start hundreds of SPMs, and most of a start is Python
-importing modules: a module loaded for a feature the SPM was not started with (the
-PCCS fetching, without ``--pccs``) is paid for at every start. The probe opens an SPM
-on SQLite and builds its app in a fresh interpreter (this one has loaded everything),
-as `secfl spm serve` does before it listens.
+importing modules: a module loaded for what the SPM was not started with (the PCCS
+fetching, without ``--pccs``; PostgreSQL's dialect, on SQLite) is paid for at every
+start. The probe opens an SPM on SQLite and builds its app in a fresh interpreter
+(this one has loaded everything), as `secfl spm serve` does before it listens.
 """
 
 from __future__ import annotations
@@ -14,9 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: Modules an SPM on SQLite without ``--pccs`` has no use for, with what loads them when
-#: it does: the PCCS fetching (httpx, :mod:`secfl.spm._collateral`).
-NOT_LOADED = ("httpx", "secfl.spm._collateral", "secfl._internal.httpcache")
+#: Modules an SPM on SQLite without ``--pccs`` has no use for: the PCCS fetching (httpx,
+#: :mod:`secfl.spm._collateral`), and SQLAlchemy's PostgreSQL dialect.
+NOT_LOADED = (
+    "httpx",
+    "secfl.spm._collateral",
+    "secfl._internal.httpcache",
+    "sqlalchemy.dialects.postgresql",
+)
 
 
 def loaded_at_start(tmp_path: Path, sim_dir: Path) -> list[str]:
@@ -39,7 +44,7 @@ def loaded_at_start(tmp_path: Path, sim_dir: Path) -> list[str]:
     return [m for m in last.removeprefix("loaded:").split(",") if m]
 
 
-def test_an_spm_started_without_pccs_loads_no_fetching(
+def test_an_spm_on_sqlite_started_without_pccs_loads_neither(
     tmp_path: Path, sim: tuple[Path, bytes]
 ) -> None:
     assert loaded_at_start(tmp_path, sim[0]) == []

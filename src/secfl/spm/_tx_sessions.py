@@ -7,8 +7,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from secfl.spm._records import SessionRecord, from_us, to_us
 from secfl.spm._schema import Q_SESSION, nonces_table, sessions_table
@@ -27,10 +25,18 @@ class Nonces(TxView):
         """Record a self-authenticating nonce as used: True the first time, False if
         it was spent before (one INSERT; the primary key makes it single-use)."""
         t = nonces_table
-        dialect_insert = pg_insert if self._tx.dialect == "postgresql" else sqlite_insert
+        # the one dialect's module, not both: an SPM on SQLite never loads PostgreSQL's
+        # (every start would pay for it)
+        if self._tx.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            insert: Any = pg_insert(t)
+        else:
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            insert = sqlite_insert(t)
         done = self._w().execute(
-            dialect_insert(t)
-            .values(nonce=bytes(nonce), expires_at=to_us(expires_at, "expires_at"), used=True)
+            insert.values(nonce=bytes(nonce), expires_at=to_us(expires_at, "expires_at"), used=True)
             .on_conflict_do_nothing(index_elements=[t.c.nonce])
             .returning(t.c.nonce)
         )
