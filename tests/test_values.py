@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from secfl._internal.values import MAX_CHARS, MAX_MESSAGE, describe, one_line, quoted
+from secfl._internal.values import (
+    MAX_CHARS,
+    MAX_MESSAGE,
+    describe,
+    one_line,
+    quoted,
+    shown,
+    shows_nothing,
+)
 
 
 @pytest.mark.parametrize(
@@ -38,3 +48,15 @@ def test_one_line_keeps_a_message_readable_on_one_line() -> None:
     assert one_line("x\r\ny\u202ez\x00") == r"x\r\ny\u202ez\x00"
     long = one_line("a" * (MAX_MESSAGE + 5))
     assert long == "a" * MAX_MESSAGE + f"... ({MAX_MESSAGE + 5} characters)"
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=st.characters(codec=None)) | st.text(st.characters(max_codepoint=0x7F)))
+def test_shown_escapes_each_character_that_would_not_show(text: str) -> None:
+    """:func:`shown` returns ASCII text that needs no escape as it is, without looking
+    at each character: the same as escaping character by character."""
+    each = "".join(
+        c if c.isprintable() and not shows_nothing(c) else c.encode("unicode_escape").decode()
+        for c in text
+    )
+    assert shown(text) == each
