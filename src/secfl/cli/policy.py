@@ -155,8 +155,10 @@ def show_cmd(
     else:
         previous = _previous(policy, file, against)
         lines = review_diff(previous, policy) or ["(no change the SPM would see)"]
-    for line in lines:  # a stored version may hold any text: none a terminal acts on
-        out.print(shown(line), markup=False)
+    # a stored version may hold any text: none a terminal acts on. One print, not one a
+    # line: rich looks at the terminal on each (a large policy's diff spent half its
+    # time printing)
+    out.print("\n".join(shown(line) for line in lines), markup=False)
 
 
 @app.command("digest")
