@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from secfl.errors import AuditError, IntegrityError
 from secfl.spm._audit import GENESIS, AuditEntry, check_head_mac
-from secfl.spm._state import missing_anchor
 
 if TYPE_CHECKING:
     from secfl.spm._integrity import Anchor
@@ -257,6 +256,9 @@ class DatabaseSource:
             self._checked = head
             return
         if anchored is None and head[0] > 0:  # deleted: any earlier database would pass
+            # (here: the state's checks load SQLAlchemy, which a remote reader never needs)
+            from secfl.spm._state import missing_anchor
+
             raise IntegrityError(missing_anchor(self._anchor.path))
         if anchored is None:
             self._checked = head

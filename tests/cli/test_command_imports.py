@@ -1,0 +1,42 @@
+"""What a command loads: what it needs, not what another way of running it does.
+
+The suite and a walkthrough start hundreds of `secfl` processes, most of whose time is
+Python importing modules. Reading an SPM's audit log over HTTPS (`secfl audit show
+--spm`) needs neither SQLAlchemy nor the SPM's store, which reading its database does.
+Each probe runs the command in a fresh interpreter (this one has loaded everything).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+
+def loaded_by(argv: list[str], modules: tuple[str, ...]) -> tuple[int, str, list[str]]:
+    """Run `secfl ARGV` in a fresh interpreter: its exit code, its standard error, and
+    which of ``modules`` it loaded."""
+    probe = (
+        "import sys\n"
+        "from secfl.cli.main import main\n"
+        f"code = main({argv!r})\n"
+        f"print('loaded:' + ','.join(m for m in {modules!r} if m in sys.modules), code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ), check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith("loaded:"), done.stdout
+    names, code = last.removeprefix("loaded:").rsplit(" ", 1)
+    return int(code), done.stderr, [m for m in names.split(",") if m]
+
+
+def test_reading_the_audit_log_over_https_loads_no_database() -> None:
+    with socket.socket() as sock:  # a port nobody listens on: the command fails to connect
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = ["audit", "show", "--spm", f"https://127.0.0.1:{port}", "--spm-pin", "ab" * 32]
+    code, error, loaded = loaded_by(argv, ("sqlalchemy", "secfl.spm._store"))
+    assert code == 1 and "cannot reach" in error, error  # it got as far as asking the SPM
+    assert loaded == []
