@@ -2,8 +2,9 @@
 
 The suite and a walkthrough start hundreds of `secfl` processes, most of whose time is
 Python importing modules. Reading an SPM's audit log over HTTPS (`secfl audit show
---spm`) needs neither SQLAlchemy nor the SPM's store, which reading its database does.
-Each probe runs the command in a fresh interpreter (this one has loaded everything).
+--spm`) needs neither SQLAlchemy nor the SPM's store, which reading its database does;
+checking its database (`secfl audit verify --data`) needs no HTTPS server. Each probe
+runs the command in a fresh interpreter (this one has loaded everything).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 
 def loaded_by(argv: list[str], modules: tuple[str, ...]) -> tuple[int, str, list[str]]:
@@ -39,4 +41,18 @@ def test_reading_the_audit_log_over_https_loads_no_database() -> None:
     argv = ["audit", "show", "--spm", f"https://127.0.0.1:{port}", "--spm-pin", "ab" * 32]
     code, error, loaded = loaded_by(argv, ("sqlalchemy", "secfl.spm._store"))
     assert code == 1 and "cannot reach" in error, error  # it got as far as asking the SPM
+    assert loaded == []
+
+
+def test_verifying_an_spms_database_loads_no_server(
+    tmp_path: Path, sim: tuple[Path, bytes]
+) -> None:
+    """`secfl audit verify --data` checks the database as the SPM's start does, but
+    serves nothing: not uvicorn, FastAPI or the SPM's service."""
+    from secfl.spm._server import open_spm
+
+    open_spm(tmp_path / "data", platform="simulated", sim_dir=sim[0]).close()
+    argv = ["audit", "verify", "--data", str(tmp_path / "data")]
+    code, error, loaded = loaded_by(argv, ("uvicorn", "fastapi", "secfl.spm._service"))
+    assert code == 0, error
     assert loaded == []

@@ -29,8 +29,7 @@ def verify_database(data_dir: Path | str | None, db_url: str | None = None) -> t
     data = Path(data_dir)
     master = data_folder_key(data)
     from secfl.spm._integrity import ANCHOR_FILE, Anchor, Integrity
-    from secfl.spm._server import unreadable
-    from secfl.spm._state import verify_state
+    from secfl.spm._state import unreadable, verify_state
 
     audit_key = master.derive("audit-head")
     integrity = Integrity(

@@ -43,7 +43,7 @@ from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import Store
 from secfl.tee._platforms import platform_by_name
 
-__all__ = ["GRACEFUL_SHUTDOWN", "open_spm", "open_store", "serve", "unreadable"]
+__all__ = ["GRACEFUL_SHUTDOWN", "open_spm", "open_store", "serve"]
 
 #: Where in the data folder the SPM caches Intel collateral (signed by Intel: untrusted).
 COLLATERAL_DIR = "collateral-cache"
@@ -124,7 +124,7 @@ def open_store(
     the whole database verified (log, anchor, every row) before it is used; on the way,
     ``status`` (if given) takes in the verified log."""
     from secfl.spm._integrity import ANCHOR_FILE, Anchor, Integrity
-    from secfl.spm._state import log_unlogged_secrets, verify_state
+    from secfl.spm._state import log_unlogged_secrets, unreadable, verify_state
 
     integrity = Integrity(
         master.derive("store-rows"),
@@ -145,16 +145,6 @@ def open_store(
         store.close()
         raise
     return store
-
-
-def unreadable(exc: BaseException) -> IntegrityError:
-    """The one-line refusal of a database holding a value the SPM cannot even read."""
-    why = " ".join(str(exc).split())[:100]
-    return IntegrityError(
-        f"integrity: the database holds a value the SPM cannot read ({type(exc).__name__}: "
-        f"{why}); it was changed outside the SPM: restore it from a backup "
-        "(docs/operations.md: The SPM's master key and backups)"
-    )
 
 
 def _refuse_without_master_key(data: Path, db_url: str | None) -> None:

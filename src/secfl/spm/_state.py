@@ -28,7 +28,7 @@ from secfl.spm._status_index import StatusIndex
 from secfl.spm._store import AUDIT_HEAD_MAC, Store
 from secfl.spm._tx import Tx
 
-__all__ = ["log_unlogged_secrets", "missing_anchor", "verify_state"]
+__all__ = ["log_unlogged_secrets", "missing_anchor", "unreadable", "verify_state"]
 
 PAGE = 1000
 
@@ -106,6 +106,18 @@ def missing_anchor(path: object) -> str:
         "cut back would then be accepted); restore the folder with the database from one "
         "backup (a second SPM on a shared database, or an anchor truly lost: `secfl spm "
         "serve --new-anchor` once, which the audit log records)"
+    )
+
+
+def unreadable(exc: BaseException) -> IntegrityError:
+    """The one-line refusal of a database holding a value the SPM cannot even read (here,
+    not with the server: `secfl audit verify --data` gives it too, without loading the
+    HTTPS server)."""
+    why = " ".join(str(exc).split())[:100]
+    return IntegrityError(
+        f"integrity: the database holds a value the SPM cannot read ({type(exc).__name__}: "
+        f"{why}); it was changed outside the SPM: restore it from a backup "
+        "(docs/operations.md: The SPM's master key and backups)"
     )
 
 
