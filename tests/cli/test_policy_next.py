@@ -153,12 +153,22 @@ def test_init_takes_the_tasks_federation_yaml(world: Path, capsys: Capsys) -> No
 
 def test_the_policy_commands_do_not_load_torch(v1: Path) -> None:
     """Board members run them on machines that train nothing: they start in a fraction
-    of a second (torch alone takes one or more)."""
+    of a second (torch alone takes one or more). `init --settings` loaded the
+    aggregator's startup, torch and all, to read the settings file."""
+    v1.with_name("federation.yaml").write_text("federation:\n  rounds: 4\n")
+    commands = [
+        ["policy", "validate", str(v1)],
+        ["policy", "next", str(v1), "-o", str(v1.with_name("next.yaml")), "--rounds", "5"],
+        ["policy", "init", "--name", "fed", "--member", "alice=board/alice.pub",
+         "--member", "bob=board/bob.pub", "--member", "carol=board/carol.pub",
+         "--site", "site-1", "--site", "site-2", "--task", "task.secfl",
+         "--sim-root", "sim/root.pem", "--validation", "validation.secfl", *ALL_SEALED,
+         "--settings", "federation.yaml", "-o", str(v1.with_name("init.yaml"))],
+    ]  # fmt: skip
     probe = (
         "import sys\n"
         "from secfl.cli.main import main\n"
-        f"for argv in (['policy', 'validate', {str(v1)!r}], ['policy', 'next', {str(v1)!r},"
-        f" '-o', {str(v1.with_name('next.yaml'))!r}, '--rounds', '5']):\n"
+        f"for argv in {commands!r}:\n"
         "    assert main(argv) == 0, argv\n"
         "print('torch' in sys.modules)\n"
     )
@@ -166,6 +176,7 @@ def test_the_policy_commands_do_not_load_torch(v1: Path) -> None:
                             timeout=120, env=dict(os.environ), check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "False"
+    assert load_policy_file(v1.with_name("init.yaml")).federation["rounds"] == 4
 
 
 def test_only_the_lines_of_changed_settings_change() -> None:

@@ -127,7 +127,7 @@ def _settings_file(path: str | None) -> dict[str, Any]:
     them, so the board signs what the scientist tried; {} without one."""
     if path is None:
         return {}
-    from secfl.fl._startup import read_settings
+    from secfl.fl._untrusted import read_settings
 
     return dict(read_settings(Path(path)))
 

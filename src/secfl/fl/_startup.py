@@ -38,7 +38,7 @@ from secfl.fl._reset import ApprovedReset, pending_reset
 from secfl.fl._runs import run_label
 from secfl.fl._tensors import to_bytes
 from secfl.fl._transport import INSECURE_WARNING, PeerPolicy, Server
-from secfl.fl._untrusted import read_yaml_file
+from secfl.fl._untrusted import read_settings
 from secfl.fl._workload_identity import (
     CHECKPOINT_KEY,
     OUTPUT_KEY,
@@ -89,17 +89,6 @@ class AggregatorOptions:
     ready_file: Path | None = None
     #: A board-approved reset (``secfl fl reset``'s statement and signatures).
     reset: Path | None = None
-
-
-def read_settings(path: Path) -> dict[str, Any]:
-    """Federation settings from a YAML/JSON file: the file itself, or its ``federation``
-    section (a policy's, or a settings file written as one: no setting has that name)."""
-    doc = read_yaml_file(path, "federation")
-    if isinstance(doc, dict) and "federation" in doc:
-        doc = doc["federation"]
-    if not isinstance(doc, dict):
-        raise FlError(f"federation: {path} is not a mapping of settings")
-    return doc
 
 
 def load_data_spec(task: Task, spec: str | None, exclude: AbstractSet[str] = frozenset()) -> Any:

@@ -33,6 +33,7 @@ __all__ = [
     "parse_yaml",
     "read_file",
     "read_json_file",
+    "read_settings",
     "read_yaml_file",
 ]
 
@@ -191,3 +192,16 @@ def read_json_file(
 def read_yaml_file(path: Path, what: str, max_bytes: int = MAX_FILE_BYTES) -> Any:
     """A YAML (or JSON) file from disk, bounded; FlError ``"<what>: <path> ..."`` otherwise."""
     return parse_yaml(read_file(path, what, max_bytes), f"{what}: {path}")
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """Federation settings from a YAML/JSON file: the file itself, or its ``federation``
+    section (a policy's, or a settings file written as one: no setting has that name).
+    Here, not with the aggregator: `secfl policy init --settings` reads them too, on a
+    board member's machine, which has no use for the aggregator's imports (torch)."""
+    doc = read_yaml_file(path, "federation")
+    if isinstance(doc, dict) and "federation" in doc:
+        doc = doc["federation"]
+    if not isinstance(doc, dict):
+        raise FlError(f"federation: {path} is not a mapping of settings")
+    return doc
