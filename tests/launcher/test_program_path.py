@@ -87,3 +87,54 @@ def test_a_bare_names_venv_on_the_hosts_path_is_not_the_measured_program(
     assert done.returncode == 0, done.stderr
     assert f"PREFIX {sys.prefix}" in done.stdout, done.stdout
     assert not mark.exists()
+
+
+def _venv_with_hook(folder: Path, mark: Path | None) -> Path:
+    """A venv at ``folder`` (its python a link to this one's base interpreter); with
+    ``mark``, a start-up hook in its packages that writes it in a workload."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    if mark is not None:
+        site = subprocess.run(
+            [folder / "bin" / "python", "-c", "import site; print(site.getsitepackages()[0])"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout.strip()  # fmt: skip
+        (Path(site) / "hosthook.py").write_text(HOOK.format(mark=str(mark)))
+        (Path(site) / "hosthook.pth").write_text("import hosthook\n")
+    return folder / "bin" / "python"
+
+
+def test_a_relative_paths_venv_in_the_hosts_working_folder_is_not_the_measured_program(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by a hostile review of the bare-name fix above: a program named by a
+    relative path (``venv/bin/python``) was measured as the file it leads to, resolved,
+    and the command line as given, and started under that relative name in the working
+    folder the host chose. Every venv's python is the same file, so a host that started
+    the launcher in a folder of its own, holding a venv with a start-up hook where the
+    path leads, had that hook run in the workload with the genuine measurement. Now the
+    absolute path it names is measured too, and the program is started under it."""
+    genuine, host, mark = tmp_path / "genuine", tmp_path / "host", tmp_path / "hook-ran"
+    genuine.mkdir()
+    host.mkdir()
+    real = _venv_with_hook(genuine / "venv", None)
+    planted = _venv_with_hook(host / "venv", mark)
+    assert planted.resolve() == real.resolve()  # measured alike, file by file
+    argv = ["venv/bin/python", "-c", "import sys; print('PREFIX', sys.prefix, flush=True)"]
+    measured = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "measure", "--for-run", "--", *argv],
+        cwd=genuine, check=True, capture_output=True, text=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    world.submit_program("relrun", measured)
+    cmd = world.command("svc", argv, policy="relrun")
+    done = subprocess.run(cmd, cwd=host, capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+    assert not mark.exists(), "the host's venv ran its code in the workload"
+    assert done.returncode != 0 and "PREFIX" not in done.stdout, done.stdout
+    assert f"found at:     {host / 'venv' / 'bin' / 'python'}" in done.stderr, done.stderr
+    # from the folder it was measured in, the genuine venv runs
+    done = subprocess.run(cmd, cwd=genuine, capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"PREFIX {genuine / 'venv'}" in done.stdout, done.stdout
+    assert not mark.exists()

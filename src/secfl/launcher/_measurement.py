@@ -9,17 +9,21 @@ instead, which a policy author computes ahead with ``secfl measure --for-run``:
      "program": <the secfl-measure/1 manifest of the program file, or null for --module>,
      "argv": [the command line as given, placeholders unexpanded],
      "code_volumes": {name: tag, ...},
-     "found": where PATH found a program named by a bare name (only then)}
+     "found": where PATH found a program named by a bare name, or the absolute path
+              of one named by a relative path (only then)}
 
 Any change to the program's bytes or mode, to a code volume's content (its tag)
 or to the command line changes it; for a program named by a bare name (``python``,
-``secfl``), so does the place PATH found it. The file measured is the one the name
-leads to (a link resolved), but a program may find its surroundings by the name it
+``secfl``), so does the place PATH found it, and for one named by a relative path
+(``venv/bin/python``), the folder it was named from. The file measured is the one the
+name leads to (a link resolved), but a program may find its surroundings by the name it
 was started under: a venv's ``python`` is the base interpreter, which looks its name up
-on PATH again and takes that venv's packages. A host that put a venv of its own first
-on PATH had its packages' code run in the workload under the genuine measurement
-(found by a review). The launcher starts the program under the name it found and
-measured (:func:`locate_program`), so the program does not look it up again.
+on PATH again (or takes it from the working folder) and takes that venv's packages. A
+host that put a venv of its own first on PATH (found by a review), or started the
+launcher in a folder holding one where the relative path leads (found by a hostile
+review), had its packages' code run in the workload under the genuine measurement. The
+launcher starts the program under the absolute name it found and measured
+(:func:`locate_program`), so the program does not look it up again.
 """
 
 from __future__ import annotations
@@ -55,11 +59,14 @@ def resolve_program(program: str) -> Path:
 
 def locate_program(program: str) -> tuple[Path, str | None]:
     """The file ``program`` names (a path, or a command found on PATH), resolved; and,
-    for a bare name, the absolute path PATH found it at, not resolved (None for a path):
-    the name it is started under, which the measurement covers."""
+    for a bare name, the absolute path PATH found it at, not resolved, for a relative
+    path the absolute path it names from the working folder, not resolved (None for an
+    absolute path): the name it is started under, which the measurement covers."""
     found: str | None = None
     if "/" in program:
         path = Path(program)
+        if not program.startswith("/"):  # the working folder is the host's to choose
+            found = os.path.abspath(program)
     else:
         on_path = shutil.which(program)
         if on_path is None:
@@ -80,9 +87,10 @@ def locate_program(program: str) -> tuple[Path, str | None]:
 
 
 def _found(program: Path | None, argv: Sequence[str], found: str | None) -> str | None:
-    """Where a bare ``argv[0]`` was found: ``found`` as the launcher found it, else
-    looked up here on PATH (an author measuring ahead, on the same PATH)."""
-    if program is None or not argv or "/" in argv[0]:
+    """Where a bare or relative ``argv[0]`` was found: ``found`` as the launcher found
+    it, else looked up here on PATH or from the working folder (an author measuring
+    ahead, on the same PATH, in the same folder)."""
+    if program is None or not argv or argv[0].startswith("/"):
         return None
     return found if found is not None else locate_program(argv[0])[1]
 
@@ -95,7 +103,8 @@ def run_measurement(
     found: str | None = None,
 ) -> str:
     """The measurement (hex SHA-384) of running ``argv`` with ``program`` and code
-    volumes; a bare ``argv[0]`` with where PATH found it (``found``, else looked up)."""
+    volumes; a bare or relative ``argv[0]`` with where it was found (``found``, else
+    looked up)."""
     doc: dict[str, object] = {
         "format": FORMAT,
         "program": None if program is None else manifest([program]),
@@ -130,7 +139,7 @@ def describe_measured(
     lines.append(f"command:      {shlex.join(argv)}")
     located = _found(program, argv, found)
     if located is not None:
-        lines.append(f"found at:     {located} (on PATH: install it there on every machine)")
+        lines.append(f"found at:     {located} (install it there on every machine)")
     volumes = ", ".join(f"{n}={t.lower()}" for n, t in sorted(code_volumes.items()))
     lines.append(f"code volumes: {volumes or 'none'}")
     return lines
