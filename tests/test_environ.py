@@ -51,6 +51,34 @@ def test_a_program_gets_no_plugin_a_gpu_library_loads_by_its_path() -> None:
     assert env == {"NCCL_DEBUG": "WARN"}
 
 
+def test_a_program_gets_no_toolkit_or_remote_cache_that_brings_code() -> None:
+    """Found by a hostile review of the list: CPATH, CC and NVCC_CCBIN were dropped, but
+    not the variables that name the toolkit a program builds code with and loads
+    (torch's JIT extensions run $CUDA_HOME/bin/nvcc with its headers, or $PYTORCH_NVCC;
+    numba loads libNVVM from CUDA_HOME; CuPy compiles with CUDA_PATH's NVRTC; inductor's
+    CUTLASS, Composable Kernel and Halide folders, the compiler it installs with
+    $CONDA_EXE), nor torch's remote caches, from which a program loads compiled graphs
+    and unpickles profiles from a server the host names."""
+    host = {
+        "CUDA_HOME": "/evil", "CUDA_PATH": "/evil", "CUDA_INC_PATH": "/evil",
+        "CUDNN_HOME": "/evil", "CUDNN_PATH": "/evil", "ROCM_HOME": "/evil",
+        "ROCM_PATH": "/evil", "PYTORCH_NVCC": "/evil/nvcc",
+        "TORCHINDUCTOR_CUTLASS_DIR": "/evil", "TORCHINDUCTOR_CK_DIR": "/evil",
+        "HALIDE_INCLUDE": "/evil", "HALIDE_LIB": "/evil", "TORCH_INDUCTOR_INSTALL_GXX": "1",
+        "CONDA_EXE": "/evil/conda", "TORCHINDUCTOR_FX_GRAPH_REMOTE_CACHE": "1",
+        "TORCHINDUCTOR_AUTOTUNE_REMOTE_CACHE": "1",
+        "TORCHINDUCTOR_BUNDLED_AUTOTUNE_REMOTE_CACHE": "1",
+        "TORCHINDUCTOR_AUTOGRAD_REMOTE_CACHE": "1",
+        "TORCH_DYNAMO_AUTOMATIC_DYNAMIC_REMOTE_PGO": "1",
+        "TORCHINDUCTOR_REDIS_URL": "redis://host:6379", "TORCHINDUCTOR_REDIS_HOST": "host",
+        "TORCHINDUCTOR_REDIS_PORT": "6379",
+        "CUDA_VISIBLE_DEVICES": "0", "TORCHINDUCTOR_MAX_AUTOTUNE": "1",
+    }  # fmt: skip
+    env, dropped = environ.for_program(host)
+    assert env == {"CUDA_VISIBLE_DEVICES": "0", "TORCHINDUCTOR_MAX_AUTOTUNE": "1"}
+    assert dropped == sorted(set(host) - set(env))
+
+
 def test_only_trust_stores_other_than_the_systems_are_notable(tmp_path) -> None:
     import ssl
 

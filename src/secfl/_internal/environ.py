@@ -112,6 +112,22 @@ INTERPRETER_HOOKS = frozenset(
         "OBJC_INCLUDE_PATH", "LIBRARY_PATH", "COMPILER_PATH", "GCC_EXEC_PREFIX",
         "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS", "LDSHARED", "CCC_OVERRIDE_OPTIONS",
         "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN",
+        # ...and the toolkits a program builds with, or loads libraries from, by these
+        # (found by a hostile review of the list): torch's JIT extensions run
+        # $CUDA_HOME/bin/nvcc (or $PYTORCH_NVCC) with its headers, numba loads libNVVM
+        # from CUDA_HOME, CuPy compiles kernels with CUDA_PATH's NVRTC and headers;
+        # inductor builds against CUTLASS's, Composable Kernel's and Halide's headers and
+        # libraries, and without a compiler installs one with $CONDA_EXE
+        "CUDA_HOME", "CUDA_PATH", "CUDA_INC_PATH", "CUDNN_HOME", "CUDNN_PATH",
+        "ROCM_HOME", "ROCM_PATH", "PYTORCH_NVCC", "TORCHINDUCTOR_CUTLASS_DIR",
+        "TORCHINDUCTOR_CK_DIR", "HALIDE_INCLUDE", "HALIDE_LIB", "TORCH_INDUCTOR_INSTALL_GXX",
+        "CONDA_EXE",
+        # torch's remote caches: compiled graphs (their code and libraries) and pickled
+        # profiles a program loads from a server these name, the host's
+        "TORCHINDUCTOR_FX_GRAPH_REMOTE_CACHE", "TORCHINDUCTOR_AUTOTUNE_REMOTE_CACHE",
+        "TORCHINDUCTOR_BUNDLED_AUTOTUNE_REMOTE_CACHE", "TORCHINDUCTOR_AUTOGRAD_REMOTE_CACHE",
+        "TORCH_DYNAMO_AUTOMATIC_DYNAMIC_REMOTE_PGO", "TORCHINDUCTOR_REDIS_URL",
+        "TORCHINDUCTOR_REDIS_HOST", "TORCHINDUCTOR_REDIS_PORT",
     }
 )  # fmt: skip
 #: Prefixes of the dynamic linker's variables (``LD_PRELOAD``, ``LD_AUDIT``,
