@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from secfl.launcher._measurement import run_measurement
+import pytest
+
+from secfl.launcher._measurement import locate_program, run_measurement
 from tests.launcher.world import World
 
 PROGRAM = "#!{python}\nimport os\nprint('WHO', {who!r}, os.environ.get('API_TOKEN'), flush=True)\n"
@@ -138,3 +140,23 @@ def test_a_relative_paths_venv_in_the_hosts_working_folder_is_not_the_measured_p
     assert done.returncode == 0, done.stderr
     assert f"PREFIX {genuine / 'venv'}" in done.stdout, done.stdout
     assert not mark.exists()
+
+
+def test_a_script_named_by_a_relative_path_measures_alike_in_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fix above measures where a relative path leads for a program that may look at
+    the name it was started under; a ``#!`` script never sees it (the kernel starts the
+    interpreter its first line names), so ``./train.py`` measured by the policy's author
+    in one folder still matches a site's copy in another (README's example)."""
+    digests = set()
+    for folder in ("author", "site"):
+        (tmp_path / folder).mkdir()
+        script = tmp_path / folder / "train.py"
+        script.write_text("#!/usr/bin/python3\nprint('trained')\n")
+        script.chmod(0o755)
+        monkeypatch.chdir(tmp_path / folder)
+        program, found = locate_program("./train.py")
+        assert found is None
+        digests.add(run_measurement(program, ["./train.py", "--rounds", "10"], {}))
+    assert len(digests) == 1

@@ -15,15 +15,17 @@ instead, which a policy author computes ahead with ``secfl measure --for-run``:
 Any change to the program's bytes or mode, to a code volume's content (its tag)
 or to the command line changes it; for a program named by a bare name (``python``,
 ``secfl``), so does the place PATH found it, and for one named by a relative path
-(``venv/bin/python``), the folder it was named from. The file measured is the one the
-name leads to (a link resolved), but a program may find its surroundings by the name it
-was started under: a venv's ``python`` is the base interpreter, which looks its name up
-on PATH again (or takes it from the working folder) and takes that venv's packages. A
-host that put a venv of its own first on PATH (found by a review), or started the
-launcher in a folder holding one where the relative path leads (found by a hostile
-review), had its packages' code run in the workload under the genuine measurement. The
-launcher starts the program under the absolute name it found and measured
-(:func:`locate_program`), so the program does not look it up again.
+(``venv/bin/python``), the folder it was named from (not for a ``#!`` script, such as
+``./train.py``: the interpreter its first line names is what starts). The file
+measured is the one the name leads to (a link resolved), but a program may find its
+surroundings by the name it was started under: a venv's ``python`` is the base
+interpreter, which looks its name up on PATH again (or takes it from the working
+folder) and takes that venv's packages. A host that put a venv of its own first on
+PATH (found by a review), or started the launcher in a folder holding one where the
+relative path leads (found by a hostile review), had its packages' code run in the
+workload under the genuine measurement. The launcher starts the program under the
+absolute name it found and measured (:func:`locate_program`), so the program does not
+look it up again.
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def locate_program(program: str) -> tuple[Path, str | None]:
     """The file ``program`` names (a path, or a command found on PATH), resolved; and,
     for a bare name, the absolute path PATH found it at, not resolved, for a relative
     path the absolute path it names from the working folder, not resolved (None for an
-    absolute path): the name it is started under, which the measurement covers."""
+    absolute path, and for a relative one to a ``#!`` script): the name it is started
+    under, which the measurement covers."""
     found: str | None = None
     if "/" in program:
         path = Path(program)
@@ -83,7 +86,21 @@ def locate_program(program: str) -> tuple[Path, str | None]:
         regular = False
     if not regular:
         raise MeasurementError(f"measure: program '{program[:200]}' is not a file")
+    if found is not None and "/" in program and _is_script(path):
+        found = None  # (the interpreter its first line names is started, not this name)
     return Path(os.path.realpath(path)), found
+
+
+def _is_script(path: Path) -> bool:
+    """Whether ``path`` starts with ``#!``: the kernel starts the interpreter that line
+    names (its bytes measured), which never sees the name the script was started under,
+    so a script named by a relative path (``./train.py``) measures alike in any folder.
+    Unreadable: not a script (its place is measured)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"#!"
+    except OSError:
+        return False
 
 
 def _found(program: Path | None, argv: Sequence[str], found: str | None) -> str | None:
