@@ -156,7 +156,8 @@ def describe_measured(
     lines.append(f"command:      {shlex.join(argv)}")
     located = _found(program, argv, found)
     if located is not None:
-        lines.append(f"found at:     {located} (install it there on every machine)")
+        where = "on PATH" if "/" not in argv[0] else "from the working folder"
+        lines.append(f"found at:     {located} ({where}: install it there on every machine)")
     volumes = ", ".join(f"{n}={t.lower()}" for n, t in sorted(code_volumes.items()))
     lines.append(f"code volumes: {volumes or 'none'}")
     return lines
