@@ -160,3 +160,62 @@ def test_a_script_named_by_a_relative_path_measures_alike_in_any_folder(
         assert found is None
         digests.add(run_measurement(program, ["./train.py", "--rounds", "10"], {}))
     assert len(digests) == 1
+
+
+def test_a_scripts_interpreter_env_finds_on_the_hosts_path_is_not_the_measured_one(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by a hostile review of the bare-name fix: a script whose first line is
+    ``#!/usr/bin/env python3`` had env look its interpreter up on the program's PATH,
+    the host's, after the launcher measured the script. A host that put a venv of its
+    own first on PATH had its start-up hook run in the workload, under the genuine
+    measurement, whatever path named the script. Now where the launcher's PATH finds
+    the interpreter is measured, and it is started by that path with the script."""
+    genuine = Path(sys.executable).parent  # the venv the board measured the script in
+    mark = tmp_path / "hook-ran"
+    planted = _venv_with_hook(tmp_path / "host-venv", mark)
+    script = tmp_path / "train.py"
+    script.write_text(
+        "#!/usr/bin/env python3\nimport sys\nprint('PREFIX', sys.prefix, flush=True)\n"
+    )
+    script.chmod(0o755)
+    argv = [str(script), "--rounds", "10"]
+    path = os.environ.get("PATH", "")
+    with_path = {**os.environ, "PATH": f"{genuine}:{path}"}
+    measured = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "measure", "--for-run", "--", *argv],
+        env=with_path, check=True, capture_output=True, text=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    world.submit_program("envrun", measured)
+    cmd = world.command("svc", argv, policy="envrun")
+    done = subprocess.run(cmd, env={**os.environ, "PATH": f"{planted.parent}:{path}"},
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert not mark.exists(), "the host's venv ran its code in the workload"
+    assert done.returncode != 0 and "PREFIX" not in done.stdout, done.stdout
+    assert f"interpreter:  {planted.parent / 'python3'}" in done.stderr, done.stderr
+    done = subprocess.run(cmd, env=with_path, capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"PREFIX {sys.prefix}" in done.stdout, done.stdout
+    assert not mark.exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("#!/usr/bin/env -S python3 -u", "runs env with options or settings"),
+        ("#!/usr/bin/env PYTHONPATH=/x python3", "runs env with options or settings"),
+        ("#!venv/bin/python", "names its interpreter by a relative path"),
+    ],
+)
+def test_a_scripts_interpreter_the_host_would_choose_otherwise_is_refused(
+    tmp_path: Path, line: str, says: str
+) -> None:
+    """The forms of a ``#!`` line that leave the interpreter to the program's PATH or
+    working folder in a way the launcher does not resolve: refused in one line."""
+    from secfl.errors import MeasurementError
+
+    script = tmp_path / "train.py"
+    script.write_text(f"{line}\nprint('x')\n")
+    with pytest.raises(MeasurementError, match=f"^measure: train.py's #! line {says}"):
+        run_measurement(script, [str(script)], {})

@@ -45,7 +45,12 @@ from secfl.launcher._inject import (
     substitute,
     write_private,
 )
-from secfl.launcher._measurement import describe_measured, locate_program, run_measurement
+from secfl.launcher._measurement import (
+    describe_measured,
+    locate_program,
+    run_measurement,
+    script_interpreter,
+)
 from secfl.launcher._private import PrivateDir
 from secfl.launcher._process import (
     accept_interrupts,
@@ -178,18 +183,23 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         }
 
         tee = platform_by_name(req.platform, sim_dir=req.sim_dir)
-        measurement = program = found = None
+        measurement = program = found = interpreter = None
         shown = ["-m", req.module, *req.argv] if req.module else req.argv
         if tee.name == "simulated":
             if not req.module:  # (a bare name: where PATH found it is measured too)
                 program, found = locate_program(req.argv[0])
-            measurement = run_measurement(program, shown, code_tags, found=found)
+                interpreter = script_interpreter(program)  # (#!/usr/bin/env NAME: too)
+            measurement = run_measurement(
+                program, shown, code_tags, found=found, interpreter=interpreter
+            )
         try:
             enrollment = enroll(client, tee, req.policy, req.service, measurement=measurement)
         except SpmRefused as exc:
             if not str(exc).startswith("measurement:"):
                 raise
-            _show_measured(service, tee.name, program, shown, code_tags, measurement, found)
+            _show_measured(
+                service, tee.name, program, shown, code_tags, measurement, found, interpreter
+            )
             other = other_release(policy, code_tags, req.volumes)
             raise LaunchError(
                 f"{exc}; "
@@ -217,10 +227,16 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
                 args.append(no_nul(substitute(text, enrollment, where, public=True), where))
         if found is not None:  # started under the name measured: not looked up again
             args[0] = found
+        started = program
+        if interpreter is not None and program is not None:
+            # the interpreter measured, by the path measured, with the script measured:
+            # env would look it up on the program's PATH, the host's
+            args = [interpreter, str(program), *args[1:]]
+            started = Path(interpreter)
         for path, content in service.inject.files.items():
             text = substitute(content, enrollment, f"file {path}")
             write_private(files, plan[path], text.encode())
-    return Launch(args, env, private, volumes, enrollment, req.module, tuple(code_tags), program)
+    return Launch(args, env, private, volumes, enrollment, req.module, tuple(code_tags), started)
 
 
 def _show_measured(
@@ -231,6 +247,7 @@ def _show_measured(
     code_tags: Mapping[str, str],
     measurement: str | None,
     found: str | None,
+    interpreter: str | None,
 ) -> None:
     """When the SPM refuses the measurement: what this launcher measured, in the form
     ``secfl policy init`` writes next to the measurements it pins, and what the policy
@@ -240,7 +257,9 @@ def _show_measured(
         lines.append(f"  the {kind} TEE measured this machine's image, started with")
         lines.append(f"  command:      {shlex.join(argv)}")
     else:
-        described = describe_measured(program, argv, code_tags, found=found)
+        described = describe_measured(
+            program, argv, code_tags, found=found, interpreter=interpreter
+        )
         lines += [f"  {line}" for line in described]
         lines.append(f"  measurement:  {measurement}")
     accepted = [e for k, entries in service.measurements.items() if k == kind for e in entries]

@@ -10,7 +10,9 @@ instead, which a policy author computes ahead with ``secfl measure --for-run``:
      "argv": [the command line as given, placeholders unexpanded],
      "code_volumes": {name: tag, ...},
      "found": where PATH found a program named by a bare name, or the absolute path
-              of one named by a relative path (only then)}
+              of one named by a relative path (only then),
+     "interpreter": where PATH found the interpreter of a script whose first line
+                    looks it up there, ``#!/usr/bin/env NAME`` (only then)}
 
 Any change to the program's bytes or mode, to a code volume's content (its tag)
 or to the command line changes it; for a program named by a bare name (``python``,
@@ -25,7 +27,10 @@ PATH (found by a review), or started the launcher in a folder holding one where 
 relative path leads (found by a hostile review), had its packages' code run in the
 workload under the genuine measurement. The launcher starts the program under the
 absolute name it found and measured (:func:`locate_program`), so the program does not
-look it up again.
+look it up again. A script whose ``#!`` line has ``env`` look its interpreter up on
+PATH had it looked up on the program's PATH, the host's, with the same effect (found by
+a hostile review): where the launcher's PATH finds it is measured, and the interpreter
+is started by that path with the script (:func:`script_interpreter`).
 """
 
 from __future__ import annotations
@@ -49,7 +54,11 @@ __all__ = [
     "locate_program",
     "resolve_program",
     "run_measurement",
+    "script_interpreter",
 ]
+
+#: What a ``#!`` line names to have its interpreter looked up on PATH.
+ENV_PROGRAMS = ("/usr/bin/env", "/bin/env")
 
 FORMAT = "secfl-run/1"
 
@@ -112,15 +121,63 @@ def _found(program: Path | None, argv: Sequence[str], found: str | None) -> str 
     return found if found is not None else locate_program(argv[0])[1]
 
 
+def script_interpreter(program: Path) -> str | None:
+    """For a script whose ``#!`` line looks its interpreter up on PATH
+    (``#!/usr/bin/env python3``): the absolute path PATH finds it at, not resolved (its
+    venv is found by that name); None for any other file. A ``#!`` line that leaves the
+    interpreter to the program's surroundings in another form (``env``'s options or
+    settings, an interpreter named by a relative path, which the working folder
+    resolves) is a :class:`MeasurementError`: the host would choose what runs."""
+    try:
+        with open(program, "rb") as f:
+            head = f.read(256)  # (the kernel reads no more of a #! line)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+    if not words:
+        return None
+    name = program.name[:100]
+    if not words[0].startswith("/"):
+        raise MeasurementError(
+            f"measure: {name}'s #! line names its interpreter by a relative path, which "
+            "the working folder resolves: name it by its absolute path"
+        )
+    if words[0] not in ENV_PROGRAMS:
+        return None
+    if len(words) != 2 or words[1].startswith("-") or "/" in words[1] or "=" in words[1]:
+        raise MeasurementError(
+            f"measure: {name}'s #! line runs env with options or settings: name the "
+            "interpreter by its path, or as `#!/usr/bin/env NAME` alone"
+        )
+    on_path = shutil.which(words[1])
+    if on_path is None:
+        raise MeasurementError(
+            f"measure: the interpreter '{words[1][:100]}' of {name}'s #! line is not on PATH"
+        )
+    return os.path.abspath(on_path)
+
+
+def _interpreter(program: Path | None, interpreter: str | None) -> str | None:
+    """``interpreter`` as the launcher found it, else looked up here (an author
+    measuring ahead, on the same PATH)."""
+    if program is None:
+        return None
+    return interpreter if interpreter is not None else script_interpreter(program)
+
+
 def run_measurement(
     program: Path | None,
     argv: Sequence[str],
     code_volumes: Mapping[str, str],
     *,
     found: str | None = None,
+    interpreter: str | None = None,
 ) -> str:
     """The measurement (hex SHA-384) of running ``argv`` with ``program`` and code
     volumes; a bare or relative ``argv[0]`` with where it was found (``found``, else
+    looked up), a script's interpreter with where PATH found it (``interpreter``, else
     looked up)."""
     doc: dict[str, object] = {
         "format": FORMAT,
@@ -131,6 +188,9 @@ def run_measurement(
     located = _found(program, argv, found)
     if located is not None:
         doc["found"] = located
+    interpreter = _interpreter(program, interpreter)
+    if interpreter is not None:
+        doc["interpreter"] = interpreter
     return hashlib.sha384(canonical_json(doc)).hexdigest()
 
 
@@ -140,6 +200,7 @@ def describe_measured(
     code_volumes: Mapping[str, str],
     *,
     found: str | None = None,
+    interpreter: str | None = None,
 ) -> list[str]:
     """What :func:`run_measurement` covers, as lines a person compares: the program
     file (its path, digest and mode), the command line (shell-quoted), the code volumes'
@@ -158,6 +219,10 @@ def describe_measured(
     if located is not None:
         where = "on PATH" if "/" not in argv[0] else "from the working folder"
         lines.append(f"found at:     {located} ({where}: install it there on every machine)")
+    interpreter = _interpreter(program, interpreter)
+    if interpreter is not None:
+        lines.append(f"interpreter:  {interpreter} (its #! line's, found on PATH: install it "
+                     "there on every machine)")  # fmt: skip
     volumes = ", ".join(f"{n}={t.lower()}" for n, t in sorted(code_volumes.items()))
     lines.append(f"code volumes: {volumes or 'none'}")
     return lines
