@@ -27,6 +27,7 @@ __all__ = [
     "audit_source",
     "entry_filter",
     "printable",
+    "seen_head",
     "show_cmd",
     "verify_cmd",
 ]
@@ -47,20 +48,36 @@ DETAIL_WIDTH = 400
 
 
 @app.command("verify")
-def verify_cmd(spm: SpmUrl = None, spm_pin: SpmPin = None, db: Db = None,
-               data: Data = None) -> None:  # fmt: skip
-    """Detect any modified, removed or reordered audit entry."""
-    from secfl.spm._audit_verify import verify_database, verify_remote
+def verify_cmd(
+    spm: SpmUrl = None,
+    spm_pin: SpmPin = None,
+    db: Db = None,
+    data: Data = None,
+    seen: Annotated[
+        str | None,
+        typer.Option(
+            "--seen",
+            metavar="SEQ:HASH",
+            help="A head an earlier `audit verify` printed: the log must still hold that "
+            "entry (else the SPM's database and data folder were rolled back together).",
+        ),
+    ] = None,
+) -> None:
+    """Detect any modified, removed or reordered audit entry (and, with --seen, a
+    rollback of the whole SPM to an older copy)."""
+    from secfl.spm._audit_verify import check_database, check_remote
 
+    known = seen_head(seen) if seen is not None else None
     if spm:
         if not spm_pin:
             raise UsageError("--spm needs --spm-pin (from `secfl spm verify`)")
-        count, head = verify_remote(spm, spm_pin)
+        count, head = check_remote(spm, spm_pin, seen=known)
     elif data or db:
-        count, head = verify_database(data, db)
+        count, head = check_database(data, db, seen=known)
     else:
         raise UsageError("give --spm URL --spm-pin PIN, or --data DIR and/or --db URL")
-    out.print(f"audit verify: OK, {count} entries, head {head}", markup=False)
+    # the head in full: what the next run takes as --seen to detect a rollback
+    out.print(f"audit verify: OK, {count} entries, head {head[0]}:{head[1]}", markup=False)
     if spm is None and data is None:
         typer.echo(
             "note: without the SPM's data folder the head is not authenticated; "
@@ -139,6 +156,21 @@ def show_cmd(
                 printer.show(entries)
         except KeyboardInterrupt:
             return
+
+
+def seen_head(value: str) -> tuple[int, str]:
+    """``--seen SEQ:HASH`` as (seq, hash), or a usage error naming it."""
+    seq, _, digest = value.strip().partition(":")
+    digest = digest.lower()
+    if not (
+        seq.isascii() and seq.isdigit() and 0 < len(seq) <= 18
+        and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+    ):  # fmt: skip
+        raise UsageError(
+            f"--seen: '{printable(value, 90)}' is not SEQ:HASH (an entry number and its 64 "
+            "hex digits, as `secfl audit verify` prints the head)"
+        )
+    return int(seq), digest
 
 
 def audit_source(

@@ -197,11 +197,20 @@ class ChainVerifier:
 
     ``start_hash``/``start_seq`` let a verifier pick up from a trusted earlier head;
     the default starts at the genesis. :meth:`finish` compares the end with the head.
+    ``seen``: a head (seq, hash) its reader saw before (``secfl audit verify --seen``):
+    the log must still hold that very entry, or it was rolled back.
     """
 
-    def __init__(self, *, start_hash: str = GENESIS, start_seq: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        start_hash: str = GENESIS,
+        start_seq: int | None = None,
+        seen: tuple[int, str] | None = None,
+    ) -> None:
         if not _HEX64.fullmatch(start_hash):
             raise AuditError("audit: the start hash is not 64 lowercase hex digits")
+        self.seen = seen
         self.prev_hash = start_hash
         #: The seq the next entry must carry (None: whatever the first one says).
         self.expected: int | None = (
@@ -230,13 +239,26 @@ class ChainVerifier:
             raise AuditError(
                 f"audit: entry {seq} does not chain to entry {seq - 1} (one of them was modified)"
             )
+        if self.seen is not None and seq == self.seen[0] and entry.hash != self.seen[1]:
+            raise AuditError(
+                f"rollback: audit entry {seq} is not the one seen before (its hash is "
+                f"{entry.hash[:16]}…, not {self.seen[1][:16]}…): the SPM's database was rolled "
+                "back and written anew, or forked"
+            )
         self.prev_hash = entry.hash
         self.last_seq = seq
         self.expected = seq + 1
         self.count += 1
 
     def finish(self, head: tuple[int, str] | None = None) -> int:
-        """Check the end of the log against ``head`` (when given); return the count."""
+        """Check the end of the log against ``head`` (when given), and that it reached the
+        head seen before (when given); return the count."""
+        end = self.last_seq if self.last_seq is not None else (head[0] if head else 0)
+        if self.seen is not None and end < self.seen[0]:
+            raise AuditError(
+                f"rollback: the audit log ends at entry {end}, but entry {self.seen[0]} was "
+                "seen before: the SPM's database was rolled back"
+            )
         if head is not None:
             head_seq, head_hash = head
             if self.last_seq is None:  # nothing fed, and the start seq was not given
@@ -264,11 +286,16 @@ class ChainVerifier:
 
 
 def verify_pages(
-    since: Callable[[int, int], list[AuditEntry]], head: tuple[int, str], page: int = 1000
+    since: Callable[[int, int], list[AuditEntry]],
+    head: tuple[int, str],
+    page: int = 1000,
+    *,
+    seen: tuple[int, str] | None = None,
 ) -> int:
     """Verify a whole log read a page at a time (``since(after, limit)``) against its
-    ``head``; return the count. Memory holds one page, whatever the log's length."""
-    verifier = ChainVerifier()
+    ``head`` (and the head ``seen`` before, see :class:`ChainVerifier`); return the
+    count. Memory holds one page, whatever the log's length."""
+    verifier = ChainVerifier(seen=seen)
     last = 0
     while True:
         entries = since(last, page)

@@ -8,24 +8,42 @@ from secfl.errors import AuditError, SpmError
 from secfl.spm._audit import AuditEntry, ChainVerifier, verify_pages
 from secfl.spm._audit_read import data_folder_key, open_database
 
-__all__ = ["PAGE", "verify_database", "verify_remote"]
+__all__ = ["PAGE", "check_database", "check_remote", "verify_database", "verify_remote"]
 
 PAGE = 1000
 
+Head = tuple[int, str]
+
 
 def verify_database(data_dir: Path | str | None, db_url: str | None = None) -> tuple[int, int]:
+    """:func:`check_database`: (entries, head seq)."""
+    count, head = check_database(data_dir, db_url)
+    return count, head[0]
+
+
+def verify_remote(url: str, pin: str) -> tuple[int, int]:
+    """:func:`check_remote`: (entries, head seq)."""
+    count, head = check_remote(url, pin)
+    return count, head[0]
+
+
+def check_database(
+    data_dir: Path | str | None, db_url: str | None = None, *, seen: Head | None = None
+) -> tuple[int, Head]:
     """Verify the chain and its head straight from the SPM's store, read only: nothing
     is created or written (not the database, not the anchor).
 
     With the SPM's data folder (its master key authenticates the head), removing
     the newest entries is detected too. With only ``db_url``, the chain is checked
     against the stored head: any modified, reordered or removed entry is found,
-    except a tail removed together with a rewritten head. Returns (entries, head seq).
+    except a tail removed together with a rewritten head. ``seen``: a head its reader
+    saw before, which the log must still hold (else a rollback: of the database and
+    the data folder together, which the SPM itself cannot see). Returns (entries, head).
     """
     if data_dir is None:
         if db_url is None:
             raise AuditError("audit: give the SPM's data folder or its database URL")
-        return _verify_unauthenticated(db_url)
+        return _verify_unauthenticated(db_url, seen)
     data = Path(data_dir)
     master = data_folder_key(data)
     from secfl.spm._integrity import ANCHOR_FILE, Anchor, Integrity
@@ -40,7 +58,7 @@ def verify_database(data_dir: Path | str | None, db_url: str | None = None) -> t
     try:  # the whole database (log, anchor, every row), as the SPM checks it at its start
         verify_state(store, audit_key, read_only=True)
         # one snapshot, checked against the floors (and so the anchor) just rebuilt
-        count = store.verify_audit(audit_key)
+        count, head = store.verify_audit_head(audit_key, seen=seen)
     except AuditError:
         raise
     except SpmError as exc:  # a row that fails its MAC, a rollback
@@ -49,15 +67,16 @@ def verify_database(data_dir: Path | str | None, db_url: str | None = None) -> t
         raise unreadable(exc) from None  # a value no SPM wrote: one line, no traceback
     finally:
         store.close()
-    return count, count  # a verified chain numbers its entries 1..count
+    return count, head
 
 
-def verify_remote(url: str, pin: str) -> tuple[int, int]:
+def check_remote(url: str, pin: str, *, seen: Head | None = None) -> tuple[int, Head]:
     """Fetch the whole log from the pinned SPM and verify it against its signed head,
-    page by page (memory bounded whatever the log's length)."""
+    page by page (memory bounded whatever the log's length); ``seen``: as for
+    :func:`check_database`. Returns (entries, head)."""
     from secfl.spm.client import SpmClient
 
-    verifier = ChainVerifier()
+    verifier = ChainVerifier(seen=seen)
     with SpmClient(url, pin=pin) as client:
         since, head = 0, (0, "")
         while True:
@@ -74,14 +93,14 @@ def verify_remote(url: str, pin: str) -> tuple[int, int]:
                 break
             since = page[-1].seq
     count = verifier.finish(head)
-    return count, head[0]
+    return count, head
 
 
-def _verify_unauthenticated(db_url: str) -> tuple[int, int]:
+def _verify_unauthenticated(db_url: str, seen: Head | None) -> tuple[int, Head]:
     store = open_database(None, db_url)
     try:
         with store.read() as tx:  # one snapshot: the head and the entries it ends
             head = tx.audit.head()
-            return verify_pages(tx.audit.since, head, PAGE), head[0]
+            return verify_pages(tx.audit.since, head, PAGE, seen=seen), head
     finally:
         store.close()

@@ -26,7 +26,8 @@ the host's root can rewrite. So the SPM treats it as untrusted storage:
 What this does not cover: someone who rolls back the database *and* the SPM's data
 folder together (root on the SPM's host, or a restored whole-machine backup). That
 needs a monotonic counter outside the host (a TEE's, or a second SPM); see the
-README's threat model. Nor, with several SPMs sharing one database, a rollback of
+README's threat model (a reader who kept a head the log printed sees it: ``secfl
+audit verify --seen``). Nor, with several SPMs sharing one database, a rollback of
 what one of them committed that another has not read yet: the database's writer
 saves the head and its MAC, lets SPM B commit, then puts them back with B's rows and
 entries deleted; SPM A, whose anchor is at that head, accepts it (B refuses it).

@@ -370,6 +370,13 @@ class Store:
         """Verify the whole log in the database and its authenticated head; return the
         number of entries. :class:`AuditError` names the first problem found: a modified,
         missing or reordered entry, a removed tail, or a rewritten (rehashed) chain."""
+        return self.verify_audit_head(audit_key, page=page)[0]
+
+    def verify_audit_head(
+        self, audit_key: bytes, *, page: int = 1000, seen: tuple[int, str] | None = None
+    ) -> tuple[int, tuple[int, str]]:
+        """:meth:`verify_audit`, and the head verified; ``seen``: a head read before,
+        which the log must still hold (:class:`~secfl.spm._audit.ChainVerifier`)."""
         with self.read() as tx:
             head = tx.audit.head()
             mac = tx.meta.get(AUDIT_HEAD_MAC)
@@ -381,4 +388,4 @@ class Store:
                 self.check_head(tx, head)
             except IntegrityError as exc:
                 raise AuditError(str(exc)) from None
-            return _audit.verify_pages(tx.audit.since, head, page)
+            return _audit.verify_pages(tx.audit.since, head, page, seen=seen), head
