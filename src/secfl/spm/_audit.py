@@ -44,6 +44,7 @@ __all__ = [
     "GENESIS",
     "MAX_DETAIL_CHARS",
     "PAGE_CHARS",
+    "READ_CHARS",
     "AuditEntry",
     "ChainVerifier",
     "canonical_json",
@@ -65,6 +66,12 @@ MAX_DETAIL_CHARS = 1 << 20
 #: if the first alone is longer): 10,000 round events of 256 KiB were a 2.5 GB answer
 #: built in the SPM's memory, for anyone who asked; a reader pages on from the last.
 PAGE_CHARS = 16 << 20
+#: The most characters of detail a reader of the whole log (the SPM's start, ``secfl
+#: audit verify``, following the log) holds at once, in pages of at most 1000 entries
+#: (one entry more if the first alone is longer). A page was 1000 entries whatever
+#: their size: a JSON detail of 1 MiB takes some 24 MB once parsed, so 1000 of them
+#: (the database's host's, or an aggregator's events of 256 KiB) took gigabytes.
+READ_CHARS = 4 << 20
 #: Domain of the head: what its MAC and the SPM's signature of it are over.
 AUDIT_HEAD_DOMAIN = "secfl/audit-head/v1"
 
@@ -292,17 +299,15 @@ def verify_pages(
     *,
     seen: tuple[int, str] | None = None,
 ) -> int:
-    """Verify a whole log read a page at a time (``since(after, limit)``) against its
-    ``head`` (and the head ``seen`` before, see :class:`ChainVerifier`); return the
-    count. Memory holds one page, whatever the log's length."""
+    """Verify a whole log read a page at a time (``since(after, limit)``, which may
+    return fewer than ``limit``: it ends with an empty page) against its ``head`` (and
+    the head ``seen`` before, see :class:`ChainVerifier`); return the count. Memory
+    holds one page, whatever the log's length."""
     verifier = ChainVerifier(seen=seen)
     last = 0
-    while True:
-        entries = since(last, page)
+    while entries := since(last, page):
         for entry in entries:
             verifier.feed(entry)
-        if len(entries) < page:
-            break
         last = entries[-1].seq
     return verifier.finish(head)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from secfl.errors import AuditError, SpmError
-from secfl.spm._audit import AuditEntry, ChainVerifier, verify_pages
+from secfl.spm._audit import READ_CHARS, AuditEntry, ChainVerifier, verify_pages
 from secfl.spm._audit_read import data_folder_key, open_database
 
 __all__ = ["PAGE", "check_database", "check_remote", "verify_database", "verify_remote"]
@@ -101,6 +101,10 @@ def _verify_unauthenticated(db_url: str, seen: Head | None) -> tuple[int, Head]:
     try:
         with store.read() as tx:  # one snapshot: the head and the entries it ends
             head = tx.audit.head()
-            return verify_pages(tx.audit.since, head, PAGE, seen=seen), head
+
+            def since(after: int, limit: int) -> list[AuditEntry]:
+                return tx.audit.since(after, limit, chars=READ_CHARS)
+
+            return verify_pages(since, head, PAGE, seen=seen), head
     finally:
         store.close()

@@ -30,8 +30,6 @@ from secfl.spm._tx import Tx
 
 __all__ = ["log_unlogged_secrets", "missing_anchor", "unreadable", "verify_state"]
 
-PAGE = 1000
-
 
 def verify_state(
     store: Store,
@@ -68,9 +66,7 @@ def verify_state(
                 f"anchor records entry {anchored[0]}: the database was rolled back"
             )
         verifier = _audit.ChainVerifier()
-        last = 0
-        while True:
-            entries = tx.audit.since(last, PAGE)
+        for entries in tx.audit.pages(0):
             for entry in entries:
                 verifier.feed(entry)
                 if anchored is not None and entry.seq == anchored[0] and entry.hash != anchored[1]:
@@ -81,9 +77,6 @@ def verify_state(
                 floors.replay(entry.event, entry.policy, entry.detail)
                 if status is not None:
                     status.feed(tx, entry)
-            if len(entries) < PAGE:
-                break
-            last = entries[-1].seq
         count = verifier.finish(head)
         floors.check_head(*head)
         floors.raise_head(*head)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from secfl.errors import AuditError, IntegrityError
-from secfl.spm._audit import GENESIS, AuditEntry, ChainVerifier
+from secfl.spm._audit import GENESIS, READ_CHARS, AuditEntry, ChainVerifier
 
 if TYPE_CHECKING:
     from secfl.spm._tx import Tx
@@ -99,7 +99,7 @@ class StatusIndex:
         last = self.head[0]
         try:
             while last < head[0]:
-                entries = tx.audit.since(last, min(PAGE, head[0] - last))
+                entries = tx.audit.since(last, min(PAGE, head[0] - last), chars=READ_CHARS)
                 if not entries:
                     break
                 for entry in entries:

@@ -269,14 +269,10 @@ class Store:
         verifier = _audit.ChainVerifier(start_hash=known, start_seq=seq + 1)
         changes: list[tuple[Any, ...]] = []  # applied only once the chain verified to the head
         try:
-            while True:
-                entries = tx.audit.since(seq, 1000)
+            for entries in tx.audit.pages(seq):
                 for entry in entries:
                     verifier.feed(entry)
                     changes += replayed(entry.event, entry.policy, entry.detail)
-                if len(entries) < 1000:
-                    break
-                seq = entries[-1].seq
             verifier.finish(head)
         except AuditError as exc:
             raise IntegrityError(f"integrity: {exc} (after entry {floors.head[0]})") from None
@@ -388,4 +384,8 @@ class Store:
                 self.check_head(tx, head)
             except IntegrityError as exc:
                 raise AuditError(str(exc)) from None
-            return _audit.verify_pages(tx.audit.since, head, page, seen=seen), head
+
+            def since(after: int, limit: int) -> list[AuditEntry]:
+                return tx.audit.since(after, limit, chars=_audit.READ_CHARS)
+
+            return _audit.verify_pages(since, head, page, seen=seen), head

@@ -8,6 +8,7 @@ The head (last seq, its hash) and its MAC are written once, when the transaction
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -115,6 +116,18 @@ class AuditLog(TxView):
             )
         rows = conn.execute(select(t).where(t.c.seq > seq).order_by(t.c.seq).limit(max(0, limit)))
         return [_entry(r) for r in rows]
+
+    def pages(self, after: int, *, upto: int | None = None) -> Iterator[list[AuditEntry]]:
+        """The entries after ``after`` (up to seq ``upto`` when given), ascending, a page
+        at a time: at most 1000 entries and :data:`~secfl.spm._audit.READ_CHARS` of
+        detail each (at least one entry), what a reader of the whole log holds at once."""
+        while upto is None or after < upto:
+            limit = 1000 if upto is None else min(1000, upto - after)
+            entries = self.since(after, limit, chars=_audit.READ_CHARS)
+            if not entries:
+                return
+            yield entries
+            after = entries[-1].seq
 
     def _fitting(self, seq: int, limit: int, chars: int) -> int:
         """How many of the ``limit`` entries after ``seq`` fit in ``chars`` characters of

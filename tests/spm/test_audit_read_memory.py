@@ -1,0 +1,80 @@
+"""Reading the whole audit log holds a bounded amount of it. Found by a hostile review:
+the SPM's start, `secfl audit verify`, catching up with another SPM's commits and the
+status index read the log 1000 entries at a time whatever their size. A JSON detail
+of 1 MiB (the most an entry may hold) of empty objects takes some 24 MB once parsed,
+so a page took gigabytes: rows the database's host added after the head, or the
+events an aggregator may post (256 KiB each), kept for ever, had every later start
+and verification run out of memory. Pages now end at 4 MiB of detail. Real processes:
+`secfl spm serve` on real SQLite, an attested aggregator posting its events, the CLI
+run with its address space limited (400 MB; the old code needed more than that)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from secfl.spm.client import SpmClient
+from tests.clirun import one_error
+from tests.spm.harness import Board, SpmProcess, make_sim, spm_with_policy
+
+pytestmark = pytest.mark.timeout(300)
+
+#: The address space `secfl audit verify` runs in (KiB): enough for a page of 4 MiB of
+#: detail, far from enough for a page of 1000 large entries.
+LIMIT_KIB = 400_000
+
+
+def _limited(*args: str) -> subprocess.CompletedProcess[str]:
+    """``secfl ARGS`` with its address space limited to :data:`LIMIT_KIB` (a shell's
+    ulimit, so that nothing runs in this process between fork and exec)."""
+    command = " ".join(["exec", sys.executable, "-m", "secfl.cli.main", *args])
+    return subprocess.run(
+        ["bash", "-c", f"ulimit -v {LIMIT_KIB}; {command}"],
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+
+
+def _empty_objects(chars: int) -> dict[str, list[dict[str, object]]]:
+    """A detail of about ``chars`` characters, as many empty objects as fit."""
+    return {"a": [{} for _ in range(chars // 3)]}
+
+
+def test_an_aggregators_large_events_are_verified_in_bounded_memory(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    with spm_with_policy(tmp_path / "spm", sim, board, "aggregator") as (proc, enrolled):
+        token = enrolled["aggregator"].session_token
+        detail = _empty_objects(250_000)  # under the 256 KiB an event may carry
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            for _ in range(80):
+                client.report("fed", "scores", detail, token)
+    for args in (("--data", str(proc.data)), ("--db", f"sqlite:///{proc.data / 'spm.db'}")):
+        done = _limited("audit", "verify", *args)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("audit verify: OK, "), done.stdout
+    # ...and the SPM starts again on it (the same check, unlimited here)
+    again = SpmProcess(proc.data, sim[0], None).start()
+    again.stop()
+
+
+def test_rows_the_host_added_are_refused_in_bounded_memory(tmp_path: Path) -> None:
+    make_sim(tmp_path / "sim")
+    spm = SpmProcess(tmp_path / "data", tmp_path / "sim", None).start()
+    spm.stop()
+    db = sqlite3.connect(tmp_path / "data" / "spm.db")
+    head = db.execute("SELECT seq FROM audit_head").fetchone()[0]
+    junk = '{"a":[' + ",".join(["{}"] * 333_000) + "]}"  # just under 1 MiB
+    with db:
+        db.executemany(
+            "INSERT INTO audit (seq, at, event, policy, detail, prev_hash, hash) "
+            "VALUES (?, '2026-01-01T00:00:00.000000Z', 'x', NULL, ?, ?, ?)",
+            [(head + 1 + i, junk, "0" * 64, "0" * 64) for i in range(80)],
+        )
+    db.close()
+    for args in (("--data", str(spm.data)), ("--db", f"sqlite:///{spm.data / 'spm.db'}")):
+        line = one_error(_limited("audit", "verify", *args))
+        assert line == f"error: audit: entry {head + 1} was modified (its hash does not match)"
