@@ -43,22 +43,42 @@ def _empty_objects(chars: int) -> dict[str, list[dict[str, object]]]:
     return {"a": [{} for _ in range(chars // 3)]}
 
 
-def test_an_aggregators_large_events_are_verified_in_bounded_memory(
-    tmp_path: Path, sim: tuple[Path, bytes], board: Board
-) -> None:
-    with spm_with_policy(tmp_path / "spm", sim, board, "aggregator") as (proc, enrolled):
+@pytest.fixture(scope="module")
+def large(
+    tmp_path_factory: pytest.TempPathFactory, sim: tuple[Path, bytes], board: Board
+) -> SpmProcess:
+    """A stopped SPM whose aggregator posted 80 events of 250 KB of empty objects."""
+    folder = tmp_path_factory.mktemp("large") / "spm"
+    with spm_with_policy(folder, sim, board, "aggregator") as (proc, enrolled):
         token = enrolled["aggregator"].session_token
         detail = _empty_objects(250_000)  # under the 256 KiB an event may carry
         with SpmClient(proc.url, pin=proc.pin) as client:
             for _ in range(80):
                 client.report("fed", "scores", detail, token)
-    for args in (("--data", str(proc.data)), ("--db", f"sqlite:///{proc.data / 'spm.db'}")):
+    return proc
+
+
+def test_an_aggregators_large_events_are_verified_in_bounded_memory(
+    large: SpmProcess, sim: tuple[Path, bytes]
+) -> None:
+    for args in (("--data", str(large.data)), ("--db", f"sqlite:///{large.data / 'spm.db'}")):
         done = _limited("audit", "verify", *args)
         assert done.returncode == 0, done.stderr
         assert done.stdout.startswith("audit verify: OK, "), done.stdout
     # ...and the SPM starts again on it (the same check, unlimited here)
-    again = SpmProcess(proc.data, sim[0], None).start()
+    again = SpmProcess(large.data, sim[0], None).start()
     again.stop()
+
+
+def test_an_aggregators_large_events_are_shown_in_bounded_memory(large: SpmProcess) -> None:
+    """`secfl audit show` reads back from the head in windows of 1000 entries: one
+    window, all of them, took the same gigabytes; a window now ends where its page
+    does (asked again as the newest that many)."""
+    done = _limited("audit", "show", "--data", str(large.data), "--event", "fl.scores",
+                    "--limit", "10", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout.splitlines()
+    assert len(shown) == 10 and all('"event": "fl.scores"' in line for line in shown)
 
 
 def test_rows_the_host_added_are_refused_in_bounded_memory(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from secfl.errors import AuditError, IntegrityError
-from secfl.spm._audit import GENESIS, AuditEntry, check_head_mac
+from secfl.spm._audit import GENESIS, READ_CHARS, AuditEntry, check_head_mac
 
 if TYPE_CHECKING:
     from secfl.spm._integrity import Anchor
@@ -62,7 +62,8 @@ class AuditSource(Protocol):
         ...
 
     def entries(self, after: int, limit: int) -> list[AuditEntry]:
-        """Entries with a seq above ``after``, ascending, at most ``limit`` (unchecked)."""
+        """Entries with a seq above ``after``, ascending, at most ``limit`` (unchecked);
+        fewer when the source's page ends early, at what it may hold at once."""
         ...
 
 
@@ -125,15 +126,24 @@ def walk_back(source: AuditSource, head: Head, *, stop: Head | None = None,
     the ``most`` newest entries only.
 
     Each window is yielded only after it verified, newest window first, entries in
-    ascending order inside it."""
+    ascending order inside it. A window the source ended early (its page full: the
+    first entries asked for, in a row) is asked for again, as the newest that many (or
+    half as many): memory holds one page of the source, whatever the entries' size."""
     verifier = BackwardVerifier(head)
     floor = stop[0] if stop is not None else 0
     if most is not None and stop is None:
         floor = max(floor, head[0] - most)
-    upto = head[0]
+    upto, size = head[0], page
     while upto > floor:
-        after = max(floor, upto - page)
+        after = max(floor, upto - size)
         window = source.entries(after, upto - after)
+        if 0 < len(window) < upto - after and all(
+            entry.seq == after + 1 + i for i, entry in enumerate(window)
+        ):
+            # at most half as many each time (at least one entry comes): a source short
+            # of its newest entries (removed) is found missing in a few asks
+            size = min(len(window), size // 2)
+            continue
         verifier.feed(window)
         if verifier.seq != after:  # the window must reach back to what was asked for
             raise AuditError(
@@ -141,7 +151,7 @@ def walk_back(source: AuditSource, head: Head, *, stop: Head | None = None,
                 f"{verifier.seq + 1} of the {upto - after} asked for){_NEXT}"
             )
         yield window
-        upto = after
+        upto, size = after, page
     if stop is not None and verifier.hash != stop[1]:
         raise AuditError(
             f"audit: entry {stop[0]} changed since it was read (the log was rewritten){_NEXT}"
@@ -195,22 +205,14 @@ class RemoteSource:
         return _head_of(doc.get("head_seq"), doc.get("head_hash"))
 
     def entries(self, after: int, limit: int) -> list[AuditEntry]:
-        """As many pages as the ``limit`` entries take: the SPM ends a page early once
-        it holds :data:`~secfl.spm._audit.PAGE_CHARS` of detail."""
-        found: list[AuditEntry] = []
-        while len(found) < limit:
-            want = max(1, min(limit - len(found), 10_000))
-            doc = self.client.audit(since=after, limit=want)
-            rows = doc.get("entries")
-            if not isinstance(rows, list):
-                raise AuditError("audit: the SPM's answer holds no list of entries")
-            page = [AuditEntry.from_dict(row) for row in rows[:want]]
-            if not page or page[-1].seq <= after:  # the end, or a page that goes nowhere
-                found += page
-                break
-            found += page
-            after = page[-1].seq
-        return found[:limit]
+        """One page: the SPM ends it early once it holds
+        :data:`~secfl.spm._audit.PAGE_CHARS` of detail (:func:`walk_back` asks again)."""
+        want = max(1, min(limit, 10_000))
+        doc = self.client.audit(since=after, limit=want)
+        rows = doc.get("entries")
+        if not isinstance(rows, list):
+            raise AuditError("audit: the SPM's answer holds no list of entries")
+        return [AuditEntry.from_dict(row) for row in rows[:want]]
 
 
 class DatabaseSource:
@@ -274,7 +276,7 @@ class DatabaseSource:
         self._checked = head
 
     def entries(self, after: int, limit: int) -> list[AuditEntry]:
-        return self._store.audit_since(after, limit)
+        return self._store.audit_since(after, limit, chars=READ_CHARS)
 
 
 def data_folder_key(folder: Path) -> MasterKey:
@@ -337,7 +339,7 @@ class SnapshotSource:
         return self._head
 
     def entries(self, after: int, limit: int) -> list[AuditEntry]:
-        return self._tx.audit.since(after, limit)
+        return self._tx.audit.since(after, limit, chars=READ_CHARS)
 
 
 def _head_of(seq: object, head_hash: object) -> Head:

@@ -352,10 +352,13 @@ class Store:
         except DBAPIError as exc:
             raise db_error(exc) from None
 
-    def audit_since(self, seq: int, limit: int = 1000) -> list[AuditEntry]:
-        """Entries after ``seq`` (0: from the start), in order, at most ``limit``."""
+    def audit_since(
+        self, seq: int, limit: int = 1000, *, chars: int | None = None
+    ) -> list[AuditEntry]:
+        """Entries after ``seq`` (0: from the start), in order, at most ``limit`` (and,
+        with ``chars``, as many as hold that much detail: at least one)."""
         with self.read() as tx:
-            return tx.audit.since(seq, limit)
+            return tx.audit.since(seq, limit, chars=chars)
 
     def audit_head(self) -> tuple[int, str]:
         """The log's head (last seq, its hash), as committed."""
