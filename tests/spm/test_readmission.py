@@ -155,6 +155,11 @@ def test_a_readmission_held_back_does_not_lift_a_later_revocation(
             with pytest.raises(SpmRefused, match=f"^revocation: .*{in_force}") as refused:
                 client.revoke("fed", held, held_sigs)
             assert refused.value.status == 409
+            # the board learns that a statement held back surfaced (a review of the fix)
+            last = client.audit(0, 10000)["entries"][-1]
+            assert last["event"] == "revocation.spent", last
+            assert last["detail"]["digest"] == _digest(held)
+            assert "another revocation than the one in force" in last["detail"]["reason_refused"]
             listed = {r["reason"]: r["digest"] for r in client.revocations("fed")}
             assert listed["poisoning again"] == _digest(again)  # what a readmission names
             platform = simulated.SimulatedPlatform(sim[0])
@@ -163,8 +168,8 @@ def test_a_readmission_held_back_does_not_lift_a_later_revocation(
         proc.stop()
         proc.start()  # what is in force is rebuilt from the log
         with SpmClient(proc.url, pin=proc.pin) as client:
-            with pytest.raises(SpmRefused, match=f"^revocation: .*{in_force}"):
-                client.revoke("fed", held, held_sigs)
+            with pytest.raises(SpmRefused, match="^revocation: this statement .* already applied"):
+                client.revoke("fed", held, held_sigs)  # used up: it never will lift anything
             lifting = {**again, "reason": "cleared", "action": "readmit", "lifts": _digest(again)}
             client.revoke("fed", lifting, _signed(board, lifting))
             time.sleep(REFRESH_WAIT)

@@ -122,10 +122,19 @@ class Revoker:
                         "(a new reason)",
                         409,
                     )
-                if readmit:
-                    self._check_lifts(policy_name, kind, subject, doc["lifts"])
+                other = readmit and self._lifts_other(policy_name, kind, subject, doc["lifts"])
                 tx.note(("statement", statement_digest))
-                if readmit and not tx.revocations.lift(policy_name, kind, subject):
+                if other:
+                    # the revocation it names was lifted: it never will lift anything, and
+                    # the board learns that a statement held back surfaced (a review)
+                    spent = Refused(other, 409)
+                    tx.audit.append(
+                        "revocation.spent",
+                        policy_name,
+                        {**doc, "approvers": approvers, "digest": statement_digest,
+                         "reason_refused": "it lifts another revocation than the one in force"},
+                    )  # fmt: skip
+                elif readmit and not tx.revocations.lift(policy_name, kind, subject):
                     # kept, it would lift a later revocation of the same subject (found by a
                     # review): the statement is used up, and the log says so
                     spent = Refused(
@@ -174,22 +183,23 @@ class Revoker:
         self._answered.pop(policy_name, None)
         return {**doc, "at": now.isoformat()}
 
-    def _check_lifts(self, policy_name: str, kind: str, subject: str, lifts: str) -> None:
-        """Refuse a readmission that names another revocation than the one in force for
-        its subject: signed for an earlier revocation and held back (by a member, say)
-        while the board readmitted with another statement and revoked again, it lifted
-        that later revocation (found by a review). It is not used up: it never will lift
-        anything, as the revocation it names was applied once and cannot be again. A
-        revocation recorded before the log kept digests names none: any is taken."""
+    def _lifts_other(self, policy_name: str, kind: str, subject: str, lifts: str) -> str:
+        """Why a readmission is refused that names another revocation than the one in
+        force for its subject ("" if it does not): signed for an earlier revocation and
+        held back (by a member, say) while the board readmitted with another statement
+        and revoked again, it lifted that later revocation (found by a review). It is used
+        up, as it never will lift anything: the revocation it names was applied once and
+        cannot be again. A revocation recorded before the log kept digests names none:
+        any is taken."""
         floors = self.store.integrity.floors if self.store.integrity is not None else None
         in_force = floors.lifted_by(policy_name, kind, subject) if floors is not None else None
-        if in_force is not None and in_force != lifts:
-            raise Refused(
-                f"revocation: this readmission lifts revocation {lifts[:16]}…, but the "
-                f"revocation of {kind} {subject} in force is {in_force[:16]}… (`secfl "
-                "revocations` lists it): the board signs a readmission naming that one",
-                409,
-            )
+        if in_force is None or in_force == lifts:
+            return ""
+        return (
+            f"revocation: this readmission lifts revocation {lifts[:16]}…, but the "
+            f"revocation of {kind} {subject} in force is {in_force[:16]}… (`secfl "
+            "revocations` lists it): the board signs a readmission naming that one"
+        )
 
     def _stopped(
         self, tx: Tx, policy_name: str, key: tuple[str, str], now: datetime
