@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,36 +60,16 @@ def test_a_bare_names_venv_on_the_hosts_path_is_not_the_measured_program(
     the workload, with the genuine measurement. Now where PATH found the program is
     measured too, and the program is started under that path."""
     genuine = Path(sys.executable).parent  # the venv the board measured `python` in
-    host_venv, mark = tmp_path / "host-venv", tmp_path / "hook-ran"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(host_venv)],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
-    site = subprocess.run(
-        [host_venv / "bin" / "python", "-c", "import site; print(site.getsitepackages()[0])"],
-        check=True, capture_output=True, text=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
-    (Path(site) / "hosthook.py").write_text(HOOK.format(mark=str(mark)))
-    (Path(site) / "hosthook.pth").write_text("import hosthook\n")
+    mark = tmp_path / "hook-ran"
+    planted = _venv_with_hook(tmp_path / "host-venv", mark)
+    assert planted.resolve() == (genuine / "python").resolve()  # measured alike
     argv = ["python", "-c", "import sys; print('PREFIX', sys.prefix, flush=True)"]
     path = os.environ.get("PATH", "")
-    assert (host_venv / "bin" / "python").resolve() == (genuine / "python").resolve()
-    with_path = {**os.environ, "PATH": f"{genuine}:{path}"}
-    measured = subprocess.run(
-        [sys.executable, "-m", "secfl.cli.main", "measure", "--for-run", "--", *argv],
-        env=with_path, check=True, capture_output=True, text=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
-    world.submit_program("venvrun", measured)
-    cmd = world.command("svc", argv, policy="venvrun")
-    done = subprocess.run(cmd, env={**os.environ, "PATH": f"{host_venv / 'bin'}:{path}"},
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert not mark.exists(), "the host's venv ran its code in the workload"
-    assert done.returncode != 0 and "PREFIX" not in done.stdout, done.stdout
-    assert f"found at:     {host_venv / 'bin' / 'python'}" in done.stderr, done.stderr
-    # the genuine one, found where it was measured, runs in its own venv
-    done = subprocess.run(cmd, env=with_path, capture_output=True, text=True, timeout=120,
-                          check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert f"PREFIX {sys.prefix}" in done.stdout, done.stdout
-    assert not mark.exists()
+    _only_the_measured_runs(
+        world, "venvrun", argv, measured={"env": {**os.environ, "PATH": f"{genuine}:{path}"}},
+        host={"env": {**os.environ, "PATH": f"{planted.parent}:{path}"}},
+        says=f"found at:     {planted}", prefix=sys.prefix, mark=mark,
+    )  # fmt: skip
 
 
 def _venv_with_hook(folder: Path, mark: Path | None) -> Path:
@@ -104,6 +85,38 @@ def _venv_with_hook(folder: Path, mark: Path | None) -> Path:
         (Path(site) / "hosthook.py").write_text(HOOK.format(mark=str(mark)))
         (Path(site) / "hosthook.pth").write_text("import hosthook\n")
     return folder / "bin" / "python"
+
+
+def _only_the_measured_runs(
+    world: World,
+    policy: str,
+    argv: list[str],
+    *,
+    measured: dict[str, Any],
+    host: dict[str, Any],
+    says: str,
+    prefix: Path | str,
+    mark: Path,
+) -> None:
+    """``argv`` measured as its author would (``subprocess.run`` keywords ``measured``:
+    the PATH or working folder there), then started by ``secfl run`` as the host sets it
+    up (``host``): refused, the refusal saying ``says``, the host's hook never run; and
+    as it was measured: it runs, in the venv at ``prefix``."""
+    digest = subprocess.run(
+        [sys.executable, "-m", "secfl.cli.main", "measure", "--for-run", "--", *argv],
+        check=True, capture_output=True, text=True, timeout=60, **measured,
+    ).stdout.strip()  # fmt: skip
+    world.submit_program(policy, digest)
+    cmd = world.command("svc", argv, policy=policy)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **host)
+    assert not mark.exists(), "the host's venv ran its code in the workload"
+    assert done.returncode != 0 and "PREFIX" not in done.stdout, done.stdout
+    assert says in done.stderr, done.stderr
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False,
+                          **measured)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"PREFIX {prefix}" in done.stdout, done.stdout
+    assert not mark.exists()
 
 
 def test_a_relative_paths_venv_in_the_hosts_working_folder_is_not_the_measured_program(
@@ -123,23 +136,16 @@ def test_a_relative_paths_venv_in_the_hosts_working_folder_is_not_the_measured_p
     planted = _venv_with_hook(host / "venv", mark)
     assert planted.resolve() == real.resolve()  # measured alike, file by file
     argv = ["venv/bin/python", "-c", "import sys; print('PREFIX', sys.prefix, flush=True)"]
-    measured = subprocess.run(
-        [sys.executable, "-m", "secfl.cli.main", "measure", "--for-run", "--", *argv],
-        cwd=genuine, check=True, capture_output=True, text=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
-    world.submit_program("relrun", measured)
-    cmd = world.command("svc", argv, policy="relrun")
-    done = subprocess.run(cmd, cwd=host, capture_output=True, text=True, timeout=120,
-                          check=False)  # fmt: skip
-    assert not mark.exists(), "the host's venv ran its code in the workload"
-    assert done.returncode != 0 and "PREFIX" not in done.stdout, done.stdout
-    assert f"found at:     {host / 'venv' / 'bin' / 'python'}" in done.stderr, done.stderr
-    # from the folder it was measured in, the genuine venv runs
-    done = subprocess.run(cmd, cwd=genuine, capture_output=True, text=True, timeout=120,
-                          check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert f"PREFIX {genuine / 'venv'}" in done.stdout, done.stdout
-    assert not mark.exists()
+    _only_the_measured_runs(
+        world,
+        "relrun",
+        argv,
+        measured={"cwd": genuine},
+        host={"cwd": host},
+        says=f"found at:     {planted}",
+        prefix=genuine / "venv",
+        mark=mark,
+    )
 
 
 def test_a_script_named_by_a_relative_path_measures_alike_in_any_folder(
@@ -181,23 +187,11 @@ def test_a_scripts_interpreter_env_finds_on_the_hosts_path_is_not_the_measured_o
     script.chmod(0o755)
     argv = [str(script), "--rounds", "10"]
     path = os.environ.get("PATH", "")
-    with_path = {**os.environ, "PATH": f"{genuine}:{path}"}
-    measured = subprocess.run(
-        [sys.executable, "-m", "secfl.cli.main", "measure", "--for-run", "--", *argv],
-        env=with_path, check=True, capture_output=True, text=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
-    world.submit_program("envrun", measured)
-    cmd = world.command("svc", argv, policy="envrun")
-    done = subprocess.run(cmd, env={**os.environ, "PATH": f"{planted.parent}:{path}"},
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
-    assert not mark.exists(), "the host's venv ran its code in the workload"
-    assert done.returncode != 0 and "PREFIX" not in done.stdout, done.stdout
-    assert f"interpreter:  {planted.parent / 'python3'}" in done.stderr, done.stderr
-    done = subprocess.run(cmd, env=with_path, capture_output=True, text=True, timeout=120,
-                          check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert f"PREFIX {sys.prefix}" in done.stdout, done.stdout
-    assert not mark.exists()
+    _only_the_measured_runs(
+        world, "envrun", argv, measured={"env": {**os.environ, "PATH": f"{genuine}:{path}"}},
+        host={"env": {**os.environ, "PATH": f"{planted.parent}:{path}"}},
+        says=f"interpreter:  {planted.parent / 'python3'}", prefix=sys.prefix, mark=mark,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
