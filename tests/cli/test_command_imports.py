@@ -9,29 +9,19 @@ runs the command in a fresh interpreter (this one has loaded everything).
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.imports import modules_loaded
 
 
 def loaded_by(argv: list[str], modules: tuple[str, ...]) -> tuple[int, str, list[str]]:
     """Run `secfl ARGV` in a fresh interpreter: its exit code, its standard error, and
     which of ``modules`` it loaded."""
-    probe = (
-        "import sys\n"
-        "from secfl.cli.main import main\n"
-        f"code = main({argv!r})\n"
-        f"print('loaded:' + ','.join(m for m in {modules!r} if m in sys.modules), code)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ), check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    last = done.stdout.splitlines()[-1]
-    assert last.startswith("loaded:"), done.stdout
-    names, code = last.removeprefix("loaded:").rsplit(" ", 1)
-    return int(code), done.stderr, [m for m in names.split(",") if m]
+    code = f"from secfl.cli.main import main\nprint('exit', main({argv!r}))"
+    loaded, done = modules_loaded(code, modules)
+    exit_line = [line for line in done.stdout.splitlines() if line.startswith("exit ")][-1]
+    return int(exit_line.removeprefix("exit ")), done.stderr, loaded
 
 
 def test_reading_the_audit_log_over_https_loads_no_database() -> None:

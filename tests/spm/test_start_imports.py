@@ -9,10 +9,9 @@ start. The probe opens an SPM on SQLite and builds its app in a fresh interprete
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.imports import modules_loaded
 
 #: Modules an SPM on SQLite without ``--pccs`` has no use for: the PCCS fetching (httpx,
 #: :mod:`secfl.spm._collateral`), and SQLAlchemy's PostgreSQL dialect.
@@ -26,22 +25,15 @@ NOT_LOADED = (
 
 def loaded_at_start(tmp_path: Path, sim_dir: Path) -> list[str]:
     """Which of :data:`NOT_LOADED` an SPM's start loads."""
-    probe = (
-        "import sys\n"
+    code = (
         "from secfl.spm._app import create_app\n"
         "from secfl.spm._server import open_spm\n"
         f"spm = open_spm({str(tmp_path / 'data')!r}, platform='simulated',"
         f" sim_dir={str(sim_dir)!r})\n"
         "create_app(spm)\n"
         "spm.close()\n"
-        f"print('loaded:' + ','.join(m for m in {NOT_LOADED!r} if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ), check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    last = done.stdout.splitlines()[-1]
-    assert last.startswith("loaded:"), done.stdout
-    return [m for m in last.removeprefix("loaded:").split(",") if m]
+    return modules_loaded(code, NOT_LOADED)[0]
 
 
 def test_an_spm_on_sqlite_started_without_pccs_loads_neither(
