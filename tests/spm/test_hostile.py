@@ -39,6 +39,7 @@ from secfl.tee import _simulated as simulated
 from tests.spm.conftest import drop_pg_database, fresh_pg_database
 from tests.spm.harness import (
     AGGREGATOR_MR,
+    COLLABORATOR_MR,
     REFRESH_WAIT,
     Board,
     SpmProcess,
@@ -429,6 +430,39 @@ def test_a_session_loses_what_a_new_version_withdrew(
     # The new code attests and may count.
     new = attest(client, sim, name, OTHER_MR)
     assert client.increment(name, "round", new.session_token) == 2
+
+
+@SHARED
+def test_a_service_of_role_any_reports_no_aggregators_findings(
+    client: SpmClient, board: Board, sim: tuple[Path, bytes], name: str
+) -> None:
+    """Found by a review: a service of role ``any`` (a Flower site, which runs no secfl
+    aggregator and may log its own refusals) could post ``fl.audit.excluded``,
+    ``fl.round`` or ``fl.model``: `secfl status` showed them as the aggregator's
+    exclusions and rounds, and twenty pushed the real ones out. It may post
+    ``flower.*`` events only, and commit no round."""
+    doc = yaml.safe_load(policy_document(name, board, sim[1]))
+    site = next(s for s in doc["services"] if s["name"] == "collaborator")
+    site.update(role="any", counters=["round"])
+    submit(client, board, yaml.safe_dump(doc, sort_keys=False))
+    token = enroll(client, platform(sim), name, "collaborator",
+                   measurement=COLLABORATOR_MR).session_token  # fmt: skip
+    for event in ("audit.excluded", "audit.revocation-requested", "scores"):
+        with pytest.raises(SpmRefused, match=r"^report: service 'collaborator' \(role any\) "):
+            client.report(name, event, {"round": 1, "excluded": ["site-2"]}, token)
+    assert client.report(name, "flower.refusal", {"why": "a FAB not approved"}, token) > 0
+    round = {
+        "round": 1,
+        "attempt": 1,
+        "participants": 3,
+        "dropped": 0,
+        "excluded": 0,
+        "duration_s": 0.25,
+        "objective": {"metric": "loss", "mode": "min", "value": 0.5},
+    }
+    with pytest.raises(SpmRefused, match="^report: service 'collaborator' is not an aggregator"):
+        client.increment(name, "round", token, round=round)  # fmt: skip
+    assert client.increment(name, "round", token) == 1  # its counter it may move
 
 
 @SHARED

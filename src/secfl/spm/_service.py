@@ -67,6 +67,11 @@ __all__ = [
 ]
 
 
+#: What a service of role ``any`` (a Flower SuperLink or site, which run no secfl
+#: aggregator) may write to the audit log through :meth:`Spm.report`.
+ROLE_ANY_EVENTS = "flower."
+
+
 class Spm:
     """The SPM over a :class:`Store`, sealing with a :class:`MasterKey`.
 
@@ -249,7 +254,7 @@ class Spm:
         if counter not in service.counters:
             raise Refused(f"counter: service '{session.service}' may not increment '{counter}'")
         if round is not None:
-            if service.role not in ("aggregator", "any"):
+            if service.role != "aggregator":  # a round is an aggregator's (as report's)
                 raise Refused(f"report: service '{session.service}' is not an aggregator")
             round = check_round({**round, "counter": 0})
         if request is not None and expect is None:
@@ -264,6 +269,13 @@ class Spm:
         session, service = self.sessions.admit(token, policy_name)
         if service.role not in ("aggregator", "any"):
             raise Refused(f"report: service '{session.service}' is not an aggregator")
+        if service.role == "any" and not event.startswith(ROLE_ANY_EVENTS):
+            # a Flower site's code posted the aggregator's findings (`secfl status` shows
+            # them as the aggregator's exclusions, 20 push real ones out): found by a review
+            raise Refused(
+                f"report: service '{session.service}' (role any) may report {ROLE_ANY_EVENTS}* "
+                "events only: audit findings, rounds and models are an aggregator's"
+            )
         entry = {**detail, "service": session.service}
 
         def write(tx: Tx) -> int:
