@@ -168,8 +168,17 @@ def test_a_script_named_by_a_relative_path_measures_alike_in_any_folder(
     assert len(digests) == 1
 
 
+@pytest.mark.parametrize(
+    ("line", "policy"),
+    [
+        ("#!/usr/bin/env python3", "envrun"),
+        # env spelt otherwise, which the kernel starts alike (a review of the fix)
+        ("#!/usr//bin/env python3", "envrun2"),
+        ("#! /usr/bin/../bin/env\tpython3", "envrun3"),
+    ],
+)
 def test_a_scripts_interpreter_env_finds_on_the_hosts_path_is_not_the_measured_one(
-    world: World, tmp_path: Path
+    world: World, tmp_path: Path, line: str, policy: str
 ) -> None:
     """Found by a hostile review of the bare-name fix: a script whose first line is
     ``#!/usr/bin/env python3`` had env look its interpreter up on the program's PATH,
@@ -181,14 +190,12 @@ def test_a_scripts_interpreter_env_finds_on_the_hosts_path_is_not_the_measured_o
     mark = tmp_path / "hook-ran"
     planted = _venv_with_hook(tmp_path / "host-venv", mark)
     script = tmp_path / "train.py"
-    script.write_text(
-        "#!/usr/bin/env python3\nimport sys\nprint('PREFIX', sys.prefix, flush=True)\n"
-    )
+    script.write_text(f"{line}\nimport sys\nprint('PREFIX', sys.prefix, flush=True)\n")
     script.chmod(0o755)
     argv = [str(script), "--rounds", "10"]
     path = os.environ.get("PATH", "")
     _only_the_measured_runs(
-        world, "envrun", argv, measured={"env": {**os.environ, "PATH": f"{genuine}:{path}"}},
+        world, policy, argv, measured={"env": {**os.environ, "PATH": f"{genuine}:{path}"}},
         host={"env": {**os.environ, "PATH": f"{planted.parent}:{path}"}},
         says=f"interpreter:  {planted.parent / 'python3'}", prefix=sys.prefix, mark=mark,
     )  # fmt: skip

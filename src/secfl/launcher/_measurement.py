@@ -144,7 +144,7 @@ def script_interpreter(program: Path) -> str | None:
             f"measure: {name}'s #! line names its interpreter by a relative path, which "
             "the working folder resolves: name it by its absolute path"
         )
-    if words[0] not in ENV_PROGRAMS:
+    if not _is_env(words[0]):
         return None
     if len(words) != 2 or words[1].startswith("-") or "/" in words[1] or "=" in words[1]:
         raise MeasurementError(
@@ -157,6 +157,20 @@ def script_interpreter(program: Path) -> str | None:
             f"measure: the interpreter '{words[1][:100]}' of {name}'s #! line is not on PATH"
         )
     return os.path.abspath(on_path)
+
+
+def _is_env(path: str) -> bool:
+    """Whether an absolute ``#!`` interpreter path is env however it is spelt
+    (``/usr//bin/env``, ``/usr/bin/../bin/env``, a link to env): a review found such a
+    line started as written, env looking the interpreter up on the program's PATH."""
+    if "/" + os.path.normpath(path).lstrip("/") in ENV_PROGRAMS:
+        return True
+    try:
+        real = os.path.realpath(path)
+        envs = {os.path.realpath(p) for p in ENV_PROGRAMS}
+    except (OSError, ValueError):  # (a NUL in the line)
+        return False
+    return os.path.basename(real) == "env" and real in envs  # (not busybox's sh)
 
 
 def _interpreter(program: Path | None, interpreter: str | None) -> str | None:
