@@ -174,3 +174,36 @@ def test_a_readmission_held_back_does_not_lift_a_later_revocation(
             client.revoke("fed", lifting, _signed(board, lifting))
             time.sleep(REFRESH_WAIT)
             enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
+
+
+def test_a_readmission_sent_before_its_revocation_is_kept(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """Found by a review of the readmission fixes: the board signed a revocation and the
+    readmission that ends it (a suspension), and whoever held the readmission (a member,
+    the host relaying it, or a second SPM's client racing the first) sent it before the
+    revocation: refused as lifting nothing, it was used up, so the board, having revoked,
+    could not readmit without signing again. It names the revocation it lifts, so it can
+    lift no other: it is refused and kept until that revocation is applied."""
+    with (
+        spm_with_policy(tmp_path / "data", sim, board) as (proc, _),
+        SpmClient(proc.url, pin=proc.pin) as client,
+    ):
+        revoked = {"kind": "service", "subject": "aggregator", "reason": "maintenance"}
+        readmit = {
+            **revoked, "reason": "maintained", "action": "readmit", "lifts": _digest(revoked),
+        }  # fmt: skip
+        readmit_sigs = _signed(board, readmit)
+        with pytest.raises(SpmRefused, match="^revocation: .* has not applied") as refused:
+            client.revoke("fed", readmit, readmit_sigs)
+        assert refused.value.status == 409
+        client.revoke("fed", revoked, _signed(board, revoked))
+        time.sleep(REFRESH_WAIT)
+        platform = simulated.SimulatedPlatform(sim[0])
+        with pytest.raises(SpmRefused, match="^revoked: service 'aggregator'"):
+            enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
+        client.revoke("fed", readmit, readmit_sigs)  # kept: it lifts what it names
+        time.sleep(REFRESH_WAIT)
+        enroll(client, platform, "fed", "aggregator", measurement=AGGREGATOR_MR)
+        with pytest.raises(SpmRefused, match="^revocation: this statement .* already applied"):
+            client.revoke("fed", readmit, readmit_sigs)

@@ -122,6 +122,8 @@ class Revoker:
                         "(a new reason)",
                         409,
                     )
+                if readmit:
+                    self._check_named(policy_name, kind, subject, doc["lifts"], applied)
                 other = readmit and self._lifts_other(policy_name, kind, subject, doc["lifts"])
                 tx.note(("statement", statement_digest))
                 if other:
@@ -182,6 +184,28 @@ class Revoker:
         self._applied[policy_name] = self._applied.get(policy_name, 0) + 1
         self._answered.pop(policy_name, None)
         return {**doc, "at": now.isoformat()}
+
+    def _check_named(
+        self, policy_name: str, kind: str, subject: str, lifts: str, applied: set[str]
+    ) -> None:
+        """Refuse, and keep, a readmission naming a revocation this SPM has not applied:
+        it can only ever lift that one (a review: one sent before the revocation it was
+        signed with, by a member or the host racing the board's statements, was used
+        up, and the board had to sign again). A subject revoked before the log kept
+        digests names none: any readmission lifts it; without floors (tests, tools),
+        nothing is known."""
+        floors = self.store.integrity.floors if self.store.integrity is not None else None
+        if floors is None or lifts in applied:
+            return
+        legacy = floors.lifted_by(policy_name, kind, subject) is None and bool(
+            floors.revoked_of(policy_name, {(kind, subject)})
+        )
+        if not legacy:
+            raise Refused(
+                f"revocation: this readmission lifts revocation {lifts[:16]}…, which this SPM "
+                "has not applied (yet): it is kept, send it again once that revocation is",
+                409,
+            )
 
     def _lifts_other(self, policy_name: str, kind: str, subject: str, lifts: str) -> str:
         """Why a readmission is refused that names another revocation than the one in
