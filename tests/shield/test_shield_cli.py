@@ -222,3 +222,45 @@ def test_decrypt_keeps_to_the_umask(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert read_tree(tmp_path / "o") == {"run": (b"#!/bin/sh\n", 0o755), "shared": (b"x", 0o644)}
+
+
+def test_decrypt_writes_only_where_no_other_user_can(tmp_path: Path) -> None:
+    """A review (carried from earlier notes): ``decrypt -o DIR`` wrote the plaintext
+    into any folder, so into one every user may write (another user could rename what
+    landed there, or plant the folders it goes into) and into a folder another user
+    made below it (its owner may rename the decrypted files out, or change its mode and
+    read them). Both are refused in one line, and nothing lands in either folder
+    (real processes, as root: root decrypting into another user's folder is the case)."""
+    from secfl.shield import encrypt_files
+    from tests.clirun import one_error
+    from tests.shield import KEY
+
+    volume = tmp_path / "v.secfl"
+    encrypt_files({"bin/tool": b"secret code\n", "notes": b"secret notes"}, volume, KEY)
+    key = tmp_path / "k"
+    key.write_text(KEY.hex())
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    planted = tmp_path / "planted"
+    (planted / "bin").mkdir(parents=True)
+    if os.geteuid() == 0:
+        os.chown(planted / "bin", 4321, 4321)  # another user's folder, made ahead
+    else:  # pragma: no cover - the suite runs as root in CI
+        pytest.skip("needs root to make a folder another user owns")
+    done = clirun.secfl_all(
+        *(["shield", "decrypt", str(volume), "--key-file", str(key), "-o", str(out)]
+          for out in (shared, planted))
+    )  # fmt: skip
+    assert done[0].returncode == 1, done[0].stderr
+    assert one_error(done[0]) == (
+        f"error: shield: '{shared}' can be written by every user (mode 0777): decrypt "
+        "into a folder only you can write (-o), or chmod o-w it"
+    )
+    assert done[1].returncode == 1, done[1].stderr
+    assert one_error(done[1]) == (
+        f"error: shield: '{planted / 'bin'}' belongs to another user (uid 4321): decrypt "
+        "into a folder of your own (-o)"
+    )
+    assert list(shared.iterdir()) == [] and list((planted / "bin").iterdir()) == []
+    assert not (planted / "notes").exists()

@@ -31,6 +31,27 @@ _FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 _PERMISSIONS = 0o777
 
 
+def _only_ours(folder: int, shown: str) -> None:
+    """Refuse to decrypt into ``folder`` unless only this user can write in it.
+
+    Another user who may write there (a shared or world-writable folder, or one they
+    own) could plant the folders a volume's files go into, or rename and read what
+    lands in them: plaintext is written only where no one else can reach it (found by
+    a review)."""
+    st = os.fstat(folder)
+    if st.st_uid != os.geteuid():
+        raise ShieldError(
+            f"shield: {shown} belongs to another user (uid {st.st_uid}): decrypt into a "
+            "folder of your own (-o)"
+        )
+    if st.st_mode & stat.S_IWOTH:
+        raise ShieldError(
+            f"shield: {shown} can be written by every user (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}): decrypt into a folder only you can write "
+            "(-o), or chmod o-w it"
+        )
+
+
 class Volume:
     """A volume opened with its key; its header and manifest are authenticated.
 
@@ -297,6 +318,7 @@ class Volume:
         except OSError as exc:
             raise ShieldError(f"shield: cannot create '{dest}': {exc.strerror or exc}") from None
         try:
+            _only_ours(top, f"'{dest}'")
             buffer = bytearray(max(1, min(self._chunk_size, 1 << 24)))
             for index, entry in enumerate(self._files):
                 self._extract_one(top, dest, index, entry, buffer)
@@ -337,6 +359,12 @@ class Volume:
                 if folder != top:
                     os.close(folder)
                 folder = below
+                _only_ours(
+                    folder,
+                    f"'{dest.joinpath(*parts[:depth])}'"
+                    if self._source.reveal_names
+                    else f"a folder of {where}",
+                )
             self._write_one(folder, parts[-1], index, entry, buffer, where)
         except OSError as exc:
             raise ShieldError(f"shield: cannot write {where}: {exc.strerror or exc}") from None
