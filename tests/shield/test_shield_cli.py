@@ -255,12 +255,12 @@ def test_decrypt_writes_only_where_no_other_user_can(tmp_path: Path) -> None:
     assert done[0].returncode == 1, done[0].stderr
     assert one_error(done[0]) == (
         f"error: shield: '{shared}' can be written by every user (mode 0777): decrypt "
-        "into a folder only you can write (-o), or chmod o-w it"
+        "into a new folder of your own (-o), or one only you can write"
     )
     assert done[1].returncode == 1, done[1].stderr
     assert one_error(done[1]) == (
         f"error: shield: '{planted / 'bin'}' belongs to another user (uid 4321): decrypt "
-        "into a folder of your own (-o)"
+        "into a new folder of your own (-o), or one only you can write"
     )
     assert list(shared.iterdir()) == [] and list((planted / "bin").iterdir()) == []
     assert not (planted / "notes").exists()

@@ -165,3 +165,34 @@ def test_info_reads_no_more_of_a_file_than_its_header_describes(tmp_path: Path) 
         lines.append(clirun.one_error(done))
     assert "is 21474836480 bytes, its header describes 776" in lines[0], lines[0]
     assert "header is not valid JSON" in lines[1], lines[1]
+
+
+def test_a_split_goes_only_where_no_other_user_can_write(tmp_path: Path) -> None:
+    """A review (carried from earlier notes): ``data split -o DIR`` into an existing
+    folder kept its mode, so into one every user may write (another user could swap a
+    shard for data of their choosing before the site shields it) or one another user
+    owns (its owner may open it up and read the shards). Both are refused in one line
+    and nothing is written (real processes, as root)."""
+    from tests.clirun import one_error, secfl_all
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    if os.geteuid() != 0:  # pragma: no cover - the suite runs as root in CI
+        pytest.skip("needs root to make a folder another user owns")
+    os.chown(theirs, 4321, 4321)
+    done = secfl_all(
+        *(["data", "split", "--task", "breast-cancer", "--clients", "2", "-o", str(out)]
+          for out in (shared, theirs))
+    )  # fmt: skip
+    assert one_error(done[0]) == (
+        f"error: split: '{shared}' can be written by every user (mode 0777): write the "
+        "shards to a new folder (-o)"
+    )
+    assert one_error(done[1]) == (
+        f"error: split: '{theirs}' belongs to another user (uid 4321): write the shards "
+        "to a new folder (-o)"
+    )
+    assert list(shared.iterdir()) == [] and list(theirs.iterdir()) == []

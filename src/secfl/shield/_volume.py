@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from secfl._internal import files
+from secfl._internal.ownership import foreign_writer
 from secfl.errors import ShieldError
 from secfl.shield import _format as fmt
 from secfl.shield._chunk_source import ChunkSource, FileEntry
@@ -32,23 +33,12 @@ _PERMISSIONS = 0o777
 
 
 def _only_ours(folder: int, shown: str) -> None:
-    """Refuse to decrypt into ``folder`` unless only this user can write in it.
-
-    Another user who may write there (a shared or world-writable folder, or one they
-    own) could plant the folders a volume's files go into, or rename and read what
-    lands in them: plaintext is written only where no one else can reach it (found by
-    a review)."""
-    st = os.fstat(folder)
-    if st.st_uid != os.geteuid():
+    """Refuse to decrypt into ``folder`` unless only this user can write in it (found
+    by a review: plaintext was written into a world-writable or another user's folder)."""
+    if (why := foreign_writer(folder)) is not None:
         raise ShieldError(
-            f"shield: {shown} belongs to another user (uid {st.st_uid}): decrypt into a "
-            "folder of your own (-o)"
-        )
-    if st.st_mode & stat.S_IWOTH:
-        raise ShieldError(
-            f"shield: {shown} can be written by every user (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}): decrypt into a folder only you can write "
-            "(-o), or chmod o-w it"
+            f"shield: {shown} {why}: decrypt into a new folder of your own (-o), or one "
+            "only you can write"
         )
 
 

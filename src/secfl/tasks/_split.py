@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from secfl._internal import files
+from secfl._internal.ownership import foreign_writer
 from secfl.errors import TaskError
 from secfl.tasks import _partition as part
 from secfl.tasks._base import _check_seed
@@ -219,6 +220,7 @@ def split(
     staged: list[tuple[Path, Path, ShardSummary]] = []
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _only_ours(folder)
         _remove_staged_leftovers(folder)  # a split killed while staging left these
         for file, role, index, indices in jobs:
             meta = {**common, "role": role, "index": index}
@@ -375,6 +377,19 @@ def _positive32(value: Any) -> bool:
     except OverflowError:
         return False
     return bool(np.isfinite(single) and single >= np.finfo(np.float32).tiny)
+
+
+def _only_ours(folder: Path) -> None:
+    """Refuse a folder another user owns or may write in: the shards are the site's
+    data in the clear, before `shield encrypt`, and such a user could read them (owning
+    the folder) or swap one for data of their choosing (found by a review)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        why = foreign_writer(fd)
+    finally:
+        os.close(fd)
+    if why is not None:
+        raise TaskError(f"split: '{folder}' {why}: write the shards to a new folder (-o)")
 
 
 def _check_folder(folder: Path, overwrite: bool) -> None:
