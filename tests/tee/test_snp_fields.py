@@ -242,5 +242,6 @@ def test_claims_carry_every_pinned_field(
             k: tcb_text(v[k], "Genoa")
             for k in ("reported_tcb", "launch_tcb", "committed_tcb", "current_tcb")
         },
+        "amd_crl": "unchecked",
     }
     assert claims.quote_version == version

@@ -57,6 +57,7 @@ OPTION_METAVARS: dict[str, str] = {
     **dict.fromkeys(("--aggregator", "--listen"), "HOST:PORT"),
     **dict.fromkeys(
         (
+            "--amd-crl",
             "--aux",
             "--board",
             "--board-key",

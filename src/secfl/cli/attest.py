@@ -64,6 +64,14 @@ def verify_cmd(
     aux: Annotated[
         str | None, typer.Option(help="configfs-tsm auxblob (SNP certificate table).")
     ] = None,
+    amd_crl: Annotated[
+        str | None,
+        typer.Option(
+            help="AMD KDS CRL of the report's kind and product (https://kdsintf.amd.com/"
+            "vcek/v1/Milan/crl, DER), or a folder of them as `spm serve --amd-crl` takes; "
+            "without it the claims say amd_crl: unchecked.",
+        ),
+    ] = None,
     sim_root: Annotated[
         str | None, typer.Option(help="Simulation root CA (PEM): accept simulated evidence.")
     ] = None,
@@ -75,6 +83,7 @@ def verify_cmd(
     """Verify evidence offline and print its claims as one JSON object."""
     from dataclasses import replace
 
+    from secfl.tee._amd_crl import file_lookup, folder_lookup
     from secfl.tee._evidence import Evidence
     from secfl.tee._verify import verify
 
@@ -84,6 +93,12 @@ def verify_cmd(
     aux_blob = read_optional(aux, "auxblob")
     if aux_blob is not None:
         evidence = replace(evidence, aux=aux_blob)
+    crl = None
+    if amd_crl is not None:
+        path = Path(amd_crl)
+        if not path.exists():
+            raise UsageError(f"--amd-crl: '{amd_crl}' does not exist")
+        crl = folder_lookup(path) if path.is_dir() else file_lookup(path)
     claims = verify(
         evidence,
         at=when,
@@ -92,6 +107,7 @@ def verify_cmd(
         chain=read_optional(chain, "certificate chain"),
         sim_root=read_optional(sim_root, "simulation root"),
         allow_debug=allow_debug,
+        amd_crl=crl,
     )
     print_verbatim(claims.to_json())
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from secfl.cli._common import out, read_optional
 from secfl.errors import UsageError
+
+if TYPE_CHECKING:
+    from secfl.spm._amd_crl import AmdCrls
 
 __all__ = [
     "app",
@@ -63,6 +66,22 @@ def serve_cmd(
             "(an attestation waits for it).",
         ),
     ] = 10.0,
+    amd_crl: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of AMD KDS CRLs (vcek-Milan.crl from https://kdsintf.amd.com/vcek/v1/"
+            "Milan/crl, vlek-Milan.crl, ... Genoa, Turin): SEV-SNP evidence whose ASK/ASVK "
+            "or VCEK/VLEK they revoke is refused.",
+        ),
+    ] = None,
+    no_amd_crl: Annotated[
+        bool,
+        typer.Option(
+            "--no-amd-crl",
+            help="Accept SEV-SNP evidence unchecked against AMD's CRLs (logged at start). "
+            "Without this or --amd-crl, SEV-SNP evidence is refused.",
+        ),
+    ] = False,
     new_anchor: Annotated[
         bool,
         typer.Option(
@@ -78,8 +97,11 @@ def serve_cmd(
     after the timeouts, and at most --max-connections are open at once. With --pccs,
     every SGX and TDX quote is appraised against Intel's collateral for its platform
     (TCB status, advisories, revoked keys); without it their TCB is unknown, which
-    only a policy whose allow_unknown_tcb covers them accepts."""
+    only a policy whose allow_unknown_tcb covers them accepts. SEV-SNP evidence is
+    checked against AMD's CRLs in --amd-crl DIR (a stale or missing one is a refusal),
+    or knowingly not (--no-amd-crl); with neither it is refused."""
     from secfl._internal.httpguard import Limits
+    from secfl.spm._amd_crl import describe
     from secfl.spm._server import listen_sockets, open_spm, serve
 
     host, port = parse_listen(listen)
@@ -89,6 +111,7 @@ def serve_cmd(
         pccs_url(pccs)  # before the data folder is touched
     if not 1 <= pccs_timeout <= 120:  # (NaN too)
         raise UsageError("--pccs-timeout: between 1 and 120 seconds")
+    amd_crls = _amd_crls(amd_crl, no_amd_crl)
     limits = Limits(
         max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout
     )
@@ -97,6 +120,7 @@ def serve_cmd(
         spm = open_spm(
             data, db_url=db, platform=platform, sim_dir=sim_dir, names=[host, *(name or [])],
             pccs_url=pccs, pccs_timeout=pccs_timeout, new_anchor=new_anchor,
+            amd_crls=amd_crls,
         )  # fmt: skip
     except BaseException:
         for sock in sockets:
@@ -107,12 +131,31 @@ def serve_cmd(
         f"{spm.identity.spki_sha256}, platform {spm.platform.name}",
         markup=False,
     )
+    out.print(f"AMD CRLs: {describe(amd_crls)}", markup=False)
     try:
         serve(spm, host, port, ready_file=ready_file, limits=limits, sockets=sockets)
     finally:
         for sock in sockets:
             sock.close()
         spm.close()  # pending commits finished, the refusal budget's count written
+
+
+def _amd_crls(folder: str | None, opt_out: bool) -> AmdCrls | None:
+    """``--amd-crl DIR`` (an existing folder) or ``--no-amd-crl``, not both."""
+    from pathlib import Path
+
+    from secfl.spm._amd_crl import AmdCrls
+
+    if folder is not None and opt_out:
+        raise UsageError("--amd-crl, --no-amd-crl: give one, not both")
+    if opt_out:
+        return AmdCrls(None)
+    if folder is None:
+        return None
+    path = Path(folder).absolute()
+    if not path.is_dir():
+        raise UsageError(f"--amd-crl: '{folder}' is not a folder")
+    return AmdCrls(path)
 
 
 @app.command("verify")

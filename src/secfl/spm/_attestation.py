@@ -44,6 +44,7 @@ from secfl.spm._vault import SecretVault
 from secfl.tee._claims import Claims
 
 if TYPE_CHECKING:  # (the fetching is loaded by an SPM started with --pccs only)
+    from secfl.spm._amd_crl import AmdCrls
     from secfl.spm._collateral import CollateralSource
 
 __all__ = [
@@ -87,10 +88,14 @@ class Attestor:
         group: GroupCommit,
         refusals: RefusalBudget | None = None,
         collateral: CollateralSource | None = None,
+        amd_crls: AmdCrls | None = None,
     ) -> None:
         self.policies = policies
         #: Intel collateral for TCB appraisal (``secfl spm serve --pccs``), if any.
         self.collateral = collateral
+        #: AMD's CRLs (``--amd-crl DIR``) or the opt-out (``--no-amd-crl``); None:
+        #: neither, and SEV-SNP evidence is refused.
+        self.amd_crls = amd_crls
         self.nonces = nonces
         self.vault = vault
         self.group = group
@@ -138,7 +143,7 @@ class Attestor:
                 )
             if nonce_state != "ok":
                 raise Refused(f"nonce: the nonce is {nonce_state}")
-            claims = check_evidence(policy, evidence, now, self.collateral)
+            claims = check_evidence(policy, evidence, now, self.collateral, self.amd_crls)
             verified = True
             detail["kind"] = claims.kind
             detail["measurement"] = next(iter(claims.measurements.values()), None)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from secfl.errors import CollateralFault, FetchError, Refused, SecflError, VerificationError
 from secfl.policy._model import Policy, code_fields_text, pins_code
+from secfl.spm._amd_crl import NOT_CONFIGURED, AmdCrls
 from secfl.spm._revocation import platform_id, platform_ids
 from secfl.tee._claims import TCB_ORDER, Claims
 from secfl.tee._evidence import Evidence
@@ -32,7 +33,11 @@ __all__ = [
 
 
 def check_evidence(
-    policy: Policy, evidence: bytes, now: datetime, collateral: CollateralSource | None = None
+    policy: Policy,
+    evidence: bytes,
+    now: datetime,
+    collateral: CollateralSource | None = None,
+    amd_crls: AmdCrls | None = None,
 ) -> Claims:
     """The claims of genuine ``evidence`` of a platform, TCB level and debug mode the
     policy accepts, or :class:`Refused` naming the check that failed.
@@ -41,14 +46,21 @@ def check_evidence(
     signature chain verified is appraised against its platform's collateral. If none
     can be had, the TCB stays ``unknown``: accepted only where the policy allows it for
     that kind. An SEV-SNP report's ``reported_tcb`` and ``launch_tcb`` are held against
-    ``min_snp_tcb``."""
+    ``min_snp_tcb``, and its ASK/ASVK and VCEK/VLEK against AMD's CRL in ``amd_crls``
+    (``--amd-crl DIR``); with no ``amd_crls`` (neither ``--amd-crl`` nor
+    ``--no-amd-crl``) it is refused."""
     platforms = policy.platforms
     try:
         ev = Evidence.parse(evidence)
         if ev.kind not in platforms.accept:
             raise Refused(f"platform: {ev.kind} evidence is not accepted by this policy")
         root = platforms.simulation_root.encode() if platforms.simulation_root else None
-        claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug)
+        crl = None
+        if ev.kind == "snp":
+            if amd_crls is None:
+                raise Refused(NOT_CONFIGURED)
+            crl = amd_crls.lookup
+        claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug, amd_crl=crl)
         if collateral is not None and claims.kind in ("sgx", "tdx") and not claims.debug:
             claims = _appraised(ev, claims, now, collateral, policy)
     except SecflError as exc:

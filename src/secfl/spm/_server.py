@@ -29,6 +29,7 @@ from secfl._internal.files import atomic_write, memory_file
 from secfl._internal.httpguard import Guard, Limits, file_budget
 from secfl._internal.x509util import private_pem
 from secfl.errors import IntegrityError, SpmError
+from secfl.spm._amd_crl import AmdCrls, describe
 from secfl.spm._identity import (
     IDENTITY_AAD,
     IDENTITY_META,
@@ -64,12 +65,15 @@ def open_spm(
     pccs_url: str | None = None,
     pccs_timeout: float | None = None,
     new_anchor: bool = False,
+    amd_crls: AmdCrls | None = None,
 ) -> Spm:
     """The SPM of ``data_dir``: master key, store (SQLite there unless ``db_url``),
     its sealed TLS identity (created on first start) and its platform; with
     ``pccs_url``, the PCCS (or Intel PCS) whose collateral appraises Intel TCBs, which
     has ``pccs_timeout`` seconds for each fetch (default
-    :data:`~secfl.spm._collateral.FETCH_TIMEOUT`). ``new_anchor``: see
+    :data:`~secfl.spm._collateral.FETCH_TIMEOUT`). ``amd_crls``: AMD's CRLs
+    (``--amd-crl DIR``) or the opt-out (``--no-amd-crl``); None, neither: SEV-SNP
+    evidence is refused (:mod:`secfl.spm._amd_crl`). ``new_anchor``: see
     :func:`~secfl.spm._state.verify_state` (the start is then logged with
     ``new_anchor``, where the board sees it)."""
     data = Path(data_dir)
@@ -93,6 +97,7 @@ def open_spm(
     spm = Spm(
         store, master, tee, identity,
         measurement=measurement, status_index=status, collateral=collateral,
+        amd_crls=amd_crls,
     )  # fmt: skip
     started: dict[str, object] = {
         "tls_spki_sha256": identity.spki_sha256,
@@ -101,6 +106,7 @@ def open_spm(
     }
     if pccs_url is not None:
         started["pccs"] = pccs_url
+    started["amd_crl"] = describe(amd_crls)
     made = store.integrity is not None and store.integrity.anchor_made
     if made:
         started["new_anchor"] = True

@@ -53,6 +53,7 @@ from secfl.tee._platforms import Platform
 from secfl.tee._simulated import SimulatedPlatform
 
 if TYPE_CHECKING:  # (the fetching is loaded by an SPM started with --pccs only)
+    from secfl.spm._amd_crl import AmdCrls
     from secfl.spm._collateral import CollateralSource
 
 # Besides Spm: names kept importable from here for the callers that take them from here.
@@ -89,6 +90,7 @@ class Spm:
         nonce_ttl: float = 60.0,
         status_index: StatusIndex | None = None,
         collateral: CollateralSource | None = None,
+        amd_crls: AmdCrls | None = None,
     ) -> None:
         self.store = store
         self.master = master
@@ -112,6 +114,7 @@ class Spm:
             group=self.group,
             refusals=self.refusals,
             collateral=collateral,
+            amd_crls=amd_crls,
         )
         self.intake = PolicyIntake(store, self.policies, self.vault, self._audit_refusal)
         self.revoker = Revoker(store, self.policies, self.group, self.refusals)

@@ -14,7 +14,12 @@ Checks, each failing with a one-line message that starts with its name:
 - ``expired``: a certificate is outside its validity at the verification time;
 - ``signature``: the report's ECDSA P-384 signature does not verify under the VCEK/VLEK;
 - ``key binding``: the VCEK's hwID is not the report's chip_id, or the VCEK/VLEK
-  was issued for another TCB than the report's reported_tcb.
+  was issued for another TCB than the report's reported_tcb;
+- ``crl`` / ``revoked`` (with ``crl``, the caller's AMD CRLs): the product's CRL is
+  missing, not the ARK's, malformed or out of date, or revokes the ASK/ASVK or the
+  VCEK/VLEK (:mod:`secfl.tee._amd_crl`). Without ``crl`` the claims say
+  ``amd_crl: unchecked``: whoever accepts them decides (the SPM refuses them unless
+  its operator opted out, ``--no-amd-crl``).
 
 ``tcb_status`` is always ``unknown``: AMD publishes no signed TCB appraisal for
 SNP that could say more, so minimum TCBs belong in policy (``platforms.min_snp_tcb``),
@@ -52,6 +57,7 @@ from secfl._internal.x509util import (
 )
 from secfl.errors import VerificationError
 from secfl.tee import _roots as roots
+from secfl.tee._amd_crl import CrlLookup, check_revocation
 from secfl.tee._claims import Claims
 from secfl.tee._snp_report import (
     CERT_GUIDS,
@@ -125,12 +131,14 @@ def verify_report(
     vcek: bytes | None = None,
     chain: bytes | None = None,
     aux: bytes | None = None,
+    crl: CrlLookup | None = None,
 ) -> Claims:
     """Verify an SNP report at time ``at`` and return its claims, or refuse it.
 
     ``vcek`` is the VCEK or VLEK (DER or PEM), ``chain`` the PEM bundle ASK (or ASVK)
     then ARK, ``aux`` the certificate table that came with the report. Explicit
     arguments take precedence over the table; every role must be filled by one.
+    ``crl`` gives AMD's CRL of the chain's kind and product, which must not revoke it.
     """
     parsed = parse_report(report)
     kind = parsed.signing_key
@@ -138,6 +146,12 @@ def verify_report(
         raise VerificationError("signature: the report is unsigned (signing_key = none)")
     certs = _collect(kind, vcek=vcek, chain=chain, aux=aux)
     vek, product = _check_chain(parsed, kind, certs, at)
+    checked = "unchecked"
+    if crl is not None:
+        assert certs.ark is not None and certs.issuer is not None  # (_check_chain)
+        checked = check_revocation(
+            crl, kind=kind, product=product, ark=certs.ark, issuer=certs.issuer, vek=vek, at=at
+        )
     _check_signature(parsed, vek, kind.upper())
     _check_key_binding(parsed, vek, kind, product)
     return Claims(
@@ -163,6 +177,7 @@ def verify_report(
             "launch_tcb": tcb_text(parsed.launch_tcb, product),
             "committed_tcb": tcb_text(parsed.committed_tcb, product),
             "current_tcb": tcb_text(parsed.current_tcb, product),
+            "amd_crl": checked,
         },
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from secfl.errors import VerificationError
+from secfl.tee._amd_crl import CrlLookup
 from secfl.tee._claims import Claims
 from secfl.tee._evidence import Evidence, KindOrAuto
 
@@ -27,6 +28,7 @@ def verify(
     chain: bytes | None = None,
     sim_root: bytes | None = None,
     allow_debug: bool = False,
+    amd_crl: CrlLookup | None = None,
 ) -> Claims:
     """Verify ``evidence`` at time ``at`` (default: now, UTC).
 
@@ -34,7 +36,9 @@ def verify(
       its JSON text or dict) gives a full TCB appraisal; without it only the
       signature chain is checked and ``tcb_status`` is ``unknown``.
     - AMD (snp): ``vcek`` (the VCEK or VLEK, DER or PEM) and ``chain`` (ASK then ARK,
-      PEM) unless the evidence carries a configfs-tsm certificate table.
+      PEM) unless the evidence carries a configfs-tsm certificate table; ``amd_crl``
+      gives AMD's CRLs (:mod:`secfl.tee._amd_crl`), without which the claims say
+      ``amd_crl: unchecked``.
     - simulated: accepted only against ``sim_root``, the simulation root CA (PEM).
 
     Debug evidence is refused unless ``allow_debug``.
@@ -45,8 +49,10 @@ def verify(
     when = _utc(at)
 
     if ev.kind in ("sgx", "tdx"):
-        if vcek is not None or chain is not None:
-            raise VerificationError(f"options: --vcek/--chain apply to snp evidence, not {ev.kind}")
+        if vcek is not None or chain is not None or amd_crl is not None:
+            raise VerificationError(
+                f"options: --vcek/--chain/--amd-crl apply to snp evidence, not {ev.kind}"
+            )
         from secfl.tee import _intel as intel
 
         claims = intel.verify_quote(ev.quote, at=when, collateral=collateral)
@@ -55,7 +61,9 @@ def verify(
             raise VerificationError("options: collateral applies to Intel evidence, not snp")
         from secfl.tee import _amd as amd
 
-        claims = amd.verify_report(ev.quote, at=when, vcek=vcek, chain=chain, aux=ev.aux)
+        claims = amd.verify_report(
+            ev.quote, at=when, vcek=vcek, chain=chain, aux=ev.aux, crl=amd_crl
+        )
     else:
         if sim_root is None:
             raise VerificationError(

@@ -1,0 +1,60 @@
+"""The SPM's AMD CRLs: ``secfl spm serve --amd-crl DIR``, or its operator's ``--no-amd-crl``.
+
+The SPM has no network to reach AMD's KDS, so its operator keeps AMD's CRLs in a
+folder, one file per key kind and product line as KDS serves them (DER, or PEM):
+``vcek-Milan.crl`` from ``https://kdsintf.amd.com/vcek/v1/Milan/crl``,
+``vlek-Milan.crl`` from ``.../vlek/v1/Milan/crl``, and so on for Genoa and Turin
+(:func:`secfl.tee._amd_crl.crl_file_name`). A file is read when a report needs it,
+so a fresh CRL dropped in replaces the old one without a restart. The folder is the
+host's: its files are checked (signed by the pinned ARK, current), never trusted;
+the host can withhold one (SEV-SNP evidence is then refused) or put back an older
+one still within its dates (see docs/operations.md).
+
+Fail closed: an SPM started with neither setting refuses SEV-SNP evidence, saying
+how to start it. ``--no-amd-crl`` accepts SEV-SNP evidence unchecked against
+revocation; the SPM says so when it starts and records it in its ``spm.started``
+audit event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from secfl.tee._amd_crl import CrlLookup, folder_lookup
+
+__all__ = [
+    "NOT_CONFIGURED",
+    "AmdCrls",
+    "describe",
+]
+
+#: Why SEV-SNP evidence is refused by an SPM started with neither setting.
+NOT_CONFIGURED = (
+    "crl: this SPM has no AMD CRLs, so it cannot tell a revoked AMD signing key (ASK/ASVK) "
+    "from a good one: start it with --amd-crl DIR (AMD KDS CRLs, e.g. vcek-Milan.crl from "
+    "https://kdsintf.amd.com/vcek/v1/Milan/crl), or with --no-amd-crl to accept SEV-SNP "
+    "evidence unchecked against revocation"
+)
+
+
+def describe(crls: AmdCrls | None) -> str:
+    """What an SPM checks SEV-SNP evidence against, for its start line and its
+    ``spm.started`` audit event."""
+    if crls is None:
+        return "none (neither --amd-crl nor --no-amd-crl): SEV-SNP evidence is refused"
+    if crls.folder is None:
+        return "unchecked (--no-amd-crl): a revoked AMD ASK/ASVK is accepted"
+    return str(crls.folder)
+
+
+@dataclass(frozen=True)
+class AmdCrls:
+    """AMD's CRLs in ``folder``; ``folder=None``: the operator's explicit opt-out."""
+
+    folder: Path | None
+
+    @property
+    def lookup(self) -> CrlLookup | None:
+        """What :func:`secfl.tee._verify.verify` takes as ``amd_crl`` (None: unchecked)."""
+        return None if self.folder is None else folder_lookup(self.folder)
