@@ -223,6 +223,7 @@ def _edits() -> dict[str, Edit]:
         ),
         "extra released secret": lambda d: d["services"][1].update(secrets=["model-key"]),
         "certificate ttl": lambda d: d["services"][0].update(certificate_ttl=3600),
+        "site key": lambda d: d["services"][1].update(site_key=new_key),
         "secret added": lambda d: d["secrets"].append({"name": "r", "kind": "random", "size": 8}),
         "validity": lambda d: d["secrets"][2].update(validity_days=90),
         "sans": lambda d: d["secrets"][2].update(sans=["col.example"]),

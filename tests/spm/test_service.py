@@ -32,10 +32,11 @@ class LocalClient(SpmClient):
     def nonce(self) -> bytes:
         return self.spm.new_nonce()[0]
 
-    def attest(self, policy, service, *, nonce, evidence, hpke_public_key, csr_pem, replaces=None):  # type: ignore[no-untyped-def, override]
+    def attest(self, policy, service, *, nonce, evidence, hpke_public_key, csr_pem, replaces=None,  # type: ignore[no-untyped-def, override]
+               site_signature=None):  # fmt: skip
         r = self.spm.attest(policy, service, nonce=nonce, evidence=evidence.to_json().encode(),
                             hpke_public_key=hpke_public_key, csr_pem=csr_pem,
-                            replaces=replaces)  # fmt: skip
+                            replaces=replaces, site_signature=site_signature)  # fmt: skip
         return {
             "certificate": r.certificate, "ca_certificate": r.ca_certificate,
             "sealed_secrets": r.sealed_secrets, "session_token": r.session_token,

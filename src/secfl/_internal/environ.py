@@ -171,6 +171,10 @@ HOST_SETTINGS = frozenset(
         # the built-in fashion-mnist task's public IDX files: regular files only, each
         # bounded and checked against its header (secfl.tasks._fashion_mnist)
         "SECFL_FASHION_MNIST_DIR",
+        # the file holding the site's private key (the site operator's credential, not
+        # the code's: unmeasured), which signs each enrolment; `secfl run` reads it, a
+        # regular file of mode 0600 with an Ed25519 or P-256 key (secfl.spm._site_key)
+        "SECFL_SITE_KEY",
     }
 )  # fmt: skip
 #: The ``SECFL_*`` variables ``secfl run`` sets for its program: never the host's

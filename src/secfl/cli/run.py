@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -72,5 +73,7 @@ def run(
         module=module,
         platform=platform,
         sim_dir=Path(sim_dir) if sim_dir else None,
+        # the site's own credential, a file its host names (never the key itself)
+        site_key=Path(key_file) if (key_file := os.environ.get("SECFL_SITE_KEY")) else None,
     )
     return execute(prepare(request))

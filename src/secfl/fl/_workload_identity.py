@@ -89,6 +89,10 @@ class WorkloadIdentity:
     #: ``$SECFL_IDENTITY``: where ``secfl run`` left the session token, which other
     #: processes of the workload (a Flower ServerApp) read; a renewal rewrites it.
     folder: Path | None = None
+    #: The site's key (``secfl run`` copied the host's ``SECFL_SITE_KEY`` file into
+    #: ``$SECFL_IDENTITY/site_key.pem``): each renewal is signed with it, as a service
+    #: whose policy entry names a ``site_key`` requires (:mod:`secfl.spm._site_key`).
+    site_key: PrivateKey | None = field(default=None, repr=False)
     _spm: SpmClient | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: Why the session is over for good: a renewal attested under a new policy version,
@@ -111,6 +115,11 @@ class WorkloadIdentity:
             token = (folder / "session.token").read_text().strip()
         except OSError as exc:
             raise LaunchError(f"identity: cannot read {folder}: {exc.strerror}") from None
+        site_key = None
+        if (folder / "site_key.pem").exists():
+            from secfl.spm._site_key import load_site_key
+
+            site_key = load_site_key(folder / "site_key.pem")
         sim = env.get("SECFL_SIM_DIR")
         return cls(
             policy=_env(env, "SECFL_POLICY"),
@@ -125,6 +134,7 @@ class WorkloadIdentity:
             session_token=token,
             files=Path(env["SECFL_FILES"]) if env.get("SECFL_FILES") else None,
             folder=folder,
+            site_key=site_key,
         )
 
     # --- the SPM -------------------------------------------------------------------------
@@ -223,6 +233,7 @@ class WorkloadIdentity:
             enrollment = enroll(
                 self.spm(), tee, self.policy, self.service, measurement=self.measurement,
                 replaces=self.session_token,  # the old session ends: one token at a time
+                site_key=self.site_key,
             )  # fmt: skip
             if enrollment.policy_digest != self.policy_digest:
                 # the SPM ended the replaced session in the same commit: each later use of

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from secfl._internal import environ
+from secfl._internal.x509util import private_pem
 from secfl.errors import LaunchError, SecflError
 from secfl.launcher._in_process import run_module
 from secfl.launcher._inject import (
@@ -62,6 +63,7 @@ from secfl.launcher._process import (
 from secfl.launcher._volumes import close_volumes, open_volume, other_release, volume_spec
 from secfl.policy._model import Policy, Service
 from secfl.shield import Volume, peek_tag
+from secfl.spm._site_key import workload_site_key
 from secfl.spm.client import SpmClient, SpmRefused
 from secfl.spm.enroll import Enrollment, enroll
 from secfl.tee import Platform
@@ -84,6 +86,10 @@ class RunRequest:
     module: str | None = None
     platform: str = "auto"
     sim_dir: Path | None = None
+    #: The file holding the site's private key (the host's ``SECFL_SITE_KEY``): it
+    #: signs each enrolment, as a service whose policy entry names a ``site_key``
+    #: requires (:mod:`secfl.spm._site_key`).
+    site_key: Path | None = None
 
 
 @dataclass
@@ -192,8 +198,11 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             measurement = run_measurement(
                 program, shown, code_tags, found=found, interpreter=interpreter
             )
+        site_key = workload_site_key(service.name, service.site_key, req.site_key)
         try:
-            enrollment = enroll(client, tee, req.policy, req.service, measurement=measurement)
+            enrollment = enroll(
+                client, tee, req.policy, req.service, measurement=measurement, site_key=site_key
+            )
         except SpmRefused as exc:
             if not str(exc).startswith("measurement:"):
                 raise
@@ -219,6 +228,8 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             for name, volume in volumes.items():
                 volume.extract(files / "volumes" / name)
         env = _environment(service, enrollment, files, req, list(code_tags))
+        if site_key is not None:  # the workload attests again by itself: it signs again
+            write_private(files, ".secfl/site_key.pem", private_pem(site_key))
         env.update(_attestation_env(client, tee, measurement))
         args: list[str] = []
         for what, given in (("argument", req.argv), ("policy argument", service.inject.args)):

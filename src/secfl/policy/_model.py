@@ -21,12 +21,14 @@ The bounded building blocks are in :mod:`secfl.policy._fields`, the secret kinds
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     Field,
     JsonValue,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -253,6 +255,32 @@ class Service(StrictModel):
     counters: Names = Field(default_factory=list)
     #: Lifetime of the certificate issued on attestation (seconds).
     certificate_ttl: int = Field(default=86400, ge=60, le=366 * 86400)
+    #: The site's enrolment key (Ed25519 or ECDSA P-256 public key, PEM): set, the SPM
+    #: attests a workload as this service only with a signature by the site's private
+    #: key over that attestation (:mod:`secfl.spm._site_key`). Services that share a
+    #: measurement (every site of a federation runs the same collaborator) need it: the
+    #: name a workload enrols under is its host's choice, and without it one site's host
+    #: enrols its genuine TEE as another site. Left out of the canonical form while
+    #: unset, so that every digest computed before it stands.
+    site_key: Pem | None = None
+
+    @model_serializer(mode="wrap")
+    def _unset_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.site_key is None:
+            data.pop("site_key", None)
+        return data
+
+    @field_validator("site_key")
+    @classmethod
+    def _site_key(cls, value: str | None) -> str | None:
+        # re-encoded, as a board member's key: the canonical form depends on the key only
+        if value is None:
+            return None
+        try:
+            return keys.public_pem(keys.load_public(value)).decode()
+        except PolicyError as exc:
+            raise ValueError(str(exc).removeprefix("board public key: ")) from None
 
     @field_validator("measurements")
     @classmethod

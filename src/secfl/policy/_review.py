@@ -122,6 +122,12 @@ def _service(policy: Policy, service: Service) -> list[str]:
     lines.append(f"  opens volumes: {', '.join(service.volumes) or '(none)'}")
     lines.append(f"  moves counters: {', '.join(service.counters) or '(none)'}")
     lines.append(f"  certificates last: {service.certificate_ttl} s")
+    # who may enrol as it: a site's key swapped for the proposer's must show
+    if service.site_key is None:
+        lines.append("  site key: (none: any host whose TEE it accepts may enrol as it)")
+    else:
+        key = keys.load_public(service.site_key)
+        lines.append(f"  site key: {keys.key_kind(key)} {keys.key_id(key)}")
     # where each secret lands, as written (a variable or a file the host may read?)
     # (names and texts as JSON strings: "a = b" = "c" and "a" = "b = c" read apart)
     for name, text in sorted(service.inject.env.items()):

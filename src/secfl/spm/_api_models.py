@@ -99,6 +99,12 @@ class AttestIn(BaseModel):
         pattern=r"^[A-Za-z0-9_-]{16,128}$",
         description="The session token this attestation renews: that session ends",
     )
+    site_signature: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9+/]{4,160}={0,2}$",
+        description="The site key's signature over this enrolment (base64), for a service "
+        "whose policy entry names a site_key (secfl.spm._site_key)",
+    )
 
 
 class AttestOut(BaseModel):

@@ -207,6 +207,7 @@ def _attestation_routes(app: FastAPI, spm: Spm) -> None:
             hpke_public_key=_hex(body.hpke_public_key, "hpke_public_key"),
             csr_pem=body.csr.encode(),
             replaces=body.replaces,
+            site_signature=body.site_signature,
         )
         return AttestOut(
             certificate=result.certificate,

@@ -38,6 +38,7 @@ from secfl.spm._renewal import end_replaced
 from secfl.spm._report_data import csr_public_key_sha256, workload_report_data
 from secfl.spm._revocation import revocation_keys, revoked_reason
 from secfl.spm._sealing import release_key
+from secfl.spm._site_key import check_site_signature
 from secfl.spm._store import PolicyRecord
 from secfl.spm._tx import Tx
 from secfl.spm._vault import SecretVault
@@ -112,12 +113,15 @@ class Attestor:
         hpke_public_key: bytes,
         csr_pem: bytes,
         replaces: str | None = None,
+        site_signature: str | None = None,
     ) -> AttestResult:
         """Verify a workload and release its certificate and secrets, or refuse and
         audit why. A genuine nonce is spent whatever the outcome, in the same
         commit as the release or the refusal. ``replaces``: the session token of this
         workload's last attestation, which ends in the same commit
-        (:mod:`secfl.spm._renewal`)."""
+        (:mod:`secfl.spm._renewal`). ``site_signature``: for a service whose policy
+        entry names a ``site_key``, that key's signature over this enrolment
+        (:mod:`secfl.spm._site_key`); a service that names none needs none."""
         detail: dict[str, Any] = {"service": service_name}
         refusal: Refused | None = None
         now = datetime.now(UTC)
@@ -128,7 +132,8 @@ class Attestor:
         try:
             record, policy = self.policies.get(policy_name)
             detail["policy_version"] = record.version
-            if policy.service(service_name) is None:
+            service = policy.service(service_name)
+            if service is None:
                 raise Refused(
                     f"policy: '{policy_name}' has no service '{service_name}' "
                     f"(its services: {policy.service_list()})",
@@ -163,6 +168,12 @@ class Attestor:
             # replayed with a new nonce each time, each refusal a permanent audit entry
             # outside the refusal budget (a review)
             genuine = True
+            if service.site_key is not None:
+                # every site runs the same code: the name it enrols under is its host's
+                # choice, and the site key is what tells one site from another
+                check_site_signature(
+                    service.site_key, policy_name, service_name, expected, site_signature
+                )
             refusal_reason = revoked_reason(
                 self.policies.revoked(policy_name), service_name, "", claims_identity(claims)
             )

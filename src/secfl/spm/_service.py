@@ -179,10 +179,12 @@ class Spm:
         hpke_public_key: bytes,
         csr_pem: bytes,
         replaces: str | None = None,
+        site_signature: str | None = None,
     ) -> AttestResult:
         """Verify a workload and release its certificate and secrets, or refuse and
         audit why (:meth:`Attestor.attest <secfl.spm._attestation.Attestor.attest>`);
-        ``replaces``: the session token this renews (that session ends)."""
+        ``replaces``: the session token this renews (that session ends);
+        ``site_signature``: the site key's, for a service that names one."""
         return self.attestor.attest(
             policy_name,
             service_name,
@@ -191,6 +193,7 @@ class Spm:
             hpke_public_key=hpke_public_key,
             csr_pem=csr_pem,
             replaces=replaces,
+            site_signature=site_signature,
         )
 
     # --- policies -------------------------------------------------------------------------

@@ -148,9 +148,11 @@ class SpmClient(SpmTransport):
         hpke_public_key: bytes,
         csr_pem: bytes,
         replaces: str | None = None,
+        site_signature: str | None = None,
     ) -> dict[str, Any]:
         """``replaces``: the session token of this workload's last attestation (that
-        session ends when this one opens)."""
+        session ends when this one opens); ``site_signature``: the site key's signature
+        over this enrolment (:mod:`secfl.spm._site_key`)."""
         text = evidence.to_json() if isinstance(evidence, Evidence) else evidence.hex()
         body = {
             "nonce": nonce.hex(),
@@ -160,6 +162,8 @@ class SpmClient(SpmTransport):
         }
         if replaces is not None:
             body["replaces"] = replaces
+        if site_signature is not None:
+            body["site_signature"] = site_signature
         doc = self._request("POST", f"/v1/policies/{policy}/services/{service}/attest", json=body)
         doc["sealed_secrets"] = base64.b64decode(doc["sealed_secrets"])
         return doc

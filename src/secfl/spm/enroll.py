@@ -19,8 +19,10 @@ from cryptography.x509.oid import NameOID
 
 from secfl._internal.x509util import private_pem
 from secfl.errors import SpmError
+from secfl.policy._keys import PrivateKey
 from secfl.spm import _sealing as sv
 from secfl.spm._report_data import spki_sha256, workload_report_data
+from secfl.spm._site_key import sign_enrolment
 from secfl.spm.client import SpmClient
 from secfl.tee._platforms import Platform
 from secfl.tee._simulated import SimulatedPlatform
@@ -70,12 +72,15 @@ def enroll(
     *,
     measurement: str | None = None,
     replaces: str | None = None,
+    site_key: PrivateKey | None = None,
 ) -> Enrollment:
     """Attest this workload as ``service`` of ``policy`` and receive its identity.
 
     ``measurement`` is for the simulated platform only (hardware measures itself);
     ``replaces``, the session token of this workload's last attestation, ends that
-    session (a renewal).
+    session (a renewal); ``site_key``, the site's private key (from the file
+    ``SECFL_SITE_KEY`` names: :func:`~secfl.spm._site_key.load_site_key`), signs this
+    enrolment, as a service whose policy entry names a ``site_key`` requires.
     """
     hpke_key = x25519.X25519PrivateKey.generate()
     hpke_public = hpke_key.public_key().public_bytes(
@@ -99,6 +104,9 @@ def enroll(
         hpke_public_key=hpke_public,
         csr_pem=csr_pem,
         replaces=replaces,
+        site_signature=None
+        if site_key is None
+        else sign_enrolment(site_key, policy, service, report_data),
     )
     values = sv.open_release(
         reply["sealed_secrets"], hpke_key, sv.release_info(policy, service, nonce)
