@@ -72,6 +72,9 @@ for i in 1 2; do                                  # (the two sites at the same t
     secfl shield keygen -o site-$i.key
     secfl shield encrypt data -o site-$i.secfl --key-file site-$i.key > site-$i.tag
     secfl policy seal-secret --key-file site-$i.key --policy fed --secret site-$i-key --spm $SPM --spm-pin $PIN $BOARD > site-$i.sealed
+    # its site key: only a TEE its host gives this key enrols as site-$i (every site runs
+    # the same collaborator, so the measurement cannot tell them apart); the board gets the .pub
+    secfl policy keygen --out-dir site-keys --member site-$i > /dev/null
   ) & K+=($!)
 done
 together "${K[@]}"
@@ -88,6 +91,7 @@ secfl policy init --name fed --threshold 2 \
   --task $TASK_TAG --validation $VAL_TAG --data site-1=$S1_TAG --data site-2=$S2_TAG \
   --sealed task-key=$TASK_SEALED --sealed validation-key=$VAL_SEALED --sealed output-key=$OUT_SEALED \
   --sealed site-1-key=$S1_SEALED --sealed site-2-key=$S2_SEALED \
+  --site-key site-1=../site1/site-keys/site-1.pub --site-key site-2=../site2/site-keys/site-2.pub \
   --rounds 5 --train epochs=2 > init.txt
 secfl policy validate policy.yaml
 # Every site checks that the policy pins exactly what it will run (the same for all sites).
@@ -112,7 +116,7 @@ SECFL_LISTEN=$AGG SECFL_OUTPUT=output \
 AGG_PID=$!
 cd ..
 for i in 1 2; do
-  (cd site$i && SECFL_AGGREGATOR=$AGG exec secfl run --spm $SPM --spm-pin $PIN --policy fed --service site-$i \
+  (cd site$i && SECFL_SITE_KEY=site-keys/site-$i.key SECFL_AGGREGATOR=$AGG exec secfl run --spm $SPM --spm-pin $PIN --policy fed --service site-$i \
     --platform simulated --sim-dir sim --volume task=task.secfl --volume site-$i=site-$i.secfl \
     -- secfl collaborator --task volume:task > site.log 2>&1) &
   PIDS+=($!)

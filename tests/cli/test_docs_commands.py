@@ -50,6 +50,9 @@ def test_the_policy_init_example_writes_a_policy(
         code, _, err = call(capsys, "shield", "encrypt", volume, "-o", f"{volume}.secfl",
                             "--key-file", f"{volume}.key")  # fmt: skip
         assert code == 0, err
+    code, _, err = call(capsys, "policy", "keygen", "--out-dir", "site-keys", "--member",
+                        "site-1")  # fmt: skip
+    assert code == 0, err  # site-1's own site key, given to the board as site-1.pub
     spm_key = ec.generate_private_key(ec.SECP256R1()).public_key()
     for name, file in (("task-key", "task.sealed"), ("output-key", "model.sealed")):
         Path(file).write_text(seal_imported(os.urandom(32), spm_key, "fed", name, "0" * 64))
@@ -58,3 +61,5 @@ def test_the_policy_init_example_writes_a_policy(
     assert code == 0, err
     assert out.startswith("wrote policy.yaml: policy fed version 1 (digest "), out
     assert "to fill in before it is signed" in out  # the sites' keys: theirs to seal
+    assert "note: sites" not in out  # every site has a site key: its own, or one made here
+    assert Path("site-keys", "site-2.key").stat().st_mode & 0o777 == 0o600

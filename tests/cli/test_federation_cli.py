@@ -60,5 +60,7 @@ def test_three_machine_walkthrough(tmp_path: Path) -> None:
     assert "accepted: policy fed version 1" in out
     assert "round 5 done: 2 updates" in out
     assert "audit verify: OK" in out
+    # each site enrolled with its own site key (its service names it)
+    assert (tmp_path / "w" / "board" / "policy.yaml").read_text().count("site_key:") == 2
     # the policy `secfl policy init` wrote seals the final model to its owner's key
     assert (tmp_path / "w" / "agg" / "model" / "model.safetensors").stat().st_size > 0

@@ -226,3 +226,62 @@ def test_validate_refuses_a_sealed_value_that_is_not_one(tmp_path: Path, capsys:
     bad.write_text(text.replace(sealed, "garbage", 1))
     line = failed(capsys, "policy", "validate", str(bad))
     assert line.startswith("error: secrets: 'task-key': its sealed value is not what "), line
+
+
+def test_site_keys_are_made_per_site_or_taken_from_the_site(world: Path, capsys: Capsys) -> None:
+    """Every site runs the same collaborator: without a site key one site's host can enrol
+    as another (tests/spm/test_site_keys.py). --site-keys makes one per site, a 0600 file
+    for its operator, and puts its public half in the site's service; --site-key takes a
+    site's own; the command each site's host runs names its key file."""
+    from secfl.policy import _keys as keys
+
+    code, out, err = _init(capsys, *ALL_SEALED)
+    assert (code, err) == (0, ""), err
+    assert "note: sites site-1, site-2 share one measurement and name no site key" in out
+
+    code, _, err = call(capsys, "policy", "keygen", "--out-dir", "own", "--member", "site-1")
+    assert code == 0, err
+    code, out, err = _init(capsys, *ALL_SEALED, "--force", "--site-keys", "site-keys",
+                           "--site-key", "site-1=own/site-1.pub")  # fmt: skip
+    assert (code, err) == (0, ""), err
+    assert "note: sites" not in out
+    policy = load_policy_file(world / "policy.yaml")
+    own = keys.public_pem(keys.load_public((world / "own" / "site-1.pub").read_bytes())).decode()
+    assert policy.service("site-1").site_key == own  # type: ignore[union-attr]
+    assert not (world / "site-keys" / "site-1.key").exists()  # nobody else holds its key
+    made = world / "site-keys" / "site-2.key"
+    assert made.stat().st_mode & 0o777 == 0o600
+    public = keys.public_pem(keys.load_private(made.read_bytes()).public_key()).decode()
+    assert policy.service("site-2").site_key == public  # type: ignore[union-attr]
+    assert (world / "site-keys" / "site-2.pub").read_text() == public
+    line = "SECFL_SITE_KEY=site-keys/site-2.key SECFL_AGGREGATOR=AGGREGATOR_HOST:7443 secfl run"
+    assert line in out
+    assert "site_key: " in (world / "policy.yaml").read_text()
+    code, _, err = call(capsys, "policy", "validate", "policy.yaml")
+    assert (code, err) == (0, ""), err
+
+    # made again, an existing key is not replaced without --force: nothing written
+    (world / "policy.yaml").unlink()
+    line = failed(capsys, "policy", "init", "--name", "fed", "--member", "alice=board/alice.pub",
+                  "--site", "site-2", "--task", "task.secfl", "--sim-root", "sim/root.pem",
+                  "--site-keys", "site-keys")  # fmt: skip
+    assert line.startswith("error: --site-keys: refusing to overwrite the existing key"), line
+    assert not (world / "policy.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--site-key", "site-3=board/alice.pub"], "init: --site-key: 'site-3' is not a site"),
+        (["--site-key", "site-1=board/alice.recovery.pub"], "--site-key site-1: X25519 key"),
+        (["--site-key", "site-1"], "--site-key: 'site-1' is not SITE=KEY.pub"),
+    ],
+)
+def test_a_wrong_site_key_is_one_line_and_writes_nothing(
+    world: Path, capsys: Capsys, extra: list[str], expected: str
+) -> None:
+    code, out, err = _init(capsys, *extra, "--site-keys", "sites")
+    assert (code, out) == (1, ""), err
+    assert ERROR_LINE.match(err) and err.startswith(f"error: {expected}"), err
+    assert not (world / "policy.yaml").exists()
+    assert not (world / "sites").exists()

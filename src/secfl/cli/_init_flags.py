@@ -235,3 +235,52 @@ def _hardware(
                     "prints them)"
                 )
     return found
+
+
+def _site_keys(
+    sites: list[str], given: list[str], make: str | None
+) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Each site's key: a site operator's own public key (``--site-key SITE=KEY.pub``,
+    the better way: nobody else ever holds the private half), or for the other sites a
+    new Ed25519 pair made here when ``--site-keys DIR`` is given. Returns the public
+    keys (PEM) by site and the private keys to write (``DIR/SITE.key``), written only once
+    the policy is made (:func:`_write_site_keys`)."""
+    from secfl.policy import _keys as keys
+
+    public: dict[str, str] = {}
+    for value in given:
+        site, path = _pair(value, "--site-key", "SITE=KEY.pub")
+        if site in public:
+            raise UsageError(f"--site-key: '{site[:60]}' is given twice")
+        pem = read_value(path, f"{site}'s site key")
+        try:
+            public[site] = keys.public_pem(keys.load_public(pem)).decode()
+        except PolicyError as exc:
+            text = str(exc).removeprefix("board public key: ")
+            raise UsageError(f"--site-key {site[:60]}: {text}") from None
+    private: dict[str, bytes] = {}
+    if make is not None:
+        for site in sites:
+            if site not in public:
+                private[site], pem = keys.generate("ed25519")
+                public[site] = pem.decode()
+    return public, private
+
+
+def _write_site_keys(folder: str, private: dict[str, bytes], *, force: bool) -> None:
+    """``folder/SITE.key`` (0600) and ``folder/SITE.pub`` for each key made here: each
+    goes to its site's operator (the key file is what its host's SECFL_SITE_KEY names)."""
+    from secfl.policy import _keys as keys
+
+    target = Path(folder)
+    try:
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--site-keys: cannot make '{folder}': {exc.strerror or exc}") from None
+    for site, pem in private.items():
+        key = keys.load_private(pem)
+        try:
+            keys.write_private(target / f"{site}.key", pem, overwrite=force)
+        except PolicyError as exc:
+            raise UsageError(f"--site-keys: {exc} (or use --force)") from None
+        (target / f"{site}.pub").write_bytes(keys.public_pem(key.public_key()))

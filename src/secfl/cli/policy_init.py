@@ -34,7 +34,9 @@ from secfl.cli._init_flags import (
     _seal,
     _sealed,
     _settings_file,
+    _site_keys,
     _volume,
+    _write_site_keys,
     federation_settings,
 )
 from secfl.errors import UsageError
@@ -149,8 +151,26 @@ def init_cmd(
     objective: FedObjective = None,
     train: FedTrain = None,
     set_: FedSet = None,
+    site_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="SITE=KEY.pub",
+            help="A site's own site key (its operator's `secfl policy keygen`): only a "
+            "workload holding the private half enrols as that site.",
+        ),
+    ] = None,
+    site_keys: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DIR",
+            help="Make a site key for every site without --site-key: DIR/SITE.key (0600; "
+            "give it to the site's operator, whose host sets SECFL_SITE_KEY to it) and "
+            "DIR/SITE.pub. Sites share one measurement: without site keys one site's host "
+            "can enrol as another.",
+        ),
+    ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing policy file.")
+        bool, typer.Option("--force", help="Replace an existing policy file (and site keys).")
     ] = False,
 ) -> None:
     """Write a complete federation policy: board, services with their measurements,
@@ -184,6 +204,7 @@ def init_cmd(
         allow_unknown_tcb=allow_unknown_tcb,
         federation=settings,
     )
+    plan.site_keys, made_keys = _site_keys(plan.sites, site_key or [], site_keys)
     plan.task_tag, plan.task_file = _volume(task, "--task", "task.secfl")
     for volume_name, given in volumes.items():
         if given:
@@ -195,6 +216,8 @@ def init_cmd(
         plan.program, plan.program_path = _program(program)
     _seal(plan, seal or [], spm, spm_pin)
     made = init_policy(plan)
+    if site_keys is not None:  # once the policy is made: a refused plan writes nothing
+        _write_site_keys(site_keys, made_keys, force=force)
     try:
         files.atomic_write(target, made.text.encode())  # a replaced file is never half-written
     except OSError as exc:
@@ -220,6 +243,14 @@ def _report(output: str, made: Any) -> None:
         )
         for path, what in made.todos:
             out.print(f"  {path.removeprefix('.')}: {what}", markup=False)
+    keyless = [s.name for s in policy.services if s.role == "collaborator" and not s.site_key]
+    if len(keyless) > 1:
+        out.print(
+            f"note: sites {', '.join(keyless)} share one measurement and name no site key: "
+            "one site's host can enrol as another (give --site-keys DIR, or --site-key "
+            "SITE=KEY.pub)",
+            markup=False,
+        )
     out.print("each host then starts its service (the SECFL_* settings are not measured):",
               markup=False)  # fmt: skip
     for service, line in made.run_lines.items():

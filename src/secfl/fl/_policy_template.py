@@ -100,6 +100,9 @@ class FederationPlan:
     allow_unknown_tcb: bool = False
     #: Federation settings over the defaults (checked by FederationConfig.parse).
     federation: dict[str, Any] = field(default_factory=dict)
+    #: Site -> its site key (public, PEM): only a workload holding the private half
+    #: enrols as that site (every site runs the same collaborator: secfl.spm._site_key).
+    site_keys: dict[str, str] = field(default_factory=dict)
 
     def federation_settings(self) -> dict[str, Any]:
         """The defaults, with the plan's settings over them (``train`` merged)."""
@@ -183,6 +186,9 @@ def _check_plan(plan: FederationPlan) -> None:
     unknown = set(plan.data) - {"validation", "test", *plan.sites}
     if unknown:
         raise PolicyError(f"init: --data: '{sorted(unknown)[0]}' is not a site of this policy")
+    unknown = set(plan.site_keys) - set(plan.sites)
+    if unknown:
+        raise PolicyError(f"init: --site-key: '{sorted(unknown)[0]}' is not a site of this policy")
     known = set(secrets)
     for secret in plan.sealed:
         if secret not in known:
@@ -280,6 +286,7 @@ def _document(plan: FederationPlan) -> dict[str, Any]:
             "measurements": _measurements(plan, "collaborator"),
             "volumes": ["task", site],
             "inject": {"files": {f"/{VERIFY_KEY}": "$$SECFL::model-signing:pub$$"}},
+            **({"site_key": plan.site_keys[site]} if site in plan.site_keys else {}),
         }
         for site in plan.sites
     ]
@@ -324,6 +331,8 @@ def _run_lines(plan: FederationPlan) -> dict[str, str]:
             }
         else:
             env = f"{AGGREGATOR}=AGGREGATOR_HOST:7443"
+            if service in plan.site_keys:  # the site's own key file, never the key itself
+                env = f"SECFL_SITE_KEY={shlex.quote(f'site-keys/{service}.key')} {env}"
             files = {"task": plan.task_file, service: plan.data.get(service, ("", ""))[1]
                      or f"{service}.secfl"}  # fmt: skip
         volumes = " ".join(f"--volume {shlex.quote(f'{n}={p}')}" for n, p in files.items())

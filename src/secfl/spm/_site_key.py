@@ -148,7 +148,7 @@ def workload_site_key(
             return None
         raise SpmError(
             f"{needs}: set SECFL_SITE_KEY to the file holding the site's private key "
-            "(the site operator's key, made with `secfl policy keygen`)"
+            "(its operator's `secfl policy keygen`, or `secfl policy init --site-keys`)"
         )
     key = load_site_key(path)
     if site_key is not None and keys.key_id(key.public_key()) != keys.key_id(
