@@ -176,3 +176,42 @@ def test_a_port_out_of_range_is_refused_before_anything_is_written(
     assert code in (1, 2) and stdout == "" and said in err, (code, err)
     assert "Traceback" not in err and (code == 2 or len(err.strip().splitlines()) == 1)
     assert not out.exists()
+
+
+def test_a_site_key_is_named_in_its_service_and_its_command(
+    capsys: pytest.CaptureFixture[str], written: dict[str, Any]
+) -> None:
+    """A site's command line is public: any host's TEE can run site-2's and present the
+    measurement site-2's service accepts (tests/spm/test_site_keys.py). With --site-key
+    the site's service names its key and its host's command names its key file; a key
+    that is not one is refused in one line, nothing written."""
+    spm, root = written["spm"], written["root"]
+    _, public = keys.generate("ecdsa-p256")
+    (root / "site-2.pub").write_bytes(public)
+    common = [
+        "flower", "policy", "--app", str(APP), *written["board"], "--threshold", "2",
+        "--superlink", "link.example:9092", "--spm", spm.spm_url, "--spm-pin", spm.spm_pin,
+        "--sim-root", str(spm.sim_dir / "root.pem"), *written["args"],
+    ]  # fmt: skip
+    out = root / "keyed"
+    code, _, err = call(capsys, *common, "--out", str(out), "--site-key",
+                        f"site-2={root / 'site-2.pub'}")  # fmt: skip
+    assert code == 0, err
+    policy = load_policy((out / "policy.yaml").read_text())
+    assert policy.service("site-2").site_key == public.decode()  # type: ignore[union-attr]
+    assert policy.service("site-1").site_key is None  # type: ignore[union-attr]
+    lines = (out / "commands.sh").read_text().splitlines()
+    (keyed,) = [line for line in lines if "--service site-2" in line]
+    assert keyed.startswith("SECFL_SITE_KEY=site-keys/site-2.key secfl run ")
+    assert not any(line.startswith("SECFL_SITE_KEY") for line in lines if line is not keyed)
+    assert written["out"].exists()  # (the first policy, without keys, untouched)
+
+    for value, said in (
+        (f"site-2={root / 'alice.pub'}x", "cannot read"),
+        (f"site-2={root / 'site-1.key'}", "--site-key site-2: not a PEM public key"),
+        ("site-9=x.pub", "--site-key: 'site-9' is not one of site-1..site-2"),
+    ):
+        bad = root / "bad-key"
+        err = failed(capsys, *common, "--out", str(bad), "--site-key", value)
+        assert said in err, err
+        assert not bad.exists()

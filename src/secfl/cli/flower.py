@@ -88,6 +88,13 @@ def policy_cmd(
         list[str] | None,
         typer.Option(help="SITE=PORT: its SuperNode's loopback port (default 9094)."),
     ] = None,
+    site_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SITE=KEY.pub: the site's own site key (`secfl policy keygen`): only a "
+            "SuperNode whose host holds the private half enrols as that site."
+        ),
+    ] = None,
     app_key: Annotated[
         str | None, typer.Option(help="Key file of the app volume (default: a new app.key).")
     ] = None,
@@ -149,8 +156,10 @@ def policy_cmd(
         tags, keys, sealed_files = (_pairs(data_tag, "--data-tag"), _pairs(data_key, "--data-key"),
                                     _pairs(data_sealed, "--data-sealed"))  # fmt: skip
         volumes, ports = _pairs(data, "--data"), _pairs(site_port, "--site-port")
+        site_keys = _pairs(site_key, "--site-key")
         for option, given in (("--data", volumes), ("--data-key", keys), ("--data-tag", tags),
-                              ("--data-sealed", sealed_files), ("--site-port", ports)):  # fmt: skip
+                              ("--data-sealed", sealed_files), ("--site-port", ports),
+                              ("--site-key", site_keys)):  # fmt: skip
             unknown = sorted(set(given) - set(names))
             if unknown:
                 raise UsageError(f"{option}: '{unknown[0]}' is not one of site-1..site-{sites}")
@@ -191,7 +200,10 @@ def policy_cmd(
                     f"{site}: give --data-key {site}=KEYFILE or --data-sealed {site}=FILE"
                 )
             port = ports.get(site, "9094")
-            site_list.append(Site(site, tags[site], sealed, runtime_port=int(port)))
+            site_list.append(
+                Site(site, tags[site], sealed, runtime_port=int(port),
+                     site_key=_site_key(site, site_keys[site]) if site in site_keys else None)
+            )  # fmt: skip
         fed = FlowerFederation(
             name=name, python=str(python), fab_sha256=hashlib.sha256(fab).hexdigest(),
             app_tag=app_tag, app_sealed=seal("app-key", key), superlink=superlink,
@@ -225,7 +237,9 @@ def policy_cmd(
             cmd = run_command(fed, entry.name, fed.supernode_argv(entry),
                               {entry.data_volume: volumes.get(entry.name, f"{entry.name}.secfl")},
                               "$SPM_URL", "$SPM_PIN", sim)  # fmt: skip
-            lines.append(_shell(cmd))
+            # the site's own key file (never the key itself), which signs its enrolments
+            key_file = f"SECFL_SITE_KEY=site-keys/{entry.name}.key " if entry.site_key else ""
+            lines.append(key_file + _shell(cmd))
         (folder / "commands.sh").write_text("\n".join(lines) + "\n")
         out.print(f"policy: {folder / 'policy.yaml'} ({len(site_list)} sites)", markup=False)
         out.print(f"app: sha256 {fed.fab_sha256}, volume tag {app_tag}", markup=False)
@@ -234,6 +248,19 @@ def policy_cmd(
         if created:  # a refused or failed run leaves no half-made folder behind
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def _site_key(site: str, path: str) -> str:
+    """A site's site key (public, PEM) from the file ``--site-key`` names."""
+    from secfl.errors import PolicyError
+    from secfl.policy import _keys as keys
+
+    try:
+        key = keys.load_public(read_input(path, f"{site}'s site key"))
+    except PolicyError as exc:
+        text = str(exc).removeprefix("board public key: ")
+        raise UsageError(f"--site-key {site}: {text}") from None
+    return keys.public_pem(key).decode()
 
 
 def _shell(argv: list[str]) -> str:

@@ -62,6 +62,9 @@ class Site:
     runtime_port: int = 9094
     #: More ``node_config`` entries (KEY=VALUE as Flower writes them).
     node_config: tuple[str, ...] = ()
+    #: The site's site key (public, PEM): only a SuperNode whose host holds the private
+    #: half enrols as this site (a site's command line is public: secfl.spm._site_key).
+    site_key: str | None = None
 
     @property
     def data_volume(self) -> str:
@@ -206,6 +209,7 @@ def flower_policy(
                 "volumes": [site.data_volume],
                 "inject": {"files": {"/flower/node.key": f"$$SECFL::{site.node_key}:key$$"}},
                 "certificate_ttl": fed.certificate_ttl,
+                **({"site_key": site.site_key} if site.site_key else {}),
             }
         )
     secrets: list[dict[str, Any]] = [
