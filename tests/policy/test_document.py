@@ -46,6 +46,9 @@ def test_the_example_policy_loads() -> None:
     ]
     sgx = policy.service("hospital-a").identities("sgx")  # type: ignore[union-attr]
     assert sgx[0]["isv_prod_id"] == 1
+    # the hospitals run the same code: each names its site key
+    site_keys = {s.name: s.site_key for s in policy.services if s.role == "collaborator"}
+    assert all(site_keys.values()) and len(set(site_keys.values())) == 2
 
 
 def test_the_example_policy_is_a_federation_the_aggregator_accepts() -> None:
