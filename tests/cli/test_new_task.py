@@ -282,8 +282,22 @@ def test_a_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_the_package_never_shadows_a_module_it_needs() -> None:
     assert package_for("clinic-risk") == "clinic_risk"
-    for taken in ("json", "task", "test_task", "torch", "class", "secfl"):
+    for taken in ("json", "task", "test_task", "torch", "class", "secfl", "yaml", "google"):
         assert package_for(taken) == f"{taken}_task"
+
+
+@pytest.mark.parametrize("name", ["yaml", "rich"])
+def test_a_task_named_like_a_module_secfl_imports_still_simulates(
+    tmp_path: Path, name: str
+) -> None:
+    """``secfl new task yaml`` wrote a package ``yaml`` that its next step refused: the
+    workload had imported PyYAML before the task ("rename it in the task")."""
+    assert secfl("new", "task", name, cwd=tmp_path).returncode == 0
+    task = tmp_path / name
+    assert (task / "code" / f"{name}_task" / "data.py").is_file()
+    done = secfl("simulate", "--task", "code", *SITE_ARGS, "--rounds", "1", cwd=task)
+    assert done.returncode == 0, done.stderr
+    assert f"simulating '{name}'" in done.stdout
 
 
 def test_the_data_is_the_same_every_time() -> None:

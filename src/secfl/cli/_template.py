@@ -12,6 +12,7 @@ time, offline.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import keyword
 import os
@@ -50,11 +51,37 @@ class NewTask:
 
 def package_for(name: str) -> str:
     """The Python package of task ``name``: its name as an identifier, never one that
-    would shadow a module the task or its test imports."""
+    would shadow a module the task or its test imports, nor an installed one: a
+    workload imports its task after secfl's own modules, and refuses a task package
+    named like one of them (``secfl new task yaml`` wrote a task, package ``yaml``,
+    that its own next step, ``secfl simulate``, refused)."""
     base = name.lower().replace("-", "_")
-    if keyword.iskeyword(base) or base in _TAKEN or base in sys.stdlib_module_names:
+    taken = keyword.iskeyword(base) or base in _TAKEN or base in sys.stdlib_module_names
+    if taken or _installed(base):
         base += "_task"
     return base
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` is importable here (found, not imported): a module, a package,
+    or a namespace package (``google``) with a folder outside the working folder (one
+    in it, such as an empty folder made for the task, does not count)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return True  # a module of that name exists, if a broken one
+    if spec is None:
+        return False
+    if spec.origin is not None:
+        return True
+    try:
+        here = os.path.realpath(os.getcwd())
+    except OSError:  # the working folder was removed: nothing of it is on sys.path
+        here = ""
+    return any(
+        os.path.dirname(os.path.realpath(folder)) != here
+        for folder in spec.submodule_search_locations or ()
+    )
 
 
 def new_task(folder: Path, *, name: str | None = None, force: bool = False) -> NewTask:
