@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from secfl.errors import FlError
 from secfl.fl._inputs import FolderImporter, data_path, load_task
 from secfl.shield import Volume
-from secfl.tasks._contract import task_errors_shown
+from secfl.tasks._contract import Task, task_errors_shown
 from tests.clirun import call
 from tests.fl.example_task import write_task
 
@@ -24,7 +25,8 @@ def clean_imports() -> Iterator[None]:
     sys.path[:] = saved_path
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, FolderImporter)]
     for name in list(sys.modules):
-        if name.split(".")[0] in ("mymodels", "numpy_extras") or name.startswith("secfl_task_"):
+        top = name.split(".")[0]
+        if top in ("mymodels", "numpy_extras", "extras") or name.startswith("secfl_task_"):
             del sys.modules[name]
 
 
@@ -221,3 +223,63 @@ def test_data_is_the_volume_folder_or_the_path_given(
         data_path(str(tmp_path / "missing"))
     with pytest.raises(FlError, match=r"^source: give --data \(this workload has 2 data volumes"):
         data_path(None)
+
+
+def _compiled_over(plain: Path, relative: str, source: str) -> None:
+    """Beside ``plain/relative``, its ``__pycache__`` bytecode compiled from ``source``
+    instead, "unchecked-hash": Python's file loader runs it without a look at the
+    source."""
+    import importlib.util
+    import py_compile
+
+    other = plain.parent / "other" / relative
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.write_text(source)
+    target = importlib.util.cache_from_source(str(plain / relative))
+    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    py_compile.compile(str(other), cfile=target, dfile=str(plain / relative), doraise=True,
+                       invalidation_mode=mode)  # fmt: skip
+
+
+def _run_from_volume(
+    capsys: pytest.CaptureFixture[str], plain: Path, monkeypatch: pytest.MonkeyPatch
+) -> Task:
+    """``plain`` shielded, opened as `secfl run` gives it, and its task loaded."""
+    volumes = plain.parent / "run" / "volumes"
+    shielded_volume(capsys, plain, volumes, "task")
+    monkeypatch.setenv("SECFL_VOLUMES", str(volumes))
+    monkeypatch.setenv("SECFL_CODE_VOLUMES", "task")
+    return load_task("volume:task")
+
+
+def test_a_volume_runs_its_source_not_bytecode_hidden_beside_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a hostile review: a code volume whose task.py (and its package's modules)
+    its reviewers read ran, under `secfl run`, the ``__pycache__`` bytecode shielded
+    beside them, compiled from other code."""
+    plain = write_task(tmp_path / "plain")
+    source = "import extras.util\n" + (plain / "task.py").read_text()
+    (plain / "task.py").write_text(source)
+    _compiled_over(plain, "task.py", source.replace("csv-regression", "from-bytecode"))
+    _compiled_over(plain, "mymodels/__init__.py", "HIDDEN = True\n")
+    (plain / "extras").mkdir()  # a namespace folder of the task's: its modules too
+    (plain / "extras" / "util.py").write_text("WHO = 'source'\n")
+    _compiled_over(plain, "extras/util.py", "WHO = 'bytecode'\n")
+    task = _run_from_volume(capsys, plain, monkeypatch)
+    assert list((tmp_path / "run" / "volumes" / "task").rglob("*.pyc"))  # shielded too
+    assert task.name == "csv-regression"
+    assert not hasattr(sys.modules["mymodels"], "HIDDEN")
+    assert sys.modules["extras.util"].WHO == "source"
+
+
+def test_a_volume_runs_its_source_not_a_compiled_module_of_its_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's finder takes ``net.<platform>.so`` before ``net.py``: what ran was not
+    the source the reviewers read (an empty file here: it fails to load if tried)."""
+    plain = write_task(tmp_path / "plain")
+    (plain / "mymodels" / f"net{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+    task = _run_from_volume(capsys, plain, monkeypatch)
+    assert type(task.build_model(0)).__module__ == "mymodels.net"
+    assert Path(sys.modules["mymodels.net"].__file__ or "").suffix == ".py"

@@ -7,8 +7,10 @@ contract (:class:`secfl.tasks.Task`), and whatever else it imports: modules and
 packages next to it (``mymodels/__init__.py``...) are importable from it, and take
 precedence over any installed module of the same name. So does a folder of code
 without ``__init__.py`` (a namespace package): ``import mymodels`` gets the
-volume's ``mymodels/``, and only it, never an installed package of that name. A
-data volume holds any files; the task's ``load_data`` gets the volume's folder.
+volume's ``mymodels/``, and only it, never an installed package of that name.
+Each of those modules runs from its source (:class:`SourceLoader`), never from
+bytecode or a compiled file beside it. A data volume holds any files; the task's
+``load_data`` gets the volume's folder.
 
 Only ``--insecure`` takes a path. A workload's measurement covers its command
 line, not the files a path on it names (in simulation: the program, the code
@@ -32,7 +34,7 @@ import sys
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 
 from secfl.errors import FlError
 from secfl.tasks._contract import Task, failure_text, register_task_folder, shown_file
@@ -43,6 +45,7 @@ __all__ = [
     "TASK_FILE",
     "VOLUME_NAME",
     "FolderImporter",
+    "SourceLoader",
     "data_path",
     "load_task",
     "require_measured",
@@ -106,10 +109,47 @@ def _task_file(folder: Path, label: str) -> Path:
     return found[0]
 
 
+class SourceLoader(importlib.machinery.SourceFileLoader):
+    """Runs a task's module from its source, never from bytecode beside it: Python's
+    file loader runs ``__pycache__/NAME.cpython-3XX.pyc`` instead of ``NAME.py`` when
+    the ``.pyc`` says so (compiled "unchecked-hash", it is never compared with the
+    source), so a code volume could hold a ``task.py`` its reviewers read and, in a
+    cache folder no one reads, the code that ran (found by a hostile review). A
+    volume's own ``__pycache__`` (the model owner's test run leaves one in ``code/``)
+    is then ignored too."""
+
+    def get_code(self, fullname: str) -> CodeType:
+        path = self.get_filename(fullname)
+        return self.source_to_code(self.get_data(path), path)
+
+
+def _source_spec(fullname: str, where: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of module ``fullname`` from its source in folder ``where``: the package
+    ``LEAF/__init__.py``, else ``LEAF.py`` (as Python's finder prefers them); ``None``
+    if there is neither. A compiled file of the same name beside it (``LEAF.so``,
+    ``LEAF.pyc``), which Python's finder runs before the source, is passed over."""
+    leaf = fullname.rpartition(".")[2]
+    package, module = Path(where, leaf, "__init__.py"), Path(where, f"{leaf}.py")
+    if package.is_file():
+        locations: list[str] | None = [str(package.parent)]
+        source = package
+    elif module.is_file():
+        locations, source = None, module
+    else:
+        return None
+    return importlib.util.spec_from_file_location(
+        fullname,
+        source,
+        loader=SourceLoader(fullname, str(source)),
+        submodule_search_locations=locations,
+    )
+
+
 class FolderImporter(importlib.abc.MetaPathFinder):
     """Imports the top-level modules and packages of one task folder, before anything
     else on ``sys.path``: ``import mymodels`` in the task gets the folder's ``mymodels``,
-    never an installed one of that name (and ``mymodels.x`` only from that folder)."""
+    never an installed one of that name (and ``mymodels.x`` only from that folder);
+    every module of the folder from its source (:class:`SourceLoader`)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -118,10 +158,16 @@ class FolderImporter(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if "." in fullname:
-            return None
+        if "." in fullname:  # a submodule of one of the folder's packages: from its source
+            inside = [p for p in path or () if self._holds(p)]
+            if not inside or len(inside) != len(path or ()):
+                return None
+            for where in inside:
+                if (spec := _source_spec(fullname, where)) is not None:
+                    return spec
+            return None  # not a source file: a subfolder, or a compiled module (Python's)
         if fullname in self.names:
-            return importlib.machinery.PathFinder.find_spec(fullname, [str(self.folder)])
+            return _source_spec(fullname, str(self.folder))
         code = _namespace(self.folder, fullname)
         if code is None:
             return None
@@ -130,6 +176,9 @@ class FolderImporter(importlib.abc.MetaPathFinder):
         spec = importlib.machinery.ModuleSpec(fullname, None, is_package=True)
         spec.submodule_search_locations = [str(code)]
         return spec
+
+    def _holds(self, where: str) -> bool:
+        return Path(os.path.realpath(where)).is_relative_to(self.folder)
 
 
 def _top_level_names(folder: Path) -> set[str]:
@@ -242,7 +291,10 @@ def load_task(spec: str) -> Task:
     _install(folder, path)
     register_task_folder(folder)
     tag = hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    module_spec = importlib.util.spec_from_file_location(f"secfl_task_{tag}", path)
+    name = f"secfl_task_{tag}"
+    module_spec = importlib.util.spec_from_file_location(
+        name, path, loader=SourceLoader(name, str(path))
+    )
     if module_spec is None or module_spec.loader is None:
         raise FlError(f"source: cannot import {path}")
     module = importlib.util.module_from_spec(module_spec)
