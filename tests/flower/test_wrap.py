@@ -28,6 +28,7 @@ from secfl.flower._nodes import load_node_keys
 from secfl.flower._superlink import load_fab
 from secfl.flower._supernode import openssh_key
 from secfl.flower._wrap import PrivatePaths, check_loopback, clean_env
+from tests.flower.test_fab_contents import fab as made_fab
 
 
 @pytest.fixture
@@ -233,9 +234,10 @@ def test_flower_gets_no_inherited_flwr_or_python_settings(env: dict[str, str]) -
 
 def test_the_superlink_submits_only_the_measured_fab(env: dict[str, str], tmp_path: Path) -> None:
     fab = tmp_path / "app.fab"
-    fab.write_bytes(b"a fab")
-    good = hashlib.sha256(b"a fab").hexdigest()
-    assert load_fab(str(fab), good, env) == b"a fab"
+    data = made_fab()  # (what a FAB holds: tests/flower/test_fab_contents.py)
+    fab.write_bytes(data)
+    good = hashlib.sha256(data).hexdigest()
+    assert load_fab(str(fab), good, env) == data
     with pytest.raises(FlowerError, match="^fab: app.fab has sha256 .* not the board-approved"):
         load_fab(str(fab), "0" * 64, env)
 

@@ -32,7 +32,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from secfl.errors import SecflError
+from secfl.errors import FlowerError, SecflError
+from secfl.flower._fab import check_fab
 
 __all__ = ["hidden", "main"]
 
@@ -98,6 +99,12 @@ def _pin_fab(runtime: Any, approved: frozenset[str]) -> None:
             )
             _REFUSED.append(digest)
             raise SystemExit(FAB_REFUSED)  # no Exception: Flower's handlers let it through
+        try:  # the approved bytes, yet compiled code beside the reviewed source is refused
+            check_fab(fab)
+        except FlowerError as exc:
+            sys.stderr.write(f"error: secfl: {exc}: not installed, not run\n")
+            _REFUSED.append(digest)
+            raise SystemExit(FAB_REFUSED) from None
         return flower_install(fab, *args, **kwargs)
 
     runtime.install_from_fab = install

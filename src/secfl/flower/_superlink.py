@@ -49,6 +49,7 @@ from secfl._internal.files import TooLarge, read_bounded
 from secfl.errors import FlowerError, SecflError
 from secfl.flower._attested import AttestedTls
 from secfl.flower._audit import SpmAudit
+from secfl.flower._fab import check_fab
 from secfl.flower._flags import expand, parse_flower
 from secfl.flower._nodes import NodeWatch, load_node_keys, register
 from secfl.flower._tls import loopback_context
@@ -129,6 +130,7 @@ def load_fab(value: str, sha256: str, env: dict[str, str]) -> bytes:
             f"fab: {path.name} has sha256 {digest[:16]}..., the measured --fab-sha256 is "
             f"{sha256[:16]}...: not the board-approved app"
         )
+    check_fab(data)
     return data
 
 
