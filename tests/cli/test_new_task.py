@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -75,13 +76,17 @@ def test_it_writes_a_multi_file_task_with_data_settings_and_a_readme(made: Path)
 
 
 def test_its_own_test_passes(made: Path) -> None:
+    """...and leaves no bytecode in code/, which is what becomes the code volume (it was
+    shielded into it: a tag that depended on the Python that ran the test)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "test_task.py", "-q", "-p", "no:cacheprovider",
          "-W", "error::UserWarning"],
-        capture_output=True, text=True, timeout=120, cwd=made, check=False,
+        capture_output=True, text=True, timeout=120, cwd=made, check=False, env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"\b5 passed\b", done.stdout), done.stdout
+    assert not list((made / "code").rglob("*.pyc"))
 
 
 def test_its_code_is_lint_clean(made: Path) -> None:
