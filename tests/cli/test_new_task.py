@@ -215,6 +215,19 @@ def test_standard_output_is_no_file_for_the_model_or_the_metrics(
     assert not (tmp_path / "-").exists()
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_the_rounds(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model was written after the whole run: a typo in --output's folder lost it."""
+    sites = [a for s in SITES for a in ("--data", str(made / "data" / s))]
+    task = ["simulate", "--task", str(made / "code"), *sites]
+    for output, why in ((tmp_path / "nowhere" / "model.safetensors", "is not a folder"),
+                        (tmp_path, "is a folder")):  # fmt: skip
+        code, out, err = call(capsys, *task, "--output", str(output))
+        assert code == 1 and "simulating" not in out, out
+        assert err.startswith("error: --output: ") and why in err and err.count("\n") == 1
+
+
 def test_one_site_given_twice_or_two_sites_of_one_name_are_refused(
     made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -155,6 +156,8 @@ def _simulate(
             raise UsageError(
                 f"{option} -: standard output carries the rounds' table; give a file name"
             )
+    if output is not None:
+        _check_output(output)
     config = load_settings(settings, rounds)
     config.strategy_object()  # an unknown rule or setting refused before anything is said
     names = _site_names(data)
@@ -300,6 +303,24 @@ def _summary(best: dict[str, Any] | None, config: FederationConfig) -> None:
         f"({best['objective']:.4g}); the final model is round {config.rounds}'s",
         markup=False,
     )
+
+
+def _check_output(path: Path) -> None:
+    """Refuse, before the rounds run, a ``--output`` that cannot be written: a folder,
+    or a file in a folder that does not exist or is not writable (the model was lost
+    after the whole run, for a typo in its path)."""
+    folder = path.parent
+    try:
+        if stat.S_ISDIR(os.stat(path).st_mode):
+            raise UsageError(f"--output: {path} is a folder; give a file name")
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a new file: its folder is checked below
+    except OSError as exc:
+        raise UsageError(f"--output: cannot use {path}: {exc.strerror or exc}") from None
+    if not folder.is_dir():
+        raise UsageError(f"--output: {folder} is not a folder; create it, or give another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"--output: {folder} is not writable; give another path")
 
 
 def _write_model(params: Any, path: Path, metadata: dict[str, str]) -> None:
