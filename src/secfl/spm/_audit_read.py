@@ -266,10 +266,9 @@ class DatabaseSource:
             self._checked = head
             return
         if head[0] < anchored[0]:
-            raise IntegrityError(
-                f"rollback: the database's audit log ends at entry {head[0]}, but the SPM's "
-                f"anchor records entry {anchored[0]}: the database was rolled back"
-            )
+            from secfl.spm._state import rolled_back
+
+            raise IntegrityError(rolled_back(head[0], anchored[0]))
         if anchored[0] > 0:
             for _ in walk_back(self, head, stop=anchored):
                 pass

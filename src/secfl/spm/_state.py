@@ -61,10 +61,7 @@ def verify_state(
                 raise IntegrityError(missing_anchor(integrity.anchor.path))
             integrity.anchor_made = True  # decided by this very read: the start logs it
         if anchored is not None and head[0] < anchored[0]:
-            raise IntegrityError(
-                f"rollback: the database's audit log ends at entry {head[0]}, but this SPM's "
-                f"anchor records entry {anchored[0]}: the database was rolled back"
-            )
+            raise IntegrityError(rolled_back(head[0], anchored[0]))
         verifier = _audit.ChainVerifier()
         for entries in tx.audit.pages(0):
             for entry in entries:
@@ -99,6 +96,21 @@ def missing_anchor(path: object) -> str:
         "cut back would then be accepted); restore the folder with the database from one "
         "backup (a second SPM on a shared database, or an anchor truly lost: `secfl spm "
         "serve --new-anchor` once, which the audit log records)"
+    )
+
+
+def rolled_back(head: int, anchored: int) -> str:
+    """The refusal of a database whose log ends before the entry the anchor records,
+    with the next step: most often an operator's backup, not an attack (the database
+    copied after the anchor, or SQLite's ``spm.db`` copied without its ``-wal`` file while
+    the SPM ran, which holds every commit since the last checkpoint)."""
+    return (
+        f"rollback: the database's audit log ends at entry {head}, but this SPM's anchor "
+        f"records entry {anchored}: the database was rolled back, or is a copy older than "
+        "the anchor beside it (a backup taken while the SPM ran: the database copied before "
+        "audit.anchor, or spm.db without its spm.db-wal); restore the data folder and the "
+        "database from one backup taken as docs/operations.md says (\"The SPM's master key "
+        'and backups")'
     )
 
 
