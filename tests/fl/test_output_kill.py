@@ -168,3 +168,36 @@ def test_the_final_model_is_recorded_or_the_run_fails(tmp_path: Path) -> None:
                         params, ident)  # fmt: skip
     assert victim.read_bytes() == b"precious" and not path.is_symlink()
     assert Volume.open(path, bytes.fromhex("ab" * 32)).tag
+
+
+def test_a_model_a_new_version_cut_off_from_its_record_says_what_to_do(tmp_path: Path) -> None:
+    """Found by running the README's steps 6-8: the board approved version 2 while run 1
+    sealed its final model, so the SPM refused its record (the session's version was
+    replaced), three times, and the error said to start the aggregator again "to record
+    it"; started again, the aggregator began version 2's run and overwrote the file. The
+    refusal is final: one try, and the line says what the same command does next."""
+    from secfl.errors import FlError, SpmRefused
+    from secfl.fl._startup import AggregatorOptions, write_output
+
+    KEY_FILE[:] = [tmp_path / "output.key"]
+    KEY_FILE[0].write_text("ab" * 32)
+    calls: list[dict[str, Any]] = []
+
+    def superseded(policy: str, event: str, detail: dict[str, Any], token: str) -> int:
+        calls.append(detail)
+        raise SpmRefused("policy: version 2 of 'p' replaced this session's version 1: attest "
+                         "again (start the workload again with `secfl run`)", 409)  # fmt: skip
+
+    agg, ident = _stand_ins(superseded)
+    out = tmp_path / "output"
+    with pytest.raises(FlError) as refused:
+        write_output(agg, AggregatorOptions(task="digits", output=out, output_key=None),
+                     {"w": np.full(4, 0.5, np.float32)}, ident)  # fmt: skip
+    line = str(refused.value)
+    assert len(calls) == 1
+    assert line.startswith("output: the final model of run 1 is sealed in "), line
+    assert "the SPM did not record it: the board approved a new version of 'p'" in line
+    assert "to record it" not in line  # the same command cannot record it
+    assert line.endswith("start the aggregator again with the same command to begin the "
+                         "new version's run")  # fmt: skip
+    assert Volume.open(out / "model.secfl", bytes.fromhex("ab" * 32)).tag in line

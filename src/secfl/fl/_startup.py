@@ -383,11 +383,11 @@ def write_output(
     }
     tag = encrypt_files(contents, path, load_hex_key(key_file))
     log.info("final model sealed in %s (tag %s)", path, tag)
-    _record_model(ident, tag, agg)
+    _record_model(ident, tag, agg, path)
     return path
 
 
-def _record_model(ident: WorkloadIdentity, tag: str, agg: Aggregator) -> None:
+def _record_model(ident: WorkloadIdentity, tag: str, agg: Aggregator, path: Path) -> None:
     """The sealed model's tag in the SPM's audit log (``fl.model``, with its run, rounds
     and counter), from this attested session: a model owner checks the file she was
     given against it (`secfl shield decrypt --expect-tag`), so the host cannot pass off
@@ -396,12 +396,27 @@ def _record_model(ident: WorkloadIdentity, tag: str, agg: Aggregator) -> None:
                               "counter": agg.commit.counter}  # fmt: skip
     if agg.policy_version is not None:
         detail["policy_version"] = agg.policy_version
+    failure: SecflError | None = None
     for attempt in range(3):
         try:
             ident.with_session(
                 lambda token: ident.spm().report(ident.policy, "model", detail, token)
             )
             return
+        except SpmRefused as exc:
+            if exc.status == 409 and str(exc).startswith("policy: version "):
+                # approved as the run ended: no session of this run can record it, and
+                # the same command starts the new version's run, not this record
+                raise FlError(
+                    f"output: the final model of run {agg.config.run} is sealed in {path} "
+                    f"(tag {tag}) but the SPM did not record it: the board approved a new "
+                    f"version of '{ident.policy}' as the run ended; keep a copy of the file "
+                    "if its owner wants it (the next run writes its own model there); "
+                    "start the aggregator again with the same command to begin the new "
+                    "version's run"
+                ) from None
+            failure = exc
+            time.sleep(0.2 * (attempt + 1))
         except SecflError as exc:
             failure = exc
             time.sleep(0.2 * (attempt + 1))
