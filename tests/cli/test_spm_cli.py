@@ -46,7 +46,13 @@ def test_operator_flow(tmp_path: Path) -> None:
         assert "SIMULATED" in verified.stderr
 
         assert wrong.returncode == 1
-        assert wrong.stderr.strip().startswith("error: measurement:")
+        assert wrong.stderr.strip().startswith(
+            f"error: measurement: the SPM runs simulated measurement {spm.measurement}, which "
+            f"is not the expected one ({'00' * 48}): it runs other code than expected"
+        ), wrong.stderr
+        # what to do next: the first step of every party, so the line says it
+        assert "compare with what its operator published (`secfl spm measurement` on its host)" \
+            in wrong.stderr  # fmt: skip
 
         for done in made:
             assert done.returncode == 0, done.stderr

@@ -90,7 +90,10 @@ def expected_identity(claims: Claims, expected: Sequence[str]) -> None:
             f"measurement: a {claims.kind} SPM is named by {code_fields_text(claims.kind)} "
             "together: expect FIELD=HEX,... (its first measurement covers only the firmware)"
         )
+    shown = ", ".join(t.strip().lower() for t in expected)
     raise VerificationError(
         f"measurement: the SPM runs {claims.kind} measurement {primary}, which is not the "
-        "expected one"
+        f"expected one ({shown}): it runs other code than expected (another secfl release or "
+        "install, or another SPM); compare with what its operator published (`secfl spm "
+        "measurement` on its host) and trust it only once they match"
     )
