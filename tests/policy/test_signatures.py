@@ -152,6 +152,10 @@ def test_a_signature_over_another_digest_is_refused(policy: Policy) -> None:
     sigs = [sign(policy, "alice"), sign(other, "bob")]
     message = refused(policy.board, digest(policy), sigs)
     assert message.startswith("approval: signature by 'bob' is over another digest (")
+    # what to do next (a signature of the previous version given again, say)
+    assert message.endswith(
+        "…): it approves another version, an edited file or other flags; bob signs this one again"
+    ), message
 
 
 def test_a_signature_in_another_domain_is_refused(policy: Policy) -> None:

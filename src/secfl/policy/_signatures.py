@@ -152,7 +152,8 @@ def verify_statement(
     if signature.digest != digest_hex:
         raise PolicyError(
             f"signature by {who} is over another digest ({signature.digest[:16]}…, "
-            f"expected {digest_hex[:16]}…)"
+            f"expected {digest_hex[:16]}…): it approves another version, an edited file or "
+            f"other flags; {signature.member} signs this one again"
         )
     message = statement(domain, digest_hex)
     public = public_key if not isinstance(public_key, bytes | str) else keys.load_public(public_key)
