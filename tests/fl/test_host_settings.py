@@ -72,6 +72,14 @@ def test_a_collaborator_without_an_address_says_where_to_give_it(
         "error: collaborator: where is the aggregator? set SECFL_AGGREGATOR=HOST:PORT (not "
         "measured: the host may change it) or give --aggregator HOST:PORT\n"
     )
+    # under secfl run (found following the README: the option the line offered there
+    # changed the measured command, and the SPM then refused the site's measurement)
+    err = failed(capsys, "collaborator", "--task", "volume:task")
+    assert err == (
+        "error: collaborator: where is the aggregator? set SECFL_AGGREGATOR=HOST:PORT in the "
+        "environment of `secfl run` (not measured: the host may change it; an --aggregator "
+        "option would change the command line the policy measured)\n"
+    )
     monkeypatch.setenv("SECFL_LOG_LEVEL", "loud")
     err = failed(capsys, "aggregator", "--insecure", "--task", "digits")
     assert err.startswith("error: SECFL_LOG_LEVEL: 'loud' is not one of DEBUG, INFO")

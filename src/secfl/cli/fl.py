@@ -168,9 +168,15 @@ def collaborator(
     elif host.aggregator:
         address = host.aggregator
     else:
+        # under secfl run an option is part of the measured command line: the policy's
+        # measurement would no longer match, so only the variable is the host's to set
         raise UsageError(
             "collaborator: where is the aggregator? set SECFL_AGGREGATOR=HOST:PORT (not "
             "measured: the host may change it) or give --aggregator HOST:PORT"
+            if insecure
+            else "collaborator: where is the aggregator? set SECFL_AGGREGATOR=HOST:PORT in "
+            "the environment of `secfl run` (not measured: the host may change it; an "
+            "--aggregator option would change the command line the policy measured)"
         )
     _warn_insecure(insecure)
     with _ctrl_c():
