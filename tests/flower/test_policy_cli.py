@@ -96,6 +96,13 @@ def test_the_policy_pins_the_exact_commands(
     assert "--mutual-tls" in commands["superlink"]
     assert "--root-certificates" not in commands["site-1"]
     assert (os.stat(out / "app.key").st_mode & 0o777) == 0o600
+    # each host runs its line where the relative volume file it names is (found by running
+    # the README's Flower steps: the SuperLink's line, run beside the folder, failed with
+    # "cannot open volume 'app.secfl'", and the file did not say where to run it)
+    script = (out / "commands.sh").read_text()
+    assert "# On the SuperLink's host, beside a copy of app.secfl (written here):" in script
+    assert f"# On site-1's host, beside its data volume {written['root'] / 'site-1'}.secfl:" \
+        in script  # fmt: skip
 
 
 def test_each_key_goes_only_where_it_belongs(written: dict[str, Any]) -> None:

@@ -221,21 +221,22 @@ def policy_cmd(
         (folder / "policy.yaml").write_text(text)
         lines = [
             "#!/bin/sh",
-            "# The exact commands the policy measures; SPM_URL and SPM_PIN are yours.",
+            "# The exact commands the policy measures; SPM_URL and SPM_PIN are yours. Each",
+            "# host runs its own line, in the folder holding the volume file it names.",
             f"SPM_URL={shlex.quote(spm)}",
             f"SPM_PIN={shlex.quote(spm_pin)}",
             "",
         ]
-        lines.append("# On the SuperLink's host:")
+        lines.append("# On the SuperLink's host, beside a copy of app.secfl (written here):")
         # Simulation: every `secfl run` names the simulated TEE (drop this on hardware).
         sim = ["--platform", "simulated", "--sim-dir", str(Path(sim_root).resolve().parent)]
         cmd = run_command(fed, "superlink", fed.superlink_argv(), {APP_VOLUME: "app.secfl"},
                           "$SPM_URL", "$SPM_PIN", sim)  # fmt: skip
         lines.append(_shell(cmd))
         for entry in site_list:
-            lines.append(f"# On {entry.name}'s host:")
-            cmd = run_command(fed, entry.name, fed.supernode_argv(entry),
-                              {entry.data_volume: volumes.get(entry.name, f"{entry.name}.secfl")},
+            held = volumes.get(entry.name, f"{entry.name}.secfl")
+            lines.append(f"# On {entry.name}'s host, beside its data volume {held}:")
+            cmd = run_command(fed, entry.name, fed.supernode_argv(entry), {entry.data_volume: held},
                               "$SPM_URL", "$SPM_PIN", sim)  # fmt: skip
             # the site's own key file (never the key itself), which signs its enrolments
             key_file = f"SECFL_SITE_KEY=site-keys/{entry.name}.key " if entry.site_key else ""
