@@ -175,7 +175,10 @@ class AuditOut(BaseModel):
 
 
 class RevocationStatement(BaseModel):
-    """What the board revokes (or readmits): ``kind`` + ``subject``, or a ``serial``."""
+    """What the board revokes (or readmits): ``kind`` + ``subject``, or a ``serial``.
+    A field it does not know is refused, never dropped: members sign what is kept."""
+
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["certificate", "service", "measurement", "platform"] | None = None
     subject: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,256}$")

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from secfl._internal.canonical import canonical_sha256
+from secfl._internal.values import shown
 from secfl.errors import SpmError
 from secfl.spm._records import REVOCATION_KINDS, SessionRecord, normalise_serial
 
@@ -44,6 +45,30 @@ def _check_serial(serial: str) -> None:
         )
 
 
+#: The fields of a statement, in its form by ``kind`` and in the older form by ``serial``.
+_FIELDS = ("kind", "subject", "service", "reason", "action", "lifts")
+_OLDER_FIELDS = ("serial", "service", "reason")
+
+
+def _check_fields(statement: dict[str, Any]) -> None:
+    """Refuse a field the statement's form does not carry (see :func:`revocation_doc`)."""
+    older = "kind" not in statement
+    for name in statement:
+        if name in (_OLDER_FIELDS if older else _FIELDS):
+            continue
+        if older and name in _FIELDS:
+            raise SpmError(
+                f"revocation: the older form (a certificate 'serial', no 'kind') carries no "
+                f"'{shown(str(name)[:32])}': name a 'kind' and 'subject' instead"
+            )
+        if name == "serial":
+            raise SpmError(
+                "revocation: 'serial' goes with the older form only (no 'kind'); a "
+                "certificate is kind 'certificate' with its serial as 'subject'"
+            )
+        raise SpmError(f"revocation: '{shown(str(name)[:32])}' is not a field of a statement")
+
+
 def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
     """The statement board members sign to revoke (or readmit) something.
 
@@ -55,7 +80,11 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
     cannot attest again until readmitted), ``measurement`` (code, for every service),
     ``platform`` (a machine: Intel PPID or PCK digest, SNP chip ID but never zeros,
     the simulated platform certificate's digest: :func:`platform_ids`).
-    The older form ``{"serial", "service", "reason"}`` revokes one certificate.
+    The older form ``{"serial", "service", "reason"}`` revokes one certificate, and
+    carries nothing else: a field either form cannot carry (an ``action`` or ``lifts``
+    beside a ``serial``, say) is refused, never dropped, for the digest is of what is
+    kept: a member who signed "readmit" in the older form signed a revocation (found
+    by a review).
     """
 
     def text(name: str, limit: int = 1024) -> str:
@@ -64,6 +93,7 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
             raise SpmError(f"revocation: '{name}' must be a string of at most {limit} characters")
         return value
 
+    _check_fields(statement)
     if "kind" not in statement:
         serial = text("serial", 64).lower()
         if not serial:
