@@ -9,6 +9,8 @@ import json
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 from secfl._internal import shamir
 from secfl._internal.aead import AeadKey
 from secfl.errors import SpmError
+from secfl.policy._model import Policy
 from secfl.spm._masterkey import (
     KEY_FILE,
     MasterKey,
@@ -29,7 +32,13 @@ from secfl.spm._masterkey import (
     unwrap_policy_key,
     wrap_policy_key,
 )
-from secfl.spm._recovery import open_share, recover_policy_key, seal_shares
+from secfl.spm._recovery import (
+    Share,
+    open_share,
+    recover_policy_key,
+    seal_shares,
+    shares_sha256,
+)
 
 # --- sealing and derivation -----------------------------------------------------------------
 
@@ -219,6 +228,25 @@ def board() -> dict[str, tuple[bytes, bytes]]:
     return {"alice": _pem_pair("x25519"), "bob": _pem_pair("p256"), "carol": _pem_pair("x25519")}
 
 
+def _recover(
+    shares: list[Share],
+    shares_json: str,
+    board: dict[str, tuple[bytes, bytes]],
+    required: tuple[str, ...] = (),
+) -> bytes:
+    """Recover as the board does: checked against its policy (here only what recovery
+    reads of it: name, version, threshold, members' recovery keys) and the audit log."""
+    members = [SimpleNamespace(name=m, recovery_key=pub.decode()) for m, (_, pub) in board.items()]
+    policy = SimpleNamespace(
+        name="fl",
+        version=1,
+        board=SimpleNamespace(threshold=2, required=list(required), members=members),
+    )
+    return recover_policy_key(
+        shares, shares_json, cast(Policy, policy), audited=shares_sha256(shares_json)
+    )
+
+
 def test_board_recovers_with_any_two_of_three(board: dict[str, tuple[bytes, bytes]]) -> None:
     key = new_policy_key()
     shares_json = seal_shares(key, "fl", {m: pub for m, (_, pub) in board.items()}, 2)
@@ -231,12 +259,12 @@ def test_board_recovers_with_any_two_of_three(board: dict[str, tuple[bytes, byte
     for pair in itertools.combinations(board, 2):
         shares = [opened[m] for m in pair]
         assert recover_policy_key(shares) == key
-        assert recover_policy_key(shares, shares_json) == key
-    assert recover_policy_key(list(opened.values()), shares_json) == key
+        assert _recover(shares, shares_json, board) == key
+    assert _recover(list(opened.values()), shares_json, board) == key
     # One share alone does not give the key, and with the document it is refused.
     assert recover_policy_key([opened["alice"]]) != key
-    with pytest.raises(SpmError, match="1 share\\(s\\) given, the board's threshold is 2"):
-        recover_policy_key([opened["alice"]], shares_json)
+    with pytest.raises(SpmError, match="1 share\\(s\\) of distinct members given, the board's"):
+        _recover([opened["alice"]], shares_json, board)
     # A share of another key is caught by the check value.
     stranger = open_share(
         seal_shares(new_policy_key(), "fl", {m: pub for m, (_, pub) in board.items()}, 2),
@@ -244,7 +272,7 @@ def test_board_recovers_with_any_two_of_three(board: dict[str, tuple[bytes, byte
         board["bob"][0],
     )
     with pytest.raises(SpmError, match="do not recombine to the policy key"):
-        recover_policy_key([opened["alice"], stranger], shares_json)
+        _recover([opened["alice"], stranger], shares_json, board)
 
 
 def test_share_with_the_wrong_member_key(board: dict[str, tuple[bytes, bytes]]) -> None:
@@ -299,8 +327,8 @@ def test_seal_shares_refuses_bad_input(board: dict[str, tuple[bytes, bytes]]) ->
     # PEM given as str works as well as bytes.
     one = seal_shares(new_policy_key(), "fl", {"alice": keys["alice"].decode()}, 1)
     got = open_share(one, "alice", board["alice"][0].decode())
-    assert got.x == 1 and got.part is None and recover_policy_key([got], one) == got.value
-    assert recover_policy_key([(got.x, got.value)], one) == got.value
+    assert got.x == 1 and got.part is None and recover_policy_key([got]) == got.value
+    assert recover_policy_key([(got.x, got.value)]) == got.value
 
 
 def test_required_members_hold_a_part_of_the_key(board: dict[str, tuple[bytes, bytes]]) -> None:
@@ -314,11 +342,11 @@ def test_required_members_hold_a_part_of_the_key(board: dict[str, tuple[bytes, b
     for pair in itertools.combinations(board, 2):
         shares = [opened[m] for m in pair]
         if "bob" in pair:
-            assert recover_policy_key(shares, shares_json) == key
+            assert _recover(shares, shares_json, board, ("bob",)) == key
         else:
             assert recover_policy_key(shares) != key
             with pytest.raises(SpmError, match="required member 'bob' is missing"):
-                recover_policy_key(shares, shares_json)
+                _recover(shares, shares_json, board, ("bob",))
     # bob's Shamir point without his part is no help either.
     point = opened["bob"]._replace(part=None)
     assert recover_policy_key([opened["alice"], point]) != key

@@ -14,7 +14,7 @@ from secfl.errors import AuditError, SpmError
 from secfl.spm import _sealing as sv
 from secfl.spm._audit_verify import verify_database
 from secfl.spm._masterkey import open_secret
-from secfl.spm._recovery import open_share, recover_policy_key
+from secfl.spm._recovery import open_share, recover_policy_key, shares_sha256
 from secfl.spm._server import open_spm
 from secfl.spm._service import Refused, Spm
 from secfl.spm.client import SpmClient
@@ -113,11 +113,12 @@ def test_board_recovers_the_policy_secrets(setup: tuple[Spm, Board, bytes, Path]
     assert shares_json and record is not None
     # Without the SPM's master key: two members open their shares and recombine.
     shares = [open_share(shares_json, m, board.recovery[m]) for m in ("bob", "carol")]
-    key = recover_policy_key(shares, shares_json)
+    policy = spm.policy("p")[1]
+    key = recover_policy_key(shares, shares_json, policy, audited=shares_sha256(shares_json))
     value = json.loads(open_secret(key, "p", "model-key", record.ciphertext))
     assert sv.render("model-key", value, "hex") == got.render("model-key", "hex")
     with pytest.raises(Exception, match="threshold"):
-        recover_policy_key(shares[:1], shares_json)
+        recover_policy_key(shares[:1], shares_json, policy, audited=shares_sha256(shares_json))
 
 
 def test_recovery_needs_every_required_member(setup: tuple[Spm, Board, bytes, Path]) -> None:
@@ -133,17 +134,24 @@ def test_recovery_needs_every_required_member(setup: tuple[Spm, Board, bytes, Pa
     assert shares_json and record is not None and wrapped is not None
     assert json.loads(shares_json)["required"] == ["alice"]
     opened = {m: open_share(shares_json, m, board.recovery[m]) for m in board.recovery}
+    policy, audited = spm.policy("p")[1], shares_sha256(shares_json)
     with pytest.raises(SpmError, match="share of required member 'alice' is missing"):
-        recover_policy_key([opened["bob"], opened["carol"]], shares_json)
-    # Even told nothing is required, bob and carol rebuild no key that opens a secret.
-    lied = json.loads(shares_json) | {"required": []}
+        recover_policy_key([opened["bob"], opened["carol"]], shares_json, policy, audited=audited)
+    # Even told nothing is required (by the document and a policy), bob and carol
+    # rebuild no key that opens a secret.
+    lied = json.dumps(json.loads(shares_json) | {"required": []})
+    with pytest.raises(SpmError, match="required members are not the board's"):
+        recover_policy_key([opened["bob"], opened["carol"]], lied, policy, audited="")
+    unrequired = policy.model_copy(
+        update={"board": policy.board.model_copy(update={"required": []})}
+    )
     with pytest.raises(SpmError, match="do not recombine to the policy key"):
-        recover_policy_key([opened["bob"], opened["carol"]], json.dumps(lied))
+        recover_policy_key([opened["bob"], opened["carol"]], lied, unrequired, audited="")
     without = recover_policy_key([opened["bob"], opened["carol"]])
     with pytest.raises(SpmError):
         open_secret(without, "p", "model-key", record.ciphertext)
     for pair in (("alice", "bob"), ("carol", "alice")):
-        key = recover_policy_key([opened[m] for m in pair], shares_json)
+        key = recover_policy_key([opened[m] for m in pair], shares_json, policy, audited=audited)
         assert json.loads(open_secret(key, "p", "model-key", record.ciphertext))
     # A version that only drops the requirement replaces the data key (the old shares,
     # and alice's part, open nothing stored from then on).

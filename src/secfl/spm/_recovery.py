@@ -8,6 +8,14 @@ version: the key is the Shamir secret XOR one random part per required member,
 each part sealed with that member's share, so a threshold without every required
 member learns nothing either. A check value tells a correct recombination from a
 wrong one.
+
+The shares document is stored in the SPM's database, which lies outside the TEE: the
+host may rewrite it, or make one of its own (its own key, split with threshold 1 and
+sealed to the members' public recovery keys, its own check value). Recovery therefore
+takes the policy version the board signed, and refuses a document whose policy,
+threshold, required members or recipients are not that board's; and the document's
+SHA-256, which the SPM writes into the signed audit log (``policy.data-key``,
+``shares_sha256``), so that a document the host made is refused too.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from secfl._internal import shamir
 from secfl._internal.aead import KEY_SIZE
 from secfl._internal.canonical import canonical_json
 from secfl.errors import SpmError
+from secfl.policy._model import Policy
 
 __all__ = [
     "RECOVERY_FORMAT",
@@ -41,6 +50,7 @@ __all__ = [
     "open_share",
     "recover_policy_key",
     "seal_shares",
+    "shares_sha256",
 ]
 
 RECOVERY_INFO = b"secfl/recovery-share/v1\n"
@@ -255,23 +265,95 @@ def open_share(shares_json: str, member: str, private_pem: bytes | str) -> Share
     return Share(plain[0], plain[1:], member)
 
 
+def shares_sha256(shares_json: str) -> str:
+    """The SHA-256 (hex) of a shares document as stored: what the SPM's audit log names
+    (``policy.data-key``, ``shares_sha256``) and :func:`recover_policy_key` compares."""
+    return hashlib.sha256(shares_json.encode("utf-8")).hexdigest()
+
+
+def _check_board(doc: dict[str, Any], policy: Policy) -> None:
+    """Refuse a shares document that is not ``policy``'s board's split: another policy,
+    a threshold or required members other than the board's (a lowered threshold would
+    let fewer members recover a key), or shares for anyone but the members' recovery
+    keys. The document is read from the database, which the host may write."""
+    board = policy.board
+    if doc["policy"] != policy.name:
+        raise SpmError(
+            f"recovery: the shares document is for policy '{doc['policy'][:64]}', "
+            f"not '{policy.name}'"
+        )
+    if doc["threshold"] != board.threshold:
+        raise SpmError(
+            f"recovery: the shares document's threshold is {doc['threshold']}, the board's "
+            f"(version {policy.version}) is {board.threshold}: the database was altered"
+        )
+    # a split made before required members held a part of the key has none (v1)
+    required = sorted(board.required) if doc["format"] == RECOVERY_FORMAT else []
+    if sorted(doc["required"]) != required:
+        raise SpmError(
+            "recovery: the shares document's required members are not the board's "
+            f"(version {policy.version}): the database was altered"
+        )
+    recipients = {
+        m.name: _spki_sha256(load_recovery_public_key(m.recovery_key, m.name))
+        for m in board.members
+        if m.recovery_key
+    }
+    if sorted(doc["shares"]) != sorted(recipients):
+        raise SpmError(
+            "recovery: the shares document's members are not the board members with a "
+            f"recovery key (version {policy.version}): the database was altered"
+        )
+    for member, entry in doc["shares"].items():
+        if not isinstance(entry, dict) or entry.get("recipient_sha256") != recipients[member]:
+            raise SpmError(
+                f"recovery: the share of '{member}' is not sealed to their recovery key in "
+                f"version {policy.version}: the database was altered"
+            )
+
+
 def recover_policy_key(
-    shares: Sequence[Share | tuple[int, bytes]], shares_json: str | None = None
+    shares: Sequence[Share | tuple[int, bytes]],
+    shares_json: str | None = None,
+    policy: Policy | None = None,
+    *,
+    audited: str | None = None,
 ) -> bytes:
     """Recombine opened shares into the policy's data key.
 
-    With ``shares_json`` (the document :func:`seal_shares` made), fewer shares than its
-    threshold, a required member's share missing, or shares that do not recombine to
-    the key it was made for, are an :class:`SpmError`; without it, too few shares
+    With ``shares_json`` (the document :func:`seal_shares` made, as the database holds
+    it), give ``policy``, the version the board signed (the current one: a version that
+    changes the board splits a new key), and ``audited``, the document's SHA-256 from
+    the ``policy.data-key`` entry of the SPM's verified audit log: a document that is
+    not that board's split (a lowered threshold, say), or not the one the SPM logged
+    (one the host made, for a key of its own), fewer shares than the threshold from
+    distinct members, a required member's share missing, or shares that do not
+    recombine to the key it was made for, are an :class:`SpmError`. ``audited=""``
+    accepts a document no entry names (split before the log named them): bounded by
+    the board only, it may be the host's. Without ``shares_json``, too few shares
     silently give a wrong key.
     """
     doc = _parse_shares(shares_json) if shares_json is not None else None
-    if doc is not None and len(shares) < doc["threshold"]:
-        raise SpmError(
-            f"recovery: {len(shares)} share(s) given, the board's threshold is {doc['threshold']}"
-        )
     opened = [s if isinstance(s, Share) else Share(*s) for s in shares]
     if doc is not None:
+        assert shares_json is not None
+        if policy is None or audited is None:
+            raise SpmError(
+                "recovery: give the policy version the board signed and the shares "
+                "document's digest from the audit log, to check the document against"
+            )
+        if audited and not hmac.compare_digest(shares_sha256(shares_json), audited):
+            raise SpmError(
+                "recovery: the shares document is not the one the SPM's audit log names "
+                "(policy.data-key): the database was altered"
+            )
+        _check_board(doc, policy)
+        members = {s.member for s in opened if s.member in doc["shares"]}
+        if len(members) < doc["threshold"] or len(members) < len(opened):
+            raise SpmError(
+                f"recovery: {len(members)} share(s) of distinct members given, the board's "
+                f"threshold is {doc['threshold']}"
+            )
         given = {s.member for s in opened if s.part is not None}
         for member in sorted(doc["required"]):
             if member not in given:

@@ -29,7 +29,7 @@ from secfl.spm._masterkey import (
     unwrap_policy_key,
     wrap_policy_key,
 )
-from secfl.spm._recovery import seal_shares
+from secfl.spm._recovery import seal_shares, shares_sha256
 from secfl.spm._store import SecretRecord
 from secfl.spm._tx import Tx
 
@@ -179,7 +179,12 @@ class SecretVault:
         # Chained into the log: a data key restored to an older one is a rollback.
         digest = hashlib.sha256(wrapped).hexdigest()
         tx.note(("datakey", policy.name, digest))
-        tx.audit.append("policy.data-key", policy.name, {"sha256": digest})
+        # and so is the split: recovery checks the shares document against this entry
+        # (the database, where it is stored, lies outside the TEE)
+        detail = {"sha256": digest}
+        if recovery:
+            detail["shares_sha256"] = shares_sha256(shares)
+        tx.audit.append("policy.data-key", policy.name, detail)
 
     def policy_key(self, tx: Tx, policy: str) -> bytes:
         """A policy's data key, unwrapped once per wrapped value (it changes with the board)."""
