@@ -11,6 +11,7 @@ import itertools
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -201,6 +202,22 @@ def test_revoking_a_service_the_policy_lacks_is_refused(
     assert "agregator" in listing(spm)
 
 
+def test_a_statement_carries_its_expiry(spm: Served, keys: Path, tmp_path: Path) -> None:
+    """--expires is signed: every member gives the same, and so does the submitter."""
+    until = ("--expires", f"{datetime.now(UTC).year + 1}-01-31")
+    flags = ("--kind", "service", "--subject", "collaborator", "--reason", "held", *until)
+    alice, bob = sign_all(keys, tmp_path, ("alice", flags), ("bob", flags), policy=spm.policy)
+    line = one_error(submit(spm, flags[:-2], alice, bob))
+    assert line.startswith("error: signature: ") and "same flags" in line
+    done = submit(spm, flags, alice, bob)
+    assert done.returncode == 0, done.stderr
+    assert "collaborator" in listing(spm)
+    done = secfl("policy", "sign-revocation", "--policy", spm.policy, *flags[:-2],
+                 "--key", str(keys / "alice.key"), "--member", "alice", "-o",
+                 str(tmp_path / "forever.sig"))  # fmt: skip
+    assert done.returncode == 0 and done.stderr.startswith("note: this statement never expires")
+
+
 def test_signatures_over_other_flags_are_refused_before_sending(
     spm: Served, keys: Path, tmp_path: Path
 ) -> None:
@@ -220,6 +237,8 @@ BAD_FLAGS = [
     (("--kind", "certificate", "--subject", "f" * 65), "--subject: "),
     (("--kind", "service", "--subject", "a", "--reason", "two\nlines"), "--reason: "),
     (("--kind", "service", "--subject", "a", "--service", "x/y"), "--service: "),
+    (("--service", "a", "--expires", "tomorrow"), "--expires: 'tomorrow' is not a date"),
+    (("--service", "a", "--expires", "2020-01-01"), "--expires: 2020-01-01T23:59:59Z is past"),
 ]
 
 

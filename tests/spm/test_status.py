@@ -218,6 +218,8 @@ def test_status_and_a_revocation_request_the_board_acts_on(
                     if line.startswith("  secfl ")]  # fmt: skip
     assert sign[:3] == ["secfl", "policy", "sign-revocation"] and submit[:2] == ["secfl", "revoke"]
     assert f"clone audit: round 3, audit entry {seq}" in sign
+    # the statement expires a week after the request, the same date for every member
+    assert sign[sign.index("--expires") + 1] == submit[submit.index("--expires") + 1]
 
     # The board runs exactly what was printed: two members sign, one submits.
     for member in ("alice", "bob"):

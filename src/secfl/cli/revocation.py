@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from secfl.cli._common import err, out, read_input, replaces_file, write_output
+from secfl.cli._expires import Expires, expires_after, with_expires
 from secfl.cli.audit import printable
 from secfl.cli.status import policy_name, when
 from secfl.errors import UsageError
@@ -239,6 +240,7 @@ def sign_revocation_cmd(
     reason: Reason = "",
     readmit: Readmit = False,
     lifts: Lifts = None,
+    expires: Expires = None,
     board: Annotated[
         str | None,
         typer.Option(
@@ -254,12 +256,17 @@ def sign_revocation_cmd(
 
     Every member signs with the same flags; the digest printed lets you compare. With
     --board, a key that is not MEMBER's on that version's board (which the SPM checks
-    the signatures against) is refused here, not when the statement is submitted."""
+    the signatures against) is refused here, not when the statement is submitted. With
+    --expires, the SPM does not apply the statement after that time: one signed and
+    abandoned, or held back by a member, cannot be submitted when no one means it."""
+    from datetime import UTC, datetime
+
     from secfl.policy import _keys as keys
     from secfl.policy._signatures import REVOCATION_DOMAIN, sign_statement
 
     statement = statement_from_flags(kind, subject, serial, service, reason, readmit)
     statement = with_lifts(statement, lifts)
+    statement = with_expires(statement, expires, now=datetime.now(UTC))
     statement_digest = _revocation_digest(policy, statement)
     if output != "-" and replaces_file(output, key):
         raise UsageError(f"--output: '{output}' is your key file; name another file")
@@ -273,6 +280,13 @@ def sign_revocation_cmd(
         out.print(
             f"{output}: {member} signed the {verb} of {_what(statement, policy)}, "
             f"digest {statement_digest}",
+            markup=False,
+        )
+    if expires is None:
+        err.print(
+            "note: this statement never expires: signed and not submitted, it can be "
+            "submitted at any later time; --expires WHEN (the same for every member) "
+            "bounds that",
             markup=False,
         )
 
@@ -305,6 +319,7 @@ def revoke_cmd(
     reason: Reason = "",
     readmit: Readmit = False,
     lifts: Lifts = None,
+    expires: Expires = None,
     unknown_service: UnknownService = False,
 ) -> None:
     """Submit a board-signed revocation (or readmission) to a pinned SPM.
@@ -318,6 +333,7 @@ def revoke_cmd(
 
     statement = statement_from_flags(kind, subject, serial, service, reason, readmit)
     statement = with_lifts(statement, lifts)
+    statement = with_expires(statement, expires)
     statement_digest = _revocation_digest(policy, statement)
     signatures = []
     for path in sig:
@@ -406,10 +422,14 @@ def next_commands(
 ) -> list[str]:
     """The two commands that revoke ``service`` as a request asked: each member signs
     (as ``MEMBER``), then one submits the ``members``' signatures. The reason names the
-    request, so each decision is a statement of its own (the SPM applies one once)."""
+    request, so each decision is a statement of its own (the SPM applies one once);
+    it expires :data:`~secfl.cli._expires.REQUEST_DAYS` days after the request."""
     round_text = f"round {finding['round']}, " if finding["round"] is not None else ""
     reason = f"clone audit: {round_text}audit entry {finding['seq']}"
     what = ["--policy", policy, "--service", service, "--reason", reason]
+    until = expires_after(finding.get("at"))
+    if until is not None:  # every member gets the same date from the request
+        what += ["--expires", until]
     sigs = [arg for m in members for arg in ("--sig", f"{m}.{service}.rev.sig")]
     return [
         shlex.join(["secfl", "policy", "sign-revocation", *what, "--key", "MEMBER.key",

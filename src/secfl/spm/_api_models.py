@@ -188,6 +188,8 @@ class RevocationStatement(BaseModel):
     reason: str = Field(default="", max_length=1024)
     #: A readmission's: the digest of the revocation statement it lifts.
     lifts: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    #: When the statement expires (UTC, YYYY-MM-DDTHH:MM:SSZ): not applied after it.
+    expires: str | None = Field(default=None, pattern=r"^[0-9T:Z-]{20}$")
 
 
 class RevocationIn(BaseModel):

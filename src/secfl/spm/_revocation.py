@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from secfl._internal.canonical import canonical_sha256
@@ -19,6 +20,8 @@ from secfl.errors import SpmError
 from secfl.spm._records import REVOCATION_KINDS, SessionRecord, normalise_serial
 
 __all__ = [
+    "expired",
+    "expires_text",
     "platform_id",
     "platform_ids",
     "revocation_digest",
@@ -46,7 +49,11 @@ def _check_serial(serial: str) -> None:
 
 
 #: The fields of a statement, in its form by ``kind`` and in the older form by ``serial``.
-_FIELDS = ("kind", "subject", "service", "reason", "action", "lifts")
+_FIELDS = ("kind", "subject", "service", "reason", "action", "lifts", "expires")
+
+#: How a statement's ``expires`` is written: one spelling (UTC, to the second), so that
+#: every member who signs it gets the same digest.
+_EXPIRES = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _OLDER_FIELDS = ("serial", "service", "reason")
 
 
@@ -80,6 +87,8 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
     cannot attest again until readmitted), ``measurement`` (code, for every service),
     ``platform`` (a machine: Intel PPID or PCK digest, SNP chip ID but never zeros,
     the simulated platform certificate's digest: :func:`platform_ids`).
+    ``"expires"`` (optional, ``YYYY-MM-DDTHH:MM:SSZ``): after it, the SPM no longer
+    applies the statement (:func:`expired`).
     The older form ``{"serial", "service", "reason"}`` revokes one certificate, and
     carries nothing else: a field either form cannot carry (an ``action`` or ``lifts``
     beside a ``serial``, say) is refused, never dropped, for the digest is of what is
@@ -138,7 +147,36 @@ def revocation_doc(policy: str, statement: dict[str, Any]) -> dict[str, str]:
         doc["lifts"] = lifts
     elif lifts:
         raise SpmError("revocation: 'lifts' goes with a readmission only")
+    if "expires" in statement:
+        doc["expires"] = expires_text(text("expires", 64))
     return doc
+
+
+def expires_text(value: str) -> str:
+    """``value`` if it is a statement's ``expires`` (``YYYY-MM-DDTHH:MM:SSZ``, a real
+    time), else :class:`SpmError`."""
+    if _EXPIRES.fullmatch(value):
+        try:
+            datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+            return value
+        except ValueError:
+            pass
+    raise SpmError("revocation: 'expires' is a UTC time written YYYY-MM-DDTHH:MM:SSZ")
+
+
+def expired(doc: dict[str, str], now: datetime) -> str | None:
+    """Why a statement is no longer applied (None while it is): past its ``expires``, a
+    statement signed and held back (by a member, or abandoned) no longer decides. A
+    statement without ``expires`` never expires (as every one before it)."""
+    if "expires" not in doc:
+        return None
+    until = datetime.strptime(doc["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    if now < until:
+        return None
+    return (
+        f"revocation: this statement expired at {doc['expires']} (its signers meant it to be "
+        "applied before then): to decide now, the board signs a new one"
+    )
 
 
 def revocation_digest(doc: dict[str, str]) -> str:

@@ -23,6 +23,7 @@ from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._refusals import RefusalBudget
 from secfl.spm._renewal import ended_by_revocation
 from secfl.spm._revocation import (
+    expired,
     revocation_digest,
     revocation_doc,
     revoked_reason,
@@ -98,6 +99,9 @@ class Revoker:
         except Exception as exc:
             raise Refused(f"revocation: malformed signature ({type(exc).__name__})", 400) from None
         now = datetime.now(UTC)
+        late = expired(doc, now)
+        if late is not None:
+            raise Refused(late, 409)
         kind, subject = doc["kind"], doc["subject"]
         readmit = doc.get("action") == "readmit"
         floors = self.store.integrity.floors if self.store.integrity is not None else None
