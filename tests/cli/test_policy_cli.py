@@ -391,3 +391,38 @@ def test_a_fifo_at_an_output_name_is_no_hang(tmp_path: Path) -> None:
         pytest.fail("secfl policy keygen blocked on the FIFO")
     assert "a FIFO nobody reads" in one_error(done)
     assert stat.S_ISFIFO(os.lstat(tmp_path / "alice.pub").st_mode)
+
+
+def test_a_signature_counts_for_thirty_days_unless_told(run: Run, tmp_path: Path) -> None:
+    """`policy sign` signs an expiry (30 days by default): a version the board abandons
+    cannot be submitted with its signatures months later; `verify` says so too."""
+    from datetime import UTC, datetime, timedelta
+
+    from secfl.policy import _keys
+    from secfl.policy._signatures import sign_policy
+
+    keys = tmp_path / "keys"
+    _keygen(run, keys)
+    path = _write_policy(tmp_path, keys)
+    base = ["sign", str(path), "--key", str(keys / "alice.key"), "--member", "alice"]
+    code, out, err = run(*base, "-o", str(tmp_path / "a.sig"))
+    assert code == 0, err
+    expires = json.loads((tmp_path / "a.sig").read_text())["expires"]
+    left = datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - datetime.now(UTC)
+    assert timedelta(days=29) < left <= timedelta(days=30) and f"until {expires}" in out
+    code, _, err = run(*base, "-o", str(tmp_path / "n.sig"), "--expires", "never")
+    assert code == 0, err
+    assert "expires" not in json.loads((tmp_path / "n.sig").read_text())
+    for when, refused in (("2020-01-01", "is past"), ("soon", "is not a duration")):
+        code, _, err = run(*base, "-o", str(tmp_path / "x.sig"), "--expires", when)
+        assert code != 0 and err.startswith("error: --expires: ") and refused in err, err
+    assert not (tmp_path / "x.sig").exists()
+
+    policy = load_policy_file(path)
+    old = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = _keys.load_private((keys / "bob.key").read_bytes())
+    (tmp_path / "b.sig").write_text(sign_policy(policy, key, "bob", old).to_json())
+    code, out, err = run("verify", str(path), "--sig", str(tmp_path / "a.sig"),
+                         "--sig", str(tmp_path / "b.sig"))  # fmt: skip
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: approval: the signature by 'bob' expired at {old}")

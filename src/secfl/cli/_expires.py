@@ -1,4 +1,4 @@
-"""``--expires``: until when a board-signed statement may be applied.
+"""``--expires``: until when a board-signed statement, or a signature, may be applied.
 
 A statement signed by some members and then abandoned (or held back by one of them)
 could otherwise be submitted months later, when the board no longer means it. Every
@@ -17,7 +17,14 @@ import typer
 from secfl.cli.audit import printable
 from secfl.errors import UsageError
 
-__all__ = ["REQUEST_DAYS", "Expires", "expires_after", "with_expires"]
+__all__ = [
+    "REQUEST_DAYS",
+    "SIGNATURE_DAYS",
+    "Expires",
+    "expires_after",
+    "signature_expires",
+    "with_expires",
+]
 
 Expires = Annotated[
     str | None,
@@ -39,21 +46,34 @@ def with_expires(
     ``now`` (when signing) refuses a time already past."""
     if expires is None:
         return statement
-    text = expires.strip()
+    text = _when(expires)
+    if text is None:
+        raise UsageError(
+            f"--expires: '{printable(expires, 40)}' is not a date (YYYY-MM-DD) or a UTC "
+            "time (YYYY-MM-DDTHH:MM[:SS]Z)"
+        )
+    _not_past(text, now)
+    return {**statement, "expires": text}
+
+
+def _when(value: str) -> str | None:
+    """A date (its end) or UTC time in its one spelling, ``YYYY-MM-DDTHH:MM:SSZ``."""
+    text = value.strip()
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
         text += "T23:59:59Z"
     elif re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z", text):
         text = text[:-1] + ":00Z"
     try:
-        until = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
-        raise UsageError(
-            f"--expires: '{printable(expires, 40)}' is not a date (YYYY-MM-DD) or a UTC "
-            "time (YYYY-MM-DDTHH:MM[:SS]Z)"
-        ) from None
+        return None
+    return text
+
+
+def _not_past(text: str, now: datetime | None) -> None:
+    until = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     if now is not None and until <= now:
-        raise UsageError(f"--expires: {text} is past; the SPM would never apply the statement")
-    return {**statement, "expires": text}
+        raise UsageError(f"--expires: {text} is past; the SPM would never apply it")
 
 
 def expires_after(at: object, days: int = REQUEST_DAYS) -> str | None:
@@ -64,3 +84,31 @@ def expires_after(at: object, days: int = REQUEST_DAYS) -> str | None:
     except ValueError:
         return None
     return (start + timedelta(days=days)).strftime("%Y-%m-%d")
+
+
+#: Days a member's signature of a policy version counts by default (`secfl policy sign`).
+SIGNATURE_DAYS = 30
+
+
+def signature_expires(value: str, now: datetime) -> str | None:
+    """``secfl policy sign --expires``: a duration (``30d``, ``12h``), a date (its end,
+    UTC), a UTC time, or ``never``; the time in a signature's spelling (None for never).
+    Each member chooses their own: it is their signature's, not the version's digest."""
+    text = value.strip().lower()
+    if text == "never":
+        return None
+    found = re.fullmatch(r"(\d{1,4})([dh])", text)
+    if found:
+        amount = int(found.group(1))
+        span = timedelta(days=amount) if found.group(2) == "d" else timedelta(hours=amount)
+        if not span:
+            raise UsageError("--expires: give a duration of at least 1h")
+        return (now + span).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = _when(value.upper())
+    if when is None:
+        raise UsageError(
+            f"--expires: '{printable(value, 40)}' is not a duration (30d, 12h), a date "
+            "(YYYY-MM-DD), a UTC time (YYYY-MM-DDTHH:MM[:SS]Z) or 'never'"
+        )
+    _not_past(when, now)
+    return when

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,6 +12,7 @@ import typer
 from secfl._internal.values import shown
 from secfl.cli import revocation
 from secfl.cli._common import err, out, read_input, replaces_file, write_output
+from secfl.cli._expires import SIGNATURE_DAYS, signature_expires
 from secfl.cli.policy_init import init_cmd
 from secfl.cli.policy_next import next_cmd
 from secfl.cli.policy_seal import seal_secret_cmd
@@ -203,13 +205,22 @@ def sign_cmd(
             "show` printed for what you reviewed (the file may change in between).",
         ),
     ] = None,
+    expires: Annotated[
+        str,
+        typer.Option(
+            metavar="WHEN",
+            help="Until when your signature counts at the SPM: 30d, 12h, a date (its end, "
+            "UTC), a UTC time YYYY-MM-DDTHH:MM[:SS]Z, or never.",
+        ),
+    ] = f"{SIGNATURE_DAYS}d",
 ) -> None:
     """Approve a policy: write a detached signature over its digest.
 
     Refused: a key that is not MEMBER's on the board, a policy that is not ready
     (what `secfl policy validate` refuses), with --recovery-pub a policy that gives
     MEMBER another recovery key, and with --digest a policy other than the one
-    reviewed."""
+    reviewed. The signature counts for 30 days (--expires): a version the board
+    abandons cannot be submitted with it months later."""
     from secfl.policy import _keys as keys
     from secfl.policy import load_policy, sign_policy
     from secfl.policy._signatures import check_signer
@@ -220,6 +231,7 @@ def sign_cmd(
         output = f"{file}.{member}.sig"
     if output != "-" and replaces_file(output, key):
         raise UsageError(f"--output '{output}' is the signing key: give another file")
+    until = signature_expires(expires, datetime.now(UTC))
     raw = read_input(file, "policy")
     policy = load_policy(raw)
     _check_digest(policy, expect_digest)
@@ -228,10 +240,11 @@ def sign_cmd(
     check_signer(rule, member, private, previous=board is not None)
     _check_new(policy, raw)  # what `validate` refuses is never signed
     _check_recovery(policy, member, recovery_pub)
-    signature = sign_policy(policy, private, member)
+    signature = sign_policy(policy, private, member, until)
     write_output(signature.to_json().encode(), output)
     if output != "-":
-        out.print(f"{output}: {member} signed {signature.digest}", markup=False)
+        counts = f", counting until {until}" if until else ""
+        out.print(f"{output}: {member} signed {signature.digest}{counts}", markup=False)
 
 
 def _check_digest(policy: Policy, expected: str | None) -> None:
@@ -318,7 +331,7 @@ def verify_cmd(
             signatures.append(Signature.from_json(read_input(path, "signature")))
         except PolicyError as exc:
             raise PolicyError(f"{path}: {exc}") from None
-    approved = check_approval(rule, digest(policy), signatures)
+    approved = check_approval(rule, digest(policy), signatures, now=datetime.now(UTC))
     out.print(
         f"approved by {', '.join(approved)} ({len(approved)} of {len(rule.members)}, "
         f"{rule.threshold} required)",

@@ -9,6 +9,15 @@ signature made for one purpose can never be replayed for another, even when the
 two digests collide in value. Ed25519 signs the message directly; ECDSA P-256
 signs its SHA-256 (DER-encoded signatures).
 
+A signature may say until when it counts (``expires``, UTC): it is then signed too,
+
+    message = domain + "\n" + digest_hex + "\nexpires " + expires
+
+and :func:`check_approval` given the time refuses it after that. A version (or any
+statement) that some members signed and the board abandoned can so not be submitted
+months later with their signatures; each member chooses their own, as the digest
+is unchanged. A signature without ``expires`` never expires, as before.
+
 :func:`check_approval` applies a :class:`~secfl.policy._model.Board` rule to a
 set of signatures. It is strict: every signature presented must be a valid
 signature by a board member over this digest in this domain. A bad one is
@@ -24,12 +33,21 @@ import binascii
 import json
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 from secfl.errors import PolicyError
 from secfl.policy import _keys as keys
@@ -38,6 +56,7 @@ from secfl.policy._fields import NAME
 from secfl.policy._model import Board, Policy
 
 __all__ = [
+    "EXPIRES_FORMAT",
     "POLICY_DOMAIN",
     "REVOCATION_DOMAIN",
     "Signature",
@@ -56,6 +75,9 @@ REVOCATION_DOMAIN = "secfl/revocation/v1"
 
 _DOMAIN = r"^[a-z0-9][a-z0-9._/-]{0,63}$"
 _DIGEST = r"^[0-9a-f]{64}$"
+#: A signature's ``expires``, in its one spelling.
+EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_EXPIRES = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 
 
 class Signature(BaseModel):
@@ -69,6 +91,30 @@ class Signature(BaseModel):
     digest: Annotated[str, Field(pattern=_DIGEST)]
     #: The signature bytes, standard base64.
     signature: Annotated[str, Field(min_length=4, max_length=256)]
+    #: Until when the signature counts (UTC, ``YYYY-MM-DDTHH:MM:SSZ``); signed with it.
+    expires: Annotated[str, Field(pattern=_EXPIRES)] | None = None
+
+    @field_validator("expires")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        if value is not None:
+            datetime.strptime(value, EXPIRES_FORMAT)  # a real time (no 30 February)
+        return value
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """No ``expires`` written for one that never expires: its file, and what the SPM
+        stores of it, read as before."""
+        data: dict[str, object] = handler(self)
+        if data.get("expires") is None:
+            data.pop("expires", None)
+        return data
+
+    def expired(self, now: datetime) -> bool:
+        """Whether ``now`` is past this signature's ``expires``."""
+        if self.expires is None:
+            return False
+        return now >= datetime.strptime(self.expires, EXPIRES_FORMAT).replace(tzinfo=UTC)
 
     @field_validator("signature")
     @classmethod
@@ -101,24 +147,34 @@ class Signature(BaseModel):
             raise PolicyError(validation_message(exc, cls, "signature")) from None
 
 
-def statement(domain: str, digest_hex: str) -> bytes:
-    """The exact bytes a board member signs: ``domain`` LF ``digest_hex``."""
+def statement(domain: str, digest_hex: str, expires: str | None = None) -> bytes:
+    """The exact bytes a board member signs: ``domain`` LF ``digest_hex`` (LF
+    ``expires`` and the time, for a signature that expires)."""
     if not re.fullmatch(_DOMAIN, domain):
         raise PolicyError(f"signature domain '{domain}' is not a valid domain name")
     if not re.fullmatch(_DIGEST, digest_hex):
         raise PolicyError("signature digest: must be a SHA-256 digest (64 lowercase hex digits)")
-    return f"{domain}\n{digest_hex}".encode()
+    if expires is None:
+        return f"{domain}\n{digest_hex}".encode()
+    if not re.fullmatch(_EXPIRES, expires):
+        raise PolicyError("signature expires: a UTC time written YYYY-MM-DDTHH:MM:SSZ")
+    return f"{domain}\n{digest_hex}\nexpires {expires}".encode()
 
 
 def sign_statement(
-    domain: str, digest_hex: str, key: keys.PrivateKey | bytes | str, member: str
+    domain: str,
+    digest_hex: str,
+    key: keys.PrivateKey | bytes | str,
+    member: str,
+    expires: str | None = None,
 ) -> Signature:
-    """Sign ``digest_hex`` in ``domain`` as board member ``member``.
+    """Sign ``digest_hex`` in ``domain`` as board member ``member`` (until ``expires``,
+    if given: see the module docstring).
 
     ``key`` is a private key object or its PEM.
     """
     private = key if not isinstance(key, bytes | str) else keys.load_private(key)
-    message = statement(domain, digest_hex)
+    message = statement(domain, digest_hex, expires)
     algorithm = keys.key_kind(private)
     if isinstance(private, ed25519.Ed25519PrivateKey):
         raw = private.sign(message)
@@ -131,6 +187,7 @@ def sign_statement(
             domain=domain,
             digest=digest_hex,
             signature=base64.b64encode(raw).decode(),
+            expires=expires,
         )
     except ValidationError:
         raise PolicyError(f"signature: '{member}' is not a valid member name") from None
@@ -155,7 +212,7 @@ def verify_statement(
             f"expected {digest_hex[:16]}…): it approves another version, an edited file or "
             f"other flags; {signature.member} signs this one again"
         )
-    message = statement(domain, digest_hex)
+    message = statement(domain, digest_hex, signature.expires)
     public = public_key if not isinstance(public_key, bytes | str) else keys.load_public(public_key)
     kind = keys.key_kind(public)
     if signature.algorithm != kind:
@@ -172,9 +229,15 @@ def verify_statement(
         raise PolicyError(f"invalid signature by {who}") from None
 
 
-def sign_policy(policy: Policy, key_pem: keys.PrivateKey | bytes | str, member: str) -> Signature:
-    """Approve ``policy`` as board member ``member``: a signature over its digest."""
-    return sign_statement(POLICY_DOMAIN, digest(policy), key_pem, member)
+def sign_policy(
+    policy: Policy,
+    key_pem: keys.PrivateKey | bytes | str,
+    member: str,
+    expires: str | None = None,
+) -> Signature:
+    """Approve ``policy`` as board member ``member``: a signature over its digest
+    (counting until ``expires``, if given)."""
+    return sign_statement(POLICY_DOMAIN, digest(policy), key_pem, member, expires)
 
 
 def check_signer(
@@ -210,6 +273,7 @@ def check_approval(
     digest_hex: str,
     signatures: Sequence[Signature],
     domain: str = POLICY_DOMAIN,
+    now: datetime | None = None,
 ) -> list[str]:
     """Apply ``board``'s rule to ``signatures`` over ``digest_hex`` in ``domain``.
 
@@ -217,7 +281,9 @@ def check_approval(
     :class:`PolicyError` (prefixed ``approval:``) when a signature is by an
     unknown member, invalid, for another digest or domain; when fewer than
     ``board.threshold`` distinct members (with distinct keys) signed; or when a
-    ``required`` member did not. The same member signing twice counts once.
+    ``required`` member did not. The same member signing twice counts once. Given
+    ``now`` (when the statement is applied: the SPM), a signature past its
+    ``expires`` is refused too; without it (checking what was applied) it counts.
     """
     statement(domain, digest_hex)  # refuses a malformed domain or digest up front
     members = {m.name: m for m in board.members}
@@ -230,6 +296,11 @@ def check_approval(
             verify_statement(domain, digest_hex, sig, member.public_key)
         except PolicyError as exc:
             raise PolicyError(f"approval: {exc}") from None
+        if now is not None and sig.expired(now):
+            raise PolicyError(
+                f"approval: the signature by '{sig.member}' expired at {sig.expires}: "
+                "to approve now, they sign again"
+            )
         approved.add(sig.member)
     if len(approved) < board.threshold:
         raise PolicyError(

@@ -69,6 +69,8 @@ class SignatureIn(BaseModel):
     domain: str = Field(max_length=64)
     digest: str = Field(max_length=64)
     signature: str = Field(max_length=512)
+    #: Until when it counts (UTC, YYYY-MM-DDTHH:MM:SSZ), if it says so: signed with it.
+    expires: str | None = Field(default=None, max_length=20)
 
 
 class PolicySubmission(BaseModel):

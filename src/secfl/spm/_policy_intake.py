@@ -101,7 +101,9 @@ class PolicyIntake:
                             400,
                         )
                 try:
-                    approvers = check_approval(board, policy_digest, sigs, domain=POLICY_DOMAIN)
+                    approvers = check_approval(
+                        board, policy_digest, sigs, domain=POLICY_DOMAIN, now=now
+                    )
                 except PolicyError as exc:
                     raise Refused(str(exc), 403) from None
                 approved = True

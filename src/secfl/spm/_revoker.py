@@ -88,8 +88,9 @@ class Revoker:
         try:
             sigs = [Signature.model_validate(s) for s in signatures]
             approvers = check_approval(
-                policy.board, statement_digest, sigs, domain=REVOCATION_DOMAIN
-            )
+                policy.board, statement_digest, sigs, domain=REVOCATION_DOMAIN,
+                now=datetime.now(UTC),
+            )  # fmt: skip
         except PolicyError as exc:
             detail = {**doc, "reason_refused": one_line(str(exc))}
             self.group.run(  # no board signature: within the budget (secfl.spm._refusals)
