@@ -8,10 +8,11 @@ service then cannot attest until the board readmits it the same way, and
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -215,7 +216,11 @@ def test_a_statement_carries_its_expiry(spm: Served, keys: Path, tmp_path: Path)
     done = secfl("policy", "sign-revocation", "--policy", spm.policy, *flags[:-2],
                  "--key", str(keys / "alice.key"), "--member", "alice", "-o",
                  str(tmp_path / "forever.sig"))  # fmt: skip
-    assert done.returncode == 0 and done.stderr.startswith("note: this statement never expires")
+    assert done.returncode == 0 and done.stderr.startswith("note: without --expires the ")
+    signature = json.loads((tmp_path / "forever.sig").read_text())
+    until = datetime.strptime(signature["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(days=29) < until - datetime.now(UTC) <= timedelta(days=30)
+    assert "expires" not in json.loads(Path(alice).read_text())  # the statement's instead
 
 
 def test_signatures_over_other_flags_are_refused_before_sending(

@@ -22,7 +22,13 @@ from rich.table import Table
 from rich.text import Text
 
 from secfl.cli._common import err, out, read_input, replaces_file, write_output
-from secfl.cli._expires import Expires, expires_after, with_expires
+from secfl.cli._expires import (
+    SIGNATURE_DAYS,
+    Expires,
+    expires_after,
+    signature_expires,
+    with_expires,
+)
 from secfl.cli.audit import printable
 from secfl.cli.status import policy_name, when
 from secfl.errors import UsageError
@@ -258,7 +264,8 @@ def sign_revocation_cmd(
     --board, a key that is not MEMBER's on that version's board (which the SPM checks
     the signatures against) is refused here, not when the statement is submitted. With
     --expires, the SPM does not apply the statement after that time: one signed and
-    abandoned, or held back by a member, cannot be submitted when no one means it."""
+    abandoned, or held back by a member, cannot be submitted when no one means it;
+    without it, your signature counts for 30 days."""
     from datetime import UTC, datetime
 
     from secfl.policy import _keys as keys
@@ -266,14 +273,17 @@ def sign_revocation_cmd(
 
     statement = statement_from_flags(kind, subject, serial, service, reason, readmit)
     statement = with_lifts(statement, lifts)
-    statement = with_expires(statement, expires, now=datetime.now(UTC))
+    now = datetime.now(UTC)
+    statement = with_expires(statement, expires, now=now)
+    # without a statement's expiry, the signature has its own (the digest is unchanged)
+    until = None if expires is not None else signature_expires(f"{SIGNATURE_DAYS}d", now)
     statement_digest = _revocation_digest(policy, statement)
     if output != "-" and replaces_file(output, key):
         raise UsageError(f"--output: '{output}' is your key file; name another file")
     private = keys.load_private(read_input(key, "signing key"))
     if board is not None:
         _check_board(board, policy, member, private)
-    signature = sign_statement(REVOCATION_DOMAIN, statement_digest, private, member)
+    signature = sign_statement(REVOCATION_DOMAIN, statement_digest, private, member, until)
     write_output(signature.to_json().encode(), output)
     if output != "-":
         verb = "readmission" if readmit else "revocation"
@@ -282,11 +292,11 @@ def sign_revocation_cmd(
             f"digest {statement_digest}",
             markup=False,
         )
-    if expires is None:
+    if until is not None:
         err.print(
-            "note: this statement never expires: signed and not submitted, it can be "
-            "submitted at any later time; --expires WHEN (the same for every member) "
-            "bounds that",
+            f"note: without --expires the statement does not expire, but your signature "
+            f"counts only until {until} ({SIGNATURE_DAYS} days); --expires WHEN (the same "
+            "for every member) bounds the statement instead",
             markup=False,
         )
 
