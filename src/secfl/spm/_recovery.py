@@ -324,7 +324,8 @@ def recover_policy_key(
     With ``shares_json`` (the document :func:`seal_shares` made, as the database holds
     it), give ``policy``, the version the board signed (the current one: a version that
     changes the board splits a new key), and ``audited``, the document's SHA-256 from
-    the ``policy.data-key`` entry of the SPM's verified audit log: a document that is
+    the policy's last ``policy.data-key`` entry of the SPM's verified audit log (an
+    earlier one names an earlier key's split, which the host could put back): a document that is
     not that board's split (a lowered threshold, say), or not the one the SPM logged
     (one the host made, for a key of its own), fewer shares than the threshold from
     distinct members, a required member's share missing, or shares that do not
