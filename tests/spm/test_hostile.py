@@ -27,10 +27,11 @@ from sqlalchemy import create_engine, text
 from secfl._internal.canonical import canonical_sha256
 from secfl.errors import CounterMoved, LaunchError, SpmError
 from secfl.fl._commit import SpmLedger
+from secfl.policy._document import load_policy
 from secfl.policy._signatures import sign_statement
 from secfl.spm import _sealing as sv
 from secfl.spm._engine import normalise_url
-from secfl.spm._recovery import open_share, recover_policy_key
+from secfl.spm._recovery import open_share, recover_policy_key, shares_sha256
 from secfl.spm._service import REVOCATION_DOMAIN, revocation_digest, revocation_doc
 from secfl.spm._vault import VALUE_TTL
 from secfl.spm.client import SpmClient, SpmRefused
@@ -708,12 +709,19 @@ def test_a_new_board_gets_new_shares_and_old_shares_open_nothing(
         "SELECT ciphertext FROM secrets WHERE policy = :policy AND name = 'model-key'",
         policy=name,
     )
+    # each checked against the board that split it and the digest the log names
+    old_policy, new_policy = load_policy(policy_document(name, board, sim[1])), load_policy(text_)
+    logged = [e["detail"]["shares_sha256"] for e in client.audit()["entries"]
+              if e["event"] == "policy.data-key" and e["policy"] == name]  # fmt: skip
+    assert logged == [shares_sha256(old.shares), shares_sha256(new.shares)]
     old_key = recover_policy_key(
-        [open_share(old.shares, m, board.recovery[m]) for m in ("alice", "bob")], old.shares
-    )
+        [open_share(old.shares, m, board.recovery[m]) for m in ("alice", "bob")],
+        old.shares, old_policy, audited=logged[0],
+    )  # fmt: skip
     new_key = recover_policy_key(
-        [open_share(new.shares, m, new_board.recovery[m]) for m in ("alice", "carol")], new.shares
-    )
+        [open_share(new.shares, m, new_board.recovery[m]) for m in ("alice", "carol")],
+        new.shares, new_policy, audited=logged[1],
+    )  # fmt: skip
     assert old_key != new_key
     from secfl.spm._masterkey import open_secret
 
