@@ -244,6 +244,7 @@ BAD_FLAGS = [
     (("--kind", "service", "--subject", "a", "--service", "x/y"), "--service: "),
     (("--service", "a", "--expires", "tomorrow"), "--expires: 'tomorrow' is not a date"),
     (("--service", "a", "--expires", "2020-01-01"), "--expires: 2020-01-01T23:59:59Z is past"),
+    (("--service", "a", "--expires", "\u0662\u0660\u0663\u0660-01-01T00:00:00Z"), "--expires: "),
 ]
 
 

@@ -80,6 +80,9 @@ def test_expires_is_signed(board: Board) -> None:
             check_approval(_one(board), digest, [moved], domain=REVOCATION_DOMAIN)
     # checked without a time (what was applied, shown again), it still counts
     assert check_approval(_one(board), digest, [sig], domain=REVOCATION_DOMAIN) == ["alice"]
+    other = {**sig.model_dump(mode="json"), "expires": "\u0662\u0660\u0662\u0666-12-14T23:59:59Z"}
+    with pytest.raises(ValueError, match="expires"):  # one spelling: ASCII digits
+        Signature.model_validate(other)
     never = sign_statement(REVOCATION_DOMAIN, digest, board.keys["alice"], "alice")
     assert "expires" not in never.model_dump(mode="json")
 

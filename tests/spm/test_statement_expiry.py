@@ -62,7 +62,13 @@ def test_a_statement_past_its_expiry_is_not_applied(
 
 @pytest.mark.parametrize(
     "expires",
-    ["2026-12-14", "2026-12-14T10:00Z", "2026-02-30T00:00:00Z", "2026-12-14T10:00:00+00:00"],
+    [
+        "2026-12-14",
+        "2026-12-14T10:00Z",
+        "2026-02-30T00:00:00Z",
+        "2026-12-14T10:00:00+00:00",
+        "\u0662\u0660\u0662\u0666-12-14T23:59:59Z",  # Arabic-Indic digits: another spelling
+    ],
 )
 def test_expires_has_one_spelling(expires: str) -> None:
     with pytest.raises(SpmError, match="'expires' is a UTC time written YYYY-MM-DDTHH:MM:SSZ"):

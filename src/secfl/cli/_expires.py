@@ -59,10 +59,12 @@ def with_expires(
 def _when(value: str) -> str | None:
     """A date (its end) or UTC time in its one spelling, ``YYYY-MM-DDTHH:MM:SSZ``."""
     text = value.strip()
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
         text += "T23:59:59Z"
-    elif re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z", text):
+    elif re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}Z", text):
         text = text[:-1] + ":00Z"
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z", text):
+        return None  # (strptime takes any script's digits: one spelling only)
     try:
         datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
     except ValueError:
@@ -97,7 +99,7 @@ def signature_expires(value: str, now: datetime) -> str | None:
     text = value.strip().lower()
     if text == "never":
         return None
-    found = re.fullmatch(r"(\d{1,4})([dh])", text)
+    found = re.fullmatch(r"([0-9]{1,4})([dh])", text)
     if found:
         amount = int(found.group(1))
         span = timedelta(days=amount) if found.group(2) == "d" else timedelta(hours=amount)

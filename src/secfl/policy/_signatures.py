@@ -77,7 +77,7 @@ _DOMAIN = r"^[a-z0-9][a-z0-9._/-]{0,63}$"
 _DIGEST = r"^[0-9a-f]{64}$"
 #: A signature's ``expires``, in its one spelling.
 EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-_EXPIRES = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
+_EXPIRES = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
 
 
 class Signature(BaseModel):

@@ -53,7 +53,7 @@ _FIELDS = ("kind", "subject", "service", "reason", "action", "lifts", "expires")
 
 #: How a statement's ``expires`` is written: one spelling (UTC, to the second), so that
 #: every member who signs it gets the same digest.
-_EXPIRES = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_EXPIRES = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _OLDER_FIELDS = ("serial", "service", "reason")
 
 
