@@ -312,7 +312,10 @@ def verify_cmd(
         ),
     ] = None,
 ) -> None:
-    """Check that the signatures satisfy the board rule; print the approving members."""
+    """Check that the signatures satisfy the board rule; print the approving members.
+
+    As the SPM would now: a signature past its expiry is refused (so a version
+    accepted long ago no longer verifies with signatures that expired since)."""
     from secfl.policy import Signature, check_approval, digest, load_policy
 
     policy = load_policy(read_input(file, "policy"))
