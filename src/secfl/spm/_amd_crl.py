@@ -7,8 +7,11 @@ folder, one file per key kind and product line as KDS serves them (DER, or PEM):
 (:func:`secfl.tee._amd_crl.crl_file_name`). A file is read when a report needs it,
 so a fresh CRL dropped in replaces the old one without a restart. The folder is the
 host's: its files are checked (signed by the pinned ARK, current), never trusted;
-the host can withhold one (SEV-SNP evidence is then refused) or put back an older
-one still within its dates (see docs/operations.md).
+the host can withhold one (SEV-SNP evidence is then refused), but not put back an
+older one still within its dates, from before a revocation: once a CRL of a key kind
+and product verified, one issued earlier (an older thisUpdate) is refused,
+``rollback: ...``, across restarts too (the floor is in the SPM's audit log,
+``collateral.verified``: :mod:`secfl.spm._collateral_floors`).
 
 Fail closed: an SPM started with neither setting refuses SEV-SNP evidence, saying
 how to start it. ``--no-amd-crl`` accepts SEV-SNP evidence unchecked against
@@ -18,10 +21,13 @@ audit event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-from secfl.tee._amd_crl import CrlLookup, folder_lookup
+from secfl.errors import VerificationError
+from secfl.spm._collateral_floors import CollateralFloors, MemoryFloors, amd_record_of
+from secfl.tee._amd_crl import CrlLookup, crl_url, folder_lookup
 
 __all__ = [
     "NOT_CONFIGURED",
@@ -48,13 +54,36 @@ def describe(crls: AmdCrls | None) -> str:
     return str(crls.folder)
 
 
-@dataclass(frozen=True)
+@dataclass
 class AmdCrls:
-    """AMD's CRLs in ``folder``; ``folder=None``: the operator's explicit opt-out."""
+    """AMD's CRLs in ``folder``; ``folder=None``: the operator's explicit opt-out.
+
+    ``floors``: the thisUpdate of the newest CRL of each kind and product verified,
+    none older taken (the SPM sets its audited floors: :class:`~secfl.spm.
+    _collateral_floors.AuditedFloors`)."""
 
     folder: Path | None
+    floors: CollateralFloors = field(default_factory=MemoryFloors, compare=False)
 
     @property
     def lookup(self) -> CrlLookup | None:
         """What :func:`secfl.tee._verify.verify` takes as ``amd_crl`` (None: unchecked)."""
         return None if self.folder is None else folder_lookup(self.folder)
+
+    def floor(self, kind: str, product: str, this_update: datetime, label: str) -> None:
+        """Refuse a verified CRL issued before the newest one of its kind and product
+        this SPM verified (a rollback by the host); else raise the floor to it, in the
+        audit log before the evidence it checked is answered."""
+        self.floors.refresh()  # what other SPMs sharing the database verified
+        seconds = int(this_update.timestamp())
+        floor = self.floors.get(("amd-crl", kind, product))
+        if seconds < floor:
+            seen = datetime.fromtimestamp(floor, UTC).isoformat()
+            raise VerificationError(
+                f"rollback: the {label} in {self.folder} is older than the one of {seen} "
+                f"this SPM verified: put a current one there ({crl_url(kind, product)})"
+            )
+        if seconds > floor:
+            record = amd_record_of(kind, product, seconds)
+            self.floors.hold(record)
+            self.floors.persist(record)

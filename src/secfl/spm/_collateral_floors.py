@@ -1,4 +1,4 @@
-"""What verified Intel collateral must never go back on, kept across restarts.
+"""What verified Intel collateral and AMD CRLs must never go back on, kept across restarts.
 
 Once a copy of a platform's collateral has verified, the SPM takes none older
 (:class:`~secfl.spm._collateral.CollateralSource`): not a TCB info or QE identity of
@@ -11,6 +11,12 @@ So each raise is written to the SPM's audit log (``collateral.verified``), which
 hash-chained, MAC'd and anchored outside the database (:mod:`secfl.spm._integrity`):
 at start the floors are rebuilt by replaying it, like the counters' and the policy
 versions', and a log rolled back to before a raise is refused as a whole.
+
+AMD's CRLs (``secfl spm serve --amd-crl DIR``, :mod:`secfl.spm._amd_crl`) come from
+a folder the host fills, so the same holds for them: once one of a key kind and
+product line verified, none issued earlier is taken (:func:`amd_record_of`, the key
+``("amd-crl", kind, product)``), else the host could put back a CRL from before a
+revocation, still within its dates.
 """
 
 from __future__ import annotations
@@ -25,13 +31,21 @@ if TYPE_CHECKING:
     from secfl.spm._store import Store
     from secfl.spm._tx import Tx
 
-__all__ = ["EVENT", "AuditedFloors", "CollateralFloors", "MemoryFloors", "floors_of"]
+__all__ = [
+    "EVENT",
+    "AuditedFloors",
+    "CollateralFloors",
+    "MemoryFloors",
+    "amd_record_of",
+    "floors_of",
+]
 
 #: The audit event that records a raise (written by the SPM itself: an aggregator's
 #: events are all ``fl.*``).
 EVENT = "collateral.verified"
 
-#: A floor's key: ("tcb", TEE, FMSPC), ("qe", TEE), ("crl", CA) or ("crl", "root").
+#: A floor's key: ("tcb", TEE, FMSPC), ("qe", TEE), ("crl", CA), ("crl", "root"), or
+#: ("amd-crl", KIND, PRODUCT) (an AMD CRL's thisUpdate, seconds since the epoch).
 Key = tuple[str, ...]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -75,9 +89,26 @@ def record_of(
     }
 
 
+def amd_record_of(kind: str, product: str, this_update: int) -> dict[str, Any]:
+    """The audit detail of a verified AMD CRL of ``kind`` (vcek/vlek) and ``product``."""
+    return {"amd_crl": kind, "product": product, "this_update": this_update}
+
+
 def floors_of(detail: dict[str, Any]) -> list[tuple[Key, int]]:
-    """The floors a :func:`record_of` detail sets; none from a malformed one (the log
-    is the SPM's own, verified before this reads it: this only keeps it from crashing)."""
+    """The floors a :func:`record_of` or :func:`amd_record_of` detail sets; none from a
+    malformed one (the log is the SPM's own, verified before this reads it: this only
+    keeps it from crashing)."""
+    if "amd_crl" in detail:
+        kind, product, value = (detail.get(k) for k in ("amd_crl", "product", "this_update"))
+        if (
+            kind in ("vcek", "vlek")
+            and isinstance(product, str)
+            and _NAME.fullmatch(product)
+            and type(value) is int
+            and 0 <= value < _MAX
+        ):
+            return [(("amd-crl", kind, product), value)]
+        return []
     names = [detail.get(k) for k in ("tee", "fmspc", "ca")]
     values = [
         detail.get(k) for k in ("tcb_evaluation", "qe_evaluation", "pck_crl_issued",

@@ -55,12 +55,15 @@ def check_evidence(
         if ev.kind not in platforms.accept:
             raise Refused(f"platform: {ev.kind} evidence is not accepted by this policy")
         root = platforms.simulation_root.encode() if platforms.simulation_root else None
-        crl = None
+        crl, crl_floor = None, None
         if ev.kind == "snp":
             if amd_crls is None:
                 raise Refused(NOT_CONFIGURED)
-            crl = amd_crls.lookup
-        claims = verify(ev, at=now, sim_root=root, allow_debug=platforms.allow_debug, amd_crl=crl)
+            crl, crl_floor = amd_crls.lookup, amd_crls.floor
+        claims = verify(
+            ev, at=now, sim_root=root, allow_debug=platforms.allow_debug, amd_crl=crl,
+            amd_crl_floor=crl_floor,
+        )  # fmt: skip
         if collateral is not None and claims.kind in ("sgx", "tdx") and not claims.debug:
             claims = _appraised(ev, claims, now, collateral, policy)
     except SecflError as exc:

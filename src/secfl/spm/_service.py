@@ -107,6 +107,8 @@ class Spm:
         if collateral is not None and store.integrity is not None:
             # What verified collateral raised must hold across restarts: the audit log.
             collateral.floors = AuditedFloors(store, self.group)
+        if amd_crls is not None and amd_crls.folder is not None and store.integrity is not None:
+            amd_crls.floors = AuditedFloors(store, self.group)  # the same: AMD's CRLs
         self.attestor = Attestor(
             policies=self.policies,
             nonces=self.nonces,

@@ -57,7 +57,7 @@ from secfl._internal.x509util import (
 )
 from secfl.errors import VerificationError
 from secfl.tee import _roots as roots
-from secfl.tee._amd_crl import CrlLookup, check_revocation
+from secfl.tee._amd_crl import CrlFloor, CrlLookup, check_revocation
 from secfl.tee._claims import Claims
 from secfl.tee._snp_report import (
     CERT_GUIDS,
@@ -132,13 +132,15 @@ def verify_report(
     chain: bytes | None = None,
     aux: bytes | None = None,
     crl: CrlLookup | None = None,
+    crl_floor: CrlFloor | None = None,
 ) -> Claims:
     """Verify an SNP report at time ``at`` and return its claims, or refuse it.
 
     ``vcek`` is the VCEK or VLEK (DER or PEM), ``chain`` the PEM bundle ASK (or ASVK)
     then ARK, ``aux`` the certificate table that came with the report. Explicit
     arguments take precedence over the table; every role must be filled by one.
-    ``crl`` gives AMD's CRL of the chain's kind and product, which must not revoke it.
+    ``crl`` gives AMD's CRL of the chain's kind and product, which must not revoke it;
+    ``crl_floor`` may refuse that CRL as older than one seen before.
     """
     parsed = parse_report(report)
     kind = parsed.signing_key
@@ -150,8 +152,9 @@ def verify_report(
     if crl is not None:
         assert certs.ark is not None and certs.issuer is not None  # (_check_chain)
         checked = check_revocation(
-            crl, kind=kind, product=product, ark=certs.ark, issuer=certs.issuer, vek=vek, at=at
-        )
+            crl, kind=kind, product=product, ark=certs.ark, issuer=certs.issuer, vek=vek, at=at,
+            floor=crl_floor,
+        )  # fmt: skip
     _check_signature(parsed, vek, kind.upper())
     _check_key_binding(parsed, vek, kind, product)
     return Claims(

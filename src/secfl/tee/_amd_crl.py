@@ -36,6 +36,7 @@ from secfl.errors import VerificationError
 __all__ = [
     "MAX_CRL_BYTES",
     "MAX_REVOKED",
+    "CrlFloor",
     "CrlLookup",
     "check_revocation",
     "crl_file_name",
@@ -48,6 +49,12 @@ __all__ = [
 #: (``Milan``, ``Genoa``, ``Turin``), or ``None`` when it has none; it may refuse
 #: (:class:`VerificationError`) with a message of its own (where the CRL should be).
 CrlLookup = Callable[[str, str], bytes | None]
+
+#: Told the kind, product, thisUpdate and label ("Milan VCEK CRL of ...") of a CRL once
+#: it verified as the pinned ARK's and current, before its entries are read: it may
+#: refuse it (:class:`VerificationError`), as the SPM does one older than a CRL of the
+#: same kind and product it verified before (``rollback: ...``, :mod:`secfl.spm._amd_crl`).
+CrlFloor = Callable[[str, str, datetime, str], None]
 
 #: The largest CRL read (AMD's are a few KiB: they list the few revoked ASKs).
 MAX_CRL_BYTES: Final = 1 << 20
@@ -112,10 +119,12 @@ def check_revocation(
     issuer: x509.Certificate,
     vek: x509.Certificate,
     at: datetime,
+    floor: CrlFloor | None = None,
 ) -> str:
     """Refuse a chain whose ``issuer`` (ASK/ASVK) or ``vek`` (VCEK/VLEK) the current
     CRL of ``kind`` and ``product`` revokes; return what was checked ("Milan VCEK CRL
-    of ...") for the claims. ``ark`` is the chain's ARK, already checked as pinned."""
+    of ...") for the claims. ``ark`` is the chain's ARK, already checked as pinned;
+    ``floor``, if given, may refuse a CRL older than one seen before."""
     name = f"{product} {kind.upper()} CRL"
     data = lookup(kind, product)
     if data is None:
@@ -136,6 +145,8 @@ def check_revocation(
             f"expired: the {label} was due for update on {due} (verification time "
             f"{at.isoformat()}); fetch a fresh one from {crl_url(kind, product)}"
         )
+    if floor is not None:
+        floor(kind, product, this_update, label)
     roles = ((issuer, _ISSUER_ROLE[kind]), (vek, kind.upper()))
     for cert, role in roles:
         since = entries.get((cert.issuer, cert.serial_number))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from secfl.errors import VerificationError
-from secfl.tee._amd_crl import CrlLookup
+from secfl.tee._amd_crl import CrlFloor, CrlLookup
 from secfl.tee._claims import Claims
 from secfl.tee._evidence import Evidence, KindOrAuto
 
@@ -29,6 +29,7 @@ def verify(
     sim_root: bytes | None = None,
     allow_debug: bool = False,
     amd_crl: CrlLookup | None = None,
+    amd_crl_floor: CrlFloor | None = None,
 ) -> Claims:
     """Verify ``evidence`` at time ``at`` (default: now, UTC).
 
@@ -38,7 +39,7 @@ def verify(
     - AMD (snp): ``vcek`` (the VCEK or VLEK, DER or PEM) and ``chain`` (ASK then ARK,
       PEM) unless the evidence carries a configfs-tsm certificate table; ``amd_crl``
       gives AMD's CRLs (:mod:`secfl.tee._amd_crl`), without which the claims say
-      ``amd_crl: unchecked``.
+      ``amd_crl: unchecked``; ``amd_crl_floor`` may refuse one older than one seen before.
     - simulated: accepted only against ``sim_root``, the simulation root CA (PEM).
 
     Debug evidence is refused unless ``allow_debug``.
@@ -62,8 +63,9 @@ def verify(
         from secfl.tee import _amd as amd
 
         claims = amd.verify_report(
-            ev.quote, at=when, vcek=vcek, chain=chain, aux=ev.aux, crl=amd_crl
-        )
+            ev.quote, at=when, vcek=vcek, chain=chain, aux=ev.aux, crl=amd_crl,
+            crl_floor=amd_crl_floor,
+        )  # fmt: skip
     else:
         if sim_root is None:
             raise VerificationError(
