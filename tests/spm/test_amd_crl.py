@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
@@ -76,8 +77,15 @@ def evidence(fake: FakeAmd, report_data: bytes = bytes(64)) -> Evidence:
     return Evidence(kind="snp", quote=report, aux=build_cert_table(table))
 
 
-def snp_policy(board: Board, name: str = "snp") -> str:
-    return policy_document(name, board, b"", accept=("snp",))
+def snp_policy(board: Board, name: str = "snp", *, unchecked: bool = False) -> str:
+    """A policy of SEV-SNP services; ``unchecked``: it accepts evidence of an SPM
+    started with --no-amd-crl (platforms.allow_unchecked_amd_crl)."""
+    document = policy_document(name, board, b"", accept=("snp",))
+    if not unchecked:
+        return document
+    doc = yaml.safe_load(document)
+    doc["platforms"]["allow_unchecked_amd_crl"] = True
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def crl_at(fake: FakeAmd, now: datetime, *revoked: object) -> bytes:
@@ -123,8 +131,10 @@ def test_the_spm_refuses_a_revoked_ask_and_checks_nothing_only_when_told(
         check_evidence(policy, raw, FAKE_AT)
     assert str(info.value) == NOT_CONFIGURED
     assert "--amd-crl DIR" in NOT_CONFIGURED and "--no-amd-crl" in NOT_CONFIGURED
-    # --no-amd-crl: accepted, the claims saying that nothing was checked
-    unchecked = check_evidence(policy, raw, FAKE_AT, None, AmdCrls(None))
+    # --no-amd-crl: refused unless the policy allows it (tests/spm/test_amd_crl_optout.py);
+    # then accepted, the claims saying that nothing was checked
+    allowed = load_policy(snp_policy(board, unchecked=True))
+    unchecked = check_evidence(allowed, raw, FAKE_AT, None, AmdCrls(None))
     assert unchecked.platform["amd_crl"] == "unchecked"
 
 

@@ -31,7 +31,6 @@ from secfl.spm._collateral import CollateralSource
 from secfl.spm._evidence_checks import (
     check_measurements,
     claims_identity,
-    platform_refusal,
 )
 from secfl.spm._revocation import session_identity
 from secfl.tee._evidence import Evidence
@@ -44,7 +43,8 @@ from tests.tee.test_pccs import pcs_routes, vector
 
 MILAN_AT = utc("2024-06-01")
 #: No CRL a test can make is signed by AMD's ARK, so the real vectors are checked as
-#: by an SPM started with --no-amd-crl (tests/spm/test_amd_crl.py checks CRLs).
+#: by an SPM started with --no-amd-crl, under a policy that allows it
+#: (tests/spm/test_amd_crl.py checks CRLs).
 UNCHECKED = AmdCrls(None)
 
 
@@ -53,7 +53,19 @@ def check_evidence(
 ) -> Any:
     from secfl.spm._evidence_checks import check_evidence as check
 
-    return check(policy, evidence, now, collateral, UNCHECKED)
+    return check(unchecked_allowed(policy), evidence, now, collateral, UNCHECKED)
+
+
+def unchecked_allowed(policy: Policy) -> Policy:
+    """``policy`` accepting evidence unchecked against AMD's CRLs, as these are."""
+    platforms = policy.platforms.model_copy(update={"allow_unchecked_amd_crl": True})
+    return policy.model_copy(update={"platforms": platforms})
+
+
+def platform_refusal(policy: Policy, identity: dict[str, Any]) -> str | None:
+    from secfl.spm._evidence_checks import platform_refusal as refusal
+
+    return refusal(unchecked_allowed(policy), identity)
 
 
 #: The Milan vector's reported_tcb, 0x7308000000000003.

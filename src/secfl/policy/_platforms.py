@@ -12,6 +12,11 @@ board's floor per product line (``min_snp_tcb``).
 appraisal too, which a host blocking the SPM's PCCS could then skip (found by a review).
 The fields added here are left out of the canonical form while unset, so that every
 digest computed before them stands.
+
+``allow_unchecked_amd_crl``: an SPM started with ``--no-amd-crl`` checks no SEV-SNP
+chain against AMD's CRLs (a revoked ASK/ASVK is accepted); the SPM's command line is
+its host's, so that alone would let the host turn revocation off for every policy.
+Its SEV-SNP evidence is accepted only under a policy whose board set this.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ class Platforms(StrictModel):
     #: between lines); a report of a line it does not name is refused. Left out of the
     #: canonical form while unset.
     min_snp_tcb: Annotated[dict[Product, SnpTcb], Field(min_length=1)] | None = None
+    #: Accept SEV-SNP evidence that an SPM started with ``--no-amd-crl`` checked against
+    #: no AMD CRL (a revoked AMD signing key would pass). Left out of the canonical form
+    #: while false.
+    allow_unchecked_amd_crl: bool = False
 
     @model_serializer(mode="wrap")
     def _unset_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -86,6 +95,8 @@ class Platforms(StrictModel):
             data.pop("require_platform_id", None)
         if self.min_snp_tcb is None:
             data.pop("min_snp_tcb", None)
+        if not self.allow_unchecked_amd_crl:
+            data.pop("allow_unchecked_amd_crl", None)
         return data
 
     @field_validator("allow_unknown_tcb")

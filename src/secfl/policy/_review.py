@@ -51,12 +51,14 @@ def review(policy: Policy) -> list[str]:
         if isinstance(unknown, bool)
         else f"accepted for {', '.join(unknown)} only"
     )
+    unchecked_crl = "; SEV-SNP unchecked against AMD's CRLs (--no-amd-crl) accepted"
     lines.append(
         f"platforms: {', '.join(platforms.accept)}; minimum TCB {platforms.min_tcb_status}"
         f"{'' if evaluation is None else f' (Intel: TCB evaluation {evaluation} or later)'}; "
         f"unknown TCB {unknown_text}; debug "
         f"{'accepted' if platforms.allow_debug else 'refused'}"
         f"{'; evidence must name its machine' if platforms.require_platform_id else ''}"
+        f"{unchecked_crl if platforms.allow_unchecked_amd_crl else ''}"
     )
     for product, floor in (platforms.min_snp_tcb or {}).items():
         levels = ", ".join(f"{k}={v}" for k, v in floor.levels().items())

@@ -14,9 +14,11 @@ and product verified, one issued earlier (an older thisUpdate) is refused,
 ``collateral.verified``: :mod:`secfl.spm._collateral_floors`).
 
 Fail closed: an SPM started with neither setting refuses SEV-SNP evidence, saying
-how to start it. ``--no-amd-crl`` accepts SEV-SNP evidence unchecked against
+how to start it. ``--no-amd-crl`` leaves SEV-SNP evidence unchecked against
 revocation; the SPM says so when it starts and records it in its ``spm.started``
-audit event.
+audit event, and accepts such evidence only for a policy whose board allows it
+(``platforms.allow_unchecked_amd_crl``): the command line is the host's, and would
+otherwise turn revocation off for every policy unseen (found by a review).
 """
 
 from __future__ import annotations
@@ -31,16 +33,26 @@ from secfl.tee._amd_crl import CrlLookup, crl_url, folder_lookup
 
 __all__ = [
     "NOT_CONFIGURED",
+    "UNCHECKED_REFUSED",
     "AmdCrls",
     "describe",
 ]
+
+#: Why SEV-SNP evidence is refused by an SPM started with ``--no-amd-crl`` for a policy
+#: that does not accept it.
+UNCHECKED_REFUSED = (
+    "crl: this SPM was started with --no-amd-crl, so it checks no AMD CRL (a revoked AMD "
+    "signing key, ASK/ASVK, would pass), and the policy does not accept that: start the "
+    "SPM with --amd-crl DIR, or the board sets platforms.allow_unchecked_amd_crl: true"
+)
 
 #: Why SEV-SNP evidence is refused by an SPM started with neither setting.
 NOT_CONFIGURED = (
     "crl: this SPM has no AMD CRLs, so it cannot tell a revoked AMD signing key (ASK/ASVK) "
     "from a good one: start it with --amd-crl DIR (AMD KDS CRLs, e.g. vcek-Milan.crl from "
     "https://kdsintf.amd.com/vcek/v1/Milan/crl), or with --no-amd-crl to accept SEV-SNP "
-    "evidence unchecked against revocation"
+    "evidence unchecked against revocation where the policy allows it "
+    "(platforms.allow_unchecked_amd_crl)"
 )
 
 
@@ -50,7 +62,10 @@ def describe(crls: AmdCrls | None) -> str:
     if crls is None:
         return "none (neither --amd-crl nor --no-amd-crl): SEV-SNP evidence is refused"
     if crls.folder is None:
-        return "unchecked (--no-amd-crl): a revoked AMD ASK/ASVK is accepted"
+        return (
+            "unchecked (--no-amd-crl): a revoked AMD ASK/ASVK is accepted where the policy "
+            "allows it (platforms.allow_unchecked_amd_crl), SEV-SNP refused elsewhere"
+        )
     return str(crls.folder)
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from secfl.errors import CollateralFault, FetchError, Refused, SecflError, VerificationError
 from secfl.policy._model import Policy, code_fields_text, pins_code
-from secfl.spm._amd_crl import NOT_CONFIGURED, AmdCrls
+from secfl.spm._amd_crl import NOT_CONFIGURED, UNCHECKED_REFUSED, AmdCrls
 from secfl.spm._revocation import platform_id, platform_ids
 from secfl.tee._claims import TCB_ORDER, Claims
 from secfl.tee._evidence import Evidence
@@ -48,7 +48,8 @@ def check_evidence(
     that kind. An SEV-SNP report's ``reported_tcb`` and ``launch_tcb`` are held against
     ``min_snp_tcb``, and its ASK/ASVK and VCEK/VLEK against AMD's CRL in ``amd_crls``
     (``--amd-crl DIR``); with no ``amd_crls`` (neither ``--amd-crl`` nor
-    ``--no-amd-crl``) it is refused."""
+    ``--no-amd-crl``) it is refused, and unchecked (``--no-amd-crl``) unless the policy
+    allows it (``allow_unchecked_amd_crl``)."""
     platforms = policy.platforms
     try:
         ev = Evidence.parse(evidence)
@@ -59,6 +60,8 @@ def check_evidence(
         if ev.kind == "snp":
             if amd_crls is None:
                 raise Refused(NOT_CONFIGURED)
+            if amd_crls.folder is None and not platforms.allow_unchecked_amd_crl:
+                raise Refused(UNCHECKED_REFUSED)
             crl, crl_floor = amd_crls.lookup, amd_crls.floor
         claims = verify(
             ev, at=now, sim_root=root, allow_debug=platforms.allow_debug, amd_crl=crl,
@@ -239,10 +242,12 @@ def claims_identity(claims: Claims) -> dict[str, Any]:
     }
     if "tcb_evaluation" in claims.platform:
         identity["tcb_evaluation"] = int(claims.platform["tcb_evaluation"])
-    if claims.kind == "snp":  # what min_snp_tcb weighs
+    if claims.kind == "snp":  # what min_snp_tcb weighs; allow_unchecked_amd_crl
         identity["snp_tcb"] = {
             k: claims.platform.get(k, "") for k in ("product", "reported_tcb", "launch_tcb")
         }
+        if claims.platform.get("amd_crl") == "unchecked":  # (--no-amd-crl)
+            identity["amd_crl_unchecked"] = True
     return identity
 
 
@@ -266,6 +271,8 @@ def platform_refusal(policy: Policy, identity: dict[str, Any]) -> str | None:
         if not isinstance(used, int) or used < floor:
             return f"the policy now requires Intel TCB evaluation {floor} or later"
     if kind == "snp":
+        if identity.get("amd_crl_unchecked") and not platforms.allow_unchecked_amd_crl:
+            return "SEV-SNP evidence unchecked against AMD's CRLs is no longer accepted"
         return platforms.snp_tcb_refusal(identity.get("snp_tcb") or {})
     if status == "unknown":
         if platforms.unknown_tcb_allowed(kind):

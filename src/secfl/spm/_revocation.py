@@ -215,6 +215,8 @@ def session_identity(session: SessionRecord) -> dict[str, Any]:
         snp_tcb = doc.get("snp_tcb")
         if isinstance(snp_tcb, dict):
             identity["snp_tcb"] = {k: v for k, v in snp_tcb.items() if isinstance(v, str)}
+        if doc.get("amd_crl_unchecked") is True:  # attested by an SPM with --no-amd-crl
+            identity["amd_crl_unchecked"] = True
     return identity
 
 
