@@ -243,3 +243,34 @@ def test_every_byte_of_the_crl_matters(fake: FakeAmd) -> None:
 def test_a_huge_crl_is_refused_before_it_is_parsed(fake: FakeAmd) -> None:
     _refused(r"^crl: the Turin VCEK CRL is larger than 1048576 bytes$", fake,
              {"vcek-Turin": b"0" * ((1 << 20) + 1)})  # fmt: skip
+
+
+@pytest.mark.parametrize("scope", ["only_contains_user_certs", "only_contains_attribute_certs"])
+def test_a_crl_that_does_not_cover_ca_certificates_is_refused(fake: FakeAmd, scope: str) -> None:
+    """An ARK-signed CRL whose issuingDistributionPoint limits it to end-entity (or
+    attribute) certificates says nothing of the ASK/ASVK (RFC 5280: not used for what
+    it does not cover); before, its silence on the ASK passed as "not revoked"."""
+    flags = {
+        "only_contains_user_certs": False,
+        "only_contains_ca_certs": False,
+        "only_contains_attribute_certs": False,
+        scope: True,
+    }
+    idp = x509.IssuingDistributionPoint(
+        full_name=None, relative_name=None, indirect_crl=False, only_some_reasons=None, **flags
+    )
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(fake.ark.subject)
+        .last_update(FAKE_AT - timedelta(days=1))
+        .next_update(FAKE_AT + timedelta(days=1))
+        .add_extension(idp, critical=True)
+        .sign(fake.ark_key, hashes.SHA384(), rsa_padding=_pss())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    _refused(
+        r"^crl: the Turin VCEK CRL covers only end-entity or attribute certificates, not "
+        r"the ASK/ASVK it is checked for$",
+        fake,
+        {"vcek-Turin": crl},
+    )

@@ -222,14 +222,22 @@ def _entries(crl: x509.CertificateRevocationList, name: str) -> dict[tuple[x509.
 
 
 def _check_extensions(crl: x509.CertificateRevocationList, name: str) -> None:
-    """A full CRL only: not a delta, not one that covers some reasons, no unknown
-    critical extension (RFC 5280: such a CRL must not be used)."""
+    """A full CRL only: not a delta, not one that covers some reasons or leaves out the
+    CA certificates (the ASK/ASVK it is checked for), no unknown critical extension
+    (RFC 5280: such a CRL must not be used for what it does not cover)."""
     for ext in crl.extensions:
         value = ext.value
         if isinstance(value, x509.DeltaCRLIndicator):
             raise VerificationError(f"crl: the {name} is a delta CRL, not a full one")
         if isinstance(value, x509.IssuingDistributionPoint) and value.only_some_reasons:
             raise VerificationError(f"crl: the {name} covers only some revocation reasons")
+        if isinstance(value, x509.IssuingDistributionPoint) and (
+            value.only_contains_user_certs or value.only_contains_attribute_certs
+        ):
+            raise VerificationError(
+                f"crl: the {name} covers only end-entity or attribute certificates, not "
+                "the ASK/ASVK it is checked for"
+            )
         if ext.critical and isinstance(value, x509.UnrecognizedExtension):
             raise VerificationError(
                 f"crl: the {name} has an unknown critical extension {ext.oid.dotted_string}"
