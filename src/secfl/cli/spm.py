@@ -11,6 +11,7 @@ from secfl.errors import UsageError
 
 if TYPE_CHECKING:
     from secfl.spm._amd_crl import AmdCrls
+    from secfl.tee._amd_crl import CrlLookup
 
 __all__ = [
     "app",
@@ -178,8 +179,17 @@ def verify_cmd(
     min_tcb: Annotated[
         str, typer.Option(help="With --pccs: the lowest TCB status accepted.")
     ] = "UpToDate",
+    amd_crl: Annotated[
+        str | None,
+        typer.Option(
+            help="An SEV-SNP SPM: AMD's CRL of its kind and product (FILE, DER), or a folder "
+            "of them as `spm serve --amd-crl` takes; without it, the ones the SPM serves."
+        ),
+    ] = None,
 ) -> None:
-    """Attest the SPM and print the digest of its TLS key, to pin it."""
+    """Attest the SPM and print the digest of its TLS key, to pin it. An SEV-SNP SPM's
+    AMD chain is checked against AMD's CRL (--amd-crl, else the SPM's own, served beside
+    its evidence: signed by AMD, so its source needs no trust); without one it is refused."""
     from secfl.spm._collateral import pccs_url
     from secfl.spm.client import SpmClient
     from secfl.tee._claims import TCB_ORDER
@@ -198,6 +208,7 @@ def verify_cmd(
             allow_debug=allow_debug,
             collateral=None if fetcher is None else fetcher.get_collateral,
             min_tcb=min_tcb,
+            amd_crl=_crl_lookup(amd_crl),
         )
     finally:
         if fetcher is not None:
@@ -209,6 +220,20 @@ def verify_cmd(
         f"tcb {claims.tcb_status}{', SIMULATED' if claims.simulated else ''}",
         err=True,
     )
+
+
+def _crl_lookup(path_text: str | None) -> CrlLookup | None:
+    """``--amd-crl FILE|DIR`` (as ``secfl attest verify`` takes it)."""
+    from pathlib import Path
+
+    from secfl.tee._amd_crl import file_lookup, folder_lookup
+
+    if path_text is None:
+        return None
+    path = Path(path_text)
+    if not path.exists():
+        raise UsageError(f"--amd-crl: '{path_text}' does not exist")
+    return folder_lookup(path) if path.is_dir() else file_lookup(path)
 
 
 @app.command("measurement")

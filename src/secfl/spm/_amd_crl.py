@@ -23,6 +23,7 @@ otherwise turn revocation off for every policy unseen (found by a review).
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from pathlib import Path
 from secfl.errors import VerificationError
 from secfl.spm._collateral_floors import CollateralFloors, MemoryFloors, amd_record_of
 from secfl.tee._amd_crl import CrlLookup, crl_url, folder_lookup
+from secfl.tee._snp_report import PRODUCTS
 
 __all__ = [
     "NOT_CONFIGURED",
@@ -102,3 +104,22 @@ class AmdCrls:
             record = amd_record_of(kind, product, seconds)
             self.floors.hold(record)
             self.floors.persist(record)
+
+    def served(self) -> dict[str, str]:
+        """The CRLs of the folder, base64, to serve beside the SPM's own SEV-SNP
+        evidence (``GET /v1/attestation``): a client checking this SPM checks them as
+        the SPM checks workloads' (they are the ARK's: their source needs no trust).
+        Those missing or unreadable are left out (the client then refuses, naming it)."""
+        found: dict[str, str] = {}
+        if self.folder is None:
+            return found
+        lookup = folder_lookup(self.folder)
+        for kind in ("vcek", "vlek"):
+            for product in PRODUCTS:
+                try:
+                    data = lookup(kind, product)
+                except VerificationError:
+                    continue
+                if data is not None:
+                    found[f"{kind}-{product}"] = base64.b64encode(data).decode()
+        return found

@@ -61,6 +61,11 @@ class AttestationOut(BaseModel):
     evidence: str = Field(description="Evidence JSON (configfs-tsm form, base64url fields)")
     tls_spki_sha256: str
     kind: str
+    amd_crls: dict[str, str] = Field(
+        default_factory=dict,
+        description="SEV-SNP: AMD's CRLs the SPM holds (--amd-crl), base64 DER by "
+        "kind-product (vcek-Milan, ...), for the client to check its chain against",
+    )
 
 
 class SignatureIn(BaseModel):

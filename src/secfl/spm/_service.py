@@ -150,7 +150,7 @@ class Spm:
 
     # --- the SPM's own attestation --------------------------------------------------------
 
-    def attestation(self, nonce: bytes) -> dict[str, str]:
+    def attestation(self, nonce: bytes) -> dict[str, Any]:
         """Evidence binding ``nonce`` and the SPM's TLS key (for ``GET /v1/attestation``)."""
         if not 8 <= len(nonce) <= 64:
             raise Refused("attestation: the nonce must be 8 to 64 bytes", 400)
@@ -159,11 +159,15 @@ class Spm:
             evidence = self.platform.get_evidence(report_data, measurement=self.measurement)
         else:
             evidence = self.platform.get_evidence(report_data)
-        return {
+        answer: dict[str, Any] = {
             "evidence": evidence.to_json(),
             "tls_spki_sha256": self.identity.spki_sha256,
             "kind": evidence.kind,
         }
+        crls = self.attestor.amd_crls
+        if evidence.kind == "snp" and crls is not None:  # what a client checks it against
+            answer["amd_crls"] = crls.served()
+        return answer
 
     # --- workload attestation (secfl.spm._attestation) ------------------------------------
 

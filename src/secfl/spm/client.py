@@ -39,6 +39,7 @@ from secfl.spm._client_tls import fetch_certificate
 from secfl.spm._client_transport import SpmTransport
 from secfl.spm._report_data import spki_sha256, spm_report_data
 from secfl.spm._volumes import record_proof
+from secfl.tee._amd_crl import CrlLookup, served_lookup
 from secfl.tee._claims import Claims, TcbStatus
 from secfl.tee._evidence import Evidence
 from secfl.tee._intel_collateral import IntelCollateral
@@ -76,12 +77,15 @@ class SpmClient(SpmTransport):
         at: datetime | None = None,
         collateral: Callable[[bytes], IntelCollateral] | None = None,
         min_tcb: TcbStatus = "UpToDate",
+        amd_crl: CrlLookup | None = None,
     ) -> tuple[SpmClient, Claims]:
         """Attest the SPM at ``url`` and return a client pinned to its key, with its claims.
 
         ``collateral`` (for example :meth:`PccsClient.get_collateral`) gives the Intel
         collateral of the SPM's quote: its TCB is then appraised and must be at least
-        ``min_tcb``. Without it an SGX or TDX SPM's TCB is ``unknown``."""
+        ``min_tcb``. Without it an SGX or TDX SPM's TCB is ``unknown``. An SEV-SNP SPM's
+        chain is checked against AMD's CRL of its kind and product: ``amd_crl``'s, else
+        the one the SPM serves beside its evidence; with neither it is refused."""
         expected: list[str] = (
             [expect_measurement] if isinstance(expect_measurement, str) else [*expect_measurement]
         )
@@ -95,7 +99,12 @@ class SpmClient(SpmTransport):
         except (KeyError, TypeError):
             raise VerificationError("spm: the attestation answer has no evidence") from None
         try:
-            claims = verify(evidence, at=at, sim_root=sim_root, allow_debug=allow_debug)
+            crl = None
+            if evidence.kind == "snp":
+                crl = amd_crl if amd_crl is not None else served_lookup(doc.get("amd_crls"))
+            claims = verify(
+                evidence, at=at, sim_root=sim_root, allow_debug=allow_debug, amd_crl=crl
+            )
             if collateral is not None:
                 claims = appraise(evidence, claims, collateral, min_tcb, at, allow_debug)
         except SecflError:

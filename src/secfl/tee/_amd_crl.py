@@ -18,6 +18,7 @@ refused too (AMD revokes VCEKs by TCB, not by CRL, but a listed one is not accep
 
 from __future__ import annotations
 
+import base64
 import errno
 import warnings
 from collections.abc import Callable
@@ -43,6 +44,7 @@ __all__ = [
     "crl_url",
     "file_lookup",
     "folder_lookup",
+    "served_lookup",
 ]
 
 #: Gives the CRL (DER or PEM) of a key kind (``vcek`` or ``vlek``) and product line
@@ -95,6 +97,39 @@ def file_lookup(path: Path) -> CrlLookup:
     """One CRL file, taken as the CRL of whatever kind and product the chain is of
     (its signature still must be the chain's ARK's)."""
     return lambda kind, product: _read(path, f"crl: {path} does not exist")
+
+
+#: The CRLs an SPM serves beside its evidence: one per key kind and product line.
+_SERVED_NAMES: Final = frozenset(
+    f"{kind}-{product}" for kind in _ISSUER_ROLE for product in ("Milan", "Genoa", "Turin")
+)
+
+
+def served_lookup(served: object) -> CrlLookup:
+    """The CRLs an SPM served beside its SEV-SNP evidence (``{"vcek-Milan": base64
+    DER, ...}``), for a client checking that SPM: their source is the SPM's host, so
+    they are checked like any other (signed by the pinned ARK, current). Anything
+    else than that shape is refused when a CRL is looked up."""
+
+    def lookup(kind: str, product: str) -> bytes:
+        name = f"{kind}-{product}"
+        if not isinstance(served, dict) or len(served) > len(_SERVED_NAMES):
+            raise VerificationError("crl: the SPM's answer has a malformed amd_crls")
+        text = served.get(name)
+        if text is None:
+            raise VerificationError(
+                f"crl: the SPM served no {name} CRL beside its SEV-SNP evidence (it runs "
+                f"without an --amd-crl folder holding {crl_file_name(kind, product)}): "
+                f"give one ({crl_url(kind, product)}) with --amd-crl"
+            )
+        if not isinstance(text, str) or len(text) > (MAX_CRL_BYTES // 3 + 1) * 4:
+            raise VerificationError(f"crl: the SPM served a malformed or oversized {name} CRL")
+        try:
+            return base64.b64decode(text, validate=True)
+        except ValueError:
+            raise VerificationError(f"crl: the SPM served {name} CRL not in base64") from None
+
+    return lookup
 
 
 def _read(path: Path, missing: str) -> bytes:
