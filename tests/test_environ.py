@@ -125,3 +125,14 @@ def test_the_host_sets_only_its_own_secfl_settings() -> None:
     env, named = environ.from_host(host)
     assert env == {"PATH": "/usr/bin", "SECFL_LISTEN": "0:1", "SECFL_SHIELD_THREADS": "2"}
     assert named == ["SECFL_LATER"]  # those secfl run sets, other tools': dropped quietly
+
+
+def test_a_programs_path_is_its_own_folder_then_the_systems() -> None:
+    """What a measured program starts by name is found in the folder it was started
+    from (a venv's commands), then the system's: never a host's folder, nor the
+    working folder (a relative name, or none, adds nothing)."""
+    system = ":".join(environ.SYSTEM_PATH)
+    assert environ.program_path("/opt/venv/bin/python") == f"/opt/venv/bin:{system}"
+    assert environ.program_path("/usr/bin/sh") == "/usr/bin:" + system.replace(":/usr/bin", "")
+    assert environ.program_path("./train.py") == system
+    assert environ.program_path(None) == system

@@ -220,3 +220,39 @@ def test_a_scripts_interpreter_the_host_would_choose_otherwise_is_refused(
     script.write_text(f"{line}\nprint('x')\n")
     with pytest.raises(MeasurementError, match=f"^measure: train.py's #! line {says}"):
         run_measurement(script, [str(script)], {})
+
+
+def test_what_a_measured_program_starts_by_name_is_not_found_on_the_hosts_path(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by a hostile review of the fixes above: they measured where the launcher's
+    PATH finds the program, but the program got the host's PATH for what it starts by
+    name itself (a measured shell script's ``python``; torch.compile's ``g++`` once
+    ``CXX`` is dropped, ``nvcc`` once ``CUDA_HOME`` is). A host that put a venv of its own
+    first on PATH had its start-up hook run in the workload under the genuine
+    measurement. The program's PATH is its own folder (a script's: its interpreter's,
+    not the job folder it lies in, which the host may write in) then the system's,
+    unless the policy's ``inject.env`` sets one (which the host's PATH does not change)."""
+    genuine = Path(sys.executable).parent  # where the board's `python` is
+    mark = tmp_path / "hook-ran"
+    planted = _venv_with_hook(tmp_path / "host-venv", mark)
+    beside = tmp_path / "python"  # planted beside the measured script
+    beside.write_text(f"#!/bin/sh\necho ran > {mark}\n")
+    beside.chmod(0o755)
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\nexec python -c 'import sys; print(\"PREFIX\", sys.prefix)'\n")
+    script.chmod(0o755)
+    argv = [str(script)]
+    digest = run_measurement(script, argv, {})
+    host = {**os.environ, "PATH": f"{planted.parent}:{os.environ.get('PATH', '')}"}
+    world.submit_program("shrun", digest)
+    done = subprocess.run(world.command("svc", argv, policy="shrun"), env=host,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert not mark.exists(), "the host's venv ran its code in the workload"
+    assert "PREFIX" not in done.stdout, done.stdout
+    world.submit_program("shrun-path", digest, env={"PATH": f"{genuine}:/usr/bin:/bin"})
+    done = subprocess.run(world.command("svc", argv, policy="shrun-path"), env=host,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"PREFIX {sys.prefix}" in done.stdout, done.stdout
+    assert not mark.exists()

@@ -18,6 +18,12 @@ host. Two kinds of variable matter there:
   code they name (``LD_PRELOAD``, ``PYTHONPATH``, ``BASH_ENV``, ``NODE_OPTIONS``...):
   a measured program started with them runs the host's code with its secrets
   (:func:`for_program`);
+- ``PATH``, where a program finds what it starts by name: torch.compile's ``g++``
+  (once ``CXX`` is dropped), ``nvcc`` (once ``CUDA_HOME`` is), Triton's ``gcc``, a
+  measured shell script's ``python``. The host's had a program of its own (or a venv's
+  start-up hook) run in the workload with its secrets (found by a hostile review): a
+  measured program gets :func:`program_path`, its own folder then the system's, unless
+  the policy's ``inject.env`` sets ``PATH``;
 - secfl's own ``SECFL_*`` variables (:func:`from_host`), by this rule. The host may
   choose only :data:`HOST_SETTINGS`, operational settings each reader bounds and
   checks (one line naming a bad one): where an FL service listens, stores its sealed
@@ -49,12 +55,14 @@ __all__ = [
     "NOT_WORKLOAD",
     "PYTHON_HARMLESS",
     "RUN_SETS",
+    "SYSTEM_PATH",
     "TRUST_STORES",
     "for_program",
     "from_host",
     "loopback_direct",
     "no_bytecode",
     "notable",
+    "program_path",
     "scrub",
     "without",
 ]
@@ -199,6 +207,9 @@ NOT_WORKLOAD = frozenset(
         "SECFL_SKIP_POSTGRES", "SECFL_TEST_WORKERS",
     }
 )  # fmt: skip
+#: The folders a measured program finds what it starts by name in, after its own: the
+#: system's (the image a hardware TEE measures), never the host's ``PATH``.
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 #: What connections to loopback are: never through a proxy.
 LOOPBACK = "127.0.0.1,localhost,::1"
 
@@ -249,6 +260,19 @@ def notable(env: Mapping[str, str], dropped: Iterable[str]) -> list[str]:
         return name in TRUST_STORES and value != "" and os.path.realpath(value) in system
 
     return [name for name in dropped if not is_system(name)]
+
+
+def program_path(started: str | None) -> str:
+    """The ``PATH`` of a program started under the absolute name ``started`` (a venv's
+    ``python``, found where the measurement says): that name's folder (where a venv
+    keeps its commands, ``ninja`` say), then :data:`SYSTEM_PATH`; a relative or no name
+    adds no folder (the working folder is the host's). Not the host's ``PATH``, which
+    names folders of its own choosing for every command the program starts by name."""
+    folders = list(SYSTEM_PATH)
+    if started and started.startswith("/"):
+        own = os.path.dirname(started)
+        folders = [own, *(f for f in folders if f != own)]
+    return os.pathsep.join(folders)
 
 
 def no_bytecode(env: Mapping[str, str]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from secfl._internal import environ
+from secfl._internal.values import quoted
 from secfl._internal.x509util import private_pem
 from secfl.errors import LaunchError, SecflError
 from secfl.launcher._in_process import run_module
@@ -47,6 +49,7 @@ from secfl.launcher._inject import (
     write_private,
 )
 from secfl.launcher._measurement import (
+    commands_from,
     describe_measured,
     locate_program,
     run_measurement,
@@ -236,18 +239,35 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
             for i, text in enumerate(given):
                 where = f"{what} {i + 1}"
                 args.append(no_nul(substitute(text, enrollment, where, public=True), where))
+        own_path = "PATH" not in service.inject.env
         if found is not None:  # started under the name measured: not looked up again
             args[0] = found
+        elif program is None and not req.module and own_path and "/" not in args[0]:
+            args[0] = _on_path(args[0])  # (a TEE that measured itself: as it found it before)
         started = program
         if interpreter is not None and program is not None:
             # the interpreter measured, by the path measured, with the script measured:
             # env would look it up on the program's PATH, the host's
             args = [interpreter, str(program), *args[1:]]
             started = Path(interpreter)
+        if own_path:  # what it starts by name: not from the host's folders
+            env["PATH"] = environ.program_path(
+                sys.executable if req.module else commands_from(started, args[0])
+            )
         for path, content in service.inject.files.items():
             text = substitute(content, enrollment, f"file {path}")
             write_private(files, plan[path], text.encode())
     return Launch(args, env, private, volumes, enrollment, req.module, tuple(code_tags), started)
+
+
+def _on_path(name: str) -> str:
+    """Where the launcher's PATH finds the program ``name`` (a TEE that measured itself:
+    the image's PATH), absolute: the program's own PATH is another
+    (:func:`secfl._internal.environ.program_path`)."""
+    found = shutil.which(name)
+    if found is None:
+        raise LaunchError(f"run: program {quoted(name[:100])} is not on PATH")
+    return os.path.abspath(found)
 
 
 def _show_measured(

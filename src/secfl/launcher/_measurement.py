@@ -50,6 +50,7 @@ from secfl.tee._measure import manifest
 
 __all__ = [
     "FORMAT",
+    "commands_from",
     "describe_measured",
     "locate_program",
     "resolve_program",
@@ -128,14 +129,7 @@ def script_interpreter(program: Path) -> str | None:
     interpreter to the program's surroundings in another form (``env``'s options or
     settings, an interpreter named by a relative path, which the working folder
     resolves) is a :class:`MeasurementError`: the host would choose what runs."""
-    try:
-        with open(program, "rb") as f:
-            head = f.read(256)  # (the kernel reads no more of a #! line)
-    except OSError:
-        return None
-    if not head.startswith(b"#!"):
-        return None
-    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+    words = _shebang(program)
     if not words:
         return None
     name = program.name[:100]
@@ -157,6 +151,32 @@ def script_interpreter(program: Path) -> str | None:
             f"measure: the interpreter '{words[1][:100]}' of {name}'s #! line is not on PATH"
         )
     return os.path.abspath(on_path)
+
+
+def _shebang(program: Path) -> list[str] | None:
+    """The words of ``program``'s ``#!`` line; None if it has none (or is unreadable)."""
+    try:
+        with open(program, "rb") as f:
+            head = f.read(256)  # (the kernel reads no more of a #! line)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    return head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+
+
+def commands_from(program: Path | None, started: str) -> str | None:
+    """The absolute name whose folder the program, the file ``program`` started under
+    the name ``started``, finds its commands in first
+    (:func:`secfl._internal.environ.program_path`): ``started`` (a venv's python, a
+    ``#!/usr/bin/env`` interpreter the launcher found), but for a script, which the
+    kernel hands to its ``#!`` line's interpreter, that interpreter: never the script's
+    own folder, a job folder the host may write in (the script's bytes are measured,
+    not what lies beside them: found by a hostile review). None: no folder."""
+    words = _shebang(program) if program is not None else None
+    if words is not None:
+        return words[0] if words and words[0].startswith("/") else None
+    return started if started.startswith("/") else None
 
 
 def _is_env(path: str) -> bool:
