@@ -79,6 +79,22 @@ def test_a_program_gets_no_toolkit_or_remote_cache_that_brings_code() -> None:
     assert dropped == sorted(set(host) - set(env))
 
 
+def test_a_program_gets_no_model_hub_of_the_hosts() -> None:
+    """Found by a hostile review: the host's HF_ENDPOINT (or the staging Hub, where
+    anyone may create any repository's name) reached the program, which then took
+    "org/model" from the host's server: its weights and data, and with
+    trust_remote_code (a program's own, common choice) its modelling code, run in the
+    workload. The Hub's token and offline switch change nothing of what is served."""
+    host = {
+        "HF_ENDPOINT": "https://hub.host.example", "HUGGINGFACE_CO_STAGING": "1",
+        "HUGGINGFACE_CO_RESOLVE_ENDPOINT": "https://hub.host.example",
+        "HF_TOKEN": "hf_x", "HF_HUB_OFFLINE": "1",
+    }  # fmt: skip
+    env, dropped = environ.for_program(host)
+    assert env == {"HF_TOKEN": "hf_x", "HF_HUB_OFFLINE": "1"}
+    assert dropped == sorted(set(host) - set(env))
+
+
 def test_only_trust_stores_other_than_the_systems_are_notable(tmp_path) -> None:
     import ssl
 

@@ -105,6 +105,12 @@ INTERPRETER_HOOKS = frozenset(
         # switches that turn a safe loader into one that runs code: torch.load's
         # weights_only default, Hugging Face datasets' loading scripts
         "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "HF_DATASETS_TRUST_REMOTE_CODE",
+        # ...and the server a program takes its models, datasets and their code from: the
+        # Hub's address (a host's server, TLS to a name of its own, serves "org/model"),
+        # or its staging Hub, where anyone may create that name; a program that loads a
+        # model with trust_remote_code ran the host's modelling code (found by a hostile
+        # review), and any took the host's weights and data as the named ones
+        "HF_ENDPOINT", "HUGGINGFACE_CO_RESOLVE_ENDPOINT", "HUGGINGFACE_CO_STAGING",
         # torch's traces: torch.compile's debug folder (the working folder's by default,
         # on the host's disk) with the real tensors, weights included (found by a
         # hostile review), its structured trace and logs of graphs and generated code,
