@@ -57,6 +57,46 @@ def test_the_hosts_torch_home_does_not_bring_code_to_the_program(
     assert "NOT-CACHED True" in done.stdout, done.stdout
 
 
+#: A measured program that takes a scikit-learn dataset as many do: from its cache (a
+#: joblib pickle), if it is there, else from the network (here: none).
+SKLEARN = (
+    "import os\n"
+    "from sklearn.datasets import fetch_california_housing, get_data_home\n"
+    "try:\n"
+    "    fetch_california_housing(download_if_missing=False)\n"
+    "    print('LOADED')\n"
+    "except OSError:\n"
+    "    print('NOT-CACHED', get_data_home().startswith(os.environ['SECFL_FILES']))\n"
+)
+
+
+def test_the_hosts_scikit_learn_data_does_not_bring_code_to_the_program(
+    world: World, tmp_path: Path
+) -> None:
+    """Found by a hostile review: scikit-learn keeps the datasets it fetches as joblib
+    pickles in ``$SCIKIT_LEARN_DATA``, else ``~/scikit_learn_data``, and loads them from
+    there: the host's variable, or its HOME, which the program keeps. A host that
+    planted a pickle where a measured program's dataset is cached had it run in the
+    workload, secrets and all. Now the cache is in the private folder."""
+    argv = python(SKLEARN)
+    _policy(world, "skrun", argv)
+    stolen = tmp_path / "stolen.txt"
+    code = f"import os; open({str(stolen)!r}, 'w').write(os.environ.get('API_TOKEN', ''))"
+    planted = f"cbuiltins\nexec\n(V{code}\ntR.".encode()  # (a pickle that runs code)
+    for name, folder in (("HOME", "home"), ("SCIKIT_LEARN_DATA", "sk")):
+        data = tmp_path / folder / ("scikit_learn_data" if name == "HOME" else "")
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "cal_housing_py3.pkz").write_bytes(planted)
+        env = {**os.environ, name: str(tmp_path / folder)}
+        done = subprocess.run(
+            world.command("svc", argv, policy="skrun"),
+            env=env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert not stolen.exists(), f"the host's pickle ran in the workload ({name})"
+        assert done.returncode == 0, done.stderr
+        assert "NOT-CACHED True" in done.stdout, done.stdout
+
+
 #: A measured program that starts Ray (a local cluster, as a training loop that spreads
 #: its work does): the folder Ray's session goes to, objects it spills to disk included.
 RAY = (

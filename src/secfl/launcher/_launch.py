@@ -370,6 +370,9 @@ def _scratch(files: Path) -> dict[str, str]:
         # caches of compiled GPU code whose defaults are under HOME, not XDG_CACHE_HOME
         "TRITON_CACHE_DIR": str(cache / "triton"),
         "CUDA_CACHE_PATH": str(cache / "nv"),
+        # scikit-learn's datasets, which it unpickles (joblib) from ~/scikit_learn_data,
+        # the host's HOME, or the host's $SCIKIT_LEARN_DATA (found by a hostile review)
+        "SCIKIT_LEARN_DATA": str(cache / "scikit_learn_data"),
         # where ciphertext-only scratch (an aggregator's sealed spill) stays on disk
         "SECFL_HOST_TMPDIR": tempfile.gettempdir(),
     }
