@@ -30,7 +30,6 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +62,7 @@ from secfl.launcher._process import (
     harden,
     run_program,
 )
+from secfl.launcher._scratch import scratch
 from secfl.launcher._volumes import close_volumes, open_volume, other_release, volume_spec
 from secfl.policy._model import Policy, Service
 from secfl.shield import Volume, peek_tag
@@ -315,7 +315,7 @@ def _environment(
     write_private(files, ".secfl/session.token", enrollment.session_token.encode())
     env, dropped = environ.for_program(os.environ)
     env, ignored = environ.from_host(env)  # the host's SECFL_* settings only, not ours
-    env.update(_scratch(files))
+    env.update(scratch(files))
     env.update(
         {
             "SECFL_FILES": str(files),
@@ -352,37 +352,6 @@ def _environment(
         )
     # a Python program compiles the code it imports from a volume: never to disk
     return environ.no_bytecode(env)
-
-
-def _scratch(files: Path) -> dict[str, str]:
-    """Where the program's temporary files and caches go: into the private folder, in
-    RAM (``TMPDIR`` and its kin, ``XDG_CACHE_HOME``), not the host's ``/tmp`` or home,
-    on disk, where what a library writes there (a spooled upload, a compiled kernel, a
-    dataset's cache) outlived a workload killed with SIGKILL. The policy's injected
-    variables may set them elsewhere. ``HOME`` stays (programs read their settings
-    there); Python's user site folder under it does not count (``PYTHONNOUSERSITE``)."""
-    tmp, cache = files / ".secfl" / "tmp", files / ".secfl" / "cache"
-    for folder in (tmp, cache):
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return {
-        **dict.fromkeys(SCRATCH_VARIABLES, str(tmp)),
-        "XDG_CACHE_HOME": str(cache),
-        # caches of compiled GPU code whose defaults are under HOME, not XDG_CACHE_HOME
-        "TRITON_CACHE_DIR": str(cache / "triton"),
-        "CUDA_CACHE_PATH": str(cache / "nv"),
-        # scikit-learn's datasets, which it unpickles (joblib) from ~/scikit_learn_data,
-        # the host's HOME, or the host's $SCIKIT_LEARN_DATA (found by a hostile review)
-        "SCIKIT_LEARN_DATA": str(cache / "scikit_learn_data"),
-        # where ciphertext-only scratch (an aggregator's sealed spill) stays on disk
-        "SECFL_HOST_TMPDIR": tempfile.gettempdir(),
-    }
-
-
-#: The variables that name a program's temporary folder (Python's ``tempfile`` reads
-#: the first three, most C libraries ``TMPDIR``; Ray, its session and the objects it
-#: spills, ``RAY_TMPDIR`` before ``TMPDIR``; joblib the folder it maps arrays from: the
-#: host's reached the program, found by a hostile review).
-SCRATCH_VARIABLES = ("TMPDIR", "TEMP", "TMP", "RAY_TMPDIR", "JOBLIB_TEMP_FOLDER")
 
 
 def _attestation_env(client: SpmClient, tee: Platform, measurement: str | None) -> dict[str, str]:
