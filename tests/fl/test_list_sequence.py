@@ -177,8 +177,22 @@ def test_a_list_of_a_lower_number_never_replaces_one_of_a_higher() -> None:
     assert peers.revoked == {"abc"} and peers.read_at == 5.0
     assert peers.apply_list({"abc", "def"}, sent=1.0, sequence=11)  # asked before, newer
     assert peers.revoked == {"abc", "def"} and peers.read_at == 5.0  # as fresh as before
-    assert peers.apply_list(set(), sent=7.0, sequence=11)  # the same number: either holds
+    assert peers.apply_list(set(), sent=7.0, sequence=11)  # the same number: both hold
     assert peers.revoked == {"abc", "def"} and peers.read_at == 7.0
+
+
+def test_two_lists_of_the_same_number_are_both_in_force() -> None:
+    """Found by a hostile review: the same number was taken to mean the same list, and
+    the first kept. SPMs sharing a database answer from their floors as far as each has
+    read the log, and the database's host may delete a revocation's row meanwhile: an
+    SPM that had not yet read the revocation another SPM committed answered at the new
+    head without it. That list stayed in force until the head moved on (the next
+    round's commit), the revoked site accepted with it; a later answer holding the
+    revocation at the same number was set aside. Now their union is in force."""
+    peers = PeerPolicy("p", {"site-1"})
+    assert peers.apply_list({"abc"}, sent=1.0, sequence=11)
+    assert peers.apply_list({"abc", "service:site-1"}, sent=2.0, sequence=11)
+    assert peers.revoked == {"abc", "service:site-1"}
 
 
 def test_a_workload_reading_the_list_in_turn_keeps_the_newest(
@@ -199,7 +213,7 @@ def test_a_workload_reading_the_list_in_turn_keeps_the_newest(
     assert tls.peers.revoked == {"service:site-1"} and tls.checked == first
     with pytest.raises(SpmError, match="^spm: the SPM answered with an older revocation list"):
         ident.revoked()  # as a collaborator's pin reads it: a failed read
-    assert ident.revoked() == set()  # the same number again: its list
+    assert ident.revoked() == {"service:site-1"}  # the same number again: both lists
 
 
 def _lying_spm(tmp_path: Path, answers: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:

@@ -139,7 +139,11 @@ class PeerPolicy:
         (the reading thread's and the round path's reads may end out of order, and an
         SPM may answer an earlier request from newer data than a later one: its cached
         answer is dropped by a revocation; found by reviews). One of the same number
-        holds the same revocations: the list in force stays. The list is as old as its
+        should hold the same revocations, but SPMs sharing a database may each answer
+        from their floors as far as they read the log when they were asked, while the
+        host deletes the revocation's row: the union is in force (the first answer at a
+        number, without the revocation, kept till the head moved on, and the revoked
+        site with it: found by a hostile review). The list is as old as its
         request: a host that held the SPM's answer back (trickled, each piece within the
         socket's timeout) made an old list count as just read, and a peer revoked
         meanwhile was accepted for :data:`STALE_SECONDS` more. A list at least as new as
@@ -149,6 +153,8 @@ class PeerPolicy:
                 return False
             if sequence > self._sequence:
                 self.revoked, self._sequence = revoked, sequence
+            else:
+                self.revoked = self.revoked | revoked
             if sent > self._sent:
                 self.read_at, self._sent = sent, sent
             return True

@@ -100,6 +100,7 @@ class WorkloadIdentity:
     _superseded: str | None = field(default=None, repr=False)
     #: The highest sequence number of a list :meth:`revoked` returned.
     _newest: int = field(default=-1, repr=False)
+    _newest_list: set[str] = field(default_factory=set, repr=False)
     _list_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -161,7 +162,9 @@ class WorkloadIdentity:
         from older data than one returned before (a lower sequence number: another SPM's
         cached answer, or one cached before a revocation and sent after it) is an
         SpmError, a failed read: the newer list stays in force, and this read does not
-        count as a fresh one (if none but such come, the list goes stale: fail closed)."""
+        count as a fresh one (if none but such come, the list goes stale: fail closed).
+        Two answers of the same number: their union (see
+        :meth:`~secfl.fl._peers.PeerPolicy.apply_list`)."""
         sequence, found = self.revocation_list()
         with self._list_lock:
             if sequence < self._newest:
@@ -169,7 +172,9 @@ class WorkloadIdentity:
                     f"spm: the SPM answered with an older revocation list (sequence "
                     f"{sequence}, after {self._newest}): the newer one stays in force"
                 )
-            self._newest = sequence
+            if sequence == self._newest:
+                found = found | self._newest_list
+            self._newest, self._newest_list = sequence, found
         return found
 
     def revocation_list(self) -> tuple[int, set[str]]:
