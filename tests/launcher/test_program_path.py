@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +258,57 @@ def test_what_a_measured_program_starts_by_name_is_not_found_on_the_hosts_path(
     assert done.returncode == 0, done.stderr
     assert f"PREFIX {sys.prefix}" in done.stdout, done.stdout
     assert not mark.exists()
+
+
+def _swap_after_reads(path: Path, content: str, reads: int) -> threading.Thread:
+    """A thread that replaces ``path`` with ``content`` as soon as readers have closed it
+    ``reads`` times (inotify), as a host watching its working folder would."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    assert fd >= 0 and libc.inotify_add_watch(fd, bytes(path), 0x10) >= 0  # CLOSE_NOWRITE
+
+    def swap() -> None:
+        try:
+            seen = 0
+            while seen < reads:  # (each event is 16 bytes: no name, a watched file)
+                seen += len(os.read(fd, 4096)) // 16
+            fresh = path.with_name(".swap")
+            fresh.write_text(content)
+            fresh.chmod(0o755)
+            os.replace(fresh, path)
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=swap, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("reads", [1, 2, 3])
+def test_a_script_replaced_once_measured_is_not_what_runs(
+    world: World, tmp_path: Path, reads: int
+) -> None:
+    """Found by a hostile review: the launcher measured a ``#!`` script, then had the
+    kernel start it by its path, and its interpreter read it by that path again. A
+    host that replaced the script in a folder it may write in (README's ``./train.py``
+    in the working folder) once it was read had its own script run under the genuine
+    measurement, with its secrets. Now the launcher copies the script into its private
+    folder, then measures and starts that copy. (The host replaces it after the
+    launcher's first, second or third read: whichever was its last before the start.)"""
+    script, stolen = tmp_path / "train.py", tmp_path / "stolen.txt"
+    script.write_text(f"#!{sys.executable}\nprint('GENUINE', flush=True)\n")
+    script.chmod(0o755)
+    argv = [str(script)]
+    policy = f"swaprun{reads}"
+    world.submit_program(policy, world.plain(argv), env={"API_TOKEN": "$$SECFL::tok:hex$$"})
+    host = (f"#!{sys.executable}\nimport os\n"
+            f"open({str(stolen)!r}, 'w').write(os.environ.get('API_TOKEN', ''))\n")  # fmt: skip
+    swapper = _swap_after_reads(script, host, reads)
+    done = subprocess.run(world.command("svc", argv, policy=policy), capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    assert not stolen.exists(), "the host's script ran in the workload"
+    while swapper.is_alive():  # (read fewer times than it waited for: let it end)
+        script.read_bytes()
+        swapper.join(timeout=1)
+    assert done.returncode == 0, done.stderr
+    assert "GENUINE" in done.stdout, done.stdout

@@ -51,6 +51,7 @@ from secfl.launcher._measurement import (
     commands_from,
     describe_measured,
     locate_program,
+    private_script,
     run_measurement,
     script_interpreter,
 )
@@ -192,11 +193,12 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         }
 
         tee = platform_by_name(req.platform, sim_dir=req.sim_dir)
-        measurement = program = found = interpreter = None
+        measurement = program = original = found = interpreter = None
         shown = ["-m", req.module, *req.argv] if req.module else req.argv
         if tee.name == "simulated":
             if not req.module:  # (a bare name: where PATH found it is measured too)
-                program, found = locate_program(req.argv[0])
+                original, found = locate_program(req.argv[0])
+                program = private_script(original, files / ".secfl" / "program")
                 interpreter = script_interpreter(program)  # (#!/usr/bin/env NAME: too)
             measurement = run_measurement(
                 program, shown, code_tags, found=found, interpreter=interpreter
@@ -209,9 +211,8 @@ def _prepare(req: RunRequest, private: PrivateDir, volumes: dict[str, Volume]) -
         except SpmRefused as exc:
             if not str(exc).startswith("measurement:"):
                 raise
-            _show_measured(
-                service, tee.name, program, shown, code_tags, measurement, found, interpreter
-            )
+            _show_measured(service, tee.name, program, shown, code_tags, measurement,
+                           found, interpreter, original)  # fmt: skip
             other = other_release(policy, code_tags, req.volumes)
             raise LaunchError(
                 f"{exc}; "
@@ -279,17 +280,19 @@ def _show_measured(
     measurement: str | None,
     found: str | None,
     interpreter: str | None,
+    original: Path | None,
 ) -> None:
     """When the SPM refuses the measurement: what this launcher measured, in the form
     ``secfl policy init`` writes next to the measurements it pins, and what the policy
-    accepts, so that a changed address, path or install shows at once."""
+    accepts, so that a changed address, path or install shows at once (the program
+    by the path it was found at, not its private copy's)."""
     lines = [f"the SPM refused the measurement of service '{service.name}'; secfl run measured:"]
     if measurement is None:
         lines.append(f"  the {kind} TEE measured this machine's image, started with")
         lines.append(f"  command:      {shlex.join(argv)}")
     else:
         described = describe_measured(
-            program, argv, code_tags, found=found, interpreter=interpreter
+            program, argv, code_tags, found=found, interpreter=interpreter, shown=original
         )
         lines += [f"  {line}" for line in described]
         lines.append(f"  measurement:  {measurement}")

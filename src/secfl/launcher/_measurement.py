@@ -30,7 +30,9 @@ absolute name it found and measured (:func:`locate_program`), so the program doe
 look it up again. A script whose ``#!`` line has ``env`` look its interpreter up on
 PATH had it looked up on the program's PATH, the host's, with the same effect (found by
 a hostile review): where the launcher's PATH finds it is measured, and the interpreter
-is started by that path with the script (:func:`script_interpreter`).
+is started by that path with the script (:func:`script_interpreter`). A script is
+read by its path again once measured (by the kernel, by its interpreter): the launcher
+measures and starts a private copy of it (:func:`private_script`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "commands_from",
     "describe_measured",
     "locate_program",
+    "private_script",
     "resolve_program",
     "run_measurement",
     "script_interpreter",
@@ -99,6 +102,42 @@ def locate_program(program: str) -> tuple[Path, str | None]:
     if found is not None and "/" in program and _is_script(path):
         found = None  # (the interpreter its first line names is started, not this name)
     return Path(os.path.realpath(path)), found
+
+
+#: The largest ``#!`` script :func:`private_script` copies (its bytes go to RAM).
+MAX_SCRIPT = 64 * 1024 * 1024
+
+
+def private_script(program: Path, folder: Path) -> Path:
+    """``program`` itself if it is not a ``#!`` script; else a copy of it in ``folder``
+    (the launcher's private one), of the same name and mode: what is measured and
+    started. A script is read by its path again after it is measured, by the kernel
+    (its ``#!`` line) and by its interpreter (all of it): one in a folder the host may
+    write in (README's ``./train.py`` in the working folder) was the host's to replace
+    in between, its own script run under the genuine one's measurement with its
+    secrets (found by a hostile review)."""
+    try:
+        fd = os.open(program, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise MeasurementError(
+            f"measure: program '{program.name[:100]}': {exc.strerror or exc}"
+        ) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or f.read(2) != b"#!":
+            return program
+        content = b"#!" + f.read(MAX_SCRIPT)
+        if len(content) > MAX_SCRIPT or f.read(1):
+            raise MeasurementError(
+                f"measure: the script '{program.name[:100]}' is over {MAX_SCRIPT >> 20} MiB"
+            )
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    copy = folder / program.name
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(copy, flags, 0o700), "wb") as out:
+        out.write(content)
+        os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
+    return copy
 
 
 def _is_script(path: Path) -> bool:
@@ -235,18 +274,21 @@ def describe_measured(
     *,
     found: str | None = None,
     interpreter: str | None = None,
+    shown: Path | None = None,
 ) -> list[str]:
     """What :func:`run_measurement` covers, as lines a person compares: the program
-    file (its path, digest and mode), the command line (shell-quoted), the code volumes'
-    tags. ``secfl run`` prints them when the SPM refuses its measurement, and ``secfl
-    policy init`` writes them next to the measurements it pins, in the same form."""
+    file (its path, or ``shown``'s where it was copied from, digest and mode), the
+    command line (shell-quoted), the code volumes' tags. ``secfl run`` prints them when
+    the SPM refuses its measurement, and ``secfl policy init`` writes them next to the
+    measurements it pins, in the same form."""
     lines = []
     if program is None:
         lines.append("program:      none (a --module run from the code volumes)")
     else:
         entry = manifest([program])["entries"][0]
         lines.append(
-            f"program:      {program} (sha256 {entry.get('sha256', '?')}, mode {entry['mode']})"
+            f"program:      {shown or program} (sha256 {entry.get('sha256', '?')}, "
+            f"mode {entry['mode']})"
         )
     lines.append(f"command:      {shlex.join(argv)}")
     located = _found(program, argv, found)
