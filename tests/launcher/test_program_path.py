@@ -312,3 +312,22 @@ def test_a_script_replaced_once_measured_is_not_what_runs(
         swapper.join(timeout=1)
     assert done.returncode == 0, done.stderr
     assert "GENUINE" in done.stdout, done.stdout
+
+
+def test_a_tee_that_measured_itself_starts_a_bare_name_found_on_the_launchers_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On hardware (nothing measured here) a bare name is started where the launcher's
+    PATH finds it, as the program's PATH found it before the program got a PATH of its
+    own; a name not there is refused in one line."""
+    from secfl.errors import LaunchError
+    from secfl.launcher._launch import _on_path
+
+    (tmp_path / "bin").mkdir()
+    prog = tmp_path / "bin" / "fl-workload"
+    prog.write_text("#!/bin/sh\n")
+    prog.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    assert _on_path("fl-workload") == str(prog)
+    with pytest.raises(LaunchError, match="^run: program 'no-such-workload' is not on PATH$"):
+        _on_path("no-such-workload")
