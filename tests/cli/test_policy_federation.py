@@ -174,6 +174,23 @@ def test_a_policy_that_runs_no_federation_is_not_checked_as_one(
     assert (code, err) == (0, "")
 
 
+def test_a_federation_whose_aggregator_is_of_role_any_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Found by a hostile review of f7a6876: role ``any`` commits no round (the SPM
+    refuses it), but a federation whose only would-be aggregator had that role passed
+    validation, and stopped at its first round's commit."""
+    doc = policy_dict()
+    doc["federation"] = {"rounds": 3, "counter": "round"}
+    doc["services"] = [dict(s, role="any") if s["role"] == "aggregator" else s
+                       for s in doc["services"]]  # fmt: skip
+    path = tmp_path / "anyagg.yaml"
+    path.write_text(to_yaml(doc))
+    code, _, err = call(capsys, "policy", "validate", str(path))
+    assert code != 0 and "no service with role 'aggregator'" in err, err
+    assert ERROR_LINE.fullmatch(err), err
+
+
 def test_a_key_rotating_version_is_signed_with_the_key_of_the_board_it_replaces(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -51,12 +51,13 @@ class FakeSpm:
 
 
 def secure_aggregator(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, role: str = "aggregator"
 ) -> tuple[Aggregator, WorkloadIdentity, FakeSpm]:
     """An aggregator as ``secfl run`` would start it (not started), its identity and
-    its fake SPM."""
+    its fake SPM; ``role``: its service's in the policy."""
     doc = policy_dict()
     doc["federation"] = {"rounds": 3, "counter": "round"}
+    doc["services"] = [dict(s, role=role) if s["name"] == "agg" else s for s in doc["services"]]
     text = to_yaml(doc)
     policy = load_policy(text)
     files = tmp_path / "files"

@@ -83,13 +83,11 @@ def check_federation(policy: Policy) -> list[str]:
         )
     aggregators = _roles(policy, "aggregator")
     collaborators = _roles(policy, "collaborator", "any")
-    if not aggregators and not _roles(policy, "any"):
+    if not aggregators:  # (role any commits no round: the SPM refuses it, found by a review)
         raise FlError(
             "federation: the policy has federation settings but no service with role "
             "'aggregator': add one (`secfl policy init` writes a whole federation)"
         )
-    if not aggregators:  # role "any" services: whoever runs the aggregator is not known
-        return []
     if config.counter not in policy.counter_names():
         raise FlError(
             f"federation: counter '{config.counter}' (federation.counter) is not a counter of "

@@ -140,8 +140,11 @@ def build_aggregator(opts: AggregatorOptions) -> tuple[Aggregator, WorkloadIdent
     policy = ident.policy_document()
     config = FederationConfig.parse(policy.federation)
     me = policy.service(ident.service)
-    if me is None or me.role not in ("aggregator", "any"):
-        raise FlError(f"policy: service '{ident.service}' is not an aggregator")
+    if me is None or me.role != "aggregator":
+        # (role any: the SPM refuses its rounds and findings, so it would stop at its
+        # first commit, a round trained for nothing: found by a hostile review)
+        raise FlError(f"policy: service '{ident.service}' is not an aggregator (its role is "
+                      f"{'none' if me is None else repr(me.role)}, not 'aggregator')")  # fmt: skip
     _warn_output(ident, opts)
     peers = PeerPolicy(
         policy=ident.policy, services=role_services(policy, "collaborator", "any") - {ident.service}
