@@ -98,3 +98,36 @@ def test_rows_the_host_added_are_refused_in_bounded_memory(tmp_path: Path) -> No
     for args in (("--data", str(spm.data)), ("--db", f"sqlite:///{spm.data / 'spm.db'}")):
         line = one_error(_limited("audit", "verify", *args))
         assert line == f"error: audit: entry {head + 1} was modified (its hash does not match)"
+
+
+def test_a_detail_the_host_wrote_behind_a_nul_is_refused_by_its_size(tmp_path: Path) -> None:
+    """SQLite's ``length()`` of a text stops at its first NUL: a detail the host wrote
+    as a NUL and 200 MB (over an entry's, or after the head) was 0 long to the
+    database-side checks, so it was read whole (and again as a Python string) and the
+    reader ran out of memory; it is now measured in bytes and refused before it is
+    read."""
+    make_sim(tmp_path / "sim")
+    spm = SpmProcess(tmp_path / "data", tmp_path / "sim", None).start()
+    spm.stop()
+    db = sqlite3.connect(tmp_path / "data" / "spm.db")
+    head = db.execute("SELECT seq FROM audit_head").fetchone()[0]
+    huge = "\0" + "x" * 200_000_000
+    with db:
+        db.execute(
+            "INSERT INTO audit (seq, at, event, policy, detail, prev_hash, hash) "
+            "VALUES (?, '2026-01-01T00:00:00.000000Z', 'x', NULL, ?, ?, ?)",
+            (head + 1, huge, "0" * 64, "0" * 64),
+        )
+    db.close()
+    url = f"sqlite:///{spm.data / 'spm.db'}"
+    refused = "error: audit: entry {} was modified (its detail is longer than any entry's)"
+    for args in (("--data", str(spm.data)), ("--db", url)):
+        assert one_error(_limited("audit", "verify", *args)) == refused.format(head + 1)
+    # the same over an entry the head covers, which `secfl audit show` reads
+    db = sqlite3.connect(tmp_path / "data" / "spm.db")
+    with db:
+        db.execute("DELETE FROM audit WHERE seq = ?", (head + 1,))
+        db.execute("UPDATE audit SET detail = ? WHERE seq = ?", (huge, head))
+    db.close()
+    assert one_error(_limited("audit", "show", "--data", str(spm.data))) == refused.format(head)
+    assert one_error(_limited("audit", "verify", "--db", url)) == refused.format(head)

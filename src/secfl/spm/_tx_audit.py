@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import ColumnElement, Connection, LargeBinary, cast, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from secfl.errors import AuditError, IntegrityError, SpmError
@@ -89,7 +89,7 @@ class AuditLog(TxView):
 
     def since(self, seq: int, limit: int = 1000, *, chars: int | None = None) -> list[AuditEntry]:
         """Entries with a seq greater than ``seq``, in order, at most ``limit``; with
-        ``chars``, only as many as hold that many characters of detail between them
+        ``chars``, only as many as hold that many bytes of detail between them
         (at least one): what a page served over HTTP may cost the SPM's memory."""
         t = audit_table
         conn = self._c()
@@ -98,7 +98,7 @@ class AuditLog(TxView):
         # a detail too long for any entry is found by its length before the page is read
         # (PostgreSQL's driver reads a whole page into memory before the first row)
         page = (
-            select(t.c.seq, t.c.detail)
+            select(t.c.seq, self._bytes(t.c.detail).label("size"))
             .where(t.c.seq > seq)
             .order_by(t.c.seq)
             .limit(max(0, limit))
@@ -106,7 +106,7 @@ class AuditLog(TxView):
         )
         long = conn.execute(
             select(page.c.seq)
-            .where(func.length(page.c.detail) > _audit.MAX_DETAIL_CHARS)
+            .where(page.c.size > _audit.MAX_DETAIL_CHARS)
             .order_by(page.c.seq)
             .limit(1)
         ).first()
@@ -130,11 +130,11 @@ class AuditLog(TxView):
             after = entries[-1].seq
 
     def _fitting(self, seq: int, limit: int, chars: int) -> int:
-        """How many of the ``limit`` entries after ``seq`` fit in ``chars`` characters of
+        """How many of the ``limit`` entries after ``seq`` fit in ``chars`` bytes of
         detail (at least one), counted by the database: no detail is read to know."""
         t = audit_table
         running = (
-            select(func.sum(func.length(t.c.detail)).over(order_by=t.c.seq).label("upto"))
+            select(func.sum(self._bytes(t.c.detail)).over(order_by=t.c.seq).label("upto"))
             .where(t.c.seq > seq)
             .order_by(t.c.seq)
             .limit(max(0, limit))
@@ -146,6 +146,15 @@ class AuditLog(TxView):
             .scalar()
         )
         return max(1, int(fit or 0))
+
+    def _bytes(self, column: ColumnElement[Any]) -> ColumnElement[int]:
+        """The size of a text column in bytes, as the database counts it: SQLite's
+        ``length()`` of a text stops at its first NUL, so a detail the database's host
+        wrote as a NUL and a gigabyte was 0 long to the checks above and refused only
+        once read into memory (a crash out of memory instead of a refusal)."""
+        if self._tx.dialect == "postgresql":
+            return func.octet_length(column)
+        return func.length(cast(column, LargeBinary))
 
     def flush_head(self) -> None:
         """Write the audit head row and its MAC for the entries appended so far
