@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from secfl._internal.files import TooLarge, read_bounded
+from secfl._internal.yamlload import FastSafeLoader
 from secfl.errors import FlError
 
 __all__ = [
@@ -80,10 +81,11 @@ def parse_json(text: str | bytes, what: str) -> Any:
     return value
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader reading ``1e-3`` as the number people (and YAML 1.2, and JSON) read:
-    YAML 1.1 made it the text "1e-3", and a task's ``lr: 1e-3`` was refused as text
-    by every collaborator once the board had signed it. Quoted, it stays text."""
+class _Loader(FastSafeLoader):
+    """A safe loader (libyaml's parser when there is one) reading ``1e-3`` as the
+    number people (and YAML 1.2, and JSON) read: YAML 1.1 made it the text "1e-3", and
+    a task's ``lr: 1e-3`` was refused as text by every collaborator once the board had
+    signed it. Quoted, it stays text."""
 
 
 _Loader.add_implicit_resolver(

@@ -32,6 +32,7 @@ from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
 from secfl._internal.canonical import unique_keys
+from secfl._internal.yamlload import FastSafeLoader, source_of
 from secfl.errors import PolicyError
 from secfl.policy._model import Policy
 from secfl.policy._validation_text import squeezed as _one_line
@@ -55,20 +56,25 @@ MAX_BYTES = 1 << 20
 MAX_DEPTH = 64
 #: The longest number accepted, as written (sign, digits, prefix, underscores).
 MAX_NUMBER_CHARS = 100
-#: The most values (scalars, lists, mappings) in one document: PyYAML reads about
-#: 30 000 a second, so a megabyte of one-character list items cost 20 s of CPU before
-#: any signature could be checked (found by a review). A large real policy has far
-#: fewer (250 sites, each pinning 6 TDX builds: about 25 000); at this cap a hostile
-#: document costs about 3 s of CPU, and the SPM reads two at a time.
+#: The most values (scalars, lists, mappings) in one document: pure-Python PyYAML
+#: reads about 25 000 a second, so a megabyte of one-character list items cost 20 s of
+#: CPU before any signature could be checked (found by a review). A large real policy
+#: has far fewer (250 sites, each pinning 6 TDX builds: about 25 000); at this cap a
+#: hostile document costs about 1 s of CPU with libyaml's parser (5 s without), and
+#: the SPM reads two at a time.
 MAX_NODES = 100_000
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` without duplicate keys, aliases, merge keys or deep nesting."""
+class _StrictLoader(FastSafeLoader):
+    """A safe loader (libyaml's parser when there is one: see
+    :mod:`secfl._internal.yamlload`) without duplicate keys, aliases, merge keys or
+    deep nesting."""
 
-    def __init__(self, stream: str | bytes) -> None:
+    def __init__(self, stream: str) -> None:
+        if not isinstance(stream, str):  # the escapes' check reads the text as written
+            raise TypeError("a policy document is read as text (policy_text)")
         super().__init__(stream)
         self._depth = 0
         self._nodes = 0
@@ -85,7 +91,8 @@ class _StrictLoader(yaml.SafeLoader):
         if (
             isinstance(event, yaml.ScalarEvent)
             and event.style == '"'
-            and _HIDING_ESCAPE.search(_source(event))  # "\x24\x24SECFL::..." hides a placeholder
+            # "\x24\x24SECFL::..." hides a placeholder
+            and _HIDING_ESCAPE.search(source_of(self, event))
         ):
             raise ComposerError(
                 None, None, "escapes that spell characters by number (\\x, \\u, \\U) "
@@ -342,15 +349,6 @@ def load_policy_file(path: str | os.PathLike[str]) -> Policy:
     except OSError as exc:
         raise PolicyError(f"policy: cannot read '{path}': {exc.strerror or exc}") from None
     return load_policy(data)
-
-
-def _source(event: Any) -> str:
-    """The text of the document a YAML event was read from, as written."""
-    start, end = event.start_mark, event.end_mark
-    buffer = getattr(start, "buffer", None)
-    if not buffer or start is None or end is None:
-        return ""
-    return str(buffer[start.pointer : end.pointer])
 
 
 def _yaml_message(exc: yaml.MarkedYAMLError) -> str:
