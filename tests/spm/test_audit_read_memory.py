@@ -131,3 +131,28 @@ def test_a_detail_the_host_wrote_behind_a_nul_is_refused_by_its_size(tmp_path: P
     db.close()
     assert one_error(_limited("audit", "show", "--data", str(spm.data))) == refused.format(head)
     assert one_error(_limited("audit", "verify", "--db", url)) == refused.format(head)
+
+
+def test_a_remote_reader_holds_a_bounded_page_of_rows_the_host_rewrote(
+    tmp_path: Path, sim: tuple[Path, bytes], board: Board
+) -> None:
+    """A page of ``GET /v1/audit`` ended at 16 MiB of detail: rows the database's host
+    rewrote under a running SPM as 1 MiB of empty objects each were served 16 to a
+    page, some 400 MB once parsed by `secfl audit show --spm` (and by the SPM that
+    served them) before the first was found modified. A page now ends at 4 MiB, what
+    a reader of the database holds at once."""
+    with spm_with_policy(tmp_path / "spm", sim, board, "aggregator") as (proc, enrolled):
+        token = enrolled["aggregator"].session_token
+        with SpmClient(proc.url, pin=proc.pin) as client:
+            for i in range(24):
+                client.report("fed", "notes", {"i": i}, token)
+            head = int(client.audit(since=2**62)["head_seq"])
+        junk = '{"a":[' + ",".join(["{}"] * 333_000) + "]}"  # just under 1 MiB
+        db = sqlite3.connect(proc.data / "spm.db")
+        with db:
+            db.execute("UPDATE audit SET detail = ? WHERE seq > ?", (junk, head - 20))
+        db.close()
+        done = _limited("audit", "show", "--spm", proc.url, "--spm-pin", proc.pin)
+    assert one_error(done).startswith(
+        f"error: audit: entry {head} was modified (its hash does not match its content)"
+    ), done.stderr

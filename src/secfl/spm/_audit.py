@@ -62,10 +62,15 @@ GENESIS = "0" * 64
 #: The most characters an entry's detail takes as stored (a round event's is at most
 #: 256 KiB): a longer one is refused before it is parsed, and never written.
 MAX_DETAIL_CHARS = 1 << 20
-#: The most characters of detail a page of ``GET /v1/audit`` carries (one entry more
-#: if the first alone is longer): 10,000 round events of 256 KiB were a 2.5 GB answer
-#: built in the SPM's memory, for anyone who asked; a reader pages on from the last.
-PAGE_CHARS = 16 << 20
+#: The most bytes of detail a page of ``GET /v1/audit`` carries (one entry more if the
+#: first alone is longer): 10,000 round events of 256 KiB were a 2.5 GB answer built
+#: in the SPM's memory, for anyone who asked; a reader pages on from the last. It was
+#: 16 MiB: rows of 1 MiB of empty objects that the database's host wrote were some
+#: 400 MB parsed, in the SPM and again in a remote reader (`secfl audit show --spm`);
+#: now as much as a reader of the database holds at once (:data:`READ_CHARS`), a
+#: quarter of that. A log's ordinary entries (a few hundred bytes) still fill a page
+#: of 1000, what a remote reader asks for.
+PAGE_CHARS = 4 << 20
 #: The most characters of detail a reader of the whole log (the SPM's start, ``secfl
 #: audit verify``, following the log) holds at once, in pages of at most 1000 entries
 #: (one entry more if the first alone is longer). A page was 1000 entries whatever
