@@ -10,6 +10,7 @@ run with its address space limited (400 MB; the old code needed more than that).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -79,6 +80,24 @@ def test_an_aggregators_large_events_are_shown_in_bounded_memory(large: SpmProce
     assert done.returncode == 0, done.stderr
     shown = done.stdout.splitlines()
     assert len(shown) == 10 and all('"event": "fl.scores"' in line for line in shown)
+
+
+def test_the_whole_log_is_shown_in_bounded_memory(large: SpmProcess) -> None:
+    """`secfl audit show --limit 0` held every matching entry (here 80 of some 6 MB
+    parsed each) until the walk back reached the first; it now prints them a window
+    at a time, oldest first, as before."""
+    for form in (("--json",), ()):
+        done = _limited("audit", "show", "--data", str(large.data), "--event", "fl.scores",
+                        "--limit", "0", *form)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        if form:
+            shown = [json.loads(line) for line in done.stdout.splitlines()]
+            seqs = [entry["seq"] for entry in shown]
+            assert len(shown) == 80 and seqs == sorted(seqs)
+            assert all(entry["event"] == "fl.scores" for entry in shown)
+        else:
+            assert done.stdout.split()[:6] == ["SEQ", "TIME", "(UTC)", "EVENT", "POLICY", "DETAIL"]
+            assert done.stdout.count(" fl.scores ") == 80
 
 
 def test_rows_the_host_added_are_refused_in_bounded_memory(tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from secfl.cli._common import out
 from secfl.spm._audit import AuditEntry
 from secfl.spm.client import SpmClient
-from tests.clirun import one_error, secfl, secfl_all
+from tests.clirun import call, one_error, secfl, secfl_all
 from tests.spm.harness import Board, SpmProcess, copy_spm, spm_with_policy, sql
 
 pytestmark = pytest.mark.timeout(120)
@@ -203,3 +204,33 @@ def _json(value: object) -> str:
 
 
 _sql, _copy_spm = sql, copy_spm
+
+
+def test_the_whole_log_is_shown_a_window_at_a_time_as_one_table(
+    spm: tuple[SpmProcess, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--limit 0` held every matching entry until the walk back from the head reached
+    the first; it now prints them a window at a time (read twice: verified back from
+    the head, then again oldest first), and prints what one table of them all printed:
+    here in windows of 3 entries, against one table of the same entries."""
+    from secfl.spm import _audit_stream
+
+    proc, token = spm
+    with SpmClient(proc.url, pin=proc.pin) as client:
+        for i in range(12):  # details of every width, some wider than the terminal
+            client.report("fed", "notes", {"i": i, "text": "w" * (i * 37) + " x" * i}, token)
+        head = int(client.audit(since=2**62)["head_seq"])
+    assert head < 1000
+    shows = ([], ["--json"], ["--event", "fl.notes"], ["--event", "fl.notes", "--json"])
+    for width in (100, 250):  # the detail column narrower than some details, or not
+        monkeypatch.setattr(out, "_width", width)
+        monkeypatch.setattr(_audit_stream, "PAGE", 1000)
+        whole = [call(capsys, "audit", "show", *remote(proc), *what, "--limit", str(head))
+                 for what in shows]  # fmt: skip
+        assert all(code == 0 for code, _, _ in whole)
+        monkeypatch.setattr(_audit_stream, "PAGE", 3)
+        for what, one_table in zip(shows, whole, strict=True):
+            assert call(capsys, "audit", "show", *remote(proc), *what, "--limit", "0") == one_table
+            # as many as there are, or more: the same
+            more = call(capsys, "audit", "show", *remote(proc), *what, "--limit", "5000")
+            assert more == one_table

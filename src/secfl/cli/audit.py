@@ -10,6 +10,8 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -128,15 +130,19 @@ def show_cmd(
     if not MIN_INTERVAL <= interval <= MAX_INTERVAL:
         raise UsageError(f"--interval: between {MIN_INTERVAL} and {MAX_INTERVAL:.0f} seconds")
     match = entry_filter(event or [], policy)
-    from secfl.spm._audit_read import newest
+    from secfl.spm._audit_read import PAGE, newest
 
     with ExitStack() as stack:
         source = audit_source(stack, spm, spm_pin, data, db)
-        entries, head = newest(source, limit or None, match)
-        printer = _Printer(as_json, head[0])
-        printer.show(entries)
+        if 0 < limit <= PAGE:
+            entries, head = newest(source, limit, match)
+            printer = _Printer(as_json, head[0])
+            printer.show(entries)
+            shown = bool(entries)
+        else:  # all, or more than a page: read twice, held a window at a time
+            head, shown, printer = _stream(source, limit or None, match, as_json)
         if (
-            not (entries or follow)
+            not (shown or follow)
             and policy is not None
             and not newest(source, 1, entry_filter([], policy))[0]
         ):
@@ -146,7 +152,7 @@ def show_cmd(
                 f"(head {head[0]}): check the name (the `name:` in its policy.yaml)"
             )
         if not follow:
-            if not entries and not as_json:
+            if not shown and not as_json:
                 out.print(f"no matching entries (head {head[0]})", markup=False)
             return
         try:
@@ -156,6 +162,28 @@ def show_cmd(
                 printer.show(entries)
         except KeyboardInterrupt:
             return
+
+
+def _stream(
+    source: AuditSource,
+    limit: int | None,
+    match: Callable[[AuditEntry], bool],
+    as_json: bool,
+) -> tuple[tuple[int, str], bool, _Printer]:
+    """Print the newest ``limit`` matching entries (all, with None) oldest first, a window
+    at a time (:mod:`secfl.spm._audit_stream`): as one table of them all would be, its
+    detail column as wide as their widest. The head, whether any was shown, the printer."""
+    from secfl.spm._audit_stream import matching_windows, oldest_first
+
+    head = source.head()
+    widest = _Widest()
+    windows = matching_windows(
+        source, head, limit, match, seen=(lambda entry: None) if as_json else widest.add
+    )
+    printer = _Printer(as_json, head[0], widest.measurement)
+    for entries in oldest_first(source, windows, match):
+        printer.show(entries)
+    return head, bool(windows), printer
 
 
 def seen_head(value: str) -> tuple[int, str]:
@@ -219,10 +247,12 @@ class _Printer:
     """Entries as a table whose columns keep their widths batch after batch, or as
     JSON lines; flushed at once (``--follow`` output goes to pipes too)."""
 
-    def __init__(self, as_json: bool, head: int) -> None:
+    def __init__(self, as_json: bool, head: int, detail: Measurement | None = None) -> None:
         self.as_json = as_json
         self.seq_width = max(3, len(str(head)) + 2)
         self.header = True
+        #: The detail column's measure over every entry to be shown (None: this batch's).
+        self.detail = detail
 
     def show(self, entries: list[AuditEntry]) -> None:
         if not entries:
@@ -238,17 +268,52 @@ class _Printer:
         table.add_column("EVENT", width=30, no_wrap=True, overflow="ellipsis")
         table.add_column("POLICY", width=16, no_wrap=True, overflow="ellipsis")
         table.add_column("DETAIL", overflow="fold")
-        for entry in entries:
+        for i, entry in enumerate(entries):
+            detail: RenderableType = Text(_detail(entry.detail))
+            if i == 0 and self.detail is not None:
+                detail = _Measured(detail, self.detail)
             table.add_row(
                 str(entry.seq),
                 printable(entry.at.replace("T", " ")[:19]),
                 Text(printable(entry.event)),
                 Text(printable(entry.policy or "-")),
-                Text(_detail(entry.detail)),
+                detail,
             )
         out.print(table)
         out.file.flush()
         self.header = False
+
+
+class _Widest:
+    """The measure of the detail column of a table of all the entries :meth:`add` saw,
+    its header included (what rich sizes the column by)."""
+
+    def __init__(self) -> None:
+        self.measurement = Measurement.get(out, out.options, Text("DETAIL"))
+
+    def add(self, entry: AuditEntry) -> None:
+        this = Measurement.get(out, out.options, Text(_detail(entry.detail)))
+        self.measurement = Measurement(
+            max(self.measurement.minimum, this.minimum),
+            max(self.measurement.maximum, this.maximum),
+        )
+
+
+class _Measured:
+    """``renderable`` measured as at least ``floor``: one such cell sizes its column in
+    every batch as in one table of all the entries."""
+
+    def __init__(self, renderable: RenderableType, floor: Measurement) -> None:
+        self.renderable, self.floor = renderable, floor
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        own = Measurement.get(console, options, self.renderable)
+        return Measurement(
+            max(own.minimum, self.floor.minimum), max(own.maximum, self.floor.maximum)
+        )
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.renderable
 
 
 def _detail(detail: dict[str, Any]) -> str:
