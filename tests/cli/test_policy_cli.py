@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import secfl.cli.main as cli_main
+from secfl._internal.yamlload import WITH_LIBYAML
 from secfl.policy import digest, load_policy_file
 from tests.policy import policy_dict, to_yaml
 
@@ -161,11 +162,15 @@ def test_verify_a_new_version_against_the_previous_board(run: Run, tmp_path: Pat
     assert err.endswith("...): give that one\n")
 
 
+#: How the parser words an unclosed flow sequence (libyaml's, or pure-Python PyYAML's).
+UNCLOSED = "did not find expected ',' or ']'" if WITH_LIBYAML else "expected ',' or ']', but got"
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
         (None, "error: cannot read policy '{path}': No such file or directory\n"),
-        ("name: [1\n", "error: policy: YAML line 2, column 1: expected ',' or ']', but got"),
+        ("name: [1\n", "error: policy: YAML line 2, column 1: " + UNCLOSED),
         ("name: a\nname: b\n", "error: policy: YAML line 2, column 1: duplicate key 'name'\n"),
         ("federation: {}\n", "error: policy: name: missing required field (and 5 more errors)\n"),
     ],
