@@ -34,14 +34,15 @@ def shielded_volume(
     capsys: pytest.CaptureFixture[str], plain: Path, volumes: Path, name: str
 ) -> None:
     """``plain`` encrypted with `secfl shield encrypt`, then opened below ``volumes/name``
-    as `secfl run` gives it to a workload."""
+    as `secfl run` gives it to a workload (``--allow-compiled``: the bytecode planted
+    here is what a volume's author can ship, as any other tool would)."""
     key = volumes.parent / f"{name}.key"
     volumes.mkdir(parents=True, exist_ok=True)
     code, _, err = call(capsys, "shield", "keygen", "-o", str(key))
     assert code == 0, err
     sealed = volumes.parent / f"{name}.secfl"
     code, _, err = call(capsys, "shield", "encrypt", str(plain), "-o", str(sealed),
-                        "--key-file", str(key))  # fmt: skip
+                        "--key-file", str(key), "--allow-compiled")  # fmt: skip
     assert code == 0, err
     with Volume.open(sealed, key.read_text().strip()) as volume:
         volume.extract(volumes / name)

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
+from secfl._internal.compiled import first_compiled, is_compiled
 from secfl._internal.values import shown
-from secfl.cli._common import out
+from secfl.cli._common import err, out
 from secfl.errors import UsageError
 
 __all__ = [
@@ -81,6 +82,20 @@ def _check_output(output: str, key_file: str | None, force: bool) -> None:
         raise UsageError(f"--output: '{output}' exists; use --force to replace it")
 
 
+def _check_compiled(src_dir: str, allowed: bool) -> None:
+    """Compiled code is refused unless --allow-compiled: Python runs a module's
+    ``__pycache__`` bytecode (unchecked-hash) or a compiled ``NAME.so`` in place of the
+    ``NAME.py`` reviewers read, under the volume's approved tag; a test run leaves the
+    former in a code folder unasked (:mod:`secfl._internal.compiled`)."""
+    found = None if allowed else first_compiled(src_dir)
+    if found is not None:
+        raise UsageError(
+            f"SRC_DIR: '{shown(found)}' is compiled Python code, which runs in place of or "
+            "beside the sources reviewers read: remove it (and every __pycache__ folder), "
+            "or pass --allow-compiled if the volume must ship it"
+        )
+
+
 @app.command("encrypt")
 def encrypt_cmd(
     src_dir: Annotated[str, typer.Argument(help="The folder to encrypt.")],
@@ -94,6 +109,13 @@ def encrypt_cmd(
     force: Annotated[
         bool, typer.Option(help="Replace an existing output file (never the key file).")
     ] = False,
+    allow_compiled: Annotated[
+        bool,
+        typer.Option(
+            help="Take Python bytecode (__pycache__, .pyc, .pyo) and compiled extension "
+            "modules (.so, .pyd) too: Python runs them in place of, or beside, the sources."
+        ),
+    ] = False,
 ) -> None:
     """Encrypt every file below SRC_DIR into one volume; print its tag."""
     from secfl.shield import encrypt_directory
@@ -103,6 +125,7 @@ def encrypt_cmd(
     if not 1 <= chunk_kib <= 1 << 16:
         raise UsageError(f"--chunk-kib: {chunk_kib} is not from 1 to 65536")
     _check_output(output, key_file, force)
+    _check_compiled(src_dir, allow_compiled)
     tag = encrypt_directory(
         src_dir, output, key, version=version, chunk_size=chunk_kib * 1024, overwrite=force
     )
@@ -172,8 +195,16 @@ def ls_cmd(
     with Volume.open(volume, _key(key_file, key_hex)) as vol:
         out.print(f"version {vol.version}, tag {vol.tag}", markup=False)
         for entry in vol.files:
+            mark = "  (compiled)" if is_compiled(entry.path) else ""
             out.print(
-                f"{entry.mode:04o} {entry.size:>12} {entry.sha256} {shown(entry.path)}",
+                f"{entry.mode:04o} {entry.size:>12} {entry.sha256} {shown(entry.path)}{mark}",
+                markup=False,
+            )
+        compiled = sum(is_compiled(entry.path) for entry in vol.files)
+        if compiled:
+            err.print(
+                f"shield ls: {compiled} compiled file(s), marked (compiled): Python runs them "
+                "in place of or beside the sources; review them, or refuse the volume",
                 markup=False,
             )
 

@@ -16,23 +16,20 @@ app process before Flower installs it. Needs no Flower (both venvs import it).
 
 from __future__ import annotations
 
-import importlib.machinery
 import io
 import zipfile
 import zlib
-from pathlib import PurePosixPath
 
+from secfl._internal.compiled import is_compiled
 from secfl.errors import FlowerError
 
-__all__ = ["COMPILED_SUFFIXES", "MANIFEST", "MAX_MEMBERS", "check_fab"]
+__all__ = ["MANIFEST", "MAX_MEMBERS", "check_fab"]
 
 #: The FAB's manifest: ``path,sha256,size`` per file (Flower's ``.info/CONTENT``).
 MANIFEST = ".info/CONTENT"
 #: The most members a FAB may have (an app is tens of files), and its manifest's size.
 MAX_MEMBERS = 10_000
 _MAX_MANIFEST = 4 << 20
-#: Files Python would run in place of, or besides, a module's source.
-COMPILED_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", *importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def check_fab(fab: bytes) -> None:
@@ -52,8 +49,7 @@ def check_fab(fab: bytes) -> None:
         if member.is_dir() or name == MANIFEST:
             continue
         shown = repr(name[:120])
-        path = PurePosixPath(name)
-        if "__pycache__" in path.parts or name.lower().endswith(COMPILED_SUFFIXES):
+        if is_compiled(name):
             raise FlowerError(
                 f"fab: it holds {shown}, compiled code Python would run in place of the "
                 "source its reviewers read (`flwr build` puts none in a FAB)"
