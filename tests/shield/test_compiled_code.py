@@ -56,15 +56,17 @@ def test_a_compiled_module_is_refused(tmp_path: Path) -> None:
 def test_allowed_bytecode_is_shipped_runs_and_is_marked(tmp_path: Path) -> None:
     """Why the refusal: the shipped bytecode, not the source, runs from the volume's
     plaintext (as ``secfl run`` gives an external program, bytecode writing off);
-    ``shield ls`` shows it to whoever reviews the volume."""
+    ``shield ls`` and ``shield decrypt`` show it to whoever reviews the volume."""
     code, key, vol = _code_folder(tmp_path), tmp_path / "k.key", tmp_path / "code.secfl"
     assert secfl("shield", "keygen", "-o", str(key)).returncode == 0
     done = secfl("shield", "encrypt", str(code), "-o", str(vol), "--key-file", str(key),
                  "--allow-compiled")  # fmt: skip
     assert done.returncode == 0, done.stderr
     plain = tmp_path / "plain"
+    pyc = Path(importlib.util.cache_from_source("mod.py")).as_posix()
     opened = secfl("shield", "decrypt", str(vol), "-o", str(plain), "--key-file", str(key))
     assert opened.returncode == 0, opened.stderr
+    assert f"1 compiled file(s), the first '{pyc}'" in opened.stderr
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(plain)}
     ran = subprocess.run([sys.executable, "-c", "import mod"], capture_output=True, text=True,
                          env=env, timeout=60, check=True)  # fmt: skip
@@ -72,7 +74,6 @@ def test_allowed_bytecode_is_shipped_runs_and_is_marked(tmp_path: Path) -> None:
     listed = secfl("shield", "ls", str(vol), "--key-file", str(key))
     assert listed.returncode == 0, listed.stderr
     rows = listed.stdout.splitlines()
-    pyc = Path(importlib.util.cache_from_source("mod.py")).as_posix()
     assert any(r.endswith(f" {pyc}  (compiled)") for r in rows), rows
     assert any(r.endswith(" mod.py") for r in rows), rows
     assert "1 compiled file(s)" in listed.stderr

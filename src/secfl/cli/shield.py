@@ -181,6 +181,26 @@ def decrypt_cmd(
             f"decrypted {len(vol.files)} files, {vol.total_size} bytes, to {output}",
             markup=False,
         )
+        paths = [entry.path for entry in vol.files]
+        _note_compiled("shield decrypt", paths, f"the first '{shown(_first(paths))}'")
+
+
+def _first(paths: list[str]) -> str:
+    """The first compiled path of ``paths`` in sorted order ("" if none)."""
+    return min((p for p in paths if is_compiled(p)), default="")
+
+
+def _note_compiled(command: str, paths: list[str], which: str) -> None:
+    """Tell whoever reviews a volume (stderr, one line) that it holds compiled code,
+    which the sources they read do not show (made with ``encrypt --allow-compiled``
+    or another tool)."""
+    compiled = sum(is_compiled(p) for p in paths)
+    if compiled:
+        err.print(
+            f"{command}: {compiled} compiled file(s), {which}: Python runs them in place of "
+            "or beside the sources; review them, or refuse the volume",
+            markup=False,
+        )
 
 
 @app.command("ls")
@@ -200,13 +220,7 @@ def ls_cmd(
                 f"{entry.mode:04o} {entry.size:>12} {entry.sha256} {shown(entry.path)}{mark}",
                 markup=False,
             )
-        compiled = sum(is_compiled(entry.path) for entry in vol.files)
-        if compiled:
-            err.print(
-                f"shield ls: {compiled} compiled file(s), marked (compiled): Python runs them "
-                "in place of or beside the sources; review them, or refuse the volume",
-                markup=False,
-            )
+        _note_compiled("shield ls", [entry.path for entry in vol.files], "marked (compiled)")
 
 
 @app.command("keygen")
