@@ -38,7 +38,7 @@ from secfl.spm._renewal import end_replaced
 from secfl.spm._report_data import csr_public_key_sha256, workload_report_data
 from secfl.spm._revocation import revocation_keys, revoked_reason
 from secfl.spm._sealing import release_key
-from secfl.spm._site_key import check_site_signature
+from secfl.spm._site_key import check_site_signature, site_key_claim
 from secfl.spm._store import PolicyRecord
 from secfl.spm._tx import Tx
 from secfl.spm._vault import SecretVault
@@ -259,6 +259,9 @@ class Attestor:
             raise Refused(f"revoked: {revoked}")
         service = policy.service(service_name)
         assert service is not None
+        # what the session was attested as, with the site key that signed it: a later
+        # version that names another key (or a key where there was none) ends it
+        attested = {**identity, **site_key_claim(service.site_key)}
         token = secrets.token_urlsafe(32)
         key = self.vault.policy_key(tx, policy.name)
         values: dict[str, sv.Value] = {}
@@ -312,7 +315,7 @@ class Attestor:
             record.version,
             expires,
             serial=serial,
-            identity=canonical_json(claims_identity(claims)).decode("utf-8"),
+            identity=canonical_json(attested).decode("utf-8"),
         )
         measurement = next(iter(claims.measurements.values()), None)
         tx.audit.append(
@@ -332,9 +335,7 @@ class Attestor:
         # with the full attested identity, into the SPM's index of issued certificates
         # (secfl.spm._issued): what the revocation list implies must not rest on the
         # session row, which the database's host can delete
-        issued = issued_detail(
-            service_name, serial, not_after, record.version, claims_identity(claims)
-        )
+        issued = issued_detail(service_name, serial, not_after, record.version, attested)
         tx.audit.append(ISSUED_EVENT, policy.name, issued)
         change = issued_change(policy.name, issued)
         assert change is not None

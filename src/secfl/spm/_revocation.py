@@ -205,6 +205,10 @@ def session_identity(session: SessionRecord) -> dict[str, Any]:
         "platform": platform,
         "platforms": named[: len(PLATFORM_KEYS)],
     }
+    # the site key that signed its enrolment (secfl.spm._site_key.site_key_claim)
+    site_key = doc.get("site_key")
+    if isinstance(site_key, str) and len(site_key) == 64 and set(site_key) <= HEX_DIGITS:
+        identity["site_key"] = site_key
     # what the platform rules weighed (sessions attested before it lack them)
     if isinstance(doc.get("tcb_status"), str):
         identity["tcb_status"] = doc["tcb_status"]

@@ -3,8 +3,9 @@
 Attestation opens a session for a service; the token then authorises that
 service's counters, reports and volume records. A session is checked at every use
 against the *current* policy, not only the one it was opened under: its service
-must still be in the policy, what it was attested as must still be accepted, and
-nothing of it (certificate, service, measurement, platform) may be revoked.
+must still be in the policy, what it was attested as must still be accepted (code,
+platform, and the site key that signed its enrolment), and nothing of it
+(certificate, service, measurement, platform) may be revoked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from secfl.spm._evidence_checks import check_measurements, platform_refusal
 from secfl.spm._policy_cache import PolicyCache
 from secfl.spm._renewal import ENDED, ENDED_BY_REVOCATION
 from secfl.spm._revocation import revocation_keys, revoked_reason, session_identity
+from secfl.spm._site_key import site_key_change
 from secfl.spm._store import SessionRecord, Store
 from secfl.spm._tx import Tx
 
@@ -118,6 +120,9 @@ def no_longer_accepted(policy: Policy, version: int, session: SessionRecord) -> 
             f"what '{session.service}' was attested as is no longer accepted by version "
             f"{version} of the policy ({exc})"
         )
+    why = site_key_change(policy, version, session.service, identity)
+    if why is not None:
+        return why
     why = platform_refusal(policy, identity)
     if why is not None:
         return (

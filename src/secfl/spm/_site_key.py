@@ -31,6 +31,7 @@ import hashlib
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -42,6 +43,9 @@ from secfl.errors import PolicyError, Refused, SpmError
 from secfl.policy import _keys as keys
 from secfl.policy._signatures import statement
 
+if TYPE_CHECKING:
+    from secfl.policy._model import Policy
+
 __all__ = [
     "MAX_KEY_FILE",
     "MAX_SIGNATURE",
@@ -49,6 +53,8 @@ __all__ = [
     "check_site_signature",
     "load_site_key",
     "sign_enrolment",
+    "site_key_change",
+    "site_key_claim",
     "site_message",
     "workload_site_key",
 ]
@@ -109,6 +115,35 @@ def check_site_signature(
             "key's, or made for another nonce, service or policy)",
             403,
         ) from None
+
+
+def site_key_claim(site_key: str | None) -> dict[str, str]:
+    """What a session remembers of the site key that signed its enrolment (the ID of
+    the service's ``site_key``, :func:`keys.key_id`), or nothing for a service without
+    one: ``{"site_key": ID}``, merged into the session's attested identity."""
+    if site_key is None:
+        return {}
+    return {"site_key": keys.key_id(keys.load_public(site_key))}
+
+
+def site_key_change(
+    policy: Policy, version: int, service: str, identity: dict[str, Any]
+) -> str | None:
+    """Why version ``version`` (``policy``) no longer accepts a session of ``service``
+    for its site key, or None: the version names a site key for the service and the
+    session's enrolment was not signed by it (signed by another key the board replaced,
+    a stolen one say, or by none, attested before the board gave the site a key: one
+    site's host that had enrolled as another keeps that seat no longer)."""
+    entry = policy.service(service)
+    if entry is None or entry.site_key is None:
+        return None
+    if identity.get("site_key") == site_key_claim(entry.site_key)["site_key"]:
+        return None
+    signed = "no site key" if "site_key" not in identity else "another site key"
+    return (
+        f"version {version} of the policy names a site key for '{service}', and its "
+        f"enrolment was signed by {signed}; attest again with the site's key"
+    )
 
 
 def load_site_key(path: Path | str) -> keys.PrivateKey:
