@@ -269,6 +269,39 @@ def test_site_keys_are_made_per_site_or_taken_from_the_site(world: Path, capsys:
     assert not (world / "policy.yaml").exists()
 
 
+def test_the_aggregator_gets_a_site_key_too(world: Path, capsys: Capsys) -> None:
+    """The aggregator's command is public (init prints it), and its measurement names no
+    host: any site's host could run it in its TEE and enrol as the aggregator, receiving
+    the model's signing key (its models are what every site trusts) and the output key.
+    --site-keys makes the aggregator's key as each site's; --site-key takes its
+    operator's own; init notes an aggregator left without one."""
+    from secfl.policy import _keys as keys
+
+    code, out, err = _init(capsys, *ALL_SEALED, "--site-key", "site-1=board/alice.pub",
+                           "--site-key", "site-2=board/bob.pub")  # fmt: skip
+    assert (code, err) == (0, ""), err
+    assert "note: the aggregator 'aggregator' names no site key: any site's host can" in out
+
+    code, out, err = _init(capsys, *ALL_SEALED, "--force", "--site-keys", "site-keys")
+    assert (code, err) == (0, ""), err
+    assert "note: the aggregator" not in out
+    made = world / "site-keys" / "aggregator.key"
+    assert made.stat().st_mode & 0o777 == 0o600
+    public = keys.public_pem(keys.load_private(made.read_bytes()).public_key()).decode()
+    policy = load_policy_file(world / "policy.yaml")
+    assert policy.service("aggregator").site_key == public  # type: ignore[union-attr]
+    assert "SECFL_SITE_KEY=site-keys/aggregator.key SECFL_LISTEN=" in out
+
+    code, out, err = _init(capsys, *ALL_SEALED, "--force",
+                           "--site-key", "aggregator=board/carol.pub")  # fmt: skip
+    assert (code, err) == (0, ""), err
+    policy = load_policy_file(world / "policy.yaml")
+    carol = keys.public_pem(keys.load_public((world / "board" / "carol.pub").read_bytes()))
+    assert policy.service("aggregator").site_key == carol.decode()  # type: ignore[union-attr]
+    code, _, err = call(capsys, "policy", "validate", "policy.yaml")
+    assert (code, err) == (0, ""), err
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [

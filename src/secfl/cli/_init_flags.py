@@ -240,9 +240,10 @@ def _hardware(
 def _site_keys(
     sites: list[str], given: list[str], make: str | None
 ) -> tuple[dict[str, str], dict[str, bytes]]:
-    """Each site's key: a site operator's own public key (``--site-key SITE=KEY.pub``,
-    the better way: nobody else ever holds the private half), or for the other sites a
-    new Ed25519 pair made here when ``--site-keys DIR`` is given. Returns the public
+    """Each site's key (``sites``: the aggregator too, whose command anyone can run): a
+    site operator's own public key (``--site-key SITE=KEY.pub``, the better way: nobody
+    else ever holds the private half), or for the others a new Ed25519 pair made here
+    when ``--site-keys DIR`` is given. Returns the public
     keys (PEM) by site and the private keys to write (``DIR/SITE.key``), written only once
     the policy is made (:func:`_write_site_keys`)."""
     from secfl.policy import _keys as keys

@@ -155,18 +155,20 @@ def init_cmd(
         list[str] | None,
         typer.Option(
             metavar="SITE=KEY.pub",
-            help="A site's own site key (its operator's `secfl policy keygen`): only a "
-            "workload holding the private half enrols as that site.",
+            help="A site's own site key (its operator's `secfl policy keygen`), or the "
+            "aggregator's (aggregator=KEY.pub): only a workload holding the private half "
+            "enrols as that service.",
         ),
     ] = None,
     site_keys: Annotated[
         str | None,
         typer.Option(
             metavar="DIR",
-            help="Make a site key for every site without --site-key: DIR/SITE.key (0600; "
-            "give it to the site's operator, whose host sets SECFL_SITE_KEY to it) and "
-            "DIR/SITE.pub. Sites share one measurement: without site keys one site's host "
-            "can enrol as another.",
+            help="Make a site key for every site, and the aggregator, without --site-key: "
+            "DIR/SITE.key (0600; give it to the site's operator, whose host sets "
+            "SECFL_SITE_KEY to it) and DIR/SITE.pub. Sites share one measurement and the "
+            "aggregator's command is public: without site keys one site's host can enrol "
+            "as another site, or as the aggregator.",
         ),
     ] = None,
     force: Annotated[
@@ -204,7 +206,9 @@ def init_cmd(
         allow_unknown_tcb=allow_unknown_tcb,
         federation=settings,
     )
-    plan.site_keys, made_keys = _site_keys(plan.sites, site_key or [], site_keys)
+    plan.site_keys, made_keys = _site_keys(
+        [plan.aggregator, *plan.sites], site_key or [], site_keys
+    )
     plan.task_tag, plan.task_file = _volume(task, "--task", "task.secfl")
     for volume_name, given in volumes.items():
         if given:
@@ -249,6 +253,14 @@ def _report(output: str, made: Any) -> None:
             f"note: sites {', '.join(keyless)} share one measurement and name no site key: "
             "one site's host can enrol as another (give --site-keys DIR, or --site-key "
             "SITE=KEY.pub)",
+            markup=False,
+        )
+    aggregator = next(s for s in policy.services if s.role == "aggregator")
+    if aggregator.site_key is None:
+        out.print(
+            f"note: the aggregator '{aggregator.name}' names no site key: any site's host can "
+            "run its (public) command and enrol as it, receiving the model's signing key "
+            f"(give --site-keys DIR, or --site-key {aggregator.name}=KEY.pub)",
             markup=False,
         )
     out.print("each host then starts its service (the SECFL_* settings are not measured):",

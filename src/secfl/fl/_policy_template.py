@@ -100,8 +100,9 @@ class FederationPlan:
     allow_unknown_tcb: bool = False
     #: Federation settings over the defaults (checked by FederationConfig.parse).
     federation: dict[str, Any] = field(default_factory=dict)
-    #: Site -> its site key (public, PEM): only a workload holding the private half
-    #: enrols as that site (every site runs the same collaborator: secfl.spm._site_key).
+    #: Site (or the aggregator) -> its site key (public, PEM): only a workload holding
+    #: the private half enrols as that service (every site runs the same collaborator,
+    #: and anyone can run the aggregator's public command: secfl.spm._site_key).
     site_keys: dict[str, str] = field(default_factory=dict)
 
     def federation_settings(self) -> dict[str, Any]:
@@ -186,9 +187,12 @@ def _check_plan(plan: FederationPlan) -> None:
     unknown = set(plan.data) - {"validation", "test", *plan.sites}
     if unknown:
         raise PolicyError(f"init: --data: '{sorted(unknown)[0]}' is not a site of this policy")
-    unknown = set(plan.site_keys) - set(plan.sites)
+    unknown = set(plan.site_keys) - {plan.aggregator, *plan.sites}
     if unknown:
-        raise PolicyError(f"init: --site-key: '{sorted(unknown)[0]}' is not a site of this policy")
+        raise PolicyError(
+            f"init: --site-key: '{sorted(unknown)[0]}' is not a site (or the aggregator) of "
+            "this policy"
+        )
     known = set(secrets)
     for secret in plan.sealed:
         if secret not in known:
@@ -278,6 +282,10 @@ def _document(plan: FederationPlan) -> dict[str, Any]:
         "inject": {"files": {f"/{SIGNING_KEY}": "$$SECFL::model-signing:key$$",
                              f"/{CHECKPOINT_KEY}": "$$SECFL::checkpoint-key:hex$$",
                              f"/{OUTPUT_KEY}": "$$SECFL::output-key:hex$$"}},
+        # its command is public too: any site's host could run it and take the model's
+        # signing key, unless only its own operator's key enrols it
+        **({"site_key": plan.site_keys[plan.aggregator]}
+           if plan.aggregator in plan.site_keys else {}),
     }  # fmt: skip
     sites = [
         {
@@ -331,10 +339,10 @@ def _run_lines(plan: FederationPlan) -> dict[str, str]:
             }
         else:
             env = f"{AGGREGATOR}=AGGREGATOR_HOST:7443"
-            if service in plan.site_keys:  # the site's own key file, never the key itself
-                env = f"SECFL_SITE_KEY={shlex.quote(f'site-keys/{service}.key')} {env}"
             files = {"task": plan.task_file, service: plan.data.get(service, ("", ""))[1]
                      or f"{service}.secfl"}  # fmt: skip
+        if service in plan.site_keys:  # the site's own key file, never the key itself
+            env = f"SECFL_SITE_KEY={shlex.quote(f'site-keys/{service}.key')} {env}"
         volumes = " ".join(f"--volume {shlex.quote(f'{n}={p}')}" for n, p in files.items())
         lines[service] = (
             f"{env} secfl run --spm URL --spm-pin PIN --policy {plan.name} --service "
