@@ -190,8 +190,9 @@ def test_a_site_key_is_named_in_its_service_and_its_command(
 ) -> None:
     """A site's command line is public: any host's TEE can run site-2's and present the
     measurement site-2's service accepts (tests/spm/test_site_keys.py). With --site-key
-    the site's service names its key and its host's command names its key file; a key
-    that is not one is refused in one line, nothing written."""
+    the site's service names its key and its host's command names its key file, and a
+    site left without one is noted; a key that is not one is refused in one line,
+    nothing written."""
     spm, root = written["spm"], written["root"]
     _, public = keys.generate("ecdsa-p256")
     (root / "site-2.pub").write_bytes(public)
@@ -201,9 +202,12 @@ def test_a_site_key_is_named_in_its_service_and_its_command(
         "--sim-root", str(spm.sim_dir / "root.pem"), *written["args"],
     ]  # fmt: skip
     out = root / "keyed"
-    code, _, err = call(capsys, *common, "--out", str(out), "--site-key",
-                        f"site-2={root / 'site-2.pub'}")  # fmt: skip
+    code, said, err = call(capsys, *common, "--out", str(out), "--site-key",
+                           f"site-2={root / 'site-2.pub'}")  # fmt: skip
     assert code == 0, err
+    # the site left without a key is named: its seat is anyone's
+    assert "note: site-1 names no site key: any host's TEE can run a site's" in said
+    assert "site-2" not in said.split("note:", 1)[1]
     policy = load_policy((out / "policy.yaml").read_text())
     assert policy.service("site-2").site_key == public.decode()  # type: ignore[union-attr]
     assert policy.service("site-1").site_key is None  # type: ignore[union-attr]

@@ -245,6 +245,15 @@ def policy_cmd(
         out.print(f"policy: {folder / 'policy.yaml'} ({len(site_list)} sites)", markup=False)
         out.print(f"app: sha256 {fed.fab_sha256}, volume tag {app_tag}", markup=False)
         out.print(f"commands: {folder / 'commands.sh'}", markup=False)
+        keyless = [entry.name for entry in site_list if entry.site_key is None]
+        if keyless:  # its command line is public: any host's TEE can run it
+            out.print(
+                f"note: {', '.join(keyless)} name{'s' if len(keyless) == 1 else ''} no site "
+                "key: any host's TEE can run a site's (public) command and enrol as it (give "
+                "--site-key SITE=KEY.pub; its operator makes the key with `secfl policy keygen "
+                "--out-dir site-keys --member SITE`)",
+                markup=False,
+            )
     except BaseException:
         if created:  # a refused or failed run leaves no half-made folder behind
             shutil.rmtree(folder, ignore_errors=True)
