@@ -71,6 +71,39 @@ def test_the_site_enrols_and_renews_with_its_key(world: World, site_keys: dict[s
     assert "RENEWED True" in done.stdout
 
 
+#: A measured program that says whether it was handed a site key.
+SHOWS = (
+    "import os\n"
+    "folder = os.environ['SECFL_IDENTITY']\n"
+    "print('HANDED', os.path.exists(os.path.join(folder, 'site_key.pem')), flush=True)\n"
+)
+
+
+def test_a_service_without_a_site_key_is_not_handed_the_hosts(
+    world: World, site_keys: dict[str, Path]
+) -> None:
+    """The host exported SECFL_SITE_KEY for everything it runs: a service whose policy
+    entry names no site key (another party's code, the aggregator, say) enrols on its
+    measurement, and the site's private key is not copied into its folder, where its
+    program could read it and sign the site's enrolments."""
+    world._submit({
+        "name": "unsited", "version": 1,
+        "board": {"members": world.board.members(), "threshold": 2},
+        "platforms": {"accept": ["simulated"], "simulation_root": world.root.decode()},
+        "identity_ca": "ca",
+        "services": [{"name": "open", "role": "any",
+                      "measurements": {"simulated": [world.plain(python(SHOWS))]}}],
+        "secrets": [{"name": "ca", "kind": "x509-ca", "common_name": "unsited CA"}],
+    })  # fmt: skip
+    env = {**os.environ, "SECFL_SITE_KEY": str(site_keys["b"])}
+    done = subprocess.run(
+        world.command("open", python(SHOWS), policy="unsited"),
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "HANDED False" in done.stdout, done.stdout
+
+
 def test_without_the_sites_key_nothing_is_sent(world: World, site_keys: dict[str, Path]) -> None:
     for key, why in ((None, ": set SECFL_SITE_KEY to the file"),
                      (site_keys["a"], ": the key in ")):  # fmt: skip

@@ -178,17 +178,18 @@ def workload_site_key(
     (``SECFL_SITE_KEY``), checked before anything is sent: a missing key, or another
     site's, is refused here in one line (:class:`SpmError`), as the SPM would refuse it."""
     needs = f"enrolment: service '{service}' requires its site key's signature"
+    if site_key is None:
+        # a key its service does not need is not read: nor is it handed to the workload
+        # (`secfl run` copies it into the workload's folder for its renewals), whose code
+        # may be another party's (the host exported SECFL_SITE_KEY for all it runs)
+        return None
     if path is None:
-        if site_key is None:
-            return None
         raise SpmError(
             f"{needs}: set SECFL_SITE_KEY to the file holding the site's private key "
             "(its operator's `secfl policy keygen`, or `secfl policy init --site-keys`)"
         )
     key = load_site_key(path)
-    if site_key is not None and keys.key_id(key.public_key()) != keys.key_id(
-        keys.load_public(site_key)
-    ):
+    if keys.key_id(key.public_key()) != keys.key_id(keys.load_public(site_key)):
         raise SpmError(
             f"{needs}: the key in {path} (SECFL_SITE_KEY) is not the one the policy names "
             f"for '{service}'"
