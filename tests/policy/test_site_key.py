@@ -10,6 +10,7 @@ the policy is loaded, in one line naming the field.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -97,3 +98,23 @@ def test_the_review_shows_a_site_key_swapped() -> None:
     assert f"+  site key: ed25519 {key_id(load_public(proposer))}" in changed
     dropped = review_diff(old, load_policy(to_yaml(policy_dict())))
     assert "+  site key: (none: any host whose TEE it accepts may enrol as it)" in dropped
+
+
+def test_two_services_naming_one_site_key_are_refused() -> None:
+    """A key two services name lets its holder enrol as either, a second seat: a
+    proposer who gave site-b site-a's key (the review shows each service's key ID, not
+    that two are the same) is refused at load, whatever the PEM's spelling."""
+    public = generate("ed25519")[1].decode()
+    data = policy_dict()
+    data["services"].append({**copy.deepcopy(data["services"][1]), "name": "other"})
+    data["services"][1]["site_key"] = public
+    data["services"][-1]["site_key"] = public.replace("\n", "\r\n")
+    with pytest.raises(PolicyError) as refused:
+        load_policy(to_yaml(data))
+    message = str(refused.value)
+    last = len(data["services"]) - 1
+    assert message.startswith(f"policy: services[{last}].site_key: service "), message
+    assert "names the same key: its holder could enrol as either" in message
+    assert "\n" not in message
+    data["services"][-1]["site_key"] = generate("ed25519")[1].decode()  # its own: loads
+    assert load_policy(to_yaml(data)).service("other") is not None

@@ -142,6 +142,24 @@ def _check_references(p: Policy) -> None:
     _check_volumes(p, secrets, counters)
     for i, service in enumerate(p.services):
         _check_service(p, service, f"services[{i}]", secrets, volumes, counters)
+    _check_site_keys(p)
+
+
+def _check_site_keys(p: Policy) -> None:
+    """Each site key names one service: a key two services name lets its holder enrol
+    as either (a second seat, the very thing site keys stop), and the review shows each
+    service's key ID, not which others share it. (Keys are compared as their canonical
+    PEM, which the field's validator made them: two spellings of one key match.)"""
+    named: dict[str, str] = {}
+    for i, service in enumerate(p.services):
+        if service.site_key is None:
+            continue
+        first = named.setdefault(service.site_key, service.name)
+        if first != service.name:
+            raise ValueError(
+                f"services[{i}].site_key: service '{first}' names the same key: its holder "
+                "could enrol as either (each service names its own site key)"
+            )
 
 
 def _check_version(p: Policy) -> None:
