@@ -226,3 +226,35 @@ def test_a_site_key_is_named_in_its_service_and_its_command(
         err = failed(capsys, *common, "--out", str(bad), "--site-key", value)
         assert said in err, err
         assert not bad.exists()
+
+
+def test_the_superlink_takes_a_site_key_too(
+    capsys: pytest.CaptureFixture[str], written: dict[str, Any]
+) -> None:
+    """The SuperLink's command line is public as much as a site's: any host's TEE could
+    run it and enrol as the SuperLink, receiving its certificate (the SuperNodes connect
+    to it) and the output key (the model owner's). --site-key superlink=KEY.pub names its
+    operator's key in the superlink service and its line of commands.sh; without it, the
+    command says so."""
+    spm, root = written["spm"], written["root"]
+    _, public = keys.generate("ed25519")
+    (root / "superlink.pub").write_bytes(public)
+    common = [
+        "flower", "policy", "--app", str(APP), *written["board"], "--threshold", "2",
+        "--superlink", "link.example:9092", "--spm", spm.spm_url, "--spm-pin", spm.spm_pin,
+        "--sim-root", str(spm.sim_dir / "root.pem"), *written["args"],
+    ]  # fmt: skip
+    out = root / "link-keyed"
+    code, said, err = call(capsys, *common, "--out", str(out), "--site-key",
+                           f"superlink={root / 'superlink.pub'}")  # fmt: skip
+    assert code == 0, err
+    assert "note: the superlink" not in said
+    policy = load_policy((out / "policy.yaml").read_text())
+    assert policy.service("superlink").site_key == public.decode()  # type: ignore[union-attr]
+    lines = (out / "commands.sh").read_text().splitlines()
+    (link,) = [line for line in lines if "--service superlink" in line]
+    assert link.startswith("SECFL_SITE_KEY=site-keys/superlink.key secfl run ")
+
+    code, said, err = call(capsys, *common, "--out", str(root / "link-open"))
+    assert code == 0, err
+    assert "note: the superlink names no site key: any host's TEE can run its" in said

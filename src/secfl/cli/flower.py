@@ -92,7 +92,8 @@ def policy_cmd(
         list[str] | None,
         typer.Option(
             help="SITE=KEY.pub: the site's own site key (`secfl policy keygen`): only a "
-            "SuperNode whose host holds the private half enrols as that site."
+            "SuperNode whose host holds the private half enrols as that site; "
+            "superlink=KEY.pub: the SuperLink's, its operator's."
         ),
     ] = None,
     app_key: Annotated[
@@ -157,6 +158,7 @@ def policy_cmd(
                                     _pairs(data_sealed, "--data-sealed"))  # fmt: skip
         volumes, ports = _pairs(data, "--data"), _pairs(site_port, "--site-port")
         site_keys = _pairs(site_key, "--site-key")
+        link_key = site_keys.pop("superlink", None)  # (the SuperLink's own, not a site's)
         for option, given in (("--data", volumes), ("--data-key", keys), ("--data-tag", tags),
                               ("--data-sealed", sealed_files), ("--site-port", ports),
                               ("--site-key", site_keys)):  # fmt: skip
@@ -215,6 +217,7 @@ def policy_cmd(
             output_sealed=(
                 seal("model-output-key", key_from_file(output_key)) if output_key else None
             ),
+            superlink_key=_site_key("superlink", link_key) if link_key else None,
         )  # fmt: skip
         text = yaml.safe_dump(flower_policy(fed), sort_keys=False, allow_unicode=True)
         load_policy(text)  # valid, or one line naming the field
@@ -232,7 +235,8 @@ def policy_cmd(
         sim = ["--platform", "simulated", "--sim-dir", str(Path(sim_root).resolve().parent)]
         cmd = run_command(fed, "superlink", fed.superlink_argv(), {APP_VOLUME: "app.secfl"},
                           "$SPM_URL", "$SPM_PIN", sim)  # fmt: skip
-        lines.append(_shell(cmd))
+        link_file = "SECFL_SITE_KEY=site-keys/superlink.key " if fed.superlink_key else ""
+        lines.append(link_file + _shell(cmd))
         for entry in site_list:
             held = volumes.get(entry.name, f"{entry.name}.secfl")
             lines.append(f"# On {entry.name}'s host, beside its data volume {held}:")
@@ -252,6 +256,13 @@ def policy_cmd(
                 "key: any host's TEE can run a site's (public) command and enrol as it (give "
                 "--site-key SITE=KEY.pub; its operator makes the key with `secfl policy keygen "
                 "--out-dir site-keys --member SITE`)",
+                markup=False,
+            )
+        if fed.superlink_key is None:  # nor is the SuperLink's
+            out.print(
+                "note: the superlink names no site key: any host's TEE can run its (public) "
+                "command and enrol as it, receiving the SuperLink's certificate and the output "
+                "key (give --site-key superlink=KEY.pub, its operator's key)",
                 markup=False,
             )
     except BaseException:

@@ -101,6 +101,9 @@ class FlowerFederation:
     output: str | None = None
     output_sealed: str | None = None
     certificate_ttl: int = 86400
+    #: The SuperLink's site key (public, PEM): its command is public too, and whoever
+    #: enrols as it gets its certificate and the output key (secfl.spm._site_key).
+    superlink_key: str | None = None
 
     def __post_init__(self) -> None:
         host, _, port = self.superlink.rpartition(":")
@@ -198,6 +201,7 @@ def flower_policy(
             "volumes": [APP_VOLUME],
             "inject": {"files": link_files},
             "certificate_ttl": fed.certificate_ttl,
+            **({"site_key": fed.superlink_key} if fed.superlink_key else {}),
         }
     ]
     for site in fed.sites:
