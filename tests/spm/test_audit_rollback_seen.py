@@ -100,3 +100,16 @@ def test_a_malformed_seen_head_is_a_usage_error(tmp_path: Path, value: str) -> N
     assert line.endswith("' is not SEQ:HASH (an entry number and its 64 hex digits, as "
                          "`secfl audit verify` prints the head)"), line  # fmt: skip
     assert "\x1b" not in line
+
+
+def test_entry_zero_is_only_the_empty_logs_head(tmp_path: Path) -> None:
+    """A review: ``--seen 0:HASH`` was taken whatever HASH (no entry 0 is ever
+    compared), so a head mistyped or made up as entry 0 passed as a check. Entry 0 is
+    the empty log's head only, its hash 64 zeros."""
+    db = f"sqlite:///{tmp_path / 'none.db'}"
+    made_up = "0:" + "ab" * 32
+    done = secfl("audit", "verify", "--db", db, "--seen", made_up)
+    assert one_error(done) == (
+        f"error: --seen: entry 0 is the empty log's head, 0:{'0' * 64}, not '{made_up}': "
+        "give the head `secfl audit verify` printed"
+    )

@@ -198,6 +198,13 @@ def seen_head(value: str) -> tuple[int, str]:
             f"--seen: '{printable(value, 90)}' is not SEQ:HASH (an entry number and its 64 "
             "hex digits, as `secfl audit verify` prints the head)"
         )
+    if int(seq) == 0 and digest != "0" * 64:
+        # entry 0 is no entry: the empty log's head, whose hash is the genesis (64
+        # zeros); any other hash was taken without a check (found by a review)
+        raise UsageError(
+            f"--seen: entry 0 is the empty log's head, 0:{'0' * 64}, not "
+            f"'{printable(value, 90)}': give the head `secfl audit verify` printed"
+        )
     return int(seq), digest
 
 
