@@ -103,6 +103,15 @@ SETTINGS = {
         lambda d: d["services"][0].update(counters=[]),
         "federation: service 'agg' may not increment counter 'round'",
     ),
+    "round counter given to a collaborator": (
+        lambda d: d["services"][1].update(counters=["round"]),
+        "policy: services[1].counters: service 'col' (role collaborator) may move 'round', the "
+        "federation's round counter, which only the aggregator moves",
+    ),
+    "round counter given to a service of role any": (
+        lambda d: d["services"][1].update(role="any", counters=["round"]),
+        "policy: services[1].counters: service 'col' (role any) may move 'round'",
+    ),
     "too few collaborators": (
         lambda d: d["federation"].update(min_clients=2),
         "federation: min_clients is 2 but the policy has 1 collaborator service(s)",

@@ -444,7 +444,8 @@ def test_a_service_of_role_any_reports_no_aggregators_findings(
     ``flower.*`` events only, and commit no round."""
     doc = yaml.safe_load(policy_document(name, board, sim[1]))
     site = next(s for s in doc["services"] if s["name"] == "collaborator")
-    site.update(role="any", counters=["round"])
+    site.update(role="any", counters=["site"])  # (never the round counter: only the aggregator's)
+    doc["counters"].append({"name": "site"})
     submit(client, board, yaml.safe_dump(doc, sort_keys=False))
     token = enroll(client, platform(sim), name, "collaborator",
                    measurement=COLLABORATOR_MR).session_token  # fmt: skip
@@ -462,8 +463,8 @@ def test_a_service_of_role_any_reports_no_aggregators_findings(
         "objective": {"metric": "loss", "mode": "min", "value": 0.5},
     }
     with pytest.raises(SpmRefused, match="^report: service 'collaborator' is not an aggregator"):
-        client.increment(name, "round", token, round=round)  # fmt: skip
-    assert client.increment(name, "round", token) == 1  # its counter it may move
+        client.increment(name, "site", token, round=round)  # fmt: skip
+    assert client.increment(name, "site", token) == 1  # its counter it may move
 
 
 @SHARED

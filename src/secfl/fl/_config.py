@@ -34,6 +34,7 @@ from secfl.errors import FlError
 # (not from secfl.tasks, which imports torch: the policy commands read settings too)
 from secfl.fl._messages import MAX_METRIC_NAME
 from secfl.fl._untrusted import check_tree
+from secfl.policy._round_counter import ROUND_COUNTER
 
 if TYPE_CHECKING:
     from secfl.fl.strategies._base import Strategy
@@ -83,7 +84,7 @@ class FederationConfig(BaseModel):
 
     rounds: StrictInt = Field(default=10, ge=1, le=100_000)
     #: The policy counter the aggregator increments once per round (freshness).
-    counter: str = "rounds"
+    counter: str = ROUND_COUNTER
     #: The run's number. Every policy version is a run of its own (its checkpoints
     #: carry the version's digest); raising ``run`` is how a board starts a new run
     #: without changing anything else. ``start_from``: a new run's first model, the

@@ -12,6 +12,7 @@ import yaml
 from secfl.errors import PolicyError
 from secfl.policy._document import _NewVersionLoader, _yaml_message, policy_text
 from secfl.policy._model import Policy, no_code_text, pins_code
+from secfl.policy._round_counter import check_round_counter
 from secfl.policy._secrets import CaSecret, CertSecret
 from secfl.policy._tls_names import check_tls_names
 from secfl.policy._validation_text import squeezed as _one_line
@@ -35,6 +36,9 @@ def check_new_version(policy: Policy, document: str | bytes | None = None) -> No
     approval needs their signature.
 
     No name may stand for another's in TLS (:mod:`secfl.policy._tls_names`).
+
+    Only an aggregator may move the federation's round counter
+    (:mod:`secfl.policy._round_counter`).
 
     With its ``document``, a YAML one may not hold a plain value that YAML 1.1 reads
     as text and people as a number (``lr: 1e-3``): every collaborator refused the
@@ -66,6 +70,7 @@ def check_new_version(policy: Policy, document: str | bytes | None = None) -> No
                 "code by its tag"
             )
     _check_volume_counters(policy)
+    check_round_counter(policy)
 
 
 def _check_certificate_names(policy: Policy) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from secfl.errors import Refused
 from secfl.policy._model import Policy
+from secfl.policy._round_counter import round_counter
 from secfl.policy._signatures import REVOCATION_DOMAIN
 from secfl.spm._attestation import Attestor, AttestResult
 from secfl.spm._audit import PAGE_CHARS, AuditEntry
@@ -259,20 +260,29 @@ class Spm:
         checks it), the round the increment commits is logged in the same transaction,
         at the counter value it gets: the log never has the round without its counter,
         nor the counter without its round, and the aggregator saves a request a round.
+        So no other service moves the federation's round counter
+        (:mod:`secfl.policy._round_counter`).
 
         ``request`` names a compare-and-increment, so that the same request sent again
         after its answer was lost gets the same answer (:mod:`secfl.spm._increment`)."""
         session, service = self.sessions.admit(token, policy_name)
         if counter not in service.counters:
             raise Refused(f"counter: service '{session.service}' may not increment '{counter}'")
+        record, policy = self.policies.get(policy_name)
+        if service.role != "aggregator" and counter == round_counter(policy):
+            raise Refused(  # a version stored before new versions were refused this (a review)
+                f"counter: '{counter}' is the federation's round counter, which only the "
+                f"aggregator moves (with the round it commits), not service "
+                f"'{session.service}' (role {service.role}): the board removes it from the "
+                "service's counters in a new version"
+            )
         if round is not None:
             if service.role != "aggregator":  # a round is an aggregator's (as report's)
                 raise Refused(f"report: service '{session.service}' is not an aggregator")
             round = check_round({**round, "counter": 0})
         if request is not None and expect is None:
             raise Refused("counter: a request name goes with expect (a compare-and-increment)", 400)
-        current = self.policies.get(policy_name)[0].version
-        refuse_superseded(current, session.policy_version, policy_name)
+        refuse_superseded(record.version, session.policy_version, policy_name)
         return Increment(policy_name, counter, session, expect=expect, round=round, request=request)
 
     def report(self, token: str, policy_name: str, event: str, detail: dict[str, Any]) -> int:
