@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hmac
 import io
@@ -14,10 +13,10 @@ from types import TracebackType
 from typing import Any, Self
 
 from secfl._internal import files
-from secfl._internal.ownership import foreign_writer
 from secfl.errors import ShieldError
 from secfl.shield import _format as fmt
 from secfl.shield._chunk_source import ChunkSource, FileEntry
+from secfl.shield._extract import extract
 from secfl.shield._folders import Folders
 from secfl.shield._keys import load_key
 from secfl.shield._reader import VolumeFile
@@ -26,20 +25,6 @@ from secfl.shield._sealed_manifest import open_manifest, pread_exact
 __all__ = ["FileEntry", "Volume", "volume_tag"]
 
 _BUFFER_SIZE = 1 << 16
-#: A folder held to decrypt files into (O_PATH: no read permission needed).
-_FOLDER = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
-#: The mode bits a decrypted file gets from its manifest entry (no setuid, setgid, sticky).
-_PERMISSIONS = 0o777
-
-
-def _only_ours(folder: int, shown: str) -> None:
-    """Refuse to decrypt into ``folder`` unless only this user can write in it (found
-    by a review: plaintext was written into a world-writable or another user's folder)."""
-    if (why := foreign_writer(folder)) is not None:
-        raise ShieldError(
-            f"shield: {shown} {why}: decrypt into a new folder of your own (-o), or one "
-            "only you can write"
-        )
 
 
 class Volume:
@@ -293,100 +278,8 @@ class Volume:
         first) and no symbolic link is followed below it. A file appears under its
         name only once it is whole and authenticated, with its recorded mode: one
         whose chunk fails authentication, or a decryption killed half-way, leaves
-        nothing under that name."""
-        dest = Path(dest)
-        for index, entry in enumerate(self._files):
-            target = dest.joinpath(*entry.path.split("/"))
-            if os.path.lexists(target):
-                raise ShieldError(
-                    f"shield: refusing to overwrite {self._target(dest, index, entry)}: decrypt "
-                    "into a new or empty folder (-o)"
-                )
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-            top = os.open(dest, _FOLDER)
-        except OSError as exc:
-            raise ShieldError(f"shield: cannot create '{dest}': {exc.strerror or exc}") from None
-        try:
-            _only_ours(top, f"'{dest}'")
-            buffer = bytearray(max(1, min(self._chunk_size, 1 << 24)))
-            for index, entry in enumerate(self._files):
-                self._extract_one(top, dest, index, entry, buffer)
-        finally:
-            os.close(top)
-
-    def _target(self, dest: Path, index: int, entry: FileEntry) -> str:
-        """Where file ``index`` goes below ``dest``, as a refusal shows it."""
-        if self._source.reveal_names:
-            return f"'{dest / entry.path}'"
-        return f"{self._source.label(index, entry)} below '{dest}'"
-
-    def _extract_one(
-        self, top: int, dest: Path, index: int, entry: FileEntry, buffer: bytearray
-    ) -> None:
-        parts = entry.path.split("/")
-        where = self._target(dest, index, entry)
-        # each folder below ``dest`` is made and opened one name at a time, following no
-        # link: one checked by its path, then opened by it, was swapped for a link in
-        # between by a user who may write in ``dest``, and the plaintext was written
-        # where the link led (found by a review)
-        folder = top
-        try:
-            for depth, part in enumerate(parts[:-1], 1):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, dir_fd=folder)
-                try:
-                    below = os.open(part, _FOLDER | os.O_NOFOLLOW, dir_fd=folder)
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    shown = (
-                        f"'{dest.joinpath(*parts[:depth])}'"
-                        if self._source.reveal_names
-                        else f"a folder of {where}"
-                    )
-                    raise ShieldError(f"shield: {shown} exists and is not a folder") from None
-                if folder != top:
-                    os.close(folder)
-                folder = below
-                _only_ours(
-                    folder,
-                    f"'{dest.joinpath(*parts[:depth])}'"
-                    if self._source.reveal_names
-                    else f"a folder of {where}",
-                )
-            self._write_one(folder, parts[-1], index, entry, buffer, where)
-        except OSError as exc:
-            raise ShieldError(f"shield: cannot write {where}: {exc.strerror or exc}") from None
-        finally:
-            if folder != top:
-                os.close(folder)
-
-    def _write_one(
-        self, folder: int, name: str, index: int, entry: FileEntry, buffer: bytearray, where: str
-    ) -> None:
-        """File ``index`` decrypted into a new file ``name`` of the open ``folder``."""
-        # nameless until whole and authenticated (files.atomic_open): a file cut short
-        # (a kill, a full disk, a chunk that fails authentication) never appears under
-        # its name, where it looked complete
-        try:
-            with (
-                files.atomic_open(
-                    name, mode=0o600, fsync=False, replace=False, folder_fd=folder
-                ) as sink,
-                VolumeFile(self._source, index, entry) as raw,
-            ):
-                while n := raw.readinto(buffer):
-                    sink.write(memoryview(buffer)[:n])
-                # never setuid or setgid (nor sticky): a volume's manifest, made by
-                # whoever sent it, recorded 6755 and `decrypt` run as root made a
-                # setuid-root program of its file (found by a review); nor what the
-                # umask takes away (a file recorded 0666 was writable by every user)
-                os.fchmod(sink.fileno(), entry.mode & _PERMISSIONS & ~_umask())
-        except FileExistsError:
-            raise ShieldError(f"shield: refusing to overwrite {where}") from None
-        except OSError as exc:
-            raise ShieldError(f"shield: cannot write {where}: {exc.strerror or exc}") from None
+        nothing under that name (see :mod:`secfl.shield._extract`)."""
+        extract(self._source, self._files, self._chunk_size, Path(dest))
 
     # -- lifetime ---------------------------------------------------------------
 
@@ -409,14 +302,6 @@ class Volume:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._files)} files"
         return f"<Volume {str(self._path)!r} tag={self._tag[:16]}… version={self._version} {state}>"
-
-
-def _umask() -> int:
-    """This process's umask (set to 077 for a moment to read it: a file another thread
-    makes meanwhile is only more private)."""
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
 
 
 def volume_tag(path: Path | str, key: bytes | str) -> str:
