@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +27,21 @@ from typing import Any
 import numpy as np
 
 from secfl._internal import files
-from secfl._internal.ownership import foreign_writer
 from secfl.errors import TaskError
 from secfl.tasks import _partition as part
 from secfl.tasks._base import _check_seed
 from secfl.tasks._pool import Pool, fitted_scaling, pool_of
 from secfl.tasks._registry import get_task
 from secfl.tasks._shards import FORMAT, canonical_json, encode_shard
+from secfl.tasks._split_folder import (
+    MANIFEST,
+    SHARD_MODE,
+    check_folder,
+    only_ours,
+    prepare,
+    remove_staged_leftovers,
+    stage,
+)
 
 __all__ = [
     "MANIFEST",
@@ -47,13 +53,9 @@ __all__ = [
     "split",
 ]
 
-MANIFEST = "split.json"
 MANIFEST_FORMAT = "secfl-split/1"
 #: More shards than this is surely a mistake on the command line.
 MAX_CLIENTS = 10_000
-# A site's shards are its data in the clear, before `shield encrypt`: readable by their
-# owner only, whatever the umask (0644 let every local user read a hospital's records)
-SHARD_MODE = 0o600
 
 
 def shard_name(index: int) -> str:
@@ -198,7 +200,7 @@ def split(
             "task's fit_scaling"
         ) from None
     folder = Path(out)
-    _check_folder(folder, overwrite)
+    check_folder(folder, overwrite)
     common = {
         "task": spec.name,
         "clients": clients,
@@ -220,13 +222,13 @@ def split(
     staged: list[tuple[Path, Path, ShardSummary]] = []
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _only_ours(folder)
-        _remove_staged_leftovers(folder)  # a split killed while staging left these
+        only_ours(folder)
+        remove_staged_leftovers(folder)  # a split killed while staging left these
         for file, role, index, indices in jobs:
             meta = {**common, "role": role, "index": index}
             _, blob, summary = _encode_one(file, spec, x, y, indices, meta)
-            staged.append((_stage(folder / file, blob), folder / file, summary))
-        _prepare(folder, keep={final.name for _, final, _ in staged})
+            staged.append((stage(folder / file, blob), folder / file, summary))
+        prepare(folder, keep={final.name for _, final, _ in staged})
         for temporary, final, _ in staged:
             os.replace(temporary, final)
     except OSError as exc:
@@ -309,26 +311,6 @@ def _encode_one(
     return file, blob, summary
 
 
-_STAGED = re.compile(r"\.(client-\d+|validation|test)\.safetensors\.[0-9a-f]{16}\.tmp")
-
-
-def _remove_staged_leftovers(folder: Path) -> None:
-    """Delete the shards a split killed while staging left (this user's files only)."""
-    for path in folder.iterdir():
-        if _STAGED.fullmatch(path.name) and path.lstat().st_uid == os.geteuid():
-            path.unlink(missing_ok=True)
-
-
-def _stage(path: Path, blob: bytes) -> Path:
-    """``blob`` in a new file beside ``path`` under a fresh hidden name, to be renamed
-    over ``path`` once every shard is staged."""
-    temporary = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    with os.fdopen(os.open(temporary, flags, SHARD_MODE), "wb") as fh:
-        fh.write(blob)
-    return temporary
-
-
 def _write_manifest(report: SplitReport) -> None:
     """``split.json``: the report, keys sorted, no timestamps (same inputs, same bytes)."""
     path = report.out / MANIFEST
@@ -377,59 +359,3 @@ def _positive32(value: Any) -> bool:
     except OverflowError:
         return False
     return bool(np.isfinite(single) and single >= np.finfo(np.float32).tiny)
-
-
-def _only_ours(folder: Path) -> None:
-    """Refuse a folder another user owns or may write in: the shards are the site's
-    data in the clear, before `shield encrypt`, and such a user could read them (owning
-    the folder) or swap one for data of their choosing (found by a review)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        why = foreign_writer(fd)
-    finally:
-        os.close(fd)
-    if why is not None:
-        raise TaskError(f"split: '{folder}' {why}: write the shards to a new folder (-o)")
-
-
-def _check_folder(folder: Path, overwrite: bool) -> None:
-    """Refuse an output that is not a folder, or holds a split and no ``overwrite``."""
-    try:  # (`Path.exists` raised on a name too long or a folder not searchable: a traceback)
-        is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        is_dir = None  # a new folder (made below, or refused in one line there)
-    except OSError as exc:
-        raise TaskError(f"output '{folder}': {exc.strerror or exc}") from None
-    if is_dir is False:
-        raise TaskError(f"output '{folder}' exists and is not a folder")
-    stale = _split_files(folder) if is_dir else []
-    if stale and not overwrite:
-        raise TaskError(
-            f"'{folder}' already holds a split ({stale[0].name}); choose an empty folder "
-            "or overwrite it"
-        )
-    for path in stale:
-        if path.is_dir() and not path.is_symlink():
-            raise TaskError(f"'{path}' is not a file; move it out of '{folder}' first")
-
-
-def _split_files(folder: Path) -> list[Path]:
-    try:
-        names = sorted(folder.iterdir())
-    except OSError as exc:
-        raise TaskError(f"cannot read '{folder}': {exc.strerror or exc}") from None
-    return [
-        p
-        for p in names
-        if p.name in (MANIFEST, "validation.safetensors", "test.safetensors")
-        or (p.name.startswith("client-") and p.name.endswith(".safetensors"))
-    ]
-
-
-def _prepare(folder: Path, keep: set[str]) -> None:
-    """Remove the earlier split's files (``overwrite`` was checked) that the new one does
-    not replace, the manifest first: a folder caught half-way never describes shards it
-    does not hold."""
-    for path in sorted(_split_files(folder), key=lambda p: p.name != MANIFEST):
-        if path.name not in keep or path.name == MANIFEST:
-            path.unlink()
