@@ -4,6 +4,8 @@ Starting a workload:
 
 - :mod:`secfl.fl._startup` — assemble and run the aggregator or a collaborator
   (``secfl aggregator`` / ``secfl collaborator``), secure unless ``--insecure``;
+- :mod:`secfl.fl._final_model` — the final model sealed to the output key, its tag
+  recorded with the SPM;
 - :mod:`secfl.fl._workload_identity` — what an attested workload holds (certificate,
   policy, secrets) and how it keeps it fresh (renewal, revocations);
 - :mod:`secfl.fl._inputs` — where task code and data come from (measured volumes,
