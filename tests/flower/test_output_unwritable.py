@@ -117,10 +117,10 @@ def test_an_output_broken_during_the_run_is_written_once_mended(
 def test_an_output_that_is_a_link_is_refused_at_start(tmp_path: Path) -> None:
     """The sealing never follows a link at --output (the host's folder): it is refused
     at start, not after the run."""
-    from secfl.flower._superlink import _check_output
+    from secfl.flower._superlink_output import check_output
 
     (tmp_path / "model.secfl").write_text("")
     (tmp_path / "link.secfl").symlink_to(tmp_path / "model.secfl")
     with pytest.raises(FlowerError, match="symbolic link"):
-        _check_output(tmp_path / "link.secfl")
-    _check_output(tmp_path / "model.secfl")  # a file there is replaced when sealed
+        check_output(tmp_path / "link.secfl")
+    check_output(tmp_path / "model.secfl")  # a file there is replaced when sealed

@@ -52,6 +52,7 @@ from secfl.flower._audit import SpmAudit
 from secfl.flower._fab import check_fab
 from secfl.flower._flags import expand, parse_flower
 from secfl.flower._nodes import NodeWatch, load_node_keys, register
+from secfl.flower._superlink_output import check_output, read_output_key, seal_output
 from secfl.flower._tls import loopback_context
 from secfl.flower._wrap import (
     Child,
@@ -79,12 +80,8 @@ FAB_MAX = 10 * 1024 * 1024
 #: entry, and the log is kept for ever and replayed at every start: an insider's runs on
 #: the loopback Control API, a small FAB each, grew it without bound.)
 MAX_AUDITED_REFUSALS = 8
-#: How long the wrapper keeps trying to write the sealed output once the run completed
-#: (the ServerApp's outputs are in a RAM folder that goes when it exits), and how often.
-OUTPUT_PATIENCE = 600.0
 #: How often the SuperLink asks the SPM whether the policy has a new version.
 POLICY_SECONDS = 10.0
-OUTPUT_RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -176,14 +173,8 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
     if opts.output:
         if not opts.output_key:
             raise FlowerError("flower: --output needs --output-key (the model owner's key file)")
-        raw = read_bounded(_private_file(opts.output_key, "--output-key", env), 4096)
-        try:
-            output_key = bytes.fromhex(raw.decode().strip())
-        except (UnicodeDecodeError, ValueError):
-            raise FlowerError(
-                "flower: --output-key must hold a hex key ($$SECFL::NAME:hex$$)"
-            ) from None
-        _check_output(Path(opts.output))
+        output_key = read_output_key(_private_file(opts.output_key, "--output-key", env))
+        check_output(Path(opts.output))
 
     paths = PrivatePaths.create(env)
     secret_path, secret = paths.secret()
@@ -277,7 +268,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
         unsealed = None
         if ok and opts.output and output_key is not None:
             try:
-                detail["output_tag"] = _seal_output(paths.work, Path(opts.output), output_key)
+                detail["output_tag"] = seal_output(paths.work, Path(opts.output), output_key)
             except FlowerError as exc:
                 detail["output_error"] = unsealed = str(exc)
         audit.report("run-finished", detail)
@@ -424,53 +415,3 @@ def _wait_run(
             if run is not None and run.status.status == "finished":
                 return f"finished:{run.status.sub_status}"
         time.sleep(0.5)
-
-
-def _check_output(out: Path) -> None:
-    """Refuse, before anything runs, an --output the wrapper could not write once the run
-    completed (its folder made if missing): a file made there and removed at once."""
-    import tempfile
-
-    try:
-        if out.is_symlink():  # refused by the sealing, never followed: say so now
-            raise OSError(40, "a symbolic link; name the file itself")
-        if out.is_dir():
-            raise IsADirectoryError(21, "Is a directory")
-        out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".secfl-output-", dir=out.parent)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise FlowerError(
-            f"flower: --output {out} cannot be written: {exc.strerror or exc}; give a file "
-            "in a folder this workload may write"
-        ) from None
-
-
-def _seal_output(folder: Path, out: Path, key: bytes) -> str:
-    """The ServerApp's working folder as a shield volume under the model owner's key.
-    The folder is in RAM and goes when the wrapper exits: while ``out`` cannot be
-    written (the host changed it since the start), it is tried again every
-    :data:`OUTPUT_RETRY_SECONDS` for :data:`OUTPUT_PATIENCE`, saying so in one line."""
-    from secfl.errors import ShieldError
-    from secfl.shield import encrypt_directory
-
-    deadline, said = time.monotonic() + OUTPUT_PATIENCE, ""
-    while True:
-        try:
-            tag = encrypt_directory(folder, out, key)
-            break
-        except ShieldError as exc:
-            if time.monotonic() >= deadline:
-                raise FlowerError(
-                    f"flower: the ServerApp's outputs were not sealed to --output {out}: "
-                    f"{exc}; they are lost with the run's private folder"
-                ) from None
-            if str(exc) != said:  # once per reason, not every few seconds
-                said = str(exc)
-                print(f"secfl: cannot write the sealed outputs: {exc}; trying again every "
-                      f"{OUTPUT_RETRY_SECONDS:.0f} s for {OUTPUT_PATIENCE:.0f} s (make {out} "
-                      "writable)", flush=True)  # fmt: skip
-            time.sleep(OUTPUT_RETRY_SECONDS)
-    print(f"secfl: the ServerApp's outputs are sealed in {out} (tag {tag[:16]}...)", flush=True)
-    return str(tag)
