@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.proto.control_pb2 import ListNodesRequest
 
 from secfl.errors import FlowerError
+from secfl.flower._control import control_client
 from secfl.flower._nodes import MAX_FAILURES, MAX_FOREIGN, NodeWatch, register
 from secfl.flower._plain import PlainFlower
-from secfl.flower._superlink import _control
 
 
 class Audit:
@@ -46,7 +46,7 @@ def main(work: Path) -> dict[str, Any]:
         plain.start_superlink()
         plain.wait_superlink()
         context = ssl.create_default_context(cafile=str(plain.tls["ca"]))
-        control = _control(f"https://127.0.0.1:{plain.port}", context)
+        control = control_client(f"https://127.0.0.1:{plain.port}", context)
         sites = keys(2)
         register(control, dict.fromkeys(sites))
         audit = Audit()

@@ -13,7 +13,8 @@ private RAM folder). See ``docs/flower.md``. The parts:
   the wrappers that run inside the TEE. They check Flower's flags, keep the Control
   and Runtime APIs inside the TEE (a Fleet-only gate), register only the attested
   SuperNodes' keys, submit only the approved FAB, and run only it
-  (:mod:`secfl.flower._superlink`, :mod:`secfl.flower._supernode`,
+  (:mod:`secfl.flower._superlink` with :mod:`secfl.flower._control` and
+  :mod:`secfl.flower._superlink_output`, :mod:`secfl.flower._supernode`,
   :mod:`secfl.flower._flags`, :mod:`secfl.flower._wrap`, :mod:`secfl.flower._exec`,
   :mod:`secfl.flower._gate`, :mod:`secfl.flower._gate_http`, :mod:`secfl.flower._audit`).
 - :class:`SecflStrategy` (the Flower venv): secfl's robust rules and the

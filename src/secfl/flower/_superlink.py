@@ -38,7 +38,6 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +48,7 @@ from secfl._internal.files import TooLarge, read_bounded
 from secfl.errors import FlowerError, SecflError
 from secfl.flower._attested import AttestedTls
 from secfl.flower._audit import SpmAudit
+from secfl.flower._control import control_client, start_run, wait_run
 from secfl.flower._fab import check_fab
 from secfl.flower._flags import expand, parse_flower
 from secfl.flower._nodes import NodeWatch, load_node_keys, register
@@ -192,7 +192,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
     executor = None
     try:
         _wait_healthy(link, base, context, opts.start_timeout)
-        control = _control(base, context)
+        control = control_client(base, context)
         node_ids = register(control, nodes)
         audit.report(
             "nodes-registered",
@@ -224,7 +224,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
         _wait_listening(gate_server, gate_thread, link, opts.start_timeout)
         print(f"secfl: the Fleet API is served on {opts.listen} (nothing else)", flush=True)
 
-        run_id = _start_run(control, fab, opts.run_config)
+        run_id = start_run(control, fab, opts.run_config)
         digest = hashlib.sha256(fab).hexdigest()
         audit.report(
             "run-started",
@@ -259,7 +259,7 @@ def main(opts: SuperLinkOptions, flower_argv: list[str]) -> int:
             if current is not None:
                 current.due()
 
-        status = _wait_run(control, run_id, link, executor, tick)
+        status = wait_run(control, run_id, link, executor, tick)
         ok = status.startswith("finished:completed")
         detail: dict[str, Any] = {
             "run_id": str(run_id), "status": status, "foreign_nodes": watch.removed,
@@ -363,55 +363,3 @@ def _wait_listening(server: Any, thread: threading.Thread, link: Child, timeout:
         if not thread.is_alive() or not link.alive() or time.monotonic() > deadline:
             raise FlowerError("flower: the Fleet gate did not start (is --listen free?)")
         time.sleep(0.05)
-
-
-def _control(base: str, context: ssl.SSLContext) -> Any:
-    from flwr.supercore.control import ControlHttpClient
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-
-    return ControlHttpClient(
-        base,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-        verify=context,
-    )
-
-
-def _start_run(control: Any, fab: bytes, run_config: list[str]) -> int:
-    from flwr.common.config import parse_config_args
-    from flwr.common.serde import fab_to_proto, user_config_to_proto
-    from flwr.proto.control_pb2 import StartRunRequest
-    from flwr.supercore.fab import Fab
-
-    overrides = parse_config_args(run_config) if run_config else {}
-    request = StartRunRequest(
-        fab=fab_to_proto(Fab(hashlib.sha256(fab).hexdigest(), fab, {})),
-        override_config=user_config_to_proto(overrides),
-    )
-    reply = control.StartRun(request)
-    if not reply.run_id:
-        raise FlowerError("flower: the SuperLink refused to start the run (see its log above)")
-    return int(reply.run_id)
-
-
-def _wait_run(
-    control: Any, run_id: int, link: Child, executor: Any, tick: Callable[[], None]
-) -> str:
-    """The run's final status. Asked of Flower when the ServerApp's process has ended
-    (the executor started it), and every 10 s besides (a run whose ServerApp never
-    started ends too): the Control API is not polled every second for hours.
-    ``tick()`` runs every half second meanwhile (the node registry's watch, the gate's
-    report)."""
-    from flwr.proto.control_pb2 import ListRunsRequest
-
-    asked = 0.0
-    while True:
-        if not link.alive():
-            raise FlowerError(f"flower: flower-superlink exited {link.proc.returncode} mid-run")
-        tick()
-        ended = executor.launched > 0 and executor.running() == 0
-        if ended or time.monotonic() - asked > 10.0:
-            asked = time.monotonic()
-            run = control.ListRuns(ListRunsRequest(run_id=run_id)).run_dict.get(run_id)
-            if run is not None and run.status.status == "finished":
-                return f"finished:{run.status.sub_status}"
-        time.sleep(0.5)
